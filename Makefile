@@ -1,0 +1,63 @@
+# Tongban — the two commands of the README, and the pieces they are made of.
+#   make demo   the registry walk-through (the multi-region demo replaces it when it lands)
+#   make test   everything CI runs: install, services, lint gate, proto drift check, tests
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
+DEMO ?= out/demo
+
+.PHONY: demo test install services lint proto proto-check pytest clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP)
+
+# Redis and PostgreSQL run on every machine of this kind; start them if they are not running.
+services:
+	@redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || { \
+	  echo "starting redis-server"; mkdir -p /var/lib/redis /var/log/redis; \
+	  redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+	    --dir /var/lib/redis --logfile /var/log/redis/ci.log; }
+	@pg_isready -q -h 127.0.0.1 -p 5432 || { \
+	  echo "starting postgresql"; pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start; }
+	@for i in $$(seq 1 30); do redis-cli -h 127.0.0.1 ping >/dev/null 2>&1 && pg_isready -q -h 127.0.0.1 && exit 0; sleep 1; done; \
+	  echo "Redis or PostgreSQL did not come up" >&2; exit 1
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy --strict gateway signer registry
+
+proto: $(STAMP)
+	$(PY) proto/build.py
+
+proto-check: $(STAMP)
+	$(PY) proto/build.py --check
+
+pytest: $(STAMP) services
+	$(PY) -m pytest --cov --cov-branch --cov-report=term
+
+test: $(STAMP) services lint proto-check pytest
+
+demo: $(STAMP)
+	@rm -rf $(DEMO)
+	$(VENV)/bin/tongban pki init --out $(DEMO)/pki --regions 330000,510000,500000
+	$(VENV)/bin/tongban registry build --pki $(DEMO)/pki --out $(DEMO)/draft.json
+	$(VENV)/bin/tongban registry publish --pki $(DEMO)/pki --out $(DEMO)/published
+	$(VENV)/bin/tongban keys rotate --pki $(DEMO)/pki --owner 330000 --usage seal
+	$(VENV)/bin/tongban registry publish --pki $(DEMO)/pki --out $(DEMO)/published
+	$(VENV)/bin/tongban registry publish --pki $(DEMO)/pki --out $(DEMO)/published
+	$(VENV)/bin/tongban keys expiring --pki $(DEMO)/pki --within 30d
+	$(VENV)/bin/tongban registry show $(DEMO)/published/current.jws --pki $(DEMO)/pki
+	@echo
+	@echo "Serve it:  $(VENV)/bin/tongban gateway serve --pki $(DEMO)/pki --region 330000 --snapshot $(DEMO)/published/current.jws --listen 127.0.0.1:7330"
+
+clean:
+	rm -rf out .pytest_cache .mypy_cache .ruff_cache .coverage

@@ -1,0 +1,1 @@
+"""The Tongban gateway: the gRPC server, caller authentication, configuration and the CLI."""

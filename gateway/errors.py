@@ -1,0 +1,61 @@
+"""Errors raised by the gateway, and the one place they become gRPC statuses.
+
+    GatewayError
+    ├── ConfigError            a configuration file or option is wrong (file, key, reason)
+    └── CallerRejected         the caller's certificate does not name a party the registry trusts
+
+Every refusal sent to a client is a standard gRPC status with a `google.rpc.ErrorInfo` detail
+(`domain` "tongban", `reason` one of ARCHITECTURE.md's codes), sent by `abort()`.
+"""
+
+from __future__ import annotations
+
+from typing import NoReturn
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+__all__ = ["DOMAIN", "CallerRejected", "ConfigError", "GatewayError", "abort", "rich_status"]
+
+DOMAIN = "tongban"
+
+
+class GatewayError(Exception):
+    """Root of the gateway's own errors."""
+
+
+class ConfigError(GatewayError):
+    """A configuration problem; the message names the file and key."""
+
+
+class CallerRejected(GatewayError):
+    """The caller is not a party the current registry trusts."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def rich_status(
+    code: grpc.StatusCode, reason: str, message: str, metadata: dict[str, str] | None = None
+) -> grpc.Status:
+    """A gRPC status carrying `google.rpc.ErrorInfo(reason, domain="tongban")`."""
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata or {}))
+    numeric: int = code.value[0]
+    status = status_pb2.Status(code=numeric, message=message, details=[detail])
+    converted: grpc.Status = rpc_status.to_status(status)
+    return converted
+
+
+async def abort(
+    context: grpc.aio.ServicerContext[object, object],
+    code: grpc.StatusCode,
+    reason: str,
+    message: str,
+) -> NoReturn:
+    """End the call with a rich status; never returns."""
+    await context.abort_with_status(rich_status(code, reason, message))
+    raise AssertionError("abort_with_status returned")  # pragma: no cover

@@ -1,0 +1,244 @@
+"""Who is calling: the party a verified client certificate names, checked against the registry.
+
+TLS has already proved that the client holds a key whose certificate chains to one of the
+registry's region CAs. Here each call additionally checks, against the *current* registry, that
+the certificate names a party the registry knows (a region gateway, `urn:tongban:gateway:<code>`,
+or an agency, `urn:tongban:agency:<id>`) and chains to the CA of *that party's* region, so a
+certificate from one region cannot speak for another and a connection opened before a registry
+change cannot outlive the trust it was opened with. Results are cached per certificate and
+registry version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import ContextVar
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
+
+import grpc
+from cryptography import x509
+from cryptography.x509.verification import (
+    Criticality,
+    ExtensionPolicy,
+    PolicyBuilder,
+    Store,
+    VerificationError,
+)
+
+from gateway.errors import CallerRejected, abort
+from registry import Registry, RegistryError, RegistryStore, certificate_thumbprint
+
+__all__ = ["Caller", "CallerInterceptor", "CallerKind", "CallerResolver", "current_caller"]
+
+GATEWAY_URI_PREFIX = "urn:tongban:gateway:"
+AGENCY_URI_PREFIX = "urn:tongban:agency:"
+MAX_CACHED_CALLERS = 4096  # certificates remembered per registry version
+
+
+class CallerKind(StrEnum):
+    GATEWAY = "gateway"
+    AGENCY = "agency"
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    kind: CallerKind
+    region: str
+    agency_id: str  # empty for a region gateway
+    thumbprint: str  # x5t#S256 of the client certificate (RFC 8705 binding)
+    subject: str  # RFC 4514 subject, for logs and audit
+
+    @property
+    def name(self) -> str:
+        return self.agency_id or f"gateway:{self.region}"
+
+
+current_caller: ContextVar[Caller | None] = ContextVar("tongban_caller", default=None)
+
+
+def _chain_policy() -> ExtensionPolicy:
+    # TLS client certificates of the federation carry clientAuth and a SAN URI; we check the
+    # identity ourselves, so the end-entity policy only insists on what a TLS client needs.
+    return ExtensionPolicy.permit_all().require_present(
+        x509.ExtendedKeyUsage, Criticality.AGNOSTIC, None
+    )
+
+
+class CallerResolver:
+    """Maps a client certificate to a `Caller`, or raises `CallerRejected`."""
+
+    def __init__(
+        self, store: RegistryStore, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._cache: dict[bytes, Caller] = {}
+        self._cache_version = -1
+
+    def resolve(self, pem: bytes) -> Caller:
+        try:
+            registry = self._store.current()
+        except RegistryError as exc:
+            raise CallerRejected("REGISTRY_STALE", f"no usable registry: {exc}") from exc
+        if registry.version != self._cache_version:
+            self._cache = {}
+            self._cache_version = registry.version
+        key = hashlib.sha256(pem).digest()
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        caller = self._resolve(pem, registry)
+        if len(self._cache) >= MAX_CACHED_CALLERS:
+            self._cache.clear()
+        self._cache[key] = caller
+        return caller
+
+    def _resolve(self, pem: bytes, registry: Registry) -> Caller:
+        try:
+            certificate = x509.load_pem_x509_certificate(pem)
+            uris = certificate.extensions.get_extension_for_class(
+                x509.SubjectAlternativeName
+            ).value.get_values_for_type(x509.UniformResourceIdentifier)
+        except (ValueError, x509.ExtensionNotFound) as exc:
+            raise CallerRejected(
+                "CERTIFICATE_NOT_TRUSTED", "client certificate names no Tongban party (no SAN URI)"
+            ) from exc
+        caller: Caller | None = None
+        thumbprint = certificate_thumbprint(certificate.public_bytes(_DER))
+        subject = certificate.subject.rfc4514_string()
+        for uri in uris:
+            if uri.startswith(GATEWAY_URI_PREFIX):
+                code = uri.removeprefix(GATEWAY_URI_PREFIX)
+                if registry.region(code) is None:
+                    raise CallerRejected(
+                        "UNKNOWN_REGION",
+                        f"client certificate names region {code!r}, unknown to the registry",
+                    )
+                caller = Caller(CallerKind.GATEWAY, code, "", thumbprint, subject)
+                break
+            if uri.startswith(AGENCY_URI_PREFIX):
+                agency_id = uri.removeprefix(AGENCY_URI_PREFIX)
+                agency = registry.agency(agency_id)
+                if agency is None:
+                    raise CallerRejected(
+                        "CERTIFICATE_NOT_TRUSTED",
+                        f"client certificate names agency {agency_id!r}, unknown to the registry",
+                    )
+                caller = Caller(CallerKind.AGENCY, agency.region, agency.id, thumbprint, subject)
+                break
+        if caller is None:
+            raise CallerRejected(
+                "CERTIFICATE_NOT_TRUSTED", "client certificate names no Tongban party"
+            )
+        region = registry.region(caller.region)
+        if region is None or not region.ca_certificates:
+            raise CallerRejected(
+                "UNKNOWN_REGION",
+                f"region {caller.region} has no certificate authority in the registry",
+            )
+        anchors = [x509.load_der_x509_certificate(region.ca_certificates[0])]
+        intermediates = [x509.load_der_x509_certificate(der) for der in region.ca_certificates[1:]]
+        verifier = (
+            PolicyBuilder()
+            .store(Store(anchors))
+            .time(self._clock())
+            .max_chain_depth(4)
+            .extension_policies(
+                ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=_chain_policy()
+            )
+            .build_client_verifier()
+        )
+        try:
+            verifier.verify(certificate, intermediates)
+        except VerificationError as exc:
+            raise CallerRejected(
+                "CERTIFICATE_NOT_TRUSTED",
+                f"client certificate of {caller.name} does not chain to its region's CA",
+            ) from exc
+        return caller
+
+
+from cryptography.hazmat.primitives.serialization import Encoding  # noqa: E402
+
+_DER = Encoding.DER
+
+if TYPE_CHECKING:
+    Handler: TypeAlias = grpc.RpcMethodHandler[Any, Any]  # generic in the stubs only
+
+
+class CallerInterceptor(grpc.aio.ServerInterceptor):
+    """Authenticates every call (except the open services) and sets `current_caller`."""
+
+    def __init__(self, resolver: CallerResolver, open_services: frozenset[str]) -> None:
+        self._resolver = resolver
+        self._open = tuple(f"/{name}/" for name in open_services)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler | None:
+        handler = await continuation(handler_call_details)
+        method: str = handler_call_details.method
+        if handler is None or method.startswith(self._open):
+            return handler
+        return self._wrap(handler)
+
+    async def _authenticate(self, context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
+        certificates = list(context.auth_context().get("x509_pem_cert") or [])
+        if not certificates:
+            await abort(
+                context,
+                grpc.StatusCode.UNAUTHENTICATED,
+                "CERTIFICATE_NOT_TRUSTED",
+                "a client certificate is required",
+            )
+        try:
+            return self._resolver.resolve(certificates[0])
+        except CallerRejected as exc:
+            code = (
+                grpc.StatusCode.UNAVAILABLE
+                if exc.reason == "REGISTRY_STALE"
+                else grpc.StatusCode.UNAUTHENTICATED
+            )
+            await abort(context, code, exc.reason, str(exc))
+
+    def _wrap(self, handler: Handler) -> Handler:
+        authenticate = self._authenticate
+        if handler.unary_unary is not None:
+            inner_uu = cast(Callable[[Any, Any], Awaitable[Any]], handler.unary_unary)
+
+            async def unary_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                token = current_caller.set(await authenticate(context))
+                try:
+                    return await inner_uu(request, context)
+                finally:
+                    current_caller.reset(token)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary_unary, handler.request_deserializer, handler.response_serializer
+            )
+        if handler.unary_stream is not None:
+            inner_us = cast(Callable[[Any, Any], AsyncIterator[Any]], handler.unary_stream)
+
+            async def unary_stream(
+                request: Any, context: grpc.aio.ServicerContext[Any, Any]
+            ) -> AsyncIterator[Any]:
+                token = current_caller.set(await authenticate(context))
+                try:
+                    async for item in inner_us(request, context):
+                        yield item
+                finally:
+                    current_caller.reset(token)
+
+            return grpc.unary_stream_rpc_method_handler(
+                unary_stream, handler.request_deserializer, handler.response_serializer
+            )
+        # Tongban has no client-streaming RPCs; refuse rather than pass one through unchecked.
+        raise CallerRejected(
+            "INVALID_ARGUMENT_FORMAT", f"streaming requests are not supported: {handler}"
+        )

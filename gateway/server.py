@@ -1,0 +1,250 @@
+"""The gateway process: one `grpc.aio` server over mutual TLS, its registry, health and reflection.
+
+`create_gateway(config)` builds and starts a `Gateway` and returns it with the bound port, so
+tests bind port 0 and talk to it over a real channel; `serve(config)` runs one until SIGINT or
+SIGTERM and then stops gracefully. Only the services built so far are served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import cast
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from gateway.config import GatewayConfig
+from gateway.errors import ConfigError
+from gateway.identity import CallerInterceptor, CallerResolver
+from gateway.registry_sync import PeerSnapshotSource
+from gateway.services.registry import RegistryService
+from registry import (
+    FileSnapshotSource,
+    PkiError,
+    Registry,
+    RegistryError,
+    RegistryStore,
+    SignedSnapshot,
+    SnapshotVerifier,
+    load_authority_public_key,
+)
+from signer import SignerError, load_private_key
+from tongban.v1 import registry_pb2, registry_pb2_grpc
+
+__all__ = ["SERVED_SERVICES", "Gateway", "create_gateway", "serve"]
+
+log = logging.getLogger("tongban.gateway")
+
+REGISTRY_SERVICE = registry_pb2.DESCRIPTOR.services_by_name["Registry"].full_name
+SERVED_SERVICES = (REGISTRY_SERVICE,)  # the tongban.v1 services this build implements
+OPEN_SERVICES = frozenset({health.SERVICE_NAME, reflection.SERVICE_NAME})  # mTLS only, no identity
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # bytes: a registry snapshot is the largest message
+HEALTH_CHECK_SECONDS = 5.0  # how often registry expiry is re-checked for health
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class _TlsMaterial:
+    """The gateway's own certificate chain and key, held unencrypted in memory only."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        try:
+            self.chain_pem = config.tls_certificate.read_bytes()
+            chain = x509.load_pem_x509_certificates(self.chain_pem)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                f"{config.tls_certificate}: not a readable PEM certificate chain"
+            ) from exc
+        try:
+            key = load_private_key(config.tls_private_key, config.tls_passphrase)
+        except SignerError as exc:
+            raise ConfigError(str(exc)) from exc
+        self.key_pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        # Trusted before any registry is held: a bootstrap bundle, or our own chain's issuer.
+        if config.bootstrap_ca_file is not None:
+            try:
+                self.bootstrap_pem = config.bootstrap_ca_file.read_bytes()
+            except OSError as exc:
+                raise ConfigError(
+                    f"{config.bootstrap_ca_file}: cannot be read ({exc.strerror})"
+                ) from exc
+        else:
+            self.bootstrap_pem = (
+                b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain[1:])
+                or self.chain_pem
+            )
+
+
+def trust_bundle(registry: Registry) -> bytes:
+    """PEM of every region's root CA: who may complete a TLS handshake with this gateway."""
+    out = []
+    for region in registry.regions:
+        if region.ca_certificates:
+            out.append(
+                x509.load_der_x509_certificate(region.ca_certificates[0]).public_bytes(
+                    serialization.Encoding.PEM
+                )
+            )
+    return b"".join(out)
+
+
+class Gateway:
+    """One region's gateway. Build with `create_gateway`."""
+
+    def __init__(self, config: GatewayConfig, *, clock: Callable[[], datetime] = utc_now) -> None:
+        self.config = config
+        try:
+            authority = load_authority_public_key(config.authority_public_key)
+        except PkiError as exc:
+            raise ConfigError(str(exc)) from exc
+        self.store = RegistryStore(SnapshotVerifier(authority), clock=clock)
+        self._clock = clock
+        self._tls = _TlsMaterial(config)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._health = health.aio.HealthServicer()
+        self._served_version = -1
+        self.server: grpc.aio.Server | None = None
+        self.port = 0
+        self._file_source = (
+            FileSnapshotSource(config.snapshot_file, self.store, poll_seconds=config.poll_seconds)
+            if config.snapshot_file is not None
+            else None
+        )
+
+    # TLS ---------------------------------------------------------------------------------------
+    def _certificate_configuration(self) -> grpc.ServerCertificateConfiguration:
+        snapshot = self.store.snapshot
+        roots = trust_bundle(snapshot.registry) if snapshot else self._tls.bootstrap_pem
+        self._served_version = snapshot.registry.version if snapshot else -1
+        return grpc.ssl_server_certificate_configuration(
+            [(self._tls.key_pem, self._tls.chain_pem)], root_certificates=roots
+        )
+
+    def _fetch_certificate_configuration(self) -> grpc.ServerCertificateConfiguration | None:
+        # Called by gRPC before each new handshake: rebuild only when the registry changed.
+        snapshot = self.store.snapshot
+        version = snapshot.registry.version if snapshot else -1
+        if version == self._served_version:
+            return None
+        return self._certificate_configuration()
+
+    def client_credentials(self) -> grpc.ChannelCredentials:
+        """Credentials for calling peers: our own certificate, the registry's CAs as roots."""
+        snapshot = self.store.snapshot
+        roots = trust_bundle(snapshot.registry) if snapshot else self._tls.bootstrap_pem
+        return grpc.ssl_channel_credentials(roots, self._tls.key_pem, self._tls.chain_pem)
+
+    # Lifecycle ---------------------------------------------------------------------------------
+    async def start(self) -> int:
+        if self._file_source is not None:
+            self._file_source.poll()
+        server = grpc.aio.server(
+            interceptors=[
+                CallerInterceptor(CallerResolver(self.store, self._clock), OPEN_SERVICES)
+            ],
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ],
+        )
+        registry_pb2_grpc.add_RegistryServicer_to_server(RegistryService(self.store), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (*SERVED_SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        credentials = grpc.dynamic_ssl_server_credentials(
+            self._certificate_configuration(),
+            # The stubs say the fetcher never returns None; gRPC documents None as "no change".
+            cast(
+                Callable[[], grpc.ServerCertificateConfiguration],
+                self._fetch_certificate_configuration,
+            ),
+            require_client_authentication=True,
+        )
+        try:
+            self.port = server.add_secure_port(self.config.listen, credentials)
+        except RuntimeError as exc:
+            raise ConfigError(f"gateway.listen: cannot bind {self.config.listen} ({exc})") from exc
+        await server.start()
+        self.server = server
+        await self._update_health()
+        self.store.on_swap(self._on_swap)
+        if self._file_source is not None:
+            self._tasks.append(asyncio.create_task(self._file_source.run(), name="registry-file"))
+        if self.config.follow:
+            peer = PeerSnapshotSource(
+                self.config.follow, self.store, credentials=self.client_credentials
+            )
+            self._tasks.append(asyncio.create_task(peer.run(), name="registry-peer"))
+        self._tasks.append(asyncio.create_task(self._watch_expiry(), name="registry-expiry"))
+        log.info("gateway %s listening on port %d", self.config.region, self.port)
+        return self.port
+
+    def _on_swap(self, snapshot: SignedSnapshot) -> None:
+        self._tasks.append(asyncio.ensure_future(self._update_health()))
+
+    async def _update_health(self) -> None:
+        try:
+            self.store.current()
+            status = health_pb2.HealthCheckResponse.SERVING
+        except RegistryError:
+            status = health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", *SERVED_SERVICES):
+            await self._health.set(name, status)
+
+    async def _watch_expiry(self) -> None:
+        while True:
+            await asyncio.sleep(HEALTH_CHECK_SECONDS)
+            await self._update_health()
+
+    async def stop(self, grace_seconds: float | None = None) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        if self.server is not None:
+            await self._health.enter_graceful_shutdown()
+            await self.server.stop(
+                self.config.grace_seconds if grace_seconds is None else grace_seconds
+            )
+            self.server = None
+
+
+async def create_gateway(
+    config: GatewayConfig, **kwargs: Callable[[], datetime]
+) -> tuple[Gateway, int]:
+    gateway = Gateway(config, **kwargs)
+    port = await gateway.start()
+    return gateway, port
+
+
+async def serve(config: GatewayConfig, *, ready: Callable[[Gateway], None] | None = None) -> None:
+    """Run one gateway until SIGINT or SIGTERM, then stop gracefully."""
+    gateway, _ = await create_gateway(config)
+    if ready is not None:
+        ready(gateway)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("gateway %s stopping (grace %.1fs)", config.region, config.grace_seconds)
+        await gateway.stop()

@@ -1,0 +1,1 @@
+"""gRPC service implementations; each converts between protobuf messages and domain objects."""
