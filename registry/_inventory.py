@@ -29,6 +29,7 @@ from typing import Any
 from cryptography import x509
 
 from registry._model import KeyEntry, KeyState, KeyUsage
+from registry._pki import DevPki, IssuedKey
 from registry.errors import KeyLifecycleError
 
 __all__ = ["INVENTORY_FILE", "Inventory", "KeyRecord"]
@@ -65,6 +66,22 @@ class KeyRecord:
             else:
                 out[name] = value
         return out
+
+    @classmethod
+    def from_issued(cls, root: Path, key: IssuedKey, state: KeyState, now: datetime) -> KeyRecord:
+        """The record of a key the PKI has just issued (paths kept relative to `root`)."""
+        return cls(
+            kid=key.kid,
+            usage=KeyUsage(key.usage),
+            owner=key.owner,
+            region=key.region,
+            algorithm=key.algorithm,
+            state=state,
+            certificate=str(key.certificate_path.relative_to(root)),
+            private_key=str(key.key_path.relative_to(root)),
+            created_at=now,
+            activated_at=now if state is KeyState.ACTIVE else None,
+        )
 
     @classmethod
     def from_json(cls, data: dict[str, Any], where: str) -> KeyRecord:
@@ -105,6 +122,13 @@ class Inventory:
     @property
     def path(self) -> Path:
         return self.root / INVENTORY_FILE
+
+    @classmethod
+    def for_new_pki(cls, pki: DevPki, now: datetime) -> Inventory:
+        """The inventory of a PKI just created by `init_dev_pki`: every key active."""
+        return cls(
+            pki.root, (KeyRecord.from_issued(pki.root, k, KeyState.ACTIVE, now) for k in pki.keys)
+        )
 
     @classmethod
     def load(cls, root: Path) -> Inventory:

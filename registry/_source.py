@@ -442,9 +442,7 @@ def _check_references(
         by_catalogue.setdefault(d.id, []).append(d)
 
     def add(section: str, entry_id: str, sub: str, reason: str) -> None:
-        file = where[section].get(
-            entry_id.split(".", 1)[0] if section == "datasets" else entry_id, "?"
-        )
+        file = where[section][entry_id]
         problems.add(file, f"{section}.{entry_id}.{sub}", reason)
 
     for a in source.agencies:
@@ -473,15 +471,19 @@ def _check_references(
             if not candidates:
                 add("purposes", p.id, sub, f"unknown dataset {entry.dataset!r}")
                 continue
+            lacking: dict[tuple[str, ...], list[str]] = {}
             for d in candidates:
-                missing = sorted(set(entry.fields) - d.field_names)
+                missing = tuple(sorted(set(entry.fields) - d.field_names))
                 if missing:
-                    add(
-                        "purposes",
-                        p.id,
-                        sub,
-                        f"fields not in dataset {d.region}/{d.id}: {', '.join(missing)}",
-                    )
+                    lacking.setdefault(missing, []).append(d.region)
+            for missing, regions_lacking in lacking.items():
+                add(
+                    "purposes",
+                    p.id,
+                    sub,
+                    f"fields not in dataset {entry.dataset} of {', '.join(sorted(regions_lacking))}: "
+                    f"{', '.join(missing)}",
+                )
     purposes = {p.id: p for p in source.purposes}
     for ag in source.agreements:
         if ag.provider_region not in regions:

@@ -1,0 +1,78 @@
+"""Helpers shared by the tests (importable as `support`; pytest puts tests/ on the path)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from registry import (
+    AUTHORITY_KEY,
+    CURRENT_SNAPSHOT,
+    Inventory,
+    KeyState,
+    KeyUsage,
+    PublishResult,
+    load_source,
+    publish,
+)
+from registry._pki import AgencySpec, RegionSpec, init_dev_pki
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_SOURCE = REPO / "conf" / "registry"
+SHARED = REPO.parent / "shared"
+DEMO_REGIONS = ("330000", "510000", "500000")
+
+
+@dataclass
+class Federation:
+    """A dev PKI for the demo regions, its inventory, and a publish folder."""
+
+    root: Path
+    source: Path
+    pki: Path
+    published: Path
+
+    @property
+    def current(self) -> Path:
+        return self.published / CURRENT_SNAPSHOT
+
+    @property
+    def authority_key(self) -> Path:
+        return self.pki / AUTHORITY_KEY
+
+    def publish(
+        self, *, now: datetime | None = None, lifetime_seconds: int | None = None
+    ) -> PublishResult:
+        return publish(
+            self.source,
+            self.pki,
+            self.published,
+            now=now or datetime.now(UTC),
+            lifetime_seconds=lifetime_seconds,
+        )
+
+    def inventory(self) -> Inventory:
+        return Inventory.load(self.pki)
+
+    def active(self, owner: str, usage: KeyUsage) -> str:
+        """The kid of the owner's active key for `usage`."""
+        (record,) = self.inventory().find(owner, usage, KeyState.ACTIVE)
+        return record.kid
+
+    def tls_files(self, owner: str) -> tuple[Path, Path]:
+        """(certificate chain, private key) of the owner's active TLS key."""
+        (record,) = self.inventory().find(owner, KeyUsage.TLS, KeyState.ACTIVE)
+        return self.pki / record.certificate, self.pki / record.private_key
+
+
+def make_federation(
+    root: Path, source: Path = DEMO_SOURCE, now: datetime | None = None
+) -> Federation:
+    loaded = load_source(source)
+    regions = [RegionSpec(r.code, r.name) for r in loaded.regions]
+    agencies = [AgencySpec(a.id, a.name, a.region, a.uscc) for a in loaded.agencies]
+    when = now or datetime.now(UTC)
+    dev = init_dev_pki(root / "pki", regions, agencies, now=when)
+    Inventory.for_new_pki(dev, when).save()
+    return Federation(root=root, source=source, pki=root / "pki", published=root / "published")
