@@ -48,6 +48,9 @@ __all__ = ["main"]
 
 DEFAULT_SOURCE = Path("conf/registry")
 ALGORITHMS = ("ES256", "EdDSA", "PS256")
+MAX_DURATION_DAYS = 36500  # days: any period longer than a century is a typo
+MAX_DURATION_SECONDS = MAX_DURATION_DAYS * 86400
+MAX_VALIDITY_DAYS = 3650  # days: no leaf certificate outlives its intermediate (5 years) anyway
 _DURATION = re.compile(r"^(\d+)([smhd])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -57,7 +60,24 @@ def parse_duration(text: str) -> timedelta:
     match = _DURATION.match(text.strip())
     if not match:
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 30d, 12h, 90m or 45s")
-    return timedelta(seconds=int(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+    seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if not 0 < seconds <= MAX_DURATION_SECONDS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: a duration is more than 0 and at most {MAX_DURATION_DAYS}d"
+        )
+    return timedelta(seconds=seconds)
+
+
+def parse_validity_days(text: str) -> int:
+    try:
+        days = int(text)
+    except ValueError:
+        days = 0
+    if not 0 < days <= MAX_VALIDITY_DAYS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: validity is a whole number of days from 1 to {MAX_VALIDITY_DAYS}"
+        )
+    return days
 
 
 def parse_regions(text: str) -> list[str]:
@@ -73,13 +93,13 @@ def parse_regions(text: str) -> list[str]:
 def parse_time(text: str) -> datetime:
     try:
         value = datetime.fromisoformat(text)
-    except ValueError:
-        value = None
-    if value is None or value.tzinfo is None:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not an ISO 8601 time with an offset, e.g. 2026-11-21T10:00:00+08:00"
-        )
-    return value.astimezone(UTC)
+        if value.tzinfo is not None:
+            return value.astimezone(UTC)
+    except (ValueError, OverflowError):
+        pass
+    raise argparse.ArgumentTypeError(
+        f"{text!r} is not an ISO 8601 time with an offset, e.g. 2026-11-21T10:00:00+08:00"
+    )
 
 
 class _Parser(argparse.ArgumentParser):
@@ -129,10 +149,7 @@ def cmd_pki_init(args: argparse.Namespace, out: Console) -> int:
     ]
     now = _now()
     created = pki.init_dev_pki(args.out, regions, agencies, passphrase=_passphrase(args), now=now)
-    inventory = Inventory(args.out)
-    for key in created.keys:
-        inventory.add(_record(args.out, key, KeyState.ACTIVE, now))
-    inventory.save()
+    Inventory.for_new_pki(created, now).save()
     out.print(
         f"[bold]Dev PKI created in {args.out}[/]: registry authority, {len(regions)} regions "
         f"({', '.join(r.code for r in regions)}), {len(agencies)} agencies, {len(created.keys)} keys."
@@ -145,21 +162,6 @@ def cmd_pki_init(args: argparse.Namespace, out: Console) -> int:
         + (", encrypted." if _passphrase(args) else " (unencrypted: development only).")
     )
     return 0
-
-
-def _record(root: Path, key: pki.IssuedKey, state: KeyState, now: datetime) -> KeyRecord:
-    return KeyRecord(
-        kid=key.kid,
-        usage=KeyUsage(key.usage),
-        owner=key.owner,
-        region=key.region,
-        algorithm=key.algorithm,
-        state=state,
-        certificate=str(key.certificate_path.relative_to(root)),
-        private_key=str(key.key_path.relative_to(root)),
-        created_at=now,
-        activated_at=now if state is KeyState.ACTIVE else None,
-    )
 
 
 # registry -------------------------------------------------------------------------------------
@@ -243,8 +245,9 @@ def cmd_registry_show(args: argparse.Namespace, out: Console) -> int:
         )
     out.print(regions)
     agreements = Table(title="Agreements", title_justify="left")
-    for column in ("id", "provider", "requesters", "purposes", "valid until", "quota/min"):
-        agreements.add_column(column)
+    agreements.add_column("id", overflow="fold")
+    for column in ("provider", "requesters", "purposes", "valid until", "quota/min"):
+        agreements.add_column(column, overflow="fold")
     for a in registry.agreements:
         state = "" if a.in_force(now) else " [red](not in force)[/]"
         agreements.add_row(
@@ -262,8 +265,9 @@ def cmd_registry_show(args: argparse.Namespace, out: Console) -> int:
 
 def _keys_table(title: str, keys: Sequence[KeyEntry], now: datetime) -> Table:
     table = Table(title=title, title_justify="left")
-    for column in ("owner", "usage", "alg", "state", "not after", "days left", "kid"):
+    for column in ("owner", "usage", "alg", "state", "not after", "days left"):
         table.add_column(column)
+    table.add_column("kid", overflow="fold")  # ids are copied from here: never cut them
     for k in keys:
         days = (k.not_after - now).total_seconds() / 86400
         colour = "red" if days < 7 else "yellow" if days < 30 else "green"
@@ -305,7 +309,7 @@ def _issue(args: argparse.Namespace, inventory: Inventory, state: KeyState) -> K
         now=now,
         validity_days=args.validity_days,
     )
-    record = _record(args.pki, key, state, now)
+    record = KeyRecord.from_issued(args.pki, key, state, now)
     inventory.add(record)
     inventory.save()
     return record
@@ -415,6 +419,7 @@ def cmd_gateway_serve(args: argparse.Namespace, out: Console) -> int:
             snapshot_file=args.snapshot,
             follow=args.follow or "",
             passphrase=_passphrase(args),
+            bootstrap_ca_file=args.bootstrap_ca,
         )
     else:
         raise Failure(
@@ -583,7 +588,9 @@ def build_parser() -> argparse.ArgumentParser:
             help="signature algorithm (default ES256; TLS keys are always ES256)",
         )
         p.add_argument(
-            "--validity-days", type=int, help="certificate lifetime in days (default 365)"
+            "--validity-days",
+            type=parse_validity_days,
+            help=f"certificate lifetime in days, 1 to {MAX_VALIDITY_DAYS} (default 365)",
         )
         p.add_argument(
             "--source",
@@ -646,6 +653,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--follow", metavar="HOST:PORT", help="a peer gateway whose registry to follow, with --pki"
     )
     serve.add_argument(
+        "--bootstrap-ca",
+        type=Path,
+        metavar="FILE",
+        help="CA bundle trusted to reach the --follow peer before a registry is held "
+        "(default: the dev PKI's roots.pem)",
+    )
+    serve.add_argument(
         "--listen",
         default="127.0.0.1:0",
         help="host:port to listen on, with --pki (default 127.0.0.1:0, a free port)",
@@ -665,8 +679,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Handler = args.handler
     try:
         return handler(args, out)
-    except (Failure, RegistryError, GatewayError, SignerError) as exc:
-        Console(stderr=True, highlight=False).print(f"tongban: {exc}", markup=False)
+    except (Failure, RegistryError, GatewayError, SignerError, OSError) as exc:
+        # An OSError here is a folder or file named on the command line that cannot be written.
+        message = (
+            f"{exc.filename}: {exc.strerror}"
+            if isinstance(exc, OSError) and exc.filename and exc.strerror
+            else str(exc)
+        )
+        # soft_wrap: never hard-wrap at the console width (it would cut paths and kids in two).
+        Console(stderr=True, highlight=False).print(
+            f"tongban: {message}", markup=False, soft_wrap=True
+        )
         return 1
     except KeyboardInterrupt:
         return 130

@@ -25,6 +25,7 @@ are errors, so a typo never silently falls back to a default.
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from typing import Any
 
 from gateway.errors import ConfigError
 from registry import PROVINCES, Inventory, KeyLifecycleError, KeyState, KeyUsage
+from registry._pki import ROOTS_BUNDLE
 
 __all__ = ["GatewayConfig", "read_passphrase"]
 
@@ -83,7 +85,12 @@ class _Section:
         value = self._raw(key, False)
         if value is None:
             return default
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or value <= 0
+        ):
             raise ConfigError(f"{self.file}: {self.name}.{key}: must be a positive number")
         return float(value)
 
@@ -123,7 +130,12 @@ class GatewayConfig:
                 f"gateway.region: {self.region!r} is not a GB/T 2260 province-level code"
             )
         host, sep, port = self.listen.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        if (
+            not sep
+            or not host
+            or not (port.isascii() and port.isdigit())
+            or not 0 <= int(port) <= 65535
+        ):
             raise ConfigError(f"gateway.listen: {self.listen!r} is not host:port")
         if self.snapshot_file is None and not self.follow:
             raise ConfigError(
@@ -145,10 +157,13 @@ class GatewayConfig:
         tls = _Section(path, "tls", document.get("tls", {}))
         reg = _Section(path, "registry", document.get("registry", {}))
         try:
-            passphrase = read_passphrase(
-                tls.optional_path("passphrase_file"),
-                tls.text("passphrase_env", required=False),
-            )
+            passphrase_file = tls.optional_path("passphrase_file")
+            passphrase_env = tls.text("passphrase_env", required=False)
+            try:
+                passphrase = read_passphrase(passphrase_file, passphrase_env)
+            except ConfigError as exc:
+                key = "passphrase_file" if passphrase_file is not None else "passphrase_env"
+                raise ConfigError(f"tls.{key}: {exc}") from None
             config = cls(
                 region=gw.text("region"),
                 listen=gw.text("listen"),
@@ -169,6 +184,12 @@ class GatewayConfig:
             ) from None
         for section in (gw, tls, reg):
             section.done()
+        if config.snapshot_file is None and config.bootstrap_ca_file is None:
+            # Until it holds a registry, a follow-only gateway has no CA to trust its peer with.
+            raise ConfigError(
+                f"{path}: registry.bootstrap_ca_file: required when the gateway only follows a "
+                "peer (no snapshot_file): it is the CA bundle trusted until a registry is held"
+            )
         return config
 
     @classmethod
@@ -181,6 +202,7 @@ class GatewayConfig:
         snapshot_file: Path | None,
         follow: str = "",
         passphrase: bytes | None = None,
+        bootstrap_ca_file: Path | None = None,
     ) -> GatewayConfig:
         """A configuration from a development PKI folder: the region's active TLS key."""
         try:
@@ -200,4 +222,9 @@ class GatewayConfig:
             authority_public_key=pki_root / "authority" / "authority.pub.pem",
             snapshot_file=snapshot_file,
             follow=follow,
+            bootstrap_ca_file=bootstrap_ca_file or _existing(pki_root / ROOTS_BUNDLE),
         )
+
+
+def _existing(path: Path) -> Path | None:
+    return path if path.exists() else None

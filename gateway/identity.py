@@ -231,6 +231,9 @@ class CallerInterceptor(grpc.aio.ServerInterceptor):
                 token = current_caller.set(await authenticate(context))
                 try:
                     async for item in inner_us(request, context):
+                        # A long-lived stream must not outlive the trust it was opened with:
+                        # the caller is checked again (a cache hit) before every message.
+                        await authenticate(context)
                         yield item
                 finally:
                     current_caller.reset(token)

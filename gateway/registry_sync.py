@@ -51,13 +51,18 @@ class PeerSnapshotSource:
         snapshot = self.store.snapshot
         return snapshot.registry.version if snapshot else 0
 
-    async def follow_once(self) -> None:
-        """One connection: fetch what is newer, then watch until the stream ends."""
+    async def follow_once(self, connected: Callable[[], None] = lambda: None) -> None:
+        """One connection: fetch what is newer, then watch until the stream ends.
+
+        `connected` is called once the peer has answered, so that the caller's backoff starts
+        again from the beginning after every connection that worked.
+        """
         async with grpc.aio.secure_channel(self.target, self._credentials()) as channel:
             stub = registry_pb2_grpc.RegistryStub(channel)
             response = await stub.GetSnapshot(
                 registry_pb2.GetSnapshotRequest(known_version=self._held()), timeout=10
             )
+            connected()
             if response.HasField("snapshot"):
                 self._offer(response.snapshot.jws)
             async for snapshot in stub.Watch(registry_pb2.WatchRequest(known_version=self._held())):
@@ -65,10 +70,14 @@ class PeerSnapshotSource:
 
     async def run(self) -> None:
         delay = self._retry
+
+        def reset() -> None:
+            nonlocal delay
+            delay = self._retry
+
         while True:
             try:
-                await self.follow_once()
-                delay = self._retry
+                await self.follow_once(reset)
             except grpc.aio.AioRpcError as exc:
                 log.warning(
                     "following peer %s: %s (%s); retrying in %.0fs",

@@ -8,7 +8,6 @@ SIGTERM and then stops gracefully. Only the services built so far are served.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 from collections.abc import Callable
@@ -115,6 +114,7 @@ class Gateway:
         self._clock = clock
         self._tls = _TlsMaterial(config)
         self._tasks: list[asyncio.Task[None]] = []
+        self._swap_tasks: set[asyncio.Future[None]] = set()
         self._health = health.aio.HealthServicer()
         self._served_version = -1
         self.server: grpc.aio.Server | None = None
@@ -195,7 +195,9 @@ class Gateway:
         return self.port
 
     def _on_swap(self, snapshot: SignedSnapshot) -> None:
-        self._tasks.append(asyncio.ensure_future(self._update_health()))
+        task = asyncio.ensure_future(self._update_health())
+        self._swap_tasks.add(task)
+        task.add_done_callback(self._swap_tasks.discard)
 
     async def _update_health(self) -> None:
         try:
@@ -212,11 +214,16 @@ class Gateway:
             await self._update_health()
 
     async def stop(self, grace_seconds: float | None = None) -> None:
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._swap_tasks]
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+        for task in tasks:
+            try:
                 await task
+            except asyncio.CancelledError:
+                pass
+            except Exception:  # a background task that died must not stop the shutdown
+                log.exception("background task %s failed", task)
         self._tasks.clear()
         if self.server is not None:
             await self._health.enter_graceful_shutdown()

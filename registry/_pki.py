@@ -6,6 +6,7 @@ certificate's kid, the base64url SHA-256 of its DER)::
 
     <out>/
       pki.json                              regions and agencies the PKI was made for
+      roots.pem                             every region's root CA (a bootstrap trust bundle)
       authority/authority.key               registry authority key (Ed25519), mode 0600
       authority/authority.pub.pem           its SubjectPublicKeyInfo
       regions/<code>/ca/root.pem, root.key  region root CA (P-256, 10 years, pathlen 1)
@@ -102,6 +103,7 @@ _DEFAULT_ALGORITHM_FOR_USAGE: Final = {
 _REGION_CODE: Final = re.compile(r"[0-9]{6}")  # GB/T 2260
 _AGENCY_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,47}")
 _USCC: Final = re.compile(r"[0-9A-HJ-NPQRTUWXY]{18}")  # GB 32100-2015 alphabet, no I O S V Z
+ROOTS_BUNDLE: Final = "roots.pem"  # every region's root CA, PEM
 _PKI_ENTRIES: Final = (MANIFEST_NAME, "authority", "regions", "agencies")
 
 
@@ -261,6 +263,16 @@ def init_dev_pki(
                     )
                 )
     # Written last: its presence tells `issue_key` and `load_dev_pki` the PKI is complete.
+    # Every region's root, for a gateway that must reach a peer before it holds a registry.
+    _write_public(
+        out / ROOTS_BUNDLE,
+        b"".join(
+            _read_certificate(_ca_dir(out, r.code) / "root.pem").public_bytes(
+                serialization.Encoding.PEM
+            )
+            for r in manifest.regions
+        ),
+    )
     manifest.write(out / MANIFEST_NAME, issued_at)
     return DevPki(
         root=out,

@@ -159,6 +159,11 @@ def test_layout(pki: DevPki) -> None:
     assert [r["code"] for r in manifest["regions"]] == [r.code for r in REGIONS]
     assert [a["id"] for a in manifest["agencies"]] == [a.id for a in AGENCIES]
     assert not list(root.rglob(".*.tmp"))
+    bundle = x509.load_pem_x509_certificates((root / "roots.pem").read_bytes())
+    assert bundle == [
+        x509.load_pem_x509_certificate((root / "regions" / r.code / "ca" / "root.pem").read_bytes())
+        for r in REGIONS
+    ]
 
 
 def test_private_keys_are_0600_and_certificates_public(pki: DevPki) -> None:

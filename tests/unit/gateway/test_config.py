@@ -1,0 +1,385 @@
+"""Gateway configuration: TOML into a typed object; every mistake names the file and the key."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import Federation, make_federation
+
+from gateway.cli import main
+from gateway.config import GatewayConfig, read_passphrase
+from gateway.errors import ConfigError
+from registry import AUTHORITY_PUBLIC_KEY, KeyState, KeyUsage
+
+Document = dict[str, Any]
+
+VALID: Document = {
+    "gateway": {"region": "330000", "listen": "127.0.0.1:7330", "grace_seconds": 3},
+    "tls": {
+        "certificate": "pki/regions/330000/keys/tls.pem",
+        "private_key": "pki/regions/330000/keys/tls.key",
+    },
+    "registry": {
+        "authority_public_key": "pki/authority/authority.pub.pem",
+        "snapshot_file": "published/current.jws",
+        "poll_seconds": 0.5,
+    },
+}
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)  # a JSON string is a TOML basic string
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    raise TypeError(value)
+
+
+def to_toml(document: Document) -> str:
+    scalars = [f"{k} = {toml_value(v)}" for k, v in document.items() if not isinstance(v, dict)]
+    tables = [
+        f"[{name}]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in body.items())
+        for name, body in document.items()
+        if isinstance(body, dict)
+    ]
+    return "\n".join(scalars) + "\n" + "\n".join(tables)
+
+
+def write(folder: Path, document: Document | str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "gateway.toml"
+    path.write_text(document if isinstance(document, str) else to_toml(document), "utf-8")
+    return path
+
+
+def changed(section: str, key: str, value: Any) -> Document:
+    """VALID with one key set (or, for value None, removed)."""
+    document = copy.deepcopy(VALID)
+    if value is None:
+        del document[section][key]
+    else:
+        document[section][key] = value
+    return document
+
+
+@pytest.fixture(autouse=True)
+def _no_passphrase_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TONGBAN_UNSET_PASSPHRASE", raising=False)
+
+
+# from_file: the happy path ---------------------------------------------------------------------
+def test_from_file_resolves_relative_paths_against_the_config_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "etc" / "tongban"
+    path = write(folder, VALID)
+    config = GatewayConfig.from_file(path)
+    assert config.region == "330000"
+    assert config.listen == "127.0.0.1:7330"
+    assert config.grace_seconds == 3.0
+    assert config.poll_seconds == 0.5
+    assert config.tls_certificate == folder / "pki/regions/330000/keys/tls.pem"
+    assert config.tls_private_key == folder / "pki/regions/330000/keys/tls.key"
+    assert config.authority_public_key == folder / "pki/authority/authority.pub.pem"
+    assert config.snapshot_file == folder / "published/current.jws"
+    assert config.follow == ""
+    assert config.bootstrap_ca_file is None
+    assert config.tls_passphrase is None
+
+
+def test_from_file_defaults_absolute_paths_and_secrets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = tmp_path / "secret" / "passphrase"
+    secret.parent.mkdir()
+    secret.write_bytes(b"s3cret\r\n")
+    document = copy.deepcopy(VALID)
+    del document["gateway"]["grace_seconds"]
+    del document["registry"]["poll_seconds"]
+    document["tls"]["passphrase_file"] = str(secret)  # absolute: kept as it is
+    document["registry"]["follow"] = "gw.510000.example:7510"
+    document["registry"]["bootstrap_ca_file"] = "ca/bundle.pem"
+    config = GatewayConfig.from_file(write(tmp_path / "conf", document))
+    assert config.grace_seconds == 5.0
+    assert config.poll_seconds == 2.0
+    assert config.tls_passphrase == b"s3cret"
+    assert config.follow == "gw.510000.example:7510"
+    assert config.bootstrap_ca_file == tmp_path / "conf" / "ca" / "bundle.pem"
+    assert "s3cret" not in repr(config)  # the passphrase never shows in a log line
+
+    monkeypatch.setenv("TONGBAN_TEST_PASSPHRASE", "from the environment")
+    document["tls"] = {**VALID["tls"], "passphrase_env": "TONGBAN_TEST_PASSPHRASE"}
+    config = GatewayConfig.from_file(write(tmp_path / "conf2", document))
+    assert config.tls_passphrase == b"from the environment"
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [
+        pytest.param("registry", "snapshot_file", None, id="follow-only-with-bootstrap"),
+        pytest.param("registry", "follow", "", id="snapshot-only-empty-follow"),
+        pytest.param("gateway", "listen", "[::1]:0", id="ipv6-port-0"),
+        pytest.param("gateway", "listen", "gw.example:65535", id="hostname-max-port"),
+    ],
+)
+def test_from_file_accepts(tmp_path: Path, section: str, key: str, value: Any) -> None:
+    document = changed(section, key, value)
+    if key == "snapshot_file":
+        document["registry"] |= {"follow": "peer:7510", "bootstrap_ca_file": "ca.pem"}
+    config = GatewayConfig.from_file(write(tmp_path, document))
+    assert config.region == "330000"
+
+
+# from_file: every error names the file and the key ----------------------------------------------
+def follow_only(bootstrap: bool) -> Document:
+    document = changed("registry", "snapshot_file", None)
+    document["registry"]["follow"] = "peer.example:7510"
+    if bootstrap:
+        document["registry"]["bootstrap_ca_file"] = ""
+    return document
+
+
+ERRORS: dict[str, tuple[Document | str, list[str]]] = {
+    # missing keys and sections
+    **{
+        f"missing-{section}.{key}": (changed(section, key, None), [f"{section}.{key}", "missing"])
+        for section, key in [
+            ("gateway", "region"),
+            ("gateway", "listen"),
+            ("tls", "certificate"),
+            ("tls", "private_key"),
+            ("registry", "authority_public_key"),
+        ]
+    },
+    "missing-section-tls": (
+        {k: v for k, v in VALID.items() if k != "tls"},
+        ["tls.certificate", "missing"],
+    ),
+    # unknown keys and sections
+    **{
+        f"unknown-key-in-{section}": (
+            changed(section, "colour", "red"),
+            [f"{section}.colour", "unknown key"],
+        )
+        for section in ("gateway", "tls", "registry")
+    },
+    "unknown-key-typo": (
+        changed("registry", "snapshot_files", "x.jws"),
+        ["registry.snapshot_files", "unknown key"],
+    ),
+    "unknown-section": ({**VALID, "metrics": {"port": 9100}}, ["[metrics]", "unknown section"]),
+    # wrong types
+    "section-not-a-table": ({**VALID, "gateway": "330000"}, ["[gateway]", "must be a table"]),
+    "region-not-a-string": (changed("gateway", "region", 330000), ["gateway.region", "string"]),
+    "listen-not-a-string": (changed("gateway", "listen", 7330), ["gateway.listen", "string"]),
+    "certificate-not-a-string": (
+        changed("tls", "certificate", ["a.pem"]),
+        ["tls.certificate", "string"],
+    ),
+    "passphrase-env-not-a-string": (
+        changed("tls", "passphrase_env", 1),
+        ["tls.passphrase_env", "string"],
+    ),
+    "snapshot-file-not-a-string": (
+        changed("registry", "snapshot_file", True),
+        ["registry.snapshot_file", "string"],
+    ),
+    "grace-a-string": (
+        changed("gateway", "grace_seconds", "5"),
+        ["gateway.grace_seconds", "positive number"],
+    ),
+    "grace-zero": (
+        changed("gateway", "grace_seconds", 0),
+        ["gateway.grace_seconds", "positive number"],
+    ),
+    "poll-negative": (
+        changed("registry", "poll_seconds", -1.5),
+        ["registry.poll_seconds", "positive number"],
+    ),
+    "poll-boolean": (
+        changed("registry", "poll_seconds", True),
+        ["registry.poll_seconds", "positive number"],
+    ),
+    "poll-nan": (
+        to_toml(VALID).replace("poll_seconds = 0.5", "poll_seconds = nan"),
+        ["registry.poll_seconds", "positive number"],
+    ),
+    "grace-inf": (
+        to_toml(VALID).replace("grace_seconds = 3", "grace_seconds = inf"),
+        ["gateway.grace_seconds", "positive number"],
+    ),
+    # values
+    "region-unknown": (changed("gateway", "region", "999999"), ["gateway.region", "'999999'"]),
+    "region-not-province-level": (
+        changed("gateway", "region", "330100"),
+        ["gateway.region", "GB/T 2260"],
+    ),
+    **{
+        f"listen-{name}": (changed("gateway", "listen", listen), ["gateway.listen", "host:port"])
+        for name, listen in [
+            ("no-port", "127.0.0.1"),
+            ("no-host", ":7330"),
+            ("port-not-a-number", "127.0.0.1:http"),
+            ("port-too-large", "127.0.0.1:65536"),
+            ("port-negative", "127.0.0.1:-1"),
+            ("port-superscript-digits", "127.0.0.1:²³"),
+            ("empty", ""),
+        ]
+    },
+    "neither-snapshot-nor-follow": (
+        changed("registry", "snapshot_file", None),
+        ["registry", "snapshot_file", "follow"],
+    ),
+    "empty-snapshot-and-follow": (
+        changed("registry", "snapshot_file", ""),
+        ["registry", "snapshot_file", "follow"],
+    ),
+    "follow-without-snapshot-or-bootstrap": (
+        follow_only(bootstrap=False),
+        ["registry.bootstrap_ca_file", "follow"],
+    ),
+    "follow-with-empty-bootstrap": (
+        follow_only(bootstrap=True),
+        ["registry.bootstrap_ca_file", "follow"],
+    ),
+    # secrets
+    "passphrase-env-unset": (
+        changed("tls", "passphrase_env", "TONGBAN_UNSET_PASSPHRASE"),
+        ["tls.passphrase_env", "TONGBAN_UNSET_PASSPHRASE", "not set"],
+    ),
+    "passphrase-file-missing": (
+        changed("tls", "passphrase_file", "secret/missing"),
+        ["tls.passphrase_file", "secret/missing", "cannot be read"],
+    ),
+    # the file itself
+    "not-toml": ("[gateway\nregion = ", ["not valid TOML"]),
+}
+
+
+@pytest.mark.parametrize(("document", "fragments"), ERRORS.values(), ids=ERRORS.keys())
+def test_from_file_error_names_file_and_key(
+    tmp_path: Path, document: Document | str, fragments: list[str]
+) -> None:
+    path = write(tmp_path, document)
+    with pytest.raises(ConfigError) as caught:
+        GatewayConfig.from_file(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: ")
+    assert message.count(str(path)) == 1  # named once, not repeated by nested wrapping
+    for fragment in fragments:
+        assert fragment in message
+    assert "\n" not in message
+
+
+def test_from_file_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "missing.toml"
+    with pytest.raises(ConfigError, match="cannot be read") as caught:
+        GatewayConfig.from_file(path)
+    assert str(caught.value).startswith(f"{path}: ")
+
+
+def test_from_file_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(to_toml(VALID).encode() + b"# \xe9\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        GatewayConfig.from_file(path)
+
+
+def test_config_file_error_through_the_cli(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, changed("tls", "colour", "red"))
+    assert main(["gateway", "serve", "--config", str(path)]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == f"tongban: {path}: tls.colour: unknown key\n"
+
+
+# read_passphrase --------------------------------------------------------------------------------
+def test_read_passphrase(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = tmp_path / "p"
+    secret.write_bytes(b"line\n")
+    monkeypatch.setenv("TONGBAN_TEST_PASSPHRASE", "env value")
+    assert read_passphrase(None, None) is None
+    assert read_passphrase(None, "") is None
+    assert read_passphrase(secret, None) == b"line"
+    assert read_passphrase(None, "TONGBAN_TEST_PASSPHRASE") == b"env value"
+    assert read_passphrase(secret, "TONGBAN_TEST_PASSPHRASE") == b"line"  # the file wins
+    with pytest.raises(ConfigError, match=r"TONGBAN_UNSET_PASSPHRASE .*not set"):
+        read_passphrase(None, "TONGBAN_UNSET_PASSPHRASE")
+    with pytest.raises(ConfigError, match="passphrase file cannot be read"):
+        read_passphrase(tmp_path / "nope", None)
+
+
+# for_dev_pki ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def dev(tmp_path_factory: pytest.TempPathFactory) -> Federation:
+    return make_federation(tmp_path_factory.mktemp("dev"))
+
+
+@pytest.mark.parametrize("region", ["330000", "510000", "500000"])
+def test_for_dev_pki_picks_the_regions_active_tls_key(dev: Federation, region: str) -> None:
+    snapshot = dev.published / "current.jws"
+    config = GatewayConfig.for_dev_pki(
+        dev.pki, region, listen="127.0.0.1:0", snapshot_file=snapshot, passphrase=b"pw"
+    )
+    certificate, private_key = dev.tls_files(region)
+    assert config.region == region
+    assert config.tls_certificate == certificate
+    assert config.tls_private_key == private_key
+    assert certificate.is_file()
+    assert private_key.is_file()
+    assert config.authority_public_key == dev.pki / AUTHORITY_PUBLIC_KEY
+    assert config.authority_public_key.is_file()
+    assert config.snapshot_file == snapshot
+    assert config.tls_passphrase == b"pw"
+    assert config.follow == ""
+
+
+def test_for_dev_pki_ignores_a_pending_tls_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fed = make_federation(tmp_path)
+    before = fed.tls_files("330000")
+    assert (
+        main(["keys", "rotate", "--pki", str(fed.pki), "--owner", "330000", "--usage", "tls"]) == 0
+    )
+    capsys.readouterr()
+    (pending,) = fed.inventory().find("330000", KeyUsage.TLS, KeyState.PENDING)
+    config = GatewayConfig.for_dev_pki(
+        fed.pki, "330000", listen="127.0.0.1:0", snapshot_file=None, follow="peer:1"
+    )
+    assert (config.tls_certificate, config.tls_private_key) == before
+    assert config.tls_certificate != fed.pki / pending.certificate
+
+
+@pytest.mark.parametrize(
+    ("region", "listen", "snapshot", "fragments"),
+    [
+        pytest.param(
+            "440000", "127.0.0.1:0", True, ["440000", "no active TLS key"], id="region-not-in-pki"
+        ),
+        pytest.param("330000", "nowhere", True, ["gateway.listen", "host:port"], id="bad-listen"),
+        pytest.param("330000", "127.0.0.1:0", False, ["snapshot_file", "follow"], id="no-registry"),
+    ],
+)
+def test_for_dev_pki_refusals(
+    dev: Federation, region: str, listen: str, snapshot: bool, fragments: list[str]
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        GatewayConfig.for_dev_pki(
+            dev.pki, region, listen=listen, snapshot_file=dev.current if snapshot else None
+        )
+    for fragment in fragments:
+        assert fragment in str(caught.value)
+
+
+def test_for_dev_pki_without_inventory(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no key inventory"):
+        GatewayConfig.for_dev_pki(tmp_path, "330000", listen="127.0.0.1:0", snapshot_file=None)
