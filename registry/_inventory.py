@@ -18,8 +18,6 @@ so every gateway holds it before its owner signs with it: rotation never fails a
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
@@ -28,6 +26,7 @@ from typing import Any
 
 from cryptography import x509
 
+from registry._files import write_atomically
 from registry._model import KeyEntry, KeyState, KeyUsage
 from registry._pki import DevPki, IssuedKey
 from registry.errors import KeyLifecycleError
@@ -151,16 +150,7 @@ class Inventory:
     def save(self) -> None:
         document = {"format": _FORMAT, "keys": [r.to_json() for r in self.records()]}
         data = json.dumps(document, ensure_ascii=False, indent=2, sort_keys=True).encode() + b"\n"
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".keys.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            Path(tmp).replace(self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomically(self.path, data, mode=0o600)  # it names every private key file
 
     def records(self) -> list[KeyRecord]:
         return sorted(

@@ -9,16 +9,15 @@ exceed, applies the key lifecycle moves of a publish, signs with the authority k
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
+from registry._files import write_atomically
 from registry._inventory import Inventory
 from registry._model import Region, Registry
 from registry._pki import region_ca_certificates
@@ -159,27 +158,11 @@ def publish(
         registry = _with_lifetime(registry, lifetime_seconds)
     snapshot = sign_snapshot(registry, authority_key)
     path = out_dir / f"registry-{version}.jws"
-    _write_atomically(path, snapshot.jws.encode() + b"\n")
-    _write_atomically(out_dir / CURRENT_SNAPSHOT, snapshot.jws.encode() + b"\n")
+    write_atomically(path, snapshot.jws.encode() + b"\n")
+    write_atomically(out_dir / CURRENT_SNAPSHOT, snapshot.jws.encode() + b"\n")
     inventory.save()  # after the snapshot is safely written
     return PublishResult(snapshot=snapshot, path=path, changes=tuple(changes))
 
 
 def _with_lifetime(registry: Registry, lifetime_seconds: int) -> Registry:
-    from dataclasses import replace
-
     return replace(registry, expires_at=registry.issued_at + timedelta(seconds=lifetime_seconds))
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

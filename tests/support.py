@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -76,3 +81,28 @@ def make_federation(
     dev = init_dev_pki(root / "pki", regions, agencies, now=when)
     Inventory.for_new_pki(dev, when).save()
     return Federation(root=root, source=source, pki=root / "pki", published=root / "published")
+
+
+def without_agency(fed: Federation, folder: Path, agency_id: str) -> Federation:
+    """The same PKI and publish folder, publishing from a copy of the source without one agency
+    (whose certificates the PKI still holds: a party the registry no longer knows)."""
+    folder.mkdir(parents=True)
+    for file in fed.source.glob("*.toml"):
+        (folder / file.name).write_bytes(file.read_bytes())
+    agencies = folder / "agencies.toml"
+    text = agencies.read_text(encoding="utf-8")
+    pattern = rf'\[agencies\."{re.escape(agency_id)}"\]\n(?:[^\[\n].*\n|\n)*'
+    trimmed = re.sub(pattern, "", text)
+    if trimmed == text:
+        raise ValueError(f"agency {agency_id} is not in {agencies}")
+    agencies.write_text(trimmed, encoding="utf-8")
+    return dataclasses.replace(fed, source=folder)
+
+
+async def eventually(predicate: Callable[[], object], what: str, timeout: float = 5.0) -> None:
+    """Wait until `predicate()` is true, polling; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.02)

@@ -24,7 +24,7 @@ from google.protobuf import descriptor_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
-from support import Federation, make_federation
+from support import Federation, eventually, make_federation, without_agency
 
 import gateway.server
 from gateway.config import GatewayConfig
@@ -79,14 +79,6 @@ async def health_status(ch: grpc.aio.Channel, service: str = "") -> int:
     )
     status: int = response.status
     return status
-
-
-async def eventually(predicate: Callable[[], object], what: str, timeout: float = DEADLINE) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 async def health_becomes(ch: grpc.aio.Channel, expected: int, service: str = "") -> None:
@@ -290,17 +282,7 @@ async def test_agency_unknown_to_the_registry_is_refused_per_call(tmp_path: Path
     # issue_key refuses owners the PKI does not know, so the PKI is made for the whole demo
     # source and the registry published from a copy without sc.data: sc.data's certificate
     # chains to 510000's CA but names an agency the registry does not know.
-    fed = make_federation(tmp_path / "fed")
-    source = tmp_path / "source"
-    source.mkdir()
-    for file in fed.source.glob("*.toml"):
-        (source / file.name).write_bytes(file.read_bytes())
-    agencies = source / "agencies.toml"
-    text = agencies.read_text(encoding="utf-8")
-    trimmed = re.sub(r'\[agencies\."sc\.data"\]\n(?:[^\[\n].*\n|\n)*', "", text)
-    assert trimmed != text
-    agencies.write_text(trimmed, encoding="utf-8")
-    fed = dataclasses.replace(fed, source=source)
+    fed = without_agency(make_federation(tmp_path / "fed"), tmp_path / "source", "sc.data")
     fed.publish()
 
     async with (
@@ -378,16 +360,7 @@ async def test_open_watch_stream_ends_when_the_caller_leaves_the_registry(tmp_pa
     # The stream must not deliver that version (or any later one) to a party no longer trusted.
     fed = make_federation(tmp_path / "fed")
     fed.publish()
-    source = tmp_path / "source"
-    source.mkdir()
-    for file in fed.source.glob("*.toml"):
-        (source / file.name).write_bytes(file.read_bytes())
-    agencies = source / "agencies.toml"
-    text = agencies.read_text(encoding="utf-8")
-    agencies.write_text(
-        re.sub(r'\[agencies\."sc\.data"\]\n(?:[^\[\n].*\n|\n)*', "", text), encoding="utf-8"
-    )
-    without = dataclasses.replace(fed, source=source)
+    without = without_agency(fed, tmp_path / "source", "sc.data")
 
     async with (
         running(dev_config(fed, poll_seconds=0.05)) as (gw, port),

@@ -11,14 +11,14 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from support import Federation, make_federation
+from support import Federation, eventually, make_federation
 
 from gateway.config import GatewayConfig
 from gateway.server import Gateway, create_gateway
@@ -56,14 +56,6 @@ async def running(config: GatewayConfig) -> AsyncIterator[tuple[Gateway, int]]:
 
 def version_of(gw: Gateway) -> int | None:
     return gw.store.status().version
-
-
-async def eventually(predicate: Callable[[], object], what: str, timeout: float = DEADLINE) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def own_copy(fed: Federation, version: int, path: Path) -> Path:
