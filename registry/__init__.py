@@ -47,6 +47,7 @@ from registry._snapshot import (
 )
 from registry._source import RegistrySource, load_source
 from registry._store import FileSnapshotSource, RegistryStatus, RegistryStore
+from registry._trust import RegistryTrust
 from registry.errors import (
     KeyLifecycleError,
     KeyRefused,
@@ -96,6 +97,7 @@ __all__ = [
     "RegistryStale",
     "RegistryStatus",
     "RegistryStore",
+    "RegistryTrust",
     "RegistryUnavailable",
     "ShareClass",
     "SignedSnapshot",

@@ -28,7 +28,7 @@ from cryptography import x509
 
 from registry._files import write_atomically
 from registry._model import KeyEntry, KeyState, KeyUsage
-from registry._pki import DevPki, IssuedKey
+from registry._pki import REVOCATION_REASONS, DevPki, IssuedKey
 from registry.errors import KeyLifecycleError
 
 __all__ = ["INVENTORY_FILE", "Inventory", "KeyRecord"]
@@ -181,11 +181,11 @@ class Inventory:
             raise KeyLifecycleError(
                 f"key {kid} is already revoked (at {record.revoked_at:%Y-%m-%dT%H:%M:%SZ})"
             )
-        if not reason.strip():
-            raise KeyLifecycleError("a revocation needs a reason")
-        revoked = replace(
-            record, state=KeyState.REVOKED, revoked_at=at, revocation_reason=reason.strip()
-        )
+        if reason not in REVOCATION_REASONS:
+            raise KeyLifecycleError(
+                f"{reason!r} is not a revocation reason (one of {', '.join(REVOCATION_REASONS)})"
+            )
+        revoked = replace(record, state=KeyState.REVOKED, revoked_at=at, revocation_reason=reason)
         self._records[kid] = revoked
         return revoked
 

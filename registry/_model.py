@@ -8,8 +8,6 @@ key and certificate with its lifecycle state.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -17,6 +15,7 @@ from enum import StrEnum
 from functools import cached_property
 
 from registry.errors import KeyRefused
+from signer._keys import der_thumbprint as certificate_thumbprint
 
 __all__ = [
     "Agency",
@@ -86,6 +85,7 @@ class Region:
     name: str
     endpoint: str  # host:port of the region's gateway
     ca_certificates: tuple[bytes, ...] = ()  # DER, root first
+    crls: tuple[bytes, ...] = ()  # DER: the region CA's current revocation lists
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,11 +218,6 @@ class KeyEntry:
             raise KeyRefused(
                 f"key {self.kid} was outside its certificate's validity when the signature was made"
             )
-
-
-def certificate_thumbprint(der: bytes) -> str:
-    """base64url (no padding) SHA-256 of a certificate's DER: the JWS `x5t#S256` and our kid."""
-    return base64.urlsafe_b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode("ascii")
 
 
 @dataclass(frozen=True)

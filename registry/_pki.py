@@ -52,9 +52,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import NameOID
 
-from registry import _oids
 from registry._model import certificate_thumbprint
 from registry.errors import PkiError
+from signer import _oids
 from signer._keyfile import (
     ALGORITHMS,
     PrivateKey,
@@ -67,17 +67,21 @@ from signer.errors import SignerError
 
 __all__ = [
     "ALGORITHMS",
+    "REVOCATION_REASONS",
     "USAGES",
     "AgencySpec",
     "DevPki",
     "IssuedKey",
     "PkiError",
     "RegionSpec",
+    "RevokedCertificate",
     "certificate_kid",
     "init_dev_pki",
+    "issue_crl",
     "issue_key",
     "load_dev_pki",
     "region_ca_certificates",
+    "region_crls",
 ]
 
 USAGES: Final = ("seal", "signature", "token", "tls", "audit")
@@ -343,6 +347,77 @@ def load_dev_pki(pki_root: Path) -> DevPki:
         authority_public_key_path=pki_root / "authority" / "authority.pub.pem",
         keys=tuple(keys),
     )
+
+
+REVOCATION_REASONS: Final = {
+    "unspecified": x509.ReasonFlags.unspecified,
+    "keyCompromise": x509.ReasonFlags.key_compromise,
+    "affiliationChanged": x509.ReasonFlags.affiliation_changed,
+    "superseded": x509.ReasonFlags.superseded,
+    "cessationOfOperation": x509.ReasonFlags.cessation_of_operation,
+    "privilegeWithdrawn": x509.ReasonFlags.privilege_withdrawn,
+}  # RFC 5280 reason codes a key revocation may give (by their ASN.1 names)
+
+
+@dataclass(frozen=True)
+class RevokedCertificate:
+    certificate: Path  # PEM chain, leaf first
+    revoked_at: datetime
+    reason: str  # a key of REVOCATION_REASONS
+
+
+def issue_crl(
+    pki_root: Path,
+    region: str,
+    revoked: Sequence[RevokedCertificate],
+    *,
+    now: datetime,
+    next_update: datetime,
+    passphrase: bytes | None = None,
+) -> x509.CertificateRevocationList:
+    """Reissue the region intermediate's CRL listing exactly `revoked`; the CRL number grows."""
+    manifest = _Manifest.read(pki_root)
+    issuer = _load_region_issuer(pki_root, manifest.region(region), passphrase)
+    path = _ca_dir(pki_root, region) / "intermediate.crl.pem"
+    number = 1
+    with contextlib.suppress(OSError, ValueError, x509.ExtensionNotFound):
+        previous = x509.load_pem_x509_crl(path.read_bytes())
+        number = previous.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number + 1
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(issuer.certificate.subject)
+        .last_update(now - CLOCK_SKEW)
+        .next_update(next_update)
+        .add_extension(x509.CRLNumber(number), critical=False)
+        .add_extension(_authority_key_identifier(issuer.certificate), critical=False)
+    )
+    for item in revoked:
+        if item.reason not in REVOCATION_REASONS:
+            raise PkiError(f"{item.reason!r} is not an RFC 5280 revocation reason")
+        certificate = _read_certificate(item.certificate)
+        if certificate.issuer != issuer.certificate.subject:
+            continue  # not issued by this CA (e.g. imported): the registry key state still counts
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder()
+            .serial_number(certificate.serial_number)
+            .revocation_date(item.revoked_at)
+            .add_extension(x509.CRLReason(REVOCATION_REASONS[item.reason]), critical=False)
+            .build()
+        )
+    crl = builder.sign(issuer.key, hashes.SHA256())
+    _write_public(path, crl.public_bytes(serialization.Encoding.PEM))
+    return crl
+
+
+def region_crls(pki_root: Path, region: str) -> tuple[x509.CertificateRevocationList, ...]:
+    """The region CA's current CRLs (the intermediate's)."""
+    path = _ca_dir(pki_root, region) / "intermediate.crl.pem"
+    try:
+        return (x509.load_pem_x509_crl(path.read_bytes()),)
+    except FileNotFoundError:
+        return ()
+    except (OSError, ValueError) as exc:
+        raise PkiError(f"{path}: not a readable CRL") from exc
 
 
 def region_ca_certificates(pki_root: Path, region: str) -> tuple[x509.Certificate, ...]:

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from registry._files import write_atomically
 from registry._inventory import Inventory
 from registry._model import Region, Registry
-from registry._pki import region_ca_certificates
+from registry._pki import RevokedCertificate, issue_crl, region_ca_certificates, region_crls
 from registry._snapshot import (
     AuthorityPublicKey,
     SignedSnapshot,
@@ -45,6 +45,7 @@ __all__ = [
 AUTHORITY_KEY = Path("authority/authority.key")
 AUTHORITY_PUBLIC_KEY = Path("authority/authority.pub.pem")
 CURRENT_SNAPSHOT = "current.jws"
+CRL_MARGIN = timedelta(days=1)  # a published CRL stays current this long after its snapshot expires
 _VERSIONED = re.compile(r"^registry-(\d+)\.jws$")
 
 
@@ -83,6 +84,10 @@ def build_registry(
                 name=region.name,
                 endpoint=region.endpoint,
                 ca_certificates=tuple(c.public_bytes(serialization.Encoding.DER) for c in cas),
+                crls=tuple(
+                    c.public_bytes(serialization.Encoding.DER)
+                    for c in region_crls(pki_root, region.code)
+                ),
             )
         )
     known_owners = {r.code for r in source.regions} | {a.id for a in source.agencies}
@@ -153,6 +158,22 @@ def publish(
     _, highest = read_published(out_dir, authority_key.public_key())
     version = highest + 1
     changes = inventory.advance_for_publish(version, now)
+    lifetime = timedelta(seconds=lifetime_seconds or source.snapshot_lifetime_seconds)
+    for region in source.regions:
+        # Each CRL is reissued from the inventory and outlives the snapshot that carries it.
+        revoked = [
+            RevokedCertificate(pki_root / r.certificate, r.revoked_at, r.revocation_reason)
+            for r in inventory.records()
+            if r.region == region.code and r.revoked_at is not None
+        ]
+        issue_crl(
+            pki_root,
+            region.code,
+            revoked,
+            now=now,
+            next_update=now + lifetime + CRL_MARGIN,
+            passphrase=passphrase,
+        )
     registry = build_registry(source, pki_root, version=version, issued_at=now, inventory=inventory)
     if lifetime_seconds is not None:
         registry = _with_lifetime(registry, lifetime_seconds)

@@ -118,6 +118,7 @@ def registry_to_payload(registry: Registry) -> dict[str, Any]:
                 "name": r.name,
                 "endpoint": r.endpoint,
                 "ca_certificates": [_b64(c) for c in r.ca_certificates],
+                "crls": [_b64(c) for c in r.crls],
             }
             for r in sorted(registry.regions, key=lambda r: r.code)
         ],
@@ -283,6 +284,7 @@ def registry_from_payload(data: Any) -> Registry:
             name=r.text("name"),
             endpoint=r.text("endpoint"),
             ca_certificates=tuple(r.der(c, "ca_certificates") for c in r.texts("ca_certificates")),
+            crls=tuple(r.der(c, "crls") for c in r.texts("crls")),
         )
         for r in top.objects("regions")
     )

@@ -235,6 +235,7 @@ class Region(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     ENDPOINT_FIELD_NUMBER: _builtins.int
     CA_CERTIFICATES_FIELD_NUMBER: _builtins.int
+    CRLS_FIELD_NUMBER: _builtins.int
     code: _builtins.str
     """GB/T 2260 six-digit administrative division code, e.g. "310000"."""
     name: _builtins.str
@@ -245,6 +246,10 @@ class Region(_message.Message):
     def ca_certificates(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
         """DER certificates of the region's CA: root first, then intermediates."""
 
+    @_builtins.property
+    def crls(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """DER certificate revocation lists of the region's CA, current when the snapshot was signed."""
+
     def __init__(
         self,
         *,
@@ -252,10 +257,11 @@ class Region(_message.Message):
         name: _builtins.str = ...,
         endpoint: _builtins.str = ...,
         ca_certificates: _abc.Iterable[_builtins.bytes] | None = ...,
+        crls: _abc.Iterable[_builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca_certificates", b"ca_certificates", "code", b"code", "endpoint", b"endpoint", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca_certificates", b"ca_certificates", "code", b"code", "crls", b"crls", "endpoint", b"endpoint", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -25,7 +25,7 @@ from cryptography.x509.verification import (
     VerificationError,
 )
 
-from registry import _oids, authority_key_id
+from registry import authority_key_id
 from registry._pki import (
     AgencySpec,
     DevPki,
@@ -38,7 +38,7 @@ from registry._pki import (
     load_dev_pki,
     region_ca_certificates,
 )
-from signer import load_private_key
+from signer import _oids, load_private_key
 
 NOW = datetime.now(UTC).replace(microsecond=0)  # real time: the gRPC handshake checks it
 PASSPHRASE = b"dev pki passphrase"

@@ -11,7 +11,6 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, rsa, x25519
 
-import signer
 from signer import (
     KeyFileError,
     PrivateKey,
@@ -43,12 +42,6 @@ def open_umask() -> Iterator[None]:
 
 def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
-
-
-def test_public_api_is_exactly_what_all_promises() -> None:
-    assert sorted(signer.__all__) == signer.__all__
-    for name in signer.__all__:
-        assert hasattr(signer, name), name
 
 
 def test_error_tree() -> None:

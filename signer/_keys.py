@@ -1,0 +1,101 @@
+"""Key providers: where a signing key lives, behind one small protocol.
+
+Callers ask a provider to sign bytes; they never hold the private key. `FileKeyProvider` reads a
+PKCS#8 file (optionally passphrase-protected); an HSM or a remote signer implements the same
+protocol without touching its callers.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from signer._algorithms import check_key_fits, sign_bytes
+from signer._keyfile import algorithm_for_key, load_private_key
+from signer.errors import KeyFileError, SignerError
+
+__all__ = ["FileKeyProvider", "KeyProvider", "certificate_thumbprint", "der_thumbprint"]
+
+
+def der_thumbprint(der: bytes) -> str:
+    """The JWS `x5t#S256` of a certificate's DER (base64url SHA-256): a key's id in Tongban."""
+    return base64.urlsafe_b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode("ascii")
+
+
+def certificate_thumbprint(certificate: x509.Certificate) -> str:
+    """The JWS `x5t#S256` of a certificate."""
+    return der_thumbprint(certificate.public_bytes(serialization.Encoding.DER))
+
+
+@runtime_checkable
+class KeyProvider(Protocol):
+    """A signing key and its certificate chain (leaf first, no root)."""
+
+    @property
+    def kid(self) -> str: ...
+
+    @property
+    def algorithm(self) -> str: ...
+
+    @property
+    def certificate_chain(self) -> tuple[x509.Certificate, ...]: ...
+
+    def sign(self, signing_input: bytes) -> bytes:
+        """The JWS signature of `signing_input` (for ES256, the 64-byte r||s form)."""
+        ...
+
+
+class FileKeyProvider:
+    """A PKCS#8 private key file and its PEM certificate chain."""
+
+    def __init__(
+        self, key_path: Path, certificate_path: Path, passphrase: bytes | None = None
+    ) -> None:
+        self._key = load_private_key(key_path, passphrase)
+        try:
+            chain = tuple(x509.load_pem_x509_certificates(certificate_path.read_bytes()))
+        except (OSError, ValueError) as exc:
+            raise KeyFileError(f"{certificate_path}: not a readable PEM certificate chain") from exc
+        if not chain:
+            raise KeyFileError(f"{certificate_path}: holds no certificate")
+        public = self._key.public_key()
+        leaf_key = chain[0].public_key()
+        if not _same_key(public, leaf_key):
+            raise KeyFileError(
+                f"{key_path}: does not belong to the certificate in {certificate_path}"
+            )
+        self._algorithm = algorithm_for_key(public)
+        check_key_fits(self._algorithm, self._key)
+        self._chain = chain
+        self._kid = certificate_thumbprint(chain[0])
+
+    @property
+    def kid(self) -> str:
+        return self._kid
+
+    @property
+    def algorithm(self) -> str:
+        return self._algorithm
+
+    @property
+    def certificate_chain(self) -> tuple[x509.Certificate, ...]:
+        return self._chain
+
+    def sign(self, signing_input: bytes) -> bytes:
+        return sign_bytes(self._algorithm, self._key, signing_input)
+
+    def __repr__(self) -> str:
+        return f"FileKeyProvider(kid={self._kid!r}, algorithm={self._algorithm!r})"
+
+
+def _same_key(a: object, b: object) -> bool:
+    fmt = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    try:
+        return bool(a.public_bytes(*fmt) == b.public_bytes(*fmt))  # type: ignore[attr-defined]
+    except (AttributeError, ValueError, SignerError):
+        return False

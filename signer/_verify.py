@@ -1,0 +1,810 @@
+"""Verifying e-seals and e-signatures: a non-raising `validate()` and a raising `verify()`.
+
+The key that proves a signature is the one the trust source (the registry) publishes for the
+header's `x5t#S256`, never a key or chain carried only in the header. The chain is built with
+`cryptography.x509.verification` against the anchors of the key's own region, at the claimed
+signing time; revocation comes from the registry's key states and the region's CRLs, checked
+after path validation (pyca has no revocation step). Verified chains are cached per key and
+registry version, so a repeated verification costs one signature check.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.x509.oid import CRLEntryExtensionOID, ExtendedKeyUsageOID
+from cryptography.x509.verification import (
+    Criticality,
+    ExtensionPolicy,
+    PolicyBuilder,
+    Store,
+    VerificationError,
+)
+
+from signer import _oids
+from signer._algorithms import ALLOWED_ALGORITHMS, check_key_fits, verify_fitted
+from signer._jades import (
+    SIGD_HASH_MECHANISM,
+    JwsFormatError,
+    ParsedJws,
+    b64url_decode,
+    parse_compact,
+)
+from signer._keyfile import PublicKey
+from signer._keys import der_thumbprint
+from signer._report import Check, Indication, SignatureKind, SubIndication, ValidationReport
+from signer._trust import TrustedKey, TrustSource
+from signer.errors import SealInvalid, UnsupportedAlgorithm
+
+__all__ = ["CLOCK_SKEW", "SealVerifier"]
+
+CLOCK_SKEW: Final = timedelta(minutes=5)  # a signing time this far ahead is still accepted
+MAX_CHAIN_DEPTH: Final = 4
+MAX_CACHED_KEYS: Final = 4096  # x5c thumbprints remembered before the cache is cleared
+_REGISTERED_HEADERS: Final = frozenset(
+    {"alg", "jku", "jwk", "kid", "x5u", "x5c", "x5t", "x5t#S256", "typ", "cty", "crit"}
+)
+_UNDERSTOOD_CRITICAL: Final = frozenset({"sigD"})
+# Revocation reasons that say nothing against signatures made before the revocation.
+_BENIGN_REASONS: Final = frozenset(
+    {
+        "superseded",
+        "cessationOfOperation",
+        "affiliationChanged",
+        "cessation_of_operation",
+        "affiliation_changed",
+    }
+)
+
+
+class _Fail(Exception):  # internal control flow: one check failed
+    def __init__(self, sub: SubIndication, message: str) -> None:
+        super().__init__(message)
+        self.sub = sub
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    jws: str | bytes
+    detached_payload: bytes | None
+    expected_kind: SignatureKind | None
+    expected_region: str | None
+    now: datetime
+    trust: TrustSource
+
+
+@dataclass(slots=True)
+class _Run:
+    """The checks of one validation, in order, and what was learnt on the way."""
+
+    record: bool = True  # whether passing checks are written down
+    checks: list[Check] = field(default_factory=list)
+    algorithm: str = ""
+    kid: str = ""
+    key: TrustedKey | None = None
+    kind: SignatureKind | None = None
+    signing_time: datetime | None = None
+    content_type: str = ""
+    payload_b64: str = ""
+    detached_payload: bytes | None = None
+    subject: str = ""
+    facts: _Facts | None = None
+
+    def ok(self, name: str, detail: str = "") -> None:
+        self.checks.append(Check(name, True, detail))
+
+    def fail(self, name: str, sub: SubIndication, message: str) -> _Fail:
+        self.checks.append(Check(name, False, message))
+        return _Fail(sub, message)
+
+
+@dataclass(frozen=True, slots=True)
+class _Chain:
+    certificates: tuple[x509.Certificate, ...]  # leaf first, root last
+    valid_from: datetime  # the window in which every certificate of the chain is valid
+    valid_until: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class _Revocation:
+    """What the CRLs say about one key's chain, computed once per key and registry version."""
+
+    problem: str  # non-empty: no usable CRL from the leaf's issuer
+    fresh_from: datetime  # the CRLs are current in this window
+    fresh_until: datetime
+    revoked: tuple[str, datetime, str] | None  # (what, when, reason) if a certificate is listed
+
+
+@dataclass(slots=True)
+class _Facts:
+    """Everything about a published key that does not depend on the signature being checked."""
+
+    public_key: PublicKey | None
+    kind: SignatureKind | None
+    subject: str
+    not_before: datetime
+    not_after: datetime
+    validity: str  # "from to", for the report
+    fitting: dict[str, str] = field(default_factory=dict)  # algorithms checked against the key
+    passing_checks: dict[tuple[str, bool], tuple[Check, ...]] = field(default_factory=dict)
+    chain: _Chain | None = None
+    revocation: _Revocation | None = None
+
+
+def _facts_of(key: TrustedKey) -> _Facts:
+    public = key.certificate.public_key()
+    usable = isinstance(
+        public, ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | rsa.RSAPublicKey
+    )
+    return _Facts(
+        public_key=public if usable else None,  # type: ignore[arg-type]
+        kind=_kind_of(key.certificate),
+        subject=key.certificate.subject.rfc4514_string(),
+        not_before=key.certificate.not_valid_before_utc,
+        not_after=key.certificate.not_valid_after_utc,
+        validity=f"{key.certificate.not_valid_before_utc:%Y-%m-%d} to {key.certificate.not_valid_after_utc:%Y-%m-%d}",
+    )
+
+
+def _kind_of(certificate: x509.Certificate) -> SignatureKind | None:
+    try:
+        policies = {
+            p.policy_identifier
+            for p in certificate.extensions.get_extension_for_class(x509.CertificatePolicies).value
+        }
+    except x509.ExtensionNotFound:
+        return None
+    seal = bool(policies & {_oids.QCP_L, _oids.POLICY_SEAL})
+    person = bool(policies & {_oids.QCP_N, _oids.POLICY_SIGNATURE})
+    if seal == person:
+        return None  # neither, or claims to be both
+    return SignatureKind.SEAL if seal else SignatureKind.SIGNATURE
+
+
+def _signing_key_usage(
+    policy: object, certificate: x509.Certificate, extension: x509.KeyUsage | None
+) -> None:
+    if extension is None or not (extension.digital_signature or extension.content_commitment):
+        raise ValueError("the certificate's key usage does not allow signatures")
+
+
+def _document_signing(
+    policy: object, certificate: x509.Certificate, extension: x509.ExtendedKeyUsage | None
+) -> None:
+    if extension is None or _oids.EKU_DOCUMENT_SIGNING not in extension:
+        raise ValueError("the certificate is not for document signing (RFC 9336 EKU)")
+    if ExtendedKeyUsageOID.SERVER_AUTH in extension or ExtendedKeyUsageOID.CLIENT_AUTH in extension:
+        raise ValueError("a TLS certificate does not seal documents")
+
+
+_EE_POLICY: Final = (
+    ExtensionPolicy.permit_all()
+    .require_present(x509.KeyUsage, Criticality.AGNOSTIC, _signing_key_usage)
+    .require_present(x509.ExtendedKeyUsage, Criticality.AGNOSTIC, _document_signing)
+)
+
+
+class SealVerifier:
+    """Validates JAdES seals and signatures against one trust source (a registry version)."""
+
+    def __init__(
+        self, trust: TrustSource, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    ) -> None:
+        self._trust = trust
+        self._clock = clock
+        self._facts: dict[str, _Facts] = {}  # by kid, for self._trust.version only
+        self._x5c_thumbprints: dict[str, str] = {}  # x5c[0] text -> its thumbprint
+
+    @property
+    def trust(self) -> TrustSource:
+        return self._trust
+
+    def use(self, trust: TrustSource) -> None:
+        """Switch to a newer trust source (a registry swap); cached chains are dropped."""
+        if trust.version != self._trust.version:
+            self._facts = {}
+        self._trust = trust
+
+    def verify(
+        self,
+        jws: str | bytes,
+        *,
+        detached_payload: bytes | None = None,
+        expected_kind: SignatureKind | None = None,
+        expected_owner_region: str | None = None,
+        validation_time: datetime | None = None,
+    ) -> ValidationReport:
+        """The report if the signature is TOTAL_PASSED; otherwise raise `SealInvalid(report)`."""
+        report = self.validate(
+            jws,
+            detached_payload=detached_payload,
+            expected_kind=expected_kind,
+            expected_owner_region=expected_owner_region,
+            validation_time=validation_time,
+        )
+        if not report.passed:
+            raise SealInvalid(report)
+        return report
+
+    def validate(
+        self,
+        jws: str | bytes,
+        *,
+        detached_payload: bytes | None = None,
+        expected_kind: SignatureKind | None = None,
+        expected_owner_region: str | None = None,
+        validation_time: datetime | None = None,
+    ) -> ValidationReport:
+        """Validate and report; never raises for a bad signature.
+
+        (0) the JWS parses: compact form, base64url, one JSON object without duplicate names
+        (1) the header follows the profile: crit, x5t#S256, iat, sigD
+        (2) the algorithm is allowed
+        (3) the signing key is one the registry publishes; x5c, if present, agrees with it
+        (4) the algorithm fits the key
+        (5) the signed data is there (attached, or supplied for a detached signature)
+        (6) the signature verifies with the registry's key
+        (7) a detached payload matches the digest that was signed (sigD)
+        (8) the certificate was valid at the signing time
+        (9) the chain builds to the key's region anchors, with seal/signature constraints
+        (10) kind and region are what the registry and the caller expect
+        (11) not revoked (registry key state, region CRLs) as of the signing time
+        (12) the certificate is still within its validity now (no proof of existence otherwise)
+        """
+        trust = self._trust
+        now = validation_time or self._clock()
+        # The checks are recorded only when they are needed: a passing validation reuses the
+        # checks recorded the first time this key passed in this form; a failing one is run
+        # again, recording, so that its report lists every check up to the failure.
+        run = _Run(record=False)
+        request = _Request(jws, detached_payload, expected_kind, expected_owner_region, now, trust)
+        outcome = self._execute(run, request)
+        if outcome is not None or run.facts is None:
+            recorded = _Run(record=True)
+            failure = self._execute(recorded, request)
+            assert failure is not None
+            return self._report(recorded, trust, failure.sub, failure.message)
+        form = (run.algorithm, detached_payload is not None)
+        checks = run.facts.passing_checks.get(form)
+        if checks is None:
+            recorded = _Run(record=True)
+            self._execute(recorded, request)
+            checks = run.facts.passing_checks[form] = tuple(recorded.checks)
+        run.checks = list(checks)
+        key = run.key
+        assert key is not None
+        when = f"{run.signing_time:%Y-%m-%d %H:%M:%SZ}" if run.signing_time else "an unknown time"
+        message = f"e-{run.kind or 'signature'} by {key.owner_name or key.owner} ({key.region}) made at {when} is valid"
+        return self._report(run, trust, None, message)
+
+    def _execute(self, run: _Run, request: _Request) -> _Fail | None:
+        """Run the checks of `validate`; the failure, or None when every check passed."""
+        jws, detached_payload, now, trust = (
+            request.jws,
+            request.detached_payload,
+            request.now,
+            request.trust,
+        )
+        try:
+            parsed = self._parse(run, jws)  # (0)
+            self._check_header(run, parsed, now)  # (1)
+            self._check_algorithm(run, parsed)  # (2)
+            key = self._identify_key(run, parsed, trust)  # (3)
+            facts = self._facts.get(key.kid)
+            if facts is None:
+                facts = self._facts[key.kid] = _facts_of(key)
+            run.subject = facts.subject
+            public_key = self._check_key_fits(run, facts)  # (4)
+            self._check_signed_data(run, parsed, detached_payload)  # (5)
+            self._check_signature(run, parsed, public_key, detached_payload)  # (6)
+            self._check_digest(run, parsed, detached_payload)  # (7)
+            self._check_validity_at_signing(run, facts)  # (8)
+            chain = self._check_chain(run, key, facts, trust)  # (9)
+            self._check_kind_and_region(
+                run, key, facts, request.expected_kind, request.expected_region
+            )  # (10)
+            self._check_revocation(run, key, facts, chain, trust, now=now)  # (11)
+            self._check_validity_now(run, facts, now)  # (12)
+        except _Fail as failure:
+            return failure
+        run.facts = facts
+        run.payload_b64 = parsed.payload_b64
+        run.detached_payload = detached_payload
+        return None
+
+    # -- steps --------------------------------------------------------------------------------
+    @staticmethod
+    def _parse(run: _Run, jws: str | bytes) -> ParsedJws:
+        try:
+            parsed = parse_compact(jws)
+        except JwsFormatError as exc:
+            raise run.fail(
+                "format", SubIndication.FORMAT_FAILURE, f"not a valid compact JWS: {exc}"
+            ) from None
+        run.ok("format", "compact JWS, protected header is a JSON object")
+        return parsed
+
+    @staticmethod
+    def _check_header(run: _Run, parsed: ParsedJws, now: datetime) -> None:
+        header = parsed.header
+        crit = header.get("crit")
+        if crit is not None:
+            if (
+                not isinstance(crit, list)
+                or not crit
+                or not all(isinstance(c, str) for c in crit)
+                or len(set(crit)) != len(crit)
+            ):
+                raise run.fail(
+                    "header",
+                    SubIndication.FORMAT_FAILURE,
+                    "crit must be a non-empty list of distinct names",
+                )
+            registered = sorted(set(crit) & _REGISTERED_HEADERS)
+            if registered:
+                raise run.fail(
+                    "header",
+                    SubIndication.FORMAT_FAILURE,
+                    f"crit lists RFC 7515 header {registered[0]!r}",
+                )
+            unknown = sorted(set(crit) - _UNDERSTOOD_CRITICAL)
+            if unknown:
+                raise run.fail(
+                    "header",
+                    SubIndication.FORMAT_FAILURE,
+                    f"crit lists {unknown[0]!r}, which this verifier does not understand",
+                )
+            missing = sorted(c for c in crit if c not in header)
+            if missing:
+                raise run.fail(
+                    "header",
+                    SubIndication.FORMAT_FAILURE,
+                    f"crit lists {missing[0]!r}, which the header lacks",
+                )
+        if "sigD" in header and "sigD" not in (crit or []):
+            raise run.fail(
+                "header", SubIndication.FORMAT_FAILURE, "sigD is used but not listed in crit"
+            )
+        if "b64" in header:
+            raise run.fail(
+                "header", SubIndication.FORMAT_FAILURE, "b64 is not part of the Tongban profile"
+            )
+        identifiers = [name for name in ("x5t#S256", "x5t#o", "sigX5ts") if name in header]
+        if identifiers != ["x5t#S256"]:
+            raise run.fail(
+                "header",
+                SubIndication.FORMAT_FAILURE,
+                "the header must identify the signer by exactly one x5t#S256",
+            )
+        if not isinstance(header["x5t#S256"], str):
+            raise run.fail("header", SubIndication.FORMAT_FAILURE, "x5t#S256 must be a string")
+        if "sigT" in header:
+            raise run.fail(
+                "header",
+                SubIndication.FORMAT_FAILURE,
+                "sigT is not used for signatures made since 2025-07-15: use iat",
+            )
+        iat = header.get("iat")
+        if isinstance(iat, bool) or not isinstance(iat, int | float):
+            raise run.fail(
+                "header",
+                SubIndication.FORMAT_FAILURE,
+                "iat (the signing time) is missing or not a number",
+            )
+        try:
+            run.signing_time = datetime.fromtimestamp(iat, UTC)
+        except (OverflowError, OSError, ValueError):
+            raise run.fail("header", SubIndication.FORMAT_FAILURE, "iat is out of range") from None
+        if run.signing_time > now + CLOCK_SKEW:
+            raise run.fail(
+                "header",
+                SubIndication.FORMAT_FAILURE,
+                f"the signing time {run.signing_time:%Y-%m-%dT%H:%M:%SZ} is in the future",
+            )
+        cty = header.get("cty", "")
+        run.content_type = cty if isinstance(cty, str) else ""
+        run.ok(
+            "header",
+            "JAdES baseline-B profile: x5t#S256, iat" + (", sigD" if "sigD" in header else ""),
+        )
+
+    @staticmethod
+    def _check_algorithm(run: _Run, parsed: ParsedJws) -> None:
+        alg = parsed.header.get("alg")
+        if not isinstance(alg, str) or alg not in ALLOWED_ALGORITHMS:
+            raise run.fail(
+                "algorithm",
+                SubIndication.CRYPTO_CONSTRAINTS_FAILURE,
+                f"algorithm {alg!r} is not allowed (allowed: {', '.join(ALLOWED_ALGORITHMS)})",
+            )
+        run.algorithm = alg
+        run.ok("algorithm", alg)
+
+    def _identify_key(self, run: _Run, parsed: ParsedJws, trust: TrustSource) -> TrustedKey:
+        kid = parsed.header["x5t#S256"]
+        run.kid = kid
+        key = trust.key(kid)
+        if key is None:
+            raise run.fail(
+                "signing key",
+                SubIndication.NO_CERTIFICATE_CHAIN_FOUND,
+                f"key {kid} is not published in registry version {trust.version}",
+            )
+        run.key = key
+        x5c = parsed.header.get("x5c")
+        if x5c is not None:
+            if not isinstance(x5c, list) or not x5c or not all(isinstance(c, str) for c in x5c):
+                raise run.fail(
+                    "signing key",
+                    SubIndication.FORMAT_FAILURE,
+                    "x5c must be a non-empty list of base64 certificates",
+                )
+            thumbprint = self._x5c_thumbprints.get(x5c[0])
+            if thumbprint is None:
+                try:
+                    thumbprint = der_thumbprint(base64.b64decode(x5c[0], validate=True))
+                except ValueError:
+                    raise run.fail(
+                        "signing key", SubIndication.FORMAT_FAILURE, "x5c[0] is not base64"
+                    ) from None
+                if len(self._x5c_thumbprints) >= MAX_CACHED_KEYS:
+                    self._x5c_thumbprints.clear()
+                self._x5c_thumbprints[x5c[0]] = thumbprint
+            if thumbprint != kid:
+                raise run.fail(
+                    "signing key",
+                    SubIndication.FORMAT_FAILURE,
+                    "x5t#S256 does not match the certificate in x5c",
+                )
+        run.ok(
+            "signing key",
+            f"{kid} of {key.owner} ({key.usage}, {key.state}) from registry version {trust.version}",
+        )
+        return key
+
+    @staticmethod
+    def _check_key_fits(run: _Run, facts: _Facts) -> PublicKey:
+        public = facts.public_key
+        if public is not None and run.algorithm in facts.fitting:
+            run.ok("key and algorithm", facts.fitting[run.algorithm])
+            return public
+        if public is None:
+            raise run.fail(
+                "key and algorithm",
+                SubIndication.CRYPTO_CONSTRAINTS_FAILURE,
+                "the certificate's key is not a Tongban signing key type",
+            )
+        try:
+            check_key_fits(run.algorithm, public)
+        except UnsupportedAlgorithm as exc:
+            raise run.fail(
+                "key and algorithm", SubIndication.CRYPTO_CONSTRAINTS_FAILURE, str(exc)
+            ) from None
+        facts.fitting[run.algorithm] = f"{run.algorithm} fits the certificate's key"
+        run.ok("key and algorithm", facts.fitting[run.algorithm])
+        return public
+
+    @staticmethod
+    def _check_signed_data(run: _Run, parsed: ParsedJws, detached_payload: bytes | None) -> None:
+        if not parsed.detached:
+            if detached_payload is not None:
+                raise run.fail(
+                    "signed data",
+                    SubIndication.FORMAT_FAILURE,
+                    "a payload was supplied but the signature is attached",
+                )
+            run.ok("signed data", "attached")
+            return
+        if detached_payload is None:
+            raise run.fail(
+                "signed data",
+                SubIndication.SIGNED_DATA_NOT_FOUND,
+                "the signature is detached and no payload was supplied",
+            )
+        run.ok("signed data", "detached, supplied by the caller")
+
+    @staticmethod
+    def _check_signature(
+        run: _Run, parsed: ParsedJws, public: PublicKey, detached_payload: bytes | None
+    ) -> None:
+        if not verify_fitted(
+            run.algorithm, public, parsed.signing_input(detached_payload), parsed.signature
+        ):
+            raise run.fail(
+                "signature",
+                SubIndication.SIG_CRYPTO_FAILURE,
+                "the signature does not verify with the registry's key (the data or header was changed, or another key signed)",
+            )
+        run.ok("signature", "verifies with the registry's certificate")
+
+    @staticmethod
+    def _check_digest(run: _Run, parsed: ParsedJws, payload: bytes | None) -> None:
+        sig_d = parsed.header.get("sigD")
+        if sig_d is None or payload is None:
+            return
+        if (
+            not isinstance(sig_d, dict)
+            or sig_d.get("mId") != SIGD_HASH_MECHANISM
+            or sig_d.get("hashM") != "S256"
+            or not isinstance(sig_d.get("hashV"), list)
+            or len(sig_d["hashV"]) != 1
+            or not isinstance(sig_d["hashV"][0], str)
+        ):
+            raise run.fail(
+                "data digest",
+                SubIndication.FORMAT_FAILURE,
+                "sigD must name one S256 digest (ObjectIdByURIHash)",
+            )
+        try:
+            signed_digest = b64url_decode(sig_d["hashV"][0])
+        except JwsFormatError:
+            raise run.fail(
+                "data digest", SubIndication.FORMAT_FAILURE, "sigD hashV is not base64url"
+            ) from None
+        if hashlib.sha256(payload).digest() != signed_digest:
+            raise run.fail(
+                "data digest",
+                SubIndication.HASH_FAILURE,
+                "the supplied payload is not the one that was signed (SHA-256 differs)",
+            )
+        run.ok("data digest", "SHA-256 of the payload matches sigD")
+
+    @staticmethod
+    def _check_validity_at_signing(run: _Run, facts: _Facts) -> None:
+        assert run.signing_time is not None
+        if run.signing_time < facts.not_before:
+            raise run.fail(
+                "validity at signing time",
+                SubIndication.NOT_YET_VALID,
+                f"the certificate was not yet valid at the signing time (valid from {facts.not_before:%Y-%m-%dT%H:%M:%SZ})",
+            )
+        if run.signing_time > facts.not_after:
+            raise run.fail(
+                "validity at signing time",
+                SubIndication.EXPIRED,
+                f"the certificate had expired at the signing time (valid until {facts.not_after:%Y-%m-%dT%H:%M:%SZ})",
+            )
+        run.ok("validity at signing time", facts.validity)
+
+    @staticmethod
+    def _check_chain(run: _Run, key: TrustedKey, facts: _Facts, trust: TrustSource) -> _Chain:
+        assert run.signing_time is not None
+        chain = facts.chain
+        if chain is None or not chain.valid_from <= run.signing_time <= chain.valid_until:
+            roots, intermediates = trust.anchors(key.region)
+            if not roots:
+                raise run.fail(
+                    "certificate chain",
+                    SubIndication.NO_CERTIFICATE_CHAIN_FOUND,
+                    f"region {key.region} has no trust anchor in registry version {trust.version}",
+                )
+            verifier = (
+                PolicyBuilder()
+                .store(Store(list(roots)))
+                .time(run.signing_time)
+                .max_chain_depth(MAX_CHAIN_DEPTH)
+                .extension_policies(
+                    ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=_EE_POLICY
+                )
+                .build_client_verifier()
+            )
+            try:
+                verified = verifier.verify(key.certificate, list(intermediates))
+            except VerificationError as exc:
+                text = str(exc)
+                sub = (
+                    SubIndication.CHAIN_CONSTRAINTS_FAILURE
+                    if "key usage" in text or "document signing" in text or "TLS" in text
+                    else SubIndication.NO_CERTIFICATE_CHAIN_FOUND
+                )
+                raise run.fail(
+                    "certificate chain",
+                    sub,
+                    f"the certificate does not chain to region {key.region}'s CA as a signing certificate: {text}",
+                ) from None
+            certificates = tuple(verified.chain)
+            chain = _Chain(
+                certificates,
+                max(c.not_valid_before_utc for c in certificates),
+                min(c.not_valid_after_utc for c in certificates),
+            )
+            facts.chain = chain
+        run.ok(
+            "certificate chain",
+            f"{len(chain.certificates)} certificates to region {key.region}'s root, at the signing time",
+        )
+        return chain
+
+    @staticmethod
+    def _check_kind_and_region(
+        run: _Run,
+        key: TrustedKey,
+        facts: _Facts,
+        expected_kind: SignatureKind | None,
+        expected_region: str | None,
+    ) -> None:
+        kind = facts.kind
+        if kind is None:
+            raise run.fail(
+                "kind",
+                SubIndication.CHAIN_CONSTRAINTS_FAILURE,
+                "the certificate is neither a seal (legal person) nor a signature (natural person) certificate",
+            )
+        run.kind = kind
+        if key.usage != kind.value:
+            raise run.fail(
+                "kind",
+                SubIndication.CHAIN_CONSTRAINTS_FAILURE,
+                f"the registry publishes this key for {key.usage!r} but its certificate is a {kind.value} certificate",
+            )
+        if expected_kind is not None and kind is not expected_kind:
+            raise run.fail(
+                "kind",
+                SubIndication.CHAIN_CONSTRAINTS_FAILURE,
+                f"an e-{expected_kind.value} was required, but this is an e-{kind.value}",
+            )
+        if expected_region is not None and key.region != expected_region:
+            raise run.fail(
+                "kind",
+                SubIndication.CHAIN_CONSTRAINTS_FAILURE,
+                f"made by a key of region {key.region}, not of region {expected_region}",
+            )
+        run.ok("kind", f"e-{kind.value} of {key.owner} ({key.region})")
+
+    @staticmethod
+    def _revocation_outcome(run: _Run, what: str, revoked_at: datetime, reason: str) -> None:
+        assert run.signing_time is not None
+        when = f"{revoked_at:%Y-%m-%dT%H:%M:%SZ}"
+        if run.signing_time >= revoked_at:
+            raise run.fail(
+                "revocation",
+                SubIndication.REVOKED,
+                f"{what} was revoked at {when} ({reason or 'no reason given'}), before the signing time",
+            )
+        if reason not in _BENIGN_REASONS:
+            raise run.fail(
+                "revocation",
+                SubIndication.REVOKED_NO_POE,
+                f"{what} was revoked at {when} ({reason or 'no reason given'}); the claimed earlier signing time cannot be proved",
+            )
+        run.ok("revocation", f"{what} was revoked at {when} for {reason}, after the signing time")
+
+    def _check_revocation(
+        self,
+        run: _Run,
+        key: TrustedKey,
+        facts: _Facts,
+        chain: _Chain,
+        trust: TrustSource,
+        *,
+        now: datetime,
+    ) -> None:
+        if key.state == "revoked":
+            self._revocation_outcome(
+                run,
+                f"key {key.kid}",
+                key.revoked_at or datetime.min.replace(tzinfo=UTC),
+                key.revocation_reason,
+            )
+            return
+        crls = trust.crls(key.region)
+        if not crls:
+            run.ok(
+                "revocation",
+                f"key is {key.state} in the registry; region {key.region} publishes no CRL",
+            )
+            return
+        revocation = facts.revocation
+        if revocation is None:
+            revocation = facts.revocation = _revocation_of(chain, crls)
+        if revocation.problem:
+            raise run.fail("revocation", SubIndication.TRY_LATER, revocation.problem)
+        if not revocation.fresh_from <= now + CLOCK_SKEW or now > revocation.fresh_until:
+            raise run.fail(
+                "revocation",
+                SubIndication.TRY_LATER,
+                f"the region {key.region} CRLs are not current (next update {revocation.fresh_until:%Y-%m-%dT%H:%M:%SZ}): a newer registry is needed",
+            )
+        if revocation.revoked is not None:
+            self._revocation_outcome(run, *revocation.revoked)
+            return
+        run.ok(
+            "revocation", f"key is {key.state} in the registry; not on region {key.region}'s CRLs"
+        )
+
+    @staticmethod
+    def _check_validity_now(run: _Run, facts: _Facts, now: datetime) -> None:
+        if now > facts.not_after:
+            raise run.fail(
+                "validity now",
+                SubIndication.OUT_OF_BOUNDS_NO_POE,
+                f"the certificate expired at {facts.not_after:%Y-%m-%dT%H:%M:%SZ}; without a time-stamp the signing time cannot be proved",
+            )
+        run.ok("validity now", "certificate still valid")
+
+    @staticmethod
+    def _report(
+        run: _Run, trust: TrustSource, sub: SubIndication | None, message: str
+    ) -> ValidationReport:
+        key = run.key
+        return ValidationReport(
+            indication=sub.indication if sub else Indication.TOTAL_PASSED,
+            sub_indication=sub,
+            message=message,
+            checks=tuple(run.checks),
+            registry_version=trust.version,
+            algorithm=run.algorithm,
+            signer_kid=run.kid,
+            signer_subject=run.subject,
+            owner=key.owner if key else "",
+            owner_region=key.region if key else "",
+            kind=run.kind,
+            signing_time=run.signing_time,
+            content_type=run.content_type,
+            signed_payload_b64=run.payload_b64 if sub is None else "",
+            detached_payload=run.detached_payload if sub is None else None,
+        )
+
+
+def _crl_for(
+    crls: tuple[x509.CertificateRevocationList, ...], issuer: x509.Certificate
+) -> x509.CertificateRevocationList | None:
+    for crl in crls:
+        if crl.issuer == issuer.subject and crl.is_signature_valid(issuer.public_key()):  # type: ignore[arg-type]
+            return crl
+    return None
+
+
+def _crl_reason(entry: x509.RevokedCertificate) -> str:
+    try:
+        flag = entry.extensions.get_extension_for_oid(CRLEntryExtensionOID.CRL_REASON).value
+    except x509.ExtensionNotFound:
+        return ""
+    reason: Any = getattr(flag, "reason", None)
+    return str(reason.name) if reason is not None else ""
+
+
+def _revocation_of(chain: _Chain, crls: tuple[x509.CertificateRevocationList, ...]) -> _Revocation:
+    """Check each certificate of the chain against its issuer's CRL (the leaf's is required)."""
+    fresh_from = datetime.min.replace(tzinfo=UTC)
+    fresh_until = datetime.max.replace(tzinfo=UTC)
+    pairs = list(zip(chain.certificates, chain.certificates[1:], strict=False))
+    for position, (certificate, issuer) in enumerate(pairs):
+        crl = _crl_for(crls, issuer)
+        if crl is None:
+            if position == 0:
+                return _Revocation(
+                    f"no valid CRL from {issuer.subject.rfc4514_string()}",
+                    fresh_from,
+                    fresh_until,
+                    None,
+                )
+            continue  # a root that publishes no CRL for its intermediates: nothing to check
+        if crl.next_update_utc is None:
+            return _Revocation(
+                f"the CRL of {issuer.subject.rfc4514_string()} has no next update",
+                fresh_from,
+                fresh_until,
+                None,
+            )
+        fresh_from = max(fresh_from, crl.last_update_utc)
+        fresh_until = min(fresh_until, crl.next_update_utc)
+        entry = crl.get_revoked_certificate_by_serial_number(certificate.serial_number)
+        if entry is not None:
+            what = (
+                "the signing certificate"
+                if position == 0
+                else f"CA certificate {certificate.subject.rfc4514_string()}"
+            )
+            return _Revocation(
+                "", fresh_from, fresh_until, (what, entry.revocation_date_utc, _crl_reason(entry))
+            )
+    return _Revocation("", fresh_from, fresh_until, None)
