@@ -1,0 +1,60 @@
+"""The audit log: every access recorded, durably, as leaves of an RFC 6962 Merkle tree with
+signed C2SP checkpoints, so oversight can prove nothing was altered, reordered or removed."""
+
+from gateway.audit._checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    sign_checkpoint,
+    verify_checkpoint,
+)
+from gateway.audit._log import AuditLog, Verification
+from gateway.audit._merkle import (
+    EMPTY_ROOT,
+    CompactRange,
+    MerkleTree,
+    ProofError,
+    leaf_hash,
+    node_hash,
+    verify_consistency,
+    verify_inclusion,
+)
+from gateway.audit._record import ENCODING_VERSION, AuditRecord, Outcome, pseudonymize
+from gateway.audit._store import (
+    Appended,
+    AuditQuery,
+    AuditStore,
+    MemoryAuditStore,
+    StoredRow,
+    TreeHead,
+)
+from gateway.audit.errors import AuditError, AuditIntegrityError, AuditUnavailable
+
+__all__ = [
+    "EMPTY_ROOT",
+    "ENCODING_VERSION",
+    "Appended",
+    "AuditError",
+    "AuditIntegrityError",
+    "AuditLog",
+    "AuditQuery",
+    "AuditRecord",
+    "AuditStore",
+    "AuditUnavailable",
+    "Checkpoint",
+    "CheckpointError",
+    "CompactRange",
+    "MemoryAuditStore",
+    "MerkleTree",
+    "Outcome",
+    "ProofError",
+    "StoredRow",
+    "TreeHead",
+    "Verification",
+    "leaf_hash",
+    "node_hash",
+    "pseudonymize",
+    "sign_checkpoint",
+    "verify_checkpoint",
+    "verify_consistency",
+    "verify_inclusion",
+]

@@ -1,0 +1,157 @@
+"""The audit store protocol, and an in-memory store for tests and the embedded demo default.
+
+A store keeps, for each record, its log index, its canonical bytes, its leaf hash and the
+log's root after it was appended (so that verification can name the first altered index), plus
+the log's compact range (so an append costs O(log n) whatever the log's size) and the signed
+checkpoints. `append` returns only once the record is durable, and assigns indices in commit
+order; concurrent appends may be committed together (group commit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from gateway.audit._checkpoint import Checkpoint
+from gateway.audit._merkle import CompactRange, leaf_hash
+from gateway.audit._record import AuditRecord, Outcome
+from gateway.audit.errors import AuditUnavailable
+
+__all__ = ["Appended", "AuditQuery", "AuditStore", "MemoryAuditStore", "StoredRow", "TreeHead"]
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    index: int
+    leaf_hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TreeHead:
+    size: int
+    root: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRow:
+    """A row as stored: what verification recomputes from (never trusted blindly)."""
+
+    index: int
+    canonical: bytes
+    leaf_hash: bytes
+    root: bytes  # the log's root once this record was appended (size index + 1)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditQuery:
+    """Filters for oversight queries; `subject` is a pseudonym (hash the id before asking)."""
+
+    subject: str | None = None
+    caller_agency: str | None = None
+    provider_region: str | None = None
+    purpose: str | None = None
+    dataset: str | None = None
+    outcome: Outcome | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    after_index: int = -1  # paging: only records with a larger index
+    limit: int = 100
+
+    def matches(self, record: AuditRecord) -> bool:
+        return (
+            (self.subject is None or record.subject == self.subject)
+            and (self.caller_agency is None or record.caller_agency == self.caller_agency)
+            and (self.provider_region is None or record.provider_region == self.provider_region)
+            and (self.purpose is None or record.purpose == self.purpose)
+            and (self.dataset is None or record.dataset == self.dataset)
+            and (self.outcome is None or record.outcome is self.outcome)
+            and (self.since is None or record.time >= self.since)
+            and (self.until is None or record.time < self.until)
+        )
+
+
+class AuditStore(Protocol):
+    async def open(self) -> None:
+        """Create or migrate the schema; load the head."""
+        ...
+
+    async def close(self) -> None:
+        """Finish pending appends and release the store."""
+        ...
+
+    async def append(self, record: AuditRecord) -> Appended:
+        """Store the record durably and return its index; raise `AuditUnavailable` otherwise."""
+        ...
+
+    async def head(self) -> TreeHead: ...
+
+    async def rows(self, start: int, end: int) -> list[StoredRow]:
+        """Stored rows with start <= index < end, in index order (gaps show as missing)."""
+        ...
+
+    async def query(self, query: AuditQuery) -> list[tuple[int, AuditRecord]]:
+        """(index, record) of matching records in index order, at most `query.limit`."""
+        ...
+
+    async def add_checkpoint(self, checkpoint: Checkpoint, signed_at: datetime) -> None: ...
+
+    async def checkpoints(self) -> list[Checkpoint]:
+        """Every stored checkpoint, by size (then signing order)."""
+        ...
+
+
+class MemoryAuditStore:
+    """An `AuditStore` in memory: nothing survives the process (tests, the demo's default)."""
+
+    def __init__(self) -> None:
+        self._rows: list[StoredRow] = []
+        self._records: list[AuditRecord] = []
+        self._range = CompactRange()
+        self._checkpoints: list[Checkpoint] = []
+        self._lock = asyncio.Lock()
+        self.available = True  # tests switch this off to simulate an outage
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def append(self, record: AuditRecord) -> Appended:
+        if not self.available:
+            raise AuditUnavailable("the in-memory audit store is switched off")
+        async with self._lock:
+            index = self._range.size
+            leaf = leaf_hash(record.canonical)
+            self._range.append(leaf)
+            self._rows.append(StoredRow(index, record.canonical, leaf, self._range.root()))
+            self._records.append(record)
+            return Appended(index, leaf)
+
+    async def head(self) -> TreeHead:
+        return TreeHead(self._range.size, self._range.root())
+
+    async def rows(self, start: int, end: int) -> list[StoredRow]:
+        return list(self._rows[max(start, 0) : max(end, 0)])
+
+    async def query(self, query: AuditQuery) -> list[tuple[int, AuditRecord]]:
+        out: list[tuple[int, AuditRecord]] = []
+        for index in range(query.after_index + 1, len(self._records)):
+            if query.matches(self._records[index]):
+                out.append((index, self._records[index]))
+                if len(out) >= query.limit:
+                    break
+        return out
+
+    async def add_checkpoint(self, checkpoint: Checkpoint, signed_at: datetime) -> None:
+        self._checkpoints.append(checkpoint)
+
+    async def checkpoints(self) -> list[Checkpoint]:
+        return sorted(self._checkpoints, key=lambda c: c.size)
+
+    # For tamper tests: the in-memory equivalent of editing the database by hand.
+    def tamper(self, rows: Sequence[StoredRow]) -> None:
+        self._rows = list(rows)

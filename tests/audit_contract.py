@@ -1,0 +1,119 @@
+"""What every `AuditStore` must do, as one async checklist each store's tests run.
+
+Usage in a store's test module::
+
+    async def test_contract(tmp_path):
+        await check_store_contract(lambda: SqliteAuditStore(tmp_path / "audit.db"))
+
+`make_store` is called more than once and must return stores over the SAME storage (a reopen).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from gateway.audit._checkpoint import sign_checkpoint
+from gateway.audit._log import AuditLog
+from gateway.audit._merkle import MerkleTree, leaf_hash, verify_consistency, verify_inclusion
+from gateway.audit._record import AuditRecord, Outcome, pseudonymize
+from gateway.audit._store import AuditQuery, AuditStore
+
+KEY = b"k" * 32
+T0 = datetime(2026, 11, 21, 8, 0, tzinfo=UTC)
+
+
+def make_record(
+    i: int, *, subject: str = "110105194912310021", outcome: Outcome = Outcome.ALLOWED
+) -> AuditRecord:
+    return AuditRecord(
+        time=T0 + timedelta(seconds=i),
+        gateway="gw-510000-a",
+        region="510000",
+        rpc="DataExchange.Query",
+        request_id=f"req-{i}",
+        caller_agency="sc.hrss" if i % 2 else "sc.hsa",
+        caller_operator="operator-7",
+        caller_region="510000",
+        provider_region="500000" if i % 3 else "330000",
+        dataset="si.participation",
+        purpose="SI-TRANSFER",
+        case_id=f"CASE-{i}",
+        subject=pseudonymize(subject, KEY),
+        fields=("name", "status"),
+        outcome=outcome,
+        reason="" if outcome is Outcome.ALLOWED else "FIELD_NOT_ALLOWED",
+        cache_hit=bool(i % 4 == 0),
+        latency_us=1000 + i,
+        sealed_digest="ab" * 32,
+        registry_version=3,
+        agreement_id="CY-SI-2026",
+    )
+
+
+async def check_store_contract(make_store: Callable[[], AuditStore]) -> None:
+    store = make_store()
+    await store.open()
+    head = await store.head()
+    assert head.size == 0
+    # Concurrent appends: all durable, indices 0..n-1 without gaps, in commit order.
+    records = [make_record(i) for i in range(50)]
+    appended = await asyncio.gather(*(store.append(r) for r in records))
+    assert sorted(a.index for a in appended) == list(range(50))
+    rows = await store.rows(0, 50)
+    assert [r.index for r in rows] == list(range(50))
+    by_index = {a.index: r for a, r in zip(appended, records, strict=True)}
+    tree = MerkleTree()
+    for row in rows:
+        assert row.canonical == by_index[row.index].canonical
+        assert row.leaf_hash == leaf_hash(row.canonical)
+        tree.append(row.leaf_hash)
+        assert row.root == tree.root()
+    head = await store.head()
+    assert (head.size, head.root) == (50, tree.root())
+    assert [r.index for r in await store.rows(10, 13)] == [10, 11, 12]
+    assert await store.rows(60, 70) == []
+    # Queries: filters and paging.
+    subject = pseudonymize("110105194912310021", KEY)
+    everything = await store.query(AuditQuery(subject=subject, limit=1000))
+    assert [i for i, _ in everything] == list(range(50))
+    page = await store.query(AuditQuery(caller_agency="sc.hrss", limit=5))
+    assert [i for i, _ in page] == [1, 3, 5, 7, 9]
+    page2 = await store.query(AuditQuery(caller_agency="sc.hrss", after_index=9, limit=3))
+    assert [i for i, _ in page2] == [11, 13, 15]
+    window = await store.query(
+        AuditQuery(since=T0 + timedelta(seconds=10), until=T0 + timedelta(seconds=12), limit=100)
+    )
+    assert [i for i, _ in window] == [10, 11]
+    assert await store.query(AuditQuery(subject=pseudonymize("other", KEY))) == []
+    assert (await store.query(AuditQuery(provider_region="330000", limit=2)))[1][1] == by_index[3]
+    # Checkpoints survive, in size order.
+    key = ed25519.Ed25519PrivateKey.generate()
+    cp = sign_checkpoint("audit.test/510000", head.size, head.root, key, "audit-510000")
+    await store.add_checkpoint(cp, T0)
+    assert [c.size for c in await store.checkpoints()] == [50]
+    await store.close()
+    # Reopen: everything is still there and appends continue the same tree.
+    again = make_store()
+    await again.open()
+    assert (await again.head()).root == head.root
+    assert (await again.checkpoints())[0].note == cp.note
+    extra = await again.append(make_record(50, outcome=Outcome.DENIED))
+    assert extra.index == 50
+    tree.append(extra.leaf_hash)
+    assert (await again.head()).root == tree.root()
+    # The log on top of the store verifies, proves inclusion and consistency.
+    audit = AuditLog(again, origin="audit.test/510000", key=key, key_name="audit-510000")
+    latest = await audit.checkpoint()
+    result = await audit.verify()
+    assert result.intact, result.problem
+    assert result.records_checked == 51
+    proof, size, root, leaf = await audit.inclusion_proof(7)
+    verify_inclusion(leaf, 7, size, proof, root)
+    assert root == latest.root
+    consistency, size2, root2 = await audit.consistency_proof(50)
+    verify_consistency(50, size2, consistency, head.root, root2)
+    await again.close()

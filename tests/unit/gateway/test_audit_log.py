@@ -1,0 +1,205 @@
+"""The audit log over the in-memory store: the store contract, checkpoints, proofs, fail
+closed, and tampering of every kind detected with the index named."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from datetime import UTC, datetime
+
+import pytest
+from audit_contract import check_store_contract, make_record
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from gateway.audit._checkpoint import CheckpointError, sign_checkpoint, verify_checkpoint
+from gateway.audit._log import AuditLog
+from gateway.audit._merkle import leaf_hash
+from gateway.audit._record import AuditRecord, Outcome, pseudonymize
+from gateway.audit._store import MemoryAuditStore, StoredRow
+from gateway.audit.errors import AuditUnavailable
+
+ORIGIN = "audit.test/510000"
+
+
+async def test_memory_store_meets_the_contract() -> None:
+    store = MemoryAuditStore()
+    await check_store_contract(lambda: store)
+
+
+async def _log(n: int, *, every: int = 1000) -> tuple[AuditLog, MemoryAuditStore]:
+    store = MemoryAuditStore()
+    log = AuditLog(
+        store,
+        origin=ORIGIN,
+        key=ed25519.Ed25519PrivateKey.generate(),
+        key_name="audit-510000",
+        checkpoint_every_records=every,
+    )
+    await log.open()
+    for i in range(n):
+        await log.append(make_record(i))
+        await asyncio.sleep(0)  # let a checkpoint the append started run, as a server's loop would
+    await asyncio.sleep(0.01)
+    return log, store
+
+
+async def test_checkpoints_every_n_records_and_on_close() -> None:
+    log, store = await _log(25, every=10)
+    sizes = [c.size for c in await store.checkpoints()]
+    assert 10 in sizes
+    assert 20 in sizes
+    await log.close()
+    assert (await store.checkpoints())[-1].size == 25
+    cp = (await store.checkpoints())[-1]
+    verify_checkpoint(cp.note, log.public_key, "audit-510000", origin=ORIGIN)
+
+
+async def test_an_append_that_cannot_be_made_durable_raises_audit_unavailable() -> None:
+    log, store = await _log(3)
+    store.available = False
+    with pytest.raises(AuditUnavailable):
+        await log.append(make_record(3))
+    store.available = True
+    assert (await log.append(make_record(3))).index == 3
+    await log.close()
+
+
+def _edit(record: AuditRecord, **changes: object) -> bytes:
+    return dataclasses.replace(record, **changes).canonical  # type: ignore[arg-type]
+
+
+TAMPERING = {
+    "one field changed (leaf hash left as it was)": (
+        lambda rows: [
+            r
+            if r.index != 12
+            else dataclasses.replace(
+                r, canonical=_edit(AuditRecord.from_canonical(r.canonical), purpose="MED-REG")
+            )
+            for r in rows
+        ],
+        12,
+        "changed after it was written",
+    ),
+    "one field changed, leaf hash recomputed too": (
+        lambda rows: [
+            r
+            if r.index != 12
+            else dataclasses.replace(
+                r,
+                canonical=(
+                    c := _edit(AuditRecord.from_canonical(r.canonical), outcome=Outcome.DENIED)
+                ),
+                leaf_hash=leaf_hash(c),
+            )
+            for r in rows
+        ],
+        12,
+        "does not follow the records before it",
+    ),
+    "a row deleted": (lambda rows: [r for r in rows if r.index != 7], 7, "record 7 is missing"),
+    "two rows swapped": (
+        lambda rows: [
+            dataclasses.replace(rows[9], index=4, root=rows[4].root)
+            if r.index == 4
+            else dataclasses.replace(rows[4], index=9, root=rows[9].root)
+            if r.index == 9
+            else r
+            for r in rows
+        ],
+        4,
+        "does not follow the records before it",
+    ),
+    "the tail truncated": (lambda rows: rows[:20], 20, "record 20 is missing"),
+    "not canonical any more": (
+        lambda rows: [
+            r
+            if r.index != 5
+            else dataclasses.replace(r, canonical=r.canonical.replace(b'"v":1', b'"v": 1'))
+            for r in rows
+        ],
+        5,
+        "not a canonical audit record",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(TAMPERING))
+async def test_tampering_is_detected_and_the_index_named(name: str) -> None:
+    tamper, index, problem = TAMPERING[name]
+    log, store = await _log(30)
+    await log.checkpoint()
+    assert (await log.verify()).intact
+    store.tamper(tamper(await store.rows(0, 30)))  # type: ignore[no-untyped-call]
+    result = await log.verify()
+    assert not result.intact
+    assert result.first_bad_index == index, result.problem
+    assert problem in result.problem
+
+
+async def test_rewriting_every_later_root_still_contradicts_the_checkpoint() -> None:
+    log, store = await _log(30, every=10)  # checkpoints at 10, 20
+    rows = await store.rows(0, 30)
+    from gateway.audit._merkle import CompactRange
+
+    compact = CompactRange()
+    forged: list[StoredRow] = []
+    for row in rows:
+        canonical = (
+            _edit(AuditRecord.from_canonical(row.canonical), case_id="FORGED")
+            if row.index == 15
+            else row.canonical
+        )
+        compact.append(leaf_hash(canonical))
+        forged.append(StoredRow(row.index, canonical, leaf_hash(canonical), compact.root()))
+    store.tamper(forged)
+    result = await log.verify()
+    assert not result.intact
+    assert result.first_bad_index == 10  # the first record no matching checkpoint covers
+    assert "root signed for size 20" in result.problem
+
+
+async def test_a_checkpoint_not_signed_by_the_audit_key_is_refused() -> None:
+    log, store = await _log(5)
+    head = await store.head()
+    forged = sign_checkpoint(
+        ORIGIN, head.size, head.root, ed25519.Ed25519PrivateKey.generate(), "audit-510000"
+    )
+    result = await log.verify(trusted=forged)
+    assert not result.intact
+    assert "does not verify" in result.problem or "not signed" in result.problem
+    with pytest.raises(CheckpointError, match="not signed by audit-510000"):
+        verify_checkpoint(forged.note, log.public_key, "audit-510000")
+
+
+async def test_a_trusted_checkpoint_larger_than_the_log_shows_truncation() -> None:
+    log, store = await _log(12)
+    kept = await log.checkpoint()
+    store.tamper((await store.rows(0, 12))[:8])
+    result = await log.verify(trusted=kept)
+    assert not result.intact
+    assert result.first_bad_index == 8
+
+
+def test_pseudonyms_are_keyed_and_raw_ids_are_refused() -> None:
+    assert pseudonymize("110105194912310021", b"a" * 32) != pseudonymize(
+        "110105194912310021", b"b" * 32
+    )
+    with pytest.raises(ValueError, match="never a raw id"):
+        dataclasses.replace(make_record(0), subject="110105194912310021")
+    with pytest.raises(ValueError, match="at least 16 bytes"):
+        pseudonymize("x", b"short")
+
+
+def test_canonical_encoding_round_trips_and_is_stable() -> None:
+    record = make_record(3)
+    assert AuditRecord.from_canonical(record.canonical) == record
+    assert record.canonical.startswith(
+        b'{"agreement_id":"CY-SI-2026","cache_hit":false,"caller_agency":"sc.hrss"'
+    )
+    assert b'"time":"2026-11-21T08:00:03.000000Z"' in record.canonical
+    with pytest.raises(ValueError, match="not in canonical form"):
+        AuditRecord.from_canonical(record.canonical.replace(b",", b", ", 1))
+    with pytest.raises(ValueError, match="timezone-aware"):
+        dataclasses.replace(record, time=datetime(2026, 1, 1))
+    assert record.time.tzinfo is UTC
