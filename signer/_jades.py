@@ -44,6 +44,7 @@ MAX_JWS_BYTES: Final = 8 * 1024 * 1024  # bytes of compact JWS accepted for veri
 SIGD_HASH_MECHANISM: Final = "http://uri.etsi.org/19182/ObjectIdByURIHash"
 DETACHED_PAYLOAD_URI: Final = "urn:tongban:payload"
 JOSE_TYPE: Final = "JOSE"
+_BASE64URL_ALPHABET: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 
 
 class JwsFormatError(ValueError):
@@ -113,7 +114,13 @@ def parse_compact(jws: str | bytes) -> ParsedJws:
         raise JwsFormatError("not a compact JWS (header.payload.signature)")
     header_b64, payload_b64, signature_b64 = parts
     header = _header(header_b64)
-    if "+" in payload_b64 or "/" in payload_b64 or "=" in payload_b64 or len(payload_b64) % 4 == 1:
+    # Checked here (decoding waits until the payload is asked for): a character outside the
+    # base64url alphabet, non-ASCII text included, is malformed and never reaches a verifier.
+    if (
+        len(payload_b64) % 4 == 1
+        or not payload_b64.isascii()
+        or payload_b64.encode("ascii").translate(None, _BASE64URL_ALPHABET)
+    ):
         raise JwsFormatError("the payload is not unpadded base64url")
     return ParsedJws(header, header_b64, payload_b64, b64url_decode(signature_b64))
 

@@ -92,6 +92,7 @@ class _Run:
     key: TrustedKey | None = None
     kind: SignatureKind | None = None
     signing_time: datetime | None = None
+    sig_d: bool = False  # the header carries sigD (its checks differ from a header without)
     content_type: str = ""
     payload_b64: str = ""
     detached_payload: bytes | None = None
@@ -99,7 +100,8 @@ class _Run:
     facts: _Facts | None = None
 
     def ok(self, name: str, detail: str = "") -> None:
-        self.checks.append(Check(name, True, detail))
+        if self.record:
+            self.checks.append(Check(name, True, detail))
 
     def fail(self, name: str, sub: SubIndication, message: str) -> _Fail:
         self.checks.append(Check(name, False, message))
@@ -134,7 +136,7 @@ class _Facts:
     not_after: datetime
     validity: str  # "from to", for the report
     fitting: dict[str, str] = field(default_factory=dict)  # algorithms checked against the key
-    passing_checks: dict[tuple[str, bool], tuple[Check, ...]] = field(default_factory=dict)
+    passing_checks: dict[tuple[str, bool, bool], tuple[Check, ...]] = field(default_factory=dict)
     chain: _Chain | None = None
     revocation: _Revocation | None = None
 
@@ -272,7 +274,7 @@ class SealVerifier:
             failure = self._execute(recorded, request)
             assert failure is not None
             return self._report(recorded, trust, failure.sub, failure.message)
-        form = (run.algorithm, detached_payload is not None)
+        form = (run.algorithm, detached_payload is not None, run.sig_d)
         checks = run.facts.passing_checks.get(form)
         if checks is None:
             recorded = _Run(record=True)
@@ -373,6 +375,12 @@ class SealVerifier:
             raise run.fail(
                 "header", SubIndication.FORMAT_FAILURE, "sigD is used but not listed in crit"
             )
+        if "sigD" in header and not parsed.detached:
+            raise run.fail(
+                "header",
+                SubIndication.FORMAT_FAILURE,
+                "sigD is for a detached payload, but the payload is attached",
+            )
         if "b64" in header:
             raise run.fail(
                 "header", SubIndication.FORMAT_FAILURE, "b64 is not part of the Tongban profile"
@@ -403,12 +411,13 @@ class SealVerifier:
             run.signing_time = datetime.fromtimestamp(iat, UTC)
         except (OverflowError, OSError, ValueError):
             raise run.fail("header", SubIndication.FORMAT_FAILURE, "iat is out of range") from None
-        if run.signing_time > now + CLOCK_SKEW:
+        if run.signing_time - now > CLOCK_SKEW:  # not `now + CLOCK_SKEW`: may overflow
             raise run.fail(
                 "header",
                 SubIndication.FORMAT_FAILURE,
                 f"the signing time {run.signing_time:%Y-%m-%dT%H:%M:%SZ} is in the future",
             )
+        run.sig_d = "sigD" in header
         cty = header.get("cty", "")
         run.content_type = cty if isinstance(cty, str) else ""
         run.ok(
@@ -707,7 +716,7 @@ class SealVerifier:
             revocation = facts.revocation = _revocation_of(chain, crls)
         if revocation.problem:
             raise run.fail("revocation", SubIndication.TRY_LATER, revocation.problem)
-        if not revocation.fresh_from <= now + CLOCK_SKEW or now > revocation.fresh_until:
+        if revocation.fresh_from - now > CLOCK_SKEW or now > revocation.fresh_until:
             raise run.fail(
                 "revocation",
                 SubIndication.TRY_LATER,

@@ -18,7 +18,9 @@ from gateway.audit._merkle import (
     verify_consistency,
     verify_inclusion,
 )
+from gateway.audit._postgres import PostgresAuditStore
 from gateway.audit._record import ENCODING_VERSION, AuditRecord, Outcome, pseudonymize
+from gateway.audit._sqlite import SqliteAuditStore
 from gateway.audit._store import (
     Appended,
     AuditQuery,
@@ -46,7 +48,9 @@ __all__ = [
     "MemoryAuditStore",
     "MerkleTree",
     "Outcome",
+    "PostgresAuditStore",
     "ProofError",
+    "SqliteAuditStore",
     "StoredRow",
     "TreeHead",
     "Verification",

@@ -157,6 +157,7 @@ class AuditLog:
         (2) records are contiguous from index 0, each in canonical form, each leaf hash and
             each stored root what the records before it give
         (3) every checkpoint's size is covered and its root is the recomputed root at that size
+        (4) the columns the store queries by say what the records say
         """
         checkpoints: list[Checkpoint] = []
         for stored in [*await self.store.checkpoints(), *([trusted] if trusted else [])]:  # (1)
@@ -227,6 +228,16 @@ class AuditLog:
                     latest,
                 )
             covered = checkpoint.size
+        mismatch = await self.store.column_mismatches()  # (4)
+        if mismatch is not None:
+            return Verification(
+                False,
+                index,
+                len(checkpoints),
+                mismatch,
+                f"record {mismatch}'s query columns were edited: oversight queries would not find it by what it records",
+                latest,
+            )
         if compact.root() != head.root or compact.size != head.size:
             return Verification(
                 False,

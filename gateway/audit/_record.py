@@ -80,6 +80,7 @@ class AuditRecord:
     registry_version: int
     agreement_id: str
     canonical: bytes = field(init=False, repr=False, compare=False)
+    time_text: str = field(init=False, repr=False, compare=False)  # `time` as encoded
 
     def __post_init__(self) -> None:
         if self.time.tzinfo is None:
@@ -90,12 +91,13 @@ class AuditRecord:
             raise ValueError("the audit subject is a hex HMAC-SHA256 pseudonym, never a raw id")
         if self.latency_us < 0 or self.registry_version < 0:
             raise ValueError("latency and registry version are not negative")
+        object.__setattr__(self, "time_text", _time(self.time))
         object.__setattr__(self, "canonical", self._encode())
 
     def _encode(self) -> bytes:
         document = {
             "v": ENCODING_VERSION,
-            "time": _time(self.time),
+            "time": self.time_text,
             "gateway": self.gateway,
             "region": self.region,
             "rpc": self.rpc,

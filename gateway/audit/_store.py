@@ -96,6 +96,11 @@ class AuditStore(Protocol):
         """(index, record) of matching records in index order, at most `query.limit`."""
         ...
 
+    async def column_mismatches(self) -> int | None:
+        """The first index whose query columns disagree with its canonical bytes, if any: an
+        edit there would hide the record from oversight queries without changing its leaf."""
+        ...
+
     async def add_checkpoint(self, checkpoint: Checkpoint, signed_at: datetime) -> None: ...
 
     async def checkpoints(self) -> list[Checkpoint]:
@@ -139,12 +144,17 @@ class MemoryAuditStore:
 
     async def query(self, query: AuditQuery) -> list[tuple[int, AuditRecord]]:
         out: list[tuple[int, AuditRecord]] = []
-        for index in range(query.after_index + 1, len(self._records)):
+        if query.limit <= 0:  # as SQL's LIMIT 0: nothing (the loop below would return one)
+            return out
+        for index in range(max(query.after_index + 1, 0), len(self._records)):
             if query.matches(self._records[index]):
                 out.append((index, self._records[index]))
                 if len(out) >= query.limit:
                     break
         return out
+
+    async def column_mismatches(self) -> int | None:
+        return None  # queries read the records themselves
 
     async def add_checkpoint(self, checkpoint: Checkpoint, signed_at: datetime) -> None:
         self._checkpoints.append(checkpoint)

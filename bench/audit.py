@@ -1,0 +1,134 @@
+"""Durable audit appends per second: SQLite and PostgreSQL, with 1 and 64 concurrent writers.
+
+    .venv/bin/python bench/audit.py [--seconds 3] [--json out/bench-audit.json]
+                                    [--postgres "host=127.0.0.1 user=postgres dbname=test"]
+
+Every append is awaited until its record is durable (SQLite WAL with synchronous=FULL; a
+committed PostgreSQL transaction), exactly as the gateway awaits it before answering. Records
+are the size of a typical query's audit record. PostgreSQL uses a throw-away schema that is
+dropped at the end. Targets (issue 4): >= 20k/s SQLite and >= 5k/s PostgreSQL with 64 writers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import platform
+import secrets
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from audit_contract import make_record
+
+from gateway.audit import AuditStore
+from gateway.audit._postgres import PostgresAuditStore
+from gateway.audit._sqlite import SqliteAuditStore
+
+DEFAULT_PG = "host=127.0.0.1 port=5432 user=postgres dbname=test connect_timeout=5"
+
+
+RECORDS = [make_record(i) for i in range(4096)]  # built before timing: the store is measured
+
+
+async def measure(store: AuditStore, writers: int, seconds: float) -> tuple[float, int]:
+    """Appends per second over `seconds` with `writers` concurrent closed-loop appenders."""
+    await store.open()
+    counter = 0
+    stop = time.perf_counter() + seconds
+
+    async def writer(w: int) -> None:
+        nonlocal counter
+        i = 0
+        while time.perf_counter() < stop:
+            await store.append(RECORDS[(w * 64 + i) % len(RECORDS)])
+            counter += 1
+            i += 1
+
+    for w in range(writers):  # warm-up: one append each
+        await store.append(RECORDS[w])
+    started = time.perf_counter()
+    await asyncio.gather(*(writer(w) for w in range(writers)))
+    elapsed = time.perf_counter() - started
+    await store.close()
+    return counter / elapsed, counter
+
+
+def run(
+    name: str, make: Callable[[], AuditStore], seconds: float, results: dict[str, float]
+) -> None:
+    for writers in (1, 64):
+        rate, count = asyncio.run(measure(make(), writers, seconds))
+        results[f"{name}_{writers}"] = rate
+        print(
+            f"  {name:<10} {writers:>3} writers  {rate:>9,.0f} appends/s  ({count:,} durable appends)",
+            flush=True,
+        )
+
+
+def main() -> int:
+    logging.getLogger("tongban.audit").setLevel(
+        logging.ERROR
+    )  # the throw-away schema's owner warning
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--seconds", type=float, default=3.0, help="measured time per case (default 3)"
+    )
+    parser.add_argument(
+        "--postgres", default=os.environ.get("TONGBAN_TEST_PG", DEFAULT_PG), help="superuser DSN"
+    )
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    print(
+        f"machine: {os.cpu_count()} cpus, Python {platform.python_version()}, SQLite {__import__('sqlite3').sqlite_version}"
+    )
+    results: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        run(
+            "sqlite",
+            lambda: SqliteAuditStore(Path(folder) / f"audit-{secrets.token_hex(4)}.db"),
+            args.seconds,
+            results,
+        )
+    schema = f"tongban_bench_{secrets.token_hex(4)}"
+    with psycopg.connect(args.postgres, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    try:
+        counter = iter(range(100))
+        run(
+            "postgres",
+            lambda: PostgresAuditStore(args.postgres, schema=f"{schema}_{next(counter)}"),
+            args.seconds,
+            results,
+        )
+    finally:
+        with psycopg.connect(args.postgres, autocommit=True) as conn:
+            for row in conn.execute(
+                "SELECT nspname FROM pg_namespace WHERE nspname LIKE %s", (f"{schema}%",)
+            ).fetchall():
+                conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(row[0])))
+    verdict = {
+        "sqlite_64 >= 20000": results["sqlite_64"] >= 20_000,
+        "postgres_64 >= 5000": results["postgres_64"] >= 5_000,
+    }
+    for target, met in verdict.items():
+        print(f"  target {target}: {'met' if met else 'NOT met'}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(
+            json.dumps({"appends_per_second": results, "targets": verdict}, indent=2) + "\n"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,611 @@
+"""The audit store in one SQLite file: WAL, `synchronous=FULL`, one writer thread, group commit.
+
+`append()` queues the record and awaits its future. The writer thread takes everything waiting
+(at most `max_batch`), gives the records consecutive indices from the compact range, inserts
+each row with its leaf hash and the root after it, moves the head, and commits ONE
+transaction; then it settles the batch's futures with one `call_soon_threadsafe`. An append
+therefore returns only after its commit (and `synchronous=FULL` makes a WAL commit durable).
+If anything fails, every append of the batch raises `AuditUnavailable`, the compact range goes
+back to the committed head (so indices stay gapless), and later appends try again.
+
+The columns oversight queries filter on (time, caller_agency, provider_region, purpose,
+dataset, subject, outcome) are written beside the canonical bytes, and every record a query
+returns is checked against them (`AuditIntegrityError` when they disagree): what a person
+reads is always the Merkle leaf. (Generating the columns from the JSON in SQL cost ~60 µs per
+row, most of the write path.) Triggers refuse UPDATE and DELETE of records, and UPDATE, DELETE
+and INSERT-over-an-existing-row of checkpoints (append-only for the application; someone
+holding the file can drop them: the signed checkpoints detect what the file allows).
+
+Reads use a second connection (`query_only`) in a worker thread, so they never block the event
+loop and never wait for the writer (WAL readers see the last commit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from gateway.audit._checkpoint import Checkpoint
+from gateway.audit._merkle import CompactRange, ProofError, leaf_hash
+from gateway.audit._record import AuditRecord
+from gateway.audit._store import Appended, AuditQuery, StoredRow, TreeHead
+from gateway.audit.errors import AuditIntegrityError, AuditUnavailable
+
+__all__ = ["SCHEMA_VERSION", "SqliteAuditStore"]
+
+log = logging.getLogger("tongban.audit")
+
+SCHEMA_VERSION = 1
+
+T = TypeVar("T")
+
+
+def _generated(key: str) -> str:
+    # CAST: SQLite 3.45+ reads a BLOB argument of the JSON functions as JSONB, not JSON text.
+    return f"GENERATED ALWAYS AS (json_extract(CAST(canonical AS TEXT), '$.{key}')) STORED"
+
+
+def _append_only(table: str, key: str) -> list[str]:
+    """Refuse UPDATE, DELETE, and an INSERT over an existing row (INSERT OR REPLACE deletes
+    without firing delete triggers unless the connection turned recursive triggers on)."""
+    refuse = f"BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END"
+    return [
+        f"CREATE TRIGGER {table}_no_update BEFORE UPDATE ON {table} {refuse}",
+        f"CREATE TRIGGER {table}_no_delete BEFORE DELETE ON {table} {refuse}",
+        f"CREATE TRIGGER {table}_no_replace BEFORE INSERT ON {table} "  # noqa: S608 (constants)
+        f"WHEN EXISTS (SELECT 1 FROM {table} WHERE {key} = NEW.{key}) {refuse}",
+    ]
+
+
+# MIGRATIONS[v] takes a database at version v - 1 to version v (0: an empty file).
+MIGRATIONS: dict[int, list[str]] = {
+    1: [
+        "CREATE TABLE schema_version (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL)",
+        """CREATE TABLE audit_records (
+            idx INTEGER PRIMARY KEY CHECK (idx >= 0),
+            time TEXT NOT NULL,
+            caller_agency TEXT NOT NULL,
+            provider_region TEXT NOT NULL,
+            purpose TEXT NOT NULL,
+            dataset TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            outcome TEXT NOT NULL,
+            canonical BLOB NOT NULL,
+            leaf_hash BLOB NOT NULL CHECK (length(leaf_hash) = 32),
+            root BLOB NOT NULL CHECK (length(root) = 32)
+        )""",
+        "CREATE INDEX audit_records_subject ON audit_records (subject)",
+        "CREATE INDEX audit_records_caller_time ON audit_records (caller_agency, time)",
+        "CREATE INDEX audit_records_provider_time ON audit_records (provider_region, time)",
+        "CREATE INDEX audit_records_purpose ON audit_records (purpose)",
+        "CREATE INDEX audit_records_time ON audit_records (time)",
+        "CREATE TABLE audit_head (id INTEGER PRIMARY KEY CHECK (id = 1), size INTEGER NOT NULL, compact BLOB NOT NULL)",
+        "INSERT INTO audit_head (id, size, compact) VALUES (1, 0, x'')",
+        """CREATE TABLE audit_checkpoints (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            size INTEGER NOT NULL,
+            root BLOB NOT NULL,
+            note TEXT NOT NULL,
+            key_name TEXT NOT NULL,
+            signed_at TEXT NOT NULL
+        )""",
+        "CREATE INDEX audit_checkpoints_size ON audit_checkpoints (size, id)",
+        *_append_only("audit_records", "idx")[
+            :2
+        ],  # idx is the rowid: a plain INSERT cannot overwrite
+        *_append_only("audit_checkpoints", "id"),
+    ],
+}
+
+_INSERT = (
+    "INSERT INTO audit_records (idx, time, caller_agency, provider_region, purpose, dataset, "
+    "subject, outcome, canonical, leaf_hash, root) VALUES "
+)
+_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_ROWS = 90  # rows per INSERT statement: 990 parameters, under SQLite's oldest limit (999)
+_MOVE_HEAD = "UPDATE audit_head SET size = ?, compact = ? WHERE id = 1"
+
+_QUERY_COLUMNS = (
+    "time",
+    "caller_agency",
+    "provider_region",
+    "purpose",
+    "dataset",
+    "subject",
+    "outcome",
+)
+# AuditQuery attribute -> column; a fixed list, never caller input, is all that reaches the SQL.
+_EQUALITY = ("subject", "caller_agency", "provider_region", "purpose", "dataset")
+
+
+def _time(value: datetime) -> str:
+    """The canonical encoding's time text (fixed width, so text order is time order)."""
+    if value.tzinfo is None:
+        raise ValueError("query times are timezone-aware")
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _blob(value: object) -> bytes:
+    """A stored value as bytes, whatever type someone editing the file gave it."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    return b"" if value is None else str(value).encode()
+
+
+@dataclass(slots=True)
+class _Append:
+    record: AuditRecord
+    future: asyncio.Future[Appended]
+
+
+@dataclass(slots=True)
+class _Job:
+    """Any other write, run by the writer in its own transaction (checkpoints)."""
+
+    run: Callable[[sqlite3.Connection], None]
+    future: asyncio.Future[None]
+
+
+class _Stop:
+    """Queued by close(): everything queued before it is committed, then the writer ends."""
+
+
+_STOP = _Stop()
+
+_Outcome = tuple[asyncio.Future[Any], object]  # (future, result or exception)
+
+
+def _resolve(outcomes: list[_Outcome]) -> None:
+    """On the event loop: resolve a batch's futures (those whose awaiter gave up are skipped)."""
+    for future, outcome in outcomes:
+        if future.done():
+            continue
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+
+
+class SqliteAuditStore:
+    """An `AuditStore` in one SQLite file (WAL, `synchronous=FULL`), with group commit.
+
+    `commits` counts the transactions that committed appended records, `appended` the records
+    they held and `largest_batch` the most in one: with many concurrent appenders `appended /
+    commits` is the group-commit factor.
+    """
+
+    def __init__(self, path: Path, *, max_batch: int = 512, busy_timeout: float = 5.0) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch is at least 1")
+        self.path = Path(path)
+        self.max_batch = max_batch
+        self.busy_timeout = busy_timeout
+        self.commits = 0
+        self.appended = 0
+        self.largest_batch = 0
+        self.failed_batches = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: queue.SimpleQueue[_Append | _Job | _Stop] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._closing = False
+        self._range = CompactRange()  # the committed head's; the writer thread's own after open
+        self._head = TreeHead(0, self._range.root())
+        self._reader: sqlite3.Connection | None = None
+        self._reader_lock = threading.Lock()
+
+    # lifecycle -------------------------------------------------------------------------------
+    async def open(self) -> None:
+        if self._thread is not None:
+            return
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = loop.create_future()
+        self._loop = loop
+        self._closing = False
+        self._queue = queue.SimpleQueue()
+        thread = threading.Thread(
+            target=self._writer, args=(ready,), name=f"audit-writer:{self.path.name}", daemon=True
+        )
+        thread.start()
+        try:
+            await ready
+            self._reader = await asyncio.to_thread(self._connect_reader)
+        except BaseException:
+            self._queue.put(_STOP)
+            await asyncio.to_thread(thread.join)
+            raise
+        self._thread = thread
+
+    async def close(self) -> None:
+        """Commit everything queued so far, stop the writer, close both connections."""
+        thread = self._thread
+        if thread is None:
+            return
+        self._closing = True  # appends from now on are refused; those queued are committed
+        self._queue.put(_STOP)
+        await asyncio.to_thread(thread.join)
+        await asyncio.sleep(0)  # let the last batch's settlement run before we return
+        with self._reader_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
+        self._thread = None
+
+    # writing ---------------------------------------------------------------------------------
+    async def append(self, record: AuditRecord) -> Appended:
+        thread, loop = self._thread, self._loop
+        if thread is None or loop is None or self._closing:
+            raise AuditUnavailable(f"the audit store {self.path} is not open")
+        if not thread.is_alive():
+            raise AuditUnavailable(f"the audit writer of {self.path} has stopped")
+        future: asyncio.Future[Appended] = loop.create_future()
+        self._queue.put(_Append(record, future))
+        return await future
+
+    async def add_checkpoint(self, checkpoint: Checkpoint, signed_at: datetime) -> None:
+        thread, loop = self._thread, self._loop
+        if thread is None or loop is None or self._closing or not thread.is_alive():
+            raise AuditUnavailable(f"the audit store {self.path} is not open")
+        row = (
+            checkpoint.size,
+            checkpoint.root,
+            checkpoint.note,
+            checkpoint.key_name,
+            signed_at.astimezone(UTC).isoformat(),
+        )
+
+        def insert(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO audit_checkpoints (size, root, note, key_name, signed_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                row,
+            )
+
+        future: asyncio.Future[None] = loop.create_future()
+        self._queue.put(_Job(insert, future))
+        await future
+
+    # the writer thread -----------------------------------------------------------------------
+    def _writer(self, ready: asyncio.Future[None]) -> None:
+        try:
+            conn = self._connect_writer()
+        except Exception as exc:
+            self._settle([(ready, self._open_error(exc))])
+            return
+        try:
+            try:
+                self._migrate(conn)
+                self._range = self._load_head(conn)
+                self._head = TreeHead(self._range.size, self._range.root())
+            except Exception as exc:
+                self._settle([(ready, self._open_error(exc))])
+                return
+            self._settle([(ready, None)])
+            self._serve(conn)
+        finally:
+            conn.close()
+
+    def _open_error(self, exc: Exception) -> Exception:
+        if isinstance(exc, AuditUnavailable | AuditIntegrityError):
+            return exc
+        error = AuditUnavailable(f"cannot open the audit database {self.path}: {exc}")
+        error.__cause__ = exc
+        return error
+
+    def _connect_writer(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
+        try:
+            self._require_wal(conn)
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _require_wal(self, conn: sqlite3.Connection) -> None:
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise AuditUnavailable(
+                f"the audit database {self.path} cannot use write-ahead logging (journal mode {mode})"
+            )
+
+    def _connect_reader(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        conn.execute("PRAGMA query_only = ON")
+        return conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            current = self._schema_version(conn)
+            for version in range(current + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[version]:
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO schema_version (id, version) VALUES (1, ?)"
+                    " ON CONFLICT (id) DO UPDATE SET version = excluded.version",
+                    (version,),
+                )
+                log.info("audit database %s migrated to schema version %d", self.path, version)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def _schema_version(self, conn: sqlite3.Connection) -> int:
+        """The file's schema version (0: nothing yet); refuse a newer one or a foreign file."""
+        tables = {
+            name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
+        if "schema_version" not in tables:
+            if any(name.startswith("audit_") for name in tables):
+                raise AuditUnavailable(
+                    f"{self.path} holds audit tables but no schema_version: not a Tongban audit store"
+                )
+            return 0
+        row = conn.execute("SELECT version FROM schema_version WHERE id = 1").fetchone()
+        current = int(row[0]) if row else 0
+        if current > SCHEMA_VERSION:
+            raise AuditUnavailable(
+                f"the audit database {self.path} has schema version {current}, newer than "
+                f"this gateway's {SCHEMA_VERSION}: run a gateway that knows it"
+            )
+        return current
+
+    def _load_head(self, conn: sqlite3.Connection) -> CompactRange:
+        row = conn.execute("SELECT size, compact FROM audit_head WHERE id = 1").fetchone()
+        if row is None:
+            raise AuditIntegrityError(f"the audit database {self.path} has no tree head")
+        try:
+            return CompactRange.from_bytes(int(row[0]), _blob(row[1]))
+        except (ProofError, TypeError, ValueError) as exc:
+            raise AuditIntegrityError(
+                f"the tree head stored in {self.path} is malformed: {exc}"
+            ) from exc
+
+    def _serve(self, conn: sqlite3.Connection) -> None:
+        held: _Append | _Job | _Stop | None = None  # an item taken while gathering, run next
+        while True:
+            item = held if held is not None else self._queue.get()
+            held = None
+            if isinstance(item, _Stop):
+                return  # close(): everything queued before it has been committed
+            if isinstance(item, _Job):
+                self._run_job(conn, item)
+                continue
+            batch = [item]
+            while len(batch) < self.max_batch:
+                try:
+                    following = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if isinstance(following, _Append):
+                    batch.append(following)
+                else:
+                    held = following
+                    break
+            self._commit(conn, batch)
+
+    def _commit(self, conn: sqlite3.Connection, batch: Sequence[_Append]) -> None:
+        compact = CompactRange(self._range.size, self._range.hashes)  # a copy
+        outcomes: list[_Outcome] = []
+        try:
+            rows: list[tuple[object, ...]] = []
+            for item in batch:
+                index = compact.size
+                record = item.record
+                leaf = leaf_hash(record.canonical)
+                compact.append(leaf)
+                rows.append(
+                    (
+                        index,
+                        record.time_text,
+                        record.caller_agency,
+                        record.provider_region,
+                        record.purpose,
+                        record.dataset,
+                        record.subject,
+                        record.outcome.value,
+                        record.canonical,
+                        leaf,
+                        compact.root(),
+                    )
+                )
+                outcomes.append((item.future, Appended(index, leaf)))
+            self._write(conn, rows, compact)
+        except Exception as exc:
+            self._rollback(conn)
+            self.failed_batches += 1
+            log.exception("audit commit of %d records failed", len(batch))
+            outcomes = []
+            for item in batch:
+                error = AuditUnavailable(f"the audit record could not be made durable: {exc}")
+                error.__cause__ = exc
+                outcomes.append((item.future, error))
+        else:
+            self._range = compact
+            self._head = TreeHead(compact.size, compact.root())
+            self.commits += 1
+            self.appended += len(batch)
+            self.largest_batch = max(self.largest_batch, len(batch))
+        self._settle(outcomes)
+
+    def _write(
+        self,
+        conn: sqlite3.Connection,
+        rows: list[tuple[object, ...]],
+        compact: CompactRange,
+    ) -> None:
+        """One transaction: the rows and the head that covers them."""
+        conn.execute("BEGIN IMMEDIATE")
+        # Many rows per statement: one step (one release of the GIL) instead of one per row.
+        for at in range(0, len(rows), _INSERT_ROWS):
+            chunk = rows[at : at + _INSERT_ROWS]
+            conn.execute(
+                _INSERT + ", ".join([_ROW] * len(chunk)),
+                [value for row in chunk for value in row],
+            )
+        if conn.execute(_MOVE_HEAD, (compact.size, compact.to_bytes())).rowcount != 1:
+            raise AuditIntegrityError("the audit head row is missing")
+        conn.execute("COMMIT")
+
+    def _rollback(self, conn: sqlite3.Connection) -> None:
+        """Undo a failed transaction and go back to the head that is really committed."""
+        try:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            log.exception("audit rollback failed")
+        if conn.in_transaction:
+            return  # keep the head from before the batch; the next BEGIN will fail loudly
+        try:  # a COMMIT that reported an error may still have committed: trust the file
+            committed = self._load_head(conn)
+        except Exception:
+            log.exception("cannot re-read the audit head after a failed commit")
+            return
+        if committed.size != self._range.size:
+            log.warning(
+                "audit head is %d after a failed commit (expected %d)",
+                committed.size,
+                self._range.size,
+            )
+        self._range = committed
+        self._head = TreeHead(committed.size, committed.root())
+
+    def _run_job(self, conn: sqlite3.Connection, job: _Job) -> None:
+        outcome: object = None
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            job.run(conn)
+            conn.execute("COMMIT")
+        except Exception as exc:
+            with contextlib.suppress(sqlite3.Error):
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            error = AuditUnavailable(f"the audit database write failed: {exc}")
+            error.__cause__ = exc
+            outcome = error
+        self._settle([(job.future, outcome)])
+
+    def _settle(self, outcomes: list[_Outcome]) -> None:
+        """From the writer thread: one hop to the loop for the whole batch."""
+        if not outcomes or self._loop is None:
+            return
+        try:
+            self._loop.call_soon_threadsafe(_resolve, outcomes)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            log.warning(
+                "audit results for %d writes dropped: the event loop is closed", len(outcomes)
+            )
+
+    # reading ---------------------------------------------------------------------------------
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def run() -> T:
+            with self._reader_lock:
+                if self._reader is None:
+                    raise AuditUnavailable(f"the audit store {self.path} is not open")
+                try:
+                    return fn(self._reader)
+                except sqlite3.Error as exc:
+                    raise AuditUnavailable(f"the audit database read failed: {exc}") from exc
+
+        return await asyncio.to_thread(run)
+
+    async def head(self) -> TreeHead:
+        if self._thread is None:
+            raise AuditUnavailable(f"the audit store {self.path} is not open")
+        return self._head
+
+    async def rows(self, start: int, end: int) -> list[StoredRow]:
+        start, end = max(start, 0), max(end, 0)
+        if end <= start:
+            return []
+
+        def read(conn: sqlite3.Connection) -> list[StoredRow]:
+            return [
+                StoredRow(int(idx), _blob(canonical), _blob(leaf), _blob(root))
+                for idx, canonical, leaf, root in conn.execute(
+                    "SELECT idx, canonical, leaf_hash, root FROM audit_records"
+                    " WHERE idx >= ? AND idx < ? ORDER BY idx",
+                    (start, end),
+                )
+            ]
+
+        return await self._read(read)
+
+    async def query(self, query: AuditQuery) -> list[tuple[int, AuditRecord]]:
+        clauses = ["idx > ?"]
+        params: list[object] = [query.after_index]
+        for column in _EQUALITY:
+            value = getattr(query, column)
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if query.outcome is not None:
+            clauses.append("outcome = ?")
+            params.append(query.outcome.value)
+        if query.since is not None:
+            clauses.append("time >= ?")
+            params.append(_time(query.since))
+        if query.until is not None:
+            clauses.append("time < ?")
+            params.append(_time(query.until))
+        params.append(max(query.limit, 0))
+        sql = (
+            "SELECT idx, canonical FROM audit_records WHERE "  # noqa: S608 (fixed column names)
+            + " AND ".join(clauses)
+            + " ORDER BY idx LIMIT ?"
+        )
+
+        def read(conn: sqlite3.Connection) -> list[tuple[int, bytes]]:
+            return [(int(idx), _blob(canonical)) for idx, canonical in conn.execute(sql, params)]
+
+        out: list[tuple[int, AuditRecord]] = []
+        for index, canonical in await self._read(read):
+            try:
+                record = AuditRecord.from_canonical(canonical)
+            except (ValueError, KeyError, TypeError) as exc:
+                raise AuditIntegrityError(
+                    f"record {index} is not a canonical audit record: verify the log"
+                ) from exc
+            if not query.matches(record):  # the filter columns say what the record does not
+                raise AuditIntegrityError(
+                    f"record {index}'s query columns disagree with the record: verify the log"
+                )
+            out.append((index, record))
+        return out
+
+    async def column_mismatches(self) -> int | None:
+        def read(conn: sqlite3.Connection) -> int | None:
+            checks = " OR ".join(
+                f"{column} IS NOT json_extract(CAST(canonical AS TEXT), '$.{column}')"
+                for column in _QUERY_COLUMNS
+            )
+            row = conn.execute(f"SELECT min(idx) FROM audit_records WHERE {checks}").fetchone()  # noqa: S608 (fixed names)
+            return None if row is None or row[0] is None else int(row[0])
+
+        return await self._read(read)
+
+    async def checkpoints(self) -> list[Checkpoint]:
+        def read(conn: sqlite3.Connection) -> list[Checkpoint]:
+            return [
+                Checkpoint(str(note).split("\n", 1)[0], int(size), _blob(root), str(note), key)
+                for size, root, note, key in conn.execute(
+                    "SELECT size, root, note, key_name FROM audit_checkpoints ORDER BY size, id"
+                )
+            ]
+
+        return await self._read(read)
