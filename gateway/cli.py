@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import logging
+import mimetypes
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -18,7 +20,9 @@ from pathlib import Path
 from typing import NoReturn
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from gateway.config import GatewayConfig, read_passphrase
 from gateway.errors import GatewayError
@@ -33,6 +37,7 @@ from registry import (
     KeyUsage,
     Registry,
     RegistryError,
+    RegistryTrust,
     SnapshotVerifier,
     build_registry,
     canonical_json,
@@ -42,7 +47,16 @@ from registry import (
     registry_to_payload,
 )
 from registry import _pki as pki
-from signer import SignerError
+from signer import (
+    MAX_JWS_BYTES,
+    FileKeyProvider,
+    Indication,
+    SealVerifier,
+    SignatureKind,
+    SignerError,
+    ValidationReport,
+    seal,
+)
 
 __all__ = ["main"]
 
@@ -405,6 +419,158 @@ def cmd_keys_expiring(args: argparse.Namespace, out: Console) -> int:
     return 0
 
 
+# seal and verify ------------------------------------------------------------------------------
+DEFAULT_CONTENT_TYPE = "application/octet-stream"
+_HEADLINE_COLOURS = {
+    Indication.TOTAL_PASSED: "green",
+    Indication.TOTAL_FAILED: "red",
+    Indication.INDETERMINATE: "yellow",
+}
+
+
+def _read_input(path: Path, what: str, limit: int | None = None) -> bytes:
+    """A file named on the command line, or a one-line `Failure` that says why not."""
+    try:
+        with path.open("rb") as file:
+            data = file.read() if limit is None else file.read(limit + 1)
+    except OSError as exc:
+        raise Failure(f"{path}: {what} cannot be read ({exc.strerror})") from exc
+    if limit is not None and len(data) > limit:
+        raise Failure(f"{path}: {what} is larger than {limit} bytes")
+    return data
+
+
+def cmd_seal(args: argparse.Namespace, out: Console) -> int:
+    payload = _read_input(args.file, "the document")
+    provider = FileKeyProvider(args.key, args.cert, _passphrase(args))
+    content_type = (
+        args.content_type or mimetypes.guess_type(args.file.name)[0] or DEFAULT_CONTENT_TYPE
+    )
+    jws = seal(payload, provider, content_type=content_type, detached=args.detached)
+    if args.out is None:
+        sys.stdout.write(jws + "\n")
+        return 0
+    args.out.write_text(jws + "\n", encoding="ascii")
+    out.print(
+        f"Sealed {escape(str(args.file))} ({len(payload)} bytes, {escape(content_type)}) with key "
+        f"{provider.kid} ({provider.algorithm}), {'detached' if args.detached else 'attached'}: "
+        f"{escape(str(args.out))}",
+        soft_wrap=True,
+    )
+    return 0
+
+
+def _report_json(report: ValidationReport, registry: Registry, stale: bool) -> dict[str, object]:
+    payload = report.payload
+    return {
+        "indication": report.indication.value,
+        "sub_indication": report.sub_indication.value if report.sub_indication else None,
+        "message": report.message,
+        "signer_subject": report.signer_subject,
+        "signer_kid": report.signer_kid,
+        "owner": report.owner,
+        "owner_region": report.owner_region,
+        "kind": report.kind.value if report.kind else None,
+        "signing_time": (
+            f"{report.signing_time:%Y-%m-%dT%H:%M:%SZ}" if report.signing_time else None
+        ),
+        "algorithm": report.algorithm,
+        "content_type": report.content_type,
+        "registry_version": report.registry_version,
+        "registry_expires_at": f"{registry.expires_at:%Y-%m-%dT%H:%M:%SZ}",
+        "registry_stale": stale,
+        "checks": [{"name": c.name, "passed": c.passed, "detail": c.detail} for c in report.checks],
+        "payload": base64.b64encode(payload).decode("ascii") if payload is not None else None,
+    }
+
+
+def _party(registry: Registry, owner: str) -> str:
+    """`浙江省人力资源和社会保障厅 (zj.hrss)` for an agency, `浙江省 (330000)` for a region."""
+    agency = registry.agency(owner)
+    region = registry.region(owner)
+    name = agency.name if agency else region.name if region else ""
+    return f"{name} ({owner})" if name else owner
+
+
+def _print_report(out: Console, report: ValidationReport, registry: Registry) -> None:
+    indication = report.indication
+    headline = Text(indication.value, style=f"bold {_HEADLINE_COLOURS[indication]}")
+    if report.sub_indication is not None:
+        headline.append(f" / {report.sub_indication.value}", style=_HEADLINE_COLOURS[indication])
+    if report.passed:
+        # "e-seal by 浙江省 (330000) made at ... is valid" reads better without "is valid" here.
+        headline.append(f" — {report.message.removesuffix(' is valid')}")
+    else:
+        headline.append(f" — {report.message}")
+    out.print(headline, soft_wrap=True)
+    region = registry.region(report.owner_region)
+    facts = Table.grid(padding=(0, 2))
+    facts.add_column(style="bold")
+    facts.add_column(overflow="fold")
+    rows = (
+        ("signer", report.signer_subject),
+        ("kid", report.signer_kid),
+        ("owner", _party(registry, report.owner) if report.owner else ""),
+        (
+            "region",
+            f"{region.name} ({report.owner_region})" if region else report.owner_region,
+        ),
+        ("kind", f"e-{report.kind.value}" if report.kind else ""),
+        (
+            "signing time",
+            f"{report.signing_time:%Y-%m-%d %H:%M:%SZ} (claimed)" if report.signing_time else "",
+        ),
+        ("algorithm", report.algorithm),
+        ("content type", report.content_type),
+        ("registry version", str(report.registry_version)),
+    )
+    for name, value in rows:
+        facts.add_row(name, Text(value or "—"))
+    out.print(facts)
+    checks = Table(title="Checks", title_justify="left")
+    checks.add_column("")
+    checks.add_column("check")
+    checks.add_column("detail", overflow="fold")
+    for check in report.checks:
+        mark = Text("✓", style="green") if check.passed else Text("✗", style="red")
+        checks.add_row(mark, Text(check.name), Text(check.detail))
+    out.print(checks)
+
+
+def cmd_verify(args: argparse.Namespace, out: Console) -> int:
+    authority_path = args.authority or args.pki / AUTHORITY_PUBLIC_KEY
+    authority = load_authority_public_key(authority_path)
+    snapshot = _read_input(args.snapshot, "the registry snapshot")
+    # now=None: the signature and format are checked here, the expiry below, so that a stale
+    # registry still verifies (with a warning) instead of refusing outright.
+    registry = SnapshotVerifier(authority).verify(snapshot, held_version=None, now=None).registry
+    jws = _read_input(args.file, "the JWS", limit=MAX_JWS_BYTES + 4096)
+    payload = _read_input(args.payload, "the payload") if args.payload is not None else None
+    now = _now()
+    stale = now >= registry.expires_at
+    if stale:
+        Console(stderr=True, highlight=False).print(
+            f"[yellow]warning:[/] registry version {registry.version} expired at "
+            f"{registry.expires_at:%Y-%m-%d %H:%M:%SZ}: the registry is stale, so keys revoked "
+            "since then are not known here",
+            soft_wrap=True,
+        )
+    report = SealVerifier(RegistryTrust(registry), clock=_now).validate(
+        jws,
+        detached_payload=payload,
+        expected_kind=SignatureKind(args.expect) if args.expect else None,
+        expected_owner_region=args.region,
+        validation_time=args.at,
+    )
+    if args.json:
+        sys.stdout.write(
+            json.dumps(_report_json(report, registry, stale), ensure_ascii=False, indent=2) + "\n"
+        )
+    else:
+        _print_report(out, report, registry)
+    return 0 if report.passed else 1
+
+
 # gateway --------------------------------------------------------------------------------------
 def cmd_gateway_serve(args: argparse.Namespace, out: Console) -> int:
     from gateway.server import Gateway, serve
@@ -629,6 +795,96 @@ def build_parser() -> argparse.ArgumentParser:
     expiring.add_argument("--json", action="store_true", help="print JSON")
     expiring.set_defaults(handler=cmd_keys_expiring)
 
+    # seal
+    seal_parser = commands.add_parser(
+        "seal",
+        help="seal or sign a document with a key file (JAdES compact JWS)",
+        description="Seal (or sign) a file with a key and its certificate chain: a JAdES "
+        "baseline-B compact JWS whose header names the certificate (x5t#S256, x5c) and the "
+        "signing time. An e-seal with a seal certificate, an e-signature with a signature "
+        "certificate. Writes the JWS to standard output unless --out is given.",
+        epilog="Example: tongban seal licence.pdf --key out/pki/regions/330000/keys/seal-ab12cd34.key "
+        "--cert out/pki/regions/330000/keys/seal-ab12cd34.pem --detached --out licence.pdf.jws",
+    )
+    seal_parser.add_argument("file", type=Path, help="the document to seal (its exact bytes)")
+    seal_parser.add_argument(
+        "--key", type=Path, required=True, metavar="KEY.pem", help="private key (PKCS#8)"
+    )
+    seal_parser.add_argument(
+        "--cert",
+        type=Path,
+        required=True,
+        metavar="CHAIN.pem",
+        help="certificate chain of the key, leaf first",
+    )
+    seal_parser.add_argument(
+        "--detached",
+        action="store_true",
+        help="leave the document out of the JWS (its SHA-256 is signed, in sigD)",
+    )
+    seal_parser.add_argument(
+        "--content-type",
+        metavar="TYPE",
+        help=f"media type of the document (default: guessed from its name, else {DEFAULT_CONTENT_TYPE})",
+    )
+    seal_parser.add_argument(
+        "--out", type=Path, metavar="FILE", help="write the JWS here instead of standard output"
+    )
+    _passphrase_options(seal_parser)
+    seal_parser.set_defaults(handler=cmd_seal)
+
+    # verify
+    verify = commands.add_parser(
+        "verify",
+        help="verify an e-seal or e-signature against a registry snapshot",
+        description="Verify a compact JWS e-seal or e-signature against a signed registry snapshot "
+        "(its keys, CAs and revocation lists) and print an ETSI EN 319 102-1 style report: "
+        "TOTAL_PASSED, TOTAL_FAILED or INDETERMINATE with the reason, the signer, and every "
+        "check. Exit code 0 only for TOTAL_PASSED, 1 otherwise.",
+        epilog="Example: tongban verify licence.pdf.jws --payload licence.pdf "
+        "--snapshot out/published/current.jws --pki out/pki",
+    )
+    verify.add_argument("file", type=Path, help="the compact JWS to verify")
+    verify.add_argument(
+        "--payload", type=Path, metavar="FILE", help="the document, for a detached JWS"
+    )
+    verify.add_argument(
+        "--snapshot",
+        type=Path,
+        required=True,
+        metavar="JWS",
+        help="registry snapshot, e.g. out/published/current.jws",
+    )
+    verify_trust = verify.add_mutually_exclusive_group(required=True)
+    verify_trust.add_argument(
+        "--authority",
+        type=Path,
+        metavar="PUB",
+        help="the registry authority public key (PEM), to check the snapshot's signature",
+    )
+    verify_trust.add_argument(
+        "--pki", type=Path, metavar="DIR", help="a PKI folder, to use its authority public key"
+    )
+    verify.add_argument(
+        "--expect",
+        choices=[k.value for k in SignatureKind],
+        help="require an e-seal (legal person) or an e-signature (natural person)",
+    )
+    verify.add_argument(
+        "--region",
+        type=lambda s: parse_regions(s)[0],
+        metavar="CODE",
+        help="require a key of this region (GB/T 2260 code)",
+    )
+    verify.add_argument(
+        "--at",
+        type=parse_time,
+        metavar="ISO-TIME",
+        help="validate as of this time, ISO 8601 with offset (default now)",
+    )
+    verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    verify.set_defaults(handler=cmd_verify)
+
     # gateway
     gw = commands.add_parser(
         "gateway", help="run a region's gateway", description="Run a region's gateway."
@@ -637,8 +893,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = gw_verbs.add_parser(
         "serve",
         help="serve gRPC over mutual TLS until Ctrl-C",
-        description="Serve the registry (GetSnapshot, Watch), gRPC health and reflection over mutual TLS. "
-        "Client certificates must chain to a region CA of the current registry.",
+        description="Serve the registry (GetSnapshot, Watch), credentials (Verify for every caller, "
+        "Seal for the region's agencies with the region's seal key), gRPC health and reflection over "
+        "mutual TLS. Client certificates must chain to a region CA of the current registry.",
         epilog="Example: tongban gateway serve --pki out/pki --region 330000 --snapshot out/published/current.jws",
     )
     serve.add_argument("--config", type=Path, help="gateway configuration (TOML)")

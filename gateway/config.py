@@ -21,6 +21,15 @@ are errors, so a typo never silently falls back to a default.
     follow = ""                       # optional: host:port of a peer gateway to follow (Watch)
     bootstrap_ca_file = ""            # optional: CA bundle trusted until a registry is held
     poll_seconds = 2.0
+
+    [[seal.keys]]                     # optional, repeatable: the region's e-seal keys held here
+    certificate = "pki/regions/330000/keys/seal-ef56ab78.pem"  # leaf, then intermediate
+    private_key = "pki/regions/330000/keys/seal-ef56ab78.key"  # same passphrase as [tls]
+
+`Credentials.Seal` signs with whichever of these keys the current registry names as the region's
+active seal key, so list the successor as soon as a rotation issues it (pending): the gateway
+switches to it by itself when a publish activates it. A gateway without seal keys still serves
+`Credentials.Verify`; its `Seal` answers UNAVAILABLE (SEAL_KEY_UNAVAILABLE).
 """
 
 from __future__ import annotations
@@ -123,6 +132,8 @@ class GatewayConfig:
     poll_seconds: float = 2.0
     grace_seconds: float = 5.0
     tls_passphrase: bytes | None = field(default=None, repr=False)
+    # (certificate chain, private key) of each seal key held; the TLS passphrase opens them.
+    seal_keys: tuple[tuple[Path, Path], ...] = ()
 
     def __post_init__(self) -> None:
         if self.region not in PROVINCES:
@@ -150,12 +161,13 @@ class GatewayConfig:
             raise ConfigError(f"{path}: cannot be read ({exc.strerror})") from exc
         except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
-        unknown = sorted(set(document) - {"gateway", "tls", "registry"})
+        unknown = sorted(set(document) - {"gateway", "tls", "registry", "seal"})
         if unknown:
             raise ConfigError(f"{path}: [{unknown[0]}]: unknown section")
         gw = _Section(path, "gateway", document.get("gateway", {}))
         tls = _Section(path, "tls", document.get("tls", {}))
         reg = _Section(path, "registry", document.get("registry", {}))
+        seal = _Section(path, "seal", document.get("seal", {}))
         try:
             passphrase_file = tls.optional_path("passphrase_file")
             passphrase_env = tls.text("passphrase_env", required=False)
@@ -176,13 +188,14 @@ class GatewayConfig:
                 follow=reg.text("follow", required=False),
                 bootstrap_ca_file=reg.optional_path("bootstrap_ca_file"),
                 poll_seconds=reg.number("poll_seconds", 2.0),
+                seal_keys=_seal_keys(path, seal),
             )
         except ConfigError as exc:
             message = str(exc)
             raise ConfigError(
                 message if message.startswith(str(path)) else f"{path}: {message}"
             ) from None
-        for section in (gw, tls, reg):
+        for section in (gw, tls, reg, seal):
             section.done()
         if config.snapshot_file is None and config.bootstrap_ca_file is None:
             # Until it holds a registry, a follow-only gateway has no CA to trust its peer with.
@@ -204,7 +217,9 @@ class GatewayConfig:
         passphrase: bytes | None = None,
         bootstrap_ca_file: Path | None = None,
     ) -> GatewayConfig:
-        """A configuration from a development PKI folder: the region's active TLS key."""
+        """A configuration from a development PKI folder: the region's active TLS key, and every
+        seal key of the region that is not revoked (pending ones too, so that a rotation is
+        picked up when the registry activates the successor)."""
         try:
             inventory = Inventory.load(pki_root)
         except KeyLifecycleError as exc:
@@ -213,6 +228,11 @@ class GatewayConfig:
         if not active:
             raise ConfigError(f"{pki_root}: region {region} has no active TLS key in the inventory")
         record = active[-1]
+        seal_keys = tuple(
+            (pki_root / r.certificate, pki_root / r.private_key)
+            for r in inventory.find(region, KeyUsage.SEAL)
+            if r.state is not KeyState.REVOKED
+        )
         return cls(
             region=region,
             listen=listen,
@@ -223,7 +243,23 @@ class GatewayConfig:
             snapshot_file=snapshot_file,
             follow=follow,
             bootstrap_ca_file=bootstrap_ca_file or _existing(pki_root / ROOTS_BUNDLE),
+            seal_keys=seal_keys,
         )
+
+
+def _seal_keys(file: Path, seal: _Section) -> tuple[tuple[Path, Path], ...]:
+    """The `[[seal.keys]]` array: (certificate, private key) pairs, each key checked."""
+    entries = seal._raw("keys", required=False)
+    if entries is None:
+        return ()
+    if not isinstance(entries, list):
+        raise ConfigError(f"{file}: seal.keys: must be an array of tables ([[seal.keys]])")
+    pairs = []
+    for number, data in enumerate(entries):
+        entry = _Section(file, f"seal.keys[{number}]", data)
+        pairs.append((entry.required_path("certificate"), entry.required_path("private_key")))
+        entry.done()
+    return tuple(pairs)
 
 
 def _existing(path: Path) -> Path | None:

@@ -3,6 +3,10 @@
 `create_gateway(config)` builds and starts a `Gateway` and returns it with the bound port, so
 tests bind port 0 and talk to it over a real channel; `serve(config)` runs one until SIGINT or
 SIGTERM and then stops gracefully. Only the services built so far are served.
+
+The gateway owns one `SealVerifier` and switches it to every registry the store applies (a swap
+listener registered before any snapshot is offered), so `Credentials.Verify` always decides with
+the registry the rest of the gateway holds. Its seal keys are loaded once, at construction.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from gateway.config import GatewayConfig
 from gateway.errors import ConfigError
 from gateway.identity import CallerInterceptor, CallerResolver
 from gateway.registry_sync import PeerSnapshotSource
+from gateway.services.credentials import CredentialsService
 from gateway.services.registry import RegistryService
 from registry import (
     FileSnapshotSource,
@@ -31,19 +36,29 @@ from registry import (
     Registry,
     RegistryError,
     RegistryStore,
+    RegistryTrust,
     SignedSnapshot,
     SnapshotVerifier,
     load_authority_public_key,
 )
-from signer import SignerError, load_private_key
-from tongban.v1 import registry_pb2, registry_pb2_grpc
+from signer import (
+    FileKeyProvider,
+    KeyProvider,
+    SealVerifier,
+    SignerError,
+    TrustedKey,
+    load_private_key,
+)
+from tongban.v1 import credentials_pb2, credentials_pb2_grpc, registry_pb2, registry_pb2_grpc
 
 __all__ = ["SERVED_SERVICES", "Gateway", "create_gateway", "serve"]
 
 log = logging.getLogger("tongban.gateway")
 
 REGISTRY_SERVICE = registry_pb2.DESCRIPTOR.services_by_name["Registry"].full_name
-SERVED_SERVICES = (REGISTRY_SERVICE,)  # the tongban.v1 services this build implements
+CREDENTIALS_SERVICE = credentials_pb2.DESCRIPTOR.services_by_name["Credentials"].full_name
+# The tongban.v1 services this build serves (Credentials.Fetch still answers UNIMPLEMENTED).
+SERVED_SERVICES = (REGISTRY_SERVICE, CREDENTIALS_SERVICE)
 OPEN_SERVICES = frozenset({health.SERVICE_NAME, reflection.SERVICE_NAME})  # mTLS only, no identity
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # bytes: a registry snapshot is the largest message
 HEALTH_CHECK_SECONDS = 5.0  # how often registry expiry is re-checked for health
@@ -88,6 +103,35 @@ class _TlsMaterial:
             )
 
 
+class _NoTrust:
+    """The verifier's trust source until a registry is held: it trusts nothing."""
+
+    version = -1
+
+    def key(self, kid: str) -> TrustedKey | None:
+        return None
+
+    def anchors(
+        self, region: str
+    ) -> tuple[tuple[x509.Certificate, ...], tuple[x509.Certificate, ...]]:
+        return (), ()
+
+    def crls(self, region: str) -> tuple[x509.CertificateRevocationList, ...]:
+        return ()
+
+
+def load_seal_keys(config: GatewayConfig) -> dict[str, KeyProvider]:
+    """The configured seal keys by kid, opened with the TLS passphrase."""
+    providers: dict[str, KeyProvider] = {}
+    for certificate, private_key in config.seal_keys:
+        try:
+            provider = FileKeyProvider(private_key, certificate, config.tls_passphrase)
+        except SignerError as exc:
+            raise ConfigError(f"seal key: {exc}") from exc
+        providers[provider.kid] = provider
+    return providers
+
+
 def trust_bundle(registry: Registry) -> bytes:
     """PEM of every region's root CA: who may complete a TLS handshake with this gateway."""
     out = []
@@ -113,6 +157,17 @@ class Gateway:
         self.store = RegistryStore(SnapshotVerifier(authority), clock=clock)
         self._clock = clock
         self._tls = _TlsMaterial(config)
+        self.verifier = SealVerifier(_NoTrust(), clock=clock)
+        self.store.on_swap(self._follow_registry)  # before any snapshot can be offered
+        # Fetch is left to the generated base class (UNIMPLEMENTED at run time), which the
+        # stubs declare abstract.
+        self.credentials = CredentialsService(
+            self.store,
+            self.verifier,
+            region=config.region,
+            seal_keys=load_seal_keys(config),
+            clock=clock,
+        )
         self._tasks: list[asyncio.Task[None]] = []
         self._swap_tasks: set[asyncio.Future[None]] = set()
         self._health = health.aio.HealthServicer()
@@ -162,6 +217,7 @@ class Gateway:
             ],
         )
         registry_pb2_grpc.add_RegistryServicer_to_server(RegistryService(self.store), server)
+        credentials_pb2_grpc.add_CredentialsServicer_to_server(self.credentials, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (*SERVED_SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
@@ -193,6 +249,10 @@ class Gateway:
         self._tasks.append(asyncio.create_task(self._watch_expiry(), name="registry-expiry"))
         log.info("gateway %s listening on port %d", self.config.region, self.port)
         return self.port
+
+    def _follow_registry(self, snapshot: SignedSnapshot) -> None:
+        # Synchronous, inside the swap: no call sees the new registry with the old verifier.
+        self.verifier.use(RegistryTrust(snapshot.registry))
 
     def _on_swap(self, snapshot: SignedSnapshot) -> None:
         task = asyncio.ensure_future(self._update_health())

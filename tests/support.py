@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import re
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import grpc
+from google.rpc import error_details_pb2, status_pb2
+
+from gateway.config import GatewayConfig
+from gateway.server import Gateway, create_gateway
 from registry import (
     AUTHORITY_KEY,
     CURRENT_SNAPSHOT,
@@ -106,3 +113,68 @@ async def eventually(predicate: Callable[[], object], what: str, timeout: float 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+# in-process gateways and mTLS clients ----------------------------------------------------------
+CALL_TIMEOUT = 5.0  # seconds: any single RPC in the tests
+
+
+def region_root(fed: Federation, region: str) -> bytes:
+    return (fed.pki / "regions" / region / "ca" / "root.pem").read_bytes()
+
+
+def credentials_as(fed: Federation, owner: str, target_region: str) -> grpc.ChannelCredentials:
+    """mTLS credentials of `owner`'s TLS key, trusting `target_region`'s root CA."""
+    chain, key = fed.tls_files(owner)
+    return grpc.ssl_channel_credentials(
+        region_root(fed, target_region), key.read_bytes(), chain.read_bytes()
+    )
+
+
+def channel(port: int, credentials: grpc.ChannelCredentials) -> grpc.aio.Channel:
+    return grpc.aio.secure_channel(f"localhost:{port}", credentials)
+
+
+def error_info(exc: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
+    """The `google.rpc.ErrorInfo` carried in a rich status's trailing metadata."""
+    for key, value in exc.trailing_metadata() or ():
+        if key == "grpc-status-details-bin":
+            assert isinstance(value, bytes)
+            status = status_pb2.Status.FromString(value)
+            assert status.code == exc.code().value[0]
+            for detail in status.details:
+                info = error_details_pb2.ErrorInfo()
+                if detail.Unpack(info):
+                    return info
+    raise AssertionError(f"no ErrorInfo in the status of {exc.code().name}: {exc.details()}")
+
+
+def dev_config(fed: Federation, region: str = "330000", **changes: Any) -> GatewayConfig:
+    config = GatewayConfig.for_dev_pki(
+        fed.pki, region, listen="127.0.0.1:0", snapshot_file=fed.current
+    )
+    return dataclasses.replace(config, grace_seconds=0.5, **changes)
+
+
+@contextlib.asynccontextmanager
+async def running(
+    config: GatewayConfig, **kwargs: Callable[[], datetime]
+) -> AsyncIterator[tuple[Gateway, int]]:
+    gw, port = await create_gateway(config, **kwargs)
+    try:
+        yield gw, port
+    finally:
+        await gw.stop(0)
+
+
+class ManualClock:
+    """A clock the test advances instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)

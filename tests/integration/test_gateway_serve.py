@@ -5,30 +5,39 @@ the registry service, the dynamic trust store, per-call identity and the live re
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import dataclasses
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
 from google.protobuf import descriptor_pb2
-from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
-from support import Federation, eventually, make_federation, without_agency
+from support import (
+    CALL_TIMEOUT,
+    Federation,
+    ManualClock,
+    channel,
+    credentials_as,
+    dev_config,
+    error_info,
+    eventually,
+    make_federation,
+    region_root,
+    running,
+    without_agency,
+)
 
 import gateway.server
 from gateway.config import GatewayConfig
-from gateway.server import SERVED_SERVICES, Gateway, create_gateway
+from gateway.server import SERVED_SERVICES
 from registry import SnapshotVerifier, load_authority_public_key
 from tongban.v1 import registry_pb2, registry_pb2_grpc
 
@@ -36,43 +45,13 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 REGISTRY_SERVICE = "tongban.v1.Registry"
+CREDENTIALS_SERVICE = "tongban.v1.Credentials"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-CALL_TIMEOUT = 5.0  # seconds: any single RPC in these tests
 DEADLINE = 5.0  # seconds: waiting for something the gateway does in the background
 
 
 # helpers -------------------------------------------------------------------------------------
-def region_root(fed: Federation, region: str) -> bytes:
-    return (fed.pki / "regions" / region / "ca" / "root.pem").read_bytes()
-
-
-def credentials_as(fed: Federation, owner: str, target_region: str) -> grpc.ChannelCredentials:
-    """mTLS credentials of `owner`'s TLS key, trusting `target_region`'s root CA."""
-    chain, key = fed.tls_files(owner)
-    return grpc.ssl_channel_credentials(
-        region_root(fed, target_region), key.read_bytes(), chain.read_bytes()
-    )
-
-
-def channel(port: int, credentials: grpc.ChannelCredentials) -> grpc.aio.Channel:
-    return grpc.aio.secure_channel(f"localhost:{port}", credentials)
-
-
-def error_info(exc: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
-    """The `google.rpc.ErrorInfo` carried in a rich status's trailing metadata."""
-    for key, value in exc.trailing_metadata() or ():
-        if key == "grpc-status-details-bin":
-            assert isinstance(value, bytes)
-            status = status_pb2.Status.FromString(value)
-            assert status.code == exc.code().value[0]
-            for detail in status.details:
-                info = error_details_pb2.ErrorInfo()
-                if detail.Unpack(info):
-                    return info
-    raise AssertionError(f"no ErrorInfo in the status of {exc.code().name}: {exc.details()}")
-
-
 async def health_status(ch: grpc.aio.Channel, service: str = "") -> int:
     response = await health_pb2_grpc.HealthStub(ch).Check(
         health_pb2.HealthCheckRequest(service=service), timeout=CALL_TIMEOUT
@@ -94,37 +73,6 @@ def replace_file(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
-
-
-def dev_config(fed: Federation, region: str = "330000", **changes: Any) -> GatewayConfig:
-    config = GatewayConfig.for_dev_pki(
-        fed.pki, region, listen="127.0.0.1:0", snapshot_file=fed.current
-    )
-    return dataclasses.replace(config, grace_seconds=0.5, **changes)
-
-
-@contextlib.asynccontextmanager
-async def running(
-    config: GatewayConfig, **kwargs: Callable[[], datetime]
-) -> AsyncIterator[tuple[Gateway, int]]:
-    gw, port = await create_gateway(config, **kwargs)
-    try:
-        yield gw, port
-    finally:
-        await gw.stop(0)
-
-
-class ManualClock:
-    """A clock the test advances instead of sleeping."""
-
-    def __init__(self) -> None:
-        self.now = datetime.now(UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 # the acceptance test: `tongban gateway serve` as a real process ----------------------------------
@@ -168,6 +116,7 @@ async def test_cli_gateway_serves_registry_health_and_reflection_then_stops_on_s
                 assert time.monotonic() < deadline, f"not ready in 15 s: {stderr.read_text()}"
                 await asyncio.sleep(0.1)
             assert await health_status(ch, REGISTRY_SERVICE) == SERVING
+            assert await health_status(ch, CREDENTIALS_SERVICE) == SERVING
 
             # Reflection: exactly the built services, health and reflection.
             stub = reflection_pb2_grpc.ServerReflectionStub(ch)
@@ -188,8 +137,11 @@ async def test_cli_gateway_serves_registry_health_and_reflection_then_stops_on_s
             assert len(responses) == 2
             listed = {s.name for s in responses[0].list_services_response.service}
             assert listed == {*SERVED_SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME}
-            assert REGISTRY_SERVICE in listed
-            assert not {s for s in listed if s.startswith("tongban.v1.")} - {REGISTRY_SERVICE}
+            assert {REGISTRY_SERVICE, CREDENTIALS_SERVICE} <= listed
+            assert {s for s in listed if s.startswith("tongban.v1.")} == {
+                REGISTRY_SERVICE,
+                CREDENTIALS_SERVICE,
+            }
             files = [
                 descriptor_pb2.FileDescriptorProto.FromString(raw)
                 for raw in responses[1].file_descriptor_response.file_descriptor_proto

@@ -75,6 +75,12 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The request (or batch) exceeds a size limit."""
     INVALID_ARGUMENT_FORMAT: _ErrorReason.ValueType  # 24
     """A request argument is syntactically malformed (ids, region codes, times, field names)."""
+    SEAL_KEY_UNAVAILABLE: _ErrorReason.ValueType  # 25
+    """The gateway does not hold the private key of its region's active seal key (sent with
+    UNAVAILABLE): it cannot seal until it is configured with that key, e.g. after a rotation.
+    """
+    NOT_IMPLEMENTED: _ErrorReason.ValueType  # 26
+    """The RPC is part of the contract but this gateway does not serve it yet (gRPC UNIMPLEMENTED)."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The reasons a Tongban RPC fails, carried in a google.rpc.ErrorInfo detail of the gRPC status.
@@ -138,6 +144,12 @@ REQUEST_TOO_LARGE: ErrorReason.ValueType  # 23
 """The request (or batch) exceeds a size limit."""
 INVALID_ARGUMENT_FORMAT: ErrorReason.ValueType  # 24
 """A request argument is syntactically malformed (ids, region codes, times, field names)."""
+SEAL_KEY_UNAVAILABLE: ErrorReason.ValueType  # 25
+"""The gateway does not hold the private key of its region's active seal key (sent with
+UNAVAILABLE): it cannot seal until it is configured with that key, e.g. after a rotation.
+"""
+NOT_IMPLEMENTED: ErrorReason.ValueType  # 26
+"""The RPC is part of the contract but this gateway does not serve it yet (gRPC UNIMPLEMENTED)."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 class _Outcome:

@@ -91,6 +91,30 @@ def test_from_file_resolves_relative_paths_against_the_config_folder(tmp_path: P
     assert config.follow == ""
     assert config.bootstrap_ca_file is None
     assert config.tls_passphrase is None
+    assert config.seal_keys == ()
+
+
+def with_seal_keys(*entries: str) -> str:
+    """VALID plus `[[seal.keys]]` tables (to_toml knows no arrays of tables)."""
+    return to_toml(VALID) + "".join(f"\n[[seal.keys]]\n{entry}\n" for entry in entries)
+
+
+def test_from_file_reads_seal_keys(tmp_path: Path) -> None:
+    folder = tmp_path / "etc"
+    absolute = tmp_path / "hsm-export" / "seal.key"
+    document = with_seal_keys(
+        'certificate = "pki/seal-old.pem"\nprivate_key = "pki/seal-old.key"',
+        f'certificate = "pki/seal-new.pem"\nprivate_key = {json.dumps(str(absolute))}',
+    )
+    config = GatewayConfig.from_file(write(folder, document))
+    assert config.seal_keys == (
+        (folder / "pki/seal-old.pem", folder / "pki/seal-old.key"),
+        (folder / "pki/seal-new.pem", absolute),
+    )
+    assert (
+        GatewayConfig.from_file(write(tmp_path / "empty", to_toml(VALID) + "[seal]\n")).seal_keys
+        == ()
+    )
 
 
 def test_from_file_defaults_absolute_paths_and_secrets(
@@ -257,6 +281,35 @@ ERRORS: dict[str, tuple[Document | str, list[str]]] = {
         changed("tls", "passphrase_file", "secret/missing"),
         ["tls.passphrase_file", "secret/missing", "cannot be read"],
     ),
+    # seal keys
+    "seal-key-without-private-key": (
+        with_seal_keys('certificate = "a.pem"'),
+        ["seal.keys[0].private_key", "missing"],
+    ),
+    "seal-key-second-without-certificate": (
+        with_seal_keys('certificate = "a.pem"\nprivate_key = "a.key"', 'private_key = "b.key"'),
+        ["seal.keys[1].certificate", "missing"],
+    ),
+    "seal-key-unknown-key": (
+        with_seal_keys('certificate = "a.pem"\nprivate_key = "a.key"\npassphrase = "x"'),
+        ["seal.keys[0].passphrase", "unknown key"],
+    ),
+    "seal-unknown-key": (
+        to_toml(VALID) + '[seal]\nkey = "a.pem"\n',
+        ["seal.key", "unknown key"],
+    ),
+    "seal-keys-not-an-array": (
+        to_toml(VALID) + '[seal]\nkeys = "a.pem"\n',
+        ["seal.keys", "array of tables"],
+    ),
+    "seal-keys-entry-not-a-table": (
+        to_toml(VALID) + '[seal]\nkeys = ["a.pem"]\n',
+        ["seal.keys[0]", "must be a table"],
+    ),
+    "seal-key-path-not-a-string": (
+        with_seal_keys('certificate = 1\nprivate_key = "a.key"'),
+        ["seal.keys[0].certificate", "string"],
+    ),
     # the file itself
     "not-toml": ("[gateway\nregion = ", ["not valid TOML"]),
 }
@@ -383,3 +436,33 @@ def test_for_dev_pki_refusals(
 def test_for_dev_pki_without_inventory(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no key inventory"):
         GatewayConfig.for_dev_pki(tmp_path, "330000", listen="127.0.0.1:0", snapshot_file=None)
+
+
+def test_for_dev_pki_holds_every_unrevoked_seal_key_of_the_region(tmp_path: Path) -> None:
+    fed = make_federation(tmp_path)
+    (old,) = fed.inventory().find("330000", KeyUsage.SEAL, KeyState.ACTIVE)
+    config = GatewayConfig.for_dev_pki(
+        fed.pki, "330000", listen="127.0.0.1:0", snapshot_file=fed.current
+    )
+    assert config.seal_keys == ((fed.pki / old.certificate, fed.pki / old.private_key),)
+
+    rotate = ["keys", "rotate", "--pki", str(fed.pki), "--owner", "330000", "--usage", "seal"]
+    assert main(rotate) == 0
+    (pending,) = fed.inventory().find("330000", KeyUsage.SEAL, KeyState.PENDING)
+    config = GatewayConfig.for_dev_pki(
+        fed.pki, "330000", listen="127.0.0.1:0", snapshot_file=fed.current
+    )
+    assert {certificate for certificate, _ in config.seal_keys} == {
+        fed.pki / old.certificate,
+        fed.pki / pending.certificate,
+    }
+
+    assert (
+        main(["keys", "revoke", old.kid, "--pki", str(fed.pki), "--reason", "keyCompromise"]) == 0
+    )
+    config = GatewayConfig.for_dev_pki(
+        fed.pki, "330000", listen="127.0.0.1:0", snapshot_file=fed.current
+    )
+    assert config.seal_keys == ((fed.pki / pending.certificate, fed.pki / pending.private_key),)
+    # Agencies' seal keys are theirs, not the gateway's.
+    assert all("agencies" not in str(c) for c, _ in config.seal_keys)

@@ -1,0 +1,255 @@
+"""`tongban.v1.Credentials`: verify e-seals and e-signatures for anyone, seal for the region.
+
+`Verify` answers every authenticated caller with an ETSI-style report: a seal that does not
+verify is a normal answer (TOTAL_FAILED or INDETERMINATE), never an RPC error. `Seal` is for the
+agencies of this gateway's own region and signs with the region's seal key that the current
+registry names as active; the gateway must hold that key's private key (`[[seal.keys]]`).
+`Fetch` needs the query path (peer forwarding, authorisation, audit) and is not served yet: the
+generated base class answers UNIMPLEMENTED.
+
+The verifier belongs to the gateway, which switches it to each registry it applies; this module
+only converts between protobuf messages and the signer's domain objects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import re
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from gateway.errors import abort
+from gateway.identity import Caller, CallerKind, current_caller
+from registry import KeyRefused, KeyUsage, Registry, RegistryError, RegistryStore
+from signer import (
+    MAX_JWS_BYTES,
+    KeyProvider,
+    SealVerifier,
+    SignatureKind,
+    ValidationReport,
+    seal,
+)
+from tongban.v1 import credentials_pb2, credentials_pb2_grpc
+
+__all__ = [
+    "DEFAULT_CONTENT_TYPE",
+    "MAX_SEAL_PAYLOAD_BYTES",
+    "CredentialsService",
+    "report_message",
+]
+
+MAX_SEAL_PAYLOAD_BYTES: Final = 4 * 1024 * 1024  # bytes a caller may have sealed in one call
+# Larger payloads are sealed in a worker thread (sealing 4 MiB takes tens of milliseconds).
+# Verification stays on the event loop: the verifier's caches are switched there on a swap.
+SEAL_IN_THREAD_BYTES: Final = 256 * 1024
+MAX_CONTENT_TYPE_CHARS: Final = 255  # RFC 6838: type and subtype names are at most 127 each
+DEFAULT_CONTENT_TYPE: Final = "application/octet-stream"  # when a Seal request names none
+# RFC 6838 type/subtype (restricted-name characters), then RFC 9110 parameters; ASCII only.
+_TCHAR: Final = r"[A-Za-z0-9!#$&^_.+-]"
+_MEDIA_TYPE: Final = re.compile(
+    rf"[A-Za-z0-9]{_TCHAR}{{0,126}}/[A-Za-z0-9]{_TCHAR}{{0,126}}"
+    rf"""(?:[ \t]*;[ \t]*{_TCHAR}+=(?:{_TCHAR}+|"[ !#-\[\]-~]*"))*""",
+    re.ASCII,
+)
+_KINDS: Final = {
+    SignatureKind.SEAL: credentials_pb2.SIGNATURE_KIND_SEAL,
+    SignatureKind.SIGNATURE: credentials_pb2.SIGNATURE_KIND_SIGNATURE,
+}
+
+
+def _timestamp(value: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def report_message(report: ValidationReport) -> credentials_pb2.ValidationReport:
+    """The protobuf twin of a validation report (enums by name, every field)."""
+    message = credentials_pb2.ValidationReport(
+        indication=credentials_pb2.Indication.Value(report.indication.value),
+        sub_indication=(
+            credentials_pb2.SubIndication.Value(report.sub_indication.value)
+            if report.sub_indication is not None
+            else credentials_pb2.SUB_INDICATION_UNSPECIFIED
+        ),
+        signer_subject=report.signer_subject,
+        signer_kid=report.signer_kid,
+        owner=report.owner,
+        owner_region=report.owner_region,
+        kind=_KINDS[report.kind]
+        if report.kind is not None
+        else credentials_pb2.SIGNATURE_KIND_UNSPECIFIED,
+        algorithm=report.algorithm,
+        checks=[
+            credentials_pb2.ValidationCheck(name=c.name, passed=c.passed, detail=c.detail)
+            for c in report.checks
+        ],
+        registry_version=report.registry_version,
+        message=report.message,
+    )
+    if report.signing_time is not None:
+        message.signing_time.CopyFrom(_timestamp(report.signing_time))
+    return message
+
+
+class CredentialsService(credentials_pb2_grpc.CredentialsServicer):
+    """Verify for every authenticated caller; Seal for this region's agencies."""
+
+    def __init__(
+        self,
+        store: RegistryStore,
+        verifier: SealVerifier,
+        *,
+        region: str,
+        seal_keys: Mapping[str, KeyProvider],
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._store = store
+        self._verifier = verifier  # switched to each applied registry by the gateway
+        self._region = region
+        self._seal_keys = dict(seal_keys)  # by kid
+        self._clock = clock
+
+    async def _registry(self, context: grpc.aio.ServicerContext[Any, Any]) -> Registry:
+        try:
+            return self._store.current()
+        except RegistryError as exc:
+            await abort(context, grpc.StatusCode.UNAVAILABLE, "REGISTRY_STALE", str(exc))
+
+    async def Fetch(
+        self,
+        request: credentials_pb2.FetchCredentialRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> credentials_pb2.FetchCredentialResponse:
+        # Fetching a credential from the issuing region travels the cross-region query path,
+        # which this gateway does not serve yet: say so plainly rather than pretend.
+        await abort(
+            context,
+            grpc.StatusCode.UNIMPLEMENTED,
+            "NOT_IMPLEMENTED",
+            "Credentials.Fetch is not served by this gateway yet: it needs the cross-region query path",
+        )
+
+    async def Verify(
+        self,
+        request: credentials_pb2.VerifyRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> credentials_pb2.ValidationReport:
+        if len(request.jws) > MAX_JWS_BYTES:
+            await abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "REQUEST_TOO_LARGE",
+                f"jws is longer than {MAX_JWS_BYTES} characters",
+            )
+        validation_time: datetime | None = None
+        if request.HasField("validation_time"):
+            try:
+                validation_time = request.validation_time.ToDatetime(tzinfo=UTC)
+            except (ValueError, OverflowError):
+                await abort(
+                    context,
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "INVALID_ARGUMENT_FORMAT",
+                    "validation_time is not a valid timestamp",
+                )
+        registry = await self._registry(context)
+        if self._verifier.trust.version != registry.version:  # pragma: no cover - defensive
+            await abort(
+                context,
+                grpc.StatusCode.UNAVAILABLE,
+                "REGISTRY_STALE",
+                f"the verifier does not hold registry version {registry.version} yet; retry",
+            )
+        report = self._verifier.validate(
+            request.jws,
+            detached_payload=request.detached_payload or None,
+            validation_time=validation_time or self._clock(),
+        )
+        return report_message(report)
+
+    async def Seal(
+        self,
+        request: credentials_pb2.SealRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> credentials_pb2.SealResponse:
+        caller = current_caller.get()
+        if not self._may_seal(caller):
+            who = caller.name if caller is not None else "an unidentified caller"
+            await abort(
+                context,
+                grpc.StatusCode.PERMISSION_DENIED,
+                "NOT_AUTHORISED_ROLE",
+                f"only agencies of region {self._region} may seal with its seal key; {who} may not",
+            )
+        if not request.payload:
+            await abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "INVALID_ARGUMENT_FORMAT",
+                "payload is empty: there is nothing to seal",
+            )
+        if len(request.payload) > MAX_SEAL_PAYLOAD_BYTES:
+            await abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "REQUEST_TOO_LARGE",
+                f"payload is larger than {MAX_SEAL_PAYLOAD_BYTES} bytes",
+            )
+        content_type = request.content_type or DEFAULT_CONTENT_TYPE
+        if len(content_type) > MAX_CONTENT_TYPE_CHARS or not _MEDIA_TYPE.fullmatch(content_type):
+            await abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "INVALID_ARGUMENT_FORMAT",
+                "content_type is not a media type like application/pdf",
+            )
+        registry = await self._registry(context)
+        # iat has whole seconds: sealed_at is the JWS iat exactly.
+        now = self._clock().replace(microsecond=0)
+        try:
+            kid = registry.signing_key(self._region, KeyUsage.SEAL, now).kid
+        except KeyRefused as exc:
+            await abort(context, grpc.StatusCode.UNAVAILABLE, "SEAL_KEY_UNAVAILABLE", str(exc))
+        provider = self._seal_keys.get(kid)
+        if provider is None:
+            await abort(
+                context,
+                grpc.StatusCode.UNAVAILABLE,
+                "SEAL_KEY_UNAVAILABLE",
+                f"registry version {registry.version} names seal key {kid} as region "
+                f"{self._region}'s active key, and this gateway does not hold it",
+            )
+        make = functools.partial(
+            seal,
+            request.payload,
+            provider,
+            content_type=content_type,
+            detached=request.detached,
+            signing_time=now,
+        )
+        jws = (
+            await asyncio.to_thread(make) if len(request.payload) > SEAL_IN_THREAD_BYTES else make()
+        )
+        return credentials_pb2.SealResponse(
+            record=credentials_pb2.SealedRecord(
+                jws=jws,
+                payload=request.payload,
+                content_type=content_type,
+                sealer_kid=provider.kid,
+                sealer_region=self._region,
+                sealed_at=_timestamp(now),
+            )
+        )
+
+    def _may_seal(self, caller: Caller | None) -> bool:
+        return (
+            caller is not None
+            and caller.kind is CallerKind.AGENCY
+            and caller.region == self._region
+        )

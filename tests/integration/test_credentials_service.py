@@ -1,0 +1,411 @@
+"""`tongban.v1.Credentials` over real mutual TLS on loopback: Verify for any caller (a bad seal is
+a report, not an error), Seal for the region's own agencies with the key the registry names,
+Fetch not built yet, and a seal-key rotation while the gateway serves."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import grpc
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+from support import (
+    CALL_TIMEOUT,
+    Federation,
+    ManualClock,
+    channel,
+    credentials_as,
+    dev_config,
+    error_info,
+    eventually,
+    make_federation,
+    running,
+)
+
+from gateway.errors import ConfigError
+from gateway.server import Gateway
+from gateway.services.credentials import MAX_SEAL_PAYLOAD_BYTES, SEAL_IN_THREAD_BYTES
+from registry import KeyRecord, KeyState, KeyUsage
+from registry._pki import issue_key
+from signer import MAX_JWS_BYTES, FileKeyProvider, seal
+from tongban.v1 import credentials_pb2, credentials_pb2_grpc
+
+pytestmark = pytest.mark.integration
+
+DOCUMENT = '{"certificate":"结婚证","number":"J330100-2026-000123"}'.encode()
+SEAL_KIND = credentials_pb2.SIGNATURE_KIND_SEAL
+
+
+def seal_provider(
+    fed: Federation, owner: str, state: KeyState = KeyState.ACTIVE
+) -> FileKeyProvider:
+    (record,) = fed.inventory().find(owner, KeyUsage.SEAL, state)
+    return FileKeyProvider(fed.pki / record.private_key, fed.pki / record.certificate)
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def flip_payload_char(jws: str) -> str:
+    header, payload, signature = jws.split(".")
+    first = "B" if payload[0] == "A" else "A"
+    return f"{header}.{first}{payload[1:]}.{signature}"
+
+
+def stub_as(
+    fed: Federation, owner: str, port: int
+) -> tuple[grpc.aio.Channel, credentials_pb2_grpc.CredentialsAsyncStub]:
+    ch = channel(port, credentials_as(fed, owner, "330000"))
+    return ch, credentials_pb2_grpc.CredentialsStub(ch)
+
+
+async def verify(
+    stub: credentials_pb2_grpc.CredentialsAsyncStub, jws: str, payload: bytes = b""
+) -> credentials_pb2.ValidationReport:
+    return await stub.Verify(
+        credentials_pb2.VerifyRequest(jws=jws, detached_payload=payload), timeout=CALL_TIMEOUT
+    )
+
+
+async def rpc_error(call: object) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call  # type: ignore[misc]
+    return caught.value
+
+
+# Verify ----------------------------------------------------------------------------------------
+async def test_verify_by_an_agency_of_another_region(federation: Federation) -> None:
+    provider = seal_provider(federation, "330000")
+    good = seal(DOCUMENT, provider, content_type="application/json")
+    async with running(dev_config(federation)) as (_, port):
+        ch, stub = stub_as(federation, "sc.hrss", port)
+        async with ch:
+            report = await verify(stub, good)
+            assert report.indication == credentials_pb2.TOTAL_PASSED
+            assert report.sub_indication == credentials_pb2.SUB_INDICATION_UNSPECIFIED
+            assert report.signer_kid == provider.kid
+            assert report.signer_subject.startswith("CN=浙江省")
+            assert report.owner == "330000"
+            assert report.owner_region == "330000"
+            assert report.kind == SEAL_KIND
+            assert report.algorithm == "ES256"
+            assert report.registry_version == 1
+            assert report.HasField("signing_time")
+            signed = report.signing_time.ToDatetime(tzinfo=UTC)
+            assert datetime.now(UTC) - timedelta(minutes=1) < signed <= datetime.now(UTC)
+            assert "浙江省" in report.message
+            assert [c.name for c in report.checks][:3] == ["format", "header", "algorithm"]
+            assert all(c.passed and c.detail for c in report.checks)
+
+            bad = await verify(stub, flip_payload_char(good))  # a report, not an RPC error
+            assert bad.indication == credentials_pb2.TOTAL_FAILED
+            assert bad.sub_indication == credentials_pb2.SIG_CRYPTO_FAILURE
+            assert bad.signer_kid == provider.kid
+            assert bad.owner == bad.owner_region == "330000"
+            assert bad.algorithm == "ES256"
+            assert bad.registry_version == 1
+            assert bad.HasField("signing_time")
+            assert bad.checks[-1].name == "signature"
+            assert not bad.checks[-1].passed
+            assert bad.message == bad.checks[-1].detail
+
+
+async def test_verify_detached_payloads(federation: Federation) -> None:
+    provider = seal_provider(federation, "sc.hrss")
+    detached = seal(DOCUMENT, provider, detached=True)
+    async with running(dev_config(federation)) as (_, port):
+        ch, stub = stub_as(federation, "zj.hrss", port)
+        async with ch:
+            passed = await verify(stub, detached, DOCUMENT)
+            assert passed.indication == credentials_pb2.TOTAL_PASSED
+            assert (passed.owner, passed.owner_region) == ("sc.hrss", "510000")
+            wrong = await verify(stub, detached, DOCUMENT + b" ")
+            assert wrong.sub_indication == credentials_pb2.HASH_FAILURE
+            missing = await verify(stub, detached)  # empty bytes: no payload given
+            assert missing.indication == credentials_pb2.INDETERMINATE
+            assert missing.sub_indication == credentials_pb2.SIGNED_DATA_NOT_FOUND
+            garbage = await verify(stub, "not a jws")
+            assert garbage.sub_indication == credentials_pb2.FORMAT_FAILURE
+
+
+async def test_verify_at_a_validation_time(federation: Federation) -> None:
+    good = seal(DOCUMENT, seal_provider(federation, "330000"))
+    async with running(dev_config(federation)) as (_, port):
+        ch, stub = stub_as(federation, "cq.hrss", port)
+        async with ch:
+            before = Timestamp()
+            before.FromDatetime(datetime.now(UTC) - timedelta(hours=1))
+            report = await stub.Verify(
+                credentials_pb2.VerifyRequest(jws=good, validation_time=before),
+                timeout=CALL_TIMEOUT,
+            )
+            assert report.sub_indication == credentials_pb2.FORMAT_FAILURE  # signed "later"
+            assert "in the future" in report.message
+
+
+async def test_verify_at_the_last_valid_timestamp_is_a_report(federation: Federation) -> None:
+    good = seal(DOCUMENT, seal_provider(federation, "330000"))
+    async with running(dev_config(federation)) as (_, port):
+        ch, stub = stub_as(federation, "cq.hrss", port)
+        async with ch:
+            last = Timestamp(seconds=253402300799)  # 9999-12-31T23:59:59Z, a valid Timestamp
+            report = await stub.Verify(
+                credentials_pb2.VerifyRequest(jws=good, validation_time=last),
+                timeout=CALL_TIMEOUT,
+            )
+            # A report, not UNKNOWN: by then the CRLs are out of date and the certificate has
+            # long expired (B-level has no proof of existence).
+            assert report.indication == credentials_pb2.INDETERMINATE
+            assert report.sub_indication in {
+                credentials_pb2.TRY_LATER,
+                credentials_pb2.OUT_OF_BOUNDS_NO_POE,
+            }
+
+
+async def test_verify_an_attached_payload_that_sigd_does_not_name(federation: Federation) -> None:
+    provider = seal_provider(federation, "330000")
+    header = {
+        "alg": "ES256",
+        "typ": "JOSE",
+        "cty": "application/json",
+        "x5t#S256": provider.kid,
+        "iat": int(datetime.now(UTC).timestamp()),
+        "sigD": {
+            "mId": "http://uri.etsi.org/19182/ObjectIdByURIHash",
+            "pars": ["urn:tongban:payload"],
+            "hashM": "S256",
+            "hashV": [b64url(hashlib.sha256(b"another document").digest())],
+        },
+        "crit": ["sigD"],
+    }
+    signing_input = f"{b64url(json.dumps(header).encode())}.{b64url(DOCUMENT)}"
+    jws = f"{signing_input}.{b64url(provider.sign(signing_input.encode()))}"
+    async with running(dev_config(federation)) as (_, port):
+        ch, stub = stub_as(federation, "sc.hrss", port)
+        async with ch:
+            report = await verify(stub, jws)
+            assert report.indication == credentials_pb2.TOTAL_FAILED
+            assert report.sub_indication == credentials_pb2.FORMAT_FAILURE
+
+
+async def test_verify_refuses_an_oversized_jws(federation: Federation) -> None:
+    async with running(dev_config(federation)) as (_, port):
+        ch, stub = stub_as(federation, "sc.hrss", port)
+        async with ch:
+            error = await rpc_error(verify(stub, "a" * (MAX_JWS_BYTES + 1)))
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert error_info(error).reason == "REQUEST_TOO_LARGE"
+
+
+async def test_verify_with_a_stale_registry_is_unavailable(tmp_path: Path) -> None:
+    fed = make_federation(tmp_path)
+    fed.publish(lifetime_seconds=60)
+    good = seal(DOCUMENT, seal_provider(fed, "330000"))
+    clock = ManualClock()
+    async with running(dev_config(fed), clock=clock) as (_, port):
+        ch, stub = stub_as(fed, "sc.hrss", port)
+        async with ch:
+            assert (await verify(stub, good)).indication == credentials_pb2.TOTAL_PASSED
+            clock.advance(120)
+            error = await rpc_error(verify(stub, good))
+            assert error.code() == grpc.StatusCode.UNAVAILABLE
+            assert error_info(error).reason == "REGISTRY_STALE"
+
+
+# Seal ------------------------------------------------------------------------------------------
+async def test_seal_by_an_agency_of_the_region(federation: Federation) -> None:
+    async with running(dev_config(federation)) as (gw, port):
+        ch, stub = stub_as(federation, "zj.hrss", port)
+        async with ch:
+            response = await stub.Seal(
+                credentials_pb2.SealRequest(payload=DOCUMENT, content_type="application/json"),
+                timeout=CALL_TIMEOUT,
+            )
+            record = response.record
+            assert record.payload == DOCUMENT
+            assert record.content_type == "application/json"
+            assert record.sealer_region == "330000"
+            assert record.sealer_kid == federation.active("330000", KeyUsage.SEAL)
+            sealed_at = record.sealed_at.ToDatetime(tzinfo=UTC)
+            header = record.jws.split(".")[0]
+            iat = base64.urlsafe_b64decode(header + "=" * (-len(header) % 4))
+            assert f'"iat":{int(sealed_at.timestamp())}'.encode() in iat
+
+            own = gw.verifier.validate(record.jws)
+            assert own.passed, own.message
+            assert own.payload == DOCUMENT
+            report = await verify(stub, record.jws)  # and over the wire
+            assert report.indication == credentials_pb2.TOTAL_PASSED
+            assert report.signer_kid == record.sealer_kid
+            assert report.kind == SEAL_KIND
+            assert report.signing_time == record.sealed_at
+
+            detached = await stub.Seal(
+                credentials_pb2.SealRequest(payload=DOCUMENT, detached=True), timeout=CALL_TIMEOUT
+            )
+            assert detached.record.jws.split(".")[1] == ""
+            assert detached.record.content_type == "application/octet-stream"
+            assert gw.verifier.validate(detached.record.jws, detached_payload=DOCUMENT).passed
+
+
+async def test_seal_a_large_document(federation: Federation) -> None:
+    document = bytes(range(256)) * (4 * SEAL_IN_THREAD_BYTES // 256)  # sealed in a thread
+    async with running(dev_config(federation)) as (gw, port):
+        ch, stub = stub_as(federation, "zj.hsa", port)
+        async with ch:
+            response = await stub.Seal(
+                credentials_pb2.SealRequest(payload=document, content_type="application/pdf"),
+                timeout=CALL_TIMEOUT,
+            )
+            assert gw.verifier.validate(response.record.jws).payload == document
+            report = await verify(stub, response.record.jws)
+            assert report.indication == credentials_pb2.TOTAL_PASSED
+
+
+@pytest.mark.parametrize("owner", ["sc.hrss", "cq.data"])
+async def test_seal_by_an_agency_of_another_region_is_denied(
+    federation: Federation, owner: str
+) -> None:
+    async with running(dev_config(federation)) as (_, port):
+        ch, stub = stub_as(federation, owner, port)
+        async with ch:
+            error = await rpc_error(
+                stub.Seal(credentials_pb2.SealRequest(payload=DOCUMENT), timeout=CALL_TIMEOUT)
+            )
+            assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+            info = error_info(error)
+            assert (info.reason, info.domain) == ("NOT_AUTHORISED_ROLE", "tongban")
+            assert "only agencies of region 330000 may seal" in (error.details() or "")
+
+
+async def test_seal_by_a_peer_gateway_is_denied(federation: Federation) -> None:
+    async with running(dev_config(federation)) as (_, port):
+        ch, stub = stub_as(federation, "510000", port)  # a region gateway's TLS certificate
+        async with ch:
+            error = await rpc_error(
+                stub.Seal(credentials_pb2.SealRequest(payload=DOCUMENT), timeout=CALL_TIMEOUT)
+            )
+            assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert error_info(error).reason == "NOT_AUTHORISED_ROLE"
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "reason"),
+    [
+        pytest.param({"payload": b""}, "INVALID_ARGUMENT_FORMAT", id="empty"),
+        pytest.param(
+            {"payload": b"x" * (MAX_SEAL_PAYLOAD_BYTES + 1)}, "REQUEST_TOO_LARGE", id="too-large"
+        ),
+        pytest.param(
+            {"payload": b"x", "content_type": "pdf"}, "INVALID_ARGUMENT_FORMAT", id="bad-type"
+        ),
+        pytest.param(
+            {"payload": b"x", "content_type": "text/plain\r\nX: y"},
+            "INVALID_ARGUMENT_FORMAT",
+            id="type-with-newline",
+        ),
+    ],
+)
+async def test_seal_refuses_bad_requests(
+    federation: Federation, request_fields: dict[str, object], reason: str
+) -> None:
+    async with running(dev_config(federation)) as (_, port):
+        ch, stub = stub_as(federation, "zj.hrss", port)
+        async with ch:
+            error = await rpc_error(
+                stub.Seal(credentials_pb2.SealRequest(**request_fields), timeout=CALL_TIMEOUT)  # type: ignore[arg-type]
+            )
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert error_info(error).reason == reason
+
+
+async def test_seal_without_the_private_key_is_unavailable(federation: Federation) -> None:
+    config = dataclasses.replace(dev_config(federation), seal_keys=())
+    async with running(config) as (_, port):
+        ch, stub = stub_as(federation, "zj.hrss", port)
+        async with ch:
+            error = await rpc_error(
+                stub.Seal(credentials_pb2.SealRequest(payload=DOCUMENT), timeout=CALL_TIMEOUT)
+            )
+            assert error.code() == grpc.StatusCode.UNAVAILABLE
+            assert error_info(error).reason == "SEAL_KEY_UNAVAILABLE"
+            assert federation.active("330000", KeyUsage.SEAL) in (error.details() or "")
+            # Verify does not need seal keys.
+            good = seal(DOCUMENT, seal_provider(federation, "330000"))
+            assert (await verify(stub, good)).indication == credentials_pb2.TOTAL_PASSED
+
+
+# Fetch -----------------------------------------------------------------------------------------
+async def test_fetch_is_not_built_yet(federation: Federation) -> None:
+    async with running(dev_config(federation)) as (_, port):
+        ch, stub = stub_as(federation, "zj.hrss", port)
+        async with ch:
+            error = await rpc_error(
+                stub.Fetch(
+                    credentials_pb2.FetchCredentialRequest(issuing_region="510000"),
+                    timeout=CALL_TIMEOUT,
+                )
+            )
+            assert error.code() == grpc.StatusCode.UNIMPLEMENTED
+            assert error_info(error).reason == "NOT_IMPLEMENTED"
+            assert "query path" in (error.details() or "")
+
+
+# rotation while serving ------------------------------------------------------------------------
+async def test_seal_key_rotation_while_serving(federation: Federation) -> None:
+    old_kid = federation.active("330000", KeyUsage.SEAL)
+    # What `tongban keys rotate` does: a pending successor from the region CA.
+    now = datetime.now(UTC)
+    inventory = federation.inventory()
+    key = issue_key(federation.pki, region="330000", owner="330000", usage="seal", now=now)
+    inventory.add(KeyRecord.from_issued(federation.pki, key, KeyState.PENDING, now))
+    inventory.save()
+    config = dev_config(federation, poll_seconds=0.05)  # after the rotation: both keys held
+    assert len(config.seal_keys) == 2
+
+    async def sealed_kid(stub: credentials_pb2_grpc.CredentialsAsyncStub) -> tuple[str, str]:
+        response = await stub.Seal(
+            credentials_pb2.SealRequest(payload=DOCUMENT), timeout=CALL_TIMEOUT
+        )
+        return response.record.sealer_kid, response.record.jws
+
+    async with running(config) as (gw, port):
+        ch, stub = stub_as(federation, "zj.hrss", port)
+        async with ch:
+            kid, before = await sealed_kid(stub)
+            assert kid == old_kid
+
+            federation.publish()  # version 2: the successor is published, pending
+            await eventually(lambda: gw.store.status().version == 2, "registry version 2")
+            kid, pending = await sealed_kid(stub)
+            assert kid == old_kid
+            assert gw.verifier.trust.version == 2
+
+            federation.publish()  # version 3: the successor signs, the old key retires
+            await eventually(lambda: gw.store.status().version == 3, "registry version 3")
+            kid, after = await sealed_kid(stub)
+            assert kid == key.kid != old_kid
+            assert gw.verifier.trust.version == 3
+
+            for jws, signer in ((before, old_kid), (pending, old_kid), (after, key.kid)):
+                report = await verify(stub, jws)
+                assert report.indication == credentials_pb2.TOTAL_PASSED, report.message
+                assert report.signer_kid == signer
+                assert report.registry_version == 3
+            retiring = await verify(stub, before)
+            assert any("retiring" in c.detail for c in retiring.checks)
+
+
+def test_a_seal_key_that_does_not_open_stops_the_gateway(federation: Federation) -> None:
+    config = dev_config(federation)
+    ((certificate, _),) = config.seal_keys
+    tls_certificate, tls_key = federation.tls_files("330000")
+    for pair in ((certificate, tls_key), (tls_certificate, certificate)):
+        with pytest.raises(ConfigError, match="seal key"):
+            Gateway(dataclasses.replace(config, seal_keys=(pair,)))
