@@ -12,12 +12,14 @@ import base64
 import json
 import logging
 import mimetypes
+import os
 import re
+import sqlite3
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from rich.console import Console
 from rich.markup import escape
@@ -55,8 +57,14 @@ from signer import (
     SignatureKind,
     SignerError,
     ValidationReport,
+    load_private_key,
     seal,
 )
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from gateway.audit import AuditRecord, AuditStore, Checkpoint, Verification
 
 __all__ = ["main"]
 
@@ -586,6 +594,7 @@ def cmd_gateway_serve(args: argparse.Namespace, out: Console) -> int:
             follow=args.follow or "",
             passphrase=_passphrase(args),
             bootstrap_ca_file=args.bootstrap_ca,
+            audit_db=args.audit_db,
         )
     else:
         raise Failure(
@@ -601,6 +610,647 @@ def cmd_gateway_serve(args: argparse.Namespace, out: Console) -> int:
 
     asyncio.run(serve(config, ready=ready))
     return 0
+
+
+# audit ----------------------------------------------------------------------------------------
+DEFAULT_AUDIT_SCHEMA = "tongban_audit"
+DEFAULT_QUERY_LIMIT = 50
+MAX_QUERY_LIMIT = 10_000
+MAX_CERTIFICATE_BYTES = 1 << 20
+MAX_CHECKPOINT_BYTES = 64 * 1024
+MAX_PSEUDONYM_KEY_BYTES = 4096
+AUDIT_OUTCOMES = ("allowed", "denied", "failed")  # gateway.audit.Outcome (imported lazily)
+_AUDIT_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+_PSEUDONYM = re.compile(r"[0-9a-f]{64}")
+_OUTCOME_STYLES = {"allowed": "green", "denied": "yellow", "failed": "red"}
+T = TypeVar("T")
+
+
+def parse_schema_name(text: str) -> str:
+    if not _AUDIT_SCHEMA_NAME.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a plain lower-case schema name (a-z, 0-9 and _, at most 63)"
+        )
+    return text
+
+
+def parse_limit(text: str) -> int:
+    try:
+        limit = int(text)
+    except ValueError:
+        limit = 0
+    if not 0 < limit <= MAX_QUERY_LIMIT:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: the limit is a whole number from 1 to {MAX_QUERY_LIMIT}"
+        )
+    return limit
+
+
+def _parse_count(text: str, least: int, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = least - 1
+    if value < least:
+        raise argparse.ArgumentTypeError(f"{text!r}: {what} is a whole number from {least} up")
+    return value
+
+
+def parse_index(text: str) -> int:
+    return _parse_count(text, 0, "a record index")
+
+
+def parse_size(text: str) -> int:
+    return _parse_count(text, 1, "a tree size")
+
+
+def parse_pseudonym(text: str) -> str:
+    if not _PSEUDONYM.fullmatch(text.lower()):
+        raise argparse.ArgumentTypeError(
+            "a subject pseudonym is 64 hex digits (HMAC-SHA256); for a raw id use "
+            "--subject-id with --pseudonym-key-file"
+        )
+    return text.lower()
+
+
+def parse_line(text: str) -> str:
+    if not text or "\n" in text or "\r" in text:
+        raise argparse.ArgumentTypeError("a log origin is one non-empty line")
+    return text
+
+
+def parse_key_name(text: str) -> str:
+    if not text or any(c.isspace() or c == "+" for c in text):
+        raise argparse.ArgumentTypeError(f"{text!r}: a key name has no spaces and no '+'")
+    return text
+
+
+def _usage(args: argparse.Namespace, message: str) -> NoReturn:
+    """A wrong combination of options, found after parsing: one line, exit code 2."""
+    args.usage_error(message)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _check_store_options(args: argparse.Namespace) -> None:
+    if args.sqlite is not None and args.schema is not None:
+        _usage(args, "--schema is for --postgres-env (an SQLite file has no schemas)")
+
+
+def _audit_names(args: argparse.Namespace) -> tuple[str, str]:
+    """(origin, key name) of the log: as given, else derived from --region."""
+    if args.pki is not None and args.region is None:
+        _usage(args, "--pki needs --region CODE (the region whose active audit certificate to use)")
+    origin = args.origin or (f"audit.tongban/{args.region}" if args.region else None)
+    key_name = args.key_name or (f"audit-{args.region}" if args.region else None)
+    if origin is None:
+        _usage(args, "give --origin NAME (or --region CODE for audit.tongban/CODE)")
+    if key_name is None:
+        _usage(args, "give --key-name NAME (or --region CODE for audit-CODE)")
+    return origin, key_name
+
+
+def _audit_public_key(args: argparse.Namespace) -> Ed25519PublicKey:
+    """The public key of the region's audit key: from --audit-cert, or the dev PKI's active one."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    if args.audit_cert is not None:
+        path: Path = args.audit_cert
+    else:
+        active = Inventory.load(args.pki).find(args.region, KeyUsage.AUDIT, KeyState.ACTIVE)
+        if not active:
+            raise Failure(
+                f"{args.pki}: region {args.region} has no active audit key in the inventory"
+            )
+        path = args.pki / active[-1].certificate
+    data = _read_input(path, "the audit certificate", limit=MAX_CERTIFICATE_BYTES)
+    try:
+        certificate = x509.load_pem_x509_certificates(data)[0]
+    except ValueError as exc:
+        raise Failure(f"{path}: not a PEM certificate") from exc
+    key = certificate.public_key()
+    if not isinstance(key, ed25519.Ed25519PublicKey):
+        raise Failure(
+            f"{path}: the certificate's key is not Ed25519 (audit checkpoints are signed with Ed25519)"
+        )
+    return key
+
+
+def _check_sqlite(path: Path) -> None:
+    """Refuse a path that is not an existing Tongban audit database before the store opens it
+    (opening creates and migrates a database: never what someone reading a log means)."""
+    if not path.exists():
+        raise Failure(f"{path}: no such file (an audit database is never created here)")
+    if not path.is_file():
+        raise Failure(f"{path}: not a file")
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            found = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+            ).fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise Failure(f"{path}: cannot be read as an SQLite database ({exc})") from exc
+    if found is None:
+        raise Failure(f"{path}: not a Tongban audit database (it has no schema_version table)")
+
+
+def _check_postgres(dsn: str, variable: str, schema: str) -> None:
+    """Refuse a schema that does not hold an audit log of this version before the store opens it
+    (opening creates or migrates the schema: never what someone reading a log means)."""
+    import psycopg
+    from psycopg import sql
+    from psycopg.conninfo import conninfo_to_dict
+
+    from gateway.audit._postgres import SCHEMA_VERSION
+
+    try:
+        conninfo_to_dict(dsn)
+    except psycopg.Error as exc:  # its message may quote the DSN, password and all
+        raise Failure(f"environment variable {variable}: not a PostgreSQL DSN") from exc
+    try:
+        with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
+            (exists,) = conn.execute(
+                "SELECT to_regclass(%s) IS NOT NULL", [f'"{schema}".schema_version']
+            ).fetchone() or (False,)
+            if not exists:
+                raise Failure(
+                    f"schema {schema} holds no audit log (or this role cannot see it): give --schema"
+                )
+            (version,) = conn.execute(
+                sql.SQL("SELECT coalesce(max(version), 0) FROM {}.schema_version").format(
+                    sql.Identifier(schema)
+                )
+            ).fetchone() or (0,)
+    except psycopg.Error as exc:
+        raise Failure(f"the audit database is not available: {exc}".strip()) from exc
+    if version != SCHEMA_VERSION:
+        raise Failure(
+            f"the audit schema {schema} is at version {version}, this tongban reads version "
+            f"{SCHEMA_VERSION}: use the tongban of the gateways that write it"
+        )
+
+
+def _audit_store(args: argparse.Namespace) -> AuditStore:
+    from gateway.audit import PostgresAuditStore, SqliteAuditStore
+
+    if args.sqlite is not None:
+        _check_sqlite(args.sqlite)
+        return SqliteAuditStore(args.sqlite)
+    dsn = os.environ.get(args.postgres_env)
+    if not dsn:
+        raise Failure(
+            f"environment variable {args.postgres_env} (the audit database DSN) is not set"
+        )
+    schema = args.schema or DEFAULT_AUDIT_SCHEMA
+    _check_postgres(dsn, args.postgres_env, schema)
+    return PostgresAuditStore(dsn, schema=schema)
+
+
+def _on_store(args: argparse.Namespace, work: Callable[[AuditStore], Coroutine[Any, Any, T]]) -> T:
+    """Open the store named on the command line, run `work` on it, close it."""
+    from gateway.audit import AuditError
+
+    store = _audit_store(args)
+
+    async def run() -> T:
+        try:
+            await store.open()
+            return await work(store)
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(run())
+    except AuditError as exc:
+        raise Failure(str(exc)) from exc
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _read_trusted_checkpoint(
+    path: Path, public_key: Ed25519PublicKey, key_name: str, origin: str
+) -> Checkpoint:
+    from gateway.audit import CheckpointError, verify_checkpoint
+
+    data = _read_input(path, "the checkpoint", limit=MAX_CHECKPOINT_BYTES)
+    try:
+        return verify_checkpoint(data.decode("utf-8"), public_key, key_name, origin=origin)
+    except UnicodeDecodeError as exc:
+        raise Failure(f"{path}: not a checkpoint (not UTF-8 text)") from exc
+    except CheckpointError as exc:
+        raise Failure(f"{path}: {exc}") from exc
+
+
+def _save_text(path: Path, text: str) -> None:
+    """Replace `path` whole or not at all (it holds what an auditor relies on next time)."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def cmd_audit_verify(args: argparse.Namespace, out: Console) -> int:
+    from gateway.audit import AuditLog
+
+    _check_store_options(args)
+    origin, key_name = _audit_names(args)
+    public_key = _audit_public_key(args)
+    trusted = (
+        _read_trusted_checkpoint(args.checkpoint, public_key, key_name, origin)
+        if args.checkpoint is not None
+        else None
+    )
+
+    async def work(store: AuditStore) -> Verification:
+        log = AuditLog(store, origin=origin, key_name=key_name, public_key=public_key)
+        return await log.verify(trusted)
+
+    result = _on_store(args, work)
+    latest = result.latest
+    if args.json:
+        document = {
+            "intact": result.intact,
+            "records_checked": result.records_checked,
+            "checkpoints_checked": result.checkpoints_checked,
+            "first_bad_index": result.first_bad_index,
+            "problem": result.problem,
+            "latest_checkpoint": (
+                {"size": latest.size, "root": _b64(latest.root), "note": latest.note}
+                if latest is not None
+                else None
+            ),
+        }
+        sys.stdout.write(json.dumps(document, ensure_ascii=False, indent=2) + "\n")
+    elif result.intact:
+        signed = f"latest checkpoint size {latest.size}" if latest else "no checkpoint signed yet"
+        headline = Text("INTACT", style="bold green")
+        headline.append(
+            f" — {result.records_checked} records, {result.checkpoints_checked} checkpoints "
+            f"checked, {signed}",
+            style="green",
+        )
+        out.print(headline, soft_wrap=True)
+        if trusted is not None:
+            out.print(
+                Text(
+                    f"The kept checkpoint {args.checkpoint} (size {trusted.size}) agrees with the log."
+                ),
+                soft_wrap=True,
+            )
+        unsigned = latest.size if latest else 0
+        if unsigned < result.records_checked:
+            last = result.records_checked - 1
+            span = f"record {last} is" if unsigned == last else f"records {unsigned} to {last} are"
+            out.print(
+                Text(
+                    f"note: {span} not covered by a signed checkpoint yet (the gateway signs one "
+                    "every so many records or seconds, and when it stops)",
+                    style="yellow",
+                ),
+                soft_wrap=True,
+            )
+    else:
+        where = f" at record {result.first_bad_index}" if result.first_bad_index >= 0 else ""
+        headline = Text(f"BROKEN{where}", style="bold red")
+        headline.append(f" — {result.problem}", style="red")
+        out.print(headline, soft_wrap=True)
+    if args.save_checkpoint is not None:
+        # The largest verified checkpoint: the latest stored one, or the kept one if it is larger
+        # (stored checkpoints were lost), so a saved checkpoint never moves backwards.
+        if not result.intact:
+            _error(f"the log is broken: no checkpoint saved to {args.save_checkpoint}")
+        elif latest is None:
+            _error(f"no checkpoint has been signed yet: nothing saved to {args.save_checkpoint}")
+            return 1
+        else:
+            _save_text(args.save_checkpoint, latest.note)
+            (Console(stderr=True, highlight=False) if args.json else out).print(
+                Text(
+                    f"Checkpoint of size {latest.size} saved to {args.save_checkpoint}: give it "
+                    "as --checkpoint next time."
+                ),
+                soft_wrap=True,
+            )
+    return 0 if result.intact else 1
+
+
+def _error(message: str) -> None:
+    Console(stderr=True, highlight=False).print(f"tongban: {message}", markup=False, soft_wrap=True)
+
+
+def _subject_pseudonym(args: argparse.Namespace) -> str | None:
+    from gateway.audit import pseudonymize
+
+    if args.subject_id is None:
+        if args.pseudonym_key_file is not None:
+            _usage(args, "--pseudonym-key-file goes with --subject-id")
+        pseudonym: str | None = args.subject
+        return pseudonym
+    if args.pseudonym_key_file is None:
+        _usage(args, "--subject-id needs --pseudonym-key-file FILE (the id is only ever hashed)")
+    if not args.subject_id:
+        _usage(args, "--subject-id is empty")
+    path: Path = args.pseudonym_key_file
+    key = _read_input(path, "the pseudonym key", limit=MAX_PSEUDONYM_KEY_BYTES).rstrip(b"\r\n")
+    try:
+        return pseudonymize(args.subject_id, key)
+    except ValueError as exc:  # the key is too short; the message never holds the id
+        raise Failure(f"{path}: {exc}") from exc
+
+
+def _record_row(index: int, record: AuditRecord) -> list[Text]:
+    outcome = record.outcome.value
+    shown = f"{outcome}: {record.reason}" if record.reason else outcome
+    return [
+        Text(str(index)),
+        Text(record.time_text),
+        Text(record.caller_agency),
+        Text(record.caller_region),
+        Text(record.provider_region),
+        Text(record.dataset),
+        Text(record.purpose),
+        Text(record.case_id),
+        Text(shown, style=_OUTCOME_STYLES.get(outcome, "")),
+        Text(", ".join(record.fields)),
+        Text("yes" if record.cache_hit else "no"),
+    ]
+
+
+def cmd_audit_query(args: argparse.Namespace, out: Console) -> int:
+    from gateway.audit import AuditQuery, Outcome
+
+    _check_store_options(args)
+    if args.since is not None and args.until is not None and args.since >= args.until:
+        _usage(args, "--since is before --until")
+    query = AuditQuery(
+        subject=_subject_pseudonym(args),
+        caller_agency=args.agency,
+        provider_region=args.provider_region,
+        purpose=args.purpose,
+        dataset=args.dataset,
+        outcome=Outcome(args.outcome) if args.outcome else None,
+        since=args.since,
+        until=args.until,
+        after_index=-1 if args.after is None else args.after,
+        limit=args.limit,
+    )
+
+    async def work(store: AuditStore) -> list[tuple[int, AuditRecord]]:
+        return await store.query(query)
+
+    found = _on_store(args, work)
+    more = (
+        f"More records may match: add --after {found[-1][0]} for the next page."
+        if len(found) >= args.limit
+        else ""
+    )
+    if args.json:
+        for index, record in found:
+            document = {"index": index, **json.loads(record.canonical)}
+            sys.stdout.write(json.dumps(document, ensure_ascii=False, sort_keys=False) + "\n")
+        if more:
+            Console(stderr=True, highlight=False).print(more, markup=False, soft_wrap=True)
+        return 0
+    if not found:
+        out.print("No audit record matches.")
+        return 0
+    table = Table(title=f"Audit records ({len(found)})", title_justify="left")
+    for column in ("index", "time (UTC)", "caller agency", "caller region", "provider region"):
+        table.add_column(column)
+    for column in ("dataset", "purpose", "case id", "outcome", "fields", "cache hit"):
+        table.add_column(column, overflow="fold")
+    for index, record in found:
+        table.add_row(*_record_row(index, record))
+    out.print(table)
+    if more:
+        out.print(more, markup=False, soft_wrap=True)
+    return 0
+
+
+async def _signed_at(
+    store: AuditStore,
+    sizes: dict[int, bytes],
+    public_key: Ed25519PublicKey,
+    key_name: str,
+    origin: str,
+) -> dict[int, str]:
+    """The note of a stored checkpoint, signed by the audit key, for each of `sizes` that has
+    one; a signed root that is not the recomputed one is a broken log."""
+    from gateway.audit import CheckpointError, verify_checkpoint
+
+    notes: dict[int, str] = {}
+    for stored in await store.checkpoints():
+        if stored.size not in sizes or stored.size in notes:
+            continue
+        try:
+            checkpoint = verify_checkpoint(stored.note, public_key, key_name, origin=origin)
+        except CheckpointError:
+            continue  # not signed by this key: proves nothing either way
+        if checkpoint.root != sizes[stored.size]:
+            raise Failure(
+                f"the records do not give the root signed for size {stored.size}: run "
+                "`tongban audit verify`"
+            )
+        notes[stored.size] = checkpoint.note
+    return notes
+
+
+def cmd_audit_proof(args: argparse.Namespace, out: Console) -> int:
+    from gateway.audit import AuditLog, ProofError, leaf_hash, verify_consistency, verify_inclusion
+
+    _check_store_options(args)
+    if args.size is not None and args.index is None:
+        _usage(args, "--size goes with --index")
+    if args.to is not None and args.consistency is None:
+        _usage(args, "--to goes with --consistency")
+    origin, key_name = _audit_names(args)
+    public_key = _audit_public_key(args)
+
+    async def inclusion(log: AuditLog, length: int) -> dict[str, object]:
+        index: int = args.index
+        size: int = length if args.size is None else args.size
+        if size > length:
+            raise Failure(f"the log holds {length} records: there is no tree of size {size}")
+        if index >= size:
+            raise Failure(f"record {index} is not in a tree of size {size}")
+        hashes, size, root, leaf = await log.inclusion_proof(index, size)
+        rows = await log.store.rows(index, index + 1)
+        if len(rows) != 1 or leaf_hash(rows[0].canonical) != leaf:
+            raise Failure(
+                f"record {index} is not what its leaf hash says: run `tongban audit verify`"
+            )
+        try:
+            verify_inclusion(leaf, index, size, hashes, root)
+        except ProofError as exc:
+            raise Failure(f"the inclusion proof does not verify: {exc}") from exc
+        notes = await _signed_at(log.store, {size: root}, public_key, key_name, origin)
+        return {
+            "kind": "inclusion",
+            "origin": origin,
+            "index": index,
+            "size": size,
+            "root": _b64(root),
+            "leaf_hash": _b64(leaf),
+            "hashes": [_b64(h) for h in hashes],
+            "verified": True,
+            "checkpoint": notes.get(size),
+        }
+
+    async def consistency(log: AuditLog, length: int) -> dict[str, object]:
+        first: int = args.consistency
+        size: int = length if args.to is None else args.to
+        if size > length:
+            raise Failure(f"the log holds {length} records: there is no tree of size {size}")
+        if first > size:
+            raise Failure(f"no consistency proof from size {first} to the smaller size {size}")
+        hashes, size, root = await log.consistency_proof(first, size)
+        first_root = (await log.inclusion_proof(first - 1, first))[2]
+        try:
+            verify_consistency(first, size, hashes, first_root, root)
+        except ProofError as exc:
+            raise Failure(f"the consistency proof does not verify: {exc}") from exc
+        notes = await _signed_at(
+            log.store, {first: first_root, size: root}, public_key, key_name, origin
+        )
+        return {
+            "kind": "consistency",
+            "origin": origin,
+            "from": first,
+            "size": size,
+            "from_root": _b64(first_root),
+            "root": _b64(root),
+            "hashes": [_b64(h) for h in hashes],
+            "verified": True,
+            "from_checkpoint": notes.get(first),
+            "checkpoint": notes.get(size),
+        }
+
+    async def work(store: AuditStore) -> dict[str, object]:
+        log = AuditLog(store, origin=origin, key_name=key_name, public_key=public_key)
+        length = (await store.head()).size
+        return await (inclusion if args.index is not None else consistency)(log, length)
+
+    document = _on_store(args, work)
+    sys.stdout.write(json.dumps(document, ensure_ascii=False, indent=2) + "\n")
+    return 0
+
+
+def cmd_audit_prune(args: argparse.Namespace, out: Console) -> int:
+    """Retention: remove records older than --older-than, after signing what remains."""
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from gateway.audit import MIN_RETENTION, AuditLog
+
+    _check_store_options(args)
+    if args.region is None:
+        _usage(args, "give --region CODE: the region whose audit log this is")
+    if args.older_than < MIN_RETENTION:
+        _usage(
+            args,
+            f"--older-than: audit records are kept at least {MIN_RETENTION.days} days (Cybersecurity Law, Art. 21)",
+        )
+    origin, key_name = _audit_names(args)
+    if args.audit_key is not None:
+        key_path: Path = args.audit_key
+    else:
+        active = Inventory.load(args.pki).find(args.region, KeyUsage.AUDIT, KeyState.ACTIVE)
+        if not active:
+            raise Failure(
+                f"{args.pki}: region {args.region} has no active audit key in the inventory"
+            )
+        key_path = args.pki / active[-1].private_key
+    key = load_private_key(key_path, _passphrase(args))
+    if not isinstance(key, ed25519.Ed25519PrivateKey):
+        raise Failure(f"{key_path}: not an Ed25519 key (audit checkpoints are signed with Ed25519)")
+    now = _now()
+
+    async def work(store: AuditStore) -> str:
+        log = AuditLog(store, origin=origin, key=key, key_name=key_name)
+        cut = await store.first_index_at_or_after(now - args.older_than)
+        marker = await store.pruned()
+        first = marker.before if marker else 0
+        if cut <= first:
+            return f"Nothing is older than {args.older_than.days} days: nothing to remove."
+        if not args.yes:
+            return (
+                f"Would remove records {first} to {cut - 1} (older than {now - args.older_than:%Y-%m-%d}). "
+                "Nothing was changed: add --yes to prune."
+            )
+        pruned = await log.prune(
+            older_than=args.older_than,
+            operator=args.operator,
+            reason=args.reason,
+            gateway=f"cli:{args.operator}",
+            region=args.region,
+            now=now,
+        )
+        assert pruned is not None
+        return (
+            f"Removed records {pruned.first} to {pruned.cut - 1}. Checkpoint of size {pruned.cut} "
+            f"vouches for what remains; the prune itself is record {pruned.at_head.size - 1}, "
+            f"in checkpoint size {pruned.at_head.size}."
+        )
+
+    out.print(_on_store(args, work), soft_wrap=True, markup=False)
+    return 0
+
+
+def _audit_store_options(parser: argparse.ArgumentParser) -> None:
+    store = parser.add_mutually_exclusive_group(required=True)
+    store.add_argument("--sqlite", type=Path, metavar="PATH", help="the SQLite audit database")
+    store.add_argument(
+        "--postgres-env",
+        metavar="VAR",
+        help="environment variable holding the PostgreSQL DSN (never on the command line: "
+        "it may hold a password)",
+    )
+    parser.add_argument(
+        "--schema",
+        type=parse_schema_name,
+        metavar="NAME",
+        help=f"PostgreSQL schema of the audit log (default {DEFAULT_AUDIT_SCHEMA})",
+    )
+
+
+def _audit_key_options(parser: argparse.ArgumentParser) -> None:
+    key = parser.add_mutually_exclusive_group(required=True)
+    key.add_argument(
+        "--audit-cert",
+        type=Path,
+        metavar="PEM",
+        help="the region's audit certificate (Ed25519), whose key signs the checkpoints",
+    )
+    key.add_argument(
+        "--pki",
+        type=Path,
+        metavar="DIR",
+        help="a dev PKI folder: use --region's active audit certificate",
+    )
+    parser.add_argument(
+        "--region",
+        type=lambda s: parse_regions(s)[0],
+        metavar="CODE",
+        help="the log's region (GB/T 2260): the defaults below, and the key with --pki",
+    )
+    parser.add_argument(
+        "--origin",
+        type=parse_line,
+        metavar="NAME",
+        help="the log's name in its checkpoints (default audit.tongban/<region>)",
+    )
+    parser.add_argument(
+        "--key-name",
+        type=parse_key_name,
+        metavar="NAME",
+        help="the checkpoint signer's key name (default audit-<region>)",
+    )
 
 
 # parser ---------------------------------------------------------------------------------------
@@ -910,6 +1560,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--follow", metavar="HOST:PORT", help="a peer gateway whose registry to follow, with --pki"
     )
     serve.add_argument(
+        "--audit-db",
+        type=Path,
+        metavar="FILE",
+        help="SQLite audit log, with --pki (default: kept in memory, lost at exit)",
+    )
+    serve.add_argument(
         "--bootstrap-ca",
         type=Path,
         metavar="FILE",
@@ -923,6 +1579,209 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _passphrase_options(serve)
     serve.set_defaults(handler=cmd_gateway_serve)
+
+    # audit
+    audit = commands.add_parser(
+        "audit",
+        help="query, verify and prove the audit log (oversight)",
+        description="Read a region's audit log straight from its store (an SQLite file or a "
+        "PostgreSQL schema), for oversight staff: query who accessed what, verify that nothing "
+        "was altered, reordered or removed, and prove a record's inclusion or the log's "
+        "consistency. Nothing here writes to the log.",
+        epilog="Example: tongban audit verify --sqlite audit-510000.db --pki out/pki --region 510000",
+    )
+    audit_verbs = audit.add_subparsers(
+        dest="verb", metavar="VERB", required=True, parser_class=_Parser
+    )
+    audit_verify = audit_verbs.add_parser(
+        "verify",
+        help="check every record against the signed checkpoints",
+        description="Recompute the log from its stored records and check every stored checkpoint "
+        "(and a checkpoint you kept, with --checkpoint) against it: prints INTACT, or BROKEN "
+        "with the first record where the log stops being what was signed. A truncated log "
+        "whose checkpoints were deleted too agrees with itself: only a checkpoint kept from an "
+        "earlier run (--save-checkpoint) catches that. Exit code 0 intact, 1 broken.",
+        epilog="Example: tongban audit verify --sqlite audit-510000.db --pki out/pki --region 510000 "
+        "--checkpoint kept.checkpoint --save-checkpoint kept.checkpoint",
+    )
+    _audit_store_options(audit_verify)
+    _audit_key_options(audit_verify)
+    audit_verify.add_argument(
+        "--checkpoint",
+        type=Path,
+        metavar="FILE",
+        help="a signed checkpoint note kept from an earlier run: the log must still contain it",
+    )
+    audit_verify.add_argument(
+        "--save-checkpoint",
+        type=Path,
+        metavar="FILE",
+        help="if the log is intact, write its latest checkpoint here (keep it for next time)",
+    )
+    audit_verify.add_argument("--json", action="store_true", help="print the result as JSON")
+    audit_verify.set_defaults(handler=cmd_audit_verify, usage_error=audit_verify.error)
+
+    audit_query = audit_verbs.add_parser(
+        "query",
+        help="list audit records by subject, agency, purpose, outcome, time",
+        description="List the audit records that match every filter given, oldest first, a page "
+        "at a time. Subjects are recorded as pseudonyms (HMAC-SHA256 under the deployment's "
+        "pseudonym key): give the pseudonym, or the raw id with the key file; a raw id is only "
+        "hashed, never printed or stored.",
+        epilog="Example: tongban audit query --sqlite audit-510000.db --subject-id 110105194912310021 "
+        "--pseudonym-key-file secrets/audit-pseudonym.key --since 2026-11-01T00:00:00+08:00",
+    )
+    _audit_store_options(audit_query)
+    subject = audit_query.add_mutually_exclusive_group()
+    subject.add_argument(
+        "--subject-id", metavar="ID", help="the data subject's id (hashed with the pseudonym key)"
+    )
+    subject.add_argument(
+        "--subject", type=parse_pseudonym, metavar="PSEUDONYM", help="the subject's pseudonym"
+    )
+    audit_query.add_argument(
+        "--pseudonym-key-file",
+        type=Path,
+        metavar="FILE",
+        help="file holding the deployment's pseudonym key (at least 16 bytes), for --subject-id",
+    )
+    audit_query.add_argument("--agency", metavar="ID", help="the calling agency, e.g. sc.hrss")
+    audit_query.add_argument(
+        "--provider-region", metavar="CODE", help="the region that provided the data"
+    )
+    audit_query.add_argument("--purpose", metavar="CODE", help="the purpose, e.g. SI-TRANSFER")
+    audit_query.add_argument("--dataset", metavar="ID", help="the dataset, e.g. si.participation")
+    audit_query.add_argument("--outcome", choices=AUDIT_OUTCOMES, help="the decision")
+    audit_query.add_argument(
+        "--since",
+        type=parse_time,
+        metavar="ISO-TIME",
+        help="records at or after this time, ISO 8601 with offset",
+    )
+    audit_query.add_argument(
+        "--until",
+        type=parse_time,
+        metavar="ISO-TIME",
+        help="records before this time, ISO 8601 with offset",
+    )
+    audit_query.add_argument(
+        "--limit",
+        type=parse_limit,
+        default=DEFAULT_QUERY_LIMIT,
+        metavar="N",
+        help=f"records per page, 1 to {MAX_QUERY_LIMIT} (default {DEFAULT_QUERY_LIMIT})",
+    )
+    audit_query.add_argument(
+        "--after",
+        type=parse_index,
+        metavar="INDEX",
+        help="the next page: records after this index (the last one shown)",
+    )
+    audit_query.add_argument(
+        "--json", action="store_true", help="print one JSON object per record (JSON lines)"
+    )
+    audit_query.set_defaults(handler=cmd_audit_query, usage_error=audit_query.error)
+
+    audit_proof = audit_verbs.add_parser(
+        "proof",
+        help="prove a record's inclusion or the log's consistency",
+        description="Compute an RFC 6962 inclusion proof of one record in the tree of a given "
+        "size, or a consistency proof that the tree of one size is a prefix of a larger one, "
+        "from the stored leaf hashes; check it here with an independent verifier; print it as "
+        "JSON (hashes in base64) with the signed checkpoint of that size, if one is stored.",
+        epilog="Example: tongban audit proof --sqlite audit-510000.db --pki out/pki --region 510000 "
+        "--index 41 --size 1000",
+    )
+    _audit_store_options(audit_proof)
+    _audit_key_options(audit_proof)
+    which = audit_proof.add_mutually_exclusive_group(required=True)
+    which.add_argument(
+        "--index", type=parse_index, metavar="I", help="prove that record I is in the log"
+    )
+    which.add_argument(
+        "--consistency",
+        type=parse_size,
+        metavar="FROM",
+        help="prove that the tree of size FROM is a prefix of the log",
+    )
+    audit_proof.add_argument(
+        "--size",
+        type=parse_size,
+        metavar="N",
+        help="with --index: the tree size to prove against (default: the whole log)",
+    )
+    audit_proof.add_argument(
+        "--to",
+        type=parse_size,
+        metavar="N",
+        help="with --consistency: the larger tree size (default: the whole log)",
+    )
+    audit_proof.set_defaults(handler=cmd_audit_proof, usage_error=audit_proof.error)
+
+    audit_prune = audit_verbs.add_parser(
+        "prune",
+        help="remove records past the retention period (signed, recorded, explicit)",
+        description="Retention: remove the records older than --older-than (at least 180 days, "
+        "the minimum for network logs under the Cybersecurity Law, Art. 21). First the log is "
+        "checked up to the cut, a checkpoint of exactly what remains is signed, and the prune "
+        "itself is appended as a record (operator, reason) under a new signed checkpoint; only "
+        "then are the records removed. Without --yes it only says what it would remove.",
+        epilog="Example: tongban audit prune --sqlite audit-510000.db --pki out/pki --region 510000 "
+        '--older-than 365d --operator "数据局 运维" --reason "retention ticket 42" --yes',
+    )
+    _audit_store_options(audit_prune)
+    signer_key = audit_prune.add_mutually_exclusive_group(required=True)
+    signer_key.add_argument(
+        "--audit-key",
+        type=Path,
+        metavar="KEY",
+        help="the region's audit private key (Ed25519, PKCS#8)",
+    )
+    signer_key.add_argument(
+        "--pki", type=Path, metavar="DIR", help="a dev PKI folder: use --region's active audit key"
+    )
+    audit_prune.add_argument(
+        "--region",
+        type=lambda s: parse_regions(s)[0],
+        metavar="CODE",
+        help="the log's region (GB/T 2260)",
+    )
+    audit_prune.add_argument(
+        "--origin",
+        type=parse_line,
+        metavar="NAME",
+        help="the log's name in its checkpoints (default audit.tongban/<region>)",
+    )
+    audit_prune.add_argument(
+        "--key-name",
+        type=parse_key_name,
+        metavar="NAME",
+        help="the checkpoint signer's key name (default audit-<region>)",
+    )
+    audit_prune.add_argument(
+        "--older-than",
+        type=parse_duration,
+        default=timedelta(days=180),
+        metavar="AGE",
+        help="remove records older than this, e.g. 365d (default and minimum 180d)",
+    )
+    audit_prune.add_argument(
+        "--operator",
+        type=parse_line,
+        required=True,
+        help="who orders the prune (recorded in the log)",
+    )
+    audit_prune.add_argument(
+        "--reason",
+        type=parse_line,
+        required=True,
+        help="why, e.g. the retention ticket (recorded in the log)",
+    )
+    audit_prune.add_argument(
+        "--yes", action="store_true", help="really remove (otherwise only report what would go)"
+    )
+    _passphrase_options(audit_prune)
+    audit_prune.set_defaults(handler=cmd_audit_prune, usage_error=audit_prune.error)
     return parser
 
 

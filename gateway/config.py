@@ -26,6 +26,18 @@ are errors, so a typo never silently falls back to a default.
     certificate = "pki/regions/330000/keys/seal-ef56ab78.pem"  # leaf, then intermediate
     private_key = "pki/regions/330000/keys/seal-ef56ab78.key"  # same passphrase as [tls]
 
+    [audit]                           # optional: without it nothing is recorded, Oversight is off
+    store = "sqlite"                  # "sqlite" | "postgres" | "memory" (tests and demos only)
+    path = "audit-330000.db"          # sqlite: the log file
+    dsn_env = "TONGBAN_AUDIT_DSN"     # postgres: environment variable holding the DSN
+    owner_dsn_env = ""                # postgres: the schema owner's DSN, to create/migrate it
+    schema = "tongban_audit"          # postgres schema
+    key = "pki/regions/330000/keys/audit-0a1b2c3d.key"   # Ed25519 checkpoint key ([tls] passphrase)
+    pseudonym_key_file = "secrets/audit-pseudonym.key"   # or pseudonym_key_env: >= 16 bytes
+    origin = ""                       # the log's name in checkpoints (default audit.tongban/<region>)
+    checkpoint_every_records = 1000
+    checkpoint_every_seconds = 60
+
 `Credentials.Seal` signs with whichever of these keys the current registry names as the region's
 active seal key, so list the successor as soon as a rotation issues it (pending): the gateway
 switches to it by itself when a publish activates it. A gateway without seal keys still serves
@@ -43,9 +55,9 @@ from typing import Any
 
 from gateway.errors import ConfigError
 from registry import PROVINCES, Inventory, KeyLifecycleError, KeyState, KeyUsage
-from registry._pki import ROOTS_BUNDLE
+from registry._pki import DEV_PSEUDONYM_KEY, ROOTS_BUNDLE
 
-__all__ = ["GatewayConfig", "read_passphrase"]
+__all__ = ["AuditConfig", "GatewayConfig", "read_passphrase"]
 
 
 def read_passphrase(passphrase_file: Path | None, passphrase_env: str | None) -> bytes | None:
@@ -119,6 +131,77 @@ class _Section:
             raise ConfigError(f"{self.file}: {self.name}.{unknown[0]}: unknown key")
 
 
+AUDIT_STORES = ("sqlite", "postgres", "memory")
+MIN_PSEUDONYM_KEY_BYTES = 16  # bytes of the key that turns subject ids into pseudonyms
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """Where the audit log lives and the keys it needs (see the module docstring)."""
+
+    store: str
+    key: Path  # the gateway's Ed25519 audit key, which signs checkpoints
+    pseudonym_key: bytes = field(repr=False)
+    path: Path | None = None
+    dsn: str = field(default="", repr=False)  # may hold a password
+    owner_dsn: str = field(default="", repr=False)
+    schema: str = "tongban_audit"
+    origin: str = ""
+    checkpoint_every_records: int = 1000
+    checkpoint_every_seconds: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.store not in AUDIT_STORES:
+            raise ConfigError(
+                f"audit.store: {self.store!r} is not one of {', '.join(AUDIT_STORES)}"
+            )
+        if self.store == "sqlite" and self.path is None:
+            raise ConfigError("audit.path: the SQLite audit store needs a file")
+        if self.store == "postgres" and not self.dsn:
+            raise ConfigError("audit.dsn_env: the PostgreSQL audit store needs a DSN")
+        if len(self.pseudonym_key) < MIN_PSEUDONYM_KEY_BYTES:
+            raise ConfigError(
+                f"audit.pseudonym_key: at least {MIN_PSEUDONYM_KEY_BYTES} bytes are needed"
+            )
+        if self.checkpoint_every_records < 1:
+            raise ConfigError("audit.checkpoint_every_records: at least 1")
+
+
+def _audit(file: Path, section: _Section) -> AuditConfig | None:
+    if not section.data:
+        return None
+
+    def secret(name: str) -> str:
+        variable = section.text(name, required=False)
+        if not variable:
+            return ""
+        value = os.environ.get(variable)
+        if value is None:
+            raise ConfigError(f"audit.{name}: environment variable {variable} is not set")
+        return value
+
+    key_file = section.optional_path("pseudonym_key_file")
+    key_env = section.text("pseudonym_key_env", required=False)
+    if (key_file is None) == (not key_env):
+        raise ConfigError("audit: give exactly one of pseudonym_key_file and pseudonym_key_env")
+    pseudonym_key = read_passphrase(key_file, key_env) or b""
+    every = section._raw("checkpoint_every_records", False)
+    return AuditConfig(
+        store=section.text("store"),
+        key=section.required_path("key"),
+        pseudonym_key=pseudonym_key,
+        path=section.optional_path("path"),
+        dsn=secret("dsn_env"),
+        owner_dsn=secret("owner_dsn_env"),
+        schema=section.text("schema", required=False) or "tongban_audit",
+        origin=section.text("origin", required=False),
+        checkpoint_every_records=every
+        if isinstance(every, int) and not isinstance(every, bool)
+        else 1000,
+        checkpoint_every_seconds=section.number("checkpoint_every_seconds", 60.0),
+    )
+
+
 @dataclass(frozen=True)
 class GatewayConfig:
     region: str
@@ -134,6 +217,7 @@ class GatewayConfig:
     tls_passphrase: bytes | None = field(default=None, repr=False)
     # (certificate chain, private key) of each seal key held; the TLS passphrase opens them.
     seal_keys: tuple[tuple[Path, Path], ...] = ()
+    audit: AuditConfig | None = None
 
     def __post_init__(self) -> None:
         if self.region not in PROVINCES:
@@ -161,13 +245,14 @@ class GatewayConfig:
             raise ConfigError(f"{path}: cannot be read ({exc.strerror})") from exc
         except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
-        unknown = sorted(set(document) - {"gateway", "tls", "registry", "seal"})
+        unknown = sorted(set(document) - {"gateway", "tls", "registry", "seal", "audit"})
         if unknown:
             raise ConfigError(f"{path}: [{unknown[0]}]: unknown section")
         gw = _Section(path, "gateway", document.get("gateway", {}))
         tls = _Section(path, "tls", document.get("tls", {}))
         reg = _Section(path, "registry", document.get("registry", {}))
         seal = _Section(path, "seal", document.get("seal", {}))
+        audit = _Section(path, "audit", document.get("audit", {}))
         try:
             passphrase_file = tls.optional_path("passphrase_file")
             passphrase_env = tls.text("passphrase_env", required=False)
@@ -189,13 +274,14 @@ class GatewayConfig:
                 bootstrap_ca_file=reg.optional_path("bootstrap_ca_file"),
                 poll_seconds=reg.number("poll_seconds", 2.0),
                 seal_keys=_seal_keys(path, seal),
+                audit=_audit(path, audit),
             )
         except ConfigError as exc:
             message = str(exc)
             raise ConfigError(
                 message if message.startswith(str(path)) else f"{path}: {message}"
             ) from None
-        for section in (gw, tls, reg, seal):
+        for section in (gw, tls, reg, seal, audit):
             section.done()
         if config.snapshot_file is None and config.bootstrap_ca_file is None:
             # Until it holds a registry, a follow-only gateway has no CA to trust its peer with.
@@ -216,6 +302,7 @@ class GatewayConfig:
         follow: str = "",
         passphrase: bytes | None = None,
         bootstrap_ca_file: Path | None = None,
+        audit_db: Path | None = None,
     ) -> GatewayConfig:
         """A configuration from a development PKI folder: the region's active TLS key, and every
         seal key of the region that is not revoked (pending ones too, so that a rotation is
@@ -244,7 +331,24 @@ class GatewayConfig:
             follow=follow,
             bootstrap_ca_file=bootstrap_ca_file or _existing(pki_root / ROOTS_BUNDLE),
             seal_keys=seal_keys,
+            audit=_dev_audit(pki_root, inventory, region, audit_db),
         )
+
+
+def _dev_audit(
+    pki_root: Path, inventory: Inventory, region: str, audit_db: Path | None
+) -> AuditConfig | None:
+    """The dev PKI's audit key and pseudonym key; SQLite at `audit_db`, else in memory."""
+    keys = inventory.find(region, KeyUsage.AUDIT, KeyState.ACTIVE)
+    pseudonym = pki_root / DEV_PSEUDONYM_KEY
+    if not keys or not pseudonym.exists():
+        return None
+    return AuditConfig(
+        store="sqlite" if audit_db is not None else "memory",
+        path=audit_db,
+        key=pki_root / keys[-1].private_key,
+        pseudonym_key=read_passphrase(pseudonym, None) or b"",
+    )
 
 
 def _seal_keys(file: Path, seal: _Section) -> tuple[tuple[Path, Path], ...]:

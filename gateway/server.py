@@ -21,14 +21,24 @@ from typing import cast
 import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from gateway.audit import (
+    AuditError,
+    AuditLog,
+    AuditStore,
+    MemoryAuditStore,
+    PostgresAuditStore,
+    SqliteAuditStore,
+)
 from gateway.config import GatewayConfig
 from gateway.errors import ConfigError
 from gateway.identity import CallerInterceptor, CallerResolver
 from gateway.registry_sync import PeerSnapshotSource
 from gateway.services.credentials import CredentialsService
+from gateway.services.oversight import OversightService
 from gateway.services.registry import RegistryService
 from registry import (
     FileSnapshotSource,
@@ -49,7 +59,14 @@ from signer import (
     TrustedKey,
     load_private_key,
 )
-from tongban.v1 import credentials_pb2, credentials_pb2_grpc, registry_pb2, registry_pb2_grpc
+from tongban.v1 import (
+    credentials_pb2,
+    credentials_pb2_grpc,
+    oversight_pb2,
+    oversight_pb2_grpc,
+    registry_pb2,
+    registry_pb2_grpc,
+)
 
 __all__ = ["SERVED_SERVICES", "Gateway", "create_gateway", "serve"]
 
@@ -58,7 +75,8 @@ log = logging.getLogger("tongban.gateway")
 REGISTRY_SERVICE = registry_pb2.DESCRIPTOR.services_by_name["Registry"].full_name
 CREDENTIALS_SERVICE = credentials_pb2.DESCRIPTOR.services_by_name["Credentials"].full_name
 # The tongban.v1 services this build serves (Credentials.Fetch still answers UNIMPLEMENTED).
-SERVED_SERVICES = (REGISTRY_SERVICE, CREDENTIALS_SERVICE)
+OVERSIGHT_SERVICE = oversight_pb2.DESCRIPTOR.services_by_name["Oversight"].full_name
+SERVED_SERVICES = (REGISTRY_SERVICE, CREDENTIALS_SERVICE)  # always; Oversight with an audit log
 OPEN_SERVICES = frozenset({health.SERVICE_NAME, reflection.SERVICE_NAME})  # mTLS only, no identity
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # bytes: a registry snapshot is the largest message
 HEALTH_CHECK_SECONDS = 5.0  # how often registry expiry is re-checked for health
@@ -145,6 +163,41 @@ def trust_bundle(registry: Registry) -> bytes:
     return b"".join(out)
 
 
+def build_audit_log(config: GatewayConfig, *, clock: Callable[[], datetime]) -> AuditLog | None:
+    """The gateway's audit log from its `[audit]` configuration (None when there is none)."""
+    audit = config.audit
+    if audit is None:
+        log.warning("gateway %s has no [audit] configured: nothing is recorded", config.region)
+        return None
+    try:
+        key = load_private_key(audit.key, config.tls_passphrase)
+    except SignerError as exc:
+        raise ConfigError(f"audit.key: {exc}") from exc
+    if not isinstance(key, ed25519.Ed25519PrivateKey):
+        raise ConfigError(
+            f"audit.key: {audit.key} is not an Ed25519 key (C2SP checkpoints are signed with Ed25519)"
+        )
+    store: AuditStore
+    if audit.store == "sqlite":
+        assert audit.path is not None
+        store = SqliteAuditStore(audit.path)
+    elif audit.store == "postgres":
+        store = PostgresAuditStore(
+            audit.dsn, schema=audit.schema, owner_dsn=audit.owner_dsn or None
+        )
+    else:
+        store = MemoryAuditStore()
+    return AuditLog(
+        store,
+        origin=audit.origin or f"audit.tongban/{config.region}",
+        key=key,
+        key_name=f"audit-{config.region}",
+        checkpoint_every_records=audit.checkpoint_every_records,
+        checkpoint_every_seconds=audit.checkpoint_every_seconds,
+        clock=clock,
+    )
+
+
 class Gateway:
     """One region's gateway. Build with `create_gateway`."""
 
@@ -159,14 +212,15 @@ class Gateway:
         self._tls = _TlsMaterial(config)
         self.verifier = SealVerifier(_NoTrust(), clock=clock)
         self.store.on_swap(self._follow_registry)  # before any snapshot can be offered
-        # Fetch is left to the generated base class (UNIMPLEMENTED at run time), which the
-        # stubs declare abstract.
+        self.audit = build_audit_log(config, clock=clock)
+        self.served_services = (*SERVED_SERVICES, *((OVERSIGHT_SERVICE,) if self.audit else ()))
         self.credentials = CredentialsService(
             self.store,
             self.verifier,
             region=config.region,
             seal_keys=load_seal_keys(config),
             clock=clock,
+            audit=self.audit,
         )
         self._tasks: list[asyncio.Task[None]] = []
         self._swap_tasks: set[asyncio.Future[None]] = set()
@@ -205,6 +259,11 @@ class Gateway:
 
     # Lifecycle ---------------------------------------------------------------------------------
     async def start(self) -> int:
+        if self.audit is not None:
+            try:
+                await self.audit.open()
+            except AuditError as exc:
+                raise ConfigError(f"audit: the audit store cannot be opened: {exc}") from exc
         if self._file_source is not None:
             self._file_source.poll()
         server = grpc.aio.server(
@@ -218,9 +277,20 @@ class Gateway:
         )
         registry_pb2_grpc.add_RegistryServicer_to_server(RegistryService(self.store), server)
         credentials_pb2_grpc.add_CredentialsServicer_to_server(self.credentials, server)
+        if self.audit is not None:
+            assert self.config.audit is not None
+            oversight_pb2_grpc.add_OversightServicer_to_server(
+                OversightService(
+                    self.audit,
+                    self.store,
+                    region=self.config.region,
+                    pseudonym_key=self.config.audit.pseudonym_key,
+                ),
+                server,
+            )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
-            (*SERVED_SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+            (*self.served_services, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
         credentials = grpc.dynamic_ssl_server_credentials(
             self._certificate_configuration(),
@@ -265,7 +335,7 @@ class Gateway:
             status = health_pb2.HealthCheckResponse.SERVING
         except RegistryError:
             status = health_pb2.HealthCheckResponse.NOT_SERVING
-        for name in ("", *SERVED_SERVICES):
+        for name in ("", *self.served_services):
             await self._health.set(name, status)
 
     async def _watch_expiry(self) -> None:
@@ -291,6 +361,8 @@ class Gateway:
                 self.config.grace_seconds if grace_seconds is None else grace_seconds
             )
             self.server = None
+        if self.audit is not None:
+            await self.audit.close()  # after the last call: signs the final checkpoint
 
 
 async def create_gateway(

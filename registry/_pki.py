@@ -67,6 +67,7 @@ from signer.errors import SignerError
 
 __all__ = [
     "ALGORITHMS",
+    "DEV_PSEUDONYM_KEY",
     "REVOCATION_REASONS",
     "USAGES",
     "AgencySpec",
@@ -108,6 +109,7 @@ _REGION_CODE: Final = re.compile(r"[0-9]{6}")  # GB/T 2260
 _AGENCY_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,47}")
 _USCC: Final = re.compile(r"[0-9A-HJ-NPQRTUWXY]{18}")  # GB 32100-2015 alphabet, no I O S V Z
 ROOTS_BUNDLE: Final = "roots.pem"  # every region's root CA, PEM
+DEV_PSEUDONYM_KEY: Final = "audit-pseudonym.secret"  # dev only: the audit log's subject-hashing key
 _PKI_ENTRIES: Final = (MANIFEST_NAME, "authority", "regions", "agencies")
 
 
@@ -277,6 +279,11 @@ def init_dev_pki(
             for r in manifest.regions
         ),
     )
+    # Development only: a deployment keeps this secret apart from its PKI.
+    secret = out / DEV_PSEUDONYM_KEY
+    fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secrets.token_hex(32) + "\n")
     manifest.write(out / MANIFEST_NAME, issued_at)
     return DevPki(
         root=out,

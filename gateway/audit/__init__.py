@@ -7,7 +7,7 @@ from gateway.audit._checkpoint import (
     sign_checkpoint,
     verify_checkpoint,
 )
-from gateway.audit._log import AuditLog, Verification
+from gateway.audit._log import MIN_RETENTION, AuditLog, Pruned, Verification
 from gateway.audit._merkle import (
     EMPTY_ROOT,
     CompactRange,
@@ -34,6 +34,7 @@ from gateway.audit.errors import AuditError, AuditIntegrityError, AuditUnavailab
 __all__ = [
     "EMPTY_ROOT",
     "ENCODING_VERSION",
+    "MIN_RETENTION",
     "Appended",
     "AuditError",
     "AuditIntegrityError",
@@ -50,6 +51,8 @@ __all__ = [
     "Outcome",
     "PostgresAuditStore",
     "ProofError",
+    "PruneMarker",
+    "Pruned",
     "SqliteAuditStore",
     "StoredRow",
     "TreeHead",

@@ -15,7 +15,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
@@ -25,16 +25,27 @@ from gateway.audit._checkpoint import (
     sign_checkpoint,
     verify_checkpoint,
 )
-from gateway.audit._merkle import CompactRange, MerkleTree, leaf_hash
-from gateway.audit._record import AuditRecord
-from gateway.audit._store import Appended, AuditStore
-from gateway.audit.errors import AuditUnavailable
+from gateway.audit._merkle import CompactRange, MerkleTree, ProofError, leaf_hash
+from gateway.audit._record import AuditRecord, Outcome
+from gateway.audit._store import Appended, AuditStore, PruneMarker
+from gateway.audit.errors import AuditIntegrityError, AuditUnavailable
 
-__all__ = ["AuditLog", "Verification"]
+__all__ = ["MIN_RETENTION", "AuditLog", "Pruned", "Verification"]
 
 log = logging.getLogger("tongban.audit")
 
 VERIFY_CHUNK = 10_000  # rows read at a time while verifying
+
+
+MIN_RETENTION = timedelta(days=180)  # network logs are kept at least six months (CSL Art. 21)
+
+
+@dataclass(frozen=True, slots=True)
+class Pruned:
+    first: int  # the first record removed
+    cut: int  # records below this index are gone
+    at_cut: Checkpoint  # signed before the removal: vouches for what remains
+    at_head: Checkpoint  # the head, including the record of the prune
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,16 +64,21 @@ class AuditLog:
         store: AuditStore,
         *,
         origin: str,
-        key: ed25519.Ed25519PrivateKey,
+        key: ed25519.Ed25519PrivateKey | None = None,
         key_name: str,
+        public_key: ed25519.Ed25519PublicKey | None = None,
         checkpoint_every_records: int = 1000,
         checkpoint_every_seconds: float = 60.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.store = store
         self.origin = origin
+        if key is None and public_key is None:
+            raise ValueError("an audit log needs its signing key, or its public key to verify")
         self._key = key
-        self.public_key = key.public_key()
+        verifying = key.public_key() if key is not None else public_key
+        assert verifying is not None
+        self.public_key: ed25519.Ed25519PublicKey = verifying
         self.key_name = key_name
         self._every_records = checkpoint_every_records
         self._every_seconds = checkpoint_every_seconds
@@ -73,7 +89,10 @@ class AuditLog:
 
     async def open(self) -> None:
         await self.store.open()
-        self._timer = asyncio.create_task(self._checkpoint_periodically(), name="audit-checkpoints")
+        if self._key is not None:
+            self._timer = asyncio.create_task(
+                self._checkpoint_periodically(), name="audit-checkpoints"
+            )
 
     async def close(self) -> None:
         if self._timer is not None:
@@ -83,10 +102,11 @@ class AuditLog:
         if self._checkpointing is not None:
             with contextlib.suppress(Exception):
                 await self._checkpointing
-        try:
-            await self.checkpoint()
-        except AuditUnavailable as exc:
-            log.warning("no final checkpoint: %s", exc)
+        if self._key is not None:
+            try:
+                await self.checkpoint()
+            except AuditUnavailable as exc:
+                log.warning("no final checkpoint: %s", exc)
         await self.store.close()
 
     async def append(self, record: AuditRecord) -> Appended:
@@ -115,23 +135,120 @@ class AuditLog:
 
     async def checkpoint(self) -> Checkpoint:
         """Sign and store the current tree head (also when nothing changed since the last)."""
+        if self._key is None:
+            raise AuditUnavailable(
+                "this audit log was opened to read and verify: it holds no signing key"
+            )
         head = await self.store.head()
         self._since_checkpoint = 0
         checkpoint = sign_checkpoint(self.origin, head.size, head.root, self._key, self.key_name)
         await self.store.add_checkpoint(checkpoint, self._clock())
         return checkpoint
 
+    async def prune(
+        self,
+        *,
+        older_than: timedelta,
+        operator: str,
+        reason: str,
+        gateway: str,
+        region: str,
+        now: datetime | None = None,
+    ) -> Pruned | None:
+        """Remove the records older than `older_than` (at least MIN_RETENTION); None if none are.
+
+        (1) find the cut: the first record at or after the cutoff time
+        (2) recompute the compact range at the cut from the stored rows (a broken log is not
+            pruned: verify and investigate first)
+        (3) sign a checkpoint of the log at exactly the cut: it vouches for what remains
+        (4) record the prune itself in the log, and sign the head that includes that record
+        (5) only then remove the records below the cut, leaving the marker
+        """
+        if older_than < MIN_RETENTION:
+            raise ValueError(
+                f"audit records are kept at least {MIN_RETENTION.days} days (Cybersecurity Law, Art. 21)"
+            )
+        if not operator.strip() or not reason.strip():
+            raise ValueError("a prune names the operator who ordered it and the reason")
+        if self._key is None:
+            raise AuditUnavailable("pruning signs checkpoints: this log holds no signing key")
+        when = now or self._clock()
+        cut = await self.store.first_index_at_or_after(when - older_than)  # (1)
+        marker = await self.store.pruned()
+        first = marker.before if marker else 0
+        if cut <= first:
+            return None
+        compact = CompactRange.from_bytes(first, marker.compact) if marker else CompactRange()
+        for start in range(first, cut, VERIFY_CHUNK):  # (2)
+            for row in await self.store.rows(start, min(cut, start + VERIFY_CHUNK)):
+                if row.index != compact.size or leaf_hash(row.canonical) != row.leaf_hash:
+                    raise AuditIntegrityError(
+                        f"record {compact.size} does not verify: the log is not pruned"
+                    )
+                compact.append(row.leaf_hash)
+                if compact.root() != row.root:
+                    raise AuditIntegrityError(
+                        f"record {row.index} does not verify: the log is not pruned"
+                    )
+        if compact.size != cut:
+            raise AuditIntegrityError(f"record {compact.size} is missing: the log is not pruned")
+        at_cut = sign_checkpoint(self.origin, cut, compact.root(), self._key, self.key_name)  # (3)
+        await self.store.add_checkpoint(at_cut, when)
+        await self.append(  # (4)
+            AuditRecord(
+                time=when,
+                gateway=gateway,
+                region=region,
+                rpc="Audit.Prune",
+                request_id="",
+                caller_agency="",
+                caller_operator=operator,
+                caller_region=region,
+                provider_region=region,
+                dataset="",
+                purpose="",
+                case_id=reason,
+                subject="",
+                fields=(),
+                outcome=Outcome.ALLOWED,
+                reason="",
+                cache_hit=False,
+                latency_us=0,
+                sealed_digest="",
+                registry_version=0,
+                agreement_id=f"removed records {first} to {cut - 1}",
+            )
+        )
+        at_head = await self.checkpoint()
+        log.warning(
+            "audit log %s: %s removes records %d to %d (older than %s): %s",
+            self.origin,
+            operator,
+            first,
+            cut - 1,
+            when - older_than,
+            reason,
+        )
+        await self.store.prune(PruneMarker(cut, compact.to_bytes(), when, operator, reason))  # (5)
+        return Pruned(first, cut, at_cut, at_head)
+
     async def latest_checkpoint(self) -> Checkpoint | None:
         checkpoints = await self.store.checkpoints()
         return checkpoints[-1] if checkpoints else None
 
     async def _tree(self, size: int) -> MerkleTree:
-        tree = MerkleTree()
-        for start in range(0, size, VERIFY_CHUNK):
+        marker = await self.store.pruned()
+        if marker is None:
+            tree = MerkleTree()
+        else:
+            tree = MerkleTree.from_compact(CompactRange.from_bytes(marker.before, marker.compact))
+        for start in range(tree.size, size, VERIFY_CHUNK):
             for row in await self.store.rows(start, min(size, start + VERIFY_CHUNK)):
                 tree.append(row.leaf_hash)
         if tree.size != size:
-            raise AuditUnavailable(f"the store returned {tree.size} of {size} records")
+            raise AuditUnavailable(
+                f"the store returned {tree.size - tree.first} of {size - tree.first} records"
+            )
         return tree
 
     async def inclusion_proof(
@@ -154,8 +271,9 @@ class AuditLog:
         """Recompute the log from its stored records and compare with every checkpoint.
 
         (1) every stored and trusted checkpoint is signed by this log's audit key
-        (2) records are contiguous from index 0, each in canonical form, each leaf hash and
-            each stored root what the records before it give
+        (2) records are contiguous from index 0 (or from a retention prune, whose marker a
+            checkpoint signed before the removal vouches for), each in canonical form, each leaf
+            hash and each stored root what the records before it give
         (3) every checkpoint's size is covered and its root is the recomputed root at that size
         (4) the columns the store queries by say what the records say
         """
@@ -177,16 +295,42 @@ class AuditLog:
                     None,
                 )
         checkpoints.sort(key=lambda c: c.size)
+        marker = await self.store.pruned()
+        first = marker.before if marker else 0
+        try:
+            compact = CompactRange.from_bytes(first, marker.compact) if marker else CompactRange()
+        except ProofError:
+            return Verification(
+                False,
+                0,
+                len(checkpoints),
+                first,
+                f"the prune marker at {first} is malformed",
+                checkpoints[-1] if checkpoints else None,
+            )
+        if marker is not None and not any(
+            c.size == first and c.root == compact.root() for c in checkpoints
+        ):
+            return Verification(
+                False,
+                0,
+                len(checkpoints),
+                first,
+                f"the log was pruned below {first} but no signed checkpoint vouches for what remained",
+                checkpoints[-1] if checkpoints else None,
+            )
+        checkpoints = [
+            c for c in checkpoints if c.size >= first
+        ]  # older ones covered removed records
         wanted = {c.size for c in checkpoints}
         roots: dict[int, bytes] = {}
         head = await self.store.head()
         span = max([head.size, *wanted])
-        compact = CompactRange()
-        if 0 in wanted:
-            roots[0] = compact.root()
-        index = 0
+        if first in wanted:
+            roots[first] = compact.root()
+        index = first
         problem = ""
-        for start in range(0, span, VERIFY_CHUNK):  # (2)
+        for start in range(first, span, VERIFY_CHUNK):  # (2)
             for row in await self.store.rows(start, min(span, start + VERIFY_CHUNK)):
                 if row.index != index:
                     problem = f"record {index} is missing (the next stored record is {row.index})"
@@ -215,8 +359,8 @@ class AuditLog:
             problem = f"record {index} is missing: the log ends at {index} but {span} records were signed or counted"
         latest = checkpoints[-1] if checkpoints else None
         if problem:
-            return Verification(False, index, len(checkpoints), index, problem, latest)
-        covered = 0  # records up to here agree with a signed checkpoint
+            return Verification(False, index - first, len(checkpoints), index, problem, latest)
+        covered = first  # records up to here agree with a signed checkpoint
         for checkpoint in checkpoints:  # (3)
             if roots.get(checkpoint.size) != checkpoint.root:
                 return Verification(
@@ -247,4 +391,4 @@ class AuditLog:
                 "the stored tree head does not match the records",
                 latest,
             )
-        return Verification(True, index, len(checkpoints), -1, "", latest)
+        return Verification(True, index - first, len(checkpoints), -1, "", latest)

@@ -190,34 +190,58 @@ def verify_consistency(
 
 
 class MerkleTree:
-    """An in-memory log of leaf hashes with its complete subtrees (a `NodeSource`)."""
+    """An in-memory log of leaf hashes with its complete subtrees (a `NodeSource`).
+
+    A tree may start from a compact range (`from_compact`): the leaves before it are gone (a
+    retention prune), but its subtrees are exactly the ones any proof about a later leaf, or
+    about consistency from a later size, needs.
+    """
 
     def __init__(self, leaves: Sequence[bytes] = ()) -> None:
-        self._levels: list[list[bytes]] = [[]]
+        self._levels: list[dict[int, bytes]] = [{}]
+        self._size = 0
+        self.first = 0  # the first leaf this tree still holds
         for leaf in leaves:
             self.append(leaf)
 
+    @classmethod
+    def from_compact(cls, compact: CompactRange) -> MerkleTree:
+        tree = cls()
+        start = 0
+        for piece in compact.hashes:  # largest first: the binary decomposition of the size
+            level = (compact.size - start).bit_length() - 1
+            while start + (1 << level) > compact.size:
+                level -= 1
+            tree._node_row(level)[start >> level] = piece
+            start += 1 << level
+        tree._size = tree.first = compact.size
+        return tree
+
+    def _node_row(self, level: int) -> dict[int, bytes]:
+        while len(self._levels) <= level:
+            self._levels.append({})
+        return self._levels[level]
+
     @property
     def size(self) -> int:
-        return len(self._levels[0])
+        return self._size
 
     def append(self, leaf: bytes) -> int:
         """Add a leaf hash; return its index. Completes the subtrees it closes."""
-        index = self.size
-        self._levels[0].append(leaf)
+        index = self._size
+        self._levels[0][index] = leaf
+        self._size += 1
         level, position = 0, index
         while position & 1:  # a right child: its parent is complete now
             row = self._levels[level]
             parent = node_hash(row[position - 1], row[position])
-            if len(self._levels) == level + 1:
-                self._levels.append([])
-            self._levels[level + 1].append(parent)
+            self._node_row(level + 1)[position >> 1] = parent
             level, position = level + 1, position >> 1
         return index
 
     def completed_by_last_append(self) -> list[tuple[int, int, bytes]]:
         """(level, index, hash) of every node the last append stored, leaf included."""
-        index = self.size - 1
+        index = self._size - 1
         out = [(0, index, self._levels[0][index])]
         level, position = 0, index
         while position & 1:
@@ -228,25 +252,35 @@ class MerkleTree:
     def node(self, level: int, index: int) -> bytes:
         try:
             return self._levels[level][index]
-        except IndexError:
+        except (IndexError, KeyError):
+            if (index + 1) << level <= self.first:
+                raise ProofError(
+                    f"leaves {index << level} to {((index + 1) << level) - 1} were removed by retention"
+                ) from None
             raise ProofError(f"no complete subtree at level {level}, index {index}") from None
 
     def root(self, size: int | None = None) -> bytes:
-        size = self.size if size is None else size
-        if not 0 <= size <= self.size:
-            raise ProofError(f"the log has {self.size} leaves, not {size}")
+        size = self._size if size is None else size
+        if not self.first <= size <= self._size:
+            raise ProofError(f"the log holds sizes {self.first} to {self._size}, not {size}")
         return root_hash(self, size)
 
     def inclusion_proof(self, index: int, size: int | None = None) -> list[bytes]:
-        size = self.size if size is None else size
-        if size > self.size:
-            raise ProofError(f"the log has {self.size} leaves, not {size}")
+        size = self._size if size is None else size
+        if size > self._size:
+            raise ProofError(f"the log has {self._size} leaves, not {size}")
+        if index < self.first:
+            raise ProofError(
+                f"leaf {index} was removed by retention (the log starts at {self.first})"
+            )
         return inclusion_proof(self, index, size)
 
     def consistency_proof(self, size1: int, size2: int | None = None) -> list[bytes]:
-        size2 = self.size if size2 is None else size2
-        if size2 > self.size:
-            raise ProofError(f"the log has {self.size} leaves, not {size2}")
+        size2 = self._size if size2 is None else size2
+        if size2 > self._size:
+            raise ProofError(f"the log has {self._size} leaves, not {size2}")
+        if size1 < self.first:
+            raise ProofError(f"size {size1} is before the retention cut ({self.first})")
         return consistency_proof(self, size1, size2)
 
 

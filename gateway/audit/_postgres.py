@@ -27,13 +27,22 @@ Tables (in ``schema``, created and migrated by the store, version in ``schema_ve
     size that shrinks.
 ``checkpoints``
     the signed checkpoints (C2SP notes), in signing order.
+``prunes``
+    one marker per retention prune: the records below ``before`` are gone, ``compact`` is the
+    log's compact range at that size (verification resumes from it), with when, by whom, why.
+    Written only by ``prune_below()``, a SECURITY DEFINER function owned by the owner role that
+    the application role may EXECUTE: it checks the cut (within the log, above the previous
+    one, the compact range folding to the root stored with the last record removed), switches
+    the append-only trigger off only on the partitions it deletes from and back on (ENABLE
+    ALWAYS) in the same transaction, drops the partitions that fall wholly below the cut, and
+    inserts the marker. Indices never restart: after a prune the records start at ``before``.
 
 Append-only: on every table a BEFORE UPDATE OR DELETE row trigger that raises (the head allows
 an UPDATE that grows the log) and a BEFORE TRUNCATE statement trigger that raises, also on every
 partition (TRUNCATE of a partition does not fire the parent's statement triggers), all ``ENABLE
 ALWAYS`` so ``session_replication_role = replica`` does not silence them. The application role
 gets SELECT and INSERT (and UPDATE of the head row), never UPDATE, DELETE or TRUNCATE, and owns
-nothing. What privileges cannot prevent (a superuser disabling the triggers, a dropped
+nothing; it removes records only through ``prune_below()``. What privileges cannot prevent (a superuser disabling the triggers, a dropped
 partition) the Merkle structure and the signed checkpoints detect: `AuditLog.verify()`.
 
 Deployment, once per region, as a superuser (or a role with CREATEROLE)::
@@ -68,7 +77,7 @@ from psycopg.rows import TupleRow
 from gateway.audit._checkpoint import Checkpoint
 from gateway.audit._merkle import CompactRange, ProofError, leaf_hash
 from gateway.audit._record import AuditRecord
-from gateway.audit._store import Appended, AuditQuery, StoredRow, TreeHead
+from gateway.audit._store import Appended, AuditQuery, PruneMarker, StoredRow, TreeHead
 from gateway.audit.errors import AuditIntegrityError, AuditUnavailable
 
 __all__ = ["SCHEMA_VERSION", "PostgresAuditStore"]
@@ -236,19 +245,142 @@ _MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE {s}.schema_version ENABLE ALWAYS TRIGGER schema_version_append_only;
     ALTER TABLE {s}.schema_version ENABLE ALWAYS TRIGGER schema_version_no_truncate;
     """,
+    """
+    -- Retention prunes: one marker per prune, append-only like the rest. The application role
+    -- may read them; it writes one only through prune_below().
+    CREATE TABLE {s}.prunes (
+        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        before bigint NOT NULL UNIQUE CHECK (before > 0),
+        compact bytea NOT NULL CHECK (octet_length(compact) % 32 = 0),
+        pruned_at timestamptz NOT NULL,
+        operator text NOT NULL CHECK (btrim(operator) <> ''),
+        reason text NOT NULL CHECK (btrim(reason) <> '')
+    );
+    CREATE TRIGGER prunes_append_only BEFORE UPDATE OR DELETE ON {s}.prunes
+        FOR EACH ROW EXECUTE FUNCTION {s}.refuse_change();
+    CREATE TRIGGER prunes_no_truncate BEFORE TRUNCATE ON {s}.prunes
+        FOR EACH STATEMENT EXECUTE FUNCTION {s}.refuse_change();
+    ALTER TABLE {s}.prunes ENABLE ALWAYS TRIGGER prunes_append_only;
+    ALTER TABLE {s}.prunes ENABLE ALWAYS TRIGGER prunes_no_truncate;
+
+    -- Remove every record below new_before and keep the marker. SECURITY DEFINER: runs as the
+    -- owner, the one role that may switch a partition's append-only trigger off, and does so
+    -- only here, only on the partitions it deletes from, and switches it back on (ENABLE
+    -- ALWAYS) in the same transaction: DDL is transactional, so no other session ever sees
+    -- the trigger off, and the partition's lock keeps every other writer out meanwhile.
+    -- Partitions whose records all fall below the cut are dropped whole, last (dropping
+    -- locks the parent, so appends wait only for the commit that follows). It removes exactly
+    -- the records between the previous cut and this one, or nothing.
+    CREATE FUNCTION {s}.prune_below(
+        new_before bigint, new_compact bytea, new_pruned_at timestamptz,
+        new_operator text, new_reason text
+    ) RETURNS bigint
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    DECLARE
+        sch text := {schema};
+        head_size bigint;
+        last_before bigint;
+        hashes integer;
+        root bytea;
+        stored bytea;
+        part record;
+        lo bigint;
+        hi bigint;
+        n bigint;
+        removed bigint := 0;
+        whole regclass[] := '{{}}';
+    BEGIN
+        -- One prune at a time, and no partition created meanwhile (ensure_month's lock).
+        PERFORM pg_advisory_xact_lock(hashtext('tongban_audit.ddl:' || sch));
+        SELECT h.size INTO head_size FROM {s}.head h WHERE h.id = 1;
+        SELECT max(p.before) INTO last_before FROM {s}.prunes p;
+        IF new_before IS NULL OR new_before < 1 OR new_before > head_size THEN
+            RAISE EXCEPTION 'a prune below % is outside the audit log (size %)',
+                new_before, head_size;
+        END IF;
+        IF new_before <= coalesce(last_before, 0) THEN
+            RAISE EXCEPTION 'the audit log was already pruned below %: not again below %',
+                last_before, new_before;
+        END IF;
+        -- The marker is the log's own compact range at the cut: one hash per set bit of the
+        -- size, folding (RFC 6962 node hashes) to the root stored with the last record removed.
+        hashes := length(replace(new_before::bit(64)::text, '0', ''));
+        IF new_compact IS NULL OR octet_length(new_compact) <> 32 * hashes THEN
+            RAISE EXCEPTION 'a compact range at size % holds % hashes', new_before, hashes;
+        END IF;
+        root := substring(new_compact FROM (hashes - 1) * 32 + 1 FOR 32);
+        FOR i IN REVERSE hashes - 2 .. 0 LOOP
+            root := sha256(decode('01', 'hex') || substring(new_compact FROM i * 32 + 1 FOR 32)
+                           || root);
+        END LOOP;
+        SELECT r.root INTO stored FROM {s}.records r WHERE r.idx = new_before - 1;
+        IF stored IS DISTINCT FROM root THEN
+            RAISE EXCEPTION 'the compact range does not give the root stored with record %',
+                new_before - 1;
+        END IF;
+        FOR part IN
+            SELECT i.inhrelid::regclass AS rel FROM pg_inherits i
+            WHERE i.inhparent = to_regclass(format('%I.records', sch)) ORDER BY 1
+        LOOP
+            EXECUTE format('SELECT min(idx), max(idx) FROM %s', part.rel) INTO lo, hi;
+            IF hi IS NOT NULL AND hi < new_before THEN
+                EXECUTE format('SELECT count(*) FROM %s', part.rel) INTO n;
+                removed := removed + n;
+                whole := whole || part.rel;
+            ELSIF lo IS NOT NULL AND lo < new_before THEN
+                EXECUTE format('ALTER TABLE %s DISABLE TRIGGER records_append_only', part.rel);
+                EXECUTE format('DELETE FROM %s WHERE idx < $1', part.rel) USING new_before;
+                GET DIAGNOSTICS n = ROW_COUNT;
+                removed := removed + n;
+                EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER records_append_only',
+                               part.rel);
+            END IF;
+        END LOOP;
+        IF removed <> new_before - coalesce(last_before, 0) THEN
+            RAISE EXCEPTION 'a prune below % would remove % records, not %',
+                new_before, removed, new_before - coalesce(last_before, 0);
+        END IF;
+        FOR i IN 1 .. coalesce(array_length(whole, 1), 0) LOOP
+            EXECUTE format('DROP TABLE %s', whole[i]);
+        END LOOP;
+        IF EXISTS (SELECT 1 FROM {s}.records r WHERE r.idx < new_before) THEN
+            RAISE EXCEPTION 'records below % remain after the prune', new_before;
+        END IF;
+        IF EXISTS (
+            SELECT 1 FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+            WHERE c.relnamespace = to_regnamespace(quote_ident(sch))
+                AND NOT t.tgisinternal AND t.tgenabled <> 'A'
+        ) THEN
+            RAISE EXCEPTION 'an append-only trigger of % is not enabled always', sch;
+        END IF;
+        INSERT INTO {s}.prunes (before, compact, pruned_at, operator, reason)
+            VALUES (new_before, new_compact, new_pruned_at, new_operator, new_reason);
+        RETURN removed;
+    END $$;
+    REVOKE ALL ON FUNCTION {s}.prune_below(bigint, bytea, timestamptz, text, text) FROM PUBLIC;
+    """,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
-# What the application role may do: read, insert, grow the head. Nothing else.
+# What the application role may do: read, insert, grow the head, prune through prune_below().
+# Nothing else.
 _GRANTS = """
-    REVOKE ALL ON {s}.records, {s}.head, {s}.checkpoints, {s}.schema_version FROM PUBLIC;
-    REVOKE ALL ON {s}.records, {s}.head, {s}.checkpoints, {s}.schema_version FROM {app};
+    REVOKE ALL ON {s}.records, {s}.head, {s}.checkpoints, {s}.schema_version, {s}.prunes
+        FROM PUBLIC;
+    REVOKE ALL ON {s}.records, {s}.head, {s}.checkpoints, {s}.schema_version, {s}.prunes
+        FROM {app};
     GRANT USAGE ON SCHEMA {s} TO {app};
     GRANT SELECT, INSERT ON {s}.records, {s}.checkpoints TO {app};
     GRANT SELECT, UPDATE (size, compact, updated_at) ON {s}.head TO {app};
-    GRANT SELECT ON {s}.schema_version TO {app};
+    GRANT SELECT ON {s}.schema_version, {s}.prunes TO {app};
     GRANT EXECUTE ON FUNCTION {s}.ensure_month(date) TO {app};
+    GRANT EXECUTE ON FUNCTION {s}.prune_below(bigint, bytea, timestamptz, text, text) TO {app};
 """
+
+
+def _no_partition(exc: psycopg.Error) -> bool:
+    """A row routed to a month whose partition is not there (dropped by a prune since)."""
+    return isinstance(exc, psycopg.errors.CheckViolation) and "no partition" in str(exc)
 
 
 def _month(moment: datetime) -> date:
@@ -496,6 +628,9 @@ class PostgresAuditStore:
                 if attempt == 1 and dead and not committing:
                     log.warning("audit database connection lost, reconnecting: %s", exc)
                     continue
+                if attempt == 1 and _no_partition(exc):  # rolled back: nothing was stored
+                    log.info("audit partition gone (a retention prune), recreating: %s", exc)
+                    continue
                 raise AuditUnavailable(f"the audit records were not stored: {exc}") from exc
             except ProofError as exc:
                 raise AuditUnavailable(f"the stored audit head is malformed: {exc}") from exc
@@ -668,6 +803,63 @@ class PostgresAuditStore:
                 )
             out.append((int(index), record))
         return out
+
+    async def first_index_at_or_after(self, time: datetime) -> int:
+        found = await self._run(
+            self._sql(
+                "SELECT coalesce((SELECT min(idx) FROM {s}.records WHERE time >= %s),"
+                " (SELECT size FROM {s}.head WHERE id = 1))"
+            ),
+            [time],
+        )
+        if not found or found[0][0] is None:
+            raise AuditIntegrityError("the audit head row is missing")
+        return int(found[0][0])
+
+    async def pruned(self) -> PruneMarker | None:
+        found = await self._run(
+            self._sql(
+                "SELECT before, compact, pruned_at, operator, reason FROM {s}.prunes"
+                " ORDER BY before DESC, id DESC LIMIT 1"
+            )
+        )
+        if not found:
+            return None
+        before, compact, pruned_at, operator, reason = found[0]
+        return PruneMarker(int(before), bytes(compact), pruned_at, str(operator), str(reason))
+
+    async def prune(self, marker: PruneMarker) -> None:
+        """Remove the records below the marker through ``prune_below()``, in one transaction on
+        a connection of its own. Appends to other months go on meanwhile; dropping a whole
+        month's partition waits for the parent's lock at most half the store's timeout (appends
+        queue behind it), while the deletion itself may take as long as it needs."""
+        try:
+            async with await self._connect(self._dsn) as conn, conn.transaction():
+                await conn.execute(
+                    "SELECT set_config('statement_timeout', '0', true),"
+                    " set_config('lock_timeout', %s, true)",
+                    [f"{max(1, int(self._timeout * 500))}ms"],
+                )
+                cur = await conn.execute(
+                    self._sql("SELECT {s}.prune_below(%s, %s, %s, %s, %s)"),
+                    [
+                        marker.before,
+                        marker.compact,
+                        marker.pruned_at,
+                        marker.operator,
+                        marker.reason,
+                    ],
+                )
+                removed = (await cur.fetchone() or (0,))[0]
+        except psycopg.Error as exc:
+            raise AuditUnavailable(f"the audit records were not pruned: {exc}") from exc
+        self._months.clear()  # whole months may have gone: ask before the next append
+        log.info(
+            "audit schema %s pruned below %d (%s records removed)",
+            self.schema,
+            marker.before,
+            removed,
+        )
 
     async def add_checkpoint(self, checkpoint: Checkpoint, signed_at: datetime) -> None:
         await self._run(

@@ -37,14 +37,14 @@ from typing import Any, TypeVar
 from gateway.audit._checkpoint import Checkpoint
 from gateway.audit._merkle import CompactRange, ProofError, leaf_hash
 from gateway.audit._record import AuditRecord
-from gateway.audit._store import Appended, AuditQuery, StoredRow, TreeHead
+from gateway.audit._store import Appended, AuditQuery, PruneMarker, StoredRow, TreeHead
 from gateway.audit.errors import AuditIntegrityError, AuditUnavailable
 
 __all__ = ["SCHEMA_VERSION", "SqliteAuditStore"]
 
 log = logging.getLogger("tongban.audit")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 T = TypeVar("T")
 
@@ -104,7 +104,20 @@ MIGRATIONS: dict[int, list[str]] = {
         ],  # idx is the rowid: a plain INSERT cannot overwrite
         *_append_only("audit_checkpoints", "id"),
     ],
+    2: [
+        """CREATE TABLE audit_prunes (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            before INTEGER NOT NULL CHECK (before > 0),
+            compact BLOB NOT NULL,
+            pruned_at TEXT NOT NULL,
+            operator TEXT NOT NULL,
+            reason TEXT NOT NULL
+        )""",
+        *_append_only("audit_prunes", "id"),
+    ],
 }
+# Put back by a prune after it lifted it, exactly as migration 1 created it.
+_RECORDS_NO_DELETE = _append_only("audit_records", "idx")[1]
 
 _INSERT = (
     "INSERT INTO audit_records (idx, time, caller_agency, provider_region, purpose, dataset, "
@@ -250,10 +263,16 @@ class SqliteAuditStore:
         self._queue.put(_Append(record, future))
         return await future
 
-    async def add_checkpoint(self, checkpoint: Checkpoint, signed_at: datetime) -> None:
+    async def _submit(self, run: Callable[[sqlite3.Connection], None]) -> None:
+        """Run a write on the writer thread in its own transaction and wait for it."""
         thread, loop = self._thread, self._loop
         if thread is None or loop is None or self._closing or not thread.is_alive():
             raise AuditUnavailable(f"the audit store {self.path} is not open")
+        future: asyncio.Future[None] = loop.create_future()
+        self._queue.put(_Job(run, future))
+        await future
+
+    async def add_checkpoint(self, checkpoint: Checkpoint, signed_at: datetime) -> None:
         row = (
             checkpoint.size,
             checkpoint.root,
@@ -269,9 +288,58 @@ class SqliteAuditStore:
                 row,
             )
 
-        future: asyncio.Future[None] = loop.create_future()
-        self._queue.put(_Job(insert, future))
-        await future
+        await self._submit(insert)
+
+    async def first_index_at_or_after(self, time: datetime) -> int:
+        def read(conn: sqlite3.Connection) -> int | None:
+            row = conn.execute(
+                "SELECT min(idx) FROM audit_records WHERE time >= ?", (_time(time),)
+            ).fetchone()
+            return None if row is None or row[0] is None else int(row[0])
+
+        found = await self._read(read)
+        return self._head.size if found is None else found
+
+    async def prune(self, marker: PruneMarker) -> None:
+        """Delete the records below the marker in one transaction that lifts the append-only
+        trigger and puts it back: no other writer (the writer thread is this) sees it lifted."""
+
+        def remove(conn: sqlite3.Connection) -> None:
+            previous = conn.execute("SELECT max(before) FROM audit_prunes").fetchone()[0]
+            if previous is not None and marker.before <= previous:
+                raise AuditIntegrityError(f"the log was already pruned below {previous}")
+            if marker.before > self._range.size:
+                raise AuditIntegrityError(
+                    f"the log has {self._range.size} records, not {marker.before}"
+                )
+            conn.execute("DROP TRIGGER audit_records_no_delete")
+            conn.execute("DELETE FROM audit_records WHERE idx < ?", (marker.before,))
+            conn.execute(_RECORDS_NO_DELETE)
+            conn.execute(
+                "INSERT INTO audit_prunes (before, compact, pruned_at, operator, reason) VALUES (?, ?, ?, ?, ?)",
+                (
+                    marker.before,
+                    marker.compact,
+                    marker.pruned_at.astimezone(UTC).isoformat(),
+                    marker.operator,
+                    marker.reason,
+                ),
+            )
+
+        await self._submit(remove)
+
+    async def pruned(self) -> PruneMarker | None:
+        def read(conn: sqlite3.Connection) -> PruneMarker | None:
+            row = conn.execute(
+                "SELECT before, compact, pruned_at, operator, reason FROM audit_prunes ORDER BY before DESC LIMIT 1"
+            ).fetchone()
+            if row is None:
+                return None
+            return PruneMarker(
+                int(row[0]), _blob(row[1]), datetime.fromisoformat(row[2]), str(row[3]), str(row[4])
+            )
+
+        return await self._read(read)
 
     # the writer thread -----------------------------------------------------------------------
     def _writer(self, ready: asyncio.Future[None]) -> None:

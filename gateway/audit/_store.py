@@ -20,7 +20,15 @@ from gateway.audit._merkle import CompactRange, leaf_hash
 from gateway.audit._record import AuditRecord, Outcome
 from gateway.audit.errors import AuditUnavailable
 
-__all__ = ["Appended", "AuditQuery", "AuditStore", "MemoryAuditStore", "StoredRow", "TreeHead"]
+__all__ = [
+    "Appended",
+    "AuditQuery",
+    "AuditStore",
+    "MemoryAuditStore",
+    "PruneMarker",
+    "StoredRow",
+    "TreeHead",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +41,18 @@ class Appended:
 class TreeHead:
     size: int
     root: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PruneMarker:
+    """Records below `before` were removed by a retention prune; `compact` is the log's compact
+    range at that size, whose root a checkpoint signed before the removal vouches for."""
+
+    before: int
+    compact: bytes
+    pruned_at: datetime
+    operator: str
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +121,18 @@ class AuditStore(Protocol):
         edit there would hide the record from oversight queries without changing its leaf."""
         ...
 
+    async def first_index_at_or_after(self, time: datetime) -> int:
+        """The smallest index whose record time is >= `time` (the log's size if none is)."""
+        ...
+
+    async def prune(self, marker: PruneMarker) -> None:
+        """Remove every record below `marker.before` and keep the marker: a privileged act."""
+        ...
+
+    async def pruned(self) -> PruneMarker | None:
+        """The latest prune marker, if the log was ever pruned."""
+        ...
+
     async def add_checkpoint(self, checkpoint: Checkpoint, signed_at: datetime) -> None: ...
 
     async def checkpoints(self) -> list[Checkpoint]:
@@ -113,9 +145,10 @@ class MemoryAuditStore:
 
     def __init__(self) -> None:
         self._rows: list[StoredRow] = []
-        self._records: list[AuditRecord] = []
+        self._records: list[AuditRecord | None] = []  # None once pruned
         self._range = CompactRange()
         self._checkpoints: list[Checkpoint] = []
+        self._marker: PruneMarker | None = None
         self._lock = asyncio.Lock()
         self.available = True  # tests switch this off to simulate an outage
 
@@ -140,21 +173,37 @@ class MemoryAuditStore:
         return TreeHead(self._range.size, self._range.root())
 
     async def rows(self, start: int, end: int) -> list[StoredRow]:
-        return list(self._rows[max(start, 0) : max(end, 0)])
+        return [r for r in self._rows if start <= r.index < end]
 
     async def query(self, query: AuditQuery) -> list[tuple[int, AuditRecord]]:
         out: list[tuple[int, AuditRecord]] = []
         if query.limit <= 0:  # as SQL's LIMIT 0: nothing (the loop below would return one)
             return out
         for index in range(max(query.after_index + 1, 0), len(self._records)):
-            if query.matches(self._records[index]):
-                out.append((index, self._records[index]))
+            record = self._records[index]
+            if record is not None and query.matches(record):
+                out.append((index, record))
                 if len(out) >= query.limit:
                     break
         return out
 
     async def column_mismatches(self) -> int | None:
         return None  # queries read the records themselves
+
+    async def first_index_at_or_after(self, time: datetime) -> int:
+        for index, record in enumerate(self._records):
+            if record is not None and record.time >= time:
+                return index
+        return len(self._records)
+
+    async def prune(self, marker: PruneMarker) -> None:
+        async with self._lock:
+            self._rows = [r for r in self._rows if r.index >= marker.before]
+            self._records = [None if i < marker.before else r for i, r in enumerate(self._records)]
+            self._marker = marker
+
+    async def pruned(self) -> PruneMarker | None:
+        return self._marker
 
     async def add_checkpoint(self, checkpoint: Checkpoint, signed_at: datetime) -> None:
         self._checkpoints.append(checkpoint)

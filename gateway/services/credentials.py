@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
+import logging
 import re
+import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -23,6 +26,7 @@ from typing import Any, Final
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from gateway.audit import AuditLog, AuditRecord, AuditUnavailable, Outcome
 from gateway.errors import abort
 from gateway.identity import Caller, CallerKind, current_caller
 from registry import KeyRefused, KeyUsage, Registry, RegistryError, RegistryStore
@@ -42,6 +46,8 @@ __all__ = [
     "CredentialsService",
     "report_message",
 ]
+
+log = logging.getLogger("tongban.credentials")
 
 MAX_SEAL_PAYLOAD_BYTES: Final = 4 * 1024 * 1024  # bytes a caller may have sealed in one call
 # Larger payloads are sealed in a worker thread (sealing 4 MiB takes tens of milliseconds).
@@ -108,12 +114,14 @@ class CredentialsService(credentials_pb2_grpc.CredentialsServicer):
         region: str,
         seal_keys: Mapping[str, KeyProvider],
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        audit: AuditLog | None = None,
     ) -> None:
         self._store = store
         self._verifier = verifier  # switched to each applied registry by the gateway
         self._region = region
         self._seal_keys = dict(seal_keys)  # by kid
         self._clock = clock
+        self._audit = audit  # every Seal, allowed or denied, is recorded when there is a log
 
     async def _registry(self, context: grpc.aio.ServicerContext[Any, Any]) -> Registry:
         try:
@@ -179,8 +187,10 @@ class CredentialsService(credentials_pb2_grpc.CredentialsServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> credentials_pb2.SealResponse:
         caller = current_caller.get()
+        started = time.perf_counter()
         if not self._may_seal(caller):
             who = caller.name if caller is not None else "an unidentified caller"
+            await self._record(caller, started, Outcome.DENIED, "NOT_AUTHORISED_ROLE")
             await abort(
                 context,
                 grpc.StatusCode.PERMISSION_DENIED,
@@ -236,6 +246,18 @@ class CredentialsService(credentials_pb2_grpc.CredentialsServicer):
         jws = (
             await asyncio.to_thread(make) if len(request.payload) > SEAL_IN_THREAD_BYTES else make()
         )
+        # Fail closed: the sealed record is released only once its audit record is durable.
+        try:
+            await self._record(
+                caller, started, Outcome.ALLOWED, "", sealed=jws, registry_version=registry.version
+            )
+        except AuditUnavailable as exc:
+            await abort(
+                context,
+                grpc.StatusCode.UNAVAILABLE,
+                "AUDIT_UNAVAILABLE",
+                f"the seal was not released: {exc}",
+            )
         return credentials_pb2.SealResponse(
             record=credentials_pb2.SealedRecord(
                 jws=jws,
@@ -246,6 +268,49 @@ class CredentialsService(credentials_pb2_grpc.CredentialsServicer):
                 sealed_at=_timestamp(now),
             )
         )
+
+    async def _record(
+        self,
+        caller: Caller | None,
+        started: float,
+        outcome: Outcome,
+        reason: str,
+        *,
+        sealed: str = "",
+        registry_version: int = 0,
+    ) -> None:
+        """Append the audit record of one Seal call (no subject: a seal concerns a document)."""
+        if self._audit is None:
+            return
+        record = AuditRecord(
+            time=self._clock(),
+            gateway=f"gateway-{self._region}",
+            region=self._region,
+            rpc="Credentials.Seal",
+            request_id="",
+            caller_agency=caller.agency_id if caller else "",
+            caller_operator="",
+            caller_region=caller.region if caller else "",
+            provider_region=self._region,
+            dataset="",
+            purpose="",
+            case_id="",
+            subject="",
+            fields=(),
+            outcome=outcome,
+            reason=reason,
+            cache_hit=False,
+            latency_us=int((time.perf_counter() - started) * 1_000_000),
+            sealed_digest=hashlib.sha256(sealed.encode()).hexdigest() if sealed else "",
+            registry_version=registry_version,
+            agreement_id="",
+        )
+        try:
+            await self._audit.append(record)
+        except AuditUnavailable:
+            if outcome is Outcome.ALLOWED:
+                raise
+            log.warning("a denied Seal could not be audited (the audit store is unavailable)")
 
     def _may_seal(self, caller: Caller | None) -> bool:
         return (

@@ -37,7 +37,7 @@ from support import (
 
 import gateway.server
 from gateway.config import GatewayConfig
-from gateway.server import SERVED_SERVICES
+from gateway.server import OVERSIGHT_SERVICE, SERVED_SERVICES
 from registry import SnapshotVerifier, load_authority_public_key
 from tongban.v1 import registry_pb2, registry_pb2_grpc
 
@@ -136,11 +136,18 @@ async def test_cli_gateway_serves_registry_health_and_reflection_then_stops_on_s
             ]
             assert len(responses) == 2
             listed = {s.name for s in responses[0].list_services_response.service}
-            assert listed == {*SERVED_SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME}
+            # A dev-PKI gateway keeps an audit log, so Oversight is served too.
+            assert listed == {
+                *SERVED_SERVICES,
+                OVERSIGHT_SERVICE,
+                health.SERVICE_NAME,
+                reflection.SERVICE_NAME,
+            }
             assert {REGISTRY_SERVICE, CREDENTIALS_SERVICE} <= listed
             assert {s for s in listed if s.startswith("tongban.v1.")} == {
                 REGISTRY_SERVICE,
                 CREDENTIALS_SERVICE,
+                OVERSIGHT_SERVICE,
             }
             files = [
                 descriptor_pb2.FileDescriptorProto.FromString(raw)

@@ -1,7 +1,8 @@
 """The PostgreSQL audit store on the real server: the store contract, replicas appending
 together, append-only enforced by privileges and by triggers (also in replica mode), tampering
 by a superuser detected with the index named, monthly partitions, no raw subject ids stored,
-and reconnection after the backend is killed."""
+reconnection after the backend is killed, and retention prunes (through the owner's
+`prune_below()` only, the log still verifying and still append-only afterwards)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import asyncio
 import dataclasses
 import re
 from collections.abc import AsyncIterator, Callable, Iterator
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -19,11 +20,12 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from pg_support import SUPERUSER_DSN, PgRoles, disable_all_triggers, pg_roles, superuser
 from psycopg import sql
 
-from gateway.audit._log import AuditLog
+from gateway.audit import _postgres
+from gateway.audit._log import AuditLog, Pruned
 from gateway.audit._merkle import CompactRange, leaf_hash
 from gateway.audit._postgres import PostgresAuditStore
 from gateway.audit._record import AuditRecord, Outcome
-from gateway.audit._store import AuditQuery, StoredRow
+from gateway.audit._store import AuditQuery, PruneMarker, StoredRow
 from gateway.audit.errors import AuditIntegrityError, AuditUnavailable
 
 pytestmark = pytest.mark.integration
@@ -454,3 +456,399 @@ async def test_no_raw_subject_id_is_stored(store: PostgresAuditStore, schema: st
                 assert not raw_id.search(data), (table, column)
                 scanned += 1
         assert scanned > 100
+
+
+# -- retention prunes ----------------------------------------------------------------------------
+
+NOW = datetime(2026, 11, 15, 12, 0, tzinfo=UTC)  # the cut falls inside May 2026 (see _spanning)
+DAYS = 180
+
+
+def _spanning(n: int = 40) -> list[AuditRecord]:
+    """Record i is 400 - 10 i days older than NOW: 400 days in all, 14 months of partitions."""
+    return [
+        dataclasses.replace(make_record(i), time=NOW - timedelta(days=400 - 10 * i))
+        for i in range(n)
+    ]
+
+
+def _month_of(moment: datetime) -> date:
+    return date(moment.year, moment.month, 1)
+
+
+async def _prune(log: AuditLog, now: datetime = NOW) -> Pruned | None:
+    return await log.prune(
+        older_than=timedelta(days=DAYS),
+        operator="data bureau ops",
+        reason="retention ticket 42",
+        gateway="gw",
+        region="510000",
+        now=now,
+    )
+
+
+@pytest.fixture
+async def spanning_log(
+    make_store: Callable[..., PostgresAuditStore],
+) -> AsyncIterator[tuple[AuditLog, list[AuditRecord]]]:
+    """An opened log over 40 records spanning 400 days (appended in time order), signed."""
+    log = _audit_log(make_store(), ed25519.Ed25519PrivateKey.generate())
+    await log.open()
+    records = _spanning()
+    for record in records:
+        await log.append(record)
+    await log.checkpoint()
+    yield log, records
+    await log.close()
+
+
+def _store_of(log: AuditLog) -> PostgresAuditStore:
+    assert isinstance(log.store, PostgresAuditStore)
+    return log.store
+
+
+def _triggers_enabled(schema: str) -> set[str]:
+    with superuser() as su:
+        rows = su.execute(
+            "SELECT DISTINCT t.tgenabled::text FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = %s AND NOT t.tgisinternal",
+            [schema],
+        ).fetchall()
+    return {str(state) for (state,) in rows}
+
+
+async def test_a_prune_removes_the_old_records_and_the_log_still_verifies(
+    spanning_log: tuple[AuditLog, list[AuditRecord]], schema: str
+) -> None:
+    log, records = spanning_log
+    store = _store_of(log)
+    before = await store.rows(0, 40)
+    assert await store.first_index_at_or_after(NOW - timedelta(days=DAYS)) == 22
+    pruned = await _prune(log)
+    assert pruned is not None
+    assert (pruned.first, pruned.cut) == (0, 22)
+    assert (pruned.at_cut.size, pruned.at_head.size) == (22, 41)  # 40 + the record of the prune
+    # The records below the cut are gone, the rest (and the record of the prune) remain.
+    assert await store.rows(0, 22) == []
+    assert await store.rows(0, 41) == before[22:] + (await store.rows(40, 41))
+    assert [i for i, _ in await store.query(AuditQuery(limit=1000))] == list(range(22, 41))
+    assert (await store.head()).size == 41
+    with superuser() as su:
+        assert su.execute(f"SELECT min(idx), count(*) FROM {schema}.records").fetchone() == (22, 19)
+    # The marker: the compact range at the cut, which the checkpoint at the cut signed.
+    marker = await store.pruned()
+    compact = CompactRange()
+    for row in before[:22]:
+        compact.append(row.leaf_hash)
+    assert marker == PruneMarker(
+        22, compact.to_bytes(), NOW, "data bureau ops", "retention ticket 42"
+    )
+    assert pruned.at_cut.root == compact.root()
+    # Months wholly below the cut were dropped; the month the cut falls in kept its later rows.
+    months = set(await store.months())
+    by_month: dict[date, set[int]] = {}
+    for i, record in enumerate(records):
+        by_month.setdefault(_month_of(record.time), set()).add(i)
+    below = {m for m, indices in by_month.items() if max(indices) < 22}
+    straddling = {m for m, indices in by_month.items() if min(indices) < 22 <= max(indices)}
+    assert len(below) >= 6
+    assert straddling == {date(2026, 5, 1)}
+    assert not below & months
+    assert straddling <= months
+    # Verification resumes from the marker and counts only what remains.
+    result = await log.verify()
+    assert result.intact, result.problem
+    assert result.records_checked == 19
+    # The prune is itself on record.
+    (index, record), *_ = await store.query(AuditQuery(caller_agency="", limit=10))
+    assert (index, record.rpc, record.case_id) == (40, "Audit.Prune", "retention ticket 42")
+    assert record.agreement_id == "removed records 0 to 21"
+    assert _triggers_enabled(schema) == {"A"}
+
+
+async def test_appends_continue_and_a_second_prune_moves_the_cut(
+    spanning_log: tuple[AuditLog, list[AuditRecord]],
+    make_store: Callable[..., PostgresAuditStore],
+    schema: str,
+) -> None:
+    log, records = spanning_log
+    store = _store_of(log)
+    assert await _prune(log) is not None
+    # Appends go on at the right indices, also into a month whose partition the prune dropped
+    # (the writer learns it has gone, and recreates it).
+    assert (await log.append(dataclasses.replace(make_record(100), time=NOW))).index == 41
+    late = dataclasses.replace(make_record(101), time=records[0].time)
+    assert _month_of(late.time) not in await store.months()
+    assert (await log.append(late)).index == 42
+    assert _month_of(late.time) in await store.months()
+    # A replica that still believes a dropped month has its partition: its group fails once
+    # (rolled back, nothing stored), the partition is recreated and the group retried.
+    replica = make_store()
+    await replica.open()
+    try:
+        gone = _month_of(records[3].time)  # November 2025
+        assert gone not in await store.months()
+        replica._months.add(gone)  # as after an append into that month before the prune
+        late = dataclasses.replace(make_record(102), time=records[3].time)
+        assert (await replica.append(late)).index == 43
+        assert replica.batches == 1
+        assert gone in await store.months()
+    finally:
+        await replica.close()
+    await log.checkpoint()
+    result = await log.verify()
+    assert result.intact, result.problem
+    assert result.records_checked == 44 - 22
+    # Nothing more is old enough: no prune.
+    assert await _prune(log) is None
+    # 100 days on, the cut moves (the late record is newer in the log, so it stays).
+    later = NOW + timedelta(days=100)
+    assert await store.first_index_at_or_after(later - timedelta(days=DAYS)) == 32
+    second = await _prune(log, now=later)
+    assert second is not None
+    assert (second.first, second.cut, second.at_head.size) == (22, 32, 45)
+    marker = await store.pruned()
+    assert marker is not None
+    assert (marker.before, marker.pruned_at) == (32, later)
+    assert await store.rows(0, 32) == []
+    assert [r.index for r in await store.rows(0, 100)] == list(range(32, 45))
+    result = await log.verify()
+    assert result.intact, result.problem
+    assert result.records_checked == 45 - 32
+    with superuser() as su:
+        markers = su.execute(f"SELECT before FROM {schema}.prunes ORDER BY id").fetchall()
+        assert markers == [(22,), (32,)]  # the first marker is kept
+    assert _triggers_enabled(schema) == {"A"}
+
+
+async def test_appends_during_a_prune_all_land_and_the_log_verifies(
+    spanning_log: tuple[AuditLog, list[AuditRecord]],
+) -> None:
+    log, _ = spanning_log
+    store = _store_of(log)
+    fresh = [
+        dataclasses.replace(make_record(200 + i), time=NOW + timedelta(seconds=i))
+        for i in range(60)
+    ]
+    outcome = await asyncio.gather(_prune(log), *(log.append(r) for r in fresh))
+    pruned = outcome[0]
+    assert isinstance(pruned, Pruned)
+    assert pruned.cut == 22
+    head = await store.head()
+    assert head.size == 40 + 60 + 1
+    assert [r.index for r in await store.rows(0, head.size)] == list(range(22, head.size))
+    await log.checkpoint()
+    result = await log.verify()
+    assert result.intact, result.problem
+    assert result.records_checked == head.size - 22
+
+
+def _tamper_kept_record(su: psycopg.Connection[tuple[Any, ...]], s: str) -> None:
+    row = su.execute(f"SELECT canonical FROM {s}.records WHERE idx = 30").fetchone()
+    assert row is not None
+    edited = dataclasses.replace(AuditRecord.from_canonical(bytes(row[0])), purpose="MED-REG")
+    su.execute(f"UPDATE {s}.records SET canonical = %s WHERE idx = 30", [edited.canonical])
+
+
+def _tamper_marker(su: psycopg.Connection[tuple[Any, ...]], s: str) -> None:
+    # A compact range of the right shape that no checkpoint signed.
+    su.execute(f"UPDATE {s}.prunes SET compact = substr(compact, 33) || sha256(compact)")
+
+
+def _tamper_forget_the_prune(su: psycopg.Connection[tuple[Any, ...]], s: str) -> None:
+    su.execute(f"DELETE FROM {s}.prunes")
+
+
+def _tamper_prune_further(su: psycopg.Connection[tuple[Any, ...]], s: str) -> None:
+    su.execute(f"DELETE FROM {s}.records WHERE idx < 25")
+
+
+PRUNED_TAMPERING = {
+    "a kept record changed": (
+        _tamper_kept_record,
+        30,
+        "record 30 was changed after it was written",
+    ),
+    "the marker's compact range replaced": (_tamper_marker, 22, "no signed checkpoint vouches"),
+    "the marker deleted": (_tamper_forget_the_prune, 0, "record 0 is missing"),
+    "more records removed by hand": (_tamper_prune_further, 22, "record 22 is missing"),
+}
+
+
+@pytest.mark.parametrize("name", list(PRUNED_TAMPERING))
+async def test_tampering_after_a_prune_is_detected_and_the_index_named(
+    name: str, spanning_log: tuple[AuditLog, list[AuditRecord]], schema: str
+) -> None:
+    tamper, index, problem = PRUNED_TAMPERING[name]
+    log, _ = spanning_log
+    assert await _prune(log) is not None
+    assert (await log.verify()).intact
+    with superuser() as su:
+        disable_all_triggers(su, schema)
+        tamper(su, schema)
+    result = await log.verify()
+    assert not result.intact
+    assert result.first_bad_index == index, result.problem
+    assert problem in result.problem
+
+
+async def test_after_a_prune_the_log_is_still_append_only(
+    spanning_log: tuple[AuditLog, list[AuditRecord]], roles: PgRoles, schema: str
+) -> None:
+    log, _ = spanning_log
+    assert await _prune(log) is not None
+    assert _triggers_enabled(schema) == {"A"}  # every trigger ENABLE ALWAYS again
+    s = schema
+    with superuser() as su:
+        partition = _partitions(su, schema)[0]
+        functions = su.execute(
+            "SELECT p.proname, pg_get_userbyid(p.proowner), p.prosecdef, p.proconfig::text"
+            " FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
+            " WHERE n.nspname = %s AND p.proname = 'prune_below'",
+            [schema],
+        ).fetchall()
+        assert functions == [
+            ("prune_below", roles.owner, True, '{"search_path=pg_catalog, pg_temp"}')
+        ]
+        privileges = su.execute(
+            "SELECT has_function_privilege('public', p.oid, 'EXECUTE'),"
+            " has_function_privilege(%s, p.oid, 'EXECUTE')"
+            " FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
+            " WHERE n.nspname = %s AND p.proname = 'prune_below'",
+            [roles.app, schema],
+        ).fetchone()
+        assert privileges == (False, True)
+    with psycopg.connect(roles.app_dsn, autocommit=True) as app:
+        for statement in (
+            f"DELETE FROM {s}.records WHERE idx = 30",
+            f"DELETE FROM {partition}",
+            f"TRUNCATE {s}.records",
+            f"UPDATE {s}.records SET purpose = 'X' WHERE idx = 30",
+            f"DELETE FROM {s}.prunes",
+            f"UPDATE {s}.prunes SET before = 1",
+            f"TRUNCATE {s}.prunes",
+            f"INSERT INTO {s}.prunes (before, compact, pruned_at, operator, reason)"
+            " VALUES (39, '', now(), 'x', 'y')",
+            f"ALTER TABLE {partition} DISABLE TRIGGER records_append_only",
+        ):
+            message = _refused(app, statement)
+            assert "permission denied" in message or "must be owner" in message, statement
+        assert app.execute(f"SELECT count(*) FROM {s}.records").fetchone() == (19,)
+    with psycopg.connect(roles.owner_dsn, autocommit=True) as owner:
+        for statement in (
+            f"DELETE FROM {s}.records WHERE idx = 30",
+            f"DELETE FROM {partition}",
+            f"DELETE FROM {s}.prunes",
+            f"UPDATE {s}.prunes SET before = 1",
+            f"TRUNCATE {s}.prunes",
+        ):
+            assert "append-only" in _refused(owner, statement), statement
+    assert (await log.verify()).intact
+
+
+async def test_prune_below_refuses_a_bad_cut_and_changes_nothing(
+    spanning_log: tuple[AuditLog, list[AuditRecord]], roles: PgRoles, schema: str
+) -> None:
+    log, _ = spanning_log
+    store = _store_of(log)
+    rows = await store.rows(0, 40)
+
+    def compact_at(size: int) -> bytes:
+        compact = CompactRange()
+        for row in rows[:size]:
+            compact.append(row.leaf_hash)
+        return compact.to_bytes()
+
+    def marker(before: int, compact: bytes | None = None, operator: str = "ops") -> PruneMarker:
+        compact = compact_at(before) if compact is None else compact
+        return PruneMarker(before, compact, NOW, operator, "ticket")
+
+    refused = {
+        "outside the audit log": marker(41, compact_at(40) + b"\0" * 32),
+        "outside the audit log (size": marker(0, b""),
+        "holds 2 hashes": marker(10, compact_at(8)),
+        "does not give the root stored with record 9": marker(10, compact_at(12)),
+        "prunes_operator_check": marker(10, operator=" "),
+    }
+    for reason, bad in refused.items():
+        with pytest.raises(AuditUnavailable, match=re.escape(reason)):
+            await store.prune(bad)
+    assert await store.pruned() is None
+    assert len(await store.rows(0, 40)) == 40
+    # The app role may call the function itself (that is the grant): the same checks hold.
+    s = schema
+    with psycopg.connect(roles.app_dsn, autocommit=True) as app:
+        message = _refused(
+            app,
+            f"SELECT {s}.prune_below(10, decode('{compact_at(12).hex()}', 'hex'), now(), 'a', 'b')",
+        )
+        assert "does not give the root" in message
+        app.execute(
+            f"SELECT {s}.prune_below(10, decode('{compact_at(10).hex()}', 'hex'), now(), 'a', 'b')"
+        )
+        message = _refused(
+            app,
+            f"SELECT {s}.prune_below(8, decode('{compact_at(8).hex()}', 'hex'), now(), 'a', 'b')",
+        )
+        assert "already pruned below 10" in message
+    assert (await store.pruned() or marker(1)).before == 10
+    assert [r.index for r in await store.rows(0, 40)] == list(range(10, 40))
+    assert _triggers_enabled(schema) == {"A"}
+
+
+async def test_first_index_at_or_after(
+    make_store: Callable[..., PostgresAuditStore],
+) -> None:
+    store = make_store()
+    await store.open()
+    try:
+        assert await store.first_index_at_or_after(NOW) == 0  # an empty log: its size
+        records = _spanning(10)
+        for record in records:
+            await store.append(record)
+        assert await store.first_index_at_or_after(records[0].time - timedelta(days=999)) == 0
+        assert await store.first_index_at_or_after(records[0].time) == 0
+        assert await store.first_index_at_or_after(records[3].time) == 3
+        assert await store.first_index_at_or_after(records[3].time + timedelta(microseconds=1)) == 4
+        assert await store.first_index_at_or_after(records[9].time) == 9
+        assert await store.first_index_at_or_after(records[9].time + timedelta(seconds=1)) == 10
+        assert await store.first_index_at_or_after(NOW + timedelta(days=999)) == 10
+        # A late record (older than those before it) is found by its index, not its time.
+        await store.append(dataclasses.replace(make_record(10), time=records[0].time))
+        assert await store.first_index_at_or_after(records[9].time + timedelta(seconds=1)) == 11
+        assert await store.first_index_at_or_after(records[0].time) == 0
+    finally:
+        await store.close()
+
+
+async def test_a_version_1_schema_is_migrated_and_pruned(
+    roles: PgRoles, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A schema as the first release left it, with records in it.
+    monkeypatch.setattr(_postgres, "SCHEMA_VERSION", 1)
+    old = PostgresAuditStore(roles.owner_dsn, schema=schema)
+    await old.open()
+    for record in _spanning():
+        await old.append(record)
+    await old.close()
+    monkeypatch.undo()
+    # This release's store migrates it, and the app role may prune it.
+    log = _audit_log(
+        PostgresAuditStore(roles.app_dsn, schema=schema, owner_dsn=roles.owner_dsn),
+        ed25519.Ed25519PrivateKey.generate(),
+    )
+    await log.open()
+    try:
+        with superuser() as su:
+            versions = su.execute(f"SELECT version FROM {schema}.schema_version ORDER BY 1")
+            assert versions.fetchall() == [(1,), (2,)]
+        assert await log.store.pruned() is None
+        pruned = await _prune(log)
+        assert pruned is not None
+        assert pruned.cut == 22
+        result = await log.verify()
+        assert result.intact, result.problem
+        assert result.records_checked == 19
+    finally:
+        await log.close()

@@ -125,7 +125,7 @@ def test_a_wrong_proof_is_refused() -> None:
         tree.inclusion_proof(11)
     with pytest.raises(ProofError, match="no consistency proof"):
         tree.consistency_proof(0)
-    with pytest.raises(ProofError, match="has 11 leaves"):
+    with pytest.raises(ProofError, match="holds sizes 0 to 11, not 12"):
         tree.root(12)
 
 
@@ -136,3 +136,29 @@ def test_append_stores_only_the_subtrees_it_completes() -> None:
     completed = tree.completed_by_last_append()  # leaf 7 closes subtrees at levels 1, 2 and 3
     assert [(level, index) for level, index, _ in completed] == [(0, 7), (1, 3), (2, 1), (3, 0)]
     assert completed[-1][2] == tree.root()
+
+
+@pytest.mark.parametrize("cut", [1, 5, 6, 8, 13, 32, 33])
+def test_a_tree_started_from_a_compact_range_proves_what_follows(cut: int) -> None:
+    """After a retention prune only the compact range at the cut remains: every proof about a
+    later leaf, or consistency from a later size, is still the same proof."""
+    from gateway.audit._merkle import CompactRange
+
+    data = [leaf_hash(i.to_bytes(4, "big")) for i in range(70)]
+    full = MerkleTree(data)
+    compact = CompactRange()
+    for leaf in data[:cut]:
+        compact.append(leaf)
+    pruned = MerkleTree.from_compact(compact)
+    for leaf in data[cut:]:
+        pruned.append(leaf)
+    assert pruned.root() == full.root()
+    assert pruned.root(cut) == full.root(cut)
+    for index in range(cut, 70):
+        assert pruned.inclusion_proof(index) == full.inclusion_proof(index)
+    for size1 in range(cut, 70):
+        assert pruned.consistency_proof(size1) == full.consistency_proof(size1)
+    with pytest.raises(ProofError, match="removed by retention"):
+        pruned.inclusion_proof(cut - 1)
+    with pytest.raises(ProofError, match="before the retention cut"):
+        pruned.consistency_proof(cut - 1) if cut > 1 else pruned.consistency_proof(0)

@@ -1,0 +1,250 @@
+"""Oversight over real mutual TLS: who may read the audit log, queries by citizen (hashed on the
+server), the data-tracker view, verification and proofs an independent verifier accepts; and
+Credentials.Seal recorded, fail closed, with a final checkpoint at shutdown."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+
+import grpc
+import pytest
+from audit_contract import make_record
+from support import Federation, channel, credentials_as, dev_config, error_info, running
+
+from gateway.audit import (
+    AuditLog,
+    Outcome,
+    SqliteAuditStore,
+    pseudonymize,
+    verify_consistency,
+    verify_inclusion,
+)
+from gateway.config import GatewayConfig
+from tongban.v1 import (
+    common_pb2,
+    credentials_pb2,
+    credentials_pb2_grpc,
+    oversight_pb2,
+    oversight_pb2_grpc,
+)
+
+pytestmark = pytest.mark.integration
+
+CALL_TIMEOUT = 5.0  # seconds: any single RPC here
+CITIZEN = "110105194912310021"  # synthetic, valid GB 11643 check digit
+
+
+def audited_config(fed: Federation, tmp_path: Path) -> GatewayConfig:
+    config = dev_config(fed, "330000")
+    assert config.audit is not None
+    audit = dataclasses.replace(
+        config.audit, store="sqlite", path=tmp_path / "audit.db", checkpoint_every_records=1000
+    )
+    return dataclasses.replace(config, audit=audit)
+
+
+def oversight_as(
+    fed: Federation, owner: str, port: int
+) -> tuple[grpc.aio.Channel, oversight_pb2_grpc.OversightAsyncStub]:
+    ch = channel(port, credentials_as(fed, owner, "330000"))
+    return ch, oversight_pb2_grpc.OversightStub(ch)
+
+
+async def _fill(audit: AuditLog, key: bytes, n: int) -> None:
+    for i in range(n):
+        record = dataclasses.replace(
+            make_record(i),
+            subject=pseudonymize(CITIZEN if i % 2 else "other-citizen", key),
+            region="330000",
+        )
+        await audit.append(record)
+
+
+async def test_only_this_regions_oversight_agencies_may_read(
+    federation: Federation, tmp_path: Path
+) -> None:
+    async with running(audited_config(federation, tmp_path)) as (_, port):
+        for owner in ("zj.hrss", "sc.data", "cq.data"):  # no oversight role / another region's
+            ch, stub = oversight_as(federation, owner, port)
+            async with ch:
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await stub.VerifyAudit(oversight_pb2.VerifyAuditRequest(), timeout=CALL_TIMEOUT)
+                assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+                assert error_info(caught.value).reason == "NOT_AUTHORISED_ROLE"
+
+
+async def test_queries_subject_access_and_paging(federation: Federation, tmp_path: Path) -> None:
+    config = audited_config(federation, tmp_path)
+    assert config.audit is not None
+    async with running(config) as (gateway, port):
+        assert gateway.audit is not None
+        await _fill(gateway.audit, config.audit.pseudonym_key, 9)
+        ch, stub = oversight_as(federation, "zj.data", port)
+        async with ch:
+            call = stub.QueryAudit(
+                oversight_pb2.QueryAuditRequest(subject_id=CITIZEN, page_size=2),
+                timeout=CALL_TIMEOUT,
+            )
+            first = [r async for r in call]
+            assert [r.index for r in first] == [1, 3]
+            token = dict(await call.trailing_metadata())["tongban-next-page-token"]
+            rest = [
+                r
+                async for r in stub.QueryAudit(
+                    oversight_pb2.QueryAuditRequest(
+                        subject_id=CITIZEN, page_size=100, page_token=token
+                    ),
+                    timeout=CALL_TIMEOUT,
+                )
+            ]
+            assert [r.index for r in rest] == [5, 7]
+            assert all(
+                r.subject_pseudonym == pseudonymize(CITIZEN, config.audit.pseudonym_key)
+                for r in first + rest
+            )
+            assert all(CITIZEN not in str(r) for r in first + rest)  # the raw id is never sent back
+            assert first[0].audit_id == "audit.tongban/330000#1"
+            denied = [
+                r
+                async for r in stub.QueryAudit(
+                    oversight_pb2.QueryAuditRequest(outcome=common_pb2.OUTCOME_DENIED),
+                    timeout=CALL_TIMEOUT,
+                )
+            ]
+            assert denied == []
+            tracker = await stub.SubjectAccess(
+                oversight_pb2.SubjectAccessRequest(subject_id=CITIZEN), timeout=CALL_TIMEOUT
+            )
+            assert len(tracker.entries) == 4
+            entry = tracker.entries[0]
+            assert (entry.requester_agency, entry.requester_agency_name) == (
+                "sc.hrss",
+                "四川省人力资源和社会保障厅",
+            )
+            assert (entry.purpose, entry.purpose_name) == (
+                "SI-TRANSFER",
+                "企业职工基本养老保险关系转移接续",
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.SubjectAccess(oversight_pb2.SubjectAccessRequest(), timeout=CALL_TIMEOUT)
+            assert error_info(caught.value).reason == "SUBJECT_ID_INVALID"
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                _ = [
+                    r
+                    async for r in stub.QueryAudit(
+                        oversight_pb2.QueryAuditRequest(page_token="x"), timeout=CALL_TIMEOUT
+                    )
+                ]
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_verify_and_proofs_hold_for_an_independent_verifier(
+    federation: Federation, tmp_path: Path
+) -> None:
+    config = audited_config(federation, tmp_path)
+    assert config.audit is not None
+    async with running(config) as (gateway, port):
+        assert gateway.audit is not None
+        await _fill(gateway.audit, config.audit.pseudonym_key, 6)
+        early = await gateway.audit.checkpoint()
+        await _fill(gateway.audit, config.audit.pseudonym_key, 5)
+        latest = await gateway.audit.checkpoint()
+        ch, stub = oversight_as(federation, "zj.data", port)
+        async with ch:
+            result = await stub.VerifyAudit(
+                oversight_pb2.VerifyAuditRequest(), timeout=CALL_TIMEOUT
+            )
+            assert (result.intact, result.records_checked, result.first_bad_index) == (True, 11, -1)
+            assert result.latest_checkpoint.size == 11
+            kept = oversight_pb2.Checkpoint(
+                origin=early.origin,
+                size=early.size,
+                root_hash=early.root,
+                note=early.note,
+                key_name=early.key_name,
+            )
+            assert (
+                await stub.VerifyAudit(
+                    oversight_pb2.VerifyAuditRequest(trusted_checkpoint=kept), timeout=CALL_TIMEOUT
+                )
+            ).intact
+            inclusion = await stub.GetProof(
+                oversight_pb2.GetProofRequest(
+                    inclusion=oversight_pb2.InclusionProofRequest(index=4)
+                ),
+                timeout=CALL_TIMEOUT,
+            )
+            verify_inclusion(
+                inclusion.leaf_hash, 4, inclusion.tree_size, list(inclusion.hashes), latest.root
+            )
+            consistency = await stub.GetProof(
+                oversight_pb2.GetProofRequest(
+                    consistency=oversight_pb2.ConsistencyProofRequest(first_size=early.size)
+                ),
+                timeout=CALL_TIMEOUT,
+            )
+            verify_consistency(
+                early.size, consistency.tree_size, list(consistency.hashes), early.root, latest.root
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.GetProof(
+                    oversight_pb2.GetProofRequest(
+                        inclusion=oversight_pb2.InclusionProofRequest(index=99)
+                    ),
+                    timeout=CALL_TIMEOUT,
+                )
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_seals_are_audited_denials_too_and_a_final_checkpoint_is_signed(
+    federation: Federation, tmp_path: Path
+) -> None:
+    config = audited_config(federation, tmp_path)
+    async with running(config) as (gateway, port):
+        ch = channel(port, credentials_as(federation, "zj.hrss", "330000"))
+        async with ch:
+            sealed = await credentials_pb2_grpc.CredentialsStub(ch).Seal(
+                credentials_pb2.SealRequest(payload=b'{"licence": 1}'), timeout=CALL_TIMEOUT
+            )
+        ch = channel(port, credentials_as(federation, "sc.hrss", "330000"))
+        async with ch:
+            with pytest.raises(grpc.aio.AioRpcError):
+                await credentials_pb2_grpc.CredentialsStub(ch).Seal(
+                    credentials_pb2.SealRequest(payload=b"x"), timeout=CALL_TIMEOUT
+                )
+        assert gateway.audit is not None
+        records = await gateway.audit.store.query(
+            __import__("gateway.audit", fromlist=["AuditQuery"]).AuditQuery(limit=10)
+        )
+    assert [(r.rpc, r.caller_agency, r.outcome) for _, r in records] == [
+        ("Credentials.Seal", "zj.hrss", Outcome.ALLOWED),
+        ("Credentials.Seal", "sc.hrss", Outcome.DENIED),
+    ]
+    assert records[0][1].sealed_digest == hashlib.sha256(sealed.record.jws.encode()).hexdigest()
+    assert records[1][1].reason == "NOT_AUTHORISED_ROLE"
+    store = SqliteAuditStore(
+        tmp_path / "audit.db"
+    )  # after shutdown: the final checkpoint covers both
+    await store.open()
+    assert (await store.checkpoints())[-1].size == 2
+    await store.close()
+
+
+async def test_a_seal_is_not_released_when_it_cannot_be_audited(federation: Federation) -> None:
+    async with running(dev_config(federation, "330000")) as (
+        gateway,
+        port,
+    ):  # in-memory audit store
+        assert gateway.audit is not None
+        gateway.audit.store.available = False  # type: ignore[attr-defined]
+        ch = channel(port, credentials_as(federation, "zj.hrss", "330000"))
+        async with ch:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await credentials_pb2_grpc.CredentialsStub(ch).Seal(
+                    credentials_pb2.SealRequest(payload=b"x"), timeout=CALL_TIMEOUT
+                )
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert error_info(caught.value).reason == "AUDIT_UNAVAILABLE"
+        gateway.audit.store.available = True  # type: ignore[attr-defined]
