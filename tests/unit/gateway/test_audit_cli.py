@@ -943,3 +943,36 @@ def test_prune_needs_operator_reason_and_region(run: Run, aged_db: Path, fed: Fe
     )
     assert code == 2
     assert "--region" in err
+
+
+@pytest.mark.parametrize(
+    ("statements", "index", "problem"),
+    [
+        (["DELETE FROM audit_records WHERE idx = 7"], 7, "record 7 is missing"),
+        (
+            [
+                "UPDATE audit_records SET idx = 1000000 WHERE idx = 4",
+                "UPDATE audit_records SET idx = 4 WHERE idx = 9",
+                "UPDATE audit_records SET idx = 9 WHERE idx = 1000000",
+            ],
+            4,
+            "record 4 does not follow the records before it",
+        ),
+    ],
+    ids=["a row deleted", "two rows swapped"],
+)
+def test_deleted_and_swapped_rows_are_named(
+    run: Run,
+    make_db: Callable[..., tuple[Path, list[str | Path]]],
+    pki_args: list[str | Path],
+    statements: list[str],
+    index: int,
+    problem: str,
+) -> None:
+    path, db = make_db()
+    with _raw(path) as conn:
+        for statement in statements:
+            conn.execute(statement)
+    code, out, err = run("audit", "verify", *db, *pki_args)
+    assert (code, err) == (1, "")
+    assert out.startswith(f"BROKEN at record {index} — {problem}")
