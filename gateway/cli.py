@@ -579,6 +579,69 @@ def cmd_verify(args: argparse.Namespace, out: Console) -> int:
     return 0 if report.passed else 1
 
 
+# token ----------------------------------------------------------------------------------------
+def parse_token_lifetime(text: str) -> timedelta:
+    """A token lifetime: a duration of at most 300s (5m)."""
+    from gateway.tokens import MAX_TOKEN_LIFETIME_SECONDS
+
+    lifetime = parse_duration(text)
+    if lifetime.total_seconds() > MAX_TOKEN_LIFETIME_SECONDS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: a request token lives at most {MAX_TOKEN_LIFETIME_SECONDS}s"
+        )
+    return lifetime
+
+
+def parse_operator(text: str) -> str:
+    if not text.strip() or any(c in text for c in "\r\n\x00"):
+        raise argparse.ArgumentTypeError("the operator is one non-empty line")
+    return text
+
+
+def cmd_token_issue(args: argparse.Namespace, out: Console) -> int:
+    """Play the agency's region's identity service: print a request token for an operator."""
+    from cryptography import x509
+
+    from gateway.tokens import issue_token
+    from signer import certificate_thumbprint
+
+    inventory = Inventory.load(args.pki)
+    owned = [r for r in inventory.records() if r.owner == args.agency]
+    if not owned:
+        raise Failure(f"{args.agency!r} is not an agency of {inventory.path}")
+    if any(r.owner == r.region for r in owned):
+        raise Failure(f"{args.agency!r} is a region, not an agency: tokens are for agencies")
+    tls = inventory.find(args.agency, KeyUsage.TLS, KeyState.ACTIVE)
+    if not tls:
+        raise Failure(f"agency {args.agency} has no active TLS certificate in {inventory.path}")
+    region = tls[-1].region
+    token_keys = inventory.find(region, KeyUsage.TOKEN, KeyState.ACTIVE)
+    if not token_keys:
+        raise Failure(f"region {region} has no active token key in {inventory.path}")
+    token_key = token_keys[-1]
+    certificate_path = args.pki / tls[-1].certificate
+    try:
+        certificate = x509.load_pem_x509_certificates(certificate_path.read_bytes())[0]
+    except (OSError, ValueError, IndexError) as exc:
+        raise Failure(f"{certificate_path}: the agency's TLS certificate cannot be read") from exc
+    key = load_private_key(args.pki / token_key.private_key, _passphrase(args))
+    try:
+        token = issue_token(
+            key,
+            token_key.kid,
+            region=region,
+            operator=args.operator,
+            agency=args.agency,
+            thumbprint=certificate_thumbprint(certificate),
+            lifetime_seconds=int(args.lifetime.total_seconds()),
+            now=_now(),
+        )
+    except ValueError as exc:
+        raise Failure(f"token key {token_key.kid}: {exc}") from exc
+    sys.stdout.write(token + "\n")
+    return 0
+
+
 # gateway --------------------------------------------------------------------------------------
 def cmd_gateway_serve(args: argparse.Namespace, out: Console) -> int:
     from gateway.server import Gateway, serve
@@ -1534,6 +1597,47 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
     verify.set_defaults(handler=cmd_verify)
+
+    # token
+    token = commands.add_parser(
+        "token",
+        help="request tokens for agency operators (dev identity service)",
+        description="Request tokens: short-lived JWTs that agency systems send in the "
+        "`authorization` metadata, signed with their region's token key and bound to the "
+        "agency's TLS client certificate.",
+    )
+    token_verbs = token.add_subparsers(
+        dest="verb", metavar="VERB", required=True, parser_class=_Parser
+    )
+    token_issue = token_verbs.add_parser(
+        "issue",
+        help="issue a request token for an operator of an agency",
+        description="Play the identity service of the agency's region: sign a request token "
+        "(JWT, at most 5 minutes) for an operator of the agency with the region's active token "
+        "key, bound (cnf x5t#S256) to the agency's active TLS certificate, for the gateway of "
+        "the agency's region. Prints the token on one line.",
+        epilog='Example: tongban token issue --pki out/pki --agency zj.hrss --operator "张三" --lifetime 120s',
+    )
+    token_issue.add_argument("--pki", type=Path, required=True, metavar="DIR", help="PKI folder")
+    token_issue.add_argument(
+        "--agency", required=True, metavar="ID", help="the calling agency, e.g. zj.hrss"
+    )
+    token_issue.add_argument(
+        "--operator",
+        type=parse_operator,
+        required=True,
+        metavar="NAME",
+        help="the operator (sub) acting for the agency",
+    )
+    token_issue.add_argument(
+        "--lifetime",
+        type=parse_token_lifetime,
+        default=timedelta(seconds=300),
+        metavar="DURATION",
+        help="how long the token lives, at most 300s (default 300s)",
+    )
+    _passphrase_options(token_issue)
+    token_issue.set_defaults(handler=cmd_token_issue)
 
     # gateway
     gw = commands.add_parser(

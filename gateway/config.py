@@ -38,6 +38,15 @@ are errors, so a typo never silently falls back to a default.
     checkpoint_every_records = 1000
     checkpoint_every_seconds = 60
 
+    [exchange]                        # optional: serve DataExchange and Peer (needs [audit])
+    provider = "127.0.0.1:9330"       # the province's own data system (DataProvider.Fetch)
+    redis_url_env = "TONGBAN_REDIS"   # optional: Redis for the cache, the replay window and
+                                      # quotas, shared by replicas (else in memory: one replica)
+    cache_key_file = "secrets/cache.key"   # or cache_key_env: the AES-256 key, 64 hex digits
+
+    [peers]                           # optional: endpoints overriding the registry's (dev)
+    "510000" = "127.0.0.1:7510"
+
 `Credentials.Seal` signs with whichever of these keys the current registry names as the region's
 active seal key, so list the successor as soon as a rotation issues it (pending): the gateway
 switches to it by itself when a publish activates it. A gateway without seal keys still serves
@@ -49,15 +58,16 @@ from __future__ import annotations
 import math
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gateway.errors import ConfigError
 from registry import PROVINCES, Inventory, KeyLifecycleError, KeyState, KeyUsage
-from registry._pki import DEV_PSEUDONYM_KEY, ROOTS_BUNDLE
+from registry._pki import DEV_CACHE_KEY, DEV_PSEUDONYM_KEY, ROOTS_BUNDLE
 
-__all__ = ["AuditConfig", "GatewayConfig", "read_passphrase"]
+__all__ = ["AuditConfig", "ExchangeConfig", "GatewayConfig", "read_passphrase"]
 
 
 def read_passphrase(passphrase_file: Path | None, passphrase_env: str | None) -> bytes | None:
@@ -203,6 +213,65 @@ def _audit(file: Path, section: _Section) -> AuditConfig | None:
 
 
 @dataclass(frozen=True)
+class ExchangeConfig:
+    """The query path: the region's data system, and where shared state lives."""
+
+    cache_key: bytes = field(repr=False)  # 32 bytes
+    provider: str = ""
+    redis_url: str = field(default="", repr=False)  # may hold a password
+
+    def __post_init__(self) -> None:
+        if len(self.cache_key) != 32:
+            raise ConfigError("exchange.cache_key: the cache key is 32 bytes (64 hex digits)")
+        if self.provider and not _is_endpoint(self.provider):
+            raise ConfigError(f"exchange.provider: {self.provider!r} is not host:port")
+
+
+def _is_endpoint(value: str) -> bool:
+    host, sep, port = value.rpartition(":")
+    return bool(sep and host and port.isascii() and port.isdigit() and 0 < int(port) <= 65535)
+
+
+def _hex_key(raw: bytes | None, where: str) -> bytes:
+    try:
+        return bytes.fromhex((raw or b"").decode("ascii").strip())
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(f"{where}: the cache key is 64 hex digits") from exc
+
+
+def _exchange(file: Path, section: _Section) -> ExchangeConfig | None:
+    if not section.data:
+        return None
+    key_file = section.optional_path("cache_key_file")
+    key_env = section.text("cache_key_env", required=False)
+    if (key_file is None) == (not key_env):
+        raise ConfigError("exchange: give exactly one of cache_key_file and cache_key_env")
+    redis_env = section.text("redis_url_env", required=False)
+    redis_url = ""
+    if redis_env:
+        value = os.environ.get(redis_env)
+        if value is None:
+            raise ConfigError(
+                f"exchange.redis_url_env: environment variable {redis_env} is not set"
+            )
+        redis_url = value
+    return ExchangeConfig(
+        cache_key=_hex_key(read_passphrase(key_file, key_env), "exchange.cache_key"),
+        provider=section.text("provider", required=False),
+        redis_url=redis_url,
+    )
+
+
+def _peers(file: Path, data: Any) -> dict[str, str]:
+    if not isinstance(data, dict):
+        raise ConfigError(f'{file}: [peers] must be a table of region = "host:port"')
+    for region, endpoint in data.items():
+        if region not in PROVINCES or not isinstance(endpoint, str) or not _is_endpoint(endpoint):
+            raise ConfigError(f'{file}: peers.{region}: give a GB/T 2260 code = "host:port"')
+    return dict(data)
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     region: str
     listen: str
@@ -218,6 +287,8 @@ class GatewayConfig:
     # (certificate chain, private key) of each seal key held; the TLS passphrase opens them.
     seal_keys: tuple[tuple[Path, Path], ...] = ()
     audit: AuditConfig | None = None
+    exchange: ExchangeConfig | None = None
+    peers: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.region not in PROVINCES:
@@ -245,7 +316,9 @@ class GatewayConfig:
             raise ConfigError(f"{path}: cannot be read ({exc.strerror})") from exc
         except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
-        unknown = sorted(set(document) - {"gateway", "tls", "registry", "seal", "audit"})
+        unknown = sorted(
+            set(document) - {"gateway", "tls", "registry", "seal", "audit", "exchange", "peers"}
+        )
         if unknown:
             raise ConfigError(f"{path}: [{unknown[0]}]: unknown section")
         gw = _Section(path, "gateway", document.get("gateway", {}))
@@ -253,6 +326,7 @@ class GatewayConfig:
         reg = _Section(path, "registry", document.get("registry", {}))
         seal = _Section(path, "seal", document.get("seal", {}))
         audit = _Section(path, "audit", document.get("audit", {}))
+        exchange = _Section(path, "exchange", document.get("exchange", {}))
         try:
             passphrase_file = tls.optional_path("passphrase_file")
             passphrase_env = tls.text("passphrase_env", required=False)
@@ -275,13 +349,15 @@ class GatewayConfig:
                 poll_seconds=reg.number("poll_seconds", 2.0),
                 seal_keys=_seal_keys(path, seal),
                 audit=_audit(path, audit),
+                exchange=_exchange(path, exchange),
+                peers=_peers(path, document.get("peers", {})),
             )
         except ConfigError as exc:
             message = str(exc)
             raise ConfigError(
                 message if message.startswith(str(path)) else f"{path}: {message}"
             ) from None
-        for section in (gw, tls, reg, seal, audit):
+        for section in (gw, tls, reg, seal, audit, exchange):
             section.done()
         if config.snapshot_file is None and config.bootstrap_ca_file is None:
             # Until it holds a registry, a follow-only gateway has no CA to trust its peer with.
@@ -303,6 +379,9 @@ class GatewayConfig:
         passphrase: bytes | None = None,
         bootstrap_ca_file: Path | None = None,
         audit_db: Path | None = None,
+        provider: str = "",
+        redis_url: str = "",
+        peers: Mapping[str, str] | None = None,
     ) -> GatewayConfig:
         """A configuration from a development PKI folder: the region's active TLS key, and every
         seal key of the region that is not revoked (pending ones too, so that a rotation is
@@ -332,6 +411,16 @@ class GatewayConfig:
             bootstrap_ca_file=bootstrap_ca_file or _existing(pki_root / ROOTS_BUNDLE),
             seal_keys=seal_keys,
             audit=_dev_audit(pki_root, inventory, region, audit_db),
+            exchange=ExchangeConfig(
+                cache_key=_hex_key(
+                    read_passphrase(pki_root / DEV_CACHE_KEY, None), str(pki_root / DEV_CACHE_KEY)
+                ),
+                provider=provider,
+                redis_url=redis_url,
+            )
+            if (pki_root / DEV_CACHE_KEY).exists()
+            else None,
+            peers=dict(peers or {}),
         )
 
 

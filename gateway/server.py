@@ -12,18 +12,22 @@ the registry the rest of the gateway holds. Its seal keys are loaded once, at co
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import cast
 
 import grpc
+import redis.asyncio
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from gateway.audit import (
     AuditError,
@@ -33,13 +37,26 @@ from gateway.audit import (
     PostgresAuditStore,
     SqliteAuditStore,
 )
+from gateway.cache import AnswerCache, CacheBackend, CircuitBreaker, MemoryBackend, RedisBackend
 from gateway.config import GatewayConfig
 from gateway.errors import ConfigError
 from gateway.identity import CallerInterceptor, CallerResolver
+from gateway.peers import PeerPool
+from gateway.provider import ProviderClient
+from gateway.quota import FallbackQuotaCounter, MemoryQuotaCounter, QuotaCounter, RedisQuotaCounter
 from gateway.registry_sync import PeerSnapshotSource
+from gateway.replay import (
+    REPLAY_WINDOW_SECONDS,
+    FallbackReplayGuard,
+    MemoryReplayGuard,
+    RedisReplayGuard,
+    ReplayGuard,
+)
 from gateway.services.credentials import CredentialsService
+from gateway.services.exchange import DataExchangeService, PeerService, QueryPath
 from gateway.services.oversight import OversightService
 from gateway.services.registry import RegistryService
+from gateway.tokens import TokenVerifier
 from registry import (
     FileSnapshotSource,
     PkiError,
@@ -62,6 +79,8 @@ from signer import (
 from tongban.v1 import (
     credentials_pb2,
     credentials_pb2_grpc,
+    exchange_pb2,
+    exchange_pb2_grpc,
     oversight_pb2,
     oversight_pb2_grpc,
     registry_pb2,
@@ -76,6 +95,9 @@ REGISTRY_SERVICE = registry_pb2.DESCRIPTOR.services_by_name["Registry"].full_nam
 CREDENTIALS_SERVICE = credentials_pb2.DESCRIPTOR.services_by_name["Credentials"].full_name
 # The tongban.v1 services this build serves (Credentials.Fetch still answers UNIMPLEMENTED).
 OVERSIGHT_SERVICE = oversight_pb2.DESCRIPTOR.services_by_name["Oversight"].full_name
+EXCHANGE_SERVICE = exchange_pb2.DESCRIPTOR.services_by_name["DataExchange"].full_name
+PEER_SERVICE = exchange_pb2.DESCRIPTOR.services_by_name["Peer"].full_name
+REDIS_TIMEOUT_SECONDS = 0.25  # a Redis that does not answer in this long counts as down
 SERVED_SERVICES = (REGISTRY_SERVICE, CREDENTIALS_SERVICE)  # always; Oversight with an audit log
 OPEN_SERVICES = frozenset({health.SERVICE_NAME, reflection.SERVICE_NAME})  # mTLS only, no identity
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # bytes: a registry snapshot is the largest message
@@ -213,14 +235,21 @@ class Gateway:
         self.verifier = SealVerifier(_NoTrust(), clock=clock)
         self.store.on_swap(self._follow_registry)  # before any snapshot can be offered
         self.audit = build_audit_log(config, clock=clock)
-        self.served_services = (*SERVED_SERVICES, *((OVERSIGHT_SERVICE,) if self.audit else ()))
+        seal_keys = load_seal_keys(config)
         self.credentials = CredentialsService(
             self.store,
             self.verifier,
             region=config.region,
-            seal_keys=load_seal_keys(config),
+            seal_keys=seal_keys,
             clock=clock,
             audit=self.audit,
+        )
+        self._closers: list[Callable[[], Awaitable[None]]] = []
+        self.query_path = self._build_query_path(seal_keys, clock)
+        self.served_services = (
+            *SERVED_SERVICES,
+            *((OVERSIGHT_SERVICE,) if self.audit else ()),
+            *((EXCHANGE_SERVICE, PEER_SERVICE) if self.query_path else ()),
         )
         self._tasks: list[asyncio.Task[None]] = []
         self._swap_tasks: set[asyncio.Future[None]] = set()
@@ -232,6 +261,69 @@ class Gateway:
             FileSnapshotSource(config.snapshot_file, self.store, poll_seconds=config.poll_seconds)
             if config.snapshot_file is not None
             else None
+        )
+
+    def _build_query_path(
+        self, seal_keys: dict[str, KeyProvider], clock: Callable[[], datetime]
+    ) -> QueryPath | None:
+        """The query path, when the configuration has [exchange] (it needs [audit] too)."""
+        config = self.config
+        exchange = config.exchange
+        if exchange is None:
+            return None
+        if self.audit is None or config.audit is None:
+            raise ConfigError("exchange: the query path audits every access: configure [audit] too")
+        replay: ReplayGuard
+        quota: QuotaCounter
+        backend: CacheBackend
+        if exchange.redis_url:
+            client = redis.asyncio.Redis.from_url(
+                exchange.redis_url,
+                socket_timeout=REDIS_TIMEOUT_SECONDS,
+                socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+                retry=Retry(NoBackoff(), 0),  # a Redis that is down must fail fast, not in seconds
+            )
+            self._closers.append(client.aclose)
+            replay = FallbackReplayGuard(
+                RedisReplayGuard(client, window_seconds=REPLAY_WINDOW_SECONDS),
+                MemoryReplayGuard(REPLAY_WINDOW_SECONDS, clock),
+            )
+            quota = FallbackQuotaCounter(RedisQuotaCounter(client), MemoryQuotaCounter())
+            backend = RedisBackend(exchange.redis_url)
+        else:
+            log.warning(
+                "gateway %s keeps its cache, replay window and quotas in memory: run one replica only",
+                config.region,
+            )
+            replay = MemoryReplayGuard(REPLAY_WINDOW_SECONDS, clock)
+            quota = MemoryQuotaCounter()
+            backend = MemoryBackend()
+        self._closers.append(backend.close)
+        provider = ProviderClient(exchange.provider) if exchange.provider else None
+        if provider is not None:
+            self._closers.append(provider.close)
+        peers = PeerPool(self.store, self.client_credentials, overrides=config.peers)
+        self._closers.append(peers.close)
+        return QueryPath(
+            region=config.region,
+            gateway_name=f"gateway-{config.region}",
+            registry=self.store,
+            tokens=TokenVerifier(region=config.region, clock=clock),
+            replay=replay,
+            quota=quota,
+            peers=peers,
+            verifier=self.verifier,
+            seal_keys=seal_keys,
+            cache=AnswerCache(
+                backend,
+                key=exchange.cache_key,
+                key_id=hashlib.sha256(exchange.cache_key).hexdigest()[:4],
+                breaker=CircuitBreaker(),
+            ),
+            provider=provider,
+            audit=self.audit,
+            pseudonym_key=config.audit.pseudonym_key,
+            clock=clock,
         )
 
     # TLS ---------------------------------------------------------------------------------------
@@ -277,6 +369,11 @@ class Gateway:
         )
         registry_pb2_grpc.add_RegistryServicer_to_server(RegistryService(self.store), server)
         credentials_pb2_grpc.add_CredentialsServicer_to_server(self.credentials, server)
+        if self.query_path is not None:
+            exchange_pb2_grpc.add_DataExchangeServicer_to_server(
+                DataExchangeService(self.query_path), server
+            )
+            exchange_pb2_grpc.add_PeerServicer_to_server(PeerService(self.query_path), server)
         if self.audit is not None:
             assert self.config.audit is not None
             oversight_pb2_grpc.add_OversightServicer_to_server(
@@ -361,6 +458,12 @@ class Gateway:
                 self.config.grace_seconds if grace_seconds is None else grace_seconds
             )
             self.server = None
+        for close in self._closers:
+            try:
+                await close()
+            except Exception:  # a closing client must not stop the shutdown
+                log.exception("closing %s failed", close)
+        self._closers.clear()
         if self.audit is not None:
             await self.audit.close()  # after the last call: signs the final checkpoint
 

@@ -110,6 +110,7 @@ _AGENCY_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,47}")
 _USCC: Final = re.compile(r"[0-9A-HJ-NPQRTUWXY]{18}")  # GB 32100-2015 alphabet, no I O S V Z
 ROOTS_BUNDLE: Final = "roots.pem"  # every region's root CA, PEM
 DEV_PSEUDONYM_KEY: Final = "audit-pseudonym.secret"  # dev only: the audit log's subject-hashing key
+DEV_CACHE_KEY: Final = "cache.secret"  # dev only: the AES-256 key of the answer cache (hex)
 _PKI_ENTRIES: Final = (MANIFEST_NAME, "authority", "regions", "agencies")
 
 
@@ -280,10 +281,10 @@ def init_dev_pki(
         ),
     )
     # Development only: a deployment keeps this secret apart from its PKI.
-    secret = out / DEV_PSEUDONYM_KEY
-    fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(secrets.token_hex(32) + "\n")
+    for name in (DEV_PSEUDONYM_KEY, DEV_CACHE_KEY):
+        fd = os.open(out / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(32) + "\n")
     manifest.write(out / MANIFEST_NAME, issued_at)
     return DevPki(
         root=out,

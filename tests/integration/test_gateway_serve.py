@@ -37,7 +37,7 @@ from support import (
 
 import gateway.server
 from gateway.config import GatewayConfig
-from gateway.server import OVERSIGHT_SERVICE, SERVED_SERVICES
+from gateway.server import EXCHANGE_SERVICE, OVERSIGHT_SERVICE, PEER_SERVICE, SERVED_SERVICES
 from registry import SnapshotVerifier, load_authority_public_key
 from tongban.v1 import registry_pb2, registry_pb2_grpc
 
@@ -136,10 +136,13 @@ async def test_cli_gateway_serves_registry_health_and_reflection_then_stops_on_s
             ]
             assert len(responses) == 2
             listed = {s.name for s in responses[0].list_services_response.service}
-            # A dev-PKI gateway keeps an audit log, so Oversight is served too.
+            # A dev-PKI gateway keeps an audit log and a cache key: Oversight and the query
+            # path (DataExchange, Peer) are served too.
             assert listed == {
                 *SERVED_SERVICES,
                 OVERSIGHT_SERVICE,
+                EXCHANGE_SERVICE,
+                PEER_SERVICE,
                 health.SERVICE_NAME,
                 reflection.SERVICE_NAME,
             }
@@ -148,6 +151,8 @@ async def test_cli_gateway_serves_registry_health_and_reflection_then_stops_on_s
                 REGISTRY_SERVICE,
                 CREDENTIALS_SERVICE,
                 OVERSIGHT_SERVICE,
+                EXCHANGE_SERVICE,
+                PEER_SERVICE,
             }
             files = [
                 descriptor_pb2.FileDescriptorProto.FromString(raw)

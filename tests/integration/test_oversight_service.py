@@ -33,7 +33,7 @@ from tongban.v1 import (
 pytestmark = pytest.mark.integration
 
 CALL_TIMEOUT = 5.0  # seconds: any single RPC here
-CITIZEN = "110105194912310021"  # synthetic, valid GB 11643 check digit
+CITIZEN = "11010519491231002X"  # the GB 11643 standard's own example: a valid check character
 
 
 def audited_config(fed: Federation, tmp_path: Path) -> GatewayConfig:

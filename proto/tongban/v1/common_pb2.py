@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17tongban/v1/common.proto\x12\ntongban.v1\"e\n\x0e\x43\x61llerIdentity\x12\x11\n\tagency_id\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x10\n\x08operator\x18\x03 \x01(\t\x12\x1e\n\x16\x63\x65rtificate_thumbprint\x18\x04 \x01(\t*\xfb\x04\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14PURPOSE_NOT_APPROVED\x10\x01\x12\x15\n\x11\x46IELD_NOT_ALLOWED\x10\x02\x12\x15\n\x11\x41GREEMENT_EXPIRED\x10\x03\x12\x11\n\rTOKEN_EXPIRED\x10\x04\x12\x11\n\rTOKEN_INVALID\x10\x05\x12\x14\n\x10REQUEST_REPLAYED\x10\x06\x12\x12\n\x0eUNKNOWN_REGION\x10\x07\x12\x10\n\x0cSEAL_INVALID\x10\x08\x12\x15\n\x11\x41UDIT_UNAVAILABLE\x10\t\x12\x12\n\x0eQUOTA_EXCEEDED\x10\n\x12\x16\n\x12SUBJECT_ID_INVALID\x10\x0b\x12\x12\n\x0eREGISTRY_STALE\x10\x0c\x12\x10\n\x0cNO_AGREEMENT\x10\r\x12\x16\n\x12\x44\x41TASET_NOT_SHARED\x10\x0e\x12\x14\n\x10\x43\x41SE_ID_REQUIRED\x10\x0f\x12\x13\n\x0fUNKNOWN_DATASET\x10\x10\x12\x13\n\x0fUNKNOWN_PURPOSE\x10\x11\x12\x1b\n\x17\x43\x45RTIFICATE_NOT_TRUSTED\x10\x12\x12\x1a\n\x16TOKEN_BINDING_MISMATCH\x10\x13\x12\x17\n\x13NOT_AUTHORISED_ROLE\x10\x14\x12\x18\n\x14PROVIDER_UNAVAILABLE\x10\x15\x12\x14\n\x10PEER_UNAVAILABLE\x10\x16\x12\x15\n\x11REQUEST_TOO_LARGE\x10\x17\x12\x1b\n\x17INVALID_ARGUMENT_FORMAT\x10\x18\x12\x18\n\x14SEAL_KEY_UNAVAILABLE\x10\x19\x12\x13\n\x0fNOT_IMPLEMENTED\x10\x1a*_\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x13\n\x0fOUTCOME_ALLOWED\x10\x01\x12\x12\n\x0eOUTCOME_DENIED\x10\x02\x12\x12\n\x0eOUTCOME_FAILED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17tongban/v1/common.proto\x12\ntongban.v1\"e\n\x0e\x43\x61llerIdentity\x12\x11\n\tagency_id\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x10\n\x08operator\x18\x03 \x01(\t\x12\x1e\n\x16\x63\x65rtificate_thumbprint\x18\x04 \x01(\t*\xb0\x05\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14PURPOSE_NOT_APPROVED\x10\x01\x12\x15\n\x11\x46IELD_NOT_ALLOWED\x10\x02\x12\x15\n\x11\x41GREEMENT_EXPIRED\x10\x03\x12\x11\n\rTOKEN_EXPIRED\x10\x04\x12\x11\n\rTOKEN_INVALID\x10\x05\x12\x14\n\x10REQUEST_REPLAYED\x10\x06\x12\x12\n\x0eUNKNOWN_REGION\x10\x07\x12\x10\n\x0cSEAL_INVALID\x10\x08\x12\x15\n\x11\x41UDIT_UNAVAILABLE\x10\t\x12\x12\n\x0eQUOTA_EXCEEDED\x10\n\x12\x16\n\x12SUBJECT_ID_INVALID\x10\x0b\x12\x12\n\x0eREGISTRY_STALE\x10\x0c\x12\x10\n\x0cNO_AGREEMENT\x10\r\x12\x16\n\x12\x44\x41TASET_NOT_SHARED\x10\x0e\x12\x14\n\x10\x43\x41SE_ID_REQUIRED\x10\x0f\x12\x13\n\x0fUNKNOWN_DATASET\x10\x10\x12\x13\n\x0fUNKNOWN_PURPOSE\x10\x11\x12\x1b\n\x17\x43\x45RTIFICATE_NOT_TRUSTED\x10\x12\x12\x1a\n\x16TOKEN_BINDING_MISMATCH\x10\x13\x12\x17\n\x13NOT_AUTHORISED_ROLE\x10\x14\x12\x18\n\x14PROVIDER_UNAVAILABLE\x10\x15\x12\x14\n\x10PEER_UNAVAILABLE\x10\x16\x12\x15\n\x11REQUEST_TOO_LARGE\x10\x17\x12\x1b\n\x17INVALID_ARGUMENT_FORMAT\x10\x18\x12\x18\n\x14SEAL_KEY_UNAVAILABLE\x10\x19\x12\x13\n\x0fNOT_IMPLEMENTED\x10\x1a\x12\x15\n\x11SUBJECT_NOT_FOUND\x10\x1b\x12\x1c\n\x18SHARED_STATE_UNAVAILABLE\x10\x1c*_\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x13\n\x0fOUTCOME_ALLOWED\x10\x01\x12\x12\n\x0eOUTCOME_DENIED\x10\x02\x12\x12\n\x0eOUTCOME_FAILED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,9 +32,9 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tongban.v1.common_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ERRORREASON']._serialized_start=143
-  _globals['_ERRORREASON']._serialized_end=778
-  _globals['_OUTCOME']._serialized_start=780
-  _globals['_OUTCOME']._serialized_end=875
+  _globals['_ERRORREASON']._serialized_end=831
+  _globals['_OUTCOME']._serialized_start=833
+  _globals['_OUTCOME']._serialized_end=928
   _globals['_CALLERIDENTITY']._serialized_start=39
   _globals['_CALLERIDENTITY']._serialized_end=140
 # @@protoc_insertion_point(module_scope)

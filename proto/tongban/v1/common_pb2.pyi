@@ -81,6 +81,14 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """
     NOT_IMPLEMENTED: _ErrorReason.ValueType  # 26
     """The RPC is part of the contract but this gateway does not serve it yet (gRPC UNIMPLEMENTED)."""
+    SUBJECT_NOT_FOUND: _ErrorReason.ValueType  # 27
+    """The provider region's data system holds no record for this subject in this dataset
+    (sent with NOT_FOUND; the access is audited all the same).
+    """
+    SHARED_STATE_UNAVAILABLE: _ErrorReason.ValueType  # 28
+    """The gateway cannot reach the shared store of its replay window or its quotas (Redis) and
+    refuses rather than skip the check (sent with UNAVAILABLE; retry later).
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The reasons a Tongban RPC fails, carried in a google.rpc.ErrorInfo detail of the gRPC status.
@@ -150,6 +158,14 @@ UNAVAILABLE): it cannot seal until it is configured with that key, e.g. after a 
 """
 NOT_IMPLEMENTED: ErrorReason.ValueType  # 26
 """The RPC is part of the contract but this gateway does not serve it yet (gRPC UNIMPLEMENTED)."""
+SUBJECT_NOT_FOUND: ErrorReason.ValueType  # 27
+"""The provider region's data system holds no record for this subject in this dataset
+(sent with NOT_FOUND; the access is audited all the same).
+"""
+SHARED_STATE_UNAVAILABLE: ErrorReason.ValueType  # 28
+"""The gateway cannot reach the shared store of its replay window or its quotas (Redis) and
+refuses rather than skip the check (sent with UNAVAILABLE; retry later).
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 class _Outcome:

@@ -258,10 +258,18 @@ class ForwardResponse(_message.Message):
     AUDIT_ID_FIELD_NUMBER: _builtins.int
     FIELDS_FIELD_NUMBER: _builtins.int
     REGISTRY_VERSION_FIELD_NUMBER: _builtins.int
+    CACHE_HIT_FIELD_NUMBER: _builtins.int
+    AGREEMENT_ID_FIELD_NUMBER: _builtins.int
     audit_id: _builtins.str
     """Id of the provider gateway's audit record."""
     registry_version: _builtins.int
     """Version of the registry snapshot the provider's decision used."""
+    cache_hit: _builtins.bool
+    """True when the provider gateway answered from its cache (the sealed answer of an earlier,
+    identical, authorised query) instead of asking its data system.
+    """
+    agreement_id: _builtins.str
+    """The agreement the provider gateway's own decision rested on."""
     @_builtins.property
     def record(self) -> _credentials_pb2.SealedRecord:
         """The record sealed with the provider region's e-seal."""
@@ -277,10 +285,12 @@ class ForwardResponse(_message.Message):
         audit_id: _builtins.str = ...,
         fields: _abc.Iterable[_builtins.str] | None = ...,
         registry_version: _builtins.int = ...,
+        cache_hit: _builtins.bool = ...,
+        agreement_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["record", b"record"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_id", b"audit_id", "fields", b"fields", "record", b"record", "registry_version", b"registry_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement_id", b"agreement_id", "audit_id", b"audit_id", "cache_hit", b"cache_hit", "fields", b"fields", "record", b"record", "registry_version", b"registry_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,66 @@
+"""Channels to peer gateways: one pooled mTLS channel per peer region.
+
+A peer's endpoint comes from the current registry (or from the configuration's overrides, for
+development); its TLS identity is checked against the registry's region CAs by the handshake,
+and the server side checks ours the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import grpc
+
+from registry import RegistryStore
+from tongban.v1 import exchange_pb2_grpc
+
+__all__ = ["PeerPool", "UnknownPeer"]
+
+
+class UnknownPeer(Exception):
+    """The registry names no gateway endpoint for that region."""
+
+
+class PeerPool:
+    def __init__(
+        self,
+        store: RegistryStore,
+        credentials: Callable[[], grpc.ChannelCredentials],
+        *,
+        overrides: Mapping[str, str] | None = None,
+    ) -> None:
+        self._store = store
+        self._credentials = credentials
+        self._overrides = dict(overrides or {})
+        self._channels: dict[tuple[str, str, int], grpc.aio.Channel] = {}
+
+    def endpoint(self, region: str) -> str:
+        if region in self._overrides:
+            return self._overrides[region]
+        found = self._store.current().region(region)
+        if found is None or not found.endpoint:
+            raise UnknownPeer(f"the registry names no gateway for region {region}")
+        return found.endpoint
+
+    def stub(self, region: str) -> exchange_pb2_grpc.PeerAsyncStub:
+        """A Peer stub for `region`; the channel is rebuilt when the endpoint or registry changes
+        (new trust anchors need new credentials)."""
+        target = self.endpoint(region)
+        version = self._store.current().version
+        key = (region, target, version)
+        channel = self._channels.get(key)
+        if channel is None:
+            for stale in [k for k in self._channels if k[0] == region]:
+                self._channels.pop(stale)  # closed when the pool closes; in-flight calls finish
+            channel = grpc.aio.secure_channel(
+                target,
+                self._credentials(),
+                options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)],
+            )
+            self._channels[key] = channel
+        return exchange_pb2_grpc.PeerStub(channel)  # typed as the async stub for an aio channel
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
+        self._channels.clear()

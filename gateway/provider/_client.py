@@ -1,0 +1,234 @@
+"""The gateway's client of its own province's data system (`tongban.v1.DataProvider.Fetch`).
+
+One channel per data system, opened on first use and shared by every call. Failures become
+`ProviderError` with a Tongban reason:
+
+| provider status | reason | retryable |
+| --- | --- | --- |
+| UNAVAILABLE (after one retry) | PROVIDER_UNAVAILABLE | yes |
+| DEADLINE_EXCEEDED | PROVIDER_UNAVAILABLE | no |
+| INVALID_ARGUMENT | its ErrorInfo reason (else INVALID_ARGUMENT_FORMAT) | no |
+| NOT_FOUND | its ErrorInfo reason (else SUBJECT_NOT_FOUND) | no |
+| anything else | PROVIDER_UNAVAILABLE | no |
+
+A fetch only reads, so it is retried once, at once, when the data system answers UNAVAILABLE,
+within the same deadline. An ErrorInfo reason is passed through only when its domain is
+"tongban" and it names a `tongban.v1.ErrorReason`.
+
+Without `credentials` the channel is plaintext, allowed only to a loopback target (the demo
+provider next to the gateway); a real data system is reached over TLS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+
+import grpc
+from google.rpc import error_details_pb2, status_pb2
+
+from gateway.errors import DOMAIN, GatewayError
+from gateway.provider._net import is_loopback
+from tongban.v1 import common_pb2, exchange_pb2, exchange_pb2_grpc
+
+__all__ = ["ProviderAnswer", "ProviderClient", "ProviderError"]
+
+log = logging.getLogger("tongban.provider")
+
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+RETRY_PAUSE_SECONDS = 0.05
+_REASONS = frozenset(common_pb2.ErrorReason.keys()) - {"ERROR_REASON_UNSPECIFIED"}
+_FALLBACK = {
+    grpc.StatusCode.INVALID_ARGUMENT: "INVALID_ARGUMENT_FORMAT",
+    grpc.StatusCode.NOT_FOUND: "SUBJECT_NOT_FOUND",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderAnswer:
+    """The data system's answer: `payload` is empty when `found` is false."""
+
+    found: bool
+    payload: bytes
+    content_type: str
+
+
+class ProviderError(GatewayError):
+    """The data system refused or failed a fetch; `reason` is a Tongban error reason."""
+
+    def __init__(
+        self,
+        reason: str,
+        message: str,
+        retryable: bool = False,
+        *,
+        code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE,
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.retryable = retryable
+        self.code = code  # the provider's status code
+
+
+def _error_reason(exc: grpc.aio.AioRpcError) -> str | None:
+    for key, value in exc.trailing_metadata() or ():
+        if key != "grpc-status-details-bin" or not isinstance(value, bytes):
+            continue
+        try:
+            status = status_pb2.Status.FromString(value)
+        except Exception:  # a malformed detail is no detail
+            return None
+        for detail in status.details:
+            info = error_details_pb2.ErrorInfo()
+            if detail.Unpack(info) and info.domain == DOMAIN and info.reason in _REASONS:
+                return info.reason
+    return None
+
+
+class ProviderClient:
+    """Calls one data system; use as `async with` or call `close()`."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        credentials: grpc.ChannelCredentials | None = None,
+        timeout_seconds: float = 5.0,
+    ) -> None:
+        if credentials is None and not is_loopback(target):
+            raise ValueError(
+                f"the data system at {target!r} must be reached over TLS: pass channel credentials "
+                "(plaintext is allowed only to a loopback address)"
+            )
+        if timeout_seconds <= 0:
+            raise ValueError("timeout_seconds must be positive")
+        self.target = target
+        self.timeout_seconds = timeout_seconds
+        self._credentials = credentials
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: exchange_pb2_grpc.DataProviderAsyncStub | None = None
+        self._closed = False
+
+    def _get_stub(self) -> exchange_pb2_grpc.DataProviderAsyncStub:
+        if self._closed:
+            raise RuntimeError("the provider client is closed")
+        if self._stub is None:
+            options = [
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ]
+            if self._credentials is None:
+                channel = grpc.aio.insecure_channel(self.target, options=options)
+            else:
+                channel = grpc.aio.secure_channel(self.target, self._credentials, options=options)
+            self._channel = channel
+            self._stub = exchange_pb2_grpc.DataProviderStub(channel)
+        return self._stub
+
+    async def fetch(
+        self,
+        *,
+        dataset: str,
+        subject_id: str,
+        fields: Sequence[str],
+        purpose: str,
+        case_id: str,
+        request_id: str,
+        requesting_region: str,
+        requesting_agency: str,
+        deadline_seconds: float | None = None,
+    ) -> ProviderAnswer:
+        """Fetch the subject's record with exactly `fields`.
+
+        `deadline_seconds` is the time the caller has left; the call (with its retry) never
+        takes longer than that nor than `timeout_seconds`.
+        """
+        stub = self._get_stub()
+        request = exchange_pb2.ProviderFetchRequest(
+            dataset=dataset,
+            subject_id=subject_id,
+            fields=list(fields),
+            purpose=purpose,
+            case_id=case_id,
+            request_id=request_id,
+            requesting_region=requesting_region,
+            requesting_agency=requesting_agency,
+        )
+        budget = self.timeout_seconds
+        if deadline_seconds is not None:
+            budget = min(budget, deadline_seconds)
+        if budget <= 0:
+            raise ProviderError(
+                "PROVIDER_UNAVAILABLE",
+                "no time left to call the data system",
+                code=grpc.StatusCode.DEADLINE_EXCEEDED,
+            )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + budget
+        retried = False
+        while True:
+            try:
+                response = await stub.Fetch(request, timeout=max(deadline - loop.time(), 0.001))
+            except grpc.aio.AioRpcError as exc:
+                code = exc.code()
+                if (
+                    code == grpc.StatusCode.UNAVAILABLE
+                    and not retried
+                    and deadline - loop.time() > 2 * RETRY_PAUSE_SECONDS
+                ):
+                    retried = True
+                    log.info(
+                        "data system %s unavailable for %s (request %s); retrying once",
+                        self.target,
+                        dataset,
+                        request_id,
+                    )
+                    await asyncio.sleep(RETRY_PAUSE_SECONDS)
+                    continue
+                raise self._error(exc, dataset, request_id) from None
+            if not response.found:
+                return ProviderAnswer(found=False, payload=b"", content_type="")
+            return ProviderAnswer(
+                found=True, payload=response.payload, content_type=response.content_type
+            )
+
+    def _error(self, exc: grpc.aio.AioRpcError, dataset: str, request_id: str) -> ProviderError:
+        code = exc.code()
+        if code in _FALLBACK:
+            reason = _error_reason(exc) or _FALLBACK[code]
+            return ProviderError(reason, exc.details() or code.name, code=code)
+        log.warning(
+            "data system %s failed %s (request %s): %s",
+            self.target,
+            dataset,
+            request_id,
+            code.name,
+        )
+        what = "did not answer in time" if code == grpc.StatusCode.DEADLINE_EXCEEDED else "failed"
+        return ProviderError(
+            "PROVIDER_UNAVAILABLE",
+            f"the data system {what} ({code.name})",
+            retryable=code == grpc.StatusCode.UNAVAILABLE,
+            code=code,
+        )
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._channel is not None:
+            channel, self._channel, self._stub = self._channel, None, None
+            await channel.close()
+
+    async def __aenter__(self) -> ProviderClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

@@ -1,0 +1,450 @@
+"""Caller request tokens: short-lived JWTs bound to the caller's TLS client certificate.
+
+A region's identity service signs a token for one of its agencies' operators with the region's
+identity (``token``) key, published in the registry. The token travels in the ``authorization``
+metadata of each call to the gateway of the caller's own region (``aud``), names the operator
+(``sub``) and the agency, lives at most five minutes, and is bound to the caller's TLS client
+certificate by ``cnf`` ``x5t#S256`` (RFC 8705), so it is useless from any other client. A token
+may serve several requests until it expires; `TokenVerifier` remembers a verified token until
+then (ARCHITECTURE.md §3, "Caller identity").
+
+`issue_token` plays the identity service for tests, the demo and `tongban token issue`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import secrets
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import jwt
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+from registry import KeyRefused, KeyUsage, Registry
+from signer import PrivateKey, PublicKey, UnsupportedAlgorithm, algorithm_for_key
+
+__all__ = [
+    "AUDIENCE_PREFIX",
+    "ISSUER_PREFIX",
+    "LEEWAY_SECONDS",
+    "MAX_TOKEN_BYTES",
+    "MAX_TOKEN_LIFETIME_SECONDS",
+    "TOKEN_ALGORITHMS",
+    "TOKEN_BINDING_MISMATCH",
+    "TOKEN_EXPIRED",
+    "TOKEN_INVALID",
+    "TokenClaims",
+    "TokenError",
+    "TokenVerifier",
+    "audience_for",
+    "bearer_token",
+    "issue_token",
+    "issuer_for",
+]
+
+AUDIENCE_PREFIX: Final = "urn:tongban:gateway:"
+ISSUER_PREFIX: Final = "urn:tongban:idp:"
+MAX_TOKEN_LIFETIME_SECONDS: Final = 300  # exp - iat, at most
+MAX_TOKEN_BYTES: Final = 8 * 1024  # a token is ~600 bytes; anything this large is not one
+LEEWAY_SECONDS: Final = 30  # clock skew allowed between the identity service and the gateway
+TOKEN_ALGORITHMS: Final = ("ES256", "EdDSA")
+MAX_KID_CHARS: Final = 128  # a kid is 43 base64url characters
+MAX_CLAIM_CHARS: Final = 256  # sub, agency, jti
+
+# Reasons (ARCHITECTURE.md error reasons; contract).
+TOKEN_INVALID: Final = "TOKEN_INVALID"  # noqa: S105 - a reason code, not a secret
+TOKEN_EXPIRED: Final = "TOKEN_EXPIRED"  # noqa: S105
+TOKEN_BINDING_MISMATCH: Final = "TOKEN_BINDING_MISMATCH"  # noqa: S105
+
+_REQUIRED_CLAIMS: Final = ("exp", "iat", "aud", "iss", "jti", "sub", "agency")
+_COMPACT_JWS: Final = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+_BEARER: Final = re.compile(r"[Bb][Ee][Aa][Rr][Ee][Rr] +(\S+)")
+_SWEEP_INTERVAL_SECONDS: Final = 1.0  # a full cache is swept of expired entries at most this often
+
+
+def audience_for(region: str) -> str:
+    """The `aud` of a token: the gateway of the caller's own region."""
+    return AUDIENCE_PREFIX + region
+
+
+def issuer_for(region: str) -> str:
+    """The `iss` of a token: the region's identity service."""
+    return ISSUER_PREFIX + region
+
+
+def _algorithm_of_private_key(key: PrivateKey) -> str:
+    if isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1):
+        return "ES256"
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return "EdDSA"
+    raise ValueError("a token is signed with a P-256 (ES256) or Ed25519 (EdDSA) key only")
+
+
+def issue_token(
+    key: PrivateKey,
+    kid: str,
+    *,
+    region: str,
+    operator: str,
+    agency: str,
+    thumbprint: str,
+    lifetime_seconds: int = MAX_TOKEN_LIFETIME_SECONDS,
+    now: datetime,
+    token_id: str | None = None,
+) -> str:
+    """A request token for `operator` of `agency` (of `region`), bound to the TLS certificate
+    whose `x5t#S256` is `thumbprint`, signed with the region's token key `key` (`kid`: the
+    x5t#S256 of that key's certificate).
+
+    Raises `ValueError` for a key that is not P-256 or Ed25519, a lifetime outside 1..300
+    seconds, a naive `now`, or an empty name.
+    """
+    algorithm = _algorithm_of_private_key(key)
+    if isinstance(lifetime_seconds, bool) or not isinstance(lifetime_seconds, int):
+        raise TypeError("the token lifetime is a whole number of seconds")
+    if not 1 <= lifetime_seconds <= MAX_TOKEN_LIFETIME_SECONDS:
+        raise ValueError(
+            f"a token lives 1 to {MAX_TOKEN_LIFETIME_SECONDS} seconds, not {lifetime_seconds}"
+        )
+    if now.tzinfo is None:
+        raise ValueError("the issuing time must carry a time zone")
+    for name, value in (
+        ("kid", kid),
+        ("region", region),
+        ("operator", operator),
+        ("agency", agency),
+        ("thumbprint", thumbprint),
+    ):
+        if not value:
+            raise ValueError(f"the token's {name} is empty")
+    if token_id is not None and not token_id:
+        raise ValueError("the token id is empty")
+    issued_at = int(now.timestamp())
+    claims: dict[str, Any] = {
+        "iss": issuer_for(region),
+        "sub": operator,
+        "agency": agency,
+        "aud": audience_for(region),
+        "iat": issued_at,
+        "exp": issued_at + lifetime_seconds,
+        "jti": token_id or secrets.token_urlsafe(16),
+        "cnf": {"x5t#S256": thumbprint},
+    }
+    return jwt.encode(claims, key, algorithm=algorithm, headers={"kid": kid, "typ": "JWT"})
+
+
+@dataclass(frozen=True, slots=True)
+class TokenClaims:
+    """What a verified token says."""
+
+    issuer: str
+    region: str  # the caller's region, whose identity service issued the token
+    operator: str  # sub
+    agency: str
+    audience: str
+    issued_at: datetime
+    expires_at: datetime
+    token_id: str  # jti
+    thumbprint: str  # cnf x5t#S256: the TLS client certificate the token is bound to
+    kid: str  # the registry key that signed it
+
+
+class TokenError(Exception):
+    """A token refused: `reason` is TOKEN_INVALID, TOKEN_EXPIRED or TOKEN_BINDING_MISMATCH.
+
+    The message is one sentence for the caller; it never contains the token.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def _invalid(message: str) -> TokenError:
+    return TokenError(TOKEN_INVALID, message)
+
+
+def bearer_token(authorization: str) -> str:
+    """The token of an `authorization` metadata value, ``Bearer <token>``."""
+    match = (
+        _BEARER.fullmatch(authorization.strip())
+        if len(authorization) < 2 * MAX_TOKEN_BYTES
+        else None
+    )
+    if match is None:
+        raise _invalid("the authorization metadata is not a bearer token")
+    return match.group(1)
+
+
+def _number(payload: dict[str, Any], claim: str) -> float:
+    value = payload.get(claim)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise _invalid(f"the token's {claim!r} claim is not a time")
+    if not 0 <= value < 1 << 40:
+        raise _invalid(f"the token's {claim!r} claim is out of range")
+    return float(value)
+
+
+def _text(payload: dict[str, Any], claim: str) -> str:
+    value = payload.get(claim)
+    if (
+        not isinstance(value, str)
+        or not value
+        or len(value) > MAX_CLAIM_CHARS
+        or not value.isprintable()  # no control characters, no lone surrogates
+    ):
+        raise _invalid(f"the token's {claim!r} claim is not a non-empty printable string")
+    return value
+
+
+def _utc(timestamp: float) -> datetime:
+    return datetime.fromtimestamp(timestamp, UTC)
+
+
+_CacheKey = tuple[bytes, int, str, str, str]
+
+
+class TokenVerifier:
+    """Verifies request tokens for the gateway of `region`, remembering good ones until `exp`.
+
+    `clock` is the only source of time (PyJWT's own time checks are switched off and made here
+    against it). One verifier serves one event loop; it is not meant to be shared by threads.
+    """
+
+    def __init__(
+        self, *, region: str, clock: Callable[[], datetime], max_cached: int = 10_000
+    ) -> None:
+        if max_cached < 1:
+            raise ValueError("max_cached must be at least 1")
+        self.region = region
+        self.audience = audience_for(region)
+        self._clock = clock
+        self._max_cached = max_cached
+        self._cache: OrderedDict[_CacheKey, TokenClaims] = OrderedDict()
+        self._public_keys: dict[str, PublicKey] = {}
+        self._version: int | None = None
+        self._last_sweep = float("-inf")
+
+    @property
+    def cached(self) -> int:
+        """How many verified tokens are remembered."""
+        return len(self._cache)
+
+    def verify(
+        self,
+        token: str,
+        *,
+        registry: Registry,
+        caller_agency: str,
+        caller_region: str,
+        client_thumbprint: str,
+    ) -> TokenClaims:
+        """The claims of `token`, presented by `caller_agency` (of `caller_region`) over a TLS
+        connection whose client certificate has `client_thumbprint`; else `TokenError`.
+
+        1. Size (at most 8 KiB) and shape (compact JWS: three base64url parts).
+        2. Cache: a token verified before for the same caller and certificate under this
+           registry version is accepted again until its `exp` (the cache is emptied when the
+           registry version changes).
+        3. Unverified header: `alg` ES256 or EdDSA, `typ` JWT if present, no `crit`/`b64`,
+           `kid` a string. The kid is only a hint of which registry key to try:
+        4. the registry key must exist, have usage `token`, belong to the caller's region (an
+           agency's tokens come from its own region's identity service), and its certificate's
+           key type must be the one `alg` names.
+        5. `jwt.decode` with exactly that algorithm and key, `aud` this gateway (a single
+           string), `iss` the caller's region's identity service, and exp, iat, aud, iss, jti,
+           sub and agency required.
+        6. Times, against the clock with 30 s of leeway: `iat` not in the future, `nbf` (if
+           any) reached, 0 < `exp - iat` <= 300 s, `exp` not passed (TOKEN_EXPIRED).
+        7. The key may verify a token made at `iat` and still at the current time (not
+           revoked by then, inside its certificate's validity).
+        8. Binding: the `agency` claim is the caller's agency and `cnf` `x5t#S256` is the
+           thumbprint of the caller's TLS client certificate (TOKEN_BINDING_MISMATCH).
+
+        Anything else wrong is TOKEN_INVALID. Messages never contain the token.
+        """
+        # 1. size and shape
+        if not isinstance(token, str) or len(token) > MAX_TOKEN_BYTES:
+            raise _invalid(f"the token is larger than {MAX_TOKEN_BYTES} bytes")
+        if not _COMPACT_JWS.fullmatch(token):
+            raise _invalid("the token is not a compact JWS")
+        now = self._clock()
+        now_ts = now.timestamp()
+
+        # 2. cache
+        if registry.version != self._version:
+            self._cache.clear()
+            self._public_keys.clear()
+            self._version = registry.version
+        cache_key: _CacheKey = (
+            hashlib.sha256(token.encode("ascii")).digest(),
+            registry.version,
+            caller_agency,
+            caller_region,
+            client_thumbprint,
+        )
+        cached = self._cache.get(cache_key)
+        if cached is not None:
+            if cached.expires_at.timestamp() <= now_ts - LEEWAY_SECONDS:
+                del self._cache[cache_key]
+                raise TokenError(TOKEN_EXPIRED, "the token has expired")
+            self._cache.move_to_end(cache_key)
+            return cached
+
+        # 3. unverified header
+        try:
+            header = jwt.get_unverified_header(token)
+        except (jwt.PyJWTError, ValueError, TypeError, RecursionError) as exc:
+            raise _invalid("the token's header cannot be read") from exc
+        algorithm = header.get("alg")
+        if algorithm not in TOKEN_ALGORITHMS:
+            raise _invalid("the token's algorithm is not ES256 or EdDSA")
+        typ = header.get("typ", "JWT")
+        if not isinstance(typ, str) or typ.upper() != "JWT":
+            raise _invalid("the token's type is not JWT")
+        if "crit" in header or "b64" in header:
+            raise _invalid("the token's header carries extensions a token does not use")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid or len(kid) > MAX_KID_CHARS:
+            raise _invalid("the token's header names no key (kid)")
+
+        # 4. the registry key
+        entry = registry.key(kid)
+        if entry is None:
+            raise _invalid(f"the token is signed by a key unknown to registry {registry.version}")
+        if entry.usage is not KeyUsage.TOKEN:
+            raise _invalid(f"key {kid} is a {entry.usage.value} key, not a token key")
+        if entry.owner != caller_region or entry.region != caller_region:
+            raise _invalid(
+                f"the token is signed by the token key of {entry.owner}, not of the caller's "
+                f"region {caller_region}"
+            )
+        public_key = self._public_key(entry.kid, entry.certificate)
+        try:
+            key_algorithm = algorithm_for_key(public_key)
+        except UnsupportedAlgorithm as exc:
+            raise _invalid(f"token key {kid} has a key type tokens do not use") from exc
+        if key_algorithm != algorithm or entry.algorithm != algorithm:
+            raise _invalid(f"token key {kid} does not sign with the token's algorithm")
+
+        # 5. signature and claims
+        try:
+            payload = jwt.decode(
+                token,
+                key=public_key,
+                algorithms=[algorithm],
+                audience=self.audience,
+                issuer=issuer_for(caller_region),
+                options={
+                    "require": list(_REQUIRED_CLAIMS),
+                    "strict_aud": True,
+                    # Times are checked below against our clock, with the same leeway.
+                    "verify_exp": False,
+                    "verify_iat": False,
+                    "verify_nbf": False,
+                },
+            )
+        except jwt.MissingRequiredClaimError as exc:
+            claim = exc.claim if exc.claim in _REQUIRED_CLAIMS else "a required"
+            raise _invalid(f"the token lacks the {claim!r} claim") from exc
+        except jwt.InvalidAudienceError as exc:
+            raise _invalid(f"the token is not for the gateway of region {self.region}") from exc
+        except jwt.InvalidIssuerError as exc:
+            raise _invalid(
+                f"the token was not issued by the identity service of region {caller_region}"
+            ) from exc
+        except jwt.InvalidSignatureError as exc:
+            raise _invalid(f"the token's signature does not verify with key {kid}") from exc
+        except (jwt.PyJWTError, ValueError, TypeError, RecursionError) as exc:
+            raise _invalid("the token is malformed") from exc
+        if not isinstance(payload, dict):  # pragma: no cover - PyJWT returns a dict
+            raise _invalid("the token's claims are not a JSON object")
+
+        operator = _text(payload, "sub")
+        agency = _text(payload, "agency")
+        token_id = _text(payload, "jti")
+
+        # 6. times
+        issued = _number(payload, "iat")
+        expires = _number(payload, "exp")
+        if issued > now_ts + LEEWAY_SECONDS:
+            raise _invalid("the token was issued in the future")
+        if "nbf" in payload and _number(payload, "nbf") > now_ts + LEEWAY_SECONDS:
+            raise _invalid("the token is not valid yet")
+        if expires <= issued:
+            raise _invalid("the token expires before it was issued")
+        if expires - issued > MAX_TOKEN_LIFETIME_SECONDS:
+            raise _invalid(
+                f"the token lives longer than the {MAX_TOKEN_LIFETIME_SECONDS} seconds allowed"
+            )
+        if expires <= now_ts - LEEWAY_SECONDS:
+            raise TokenError(TOKEN_EXPIRED, "the token has expired")
+
+        # 7. key state at signing and now
+        try:
+            entry.check_may_verify(_utc(issued))
+            entry.check_may_verify(now)
+        except KeyRefused as exc:
+            raise _invalid(f"token key {kid} may not verify this token: {exc}") from exc
+
+        # 8. binding to the caller and its certificate
+        if agency != caller_agency:
+            raise TokenError(
+                TOKEN_BINDING_MISMATCH, "the token was issued to another agency than the caller"
+            )
+        confirmation = payload.get("cnf")
+        bound = confirmation.get("x5t#S256") if isinstance(confirmation, dict) else None
+        if not isinstance(bound, str) or bound != client_thumbprint:
+            raise TokenError(
+                TOKEN_BINDING_MISMATCH,
+                "the token is not bound to the caller's TLS client certificate",
+            )
+
+        claims = TokenClaims(
+            issuer=issuer_for(caller_region),
+            region=caller_region,
+            operator=operator,
+            agency=agency,
+            audience=self.audience,
+            issued_at=_utc(issued),
+            expires_at=_utc(expires),
+            token_id=token_id,
+            thumbprint=bound,
+            kid=kid,
+        )
+        self._remember(cache_key, claims, now_ts)
+        return claims
+
+    def _public_key(self, kid: str, certificate: bytes) -> PublicKey:
+        key = self._public_keys.get(kid)
+        if key is None:
+            try:
+                loaded = x509.load_der_x509_certificate(certificate).public_key()
+            except ValueError as exc:
+                raise _invalid(f"the certificate of token key {kid} cannot be read") from exc
+            if not isinstance(loaded, ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey):
+                raise _invalid(f"token key {kid} has a key type tokens do not use")
+            key = loaded
+            self._public_keys[kid] = key
+        return key
+
+    def _remember(self, key: _CacheKey, claims: TokenClaims, now_ts: float) -> None:
+        if len(self._cache) >= self._max_cached:
+            if now_ts - self._last_sweep >= _SWEEP_INTERVAL_SECONDS:
+                self._last_sweep = now_ts
+                for stale in [
+                    k
+                    for k, c in self._cache.items()
+                    if c.expires_at.timestamp() <= now_ts - LEEWAY_SECONDS
+                ]:
+                    del self._cache[stale]
+            while len(self._cache) >= self._max_cached:
+                self._cache.popitem(last=False)  # the least recently used
+        self._cache[key] = claims

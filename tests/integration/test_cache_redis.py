@@ -1,0 +1,197 @@
+"""The answer cache over a real Redis of its own (a `redis-server` started on a free port, with
+no persistence; the machine's own Redis is never touched): round trip, what Redis holds (keys
+and values carry no subject id and no plaintext), and Redis killed and restarted mid-test: no
+call raises, misses are quick, the breaker opens, and hits resume by themselves."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import statistics
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+from redis.utils import HIREDIS_AVAILABLE
+from support import RedisServer, free_port
+
+from gateway.audit import pseudonymize
+from gateway.cache import AnswerCache, CircuitBreaker, RedisBackend, cache_key
+
+pytestmark = pytest.mark.integration  # redis-server is on every machine (Debian's package)
+
+AES_KEY = bytes(range(32))
+PSEUDONYM_KEY = b"audit-pseudonym-key-for-tests-32"
+CITIZEN_ID = "110101199003074512"  # an 18-digit resident identity number (GB 11643)
+SEALED = (
+    b'{"payload":{"id":"110101199003074512","name":"\xe5\xbc\xa0\xe4\xb8\x89",'
+    b'"hukou":"\xe5\x9b\x9b\xe5\xb7\x9d\xe7\x9c\x81\xe6\x88\x90\xe9\x83\xbd\xe5\xb8\x82"},'
+    b'"signature":"c2lnbmF0dXJl"}'
+)
+OPEN_SECONDS = 0.5
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(free_port(), tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+def _key(subject_id: str = CITIZEN_ID, purpose: str = "social-insurance-transfer") -> bytes:
+    return cache_key(
+        provider_region="510000",
+        dataset="hukou",
+        subject_pseudonym=pseudonymize(subject_id, PSEUDONYM_KEY),
+        fields=["name", "hukou"],
+        purpose=purpose,
+    )
+
+
+def _cache(server: RedisServer) -> AnswerCache:
+    return AnswerCache(
+        RedisBackend(server.url),
+        key=AES_KEY,
+        key_id="k001",
+        breaker=CircuitBreaker(open_seconds=OPEN_SECONDS),
+    )
+
+
+def _state(cache: AnswerCache) -> str:
+    return cache.state  # read afresh: mypy would otherwise narrow the property
+
+
+async def test_round_trip_and_what_redis_holds(redis_server: RedisServer) -> None:
+    assert HIREDIS_AVAILABLE
+    cache, other_replica = _cache(redis_server), _cache(redis_server)
+    raw = Redis.from_url(redis_server.url)
+    try:
+        key = _key()
+        assert await cache.get(key) is None
+        await cache.set(key, SEALED, 60)
+        assert await cache.get(key) == SEALED
+        assert await other_replica.get(key) == SEALED, "replicas share the cache"
+        await cache.set(_key(purpose="marriage-registration"), SEALED, 60)
+
+        names = [name async for name in raw.scan_iter(match="*", count=100)]
+        assert len(names) == 2
+        pseudonym = pseudonymize(CITIZEN_ID, PSEUDONYM_KEY).encode()
+        for name in names:
+            assert re.fullmatch(rb"tb:c:[0-9a-f]{64}", name)
+            assert CITIZEN_ID.encode() not in name
+            assert pseudonym not in name
+            stored = await raw.get(name)
+            assert stored is not None
+            assert SEALED not in stored
+            assert CITIZEN_ID.encode() not in stored
+            assert "张三".encode() not in stored
+            ttl = await raw.pttl(name)
+            assert 60_000 * 0.9 - 1000 <= ttl <= 60_000 * 1.1
+
+        latencies = []
+        for _ in range(200):
+            started = time.perf_counter()
+            assert await cache.get(key) == SEALED
+            latencies.append(time.perf_counter() - started)
+        assert statistics.median(latencies) < 0.01
+    finally:
+        await raw.aclose()
+        await cache.close()
+        await other_replica.close()
+
+
+async def test_single_flight_through_redis(redis_server: RedisServer) -> None:
+    cache = _cache(redis_server)
+    loads = 0
+
+    async def load() -> bytes:
+        nonlocal loads
+        loads += 1
+        await asyncio.sleep(0.02)
+        return SEALED
+
+    try:
+        results = await asyncio.gather(*(cache.get_or_load(_key(), 60, load) for _ in range(50)))
+        assert loads == 1
+        assert {r for r, _ in results} == {SEALED}
+        assert await cache.get_or_load(_key(), 60, load) == (SEALED, True)
+    finally:
+        await cache.close()
+
+
+async def test_redis_killed_and_restarted(redis_server: RedisServer) -> None:
+    cache = _cache(redis_server)
+    key = _key()
+    try:
+        await cache.set(key, SEALED, 60)
+        assert await cache.get(key) == SEALED
+        assert _state(cache) == "closed"
+
+        redis_server.kill()
+        started = time.monotonic()
+        for i in range(20):
+            call_started = time.monotonic()
+            if i % 2:
+                await cache.set(_key(purpose=f"p{i}"), SEALED, 60)
+            else:
+                assert await cache.get(key) is None
+            assert time.monotonic() - call_started < 1.0
+        assert time.monotonic() - started < 3.0
+        assert _state(cache) == "open"
+        assert cache.counters.errors >= 1
+        assert cache.counters.bypassed >= 10
+
+        redis_server.start()  # same port, empty (no persistence)
+        recovered_after = None
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            await cache.set(key, SEALED, 60)
+            if await cache.get(key) == SEALED:
+                recovered_after = time.monotonic() - started
+                break
+            await asyncio.sleep(0.05)
+        assert recovered_after is not None, "hits did not resume within 5 s of the restart"
+        assert _state(cache) == "closed"
+        assert cache.counters.opened >= 1
+    finally:
+        await cache.close()
+
+
+async def test_redis_hung_then_resumed(redis_server: RedisServer) -> None:
+    """A Redis that stops answering (SIGSTOP: connections stay open, nothing comes back) costs
+    at most the operation timeout per call until the breaker opens, then nothing."""
+    cache = _cache(redis_server)
+    key = _key()
+    process = redis_server.process
+    assert process is not None
+    try:
+        await cache.set(key, SEALED, 60)
+        process.send_signal(signal.SIGSTOP)
+        started = time.monotonic()
+        for i in range(20):
+            call_started = time.monotonic()
+            if i % 2:
+                await cache.set(key, SEALED, 60)
+            else:
+                assert await cache.get(key) is None
+            assert time.monotonic() - call_started < 1.0
+        assert time.monotonic() - started < 3.0
+        assert _state(cache) == "open"
+        assert cache.counters.errors == cache.breaker.failure_threshold
+
+        process.send_signal(signal.SIGCONT)
+        await asyncio.sleep(OPEN_SECONDS)
+        deadline = time.monotonic() + 5
+        while await cache.get(key) != SEALED:
+            assert time.monotonic() < deadline, "hits did not resume within 5 s of SIGCONT"
+            await asyncio.sleep(0.05)
+        assert _state(cache) == "closed"
+    finally:
+        process.send_signal(signal.SIGCONT)
+        await cache.close()
