@@ -246,6 +246,7 @@ class Gateway:
         )
         self._closers: list[Callable[[], Awaitable[None]]] = []
         self.query_path = self._build_query_path(seal_keys, clock)
+        self.credentials.query_path = self.query_path
         self.served_services = (
             *SERVED_SERVICES,
             *((OVERSIGHT_SERVICE,) if self.audit else ()),

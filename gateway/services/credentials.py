@@ -29,6 +29,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from gateway.audit import AuditLog, AuditRecord, AuditUnavailable, Outcome
 from gateway.errors import abort
 from gateway.identity import Caller, CallerKind, current_caller
+from gateway.services.exchange import QueryPath, Refusal
 from registry import KeyRefused, KeyUsage, Registry, RegistryError, RegistryStore
 from signer import (
     MAX_JWS_BYTES,
@@ -38,7 +39,7 @@ from signer import (
     ValidationReport,
     seal,
 )
-from tongban.v1 import credentials_pb2, credentials_pb2_grpc
+from tongban.v1 import credentials_pb2, credentials_pb2_grpc, exchange_pb2
 
 __all__ = [
     "DEFAULT_CONTENT_TYPE",
@@ -48,6 +49,12 @@ __all__ = [
 ]
 
 log = logging.getLogger("tongban.credentials")
+
+# credential_type -> (the issuing region's dataset, the purpose used unless the request names one)
+CREDENTIAL_TYPES: Final = {
+    "business_licence": ("market.business_licence", "LICENCE-VERIFY"),
+    "marriage_certificate": ("civil.marriage", "MARRIAGE-CHECK"),
+}
 
 MAX_SEAL_PAYLOAD_BYTES: Final = 4 * 1024 * 1024  # bytes a caller may have sealed in one call
 # Larger payloads are sealed in a worker thread (sealing 4 MiB takes tens of milliseconds).
@@ -116,6 +123,7 @@ class CredentialsService(credentials_pb2_grpc.CredentialsServicer):
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         audit: AuditLog | None = None,
     ) -> None:
+        self.query_path: QueryPath | None = None  # set by the gateway when it serves queries
         self._store = store
         self._verifier = verifier  # switched to each applied registry by the gateway
         self._region = region
@@ -134,13 +142,54 @@ class CredentialsService(credentials_pb2_grpc.CredentialsServicer):
         request: credentials_pb2.FetchCredentialRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> credentials_pb2.FetchCredentialResponse:
-        # Fetching a credential from the issuing region travels the cross-region query path,
-        # which this gateway does not serve yet: say so plainly rather than pretend.
-        await abort(
-            context,
-            grpc.StatusCode.UNIMPLEMENTED,
-            "NOT_IMPLEMENTED",
-            "Credentials.Fetch is not served by this gateway yet: it needs the cross-region query path",
+        """An e-credential (电子证照) of a subject, sealed by the issuing region: the issuing
+        region's dataset for that credential type, fetched through the query path (token,
+        purpose, agreement, audit on both gateways), returned with its validation report."""
+        if self.query_path is None:
+            await abort(
+                context,
+                grpc.StatusCode.UNIMPLEMENTED,
+                "NOT_IMPLEMENTED",
+                "this gateway does not serve the query path ([exchange] is not configured)",
+            )
+        kind = CREDENTIAL_TYPES.get(request.credential_type)
+        if kind is None:
+            await abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "UNKNOWN_DATASET",
+                f"credential_type is one of {', '.join(sorted(CREDENTIAL_TYPES))}",
+            )
+        dataset, default_purpose = kind
+        query = exchange_pb2.QueryRequest(
+            provider_region=request.issuing_region,
+            dataset=dataset,
+            purpose=request.purpose or default_purpose,
+            subject_id=request.subject_id,
+            case_id=request.case_id,
+            request_id=request.request_id,
+        )
+        token = next(
+            (
+                v.removeprefix("Bearer ").strip()
+                for k, v in context.invocation_metadata() or ()
+                if k == "authorization" and isinstance(v, str)
+            ),
+            "",
+        )
+        try:
+            answer = await self.query_path.query(
+                query, context, token=token, rpc="Credentials.Fetch"
+            )
+        except Refusal as refusal:
+            await abort(context, refusal.code, refusal.reason, refusal.message)
+        report = self._verifier.validate(
+            answer.record.jws,
+            expected_kind=SignatureKind.SEAL,
+            expected_owner_region=request.issuing_region,
+        )
+        return credentials_pb2.FetchCredentialResponse(
+            credential=answer.record, audit_id=answer.audit_id, report=report_message(report)
         )
 
     async def Verify(

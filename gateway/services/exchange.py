@@ -239,7 +239,12 @@ class QueryPath:
 
     # -- requesting side ---------------------------------------------------------------------
     async def query(
-        self, request: exchange_pb2.QueryRequest, context: Context, *, token: str
+        self,
+        request: exchange_pb2.QueryRequest,
+        context: Context,
+        *,
+        token: str,
+        rpc: str = "DataExchange.Query",
     ) -> Answer:
         started = time.perf_counter()
         caller = current_caller.get()
@@ -260,7 +265,7 @@ class QueryPath:
             )
         registry = self._current()
         audit: dict[str, Any] = {
-            "rpc": "DataExchange.Query",
+            "rpc": rpc,
             "caller_agency": caller.agency_id,
             "caller_operator": "",
             "caller_region": caller.region,

@@ -342,8 +342,8 @@ async def test_seal_without_the_private_key_is_unavailable(federation: Federatio
 
 
 # Fetch -----------------------------------------------------------------------------------------
-async def test_fetch_is_not_built_yet(federation: Federation) -> None:
-    async with running(dev_config(federation)) as (_, port):
+async def test_fetch_needs_the_query_path(federation: Federation) -> None:
+    async with running(dev_config(federation, exchange=None)) as (_, port):
         ch, stub = stub_as(federation, "zj.hrss", port)
         async with ch:
             error = await rpc_error(
@@ -354,7 +354,7 @@ async def test_fetch_is_not_built_yet(federation: Federation) -> None:
             )
             assert error.code() == grpc.StatusCode.UNIMPLEMENTED
             assert error_info(error).reason == "NOT_IMPLEMENTED"
-            assert "query path" in (error.details() or "")
+            assert "[exchange] is not configured" in (error.details() or "")
 
 
 # rotation while serving ------------------------------------------------------------------------

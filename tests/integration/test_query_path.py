@@ -20,12 +20,20 @@ import grpc
 import pytest
 from query_support import CALL_TIMEOUT, Cluster, bearer, request, running_cluster
 from redis.asyncio import Redis
-from support import DEMO_SOURCE, Federation, RedisServer, error_info, free_port, make_federation
+from support import (
+    DEMO_SOURCE,
+    Federation,
+    RedisServer,
+    credentials_as,
+    error_info,
+    free_port,
+    make_federation,
+)
 
 from gateway.audit import AuditQuery, Outcome
 from registry import KeyState, KeyUsage, RegistryTrust, SnapshotVerifier, load_authority_public_key
 from signer import FileKeyProvider, Indication, SealVerifier, SignatureKind, seal
-from tongban.v1 import credentials_pb2, exchange_pb2, exchange_pb2_grpc
+from tongban.v1 import credentials_pb2, credentials_pb2_grpc, exchange_pb2, exchange_pb2_grpc
 
 pytestmark = pytest.mark.integration
 
@@ -298,6 +306,11 @@ def variant(tmp_path: Path) -> Federation:
                     "valid_until = 2026-01-02T00:00:00+08:00\nquota_per_minute = 120",
                 ),
                 ("quota_per_minute = 60\n", "quota_per_minute = 2\n"),
+                # Nothing links sc.amr (or region 510000) to 330000 any more: NO_AGREEMENT.
+                (
+                    'provider_region = "330000"\nrequester_regions = ["510000", "500000"]',
+                    'provider_region = "330000"\nrequester_regions = ["500000"]',
+                ),
                 (
                     'purposes = ["SI-TRANSFER", "MED-REG"]\nvalid_from = 2026-01-01T00:00:00+08:00\nvalid_until = 2029-01-01T00:00:00+08:00\nquota_per_minute = 300',
                     'purposes = ["SI-TRANSFER", "MED-REG", "SI-CHECK"]\nvalid_from = 2026-01-01T00:00:00+08:00\nvalid_until = 2029-01-01T00:00:00+08:00\nquota_per_minute = 300',
@@ -313,10 +326,27 @@ def variant(tmp_path: Path) -> Federation:
     return fed
 
 
-async def test_expired_agreement_quota_and_purposes_that_never_share_a_cached_answer(
+async def test_no_agreement_expired_agreement_quota_and_purposes_that_never_share_a_cached_answer(
     variant: Federation, tmp_path: Path
 ) -> None:
     async with running_cluster(variant, tmp_path, redis_url=REDIS) as cluster:
+        async with cluster.exchange("sc.amr") as stub:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.Query(
+                    request(
+                        "330000",
+                        "market.business_licence",
+                        "LICENCE-VERIFY",
+                        cluster.subject("330000", "market.business_licence"),
+                        case_id="",
+                    ),
+                    metadata=bearer(cluster.token("sc.amr")),
+                    timeout=CALL_TIMEOUT,
+                )
+            assert (caught.value.code(), error_info(caught.value).reason) == (
+                grpc.StatusCode.PERMISSION_DENIED,
+                "NO_AGREEMENT",
+            )
         async with cluster.exchange("sc.mca") as stub:
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await stub.Query(
@@ -605,3 +635,50 @@ async def test_a_tampered_seal_from_a_peer_is_refused(
             assert (record.outcome, record.reason) == (Outcome.FAILED, "SEAL_INVALID")
     finally:
         await fake.stop(0)
+
+
+async def test_an_e_credential_is_fetched_from_the_issuing_region_and_verified(
+    federation: Federation, tmp_path: Path
+) -> None:
+    async with running_cluster(federation, tmp_path, redis_url=REDIS) as cluster:
+        business = cluster.subject("330000", "market.business_licence")
+        region = "510000"
+        async with grpc.aio.secure_channel(
+            f"localhost:{cluster.ports[region]}", credentials_as(federation, "sc.amr", region)
+        ) as channel:
+            stub = credentials_pb2_grpc.CredentialsStub(channel)
+            answer = await stub.Fetch(
+                credentials_pb2.FetchCredentialRequest(
+                    issuing_region="330000",
+                    credential_type="business_licence",
+                    subject_id=business,
+                    request_id="cred-1",
+                ),
+                metadata=bearer(cluster.token("sc.amr")),
+                timeout=CALL_TIMEOUT,
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.Fetch(
+                    credentials_pb2.FetchCredentialRequest(
+                        issuing_region="330000",
+                        credential_type="passport",
+                        subject_id=business,
+                        request_id="cred-2",
+                    ),
+                    metadata=bearer(cluster.token("sc.amr")),
+                    timeout=CALL_TIMEOUT,
+                )
+        assert answer.report.indication == credentials_pb2.TOTAL_PASSED
+        assert answer.report.owner_region == "330000"
+        assert answer.credential.sealer_region == "330000"
+        assert json.loads(answer.credential.payload)["uscc"] == business
+        assert (caught.value.code(), error_info(caught.value).reason) == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "UNKNOWN_DATASET",
+        )
+        (record,) = [r for r in await audited(cluster, "510000") if r.rpc == "Credentials.Fetch"]
+        assert (record.outcome, record.dataset, record.purpose) == (
+            Outcome.ALLOWED,
+            "market.business_licence",
+            "LICENCE-VERIFY",
+        )
