@@ -14,6 +14,7 @@ import logging
 import mimetypes
 import os
 import re
+import signal
 import sqlite3
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -658,6 +659,9 @@ def cmd_gateway_serve(args: argparse.Namespace, out: Console) -> int:
             passphrase=_passphrase(args),
             bootstrap_ca_file=args.bootstrap_ca,
             audit_db=args.audit_db,
+            provider=args.provider or "",
+            redis_url=os.environ.get(args.redis_env, "") if args.redis_env else "",
+            peers=dict(args.peer or []),
         )
     else:
         raise Failure(
@@ -672,6 +676,41 @@ def cmd_gateway_serve(args: argparse.Namespace, out: Console) -> int:
         )
 
     asyncio.run(serve(config, ready=ready))
+    return 0
+
+
+def parse_peer(text: str) -> tuple[str, str]:
+    """CODE=HOST:PORT"""
+    region, sep, endpoint = text.partition("=")
+    host, colon, port = endpoint.rpartition(":")
+    if not sep or region not in PROVINCES or not colon or not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not CODE=HOST:PORT, e.g. 510000=localhost:7510"
+        )
+    return region, endpoint
+
+
+def cmd_provider_serve(args: argparse.Namespace, out: Console) -> int:
+    """A demo provincial data system (synthetic data) until Ctrl-C."""
+    from gateway.provider import create_provider
+
+    async def run() -> None:
+        try:
+            server, port = create_provider(args.region, args.listen)
+        except ValueError as exc:
+            raise Failure(str(exc)) from exc
+        await server.start()
+        out.print(
+            f"Demo data system of region {args.region} (synthetic data) on port {port}. Ctrl-C stops it."
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await server.stop(1)
+
+    asyncio.run(run())
     return 0
 
 
@@ -1664,6 +1703,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--follow", metavar="HOST:PORT", help="a peer gateway whose registry to follow, with --pki"
     )
     serve.add_argument(
+        "--provider",
+        metavar="HOST:PORT",
+        help="the region's data system (DataProvider.Fetch), with --pki: serves the query path",
+    )
+    serve.add_argument(
+        "--redis-env",
+        metavar="VAR",
+        help="environment variable holding the Redis URL for the cache, replay window and "
+        "quotas, with --pki (default: in memory, one replica)",
+    )
+    serve.add_argument(
+        "--peer",
+        type=parse_peer,
+        action="append",
+        metavar="CODE=HOST:PORT",
+        help="a peer gateway's endpoint instead of the registry's, with --pki (repeatable)",
+    )
+    serve.add_argument(
         "--audit-db",
         type=Path,
         metavar="FILE",
@@ -1683,6 +1740,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _passphrase_options(serve)
     serve.set_defaults(handler=cmd_gateway_serve)
+
+    # provider
+    provider = commands.add_parser(
+        "provider",
+        help="run a demo provincial data system",
+        description="Demo provincial data systems (synthetic citizens and businesses) for tests "
+        "and demos: what a province's own system does behind DataProvider.Fetch.",
+    )
+    provider_verbs = provider.add_subparsers(
+        dest="verb", metavar="VERB", required=True, parser_class=_Parser
+    )
+    provider_serve = provider_verbs.add_parser(
+        "serve",
+        help="serve one region's synthetic data until Ctrl-C",
+        description="Serve DataProvider.Fetch with one region's synthetic data (valid GB 11643 "
+        "citizen ids, GB 32100 credit codes), in plaintext on loopback only.",
+        epilog="Example: tongban provider serve --region 330000 --listen 127.0.0.1:9330",
+    )
+    provider_serve.add_argument(
+        "--region",
+        type=lambda s: parse_regions(s)[0],
+        required=True,
+        help="the region whose data to serve (330000, 510000 or 500000)",
+    )
+    provider_serve.add_argument(
+        "--listen", default="127.0.0.1:0", help="host:port on loopback (default a free port)"
+    )
+    provider_serve.set_defaults(handler=cmd_provider_serve)
 
     # audit
     audit = commands.add_parser(

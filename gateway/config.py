@@ -55,6 +55,7 @@ switches to it by itself when a publish activates it. A gateway without seal key
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import tomllib
@@ -322,6 +323,8 @@ class GatewayConfig:
         if unknown:
             raise ConfigError(f"{path}: [{unknown[0]}]: unknown section")
         gw = _Section(path, "gateway", document.get("gateway", {}))
+        if "dev_pki" in gw.data:
+            return cls._from_dev_pki_file(path, document, gw)
         tls = _Section(path, "tls", document.get("tls", {}))
         reg = _Section(path, "registry", document.get("registry", {}))
         seal = _Section(path, "seal", document.get("seal", {}))
@@ -365,6 +368,49 @@ class GatewayConfig:
                 f"{path}: registry.bootstrap_ca_file: required when the gateway only follows a "
                 "peer (no snapshot_file): it is the CA bundle trusted until a registry is held"
             )
+        return config
+
+    @classmethod
+    def _from_dev_pki_file(
+        cls, path: Path, document: dict[str, Any], gw: _Section
+    ) -> GatewayConfig:
+        """A development configuration: keys, certificates and dev secrets come from a dev
+        PKI's inventory (`[gateway] dev_pki`), so the file names no key file; see conf/demo/."""
+        unknown = sorted(set(document) - {"gateway", "registry", "audit", "exchange", "peers"})
+        if unknown:
+            raise ConfigError(
+                f"{path}: [{unknown[0]}]: not with dev_pki (the dev PKI provides the keys)"
+            )
+        reg = _Section(path, "registry", document.get("registry", {}))
+        audit = _Section(path, "audit", document.get("audit", {}))
+        exchange = _Section(path, "exchange", document.get("exchange", {}))
+        try:
+            redis_env = exchange.text("redis_url_env", required=False)
+            redis_url = os.environ.get(redis_env, "") if redis_env else ""
+            base = cls.for_dev_pki(
+                gw.required_path("dev_pki"),
+                gw.text("region"),
+                listen=gw.text("listen"),
+                snapshot_file=reg.optional_path("snapshot_file"),
+                follow=reg.text("follow", required=False),
+                bootstrap_ca_file=reg.optional_path("bootstrap_ca_file"),
+                audit_db=audit.optional_path("path"),
+                provider=exchange.text("provider", required=False),
+                redis_url=redis_url,
+                peers=_peers(path, document.get("peers", {})),
+            )
+            config = dataclasses.replace(
+                base,
+                grace_seconds=gw.number("grace_seconds", 5.0),
+                poll_seconds=reg.number("poll_seconds", 2.0),
+            )
+        except ConfigError as exc:
+            message = str(exc)
+            raise ConfigError(
+                message if message.startswith(str(path)) else f"{path}: {message}"
+            ) from None
+        for section in (gw, reg, audit, exchange):
+            section.done()
         return config
 
     @classmethod

@@ -9,6 +9,7 @@ import asyncio
 import base64
 import dataclasses
 import json
+import secrets
 import shutil
 import time
 from collections.abc import Callable
@@ -306,6 +307,11 @@ def variant(tmp_path: Path) -> Federation:
                     "valid_until = 2026-01-02T00:00:00+08:00\nquota_per_minute = 120",
                 ),
                 ("quota_per_minute = 60\n", "quota_per_minute = 2\n"),
+                # A fresh agreement id per run: quotas live in the machine's Redis per minute.
+                (
+                    "[agreements.ZJ-HUKOU-CQ-2026]",
+                    f"[agreements.ZJ-HUKOU-CQ-{secrets.token_hex(4)}]",
+                ),
                 # Nothing links sc.amr (or region 510000) to 330000 any more: NO_AGREEMENT.
                 (
                     'provider_region = "330000"\nrequester_regions = ["510000", "500000"]',
@@ -471,7 +477,9 @@ async def test_batch_across_two_regions_answers_item_by_item(
         ]
         async with cluster.exchange("sc.amr") as stub:
             answer = await stub.BatchQuery(
-                exchange_pb2.BatchQueryRequest(items=items, request_id="batch-1"),
+                exchange_pb2.BatchQueryRequest(
+                    items=items, request_id=f"batch-{secrets.token_hex(6)}"
+                ),
                 metadata=bearer(cluster.token("sc.amr")),
                 timeout=CALL_TIMEOUT,
             )
@@ -652,7 +660,7 @@ async def test_an_e_credential_is_fetched_from_the_issuing_region_and_verified(
                     issuing_region="330000",
                     credential_type="business_licence",
                     subject_id=business,
-                    request_id="cred-1",
+                    request_id=f"cred-{secrets.token_hex(6)}",
                 ),
                 metadata=bearer(cluster.token("sc.amr")),
                 timeout=CALL_TIMEOUT,
@@ -663,7 +671,7 @@ async def test_an_e_credential_is_fetched_from_the_issuing_region_and_verified(
                         issuing_region="330000",
                         credential_type="passport",
                         subject_id=business,
-                        request_id="cred-2",
+                        request_id=f"cred-{secrets.token_hex(6)}",
                     ),
                     metadata=bearer(cluster.token("sc.amr")),
                     timeout=CALL_TIMEOUT,
