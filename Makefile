@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 DEMO ?= out/demo
 
-.PHONY: demo test install services lint proto proto-check pytest clean
+.PHONY: demo test install services promtool lint proto proto-check pytest clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ services:
 	@for i in $$(seq 1 30); do redis-cli -h 127.0.0.1 ping >/dev/null 2>&1 && pg_isready -q -h 127.0.0.1 && exit 0; sleep 1; done; \
 	  echo "Redis or PostgreSQL did not come up" >&2; exit 1
 
+# promtool checks and unit-tests the alert rules (conf/prometheus/); Debian ships it in `prometheus`.
+promtool:
+	@command -v promtool >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus)
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
@@ -41,10 +45,10 @@ proto: $(STAMP)
 proto-check: $(STAMP)
 	$(PY) proto/build.py --check
 
-pytest: $(STAMP) services
+pytest: $(STAMP) services promtool
 	$(PY) -m pytest --cov --cov-branch --cov-report=term
 
-test: $(STAMP) services lint proto-check pytest
+test: $(STAMP) services promtool lint proto-check pytest
 
 demo: $(STAMP)
 	@rm -rf $(DEMO)

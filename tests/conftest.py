@@ -13,6 +13,8 @@ from registry import RegistrySource, load_source
 
 __all__ = ["DEMO_SOURCE", "Federation", "make_federation"]
 
+pytest_plugins = ["cli_support"]  # the `run` fixture of the CLI tests
+
 
 @pytest.fixture(scope="session")
 def demo_source() -> RegistrySource:

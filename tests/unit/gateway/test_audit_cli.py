@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from audit_contract import KEY, T0, make_record
+from cli_support import Run
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from pg_support import pg_roles, superuser
@@ -36,10 +37,8 @@ from gateway.audit import (
     verify_inclusion,
 )
 from gateway.audit._merkle import CompactRange
-from gateway.cli import AUDIT_OUTCOMES, main
+from gateway.cli import AUDIT_OUTCOMES
 from registry import KeyState, KeyUsage
-
-Run = Callable[..., tuple[int, str, str]]
 
 REGION = "510000"
 ORIGIN = f"audit.tongban/{REGION}"
@@ -47,30 +46,6 @@ KEY_NAME = f"audit-{REGION}"
 RAW_ID = "110105194912310021"  # make_record's default subject
 OTHER_ID = "510104198001010011"
 N = 30  # records in a filled log: record i at index i, subject RAW_ID unless i % 3 == 0
-
-
-@pytest.fixture(autouse=True)
-def _plain_console(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A wide, colourless console: tables keep whole values, no ANSI codes."""
-    for name in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "NO_COLOR"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("COLUMNS", "250")
-
-
-@pytest.fixture
-def run(capsys: pytest.CaptureFixture[str]) -> Run:
-    """Run `main(argv)` and return (exit code, stdout, stderr) of that run only."""
-
-    def invoke(*argv: str | Path) -> tuple[int, str, str]:
-        capsys.readouterr()
-        try:
-            code = main([str(a) for a in argv])
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return invoke
 
 
 @pytest.fixture(scope="module")

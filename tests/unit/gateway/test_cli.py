@@ -12,9 +12,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from cli_support import Run
 from support import DEMO_REGIONS, DEMO_SOURCE, Federation, make_federation
 
-from gateway.cli import main
 from registry import (
     AUTHORITY_PUBLIC_KEY,
     CURRENT_SNAPSHOT,
@@ -28,32 +28,6 @@ from registry import (
     load_authority_public_key,
     load_source,
 )
-
-Run = Callable[..., tuple[int, str, str]]
-
-
-@pytest.fixture(autouse=True)
-def _plain_console(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A wide, colourless console: tables keep whole kids and ids, no ANSI codes."""
-    for name in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "NO_COLOR"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("COLUMNS", "250")
-
-
-@pytest.fixture
-def run(capsys: pytest.CaptureFixture[str]) -> Run:
-    """Run `main(argv)` and return (exit code, stdout, stderr) of that run only."""
-
-    def invoke(*argv: str | Path) -> tuple[int, str, str]:
-        capsys.readouterr()
-        try:
-            code = main([str(a) for a in argv])
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return invoke
 
 
 @pytest.fixture(scope="module")

@@ -7,42 +7,16 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from cli_support import Run
 from support import Federation, make_federation
 
-from gateway.cli import main
 from registry import AUTHORITY_PUBLIC_KEY, KeyState, KeyUsage
 
-Run = Callable[..., tuple[int, str, str]]
 DOCUMENT = '{"licence":"91330000MA27XL0T4K","holder":"浙江通办科技有限公司"}\n'.encode()
-
-
-@pytest.fixture(autouse=True)
-def _plain_console(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A wide, colourless console: tables keep whole kids and ids, no ANSI codes."""
-    for name in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "NO_COLOR"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("COLUMNS", "250")
-
-
-@pytest.fixture
-def run(capsys: pytest.CaptureFixture[str]) -> Run:
-    """Run `main(argv)` and return (exit code, stdout, stderr) of that run only."""
-
-    def invoke(*argv: str | Path) -> tuple[int, str, str]:
-        capsys.readouterr()
-        try:
-            code = main([str(a) for a in argv])
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return invoke
 
 
 @pytest.fixture(scope="module")
