@@ -1523,7 +1523,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="revoke a key from a given time",
         description="Mark a key revoked with a time and a reason; signatures dated from then on are refused after the next publish.",
     )
-    revoke.add_argument("kid", help="the key id (x5t#S256) to revoke")
+    revoke.add_argument(
+        "kid",
+        help="the key id (x5t#S256) to revoke; one that starts with '-' goes last, after '--'",
+    )
     revoke.add_argument("--pki", type=Path, required=True, help="PKI folder")
     revoke.add_argument(
         "--reason", required=True, help="why, e.g. keyCompromise, superseded, cessationOfOperation"

@@ -453,15 +453,16 @@ REFUSALS = {
         lambda c: [
             "keys",
             "revoke",
-            c.seal_kid(),
             "--pki",
             c.fresh().pki,
             "--reason",
             "keyCompromise",
+            "--",  # a kid is base64url: one in 64 starts with "-"
+            c.seal_kid(),
         ],
         lambda c: [c.seal_kid(), "already revoked"],
         before=lambda c: [
-            ["keys", "revoke", c.seal_kid(), "--pki", c.fresh().pki, "--reason", "superseded"]
+            ["keys", "revoke", "--pki", c.fresh().pki, "--reason", "superseded", "--", c.seal_kid()]
         ],
     ),
     "serve-missing-config": Refusal(
@@ -722,7 +723,7 @@ def test_key_rotation_and_revocation_through_the_cli(run: Run, tmp_path: Path) -
     # revoke with a time and a reason; the next publish carries it
     at = "2026-01-02T03:04:05+08:00"
     code, out, err = run(
-        "keys", "revoke", new, "--pki", fed.pki, "--reason", "keyCompromise", "--at", at
+        "keys", "revoke", "--pki", fed.pki, "--reason", "keyCompromise", "--at", at, "--", new
     )
     assert (code, err) == (0, "")
     assert "revoked at 2026-01-01 19:04:05Z" in out
@@ -749,7 +750,7 @@ def test_keys_expiring_on_a_fresh_pki_lists_nothing(run: Run, shared: Federation
 def test_generate_after_revoke_then_expiring(run: Run, tmp_path: Path) -> None:
     fed = make_federation(tmp_path)
     old = fed.active("330000", KeyUsage.SEAL)
-    code, _, err = run("keys", "revoke", old, "--pki", fed.pki, "--reason", "keyCompromise")
+    code, _, err = run("keys", "revoke", "--pki", fed.pki, "--reason", "keyCompromise", "--", old)
     assert (code, err) == (0, "")
     code, out, err = run(
         "keys", "generate", "--pki", fed.pki, "--owner", "330000", "--usage", "seal",
@@ -797,3 +798,14 @@ def test_tables_never_cut_a_kid_on_a_narrow_console(
         assert kid in last_column, f"kid {kid} cut in the table"
     for agreement in ("CY-SI-2026", "ZJ-HUKOU-CQ-2026", "LICENCE-ZJ-2026"):
         assert agreement in first_column
+
+
+def test_a_kid_that_starts_with_a_dash_is_revoked_after_double_dash(
+    tmp_path: Path, run: Run
+) -> None:
+    """One kid in 64 starts with "-" (base64url); after "--" argparse takes it as the kid."""
+    fed = make_federation(tmp_path)
+    code, _, err = run("keys", "revoke", "--pki", fed.pki, "--reason", "superseded", "--", "-Abc")
+    assert code == 1
+    assert "no key '-Abc'" in err
+    assert "Traceback" not in err
