@@ -1,0 +1,477 @@
+"""Every metric a gateway exports, and the helpers the request path calls to move them.
+
+Label values are bounded by construction: gRPC service and method names come from the
+registered handlers, codes from `grpc.StatusCode`, reasons must be UPPER_SNAKE codes,
+indications come from the signer's enums, and regions, agreements, kids and owners from the
+signed registry. A value that does not fit its label is exported as "other" (or "OTHER" for
+codes), never as itself: no subject, case, request or operator id can become a series.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Literal, Protocol
+
+import grpc
+from cryptography import x509
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from registry import KeyState, Registry, RegistryStatus, certificate_thumbprint
+from signer import Indication, SubIndication
+
+__all__ = [
+    "CACHE_RESULTS",
+    "CA_USAGE",
+    "GRPC_LATENCY_BUCKETS",
+    "OTHER",
+    "PEER_LOCAL",
+    "CacheView",
+    "GatewayMetrics",
+    "grpc_code_name",
+    "split_method",
+]
+
+log = logging.getLogger("tongban.metrics")
+
+# 1 ms to 10 s: a cache hit answers in about a millisecond, a cross-region query with its
+# provider call, seal and durable audit in tens to hundreds, a peer timing out in seconds.
+GRPC_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+PEER_LOCAL = "local"  # peer_region of calls to the region's own data system (DataProvider)
+CA_USAGE = "ca"  # usage label of a region CA certificate in the certificate gauges
+OTHER = "other"  # the label value of anything that does not fit its label
+CACHE_RESULTS = ("hit", "miss", "error", "bypassed")
+OUTCOMES = ("allowed", "denied")
+
+_REASON = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
+_IDENTIFIER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+_DIGIT_RUN = re.compile(r"\d{15,}")  # a citizen id (15 or 18 digits), a phone, a case number
+_INDICATIONS = frozenset(i.value for i in Indication)
+_SUB_INDICATIONS = frozenset(s.value for s in SubIndication)
+
+
+def _camel(code: grpc.StatusCode) -> str:
+    """The contract spelling of a status code: the gRPC-Go / grpc-ecosystem name."""
+    if code is grpc.StatusCode.OK:
+        return "OK"
+    if code is grpc.StatusCode.CANCELLED:
+        return "Canceled"  # sic: the Go spelling every gRPC dashboard matches on
+    return "".join(part.capitalize() for part in code.name.split("_"))
+
+
+_CODE_NAMES = {c: _camel(c) for c in grpc.StatusCode}
+_CODES = {**{c.name: n for c, n in _CODE_NAMES.items()}, **{n: n for n in _CODE_NAMES.values()}}
+_CODES_BY_NUMBER = {c.value[0]: n for c, n in _CODE_NAMES.items()}
+
+CertificateLabels = tuple[str, str, str]  # kid, usage, owner
+
+
+class CacheView(Protocol):
+    """What `observe_cache` reads: a `CircuitBreaker` or an `AnswerCache` both fit."""
+
+    @property
+    def state(self) -> str: ...
+
+    @property
+    def counters(self) -> _CacheCounters: ...
+
+
+class _CacheCounters(Protocol):
+    @property
+    def hits(self) -> int: ...
+    @property
+    def misses(self) -> int: ...
+    @property
+    def errors(self) -> int: ...
+    @property
+    def bypassed(self) -> int: ...
+
+
+def split_method(full_method: str | bytes) -> tuple[str, str]:
+    """ "/tongban.v1.Peer/Forward" → ("tongban.v1.Peer", "Forward")."""
+    text = full_method.decode("ascii", "replace") if isinstance(full_method, bytes) else full_method
+    service, _, method = text.lstrip("/").rpartition("/")
+    return (service or OTHER), (method or OTHER)
+
+
+def grpc_code_name(code: object) -> str:
+    """The contract name of a status code (`OK`, `Canceled`, `InvalidArgument`, ...; see
+    docs/monitoring.md) given as `grpc.StatusCode`, its Python name, its contract name or number.
+    Anything else is `Unknown`."""
+    if isinstance(code, grpc.StatusCode):
+        return _CODE_NAMES[code]
+    if isinstance(code, int):
+        return _CODES_BY_NUMBER.get(code, "Unknown")
+    if isinstance(code, str):
+        return _CODES.get(code, "Unknown")
+    return "Unknown"
+
+
+def _reason(value: str) -> str:
+    """An ErrorInfo / snapshot refusal reason: "" or an UPPER_SNAKE code."""
+    text = str(value)
+    if text == "" or _REASON.fullmatch(text):
+        return text
+    return "OTHER"
+
+
+def _identifier(value: str, known: frozenset[str] | None = None) -> str:
+    """A registry identifier (region code, agreement id): short, plain, and never id-like."""
+    text = str(value)
+    if known is not None:
+        return text if text in known else OTHER
+    if _IDENTIFIER.fullmatch(text) and not _DIGIT_RUN.search(text):
+        return text
+    return OTHER
+
+
+def _timestamp(value: datetime | float | None) -> float:
+    if value is None:
+        return 0.0
+    if isinstance(value, datetime):
+        return value.timestamp()
+    return float(value)
+
+
+def _multiprocess() -> bool:
+    # prometheus_client itself decides this way; series cannot be removed in that mode.
+    return "PROMETHEUS_MULTIPROC_DIR" in os.environ or "prometheus_multiproc_dir" in os.environ
+
+
+class _Monotonic:
+    """Moves a counter to follow a source total that only goes up (or starts again from 0)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, int] = {}
+
+    def delta(self, key: str, total: int) -> int:
+        previous = self._seen.get(key, 0)
+        self._seen[key] = total
+        if total < previous:  # the source was replaced: everything it counts is new
+            return total
+        return total - previous
+
+
+class GatewayMetrics:
+    """The gateway's metrics on one `CollectorRegistry` (a fresh one unless given).
+
+    gRPC server and client metrics follow the grpc-ecosystem names and labels (go-grpc-prometheus
+    / py-grpc-prometheus), so the usual dashboards work unchanged; Tongban's own are prefixed
+    `tongban_`. Timestamps are exported as Unix seconds, never as ages: PromQL computes the age
+    (`time() - metric`), and a value that never needs re-exporting cannot go stale.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        r = self.registry
+        server = ("grpc_type", "grpc_service", "grpc_method")
+        client = (*server, "peer_region")
+
+        # gRPC server -------------------------------------------------------------------------
+        self.grpc_server_started = Counter(
+            "grpc_server_started_total",
+            "RPCs started on the server, by type, service and method.",
+            server,
+            registry=r,
+        )
+        self.grpc_server_handled = Counter(
+            "grpc_server_handled_total",
+            "RPCs completed on the server, by the status code they ended with "
+            "(OK, or the code the call was aborted with; UNKNOWN for an unexpected exception).",
+            (*server, "grpc_code"),
+            registry=r,
+        )
+        self.grpc_server_handling_seconds = Histogram(
+            "grpc_server_handling_seconds",
+            "Time from the start of an RPC to its end on the server (for a stream, until the "
+            "last message), in seconds.",
+            server,
+            buckets=GRPC_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.grpc_server_msg_received = Counter(
+            "grpc_server_msg_received_total",
+            "Request messages received by the server (one per unary request).",
+            server,
+            registry=r,
+        )
+        self.grpc_server_msg_sent = Counter(
+            "grpc_server_msg_sent_total",
+            "Response messages sent by the server (one per unary answer, one per streamed item).",
+            server,
+            registry=r,
+        )
+
+        # gRPC client: calls to peer gateways and to the region's own data system ----------------
+        self.grpc_client_started = Counter(
+            "grpc_client_started_total",
+            "RPCs started by this gateway to a peer gateway (peer_region = its region code) or to "
+            'the region\'s own data system (peer_region = "local").',
+            client,
+            registry=r,
+        )
+        self.grpc_client_handled = Counter(
+            "grpc_client_handled_total",
+            "RPCs this gateway made that have completed, by the status code the callee returned.",
+            (*client, "grpc_code"),
+            registry=r,
+        )
+        self.grpc_client_handling_seconds = Histogram(
+            "grpc_client_handling_seconds",
+            "Time from the start of an outgoing RPC until its answer (or last streamed message), "
+            "in seconds.",
+            client,
+            buckets=GRPC_LATENCY_BUCKETS,
+            registry=r,
+        )
+
+        # answer cache ----------------------------------------------------------------------------
+        self.cache_lookups = Counter(
+            "tongban_cache_lookups_total",
+            "Answer cache results. hit and miss split the lookups (a miss includes every lookup "
+            "that failed or was bypassed); error counts backend calls that failed and bypassed "
+            "backend calls skipped while the circuit was open (reads and writes).",
+            ("result",),
+            registry=r,
+        )
+        self.cache_circuit_open = Gauge(
+            "tongban_cache_circuit_open",
+            "1 while the cache backend's circuit breaker is open or half-open (answers are "
+            "served uncached), 0 while it is closed.",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+
+        # decisions and verifications -------------------------------------------------------------
+        self.authorisation_decisions = Counter(
+            "tongban_authorisation_decisions_total",
+            "Authorisation decisions, by outcome (allowed or denied) and ErrorInfo reason of a "
+            'denial (PURPOSE_NOT_APPROVED, FIELD_NOT_ALLOWED, ...; "" when allowed).',
+            ("outcome", "reason"),
+            registry=r,
+        )
+        self.seal_verifications = Counter(
+            "tongban_seal_verifications_total",
+            "E-seal and e-signature verifications, by ETSI EN 319 102-1 indication and "
+            'sub-indication ("" when TOTAL_PASSED).',
+            ("indication", "sub_indication"),
+            registry=r,
+        )
+
+        # audit -------------------------------------------------------------------------------------
+        self.audit_appends = Counter(
+            "tongban_audit_appends_total",
+            "Audit records made durable.",
+            registry=r,
+        )
+        self.audit_append_failures = Counter(
+            "tongban_audit_append_failures_total",
+            "Audit appends that failed: each one is a request refused with AUDIT_UNAVAILABLE.",
+            registry=r,
+        )
+        self.audit_checkpoint_size = Gauge(
+            "tongban_audit_checkpoint_size",
+            "Tree size (records) of the latest signed audit checkpoint.",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.audit_checkpoint_timestamp = Gauge(
+            "tongban_audit_checkpoint_timestamp_seconds",
+            "When the latest audit checkpoint was signed, Unix seconds (age: time() - this).",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+
+        # registry --------------------------------------------------------------------------------
+        self.registry_version = Gauge(
+            "tongban_registry_version",
+            "Version of the registry snapshot this gateway holds (0: none held yet).",
+            registry=r,
+            multiprocess_mode="livemin",
+        )
+        self.registry_issued = Gauge(
+            "tongban_registry_issued_timestamp_seconds",
+            "When the held registry snapshot was issued, Unix seconds (0: none held).",
+            registry=r,
+            multiprocess_mode="livemin",
+        )
+        self.registry_expiry = Gauge(
+            "tongban_registry_expiry_timestamp_seconds",
+            "When the held registry snapshot expires, Unix seconds (0: none held); after it, "
+            "cross-region queries fail with REGISTRY_STALE.",
+            registry=r,
+            multiprocess_mode="livemin",
+        )
+        self.registry_refused = Counter(
+            "tongban_registry_refused_total",
+            "Registry snapshots refused, by reason (FORMAT, UNSIGNED, UNTRUSTED_SIGNER, "
+            "BAD_SIGNATURE, ROLLBACK, EXPIRED); the held snapshot stays in force.",
+            ("reason",),
+            registry=r,
+        )
+
+        # quotas and peers ------------------------------------------------------------------------
+        self.quota_rejections = Counter(
+            "tongban_quota_rejections_total",
+            "Requests refused with QUOTA_EXCEEDED, by agreement id (from the signed registry).",
+            ("agreement",),
+            registry=r,
+        )
+        self.peer_calls = Counter(
+            "tongban_peer_calls_total",
+            "Calls to peer gateways (peer_region = region code) and to the region's own data "
+            'system (peer_region = "local"), by gRPC status code of the outcome.',
+            ("peer_region", "code"),
+            registry=r,
+        )
+        self.peer_call_seconds = Histogram(
+            "tongban_peer_call_seconds",
+            "Duration of calls to peer gateways and the region's own data system, in seconds.",
+            ("peer_region",),
+            buckets=GRPC_LATENCY_BUCKETS,
+            registry=r,
+        )
+
+        # certificates ----------------------------------------------------------------------------
+        self.certificate_expiry = Gauge(
+            "tongban_certificate_expiry_timestamp_seconds",
+            "Not-after of every key certificate and region CA certificate the gateway trusts, "
+            'Unix seconds (usage "ca" for a region CA, owner its region code).',
+            ("kid", "usage", "owner"),
+            registry=r,
+            multiprocess_mode="livemin",
+        )
+        self.certificate_not_before = Gauge(
+            "tongban_certificate_not_before_timestamp_seconds",
+            "Not-before of every key certificate and region CA certificate the gateway trusts, "
+            "Unix seconds.",
+            ("kid", "usage", "owner"),
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+
+        # Series that exist from the start, so that rate() and absent() behave before the first
+        # event rather than after it.
+        for result in CACHE_RESULTS:
+            self.cache_lookups.labels(result)
+        self.authorisation_decisions.labels("allowed", "")
+
+        self._cache_totals = _Monotonic()
+        self._refusal_totals = _Monotonic()
+        self._certificates: set[CertificateLabels] = set()
+        self._regions: frozenset[str] | None = None  # known once a registry was observed
+        self._agreements: frozenset[str] | None = None
+
+    # registry -----------------------------------------------------------------------------------
+    def observe_registry(self, registry: Registry | None, status: RegistryStatus) -> None:
+        """Set the registry gauges from `status` and replace the certificate gauges with the
+        keys and region CAs of `registry` (the held snapshot, expired or not; None when none is
+        held). Series of keys no longer trusted are removed, so a rotation shows without a
+        restart. Revoked keys are left out: their expiry calls for no action. Also follows the
+        refusal counts in `status` (as `observe_refusals`). Call on every swap and periodically.
+        """
+        self.registry_version.set(status.version or 0)
+        self.registry_issued.set(_timestamp(status.issued_at))
+        self.registry_expiry.set(_timestamp(status.expires_at))
+        self.observe_refusals(status.refusals)
+
+        wanted: dict[CertificateLabels, tuple[float, float]] = {}
+        if registry is not None:
+            self._regions = frozenset(region.code for region in registry.regions)
+            self._agreements = frozenset(agreement.id for agreement in registry.agreements)
+            for key in registry.keys:
+                if key.state is KeyState.REVOKED:
+                    continue
+                wanted[(key.kid, key.usage.value, key.owner)] = (
+                    key.not_before.timestamp(),
+                    key.not_after.timestamp(),
+                )
+            for region in registry.regions:
+                for der in region.ca_certificates:
+                    try:
+                        certificate = x509.load_der_x509_certificate(der)
+                    except ValueError:
+                        log.warning(
+                            "region %s has a CA certificate that does not parse", region.code
+                        )
+                        continue
+                    wanted[(certificate_thumbprint(der), CA_USAGE, region.code)] = (
+                        certificate.not_valid_before_utc.timestamp(),
+                        certificate.not_valid_after_utc.timestamp(),
+                    )
+
+        # In multi-process mode prometheus_client cannot remove a series: there a dropped key's
+        # series stays until the workers restart (see the module docstring of _http).
+        if not _multiprocess():
+            for labels in self._certificates - wanted.keys():
+                self.certificate_expiry.remove(*labels)
+                self.certificate_not_before.remove(*labels)
+            self._certificates = set(wanted)
+        for labels, (not_before, not_after) in wanted.items():
+            self.certificate_not_before.labels(*labels).set(not_before)
+            self.certificate_expiry.labels(*labels).set(not_after)
+
+    def observe_refusals(self, refusals: Mapping[str, int]) -> None:
+        """Follow the store's refused-snapshot totals by reason (counters only go up)."""
+        for reason, total in refusals.items():
+            delta = self._refusal_totals.delta(reason, total)
+            if delta > 0:
+                self.registry_refused.labels(_reason(reason)).inc(delta)
+
+    # cache --------------------------------------------------------------------------------------
+    def observe_cache(self, cache: CacheView) -> None:
+        """Follow an `AnswerCache`'s (or its `CircuitBreaker`'s) state and totals."""
+        self.cache_circuit_open.set(0 if cache.state == "closed" else 1)
+        counters = cache.counters
+        for result, total in (
+            ("hit", counters.hits),
+            ("miss", counters.misses),
+            ("error", counters.errors),
+            ("bypassed", counters.bypassed),
+        ):
+            delta = self._cache_totals.delta(result, total)
+            if delta > 0:
+                self.cache_lookups.labels(result).inc(delta)
+
+    # request path ---------------------------------------------------------------------------------
+    def decision(self, outcome: Literal["allowed", "denied"], reason: str = "") -> None:
+        """One authorisation decision; `reason` is the ErrorInfo reason of a denial."""
+        if outcome not in OUTCOMES:
+            raise ValueError(f"outcome is allowed or denied, not {outcome!r}")
+        self.authorisation_decisions.labels(outcome, _reason(reason)).inc()
+
+    def verification(self, indication: str, sub_indication: str = "") -> None:
+        """One seal or signature verification (`Indication`, `SubIndication` or their values)."""
+        main = str(indication) if str(indication) in _INDICATIONS else "OTHER"
+        sub = str(sub_indication)
+        if sub and sub not in _SUB_INDICATIONS:
+            sub = "OTHER"
+        self.seal_verifications.labels(main, sub).inc()
+
+    def audit_append(self, ok: bool) -> None:
+        """One audit append: made durable (`ok`) or failed."""
+        (self.audit_appends if ok else self.audit_append_failures).inc()
+
+    def checkpoint(self, size: int, signed_at: datetime | float) -> None:
+        """A signed audit checkpoint: its tree size and when it was signed."""
+        self.audit_checkpoint_size.set(size)
+        self.audit_checkpoint_timestamp.set(_timestamp(signed_at))
+
+    def quota_rejected(self, agreement: str) -> None:
+        """A request refused because `agreement`'s quota is spent."""
+        self.quota_rejections.labels(_identifier(agreement, self._agreements)).inc()
+
+    def peer_call(self, region: str, code: grpc.StatusCode | str | int, seconds: float) -> None:
+        """One call to a peer gateway (`region` its code) or the data system (`PEER_LOCAL`)."""
+        peer = self.peer_region(region)
+        self.peer_calls.labels(peer, grpc_code_name(code)).inc()
+        self.peer_call_seconds.labels(peer).observe(max(seconds, 0.0))
+
+    def peer_region(self, region: str) -> str:
+        """The `peer_region` label for `region`: "local", a region the registry knows, or "other"."""
+        if region == PEER_LOCAL:
+            return PEER_LOCAL
+        return _identifier(region, self._regions)
