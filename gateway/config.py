@@ -290,6 +290,8 @@ class GatewayConfig:
     audit: AuditConfig | None = None
     exchange: ExchangeConfig | None = None
     peers: Mapping[str, str] = field(default_factory=dict)
+    # host:port of the plain-HTTP /metrics, /healthz and /readyz endpoint ("" = none)
+    metrics_listen: str = ""
 
     def __post_init__(self) -> None:
         if self.region not in PROVINCES:
@@ -304,6 +306,17 @@ class GatewayConfig:
             or not 0 <= int(port) <= 65535
         ):
             raise ConfigError(f"gateway.listen: {self.listen!r} is not host:port")
+        if self.metrics_listen:
+            m_host, m_sep, m_port = self.metrics_listen.rpartition(":")
+            if (
+                not m_sep
+                or not m_host
+                or not (m_port.isascii() and m_port.isdigit())
+                or not 0 <= int(m_port) <= 65535
+            ):
+                raise ConfigError(
+                    f"gateway.metrics_listen: {self.metrics_listen!r} is not host:port"
+                )
         if self.snapshot_file is None and not self.follow:
             raise ConfigError(
                 "registry: give snapshot_file, follow, or both: the gateway needs a registry"
@@ -342,6 +355,7 @@ class GatewayConfig:
                 region=gw.text("region"),
                 listen=gw.text("listen"),
                 grace_seconds=gw.number("grace_seconds", 5.0),
+                metrics_listen=gw.text("metrics_listen", required=False),
                 tls_certificate=tls.required_path("certificate"),
                 tls_private_key=tls.required_path("private_key"),
                 tls_passphrase=passphrase,
@@ -403,6 +417,7 @@ class GatewayConfig:
                 base,
                 grace_seconds=gw.number("grace_seconds", 5.0),
                 poll_seconds=reg.number("poll_seconds", 2.0),
+                metrics_listen=gw.text("metrics_listen", required=False),
             )
         except ConfigError as exc:
             message = str(exc)

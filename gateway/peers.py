@@ -7,7 +7,7 @@ and the server side checks ours the same way.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import grpc
 
@@ -28,10 +28,12 @@ class PeerPool:
         credentials: Callable[[], grpc.ChannelCredentials],
         *,
         overrides: Mapping[str, str] | None = None,
+        interceptors: Callable[[str], Sequence[grpc.aio.ClientInterceptor]] | None = None,
     ) -> None:
         self._store = store
         self._credentials = credentials
         self._overrides = dict(overrides or {})
+        self._interceptors = interceptors  # per peer region: the gateway's grpc_client_* metrics
         self._channels: dict[tuple[str, str, int], grpc.aio.Channel] = {}
 
     def endpoint(self, region: str) -> str:
@@ -56,6 +58,7 @@ class PeerPool:
                 target,
                 self._credentials(),
                 options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)],
+                interceptors=list(self._interceptors(region)) if self._interceptors else None,
             )
             self._channels[key] = channel
         return exchange_pb2_grpc.PeerStub(channel)  # typed as the async stub for an aio channel

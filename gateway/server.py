@@ -41,6 +41,13 @@ from gateway.cache import AnswerCache, CacheBackend, CircuitBreaker, MemoryBacke
 from gateway.config import GatewayConfig
 from gateway.errors import ConfigError
 from gateway.identity import CallerInterceptor, CallerResolver
+from gateway.metrics import (
+    PEER_LOCAL,
+    GatewayMetrics,
+    MetricsInterceptor,
+    MetricsServer,
+    client_interceptors,
+)
 from gateway.peers import PeerPool
 from gateway.provider import ProviderClient
 from gateway.quota import FallbackQuotaCounter, MemoryQuotaCounter, QuotaCounter, RedisQuotaCounter
@@ -230,11 +237,16 @@ class Gateway:
         except PkiError as exc:
             raise ConfigError(str(exc)) from exc
         self.store = RegistryStore(SnapshotVerifier(authority), clock=clock)
+        self.metrics = GatewayMetrics()
+        self.metrics_server: MetricsServer | None = None
+        self.metrics_port = 0
         self._clock = clock
         self._tls = _TlsMaterial(config)
         self.verifier = SealVerifier(_NoTrust(), clock=clock)
         self.store.on_swap(self._follow_registry)  # before any snapshot can be offered
         self.audit = build_audit_log(config, clock=clock)
+        if self.audit is not None:
+            self.audit.observer = self.metrics
         seal_keys = load_seal_keys(config)
         self.credentials = CredentialsService(
             self.store,
@@ -247,6 +259,9 @@ class Gateway:
         self._closers: list[Callable[[], Awaitable[None]]] = []
         self.query_path = self._build_query_path(seal_keys, clock)
         self.credentials.query_path = self.query_path
+        self.credentials.metrics = self.metrics
+        if self.query_path is not None:
+            self.query_path.metrics = self.metrics
         self.served_services = (
             *SERVED_SERVICES,
             *((OVERSIGHT_SERVICE,) if self.audit else ()),
@@ -300,10 +315,21 @@ class Gateway:
             quota = MemoryQuotaCounter()
             backend = MemoryBackend()
         self._closers.append(backend.close)
-        provider = ProviderClient(exchange.provider) if exchange.provider else None
+        provider = (
+            ProviderClient(
+                exchange.provider, interceptors=client_interceptors(self.metrics, PEER_LOCAL)
+            )
+            if exchange.provider
+            else None
+        )
         if provider is not None:
             self._closers.append(provider.close)
-        peers = PeerPool(self.store, self.client_credentials, overrides=config.peers)
+        peers = PeerPool(
+            self.store,
+            self.client_credentials,
+            overrides=config.peers,
+            interceptors=lambda region: client_interceptors(self.metrics, region),
+        )
         self._closers.append(peers.close)
         return QueryPath(
             region=config.region,
@@ -361,7 +387,9 @@ class Gateway:
             self._file_source.poll()
         server = grpc.aio.server(
             interceptors=[
-                CallerInterceptor(CallerResolver(self.store, self._clock), OPEN_SERVICES)
+                # first: a call the caller check refuses is counted too (as Unauthenticated)
+                MetricsInterceptor(self.metrics),
+                CallerInterceptor(CallerResolver(self.store, self._clock), OPEN_SERVICES),
             ],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -405,6 +433,19 @@ class Gateway:
             raise ConfigError(f"gateway.listen: cannot bind {self.config.listen} ({exc})") from exc
         await server.start()
         self.server = server
+        if self.config.metrics_listen:
+            host, _, port = self.config.metrics_listen.rpartition(":")
+            metrics_server = MetricsServer(
+                self.metrics.registry, ready=self._ready, before_scrape=self.observe
+            )
+            try:
+                self.metrics_port = await metrics_server.start(host.strip("[]"), int(port))
+            except OSError as exc:
+                await self.stop(0)  # the gRPC server, the audit log, the clients: all closed
+                raise ConfigError(
+                    f"gateway.metrics_listen: cannot bind {self.config.metrics_listen} ({exc.strerror})"
+                ) from exc
+            self.metrics_server = metrics_server
         await self._update_health()
         self.store.on_swap(self._on_swap)
         if self._file_source is not None:
@@ -427,7 +468,29 @@ class Gateway:
         self._swap_tasks.add(task)
         task.add_done_callback(self._swap_tasks.discard)
 
+    def _ready(self) -> tuple[bool, str]:
+        """For /readyz: ready while the gateway holds a registry in force (as gRPC health)."""
+        try:
+            self.store.current()
+        except RegistryError as exc:
+            return False, str(exc)
+        return True, "ready"
+
+    def observe(self) -> None:
+        """Bring the gauges that follow state up to date (on every swap and every few seconds)."""
+        snapshot = self.store.snapshot
+        self.metrics.observe_registry(
+            snapshot.registry if snapshot is not None else None, self.store.status()
+        )
+        if self.query_path is not None:
+            self.metrics.observe_cache(self.query_path.cache)
+        if self.audit is not None:
+            commits = getattr(self.audit.store, "commits", None)  # both stores count them
+            if isinstance(commits, int):
+                self.metrics.observe_audit_commits(commits)
+
     async def _update_health(self) -> None:
+        self.observe()
         try:
             self.store.current()
             status = health_pb2.HealthCheckResponse.SERVING
@@ -459,6 +522,9 @@ class Gateway:
                 self.config.grace_seconds if grace_seconds is None else grace_seconds
             )
             self.server = None
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
+            self.metrics_server = None
         for close in self._closers:
             try:
                 await close()

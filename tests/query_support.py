@@ -116,6 +116,7 @@ async def running_cluster(
     snapshots: Mapping[str, Path] | None = None,
     peer_overrides: Mapping[str, Mapping[str, str]] | None = None,
     audit_on_disk: bool = True,
+    metrics: bool = False,
 ) -> AsyncIterator[Cluster]:
     """Three demo data systems and three gateways, each gateway told the others' ports."""
     cluster = Cluster(fed, {r: free_port() for r in REGIONS})
@@ -138,7 +139,12 @@ async def running_cluster(
                 redis_url=redis_url,
                 peers=peers,
             )
-            config = dataclasses.replace(config, grace_seconds=0.2, poll_seconds=0.1)
+            config = dataclasses.replace(
+                config,
+                grace_seconds=0.2,
+                poll_seconds=0.1,
+                metrics_listen="127.0.0.1:0" if metrics else "",
+            )
             gateway, _ = await create_gateway(config)
             cluster.gateways[region] = gateway
         yield cluster

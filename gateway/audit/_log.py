@@ -16,6 +16,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
@@ -58,6 +59,14 @@ class Verification:
     latest: Checkpoint | None
 
 
+class AuditObserver(Protocol):
+    """Told of every append and checkpoint (the gateway's metrics)."""
+
+    def audit_append(self, ok: bool) -> None: ...
+
+    def checkpoint(self, size: int, signed_at: datetime | float) -> None: ...
+
+
 class AuditLog:
     def __init__(
         self,
@@ -86,6 +95,7 @@ class AuditLog:
         self._since_checkpoint = 0
         self._checkpointing: asyncio.Task[None] | None = None
         self._timer: asyncio.Task[None] | None = None
+        self.observer: AuditObserver | None = None
 
     async def open(self) -> None:
         await self.store.open()
@@ -110,7 +120,14 @@ class AuditLog:
         await self.store.close()
 
     async def append(self, record: AuditRecord) -> Appended:
-        appended = await self.store.append(record)
+        try:
+            appended = await self.store.append(record)
+        except AuditUnavailable:
+            if self.observer is not None:
+                self.observer.audit_append(False)
+            raise
+        if self.observer is not None:
+            self.observer.audit_append(True)
         self._since_checkpoint += 1
         if self._since_checkpoint >= self._every_records and self._checkpointing is None:
             self._checkpointing = asyncio.create_task(self._checkpoint_in_background())
@@ -142,7 +159,10 @@ class AuditLog:
         head = await self.store.head()
         self._since_checkpoint = 0
         checkpoint = sign_checkpoint(self.origin, head.size, head.root, self._key, self.key_name)
-        await self.store.add_checkpoint(checkpoint, self._clock())
+        signed_at = self._clock()
+        await self.store.add_checkpoint(checkpoint, signed_at)
+        if self.observer is not None:
+            self.observer.checkpoint(head.size, signed_at)
         return checkpoint
 
     async def prune(

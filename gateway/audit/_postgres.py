@@ -424,6 +424,11 @@ class PostgresAuditStore:
         self.batches = 0  # committed groups, for tests and metrics
         self.appended = 0  # records committed by this instance
 
+    @property
+    def commits(self) -> int:
+        """Transactions that committed appended records (as `SqliteAuditStore.commits`)."""
+        return self.batches
+
     def _sql(self, text: str, **more: sql.Composable) -> sql.Composed:
         return sql.SQL(text).format(s=self._s, schema=sql.Literal(self.schema), **more)
 

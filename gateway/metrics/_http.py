@@ -69,9 +69,11 @@ class MetricsServer:
         registry: CollectorRegistry,
         *,
         ready: Readiness = _always_ready,
+        before_scrape: Callable[[], None] | None = None,
         read_timeout_seconds: float = READ_TIMEOUT_SECONDS,
     ) -> None:
         self._registry = registry
+        self._before_scrape = before_scrape  # brings gauges that follow state up to date
         self._ready = ready
         self._read_timeout = read_timeout_seconds
         self._server: asyncio.Server | None = None
@@ -157,6 +159,11 @@ class MetricsServer:
 
     def exposition(self) -> bytes:
         """The text exposition `/metrics` answers with."""
+        if self._before_scrape is not None:
+            try:
+                self._before_scrape()
+            except Exception:  # a scrape still answers, with the values last observed
+                log.exception("updating the metrics before a scrape failed")
         path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         if path:
             aggregated = CollectorRegistry()

@@ -272,6 +272,12 @@ class GatewayMetrics:
             "Audit appends that failed: each one is a request refused with AUDIT_UNAVAILABLE.",
             registry=r,
         )
+        self.audit_commits = Counter(
+            "tongban_audit_commits",
+            "Transactions that made audit records durable (group commit): appends / commits is "
+            "the mean batch size.",
+            registry=r,
+        )
         self.audit_checkpoint_size = Gauge(
             "tongban_audit_checkpoint_size",
             "Tree size (records) of the latest signed audit checkpoint.",
@@ -361,6 +367,7 @@ class GatewayMetrics:
 
         self._cache_totals = _Monotonic()
         self._refusal_totals = _Monotonic()
+        self._audit_totals = _Monotonic()
         self._certificates: set[CertificateLabels] = set()
         self._regions: frozenset[str] | None = None  # known once a registry was observed
         self._agreements: frozenset[str] | None = None
@@ -435,6 +442,12 @@ class GatewayMetrics:
             delta = self._cache_totals.delta(result, total)
             if delta > 0:
                 self.cache_lookups.labels(result).inc(delta)
+
+    def observe_audit_commits(self, total: int) -> None:
+        """Follow an audit store's count of committed transactions (batches)."""
+        delta = self._audit_totals.delta("commits", total)
+        if delta > 0:
+            self.audit_commits.inc(delta)
 
     # request path ---------------------------------------------------------------------------------
     def decision(self, outcome: Literal["allowed", "denied"], reason: str = "") -> None:

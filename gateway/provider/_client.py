@@ -98,6 +98,7 @@ class ProviderClient:
         *,
         credentials: grpc.ChannelCredentials | None = None,
         timeout_seconds: float = 5.0,
+        interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
     ) -> None:
         if credentials is None and not is_loopback(target):
             raise ValueError(
@@ -109,6 +110,7 @@ class ProviderClient:
         self.target = target
         self.timeout_seconds = timeout_seconds
         self._credentials = credentials
+        self._interceptors = list(interceptors)  # e.g. the gateway's grpc_client_* metrics
         self._channel: grpc.aio.Channel | None = None
         self._stub: exchange_pb2_grpc.DataProviderAsyncStub | None = None
         self._closed = False
@@ -122,9 +124,16 @@ class ProviderClient:
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ]
             if self._credentials is None:
-                channel = grpc.aio.insecure_channel(self.target, options=options)
+                channel = grpc.aio.insecure_channel(
+                    self.target, options=options, interceptors=self._interceptors
+                )
             else:
-                channel = grpc.aio.secure_channel(self.target, self._credentials, options=options)
+                channel = grpc.aio.secure_channel(
+                    self.target,
+                    self._credentials,
+                    options=options,
+                    interceptors=self._interceptors,
+                )
             self._channel = channel
             self._stub = exchange_pb2_grpc.DataProviderStub(channel)
         return self._stub

@@ -29,6 +29,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from gateway.audit import AuditLog, AuditRecord, AuditUnavailable, Outcome
 from gateway.errors import abort
 from gateway.identity import Caller, CallerKind, current_caller
+from gateway.metrics import GatewayMetrics
 from gateway.services.exchange import QueryPath, Refusal
 from registry import KeyRefused, KeyUsage, Registry, RegistryError, RegistryStore
 from signer import (
@@ -124,6 +125,7 @@ class CredentialsService(credentials_pb2_grpc.CredentialsServicer):
         audit: AuditLog | None = None,
     ) -> None:
         self.query_path: QueryPath | None = None  # set by the gateway when it serves queries
+        self.metrics: GatewayMetrics | None = None  # set by the gateway that serves this
         self._store = store
         self._verifier = verifier  # switched to each applied registry by the gateway
         self._region = region
@@ -228,6 +230,9 @@ class CredentialsService(credentials_pb2_grpc.CredentialsServicer):
             detached_payload=request.detached_payload or None,
             validation_time=validation_time or self._clock(),
         )
+        if self.metrics is not None:
+            sub = report.sub_indication
+            self.metrics.verification(report.indication.value, sub.value if sub else "")
         return report_message(report)
 
     async def Seal(

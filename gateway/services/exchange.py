@@ -41,6 +41,7 @@ from gateway.audit import AuditLog, AuditRecord, AuditUnavailable, Outcome, pseu
 from gateway.cache import AnswerCache, cache_key
 from gateway.errors import DOMAIN, abort
 from gateway.identity import Caller, CallerKind, current_caller
+from gateway.metrics import PEER_LOCAL, GatewayMetrics
 from gateway.peers import PeerPool, UnknownPeer
 from gateway.policy import DataRequest, Decision, PolicyInputError, PurposePolicy, check_request
 from gateway.provider import ProviderClient, ProviderError
@@ -144,6 +145,11 @@ class QueryPath:
         self._pseudonym_key = pseudonym_key
         self._clock = clock
         self._policy = PurposePolicy()
+        self.metrics: GatewayMetrics | None = None  # set by the gateway that serves this path
+
+    @property
+    def cache(self) -> AnswerCache:
+        return self._cache
 
     def _current(self) -> Registry:
         try:
@@ -197,6 +203,8 @@ class QueryPath:
                 agreement_id=agreement_id,
             )
         )
+        if self.metrics is not None and outcome is not Outcome.FAILED:
+            self.metrics.decision("allowed" if outcome is Outcome.ALLOWED else "denied", reason)
         return make_audit_id(self._audit.origin, appended.index)
 
     async def _refuse(self, refusal: Refusal, **audit: Any) -> Refusal:
@@ -204,6 +212,8 @@ class QueryPath:
         The caller was denied, or the exchange failed (a peer, the data system, a bad seal)."""
         if not refusal.audited:
             outcome = Outcome.FAILED if refusal.code in _FAILURES else Outcome.DENIED
+            if self.metrics is not None and refusal.reason == "QUOTA_EXCEEDED":
+                self.metrics.quota_rejected(str(audit.get("agreement_id", "")))
             try:
                 await self._record(outcome=outcome, reason=refusal.reason, **audit)
             except AuditUnavailable:
@@ -387,11 +397,16 @@ class QueryPath:
             ),
             requesting_region=self.region,
         )
+        started = time.perf_counter()
         try:
-            return await stub.Forward(forward, timeout=max(deadline - FORWARD_MARGIN_SECONDS, 0.01))
+            answer = await stub.Forward(
+                forward, timeout=max(deadline - FORWARD_MARGIN_SECONDS, 0.01)
+            )
         except grpc.aio.AioRpcError as exc:
             reason, message = _error_info(exc)
             code = exc.code()
+            if self.metrics is not None:
+                self.metrics.peer_call(request.provider_region, code, time.perf_counter() - started)
             if code in (
                 grpc.StatusCode.UNAVAILABLE,
                 grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -413,6 +428,11 @@ class QueryPath:
                 "PEER_UNAVAILABLE",
                 f"the gateway of region {request.provider_region} failed: {code.name}",
             ) from exc
+        if self.metrics is not None:
+            self.metrics.peer_call(
+                request.provider_region, grpc.StatusCode.OK, time.perf_counter() - started
+            )
+        return answer
 
     async def _check_answer(
         self, forwarded: exchange_pb2.ForwardResponse, data: DataRequest, decision: Decision
@@ -422,6 +442,9 @@ class QueryPath:
             expected_kind=SignatureKind.SEAL,
             expected_owner_region=data.provider_region,
         )
+        if self.metrics is not None:
+            sub = report.sub_indication
+            self.metrics.verification(report.indication.value, sub.value if sub else "")
         if not report.passed or report.payload != forwarded.record.payload:
             why = (
                 report.message if not report.passed else "the sealed bytes are not the payload sent"
@@ -558,6 +581,7 @@ class QueryPath:
                 f"region {self.region}'s gateway has no data system configured",
             )
         remaining = context.time_remaining()
+        started = time.perf_counter()
         try:
             answer = await self._provider.fetch(
                 dataset=data.dataset,
@@ -574,7 +598,11 @@ class QueryPath:
             )
         except ProviderError as exc:
             code = grpc.StatusCode.UNAVAILABLE if exc.reason == "PROVIDER_UNAVAILABLE" else exc.code
+            if self.metrics is not None:
+                self.metrics.peer_call(PEER_LOCAL, code, time.perf_counter() - started)
             raise Refusal(code, exc.reason, str(exc)) from exc
+        if self.metrics is not None:
+            self.metrics.peer_call(PEER_LOCAL, grpc.StatusCode.OK, time.perf_counter() - started)
         if not answer.found:
             raise Refusal(
                 grpc.StatusCode.NOT_FOUND,

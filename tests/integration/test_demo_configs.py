@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -102,8 +103,14 @@ async def test_a_query_crosses_gateway_and_provider_processes(
     fed.publish()
     (tmp_path / "conf" / "demo").mkdir(parents=True)
     ports = {r: (free_port(), free_port()) for r in ("330000", "510000")}
+    metrics_port = {r: free_port() for r in ports}
     for region in ("330000", "510000"):
         text = (DEMO / f"gateway-{region}.toml").read_text(encoding="utf-8")
+        text = re.sub(
+            rf"127\.0\.0\.1:{_demo_port(region, 'metrics')}\b",
+            f"127.0.0.1:{metrics_port[region]}",
+            text,
+        )
         for code, (gateway_port, provider_port) in ports.items():
             text = re.sub(
                 rf"127\.0\.0\.1:{_demo_port(code, 'gateway')}\b", f"127.0.0.1:{gateway_port}", text
@@ -145,6 +152,9 @@ async def test_a_query_crosses_gateway_and_provider_processes(
             timeout=CALL_TIMEOUT,
         )
     assert answer.record.sealer_region == "330000"
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port['510000']}/metrics") as scrape:
+        exposition = scrape.read().decode()
+    assert 'tongban_authorisation_decisions_total{outcome="allowed",reason=""} 1.0' in exposition
     for process in processes:
         process.send_signal(signal.SIGINT)
     for process in processes:
@@ -155,7 +165,7 @@ async def test_a_query_crosses_gateway_and_provider_processes(
 
 def _demo_port(region: str, kind: str) -> int:
     gateway = {"330000": 7330, "510000": 7510, "500000": 7500}[region]
-    return gateway if kind == "gateway" else gateway + 2000
+    return {"gateway": gateway, "metrics": gateway + 1000, "provider": gateway + 2000}[kind]
 
 
 async def test_health_is_not_serving_until_a_registry_is_held(tmp_path: Path) -> None:

@@ -150,6 +150,7 @@ def test_from_file_defaults_absolute_paths_and_secrets(
         pytest.param("registry", "follow", "", id="snapshot-only-empty-follow"),
         pytest.param("gateway", "listen", "[::1]:0", id="ipv6-port-0"),
         pytest.param("gateway", "listen", "gw.example:65535", id="hostname-max-port"),
+        pytest.param("gateway", "metrics_listen", "127.0.0.1:9330", id="metrics-listen"),
     ],
 )
 def test_from_file_accepts(tmp_path: Path, section: str, key: str, value: Any) -> None:
@@ -256,6 +257,17 @@ ERRORS: dict[str, tuple[Document | str, list[str]]] = {
             ("empty", ""),
         ]
     },
+    **{
+        f"metrics-listen-{name}": (
+            changed("gateway", "metrics_listen", listen),
+            ["gateway.metrics_listen", "host:port"],
+        )
+        for name, listen in [("no-port", "127.0.0.1"), ("port-too-large", "0.0.0.0:70000")]
+    },
+    "metrics-listen-not-a-string": (
+        changed("gateway", "metrics_listen", 9330),
+        ["gateway.metrics_listen", "string"],
+    ),
     "neither-snapshot-nor-follow": (
         changed("registry", "snapshot_file", None),
         ["registry", "snapshot_file", "follow"],
