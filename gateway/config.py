@@ -272,6 +272,17 @@ def _peers(file: Path, data: Any) -> dict[str, str]:
     return dict(data)
 
 
+def _check_host_port(key: str, value: str) -> None:
+    host, sep, port = value.rpartition(":")
+    if (
+        not sep
+        or not host
+        or not (port.isascii() and port.isdigit())
+        or not 0 <= int(port) <= 65535
+    ):
+        raise ConfigError(f"{key}: {value!r} is not host:port")
+
+
 @dataclass(frozen=True)
 class GatewayConfig:
     region: str
@@ -298,25 +309,9 @@ class GatewayConfig:
             raise ConfigError(
                 f"gateway.region: {self.region!r} is not a GB/T 2260 province-level code"
             )
-        host, sep, port = self.listen.rpartition(":")
-        if (
-            not sep
-            or not host
-            or not (port.isascii() and port.isdigit())
-            or not 0 <= int(port) <= 65535
-        ):
-            raise ConfigError(f"gateway.listen: {self.listen!r} is not host:port")
+        _check_host_port("gateway.listen", self.listen)
         if self.metrics_listen:
-            m_host, m_sep, m_port = self.metrics_listen.rpartition(":")
-            if (
-                not m_sep
-                or not m_host
-                or not (m_port.isascii() and m_port.isdigit())
-                or not 0 <= int(m_port) <= 65535
-            ):
-                raise ConfigError(
-                    f"gateway.metrics_listen: {self.metrics_listen!r} is not host:port"
-                )
+            _check_host_port("gateway.metrics_listen", self.metrics_listen)
         if self.snapshot_file is None and not self.follow:
             raise ConfigError(
                 "registry: give snapshot_file, follow, or both: the gateway needs a registry"

@@ -19,7 +19,10 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
+
+from gateway.metrics import grpc_code_name
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "conf" / "prometheus" / "alerts.yml"
@@ -622,3 +625,7 @@ def test_dashboard_has_the_panels_on_call_needs(dashboard: dict[str, Any]) -> No
     sort = [t for t in certificates[0]["transformations"] if t["id"] == "sortBy"]
     assert sort
     assert sort[0]["options"]["sort"] == [{"field": "days to expiry", "desc": False}]
+
+
+def test_the_gateway_spells_grpc_code_as_the_contract() -> None:
+    assert {grpc_code_name(code) for code in grpc.StatusCode} == GRPC_CODES
