@@ -255,13 +255,11 @@ class Gateway:
             seal_keys=seal_keys,
             clock=clock,
             audit=self.audit,
+            metrics=self.metrics,
         )
         self._closers: list[Callable[[], Awaitable[None]]] = []
         self.query_path = self._build_query_path(seal_keys, clock)
         self.credentials.query_path = self.query_path
-        self.credentials.metrics = self.metrics
-        if self.query_path is not None:
-            self.query_path.metrics = self.metrics
         self.served_services = (
             *SERVED_SERVICES,
             *((OVERSIGHT_SERVICE,) if self.audit else ()),
@@ -350,6 +348,7 @@ class Gateway:
             provider=provider,
             audit=self.audit,
             pseudonym_key=config.audit.pseudonym_key,
+            metrics=self.metrics,
             clock=clock,
         )
 
@@ -477,7 +476,8 @@ class Gateway:
         return True, "ready"
 
     def observe(self) -> None:
-        """Bring the gauges that follow state up to date (on every swap and every few seconds)."""
+        """Bring the gauges that follow state up to date; the metrics endpoint calls this before
+        every scrape, so nothing is computed that nobody reads."""
         snapshot = self.store.snapshot
         self.metrics.observe_registry(
             snapshot.registry if snapshot is not None else None, self.store.status()
@@ -485,12 +485,9 @@ class Gateway:
         if self.query_path is not None:
             self.metrics.observe_cache(self.query_path.cache)
         if self.audit is not None:
-            commits = getattr(self.audit.store, "commits", None)  # both stores count them
-            if isinstance(commits, int):
-                self.metrics.observe_audit_commits(commits)
+            self.metrics.observe_audit_commits(self.audit.store.commits)
 
     async def _update_health(self) -> None:
-        self.observe()
         try:
             self.store.current()
             status = health_pb2.HealthCheckResponse.SERVING

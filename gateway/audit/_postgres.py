@@ -421,13 +421,8 @@ class PostgresAuditStore:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._months: set[date] = set()  # months known to have a partition
-        self.batches = 0  # committed groups, for tests and metrics
+        self.commits = 0  # committed groups, for tests and metrics
         self.appended = 0  # records committed by this instance
-
-    @property
-    def commits(self) -> int:
-        """Transactions that committed appended records (as `SqliteAuditStore.commits`)."""
-        return self.batches
 
     def _sql(self, text: str, **more: sql.Composable) -> sql.Composed:
         return sql.SQL(text).format(s=self._s, schema=sql.Literal(self.schema), **more)
@@ -640,7 +635,7 @@ class PostgresAuditStore:
             except ProofError as exc:
                 raise AuditUnavailable(f"the stored audit head is malformed: {exc}") from exc
             else:
-                self.batches += 1
+                self.commits += 1
                 self.appended += len(records)
                 return appended
         raise AssertionError("unreachable")  # pragma: no cover

@@ -94,6 +94,8 @@ class AuditQuery:
 
 
 class AuditStore(Protocol):
+    commits: int  # transactions that made appended records durable (a group commit is one)
+
     async def open(self) -> None:
         """Create or migrate the schema; load the head."""
         ...
@@ -150,6 +152,7 @@ class MemoryAuditStore:
         self._checkpoints: list[Checkpoint] = []
         self._marker: PruneMarker | None = None
         self._lock = asyncio.Lock()
+        self.commits = 0
         self.available = True  # tests switch this off to simulate an outage
 
     async def open(self) -> None:
@@ -167,6 +170,7 @@ class MemoryAuditStore:
             self._range.append(leaf)
             self._rows.append(StoredRow(index, record.canonical, leaf, self._range.root()))
             self._records.append(record)
+            self.commits += 1
             return Appended(index, leaf)
 
     async def head(self) -> TreeHead:

@@ -123,9 +123,10 @@ class CredentialsService(credentials_pb2_grpc.CredentialsServicer):
         seal_keys: Mapping[str, KeyProvider],
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         audit: AuditLog | None = None,
+        metrics: GatewayMetrics,
     ) -> None:
         self.query_path: QueryPath | None = None  # set by the gateway when it serves queries
-        self.metrics: GatewayMetrics | None = None  # set by the gateway that serves this
+        self.metrics = metrics
         self._store = store
         self._verifier = verifier  # switched to each applied registry by the gateway
         self._region = region
@@ -230,9 +231,7 @@ class CredentialsService(credentials_pb2_grpc.CredentialsServicer):
             detached_payload=request.detached_payload or None,
             validation_time=validation_time or self._clock(),
         )
-        if self.metrics is not None:
-            sub = report.sub_indication
-            self.metrics.verification(report.indication.value, sub.value if sub else "")
+        self.metrics.verification(report.indication, report.sub_indication or "")
         return report_message(report)
 
     async def Seal(

@@ -97,6 +97,19 @@ class Answer:
     agreement_id: str
 
 
+def _data_request(query: exchange_pb2.QueryRequest) -> DataRequest:
+    """What the policy decides on, from the wire message (the same on both gateways)."""
+    return DataRequest(
+        provider_region=query.provider_region,
+        dataset=query.dataset,
+        purpose=query.purpose,
+        subject_id=query.subject_id,
+        fields=tuple(query.fields),
+        case_id=query.case_id,
+        request_id=query.request_id,
+    )
+
+
 def _timestamp(value: datetime) -> Timestamp:
     stamp = Timestamp()
     stamp.FromDatetime(value)
@@ -128,6 +141,7 @@ class QueryPath:
         provider: ProviderClient | None,
         audit: AuditLog,
         pseudonym_key: bytes,
+        metrics: GatewayMetrics,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.region = region
@@ -145,7 +159,7 @@ class QueryPath:
         self._pseudonym_key = pseudonym_key
         self._clock = clock
         self._policy = PurposePolicy()
-        self.metrics: GatewayMetrics | None = None  # set by the gateway that serves this path
+        self.metrics = metrics
 
     @property
     def cache(self) -> AnswerCache:
@@ -203,7 +217,7 @@ class QueryPath:
                 agreement_id=agreement_id,
             )
         )
-        if self.metrics is not None and outcome is not Outcome.FAILED:
+        if outcome is not Outcome.FAILED:
             self.metrics.decision("allowed" if outcome is Outcome.ALLOWED else "denied", reason)
         return make_audit_id(self._audit.origin, appended.index)
 
@@ -212,7 +226,7 @@ class QueryPath:
         The caller was denied, or the exchange failed (a peer, the data system, a bad seal)."""
         if not refusal.audited:
             outcome = Outcome.FAILED if refusal.code in _FAILURES else Outcome.DENIED
-            if self.metrics is not None and refusal.reason == "QUOTA_EXCEEDED":
+            if refusal.reason == "QUOTA_EXCEEDED":
                 self.metrics.quota_rejected(str(audit.get("agreement_id", "")))
             try:
                 await self._record(outcome=outcome, reason=refusal.reason, **audit)
@@ -258,15 +272,7 @@ class QueryPath:
     ) -> Answer:
         started = time.perf_counter()
         caller = current_caller.get()
-        data = DataRequest(
-            provider_region=request.provider_region,
-            dataset=request.dataset,
-            purpose=request.purpose,
-            subject_id=request.subject_id,
-            fields=tuple(request.fields),
-            case_id=request.case_id,
-            request_id=request.request_id,
-        )
+        data = _data_request(request)
         if caller is None or caller.kind is not CallerKind.AGENCY or caller.region != self.region:
             raise Refusal(
                 grpc.StatusCode.PERMISSION_DENIED,
@@ -405,8 +411,7 @@ class QueryPath:
         except grpc.aio.AioRpcError as exc:
             reason, message = _error_info(exc)
             code = exc.code()
-            if self.metrics is not None:
-                self.metrics.peer_call(request.provider_region, code, time.perf_counter() - started)
+            self.metrics.peer_call(request.provider_region, code, time.perf_counter() - started)
             if code in (
                 grpc.StatusCode.UNAVAILABLE,
                 grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -428,10 +433,9 @@ class QueryPath:
                 "PEER_UNAVAILABLE",
                 f"the gateway of region {request.provider_region} failed: {code.name}",
             ) from exc
-        if self.metrics is not None:
-            self.metrics.peer_call(
-                request.provider_region, grpc.StatusCode.OK, time.perf_counter() - started
-            )
+        self.metrics.peer_call(
+            request.provider_region, grpc.StatusCode.OK, time.perf_counter() - started
+        )
         return answer
 
     async def _check_answer(
@@ -442,9 +446,7 @@ class QueryPath:
             expected_kind=SignatureKind.SEAL,
             expected_owner_region=data.provider_region,
         )
-        if self.metrics is not None:
-            sub = report.sub_indication
-            self.metrics.verification(report.indication.value, sub.value if sub else "")
+        self.metrics.verification(report.indication, report.sub_indication or "")
         if not report.passed or report.payload != forwarded.record.payload:
             why = (
                 report.message if not report.passed else "the sealed bytes are not the payload sent"
@@ -477,15 +479,7 @@ class QueryPath:
         started = time.perf_counter()
         caller = current_caller.get()
         query = request.query
-        data = DataRequest(
-            provider_region=query.provider_region,
-            dataset=query.dataset,
-            purpose=query.purpose,
-            subject_id=query.subject_id,
-            fields=tuple(query.fields),
-            case_id=query.case_id,
-            request_id=query.request_id,
-        )
+        data = _data_request(query)
         # (1)
         if (
             caller is None
@@ -598,11 +592,9 @@ class QueryPath:
             )
         except ProviderError as exc:
             code = grpc.StatusCode.UNAVAILABLE if exc.reason == "PROVIDER_UNAVAILABLE" else exc.code
-            if self.metrics is not None:
-                self.metrics.peer_call(PEER_LOCAL, code, time.perf_counter() - started)
+            self.metrics.peer_call(PEER_LOCAL, code, time.perf_counter() - started)
             raise Refusal(code, exc.reason, str(exc)) from exc
-        if self.metrics is not None:
-            self.metrics.peer_call(PEER_LOCAL, grpc.StatusCode.OK, time.perf_counter() - started)
+        self.metrics.peer_call(PEER_LOCAL, grpc.StatusCode.OK, time.perf_counter() - started)
         if not answer.found:
             raise Refusal(
                 grpc.StatusCode.NOT_FOUND,

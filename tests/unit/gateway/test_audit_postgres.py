@@ -108,7 +108,7 @@ async def test_two_replicas_appending_together_stay_gapless_and_verify(
         indices = sorted(r.index for r in results)
         assert indices == list(range(400))
         assert a.appended + b.appended == 400
-        assert a.batches < 200  # grouped, not one transaction per record
+        assert a.commits < 200  # grouped, not one transaction per record
         head_a, head_b = await a.head(), await b.head()
         assert head_a == head_b
         assert head_a.size == 400
@@ -592,7 +592,7 @@ async def test_appends_continue_and_a_second_prune_moves_the_cut(
         replica._months.add(gone)  # as after an append into that month before the prune
         late = dataclasses.replace(make_record(102), time=records[3].time)
         assert (await replica.append(late)).index == 43
-        assert replica.batches == 1
+        assert replica.commits == 1
         assert gone in await store.months()
     finally:
         await replica.close()
