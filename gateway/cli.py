@@ -644,13 +644,12 @@ def cmd_token_issue(args: argparse.Namespace, out: Console) -> int:
 
 
 # gateway --------------------------------------------------------------------------------------
-def cmd_gateway_serve(args: argparse.Namespace, out: Console) -> int:
-    from gateway.server import Gateway, serve
-
+def _serve_config(args: argparse.Namespace) -> GatewayConfig:
+    """The gateway's configuration from the command line; read again on SIGHUP."""
     if args.config is not None:
-        config = GatewayConfig.from_file(args.config)
-    elif args.pki is not None and args.region is not None:
-        config = GatewayConfig.for_dev_pki(
+        return GatewayConfig.from_file(args.config)
+    if args.pki is not None and args.region is not None:
+        return GatewayConfig.for_dev_pki(
             args.pki,
             args.region,
             listen=args.listen,
@@ -663,19 +662,25 @@ def cmd_gateway_serve(args: argparse.Namespace, out: Console) -> int:
             redis_url=os.environ.get(args.redis_env, "") if args.redis_env else "",
             peers=dict(args.peer or []),
         )
-    else:
-        raise Failure(
-            "give --config FILE, or --pki DIR with --region CODE (and --snapshot or --follow)"
-        )
+    raise Failure(
+        "give --config FILE, or --pki DIR with --region CODE (and --snapshot or --follow)"
+    )
+
+
+def cmd_gateway_serve(args: argparse.Namespace, out: Console) -> int:
+    from gateway.server import Gateway, serve
+
+    config = _serve_config(args)
 
     def ready(gateway: Gateway) -> None:
         status = gateway.store.status()
         held = f"registry version {status.version}" if status.version else "no registry yet"
         out.print(
-            f"Gateway {config.region} listening on port {gateway.port} (mutual TLS), {held}. Ctrl-C stops it."
+            f"Gateway {config.region} listening on port {gateway.port} (mutual TLS), {held}. "
+            "Ctrl-C stops it; SIGHUP reloads its seal keys."
         )
 
-    asyncio.run(serve(config, ready=ready))
+    asyncio.run(serve(config, ready=ready, reload=lambda: _serve_config(args)))
     return 0
 
 

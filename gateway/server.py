@@ -12,11 +12,13 @@ the registry the rest of the gateway holds. Its seal keys are loaded once, at co
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import cast
 
 import grpc
@@ -39,7 +41,7 @@ from gateway.audit import (
 )
 from gateway.cache import AnswerCache, CacheBackend, CircuitBreaker, MemoryBackend, RedisBackend
 from gateway.config import GatewayConfig
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, GatewayError
 from gateway.identity import CallerInterceptor, CallerResolver
 from gateway.metrics import (
     PEER_LOCAL,
@@ -247,7 +249,8 @@ class Gateway:
         self.audit = build_audit_log(config, clock=clock)
         if self.audit is not None:
             self.audit.observer = self.metrics
-        seal_keys = load_seal_keys(config)
+        # One map shared by the services, so that `reload_seal_keys` reaches both.
+        self.seal_keys = seal_keys = load_seal_keys(config)
         self.credentials = CredentialsService(
             self.store,
             self.verifier,
@@ -353,6 +356,17 @@ class Gateway:
         )
 
     # TLS ---------------------------------------------------------------------------------------
+    def reload_seal_keys(self, pairs: Sequence[tuple[Path, Path]]) -> tuple[str, ...]:
+        """Hold exactly these seal keys from now on (a rotation issued a successor, or a retired
+        key was removed from the configuration), without a restart. All of them are opened first:
+        if one fails, a ConfigError says which and the keys held before stay in use. Returns the
+        kids now held."""
+        opened = load_seal_keys(dataclasses.replace(self.config, seal_keys=tuple(pairs)))
+        self.seal_keys.clear()
+        self.seal_keys.update(opened)
+        self.config = dataclasses.replace(self.config, seal_keys=tuple(pairs))
+        return tuple(sorted(opened))
+
     def _certificate_configuration(self) -> grpc.ServerCertificateConfiguration:
         snapshot = self.store.snapshot
         roots = trust_bundle(snapshot.registry) if snapshot else self._tls.bootstrap_pem
@@ -532,6 +546,18 @@ class Gateway:
             await self.audit.close()  # after the last call: signs the final checkpoint
 
 
+def _reload_seal_keys(gateway: Gateway, reload: Callable[[], GatewayConfig]) -> None:
+    """SIGHUP: the configuration's seal keys, read again; on any problem the held keys stay."""
+    try:
+        kids = gateway.reload_seal_keys(reload().seal_keys)
+    except (GatewayError, OSError) as exc:
+        problem = str(exc)
+    else:
+        log.warning("SIGHUP: seal keys reloaded, %d held: %s", len(kids), ", ".join(kids) or "none")
+        return
+    log.error("SIGHUP: seal keys not reloaded, the ones held stay in use: %s", problem)
+
+
 async def create_gateway(
     config: GatewayConfig, **kwargs: Callable[[], datetime]
 ) -> tuple[Gateway, int]:
@@ -540,8 +566,15 @@ async def create_gateway(
     return gateway, port
 
 
-async def serve(config: GatewayConfig, *, ready: Callable[[Gateway], None] | None = None) -> None:
-    """Run one gateway until SIGINT or SIGTERM, then stop gracefully."""
+async def serve(
+    config: GatewayConfig,
+    *,
+    ready: Callable[[Gateway], None] | None = None,
+    reload: Callable[[], GatewayConfig] | None = None,
+) -> None:
+    """Run one gateway until SIGINT or SIGTERM, then stop gracefully. On SIGHUP, `reload()`
+    reads the configuration again and the gateway takes its `[[seal.keys]]` (nothing else is
+    reloaded: the TLS key follows its files by itself, the registry follows its snapshot)."""
     gateway, _ = await create_gateway(config)
     if ready is not None:
         ready(gateway)
@@ -549,6 +582,8 @@ async def serve(config: GatewayConfig, *, ready: Callable[[Gateway], None] | Non
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if reload is not None:
+        loop.add_signal_handler(signal.SIGHUP, _reload_seal_keys, gateway, reload)
     try:
         await stop.wait()
     finally:

@@ -130,7 +130,7 @@ class CredentialsService(credentials_pb2_grpc.CredentialsServicer):
         self._store = store
         self._verifier = verifier  # switched to each applied registry by the gateway
         self._region = region
-        self._seal_keys = dict(seal_keys)  # by kid
+        self._seal_keys = seal_keys  # by kid; the gateway's own map, refilled on a reload
         self._clock = clock
         self._audit = audit  # every Seal, allowed or denied, is recorded when there is a log
 

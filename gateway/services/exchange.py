@@ -152,7 +152,7 @@ class QueryPath:
         self._quota = quota
         self._peers = peers
         self._verifier = verifier
-        self._seal_keys = dict(seal_keys)
+        self._seal_keys = seal_keys  # the gateway's own map, refilled on a reload
         self._cache = cache
         self._provider = provider
         self._audit = audit

@@ -402,6 +402,46 @@ async def test_seal_key_rotation_while_serving(federation: Federation) -> None:
             assert any("retiring" in c.detail for c in retiring.checks)
 
 
+async def test_a_successor_issued_while_serving_is_taken_by_a_reload(
+    federation: Federation,
+) -> None:
+    """The gateway started before the rotation: it holds only the old key until its seal keys
+    are reloaded (SIGHUP in `tongban gateway serve`), then signs with the successor as soon as
+    the registry activates it. A reload that fails keeps the keys held."""
+    old_kid = federation.active("330000", KeyUsage.SEAL)
+    async with running(dev_config(federation, poll_seconds=0.05)) as (gw, port):
+        assert set(gw.seal_keys) == {old_kid}
+        now = datetime.now(UTC)
+        inventory = federation.inventory()
+        key = issue_key(federation.pki, region="330000", owner="330000", usage="seal", now=now)
+        inventory.add(KeyRecord.from_issued(federation.pki, key, KeyState.PENDING, now))
+        inventory.save()
+        federation.publish()  # pending
+        federation.publish()  # active: this gateway does not hold it yet
+        await eventually(lambda: gw.store.status().version == 3, "registry version 3")
+        ch, stub = stub_as(federation, "zj.hrss", port)
+        async with ch:
+            error = await rpc_error(
+                stub.Seal(credentials_pb2.SealRequest(payload=DOCUMENT), timeout=CALL_TIMEOUT)
+            )
+            assert error.code() == grpc.StatusCode.UNAVAILABLE
+            assert error_info(error).reason == "SEAL_KEY_UNAVAILABLE"
+
+            fresh = dev_config(federation).seal_keys
+            broken = ((fresh[0][0], federation.tls_files("330000")[1]),)
+            with pytest.raises(ConfigError, match="seal key"):
+                gw.reload_seal_keys(broken)
+            assert set(gw.seal_keys) == {old_kid}
+
+            assert set(gw.reload_seal_keys(fresh)) == {old_kid, key.kid}
+            response = await stub.Seal(
+                credentials_pb2.SealRequest(payload=DOCUMENT), timeout=CALL_TIMEOUT
+            )
+            assert response.record.sealer_kid == key.kid
+            report = await verify(stub, response.record.jws)
+            assert report.indication == credentials_pb2.TOTAL_PASSED, report.message
+
+
 def test_a_seal_key_that_does_not_open_stops_the_gateway(federation: Federation) -> None:
     config = dev_config(federation)
     ((certificate, _),) = config.seal_keys
