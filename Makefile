@@ -1,5 +1,5 @@
 # Tongban — the two commands of the README, and the pieces they are made of.
-#   make demo   the registry walk-through (the multi-region demo replaces it when it lands)
+#   make demo   three regions on loopback, scripted scenarios (`tongban demo`)
 #   make test   everything CI runs: install, services, lint gate, proto drift check, tests
 
 SHELL := /bin/bash
@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 DEMO ?= out/demo
 
-.PHONY: demo test install services promtool lint proto proto-check pytest clean
+.PHONY: demo demo-serve test install services promtool lint proto proto-check pytest clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -50,18 +50,15 @@ pytest: $(STAMP) services promtool
 
 test: $(STAMP) services promtool lint proto-check pytest
 
+# The demo: three regions on loopback playing scripted scenarios (exit 0 only if all behave).
+# It leaves its PKI, registry and audit logs in $(DEMO), which conf/demo/*.toml point at.
 demo: $(STAMP)
 	@rm -rf $(DEMO)
-	$(VENV)/bin/tongban pki init --out $(DEMO)/pki --regions 330000,510000,500000
-	$(VENV)/bin/tongban registry build --pki $(DEMO)/pki --out $(DEMO)/draft.json
-	$(VENV)/bin/tongban registry publish --pki $(DEMO)/pki --out $(DEMO)/published
-	$(VENV)/bin/tongban keys rotate --pki $(DEMO)/pki --owner 330000 --usage seal
-	$(VENV)/bin/tongban registry publish --pki $(DEMO)/pki --out $(DEMO)/published
-	$(VENV)/bin/tongban registry publish --pki $(DEMO)/pki --out $(DEMO)/published
-	$(VENV)/bin/tongban keys expiring --pki $(DEMO)/pki --within 30d
-	$(VENV)/bin/tongban registry show $(DEMO)/published/current.jws --pki $(DEMO)/pki
-	@echo
-	@echo "Serve it:  $(VENV)/bin/tongban gateway serve --pki $(DEMO)/pki --region 330000 --snapshot $(DEMO)/published/current.jws --listen 127.0.0.1:7330"
+	$(VENV)/bin/tongban demo --dir $(DEMO) $(DEMO_ARGS)
+
+# The same, then the gateways stay up for examples/client.py until Ctrl-C.
+demo-serve: DEMO_ARGS = --serve
+demo-serve: demo
 
 clean:
 	rm -rf out .pytest_cache .mypy_cache .ruff_cache .coverage

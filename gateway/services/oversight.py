@@ -22,6 +22,7 @@ from gateway.audit import (
     Checkpoint,
     Outcome,
     ProofError,
+    leaf_hash,
     pseudonymize,
 )
 from gateway.errors import abort
@@ -174,7 +175,8 @@ class OversightService(oversight_pb2_grpc.OversightServicer):
         if len(found) == size:
             context.set_trailing_metadata(((NEXT_PAGE_METADATA, str(found[-1][0])),))
         for index, record in found:
-            yield record_message(self._audit.origin, index, record)
+            # The leaf hash ties the record to GetProof's inclusion proof and the checkpoint.
+            yield record_message(self._audit.origin, index, record, leaf_hash(record.canonical))
 
     async def VerifyAudit(
         self, request: oversight_pb2.VerifyAuditRequest, context: Context

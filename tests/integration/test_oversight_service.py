@@ -179,6 +179,14 @@ async def test_verify_and_proofs_hold_for_an_independent_verifier(
             verify_inclusion(
                 inclusion.leaf_hash, 4, inclusion.tree_size, list(inclusion.hashes), latest.root
             )
+            listed = [
+                r
+                async for r in stub.QueryAudit(
+                    oversight_pb2.QueryAuditRequest(page_size=100), timeout=CALL_TIMEOUT
+                )
+            ]
+            assert listed[4].index == 4
+            assert listed[4].leaf_hash == inclusion.leaf_hash  # a listed record links to its proof
             consistency = await stub.GetProof(
                 oversight_pb2.GetProofRequest(
                     consistency=oversight_pb2.ConsistencyProofRequest(first_size=early.size)
