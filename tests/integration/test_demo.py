@@ -194,3 +194,17 @@ def _serve_and_ask(process: subprocess.Popen[str]) -> None:
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=30) == 0
     assert "Traceback" not in process.stderr.read()
+
+
+def test_the_readme_quick_start_begins_with_the_demo() -> None:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    quick_start = readme.split("## Quick start", 1)[1]
+    block = re.search(r"```sh\n(.*?)```", quick_start, re.S)
+    assert block is not None
+    commands = [line.split("#")[0].strip() for line in block.group(1).splitlines()]
+    assert commands == ["make demo", "make test"]
+    planned = subprocess.run(
+        ["make", "-n", "demo"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout
+    assert "pip install" in planned or ".installed-" in planned or "tongban demo" in planned
+    assert re.search(r"^\S*tongban demo --dir \S+", planned, re.M), planned
