@@ -206,5 +206,4 @@ def test_the_readme_quick_start_begins_with_the_demo() -> None:
     planned = subprocess.run(
         ["make", "-n", "demo"], cwd=REPO, capture_output=True, text=True, check=True
     ).stdout
-    assert "pip install" in planned or ".installed-" in planned or "tongban demo" in planned
     assert re.search(r"^\S*tongban demo --dir \S+", planned, re.M), planned
