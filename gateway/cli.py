@@ -691,9 +691,10 @@ def _serve_config(args: argparse.Namespace) -> GatewayConfig:
 
 
 def cmd_gateway_serve(args: argparse.Namespace, out: Console) -> int:
-    from gateway.server import Gateway, serve
-
     config = _serve_config(args)
+    if args.workers != 1:
+        return _serve_workers(args, config, out)
+    from gateway.server import Gateway, serve
 
     def ready(gateway: Gateway) -> None:
         status = gateway.store.status()
@@ -705,6 +706,29 @@ def cmd_gateway_serve(args: argparse.Namespace, out: Console) -> int:
 
     asyncio.run(serve(config, ready=ready, reload=lambda: _serve_config(args)))
     return 0
+
+
+def _serve_workers(args: argparse.Namespace, config: GatewayConfig, out: Console) -> int:
+    """--workers N: N processes on one port; nothing here may create a gRPC object first."""
+    from gateway.workers import check_replica_safe, serve_workers
+
+    check_replica_safe(config, args.workers)
+    if TYPE_CHECKING:
+        from gateway.server import Gateway
+
+    def ready(number: int, gateway: Gateway) -> None:
+        out.print(
+            f"Gateway {config.region} worker {number}/{args.workers} (pid {os.getpid()}) "
+            f"listening on port {gateway.port} (mutual TLS).",
+            soft_wrap=True,
+        )
+
+    out.print(
+        f"Gateway {config.region}: starting {args.workers} workers on {config.listen}. "
+        "Ctrl-C stops them; SIGHUP reloads their seal keys.",
+        soft_wrap=True,
+    )
+    return serve_workers(config, args.workers, ready=ready, reload=lambda: _serve_config(args))
 
 
 def parse_peer(text: str) -> tuple[str, str]:
@@ -1767,6 +1791,14 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Example: tongban gateway serve --pki out/pki --region 330000 --snapshot out/published/current.jws",
     )
     serve.add_argument("--config", type=Path, help="gateway configuration (TOML)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="processes sharing the port (default 1); more than one needs the audit log in "
+        "PostgreSQL and Redis for the cache, replay window and quotas, as replicas do",
+    )
     serve.add_argument("--pki", type=Path, help="dev PKI folder (instead of --config)")
     serve.add_argument(
         "--region", type=lambda s: parse_regions(s)[0], help="region code, with --pki"

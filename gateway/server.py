@@ -49,6 +49,7 @@ from gateway.metrics import (
     MetricsInterceptor,
     MetricsServer,
     client_interceptors,
+    multiprocess_mode,
 )
 from gateway.peers import PeerPool
 from gateway.provider import ProviderClient
@@ -452,7 +453,9 @@ class Gateway:
                 self.metrics.registry, ready=self._ready, before_scrape=self.observe
             )
             try:
-                self.metrics_port = await metrics_server.start(host.strip("[]"), int(port))
+                self.metrics_port = await metrics_server.start(
+                    host.strip("[]"), int(port), reuse_port=multiprocess_mode()
+                )
             except OSError as exc:
                 await self.stop(0)  # the gRPC server, the audit log, the clients: all closed
                 raise ConfigError(
@@ -514,6 +517,8 @@ class Gateway:
         while True:
             await asyncio.sleep(HEALTH_CHECK_SECONDS)
             await self._update_health()
+            if multiprocess_mode():  # a scrape reaches one worker: the others keep theirs fresh
+                self.observe()
 
     async def stop(self, grace_seconds: float | None = None) -> None:
         tasks = [*self._tasks, *self._swap_tasks]

@@ -34,6 +34,7 @@ from gateway.metrics._metrics import (
     CacheView,
     GatewayMetrics,
     grpc_code_name,
+    multiprocess_mode,
     split_method,
 )
 
@@ -55,5 +56,6 @@ __all__ = [
     "Readiness",
     "client_interceptors",
     "grpc_code_name",
+    "multiprocess_mode",
     "split_method",
 ]

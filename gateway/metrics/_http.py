@@ -80,12 +80,15 @@ class MetricsServer:
         self._connections: set[asyncio.StreamWriter] = set()
         self.port = 0
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
-        """Listen on host:port (0: any free port); returns the port bound."""
+    async def start(
+        self, host: str = "127.0.0.1", port: int = 0, *, reuse_port: bool = False
+    ) -> int:
+        """Listen on host:port (0: any free port); returns the port bound. `reuse_port`: several
+        worker processes listen on the same port (each answers with every worker's metrics)."""
         if self._server is not None:
             raise RuntimeError("the metrics server is already started")
         self._server = await asyncio.start_server(
-            self._serve, host, port, limit=MAX_REQUEST_HEAD_BYTES
+            self._serve, host, port, limit=MAX_REQUEST_HEAD_BYTES, reuse_port=reuse_port or None
         )
         self.port = int(self._server.sockets[0].getsockname()[1])
         log.info("metrics on http://%s:%d/metrics", host, self.port)

@@ -136,8 +136,9 @@ def _timestamp(value: datetime | float | None) -> float:
     return float(value)
 
 
-def _multiprocess() -> bool:
-    # prometheus_client itself decides this way; series cannot be removed in that mode.
+def multiprocess_mode() -> bool:
+    """Whether this process is one of several sharing their metrics (`PROMETHEUS_MULTIPROC_DIR`
+    set): prometheus_client itself decides this way; series cannot be removed in that mode."""
     return "PROMETHEUS_MULTIPROC_DIR" in os.environ or "prometheus_multiproc_dir" in os.environ
 
 
@@ -412,7 +413,7 @@ class GatewayMetrics:
 
         # In multi-process mode prometheus_client cannot remove a series: there a dropped key's
         # series stays until the workers restart (see the module docstring of _http).
-        if not _multiprocess():
+        if not multiprocess_mode():
             for labels in self._certificates - wanted.keys():
                 self.certificate_expiry.remove(*labels)
                 self.certificate_not_before.remove(*labels)
