@@ -8,6 +8,7 @@ are errors, so a typo never silently falls back to a default.
     region = "330000"                 # GB/T 2260 code of the region this gateway serves
     listen = "127.0.0.1:7330"         # host:port for gRPC (mutual TLS)
     grace_seconds = 5                 # graceful-stop grace period
+    metrics_listen = "127.0.0.1:8330" # optional: host:port for /metrics, /healthz, /readyz
 
     [tls]
     certificate = "pki/regions/330000/keys/tls-ab12cd34.pem"   # leaf, then intermediate
