@@ -34,6 +34,10 @@ from gateway.audit.errors import AuditIntegrityError, AuditUnavailable
 __all__ = ["MIN_RETENTION", "AuditLog", "Pruned", "Verification"]
 
 log = logging.getLogger("tongban.audit")
+# One line per audited access, at INFO (`--log-level INFO`), like a proxy's access log: what the
+# audit record says, minus what a log line may not carry (the subject is a pseudonym prefix; the
+# case id and the operator's name stay in the audit log, where access to them is itself audited).
+access_log = logging.getLogger("tongban.access")
 
 VERIFY_CHUNK = 10_000  # rows read at a time while verifying
 
@@ -128,6 +132,24 @@ class AuditLog:
             raise
         if self.observer is not None:
             self.observer.audit_append(True)
+        if access_log.isEnabledFor(logging.INFO):
+            access_log.info(
+                "%s#%d %s %s/%s -> %s %s %s subject=%s fields=%d %s%s%s %dus",
+                self.origin,
+                appended.index,
+                record.rpc,
+                record.caller_region,
+                record.caller_agency,
+                record.provider_region or "-",
+                record.dataset or "-",
+                record.purpose or "-",
+                record.subject[:16] or "-",
+                len(record.fields),
+                record.outcome.value,
+                f" {record.reason}" if record.reason else "",
+                " cache-hit" if record.cache_hit else "",
+                record.latency_us,
+            )
         self._since_checkpoint += 1
         if self._since_checkpoint >= self._every_records and self._checkpointing is None:
             self._checkpointing = asyncio.create_task(self._checkpoint_in_background())
