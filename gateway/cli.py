@@ -1289,7 +1289,10 @@ def cmd_audit_proof(args: argparse.Namespace, out: Console) -> int:
     async def work(store: AuditStore) -> dict[str, object]:
         log = AuditLog(store, origin=origin, key_name=key_name, public_key=public_key)
         length = (await store.head()).size
-        return await (inclusion if args.index is not None else consistency)(log, length)
+        try:
+            return await (inclusion if args.index is not None else consistency)(log, length)
+        except ProofError as exc:  # e.g. a record below a prune cut: its hashes are gone
+            raise Failure(f"no proof: {exc}") from exc
 
     document = _on_store(args, work)
     sys.stdout.write(json.dumps(document, ensure_ascii=False, indent=2) + "\n")

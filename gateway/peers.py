@@ -35,6 +35,7 @@ class PeerPool:
         self._overrides = dict(overrides or {})
         self._interceptors = interceptors  # per peer region: the gateway's grpc_client_* metrics
         self._channels: dict[tuple[str, str, int], grpc.aio.Channel] = {}
+        self._retired: list[grpc.aio.Channel] = []  # replaced by `renew`, closed with the pool
 
     def endpoint(self, region: str) -> str:
         if region in self._overrides:
@@ -63,7 +64,14 @@ class PeerPool:
             self._channels[key] = channel
         return exchange_pb2_grpc.PeerStub(channel)  # typed as the async stub for an aio channel
 
+    def renew(self) -> None:
+        """New channels from now on (our own TLS certificate changed): the next call to each peer
+        handshakes with the new credentials; channels in use finish and close with the pool."""
+        self._retired.extend(self._channels.values())
+        self._channels.clear()
+
     async def close(self) -> None:
-        for channel in self._channels.values():
+        for channel in [*self._channels.values(), *self._retired]:
             await channel.close()
         self._channels.clear()
+        self._retired.clear()

@@ -84,6 +84,7 @@ from signer import (
     SealVerifier,
     SignerError,
     TrustedKey,
+    certificate_thumbprint,
     load_private_key,
 )
 from tongban.v1 import (
@@ -245,6 +246,7 @@ class Gateway:
         self.metrics_port = 0
         self._clock = clock
         self._tls = _TlsMaterial(config)
+        self._peers: PeerPool | None = None
         self.verifier = SealVerifier(_NoTrust(), clock=clock)
         self.store.on_swap(self._follow_registry)  # before any snapshot can be offered
         self.audit = build_audit_log(config, clock=clock)
@@ -326,7 +328,7 @@ class Gateway:
         )
         if provider is not None:
             self._closers.append(provider.close)
-        peers = PeerPool(
+        self._peers = peers = PeerPool(
             self.store,
             self.client_credentials,
             overrides=config.peers,
@@ -367,6 +369,31 @@ class Gateway:
         self.seal_keys.update(opened)
         self.config = dataclasses.replace(self.config, seal_keys=tuple(pairs))
         return tuple(sorted(opened))
+
+    def reload_tls(self, config: GatewayConfig) -> str:
+        """Serve and call peers with the TLS certificate and key `config` names from now on (a
+        rotation issued a new one), without a restart: new handshakes use it, connections open
+        keep theirs. Both are read first: if one fails, a ConfigError says why and the old pair
+        stays. Returns the kid (x5t#S256) of the certificate now used."""
+        material = _TlsMaterial(config)
+        leaf = x509.load_pem_x509_certificates(material.chain_pem)[0]
+        key = serialization.load_pem_private_key(material.key_pem, None)
+        if key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        ) != leaf.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        ):
+            raise ConfigError(f"{config.tls_private_key}: not the key of {config.tls_certificate}")
+        self._tls = material
+        self._served_version = -2  # the next handshake fetches a new server configuration
+        self.config = dataclasses.replace(
+            self.config,
+            tls_certificate=config.tls_certificate,
+            tls_private_key=config.tls_private_key,
+        )
+        if self._peers is not None:
+            self._peers.renew()
+        return certificate_thumbprint(leaf)
 
     def _certificate_configuration(self) -> grpc.ServerCertificateConfiguration:
         snapshot = self.store.snapshot
@@ -551,16 +578,24 @@ class Gateway:
             await self.audit.close()  # after the last call: signs the final checkpoint
 
 
-def _reload_seal_keys(gateway: Gateway, reload: Callable[[], GatewayConfig]) -> None:
-    """SIGHUP: the configuration's seal keys, read again; on any problem the held keys stay."""
+def _reload(gateway: Gateway, reload: Callable[[], GatewayConfig]) -> None:
+    """SIGHUP: the configuration read again; its seal keys and TLS certificate taken. On any
+    problem what is held stays in use, and the log says why."""
     try:
-        kids = gateway.reload_seal_keys(reload().seal_keys)
+        config = reload()
+        kids = gateway.reload_seal_keys(config.seal_keys)
+        tls = gateway.reload_tls(config)
     except (GatewayError, OSError) as exc:
         problem = str(exc)
     else:
-        log.warning("SIGHUP: seal keys reloaded, %d held: %s", len(kids), ", ".join(kids) or "none")
+        log.warning(
+            "SIGHUP: reloaded; TLS certificate %s, %d seal keys: %s",
+            tls,
+            len(kids),
+            ", ".join(kids) or "none",
+        )
         return
-    log.error("SIGHUP: seal keys not reloaded, the ones held stay in use: %s", problem)
+    log.error("SIGHUP: not (fully) reloaded, what was held stays in use: %s", problem)
 
 
 async def create_gateway(
@@ -578,8 +613,8 @@ async def serve(
     reload: Callable[[], GatewayConfig] | None = None,
 ) -> None:
     """Run one gateway until SIGINT or SIGTERM, then stop gracefully. On SIGHUP, `reload()`
-    reads the configuration again and the gateway takes its `[[seal.keys]]` (nothing else is
-    reloaded: the TLS key follows its files by itself, the registry follows its snapshot)."""
+    reads the configuration again and the gateway takes its `[[seal.keys]]` and its `[tls]`
+    certificate and key (nothing else is reloaded; the registry follows its own source)."""
     gateway, _ = await create_gateway(config)
     if ready is not None:
         ready(gateway)
@@ -588,7 +623,7 @@ async def serve(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     if reload is not None:
-        loop.add_signal_handler(signal.SIGHUP, _reload_seal_keys, gateway, reload)
+        loop.add_signal_handler(signal.SIGHUP, _reload, gateway, reload)
     try:
         await stop.wait()
     finally:

@@ -875,6 +875,10 @@ def test_prune_reports_first_and_removes_only_with_yes(
     assert "数据局 运维" in out  # the prune is itself on the record
     code, out, _ = run("audit", "proof", "--sqlite", aged_db, *pki_args, "--index", "300")
     assert (code, json.loads(out)["verified"]) == (0, True)
+    code, out, err = run("audit", "proof", "--sqlite", aged_db, *pki_args, "--index", "3")
+    assert (code, out) == (1, "")  # a pruned record has no proof: said plainly, no traceback
+    assert "no proof:" in err
+    assert "Traceback" not in err
     code, out, err = run(*base, "--older-than", "365d", "--yes")
     assert (code, out.strip()) == (0, "Nothing is older than 365 days: nothing to remove.")
 
