@@ -25,7 +25,7 @@ class PeerPool:
     def __init__(
         self,
         store: RegistryStore,
-        credentials: Callable[[], grpc.ChannelCredentials],
+        credentials: Callable[[str], grpc.ChannelCredentials],  # per peer region
         *,
         overrides: Mapping[str, str] | None = None,
         interceptors: Callable[[str], Sequence[grpc.aio.ClientInterceptor]] | None = None,
@@ -57,7 +57,7 @@ class PeerPool:
                 self._channels.pop(stale)  # closed when the pool closes; in-flight calls finish
             channel = grpc.aio.secure_channel(
                 target,
-                self._credentials(),
+                self._credentials(region),
                 options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)],
                 interceptors=list(self._interceptors(region)) if self._interceptors else None,
             )

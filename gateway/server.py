@@ -183,10 +183,13 @@ def load_seal_keys(config: GatewayConfig) -> dict[str, KeyProvider]:
     return providers
 
 
-def trust_bundle(registry: Registry) -> bytes:
-    """PEM of every region's root CA: who may complete a TLS handshake with this gateway."""
+def trust_bundle(registry: Registry, region_code: str | None = None) -> bytes:
+    """PEM of every region's root CA: who may complete a TLS handshake with this gateway; with
+    `region_code`, that region's root only: who may answer as that region's gateway."""
     out = []
     for region in registry.regions:
+        if region_code is not None and region.code != region_code:
+            continue
         if region.ca_certificates:
             out.append(
                 x509.load_der_x509_certificate(region.ca_certificates[0]).public_bytes(
@@ -411,10 +414,12 @@ class Gateway:
             return None
         return self._certificate_configuration()
 
-    def client_credentials(self) -> grpc.ChannelCredentials:
-        """Credentials for calling peers: our own certificate, the registry's CAs as roots."""
+    def client_credentials(self, region: str | None = None) -> grpc.ChannelCredentials:
+        """Credentials for calling peers: our own certificate; as roots, the root CA of the
+        `region` called (a server certificate from any other region's CA fails the handshake,
+        before the query is sent), or every region's when the peer's region is not known."""
         snapshot = self.store.snapshot
-        roots = trust_bundle(snapshot.registry) if snapshot else self._tls.bootstrap_pem
+        roots = trust_bundle(snapshot.registry, region) if snapshot else self._tls.bootstrap_pem
         return grpc.ssl_channel_credentials(roots, self._tls.key_pem, self._tls.chain_pem)
 
     # Lifecycle ---------------------------------------------------------------------------------
