@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 DEMO ?= out/demo
 
-.PHONY: demo demo-serve test install services promtool lint proto proto-check pytest clean
+.PHONY: demo demo-serve fuzz test install services promtool lint proto proto-check pytest clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -59,6 +59,12 @@ demo: $(STAMP)
 # The same, then the gateways stay up for examples/client.py until Ctrl-C.
 demo-serve: DEMO_ARGS = --serve
 demo-serve: demo
+
+# The long fuzz target: adversarial messages to every RPC over real mutual TLS (about 11 min
+# on 2 cores at 10,000 examples per RPC; `make pytest` runs the same tests with 50).
+FUZZ_EXAMPLES ?= 10000
+fuzz: $(STAMP)
+	TONGBAN_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -p no:cacheprovider tests/fuzz -m fuzz -q
 
 clean:
 	rm -rf out .pytest_cache .mypy_cache .ruff_cache .coverage

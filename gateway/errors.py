@@ -17,9 +17,22 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-__all__ = ["DOMAIN", "CallerRejected", "ConfigError", "GatewayError", "abort", "rich_status"]
+__all__ = [
+    "DOMAIN",
+    "MAX_STATUS_MESSAGE_BYTES",
+    "CallerRejected",
+    "ConfigError",
+    "GatewayError",
+    "abort",
+    "bounded_message",
+    "rich_status",
+]
 
 DOMAIN = "tongban"
+# A status message travels twice in the trailers (grpc-message, percent-encoded: up to 3 bytes
+# per byte; and inside grpc-status-details-bin, base64): 1 KiB keeps both well under gRPC's
+# 8 KiB metadata limit, past which the client would get RESOURCE_EXHAUSTED and no reason.
+MAX_STATUS_MESSAGE_BYTES = 1024
 
 
 class GatewayError(Exception):
@@ -38,6 +51,16 @@ class CallerRejected(GatewayError):
         self.reason = reason
 
 
+def bounded_message(message: str) -> str:
+    """`message`, cut to at most MAX_STATUS_MESSAGE_BYTES of UTF-8 (a message may quote a
+    request value, and a request value may be megabytes long)."""
+    encoded = message.encode("utf-8", "replace")
+    if len(encoded) <= MAX_STATUS_MESSAGE_BYTES:
+        return message
+    cut = encoded[: MAX_STATUS_MESSAGE_BYTES - 3].decode("utf-8", "ignore")
+    return cut + "…"
+
+
 def rich_status(
     code: grpc.StatusCode, reason: str, message: str, metadata: dict[str, str] | None = None
 ) -> grpc.Status:
@@ -45,7 +68,7 @@ def rich_status(
     detail = any_pb2.Any()
     detail.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata or {}))
     numeric: int = code.value[0]
-    status = status_pb2.Status(code=numeric, message=message, details=[detail])
+    status = status_pb2.Status(code=numeric, message=bounded_message(message), details=[detail])
     converted: grpc.Status = rpc_status.to_status(status)
     return converted
 

@@ -12,12 +12,13 @@ registry version.
 from __future__ import annotations
 
 import hashlib
+import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, TypeAlias, cast
+from typing import TYPE_CHECKING, Any, Final, TypeAlias, cast
 
 import grpc
 from cryptography import x509
@@ -28,6 +29,7 @@ from cryptography.x509.verification import (
     Store,
     VerificationError,
 )
+from google.protobuf.message import DecodeError
 
 from gateway.errors import CallerRejected, abort
 from registry import Registry, RegistryError, RegistryStore, certificate_thumbprint
@@ -170,6 +172,87 @@ if TYPE_CHECKING:
     Handler: TypeAlias = grpc.RpcMethodHandler[Any, Any]  # generic in the stubs only
 
 
+class _Malformed:
+    """Stands in for a request whose bytes are not the RPC's message (corrupt wire format, a
+    string field that is not UTF-8, nesting past the parser's limit): gRPC would otherwise end
+    the call as UNKNOWN with the parser's exception in the status message."""
+
+    __slots__ = ()
+
+
+_MALFORMED: Final = _Malformed()
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """`deserializer`, returning `_MALFORMED` instead of raising on bytes that do not parse."""
+    if deserializer is None:
+        return None
+    parse = deserializer
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except (DecodeError, RecursionError):
+            return _MALFORMED
+
+    return deserialize
+
+
+async def _refuse_malformed(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    if request is _MALFORMED:
+        await abort(
+            context,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "INVALID_ARGUMENT_FORMAT",
+            "the request is not a well-formed message of this RPC (corrupt protobuf, or a "
+            "string field that is not UTF-8)",
+        )
+
+
+def _parse_safely(handler: Handler) -> Handler:
+    """An open service's unary-request handler with a malformed request refused as
+    INVALID_ARGUMENT instead of UNKNOWN; no caller check (streaming requests pass unchanged)."""
+    if handler.unary_unary is not None:
+        inner_uu = cast(Callable[[Any, Any], Awaitable[Any]], handler.unary_unary)
+
+        async def unary_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            await _refuse_malformed(request, context)
+            return await inner_uu(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            unary_unary, _tolerant(handler.request_deserializer), handler.response_serializer
+        )
+    if handler.unary_stream is not None and inspect.iscoroutinefunction(handler.unary_stream):
+        # A streaming handler that sends with context.write (as gRPC's health Watch does).
+        inner_writer = cast(Callable[[Any, Any], Awaitable[None]], handler.unary_stream)
+
+        async def unary_stream_writer(
+            request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> None:
+            await _refuse_malformed(request, context)
+            await inner_writer(request, context)
+
+        return grpc.unary_stream_rpc_method_handler(
+            unary_stream_writer,
+            _tolerant(handler.request_deserializer),
+            handler.response_serializer,
+        )
+    if handler.unary_stream is not None and inspect.isasyncgenfunction(handler.unary_stream):
+        inner_us = cast(Callable[[Any, Any], AsyncIterator[Any]], handler.unary_stream)
+
+        async def unary_stream(
+            request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            await _refuse_malformed(request, context)
+            async for item in inner_us(request, context):
+                yield item
+
+        return grpc.unary_stream_rpc_method_handler(
+            unary_stream, _tolerant(handler.request_deserializer), handler.response_serializer
+        )
+    return handler
+
+
 class CallerInterceptor(grpc.aio.ServerInterceptor):
     """Authenticates every call (except the open services) and sets `current_caller`."""
 
@@ -184,8 +267,10 @@ class CallerInterceptor(grpc.aio.ServerInterceptor):
     ) -> Handler | None:
         handler = await continuation(handler_call_details)
         method: str = handler_call_details.method
-        if handler is None or method.startswith(self._open):
+        if handler is None:
             return handler
+        if method.startswith(self._open):
+            return _parse_safely(handler)
         return self._wrap(handler)
 
     async def _authenticate(self, context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
@@ -215,12 +300,13 @@ class CallerInterceptor(grpc.aio.ServerInterceptor):
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
                 token = current_caller.set(await authenticate(context))
                 try:
+                    await _refuse_malformed(request, context)
                     return await inner_uu(request, context)
                 finally:
                     current_caller.reset(token)
 
             return grpc.unary_unary_rpc_method_handler(
-                unary_unary, handler.request_deserializer, handler.response_serializer
+                unary_unary, _tolerant(handler.request_deserializer), handler.response_serializer
             )
         if handler.unary_stream is not None:
             inner_us = cast(Callable[[Any, Any], AsyncIterator[Any]], handler.unary_stream)
@@ -230,6 +316,7 @@ class CallerInterceptor(grpc.aio.ServerInterceptor):
             ) -> AsyncIterator[Any]:
                 token = current_caller.set(await authenticate(context))
                 try:
+                    await _refuse_malformed(request, context)
                     async for item in inner_us(request, context):
                         # A long-lived stream must not outlive the trust it was opened with:
                         # the caller is checked again (a cache hit) before every message.
@@ -239,7 +326,7 @@ class CallerInterceptor(grpc.aio.ServerInterceptor):
                     current_caller.reset(token)
 
             return grpc.unary_stream_rpc_method_handler(
-                unary_stream, handler.request_deserializer, handler.response_serializer
+                unary_stream, _tolerant(handler.request_deserializer), handler.response_serializer
             )
         # Tongban has no client-streaming RPCs; refuse rather than pass one through unchecked.
         raise CallerRejected(

@@ -163,7 +163,8 @@ class MemoryReplayGuard:
 class FallbackReplayGuard:
     """Redis first; while Redis cannot answer, this replica's own memory (invariant 4: the
     gateway keeps answering when Redis is down). Repeats are then caught per replica only, and
-    the switch is logged each way."""
+    the switch is logged each way. A repeat is refused if either remembers the id, so ids this
+    replica saw survive a Redis that lost its data; other replicas' ids, then, do not."""
 
     def __init__(self, primary: ReplayGuard, fallback: ReplayGuard) -> None:
         self._primary = primary
@@ -181,6 +182,8 @@ class FallbackReplayGuard:
         if self.degraded:
             _log.warning("replay window is shared in Redis again")
             self.degraded = False
-        # Remember locally too, so a repeat is still caught if Redis fails right after.
-        await self._fallback.first_use(agency, request_id)
-        return first
+        # Remember locally too, so a repeat is still caught if Redis fails right after; and ask
+        # the local memory as well: a Redis that came back empty (restarted, nothing on disk)
+        # has forgotten ids this replica saw before, inside the window.
+        first_here = await self._fallback.first_use(agency, request_id)
+        return first and first_here

@@ -143,6 +143,8 @@ def _header(header_b64: str) -> dict[str, Any]:
         raise JwsFormatError("the protected header is not UTF-8") from exc
     except json.JSONDecodeError as exc:
         raise JwsFormatError("the protected header is not JSON") from exc
+    except RecursionError:  # nesting deeper than the interpreter's stack: no profile needs it
+        raise JwsFormatError("the protected header is nested too deeply") from None
     if not isinstance(header, dict):
         raise JwsFormatError("the protected header is not a JSON object")
     _HEADERS[header_b64] = header

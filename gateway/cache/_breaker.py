@@ -48,12 +48,16 @@ class CircuitBreaker:
         failure_threshold: int = 3,
         open_seconds: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
+        name: str = "answer cache backend",
+        open_note: str = "answers are served uncached",
     ) -> None:
         if failure_threshold < 1:
             raise ValueError("failure_threshold is at least 1")
         if open_seconds < 0:
             raise ValueError("open_seconds is not negative")
         self.failure_threshold = failure_threshold
+        self.name = name  # for the log: what it guards, and what happens while it is open
+        self._open_note = open_note
         self.open_seconds = open_seconds
         self._clock = clock
         self._state: BreakerState = "closed"
@@ -104,7 +108,7 @@ class CircuitBreaker:
 
     def success(self) -> None:
         if self._state == "half_open":
-            _log.warning("answer cache backend is back: cache in use again")
+            _log.warning("%s is back: in use again", self.name)
         if self._state != "open":  # a late answer to a call made before opening changes nothing
             self._state = "closed"
             self._failures = 0
@@ -132,7 +136,5 @@ class CircuitBreaker:
         self._trial = False
         self.opened += 1
         _log.warning(
-            "answer cache bypassed for %.1f s: %s (answers are served uncached)",
-            self.open_seconds,
-            why,
+            "%s bypassed for %.1f s: %s (%s)", self.name, self.open_seconds, why, self._open_note
         )

@@ -12,7 +12,10 @@ One channel per data system, opened on first use and shared by every call. Failu
 | anything else | PROVIDER_UNAVAILABLE | no |
 
 A fetch only reads, so it is retried once, at once, when the data system answers UNAVAILABLE,
-within the same deadline. An ErrorInfo reason is passed through only when its domain is
+within the same deadline. A circuit breaker stands in front of the data system: after
+`BREAKER_FAILURES` calls in a row that timed out or found it unavailable (or at once when it
+cannot be reached), calls fail fast with PROVIDER_UNAVAILABLE for `BREAKER_OPEN_SECONDS`, then
+one trial call decides; a hung data system then holds no server slot for whole deadlines. An ErrorInfo reason is passed through only when its domain is
 "tongban" and it names a `tongban.v1.ErrorReason`.
 
 Without `credentials` the channel is plaintext, allowed only to a loopback target (the demo
@@ -30,17 +33,30 @@ from types import TracebackType
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 
+from gateway.cache import CircuitBreaker
 from gateway.errors import DOMAIN, GatewayError
 from gateway.provider._net import is_loopback
 from tongban.v1 import common_pb2, exchange_pb2, exchange_pb2_grpc
 
-__all__ = ["ProviderAnswer", "ProviderClient", "ProviderError"]
+__all__ = [
+    "BREAKER_FAILURES",
+    "BREAKER_OPEN_SECONDS",
+    "ProviderAnswer",
+    "ProviderClient",
+    "ProviderError",
+]
+
+BREAKER_FAILURES = 5  # consecutive timeouts or UNAVAILABLE answers that open the breaker
+BREAKER_OPEN_SECONDS = 2.0  # then calls fail fast this long, before one trial call
 
 log = logging.getLogger("tongban.provider")
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 RETRY_PAUSE_SECONDS = 0.05
 _REASONS = frozenset(common_pb2.ErrorReason.keys()) - {"ERROR_REASON_UNSPECIFIED"}
+# What counts against the data system in the breaker: it did not answer (in time).
+_BREAKING = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
 _FALLBACK = {
     grpc.StatusCode.INVALID_ARGUMENT: "INVALID_ARGUMENT_FORMAT",
     grpc.StatusCode.NOT_FOUND: "SUBJECT_NOT_FOUND",
@@ -114,6 +130,12 @@ class ProviderClient:
         self._channel: grpc.aio.Channel | None = None
         self._stub: exchange_pb2_grpc.DataProviderAsyncStub | None = None
         self._closed = False
+        self.breaker = CircuitBreaker(
+            failure_threshold=BREAKER_FAILURES,
+            open_seconds=BREAKER_OPEN_SECONDS,
+            name=f"data system {target}",
+            open_note="queries needing it fail fast with PROVIDER_UNAVAILABLE",
+        )
 
     def _get_stub(self) -> exchange_pb2_grpc.DataProviderAsyncStub:
         if self._closed:
@@ -176,6 +198,34 @@ class ProviderClient:
                 "no time left to call the data system",
                 code=grpc.StatusCode.DEADLINE_EXCEEDED,
             )
+        if not self.breaker.allow():
+            raise ProviderError(
+                "PROVIDER_UNAVAILABLE",
+                "the data system is failing (its circuit breaker is open): try again shortly",
+                retryable=True,
+            )
+        try:
+            answer = await self._fetch(stub, request, budget, dataset, request_id)
+        except ProviderError as exc:
+            if exc.code in _BREAKING:
+                self.breaker.failure()
+            else:
+                self.breaker.success()  # it answered, if with a refusal
+            raise
+        except BaseException:
+            self.breaker.abandon()  # cancelled: no verdict on the data system
+            raise
+        self.breaker.success()
+        return answer
+
+    async def _fetch(
+        self,
+        stub: exchange_pb2_grpc.DataProviderAsyncStub,
+        request: exchange_pb2.ProviderFetchRequest,
+        budget: float,
+        dataset: str,
+        request_id: str,
+    ) -> ProviderAnswer:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + budget
         retried = False

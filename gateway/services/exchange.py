@@ -39,7 +39,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from gateway.audit import AuditLog, AuditRecord, AuditUnavailable, Outcome, pseudonymize
 from gateway.cache import AnswerCache, cache_key
-from gateway.errors import DOMAIN, abort
+from gateway.errors import DOMAIN, abort, bounded_message
 from gateway.identity import Caller, CallerKind, current_caller
 from gateway.metrics import PEER_LOCAL, GatewayMetrics
 from gateway.peers import PeerPool, UnknownPeer
@@ -119,7 +119,9 @@ def _timestamp(value: datetime) -> Timestamp:
 def _status(refusal: Refusal) -> status_pb2.Status:
     detail = any_pb2.Any()
     detail.Pack(error_details_pb2.ErrorInfo(reason=refusal.reason, domain=DOMAIN))
-    return status_pb2.Status(code=refusal.code.value[0], message=refusal.message, details=[detail])
+    return status_pb2.Status(
+        code=refusal.code.value[0], message=bounded_message(refusal.message), details=[detail]
+    )
 
 
 class QueryPath:

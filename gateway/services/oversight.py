@@ -7,6 +7,7 @@ logged: the log holds only pseudonyms.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -36,6 +37,8 @@ DEFAULT_PAGE_SIZE: Final = 100  # records per QueryAudit page when none is asked
 MAX_PAGE_SIZE: Final = 1000  # records per page at most
 NEXT_PAGE_METADATA: Final = "tongban-next-page-token"
 SUBJECT_ACCESS_LIMIT: Final = 10_000  # entries returned by one SubjectAccess call at most
+MAX_INDEX: Final = 2**63 - 1  # the largest leaf index a store can hold (SQLite INTEGER)
+_PAGE_TOKEN: Final = re.compile(r"[0-9]{1,19}")
 
 _OUTCOME_TO_PB: Final = {
     Outcome.ALLOWED: common_pb2.OUTCOME_ALLOWED,
@@ -106,6 +109,26 @@ def _time(stamp: Timestamp, present: bool) -> datetime | None:
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
+async def _window(
+    request: oversight_pb2.QueryAuditRequest | oversight_pb2.SubjectAccessRequest,
+    context: Context,
+) -> tuple[datetime | None, datetime | None]:
+    """(since, until) of a request; a timestamp outside what a Timestamp may hold (seconds
+    before year 1 or after 9999, nanos outside 0..999,999,999) is INVALID_ARGUMENT."""
+    try:
+        return (
+            _time(request.since, request.HasField("since")),
+            _time(request.until, request.HasField("until")),
+        )
+    except (ValueError, OverflowError):
+        await abort(
+            context,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "INVALID_ARGUMENT_FORMAT",
+            "since or until is not a valid timestamp",
+        )
+
+
 class OversightService(oversight_pb2_grpc.OversightServicer):
     def __init__(
         self, audit: AuditLog, registry: RegistryStore, *, region: str, pseudonym_key: bytes
@@ -147,7 +170,9 @@ class OversightService(oversight_pb2_grpc.OversightServicer):
         await self._authorise(context)
         after = -1
         if request.page_token:
-            if not request.page_token.isdigit():
+            # A token this service issued is a leaf index: ASCII digits, below 2**63 (SQLite's
+            # INTEGER). str.isdigit() would pass "²" and int() would then raise.
+            if not _PAGE_TOKEN.fullmatch(request.page_token) or int(request.page_token) > MAX_INDEX:
                 await abort(
                     context,
                     grpc.StatusCode.INVALID_ARGUMENT,
@@ -156,6 +181,7 @@ class OversightService(oversight_pb2_grpc.OversightServicer):
                 )
             after = int(request.page_token)
         size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        since, until = await _window(request, context)
         query = AuditQuery(
             subject=self._subject(request.subject_id),
             caller_agency=request.caller_agency or None,
@@ -163,8 +189,8 @@ class OversightService(oversight_pb2_grpc.OversightServicer):
             purpose=request.purpose or None,
             dataset=request.dataset or None,
             outcome=_OUTCOME_FROM_PB.get(request.outcome),
-            since=_time(request.since, request.HasField("since")),
-            until=_time(request.until, request.HasField("until")),
+            since=since,
+            until=until,
             after_index=after,
             limit=size,
         )
@@ -212,6 +238,18 @@ class OversightService(oversight_pb2_grpc.OversightServicer):
         kind = request.WhichOneof("proof")
         try:
             latest = await self._audit.latest_checkpoint()
+            # A tree larger than the log is refused here: rebuilding it would read the store
+            # chunk after empty chunk, for as long as the asked size is (years for 2**63).
+            logged = (await self._audit.store.head()).size
+            asked = (
+                request.inclusion.tree_size
+                if kind == "inclusion"
+                else request.consistency.second_size
+                if kind == "consistency"
+                else 0
+            )
+            if asked > logged:
+                raise ProofError(f"tree size {asked} is larger than the log ({logged} records)")
             if kind == "inclusion":
                 size = request.inclusion.tree_size or None
                 proof, tree_size, root, leaf = await self._audit.inclusion_proof(
@@ -259,6 +297,7 @@ class OversightService(oversight_pb2_grpc.OversightServicer):
                 "SUBJECT_ID_INVALID",
                 "subject_id is required",
             )
+        since, until = await _window(request, context)
         registry = self._registry.current()
         entries: list[oversight_pb2.SubjectAccessEntry] = []
         after = -1
@@ -267,8 +306,8 @@ class OversightService(oversight_pb2_grpc.OversightServicer):
                 page = await self._audit.store.query(
                     AuditQuery(
                         subject=self._subject(request.subject_id),
-                        since=_time(request.since, request.HasField("since")),
-                        until=_time(request.until, request.HasField("until")),
+                        since=since,
+                        until=until,
                         after_index=after,
                         limit=MAX_PAGE_SIZE,
                     )

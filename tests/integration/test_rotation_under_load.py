@@ -1,0 +1,305 @@
+"""Seal-key and TLS-certificate rotation of one region while queries flow (issue 9, item 3).
+
+重庆 (500000) owns the data the other regions ask for. While agencies of 四川 and 浙江 query it
+continuously (over their gateways' pooled peer channels), 重庆's own agencies query the others
+through it (its client certificate), and one more stream opens a new channel for every query
+(a new TLS handshake with 重庆's gateway each time), the security team rotates both keys the
+way `docs/security.md` describes:
+
+1. a successor seal key and a successor TLS key are issued by 重庆's CA and recorded `pending`;
+2. the gateway takes the successor seal key (what SIGHUP does: `reload_seal_keys`);
+3. a publish carries both successors, pending: every gateway learns them;
+4. the next publish makes them active (the old ones retiring): new answers are sealed by the
+   new key;
+5. the gateway takes the now-active TLS key (`reload_tls`): new handshakes are served the new
+   certificate, and its calls to peers present it;
+6. one more publish makes the peers build new channels to 重庆: they handshake with the new
+   certificate too.
+
+Nothing may fail: zero refused requests, zero failed handshakes, and every sealed answer the
+clients received verifies against the final registry (old key retiring, new key active); the
+gateways' own verification counters show no failure either. Bounded in time and in calls; the
+one-line report (with -s) gives the figures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from fault_support import (
+    BAD_CODES,
+    Tally,
+    bad_server_codes,
+    check_audit_ids,
+    held_subjects,
+    pump,
+    query_maker,
+    running_gateways,
+    wait_until,
+)
+from query_support import Cluster, bearer
+from support import Federation
+
+from gateway.config import GatewayConfig
+from registry import (
+    KeyRecord,
+    KeyState,
+    KeyUsage,
+    RegistryTrust,
+    SnapshotVerifier,
+    load_authority_public_key,
+)
+from registry._pki import issue_key
+from signer import Indication, SealVerifier, SignatureKind, certificate_thumbprint
+
+pytestmark = pytest.mark.integration
+
+OWNER = "500000"  # 重庆: the region whose keys rotate
+TEST_SECONDS = 20.0  # the whole test, set-up and tear-down included
+CALL_TIMEOUT = 5.0
+LIMIT = 200  # calls per stream at most (two 四川 streams stay under CY-SI-2026's 600/min)
+PAUSE = 0.02
+SI = ("si.participation", "SI-TRANSFER")
+LICENCE = ("market.business_licence", "LICENCE-VERIFY")
+# (agency, provider region, (dataset, purpose), first subject)
+STREAMS = [
+    ("sc.hrss", OWNER, SI, 0),  # 四川 asks 重庆 (510000's peer channel)
+    ("sc.hrss", OWNER, SI, 100),
+    ("zj.amr", OWNER, LICENCE, 0),  # 浙江 asks 重庆 (330000's peer channel)
+    ("cq.amr", "330000", LICENCE, 0),  # 重庆 asks 浙江: 重庆's client certificate
+]
+FRESH = ("cq.hrss", "510000", SI, 0)  # 重庆 asks 四川, a new channel (handshake) per call
+
+
+def served_certificate(fed: Federation, port: int) -> str:
+    """The x5t#S256 of the certificate a new TLS handshake with 重庆's gateway presents."""
+    chain, key = fed.tls_files("cq.hrss")
+    context = ssl.create_default_context(cafile=str(fed.pki / f"regions/{OWNER}/ca/root.pem"))
+    context.load_cert_chain(str(chain), str(key))
+    context.set_alpn_protocols(["h2"])
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return certificate_thumbprint(x509.load_der_x509_certificate(der))
+
+
+def seal_failures(cluster: Cluster) -> dict[str, float]:
+    """Seal verifications each gateway counted that did not pass."""
+    out = {}
+    for region, gateway in cluster.gateways.items():
+        failed = 0.0
+        for metric in gateway.metrics.registry.collect():
+            if metric.name != "tongban_seal_verifications":
+                continue
+            for sample in metric.samples:
+                if (
+                    sample.name.endswith("_total")
+                    and sample.labels["indication"] != Indication.TOTAL_PASSED.value
+                ):
+                    failed += sample.value
+        out[region] = failed
+    return out
+
+
+def seal_passes(cluster: Cluster) -> float:
+    return sum(
+        gateway.metrics.registry.get_sample_value(
+            "tongban_seal_verifications_total",
+            {"indication": Indication.TOTAL_PASSED.value, "sub_indication": ""},
+        )
+        or 0.0
+        for gateway in cluster.gateways.values()
+    )
+
+
+async def test_seal_key_and_tls_certificate_rotation_under_load(
+    federation: Federation, tmp_path: Path
+) -> None:
+    tally = Tally(f"rotation of {OWNER}'s seal key and TLS certificate under load")
+    old_seal = federation.active(OWNER, KeyUsage.SEAL)
+    old_tls = federation.active(OWNER, KeyUsage.TLS)
+    probes: list[str] = []  # the certificate each probe handshake was served
+    async with (
+        asyncio.timeout(TEST_SECONDS),
+        running_gateways(federation, tmp_path) as cluster,
+    ):
+        owner = cluster.gateways[OWNER]
+        port = cluster.ports[OWNER]
+
+        async def probe() -> str:
+            kid = await asyncio.to_thread(served_certificate, federation, port)
+            probes.append(kid)
+            return kid
+
+        async def everyone_holds(version: int) -> None:
+            await wait_until(
+                lambda: all(g.store.status().version == version for g in cluster.gateways.values()),
+                f"every gateway to take registry version {version}",
+                5,
+            )
+
+        def reread() -> GatewayConfig:
+            return GatewayConfig.for_dev_pki(
+                federation.pki,
+                OWNER,
+                listen=owner.config.listen,
+                snapshot_file=federation.current,
+            )
+
+        stop = asyncio.Event()
+        async with contextlib.AsyncExitStack() as stack:
+            tasks = []
+            for agency, provider, (dataset, purpose), first in [*STREAMS, FRESH]:
+                fresh = (agency, provider) == FRESH[:2]
+                stub: Any = (
+                    (lambda agency=agency: cluster.exchange(agency))
+                    if fresh
+                    else await stack.enter_async_context(cluster.exchange(agency))
+                )
+                subjects = held_subjects(provider, dataset, 600)  # new subjects: new seals
+                tasks.append(
+                    asyncio.create_task(
+                        pump(
+                            tally,
+                            f"{agency}->{provider}" + (" (new channel each)" if fresh else ""),
+                            stub,
+                            query_maker(provider, dataset, purpose, subjects, offset=first),
+                            bearer(cluster.token(agency)),
+                            stop=stop,
+                            limit=LIMIT,
+                            timeout=CALL_TIMEOUT,
+                            pause=PAUSE,
+                        )
+                    )
+                )
+            try:
+                tally.enter("before")
+                await wait_until(lambda: tally.succeeded >= 40, "answers before the rotation", 5)
+                assert await probe() == old_tls
+
+                # 1. The successors, issued by 重庆's CA, recorded pending.
+                now = datetime.now(UTC)
+                inventory = federation.inventory()
+                issued = {
+                    usage: issue_key(
+                        federation.pki, region=OWNER, owner=OWNER, usage=usage, now=now
+                    )
+                    for usage in ("seal", "tls")
+                }
+                for key in issued.values():
+                    inventory.add(KeyRecord.from_issued(federation.pki, key, KeyState.PENDING, now))
+                inventory.save()
+                new_seal, new_tls = issued["seal"].kid, issued["tls"].kid
+                # 2. The gateway holds the successor seal key (SIGHUP).
+                assert set(owner.reload_seal_keys(reread().seal_keys)) == {old_seal, new_seal}
+                # 3. Published pending.
+                federation.publish()
+                await everyone_holds(2)
+                tally.enter("pending")
+                await asyncio.sleep(0.5)
+                # 4. Active: new answers are sealed by the successor.
+                federation.publish()
+                await everyone_holds(3)
+                tally.enter("seal rotated")
+                assert federation.active(OWNER, KeyUsage.SEAL) == new_seal
+                assert federation.active(OWNER, KeyUsage.TLS) == new_tls
+                await asyncio.sleep(0.5)
+                # 5. The gateway serves (and calls peers with) the now-active TLS key.
+                assert owner.reload_tls(reread()) == new_tls
+                tally.enter("tls rotated")
+                assert await probe() == new_tls
+                # 6. One more publish: the peers' channels to 重庆 are built anew.
+                federation.publish()
+                await everyone_holds(4)
+                tally.enter("after")
+                await wait_until(
+                    lambda: (
+                        {s.stream for s in tally.where(phase_sent="after") if s.ok}
+                        >= {s.stream for s in tally.shots}
+                    ),
+                    "answers on every stream after the rotation",
+                    5,
+                )
+                await asyncio.sleep(1.5)
+                assert await probe() == new_tls
+            finally:
+                stop.set()
+                await asyncio.gather(*tasks)
+
+        # Every sealed answer verifies on its own against the final registry.
+        snapshot = SnapshotVerifier(
+            load_authority_public_key(federation.pki / "authority" / "authority.pub.pem")
+        ).verify(federation.current.read_bytes(), held_version=None, now=None)
+        verifier = SealVerifier(RegistryTrust(snapshot.registry))
+        verified = 0
+        sealers: Counter[str] = Counter()
+        late_old = []  # answers sealed after the activation, but by the old key
+        fresh_after = 0  # answers sealed (not cached) after the activation
+        for shot in tally.shots:
+            if not shot.ok or shot.response is None:
+                continue
+            record = shot.response.record
+            provider = shot.stream.split("->")[1][:6]
+            report = verifier.validate(
+                record.jws, expected_kind=SignatureKind.SEAL, expected_owner_region=provider
+            )
+            assert report.indication is Indication.TOTAL_PASSED, (shot.stream, report.message)
+            assert report.payload == record.payload
+            verified += 1
+            if provider == OWNER:
+                sealers[record.sealer_kid] += 1
+                if shot.phase_sent in ("seal rotated", "tls rotated", "after") and not (
+                    shot.response.cache_hit
+                ):
+                    fresh_after += 1
+                    if record.sealer_kid != new_seal:
+                        late_old.append(shot)
+        gateway_failures = seal_failures(cluster)
+        gateway_passes = seal_passes(cluster)
+        assert {r: bad_server_codes(g) for r, g in cluster.gateways.items()} == dict.fromkeys(
+            cluster.gateways, 0
+        )
+        for region, agency_prefix in (("510000", "sc."), ("330000", "zj."), (OWNER, "cq.")):
+            audit = cluster.gateways[region].audit
+            assert audit is not None
+            tally.audit_checked += await check_audit_ids(
+                audit, [s for s in tally.shots if s.stream.startswith(agency_prefix)]
+            )
+        owner_log = owner.audit
+        assert owner_log is not None
+        integrity = await owner_log.verify()
+
+    handshakes = len(tally.where(stream=f"{FRESH[0]}->{FRESH[1]} (new channel each)")) + len(probes)
+    line = tally.report(
+        f"{verified} sealed answers verified against registry v{snapshot.registry.version} "
+        f"(gateways counted {gateway_passes:.0f} passed, {sum(gateway_failures.values()):.0f} "
+        f"failed); 重庆's answers sealed by the old key {sealers[old_seal]}, by the new "
+        f"{sealers[new_seal]} ({fresh_after} sealed after the activation, all by the new); "
+        f"{handshakes} new TLS handshakes with 重庆 "
+        f"({sum(k == new_tls for k in probes)} probes served the new certificate); 重庆's log "
+        f"intact ({integrity.records_checked} records)"
+    )
+    assert not [s for s in tally.shots if s.code in BAD_CODES]
+    assert tally.refused() == Counter(), line  # zero failed requests, handshakes included
+    assert tally.sent >= 200, line
+    assert gateway_failures == dict.fromkeys(gateway_failures, 0.0), gateway_failures
+    assert sealers[old_seal] > 0, sealers
+    assert sealers[new_seal] > 0, sealers
+    assert not late_old, f"{len(late_old)} new answers after the rotation under the old key"
+    assert fresh_after >= 20, line
+    assert len(tally.where(phase_sent="after")) >= 20
+    assert probes == [old_tls, new_tls, new_tls]
+    assert handshakes >= 20
+    assert integrity.intact, integrity.problem
