@@ -1,7 +1,7 @@
 """Attacks on who is calling, through real channels to three gateways: stolen and forged request
 tokens, certificates that do not chain to the named party's own region, forged peer gateways on
 either side of Peer.Forward, and revoked TLS certificates. docs/threats.md T1-T5, T7; the
-xfail(strict) tests pin open gap G1."""
+The revocation tests were gap G1, now closed."""
 
 from __future__ import annotations
 
@@ -352,11 +352,6 @@ def _kid_of(chain: bytes) -> str:
     return certificate_thumbprint(x509.load_pem_x509_certificates(chain)[0])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pytest.fail.Exception,  # "DID NOT RAISE": the call is answered
-    reason="open gap G1 (docs/threats.md): CallerResolver checks the chain, not revocation",
-)
 async def test_a_revoked_agency_tls_certificate_is_refused(tmp_path: Path, kit: Any) -> None:
     fed = make_federation(tmp_path / "fed")
     fed.publish()
@@ -376,11 +371,6 @@ async def test_a_revoked_agency_tls_certificate_is_refused(tmp_path: Path, kit: 
         assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pytest.fail.Exception,  # "DID NOT RAISE": the call is answered
-    reason="open gap G1 (docs/threats.md): CallerResolver checks the chain, not revocation",
-)
 async def test_a_revoked_gateway_tls_certificate_cannot_forward(tmp_path: Path, kit: Any) -> None:
     fed = make_federation(tmp_path / "fed")
     fed.publish()
