@@ -240,6 +240,22 @@ class QueryPath:
             refusal.audited = True
         return refusal
 
+    async def _record_cancelled(self, audit: dict[str, Any]) -> None:
+        """The call was cancelled (by its caller, or its deadline) while a peer or the data
+        system was being asked: record the attempt (failed, REQUEST_CANCELLED) before the
+        cancellation goes on. The record is written in a task of its own, shielded, so that the
+        cancellation of this call does not cancel it too."""
+        record = asyncio.ensure_future(
+            self._record(outcome=Outcome.FAILED, reason="REQUEST_CANCELLED", **audit)
+        )
+        record.add_done_callback(lambda done: done.cancelled() or done.exception())  # retrieved
+        try:
+            await asyncio.shield(record)
+        except AuditUnavailable:
+            log.warning("a cancelled request could not be audited: the audit store is unavailable")
+        except asyncio.CancelledError:
+            pass  # cancelled again while waiting: the shielded record still completes
+
     def _decide(
         self, registry: Registry, agency_id: str, request: DataRequest, now: datetime
     ) -> Decision:
@@ -357,6 +373,9 @@ class QueryPath:
             fields = await self._check_answer(forwarded, data, decision)
         except Refusal as refusal:
             raise await self._refuse(refusal, **audit) from None
+        except asyncio.CancelledError:
+            await self._record_cancelled(audit)
+            raise
         # (7)
         try:
             audit_id = await self._record(
@@ -541,6 +560,9 @@ class QueryPath:
             record = credentials_pb2.SealedRecord.FromString(raw)
         except Refusal as refusal:
             raise await self._refuse(refusal, **audit) from None
+        except asyncio.CancelledError:
+            await self._record_cancelled(audit)
+            raise
         # (4)
         try:
             audit_id = await self._record(

@@ -527,7 +527,10 @@ async def test_a_data_system_that_hangs(federation: Federation, tmp_path: Path) 
                 "an answer once the data system answers again",
                 HANG_TIMEOUT + 3,
             )
-            await asyncio.sleep(0.5)
+            # Traffic goes on past the breaker's open period, to see every query answered.
+            await asyncio.sleep(
+                max(0.5, tally.marks["recovered"] + BREAKER_OPEN_SECONDS + 1.5 - time.monotonic())
+            )
         # The gateway gave up every call to the hung data system by its deadline: none lingers.
         await wait_until(
             lambda: len(provider.held) == provider.hung, "the hung calls to be given up", 3
@@ -608,8 +611,12 @@ async def test_a_data_system_that_hangs(federation: Federation, tmp_path: Path) 
     assert all(s.ok for s in tally.where(stream="sc.hrss->500000")), "重庆 stopped answering"
     assert statuses == {"330000": SERVING, "510000": SERVING}
     recovered = tally.where(stream="sc.amr->330000", phase_sent="recovered")
-    first_ok = min(s.sent for s in recovered if s.ok)
-    assert all(s.ok for s in recovered if s.sent > first_ok)
+    # Answers may come from the cache while the breaker is still open; once it has had its
+    # trial call (at most BREAKER_OPEN_SECONDS after the data system answers again), every
+    # query is answered.
+    settled = [s for s in recovered if s.sent > recovery + BREAKER_OPEN_SECONDS + 0.5]
+    assert settled, "no query was sent after the breaker's open period"
+    assert all(s.ok for s in settled), tally.refused(settled)
 
 
 async def test_a_hung_data_system_is_failed_fast_after_repeated_timeouts(
@@ -649,17 +656,6 @@ async def test_a_hung_data_system_is_failed_fast_after_repeated_timeouts(
     assert min(elapsed[5:]) < 0.25 * timeout, elapsed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "a query cancelled mid-flight leaves no audit record: when the call is cancelled (by "
-        "its client, or by its deadline before the data system's own timeout fires) while "
-        "QueryPath.query awaits Peer.Forward and QueryPath.forward awaits DataProvider.Fetch "
-        "(gateway/services/exchange.py), asyncio.CancelledError passes the `except Refusal` "
-        "blocks, so neither gateway records the request, although 浙江's data system was asked "
-        "for the subject's record"
-    ),
-)
 async def test_a_query_cancelled_after_the_data_system_was_asked_is_audited(
     federation: Federation, tmp_path: Path
 ) -> None:

@@ -89,6 +89,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The gateway cannot reach the shared store of its replay window or its quotas (Redis) and
     refuses rather than skip the check (sent with UNAVAILABLE; retry later).
     """
+    REQUEST_CANCELLED: _ErrorReason.ValueType  # 29
+    """The caller cancelled the request, or its deadline passed, before an answer: never sent to
+    the caller (it has gone); recorded in the audit log so that the attempt is not lost.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The reasons a Tongban RPC fails, carried in a google.rpc.ErrorInfo detail of the gRPC status.
@@ -165,6 +169,10 @@ SUBJECT_NOT_FOUND: ErrorReason.ValueType  # 27
 SHARED_STATE_UNAVAILABLE: ErrorReason.ValueType  # 28
 """The gateway cannot reach the shared store of its replay window or its quotas (Redis) and
 refuses rather than skip the check (sent with UNAVAILABLE; retry later).
+"""
+REQUEST_CANCELLED: ErrorReason.ValueType  # 29
+"""The caller cancelled the request, or its deadline passed, before an answer: never sent to
+the caller (it has gone); recorded in the audit log so that the attempt is not lost.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
