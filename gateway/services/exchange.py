@@ -240,6 +240,29 @@ class QueryPath:
             refusal.audited = True
         return refusal
 
+    async def _take_owner_quota(self, registry: Registry, agreement_id: str, now: datetime) -> None:
+        """The data owner counts the agreement's quota too, over every requesting gateway (it
+        never trusts a requesting gateway to have counted): its own counter, beside the one the
+        requesting gateway keeps, `owner:<agreement id>`."""
+        agreement = next(a for a in registry.agreements if a.id == agreement_id)
+        try:
+            taken = await self._quota.take(
+                f"owner:{agreement.id}", agreement.quota_per_minute, now=now
+            )
+        except QuotaUnavailable as exc:
+            raise Refusal(
+                grpc.StatusCode.UNAVAILABLE,
+                "SHARED_STATE_UNAVAILABLE",
+                f"the agreement's quota cannot be checked: {exc}",
+            ) from exc
+        if not taken:
+            raise Refusal(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "QUOTA_EXCEEDED",
+                f"agreement {agreement.id} allows {agreement.quota_per_minute} queries a minute "
+                f"to region {self.region}, from all requesters; try again next minute",
+            )
+
     async def _record_cancelled(self, audit: dict[str, Any]) -> None:
         """The call was cancelled (by its caller, or its deadline) while a peer or the data
         system was being asked: record the attempt (failed, REQUEST_CANCELLED) before the
@@ -537,8 +560,10 @@ class QueryPath:
                     f"gateway {caller.region} forwards for an agency that is not one of its own",
                 )
             # (2)
-            decision = self._decide(registry, agency.id, data, self._clock())
+            now = self._clock()
+            decision = self._decide(registry, agency.id, data, now)
             audit["agreement_id"] = decision.agreement_id
+            await self._take_owner_quota(registry, decision.agreement_id, now)
             dataset = registry.dataset(self.region, data.dataset)
             assert dataset is not None  # the decision checked it
             fields = tuple(sorted(decision.fields))

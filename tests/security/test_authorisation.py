@@ -298,11 +298,6 @@ async def test_quota_is_counted_per_agreement_so_one_agency_can_use_up_a_shared_
         assert other.agreement_id == "CY-CIVIL-2026"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="open gap G3 (docs/threats.md): only the requesting gateway counts quotas",
-)
 async def test_the_provider_holds_a_forwarding_gateway_to_the_agreements_quota(
     tiny_quota: Federation, tmp_path: Path, kit: Any
 ) -> None:
