@@ -41,7 +41,7 @@ from rich.table import Table
 from gateway.audit import CheckpointError, ProofError, verify_checkpoint, verify_inclusion
 from gateway.config import GatewayConfig
 from gateway.provider import DemoData, create_provider
-from gateway.server import Gateway, create_gateway
+from gateway.server import Gateway, create_gateway, freeze_startup_heap
 from gateway.tokens import issue_token
 from registry import (
     CURRENT_SNAPSHOT,
@@ -251,6 +251,7 @@ async def start_federation(fed: Federation, options: DemoOptions, run_id: str) -
         )
         gateway, _ = await create_gateway(config)
         fed.gateways[region] = gateway
+    freeze_startup_heap()
 
 
 async def stop_federation(fed: Federation, options: DemoOptions) -> None:

@@ -290,6 +290,7 @@ class CallerInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, resolver: CallerResolver, open_services: frozenset[str]) -> None:
         self._resolver = resolver
         self._open = tuple(f"/{name}/" for name in open_services)
+        self._wrapped: dict[str, tuple[Handler, Handler]] = {}  # method -> (handler, wrapped)
 
     async def intercept_service(
         self,
@@ -300,9 +301,12 @@ class CallerInterceptor(grpc.aio.ServerInterceptor):
         method: str = handler_call_details.method
         if handler is None:
             return handler
-        if method.startswith(self._open):
-            return _parse_safely(handler)
-        return self._wrap(handler)
+        known = self._wrapped.get(method)
+        if known is not None and known[0] is handler:
+            return known[1]  # wrapped once per method: the per-call state is in the closures' calls
+        wrapped = _parse_safely(handler) if method.startswith(self._open) else self._wrap(handler)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
 
     async def _authenticate(self, context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
         certificates = list(context.auth_context().get("x509_pem_cert") or [])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import hashlib
 import logging
 import signal
@@ -603,6 +604,15 @@ def _reload(gateway: Gateway, reload: Callable[[], GatewayConfig]) -> None:
     log.error("SIGHUP: not (fully) reloaded, what was held stays in use: %s", problem)
 
 
+def freeze_startup_heap() -> None:
+    """Move everything allocated while starting (the registry, certificates, compiled policies,
+    modules) out of the garbage collector's sight: a full collection then walks only what
+    requests allocate. Measured in bench/RESULTS.md: the longest collector pause went from
+    25–42 ms to under 3 ms. Call once, when every gateway of the process has started."""
+    gc.collect()
+    gc.freeze()
+
+
 async def create_gateway(
     config: GatewayConfig, **kwargs: Callable[[], datetime]
 ) -> tuple[Gateway, int]:
@@ -621,6 +631,7 @@ async def serve(
     reads the configuration again and the gateway takes its `[[seal.keys]]` and its `[tls]`
     certificate and key (nothing else is reloaded; the registry follows its own source)."""
     gateway, _ = await create_gateway(config)
+    freeze_startup_heap()
     if ready is not None:
         ready(gateway)
     stop = asyncio.Event()

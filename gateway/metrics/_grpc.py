@@ -79,13 +79,13 @@ class _Call:
         self.labels = labels
         self.code = "UNKNOWN"
         self.started = time.perf_counter()
-        metrics.grpc_server_started.labels(*labels).inc()
+        metrics.child(metrics.grpc_server_started, *labels).inc()
 
     def received(self) -> None:
-        self.metrics.grpc_server_msg_received.labels(*self.labels).inc()
+        self.metrics.child(self.metrics.grpc_server_msg_received, *self.labels).inc()
 
     def sent(self) -> None:
-        self.metrics.grpc_server_msg_sent.labels(*self.labels).inc()
+        self.metrics.child(self.metrics.grpc_server_msg_sent, *self.labels).inc()
 
     def failed(self, exc: BaseException, context: Context) -> None:
         if isinstance(exc, grpc.aio.AbortError):
@@ -98,8 +98,8 @@ class _Call:
 
     def finish(self) -> None:
         m = self.metrics
-        m.grpc_server_handled.labels(*self.labels, grpc_code_name(self.code)).inc()
-        m.grpc_server_handling_seconds.labels(*self.labels).observe(
+        m.child(m.grpc_server_handled, *self.labels, grpc_code_name(self.code)).inc()
+        m.child(m.grpc_server_handling_seconds, *self.labels).observe(
             time.perf_counter() - self.started
         )
 
@@ -115,6 +115,9 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self, metrics: GatewayMetrics) -> None:
         self._metrics = metrics
+        # method -> (its handler, the wrapped handler): the wrapping is the same for every call
+        # of a method, so it is made once (the per-call state lives in `_Call`).
+        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
 
     async def intercept_service(
         self,
@@ -124,9 +127,15 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:  # unimplemented: no series for names a client made up
             return None
-        service, method = split_method(handler_call_details.method)
+        name: str = handler_call_details.method
+        known = self._wrapped.get(name)
+        if known is not None and known[0] is handler:
+            return known[1]
+        service, method = split_method(name)
         kind = _TYPES[(bool(handler.request_streaming), bool(handler.response_streaming))]
-        return self._wrap(handler, (kind, service, method))
+        wrapped = self._wrap(handler, (kind, service, method))
+        self._wrapped[name] = (handler, wrapped)
+        return wrapped
 
     def _wrap(self, handler: Handler, labels: tuple[str, str, str]) -> Handler:
         metrics = self._metrics
@@ -226,12 +235,12 @@ class _ClientCall:
         self.metrics = metrics
         self.labels = (kind, service, method, peer)
         self.started = time.perf_counter()
-        metrics.grpc_client_started.labels(*self.labels).inc()
+        metrics.child(metrics.grpc_client_started, *self.labels).inc()
 
     def finish(self, code: str, ended: float | None = None) -> None:
         m = self.metrics
-        m.grpc_client_handled.labels(*self.labels, grpc_code_name(code)).inc()
-        m.grpc_client_handling_seconds.labels(*self.labels).observe(
+        m.child(m.grpc_client_handled, *self.labels, grpc_code_name(code)).inc()
+        m.child(m.grpc_client_handling_seconds, *self.labels).observe(
             (time.perf_counter() if ended is None else ended) - self.started
         )
 

@@ -14,7 +14,7 @@ import os
 import re
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import grpc
 from cryptography import x509
@@ -368,10 +368,20 @@ class GatewayMetrics:
 
         self._cache_totals = _Monotonic()
         self._refusal_totals = _Monotonic()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._audit_totals = _Monotonic()
         self._certificates: set[CertificateLabels] = set()
         self._regions: frozenset[str] | None = None  # known once a registry was observed
         self._agreements: frozenset[str] | None = None
+
+    def child(self, metric: Counter | Histogram, *labels: str) -> Any:
+        """`metric.labels(*labels)`, remembered: the gRPC interceptors ask for the same few
+        series on every call, and prometheus_client validates the labels each time."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     # registry -----------------------------------------------------------------------------------
     def observe_registry(self, registry: Registry | None, status: RegistryStatus) -> None:
@@ -455,7 +465,7 @@ class GatewayMetrics:
         """One authorisation decision; `reason` is the ErrorInfo reason of a denial."""
         if outcome not in OUTCOMES:
             raise ValueError(f"outcome is allowed or denied, not {outcome!r}")
-        self.authorisation_decisions.labels(outcome, _reason(reason)).inc()
+        self.child(self.authorisation_decisions, outcome, _reason(reason)).inc()
 
     def verification(self, indication: str, sub_indication: str = "") -> None:
         """One seal or signature verification (`Indication`, `SubIndication` or their values)."""
@@ -463,7 +473,7 @@ class GatewayMetrics:
         sub = str(sub_indication)
         if sub and sub not in _SUB_INDICATIONS:
             sub = "OTHER"
-        self.seal_verifications.labels(main, sub).inc()
+        self.child(self.seal_verifications, main, sub).inc()
 
     def audit_append(self, ok: bool) -> None:
         """One audit append: made durable (`ok`) or failed."""
@@ -481,8 +491,8 @@ class GatewayMetrics:
     def peer_call(self, region: str, code: grpc.StatusCode | str | int, seconds: float) -> None:
         """One call to a peer gateway (`region` its code) or the data system (`PEER_LOCAL`)."""
         peer = self.peer_region(region)
-        self.peer_calls.labels(peer, grpc_code_name(code)).inc()
-        self.peer_call_seconds.labels(peer).observe(max(seconds, 0.0))
+        self.child(self.peer_calls, peer, grpc_code_name(code)).inc()
+        self.child(self.peer_call_seconds, peer).observe(max(seconds, 0.0))
 
     def peer_region(self, region: str) -> str:
         """The `peer_region` label for `region`: "local", a region the registry knows, or "other"."""
