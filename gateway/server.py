@@ -113,6 +113,17 @@ REDIS_TIMEOUT_SECONDS = 0.25  # a Redis that does not answer in this long counts
 SERVED_SERVICES = (REGISTRY_SERVICE, CREDENTIALS_SERVICE)  # always; Oversight with an audit log
 OPEN_SERVICES = frozenset({health.SERVICE_NAME, reflection.SERVICE_NAME})  # mTLS only, no identity
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # bytes: a registry snapshot is the largest message
+# Calls one gateway process handles at once; more are refused by gRPC at once with
+# RESOURCE_EXHAUSTED ("Concurrent RPC limit exceeded"), before any Python work is done for them.
+MAX_CONCURRENT_RPCS = 2000
+# HTTP/2 keepalive: quiet connections (a Registry.Watch stream between publishes, a peer channel
+# at night) are pinged so that proxies and NATs do not cut them; clients may ping every 30 s.
+KEEPALIVE_OPTIONS = (
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 30_000),
+)
 HEALTH_CHECK_SECONDS = 5.0  # how often registry expiry is re-checked for health
 
 
@@ -441,7 +452,9 @@ class Gateway:
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                *KEEPALIVE_OPTIONS,
             ],
+            maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
         )
         registry_pb2_grpc.add_RegistryServicer_to_server(RegistryService(self.store), server)
         credentials_pb2_grpc.add_CredentialsServicer_to_server(self.credentials, server)

@@ -154,6 +154,64 @@ async def test_a_peer_that_hangs_holds_a_query_no_longer_than_its_deadline(
         await fake.stop(0)
 
 
+async def test_calls_beyond_the_concurrency_cap_are_refused_at_once(
+    federation: Federation, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flood of slow calls cannot pile up without bound: past MAX_CONCURRENT_RPCS (4 here)
+    in flight, gRPC refuses new calls at once with RESOURCE_EXHAUSTED, and once the slow ones
+    end the gateway answers again."""
+    monkeypatch.setattr("gateway.server.MAX_CONCURRENT_RPCS", 4)
+    monkeypatch.setattr("gateway.services.exchange.DEFAULT_DEADLINE_SECONDS", 2.0)
+    chain, key = federation.tls_files("330000")
+    fake = grpc.aio.server()
+    exchange_pb2_grpc.add_PeerServicer_to_server(HangingPeer(), fake)
+    port = fake.add_secure_port(
+        "127.0.0.1:0", grpc.ssl_server_credentials([(key.read_bytes(), chain.read_bytes())])
+    )
+    await fake.start()
+    try:
+        overrides = {"510000": {"330000": f"localhost:{port}"}}
+        async with (
+            running_cluster(federation, tmp_path, peer_overrides=overrides) as cluster,
+            cluster.exchange("sc.hrss") as stub,
+        ):
+            token = cluster.token("sc.hrss")
+            slow = [
+                asyncio.ensure_future(
+                    stub.Query(
+                        si(cluster.subject("330000", "si.participation", n=n)),
+                        metadata=bearer(token),
+                        timeout=5,
+                    )
+                )
+                for n in range(4)
+            ]
+            await asyncio.sleep(0.5)  # the four hold every slot, waiting on the peer
+            started = time.monotonic()
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.Query(
+                    si(cluster.subject("330000", "si.participation", n=5)),
+                    metadata=bearer(token),
+                    timeout=5,
+                )
+            assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert time.monotonic() - started < 1  # refused at once, not queued
+            ended = await asyncio.gather(*slow, return_exceptions=True)
+            assert all(isinstance(e, grpc.aio.AioRpcError) for e in ended)
+            cq = exchange_pb2.QueryRequest(
+                provider_region="500000",
+                dataset="si.participation",
+                purpose="SI-TRANSFER",
+                subject_id=cluster.subject("500000", "si.participation"),
+                case_id="CASE-2026-0001",
+                request_id="req-after-the-flood",
+            )
+            answer = await stub.Query(cq, metadata=bearer(token), timeout=CALL_TIMEOUT)
+            assert answer.record.sealer_region == "500000"
+    finally:
+        await fake.stop(0)
+
+
 async def healthz(port: int) -> bytes:
     """The answer to GET /healthz; b"" when the connection is closed unanswered."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
