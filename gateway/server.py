@@ -63,6 +63,7 @@ from gateway.replay import (
     RedisReplayGuard,
     ReplayGuard,
 )
+from gateway.reports import AccessReporter, MemoryReportQueue, RedisReportQueue, ReportQueue
 from gateway.services.credentials import CredentialsService
 from gateway.services.exchange import DataExchangeService, PeerService, QueryPath
 from gateway.services.oversight import OversightService
@@ -311,6 +312,8 @@ class Gateway:
         replay: ReplayGuard
         quota: QuotaCounter
         backend: CacheBackend
+        reports: ReportQueue
+        cache_key_id = hashlib.sha256(exchange.cache_key).hexdigest()[:4]
         if exchange.redis_url:
             client = redis.asyncio.Redis.from_url(
                 exchange.redis_url,
@@ -325,6 +328,11 @@ class Gateway:
             )
             quota = FallbackQuotaCounter(RedisQuotaCounter(client), MemoryQuotaCounter())
             backend = RedisBackend(exchange.redis_url)
+            reports = RedisReportQueue(
+                client,
+                region=config.region,
+                crypto=AnswerCache(backend, key=exchange.cache_key, key_id=cache_key_id),
+            )
         else:
             log.warning(
                 "gateway %s keeps its cache, replay window and quotas in memory: run one replica only",
@@ -333,6 +341,7 @@ class Gateway:
             replay = MemoryReplayGuard(REPLAY_WINDOW_SECONDS, clock)
             quota = MemoryQuotaCounter()
             backend = MemoryBackend()
+            reports = MemoryReportQueue()
         self._closers.append(backend.close)
         provider = (
             ProviderClient(
@@ -350,7 +359,9 @@ class Gateway:
             interceptors=lambda region: client_interceptors(self.metrics, region),
         )
         self._closers.append(peers.close)
-        return QueryPath(
+        audit_key = load_private_key(config.audit.key, config.tls_passphrase)
+        assert isinstance(audit_key, ed25519.Ed25519PrivateKey)  # build_audit_log checked it
+        path = QueryPath(
             region=config.region,
             gateway_name=f"gateway-{config.region}",
             registry=self.store,
@@ -363,7 +374,7 @@ class Gateway:
             cache=AnswerCache(
                 backend,
                 key=exchange.cache_key,
-                key_id=hashlib.sha256(exchange.cache_key).hexdigest()[:4],
+                key_id=cache_key_id,
                 breaker=CircuitBreaker(),
             ),
             provider=provider,
@@ -371,7 +382,17 @@ class Gateway:
             pseudonym_key=config.audit.pseudonym_key,
             metrics=self.metrics,
             clock=clock,
+            reporter=AccessReporter(
+                region=config.region,
+                registry=self.store,
+                peers=peers,
+                queue=reports,
+                key=audit_key,
+                clock=clock,
+            ),
         )
+        self._closers.insert(0, path.close)  # first: flushes reports over the peer channels
+        return path
 
     # TLS ---------------------------------------------------------------------------------------
     def reload_seal_keys(self, pairs: Sequence[tuple[Path, Path]]) -> tuple[str, ...]:
@@ -518,6 +539,10 @@ class Gateway:
             )
             self._tasks.append(asyncio.create_task(peer.run(), name="registry-peer"))
         self._tasks.append(asyncio.create_task(self._watch_expiry(), name="registry-expiry"))
+        if self.query_path is not None:
+            self._tasks.append(
+                asyncio.create_task(self.query_path.report_loop(), name="access-reports")
+            )
         log.info("gateway %s listening on port %d", self.config.region, self.port)
         return self.port
 

@@ -8,6 +8,10 @@ Stored value (tongban.cache/v1)::
 The associated data is the format tag, the 32-byte cache key and the key id, so a value moved
 under another key, or relabelled with another key id, does not decrypt. A value that does not
 decrypt, or is under a key id this cache does not hold, is a miss, never an error.
+
+`encrypt_value` / `decrypt_value` use the same keys and layout for data kept beside the cache
+(the queue of access reports): their associated data is another tag and a caller's context
+(e.g. the Redis key), so neither kind of value decrypts as the other.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ _log = logging.getLogger("gateway.cache")
 _VERSION = 1
 _NONCE = 12
 _AAD_TAG = b"tongban.cache/v1\x00"
+_VALUE_TAG = b"tongban.cache.value/v1\x00"
 _KEY_ID = re.compile(r"[0-9A-Za-z_-]{1,16}")
 
 
@@ -80,6 +85,11 @@ class AnswerCache:
         self._flights: dict[bytes, asyncio.Task[tuple[bytes, bool]]] = {}
 
     @property
+    def key_id(self) -> str:
+        """The id of the key values are written under (from configuration)."""
+        return self._key_id.decode("ascii")
+
+    @property
     def breaker(self) -> CircuitBreaker:
         return self._breaker
 
@@ -96,12 +106,17 @@ class AnswerCache:
     def _aad(self, key: bytes, key_id: bytes) -> bytes:
         return _AAD_TAG + key + key_id
 
-    def _seal(self, key: bytes, value: bytes) -> bytes:
+    def _seal(
+        self, key: bytes, value: bytes, *, aad: Callable[[bytes], bytes] | None = None
+    ) -> bytes:
         nonce = os.urandom(_NONCE)
-        ciphertext = self._aead.encrypt(nonce, value, self._aad(key, self._key_id))
+        associated = aad(self._key_id) if aad else self._aad(key, self._key_id)
+        ciphertext = self._aead.encrypt(nonce, value, associated)
         return bytes((_VERSION, len(self._key_id))) + self._key_id + nonce + ciphertext
 
-    def _open(self, key: bytes, stored: bytes) -> bytes | None:
+    def _open(
+        self, key: bytes, stored: bytes, *, aad: Callable[[bytes], bytes] | None = None
+    ) -> bytes | None:
         if len(stored) < 2 or stored[0] != _VERSION:
             return None
         end = 2 + stored[1]
@@ -110,16 +125,34 @@ class AnswerCache:
         if aead is None or len(stored) < end + _NONCE + 16:
             return None
         nonce = stored[end : end + _NONCE]
+        associated = aad(key_id) if aad else self._aad(key, key_id)
         try:
-            return aead.decrypt(nonce, stored[end + _NONCE :], self._aad(key, key_id))
+            return aead.decrypt(nonce, stored[end + _NONCE :], associated)
         except InvalidTag:
             return None
 
-    def ttl_with_jitter(self, ttl_seconds: float) -> float:
-        """The TTL actually given to the backend: uniform in ttl × [1 - jitter, 1 + jitter]."""
+    @staticmethod
+    def _value_aad(context: bytes) -> Callable[[bytes], bytes]:
+        return lambda key_id: _VALUE_TAG + len(context).to_bytes(4, "big") + context + key_id
+
+    def encrypt_value(self, context: bytes, value: bytes) -> bytes:
+        """`value` encrypted under the cache's current key, bound to `context` (what it is kept
+        under): for personal data kept beside the cache in the same backend, e.g. queued access
+        reports (invariant 3: nothing personal in Redis unencrypted)."""
+        return self._seal(b"", value, aad=self._value_aad(context))
+
+    def decrypt_value(self, context: bytes, stored: bytes) -> bytes | None:
+        """What `encrypt_value(context, ...)` encrypted, or None: tampered, moved to another
+        context, or under a key id this cache does not hold."""
+        return self._open(b"", stored, aad=self._value_aad(context))
+
+    def ttl_with_jitter(self, ttl_seconds: float, *, at_most: bool = False) -> float:
+        """The TTL actually given to the backend: uniform in ttl × [1 - jitter, 1 + jitter],
+        or with `at_most` in ttl × [1 - jitter, 1] (never longer than `ttl_seconds`)."""
         if self._jitter == 0:
             return float(ttl_seconds)
-        return ttl_seconds * self._random.uniform(1 - self._jitter, 1 + self._jitter)
+        upper = 1 if at_most else 1 + self._jitter
+        return ttl_seconds * self._random.uniform(1 - self._jitter, upper)
 
     # -- backend calls behind the breaker --------------------------------------------------
 
@@ -173,14 +206,20 @@ class AnswerCache:
             self._breaker.hits += 1
         return value
 
-    async def set(self, key: bytes, value: bytes, ttl_seconds: float) -> None:
-        """Keep `value` for about `ttl_seconds` (with jitter); 0 means not cached."""
+    async def set(
+        self, key: bytes, value: bytes, ttl_seconds: float, *, at_most: bool = False
+    ) -> None:
+        """Keep `value` for about `ttl_seconds` (with jitter); 0 means not cached. With
+        `at_most`, never longer than `ttl_seconds` (jitter only shortens it): a requesting
+        gateway keeps an owner's answer no longer than the owner's TTL."""
         if ttl_seconds < 0:
             raise ValueError("ttl_seconds is not negative")
         name = redis_key(key)
         if ttl_seconds == 0:
             return
-        await self._backend_set(name, self._seal(key, value), self.ttl_with_jitter(ttl_seconds))
+        await self._backend_set(
+            name, self._seal(key, value), self.ttl_with_jitter(ttl_seconds, at_most=at_most)
+        )
 
     async def get_or_load(
         self, key: bytes, ttl_seconds: float, load: Callable[[], Awaitable[bytes]]

@@ -12,6 +12,9 @@ KEY_PREFIX = "tb:c:"
 KEY_SIZE = 32  # SHA-256
 
 _DOMAIN = b"tongban.cache.key/v1"
+# A requesting gateway's own copy of an owner's answer (cache_scope "requester") lives under a
+# key of its own: never the owner's provider-side entry, never another requesting region's.
+_REQUESTER_DOMAIN = b"tongban.cache.key/requester/v1"
 _PSEUDONYM = re.compile(r"[0-9a-f]{64}")
 
 
@@ -27,8 +30,14 @@ def cache_key(
     subject_pseudonym: str,
     fields: Iterable[str],
     purpose: str,
+    requester: str = "",
 ) -> bytes:
     """SHA-256 (32 bytes) over a length-prefixed encoding of the parts, the field set sorted.
+
+    `requester` is empty for the data owner's own (provider-side) cache; a requesting gateway
+    that keeps owners' answers (cache_scope "requester") passes its own region code, which
+    puts its entries in a key space of their own, apart from the owner's and from every other
+    requesting region's (gateways of several regions may share one Redis).
 
     `subject_pseudonym` is the keyed HMAC of the subject id (`gateway.audit.pseudonymize`),
     64 lowercase hex characters; anything else (a raw id above all) is refused with ValueError.
@@ -37,7 +46,9 @@ def cache_key(
     if _PSEUDONYM.fullmatch(subject_pseudonym) is None:
         raise ValueError("the cache key takes the subject's pseudonym (hex HMAC), never a raw id")
     field_set = sorted(set(fields))
-    digest = hashlib.sha256(_DOMAIN)
+    digest = hashlib.sha256(_REQUESTER_DOMAIN if requester else _DOMAIN)
+    if requester:
+        digest.update(_part(requester))
     for part in (provider_region, dataset, subject_pseudonym, purpose):
         digest.update(_part(part))
     digest.update(len(field_set).to_bytes(4, "big"))

@@ -7,6 +7,11 @@ Requesting gateway (`DataExchange.Query`), in order:
     (3) the request is well formed and the registry allows it (purpose, agreement, window,
         share class, case id, fields): authorisation precedes everything below
     (4) the agreement's quota this minute is not exhausted
+    (4a) a dataset whose owner chose cache_scope "requester": this gateway's own cache holds
+        the owner's sealed answer (key: provider region, dataset, subject pseudonym, fields,
+        purpose, this region) whose seal still verifies; its report to the owner is queued,
+        and the answer goes on at (7) with no call to the owner (a miss goes on at (5), and
+        the verified answer is kept for the dataset's TTL at most)
     (5) the provider region's gateway answers (Peer.Forward, deadline propagated)
     (6) its answer carries a valid e-seal of the provider region, over only allowed fields
     (7) the access is durably audited; only then is the sealed record released
@@ -14,10 +19,12 @@ Provider gateway (`Peer.Forward`):
     (1) the caller is the gateway of the region it claims, forwarding for one of its agencies
     (2) this gateway decides again, on its own registry (never trusting the requester's decision)
     (3) answers from its cache, or asks its data system and seals the exact answer bytes
-    (4) durably audits the access, then answers
+    (4) durably audits the access, then answers (with its pseudonym of the subject when the
+        dataset is cache_scope "requester", for the requester's reports)
+Owner gateway (`Peer.ReportAccess`): hits answered by a requesting gateway's own cache, in a
+batch signed by that region's audit key, each decided again (at the time of the access) and
+matched with an answer this gateway gave that region, then recorded (see `report_access`).
 Every denial is audited too, and every refusal is a gRPC status with a `google.rpc.ErrorInfo`.
-Answers are cached only by the data owner's gateway (`cache_scope = "provider"` behaviour for
-every dataset until requester-side caches can report their hits to the owner).
 """
 
 from __future__ import annotations
@@ -26,31 +33,67 @@ import asyncio
 import hashlib
 import json
 import logging
+import re
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2, status_pb2
 
-from gateway.audit import AuditLog, AuditRecord, AuditUnavailable, Outcome, pseudonymize
+from gateway.audit import (
+    AuditError,
+    AuditLog,
+    AuditQuery,
+    AuditRecord,
+    AuditUnavailable,
+    Outcome,
+    pseudonymize,
+)
 from gateway.cache import AnswerCache, cache_key
-from gateway.errors import DOMAIN, abort, bounded_message
+from gateway.errors import DOMAIN, abort, bounded_message, rich_status
 from gateway.identity import Caller, CallerKind, current_caller
 from gateway.metrics import PEER_LOCAL, GatewayMetrics
 from gateway.peers import PeerPool, UnknownPeer
-from gateway.policy import DataRequest, Decision, PolicyInputError, PurposePolicy, check_request
+from gateway.policy import (
+    DataRequest,
+    Decision,
+    PolicyInputError,
+    PurposePolicy,
+    SubjectKind,
+    check_request,
+    subject_kind,
+)
 from gateway.provider import ProviderClient, ProviderError
 from gateway.quota import QuotaCounter, QuotaUnavailable
 from gateway.replay import ReplayGuard, ReplayUnavailable, check_request_id
+from gateway.reports import (
+    MAX_REPORTS_PER_BATCH,
+    AccessReport,
+    AccessReporter,
+    BatchRefused,
+    ReportFormatError,
+    ReportQueueUnavailable,
+    verify_batch,
+)
 from gateway.services.oversight import audit_id as make_audit_id
 from gateway.tokens import TokenError, TokenVerifier
-from registry import KeyRefused, KeyUsage, Registry, RegistryError, RegistryStore
-from signer import KeyProvider, SealVerifier, SignatureKind, seal
+from registry import (
+    CacheScope,
+    Dataset,
+    KeyRefused,
+    KeyUsage,
+    Registry,
+    RegistryError,
+    RegistryStore,
+)
+from signer import Indication, KeyProvider, SealVerifier, SignatureKind, seal
 from tongban.v1 import common_pb2, credentials_pb2, exchange_pb2, exchange_pb2_grpc
 
 __all__ = ["DataExchangeService", "PeerService", "QueryPath"]
@@ -60,6 +103,13 @@ log = logging.getLogger("tongban.exchange")
 DEFAULT_DEADLINE_SECONDS: Final = 5.0  # a query without a client deadline gets this much
 FORWARD_MARGIN_SECONDS: Final = 0.05  # kept back for our own work after the peer answers
 MAX_BATCH_ITEMS: Final = 20  # queries in one BatchQuery
+SEAL_MEMO_SECONDS: Final = 5.0  # a passed seal check of the same bytes is trusted this long
+SEAL_MEMO_ENTRIES: Final = 4096  # passed seal checks remembered at most
+REPORT_CLOCK_SKEW: Final = timedelta(minutes=5)  # between a reporting gateway's clock and ours
+_HEX64: Final = re.compile(r"[0-9a-f]{64}")
+# A valid GB 11643 number (the standard's own example): stands in for the subject when a
+# reported access is decided again, since a report carries only the subject's pseudonym.
+_SAMPLE_CITIZEN_ID: Final = "11010519491231002X"
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -78,13 +128,20 @@ class Refusal(Exception):
     """A query refused: the status code, the ErrorInfo reason, and a sentence for a person."""
 
     def __init__(
-        self, code: grpc.StatusCode, reason: str, message: str, *, audited: bool = False
+        self,
+        code: grpc.StatusCode,
+        reason: str,
+        message: str,
+        *,
+        audited: bool = False,
+        metadata: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
         self.reason = reason
         self.message = message
         self.audited = audited
+        self.metadata = dict(metadata or {})  # ErrorInfo metadata (e.g. a report's "index")
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +173,69 @@ def _timestamp(value: datetime) -> Timestamp:
     return stamp
 
 
+class _PassedSeals:
+    """Seal checks that passed, remembered for `seconds` (at most `entries` of them): a cached
+    answer is the same bytes every time, and checking its seal again is most of a hit's own
+    work. The key covers the JWS and the record's payload, the registry version the verifier
+    decided with, and the region the seal had to be of, so a new registry (a key revoked, a
+    CA removed) or another expectation is checked afresh."""
+
+    def __init__(
+        self,
+        seconds: float = SEAL_MEMO_SECONDS,
+        entries: int = SEAL_MEMO_ENTRIES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.seconds = seconds
+        self._max = entries
+        self._clock = clock
+        self._passed: OrderedDict[tuple[bytes, int, str], tuple[float, tuple[str, ...]]] = (
+            OrderedDict()
+        )
+        self.hits = 0
+
+    @staticmethod
+    def key(
+        record: credentials_pb2.SealedRecord, version: int, region: str
+    ) -> tuple[bytes, int, str]:
+        digest = hashlib.sha256(record.jws.encode())
+        digest.update(b"\x00")
+        digest.update(record.payload)
+        return digest.digest(), version, region
+
+    def get(self, key: tuple[bytes, int, str]) -> tuple[str, ...] | None:
+        found = self._passed.get(key)
+        if found is None:
+            return None
+        until, fields = found
+        if self._clock() >= until:
+            del self._passed[key]
+            return None
+        self.hits += 1
+        return fields
+
+    def put(self, key: tuple[bytes, int, str], fields: tuple[str, ...]) -> None:
+        if self.seconds <= 0:
+            return
+        self._passed[key] = (self._clock() + self.seconds, fields)
+        self._passed.move_to_end(key)
+        while len(self._passed) > self._max:
+            self._passed.popitem(last=False)
+
+
+def _placeholder_subject(registry: Registry, dataset: Dataset) -> str:
+    """A subject id of the dataset's kind, valid by construction, for deciding a reported
+    access again: a report carries the subject's pseudonym only, and the subject id's own
+    format was checked when the answer was given (Peer.Forward, on this gateway)."""
+    kind = subject_kind(dataset)
+    if kind == SubjectKind.USCC:
+        owner = registry.agency(dataset.owner)
+        return owner.uscc if owner is not None else ""
+    if kind == SubjectKind.CITIZEN_ID:
+        return _SAMPLE_CITIZEN_ID
+    return "reported-subject"
+
+
 def _status(refusal: Refusal) -> status_pb2.Status:
     detail = any_pb2.Any()
     detail.Pack(error_details_pb2.ErrorInfo(reason=refusal.reason, domain=DOMAIN))
@@ -145,6 +265,7 @@ class QueryPath:
         pseudonym_key: bytes,
         metrics: GatewayMetrics,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        reporter: AccessReporter | None = None,
     ) -> None:
         self.region = region
         self.gateway_name = gateway_name
@@ -162,10 +283,23 @@ class QueryPath:
         self._clock = clock
         self._policy = PurposePolicy()
         self.metrics = metrics
+        # Requester-side caching (cache_scope "requester") needs somewhere to report its hits.
+        self.reporter = reporter
+        self.seal_memo = _PassedSeals()
 
     @property
     def cache(self) -> AnswerCache:
         return self._cache
+
+    async def report_loop(self) -> None:
+        """The access reporter's background loop (until cancelled); returns at once without one."""
+        if self.reporter is not None:
+            await self.reporter.run()
+
+    async def close(self) -> None:
+        """Graceful stop: flush the reports of requester-side hits still queued."""
+        if self.reporter is not None:
+            await self.reporter.close()
 
     def _current(self) -> Registry:
         try:
@@ -189,14 +323,23 @@ class QueryPath:
         sealed: str = "",
         registry_version: int = 0,
         agreement_id: str = "",
+        subject: str | None = None,
+        sealed_digest: str | None = None,
+        at: datetime | None = None,
     ) -> str:
-        """Append one audit record; return its audit id. Raises AuditUnavailable."""
-        subject = (
-            pseudonymize(request.subject_id, self._pseudonym_key) if request.subject_id else ""
-        )
+        """Append one audit record; return its audit id. Raises AuditUnavailable.
+
+        `subject` (a pseudonym already) and `sealed_digest` stand for what `request` and
+        `sealed` would give, `at` for the time now: a reported access is recorded as reported."""
+        if subject is None:
+            subject = (
+                pseudonymize(request.subject_id, self._pseudonym_key) if request.subject_id else ""
+            )
+        if sealed_digest is None:
+            sealed_digest = hashlib.sha256(sealed.encode()).hexdigest() if sealed else ""
         appended = await self._audit.append(
             AuditRecord(
-                time=self._clock(),
+                time=at or self._clock(),
                 gateway=self.gateway_name,
                 region=self.region,
                 rpc=rpc,
@@ -214,7 +357,7 @@ class QueryPath:
                 reason=reason,
                 cache_hit=cache_hit,
                 latency_us=int((time.perf_counter() - started) * 1_000_000),
-                sealed_digest=hashlib.sha256(sealed.encode()).hexdigest() if sealed else "",
+                sealed_digest=sealed_digest,
                 registry_version=registry_version,
                 agreement_id=agreement_id,
             )
@@ -390,6 +533,20 @@ class QueryPath:
                     "SHARED_STATE_UNAVAILABLE",
                     f"the agreement's quota cannot be checked: {exc}",
                 ) from exc
+            # (4a)
+            keep = self._requester_key(registry, data, decision, audit)
+            if keep is not None:
+                cached = await self._answer_from_cache(
+                    keep[0],
+                    data=data,
+                    decision=decision,
+                    registry=registry,
+                    caller=caller,
+                    operator=claims.operator,
+                    audit=audit,
+                )
+                if cached is not None:
+                    return cached
             # (5)
             forwarded = await self._forward(request, caller, claims.operator, context)
             # (6)
@@ -415,6 +572,8 @@ class QueryPath:
                 f"the answer was not released: {exc}",
                 audited=True,
             ) from exc
+        if keep is not None and _HEX64.fullmatch(forwarded.subject_pseudonym):
+            await self._keep(keep[0], keep[1], forwarded)
         return Answer(
             forwarded.record,
             forwarded.cache_hit,
@@ -423,6 +582,133 @@ class QueryPath:
             registry.version,
             decision.agreement_id,
         )
+
+    def _requester_key(
+        self, registry: Registry, data: DataRequest, decision: Decision, audit: dict[str, Any]
+    ) -> tuple[bytes, int] | None:
+        """(cache key, TTL) of this gateway's own copy of the owner's answer, when the owner
+        lets requesting gateways keep it (cache_scope "requester") and this gateway can report
+        its hits; None otherwise (every query then goes to the owner, as for "provider")."""
+        if self.reporter is None:
+            return None
+        dataset = registry.dataset(data.provider_region, data.dataset)
+        if (
+            dataset is None
+            or dataset.cache_scope is not CacheScope.REQUESTER
+            or dataset.cache_ttl_seconds <= 0
+        ):
+            return None
+        subject = pseudonymize(data.subject_id, self._pseudonym_key)
+        audit["subject"] = subject  # computed once: the audit record needs it too
+        key = cache_key(
+            provider_region=data.provider_region,
+            dataset=data.dataset,
+            subject_pseudonym=subject,
+            fields=decision.fields,
+            purpose=data.purpose,
+            requester=self.region,
+        )
+        return key, dataset.cache_ttl_seconds
+
+    async def _keep(
+        self, key: bytes, ttl_seconds: int, forwarded: exchange_pb2.ForwardResponse
+    ) -> None:
+        """Keep the owner's verified answer for what is left of the dataset's TTL since it was
+        sealed (the owner may have served it from its own cache): an answer is never older
+        than the TTL, whichever cache it comes from. Jitter only shortens it; a cache backend
+        that is down is skipped (the cache never fails a query)."""
+        age = 0.0
+        if forwarded.record.HasField("sealed_at"):
+            try:
+                sealed_at = forwarded.record.sealed_at.ToDatetime(tzinfo=UTC)
+                age = (self._clock() - sealed_at).total_seconds()
+            except (ValueError, OverflowError):
+                age = float(ttl_seconds)
+        left = ttl_seconds - min(max(age, 0.0), float(ttl_seconds))
+        if left >= 1:
+            await self._cache.set(key, forwarded.SerializeToString(), left, at_most=True)
+
+    async def _answer_from_cache(
+        self,
+        key: bytes,
+        *,
+        data: DataRequest,
+        decision: Decision,
+        registry: Registry,
+        caller: Caller,
+        operator: str,
+        audit: dict[str, Any],
+    ) -> Answer | None:
+        """The answer from this gateway's own cache, after the decision: the owner's sealed
+        answer, its seal checked again (memoised), its report to the owner queued, the access
+        audited here. None when there is nothing usable (the caller then asks the owner)."""
+        assert self.reporter is not None
+        raw = await self._cache.get(key)
+        if raw is None:
+            return None
+        try:
+            entry = exchange_pb2.ForwardResponse.FromString(raw)
+        except DecodeError:
+            log.warning("a cached answer of region %s does not decode", data.provider_region)
+            return None
+        if (
+            not _HEX64.fullmatch(entry.subject_pseudonym)
+            or entry.record.sealer_region != data.provider_region
+        ):
+            return None
+        try:
+            fields = await self._check_answer(entry, data, decision)
+        except Refusal as refusal:
+            log.warning(
+                "a cached answer of region %s no longer passes its checks (%s): asking the owner",
+                data.provider_region,
+                refusal.reason,
+            )
+            return None
+        accessed_at = self._clock()
+        try:
+            report = AccessReport(
+                request_id=data.request_id,
+                caller_agency=caller.agency_id,
+                caller_region=caller.region,
+                caller_operator=operator,
+                caller_thumbprint=caller.thumbprint,
+                dataset=data.dataset,
+                purpose=data.purpose,
+                case_id=data.case_id,
+                subject_pseudonym=entry.subject_pseudonym,
+                # what the owner recorded it gave (its decision's fields), so that it finds it
+                fields=tuple(sorted(set(entry.fields))) or fields,
+                accessed_at=accessed_at,
+                sealed_digest=hashlib.sha256(entry.record.jws.encode()).hexdigest(),
+                answer_audit_id=entry.audit_id,
+            )
+            entry_id = await self.reporter.queue_report(data.provider_region, report)
+        except (ReportFormatError, ReportQueueUnavailable) as exc:
+            log.warning(
+                "a hit for region %s is not answered locally, its report cannot be queued: %s",
+                data.provider_region,
+                exc,
+            )
+            return None
+        try:
+            audit_id = await self._record(
+                **audit,
+                outcome=Outcome.ALLOWED,
+                fields=fields,
+                cache_hit=True,
+                sealed=entry.record.jws,
+                at=accessed_at,
+            )
+        except AuditUnavailable as exc:
+            await self.reporter.unqueue(data.provider_region, entry_id)
+            raise Refusal(
+                grpc.StatusCode.UNAVAILABLE,
+                "AUDIT_UNAVAILABLE",
+                f"the answer was not released: {exc}",
+                audited=True,
+            ) from exc
+        return Answer(entry.record, True, audit_id, fields, registry.version, decision.agreement_id)
 
     async def _forward(
         self, request: exchange_pb2.QueryRequest, caller: Caller, operator: str, context: Context
@@ -485,13 +771,36 @@ class QueryPath:
     async def _check_answer(
         self, forwarded: exchange_pb2.ForwardResponse, data: DataRequest, decision: Decision
     ) -> tuple[str, ...]:
+        """The fields the answer returns, once its seal is checked (or was, moments ago, for
+        the same bytes under the same registry: `seal_memo`) and they are all allowed."""
+        memo = _PassedSeals.key(
+            forwarded.record, self._verifier.trust.version, data.provider_region
+        )
+        returned = self.seal_memo.get(memo)
+        if returned is None:
+            returned = self._validate_seal(forwarded.record, data)
+            self.seal_memo.put(memo, returned)
+        else:  # still an answer whose seal passed: the metric counts answers checked
+            self.metrics.verification(Indication.TOTAL_PASSED.value, "")
+        extra = sorted(set(returned) - decision.fields)
+        if extra:  # minimisation is checked again on the way back: never pass on more
+            raise Refusal(
+                grpc.StatusCode.DATA_LOSS,
+                "FIELD_NOT_ALLOWED",
+                f"region {data.provider_region} returned fields outside the purpose: {', '.join(extra)}",
+            )
+        return returned
+
+    def _validate_seal(
+        self, record: credentials_pb2.SealedRecord, data: DataRequest
+    ) -> tuple[str, ...]:
         report = self._verifier.validate(
-            forwarded.record.jws,
+            record.jws,
             expected_kind=SignatureKind.SEAL,
             expected_owner_region=data.provider_region,
         )
         self.metrics.verification(report.indication, report.sub_indication or "")
-        if not report.passed or report.payload != forwarded.record.payload:
+        if not report.passed or report.payload != record.payload:
             why = (
                 report.message if not report.passed else "the sealed bytes are not the payload sent"
             )
@@ -501,20 +810,12 @@ class QueryPath:
                 f"the answer of region {data.provider_region} carries no valid e-seal: {why}",
             )
         try:
-            document = json.loads(forwarded.record.payload)
+            document = json.loads(record.payload)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise Refusal(
                 grpc.StatusCode.DATA_LOSS, "SEAL_INVALID", "the sealed answer is not a JSON record"
             ) from exc
-        returned = tuple(sorted(document)) if isinstance(document, dict) else ()
-        extra = sorted(set(returned) - decision.fields)
-        if extra:  # minimisation is checked again on the way back: never pass on more
-            raise Refusal(
-                grpc.StatusCode.DATA_LOSS,
-                "FIELD_NOT_ALLOWED",
-                f"region {data.provider_region} returned fields outside the purpose: {', '.join(extra)}",
-            )
-        return returned
+        return tuple(sorted(document)) if isinstance(document, dict) else ()
 
     # -- provider side ------------------------------------------------------------------------
     async def forward(
@@ -568,10 +869,12 @@ class QueryPath:
             assert dataset is not None  # the decision checked it
             fields = tuple(sorted(decision.fields))
             # (3)
+            subject = pseudonymize(data.subject_id, self._pseudonym_key)
+            audit["subject"] = subject
             key = cache_key(
                 provider_region=self.region,
                 dataset=data.dataset,
-                subject_pseudonym=pseudonymize(data.subject_id, self._pseudonym_key),
+                subject_pseudonym=subject,
                 fields=fields,
                 purpose=data.purpose,
             )
@@ -607,6 +910,8 @@ class QueryPath:
             registry_version=registry.version,
             cache_hit=hit,
             agreement_id=decision.agreement_id,
+            # for the requesting gateway's reports of its own hits (cache_scope "requester")
+            subject_pseudonym=subject if dataset.cache_scope is CacheScope.REQUESTER else "",
         )
 
     async def _fetch_and_seal(
@@ -675,6 +980,305 @@ class QueryPath:
             sealer_kid=kid,
             sealer_region=self.region,
             sealed_at=_timestamp(now),
+        )
+
+    # -- owner side of requester-side caches ---------------------------------------------------
+    async def report_access(
+        self, request: exchange_pb2.ReportAccessRequest, context: Context
+    ) -> exchange_pb2.ReportAccessResponse:
+        """`Peer.ReportAccess`: the accesses a requesting gateway answered from its own cache.
+
+        (1) the caller is the gateway of `reporting_region` (its peer certificate)
+        (2) the batch is a JWS by an audit key the registry publishes for that region, about
+            accesses to this region's data (`verify_batch`); the reports sent beside it are
+            exactly the ones it signs
+        (3) each report: the agency is one of the reporting region's; the dataset is this
+            region's and its owner lets requesting gateways keep its answers (cache_scope
+            "requester"); the policy allows the access again, with this gateway's registry, at
+            the time it was made; and the record its `answer_audit_id` names is this gateway's
+            answer to that region (same sealed digest, subject, dataset, purpose and fields)
+            at most the dataset's TTL before the access; or this report was recorded already
+            (a retry: its record is named again)
+        (4) one audit record per new report (rpc Peer.ReportAccess, allowed, cache hit, at the
+            time of the access, under this gateway's own pseudonym of the subject), durable
+            before the answer, which names the records in report order
+        A refused report refuses the whole batch, names itself in the ErrorInfo metadata
+        ("index") and is recorded as denied; the reporting gateway drops it and sends the
+        others again, which is why nothing is recorded before every report passed (3).
+        """
+        started = time.perf_counter()
+        caller = current_caller.get()
+        empty = DataRequest(
+            provider_region=self.region,
+            dataset="",
+            purpose="",
+            subject_id="",
+            fields=(),
+            case_id="",
+            request_id="",
+        )
+        audit: dict[str, Any] = {
+            "rpc": "Peer.ReportAccess",
+            "caller_agency": "",
+            "caller_operator": "",
+            "caller_region": caller.region if caller is not None else "",
+            "request": empty,
+            "started": started,
+        }
+        try:
+            # (1)
+            if (
+                caller is None
+                or caller.kind is not CallerKind.GATEWAY
+                or caller.region != request.reporting_region
+            ):
+                raise Refusal(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    "NOT_AUTHORISED_ROLE",
+                    "only the gateway of the reporting region reports the accesses it answered",
+                )
+            if len(request.reports) > MAX_REPORTS_PER_BATCH:
+                raise Refusal(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "REQUEST_TOO_LARGE",
+                    f"a batch holds at most {MAX_REPORTS_PER_BATCH} reports",
+                )
+            registry = self._current()
+            audit["registry_version"] = registry.version
+            now = self._clock()
+            # (2)
+            try:
+                batch = verify_batch(
+                    request.jws,
+                    registry=registry,
+                    reporting_region=caller.region,
+                    owner_region=self.region,
+                    now=now,
+                )
+            except BatchRefused as exc:
+                raise Refusal(
+                    exc.code,
+                    exc.reason,
+                    exc.message,
+                    metadata={"index": str(exc.index)} if exc.index is not None else None,
+                ) from exc
+            audit["request"] = DataRequest(
+                provider_region=self.region,
+                dataset="",
+                purpose="",
+                subject_id="",
+                fields=(),
+                case_id="",
+                request_id=batch.batch_id,
+            )
+            if request.reports:
+                try:
+                    sent = [AccessReport.from_message(m).document() for m in request.reports]
+                except ReportFormatError:
+                    sent = []
+                if sent != [r.document() for r in batch.reports]:
+                    raise Refusal(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        "REPORT_PAYLOAD_MISMATCH",
+                        "the reports sent beside the JWS are not the ones it signs",
+                    )
+        except Refusal as refusal:
+            raise await self._refuse(refusal, **audit) from None
+        # (3)
+        audits: list[dict[str, Any]] = []
+        for report in batch.reports:
+            record_audit = {
+                **audit,
+                "caller_agency": report.caller_agency,
+                "caller_operator": report.caller_operator,
+                "request": DataRequest(
+                    provider_region=self.region,
+                    dataset=report.dataset,
+                    purpose=report.purpose,
+                    subject_id="",
+                    fields=report.fields,
+                    case_id=report.case_id,
+                    request_id=report.request_id,
+                ),
+                "subject": report.subject_pseudonym,
+                "sealed_digest": report.sealed_digest,
+                "at": report.accessed_at,
+            }
+            audits.append(record_audit)
+        # each report is checked concurrently (each reads the log); the first refused, in
+        # report order, refuses the batch
+        outcomes = await asyncio.gather(
+            *(self._check_report(registry, caller.region, r, now) for r in batch.reports),
+            return_exceptions=True,
+        )
+        checked: list[tuple[AccessReport, Decision, str | None, dict[str, Any]]] = []
+        for index, (report, outcome, record_audit) in enumerate(
+            zip(batch.reports, outcomes, audits, strict=True)
+        ):
+            if isinstance(outcome, Refusal):
+                outcome.metadata["index"] = str(index)
+                raise await self._refuse(outcome, **record_audit) from None
+            if isinstance(outcome, BaseException):
+                raise outcome
+            decision, existing = outcome
+            record_audit["agreement_id"] = decision.agreement_id
+            checked.append((report, decision, existing, record_audit))
+
+        # (4)
+        async def record(
+            report: AccessReport, existing: str | None, record_audit: dict[str, Any]
+        ) -> str:
+            if existing is not None:
+                return existing
+            return await self._record(
+                **record_audit, outcome=Outcome.ALLOWED, fields=report.fields, cache_hit=True
+            )
+
+        try:
+            audit_ids = await asyncio.gather(
+                *(record(report, existing, a) for report, _, existing, a in checked)
+            )
+        except AuditUnavailable as exc:
+            raise Refusal(
+                grpc.StatusCode.UNAVAILABLE,
+                "AUDIT_UNAVAILABLE",
+                f"the reports were not recorded: {exc}",
+                audited=True,
+            ) from exc
+        return exchange_pb2.ReportAccessResponse(accepted=len(audit_ids), audit_ids=audit_ids)
+
+    async def _check_report(
+        self, registry: Registry, reporting_region: str, report: AccessReport, now: datetime
+    ) -> tuple[Decision, str | None]:
+        """The decision that allows a reported access, and the audit id of its record if it
+        was already recorded; or the Refusal that says why it is not accepted."""
+        if report.caller_region != reporting_region:
+            raise Refusal(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "NOT_AUTHORISED_ROLE",
+                f"gateway {reporting_region} reports an access by an agency of another region",
+            )
+        if report.accessed_at > now + REPORT_CLOCK_SKEW:
+            raise Refusal(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "INVALID_ARGUMENT_FORMAT",
+                "the report's accessed_at is in the future",
+            )
+        dataset = registry.dataset(self.region, report.dataset)
+        if dataset is None:
+            raise Refusal(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "UNKNOWN_DATASET",
+                f"region {self.region} publishes no dataset {report.dataset}",
+            )
+        if dataset.cache_scope is not CacheScope.REQUESTER:
+            raise Refusal(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "CACHE_NOT_ALLOWED",
+                f"dataset {dataset.id} of region {self.region} is cached by its owner only "
+                "(cache_scope provider): no requesting gateway may answer it from its own cache",
+            )
+        agency = registry.agency(report.caller_agency)
+        if agency is None or agency.region != reporting_region:
+            raise Refusal(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "NOT_AUTHORISED_ROLE",
+                f"agency {report.caller_agency} is not an agency of region {reporting_region}",
+            )
+        decision = self._policy.decide(
+            registry,
+            requester=agency,
+            request=DataRequest(
+                provider_region=self.region,
+                dataset=report.dataset,
+                purpose=report.purpose,
+                subject_id=_placeholder_subject(registry, dataset),
+                fields=report.fields,
+                case_id=report.case_id,
+                request_id=report.request_id,
+            ),
+            at=report.accessed_at,
+        )
+        if not decision.allowed:
+            raise Refusal(
+                _CODES.get(decision.grpc_code, grpc.StatusCode.PERMISSION_DENIED),
+                decision.reason,
+                decision.message,
+            )
+        try:
+            existing = await self._reported(reporting_region, report)
+            if existing is None and not await self._answered(reporting_region, report, dataset):
+                raise Refusal(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    "REPORT_ANSWER_UNKNOWN",
+                    f"region {self.region} gave region {reporting_region} no answer with this "
+                    f"digest for this subject, dataset {dataset.id}, purpose {report.purpose} and "
+                    f"these fields within {dataset.cache_ttl_seconds}s before the access",
+                )
+        except AuditError as exc:
+            raise Refusal(
+                grpc.StatusCode.UNAVAILABLE,
+                "AUDIT_UNAVAILABLE",
+                f"the audit log cannot be read: {exc}",
+            ) from exc
+        return decision, existing
+
+    async def _reported(self, reporting_region: str, report: AccessReport) -> str | None:
+        """The audit id of this gateway's record of `report`, if it recorded it already."""
+        found = await self._audit.store.query(
+            AuditQuery(
+                subject=report.subject_pseudonym,
+                caller_agency=report.caller_agency,
+                dataset=report.dataset,
+                outcome=Outcome.ALLOWED,
+                since=report.accessed_at,
+                until=report.accessed_at + timedelta(microseconds=1),
+                limit=100,
+            )
+        )
+        for index, record in found:
+            if (
+                record.rpc == "Peer.ReportAccess"
+                and record.caller_region == reporting_region
+                and record.provider_region == self.region
+                and record.request_id == report.request_id
+                and record.sealed_digest == report.sealed_digest
+            ):
+                return make_audit_id(self._audit.origin, index)
+        return None
+
+    async def _answered(
+        self, reporting_region: str, report: AccessReport, dataset: Dataset
+    ) -> bool:
+        """Is the record `report.answer_audit_id` names this gateway's allowed Peer.Forward of
+        the reported answer (same subject, dataset, purpose, fields and sealed digest) to
+        `reporting_region`, at most the dataset's TTL (and the clocks' skew) before the access?
+        One read of the log, whatever the subject's history."""
+        origin, _, index = report.answer_audit_id.rpartition("#")
+        if origin != self._audit.origin or not index.isdigit() or len(index) > 18:
+            return False
+        rows = await self._audit.store.rows(int(index), int(index) + 1)
+        if not rows:
+            return False
+        try:
+            record = AuditRecord.from_canonical(rows[0].canonical)
+        except (ValueError, KeyError, TypeError):
+            log.warning("audit record %s is not canonical: verify the log", report.answer_audit_id)
+            return False
+        earliest = (
+            report.accessed_at - timedelta(seconds=dataset.cache_ttl_seconds) - REPORT_CLOCK_SKEW
+        )
+        return (
+            record.rpc == "Peer.Forward"
+            and record.outcome is Outcome.ALLOWED
+            and record.caller_region == reporting_region
+            and record.provider_region == self.region
+            and record.subject == report.subject_pseudonym
+            and record.dataset == report.dataset
+            and record.purpose == report.purpose
+            and record.sealed_digest == report.sealed_digest
+            and tuple(record.fields) == report.fields
+            and earliest <= record.time <= report.accessed_at + REPORT_CLOCK_SKEW
         )
 
 
@@ -789,10 +1393,11 @@ class PeerService(exchange_pb2_grpc.PeerServicer):
     async def ReportAccess(
         self, request: exchange_pb2.ReportAccessRequest, context: Context
     ) -> exchange_pb2.ReportAccessResponse:
-        # Requester-side caches are not built: no gateway sends reports yet.
-        await abort(
-            context,
-            grpc.StatusCode.UNIMPLEMENTED,
-            "NOT_IMPLEMENTED",
-            "Peer.ReportAccess is not served yet: requester-side caches are not built",
-        )
+        try:
+            return await self._path.report_access(request, context)
+        except Refusal as refusal:
+            # with the ErrorInfo metadata: "index" names the report refused
+            await context.abort_with_status(
+                rich_status(refusal.code, refusal.reason, refusal.message, refusal.metadata)
+            )
+            raise AssertionError("abort_with_status returned") from None  # pragma: no cover

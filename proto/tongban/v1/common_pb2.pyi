@@ -93,6 +93,25 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The caller cancelled the request, or its deadline passed, before an answer: never sent to
     the caller (it has gone); recorded in the audit log so that the attempt is not lost.
     """
+    REPORT_SIGNATURE_INVALID: _ErrorReason.ValueType  # 30
+    """Peer.ReportAccess: the batch is not signed, its JWS is malformed, or it is not signed by
+    an unrevoked audit key the registry publishes for the reporting region (sent with
+    UNAUTHENTICATED; a reporting gateway retries, since the owner's registry may lag a
+    rotation).
+    """
+    REPORT_PAYLOAD_MISMATCH: _ErrorReason.ValueType  # 31
+    """Peer.ReportAccess: the reports sent beside the JWS are not the ones it signs, or the
+    signed batch names another reporting or owner region (sent with INVALID_ARGUMENT).
+    """
+    CACHE_NOT_ALLOWED: _ErrorReason.ValueType  # 32
+    """Peer.ReportAccess: the reported dataset's cache_scope is "provider": no requesting
+    gateway may answer it from its own cache (sent with PERMISSION_DENIED).
+    """
+    REPORT_ANSWER_UNKNOWN: _ErrorReason.ValueType  # 33
+    """Peer.ReportAccess: the owner gave the reporting region no answer with the reported
+    digest, for that subject, dataset, purpose and fields, within the dataset's cache TTL
+    before the reported access (sent with PERMISSION_DENIED).
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The reasons a Tongban RPC fails, carried in a google.rpc.ErrorInfo detail of the gRPC status.
@@ -173,6 +192,25 @@ refuses rather than skip the check (sent with UNAVAILABLE; retry later).
 REQUEST_CANCELLED: ErrorReason.ValueType  # 29
 """The caller cancelled the request, or its deadline passed, before an answer: never sent to
 the caller (it has gone); recorded in the audit log so that the attempt is not lost.
+"""
+REPORT_SIGNATURE_INVALID: ErrorReason.ValueType  # 30
+"""Peer.ReportAccess: the batch is not signed, its JWS is malformed, or it is not signed by
+an unrevoked audit key the registry publishes for the reporting region (sent with
+UNAUTHENTICATED; a reporting gateway retries, since the owner's registry may lag a
+rotation).
+"""
+REPORT_PAYLOAD_MISMATCH: ErrorReason.ValueType  # 31
+"""Peer.ReportAccess: the reports sent beside the JWS are not the ones it signs, or the
+signed batch names another reporting or owner region (sent with INVALID_ARGUMENT).
+"""
+CACHE_NOT_ALLOWED: ErrorReason.ValueType  # 32
+"""Peer.ReportAccess: the reported dataset's cache_scope is "provider": no requesting
+gateway may answer it from its own cache (sent with PERMISSION_DENIED).
+"""
+REPORT_ANSWER_UNKNOWN: ErrorReason.ValueType  # 33
+"""Peer.ReportAccess: the owner gave the reporting region no answer with the reported
+digest, for that subject, dataset, purpose and fields, within the dataset's cache TTL
+before the reported access (sent with PERMISSION_DENIED).
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 

@@ -260,6 +260,7 @@ class ForwardResponse(_message.Message):
     REGISTRY_VERSION_FIELD_NUMBER: _builtins.int
     CACHE_HIT_FIELD_NUMBER: _builtins.int
     AGREEMENT_ID_FIELD_NUMBER: _builtins.int
+    SUBJECT_PSEUDONYM_FIELD_NUMBER: _builtins.int
     audit_id: _builtins.str
     """Id of the provider gateway's audit record."""
     registry_version: _builtins.int
@@ -270,6 +271,13 @@ class ForwardResponse(_message.Message):
     """
     agreement_id: _builtins.str
     """The agreement the provider gateway's own decision rested on."""
+    subject_pseudonym: _builtins.str
+    """The provider gateway's own pseudonym of the subject (hex HMAC-SHA256 of the subject id
+    under the owner's pseudonym key), set only for a dataset with cache_scope "requester": a
+    requesting gateway that answers repeats from its cache reports each of them under this
+    pseudonym (AccessReport.subject_pseudonym), so that the owner finds them under the
+    subject it knows without the regions sharing a pseudonym key. Empty otherwise.
+    """
     @_builtins.property
     def record(self) -> _credentials_pb2.SealedRecord:
         """The record sealed with the provider region's e-seal."""
@@ -287,10 +295,11 @@ class ForwardResponse(_message.Message):
         registry_version: _builtins.int = ...,
         cache_hit: _builtins.bool = ...,
         agreement_id: _builtins.str = ...,
+        subject_pseudonym: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["record", b"record"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement_id", b"agreement_id", "audit_id", b"audit_id", "cache_hit", b"cache_hit", "fields", b"fields", "record", b"record", "registry_version", b"registry_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement_id", b"agreement_id", "audit_id", b"audit_id", "cache_hit", b"cache_hit", "fields", b"fields", "record", b"record", "registry_version", b"registry_version", "subject_pseudonym", b"subject_pseudonym"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -345,6 +354,7 @@ class AccessReport(_message.Message):
     FIELDS_FIELD_NUMBER: _builtins.int
     ACCESSED_AT_FIELD_NUMBER: _builtins.int
     SEALED_DIGEST_FIELD_NUMBER: _builtins.int
+    ANSWER_AUDIT_ID_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """The requesting agency's request id."""
     dataset: _builtins.str
@@ -354,9 +364,18 @@ class AccessReport(_message.Message):
     case_id: _builtins.str
     """Case number of the matter being handled."""
     subject_pseudonym: _builtins.str
-    """Pseudonymous subject: hex HMAC-SHA256 of the subject id, never the raw id."""
+    """Pseudonymous subject: hex HMAC-SHA256 of the subject id, never the raw id; the data
+    owner's pseudonym (ForwardResponse.subject_pseudonym of the answer served), not the
+    reporting gateway's own.
+    """
     sealed_digest: _builtins.str
     """Hex SHA-256 of the sealed record served (the JWS compact serialisation)."""
+    answer_audit_id: _builtins.str
+    """Id of the owner's audit record of the answer served (the ForwardResponse.audit_id that
+    came with the answer the requesting gateway kept): the owner checks the report against
+    that record (same subject, dataset, purpose, fields and digest, given to the reporting
+    region at most the dataset's TTL before the access) without searching its log.
+    """
     @_builtins.property
     def caller(self) -> _common_pb2.CallerIdentity:
         """Who made the request."""
@@ -381,10 +400,11 @@ class AccessReport(_message.Message):
         fields: _abc.Iterable[_builtins.str] | None = ...,
         accessed_at: _timestamp_pb2.Timestamp | None = ...,
         sealed_digest: _builtins.str = ...,
+        answer_audit_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["accessed_at", b"accessed_at", "caller", b"caller"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accessed_at", b"accessed_at", "caller", b"caller", "case_id", b"case_id", "dataset", b"dataset", "fields", b"fields", "purpose", b"purpose", "request_id", b"request_id", "sealed_digest", b"sealed_digest", "subject_pseudonym", b"subject_pseudonym"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accessed_at", b"accessed_at", "answer_audit_id", b"answer_audit_id", "caller", b"caller", "case_id", b"case_id", "dataset", b"dataset", "fields", b"fields", "purpose", b"purpose", "request_id", b"request_id", "sealed_digest", b"sealed_digest", "subject_pseudonym", b"subject_pseudonym"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -191,6 +191,9 @@ class PeerServicer:
     def ReportAccess(self, request, context):
         """Called by a requesting region's gateway: reports, in a signed batch, accesses it served
         from its own cache (cache_scope "requester") so the owner's audit log stays complete.
+        The owner decides each report again and records it once (a batch sent again is answered
+        with the same audit ids); a refused report refuses the whole batch, is recorded as
+        denied, and is named by the ErrorInfo metadata "index" (zero-based) of the status.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

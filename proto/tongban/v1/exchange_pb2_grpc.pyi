@@ -109,6 +109,9 @@ class PeerStub:
     ReportAccess: _grpc.UnaryUnaryMultiCallable[_exchange_pb2.ReportAccessRequest, _exchange_pb2.ReportAccessResponse]
     """Called by a requesting region's gateway: reports, in a signed batch, accesses it served
     from its own cache (cache_scope "requester") so the owner's audit log stays complete.
+    The owner decides each report again and records it once (a batch sent again is answered
+    with the same audit ids); a refused report refuses the whole batch, is recorded as
+    denied, and is named by the ErrorInfo metadata "index" (zero-based) of the status.
     """
 
 @_typing.type_check_only
@@ -126,6 +129,9 @@ class PeerAsyncStub(PeerStub):
     ReportAccess: _aio.UnaryUnaryMultiCallable[_exchange_pb2.ReportAccessRequest, _exchange_pb2.ReportAccessResponse]  # type: ignore[assignment]
     """Called by a requesting region's gateway: reports, in a signed batch, accesses it served
     from its own cache (cache_scope "requester") so the owner's audit log stays complete.
+    The owner decides each report again and records it once (a batch sent again is answered
+    with the same audit ids); a refused report refuses the whole batch, is recorded as
+    denied, and is named by the ErrorInfo metadata "index" (zero-based) of the status.
     """
 
 class PeerServicer(metaclass=_abc_1.ABCMeta):
@@ -152,6 +158,9 @@ class PeerServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_exchange_pb2.ReportAccessResponse, _abc.Awaitable[_exchange_pb2.ReportAccessResponse]]:
         """Called by a requesting region's gateway: reports, in a signed batch, accesses it served
         from its own cache (cache_scope "requester") so the owner's audit log stays complete.
+        The owner decides each report again and records it once (a batch sent again is answered
+        with the same audit ids); a refused report refuses the whole batch, is recorded as
+        denied, and is named by the ErrorInfo metadata "index" (zero-based) of the status.
         """
 
 def add_PeerServicer_to_server(servicer: PeerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
