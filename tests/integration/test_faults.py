@@ -597,7 +597,9 @@ async def test_a_data_system_that_hangs(federation: Federation, tmp_path: Path) 
     assert len(hung) >= 6
     assert {s.code for s in hung} <= {"UNAVAILABLE", "DEADLINE_EXCEEDED"}, tally.refused(hung)
     assert slowest < HANG_TIMEOUT + 0.5, line
-    assert max(provider.held) < HANG_TIMEOUT, line
+    assert max(provider.held) < HANG_TIMEOUT + 0.5, (
+        line
+    )  # given up at its deadline (load adds a little)
     assert sum(s.reason == "PROVIDER_UNAVAILABLE" for s in hung) >= len(hung) // 2, line
     assert set(tally.refused()) <= {
         "UNAVAILABLE/PROVIDER_UNAVAILABLE",
