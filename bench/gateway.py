@@ -1,27 +1,45 @@
 """The gateway path against the ceiling: a bare grpc.aio echo server, measured side by side.
 
 Run: .venv/bin/python bench/gateway.py [--seconds 8] [--warmup 3] [--concurrency 32]
-                                      [--channels 4] [--json FILE] [--redis URL] [--profile DIR]
+                                      [--channels 4] [--json FILE] [--redis URL]
+                                      [--postgres DSN] [--workers 1,2] [--no-one-process]
+                                      [--profile DIR]
 
-In one run it starts, in ONE child process (the "server process"):
-    - the three demo gateways (330000, 510000, 500000) with their demo data systems, exactly as
-      `tongban demo --redis URL` does (gateway/demo.py: `build_pki`, `start_federation`): real
-      Redis for the cache, replay window and quotas, SQLite audit logs (WAL, synchronous=FULL)
-    - a bare `grpc.aio` echo server over the same mutual TLS (510000's dev-PKI certificate,
-      client certificates required) that answers every call with the bytes of a real
-      `QueryResponse` (a sealed si.participation answer, measured at start-up)
-and drives them from THIS process (the "client process"; it never shares a GIL with a server)
-with one closed-loop load generator: `--channels` channels, `--concurrency` calls in flight,
-a warm-up, then a measured window. Targets, all as 四川人社 (sc.hrss) asking its gateway 510000:
+One closed-loop load generator in THIS process (the "client process"; it never shares a GIL
+with a server) drives, one after the other, the same targets through several topologies, all
+started by the harness on loopback from one development PKI and one signed registry (gateway/
+demo.py: `build_pki`), with real Redis for the cache, the replay window and the quotas:
 
-    echo  the ceiling: the same request, the same response size, no work (measured first and last)
-    (a)   Query of one 重庆 (500000) citizen again and again: answered from 500000's Redis cache
+    echo         the ceiling: a bare `grpc.aio` server in its own process, over the same mutual
+                 TLS as gateway 510000, answering every call with the bytes of a real sealed
+                 `QueryResponse`; measured first, in the middle and last
+    per region   ONE PROCESS PER REGION, as in production where each region's gateway runs on
+                 its own machine: 330000, 510000 and 500000 each run their gateway and demo data
+                 system in their own process (`--role region`), told their peers' ports in
+                 advance; SQLite audit logs (WAL, synchronous=FULL). Every target, and the
+                 open-loop pass at half load
+    one process  the three gateways and data systems in one process, exactly as `tongban demo
+                 --redis URL` starts them (`start_federation`); SQLite audit; the next database
+                 of the same Redis (sharing one, it would be a replica of the per-region gateways
+                 and share their report queue). (a), (b), (e): for comparison with the figures
+                 before the per-region topology existed
+    N workers    510000 as `tongban gateway serve --config FILE --workers N` (N = 1, 2): a full
+                 TOML configuration with a PostgreSQL audit store (a fresh schema per N, dropped
+                 at the end) and Redis, as replicas need; 500000 and 330000 are the per-region
+                 processes above. (a) and (b)
+
+Targets, all as 四川 agencies asking their gateway 510000:
+
+    (a)   Query of one 重庆 (500000) citizen again and again (sc.hrss, si.participation,
+          cache_scope "provider"): answered from 500000's Redis cache
     (b)   Query of a new citizen every time: two hops, the data system, an ES256 seal, its check
     (c)   BatchQuery of 5 items (3 to 500000, 2 to 330000), each answered from cache
     (d)   Credentials.Verify of one sealed answer (signature, chain, report)
-
-then an open-loop pass (requests sent at a fixed rate, latency counted from the moment each was
-due) at half of the maximum measured for (a) and (b), for the p99 at half load.
+    (e)   Query of one 重庆 business licence again and again (sc.amr, market.business_licence,
+          cache_scope "requester"): the requesting gateway may answer repeats itself and report
+          them to the owner (Peer.ReportAccess); without that it behaves like (a), and the
+          output says which it saw. The reports travel after the answers: the harness waits for
+          500000 to have recorded them all before the next phase
 
 Honest about the quotas: the agreements allow 120 to 1200 queries a minute, which a benchmark
 exceeds in a second. The harness publishes its own copy of conf/registry with every
@@ -46,17 +64,22 @@ import re
 import secrets
 import select
 import shutil
+import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+import urllib.error
+import urllib.request
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import grpc
 import redis
@@ -66,7 +89,8 @@ from google.protobuf import __version__ as protobuf_version
 # would import this file, bench/gateway.py, instead of the gateway package: take bench/ out.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-from gateway.demo import (  # noqa: E402 - after the sys.path fix above
+from gateway.config import GatewayConfig  # noqa: E402 - after the sys.path fix above
+from gateway.demo import (  # noqa: E402
     DemoError,
     DemoOptions,
     Federation,
@@ -75,8 +99,10 @@ from gateway.demo import (  # noqa: E402 - after the sys.path fix above
     start_federation,
     stop_federation,
 )
-from gateway.provider import DemoData  # noqa: E402
-from registry import Inventory, KeyState, KeyUsage  # noqa: E402
+from gateway.provider import DemoData, create_provider  # noqa: E402
+from gateway.server import Gateway, create_gateway, freeze_startup_heap  # noqa: E402
+from registry import CURRENT_SNAPSHOT, Inventory, KeyState, KeyUsage  # noqa: E402
+from registry._pki import DEV_CACHE_KEY, DEV_PSEUDONYM_KEY  # noqa: E402
 from tongban.v1 import (  # noqa: E402
     credentials_pb2,
     credentials_pb2_grpc,
@@ -87,22 +113,31 @@ from tongban.v1 import (  # noqa: E402
 REPO: Final = Path(__file__).resolve().parents[1]
 SOURCE: Final = REPO / "conf" / "registry"
 DEFAULT_REDIS: Final = "redis://127.0.0.1:6379/0"
+DEFAULT_POSTGRES: Final = "host=127.0.0.1 port=5432 user=postgres dbname=test"
 
 # Who asks whom for what (an agreement of the demo registry: CY-SI-2026, 四川 asks 重庆).
 AGENCY: Final = "sc.hrss"  # 四川省人力资源和社会保障厅
 REQUESTER: Final = "510000"  # its gateway
 PROVIDER: Final = "500000"  # 重庆
 OTHER_PROVIDER: Final = "330000"  # 浙江: ZJ-SC-SI-2026 lets sc.hrss ask it too (batch items)
-DATASET: Final = "si.participation"
+REGIONS: Final = (OTHER_PROVIDER, REQUESTER, PROVIDER)
+DATASET: Final = "si.participation"  # cache_scope = "provider"
 PURPOSE: Final = "SI-TRANSFER"
 BATCH_ITEMS: Final = ((PROVIDER, 3), (OTHER_PROVIDER, 2))  # (region, items) of one BatchQuery
+# (e): a dataset whose answers the requesting gateway may cache (LICENCE-CQ-2026).
+LICENCE_AGENCY: Final = "sc.amr"  # 四川省市场监督管理局, also on gateway 510000
+LICENCE_DATASET: Final = "market.business_licence"  # cache_scope = "requester"
+LICENCE_PURPOSE: Final = "LICENCE-VERIFY"
 
 BENCH_QUOTA: Final = 100_000_000  # quota_per_minute in the harness's registry copy
 CALL_TIMEOUT: Final = 10.0  # seconds; a call slower than this counts as an error
-SETUP_TIMEOUT: Final = 180.0  # seconds for the server process to build its PKI and start
+SETUP_TIMEOUT: Final = 120.0  # seconds for a child process to start
 OPEN_LOOP_MAX_IN_FLIGHT: Final = 2048  # an open-loop request due beyond this many is dropped
+REPORT_DRAIN_TIMEOUT: Final = 30.0  # seconds to wait for (e)'s access reports to reach 500000
+BALANCE_ATTEMPTS: Final = 40  # connections opened again to spread them evenly over workers
 ECHO_SERVICE: Final = "tongban.bench.Echo"
 ECHO_METHOD: Final = f"/{ECHO_SERVICE}/Echo"
+SERVICE_PROCESSES: Final = ("redis-server", "postgres")  # their CPU is shown apart ("svc")
 
 # The issue's targets (issue 8): QPS ratio to the echo ceiling, and p99 at half of max load.
 RATIO_TARGETS: Final = {"hit": 0.6, "miss": 0.3}
@@ -114,7 +149,22 @@ LABELS: Final = {
     "miss": "(b) Query, miss, 2 hops",
     "batch": "(c) BatchQuery x5, hits",
     "verify": "(d) Credentials.Verify",
+    "licence": "(e) requester-scope hit",
 }
+TARGETS: Final = ("hit", "miss", "batch", "verify", "licence")
+ECHO_RUNS: Final = ("echo_first", "echo_mid", "echo_last")
+WORKER_TARGETS: Final = ("hit", "miss", "verify")  # measured at 1 and 2 workers
+
+
+def topology_title(key: str) -> str:
+    if key == "region":
+        return "per region"
+    if key == "single":
+        return "one process"
+    if key.startswith("w"):
+        n = int(key[1:])
+        return f"510000 x{n} worker{'s' if n > 1 else ''}"
+    return "echo process"
 
 
 class BenchError(Exception):
@@ -142,7 +192,7 @@ def bench_source(folder: Path, run_id: str) -> Path:
     return target
 
 
-# the server process -------------------------------------------------------------------------------
+# the child processes (this file again, with --role) -------------------------------------------------
 def _tls_pair(pki: Path, owner: str) -> tuple[bytes, bytes]:
     """(certificate chain PEM, private key PEM) of `owner`'s active TLS key in the dev PKI."""
     records = Inventory.load(pki).find(owner, KeyUsage.TLS, KeyState.ACTIVE)
@@ -170,7 +220,7 @@ async def _start_echo(pki: Path, answer: bytes) -> tuple[grpc.aio.Server, int]:
     )
     server.add_generic_rpc_handlers((handler,))
     chain, key = _tls_pair(pki, REQUESTER)
-    roots = b"".join(_root(pki, region) for region in (REQUESTER, PROVIDER, OTHER_PROVIDER))
+    roots = b"".join(_root(pki, region) for region in REGIONS)
     credentials = grpc.ssl_server_credentials(
         [(key, chain)], root_certificates=roots, require_client_auth=True
     )
@@ -179,27 +229,8 @@ async def _start_echo(pki: Path, answer: bytes) -> tuple[grpc.aio.Server, int]:
     return server, port
 
 
-async def _sample_answer(fed: Federation) -> tuple[bytes, bytes, int]:
-    """One real Query (sc.hrss asks 500000 for a citizen's si.participation record): the
-    serialised request and response, and the length of the sealed record's JWS."""
-    subject = DemoSubjects(PROVIDER).take(1)[0]
-    async with fed.channel(AGENCY) as channel:
-        request = exchange_pb2.QueryRequest(
-            provider_region=PROVIDER,
-            dataset=DATASET,
-            purpose=PURPOSE,
-            subject_id=subject,
-            case_id=f"CASE-{datetime.now(UTC):%Y%m%d}-SAMPLE",
-            request_id=f"bench-sample-{secrets.token_hex(8)}",
-        )
-        answer = await exchange_pb2_grpc.DataExchangeStub(channel).Query(
-            request, metadata=fed.token(AGENCY), timeout=CALL_TIMEOUT
-        )
-    return request.SerializeToString(), answer.SerializeToString(), len(answer.record.jws)
-
-
 class GcPauses:
-    """The garbage collector's pauses in the server process, by generation (`gc.callbacks`).
+    """The garbage collector's pauses in a child process, by generation (`gc.callbacks`).
     `snapshot()` gives counts and total time so far, and the longest pause since the last
     snapshot (the client process takes one before and after each phase)."""
 
@@ -232,23 +263,20 @@ class GcPauses:
         return out
 
 
-def _server_stats(fed: Federation, pauses: GcPauses) -> dict[str, Any]:
-    """Counters that explain a phase: by gateway, answers from cache or not and how many audit
-    records each durable commit carried (the group-commit factor); the collector's pauses."""
-    gateways: dict[str, Any] = {}
-    for region, gateway in fed.gateways.items():
-        entry: dict[str, Any] = {}
-        if gateway.query_path is not None:
-            entry["cache"] = dataclasses.asdict(gateway.query_path.cache.counters)
-        if gateway.audit is not None:
-            store = gateway.audit.store
-            entry["audit"] = {
-                name: getattr(store, name)
-                for name in ("appended", "commits", "largest_batch")
-                if isinstance(getattr(store, name, None), int)
-            }
-        gateways[region] = entry
-    return {"gateways": gateways, "gc": pauses.snapshot()}
+def _gateway_stats(gateway: Gateway) -> dict[str, Any]:
+    """A gateway's answers from cache or not, and how many audit records each durable commit
+    carried (the group-commit factor)."""
+    entry: dict[str, Any] = {}
+    if gateway.query_path is not None:
+        entry["cache"] = dataclasses.asdict(gateway.query_path.cache.counters)
+    if gateway.audit is not None:
+        store = gateway.audit.store
+        entry["audit"] = {
+            name: getattr(store, name)
+            for name in ("appended", "commits", "largest_batch")
+            if isinstance(getattr(store, name, None), int)
+        }
+    return entry
 
 
 def _emit(message: dict[str, Any]) -> None:
@@ -257,46 +285,102 @@ def _emit(message: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-async def _serve(folder: Path, source: Path, redis_url: str) -> None:
-    await asyncio.to_thread(build_pki, folder, source)
+async def _answer_commands(stats: Callable[[], dict[str, Any]]) -> None:
+    """Commands from the client process, one a line: "stats" or "stop" (EOF stops too)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        line = await loop.run_in_executor(None, sys.stdin.readline)
+        if line.strip() != "stats":
+            return
+        _emit(stats())
+
+
+async def _serve_one_process(folder: Path, source: Path, redis_url: str, label: str) -> None:
+    """--role one-process: the three demo gateways and data systems in this one process."""
     fed = Federation(folder=folder, source=source)
     options = DemoOptions(source=source, folder=folder, redis_url=redis_url)
-    echo: grpc.aio.Server | None = None
     pauses = GcPauses()
     gc.callbacks.append(pauses)
     try:
         await start_federation(fed, options, secrets.token_hex(3))
-        request, answer, jws_bytes = await _sample_answer(fed)
-        echo, echo_port = await _start_echo(fed.pki, answer)
-        _emit(
-            {
-                "ready": True,
-                "pid": os.getpid(),
-                "echo_port": echo_port,
-                "gateway_ports": {r: g.port for r, g in fed.gateways.items()},
-                "request_bytes": len(request),
-                "response_bytes": len(answer),
-                "jws_bytes": jws_bytes,
+        freeze_startup_heap()  # as `tongban gateway serve` does once its gateway has started
+        _emit({"ready": True, "gateway_ports": {r: g.port for r, g in fed.gateways.items()}})
+        await _answer_commands(
+            lambda: {
+                "gateways": {r: _gateway_stats(g) for r, g in fed.gateways.items()},
+                "gc": {label: pauses.snapshot()},
             }
         )
-        # Commands from the client process, one a line: "stats" or "stop" (EOF stops too).
-        loop = asyncio.get_running_loop()
-        while True:
-            line = await loop.run_in_executor(None, sys.stdin.readline)
-            if line.strip() == "stats":
-                _emit(_server_stats(fed, pauses))
-            else:
-                break
     finally:
-        if echo is not None:
-            await echo.stop(0.5)
         await stop_federation(fed, options)
 
 
-def server_main(folder: Path, source: Path, redis_url: str) -> int:
-    """`--role server`: everything the client process measures, in this one process."""
+async def _serve_region(
+    folder: Path, redis_url: str, region: str, ports: dict[str, int], label: str
+) -> None:
+    """--role region: one region's gateway and its demo data system, in this process, its
+    peers at the given ports (each in its own process): what `start_federation` does for one
+    region, with a SQLite audit log of its own."""
+    pauses = GcPauses()
+    gc.callbacks.append(pauses)
+    provider, provider_port = create_provider(region, "127.0.0.1:0")
+    await provider.start()
+    gateway: Gateway | None = None
     try:
-        asyncio.run(_serve(folder, source, redis_url))
+        home = folder / f"region-{region}"
+        home.mkdir(exist_ok=True)
+        config = GatewayConfig.for_dev_pki(
+            folder / "pki",
+            region,
+            listen=f"127.0.0.1:{ports[region]}",
+            snapshot_file=folder / "published" / CURRENT_SNAPSHOT,
+            audit_db=home / f"audit-{region}.db",
+            provider=f"127.0.0.1:{provider_port}",
+            redis_url=redis_url,
+            peers={other: f"localhost:{port}" for other, port in ports.items() if other != region},
+        )
+        config = dataclasses.replace(
+            config, poll_seconds=0.2, grace_seconds=1.0, metrics_listen="127.0.0.1:0"
+        )  # as start_federation configures each demo gateway
+        gateway, port = await create_gateway(config)
+        freeze_startup_heap()
+        _emit({"ready": True, "gateway_port": port, "provider_port": provider_port})
+        running = gateway
+        await _answer_commands(
+            lambda: {
+                "gateways": {region: _gateway_stats(running)},
+                "gc": {label: pauses.snapshot()},
+            }
+        )
+    finally:
+        if gateway is not None:
+            await gateway.stop(0.5)
+        await provider.stop(0.5)
+
+
+async def _serve_echo(pki: Path, answer_file: Path) -> None:
+    """--role echo: the ceiling, alone in this process."""
+    pauses = GcPauses()
+    gc.callbacks.append(pauses)
+    server, port = await _start_echo(pki, answer_file.read_bytes())
+    try:
+        freeze_startup_heap()
+        _emit({"ready": True, "echo_port": port})
+        await _answer_commands(lambda: {"gateways": {}, "gc": {"echo": pauses.snapshot()}})
+    finally:
+        await server.stop(0.5)
+
+
+def child_main(args: argparse.Namespace) -> int:
+    """The child process roles: everything the client process measures runs in one of these."""
+    try:
+        if args.role == "one-process":
+            asyncio.run(_serve_one_process(args.folder, args.source, args.redis, args.label))
+        elif args.role == "region":
+            ports = {k: int(v) for k, v in (p.split("=") for p in args.ports.split(","))}
+            asyncio.run(_serve_region(args.folder, args.redis, args.region, ports, args.label))
+        else:
+            asyncio.run(_serve_echo(args.folder / "pki", args.answer))
     except (BenchError, DemoError, OSError, grpc.aio.AioRpcError) as exc:
         message = (
             f"{exc.code().name} {rpc_reason(exc)}: {exc.details()}"
@@ -305,14 +389,18 @@ def server_main(folder: Path, source: Path, redis_url: str) -> int:
         )
         _emit({"error": f"{type(exc).__name__}: {message}"})
         return 1
-    except Exception as exc:  # unexpected: the traceback goes to the server log
+    except Exception as exc:  # unexpected: the traceback goes to the child's log
         _emit({"error": f"{type(exc).__name__}: {exc}"})
         raise
     return 0
 
 
+# CPU accounting (/proc) --------------------------------------------------------------------------
+TICKS: Final = os.sysconf("SC_CLK_TCK")
+
+
 @dataclass(frozen=True)
-class CpuSample:
+class PidTimes:
     user: float  # seconds
     system: float  # seconds
     threads: dict[str, float]  # seconds of user + system time by thread group
@@ -333,26 +421,65 @@ def _times(stat: str) -> tuple[int, int]:
     return int(fields[11]), int(fields[12])
 
 
-class ServerProcess:
-    """The server process as the client process sees it: ports, CPU time, counters, stop."""
+def pid_times(pid: int) -> PidTimes | None:
+    """CPU time used so far by a process: user and system time of the whole process, and user +
+    system time by thread: "main (event loop)" is the thread that runs every Python handler; the
+    others by their kernel name (gRPC's C-core threads name themselves; Python's own threads,
+    the audit writers among them, show as "python"). None when the process is gone."""
+    try:
+        user, system = _times(Path(f"/proc/{pid}/stat").read_text())
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return None
+    threads: Counter[str] = Counter()
+    for task in tasks:
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:  # the thread ended meanwhile
+            continue
+        name = "main (event loop)" if task.name == str(pid) else _comm(stat)
+        if name.startswith("python"):
+            name = "Python threads (audit writers, gRPC poller)"
+        threads[name] += sum(_times(stat))
+    return PidTimes(user / TICKS, system / TICKS, {name: t / TICKS for name, t in threads.items()})
 
-    def __init__(self, folder: Path, source: Path, redis_url: str) -> None:
-        self.pki = folder / "pki"  # the dev PKI the server process builds there
-        self.log_path = folder / "server.log"
-        self._log = self.log_path.open("w", encoding="utf-8")
+
+def service_ticks() -> dict[int, int]:
+    """CPU ticks so far of every Redis and PostgreSQL server process on the machine (by pid)."""
+    out: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if stat[stat.index("(") + 1 : stat.rindex(")")] in SERVICE_PROCESSES:
+            out[int(entry.name)] = sum(_times(stat))
+    return out
+
+
+def machine_busy() -> float:
+    """CPU seconds the whole machine has spent busy (not idle, not waiting for I/O)."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0.0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / TICKS  # guest time is in user already
+
+
+# the processes as the client process sees them ----------------------------------------------------
+class Child:
+    """A child process running this file with --role: started at once, `wait_ready()` reads its
+    first message (so several can start side by side); then stats and stop over stdin/stdout."""
+
+    def __init__(self, label: str, argv: list[str], log_path: Path) -> None:
+        self.label = label
+        self.log_path = log_path
+        self._log = log_path.open("w", encoding="utf-8")
         self._proc = subprocess.Popen(  # noqa: S603 - this same file, by this same interpreter
-            [
-                sys.executable,
-                str(Path(__file__).resolve()),
-                "--role",
-                "server",
-                "--folder",
-                str(folder),
-                "--source",
-                str(source),
-                "--redis",
-                redis_url,
-            ],
+            [sys.executable, str(Path(__file__).resolve()), *argv, "--label", label],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._log,
@@ -360,14 +487,16 @@ class ServerProcess:
             cwd=REPO,
         )
         self.pid = self._proc.pid
-        self._ticks = os.sysconf("SC_CLK_TCK")
-        try:
-            self.info = self._read(SETUP_TIMEOUT)
-            if "error" in self.info:
-                raise BenchError(f"the server process failed to start: {self.info['error']}")
-        except BaseException:
-            self.stop()
-            raise
+        self.info: dict[str, Any] = {}
+
+    def wait_ready(self, timeout: float = SETUP_TIMEOUT) -> dict[str, Any]:
+        self.info = self._read(timeout)
+        if "error" in self.info:
+            raise BenchError(f"the {self.label} process failed to start: {self.info['error']}")
+        return self.info
+
+    def processes(self) -> list[tuple[str, int]]:
+        return [(self.label, self.pid)]
 
     def _read(self, timeout: float) -> dict[str, Any]:
         assert self._proc.stdout is not None
@@ -380,43 +509,9 @@ class ServerProcess:
                 if self._proc.returncode is not None
                 else f"did not answer in {timeout:.0f} s"
             )
-            raise BenchError(f"the server process {state}; {self.last_log_line()}")
+            raise BenchError(f"the {self.label} process {state}; {last_line(self.log_path)}")
         message: dict[str, Any] = json.loads(line)
         return message
-
-    def last_log_line(self) -> str:
-        self._log.flush()
-        lines = [
-            s
-            for s in self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
-            if s.strip()
-        ]
-        return f"its log ends: {lines[-1].strip()}" if lines else "its log is empty"
-
-    def cpu(self) -> CpuSample:
-        """CPU time used so far by the server process: user and system time of the whole
-        process, and user + system time by thread: "main (event loop)" is the thread that runs
-        every Python handler; the others by their kernel name (gRPC's C-core threads name
-        themselves; Python's own threads, the audit writers among them, show as "python")."""
-        try:
-            user, system = _times(Path(f"/proc/{self.pid}/stat").read_text())
-        except OSError as exc:
-            raise BenchError(f"the server process is gone ({exc.strerror})") from exc
-        threads: Counter[str] = Counter()
-        for task in Path(f"/proc/{self.pid}/task").iterdir():
-            try:
-                stat = (task / "stat").read_text()
-            except OSError:  # the thread ended meanwhile
-                continue
-            name = "main (event loop)" if task.name == str(self.pid) else _comm(stat)
-            if name.startswith("python"):
-                name = "Python threads (audit writers, gRPC poller)"
-            threads[name] += sum(_times(stat))
-        return CpuSample(
-            user / self._ticks,
-            system / self._ticks,
-            {name: ticks / self._ticks for name, ticks in threads.items()},
-        )
 
     def stats(self) -> dict[str, Any]:
         assert self._proc.stdin is not None
@@ -439,14 +534,199 @@ class ServerProcess:
         self._log.close()
 
 
+def last_line(log_path: Path) -> str:
+    with contextlib.suppress(OSError):
+        lines = [
+            s
+            for s in log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+            if s.strip()
+        ]
+        if lines:
+            return f"its log ({log_path.name}) ends: {lines[-1].strip()[:300]}"
+    return "its log is empty"
+
+
+class CliGateway:
+    """510000 as `tongban gateway serve --config FILE --workers N` (the real CLI): N=1 runs the
+    gateway in the CLI process itself; N>1 forks N workers sharing the port (SO_REUSEPORT).
+    Counters come from its `/metrics` (all workers added up)."""
+
+    def __init__(self, config: Path, workers: int, env: dict[str, str], log_path: Path) -> None:
+        self.workers = workers
+        self.log_path = log_path
+        self.metrics_port = 0
+        self._log = log_path.open("w", encoding="utf-8")
+        self._proc = subprocess.Popen(  # noqa: S603 - the project's own CLI, by this interpreter
+            [sys.executable, "-m", "gateway.cli", "gateway", "serve", "--config", str(config),
+             "--workers", str(workers)],
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
+            cwd=REPO,
+            env={**os.environ, **env, "PYTHONUNBUFFERED": "1", "COLUMNS": "240"},
+        )  # fmt: skip
+        self.pid = self._proc.pid
+        self.worker_pids: dict[int, int] = {}  # worker number -> pid
+
+    def wait_ready(self, timeout: float = SETUP_TIMEOUT) -> None:
+        """Until every worker says it listens (N=1: the gateway itself)."""
+        assert self._proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        seen: list[str] = []
+        while len(self.worker_pids) < self.workers:
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([self._proc.stdout], [], [], max(0.0, left))
+            line = self._proc.stdout.readline() if ready else ""
+            if not line:
+                self._proc.poll()
+                state = (
+                    f"exited with {self._proc.returncode}"
+                    if self._proc.returncode is not None
+                    else f"did not start in {timeout:.0f} s"
+                )
+                said = f"; it printed: {seen[-1].strip()[:200]}" if seen else ""
+                raise BenchError(
+                    f"`tongban gateway serve --workers {self.workers}` {state}; "
+                    f"{last_line(self.log_path)}{said}"
+                )
+            seen.append(line)
+            if match := re.search(r"worker (\d+)/\d+ \(pid (\d+)\) listening", line):
+                self.worker_pids[int(match.group(1))] = int(match.group(2))
+            elif self.workers == 1 and re.search(r"Gateway \d+ listening on port \d+", line):
+                self.worker_pids[1] = self.pid
+
+    def processes(self) -> list[tuple[str, int]]:
+        if self.workers == 1:
+            return [(f"{REQUESTER} (CLI)", self.pid)]
+        return [(f"{REQUESTER} supervisor", self.pid)] + [
+            (f"{REQUESTER} worker {n}", pid) for n, pid in sorted(self.worker_pids.items())
+        ]
+
+    def stats(self) -> dict[str, Any]:
+        """510000's counters from its /metrics: audit appends are counted as they happen; the
+        cache and commit totals of a worker that did not answer the scrape lag by up to 5 s."""
+        try:
+            with urllib.request.urlopen(  # loopback, a port the harness chose
+                f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10
+            ) as response:
+                text = response.read().decode()
+        except (OSError, urllib.error.URLError) as exc:
+            raise BenchError(f"the 510000 /metrics cannot be read: {exc}") from exc
+        total: Counter[str] = Counter()
+        for line in text.splitlines():
+            if match := re.fullmatch(r"([a-z_]+)(\{[^}]*\})? (\S+)", line):
+                name, labels, value = match.groups()
+                if name == "tongban_cache_lookups_total":
+                    result = re.search(r'result="(\w+)"', labels or "")
+                    key = {"hit": "hits", "miss": "misses", "error": "errors"}.get(
+                        result.group(1) if result else "", ""
+                    )
+                    if key:
+                        total[f"cache.{key}"] += int(float(value))
+                elif name == "tongban_audit_appends_total":
+                    total["audit.appended"] += int(float(value))
+                elif name == "tongban_audit_commits_total":
+                    total["audit.commits"] += int(float(value))
+        entry: dict[str, dict[str, int]] = {}
+        for key, value in total.items():
+            section, name = key.split(".")
+            entry.setdefault(section, {})[name] = value
+        return {"gateways": {REQUESTER: entry}, "gc": {}}
+
+    def stop(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGINT)  # the supervisor stops its workers
+            try:
+                self._proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        for pid in self.worker_pids.values():  # a worker left behind by a killed supervisor
+            if pid != self.pid and Path(f"/proc/{pid}").exists():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        if self._proc.stdout is not None:
+            self._proc.stdout.close()
+        self._log.close()
+
+
+class Harness:
+    """Every process the harness started, the PostgreSQL schemas it made, and their ending."""
+
+    def __init__(self, folder: Path, postgres: str) -> None:
+        self.folder = folder
+        self.postgres = postgres
+        self.children: list[Child | CliGateway] = []
+        self.schemas: list[str] = []
+
+    def start(self, label: str, argv: list[str]) -> Child:
+        child = Child(label, argv, self.folder / f"{re.sub(r'[^a-z0-9]+', '-', label)}.log")
+        self.children.append(child)
+        return child
+
+    def start_cli(self, config: Path, workers: int, env: dict[str, str]) -> CliGateway:
+        cli = CliGateway(config, workers, env, self.folder / f"cli-{workers}-workers.log")
+        self.children.append(cli)
+        return cli
+
+    def stop(self, child: Child | CliGateway) -> None:
+        child.stop()
+        with contextlib.suppress(ValueError):
+            self.children.remove(child)
+
+    def pids(self) -> list[int]:
+        return [pid for child in self.children for _, pid in child.processes()]
+
+    def create_schema(self, name: str) -> None:
+        import psycopg
+        from psycopg import sql
+
+        self.schemas.append(name)
+        try:
+            with psycopg.connect(self.postgres, autocommit=True, connect_timeout=5) as conn:
+                conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
+        except psycopg.Error as exc:
+            raise BenchError(f"PostgreSQL: cannot create schema {name}: {_one_line(exc)}") from exc
+
+    def close(self) -> None:
+        for child in reversed(self.children):
+            with contextlib.suppress(Exception):
+                child.stop()
+        self.children.clear()
+        if self.schemas:
+            import psycopg
+            from psycopg import sql
+
+            try:
+                with psycopg.connect(self.postgres, autocommit=True, connect_timeout=5) as conn:
+                    for name in self.schemas:
+                        conn.execute(
+                            sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name))
+                        )
+            except psycopg.Error as exc:
+                print(
+                    f"bench: could not drop the schemas {', '.join(self.schemas)}: "
+                    f"{_one_line(exc)}",
+                    file=sys.stderr,
+                )
+            self.schemas.clear()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:300] or type(exc).__name__
+
+
 # subjects ---------------------------------------------------------------------------------------
 class DemoSubjects:
-    """Citizen ids that a demo region's data system holds a si.participation record of, in the
-    order of `DemoData.population` (the same list in every process: the data is deterministic).
-    `take(n)` hands out the next n, never one twice."""
+    """Ids that a demo region's data system holds a `dataset` record of (citizens, or businesses
+    for market.business_licence), in the order of `DemoData.population` / `businesses` (the
+    same list in every process: the data is deterministic). `take(n)` hands out the next n,
+    never one twice."""
 
-    def __init__(self, region: str) -> None:
+    def __init__(self, region: str, dataset: str = DATASET) -> None:
         self._data = DemoData(region)
+        self._dataset = dataset
         self._held: list[str] = []
         self._scanned = 0
         self._next = 0
@@ -454,17 +734,42 @@ class DemoSubjects:
     def take(self, n: int) -> list[str]:
         while len(self._held) < self._next + n:
             want = self._next + n - len(self._held)
-            population = self._data.population(self._scanned + want * 2 + 16)
-            for subject in population[self._scanned :]:
-                if self._data.record(DATASET, subject) is not None:
+            size = self._scanned + want * 2 + 16
+            pool = (
+                self._data.businesses(size)
+                if self._dataset == LICENCE_DATASET
+                else self._data.population(size)
+            )
+            for subject in pool[self._scanned :]:
+                if self._data.record(self._dataset, subject) is not None:
                     self._held.append(subject)
-            self._scanned = len(population)
+            self._scanned = len(pool)
         taken = self._held[self._next : self._next + n]
         self._next += n
         return taken
 
 
-# the client process -------------------------------------------------------------------------------
+class MissPool:
+    """Distinct subjects for (b), made outside the windows (~40 µs each); topped up inside a
+    window only when more were needed than `ensure` foresaw (counted)."""
+
+    def __init__(self, subjects: DemoSubjects) -> None:
+        self._subjects = subjects
+        self._pool: deque[str] = deque()
+        self.top_ups = 0
+
+    def ensure(self, n: int) -> None:
+        if len(self._pool) < n:
+            self._pool.extend(self._subjects.take(n - len(self._pool)))
+
+    def __call__(self) -> str:
+        if not self._pool:
+            self.top_ups += 1
+            self._pool.extend(self._subjects.take(1000))
+        return self._pool.popleft()
+
+
+# measuring --------------------------------------------------------------------------------------
 Call = Callable[[], Awaitable[object]]
 
 
@@ -472,10 +777,12 @@ Call = Callable[[], Awaitable[object]]
 class Phase:
     """What one measurement saw. Latencies in milliseconds; CPU in cores (1.0 = one full core)."""
 
+    topology: str  # "echo", "region", "single", "w1", "w2"
     target: str
     mode: str  # "closed" (fixed calls in flight) or "open" (fixed rate)
     seconds: float
-    completed: int
+    completed: int  # answered inside the measured window
+    completed_all: int  # answered during the whole phase, warm-up included
     qps: float
     p50_ms: float
     p95_ms: float
@@ -483,14 +790,22 @@ class Phase:
     mean_ms: float
     max_ms: float
     errors: dict[str, int]
-    server_cpu: float
+    server_cpu: float  # the measured processes together
     client_cpu: float
     server_cpu_us_per_request: float
+    services_cpu: float  # Redis and PostgreSQL server processes (whoever uses them)
+    idle_cpu: float  # the harness's other processes (idle topologies, supervisor)
     other_cpu: float  # cores used by everything else on the machine (noise: other processes)
-    server_system_share: float  # of the server's CPU time, the share spent in the kernel
-    server_threads: dict[str, float]  # cores used, by thread group (see ServerProcess.cpu)
+    server_system_share: float  # of the measured processes' CPU time, the share in the kernel
+    server_processes: dict[str, float]  # cores used, by measured process
+    server_threads: dict[str, float]  # cores used, by "process: thread group"
     offered_rate: float | None = None
     dropped: int = 0
+    connections: dict[str, int] = field(default_factory=dict)  # by worker, for N workers
+    # (e): access reports the owner had not recorded when the phase ended, and the seconds they
+    # took to arrive after it (None: not all within REPORT_DRAIN_TIMEOUT)
+    reports_pending: int = 0
+    reports_drained_s: float | None = 0.0
     server: dict[str, Any] = field(default_factory=dict)
 
 
@@ -501,36 +816,37 @@ def percentile(ordered: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
-def machine_busy() -> float:
-    """CPU seconds the whole machine has spent busy (not idle, not waiting for I/O)."""
-    try:
-        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return 0.0
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")  # guest time is in user already
-
-
-def _thread_cores(before: CpuSample, after: CpuSample, wall: float) -> dict[str, float]:
-    """Cores used by each thread group between two samples, busiest first."""
-    used = {name: (t - before.threads.get(name, 0.0)) / wall for name, t in after.threads.items()}
-    return {name: round(c, 3) for name, c in sorted(used.items(), key=lambda kv: -kv[1]) if c > 0}
+@dataclass(frozen=True)
+class Sample:
+    wall: float
+    pids: dict[int, PidTimes]  # every process of the harness
+    client: float
+    machine: float
+    services: dict[int, int]
 
 
 class Window:
     """Counts calls that complete inside [start, end) and samples CPU at both edges."""
 
-    def __init__(self, server: ServerProcess, warmup: float, seconds: float) -> None:
-        self.server = server
+    def __init__(
+        self,
+        measured: list[tuple[str, int]],
+        harness: Callable[[], list[int]],
+        warmup: float,
+        seconds: float,
+    ) -> None:
+        self.measured = measured
+        self.harness = harness
         self.begin = time.perf_counter()
         self.start = self.begin + warmup
         self.end = self.start + seconds
         self.latencies: list[float] = []
+        self.completed_all = 0
         self.errors: Counter[str] = Counter()
-        # (wall, server, client CPU seconds, the machine's busy CPU seconds)
-        self._cpu: list[tuple[float, CpuSample, float, float]] = []
+        self._samples: list[Sample] = []
 
     def done(self, due: float, finished: float) -> None:
+        self.completed_all += 1
         if self.start <= finished < self.end:
             self.latencies.append(finished - due)
 
@@ -542,21 +858,49 @@ class Window:
         """Runs alongside the load: samples at the start and the end of the window."""
         for edge in (self.start, self.end):
             await asyncio.sleep(max(0.0, edge - time.perf_counter()))
-            self._cpu.append(
-                (time.perf_counter(), self.server.cpu(), time.process_time(), machine_busy())
+            pids = {pid: t for pid in self.harness() if (t := pid_times(pid)) is not None}
+            self._samples.append(
+                Sample(
+                    time.perf_counter(), pids, time.process_time(), machine_busy(), service_ticks()
+                )
             )
 
-    def phase(self, target: str, mode: str, offered: float | None, dropped: int) -> Phase:
-        (w0, s0, c0, m0), (w1, s1, c1, m1) = self._cpu
-        wall = w1 - w0
-        ours = (s1.total - s0.total) + (c1 - c0)
+    def phase(self, topology: str, target: str, mode: str, offered: float | None) -> Phase:
+        s0, s1 = self._samples
+        wall = s1.wall - s0.wall
+
+        def used(pid: int) -> float:
+            after = s1.pids.get(pid)
+            before = s0.pids.get(pid)
+            if after is None:
+                return 0.0
+            return after.total - (before.total if before is not None else 0.0)
+
+        processes: dict[str, float] = {}
+        threads: dict[str, float] = {}
+        system = 0.0
+        for label, pid in self.measured:
+            processes[label] = processes.get(label, 0.0) + used(pid)
+            after, before = s1.pids.get(pid), s0.pids.get(pid)
+            if after is None:
+                continue
+            system += after.system - (before.system if before else 0.0)
+            for name, t in after.threads.items():
+                was = before.threads.get(name, 0.0) if before else 0.0
+                threads[f"{label}: {name}"] = threads.get(f"{label}: {name}", 0.0) + t - was
+        server = sum(processes.values())
+        harness = sum(used(pid) for pid in set(s0.pids) | set(s1.pids))
+        services = sum(t - s0.services.get(pid, 0) for pid, t in s1.services.items()) / TICKS
+        client = s1.client - s0.client
         ordered = sorted(self.latencies)
         n = len(ordered)
         return Phase(
+            topology=topology,
             target=target,
             mode=mode,
             seconds=wall,
             completed=n,
+            completed_all=self.completed_all,
             qps=n / wall,
             p50_ms=percentile(ordered, 0.50) * 1e3,
             p95_ms=percentile(ordered, 0.95) * 1e3,
@@ -564,23 +908,26 @@ class Window:
             mean_ms=(sum(ordered) / n * 1e3) if n else 0.0,
             max_ms=(ordered[-1] * 1e3) if n else 0.0,
             errors=dict(self.errors),
-            server_cpu=(s1.total - s0.total) / wall,
-            client_cpu=(c1 - c0) / wall,
-            other_cpu=max(0.0, (m1 - m0 - ours) / wall),
-            server_cpu_us_per_request=((s1.total - s0.total) / n * 1e6) if n else 0.0,
-            server_system_share=(s1.system - s0.system) / max(s1.total - s0.total, 1e-9),
-            server_threads=_thread_cores(s0, s1, wall),
+            server_cpu=server / wall,
+            client_cpu=client / wall,
+            server_cpu_us_per_request=(server / n * 1e6) if n else 0.0,
+            services_cpu=services / wall,
+            idle_cpu=max(0.0, harness - server) / wall,
+            other_cpu=max(0.0, (s1.machine - s0.machine) - harness - client - services) / wall,
+            server_system_share=system / max(server, 1e-9),
+            server_processes={k: round(v / wall, 3) for k, v in processes.items()},
+            server_threads={
+                k: round(v / wall, 3)
+                for k, v in sorted(threads.items(), key=lambda kv: -kv[1])
+                if v > 0
+            },
             offered_rate=offered,
-            dropped=dropped,
         )
 
 
-async def closed_loop(
-    calls: list[Call], server: ServerProcess, *, concurrency: int, warmup: float, seconds: float
-) -> Window:
+async def closed_loop(calls: list[Call], window: Window, *, concurrency: int) -> tuple[Window, int]:
     """`concurrency` workers, spread over the channels, each sending its next call as soon as
-    its last one is answered, for `warmup` + `seconds`; the window is the last `seconds`."""
-    window = Window(server, warmup, seconds)
+    its last one is answered, until the window ends; the window is the last `seconds`."""
 
     async def worker(call: Call) -> None:
         while (sent := time.perf_counter()) < window.end:
@@ -594,17 +941,14 @@ async def closed_loop(
     sampler = asyncio.create_task(window.sample_cpu())
     await asyncio.gather(*(worker(calls[i % len(calls)]) for i in range(concurrency)))
     await sampler
-    return window
+    return window, 0
 
 
-async def open_loop(
-    calls: list[Call], server: ServerProcess, *, rate: float, warmup: float, seconds: float
-) -> tuple[Window, int]:
+async def open_loop(calls: list[Call], window: Window, *, rate: float) -> tuple[Window, int]:
     """Calls sent at `rate` a second whatever the answers do, round-robin over the channels;
     a call's latency counts from when it was due, so a late send counts against the server
     (no coordinated omission). Returns the window and how many were dropped (too many in
     flight)."""
-    window = Window(server, warmup, seconds)
     in_flight: set[asyncio.Task[None]] = set()
     dropped = 0
 
@@ -636,47 +980,126 @@ async def open_loop(
     return window, dropped
 
 
-class Load:
-    """The client side: channels as sc.hrss to the echo server and to gateway 510000, request
-    tokens, and a call factory per target. Every Query carries a fresh request_id (the replay
-    window refuses a repeat), made unique across runs by this run's id."""
+def connections_by_pid(pids: list[int], port: int) -> dict[int, int]:
+    """Established TCP connections on local `port` held by each pid (from /proc)."""
+    inodes: dict[str, int] = {}
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    target = os.readlink(fd)
+                    if target.startswith("socket:["):
+                        inodes[target[8:-1]] = pid
+    counts = dict.fromkeys(pids, 0)
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                local_port = int(fields[1].rsplit(":", 1)[1], 16)
+                if local_port == port and fields[3] == "01" and fields[9] in inodes:
+                    counts[inodes[fields[9]]] += 1
+    return counts
 
-    def __init__(self, pki: Path, info: dict[str, Any], channels: int, run_id: str) -> None:
+
+class Load:
+    """The client side: channels as sc.hrss (and sc.amr for (e)) to the echo server and to the
+    gateway 510000 of the topology being measured, request tokens, and a call factory per
+    target. Every Query carries a fresh request_id (the replay window refuses a repeat), made
+    unique across runs by this run's id."""
+
+    def __init__(self, pki: Path, channels: int, run_id: str) -> None:
         self.fed = Federation(folder=pki.parent, source=SOURCE)  # for its `token()` only
-        chain, key = _tls_pair(pki, AGENCY)
-        credentials = grpc.ssl_channel_credentials(_root(pki, REQUESTER), key, chain)
+        self.channels = channels
         # A local subchannel pool: otherwise channels with the same target share one connection.
-        options = [("grpc.use_local_subchannel_pool", 1)]
-        self.echo_channels = [
-            grpc.aio.secure_channel(f"localhost:{info['echo_port']}", credentials, options)
-            for _ in range(channels)
-        ]
-        gateway = f"localhost:{info['gateway_ports'][REQUESTER]}"
-        self.gateway_channels = [
-            grpc.aio.secure_channel(gateway, credentials, options) for _ in range(channels)
-        ]
+        self._options = [("grpc.use_local_subchannel_pool", 1)]
+        self._credentials = {}
+        for agency in (AGENCY, LICENCE_AGENCY):
+            chain, key = _tls_pair(pki, agency)
+            self._credentials[agency] = grpc.ssl_channel_credentials(
+                _root(pki, REQUESTER), key, chain
+            )
+        self.echo_channels: list[grpc.aio.Channel] = []
+        self.gateway_channels: list[grpc.aio.Channel] = []
+        self.licence_channels: list[grpc.aio.Channel] = []
         self._ids = itertools.count()
         self._run_id = run_id
         self.case_id = f"CASE-{datetime.now(UTC):%Y%m%d}-B{run_id.upper()}"
         self.tokens: list[tuple[tuple[str, str], ...]] = []
-        self.refresh_tokens()
+        self.licence_tokens: list[tuple[tuple[str, str], ...]] = []
+
+    def _channel(self, port: int, agency: str = AGENCY) -> grpc.aio.Channel:
+        return grpc.aio.secure_channel(
+            f"localhost:{port}", self._credentials[agency], self._options
+        )
+
+    def open_echo(self, port: int) -> None:
+        self.echo_channels = [self._channel(port) for _ in range(self.channels)]
+
+    async def open_gateway(self, port: int, workers: list[int] | None = None) -> dict[int, int]:
+        """Channels to a gateway 510000 (closing those to the previous one). With `workers`
+        (the pids of processes sharing the port), a connection that lands on a worker already
+        holding its share is opened again, up to BALANCE_ATTEMPTS times: a few connections
+        hashed by the kernel can all land on one worker, where a balancer in front of many
+        clients spreads them evenly. Returns the connections by worker pid."""
+        await self.close_gateway()
+        if not workers or len(workers) == 1:
+            self.gateway_channels = [self._channel(port) for _ in range(self.channels)]
+            if not workers:
+                self.licence_channels = [
+                    self._channel(port, LICENCE_AGENCY) for _ in range(self.channels)
+                ]
+                return {}
+            for channel in self.gateway_channels:
+                await asyncio.wait_for(channel.channel_ready(), CALL_TIMEOUT)
+            return await _settled(
+                lambda: connections_by_pid(workers, port), dict.fromkeys(workers, 0), self.channels
+            )
+        share = math.ceil(self.channels / len(workers))
+        attempts = 0
+        for _ in range(self.channels):
+            while True:
+                before = connections_by_pid(workers, port)
+                channel = self._channel(port)
+                await asyncio.wait_for(channel.channel_ready(), CALL_TIMEOUT)
+                after = await _settled(lambda: connections_by_pid(workers, port), before, +1)
+                landed = [pid for pid in workers if after[pid] > before[pid]]
+                if not landed or after[landed[0]] <= share or attempts >= BALANCE_ATTEMPTS:
+                    self.gateway_channels.append(channel)
+                    break
+                attempts += 1
+                await channel.close()
+                await _settled(lambda: connections_by_pid(workers, port), after, -1)
+        return connections_by_pid(workers, port)
+
+    async def close_gateway(self) -> None:
+        for channel in (*self.gateway_channels, *self.licence_channels):
+            await channel.close()
+        self.gateway_channels, self.licence_channels = [], []
 
     def refresh_tokens(self) -> None:
         """One token per channel, issued now: a token lives 5 minutes; each phase takes new."""
-        self.tokens = [self.fed.token(AGENCY) for _ in self.gateway_channels]
+        self.tokens = [self.fed.token(AGENCY) for _ in range(self.channels)]
+        self.licence_tokens = [self.fed.token(LICENCE_AGENCY) for _ in self.licence_channels]
 
     async def close(self) -> None:
-        for channel in (*self.echo_channels, *self.gateway_channels):
+        await self.close_gateway()
+        for channel in self.echo_channels:
             await channel.close()
 
     def request_id(self) -> str:
         return f"bench-{self._run_id}-{next(self._ids)}"
 
-    def query(self, subject: str, region: str = PROVIDER) -> exchange_pb2.QueryRequest:
+    def query(
+        self,
+        subject: str,
+        region: str = PROVIDER,
+        dataset: str = DATASET,
+        purpose: str = PURPOSE,
+    ) -> exchange_pb2.QueryRequest:
         return exchange_pb2.QueryRequest(
             provider_region=region,
-            dataset=DATASET,
-            purpose=PURPOSE,
+            dataset=dataset,
+            purpose=purpose,
             subject_id=subject,
             case_id=self.case_id,
             request_id=self.request_id(),
@@ -707,6 +1130,19 @@ class Load:
                 return await stub.Query(
                     self.query(subjects()), metadata=token, timeout=CALL_TIMEOUT
                 )
+
+            calls.append(call)
+        return calls
+
+    def licence_calls(self, business: str) -> list[Call]:
+        """(e): sc.amr asks 500000 for one business licence (cache_scope "requester")."""
+        calls: list[Call] = []
+        for channel, token in zip(self.licence_channels, self.licence_tokens, strict=True):
+            stub = exchange_pb2_grpc.DataExchangeStub(channel)
+
+            async def call(stub: Any = stub, token: Any = token) -> object:
+                request = self.query(business, PROVIDER, LICENCE_DATASET, LICENCE_PURPOSE)
+                return await stub.Query(request, metadata=token, timeout=CALL_TIMEOUT)
 
             calls.append(call)
         return calls
@@ -745,6 +1181,19 @@ class Load:
 
             calls.append(call)
         return calls
+
+
+async def _settled(
+    count: Callable[[], dict[int, int]], before: dict[int, int], change: int
+) -> dict[int, int]:
+    """The connection counts once they moved by `change` in total (at most ~1 s)."""
+    now = count()
+    for _ in range(100):
+        if sum(now.values()) - sum(before.values()) == change:
+            break
+        await asyncio.sleep(0.01)
+        now = count()
+    return now
 
 
 class CallFailed(Exception):
@@ -924,6 +1373,27 @@ def _commit() -> str:
     return ""
 
 
+CODE_FOLDERS: Final = ("gateway", "signer", "registry", "proto/tongban")
+
+
+def code_state() -> dict[str, tuple[int, int]]:
+    """(size, mtime) of every Python file the gateways run: a child process started after one
+    of them changed runs other code than one started before (other people edit meanwhile)."""
+    state: dict[str, tuple[int, int]] = {}
+    for folder in CODE_FOLDERS:
+        for path in (REPO / folder).rglob("*.py"):
+            with contextlib.suppress(OSError):
+                stat = path.stat()
+                state[str(path.relative_to(REPO))] = (stat.st_size, stat.st_mtime_ns)
+    return state
+
+
+def code_changes(
+    before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]
+) -> list[str]:
+    return sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+
+
 def check_redis(url: str) -> None:
     try:
         client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
@@ -931,13 +1401,118 @@ def check_redis(url: str) -> None:
         client.close()
     except (redis.RedisError, OSError, ValueError) as exc:
         raise BenchError(
-            f"Redis at {url} is not reachable ({type(exc).__name__}: {exc}); start it or give --redis URL"
+            f"Redis at {url} is not reachable ({type(exc).__name__}: {_one_line(exc)}); "
+            "start it or give --redis URL"
         ) from exc
+
+
+def other_database(url: str) -> str:
+    """The same Redis, the next logical database (mod 16): the one-process topology's gateways
+    must not share state with the per-region ones. A 510000 sharing their Redis would be their
+    replica: it would share the queue of access reports (one stream per region and cache key,
+    delivered by any replica), and the idle per-region processes would work for it."""
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    if parts.scheme == "unix":
+        db = int(query.get("db", "0") or 0)
+        query["db"] = str((db + 1) % 16)
+        return f"unix://{parts.netloc}{parts.path}?{urlencode(query)}"
+    db = int(parts.path.strip("/") or query.pop("db", "0") or 0)
+    return urlunsplit(parts._replace(path=f"/{(db + 1) % 16}", query=urlencode(query)))
+
+
+def check_postgres(dsn: str) -> str:
+    """The server's version; BenchError (one line) when it does not answer."""
+    try:
+        import psycopg
+    except ImportError as exc:
+        raise BenchError("psycopg is not installed: needed for --workers") from exc
+    try:
+        with psycopg.connect(dsn, connect_timeout=3) as conn:
+            row = conn.execute("SHOW server_version").fetchone()
+    except (psycopg.Error, OSError) as exc:
+        raise BenchError(
+            f"PostgreSQL at {dsn!r} does not accept a connection ({type(exc).__name__}: "
+            f"{_one_line(exc)}); "
+            "start it, give --postgres DSN, or --workers '' to skip the worker runs"
+        ) from exc
+    return str(row[0]) if row else "?"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def cli_config(
+    folder: Path,
+    *,
+    port: int,
+    metrics: int,
+    schema: str,
+    provider: str,
+    peers: dict[str, str],
+) -> Path:
+    """A full (non-dev) configuration of 510000 for `tongban gateway serve --config`, from the
+    dev PKI: PostgreSQL audit (DSN in TONGBAN_BENCH_PG), Redis (URL in TONGBAN_BENCH_REDIS), the
+    data system and peers of the per-region topology."""
+    pki = folder / "pki"
+    inventory = Inventory.load(pki)
+    (tls,) = inventory.find(REQUESTER, KeyUsage.TLS, KeyState.ACTIVE)
+    (audit,) = inventory.find(REQUESTER, KeyUsage.AUDIT, KeyState.ACTIVE)
+    seals = [r for r in inventory.find(REQUESTER, KeyUsage.SEAL) if r.state is not KeyState.REVOKED]
+
+    def q(value: object) -> str:
+        return json.dumps(str(value), ensure_ascii=False)  # a TOML basic string
+
+    text = f"""[gateway]
+region = {q(REQUESTER)}
+listen = {q(f"127.0.0.1:{port}")}
+grace_seconds = 1
+metrics_listen = {q(f"127.0.0.1:{metrics}")}
+
+[tls]
+certificate = {q(pki / tls.certificate)}
+private_key = {q(pki / tls.private_key)}
+
+[registry]
+authority_public_key = {q(pki / "authority" / "authority.pub.pem")}
+snapshot_file = {q(folder / "published" / CURRENT_SNAPSHOT)}
+poll_seconds = 2
+"""
+    for seal in seals:
+        text += f"""
+[[seal.keys]]
+certificate = {q(pki / seal.certificate)}
+private_key = {q(pki / seal.private_key)}
+"""
+    text += f"""
+[audit]
+store = "postgres"
+dsn_env = "TONGBAN_BENCH_PG"
+owner_dsn_env = "TONGBAN_BENCH_PG"
+schema = {q(schema)}
+key = {q(pki / audit.private_key)}
+pseudonym_key_file = {q(pki / DEV_PSEUDONYM_KEY)}
+
+[exchange]
+provider = {q(provider)}
+redis_url_env = "TONGBAN_BENCH_REDIS"
+cache_key_file = {q(pki / DEV_CACHE_KEY)}
+
+[peers]
+"""
+    text += "".join(f"{q(region)} = {q(endpoint)}\n" for region, endpoint in peers.items())
+    path = folder / f"gateway-{REQUESTER}-{schema}.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
 
 
 # the run ----------------------------------------------------------------------------------------
 def _delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-    """after - before, for the nested integer counters of `_server_stats`."""
+    """after - before, for the nested integer counters of the children's stats."""
     out: dict[str, Any] = {}
     for key, value in after.items():
         if isinstance(value, dict):
@@ -949,203 +1524,497 @@ def _delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-async def measure(args: argparse.Namespace, server: ServerProcess, run_id: str) -> dict[str, Any]:
-    load = Load(server.pki, server.info, args.channels, run_id)
-    cq, zj = DemoSubjects(PROVIDER), DemoSubjects(OTHER_PROVIDER)
-    cq.take(1)  # the server's sample query used the first
-    hit_subject = cq.take(1)[0]
-    batch_items = [
-        (region, subject)
-        for region, count in BATCH_ITEMS
-        for subject in (cq if region == PROVIDER else zj).take(count)
-    ]
-    phases: dict[str, Phase] = {}
-    warmup, seconds = args.warmup, args.seconds
+def _merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"gateways": {}, "gc": {}}
+    for part in parts:
+        out["gateways"].update(part.get("gateways", {}))
+        out["gc"].update(part.get("gc", {}))
+    return out
+
+
+@dataclass
+class Topology:
+    """What one phase measures: the 510000 (or echo) to call, the processes doing the work (their
+    CPU is the "server" CPU) and where their counters come from."""
+
+    key: str
+    members: list[Child | CliGateway]
+    port: int = 0
+
+    def processes(self) -> list[tuple[str, int]]:
+        return [p for member in self.members for p in member.processes()]
+
+    def stats(self) -> dict[str, Any]:
+        return _merge([member.stats() for member in self.members])
+
+
+class Bench:
+    """The sequence of one run: start the topologies one after the other, measure each."""
+
+    def __init__(self, args: argparse.Namespace, harness: Harness, run_id: str) -> None:
+        self.args = args
+        self.harness = harness
+        self.run_id = run_id
+        self.folder = harness.folder
+        self.load = Load(self.folder / "pki", args.channels, run_id)
+        self.phases: dict[str, Phase] = {}
+        self.profiles: dict[str, Any] = {}
+        self.notes: list[str] = []
+        self.info: dict[str, Any] = {"schemas": []}
+        cq = DemoSubjects(PROVIDER)
+        zj = DemoSubjects(OTHER_PROVIDER)
+        self.sample_subject = cq.take(1)[0]
+        self.hit_subject = cq.take(1)[0]
+        self.batch_items = [
+            (region, subject)
+            for region, count in BATCH_ITEMS
+            for subject in (cq if region == PROVIDER else zj).take(count)
+        ]
+        self.business = DemoSubjects(PROVIDER, LICENCE_DATASET).take(1)[0]
+        self.misses = MissPool(cq)
+        self.fastest_hit = 0.0
+        self.regions: dict[str, Child] = {}
+        self.jws = ""  # a real sealed answer, for (d)
+        self.code = {"start": code_state()}  # the code each topology's processes started with
+        self.commits = {"start": _commit()}
 
     async def run(
-        key: str, target: str, make: Callable[[], list[Call]], rate: float | None = None
+        self,
+        key: str,
+        topology: Topology,
+        target: str,
+        make: Callable[[], list[Call]],
+        *,
+        rate: float | None = None,
+        connections: dict[str, int] | None = None,
     ) -> Phase:
-        load.refresh_tokens()
-        before = server.stats()
+        self.load.refresh_tokens()
+        if target == "miss":  # distinct subjects for the whole phase, made outside the window
+            estimate = max(self.fastest_hit, 100.0) * 1.5
+            self.misses.ensure(int(estimate * (self.args.warmup + self.args.seconds)) + 500)
+        before = topology.stats()
+        window = Window(
+            topology.processes(), self.harness.pids, self.args.warmup, self.args.seconds
+        )
         if rate is None:
-            window = await closed_loop(
-                make(), server, concurrency=args.concurrency, warmup=warmup, seconds=seconds
-            )
-            phase = window.phase(target, "closed", None, 0)
+            _, dropped = await closed_loop(make(), window, concurrency=self.args.concurrency)
         else:
-            window, dropped = await open_loop(
-                make(), server, rate=rate, warmup=warmup, seconds=seconds
-            )
-            phase = window.phase(target, "open", rate, dropped)
-        phase.server = _delta(before, server.stats())
-        phases[key] = phase
+            _, dropped = await open_loop(make(), window, rate=rate)
+        phase = window.phase(topology.key, target, "closed" if rate is None else "open", rate)
+        phase.dropped = dropped
+        phase.connections = connections or {}
+        phase.server = _delta(before, topology.stats())
+        self.phases[key] = phase
+        if target == "hit":
+            self.fastest_hit = max(self.fastest_hit, phase.qps)
         _progress(key, phase)
         if not phase.completed:
             raise BenchError(f"no call of {key} was answered in its window: {phase.errors}")
         return phase
 
-    misses: Iterator[str] = iter(())
-    top_ups = 0
+    # --- the per-region topology, the echo server ---------------------------------------------
+    async def start_regions(self, source: Path) -> Topology:
+        ports = {region: free_port() for region in REGIONS}
+        spec = ",".join(f"{r}={p}" for r, p in ports.items())
+        common = ["--role", "region", "--folder", str(self.folder), "--source", str(source),
+                  "--redis", self.args.redis, "--ports", spec]  # fmt: skip
+        children = {
+            region: self.harness.start(region, [*common, "--region", region]) for region in REGIONS
+        }
+        self.code["region"] = code_state()
+        for child in children.values():
+            child.wait_ready()
+        self.regions = children
+        topology = Topology("region", list(children.values()), ports[REQUESTER])
+        await self.load.open_gateway(topology.port)
+        return topology
 
-    def next_miss() -> str:
-        nonlocal misses, top_ups
+    async def start_echo(self) -> Topology:
+        """A real answer first (sc.hrss asks 500000 through the per-region 510000): the echo
+        server returns its bytes."""
+        stub = exchange_pb2_grpc.DataExchangeStub(self.load.gateway_channels[0])
         try:
-            return next(misses)
-        except StopIteration:  # more were asked for than estimated: top the pool up (~40 ms)
-            top_ups += 1
-            misses = iter(cq.take(1000))
-            return next(misses)
+            answer = await stub.Query(
+                self.load.query(self.sample_subject),
+                metadata=self.load.fed.token(AGENCY),
+                timeout=CALL_TIMEOUT,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise BenchError(
+                f"the first query failed: {exc.code().name} {rpc_reason(exc)}: {exc.details()}"
+            ) from exc
+        raw = answer.SerializeToString()
+        (self.folder / "answer.bin").write_bytes(raw)
+        self.info.update(
+            request_bytes=len(self.load.query(self.sample_subject).SerializeToString()),
+            response_bytes=len(raw),
+            jws_bytes=len(answer.record.jws),
+        )
+        echo = self.harness.start(
+            "echo", ["--role", "echo", "--folder", str(self.folder), "--answer",
+                     str(self.folder / "answer.bin")],
+        )  # fmt: skip
+        info = echo.wait_ready()
+        self.load.open_echo(info["echo_port"])
+        return Topology("echo", [echo], info["echo_port"])
 
-    jws = ""
-    try:
-        await run("echo_first", "echo", lambda: load.echo_calls(hit_subject))
-        hit = await run("hit", "hit", lambda: load.query_calls(lambda: hit_subject))
-        # Distinct subjects for (b), its open-loop pass at half the rate and its profiled run:
-        # a miss is at most as fast as a hit. Made now, outside any window (~40 µs each).
-        passes = 1.5 + (1.0 if args.profile is not None else 0.0)
-        needed = int(hit.qps * passes * (warmup + seconds) * 1.2) + 1000
-        misses = iter(cq.take(needed))
-        miss = await run("miss", "miss", lambda: load.query_calls(next_miss))
-        await run("batch", "batch", lambda: load.batch_calls(batch_items))
+    async def echo(self, key: str, echo: Topology) -> None:
+        await self.run(key, echo, "echo", lambda: self.load.echo_calls(self.hit_subject))
+
+    async def region_phases(self, topology: Topology) -> None:
+        await self.load.open_gateway(topology.port)
+        load = self.load
+        hit = await self.run("region/hit", topology, "hit", self._hits)
+        miss = await self.run("region/miss", topology, "miss", self._misses)
+        await self.run(
+            "region/batch", topology, "batch", lambda: load.batch_calls(self.batch_items)
+        )
         # (d) verifies a real sealed answer: the one (a) keeps getting from the cache.
         sample = await exchange_pb2_grpc.DataExchangeStub(load.gateway_channels[0]).Query(
-            load.query(hit_subject), metadata=load.tokens[0], timeout=CALL_TIMEOUT
+            load.query(self.hit_subject), metadata=load.fed.token(AGENCY), timeout=CALL_TIMEOUT
         )
-        jws = sample.record.jws
-        await run("verify", "verify", lambda: load.verify_calls(jws))
-        await run("echo_last", "echo", lambda: load.echo_calls(hit_subject))
-        await run("hit_half", "hit", lambda: load.query_calls(lambda: hit_subject), hit.qps / 2)
-        await run("miss_half", "miss", lambda: load.query_calls(next_miss), miss.qps / 2)
-        profiles: dict[str, Any] = {}
-        if args.profile is not None:
-            profiles = await profile(
-                args=args,
-                server=server,
-                load=load,
-                run=run,
-                hit_subject=hit_subject,
-                next_miss=next_miss,
+        self.jws = jws = sample.record.jws
+        await self.run("region/verify", topology, "verify", lambda: load.verify_calls(jws))
+        await self.run("region/hit_half", topology, "hit", self._hits, rate=hit.qps / 2)
+        await self.run("region/miss_half", topology, "miss", self._misses, rate=miss.qps / 2)
+        await self.licence("region/licence", topology)
+        if self.args.profile is not None:
+            await self.profile(topology)
+
+    def _hits(self) -> list[Call]:
+        return self.load.query_calls(lambda: self.hit_subject)
+
+    def _misses(self) -> list[Call]:
+        return self.load.query_calls(self.misses)
+
+    async def licence(self, key: str, topology: Topology) -> None:
+        """(e), after one call that puts the licence in whichever cache may hold it."""
+        stub = exchange_pb2_grpc.DataExchangeStub(self.load.licence_channels[0])
+        request = self.load.query(self.business, PROVIDER, LICENCE_DATASET, LICENCE_PURPOSE)
+        try:
+            await stub.Query(
+                request, metadata=self.load.fed.token(LICENCE_AGENCY), timeout=CALL_TIMEOUT
             )
-    finally:
-        await load.close()
-    return {"phases": phases, "profiles": profiles, "miss_pool_topped_up": top_ups}
+        except grpc.aio.AioRpcError as exc:
+            raise BenchError(
+                f"(e) {LICENCE_AGENCY} asking {PROVIDER} for {LICENCE_DATASET} failed: "
+                f"{exc.code().name} {rpc_reason(exc)}: {exc.details()}"
+            ) from exc
+        owner_before = _owner_appended(topology.stats())
+        phase = await self.run(
+            key, topology, "licence", lambda: self.load.licence_calls(self.business)
+        )
+        await self.drain_reports(topology, phase, owner_before)
 
+    async def drain_reports(self, topology: Topology, phase: Phase, owner_before: int) -> None:
+        """When 510000 answers (e) itself, it reports each answer to 500000 in batches, after
+        the answer: wait until 500000 has recorded one access per answer, so that the backlog
+        does not load the next phase, and note how long it took."""
+        started = time.perf_counter()
+        pending = phase.completed_all - (_owner_appended(topology.stats()) - owner_before)
+        phase.reports_pending = max(0, pending)
+        while pending > 0:
+            if time.perf_counter() - started > REPORT_DRAIN_TIMEOUT:
+                phase.reports_drained_s = None
+                self.notes.append(
+                    f"{phase.topology}: {pending:,} access reports of (e) had not reached 500000 "
+                    f"{REPORT_DRAIN_TIMEOUT:g} s after the phase"
+                )
+                return
+            await asyncio.sleep(0.2)
+            pending = phase.completed_all - (_owner_appended(topology.stats()) - owner_before)
+        phase.reports_drained_s = time.perf_counter() - started
 
-async def profile(
-    *,
-    args: argparse.Namespace,
-    server: ServerProcess,
-    load: Load,
-    run: Callable[..., Awaitable[Phase]],
-    hit_subject: str,
-    next_miss: Callable[[], str],
-) -> dict[str, Any]:
-    """(a) and (b) again with py-spy sampling the server process (GIL-holding samples, native
-    frames too) during the measured window. These phases are reported apart: a sampler that
-    pauses the process 200 times a second slows what it watches."""
-    spy = py_spy()
-    if spy is None:
-        print("profile: py-spy not found (.venv/bin/pip install py-spy); skipped", flush=True)
-        return {}
-    folder: Path = args.profile
-    folder.mkdir(parents=True, exist_ok=True)
-    rate = 200
-    out: dict[str, Any] = {}
-    for key, make in (
-        ("hit", lambda: load.query_calls(lambda: hit_subject)),
-        ("miss", lambda: load.query_calls(next_miss)),
-    ):
-        raw = folder / f"{key}.txt"
-        command = [
-            spy,
-            "record",
-            "--pid",
-            str(server.pid),
-            "--duration",
-            str(max(1, round(args.seconds))),
-            "--rate",
-            str(rate),
-            "--gil",  # what holds the GIL is what limits one process
-            "--native",  # see into gRPC's Cython code (it pauses the process for each sample)
-            "--full-filenames",
-            "--format",
-            "raw",
-            "--output",
-            str(raw),
-        ]
+    # --- one process ---------------------------------------------------------------------------
+    async def one_process_phases(self, source: Path) -> None:
+        child = self.harness.start(
+            "one process",
+            ["--role", "one-process", "--folder", str(self.folder), "--source", str(source),
+             "--redis", self.args.one_process_redis],
+        )  # fmt: skip
+        self.code["single"] = code_state()
+        info = child.wait_ready()
+        topology = Topology("single", [child], info["gateway_ports"][REQUESTER])
+        try:
+            await self.load.open_gateway(topology.port)
+            await self.run("single/hit", topology, "hit", self._hits)
+            await self.run("single/miss", topology, "miss", self._misses)
+            await self.licence("single/licence", topology)
+        finally:
+            await self.load.close_gateway()
+            self.harness.stop(child)
 
-        async def spied(command: list[str] = command) -> int:
-            await asyncio.sleep(args.warmup)  # sample the measured window only
-            process = await asyncio.create_subprocess_exec(
-                *command, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+    # --- N workers -------------------------------------------------------------------------------
+    async def worker_phases(self, workers: int) -> None:
+        schema = f"tongban_bench_{self.run_id}_w{workers}"
+        self.harness.create_schema(schema)
+        self.info["schemas"].append(schema)
+        port, metrics = free_port(), free_port()
+        regions = self.regions
+        config = cli_config(
+            self.folder,
+            port=port,
+            metrics=metrics,
+            schema=schema,
+            provider=f"127.0.0.1:{regions[REQUESTER].info['provider_port']}",
+            peers={
+                r: f"localhost:{regions[r].info['gateway_port']}" for r in REGIONS if r != REQUESTER
+            },
+        )
+        cli = self.harness.start_cli(
+            config,
+            workers,
+            {"TONGBAN_BENCH_PG": self.args.postgres, "TONGBAN_BENCH_REDIS": self.args.redis},
+        )
+        cli.metrics_port = metrics
+        key = f"w{workers}"
+        self.code[key] = code_state()
+        cli.wait_ready()
+        # The work of a query at 510000 is in the CLI's processes; 500000's (and 330000's) in
+        # their per-region processes: all are measured.
+        topology = Topology(key, [cli, regions[PROVIDER], regions[OTHER_PROVIDER]], port)
+        try:
+            spread = await self.load.open_gateway(port, list(cli.worker_pids.values()))
+            by_worker = {
+                f"worker {n}": spread.get(pid, 0) for n, pid in sorted(cli.worker_pids.items())
+            }
+            await self.run(f"{key}/hit", topology, "hit", self._hits, connections=by_worker)
+            await self.run(f"{key}/miss", topology, "miss", self._misses, connections=by_worker)
+            await self.run(
+                f"{key}/verify",
+                topology,
+                "verify",
+                lambda: self.load.verify_calls(self.jws),
+                connections=by_worker,
             )
-            _, error = await process.communicate()
-            if process.returncode:
-                print(f"profile: py-spy failed: {error.decode().strip()[-200:]}", flush=True)
-            return process.returncode or 0
+        finally:
+            await self.load.close_gateway()
+            self.harness.stop(cli)
 
-        spying = asyncio.create_task(spied())
-        await run(f"profiled_{key}", key, make)
-        if await spying == 0 and raw.exists():
-            out[key] = summarise_profile(raw, rate, max(1, round(args.seconds)))
-            out[key]["file"] = str(raw)
-    return out
+    # --- profiles --------------------------------------------------------------------------------
+    async def profile(self, topology: Topology) -> None:
+        """(a) and (b) again with py-spy sampling the 510000 and 500000 processes (GIL-holding
+        samples, native frames too) during the measured window. These phases are reported apart:
+        a sampler that pauses the process 200 times a second slows what it watches."""
+        spy = py_spy()
+        if spy is None:
+            self.notes.append("profile: py-spy not found (.venv/bin/pip install py-spy); skipped")
+            return
+        folder: Path = self.args.profile
+        folder.mkdir(parents=True, exist_ok=True)
+        rate = 200
+        seconds = max(1, round(self.args.seconds))
+        for key, make in (("hit", self._hits), ("miss", self._misses)):
+            spied: dict[str, tuple[Path, asyncio.Task[int]]] = {}
+            for region in (REQUESTER, PROVIDER):
+                raw = folder / f"{key}-{region}.txt"
+                command = [
+                    spy, "record", "--pid", str(self.regions[region].pid), "--duration",
+                    str(seconds), "--rate", str(rate),
+                    "--gil",  # what holds the GIL is what limits one process
+                    "--native",  # see into gRPC's Cython code (it pauses the process per sample)
+                    "--full-filenames", "--format", "raw", "--output", str(raw),
+                ]  # fmt: skip
+                spied[region] = (raw, asyncio.create_task(self._spy(command)))
+            await self.run(f"region/profiled_{key}", topology, key, make)
+            for region, (raw, task) in spied.items():
+                if await task == 0 and raw.exists():
+                    summary = summarise_profile(raw, rate, seconds)
+                    summary["file"] = str(raw)
+                    self.profiles[f"{key}@{region}"] = summary
+
+    async def _spy(self, command: list[str]) -> int:
+        await asyncio.sleep(self.args.warmup)  # sample the measured window only
+        process = await asyncio.create_subprocess_exec(
+            *command, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+        )
+        _, error = await process.communicate()
+        if process.returncode:
+            self.notes.append(f"profile: py-spy failed: {error.decode().strip()[-200:]}")
+        return process.returncode or 0
+
+    # --- the whole sequence ---------------------------------------------------------------------
+    async def measure(self, source: Path) -> None:
+        try:
+            say("starting one process per region (330000, 510000, 500000) …")
+            region = await self.start_regions(source)
+            echo = await self.start_echo()
+            say(f"measuring ({len(self.args.worker_counts)} worker runs after) …")
+            await self.echo("echo_first", echo)
+            await self.region_phases(region)
+            await self.echo("echo_mid", echo)
+            if self.args.one_process:
+                say("starting the three gateways in one process …")
+                await self.one_process_phases(source)
+            for workers in self.args.worker_counts:
+                say(f"starting `tongban gateway serve --workers {workers}` for 510000 …")
+                await self.worker_phases(workers)
+            await self.echo("echo_last", echo)
+            self.code["end"] = code_state()
+            self.commits["end"] = _commit()
+        except grpc.aio.AioRpcError as exc:
+            raise BenchError(
+                f"a call outside the measured windows failed: {exc.code().name} "
+                f"{rpc_reason(exc)}: {exc.details()}"
+            ) from exc
+        except TimeoutError as exc:
+            raise BenchError("a channel to a gateway did not connect in time") from exc
+        finally:
+            await self.load.close()
+
+
+def _owner_appended(stats: dict[str, Any]) -> int:
+    appended: int = stats["gateways"].get(PROVIDER, {}).get("audit", {}).get("appended", 0)
+    return appended
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def _progress(key: str, phase: Phase) -> None:
     errors = f", {sum(phase.errors.values())} failed" if phase.errors else ""
     print(
-        f"  {key:<14} {phase.qps:>8,.0f}/s  p99 {phase.p99_ms:6.1f} ms{errors}",
+        f"  {key:<22} {phase.qps:>8,.0f}/s  p99 {phase.p99_ms:6.1f} ms{errors}",
         file=sys.stderr,
         flush=True,
     )
 
 
-def results(
-    args: argparse.Namespace, server: ServerProcess, run_id: str, measured: dict[str, Any]
-) -> dict[str, Any]:
-    phases: dict[str, Phase] = measured["phases"]
-    ceiling = (phases["echo_first"].qps + phases["echo_last"].qps) / 2
-    echo_cpu = (
-        phases["echo_first"].server_cpu_us_per_request
-        + phases["echo_last"].server_cpu_us_per_request
-    ) / 2
-    ratios = {k: phases[k].qps / ceiling for k in ("hit", "miss", "batch", "verify")}
-    cpu_ratios = {
-        k: echo_cpu / phases[k].server_cpu_us_per_request
-        for k in ("hit", "miss", "batch", "verify")
-        if phases[k].server_cpu_us_per_request
-    }
+# results --------------------------------------------------------------------------------------
+def results(args: argparse.Namespace, bench: Bench, wall: float) -> dict[str, Any]:
+    phases = bench.phases
+    echoes = [phases[k] for k in ECHO_RUNS if k in phases]
+    ceiling = sum(p.qps for p in echoes) / len(echoes)
+    echo_cpu = sum(p.server_cpu_us_per_request for p in echoes) / len(echoes)
+    ratios: dict[str, dict[str, float]] = {}
+    cpu_ratios: dict[str, dict[str, float]] = {}
+    gateway_cpu: dict[str, dict[str, dict[str, float]]] = {}
+    for key, p in phases.items():
+        if p.topology == "echo" or p.mode != "closed" or "/profiled_" in key:
+            continue
+        ratios.setdefault(p.topology, {})[p.target] = p.qps / ceiling
+        if p.server_cpu_us_per_request:
+            cpu_ratios.setdefault(p.topology, {})[p.target] = echo_cpu / p.server_cpu_us_per_request
+        gateway_cpu.setdefault(p.topology, {})[p.target] = per_gateway_cpu(p)
+    workers: dict[int, dict[str, dict[str, float]]] = {}
+    for t in ratios:
+        if t.startswith("w"):
+            workers[int(t[1:])] = {
+                target: {
+                    "qps": phases[f"{t}/{target}"].qps,
+                    "p50_ms": phases[f"{t}/{target}"].p50_ms,
+                    "p99_ms": phases[f"{t}/{target}"].p99_ms,
+                    "requester_us_per_request": gateway_cpu[t][target].get(REQUESTER, 0.0),
+                    "requester_cores": sum(
+                        c
+                        for label, c in phases[f"{t}/{target}"].server_processes.items()
+                        if label.startswith(REQUESTER)
+                    ),
+                }
+                for target in WORKER_TARGETS
+                if f"{t}/{target}" in phases
+            }
+    scaling = {}
+    if 1 in workers:
+        for n, values in workers.items():
+            if n != 1:
+                scaling[f"{n}/1"] = {
+                    t: values[t]["qps"] / workers[1][t]["qps"]
+                    for t in WORKER_TARGETS
+                    if t in values and t in workers[1]
+                }
     return {
-        "machine": machine(args.redis),
+        "machine": machine(args.redis) | {"postgres_server": args.postgres_version},
         "settings": {
             "seconds": args.seconds,
             "warmup": args.warmup,
             "concurrency": args.concurrency,
             "channels": args.channels,
             "redis": args.redis,
-            "run_id": run_id,
-            "request_bytes": server.info["request_bytes"],
-            "response_bytes": server.info["response_bytes"],
-            "jws_bytes": server.info["jws_bytes"],
+            "one_process_redis": args.one_process_redis,
+            "postgres": args.postgres if args.worker_counts else "",
+            "worker_counts": args.worker_counts,
+            "one_process": args.one_process,
+            "run_id": bench.run_id,
+            "request_bytes": bench.info["request_bytes"],
+            "response_bytes": bench.info["response_bytes"],
+            "jws_bytes": bench.info["jws_bytes"],
             "batch_items": sum(n for _, n in BATCH_ITEMS),
             "quota_per_minute": BENCH_QUOTA,
-            "agreement_prefix": f"B{run_id}-",
+            "agreement_prefix": f"B{bench.run_id}-",
+            "postgres_schemas": bench.info["schemas"],
         },
         "ceiling_qps": ceiling,
+        "echo_qps": {k: phases[k].qps for k in ECHO_RUNS if k in phases},
         "echo_server_cpu_us_per_request": echo_cpu,
         "ratios": ratios,
         "cpu_ratios": cpu_ratios,
+        "gateway_cpu_us_per_request": gateway_cpu,
+        "gateway_cpu_ratios": {
+            t: {
+                target: {g: echo_cpu / us for g, us in by_gateway.items() if us}
+                for target, by_gateway in values.items()
+            }
+            for t, values in gateway_cpu.items()
+        },
         "ratio_targets": RATIO_TARGETS,
+        "workers": workers,
+        "worker_scaling": scaling,
         "p99_half_load_ms": {
-            "hit": phases["hit_half"].p99_ms,
-            "miss": phases["miss_half"].p99_ms,
+            "hit": phases["region/hit_half"].p99_ms,
+            "miss": phases["region/miss_half"].p99_ms,
         },
         "p99_targets_ms": P99_TARGETS_MS,
+        "requester_cache": requester_cache(phases),
         "phases": {k: dataclasses.asdict(p) for k, p in phases.items()},
-        "profiles": measured["profiles"],
-        "miss_pool_topped_up": measured["miss_pool_topped_up"],
+        "profiles": bench.profiles,
+        "miss_pool_topped_up": bench.misses.top_ups,
+        "notes": bench.notes,
+        "commits": bench.commits,
+        "code_changed": {
+            when: changed
+            for when, state in bench.code.items()
+            if (changed := code_changes(bench.code["start"], state))
+        },
+        "wall_seconds": wall,
     }
+
+
+def per_gateway_cpu(p: Phase) -> dict[str, float]:
+    """CPU µs per answered call spent by each gateway's process(es) alone (a region's
+    workers and supervisor added up; "one process" holds all three)."""
+    cores: dict[str, float] = {}
+    for label, c in p.server_processes.items():
+        gateway = label.split(" ")[0] if label[:1].isdigit() else label
+        cores[gateway] = cores.get(gateway, 0.0) + c
+    return {g: c / p.qps * 1e6 for g, c in cores.items() if p.qps and c > 0.005}
+
+
+def requester_cache(phases: dict[str, Phase]) -> dict[str, Any]:
+    """Did (e) reach the owner? The owner's (500000's) cache lookups per answered call: ~1 when
+    every repeat still goes to 500000 (provider-side cache, as (a)); ~0 once 510000 answers
+    repeats itself (requester-side cache, reported to the owner with Peer.ReportAccess)."""
+    out: dict[str, Any] = {}
+    for p in phases.values():
+        if p.target != "licence":
+            continue
+        gateways = p.server.get("gateways", {})
+        owner = gateways.get(PROVIDER, {}).get("cache", {})
+        requester = gateways.get(REQUESTER, {}).get("cache", {})
+        lookups = owner.get("hits", 0) + owner.get("misses", 0) + owner.get("coalesced", 0)
+        share = lookups / p.completed_all if p.completed_all else 0.0
+        out[p.topology] = {
+            "answered": p.completed_all,
+            "owner_audit_appended": gateways.get(PROVIDER, {}).get("audit", {}).get("appended", 0),
+            "owner_cache_lookups": lookups,
+            "owner_share": share,
+            "requester_cache_hits": requester.get("hits", 0),
+            "requester_side": share < 0.5,
+            "reports_pending_at_end": p.reports_pending,
+            "reports_drained_s": p.reports_drained_s,
+        }
+    return out
 
 
 def _verdict(value: float, target: float, *, at_most: bool = False) -> str:
@@ -1153,16 +2022,22 @@ def _verdict(value: float, target: float, *, at_most: bool = False) -> str:
     return "met" if met else "NOT met"
 
 
+def _row_label(key: str, p: dict[str, Any]) -> str:
+    if p["topology"] == "echo":
+        return f"echo process: {LABELS['echo']}, {key.removeprefix('echo_')}"
+    return f"{topology_title(p['topology'])}: {LABELS[p['target']]}"
+
+
 def print_report(r: dict[str, Any]) -> None:
     m, s, phases = r["machine"], r["settings"], r["phases"]
     print(
         f"machine: {m['nproc']} CPU(s) usable ({m['cpu_count']} online), {m['cpu']}, "
-        f"{m['system']}; {m['python']}; grpcio {m['grpcio']}; Redis {m.get('redis_server', '?')}"
+        f"{m['system']}; {m['python']}; grpcio {m['grpcio']}; Redis {m.get('redis_server', '?')}; "
+        f"PostgreSQL {m.get('postgres_server') or '-'}; commit {m['commit'][:7] or '?'}"
     )
     print(
         f"load: 1 client process, {s['channels']} channels, {s['concurrency']} calls in flight, "
-        f"{s['warmup']:g} s warm-up + {s['seconds']:g} s measured per target; server process: "
-        "3 gateways + 3 data systems + the echo server"
+        f"{s['warmup']:g} s warm-up + {s['seconds']:g} s measured per target"
     )
     print(
         f"messages: request {s['request_bytes']} B, answer {s['response_bytes']} B "
@@ -1172,103 +2047,252 @@ def print_report(r: dict[str, Any]) -> None:
         f"registry: a copy of conf/registry with quota_per_minute = {s['quota_per_minute']:,} "
         f"and agreement ids prefixed {s['agreement_prefix']} (quotas still counted in Redis)"
     )
+    print("topologies (every process the harness starts shares the machine's cores):")
+    print(
+        "  echo process  a bare grpc.aio server alone in its process (the ceiling); "
+        "its client is the same client process"
+    )
+    print(
+        "  per region    one process per region (gateway + its data system), as in production "
+        "where each region's gateway has its own machine; SQLite audit"
+    )
+    if s["one_process"]:
+        print(
+            "  one process   the 3 gateways + 3 data systems in one process, as `tongban demo` "
+            f"starts them; SQLite audit; its own Redis database ({s['one_process_redis']}), so "
+            "that it shares no state (report queue, cache) with the per-region gateways"
+        )
+    for n in s["worker_counts"]:
+        print(
+            f"  510000 x{n}     `tongban gateway serve --config --workers {n}` for 510000 "
+            f"(PostgreSQL audit, schema tongban_bench_{s['run_id']}_w{n}, Redis); 500000 and "
+            "330000 in their per-region processes"
+        )
     print()
     header = (
-        f"{'target':<26} {'QPS':>7} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} "
+        f"{'phase':<46} {'QPS':>7} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} "
         f"{'ratio':>6} {'target':>7}  {'srv µs/req':>10} {'srv CPU':>7} {'cli CPU':>7} "
-        f"{'others':>6}"
+        f"{'svc':>5} {'others':>6}"
     )
     print(header)
     print("-" * len(header))
-    for key in ("echo_first", "hit", "miss", "batch", "verify", "echo_last"):
-        p = phases[key]
-        base = key.removeprefix("echo_") if key.startswith("echo") else ""
-        label = f"{LABELS['echo']}, {base}" if base else LABELS[key]
-        ratio = f"{r['ratios'][key]:.2f}" if key in r["ratios"] else ""
-        target = f">={RATIO_TARGETS[key]:.1f}" if key in RATIO_TARGETS else ""
+    for key, p in phases.items():
+        if p["mode"] != "closed" or "/profiled_" in key:
+            continue
+        ratio = r["ratios"].get(p["topology"], {}).get(p["target"])
+        target = RATIO_TARGETS.get(p["target"])
         print(
-            f"{label:<26} {p['qps']:>7,.0f} {p['p50_ms']:>7.2f} {p['p95_ms']:>7.2f} "
-            f"{p['p99_ms']:>7.2f} {ratio:>6} {target:>7}  {p['server_cpu_us_per_request']:>10,.0f} "
-            f"{p['server_cpu']:>7.2f} {p['client_cpu']:>7.2f} {p['other_cpu']:>6.2f}"
+            f"{_row_label(key, p):<46} {p['qps']:>7,.0f} {p['p50_ms']:>7.2f} {p['p95_ms']:>7.2f} "
+            f"{p['p99_ms']:>7.2f} {'' if ratio is None else f'{ratio:.2f}':>6} "
+            f"{'' if target is None else f'>={target:.1f}':>7}  "
+            f"{p['server_cpu_us_per_request']:>10,.0f} {p['server_cpu']:>7.2f} "
+            f"{p['client_cpu']:>7.2f} {p['services_cpu']:>5.2f} {p['other_cpu']:>6.2f}"
         )
     print()
-    print(f"ceiling: {r['ceiling_qps']:,.0f} QPS (mean of the two echo runs)")
-    for key in ("hit", "miss"):
-        print(
-            f"{LABELS[key]}: {r['ratios'][key]:.2f} of the ceiling, target "
-            f">= {RATIO_TARGETS[key]:.1f}: {_verdict(r['ratios'][key], RATIO_TARGETS[key])}"
+    echo = ", ".join(f"{k.removeprefix('echo_')} {v:,.0f}" for k, v in r["echo_qps"].items())
+    print(f"ceiling: {r['ceiling_qps']:,.0f} QPS (mean of the echo runs: {echo})")
+    echo_cores = sum(phases[k]["server_cpu"] + phases[k]["client_cpu"] for k in r["echo_qps"])
+    echo_cores /= len(r["echo_qps"])
+    print(
+        f"ratio to the ceiling, by topology. Every run shares the machine's {m['nproc']} cores: "
+        f"the echo server and its client used {echo_cores:.2f} cores together; a gateway run's "
+        'processes, the client, Redis and PostgreSQL share the same cores (see "cores" '
+        "below). So a ratio compares what THIS machine answers through the gateway path with "
+        "what it answers as bare calls, in each topology; the per-gateway CPU ratio after it "
+        "charges each gateway only its own process's CPU, as if it had the machine to itself:"
+    )
+    columns = [t for t in TARGETS if any(t in v for v in r["ratios"].values())]
+    print(f"  {'topology':<18}" + "".join(f"{LABELS[t][:3]:>8}" for t in columns))
+    for topology, values in r["ratios"].items():
+        cells = "".join(f"{values[t]:>8.2f}" if t in values else f"{'':>8}" for t in columns)
+        print(f"  {topology_title(topology):<18}{cells}")
+    for topology, values in r["ratios"].items():
+        verdicts = "; ".join(
+            f"{LABELS[t][:3]} {values[t]:.2f} (>= {RATIO_TARGETS[t]:.1f}: "
+            f"{_verdict(values[t], RATIO_TARGETS[t])})"
+            for t in ("hit", "miss")
+            if t in values
         )
-    batch = phases["batch"]
+        print(f"  targets, {topology_title(topology)}: {verdicts}")
     print(
-        f"{LABELS['batch']}: {r['ratios']['batch']:.2f} of the ceiling "
-        f"({batch['qps'] * s['batch_items']:,.0f} items/s); {LABELS['verify']}: "
-        f"{r['ratios']['verify']:.2f}"
+        "server CPU per request, echo / target (1.0 = as cheap as the echo; all the topology's "
+        "gateway processes added up): "
+        + "; ".join(
+            f"{topology_title(t)} "
+            + ", ".join(f"{LABELS[k][:3]} {v:.2f}" for k, v in values.items())
+            for t, values in r["cpu_ratios"].items()
+        )
     )
     print(
-        "server CPU per request, echo / target (1.0 = as cheap as the echo): "
-        + ", ".join(f"{k} {v:.2f}" for k, v in r["cpu_ratios"].items())
+        f"per-gateway CPU per request, µs (and echo server's {r['echo_server_cpu_us_per_request']:,.0f}"
+        " µs / it: the ratio each gateway would reach alone on its own machine, bound by its CPU):"
     )
+    for topology, values in r["gateway_cpu_us_per_request"].items():
+        cells = "; ".join(
+            f"{LABELS[target][:3]} "
+            + ", ".join(
+                f"{g} {us:,.0f} ({r['gateway_cpu_ratios'][topology][target][g]:.2f})"
+                for g, us in by_gateway.items()
+            )
+            for target, by_gateway in values.items()
+            if by_gateway
+        )
+        print(f"  {topology_title(topology)}: {cells}")
+    if "region/batch" in phases:
+        batch = phases["region/batch"]
+        print(f"(c) per region: {batch['qps'] * s['batch_items']:,.0f} items/s")
+    if r["workers"]:
+        print()
+        print(
+            "510000 as `tongban gateway serve --workers N` (PostgreSQL audit; 500000 and 330000 "
+            "per region; cores = 510000's processes):"
+        )
+        for n, values in sorted(r["workers"].items()):
+            spread = phases[f"w{n}/hit"]["connections"]
+            where = ", ".join(f"{k}: {c}" for k, c in spread.items())
+            print(f"  N={n} (client connections by worker: {where or '?'})")
+            for t, v in values.items():
+                print(
+                    f"    {LABELS[t]:<24} {v['qps']:>7,.0f}/s  p50 {v['p50_ms']:6.2f} ms  "
+                    f"p99 {v['p99_ms']:6.2f} ms  510000 {v['requester_cores']:.2f} cores, "
+                    f"{v['requester_us_per_request']:,.0f} µs/req"
+                )
+        for name, values in r["worker_scaling"].items():
+            n = name.split("/")[0]
+            busy = max(
+                phases[f"w{n}/{t}"]["server_cpu"]
+                + phases[f"w{n}/{t}"]["client_cpu"]
+                + phases[f"w{n}/{t}"]["services_cpu"]
+                for t in values
+            )
+            print(
+                f"  {name} workers: "
+                + ", ".join(f"{LABELS[t][:3]} {v:.2f}x" for t, v in values.items())
+                + f" (at {n} workers the gateways, the client, Redis and PostgreSQL used up to "
+                f"{busy:.2f} of the {m['nproc']} cores)"
+            )
     print()
-    print("open loop at half of the maximum measured above (latency from when a call was due):")
+    print(
+        "open loop at half of the maximum measured above, per-region topology (latency from "
+        "when a call was due):"
+    )
     for key in ("hit", "miss"):
-        p = phases[f"{key}_half"]
+        p = phases[f"region/{key}_half"]
         limit = P99_TARGETS_MS[key]
         print(
             f"  {LABELS[key]:<24} {p['offered_rate']:>6,.0f}/s offered, {p['qps']:>6,.0f}/s "
             f"answered: p50 {p['p50_ms']:.2f} ms, p99 {p['p99_ms']:.2f} ms, target <= "
             f"{limit:g} ms: {_verdict(p['p99_ms'], limit, at_most=True)} "
-            f"(other processes: {p['other_cpu']:.2f} cores)"
+            f"(others: {p['other_cpu']:.2f} cores)"
         )
     print()
-    for key in ("hit", "miss", "batch"):
-        gateways = phases[key]["server"]["gateways"].values()
-        cache = [g.get("cache", {}) for g in gateways]
-        audit = [g.get("audit", {}) for g in gateways]
-        appended = sum(a.get("appended", 0) for a in audit)
-        commits = sum(a.get("commits", 0) for a in audit)
-        print(
-            f"server counters during {key}: cache {sum(c.get('hits', 0) for c in cache):,} hits "
-            f"(+{sum(c.get('coalesced', 0) for c in cache):,} coalesced), "
-            f"{sum(c.get('misses', 0) for c in cache):,} misses, "
-            f"{sum(c.get('errors', 0) for c in cache)} errors; audit {appended:,} records in "
-            f"{commits:,} commits ({appended / commits if commits else 0:.1f} per commit)"
+    for topology, seen in r["requester_cache"].items():
+        where = (
+            "answered by 510000 itself (requester-side cache)"
+            if seen["requester_side"]
+            else "still answered by 500000's cache: requester-side caching is not in effect, "
+            "(e) behaves like (a)"
         )
-    for key in ("echo_first", "hit", "miss", "hit_half", "miss_half"):
-        pauses = phases[key]["server"]["gc"]
-        seconds = phases[key]["seconds"] + s["warmup"]
         print(
-            f"collector during {key}: "
-            + ", ".join(
-                f"gen{g} {pauses[f'gen{g}']['collections']:,}x "
-                f"(longest {pauses[f'gen{g}']['longest_ms']:.1f} ms)"
-                for g in range(3)
+            f"(e) {topology_title(topology)}: 500000 looked up its cache {seen['owner_cache_lookups']:,}"
+            f" times for {seen['answered']:,} answers ({seen['owner_share']:.0%}); 510000's cache "
+            f"hits {seen['requester_cache_hits']:,}; 500000 audited {seen['owner_audit_appended']:,} "
+            f"accesses meanwhile: {where}"
+        )
+        if seen["reports_pending_at_end"]:
+            drained = seen["reports_drained_s"]
+            print(
+                f"    {seen['reports_pending_at_end']:,} access reports had not reached 500000 when "
+                "the phase ended; "
+                + (
+                    f"they arrived within {drained:.1f} s (the harness waited)"
+                    if drained is not None
+                    else f"not all arrived within {REPORT_DRAIN_TIMEOUT:g} s"
+                )
             )
-            + f"; {sum(v['total_us'] for v in pauses.values()) / 1e3 / seconds:.1f} ms a second"
+    print()
+    for key, p in phases.items():
+        if p["topology"] == "echo" or p["mode"] != "closed" or "/profiled_" in key:
+            continue
+        processes = ", ".join(f"{k} {v:.2f}" for k, v in p["server_processes"].items())
+        counters = _counters(p["server"].get("gateways", {}))
+        print(
+            f"{key:<15} cores: {processes}; client {p['client_cpu']:.2f}, Redis+PostgreSQL "
+            f"{p['services_cpu']:.2f}, idle harness {p['idle_cpu']:.2f}, others "
+            f"{p['other_cpu']:.2f}; {counters}"
         )
     print()
-    for key in ("echo_first", "hit", "miss"):
-        p = phases[key]
-        threads = ", ".join(f"{name} {cores:.2f}" for name, cores in p["server_threads"].items())
-        print(
-            f"server threads during {key} (cores): {threads}; "
-            f"{p['server_system_share']:.0%} of the server's CPU time in the kernel"
+    for key, p in phases.items():
+        pauses = p["server"].get("gc", {})
+        if p["mode"] != "closed" or not pauses or "/profiled_" in key:
+            continue
+        longest = ", ".join(
+            f"{label} {v['gen2']['collections']}x gen2 (longest {v['gen2']['longest_ms']:.1f} ms), "
+            f"gen0/1 longest {max(v['gen0']['longest_ms'], v['gen1']['longest_ms']):.1f} ms"
+            for label, v in pauses.items()
         )
+        print(f"collector during {key}: {longest}")
+    for key in ("region/hit", "region/miss"):
+        if key in phases:
+            p = phases[key]
+            threads = ", ".join(f"{n} {c:.2f}" for n, c in list(p["server_threads"].items())[:6])
+            print(
+                f"threads during {key} (cores): {threads}; {p['server_system_share']:.0%} of "
+                "the servers' CPU time in the kernel"
+            )
     failed = {k: p["errors"] for k, p in phases.items() if p["errors"]}
     if failed:
         print(f"FAILED CALLS: {failed}")
     if r["miss_pool_topped_up"]:
         print(f"note: the pool of distinct subjects was topped up {r['miss_pool_topped_up']} times")
+    for note in r["notes"]:
+        print(f"note: {note}")
+    commits = " -> ".join(c[:7] or "?" for c in r["commits"].values())
+    if not r["code_changed"] and len(set(r["commits"].values())) > 1:
+        print(
+            f"note: the commit moved during the run ({commits}), but no .py file of "
+            f"{', '.join(CODE_FOLDERS)} changed: every process ran the same gateway code"
+        )
+    if r["code_changed"]:
+        print(
+            f"WARNING: the code changed during the run (commits {commits}); files changed "
+            "since the start, by the moment a topology started: "
+            + "; ".join(
+                f"{when}: {', '.join(files[:6])}{' …' if len(files) > 6 else ''}"
+                for when, files in r["code_changed"].items()
+            )
+            + ". Processes started at different moments ran different code: re-run for "
+            "figures of one version."
+        )
     for key, prof in r["profiles"].items():
         _print_profile(key, prof)
 
 
+def _counters(gateways: dict[str, Any]) -> str:
+    parts = []
+    for region, entry in sorted(gateways.items()):
+        cache, audit = entry.get("cache", {}), entry.get("audit", {})
+        if not any(cache.values()) and not audit.get("appended"):
+            continue
+        commits = audit.get("commits", 0)
+        batch = f" in {commits:,} commits" if commits else ""
+        parts.append(
+            f"{region} cache {cache.get('hits', 0):,} hits (+{cache.get('coalesced', 0):,}) "
+            f"{cache.get('misses', 0):,} misses {cache.get('errors', 0)} errors, audit "
+            f"{audit.get('appended', 0):,}{batch}"
+        )
+    return "; ".join(parts) or "no counters"
+
+
 def _print_profile(key: str, prof: dict[str, Any]) -> None:
+    target, _, region = key.partition("@")
     if not prof.get("samples"):
-        print(f"\nprofile of {key}: no samples")
+        print(f"\nprofile of {region} during {LABELS[target]}: no samples")
         return
     print(
-        f"\nprofile of the server process during {LABELS[key]} (py-spy, GIL-holding samples: "
-        f"{prof['samples']:,}, GIL busy {prof['gil_busy']:.0%}); {prof['file']}"
+        f"\nprofile of the {region} process during {LABELS[target]} (per region; py-spy, "
+        f"GIL-holding samples: {prof['samples']:,}, GIL busy {prof['gil_busy']:.0%}); "
+        f"{prof['file']}"
     )
     print("  by area (nearest named frame, see AREAS):")
     for name, share in prof["areas"]:
@@ -1280,6 +2304,18 @@ def _print_profile(key: str, prof: dict[str, Any]) -> None:
     print("  gateway/signer/registry functions, inclusive:")
     for name, share in prof["inclusive_gateway"][:15]:
         print(f"    {share:6.1%}  {name}")
+
+
+def parse_workers(text: str) -> list[int]:
+    if not text.strip():
+        return []
+    try:
+        counts = [int(v) for v in text.split(",")]
+    except ValueError:
+        counts = [0]
+    if any(not 1 <= n <= 8 for n in counts) or len(set(counts)) != len(counts):
+        raise argparse.ArgumentTypeError(f"{text!r}: distinct worker counts from 1 to 8, e.g. 1,2")
+    return counts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1301,22 +2337,51 @@ def main(argv: list[str] | None = None) -> int:
         "--redis", default=DEFAULT_REDIS, help=f"Redis for the gateways (default {DEFAULT_REDIS})"
     )
     parser.add_argument(
+        "--postgres",
+        default=DEFAULT_POSTGRES,
+        metavar="DSN",
+        help="PostgreSQL for the worker runs' audit store: a role that may create schemas "
+        f"(default {DEFAULT_POSTGRES!r})",
+    )
+    parser.add_argument(
+        "--workers",
+        dest="worker_counts",
+        type=parse_workers,
+        default=[1, 2],
+        metavar="N,M",
+        help="run 510000 as `tongban gateway serve --workers N` for each (default 1,2; '' skips)",
+    )
+    parser.add_argument(
+        "--no-one-process",
+        dest="one_process",
+        action="store_false",
+        help="skip the one-process topology",
+    )
+    parser.add_argument(
         "--profile",
         type=Path,
         metavar="DIR",
-        help="then run (a) and (b) again under py-spy; raw profiles go to DIR",
+        help="then run (a) and (b) again (per region) under py-spy; raw profiles go to DIR",
     )
-    # Internal: the server process is this file again, with --role server.
+    # Internal: the child processes are this file again, with --role.
     parser.add_argument(
-        "--role", choices=("client", "server"), default="client", help=argparse.SUPPRESS
+        "--role",
+        choices=("client", "region", "one-process", "echo"),
+        default="client",
+        help=argparse.SUPPRESS,
     )
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--source", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--region", help=argparse.SUPPRESS)
+    parser.add_argument("--ports", help=argparse.SUPPRESS)
+    parser.add_argument("--answer", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--label", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.role == "server":
-        return server_main(args.folder, args.source, args.redis)
+    if args.role != "client":
+        return child_main(args)
     if args.seconds <= 0 or args.warmup < 0 or args.concurrency < 1 or args.channels < 1:
         parser.error("--seconds must be positive, --warmup not negative, the others at least 1")
+    signal.signal(signal.SIGTERM, _terminated)  # stop the children and drop the schemas too
     try:
         return run(args)
     except BenchError as exc:
@@ -1327,24 +2392,33 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _terminated(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run(args: argparse.Namespace) -> int:
     check_redis(args.redis)
+    args.one_process_redis = other_database(args.redis) if args.one_process else ""
+    if args.one_process:
+        check_redis(args.one_process_redis)
+    args.postgres_version = check_postgres(args.postgres) if args.worker_counts else ""
     run_id = secrets.token_hex(3)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="tongban-bench-") as name:
         folder = Path(name)
         source = bench_source(folder, run_id)
-        print(
-            "starting the server process (dev PKI, registry, 3 gateways, echo) …", file=sys.stderr
-        )
-        server = ServerProcess(folder, source, args.redis)
+        say("building a dev PKI and a signed registry …")
         try:
-            print(f"measuring (server process pid {server.pid}) …", file=sys.stderr, flush=True)
-            measured = asyncio.run(measure(args, server, run_id))
+            build_pki(folder, source)
+        except DemoError as exc:
+            raise BenchError(str(exc)) from exc
+        harness = Harness(folder, args.postgres)
+        try:
+            bench = Bench(args, harness, run_id)
+            asyncio.run(bench.measure(source))
         finally:
-            server.stop()
-        report = results(args, server, run_id, measured)
-    report["wall_seconds"] = time.perf_counter() - started
+            harness.close()
+        report = results(args, bench, time.perf_counter() - started)
     print()
     print_report(report)
     print(f"\nwhole run: {report['wall_seconds']:.0f} s")
