@@ -601,44 +601,19 @@ def parse_operator(text: str) -> str:
 
 def cmd_token_issue(args: argparse.Namespace, out: Console) -> int:
     """Play the agency's region's identity service: print a request token for an operator."""
-    from cryptography import x509
+    from gateway.tokens import issue_agency_token
 
-    from gateway.tokens import issue_token
-    from signer import certificate_thumbprint
-
-    inventory = Inventory.load(args.pki)
-    owned = [r for r in inventory.records() if r.owner == args.agency]
-    if not owned:
-        raise Failure(f"{args.agency!r} is not an agency of {inventory.path}")
-    if any(r.owner == r.region for r in owned):
-        raise Failure(f"{args.agency!r} is a region, not an agency: tokens are for agencies")
-    tls = inventory.find(args.agency, KeyUsage.TLS, KeyState.ACTIVE)
-    if not tls:
-        raise Failure(f"agency {args.agency} has no active TLS certificate in {inventory.path}")
-    region = tls[-1].region
-    token_keys = inventory.find(region, KeyUsage.TOKEN, KeyState.ACTIVE)
-    if not token_keys:
-        raise Failure(f"region {region} has no active token key in {inventory.path}")
-    token_key = token_keys[-1]
-    certificate_path = args.pki / tls[-1].certificate
     try:
-        certificate = x509.load_pem_x509_certificates(certificate_path.read_bytes())[0]
-    except (OSError, ValueError, IndexError) as exc:
-        raise Failure(f"{certificate_path}: the agency's TLS certificate cannot be read") from exc
-    key = load_private_key(args.pki / token_key.private_key, _passphrase(args))
-    try:
-        token = issue_token(
-            key,
-            token_key.kid,
-            region=region,
-            operator=args.operator,
-            agency=args.agency,
-            thumbprint=certificate_thumbprint(certificate),
+        token = issue_agency_token(
+            args.pki,
+            args.agency,
+            args.operator,
             lifetime_seconds=int(args.lifetime.total_seconds()),
             now=_now(),
+            passphrase=_passphrase(args),
         )
     except ValueError as exc:
-        raise Failure(f"token key {token_key.kid}: {exc}") from exc
+        raise Failure(str(exc)) from exc
     sys.stdout.write(token + "\n")
     return 0
 

@@ -34,15 +34,15 @@ from pathlib import Path
 import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from google.rpc import error_details_pb2, status_pb2
 from rich.console import Console
 from rich.table import Table
 
 from gateway.audit import CheckpointError, ProofError, verify_checkpoint, verify_inclusion
 from gateway.config import GatewayConfig
+from gateway.errors import error_info_of
 from gateway.provider import DemoData, create_provider
 from gateway.server import Gateway, create_gateway, freeze_startup_heap
-from gateway.tokens import issue_token
+from gateway.tokens import issue_agency_token
 from registry import (
     CURRENT_SNAPSHOT,
     Inventory,
@@ -53,7 +53,6 @@ from registry import (
     publish,
 )
 from registry import _pki as pki
-from signer import certificate_thumbprint, load_private_key
 from tongban.v1 import (
     common_pb2,
     credentials_pb2,
@@ -154,19 +153,8 @@ class Federation:
 
     def token(self, agency: str) -> tuple[tuple[str, str], ...]:
         """Call metadata with a fresh request token for `agency` (its region's token key)."""
-        inventory = self.inventory()
-        region = self.region_of(agency)
-        (record,) = inventory.find(region, KeyUsage.TOKEN, KeyState.ACTIVE)
-        chain, _ = self._tls(agency)
-        token = issue_token(
-            load_private_key(self.pki / record.private_key),
-            record.kid,
-            region=region,
-            operator=OPERATOR,
-            agency=agency,
-            thumbprint=certificate_thumbprint(x509.load_pem_x509_certificates(chain)[0]),
-            lifetime_seconds=300,
-            now=datetime.now(UTC),
+        token = issue_agency_token(
+            self.pki, agency, OPERATOR, lifetime_seconds=300, now=datetime.now(UTC)
         )
         return (("authorization", f"Bearer {token}"),)
 
@@ -292,14 +280,8 @@ def mask(subject_id: str) -> str:
 
 def rpc_reason(exc: grpc.aio.AioRpcError) -> str:
     """The `google.rpc.ErrorInfo` reason of a failed call ("" when it carries none)."""
-    for key, value in exc.trailing_metadata() or ():
-        if key == "grpc-status-details-bin" and isinstance(value, bytes):
-            status = status_pb2.Status.FromString(value)
-            for detail in status.details:
-                info = error_details_pb2.ErrorInfo()
-                if detail.Unpack(info):
-                    return str(info.reason)
-    return ""
+    info, _ = error_info_of(exc)
+    return info.reason if info is not None else ""
 
 
 def query(

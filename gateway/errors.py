@@ -25,6 +25,7 @@ __all__ = [
     "GatewayError",
     "abort",
     "bounded_message",
+    "error_info_of",
     "rich_status",
 ]
 
@@ -82,3 +83,21 @@ async def abort(
     """End the call with a rich status; never returns."""
     await context.abort_with_status(rich_status(code, reason, message))
     raise AssertionError("abort_with_status returned")  # pragma: no cover
+
+
+def error_info_of(exc: grpc.aio.AioRpcError) -> tuple[error_details_pb2.ErrorInfo | None, str]:
+    """The Tongban `ErrorInfo` (domain "tongban") of a failed call's rich status, or None, and
+    the status message (the call's details when there is no rich status). A detail that does
+    not parse is no detail."""
+    for key, value in exc.trailing_metadata() or ():
+        if key != "grpc-status-details-bin" or not isinstance(value, bytes):
+            continue
+        try:
+            status = status_pb2.Status.FromString(value)
+        except Exception:  # a malformed detail from a peer is no detail, never a crash
+            break
+        for detail in status.details:
+            info = error_details_pb2.ErrorInfo()
+            if detail.Unpack(info) and info.domain == DOMAIN:
+                return info, status.message
+    return None, exc.details() or ""

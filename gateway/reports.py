@@ -55,12 +55,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from google.protobuf.timestamp_pb2 import Timestamp
-from google.rpc import error_details_pb2, status_pb2
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from gateway.cache import AnswerCache
-from gateway.errors import DOMAIN
+from gateway.errors import error_info_of
 from gateway.peers import PeerPool, UnknownPeer
 from registry import KeyState, KeyUsage, Registry, RegistryError, RegistryStore
 from tongban.v1 import common_pb2, exchange_pb2
@@ -819,14 +818,8 @@ class ReporterCounters:
 
 def _status_details(exc: grpc.aio.AioRpcError) -> tuple[str, Mapping[str, str]]:
     """(ErrorInfo reason, metadata) of a peer's rich status, if it sent one."""
-    for key, value in exc.trailing_metadata() or ():
-        if key == "grpc-status-details-bin" and isinstance(value, bytes):
-            status = status_pb2.Status.FromString(value)
-            for detail in status.details:
-                info = error_details_pb2.ErrorInfo()
-                if detail.Unpack(info) and info.domain == DOMAIN:
-                    return info.reason, dict(info.metadata)
-    return "", {}
+    info, _ = error_info_of(exc)
+    return (info.reason, dict(info.metadata)) if info is not None else ("", {})
 
 
 # A refusal of one report (ErrorInfo metadata "index") with one of these codes is final: the

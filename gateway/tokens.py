@@ -21,14 +21,22 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Final
 
 import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from registry import KeyRefused, KeyUsage, Registry
-from signer import PrivateKey, PublicKey, UnsupportedAlgorithm, algorithm_for_key
+from registry import Inventory, KeyRefused, KeyState, KeyUsage, Registry
+from signer import (
+    PrivateKey,
+    PublicKey,
+    UnsupportedAlgorithm,
+    algorithm_for_key,
+    certificate_thumbprint,
+    load_private_key,
+)
 
 __all__ = [
     "AUDIENCE_PREFIX",
@@ -45,6 +53,7 @@ __all__ = [
     "TokenVerifier",
     "audience_for",
     "bearer_token",
+    "issue_agency_token",
     "issue_token",
     "issuer_for",
 ]
@@ -138,6 +147,55 @@ def issue_token(
         "cnf": {"x5t#S256": thumbprint},
     }
     return jwt.encode(claims, key, algorithm=algorithm, headers={"kid": kid, "typ": "JWT"})
+
+
+def issue_agency_token(
+    pki_root: Path,
+    agency: str,
+    operator: str,
+    *,
+    lifetime_seconds: int,
+    now: datetime,
+    passphrase: bytes | None = None,
+) -> str:
+    """What a region's identity service does, from a PKI folder's key inventory: a request token
+    for `operator` of `agency`, signed with its region's active token key and bound to the
+    agency's active TLS certificate. ValueError says what is missing."""
+    inventory = Inventory.load(pki_root)
+    owned = [r for r in inventory.records() if r.owner == agency]
+    if not owned:
+        raise ValueError(f"{agency!r} is not an agency of {inventory.path}")
+    if any(r.owner == r.region for r in owned):
+        raise ValueError(f"{agency!r} is a region, not an agency: tokens are for agencies")
+    tls = inventory.find(agency, KeyUsage.TLS, KeyState.ACTIVE)
+    if not tls:
+        raise ValueError(f"agency {agency} has no active TLS certificate in {inventory.path}")
+    region = tls[-1].region
+    token_keys = inventory.find(region, KeyUsage.TOKEN, KeyState.ACTIVE)
+    if not token_keys:
+        raise ValueError(f"region {region} has no active token key in {inventory.path}")
+    token_key = token_keys[-1]
+    certificate_path = pki_root / tls[-1].certificate
+    try:
+        certificate = x509.load_pem_x509_certificates(certificate_path.read_bytes())[0]
+    except (OSError, ValueError, IndexError) as exc:
+        raise ValueError(
+            f"{certificate_path}: the agency's TLS certificate cannot be read"
+        ) from exc
+    key = load_private_key(pki_root / token_key.private_key, passphrase)
+    try:
+        return issue_token(
+            key,
+            token_key.kid,
+            region=region,
+            operator=operator,
+            agency=agency,
+            thumbprint=certificate_thumbprint(certificate),
+            lifetime_seconds=lifetime_seconds,
+            now=now,
+        )
+    except ValueError as exc:
+        raise ValueError(f"token key {token_key.kid}: {exc}") from exc
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,10 +31,9 @@ from dataclasses import dataclass
 from types import TracebackType
 
 import grpc
-from google.rpc import error_details_pb2, status_pb2
 
 from gateway.cache import CircuitBreaker
-from gateway.errors import DOMAIN, GatewayError
+from gateway.errors import GatewayError, error_info_of
 from gateway.provider._net import is_loopback
 from tongban.v1 import common_pb2, exchange_pb2, exchange_pb2_grpc
 
@@ -91,18 +90,8 @@ class ProviderError(GatewayError):
 
 
 def _error_reason(exc: grpc.aio.AioRpcError) -> str | None:
-    for key, value in exc.trailing_metadata() or ():
-        if key != "grpc-status-details-bin" or not isinstance(value, bytes):
-            continue
-        try:
-            status = status_pb2.Status.FromString(value)
-        except Exception:  # a malformed detail is no detail
-            return None
-        for detail in status.details:
-            info = error_details_pb2.ErrorInfo()
-            if detail.Unpack(info) and info.domain == DOMAIN and info.reason in _REASONS:
-                return info.reason
-    return None
+    info, _ = error_info_of(exc)
+    return info.reason if info is not None and info.reason in _REASONS else None
 
 
 class ProviderClient:

@@ -57,7 +57,7 @@ from gateway.audit import (
     pseudonymize,
 )
 from gateway.cache import AnswerCache, cache_key
-from gateway.errors import DOMAIN, abort, bounded_message, rich_status
+from gateway.errors import DOMAIN, abort, bounded_message, error_info_of, rich_status
 from gateway.identity import Caller, CallerKind, current_caller
 from gateway.metrics import PEER_LOCAL, GatewayMetrics
 from gateway.peers import PeerPool, UnknownPeer
@@ -826,16 +826,9 @@ class QueryPath:
         query = request.query
         data = _data_request(query)
         # (1)
-        if (
-            caller is None
-            or caller.kind is not CallerKind.GATEWAY
-            or caller.region != request.requesting_region
-        ):
-            raise Refusal(
-                grpc.StatusCode.PERMISSION_DENIED,
-                "NOT_AUTHORISED_ROLE",
-                "only the gateway of the requesting region forwards its queries",
-            )
+        caller = _gateway_of(
+            caller, request.requesting_region, "the requesting region forwards its queries"
+        )
         registry = self._current()
         audit: dict[str, Any] = {
             "rpc": "Peer.Forward",
@@ -1027,16 +1020,11 @@ class QueryPath:
         }
         try:
             # (1)
-            if (
-                caller is None
-                or caller.kind is not CallerKind.GATEWAY
-                or caller.region != request.reporting_region
-            ):
-                raise Refusal(
-                    grpc.StatusCode.PERMISSION_DENIED,
-                    "NOT_AUTHORISED_ROLE",
-                    "only the gateway of the reporting region reports the accesses it answered",
-                )
+            caller = _gateway_of(
+                caller,
+                request.reporting_region,
+                "the reporting region reports the accesses it answered",
+            )
             if len(request.reports) > MAX_REPORTS_PER_BATCH:
                 raise Refusal(
                     grpc.StatusCode.INVALID_ARGUMENT,
@@ -1297,16 +1285,19 @@ _PASSED_THROUGH: Final = frozenset(
 )
 
 
+def _gateway_of(caller: Caller | None, region: str, what: str) -> Caller:
+    """The caller, if its peer certificate is the gateway of `region`; else NOT_AUTHORISED_ROLE."""
+    if caller is None or caller.kind is not CallerKind.GATEWAY or caller.region != region:
+        raise Refusal(
+            grpc.StatusCode.PERMISSION_DENIED, "NOT_AUTHORISED_ROLE", f"only the gateway of {what}"
+        )
+    return caller
+
+
 def _error_info(exc: grpc.aio.AioRpcError) -> tuple[str, str]:
     """(ErrorInfo reason, message) of a peer's rich status, if it sent one."""
-    for key, value in exc.trailing_metadata() or ():
-        if key == "grpc-status-details-bin" and isinstance(value, bytes):
-            status = status_pb2.Status.FromString(value)
-            for detail in status.details:
-                info = error_details_pb2.ErrorInfo()
-                if detail.Unpack(info) and info.domain == DOMAIN:
-                    return info.reason, status.message
-    return "", exc.details() or ""
+    info, message = error_info_of(exc)
+    return (info.reason, message) if info is not None else ("", message)
 
 
 def _token(context: Context) -> str:
