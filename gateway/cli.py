@@ -44,6 +44,7 @@ from registry import (
     SnapshotVerifier,
     build_registry,
     canonical_json,
+    init_dev_federation,
     load_authority_public_key,
     load_source,
     publish,
@@ -162,20 +163,13 @@ def _now() -> datetime:
 # pki ------------------------------------------------------------------------------------------
 def cmd_pki_init(args: argparse.Namespace, out: Console) -> int:
     source = load_source(args.source)
-    regions = [pki.RegionSpec(code, PROVINCES[code]) for code in args.regions]
-    names = {r.code: r.name for r in source.regions}
-    regions = [pki.RegionSpec(r.code, names.get(r.code, r.name)) for r in regions]
-    agencies = [
-        pki.AgencySpec(a.id, a.name, a.region, a.uscc)
-        for a in source.agencies
-        if a.region in args.regions
-    ]
-    now = _now()
-    created = pki.init_dev_pki(args.out, regions, agencies, passphrase=_passphrase(args), now=now)
-    Inventory.for_new_pki(created, now).save()
+    created = init_dev_federation(
+        args.out, source, args.regions, passphrase=_passphrase(args), now=_now()
+    )
+    agencies = [a for a in source.agencies if a.region in args.regions]
     out.print(
-        f"[bold]Dev PKI created in {args.out}[/]: registry authority, {len(regions)} regions "
-        f"({', '.join(r.code for r in regions)}), {len(agencies)} agencies, {len(created.keys)} keys."
+        f"[bold]Dev PKI created in {args.out}[/]: registry authority, {len(args.regions)} regions "
+        f"({', '.join(args.regions)}), {len(agencies)} agencies, {len(created.keys)} keys."
     )
     out.print(
         f"Install this authority public key in every gateway: {created.authority_public_key_path}"

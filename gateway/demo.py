@@ -49,6 +49,7 @@ from registry import (
     KeyRecord,
     KeyState,
     KeyUsage,
+    init_dev_federation,
     load_source,
     publish,
 )
@@ -185,15 +186,8 @@ def build_pki(folder: Path, source: Path) -> None:
     missing = [code for code in REGIONS if code not in names]
     if missing:
         raise DemoError(f"{source}: the registry source has no region {', '.join(missing)}")
-    regions = [pki.RegionSpec(code, names[code]) for code in REGIONS]
-    agencies = [
-        pki.AgencySpec(a.id, a.name, a.region, a.uscc)
-        for a in loaded.agencies
-        if a.region in REGIONS
-    ]
     now = datetime.now(UTC)
-    created = pki.init_dev_pki(folder / "pki", regions, agencies, now=now)
-    Inventory.for_new_pki(created, now).save()
+    init_dev_federation(folder / "pki", loaded, list(REGIONS), now=now)
     publish(source, folder / "pki", folder / "published", now=now)
 
 
