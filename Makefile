@@ -6,18 +6,56 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
+UV := $(VENV)/bin/uv
+# The lock (exact versions with hashes, every platform) is what gets installed; `make lock`
+# writes it from pyproject.toml. requirements/uv.txt pins the locking tool itself, with hashes.
+LOCK := requirements/lock.txt
+LOWEST_LOCK := requirements/lowest.txt
+UV_LOCK := requirements/uv.txt
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCK) $(UV_LOCK) | sha256sum | cut -c1-12)
+LOWEST_VENV ?= .venv-lowest
 DEMO ?= out/demo
 
-.PHONY: demo demo-serve fuzz test install services promtool lint proto proto-check pytest clean
+.PHONY: demo demo-serve fuzz test install lock check-lowest services promtool lint proto proto-check pytest clean
 
-$(STAMP): pyproject.toml
+UV_STAMP := $(VENV)/.uv-$(shell sha256sum $(UV_LOCK) | cut -c1-12)
+
+# uv from its hashed pin; pip only bootstraps it (whatever indexes a machine's pip configuration
+# adds, --require-hashes takes only the files the pin names).
+$(UV_STAMP): $(UV_LOCK)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --require-hashes --no-deps -r $(UV_LOCK)
+	@rm -f $(VENV)/.uv-* && touch $@
+
+# Exactly the lock (uv pip sync removes what it does not list, checks every hash), then the
+# project itself, built without fetching anything: its build backend is in the lock.
+$(STAMP): pyproject.toml $(LOCK) $(UV_STAMP)
+	$(UV) pip sync --quiet --python $(PY) --require-hashes $(LOCK) $(UV_LOCK)
+	$(UV) pip install --quiet --python $(PY) --no-deps --no-build-isolation -e .
 	@rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP)
+
+# Refresh both locks from pyproject.toml, keeping the versions already locked where they still fit;
+# `make lock LOCK_ARGS=--upgrade` takes the newest allowed. Commit the requirements/ files it changes.
+LOCK_ARGS ?=
+lock: $(UV_STAMP)
+	$(UV) pip compile --quiet --generate-hashes --universal $(LOCK_ARGS) requirements/uv.in -o $(UV_LOCK)
+	$(UV) pip compile --quiet --generate-hashes --universal --python-version 3.11 $(LOCK_ARGS) \
+	  pyproject.toml --extra dev -o $(LOCK)
+	$(UV) pip compile --quiet --generate-hashes --resolution lowest-direct --python-version 3.11 \
+	  --python-platform x86_64-manylinux_2_28 $(LOCK_ARGS) pyproject.toml --extra dev -o $(LOWEST_LOCK)
+
+# The lowest versions pyproject.toml allows, from their own hashed lock, in $(LOWEST_VENV): the lint
+# gate and the unit tests must pass there too, or a lower bound is false.
+check-lowest: $(STAMP) services promtool
+	@test -x $(LOWEST_VENV)/bin/python || $(PYTHON) -m venv $(LOWEST_VENV)
+	$(UV) pip sync --quiet --python $(LOWEST_VENV)/bin/python --require-hashes $(LOWEST_LOCK) $(UV_LOCK)
+	$(UV) pip install --quiet --python $(LOWEST_VENV)/bin/python --no-deps --no-build-isolation -e .
+	$(LOWEST_VENV)/bin/ruff format --check .
+	$(LOWEST_VENV)/bin/ruff check .
+	$(LOWEST_VENV)/bin/mypy --strict gateway signer registry
+	TONGBAN_LOCK=$(LOWEST_LOCK) $(LOWEST_VENV)/bin/python -m pytest -p no:cacheprovider --no-cov -q tests/unit
 
 # Redis and PostgreSQL run on every machine of this kind; start them if they are not running.
 services:
@@ -30,9 +68,10 @@ services:
 	@for i in $$(seq 1 30); do redis-cli -h 127.0.0.1 ping >/dev/null 2>&1 && pg_isready -q -h 127.0.0.1 && exit 0; sleep 1; done; \
 	  echo "Redis or PostgreSQL did not come up" >&2; exit 1
 
-# promtool checks and unit-tests the alert rules (conf/prometheus/); Debian ships it in `prometheus`.
+# promtool checks and unit-tests the alert rules (conf/prometheus/); Debian ships it in `prometheus`,
+# whose recommended packages (node-exporter and the tools it calls) promtool does not need.
 promtool:
-	@command -v promtool >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus)
+	@command -v promtool >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
