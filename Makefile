@@ -26,7 +26,7 @@ UV_STAMP := $(VENV)/.uv-$(shell sha256sum $(UV_LOCK) | cut -c1-12)
 # adds, --require-hashes takes only the files the pin names).
 $(UV_STAMP): $(UV_LOCK)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --require-hashes --no-deps -r $(UV_LOCK)
+	$(PY) -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r $(UV_LOCK)
 	@rm -f $(VENV)/.uv-* && touch $@
 
 # Exactly the lock (uv pip sync removes what it does not list, checks every hash), then the
