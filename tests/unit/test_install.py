@@ -236,7 +236,21 @@ def test_installed_distributions_are_the_lock() -> None:
     assert installed.pop(canonicalize_name(PROJECT)) is not None
     for name in SEEDED:
         installed.pop(name, None)
-    assert installed == expected
+    assert installed == expected, f"the virtualenv is not {lock.name}: run `make install`"
+
+
+@pytest.mark.parametrize("lock", [LOCK, LOWEST_LOCK], ids=lambda p: p.name)
+def test_lock_holds_the_build_backend(lock: Path) -> None:
+    """The project is installed with --no-build-isolation: its build requirements come from the
+    lock, with their hashes, instead of whatever the index offers that day."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    pins = {pin.name: pin for pin in read_lock(lock)}
+    for text in pyproject["build-system"]["requires"]:
+        requirement = Requirement(text)
+        pin = pins.get(canonicalize_name(requirement.name))
+        assert pin is not None, f"{lock.name} lacks the build requirement {requirement}"
+        assert pin.marker is None
+        assert requirement.specifier.contains(pin.version), (requirement, pin.version)
 
 
 def test_lower_bounds_are_the_lowest_tested_versions() -> None:
