@@ -1,7 +1,7 @@
 """`tongban demo`: three provinces on loopback, scripted scenarios, a readable transcript.
 
-The demo builds what a federation needs from the registry source in `conf/registry/` — a dev
-PKI, a signed registry — then starts, in this process, the gateways of 浙江 (330000), 四川
+The demo builds what a federation needs from the demo registry source shipped in the package
+(`registry.DEMO_SOURCE`, `conf/registry/` in a clone) — a dev PKI, a signed registry — then starts, in this process, the gateways of 浙江 (330000), 四川
 (510000) and 重庆 (500000) with their demo data systems on free loopback ports, and plays the
 scenarios below as agency and oversight clients would: over mutual TLS, with request tokens,
 through the public gRPC API only. Each scenario states what it expects and checks it; the exit
@@ -45,6 +45,7 @@ from gateway.server import Gateway, create_gateway, freeze_startup_heap
 from gateway.tokens import issue_agency_token
 from registry import (
     CURRENT_SNAPSHOT,
+    DEMO_SOURCE,
     Inventory,
     KeyRecord,
     KeyState,
@@ -80,7 +81,7 @@ class DemoError(Exception):
 
 @dataclass(frozen=True)
 class DemoOptions:
-    source: Path = Path("conf/registry")
+    source: Path = DEMO_SOURCE
     folder: Path | None = None  # None: a temporary folder, removed at the end
     redis_url: str = ""
     postgres_dsn: str = ""
@@ -779,8 +780,8 @@ def run_demo(options: DemoOptions, out: Console) -> int:
     """Play the demo; 0 when every scenario behaved as expected, 1 otherwise."""
     if not (options.source / "regions.toml").is_file():
         raise DemoError(
-            f"{options.source}: no registry source here (regions.toml); run from a clone of "
-            "Tongban or give --source"
+            f"{options.source}: no registry source here (regions.toml); give the folder of "
+            "one with --source, or leave it out for the demo's own"
         )
     if options.folder is not None:
         if options.folder.exists() and not options.folder.is_dir():
