@@ -9,6 +9,7 @@ import subprocess
 import sys
 import venv
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -92,28 +93,46 @@ def clean_copy(target: Path) -> Path:
     return target
 
 
-def test_the_wheel_carries_the_demo_registry_source(tmp_path: Path) -> None:
-    wheels = tmp_path / "wheels"
-    tree = clean_copy(tmp_path / "tree")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "-q",
-            "-w",
-            str(wheels),
-            str(tree),
-        ],
-        check=True,
+@dataclass(frozen=True)
+class Installed:
+    wheel: Path
+    python: Path  # of a throwaway environment the wheel is installed in
+    site: Path  # its site-packages
+
+
+def purelib(python: Path | str) -> str:
+    return subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
         capture_output=True,
-        timeout=300,
-    )
+        text=True,
+        check=True,
+    ).stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
+    """`pip wheel` of a clean copy of the repository, installed with `pip install --no-deps` in
+    a throwaway environment that borrows this one's dependencies but not its editable Tongban."""
+    root = tmp_path_factory.mktemp("wheel")
+    wheels = root / "wheels"
+    tree = clean_copy(root / "tree")
+    pip = [sys.executable, "-m", "pip"]
+    build = [*pip, "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels)]
+    subprocess.run([*build, str(tree)], check=True, capture_output=True, timeout=300)
     (wheel,) = wheels.glob("tongban-*.whl")
-    with zipfile.ZipFile(wheel) as archive:
+    target = root / "venv"
+    venv.create(target, with_pip=False)
+    python = target / "bin" / "python"
+    site = Path(purelib(python))
+    # A plain path entry: the .pth files in it (the editable install's) are not processed.
+    (site / "dependencies.pth").write_text(purelib(sys.executable) + "\n", encoding="utf-8")
+    install = [*pip, "--python", str(python), "install", "--no-deps", "-q", str(wheel)]
+    subprocess.run(install, check=True, capture_output=True, timeout=300)
+    return Installed(wheel, python, site)
+
+
+def test_the_wheel_carries_the_demo_registry_source(installed: Installed) -> None:
+    with zipfile.ZipFile(installed.wheel) as archive:
         names = set(archive.namelist())
         shipped = {n.rsplit("/", 1)[1] for n in names if n.startswith("registry/demo-source/")}
         assert sorted(shipped) == SOURCE_FILES
@@ -123,52 +142,49 @@ def test_the_wheel_carries_the_demo_registry_source(tmp_path: Path) -> None:
                 == (REPO / "conf" / "registry" / name).read_bytes()
             )
 
-    # Installed in a throwaway environment (this one's site-packages for the dependencies, but
-    # not its editable install of Tongban), the package finds its source from any folder.
-    target = tmp_path / "venv"
-    venv.create(target, with_pip=False)
-    python = target / "bin" / "python"
-    ours = subprocess.run(
-        [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    dependencies = subprocess.run(
-        [sys.executable, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    # A plain path entry: the .pth files in it (the editable install's) are not processed.
-    Path(ours, "dependencies.pth").write_text(dependencies + "\n", encoding="utf-8")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "--python",
-            str(python),
-            "install",
-            "--no-deps",
-            "-q",
-            str(wheel),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
+
+def test_the_installed_package_finds_its_source_from_any_folder(
+    installed: Installed, elsewhere: Path
+) -> None:
     found = subprocess.run(
         [
-            str(python),
+            str(installed.python),
             "-c",
-            "import registry; print(registry.__file__); print(registry.DEMO_SOURCE)",
+            "import registry; print(registry.__file__, registry.DEMO_SOURCE)",
         ],
-        cwd=tmp_path,
+        cwd=elsewhere,
         capture_output=True,
         text=True,
         check=True,
     ).stdout.split()
-    assert found[0].startswith(ours), found
-    assert Path(found[1]) == Path(ours) / "registry" / "demo-source"
+    assert Path(found[0]).is_relative_to(installed.site), found
+    assert Path(found[1]) == installed.site / "registry" / "demo-source"
     assert sorted(p.name for p in Path(found[1]).glob("*.toml")) == SOURCE_FILES
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="pyproject.toml [tool.setuptools] packages lists no subpackage (gateway.audit, "
+    "gateway.cache, gateway.metrics, gateway.provider, gateway.services): the wheel cannot "
+    "import gateway.server; for the owner of pyproject.toml, then drop this mark",
+)
+def test_the_installed_wheel_plays_the_demo_from_any_folder(
+    installed: Installed, elsewhere: Path
+) -> None:
+    with zipfile.ZipFile(installed.wheel) as archive:
+        shipped = {n for n in archive.namelist() if n.endswith("/__init__.py")}
+    packages = {
+        str(p.relative_to(REPO))
+        for top in ("gateway", "signer", "registry")
+        for p in (REPO / top).rglob("__init__.py")
+    }
+    assert packages <= shipped, sorted(packages - shipped)
+    done = subprocess.run(
+        [str(installed.python.parent / "tongban"), "demo"],
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        timeout=DEMO_TIMEOUT,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
