@@ -73,6 +73,8 @@ VERSION_TIMEOUT = 15.0  # seconds for every gateway to apply a newly published r
 OPERATOR = "经办人 张三"
 ROTATION_WORKERS = 3  # concurrent agency clients while 330000 rotates its seal key
 ROTATION_PAUSE = 0.05  # seconds between one worker's requests (keeps within the agreement quota)
+# The example agency client lives in a clone of Tongban, beside the package, not in an install.
+EXAMPLE_CLIENT = Path(__file__).resolve().parents[1] / "examples" / "client.py"
 
 
 class DemoError(Exception):
@@ -738,7 +740,9 @@ def client_command(fed: Federation) -> str:
         ("--subject", citizen),
         ("--case-id", f"CASE-{datetime.now(UTC):%Y%m%d}-0001"),
     ]
-    lines = [f"{shlex.quote(str(python))} examples/client.py"]
+    # Named wholly, so that the command works from any folder; without a clone, the path in one.
+    client = str(EXAMPLE_CLIENT) if EXAMPLE_CLIENT.is_file() else "examples/client.py"
+    lines = [f"{shlex.quote(str(python))} {shlex.quote(client)}"]
     lines += [f"{flag} {shlex.quote(value)}" for flag, value in arguments]
     lines.append(f'--token "{token}"')
     return " \\\n    ".join(lines)
