@@ -112,3 +112,48 @@ def all_commands() -> list[Command]:
 
 def section_commands(path: Path, heading: str) -> list[str]:
     return [c.text for c in commands(path) if c.heading == heading]
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The commands one test of tests/integration/test_docs_walkthrough.py runs: those of
+    `pages` (under `heading` only, when given) that match `only` (if any) and no `skip`."""
+
+    pages: tuple[str, ...]
+    skip: tuple[str, ...] = ()
+    only: tuple[str, ...] = ()
+    heading: str = ""
+
+    def commands(self) -> list[str]:
+        found = []
+        for page in self.pages:
+            for command in commands(REPO / page):
+                text = command.text
+                if self.heading and command.heading != self.heading:
+                    continue
+                if self.only and not any(re.search(p, text) for p in self.only):
+                    continue
+                if any(re.search(p, text) for p in self.skip):
+                    continue
+                found.append(text)
+        return found
+
+
+WALKTHROUGH = {
+    "test_docs_registry_md_commands": Selection(("docs/registry.md",)),
+    "test_docs_operators_md_key_commands": Selection(
+        ("docs/operators.md",), skip=("--postgres-env",)
+    ),
+    "test_docs_security_md_commands": Selection(
+        ("docs/security.md",), skip=(r"gateway serve", r"^kill -HUP")
+    ),
+    "test_docs_monitoring_md_key_commands": Selection(
+        ("docs/monitoring.md",), skip=("audit verify", "promtool", "pytest")
+    ),
+    "test_docs_monitoring_md_audit_verify": Selection(
+        ("docs/monitoring.md",), only=("audit verify",)
+    ),
+    "test_docs_audit_and_oversight_commands": Selection(("docs/audit.md", "docs/oversight.md")),
+    "test_docs_integrating_md_commands": Selection(("docs/integrating.md",)),
+    "test_readme_three_regions_by_hand": Selection(("README.md",), heading="Three regions by hand"),
+}

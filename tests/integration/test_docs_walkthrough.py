@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
-from docs_support import REPO, commands
+from docs_support import REPO, WALKTHROUGH
 from support import free_port
 
 from gateway.provider import DemoData
@@ -53,9 +53,9 @@ def substitute(text: str, substitutions: Sequence[Substitution]) -> str:
     return text
 
 
-def page_commands(page: str, *, skip: Sequence[str] = ()) -> list[str]:
-    found = [c.text for c in commands(REPO / page)]
-    return [text for text in found if not any(re.search(s, text) for s in skip)]
+def page_commands(test: str) -> list[str]:
+    """The commands `test` runs, as tests/unit/test_docs_commands.py knows it does."""
+    return WALKTHROUGH[test].commands()
 
 
 def run_all(
@@ -94,7 +94,7 @@ def kid(pki: Path, owner: str, usage: KeyUsage, state: KeyState) -> Callable[[],
 
 # the registry and the keys ------------------------------------------------------------------
 def test_docs_registry_md_commands(tmp_path: Path) -> None:
-    run_all(sandbox(tmp_path), page_commands("docs/registry.md"), [])
+    run_all(sandbox(tmp_path), page_commands("test_docs_registry_md_commands"), [])
     assert (tmp_path / "out" / "published" / "registry-3.jws").is_file()
 
 
@@ -102,7 +102,7 @@ def test_docs_operators_md_key_commands(tmp_path: Path) -> None:
     cwd = sandbox(tmp_path)
     run_all(cwd, ["tongban pki init --out pki --regions 330000,510000,500000"], [])
     run_all(cwd, ["tongban registry publish --pki pki --out published"], [])
-    texts = page_commands("docs/operators.md", skip=["--postgres-env"])
+    texts = page_commands("test_docs_operators_md_key_commands")
     # KID: the key the rotation just retired
     retired = kid(cwd / "pki", "330000", KeyUsage.SEAL, KeyState.RETIRING)
     run_all(cwd, texts, [(r"\bKID\b", retired)])
@@ -111,7 +111,7 @@ def test_docs_operators_md_key_commands(tmp_path: Path) -> None:
 def test_docs_security_md_commands(tmp_path: Path) -> None:
     cwd = sandbox(tmp_path)
     pki = cwd / "g" / "pki"
-    texts = page_commands("docs/security.md", skip=[r"gateway serve", r"^kill -HUP"])
+    texts = page_commands("test_docs_security_md_commands")
     run_all(
         cwd,
         texts,
@@ -135,7 +135,7 @@ def test_docs_monitoring_md_key_commands(tmp_path: Path) -> None:
     cwd = sandbox(tmp_path)
     run_all(cwd, ["tongban pki init --out pki --regions 330000,510000,500000"], [])
     run_all(cwd, ["tongban registry publish --pki pki --out published"], [])
-    texts = page_commands("docs/monitoring.md", skip=["audit verify", "promtool", "pytest"])
+    texts = page_commands("test_docs_monitoring_md_key_commands")
     run_all(
         cwd,
         texts,
@@ -189,15 +189,17 @@ def test_docs_audit_and_oversight_commands(demo_folder: Path) -> None:
         (r"--size 14\b", f"--size {size - 1}"),
         (r"--consistency 14 --to 21\b", f"--consistency {size - 2} --to {size}"),
     ]
-    for page in ("docs/audit.md", "docs/oversight.md"):
-        run_all(cwd, page_commands(page), [*shapes, *AUDIT_SUBSTITUTIONS])
+    run_all(
+        cwd,
+        page_commands("test_docs_audit_and_oversight_commands"),
+        [*shapes, *AUDIT_SUBSTITUTIONS],
+    )
     assert (cwd / "audit-510000.pem").is_file()  # what the page's Python snippet writes
     assert (cwd / "kept-510000.checkpoint").is_file()
 
 
 def test_docs_monitoring_md_audit_verify(demo_folder: Path) -> None:
-    texts = page_commands("docs/monitoring.md")
-    run_all(demo_folder, [t for t in texts if "audit verify" in t], AUDIT_SUBSTITUTIONS)
+    run_all(demo_folder, page_commands("test_docs_monitoring_md_audit_verify"), AUDIT_SUBSTITUTIONS)
 
 
 def test_docs_integrating_md_commands(demo_folder: Path) -> None:
@@ -214,7 +216,7 @@ def test_docs_integrating_md_commands(demo_folder: Path) -> None:
         ],
         [],
     )
-    outputs = run_all(cwd, page_commands("docs/integrating.md"), AUDIT_SUBSTITUTIONS)
+    outputs = run_all(cwd, page_commands("test_docs_integrating_md_commands"), AUDIT_SUBSTITUTIONS)
     token = next(out for text, out in outputs.items() if "token issue" in text).strip()
     assert token.count(".") == 2  # a compact JWT
     verdict = next(out for text, out in outputs.items() if text.startswith("tongban verify"))
@@ -280,7 +282,7 @@ def test_readme_three_regions_by_hand(
         name = f"gateway-{region}.toml"
         text = (REPO / "conf" / "demo" / name).read_text(encoding="utf-8")
         (cwd / "conf" / "demo" / name).write_text(substitute(text, moved), encoding="utf-8")
-    texts = [c.text for c in commands(REPO / "README.md") if c.heading == "Three regions by hand"]
+    texts = page_commands("test_readme_three_regions_by_hand")
     assert texts, "the README lost its section"
     for text in texts:
         concrete = substitute(text, moved)

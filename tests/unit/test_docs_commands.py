@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 import pytest
-from docs_support import REPO, all_commands
+from docs_support import REPO, WALKTHROUGH, all_commands
 
 COLLECT_TIMEOUT_SECONDS = 300
 
@@ -115,6 +115,19 @@ def test_every_mapped_node_id_exists() -> None:
         if "::" in node and node not in found and not any(f.startswith(node + "[") for f in found)
     ]
     assert not missing, missing
+
+
+def test_the_walkthrough_runs_what_it_is_mapped_to() -> None:
+    """A command mapped to a test of test_docs_walkthrough.py is one that test takes from its
+    page (not one it skips), and each of those tests takes at least one."""
+    prefix = "tests/integration/test_docs_walkthrough.py::"
+    for text, node in COMMANDS.items():
+        if node.startswith(prefix):
+            name = node.removeprefix(prefix)
+            assert name in WALKTHROUGH, node
+            assert text in WALKTHROUGH[name].commands(), f"{name} does not run {text!r}"
+    for name, selection in WALKTHROUGH.items():
+        assert selection.commands(), f"{name} runs no command"
 
 
 def test_the_commands_are_read_as_a_reader_types_them() -> None:
