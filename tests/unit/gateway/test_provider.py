@@ -297,7 +297,7 @@ async def test_client_fetches_and_reports_absence() -> None:
         assert (none.found, none.payload) == (False, b"")
 
 
-async def test_a_stopped_provider_is_unavailable_quickly() -> None:
+async def test_a_stopped_provider_is_unavailable_without_waiting_for_the_deadline() -> None:
     server, port = create_provider("330000")
     await server.start()
     await server.stop(None)
