@@ -32,6 +32,7 @@ from gateway.errors import GatewayError
 from registry import (
     AUTHORITY_PUBLIC_KEY,
     CURRENT_SNAPSHOT,
+    DEMO_SOURCE,
     PROVINCES,
     Inventory,
     KeyEntry,
@@ -70,7 +71,7 @@ if TYPE_CHECKING:
 
 __all__ = ["main"]
 
-DEFAULT_SOURCE = Path("conf/registry")
+DEFAULT_SOURCE = DEMO_SOURCE  # shipped in the package: the same from any folder
 ALGORITHMS = ("ES256", "EdDSA", "PS256")
 MAX_DURATION_DAYS = 36500  # days: any period longer than a century is a typo
 MAX_DURATION_SECONDS = MAX_DURATION_DAYS * 86400

@@ -1,7 +1,7 @@
 """`tongban demo`: three provinces on loopback, scripted scenarios, a readable transcript.
 
-The demo builds what a federation needs from the registry source in `conf/registry/` — a dev
-PKI, a signed registry — then starts, in this process, the gateways of 浙江 (330000), 四川
+The demo builds what a federation needs from the demo registry source shipped in the package
+(`registry.DEMO_SOURCE`, `conf/registry/` in a clone) — a dev PKI, a signed registry — then starts, in this process, the gateways of 浙江 (330000), 四川
 (510000) and 重庆 (500000) with their demo data systems on free loopback ports, and plays the
 scenarios below as agency and oversight clients would: over mutual TLS, with request tokens,
 through the public gRPC API only. Each scenario states what it expects and checks it; the exit
@@ -45,6 +45,7 @@ from gateway.server import Gateway, create_gateway, freeze_startup_heap
 from gateway.tokens import issue_agency_token
 from registry import (
     CURRENT_SNAPSHOT,
+    DEMO_SOURCE,
     Inventory,
     KeyRecord,
     KeyState,
@@ -72,6 +73,8 @@ VERSION_TIMEOUT = 15.0  # seconds for every gateway to apply a newly published r
 OPERATOR = "经办人 张三"
 ROTATION_WORKERS = 3  # concurrent agency clients while 330000 rotates its seal key
 ROTATION_PAUSE = 0.05  # seconds between one worker's requests (keeps within the agreement quota)
+# The example agency client lives in a clone of Tongban, beside the package, not in an install.
+EXAMPLE_CLIENT = Path(__file__).resolve().parents[1] / "examples" / "client.py"
 
 
 class DemoError(Exception):
@@ -80,7 +83,7 @@ class DemoError(Exception):
 
 @dataclass(frozen=True)
 class DemoOptions:
-    source: Path = Path("conf/registry")
+    source: Path = DEMO_SOURCE
     folder: Path | None = None  # None: a temporary folder, removed at the end
     redis_url: str = ""
     postgres_dsn: str = ""
@@ -737,7 +740,9 @@ def client_command(fed: Federation) -> str:
         ("--subject", citizen),
         ("--case-id", f"CASE-{datetime.now(UTC):%Y%m%d}-0001"),
     ]
-    lines = [f"{shlex.quote(str(python))} examples/client.py"]
+    # Named wholly, so that the command works from any folder; without a clone, the path in one.
+    client = str(EXAMPLE_CLIENT) if EXAMPLE_CLIENT.is_file() else "examples/client.py"
+    lines = [f"{shlex.quote(str(python))} {shlex.quote(client)}"]
     lines += [f"{flag} {shlex.quote(value)}" for flag, value in arguments]
     lines.append(f'--token "{token}"')
     return " \\\n    ".join(lines)
@@ -779,8 +784,8 @@ def run_demo(options: DemoOptions, out: Console) -> int:
     """Play the demo; 0 when every scenario behaved as expected, 1 otherwise."""
     if not (options.source / "regions.toml").is_file():
         raise DemoError(
-            f"{options.source}: no registry source here (regions.toml); run from a clone of "
-            "Tongban or give --source"
+            f"{options.source}: no registry source here (regions.toml); give the folder of "
+            "one with --source, or leave it out for the demo's own"
         )
     if options.folder is not None:
         if options.folder.exists() and not options.folder.is_dir():

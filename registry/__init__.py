@@ -46,7 +46,7 @@ from registry._snapshot import (
     registry_to_payload,
     sign_snapshot,
 )
-from registry._source import RegistrySource, load_source
+from registry._source import DEMO_SOURCE, RegistrySource, load_source
 from registry._store import FileSnapshotSource, RegistryStatus, RegistryStore
 from registry._trust import RegistryTrust
 from registry.errors import (
@@ -71,6 +71,7 @@ __all__ = [
     "AUTHORITY_KEY",
     "AUTHORITY_PUBLIC_KEY",
     "CURRENT_SNAPSHOT",
+    "DEMO_SOURCE",
     "PROVINCES",
     "Agency",
     "AgencyRole",

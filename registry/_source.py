@@ -21,6 +21,7 @@ Layout (any table may be in any `*.toml` file of the folder; each id may be defi
 
 from __future__ import annotations
 
+import importlib.resources
 import re
 import tomllib
 from collections.abc import Callable, Iterator
@@ -46,13 +47,24 @@ from registry._model import (
 )
 from registry.errors import SourceError, SourceProblem
 
-__all__ = ["RegistrySource", "load_source"]
+__all__ = ["DEMO_SOURCE", "RegistrySource", "load_source"]
 
 MAX_SOURCE_FILE_BYTES = 4 * 1024 * 1024  # bytes; a registry source is hand-written text
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _ENDPOINT_RE = re.compile(r"^(\[[0-9A-Fa-f:]+\]|[A-Za-z0-9.-]+):\d{1,5}$")
 
 E = TypeVar("E", bound=StrEnum)
+
+
+def _demo_source() -> Path:
+    # Shipped inside the package (a link to conf/registry in a clone), so that the demo and the
+    # commands' defaults work from any folder once installed; never relative to the cwd.
+    # A folder on disk: pip installs Tongban as files (a zipped one would say "no registry
+    # source here" with this path, like any missing source).
+    return Path(str(importlib.resources.files("registry") / "demo-source"))
+
+
+DEMO_SOURCE = _demo_source()  # the demo federation's registry source (conf/registry in a clone)
 
 
 @dataclass(frozen=True)

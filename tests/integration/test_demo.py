@@ -143,29 +143,32 @@ def test_a_folder_that_is_not_empty_is_refused(tmp_path: Path) -> None:
 
 
 def test_serve_keeps_the_gateways_up_for_the_example_client(tmp_path: Path) -> None:
+    # Run from a folder outside the repository: the command it prints must work there too.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
     with subprocess.Popen(
         [sys.executable, "-m", "gateway.cli", "demo", "--serve", "--dir", str(tmp_path / "d")],
-        cwd=REPO,
+        cwd=elsewhere,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     ) as process:
         try:
-            _serve_and_ask(process)
+            _serve_and_ask(process, elsewhere)
         finally:
             if process.poll() is None:
                 process.kill()
                 process.wait()
 
 
-def _client(command: str) -> subprocess.CompletedProcess[str]:
+def _client(command: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["bash", "-c", command], cwd=REPO, capture_output=True, text=True, timeout=60, check=False
+        ["bash", "-c", command], cwd=cwd, capture_output=True, text=True, timeout=60, check=False
     )
 
 
-def _serve_and_ask(process: subprocess.Popen[str]) -> None:
+def _serve_and_ask(process: subprocess.Popen[str], cwd: Path) -> None:
     assert process.stdout is not None
     assert process.stderr is not None
     transcript: list[str] = []
@@ -179,16 +182,16 @@ def _serve_and_ask(process: subprocess.Popen[str]) -> None:
     assert all(v == "OK" for v, _ in scenario_lines(text).values())
     assert len(re.findall(r"http://127\.0\.0\.1:\d+/metrics", text)) >= 3
     command = re.search(
-        r"^\S*python\S* examples/client\.py.*?--token \"[^\n]*\"$", text, re.S | re.M
+        r"^\S*python\S* \S*examples/client\.py.*?--token \"[^\n]*\"$", text, re.S | re.M
     )
     assert command is not None, text
-    client = _client(command.group(0))
+    client = _client(command.group(0), cwd)
     assert client.returncode == 0, client.stdout + client.stderr
     assert "answer from 500000 (fresh)" in client.stdout
     assert "seal verification: TOTAL_PASSED" in client.stdout
     assert re.search(r"^audit id: audit\.tongban/510000#\d+$", client.stdout, re.M)
     # The same client asking for a field outside the purpose: refused, with the reason.
-    refused = _client(command.group(0) + " --field gender")
+    refused = _client(command.group(0) + " --field gender", cwd)
     assert refused.returncode == 1
     assert "refused: PERMISSION_DENIED FIELD_NOT_ALLOWED" in refused.stderr
     process.send_signal(signal.SIGINT)

@@ -18,8 +18,10 @@ way `docs/security.md` describes:
 
 Nothing may fail: zero refused requests, zero failed handshakes, and every sealed answer the
 clients received verifies against the final registry (old key retiring, new key active); the
-gateways' own verification counters show no failure either. Bounded in time and in calls; the
-one-line report (with -s) gives the figures.
+gateways' own verification counters show no failure either. Every stream is answered before
+the rotation, between its steps and after it; how many answers that takes depends on the
+machine, so no count or rate is asserted (a loaded machine sends fewer, never fails more). The
+time limit only catches a hang; the one-line report (with -s) gives the figures.
 """
 
 from __future__ import annotations
@@ -64,7 +66,8 @@ from signer import Indication, SealVerifier, SignatureKind, certificate_thumbpri
 pytestmark = pytest.mark.integration
 
 OWNER = "500000"  # 重庆: the region whose keys rotate
-TEST_SECONDS = 20.0  # the whole test, set-up and tear-down included
+TEST_SECONDS = 180.0  # a hang guard for the whole test, set-up and tear-down included
+WAIT_SECONDS = 60.0  # for an expected answer or registry version; a hang guard, not a bound
 CALL_TIMEOUT = 5.0
 LIMIT = 200  # calls per stream at most (two 四川 streams stay under CY-SI-2026's 600/min)
 PAUSE = 0.02
@@ -78,6 +81,13 @@ STREAMS = [
     ("cq.amr", "330000", LICENCE, 0),  # 重庆 asks 浙江: 重庆's client certificate
 ]
 FRESH = ("cq.hrss", "510000", SI, 0)  # 重庆 asks 四川, a new channel (handshake) per call
+
+
+def answered_on_every_stream(tally: Tally, phase: str) -> bool:
+    """Every stream of the test has had an answer to a query it sent in `phase`."""
+    streams = {f"{agency}->{provider}" for agency, provider, *_ in STREAMS}
+    streams.add(f"{FRESH[0]}->{FRESH[1]} (new channel each)")
+    return streams <= {s.stream for s in tally.where(phase_sent=phase) if s.ok}
 
 
 def served_certificate(fed: Federation, port: int) -> str:
@@ -147,7 +157,7 @@ async def test_seal_key_and_tls_certificate_rotation_under_load(
             await wait_until(
                 lambda: all(g.store.status().version == version for g in cluster.gateways.values()),
                 f"every gateway to take registry version {version}",
-                5,
+                WAIT_SECONDS,
             )
 
         def reread() -> GatewayConfig:
@@ -186,7 +196,11 @@ async def test_seal_key_and_tls_certificate_rotation_under_load(
                 )
             try:
                 tally.enter("before")
-                await wait_until(lambda: tally.succeeded >= 40, "answers before the rotation", 5)
+                await wait_until(
+                    lambda: answered_on_every_stream(tally, "before"),
+                    "answers on every stream before the rotation",
+                    WAIT_SECONDS,
+                )
                 assert await probe() == old_tls
 
                 # 1. The successors, issued by 重庆's CA, recorded pending.
@@ -208,14 +222,22 @@ async def test_seal_key_and_tls_certificate_rotation_under_load(
                 federation.publish()
                 await everyone_holds(2)
                 tally.enter("pending")
-                await asyncio.sleep(0.5)
+                await wait_until(
+                    lambda: answered_on_every_stream(tally, "pending"),
+                    "answers on every stream with the successors pending",
+                    WAIT_SECONDS,
+                )
                 # 4. Active: new answers are sealed by the successor.
                 federation.publish()
                 await everyone_holds(3)
                 tally.enter("seal rotated")
                 assert federation.active(OWNER, KeyUsage.SEAL) == new_seal
                 assert federation.active(OWNER, KeyUsage.TLS) == new_tls
-                await asyncio.sleep(0.5)
+                await wait_until(
+                    lambda: answered_on_every_stream(tally, "seal rotated"),
+                    "answers on every stream with the new seal key active",
+                    WAIT_SECONDS,
+                )
                 # 5. The gateway serves (and calls peers with) the now-active TLS key.
                 assert owner.reload_tls(reread()) == new_tls
                 tally.enter("tls rotated")
@@ -225,14 +247,10 @@ async def test_seal_key_and_tls_certificate_rotation_under_load(
                 await everyone_holds(4)
                 tally.enter("after")
                 await wait_until(
-                    lambda: (
-                        {s.stream for s in tally.where(phase_sent="after") if s.ok}
-                        >= {s.stream for s in tally.shots}
-                    ),
+                    lambda: answered_on_every_stream(tally, "after"),
                     "answers on every stream after the rotation",
-                    5,
+                    WAIT_SECONDS,
                 )
-                await asyncio.sleep(1.5)
                 assert await probe() == new_tls
             finally:
                 stop.set()
@@ -293,13 +311,13 @@ async def test_seal_key_and_tls_certificate_rotation_under_load(
     )
     assert not [s for s in tally.shots if s.code in BAD_CODES]
     assert tally.refused() == Counter(), line  # zero failed requests, handshakes included
-    assert tally.sent >= 200, line
     assert gateway_failures == dict.fromkeys(gateway_failures, 0.0), gateway_failures
     assert sealers[old_seal] > 0, sealers
     assert sealers[new_seal] > 0, sealers
     assert not late_old, f"{len(late_old)} new answers after the rotation under the old key"
-    assert fresh_after >= 20, line
-    assert len(tally.where(phase_sent="after")) >= 20
+    assert fresh_after > 0, line  # the new key sealed something (and nothing else did, above)
     assert probes == [old_tls, new_tls, new_tls]
-    assert handshakes >= 20
+    fresh_stream = f"{FRESH[0]}->{FRESH[1]} (new channel each)"
+    for phase in ("before", "after"):  # new handshakes succeeded on both sides of the rotation
+        assert any(s.ok for s in tally.where(stream=fresh_stream, phase_sent=phase)), phase
     assert integrity.intact, integrity.problem

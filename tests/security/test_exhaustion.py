@@ -26,6 +26,8 @@ from tongban.v1 import exchange_pb2, exchange_pb2_grpc
 
 pytestmark = pytest.mark.integration
 
+HANG_GUARD_SECONDS = 60.0  # a call or a wait that should end by itself: a hang guard, not a bound
+
 
 def si(subject: str, **changes: Any) -> exchange_pb2.QueryRequest:
     return request("330000", "si.participation", "SI-TRANSFER", subject, **changes)
@@ -123,7 +125,6 @@ async def test_a_peer_that_hangs_holds_a_query_no_longer_than_its_deadline(
         async with running_cluster(federation, tmp_path, peer_overrides=overrides) as cluster:
             async with cluster.exchange("sc.hrss") as stub:
                 token = cluster.token("sc.hrss")
-                started = time.monotonic()
                 with pytest.raises(grpc.aio.AioRpcError) as caught:
                     await stub.Query(
                         si(cluster.subject("330000", "si.participation")),
@@ -131,13 +132,14 @@ async def test_a_peer_that_hangs_holds_a_query_no_longer_than_its_deadline(
                         timeout=0.8,
                     )
                 assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-                started = time.monotonic()
+                # No deadline: the gateway's own ends it (the peer saw at most 1 s left, below),
+                # with its reason; the timeout only guards the test against a hang.
                 with pytest.raises(grpc.aio.AioRpcError) as caught:
-                    await stub.Query(
-                        si(cluster.subject("330000", "si.participation", n=1)),
-                        metadata=bearer(token),
-                    )  # no deadline
-                assert time.monotonic() - started < 3
+                    async with asyncio.timeout(HANG_GUARD_SECONDS):
+                        await stub.Query(
+                            si(cluster.subject("330000", "si.participation", n=1)),
+                            metadata=bearer(token),
+                        )
                 assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
                 assert error_info(caught.value).reason == "PEER_UNAVAILABLE"
             with_deadline, without = peer.remaining
@@ -187,15 +189,14 @@ async def test_calls_beyond_the_concurrency_cap_are_refused_at_once(
                 for n in range(4)
             ]
             await asyncio.sleep(0.5)  # the four hold every slot, waiting on the peer
-            started = time.monotonic()
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await stub.Query(
                     si(cluster.subject("330000", "si.participation", n=5)),
                     metadata=bearer(token),
                     timeout=5,
                 )
+            # Refused, not queued: a queued call would have ended like the slow ones.
             assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert time.monotonic() - started < 1  # refused at once, not queued
             ended = await asyncio.gather(*slow, return_exceptions=True)
             assert all(isinstance(e, grpc.aio.AioRpcError) for e in ended)
             cq = exchange_pb2.QueryRequest(
@@ -242,7 +243,7 @@ async def test_the_metrics_endpoint_closes_connections_beyond_its_cap() -> None:
             idle_writer.close()
         idle.clear()
 
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + HANG_GUARD_SECONDS
         while not (answer := await healthz(port)):
             assert time.monotonic() < deadline, "the endpoint did not free its slots"
             await asyncio.sleep(0.05)

@@ -775,6 +775,7 @@ def test_verify_and_query_a_postgres_log(
     signing_key: ed25519.Ed25519PrivateKey,
     pki_args: list[str | Path],
     pseudonym_key_file: Path,
+    audit_cert: Path,
 ) -> None:
     with pg_roles() as roles:
         schema = roles.fresh_schema()
@@ -787,6 +788,10 @@ def test_verify_and_query_a_postgres_log(
         assert out.startswith(
             "INTACT — 12 records, 1 checkpoints checked, latest checkpoint size 12"
         )
+        # As docs/operators.md shows it: the region's audit certificate instead of a PKI.
+        code, out, err = run("audit", "verify", *db, "--audit-cert", audit_cert, "--region", REGION)
+        assert (code, err) == (0, "")
+        assert out.startswith("INTACT — 12 records")
         code, out, _ = run(
             "audit",
             "query",

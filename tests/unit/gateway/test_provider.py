@@ -297,16 +297,15 @@ async def test_client_fetches_and_reports_absence() -> None:
         assert (none.found, none.payload) == (False, b"")
 
 
-async def test_a_stopped_provider_is_unavailable_quickly() -> None:
+async def test_a_stopped_provider_is_unavailable_without_waiting_for_the_deadline() -> None:
     server, port = create_provider("330000")
     await server.start()
     await server.stop(None)
     citizen = DemoData("330000").population(1)[0]
     async with ProviderClient(f"127.0.0.1:{port}") as client:
-        started = time.monotonic()
         with pytest.raises(ProviderError) as caught:
-            await client_fetch(client, "civil.marriage", citizen, ["name"], deadline_seconds=1.0)
-    assert time.monotonic() - started < 1.5
+            await client_fetch(client, "civil.marriage", citizen, ["name"], deadline_seconds=30.0)
+    # Refused connections end the call: UNAVAILABLE, not a wait for the deadline.
     assert caught.value.reason == "PROVIDER_UNAVAILABLE"
     assert caught.value.retryable
     assert caught.value.code == grpc.StatusCode.UNAVAILABLE
@@ -331,13 +330,16 @@ class Flaky(exchange_pb2_grpc.DataProviderServicer):
         return await self.inner.Fetch(request, context)
 
 
+SLOW_SECONDS = 5.0  # how long Slow takes to answer
+
+
 class Slow(exchange_pb2_grpc.DataProviderServicer):
     async def Fetch(
         self,
         request: exchange_pb2.ProviderFetchRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> exchange_pb2.ProviderFetchResponse:
-        await asyncio.sleep(5)
+        await asyncio.sleep(SLOW_SECONDS)
         return exchange_pb2.ProviderFetchResponse()
 
 
@@ -365,7 +367,8 @@ async def test_deadline_is_honoured_and_not_retried() -> None:
         elapsed = time.monotonic() - started
         with pytest.raises(ProviderError, match="no time left"):
             await client_fetch(client, "civil.marriage", STRANGER, ["name"], deadline_seconds=0)
-    assert 0.25 <= elapsed < 1.0
+    # It waited for the deadline, and no longer: the slow answer (5 s) never came.
+    assert 0.25 <= elapsed < SLOW_SECONDS
     assert (caught.value.reason, caught.value.retryable) == ("PROVIDER_UNAVAILABLE", False)
     assert caught.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
 

@@ -1,6 +1,6 @@
 """The gateway path against the ceiling: a bare grpc.aio echo server, measured side by side.
 
-Run: .venv/bin/python bench/gateway.py [--seconds 8] [--warmup 3] [--concurrency 32]
+Run: .venv/bin/python bench/query_path.py [--seconds 8] [--warmup 3] [--concurrency 32]
                                       [--channels 4] [--json FILE] [--redis URL]
                                       [--postgres DSN] [--workers 1,2] [--no-one-process]
                                       [--profile DIR]
@@ -85,12 +85,8 @@ import grpc
 import redis
 from google.protobuf import __version__ as protobuf_version
 
-# Run as a script, this file's folder (bench/) comes first on sys.path, and `import gateway`
-# would import this file, bench/gateway.py, instead of the gateway package: take bench/ out.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
-from gateway.config import GatewayConfig  # noqa: E402 - after the sys.path fix above
-from gateway.demo import (  # noqa: E402
+from gateway.config import GatewayConfig
+from gateway.demo import (
     DemoError,
     DemoOptions,
     Federation,
@@ -99,11 +95,11 @@ from gateway.demo import (  # noqa: E402
     start_federation,
     stop_federation,
 )
-from gateway.provider import DemoData, create_provider  # noqa: E402
-from gateway.server import Gateway, create_gateway, freeze_startup_heap  # noqa: E402
-from registry import CURRENT_SNAPSHOT, Inventory, KeyState, KeyUsage  # noqa: E402
-from registry._pki import DEV_CACHE_KEY, DEV_PSEUDONYM_KEY  # noqa: E402
-from tongban.v1 import (  # noqa: E402
+from gateway.provider import DemoData, create_provider
+from gateway.server import Gateway, create_gateway, freeze_startup_heap
+from registry import CURRENT_SNAPSHOT, Inventory, KeyState, KeyUsage
+from registry._pki import DEV_CACHE_KEY, DEV_PSEUDONYM_KEY
+from tongban.v1 import (
     credentials_pb2,
     credentials_pb2_grpc,
     exchange_pb2,

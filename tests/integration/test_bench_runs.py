@@ -1,0 +1,80 @@
+"""The benchmark scripts run as the README and bench/README.md show them (`.venv/bin/python
+bench/NAME.py` from the repository root), with small sizes so that each takes seconds. Nothing
+here looks at the figures: a benchmark's numbers are for people, never a test's verdict."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pg_support import SUPERUSER_DSN
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+TIMEOUT = 600  # seconds: a hang guard on a loaded 2-core machine
+
+
+def run_bench(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    # Exactly as documented: the script by its path, from the repository root, so that bench/
+    # comes first on sys.path (where a script named like a package would shadow it).
+    done = subprocess.run(
+        [sys.executable, f"bench/{script}", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done
+
+
+def test_bench_audit_runs(tmp_path: Path) -> None:
+    out = tmp_path / "audit.json"
+    done = run_bench(
+        "audit.py", "--seconds", "0.05", "--postgres", SUPERUSER_DSN, "--json", str(out)
+    )
+    assert "sqlite" in done.stdout
+    assert "postgres" in done.stdout
+    figures = json.loads(out.read_text())
+    assert set(figures["appends_per_second"]) == {
+        "sqlite_1",
+        "sqlite_64",
+        "postgres_1",
+        "postgres_64",
+    }
+
+
+def test_bench_verify_runs(tmp_path: Path) -> None:
+    out = tmp_path / "verify.json"
+    done = run_bench(
+        "verify.py", "--seconds", "0.05", "--rounds", "1", "--pool", "4", "--json", str(out)
+    )
+    assert "a/b" in done.stdout
+    assert out.is_file()
+
+
+def test_bench_query_path_runs(tmp_path: Path) -> None:
+    out = tmp_path / "query_path.json"
+    done = run_bench(
+        "query_path.py",
+        "--seconds",
+        "0.3",
+        "--warmup",
+        "0",
+        "--concurrency",
+        "2",
+        "--channels",
+        "1",
+        "--workers",
+        "",
+        "--no-one-process",
+        "--json",
+        str(out),
+    )
+    assert "whole run" in done.stdout
+    assert out.is_file()

@@ -1,0 +1,180 @@
+"""Every command the README and the docs show is run by a test (issue 13). The table maps each
+command, as tests/docs_support.py reads it from a fenced sh/bash/shell/console block of README.md,
+docs/*.md, bench/README.md or bench/RESULTS.md, to the node id of the test that runs it: most
+run each page's commands from the page itself (tests/integration/test_docs_walkthrough.py); the
+`make` targets too long for the suite (`make test` is the suite) are dry-run here and checked for
+what they run. A new command in the docs fails this test until it is mapped; a mapped command
+gone from the docs fails it too; and every node id must be one pytest collects."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from docs_support import REPO, WALKTHROUGH, all_commands
+
+COLLECT_TIMEOUT_SECONDS = 300
+
+COMMANDS: dict[str, str] = {
+    "make demo": "tests/unit/test_docs_commands.py::test_make_targets_run_what_the_docs_say[demo]",
+    "make test": "tests/unit/test_docs_commands.py::test_make_targets_run_what_the_docs_say[test]",
+    ".venv/bin/tongban pki init --out out/demo/pki --regions 330000,510000,500000": "tests/integration/test_docs_walkthrough.py::test_readme_three_regions_by_hand",
+    ".venv/bin/tongban registry publish --pki out/demo/pki --out out/demo/published": "tests/integration/test_docs_walkthrough.py::test_readme_three_regions_by_hand",
+    ".venv/bin/tongban provider serve --region 510000 --listen 127.0.0.1:9510 &": "tests/integration/test_docs_walkthrough.py::test_readme_three_regions_by_hand",
+    ".venv/bin/tongban gateway serve --config conf/demo/gateway-510000.toml &": "tests/integration/test_docs_walkthrough.py::test_readme_three_regions_by_hand",
+    ".venv/bin/tongban provider serve --region 500000 --listen 127.0.0.1:9500 &": "tests/integration/test_docs_walkthrough.py::test_readme_three_regions_by_hand",
+    ".venv/bin/tongban gateway serve --config conf/demo/gateway-500000.toml &": "tests/integration/test_docs_walkthrough.py::test_readme_three_regions_by_hand",
+    ".venv/bin/python bench/query_path.py": "tests/integration/test_bench_runs.py::test_bench_query_path_runs",
+    ".venv/bin/python bench/verify.py": "tests/integration/test_bench_runs.py::test_bench_verify_runs",
+    ".venv/bin/python bench/audit.py": "tests/integration/test_bench_runs.py::test_bench_audit_runs",
+    "make lint": "tests/unit/test_docs_commands.py::test_make_targets_run_what_the_docs_say[lint]",
+    "make proto": "tests/unit/test_docs_commands.py::test_make_targets_run_what_the_docs_say[proto]",
+    "make proto-check": "tests/unit/test_docs_commands.py::test_make_targets_run_what_the_docs_say[proto-check]",
+    "make pytest": "tests/unit/test_docs_commands.py::test_make_targets_run_what_the_docs_say[pytest]",
+    "tongban audit verify --sqlite audit-330000.db --pki out/pki --region 330000 --save-checkpoint kept.checkpoint": "tests/integration/test_docs_walkthrough.py::test_docs_audit_and_oversight_commands",
+    "tongban audit verify --sqlite audit-330000.db --pki out/pki --region 330000 --checkpoint kept.checkpoint --save-checkpoint kept.checkpoint": "tests/integration/test_docs_walkthrough.py::test_docs_audit_and_oversight_commands",
+    "tongban audit query --sqlite audit-330000.db --subject-id 110105194912310021 --pseudonym-key-file /run/secrets/audit-pseudonym": "tests/integration/test_docs_walkthrough.py::test_docs_audit_and_oversight_commands",
+    "tongban audit proof --sqlite audit-330000.db --pki out/pki --region 330000 --index 41": "tests/integration/test_docs_walkthrough.py::test_docs_audit_and_oversight_commands",
+    'tongban audit prune --sqlite audit-330000.db --pki out/pki --region 330000 --older-than 365d --operator "数据局 运维" --reason "retention ticket 42"': "tests/integration/test_docs_walkthrough.py::test_docs_audit_and_oversight_commands",
+    "tongban audit prune ... --yes": "tests/integration/test_docs_walkthrough.py::test_docs_audit_and_oversight_commands",
+    "tongban token issue --pki /tmp/g/pki --agency sc.hrss --operator 张三 --lifetime 120s": "tests/integration/test_docs_walkthrough.py::test_docs_integrating_md_commands",
+    "tongban verify answer.jws --snapshot current.jws --authority authority.pub.pem --expect seal --region 330000": "tests/integration/test_docs_walkthrough.py::test_docs_integrating_md_commands",
+    "tongban keys expiring --pki PKI --within 30d": "tests/integration/test_docs_walkthrough.py::test_docs_monitoring_md_key_commands",
+    "tongban keys rotate --pki PKI --owner OWNER --usage USAGE": "tests/integration/test_docs_walkthrough.py::test_docs_monitoring_md_key_commands",
+    "tongban registry publish --pki PKI --out PUBLISHED": "tests/integration/test_docs_walkthrough.py::test_docs_monitoring_md_key_commands",
+    "tongban registry show PUBLISHED/current.jws --pki PKI": "tests/integration/test_docs_walkthrough.py::test_docs_monitoring_md_key_commands",
+    "tongban audit verify --sqlite audit.db --pki PKI --region REGION": "tests/integration/test_docs_walkthrough.py::test_docs_monitoring_md_audit_verify",
+    "make promtool": "tests/unit/test_docs_commands.py::test_make_targets_run_what_the_docs_say[promtool]",
+    "promtool check rules conf/prometheus/alerts.yml": "tests/unit/test_monitoring_config.py::test_promtool_check_rules",
+    "promtool test rules conf/prometheus/alerts_test.yml": "tests/unit/test_monitoring_config.py::test_promtool_test_rules",
+    ".venv/bin/python -m pytest -q tests/unit/test_monitoring_config.py": "tests/unit/test_monitoring_config.py",
+    "tongban keys rotate --pki pki --owner 330000 --usage seal": "tests/integration/test_docs_walkthrough.py::test_docs_operators_md_key_commands",
+    "tongban registry publish --pki pki --out published": "tests/integration/test_docs_walkthrough.py::test_docs_operators_md_key_commands",
+    "tongban keys revoke KID --pki pki --reason keyCompromise": "tests/integration/test_docs_walkthrough.py::test_docs_operators_md_key_commands",
+    "tongban keys expiring --pki pki --within 30d": "tests/integration/test_docs_walkthrough.py::test_docs_operators_md_key_commands",
+    "tongban registry show published/current.jws --pki pki": "tests/integration/test_docs_walkthrough.py::test_docs_operators_md_key_commands",
+    "tongban audit verify --postgres-env TONGBAN_AUDIT_DSN --audit-cert audit-330000.pem --region 330000": "tests/unit/gateway/test_audit_cli.py::test_verify_and_query_a_postgres_log",
+    "tongban audit query --sqlite audit-510000.db --subject-id 330106195705031281 --pseudonym-key-file /tmp/g/pki/audit-pseudonym.secret --limit 3": "tests/integration/test_docs_walkthrough.py::test_docs_audit_and_oversight_commands",
+    "tongban audit verify --sqlite audit-510000.db --pki /tmp/g/pki --region 510000 --save-checkpoint kept-510000.checkpoint": "tests/integration/test_docs_walkthrough.py::test_docs_audit_and_oversight_commands",
+    "tongban audit verify --sqlite audit-510000.db --pki /tmp/g/pki --region 510000 --checkpoint kept-510000.checkpoint --save-checkpoint kept-510000.checkpoint": "tests/integration/test_docs_walkthrough.py::test_docs_audit_and_oversight_commands",
+    "tongban registry show current.jws --authority authority.pub.pem --json > registry.json": "tests/integration/test_docs_walkthrough.py::test_docs_audit_and_oversight_commands",
+    'python3 - <<\'EOF\'\nimport base64, json, ssl\nkey = next(k for k in json.load(open("registry.json"))["keys"]\n           if k["usage"] == "audit" and k["owner"] == "510000" and k["state"] == "active")\nopen("audit-510000.pem", "w").write(ssl.DER_cert_to_PEM_cert(base64.b64decode(key["certificate"])))\nEOF': "tests/integration/test_docs_walkthrough.py::test_docs_audit_and_oversight_commands",
+    "tongban audit verify --sqlite audit-510000.db --audit-cert audit-510000.pem --region 510000": "tests/integration/test_docs_walkthrough.py::test_docs_audit_and_oversight_commands",
+    "tongban audit proof --sqlite audit-510000.db --pki /tmp/g/pki --region 510000 --index 0 --size 14": "tests/integration/test_docs_walkthrough.py::test_docs_audit_and_oversight_commands",
+    "tongban audit proof --sqlite audit-510000.db --pki /tmp/g/pki --region 510000 --consistency 14 --to 21": "tests/integration/test_docs_walkthrough.py::test_docs_audit_and_oversight_commands",
+    'tongban audit prune --sqlite audit-510000.db --pki PKI --region 510000 --older-than 365d --operator "四川省数据局 运维" --reason "retention ticket 42"': "tests/integration/test_docs_walkthrough.py::test_docs_audit_and_oversight_commands",
+    "tongban pki init --out out/pki --regions 330000,510000,500000": "tests/integration/test_docs_walkthrough.py::test_docs_registry_md_commands",
+    "tongban registry build --pki out/pki --out out/draft.json": "tests/integration/test_docs_walkthrough.py::test_docs_registry_md_commands",
+    "tongban registry publish --pki out/pki --out out/published": "tests/integration/test_docs_walkthrough.py::test_docs_registry_md_commands",
+    "tongban registry show out/published/current.jws --pki out/pki": "tests/integration/test_docs_walkthrough.py::test_docs_registry_md_commands",
+    "tongban keys rotate --pki out/pki --owner 330000 --usage seal": "tests/integration/test_docs_walkthrough.py::test_docs_registry_md_commands",
+    ".venv/bin/tongban pki init --out /tmp/g/pki --regions 330000,510000,500000": "tests/integration/test_docs_walkthrough.py::test_docs_security_md_commands",
+    ".venv/bin/tongban registry publish --pki /tmp/g/pki --out /tmp/g/published": "tests/integration/test_docs_walkthrough.py::test_docs_security_md_commands",
+    ".venv/bin/tongban gateway serve --pki /tmp/g/pki --region 330000 --snapshot /tmp/g/published/current.jws --listen 127.0.0.1:7330 &": "tests/integration/test_gateway_serve.py::test_cli_gateway_serves_registry_health_and_reflection_then_stops_on_sigint",
+    "tongban keys rotate --pki PKI --owner 330000 --usage seal": "tests/integration/test_docs_walkthrough.py::test_docs_security_md_commands",
+    "tongban keys revoke --pki PKI --reason superseded G0AnDLbcsJA1XTDpIUJg6-_NV8M2vyztubZ-tl9THjI": "tests/integration/test_docs_walkthrough.py::test_docs_security_md_commands",
+    "kill -HUP <pid of tongban gateway serve>": "tests/integration/test_sighup_reload.py::test_sighup_takes_a_rotated_tls_certificate_and_seal_key",
+    "tongban keys revoke --pki PKI --reason REASON [--at TIME] KID": "tests/integration/test_docs_walkthrough.py::test_docs_security_md_commands",
+    "tongban keys revoke --pki PKI --reason keyCompromise [--at SINCE] OLD_KID": "tests/integration/test_docs_walkthrough.py::test_docs_security_md_commands",
+    "tongban keys generate --pki PKI --owner 330000 --usage seal": "tests/integration/test_docs_walkthrough.py::test_docs_security_md_commands",
+    "grep -o '`tests/[^`]*::[^`]*`' docs/threats.md | tr -d '`' | sort -u | tr '\\n' '\\0' | xargs -0 .venv/bin/python -m pytest -p no:cacheprovider --no-cov -q": "tests/security/test_catalogue.py::test_every_node_id_in_the_catalogue_exists",
+    ".venv/bin/python bench/verify.py --seconds 5 --json out/bench-verify.json": "tests/integration/test_bench_runs.py::test_bench_verify_runs",
+    ".venv/bin/python bench/query_path.py --json out/bench-gateway.json --profile out/bench-profile": "tests/integration/test_bench_runs.py::test_bench_query_path_runs",
+    ".venv/bin/python bench/query_path.py --concurrency 1 --channels 1 --seconds 4 --warmup 1": "tests/integration/test_bench_runs.py::test_bench_query_path_runs",
+}
+
+
+def test_every_command_in_the_docs_is_mapped_to_a_test() -> None:
+    shown = {c.text: c.where for c in all_commands()}
+    unmapped = {text: where for text, where in shown.items() if text not in COMMANDS}
+    assert not unmapped, "commands in the docs that no test runs:\n" + "\n".join(
+        f"{where}: {text}" for text, where in unmapped.items()
+    )
+    stale = set(COMMANDS) - set(shown)
+    assert not stale, f"mapped commands no longer in the docs: {sorted(stale)}"
+
+
+def test_every_mapped_node_id_exists() -> None:
+    nodes = set(COMMANDS.values())
+    files = sorted({node.split("::", 1)[0] for node in nodes})
+    assert all((REPO / f).is_file() for f in files), files
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *files],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=COLLECT_TIMEOUT_SECONDS,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    found = {line.strip() for line in result.stdout.splitlines() if "::" in line}
+    missing = [
+        node
+        for node in nodes
+        if "::" in node and node not in found and not any(f.startswith(node + "[") for f in found)
+    ]
+    assert not missing, missing
+
+
+def test_the_walkthrough_runs_what_it_is_mapped_to() -> None:
+    """A command mapped to a test of test_docs_walkthrough.py is one that test takes from its
+    page (not one it skips), and each of those tests takes at least one."""
+    prefix = "tests/integration/test_docs_walkthrough.py::"
+    for text, node in COMMANDS.items():
+        if node.startswith(prefix):
+            name = node.removeprefix(prefix)
+            assert name in WALKTHROUGH, node
+            assert text in WALKTHROUGH[name].commands(), f"{name} does not run {text!r}"
+    for name, selection in WALKTHROUGH.items():
+        assert selection.commands(), f"{name} runs no command"
+
+
+def test_the_commands_are_read_as_a_reader_types_them() -> None:
+    texts = [c.text for c in all_commands()]
+    assert "make demo" in texts
+    assert not [t for t in texts if "#" in t.split("\n")[0] and "'" not in t]  # comments off
+    # continuation lines joined; a here-document kept whole with its command
+    assert any(
+        t.startswith("tongban audit verify --sqlite audit-510000.db --pki /tmp/g/pki")
+        for t in texts
+    )
+    (heredoc,) = [t for t in texts if t.startswith("python3 - <<'EOF'")]
+    assert heredoc.endswith("\nEOF")
+    assert "audit-510000.pem" in heredoc
+
+
+# make targets: what each runs (a dry run, `make -n`) ------------------------------------------
+MAKE_TARGETS = {
+    "demo": ["tongban demo --dir out/demo"],
+    "test": [
+        "ruff check .",
+        "mypy --strict gateway signer registry",
+        "proto/build.py --check",
+        "-m pytest --cov",
+    ],
+    "lint": [
+        ".venv/bin/ruff format --check .",
+        ".venv/bin/ruff check .",
+        ".venv/bin/mypy --strict gateway signer registry",
+    ],
+    "proto": [".venv/bin/python proto/build.py"],
+    "proto-check": [".venv/bin/python proto/build.py --check"],
+    "pytest": [".venv/bin/python -m pytest --cov --cov-branch"],
+    "promtool": ["apt-get install", "prometheus"],
+}
+
+
+@pytest.mark.parametrize("target", sorted(MAKE_TARGETS))
+def test_make_targets_run_what_the_docs_say(target: str) -> None:
+    done = subprocess.run(
+        ["make", "-n", "-s", target],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    for fragment in MAKE_TARGETS[target]:
+        assert fragment in done.stdout, f"make {target} no longer runs {fragment!r}"
