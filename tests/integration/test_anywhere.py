@@ -163,12 +163,6 @@ def test_the_installed_package_finds_its_source_from_any_folder(
     assert sorted(p.name for p in Path(found[1]).glob("*.toml")) == SOURCE_FILES
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pyproject.toml [tool.setuptools] packages lists no subpackage (gateway.audit, "
-    "gateway.cache, gateway.metrics, gateway.provider, gateway.services): the wheel cannot "
-    "import gateway.server; for the owner of pyproject.toml, then drop this mark",
-)
 def test_the_installed_wheel_plays_the_demo_from_any_folder(
     installed: Installed, elsewhere: Path
 ) -> None:

@@ -32,6 +32,8 @@ COMMANDS: dict[str, str] = {
     "make proto": "tests/unit/test_docs_commands.py::test_make_targets_run_what_the_docs_say[proto]",
     "make proto-check": "tests/unit/test_docs_commands.py::test_make_targets_run_what_the_docs_say[proto-check]",
     "make pytest": "tests/unit/test_docs_commands.py::test_make_targets_run_what_the_docs_say[pytest]",
+    "make lock": "tests/unit/test_docs_commands.py::test_make_targets_run_what_the_docs_say[lock]",
+    "make check-lowest": "tests/unit/test_docs_commands.py::test_make_targets_run_what_the_docs_say[check-lowest]",
     "tongban audit verify --sqlite audit-330000.db --pki out/pki --region 330000 --save-checkpoint kept.checkpoint": "tests/integration/test_docs_walkthrough.py::test_docs_audit_and_oversight_commands",
     "tongban audit verify --sqlite audit-330000.db --pki out/pki --region 330000 --checkpoint kept.checkpoint --save-checkpoint kept.checkpoint": "tests/integration/test_docs_walkthrough.py::test_docs_audit_and_oversight_commands",
     "tongban audit query --sqlite audit-330000.db --subject-id 110105194912310021 --pseudonym-key-file /run/secrets/audit-pseudonym": "tests/integration/test_docs_walkthrough.py::test_docs_audit_and_oversight_commands",
@@ -161,7 +163,14 @@ MAKE_TARGETS = {
     "proto": [".venv/bin/python proto/build.py"],
     "proto-check": [".venv/bin/python proto/build.py --check"],
     "pytest": [".venv/bin/python -m pytest --cov --cov-branch"],
-    "promtool": ["apt-get install", "prometheus"],
+    "promtool": ["apt-get install -y -qq --no-install-recommends prometheus"],
+    "lock": [
+        "pip compile",
+        "--generate-hashes",
+        "requirements/lock.txt",
+        "requirements/lowest.txt",
+    ],
+    "check-lowest": ["--require-hashes requirements/lowest.txt", "-m pytest"],
 }
 
 
