@@ -2072,16 +2072,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Console(highlight=False)
     handler: Handler = args.handler
     # A serving process: gRPC core's own lines on fd 2 become JSON events too (gateway/logs.py).
+    relaying = log_format == "json" and getattr(args, "serves", False)
     relay: contextlib.AbstractContextManager[None] = (
-        relay_native_stderr()
-        if log_format == "json" and getattr(args, "serves", False)
-        else contextlib.nullcontext()
+        relay_native_stderr() if relaying else contextlib.nullcontext()
     )
     with relay:
-        return _run(handler, args, out)
+        return _run(handler, args, out, failures_logged=relaying)
 
 
-def _run(handler: Handler, args: argparse.Namespace, out: Console) -> int:
+def _run(handler: Handler, args: argparse.Namespace, out: Console, *, failures_logged: bool) -> int:
+    """The command; a failure it reports is one line on stderr, a log event when stderr is the
+    JSON log of a serving process."""
     try:
         return handler(args, out)
     except (Failure, RegistryError, GatewayError, SignerError, OSError) as exc:
@@ -2091,6 +2092,9 @@ def _run(handler: Handler, args: argparse.Namespace, out: Console) -> int:
             if isinstance(exc, OSError) and exc.filename and exc.strerror
             else str(exc)
         )
+        if failures_logged:
+            logging.getLogger("tongban.cli").error("tongban: %s", message)  # noqa: TRY400 - a message, not a traceback
+            return 1
         # soft_wrap: never hard-wrap at the console width (it would cut paths and kids in two).
         Console(stderr=True, highlight=False).print(
             f"tongban: {message}", markup=False, soft_wrap=True

@@ -208,7 +208,7 @@ def _shared_processors() -> list[Processor]:
     ]
 
 
-def _renderer(fmt: LogFormat) -> list[Processor]:
+def _renderer(fmt: LogFormat, *, colors: bool) -> list[Processor]:
     if fmt == "json":
         return [
             structlog.processors.format_exc_info,
@@ -220,8 +220,9 @@ def _renderer(fmt: LogFormat) -> list[Processor]:
         structlog.processors.format_exc_info,
         redact_event,
         _escape_for_console,
+        # Colours only on a terminal: they are the renderer's own escapes, added after ours.
         structlog.dev.ConsoleRenderer(
-            colors=False, exception_formatter=structlog.dev.plain_traceback
+            colors=colors, exception_formatter=structlog.dev.plain_traceback
         ),
     ]
 
@@ -269,7 +270,7 @@ def make_handler(fmt: LogFormat, stream: IO[str]) -> logging.StreamHandler[IO[st
             foreign_pre_chain=shared,
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                *_renderer(fmt),
+                *_renderer(fmt, colors=stream.isatty()),
             ],
         )
     )

@@ -4,6 +4,7 @@ removed before gRPC loads."""
 
 from __future__ import annotations
 
+import contextvars
 import io
 import json
 import logging
@@ -23,6 +24,7 @@ from gateway.audit._log import AuditLog
 from gateway.logs import (
     FORMAT_ENV,
     MAX_VALUE_CHARS,
+    bind_worker,
     make_handler,
     redact_text,
     resolve_format,
@@ -293,3 +295,18 @@ def test_what_is_written_to_fd_2_becomes_redacted_json_events(tmp_path: Path) ->
     assert any(str(e["event"]).startswith("unterminated ") for e in events)
     for leaked in ("TOKEN-", CITIZEN_ID, "\x1b"):
         assert leaked not in text
+
+
+def test_a_workers_events_say_which_worker(logged: tuple[logging.Logger, io.StringIO]) -> None:
+    logger, stream = logged
+
+    def in_worker() -> None:
+        bind_worker(3)
+        logger.warning("serving")
+
+    contextvars.copy_context().run(in_worker)
+    logger.warning("supervising")
+    text = stream.getvalue()
+    worker, supervisor = text.splitlines()
+    assert ("worker=3" in worker) or json.loads(worker)["worker"] == 3
+    assert "worker" not in supervisor
