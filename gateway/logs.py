@@ -74,7 +74,10 @@ _AUTHORIZATION = re.compile(r"""(?i)(authorization['"]?\s*[:=,]\s*(?:b?['"])?)[^
 _BEARER = re.compile(r"(?i)\bbearer(?:\s|\\[trnx]|%20|\+)+[^\s'\",;)\]}]*")
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{6,}(?:\.[A-Za-z0-9_-]*){0,2}")
 _THREE_SEGMENTS = re.compile(r"[A-Za-z0-9_-]{16,}\.[A-Za-z0-9_-]{16,}\.[A-Za-z0-9_-]{16,}")
-_SUBJECT_ID = re.compile(r"(?<![0-9A-Za-z])[0-9A-Z]{18}(?![0-9A-Za-z])")
+# A citizen id between non-digits (it may sit inside a case id), a credit code between
+# non-alphanumerics; redacted only when the check characters are right.
+_CITIZEN_ID = re.compile(r"(?<!\d)\d{17}[\dXx](?!\d)")
+_USCC = re.compile(r"(?<![0-9A-Za-z])[0-9A-Z]{18}(?![0-9A-Za-z])")
 
 # Characters a line reader may take for the end of a line (str.splitlines), or that reorder or
 # hide text on a terminal: JSON leaves them as they are; the renderers escape them.
@@ -113,14 +116,11 @@ def redact_text(text: str) -> str:
     text = _BEARER.sub(REDACTED_CREDENTIAL, text)
     text = _JWT.sub(REDACTED_TOKEN, text)
     text = _THREE_SEGMENTS.sub(REDACTED_TOKEN, text)
-    return _SUBJECT_ID.sub(
-        lambda m: (
-            REDACTED_SUBJECT
-            if is_valid_citizen_id(m.group(0)) or is_valid_uscc(m.group(0))
-            else m.group(0)
-        ),
+    text = _CITIZEN_ID.sub(
+        lambda m: REDACTED_SUBJECT if is_valid_citizen_id(m.group(0).upper()) else m.group(0),
         text,
     )
+    return _USCC.sub(lambda m: REDACTED_SUBJECT if is_valid_uscc(m.group(0)) else m.group(0), text)
 
 
 def _bounded(text: str, limit: int) -> str:
@@ -211,12 +211,14 @@ def _shared_processors() -> list[Processor]:
 def _renderer(fmt: LogFormat, *, colors: bool) -> list[Processor]:
     if fmt == "json":
         return [
+            structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info,
             redact_event,
             _schema_order,
             structlog.processors.JSONRenderer(serializer=_json_dumps),
         ]
     return [
+        structlog.processors.StackInfoRenderer(),
         structlog.processors.format_exc_info,
         redact_event,
         _escape_for_console,

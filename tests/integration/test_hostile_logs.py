@@ -252,6 +252,8 @@ def test_hostile_inputs_leave_every_log_line_one_json_object_without_credentials
         assert {"ts", "level", "logger", "event"} <= set(event), f"line {number}: {line[:200]!r}"
         events.append(event)
     assert any(e["event"] == "access" for e in events), "no access event: the scan is hollow"
+    # The undecodable authorization values reached gRPC, which logged them: by length only.
+    assert any(re.fullmatch(r"Invalid encoding on <\d+ bytes>", e["event"]) for e in events)
     assert any(e["logger"] == "tongban.logs" and "GRPC_TRACE" in e["event"] for e in events)
     assert not BEARER.search(text)
     assert not re.search(r"(?i)bearer\b", text)

@@ -42,6 +42,7 @@ PEM = (
     "-----END PRIVATE KEY-----"
 )
 CITIZEN_ID = "500109196407144697"  # a valid GB 11643 id (check character right)
+CITIZEN_ID_X = "51010419900101006X"  # valid too, its check character X (written x at times)
 USCC = "91500112156194884Q"  # a valid unified social credit code
 SECRETS = {
     "jwt": JWT,
@@ -49,6 +50,7 @@ SECRETS = {
     "garbage bearer": "Bearer not-a-jwt-Zm9vYmFy",
     "pem": PEM,
     "citizen id": CITIZEN_ID,
+    "citizen id in a case id": f"CASE{CITIZEN_ID_X.lower()}-2",
     "uscc": USCC,
 }
 # What must not survive of each: the token, the key body, the id.
@@ -58,6 +60,7 @@ MARKERS = {
     "garbage bearer": ["not-a-jwt-Zm9vYmFy", "Bearer "],
     "pem": ["MC4CAQAwBQYDK2VwBCIEIJ", "BEGIN PRIVATE KEY"],
     "citizen id": [CITIZEN_ID],
+    "citizen id in a case id": [CITIZEN_ID_X[:-1]],
     "uscc": [USCC],
 }
 HOSTILE = "si.participation\r\n2026-12-06 INFO tongban.access: allowed\u2028\x85\x1b[2J\x00end"
