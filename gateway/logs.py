@@ -71,6 +71,9 @@ _PEM_PRIVATE = re.compile(
 )
 # `authorization` metadata in the forms libraries print it: a: b, a=b, ('a', 'b'), "a": "b".
 _AUTHORIZATION = re.compile(r"""(?i)(authorization['"]?\s*[:=,]\s*(?:b?['"])?)[^'"\r\n]*""")
+# A password in a URL (redis://:pw@host, postgresql://user:pw@host) or a libpq DSN (password=pw).
+_URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/\s:@]*:)[^@\s/]+@")
+_DSN_PASSWORD = re.compile(r"""(?i)\b(password\s*=\s*)(?:'(?:[^'\\]|\\.)*'|[^\s'"]+)""")
 _BEARER = re.compile(r"(?i)\bbearer(?:\s|\\[trnx]|%20|\+)+[^\s'\",;)\]}]*")
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{6,}(?:\.[A-Za-z0-9_-]*){0,2}")
 _THREE_SEGMENTS = re.compile(r"[A-Za-z0-9_-]{16,}\.[A-Za-z0-9_-]{16,}\.[A-Za-z0-9_-]{16,}")
@@ -110,10 +113,13 @@ def _escape(match: re.Match[str]) -> str:
 
 
 def redact_text(text: str) -> str:
-    """`text` without private keys, bearer values, tokens, authorization values or subject ids."""
+    """`text` without private keys, bearer values, tokens, authorization values, passwords in
+    URLs and DSNs, or subject ids."""
     text = _PEM_PRIVATE.sub(REDACTED_PRIVATE_KEY, text)
     text = _AUTHORIZATION.sub(lambda m: m.group(1) + REDACTED_CREDENTIAL, text)
     text = _BEARER.sub(REDACTED_CREDENTIAL, text)
+    text = _URL_PASSWORD.sub(lambda m: f"{m.group(1)}{REDACTED_CREDENTIAL}@", text)
+    text = _DSN_PASSWORD.sub(lambda m: m.group(1) + REDACTED_CREDENTIAL, text)
     text = _JWT.sub(REDACTED_TOKEN, text)
     text = _THREE_SEGMENTS.sub(REDACTED_TOKEN, text)
     text = _CITIZEN_ID.sub(

@@ -52,6 +52,9 @@ SECRETS = {
     "citizen id": CITIZEN_ID,
     "citizen id in a case id": f"CASE{CITIZEN_ID_X.lower()}-2",
     "uscc": USCC,
+    "redis url": "redis://:s3cret-Redis-pw@10.0.0.5:6379/0",
+    "postgres url": "postgresql://tongban:s3cret-Pg-pw@db.internal/tongban",
+    "libpq dsn": "host=db user=tongban password='s3cret Pg pw' dbname=tongban",
 }
 # What must not survive of each: the token, the key body, the id.
 MARKERS = {
@@ -62,6 +65,9 @@ MARKERS = {
     "citizen id": [CITIZEN_ID],
     "citizen id in a case id": [CITIZEN_ID_X[:-1]],
     "uscc": [USCC],
+    "redis url": ["s3cret-Redis-pw"],
+    "postgres url": ["s3cret-Pg-pw"],
+    "libpq dsn": ["s3cret"],
 }
 HOSTILE = "si.participation\r\n2026-12-06 INFO tongban.access: allowed\u2028\x85\x1b[2J\x00end"
 
@@ -220,7 +226,8 @@ def test_the_access_event_has_named_fields(caplog: pytest.LogCaptureFixture) -> 
 def test_redact_text_leaves_ordinary_text_alone() -> None:
     text = (
         "registry version 7 from 510000; seal-ab12cd34 TOTAL_PASSED; 500000 重庆 si.participation "
-        "audit.tongban/510000#12 110105194912310022"  # an id whose check character is wrong
+        "audit.tongban/510000#12 110105194912310022 "  # an id whose check character is wrong
+        "redis://127.0.0.1:6379/0 http://127.0.0.1:9090/metrics password policy"
     )
     assert redact_text(text) == text
 
