@@ -293,11 +293,11 @@ def configure_logging(
     return the format chosen. Like `logging.basicConfig`, leave a process whose root logger
     already has someone else's handlers alone (a host application, pytest): return None."""
     global _handler  # noqa: PLW0603 - the one handler of the process
+    stream = stream if stream is not None else sys.stderr
+    chosen = resolve_format(fmt, stream)  # a wrong TONGBAN_LOG_FORMAT is refused in any case
     root = logging.getLogger()
     if any(h is not _handler for h in root.handlers):
         return None
-    stream = stream if stream is not None else sys.stderr
-    chosen = resolve_format(fmt, stream)
     handler = make_handler(chosen, stream)
     if _handler is not None:
         root.removeHandler(_handler)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from audit_contract import make_record
+from cli_support import Run
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from support import REPO
 
@@ -320,3 +321,13 @@ def test_a_workers_events_say_which_worker(logged: tuple[logging.Logger, io.Stri
     worker, supervisor = text.splitlines()
     assert ("worker=3" in worker) or json.loads(worker)["worker"] == 3
     assert "worker" not in supervisor
+
+
+def test_a_wrong_log_format_is_a_usage_error(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+    code, _, err = run("--log-format", "xml", "token", "issue", "--help")
+    assert code == 2
+    assert "--log-format" in err
+    monkeypatch.setenv(FORMAT_ENV, "xml")
+    code, _, err = run("token", "issue", "--pki", "nowhere", "--agency", "a", "--operator", "o")
+    assert code == 2
+    assert f"{FORMAT_ENV}: json or console, not 'xml'" in err
