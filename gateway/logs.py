@@ -228,9 +228,10 @@ def _renderer(fmt: LogFormat, *, colors: bool) -> list[Processor]:
         structlog.processors.format_exc_info,
         redact_event,
         _escape_for_console,
+        _schema_order,
         # Colours only on a terminal: they are the renderer's own escapes, added after ours.
         structlog.dev.ConsoleRenderer(
-            colors=colors, exception_formatter=structlog.dev.plain_traceback
+            colors=colors, exception_formatter=structlog.dev.plain_traceback, timestamp_key="ts"
         ),
     ]
 
