@@ -28,8 +28,8 @@ else) writes there and logs it as an event, redacted and rendered like the rest.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
+import json
 import logging
 import os
 import re
@@ -82,8 +82,9 @@ _THREE_SEGMENTS = re.compile(r"[A-Za-z0-9_-]{16,}\.[A-Za-z0-9_-]{16,}\.[A-Za-z0-
 _CITIZEN_ID = re.compile(r"(?<!\d)\d{17}[\dXx](?!\d)")
 _USCC = re.compile(r"(?<![0-9A-Za-z])[0-9A-Z]{18}(?![0-9A-Za-z])")
 
-# Characters a line reader may take for the end of a line (str.splitlines), or that reorder or
-# hide text on a terminal: JSON leaves them as they are; the renderers escape them.
+# Characters JSON leaves as they are but a line reader may take for the end of a line
+# (str.splitlines: U+0085, U+2028, U+2029), or that act on a terminal (DEL, C1 controls) or
+# reorder text (bidirectional controls): the renderers escape them.
 _JSON_UNESCAPED = re.compile("[\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
 _CONTROL_BUT_NEWLINE = re.compile(
@@ -176,9 +177,7 @@ def _schema_order(_logger: WrappedLogger, _method: str, event: EventDict) -> Eve
     return {**ordered, **event}
 
 
-def _json_dumps(obj: Any, **kwargs: Any) -> str:
-    import json
-
+def _json_dumps(obj: Any, **_kwargs: Any) -> str:
     # ensure_ascii=False keeps Chinese readable; JSON escapes U+0000..U+001F itself.
     return _JSON_UNESCAPED.sub(_escape_json, json.dumps(obj, ensure_ascii=False, default=str))
 
@@ -363,7 +362,9 @@ def relay_native_stderr() -> Iterator[None]:
     )
     reader.start()
 
-    def restore() -> None:
+    try:
+        yield
+    finally:
         with contextlib.suppress(OSError, ValueError):
             sys.stderr.flush()
         os.dup2(original, 2)  # this process's write end of the pipe closes: the reader ends
@@ -371,13 +372,6 @@ def relay_native_stderr() -> Iterator[None]:
         handler.setStream(previous if previous is not None else sys.stderr)
         log_stream.close()
         os.close(original)
-        atexit.unregister(restore)
-
-    atexit.register(restore)  # also on an exit that skips the finally (sys.exit in a thread)
-    try:
-        yield
-    finally:
-        restore()
 
 
 def _relay(read_end: int) -> None:
