@@ -176,7 +176,6 @@ def _h2_call(demo: Demo, headers: list[tuple[bytes, bytes]], body: bytes) -> str
 def _h2_attacks(demo: Demo, subject: str, other: str) -> list[str]:
     """Bytes grpc will not send: invalid UTF-8 and control bytes in metadata values."""
     good = demo.token().encode()
-    body = _frame(_request(subject))
     other_bytes = other.encode()
     cases: list[list[tuple[bytes, bytes]]] = [
         [(b"authorization", b"Bearer " + good + b"\xff")],  # a real token, one byte appended
@@ -187,7 +186,7 @@ def _h2_attacks(demo: Demo, subject: str, other: str) -> list[str]:
         [(b"authorization", b"Bearer " + good), (b"x-subject", b"\x00\x1b[2J" + other_bytes)],
         [(b"authorization", b"Bearer " + good + b"\xff" * 3000)],  # oversize and undecodable
     ]
-    return [_h2_call(demo, headers, body) for headers in cases]
+    return [_h2_call(demo, headers, _frame(_request(subject))) for headers in cases]
 
 
 def _start(folder: Path, log_file: Path) -> tuple[subprocess.Popen[str], str]:
@@ -237,6 +236,8 @@ def test_hostile_inputs_leave_every_log_line_one_json_object_without_credentials
     assert "OK" in grpc_codes  # the ordinary query went through: the gateway was listening
     assert not {"UNKNOWN", "INTERNAL"} & set(grpc_codes), grpc_codes
     assert len(h2_outcomes) == 7, h2_outcomes
+    assert h2_outcomes[:3] == ["16"] * 3, h2_outcomes  # UNAUTHENTICATED: a token spoilt by a byte
+    assert not {"2", "13"} & set(h2_outcomes), h2_outcomes  # never UNKNOWN or INTERNAL
 
     text = log_file.read_text(encoding="utf-8")
     lines = text.splitlines()  # also at U+2028, U+0085...: a raw one would break a line here
