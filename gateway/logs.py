@@ -36,6 +36,7 @@ import re
 import sys
 import threading
 from collections.abc import Iterator, Mapping, MutableMapping
+from types import TracebackType
 from typing import IO, Any, Final, Literal
 
 import structlog
@@ -305,6 +306,9 @@ def configure_logging(
     root.setLevel(level)
     _handler = handler
     logging.captureWarnings(True)
+    # An uncaught exception is one event with its traceback as a field, not lines of text.
+    sys.excepthook = _log_uncaught
+    threading.excepthook = _log_uncaught_in_thread
     if _removed_grpc_trace is not None:
         logging.getLogger("tongban.logs").warning(
             "GRPC_TRACE=%s ignored: gRPC core's tracers print request headers, tokens "
@@ -312,6 +316,26 @@ def configure_logging(
             _removed_grpc_trace,
         )
     return chosen
+
+
+def _log_uncaught(
+    kind: type[BaseException], value: BaseException, traceback: TracebackType | None
+) -> None:
+    if issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, value, traceback)
+        return
+    logging.getLogger("tongban").critical("uncaught exception", exc_info=(kind, value, traceback))
+
+
+def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    if args.exc_value is None:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    logging.getLogger("tongban").critical(
+        "uncaught exception in thread %s",
+        name,
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+    )
 
 
 def bind_worker(number: int) -> None:

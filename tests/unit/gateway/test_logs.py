@@ -331,3 +331,33 @@ def test_a_wrong_log_format_is_a_usage_error(run: Run, monkeypatch: pytest.Monke
     code, _, err = run("token", "issue", "--pki", "nowhere", "--agency", "a", "--operator", "o")
     assert code == 2
     assert f"{FORMAT_ENV}: json or console, not 'xml'" in err
+
+
+UNCAUGHT_SCRIPT = r"""
+import threading
+from gateway.logs import configure_logging
+configure_logging("WARNING", "json")
+def fail():
+    raise RuntimeError("in a thread: Bearer TOKEN-THREE")
+thread = threading.Thread(target=fail, name="worker-thread")
+thread.start()
+thread.join()
+raise ValueError("could not read Bearer TOKEN-FOUR\nsecond line")
+"""
+
+
+def test_an_uncaught_exception_is_one_redacted_event() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", UNCAUGHT_SCRIPT],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 1
+    in_thread, in_main = _json_lines(done.stderr)
+    assert in_thread["event"] == "uncaught exception in thread worker-thread"
+    assert in_main["event"] == "uncaught exception"
+    assert in_main["level"] == "critical"
+    assert "ValueError: could not read [redacted:credential]" in str(in_main["exception"])
+    assert "TOKEN-" not in done.stderr
