@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import mimetypes
@@ -29,6 +30,7 @@ from rich.text import Text
 
 from gateway.config import GatewayConfig, read_passphrase
 from gateway.errors import GatewayError
+from gateway.logs import FORMAT_ENV, LOG_FORMATS, configure_logging, relay_native_stderr
 from registry import (
     AUTHORITY_PUBLIC_KEY,
     CURRENT_SNAPSHOT,
@@ -1396,6 +1398,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
         help="log verbosity (default WARNING)",
     )
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=None,
+        help=f"json (one object per line) or console; default: ${FORMAT_ENV}, else console "
+        "on a terminal and json otherwise (docs/logging.md)",
+    )
     commands = parser.add_subparsers(
         dest="command", metavar="COMMAND", required=True, parser_class=_Parser
     )
@@ -1442,7 +1451,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="after the scenarios, keep the gateways running until Ctrl-C",
     )
-    demo.set_defaults(handler=cmd_demo)
+    demo.set_defaults(handler=cmd_demo, serves=True)
 
     # pki
     pki_parser = commands.add_parser(
@@ -1819,7 +1828,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="host:port to listen on, with --pki (default 127.0.0.1:0, a free port)",
     )
     _passphrase_options(serve)
-    serve.set_defaults(handler=cmd_gateway_serve)
+    serve.set_defaults(handler=cmd_gateway_serve, serves=True)
 
     # provider
     provider = commands.add_parser(
@@ -1847,7 +1856,7 @@ def build_parser() -> argparse.ArgumentParser:
     provider_serve.add_argument(
         "--listen", default="127.0.0.1:0", help="host:port on loopback (default a free port)"
     )
-    provider_serve.set_defaults(handler=cmd_provider_serve)
+    provider_serve.set_defaults(handler=cmd_provider_serve, serves=True)
 
     # audit
     audit = commands.add_parser(
@@ -2057,11 +2066,24 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    try:
+        log_format = configure_logging(args.log_level, args.log_format)
+    except ValueError as exc:  # a wrong TONGBAN_LOG_FORMAT
+        parser.error(str(exc))
     out = Console(highlight=False)
     handler: Handler = args.handler
+    # A serving process: gRPC core's own lines on fd 2 become JSON events too (gateway/logs.py).
+    relaying = log_format == "json" and getattr(args, "serves", False)
+    relay: contextlib.AbstractContextManager[None] = (
+        relay_native_stderr() if relaying else contextlib.nullcontext()
+    )
+    with relay:
+        return _run(handler, args, out, failures_logged=relaying)
+
+
+def _run(handler: Handler, args: argparse.Namespace, out: Console, *, failures_logged: bool) -> int:
+    """The command; a failure it reports is one line on stderr, a log event when stderr is the
+    JSON log of a serving process."""
     try:
         return handler(args, out)
     except (Failure, RegistryError, GatewayError, SignerError, OSError) as exc:
@@ -2071,6 +2093,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if isinstance(exc, OSError) and exc.filename and exc.strerror
             else str(exc)
         )
+        if failures_logged:
+            logging.getLogger("tongban.cli").error("tongban: %s", message)  # noqa: TRY400 - a message, not a traceback
+            return 1
         # soft_wrap: never hard-wrap at the console width (it would cut paths and kids in two).
         Console(stderr=True, highlight=False).print(
             f"tongban: {message}", markup=False, soft_wrap=True

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 
 from gateway.config import GatewayConfig
 from gateway.errors import ConfigError, GatewayError
+from gateway.logs import bind_worker
 
 if TYPE_CHECKING:
     from gateway.server import Gateway
@@ -205,6 +206,7 @@ def _worker_main(
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)  # serve() installs the event loop's own handlers
+    bind_worker(number)  # the log handler is the parent's, inherited: its events say which
     code = 0
     try:
         from gateway.server import serve

@@ -133,22 +133,26 @@ class AuditLog:
         if self.observer is not None:
             self.observer.audit_append(True)
         if access_log.isEnabledFor(logging.INFO):
+            # One structured event per audited access (fields: docs/logging.md); the values are
+            # the record's own, escaped and redacted by the log handler (gateway/logs.py).
             access_log.info(
-                "%s#%d %s %s/%s -> %s %s %s subject=%s fields=%d %s%s%s %dus",
-                self.origin,
-                appended.index,
-                record.rpc,
-                record.caller_region,
-                record.caller_agency,
-                record.provider_region or "-",
-                record.dataset or "-",
-                record.purpose or "-",
-                record.subject[:16] or "-",
-                len(record.fields),
-                record.outcome.value,
-                f" {record.reason}" if record.reason else "",
-                " cache-hit" if record.cache_hit else "",
-                record.latency_us,
+                "access",
+                extra={
+                    "audit_id": f"{self.origin}#{appended.index}",
+                    "rpc": record.rpc,
+                    "request_id": record.request_id,
+                    "caller_region": record.caller_region,
+                    "caller_agency": record.caller_agency,
+                    "provider_region": record.provider_region,
+                    "dataset": record.dataset,
+                    "purpose": record.purpose,
+                    "subject": record.subject[:16],
+                    "field_count": len(record.fields),
+                    "outcome": record.outcome.value,
+                    "reason": record.reason,
+                    "cache_hit": record.cache_hit,
+                    "latency_us": record.latency_us,
+                },
             )
         self._since_checkpoint += 1
         if self._since_checkpoint >= self._every_records and self._checkpointing is None:

@@ -6,6 +6,7 @@ is refused before any worker starts."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import secrets
@@ -245,7 +246,10 @@ def test_a_configuration_workers_cannot_share_is_refused(
         check=False,
     )  # fmt: skip
     assert done.returncode == 1, done.stdout + done.stderr
-    assert message in done.stderr
+    # stderr is not a terminal: the serving command's log, JSON lines, ends with the refusal.
+    last = json.loads(done.stderr.splitlines()[-1])
+    assert last["logger"] == "tongban.cli"
+    assert message in last["event"]
     assert "Traceback" not in done.stderr
 
 

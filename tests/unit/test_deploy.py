@@ -193,10 +193,15 @@ def test_envoy_guards_the_replicas(envoy: dict[str, Any]) -> None:
     admin = envoy["admin"]
     assert ipaddress.ip_address(admin["address"]["socket_address"]["address"]).is_loopback
     assert admin["access_log"], "admin: no access log"
+    logs = list(admin["access_log"])
     for listener in listeners(envoy):
         for proxy in tcp_proxies(listener):
             assert proxy["access_log"], f"{listener['name']}: no access log"
+            logs += proxy["access_log"]
             assert proxy["max_connect_attempts"] > 1, "a failed connect is not retried"
+    # JSON lines, like the gateway's: a client's SNI or path cannot start a line (threat T17).
+    for log in logs:
+        assert "json_format" in log["typed_config"]["log_format"], log
     for name, cluster in clusters(envoy).items():
         thresholds = cluster["circuit_breakers"]["thresholds"]
         assert thresholds, name
