@@ -4,9 +4,13 @@ Credentials.Seal recorded, fail closed, with a final checkpoint at shutdown."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import gc
 import hashlib
+import logging
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -256,3 +260,45 @@ async def test_a_seal_is_not_released_when_it_cannot_be_audited(federation: Fede
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
         assert error_info(caught.value).reason == "AUDIT_UNAVAILABLE"
         gateway.audit.store.available = True  # type: ignore[attr-defined]
+
+
+async def test_a_cancelled_query_audit_stream_ends_cleanly(
+    federation: Federation, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client that cancels a QueryAudit stream mid-way leaves no task error behind (the
+    caller's ContextVar was once reset from the context grpc closed the generator in)."""
+    config = audited_config(federation, tmp_path)
+    assert config.audit is not None
+    loop = asyncio.get_running_loop()
+    unhandled: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _, ctx: unhandled.append(ctx))
+    try:
+        async with running(config) as (gateway, port):
+            assert gateway.audit is not None
+            await _fill(gateway.audit, config.audit.pseudonym_key, 300)
+            ch, stub = oversight_as(federation, "zj.data", port)
+            async with ch:
+                for _ in range(3):
+                    call = stub.QueryAudit(
+                        oversight_pb2.QueryAuditRequest(page_size=300), timeout=CALL_TIMEOUT
+                    )
+                    async for _record in call:
+                        break
+                    call.cancel()
+                    assert await call.code() == grpc.StatusCode.CANCELLED
+                # the stream still serves after the cancellations
+                listed = [
+                    r
+                    async for r in stub.QueryAudit(
+                        oversight_pb2.QueryAuditRequest(page_size=5), timeout=CALL_TIMEOUT
+                    )
+                ]
+                assert len(listed) == 5
+            await asyncio.sleep(0.2)
+            gc.collect()
+            await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(None)
+    problems = [str(c.get("exception") or c.get("message")) for c in unhandled]
+    problems += [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not [p for p in problems if "Context" in p or "never retrieved" in p], problems
