@@ -819,17 +819,38 @@ def _check_store_options(args: argparse.Namespace) -> None:
         _usage(args, "--schema is for --postgres-env (an SQLite file has no schemas)")
 
 
-def _audit_names(args: argparse.Namespace) -> tuple[str, str]:
-    """(origin, key name) of the log: as given, else derived from --region."""
+def _audit_names(args: argparse.Namespace) -> tuple[str, tuple[str, ...]]:
+    """(origin, key names) of the log: as given, else derived from --region. The key is named
+    after the origin (C2SP); checkpoints signed before were named audit-<region>, which is
+    accepted too when no --key-name is given."""
     if args.pki is not None and args.region is None:
         _usage(args, "--pki needs --region CODE (the region whose active audit certificate to use)")
     origin = args.origin or (f"audit.tongban/{args.region}" if args.region else None)
-    key_name = args.key_name or (f"audit-{args.region}" if args.region else None)
     if origin is None:
         _usage(args, "give --origin NAME (or --region CODE for audit.tongban/CODE)")
-    if key_name is None:
-        _usage(args, "give --key-name NAME (or --region CODE for audit-CODE)")
-    return origin, key_name
+    if args.key_name:
+        return origin, (args.key_name,)
+    if any(c.isspace() or c == "+" for c in origin):
+        _usage(
+            args, "the origin has white space or '+', so it cannot name the key: give --key-name"
+        )
+    return origin, (origin, *((f"audit-{args.region}",) if args.region else ()))
+
+
+def _verify_note(
+    note: str, public_key: Ed25519PublicKey, key_names: tuple[str, ...], origin: str
+) -> Checkpoint:
+    """The checkpoint in `note`, signed by the audit key under one of `key_names`."""
+    from gateway.audit import CheckpointError, verify_checkpoint
+
+    problem: CheckpointError | None = None
+    for name in key_names:
+        try:
+            return verify_checkpoint(note, public_key, name, origin=origin)
+        except CheckpointError as exc:
+            problem = problem or exc
+    assert problem is not None
+    raise problem
 
 
 def _audit_public_key(args: argparse.Namespace) -> Ed25519PublicKey:
@@ -956,13 +977,13 @@ def _b64(data: bytes) -> str:
 
 
 def _read_trusted_checkpoint(
-    path: Path, public_key: Ed25519PublicKey, key_name: str, origin: str
+    path: Path, public_key: Ed25519PublicKey, key_names: tuple[str, ...], origin: str
 ) -> Checkpoint:
-    from gateway.audit import CheckpointError, verify_checkpoint
+    from gateway.audit import CheckpointError
 
     data = _read_input(path, "the checkpoint", limit=MAX_CHECKPOINT_BYTES)
     try:
-        return verify_checkpoint(data.decode("utf-8"), public_key, key_name, origin=origin)
+        return _verify_note(data.decode("utf-8"), public_key, key_names, origin)
     except UnicodeDecodeError as exc:
         raise Failure(f"{path}: not a checkpoint (not UTF-8 text)") from exc
     except CheckpointError as exc:
@@ -983,16 +1004,22 @@ def cmd_audit_verify(args: argparse.Namespace, out: Console) -> int:
     from gateway.audit import AuditLog
 
     _check_store_options(args)
-    origin, key_name = _audit_names(args)
+    origin, key_names = _audit_names(args)
     public_key = _audit_public_key(args)
     trusted = (
-        _read_trusted_checkpoint(args.checkpoint, public_key, key_name, origin)
+        _read_trusted_checkpoint(args.checkpoint, public_key, key_names, origin)
         if args.checkpoint is not None
         else None
     )
 
     async def work(store: AuditStore) -> Verification:
-        log = AuditLog(store, origin=origin, key_name=key_name, public_key=public_key)
+        log = AuditLog(
+            store,
+            origin=origin,
+            key_name=key_names[0],
+            former_key_names=key_names[1:],
+            public_key=public_key,
+        )
         return await log.verify(trusted)
 
     result = _on_store(args, work)
@@ -1161,19 +1188,19 @@ async def _signed_at(
     store: AuditStore,
     sizes: dict[int, bytes],
     public_key: Ed25519PublicKey,
-    key_name: str,
+    key_names: tuple[str, ...],
     origin: str,
 ) -> dict[int, str]:
     """The note of a stored checkpoint, signed by the audit key, for each of `sizes` that has
     one; a signed root that is not the recomputed one is a broken log."""
-    from gateway.audit import CheckpointError, verify_checkpoint
+    from gateway.audit import CheckpointError
 
     notes: dict[int, str] = {}
     for stored in await store.checkpoints():
         if stored.size not in sizes or stored.size in notes:
             continue
         try:
-            checkpoint = verify_checkpoint(stored.note, public_key, key_name, origin=origin)
+            checkpoint = _verify_note(stored.note, public_key, key_names, origin)
         except CheckpointError:
             continue  # not signed by this key: proves nothing either way
         if checkpoint.root != sizes[stored.size]:
@@ -1193,7 +1220,7 @@ def cmd_audit_proof(args: argparse.Namespace, out: Console) -> int:
         _usage(args, "--size goes with --index")
     if args.to is not None and args.consistency is None:
         _usage(args, "--to goes with --consistency")
-    origin, key_name = _audit_names(args)
+    origin, key_names = _audit_names(args)
     public_key = _audit_public_key(args)
 
     async def inclusion(log: AuditLog, length: int) -> dict[str, object]:
@@ -1213,7 +1240,7 @@ def cmd_audit_proof(args: argparse.Namespace, out: Console) -> int:
             verify_inclusion(leaf, index, size, hashes, root)
         except ProofError as exc:
             raise Failure(f"the inclusion proof does not verify: {exc}") from exc
-        notes = await _signed_at(log.store, {size: root}, public_key, key_name, origin)
+        notes = await _signed_at(log.store, {size: root}, public_key, key_names, origin)
         return {
             "kind": "inclusion",
             "origin": origin,
@@ -1240,7 +1267,7 @@ def cmd_audit_proof(args: argparse.Namespace, out: Console) -> int:
         except ProofError as exc:
             raise Failure(f"the consistency proof does not verify: {exc}") from exc
         notes = await _signed_at(
-            log.store, {first: first_root, size: root}, public_key, key_name, origin
+            log.store, {first: first_root, size: root}, public_key, key_names, origin
         )
         return {
             "kind": "consistency",
@@ -1256,7 +1283,7 @@ def cmd_audit_proof(args: argparse.Namespace, out: Console) -> int:
         }
 
     async def work(store: AuditStore) -> dict[str, object]:
-        log = AuditLog(store, origin=origin, key_name=key_name, public_key=public_key)
+        log = AuditLog(store, origin=origin, key_name=key_names[0], public_key=public_key)
         length = (await store.head()).size
         try:
             return await (inclusion if args.index is not None else consistency)(log, length)
@@ -1282,7 +1309,7 @@ def cmd_audit_prune(args: argparse.Namespace, out: Console) -> int:
             args,
             f"--older-than: audit records are kept at least {MIN_RETENTION.days} days (Cybersecurity Law, Art. 21)",
         )
-    origin, key_name = _audit_names(args)
+    origin, key_names = _audit_names(args)
     if args.audit_key is not None:
         key_path: Path = args.audit_key
     else:
@@ -1298,7 +1325,9 @@ def cmd_audit_prune(args: argparse.Namespace, out: Console) -> int:
     now = _now()
 
     async def work(store: AuditStore) -> str:
-        log = AuditLog(store, origin=origin, key=key, key_name=key_name)
+        log = AuditLog(
+            store, origin=origin, key=key, key_name=key_names[0], former_key_names=key_names[1:]
+        )
         cut = await store.first_index_at_or_after(now - args.older_than)
         marker = await store.pruned()
         first = marker.before if marker else 0
@@ -1375,7 +1404,8 @@ def _audit_key_options(parser: argparse.ArgumentParser) -> None:
         "--key-name",
         type=parse_key_name,
         metavar="NAME",
-        help="the checkpoint signer's key name (default audit-<region>)",
+        help="the checkpoint signer's key name (default: the origin, and audit-<region> for "
+        "checkpoints signed before the key was named after its log)",
     )
 
 
@@ -2024,7 +2054,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--key-name",
         type=parse_key_name,
         metavar="NAME",
-        help="the checkpoint signer's key name (default audit-<region>)",
+        help="the checkpoint signer's key name (default: the origin, and audit-<region> for "
+        "checkpoints signed before the key was named after its log)",
     )
     audit_prune.add_argument(
         "--older-than",

@@ -404,7 +404,7 @@ async def test_postgres_audit_store_cut_under_load(
                 return from_owner - {
                     r["request_id"]
                     for r in await records(owner.audit)
-                    if r["rpc"] in {"Peer.Forward", "Peer.ReportAccess"}
+                    if r["rpc"] in {"/tongban.v1.Peer/Forward", "/tongban.v1.Peer/ReportAccess"}
                     and r["outcome"] == "allowed"
                 }
 
@@ -551,12 +551,12 @@ async def test_a_data_system_that_hangs(federation: Federation, tmp_path: Path) 
         owner_log = {
             r["request_id"]: r
             for r in await records(cluster.gateways["330000"].audit)  # type: ignore[arg-type]
-            if r["rpc"] == "Peer.Forward"
+            if r["rpc"] == "/tongban.v1.Peer/Forward"
         }
         requester_log = {
             r["request_id"]: r
             for r in await records(cluster.gateways["510000"].audit)  # type: ignore[arg-type]
-            if r["rpc"] == "DataExchange.Query"
+            if r["rpc"] == "/tongban.v1.DataExchange/Query"
         }
         requester_audit = cluster.gateways["510000"].audit
         assert requester_audit is not None

@@ -9,19 +9,24 @@ import dataclasses
 import gc
 import hashlib
 import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 from audit_contract import make_record
+from google.rpc import error_details_pb2, status_pb2
 from support import Federation, channel, credentials_as, dev_config, error_info, running
 
 from gateway.audit import (
     AuditLog,
+    AuditRecord,
     Outcome,
     SqliteAuditStore,
     pseudonymize,
+    verify_checkpoint,
     verify_consistency,
     verify_inclusion,
 )
@@ -103,6 +108,8 @@ async def test_queries_subject_access_and_paging(federation: Federation, tmp_pat
                     timeout=CALL_TIMEOUT,
                 )
             ]
+            # the second page ends where the log ended at the first: the first call's own
+            # record (index 9, about this citizen) is not in it
             assert [r.index for r in rest] == [5, 7]
             assert all(
                 r.subject_pseudonym == pseudonymize(CITIZEN, config.audit.pseudonym_key)
@@ -121,7 +128,13 @@ async def test_queries_subject_access_and_paging(federation: Federation, tmp_pat
             tracker = await stub.SubjectAccess(
                 oversight_pb2.SubjectAccessRequest(subject_id=CITIZEN), timeout=CALL_TIMEOUT
             )
-            assert len(tracker.entries) == 4
+            # the four queries, then the two QueryAudit calls that read this citizen's trail
+            assert [e.rpc for e in tracker.entries] == [
+                *["/tongban.v1.DataExchange/Query"] * 4,
+                *["/tongban.v1.Oversight/QueryAudit"] * 2,
+            ]
+            assert tracker.entries[4].requester_agency == "zj.data"
+            assert tracker.next_page_token == ""
             entry = tracker.entries[0]
             assert (entry.requester_agency, entry.requester_agency_name) == (
                 "sc.hrss",
@@ -231,8 +244,8 @@ async def test_seals_are_audited_denials_too_and_a_final_checkpoint_is_signed(
             __import__("gateway.audit", fromlist=["AuditQuery"]).AuditQuery(limit=10)
         )
     assert [(r.rpc, r.caller_agency, r.outcome) for _, r in records] == [
-        ("Credentials.Seal", "zj.hrss", Outcome.ALLOWED),
-        ("Credentials.Seal", "sc.hrss", Outcome.DENIED),
+        ("/tongban.v1.Credentials/Seal", "zj.hrss", Outcome.ALLOWED),
+        ("/tongban.v1.Credentials/Seal", "sc.hrss", Outcome.DENIED),
     ]
     assert records[0][1].sealed_digest == hashlib.sha256(sealed.record.jws.encode()).hexdigest()
     assert records[1][1].reason == "NOT_AUTHORISED_ROLE"
@@ -302,3 +315,264 @@ async def test_a_cancelled_query_audit_stream_ends_cleanly(
     problems = [str(c.get("exception") or c.get("message")) for c in unhandled]
     problems += [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert not [p for p in problems if "Context" in p or "never retrieved" in p], problems
+
+
+async def _append_huge(audit: AuditLog, key: bytes, n: int, size: int) -> None:
+    """`n` records about CITIZEN whose case ids are `size` characters long: what two Query calls
+    with 9 MB case ids once left in the log."""
+    for i in range(n):
+        record = dataclasses.replace(
+            make_record(100 + i),
+            subject=pseudonymize(CITIZEN, key),
+            region="330000",
+            case_id=f"{i}" + "C" * (size - 1),
+        )
+        await audit.append(record)
+
+
+async def test_a_trail_with_huge_values_stays_readable_page_by_page(
+    federation: Federation, tmp_path: Path
+) -> None:
+    config = audited_config(federation, tmp_path)
+    assert config.audit is not None
+    async with running(config) as (gateway, port):
+        assert gateway.audit is not None
+        await _fill(gateway.audit, config.audit.pseudonym_key, 6)  # 1, 3, 5 are CITIZEN's
+        await _append_huge(gateway.audit, config.audit.pseudonym_key, 2, 9 * 1024 * 1024)
+        await _fill(gateway.audit, config.audit.pseudonym_key, 4)  # 9, 11 are CITIZEN's
+        ch, stub = oversight_as(federation, "zj.data", port)
+        async with ch:
+            entries: list[oversight_pb2.SubjectAccessEntry] = []
+            token = ""
+            pages = 0
+            while True:
+                page = await stub.SubjectAccess(
+                    oversight_pb2.SubjectAccessRequest(
+                        subject_id=CITIZEN, page_size=2, page_token=token
+                    ),
+                    timeout=CALL_TIMEOUT,
+                )
+                pages += 1
+                assert page.ByteSize() < 1024 * 1024 + 64 * 1024  # bounded in bytes too
+                entries.extend(page.entries)
+                token = page.next_page_token
+                if not token:
+                    break
+            # 3 + 2 huge + 2 data accesses, none lost; nothing appended since the first page
+            # (these SubjectAccess calls' own records) is in this listing
+            data = [e for e in entries if e.rpc == "/tongban.v1.DataExchange/Query"]
+            assert len(data) == len(entries) == 7
+            assert pages == 4
+            huge = [e for e in entries if e.abridged]
+            assert len(huge) == 2
+            for i, entry in enumerate(huge):
+                case_id = f"{i}" + "C" * (9 * 1024 * 1024 - 1)
+                assert entry.case_id == "sha256:" + hashlib.sha256(case_id.encode()).hexdigest()
+            # The same trail through QueryAudit: every record arrives, the huge ones abridged
+            # but still tied to their leaf and so to GetProof.
+            listed: list[oversight_pb2.AuditRecord] = []
+            token = ""
+            while True:
+                call = stub.QueryAudit(
+                    oversight_pb2.QueryAuditRequest(
+                        subject_id=CITIZEN, page_size=1000, page_token=token
+                    ),
+                    timeout=CALL_TIMEOUT,
+                )
+                listed.extend([r async for r in call])
+                token = dict(await call.trailing_metadata()).get("tongban-next-page-token", "")
+                if not token:
+                    break
+            queried = [r for r in listed if r.rpc == "/tongban.v1.DataExchange/Query"]
+            assert [r.index for r in queried] == [1, 3, 5, 6, 7, 9, 11]
+            assert [r.abridged for r in queried] == [False, False, False, True, True, False, False]
+            stored = await gateway.audit.store.rows(6, 7)
+            assert queried[3].leaf_hash == stored[0].leaf_hash
+
+
+async def test_every_oversight_call_is_audited_granted_or_refused(
+    federation: Federation, tmp_path: Path
+) -> None:
+    config = audited_config(federation, tmp_path)
+    assert config.audit is not None
+    async with running(config) as (gateway, port):
+        assert gateway.audit is not None
+        await _fill(gateway.audit, config.audit.pseudonym_key, 4)
+        await gateway.audit.checkpoint()
+        ch, stub = oversight_as(federation, "zj.data", port)
+        async with ch:
+            listed = [
+                r
+                async for r in stub.QueryAudit(
+                    oversight_pb2.QueryAuditRequest(subject_id=CITIZEN, purpose="SI-TRANSFER"),
+                    timeout=CALL_TIMEOUT,
+                )
+            ]
+            await stub.SubjectAccess(
+                oversight_pb2.SubjectAccessRequest(subject_id=CITIZEN), timeout=CALL_TIMEOUT
+            )
+            await stub.VerifyAudit(oversight_pb2.VerifyAuditRequest(), timeout=CALL_TIMEOUT)
+            await stub.GetProof(
+                oversight_pb2.GetProofRequest(
+                    inclusion=oversight_pb2.InclusionProofRequest(index=1)
+                ),
+                timeout=CALL_TIMEOUT,
+            )
+            await stub.SignCheckpoint(oversight_pb2.SignCheckpointRequest(), timeout=CALL_TIMEOUT)
+        ch, refused = oversight_as(federation, "zj.hrss", port)  # no oversight role
+        async with ch:
+            with pytest.raises(grpc.aio.AioRpcError):
+                await refused.SubjectAccess(
+                    oversight_pb2.SubjectAccessRequest(subject_id=CITIZEN), timeout=CALL_TIMEOUT
+                )
+        rows = await gateway.audit.store.rows(4, 100)
+    records = [AuditRecord.from_canonical(r.canonical) for r in rows]
+    pseudonym = pseudonymize(CITIZEN, config.audit.pseudonym_key)
+    assert [(r.rpc, r.caller_agency, r.outcome, r.reason) for r in records] == [
+        ("/tongban.v1.Oversight/QueryAudit", "zj.data", Outcome.ALLOWED, ""),
+        ("/tongban.v1.Oversight/SubjectAccess", "zj.data", Outcome.ALLOWED, ""),
+        ("/tongban.v1.Oversight/VerifyAudit", "zj.data", Outcome.ALLOWED, ""),
+        ("/tongban.v1.Oversight/GetProof", "zj.data", Outcome.ALLOWED, ""),
+        ("/tongban.v1.Oversight/SignCheckpoint", "zj.data", Outcome.ALLOWED, ""),
+        ("/tongban.v1.Oversight/SubjectAccess", "zj.hrss", Outcome.DENIED, "NOT_AUTHORISED_ROLE"),
+    ]
+    query, access = records[0], records[1]
+    assert (query.subject, query.purpose) == (pseudonym, "SI-TRANSFER")
+    assert query.fields == (f"returned={len(listed)}",)
+    assert access.subject == pseudonym
+    assert "returned=3" in access.fields  # two queries and the QueryAudit call before it
+    assert records[5].subject == pseudonym
+    assert all(CITIZEN not in r.canonical.decode() for r in records)  # never the raw id
+
+
+@pytest.mark.parametrize(
+    "ask",
+    [
+        lambda stub: stub.VerifyAudit(oversight_pb2.VerifyAuditRequest(), timeout=CALL_TIMEOUT),
+        lambda stub: stub.SubjectAccess(
+            oversight_pb2.SubjectAccessRequest(subject_id=CITIZEN), timeout=CALL_TIMEOUT
+        ),
+        lambda stub: stub.GetProof(
+            oversight_pb2.GetProofRequest(
+                inclusion=oversight_pb2.InclusionProofRequest(index=0, tree_size=1)
+            ),
+            timeout=CALL_TIMEOUT,
+        ),
+        lambda stub: stub.SignCheckpoint(
+            oversight_pb2.SignCheckpointRequest(), timeout=CALL_TIMEOUT
+        ),
+        lambda stub: _drain(stub.QueryAudit(oversight_pb2.QueryAuditRequest(), timeout=5.0)),
+    ],
+    ids=["VerifyAudit", "SubjectAccess", "GetProof", "SignCheckpoint", "QueryAudit"],
+)
+async def test_oversight_answers_nothing_it_cannot_audit(
+    federation: Federation, ask: Callable[[Any], Awaitable[object]]
+) -> None:
+    async with running(dev_config(federation, "330000")) as (gateway, port):  # in memory
+        assert gateway.audit is not None
+        await gateway.audit.append(make_record(0))
+        gateway.audit.store.available = False  # type: ignore[attr-defined]
+        ch, stub = oversight_as(federation, "zj.data", port)
+        async with ch:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await ask(stub)
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert error_info(caught.value).reason == "AUDIT_UNAVAILABLE"
+
+
+async def _drain(call: Any) -> list[Any]:
+    return [r async for r in call]
+
+
+async def test_sign_checkpoint_signs_now_and_is_rate_limited(
+    federation: Federation, tmp_path: Path
+) -> None:
+    config = audited_config(federation, tmp_path)
+    assert config.audit is not None
+    async with running(config) as (gateway, port):
+        assert gateway.audit is not None
+        await _fill(gateway.audit, config.audit.pseudonym_key, 3)
+        ch, stub = oversight_as(federation, "zj.data", port)
+        async with ch:
+            answer = await stub.SignCheckpoint(
+                oversight_pb2.SignCheckpointRequest(), timeout=CALL_TIMEOUT
+            )
+            checkpoint = answer.checkpoint
+            # It covers the records, and the call's own record (appended first).
+            assert (answer.signed_now, checkpoint.size) == (True, 4)
+            assert checkpoint.key_name == checkpoint.origin == "audit.tongban/330000"
+            signed = checkpoint.signed_at.ToDatetime(tzinfo=UTC)
+            assert abs(signed - datetime.now(UTC)) < timedelta(minutes=5)  # not 1970
+            verify_checkpoint(
+                checkpoint.note,
+                gateway.audit.public_key,
+                checkpoint.origin,  # C2SP: the key is named after the log
+                origin="audit.tongban/330000",
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.SignCheckpoint(
+                    oversight_pb2.SignCheckpointRequest(), timeout=CALL_TIMEOUT
+                )
+            assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert error_info(caught.value).reason == "CHECKPOINT_RATE_LIMITED"
+            delay = retry_delay(caught.value)
+            assert 0 < delay <= 60
+            # The refusal is audited too; the checkpoint stays what it was.
+            latest = await gateway.audit.latest_checkpoint()
+            assert latest is not None
+            assert latest.size == 4
+            verified = await stub.VerifyAudit(
+                oversight_pb2.VerifyAuditRequest(), timeout=CALL_TIMEOUT
+            )
+            assert verified.latest_checkpoint.signed_at == checkpoint.signed_at
+
+
+def retry_delay(exc: grpc.aio.AioRpcError) -> float:
+    for key, value in exc.trailing_metadata() or ():
+        if key == "grpc-status-details-bin":
+            assert isinstance(value, bytes)
+            for detail in status_pb2.Status.FromString(value).details:
+                info = error_details_pb2.RetryInfo()
+                if detail.Unpack(info):
+                    return info.retry_delay.ToTimedelta().total_seconds()
+    raise AssertionError("no RetryInfo")
+
+
+async def test_get_proof_size_zero_is_the_latest_checkpoints_size(
+    federation: Federation, tmp_path: Path
+) -> None:
+    config = audited_config(federation, tmp_path)
+    assert config.audit is not None
+    async with running(config) as (gateway, port):
+        assert gateway.audit is not None
+        ch, stub = oversight_as(federation, "zj.data", port)
+        async with ch:
+            await _fill(gateway.audit, config.audit.pseudonym_key, 3)
+            with pytest.raises(grpc.aio.AioRpcError) as caught:  # no checkpoint yet
+                await stub.GetProof(
+                    oversight_pb2.GetProofRequest(
+                        inclusion=oversight_pb2.InclusionProofRequest(index=1)
+                    ),
+                    timeout=CALL_TIMEOUT,
+                )
+            assert error_info(caught.value).reason == "INVALID_ARGUMENT_FORMAT"
+            await _fill(gateway.audit, config.audit.pseudonym_key, 3)
+            signed = await gateway.audit.checkpoint()
+            await _fill(gateway.audit, config.audit.pseudonym_key, 5)  # the log grows past it
+            inclusion = await stub.GetProof(
+                oversight_pb2.GetProofRequest(
+                    inclusion=oversight_pb2.InclusionProofRequest(index=2)
+                ),
+                timeout=CALL_TIMEOUT,
+            )
+            assert inclusion.tree_size == signed.size
+            verify_inclusion(
+                inclusion.leaf_hash, 2, signed.size, list(inclusion.hashes), signed.root
+            )
+            consistency = await stub.GetProof(
+                oversight_pb2.GetProofRequest(
+                    consistency=oversight_pb2.ConsistencyProofRequest(first_size=3)
+                ),
+                timeout=CALL_TIMEOUT,
+            )
+            assert (consistency.tree_size, consistency.root_hash) == (signed.size, signed.root)

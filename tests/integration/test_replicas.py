@@ -491,7 +491,7 @@ async def test_the_shared_audit_logs_verify_after_concurrent_appends_from_both_r
                 assert (record.request_id, record.case_id, record.rpc, record.outcome) == (
                     query.request_id,
                     query.case_id,
-                    "DataExchange.Query",
+                    "/tongban.v1.DataExchange/Query",
                     Outcome.ALLOWED,
                 )
                 assert (

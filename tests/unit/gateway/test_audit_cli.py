@@ -222,7 +222,7 @@ def test_another_regions_key_does_not_verify_the_log(
     )
     assert code == 1
     assert "BROKEN" in out
-    assert "not signed by audit-510000" in out
+    assert "not signed by audit.tongban/510000" in out  # the key's C2SP name: the origin
 
 
 def test_verify_as_json(run: Run, db: list[str | Path], pki_args: list[str | Path]) -> None:
@@ -305,7 +305,7 @@ def test_a_checkpoint_signed_by_another_key_is_refused(
     path.write_text(forged.note, encoding="utf-8")
     code, out, err = run("audit", "verify", *db, *pki_args, "--checkpoint", path)
     assert (code, out) == (1, "")
-    assert err == f"tongban: {path}: the checkpoint is not signed by {KEY_NAME}\n"
+    assert err == f"tongban: {path}: the checkpoint is not signed by {ORIGIN}\n"
     path.write_text("not a checkpoint\n", encoding="utf-8")
     code, _, err = run("audit", "verify", *db, *pki_args, "--checkpoint", path)
     assert code == 1
@@ -577,7 +577,7 @@ def test_a_proof_of_an_edited_record_is_refused(
         (["verify", "--sqlite", "a.db", "--pki", "p"], "--pki needs --region"),
         (["verify", "--sqlite", "a.db", "--audit-cert", "c.pem"], "give --origin"),
         (
-            ["verify", "--sqlite", "a.db", "--audit-cert", "c.pem", "--origin", "o"],
+            ["verify", "--sqlite", "a.db", "--audit-cert", "c.pem", "--origin", "o p"],
             "give --key-name",
         ),
         (["verify", "--sqlite", "a.db", "--pki", "p", "--region", "999999"], "not GB/T 2260"),

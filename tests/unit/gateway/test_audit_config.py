@@ -149,7 +149,9 @@ def test_dev_pki_audits_in_memory_or_in_sqlite(tmp_path: Path, fed: Federation) 
     assert (on_disk.audit.store, on_disk.audit.path) == ("sqlite", tmp_path / "a.db")
     log = build_audit_log(on_disk, clock=lambda: datetime.now(UTC))
     assert log is not None
-    assert (log.origin, log.key_name) == ("audit.tongban/510000", "audit-510000")
+    # C2SP: the key is named after the log; checkpoints signed under the old name still verify
+    assert (log.origin, log.key_name) == ("audit.tongban/510000", "audit.tongban/510000")
+    assert log.key_names == ("audit.tongban/510000", "audit-510000")
 
 
 def test_an_audit_key_that_is_not_ed25519_is_refused(tmp_path: Path, fed: Federation) -> None:
