@@ -66,7 +66,7 @@ from signer import (
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-    from gateway.audit import AuditRecord, AuditStore, Checkpoint, Verification
+    from gateway.audit import AuditQuery, AuditRecord, AuditStore, Checkpoint, Verification
 
 __all__ = ["main"]
 
@@ -1152,12 +1152,15 @@ def cmd_audit_query(args: argparse.Namespace, out: Console) -> int:
         limit=args.limit,
     )
 
+    if args.all:
+        return _audit_query_all(args, out, query)
+
     async def work(store: AuditStore) -> list[tuple[int, AuditRecord]]:
         return await store.query(query)
 
     found = _on_store(args, work)
     more = (
-        f"More records may match: add --after {found[-1][0]} for the next page."
+        f"More records may match: add --after {found[-1][0]} for the next page, or --all."
         if len(found) >= args.limit
         else ""
     )
@@ -1172,16 +1175,57 @@ def cmd_audit_query(args: argparse.Namespace, out: Console) -> int:
         out.print("No audit record matches.")
         return 0
     table = Table(title=f"Audit records ({len(found)})", title_justify="left")
-    for column in ("index", "time (UTC)", "caller agency", "caller region", "provider region"):
-        table.add_column(column)
-    for column in ("dataset", "purpose", "case id", "outcome", "fields", "cache hit"):
-        table.add_column(column, overflow="fold")
+    _record_columns(table)
     for index, record in found:
         table.add_row(*_record_row(index, record))
     out.print(table)
     if more:
         out.print(more, markup=False, soft_wrap=True)
     return 0
+
+
+def _audit_query_all(args: argparse.Namespace, out: Console, first: AuditQuery) -> int:
+    """Every matching record, a page of --limit at a time, each page printed as it is read;
+    the listing ends at the log's size when it began (records appended meanwhile are not in it)."""
+    import dataclasses
+
+    async def work(store: AuditStore) -> int:
+        end = (await store.head()).size
+        query, shown = first, 0
+        while True:
+            page = [(i, r) for i, r in await store.query(query) if i < end]
+            if not page:
+                break
+            if args.json:
+                for index, record in page:
+                    document = {"index": index, **json.loads(record.canonical)}
+                    sys.stdout.write(json.dumps(document, ensure_ascii=False) + "\n")
+                sys.stdout.flush()
+            else:
+                table = Table(
+                    title=f"Audit records {shown + 1} to {shown + len(page)}", title_justify="left"
+                )
+                _record_columns(table)
+                for index, record in page:
+                    table.add_row(*_record_row(index, record))
+                out.print(table)
+            shown += len(page)
+            if len(page) < query.limit:
+                break
+            query = dataclasses.replace(query, after_index=page[-1][0])
+        return shown
+
+    shown = _on_store(args, work)
+    if not shown and not args.json:
+        out.print("No audit record matches.")
+    return 0
+
+
+def _record_columns(table: Table) -> None:
+    for column in ("index", "time (UTC)", "caller agency", "caller region", "provider region"):
+        table.add_column(column)
+    for column in ("dataset", "purpose", "case id", "outcome", "fields", "cache hit"):
+        table.add_column(column, overflow="fold")
 
 
 async def _signed_at(
@@ -1223,9 +1267,24 @@ def cmd_audit_proof(args: argparse.Namespace, out: Console) -> int:
     origin, key_names = _audit_names(args)
     public_key = _audit_public_key(args)
 
+    async def latest_signed(log: AuditLog) -> int:
+        """The size of the latest checkpoint signed by this log's key (the default tree size,
+        as GetProof's 0)."""
+        from gateway.audit import CheckpointError
+
+        sizes = []
+        for stored in await log.store.checkpoints():
+            try:
+                sizes.append(_verify_note(stored.note, public_key, key_names, origin).size)
+            except CheckpointError:
+                continue
+        if not sizes:
+            raise Failure("no checkpoint of this log is signed yet: give the tree size")
+        return max(sizes)
+
     async def inclusion(log: AuditLog, length: int) -> dict[str, object]:
         index: int = args.index
-        size: int = length if args.size is None else args.size
+        size: int = await latest_signed(log) if args.size is None else args.size
         if size > length:
             raise Failure(f"the log holds {length} records: there is no tree of size {size}")
         if index >= size:
@@ -1255,7 +1314,7 @@ def cmd_audit_proof(args: argparse.Namespace, out: Console) -> int:
 
     async def consistency(log: AuditLog, length: int) -> dict[str, object]:
         first: int = args.consistency
-        size: int = length if args.to is None else args.to
+        size: int = await latest_signed(log) if args.to is None else args.to
         if size > length:
             raise Failure(f"the log holds {length} records: there is no tree of size {size}")
         if first > size:
@@ -1292,6 +1351,112 @@ def cmd_audit_proof(args: argparse.Namespace, out: Console) -> int:
 
     document = _on_store(args, work)
     sys.stdout.write(json.dumps(document, ensure_ascii=False, indent=2) + "\n")
+    return 0
+
+
+def _rpc_failure(exc: Exception) -> Failure:
+    """A failed call as one line: its ErrorInfo reason, message and any RetryInfo delay."""
+    import grpc
+    from google.rpc import error_details_pb2, status_pb2
+
+    from gateway.errors import error_info_of
+
+    assert isinstance(exc, grpc.aio.AioRpcError)
+    info, message = error_info_of(exc)
+    reason = f" {info.reason}" if info is not None else ""
+    retry = ""
+    for key, value in exc.trailing_metadata() or ():
+        if key == "grpc-status-details-bin" and isinstance(value, bytes):
+            for detail in status_pb2.Status.FromString(value).details:
+                delay = error_details_pb2.RetryInfo()
+                if detail.Unpack(delay):
+                    seconds = delay.retry_delay.ToTimedelta().total_seconds()
+                    retry = f" (retry in {seconds:.0f} s)"
+    return Failure(f"the gateway refused: {exc.code().name}{reason}: {message}{retry}")
+
+
+def cmd_audit_checkpoint(args: argparse.Namespace, out: Console) -> int:
+    """Ask a gateway (Oversight.SignCheckpoint) to sign a checkpoint of its audit log now."""
+    import grpc
+
+    from gateway.audit import CheckpointError, verify_checkpoint
+    from tongban.v1 import oversight_pb2, oversight_pb2_grpc
+
+    if args.pki is not None:
+        if args.agency is None:
+            _usage(args, "--pki needs --agency ID (the oversight agency whose TLS key to use)")
+        tls = Inventory.load(args.pki).find(args.agency, KeyUsage.TLS, KeyState.ACTIVE)
+        if not tls:
+            raise Failure(f"{args.pki}: {args.agency} has no active TLS key in the inventory")
+        args.region = tls[-1].region  # the gateway and its audit key are this region's
+        cert, key = args.pki / tls[-1].certificate, args.pki / tls[-1].private_key
+        ca = args.ca or args.pki / "regions" / args.region / "ca" / "root.pem"
+    else:
+        if args.ca is None or args.cert is None or args.key is None:
+            _usage(args, "give --pki DIR --agency ID, or --ca, --cert and --key")
+        cert, key, ca = args.cert, args.key, args.ca
+    credentials = grpc.ssl_channel_credentials(
+        _read_input(ca, "the CA certificate", limit=MAX_CERTIFICATE_BYTES),
+        _read_input(key, "the TLS key", limit=MAX_CERTIFICATE_BYTES),
+        _read_input(cert, "the TLS certificate chain", limit=MAX_CERTIFICATE_BYTES),
+    )
+
+    async def ask() -> oversight_pb2.SignCheckpointResponse:
+        async with grpc.aio.secure_channel(args.gateway, credentials) as channel:
+            stub = oversight_pb2_grpc.OversightStub(channel)
+            try:
+                answer: oversight_pb2.SignCheckpointResponse = await stub.SignCheckpoint(
+                    oversight_pb2.SignCheckpointRequest(), timeout=args.timeout
+                )
+            except grpc.aio.AioRpcError as exc:
+                raise _rpc_failure(exc) from exc
+            return answer
+
+    answer = asyncio.run(ask())
+    checkpoint = answer.checkpoint
+    verified = False
+    if args.audit_cert is not None or args.pki is not None:
+        try:
+            verify_checkpoint(
+                checkpoint.note,
+                _audit_public_key(args),
+                checkpoint.key_name,
+                origin=checkpoint.origin,
+            )
+        except CheckpointError as exc:
+            raise Failure(f"the gateway's checkpoint does not verify: {exc}") from exc
+        verified = True
+    if args.out is not None:
+        _save_text(args.out, checkpoint.note)
+    signed_at = checkpoint.signed_at.ToDatetime(tzinfo=UTC).isoformat()
+    if args.json:
+        document = {
+            "origin": checkpoint.origin,
+            "size": checkpoint.size,
+            "root": _b64(checkpoint.root_hash),
+            "key_name": checkpoint.key_name,
+            "signed_at": signed_at,
+            "signed_now": answer.signed_now,
+            "verified": verified,
+            "note": checkpoint.note,
+        }
+        sys.stdout.write(json.dumps(document, ensure_ascii=False, indent=2) + "\n")
+        return 0
+    state = "signed now" if answer.signed_now else "already covered the whole log"
+    out.print(
+        f"Checkpoint of {checkpoint.origin}, size {checkpoint.size}, signed at {signed_at} "
+        f"by {checkpoint.key_name} ({state}"
+        f"{'; signature verified' if verified else ''})."
+        + (
+            f" Saved to {args.out}: keep it, and give it as --checkpoint next time."
+            if args.out
+            else ""
+        ),
+        markup=False,
+        soft_wrap=True,
+    )
+    if args.out is None:
+        sys.stdout.write(checkpoint.note)
     return 0
 
 
@@ -1976,6 +2141,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the next page: records after this index (the last one shown)",
     )
     audit_query.add_argument(
+        "--all",
+        action="store_true",
+        help="follow the pages (of --limit records) to the end of the log as it was when the "
+        "listing began",
+    )
+    audit_query.add_argument(
         "--json", action="store_true", help="print one JSON object per record (JSON lines)"
     )
     audit_query.set_defaults(handler=cmd_audit_query, usage_error=audit_query.error)
@@ -2006,13 +2177,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--size",
         type=parse_size,
         metavar="N",
-        help="with --index: the tree size to prove against (default: the whole log)",
+        help="with --index: the tree size to prove against (default: the latest signed "
+        "checkpoint's, as GetProof's tree_size 0)",
     )
     audit_proof.add_argument(
         "--to",
         type=parse_size,
         metavar="N",
-        help="with --consistency: the larger tree size (default: the whole log)",
+        help="with --consistency: the larger tree size (default: the latest signed "
+        "checkpoint's, as GetProof's second_size 0)",
     )
     audit_proof.set_defaults(handler=cmd_audit_proof, usage_error=audit_proof.error)
 
@@ -2081,6 +2254,56 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _passphrase_options(audit_prune)
     audit_prune.set_defaults(handler=cmd_audit_prune, usage_error=audit_prune.error)
+
+    audit_checkpoint = audit_verbs.add_parser(
+        "checkpoint",
+        help="ask a gateway to sign a checkpoint of its audit log now (Oversight.SignCheckpoint)",
+        description="Ask a running gateway, as an oversight agency over mutual TLS, to sign a "
+        "C2SP checkpoint of its audit log now (if the log grew since its latest one) and print "
+        "it: a note an auditor keeps and later gives to `tongban audit verify --checkpoint`. "
+        "The call is itself audited, and allowed once a minute per agency.",
+        epilog="Example: tongban audit checkpoint --gateway localhost:7443 --pki out/pki "
+        "--agency cq.data --out cq-checkpoint.txt",
+    )
+    audit_checkpoint.add_argument(
+        "--gateway", required=True, metavar="HOST:PORT", help="the gateway to ask"
+    )
+    audit_checkpoint.add_argument(
+        "--pki",
+        type=Path,
+        metavar="DIR",
+        help="a dev PKI folder: use --agency's TLS key, its region's root CA and audit certificate",
+    )
+    audit_checkpoint.add_argument(
+        "--agency", metavar="ID", help="with --pki: the oversight agency, e.g. cq.data"
+    )
+    audit_checkpoint.add_argument(
+        "--ca", type=Path, metavar="PEM", help="the gateway region's root CA certificate"
+    )
+    audit_checkpoint.add_argument(
+        "--cert", type=Path, metavar="PEM", help="the agency's TLS certificate chain"
+    )
+    audit_checkpoint.add_argument("--key", type=Path, metavar="PEM", help="the agency's TLS key")
+    audit_checkpoint.add_argument(
+        "--audit-cert",
+        type=Path,
+        metavar="PEM",
+        help="the region's audit certificate: check the checkpoint's signature with its key",
+    )
+    audit_checkpoint.add_argument(
+        "--out", type=Path, metavar="FILE", help="save the signed note to FILE"
+    )
+    audit_checkpoint.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long to wait for the gateway (default 30)",
+    )
+    audit_checkpoint.add_argument("--json", action="store_true", help="print the result as JSON")
+    audit_checkpoint.set_defaults(
+        handler=cmd_audit_checkpoint, usage_error=audit_checkpoint.error, region=None
+    )
     return parser
 
 

@@ -5,11 +5,15 @@ Credentials.Seal recorded, fail closed, with a final checkpoint at shutdown."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import gc
 import hashlib
+import json
 import logging
-from collections.abc import Awaitable, Callable
+import queue
+import threading
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,6 +21,7 @@ from typing import Any
 import grpc
 import pytest
 from audit_contract import make_record
+from cli_support import Run
 from google.rpc import error_details_pb2, status_pb2
 from support import Federation, channel, credentials_as, dev_config, error_info, running
 
@@ -31,6 +36,7 @@ from gateway.audit import (
     verify_inclusion,
 )
 from gateway.config import GatewayConfig
+from gateway.server import Gateway
 from tongban.v1 import (
     common_pb2,
     credentials_pb2,
@@ -576,3 +582,66 @@ async def test_get_proof_size_zero_is_the_latest_checkpoints_size(
                 timeout=CALL_TIMEOUT,
             )
             assert (consistency.tree_size, consistency.root_hash) == (signed.size, signed.root)
+
+
+@contextlib.contextmanager
+def serving_in_a_thread(config: GatewayConfig) -> Iterator[tuple[Gateway, int]]:
+    """A gateway on its own event loop in a thread, for a CLI that runs its own loop."""
+    started: queue.Queue[tuple[Gateway, int, asyncio.Event]] = queue.Queue()
+    loop = asyncio.new_event_loop()
+
+    async def serve() -> None:
+        async with running(config) as (gateway, port):
+            stop = asyncio.Event()
+            started.put((gateway, port, stop))
+            await stop.wait()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),))
+    thread.start()
+    try:
+        gateway, port, stop = started.get(timeout=60)
+        try:
+            yield gateway, port
+        finally:
+            loop.call_soon_threadsafe(stop.set)
+    finally:
+        thread.join(60)
+        loop.close()
+
+
+def test_the_cli_asks_for_a_checkpoint_and_is_told_when_to_ask_again(
+    federation: Federation, tmp_path: Path, run: Run
+) -> None:
+    config = audited_config(federation, tmp_path)
+    with serving_in_a_thread(config) as (_, port):
+        kept = tmp_path / "checkpoint.txt"
+        argv = ["audit", "checkpoint", "--gateway", f"localhost:{port}", "--pki", federation.pki]
+        code, out, err = run(*argv, "--agency", "zj.data", "--json", "--out", kept)
+        assert (code, err) == (0, "")
+        answer = json.loads(out)
+        assert (answer["origin"], answer["key_name"]) == ("audit.tongban/330000",) * 2
+        assert (answer["size"], answer["signed_now"], answer["verified"]) == (1, True, True)
+        assert datetime.fromisoformat(answer["signed_at"]).year >= 2026
+        assert kept.read_text(encoding="utf-8") == answer["note"]
+        code, out, err = run(*argv, "--agency", "zj.data")
+        assert (code, out) == (1, "")
+        assert "RESOURCE_EXHAUSTED CHECKPOINT_RATE_LIMITED" in err
+        assert "retry in" in err
+        code, out, err = run(*argv, "--agency", "zj.hrss")  # no oversight role
+        assert code == 1
+        assert "PERMISSION_DENIED NOT_AUTHORISED_ROLE" in err
+    # The saved note is what `tongban audit verify --checkpoint` takes.
+    code, out, err = run(
+        "audit",
+        "verify",
+        "--sqlite",
+        tmp_path / "audit.db",
+        "--pki",
+        federation.pki,
+        "--region",
+        "330000",
+        "--checkpoint",
+        kept,
+    )
+    assert (code, err) == (0, "")
+    assert out.startswith("INTACT")
