@@ -20,6 +20,7 @@ from typing import Any
 
 import grpc
 import pytest
+import rfc8785
 from audit_contract import make_record
 from cli_support import Run
 from google.rpc import error_details_pb2, status_pb2
@@ -645,3 +646,91 @@ def test_the_cli_asks_for_a_checkpoint_and_is_told_when_to_ask_again(
     )
     assert (code, err) == (0, "")
     assert out.startswith("INTACT")
+
+
+_OUTCOME_NAMES = {
+    common_pb2.OUTCOME_ALLOWED: "allowed",
+    common_pb2.OUTCOME_DENIED: "denied",
+    common_pb2.OUTCOME_FAILED: "failed",
+}
+
+
+def leaf_from_message(message: oversight_pb2.AuditRecord) -> bytes:
+    """docs/audit.md "Leaf encoding", followed step by step from the message alone."""
+    assert not message.abridged
+    time = message.time.ToDatetime(tzinfo=UTC)
+    document = {
+        "agreement_id": message.agreement_id,
+        "cache_hit": message.cache_hit,
+        "caller_agency": message.caller_agency,
+        "caller_operator": message.caller_operator,
+        "caller_region": message.caller_region,
+        "case_id": message.case_id,
+        "dataset": message.dataset,
+        "fields": sorted(message.fields),
+        "gateway": message.gateway,
+        "latency_us": message.latency_micros,
+        "outcome": _OUTCOME_NAMES[message.outcome],
+        "provider_region": message.provider_region,
+        "purpose": message.purpose,
+        "reason": message.reason,
+        "region": message.region,
+        "registry_version": message.registry_version,
+        "request_id": message.request_id,
+        "rpc": message.rpc,
+        "sealed_digest": message.sealed_digest,
+        "subject": message.subject_pseudonym,
+        "time": f"{time:%Y-%m-%dT%H:%M:%S}.{message.time.nanos // 1000:06d}Z",
+        "v": 1,
+    }
+    canonical = json.dumps(
+        document, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    ).encode("utf-8")
+    assert canonical == rfc8785.dumps(document)  # the same bytes by an RFC 8785 library
+    return hashlib.sha256(b"\x00" + canonical).digest()
+
+
+async def test_an_outsider_recomputes_each_leaf_from_query_audit_and_proves_it(
+    federation: Federation, tmp_path: Path
+) -> None:
+    config = audited_config(federation, tmp_path)
+    assert config.audit is not None
+    async with running(config) as (gateway, port):
+        assert gateway.audit is not None
+        await _fill(gateway.audit, config.audit.pseudonym_key, 3)
+        awkward = dataclasses.replace(  # what JSON escapes, and what it must not
+            make_record(3),
+            region="330000",
+            caller_operator='经办人 "张三" \\ a/b \t\x01 é \u2028',
+            fields=("zeta", "Name", "alpha", "名"),
+            outcome=Outcome.DENIED,
+            reason="FIELD_NOT_ALLOWED",
+            time=datetime(2026, 11, 21, 8, 0, 0, 7, tzinfo=UTC),
+        )
+        await gateway.audit.append(awkward)
+        ch, stub = oversight_as(federation, "zj.data", port)
+        async with ch:
+            await stub.SignCheckpoint(oversight_pb2.SignCheckpointRequest(), timeout=CALL_TIMEOUT)
+            listed = [
+                r
+                async for r in stub.QueryAudit(
+                    oversight_pb2.QueryAuditRequest(page_size=100), timeout=CALL_TIMEOUT
+                )
+            ]
+            assert len(listed) == 5  # four records and the SignCheckpoint call's own
+            for message in listed:
+                leaf = leaf_from_message(message)
+                assert leaf == message.leaf_hash
+                proof = await stub.GetProof(
+                    oversight_pb2.GetProofRequest(
+                        inclusion=oversight_pb2.InclusionProofRequest(index=message.index)
+                    ),
+                    timeout=CALL_TIMEOUT,
+                )
+                verify_inclusion(
+                    leaf,
+                    message.index,
+                    proof.checkpoint.size,
+                    list(proof.hashes),
+                    proof.checkpoint.root_hash,
+                )
