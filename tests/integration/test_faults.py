@@ -998,7 +998,7 @@ async def test_a_gateway_sigkilled_under_load(tmp_path: Path) -> None:
                     log = AuditLog(
                         store,
                         origin="audit.tongban/510000",
-                        key_name="audit-510000",
+                        key_name="audit.tongban/510000",  # C2SP: named after the log
                         public_key=audit_public_key(fed, "510000"),
                     )
                     tally.audit_checked = await check_audit_ids(log, acked)
@@ -1043,7 +1043,7 @@ async def test_a_gateway_sigkilled_under_load(tmp_path: Path) -> None:
             AuditLog(
                 store,
                 origin="audit.tongban/510000",
-                key_name="audit-510000",
+                key_name="audit.tongban/510000",
                 public_key=audit_public_key(fed, "510000"),
             ),
             later,
