@@ -117,6 +117,11 @@ def test_postgres_audit_reads_its_dsn_from_the_environment(
             "audit.retention",
             "unknown key",
         ),
+        (  # the origin names the checkpoint key, and a signed-note key name has no spaces
+            'store = "memory"\npseudonym_key_file = "pseudonym.secret"\norigin = "audit tongban"',
+            "audit.origin",
+            "no white space",
+        ),
     ],
 )
 def test_audit_mistakes_name_file_and_key(
