@@ -594,6 +594,11 @@ class OversightService(oversight_pb2_grpc.OversightServicer):
             await self._record(call, Outcome.ALLOWED, returned=1)
             checkpoint, signed_now = await self._audit.checkpoint_if_grown()
         except AuditUnavailable as exc:
+            # Nothing was signed: the caller may ask again as soon as the store is back.
+            if last is None:
+                self._last_checkpoint.pop(who, None)
+            else:
+                self._last_checkpoint[who] = last
             await abort(context, grpc.StatusCode.UNAVAILABLE, "AUDIT_UNAVAILABLE", str(exc))
         return oversight_pb2.SignCheckpointResponse(
             checkpoint=checkpoint_message(checkpoint), signed_now=signed_now

@@ -734,3 +734,24 @@ async def test_an_outsider_recomputes_each_leaf_from_query_audit_and_proves_it(
                     list(proof.hashes),
                     proof.checkpoint.root_hash,
                 )
+
+
+async def test_a_checkpoint_refused_for_an_outage_does_not_count_against_the_caller(
+    federation: Federation,
+) -> None:
+    async with running(dev_config(federation, "330000")) as (gateway, port):  # in memory
+        assert gateway.audit is not None
+        store = gateway.audit.store
+        ch, stub = oversight_as(federation, "zj.data", port)
+        async with ch:
+            store.available = False  # type: ignore[attr-defined]
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.SignCheckpoint(
+                    oversight_pb2.SignCheckpointRequest(), timeout=CALL_TIMEOUT
+                )
+            assert error_info(caught.value).reason == "AUDIT_UNAVAILABLE"
+            store.available = True  # type: ignore[attr-defined]
+            answer = await stub.SignCheckpoint(
+                oversight_pb2.SignCheckpointRequest(), timeout=CALL_TIMEOUT
+            )
+            assert answer.checkpoint.size >= 1
