@@ -83,6 +83,16 @@ def _digest(text: str) -> str:
     return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def _recordable(value: str) -> str:
+    """A caller's filter value as an oversight record may hold it: as given when it is short and
+    printable, else its digest. A filter is whatever the caller typed: a NUL would be refused by
+    PostgreSQL (failing the group commit it shares) and read back short by SQLite's JSON
+    functions (a false "edited column" alarm), and a megabyte would bloat the log."""
+    if len(value) <= MAX_FILTER_CHARS and value.isprintable():
+        return value
+    return _digest(value)
+
+
 @dataclass(slots=True)
 class _Shown:
     """Values as they may be sent: a value too long to send is replaced by its digest."""
@@ -176,8 +186,7 @@ class _Call:
     def ask(self, name: str, value: object) -> None:
         """Note a filter the caller gave (a falsy value is a filter not given)."""
         if value:
-            text = str(value)
-            self.filters[name] = text if len(text) <= MAX_FILTER_CHARS else _digest(text)
+            self.filters[name] = _recordable(str(value))
 
 
 @dataclass(frozen=True, slots=True)
@@ -380,7 +389,7 @@ class OversightService(oversight_pb2_grpc.OversightServicer):
         call = _Call(rpcs.QUERY_AUDIT)
         subject = self._subject(request.subject_id)
         call.subject = subject or ""
-        call.dataset, call.purpose = request.dataset, request.purpose
+        call.dataset, call.purpose = _recordable(request.dataset), _recordable(request.purpose)
         call.ask("caller_agency", request.caller_agency)
         call.ask("provider_region", request.provider_region)
         outcome = _OUTCOME_FROM_PB.get(request.outcome)

@@ -755,3 +755,34 @@ async def test_a_checkpoint_refused_for_an_outage_does_not_count_against_the_cal
                 oversight_pb2.SignCheckpointRequest(), timeout=CALL_TIMEOUT
             )
             assert answer.checkpoint.size >= 1
+
+
+async def test_filters_typed_by_the_caller_are_recorded_safely(
+    federation: Federation, tmp_path: Path
+) -> None:
+    """A NUL or a megabyte in a filter goes into the oversight record as a digest: the log stays
+    verifiable (SQLite's JSON functions once read a NUL short: "query columns were edited")."""
+    config = audited_config(federation, tmp_path)
+    assert config.audit is not None
+    async with running(config) as (gateway, port):
+        assert gateway.audit is not None
+        ch, stub = oversight_as(federation, "zj.data", port)
+        async with ch:
+            odd = {"dataset": "si.\x00participation", "purpose": "P" * 100_000}
+            found = await _drain(
+                stub.QueryAudit(
+                    oversight_pb2.QueryAuditRequest(caller_agency="sc.\x07hrss", **odd),
+                    timeout=CALL_TIMEOUT,
+                )
+            )
+            assert found == []
+            verdict = await stub.VerifyAudit(
+                oversight_pb2.VerifyAuditRequest(), timeout=CALL_TIMEOUT
+            )
+            assert verdict.intact, verdict.problem
+        (row,) = await gateway.audit.store.rows(0, 1)
+    record = AuditRecord.from_canonical(row.canonical)
+    for name, value in odd.items():
+        assert getattr(record, name) == "sha256:" + hashlib.sha256(value.encode()).hexdigest()
+    digest = hashlib.sha256(b"sc.\x07hrss").hexdigest()
+    assert f"caller_agency=sha256:{digest}" in record.fields
