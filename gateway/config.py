@@ -35,7 +35,7 @@ are errors, so a typo never silently falls back to a default.
     schema = "tongban_audit"          # postgres schema
     key = "pki/regions/330000/keys/audit-0a1b2c3d.key"   # Ed25519 checkpoint key ([tls] passphrase)
     pseudonym_key_file = "secrets/audit-pseudonym.key"   # or pseudonym_key_env: >= 16 bytes
-    origin = ""                       # the log's name in checkpoints (default audit.tongban/<region>)
+    origin = ""                       # the log's name in checkpoints, and its key's (default audit.tongban/<region>; no spaces or +)
     checkpoint_every_records = 1000
     checkpoint_every_seconds = 60
 
