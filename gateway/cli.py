@@ -69,7 +69,7 @@ from signer import (
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-    from gateway.audit import AuditRecord, AuditStore, Checkpoint, Verification
+    from gateway.audit import AuditQuery, AuditRecord, AuditStore, Checkpoint, Verification
 
 __all__ = ["main"]
 
@@ -822,17 +822,38 @@ def _check_store_options(args: argparse.Namespace) -> None:
         _usage(args, "--schema is for --postgres-env (an SQLite file has no schemas)")
 
 
-def _audit_names(args: argparse.Namespace) -> tuple[str, str]:
-    """(origin, key name) of the log: as given, else derived from --region."""
+def _audit_names(args: argparse.Namespace) -> tuple[str, tuple[str, ...]]:
+    """(origin, key names) of the log: as given, else derived from --region. The key is named
+    after the origin (C2SP); checkpoints signed before were named audit-<region>, which is
+    accepted too when no --key-name is given."""
     if args.pki is not None and args.region is None:
         _usage(args, "--pki needs --region CODE (the region whose active audit certificate to use)")
     origin = args.origin or (f"audit.tongban/{args.region}" if args.region else None)
-    key_name = args.key_name or (f"audit-{args.region}" if args.region else None)
     if origin is None:
         _usage(args, "give --origin NAME (or --region CODE for audit.tongban/CODE)")
-    if key_name is None:
-        _usage(args, "give --key-name NAME (or --region CODE for audit-CODE)")
-    return origin, key_name
+    if args.key_name:
+        return origin, (args.key_name,)
+    if any(c.isspace() or c == "+" for c in origin):
+        _usage(
+            args, "the origin has white space or '+', so it cannot name the key: give --key-name"
+        )
+    return origin, (origin, *((f"audit-{args.region}",) if args.region else ()))
+
+
+def _verify_note(
+    note: str, public_key: Ed25519PublicKey, key_names: tuple[str, ...], origin: str
+) -> Checkpoint:
+    """The checkpoint in `note`, signed by the audit key under one of `key_names`."""
+    from gateway.audit import CheckpointError, verify_checkpoint
+
+    problem: CheckpointError | None = None
+    for name in key_names:
+        try:
+            return verify_checkpoint(note, public_key, name, origin=origin)
+        except CheckpointError as exc:
+            problem = problem or exc
+    assert problem is not None
+    raise problem
 
 
 def _audit_public_key(args: argparse.Namespace) -> Ed25519PublicKey:
@@ -959,13 +980,13 @@ def _b64(data: bytes) -> str:
 
 
 def _read_trusted_checkpoint(
-    path: Path, public_key: Ed25519PublicKey, key_name: str, origin: str
+    path: Path, public_key: Ed25519PublicKey, key_names: tuple[str, ...], origin: str
 ) -> Checkpoint:
-    from gateway.audit import CheckpointError, verify_checkpoint
+    from gateway.audit import CheckpointError
 
     data = _read_input(path, "the checkpoint", limit=MAX_CHECKPOINT_BYTES)
     try:
-        return verify_checkpoint(data.decode("utf-8"), public_key, key_name, origin=origin)
+        return _verify_note(data.decode("utf-8"), public_key, key_names, origin)
     except UnicodeDecodeError as exc:
         raise Failure(f"{path}: not a checkpoint (not UTF-8 text)") from exc
     except CheckpointError as exc:
@@ -986,16 +1007,22 @@ def cmd_audit_verify(args: argparse.Namespace, out: Console) -> int:
     from gateway.audit import AuditLog
 
     _check_store_options(args)
-    origin, key_name = _audit_names(args)
+    origin, key_names = _audit_names(args)
     public_key = _audit_public_key(args)
     trusted = (
-        _read_trusted_checkpoint(args.checkpoint, public_key, key_name, origin)
+        _read_trusted_checkpoint(args.checkpoint, public_key, key_names, origin)
         if args.checkpoint is not None
         else None
     )
 
     async def work(store: AuditStore) -> Verification:
-        log = AuditLog(store, origin=origin, key_name=key_name, public_key=public_key)
+        log = AuditLog(
+            store,
+            origin=origin,
+            key_name=key_names[0],
+            former_key_names=key_names[1:],
+            public_key=public_key,
+        )
         return await log.verify(trusted)
 
     result = _on_store(args, work)
@@ -1128,12 +1155,15 @@ def cmd_audit_query(args: argparse.Namespace, out: Console) -> int:
         limit=args.limit,
     )
 
+    if args.all:
+        return _audit_query_all(args, out, query)
+
     async def work(store: AuditStore) -> list[tuple[int, AuditRecord]]:
         return await store.query(query)
 
     found = _on_store(args, work)
     more = (
-        f"More records may match: add --after {found[-1][0]} for the next page."
+        f"More records may match: add --after {found[-1][0]} for the next page, or --all."
         if len(found) >= args.limit
         else ""
     )
@@ -1148,10 +1178,7 @@ def cmd_audit_query(args: argparse.Namespace, out: Console) -> int:
         out.print("No audit record matches.")
         return 0
     table = Table(title=f"Audit records ({len(found)})", title_justify="left")
-    for column in ("index", "time (UTC)", "caller agency", "caller region", "provider region"):
-        table.add_column(column)
-    for column in ("dataset", "purpose", "case id", "outcome", "fields", "cache hit"):
-        table.add_column(column, overflow="fold")
+    _record_columns(table)
     for index, record in found:
         table.add_row(*_record_row(index, record))
     out.print(table)
@@ -1160,23 +1187,67 @@ def cmd_audit_query(args: argparse.Namespace, out: Console) -> int:
     return 0
 
 
+def _audit_query_all(args: argparse.Namespace, out: Console, first: AuditQuery) -> int:
+    """Every matching record, a page of --limit at a time, each page printed as it is read;
+    the listing ends at the log's size when it began (records appended meanwhile are not in it)."""
+    import dataclasses
+
+    async def work(store: AuditStore) -> int:
+        end = (await store.head()).size
+        query, shown = first, 0
+        while True:
+            page = [(i, r) for i, r in await store.query(query) if i < end]
+            if not page:
+                break
+            if args.json:
+                for index, record in page:
+                    document = {"index": index, **json.loads(record.canonical)}
+                    sys.stdout.write(json.dumps(document, ensure_ascii=False) + "\n")
+                sys.stdout.flush()
+            else:
+                table = Table(
+                    title=f"Audit records {shown + 1} to {shown + len(page)}", title_justify="left"
+                )
+                _record_columns(table)
+                for index, record in page:
+                    table.add_row(*_record_row(index, record))
+                out.print(table)
+            shown += len(page)
+            if len(page) < query.limit:
+                break
+            query = dataclasses.replace(query, after_index=page[-1][0])
+        return shown
+
+    shown = _on_store(args, work)
+    if not shown and not args.json:
+        out.print("No audit record matches.")
+    return 0
+
+
+def _record_columns(table: Table) -> None:
+    for column in ("index", "time (UTC)", "caller agency", "caller region", "provider region"):
+        table.add_column(column)
+    for column in ("dataset", "purpose", "case id", "outcome", "fields", "cache hit"):
+        table.add_column(column, overflow="fold")
+
+
 async def _signed_at(
     store: AuditStore,
     sizes: dict[int, bytes],
     public_key: Ed25519PublicKey,
-    key_name: str,
+    key_names: tuple[str, ...],
     origin: str,
 ) -> dict[int, str]:
     """The note of a stored checkpoint, signed by the audit key, for each of `sizes` that has
     one; a signed root that is not the recomputed one is a broken log."""
-    from gateway.audit import CheckpointError, verify_checkpoint
+    from gateway.audit import CheckpointError
 
     notes: dict[int, str] = {}
     for stored in await store.checkpoints():
         if stored.size not in sizes or stored.size in notes:
             continue
         try:
-            checkpoint = verify_checkpoint(stored.note, public_key, key_name, origin=origin)
+            checkpoint = _verify_note(stored.note, public_key, key_names, origin)
         except CheckpointError:
             continue  # not signed by this key: proves nothing either way
         if checkpoint.root != sizes[stored.size]:
@@ -1196,12 +1267,27 @@ def cmd_audit_proof(args: argparse.Namespace, out: Console) -> int:
         _usage(args, "--size goes with --index")
     if args.to is not None and args.consistency is None:
         _usage(args, "--to goes with --consistency")
-    origin, key_name = _audit_names(args)
+    origin, key_names = _audit_names(args)
     public_key = _audit_public_key(args)
+
+    async def latest_signed(log: AuditLog) -> int:
+        """The size of the latest checkpoint signed by this log's key (the default tree size,
+        as GetProof's 0)."""
+        from gateway.audit import CheckpointError
+
+        sizes = []
+        for stored in await log.store.checkpoints():
+            try:
+                sizes.append(_verify_note(stored.note, public_key, key_names, origin).size)
+            except CheckpointError:
+                continue
+        if not sizes:
+            raise Failure("no checkpoint of this log is signed yet: give the tree size")
+        return max(sizes)
 
     async def inclusion(log: AuditLog, length: int) -> dict[str, object]:
         index: int = args.index
-        size: int = length if args.size is None else args.size
+        size: int = await latest_signed(log) if args.size is None else args.size
         if size > length:
             raise Failure(f"the log holds {length} records: there is no tree of size {size}")
         if index >= size:
@@ -1216,7 +1302,7 @@ def cmd_audit_proof(args: argparse.Namespace, out: Console) -> int:
             verify_inclusion(leaf, index, size, hashes, root)
         except ProofError as exc:
             raise Failure(f"the inclusion proof does not verify: {exc}") from exc
-        notes = await _signed_at(log.store, {size: root}, public_key, key_name, origin)
+        notes = await _signed_at(log.store, {size: root}, public_key, key_names, origin)
         return {
             "kind": "inclusion",
             "origin": origin,
@@ -1231,7 +1317,7 @@ def cmd_audit_proof(args: argparse.Namespace, out: Console) -> int:
 
     async def consistency(log: AuditLog, length: int) -> dict[str, object]:
         first: int = args.consistency
-        size: int = length if args.to is None else args.to
+        size: int = await latest_signed(log) if args.to is None else args.to
         if size > length:
             raise Failure(f"the log holds {length} records: there is no tree of size {size}")
         if first > size:
@@ -1243,7 +1329,7 @@ def cmd_audit_proof(args: argparse.Namespace, out: Console) -> int:
         except ProofError as exc:
             raise Failure(f"the consistency proof does not verify: {exc}") from exc
         notes = await _signed_at(
-            log.store, {first: first_root, size: root}, public_key, key_name, origin
+            log.store, {first: first_root, size: root}, public_key, key_names, origin
         )
         return {
             "kind": "consistency",
@@ -1259,7 +1345,7 @@ def cmd_audit_proof(args: argparse.Namespace, out: Console) -> int:
         }
 
     async def work(store: AuditStore) -> dict[str, object]:
-        log = AuditLog(store, origin=origin, key_name=key_name, public_key=public_key)
+        log = AuditLog(store, origin=origin, key_name=key_names[0], public_key=public_key)
         length = (await store.head()).size
         try:
             return await (inclusion if args.index is not None else consistency)(log, length)
@@ -1268,6 +1354,112 @@ def cmd_audit_proof(args: argparse.Namespace, out: Console) -> int:
 
     document = _on_store(args, work)
     sys.stdout.write(json.dumps(document, ensure_ascii=False, indent=2) + "\n")
+    return 0
+
+
+def _rpc_failure(exc: Exception) -> Failure:
+    """A failed call as one line: its ErrorInfo reason, message and any RetryInfo delay."""
+    import grpc
+    from google.rpc import error_details_pb2, status_pb2
+
+    from gateway.errors import error_info_of
+
+    assert isinstance(exc, grpc.aio.AioRpcError)
+    info, message = error_info_of(exc)
+    reason = f" {info.reason}" if info is not None else ""
+    retry = ""
+    for key, value in exc.trailing_metadata() or ():
+        if key == "grpc-status-details-bin" and isinstance(value, bytes):
+            for detail in status_pb2.Status.FromString(value).details:
+                delay = error_details_pb2.RetryInfo()
+                if detail.Unpack(delay):
+                    seconds = delay.retry_delay.ToTimedelta().total_seconds()
+                    retry = f" (retry in {seconds:.0f} s)"
+    return Failure(f"the gateway refused: {exc.code().name}{reason}: {message}{retry}")
+
+
+def cmd_audit_checkpoint(args: argparse.Namespace, out: Console) -> int:
+    """Ask a gateway (Oversight.SignCheckpoint) to sign a checkpoint of its audit log now."""
+    import grpc
+
+    from gateway.audit import CheckpointError, verify_checkpoint
+    from tongban.v1 import oversight_pb2, oversight_pb2_grpc
+
+    if args.pki is not None:
+        if args.agency is None:
+            _usage(args, "--pki needs --agency ID (the oversight agency whose TLS key to use)")
+        tls = Inventory.load(args.pki).find(args.agency, KeyUsage.TLS, KeyState.ACTIVE)
+        if not tls:
+            raise Failure(f"{args.pki}: {args.agency} has no active TLS key in the inventory")
+        args.region = tls[-1].region  # the gateway and its audit key are this region's
+        cert, key = args.pki / tls[-1].certificate, args.pki / tls[-1].private_key
+        ca = args.ca or args.pki / "regions" / args.region / "ca" / "root.pem"
+    else:
+        if args.ca is None or args.cert is None or args.key is None:
+            _usage(args, "give --pki DIR --agency ID, or --ca, --cert and --key")
+        cert, key, ca = args.cert, args.key, args.ca
+    credentials = grpc.ssl_channel_credentials(
+        _read_input(ca, "the CA certificate", limit=MAX_CERTIFICATE_BYTES),
+        _read_input(key, "the TLS key", limit=MAX_CERTIFICATE_BYTES),
+        _read_input(cert, "the TLS certificate chain", limit=MAX_CERTIFICATE_BYTES),
+    )
+
+    async def ask() -> oversight_pb2.SignCheckpointResponse:
+        async with grpc.aio.secure_channel(args.gateway, credentials) as channel:
+            stub = oversight_pb2_grpc.OversightStub(channel)
+            try:
+                answer: oversight_pb2.SignCheckpointResponse = await stub.SignCheckpoint(
+                    oversight_pb2.SignCheckpointRequest(), timeout=args.timeout
+                )
+            except grpc.aio.AioRpcError as exc:
+                raise _rpc_failure(exc) from exc
+            return answer
+
+    answer = asyncio.run(ask())
+    checkpoint = answer.checkpoint
+    verified = False
+    if args.audit_cert is not None or args.pki is not None:
+        try:
+            verify_checkpoint(
+                checkpoint.note,
+                _audit_public_key(args),
+                checkpoint.key_name,
+                origin=checkpoint.origin,
+            )
+        except CheckpointError as exc:
+            raise Failure(f"the gateway's checkpoint does not verify: {exc}") from exc
+        verified = True
+    if args.out is not None:
+        _save_text(args.out, checkpoint.note)
+    signed_at = checkpoint.signed_at.ToDatetime(tzinfo=UTC).isoformat()
+    if args.json:
+        document = {
+            "origin": checkpoint.origin,
+            "size": checkpoint.size,
+            "root": _b64(checkpoint.root_hash),
+            "key_name": checkpoint.key_name,
+            "signed_at": signed_at,
+            "signed_now": answer.signed_now,
+            "verified": verified,
+            "note": checkpoint.note,
+        }
+        sys.stdout.write(json.dumps(document, ensure_ascii=False, indent=2) + "\n")
+        return 0
+    state = "signed now" if answer.signed_now else "already covered the whole log"
+    out.print(
+        f"Checkpoint of {checkpoint.origin}, size {checkpoint.size}, signed at {signed_at} "
+        f"by {checkpoint.key_name} ({state}"
+        f"{'; signature verified' if verified else ''})."
+        + (
+            f" Saved to {args.out}: keep it, and give it as --checkpoint next time."
+            if args.out
+            else ""
+        ),
+        markup=False,
+        soft_wrap=True,
+    )
+    if args.out is None:
+        sys.stdout.write(checkpoint.note)
     return 0
 
 
@@ -1285,7 +1477,7 @@ def cmd_audit_prune(args: argparse.Namespace, out: Console) -> int:
             args,
             f"--older-than: audit records are kept at least {MIN_RETENTION.days} days (Cybersecurity Law, Art. 21)",
         )
-    origin, key_name = _audit_names(args)
+    origin, key_names = _audit_names(args)
     if args.audit_key is not None:
         key_path: Path = args.audit_key
     else:
@@ -1301,7 +1493,9 @@ def cmd_audit_prune(args: argparse.Namespace, out: Console) -> int:
     now = _now()
 
     async def work(store: AuditStore) -> str:
-        log = AuditLog(store, origin=origin, key=key, key_name=key_name)
+        log = AuditLog(
+            store, origin=origin, key=key, key_name=key_names[0], former_key_names=key_names[1:]
+        )
         cut = await store.first_index_at_or_after(now - args.older_than)
         marker = await store.pruned()
         first = marker.before if marker else 0
@@ -1378,7 +1572,8 @@ def _audit_key_options(parser: argparse.ArgumentParser) -> None:
         "--key-name",
         type=parse_key_name,
         metavar="NAME",
-        help="the checkpoint signer's key name (default audit-<region>)",
+        help="the checkpoint signer's key name (default: the origin, and audit-<region> for "
+        "checkpoints signed before the key was named after its log)",
     )
 
 
@@ -1956,6 +2151,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the next page: records after this index (the last one shown)",
     )
     audit_query.add_argument(
+        "--all",
+        action="store_true",
+        help="follow the pages (of --limit records) to the end of the log as it was when the "
+        "listing began",
+    )
+    audit_query.add_argument(
         "--json", action="store_true", help="print one JSON object per record (JSON lines)"
     )
     audit_query.set_defaults(handler=cmd_audit_query, usage_error=audit_query.error)
@@ -1986,13 +2187,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--size",
         type=parse_size,
         metavar="N",
-        help="with --index: the tree size to prove against (default: the whole log)",
+        help="with --index: the tree size to prove against (default: the latest signed "
+        "checkpoint's, as GetProof's tree_size 0)",
     )
     audit_proof.add_argument(
         "--to",
         type=parse_size,
         metavar="N",
-        help="with --consistency: the larger tree size (default: the whole log)",
+        help="with --consistency: the larger tree size (default: the latest signed "
+        "checkpoint's, as GetProof's second_size 0)",
     )
     audit_proof.set_defaults(handler=cmd_audit_proof, usage_error=audit_proof.error)
 
@@ -2034,7 +2237,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--key-name",
         type=parse_key_name,
         metavar="NAME",
-        help="the checkpoint signer's key name (default audit-<region>)",
+        help="the checkpoint signer's key name (default: the origin, and audit-<region> for "
+        "checkpoints signed before the key was named after its log)",
     )
     audit_prune.add_argument(
         "--older-than",
@@ -2060,6 +2264,56 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _passphrase_options(audit_prune)
     audit_prune.set_defaults(handler=cmd_audit_prune, usage_error=audit_prune.error)
+
+    audit_checkpoint = audit_verbs.add_parser(
+        "checkpoint",
+        help="ask a gateway to sign a checkpoint of its audit log now (Oversight.SignCheckpoint)",
+        description="Ask a running gateway, as an oversight agency over mutual TLS, to sign a "
+        "C2SP checkpoint of its audit log now (if the log grew since its latest one) and print "
+        "it: a note an auditor keeps and later gives to `tongban audit verify --checkpoint`. "
+        "The call is itself audited, and allowed once a minute per agency.",
+        epilog="Example: tongban audit checkpoint --gateway localhost:7443 --pki out/pki "
+        "--agency cq.data --out cq-checkpoint.txt",
+    )
+    audit_checkpoint.add_argument(
+        "--gateway", required=True, metavar="HOST:PORT", help="the gateway to ask"
+    )
+    audit_checkpoint.add_argument(
+        "--pki",
+        type=Path,
+        metavar="DIR",
+        help="a dev PKI folder: use --agency's TLS key, its region's root CA and audit certificate",
+    )
+    audit_checkpoint.add_argument(
+        "--agency", metavar="ID", help="with --pki: the oversight agency, e.g. cq.data"
+    )
+    audit_checkpoint.add_argument(
+        "--ca", type=Path, metavar="PEM", help="the gateway region's root CA certificate"
+    )
+    audit_checkpoint.add_argument(
+        "--cert", type=Path, metavar="PEM", help="the agency's TLS certificate chain"
+    )
+    audit_checkpoint.add_argument("--key", type=Path, metavar="PEM", help="the agency's TLS key")
+    audit_checkpoint.add_argument(
+        "--audit-cert",
+        type=Path,
+        metavar="PEM",
+        help="the region's audit certificate: check the checkpoint's signature with its key",
+    )
+    audit_checkpoint.add_argument(
+        "--out", type=Path, metavar="FILE", help="save the signed note to FILE"
+    )
+    audit_checkpoint.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long to wait for the gateway (default 30)",
+    )
+    audit_checkpoint.add_argument("--json", action="store_true", help="print the result as JSON")
+    audit_checkpoint.set_defaults(
+        handler=cmd_audit_checkpoint, usage_error=audit_checkpoint.error, region=None
+    )
     return parser
 
 

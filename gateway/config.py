@@ -35,7 +35,7 @@ are errors, so a typo never silently falls back to a default.
     schema = "tongban_audit"          # postgres schema
     key = "pki/regions/330000/keys/audit-0a1b2c3d.key"   # Ed25519 checkpoint key ([tls] passphrase)
     pseudonym_key_file = "secrets/audit-pseudonym.key"   # or pseudonym_key_env: >= 16 bytes
-    origin = ""                       # the log's name in checkpoints (default audit.tongban/<region>)
+    origin = ""                       # the log's name in checkpoints, and its key's (default audit.tongban/<region>; no spaces or +)
     checkpoint_every_records = 1000
     checkpoint_every_seconds = 60
 
@@ -198,6 +198,10 @@ def _audit(file: Path, section: _Section) -> AuditConfig | None:
         raise ConfigError("audit: give exactly one of pseudonym_key_file and pseudonym_key_env")
     pseudonym_key = read_passphrase(key_file, key_env) or b""
     every = section._raw("checkpoint_every_records", False)
+    origin = section.text("origin", required=False)
+    if origin and any(c.isspace() or c == "+" for c in origin):
+        # The origin is also the checkpoint key's name, and a signed-note key name has neither.
+        raise ConfigError(f"{file}: audit.origin: no white space and no '+' (it names the key)")
     return AuditConfig(
         store=section.text("store"),
         key=section.required_path("key"),
@@ -206,7 +210,7 @@ def _audit(file: Path, section: _Section) -> AuditConfig | None:
         dsn=secret("dsn_env"),
         owner_dsn=secret("owner_dsn_env"),
         schema=section.text("schema", required=False) or "tongban_audit",
-        origin=section.text("origin", required=False),
+        origin=origin,
         checkpoint_every_records=every
         if isinstance(every, int) and not isinstance(every, bool)
         else 1000,

@@ -560,11 +560,16 @@ async def subject_access(fed: Federation, story: Story) -> Result:
     for region, agency in (("500000", "cq.data"), ("510000", "sc.data")):
         async with fed.channel(agency) as channel:
             oversight = oversight_pb2_grpc.OversightStub(channel)
-            answer = await oversight.SubjectAccess(
-                oversight_pb2.SubjectAccessRequest(subject_id=story.citizen),
-                timeout=CALL_TIMEOUT,
-            )
-            rows.extend((region, entry) for entry in answer.entries)
+            token = ""
+            while True:  # one page at a time, as a data tracker reads a long trail
+                answer = await oversight.SubjectAccess(
+                    oversight_pb2.SubjectAccessRequest(subject_id=story.citizen, page_token=token),
+                    timeout=CALL_TIMEOUT,
+                )
+                rows.extend((region, entry) for entry in answer.entries)
+                token = answer.next_page_token
+                if not token:
+                    break
     table = Table(title=f"accesses to the data of {mask(story.citizen)}", title_justify="left")
     for column in (
         "time (UTC)",
@@ -609,9 +614,10 @@ async def audit_proof(fed: Federation, story: Story) -> Result:
     gateway = fed.gateways["500000"]
     if gateway.audit is None:
         return Result(False, "the 500000 gateway has no audit log")
-    await gateway.audit.checkpoint()  # the log signs its head every N records or seconds: now
     async with fed.channel("cq.data") as channel:
         oversight = oversight_pb2_grpc.OversightStub(channel)
+        # The log signs its head every N records or seconds; oversight may ask for one now.
+        await oversight.SignCheckpoint(oversight_pb2.SignCheckpointRequest(), timeout=CALL_TIMEOUT)
         records = [
             r
             async for r in oversight.QueryAudit(

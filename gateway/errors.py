@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import NoReturn
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -63,13 +63,26 @@ def bounded_message(message: str) -> str:
 
 
 def rich_status(
-    code: grpc.StatusCode, reason: str, message: str, metadata: dict[str, str] | None = None
+    code: grpc.StatusCode,
+    reason: str,
+    message: str,
+    metadata: dict[str, str] | None = None,
+    *,
+    retry_after_seconds: float | None = None,
 ) -> grpc.Status:
-    """A gRPC status carrying `google.rpc.ErrorInfo(reason, domain="tongban")`."""
+    """A gRPC status carrying `google.rpc.ErrorInfo(reason, domain="tongban")`, and a
+    `google.rpc.RetryInfo` when the caller should ask again after `retry_after_seconds`."""
     detail = any_pb2.Any()
     detail.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata or {}))
+    details = [detail]
+    if retry_after_seconds is not None:
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(max(0, round(retry_after_seconds * 1e9)))
+        retry = any_pb2.Any()
+        retry.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+        details.append(retry)
     numeric: int = code.value[0]
-    status = status_pb2.Status(code=numeric, message=bounded_message(message), details=[detail])
+    status = status_pb2.Status(code=numeric, message=bounded_message(message), details=details)
     converted: grpc.Status = rpc_status.to_status(status)
     return converted
 
@@ -79,9 +92,13 @@ async def abort(
     code: grpc.StatusCode,
     reason: str,
     message: str,
+    *,
+    retry_after_seconds: float | None = None,
 ) -> NoReturn:
     """End the call with a rich status; never returns."""
-    await context.abort_with_status(rich_status(code, reason, message))
+    await context.abort_with_status(
+        rich_status(code, reason, message, retry_after_seconds=retry_after_seconds)
+    )
     raise AssertionError("abort_with_status returned")  # pragma: no cover
 
 

@@ -349,16 +349,17 @@ class CallerInterceptor(grpc.aio.ServerInterceptor):
             async def unary_stream(
                 request: Any, context: grpc.aio.ServicerContext[Any, Any]
             ) -> AsyncIterator[Any]:
-                token = current_caller.set(await authenticate(context))
-                try:
-                    await _refuse_malformed(request, context)
-                    async for item in inner_us(request, context):
-                        # A long-lived stream must not outlive the trust it was opened with:
-                        # the caller is checked again (a cache hit) before every message.
-                        await authenticate(context)
-                        yield item
-                finally:
-                    current_caller.reset(token)
+                # No reset token here: a stream the client cancels is closed by the event
+                # loop's async-generator finaliser, in another Context, where `reset(token)`
+                # raises. grpc.aio runs each call in a task of its own, whose Context copy
+                # (and the caller set in it) ends with the call.
+                current_caller.set(await authenticate(context))
+                await _refuse_malformed(request, context)
+                async for item in inner_us(request, context):
+                    # A long-lived stream must not outlive the trust it was opened with:
+                    # the caller is checked again (a cache hit) before every message.
+                    await authenticate(context)
+                    yield item
 
             return grpc.unary_stream_rpc_method_handler(
                 unary_stream, _tolerant(handler.request_deserializer), handler.response_serializer

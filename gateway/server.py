@@ -236,11 +236,13 @@ def build_audit_log(config: GatewayConfig, *, clock: Callable[[], datetime]) -> 
         )
     else:
         store = MemoryAuditStore()
+    origin = audit.origin or f"audit.tongban/{config.region}"
     return AuditLog(
         store,
-        origin=audit.origin or f"audit.tongban/{config.region}",
+        origin=origin,
         key=key,
-        key_name=f"audit-{config.region}",
+        key_name=origin,  # C2SP tlog-checkpoint: the key is named after the log
+        former_key_names=(f"audit-{config.region}",),  # the name of checkpoints signed before
         checkpoint_every_records=audit.checkpoint_every_records,
         checkpoint_every_seconds=audit.checkpoint_every_seconds,
         clock=clock,
@@ -492,6 +494,7 @@ class Gateway:
                     self.store,
                     region=self.config.region,
                     pseudonym_key=self.config.audit.pseudonym_key,
+                    clock=self._clock,
                 ),
                 server,
             )

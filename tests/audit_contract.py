@@ -33,7 +33,7 @@ def make_record(
         time=T0 + timedelta(seconds=i),
         gateway="gw-510000-a",
         region="510000",
-        rpc="DataExchange.Query",
+        rpc="/tongban.v1.DataExchange/Query",
         request_id=f"req-{i}",
         caller_agency="sc.hrss" if i % 2 else "sc.hsa",
         caller_operator="operator-7",
@@ -95,6 +95,8 @@ async def check_store_contract(make_store: Callable[[], AuditStore]) -> None:
     cp = sign_checkpoint("audit.test/510000", head.size, head.root, key, "audit-510000")
     await store.add_checkpoint(cp, T0)
     assert [c.size for c in await store.checkpoints()] == [50]
+    # The signing time is kept beside the note, and read back (it is not in the signed text).
+    assert [c.signed_at for c in await store.checkpoints()] == [T0]
     await store.close()
     # Reopen: everything is still there and appends continue the same tree.
     again = make_store()

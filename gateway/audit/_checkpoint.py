@@ -5,7 +5,9 @@
     — <key name> <base64(4-byte key hash || Ed25519 signature of the text above the blank line)>\\n
 
 The key hash is the first 4 bytes of SHA-256(key name || "\\n" || 0x01 || public key), as the
-signed-note format defines for Ed25519 keys.
+signed-note format defines for Ed25519 keys. As C2SP tlog-checkpoint recommends, the key name is
+the log's origin (e.g. `audit.tongban/510000`); logs signed before that used `audit-<region>`,
+and `AuditLog` still verifies those notes under their old name (`former_key_names`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -40,6 +43,8 @@ class Checkpoint:
     root: bytes
     note: str  # the whole signed note, exactly as signed and stored
     key_name: str
+    # When the log signed it (not part of the signed note: the store keeps it beside the note).
+    signed_at: datetime | None = field(default=None, compare=False)
 
     @property
     def body(self) -> str:
@@ -47,14 +52,27 @@ class Checkpoint:
 
 
 def sign_checkpoint(
-    origin: str, size: int, root: bytes, key: ed25519.Ed25519PrivateKey, key_name: str
+    origin: str,
+    size: int,
+    root: bytes,
+    key: ed25519.Ed25519PrivateKey,
+    key_name: str,
+    *,
+    signed_at: datetime | None = None,
 ) -> Checkpoint:
-    if not origin or "\n" in origin or not key_name or " " in key_name or "\n" in key_name:
-        raise CheckpointError("origin and key name are single lines (the key name without spaces)")
+    if (
+        not origin
+        or "\n" in origin
+        or not key_name
+        or any(c.isspace() or c == "+" for c in key_name)
+    ):
+        raise CheckpointError(
+            "origin and key name are single lines (the key name without spaces and '+')"
+        )
     body = f"{origin}\n{size}\n{base64.b64encode(root).decode()}\n"
     signature = key.sign(body.encode())
     line = f"{_DASH} {key_name} {base64.b64encode(key_hash(key_name, key.public_key()) + signature).decode()}\n"
-    return Checkpoint(origin, size, root, body + "\n" + line, key_name)
+    return Checkpoint(origin, size, root, body + "\n" + line, key_name, signed_at)
 
 
 def verify_checkpoint(

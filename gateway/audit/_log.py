@@ -2,8 +2,9 @@
 
 `AuditLog.append()` returns once the record is durable (or raises `AuditUnavailable`: the
 caller releases nothing). Every `checkpoint_every_records` appends, every
-`checkpoint_every_seconds` and on close, the log signs its tree head as a C2SP checkpoint with
-the gateway's Ed25519 audit key and stores it. `verify()` recomputes every leaf from the stored
+`checkpoint_every_seconds`, on close and when oversight asks (`checkpoint_if_grown`), the log
+signs its tree head as a C2SP checkpoint with the gateway's Ed25519 audit key, under the key name
+of its origin, and stores it with the time it was signed. `verify()` recomputes every leaf from the stored
 canonical bytes and checks the chain of roots and every stored (and any trusted) checkpoint,
 naming the first index where the log stops being what was signed.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -79,6 +81,7 @@ class AuditLog:
         origin: str,
         key: ed25519.Ed25519PrivateKey | None = None,
         key_name: str,
+        former_key_names: tuple[str, ...] = (),
         public_key: ed25519.Ed25519PublicKey | None = None,
         checkpoint_every_records: int = 1000,
         checkpoint_every_seconds: float = 60.0,
@@ -93,6 +96,8 @@ class AuditLog:
         assert verifying is not None
         self.public_key: ed25519.Ed25519PublicKey = verifying
         self.key_name = key_name
+        # Names the same key signed under before (notes name their key; the key hash covers it).
+        self.key_names = (key_name, *(n for n in former_key_names if n != key_name))
         self._every_records = checkpoint_every_records
         self._every_seconds = checkpoint_every_seconds
         self._clock = clock
@@ -184,12 +189,39 @@ class AuditLog:
             )
         head = await self.store.head()
         self._since_checkpoint = 0
-        checkpoint = sign_checkpoint(self.origin, head.size, head.root, self._key, self.key_name)
         signed_at = self._clock()
+        checkpoint = sign_checkpoint(
+            self.origin, head.size, head.root, self._key, self.key_name, signed_at=signed_at
+        )
         await self.store.add_checkpoint(checkpoint, signed_at)
         if self.observer is not None:
             self.observer.checkpoint(head.size, signed_at)
         return checkpoint
+
+    async def checkpoint_if_grown(self) -> tuple[Checkpoint, bool]:
+        """(the latest checkpoint, True) after signing one if the log grew since the latest
+        signed one; (the latest, False) when it already covers the whole log."""
+        latest = await self.latest_checkpoint()
+        head = await self.store.head()
+        if latest is not None and latest.size == head.size and latest.root == head.root:
+            return latest, False
+        return await self.checkpoint(), True
+
+    def verify_note(self, checkpoint: Checkpoint) -> Checkpoint:
+        """`checkpoint` parsed from its note and checked against this log's key under any of
+        its names (the current one first); raise CheckpointError. Keeps its signing time."""
+        problem: CheckpointError | None = None
+        for name in self.key_names:
+            try:
+                parsed = verify_checkpoint(
+                    checkpoint.note, self.public_key, name, origin=self.origin
+                )
+            except CheckpointError as exc:
+                problem = problem or exc
+                continue
+            return dataclasses.replace(parsed, signed_at=checkpoint.signed_at)
+        assert problem is not None
+        raise problem
 
     async def prune(
         self,
@@ -238,7 +270,9 @@ class AuditLog:
                     )
         if compact.size != cut:
             raise AuditIntegrityError(f"record {compact.size} is missing: the log is not pruned")
-        at_cut = sign_checkpoint(self.origin, cut, compact.root(), self._key, self.key_name)  # (3)
+        at_cut = sign_checkpoint(  # (3)
+            self.origin, cut, compact.root(), self._key, self.key_name, signed_at=when
+        )
         await self.store.add_checkpoint(at_cut, when)
         await self.append(  # (4)
             AuditRecord(
@@ -326,11 +360,7 @@ class AuditLog:
         checkpoints: list[Checkpoint] = []
         for stored in [*await self.store.checkpoints(), *([trusted] if trusted else [])]:  # (1)
             try:
-                checkpoints.append(
-                    verify_checkpoint(
-                        stored.note, self.public_key, self.key_name, origin=self.origin
-                    )
-                )
+                checkpoints.append(self.verify_note(stored))
             except CheckpointError as exc:
                 return Verification(
                     False,

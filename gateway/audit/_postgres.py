@@ -880,10 +880,18 @@ class PostgresAuditStore:
     async def checkpoints(self) -> list[Checkpoint]:
         found = await self._run(
             self._sql(
-                "SELECT origin, size, root, note, key_name FROM {s}.checkpoints ORDER BY size, seq"
+                "SELECT origin, size, root, note, key_name, signed_at FROM {s}.checkpoints"
+                " ORDER BY size, seq"
             )
         )
         return [
-            Checkpoint(str(origin), int(size), bytes(root), str(note), str(key_name))
-            for origin, size, root, note, key_name in found
+            Checkpoint(
+                str(origin),
+                int(size),
+                bytes(root),
+                str(note),
+                str(key_name),
+                signed_at.astimezone(UTC),
+            )
+            for origin, size, root, note, key_name, signed_at in found
         ]

@@ -670,9 +670,17 @@ class SqliteAuditStore:
     async def checkpoints(self) -> list[Checkpoint]:
         def read(conn: sqlite3.Connection) -> list[Checkpoint]:
             return [
-                Checkpoint(str(note).split("\n", 1)[0], int(size), _blob(root), str(note), key)
-                for size, root, note, key in conn.execute(
-                    "SELECT size, root, note, key_name FROM audit_checkpoints ORDER BY size, id"
+                Checkpoint(
+                    str(note).split("\n", 1)[0],
+                    int(size),
+                    _blob(root),
+                    str(note),
+                    key,
+                    datetime.fromisoformat(str(signed_at)).astimezone(UTC),
+                )
+                for size, root, note, key, signed_at in conn.execute(
+                    "SELECT size, root, note, key_name, signed_at FROM audit_checkpoints"
+                    " ORDER BY size, id"
                 )
             ]
 

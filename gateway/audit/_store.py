@@ -10,6 +10,7 @@ order; concurrent appends may be committed together (group commit).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -210,7 +211,7 @@ class MemoryAuditStore:
         return self._marker
 
     async def add_checkpoint(self, checkpoint: Checkpoint, signed_at: datetime) -> None:
-        self._checkpoints.append(checkpoint)
+        self._checkpoints.append(dataclasses.replace(checkpoint, signed_at=signed_at))
 
     async def checkpoints(self) -> list[Checkpoint]:
         return sorted(self._checkpoints, key=lambda c: c.size)

@@ -26,6 +26,7 @@ from typing import Any, Final
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from gateway import rpcs
 from gateway.audit import AuditLog, AuditRecord, AuditUnavailable, Outcome
 from gateway.errors import abort
 from gateway.identity import Caller, CallerKind, current_caller
@@ -181,9 +182,7 @@ class CredentialsService(credentials_pb2_grpc.CredentialsServicer):
             "",
         )
         try:
-            answer = await self.query_path.query(
-                query, context, token=token, rpc="Credentials.Fetch"
-            )
+            answer = await self.query_path.query(query, context, token=token, rpc=rpcs.FETCH)
         except Refusal as refusal:
             await abort(context, refusal.code, refusal.reason, refusal.message)
         report = self._verifier.validate(
@@ -339,7 +338,7 @@ class CredentialsService(credentials_pb2_grpc.CredentialsServicer):
             time=self._clock(),
             gateway=f"gateway-{self._region}",
             region=self._region,
-            rpc="Credentials.Seal",
+            rpc=rpcs.SEAL,
             request_id="",
             caller_agency=caller.agency_id if caller else "",
             caller_operator="",

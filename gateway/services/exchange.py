@@ -47,6 +47,7 @@ from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2, status_pb2
 
+from gateway import rpcs
 from gateway.audit import (
     AuditError,
     AuditLog,
@@ -452,7 +453,7 @@ class QueryPath:
         context: Context,
         *,
         token: str,
-        rpc: str = "DataExchange.Query",
+        rpc: str = rpcs.QUERY,
     ) -> Answer:
         started = time.perf_counter()
         caller = current_caller.get()
@@ -831,7 +832,7 @@ class QueryPath:
         )
         registry = self._current()
         audit: dict[str, Any] = {
-            "rpc": "Peer.Forward",
+            "rpc": rpcs.FORWARD,
             "caller_agency": request.caller.agency_id,
             "caller_operator": request.caller.operator,
             "caller_region": caller.region,
@@ -1011,7 +1012,7 @@ class QueryPath:
             request_id="",
         )
         audit: dict[str, Any] = {
-            "rpc": "Peer.ReportAccess",
+            "rpc": rpcs.REPORT_ACCESS,
             "caller_agency": "",
             "caller_operator": "",
             "caller_region": caller.region if caller is not None else "",
@@ -1226,7 +1227,7 @@ class QueryPath:
         )
         for index, record in found:
             if (
-                record.rpc == "Peer.ReportAccess"
+                rpcs.made_by(record.rpc, rpcs.REPORT_ACCESS)
                 and record.caller_region == reporting_region
                 and record.provider_region == self.region
                 and record.request_id == report.request_id
@@ -1257,7 +1258,7 @@ class QueryPath:
             report.accessed_at - timedelta(seconds=dataset.cache_ttl_seconds) - REPORT_CLOCK_SKEW
         )
         return (
-            record.rpc == "Peer.Forward"
+            rpcs.made_by(record.rpc, rpcs.FORWARD)
             and record.outcome is Outcome.ALLOWED
             and record.caller_region == reporting_region
             and record.provider_region == self.region
@@ -1349,7 +1350,7 @@ class DataExchangeService(exchange_pb2_grpc.DataExchangeServicer):
 
         async def one(index: int, item: exchange_pb2.QueryRequest) -> exchange_pb2.BatchItemResult:
             try:
-                answer = await self._path.query(item, context, token=token)
+                answer = await self._path.query(item, context, token=token, rpc=rpcs.BATCH_QUERY)
             except Refusal as refusal:
                 return exchange_pb2.BatchItemResult(index=index, status=_status(refusal))
             return exchange_pb2.BatchItemResult(

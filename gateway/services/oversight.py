@@ -3,18 +3,32 @@
 Only agencies of this gateway's region holding the `oversight` role in the current registry may
 call it. Subject ids are hashed here with the deployment's pseudonym key and never stored or
 logged: the log holds only pseudonyms.
+
+Reading the audit log is itself an access to citizens' data, so every call that reaches this
+service, granted or refused, is recorded in the same log before its answer is released (fail
+closed: AUDIT_UNAVAILABLE when the record cannot be written). docs/audit.md ("Oversight
+records") says what such a record holds.
+
+Listings page, bounded in records and in bytes, so that no trail can become too large to read:
+a page token names the last index shown and the log's size when the first page was read, so a
+listing ends even while matching records keep being appended (its own records among them).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from gateway import rpcs
 from gateway.audit import (
     AuditLog,
     AuditQuery,
@@ -27,18 +41,24 @@ from gateway.audit import (
     pseudonymize,
 )
 from gateway.errors import abort
-from gateway.identity import CallerKind, current_caller
+from gateway.identity import Caller, CallerKind, current_caller
 from registry import AgencyRole, RegistryError, RegistryStore
 from tongban.v1 import common_pb2, oversight_pb2, oversight_pb2_grpc
 
 __all__ = ["OversightService", "audit_id", "record_message"]
 
-DEFAULT_PAGE_SIZE: Final = 100  # records per QueryAudit page when none is asked for
+DEFAULT_PAGE_SIZE: Final = 100  # records per page when none is asked for
 MAX_PAGE_SIZE: Final = 1000  # records per page at most
+# A page ends once its messages hold this much, well under a client's default 4 MiB limit.
+MAX_PAGE_BYTES: Final = 1024 * 1024  # bytes
+MAX_SHOWN_CHARS: Final = 4096  # characters of one value sent as is; longer ones as a digest
+MAX_SHOWN_FIELDS_BYTES: Final = 64 * 1024  # bytes of a record's field names sent as is
+MAX_FILTER_CHARS: Final = 128  # characters of a filter value recorded as is (else its digest)
 NEXT_PAGE_METADATA: Final = "tongban-next-page-token"
-SUBJECT_ACCESS_LIMIT: Final = 10_000  # entries returned by one SubjectAccess call at most
 MAX_INDEX: Final = 2**63 - 1  # the largest leaf index a store can hold (SQLite INTEGER)
-_PAGE_TOKEN: Final = re.compile(r"[0-9]{1,19}")
+CHECKPOINT_INTERVAL_SECONDS: Final = 60.0  # SignCheckpoint: one call per caller per interval
+# "<last index shown>.<log size at the first page>"; a bare index is a token of earlier versions.
+_PAGE_TOKEN: Final = re.compile(r"([0-9]{1,19})(?:\.([0-9]{1,19}))?")
 
 _OUTCOME_TO_PB: Final = {
     Outcome.ALLOWED: common_pb2.OUTCOME_ALLOWED,
@@ -59,47 +79,89 @@ def _timestamp(value: datetime) -> Timestamp:
     return stamp
 
 
+def _digest(text: str) -> str:
+    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _recordable(value: str) -> str:
+    """A caller's filter value as an oversight record may hold it: as given when it is short and
+    printable, else its digest. A filter is whatever the caller typed: a NUL would be refused by
+    PostgreSQL (failing the group commit it shares) and read back short by SQLite's JSON
+    functions (a false "edited column" alarm), and a megabyte would bloat the log."""
+    if len(value) <= MAX_FILTER_CHARS and value.isprintable():
+        return value
+    return _digest(value)
+
+
+@dataclass(slots=True)
+class _Shown:
+    """Values as they may be sent: a value too long to send is replaced by its digest."""
+
+    abridged: bool = False
+
+    def text(self, value: str) -> str:
+        if len(value) <= MAX_SHOWN_CHARS:
+            return value
+        self.abridged = True
+        return _digest(value)
+
+    def fields(self, fields: tuple[str, ...]) -> list[str]:
+        shown = [self.text(f) for f in fields]
+        if sum(len(f.encode("utf-8")) for f in shown) <= MAX_SHOWN_FIELDS_BYTES:
+            return shown
+        self.abridged = True
+        return [_digest(json.dumps(sorted(fields), ensure_ascii=False, separators=(",", ":")))]
+
+
 def record_message(
     origin: str, index: int, record: AuditRecord, leaf: bytes = b""
 ) -> oversight_pb2.AuditRecord:
-    return oversight_pb2.AuditRecord(
+    """The record as QueryAudit sends it; a value too long to send is abridged (see `_Shown`)."""
+    shown = _Shown()
+    message = oversight_pb2.AuditRecord(
         index=index,
         audit_id=audit_id(origin, index),
         time=_timestamp(record.time),
-        gateway=record.gateway,
-        region=record.region,
-        request_id=record.request_id,
-        caller_agency=record.caller_agency,
-        caller_operator=record.caller_operator,
-        caller_region=record.caller_region,
-        provider_region=record.provider_region,
-        dataset=record.dataset,
-        purpose=record.purpose,
-        case_id=record.case_id,
+        gateway=shown.text(record.gateway),
+        region=shown.text(record.region),
+        request_id=shown.text(record.request_id),
+        caller_agency=shown.text(record.caller_agency),
+        caller_operator=shown.text(record.caller_operator),
+        caller_region=shown.text(record.caller_region),
+        provider_region=shown.text(record.provider_region),
+        dataset=shown.text(record.dataset),
+        purpose=shown.text(record.purpose),
+        case_id=shown.text(record.case_id),
         subject_pseudonym=record.subject,
-        fields=list(record.fields),
+        fields=shown.fields(record.fields),
         outcome=_OUTCOME_TO_PB[record.outcome],
-        reason=record.reason,
+        reason=shown.text(record.reason),
         cache_hit=record.cache_hit,
         latency_micros=min(record.latency_us, 2**32 - 1),
-        sealed_digest=record.sealed_digest,
+        sealed_digest=shown.text(record.sealed_digest),
         registry_version=record.registry_version,
-        agreement_id=record.agreement_id,
-        rpc=record.rpc,
+        agreement_id=shown.text(record.agreement_id),
+        rpc=shown.text(record.rpc),
         leaf_hash=leaf,
     )
+    # The canonical encoding holds the latency unclamped: a clamped one cannot rebuild the leaf.
+    message.abridged = shown.abridged or record.latency_us > 2**32 - 1
+    return message
 
 
 def checkpoint_message(checkpoint: Checkpoint | None) -> oversight_pb2.Checkpoint | None:
     if checkpoint is None:
         return None
-    return oversight_pb2.Checkpoint(
+    message = oversight_pb2.Checkpoint(
         origin=checkpoint.origin,
         size=checkpoint.size,
         root_hash=checkpoint.root,
         note=checkpoint.note,
         key_name=checkpoint.key_name,
     )
+    if checkpoint.signed_at is not None:
+        message.signed_at.CopyFrom(_timestamp(checkpoint.signed_at))
+    return message
 
 
 def _time(stamp: Timestamp, present: bool) -> datetime | None:
@@ -109,41 +171,129 @@ def _time(stamp: Timestamp, present: bool) -> datetime | None:
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
-async def _window(
-    request: oversight_pb2.QueryAuditRequest | oversight_pb2.SubjectAccessRequest,
-    context: Context,
-) -> tuple[datetime | None, datetime | None]:
-    """(since, until) of a request; a timestamp outside what a Timestamp may hold (seconds
-    before year 1 or after 9999, nanos outside 0..999,999,999) is INVALID_ARGUMENT."""
-    try:
-        return (
-            _time(request.since, request.HasField("since")),
-            _time(request.until, request.HasField("until")),
-        )
-    except (ValueError, OverflowError):
-        await abort(
-            context,
-            grpc.StatusCode.INVALID_ARGUMENT,
-            "INVALID_ARGUMENT_FORMAT",
-            "since or until is not a valid timestamp",
-        )
+@dataclass(slots=True)
+class _Call:
+    """One oversight call as its audit record will tell it."""
+
+    rpc: str
+    started: float = field(default_factory=time.perf_counter)
+    caller: Caller | None = None
+    subject: str = ""  # pseudonym of the subject asked about
+    dataset: str = ""
+    purpose: str = ""
+    filters: dict[str, str] = field(default_factory=dict)  # other filters given, by name
+
+    def ask(self, name: str, value: object) -> None:
+        """Note a filter the caller gave (a falsy value is a filter not given)."""
+        if value:
+            self.filters[name] = _recordable(str(value))
+
+
+@dataclass(frozen=True, slots=True)
+class _Page:
+    after: int  # only records with a larger index
+    upto: int | None  # only records below this index (the log's size at the first page)
 
 
 class OversightService(oversight_pb2_grpc.OversightServicer):
     def __init__(
-        self, audit: AuditLog, registry: RegistryStore, *, region: str, pseudonym_key: bytes
+        self,
+        audit: AuditLog,
+        registry: RegistryStore,
+        *,
+        region: str,
+        pseudonym_key: bytes,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        checkpoint_interval_seconds: float = CHECKPOINT_INTERVAL_SECONDS,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._audit = audit
         self._registry = registry
         self._region = region
         self._key = pseudonym_key
+        self._clock = clock
+        self._interval = checkpoint_interval_seconds
+        self._monotonic = monotonic
+        self._last_checkpoint: dict[str, float] = {}  # caller -> when it last asked (monotonic)
 
-    async def _authorise(self, context: Context) -> None:
-        caller = current_caller.get()
+    # the audit of oversight itself -------------------------------------------------------------
+
+    async def _record(
+        self, call: _Call, outcome: Outcome, reason: str = "", returned: int = 0
+    ) -> None:
+        """Append the call's audit record; raise AuditUnavailable when it is not durable."""
+        caller = call.caller
+        try:
+            version = self._registry.current().version
+        except RegistryError:
+            version = 0
+        filters = [f"{name}={value}" for name, value in call.filters.items()]
+        await self._audit.append(
+            AuditRecord(
+                time=self._clock(),
+                gateway=f"gateway-{self._region}",
+                region=self._region,
+                rpc=call.rpc,
+                request_id="",
+                caller_agency=caller.agency_id if caller else "",
+                caller_operator="",
+                caller_region=caller.region if caller else "",
+                provider_region=self._region,
+                dataset=call.dataset,
+                purpose=call.purpose,
+                case_id="",
+                subject=call.subject,
+                fields=(*filters, f"returned={returned}"),
+                outcome=outcome,
+                reason=reason,
+                cache_hit=False,
+                latency_us=int((time.perf_counter() - call.started) * 1e6),
+                sealed_digest="",
+                registry_version=version,
+                agreement_id="",
+            )
+        )
+
+    async def _refuse(
+        self,
+        context: Context,
+        call: _Call,
+        code: grpc.StatusCode,
+        reason: str,
+        message: str,
+        *,
+        retry_after_seconds: float | None = None,
+    ) -> NoReturn:
+        """Record the refusal, then send it (AUDIT_UNAVAILABLE instead if it cannot be recorded)."""
+        outcome = Outcome.FAILED if code is grpc.StatusCode.UNAVAILABLE else Outcome.DENIED
+        try:
+            await self._record(call, outcome, reason)
+        except AuditUnavailable as exc:
+            await abort(context, grpc.StatusCode.UNAVAILABLE, "AUDIT_UNAVAILABLE", str(exc))
+        await abort(context, code, reason, message, retry_after_seconds=retry_after_seconds)
+
+    async def _release(self, context: Context, call: _Call, returned: int) -> None:
+        """Record a granted call before its answer leaves; fail closed."""
+        try:
+            await self._record(call, Outcome.ALLOWED, returned=returned)
+        except AuditUnavailable as exc:
+            await abort(context, grpc.StatusCode.UNAVAILABLE, "AUDIT_UNAVAILABLE", str(exc))
+
+    async def _unavailable(self, context: Context, call: _Call, exc: AuditUnavailable) -> NoReturn:
+        await self._refuse(
+            context, call, grpc.StatusCode.UNAVAILABLE, "AUDIT_UNAVAILABLE", str(exc)
+        )
+
+    # checks ------------------------------------------------------------------------------------
+
+    async def _authorise(self, context: Context, call: _Call) -> None:
+        caller = call.caller = current_caller.get()
         try:
             registry = self._registry.current()
         except RegistryError as exc:
-            await abort(context, grpc.StatusCode.UNAVAILABLE, "REGISTRY_STALE", str(exc))
+            await self._refuse(
+                context, call, grpc.StatusCode.UNAVAILABLE, "REGISTRY_STALE", str(exc)
+            )
         agency = (
             registry.agency(caller.agency_id)
             if caller and caller.kind is CallerKind.AGENCY
@@ -154,63 +304,143 @@ class OversightService(oversight_pb2_grpc.OversightServicer):
             or not agency.has_role(AgencyRole.OVERSIGHT)
             or agency.region != self._region
         ):
-            await abort(
+            await self._refuse(
                 context,
+                call,
                 grpc.StatusCode.PERMISSION_DENIED,
                 "NOT_AUTHORISED_ROLE",
                 f"only agencies of region {self._region} with the oversight role may read this audit log",
             )
 
+    async def _invalid(self, context: Context, call: _Call, reason: str, message: str) -> NoReturn:
+        await self._refuse(context, call, grpc.StatusCode.INVALID_ARGUMENT, reason, message)
+
+    async def _window(
+        self,
+        request: oversight_pb2.QueryAuditRequest | oversight_pb2.SubjectAccessRequest,
+        context: Context,
+        call: _Call,
+    ) -> tuple[datetime | None, datetime | None]:
+        """(since, until) of a request; a timestamp outside what a Timestamp may hold (seconds
+        before year 1 or after 9999, nanos outside 0..999,999,999) is INVALID_ARGUMENT."""
+        try:
+            since = _time(request.since, request.HasField("since"))
+            until = _time(request.until, request.HasField("until"))
+        except (ValueError, OverflowError):
+            await self._invalid(
+                context, call, "INVALID_ARGUMENT_FORMAT", "since or until is not a valid timestamp"
+            )
+        call.ask("since", since and since.isoformat())
+        call.ask("until", until and until.isoformat())
+        return since, until
+
+    async def _page(self, token: str, context: Context, call: _Call) -> _Page:
+        """The page a token names; the first page (no token) covers the log as it is now."""
+        call.ask("page_token", token)
+        if not token:
+            return _Page(-1, (await self._audit.store.head()).size)
+        # A token this service issued is ASCII digits below 2**63 (SQLite's INTEGER).
+        # str.isdigit() would pass "²" and int() would then raise.
+        found = _PAGE_TOKEN.fullmatch(token)
+        numbers = [int(n) for n in found.groups() if n is not None] if found else []
+        if not numbers or max(numbers) > MAX_INDEX:
+            await self._invalid(
+                context,
+                call,
+                "INVALID_ARGUMENT_FORMAT",
+                "page_token is not one this service issued",
+            )
+        return _Page(numbers[0], numbers[1] if len(numbers) == 2 else None)
+
+    def _page_size(self, asked: int, call: _Call) -> int:
+        call.ask("page_size", asked)
+        return min(asked or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
     def _subject(self, subject_id: str) -> str | None:
         return pseudonymize(subject_id, self._key) if subject_id else None
+
+    async def _listing(
+        self, query: AuditQuery, page: _Page, size: int, measure: Callable[[AuditRecord], int]
+    ) -> tuple[list[tuple[int, AuditRecord]], str]:
+        """(records of one page, the next page's token or ""): at most `size` records and about
+        MAX_PAGE_BYTES by `measure`, below `page.upto`. Raises AuditUnavailable."""
+        found = await self._audit.store.query(query)
+        upto = (await self._audit.store.head()).size if page.upto is None else page.upto
+        shown: list[tuple[int, AuditRecord]] = []
+        total = 0
+        full_in_bytes = reached_upto = False
+        for index, record in found:
+            if index >= upto:  # appended after the first page: the listing ends before it
+                reached_upto = True
+                break
+            total += measure(record)
+            if shown and total > MAX_PAGE_BYTES:
+                full_in_bytes = True
+                break
+            shown.append((index, record))
+        more = full_in_bytes or (not reached_upto and len(found) == size)
+        return shown, (f"{shown[-1][0]}.{upto}" if more and shown else "")
+
+    # the RPCs ----------------------------------------------------------------------------------
 
     async def QueryAudit(
         self, request: oversight_pb2.QueryAuditRequest, context: Context
     ) -> AsyncIterator[oversight_pb2.AuditRecord]:
-        await self._authorise(context)
-        after = -1
-        if request.page_token:
-            # A token this service issued is a leaf index: ASCII digits, below 2**63 (SQLite's
-            # INTEGER). str.isdigit() would pass "²" and int() would then raise.
-            if not _PAGE_TOKEN.fullmatch(request.page_token) or int(request.page_token) > MAX_INDEX:
-                await abort(
-                    context,
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    "INVALID_ARGUMENT_FORMAT",
-                    "page_token is not one this service issued",
-                )
-            after = int(request.page_token)
-        size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        since, until = await _window(request, context)
-        query = AuditQuery(
-            subject=self._subject(request.subject_id),
-            caller_agency=request.caller_agency or None,
-            provider_region=request.provider_region or None,
-            purpose=request.purpose or None,
-            dataset=request.dataset or None,
-            outcome=_OUTCOME_FROM_PB.get(request.outcome),
-            since=since,
-            until=until,
-            after_index=after,
-            limit=size,
-        )
+        call = _Call(rpcs.QUERY_AUDIT)
+        subject = self._subject(request.subject_id)
+        call.subject = subject or ""
+        call.dataset, call.purpose = _recordable(request.dataset), _recordable(request.purpose)
+        call.ask("caller_agency", request.caller_agency)
+        call.ask("provider_region", request.provider_region)
+        outcome = _OUTCOME_FROM_PB.get(request.outcome)
+        call.ask("outcome", outcome and outcome.value)
+        await self._authorise(context, call)
+        size = self._page_size(request.page_size, call)
+        since, until = await self._window(request, context, call)
         try:
-            found = await self._audit.store.query(query)
+            page = await self._page(request.page_token, context, call)
+            query = AuditQuery(
+                subject=subject,
+                caller_agency=request.caller_agency or None,
+                provider_region=request.provider_region or None,
+                purpose=request.purpose or None,
+                dataset=request.dataset or None,
+                outcome=outcome,
+                since=since,
+                until=until,
+                after_index=page.after,
+                limit=size,
+            )
+            origin = self._audit.origin
+            messages: dict[int, oversight_pb2.AuditRecord] = {}
+
+            def measure(record: AuditRecord) -> int:
+                # The leaf hash ties the record to GetProof's inclusion proof and the checkpoint.
+                index = len(messages)
+                message = record_message(origin, 0, record, leaf_hash(record.canonical))
+                messages[index] = message
+                return message.ByteSize() + 16  # + the index and audit id, within a few bytes
+
+            found, token = await self._listing(query, page, size, measure)
         except AuditUnavailable as exc:
-            await abort(context, grpc.StatusCode.UNAVAILABLE, "AUDIT_UNAVAILABLE", str(exc))
-        if len(found) == size:
-            context.set_trailing_metadata(((NEXT_PAGE_METADATA, str(found[-1][0])),))
-        for index, record in found:
-            # The leaf hash ties the record to GetProof's inclusion proof and the checkpoint.
-            yield record_message(self._audit.origin, index, record, leaf_hash(record.canonical))
+            await self._unavailable(context, call, exc)
+        await self._release(context, call, len(found))
+        if token:
+            context.set_trailing_metadata(((NEXT_PAGE_METADATA, token),))
+        for position, (index, _) in enumerate(found):
+            message = messages[position]
+            message.index = index
+            message.audit_id = audit_id(origin, index)
+            yield message
 
     async def VerifyAudit(
         self, request: oversight_pb2.VerifyAuditRequest, context: Context
     ) -> oversight_pb2.VerifyAuditResponse:
-        await self._authorise(context)
+        call = _Call(rpcs.VERIFY_AUDIT)
         trusted = None
         if request.HasField("trusted_checkpoint"):
             given = request.trusted_checkpoint
+            call.ask("trusted_size", given.size or "0")
             trusted = Checkpoint(
                 given.origin,
                 given.size,
@@ -218,10 +448,12 @@ class OversightService(oversight_pb2_grpc.OversightServicer):
                 given.note,
                 given.key_name or self._audit.key_name,
             )
+        await self._authorise(context, call)
         try:
             result = await self._audit.verify(trusted)
         except AuditUnavailable as exc:
-            await abort(context, grpc.StatusCode.UNAVAILABLE, "AUDIT_UNAVAILABLE", str(exc))
+            await self._unavailable(context, call, exc)
+        await self._release(context, call, result.records_checked)
         return oversight_pb2.VerifyAuditResponse(
             intact=result.intact,
             latest_checkpoint=checkpoint_message(result.latest),
@@ -234,104 +466,149 @@ class OversightService(oversight_pb2_grpc.OversightServicer):
     async def GetProof(
         self, request: oversight_pb2.GetProofRequest, context: Context
     ) -> oversight_pb2.GetProofResponse:
-        await self._authorise(context)
+        call = _Call(rpcs.GET_PROOF)
         kind = request.WhichOneof("proof")
+        call.ask("proof", kind)
+        if kind == "inclusion":
+            call.ask("index", str(request.inclusion.index))
+            call.ask("tree_size", request.inclusion.tree_size)
+        elif kind == "consistency":
+            call.ask("first_size", str(request.consistency.first_size))
+            call.ask("second_size", request.consistency.second_size)
+        await self._authorise(context, call)
+        if kind is None:
+            await self._invalid(
+                context,
+                call,
+                "INVALID_ARGUMENT_FORMAT",
+                "ask for an inclusion or a consistency proof",
+            )
         try:
             latest = await self._audit.latest_checkpoint()
-            # A tree larger than the log is refused here: rebuilding it would read the store
-            # chunk after empty chunk, for as long as the asked size is (years for 2**63).
-            logged = (await self._audit.store.head()).size
             asked = (
                 request.inclusion.tree_size
                 if kind == "inclusion"
                 else request.consistency.second_size
-                if kind == "consistency"
-                else 0
             )
+            if not asked:  # 0 = the latest signed checkpoint's size, as the proto says
+                if latest is None:
+                    raise ProofError(
+                        "no checkpoint is signed yet: give the tree size, or ask SignCheckpoint"
+                    )
+                asked = latest.size
+            # A tree larger than the log is refused here: rebuilding it would read the store
+            # chunk after empty chunk, for as long as the asked size is (years for 2**63).
+            logged = (await self._audit.store.head()).size
             if asked > logged:
                 raise ProofError(f"tree size {asked} is larger than the log ({logged} records)")
             if kind == "inclusion":
-                size = request.inclusion.tree_size or None
                 proof, tree_size, root, leaf = await self._audit.inclusion_proof(
-                    request.inclusion.index, size
+                    request.inclusion.index, asked
                 )
-                return oversight_pb2.GetProofResponse(
+                answer = oversight_pb2.GetProofResponse(
                     hashes=proof,
                     tree_size=tree_size,
                     root_hash=root,
                     leaf_hash=leaf,
                     checkpoint=checkpoint_message(latest),
                 )
-            if kind == "consistency":
-                second = request.consistency.second_size or None
+            else:
                 proof, tree_size, root = await self._audit.consistency_proof(
-                    request.consistency.first_size, second
+                    request.consistency.first_size, asked
                 )
-                return oversight_pb2.GetProofResponse(
+                answer = oversight_pb2.GetProofResponse(
                     hashes=proof,
                     tree_size=tree_size,
                     root_hash=root,
                     checkpoint=checkpoint_message(latest),
                 )
         except ProofError as exc:
-            await abort(
-                context, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT_FORMAT", str(exc)
-            )
+            await self._invalid(context, call, "INVALID_ARGUMENT_FORMAT", str(exc))
         except AuditUnavailable as exc:
-            await abort(context, grpc.StatusCode.UNAVAILABLE, "AUDIT_UNAVAILABLE", str(exc))
-        await abort(
-            context,
-            grpc.StatusCode.INVALID_ARGUMENT,
-            "INVALID_ARGUMENT_FORMAT",
-            "ask for an inclusion or a consistency proof",
-        )
+            await self._unavailable(context, call, exc)
+        await self._release(context, call, 1)
+        return answer
 
     async def SubjectAccess(
         self, request: oversight_pb2.SubjectAccessRequest, context: Context
     ) -> oversight_pb2.SubjectAccessResponse:
-        await self._authorise(context)
-        if not request.subject_id:
-            await abort(
-                context,
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "SUBJECT_ID_INVALID",
-                "subject_id is required",
-            )
-        since, until = await _window(request, context)
+        call = _Call(rpcs.SUBJECT_ACCESS)
+        subject = self._subject(request.subject_id)
+        call.subject = subject or ""
+        await self._authorise(context, call)
+        if subject is None:
+            await self._invalid(context, call, "SUBJECT_ID_INVALID", "subject_id is required")
+        size = self._page_size(request.page_size, call)
+        since, until = await self._window(request, context, call)
         registry = self._registry.current()
         entries: list[oversight_pb2.SubjectAccessEntry] = []
-        after = -1
+
+        def measure(record: AuditRecord) -> int:
+            agency = registry.agency(record.caller_agency)
+            purpose = registry.purpose(record.purpose)
+            shown = _Shown()
+            entry = oversight_pb2.SubjectAccessEntry(
+                time=_timestamp(record.time),
+                requester_agency=shown.text(record.caller_agency),
+                requester_agency_name=agency.name if agency else "",
+                requester_region=shown.text(record.caller_region),
+                dataset=shown.text(record.dataset),
+                purpose=shown.text(record.purpose),
+                purpose_name=purpose.name if purpose else "",
+                case_id=shown.text(record.case_id),
+                fields=shown.fields(record.fields),
+                outcome=_OUTCOME_TO_PB[record.outcome],
+                rpc=shown.text(record.rpc),
+                abridged=shown.abridged,
+            )
+            entries.append(entry)
+            return entry.ByteSize() + 8  # + its tag and length in the response
+
         try:
-            while len(entries) < SUBJECT_ACCESS_LIMIT:
-                page = await self._audit.store.query(
-                    AuditQuery(
-                        subject=self._subject(request.subject_id),
-                        since=since,
-                        until=until,
-                        after_index=after,
-                        limit=MAX_PAGE_SIZE,
-                    )
-                )
-                for _, record in page:
-                    agency = registry.agency(record.caller_agency)
-                    purpose = registry.purpose(record.purpose)
-                    entries.append(
-                        oversight_pb2.SubjectAccessEntry(
-                            time=_timestamp(record.time),
-                            requester_agency=record.caller_agency,
-                            requester_agency_name=agency.name if agency else "",
-                            requester_region=record.caller_region,
-                            dataset=record.dataset,
-                            purpose=record.purpose,
-                            purpose_name=purpose.name if purpose else "",
-                            case_id=record.case_id,
-                            fields=list(record.fields),
-                            outcome=_OUTCOME_TO_PB[record.outcome],
-                        )
-                    )
-                if len(page) < MAX_PAGE_SIZE:
-                    break
-                after = page[-1][0]
+            page = await self._page(request.page_token, context, call)
+            query = AuditQuery(
+                subject=subject, since=since, until=until, after_index=page.after, limit=size
+            )
+            found, token = await self._listing(query, page, size, measure)
         except AuditUnavailable as exc:
+            await self._unavailable(context, call, exc)
+        await self._release(context, call, len(found))
+        return oversight_pb2.SubjectAccessResponse(
+            entries=entries[: len(found)], next_page_token=token
+        )
+
+    async def SignCheckpoint(
+        self, request: oversight_pb2.SignCheckpointRequest, context: Context
+    ) -> oversight_pb2.SignCheckpointResponse:
+        call = _Call(rpcs.SIGN_CHECKPOINT)
+        await self._authorise(context, call)
+        assert call.caller is not None  # _authorise admits only a known agency
+        who = call.caller.agency_id
+        now = self._monotonic()
+        last = self._last_checkpoint.get(who)
+        if last is not None and now - last < self._interval:
+            wait = self._interval - (now - last)
+            await self._refuse(
+                context,
+                call,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "CHECKPOINT_RATE_LIMITED",
+                f"{who} may ask for a checkpoint once every {self._interval:g} s: ask again in "
+                f"{wait:.0f} s",
+                retry_after_seconds=wait,
+            )
+        self._last_checkpoint[who] = now
+        try:
+            # The call's own record first: the checkpoint signed next covers it.
+            await self._record(call, Outcome.ALLOWED, returned=1)
+            checkpoint, signed_now = await self._audit.checkpoint_if_grown()
+        except AuditUnavailable as exc:
+            # Nothing was signed: the caller may ask again as soon as the store is back.
+            if last is None:
+                self._last_checkpoint.pop(who, None)
+            else:
+                self._last_checkpoint[who] = last
             await abort(context, grpc.StatusCode.UNAVAILABLE, "AUDIT_UNAVAILABLE", str(exc))
-        return oversight_pb2.SubjectAccessResponse(entries=entries[:SUBJECT_ACCESS_LIMIT])
+        return oversight_pb2.SignCheckpointResponse(
+            checkpoint=checkpoint_message(checkpoint), signed_now=signed_now
+        )

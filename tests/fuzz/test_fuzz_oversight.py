@@ -43,6 +43,7 @@ QUERY_AUDIT = "/tongban.v1.Oversight/QueryAudit"
 VERIFY_AUDIT = "/tongban.v1.Oversight/VerifyAudit"
 GET_PROOF = "/tongban.v1.Oversight/GetProof"
 SUBJECT_ACCESS = "/tongban.v1.Oversight/SubjectAccess"
+SIGN_CHECKPOINT = "/tongban.v1.Oversight/SignCheckpoint"
 GET_SNAPSHOT = "/tongban.v1.Registry/GetSnapshot"
 SEEDED_SUBJECTS = 5
 
@@ -233,12 +234,18 @@ def test_oversight_subject_access(harness: Harness, seeded: list[str]) -> None:
     @given(
         message=mostly(
             st.builds(
-                lambda subject, since, until: oversight_pb2.SubjectAccessRequest(
-                    subject_id=subject, since=since, until=until
+                lambda subject, since, until, size, token: oversight_pb2.SubjectAccessRequest(
+                    subject_id=subject,
+                    since=since,
+                    until=until,
+                    page_size=size,
+                    page_token=token,
                 ),
                 st.sampled_from(seeded) | texts(),
                 mostly(st.none(), timestamps(), one_in=3),
                 mostly(st.none(), timestamps(), one_in=3),
+                st.integers(0, 2**32 - 1),
+                page_tokens(),
             ),
             raw_messages(oversight_pb2.SubjectAccessRequest(subject_id="x").SerializeToString()),
         ),
@@ -247,6 +254,29 @@ def test_oversight_subject_access(harness: Harness, seeded: list[str]) -> None:
     def one(message: Any, caller: tuple[str, str]) -> None:
         result = h.unary(*caller, SUBJECT_ACCESS, oversight_pb2.SubjectAccessResponse, message)
         check_contract(result, f"SubjectAccess {message!r}")
+        if result.ok and not isinstance(message, Raw):
+            assert len(result.response.entries) <= min(message.page_size or 100, 1000)
+
+    one()
+    h.assert_healthy()
+
+
+def test_oversight_sign_checkpoint(harness: Harness) -> None:
+    h = harness
+
+    @fuzz_settings()
+    @given(
+        message=mostly(
+            st.just(oversight_pb2.SignCheckpointRequest()),
+            raw_messages(oversight_pb2.SignCheckpointRequest().SerializeToString()),
+        ),
+        caller=OVERSIGHT_CALLERS,
+    )
+    def one(message: Any, caller: tuple[str, str]) -> None:
+        result = h.unary(*caller, SIGN_CHECKPOINT, oversight_pb2.SignCheckpointResponse, message)
+        check_contract(result, f"SignCheckpoint {message!r}")
+        if result.ok:
+            assert result.response.checkpoint.key_name == "audit.tongban/330000"
 
     one()
     h.assert_healthy()

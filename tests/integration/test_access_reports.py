@@ -154,7 +154,7 @@ async def test_a_requester_scope_repeat_is_answered_locally_and_reported_to_the_
     assert requester.query_path.seal_memo.hits >= 1  # the second hit did not verify again
 
     # The requester audits each hit itself, under its own pseudonym.
-    mine = await audited(cluster, REQUESTER, "DataExchange.Query")
+    mine = await audited(cluster, REQUESTER, "/tongban.v1.DataExchange/Query")
     assert [(r.outcome, r.cache_hit, r.caller_agency) for r in mine] == [
         (Outcome.ALLOWED, False, "sc.amr"),
         (Outcome.ALLOWED, True, "sc.amr"),
@@ -164,7 +164,7 @@ async def test_a_requester_scope_repeat_is_answered_locally_and_reported_to_the_
 
     # The owner records both hits soon, under its own pseudonym of the subject.
     async def reported() -> list[AuditRecord]:
-        return await audited(cluster, OWNER, "Peer.ReportAccess")
+        return await audited(cluster, OWNER, "/tongban.v1.Peer/ReportAccess")
 
     deadline = asyncio.get_running_loop().time() + REPORT_WAIT
     while len(await reported()) < 2:
@@ -227,13 +227,13 @@ async def test_a_provider_scope_dataset_is_still_answered_by_its_owner_every_tim
     )
     assert (first.cache_hit, second.cache_hit) == (False, True)  # the owner's cache
     assert forwards(cluster.gateways[OWNER]) == 2
-    served = await audited(cluster, OWNER, "Peer.Forward")
+    served = await audited(cluster, OWNER, "/tongban.v1.Peer/Forward")
     assert [(r.cache_hit, r.outcome) for r in served] == [
         (False, Outcome.ALLOWED),
         (True, Outcome.ALLOWED),
     ]
     await asyncio.sleep(1.5)  # a flush period: nothing is reported for provider-scope data
-    assert await audited(cluster, OWNER, "Peer.ReportAccess") == []
+    assert await audited(cluster, OWNER, "/tongban.v1.Peer/ReportAccess") == []
 
 
 async def test_the_decision_comes_first_on_a_hit(cluster: Cluster) -> None:
@@ -256,19 +256,19 @@ async def test_the_decision_comes_first_on_a_hit(cluster: Cluster) -> None:
     replayed = licence(cluster)
     await ask(cluster, "sc.amr", replayed)
     refusals["REQUEST_REPLAYED"] = ("sc.amr", replayed, "")
-    before = len(await audited(cluster, REQUESTER, "DataExchange.Query"))
+    before = len(await audited(cluster, REQUESTER, "/tongban.v1.DataExchange/Query"))
     for reason, (agency, query, token) in refusals.items():
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await ask(cluster, agency, query, token or None)
         assert error_info(caught.value).reason == reason
         assert "uscc" not in (caught.value.details() or "")
-    mine = (await audited(cluster, REQUESTER, "DataExchange.Query"))[before:]
+    mine = (await audited(cluster, REQUESTER, "/tongban.v1.DataExchange/Query"))[before:]
     assert [(r.outcome, r.reason, r.cache_hit) for r in mine] == [
         (Outcome.DENIED, reason, False) for reason in refusals
     ]
     assert forwards(cluster.gateways[OWNER]) == 1
     await asyncio.sleep(1.5)  # only the two hits are reported, never a refusal
-    reported = await audited(cluster, OWNER, "Peer.ReportAccess")
+    reported = await audited(cluster, OWNER, "/tongban.v1.Peer/ReportAccess")
     assert len(reported) == 2
     assert all(r.outcome is Outcome.ALLOWED for r in reported)
 
@@ -374,7 +374,7 @@ async def test_forged_misdirected_and_unfounded_reports_are_refused_with_their_r
     ((index, _),) = [
         (i, rec)
         for i, rec in await owner_audit.store.query(AuditQuery(limit=100))
-        if rec.rpc == "Peer.Forward"
+        if rec.rpc == "/tongban.v1.Peer/Forward"
     ]
     real = r.report(
         sealed_digest=hashlib.sha256(given.record.jws.encode()).hexdigest(),
@@ -518,7 +518,7 @@ async def test_forged_misdirected_and_unfounded_reports_are_refused_with_their_r
     }
     for name, (send, expected) in cases.items():
         assert await send() == expected, name
-    denied = await audited(cluster, OWNER, "Peer.ReportAccess")
+    denied = await audited(cluster, OWNER, "/tongban.v1.Peer/ReportAccess")
     assert len(denied) == len(cases)
     assert all(d.outcome is Outcome.DENIED for d in denied)
     assert [d.reason for d in denied] == [e[1] for _, e in cases.values()]
@@ -538,7 +538,7 @@ async def test_forged_misdirected_and_unfounded_reports_are_refused_with_their_r
     assert list(accepted.audit_ids) == list(again.audit_ids) == list(twice_more.audit_ids)
     allowed = [
         d
-        for d in await audited(cluster, OWNER, "Peer.ReportAccess")
+        for d in await audited(cluster, OWNER, "/tongban.v1.Peer/ReportAccess")
         if d.outcome is Outcome.ALLOWED
     ]
     assert len(allowed) == 1
@@ -561,11 +561,11 @@ async def test_a_graceful_stop_flushes_the_reports_still_queued(
         hits = [await ask(cluster, "sc.amr", licence(cluster)) for _ in range(3)]
         assert all(h.cache_hit for h in hits)
         await asyncio.sleep(0.3)
-        assert await audited(cluster, OWNER, "Peer.ReportAccess") == []
+        assert await audited(cluster, OWNER, "/tongban.v1.Peer/ReportAccess") == []
         assert await reporter.queue.backlog(OWNER) == 3
         await requester.stop()
         del cluster.gateways[REQUESTER]
-        reported = await audited(cluster, OWNER, "Peer.ReportAccess")
+        reported = await audited(cluster, OWNER, "/tongban.v1.Peer/ReportAccess")
         assert len(reported) == 3
         assert reporter.counters.accepted == 3
         assert await reporter.queue.backlog(OWNER) == 0
@@ -607,14 +607,14 @@ async def test_reports_taken_by_a_requester_that_died_are_delivered_by_another_r
         queue.claim_idle_seconds = 0.2
 
         async def delivered() -> bool:
-            return len(await audited(cluster, OWNER, "Peer.ReportAccess")) >= 2
+            return len(await audited(cluster, OWNER, "/tongban.v1.Peer/ReportAccess")) >= 2
 
         deadline = asyncio.get_running_loop().time() + REPORT_WAIT
         while not await delivered():
             assert asyncio.get_running_loop().time() < deadline, "the reports were lost"
             await asyncio.sleep(0.1)
-        reported = await audited(cluster, OWNER, "Peer.ReportAccess")
-        mine = await audited(cluster, REQUESTER, "DataExchange.Query")
+        reported = await audited(cluster, OWNER, "/tongban.v1.Peer/ReportAccess")
+        mine = await audited(cluster, REQUESTER, "/tongban.v1.DataExchange/Query")
         assert sorted(r.request_id for r in reported) == sorted(
             r.request_id for r in mine if r.cache_hit
         )

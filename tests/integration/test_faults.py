@@ -440,7 +440,7 @@ async def test_postgres_audit_store_cut_under_load(
                 return from_owner - {
                     r["request_id"]
                     for r in await records(owner.audit)
-                    if r["rpc"] in {"Peer.Forward", "Peer.ReportAccess"}
+                    if r["rpc"] in {"/tongban.v1.Peer/Forward", "/tongban.v1.Peer/ReportAccess"}
                     and r["outcome"] == "allowed"
                 }
 
@@ -593,12 +593,12 @@ async def test_a_data_system_that_hangs(federation: Federation, tmp_path: Path) 
         owner_log = {
             r["request_id"]: r
             for r in await records(cluster.gateways["330000"].audit)  # type: ignore[arg-type]
-            if r["rpc"] == "Peer.Forward"
+            if r["rpc"] == "/tongban.v1.Peer/Forward"
         }
         requester_log = {
             r["request_id"]: r
             for r in await records(cluster.gateways["510000"].audit)  # type: ignore[arg-type]
-            if r["rpc"] == "DataExchange.Query"
+            if r["rpc"] == "/tongban.v1.DataExchange/Query"
         }
         requester_audit = cluster.gateways["510000"].audit
         assert requester_audit is not None
@@ -1062,7 +1062,7 @@ async def test_a_gateway_sigkilled_under_load(tmp_path: Path) -> None:
                     log = AuditLog(
                         store,
                         origin="audit.tongban/510000",
-                        key_name="audit-510000",
+                        key_name="audit.tongban/510000",  # C2SP: named after the log
                         public_key=audit_public_key(fed, "510000"),
                     )
                     tally.audit_checked = await check_audit_ids(log, acked)
@@ -1107,7 +1107,7 @@ async def test_a_gateway_sigkilled_under_load(tmp_path: Path) -> None:
             AuditLog(
                 store,
                 origin="audit.tongban/510000",
-                key_name="audit-510000",
+                key_name="audit.tongban/510000",
                 public_key=audit_public_key(fed, "510000"),
             ),
             later,

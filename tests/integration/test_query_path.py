@@ -113,8 +113,12 @@ async def test_allowed_query_is_sealed_verified_minimised_and_then_cached(
         assert report.payload == record.payload
         assert second.record.jws == first.record.jws  # the cached answer stays sealed
         assert first.audit_id.startswith("audit.tongban/510000#")
-        requester = [r for r in await audited(cluster, "510000") if r.rpc == "DataExchange.Query"]
-        provider = [r for r in await audited(cluster, "330000") if r.rpc == "Peer.Forward"]
+        requester = [
+            r for r in await audited(cluster, "510000") if r.rpc == "/tongban.v1.DataExchange/Query"
+        ]
+        provider = [
+            r for r in await audited(cluster, "330000") if r.rpc == "/tongban.v1.Peer/Forward"
+        ]
         assert [(r.outcome, r.cache_hit, r.caller_agency) for r in requester] == [
             (Outcome.ALLOWED, False, "sc.hrss"),
             (Outcome.ALLOWED, True, "sc.hrss"),
@@ -443,7 +447,9 @@ async def test_the_provider_decides_again_on_its_own_registry(tmp_path: Path) ->
                 )
         assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
         assert error_info(caught.value).reason == "PURPOSE_NOT_APPROVED"
-        provider = [r for r in await audited(cluster, "330000") if r.rpc == "Peer.Forward"]
+        provider = [
+            r for r in await audited(cluster, "330000") if r.rpc == "/tongban.v1.Peer/Forward"
+        ]
         assert [(r.outcome, r.caller_agency) for r in provider] == [(Outcome.DENIED, "sc.hrss")]
 
 
@@ -638,7 +644,9 @@ async def test_a_tampered_seal_from_a_peer_is_refused(
             assert error_info(caught.value).reason == "SEAL_INVALID"
             assert "张三" not in (caught.value.details() or "")
             (record,) = [
-                r for r in await audited(cluster, "510000") if r.rpc == "DataExchange.Query"
+                r
+                for r in await audited(cluster, "510000")
+                if r.rpc == "/tongban.v1.DataExchange/Query"
             ]
             assert (record.outcome, record.reason) == (Outcome.FAILED, "SEAL_INVALID")
     finally:
@@ -684,7 +692,9 @@ async def test_an_e_credential_is_fetched_from_the_issuing_region_and_verified(
             grpc.StatusCode.INVALID_ARGUMENT,
             "UNKNOWN_DATASET",
         )
-        (record,) = [r for r in await audited(cluster, "510000") if r.rpc == "Credentials.Fetch"]
+        (record,) = [
+            r for r in await audited(cluster, "510000") if r.rpc == "/tongban.v1.Credentials/Fetch"
+        ]
         assert (record.outcome, record.dataset, record.purpose) == (
             Outcome.ALLOWED,
             "market.business_licence",

@@ -112,6 +112,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     digest, for that subject, dataset, purpose and fields, within the dataset's cache TTL
     before the reported access (sent with PERMISSION_DENIED).
     """
+    CHECKPOINT_RATE_LIMITED: _ErrorReason.ValueType  # 34
+    """Oversight.SignCheckpoint asked again before the caller's interval has passed (sent with
+    RESOURCE_EXHAUSTED and a google.rpc.RetryInfo saying when to ask again).
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The reasons a Tongban RPC fails, carried in a google.rpc.ErrorInfo detail of the gRPC status.
@@ -211,6 +215,10 @@ REPORT_ANSWER_UNKNOWN: ErrorReason.ValueType  # 33
 """Peer.ReportAccess: the owner gave the reporting region no answer with the reported
 digest, for that subject, dataset, purpose and fields, within the dataset's cache TTL
 before the reported access (sent with PERMISSION_DENIED).
+"""
+CHECKPOINT_RATE_LIMITED: ErrorReason.ValueType  # 34
+"""Oversight.SignCheckpoint asked again before the caller's interval has passed (sent with
+RESOURCE_EXHAUSTED and a google.rpc.RetryInfo saying when to ask again).
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 

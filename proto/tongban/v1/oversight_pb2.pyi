@@ -52,6 +52,7 @@ class AuditRecord(_message.Message):
     AGREEMENT_ID_FIELD_NUMBER: _builtins.int
     RPC_FIELD_NUMBER: _builtins.int
     LEAF_HASH_FIELD_NUMBER: _builtins.int
+    ABRIDGED_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     """Zero-based position of the record (leaf index) in the log."""
     audit_id: _builtins.str
@@ -95,7 +96,14 @@ class AuditRecord(_message.Message):
     rpc: _builtins.str
     """Full RPC name, e.g. "/tongban.v1.DataExchange/Query"."""
     leaf_hash: _builtins.bytes
-    """RFC 6962 leaf hash of the record: SHA-256(0x00 || canonical record bytes)."""
+    """RFC 6962 leaf hash of the record: SHA-256(0x00 || canonical record bytes). docs/audit.md
+    ("Leaf encoding") says how to rebuild the canonical bytes from the fields above.
+    """
+    abridged: _builtins.bool
+    """True when a value was too long to send (over 4096 characters, or fields over 64 KiB in
+    all): it is replaced by "sha256:" and the hex SHA-256 of its UTF-8 bytes, and the leaf hash
+    cannot be rebuilt from this message (GetProof still proves the record by leaf_hash).
+    """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """When the request was decided."""
@@ -131,10 +139,11 @@ class AuditRecord(_message.Message):
         agreement_id: _builtins.str = ...,
         rpc: _builtins.str = ...,
         leaf_hash: _builtins.bytes = ...,
+        abridged: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement_id", b"agreement_id", "audit_id", b"audit_id", "cache_hit", b"cache_hit", "caller_agency", b"caller_agency", "caller_operator", b"caller_operator", "caller_region", b"caller_region", "case_id", b"case_id", "dataset", b"dataset", "fields", b"fields", "gateway", b"gateway", "index", b"index", "latency_micros", b"latency_micros", "leaf_hash", b"leaf_hash", "outcome", b"outcome", "provider_region", b"provider_region", "purpose", b"purpose", "reason", b"reason", "region", b"region", "registry_version", b"registry_version", "request_id", b"request_id", "rpc", b"rpc", "sealed_digest", b"sealed_digest", "subject_pseudonym", b"subject_pseudonym", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abridged", b"abridged", "agreement_id", b"agreement_id", "audit_id", b"audit_id", "cache_hit", b"cache_hit", "caller_agency", b"caller_agency", "caller_operator", b"caller_operator", "caller_region", b"caller_region", "case_id", b"case_id", "dataset", b"dataset", "fields", b"fields", "gateway", b"gateway", "index", b"index", "latency_micros", b"latency_micros", "leaf_hash", b"leaf_hash", "outcome", b"outcome", "provider_region", b"provider_region", "purpose", b"purpose", "reason", b"reason", "region", b"region", "registry_version", b"registry_version", "request_id", b"request_id", "rpc", b"rpc", "sealed_digest", b"sealed_digest", "subject_pseudonym", b"subject_pseudonym", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -161,7 +170,9 @@ class Checkpoint(_message.Message):
     note: _builtins.str
     """The full signed note text (checkpoint body, blank line, signature lines)."""
     key_name: _builtins.str
-    """Name of the note signing key (the signature line's key name)."""
+    """Name of the note signing key (the signature line's key name). Equal to the origin for
+    checkpoints signed since the key name followed C2SP; older ones are named "audit-<region>".
+    """
     @_builtins.property
     def signed_at(self) -> _timestamp_pb2.Timestamp:
         """When the checkpoint was signed."""
@@ -357,7 +368,9 @@ class InclusionProofRequest(_message.Message):
     index: _builtins.int
     """Leaf index of the record."""
     tree_size: _builtins.int
-    """Tree size the proof is for; 0 = the latest checkpoint's size."""
+    """Tree size the proof is for; 0 = the latest signed checkpoint's size (an error when no
+    checkpoint is signed yet).
+    """
     def __init__(
         self,
         *,
@@ -383,7 +396,9 @@ class ConsistencyProofRequest(_message.Message):
     first_size: _builtins.int
     """The earlier tree size."""
     second_size: _builtins.int
-    """The later tree size; 0 = the latest checkpoint's size."""
+    """The later tree size; 0 = the latest signed checkpoint's size (an error when no checkpoint
+    is signed yet).
+    """
     def __init__(
         self,
         *,
@@ -449,8 +464,16 @@ class SubjectAccessRequest(_message.Message):
     SUBJECT_ID_FIELD_NUMBER: _builtins.int
     SINCE_FIELD_NUMBER: _builtins.int
     UNTIL_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     subject_id: _builtins.str
     """The citizen's identifier; hashed server-side into its pseudonym, never stored or logged."""
+    page_size: _builtins.int
+    """Maximum number of entries in this page; 0 = 100; at most 1000. A page also ends once it
+    holds about 1 MiB.
+    """
+    page_token: _builtins.str
+    """next_page_token of the previous page; empty = the first page."""
     @_builtins.property
     def since(self) -> _timestamp_pb2.Timestamp:
         """Earliest access time, inclusive; unset = no lower bound."""
@@ -465,10 +488,12 @@ class SubjectAccessRequest(_message.Message):
         subject_id: _builtins.str = ...,
         since: _timestamp_pb2.Timestamp | None = ...,
         until: _timestamp_pb2.Timestamp | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "subject_id", b"subject_id", "until", b"until"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "since", b"since", "subject_id", b"subject_id", "until", b"until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -476,11 +501,14 @@ Global___SubjectAccessRequest: _TypeAlias = SubjectAccessRequest  # noqa: Y015
 
 @_typing.final
 class SubjectAccessResponse(_message.Message):
-    """The accesses found."""
+    """One page of the accesses found."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     ENTRIES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token of the next page; empty when this page is the last."""
     @_builtins.property
     def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___SubjectAccessEntry]:
         """The accesses, oldest first."""
@@ -489,10 +517,11 @@ class SubjectAccessResponse(_message.Message):
         self,
         *,
         entries: _abc.Iterable[Global___SubjectAccessEntry] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -514,6 +543,8 @@ class SubjectAccessEntry(_message.Message):
     CASE_ID_FIELD_NUMBER: _builtins.int
     FIELDS_FIELD_NUMBER: _builtins.int
     OUTCOME_FIELD_NUMBER: _builtins.int
+    ABRIDGED_FIELD_NUMBER: _builtins.int
+    RPC_FIELD_NUMBER: _builtins.int
     requester_agency: _builtins.str
     """Registry id of the requesting agency."""
     requester_agency_name: _builtins.str
@@ -530,6 +561,14 @@ class SubjectAccessEntry(_message.Message):
     """Case number of the matter being handled."""
     outcome: _common_pb2.Outcome.ValueType
     """Allowed, denied or failed."""
+    abridged: _builtins.bool
+    """True when a value was too long to show (over 4096 characters, or fields over 64 KiB in
+    all): it is replaced by "sha256:" and the hex SHA-256 of its UTF-8 bytes.
+    """
+    rpc: _builtins.str
+    """The RPC that made the access, e.g. "/tongban.v1.DataExchange/Query"; an oversight body
+    reading this citizen's trail shows as "/tongban.v1.Oversight/..." with its filters in fields.
+    """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """When the access happened."""
@@ -551,11 +590,58 @@ class SubjectAccessEntry(_message.Message):
         case_id: _builtins.str = ...,
         fields: _abc.Iterable[_builtins.str] | None = ...,
         outcome: _common_pb2.Outcome.ValueType = ...,
+        abridged: _builtins.bool = ...,
+        rpc: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_id", b"case_id", "dataset", b"dataset", "fields", b"fields", "outcome", b"outcome", "purpose", b"purpose", "purpose_name", b"purpose_name", "requester_agency", b"requester_agency", "requester_agency_name", b"requester_agency_name", "requester_region", b"requester_region", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abridged", b"abridged", "case_id", b"case_id", "dataset", b"dataset", "fields", b"fields", "outcome", b"outcome", "purpose", b"purpose", "purpose_name", b"purpose_name", "requester_agency", b"requester_agency", "requester_agency_name", b"requester_agency_name", "requester_region", b"requester_region", "rpc", b"rpc", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SubjectAccessEntry: _TypeAlias = SubjectAccessEntry  # noqa: Y015
+
+@_typing.final
+class SignCheckpointRequest(_message.Message):
+    """Asks for a fresh signed checkpoint."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignCheckpointRequest: _TypeAlias = SignCheckpointRequest  # noqa: Y015
+
+@_typing.final
+class SignCheckpointResponse(_message.Message):
+    """The latest signed checkpoint."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
+    SIGNED_NOW_FIELD_NUMBER: _builtins.int
+    signed_now: _builtins.bool
+    """True when this call signed it; false when the log had not grown since the latest one."""
+    @_builtins.property
+    def checkpoint(self) -> Global___Checkpoint:
+        """The latest signed checkpoint, covering every record appended before the call."""
+
+    def __init__(
+        self,
+        *,
+        checkpoint: Global___Checkpoint | None = ...,
+        signed_now: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "signed_now", b"signed_now"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignCheckpointResponse: _TypeAlias = SignCheckpointResponse  # noqa: Y015

@@ -56,6 +56,11 @@ class OversightStub:
                 request_serializer=tongban_dot_v1_dot_oversight__pb2.SubjectAccessRequest.SerializeToString,
                 response_deserializer=tongban_dot_v1_dot_oversight__pb2.SubjectAccessResponse.FromString,
                 _registered_method=True)
+        self.SignCheckpoint = channel.unary_unary(
+                '/tongban.v1.Oversight/SignCheckpoint',
+                request_serializer=tongban_dot_v1_dot_oversight__pb2.SignCheckpointRequest.SerializeToString,
+                response_deserializer=tongban_dot_v1_dot_oversight__pb2.SignCheckpointResponse.FromString,
+                _registered_method=True)
 
 
 class OversightServicer:
@@ -64,7 +69,10 @@ class OversightServicer:
     """
 
     def QueryAudit(self, request, context):
-        """Called by oversight staff: streams audit records matching the filters, oldest first.
+        """Called by oversight staff: streams one page of the audit records matching the filters,
+        oldest first. A page ends after page_size records or about 1 MiB, whichever comes first;
+        when more may match, the "tongban-next-page-token" trailer carries the token of the next.
+        The call is itself audited (rpc "/tongban.v1.Oversight/QueryAudit").
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -89,6 +97,17 @@ class OversightServicer:
     def SubjectAccess(self, request, context):
         """Called by the region that holds the data (its citizen-facing data tracker): every access to
         one citizen's data held by this region, who made it, from where, when and why.
+        One page at a time: follow next_page_token until it is empty.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SignCheckpoint(self, request, context):
+        """Called by oversight staff: signs a checkpoint of the log now if the log grew since the latest
+        one, and returns the latest signed checkpoint. At most one call per caller per interval
+        (60 s by default): sooner is RESOURCE_EXHAUSTED, reason CHECKPOINT_RATE_LIMITED, with a
+        google.rpc.RetryInfo saying when to ask again.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -116,6 +135,11 @@ def add_OversightServicer_to_server(servicer, server):
                     servicer.SubjectAccess,
                     request_deserializer=tongban_dot_v1_dot_oversight__pb2.SubjectAccessRequest.FromString,
                     response_serializer=tongban_dot_v1_dot_oversight__pb2.SubjectAccessResponse.SerializeToString,
+            ),
+            'SignCheckpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.SignCheckpoint,
+                    request_deserializer=tongban_dot_v1_dot_oversight__pb2.SignCheckpointRequest.FromString,
+                    response_serializer=tongban_dot_v1_dot_oversight__pb2.SignCheckpointResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -228,6 +252,33 @@ class Oversight:
             '/tongban.v1.Oversight/SubjectAccess',
             tongban_dot_v1_dot_oversight__pb2.SubjectAccessRequest.SerializeToString,
             tongban_dot_v1_dot_oversight__pb2.SubjectAccessResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SignCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tongban.v1.Oversight/SignCheckpoint',
+            tongban_dot_v1_dot_oversight__pb2.SignCheckpointRequest.SerializeToString,
+            tongban_dot_v1_dot_oversight__pb2.SignCheckpointResponse.FromString,
             options,
             channel_credentials,
             insecure,

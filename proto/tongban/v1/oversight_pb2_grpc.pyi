@@ -38,7 +38,11 @@ class OversightStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> OversightAsyncStub: ...
     QueryAudit: _grpc.UnaryStreamMultiCallable[_oversight_pb2.QueryAuditRequest, _oversight_pb2.AuditRecord]
-    """Called by oversight staff: streams audit records matching the filters, oldest first."""
+    """Called by oversight staff: streams one page of the audit records matching the filters,
+    oldest first. A page ends after page_size records or about 1 MiB, whichever comes first;
+    when more may match, the "tongban-next-page-token" trailer carries the token of the next.
+    The call is itself audited (rpc "/tongban.v1.Oversight/QueryAudit").
+    """
     VerifyAudit: _grpc.UnaryUnaryMultiCallable[_oversight_pb2.VerifyAuditRequest, _oversight_pb2.VerifyAuditResponse]
     """Called by oversight staff: recomputes the Merkle tree over the stored records, checks every
     signed checkpoint (and the one supplied) against it, and reports the first break found.
@@ -50,6 +54,13 @@ class OversightStub:
     SubjectAccess: _grpc.UnaryUnaryMultiCallable[_oversight_pb2.SubjectAccessRequest, _oversight_pb2.SubjectAccessResponse]
     """Called by the region that holds the data (its citizen-facing data tracker): every access to
     one citizen's data held by this region, who made it, from where, when and why.
+    One page at a time: follow next_page_token until it is empty.
+    """
+    SignCheckpoint: _grpc.UnaryUnaryMultiCallable[_oversight_pb2.SignCheckpointRequest, _oversight_pb2.SignCheckpointResponse]
+    """Called by oversight staff: signs a checkpoint of the log now if the log grew since the latest
+    one, and returns the latest signed checkpoint. At most one call per caller per interval
+    (60 s by default): sooner is RESOURCE_EXHAUSTED, reason CHECKPOINT_RATE_LIMITED, with a
+    google.rpc.RetryInfo saying when to ask again.
     """
 
 @_typing.type_check_only
@@ -60,7 +71,11 @@ class OversightAsyncStub(OversightStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     QueryAudit: _aio.UnaryStreamMultiCallable[_oversight_pb2.QueryAuditRequest, _oversight_pb2.AuditRecord]  # type: ignore[assignment]
-    """Called by oversight staff: streams audit records matching the filters, oldest first."""
+    """Called by oversight staff: streams one page of the audit records matching the filters,
+    oldest first. A page ends after page_size records or about 1 MiB, whichever comes first;
+    when more may match, the "tongban-next-page-token" trailer carries the token of the next.
+    The call is itself audited (rpc "/tongban.v1.Oversight/QueryAudit").
+    """
     VerifyAudit: _aio.UnaryUnaryMultiCallable[_oversight_pb2.VerifyAuditRequest, _oversight_pb2.VerifyAuditResponse]  # type: ignore[assignment]
     """Called by oversight staff: recomputes the Merkle tree over the stored records, checks every
     signed checkpoint (and the one supplied) against it, and reports the first break found.
@@ -72,6 +87,13 @@ class OversightAsyncStub(OversightStub):
     SubjectAccess: _aio.UnaryUnaryMultiCallable[_oversight_pb2.SubjectAccessRequest, _oversight_pb2.SubjectAccessResponse]  # type: ignore[assignment]
     """Called by the region that holds the data (its citizen-facing data tracker): every access to
     one citizen's data held by this region, who made it, from where, when and why.
+    One page at a time: follow next_page_token until it is empty.
+    """
+    SignCheckpoint: _aio.UnaryUnaryMultiCallable[_oversight_pb2.SignCheckpointRequest, _oversight_pb2.SignCheckpointResponse]  # type: ignore[assignment]
+    """Called by oversight staff: signs a checkpoint of the log now if the log grew since the latest
+    one, and returns the latest signed checkpoint. At most one call per caller per interval
+    (60 s by default): sooner is RESOURCE_EXHAUSTED, reason CHECKPOINT_RATE_LIMITED, with a
+    google.rpc.RetryInfo saying when to ask again.
     """
 
 class OversightServicer(metaclass=_abc_1.ABCMeta):
@@ -85,7 +107,11 @@ class OversightServicer(metaclass=_abc_1.ABCMeta):
         request: _oversight_pb2.QueryAuditRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_oversight_pb2.AuditRecord], _abc.AsyncIterator[_oversight_pb2.AuditRecord]]:
-        """Called by oversight staff: streams audit records matching the filters, oldest first."""
+        """Called by oversight staff: streams one page of the audit records matching the filters,
+        oldest first. A page ends after page_size records or about 1 MiB, whichever comes first;
+        when more may match, the "tongban-next-page-token" trailer carries the token of the next.
+        The call is itself audited (rpc "/tongban.v1.Oversight/QueryAudit").
+        """
 
     @_abc_1.abstractmethod
     def VerifyAudit(
@@ -115,6 +141,19 @@ class OversightServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_oversight_pb2.SubjectAccessResponse, _abc.Awaitable[_oversight_pb2.SubjectAccessResponse]]:
         """Called by the region that holds the data (its citizen-facing data tracker): every access to
         one citizen's data held by this region, who made it, from where, when and why.
+        One page at a time: follow next_page_token until it is empty.
+        """
+
+    @_abc_1.abstractmethod
+    def SignCheckpoint(
+        self,
+        request: _oversight_pb2.SignCheckpointRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_oversight_pb2.SignCheckpointResponse, _abc.Awaitable[_oversight_pb2.SignCheckpointResponse]]:
+        """Called by oversight staff: signs a checkpoint of the log now if the log grew since the latest
+        one, and returns the latest signed checkpoint. At most one call per caller per interval
+        (60 s by default): sooner is RESOURCE_EXHAUSTED, reason CHECKPOINT_RATE_LIMITED, with a
+        google.rpc.RetryInfo saying when to ask again.
         """
 
 def add_OversightServicer_to_server(servicer: OversightServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -222,7 +222,7 @@ def test_another_regions_key_does_not_verify_the_log(
     )
     assert code == 1
     assert "BROKEN" in out
-    assert "not signed by audit-510000" in out
+    assert "not signed by audit.tongban/510000" in out  # the key's C2SP name: the origin
 
 
 def test_verify_as_json(run: Run, db: list[str | Path], pki_args: list[str | Path]) -> None:
@@ -305,7 +305,7 @@ def test_a_checkpoint_signed_by_another_key_is_refused(
     path.write_text(forged.note, encoding="utf-8")
     code, out, err = run("audit", "verify", *db, *pki_args, "--checkpoint", path)
     assert (code, out) == (1, "")
-    assert err == f"tongban: {path}: the checkpoint is not signed by {KEY_NAME}\n"
+    assert err == f"tongban: {path}: the checkpoint is not signed by {ORIGIN}\n"
     path.write_text("not a checkpoint\n", encoding="utf-8")
     code, _, err = run("audit", "verify", *db, *pki_args, "--checkpoint", path)
     assert code == 1
@@ -428,18 +428,31 @@ def test_query_pages_with_after(run: Run, db: list[str | Path]) -> None:
     code, out, err = run("audit", "query", *db, "--agency", "sc.hrss", "--limit", "5", "--json")
     assert code == 0
     assert _indices(out) == [1, 3, 5, 7, 9]
-    assert err == "More records may match: add --after 9 for the next page.\n"
+    assert err == "More records may match: add --after 9 for the next page, or --all.\n"
     code, out, err = run(
         "audit", "query", *db, "--agency", "sc.hrss", "--limit", "5", "--after", "9"
     )
     assert code == 0
-    assert "More records may match: add --after 19 for the next page." in out
+    assert "More records may match: add --after 19 for the next page, or --all." in out
     assert err == ""
     code, out, err = run(
         "audit", "query", *db, "--agency", "sc.hrss", "--limit", "10", "--after", "19", "--json"
     )
     assert _indices(out) == [21, 23, 25, 27, 29]
     assert err == ""  # the last page: no hint
+
+
+def test_query_all_follows_the_pages_to_the_end(run: Run, db: list[str | Path]) -> None:
+    code, out, err = run(
+        "audit", "query", *db, "--agency", "sc.hrss", "--limit", "4", "--all", "--json"
+    )
+    assert (code, err) == (0, "")
+    assert _indices(out) == list(range(1, N, 2))  # 15 records over 4 pages
+    code, out, err = run("audit", "query", *db, "--agency", "sc.hrss", "--limit", "10", "--all")
+    assert (code, err) == (0, "")
+    assert "Audit records 1 to 10" in out
+    assert "Audit records 11 to 15" in out
+    assert "--after" not in out
 
 
 def test_default_limit_is_50(
@@ -482,6 +495,45 @@ def test_an_inclusion_proof_verifies_from_the_printed_json(
         [base64.b64decode(h) for h in proof["hashes"]],
         base64.b64decode(proof["root"]),
     )
+
+
+def test_a_proof_is_for_the_latest_signed_checkpoint_unless_a_size_is_given(
+    run: Run,
+    make_db: Callable[..., tuple[Path, list[str | Path]]],
+    pki_args: list[str | Path],
+) -> None:
+    path, db = make_db()  # signed at size N
+
+    async def grow() -> None:
+        store = SqliteAuditStore(path)
+        await store.open()
+        for i in range(N, N + 5):
+            await store.append(_record(i))
+        await store.close()
+
+    asyncio.run(grow())  # the log grows past its latest checkpoint
+    code, out, err = run("audit", "proof", *db, *pki_args, "--index", "7")
+    assert (code, err) == (0, "")
+    proof = json.loads(out)
+    assert proof["size"] == N  # as GetProof's tree_size 0: the latest checkpoint's size
+    assert proof["checkpoint"].startswith(f"{ORIGIN}\n{N}\n")
+    code, out, _ = run("audit", "proof", *db, *pki_args, "--consistency", "3")
+    assert json.loads(out)["size"] == N
+    code, out, _ = run("audit", "proof", *db, *pki_args, "--index", "7", "--size", str(N + 5))
+    assert json.loads(out)["size"] == N + 5
+
+
+def test_a_proof_of_a_log_never_signed_needs_a_size(
+    run: Run,
+    make_db: Callable[..., tuple[Path, list[str | Path]]],
+    pki_args: list[str | Path],
+) -> None:
+    _, db = make_db(checkpoint=False)
+    code, out, err = run("audit", "proof", *db, *pki_args, "--index", "3")
+    assert (code, out) == (1, "")
+    assert err == "tongban: no checkpoint of this log is signed yet: give the tree size\n"
+    code, out, _ = run("audit", "proof", *db, *pki_args, "--index", "3", "--size", "5")
+    assert json.loads(out)["size"] == 5
 
 
 def test_a_consistency_proof_verifies_from_the_printed_json(
@@ -577,7 +629,7 @@ def test_a_proof_of_an_edited_record_is_refused(
         (["verify", "--sqlite", "a.db", "--pki", "p"], "--pki needs --region"),
         (["verify", "--sqlite", "a.db", "--audit-cert", "c.pem"], "give --origin"),
         (
-            ["verify", "--sqlite", "a.db", "--audit-cert", "c.pem", "--origin", "o"],
+            ["verify", "--sqlite", "a.db", "--audit-cert", "c.pem", "--origin", "o p"],
             "give --key-name",
         ),
         (["verify", "--sqlite", "a.db", "--pki", "p", "--region", "999999"], "not GB/T 2260"),

@@ -117,6 +117,11 @@ def test_postgres_audit_reads_its_dsn_from_the_environment(
             "audit.retention",
             "unknown key",
         ),
+        (  # the origin names the checkpoint key, and a signed-note key name has no spaces
+            'store = "memory"\npseudonym_key_file = "pseudonym.secret"\norigin = "audit tongban"',
+            "audit.origin",
+            "no white space",
+        ),
     ],
 )
 def test_audit_mistakes_name_file_and_key(
@@ -149,7 +154,9 @@ def test_dev_pki_audits_in_memory_or_in_sqlite(tmp_path: Path, fed: Federation) 
     assert (on_disk.audit.store, on_disk.audit.path) == ("sqlite", tmp_path / "a.db")
     log = build_audit_log(on_disk, clock=lambda: datetime.now(UTC))
     assert log is not None
-    assert (log.origin, log.key_name) == ("audit.tongban/510000", "audit-510000")
+    # C2SP: the key is named after the log; checkpoints signed under the old name still verify
+    assert (log.origin, log.key_name) == ("audit.tongban/510000", "audit.tongban/510000")
+    assert log.key_names == ("audit.tongban/510000", "audit-510000")
 
 
 def test_an_audit_key_that_is_not_ed25519_is_refused(tmp_path: Path, fed: Federation) -> None:

@@ -203,3 +203,58 @@ def test_canonical_encoding_round_trips_and_is_stable() -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         dataclasses.replace(record, time=datetime(2026, 1, 1))
     assert record.time.tzinfo is UTC
+
+
+async def test_a_checkpoint_carries_its_signing_time_and_is_named_after_its_log() -> None:
+    signed = datetime(2026, 12, 6, 21, 0, 0, 123456, tzinfo=UTC)
+    store = MemoryAuditStore()
+    log = AuditLog(
+        store,
+        origin=ORIGIN,
+        key=ed25519.Ed25519PrivateKey.generate(),
+        key_name=ORIGIN,
+        clock=lambda: signed,
+    )
+    await log.append(make_record(0))
+    checkpoint = await log.checkpoint()
+    assert checkpoint.signed_at == signed
+    latest = await log.latest_checkpoint()
+    assert latest is not None
+    assert latest.signed_at == signed
+    verification = await log.verify()
+    assert verification.intact, verification.problem
+    assert verification.latest is not None
+    assert verification.latest.signed_at == signed
+    assert f"\u2014 {ORIGIN} " in checkpoint.note  # the signature line names the log
+
+
+async def test_checkpoints_signed_under_the_former_key_name_still_verify() -> None:
+    key = ed25519.Ed25519PrivateKey.generate()
+    store = MemoryAuditStore()
+    before = AuditLog(store, origin=ORIGIN, key=key, key_name="audit-510000")
+    await before.append(make_record(0))
+    await before.checkpoint()  # signed as "audit-510000", as gateways did before
+    after = AuditLog(
+        store, origin=ORIGIN, key=key, key_name=ORIGIN, former_key_names=("audit-510000",)
+    )
+    await after.append(make_record(1))
+    await after.checkpoint()  # signed as the origin
+    result = await after.verify()
+    assert result.intact, result.problem
+    assert result.checkpoints_checked == 2
+    # Without the former name, the old note is not this log's key's: the break is reported.
+    strict = AuditLog(store, origin=ORIGIN, key=key, key_name=ORIGIN)
+    refused = await strict.verify()
+    assert not refused.intact
+    assert f"not signed by {ORIGIN}" in refused.problem
+
+
+async def test_checkpoint_if_grown_signs_only_when_the_log_grew() -> None:
+    log, _ = await _log(3)
+    first, signed = await log.checkpoint_if_grown()
+    assert (first.size, signed) == (3, True)
+    again, signed = await log.checkpoint_if_grown()
+    assert (again.note, signed) == (first.note, False)
+    await log.append(make_record(3))
+    grown, signed = await log.checkpoint_if_grown()
+    assert (grown.size, signed) == (4, True)

@@ -1,0 +1,56 @@
+"""Full gRPC method names ("/tongban.v1.DataExchange/Query"), as audit records name the RPC that
+made them: read from the compiled protos, so that a name cannot drift from the API."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from google.protobuf.descriptor import FileDescriptor
+
+from tongban.v1 import credentials_pb2, exchange_pb2, oversight_pb2
+
+__all__ = [
+    "BATCH_QUERY",
+    "FETCH",
+    "FORWARD",
+    "GET_PROOF",
+    "QUERY",
+    "QUERY_AUDIT",
+    "REPORT_ACCESS",
+    "SEAL",
+    "SIGN_CHECKPOINT",
+    "SUBJECT_ACCESS",
+    "VERIFY_AUDIT",
+    "full_method",
+    "made_by",
+]
+
+
+def full_method(file: FileDescriptor, service: str, method: str) -> str:
+    """The method's path on the wire, "/<package>.<Service>/<Method>"; KeyError if unknown."""
+    found = file.services_by_name[service]
+    return f"/{found.full_name}/{found.methods_by_name[method].name}"
+
+
+QUERY: Final = full_method(exchange_pb2.DESCRIPTOR, "DataExchange", "Query")
+BATCH_QUERY: Final = full_method(exchange_pb2.DESCRIPTOR, "DataExchange", "BatchQuery")
+FORWARD: Final = full_method(exchange_pb2.DESCRIPTOR, "Peer", "Forward")
+REPORT_ACCESS: Final = full_method(exchange_pb2.DESCRIPTOR, "Peer", "ReportAccess")
+FETCH: Final = full_method(credentials_pb2.DESCRIPTOR, "Credentials", "Fetch")
+SEAL: Final = full_method(credentials_pb2.DESCRIPTOR, "Credentials", "Seal")
+QUERY_AUDIT: Final = full_method(oversight_pb2.DESCRIPTOR, "Oversight", "QueryAudit")
+VERIFY_AUDIT: Final = full_method(oversight_pb2.DESCRIPTOR, "Oversight", "VerifyAudit")
+GET_PROOF: Final = full_method(oversight_pb2.DESCRIPTOR, "Oversight", "GetProof")
+SUBJECT_ACCESS: Final = full_method(oversight_pb2.DESCRIPTOR, "Oversight", "SubjectAccess")
+SIGN_CHECKPOINT: Final = full_method(oversight_pb2.DESCRIPTOR, "Oversight", "SignCheckpoint")
+
+# What records written before the full names were used say instead ("DataExchange.Query").
+_FORMER: Final = {
+    rpc: rpc.removeprefix("/tongban.v1.").replace("/", ".")
+    for rpc in (QUERY, FORWARD, REPORT_ACCESS, FETCH, SEAL)
+}
+
+
+def made_by(recorded: str, rpc: str) -> bool:
+    """Was a record whose `rpc` says `recorded` made by `rpc` (under its current or former name)?"""
+    return recorded == rpc or recorded == _FORMER.get(rpc)
