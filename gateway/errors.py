@@ -10,6 +10,7 @@ Every refusal sent to a client is a standard gRPC status with a `google.rpc.Erro
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import NoReturn
 
 import grpc
@@ -63,7 +64,7 @@ def bounded_message(message: str) -> str:
 
 
 def rich_status(
-    code: grpc.StatusCode, reason: str, message: str, metadata: dict[str, str] | None = None
+    code: grpc.StatusCode, reason: str, message: str, metadata: Mapping[str, str] | None = None
 ) -> grpc.Status:
     """A gRPC status carrying `google.rpc.ErrorInfo(reason, domain="tongban")`."""
     detail = any_pb2.Any()
@@ -79,9 +80,10 @@ async def abort(
     code: grpc.StatusCode,
     reason: str,
     message: str,
+    metadata: Mapping[str, str] | None = None,
 ) -> NoReturn:
-    """End the call with a rich status; never returns."""
-    await context.abort_with_status(rich_status(code, reason, message))
+    """End the call with a rich status (and ErrorInfo `metadata`, if any); never returns."""
+    await context.abort_with_status(rich_status(code, reason, message, metadata))
     raise AssertionError("abort_with_status returned")  # pragma: no cover
 
 

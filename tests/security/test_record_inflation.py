@@ -1,0 +1,144 @@
+"""Record inflation and forged identifiers (docs/threats.md T16), through real channels to three
+gateways: request values that would make an audit record a weapon (megabytes that break the
+citizen's data tracker, a citizen id slipped into a field that is not the subject) are refused
+and recorded as length and digest, never raw, on the requesting and on the owning gateway."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from query_support import CALL_TIMEOUT, Cluster, bearer, request, running_cluster
+from support import Federation, credentials_as, error_info
+
+from gateway.audit import Outcome
+from tongban.v1 import exchange_pb2, oversight_pb2, oversight_pb2_grpc
+
+pytestmark = pytest.mark.integration
+
+REDIS = "redis://127.0.0.1:6379/0"
+REQUESTER, OWNER = "510000", "330000"
+# A valid GB 11643 number (the standard's own example), not the subject of any query here.
+CITIZEN_ID = "11010519491231002X"
+HUGE_CHARS = 9 * 1024 * 1024  # a case id of 9 MiB, as in the issue
+
+
+def digest_form(value: str) -> str:
+    data = value.encode()
+    return f"sha256:{hashlib.sha256(data).hexdigest()};len={len(data)}"
+
+
+async def tracker(cluster: Cluster, region: str, subject: str) -> list[Any]:
+    """`Oversight.SubjectAccess(subject)` on `region`'s gateway, as its data bureau."""
+    oversight = {"330000": "zj.data", "510000": "sc.data"}[region]
+    async with grpc.aio.secure_channel(
+        f"localhost:{cluster.ports[region]}", credentials_as(cluster.fed, oversight, region)
+    ) as channel:
+        answer = await oversight_pb2_grpc.OversightStub(channel).SubjectAccess(
+            oversight_pb2.SubjectAccessRequest(subject_id=subject), timeout=CALL_TIMEOUT * 2
+        )
+    return list(answer.entries)
+
+
+async def test_megabyte_case_ids_do_not_break_the_data_tracker_on_either_gateway(
+    federation: Federation, tmp_path: Path, kit: Any
+) -> None:
+    huge = "C" * HUGE_CHARS
+    async with running_cluster(federation, tmp_path, redis_url=REDIS) as cluster:
+        subject = cluster.subject(OWNER, "si.participation")
+        for n in range(2):
+            # through the requesting gateway, as an agency ...
+            query = request(OWNER, "si.participation", "SI-TRANSFER", subject, case_id=huge)
+            async with cluster.exchange("sc.hrss") as stub:
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await stub.Query(
+                        query, metadata=bearer(cluster.token("sc.hrss")), timeout=CALL_TIMEOUT
+                    )
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, n
+            assert error_info(caught.value).reason == "REQUEST_TOO_LARGE"
+            # ... and straight to the owner, as a compromised requesting gateway would
+            forward = kit.forward_request(
+                request(OWNER, "si.participation", "SI-TRANSFER", subject, case_id=huge),
+                agency="sc.hrss",
+                agency_region=REQUESTER,
+                requesting_region=REQUESTER,
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await kit.forward(cluster, OWNER, forward, as_owner=REQUESTER)
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, n
+            assert error_info(caught.value).reason == "REQUEST_TOO_LARGE"
+
+        for region in (REQUESTER, OWNER):
+            entries = await tracker(cluster, region, subject)
+            assert [e.case_id for e in entries] == [digest_form(huge)] * 2, region
+            assert all(e.outcome == 2 for e in entries)  # OUTCOME_DENIED
+            records = await kit.audited(cluster, region)
+            assert len(records) == 2
+            assert all(len(r.canonical) < 4096 for r in records)
+            assert all(r.reason == "REQUEST_TOO_LARGE" for r in records)
+
+
+def _with_citizen_id(field: str, subject: str) -> exchange_pb2.QueryRequest:
+    values: dict[str, Any] = {
+        "purpose": "SI-TRANSFER",
+        "dataset": "si.participation",
+        "case_id": "CASE-2026-0001",
+        "fields": (),
+        "request_id": None,
+    }
+    values[field] = (CITIZEN_ID,) if field == "fields" else CITIZEN_ID
+    return request(
+        OWNER,
+        values["dataset"],
+        values["purpose"],
+        subject,
+        fields=values["fields"],
+        case_id=values["case_id"],
+        request_id=values["request_id"],
+    )
+
+
+@pytest.mark.parametrize("field", ["purpose", "dataset", "case_id", "fields", "request_id"])
+async def test_a_citizen_id_in_a_field_that_is_not_the_subject_is_refused_and_never_recorded(
+    federation: Federation,
+    tmp_path: Path,
+    kit: Any,
+    caplog: pytest.LogCaptureFixture,
+    field: str,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with running_cluster(federation, tmp_path, redis_url=REDIS) as cluster:
+        subject = cluster.subject(OWNER, "si.participation")
+        assert subject != CITIZEN_ID
+        async with cluster.exchange("sc.hrss") as stub:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.Query(
+                    _with_citizen_id(field, subject),
+                    metadata=bearer(cluster.token("sc.hrss")),
+                    timeout=CALL_TIMEOUT,
+                )
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        info = error_info(caught.value)
+        assert info.reason == "INVALID_ARGUMENT_FORMAT"
+        assert info.metadata["field"] == field
+        assert CITIZEN_ID not in (caught.value.details() or "")
+        (record,) = await kit.audited(cluster, REQUESTER)
+        assert (record.outcome, record.reason) == (Outcome.DENIED, "INVALID_ARGUMENT_FORMAT")
+        recorded = {
+            "purpose": record.purpose,
+            "dataset": record.dataset,
+            "case_id": record.case_id,
+            "request_id": record.request_id,
+        }
+        if field in recorded:
+            assert recorded[field] == digest_form(CITIZEN_ID)
+        for region in (REQUESTER, OWNER):
+            for stored in await kit.audited(cluster, region):
+                assert CITIZEN_ID not in stored.canonical.decode(), region
+    assert CITIZEN_ID not in caplog.text
+    for entry in caplog.records:
+        assert CITIZEN_ID not in entry.getMessage()
