@@ -35,15 +35,23 @@ from redis.backoff import NoBackoff
 from gateway.audit import (
     AuditError,
     AuditLog,
+    AuditRecord,
     AuditStore,
     MemoryAuditStore,
+    Outcome,
     PostgresAuditStore,
     SqliteAuditStore,
 )
 from gateway.cache import AnswerCache, CacheBackend, CircuitBreaker, MemoryBackend, RedisBackend
 from gateway.config import GatewayConfig
 from gateway.errors import ConfigError, GatewayError
-from gateway.identity import CallerInterceptor, CallerResolver
+from gateway.identity import (
+    MALFORMED_REASON,
+    Caller,
+    CallerInterceptor,
+    CallerResolver,
+    rpc_name,
+)
 from gateway.metrics import (
     PEER_LOCAL,
     GatewayMetrics,
@@ -113,6 +121,9 @@ PEER_SERVICE = exchange_pb2.DESCRIPTOR.services_by_name["Peer"].full_name
 REDIS_TIMEOUT_SECONDS = 0.25  # a Redis that does not answer in this long counts as down
 SERVED_SERVICES = (REGISTRY_SERVICE, CREDENTIALS_SERVICE)  # always; Oversight with an audit log
 OPEN_SERVICES = frozenset({health.SERVICE_NAME, reflection.SERVICE_NAME})  # mTLS only, no identity
+# Services whose undecodable requests are audited (caller known, values unknown): see
+# `Gateway.audit_malformed`. Oversight may join once its own calls are audited.
+MALFORMED_AUDITED_SERVICES = frozenset({EXCHANGE_SERVICE, PEER_SERVICE, CREDENTIALS_SERVICE})
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # bytes: a registry snapshot is the largest message
 # Calls one gateway process handles at once; more are refused by gRPC at once with
 # RESOURCE_EXHAUSTED ("Concurrent RPC limit exceeded"), before any Python work is done for them.
@@ -455,6 +466,47 @@ class Gateway:
         roots = trust_bundle(snapshot.registry, region) if snapshot else self._tls.bootstrap_pem
         return grpc.ssl_channel_credentials(roots, self._tls.key_pem, self._tls.chain_pem)
 
+    async def audit_malformed(self, method: str, caller: Caller) -> None:
+        """Record a request of `caller` that is not a well-formed message of `method` (one of
+        MALFORMED_AUDITED_SERVICES): denied, INVALID_ARGUMENT_FORMAT, the caller's agency and
+        region, and no request value (none could be read). Best effort, as for any refusal:
+        an audit store that is down is logged, and the refusal goes on."""
+        service = method.strip("/").partition("/")[0]
+        if self.audit is None or service not in MALFORMED_AUDITED_SERVICES:
+            return
+        try:
+            version = self.store.current().version
+        except RegistryError:
+            version = 0
+        record = AuditRecord(
+            time=self._clock(),
+            gateway=f"gateway-{self.config.region}",
+            region=self.config.region,
+            rpc=rpc_name(method),
+            request_id="",
+            caller_agency=caller.agency_id,
+            caller_operator="",
+            caller_region=caller.region,
+            provider_region="",
+            dataset="",
+            purpose="",
+            case_id="",
+            subject="",
+            fields=(),
+            outcome=Outcome.DENIED,
+            reason=MALFORMED_REASON,
+            cache_hit=False,
+            latency_us=0,
+            sealed_digest="",
+            registry_version=version,
+            agreement_id="",
+        )
+        self.metrics.decision("denied", MALFORMED_REASON)
+        try:
+            await self.audit.append(record)
+        except AuditError:
+            log.warning("a malformed request could not be audited: the audit store is unavailable")
+
     # Lifecycle ---------------------------------------------------------------------------------
     async def start(self) -> int:
         if self.audit is not None:
@@ -468,7 +520,11 @@ class Gateway:
             interceptors=[
                 # first: a call the caller check refuses is counted too (as Unauthenticated)
                 MetricsInterceptor(self.metrics),
-                CallerInterceptor(CallerResolver(self.store, self._clock), OPEN_SERVICES),
+                CallerInterceptor(
+                    CallerResolver(self.store, self._clock),
+                    OPEN_SERVICES,
+                    on_malformed=self.audit_malformed,
+                ),
             ],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),

@@ -142,3 +142,64 @@ async def test_a_citizen_id_in_a_field_that_is_not_the_subject_is_refused_and_ne
     assert CITIZEN_ID not in caplog.text
     for entry in caplog.records:
         assert CITIZEN_ID not in entry.getMessage()
+
+
+TRUNCATED = b"\x0a\x05ab"  # field 1 says 5 bytes, 2 follow: no message parses it
+NOT_UTF8 = b"\x0a\x02\xff\xfe"  # field 1 (provider_region), a string that is not UTF-8
+
+
+async def _raw_call(
+    cluster: Cluster, owner: str, region: str, method: str, body: bytes, metadata: tuple[Any, ...]
+) -> grpc.aio.AioRpcError:
+    async with grpc.aio.secure_channel(
+        f"localhost:{cluster.ports[region]}", credentials_as(cluster.fed, owner, region)
+    ) as channel:
+        call = channel.unary_unary(
+            method, request_serializer=lambda b: b, response_deserializer=lambda b: b
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call(body, metadata=metadata, timeout=CALL_TIMEOUT)
+    return caught.value
+
+
+# (caller, its gateway's region or the peer's, method, rpc recorded, request bytes)
+MALFORMED_CALLS = [
+    ("sc.hrss", REQUESTER, "/tongban.v1.DataExchange/Query", "DataExchange.Query", NOT_UTF8),
+    ("sc.hrss", REQUESTER, "/tongban.v1.DataExchange/Query", "DataExchange.Query"),
+    ("sc.hrss", REQUESTER, "/tongban.v1.DataExchange/BatchQuery", "DataExchange.BatchQuery"),
+    ("sc.hrss", REQUESTER, "/tongban.v1.Credentials/Fetch", "Credentials.Fetch"),
+    ("sc.hrss", REQUESTER, "/tongban.v1.Credentials/Seal", "Credentials.Seal"),
+    ("sc.hrss", REQUESTER, "/tongban.v1.Credentials/Verify", "Credentials.Verify"),
+    (REQUESTER, OWNER, "/tongban.v1.Peer/Forward", "Peer.Forward"),
+    (REQUESTER, OWNER, "/tongban.v1.Peer/ReportAccess", "Peer.ReportAccess"),
+]
+
+
+async def test_a_malformed_request_of_a_known_caller_is_refused_and_audited(
+    federation: Federation, tmp_path: Path, kit: Any
+) -> None:
+    async with running_cluster(federation, tmp_path, redis_url=REDIS) as cluster:
+        for caller, region, method, rpc, *body in MALFORMED_CALLS:
+            token = bearer(cluster.token(caller)) if caller != REQUESTER else ()
+            refused = await _raw_call(
+                cluster, caller, region, method, body[0] if body else TRUNCATED, token
+            )
+            assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT, method
+            assert error_info(refused).reason == "INVALID_ARGUMENT_FORMAT", method
+            record = (await kit.audited(cluster, region))[-1]
+            assert record.rpc == rpc
+            assert (record.outcome, record.reason) == (Outcome.DENIED, "INVALID_ARGUMENT_FORMAT")
+            assert (record.caller_agency, record.caller_region) == (
+                "" if caller == REQUESTER else caller,
+                REQUESTER,
+            )
+            assert (record.request_id, record.dataset, record.purpose, record.case_id) == (
+                "",
+                "",
+                "",
+                "",
+            )
+        for region in (REQUESTER, OWNER):
+            audit = cluster.gateways[region].audit
+            assert audit is not None
+            assert (await audit.verify()).intact
