@@ -41,6 +41,7 @@ from gateway.audit import (
     Outcome,
     PostgresAuditStore,
     SqliteAuditStore,
+    digest_form,
 )
 from gateway.cache import AnswerCache, CacheBackend, CircuitBreaker, MemoryBackend, RedisBackend
 from gateway.config import GatewayConfig
@@ -258,11 +259,34 @@ def build_audit_log(config: GatewayConfig, *, clock: Callable[[], datetime]) -> 
     )
 
 
+class WithholdUndecodableMetadata(logging.Filter):
+    """grpc logs a metadata value that is not UTF-8 whole, at ERROR with a traceback ("Invalid
+    encoding on %s"), before it reads it as Latin-1; the value may be a token or a citizen id.
+    The record stays (a WARNING saying what happened) with the value withheld: its length and
+    digest only. Installed on grpc's Cython logger by every `Gateway`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == "Invalid encoding on %s" and isinstance(record.args, tuple):
+            value = record.args[0] if record.args else b""
+            record.msg = "a metadata value is not UTF-8 (read as Latin-1; value withheld: %s)"
+            record.args = (digest_form(value if isinstance(value, bytes) else str(value)),)
+            record.exc_info = record.exc_text = record.stack_info = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+GRPC_CYTHON_LOGGER = "grpc._cython.cygrpc"
+_WITHHOLD = WithholdUndecodableMetadata()
+
+
 class Gateway:
     """One region's gateway. Build with `create_gateway`."""
 
     def __init__(self, config: GatewayConfig, *, clock: Callable[[], datetime] = utc_now) -> None:
         self.config = config
+        grpc_log = logging.getLogger(GRPC_CYTHON_LOGGER)
+        if _WITHHOLD not in grpc_log.filters:
+            grpc_log.addFilter(_WITHHOLD)
         try:
             authority = load_authority_public_key(config.authority_public_key)
         except PkiError as exc:

@@ -76,10 +76,11 @@ _RPC: Final = re.compile(r"[A-Z][A-Za-z0-9]{0,31}\.[A-Z][A-Za-z0-9]{0,31}")
 _HEX64: Final = re.compile(r"[0-9a-f]{64}")
 
 
-def digest_form(value: str) -> str:
+def digest_form(value: str | bytes) -> str:
     """What a record holds instead of `value`: ``sha256:<hex>;len=<n>``, the SHA-256 and the
-    length in bytes of its UTF-8 (lone surrogates kept as they are, so that any str has one)."""
-    data = value.encode("utf-8", "surrogatepass")
+    length in bytes of its UTF-8 (lone surrogates kept as they are, so that any str has one),
+    or of the bytes themselves."""
+    data = value if isinstance(value, bytes) else value.encode("utf-8", "surrogatepass")
     return f"sha256:{hashlib.sha256(data).hexdigest()};len={len(data)}"
 
 

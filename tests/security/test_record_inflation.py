@@ -5,15 +5,23 @@ and recorded as length and digest, never raw, on the requesting and on the ownin
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import hashlib
 import logging
+import socket
+import ssl
+import struct
 from pathlib import Path
 from typing import Any
 
 import grpc
+import h2.config
+import h2.connection
+import h2.events
 import pytest
 from query_support import CALL_TIMEOUT, Cluster, bearer, request, running_cluster
-from support import Federation, credentials_as, error_info
+from support import Federation, credentials_as, error_info, region_root
 
 from gateway.audit import Outcome
 from tongban.v1 import exchange_pb2, oversight_pb2, oversight_pb2_grpc
@@ -203,3 +211,144 @@ async def test_a_malformed_request_of_a_known_caller_is_refused_and_audited(
             audit = cluster.gateways[region].audit
             assert audit is not None
             assert (await audit.verify()).intact
+
+
+def _gateway_log(caplog: pytest.LogCaptureFixture) -> str:
+    """Everything logged but by the test's own raw client (the h2 and hpack libraries)."""
+    handler = logging.Formatter()
+    return "\n".join(
+        handler.format(r) for r in caplog.records if not r.name.startswith(("h2", "hpack"))
+    )
+
+
+def _h2_call(
+    cluster: Cluster,
+    owner: str,
+    region: str,
+    headers: list[tuple[bytes, bytes]],
+    body: bytes,
+    *,
+    calls: int = 1,
+) -> list[dict[bytes, bytes]]:
+    """`calls` DataExchange.Query calls on one raw HTTP/2 connection over mTLS, with `headers`
+    sent exactly as given (the h2 library, no validation): what a grpc channel refuses to send.
+    Returns each call's response headers and trailers, merged."""
+    chain, key = cluster.fed.tls_files(owner)
+    context = ssl.create_default_context(cadata=region_root(cluster.fed, region).decode())
+    context.load_cert_chain(chain, key)
+    context.set_alpn_protocols(["h2"])
+    config = h2.config.H2Configuration(
+        client_side=True,
+        header_encoding=None,
+        validate_outbound_headers=False,
+        normalize_outbound_headers=False,
+        validate_inbound_headers=False,
+    )
+    answers: list[dict[bytes, bytes]] = []
+    with (
+        socket.create_connection(("localhost", cluster.ports[region]), timeout=CALL_TIMEOUT) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        connection = h2.connection.H2Connection(config=config)
+        connection.initiate_connection()
+        tls.sendall(connection.data_to_send())
+        for n in range(calls):
+            stream = 1 + 2 * n
+            connection.send_headers(
+                stream,
+                [
+                    (b":method", b"POST"),
+                    (b":scheme", b"https"),
+                    (b":path", b"/tongban.v1.DataExchange/Query"),
+                    (b":authority", b"localhost"),
+                    (b"content-type", b"application/grpc"),
+                    (b"te", b"trailers"),
+                    *(headers if n == 0 else [h for h in headers if h[0] == b"authorization"]),
+                ],
+            )
+            connection.send_data(
+                stream, b"\x00" + struct.pack(">I", len(body)) + body, end_stream=True
+            )
+            tls.sendall(connection.data_to_send())
+            answer: dict[bytes, bytes] = {}
+            while not answer.get(b"done"):
+                data = tls.recv(65536)
+                assert data, "the gateway closed the connection"
+                for event in connection.receive_data(data):
+                    if isinstance(event, h2.events.ResponseReceived | h2.events.TrailersReceived):
+                        answer.update(dict(event.headers))
+                    if isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
+                        answer[b"done"] = b"1"
+                tls.sendall(connection.data_to_send())
+            answers.append(answer)
+            body = request(OWNER, "si.participation", "SI-TRANSFER", "-").SerializeToString()
+    return answers
+
+
+async def test_a_metadata_value_that_is_not_utf8_is_withheld_from_the_log(
+    federation: Federation, tmp_path: Path, kit: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """grpc reads such a value as Latin-1 (our code then sees a bad token, or ignores the key);
+    what it logs about it names neither the value nor a token in it."""
+    caplog.set_level(logging.DEBUG)
+    async with running_cluster(federation, tmp_path, redis_url=REDIS) as cluster:
+        token = cluster.token("sc.hrss")
+        subject = cluster.subject(OWNER, "si.participation")
+        query = request(OWNER, "si.participation", "SI-TRANSFER", subject).SerializeToString()
+        (noted,) = await asyncio.to_thread(
+            _h2_call,
+            cluster,
+            "sc.hrss",
+            REQUESTER,
+            [
+                (b"authorization", f"Bearer {token}".encode()),
+                (b"x-note", CITIZEN_ID.encode() + b"\xff\xfe"),
+            ],
+            query,
+        )
+        assert noted[b"grpc-status"] == b"0"  # an unknown key is ignored, whatever its value
+        (unreadable,) = await asyncio.to_thread(
+            _h2_call,
+            cluster,
+            "sc.hrss",
+            REQUESTER,
+            [(b"authorization", f"Bearer {token[:-4]}".encode() + b"\xff\xfe")],
+            request(OWNER, "si.participation", "SI-TRANSFER", subject).SerializeToString(),
+        )
+        assert unreadable[b"grpc-status"] == str(grpc.StatusCode.UNAUTHENTICATED.value[0]).encode()
+        assert b"TOKEN_INVALID" in base64.b64decode(unreadable[b"grpc-status-details-bin"] + b"==")
+    logged = _gateway_log(caplog)
+    assert "not UTF-8" in logged
+    assert CITIZEN_ID not in logged
+    assert token[:-4] not in logged
+    assert all(r.exc_info is None for r in caplog.records if r.name == "grpc._cython.cygrpc")
+
+
+async def test_a_metadata_key_that_is_not_utf8_is_refused_by_grpc_before_the_gateway(
+    federation: Federation, tmp_path: Path, kit: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """grpc core's HPACK parser refuses a header key outside gRPC's grammar (lower-case ASCII
+    letters, digits, '-', '_', '.') with INTERNAL, hard-coded (hpack_parse_result.cc), before
+    any of the gateway's code runs: nothing is audited or logged by the gateway, and the
+    connection goes on serving. docs/threats.md T16 records this as a residual behaviour; if
+    this test fails, grpc changed it, and the docs must say what it does now."""
+    caplog.set_level(logging.DEBUG)
+    async with running_cluster(federation, tmp_path, redis_url=REDIS) as cluster:
+        token = cluster.token("sc.hrss")
+        subject = cluster.subject(OWNER, "si.participation")
+        refused, next_call = await asyncio.to_thread(
+            _h2_call,
+            cluster,
+            "sc.hrss",
+            REQUESTER,
+            [
+                (b"authorization", f"Bearer {token}".encode()),
+                (b"x-" + CITIZEN_ID.encode() + b"\xff\xfe", b"v"),
+            ],
+            request(OWNER, "si.participation", "SI-TRANSFER", subject).SerializeToString(),
+            calls=2,
+        )
+        assert refused[b"grpc-status"] == b"13"
+        assert next_call[b"grpc-status"] == str(grpc.StatusCode.INVALID_ARGUMENT.value[0]).encode()
+        assert await kit.audited(cluster, OWNER) == []
+    assert CITIZEN_ID not in _gateway_log(caplog)
