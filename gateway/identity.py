@@ -48,7 +48,8 @@ __all__ = [
 GATEWAY_URI_PREFIX = "urn:tongban:gateway:"
 AGENCY_URI_PREFIX = "urn:tongban:agency:"
 MAX_CACHED_CALLERS = 4096  # certificates remembered per registry version
-MALFORMED_REASON: Final = "INVALID_ARGUMENT_FORMAT"  # the ErrorInfo reason of an undecodable request
+# The ErrorInfo reason of a request that does not parse.
+MALFORMED_REASON: Final = "INVALID_ARGUMENT_FORMAT"
 
 
 class CallerKind(StrEnum):
