@@ -74,6 +74,8 @@ _REQUEST_ID: Final = re.compile(rf"[\x21-\x7e]{{1,{MAX_RECORD_TEXT_CHARS}}}")
 _REASON: Final = re.compile(rf"[A-Z][A-Z0-9_]{{0,{MAX_REASON_CHARS - 1}}}")
 _RPC: Final = re.compile(r"[A-Z][A-Za-z0-9]{0,31}\.[A-Z][A-Za-z0-9]{0,31}")
 _HEX64: Final = re.compile(r"[0-9a-f]{64}")
+# An Audit.Prune record holds the range it removed where others hold their agreement.
+_PRUNED_RANGE: Final = re.compile(r"removed records [0-9]{1,19} to [0-9]{1,19}")
 
 
 def digest_form(value: str | bytes) -> str:
@@ -125,7 +127,7 @@ FIELD_GRAMMARS: Final[Mapping[str, Callable[[str], bool]]] = MappingProxyType(
         "case_id": is_case_id,
         "reason": lambda v: _REASON.fullmatch(v) is not None,
         "sealed_digest": lambda v: _HEX64.fullmatch(v) is not None,
-        "agreement_id": is_registry_id,
+        "agreement_id": lambda v: is_registry_id(v) or _PRUNED_RANGE.fullmatch(v) is not None,
     }
 )
 

@@ -77,6 +77,7 @@ BOUNDS = [
     ("reason", "A" * 65, False),
     ("agreement_id", "CY-SI-2026", True),
     ("agreement_id", "CY SI", False),
+    ("agreement_id", "removed records 0 to 7", True),  # an Audit.Prune record's range
     ("sealed_digest", "ab" * 32, True),
     ("sealed_digest", "AB" * 32, False),
 ]
