@@ -59,7 +59,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from gateway.cache import AnswerCache
-from gateway.errors import error_info_of
+from gateway.errors import error_info_of, peer_text
 from gateway.peers import PeerPool, UnknownPeer
 from registry import KeyState, KeyUsage, Registry, RegistryError, RegistryStore
 from tongban.v1 import common_pb2, exchange_pb2
@@ -816,6 +816,13 @@ class ReporterCounters:
     last_error: str = ""
 
 
+def _failure(exc: grpc.aio.AioRpcError) -> str:
+    """A failed send, for the log and `counters.last_error`: the code, the owner's reason (one
+    of the contract's), and its message bounded and escaped."""
+    reason, _ = _status_details(exc)
+    return f"{exc.code().name} {reason or '-'}: {peer_text(exc.details() or '')}"
+
+
 def _status_details(exc: grpc.aio.AioRpcError) -> tuple[str, Mapping[str, str]]:
     """(ErrorInfo reason, metadata) of a peer's rich status, if it sent one."""
     info, _ = error_info_of(exc)
@@ -1035,7 +1042,7 @@ class AccessReporter:
                 await self.queue.done(owner, [refused.entry_id])
                 self.counters.refused += 1
                 return 0, True  # the rest of the batch goes again at once
-            self._failed(owner, f"{exc.code().name} {reason or '-'}: {exc.details()}")
+            self._failed(owner, _failure(exc))
             return 0, False
         if response.accepted != len(batch) or len(response.audit_ids) != len(batch):
             self._failed(

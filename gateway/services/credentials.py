@@ -185,7 +185,7 @@ class CredentialsService(credentials_pb2_grpc.CredentialsServicer):
                 query, context, token=token, rpc="Credentials.Fetch"
             )
         except Refusal as refusal:
-            await abort(context, refusal.code, refusal.reason, refusal.message)
+            await abort(context, refusal.code, refusal.reason, refusal.message, refusal.metadata)
         report = self._verifier.validate(
             answer.record.jws,
             expected_kind=SignatureKind.SEAL,

@@ -24,7 +24,13 @@ from query_support import CALL_TIMEOUT, Cluster, bearer, request, running_cluste
 from support import Federation, credentials_as, error_info, region_root
 
 from gateway.audit import Outcome
-from tongban.v1 import exchange_pb2, oversight_pb2, oversight_pb2_grpc
+from tongban.v1 import (
+    credentials_pb2,
+    credentials_pb2_grpc,
+    exchange_pb2,
+    oversight_pb2,
+    oversight_pb2_grpc,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -352,3 +358,41 @@ async def test_a_metadata_key_that_is_not_utf8_is_refused_by_grpc_before_the_gat
         assert next_call[b"grpc-status"] == str(grpc.StatusCode.INVALID_ARGUMENT.value[0]).encode()
         assert await kit.audited(cluster, OWNER) == []
     assert CITIZEN_ID not in _gateway_log(caplog)
+
+
+async def test_credentials_fetch_checks_its_arguments_as_a_query_does(
+    federation: Federation, tmp_path: Path, kit: Any
+) -> None:
+    huge = "C" * HUGE_CHARS
+    async with running_cluster(federation, tmp_path, redis_url=REDIS) as cluster:
+        business = cluster.subject(OWNER, "market.business_licence")
+        async with grpc.aio.secure_channel(
+            f"localhost:{cluster.ports[REQUESTER]}",
+            credentials_as(cluster.fed, "sc.amr", REQUESTER),
+        ) as channel:
+            stub = credentials_pb2_grpc.CredentialsStub(channel)
+            for field, changes in (
+                ("purpose", {"purpose": CITIZEN_ID}),
+                ("case_id", {"case_id": huge}),
+                ("request_id", {"request_id": f"r-{CITIZEN_ID}"}),
+            ):
+                fetch = credentials_pb2.FetchCredentialRequest(
+                    issuing_region=OWNER,
+                    credential_type="business_licence",
+                    subject_id=business,
+                    request_id="cred-1",
+                )
+                for name, value in changes.items():
+                    setattr(fetch, name, value)
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await stub.Fetch(
+                        fetch, metadata=bearer(cluster.token("sc.amr")), timeout=CALL_TIMEOUT
+                    )
+                assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, field
+                assert error_info(caught.value).metadata["field"] == field
+        records = await kit.audited(cluster, REQUESTER)
+        assert [r.rpc for r in records] == ["Credentials.Fetch"] * 3
+        assert records[0].purpose == digest_form(CITIZEN_ID)
+        assert records[1].case_id == digest_form(huge)
+        assert records[2].request_id == digest_form(f"r-{CITIZEN_ID}")
+        assert all(CITIZEN_ID not in r.canonical.decode() for r in records)
