@@ -169,6 +169,12 @@ def _data_request(query: exchange_pb2.QueryRequest) -> DataRequest:
     )
 
 
+# What a refusal that read no request value records for it.
+_NO_REQUEST: Final = DataRequest(
+    provider_region="", dataset="", purpose="", subject_id="", fields=(), case_id="", request_id=""
+)
+
+
 def _timestamp(value: datetime) -> Timestamp:
     stamp = Timestamp()
     stamp.FromDatetime(value)
@@ -400,6 +406,20 @@ class QueryPath:
                 )
             refusal.audited = True
         return refusal
+
+    async def refuse_call(self, rpc: str, refusal: Refusal) -> Refusal:
+        """Audit the refusal of a whole call before any request value was read (a batch of the
+        wrong size): the caller, the reason, no values. Returns the refusal to raise."""
+        caller = current_caller.get()
+        return await self._refuse(
+            refusal,
+            rpc=rpc,
+            caller_agency=caller.agency_id if caller is not None else "",
+            caller_operator="",
+            caller_region=caller.region if caller is not None else "",
+            request=_NO_REQUEST,
+            started=time.perf_counter(),
+        )
 
     async def _take_owner_quota(self, registry: Registry, agreement_id: str, now: datetime) -> None:
         """The data owner counts the agreement's quota too, over every requesting gateway (it
@@ -1348,12 +1368,15 @@ class DataExchangeService(exchange_pb2_grpc.DataExchangeServicer):
         """Several queries at once (多地联办), possibly to several regions: answered item by
         item, each with its own status; one item failing does not fail the others."""
         if not request.items or len(request.items) > MAX_BATCH_ITEMS:
-            await abort(
-                context,
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "REQUEST_TOO_LARGE",
-                f"a batch holds 1 to {MAX_BATCH_ITEMS} queries",
+            refusal = await self._path.refuse_call(
+                "DataExchange.BatchQuery",
+                Refusal(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "REQUEST_TOO_LARGE",
+                    f"a batch holds 1 to {MAX_BATCH_ITEMS} queries",
+                ),
             )
+            await abort(context, refusal.code, refusal.reason, refusal.message)
         token = _token(context)
 
         async def one(index: int, item: exchange_pb2.QueryRequest) -> exchange_pb2.BatchItemResult:

@@ -396,3 +396,33 @@ async def test_credentials_fetch_checks_its_arguments_as_a_query_does(
         assert records[1].case_id == digest_form(huge)
         assert records[2].request_id == digest_form(f"r-{CITIZEN_ID}")
         assert all(CITIZEN_ID not in r.canonical.decode() for r in records)
+
+
+async def test_a_batch_of_the_wrong_size_is_refused_and_audited(
+    federation: Federation, tmp_path: Path, kit: Any
+) -> None:
+    async with running_cluster(federation, tmp_path, redis_url=REDIS) as cluster:
+        subject = cluster.subject(OWNER, "si.participation")
+        items = [
+            request(OWNER, "si.participation", "SI-TRANSFER", subject, case_id="C" * 100_000)
+            for _ in range(21)
+        ]
+        async with cluster.exchange("sc.hrss") as stub:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.BatchQuery(
+                    exchange_pb2.BatchQueryRequest(items=items),
+                    metadata=bearer(cluster.token("sc.hrss")),
+                    timeout=CALL_TIMEOUT,
+                )
+        assert error_info(caught.value).reason == "REQUEST_TOO_LARGE"
+        (record,) = await kit.audited(cluster, REQUESTER)
+        assert (record.rpc, record.outcome, record.reason) == (
+            "DataExchange.BatchQuery",
+            Outcome.DENIED,
+            "REQUEST_TOO_LARGE",
+        )
+        assert (record.caller_agency, record.caller_region, record.case_id) == (
+            "sc.hrss",
+            REQUESTER,
+            "",
+        )
