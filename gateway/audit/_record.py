@@ -40,6 +40,7 @@ import hmac
 import json
 import re
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -132,6 +133,11 @@ FIELD_GRAMMARS: Final[Mapping[str, Callable[[str], bool]]] = MappingProxyType(
 )
 
 
+# True while stored bytes are decoded: a record written before the bounds (or by another
+# version) is evidence, and decodes to exactly its bytes, whatever it holds.
+_DECODING: ContextVar[bool] = ContextVar("tongban_audit_decoding", default=False)
+
+
 def recordable(value: str, grammar: Callable[[str], bool]) -> str:
     """`value` if it is empty, within `grammar` or a digest form already; else its digest form."""
     if not isinstance(value, str):
@@ -191,9 +197,10 @@ class AuditRecord:
     time_text: str = field(init=False, repr=False, compare=False)  # `time` as encoded
 
     def __post_init__(self) -> None:
-        for name, grammar in FIELD_GRAMMARS.items():
-            object.__setattr__(self, name, recordable(getattr(self, name), grammar))
-        object.__setattr__(self, "fields", _recordable_fields(tuple(self.fields)))
+        if not _DECODING.get():
+            for name, grammar in FIELD_GRAMMARS.items():
+                object.__setattr__(self, name, recordable(getattr(self, name), grammar))
+            object.__setattr__(self, "fields", _recordable_fields(tuple(self.fields)))
         if self.time.tzinfo is None:
             raise ValueError("an audit time is timezone-aware")
         if self.subject and (
@@ -236,33 +243,39 @@ class AuditRecord:
 
     @classmethod
     def from_canonical(cls, data: bytes) -> AuditRecord:
-        """Decode canonical bytes; raise ValueError unless they are exactly a v1 encoding."""
+        """Decode canonical bytes; raise ValueError unless they are exactly a v1 encoding. The
+        bounds are not applied again: stored bytes decode to themselves (a record made before
+        them still verifies), and every record made from now on was bounded when it was made."""
         document: Any = json.loads(data)
         if not isinstance(document, dict) or document.get("v") != ENCODING_VERSION:
             raise ValueError("not a tongban.audit/v1 record")
-        record = cls(
-            time=datetime.fromisoformat(document["time"]),
-            gateway=document["gateway"],
-            region=document["region"],
-            rpc=document["rpc"],
-            request_id=document["request_id"],
-            caller_agency=document["caller_agency"],
-            caller_operator=document["caller_operator"],
-            caller_region=document["caller_region"],
-            provider_region=document["provider_region"],
-            dataset=document["dataset"],
-            purpose=document["purpose"],
-            case_id=document["case_id"],
-            subject=document["subject"],
-            fields=tuple(document["fields"]),
-            outcome=Outcome(document["outcome"]),
-            reason=document["reason"],
-            cache_hit=bool(document["cache_hit"]),
-            latency_us=int(document["latency_us"]),
-            sealed_digest=document["sealed_digest"],
-            registry_version=int(document["registry_version"]),
-            agreement_id=document["agreement_id"],
-        )
+        decoding = _DECODING.set(True)
+        try:
+            record = cls(
+                time=datetime.fromisoformat(document["time"]),
+                gateway=document["gateway"],
+                region=document["region"],
+                rpc=document["rpc"],
+                request_id=document["request_id"],
+                caller_agency=document["caller_agency"],
+                caller_operator=document["caller_operator"],
+                caller_region=document["caller_region"],
+                provider_region=document["provider_region"],
+                dataset=document["dataset"],
+                purpose=document["purpose"],
+                case_id=document["case_id"],
+                subject=document["subject"],
+                fields=tuple(document["fields"]),
+                outcome=Outcome(document["outcome"]),
+                reason=document["reason"],
+                cache_hit=bool(document["cache_hit"]),
+                latency_us=int(document["latency_us"]),
+                sealed_digest=document["sealed_digest"],
+                registry_version=int(document["registry_version"]),
+                agreement_id=document["agreement_id"],
+            )
+        finally:
+            _DECODING.reset(decoding)
         if record.canonical != data:
             raise ValueError("the bytes are not in canonical form")
         return record

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 
 import pytest
 from audit_contract import make_record
@@ -152,3 +153,18 @@ def test_a_digest_form_is_kept_as_it_is() -> None:
 def test_a_value_that_is_not_text_is_refused() -> None:
     with pytest.raises(TypeError):
         dataclasses.replace(make_record(1), case_id=12)  # type: ignore[arg-type]
+
+
+def test_stored_bytes_decode_to_themselves_even_from_before_the_bounds() -> None:
+    """A record written before the bounds is evidence: it decodes, and verifies, unchanged."""
+    document = json.loads(make_record(1).canonical)
+    document["case_id"] = "c" * 500
+    document["purpose"] = "1-OLD"
+    legacy = json.dumps(
+        document, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    ).encode()
+    decoded = AuditRecord.from_canonical(legacy)
+    assert decoded.canonical == legacy
+    assert decoded.case_id == "c" * 500
+    # a record made now from the same values is bounded
+    assert dataclasses.replace(decoded, case_id=decoded.case_id).case_id == digest_form("c" * 500)
