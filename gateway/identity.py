@@ -252,14 +252,8 @@ def rpc_name(method: str) -> str:
     return f"{service.rpartition('.')[2]}.{name}"
 
 
-async def _refuse_malformed(
-    request: Any,
-    context: grpc.aio.ServicerContext[Any, Any],
-    report: Callable[[], Awaitable[None]] | None = None,
-) -> None:
+async def _refuse_malformed(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
     if request is _MALFORMED:
-        if report is not None:
-            await report()
         await abort(
             context,
             grpc.StatusCode.INVALID_ARGUMENT,
@@ -368,11 +362,6 @@ class CallerInterceptor(grpc.aio.ServerInterceptor):
         authenticate = self._authenticate
         hook = self._on_malformed
 
-        def reporter(caller: Caller) -> Callable[[], Awaitable[None]] | None:
-            if hook is None:
-                return None
-            return lambda: hook(method, caller)
-
         if handler.unary_unary is not None:
             inner_uu = cast(Callable[[Any, Any], Awaitable[Any]], handler.unary_unary)
 
@@ -380,7 +369,9 @@ class CallerInterceptor(grpc.aio.ServerInterceptor):
                 caller = await authenticate(context)
                 token = current_caller.set(caller)
                 try:
-                    await _refuse_malformed(request, context, reporter(caller))
+                    if request is _MALFORMED and hook is not None:
+                        await hook(method, caller)  # audited before it is refused
+                    await _refuse_malformed(request, context)
                     return await inner_uu(request, context)
                 finally:
                     current_caller.reset(token)
@@ -397,7 +388,9 @@ class CallerInterceptor(grpc.aio.ServerInterceptor):
                 caller = await authenticate(context)
                 token = current_caller.set(caller)
                 try:
-                    await _refuse_malformed(request, context, reporter(caller))
+                    if request is _MALFORMED and hook is not None:
+                        await hook(method, caller)  # audited before it is refused
+                    await _refuse_malformed(request, context)
                     async for item in inner_us(request, context):
                         # A long-lived stream must not outlive the trust it was opened with:
                         # the caller is checked again (a cache hit) before every message.
