@@ -14,6 +14,7 @@ code (it starts with a digit) or any other number out of every id field by gramm
 from __future__ import annotations
 
 import re
+import unicodedata
 
 __all__ = [
     "MAX_REGISTRY_ID_CHARS",
@@ -113,10 +114,12 @@ _CITIZEN_ID_IN_TEXT = re.compile(r"(?<![0-9])[0-9]{17}[0-9Xx](?![0-9])")
 
 
 def contains_citizen_id(value: str) -> bool:
-    """True if `value` holds a valid GB 11643 number anywhere in it (a lower-case x counts):
-    such a value is personal data, whatever field it was sent in."""
+    """True if `value` holds a valid GB 11643 number anywhere in it (a lower-case x counts, and
+    so do full-width digits: the value is compared in Unicode NFKC form): such a value is
+    personal data, whatever field it was sent in."""
     return any(
-        is_valid_citizen_id(found.group().upper()) for found in _CITIZEN_ID_IN_TEXT.finditer(value)
+        is_valid_citizen_id(found.group().upper())
+        for found in _CITIZEN_ID_IN_TEXT.finditer(unicodedata.normalize("NFKC", value))
     )
 
 

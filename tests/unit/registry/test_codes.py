@@ -105,6 +105,8 @@ def test_region_code_grammar(value: str, valid: bool) -> None:
         ("11010519491231002x", True),
         ("case 11010519491231002X of 2026", True),
         ("A11010519491231002XB", True),
+        ("１１０１０５１９４９１２３１００２Ｘ", True),  # full-width
+        ("办件１１０１０５１９４９１２３１００２x号", True),
         ("110105194912310021", False),  # wrong check character
         ("911010519491231002X", False),  # 19 digits: part of a longer number
         ("11010519491231002X7", False),
