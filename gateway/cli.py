@@ -1467,7 +1467,7 @@ def cmd_audit_prune(args: argparse.Namespace, out: Console) -> int:
     """Retention: remove records older than --older-than, after signing what remains."""
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
-    from gateway.audit import MIN_RETENTION, AuditLog
+    from gateway.audit import FIELD_GRAMMARS, MIN_RETENTION, AuditLog, is_case_id
 
     _check_store_options(args)
     if args.region is None:
@@ -1476,6 +1476,12 @@ def cmd_audit_prune(args: argparse.Namespace, out: Console) -> int:
         _usage(
             args,
             f"--older-than: audit records are kept at least {MIN_RETENTION.days} days (Cybersecurity Law, Art. 21)",
+        )
+    if not is_case_id(args.reason) or not FIELD_GRAMMARS["caller_operator"](args.operator):
+        _usage(
+            args,
+            "--operator, --reason: at most 128 printable characters each, with no citizen id "
+            "(the prune's audit record holds them)",
         )
     origin, key_names = _audit_names(args)
     if args.audit_key is not None:

@@ -10,6 +10,8 @@ Every refusal sent to a client is a standard gRPC status with a `google.rpc.Erro
 
 from __future__ import annotations
 
+import reprlib
+from collections.abc import Mapping
 from typing import NoReturn
 
 import grpc
@@ -17,8 +19,12 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from tongban.v1 import common_pb2
+
 __all__ = [
     "DOMAIN",
+    "KNOWN_REASONS",
+    "MAX_PEER_TEXT_CHARS",
     "MAX_STATUS_MESSAGE_BYTES",
     "CallerRejected",
     "ConfigError",
@@ -26,14 +32,32 @@ __all__ = [
     "abort",
     "bounded_message",
     "error_info_of",
+    "peer_text",
     "rich_status",
 ]
 
 DOMAIN = "tongban"
+# The contract's reasons (proto enum ErrorReason): the only ones read from a peer's status.
+KNOWN_REASONS: frozenset[str] = frozenset(common_pb2.ErrorReason.keys()) - {
+    "ERROR_REASON_UNSPECIFIED"
+}
 # A status message travels twice in the trailers (grpc-message, percent-encoded: up to 3 bytes
 # per byte; and inside grpc-status-details-bin, base64): 1 KiB keeps both well under gRPC's
 # 8 KiB metadata limit, past which the client would get RESOURCE_EXHAUSTED and no reason.
 MAX_STATUS_MESSAGE_BYTES = 1024
+
+
+# A peer's status message goes into our log lines as `peer_text`: at most this many characters.
+MAX_PEER_TEXT_CHARS = 200
+_PEER_TEXT = reprlib.Repr()
+_PEER_TEXT.maxstring = MAX_PEER_TEXT_CHARS
+
+
+def peer_text(text: str) -> str:
+    """Words another party sent (a peer's status message), for one log line: quoted, control
+    characters escaped (no forged lines), cut to about MAX_PEER_TEXT_CHARS (a status message
+    may be as long as gRPC's metadata allows)."""
+    return _PEER_TEXT.repr(text)
 
 
 class GatewayError(Exception):
@@ -66,7 +90,7 @@ def rich_status(
     code: grpc.StatusCode,
     reason: str,
     message: str,
-    metadata: dict[str, str] | None = None,
+    metadata: Mapping[str, str] | None = None,
     *,
     retry_after_seconds: float | None = None,
 ) -> grpc.Status:
@@ -92,12 +116,13 @@ async def abort(
     code: grpc.StatusCode,
     reason: str,
     message: str,
+    metadata: Mapping[str, str] | None = None,
     *,
     retry_after_seconds: float | None = None,
 ) -> NoReturn:
-    """End the call with a rich status; never returns."""
+    """End the call with a rich status (and ErrorInfo `metadata`, if any); never returns."""
     await context.abort_with_status(
-        rich_status(code, reason, message, retry_after_seconds=retry_after_seconds)
+        rich_status(code, reason, message, metadata, retry_after_seconds=retry_after_seconds)
     )
     raise AssertionError("abort_with_status returned")  # pragma: no cover
 
@@ -105,7 +130,8 @@ async def abort(
 def error_info_of(exc: grpc.aio.AioRpcError) -> tuple[error_details_pb2.ErrorInfo | None, str]:
     """The Tongban `ErrorInfo` (domain "tongban") of a failed call's rich status, or None, and
     the status message (the call's details when there is no rich status). A detail that does
-    not parse is no detail."""
+    not parse is no detail, nor is one whose reason is not in the contract (KNOWN_REASONS): a
+    peer's made-up reason never becomes ours, an audit record's or a metric label."""
     for key, value in exc.trailing_metadata() or ():
         if key != "grpc-status-details-bin" or not isinstance(value, bytes):
             continue
@@ -115,6 +141,6 @@ def error_info_of(exc: grpc.aio.AioRpcError) -> tuple[error_details_pb2.ErrorInf
             break
         for detail in status.details:
             info = error_details_pb2.ErrorInfo()
-            if detail.Unpack(info) and info.domain == DOMAIN:
+            if detail.Unpack(info) and info.domain == DOMAIN and info.reason in KNOWN_REASONS:
                 return info, status.message
     return None, exc.details() or ""

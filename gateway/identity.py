@@ -34,11 +34,22 @@ from google.protobuf.message import DecodeError
 from gateway.errors import CallerRejected, abort
 from registry import KeyState, Registry, RegistryError, RegistryStore, certificate_thumbprint
 
-__all__ = ["Caller", "CallerInterceptor", "CallerKind", "CallerResolver", "current_caller"]
+__all__ = [
+    "MALFORMED_REASON",
+    "Caller",
+    "CallerInterceptor",
+    "CallerKind",
+    "CallerResolver",
+    "MalformedRequestHook",
+    "current_caller",
+    "rpc_name",
+]
 
 GATEWAY_URI_PREFIX = "urn:tongban:gateway:"
 AGENCY_URI_PREFIX = "urn:tongban:agency:"
 MAX_CACHED_CALLERS = 4096  # certificates remembered per registry version
+# The ErrorInfo reason of a request that does not parse.
+MALFORMED_REASON: Final = "INVALID_ARGUMENT_FORMAT"
 
 
 class CallerKind(StrEnum):
@@ -229,12 +240,24 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
     return deserialize
 
 
+# Called with the method ("/tongban.v1.DataExchange/Query") and the authenticated caller of a
+# request that does not parse, before it is refused: the gateway audits it (caller known, values
+# unknown). It must not raise for an audit store that is down: a refusal releases nothing.
+MalformedRequestHook: TypeAlias = Callable[[str, Caller], Awaitable[None]]
+
+
+def rpc_name(method: str) -> str:
+    """ "Service.Method" of a gRPC method path ("/tongban.v1.DataExchange/Query")."""
+    service, _, name = method.strip("/").partition("/")
+    return f"{service.rpartition('.')[2]}.{name}"
+
+
 async def _refuse_malformed(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
     if request is _MALFORMED:
         await abort(
             context,
             grpc.StatusCode.INVALID_ARGUMENT,
-            "INVALID_ARGUMENT_FORMAT",
+            MALFORMED_REASON,
             "the request is not a well-formed message of this RPC (corrupt protobuf, or a "
             "string field that is not UTF-8)",
         )
@@ -287,9 +310,15 @@ def _parse_safely(handler: Handler) -> Handler:
 class CallerInterceptor(grpc.aio.ServerInterceptor):
     """Authenticates every call (except the open services) and sets `current_caller`."""
 
-    def __init__(self, resolver: CallerResolver, open_services: frozenset[str]) -> None:
+    def __init__(
+        self,
+        resolver: CallerResolver,
+        open_services: frozenset[str],
+        on_malformed: MalformedRequestHook | None = None,
+    ) -> None:
         self._resolver = resolver
         self._open = tuple(f"/{name}/" for name in open_services)
+        self._on_malformed = on_malformed
         self._wrapped: dict[str, tuple[Handler, Handler]] = {}  # method -> (handler, wrapped)
 
     async def intercept_service(
@@ -304,7 +333,9 @@ class CallerInterceptor(grpc.aio.ServerInterceptor):
         known = self._wrapped.get(method)
         if known is not None and known[0] is handler:
             return known[1]  # wrapped once per method: the per-call state is in the closures' calls
-        wrapped = _parse_safely(handler) if method.startswith(self._open) else self._wrap(handler)
+        wrapped = (
+            _parse_safely(handler) if method.startswith(self._open) else self._wrap(handler, method)
+        )
         self._wrapped[method] = (handler, wrapped)
         return wrapped
 
@@ -327,14 +358,19 @@ class CallerInterceptor(grpc.aio.ServerInterceptor):
             )
             await abort(context, code, exc.reason, str(exc))
 
-    def _wrap(self, handler: Handler) -> Handler:
+    def _wrap(self, handler: Handler, method: str) -> Handler:
         authenticate = self._authenticate
+        hook = self._on_malformed
+
         if handler.unary_unary is not None:
             inner_uu = cast(Callable[[Any, Any], Awaitable[Any]], handler.unary_unary)
 
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                token = current_caller.set(await authenticate(context))
+                caller = await authenticate(context)
+                token = current_caller.set(caller)
                 try:
+                    if request is _MALFORMED and hook is not None:
+                        await hook(method, caller)  # audited before it is refused
                     await _refuse_malformed(request, context)
                     return await inner_uu(request, context)
                 finally:
@@ -353,7 +389,10 @@ class CallerInterceptor(grpc.aio.ServerInterceptor):
                 # loop's async-generator finaliser, in another Context, where `reset(token)`
                 # raises. grpc.aio runs each call in a task of its own, whose Context copy
                 # (and the caller set in it) ends with the call.
-                current_caller.set(await authenticate(context))
+                caller = await authenticate(context)
+                current_caller.set(caller)
+                if request is _MALFORMED and hook is not None:
+                    await hook(method, caller)  # audited before it is refused
                 await _refuse_malformed(request, context)
                 async for item in inner_us(request, context):
                     # A long-lived stream must not outlive the trust it was opened with:

@@ -34,14 +34,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from types import MappingProxyType
 
+from gateway.audit import MAX_RECORD_TEXT_CHARS, is_case_id, is_request_id
 from gateway.errors import GatewayError
 from registry import (
+    MAX_REGISTRY_ID_CHARS,
     Agency,
     AgencyRole,
     Agreement,
     Dataset,
     Registry,
     ShareClass,
+    is_region_code,
+    is_registry_id,
     is_valid_citizen_id,
     is_valid_uscc,
 )
@@ -67,15 +71,13 @@ __all__ = [
 
 # Size limits of one request, in characters (Python str length) or items.
 MAX_FIELDS = 64  # field names per request
-MAX_FIELD_NAME_CHARS = 64  # characters per field name (the registry's id limit)
-MAX_ID_CHARS = 64  # characters of a dataset or purpose id (the registry's id limit)
+MAX_FIELD_NAME_CHARS = MAX_REGISTRY_ID_CHARS  # characters per field name
+MAX_ID_CHARS = MAX_REGISTRY_ID_CHARS  # characters of a dataset or purpose id
 MAX_SUBJECT_ID_CHARS = 64  # characters of a subject id (citizen id and USCC are 18)
-MAX_CASE_ID_CHARS = 128  # characters of a case number (办件编号)
-MAX_REQUEST_ID_CHARS = 128  # characters of a request id
+MAX_CASE_ID_CHARS = MAX_RECORD_TEXT_CHARS  # characters of a case number (办件编号): 128
+MAX_REQUEST_ID_CHARS = MAX_RECORD_TEXT_CHARS  # characters of a request id: 128
 MAX_NAMED_FIELDS = 5  # refused field names a FIELD_NOT_ALLOWED message lists before "and N more"
 
-_REGION_RE = re.compile(r"^\d{6}$")  # GB/T 2260 code
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # as registry/_source.py: ids and fields
 _TOKEN_RE = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII, no spaces
 
 GRPC_CODES: Mapping[str, str] = MappingProxyType(
@@ -108,10 +110,11 @@ def grpc_code_for(reason: str) -> str:
 class PolicyInputError(GatewayError):
     """A request whose shape is wrong: too large, malformed, or with repeated fields."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: str, message: str, field: str = "") -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
+        self.field = field  # the request argument at fault ("fields" for any field name)
 
     @property
     def grpc_code(self) -> str:
@@ -131,62 +134,83 @@ class DataRequest:
     request_id: str
 
 
-def _require(value: str, name: str, limit: int) -> None:
+def _require(value: str, name: str, limit: int, argument: str = "") -> None:
+    argument = argument or name
     if not value:
-        raise PolicyInputError("INVALID_ARGUMENT_FORMAT", f"{name} is required.")
+        raise PolicyInputError("INVALID_ARGUMENT_FORMAT", f"{name} is required.", argument)
     if len(value) > limit:
-        raise PolicyInputError("REQUEST_TOO_LARGE", f"{name} is longer than {limit} characters.")
+        raise PolicyInputError(
+            "REQUEST_TOO_LARGE", f"{name} is longer than {limit} characters.", argument
+        )
 
 
 def check_request(req: DataRequest) -> None:
     """Raise `PolicyInputError` unless every argument of `req` has an acceptable shape.
 
-    Required and non-empty: provider_region (six digits), dataset and purpose (registry ids),
-    subject_id, request_id (printable ASCII, no spaces). case_id may be empty (whether it is
-    needed depends on the dataset, which `PurposePolicy` decides) but holds no control
-    characters. fields may be empty (meaning "everything the purpose allows"); each is a
-    registry id, and none is repeated. Sizes over the limits above are REQUEST_TOO_LARGE; the
-    subject id's own format is checked against the dataset by `PurposePolicy`.
+    Required and non-empty: provider_region (six digits), dataset and purpose (registry ids:
+    letters, digits, '.', '_' or '-', starting with a letter), subject_id, request_id (printable
+    ASCII, no spaces). case_id may be empty (whether it is needed depends on the dataset, which
+    `PurposePolicy` decides) but holds no control characters. fields may be empty (meaning
+    "everything the purpose allows"); each is a registry id, and none is repeated. No argument
+    but the subject may hold a citizen id: the registry's ids cannot (they start with a
+    letter), and a case id or request id that does is refused. Sizes over the limits above are
+    REQUEST_TOO_LARGE; the subject id's own format is checked against the dataset by
+    `PurposePolicy`. The error names the argument (`field`), never its value.
     """
     _require(req.provider_region, "provider_region", 6)
-    if not _REGION_RE.match(req.provider_region):
+    if not is_region_code(req.provider_region):
         raise PolicyInputError(
-            "INVALID_ARGUMENT_FORMAT", "provider_region must be a six-digit GB/T 2260 code."
+            "INVALID_ARGUMENT_FORMAT",
+            "provider_region must be a six-digit GB/T 2260 code.",
+            "provider_region",
         )
     for name, value in (("dataset", req.dataset), ("purpose", req.purpose)):
         _require(value, name, MAX_ID_CHARS)
-        if not _ID_RE.match(value):
+        if not is_registry_id(value):
             raise PolicyInputError(
                 "INVALID_ARGUMENT_FORMAT",
-                f"{name} must be letters, digits, '.', '_' or '-', starting with a letter or digit.",
+                f"{name} must be letters, digits, '.', '_' or '-', starting with a letter.",
+                name,
             )
     _require(req.subject_id, "subject_id", MAX_SUBJECT_ID_CHARS)
     _require(req.request_id, "request_id", MAX_REQUEST_ID_CHARS)
-    if not _TOKEN_RE.match(req.request_id):
+    if not is_request_id(req.request_id):
         raise PolicyInputError(
-            "INVALID_ARGUMENT_FORMAT", "request_id must be printable ASCII without spaces."
+            "INVALID_ARGUMENT_FORMAT",
+            "request_id must be printable ASCII without spaces, and hold no citizen id.",
+            "request_id",
         )
     if len(req.case_id) > MAX_CASE_ID_CHARS:
         raise PolicyInputError(
-            "REQUEST_TOO_LARGE", f"case_id is longer than {MAX_CASE_ID_CHARS} characters."
+            "REQUEST_TOO_LARGE",
+            f"case_id is longer than {MAX_CASE_ID_CHARS} characters.",
+            "case_id",
         )
-    if not req.case_id.isprintable():
+    if req.case_id and not is_case_id(req.case_id):
         raise PolicyInputError(
-            "INVALID_ARGUMENT_FORMAT", "case_id must not contain control characters."
+            "INVALID_ARGUMENT_FORMAT",
+            "case_id must not contain control characters or a citizen id.",
+            "case_id",
         )
     if len(req.fields) > MAX_FIELDS:
-        raise PolicyInputError("REQUEST_TOO_LARGE", f"more than {MAX_FIELDS} fields requested.")
+        raise PolicyInputError(
+            "REQUEST_TOO_LARGE", f"more than {MAX_FIELDS} fields requested.", "fields"
+        )
     seen: set[str] = set()
     for position, field_name in enumerate(req.fields):
-        _require(field_name, f"fields[{position}]", MAX_FIELD_NAME_CHARS)
-        if not _ID_RE.match(field_name):
+        _require(field_name, f"fields[{position}]", MAX_FIELD_NAME_CHARS, "fields")
+        if not is_registry_id(field_name):
             raise PolicyInputError(
                 "INVALID_ARGUMENT_FORMAT",
-                f"fields[{position}] must be letters, digits, '.', '_' or '-'.",
+                f"fields[{position}] must be letters, digits, '.', '_' or '-', starting with a "
+                "letter.",
+                "fields",
             )
         if field_name in seen:
             raise PolicyInputError(
-                "INVALID_ARGUMENT_FORMAT", f"field {field_name} is requested more than once."
+                "INVALID_ARGUMENT_FORMAT",
+                f"field {field_name} is requested more than once.",
+                "fields",
             )
         seen.add(field_name)
 

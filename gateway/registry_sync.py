@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import grpc
 
+from gateway.errors import peer_text
 from registry import RegistryStore, SnapshotError, SnapshotRollback
 from tongban.v1 import registry_pb2, registry_pb2_grpc
 
@@ -83,7 +84,7 @@ class PeerSnapshotSource:
                     "following peer %s: %s (%s); retrying in %.0fs",
                     self.target,
                     exc.code().name,
-                    exc.details(),
+                    peer_text(exc.details() or ""),
                     delay,
                 )
             await asyncio.sleep(delay)

@@ -58,10 +58,11 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from gateway.audit import FIELD_GRAMMARS, is_case_id, is_request_id
 from gateway.cache import AnswerCache
-from gateway.errors import error_info_of
+from gateway.errors import error_info_of, peer_text
 from gateway.peers import PeerPool, UnknownPeer
-from registry import KeyState, KeyUsage, Registry, RegistryError, RegistryStore
+from registry import KeyState, KeyUsage, Registry, RegistryError, RegistryStore, is_registry_id
 from tongban.v1 import common_pb2, exchange_pb2
 
 __all__ = [
@@ -189,6 +190,21 @@ class AccessReport:
             _text(getattr(self, name), name)
         for name in ("caller_operator", "caller_thumbprint", "case_id"):
             _text(getattr(self, name), name, required=False)
+        # The grammars of a query's arguments and of the owner's record (T16): a report's
+        # values end up in the owner's log, and a retry must find its record by them.
+        if not is_request_id(self.request_id):
+            raise ReportFormatError(
+                "request_id is 1 to 128 printable ASCII characters, no spaces, no citizen id"
+            )
+        for name in ("caller_agency", "dataset", "purpose"):
+            if not is_registry_id(getattr(self, name)):
+                raise ReportFormatError(f"{name} is a registry id")
+        if self.case_id and not is_case_id(self.case_id):
+            raise ReportFormatError("case_id is at most 128 printable characters, no citizen id")
+        if self.caller_operator and not FIELD_GRAMMARS["caller_operator"](self.caller_operator):
+            raise ReportFormatError(
+                "caller.operator is at most 128 printable characters, no citizen id"
+            )
         if not _REGION.fullmatch(self.caller_region):
             raise ReportFormatError("caller.region is a six-digit GB/T 2260 code")
         if not _HEX64.fullmatch(self.subject_pseudonym):
@@ -198,7 +214,8 @@ class AccessReport:
         if not self.fields or len(self.fields) > MAX_FIELDS:
             raise ReportFormatError(f"fields names 1 to {MAX_FIELDS} fields")
         for name in self.fields:
-            _text(name, "a field name")
+            if not is_registry_id(_text(name, "a field name")):
+                raise ReportFormatError("a field name is a registry id")
         if list(self.fields) != sorted(set(self.fields)):
             raise ReportFormatError("fields are sorted and not repeated")
 
@@ -816,6 +833,13 @@ class ReporterCounters:
     last_error: str = ""
 
 
+def _failure(exc: grpc.aio.AioRpcError) -> str:
+    """A failed send, for the log and `counters.last_error`: the code, the owner's reason (one
+    of the contract's), and its message bounded and escaped."""
+    reason, _ = _status_details(exc)
+    return f"{exc.code().name} {reason or '-'}: {peer_text(exc.details() or '')}"
+
+
 def _status_details(exc: grpc.aio.AioRpcError) -> tuple[str, Mapping[str, str]]:
     """(ErrorInfo reason, metadata) of a peer's rich status, if it sent one."""
     info, _ = error_info_of(exc)
@@ -1035,7 +1059,7 @@ class AccessReporter:
                 await self.queue.done(owner, [refused.entry_id])
                 self.counters.refused += 1
                 return 0, True  # the rest of the batch goes again at once
-            self._failed(owner, f"{exc.code().name} {reason or '-'}: {exc.details()}")
+            self._failed(owner, _failure(exc))
             return 0, False
         if response.accepted != len(batch) or len(response.audit_ids) != len(batch):
             self._failed(

@@ -35,15 +35,24 @@ from redis.backoff import NoBackoff
 from gateway.audit import (
     AuditError,
     AuditLog,
+    AuditRecord,
     AuditStore,
     MemoryAuditStore,
+    Outcome,
     PostgresAuditStore,
     SqliteAuditStore,
+    digest_form,
 )
 from gateway.cache import AnswerCache, CacheBackend, CircuitBreaker, MemoryBackend, RedisBackend
 from gateway.config import GatewayConfig
 from gateway.errors import ConfigError, GatewayError
-from gateway.identity import CallerInterceptor, CallerResolver
+from gateway.identity import (
+    MALFORMED_REASON,
+    Caller,
+    CallerInterceptor,
+    CallerResolver,
+    rpc_name,
+)
 from gateway.metrics import (
     PEER_LOCAL,
     GatewayMetrics,
@@ -113,6 +122,9 @@ PEER_SERVICE = exchange_pb2.DESCRIPTOR.services_by_name["Peer"].full_name
 REDIS_TIMEOUT_SECONDS = 0.25  # a Redis that does not answer in this long counts as down
 SERVED_SERVICES = (REGISTRY_SERVICE, CREDENTIALS_SERVICE)  # always; Oversight with an audit log
 OPEN_SERVICES = frozenset({health.SERVICE_NAME, reflection.SERVICE_NAME})  # mTLS only, no identity
+# Services whose undecodable requests are audited (caller known, values unknown): see
+# `Gateway.audit_malformed`. Oversight may join once its own calls are audited.
+MALFORMED_AUDITED_SERVICES = frozenset({EXCHANGE_SERVICE, PEER_SERVICE, CREDENTIALS_SERVICE})
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # bytes: a registry snapshot is the largest message
 # Calls one gateway process handles at once; more are refused by gRPC at once with
 # RESOURCE_EXHAUSTED ("Concurrent RPC limit exceeded"), before any Python work is done for them.
@@ -249,11 +261,34 @@ def build_audit_log(config: GatewayConfig, *, clock: Callable[[], datetime]) -> 
     )
 
 
+class WithholdUndecodableMetadata(logging.Filter):
+    """grpc logs a metadata value that is not UTF-8 whole, at ERROR with a traceback ("Invalid
+    encoding on %s"), before it reads it as Latin-1; the value may be a token or a citizen id.
+    The record stays (a WARNING saying what happened) with the value withheld: its length and
+    digest only. Installed on grpc's Cython logger by every `Gateway`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == "Invalid encoding on %s" and isinstance(record.args, tuple):
+            value = record.args[0] if record.args else b""
+            record.msg = "a metadata value is not UTF-8 (read as Latin-1; value withheld: %s)"
+            record.args = (digest_form(value if isinstance(value, bytes) else str(value)),)
+            record.exc_info = record.exc_text = record.stack_info = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+GRPC_CYTHON_LOGGER = "grpc._cython.cygrpc"
+_WITHHOLD = WithholdUndecodableMetadata()
+
+
 class Gateway:
     """One region's gateway. Build with `create_gateway`."""
 
     def __init__(self, config: GatewayConfig, *, clock: Callable[[], datetime] = utc_now) -> None:
         self.config = config
+        grpc_log = logging.getLogger(GRPC_CYTHON_LOGGER)
+        if _WITHHOLD not in grpc_log.filters:
+            grpc_log.addFilter(_WITHHOLD)
         try:
             authority = load_authority_public_key(config.authority_public_key)
         except PkiError as exc:
@@ -457,6 +492,47 @@ class Gateway:
         roots = trust_bundle(snapshot.registry, region) if snapshot else self._tls.bootstrap_pem
         return grpc.ssl_channel_credentials(roots, self._tls.key_pem, self._tls.chain_pem)
 
+    async def audit_malformed(self, method: str, caller: Caller) -> None:
+        """Record a request of `caller` that is not a well-formed message of `method` (one of
+        MALFORMED_AUDITED_SERVICES): denied, INVALID_ARGUMENT_FORMAT, the caller's agency and
+        region, and no request value (none could be read). Best effort, as for any refusal:
+        an audit store that is down is logged, and the refusal goes on."""
+        service = method.strip("/").partition("/")[0]
+        if self.audit is None or service not in MALFORMED_AUDITED_SERVICES:
+            return
+        try:
+            version = self.store.current().version
+        except RegistryError:
+            version = 0
+        record = AuditRecord(
+            time=self._clock(),
+            gateway=f"gateway-{self.config.region}",
+            region=self.config.region,
+            rpc=rpc_name(method),
+            request_id="",
+            caller_agency=caller.agency_id,
+            caller_operator="",
+            caller_region=caller.region,
+            provider_region="",
+            dataset="",
+            purpose="",
+            case_id="",
+            subject="",
+            fields=(),
+            outcome=Outcome.DENIED,
+            reason=MALFORMED_REASON,
+            cache_hit=False,
+            latency_us=0,
+            sealed_digest="",
+            registry_version=version,
+            agreement_id="",
+        )
+        self.metrics.decision("denied", MALFORMED_REASON)
+        try:
+            await self.audit.append(record)
+        except AuditError:
+            log.warning("a malformed request could not be audited: the audit store is unavailable")
+
     # Lifecycle ---------------------------------------------------------------------------------
     async def start(self) -> int:
         if self.audit is not None:
@@ -470,7 +546,11 @@ class Gateway:
             interceptors=[
                 # first: a call the caller check refuses is counted too (as Unauthenticated)
                 MetricsInterceptor(self.metrics),
-                CallerInterceptor(CallerResolver(self.store, self._clock), OPEN_SERVICES),
+                CallerInterceptor(
+                    CallerResolver(self.store, self._clock),
+                    OPEN_SERVICES,
+                    on_malformed=self.audit_malformed,
+                ),
             ],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),

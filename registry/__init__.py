@@ -6,7 +6,16 @@ snapshot (`_snapshot`, `_publish`), and held live by each gateway (`_store`). Th
 PKI lives in `_pki`.
 """
 
-from registry._codes import PROVINCES, is_valid_citizen_id, is_valid_uscc, province_name
+from registry._codes import (
+    MAX_REGISTRY_ID_CHARS,
+    PROVINCES,
+    contains_citizen_id,
+    is_region_code,
+    is_registry_id,
+    is_valid_citizen_id,
+    is_valid_uscc,
+    province_name,
+)
 from registry._inventory import Inventory, KeyRecord
 from registry._model import (
     Agency,
@@ -72,6 +81,7 @@ __all__ = [
     "AUTHORITY_PUBLIC_KEY",
     "CURRENT_SNAPSHOT",
     "DEMO_SOURCE",
+    "MAX_REGISTRY_ID_CHARS",
     "PROVINCES",
     "Agency",
     "AgencyRole",
@@ -117,7 +127,10 @@ __all__ = [
     "build_registry",
     "canonical_json",
     "certificate_thumbprint",
+    "contains_citizen_id",
     "init_dev_federation",
+    "is_region_code",
+    "is_registry_id",
     "is_valid_citizen_id",
     "is_valid_uscc",
     "load_authority_public_key",

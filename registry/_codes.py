@@ -4,15 +4,25 @@
 - GB 11643 citizen identity numbers: 17 digits and an ISO 7064 MOD 11-2 check character.
 - GB 32100 unified social credit codes: 18 characters, a MOD 31 check character, with the
   GB 11714 organisation code (and its own check character) in positions 9-17.
+
+And the registry's own grammar for the ids it publishes (agencies, datasets, fields, purposes,
+agreements): 1 to `MAX_REGISTRY_ID_CHARS` ASCII letters, digits, '.', '_' or '-', starting with
+a letter. The leading letter is what keeps a citizen id (18 digits, or 17 and an X), a credit
+code (it starts with a digit) or any other number out of every id field by grammar alone.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 
 __all__ = [
+    "MAX_REGISTRY_ID_CHARS",
     "PROVINCES",
     "citizen_id_check_char",
+    "contains_citizen_id",
+    "is_region_code",
+    "is_registry_id",
     "is_valid_citizen_id",
     "is_valid_uscc",
     "org_code_check_char",
@@ -59,6 +69,21 @@ PROVINCES: dict[str, str] = {
 }
 
 
+MAX_REGISTRY_ID_CHARS = 64  # characters of a registry id (agency, dataset, field, purpose...)
+_REGISTRY_ID = re.compile(rf"[A-Za-z][A-Za-z0-9._-]{{0,{MAX_REGISTRY_ID_CHARS - 1}}}")
+_REGION_CODE = re.compile(r"[0-9]{6}")
+
+
+def is_registry_id(value: str) -> bool:
+    """True for an id in the registry's grammar (see the module docstring)."""
+    return _REGISTRY_ID.fullmatch(value) is not None
+
+
+def is_region_code(value: str) -> bool:
+    """True for a GB/T 2260 code in shape (six digits); `province_name` says if it is one."""
+    return _REGION_CODE.fullmatch(value) is not None
+
+
 def province_name(code: str) -> str | None:
     """The name of a province-level division, or None if the code is not one."""
     return PROVINCES.get(code)
@@ -82,6 +107,20 @@ def is_valid_citizen_id(value: str) -> bool:
     if not _CITIZEN_RE.match(value):
         return False
     return citizen_id_check_char(value[:17]) == value[17]
+
+
+# 18 characters standing alone (no digit either side): 17 digits and a check character.
+_CITIZEN_ID_IN_TEXT = re.compile(r"(?<![0-9])[0-9]{17}[0-9Xx](?![0-9])")
+
+
+def contains_citizen_id(value: str) -> bool:
+    """True if `value` holds a valid GB 11643 number anywhere in it (a lower-case x counts, and
+    so do full-width digits: the value is compared in Unicode NFKC form): such a value is
+    personal data, whatever field it was sent in."""
+    return any(
+        is_valid_citizen_id(found.group().upper())
+        for found in _CITIZEN_ID_IN_TEXT.finditer(unicodedata.normalize("NFKC", value))
+    )
 
 
 _ORG_WEIGHTS = (3, 7, 9, 10, 5, 8, 4, 2)

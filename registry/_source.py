@@ -31,7 +31,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
-from registry._codes import PROVINCES, is_valid_uscc
+from registry._codes import MAX_REGISTRY_ID_CHARS, PROVINCES, is_registry_id, is_valid_uscc
 from registry._model import (
     Agency,
     AgencyRole,
@@ -50,7 +50,9 @@ from registry.errors import SourceError, SourceProblem
 __all__ = ["DEMO_SOURCE", "RegistrySource", "load_source"]
 
 MAX_SOURCE_FILE_BYTES = 4 * 1024 * 1024  # bytes; a registry source is hand-written text
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_ID_GRAMMAR = (
+    f"an id is 1-{MAX_REGISTRY_ID_CHARS} letters, digits, '.', '_' or '-', starting with a letter"
+)
 _ENDPOINT_RE = re.compile(r"^(\[[0-9A-Fa-f:]+\]|[A-Za-z0-9.-]+):\d{1,5}$")
 
 E = TypeVar("E", bound=StrEnum)
@@ -311,10 +313,8 @@ def _read(
         table = _Table(problems, file, f"{section}.{entry_id}", body)
         if not table.ok:
             continue
-        if section != "regions" and not _ID_RE.match(entry_id):
-            table.fail(
-                "an id is 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
-            )
+        if section != "regions" and not is_registry_id(entry_id):
+            table.fail(_ID_GRAMMAR)
         item = make(table, entry_id)
         table.finish()
         if item is not None:
@@ -354,8 +354,8 @@ def _agency(t: _Table, agency_id: str) -> Agency | None:
 def _dataset(t: _Table, region: str, dataset_id: str) -> Dataset | None:
     if not t.ok:
         return None
-    if not _ID_RE.match(dataset_id):
-        t.fail("an id is 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    if not is_registry_id(dataset_id):
+        t.fail(_ID_GRAMMAR)
     name = t.text("name")
     owner = t.text("owner")
     share = t.choice("share_class", ShareClass)
@@ -368,6 +368,8 @@ def _dataset(t: _Table, region: str, dataset_id: str) -> Dataset | None:
         ft = _Table(t.problems, t.file, f"{fields_table.key}.{field_name}", body)
         if not ft.ok:
             continue
+        if not is_registry_id(field_name):
+            ft.fail(f"a field name follows the id grammar: {_ID_GRAMMAR}")
         classification = ft.choice("classification", FieldClassification)
         field_description = ft.text("description", required=False)
         ft.finish()

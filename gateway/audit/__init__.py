@@ -19,7 +19,20 @@ from gateway.audit._merkle import (
     verify_inclusion,
 )
 from gateway.audit._postgres import PostgresAuditStore
-from gateway.audit._record import ENCODING_VERSION, AuditRecord, Outcome, pseudonymize
+from gateway.audit._record import (
+    ENCODING_VERSION,
+    FIELD_GRAMMARS,
+    MAX_RECORD_FIELDS,
+    MAX_RECORD_TEXT_CHARS,
+    AuditRecord,
+    Outcome,
+    digest_form,
+    is_case_id,
+    is_digest_form,
+    is_request_id,
+    pseudonymize,
+    recordable,
+)
 from gateway.audit._sqlite import SqliteAuditStore
 from gateway.audit._store import (
     Appended,
@@ -34,6 +47,9 @@ from gateway.audit.errors import AuditError, AuditIntegrityError, AuditUnavailab
 __all__ = [
     "EMPTY_ROOT",
     "ENCODING_VERSION",
+    "FIELD_GRAMMARS",
+    "MAX_RECORD_FIELDS",
+    "MAX_RECORD_TEXT_CHARS",
     "MIN_RETENTION",
     "Appended",
     "AuditError",
@@ -57,9 +73,14 @@ __all__ = [
     "StoredRow",
     "TreeHead",
     "Verification",
+    "digest_form",
+    "is_case_id",
+    "is_digest_form",
+    "is_request_id",
     "leaf_hash",
     "node_hash",
     "pseudonymize",
+    "recordable",
     "sign_checkpoint",
     "verify_checkpoint",
     "verify_consistency",

@@ -29,7 +29,7 @@ from gateway.audit._checkpoint import (
     verify_checkpoint,
 )
 from gateway.audit._merkle import CompactRange, MerkleTree, ProofError, leaf_hash
-from gateway.audit._record import AuditRecord, Outcome
+from gateway.audit._record import FIELD_GRAMMARS, AuditRecord, Outcome, is_case_id
 from gateway.audit._store import Appended, AuditStore, PruneMarker
 from gateway.audit.errors import AuditIntegrityError, AuditUnavailable
 
@@ -248,6 +248,12 @@ class AuditLog:
             )
         if not operator.strip() or not reason.strip():
             raise ValueError("a prune names the operator who ordered it and the reason")
+        if not is_case_id(reason) or not FIELD_GRAMMARS["caller_operator"](operator):
+            # recorded raw, not as a digest: the prune's record must say who and why
+            raise ValueError(
+                "a prune's operator and reason are at most 128 printable characters each, "
+                "with no citizen id"
+            )
         if self._key is None:
             raise AuditUnavailable("pruning signs checkpoints: this log holds no signing key")
         when = now or self._clock()

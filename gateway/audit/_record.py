@@ -6,7 +6,9 @@ UTF-8 (no escapes for non-ASCII), with exactly these keys::
     v                 1 (the encoding version)
     time              RFC 3339 UTC with microseconds, e.g. "2026-11-21T08:00:00.123456Z"
     gateway, region   the gateway instance and its region (GB/T 2260)
-    rpc               the method, e.g. "DataExchange.Query"
+    rpc               the full gRPC method, e.g. "/tongban.v1.DataExchange/Query" (records
+                      written before it was the full name hold "DataExchange.Query"; a
+                      retention prune, which no RPC makes, is "Audit.Prune")
     request_id        the caller's request id
     caller_agency, caller_operator, caller_region
     provider_region, dataset, purpose, case_id
@@ -22,6 +24,15 @@ UTF-8 (no escapes for non-ASCII), with exactly these keys::
 
 A record decodes back from its canonical bytes (`AuditRecord.from_canonical`), so a verifier
 needs nothing but the stored bytes to recompute every leaf.
+
+Every value is bounded, in the record itself, so that no caller can make a record a weapon
+(megabytes that break every answer listing it, a citizen id sent as a purpose). Each text field
+has a grammar and a bound (`FIELD_GRAMMARS`); a value outside them is recorded as its length and
+digest, `digest_form(value)` = ``sha256:<hex of its UTF-8>;len=<its UTF-8 bytes>``, never raw,
+and never refused (the audit of a refusal must not fail on the value it refuses). A digest form
+is itself within every grammar, so a record decodes to the same bytes. `fields` holds at most
+`MAX_RECORD_FIELDS` names, each a registry id; more are recorded as one digest of them all
+(newline-separated, sorted).
 """
 
 from __future__ import annotations
@@ -29,14 +40,136 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
+from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Final
 
-__all__ = ["ENCODING_VERSION", "AuditRecord", "Outcome", "pseudonymize"]
+from registry import contains_citizen_id, is_region_code, is_registry_id
+
+__all__ = [
+    "ENCODING_VERSION",
+    "FIELD_GRAMMARS",
+    "MAX_RECORD_FIELDS",
+    "MAX_RECORD_TEXT_CHARS",
+    "AuditRecord",
+    "Outcome",
+    "digest_form",
+    "is_case_id",
+    "is_digest_form",
+    "is_request_id",
+    "pseudonymize",
+    "recordable",
+]
 
 ENCODING_VERSION = 1
+MAX_RECORD_TEXT_CHARS: Final = 128  # characters of a case id, request id, operator, gateway name
+MAX_RECORD_FIELDS: Final = 64  # field names in one record
+MAX_REASON_CHARS: Final = 64  # characters of an ErrorInfo reason
+MAX_RPC_CHARS: Final = 96  # characters of "/package.Service/Method" (or "Service.Method")
+
+_DIGEST_FORM: Final = re.compile(r"sha256:[0-9a-f]{64};len=[0-9]{1,20}")
+_REQUEST_ID: Final = re.compile(rf"[\x21-\x7e]{{1,{MAX_RECORD_TEXT_CHARS}}}")
+_REASON: Final = re.compile(rf"[A-Z][A-Z0-9_]{{0,{MAX_REASON_CHARS - 1}}}")
+_RPC: Final = re.compile(
+    r"/[a-z][a-z0-9_]{0,15}(?:\.[a-z][a-z0-9_]{0,15}){0,3}\.[A-Z][A-Za-z0-9]{0,31}/[A-Z][A-Za-z0-9]{0,31}"
+    r"|[A-Z][A-Za-z0-9]{0,31}\.[A-Z][A-Za-z0-9]{0,31}"
+)
+_HEX64: Final = re.compile(r"[0-9a-f]{64}")
+# An Audit.Prune record holds the range it removed where others hold their agreement.
+_PRUNED_RANGE: Final = re.compile(r"removed records [0-9]{1,19} to [0-9]{1,19}")
+
+
+def digest_form(value: str | bytes) -> str:
+    """What a record holds instead of `value`: ``sha256:<hex>;len=<n>``, the SHA-256 and the
+    length in bytes of its UTF-8 (lone surrogates kept as they are, so that any str has one),
+    or of the bytes themselves."""
+    data = value if isinstance(value, bytes) else value.encode("utf-8", "surrogatepass")
+    return f"sha256:{hashlib.sha256(data).hexdigest()};len={len(data)}"
+
+
+def is_digest_form(value: str) -> bool:
+    return _DIGEST_FORM.fullmatch(value) is not None
+
+
+def _printable(value: str) -> bool:
+    """Bounded printable text (no control, format or surrogate characters), no citizen id."""
+    return (
+        len(value) <= MAX_RECORD_TEXT_CHARS
+        and value.isprintable()
+        and not contains_citizen_id(value)
+    )
+
+
+def is_case_id(value: str) -> bool:
+    """The case-id grammar (办件编号): 1 to 128 printable characters, no control characters,
+    and no citizen id in it (a case number is not a person)."""
+    return bool(value) and _printable(value)
+
+
+def is_request_id(value: str) -> bool:
+    """The request-id grammar: 1 to 128 printable ASCII characters without spaces, and no
+    citizen id in it."""
+    return _REQUEST_ID.fullmatch(value) is not None and not contains_citizen_id(value)
+
+
+# The grammar of each text field of a record; "" is always recordable (not given).
+FIELD_GRAMMARS: Final[Mapping[str, Callable[[str], bool]]] = MappingProxyType(
+    {
+        "gateway": _printable,
+        "region": is_region_code,
+        "rpc": lambda v: _RPC.fullmatch(v) is not None,
+        "request_id": is_request_id,
+        "caller_agency": is_registry_id,
+        "caller_operator": _printable,
+        "caller_region": is_region_code,
+        "provider_region": is_region_code,
+        "dataset": is_registry_id,
+        "purpose": is_registry_id,
+        "case_id": is_case_id,
+        "reason": lambda v: _REASON.fullmatch(v) is not None,
+        "sealed_digest": lambda v: _HEX64.fullmatch(v) is not None,
+        "agreement_id": lambda v: is_registry_id(v) or _PRUNED_RANGE.fullmatch(v) is not None,
+    }
+)
+
+
+# True while stored bytes are decoded: a record written before the bounds (or by another
+# version) is evidence, and decodes to exactly its bytes, whatever it holds.
+_DECODING: ContextVar[bool] = ContextVar("tongban_audit_decoding", default=False)
+
+
+def recordable(value: str, grammar: Callable[[str], bool]) -> str:
+    """`value` if it is empty, within `grammar` or a digest form already; else its digest form."""
+    if not isinstance(value, str):
+        raise TypeError("an audit record holds text")
+    if not value or is_digest_form(value) or grammar(value):
+        return value
+    return digest_form(value)
+
+
+# An oversight record notes the filters it was asked with and how many records it returned in
+# `fields`, as `name=value` (e.g. "caller_agency=sc.hrss", "returned=3").
+_ANNOTATION: Final = re.compile(r"([a-z][a-z_]{0,31})=(.+)", re.S)
+
+
+def _is_field_entry(value: str) -> bool:
+    """A field name (a registry id), or an oversight record's `name=value` note whose value is
+    bounded printable text without a citizen id (or a digest form)."""
+    if is_registry_id(value):
+        return True
+    found = _ANNOTATION.fullmatch(value)
+    return found is not None and (is_digest_form(found[2]) or _printable(found[2]))
+
+
+def _recordable_fields(names: tuple[str, ...]) -> tuple[str, ...]:
+    if len(names) > MAX_RECORD_FIELDS:
+        return (digest_form("\n".join(sorted(names))),)
+    return tuple(recordable(name, _is_field_entry) for name in names)
 
 
 class Outcome(StrEnum):
@@ -83,6 +216,10 @@ class AuditRecord:
     time_text: str = field(init=False, repr=False, compare=False)  # `time` as encoded
 
     def __post_init__(self) -> None:
+        if not _DECODING.get():
+            for name, grammar in FIELD_GRAMMARS.items():
+                object.__setattr__(self, name, recordable(getattr(self, name), grammar))
+            object.__setattr__(self, "fields", _recordable_fields(tuple(self.fields)))
         if self.time.tzinfo is None:
             raise ValueError("an audit time is timezone-aware")
         if self.subject and (
@@ -125,33 +262,39 @@ class AuditRecord:
 
     @classmethod
     def from_canonical(cls, data: bytes) -> AuditRecord:
-        """Decode canonical bytes; raise ValueError unless they are exactly a v1 encoding."""
+        """Decode canonical bytes; raise ValueError unless they are exactly a v1 encoding. The
+        bounds are not applied again: stored bytes decode to themselves (a record made before
+        them still verifies), and every record made from now on was bounded when it was made."""
         document: Any = json.loads(data)
         if not isinstance(document, dict) or document.get("v") != ENCODING_VERSION:
             raise ValueError("not a tongban.audit/v1 record")
-        record = cls(
-            time=datetime.fromisoformat(document["time"]),
-            gateway=document["gateway"],
-            region=document["region"],
-            rpc=document["rpc"],
-            request_id=document["request_id"],
-            caller_agency=document["caller_agency"],
-            caller_operator=document["caller_operator"],
-            caller_region=document["caller_region"],
-            provider_region=document["provider_region"],
-            dataset=document["dataset"],
-            purpose=document["purpose"],
-            case_id=document["case_id"],
-            subject=document["subject"],
-            fields=tuple(document["fields"]),
-            outcome=Outcome(document["outcome"]),
-            reason=document["reason"],
-            cache_hit=bool(document["cache_hit"]),
-            latency_us=int(document["latency_us"]),
-            sealed_digest=document["sealed_digest"],
-            registry_version=int(document["registry_version"]),
-            agreement_id=document["agreement_id"],
-        )
+        decoding = _DECODING.set(True)
+        try:
+            record = cls(
+                time=datetime.fromisoformat(document["time"]),
+                gateway=document["gateway"],
+                region=document["region"],
+                rpc=document["rpc"],
+                request_id=document["request_id"],
+                caller_agency=document["caller_agency"],
+                caller_operator=document["caller_operator"],
+                caller_region=document["caller_region"],
+                provider_region=document["provider_region"],
+                dataset=document["dataset"],
+                purpose=document["purpose"],
+                case_id=document["case_id"],
+                subject=document["subject"],
+                fields=tuple(document["fields"]),
+                outcome=Outcome(document["outcome"]),
+                reason=document["reason"],
+                cache_hit=bool(document["cache_hit"]),
+                latency_us=int(document["latency_us"]),
+                sealed_digest=document["sealed_digest"],
+                registry_version=int(document["registry_version"]),
+                agreement_id=document["agreement_id"],
+            )
+        finally:
+            _DECODING.reset(decoding)
         if record.canonical != data:
             raise ValueError("the bytes are not in canonical form")
         return record

@@ -184,7 +184,7 @@ class CredentialsService(credentials_pb2_grpc.CredentialsServicer):
         try:
             answer = await self.query_path.query(query, context, token=token, rpc=rpcs.FETCH)
         except Refusal as refusal:
-            await abort(context, refusal.code, refusal.reason, refusal.message)
+            await abort(context, refusal.code, refusal.reason, refusal.message, refusal.metadata)
         report = self._verifier.validate(
             answer.record.jws,
             expected_kind=SignatureKind.SEAL,

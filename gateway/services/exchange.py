@@ -3,9 +3,10 @@
 Requesting gateway (`DataExchange.Query`), in order:
     (1) the caller is an agency of this region (mutual TLS) with a valid request token bound
         to its certificate
-    (2) the request id is well formed and not seen before in the replay window
-    (3) the request is well formed and the registry allows it (purpose, agreement, window,
-        share class, case id, fields): authorisation precedes everything below
+    (2) the request is well formed (`check_request`: every id in its grammar, within its
+        bound, no citizen id outside subject_id) and its id not seen before in the replay window
+    (3) the registry allows it (purpose, agreement, window, share class, case id, fields):
+        authorisation precedes everything below
     (4) the agreement's quota this minute is not exhausted
     (4a) a dataset whose owner chose cache_scope "requester": this gateway's own cache holds
         the owner's sealed answer (key: provider region, dataset, subject pseudonym, fields,
@@ -16,7 +17,8 @@ Requesting gateway (`DataExchange.Query`), in order:
     (6) its answer carries a valid e-seal of the provider region, over only allowed fields
     (7) the access is durably audited; only then is the sealed record released
 Provider gateway (`Peer.Forward`):
-    (1) the caller is the gateway of the region it claims, forwarding for one of its agencies
+    (1) the caller is the gateway of the region it claims, forwarding for one of its agencies,
+        a well-formed request (checked again: a peer is not trusted to have checked it)
     (2) this gateway decides again, on its own registry (never trusting the requester's decision)
     (3) answers from its cache, or asks its data system and seals the exact answer bytes
     (4) durably audits the access, then answers (with its pseudonym of the subject when the
@@ -58,7 +60,7 @@ from gateway.audit import (
     pseudonymize,
 )
 from gateway.cache import AnswerCache, cache_key
-from gateway.errors import DOMAIN, abort, bounded_message, error_info_of, rich_status
+from gateway.errors import DOMAIN, abort, bounded_message, error_info_of
 from gateway.identity import Caller, CallerKind, current_caller
 from gateway.metrics import PEER_LOCAL, GatewayMetrics
 from gateway.peers import PeerPool, UnknownPeer
@@ -73,7 +75,7 @@ from gateway.policy import (
 )
 from gateway.provider import ProviderClient, ProviderError
 from gateway.quota import QuotaCounter, QuotaUnavailable
-from gateway.replay import ReplayGuard, ReplayUnavailable, check_request_id
+from gateway.replay import ReplayGuard, ReplayUnavailable
 from gateway.reports import (
     MAX_REPORTS_PER_BATCH,
     AccessReport,
@@ -168,6 +170,12 @@ def _data_request(query: exchange_pb2.QueryRequest) -> DataRequest:
     )
 
 
+# What a refusal that read no request value records for it.
+_NO_REQUEST: Final = DataRequest(
+    provider_region="", dataset="", purpose="", subject_id="", fields=(), case_id="", request_id=""
+)
+
+
 def _timestamp(value: datetime) -> Timestamp:
     stamp = Timestamp()
     stamp.FromDatetime(value)
@@ -237,9 +245,25 @@ def _placeholder_subject(registry: Registry, dataset: Dataset) -> str:
     return "reported-subject"
 
 
+def _check_shape(request: DataRequest) -> None:
+    """`check_request`, refused as INVALID_ARGUMENT naming the argument at fault (ErrorInfo
+    metadata "field"), never its value."""
+    try:
+        check_request(request)
+    except PolicyInputError as exc:
+        raise Refusal(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            exc.reason,
+            str(exc),
+            metadata={"field": exc.field} if exc.field else None,
+        ) from exc
+
+
 def _status(refusal: Refusal) -> status_pb2.Status:
     detail = any_pb2.Any()
-    detail.Pack(error_details_pb2.ErrorInfo(reason=refusal.reason, domain=DOMAIN))
+    detail.Pack(
+        error_details_pb2.ErrorInfo(reason=refusal.reason, domain=DOMAIN, metadata=refusal.metadata)
+    )
     return status_pb2.Status(
         code=refusal.code.value[0], message=bounded_message(refusal.message), details=[detail]
     )
@@ -384,6 +408,20 @@ class QueryPath:
             refusal.audited = True
         return refusal
 
+    async def refuse_call(self, rpc: str, refusal: Refusal) -> Refusal:
+        """Audit the refusal of a whole call before any request value was read (a batch of the
+        wrong size): the caller, the reason, no values. Returns the refusal to raise."""
+        caller = current_caller.get()
+        return await self._refuse(
+            refusal,
+            rpc=rpc,
+            caller_agency=caller.agency_id if caller is not None else "",
+            caller_operator="",
+            caller_region=caller.region if caller is not None else "",
+            request=_NO_REQUEST,
+            started=time.perf_counter(),
+        )
+
     async def _take_owner_quota(self, registry: Registry, agreement_id: str, now: datetime) -> None:
         """The data owner counts the agreement's quota too, over every requesting gateway (it
         never trusts a requesting gateway to have counted): its own counter, beside the one the
@@ -433,10 +471,7 @@ class QueryPath:
                 "CERTIFICATE_NOT_TRUSTED",
                 f"agency {agency_id} is not in the registry",
             )
-        try:
-            check_request(request)
-        except PolicyInputError as exc:
-            raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, exc.reason, str(exc)) from exc
+        _check_shape(request)
         decision = self._policy.decide(registry, requester=agency, request=request, at=now)
         if not decision.allowed:
             raise Refusal(
@@ -494,14 +529,7 @@ class QueryPath:
                 raise Refusal(grpc.StatusCode.UNAUTHENTICATED, exc.reason, str(exc)) from exc
             audit["caller_operator"] = claims.operator
             # (2)
-            try:
-                check_request_id(data.request_id)
-            except ValueError as exc:
-                raise Refusal(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    "INVALID_ARGUMENT_FORMAT",
-                    f"request_id: {exc}",
-                ) from exc
+            _check_shape(data)
             try:
                 if not await self._replay.first_use(caller.agency_id, data.request_id):
                     raise Refusal(
@@ -841,6 +869,7 @@ class QueryPath:
             "registry_version": registry.version,
         }
         try:
+            _check_shape(data)
             if data.provider_region != self.region:
                 raise Refusal(
                     grpc.StatusCode.INVALID_ARGUMENT,
@@ -1312,7 +1341,7 @@ async def _answer_or_abort(context: Context, work: Awaitable[Answer]) -> exchang
     try:
         answer = await work
     except Refusal as refusal:
-        await abort(context, refusal.code, refusal.reason, refusal.message)
+        await abort(context, refusal.code, refusal.reason, refusal.message, refusal.metadata)
     return exchange_pb2.QueryResponse(
         record=answer.record,
         cache_hit=answer.cache_hit,
@@ -1340,12 +1369,15 @@ class DataExchangeService(exchange_pb2_grpc.DataExchangeServicer):
         """Several queries at once (多地联办), possibly to several regions: answered item by
         item, each with its own status; one item failing does not fail the others."""
         if not request.items or len(request.items) > MAX_BATCH_ITEMS:
-            await abort(
-                context,
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "REQUEST_TOO_LARGE",
-                f"a batch holds 1 to {MAX_BATCH_ITEMS} queries",
+            refusal = await self._path.refuse_call(
+                "DataExchange.BatchQuery",
+                Refusal(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "REQUEST_TOO_LARGE",
+                    f"a batch holds 1 to {MAX_BATCH_ITEMS} queries",
+                ),
             )
+            await abort(context, refusal.code, refusal.reason, refusal.message)
         token = _token(context)
 
         async def one(index: int, item: exchange_pb2.QueryRequest) -> exchange_pb2.BatchItemResult:
@@ -1380,7 +1412,7 @@ class PeerService(exchange_pb2_grpc.PeerServicer):
         try:
             return await self._path.forward(request, context)
         except Refusal as refusal:
-            await abort(context, refusal.code, refusal.reason, refusal.message)
+            await abort(context, refusal.code, refusal.reason, refusal.message, refusal.metadata)
 
     async def ReportAccess(
         self, request: exchange_pb2.ReportAccessRequest, context: Context
@@ -1389,7 +1421,4 @@ class PeerService(exchange_pb2_grpc.PeerServicer):
             return await self._path.report_access(request, context)
         except Refusal as refusal:
             # with the ErrorInfo metadata: "index" names the report refused
-            await context.abort_with_status(
-                rich_status(refusal.code, refusal.reason, refusal.message, refusal.metadata)
-            )
-            raise AssertionError("abort_with_status returned") from None  # pragma: no cover
+            await abort(context, refusal.code, refusal.reason, refusal.message, refusal.metadata)

@@ -37,12 +37,13 @@ from gateway.audit import (
     Checkpoint,
     Outcome,
     ProofError,
+    digest_form,
     leaf_hash,
     pseudonymize,
 )
 from gateway.errors import abort
 from gateway.identity import Caller, CallerKind, current_caller
-from registry import AgencyRole, RegistryError, RegistryStore
+from registry import AgencyRole, RegistryError, RegistryStore, contains_citizen_id
 from tongban.v1 import common_pb2, oversight_pb2, oversight_pb2_grpc
 
 __all__ = ["OversightService", "audit_id", "record_message"]
@@ -87,10 +88,12 @@ def _recordable(value: str) -> str:
     """A caller's filter value as an oversight record may hold it: as given when it is short and
     printable, else its digest. A filter is whatever the caller typed: a NUL would be refused by
     PostgreSQL (failing the group commit it shares) and read back short by SQLite's JSON
-    functions (a false "edited column" alarm), and a megabyte would bloat the log."""
-    if len(value) <= MAX_FILTER_CHARS and value.isprintable():
+    functions (a false "edited column" alarm), a megabyte would bloat the log, and a citizen id
+    typed where an agency belongs must not be recorded raw. The digest is the audit record's own
+    form (`digest_form`), which every field's grammar accepts as it is."""
+    if len(value) <= MAX_FILTER_CHARS and value.isprintable() and not contains_citizen_id(value):
         return value
-    return _digest(value)
+    return digest_form(value)
 
 
 @dataclass(slots=True)

@@ -982,6 +982,34 @@ def test_prune_needs_operator_reason_and_region(run: Run, aged_db: Path, fed: Fe
 
 
 @pytest.mark.parametrize(
+    ("operator", "reason"),
+    [("o", "r" * 129), ("o", "a\tb"), ("11010519491231002X", "r")],
+    ids=["a long reason", "a control character", "a citizen id as operator"],
+)
+def test_prune_refuses_an_operator_or_reason_its_record_could_not_hold_raw(
+    run: Run, aged_db: Path, fed: Federation, operator: str, reason: str
+) -> None:
+    code, _, err = run(
+        "audit",
+        "prune",
+        "--sqlite",
+        aged_db,
+        "--pki",
+        fed.pki,
+        "--region",
+        REGION,
+        "--operator",
+        operator,
+        "--reason",
+        reason,
+        "--yes",
+    )
+    assert code == 2
+    assert "at most 128 printable characters" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
     ("statements", "index", "problem"),
     [
         (["DELETE FROM audit_records WHERE idx = 7"], 7, "record 7 is missing"),

@@ -140,6 +140,20 @@ async def test_retention_shorter_than_the_legal_minimum_is_refused(
         await log.prune(
             older_than=MIN_RETENTION, operator=" ", reason="x", gateway="gw", region="510000"
         )
+    # recorded raw, so within the record's grammars (T16): never silently digested
+    for operator, reason in (
+        ("ops", "r" * 129),
+        ("ops", "line\nbreak"),
+        ("11010519491231002X", "x"),
+    ):
+        with pytest.raises(ValueError, match="at most 128 printable characters"):
+            await log.prune(
+                older_than=MIN_RETENTION,
+                operator=operator,
+                reason=reason,
+                gateway="gw",
+                region="510000",
+            )
     assert await _prune(log) is None  # nothing is that old: nothing happens
     assert await log.store.pruned() is None
     await log.close()

@@ -625,6 +625,8 @@ def _request(**changes: object) -> DataRequest:
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
 
+FOREIGN = "11010519491231002X"  # a valid citizen id, not the subject
+
 SHAPES = [
     ("empty provider_region", {"provider_region": ""}, "INVALID_ARGUMENT_FORMAT", "required"),
     (
@@ -665,7 +667,29 @@ SHAPES = [
     ("field too long", {"fields": ("f" * 65,)}, "REQUEST_TOO_LARGE", "fields[0]"),
     ("field with a quote", {"fields": ("na'me",)}, "INVALID_ARGUMENT_FORMAT", "fields[0]"),
     ("duplicate fields", {"fields": ("name", "status", "name")}, "INVALID_ARGUMENT_FORMAT", "name"),
+    # T16: no citizen id outside subject_id; registry ids start with a letter
+    ("purpose a citizen id", {"purpose": FOREIGN}, "INVALID_ARGUMENT_FORMAT", "purpose"),
+    ("dataset a citizen id", {"dataset": FOREIGN}, "INVALID_ARGUMENT_FORMAT", "dataset"),
+    ("field a citizen id", {"fields": (FOREIGN,)}, "INVALID_ARGUMENT_FORMAT", "fields[0]"),
+    ("field a number", {"fields": ("1name",)}, "INVALID_ARGUMENT_FORMAT", "fields[0]"),
+    ("case_id a citizen id", {"case_id": FOREIGN}, "INVALID_ARGUMENT_FORMAT", "case_id"),
+    (
+        "case_id holding a citizen id",
+        {"case_id": f"办件-{FOREIGN.lower()}"},
+        "INVALID_ARGUMENT_FORMAT",
+        "case_id",
+    ),
+    ("request_id a citizen id", {"request_id": FOREIGN}, "INVALID_ARGUMENT_FORMAT", "request_id"),
+    ("case_id a format char", {"case_id": "C-1\u200b"}, "INVALID_ARGUMENT_FORMAT", "case_id"),
 ]
+FOREIGN_ARGUMENTS = {
+    "purpose": "purpose",
+    "dataset": "dataset",
+    "fields": "fields",
+    "case_id": "case_id",
+    "request_id": "request_id",
+    "provider_region": "provider_region",
+}
 
 
 @pytest.mark.parametrize(
@@ -679,6 +703,9 @@ def test_check_request_refuses(changes: dict[str, object], reason: str, fragment
     assert caught.value.grpc_code == "INVALID_ARGUMENT"
     assert fragment in caught.value.message
     assert CITIZEN not in caught.value.message
+    assert FOREIGN not in caught.value.message
+    (changed,) = changes
+    assert caught.value.field == FOREIGN_ARGUMENTS.get(changed, changed)
 
 
 @pytest.mark.parametrize(

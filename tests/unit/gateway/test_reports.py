@@ -82,6 +82,16 @@ def test_a_report_round_trips_through_its_document_and_its_message() -> None:
         {"case_id": "line\nbreak"},
         {"accessed_at": datetime(2026, 11, 21, 8, 0)},  # naive
         {"answer_audit_id": ""},
+        # T16: the same grammars as a query's (a report's values end up in the owner's log)
+        {"case_id": "x" * 129},
+        {"case_id": "case of 11010519491231002X"},
+        {"request_id": "11010519491231002X"},
+        {"request_id": "r 1"},
+        {"caller_operator": "11010519491231002X"},
+        {"purpose": "11010519491231002X"},
+        {"dataset": "1market"},
+        {"caller_agency": "sc amr"},
+        {"fields": ("11010519491231002X",)},
     ],
 )
 def test_a_malformed_report_is_refused(changes: dict[str, object]) -> None:

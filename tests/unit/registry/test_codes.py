@@ -2,7 +2,16 @@ from __future__ import annotations
 
 import pytest
 
-from registry import PROVINCES, is_valid_citizen_id, is_valid_uscc, province_name
+from registry import (
+    MAX_REGISTRY_ID_CHARS,
+    PROVINCES,
+    contains_citizen_id,
+    is_region_code,
+    is_registry_id,
+    is_valid_citizen_id,
+    is_valid_uscc,
+    province_name,
+)
 from registry._codes import citizen_id_check_char, org_code_check_char, uscc_check_char
 
 
@@ -55,3 +64,55 @@ def test_provinces_are_the_34_province_level_divisions() -> None:
     assert province_name("510000") == "四川省"
     assert province_name("500000") == "重庆市"
     assert province_name("330100") is None  # a prefecture, not a province
+
+
+@pytest.mark.parametrize(
+    ("value", "valid"),
+    [
+        ("si.participation", True),
+        ("SI-TRANSFER", True),
+        ("sc.hrss", True),
+        ("citizen_id", True),
+        ("a" * MAX_REGISTRY_ID_CHARS, True),
+        ("a" * (MAX_REGISTRY_ID_CHARS + 1), False),
+        ("", False),
+        ("11010519491231002X", False),  # a citizen id is no id: ids start with a letter
+        ("91350100M000100Y43", False),  # nor is a credit code
+        ("1a", False),
+        (".a", False),
+        ("a b", False),
+        ("a\n", False),
+        ("ａbc", False),  # full-width letter
+        ("数据", False),
+    ],
+)
+def test_registry_id_grammar(value: str, valid: bool) -> None:
+    assert is_registry_id(value) is valid
+
+
+@pytest.mark.parametrize(
+    ("value", "valid"),
+    [("330000", True), ("990000", True), ("33000", False), ("3300000", False), ("33000A", False)],
+)
+def test_region_code_grammar(value: str, valid: bool) -> None:
+    assert is_region_code(value) is valid
+
+
+@pytest.mark.parametrize(
+    ("value", "found"),
+    [
+        ("11010519491231002X", True),
+        ("11010519491231002x", True),
+        ("case 11010519491231002X of 2026", True),
+        ("A11010519491231002XB", True),
+        ("１１０１０５１９４９１２３１００２Ｘ", True),  # full-width
+        ("办件１１０１０５１９４９１２３１００２x号", True),
+        ("110105194912310021", False),  # wrong check character
+        ("911010519491231002X", False),  # 19 digits: part of a longer number
+        ("11010519491231002X7", False),
+        ("CASE-2026-0001", False),
+        ("", False),
+    ],
+)
+def test_a_citizen_id_is_found_anywhere_in_a_value(value: str, found: bool) -> None:
+    assert contains_citizen_id(value) is found

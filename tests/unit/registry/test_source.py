@@ -216,6 +216,22 @@ MISTAKES = {
         "purposes.MED-REG.datasets",
         "at least one dataset",
     ),
+    # T16: ids start with a letter, so no number (a citizen id, a credit code) is ever an id
+    "a purpose id that is a citizen id": Mistake(
+        "extra.toml",
+        None,
+        '[purposes.11010519491231002X]\nunified_code = "000125002000"\nname = "x"\n'
+        'legal_basis = "x"\n',
+        "purposes.11010519491231002X",
+        "starting with a letter",
+    ),
+    "a field name outside the id grammar": Mistake(
+        "datasets.toml",
+        'marital_status = { classification = "sensitive_personal", description = "婚姻状况" }',
+        '"1marital status" = { classification = "sensitive_personal", description = "婚姻状况" }',
+        "datasets.330000.civil.marriage.fields.1marital status",
+        "a field name follows the id grammar",
+    ),
 }
 
 

@@ -1,0 +1,173 @@
+"""The audit record bounds every value it holds (docs/threats.md T16): a value outside its
+field's grammar or over its bound is recorded as length and digest, never raw, and never
+refused; the digest form decodes back to the same bytes."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+
+import pytest
+from audit_contract import make_record
+
+from gateway.audit import (
+    FIELD_GRAMMARS,
+    MAX_RECORD_FIELDS,
+    MAX_RECORD_TEXT_CHARS,
+    AuditRecord,
+    digest_form,
+    is_digest_form,
+    recordable,
+)
+
+CITIZEN_ID = "11010519491231002X"  # valid GB 11643 (the standard's example)
+HUGE = "C" * (9 * 1024 * 1024)
+
+
+def test_the_digest_form_is_sha256_and_utf8_length() -> None:
+    assert digest_form("abc") == (
+        "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad;len=3"
+    )
+    assert digest_form("浙") == f"sha256:{hashlib.sha256('浙'.encode()).hexdigest()};len=3"
+    # a lone surrogate has no UTF-8, and still a digest (the audit never crashes on a value)
+    assert is_digest_form(digest_form("\ud800"))
+
+
+# (field, value, recorded raw?)
+BOUNDS = [
+    ("case_id", "CASE-2026-0001", True),
+    ("case_id", "浙人社办〔2026〕12号", True),
+    ("case_id", "c" * MAX_RECORD_TEXT_CHARS, True),
+    ("case_id", "c" * (MAX_RECORD_TEXT_CHARS + 1), False),
+    ("case_id", HUGE, False),
+    ("case_id", "C-1\n", False),
+    ("case_id", "C-1\u202e", False),  # a format character (right-to-left override)
+    ("case_id", f"case of {CITIZEN_ID}", False),
+    ("case_id", CITIZEN_ID.lower(), False),
+    ("case_id", "\ud800", False),
+    ("request_id", "req-1", True),
+    ("request_id", "r" * MAX_RECORD_TEXT_CHARS, True),
+    ("request_id", "r" * (MAX_RECORD_TEXT_CHARS + 1), False),
+    ("request_id", "r 1", False),
+    ("request_id", CITIZEN_ID, False),
+    ("request_id", "请求-1", False),
+    ("purpose", "SI-TRANSFER", True),
+    ("purpose", CITIZEN_ID, False),
+    ("purpose", "1SI", False),
+    ("purpose", "P" * 65, False),
+    ("dataset", "si.participation", True),
+    ("dataset", CITIZEN_ID, False),
+    ("dataset", "si participation", False),
+    ("caller_agency", "sc.hrss", True),
+    ("caller_agency", "x" * 1000, False),
+    ("caller_operator", "经办人 张三", True),
+    ("caller_operator", CITIZEN_ID, False),
+    ("caller_operator", "op\x00", False),
+    ("caller_operator", "o" * (MAX_RECORD_TEXT_CHARS + 1), False),
+    ("gateway", "gateway-510000", True),
+    ("gateway", "g" * 200, False),
+    ("region", "510000", True),
+    ("region", "5100001", False),
+    ("caller_region", CITIZEN_ID, False),
+    ("provider_region", "33000A", False),
+    ("rpc", "DataExchange.Query", True),
+    ("rpc", "/tongban.v1.DataExchange/Query", True),
+    ("rpc", "/tongban.v1.Oversight/SubjectAccess\n", False),
+    ("rpc", "tongban.v1.DataExchange/Query", False),
+    ("rpc", "x" * 100, False),
+    ("reason", "FIELD_NOT_ALLOWED", True),
+    ("reason", "field not allowed", False),
+    ("reason", "A" * 65, False),
+    ("agreement_id", "CY-SI-2026", True),
+    ("agreement_id", "CY SI", False),
+    ("agreement_id", "removed records 0 to 7", True),  # an Audit.Prune record's range
+    ("sealed_digest", "ab" * 32, True),
+    ("sealed_digest", "AB" * 32, False),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "raw"),
+    BOUNDS,
+    ids=[f"{n}-{i}" for i, (n, _, _) in enumerate(BOUNDS)],
+)
+def test_each_value_is_recorded_raw_only_within_its_grammar_and_bound(
+    name: str, value: str, raw: bool
+) -> None:
+    record = dataclasses.replace(make_record(1), **{name: value})
+    held = getattr(record, name)
+    assert held == (value if raw else digest_form(value))
+    if not raw:
+        assert value not in record.canonical.decode()
+    assert AuditRecord.from_canonical(record.canonical) == record
+
+
+def test_every_text_field_has_a_grammar() -> None:
+    text = {
+        f.name
+        for f in dataclasses.fields(AuditRecord)
+        if f.init and f.type == "str" and f.name != "subject"
+    }
+    assert text == set(FIELD_GRAMMARS)
+
+
+@pytest.mark.parametrize(
+    ("fields", "recorded"),
+    [
+        (("name", "status"), ("name", "status")),
+        ((CITIZEN_ID, "name"), (digest_form(CITIZEN_ID), "name")),
+        (("f" * 65,), (digest_form("f" * 65),)),
+        (
+            tuple(f"f{i}" for i in range(MAX_RECORD_FIELDS)),
+            tuple(f"f{i}" for i in range(MAX_RECORD_FIELDS)),
+        ),
+        (
+            tuple(f"f{i}" for i in range(MAX_RECORD_FIELDS + 1)),
+            (digest_form("\n".join(sorted(f"f{i}" for i in range(MAX_RECORD_FIELDS + 1)))),),
+        ),
+    ],
+    ids=["names", "a citizen id", "too long", "as many as allowed", "too many"],
+)
+def test_fields_are_bounded_in_number_and_grammar(
+    fields: tuple[str, ...], recorded: tuple[str, ...]
+) -> None:
+    record = dataclasses.replace(make_record(1), fields=fields)
+    assert record.fields == recorded
+    assert AuditRecord.from_canonical(record.canonical).canonical == record.canonical
+
+
+def test_a_record_of_megabyte_values_is_a_few_hundred_bytes() -> None:
+    values = dict.fromkeys(FIELD_GRAMMARS, HUGE)
+    record = dataclasses.replace(
+        make_record(1), **values, fields=(HUGE, *(f"f{i}" for i in range(99)))
+    )
+    assert len(record.canonical) < 4096
+    assert all(is_digest_form(getattr(record, name)) for name in FIELD_GRAMMARS)
+
+
+def test_a_digest_form_is_kept_as_it_is() -> None:
+    once = recordable(HUGE, FIELD_GRAMMARS["case_id"])
+    assert recordable(once, FIELD_GRAMMARS["case_id"]) == once
+    for name, grammar in FIELD_GRAMMARS.items():
+        assert recordable(once, grammar) == once, name
+
+
+def test_a_value_that_is_not_text_is_refused() -> None:
+    with pytest.raises(TypeError):
+        dataclasses.replace(make_record(1), case_id=12)  # type: ignore[arg-type]
+
+
+def test_stored_bytes_decode_to_themselves_even_from_before_the_bounds() -> None:
+    """A record written before the bounds is evidence: it decodes, and verifies, unchanged."""
+    document = json.loads(make_record(1).canonical)
+    document["case_id"] = "c" * 500
+    document["purpose"] = "1-OLD"
+    legacy = json.dumps(
+        document, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    ).encode()
+    decoded = AuditRecord.from_canonical(legacy)
+    assert decoded.canonical == legacy
+    assert decoded.case_id == "c" * 500
+    # a record made now from the same values is bounded
+    assert dataclasses.replace(decoded, case_id=decoded.case_id).case_id == digest_form("c" * 500)
