@@ -153,7 +153,10 @@ WALKTHROUGH = {
     "test_docs_monitoring_md_audit_verify": Selection(
         ("docs/monitoring.md",), only=("audit verify",)
     ),
-    "test_docs_audit_and_oversight_commands": Selection(("docs/audit.md", "docs/oversight.md")),
+    # `audit checkpoint --gateway` asks a running gateway: test_oversight_service runs it.
+    "test_docs_audit_and_oversight_commands": Selection(
+        ("docs/audit.md", "docs/oversight.md"), skip=("audit checkpoint --gateway",)
+    ),
     "test_docs_integrating_md_commands": Selection(("docs/integrating.md",)),
     "test_readme_three_regions_by_hand": Selection(("README.md",), heading="Three regions by hand"),
 }
