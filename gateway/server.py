@@ -29,9 +29,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from redis.backoff import NoBackoff
 from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
+from gateway.admission import CallAdmission
 from gateway.audit import (
     AuditError,
     AuditLog,
@@ -116,7 +117,18 @@ OPEN_SERVICES = frozenset({health.SERVICE_NAME, reflection.SERVICE_NAME})  # mTL
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # bytes: a registry snapshot is the largest message
 # Calls one gateway process handles at once; more are refused by gRPC at once with
 # RESOURCE_EXHAUSTED ("Concurrent RPC limit exceeded"), before any Python work is done for them.
-MAX_CONCURRENT_RPCS = 2000
+# A backstop only: gRPC counts a call from its HEADERS, without knowing who makes it, so the
+# budgets per caller and per kind of caller (gateway/admission.py, 2,100 calls in all) refuse
+# first, and this cap stays above their sum for calls between their HEADERS and that refusal.
+MAX_CONCURRENT_RPCS = 4000
+# HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: streams one connection may hold open at once (a client
+# opening more gets them refused by the transport; gRPC clients queue them instead).
+MAX_STREAMS_PER_CONNECTION = 100
+# Calls gRPC has received but the event loop has not yet taken up (a burst of streams on many
+# connections arrives faster than the loop can refuse them). Past this many gRPC sheds new calls
+# at random, up to all of them at twice this: a legitimate call as likely as an attacker's, as
+# CANCELLED. Sized like MAX_CONCURRENT_RPCS so that a burst queues for the caller budgets to sort.
+MAX_PENDING_CALLS = MAX_CONCURRENT_RPCS
 # HTTP/2 keepalive: quiet connections (a Registry.Watch stream between publishes, a peer channel
 # at night) are pinged so that proxies and NATs do not cut them; clients may ping every 30 s.
 KEEPALIVE_OPTIONS = (
@@ -261,6 +273,7 @@ class Gateway:
         self.metrics_server: MetricsServer | None = None
         self.metrics_port = 0
         self._clock = clock
+        self.admission = CallAdmission()  # calls in flight per caller (docs/threats.md T15)
         self._tls = _TlsMaterial(config)
         self._peers: PeerPool | None = None
         self.verifier = SealVerifier(_NoTrust(), clock=clock)
@@ -468,11 +481,16 @@ class Gateway:
             interceptors=[
                 # first: a call the caller check refuses is counted too (as Unauthenticated)
                 MetricsInterceptor(self.metrics),
-                CallerInterceptor(CallerResolver(self.store, self._clock), OPEN_SERVICES),
+                CallerInterceptor(
+                    CallerResolver(self.store, self._clock), OPEN_SERVICES, self.admission
+                ),
             ],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
+                ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
+                ("grpc.server.max_pending_requests_hard_limit", 2 * MAX_PENDING_CALLS),
                 *KEEPALIVE_OPTIONS,
             ],
             maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,

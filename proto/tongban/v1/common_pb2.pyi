@@ -112,6 +112,16 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     digest, for that subject, dataset, purpose and fields, within the dataset's cache TTL
     before the reported access (sent with PERMISSION_DENIED).
     """
+    TOO_MANY_CALLS: _ErrorReason.ValueType  # 34
+    """The caller already has as many calls in flight as its client certificate, or its kind of
+    caller (agencies, peer gateways), may hold at once (sent with RESOURCE_EXHAUSTED at once,
+    before the request is read; retry when some have ended).
+    """
+    REQUEST_INCOMPLETE: _ErrorReason.ValueType  # 35
+    """The request message did not arrive in full within the gateway's receive deadline after the
+    call's headers (sent with DEADLINE_EXCEEDED): a client that promises a message and never
+    sends it cannot hold a call slot.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The reasons a Tongban RPC fails, carried in a google.rpc.ErrorInfo detail of the gRPC status.
@@ -211,6 +221,16 @@ REPORT_ANSWER_UNKNOWN: ErrorReason.ValueType  # 33
 """Peer.ReportAccess: the owner gave the reporting region no answer with the reported
 digest, for that subject, dataset, purpose and fields, within the dataset's cache TTL
 before the reported access (sent with PERMISSION_DENIED).
+"""
+TOO_MANY_CALLS: ErrorReason.ValueType  # 34
+"""The caller already has as many calls in flight as its client certificate, or its kind of
+caller (agencies, peer gateways), may hold at once (sent with RESOURCE_EXHAUSTED at once,
+before the request is read; retry when some have ended).
+"""
+REQUEST_INCOMPLETE: ErrorReason.ValueType  # 35
+"""The request message did not arrive in full within the gateway's receive deadline after the
+call's headers (sent with DEADLINE_EXCEEDED): a client that promises a message and never
+sends it cannot hold a call slot.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 

@@ -1,0 +1,252 @@
+"""Stalled streams (issue 13, docs/threats.md T15): a holder of one agency certificate opens many
+HTTP/2 streams of `DataExchange/Query`, sends HEADERS and a DATA frame whose gRPC length prefix
+promises more bytes than it sends, and never ends them. The gateway must keep answering a
+legitimate agency and a peer gateway all the same.
+
+The attacker speaks raw HTTP/2 (the `h2` library) over real TLS with ALPN `h2` and the agency's
+real client certificate: a gRPC client library would not send such frames."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import ssl
+import struct
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import grpc
+import h2.config
+import h2.connection
+import h2.events
+import pytest
+from google.rpc import error_details_pb2, status_pb2
+from query_support import CALL_TIMEOUT, Cluster, bearer, request, running_cluster
+from support import Federation, eventually, region_root
+
+from gateway.admission import DEFAULT_LIMITS, Pool
+from gateway.identity import REQUEST_RECEIVE_SECONDS
+from gateway.server import MAX_STREAMS_PER_CONNECTION
+
+pytestmark = pytest.mark.integration
+
+TARGET = "510000"  # the gateway under attack: sc.hrss's own, and the provider cq.hrss reaches
+ATTACKER = "zj.data"  # any federation certificate will do; this one names an agency
+CONNECTIONS = 21
+STREAMS_PER_CONNECTION = 100
+QUERIES_PER_CALLER = 100
+QUERY_CONCURRENCY = 4
+GRPC_STATUS = {"0": "OK", "1": "CANCELLED", "4": "DEADLINE_EXCEEDED", "8": "RESOURCE_EXHAUSTED"}
+# A gRPC message prefix (uncompressed, 1,000 bytes to come) and only the first 10 of them.
+STALLED_DATA = b"\x00" + struct.pack(">I", 1000) + b"\x0a\x08" + b"1" * 8
+
+
+class StallingConnection:
+    """One raw HTTP/2 connection that opens `Query` streams and never finishes their requests.
+    Each stream's end is recorded: the gRPC status name, or "RESET" for a RST_STREAM. While
+    `retake` holds, a stream that ended other than RESOURCE_EXHAUSTED is opened again: a slot the
+    gateway held until the request was overdue is taken back, and a stream the transport shed
+    under the burst is tried again; an outright refusal is taken as final."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.h2 = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
+        )
+        self.settings = asyncio.Event()
+        self.open: set[int] = set()
+        self.ended: dict[int, str] = {}
+        self.reasons: Counter[str] = Counter()
+        self.retake = True
+        self.to_retake = 0  # streams ended, to be opened again
+
+    @classmethod
+    async def connect(cls, port: int, context: ssl.SSLContext) -> StallingConnection:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=context, server_hostname="localhost"
+        )
+        assert writer.get_extra_info("ssl_object").selected_alpn_protocol() == "h2"
+        connection = cls(reader, writer)
+        connection.h2.initiate_connection()
+        await connection.flush()
+        return connection
+
+    async def flush(self) -> None:
+        self.writer.write(self.h2.data_to_send())
+        await self.writer.drain()
+
+    def stall(self, count: int) -> None:
+        for _ in range(count):
+            stream = self.h2.get_next_available_stream_id()
+            self.h2.send_headers(
+                stream,
+                [
+                    (":method", "POST"),
+                    (":scheme", "https"),
+                    (":path", "/tongban.v1.DataExchange/Query"),
+                    (":authority", "localhost"),
+                    ("content-type", "application/grpc"),
+                    ("te", "trailers"),
+                ],
+            )
+            self.h2.send_data(stream, STALLED_DATA)  # never END_STREAM
+            self.open.add(stream)
+
+    def _ended(self, stream: int, outcome: str, headers: Sequence[tuple[str, str]] = ()) -> None:
+        if stream in self.ended:
+            return
+        self.open.discard(stream)
+        self.ended[stream] = outcome
+        if outcome != "RESOURCE_EXHAUSTED":
+            self.to_retake += 1
+        for name, value in headers:
+            if name == "grpc-status-details-bin":
+                status = status_pb2.Status.FromString(base64.b64decode(value + "=="))
+                for detail in status.details:
+                    info = error_details_pb2.ErrorInfo()
+                    if detail.Unpack(info):
+                        self.reasons[info.reason] += 1
+
+    async def pump(self) -> None:
+        """Read and answer the server until the connection closes."""
+        try:
+            while data := await self.reader.read(65536):
+                for event in self.h2.receive_data(data):
+                    if isinstance(event, h2.events.RemoteSettingsChanged):
+                        self.settings.set()
+                    elif isinstance(event, h2.events.ResponseReceived | h2.events.TrailersReceived):
+                        headers = [(str(k), str(v)) for k, v in event.headers]
+                        status = dict(headers).get("grpc-status")
+                        if status is not None:
+                            self._ended(event.stream_id, GRPC_STATUS.get(status, status), headers)
+                    elif isinstance(event, h2.events.StreamReset):
+                        self._ended(event.stream_id, "RESET")
+                    elif isinstance(event, h2.events.DataReceived):
+                        self.h2.acknowledge_received_data(
+                            event.flow_controlled_length, event.stream_id
+                        )
+                if self.retake and self.to_retake:
+                    self.stall(self.to_retake)
+                    self.to_retake = 0
+                await self.flush()
+        except (ConnectionError, ssl.SSLError):
+            pass
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def attacker_tls(fed: Federation) -> ssl.SSLContext:
+    chain, key = fed.tls_files(ATTACKER)
+    root = fed.root / "target-root.pem"
+    root.write_bytes(region_root(fed, TARGET))
+    context = ssl.create_default_context(cafile=str(root))
+    context.load_cert_chain(chain, key)
+    context.set_alpn_protocols(["h2"])
+    return context
+
+
+@contextlib.asynccontextmanager
+async def stalling_attack(fed: Federation, port: int) -> AsyncIterator[list[StallingConnection]]:
+    """CONNECTIONS x STREAMS_PER_CONNECTION stalled streams, all sent before this yields."""
+    context = attacker_tls(fed)
+    connections = [await StallingConnection.connect(port, context) for _ in range(CONNECTIONS)]
+    pumps = [asyncio.ensure_future(c.pump()) for c in connections]
+    try:
+        for connection in connections:
+            await asyncio.wait_for(connection.settings.wait(), timeout=10)
+            connection.stall(STREAMS_PER_CONNECTION)
+            await connection.flush()
+        yield connections
+    finally:
+        for connection in connections:
+            connection.close()
+        for pump in pumps:
+            pump.cancel()
+        await asyncio.gather(*pumps, return_exceptions=True)
+
+
+async def settled(attack: list[StallingConnection], seconds: float) -> int:
+    """The attacker's streams still open once none is, or after `seconds`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while (held := sum(len(c.open) for c in attack)) and loop.time() < deadline:
+        await asyncio.sleep(0.1)
+    return held
+
+
+async def keep_querying(cluster: Cluster, agency: str, provider: str) -> Counter[str]:
+    """QUERIES_PER_CALLER queries of `provider`'s si.participation as `agency`, a few at a
+    time; the outcome of each by gRPC status name."""
+    outcomes: Counter[str] = Counter()
+    token = cluster.token(agency)
+    subjects = [cluster.subject(provider, "si.participation", n=n) for n in range(5)]
+    async with cluster.exchange(agency) as stub:
+
+        async def one(n: int) -> None:
+            try:
+                await stub.Query(
+                    request(provider, "si.participation", "SI-TRANSFER", subjects[n % 5]),
+                    metadata=bearer(token),
+                    timeout=CALL_TIMEOUT,
+                )
+            except grpc.aio.AioRpcError as exc:
+                outcomes[exc.code().name] += 1
+            else:
+                outcomes["OK"] += 1
+
+        for first in range(0, QUERIES_PER_CALLER, QUERY_CONCURRENCY):
+            await asyncio.gather(*(one(n) for n in range(first, first + QUERY_CONCURRENCY)))
+    return outcomes
+
+
+async def test_stalled_streams_of_one_certificate_do_not_stall_anyone_else(
+    federation: Federation, tmp_path: Path
+) -> None:
+    """21 connections x 100 stalled `Query` streams from one agency certificate: the gateway
+    holds the certificate's budget of them (never more) and refuses the rest at once
+    (RESOURCE_EXHAUSTED, TOO_MANY_CALLS; or the transport's own refusal under the burst); those
+    held end when their request is overdue (DEADLINE_EXCEEDED, REQUEST_INCOMPLETE) and the
+    attacker takes the slots back; one connection carries at most MAX_STREAMS_PER_CONNECTION
+    streams (HTTP/2 SETTINGS). Meanwhile an agency of the attacked region, and a peer gateway
+    forwarding to it, keep >= 99 % success."""
+    budget = DEFAULT_LIMITS[Pool.AGENCIES].per_certificate
+    async with running_cluster(federation, tmp_path) as cluster:
+        async with stalling_attack(federation, cluster.ports[TARGET]) as attack:
+            for connection in attack:
+                advertised = connection.h2.remote_settings.max_concurrent_streams
+                assert advertised == MAX_STREAMS_PER_CONNECTION
+            # The attacker holds all the calls its certificate may hold, and no more.
+            admission = cluster.gateways[TARGET].admission
+            attacker = cluster.thumbprint(ATTACKER)
+            await eventually(
+                lambda: admission.in_flight(Pool.AGENCIES, attacker) == budget,
+                "the attacker's budget held",
+                timeout=REQUEST_RECEIVE_SECONDS - 1,
+            )
+            agency, peer = await asyncio.gather(
+                keep_querying(cluster, "sc.hrss", "330000"),  # an agency of the attacked region
+                keep_querying(cluster, "cq.hrss", TARGET),  # Peer.Forward into it
+            )
+            for connection in attack:
+                connection.retake = False
+            still_open = await settled(attack, seconds=REQUEST_RECEIVE_SECONDS + 10)
+        ended: Counter[str] = Counter()
+        reasons: Counter[str] = Counter()
+        for connection in attack:
+            ended.update(connection.ended.values())
+            reasons.update(connection.reasons)
+
+    assert agency["OK"] >= 0.99 * QUERIES_PER_CALLER, agency
+    assert peer["OK"] >= 0.99 * QUERIES_PER_CALLER, peer
+    assert still_open == 0, f"{still_open} attacker streams outlived the receive deadline"
+    initial = CONNECTIONS * STREAMS_PER_CONNECTION
+    assert set(ended) <= {"RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "CANCELLED", "RESET"}, ended
+    assert ended["RESOURCE_EXHAUSTED"] + ended["CANCELLED"] + ended["RESET"] >= initial - budget
+    assert ended["RESOURCE_EXHAUSTED"] >= 1
+    assert reasons["TOO_MANY_CALLS"] == ended["RESOURCE_EXHAUSTED"], (reasons, ended)
+    assert ended["DEADLINE_EXCEEDED"] >= 1
+    assert reasons["REQUEST_INCOMPLETE"] == ended["DEADLINE_EXCEEDED"], (reasons, ended)
