@@ -16,6 +16,7 @@ import struct
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from types import MappingProxyType
 
 import grpc
 import h2.config
@@ -24,9 +25,9 @@ import h2.events
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 from query_support import CALL_TIMEOUT, Cluster, bearer, request, running_cluster
-from support import Federation, eventually, region_root
+from support import Federation, error_info, eventually, region_root
 
-from gateway.admission import DEFAULT_LIMITS, Pool
+from gateway.admission import DEFAULT_LIMITS, Limits, Pool
 from gateway.identity import REQUEST_RECEIVE_SECONDS
 from gateway.server import MAX_STREAMS_PER_CONNECTION
 
@@ -38,7 +39,14 @@ CONNECTIONS = 21
 STREAMS_PER_CONNECTION = 100
 QUERIES_PER_CALLER = 100
 QUERY_CONCURRENCY = 4
-GRPC_STATUS = {"0": "OK", "1": "CANCELLED", "4": "DEADLINE_EXCEEDED", "8": "RESOURCE_EXHAUSTED"}
+QUERY = "/tongban.v1.DataExchange/Query"
+GRPC_STATUS = {
+    "0": "OK",
+    "1": "CANCELLED",
+    "3": "INVALID_ARGUMENT",
+    "4": "DEADLINE_EXCEEDED",
+    "8": "RESOURCE_EXHAUSTED",
+}
 # A gRPC message prefix (uncompressed, 1,000 bytes to come) and only the first 10 of them.
 STALLED_DATA = b"\x00" + struct.pack(">I", 1000) + b"\x0a\x08" + b"1" * 8
 
@@ -60,6 +68,7 @@ class StallingConnection:
         self.open: set[int] = set()
         self.ended: dict[int, str] = {}
         self.reasons: Counter[str] = Counter()
+        self.reason: dict[int, str] = {}
         self.retake = True
         self.to_retake = 0  # streams ended, to be opened again
 
@@ -78,22 +87,30 @@ class StallingConnection:
         self.writer.write(self.h2.data_to_send())
         await self.writer.drain()
 
-    def stall(self, count: int) -> None:
+    def stall(self, count: int, path: str = QUERY) -> None:
         for _ in range(count):
-            stream = self.h2.get_next_available_stream_id()
-            self.h2.send_headers(
-                stream,
-                [
-                    (":method", "POST"),
-                    (":scheme", "https"),
-                    (":path", "/tongban.v1.DataExchange/Query"),
-                    (":authority", "localhost"),
-                    ("content-type", "application/grpc"),
-                    ("te", "trailers"),
-                ],
-            )
-            self.h2.send_data(stream, STALLED_DATA)  # never END_STREAM
-            self.open.add(stream)
+            self.send(path, STALLED_DATA)
+
+    def send(self, path: str, data: bytes | None) -> int:
+        """Open a stream of `path` and send `data`, never ending it; with None, end the stream
+        right after its HEADERS (a call without a request message)."""
+        stream = self.h2.get_next_available_stream_id()
+        self.h2.send_headers(
+            stream,
+            [
+                (":method", "POST"),
+                (":scheme", "https"),
+                (":path", path),
+                (":authority", "localhost"),
+                ("content-type", "application/grpc"),
+                ("te", "trailers"),
+            ],
+            end_stream=data is None,
+        )
+        if data is not None:
+            self.h2.send_data(stream, data)
+        self.open.add(stream)
+        return stream
 
     def _ended(self, stream: int, outcome: str, headers: Sequence[tuple[str, str]] = ()) -> None:
         if stream in self.ended:
@@ -109,6 +126,7 @@ class StallingConnection:
                     info = error_details_pb2.ErrorInfo()
                     if detail.Unpack(info):
                         self.reasons[info.reason] += 1
+                        self.reason[stream] = info.reason
 
     async def pump(self) -> None:
         """Read and answer the server until the connection closes."""
@@ -139,8 +157,8 @@ class StallingConnection:
         self.writer.close()
 
 
-def attacker_tls(fed: Federation) -> ssl.SSLContext:
-    chain, key = fed.tls_files(ATTACKER)
+def attacker_tls(fed: Federation, owner: str = ATTACKER) -> ssl.SSLContext:
+    chain, key = fed.tls_files(owner)
     root = fed.root / "target-root.pem"
     root.write_bytes(region_root(fed, TARGET))
     context = ssl.create_default_context(cafile=str(root))
@@ -150,16 +168,16 @@ def attacker_tls(fed: Federation) -> ssl.SSLContext:
 
 
 @contextlib.asynccontextmanager
-async def stalling_attack(fed: Federation, port: int) -> AsyncIterator[list[StallingConnection]]:
-    """CONNECTIONS x STREAMS_PER_CONNECTION stalled streams, all sent before this yields."""
-    context = attacker_tls(fed)
-    connections = [await StallingConnection.connect(port, context) for _ in range(CONNECTIONS)]
+async def raw_connections(
+    fed: Federation, port: int, count: int, owner: str = ATTACKER
+) -> AsyncIterator[list[StallingConnection]]:
+    """`count` raw HTTP/2 connections as `owner`, each past the server's SETTINGS."""
+    context = attacker_tls(fed, owner)
+    connections = [await StallingConnection.connect(port, context) for _ in range(count)]
     pumps = [asyncio.ensure_future(c.pump()) for c in connections]
     try:
         for connection in connections:
             await asyncio.wait_for(connection.settings.wait(), timeout=10)
-            connection.stall(STREAMS_PER_CONNECTION)
-            await connection.flush()
         yield connections
     finally:
         for connection in connections:
@@ -178,8 +196,10 @@ async def settled(attack: list[StallingConnection], seconds: float) -> int:
     return held
 
 
-async def keep_querying(cluster: Cluster, agency: str, provider: str) -> Counter[str]:
-    """QUERIES_PER_CALLER queries of `provider`'s si.participation as `agency`, a few at a
+async def keep_querying(
+    cluster: Cluster, agency: str, provider: str, *, queries: int = QUERIES_PER_CALLER
+) -> Counter[str]:
+    """`queries` queries of `provider`'s si.participation as `agency`, a few at a
     time; the outcome of each by gRPC status name."""
     outcomes: Counter[str] = Counter()
     token = cluster.token(agency)
@@ -198,7 +218,7 @@ async def keep_querying(cluster: Cluster, agency: str, provider: str) -> Counter
             else:
                 outcomes["OK"] += 1
 
-        for first in range(0, QUERIES_PER_CALLER, QUERY_CONCURRENCY):
+        for first in range(0, queries, QUERY_CONCURRENCY):
             await asyncio.gather(*(one(n) for n in range(first, first + QUERY_CONCURRENCY)))
     return outcomes
 
@@ -215,7 +235,10 @@ async def test_stalled_streams_of_one_certificate_do_not_stall_anyone_else(
     forwarding to it, keep >= 99 % success."""
     budget = DEFAULT_LIMITS[Pool.AGENCIES].per_certificate
     async with running_cluster(federation, tmp_path) as cluster:
-        async with stalling_attack(federation, cluster.ports[TARGET]) as attack:
+        async with raw_connections(federation, cluster.ports[TARGET], CONNECTIONS) as attack:
+            for connection in attack:
+                connection.stall(STREAMS_PER_CONNECTION)
+                await connection.flush()
             for connection in attack:
                 advertised = connection.h2.remote_settings.max_concurrent_streams
                 assert advertised == MAX_STREAMS_PER_CONNECTION
@@ -250,3 +273,94 @@ async def test_stalled_streams_of_one_certificate_do_not_stall_anyone_else(
     assert reasons["TOO_MANY_CALLS"] == ended["RESOURCE_EXHAUSTED"], (reasons, ended)
     assert ended["DEADLINE_EXCEEDED"] >= 1
     assert reasons["REQUEST_INCOMPLETE"] == ended["DEADLINE_EXCEEDED"], (reasons, ended)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/tongban.v1.Credentials/Verify",
+        "/tongban.v1.Oversight/QueryAudit",  # server streaming
+        "/tongban.v1.Registry/Watch",  # server streaming, long-lived once its request is in
+        "/grpc.health.v1.Health/Check",  # an open service: no identity needed
+        "/grpc.health.v1.Health/Watch",  # open, streaming with context.write
+    ],
+)
+async def test_every_unary_request_rpc_bounds_the_time_to_receive_its_request(
+    federation: Federation, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    """A request that never arrives in full ends the call with DEADLINE_EXCEEDED
+    (REQUEST_INCOMPLETE) once REQUEST_RECEIVE_SECONDS (0.5 s here) have passed; a call that
+    ends without any request message is INVALID_ARGUMENT (INVALID_ARGUMENT_FORMAT)."""
+    monkeypatch.setattr("gateway.identity.REQUEST_RECEIVE_SECONDS", 0.5)
+    async with (
+        running_cluster(federation, tmp_path) as cluster,
+        raw_connections(federation, cluster.ports[TARGET], 1) as (connection,),
+    ):
+        stalled = connection.send(path, STALLED_DATA)
+        empty = connection.send(path, None)
+        await connection.flush()
+        await settled([connection], seconds=5)
+    assert connection.ended[stalled] == "DEADLINE_EXCEEDED"
+    assert connection.reason[stalled] == "REQUEST_INCOMPLETE"
+    assert connection.ended[empty] == "INVALID_ARGUMENT"
+    assert connection.reason[empty] == "INVALID_ARGUMENT_FORMAT"
+
+
+async def test_an_open_service_holds_at_most_a_certificates_budget(
+    federation: Federation, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Health checks need no identity, but their calls are still admitted by certificate: past
+    the budget (2 here) a stalled one is refused at once."""
+    small = dict(DEFAULT_LIMITS)
+    small[Pool.AGENCIES] = Limits(per_certificate=2, pool=10)
+    monkeypatch.setattr("gateway.admission.DEFAULT_LIMITS", MappingProxyType(small))
+    async with (
+        running_cluster(federation, tmp_path) as cluster,
+        raw_connections(federation, cluster.ports[TARGET], 1) as (connection,),
+    ):
+        connection.stall(5, "/grpc.health.v1.Health/Check")
+        await connection.flush()
+        await settled([connection], seconds=1)
+        assert len(connection.open) == 2  # held until their requests are overdue
+    assert Counter(connection.ended.values()) == {"RESOURCE_EXHAUSTED": 3}
+    assert connection.reasons == {"TOO_MANY_CALLS": 3}
+
+
+async def test_agencies_together_cannot_take_the_peers_calls(
+    federation: Federation, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two agencies hold the agencies' whole pool (2 x 4 calls here) with stalled streams: a
+    third agency is refused (RESOURCE_EXHAUSTED, TOO_MANY_CALLS), but a peer gateway forwarding
+    into the region is answered, from the peers' own pool."""
+    small = dict(DEFAULT_LIMITS)
+    small[Pool.AGENCIES] = Limits(per_certificate=QUERY_CONCURRENCY, pool=2 * QUERY_CONCURRENCY)
+    monkeypatch.setattr("gateway.admission.DEFAULT_LIMITS", MappingProxyType(small))
+    async with running_cluster(federation, tmp_path) as cluster:
+        port = cluster.ports[TARGET]
+        async with (
+            raw_connections(federation, port, 1, "zj.data") as (first,),
+            raw_connections(federation, port, 1, "zj.hrss") as (second,),
+        ):
+            for connection in (first, second):
+                connection.stall(QUERY_CONCURRENCY)
+                await connection.flush()
+            admission = cluster.gateways[TARGET].admission
+            await eventually(
+                lambda: admission.in_flight(Pool.AGENCIES) == 2 * QUERY_CONCURRENCY, "the pool held"
+            )
+            async with cluster.exchange("sc.hrss") as stub:
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await stub.Query(
+                        request(
+                            "330000",
+                            "si.participation",
+                            "SI-TRANSFER",
+                            cluster.subject("330000", "si.participation"),
+                        ),
+                        metadata=bearer(cluster.token("sc.hrss")),
+                        timeout=CALL_TIMEOUT,
+                    )
+            assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert error_info(caught.value).reason == "TOO_MANY_CALLS"
+            peer = await keep_querying(cluster, "cq.hrss", TARGET, queries=QUERY_CONCURRENCY)
+    assert peer == {"OK": QUERY_CONCURRENCY}
