@@ -129,6 +129,12 @@ MAX_STREAMS_PER_CONNECTION = 100
 # at random, up to all of them at twice this: a legitimate call as likely as an attacker's, as
 # CANCELLED. Sized like MAX_CONCURRENT_RPCS so that a burst queues for the caller budgets to sort.
 MAX_PENDING_CALLS = MAX_CONCURRENT_RPCS
+# A connection that has not finished its TLS handshake in this long is closed (gRPC's default is
+# 120 s: an attacker's half-open handshakes would hold descriptors and memory that long).
+HANDSHAKE_TIMEOUT_SECONDS = 10
+# A connection with no call open for this long is closed with GOAWAY (clients reconnect when they
+# next call; a Registry.Watch stream keeps its connection busy). Connections cost memory too.
+MAX_CONNECTION_IDLE_SECONDS = 300
 # HTTP/2 keepalive: quiet connections (a Registry.Watch stream between publishes, a peer channel
 # at night) are pinged so that proxies and NATs do not cut them; clients may ping every 30 s.
 KEEPALIVE_OPTIONS = (
@@ -491,6 +497,8 @@ class Gateway:
                 ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
                 ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
                 ("grpc.server.max_pending_requests_hard_limit", 2 * MAX_PENDING_CALLS),
+                ("grpc.server_handshake_timeout_ms", HANDSHAKE_TIMEOUT_SECONDS * 1000),
+                ("grpc.max_connection_idle_ms", MAX_CONNECTION_IDLE_SECONDS * 1000),
                 *KEEPALIVE_OPTIONS,
             ],
             maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,

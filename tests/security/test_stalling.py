@@ -71,6 +71,7 @@ class StallingConnection:
         self.reason: dict[int, str] = {}
         self.retake = True
         self.to_retake = 0  # streams ended, to be opened again
+        self.closed = asyncio.Event()  # the server closed the connection
 
     @classmethod
     async def connect(cls, port: int, context: ssl.SSLContext) -> StallingConnection:
@@ -152,6 +153,7 @@ class StallingConnection:
                 await self.flush()
         except (ConnectionError, ssl.SSLError):
             pass
+        self.closed.set()
 
     def close(self) -> None:
         self.writer.close()
@@ -364,3 +366,32 @@ async def test_agencies_together_cannot_take_the_peers_calls(
             assert error_info(caught.value).reason == "TOO_MANY_CALLS"
             peer = await keep_querying(cluster, "cq.hrss", TARGET, queries=QUERY_CONCURRENCY)
     assert peer == {"OK": QUERY_CONCURRENCY}
+
+
+async def test_a_connection_that_never_finishes_its_tls_handshake_is_closed(
+    federation: Federation, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that opens TCP connections and never completes the TLS handshake holds them no
+    longer than HANDSHAKE_TIMEOUT_SECONDS (1 s here)."""
+    monkeypatch.setattr("gateway.server.HANDSHAKE_TIMEOUT_SECONDS", 1)
+    async with running_cluster(federation, tmp_path) as cluster:
+        reader, writer = await asyncio.open_connection("127.0.0.1", cluster.ports[TARGET])
+        try:
+            writer.write(b"\x16\x03\x01")  # the first bytes of a ClientHello, and no more
+            await writer.drain()
+            assert await asyncio.wait_for(reader.read(), timeout=10) == b""
+        finally:
+            writer.close()
+
+
+async def test_an_idle_connection_is_closed(
+    federation: Federation, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection with no call open for MAX_CONNECTION_IDLE_SECONDS (1 s here) is closed
+    (HTTP/2 GOAWAY): connections without calls cost the gateway memory and descriptors too."""
+    monkeypatch.setattr("gateway.server.MAX_CONNECTION_IDLE_SECONDS", 1)
+    async with (
+        running_cluster(federation, tmp_path) as cluster,
+        raw_connections(federation, cluster.ports[TARGET], 1) as (connection,),
+    ):
+        await asyncio.wait_for(connection.closed.wait(), timeout=10)
