@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 import grpc
 import h2.config
@@ -159,8 +160,11 @@ class StallingConnection:
         self.writer.close()
 
 
-def attacker_tls(fed: Federation, owner: str = ATTACKER) -> ssl.SSLContext:
-    chain, key = fed.tls_files(owner)
+def attacker_tls(
+    fed: Federation, owner: str = ATTACKER, files: tuple[Path, Path] | None = None
+) -> ssl.SSLContext:
+    """TLS with ALPN h2 as `owner`, or with the (chain, key) `files`, trusting TARGET's root."""
+    chain, key = files or fed.tls_files(owner)
     root = fed.root / "target-root.pem"
     root.write_bytes(region_root(fed, TARGET))
     context = ssl.create_default_context(cafile=str(root))
@@ -171,10 +175,16 @@ def attacker_tls(fed: Federation, owner: str = ATTACKER) -> ssl.SSLContext:
 
 @contextlib.asynccontextmanager
 async def raw_connections(
-    fed: Federation, port: int, count: int, owner: str = ATTACKER
+    fed: Federation,
+    port: int,
+    count: int,
+    owner: str = ATTACKER,
+    *,
+    context: ssl.SSLContext | None = None,
 ) -> AsyncIterator[list[StallingConnection]]:
-    """`count` raw HTTP/2 connections as `owner`, each past the server's SETTINGS."""
-    context = attacker_tls(fed, owner)
+    """`count` raw HTTP/2 connections as `owner` (or with `context`), each past the server's
+    SETTINGS."""
+    context = context or attacker_tls(fed, owner)
     connections = [await StallingConnection.connect(port, context) for _ in range(count)]
     pumps = [asyncio.ensure_future(c.pump()) for c in connections]
     try:
@@ -326,6 +336,35 @@ async def test_an_open_service_holds_at_most_a_certificates_budget(
         assert len(connection.open) == 2  # held until their requests are overdue
     assert Counter(connection.ended.values()) == {"RESOURCE_EXHAUSTED": 3}
     assert connection.reasons == {"TOO_MANY_CALLS": 3}
+
+
+async def test_a_certificate_that_names_no_party_has_a_small_budget(
+    federation: Federation, tmp_path: Path, kit: Any
+) -> None:
+    """A certificate a region's CA issued for no party the registry knows passes the TLS
+    handshake and may ask the open health service, from the `OTHERS` pool only: past its
+    budget (20) a stalled call is refused at once."""
+    chain, key = kit.certificate(federation, "urn:tongban:agency:nobody", issued_by="330000")
+    files = (tmp_path / "nobody.pem", tmp_path / "nobody.key")
+    files[0].write_bytes(chain)
+    files[1].write_bytes(key)
+    budget = DEFAULT_LIMITS[Pool.OTHERS].per_certificate
+    async with (
+        running_cluster(federation, tmp_path) as cluster,
+        raw_connections(
+            federation,
+            cluster.ports[TARGET],
+            1,
+            context=attacker_tls(federation, files=files),
+        ) as (connection,),
+    ):
+        connection.stall(budget + 5, "/grpc.health.v1.Health/Check")
+        await connection.flush()
+        await settled([connection], seconds=1)
+        assert len(connection.open) == budget
+        assert cluster.gateways[TARGET].admission.in_flight(Pool.OTHERS) == budget
+    assert Counter(connection.ended.values()) == {"RESOURCE_EXHAUSTED": 5}
+    assert connection.reasons == {"TOO_MANY_CALLS": 5}
 
 
 async def test_agencies_together_cannot_take_the_peers_calls(
