@@ -85,6 +85,7 @@ class CallAdmission:
         # certificate -> calls in flight; a certificate with none is forgotten at once, so the
         # map holds at most as many entries as there are calls in flight.
         self._certificates: dict[tuple[Pool, str], int] = {}
+        self._refused: dict[tuple[Pool, bool], int] = {}  # (pool, whole_pool) -> refusals so far
 
     def admit(self, pool: Pool, certificate: str) -> Refusal | None:
         """Take a slot for a call of `certificate` (its thumbprint) in `pool`: None when taken,
@@ -93,12 +94,17 @@ class CallAdmission:
         key = (pool, certificate)
         held = self._certificates.get(key, 0)
         if held >= limits.per_certificate:
-            return Refusal(pool, whole_pool=False, limit=limits.per_certificate)
+            return self._refuse(Refusal(pool, whole_pool=False, limit=limits.per_certificate))
         if self._pools[pool] >= limits.pool:
-            return Refusal(pool, whole_pool=True, limit=limits.pool)
+            return self._refuse(Refusal(pool, whole_pool=True, limit=limits.pool))
         self._certificates[key] = held + 1
         self._pools[pool] += 1
         return None
+
+    def _refuse(self, refusal: Refusal) -> Refusal:
+        key = (refusal.pool, refusal.whole_pool)
+        self._refused[key] = self._refused.get(key, 0) + 1
+        return refusal
 
     def release(self, pool: Pool, certificate: str) -> None:
         """Give back a slot `admit` took."""
@@ -115,3 +121,7 @@ class CallAdmission:
         if certificate is None:
             return self._pools[pool]
         return self._certificates.get((pool, certificate), 0)
+
+    def refused(self, pool: Pool, *, whole_pool: bool) -> int:
+        """Calls of `pool` refused so far because the pool (or one certificate's budget) was full."""
+        return self._refused.get((pool, whole_pool), 0)

@@ -598,6 +598,7 @@ class Gateway:
         )
         if self.query_path is not None:
             self.metrics.observe_cache(self.query_path.cache)
+        self.metrics.observe_admission(self.admission)
         if self.audit is not None:
             self.metrics.observe_audit_commits(self.audit.store.commits)
 

@@ -269,6 +269,11 @@ async def test_stalled_streams_of_one_certificate_do_not_stall_anyone_else(
             for connection in attack:
                 connection.retake = False
             still_open = await settled(attack, seconds=REQUEST_RECEIVE_SECONDS + 10)
+            gateway = cluster.gateways[TARGET]
+            gateway.observe()
+            refused = gateway.metrics.registry.get_sample_value(
+                "tongban_calls_refused_total", {"pool": "agencies", "limit": "certificate"}
+            )
         ended: Counter[str] = Counter()
         reasons: Counter[str] = Counter()
         for connection in attack:
@@ -283,6 +288,7 @@ async def test_stalled_streams_of_one_certificate_do_not_stall_anyone_else(
     assert ended["RESOURCE_EXHAUSTED"] + ended["CANCELLED"] + ended["RESET"] >= initial - budget
     assert ended["RESOURCE_EXHAUSTED"] >= 1
     assert reasons["TOO_MANY_CALLS"] == ended["RESOURCE_EXHAUSTED"], (reasons, ended)
+    assert refused == ended["RESOURCE_EXHAUSTED"]  # and the operators see them
     assert ended["DEADLINE_EXCEEDED"] >= 1
     assert reasons["REQUEST_INCOMPLETE"] == ended["DEADLINE_EXCEEDED"], (reasons, ended)
 
