@@ -11,6 +11,7 @@ registry version.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -31,18 +32,19 @@ from cryptography.x509.verification import (
 )
 from google.protobuf.message import DecodeError
 
+from gateway.admission import CallAdmission, Pool
 from gateway.errors import CallerRejected, abort
 from registry import KeyState, Registry, RegistryError, RegistryStore, certificate_thumbprint
 
 __all__ = [
     "MALFORMED_REASON",
+    "REQUEST_RECEIVE_SECONDS",
     "Caller",
     "CallerInterceptor",
     "CallerKind",
     "CallerResolver",
     "MalformedRequestHook",
     "current_caller",
-    "rpc_name",
 ]
 
 GATEWAY_URI_PREFIX = "urn:tongban:gateway:"
@@ -50,6 +52,9 @@ AGENCY_URI_PREFIX = "urn:tongban:agency:"
 MAX_CACHED_CALLERS = 4096  # certificates remembered per registry version
 # The ErrorInfo reason of a request that does not parse.
 MALFORMED_REASON: Final = "INVALID_ARGUMENT_FORMAT"
+# From a call's HEADERS to the last byte of its (unary) request message: a client that promises a
+# message and does not send it is refused after this long (docs/threats.md T15).
+REQUEST_RECEIVE_SECONDS = 5.0
 
 
 class CallerKind(StrEnum):
@@ -212,6 +217,7 @@ _DER = Encoding.DER
 
 if TYPE_CHECKING:
     Handler: TypeAlias = grpc.RpcMethodHandler[Any, Any]  # generic in the stubs only
+    Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
 
 class _Malformed:
@@ -240,84 +246,76 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
     return deserialize
 
 
+async def _refuse_malformed(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    if request is _MALFORMED:
+        await abort(
+            context,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "INVALID_ARGUMENT_FORMAT",
+            "the request is not a well-formed message of this RPC (corrupt protobuf, or a "
+            "string field that is not UTF-8)",
+        )
+
+
+_NO_MESSAGE: Final = object()
+
+
+async def _receive_one(requests: AsyncIterator[Any], context: Context) -> Any:
+    """The one request message of a unary-request RPC, within REQUEST_RECEIVE_SECONDS of its
+    HEADERS: a client that promises a message and never sends it all holds its slot no longer."""
+    try:
+        async with asyncio.timeout(REQUEST_RECEIVE_SECONDS):
+            request = await anext(requests, _NO_MESSAGE)
+    except TimeoutError:
+        await abort(
+            context,
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            "REQUEST_INCOMPLETE",
+            f"the request message did not arrive in full within {REQUEST_RECEIVE_SECONDS:g} s",
+        )
+    if request is _NO_MESSAGE:
+        await abort(
+            context,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "INVALID_ARGUMENT_FORMAT",
+            "the call ended without its request message",
+        )
+    return request
+
+
 # Called with the method ("/tongban.v1.DataExchange/Query") and the authenticated caller of a
 # request that does not parse, before it is refused: the gateway audits it (caller known, values
 # unknown). It must not raise for an audit store that is down: a refusal releases nothing.
 MalformedRequestHook: TypeAlias = Callable[[str, Caller], Awaitable[None]]
 
 
-def rpc_name(method: str) -> str:
-    """ "Service.Method" of a gRPC method path ("/tongban.v1.DataExchange/Query")."""
-    service, _, name = method.strip("/").partition("/")
-    return f"{service.rpartition('.')[2]}.{name}"
-
-
-async def _refuse_malformed(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-    if request is _MALFORMED:
-        await abort(
-            context,
-            grpc.StatusCode.INVALID_ARGUMENT,
-            MALFORMED_REASON,
-            "the request is not a well-formed message of this RPC (corrupt protobuf, or a "
-            "string field that is not UTF-8)",
-        )
-
-
-def _parse_safely(handler: Handler) -> Handler:
-    """An open service's unary-request handler with a malformed request refused as
-    INVALID_ARGUMENT instead of UNKNOWN; no caller check (streaming requests pass unchanged)."""
-    if handler.unary_unary is not None:
-        inner_uu = cast(Callable[[Any, Any], Awaitable[Any]], handler.unary_unary)
-
-        async def unary_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            await _refuse_malformed(request, context)
-            return await inner_uu(request, context)
-
-        return grpc.unary_unary_rpc_method_handler(
-            unary_unary, _tolerant(handler.request_deserializer), handler.response_serializer
-        )
-    if handler.unary_stream is not None and inspect.iscoroutinefunction(handler.unary_stream):
-        # A streaming handler that sends with context.write (as gRPC's health Watch does).
-        inner_writer = cast(Callable[[Any, Any], Awaitable[None]], handler.unary_stream)
-
-        async def unary_stream_writer(
-            request: Any, context: grpc.aio.ServicerContext[Any, Any]
-        ) -> None:
-            await _refuse_malformed(request, context)
-            await inner_writer(request, context)
-
-        return grpc.unary_stream_rpc_method_handler(
-            unary_stream_writer,
-            _tolerant(handler.request_deserializer),
-            handler.response_serializer,
-        )
-    if handler.unary_stream is not None and inspect.isasyncgenfunction(handler.unary_stream):
-        inner_us = cast(Callable[[Any, Any], AsyncIterator[Any]], handler.unary_stream)
-
-        async def unary_stream(
-            request: Any, context: grpc.aio.ServicerContext[Any, Any]
-        ) -> AsyncIterator[Any]:
-            await _refuse_malformed(request, context)
-            async for item in inner_us(request, context):
-                yield item
-
-        return grpc.unary_stream_rpc_method_handler(
-            unary_stream, _tolerant(handler.request_deserializer), handler.response_serializer
-        )
-    return handler
+_POOLS: Final = {CallerKind.GATEWAY: Pool.PEERS, CallerKind.AGENCY: Pool.AGENCIES}
 
 
 class CallerInterceptor(grpc.aio.ServerInterceptor):
-    """Authenticates every call (except the open services) and sets `current_caller`."""
+    """Authenticates every call (except the open services'), admits it against its caller's
+    budget of calls in flight, bounds the time to receive its request, and sets `current_caller`.
+
+    gRPC counts a call against the server's concurrency cap from its HEADERS, but would run a
+    unary-request handler only once the whole request message is in, and wait for it for ever.
+    So every unary-request method is served here through a stream-request handler (the wire
+    format is the same): it runs right after the HEADERS, knows the caller from the TLS
+    certificate, takes a slot in `CallAdmission` or refuses at once (RESOURCE_EXHAUSTED,
+    TOO_MANY_CALLS), reads the one message within REQUEST_RECEIVE_SECONDS (DEADLINE_EXCEEDED,
+    REQUEST_INCOMPLETE), then calls the method's own behaviour. Open services (health,
+    reflection) need no identity, but their calls are admitted too: by the party the certificate
+    names when the registry knows it, else in the `OTHERS` pool."""
 
     def __init__(
         self,
         resolver: CallerResolver,
         open_services: frozenset[str],
+        admission: CallAdmission | None = None,
         on_malformed: MalformedRequestHook | None = None,
     ) -> None:
         self._resolver = resolver
         self._open = tuple(f"/{name}/" for name in open_services)
+        self.admission = admission or CallAdmission()
         self._on_malformed = on_malformed
         self._wrapped: dict[str, tuple[Handler, Handler]] = {}  # method -> (handler, wrapped)
 
@@ -333,13 +331,11 @@ class CallerInterceptor(grpc.aio.ServerInterceptor):
         known = self._wrapped.get(method)
         if known is not None and known[0] is handler:
             return known[1]  # wrapped once per method: the per-call state is in the closures' calls
-        wrapped = (
-            _parse_safely(handler) if method.startswith(self._open) else self._wrap(handler, method)
-        )
+        wrapped = self._wrap(handler, method, open_service=method.startswith(self._open))
         self._wrapped[method] = (handler, wrapped)
         return wrapped
 
-    async def _authenticate(self, context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
+    async def _authenticate(self, context: Context) -> Caller:
         certificates = list(context.auth_context().get("x509_pem_cert") or [])
         if not certificates:
             await abort(
@@ -358,52 +354,157 @@ class CallerInterceptor(grpc.aio.ServerInterceptor):
             )
             await abort(context, code, exc.reason, str(exc))
 
-    def _wrap(self, handler: Handler, method: str) -> Handler:
-        authenticate = self._authenticate
-        hook = self._on_malformed
+    async def _admit(self, context: Context, open_service: bool) -> tuple[Caller | None, Pool, str]:
+        """(the caller, None for an open service; the pool and certificate its slot is held
+        under) once a slot is taken; refuses the call when its budget is full."""
+        pool, certificate = Pool.OTHERS, ""
+        caller: Caller | None = None
+        if open_service:
+            pems = list(context.auth_context().get("x509_pem_cert") or [])
+            if pems:
+                certificate = hashlib.sha256(pems[0]).hexdigest()
+                try:
+                    named = self._resolver.resolve(pems[0])
+                except CallerRejected:
+                    pass  # no party the registry knows: an open service answers it all the same
+                else:
+                    pool, certificate = _POOLS[named.kind], named.thumbprint
+        else:
+            caller = await self._authenticate(context)
+            pool, certificate = _POOLS[caller.kind], caller.thumbprint
+        refusal = self.admission.admit(pool, certificate)
+        if refusal is not None:
+            await abort(
+                context, grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_CALLS", refusal.explain()
+            )
+        return caller, pool, certificate
 
+    async def _receive(
+        self, requests: AsyncIterator[Any], context: Context, method: str, caller: Caller | None
+    ) -> Any:
+        """The call's one request message; one that does not parse is audited (when the caller
+        is known and a hook is set) and then refused."""
+        request = await _receive_one(requests, context)
+        if request is _MALFORMED and caller is not None and self._on_malformed is not None:
+            await self._on_malformed(method, caller)  # audited before it is refused
+        await _refuse_malformed(request, context)
+        return request
+
+    def _wrap(self, handler: Handler, method: str, *, open_service: bool) -> Handler:
+        admit = self._admit
+        release = self.admission.release
+        receive = self._receive
+        # Streamed responses of an identified caller: the caller is checked again (a cache
+        # hit) before every message, so a long-lived stream cannot outlive the trust it was
+        # opened with. Open services have no caller to check.
+        recheck = None if open_service else self._authenticate
+        deserialize = _tolerant(handler.request_deserializer)
+        serialize = handler.response_serializer
         if handler.unary_unary is not None:
             inner_uu = cast(Callable[[Any, Any], Awaitable[Any]], handler.unary_unary)
 
-            async def unary_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                caller = await authenticate(context)
-                token = current_caller.set(caller)
+            async def unary_unary(requests: AsyncIterator[Any], context: Context) -> Any:
+                caller, pool, certificate = await admit(context, open_service)
                 try:
-                    if request is _MALFORMED and hook is not None:
-                        await hook(method, caller)  # audited before it is refused
-                    await _refuse_malformed(request, context)
-                    return await inner_uu(request, context)
+                    request = await receive(requests, context, method, caller)
+                    token = current_caller.set(caller)
+                    try:
+                        return await inner_uu(request, context)
+                    finally:
+                        current_caller.reset(token)
                 finally:
-                    current_caller.reset(token)
+                    release(pool, certificate)
 
-            return grpc.unary_unary_rpc_method_handler(
-                unary_unary, _tolerant(handler.request_deserializer), handler.response_serializer
+            return grpc.stream_unary_rpc_method_handler(unary_unary, deserialize, serialize)
+        if handler.unary_stream is not None and inspect.iscoroutinefunction(handler.unary_stream):
+            # A streaming handler that sends with context.write (as gRPC's health Watch does).
+            inner_writer = cast(Callable[[Any, Any], Awaitable[None]], handler.unary_stream)
+
+            async def unary_stream_writer(requests: AsyncIterator[Any], context: Context) -> None:
+                caller, pool, certificate = await admit(context, open_service)
+                try:
+                    request = await receive(requests, context, method, caller)
+                    token = current_caller.set(caller)
+                    try:
+                        await inner_writer(request, context)
+                    finally:
+                        current_caller.reset(token)
+                finally:
+                    release(pool, certificate)
+
+            return grpc.stream_stream_rpc_method_handler(
+                unary_stream_writer, deserialize, serialize
             )
         if handler.unary_stream is not None:
             inner_us = cast(Callable[[Any, Any], AsyncIterator[Any]], handler.unary_stream)
 
             async def unary_stream(
-                request: Any, context: grpc.aio.ServicerContext[Any, Any]
+                requests: AsyncIterator[Any], context: Context
             ) -> AsyncIterator[Any]:
-                # No reset token here: a stream the client cancels is closed by the event
-                # loop's async-generator finaliser, in another Context, where `reset(token)`
-                # raises. grpc.aio runs each call in a task of its own, whose Context copy
-                # (and the caller set in it) ends with the call.
-                caller = await authenticate(context)
-                current_caller.set(caller)
-                if request is _MALFORMED and hook is not None:
-                    await hook(method, caller)  # audited before it is refused
-                await _refuse_malformed(request, context)
-                async for item in inner_us(request, context):
-                    # A long-lived stream must not outlive the trust it was opened with:
-                    # the caller is checked again (a cache hit) before every message.
-                    await authenticate(context)
-                    yield item
+                caller, pool, certificate = await admit(context, open_service)
+                try:
+                    request = await receive(requests, context, method, caller)
+                    # No reset token here: a stream the client cancels is closed by the event
+                    # loop's async-generator finaliser, in another Context, where
+                    # `reset(token)` raises. grpc.aio runs each call in a task of its own, whose
+                    # Context copy (and the caller set in it) ends with the call.
+                    current_caller.set(caller)
+                    async for item in inner_us(request, context):
+                        if recheck is not None:
+                            await recheck(context)
+                        yield item
+                finally:
+                    release(pool, certificate)
 
-            return grpc.unary_stream_rpc_method_handler(
-                unary_stream, _tolerant(handler.request_deserializer), handler.response_serializer
+            return grpc.stream_stream_rpc_method_handler(unary_stream, deserialize, serialize)
+        if not open_service:
+            # Tongban has no client-streaming RPCs; refuse rather than pass one through unchecked.
+            raise CallerRejected(
+                "INVALID_ARGUMENT_FORMAT", f"streaming requests are not supported: {handler}"
             )
-        # Tongban has no client-streaming RPCs; refuse rather than pass one through unchecked.
-        raise CallerRejected(
-            "INVALID_ARGUMENT_FORMAT", f"streaming requests are not supported: {handler}"
+        return self._admitted_stream(handler)
+
+    def _admitted_stream(self, handler: Handler) -> Handler:
+        """An open service's stream-request handler (reflection's), holding a slot while open."""
+        admit = self._admit
+        release = self.admission.release
+        if handler.stream_unary is not None:
+            inner_su = cast(Callable[[Any, Any], Awaitable[Any]], handler.stream_unary)
+
+            async def stream_unary(requests: AsyncIterator[Any], context: Context) -> Any:
+                _, pool, certificate = await admit(context, True)
+                try:
+                    return await inner_su(requests, context)
+                finally:
+                    release(pool, certificate)
+
+            return grpc.stream_unary_rpc_method_handler(
+                stream_unary, handler.request_deserializer, handler.response_serializer
+            )
+        inner_ss = cast(Callable[[Any, Any], Any], handler.stream_stream)
+        if inspect.iscoroutinefunction(inner_ss):
+
+            async def stream_writer(requests: AsyncIterator[Any], context: Context) -> None:
+                _, pool, certificate = await admit(context, True)
+                try:
+                    await inner_ss(requests, context)
+                finally:
+                    release(pool, certificate)
+
+            return grpc.stream_stream_rpc_method_handler(
+                stream_writer, handler.request_deserializer, handler.response_serializer
+            )
+
+        async def stream_stream(
+            requests: AsyncIterator[Any], context: Context
+        ) -> AsyncIterator[Any]:
+            _, pool, certificate = await admit(context, True)
+            try:
+                async for item in inner_ss(requests, context):
+                    yield item
+            finally:
+                release(pool, certificate)
+
+        return grpc.stream_stream_rpc_method_handler(
+            stream_stream, handler.request_deserializer, handler.response_serializer
         )

@@ -32,6 +32,7 @@ from grpc_reflection.v1alpha import reflection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from gateway.admission import CallAdmission
 from gateway.audit import (
     AuditError,
     AuditLog,
@@ -51,7 +52,6 @@ from gateway.identity import (
     Caller,
     CallerInterceptor,
     CallerResolver,
-    rpc_name,
 )
 from gateway.metrics import (
     PEER_LOCAL,
@@ -124,11 +124,30 @@ SERVED_SERVICES = (REGISTRY_SERVICE, CREDENTIALS_SERVICE)  # always; Oversight w
 OPEN_SERVICES = frozenset({health.SERVICE_NAME, reflection.SERVICE_NAME})  # mTLS only, no identity
 # Services whose undecodable requests are audited (caller known, values unknown): see
 # `Gateway.audit_malformed`. Oversight may join once its own calls are audited.
-MALFORMED_AUDITED_SERVICES = frozenset({EXCHANGE_SERVICE, PEER_SERVICE, CREDENTIALS_SERVICE})
+MALFORMED_AUDITED_SERVICES = frozenset(
+    {EXCHANGE_SERVICE, PEER_SERVICE, CREDENTIALS_SERVICE, OVERSIGHT_SERVICE}
+)
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # bytes: a registry snapshot is the largest message
 # Calls one gateway process handles at once; more are refused by gRPC at once with
 # RESOURCE_EXHAUSTED ("Concurrent RPC limit exceeded"), before any Python work is done for them.
-MAX_CONCURRENT_RPCS = 2000
+# A backstop only: gRPC counts a call from its HEADERS, without knowing who makes it, so the
+# budgets per caller and per kind of caller (gateway/admission.py, 2,100 calls in all) refuse
+# first, and this cap stays above their sum for calls between their HEADERS and that refusal.
+MAX_CONCURRENT_RPCS = 4000
+# HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: streams one connection may hold open at once (a client
+# opening more gets them refused by the transport; gRPC clients queue them instead).
+MAX_STREAMS_PER_CONNECTION = 100
+# Calls gRPC has received but the event loop has not yet taken up (a burst of streams on many
+# connections arrives faster than the loop can refuse them). Past this many gRPC sheds new calls
+# at random, up to all of them at twice this: a legitimate call as likely as an attacker's, as
+# CANCELLED. Sized like MAX_CONCURRENT_RPCS so that a burst queues for the caller budgets to sort.
+MAX_PENDING_CALLS = MAX_CONCURRENT_RPCS
+# A connection that has not finished its TLS handshake in this long is closed (gRPC's default is
+# 120 s: an attacker's half-open handshakes would hold descriptors and memory that long).
+HANDSHAKE_TIMEOUT_SECONDS = 10
+# A connection with no call open for this long is closed with GOAWAY (clients reconnect when they
+# next call; a Registry.Watch stream keeps its connection busy). Connections cost memory too.
+MAX_CONNECTION_IDLE_SECONDS = 300
 # HTTP/2 keepalive: quiet connections (a Registry.Watch stream between publishes, a peer channel
 # at night) are pinged so that proxies and NATs do not cut them; clients may ping every 30 s.
 KEEPALIVE_OPTIONS = (
@@ -298,6 +317,7 @@ class Gateway:
         self.metrics_server: MetricsServer | None = None
         self.metrics_port = 0
         self._clock = clock
+        self.admission = CallAdmission()  # calls in flight per caller (docs/threats.md T15)
         self._tls = _TlsMaterial(config)
         self._peers: PeerPool | None = None
         self.verifier = SealVerifier(_NoTrust(), clock=clock)
@@ -508,7 +528,7 @@ class Gateway:
             time=self._clock(),
             gateway=f"gateway-{self.config.region}",
             region=self.config.region,
-            rpc=rpc_name(method),
+            rpc=method,
             request_id="",
             caller_agency=caller.agency_id,
             caller_operator="",
@@ -549,12 +569,18 @@ class Gateway:
                 CallerInterceptor(
                     CallerResolver(self.store, self._clock),
                     OPEN_SERVICES,
+                    self.admission,
                     on_malformed=self.audit_malformed,
                 ),
             ],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
+                ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
+                ("grpc.server.max_pending_requests_hard_limit", 2 * MAX_PENDING_CALLS),
+                ("grpc.server_handshake_timeout_ms", HANDSHAKE_TIMEOUT_SECONDS * 1000),
+                ("grpc.max_connection_idle_ms", MAX_CONNECTION_IDLE_SECONDS * 1000),
                 *KEEPALIVE_OPTIONS,
             ],
             maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
@@ -655,6 +681,7 @@ class Gateway:
         )
         if self.query_path is not None:
             self.metrics.observe_cache(self.query_path.cache)
+        self.metrics.observe_admission(self.admission)
         if self.audit is not None:
             self.metrics.observe_audit_commits(self.audit.store.commits)
 

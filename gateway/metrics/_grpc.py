@@ -16,6 +16,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 import grpc
+from google.protobuf import descriptor_pool
 
 from gateway.metrics._metrics import GatewayMetrics, grpc_code_name, split_method
 
@@ -36,6 +37,16 @@ _TYPES = {
     (True, False): "client_stream",
     (True, True): "bidi_stream",
 }
+
+
+def _proto_type(service: str, method: str, handler: Handler) -> str:
+    """The RPC's type as its .proto declares it: the caller check serves unary-request methods
+    through stream-request handlers (docs/threats.md T15), which must not change the label."""
+    try:
+        described = descriptor_pool.Default().FindMethodByName(f"{service}.{method}")
+    except KeyError:  # a service without a descriptor in the default pool: as it is served
+        return _TYPES[(bool(handler.request_streaming), bool(handler.response_streaming))]
+    return _TYPES[(described.client_streaming, described.server_streaming)]
 
 
 def _ended_with(context: Context) -> str:
@@ -132,7 +143,7 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         if known is not None and known[0] is handler:
             return known[1]
         service, method = split_method(name)
-        kind = _TYPES[(bool(handler.request_streaming), bool(handler.response_streaming))]
+        kind = _proto_type(service, method, handler)
         wrapped = self._wrap(handler, (kind, service, method))
         self._wrapped[name] = (handler, wrapped)
         return wrapped

@@ -20,6 +20,7 @@ import grpc
 from cryptography import x509
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from gateway.admission import Pool
 from registry import KeyState, Registry, RegistryStatus, certificate_thumbprint
 from signer import Indication, SubIndication
 
@@ -67,6 +68,14 @@ _CODES = {**{c.name: n for c, n in _CODE_NAMES.items()}, **{n: n for n in _CODE_
 _CODES_BY_NUMBER = {c.value[0]: n for c, n in _CODE_NAMES.items()}
 
 CertificateLabels = tuple[str, str, str]  # kid, usage, owner
+
+
+class AdmissionView(Protocol):
+    """What `observe_admission` reads: a `gateway.admission.CallAdmission`."""
+
+    def in_flight(self, pool: Pool, certificate: str | None = None) -> int: ...
+
+    def refused(self, pool: Pool, *, whole_pool: bool) -> int: ...
 
 
 class CacheView(Protocol):
@@ -342,6 +351,23 @@ class GatewayMetrics:
             registry=r,
         )
 
+        # calls in flight per caller (gateway/admission.py) ---------------------------------------
+        self.calls_in_flight = Gauge(
+            "tongban_calls_in_flight",
+            "Calls in flight, by pool of callers (peers, agencies, others), as the budgets per "
+            "client certificate count them.",
+            ("pool",),
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.calls_refused = Counter(
+            "tongban_calls_refused_total",
+            "Calls refused with TOO_MANY_CALLS before their request was read, by pool and by the "
+            "limit reached (certificate: one certificate's budget; pool: the whole pool's).",
+            ("pool", "limit"),
+            registry=r,
+        )
+
         # certificates ----------------------------------------------------------------------------
         self.certificate_expiry = Gauge(
             "tongban_certificate_expiry_timestamp_seconds",
@@ -370,6 +396,7 @@ class GatewayMetrics:
         self._refusal_totals = _Monotonic()
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._audit_totals = _Monotonic()
+        self._admission_totals = _Monotonic()
         self._certificates: set[CertificateLabels] = set()
         self._regions: frozenset[str] | None = None  # known once a registry was observed
         self._agreements: frozenset[str] | None = None
@@ -453,6 +480,16 @@ class GatewayMetrics:
             delta = self._cache_totals.delta(result, total)
             if delta > 0:
                 self.cache_lookups.labels(result).inc(delta)
+
+    def observe_admission(self, admission: AdmissionView) -> None:
+        """Follow the calls in flight and the refusals of the budgets per caller."""
+        for pool in Pool:
+            self.calls_in_flight.labels(pool.value).set(admission.in_flight(pool))
+            for limit, whole_pool in (("certificate", False), ("pool", True)):
+                total = admission.refused(pool, whole_pool=whole_pool)
+                delta = self._admission_totals.delta(f"{pool.value}/{limit}", total)
+                if delta > 0:
+                    self.calls_refused.labels(pool.value, limit).inc(delta)
 
     def observe_audit_commits(self, total: int) -> None:
         """Follow an audit store's count of committed transactions (batches)."""

@@ -97,6 +97,17 @@ async def test_queries_show_in_the_contract_series(federation: Federation, tmp_p
         for code in ("PermissionDenied", "NotFound", "Unauthenticated"):
             assert value(requester, "grpc_server_handled_total", **query_calls, grpc_code=code) == 1
         assert value(requester, "grpc_server_handling_seconds_count", **query_calls) == 5
+        # grpc_type is what the proto says, though unary requests are served as streams (T15)
+        unary = {**query_calls, "grpc_type": "unary"}
+        assert value(requester, "grpc_server_started_total", **unary) == 5
+        assert value(requester, "grpc_server_msg_received_total", **unary) == 5
+        streaming_in = [
+            name
+            for name, labels in requester
+            if name.startswith("grpc_server_")
+            and dict(labels).get("grpc_type") in ("client_stream", "bidi_stream")
+        ]
+        assert streaming_in == []
         decisions = "tongban_authorisation_decisions_total"
         assert value(requester, decisions, outcome="allowed") == 2
         assert value(requester, decisions, outcome="denied", reason="PURPOSE_NOT_APPROVED") == 1

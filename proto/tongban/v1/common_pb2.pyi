@@ -116,6 +116,16 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """Oversight.SignCheckpoint asked again before the caller's interval has passed (sent with
     RESOURCE_EXHAUSTED and a google.rpc.RetryInfo saying when to ask again).
     """
+    TOO_MANY_CALLS: _ErrorReason.ValueType  # 35
+    """The caller already has as many calls in flight as its client certificate, or its kind of
+    caller (agencies, peer gateways), may hold at once (sent with RESOURCE_EXHAUSTED at once,
+    before the request is read; retry when some have ended).
+    """
+    REQUEST_INCOMPLETE: _ErrorReason.ValueType  # 36
+    """The request message did not arrive in full within the gateway's receive deadline after the
+    call's headers (sent with DEADLINE_EXCEEDED): a client that promises a message and never
+    sends it cannot hold a call slot.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The reasons a Tongban RPC fails, carried in a google.rpc.ErrorInfo detail of the gRPC status.
@@ -219,6 +229,16 @@ before the reported access (sent with PERMISSION_DENIED).
 CHECKPOINT_RATE_LIMITED: ErrorReason.ValueType  # 34
 """Oversight.SignCheckpoint asked again before the caller's interval has passed (sent with
 RESOURCE_EXHAUSTED and a google.rpc.RetryInfo saying when to ask again).
+"""
+TOO_MANY_CALLS: ErrorReason.ValueType  # 35
+"""The caller already has as many calls in flight as its client certificate, or its kind of
+caller (agencies, peer gateways), may hold at once (sent with RESOURCE_EXHAUSTED at once,
+before the request is read; retry when some have ended).
+"""
+REQUEST_INCOMPLETE: ErrorReason.ValueType  # 36
+"""The request message did not arrive in full within the gateway's receive deadline after the
+call's headers (sent with DEADLINE_EXCEEDED): a client that promises a message and never
+sends it cannot hold a call slot.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 

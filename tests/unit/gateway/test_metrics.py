@@ -11,6 +11,7 @@ import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import grpc
@@ -21,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from support import eventually, make_federation
 
+from gateway.admission import DEFAULT_LIMITS, CallAdmission, Limits, Pool
 from gateway.cache import CircuitBreaker
 from gateway.errors import abort
 from gateway.metrics import (
@@ -592,6 +594,32 @@ def test_no_registry_held_yet_and_refusals_counted_once() -> None:
     metrics.observe_refusals(store.status().refusals)
     assert _value(metrics, "tongban_registry_refused_total", reason="FORMAT") == 3
     assert not _certificate_series(metrics, "tongban_certificate_expiry_timestamp_seconds")
+
+
+def test_calls_in_flight_and_refusals_follow_the_admission() -> None:
+    """tongban_calls_in_flight by pool, tongban_calls_refused_total by pool and limit reached;
+    no certificate in any label."""
+    metrics = GatewayMetrics()
+    limits = dict(DEFAULT_LIMITS)
+    limits[Pool.AGENCIES] = Limits(per_certificate=2, pool=3)
+    admission = CallAdmission(MappingProxyType(limits))
+    for certificate in ("a", "a", "a", "b", "c"):  # a: 2 admitted, 1 refused; b in; c: pool full
+        admission.admit(Pool.AGENCIES, certificate)
+    admission.admit(Pool.PEERS, "g")
+    metrics.observe_admission(admission)
+    metrics.observe_admission(admission)  # the same totals: nothing added
+    assert _value(metrics, "tongban_calls_in_flight", pool="agencies") == 3
+    assert _value(metrics, "tongban_calls_in_flight", pool="peers") == 1
+    assert _value(metrics, "tongban_calls_in_flight", pool="others") == 0
+    refused = "tongban_calls_refused_total"
+    assert _value(metrics, refused, pool="agencies", limit="certificate") == 1
+    assert _value(metrics, refused, pool="agencies", limit="pool") == 1
+    admission.release(Pool.AGENCIES, "a")
+    admission.admit(Pool.AGENCIES, "a")
+    admission.admit(Pool.AGENCIES, "c")
+    metrics.observe_admission(admission)
+    assert _value(metrics, refused, pool="agencies", limit="pool") == 2
+    assert _value(metrics, "tongban_calls_in_flight", pool="agencies") == 3
 
 
 def test_agreements_and_regions_are_those_of_the_registry(
