@@ -183,32 +183,16 @@ async def _raw_call(
 
 # (caller, its gateway's region or the peer's, method, rpc recorded, request bytes)
 MALFORMED_CALLS = [
-    (
-        "sc.hrss",
-        REQUESTER,
-        "/tongban.v1.DataExchange/Query",
-        "/tongban.v1.DataExchange/Query",
-        NOT_UTF8,
-    ),
+    ("sc.hrss", REQUESTER, "/tongban.v1.DataExchange/Query", NOT_UTF8),
     ("sc.hrss", REQUESTER, "/tongban.v1.DataExchange/Query"),
-    (
-        "sc.hrss",
-        REQUESTER,
-        "/tongban.v1.DataExchange/BatchQuery",
-        "/tongban.v1.DataExchange/BatchQuery",
-    ),
+    ("sc.hrss", REQUESTER, "/tongban.v1.DataExchange/BatchQuery"),
     ("sc.hrss", REQUESTER, "/tongban.v1.Credentials/Fetch"),
     ("sc.hrss", REQUESTER, "/tongban.v1.Credentials/Seal"),
     ("sc.hrss", REQUESTER, "/tongban.v1.Credentials/Verify"),
     (REQUESTER, OWNER, "/tongban.v1.Peer/Forward"),
     (REQUESTER, OWNER, "/tongban.v1.Peer/ReportAccess"),
     # reading the audit log is an access too (T19): a request that does not parse is recorded
-    (
-        "sc.data",
-        REQUESTER,
-        "/tongban.v1.Oversight/SubjectAccess",
-        "/tongban.v1.Oversight/SubjectAccess",
-    ),
+    ("sc.data", REQUESTER, "/tongban.v1.Oversight/SubjectAccess"),
     ("sc.data", REQUESTER, "/tongban.v1.Oversight/QueryAudit"),
 ]
 
