@@ -289,6 +289,7 @@ class Gateway:
         )
         self._tasks: list[asyncio.Task[None]] = []
         self._swap_tasks: set[asyncio.Future[None]] = set()
+        self._stop_following: Callable[[], None] = lambda: None
         self._health = health.aio.HealthServicer()
         self._served_version = -1
         self.server: grpc.aio.Server | None = None
@@ -530,7 +531,7 @@ class Gateway:
                 ) from exc
             self.metrics_server = metrics_server
         await self._update_health()
-        self.store.on_swap(self._on_swap)
+        self._stop_following = self.store.on_swap(self._on_swap)
         if self._file_source is not None:
             self._tasks.append(asyncio.create_task(self._file_source.run(), name="registry-file"))
         if self.config.follow:
@@ -592,6 +593,7 @@ class Gateway:
                 self.observe()
 
     async def stop(self, grace_seconds: float | None = None) -> None:
+        self._stop_following()  # a stopped gateway starts no more health updates
         tasks = [*self._tasks, *self._swap_tasks]
         for task in tasks:
             task.cancel()
