@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 DEMO ?= out/demo
 
-.PHONY: demo demo-serve fuzz test install services promtool lint proto proto-check pytest clean
+.PHONY: demo demo-serve fuzz soak test install services promtool lint proto proto-check pytest clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -65,6 +65,13 @@ demo-serve: demo
 FUZZ_EXAMPLES ?= 10000
 fuzz: $(STAMP)
 	TONGBAN_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -p no:cacheprovider tests/fuzz -m fuzz -q
+
+# The soak run (not in CI): the three demo gateways in one process follow SOAK_VERSIONS registry
+# versions under a client load; exits 1 if memory, descriptors, tasks or channels grew.
+SOAK_VERSIONS ?= 3000
+SOAK_ARGS ?=
+soak: $(STAMP)
+	$(PY) bench/soak.py --versions $(SOAK_VERSIONS) $(SOAK_ARGS)
 
 clean:
 	rm -rf out .pytest_cache .mypy_cache .ruff_cache .coverage

@@ -300,6 +300,11 @@ class Gateway:
             else None
         )
 
+    @property
+    def peers(self) -> PeerPool | None:
+        """The pooled channels to peer gateways (None without an [exchange] section)."""
+        return self._peers
+
     def _build_query_path(
         self, seal_keys: dict[str, KeyProvider], clock: Callable[[], datetime]
     ) -> QueryPath | None:
