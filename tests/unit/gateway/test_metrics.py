@@ -360,6 +360,31 @@ async def test_client_calls_are_counted_per_peer_region(served: Served) -> None:
     assert at("grpc_client_handling_seconds_count", "server_stream", "Three", TEST) == 1
 
 
+async def test_a_long_lived_channel_labels_each_call_by_the_registry_then_held(
+    served: Served, federation_store: tuple[RegistryStore, Path]
+) -> None:
+    # A peer channel outlives registry versions: a region the registry names only from a later
+    # version is labelled by its code from then on, not by what was known when it was opened.
+    store, _ = federation_store
+    assert store.snapshot is not None
+    registry = store.snapshot.registry
+    without = dataclasses.replace(
+        registry, regions=tuple(r for r in registry.regions if r.code != "510000")
+    )
+    served.metrics.observe_registry(without, store.status())
+    channel = grpc.aio.insecure_channel(
+        f"127.0.0.1:{served.port}", interceptors=client_interceptors(served.metrics, "510000")
+    )
+    async with channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        await stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
+        served.metrics.observe_registry(registry, store.status())
+        await stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
+    for region in ("other", "510000"):
+        labels = {"peer_region": region}
+        assert served.server("grpc_client_started_total", "unary", HEALTH, "Check", **labels) == 1
+
+
 async def test_client_streams_that_fail_or_are_abandoned(served: Served) -> None:
     channel = grpc.aio.insecure_channel(
         f"127.0.0.1:{served.port}", interceptors=client_interceptors(served.metrics, "500000")
