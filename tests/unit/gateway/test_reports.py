@@ -373,6 +373,19 @@ def test_the_seal_memo_forgets_after_its_time_and_is_bounded() -> None:
     assert memo.get(_PassedSeals.key(record, 0, "330000")) is None  # the oldest went
 
 
+def test_the_seal_memo_keeps_no_expired_check() -> None:
+    # One check per registry version (the key holds it): once their time is over they are
+    # gone at the next check, not kept until 4096 others push them out.
+    now = [0.0]
+    memo = _PassedSeals(seconds=5, clock=lambda: now[0])
+    record = credentials_pb2.SealedRecord(jws="a.b.c", payload=b"{}")
+    for version in range(1000):
+        memo.put(_PassedSeals.key(record, version, "330000"), ())
+    now[0] = 5.0
+    memo.put(_PassedSeals.key(record, 1000, "330000"), ())
+    assert len(memo._passed) == 1
+
+
 class _NoRegistry:
     def current(self) -> Registry:
         raise RegistryUnavailable("no registry snapshot has been loaded yet")
