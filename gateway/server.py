@@ -111,6 +111,9 @@ OVERSIGHT_SERVICE = oversight_pb2.DESCRIPTOR.services_by_name["Oversight"].full_
 EXCHANGE_SERVICE = exchange_pb2.DESCRIPTOR.services_by_name["DataExchange"].full_name
 PEER_SERVICE = exchange_pb2.DESCRIPTOR.services_by_name["Peer"].full_name
 REDIS_TIMEOUT_SECONDS = 0.25  # a Redis that does not answer in this long counts as down
+# Connections of the client the replay window, quotas and report queue share: a burst of calls
+# waits (within REDIS_TIMEOUT_SECONDS) for one instead of opening one per call and keeping it.
+REDIS_MAX_CONNECTIONS = 64
 SERVED_SERVICES = (REGISTRY_SERVICE, CREDENTIALS_SERVICE)  # always; Oversight with an audit log
 OPEN_SERVICES = frozenset({health.SERVICE_NAME, reflection.SERVICE_NAME})  # mTLS only, no identity
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # bytes: a registry snapshot is the largest message
@@ -321,11 +324,15 @@ class Gateway:
         reports: ReportQueue
         cache_key_id = hashlib.sha256(exchange.cache_key).hexdigest()[:4]
         if exchange.redis_url:
-            client = redis.asyncio.Redis.from_url(
-                exchange.redis_url,
-                socket_timeout=REDIS_TIMEOUT_SECONDS,
-                socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
-                retry=Retry(NoBackoff(), 0),  # a Redis that is down must fail fast, not in seconds
+            client = redis.asyncio.Redis.from_pool(
+                redis.asyncio.BlockingConnectionPool.from_url(
+                    exchange.redis_url,
+                    max_connections=REDIS_MAX_CONNECTIONS,
+                    timeout=REDIS_TIMEOUT_SECONDS,
+                    socket_timeout=REDIS_TIMEOUT_SECONDS,
+                    socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+                    retry=Retry(NoBackoff(), 0),  # a Redis that is down must fail fast
+                )
             )
             self._closers.append(client.aclose)
             replay = FallbackReplayGuard(
