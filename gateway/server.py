@@ -530,7 +530,10 @@ class Gateway:
         if self.config.metrics_listen:
             host, _, port = self.config.metrics_listen.rpartition(":")
             metrics_server = MetricsServer(
-                self.metrics.registry, ready=self._ready, before_scrape=self.observe
+                self.metrics.registry,
+                ready=self._ready,
+                before_scrape=self.observe,
+                collectors=self.metrics.scrape_collectors,
             )
             try:
                 self.metrics_port = await metrics_server.start(
