@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -81,10 +81,9 @@ class PeerPool:
         self._swept_version = -1  # the registry version the live channels were last swept for
         # Replaced channels, closing once their calls have finished (the task removes itself).
         self._draining: dict[asyncio.Task[None], grpc.aio.Channel] = {}
-        self._closing: dict[asyncio.Task[None], None] = {}  # cut short: closing at once
-        self._orphans: list[
-            grpc.aio.Channel
-        ] = []  # replaced outside an event loop: closed by `close`
+        self._closing: dict[asyncio.Task[None], grpc.aio.Channel] = {}  # cut short: closing now
+        # Replaced outside an event loop (nothing can be in flight on them): closed by `close`.
+        self._orphans: list[grpc.aio.Channel] = []
         self.opened = 0  # channels opened since the pool was made
         self.retired = 0  # channels replaced (closed, or closing after their grace)
 
@@ -173,25 +172,23 @@ class PeerPool:
                 len(self._draining),
             )
             oldest.cancel()  # it may not have started: its channel is closed by another task
-            self._spawn(self._draining.pop(oldest).close(), self._closing)
-        task = self._spawn(channel.close(self._drain_seconds), self._draining)
-        if task is None:  # no event loop in this thread: nothing can be in flight on it
-            self._orphans.append(channel)
-        else:
-            self._draining[task] = channel
+            self._spawn(self._draining.pop(oldest), None, self._closing)
+        self._spawn(channel, self._drain_seconds, self._draining)
 
-    @staticmethod
     def _spawn(
-        closing: Coroutine[Any, Any, None], into: MutableMapping[asyncio.Task[None], Any]
-    ) -> asyncio.Task[None] | None:
+        self,
+        channel: grpc.aio.Channel,
+        grace: float | None,
+        into: MutableMapping[asyncio.Task[None], grpc.aio.Channel],
+    ) -> None:
         try:
-            task = asyncio.get_running_loop().create_task(closing)
-        except RuntimeError:
-            closing.close()
-            return None
-        into[task] = None
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop in this thread: nothing can be in flight on it
+            self._orphans.append(channel)
+            return
+        task = loop.create_task(channel.close(grace))
+        into[task] = channel
         task.add_done_callback(lambda done: _forget(into, done))
-        return task
 
     def renew(self) -> None:
         """New channels from now on (our own TLS certificate changed): the next call to each peer
