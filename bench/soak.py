@@ -15,10 +15,12 @@ It starts the demo's three gateways and data systems in this process (`gateway.d
   the requesting gateway answers from its own cache and reports to the owner; seal checks).
 
 It samples the process's resident memory (VmRSS), open file descriptors, asyncio tasks,
-threads, and the gateways' peer channels (live and draining) once the first `--warmup`
-versions are applied and again when the last one is, both under load, prints a table and
-exits 1 when any grew beyond its tolerance (0 when flat, 2 when it cannot run). The load
-stops by itself after the last version (and after at least `--seconds`).
+threads, and the gateways' peer channels (live, draining, closing) once the first `--warmup`
+versions are applied and again after the last one, each time with the callers held between
+two calls and the queued access reports sent (so that both count what is held, not what is on
+its way), prints a table, and exits 1 when anything grew beyond its tolerance or a call failed
+(0 when flat, 2 when it cannot run). The load stops by itself after the last version (and
+after at least `--seconds`). bench/README.md explains the output.
 """
 
 from __future__ import annotations
