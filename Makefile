@@ -18,7 +18,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCK) $(UV_LOCK) | sha2
 LOWEST_VENV ?= .venv-lowest
 DEMO ?= out/demo
 
-.PHONY: demo demo-serve fuzz test install lock check-lowest services promtool lint proto proto-check pytest clean
+.PHONY: demo demo-serve fuzz soak test install lock check-lowest services promtool lint proto proto-check pytest clean
 
 UV_STAMP := $(VENV)/.uv-$(shell sha256sum $(UV_LOCK) | cut -c1-12)
 
@@ -107,6 +107,13 @@ demo-serve: demo
 FUZZ_EXAMPLES ?= 10000
 fuzz: $(STAMP)
 	TONGBAN_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -p no:cacheprovider tests/fuzz -m fuzz -q
+
+# The soak run (not in CI): the three demo gateways in one process follow SOAK_VERSIONS registry
+# versions under a client load; exits 1 if memory, descriptors, tasks or channels grew.
+SOAK_VERSIONS ?= 3000
+SOAK_ARGS ?=
+soak: $(STAMP)
+	$(PY) bench/soak.py --versions $(SOAK_VERSIONS) $(SOAK_ARGS)
 
 clean:
 	rm -rf out .pytest_cache .mypy_cache .ruff_cache .coverage $(LOWEST_VENV)

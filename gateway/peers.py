@@ -3,22 +3,57 @@
 A peer's endpoint comes from the current registry (or from the configuration's overrides, for
 development); its TLS identity is checked against the registry's region CAs by the handshake,
 and the server side checks ours the same way.
+
+A channel lives as long as what shapes it: the peer's endpoint and the root CA it must chain
+to (the channel's credentials trust that root only). A new registry version that changes
+neither keeps the channel; one that changes either, a region that leaves the registry, or our
+own new TLS certificate (`renew`) replaces it, and the replaced channel drains: it is closed
+once the calls in flight on it have finished, at most `drain_seconds` later. So the pool holds
+one live channel per peer region it has called, plus the few still draining, however many
+registry versions it follows.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import asyncio
+import logging
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
 
 import grpc
 
-from registry import RegistryStore
+from registry import Registry, RegistryStore
 from tongban.v1 import exchange_pb2_grpc
 
-__all__ = ["PeerPool", "UnknownPeer"]
+__all__ = ["DRAIN_SECONDS", "MAX_DRAINING", "PeerPool", "UnknownPeer"]
+
+log = logging.getLogger("tongban.peers")
+
+# Calls to a peer end within their deadline (a query's forward is capped at 5 s, a report
+# batch at 5 s): a replaced channel gets this long for them before it is closed.
+DRAIN_SECONDS: Final = 10.0
+MAX_DRAINING: Final = 64  # replaced channels draining at once; beyond, the oldest is closed now
 
 
 class UnknownPeer(Exception):
     """The registry names no gateway endpoint for that region."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """What a channel to one region is made of: a change of either needs a new channel."""
+
+    target: str
+    root: bytes  # DER of the region's root CA in the registry (b"" when none is published)
+
+
+@dataclass(slots=True)
+class _Live:
+    shape: _Shape
+    channel: grpc.aio.Channel
+    stub: exchange_pb2_grpc.PeerAsyncStub
+    version: int  # the registry version the shape was last checked against
 
 
 class PeerPool:
@@ -29,13 +64,44 @@ class PeerPool:
         *,
         overrides: Mapping[str, str] | None = None,
         interceptors: Callable[[str], Sequence[grpc.aio.ClientInterceptor]] | None = None,
+        drain_seconds: float = DRAIN_SECONDS,
+        max_draining: int = MAX_DRAINING,
     ) -> None:
+        if drain_seconds < 0:
+            raise ValueError("drain_seconds is not negative")
+        if max_draining < 1:
+            raise ValueError("max_draining is at least 1")
         self._store = store
         self._credentials = credentials
         self._overrides = dict(overrides or {})
         self._interceptors = interceptors  # per peer region: the gateway's grpc_client_* metrics
-        self._channels: dict[tuple[str, str, int], grpc.aio.Channel] = {}
-        self._retired: list[grpc.aio.Channel] = []  # replaced by `renew`, closed with the pool
+        self._drain_seconds = drain_seconds
+        self._max_draining = max_draining
+        self._live: dict[str, _Live] = {}  # peer region -> its channel
+        self._swept_version = -1  # the registry version the live channels were last swept for
+        # Replaced channels, closing once their calls have finished (the task removes itself).
+        self._draining: dict[asyncio.Task[None], grpc.aio.Channel] = {}
+        self._closing: dict[asyncio.Task[None], grpc.aio.Channel] = {}  # cut short: closing now
+        # Replaced outside an event loop (nothing can be in flight on them): closed by `close`.
+        self._orphans: list[grpc.aio.Channel] = []
+        self.opened = 0  # channels opened since the pool was made
+        self.retired = 0  # channels replaced (closed, or closing after their grace)
+
+    @property
+    def live(self) -> int:
+        """Channels in use: at most one per peer region."""
+        return len(self._live)
+
+    @property
+    def draining(self) -> int:
+        """Replaced channels whose calls in flight may still be finishing (at most
+        `max_draining`; beyond, the oldest is closed at once)."""
+        return len(self._draining)
+
+    @property
+    def closing(self) -> int:
+        """Replaced channels cut short, closing at once (gone by the loop's next turns)."""
+        return len(self._closing)
 
     def endpoint(self, region: str) -> str:
         if region in self._overrides:
@@ -45,33 +111,108 @@ class PeerPool:
             raise UnknownPeer(f"the registry names no gateway for region {region}")
         return found.endpoint
 
-    def stub(self, region: str) -> exchange_pb2_grpc.PeerAsyncStub:
-        """A Peer stub for `region`; the channel is rebuilt when the endpoint or registry changes
-        (new trust anchors need new credentials)."""
+    def _shape(self, region: str, registry: Registry | None) -> _Shape:
         target = self.endpoint(region)
-        version = self._store.current().version
-        key = (region, target, version)
-        channel = self._channels.get(key)
-        if channel is None:
-            for stale in [k for k in self._channels if k[0] == region]:
-                self._channels.pop(stale)  # closed when the pool closes; in-flight calls finish
-            channel = grpc.aio.secure_channel(
-                target,
-                self._credentials(region),
-                options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)],
-                interceptors=list(self._interceptors(region)) if self._interceptors else None,
+        found = registry.region(region) if registry is not None else None
+        root = found.ca_certificates[0] if found is not None and found.ca_certificates else b""
+        return _Shape(target, root)
+
+    def stub(self, region: str) -> exchange_pb2_grpc.PeerAsyncStub:
+        """A Peer stub for `region`, on the region's pooled channel; the channel is replaced
+        only when its endpoint or the region's root CA changed (see the module docstring)."""
+        snapshot = self._store.snapshot
+        version = snapshot.registry.version if snapshot is not None else -1
+        live = self._live.get(region)
+        if live is not None and live.version == version:
+            return live.stub
+        registry = snapshot.registry if snapshot is not None else None
+        if version != self._swept_version:
+            self._sweep(registry, version)
+            live = self._live.get(region)
+        try:
+            shape = self._shape(region, registry)
+        except UnknownPeer:
+            if live is not None:
+                self._retire(self._live.pop(region).channel)
+            raise
+        if live is not None and live.shape == shape:
+            live.version = version
+            return live.stub
+        if live is not None:
+            self._retire(live.channel)
+        channel = grpc.aio.secure_channel(
+            shape.target,
+            self._credentials(region),
+            options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)],
+            interceptors=list(self._interceptors(region)) if self._interceptors else None,
+        )
+        self.opened += 1
+        stub = exchange_pb2_grpc.PeerStub(channel)  # typed as the async stub for an aio channel
+        self._live[region] = _Live(shape, channel, stub, version)
+        return stub
+
+    def _sweep(self, registry: Registry | None, version: int) -> None:
+        """Once per registry version: retire the channels of regions the registry no longer
+        names a gateway for (a region that is never called again must not keep its channel)."""
+        self._swept_version = version
+        for region in list(self._live):
+            if region in self._overrides:
+                continue
+            found = registry.region(region) if registry is not None else None
+            if found is None or not found.endpoint:
+                self._retire(self._live.pop(region).channel)
+
+    def _retire(self, channel: grpc.aio.Channel) -> None:
+        """Close `channel` once its calls in flight have finished (at most `drain_seconds`)."""
+        self.retired += 1
+        if len(self._draining) >= self._max_draining:
+            oldest = next(iter(self._draining))
+            log.warning(
+                "%d peer channels are draining: the oldest is closed before its calls finish",
+                len(self._draining),
             )
-            self._channels[key] = channel
-        return exchange_pb2_grpc.PeerStub(channel)  # typed as the async stub for an aio channel
+            oldest.cancel()  # it may not have started: its channel is closed by another task
+            self._spawn(self._draining.pop(oldest), None, self._closing)
+        self._spawn(channel, self._drain_seconds, self._draining)
+
+    def _spawn(
+        self,
+        channel: grpc.aio.Channel,
+        grace: float | None,
+        into: MutableMapping[asyncio.Task[None], grpc.aio.Channel],
+    ) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop in this thread: nothing can be in flight on it
+            self._orphans.append(channel)
+            return
+        task = loop.create_task(channel.close(grace))
+        into[task] = channel
+        task.add_done_callback(lambda done: _forget(into, done))
 
     def renew(self) -> None:
         """New channels from now on (our own TLS certificate changed): the next call to each peer
-        handshakes with the new credentials; channels in use finish and close with the pool."""
-        self._retired.extend(self._channels.values())
-        self._channels.clear()
+        handshakes with the new credentials; channels in use drain and close."""
+        for live in self._live.values():
+            self._retire(live.channel)
+        self._live.clear()
 
     async def close(self) -> None:
-        for channel in [*self._channels.values(), *self._retired]:
+        """Close every channel now (the gateway's server has stopped: nothing is in flight)."""
+        channels = [*(live.channel for live in self._live.values()), *self._orphans]
+        self._live.clear()
+        self._orphans.clear()
+        for channel in channels:
             await channel.close()
-        self._channels.clear()
-        self._retired.clear()
+        draining = dict(self._draining)
+        for task in draining:
+            task.cancel()
+        await asyncio.gather(*draining, *self._closing, return_exceptions=True)
+        for channel in draining.values():
+            await channel.close()  # a no-op when its own close finished first
+
+
+def _forget(tasks: MutableMapping[asyncio.Task[None], Any], task: asyncio.Task[None]) -> None:
+    tasks.pop(task, None)
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("closing a peer channel failed: %s", task.exception())

@@ -566,7 +566,7 @@ class MemoryReportQueue:
         return entry_id
 
     async def drop(self, owner: str, entry_id: str) -> None:
-        self._entries.get(owner, OrderedDict()).pop(entry_id, None)
+        await self.done(owner, [entry_id])
 
     async def owners(self) -> tuple[str, ...]:
         return tuple(sorted(owner for owner, entries in self._entries.items() if entries))
@@ -584,6 +584,8 @@ class MemoryReportQueue:
         entries = self._entries.get(owner, OrderedDict())
         for entry_id in entry_ids:
             entries.pop(entry_id, None)
+        if not entries:
+            self._entries.pop(owner, None)  # an empty backlog per owner is not kept
 
     async def backlog(self, owner: str) -> int:
         return len(self._entries.get(owner, ()))
@@ -952,7 +954,13 @@ class AccessReporter:
         the pause); returns how many the owners accepted."""
         async with self._lock:
             accepted = 0
-            for owner in await self.queue.owners():
+            owners = await self.queue.owners()
+            # Nothing is kept per owner that has nothing queued (its reports were delivered by
+            # another replica, or taken back): owners come and go with the registry's regions.
+            for gone in (self._retry_at.keys() | self._waiting.keys()) - set(owners):
+                self._retry_at.pop(gone, None)
+                self._waiting.pop(gone, None)
+            for owner in owners:
                 if deadline is not None and time.monotonic() >= deadline:
                     break
                 retry = self._retry_at.get(owner)

@@ -120,6 +120,9 @@ OVERSIGHT_SERVICE = oversight_pb2.DESCRIPTOR.services_by_name["Oversight"].full_
 EXCHANGE_SERVICE = exchange_pb2.DESCRIPTOR.services_by_name["DataExchange"].full_name
 PEER_SERVICE = exchange_pb2.DESCRIPTOR.services_by_name["Peer"].full_name
 REDIS_TIMEOUT_SECONDS = 0.25  # a Redis that does not answer in this long counts as down
+# Connections of the client the replay window, quotas and report queue share: a burst of calls
+# waits (within REDIS_TIMEOUT_SECONDS) for one instead of opening one per call and keeping it.
+REDIS_MAX_CONNECTIONS = 64
 SERVED_SERVICES = (REGISTRY_SERVICE, CREDENTIALS_SERVICE)  # always; Oversight with an audit log
 OPEN_SERVICES = frozenset({health.SERVICE_NAME, reflection.SERVICE_NAME})  # mTLS only, no identity
 # Services whose undecodable requests are audited (caller known, values unknown): see
@@ -346,6 +349,7 @@ class Gateway:
         )
         self._tasks: list[asyncio.Task[None]] = []
         self._swap_tasks: set[asyncio.Future[None]] = set()
+        self._stop_following: Callable[[], None] = lambda: None
         self._health = health.aio.HealthServicer()
         self._served_version = -1
         self.server: grpc.aio.Server | None = None
@@ -355,6 +359,11 @@ class Gateway:
             if config.snapshot_file is not None
             else None
         )
+
+    @property
+    def peers(self) -> PeerPool | None:
+        """The pooled channels to peer gateways (None without an [exchange] section)."""
+        return self._peers
 
     def _build_query_path(
         self, seal_keys: dict[str, KeyProvider], clock: Callable[[], datetime]
@@ -372,11 +381,15 @@ class Gateway:
         reports: ReportQueue
         cache_key_id = hashlib.sha256(exchange.cache_key).hexdigest()[:4]
         if exchange.redis_url:
-            client = redis.asyncio.Redis.from_url(
-                exchange.redis_url,
-                socket_timeout=REDIS_TIMEOUT_SECONDS,
-                socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
-                retry=Retry(NoBackoff(), 0),  # a Redis that is down must fail fast, not in seconds
+            client = redis.asyncio.Redis.from_pool(
+                redis.asyncio.BlockingConnectionPool.from_url(
+                    exchange.redis_url,
+                    max_connections=REDIS_MAX_CONNECTIONS,
+                    timeout=REDIS_TIMEOUT_SECONDS,
+                    socket_timeout=REDIS_TIMEOUT_SECONDS,
+                    socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+                    retry=Retry(NoBackoff(), 0),  # a Redis that is down must fail fast
+                )
             )
             self._closers.append(client.aclose)
             replay = FallbackReplayGuard(
@@ -626,7 +639,10 @@ class Gateway:
         if self.config.metrics_listen:
             host, _, port = self.config.metrics_listen.rpartition(":")
             metrics_server = MetricsServer(
-                self.metrics.registry, ready=self._ready, before_scrape=self.observe
+                self.metrics.registry,
+                ready=self._ready,
+                before_scrape=self.observe,
+                collectors=self.metrics.scrape_collectors,
             )
             try:
                 self.metrics_port = await metrics_server.start(
@@ -639,7 +655,7 @@ class Gateway:
                 ) from exc
             self.metrics_server = metrics_server
         await self._update_health()
-        self.store.on_swap(self._on_swap)
+        self._stop_following = self.store.on_swap(self._on_swap)
         if self._file_source is not None:
             self._tasks.append(asyncio.create_task(self._file_source.run(), name="registry-file"))
         if self.config.follow:
@@ -702,6 +718,7 @@ class Gateway:
                 self.observe()
 
     async def stop(self, grace_seconds: float | None = None) -> None:
+        self._stop_following()  # a stopped gateway starts no more health updates
         tasks = [*self._tasks, *self._swap_tasks]
         for task in tasks:
             task.cancel()

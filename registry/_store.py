@@ -90,13 +90,20 @@ class RegistryStore:
         for waiter in self._waiters:
             if not waiter.done():
                 waiter.set_result(None)
-        for listener in self._listeners:
+        for listener in list(self._listeners):
             listener(snapshot)
         return True
 
-    def on_swap(self, listener: SwapListener) -> None:
-        """Call `listener` with each snapshot applied from now on."""
+    def on_swap(self, listener: SwapListener) -> Callable[[], None]:
+        """Call `listener` with each snapshot applied from now on, until the function returned
+        is called (whoever stops listening must say so: a store outlives its listeners)."""
         self._listeners.append(listener)
+
+        def remove() -> None:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+        return remove
 
     @property
     def snapshot(self) -> SignedSnapshot | None:

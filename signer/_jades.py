@@ -129,6 +129,9 @@ _HEADERS: OrderedDict[str, dict[str, Any]] = OrderedDict()
 MAX_CACHED_HEADERS: Final = (
     1024  # parsed protected headers kept (seals of one key in one second share one)
 )
+# Only a header of a plausible size is kept (a seal's, x5c chain included, is ~3.5 KB): 1024
+# headers of the megabytes a JWS may carry would hold gigabytes.
+MAX_CACHED_HEADER_BYTES: Final = 32 * 1024
 
 
 def _header(header_b64: str) -> dict[str, Any]:
@@ -147,9 +150,10 @@ def _header(header_b64: str) -> dict[str, Any]:
         raise JwsFormatError("the protected header is nested too deeply") from None
     if not isinstance(header, dict):
         raise JwsFormatError("the protected header is not a JSON object")
-    _HEADERS[header_b64] = header
-    if len(_HEADERS) > MAX_CACHED_HEADERS:
-        _HEADERS.popitem(last=False)
+    if len(header_b64) <= MAX_CACHED_HEADER_BYTES:
+        _HEADERS[header_b64] = header
+        if len(_HEADERS) > MAX_CACHED_HEADERS:
+            _HEADERS.popitem(last=False)
     return header
 
 

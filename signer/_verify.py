@@ -48,6 +48,9 @@ __all__ = ["CLOCK_SKEW", "SealVerifier"]
 CLOCK_SKEW: Final = timedelta(minutes=5)  # a signing time this far ahead is still accepted
 MAX_CHAIN_DEPTH: Final = 4
 MAX_CACHED_KEYS: Final = 4096  # x5c thumbprints remembered before the cache is cleared
+# Only a certificate of a plausible size is remembered (one is 1-3 KB in base64): 4096
+# certificates of the megabytes a JWS may carry would hold gigabytes.
+MAX_CACHED_CERTIFICATE_CHARS: Final = 16 * 1024
 _REGISTERED_HEADERS: Final = frozenset(
     {"alg", "jku", "jwk", "kid", "x5u", "x5c", "x5t", "x5t#S256", "typ", "cty", "crit"}
 )
@@ -464,9 +467,10 @@ class SealVerifier:
                     raise run.fail(
                         "signing key", SubIndication.FORMAT_FAILURE, "x5c[0] is not base64"
                     ) from None
-                if len(self._x5c_thumbprints) >= MAX_CACHED_KEYS:
-                    self._x5c_thumbprints.clear()
-                self._x5c_thumbprints[x5c[0]] = thumbprint
+                if len(x5c[0]) <= MAX_CACHED_CERTIFICATE_CHARS:
+                    if len(self._x5c_thumbprints) >= MAX_CACHED_KEYS:
+                        self._x5c_thumbprints.clear()
+                    self._x5c_thumbprints[x5c[0]] = thumbprint
             if thumbprint != kid:
                 raise run.fail(
                     "signing key",

@@ -77,7 +77,14 @@ from psycopg.rows import TupleRow
 from gateway.audit._checkpoint import Checkpoint
 from gateway.audit._merkle import CompactRange, ProofError, leaf_hash
 from gateway.audit._record import AuditRecord
-from gateway.audit._store import Appended, AuditQuery, PruneMarker, StoredRow, TreeHead
+from gateway.audit._store import (
+    MAX_PENDING_APPENDS,
+    Appended,
+    AuditQuery,
+    PruneMarker,
+    StoredRow,
+    TreeHead,
+)
 from gateway.audit.errors import AuditIntegrityError, AuditUnavailable
 
 __all__ = ["SCHEMA_VERSION", "PostgresAuditStore"]
@@ -403,6 +410,7 @@ class PostgresAuditStore:
         max_batch: int = 512,
         owner_dsn: str | None = None,
         timeout: float = 10.0,
+        max_pending: int = MAX_PENDING_APPENDS,
     ) -> None:
         if not _SCHEMA_NAME.fullmatch(schema):
             raise ValueError(f"the audit schema name {schema!r} is not a plain lower-case name")
@@ -412,6 +420,7 @@ class PostgresAuditStore:
         self._owner_dsn = owner_dsn
         self.schema = schema
         self._max_batch = max_batch
+        self._max_pending = max_pending
         self._timeout = timeout
         self._s = sql.Identifier(schema)
         self._writer: _Connection | None = None
@@ -572,6 +581,10 @@ class PostgresAuditStore:
     async def append(self, record: AuditRecord) -> Appended:
         if self._task is None or self._closing:
             raise AuditUnavailable("the PostgreSQL audit store is not open")
+        if self._queue.qsize() >= self._max_pending:
+            raise AuditUnavailable(
+                f"{self._queue.qsize()} audit records are waiting for PostgreSQL to take them"
+            )
         future: asyncio.Future[Appended] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((record, future))
         return await future

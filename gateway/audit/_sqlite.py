@@ -37,7 +37,14 @@ from typing import Any, TypeVar
 from gateway.audit._checkpoint import Checkpoint
 from gateway.audit._merkle import CompactRange, ProofError, leaf_hash
 from gateway.audit._record import AuditRecord
-from gateway.audit._store import Appended, AuditQuery, PruneMarker, StoredRow, TreeHead
+from gateway.audit._store import (
+    MAX_PENDING_APPENDS,
+    Appended,
+    AuditQuery,
+    PruneMarker,
+    StoredRow,
+    TreeHead,
+)
 from gateway.audit.errors import AuditIntegrityError, AuditUnavailable
 
 __all__ = ["SCHEMA_VERSION", "SqliteAuditStore"]
@@ -196,11 +203,19 @@ class SqliteAuditStore:
     commits` is the group-commit factor.
     """
 
-    def __init__(self, path: Path, *, max_batch: int = 512, busy_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_batch: int = 512,
+        busy_timeout: float = 5.0,
+        max_pending: int = MAX_PENDING_APPENDS,
+    ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch is at least 1")
         self.path = Path(path)
         self.max_batch = max_batch
+        self.max_pending = max_pending
         self.busy_timeout = busy_timeout
         self.commits = 0
         self.appended = 0
@@ -259,6 +274,10 @@ class SqliteAuditStore:
             raise AuditUnavailable(f"the audit store {self.path} is not open")
         if not thread.is_alive():
             raise AuditUnavailable(f"the audit writer of {self.path} has stopped")
+        if self._queue.qsize() >= self.max_pending:
+            raise AuditUnavailable(
+                f"{self._queue.qsize()} audit records are waiting for the writer of {self.path}"
+            )
         future: asyncio.Future[Appended] = loop.create_future()
         self._queue.put(_Append(record, future))
         return await future

@@ -14,12 +14,17 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Final, Protocol
 
 from gateway.audit._checkpoint import Checkpoint
 from gateway.audit._merkle import CompactRange, leaf_hash
 from gateway.audit._record import AuditRecord, Outcome
 from gateway.audit.errors import AuditUnavailable
+
+# Appends waiting for a store's writer. A store that hangs (a frozen database server, a lost
+# network) must not collect one record per request for as long as it hangs: beyond this many,
+# an append is refused at once (AUDIT_UNAVAILABLE, so the answer is not released).
+MAX_PENDING_APPENDS: Final = 10_000
 
 __all__ = [
     "Appended",

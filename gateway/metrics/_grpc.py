@@ -261,7 +261,7 @@ class MetricsUnaryClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
 
     def __init__(self, metrics: GatewayMetrics, peer_region: str) -> None:
         self._metrics = metrics
-        self._peer = metrics.peer_region(peer_region)
+        self._region = peer_region  # labelled at each call: a channel outlives registry versions
 
     async def intercept_unary_unary(
         self,
@@ -269,7 +269,9 @@ class MetricsUnaryClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
         client_call_details: grpc.aio.ClientCallDetails,
         request: Any,
     ) -> Any:
-        record = _ClientCall(self._metrics, client_call_details, "unary", self._peer)
+        record = _ClientCall(
+            self._metrics, client_call_details, "unary", self._metrics.peer_region(self._region)
+        )
         call: Any = None
         code = "UNKNOWN"
         try:
@@ -297,7 +299,7 @@ class MetricsStreamClientInterceptor(grpc.aio.UnaryStreamClientInterceptor):
 
     def __init__(self, metrics: GatewayMetrics, peer_region: str) -> None:
         self._metrics = metrics
-        self._peer = metrics.peer_region(peer_region)
+        self._region = peer_region  # labelled at each call: a channel outlives registry versions
         self._recording: set[asyncio.Task[None]] = set()
 
     async def intercept_unary_stream(
@@ -306,7 +308,12 @@ class MetricsStreamClientInterceptor(grpc.aio.UnaryStreamClientInterceptor):
         client_call_details: grpc.aio.ClientCallDetails,
         request: Any,
     ) -> Any:
-        record = _ClientCall(self._metrics, client_call_details, "server_stream", self._peer)
+        record = _ClientCall(
+            self._metrics,
+            client_call_details,
+            "server_stream",
+            self._metrics.peer_region(self._region),
+        )
         try:
             call = await continuation(client_call_details, request)
         except grpc.aio.AioRpcError as exc:

@@ -12,10 +12,11 @@ Several worker processes: start every worker with `PROMETHEUS_MULTIPROC_DIR` set
 directory, emptied before the first worker starts (stale files from an earlier run would be
 added in). prometheus_client then keeps each process's values in files there, and `/metrics`
 answers with all of them aggregated by `MultiProcessCollector`, counters and histograms summed,
-gauges by their `multiprocess_mode` (registry and certificate expiry: the most lagging live
-worker; circuit and checkpoint: the highest). Two limits of prometheus_client there: the variable
-must be set before `prometheus_client` is first imported, and a series cannot be removed, so the
-certificate series of a key dropped from the registry stays until the workers restart. Call
+gauges by their `multiprocess_mode` (registry expiry: the most lagging live worker; circuit and
+checkpoint: the highest). Two limits of prometheus_client there: the variable must be set before
+`prometheus_client` is first imported, and a series cannot be removed; so the certificate
+gauges, whose keys come and go with the registry, are made at scrape time by the answering
+worker from the registry it holds (`collectors`, from `GatewayMetrics.scrape_collectors`). Call
 `prometheus_client.multiprocess.mark_process_dead(pid)` when a worker exits, so its gauges leave.
 """
 
@@ -25,11 +26,12 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from http import HTTPStatus
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 __all__ = [
     "MAX_CONNECTIONS",
@@ -71,8 +73,10 @@ class MetricsServer:
         ready: Readiness = _always_ready,
         before_scrape: Callable[[], None] | None = None,
         read_timeout_seconds: float = READ_TIMEOUT_SECONDS,
+        collectors: Sequence[Collector] = (),
     ) -> None:
         self._registry = registry
+        self._collectors = tuple(collectors)  # multi-process mode: added to the workers' files
         self._before_scrape = before_scrape  # brings gauges that follow state up to date
         self._ready = ready
         self._read_timeout = read_timeout_seconds
@@ -171,6 +175,8 @@ class MetricsServer:
         if path:
             aggregated = CollectorRegistry()
             MultiProcessCollector(aggregated, path=path)  # type: ignore[no-untyped-call]
+            for collector in self._collectors:
+                aggregated.register(collector)
             return generate_latest(aggregated)
         return generate_latest(self._registry)
 

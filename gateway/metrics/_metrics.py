@@ -12,13 +12,16 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
 import grpc
 from cryptography import x509
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from gateway.admission import Pool
 from registry import KeyState, Registry, RegistryStatus, certificate_thumbprint
@@ -163,6 +166,37 @@ class _Monotonic:
         if total < previous:  # the source was replaced: everything it counts is new
             return total
         return total - previous
+
+
+_EXPIRY = "tongban_certificate_expiry_timestamp_seconds"
+_EXPIRY_HELP = (
+    "Not-after of every key certificate and region CA certificate the gateway trusts, "
+    'Unix seconds (usage "ca" for a region CA, owner its region code).'
+)
+_NOT_BEFORE = "tongban_certificate_not_before_timestamp_seconds"
+_NOT_BEFORE_HELP = (
+    "Not-before of every key certificate and region CA certificate the gateway trusts, "
+    "Unix seconds."
+)
+_CERTIFICATE_LABELS = ("kid", "usage", "owner")
+
+
+class _HeldCertificates:
+    """The certificate gauges made at scrape time from the registry last observed: in
+    multi-process mode a series kept in prometheus_client's files cannot be removed, and a key
+    that left the registry must not keep its series for the life of the workers."""
+
+    def __init__(self) -> None:
+        self.values: dict[CertificateLabels, tuple[float, float]] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        expiry = GaugeMetricFamily(_EXPIRY, _EXPIRY_HELP, labels=_CERTIFICATE_LABELS)
+        not_before = GaugeMetricFamily(_NOT_BEFORE, _NOT_BEFORE_HELP, labels=_CERTIFICATE_LABELS)
+        for labels, (start, end) in sorted(self.values.items()):
+            not_before.add_metric(labels, start)
+            expiry.add_metric(labels, end)
+        yield expiry
+        yield not_before
 
 
 class GatewayMetrics:
@@ -370,18 +404,16 @@ class GatewayMetrics:
 
         # certificates ----------------------------------------------------------------------------
         self.certificate_expiry = Gauge(
-            "tongban_certificate_expiry_timestamp_seconds",
-            "Not-after of every key certificate and region CA certificate the gateway trusts, "
-            'Unix seconds (usage "ca" for a region CA, owner its region code).',
-            ("kid", "usage", "owner"),
+            _EXPIRY,
+            _EXPIRY_HELP,
+            _CERTIFICATE_LABELS,
             registry=r,
             multiprocess_mode="livemin",
         )
         self.certificate_not_before = Gauge(
-            "tongban_certificate_not_before_timestamp_seconds",
-            "Not-before of every key certificate and region CA certificate the gateway trusts, "
-            "Unix seconds.",
-            ("kid", "usage", "owner"),
+            _NOT_BEFORE,
+            _NOT_BEFORE_HELP,
+            _CERTIFICATE_LABELS,
             registry=r,
             multiprocess_mode="livemax",
         )
@@ -398,8 +430,14 @@ class GatewayMetrics:
         self._audit_totals = _Monotonic()
         self._admission_totals = _Monotonic()
         self._certificates: set[CertificateLabels] = set()
+        self._held_certificates = _HeldCertificates()
         self._regions: frozenset[str] | None = None  # known once a registry was observed
         self._agreements: frozenset[str] | None = None
+
+    @property
+    def scrape_collectors(self) -> tuple[Collector, ...]:
+        """Collectors to add to a multi-process scrape, beside the workers' files."""
+        return (self._held_certificates,) if multiprocess_mode() else ()
 
     def child(self, metric: Counter | Histogram, *labels: str) -> Any:
         """`metric.labels(*labels)`, remembered: the gRPC interceptors ask for the same few
@@ -448,13 +486,15 @@ class GatewayMetrics:
                         certificate.not_valid_after_utc.timestamp(),
                     )
 
-        # In multi-process mode prometheus_client cannot remove a series: there a dropped key's
-        # series stays until the workers restart (see the module docstring of _http).
-        if not multiprocess_mode():
-            for labels in self._certificates - wanted.keys():
-                self.certificate_expiry.remove(*labels)
-                self.certificate_not_before.remove(*labels)
-            self._certificates = set(wanted)
+        # In multi-process mode prometheus_client cannot remove a series: there the scrape
+        # makes these two from the registry held instead (`scrape_collectors`).
+        if multiprocess_mode():
+            self._held_certificates.values = wanted
+            return
+        for labels in self._certificates - wanted.keys():
+            self.certificate_expiry.remove(*labels)
+            self.certificate_not_before.remove(*labels)
+        self._certificates = set(wanted)
         for labels, (not_before, not_after) in wanted.items():
             self.certificate_not_before.labels(*labels).set(not_before)
             self.certificate_expiry.labels(*labels).set(not_after)

@@ -226,7 +226,12 @@ class _PassedSeals:
     def put(self, key: tuple[bytes, int, str], fields: tuple[str, ...]) -> None:
         if self.seconds <= 0:
             return
-        self._passed[key] = (self._clock() + self.seconds, fields)
+        now = self._clock()
+        # Oldest first, all with the same lifetime: the expired ones (and those of registry
+        # versions gone by) leave from the front, so that a quiet gateway holds none.
+        while self._passed and next(iter(self._passed.values()))[0] <= now:
+            self._passed.popitem(last=False)
+        self._passed[key] = (now + self.seconds, fields)
         self._passed.move_to_end(key)
         while len(self._passed) > self._max:
             self._passed.popitem(last=False)

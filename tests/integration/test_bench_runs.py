@@ -78,3 +78,33 @@ def test_bench_query_path_runs(tmp_path: Path) -> None:
     )
     assert "whole run" in done.stdout
     assert out.is_file()
+
+
+def test_bench_soak_runs(tmp_path: Path) -> None:
+    out = tmp_path / "soak.json"
+    done = run_bench(
+        "soak.py",
+        "--versions",
+        "40",
+        "--warmup",
+        "10",
+        "--reload-tls-every",
+        "15",
+        "--concurrency",
+        "2",
+        "--settle",
+        "0.5",
+        # A short run measures its warm-up, not a trend: the verdict is make soak's to give.
+        "--max-rss-mib",
+        "512",
+        "--max-fds",
+        "64",
+        "--max-tasks",
+        "64",
+        "--max-threads",
+        "64",
+        "--json",
+        str(out),
+    )
+    assert "open file descriptors" in done.stdout, done.stdout
+    assert json.loads(out.read_text()), "the soak wrote no figures"

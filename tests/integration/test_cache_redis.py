@@ -16,10 +16,12 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 from redis.utils import HIREDIS_AVAILABLE
-from support import RedisServer, free_port
+from support import Federation, RedisServer, free_port
 
 from gateway.audit import pseudonymize
 from gateway.cache import AnswerCache, CircuitBreaker, RedisBackend, cache_key
+from gateway.config import GatewayConfig
+from gateway.server import REDIS_MAX_CONNECTIONS, Gateway
 
 pytestmark = pytest.mark.integration  # redis-server is on every machine (Debian's package)
 
@@ -193,3 +195,32 @@ async def test_redis_hung_then_resumed(redis_server: RedisServer) -> None:
     finally:
         process.send_signal(signal.SIGCONT)
         await cache.close()
+
+
+async def test_a_burst_of_requests_opens_a_bounded_number_of_redis_connections(
+    redis_server: RedisServer, federation: Federation, tmp_path: Path
+) -> None:
+    # The replay window, quotas and report queue share one client: a burst of calls (up to the
+    # gateway's 2,000 in flight) must wait for a pooled connection, not open one each and keep
+    # them all open for the life of the process.
+    config = GatewayConfig.for_dev_pki(
+        federation.pki,
+        "510000",
+        listen="127.0.0.1:0",
+        snapshot_file=federation.current,
+        audit_db=tmp_path / "audit.db",
+        redis_url=redis_server.url,
+    )
+    gateway = Gateway(config)
+    try:
+        assert gateway.query_path is not None
+        replay = gateway.query_path._replay
+        firsts = await asyncio.gather(
+            *(replay.first_use("sc.hrss", f"burst-{n}") for n in range(300))
+        )
+        assert all(firsts)
+        async with Redis.from_url(redis_server.url) as probe:
+            clients = (await probe.info("clients"))["connected_clients"]
+        assert clients <= REDIS_MAX_CONNECTIONS + 1  # + the probe
+    finally:
+        await gateway.stop(0)

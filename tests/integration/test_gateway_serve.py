@@ -218,6 +218,14 @@ async def test_watch_receives_the_next_published_version(federation: Federation)
             call.cancel()
 
 
+async def test_a_stopped_gateway_no_longer_follows_its_registry(federation: Federation) -> None:
+    async with running(dev_config(federation)) as (gw, _):
+        pass
+    federation.publish()
+    assert gw.store.offer(federation.current.read_bytes())
+    assert not gw._swap_tasks  # no health update scheduled for a gateway that has stopped
+
+
 async def test_client_without_certificate_cannot_handshake(federation: Federation) -> None:
     async with (
         running(dev_config(federation)) as (_, port),

@@ -34,6 +34,8 @@ COMMANDS: dict[str, str] = {
     "make proto-check": "tests/unit/test_docs_commands.py::test_make_targets_run_what_the_docs_say[proto-check]",
     "make pytest": "tests/unit/test_docs_commands.py::test_make_targets_run_what_the_docs_say[pytest]",
     "make lock": "tests/unit/test_docs_commands.py::test_make_targets_run_what_the_docs_say[lock]",
+    "make soak": "tests/unit/test_docs_commands.py::test_make_targets_run_what_the_docs_say[soak]",
+    ".venv/bin/python bench/soak.py --versions 20000 --seconds 3600 --json out/soak.json": "tests/integration/test_bench_runs.py::test_bench_soak_runs",
     "make check-lowest": "tests/unit/test_docs_commands.py::test_make_targets_run_what_the_docs_say[check-lowest]",
     "tongban audit verify --sqlite audit-330000.db --pki out/pki --region 330000 --save-checkpoint kept.checkpoint": "tests/integration/test_docs_walkthrough.py::test_docs_audit_and_oversight_commands",
     "tongban audit verify --sqlite audit-330000.db --pki out/pki --region 330000 --checkpoint kept.checkpoint --save-checkpoint kept.checkpoint": "tests/integration/test_docs_walkthrough.py::test_docs_audit_and_oversight_commands",
@@ -171,6 +173,7 @@ MAKE_TARGETS = {
         "requirements/lock.txt",
         "requirements/lowest.txt",
     ],
+    "soak": ["bench/soak.py --versions"],
     "check-lowest": ["--require-hashes requirements/lowest.txt", "-m pytest"],
 }
 

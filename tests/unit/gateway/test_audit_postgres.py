@@ -852,3 +852,32 @@ async def test_a_version_1_schema_is_migrated_and_pruned(
         assert result.records_checked == 19
     finally:
         await log.close()
+
+
+async def test_appends_waiting_for_a_stuck_database_are_bounded(
+    make_store: Callable[..., PostgresAuditStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A frozen PostgreSQL (or a lost network) answers nothing, ever: the requests that wait
+    # for it must not each leave a record queued for as long as it lasts.
+    store = make_store(max_pending=4)
+    await store.open()
+    release = asyncio.Event()
+    write = store._write
+
+    async def stuck(records: Any) -> Any:
+        await release.wait()
+        return await write(records)
+
+    monkeypatch.setattr(store, "_write", stuck)
+    try:
+        taken = asyncio.ensure_future(store.append(make_record(0)))
+        await asyncio.sleep(0.05)  # the writer holds it
+        waiting = [asyncio.ensure_future(store.append(make_record(i))) for i in range(1, 5)]
+        await asyncio.sleep(0.05)
+        with pytest.raises(AuditUnavailable, match="waiting"):
+            await asyncio.wait_for(store.append(make_record(5)), 1)
+    finally:
+        release.set()
+    results = await asyncio.gather(taken, *waiting)
+    assert [r.index for r in results] == [0, 1, 2, 3, 4]
+    await store.close()

@@ -8,8 +8,10 @@ import asyncio
 import contextlib
 import dataclasses
 import sqlite3
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from audit_contract import KEY, check_store_contract, make_record
@@ -414,3 +416,32 @@ async def test_an_unmodified_log_verifies_after_reopening(db: Path) -> None:
     result = await _verify(db)
     assert result.intact, result.problem
     assert (result.records_checked, result.checkpoints_checked) == (30, 1)
+
+
+async def test_appends_waiting_for_a_stuck_writer_are_bounded(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A writer that hangs (a disk that does not answer) must not collect one record per request
+    # for as long as it hangs: beyond `max_pending`, an append is refused at once.
+    store = SqliteAuditStore(db, max_pending=4)
+    await store.open()
+    release = threading.Event()
+    commit = store._commit
+
+    def stuck(conn: sqlite3.Connection, batch: Any) -> None:
+        release.wait(10)
+        commit(conn, batch)
+
+    monkeypatch.setattr(store, "_commit", stuck)
+    try:
+        taken = asyncio.ensure_future(store.append(make_record(0)))
+        await asyncio.sleep(0.1)  # the writer holds it
+        waiting = [asyncio.ensure_future(store.append(make_record(i))) for i in range(1, 5)]
+        await asyncio.sleep(0.05)
+        with pytest.raises(AuditUnavailable, match="waiting"):
+            await asyncio.wait_for(store.append(make_record(5)), 1)
+    finally:
+        release.set()
+    results = await asyncio.gather(taken, *waiting)
+    assert [r.index for r in results] == [0, 1, 2, 3, 4]
+    await store.close()

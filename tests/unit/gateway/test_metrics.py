@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import re
 import subprocess
 import sys
@@ -360,6 +361,31 @@ async def test_client_calls_are_counted_per_peer_region(served: Served) -> None:
         "the stream's status",
     )
     assert at("grpc_client_handling_seconds_count", "server_stream", "Three", TEST) == 1
+
+
+async def test_a_long_lived_channel_labels_each_call_by_the_registry_then_held(
+    served: Served, federation_store: tuple[RegistryStore, Path]
+) -> None:
+    # A peer channel outlives registry versions: a region the registry names only from a later
+    # version is labelled by its code from then on, not by what was known when it was opened.
+    store, _ = federation_store
+    assert store.snapshot is not None
+    registry = store.snapshot.registry
+    without = dataclasses.replace(
+        registry, regions=tuple(r for r in registry.regions if r.code != "510000")
+    )
+    served.metrics.observe_registry(without, store.status())
+    channel = grpc.aio.insecure_channel(
+        f"127.0.0.1:{served.port}", interceptors=client_interceptors(served.metrics, "510000")
+    )
+    async with channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        await stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
+        served.metrics.observe_registry(registry, store.status())
+        await stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
+    for region in ("other", "510000"):
+        labels = {"peer_region": region}
+        assert served.server("grpc_client_started_total", "unary", HEALTH, "Check", **labels) == 1
 
 
 async def test_client_streams_that_fail_or_are_abandoned(served: Served) -> None:
@@ -805,6 +831,53 @@ async def test_multiprocess_mode_aggregates_every_worker(
         if s.name == "tongban_test_worker_requests_total"
     )
     assert total.value == 5
+
+
+_WORKER_WITH_A_ROTATION = """
+import dataclasses, sys
+from datetime import UTC, datetime
+from pathlib import Path
+from gateway.metrics import GatewayMetrics, MetricsServer
+from registry import RegistryStore, SnapshotVerifier, load_authority_public_key
+store = RegistryStore(SnapshotVerifier(load_authority_public_key(Path(sys.argv[2]))))
+store.offer(Path(sys.argv[1]).read_bytes())
+registry = store.snapshot.registry
+metrics = GatewayMetrics()
+metrics.observe_registry(registry, store.status())
+dropped = registry.keys[0]
+later = dataclasses.replace(registry, keys=registry.keys[1:])  # a key leaves the registry
+metrics.observe_registry(later, store.status())
+sys.stdout.write(dropped.kid + "\\n")
+server = MetricsServer(metrics.registry, collectors=metrics.scrape_collectors)
+sys.stdout.write(server.exposition().decode())
+"""
+
+
+def test_with_workers_a_key_that_left_the_registry_loses_its_series(
+    federation_store: tuple[RegistryStore, Path], tmp_path: Path
+) -> None:
+    # In multi-process mode prometheus_client keeps each value in a file and cannot remove a
+    # series: the certificate series are made at scrape time from the registry held instead.
+    _, snapshot_file = federation_store
+    authority = snapshot_file.parents[1] / "pki" / "authority" / "authority.pub.pem"
+    multiproc_dir = tmp_path / "prometheus"
+    multiproc_dir.mkdir()
+    out = subprocess.run(
+        [sys.executable, "-c", _WORKER_WITH_A_ROTATION, str(snapshot_file), str(authority)],
+        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(multiproc_dir)},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    dropped, _, text = out.partition("\n")
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    for name in (
+        "tongban_certificate_expiry_timestamp_seconds",
+        "tongban_certificate_not_before_timestamp_seconds",
+    ):
+        kids = {s.labels["kid"] for s in families[name].samples}
+        assert kids, name
+        assert dropped not in kids, name
 
 
 def test_a_code_has_one_name_however_it_is_given() -> None:

@@ -21,6 +21,7 @@ from gateway.cache import AnswerCache, MemoryBackend, cache_key
 from gateway.reports import (
     MAX_REPORTS_PER_BATCH,
     AccessReport,
+    AccessReporter,
     BatchRefused,
     MemoryReportQueue,
     RedisReportQueue,
@@ -32,7 +33,14 @@ from gateway.reports import (
     verify_batch,
 )
 from gateway.services.exchange import _PassedSeals
-from registry import KeyState, KeyUsage, Registry, SnapshotVerifier, load_authority_public_key
+from registry import (
+    KeyState,
+    KeyUsage,
+    Registry,
+    RegistryUnavailable,
+    SnapshotVerifier,
+    load_authority_public_key,
+)
 from signer import load_private_key
 from tongban.v1 import credentials_pb2
 
@@ -373,3 +381,45 @@ def test_the_seal_memo_forgets_after_its_time_and_is_bounded() -> None:
     for n in range(3):
         memo.put(_PassedSeals.key(record, n, "330000"), ())
     assert memo.get(_PassedSeals.key(record, 0, "330000")) is None  # the oldest went
+
+
+def test_the_seal_memo_keeps_no_expired_check() -> None:
+    # One check per registry version (the key holds it): once their time is over they are
+    # gone at the next check, not kept until 4096 others push them out.
+    now = [0.0]
+    memo = _PassedSeals(seconds=5, clock=lambda: now[0])
+    record = credentials_pb2.SealedRecord(jws="a.b.c", payload=b"{}")
+    for version in range(1000):
+        memo.put(_PassedSeals.key(record, version, "330000"), ())
+    now[0] = 5.0
+    memo.put(_PassedSeals.key(record, 1000, "330000"), ())
+    assert len(memo._passed) == 1
+
+
+class _NoRegistry:
+    def current(self) -> Registry:
+        raise RegistryUnavailable("no registry snapshot has been loaded yet")
+
+
+async def test_the_reporter_forgets_owners_nothing_is_queued_for() -> None:
+    # A reporter that could not deliver to many owners, whose reports then left the queue
+    # (taken back, or delivered by another replica): nothing per owner is kept for them.
+    queue = MemoryReportQueue()
+    reporter = AccessReporter(
+        region="510000",
+        registry=_NoRegistry(),  # type: ignore[arg-type]  # every send fails at once
+        peers=None,  # type: ignore[arg-type]  # never reached
+        queue=queue,
+        key=ed25519.Ed25519PrivateKey.generate(),
+    )
+    owners = [f"{n:06d}" for n in range(100_000, 100_500)]
+    entries = [(owner, await reporter.queue_report(owner, report())) for owner in owners]
+    assert await reporter.flush() == 0
+    assert reporter.counters.failures == len(owners)
+    for owner, entry_id in entries:
+        await reporter.unqueue(owner, entry_id)
+    assert await queue.owners() == ()
+    await reporter.flush()
+    assert reporter._retry_at == {}
+    assert reporter._waiting == {}
+    assert queue._entries == {}  # no empty backlog left per owner either

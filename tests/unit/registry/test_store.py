@@ -152,3 +152,15 @@ async def test_file_source_runs_until_cancelled(tmp_path: Path) -> None:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+def test_a_listener_that_stops_listening_is_forgotten() -> None:
+    store = _store(Clock(T0))
+    heard: list[int] = []
+    store.on_swap(lambda s: heard.append(s.registry.version))
+    for _ in range(1000):  # listeners that come and go (gateways started and stopped)
+        stop = store.on_swap(lambda s: heard.append(-s.registry.version))
+        stop()
+        stop()  # a second call changes nothing
+    assert store.offer(_signed(1).jws)
+    assert heard == [1]

@@ -23,6 +23,7 @@ from signer import (
     KeyFileError,
     KeyProvider,
     SignerError,
+    _jades,
     certificate_thumbprint,
     der_thumbprint,
     parse_compact,
@@ -279,3 +280,18 @@ def test_parse_compact_keeps_an_empty_signature_for_the_verifier_to_refuse() -> 
     parsed = parse_compact(f"{b64url(b'{}')}.{b64url(b'x')}.")
     assert parsed.signature == b""
     assert parsed.header == {}
+
+
+def test_large_headers_are_parsed_but_not_kept(good: str) -> None:
+    # Distinct headers of 256 KiB each (a JWS may be megabytes): the parsed-header cache keeps
+    # a bounded count of them, and must not keep a bounded count of arbitrarily large ones.
+    before = sum(len(k) for k in _jades._HEADERS)
+    for n in range(20):
+        header = {"alg": "ES256", "pad": f"{n:04d}" + "x" * 256 * 1024}
+        jws = _replace_part(good, 0, b64url(json.dumps(header).encode()))
+        assert parse_compact(jws).header["pad"].startswith(f"{n:04d}")
+    assert sum(len(k) for k in _jades._HEADERS) <= before + _jades.MAX_CACHED_HEADER_BYTES
+    parse_compact(good)
+    assert (
+        good.split(".", maxsplit=1)[0] in _jades._HEADERS
+    )  # a seal's own header is still remembered

@@ -966,3 +966,16 @@ def test_rotation_never_fails_a_verification_and_revocation_takes_effect(tmp_pat
     early = verifier.validate(seal_a, validation_time=minutes(110))
     assert early.sub_indication is SubIndication.REVOKED_NO_POE
     assert verifier.validate(seal_b, validation_time=minutes(110)).passed
+
+
+def test_large_x5c_certificates_are_not_remembered(world: World) -> None:
+    # Each seal names a real registry key but carries its own 256 KiB x5c[0]: checked, refused,
+    # and not kept (4096 of them would hold a gigabyte).
+    verifier = SealVerifier(world.trust, clock=lambda: NOW)
+    for n in range(20):
+        junk = base64.b64encode(n.to_bytes(4, "big") + b"\x00" * 192 * 1024).decode()
+        report = verifier.validate(world.forge(world.header("region seal", {"x5c": [junk]})))
+        assert report.sub_indication is SubIndication.FORMAT_FAILURE
+    assert sum(len(text) for text in verifier._x5c_thumbprints) == 0
+    assert verifier.validate(world.seal("region seal")).passed
+    assert len(verifier._x5c_thumbprints) == 1  # a real certificate is still remembered
