@@ -29,9 +29,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from redis.backoff import NoBackoff
 from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
+from gateway._ports import check_ports_free
 from gateway.audit import (
     AuditError,
     AuditLog,
@@ -250,8 +251,16 @@ def build_audit_log(config: GatewayConfig, *, clock: Callable[[], datetime]) -> 
 class Gateway:
     """One region's gateway. Build with `create_gateway`."""
 
-    def __init__(self, config: GatewayConfig, *, clock: Callable[[], datetime] = utc_now) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        clock: Callable[[], datetime] = utc_now,
+        shared_port: bool = False,
+    ) -> None:
         self.config = config
+        # True only in a `--workers` worker: its siblings bind the same ports (SO_REUSEPORT).
+        self.shared_port = shared_port
         try:
             authority = load_authority_public_key(config.authority_public_key)
         except PkiError as exc:
@@ -457,6 +466,10 @@ class Gateway:
 
     # Lifecycle ---------------------------------------------------------------------------------
     async def start(self) -> int:
+        if (
+            not self.shared_port
+        ):  # before the audit store is opened: a second gateway touches nothing
+            check_ports_free(self.config)
         if self.audit is not None:
             try:
                 await self.audit.open()
@@ -474,6 +487,8 @@ class Gateway:
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 *KEEPALIVE_OPTIONS,
+                # gRPC's core shares a port by default on Linux: only workers may (see _ports).
+                ("grpc.so_reuseport", 1 if self.shared_port else 0),
             ],
             maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
         )
@@ -521,7 +536,7 @@ class Gateway:
             )
             try:
                 self.metrics_port = await metrics_server.start(
-                    host.strip("[]"), int(port), reuse_port=multiprocess_mode()
+                    host.strip("[]"), int(port), reuse_port=self.shared_port
                 )
             except OSError as exc:
                 await self.stop(0)  # the gRPC server, the audit log, the clients: all closed
@@ -652,9 +667,12 @@ def freeze_startup_heap() -> None:
 
 
 async def create_gateway(
-    config: GatewayConfig, **kwargs: Callable[[], datetime]
+    config: GatewayConfig,
+    *,
+    clock: Callable[[], datetime] = utc_now,
+    shared_port: bool = False,
 ) -> tuple[Gateway, int]:
-    gateway = Gateway(config, **kwargs)
+    gateway = Gateway(config, clock=clock, shared_port=shared_port)
     port = await gateway.start()
     return gateway, port
 
@@ -664,11 +682,15 @@ async def serve(
     *,
     ready: Callable[[Gateway], None] | None = None,
     reload: Callable[[], GatewayConfig] | None = None,
+    shared_port: bool = False,
 ) -> None:
     """Run one gateway until SIGINT or SIGTERM, then stop gracefully. On SIGHUP, `reload()`
     reads the configuration again and the gateway takes its `[[seal.keys]]` and its `[tls]`
-    certificate and key (nothing else is reloaded; the registry follows its own source)."""
-    gateway, _ = await create_gateway(config)
+    certificate and key (nothing else is reloaded; the registry follows its own source).
+    `shared_port`: a `--workers` worker, binding its ports together with its siblings."""
+    if not shared_port:  # before the gateway is built: a refusal is its only output
+        check_ports_free(config)
+    gateway, _ = await create_gateway(config, shared_port=shared_port)
     freeze_startup_heap()
     if ready is not None:
         ready(gateway)

@@ -10,6 +10,7 @@ import os
 import re
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -262,3 +263,31 @@ def test_port_zero_cannot_be_shared(tmp_path: Path, schema: str) -> None:
     )  # fmt: skip
     assert done.returncode == 1
     assert "give a fixed port, not 0" in done.stderr
+
+
+@pytest.mark.parametrize("which", ["listen", "metrics_listen"])
+def test_workers_refuse_a_port_another_process_holds(
+    tmp_path: Path, schema: str, which: str
+) -> None:
+    """The workers bind with SO_REUSEPORT: a foreign listener that set it too (same user) would
+    silently get a share of the connections, so the supervisor refuses a held port first."""
+    fed = make_federation(tmp_path / "fed")
+    fed.publish()
+    with socket.socket() as foreign:
+        foreign.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        foreign.bind(("127.0.0.1", 0))
+        foreign.listen()
+        held = foreign.getsockname()[1]
+        port, metrics = (held, free_port()) if which == "listen" else (free_port(), held)
+        config = _config(fed, tmp_path, port=port, metrics=metrics, schema=schema)
+        with _start(config, 2) as process:
+            try:
+                out, err = process.communicate(timeout=60)
+            except subprocess.TimeoutExpired:  # the workers started: they share the port
+                process.kill()
+                out, err = process.communicate()
+    assert process.returncode == 1, out + err
+    assert (
+        err == f"tongban: gateway.{which}: 127.0.0.1:{held} is already in use (another gateway?)\n"
+    )
+    assert "listening" not in out
