@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import importlib.metadata
 import json
 import logging
 import mimetypes
@@ -27,8 +28,9 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from gateway.config import GatewayConfig, read_passphrase
+from gateway.config import GatewayConfig, read_passphrase, split_endpoint
 from gateway.errors import GatewayError
+from gateway.provider._net import is_loopback
 from registry import (
     AUTHORITY_PUBLIC_KEY,
     CURRENT_SNAPSHOT,
@@ -124,6 +126,38 @@ def parse_time(text: str) -> datetime:
     raise argparse.ArgumentTypeError(
         f"{text!r} is not an ISO 8601 time with an offset, e.g. 2026-11-21T10:00:00+08:00"
     )
+
+
+def _address(text: str, *, any_port: bool = False, loopback: bool = False) -> str:
+    try:
+        split_endpoint(text, any_port=any_port)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from exc
+    if loopback and not is_loopback(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a loopback address: plaintext gRPC stays on this machine "
+            "(127.0.0.1, [::1], localhost)"
+        )
+    return text
+
+
+def parse_listen(text: str) -> str:
+    """HOST:PORT to listen on; port 0 picks a free one."""
+    return _address(text, any_port=True)
+
+
+def parse_endpoint(text: str) -> str:
+    """HOST:PORT of a server to call."""
+    return _address(text)
+
+
+def parse_loopback_endpoint(text: str) -> str:
+    """HOST:PORT of a data system: called in plaintext, so on this machine."""
+    return _address(text, loopback=True)
+
+
+def parse_loopback_listen(text: str) -> str:
+    return _address(text, any_port=True, loopback=True)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -587,6 +621,24 @@ def parse_token_lifetime(text: str) -> timedelta:
     return lifetime
 
 
+def parse_name(text: str) -> str:
+    """An id, a code or a reason given on the command line: one non-empty line."""
+    if not text.strip() or not text.isprintable():
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give a non-empty value without line breaks or control characters"
+        )
+    return text
+
+
+_MEDIA_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*")
+
+
+def parse_media_type(text: str) -> str:
+    if not _MEDIA_TYPE.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a media type like application/pdf")
+    return text
+
+
 def parse_operator(text: str) -> str:
     if not text.strip() or any(c in text for c in "\r\n\x00"):
         raise argparse.ArgumentTypeError("the operator is one non-empty line")
@@ -616,8 +668,6 @@ def cmd_token_issue(args: argparse.Namespace, out: Console) -> int:
 def cmd_demo(args: argparse.Namespace, out: Console) -> int:
     from gateway.demo import DemoError, DemoOptions, run_demo
 
-    if args.redis and not args.redis.startswith(("redis://", "rediss://", "unix://")):
-        raise Failure(f"--redis: {args.redis!r} is not a redis:// URL")
     options = DemoOptions(
         source=args.source,
         folder=args.dir,
@@ -651,12 +701,21 @@ def _serve_config(args: argparse.Namespace) -> GatewayConfig:
             bootstrap_ca_file=args.bootstrap_ca,
             audit_db=args.audit_db,
             provider=args.provider or "",
-            redis_url=os.environ.get(args.redis_env, "") if args.redis_env else "",
+            redis_url=_redis_url(args.redis_env),
             peers=dict(args.peer or []),
         )
     raise Failure(
         "give --config FILE, or --pki DIR with --region CODE (and --snapshot or --follow)"
     )
+
+
+def _redis_url(variable: str | None) -> str:
+    if not variable:
+        return ""
+    url = os.environ.get(variable)
+    if not url:  # else the gateway would keep its replay window in memory, unlike its replicas
+        raise Failure(f"--redis-env: environment variable {variable} (the Redis URL) is not set")
+    return url
 
 
 def cmd_gateway_serve(args: argparse.Namespace, out: Console) -> int:
@@ -700,15 +759,51 @@ def _serve_workers(args: argparse.Namespace, config: GatewayConfig, out: Console
     return serve_workers(config, args.workers, ready=ready, reload=lambda: _serve_config(args))
 
 
+def parse_workers(text: str) -> int:
+    from gateway.workers import MAX_WORKERS
+
+    try:
+        workers = int(text)
+    except ValueError:
+        workers = 0
+    if not 1 <= workers <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: the number of workers is a whole number from 1 to {MAX_WORKERS}"
+        )
+    return workers
+
+
+def parse_redis_url(text: str) -> str:
+    if not text:
+        return text
+    if not text.startswith(("redis://", "rediss://", "unix://")) or not text.isprintable():
+        # Not echoed: a Redis URL may hold a password.
+        raise argparse.ArgumentTypeError("not a redis://, rediss:// or unix:// URL")
+    return text
+
+
+def parse_postgres_dsn(text: str) -> str:
+    from psycopg import Error
+    from psycopg.conninfo import conninfo_to_dict
+
+    if not text:
+        return text
+    try:
+        conninfo_to_dict(text)
+    except Error:
+        # Not echoed, nor psycopg's message (it may quote it): a DSN may hold a password.
+        raise argparse.ArgumentTypeError("not a PostgreSQL DSN") from None
+    return text
+
+
 def parse_peer(text: str) -> tuple[str, str]:
     """CODE=HOST:PORT"""
     region, sep, endpoint = text.partition("=")
-    host, colon, port = endpoint.rpartition(":")
-    if not sep or region not in PROVINCES or not colon or not host or not port.isdigit():
+    if not sep or region not in PROVINCES:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not CODE=HOST:PORT, e.g. 510000=localhost:7510"
         )
-    return region, endpoint
+    return region, parse_endpoint(endpoint)
 
 
 def cmd_provider_serve(args: argparse.Namespace, out: Console) -> int:
@@ -1383,11 +1478,24 @@ def _audit_key_options(parser: argparse.ArgumentParser) -> None:
 Handler = Callable[[argparse.Namespace, Console], int]
 
 
+def _package_version() -> str:
+    try:
+        return importlib.metadata.version("tongban")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree never installed
+        return "(version unknown: the package is not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="tongban",
         description="Tongban (通办): a gateway for cross-region government data sharing.",
         epilog="Run `tongban COMMAND --help` for each command. Exit codes: 0 done, 1 refused or failed, 2 bad command line.",
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"tongban {_package_version()}",
+        help="print the version and exit",
     )
     parser.add_argument(
         "--log-level",
@@ -1425,12 +1533,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--redis",
+        type=parse_redis_url,
         metavar="URL",
         default="",
         help="Redis for the answer cache, replay window and quotas (default: in memory)",
     )
     demo.add_argument(
         "--postgres",
+        type=parse_postgres_dsn,
         metavar="DSN",
         default="",
         help="PostgreSQL for the audit logs, one schema per region, dropped at the end "
@@ -1560,7 +1670,12 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = key_verbs.add_parser(verb, help=text, description=text[0].upper() + text[1:] + ".")
         p.add_argument("--pki", type=Path, required=True, help="PKI folder")
-        p.add_argument("--owner", required=True, help="region code (gateway keys) or agency id")
+        p.add_argument(
+            "--owner",
+            type=parse_name,
+            required=True,
+            help="region code (gateway keys) or agency id",
+        )
         p.add_argument(
             "--usage",
             required=True,
@@ -1593,11 +1708,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     revoke.add_argument(
         "kid",
+        type=parse_name,
         help="the key id (x5t#S256) to revoke; one that starts with '-' goes last, after '--'",
     )
     revoke.add_argument("--pki", type=Path, required=True, help="PKI folder")
     revoke.add_argument(
-        "--reason", required=True, help="why, e.g. keyCompromise, superseded, cessationOfOperation"
+        "--reason",
+        type=parse_name,
+        required=True,
+        help="why, e.g. keyCompromise, superseded, cessationOfOperation",
     )
     revoke.add_argument(
         "--at", type=parse_time, help="revocation time, ISO 8601 with offset (default now)"
@@ -1647,6 +1766,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     seal_parser.add_argument(
         "--content-type",
+        type=parse_media_type,
         metavar="TYPE",
         help=f"media type of the document (default: guessed from its name, else {DEFAULT_CONTENT_TYPE})",
     )
@@ -1730,7 +1850,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     token_issue.add_argument("--pki", type=Path, required=True, metavar="DIR", help="PKI folder")
     token_issue.add_argument(
-        "--agency", required=True, metavar="ID", help="the calling agency, e.g. zj.hrss"
+        "--agency",
+        type=parse_name,
+        required=True,
+        metavar="ID",
+        help="the calling agency, e.g. zj.hrss",
     )
     token_issue.add_argument(
         "--operator",
@@ -1765,7 +1889,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", type=Path, help="gateway configuration (TOML)")
     serve.add_argument(
         "--workers",
-        type=int,
+        type=parse_workers,
         default=1,
         metavar="N",
         help="processes sharing the port (default 1); more than one needs the audit log in "
@@ -1779,12 +1903,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--snapshot", type=Path, help="registry snapshot file to load and watch, with --pki"
     )
     serve.add_argument(
-        "--follow", metavar="HOST:PORT", help="a peer gateway whose registry to follow, with --pki"
+        "--follow",
+        type=parse_endpoint,
+        metavar="HOST:PORT",
+        help="a peer gateway whose registry to follow, with --pki",
     )
     serve.add_argument(
         "--provider",
+        type=parse_loopback_endpoint,
         metavar="HOST:PORT",
-        help="the region's data system (DataProvider.Fetch), with --pki: serves the query path",
+        help="the region's data system (DataProvider.Fetch) on this machine (it is called "
+        "without TLS), with --pki: serves the query path",
     )
     serve.add_argument(
         "--redis-env",
@@ -1814,8 +1943,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--listen",
+        type=parse_listen,
         default="127.0.0.1:0",
-        help="host:port to listen on, with --pki (default 127.0.0.1:0, a free port)",
+        metavar="HOST:PORT",
+        help="host:port to listen on, IPv6 in brackets, with --pki (default 127.0.0.1:0, a free "
+        "port)",
     )
     _passphrase_options(serve)
     serve.set_defaults(handler=cmd_gateway_serve)
@@ -1844,7 +1976,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="the region whose data to serve (330000, 510000 or 500000)",
     )
     provider_serve.add_argument(
-        "--listen", default="127.0.0.1:0", help="host:port on loopback (default a free port)"
+        "--listen",
+        type=parse_loopback_listen,
+        default="127.0.0.1:0",
+        metavar="HOST:PORT",
+        help="host:port on loopback (default a free port)",
     )
     provider_serve.set_defaults(handler=cmd_provider_serve)
 
@@ -1913,12 +2049,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="file holding the deployment's pseudonym key (at least 16 bytes), for --subject-id",
     )
-    audit_query.add_argument("--agency", metavar="ID", help="the calling agency, e.g. sc.hrss")
     audit_query.add_argument(
-        "--provider-region", metavar="CODE", help="the region that provided the data"
+        "--agency", type=parse_name, metavar="ID", help="the calling agency, e.g. sc.hrss"
     )
-    audit_query.add_argument("--purpose", metavar="CODE", help="the purpose, e.g. SI-TRANSFER")
-    audit_query.add_argument("--dataset", metavar="ID", help="the dataset, e.g. si.participation")
+    audit_query.add_argument(
+        "--provider-region",
+        type=lambda s: parse_regions(s)[0],
+        metavar="CODE",
+        help="the region that provided the data (GB/T 2260)",
+    )
+    audit_query.add_argument(
+        "--purpose", type=parse_name, metavar="CODE", help="the purpose, e.g. SI-TRANSFER"
+    )
+    audit_query.add_argument(
+        "--dataset", type=parse_name, metavar="ID", help="the dataset, e.g. si.participation"
+    )
     audit_query.add_argument("--outcome", choices=AUDIT_OUTCOMES, help="the decision")
     audit_query.add_argument(
         "--since",

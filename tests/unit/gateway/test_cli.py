@@ -314,7 +314,6 @@ REFUSALS = {
     "build-broken-source": Refusal(
         lambda c: ["registry", "build", "--source", c.broken_source(), "--pki", c.shared.pki],
         lambda c: [c.broken_source() / "regions.toml", "regions.500000.colour", "unknown key"],
-        lines=2,
     ),
     "build-out-missing-folder": Refusal(
         lambda c: [
@@ -799,3 +798,10 @@ def test_a_kid_that_starts_with_a_dash_is_revoked_after_double_dash(
     assert code == 1
     assert "no key '-Abc'" in err
     assert "Traceback" not in err
+
+
+def test_version_is_the_package_version(run: Run) -> None:
+    from importlib.metadata import version
+
+    code, out, err = run("--version")
+    assert (code, out, err) == (0, f"tongban {version('tongban')}\n", "")
