@@ -1027,6 +1027,38 @@ def _audit_store(args: argparse.Namespace) -> AuditStore:
     return PostgresAuditStore(dsn, schema=schema)
 
 
+class _WrongLog(Exception):
+    """The store holds another log than the command line names: a usage error, not a verdict."""
+
+
+async def _check_log_named(store: AuditStore, origin: str, region: str | None) -> None:
+    """Raise _WrongLog unless the store holds the log `origin` (of `region`): the origins of its
+    checkpoints, or while none is signed the region of its first record, name another log.
+    Neither is trusted here; a log that is really this one is then checked in full."""
+    from gateway.audit import AuditRecord
+
+    held = {stored.note.split("\n", 1)[0] for stored in await store.checkpoints()}
+    if held and origin not in held:
+        names = ", ".join(n if n.isprintable() else repr(n) for n in sorted(held))
+        raise _WrongLog(
+            f"this store holds the audit log {names}, not {origin}: check --region (and --origin)"
+        )
+    if held or region is None:
+        return
+    marker = await store.pruned()
+    rows = await store.rows(marker.before if marker else 0, (marker.before if marker else 0) + 1)
+    if not rows:
+        return
+    try:
+        found = AuditRecord.from_canonical(rows[0].canonical).region
+    except (ValueError, KeyError, TypeError):
+        return  # not a record: the verification says so
+    if found != region:
+        raise _WrongLog(
+            f"the records in this store are region {found}'s, not {region}'s: check --region"
+        )
+
+
 def _on_store(args: argparse.Namespace, work: Callable[[AuditStore], Coroutine[Any, Any, T]]) -> T:
     """Open the store named on the command line, run `work` on it, close it."""
     from gateway.audit import AuditError
@@ -1044,6 +1076,8 @@ def _on_store(args: argparse.Namespace, work: Callable[[AuditStore], Coroutine[A
         return asyncio.run(run())
     except AuditError as exc:
         raise Failure(str(exc)) from exc
+    except _WrongLog as exc:
+        _usage(args, str(exc))
 
 
 def _b64(data: bytes) -> str:
@@ -1087,6 +1121,7 @@ def cmd_audit_verify(args: argparse.Namespace, out: Console) -> int:
     )
 
     async def work(store: AuditStore) -> Verification:
+        await _check_log_named(store, origin, args.region)
         log = AuditLog(store, origin=origin, key_name=key_name, public_key=public_key)
         return await log.verify(trusted)
 
@@ -1144,9 +1179,10 @@ def cmd_audit_verify(args: argparse.Namespace, out: Console) -> int:
         # (stored checkpoints were lost), so a saved checkpoint never moves backwards.
         if not result.intact:
             _error(f"the log is broken: no checkpoint saved to {args.save_checkpoint}")
-        elif latest is None:
-            _error(f"no checkpoint has been signed yet: nothing saved to {args.save_checkpoint}")
-            return 1
+        elif latest is None:  # the log is intact (exit 0, as printed); only nothing to keep yet
+            _error(
+                f"warning: no checkpoint has been signed yet: nothing saved to {args.save_checkpoint}"
+            )
         else:
             _save_text(args.save_checkpoint, latest.note)
             (Console(stderr=True, highlight=False) if args.json else out).print(
@@ -1351,6 +1387,7 @@ def cmd_audit_proof(args: argparse.Namespace, out: Console) -> int:
         }
 
     async def work(store: AuditStore) -> dict[str, object]:
+        await _check_log_named(store, origin, args.region)
         log = AuditLog(store, origin=origin, key_name=key_name, public_key=public_key)
         length = (await store.head()).size
         try:
@@ -1393,6 +1430,7 @@ def cmd_audit_prune(args: argparse.Namespace, out: Console) -> int:
     now = _now()
 
     async def work(store: AuditStore) -> str:
+        await _check_log_named(store, origin, args.region)
         log = AuditLog(store, origin=origin, key=key, key_name=key_name)
         cut = await store.first_index_at_or_after(now - args.older_than)
         marker = await store.pruned()
