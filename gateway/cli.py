@@ -28,6 +28,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from gateway._tables import whole
 from gateway.config import GatewayConfig, read_passphrase, split_endpoint
 from gateway.errors import GatewayError
 from gateway.provider._net import is_loopback
@@ -275,13 +276,14 @@ def cmd_registry_show(args: argparse.Namespace, out: Console) -> int:
         return 0
     expired = now >= registry.expires_at
     out.print(
-        f"[bold]Registry {registry.name} version {registry.version}[/] — signature verified; issued "
-        f"{registry.issued_at:%Y-%m-%d %H:%M:%SZ}, "
+        f"[bold]Registry {registry.name} version {registry.version}[/] — signature verified;\n"
+        f"issued {registry.issued_at:%Y-%m-%d %H:%M:%SZ}, "
         + (
             f"[red]EXPIRED {registry.expires_at:%Y-%m-%d %H:%M:%SZ}[/]"
             if expired
             else f"expires {registry.expires_at:%Y-%m-%d %H:%M:%SZ}"
-        )
+        ),
+        soft_wrap=True,  # a time is never cut across lines
     )
     regions = Table(title="Regions", title_justify="left")
     for column in ("code", "name", "gateway", "agencies", "datasets"):
@@ -294,7 +296,7 @@ def cmd_registry_show(args: argparse.Namespace, out: Console) -> int:
             str(sum(1 for a in registry.agencies if a.region == region.code)),
             str(sum(1 for d in registry.datasets if d.region == region.code)),
         )
-    out.print(regions)
+    out.print(whole(regions))
     agreements = Table(title="Agreements", title_justify="left")
     agreements.add_column("id", overflow="fold")
     for column in ("provider", "requesters", "purposes", "valid until", "quota/min"):
@@ -309,8 +311,8 @@ def cmd_registry_show(args: argparse.Namespace, out: Console) -> int:
             f"{a.valid_until:%Y-%m-%d}{state}",
             str(a.quota_per_minute),
         )
-    out.print(agreements)
-    out.print(_keys_table("Keys", registry.keys, now))
+    out.print(whole(agreements))
+    out.print(whole(_keys_table("Keys", registry.keys, now)))
     return 0
 
 
@@ -440,6 +442,7 @@ def cmd_keys_expiring(args: argparse.Namespace, out: Console) -> int:
                 "kid": k.kid,
                 "owner": k.owner,
                 "usage": k.usage.value,
+                "algorithm": k.algorithm,
                 "state": k.state.value,
                 "not_after": f"{k.not_after:%Y-%m-%dT%H:%M:%SZ}",
                 "days_left": round((k.not_after - now).total_seconds() / 86400, 1),
@@ -452,7 +455,7 @@ def cmd_keys_expiring(args: argparse.Namespace, out: Console) -> int:
     if not entries:
         out.print(f"No key or certificate expires within {days:g} days.")
         return 0
-    out.print(_keys_table(f"Expiring within {days:g} days", entries, now))
+    out.print(whole(_keys_table(f"Expiring within {days:g} days", entries, now)))
     return 0
 
 
@@ -571,7 +574,7 @@ def _print_report(out: Console, report: ValidationReport, registry: Registry) ->
     for check in report.checks:
         mark = Text("✓", style="green") if check.passed else Text("✗", style="red")
         checks.add_row(mark, Text(check.name), Text(check.detail))
-    out.print(checks)
+    out.print(whole(checks))
 
 
 def cmd_verify(args: argparse.Namespace, out: Console) -> int:
@@ -727,9 +730,11 @@ def cmd_gateway_serve(args: argparse.Namespace, out: Console) -> int:
     def ready(gateway: Gateway) -> None:
         status = gateway.store.status()
         held = f"registry version {status.version}" if status.version else "no registry yet"
+        metrics = f", metrics on port {gateway.metrics_port}" if gateway.metrics_server else ""
         out.print(
-            f"Gateway {config.region} listening on port {gateway.port} (mutual TLS), {held}. "
-            "Ctrl-C stops it; SIGHUP reloads its seal keys."
+            f"Gateway {config.region} listening on port {gateway.port} (mutual TLS){metrics}, "
+            f"{held}. Ctrl-C stops it; SIGHUP reloads its seal keys.",
+            soft_wrap=True,  # a port is never cut across lines
         )
 
     asyncio.run(serve(config, ready=ready, reload=lambda: _serve_config(args)))
@@ -1282,7 +1287,7 @@ def cmd_audit_query(args: argparse.Namespace, out: Console) -> int:
         table.add_column(column, overflow="fold")
     for index, record in found:
         table.add_row(*_record_row(index, record))
-    out.print(table)
+    out.print(whole(table))
     if more:
         out.print(more, markup=False, soft_wrap=True)
     return 0

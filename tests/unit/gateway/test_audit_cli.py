@@ -1020,3 +1020,20 @@ def test_save_checkpoint_exits_as_the_verdict_it_printed(
     assert json.loads(out)["intact"] is True
     assert code == 0
     assert not kept.exists()
+
+
+def test_query_at_80_columns_keeps_every_needed_value_whole(
+    run: Run, db: list[str | Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, err = run("audit", "query", *db, "--limit", "5")
+    assert (code, err) == (0, "")
+    assert "…" not in out
+    assert max(len(line) for line in out.splitlines()) <= 80
+    code, text, _ = run("audit", "query", *db, "--limit", "5", "--json")
+    assert code == 0
+    documents = _lines(text)
+    assert len(documents) == 5
+    for document in documents:
+        for name in ("time", "caller_agency", "caller_region", "provider_region", "case_id"):
+            assert str(document[name]) in out, (name, document[name])
