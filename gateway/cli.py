@@ -1691,7 +1691,13 @@ def build_parser() -> argparse.ArgumentParser:
     trust = show.add_mutually_exclusive_group()
     trust.add_argument("--authority", type=Path, help="the registry authority public key (PEM)")
     trust.add_argument("--pki", type=Path, help="a PKI folder, to use its authority public key")
-    show.add_argument("--json", action="store_true", help="print the verified payload as JSON")
+    show.add_argument(
+        "--json",
+        action="store_true",
+        help="print the verified payload as one JSON document (the registry's own field names: "
+        "format, name, version, issued_at, expires_at, refresh_seconds, regions, agencies, datasets, "
+        "purposes, agreements, keys)",
+    )
     show.set_defaults(handler=cmd_registry_show)
 
     # keys
@@ -1777,7 +1783,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=timedelta(days=30),
         help="period, e.g. 30d (default), 12h",
     )
-    expiring.add_argument("--json", action="store_true", help="print JSON")
+    expiring.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON array, soonest first, each key an object with kid, owner, usage, "
+        "algorithm, state, not_after (ISO 8601, UTC) and days_left",
+    )
     expiring.set_defaults(handler=cmd_keys_expiring)
 
     # seal
@@ -2065,7 +2076,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="if the log is intact, write its latest checkpoint here (keep it for next time)",
     )
-    audit_verify.add_argument("--json", action="store_true", help="print the result as JSON")
+    audit_verify.add_argument(
+        "--json",
+        action="store_true",
+        help="print the result as one JSON object: intact, records_checked, "
+        "checkpoints_checked, first_bad_index, problem, latest_checkpoint (size, root, note)",
+    )
     audit_verify.set_defaults(handler=cmd_audit_verify, usage_error=audit_verify.error)
 
     audit_query = audit_verbs.add_parser(
@@ -2134,7 +2150,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="the next page: records after this index (the last one shown)",
     )
     audit_query.add_argument(
-        "--json", action="store_true", help="print one JSON object per record (JSON lines)"
+        "--json",
+        action="store_true",
+        help="print one JSON object per record (JSON lines, so that pages concatenate): index "
+        "and the record's own fields (time, gateway, region, caller_agency, provider_region, "
+        "dataset, purpose, case_id, subject, fields, outcome, reason, cache_hit, ...)",
     )
     audit_query.set_defaults(handler=cmd_audit_query, usage_error=audit_query.error)
 
