@@ -31,7 +31,7 @@ def check_ports_free(config: GatewayConfig) -> None:
         check_listen_address_free("gateway.metrics_listen", config.metrics_listen)
 
 
-def check_listen_address_free(key: str, address: str) -> None:
+def check_listen_address_free(key: str, address: str, *, who: str = "another gateway") -> None:
     """Raise ConfigError naming `key` (e.g. `gateway.listen`) unless every address `address`
     (host:port, IPv6 in brackets) resolves to can be bound now. Port 0 is always free."""
     host, _, port_text = address.rpartition(":")
@@ -51,7 +51,5 @@ def check_listen_address_free(key: str, address: str) -> None:
                 probe.bind(where)
             except OSError as exc:
                 if exc.errno == errno.EADDRINUSE:
-                    raise ConfigError(
-                        f"{key}: {address} is already in use (another gateway?)"
-                    ) from exc
+                    raise ConfigError(f"{key}: {address} is already in use ({who}?)") from exc
                 raise ConfigError(f"{key}: cannot bind {address} ({exc.strerror})") from exc

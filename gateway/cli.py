@@ -813,7 +813,11 @@ def parse_peer(text: str) -> tuple[str, str]:
 
 def cmd_provider_serve(args: argparse.Namespace, out: Console) -> int:
     """A demo provincial data system (synthetic data) until Ctrl-C."""
+    from gateway._ports import check_listen_address_free
     from gateway.provider import create_provider
+
+    # A held port: one line, not gRPC's log.
+    check_listen_address_free("--listen", args.listen, who="another data system")
 
     async def run() -> None:
         try:

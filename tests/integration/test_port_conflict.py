@@ -5,6 +5,7 @@ before it opens its audit log; only `--workers` shares a port (tests/integration
 
 from __future__ import annotations
 
+import asyncio
 import re
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pytest
 from support import REPO, Federation, dev_config, free_port, running
 
 from gateway.errors import ConfigError
+from gateway.provider import create_provider
 from gateway.server import create_gateway
 
 pytestmark = pytest.mark.integration
@@ -126,3 +128,25 @@ async def test_a_listen_host_that_does_not_resolve_is_a_configuration_error(
         ConfigError, match=r"^gateway\.listen: cannot resolve 'no-such-host\.invalid'"
     ):
         await create_gateway(config)
+
+
+async def test_a_second_demo_data_system_on_a_held_port_refuses_to_start() -> None:
+    server, port = create_provider("330000", "127.0.0.1:0")
+    await server.start()
+    try:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway.cli", "provider", "serve", "--region", "510000",
+            "--listen", f"127.0.0.1:{port}",
+            cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+        except TimeoutError:  # it started: it shares the port with the first one
+            process.kill()
+            out, err = await process.communicate()
+        assert process.returncode == 1, out + err
+        assert err.decode() == (
+            f"tongban: --listen: 127.0.0.1:{port} is already in use (another data system?)\n"
+        )
+    finally:
+        await server.stop(0)
