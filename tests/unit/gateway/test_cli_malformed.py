@@ -11,6 +11,8 @@ the only thing wrong with the command line."""
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +38,15 @@ class Paths:
     key: Path
     seal_cert: Path
     missing: Path
+
+
+@pytest.fixture(autouse=True)
+def _logger_level_kept() -> Iterator[None]:
+    """`tongban demo` quietens the `tongban` logger of its process: not for the tests after."""
+    logger = logging.getLogger("tongban")
+    level = logger.level
+    yield
+    logger.setLevel(level)
 
 
 @pytest.fixture(scope="module")
