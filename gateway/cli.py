@@ -569,12 +569,12 @@ def _print_report(out: Console, report: ValidationReport, registry: Registry) ->
     out.print(facts)
     checks = Table(title="Checks", title_justify="left")
     checks.add_column("")
-    checks.add_column("check")
+    checks.add_column("check", no_wrap=True)
     checks.add_column("detail", overflow="fold")
     for check in report.checks:
         mark = Text("✓", style="green") if check.passed else Text("✗", style="red")
         checks.add_row(mark, Text(check.name), Text(check.detail))
-    out.print(whole(checks))
+    out.print(checks)  # prose details wrap; the check names keep their width
 
 
 def cmd_verify(args: argparse.Namespace, out: Console) -> int:
