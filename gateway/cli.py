@@ -256,7 +256,7 @@ def cmd_registry_publish(args: argparse.Namespace, out: Console) -> int:
 
 def _read_snapshot(args: argparse.Namespace) -> Registry:
     if args.authority is None and args.pki is None:
-        raise Failure("give --authority PUB.pem (or --pki DIR) to check the snapshot's signature")
+        _usage(args, "give --authority PUB.pem (or --pki DIR) to check the snapshot's signature")
     authority_path = args.authority or args.pki / AUTHORITY_PUBLIC_KEY
     verifier = SnapshotVerifier(load_authority_public_key(authority_path))
     try:
@@ -721,7 +721,30 @@ def _redis_url(variable: str | None) -> str:
     return url
 
 
+_PKI_ONLY = (
+    "pki", "region", "snapshot", "follow", "provider", "redis_env", "peer", "audit_db",
+    "bootstrap_ca", "passphrase_file", "passphrase_env",
+)  # fmt: skip
+
+
+def _check_serve_options(args: argparse.Namespace) -> None:
+    """A wrong combination of options: exit 2 before anything is read."""
+    if args.config is not None:
+        given = [name for name in _PKI_ONLY if getattr(args, name) is not None]
+        if given:
+            option = "--" + given[0].replace("_", "-")
+            _usage(args, f"{option} goes with --pki, not with --config (the file says it)")
+        return
+    if args.pki is None or args.region is None:
+        _usage(args, "give --config FILE, or --pki DIR with --region CODE")
+    if args.snapshot is None and args.follow is None:
+        _usage(
+            args, "--pki needs --snapshot FILE or --follow HOST:PORT: the gateway needs a registry"
+        )
+
+
 def cmd_gateway_serve(args: argparse.Namespace, out: Console) -> int:
+    _check_serve_options(args)
     config = _serve_config(args)
     if args.workers != 1:
         return _serve_workers(args, config, out)
@@ -1702,7 +1725,7 @@ def build_parser() -> argparse.ArgumentParser:
         "format, name, version, issued_at, expires_at, refresh_seconds, regions, agencies, datasets, "
         "purposes, agreements, keys)",
     )
-    show.set_defaults(handler=cmd_registry_show)
+    show.set_defaults(handler=cmd_registry_show, usage_error=show.error)
 
     # keys
     keys = commands.add_parser(
@@ -2008,7 +2031,7 @@ def build_parser() -> argparse.ArgumentParser:
         "port)",
     )
     _passphrase_options(serve)
-    serve.set_defaults(handler=cmd_gateway_serve)
+    serve.set_defaults(handler=cmd_gateway_serve, usage_error=serve.error)
 
     # provider
     provider = commands.add_parser(

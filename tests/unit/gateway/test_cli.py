@@ -209,6 +209,28 @@ def test_help(run: Run, argv: list[str], usage: str, description: str) -> None:
         pytest.param(["registry", "show"], "snapshot", id="show-no-snapshot"),
         pytest.param(["registry", "publish", "--pki", "p"], "--out", id="publish-no-out"),
         pytest.param(["gateway", "serve", "--region", "999999"], "--region", id="serve-bad-region"),
+        pytest.param(["registry", "show", "s.jws"], "give --authority", id="show-no-trust"),
+        pytest.param(["gateway", "serve"], "give --config FILE, or --pki", id="serve-nothing"),
+        pytest.param(
+            ["gateway", "serve", "--pki", "p", "--region", "330000"],
+            "--pki needs --snapshot FILE or --follow",
+            id="serve-pki-without-registry",
+        ),
+        pytest.param(
+            ["gateway", "serve", "--pki", "p"],
+            "give --config FILE, or --pki DIR with --region",
+            id="serve-pki-without-region",
+        ),
+        pytest.param(
+            ["gateway", "serve", "--config", "c.toml", "--provider", "127.0.0.1:9330"],
+            "--provider goes with --pki, not with --config",
+            id="serve-config-with-a-pki-option",
+        ),
+        pytest.param(
+            ["gateway", "serve", "--config", "c.toml", "--passphrase-env", "V"],
+            "--passphrase-env goes with --pki",
+            id="serve-config-with-a-passphrase-option",
+        ),
         pytest.param(["--log-level", "LOUD", "keys"], "--log-level", id="log-level"),
         pytest.param(
             ["registry", "publish", "--pki", "p", "--out", "o", "--lifetime", "99999999d"],
@@ -372,10 +394,6 @@ REFUSALS = {
             authority_key_id(load_authority_public_key(c.other.pki / AUTHORITY_PUBLIC_KEY)),
         ],
     ),
-    "show-no-trust": Refusal(
-        lambda c: ["registry", "show", c.shared.current],
-        lambda c: ["--authority", "signature"],
-    ),
     "show-missing-file": Refusal(
         lambda c: ["registry", "show", c.tmp / "none.jws", "--pki", c.shared.pki],
         lambda c: [c.tmp / "none.jws", "cannot be read"],
@@ -457,14 +475,6 @@ REFUSALS = {
     "serve-missing-config": Refusal(
         lambda c: ["gateway", "serve", "--config", c.tmp / "missing.toml"],
         lambda c: [c.tmp / "missing.toml", "cannot be read"],
-    ),
-    "serve-neither-config-nor-pki": Refusal(
-        lambda c: ["gateway", "serve"],
-        lambda c: ["--config", "--pki"],
-    ),
-    "serve-pki-without-registry": Refusal(
-        lambda c: ["gateway", "serve", "--pki", c.shared.pki, "--region", "330000"],
-        lambda c: ["snapshot_file", "follow"],
     ),
 }
 
