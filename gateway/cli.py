@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import importlib.metadata
 import json
 import logging
 import mimetypes
@@ -28,9 +29,11 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from gateway.config import GatewayConfig, read_passphrase
+from gateway._tables import whole
+from gateway.config import GatewayConfig, read_passphrase, split_endpoint
 from gateway.errors import GatewayError
 from gateway.logs import FORMAT_ENV, LOG_FORMATS, configure_logging, relay_native_stderr
+from gateway.provider._net import is_loopback
 from registry import (
     AUTHORITY_PUBLIC_KEY,
     CURRENT_SNAPSHOT,
@@ -129,6 +132,38 @@ def parse_time(text: str) -> datetime:
     )
 
 
+def _address(text: str, *, any_port: bool = False, loopback: bool = False) -> str:
+    try:
+        split_endpoint(text, any_port=any_port)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from exc
+    if loopback and not is_loopback(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a loopback address: plaintext gRPC stays on this machine "
+            "(127.0.0.1, [::1], localhost)"
+        )
+    return text
+
+
+def parse_listen(text: str) -> str:
+    """HOST:PORT to listen on; port 0 picks a free one."""
+    return _address(text, any_port=True)
+
+
+def parse_endpoint(text: str) -> str:
+    """HOST:PORT of a server to call."""
+    return _address(text)
+
+
+def parse_loopback_endpoint(text: str) -> str:
+    """HOST:PORT of a data system: called in plaintext, so on this machine."""
+    return _address(text, loopback=True)
+
+
+def parse_loopback_listen(text: str) -> str:
+    return _address(text, any_port=True, loopback=True)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a wrong command line is one line on stderr and exit code 2."""
 
@@ -224,7 +259,7 @@ def cmd_registry_publish(args: argparse.Namespace, out: Console) -> int:
 
 def _read_snapshot(args: argparse.Namespace) -> Registry:
     if args.authority is None and args.pki is None:
-        raise Failure("give --authority PUB.pem (or --pki DIR) to check the snapshot's signature")
+        _usage(args, "give --authority PUB.pem (or --pki DIR) to check the snapshot's signature")
     authority_path = args.authority or args.pki / AUTHORITY_PUBLIC_KEY
     verifier = SnapshotVerifier(load_authority_public_key(authority_path))
     try:
@@ -244,13 +279,14 @@ def cmd_registry_show(args: argparse.Namespace, out: Console) -> int:
         return 0
     expired = now >= registry.expires_at
     out.print(
-        f"[bold]Registry {registry.name} version {registry.version}[/] — signature verified; issued "
-        f"{registry.issued_at:%Y-%m-%d %H:%M:%SZ}, "
+        f"[bold]Registry {registry.name} version {registry.version}[/] — signature verified;\n"
+        f"issued {registry.issued_at:%Y-%m-%d %H:%M:%SZ}, "
         + (
             f"[red]EXPIRED {registry.expires_at:%Y-%m-%d %H:%M:%SZ}[/]"
             if expired
             else f"expires {registry.expires_at:%Y-%m-%d %H:%M:%SZ}"
-        )
+        ),
+        soft_wrap=True,  # a time is never cut across lines
     )
     regions = Table(title="Regions", title_justify="left")
     for column in ("code", "name", "gateway", "agencies", "datasets"):
@@ -263,7 +299,7 @@ def cmd_registry_show(args: argparse.Namespace, out: Console) -> int:
             str(sum(1 for a in registry.agencies if a.region == region.code)),
             str(sum(1 for d in registry.datasets if d.region == region.code)),
         )
-    out.print(regions)
+    out.print(whole(regions))
     agreements = Table(title="Agreements", title_justify="left")
     agreements.add_column("id", overflow="fold")
     for column in ("provider", "requesters", "purposes", "valid until", "quota/min"):
@@ -278,8 +314,8 @@ def cmd_registry_show(args: argparse.Namespace, out: Console) -> int:
             f"{a.valid_until:%Y-%m-%d}{state}",
             str(a.quota_per_minute),
         )
-    out.print(agreements)
-    out.print(_keys_table("Keys", registry.keys, now))
+    out.print(whole(agreements))
+    out.print(whole(_keys_table("Keys", registry.keys, now)))
     return 0
 
 
@@ -409,6 +445,7 @@ def cmd_keys_expiring(args: argparse.Namespace, out: Console) -> int:
                 "kid": k.kid,
                 "owner": k.owner,
                 "usage": k.usage.value,
+                "algorithm": k.algorithm,
                 "state": k.state.value,
                 "not_after": f"{k.not_after:%Y-%m-%dT%H:%M:%SZ}",
                 "days_left": round((k.not_after - now).total_seconds() / 86400, 1),
@@ -421,7 +458,7 @@ def cmd_keys_expiring(args: argparse.Namespace, out: Console) -> int:
     if not entries:
         out.print(f"No key or certificate expires within {days:g} days.")
         return 0
-    out.print(_keys_table(f"Expiring within {days:g} days", entries, now))
+    out.print(whole(_keys_table(f"Expiring within {days:g} days", entries, now)))
     return 0
 
 
@@ -535,12 +572,12 @@ def _print_report(out: Console, report: ValidationReport, registry: Registry) ->
     out.print(facts)
     checks = Table(title="Checks", title_justify="left")
     checks.add_column("")
-    checks.add_column("check")
+    checks.add_column("check", no_wrap=True)
     checks.add_column("detail", overflow="fold")
     for check in report.checks:
         mark = Text("✓", style="green") if check.passed else Text("✗", style="red")
         checks.add_row(mark, Text(check.name), Text(check.detail))
-    out.print(checks)
+    out.print(checks)  # prose details wrap; the check names keep their width
 
 
 def cmd_verify(args: argparse.Namespace, out: Console) -> int:
@@ -590,6 +627,24 @@ def parse_token_lifetime(text: str) -> timedelta:
     return lifetime
 
 
+def parse_name(text: str) -> str:
+    """An id, a code or a reason given on the command line: one non-empty line."""
+    if not text.strip() or not text.isprintable():
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give a non-empty value without line breaks or control characters"
+        )
+    return text
+
+
+_MEDIA_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*")
+
+
+def parse_media_type(text: str) -> str:
+    if not _MEDIA_TYPE.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a media type like application/pdf")
+    return text
+
+
 def parse_operator(text: str) -> str:
     if not text.strip() or any(c in text for c in "\r\n\x00"):
         raise argparse.ArgumentTypeError("the operator is one non-empty line")
@@ -619,8 +674,6 @@ def cmd_token_issue(args: argparse.Namespace, out: Console) -> int:
 def cmd_demo(args: argparse.Namespace, out: Console) -> int:
     from gateway.demo import DemoError, DemoOptions, run_demo
 
-    if args.redis and not args.redis.startswith(("redis://", "rediss://", "unix://")):
-        raise Failure(f"--redis: {args.redis!r} is not a redis:// URL")
     options = DemoOptions(
         source=args.source,
         folder=args.dir,
@@ -654,7 +707,7 @@ def _serve_config(args: argparse.Namespace) -> GatewayConfig:
             bootstrap_ca_file=args.bootstrap_ca,
             audit_db=args.audit_db,
             provider=args.provider or "",
-            redis_url=os.environ.get(args.redis_env, "") if args.redis_env else "",
+            redis_url=_redis_url(args.redis_env),
             peers=dict(args.peer or []),
         )
     raise Failure(
@@ -662,7 +715,39 @@ def _serve_config(args: argparse.Namespace) -> GatewayConfig:
     )
 
 
+def _redis_url(variable: str | None) -> str:
+    if not variable:
+        return ""
+    url = os.environ.get(variable)
+    if not url:  # else the gateway would keep its replay window in memory, unlike its replicas
+        raise Failure(f"--redis-env: environment variable {variable} (the Redis URL) is not set")
+    return url
+
+
+_PKI_ONLY = (
+    "pki", "region", "snapshot", "follow", "provider", "redis_env", "peer", "audit_db",
+    "bootstrap_ca", "passphrase_file", "passphrase_env",
+)  # fmt: skip
+
+
+def _check_serve_options(args: argparse.Namespace) -> None:
+    """A wrong combination of options: exit 2 before anything is read."""
+    if args.config is not None:
+        given = [name for name in _PKI_ONLY if getattr(args, name) is not None]
+        if given:
+            option = "--" + given[0].replace("_", "-")
+            _usage(args, f"{option} goes with --pki, not with --config (the file says it)")
+        return
+    if args.pki is None or args.region is None:
+        _usage(args, "give --config FILE, or --pki DIR with --region CODE")
+    if args.snapshot is None and args.follow is None:
+        _usage(
+            args, "--pki needs --snapshot FILE or --follow HOST:PORT: the gateway needs a registry"
+        )
+
+
 def cmd_gateway_serve(args: argparse.Namespace, out: Console) -> int:
+    _check_serve_options(args)
     config = _serve_config(args)
     if args.workers != 1:
         return _serve_workers(args, config, out)
@@ -671,9 +756,11 @@ def cmd_gateway_serve(args: argparse.Namespace, out: Console) -> int:
     def ready(gateway: Gateway) -> None:
         status = gateway.store.status()
         held = f"registry version {status.version}" if status.version else "no registry yet"
+        metrics = f", metrics on port {gateway.metrics_port}" if gateway.metrics_server else ""
         out.print(
-            f"Gateway {config.region} listening on port {gateway.port} (mutual TLS), {held}. "
-            "Ctrl-C stops it; SIGHUP reloads its seal keys."
+            f"Gateway {config.region} listening on port {gateway.port} (mutual TLS){metrics}, "
+            f"{held}. Ctrl-C stops it; SIGHUP reloads its seal keys.",
+            soft_wrap=True,  # a port is never cut across lines
         )
 
     asyncio.run(serve(config, ready=ready, reload=lambda: _serve_config(args)))
@@ -703,20 +790,60 @@ def _serve_workers(args: argparse.Namespace, config: GatewayConfig, out: Console
     return serve_workers(config, args.workers, ready=ready, reload=lambda: _serve_config(args))
 
 
+def parse_workers(text: str) -> int:
+    from gateway.workers import MAX_WORKERS
+
+    try:
+        workers = int(text)
+    except ValueError:
+        workers = 0
+    if not 1 <= workers <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: the number of workers is a whole number from 1 to {MAX_WORKERS}"
+        )
+    return workers
+
+
+def parse_redis_url(text: str) -> str:
+    if not text:
+        return text
+    if not text.startswith(("redis://", "rediss://", "unix://")) or not text.isprintable():
+        # Not echoed: a Redis URL may hold a password.
+        raise argparse.ArgumentTypeError("not a redis://, rediss:// or unix:// URL")
+    return text
+
+
+def parse_postgres_dsn(text: str) -> str:
+    from psycopg import Error
+    from psycopg.conninfo import conninfo_to_dict
+
+    if not text:
+        return text
+    try:
+        conninfo_to_dict(text)
+    except Error:
+        # Not echoed, nor psycopg's message (it may quote it): a DSN may hold a password.
+        raise argparse.ArgumentTypeError("not a PostgreSQL DSN") from None
+    return text
+
+
 def parse_peer(text: str) -> tuple[str, str]:
     """CODE=HOST:PORT"""
     region, sep, endpoint = text.partition("=")
-    host, colon, port = endpoint.rpartition(":")
-    if not sep or region not in PROVINCES or not colon or not host or not port.isdigit():
+    if not sep or region not in PROVINCES:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not CODE=HOST:PORT, e.g. 510000=localhost:7510"
         )
-    return region, endpoint
+    return region, parse_endpoint(endpoint)
 
 
 def cmd_provider_serve(args: argparse.Namespace, out: Console) -> int:
     """A demo provincial data system (synthetic data) until Ctrl-C."""
+    from gateway._ports import check_listen_address_free
     from gateway.provider import create_provider
+
+    # A held port: one line, not gRPC's log.
+    check_listen_address_free("--listen", args.listen, who="another data system")
 
     async def run() -> None:
         try:
@@ -956,6 +1083,38 @@ def _audit_store(args: argparse.Namespace) -> AuditStore:
     return PostgresAuditStore(dsn, schema=schema)
 
 
+class _WrongLog(Exception):
+    """The store holds another log than the command line names: a usage error, not a verdict."""
+
+
+async def _check_log_named(store: AuditStore, origin: str, region: str | None) -> None:
+    """Raise _WrongLog unless the store holds the log `origin` (of `region`): the origins of its
+    checkpoints, or while none is signed the region of its first record, name another log.
+    Neither is trusted here; a log that is really this one is then checked in full."""
+    from gateway.audit import AuditRecord
+
+    held = {stored.note.split("\n", 1)[0] for stored in await store.checkpoints()}
+    if held and origin not in held:
+        names = ", ".join(n if n.isprintable() else repr(n) for n in sorted(held))
+        raise _WrongLog(
+            f"this store holds the audit log {names}, not {origin}: check --region (and --origin)"
+        )
+    if held or region is None:
+        return
+    marker = await store.pruned()
+    rows = await store.rows(marker.before if marker else 0, (marker.before if marker else 0) + 1)
+    if not rows:
+        return
+    try:
+        found = AuditRecord.from_canonical(rows[0].canonical).region
+    except (ValueError, KeyError, TypeError):
+        return  # not a record: the verification says so
+    if found != region:
+        raise _WrongLog(
+            f"the records in this store are region {found}'s, not {region}'s: check --region"
+        )
+
+
 def _on_store(args: argparse.Namespace, work: Callable[[AuditStore], Coroutine[Any, Any, T]]) -> T:
     """Open the store named on the command line, run `work` on it, close it."""
     from gateway.audit import AuditError
@@ -973,6 +1132,8 @@ def _on_store(args: argparse.Namespace, work: Callable[[AuditStore], Coroutine[A
         return asyncio.run(run())
     except AuditError as exc:
         raise Failure(str(exc)) from exc
+    except _WrongLog as exc:
+        _usage(args, str(exc))
 
 
 def _b64(data: bytes) -> str:
@@ -1016,6 +1177,7 @@ def cmd_audit_verify(args: argparse.Namespace, out: Console) -> int:
     )
 
     async def work(store: AuditStore) -> Verification:
+        await _check_log_named(store, origin, args.region)
         log = AuditLog(
             store,
             origin=origin,
@@ -1079,9 +1241,10 @@ def cmd_audit_verify(args: argparse.Namespace, out: Console) -> int:
         # (stored checkpoints were lost), so a saved checkpoint never moves backwards.
         if not result.intact:
             _error(f"the log is broken: no checkpoint saved to {args.save_checkpoint}")
-        elif latest is None:
-            _error(f"no checkpoint has been signed yet: nothing saved to {args.save_checkpoint}")
-            return 1
+        elif latest is None:  # the log is intact (exit 0, as printed); only nothing to keep yet
+            _error(
+                f"warning: no checkpoint has been signed yet: nothing saved to {args.save_checkpoint}"
+            )
         else:
             _save_text(args.save_checkpoint, latest.note)
             (Console(stderr=True, highlight=False) if args.json else out).print(
@@ -1181,7 +1344,7 @@ def cmd_audit_query(args: argparse.Namespace, out: Console) -> int:
     _record_columns(table)
     for index, record in found:
         table.add_row(*_record_row(index, record))
-    out.print(table)
+    out.print(whole(table))
     if more:
         out.print(more, markup=False, soft_wrap=True)
     return 0
@@ -1345,6 +1508,7 @@ def cmd_audit_proof(args: argparse.Namespace, out: Console) -> int:
         }
 
     async def work(store: AuditStore) -> dict[str, object]:
+        await _check_log_named(store, origin, args.region)
         log = AuditLog(store, origin=origin, key_name=key_names[0], public_key=public_key)
         length = (await store.head()).size
         try:
@@ -1499,6 +1663,7 @@ def cmd_audit_prune(args: argparse.Namespace, out: Console) -> int:
     now = _now()
 
     async def work(store: AuditStore) -> str:
+        await _check_log_named(store, origin, args.region)
         log = AuditLog(
             store, origin=origin, key=key, key_name=key_names[0], former_key_names=key_names[1:]
         )
@@ -1587,11 +1752,24 @@ def _audit_key_options(parser: argparse.ArgumentParser) -> None:
 Handler = Callable[[argparse.Namespace, Console], int]
 
 
+def _package_version() -> str:
+    try:
+        return importlib.metadata.version("tongban")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree never installed
+        return "(version unknown: the package is not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="tongban",
         description="Tongban (通办): a gateway for cross-region government data sharing.",
         epilog="Run `tongban COMMAND --help` for each command. Exit codes: 0 done, 1 refused or failed, 2 bad command line.",
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"tongban {_package_version()}",
+        help="print the version and exit",
     )
     parser.add_argument(
         "--log-level",
@@ -1636,12 +1814,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--redis",
+        type=parse_redis_url,
         metavar="URL",
         default="",
         help="Redis for the answer cache, replay window and quotas (default: in memory)",
     )
     demo.add_argument(
         "--postgres",
+        type=parse_postgres_dsn,
         metavar="DSN",
         default="",
         help="PostgreSQL for the audit logs, one schema per region, dropped at the end "
@@ -1749,8 +1929,14 @@ def build_parser() -> argparse.ArgumentParser:
     trust = show.add_mutually_exclusive_group()
     trust.add_argument("--authority", type=Path, help="the registry authority public key (PEM)")
     trust.add_argument("--pki", type=Path, help="a PKI folder, to use its authority public key")
-    show.add_argument("--json", action="store_true", help="print the verified payload as JSON")
-    show.set_defaults(handler=cmd_registry_show)
+    show.add_argument(
+        "--json",
+        action="store_true",
+        help="print the verified payload as one JSON document (the registry's own field names: "
+        "format, name, version, issued_at, expires_at, refresh_seconds, regions, agencies, datasets, "
+        "purposes, agreements, keys)",
+    )
+    show.set_defaults(handler=cmd_registry_show, usage_error=show.error)
 
     # keys
     keys = commands.add_parser(
@@ -1771,7 +1957,12 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = key_verbs.add_parser(verb, help=text, description=text[0].upper() + text[1:] + ".")
         p.add_argument("--pki", type=Path, required=True, help="PKI folder")
-        p.add_argument("--owner", required=True, help="region code (gateway keys) or agency id")
+        p.add_argument(
+            "--owner",
+            type=parse_name,
+            required=True,
+            help="region code (gateway keys) or agency id",
+        )
         p.add_argument(
             "--usage",
             required=True,
@@ -1804,11 +1995,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     revoke.add_argument(
         "kid",
+        type=parse_name,
         help="the key id (x5t#S256) to revoke; one that starts with '-' goes last, after '--'",
     )
     revoke.add_argument("--pki", type=Path, required=True, help="PKI folder")
     revoke.add_argument(
-        "--reason", required=True, help="why, e.g. keyCompromise, superseded, cessationOfOperation"
+        "--reason",
+        type=parse_name,
+        required=True,
+        help="why, e.g. keyCompromise, superseded, cessationOfOperation",
     )
     revoke.add_argument(
         "--at", type=parse_time, help="revocation time, ISO 8601 with offset (default now)"
@@ -1826,7 +2021,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=timedelta(days=30),
         help="period, e.g. 30d (default), 12h",
     )
-    expiring.add_argument("--json", action="store_true", help="print JSON")
+    expiring.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON array, soonest first, each key an object with kid, owner, usage, "
+        "algorithm, state, not_after (ISO 8601, UTC) and days_left",
+    )
     expiring.set_defaults(handler=cmd_keys_expiring)
 
     # seal
@@ -1858,6 +2058,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     seal_parser.add_argument(
         "--content-type",
+        type=parse_media_type,
         metavar="TYPE",
         help=f"media type of the document (default: guessed from its name, else {DEFAULT_CONTENT_TYPE})",
     )
@@ -1941,7 +2142,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     token_issue.add_argument("--pki", type=Path, required=True, metavar="DIR", help="PKI folder")
     token_issue.add_argument(
-        "--agency", required=True, metavar="ID", help="the calling agency, e.g. zj.hrss"
+        "--agency",
+        type=parse_name,
+        required=True,
+        metavar="ID",
+        help="the calling agency, e.g. zj.hrss",
     )
     token_issue.add_argument(
         "--operator",
@@ -1976,7 +2181,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", type=Path, help="gateway configuration (TOML)")
     serve.add_argument(
         "--workers",
-        type=int,
+        type=parse_workers,
         default=1,
         metavar="N",
         help="processes sharing the port (default 1); more than one needs the audit log in "
@@ -1990,12 +2195,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--snapshot", type=Path, help="registry snapshot file to load and watch, with --pki"
     )
     serve.add_argument(
-        "--follow", metavar="HOST:PORT", help="a peer gateway whose registry to follow, with --pki"
+        "--follow",
+        type=parse_endpoint,
+        metavar="HOST:PORT",
+        help="a peer gateway whose registry to follow, with --pki",
     )
     serve.add_argument(
         "--provider",
+        type=parse_loopback_endpoint,
         metavar="HOST:PORT",
-        help="the region's data system (DataProvider.Fetch), with --pki: serves the query path",
+        help="the region's data system (DataProvider.Fetch) on this machine (it is called "
+        "without TLS), with --pki: serves the query path",
     )
     serve.add_argument(
         "--redis-env",
@@ -2025,11 +2235,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--listen",
+        type=parse_listen,
         default="127.0.0.1:0",
-        help="host:port to listen on, with --pki (default 127.0.0.1:0, a free port)",
+        metavar="HOST:PORT",
+        help="host:port to listen on, IPv6 in brackets, with --pki (default 127.0.0.1:0, a free "
+        "port)",
     )
     _passphrase_options(serve)
-    serve.set_defaults(handler=cmd_gateway_serve, serves=True)
+    serve.set_defaults(handler=cmd_gateway_serve, serves=True, usage_error=serve.error)
 
     # provider
     provider = commands.add_parser(
@@ -2055,7 +2268,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="the region whose data to serve (330000, 510000 or 500000)",
     )
     provider_serve.add_argument(
-        "--listen", default="127.0.0.1:0", help="host:port on loopback (default a free port)"
+        "--listen",
+        type=parse_loopback_listen,
+        default="127.0.0.1:0",
+        metavar="HOST:PORT",
+        help="host:port on loopback (default a free port)",
     )
     provider_serve.set_defaults(handler=cmd_provider_serve, serves=True)
 
@@ -2097,7 +2314,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="if the log is intact, write its latest checkpoint here (keep it for next time)",
     )
-    audit_verify.add_argument("--json", action="store_true", help="print the result as JSON")
+    audit_verify.add_argument(
+        "--json",
+        action="store_true",
+        help="print the result as one JSON object: intact, records_checked, "
+        "checkpoints_checked, first_bad_index, problem, latest_checkpoint (size, root, note)",
+    )
     audit_verify.set_defaults(handler=cmd_audit_verify, usage_error=audit_verify.error)
 
     audit_query = audit_verbs.add_parser(
@@ -2124,12 +2346,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="file holding the deployment's pseudonym key (at least 16 bytes), for --subject-id",
     )
-    audit_query.add_argument("--agency", metavar="ID", help="the calling agency, e.g. sc.hrss")
     audit_query.add_argument(
-        "--provider-region", metavar="CODE", help="the region that provided the data"
+        "--agency", type=parse_name, metavar="ID", help="the calling agency, e.g. sc.hrss"
     )
-    audit_query.add_argument("--purpose", metavar="CODE", help="the purpose, e.g. SI-TRANSFER")
-    audit_query.add_argument("--dataset", metavar="ID", help="the dataset, e.g. si.participation")
+    audit_query.add_argument(
+        "--provider-region",
+        type=lambda s: parse_regions(s)[0],
+        metavar="CODE",
+        help="the region that provided the data (GB/T 2260)",
+    )
+    audit_query.add_argument(
+        "--purpose", type=parse_name, metavar="CODE", help="the purpose, e.g. SI-TRANSFER"
+    )
+    audit_query.add_argument(
+        "--dataset", type=parse_name, metavar="ID", help="the dataset, e.g. si.participation"
+    )
     audit_query.add_argument("--outcome", choices=AUDIT_OUTCOMES, help="the decision")
     audit_query.add_argument(
         "--since",
@@ -2163,7 +2394,11 @@ def build_parser() -> argparse.ArgumentParser:
         "listing began",
     )
     audit_query.add_argument(
-        "--json", action="store_true", help="print one JSON object per record (JSON lines)"
+        "--json",
+        action="store_true",
+        help="print one JSON object per record (JSON lines, so that pages concatenate): index "
+        "and the record's own fields (time, gateway, region, caller_agency, provider_region, "
+        "dataset, purpose, case_id, subject, fields, outcome, reason, cache_hit, ...)",
     )
     audit_query.set_defaults(handler=cmd_audit_query, usage_error=audit_query.error)
 

@@ -57,8 +57,10 @@ switches to it by itself when a publish activates it. A gateway without seal key
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -66,6 +68,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import ConfigError
+from gateway.provider._net import is_loopback
 from registry import PROVINCES, Inventory, KeyLifecycleError, KeyState, KeyUsage
 from registry._pki import DEV_CACHE_KEY, DEV_PSEUDONYM_KEY, ROOTS_BUNDLE
 
@@ -229,13 +232,59 @@ class ExchangeConfig:
     def __post_init__(self) -> None:
         if len(self.cache_key) != 32:
             raise ConfigError("exchange.cache_key: the cache key is 32 bytes (64 hex digits)")
-        if self.provider and not _is_endpoint(self.provider):
-            raise ConfigError(f"exchange.provider: {self.provider!r} is not host:port")
+        if self.provider:
+            _check_host_port("exchange.provider", self.provider, any_port=False)
+            if not is_loopback(self.provider):
+                raise ConfigError(
+                    f"exchange.provider: {self.provider!r} is not a loopback address: the data "
+                    "system is called without TLS, so it runs on this machine (127.0.0.1, [::1], "
+                    "localhost)"
+                )
+
+
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")  # RFC 1123
+MAX_HOST_NAME_CHARS = 253
+
+
+def split_endpoint(value: str, *, any_port: bool = False) -> tuple[str, int]:
+    """`host:port` (an IPv6 address in brackets: `[::1]:7330`) as (host, port), the host
+    without brackets; ValueError says what is wrong. `any_port`: port 0 (any free) allowed."""
+    if not value.isprintable() or any(c.isspace() for c in value):
+        raise ValueError("an address has no spaces or control characters")
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host:
+        raise ValueError("not HOST:PORT, e.g. 127.0.0.1:7330 or [::1]:7330")
+    if host.startswith("[") or host.endswith("]"):
+        host = host.removeprefix("[").removesuffix("]")
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"[{host}] is not an IPv6 address") from None
+    elif ":" in host:
+        raise ValueError("an IPv6 address goes in brackets, e.g. [::1]:7330")
+    else:
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            labels = host.removesuffix(".").split(".")
+            if (
+                len(host) > MAX_HOST_NAME_CHARS
+                or not all(_HOST_LABEL.fullmatch(label) for label in labels)
+                or labels[-1].isdigit()  # 10.1.2.300: a bad IPv4 address, not a name
+            ):
+                raise ValueError(f"{host!r} is neither an IP address nor a host name") from None
+    least = 0 if any_port else 1
+    if not (port_text.isascii() and port_text.isdigit()) or not least <= int(port_text) <= 65535:
+        raise ValueError(f"the port is a number from {least} to 65535")
+    return host, int(port_text)
 
 
 def _is_endpoint(value: str) -> bool:
-    host, sep, port = value.rpartition(":")
-    return bool(sep and host and port.isascii() and port.isdigit() and 0 < int(port) <= 65535)
+    try:
+        split_endpoint(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _hex_key(raw: bytes | None, where: str) -> bytes:
@@ -277,15 +326,11 @@ def _peers(file: Path, data: Any) -> dict[str, str]:
     return dict(data)
 
 
-def _check_host_port(key: str, value: str) -> None:
-    host, sep, port = value.rpartition(":")
-    if (
-        not sep
-        or not host
-        or not (port.isascii() and port.isdigit())
-        or not 0 <= int(port) <= 65535
-    ):
-        raise ConfigError(f"{key}: {value!r} is not host:port")
+def _check_host_port(key: str, value: str, *, any_port: bool = True) -> None:
+    try:
+        split_endpoint(value, any_port=any_port)
+    except ValueError as exc:
+        raise ConfigError(f"{key}: {value!r} is not host:port ({exc})") from exc
 
 
 @dataclass(frozen=True)
@@ -317,6 +362,14 @@ class GatewayConfig:
         _check_host_port("gateway.listen", self.listen)
         if self.metrics_listen:
             _check_host_port("gateway.metrics_listen", self.metrics_listen)
+        if self.follow:
+            _check_host_port("registry.follow", self.follow, any_port=False)
+        for region, endpoint in self.peers.items():
+            _check_host_port(f"peers.{region}", endpoint, any_port=False)
+        if self.snapshot_file is not None and self.snapshot_file.is_dir():
+            raise ConfigError(
+                f"registry.snapshot_file: {self.snapshot_file} is a folder, not a snapshot file"
+            )
         if self.snapshot_file is None and not self.follow:
             raise ConfigError(
                 "registry: give snapshot_file, follow, or both: the gateway needs a registry"

@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from rich.console import Console
 from rich.table import Table
 
+from gateway._tables import whole
 from gateway.audit import CheckpointError, ProofError, verify_checkpoint, verify_inclusion
 from gateway.config import GatewayConfig
 from gateway.errors import error_info_of
@@ -689,7 +690,7 @@ async def play(fed: Federation, out: Console) -> bool:
             result = Result(False, str(exc))
         seconds = time.perf_counter() - started
         if result.table is not None:
-            out.print(result.table)
+            out.print(whole(result.table))
         verdict = "[green]OK[/]" if result.ok else "[red]UNEXPECTED[/]"
         out.print(
             f"\\[{number}/{total}] {name}  {verdict}  {result.summary} ({seconds:.2f} s)",
@@ -723,7 +724,7 @@ def describe(fed: Federation, out: Console, options: DemoOptions) -> None:
             f"127.0.0.1:{fed.providers[region][1]}",
             where,
         )
-    out.print(table)
+    out.print(whole(table))
     cache = f"Redis at {options.redis_url}" if options.redis_url else "in memory (one per gateway)"
     out.print(f"Answer cache, replay window and quotas: {cache}.", soft_wrap=True)
 

@@ -32,6 +32,7 @@ from grpc_reflection.v1alpha import reflection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from gateway._ports import check_ports_free
 from gateway.admission import CallAdmission
 from gateway.audit import (
     AuditError,
@@ -306,11 +307,19 @@ _WITHHOLD = WithholdUndecodableMetadata()
 class Gateway:
     """One region's gateway. Build with `create_gateway`."""
 
-    def __init__(self, config: GatewayConfig, *, clock: Callable[[], datetime] = utc_now) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        clock: Callable[[], datetime] = utc_now,
+        shared_port: bool = False,
+    ) -> None:
         self.config = config
         grpc_log = logging.getLogger(GRPC_CYTHON_LOGGER)
         if _WITHHOLD not in grpc_log.filters:
             grpc_log.addFilter(_WITHHOLD)
+        # True only in a `--workers` worker: its siblings bind the same ports (SO_REUSEPORT).
+        self.shared_port = shared_port
         try:
             authority = load_authority_public_key(config.authority_public_key)
         except PkiError as exc:
@@ -568,6 +577,10 @@ class Gateway:
 
     # Lifecycle ---------------------------------------------------------------------------------
     async def start(self) -> int:
+        if (
+            not self.shared_port
+        ):  # before the audit store is opened: a second gateway touches nothing
+            check_ports_free(self.config)
         if self.audit is not None:
             try:
                 await self.audit.open()
@@ -595,6 +608,8 @@ class Gateway:
                 ("grpc.server_handshake_timeout_ms", HANDSHAKE_TIMEOUT_SECONDS * 1000),
                 ("grpc.max_connection_idle_ms", MAX_CONNECTION_IDLE_SECONDS * 1000),
                 *KEEPALIVE_OPTIONS,
+                # gRPC's core shares a port by default on Linux: only workers may (see _ports).
+                ("grpc.so_reuseport", 1 if self.shared_port else 0),
             ],
             maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
         )
@@ -646,7 +661,7 @@ class Gateway:
             )
             try:
                 self.metrics_port = await metrics_server.start(
-                    host.strip("[]"), int(port), reuse_port=multiprocess_mode()
+                    host.strip("[]"), int(port), reuse_port=self.shared_port
                 )
             except OSError as exc:
                 await self.stop(0)  # the gRPC server, the audit log, the clients: all closed
@@ -779,9 +794,12 @@ def freeze_startup_heap() -> None:
 
 
 async def create_gateway(
-    config: GatewayConfig, **kwargs: Callable[[], datetime]
+    config: GatewayConfig,
+    *,
+    clock: Callable[[], datetime] = utc_now,
+    shared_port: bool = False,
 ) -> tuple[Gateway, int]:
-    gateway = Gateway(config, **kwargs)
+    gateway = Gateway(config, clock=clock, shared_port=shared_port)
     port = await gateway.start()
     return gateway, port
 
@@ -791,11 +809,15 @@ async def serve(
     *,
     ready: Callable[[Gateway], None] | None = None,
     reload: Callable[[], GatewayConfig] | None = None,
+    shared_port: bool = False,
 ) -> None:
     """Run one gateway until SIGINT or SIGTERM, then stop gracefully. On SIGHUP, `reload()`
     reads the configuration again and the gateway takes its `[[seal.keys]]` and its `[tls]`
-    certificate and key (nothing else is reloaded; the registry follows its own source)."""
-    gateway, _ = await create_gateway(config)
+    certificate and key (nothing else is reloaded; the registry follows its own source).
+    `shared_port`: a `--workers` worker, binding its ports together with its siblings."""
+    if not shared_port:  # before the gateway is built: a refusal is its only output
+        check_ports_free(config)
+    gateway, _ = await create_gateway(config, shared_port=shared_port)
     freeze_startup_heap()
     if ready is not None:
         ready(gateway)

@@ -3,9 +3,10 @@
 One Python process runs one event loop on one core; a region's gateway grows by processes, and
 past one machine by replicas. The supervisor (this module, in the parent process) forks N
 workers *before any gRPC object exists* (gRPC's core does not survive a fork of a process that
-has started it); each worker builds its own `Gateway` and binds the same `host:port` — gRPC sets
-`SO_REUSEPORT` on Linux, so the kernel spreads new connections over the workers. The metrics
-port is shared the same way, and every worker answers `/metrics` with all workers' values
+has started it); each worker builds its own `Gateway` and binds the same `host:port` with `SO_REUSEPORT`, so
+the kernel spreads new connections over the workers. Only workers bind so: before forking, the
+supervisor checks that no other process listens on either port (gateway/_ports.py), and Linux
+lets only sockets of the same user share a port. The metrics port is shared the same way, and every worker answers `/metrics` with all workers' values
 aggregated (prometheus_client's multi-process mode; see gateway/metrics/_http.py).
 
 Workers share state exactly as replicas do, so the configuration must be one replicas could
@@ -32,6 +33,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from gateway._ports import check_ports_free
 from gateway.config import GatewayConfig
 from gateway.errors import ConfigError, GatewayError
 from gateway.logs import bind_worker
@@ -87,6 +89,8 @@ def serve_workers(
     """Run `workers` gateway processes until SIGINT or SIGTERM; 0 after a clean stop, 1 if the
     workers could not stay up. Call before anything in this process created a gRPC object."""
     check_replica_safe(config, workers)
+    # A port another process holds would be shared with it (SO_REUSEPORT): refuse it first.
+    check_ports_free(config)
     metrics_dir = tempfile.mkdtemp(prefix="tongban-metrics-")
     os.environ[MULTIPROC_ENV] = metrics_dir  # before prometheus_client is imported anywhere
     supervisor = _Supervisor(config, workers, ready, reload, metrics_dir)
@@ -212,7 +216,7 @@ def _worker_main(
         from gateway.server import serve
 
         announce = (lambda gateway: ready(number, gateway)) if ready is not None else None
-        asyncio.run(serve(config, ready=announce, reload=reload))
+        asyncio.run(serve(config, ready=announce, reload=reload, shared_port=True))
     except GatewayError as exc:
         log.error("worker %d: %s", number, exc)  # noqa: TRY400 - a message, not a traceback
         code = 1

@@ -64,10 +64,11 @@ class SourceError(RegistryError):
     def __init__(self, problems: list[SourceProblem]) -> None:
         self.problems = tuple(problems)
         count = len(self.problems)
+        if count == 1:  # one line, as every other refusal on the command line
+            super().__init__(f"registry source: {self.problems[0]}")
+            return
         lines = "\n".join(f"  {p}" for p in self.problems)
-        super().__init__(
-            f"registry source has {count} problem{'s' if count != 1 else ''}:\n{lines}"
-        )
+        super().__init__(f"registry source has {count} problems:\n{lines}")
 
 
 class SnapshotError(RegistryError):

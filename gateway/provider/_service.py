@@ -121,7 +121,8 @@ def create_provider(
             "pass server credentials to listen elsewhere"
         )
     service = DemoProviderService(DemoData(region, seed))
-    server = grpc.aio.server()
+    # gRPC's core would share a held port (SO_REUSEPORT) with whoever holds it: never here.
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     exchange_pb2_grpc.add_DataProviderServicer_to_server(service, server)
     if credentials is None:
         port = server.add_insecure_port(listen)

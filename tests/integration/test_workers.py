@@ -11,6 +11,7 @@ import os
 import re
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -224,14 +225,18 @@ def test_two_workers_share_the_ports_and_their_metrics(tmp_path: Path, schema: s
 
 
 @pytest.mark.parametrize(
-    ("argv", "message"),
+    ("argv", "code", "message"),
     [
-        (("--workers", "2"), 'several workers need store = "postgres"'),
-        (("--workers", "0"), "--workers: between 1 and 64, not 0"),
+        (("--workers", "2"), 1, 'several workers need store = "postgres"'),
+        (
+            ("--workers", "0"),
+            2,
+            "--workers: '0': the number of workers is a whole number from 1 to 64",
+        ),
     ],
 )
 def test_a_configuration_workers_cannot_share_is_refused(
-    tmp_path: Path, argv: tuple[str, ...], message: str
+    tmp_path: Path, argv: tuple[str, ...], code: int, message: str
 ) -> None:
     fed = make_federation(tmp_path / "fed")
     fed.publish()
@@ -245,11 +250,14 @@ def test_a_configuration_workers_cannot_share_is_refused(
         timeout=60,
         check=False,
     )  # fmt: skip
-    assert done.returncode == 1, done.stdout + done.stderr
-    # stderr is not a terminal: the serving command's log, JSON lines, ends with the refusal.
-    last = json.loads(done.stderr.splitlines()[-1])
-    assert last["logger"] == "tongban.cli"
-    assert message in last["event"]
+    assert done.returncode == code, done.stdout + done.stderr
+    if code == 2:  # argparse's usage error: plain text, before any logging is set up
+        assert message in done.stderr
+    else:
+        # stderr is not a terminal: the serving command's log, JSON lines, ends with the refusal.
+        last = json.loads(done.stderr.splitlines()[-1])
+        assert last["logger"] == "tongban.cli"
+        assert message in last["event"]
     assert "Traceback" not in done.stderr
 
 
@@ -266,3 +274,31 @@ def test_port_zero_cannot_be_shared(tmp_path: Path, schema: str) -> None:
     )  # fmt: skip
     assert done.returncode == 1
     assert "give a fixed port, not 0" in done.stderr
+
+
+@pytest.mark.parametrize("which", ["listen", "metrics_listen"])
+def test_workers_refuse_a_port_another_process_holds(
+    tmp_path: Path, schema: str, which: str
+) -> None:
+    """The workers bind with SO_REUSEPORT: a foreign listener that set it too (same user) would
+    silently get a share of the connections, so the supervisor refuses a held port first."""
+    fed = make_federation(tmp_path / "fed")
+    fed.publish()
+    with socket.socket() as foreign:
+        foreign.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        foreign.bind(("127.0.0.1", 0))
+        foreign.listen()
+        held = foreign.getsockname()[1]
+        port, metrics = (held, free_port()) if which == "listen" else (free_port(), held)
+        config = _config(fed, tmp_path, port=port, metrics=metrics, schema=schema)
+        with _start(config, 2) as process:
+            try:
+                out, err = process.communicate(timeout=60)
+            except subprocess.TimeoutExpired:  # the workers started: they share the port
+                process.kill()
+                out, err = process.communicate()
+    assert process.returncode == 1, out + err
+    assert (
+        err == f"tongban: gateway.{which}: 127.0.0.1:{held} is already in use (another gateway?)\n"
+    )
+    assert "listening" not in out

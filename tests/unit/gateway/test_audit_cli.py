@@ -205,12 +205,11 @@ def test_the_key_can_be_given_as_a_certificate_with_origin_and_key_name(
     # The same certificate with the region's defaults.
     assert run("audit", "verify", *db, "--audit-cert", audit_cert, "--region", REGION)[0] == 0
     # Another log's name: its checkpoints are not this log's.
-    code, out, _ = run(
+    code, out, err = run(
         "audit", "verify", *db, "--audit-cert", audit_cert, "--origin", "x", "--key-name", KEY_NAME
     )
-    assert code == 1
-    assert out.startswith("BROKEN")
-    assert "checkpoint of log 'audit.tongban/510000', not 'x'" in out
+    assert (code, out) == (2, "")  # not a verdict on the log: the command line named another
+    assert f"this store holds the audit log {ORIGIN}, not x" in err
 
 
 def test_another_regions_key_does_not_verify_the_log(
@@ -324,7 +323,7 @@ def test_records_not_yet_signed_are_pointed_out_and_nothing_is_saved_without_a_c
     _, db = make_db(5, checkpoint=False)
     kept = tmp_path / "kept.checkpoint"
     code, out, err = run("audit", "verify", *db, *pki_args, "--save-checkpoint", kept)
-    assert code == 1
+    assert code == 0  # intact: what was asked for could not be done, said on stderr
     assert out.startswith("INTACT — 5 records, 0 checkpoints checked, no checkpoint signed yet")
     assert "records 0 to 4 are not covered by a signed checkpoint" in out
     assert "nothing saved" in err
@@ -1040,3 +1039,86 @@ def test_deleted_and_swapped_rows_are_named(
     code, out, err = run("audit", "verify", *db, *pki_args)
     assert (code, err) == (1, "")
     assert out.startswith(f"BROKEN at record {index} — {problem}")
+
+
+# a log named wrong: a usage error, never a verdict ----------------------------------------------
+WRONG_REGION = "330000"
+
+
+@pytest.mark.parametrize("checkpoint", [True, False], ids=["signed", "not-yet-signed"])
+@pytest.mark.parametrize(
+    "verb",
+    [
+        ["verify"],
+        ["verify", "--json"],
+        ["proof", "--index", "0"],
+        ["proof", "--consistency", "1"],
+        ["prune", "--operator", "o", "--reason", "r"],
+    ],
+    ids=["verify", "verify-json", "inclusion", "consistency", "prune"],
+)
+def test_a_region_whose_log_the_store_does_not_hold_is_a_usage_error(
+    run: Run,
+    make_db: Callable[..., tuple[Path, list[str | Path]]],
+    fed: Federation,
+    verb: list[str],
+    checkpoint: bool,
+) -> None:
+    path, db = make_db(checkpoint=checkpoint)
+    before = path.read_bytes()
+    code, out, err = run(
+        "audit", verb[0], *db, "--pki", fed.pki, "--region", WRONG_REGION, *verb[1:]
+    )
+    assert (code, out) == (2, ""), out + err
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"tongban audit {verb[0]}: error: ")
+    assert "BROKEN" not in err
+    if checkpoint:
+        assert f"this store holds the audit log {ORIGIN}, not audit.tongban/{WRONG_REGION}" in err
+    else:
+        assert f"the records in this store are region {REGION}'s, not {WRONG_REGION}'s" in err
+    assert path.read_bytes() == before  # prune changed nothing
+
+
+def test_an_origin_the_store_does_not_hold_is_a_usage_error(
+    run: Run, db: list[str | Path], audit_cert: Path
+) -> None:
+    names = ["--origin", "x", "--key-name", KEY_NAME]
+    code, out, err = run("audit", "verify", *db, "--audit-cert", audit_cert, *names)
+    assert (code, out) == (2, "")
+    assert f"this store holds the audit log {ORIGIN}, not x" in err
+
+
+def test_save_checkpoint_exits_as_the_verdict_it_printed(
+    run: Run,
+    make_db: Callable[..., tuple[Path, list[str | Path]]],
+    pki_args: list[str | Path],
+    tmp_path: Path,
+) -> None:
+    _, db = make_db(5, checkpoint=False)
+    kept = tmp_path / "kept.checkpoint"
+    code, out, err = run("audit", "verify", *db, *pki_args, "--save-checkpoint", kept)
+    assert out.startswith("INTACT")
+    assert code == 0
+    assert err == f"tongban: warning: no checkpoint has been signed yet: nothing saved to {kept}\n"
+    code, out, err = run("audit", "verify", *db, *pki_args, "--save-checkpoint", kept, "--json")
+    assert json.loads(out)["intact"] is True
+    assert code == 0
+    assert not kept.exists()
+
+
+def test_query_at_80_columns_keeps_every_needed_value_whole(
+    run: Run, db: list[str | Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, err = run("audit", "query", *db, "--limit", "5")
+    assert (code, err) == (0, "")
+    assert "…" not in out
+    assert max(len(line) for line in out.splitlines()) <= 80
+    code, text, _ = run("audit", "query", *db, "--limit", "5", "--json")
+    assert code == 0
+    documents = _lines(text)
+    assert len(documents) == 5
+    for document in documents:
+        for name in ("time", "caller_agency", "caller_region", "provider_region", "case_id"):
+            assert str(document[name]) in out, (name, document[name])

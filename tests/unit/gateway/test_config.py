@@ -11,7 +11,7 @@ import pytest
 from support import Federation, make_federation
 
 from gateway.cli import main
-from gateway.config import GatewayConfig, read_passphrase
+from gateway.config import ExchangeConfig, GatewayConfig, read_passphrase
 from gateway.errors import ConfigError
 from registry import AUTHORITY_PUBLIC_KEY, KeyState, KeyUsage
 
@@ -255,8 +255,26 @@ ERRORS: dict[str, tuple[Document | str, list[str]]] = {
             ("port-negative", "127.0.0.1:-1"),
             ("port-superscript-digits", "127.0.0.1:²³"),
             ("empty", ""),
+            ("ipv6-without-brackets", "::1:7330"),
+            ("ipv6-not-an-address", "[::zz]:7330"),
+            ("host-not-a-name", "bad_host!:7330"),
+            ("ipv4-out-of-range", "127.0.0.300:7330"),
+            ("space", "127.0.0.1: 7330"),
+            ("control-character", "127.0.0.1:73\x0030"),
         ]
     },
+    "follow-without-port": (
+        changed("registry", "follow", "peer.example"),
+        ["registry.follow", "host:port"],
+    ),
+    "follow-port-zero": (
+        changed("registry", "follow", "peer.example:0"),
+        ["registry.follow", "from 1 to 65535"],
+    ),
+    "peer-ipv6-without-brackets": (
+        to_toml(VALID) + '[peers]\n"510000" = "::1:7510"\n',
+        ["peers.510000", "host:port"],
+    ),
     **{
         f"metrics-listen-{name}": (
             changed("gateway", "metrics_listen", listen),
@@ -478,3 +496,26 @@ def test_for_dev_pki_holds_every_unrevoked_seal_key_of_the_region(tmp_path: Path
     assert config.seal_keys == ((fed.pki / pending.certificate, fed.pki / pending.private_key),)
     # Agencies' seal keys are theirs, not the gateway's.
     assert all("agencies" not in str(c) for c, _ in config.seal_keys)
+
+
+@pytest.mark.parametrize(
+    ("provider", "fragment"),
+    [
+        ("10.1.2.3:9500", "is not a loopback address"),
+        ("data.example:9500", "is not a loopback address"),
+        ("127.0.0.1", "is not host:port"),
+        ("[::1]:0", "from 1 to 65535"),
+        ("::1:9500", "in brackets"),
+    ],
+)
+def test_the_data_system_is_a_loopback_host_port(provider: str, fragment: str) -> None:
+    """It is called without TLS: another machine's address is refused when the configuration
+    is read, not with a traceback when the gateway builds its client."""
+    with pytest.raises(ConfigError, match=r"^exchange\.provider: ") as caught:
+        ExchangeConfig(cache_key=bytes(32), provider=provider)
+    assert fragment in str(caught.value)
+
+
+@pytest.mark.parametrize("provider", ["127.0.0.1:9500", "[::1]:9500", "localhost:9500"])
+def test_a_loopback_data_system_is_accepted(provider: str) -> None:
+    assert ExchangeConfig(cache_key=bytes(32), provider=provider).provider == provider

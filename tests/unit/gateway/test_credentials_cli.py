@@ -400,3 +400,20 @@ def test_a_seal_of_another_federation_has_no_chain(
     code, out, _ = run("verify", jws, *trust(fed))
     assert code == 1
     assert out.startswith("INDETERMINATE / NO_CERTIFICATE_CHAIN_FOUND")
+
+
+def test_the_report_at_80_columns_carries_the_json_facts_whole(
+    run: Run, fed: Federation, document: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    jws = sealed(run, fed, document)
+    code, text, _ = run("verify", jws, *trust(fed), "--json")
+    assert code == 0
+    report = json.loads(text)
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, err = run("verify", jws, *trust(fed))
+    assert (code, err) == (0, "")
+    assert "…" not in out
+    assert report["signer_kid"] in out
+    assert report["signing_time"].replace("T", " ") in out
+    for check in report["checks"]:
+        assert f" {check['name']} " in out, check["name"]
