@@ -36,6 +36,7 @@ else) writes there and logs it as an event, redacted and rendered like the rest.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import logging
@@ -44,6 +45,7 @@ import re
 import sys
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
@@ -229,6 +231,17 @@ class _Window:
     repeated: int = 0
 
 
+_collapsers: weakref.WeakSet[RepeatCollapser] = weakref.WeakSet()
+
+
+def _reset_collapsers_after_fork() -> None:
+    for collapser in list(_collapsers):
+        collapser._after_fork()
+
+
+os.register_at_fork(after_in_child=_reset_collapsers_after_fork)
+
+
 def _template(record: logging.LogRecord) -> str:
     """The record's message before its arguments: the stdlib's format string, or a structlog
     event's ``event``."""
@@ -265,6 +278,15 @@ class RepeatCollapser(logging.Filter):
         self._traced: OrderedDict[tuple[str, str, int, str], None] = OrderedDict()
         self._thread: threading.Thread | None = None
         self._writing = threading.local()
+        _collapsers.add(self)
+
+    def _after_fork(self) -> None:
+        """In a forked child: fresh locks (the parent's thread may have held one), no thread,
+        and no counts of the parent's records (the parent says those)."""
+        self._lock = threading.Lock()
+        self._due = threading.Condition(self._lock)
+        self._thread = None
+        self._windows.clear()
 
     def filter(self, record: logging.LogRecord) -> bool:
         if getattr(self._writing, "active", False) or record.name.startswith(NEVER_COLLAPSED):
@@ -489,7 +511,9 @@ def configure_logging(
     root = logging.getLogger()
     if any(h is not _handler for h in root.handlers):
         return None
-    handler = make_handler(chosen, stream, repeat_seconds=repeat_seconds)
+    collapser = RepeatCollapser(repeat_seconds)
+    handler = make_handler(chosen, stream, collapser=collapser)
+    atexit.register(collapser.flush)  # the counts still pending when the process ends
     if _handler is not None:
         root.removeHandler(_handler)
     root.addHandler(handler)
