@@ -103,6 +103,7 @@ PLAIN_MESSAGES: Final[Mapping[str, str]] = MappingProxyType(
         "CHECKPOINT_RATE_LIMITED": "a checkpoint was signed for this caller moments ago",
         "TOO_MANY_CALLS": "too many calls in flight: retry when some have ended",
         "REQUEST_INCOMPLETE": "the request did not arrive in full in time",
+        "INTERNAL_ERROR": "the gateway failed to handle the request",
     }
 )
 # Reasons of an outage of what a gateway depends on (its audit store, Redis, its data system,

@@ -13,15 +13,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import psycopg
 import pytest
+import redis.exceptions
 from fault_support import TcpProxy, running_gateways
 from pg_support import PgRoles, pg_roles
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from query_support import CALL_TIMEOUT, bearer, request
-from support import Federation, error_info
+from support import Federation, credentials_as, dev_config, error_info, running
 
 from gateway.config import GatewayConfig
 from gateway.errors import PLAIN_MESSAGES
+from tongban.v1 import credentials_pb2, credentials_pb2_grpc
 
 pytestmark = pytest.mark.integration
 
@@ -97,3 +100,48 @@ async def test_the_owners_audit_outage_reaches_the_requester_as_a_plain_reason(
     # The detail is the owner's to read: its log names what failed, where.
     owner_lines = [r.getMessage() for r in caplog.records if r.name == "tongban.errors"]
     assert any(str(proxy.port) in line for line in owner_lines), owner_lines
+
+
+class _ForeignFailure:
+    """An audit log whose append fails with a driver's exception nothing maps (a bug's way)."""
+
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+
+    async def __call__(self, *_args: object, **_kwargs: object) -> None:
+        raise self.exc
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        redis.exceptions.ConnectionError("Error 111 connecting to 10.9.8.7:6379. Refused."),
+        psycopg.OperationalError('connection to server at "10.9.8.7", port 5432 failed'),
+        OSError(28, "No space left on device", "/srv/tongban/audit-330000.db"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+async def test_an_unmapped_exception_reaches_no_client_as_its_text(
+    federation: Federation, exc: Exception, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Whatever escapes a handler (an exception no code maps: a bug) ends the call with
+    INTERNAL / INTERNAL_ERROR and a fixed sentence, never gRPC's UNKNOWN "Unexpected <class>:
+    <text>"; the traceback is in the gateway's log."""
+    async with running(dev_config(federation)) as (gateway, port):
+        assert gateway.audit is not None
+        gateway.audit.append = _ForeignFailure(exc)  # type: ignore[method-assign]
+        async with grpc.aio.secure_channel(
+            f"localhost:{port}", credentials_as(federation, "zj.hrss", "330000")
+        ) as channel:
+            stub = credentials_pb2_grpc.CredentialsStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.Seal(
+                    credentials_pb2.SealRequest(payload=b'{"a":1}'), timeout=CALL_TIMEOUT
+                )
+    text = caught.value.details() or ""
+    assert (caught.value.code(), error_info(caught.value).reason) == (
+        grpc.StatusCode.INTERNAL,
+        "INTERNAL_ERROR",
+    ), text
+    assert text == PLAIN_MESSAGES["INTERNAL_ERROR"]
+    assert any(r.exc_info and r.exc_info[1] is exc for r in caplog.records)
