@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -195,3 +196,35 @@ def test_the_interval_from_the_environment(value: str, seconds: float) -> None:
 def test_a_wrong_interval_is_refused(value: str) -> None:
     with pytest.raises(ValueError, match=REPEAT_ENV):
         repeat_seconds_from_env({REPEAT_ENV: value})
+
+
+def test_a_forked_worker_counts_afresh() -> None:
+    """`tongban gateway serve --workers N` forks after logging began: the child gets fresh locks
+    (the parent's counting thread may hold one at the fork) and none of the parent's counts."""
+    stream = io.StringIO()
+    handler = make_handler("json", stream, repeat_seconds=60)
+    logger = logging.getLogger("tongban.test-repeats.fork")
+    logger.propagate = False
+    logger.addHandler(handler)
+    try:
+        for _ in range(3):
+            logger.warning("the audit database is not available")  # the thread is counting
+        read_end, write_end = os.pipe()
+        child = os.fork()
+        if child == 0:  # pragma: no cover - the child's result comes back through the pipe
+            try:
+                stream.seek(0)
+                stream.truncate()
+                logger.warning("the audit database is not available")
+                os.write(write_end, stream.getvalue().encode())
+            finally:
+                os._exit(0)
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as pipe:
+            written = pipe.read().decode()
+        os.waitpid(child, 0)
+    finally:
+        logger.removeHandler(handler)
+    (line,) = [json.loads(text) for text in written.splitlines()]
+    assert line["event"] == "the audit database is not available"
+    assert "repeated" not in line
