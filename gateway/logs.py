@@ -336,10 +336,14 @@ class RepeatCollapser(logging.Filter):
             record.exception_type = kind
 
     def _take_ended(self, now: float) -> list[_Window]:
-        """Under the lock: the windows whose interval has ended, removed."""
-        ended = [w for w in self._windows.values() if w.ends <= now]
-        for window in ended:
-            del self._windows[(window.logger, window.level, window.template)]
+        """Under the lock: the windows whose interval has ended, removed. They all last one
+        interval and are kept in the order they began, so the ended ones are at the front."""
+        ended: list[_Window] = []
+        while self._windows:
+            first = next(iter(self._windows.values()))
+            if first.ends > now:
+                break
+            ended.append(self._windows.popitem(last=False)[1])
         return ended
 
     def _wake(self) -> None:
@@ -356,9 +360,9 @@ class RepeatCollapser(logging.Filter):
     def _run(self) -> None:
         while True:
             with self._lock:
-                counting = [w.ends for w in self._windows.values() if w.repeated]
-                if counting:
-                    self._due.wait(max(min(counting) - self._clock(), 0.01))
+                counting = next((w.ends for w in self._windows.values() if w.repeated), None)
+                if counting is not None:  # the first to end of those with a count
+                    self._due.wait(max(counting - self._clock(), 0.01))
                 else:
                     self._due.wait()
                 ended = self._take_ended(self._clock())
