@@ -12,9 +12,11 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
+from gateway.cli import main
 from gateway.logs import (
     DEFAULT_REPEAT_SECONDS,
     REPEAT_ENV,
@@ -228,3 +230,14 @@ def test_a_forked_worker_counts_afresh() -> None:
     (line,) = [json.loads(text) for text in written.splitlines()]
     assert line["event"] == "the audit database is not available"
     assert "repeated" not in line
+
+
+def test_a_wrong_interval_in_the_environment_stops_the_command(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    monkeypatch.setenv(REPEAT_ENV, "soon")
+    with pytest.raises(SystemExit) as stopped:
+        main(["pki", "init", "--out", str(tmp_path / "pki"), "--regions", "330000"])
+    assert stopped.value.code == 2
+    assert REPEAT_ENV in capsys.readouterr().err
+    assert not (tmp_path / "pki").exists()  # stopped before it ran
