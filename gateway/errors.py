@@ -6,13 +6,24 @@
 
 Every refusal sent to a client is a standard gRPC status with a `google.rpc.ErrorInfo` detail
 (`domain` "tongban", `reason` one of ARCHITECTURE.md's codes), sent by `abort()`.
+
+A status message crosses a trust boundary (to an agency, to another region's gateway), so it
+never carries what went wrong inside: for a reason of an outage (`FIXED_MESSAGE_REASONS`: the
+audit store, Redis, the data system, a peer, the registry) the message sent is always that
+reason's fixed sentence in `PLAIN_MESSAGES`, whatever text the refusal was made with, and that
+text (a driver's error naming a host, a port, a DSN) goes to this gateway's own log instead
+(`client_message`). A requesting gateway passes a peer's reason on with its own fixed sentence,
+never the peer's words (`relayed_message`).
 """
 
 from __future__ import annotations
 
+import logging
+import re
 import reprlib
 from collections.abc import Mapping
-from typing import NoReturn
+from types import MappingProxyType
+from typing import Final, NoReturn
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -23,16 +34,20 @@ from tongban.v1 import common_pb2
 
 __all__ = [
     "DOMAIN",
+    "FIXED_MESSAGE_REASONS",
     "KNOWN_REASONS",
     "MAX_PEER_TEXT_CHARS",
     "MAX_STATUS_MESSAGE_BYTES",
+    "PLAIN_MESSAGES",
     "CallerRejected",
     "ConfigError",
     "GatewayError",
     "abort",
     "bounded_message",
+    "client_message",
     "error_info_of",
     "peer_text",
+    "relayed_message",
     "rich_status",
 ]
 
@@ -45,6 +60,89 @@ KNOWN_REASONS: frozenset[str] = frozenset(common_pb2.ErrorReason.keys()) - {
 # per byte; and inside grpc-status-details-bin, base64): 1 KiB keeps both well under gRPC's
 # 8 KiB metadata limit, past which the client would get RESOURCE_EXHAUSTED and no reason.
 MAX_STATUS_MESSAGE_BYTES = 1024
+
+log = logging.getLogger("tongban.errors")
+
+# One plain sentence per contract reason: what a client or a peer may read. No host, port,
+# path, driver text or request value in any of them.
+PLAIN_MESSAGES: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        "PURPOSE_NOT_APPROVED": "no agreement approves this purpose for this dataset",
+        "FIELD_NOT_ALLOWED": "a requested field is not allowed for this purpose",
+        "AGREEMENT_EXPIRED": "the agreement is outside its validity window",
+        "TOKEN_EXPIRED": "the request token has expired",
+        "TOKEN_INVALID": "the request token is missing or invalid",
+        "REQUEST_REPLAYED": "this request id was already used",
+        "UNKNOWN_REGION": "the region is not in the registry",
+        "SEAL_INVALID": "the e-seal or e-signature did not verify",
+        "AUDIT_UNAVAILABLE": "the audit log is unavailable: nothing was released",
+        "QUOTA_EXCEEDED": "the agreement's quota is used up: try again next minute",
+        "SUBJECT_ID_INVALID": "the subject id is not well formed for this dataset",
+        "REGISTRY_STALE": "the gateway holds no current registry",
+        "NO_AGREEMENT": "no agreement links the requester and the provider region",
+        "DATASET_NOT_SHARED": "the dataset is not shared with the requester",
+        "CASE_ID_REQUIRED": "a case id is required for this purpose",
+        "UNKNOWN_DATASET": "the dataset is not in the registry",
+        "UNKNOWN_PURPOSE": "the purpose is not in the registry",
+        "CERTIFICATE_NOT_TRUSTED": "the certificate does not name a party the registry trusts",
+        "TOKEN_BINDING_MISMATCH": "the request token is bound to another client certificate",
+        "NOT_AUTHORISED_ROLE": "the caller does not hold the role this call needs",
+        "PROVIDER_UNAVAILABLE": "the data system is unavailable",
+        "PEER_UNAVAILABLE": "the provider region's gateway is unavailable",
+        "REQUEST_TOO_LARGE": "the request exceeds a size limit",
+        "INVALID_ARGUMENT_FORMAT": "a request argument is malformed",
+        "SEAL_KEY_UNAVAILABLE": "the region's seal key is unavailable",
+        "NOT_IMPLEMENTED": "this gateway does not serve this call",
+        "SUBJECT_NOT_FOUND": "no record is held for this subject in this dataset",
+        "SHARED_STATE_UNAVAILABLE": "the gateway's shared state is unavailable: try again later",
+        "REQUEST_CANCELLED": "the request was cancelled",
+        "REPORT_SIGNATURE_INVALID": "the report batch is not validly signed",
+        "REPORT_PAYLOAD_MISMATCH": "the reports are not the ones the batch signs",
+        "CACHE_NOT_ALLOWED": "the dataset may not be answered from a requester's cache",
+        "REPORT_ANSWER_UNKNOWN": "no answer matches the reported access",
+        "CHECKPOINT_RATE_LIMITED": "a checkpoint was signed for this caller moments ago",
+        "TOO_MANY_CALLS": "too many calls in flight: retry when some have ended",
+        "REQUEST_INCOMPLETE": "the request did not arrive in full in time",
+        "INTERNAL_ERROR": "the gateway failed to handle the request",
+    }
+)
+# Reasons of an outage of what a gateway depends on (its audit store, Redis, its data system,
+# a peer, the registry source): their message is always the fixed sentence, since the refusal's
+# own text quotes a driver's. (SEAL_KEY_UNAVAILABLE is a configuration state, said with the
+# registry's public key id; a requesting gateway still passes it on in the fixed sentence.)
+FIXED_MESSAGE_REASONS: Final = frozenset(
+    {
+        "AUDIT_UNAVAILABLE",
+        "PEER_UNAVAILABLE",
+        "PROVIDER_UNAVAILABLE",
+        "REGISTRY_STALE",
+        "SHARED_STATE_UNAVAILABLE",
+    }
+)
+
+
+_RELAYED = re.compile(r"region ([0-9A-Za-z_-]{1,32}): (.*)")
+
+
+def client_message(reason: str, message: str) -> str:
+    """The status message sent with `reason`: its fixed sentence for a reason of an outage (the
+    text the refusal was made with is logged here, for the operator), else `message`; bounded.
+    """
+    if reason in FIXED_MESSAGE_REASONS:
+        fixed = PLAIN_MESSAGES[reason]
+        relayed = _RELAYED.fullmatch(message)
+        if relayed is not None and relayed.group(2) == fixed:
+            return message  # relayed_message(region, reason): a region code and the sentence
+        if message and message != fixed:
+            log.warning("refused with %s: %s", reason, message)
+        return fixed
+    return bounded_message(message)
+
+
+def relayed_message(region: str, reason: str) -> str:
+    """What a requesting gateway tells its client of a peer's refusal with `reason`: the region
+    and the reason's fixed sentence, never the peer's own words (they are logged, quoted)."""
+    return f"region {region}: {PLAIN_MESSAGES.get(reason, 'the request was refused')}"
 
 
 # A peer's status message goes into our log lines as `peer_text`: at most this many characters.
@@ -106,7 +204,9 @@ def rich_status(
         retry.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
         details.append(retry)
     numeric: int = code.value[0]
-    status = status_pb2.Status(code=numeric, message=bounded_message(message), details=details)
+    status = status_pb2.Status(
+        code=numeric, message=client_message(reason, message), details=details
+    )
     converted: grpc.Status = rpc_status.to_status(status)
     return converted
 

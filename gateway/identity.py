@@ -12,8 +12,10 @@ registry version.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import inspect
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -33,7 +35,7 @@ from cryptography.x509.verification import (
 from google.protobuf.message import DecodeError
 
 from gateway.admission import CallAdmission, Pool
-from gateway.errors import CallerRejected, abort
+from gateway.errors import PLAIN_MESSAGES, CallerRejected, abort
 from registry import KeyState, Registry, RegistryError, RegistryStore, certificate_thumbprint
 
 __all__ = [
@@ -292,6 +294,26 @@ MalformedRequestHook: TypeAlias = Callable[[str, Caller], Awaitable[None]]
 _POOLS: Final = {CallerKind.GATEWAY: Pool.PEERS, CallerKind.AGENCY: Pool.AGENCIES}
 
 
+_unexpected_log = logging.getLogger("tongban.errors")
+
+
+@contextlib.asynccontextmanager
+async def _unexpected_is_internal(context: Context, method: str) -> AsyncIterator[None]:
+    """What escapes a handler unmapped (a bug, a driver's exception no code wrapped) ends the
+    call as INTERNAL / INTERNAL_ERROR with its fixed sentence, the traceback in this log: never
+    gRPC's own UNKNOWN "Unexpected <class>: <text>", which sends the exception's text (a host, a
+    port, a path) to the caller."""
+    try:
+        yield
+    except grpc.aio.AbortError:
+        raise  # a status already chosen
+    except Exception:
+        _unexpected_log.exception("a call failed unexpectedly: %s", method)
+        await abort(
+            context, grpc.StatusCode.INTERNAL, "INTERNAL_ERROR", PLAIN_MESSAGES["INTERNAL_ERROR"]
+        )
+
+
 class CallerInterceptor(grpc.aio.ServerInterceptor):
     """Authenticates every call (except the open services'), admits it against its caller's
     budget of calls in flight, bounds the time to receive its request, and sets `current_caller`.
@@ -409,7 +431,8 @@ class CallerInterceptor(grpc.aio.ServerInterceptor):
                     request = await receive(requests, context, method, caller)
                     token = current_caller.set(caller)
                     try:
-                        return await inner_uu(request, context)
+                        async with _unexpected_is_internal(context, method):
+                            return await inner_uu(request, context)
                     finally:
                         current_caller.reset(token)
                 finally:
@@ -426,7 +449,8 @@ class CallerInterceptor(grpc.aio.ServerInterceptor):
                     request = await receive(requests, context, method, caller)
                     token = current_caller.set(caller)
                     try:
-                        await inner_writer(request, context)
+                        async with _unexpected_is_internal(context, method):
+                            await inner_writer(request, context)
                     finally:
                         current_caller.reset(token)
                 finally:
@@ -449,10 +473,11 @@ class CallerInterceptor(grpc.aio.ServerInterceptor):
                     # `reset(token)` raises. grpc.aio runs each call in a task of its own, whose
                     # Context copy (and the caller set in it) ends with the call.
                     current_caller.set(caller)
-                    async for item in inner_us(request, context):
-                        if recheck is not None:
-                            await recheck(context)
-                        yield item
+                    async with _unexpected_is_internal(context, method):
+                        async for item in inner_us(request, context):
+                            if recheck is not None:
+                                await recheck(context)
+                            yield item
                 finally:
                     release(pool, certificate)
 

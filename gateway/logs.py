@@ -12,6 +12,14 @@ Every logger of the process (``tongban.*``, gRPC's ``grpc._cython.cygrpc``, ``as
 
 ``--log-format`` or ``TONGBAN_LOG_FORMAT`` forces either.
 
+In an outage the same failure is logged for every request; `RepeatCollapser`, a filter of the
+one handler, keeps the log readable: the first record of a (logger, level, message template) is
+written, its repeats within ``TONGBAN_LOG_REPEAT_SECONDS`` (10 s; 0 turns collapsing off) are
+counted, and when that interval ends one record says how many there were (``repeated``). A
+traceback is written the first time an exception type is logged at a place (file and line),
+later ones without it (``exception_type`` names it). The access log (``tongban.access``: one
+event per audited access) is never collapsed.
+
 Before rendering, `redact_event` removes credentials from the event and every field, the
 exception text and the ``%s`` arguments included (threat T18): bearer values, JWT/JWS-shaped
 strings, PEM private-key blocks, ``authorization`` metadata values, and raw subject ids (a
@@ -28,6 +36,7 @@ else) writes there and logs it as an event, redacted and rendered like the rest.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import logging
@@ -35,7 +44,11 @@ import os
 import re
 import sys
 import threading
-from collections.abc import Iterator, Mapping, MutableMapping
+import time
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from dataclasses import dataclass
 from types import TracebackType
 from typing import IO, Any, Final, Literal
 
@@ -45,22 +58,30 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 from registry import is_valid_citizen_id, is_valid_uscc
 
 __all__ = [
+    "DEFAULT_REPEAT_SECONDS",
     "FORMAT_ENV",
     "LOG_FORMATS",
     "MAX_VALUE_CHARS",
+    "REPEAT_ENV",
     "LogFormat",
+    "RepeatCollapser",
     "bind_worker",
     "configure_logging",
     "make_handler",
     "redact_event",
     "redact_text",
     "relay_native_stderr",
+    "repeat_seconds_from_env",
     "scrub_grpc_trace",
 ]
 
 LogFormat = Literal["json", "console"]
 LOG_FORMATS: Final = ("json", "console")
 FORMAT_ENV: Final = "TONGBAN_LOG_FORMAT"
+REPEAT_ENV: Final = "TONGBAN_LOG_REPEAT_SECONDS"
+DEFAULT_REPEAT_SECONDS: Final = 10.0  # a repeated record is written once per this interval
+NEVER_COLLAPSED: Final = ("tongban.access",)  # loggers whose every record is written
+MAX_REPEAT_KEYS: Final = 4096  # (logger, level, template) windows and traceback places remembered
 MAX_VALUE_CHARS: Final = 4096  # characters of one logged string value (event, field)
 MAX_EXCEPTION_CHARS: Final = 16384  # characters of a formatted exception
 MAX_NATIVE_LINE_BYTES: Final = 8192  # bytes of one line read from fd 2
@@ -201,6 +222,190 @@ def _drop_bytes_arguments(record: logging.LogRecord) -> bool:
     return True
 
 
+@dataclass
+class _Window:
+    ends: float  # monotonic time the interval ends
+    logger: str
+    level: int
+    template: str
+    repeated: int = 0
+
+
+_collapsers: weakref.WeakSet[RepeatCollapser] = weakref.WeakSet()
+
+
+def _reset_collapsers_after_fork() -> None:
+    for collapser in list(_collapsers):
+        collapser._after_fork()
+
+
+os.register_at_fork(after_in_child=_reset_collapsers_after_fork)
+
+
+def _template(record: logging.LogRecord) -> str:
+    """The record's message before its arguments: the stdlib's format string, or a structlog
+    event's ``event``."""
+    if isinstance(record.msg, Mapping):  # structlog's wrap_for_formatter: the event dict
+        return str(record.msg.get("event", ""))
+    return str(record.msg)
+
+
+class RepeatCollapser(logging.Filter):
+    """Handler filter: the first record of each (logger, level, template) within
+    `interval_seconds` passes, its repeats are counted, and once the interval has ended one
+    record with ``repeated`` = the count is written through `handler`. A traceback passes the
+    first time its exception type is logged at a place (logger, file, line); later records there
+    keep their line and ``exception_type``, not the traceback. `NEVER_COLLAPSED` loggers pass.
+
+    The counts are written when a later record arrives or, without one, by a daemon thread at
+    the interval's end (`background`); `flush()` writes every pending count at once."""
+
+    def __init__(
+        self,
+        interval_seconds: float = DEFAULT_REPEAT_SECONDS,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        background: bool = True,
+    ) -> None:
+        super().__init__()
+        self.interval_seconds = interval_seconds
+        self.handler: logging.Handler | None = None
+        self._clock = clock
+        self._background = background
+        self._lock = threading.Lock()
+        self._due = threading.Condition(self._lock)
+        self._windows: OrderedDict[tuple[str, int, str], _Window] = OrderedDict()
+        self._traced: OrderedDict[tuple[str, str, int, str], None] = OrderedDict()
+        self._thread: threading.Thread | None = None
+        self._writing = threading.local()
+        _collapsers.add(self)
+
+    def _after_fork(self) -> None:
+        """In a forked child: fresh locks (the parent's thread may have held one), no thread,
+        and no counts of the parent's records (the parent says those)."""
+        self._lock = threading.Lock()
+        self._due = threading.Condition(self._lock)
+        self._thread = None
+        self._windows.clear()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(self._writing, "active", False) or record.name.startswith(NEVER_COLLAPSED):
+            return True
+        self._strip_repeated_traceback(record)
+        if self.interval_seconds <= 0:
+            return True
+        key = (record.name, record.levelno, _template(record))
+        with self._lock:
+            now = self._clock()
+            ended = self._take_ended(now)
+            window = self._windows.get(key)
+            if window is None:
+                self._windows[key] = _Window(now + self.interval_seconds, *key)
+                while len(self._windows) > MAX_REPEAT_KEYS:  # the oldest, said now
+                    ended.append(self._windows.popitem(last=False)[1])
+                passes = True
+            else:
+                window.repeated += 1
+                passes = False
+                self._wake()
+        self._write(ended)
+        return passes
+
+    def flush(self) -> None:
+        """Write every count still pending, whether or not its interval has ended."""
+        with self._lock:
+            pending = list(self._windows.values())
+            self._windows.clear()
+        self._write(pending)
+
+    def _strip_repeated_traceback(self, record: logging.LogRecord) -> None:
+        exc_info = record.exc_info
+        if not exc_info or exc_info[0] is None:
+            return
+        kind = f"{exc_info[0].__module__}.{exc_info[0].__qualname__}"
+        place = (record.name, record.pathname, record.lineno, kind)
+        with self._lock:
+            seen = place in self._traced
+            self._traced[place] = None
+            self._traced.move_to_end(place)
+            while len(self._traced) > MAX_REPEAT_KEYS:
+                self._traced.popitem(last=False)
+        if seen:
+            record.exc_info = None
+            record.exc_text = None
+            record.exception_type = kind
+
+    def _take_ended(self, now: float) -> list[_Window]:
+        """Under the lock: the windows whose interval has ended, removed. They all last one
+        interval and are kept in the order they began, so the ended ones are at the front."""
+        ended: list[_Window] = []
+        while self._windows:
+            first = next(iter(self._windows.values()))
+            if first.ends > now:
+                break
+            ended.append(self._windows.popitem(last=False)[1])
+        return ended
+
+    def _wake(self) -> None:
+        """Under the lock: make sure a thread writes the counts when their interval ends."""
+        if not self._background:
+            return
+        if self._thread is None or not self._thread.is_alive():  # none yet, or lost in a fork
+            self._thread = threading.Thread(
+                target=self._run, name="tongban-log-repeats", daemon=True
+            )
+            self._thread.start()
+        self._due.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                counting = next((w.ends for w in self._windows.values() if w.repeated), None)
+                if counting is not None:  # the first to end of those with a count
+                    self._due.wait(max(counting - self._clock(), 0.01))
+                else:
+                    self._due.wait()
+                ended = self._take_ended(self._clock())
+            self._write(ended)
+
+    def _write(self, windows: list[_Window]) -> None:
+        handler = self.handler
+        if handler is None:
+            return
+        for window in windows:
+            if not window.repeated:
+                continue
+            record = logging.LogRecord(
+                window.logger,
+                window.level,
+                __file__,
+                0,
+                "%s [repeated %d more times in %gs]",
+                (window.template, window.repeated, self.interval_seconds),
+                None,
+            )
+            record.repeated = window.repeated
+            self._writing.active = True
+            try:
+                handler.handle(record)
+            finally:
+                self._writing.active = False
+
+
+def repeat_seconds_from_env(environ: Mapping[str, str] = os.environ) -> float:
+    """``TONGBAN_LOG_REPEAT_SECONDS``, else DEFAULT_REPEAT_SECONDS; 0 turns collapsing off."""
+    text = environ.get(REPEAT_ENV, "").strip()
+    if not text:
+        return DEFAULT_REPEAT_SECONDS
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= 86400:
+        raise ValueError(f"{REPEAT_ENV}: seconds from 0 to 86400, not {text!r}")
+    return seconds
+
+
 def _shared_processors() -> list[Processor]:
     return [
         structlog.contextvars.merge_contextvars,
@@ -259,8 +464,15 @@ class _Handler(logging.StreamHandler[IO[str]]):
 _handler: logging.StreamHandler[IO[str]] | None = None
 
 
-def make_handler(fmt: LogFormat, stream: IO[str]) -> logging.StreamHandler[IO[str]]:
-    """The one handler: `fmt` rendering of every record on `stream`, redacted, one per line."""
+def make_handler(
+    fmt: LogFormat,
+    stream: IO[str],
+    *,
+    repeat_seconds: float = DEFAULT_REPEAT_SECONDS,
+    collapser: RepeatCollapser | None = None,
+) -> logging.StreamHandler[IO[str]]:
+    """The one handler: `fmt` rendering of every record on `stream`, redacted, one per line,
+    repeats collapsed (`collapser`, else a `RepeatCollapser(repeat_seconds)`)."""
     shared = _shared_processors()
     structlog.configure(
         processors=[
@@ -284,6 +496,9 @@ def make_handler(fmt: LogFormat, stream: IO[str]) -> logging.StreamHandler[IO[st
         )
     )
     handler.addFilter(_drop_bytes_arguments)
+    collapser = collapser if collapser is not None else RepeatCollapser(repeat_seconds)
+    collapser.handler = handler
+    handler.addFilter(collapser)
     return handler
 
 
@@ -296,10 +511,13 @@ def configure_logging(
     global _handler  # noqa: PLW0603 - the one handler of the process
     stream = stream if stream is not None else sys.stderr
     chosen = resolve_format(fmt, stream)  # a wrong TONGBAN_LOG_FORMAT is refused in any case
+    repeat_seconds = repeat_seconds_from_env()
     root = logging.getLogger()
     if any(h is not _handler for h in root.handlers):
         return None
-    handler = make_handler(chosen, stream)
+    collapser = RepeatCollapser(repeat_seconds)
+    handler = make_handler(chosen, stream, collapser=collapser)
+    atexit.register(collapser.flush)  # the counts still pending when the process ends
     if _handler is not None:
         root.removeHandler(_handler)
     root.addHandler(handler)
@@ -403,7 +621,9 @@ def _relay(read_end: int) -> None:
         reader = _lines(pipe)
         for line in reader:
             name, level, message = _native_event(line)
-            logging.getLogger(name).log(level, "%s", message)
+            # The line is its own template (no arguments: never %-formatted), so that repeats
+            # of one line collapse and different lines do not.
+            logging.getLogger(name).log(level, message)
 
 
 def _lines(pipe: IO[bytes]) -> Iterator[bytes]:

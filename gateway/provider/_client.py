@@ -33,7 +33,7 @@ from types import TracebackType
 import grpc
 
 from gateway.cache import CircuitBreaker
-from gateway.errors import GatewayError, error_info_of
+from gateway.errors import PLAIN_MESSAGES, GatewayError, error_info_of
 from gateway.provider._net import is_loopback
 from tongban.v1 import common_pb2, exchange_pb2, exchange_pb2_grpc
 
@@ -248,7 +248,17 @@ class ProviderClient:
         code = exc.code()
         if code in _FALLBACK:
             reason = _error_reason(exc) or _FALLBACK[code]
-            return ProviderError(reason, exc.details() or code.name, code=code)
+            # The refusal goes to another region: the reason's own sentence, never the data
+            # system's words (they may quote its internals, or the subject id asked for).
+            log.info(
+                "data system %s refused %s (request %s): %s %s",
+                self.target,
+                dataset,
+                request_id,
+                code.name,
+                reason,
+            )
+            return ProviderError(reason, PLAIN_MESSAGES.get(reason, code.name), code=code)
         log.warning(
             "data system %s failed %s (request %s): %s",
             self.target,

@@ -60,7 +60,14 @@ from gateway.audit import (
     pseudonymize,
 )
 from gateway.cache import AnswerCache, cache_key
-from gateway.errors import DOMAIN, abort, bounded_message, error_info_of
+from gateway.errors import (
+    DOMAIN,
+    abort,
+    client_message,
+    error_info_of,
+    peer_text,
+    relayed_message,
+)
 from gateway.identity import Caller, CallerKind, current_caller
 from gateway.metrics import PEER_LOCAL, GatewayMetrics
 from gateway.peers import PeerPool, UnknownPeer
@@ -270,7 +277,9 @@ def _status(refusal: Refusal) -> status_pb2.Status:
         error_details_pb2.ErrorInfo(reason=refusal.reason, domain=DOMAIN, metadata=refusal.metadata)
     )
     return status_pb2.Status(
-        code=refusal.code.value[0], message=bounded_message(refusal.message), details=[detail]
+        code=refusal.code.value[0],
+        message=client_message(refusal.reason, refusal.message),
+        details=[detail],
     )
 
 
@@ -788,10 +797,20 @@ class QueryPath:
                 raise Refusal(
                     code,
                     "PEER_UNAVAILABLE",
-                    f"the gateway of region {request.provider_region} did not answer: {exc.details()}",
+                    f"the gateway of region {request.provider_region} did not answer: "
+                    f"{peer_text(exc.details() or '')}",
                 ) from exc
             if code in _PASSED_THROUGH and reason:
-                raise Refusal(code, reason, f"region {request.provider_region}: {message}") from exc
+                # The reason travels on; the owner's words stay in this log, never relayed.
+                log.info(
+                    "region %s refused with %s: %s",
+                    request.provider_region,
+                    reason,
+                    peer_text(message),
+                )
+                raise Refusal(
+                    code, reason, relayed_message(request.provider_region, reason)
+                ) from exc
             raise Refusal(
                 grpc.StatusCode.UNAVAILABLE,
                 "PEER_UNAVAILABLE",

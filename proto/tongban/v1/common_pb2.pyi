@@ -126,6 +126,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     call's headers (sent with DEADLINE_EXCEEDED): a client that promises a message and never
     sends it cannot hold a call slot.
     """
+    INTERNAL_ERROR: _ErrorReason.ValueType  # 37
+    """The gateway failed in a way its code does not map to a reason (a bug; sent with INTERNAL and
+    a fixed message, the detail in the gateway's own log): never for a request's content.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The reasons a Tongban RPC fails, carried in a google.rpc.ErrorInfo detail of the gRPC status.
@@ -239,6 +243,10 @@ REQUEST_INCOMPLETE: ErrorReason.ValueType  # 36
 """The request message did not arrive in full within the gateway's receive deadline after the
 call's headers (sent with DEADLINE_EXCEEDED): a client that promises a message and never
 sends it cannot hold a call slot.
+"""
+INTERNAL_ERROR: ErrorReason.ValueType  # 37
+"""The gateway failed in a way its code does not map to a reason (a bug; sent with INTERNAL and
+a fixed message, the detail in the gateway's own log): never for a request's content.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
