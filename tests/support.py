@@ -234,3 +234,16 @@ class RedisServer:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait(timeout=5)
             self.process = None
+
+
+def refusal_event(stderr: str) -> str:
+    """The one refusal a serving command (`gateway serve`, `provider serve`, `demo`) wrote to
+    a stderr that is not a terminal: one JSON log line (docs/logging.md), its event text."""
+    import json
+
+    lines = stderr.splitlines()
+    assert len(lines) == 1, stderr
+    event = json.loads(lines[0])
+    assert (event["logger"], event["level"]) == ("tongban.cli", "error"), event
+    text: str = event["event"]
+    return text

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import REPO, Federation, dev_config, free_port, running
+from support import REPO, Federation, dev_config, free_port, refusal_event, running
 
 from gateway.errors import ConfigError
 from gateway.provider import create_provider
@@ -87,8 +87,8 @@ def _second_is_refused(
         )
         assert done.returncode == 1, done.stdout + done.stderr
         assert done.stdout == ""
-        assert done.stderr == (
-            f"tongban: gateway.listen: {listen} is already in use (another gateway?)\n"
+        assert refusal_event(done.stderr) == (
+            f"tongban: gateway.listen: {listen} is already in use (another gateway?)"
         )
         assert not second_db.exists()  # refused before its audit log was opened
         assert first.poll() is None  # the first one is untouched
@@ -145,8 +145,8 @@ async def test_a_second_demo_data_system_on_a_held_port_refuses_to_start() -> No
             process.kill()
             out, err = await process.communicate()
         assert process.returncode == 1, out + err
-        assert err.decode() == (
-            f"tongban: --listen: 127.0.0.1:{port} is already in use (another data system?)\n"
+        assert refusal_event(err.decode()) == (
+            f"tongban: --listen: 127.0.0.1:{port} is already in use (another data system?)"
         )
     finally:
         await server.stop(0)

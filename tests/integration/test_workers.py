@@ -23,7 +23,14 @@ import grpc
 import pytest
 from pg_support import SUPERUSER_DSN, superuser
 from psycopg import sql
-from support import REPO, Federation, credentials_as, free_port, make_federation
+from support import (
+    REPO,
+    Federation,
+    credentials_as,
+    free_port,
+    make_federation,
+    refusal_event,
+)
 
 from registry import KeyState, KeyUsage
 from registry._pki import DEV_CACHE_KEY, DEV_PSEUDONYM_KEY
@@ -299,6 +306,7 @@ def test_workers_refuse_a_port_another_process_holds(
                 out, err = process.communicate()
     assert process.returncode == 1, out + err
     assert (
-        err == f"tongban: gateway.{which}: 127.0.0.1:{held} is already in use (another gateway?)\n"
+        refusal_event(err)
+        == f"tongban: gateway.{which}: 127.0.0.1:{held} is already in use (another gateway?)"
     )
     assert "listening" not in out
