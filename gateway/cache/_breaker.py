@@ -171,10 +171,12 @@ class CircuitBreaker:
         *,
         timeout_seconds: float,
         failed: Callable[[BaseException], bool] = lambda exc: isinstance(exc, Exception),
+        unreachable: Callable[[BaseException], bool] = lambda exc: False,
     ) -> _T:
         """`await make()` within `timeout_seconds`, through the breaker. Raises `BreakerOpen`
         without calling while open, `TimeoutError` when the bound passed (a failure), and
-        whatever the call raised (a failure when `failed(exc)`, else the dependency answered)."""
+        whatever the call raised (a failure when `failed(exc)`, else the dependency answered;
+        `unreachable(exc)` opens the breaker at once)."""
         if not self.allow():
             raise BreakerOpen(f"{self.name} is not called: its circuit breaker is open")
         try:
@@ -188,7 +190,7 @@ class CircuitBreaker:
             raise
         except BaseException as exc:
             if failed(exc):
-                self.failure()
+                self.failure(connection=unreachable(exc))
             else:
                 self.success()
             raise

@@ -59,11 +59,11 @@ from gateway.audit import (
     Outcome,
     pseudonymize,
 )
-from gateway.cache import AnswerCache, cache_key
+from gateway.cache import AnswerCache, BreakerOpen, cache_key
 from gateway.errors import DOMAIN, abort, bounded_message, error_info_of
 from gateway.identity import Caller, CallerKind, current_caller
 from gateway.metrics import PEER_LOCAL, GatewayMetrics
-from gateway.peers import PeerPool, UnknownPeer
+from gateway.peers import PEER_CALL_SECONDS, PeerPool, UnknownPeer
 from gateway.policy import (
     DataRequest,
     Decision,
@@ -296,9 +296,11 @@ class QueryPath:
         metrics: GatewayMetrics,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         reporter: AccessReporter | None = None,
+        peer_timeout_seconds: float = PEER_CALL_SECONDS,
     ) -> None:
         self.region = region
         self.gateway_name = gateway_name
+        self.peer_timeout_seconds = peer_timeout_seconds  # a forward's bound (and the deadline's)
         self._registry = registry
         self._tokens = tokens
         self._replay = replay
@@ -320,6 +322,10 @@ class QueryPath:
     @property
     def cache(self) -> AnswerCache:
         return self._cache
+
+    @property
+    def provider(self) -> ProviderClient | None:
+        return self._provider
 
     async def report_loop(self) -> None:
         """The access reporter's background loop (until cancelled); returns at once without one."""
@@ -753,10 +759,7 @@ class QueryPath:
             if remaining is not None
             else DEFAULT_DEADLINE_SECONDS
         )
-        try:
-            stub = self._peers.stub(request.provider_region)
-        except UnknownPeer as exc:
-            raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "UNKNOWN_REGION", str(exc)) from exc
+        deadline = min(deadline, self.peer_timeout_seconds)
         forward = exchange_pb2.ForwardRequest(
             query=request,
             caller=common_pb2.CallerIdentity(
@@ -768,10 +771,33 @@ class QueryPath:
             requesting_region=self.region,
         )
         started = time.perf_counter()
+        timeout = max(deadline - FORWARD_MARGIN_SECONDS, 0.01)
         try:
-            answer = await stub.Forward(
-                forward, timeout=max(deadline - FORWARD_MARGIN_SECONDS, 0.01)
+            answer = await self._peers.call(
+                request.provider_region,
+                lambda stub: stub.Forward(forward, timeout=timeout),
+                timeout_seconds=timeout,
             )
+        except UnknownPeer as exc:
+            raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "UNKNOWN_REGION", str(exc)) from exc
+        except BreakerOpen as exc:
+            raise Refusal(
+                grpc.StatusCode.UNAVAILABLE,
+                "PEER_UNAVAILABLE",
+                f"the gateway of region {request.provider_region} is failing: not called "
+                "(its circuit breaker is open); try again shortly",
+            ) from exc
+        except TimeoutError as exc:  # the backstop: the call's own deadline did not end it
+            self.metrics.peer_call(
+                request.provider_region,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                time.perf_counter() - started,
+            )
+            raise Refusal(
+                grpc.StatusCode.UNAVAILABLE,
+                "PEER_UNAVAILABLE",
+                f"the gateway of region {request.provider_region} did not answer in time",
+            ) from exc
         except grpc.aio.AioRpcError as exc:
             reason, message = _error_info(exc)
             code = exc.code()
@@ -785,8 +811,8 @@ class QueryPath:
                 "REGISTRY_STALE",
                 "SEAL_KEY_UNAVAILABLE",
             ):
-                raise Refusal(
-                    code,
+                raise Refusal(  # UNAVAILABLE: our bound ended the call, not the caller's deadline
+                    grpc.StatusCode.UNAVAILABLE,
                     "PEER_UNAVAILABLE",
                     f"the gateway of region {request.provider_region} did not answer: {exc.details()}",
                 ) from exc
