@@ -57,7 +57,7 @@ access_log = logging.getLogger("tongban.access")
 VERIFY_CHUNK = 10_000  # rows read at a time while verifying
 
 
-APPEND_TIMEOUT_SECONDS = 3.0  # an append not durable by then is refused (AUDIT_UNAVAILABLE)
+APPEND_TIMEOUT_SECONDS = 2.0  # an append not durable by then is refused (AUDIT_UNAVAILABLE)
 NOT_RELEASED = "AUDIT_UNAVAILABLE"  # the reason of the follow-up to a late allowed record
 MIN_RETENTION = timedelta(days=180)  # network logs are kept at least six months (CSL Art. 21)
 

@@ -402,6 +402,17 @@ class QueryPath:
             self.metrics.decision("allowed" if outcome is Outcome.ALLOWED else "denied", reason)
         return make_audit_id(self._audit.origin, appended.index)
 
+    def _audit_ready(self) -> None:
+        """Refuse at once while the audit store's breaker is open: an answer fetched now could
+        not be released (its record cannot be made durable), so nobody is asked for it."""
+        if self._audit.breaker.state == "open":
+            raise Refusal(
+                grpc.StatusCode.UNAVAILABLE,
+                "AUDIT_UNAVAILABLE",
+                "the audit store is failing (its circuit breaker is open): no answer can be "
+                "released now; try again shortly",
+            )
+
     async def _refuse(self, refusal: Refusal, **audit: Any) -> Refusal:
         """Audit a refusal (best effort: a denial releases nothing) and return it to raise.
         The caller was denied, or the exchange failed (a peer, the data system, a bad seal)."""
@@ -588,6 +599,7 @@ class QueryPath:
                 if cached is not None:
                     return cached
             # (5)
+            self._audit_ready()
             forwarded = await self._forward(request, caller, claims.operator, context)
             # (6)
             fields = await self._check_answer(forwarded, data, decision)
@@ -923,6 +935,7 @@ class QueryPath:
             assert dataset is not None  # the decision checked it
             fields = tuple(sorted(decision.fields))
             # (3)
+            self._audit_ready()
             subject = pseudonymize(data.subject_id, self._pseudonym_key)
             audit["subject"] = subject
             key = cache_key(
