@@ -8,6 +8,7 @@ before the caller's deadline; each recovers by itself when the dependency answer
 | PostgreSQL audit store | a TCP proxy in front of it holds every byte | UNAVAILABLE/AUDIT_UNAVAILABLE, never DEADLINE_EXCEEDED; the breaker opens; no record claims an answer that was not released; answers resume |
 | Redis | SIGSTOP of the test's own redis-server | queries still answered (memory replay window and quotas, no cache); while the breaker is open Redis is not called at all; it closes again after SIGCONT |
 | a peer gateway | a TCP proxy in front of it holds every byte | UNAVAILABLE/PEER_UNAVAILABLE, its breaker opens, other regions answered; answers again after the thaw |
+| a data system | a `DataProvider` that holds every call | UNAVAILABLE/PROVIDER_UNAVAILABLE within its bound, the breaker opens on timeouts and the data system is then not called; answers again after it returns |
 
 Every call has a long deadline (`DEADLINE`): a refusal that arrives is not the deadline's.
 Nothing here asserts a time; the guards (`asyncio.timeout`, `wait_until`) only stop a hang.
@@ -38,7 +39,9 @@ from query_support import bearer
 from support import Federation, RedisServer, free_port
 
 from gateway.config import GatewayConfig
-from tongban.v1 import exchange_pb2_grpc
+from gateway.provider import DemoData
+from gateway.provider._service import DemoProviderService
+from tongban.v1 import exchange_pb2, exchange_pb2_grpc
 
 pytestmark = pytest.mark.integration
 
@@ -298,3 +301,88 @@ async def test_a_frozen_peer_fails_fast_with_peer_unavailable_and_other_regions_
             await wait_until(answered, "330000 to answer after the thaw", WAIT_SECONDS)
     finally:
         await proxy.close()
+
+
+class FrozenDataSystem(exchange_pb2_grpc.DataProviderServicer):
+    """The demo data system, holding every call (unanswered, until its caller gives up) while
+    `frozen` is clear."""
+
+    def __init__(self, region: str) -> None:
+        self.real = DemoProviderService(DemoData(region))
+        self.running = asyncio.Event()
+        self.running.set()
+        self.calls = 0
+
+    async def Fetch(
+        self, request: exchange_pb2.ProviderFetchRequest, context: Any
+    ) -> exchange_pb2.ProviderFetchResponse:
+        self.calls += 1
+        await self.running.wait()
+        return await self.real.Fetch(request, context)
+
+
+async def test_a_frozen_data_system_opens_its_breaker_on_timeouts(
+    federation: Federation, tmp_path: Path
+) -> None:
+    """浙江's data system stops answering: each query is refused UNAVAILABLE/PROVIDER_UNAVAILABLE
+    by its bound (never the caller's deadline, never blamed on the peer gateway); the breaker
+    opens on the timeouts, after which the data system is not called; when it answers again
+    the next trial closes the breaker."""
+    data_system = FrozenDataSystem("330000")
+    server = grpc.aio.server()
+    exchange_pb2_grpc.add_DataProviderServicer_to_server(data_system, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with (
+            asyncio.timeout(TEST_SECONDS),
+            running_gateways(
+                federation,
+                tmp_path,
+                providers={"330000": server},
+                provider_ports={"330000": port},
+            ) as cluster,
+            cluster.exchange("sc.amr") as stub,
+        ):
+            owner = cluster.gateways["330000"]
+            assert owner.query_path is not None
+            assert owner.query_path.provider is not None
+            breaker = owner.query_path.provider.breaker
+            token = bearer(cluster.token("sc.amr"))
+            make = query_maker("330000", *LICENCE, held_subjects("330000", LICENCE[0], 40))
+            assert await ask(stub, make(0), token) == ("OK", "")
+            data_system.running.clear()
+            n = 0
+
+            async def opened() -> bool:
+                nonlocal n
+                n += 1
+                outcome = await ask(stub, make(n), token)
+                assert outcome == ("UNAVAILABLE", "PROVIDER_UNAVAILABLE"), outcome
+                return breaker.state == "open"
+
+            await wait_until(opened, "the data system's breaker to open", WAIT_SECONDS)
+            assert breaker.timeouts >= 1
+            assert owner.config.exchange is not None
+            # opened by the configured number of timed-out calls (the first answered one aside)
+            assert data_system.calls - 1 == owner.config.exchange.breaker_failures
+            calls = data_system.calls
+            assert await ask(stub, make(n + 1), token) == ("UNAVAILABLE", "PROVIDER_UNAVAILABLE")
+            assert data_system.calls == calls, "an open breaker does not call the data system"
+            cluster.gateways["510000"].observe()
+            assert cluster.gateways["510000"].peers is not None
+            assert cluster.gateways["510000"].peers.breaker("330000").state == "closed", (
+                "the peer gateway answered: its breaker stays closed"
+            )
+            data_system.running.set()
+            n = 100
+
+            async def answered() -> bool:
+                nonlocal n
+                n += 1
+                ok = (await ask(stub, make(n), token))[0] == "OK"
+                return ok and breaker.state == "closed"
+
+            await wait_until(answered, "answers after the data system returns", WAIT_SECONDS)
+    finally:
+        await server.stop(0)
