@@ -119,9 +119,8 @@ CREDENTIALS_SERVICE = credentials_pb2.DESCRIPTOR.services_by_name["Credentials"]
 OVERSIGHT_SERVICE = oversight_pb2.DESCRIPTOR.services_by_name["Oversight"].full_name
 EXCHANGE_SERVICE = exchange_pb2.DESCRIPTOR.services_by_name["DataExchange"].full_name
 PEER_SERVICE = exchange_pb2.DESCRIPTOR.services_by_name["Peer"].full_name
-REDIS_TIMEOUT_SECONDS = 0.25  # a Redis that does not answer in this long counts as down
 # Connections of the client the replay window, quotas and report queue share: a burst of calls
-# waits (within REDIS_TIMEOUT_SECONDS) for one instead of opening one per call and keeping it.
+# waits (within [exchange] redis_timeout_seconds) for one instead of opening one per call.
 REDIS_MAX_CONNECTIONS = 64
 SERVED_SERVICES = (REGISTRY_SERVICE, CREDENTIALS_SERVICE)  # always; Oversight with an audit log
 OPEN_SERVICES = frozenset({health.SERVICE_NAME, reflection.SERVICE_NAME})  # mTLS only, no identity
@@ -408,9 +407,9 @@ class Gateway:
                 redis.asyncio.BlockingConnectionPool.from_url(
                     exchange.redis_url,
                     max_connections=REDIS_MAX_CONNECTIONS,
-                    timeout=REDIS_TIMEOUT_SECONDS,
-                    socket_timeout=REDIS_TIMEOUT_SECONDS,
-                    socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+                    timeout=exchange.redis_timeout_seconds,
+                    socket_timeout=exchange.redis_timeout_seconds,
+                    socket_connect_timeout=exchange.redis_timeout_seconds,
                     retry=Retry(NoBackoff(), 0),  # a Redis that is down must fail fast
                 )
             )

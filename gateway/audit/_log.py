@@ -20,10 +20,10 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
@@ -37,7 +37,7 @@ from gateway.audit._merkle import CompactRange, MerkleTree, ProofError, leaf_has
 from gateway.audit._record import FIELD_GRAMMARS, AuditRecord, Outcome, is_case_id
 from gateway.audit._store import Appended, AuditStore, PruneMarker
 from gateway.audit.errors import AuditIntegrityError, AuditUnavailable
-from gateway.cache import CircuitBreaker
+from gateway.cache import BreakerOpen, CircuitBreaker
 
 __all__ = [
     "APPEND_TIMEOUT_SECONDS",
@@ -49,6 +49,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("tongban.audit")
+_T = TypeVar("_T")
 # One line per audited access, at INFO (`--log-level INFO`), like a proxy's access log: what the
 # audit record says, minus what a log line may not carry (the subject is a pseudonym prefix; the
 # case id and the operator's name stay in the audit log, where access to them is itself audited).
@@ -189,6 +190,23 @@ class AuditLog:
         if self._since_checkpoint >= self._every_records and self._checkpointing is None:
             self._checkpointing = asyncio.create_task(self._checkpoint_in_background())
         return appended
+
+    async def read(self, make: Callable[[], Awaitable[_T]]) -> _T:
+        """`await make()`, a read of the store (`store.query`, `store.rows`, ...), bounded like
+        an append and through the same breaker: a frozen store is not waited for on the request
+        path. Raises `AuditUnavailable`."""
+        try:
+            return await self.breaker.call(
+                make,
+                timeout_seconds=self.append_timeout_seconds,
+                failed=lambda exc: isinstance(exc, AuditUnavailable),
+            )
+        except BreakerOpen as exc:
+            raise AuditUnavailable(str(exc)) from exc
+        except TimeoutError as exc:
+            raise AuditUnavailable(
+                f"the audit store did not answer within {self.append_timeout_seconds:g} s"
+            ) from exc
 
     async def _append(self, record: AuditRecord) -> Appended:
         """`store.append` within the bound, through the breaker (see the module docstring)."""

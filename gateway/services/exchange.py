@@ -1287,17 +1287,16 @@ class QueryPath:
 
     async def _reported(self, reporting_region: str, report: AccessReport) -> str | None:
         """The audit id of this gateway's record of `report`, if it recorded it already."""
-        found = await self._audit.store.query(
-            AuditQuery(
-                subject=report.subject_pseudonym,
-                caller_agency=report.caller_agency,
-                dataset=report.dataset,
-                outcome=Outcome.ALLOWED,
-                since=report.accessed_at,
-                until=report.accessed_at + timedelta(microseconds=1),
-                limit=100,
-            )
+        query = AuditQuery(
+            subject=report.subject_pseudonym,
+            caller_agency=report.caller_agency,
+            dataset=report.dataset,
+            outcome=Outcome.ALLOWED,
+            since=report.accessed_at,
+            until=report.accessed_at + timedelta(microseconds=1),
+            limit=100,
         )
+        found = await self._audit.read(lambda: self._audit.store.query(query))
         for index, record in found:
             if (
                 rpcs.made_by(record.rpc, rpcs.REPORT_ACCESS)
@@ -1319,7 +1318,7 @@ class QueryPath:
         origin, _, index = report.answer_audit_id.rpartition("#")
         if origin != self._audit.origin or not index.isdigit() or len(index) > 18:
             return False
-        rows = await self._audit.store.rows(int(index), int(index) + 1)
+        rows = await self._audit.read(lambda: self._audit.store.rows(int(index), int(index) + 1))
         if not rows:
             return False
         try:

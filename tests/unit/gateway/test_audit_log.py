@@ -15,7 +15,7 @@ from gateway.audit._checkpoint import CheckpointError, sign_checkpoint, verify_c
 from gateway.audit._log import AuditLog
 from gateway.audit._merkle import leaf_hash
 from gateway.audit._record import AuditRecord, Outcome, pseudonymize
-from gateway.audit._store import Appended, AuditQuery, MemoryAuditStore, StoredRow
+from gateway.audit._store import Appended, AuditQuery, MemoryAuditStore, StoredRow, TreeHead
 from gateway.audit.errors import AuditUnavailable
 from gateway.cache import CircuitBreaker
 
@@ -80,6 +80,11 @@ class FrozenStore(MemoryAuditStore):
         await self.thawed.wait()
         return await super().append(record)
 
+    async def head(self) -> TreeHead:
+        self.calls += 1
+        await self.thawed.wait()
+        return await super().head()
+
 
 async def _frozen_log(timeout: float = 0.05) -> tuple[AuditLog, FrozenStore]:
     store = FrozenStore()
@@ -111,6 +116,22 @@ async def test_a_frozen_store_is_refused_within_the_bound_then_not_called() -> N
     await asyncio.sleep(0.25)  # open_seconds: the next append is the half-open trial
     assert (await log.append(make_record(3))).index >= 2
     assert log.breaker.state == "closed"
+    await log.close()
+
+
+async def test_a_read_of_a_frozen_store_is_bounded_and_shares_the_breaker() -> None:
+    log, store = await _frozen_log()
+    assert (await log.read(store.head)).size == 0
+    store.thawed.clear()
+    for _ in range(2):
+        with pytest.raises(AuditUnavailable, match="did not answer"):
+            await log.read(store.head)
+    assert log.breaker.state == "open"
+    calls = store.calls
+    with pytest.raises(AuditUnavailable, match="circuit breaker is open"):
+        await log.append(make_record(1))  # appends and reads share one breaker
+    assert store.calls == calls
+    store.thawed.set()
     await log.close()
 
 
