@@ -677,8 +677,8 @@ async def test_a_data_system_that_hangs(federation: Federation, tmp_path: Path) 
 async def test_a_hung_data_system_is_failed_fast_after_repeated_timeouts(
     federation: Federation, tmp_path: Path
 ) -> None:
-    """After five queries in a row timed out against the data system, the next ones are
-    refused at once (a breaker), not after their deadline."""
+    """After BREAKER_FAILURES (3) queries in a row timed out against the data system, the next
+    ones are refused at once (a breaker), not after their deadline."""
     tally = Tally("hung data system, breaker")
     timeout = 0.5
     async with (
