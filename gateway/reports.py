@@ -676,7 +676,9 @@ class RedisReportQueue:
 
         try:
             length, entry_id, _ = await redis_call(self._breaker, send, self._timeout)
-        except Exception as exc:  # breaker open, redis, timeout: the hit is not served locally
+        except BreakerOpen as exc:
+            raise ReportQueueUnavailable(f"the report queue (Redis) is not called: {exc}") from exc
+        except Exception as exc:  # redis, timeout, connection: the hit is not served locally
             raise ReportQueueUnavailable(
                 f"the report queue (Redis) did not answer ({type(exc).__name__})"
             ) from exc
