@@ -4,9 +4,10 @@
 caller releases nothing). Each append is bounded (`append_timeout_seconds`) and goes through the
 audit store's circuit breaker: a store that does not make a record durable in time (a frozen
 database) is refused at once while the breaker is open, instead of every call waiting out its
-deadline. A record whose append timed out may still become durable later (it was already on its
-way to the database); if it claims an allowed access, the log then appends a follow-up record for
-the same request, failed with AUDIT_UNAVAILABLE and no fields: the answer was not released. Every `checkpoint_every_records` appends, every
+deadline. A record whose append timed out, or whose caller was cancelled while it waited, may
+still become durable later (it was already on its way to the database); if it claims an allowed
+access, the log then appends a follow-up record for the same request, failed with
+AUDIT_UNAVAILABLE and no fields: the answer was not released. Every `checkpoint_every_records` appends, every
 `checkpoint_every_seconds`, on close and when oversight asks (`checkpoint_if_grown`), the log
 signs its tree head as a C2SP checkpoint with the gateway's Ed25519 audit key, under the key name
 of its origin, and stores it with the time it was signed. `verify()` recomputes every leaf from the stored
@@ -226,15 +227,19 @@ class AuditLog:
             self.breaker.failure()
             raise
         except asyncio.CancelledError:
+            # The caller is gone (its deadline, or a cancel), so nothing will be released; the
+            # append goes on, since a record on its way may be written all the same, and is
+            # followed up like one that timed out.
             self.breaker.abandon()
-            pending.cancel()  # as before the bound: the caller's cancellation reaches the store
+            self._follow_up(record, pending)
             raise
         self.breaker.success()
         return appended
 
     def _follow_up(self, record: AuditRecord, pending: asyncio.Future[Appended]) -> None:
-        """The append of `record` timed out and the caller was refused; if the record still
-        becomes durable and claims an allowed access, say that it was not released."""
+        """The append of `record` timed out (the caller was refused) or its caller was
+        cancelled; if the record still becomes durable and claims an allowed access, say that
+        it was not released."""
 
         def done(future: asyncio.Future[Appended]) -> None:
             if future.cancelled() or future.exception() is not None:

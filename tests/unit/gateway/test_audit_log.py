@@ -119,6 +119,22 @@ async def test_a_frozen_store_is_refused_within_the_bound_then_not_called() -> N
     await log.close()
 
 
+async def test_an_allowed_record_whose_caller_was_cancelled_is_followed_by_not_released() -> None:
+    log, store = await _frozen_log(timeout=60)
+    store.thawed.clear()
+    record = make_record(1)
+    waiting = asyncio.ensure_future(log.append(record))
+    await asyncio.sleep(0.01)
+    waiting.cancel()  # the caller's deadline: its answer is never released
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    store.thawed.set()  # the record was on its way: it is stored all the same
+    await asyncio.sleep(0.05)
+    await log.close()
+    stored = [(r.outcome, r.reason) for _, r in await store.query(AuditQuery(limit=100))]
+    assert stored == [(Outcome.ALLOWED, ""), (Outcome.FAILED, "AUDIT_UNAVAILABLE")]
+
+
 async def test_a_read_of_a_frozen_store_is_bounded_and_shares_the_breaker() -> None:
     log, store = await _frozen_log()
     assert (await log.read(store.head)).size == 0
