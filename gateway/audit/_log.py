@@ -44,6 +44,7 @@ __all__ = [
     "APPEND_TIMEOUT_SECONDS",
     "MIN_RETENTION",
     "NOT_RELEASED",
+    "READ_TIMEOUT_SECONDS",
     "AuditLog",
     "Pruned",
     "Verification",
@@ -60,6 +61,8 @@ VERIFY_CHUNK = 10_000  # rows read at a time while verifying
 
 
 APPEND_TIMEOUT_SECONDS = 2.0  # an append not durable by then is refused (AUDIT_UNAVAILABLE)
+# A read (oversight listings, a report's checks) may scan: bounded as PostgreSQL's statements are.
+READ_TIMEOUT_SECONDS = 10.0
 NOT_RELEASED = "AUDIT_UNAVAILABLE"  # the reason of the follow-up to a late allowed record
 MIN_RETENTION = timedelta(days=180)  # network logs are kept at least six months (CSL Art. 21)
 
@@ -104,12 +107,14 @@ class AuditLog:
         checkpoint_every_seconds: float = 60.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         append_timeout_seconds: float = APPEND_TIMEOUT_SECONDS,
+        read_timeout_seconds: float = READ_TIMEOUT_SECONDS,
         breaker: CircuitBreaker | None = None,
     ) -> None:
-        if append_timeout_seconds <= 0:
-            raise ValueError("append_timeout_seconds is positive")
+        if append_timeout_seconds <= 0 or read_timeout_seconds <= 0:
+            raise ValueError("append_timeout_seconds and read_timeout_seconds are positive")
         self.store = store
         self.append_timeout_seconds = append_timeout_seconds
+        self.read_timeout_seconds = read_timeout_seconds
         self.breaker = breaker or CircuitBreaker(
             name="audit store", open_note="answers are refused with AUDIT_UNAVAILABLE"
         )
@@ -193,20 +198,20 @@ class AuditLog:
         return appended
 
     async def read(self, make: Callable[[], Awaitable[_T]]) -> _T:
-        """`await make()`, a read of the store (`store.query`, `store.rows`, ...), bounded like
-        an append and through the same breaker: a frozen store is not waited for on the request
-        path. Raises `AuditUnavailable`."""
+        """`await make()`, a read of the store (`store.query`, `store.rows`, ...), within
+        `read_timeout_seconds` and through the appends' breaker: a frozen store is not waited
+        for on the request path. Raises `AuditUnavailable`."""
         try:
             return await self.breaker.call(
                 make,
-                timeout_seconds=self.append_timeout_seconds,
+                timeout_seconds=self.read_timeout_seconds,
                 failed=lambda exc: isinstance(exc, AuditUnavailable),
             )
         except BreakerOpen as exc:
             raise AuditUnavailable(str(exc)) from exc
         except TimeoutError as exc:
             raise AuditUnavailable(
-                f"the audit store did not answer within {self.append_timeout_seconds:g} s"
+                f"the audit store did not answer within {self.read_timeout_seconds:g} s"
             ) from exc
 
     async def _append(self, record: AuditRecord) -> Appended:

@@ -94,6 +94,7 @@ async def _frozen_log(timeout: float = 0.05) -> tuple[AuditLog, FrozenStore]:
         key=ed25519.Ed25519PrivateKey.generate(),
         key_name="audit-510000",
         append_timeout_seconds=timeout,
+        read_timeout_seconds=timeout,
         breaker=CircuitBreaker(failure_threshold=2, open_seconds=0.2, name="audit store"),
     )
     await log.open()
