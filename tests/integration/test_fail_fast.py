@@ -154,6 +154,21 @@ async def test_a_frozen_postgres_audit_store_fails_fast_and_claims_no_unreleased
                 return not unreleased_claims(await records(requester.audit), refused)
 
             await wait_until(settled, "no record claiming an unreleased answer", WAIT_SECONDS)
+            # The records held by the freeze did land late: each has its follow-up.
+            stored = await records(requester.audit)
+            late = {
+                r["request_id"]
+                for r in stored
+                if r["request_id"] in refused and r["outcome"] == "allowed"
+            }
+            followed = {
+                r["request_id"]
+                for r in stored
+                if r["request_id"] in late
+                and (r["outcome"], r["reason"], r["fields"]) == ("failed", "AUDIT_UNAVAILABLE", [])
+            }
+            assert late, "the freeze held at least one allowed record that landed late"
+            assert followed == late
             result = await requester.audit.verify()
             assert result.intact, result.problem
     finally:
