@@ -766,12 +766,13 @@ class QueryPath:
         self, request: exchange_pb2.QueryRequest, caller: Caller, operator: str, context: Context
     ) -> exchange_pb2.ForwardResponse:
         remaining = context.time_remaining()
-        deadline = (
-            min(remaining, DEFAULT_DEADLINE_SECONDS)
-            if remaining is not None
-            else DEFAULT_DEADLINE_SECONDS
-        )
-        deadline = min(deadline, self.peer_timeout_seconds)
+        # The caller's deadline (a call without one gets DEFAULT_DEADLINE_SECONDS), and the
+        # forward's: ours when shorter. A peer that hangs past ours is UNAVAILABLE (the caller
+        # still has time: it is told at once, with the reason); past the caller's own, the
+        # call's deadline is what was exceeded.
+        caller_deadline = remaining if remaining is not None else DEFAULT_DEADLINE_SECONDS
+        deadline = min(caller_deadline, DEFAULT_DEADLINE_SECONDS, self.peer_timeout_seconds)
+        ours = deadline < caller_deadline
         forward = exchange_pb2.ForwardRequest(
             query=request,
             caller=common_pb2.CallerIdentity(
@@ -806,7 +807,7 @@ class QueryPath:
                 time.perf_counter() - started,
             )
             raise Refusal(
-                grpc.StatusCode.UNAVAILABLE,
+                grpc.StatusCode.UNAVAILABLE if ours else grpc.StatusCode.DEADLINE_EXCEEDED,
                 "PEER_UNAVAILABLE",
                 f"the gateway of region {request.provider_region} did not answer in time",
             ) from exc
@@ -823,8 +824,8 @@ class QueryPath:
                 "REGISTRY_STALE",
                 "SEAL_KEY_UNAVAILABLE",
             ):
-                raise Refusal(  # UNAVAILABLE: our bound ended the call, not the caller's deadline
-                    grpc.StatusCode.UNAVAILABLE,
+                raise Refusal(
+                    grpc.StatusCode.UNAVAILABLE if ours else code,
                     "PEER_UNAVAILABLE",
                     f"the gateway of region {request.provider_region} did not answer: {exc.details()}",
                 ) from exc
