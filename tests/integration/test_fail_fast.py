@@ -105,7 +105,10 @@ async def test_a_frozen_postgres_audit_store_fails_fast_and_claims_no_unreleased
             schema=schema,
             append_timeout_seconds=1.0,
         )
-        return dataclasses.replace(config, audit=audit)
+        assert config.exchange is not None
+        # open long enough for the checks made while it is open, on a loaded machine too
+        exchange = dataclasses.replace(config.exchange, breaker_open_seconds=5.0)
+        return dataclasses.replace(config, audit=audit, exchange=exchange)
 
     try:
         async with (
@@ -131,6 +134,14 @@ async def test_a_frozen_postgres_audit_store_fails_fast_and_claims_no_unreleased
             breaker = requester.audit.breaker
             assert breaker.opened >= 1
             assert breaker.timeouts >= 1
+            # While it is open, the owner is not even asked: its answer could not be released.
+            assert breaker.state == "open"
+            unasked = make(50)
+            assert await ask(stub, unasked, token) == ("UNAVAILABLE", "AUDIT_UNAVAILABLE")
+            refused.add(unasked.request_id)
+            owner = cluster.gateways["330000"]
+            assert owner.audit is not None
+            assert unasked.request_id not in {r["request_id"] for r in await records(owner.audit)}
             requester.observe()
             assert (
                 requester.metrics.registry.get_sample_value(
