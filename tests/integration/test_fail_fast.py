@@ -63,6 +63,15 @@ async def ask(
     return "OK", ""
 
 
+def open_longer(region: str, config: GatewayConfig) -> GatewayConfig:
+    """Breakers that stay open 5 s: long enough for the checks made while one is open, on a
+    loaded machine too."""
+    assert config.exchange is not None
+    return dataclasses.replace(
+        config, exchange=dataclasses.replace(config.exchange, breaker_open_seconds=5.0)
+    )
+
+
 def unreleased_claims(stored: list[dict[str, Any]], refused: set[str]) -> list[str]:
     """Request ids of refused queries whose last record in the log says "allowed"."""
     last: dict[str, dict[str, Any]] = {}
@@ -105,10 +114,7 @@ async def test_a_frozen_postgres_audit_store_fails_fast_and_claims_no_unreleased
             schema=schema,
             append_timeout_seconds=1.0,
         )
-        assert config.exchange is not None
-        # open long enough for the checks made while it is open, on a loaded machine too
-        exchange = dataclasses.replace(config.exchange, breaker_open_seconds=5.0)
-        return dataclasses.replace(config, audit=audit, exchange=exchange)
+        return open_longer(region, dataclasses.replace(config, audit=audit))
 
     try:
         async with (
@@ -205,7 +211,9 @@ async def test_a_frozen_redis_is_not_waited_for_once_its_breaker_is_open(
     bound); after SIGCONT it closes by itself."""
     async with (
         asyncio.timeout(TEST_SECONDS),
-        running_gateways(federation, tmp_path, redis_url=redis_server.url) as cluster,
+        running_gateways(
+            federation, tmp_path, redis_url=redis_server.url, configure=open_longer
+        ) as cluster,
         cluster.exchange("sc.hrss") as stub,
     ):
         requester = cluster.gateways["510000"]
@@ -263,6 +271,7 @@ async def test_a_frozen_peer_fails_fast_with_peer_unavailable_and_other_regions_
     proxy = TcpProxy("127.0.0.1", 0)  # its target is set once 330000's port is known
 
     def configure(region: str, config: GatewayConfig) -> GatewayConfig:
+        config = open_longer(region, config)
         if region != "510000":
             return config
         assert config.exchange is not None
@@ -367,6 +376,7 @@ async def test_a_frozen_data_system_opens_its_breaker_on_timeouts(
                 tmp_path,
                 providers={"330000": server},
                 provider_ports={"330000": port},
+                configure=open_longer,
             ) as cluster,
             cluster.exchange("sc.amr") as stub,
         ):
