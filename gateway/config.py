@@ -38,12 +38,19 @@ are errors, so a typo never silently falls back to a default.
     origin = ""                       # the log's name in checkpoints, and its key's (default audit.tongban/<region>; no spaces or +)
     checkpoint_every_records = 1000
     checkpoint_every_seconds = 60
+    append_timeout_seconds = 2.0      # an append not durable by then is refused (AUDIT_UNAVAILABLE)
 
     [exchange]                        # optional: serve DataExchange and Peer (needs [audit])
     provider = "127.0.0.1:9330"       # the province's own data system (DataProvider.Fetch)
     redis_url_env = "TONGBAN_REDIS"   # optional: Redis for the cache, the replay window and
                                       # quotas, shared by replicas (else in memory: one replica)
     cache_key_file = "secrets/cache.key"   # or cache_key_env: the AES-256 key, 64 hex digits
+    redis_timeout_seconds = 0.25      # bound on one Redis call (replay window, quota, report, cache)
+    provider_timeout_seconds = 2.0    # bound on one call to the data system (retry included)
+    peer_timeout_seconds = 5.0        # bound on one call to a peer gateway (also the caller's deadline)
+    breaker_failures = 3              # failures or timeouts of a dependency that open its breaker
+    breaker_window_seconds = 10.0     # ... when they fall within this many seconds, no success between
+    breaker_open_seconds = 2.0        # an open breaker refuses (or falls back) this long, then one trial
 
     [peers]                           # optional: endpoints overriding the registry's (dev)
     "510000" = "127.0.0.1:7510"
@@ -164,6 +171,7 @@ class AuditConfig:
     origin: str = ""
     checkpoint_every_records: int = 1000
     checkpoint_every_seconds: float = 60.0
+    append_timeout_seconds: float = 2.0
 
     def __post_init__(self) -> None:
         if self.store not in AUDIT_STORES:
@@ -218,6 +226,7 @@ def _audit(file: Path, section: _Section) -> AuditConfig | None:
         if isinstance(every, int) and not isinstance(every, bool)
         else 1000,
         checkpoint_every_seconds=section.number("checkpoint_every_seconds", 60.0),
+        append_timeout_seconds=section.number("append_timeout_seconds", 2.0),
     )
 
 
@@ -228,8 +237,16 @@ class ExchangeConfig:
     cache_key: bytes = field(repr=False)  # 32 bytes
     provider: str = ""
     redis_url: str = field(default="", repr=False)  # may hold a password
+    redis_timeout_seconds: float = 0.25
+    provider_timeout_seconds: float = 2.0
+    peer_timeout_seconds: float = 5.0
+    breaker_failures: int = 3
+    breaker_window_seconds: float = 10.0
+    breaker_open_seconds: float = 2.0
 
     def __post_init__(self) -> None:
+        if self.breaker_failures < 1:
+            raise ConfigError("exchange.breaker_failures: at least 1")
         if len(self.cache_key) != 32:
             raise ConfigError("exchange.cache_key: the cache key is 32 bytes (64 hex digits)")
         if self.provider:
@@ -310,10 +327,21 @@ def _exchange(file: Path, section: _Section) -> ExchangeConfig | None:
                 f"exchange.redis_url_env: environment variable {redis_env} is not set"
             )
         redis_url = value
+    failures = section._raw("breaker_failures", False)
+    if failures is not None and (
+        isinstance(failures, bool) or not isinstance(failures, int) or failures < 1
+    ):
+        raise ConfigError(f"{file}: exchange.breaker_failures: a whole number, at least 1")
     return ExchangeConfig(
         cache_key=_hex_key(read_passphrase(key_file, key_env), "exchange.cache_key"),
         provider=section.text("provider", required=False),
         redis_url=redis_url,
+        redis_timeout_seconds=section.number("redis_timeout_seconds", 0.25),
+        provider_timeout_seconds=section.number("provider_timeout_seconds", 2.0),
+        peer_timeout_seconds=section.number("peer_timeout_seconds", 5.0),
+        breaker_failures=failures if isinstance(failures, int) else 3,
+        breaker_window_seconds=section.number("breaker_window_seconds", 10.0),
+        breaker_open_seconds=section.number("breaker_open_seconds", 2.0),
     )
 
 

@@ -222,6 +222,14 @@ KEYS: tuple[Key, ...] = (
         doc="sign a checkpoint at least this often, in seconds (and at every stop)",
     ),
     Key(
+        "audit",
+        "append_timeout_seconds",
+        "no",
+        (_AU, "append_timeout_seconds"),
+        doc="bound on one append, in seconds: a record not durable by then is refused "
+        "(UNAVAILABLE, AUDIT_UNAVAILABLE) and counts against the audit store's breaker",
+    ),
+    Key(
         "exchange",
         "provider",
         "no",
@@ -246,6 +254,55 @@ KEYS: tuple[Key, ...] = (
         kind=_ENV,
         doc="environment variable holding the AES-256 cache key (64 hex digits), "
         "instead of cache_key_file",
+    ),
+    Key(
+        "exchange",
+        "redis_timeout_seconds",
+        "no",
+        (_EX, "redis_timeout_seconds"),
+        doc="bound on one Redis call, in seconds (replay window, quota, report queue, cache); "
+        "one breaker guards Redis for all of them",
+    ),
+    Key(
+        "exchange",
+        "provider_timeout_seconds",
+        "no",
+        (_EX, "provider_timeout_seconds"),
+        doc="bound on one call to the data system, in seconds, its retry included",
+    ),
+    Key(
+        "exchange",
+        "peer_timeout_seconds",
+        "no",
+        (_EX, "peer_timeout_seconds"),
+        doc="bound on one call to a peer gateway, in seconds (the caller's deadline, if "
+        "shorter, bounds it too); keep it above provider_timeout_seconds + "
+        "[audit] append_timeout_seconds, what the peer may take itself",
+    ),
+    Key(
+        "exchange",
+        "breaker_failures",
+        "no",
+        (_EX, "breaker_failures"),
+        doc="failures or timeouts of one dependency (Redis, the audit store, a peer region, "
+        "the data system) that open its circuit breaker",
+    ),
+    Key(
+        "exchange",
+        "breaker_window_seconds",
+        "no",
+        (_EX, "breaker_window_seconds"),
+        doc="the failures count when they fall within this many seconds with no success "
+        "between them",
+    ),
+    Key(
+        "exchange",
+        "breaker_open_seconds",
+        "no",
+        (_EX, "breaker_open_seconds"),
+        doc="an open breaker refuses at once (PEER_UNAVAILABLE, AUDIT_UNAVAILABLE, "
+        "PROVIDER_UNAVAILABLE) or falls back (Redis) this long, then lets one trial call "
+        "decide",
     ),
     Key(
         "peers",

@@ -11,22 +11,39 @@ own new TLS certificate (`renew`) replaces it, and the replaced channel drains: 
 once the calls in flight on it have finished, at most `drain_seconds` later. So the pool holds
 one live channel per peer region it has called, plus the few still draining, however many
 registry versions it follows.
+
+Each peer region has one circuit breaker (`breaker(region)`), shared by every call to it (a
+query's forward, a batch of access reports): calls that time out or find the peer unavailable
+open it, and while it is open that region is not called (PEER_UNAVAILABLE at once) while other
+regions are unaffected; after `open_seconds` one trial call decides. `call` makes a call through
+it, bounded by `timeout_seconds`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import grpc
 
+from gateway.cache import CircuitBreaker
+from gateway.errors import error_info_of
 from registry import Registry, RegistryStore
 from tongban.v1 import exchange_pb2_grpc
 
-__all__ = ["DRAIN_SECONDS", "MAX_DRAINING", "PeerPool", "UnknownPeer"]
+__all__ = [
+    "DRAIN_SECONDS",
+    "MAX_DRAINING",
+    "PEER_CALL_SECONDS",
+    "PeerPool",
+    "UnknownPeer",
+    "peer_failed",
+]
+
+_T = TypeVar("_T")
 
 log = logging.getLogger("tongban.peers")
 
@@ -34,6 +51,24 @@ log = logging.getLogger("tongban.peers")
 # batch at 5 s): a replaced channel gets this long for them before it is closed.
 DRAIN_SECONDS: Final = 10.0
 MAX_DRAINING: Final = 64  # replaced channels draining at once; beyond, the oldest is closed now
+PEER_CALL_SECONDS: Final = 5.0  # one call to a peer gateway, at most (the caller's deadline too)
+# A peer that answers UNAVAILABLE with one of these reasons is up: its own dependency is down.
+_PEER_UP_REASONS: Final = frozenset(
+    {"AUDIT_UNAVAILABLE", "PROVIDER_UNAVAILABLE", "REGISTRY_STALE", "SEAL_KEY_UNAVAILABLE"}
+)
+
+
+def peer_failed(exc: BaseException) -> bool:
+    """Does `exc`, raised by a call to a peer gateway, count against the peer in its breaker?
+    It did not answer in time, or could not be reached, and did not name a reason of its own."""
+    if isinstance(exc, TimeoutError):
+        return True
+    if not isinstance(exc, grpc.aio.AioRpcError):
+        return False
+    if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return False
+    info, _ = error_info_of(exc)
+    return info is None or info.reason not in _PEER_UP_REASONS
 
 
 class UnknownPeer(Exception):
@@ -66,6 +101,7 @@ class PeerPool:
         interceptors: Callable[[str], Sequence[grpc.aio.ClientInterceptor]] | None = None,
         drain_seconds: float = DRAIN_SECONDS,
         max_draining: int = MAX_DRAINING,
+        make_breaker: Callable[[str], CircuitBreaker] | None = None,
     ) -> None:
         if drain_seconds < 0:
             raise ValueError("drain_seconds is not negative")
@@ -84,6 +120,13 @@ class PeerPool:
         self._closing: dict[asyncio.Task[None], grpc.aio.Channel] = {}  # cut short: closing now
         # Replaced outside an event loop (nothing can be in flight on them): closed by `close`.
         self._orphans: list[grpc.aio.Channel] = []
+        self._make_breaker = make_breaker or (
+            lambda region: CircuitBreaker(
+                name=f"peer gateway {region}",
+                open_note="queries to it fail fast with PEER_UNAVAILABLE",
+            )
+        )
+        self.breakers: dict[str, CircuitBreaker] = {}  # peer region -> its breaker
         self.opened = 0  # channels opened since the pool was made
         self.retired = 0  # channels replaced (closed, or closing after their grace)
 
@@ -102,6 +145,28 @@ class PeerPool:
     def closing(self) -> int:
         """Replaced channels cut short, closing at once (gone by the loop's next turns)."""
         return len(self._closing)
+
+    def breaker(self, region: str) -> CircuitBreaker:
+        """The breaker of `region`'s gateway, made on first use (one per region called)."""
+        found = self.breakers.get(region)
+        if found is None:
+            found = self.breakers[region] = self._make_breaker(region)
+        return found
+
+    async def call(
+        self,
+        region: str,
+        make: Callable[[exchange_pb2_grpc.PeerAsyncStub], Awaitable[_T]],
+        *,
+        timeout_seconds: float,
+    ) -> _T:
+        """`await make(stub)` through `region`'s breaker; `make` passes `timeout_seconds` to the
+        call as its gRPC deadline (this bound is a backstop just after it). Raises
+        `UnknownPeer`, `BreakerOpen` (the peer is not called), or the call's error."""
+        stub = self.stub(region)
+        return await self.breaker(region).call(
+            lambda: make(stub), timeout_seconds=timeout_seconds + 0.5, failed=peer_failed
+        )
 
     def endpoint(self, region: str) -> str:
         if region in self._overrides:

@@ -26,8 +26,10 @@ from typing import Protocol
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from gateway.cache import BreakerOpen, CircuitBreaker
 from gateway.errors import GatewayError
 from gateway.policy import Decision, grpc_code_for
+from gateway.replay import REDIS_CALL_SECONDS, redis_call
 
 __all__ = [
     "KEY_PREFIX",
@@ -84,14 +86,30 @@ class RedisQuotaCounter:
     """Counts in Redis: `INCR` of the window's key, `EXPIRE` on its first count, in one server-side
     script (`EVALSHA`, loaded once): one round trip and no MULTI/EXEC pipeline per request."""
 
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        breaker: CircuitBreaker | None = None,
+        timeout_seconds: float = REDIS_CALL_SECONDS,
+    ) -> None:
         self._client = client
         self._take = client.register_script(_TAKE)
+        self._breaker = breaker  # the gateway's Redis breaker, shared with its other uses
+        self._timeout = timeout_seconds
 
     async def take(self, agreement_id: str, limit_per_minute: int, *, now: datetime) -> bool:
         key = quota_key(agreement_id, minute_of(now))
         try:
-            count = await self._take(keys=[key], args=[WINDOW_TTL_SECONDS])
+            count = await redis_call(
+                self._breaker,
+                lambda: self._take(keys=[key], args=[WINDOW_TTL_SECONDS]),
+                self._timeout,
+            )
+        except BreakerOpen as exc:
+            raise QuotaUnavailable(
+                f"cannot count the quota of agreement {agreement_id}: {exc}"
+            ) from exc
         except (RedisError, OSError) as exc:
             raise QuotaUnavailable(
                 f"cannot count the quota of agreement {agreement_id}: {type(exc).__name__}"

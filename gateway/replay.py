@@ -7,26 +7,34 @@ trip. The key is ``tb:replay:`` and the hex SHA-256 of the agency and the id, so
 id reaches Redis (keys show up in MONITOR and SLOWLOG).
 
 When Redis cannot answer, `RedisReplayGuard` raises `ReplayUnavailable` and the gateway fails
-closed (`UNAVAILABLE`): a replay check that cannot be made is not skipped.
+closed (`UNAVAILABLE`), or falls back to `FallbackReplayGuard`'s memory: a replay check that
+cannot be made is not skipped. Each call is bounded (`timeout_seconds`) and goes through the
+breaker of the gateway's Redis (shared with quotas, the report queue and the answer cache): while
+it is open Redis is not asked and `ReplayUnavailable` is raised at once.
 `MemoryReplayGuard` is the single-process equivalent, for tests and a gateway without Redis.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import re
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Final, Protocol, runtime_checkable
+from typing import Final, Protocol, TypeVar, runtime_checkable
 
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+
+from gateway.cache import BreakerOpen, CircuitBreaker
 
 __all__ = [
     "KEY_PREFIX",
     "MAX_REQUEST_ID_CHARS",
+    "REDIS_CALL_SECONDS",
     "REPLAY_WINDOW_SECONDS",
     "FallbackReplayGuard",
     "MemoryReplayGuard",
@@ -34,12 +42,15 @@ __all__ = [
     "ReplayGuard",
     "ReplayUnavailable",
     "check_request_id",
+    "redis_call",
     "replay_key",
 ]
 
 _log = logging.getLogger("tongban.gateway")
+_T = TypeVar("_T")
 
 REPLAY_WINDOW_SECONDS: Final = 600
+REDIS_CALL_SECONDS: Final = 0.25  # one call to the gateway's Redis, wait for a connection included
 MAX_REQUEST_ID_CHARS: Final = 128
 KEY_PREFIX: Final = "tb:replay:"
 MAX_MEMORY_ENTRIES: Final = 1_000_000  # ~150 MB at most; beyond that the guard refuses
@@ -48,6 +59,25 @@ _REQUEST_ID: Final = re.compile(rf"[\x21-\x7e]{{1,{MAX_REQUEST_ID_CHARS}}}")
 
 class ReplayUnavailable(Exception):
     """The replay check cannot be made (Redis is unreachable, or the memory guard is full)."""
+
+
+async def redis_call(
+    breaker: CircuitBreaker | None,
+    make: Callable[[], Awaitable[_T]],
+    timeout_seconds: float,
+) -> _T:
+    """`await make()` (a call to the gateway's Redis) within `timeout_seconds`, through the
+    Redis breaker when there is one. Raises `BreakerOpen`, `TimeoutError`, `RedisError` or
+    `OSError`."""
+    if breaker is None:
+        async with asyncio.timeout(timeout_seconds):
+            return await make()
+    return await breaker.call(
+        make,
+        timeout_seconds=timeout_seconds,
+        failed=lambda exc: isinstance(exc, RedisError | OSError),
+        unreachable=lambda exc: isinstance(exc, RedisConnectionError | ConnectionRefusedError),
+    )
 
 
 def check_request_id(value: object) -> None:
@@ -88,6 +118,8 @@ class RedisReplayGuard:
         *,
         window_seconds: int = REPLAY_WINDOW_SECONDS,
         key_prefix: str = KEY_PREFIX,
+        breaker: CircuitBreaker | None = None,
+        timeout_seconds: float = REDIS_CALL_SECONDS,
     ) -> None:
         if isinstance(window_seconds, bool) or not isinstance(window_seconds, int):
             raise TypeError("the replay window is a whole number of seconds")
@@ -96,12 +128,20 @@ class RedisReplayGuard:
         self._client = client
         self.window_seconds = window_seconds
         self.key_prefix = key_prefix
+        self._breaker = breaker
+        self._timeout = timeout_seconds
 
     async def first_use(self, agency: str, request_id: str) -> bool:
         key = replay_key(agency, request_id, self.key_prefix)
         try:
-            stored = await self._client.set(key, b"1", nx=True, ex=self.window_seconds)
-        except (RedisError, OSError) as exc:
+            stored = await redis_call(
+                self._breaker,
+                lambda: self._client.set(key, b"1", nx=True, ex=self.window_seconds),
+                self._timeout,
+            )
+        except BreakerOpen as exc:
+            raise ReplayUnavailable(f"the replay check cannot be made: {exc}") from exc
+        except (RedisError, OSError) as exc:  # TimeoutError is an OSError
             raise ReplayUnavailable(
                 f"the replay check cannot be made: Redis did not answer ({type(exc).__name__})"
             ) from exc

@@ -59,9 +59,10 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from gateway.audit import FIELD_GRAMMARS, is_case_id, is_request_id
-from gateway.cache import AnswerCache
+from gateway.cache import AnswerCache, BreakerOpen, CircuitBreaker
 from gateway.errors import error_info_of, peer_text
 from gateway.peers import PeerPool, UnknownPeer
+from gateway.replay import redis_call
 from registry import KeyState, KeyUsage, Registry, RegistryError, RegistryStore, is_registry_id
 from tongban.v1 import common_pb2, exchange_pb2
 
@@ -646,8 +647,10 @@ class RedisReportQueue:
         claim_idle_seconds: float = CLAIM_IDLE_SECONDS,
         max_per_owner: int = REDIS_BACKLOG,
         timeout: float = QUEUE_TIMEOUT_SECONDS,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self._client = client
+        self._breaker = breaker  # the gateway's Redis breaker: `put` fails at once while open
         self._prefix = f"tb:rep:{region}:{crypto.key_id}:"
         self._owners = f"{self._prefix}owners"
         self._crypto = crypto
@@ -663,13 +666,18 @@ class RedisReportQueue:
     async def put(self, owner: str, report: AccessReport) -> str:
         stream = self.stream(owner)
         value = self._crypto.encrypt_value(stream.encode(), canonical_json(report.document()))
+
+        async def send() -> list[Any]:
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.xlen(stream)
+                pipe.xadd(stream, {"r": value})
+                pipe.sadd(self._owners, owner)
+                return await pipe.execute()
+
         try:
-            async with asyncio.timeout(self._timeout):
-                async with self._client.pipeline(transaction=False) as pipe:
-                    pipe.xlen(stream)
-                    pipe.xadd(stream, {"r": value})
-                    pipe.sadd(self._owners, owner)
-                    length, entry_id, _ = await pipe.execute()
+            length, entry_id, _ = await redis_call(self._breaker, send, self._timeout)
+        except BreakerOpen as exc:
+            raise ReportQueueUnavailable(f"the report queue (Redis) is not called: {exc}") from exc
         except Exception as exc:  # redis, timeout, connection: the hit is not served locally
             raise ReportQueueUnavailable(
                 f"the report queue (Redis) did not answer ({type(exc).__name__})"
@@ -1047,9 +1055,13 @@ class AccessReporter:
         if deadline is not None:
             timeout = max(min(timeout, deadline - time.monotonic()), 0.05)
         try:
-            response = await self._peers.stub(owner).ReportAccess(request, timeout=timeout)
-        except UnknownPeer as exc:
-            self._failed(owner, str(exc))
+            response = await self._peers.call(
+                owner,
+                lambda stub: stub.ReportAccess(request, timeout=timeout),
+                timeout_seconds=timeout,
+            )
+        except (UnknownPeer, BreakerOpen, TimeoutError) as exc:
+            self._failed(owner, str(exc) or type(exc).__name__)
             return 0, False
         except grpc.aio.AioRpcError as exc:
             reason, metadata = _status_details(exc)

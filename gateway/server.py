@@ -120,9 +120,8 @@ CREDENTIALS_SERVICE = credentials_pb2.DESCRIPTOR.services_by_name["Credentials"]
 OVERSIGHT_SERVICE = oversight_pb2.DESCRIPTOR.services_by_name["Oversight"].full_name
 EXCHANGE_SERVICE = exchange_pb2.DESCRIPTOR.services_by_name["DataExchange"].full_name
 PEER_SERVICE = exchange_pb2.DESCRIPTOR.services_by_name["Peer"].full_name
-REDIS_TIMEOUT_SECONDS = 0.25  # a Redis that does not answer in this long counts as down
 # Connections of the client the replay window, quotas and report queue share: a burst of calls
-# waits (within REDIS_TIMEOUT_SECONDS) for one instead of opening one per call and keeping it.
+# waits (within [exchange] redis_timeout_seconds) for one instead of opening one per call.
 REDIS_MAX_CONNECTIONS = 64
 SERVED_SERVICES = (REGISTRY_SERVICE, CREDENTIALS_SERVICE)  # always; Oversight with an audit log
 OPEN_SERVICES = frozenset({health.SERVICE_NAME, reflection.SERVICE_NAME})  # mTLS only, no identity
@@ -247,6 +246,21 @@ def trust_bundle(registry: Registry, region_code: str | None = None) -> bytes:
     return b"".join(out)
 
 
+def make_breaker(config: GatewayConfig, name: str, open_note: str) -> CircuitBreaker:
+    """A dependency's circuit breaker, with the `[exchange] breaker_*` settings (the
+    breaker's defaults without [exchange])."""
+    exchange = config.exchange
+    if exchange is None:
+        return CircuitBreaker(name=name, open_note=open_note)
+    return CircuitBreaker(
+        failure_threshold=exchange.breaker_failures,
+        window_seconds=exchange.breaker_window_seconds,
+        open_seconds=exchange.breaker_open_seconds,
+        name=name,
+        open_note=open_note,
+    )
+
+
 def build_audit_log(config: GatewayConfig, *, clock: Callable[[], datetime]) -> AuditLog | None:
     """The gateway's audit log from its `[audit]` configuration (None when there is none)."""
     audit = config.audit
@@ -274,6 +288,8 @@ def build_audit_log(config: GatewayConfig, *, clock: Callable[[], datetime]) -> 
     origin = audit.origin or f"audit.tongban/{config.region}"
     return AuditLog(
         store,
+        append_timeout_seconds=audit.append_timeout_seconds,
+        breaker=make_breaker(config, "audit store", "answers are refused with AUDIT_UNAVAILABLE"),
         origin=origin,
         key=key,
         key_name=origin,  # C2SP tlog-checkpoint: the key is named after the log
@@ -349,6 +365,12 @@ class Gateway:
             metrics=self.metrics,
         )
         self._closers: list[Callable[[], Awaitable[None]]] = []
+        # One Redis, one breaker: the replay window, quotas, report queue and answer cache agree.
+        self.redis_breaker = make_breaker(
+            config,
+            "Redis",
+            "replay window and quotas per replica, answers uncached, no requester-side hits",
+        )
         self.query_path = self._build_query_path(seal_keys, clock)
         self.credentials.query_path = self.query_path
         self.served_services = (
@@ -394,23 +416,39 @@ class Gateway:
                 redis.asyncio.BlockingConnectionPool.from_url(
                     exchange.redis_url,
                     max_connections=REDIS_MAX_CONNECTIONS,
-                    timeout=REDIS_TIMEOUT_SECONDS,
-                    socket_timeout=REDIS_TIMEOUT_SECONDS,
-                    socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+                    timeout=exchange.redis_timeout_seconds,
+                    socket_timeout=exchange.redis_timeout_seconds,
+                    socket_connect_timeout=exchange.redis_timeout_seconds,
                     retry=Retry(NoBackoff(), 0),  # a Redis that is down must fail fast
                 )
             )
             self._closers.append(client.aclose)
             replay = FallbackReplayGuard(
-                RedisReplayGuard(client, window_seconds=REPLAY_WINDOW_SECONDS),
+                RedisReplayGuard(
+                    client,
+                    window_seconds=REPLAY_WINDOW_SECONDS,
+                    breaker=self.redis_breaker,
+                    timeout_seconds=exchange.redis_timeout_seconds,
+                ),
                 MemoryReplayGuard(REPLAY_WINDOW_SECONDS, clock),
             )
-            quota = FallbackQuotaCounter(RedisQuotaCounter(client), MemoryQuotaCounter())
-            backend = RedisBackend(exchange.redis_url)
+            quota = FallbackQuotaCounter(
+                RedisQuotaCounter(
+                    client,
+                    breaker=self.redis_breaker,
+                    timeout_seconds=exchange.redis_timeout_seconds,
+                ),
+                MemoryQuotaCounter(),
+            )
+            backend = RedisBackend(
+                exchange.redis_url, operation_timeout=exchange.redis_timeout_seconds
+            )
             reports = RedisReportQueue(
                 client,
                 region=config.region,
                 crypto=AnswerCache(backend, key=exchange.cache_key, key_id=cache_key_id),
+                breaker=self.redis_breaker,
+                timeout=exchange.redis_timeout_seconds,
             )
         else:
             log.warning(
@@ -424,7 +462,14 @@ class Gateway:
         self._closers.append(backend.close)
         provider = (
             ProviderClient(
-                exchange.provider, interceptors=client_interceptors(self.metrics, PEER_LOCAL)
+                exchange.provider,
+                interceptors=client_interceptors(self.metrics, PEER_LOCAL),
+                timeout_seconds=exchange.provider_timeout_seconds,
+                breaker=make_breaker(
+                    config,
+                    f"data system {exchange.provider}",
+                    "queries needing it fail fast with PROVIDER_UNAVAILABLE",
+                ),
             )
             if exchange.provider
             else None
@@ -436,6 +481,11 @@ class Gateway:
             self.client_credentials,
             overrides=config.peers,
             interceptors=lambda region: client_interceptors(self.metrics, region),
+            make_breaker=lambda region: make_breaker(
+                config,
+                f"peer gateway {region}",
+                "queries to it fail fast with PEER_UNAVAILABLE",
+            ),
         )
         self._closers.append(peers.close)
         audit_key = load_private_key(config.audit.key, config.tls_passphrase)
@@ -454,13 +504,14 @@ class Gateway:
                 backend,
                 key=exchange.cache_key,
                 key_id=cache_key_id,
-                breaker=CircuitBreaker(),
+                breaker=self.redis_breaker,  # one Redis, one breaker
             ),
             provider=provider,
             audit=self.audit,
             pseudonym_key=config.audit.pseudonym_key,
             metrics=self.metrics,
             clock=clock,
+            peer_timeout_seconds=exchange.peer_timeout_seconds,
             reporter=AccessReporter(
                 region=config.region,
                 registry=self.store,
@@ -703,6 +754,21 @@ class Gateway:
             return False, str(exc)
         return True, "ready"
 
+    def breakers(self) -> dict[str, CircuitBreaker]:
+        """The circuit breaker of each dependency, by the name metrics label it with."""
+        found: dict[str, CircuitBreaker] = {}
+        if self.audit is not None:
+            found["audit_store"] = self.audit.breaker
+        if self.query_path is not None:
+            if self.config.exchange is not None and self.config.exchange.redis_url:
+                found["redis"] = self.redis_breaker
+            if self.query_path.provider is not None:
+                found["data_system"] = self.query_path.provider.breaker
+        if self._peers is not None:
+            for region, breaker in sorted(self._peers.breakers.items()):
+                found[f"peer:{region}"] = breaker
+        return found
+
     def observe(self) -> None:
         """Bring the gauges that follow state up to date; the metrics endpoint calls this before
         every scrape, so nothing is computed that nobody reads."""
@@ -712,6 +778,7 @@ class Gateway:
         )
         if self.query_path is not None:
             self.metrics.observe_cache(self.query_path.cache)
+        self.metrics.observe_breakers(self.breakers())
         self.metrics.observe_admission(self.admission)
         if self.audit is not None:
             self.metrics.observe_audit_commits(self.audit.store.commits)

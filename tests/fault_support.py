@@ -311,7 +311,9 @@ async def records(audit: AuditLog) -> list[dict[str, Any]]:
 class TcpProxy:
     """Loopback TCP proxy to `target`. `cut()` closes every connection at once and refuses new
     ones (the listening socket is closed: connection refused); `restore()` listens again on the
-    same port."""
+    same port. `freeze()` holds every byte in both directions, connections staying open and new
+    ones accepted (what a client sees of a server stopped with SIGSTOP: no error, no answer);
+    `thaw()` lets the held bytes through."""
 
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
@@ -321,6 +323,14 @@ class TcpProxy:
         self._server: asyncio.Server | None = None
         self._open: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+
+    def freeze(self) -> None:
+        self._flowing.clear()
+
+    def thaw(self) -> None:
+        self._flowing.set()
 
     async def start(self) -> int:
         assert self._server is None
@@ -345,6 +355,7 @@ class TcpProxy:
         await self._settle()
 
     async def close(self) -> None:
+        self.thaw()
         if self._server is not None:
             await self.cut()
         await self._settle()
@@ -379,10 +390,10 @@ class TcpProxy:
         finally:
             self._tasks.discard(task)
 
-    @staticmethod
-    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while data := await reader.read(65536):
+                await self._flowing.wait()
                 writer.write(data)
                 await writer.drain()
         except (ConnectionError, OSError):

@@ -229,8 +229,18 @@ class RedisServer:
             time.sleep(0.02)
         raise AssertionError("redis-server did not start within 5 s")
 
+    def freeze(self) -> None:
+        """SIGSTOP: connections stay open, nothing is answered."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
     def kill(self) -> None:
         if self.process is not None:
+            self.process.send_signal(signal.SIGCONT)  # a stopped process is killed all the same
             self.process.send_signal(signal.SIGKILL)
             self.process.wait(timeout=5)
             self.process = None

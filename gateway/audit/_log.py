@@ -1,7 +1,13 @@
 """The audit log: durable appends, signed checkpoints, proofs and verification.
 
 `AuditLog.append()` returns once the record is durable (or raises `AuditUnavailable`: the
-caller releases nothing). Every `checkpoint_every_records` appends, every
+caller releases nothing). Each append is bounded (`append_timeout_seconds`) and goes through the
+audit store's circuit breaker: a store that does not make a record durable in time (a frozen
+database) is refused at once while the breaker is open, instead of every call waiting out its
+deadline. A record whose append timed out, or whose caller was cancelled while it waited, may
+still become durable later (it was already on its way to the database); if it claims an allowed
+access, the log then appends a follow-up record for the same request, failed with
+AUDIT_UNAVAILABLE and no fields: the answer was not released. Every `checkpoint_every_records` appends, every
 `checkpoint_every_seconds`, on close and when oversight asks (`checkpoint_if_grown`), the log
 signs its tree head as a C2SP checkpoint with the gateway's Ed25519 audit key, under the key name
 of its origin, and stores it with the time it was signed. `verify()` recomputes every leaf from the stored
@@ -15,10 +21,10 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
@@ -32,10 +38,20 @@ from gateway.audit._merkle import CompactRange, MerkleTree, ProofError, leaf_has
 from gateway.audit._record import FIELD_GRAMMARS, AuditRecord, Outcome, is_case_id
 from gateway.audit._store import Appended, AuditStore, PruneMarker
 from gateway.audit.errors import AuditIntegrityError, AuditUnavailable
+from gateway.cache import BreakerOpen, CircuitBreaker
 
-__all__ = ["MIN_RETENTION", "AuditLog", "Pruned", "Verification"]
+__all__ = [
+    "APPEND_TIMEOUT_SECONDS",
+    "MIN_RETENTION",
+    "NOT_RELEASED",
+    "READ_TIMEOUT_SECONDS",
+    "AuditLog",
+    "Pruned",
+    "Verification",
+]
 
 log = logging.getLogger("tongban.audit")
+_T = TypeVar("_T")
 # One line per audited access, at INFO (`--log-level INFO`), like a proxy's access log: what the
 # audit record says, minus what a log line may not carry (the subject is a pseudonym prefix; the
 # case id and the operator's name stay in the audit log, where access to them is itself audited).
@@ -44,6 +60,10 @@ access_log = logging.getLogger("tongban.access")
 VERIFY_CHUNK = 10_000  # rows read at a time while verifying
 
 
+APPEND_TIMEOUT_SECONDS = 2.0  # an append not durable by then is refused (AUDIT_UNAVAILABLE)
+# A read (oversight listings, a report's checks) may scan: bounded as PostgreSQL's statements are.
+READ_TIMEOUT_SECONDS = 10.0
+NOT_RELEASED = "AUDIT_UNAVAILABLE"  # the reason of the follow-up to a late allowed record
 MIN_RETENTION = timedelta(days=180)  # network logs are kept at least six months (CSL Art. 21)
 
 
@@ -86,8 +106,19 @@ class AuditLog:
         checkpoint_every_records: int = 1000,
         checkpoint_every_seconds: float = 60.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        append_timeout_seconds: float = APPEND_TIMEOUT_SECONDS,
+        read_timeout_seconds: float = READ_TIMEOUT_SECONDS,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
+        if append_timeout_seconds <= 0 or read_timeout_seconds <= 0:
+            raise ValueError("append_timeout_seconds and read_timeout_seconds are positive")
         self.store = store
+        self.append_timeout_seconds = append_timeout_seconds
+        self.read_timeout_seconds = read_timeout_seconds
+        self.breaker = breaker or CircuitBreaker(
+            name="audit store", open_note="answers are refused with AUDIT_UNAVAILABLE"
+        )
+        self._late: set[asyncio.Task[None]] = set()  # follow-ups of appends that timed out
         self.origin = origin
         if key is None and public_key is None:
             raise ValueError("an audit log needs its signing key, or its public key to verify")
@@ -121,6 +152,8 @@ class AuditLog:
         if self._checkpointing is not None:
             with contextlib.suppress(Exception):
                 await self._checkpointing
+        if self._late:  # appends that timed out: their follow-ups are written before closing
+            await asyncio.wait(list(self._late), timeout=self.append_timeout_seconds)
         if self._key is not None:
             try:
                 await self.checkpoint()
@@ -130,7 +163,7 @@ class AuditLog:
 
     async def append(self, record: AuditRecord) -> Appended:
         try:
-            appended = await self.store.append(record)
+            appended = await self._append(record)
         except AuditUnavailable:
             if self.observer is not None:
                 self.observer.audit_append(False)
@@ -163,6 +196,88 @@ class AuditLog:
         if self._since_checkpoint >= self._every_records and self._checkpointing is None:
             self._checkpointing = asyncio.create_task(self._checkpoint_in_background())
         return appended
+
+    async def read(self, make: Callable[[], Awaitable[_T]]) -> _T:
+        """`await make()`, a read of the store (`store.query`, `store.rows`, ...), within
+        `read_timeout_seconds` and through the appends' breaker: a frozen store is not waited
+        for on the request path. Raises `AuditUnavailable`."""
+        try:
+            return await self.breaker.call(
+                make,
+                timeout_seconds=self.read_timeout_seconds,
+                failed=lambda exc: isinstance(exc, AuditUnavailable),
+            )
+        except BreakerOpen as exc:
+            raise AuditUnavailable(str(exc)) from exc
+        except TimeoutError as exc:
+            raise AuditUnavailable(
+                f"the audit store did not answer within {self.read_timeout_seconds:g} s"
+            ) from exc
+
+    async def _append(self, record: AuditRecord) -> Appended:
+        """`store.append` within the bound, through the breaker (see the module docstring)."""
+        if not self.breaker.allow():
+            raise AuditUnavailable("the audit store is failing (its circuit breaker is open)")
+        pending = asyncio.ensure_future(self.store.append(record))
+        try:
+            async with asyncio.timeout(self.append_timeout_seconds):
+                appended = await asyncio.shield(pending)
+        except TimeoutError:
+            self.breaker.failure(timeout=True)
+            self._follow_up(record, pending)
+            raise AuditUnavailable(
+                f"the audit record was not durable within {self.append_timeout_seconds:g} s"
+            ) from None
+        except AuditUnavailable:
+            self.breaker.failure()
+            raise
+        except asyncio.CancelledError:
+            # The caller is gone (its deadline, or a cancel), so nothing will be released; the
+            # append goes on, since a record on its way may be written all the same, and is
+            # followed up like one that timed out.
+            self.breaker.abandon()
+            self._follow_up(record, pending)
+            raise
+        self.breaker.success()
+        return appended
+
+    def _follow_up(self, record: AuditRecord, pending: asyncio.Future[Appended]) -> None:
+        """The append of `record` timed out (the caller was refused) or its caller was
+        cancelled; if the record still becomes durable and claims an allowed access, say that
+        it was not released."""
+
+        def done(future: asyncio.Future[Appended]) -> None:
+            if future.cancelled() or future.exception() is not None:
+                return  # not stored: nothing claims an answer
+            self.breaker.success()  # the store answered after all
+            if record.outcome is not Outcome.ALLOWED:
+                return  # a refusal released nothing: the late record is true as it is
+            follow_up = dataclasses.replace(
+                record, time=self._clock(), outcome=Outcome.FAILED, reason=NOT_RELEASED, fields=()
+            )
+            task = asyncio.ensure_future(self._append_follow_up(follow_up, future.result()))
+            self._late.add(task)
+            task.add_done_callback(self._late.discard)
+
+        pending.add_done_callback(done)
+
+    async def _append_follow_up(self, record: AuditRecord, late: Appended) -> None:
+        try:
+            appended = await self.store.append(record)
+        except AuditUnavailable as exc:
+            log.error(  # noqa: TRY400 - the cause is the message; no traceback to show
+                "audit record %d claims an answer that was not released, and its follow-up "
+                "could not be stored: %s",
+                late.index,
+                exc,
+            )
+            return
+        log.warning(
+            "audit record %d became durable after its answer was refused: record %d says it "
+            "was not released",
+            late.index,
+            appended.index,
+        )
 
     async def _checkpoint_in_background(self) -> None:
         try:

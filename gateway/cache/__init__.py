@@ -10,7 +10,13 @@ from gateway.cache._backend import (
     CacheBackend,
     MemoryBackend,
 )
-from gateway.cache._breaker import BreakerState, CacheCounters, CircuitBreaker
+from gateway.cache._breaker import (
+    BREAKER_STATES,
+    BreakerOpen,
+    BreakerState,
+    CacheCounters,
+    CircuitBreaker,
+)
 from gateway.cache._cache import AnswerCache
 from gateway.cache._key import KEY_PREFIX, KEY_SIZE, cache_key, redis_key
 from gateway.cache._redis import (
@@ -23,6 +29,7 @@ from gateway.cache._redis import (
 )
 
 __all__ = [
+    "BREAKER_STATES",
     "CONNECT_TIMEOUT",
     "KEY_PREFIX",
     "KEY_SIZE",
@@ -34,6 +41,7 @@ __all__ = [
     "BackendError",
     "BackendTimeout",
     "BackendUnavailable",
+    "BreakerOpen",
     "BreakerState",
     "CacheBackend",
     "CacheCounters",

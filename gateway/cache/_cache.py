@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from gateway.cache._backend import BackendUnavailable, CacheBackend
+from gateway.cache._backend import BackendTimeout, BackendUnavailable, CacheBackend
 from gateway.cache._breaker import BreakerState, CacheCounters, CircuitBreaker
 from gateway.cache._key import redis_key
 
@@ -161,7 +161,9 @@ class AnswerCache:
             isinstance(exc, OSError) and not isinstance(exc, TimeoutError)
         )
         _log.debug("answer cache %s failed: %s", operation, type(exc).__name__)
-        self._breaker.failure(connection=connection)
+        self._breaker.failure(
+            connection=connection, timeout=isinstance(exc, BackendTimeout | TimeoutError)
+        )
 
     async def _backend_get(self, name: str) -> bytes | None:
         if not self._breaker.allow():

@@ -81,6 +81,19 @@ class AdmissionView(Protocol):
     def refused(self, pool: Pool, *, whole_pool: bool) -> int: ...
 
 
+_BREAKER_STATES: Mapping[str, int] = {"closed": 0, "open": 1, "half_open": 2}
+
+
+class BreakerView(Protocol):
+    """What `observe_breakers` reads of a `CircuitBreaker`."""
+
+    @property
+    def state(self) -> str: ...
+
+    @property
+    def opened(self) -> int: ...
+
+
 class CacheView(Protocol):
     """What `observe_cache` reads: a `CircuitBreaker` or an `AnswerCache` both fit."""
 
@@ -273,6 +286,21 @@ class GatewayMetrics:
         )
 
         # answer cache ----------------------------------------------------------------------------
+        self.breaker_state = Gauge(
+            "tongban_breaker_state",
+            "The circuit breaker of each dependency: 0 closed, 1 open (it is not called: "
+            "refusals or fallbacks at once), 2 half-open (one trial call decides). dependency "
+            "is redis, audit_store, data_system or peer:<region code>.",
+            ["dependency"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.breaker_opened = Counter(
+            "tongban_breaker_opened_total",
+            "Times the circuit breaker of a dependency opened (failures or timeouts).",
+            ["dependency"],
+            registry=r,
+        )
         self.cache_lookups = Counter(
             "tongban_cache_lookups_total",
             "Answer cache results. hit and miss split the lookups (a miss includes every lookup "
@@ -425,6 +453,7 @@ class GatewayMetrics:
         self.authorisation_decisions.labels("allowed", "")
 
         self._cache_totals = _Monotonic()
+        self._breaker_totals = _Monotonic()
         self._refusal_totals = _Monotonic()
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._audit_totals = _Monotonic()
@@ -520,6 +549,14 @@ class GatewayMetrics:
             delta = self._cache_totals.delta(result, total)
             if delta > 0:
                 self.cache_lookups.labels(result).inc(delta)
+
+    def observe_breakers(self, breakers: Mapping[str, BreakerView]) -> None:
+        """Follow each dependency's breaker: its state, and the times it opened."""
+        for dependency, breaker in breakers.items():
+            self.breaker_state.labels(dependency).set(_BREAKER_STATES[breaker.state])
+            delta = self._breaker_totals.delta(dependency, breaker.opened)
+            if delta > 0:
+                self.breaker_opened.labels(dependency).inc(delta)
 
     def observe_admission(self, admission: AdmissionView) -> None:
         """Follow the calls in flight and the refusals of the budgets per caller."""

@@ -45,7 +45,7 @@ __all__ = [
     "ProviderError",
 ]
 
-BREAKER_FAILURES = 5  # consecutive timeouts or UNAVAILABLE answers that open the breaker
+BREAKER_FAILURES = 3  # timeouts or UNAVAILABLE answers in a row (within 10 s) that open it
 BREAKER_OPEN_SECONDS = 2.0  # then calls fail fast this long, before one trial call
 
 log = logging.getLogger("tongban.provider")
@@ -102,8 +102,9 @@ class ProviderClient:
         target: str,
         *,
         credentials: grpc.ChannelCredentials | None = None,
-        timeout_seconds: float = 5.0,
+        timeout_seconds: float = 2.0,
         interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         if credentials is None and not is_loopback(target):
             raise ValueError(
@@ -119,7 +120,7 @@ class ProviderClient:
         self._channel: grpc.aio.Channel | None = None
         self._stub: exchange_pb2_grpc.DataProviderAsyncStub | None = None
         self._closed = False
-        self.breaker = CircuitBreaker(
+        self.breaker = breaker or CircuitBreaker(
             failure_threshold=BREAKER_FAILURES,
             open_seconds=BREAKER_OPEN_SECONDS,
             name=f"data system {target}",
@@ -197,7 +198,7 @@ class ProviderClient:
             answer = await self._fetch(stub, request, budget, dataset, request_id)
         except ProviderError as exc:
             if exc.code in _BREAKING:
-                self.breaker.failure()
+                self.breaker.failure(timeout=exc.code == grpc.StatusCode.DEADLINE_EXCEEDED)
             else:
                 self.breaker.success()  # it answered, if with a refusal
             raise

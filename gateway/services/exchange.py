@@ -59,7 +59,7 @@ from gateway.audit import (
     Outcome,
     pseudonymize,
 )
-from gateway.cache import AnswerCache, cache_key
+from gateway.cache import AnswerCache, BreakerOpen, cache_key
 from gateway.errors import (
     DOMAIN,
     abort,
@@ -70,7 +70,7 @@ from gateway.errors import (
 )
 from gateway.identity import Caller, CallerKind, current_caller
 from gateway.metrics import PEER_LOCAL, GatewayMetrics
-from gateway.peers import PeerPool, UnknownPeer
+from gateway.peers import PEER_CALL_SECONDS, PeerPool, UnknownPeer
 from gateway.policy import (
     DataRequest,
     Decision,
@@ -305,9 +305,11 @@ class QueryPath:
         metrics: GatewayMetrics,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         reporter: AccessReporter | None = None,
+        peer_timeout_seconds: float = PEER_CALL_SECONDS,
     ) -> None:
         self.region = region
         self.gateway_name = gateway_name
+        self.peer_timeout_seconds = peer_timeout_seconds  # a forward's bound (and the deadline's)
         self._registry = registry
         self._tokens = tokens
         self._replay = replay
@@ -329,6 +331,10 @@ class QueryPath:
     @property
     def cache(self) -> AnswerCache:
         return self._cache
+
+    @property
+    def provider(self) -> ProviderClient | None:
+        return self._provider
 
     async def report_loop(self) -> None:
         """The access reporter's background loop (until cancelled); returns at once without one."""
@@ -404,6 +410,17 @@ class QueryPath:
         if outcome is not Outcome.FAILED:
             self.metrics.decision("allowed" if outcome is Outcome.ALLOWED else "denied", reason)
         return make_audit_id(self._audit.origin, appended.index)
+
+    def _audit_ready(self) -> None:
+        """Refuse at once while the audit store's breaker is open: an answer fetched now could
+        not be released (its record cannot be made durable), so nobody is asked for it."""
+        if self._audit.breaker.state == "open":
+            raise Refusal(
+                grpc.StatusCode.UNAVAILABLE,
+                "AUDIT_UNAVAILABLE",
+                "the audit store is failing (its circuit breaker is open): no answer can be "
+                "released now; try again shortly",
+            )
 
     async def _refuse(self, refusal: Refusal, **audit: Any) -> Refusal:
         """Audit a refusal (best effort: a denial releases nothing) and return it to raise.
@@ -591,6 +608,7 @@ class QueryPath:
                 if cached is not None:
                     return cached
             # (5)
+            self._audit_ready()
             forwarded = await self._forward(request, caller, claims.operator, context)
             # (6)
             fields = await self._check_answer(forwarded, data, decision)
@@ -757,15 +775,13 @@ class QueryPath:
         self, request: exchange_pb2.QueryRequest, caller: Caller, operator: str, context: Context
     ) -> exchange_pb2.ForwardResponse:
         remaining = context.time_remaining()
-        deadline = (
-            min(remaining, DEFAULT_DEADLINE_SECONDS)
-            if remaining is not None
-            else DEFAULT_DEADLINE_SECONDS
-        )
-        try:
-            stub = self._peers.stub(request.provider_region)
-        except UnknownPeer as exc:
-            raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "UNKNOWN_REGION", str(exc)) from exc
+        # The caller's deadline (a call without one gets DEFAULT_DEADLINE_SECONDS), and the
+        # forward's: ours when shorter. A peer that hangs past ours is UNAVAILABLE (the caller
+        # still has time: it is told at once, with the reason); past the caller's own, the
+        # call's deadline is what was exceeded.
+        caller_deadline = remaining if remaining is not None else DEFAULT_DEADLINE_SECONDS
+        deadline = min(caller_deadline, DEFAULT_DEADLINE_SECONDS, self.peer_timeout_seconds)
+        ours = deadline < caller_deadline
         forward = exchange_pb2.ForwardRequest(
             query=request,
             caller=common_pb2.CallerIdentity(
@@ -777,10 +793,33 @@ class QueryPath:
             requesting_region=self.region,
         )
         started = time.perf_counter()
+        timeout = max(deadline - FORWARD_MARGIN_SECONDS, 0.01)
         try:
-            answer = await stub.Forward(
-                forward, timeout=max(deadline - FORWARD_MARGIN_SECONDS, 0.01)
+            answer = await self._peers.call(
+                request.provider_region,
+                lambda stub: stub.Forward(forward, timeout=timeout),
+                timeout_seconds=timeout,
             )
+        except UnknownPeer as exc:
+            raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "UNKNOWN_REGION", str(exc)) from exc
+        except BreakerOpen as exc:
+            raise Refusal(
+                grpc.StatusCode.UNAVAILABLE,
+                "PEER_UNAVAILABLE",
+                f"the gateway of region {request.provider_region} is failing: not called "
+                "(its circuit breaker is open); try again shortly",
+            ) from exc
+        except TimeoutError as exc:  # the backstop: the call's own deadline did not end it
+            self.metrics.peer_call(
+                request.provider_region,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                time.perf_counter() - started,
+            )
+            raise Refusal(
+                grpc.StatusCode.UNAVAILABLE if ours else grpc.StatusCode.DEADLINE_EXCEEDED,
+                "PEER_UNAVAILABLE",
+                f"the gateway of region {request.provider_region} did not answer in time",
+            ) from exc
         except grpc.aio.AioRpcError as exc:
             reason, message = _error_info(exc)
             code = exc.code()
@@ -795,7 +834,7 @@ class QueryPath:
                 "SEAL_KEY_UNAVAILABLE",
             ):
                 raise Refusal(
-                    code,
+                    grpc.StatusCode.UNAVAILABLE if ours else code,
                     "PEER_UNAVAILABLE",
                     f"the gateway of region {request.provider_region} did not answer: "
                     f"{peer_text(exc.details() or '')}",
@@ -916,6 +955,7 @@ class QueryPath:
             assert dataset is not None  # the decision checked it
             fields = tuple(sorted(decision.fields))
             # (3)
+            self._audit_ready()
             subject = pseudonymize(data.subject_id, self._pseudonym_key)
             audit["subject"] = subject
             key = cache_key(
@@ -1267,17 +1307,16 @@ class QueryPath:
 
     async def _reported(self, reporting_region: str, report: AccessReport) -> str | None:
         """The audit id of this gateway's record of `report`, if it recorded it already."""
-        found = await self._audit.store.query(
-            AuditQuery(
-                subject=report.subject_pseudonym,
-                caller_agency=report.caller_agency,
-                dataset=report.dataset,
-                outcome=Outcome.ALLOWED,
-                since=report.accessed_at,
-                until=report.accessed_at + timedelta(microseconds=1),
-                limit=100,
-            )
+        query = AuditQuery(
+            subject=report.subject_pseudonym,
+            caller_agency=report.caller_agency,
+            dataset=report.dataset,
+            outcome=Outcome.ALLOWED,
+            since=report.accessed_at,
+            until=report.accessed_at + timedelta(microseconds=1),
+            limit=100,
         )
+        found = await self._audit.read(lambda: self._audit.store.query(query))
         for index, record in found:
             if (
                 rpcs.made_by(record.rpc, rpcs.REPORT_ACCESS)
@@ -1299,7 +1338,7 @@ class QueryPath:
         origin, _, index = report.answer_audit_id.rpartition("#")
         if origin != self._audit.origin or not index.isdigit() or len(index) > 18:
             return False
-        rows = await self._audit.store.rows(int(index), int(index) + 1)
+        rows = await self._audit.read(lambda: self._audit.store.rows(int(index), int(index) + 1))
         if not rows:
             return False
         try:

@@ -341,7 +341,7 @@ class OversightService(oversight_pb2_grpc.OversightServicer):
         """The page a token names; the first page (no token) covers the log as it is now."""
         call.ask("page_token", token)
         if not token:
-            return _Page(-1, (await self._audit.store.head()).size)
+            return _Page(-1, (await self._audit.read(self._audit.store.head)).size)
         # A token this service issued is ASCII digits below 2**63 (SQLite's INTEGER).
         # str.isdigit() would pass "²" and int() would then raise.
         found = _PAGE_TOKEN.fullmatch(token)
@@ -367,8 +367,13 @@ class OversightService(oversight_pb2_grpc.OversightServicer):
     ) -> tuple[list[tuple[int, AuditRecord]], str]:
         """(records of one page, the next page's token or ""): at most `size` records and about
         MAX_PAGE_BYTES by `measure`, below `page.upto`. Raises AuditUnavailable."""
-        found = await self._audit.store.query(query)
-        upto = (await self._audit.store.head()).size if page.upto is None else page.upto
+        # bounded, through the audit store's breaker: a frozen store is not waited for
+        found = await self._audit.read(lambda: self._audit.store.query(query))
+        upto = (
+            (await self._audit.read(self._audit.store.head)).size
+            if page.upto is None
+            else page.upto
+        )
         shown: list[tuple[int, AuditRecord]] = []
         total = 0
         full_in_bytes = reached_upto = False

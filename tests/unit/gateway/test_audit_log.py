@@ -15,8 +15,9 @@ from gateway.audit._checkpoint import CheckpointError, sign_checkpoint, verify_c
 from gateway.audit._log import AuditLog
 from gateway.audit._merkle import leaf_hash
 from gateway.audit._record import AuditRecord, Outcome, pseudonymize
-from gateway.audit._store import MemoryAuditStore, StoredRow
+from gateway.audit._store import Appended, AuditQuery, MemoryAuditStore, StoredRow, TreeHead
 from gateway.audit.errors import AuditUnavailable
+from gateway.cache import CircuitBreaker
 
 ORIGIN = "audit.test/510000"
 
@@ -62,6 +63,116 @@ async def test_an_append_that_cannot_be_made_durable_raises_audit_unavailable() 
     store.available = True
     assert (await log.append(make_record(3))).index == 3
     await log.close()
+
+
+class FrozenStore(MemoryAuditStore):
+    """A store whose appends hang while `frozen` (a database stopped with SIGSTOP) and complete
+    once thawed: what was sent before the freeze becomes durable late."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.thawed = asyncio.Event()
+        self.thawed.set()
+        self.calls = 0
+
+    async def append(self, record: AuditRecord) -> Appended:
+        self.calls += 1
+        await self.thawed.wait()
+        return await super().append(record)
+
+    async def head(self) -> TreeHead:
+        self.calls += 1
+        await self.thawed.wait()
+        return await super().head()
+
+
+async def _frozen_log(timeout: float = 0.05) -> tuple[AuditLog, FrozenStore]:
+    store = FrozenStore()
+    log = AuditLog(
+        store,
+        origin=ORIGIN,
+        key=ed25519.Ed25519PrivateKey.generate(),
+        key_name="audit-510000",
+        append_timeout_seconds=timeout,
+        read_timeout_seconds=timeout,
+        breaker=CircuitBreaker(failure_threshold=2, open_seconds=0.2, name="audit store"),
+    )
+    await log.open()
+    return log, store
+
+
+async def test_a_frozen_store_is_refused_within_the_bound_then_not_called() -> None:
+    log, store = await _frozen_log()
+    store.thawed.clear()
+    for i in range(2):
+        async with asyncio.timeout(5):  # the bound (0.05 s) answers, not this
+            with pytest.raises(AuditUnavailable):
+                await log.append(make_record(i))
+    assert log.breaker.state == "open"
+    assert log.breaker.timeouts == 2
+    with pytest.raises(AuditUnavailable):
+        await log.append(make_record(2))
+    assert store.calls == 2, "the store is not called while its breaker is open"
+    store.thawed.set()
+    await asyncio.sleep(0.25)  # open_seconds: the next append is the half-open trial
+    assert (await log.append(make_record(3))).index >= 2
+    assert log.breaker.state == "closed"
+    await log.close()
+
+
+async def test_an_allowed_record_whose_caller_was_cancelled_is_followed_by_not_released() -> None:
+    log, store = await _frozen_log(timeout=60)
+    store.thawed.clear()
+    record = make_record(1)
+    waiting = asyncio.ensure_future(log.append(record))
+    await asyncio.sleep(0.01)
+    waiting.cancel()  # the caller's deadline: its answer is never released
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    store.thawed.set()  # the record was on its way: it is stored all the same
+    await asyncio.sleep(0.05)
+    await log.close()
+    stored = [(r.outcome, r.reason) for _, r in await store.query(AuditQuery(limit=100))]
+    assert stored == [(Outcome.ALLOWED, ""), (Outcome.FAILED, "AUDIT_UNAVAILABLE")]
+
+
+async def test_a_read_of_a_frozen_store_is_bounded_and_shares_the_breaker() -> None:
+    log, store = await _frozen_log()
+    assert (await log.read(store.head)).size == 0
+    store.thawed.clear()
+    for _ in range(2):
+        with pytest.raises(AuditUnavailable, match="did not answer"):
+            await log.read(store.head)
+    assert log.breaker.state == "open"
+    calls = store.calls
+    with pytest.raises(AuditUnavailable, match="circuit breaker is open"):
+        await log.append(make_record(1))  # appends and reads share one breaker
+    assert store.calls == calls
+    store.thawed.set()
+    await log.close()
+
+
+async def test_an_allowed_record_durable_after_its_refusal_is_followed_by_not_released() -> None:
+    log, store = await _frozen_log()
+    store.thawed.clear()
+    allowed, denied = make_record(1), make_record(2, outcome=Outcome.DENIED)
+    for record in (allowed, denied):
+        with pytest.raises(AuditUnavailable):
+            await log.append(record)
+    store.thawed.set()  # the database comes back: both late records are stored
+    await asyncio.sleep(0.05)
+    await log.close()
+    stored = [r for _, r in await store.query(AuditQuery(limit=100))]
+    by_request: dict[str, list[tuple[Outcome, str, tuple[str, ...]]]] = {}
+    for r in stored:
+        by_request.setdefault(r.request_id, []).append((r.outcome, r.reason, r.fields))
+    assert by_request[allowed.request_id] == [
+        (Outcome.ALLOWED, "", allowed.fields),
+        (Outcome.FAILED, "AUDIT_UNAVAILABLE", ()),  # the answer was not released
+    ]
+    assert by_request[denied.request_id] == [
+        (Outcome.DENIED, "FIELD_NOT_ALLOWED", ("name", "status"))
+    ]
 
 
 def _edit(record: AuditRecord, **changes: object) -> bytes:

@@ -222,7 +222,11 @@ def test_each_key_sets_the_field_the_reference_names(tmp_path: Path) -> None:
         '[audit]\nstore = "sqlite"\npath = "x.db"\nschema = "s1"\nkey = "audit.key"\n'
         'pseudonym_key_file = "pseudonym.key"\norigin = "o1"\n'
         "checkpoint_every_records = 17\ncheckpoint_every_seconds = 19\n"
-        '[exchange]\nprovider = "127.0.0.1:9331"\ncache_key_file = "cache.key"\n',
+        "append_timeout_seconds = 1.5\n"
+        '[exchange]\nprovider = "127.0.0.1:9331"\ncache_key_file = "cache.key"\n'
+        "redis_timeout_seconds = 0.3\nprovider_timeout_seconds = 1.25\n"
+        "peer_timeout_seconds = 4.5\nbreaker_failures = 4\nbreaker_window_seconds = 8\n"
+        "breaker_open_seconds = 1.75\n",
         "utf-8",
     )
     config = GatewayConfig.from_file(path)

@@ -10,9 +10,12 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
 
 import gateway.peers
-from gateway.peers import PeerPool, UnknownPeer
+from gateway.cache import BreakerOpen
+from gateway.peers import PeerPool, UnknownPeer, peer_failed
 from registry import Region, Registry
 from tongban.v1 import exchange_pb2, exchange_pb2_grpc
 
@@ -214,3 +217,54 @@ async def test_a_call_in_flight_on_a_replaced_channel_finishes(opened: list[_Rec
         await pool.close()
     finally:
         await server.stop(None)
+
+
+# -- what counts against a peer in its breaker ---------------------------------------------------
+def _peer_error(code: grpc.StatusCode, reason: str = "") -> grpc.aio.AioRpcError:
+    trailing = grpc.aio.Metadata()
+    if reason:
+        detail = any_pb2.Any()
+        detail.Pack(error_details_pb2.ErrorInfo(reason=reason, domain="tongban"))
+        status = status_pb2.Status(code=code.value[0], message="why", details=[detail])
+        trailing = grpc.aio.Metadata(("grpc-status-details-bin", status.SerializeToString()))
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), trailing, details="why")
+
+
+@pytest.mark.parametrize(
+    ("error", "counts"),
+    [
+        (TimeoutError(), True),  # our bound ended it
+        (_peer_error(grpc.StatusCode.DEADLINE_EXCEEDED), True),
+        (_peer_error(grpc.StatusCode.UNAVAILABLE), True),  # unreachable, or no answer
+        (_peer_error(grpc.StatusCode.UNAVAILABLE, "PEER_UNAVAILABLE"), True),
+        (_peer_error(grpc.StatusCode.UNAVAILABLE, "AUDIT_UNAVAILABLE"), False),  # it is up
+        (_peer_error(grpc.StatusCode.UNAVAILABLE, "PROVIDER_UNAVAILABLE"), False),
+        (_peer_error(grpc.StatusCode.UNAVAILABLE, "REGISTRY_STALE"), False),
+        (_peer_error(grpc.StatusCode.PERMISSION_DENIED, "NO_AGREEMENT"), False),  # it decided
+        (_peer_error(grpc.StatusCode.NOT_FOUND, "SUBJECT_NOT_FOUND"), False),
+        (ValueError("not a call's error"), False),
+    ],
+    ids=lambda value: value if isinstance(value, bool) else None,
+)
+def test_what_counts_against_a_peer(error: BaseException, counts: bool) -> None:
+    assert peer_failed(error) is counts
+
+
+async def test_each_peer_region_has_one_breaker_and_an_open_one_is_not_called() -> None:
+    pool = _pool(_Store(_registry()), overrides={"330000": "127.0.0.1:1"})
+    assert pool.breaker("330000") is pool.breaker("330000")
+    assert pool.breaker("330000") is not pool.breaker("500000")
+    breaker = pool.breaker("330000")
+    for _ in range(breaker.failure_threshold):
+        breaker.failure(timeout=True)
+    called = False
+
+    async def forward(stub: object) -> None:
+        nonlocal called
+        called = True
+
+    with pytest.raises(BreakerOpen):
+        await pool.call("330000", forward, timeout_seconds=1)
+    assert not called
+    assert pool.breaker("500000").state == "closed"
+    await pool.close()
