@@ -2558,9 +2558,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# A kid (the base64url SHA-256 of a certificate, 43 characters) begins with "-" once in 64, and
+# argparse would take it for an option ("the following arguments are required: kid").
+_DASHED_KID = re.compile(r"-[A-Za-z0-9_-]{42}")
+
+
+def operands_last(argv: Sequence[str]) -> list[str]:
+    """`argv` with every kid that begins with "-" moved after a "--", where it can only be an
+    operand (kids are positional arguments, never option values)."""
+    if "--" in argv:
+        return list(argv)
+    kids = [a for a in argv if _DASHED_KID.fullmatch(a)]
+    if not kids:
+        return list(argv)
+    return [*(a for a in argv if not _DASHED_KID.fullmatch(a)), "--", *kids]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(operands_last(sys.argv[1:] if argv is None else argv))
     try:
         log_format = configure_logging(args.log_level, args.log_format)
     except ValueError as exc:  # a wrong TONGBAN_LOG_FORMAT

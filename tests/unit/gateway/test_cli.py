@@ -835,6 +835,36 @@ def test_a_kid_that_starts_with_a_dash_is_revoked_after_double_dash(
     assert "Traceback" not in err
 
 
+def test_a_kid_that_starts_with_a_dash_needs_no_double_dash(tmp_path: Path, run: Run) -> None:
+    """As the docs show it, `keys revoke ... KID`: a kid beginning with "-" (one in 64) is the
+    kid, not an unknown option (it was "the following arguments are required: kid")."""
+    fed = make_federation(tmp_path)
+    dashed = "-" + "A" * 42
+    code, _, err = run("keys", "revoke", "--pki", fed.pki, "--reason", "superseded", dashed)
+    assert code == 1
+    assert f"no key '{dashed}'" in err
+    code, _, err = run("keys", "revoke", dashed, "--pki", fed.pki, "--reason", "superseded")
+    assert (code, f"no key '{dashed}'" in err) == (1, True)
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (
+            ["keys", "revoke", "-" + "B" * 42, "--pki", "p"],
+            ["keys", "revoke", "--pki", "p", "--", "-" + "B" * 42],
+        ),
+        (["keys", "revoke", "--pki", "p", "K"], ["keys", "revoke", "--pki", "p", "K"]),
+        (["keys", "revoke", "--", "-" + "B" * 42], ["keys", "revoke", "--", "-" + "B" * 42]),
+        (["keys", "revoke", "-x"], ["keys", "revoke", "-x"]),  # not a kid: argparse says so
+    ],
+)
+def test_operands_last(argv: list[str], expected: list[str]) -> None:
+    from gateway.cli import operands_last
+
+    assert operands_last(argv) == expected
+
+
 def test_version_is_the_package_version(run: Run) -> None:
     from importlib.metadata import version
 
