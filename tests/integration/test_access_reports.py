@@ -191,8 +191,13 @@ async def test_a_requester_scope_repeat_is_answered_locally_and_reported_to_the_
         assert record.fields == LICENCE_FIELDS
         assert record.agreement_id == "LICENCE-ZJ-2026"
         assert subject not in record.canonical.decode()
-    assert requester.query_path.reporter is not None
-    assert requester.query_path.reporter.counters.accepted == 2
+    reporter = requester.query_path.reporter
+    assert reporter is not None
+    # The owner's records are durable before its answer reaches the requester: wait for that too.
+    while reporter.counters.accepted < 2:
+        assert asyncio.get_running_loop().time() < deadline, reporter.counters
+        await asyncio.sleep(0.05)
+    assert reporter.counters.accepted == 2
 
     # The citizen's data tracker on the owner lists all three accesses.
     async with grpc.aio.secure_channel(

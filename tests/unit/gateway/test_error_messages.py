@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import sqlite3
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -185,6 +186,11 @@ class _Peers:
 
         return Stub()
 
+    async def call(
+        self, region: str, send: Callable[[Any], Awaitable[Any]], *, timeout_seconds: float
+    ) -> Any:
+        return await send(self.stub(region))  # as PeerPool.call, without a breaker
+
 
 CALLER = Caller(CallerKind.AGENCY, "510000", "sc.amr", "0" * 43, "CN=sc.amr")
 
@@ -237,6 +243,7 @@ async def test_the_requester_passes_on_a_peers_reason_never_its_words(
     path._peers = _Peers(peer_refusal(code, reason, words))  # type: ignore[assignment]
     path.metrics = _Metrics()  # type: ignore[assignment]
     path.region = "510000"
+    path.peer_timeout_seconds = 5.0
     query = exchange_pb2.QueryRequest(provider_region="330000")
     with pytest.raises(Refusal) as caught:
         await path._forward(query, CALLER, "operator", _Context())  # type: ignore[arg-type]
