@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import support
 from support import DEMO_SOURCE, Federation, make_federation
 
 from registry import RegistrySource, load_source
@@ -31,10 +31,4 @@ def federation(tmp_path: Path) -> Federation:
 
 @pytest.fixture
 def free_port() -> Callable[[], int]:
-    def pick() -> int:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port: int = s.getsockname()[1]
-            return port
-
-    return pick
+    return support.free_port
