@@ -194,7 +194,7 @@ _NOT_BEFORE_HELP = (
 _CERTIFICATE_LABELS = ("kid", "usage", "owner")
 
 
-class _HeldCertificates:
+class _HeldCertificates(Collector):
     """The certificate gauges made at scrape time from the registry last observed: in
     multi-process mode a series kept in prometheus_client's files cannot be removed, and a key
     that left the registry must not keep its series for the life of the workers."""
