@@ -769,6 +769,8 @@ class Gateway:
         )
         if self.query_path is not None:
             self.metrics.observe_cache(self.query_path.cache)
+            if self.query_path.reporter is not None:
+                self.metrics.observe_reports(self.query_path.reporter.backlog)
         self.metrics.observe_breakers(self.breakers())
         self.metrics.observe_admission(self.admission)
         if self.audit is not None:

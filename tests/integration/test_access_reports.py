@@ -31,7 +31,7 @@ from typing import Any
 import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from fault_support import records, running_gateways
+from fault_support import metric_value, records, running_gateways
 from query_support import CALL_TIMEOUT, Cluster, bearer, request
 from support import Federation, credentials_as, error_info, eventually
 
@@ -568,6 +568,8 @@ async def test_a_graceful_stop_flushes_the_reports_still_waiting(
         await asyncio.sleep(0.3)
         assert await audited(cluster, OWNER, "/tongban.v1.Peer/ReportAccess") == []
         assert await reporter.audit.outbox_backlog() == {OWNER: 3}
+        requester.observe()  # what monitoring sees meanwhile
+        assert metric_value(requester, "tongban_access_reports_waiting", owner=OWNER) == 3
         await requester.stop()
         del cluster.gateways[REQUESTER]
         reported = await audited(cluster, OWNER, "/tongban.v1.Peer/ReportAccess")
