@@ -44,6 +44,7 @@ from gateway.audit._store import (
     Outbound,
     Pending,
     PruneMarker,
+    StoredRow,
 )
 from gateway.audit.errors import AuditIntegrityError, AuditUnavailable
 from gateway.cache import BreakerOpen, CircuitBreaker
@@ -348,13 +349,13 @@ class AuditLog:
             raise AuditUnavailable(
                 "this audit log was opened to read and verify: it holds no signing key"
             )
-        head = await self.store.head()
+        head = await self.read(self.store.head)
         self._since_checkpoint = 0
         signed_at = self._clock()
         checkpoint = sign_checkpoint(
             self.origin, head.size, head.root, self._key, self.key_name, signed_at=signed_at
         )
-        await self.store.add_checkpoint(checkpoint, signed_at)
+        await self.read(lambda: self.store.add_checkpoint(checkpoint, signed_at))
         if self.observer is not None:
             self.observer.checkpoint(head.size, signed_at)
         return checkpoint
@@ -363,7 +364,7 @@ class AuditLog:
         """(the latest checkpoint, True) after signing one if the log grew since the latest
         signed one; (the latest, False) when it already covers the whole log."""
         latest = await self.latest_checkpoint()
-        head = await self.store.head()
+        head = await self.read(self.store.head)
         if latest is not None and latest.size == head.size and latest.root == head.root:
             return latest, False
         return await self.checkpoint(), True
@@ -479,18 +480,23 @@ class AuditLog:
         await self.store.prune(PruneMarker(cut, compact.to_bytes(), when, operator, reason))  # (5)
         return Pruned(first, cut, at_cut, at_head)
 
+    async def _rows(self, start: int, end: int) -> list[StoredRow]:
+        """One chunk of stored rows, within the read bound (a store frozen mid-way is not
+        waited for)."""
+        return await self.read(lambda: self.store.rows(start, end))
+
     async def latest_checkpoint(self) -> Checkpoint | None:
-        checkpoints = await self.store.checkpoints()
+        checkpoints = await self.read(self.store.checkpoints)
         return checkpoints[-1] if checkpoints else None
 
     async def _tree(self, size: int) -> MerkleTree:
-        marker = await self.store.pruned()
+        marker = await self.read(self.store.pruned)
         if marker is None:
             tree = MerkleTree()
         else:
             tree = MerkleTree.from_compact(CompactRange.from_bytes(marker.before, marker.compact))
         for start in range(tree.size, size, VERIFY_CHUNK):
-            for row in await self.store.rows(start, min(size, start + VERIFY_CHUNK)):
+            for row in await self._rows(start, min(size, start + VERIFY_CHUNK)):
                 tree.append(row.leaf_hash)
         if tree.size != size:
             raise AuditUnavailable(
@@ -502,7 +508,7 @@ class AuditLog:
         self, index: int, size: int | None = None
     ) -> tuple[list[bytes], int, bytes, bytes]:
         """(proof, tree size, root, leaf hash) for the record at `index` in a tree of `size`."""
-        size = (await self.store.head()).size if size is None else size
+        size = (await self.read(self.store.head)).size if size is None else size
         tree = await self._tree(size)
         return tree.inclusion_proof(index, size), size, tree.root(size), tree.node(0, index)
 
@@ -510,7 +516,7 @@ class AuditLog:
         self, size1: int, size2: int | None = None
     ) -> tuple[list[bytes], int, bytes]:
         """(proof, second size, second root) that the tree of `size1` is a prefix."""
-        size2 = (await self.store.head()).size if size2 is None else size2
+        size2 = (await self.read(self.store.head)).size if size2 is None else size2
         tree = await self._tree(size2)
         return tree.consistency_proof(size1, size2), size2, tree.root(size2)
 
@@ -525,7 +531,10 @@ class AuditLog:
         (4) the columns the store queries by say what the records say
         """
         checkpoints: list[Checkpoint] = []
-        for stored in [*await self.store.checkpoints(), *([trusted] if trusted else [])]:  # (1)
+        for stored in [
+            *await self.read(self.store.checkpoints),
+            *([trusted] if trusted else []),
+        ]:  # (1)
             try:
                 checkpoints.append(self.verify_note(stored))
             except CheckpointError as exc:
@@ -538,7 +547,7 @@ class AuditLog:
                     None,
                 )
         checkpoints.sort(key=lambda c: c.size)
-        marker = await self.store.pruned()
+        marker = await self.read(self.store.pruned)
         first = marker.before if marker else 0
         try:
             compact = CompactRange.from_bytes(first, marker.compact) if marker else CompactRange()
@@ -567,14 +576,14 @@ class AuditLog:
         ]  # older ones covered removed records
         wanted = {c.size for c in checkpoints}
         roots: dict[int, bytes] = {}
-        head = await self.store.head()
+        head = await self.read(self.store.head)
         span = max([head.size, *wanted])
         if first in wanted:
             roots[first] = compact.root()
         index = first
         problem = ""
         for start in range(first, span, VERIFY_CHUNK):  # (2)
-            for row in await self.store.rows(start, min(span, start + VERIFY_CHUNK)):
+            for row in await self._rows(start, min(span, start + VERIFY_CHUNK)):
                 if row.index != index:
                     problem = f"record {index} is missing (the next stored record is {row.index})"
                     break

@@ -398,3 +398,25 @@ async def test_checkpoint_if_grown_signs_only_when_the_log_grew() -> None:
     await log.append(make_record(3))
     grown, signed = await log.checkpoint_if_grown()
     assert (grown.size, signed) == (4, True)
+
+
+async def test_oversight_reads_of_a_frozen_store_are_bounded_too() -> None:
+    """Signing a checkpoint, a proof and a verification read the store within the read bound
+    (what VerifyAudit, GetProof and SignCheckpoint call): a frozen store fails them, it does not
+    hold them."""
+    log, store = await _frozen_log()
+    await log.append(make_record(0))
+    store.thawed.clear()
+    async with asyncio.timeout(5):  # the bound (0.05 s) answers, not this
+        with pytest.raises(AuditUnavailable):
+            await log.checkpoint()
+        with pytest.raises(AuditUnavailable):
+            await log.checkpoint_if_grown()
+        with pytest.raises(AuditUnavailable):
+            await log.inclusion_proof(0)
+        with pytest.raises(AuditUnavailable):
+            await log.verify()
+    store.thawed.set()
+    await asyncio.sleep(0.25)  # the breaker's open_seconds
+    assert (await log.verify()).intact
+    await log.close()
