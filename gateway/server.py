@@ -96,9 +96,9 @@ from signer import (
     SealVerifier,
     SignerError,
     TrustedKey,
-    certificate_thumbprint,
     load_private_key,
 )
+from signer import x5t_s256_of_certificate as certificate_thumbprint
 from tongban.v1 import (
     credentials_pb2,
     credentials_pb2_grpc,
