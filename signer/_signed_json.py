@@ -43,7 +43,7 @@ from signer.errors import (
     UnsupportedAlgorithm,
 )
 
-__all__ = ["EXTENSION_HEADERS", "VerifiedJson", "canonical_json", "sign_json", "verify_json"]
+__all__ = ["EXTENSION_HEADERS", "canonical_json", "sign_json", "verify_json"]
 
 EXTENSION_HEADERS: Final = frozenset({"crit", "b64"})  # refused: no JWS extension is used
 
