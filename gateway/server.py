@@ -45,7 +45,8 @@ from gateway.audit import (
     SqliteAuditStore,
     digest_form,
 )
-from gateway.cache import AnswerCache, CacheBackend, CircuitBreaker, MemoryBackend, RedisBackend
+from gateway.breaker import CircuitBreaker
+from gateway.cache import AnswerCache, CacheBackend, MemoryBackend, RedisBackend
 from gateway.config import GatewayConfig
 from gateway.errors import ConfigError, GatewayError
 from gateway.identity import (

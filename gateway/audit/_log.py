@@ -38,7 +38,7 @@ from gateway.audit._merkle import CompactRange, MerkleTree, ProofError, leaf_has
 from gateway.audit._record import FIELD_GRAMMARS, AuditRecord, Outcome, is_case_id
 from gateway.audit._store import Appended, AuditStore, PruneMarker
 from gateway.audit.errors import AuditIntegrityError, AuditUnavailable
-from gateway.cache import BreakerOpen, CircuitBreaker
+from gateway.breaker import BreakerOpen, CircuitBreaker
 
 __all__ = [
     "APPEND_TIMEOUT_SECONDS",

@@ -17,7 +17,7 @@ from gateway.audit._merkle import leaf_hash
 from gateway.audit._record import AuditRecord, Outcome, pseudonymize
 from gateway.audit._store import Appended, AuditQuery, MemoryAuditStore, StoredRow, TreeHead
 from gateway.audit.errors import AuditUnavailable
-from gateway.cache import CircuitBreaker
+from gateway.breaker import CircuitBreaker
 
 ORIGIN = "audit.test/510000"
 

@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from support import eventually, make_federation
 
 from gateway.admission import DEFAULT_LIMITS, CallAdmission, Limits, Pool
-from gateway.cache import CircuitBreaker
+from gateway.breaker import CircuitBreaker
 from gateway.errors import abort
 from gateway.metrics import (
     GRPC_LATENCY_BUCKETS,

@@ -14,7 +14,8 @@ import pytest
 from redis.asyncio import Redis
 
 from gateway.audit import pseudonymize
-from gateway.cache import AnswerCache, CircuitBreaker, MemoryBackend
+from gateway.breaker import CircuitBreaker
+from gateway.cache import AnswerCache, MemoryBackend
 from gateway.quota import (
     FallbackQuotaCounter,
     MemoryQuotaCounter,
