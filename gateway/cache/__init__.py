@@ -5,34 +5,13 @@ uncached and recovers by itself. Authorisation always comes first: the cache nev
 may see an answer."""
 
 from gateway.breaker import BreakerOpen, CircuitBreaker  # for gateway.reports and exchange
-from gateway.cache._backend import (
-    BackendError,
-    BackendTimeout,
-    BackendUnavailable,
-    CacheBackend,
-    MemoryBackend,
-)
+from gateway.cache._backend import BackendTimeout, BackendUnavailable, CacheBackend, MemoryBackend
 from gateway.cache._cache import AnswerCache
-from gateway.cache._key import KEY_PREFIX, KEY_SIZE, cache_key, redis_key
-from gateway.cache._redis import (
-    CONNECT_TIMEOUT,
-    MAX_CONNECTIONS,
-    OPERATION_TIMEOUT,
-    RETRIES,
-    SOCKET_TIMEOUT,
-    RedisBackend,
-)
+from gateway.cache._key import cache_key, redis_key
+from gateway.cache._redis import RedisBackend
 
 __all__ = [
-    "CONNECT_TIMEOUT",
-    "KEY_PREFIX",
-    "KEY_SIZE",
-    "MAX_CONNECTIONS",
-    "OPERATION_TIMEOUT",
-    "RETRIES",
-    "SOCKET_TIMEOUT",
     "AnswerCache",
-    "BackendError",
     "BackendTimeout",
     "BackendUnavailable",
     "BreakerOpen",

@@ -19,6 +19,20 @@ REPO = Path(__file__).resolve().parents[2]
 SCANNED = ("gateway", "registry", "signer", "bench", "tests", "examples")
 
 EXPECTED: dict[str, frozenset[str]] = {
+    "gateway.cache": frozenset(
+        {
+            "AnswerCache",
+            "BackendTimeout",
+            "BackendUnavailable",
+            "BreakerOpen",  # gateway.breaker's, while gateway.reports and exchange import it here
+            "CacheBackend",
+            "CircuitBreaker",  # likewise
+            "MemoryBackend",
+            "RedisBackend",
+            "cache_key",
+            "redis_key",
+        }
+    ),
     "signer": frozenset(
         {
             "ALLOWED_ALGORITHMS",
@@ -128,14 +142,14 @@ EXPECTED: dict[str, frozenset[str]] = {
 
 @cache
 def imported_from_outside(package: str) -> dict[str, frozenset[str]]:
-    """name -> the files outside `package` that import it from the package itself
+    """name -> the files outside `package` (a folder) that import it from the package itself
     (`from package import name`, or `package.name` after `import package`)."""
     users: dict[str, set[str]] = defaultdict(set)
     for top in SCANNED:
-        if top == package:
-            continue
         for path in sorted((REPO / top).rglob("*.py")):
             where = str(path.relative_to(REPO))
+            if where.startswith(package.replace(".", "/") + "/"):
+                continue
             tree = ast.parse(path.read_text(encoding="utf-8"), where)
             bound = {
                 alias.asname or alias.name
