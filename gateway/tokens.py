@@ -8,7 +8,9 @@ certificate by ``cnf`` ``x5t#S256`` (RFC 8705), so it is useless from any other 
 may serve several requests until it expires; `TokenVerifier` remembers a verified token until
 then (ARCHITECTURE.md §3, "Caller identity").
 
-`issue_token` plays the identity service for tests, the demo and `tongban token issue`.
+`issue_token` plays the identity service for tests, the demo and `tongban token issue`. A token
+is signed JSON (`signer.sign_json`, `signer.verify_json`), like registry snapshots and
+access-report batches, with `typ` JWT.
 """
 
 from __future__ import annotations
@@ -325,9 +327,10 @@ class TokenVerifier:
         4. the registry key must exist, have usage `token`, belong to the caller's region (an
            agency's tokens come from its own region's identity service), and its certificate's
            key type must be the one `alg` names.
-        5. `jwt.decode` with exactly that algorithm and key, `aud` this gateway (a single
-           string), `iss` the caller's region's identity service, and exp, iat, aud, iss, jti,
-           sub and agency required.
+        5. The signature verifies with exactly that algorithm and key (steps 3 to 5 are
+           `signer.verify_json`'s, with the registry lookup of 4 as its key lookup); then the
+           claims, read by PyJWT: `aud` this gateway (a single string), `iss` the caller's
+           region's identity service, and exp, iat, aud, iss, jti, sub and agency required.
         6. Times, against the clock with 30 s of leeway: `iat` not in the future, `nbf` (if
            any) reached, 0 < `exp - iat` <= 300 s, `exp` not passed (TOKEN_EXPIRED).
         7. The key may verify a token made at `iat` and still at the current time (not
