@@ -49,7 +49,6 @@ from registry import (
     RegistryTrust,
     SnapshotVerifier,
     build_registry,
-    canonical_json,
     init_dev_federation,
     load_authority_public_key,
     load_source,
@@ -65,6 +64,7 @@ from signer import (
     SignatureKind,
     SignerError,
     ValidationReport,
+    canonical_json,
     load_private_key,
     seal,
 )

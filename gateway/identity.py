@@ -36,7 +36,8 @@ from google.protobuf.message import DecodeError
 
 from gateway.admission import CallAdmission, Pool
 from gateway.errors import PLAIN_MESSAGES, CallerRejected, abort
-from registry import KeyState, Registry, RegistryError, RegistryStore, certificate_thumbprint
+from registry import KeyState, Registry, RegistryError, RegistryStore
+from signer import x5t_s256_of_der
 
 __all__ = [
     "MALFORMED_REASON",
@@ -128,7 +129,7 @@ class CallerResolver:
                 "CERTIFICATE_NOT_TRUSTED", "client certificate names no Tongban party (no SAN URI)"
             ) from exc
         caller: Caller | None = None
-        thumbprint = certificate_thumbprint(certificate.public_bytes(_DER))
+        thumbprint = x5t_s256_of_der(certificate.public_bytes(_DER))
         subject = certificate.subject.rfc4514_string()
         for uri in uris:
             if uri.startswith(GATEWAY_URI_PREFIX):

@@ -29,7 +29,7 @@ from typing import Any, Final, TypeVar
 
 import grpc
 
-from gateway.cache import CircuitBreaker
+from gateway.breaker import CircuitBreaker
 from gateway.errors import error_info_of
 from registry import Registry, RegistryStore
 from tongban.v1 import exchange_pb2_grpc

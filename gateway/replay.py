@@ -29,7 +29,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from gateway.cache import BreakerOpen, CircuitBreaker
+from gateway.breaker import BreakerOpen, CircuitBreaker
 
 __all__ = [
     "KEY_PREFIX",

@@ -45,7 +45,8 @@ from gateway.audit import (
     SqliteAuditStore,
     digest_form,
 )
-from gateway.cache import AnswerCache, CacheBackend, CircuitBreaker, MemoryBackend, RedisBackend
+from gateway.breaker import CircuitBreaker
+from gateway.cache import AnswerCache, CacheBackend, MemoryBackend, RedisBackend
 from gateway.config import GatewayConfig
 from gateway.errors import ConfigError, GatewayError
 from gateway.identity import (
@@ -96,9 +97,9 @@ from signer import (
     SealVerifier,
     SignerError,
     TrustedKey,
-    certificate_thumbprint,
     load_private_key,
 )
+from signer import x5t_s256_of_certificate as certificate_thumbprint
 from tongban.v1 import (
     credentials_pb2,
     credentials_pb2_grpc,

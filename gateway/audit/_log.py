@@ -47,7 +47,7 @@ from gateway.audit._store import (
     StoredRow,
 )
 from gateway.audit.errors import AuditIntegrityError, AuditUnavailable
-from gateway.cache import BreakerOpen, CircuitBreaker
+from gateway.breaker import BreakerOpen, CircuitBreaker
 
 __all__ = [
     "APPEND_TIMEOUT_SECONDS",

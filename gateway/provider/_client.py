@@ -32,7 +32,7 @@ from types import TracebackType
 
 import grpc
 
-from gateway.cache import CircuitBreaker
+from gateway.breaker import CircuitBreaker
 from gateway.errors import PLAIN_MESSAGES, GatewayError, error_info_of
 from gateway.provider._net import is_loopback
 from tongban.v1 import common_pb2, exchange_pb2, exchange_pb2_grpc

@@ -24,7 +24,7 @@ from gateway.audit._store import (
     TreeHead,
 )
 from gateway.audit.errors import AuditUnavailable
-from gateway.cache import CircuitBreaker
+from gateway.breaker import CircuitBreaker
 
 ORIGIN = "audit.test/510000"
 

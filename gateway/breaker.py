@@ -1,5 +1,9 @@
 """The circuit breaker in front of each dependency (Redis, the audit store, each peer region, the
-data system), and the cache's counters."""
+data system).
+
+A breaker also keeps the answer cache's lookup totals (`CacheCounters`: the cache counts them on
+the breaker it is given, and the metrics read a breaker and a cache alike).
+"""
 
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ _T = TypeVar("_T")
 BreakerState = Literal["closed", "open", "half_open"]
 BREAKER_STATES: dict[BreakerState, int] = {"closed": 0, "open": 1, "half_open": 2}  # gauge values
 
-_log = logging.getLogger("gateway.cache")
+_log = logging.getLogger("gateway.cache")  # the name its log lines have always had
 
 
 class BreakerOpen(Exception):
