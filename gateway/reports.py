@@ -51,7 +51,6 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 import grpc
-import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -65,10 +64,11 @@ from gateway.audit import (
     is_case_id,
     is_request_id,
 )
-from gateway.cache import BreakerOpen
+from gateway.breaker import BreakerOpen
 from gateway.errors import error_info_of, peer_text
 from gateway.peers import PeerPool, UnknownPeer
 from registry import KeyState, KeyUsage, Registry, RegistryError, RegistryStore, is_registry_id
+from signer import SignedJsonRefused, canonical_json, sign_json, verify_json
 from tongban.v1 import common_pb2, exchange_pb2
 
 __all__ = [
@@ -131,10 +131,6 @@ _BATCH_KEYS = frozenset(
 
 class ReportFormatError(ValueError):
     """A report or batch that is not in the `tongban.access-report/v1` form."""
-
-
-def canonical_json(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def format_time(value: datetime) -> str:
@@ -359,8 +355,8 @@ def batch_payload(
 
 def sign_batch(payload: bytes, key: ed25519.Ed25519PrivateKey, kid: str) -> str:
     """A compact JWS of `payload` by the reporting gateway's audit key (`kid` its registry id)."""
-    return jwt.PyJWS().encode(
-        payload, key, algorithm="EdDSA", headers={"typ": REPORT_TYPE, "kid": kid, "x5t#S256": kid}
+    return sign_json(
+        payload, key, typ=REPORT_TYPE, kid=kid, algorithms=("EdDSA",), headers={"x5t#S256": kid}
     )
 
 
@@ -412,28 +408,21 @@ def verify_batch(
             "REQUEST_TOO_LARGE",
             f"a batch is a compact JWS of at most {MAX_BATCH_JWS_BYTES} bytes",
         )
-    parts = jws.split(".")
-    if len(parts) != 3 or not parts[2]:
-        raise _signature_invalid("the batch is not a signed compact JWS")
     try:
-        header = jwt.get_unverified_header(jws)
-    except jwt.PyJWTError as exc:
-        raise _signature_invalid(f"the batch header cannot be read: {exc}") from exc
-    if header.get("alg") != "EdDSA":
-        raise _signature_invalid("a batch is signed with EdDSA (the region's Ed25519 audit key)")
-    if header.get("typ") != REPORT_TYPE:
-        raise _signature_invalid(f"the batch's typ is not {REPORT_TYPE}")
-    # (2)
-    public = _report_key(registry, header.get("x5t#S256"), reporting_region, now)
-    # (3)
-    try:
-        payload = jwt.PyJWS().decode(jws, key=public, algorithms=["EdDSA"])
-    except jwt.InvalidSignatureError as exc:
-        raise _signature_invalid(
-            "the batch signature does not verify with the key it names"
-        ) from exc
-    except jwt.PyJWTError as exc:
-        raise _signature_invalid(f"the batch cannot be decoded: {exc}") from exc
+        verified = verify_json(
+            jws,
+            key_for=lambda header: _report_key(
+                registry, header.get("x5t#S256"), reporting_region, now
+            ),
+            algorithms=("EdDSA",),
+            typ=REPORT_TYPE,
+            typ_required=True,
+            max_bytes=MAX_BATCH_JWS_BYTES,
+            what="the batch",
+        )
+    except SignedJsonRefused as exc:
+        raise _signature_invalid(str(exc)) from exc
+    header, payload = verified.header, verified.payload
     # (4)
     try:
         document = json.loads(payload)
@@ -447,7 +436,7 @@ def verify_batch(
         not isinstance(document, dict)
         or set(document) != _BATCH_KEYS
         or document.get("v") != BATCH_VERSION
-        or canonical_json(document) != payload
+        or not verified.is_canonical
     ):
         raise BatchRefused(
             grpc.StatusCode.INVALID_ARGUMENT,

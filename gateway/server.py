@@ -98,8 +98,8 @@ from signer import (
     SignerError,
     TrustedKey,
     load_private_key,
+    x5t_s256_of_certificate,
 )
-from signer import x5t_s256_of_certificate as certificate_thumbprint
 from tongban.v1 import (
     credentials_pb2,
     credentials_pb2_grpc,
@@ -551,7 +551,7 @@ class Gateway:
         )
         if self._peers is not None:
             self._peers.renew()
-        return certificate_thumbprint(leaf)
+        return x5t_s256_of_certificate(leaf)
 
     def _certificate_configuration(self) -> grpc.ServerCertificateConfiguration:
         snapshot = self.store.snapshot

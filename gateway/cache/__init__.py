@@ -4,7 +4,6 @@ behind a circuit breaker (`gateway.breaker`), so that when Redis is down the gat
 uncached and recovers by itself. Authorisation always comes first: the cache never decides who
 may see an answer."""
 
-from gateway.breaker import BreakerOpen, CircuitBreaker  # for gateway.reports and exchange
 from gateway.cache._backend import BackendTimeout, BackendUnavailable, CacheBackend, MemoryBackend
 from gateway.cache._cache import AnswerCache
 from gateway.cache._key import cache_key, redis_key
@@ -14,9 +13,7 @@ __all__ = [
     "AnswerCache",
     "BackendTimeout",
     "BackendUnavailable",
-    "BreakerOpen",
     "CacheBackend",
-    "CircuitBreaker",
     "MemoryBackend",
     "RedisBackend",
     "cache_key",

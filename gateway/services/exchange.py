@@ -61,7 +61,8 @@ from gateway.audit import (
     Outcome,
     pseudonymize,
 )
-from gateway.cache import AnswerCache, BreakerOpen, cache_key
+from gateway.breaker import BreakerOpen
+from gateway.cache import AnswerCache, cache_key
 from gateway.errors import (
     DOMAIN,
     abort,
@@ -93,18 +94,17 @@ from gateway.reports import (
     ReportFormatError,
     verify_batch,
 )
+from gateway.sealing import RegionSealer, SealKeyUnavailable
 from gateway.services.oversight import audit_id as make_audit_id
 from gateway.tokens import TokenError, TokenVerifier
 from registry import (
     CacheScope,
     Dataset,
-    KeyRefused,
-    KeyUsage,
     Registry,
     RegistryError,
     RegistryStore,
 )
-from signer import Indication, KeyProvider, SealVerifier, SignatureKind, seal
+from signer import Indication, KeyProvider, SealVerifier, SignatureKind
 from tongban.v1 import common_pb2, credentials_pb2, exchange_pb2, exchange_pb2_grpc
 
 __all__ = ["DataExchangeService", "PeerService", "QueryPath"]
@@ -317,7 +317,7 @@ class QueryPath:
         self._quota = quota
         self._peers = peers
         self._verifier = verifier
-        self._seal_keys = seal_keys  # the gateway's own map, refilled on a reload
+        self._sealer = RegionSealer(region, seal_keys)  # seal_keys: refilled on a reload
         self._cache = cache
         self._provider = provider
         self._audit = audit
@@ -1055,31 +1055,20 @@ class QueryPath:
                 "SUBJECT_NOT_FOUND",
                 f"region {self.region} holds no {data.dataset} record for this subject",
             )
-        now = self._clock().replace(microsecond=0)
+        content_type = answer.content_type or "application/json"
         try:
-            kid = registry.signing_key(self.region, KeyUsage.SEAL, now).kid
-        except KeyRefused as exc:
-            raise Refusal(grpc.StatusCode.UNAVAILABLE, "SEAL_KEY_UNAVAILABLE", str(exc)) from exc
-        provider = self._seal_keys.get(kid)
-        if provider is None:
-            raise Refusal(
-                grpc.StatusCode.UNAVAILABLE,
-                "SEAL_KEY_UNAVAILABLE",
-                f"this gateway does not hold region {self.region}'s active seal key {kid}",
+            sealed = await self._sealer.seal(
+                registry, answer.payload, content_type=content_type, now=self._clock()
             )
-        jws = seal(
-            answer.payload,
-            provider,
-            content_type=answer.content_type or "application/json",
-            signing_time=now,
-        )
+        except SealKeyUnavailable as exc:
+            raise Refusal(grpc.StatusCode.UNAVAILABLE, exc.reason, str(exc)) from exc
         return credentials_pb2.SealedRecord(
-            jws=jws,
+            jws=sealed.jws,
             payload=answer.payload,
-            content_type=answer.content_type or "application/json",
-            sealer_kid=kid,
-            sealer_region=self.region,
-            sealed_at=_timestamp(now),
+            content_type=content_type,
+            sealer_kid=sealed.kid,
+            sealer_region=sealed.region,
+            sealed_at=_timestamp(sealed.sealed_at),
         )
 
     # -- owner side of requester-side caches ---------------------------------------------------

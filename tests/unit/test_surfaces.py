@@ -24,9 +24,7 @@ EXPECTED: dict[str, frozenset[str]] = {
             "AnswerCache",
             "BackendTimeout",
             "BackendUnavailable",
-            "BreakerOpen",  # gateway.breaker's, while gateway.reports and exchange import it here
             "CacheBackend",
-            "CircuitBreaker",  # likewise
             "MemoryBackend",
             "RedisBackend",
             "cache_key",
