@@ -22,12 +22,26 @@ __all__ = [
     "parse_region",
     "parse_regions",
     "parse_time",
+    "whole_number",
 ]
 
 MAX_DURATION_DAYS = 36500  # days: any period longer than a century is a typo
 MAX_DURATION_SECONDS = MAX_DURATION_DAYS * 86400
 _DURATION = re.compile(r"^(\d+)([smhd])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def whole_number(text: str, what: str, least: int, most: int | None = None) -> int:
+    """`text` as a whole number from `least` to `most` (or up, if None), or the error
+    "'text': `what` from `least` to `most`" (what: e.g. "the limit is a whole number")."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = least - 1
+    if value < least or (most is not None and value > most):
+        bound = "up" if most is None else f"to {most}"
+        raise argparse.ArgumentTypeError(f"{text!r}: {what} from {least} {bound}")
+    return value
 
 
 def parse_duration(text: str) -> timedelta:

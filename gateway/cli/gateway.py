@@ -15,6 +15,7 @@ from gateway.cli._arguments import (
     parse_listen,
     parse_loopback_endpoint,
     parse_region,
+    whole_number,
 )
 from gateway.cli._common import Failure, Parser, Subparsers, passphrase, passphrase_options, usage
 from gateway.config import GatewayConfig
@@ -31,15 +32,7 @@ _PKI_ONLY = (
 def parse_workers(text: str) -> int:
     from gateway.workers import MAX_WORKERS
 
-    try:
-        workers = int(text)
-    except ValueError:
-        workers = 0
-    if not 1 <= workers <= MAX_WORKERS:
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: the number of workers is a whole number from 1 to {MAX_WORKERS}"
-        )
-    return workers
+    return whole_number(text, "the number of workers is a whole number", 1, MAX_WORKERS)
 
 
 def parse_peer(text: str) -> tuple[str, str]:

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gateway._tables import whole
-from gateway.cli._arguments import parse_duration, parse_name, parse_time
+from gateway.cli._arguments import parse_duration, parse_name, parse_time, whole_number
 from gateway.cli._common import (
     DEFAULT_SOURCE,
     Failure,
@@ -34,15 +34,7 @@ MAX_VALIDITY_DAYS = 3650  # days: no leaf certificate outlives its intermediate 
 
 
 def parse_validity_days(text: str) -> int:
-    try:
-        days = int(text)
-    except ValueError:
-        days = 0
-    if not 0 < days <= MAX_VALIDITY_DAYS:
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: validity is a whole number of days from 1 to {MAX_VALIDITY_DAYS}"
-        )
-    return days
+    return whole_number(text, "validity is a whole number of days", 1, MAX_VALIDITY_DAYS)
 
 
 def keys_table(title: str, keys: Sequence[KeyEntry], now: datetime) -> Table:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from gateway.cli._arguments import parse_region
 from gateway.cli._common import Failure, read_input, usage
-from registry import Inventory, KeyState, KeyUsage
+from registry import Inventory, KeyRecord, KeyState, KeyUsage
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -20,10 +20,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_CERTIFICATE_BYTES",
+    "active_audit_key",
     "audit_names",
     "audit_public_key",
     "b64",
     "key_options",
+    "log_name_options",
     "parse_key_name",
     "parse_line",
     "verify_note",
@@ -62,12 +64,15 @@ def key_options(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="a dev PKI folder: use --region's active audit certificate",
     )
-    parser.add_argument(
-        "--region",
-        type=parse_region,
-        metavar="CODE",
-        help="the log's region (GB/T 2260): the defaults below, and the key with --pki",
+    log_name_options(
+        parser, "the log's region (GB/T 2260): the defaults below, and the key with --pki"
     )
+
+
+def log_name_options(parser: argparse.ArgumentParser, region_help: str) -> None:
+    """--region, --origin and --key-name: which log, and the name its checkpoints are signed
+    under (`audit_names`)."""
+    parser.add_argument("--region", type=parse_region, metavar="CODE", help=region_help)
     parser.add_argument(
         "--origin",
         type=parse_line,
@@ -115,20 +120,24 @@ def verify_note(
     raise problem
 
 
+def active_audit_key(args: argparse.Namespace) -> KeyRecord:
+    """The active audit key of --region in the dev PKI of --pki."""
+    active = Inventory.load(args.pki).find(args.region, KeyUsage.AUDIT, KeyState.ACTIVE)
+    if not active:
+        raise Failure(f"{args.pki}: region {args.region} has no active audit key in the inventory")
+    return active[-1]
+
+
 def audit_public_key(args: argparse.Namespace) -> Ed25519PublicKey:
     """The public key of the region's audit key: from --audit-cert, or the dev PKI's active one."""
     from cryptography import x509
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
-    if args.audit_cert is not None:
-        path: Path = args.audit_cert
-    else:
-        active = Inventory.load(args.pki).find(args.region, KeyUsage.AUDIT, KeyState.ACTIVE)
-        if not active:
-            raise Failure(
-                f"{args.pki}: region {args.region} has no active audit key in the inventory"
-            )
-        path = args.pki / active[-1].certificate
+    path: Path = (
+        args.audit_cert
+        if args.audit_cert is not None
+        else args.pki / active_audit_key(args).certificate
+    )
     data = read_input(path, "the audit certificate", limit=MAX_CERTIFICATE_BYTES)
     try:
         certificate = x509.load_pem_x509_certificates(data)[0]

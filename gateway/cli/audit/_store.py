@@ -13,6 +13,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from gateway.cli._arguments import whole_number
 from gateway.cli._common import Failure, usage
 
 if TYPE_CHECKING:
@@ -42,22 +43,12 @@ def parse_schema_name(text: str) -> str:
     return text
 
 
-def _parse_count(text: str, least: int, what: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = least - 1
-    if value < least:
-        raise argparse.ArgumentTypeError(f"{text!r}: {what} is a whole number from {least} up")
-    return value
-
-
 def parse_index(text: str) -> int:
-    return _parse_count(text, 0, "a record index")
+    return whole_number(text, "a record index is a whole number", 0)
 
 
 def parse_size(text: str) -> int:
-    return _parse_count(text, 1, "a tree size")
+    return whole_number(text, "a tree size is a whole number", 1)
 
 
 def store_options(parser: argparse.ArgumentParser) -> None:

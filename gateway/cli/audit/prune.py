@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from gateway.cli._arguments import parse_duration, parse_region
+from gateway.cli._arguments import parse_duration
 from gateway.cli._common import (
     Failure,
     Subparsers,
@@ -18,9 +18,8 @@ from gateway.cli._common import (
     usage,
     utc_now,
 )
-from gateway.cli.audit._keys import audit_names, parse_key_name, parse_line
+from gateway.cli.audit._keys import active_audit_key, audit_names, log_name_options, parse_line
 from gateway.cli.audit._store import check_log_named, check_store_options, on_store, store_options
-from registry import Inventory, KeyState, KeyUsage
 from signer import load_private_key
 
 if TYPE_CHECKING:
@@ -50,15 +49,11 @@ def cmd_audit_prune(args: argparse.Namespace, out: Console) -> int:
             "(the prune's audit record holds them)",
         )
     origin, key_names = audit_names(args)
-    if args.audit_key is not None:
-        key_path: Path = args.audit_key
-    else:
-        active = Inventory.load(args.pki).find(args.region, KeyUsage.AUDIT, KeyState.ACTIVE)
-        if not active:
-            raise Failure(
-                f"{args.pki}: region {args.region} has no active audit key in the inventory"
-            )
-        key_path = args.pki / active[-1].private_key
+    key_path: Path = (
+        args.audit_key
+        if args.audit_key is not None
+        else args.pki / active_audit_key(args).private_key
+    )
     key = load_private_key(key_path, passphrase(args))
     if not isinstance(key, ed25519.Ed25519PrivateKey):
         raise Failure(f"{key_path}: not an Ed25519 key (audit checkpoints are signed with Ed25519)")
@@ -110,25 +105,7 @@ def _signer_options(audit_prune: argparse.ArgumentParser) -> None:
     signer_key.add_argument(
         "--pki", type=Path, metavar="DIR", help="a dev PKI folder: use --region's active audit key"
     )
-    audit_prune.add_argument(
-        "--region",
-        type=parse_region,
-        metavar="CODE",
-        help="the log's region (GB/T 2260)",
-    )
-    audit_prune.add_argument(
-        "--origin",
-        type=parse_line,
-        metavar="NAME",
-        help="the log's name in its checkpoints (default audit.tongban/<region>)",
-    )
-    audit_prune.add_argument(
-        "--key-name",
-        type=parse_key_name,
-        metavar="NAME",
-        help="the checkpoint signer's key name (default: the origin, and audit-<region> for "
-        "checkpoints signed before the key was named after its log)",
-    )
+    log_name_options(audit_prune, "the log's region (GB/T 2260)")
 
 
 def register(audit_verbs: Subparsers) -> None:

@@ -14,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from gateway._tables import whole
-from gateway.cli._arguments import parse_name, parse_region, parse_time
+from gateway.cli._arguments import parse_name, parse_region, parse_time, whole_number
 from gateway.cli._common import Failure, Subparsers, read_input, usage
 from gateway.cli.audit._store import check_store_options, on_store, parse_index, store_options
 
@@ -32,15 +32,7 @@ _OUTCOME_STYLES = {"allowed": "green", "denied": "yellow", "failed": "red"}
 
 
 def parse_limit(text: str) -> int:
-    try:
-        limit = int(text)
-    except ValueError:
-        limit = 0
-    if not 0 < limit <= MAX_QUERY_LIMIT:
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: the limit is a whole number from 1 to {MAX_QUERY_LIMIT}"
-        )
-    return limit
+    return whole_number(text, "the limit is a whole number", 1, MAX_QUERY_LIMIT)
 
 
 def parse_pseudonym(text: str) -> str:
