@@ -33,6 +33,7 @@ __all__ = [
     "print_error",
     "read_input",
     "save_text",
+    "source_option",
     "usage",
     "utc_now",
 ]
@@ -86,6 +87,13 @@ def passphrase_options(parser: argparse.ArgumentParser) -> None:
         "--passphrase-env",
         metavar="VAR",
         help="environment variable holding the private-key passphrase",
+    )
+
+
+def source_option(parser: argparse.ArgumentParser, what: str = "registry source folder") -> None:
+    """--source: the registry source folder (the demo's, shipped in the package, by default)."""
+    parser.add_argument(
+        "--source", type=Path, default=DEFAULT_SOURCE, help=f"{what} (default {DEFAULT_SOURCE})"
     )
 
 

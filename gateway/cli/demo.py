@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from gateway.cli._common import DEFAULT_SOURCE, Failure, Subparsers
+from gateway.cli._common import Failure, Subparsers, source_option
 
 __all__ = ["register"]
 
@@ -74,12 +74,7 @@ def register(commands: Subparsers) -> None:
         help="a new or empty folder for the PKI, registry and audit logs (default: a temporary "
         "folder, removed at the end)",
     )
-    demo.add_argument(
-        "--source",
-        type=Path,
-        default=DEFAULT_SOURCE,
-        help=f"registry source folder (default {DEFAULT_SOURCE})",
-    )
+    source_option(demo)
     demo.add_argument(
         "--redis",
         type=parse_redis_url,

@@ -15,13 +15,13 @@ from rich.table import Table
 from gateway._tables import whole
 from gateway.cli._arguments import parse_duration, parse_name, parse_time, whole_number
 from gateway.cli._common import (
-    DEFAULT_SOURCE,
     Failure,
     Handler,
     Parser,
     Subparsers,
     passphrase,
     passphrase_options,
+    source_option,
     utc_now,
 )
 from registry import PROVINCES, Inventory, KeyEntry, KeyRecord, KeyState, KeyUsage, load_source
@@ -206,12 +206,7 @@ def _register_issue(key_verbs: Subparsers, verb: str, handler: Handler, text: st
         type=parse_validity_days,
         help=f"certificate lifetime in days, 1 to {MAX_VALIDITY_DAYS} (default 365)",
     )
-    p.add_argument(
-        "--source",
-        type=Path,
-        default=DEFAULT_SOURCE,
-        help=f"registry source, to find an agency's region (default {DEFAULT_SOURCE})",
-    )
+    source_option(p, "registry source, to find an agency's region")
     passphrase_options(p)
     p.set_defaults(handler=handler)
 

@@ -9,11 +9,11 @@ from rich.console import Console
 
 from gateway.cli._arguments import parse_regions
 from gateway.cli._common import (
-    DEFAULT_SOURCE,
     Parser,
     Subparsers,
     passphrase,
     passphrase_options,
+    source_option,
     utc_now,
 )
 from registry import init_dev_federation, load_source
@@ -68,11 +68,6 @@ def register(commands: Subparsers) -> None:
         required=True,
         help="comma-separated GB/T 2260 codes, e.g. 330000,510000,500000",
     )
-    init.add_argument(
-        "--source",
-        type=Path,
-        default=DEFAULT_SOURCE,
-        help=f"registry source naming the agencies (default {DEFAULT_SOURCE})",
-    )
+    source_option(init, "registry source naming the agencies")
     passphrase_options(init)
     init.set_defaults(handler=cmd_pki_init)

@@ -13,12 +13,12 @@ from rich.table import Table
 from gateway._tables import whole
 from gateway.cli._arguments import parse_duration
 from gateway.cli._common import (
-    DEFAULT_SOURCE,
     Failure,
     Parser,
     Subparsers,
     passphrase,
     passphrase_options,
+    source_option,
     usage,
     utc_now,
 )
@@ -144,12 +144,7 @@ def _register_build(reg_verbs: Subparsers) -> None:
         help="validate the source and write the unsigned draft",
         description="Validate the registry source and combine it with the PKI's certificates into the canonical (unsigned) registry JSON, for review.",
     )
-    build.add_argument(
-        "--source",
-        type=Path,
-        default=DEFAULT_SOURCE,
-        help=f"registry source folder (default {DEFAULT_SOURCE})",
-    )
+    source_option(build)
     build.add_argument("--pki", type=Path, required=True, help="PKI folder (CAs and key inventory)")
     build.add_argument("--out", type=Path, help="write the draft here instead of standard output")
     build.set_defaults(handler=cmd_registry_build)
@@ -163,12 +158,7 @@ def _register_publish(reg_verbs: Subparsers) -> None:
         "become active, the keys they replace retire), sign it with the registry authority key and "
         "write registry-<version>.jws and current.jws. Versions only grow.",
     )
-    pub.add_argument(
-        "--source",
-        type=Path,
-        default=DEFAULT_SOURCE,
-        help=f"registry source folder (default {DEFAULT_SOURCE})",
-    )
+    source_option(pub)
     pub.add_argument(
         "--pki", type=Path, required=True, help="PKI folder holding the authority key and inventory"
     )
