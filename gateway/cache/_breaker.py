@@ -11,6 +11,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
+from gateway._errors import GatewayError
+
 __all__ = ["BREAKER_STATES", "BreakerOpen", "BreakerState", "CacheCounters", "CircuitBreaker"]
 
 _T = TypeVar("_T")
@@ -21,7 +23,7 @@ BREAKER_STATES: dict[BreakerState, int] = {"closed": 0, "open": 1, "half_open": 
 _log = logging.getLogger("gateway.cache")
 
 
-class BreakerOpen(Exception):
+class BreakerOpen(GatewayError):
     """The dependency is not called: its breaker is open (or its half-open trial is taken)."""
 
 
