@@ -1,29 +1,29 @@
 """Errors raised by the gateway, the table from reason to gRPC status, and the one place a
 refusal becomes a gRPC status.
 
-    GatewayError                 (gateway._errors: no gRPC, so domain modules can subclass it)
-    ├── ConfigError              a configuration file or option is wrong (file, key, reason)
-    │   └── BlockError           a generated reference block is missing (gateway.config_reference)
-    ├── Refusal                  a call refused with a contract reason: the edge sends its status
-    │   ├── CallerRejected       the caller's certificate does not name a party the registry trusts
-    │   └── BatchRefused         an access-report batch the owner does not accept (gateway.reports)
-    ├── PolicyInputError         a request of the wrong shape (gateway.policy)
-    ├── TokenError               a request token refused (gateway.tokens)
-    ├── ProviderError            the data system refused or failed a fetch (gateway.provider)
-    ├── QuotaUnavailable         the quota store cannot count (gateway.quota)
-    ├── ReplayUnavailable        the replay window cannot be checked (gateway.replay)
-    ├── UnknownPeer              the registry names no gateway for a region (gateway.peers)
-    ├── BreakerOpen              a dependency is not called: its breaker is open (gateway.cache)
-    ├── BackendError             the cache backend failed (gateway.cache)
+    GatewayError            (gateway._errors: no gRPC, so that domain modules subclass it)
+    ├── ConfigError         a configuration file or option is wrong (file, key, reason)
+    ├── Refusal             a call refused with a contract reason: the edge sends its status
+    │   ├── CallerRejected  the caller's certificate names no party the registry trusts
+    │   └── BatchRefused    an access-report batch the owner does not accept (gateway.reports)
+    ├── PolicyInputError    a request of the wrong shape (gateway.policy)
+    ├── TokenError          a request token refused (gateway.tokens)
+    ├── ProviderError       the data system refused or failed a fetch (gateway.provider)
+    ├── QuotaUnavailable    the quota store cannot count (gateway.quota)
+    ├── ReplayUnavailable   the replay window cannot be checked (gateway.replay)
+    ├── UnknownPeer         the registry names no gateway for a region (gateway.peers)
+    ├── BreakerOpen         a dependency is not called: its breaker is open (gateway.cache)
+    ├── BackendError        the cache backend failed (gateway.cache)
     │   ├── BackendTimeout
     │   └── BackendUnavailable
-    ├── AuditError               the audit log (gateway.audit.errors)
+    ├── AuditError          the audit log (gateway.audit.errors)
     │   ├── AuditUnavailable
     │   └── AuditIntegrityError
-    ├── ProofError, ValueError   a proof that does not prove what it claims (gateway.audit)
-    ├── CheckpointError, ValueError   a checkpoint note that is not one (gateway.audit)
-    ├── ReportFormatError, ValueError a report not in the access-report form (gateway.reports)
-    └── DemoError                the demo cannot be set up (gateway.demo)
+    ├── ProofError          also a ValueError: a proof that does not prove what it claims
+    ├── CheckpointError     also a ValueError: a checkpoint note that is not one (gateway.audit)
+    ├── ReportFormatError   also a ValueError: a report not in the access-report form
+    ├── BlockError          a generated reference block is missing (gateway.config_reference)
+    └── DemoError           the demo cannot be set up (gateway.demo)
 
 Every refusal sent to a client is a standard gRPC status with a `google.rpc.ErrorInfo` detail
 (`domain` "tongban", `reason` one of the contract's `ErrorReason` names). Its status code comes
