@@ -25,7 +25,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
@@ -100,6 +100,12 @@ class AuditObserver(Protocol):
     def audit_append(self, ok: bool) -> None: ...
 
     def checkpoint(self, size: int, signed_at: datetime | float) -> None: ...
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """Read the outcome of a task nobody awaits any more (no 'never retrieved' warning)."""
+    if not future.cancelled():
+        future.exception()
 
 
 class AuditLog:
@@ -212,9 +218,18 @@ class AuditLog:
         """`await make()`, a read of the store (`store.query`, `store.rows`, ...), within
         `read_timeout_seconds` and through the appends' breaker: a frozen store is not waited
         for on the request path. Raises `AuditUnavailable`."""
+        # The read runs in a task of its own, so that giving up on it takes no longer than
+        # the bound: a driver may spend seconds more on its cancellation (psycopg asks the
+        # server to cancel the query), which a frozen server makes it wait out.
+        started: list[asyncio.Future[_T]] = []
+
+        def start() -> Awaitable[_T]:
+            started.append(asyncio.ensure_future(make()))
+            return asyncio.shield(started[0])
+
         try:
             return await self.breaker.call(
-                make,
+                start,
                 timeout_seconds=self.read_timeout_seconds,
                 failed=lambda exc: isinstance(exc, AuditUnavailable),
             )
@@ -224,6 +239,10 @@ class AuditLog:
             raise AuditUnavailable(
                 f"the audit store did not answer within {self.read_timeout_seconds:g} s"
             ) from exc
+        finally:
+            if started and not started[0].done():
+                started[0].cancel()  # ends in the background
+                started[0].add_done_callback(_retrieved)
 
     # -- the outbox (see AuditStore) ----------------------------------------------------------
     async def outbox(self, destination: str, limit: int) -> list[Pending]:

@@ -96,6 +96,7 @@ log = logging.getLogger("tongban.audit.postgres")
 _Connection = psycopg.AsyncConnection[TupleRow]
 _Pending = tuple[AuditRecord, Outbound | None, "asyncio.Future[Appended]"]
 
+DISCARD_SECONDS = 1.0  # closing a connection to a server that does not answer
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _PARTITION_NAME = re.compile(r"records_y(\d{4})m(\d{2})")
 
@@ -405,6 +406,17 @@ _GRANTS = """
 """
 
 
+async def _cancel(task: asyncio.Task[None]) -> None:
+    """Cancel a task waiting on the database. psycopg answers a cancellation by asking the
+    server to cancel the query (up to 5 s, and 5 s more for it to end), which a server that
+    does not answer never does: cancelled again after DISCARD_SECONDS, it closes the connection
+    at once."""
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=DISCARD_SECONDS)
+    if not done:
+        task.cancel()
+
+
 def _no_partition(exc: psycopg.Error) -> bool:
     """A row routed to a month whose partition is not there (dropped by a prune since)."""
     return isinstance(exc, psycopg.errors.CheckViolation) and "no partition" in str(exc)
@@ -477,9 +489,11 @@ class PostgresAuditStore:
 
     @staticmethod
     async def _discard(conn: _Connection | None) -> None:
+        """Close a connection; one whose server does not answer is given a second at most."""
         if conn is not None:
             with contextlib.suppress(Exception):
-                await conn.close()
+                async with asyncio.timeout(DISCARD_SECONDS):
+                    await conn.close()
 
     # -- open, migrate, close ----------------------------------------------------------------
 
@@ -586,15 +600,33 @@ class PostgresAuditStore:
         return sorted(out)
 
     async def close(self) -> None:
+        """Commit what is queued, within the store's timeout: a database that does not answer
+        (frozen, or a network that silently drops packets) does not hold the stop. What it did
+        not commit by then is refused (`AuditUnavailable`, so nothing is released for it)."""
         if self._task is not None:
             self._closing = True
             self._queue.put_nowait(None)
+            done, _ = await asyncio.wait({self._task}, timeout=self._timeout)
+            if not done:
+                log.error(
+                    "audit: PostgreSQL did not commit the appends still queued within %g s of "
+                    "the stop; they are refused",
+                    self._timeout,
+                )
+                await _cancel(self._task)
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+            self._refuse_queued(AuditUnavailable("the audit store was closed before it took them"))
         await self._discard(self._writer)
         await self._discard(self._reader)
         self._writer = self._reader = None
+
+    def _refuse_queued(self, error: AuditUnavailable) -> None:
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if item is not None and not item[2].done():
+                item[2].set_exception(error)
 
     # -- appends -------------------------------------------------------------------------------
 
@@ -624,6 +656,13 @@ class PostgresAuditStore:
                 batch.append(item)
             try:
                 appended = await self._write([(record, out) for record, out, _ in batch])
+            except asyncio.CancelledError:  # close() gave up on a database that does not answer
+                for _, _, future in batch:
+                    if not future.done():
+                        future.set_exception(
+                            AuditUnavailable("the audit store was closed before it answered")
+                        )
+                raise
             except Exception as exc:
                 if not isinstance(exc, AuditUnavailable):
                     log.exception("audit batch failed")
