@@ -87,7 +87,7 @@ from gateway.audit._store import (
     StoredRow,
     TreeHead,
 )
-from gateway.audit.errors import AuditIntegrityError, AuditUnavailable
+from gateway.audit.errors import AuditIntegrityError, AuditOutcomeUnknown, AuditUnavailable
 
 __all__ = ["SCHEMA_VERSION", "PostgresAuditStore"]
 
@@ -462,6 +462,7 @@ class PostgresAuditStore:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._months: set[date] = set()  # months known to have a partition
+        self._committing = False  # the writer's current group is being committed
         self.commits = 0  # committed groups, for tests and metrics
         self.appended = 0  # records committed by this instance
 
@@ -657,11 +658,16 @@ class PostgresAuditStore:
             try:
                 appended = await self._write([(record, out) for record, out, _ in batch])
             except asyncio.CancelledError:  # close() gave up on a database that does not answer
+                error = (
+                    AuditOutcomeUnknown(
+                        "the audit store was closed while its commit was on its way"
+                    )
+                    if self._committing
+                    else AuditUnavailable("the audit store was closed before it answered")
+                )
                 for _, _, future in batch:
                     if not future.done():
-                        future.set_exception(
-                            AuditUnavailable("the audit store was closed before it answered")
-                        )
+                        future.set_exception(error)
                 raise
             except Exception as exc:
                 if not isinstance(exc, AuditUnavailable):
@@ -681,7 +687,7 @@ class PostgresAuditStore:
         """Commit one group; retry once on a fresh connection if the old one was found dead
         before anything was committed."""
         for attempt in (1, 2):
-            committing = False
+            committing = self._committing = False
             try:
                 if self._dead(self._writer):
                     await self._discard(self._writer)
@@ -692,7 +698,8 @@ class PostgresAuditStore:
                 await self._ensure_months(conn, {_month(r.time) for r, _ in records})
                 async with conn.transaction():
                     appended = await self._insert(conn, records)
-                    committing = True  # leaving the block commits: the outcome may be unknown
+                    committing = self._committing = True  # leaving the block commits: the
+                    # outcome may be unknown
             except psycopg.Error as exc:
                 self._months.clear()  # a partition may have gone (retention): ask again
                 dead = self._dead(self._writer)
@@ -705,10 +712,15 @@ class PostgresAuditStore:
                 if attempt == 1 and _no_partition(exc):  # rolled back: nothing was stored
                     log.info("audit partition gone (a retention prune), recreating: %s", exc)
                     continue
+                if committing:
+                    raise AuditOutcomeUnknown(
+                        f"the audit commit got no answer, it may have been stored: {exc}"
+                    ) from exc
                 raise AuditUnavailable(f"the audit records were not stored: {exc}") from exc
             except ProofError as exc:
                 raise AuditUnavailable(f"the stored audit head is malformed: {exc}") from exc
             else:
+                self._committing = False
                 self.commits += 1
                 self.appended += len(records)
                 return appended

@@ -2,6 +2,7 @@
 
 AuditError
 ├── AuditUnavailable     the record could not be made durable: release nothing (fail closed)
+│   └── AuditOutcomeUnknown  ... and it may have been all the same (a commit without an answer)
 └── AuditIntegrityError  the store contradicts itself or a signed checkpoint
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from gateway._errors import GatewayError
 
-__all__ = ["AuditError", "AuditIntegrityError", "AuditUnavailable"]
+__all__ = ["AuditError", "AuditIntegrityError", "AuditOutcomeUnknown", "AuditUnavailable"]
 
 
 class AuditError(GatewayError):
@@ -18,6 +19,12 @@ class AuditError(GatewayError):
 
 class AuditUnavailable(AuditError):
     """An append could not be made durable; the gateway answers UNAVAILABLE / AUDIT_UNAVAILABLE."""
+
+
+class AuditOutcomeUnknown(AuditUnavailable):
+    """The store was asked to commit and gave no answer (the connection broke, or the store was
+    closed, while the commit was on its way): the records may be durable all the same. Nothing
+    is released for them; an allowed one is followed by a record saying so."""
 
 
 class AuditIntegrityError(AuditError):
