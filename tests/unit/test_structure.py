@@ -31,6 +31,7 @@ DOMAIN_GATEWAY_MODULES = (
     "gateway.audit._log",
     "gateway.audit._merkle",
     "gateway.audit._postgres",
+    "gateway.audit._postgres_schema",
     "gateway.audit._record",
     "gateway.audit._sqlite",
     "gateway.audit._store",
