@@ -34,6 +34,8 @@ DOMAIN_GATEWAY_MODULES = (
     "gateway.audit._postgres_schema",
     "gateway.audit._record",
     "gateway.audit._sqlite",
+    "gateway.audit._sqlite_reader",
+    "gateway.audit._sqlite_schema",
     "gateway.audit._store",
     "gateway.audit.errors",
     "gateway.breaker",
