@@ -35,8 +35,18 @@ from gateway.audit._checkpoint import (
     sign_checkpoint,
     verify_checkpoint,
 )
-from gateway.audit._merkle import CompactRange, MerkleTree, ProofError, leaf_hash
-from gateway.audit._record import FIELD_GRAMMARS, AuditRecord, Outcome, is_case_id
+from gateway.audit._integrity import (
+    MIN_RETENTION,
+    VERIFY_CHUNK,
+    Verification,
+    check_prune_request,
+    compact_at_cut,
+    prune_record,
+    recompute,
+    resume_point,
+)
+from gateway.audit._merkle import CompactRange, MerkleTree
+from gateway.audit._record import AuditRecord, Outcome
 from gateway.audit._store import (
     Appended,
     AuditStore,
@@ -46,7 +56,7 @@ from gateway.audit._store import (
     PruneMarker,
     StoredRow,
 )
-from gateway.audit.errors import AuditIntegrityError, AuditUnavailable
+from gateway.audit.errors import AuditUnavailable
 from gateway.breaker import BreakerOpen, CircuitBreaker
 
 __all__ = [
@@ -66,14 +76,11 @@ _T = TypeVar("_T")
 # case id and the operator's name stay in the audit log, where access to them is itself audited).
 access_log = logging.getLogger("tongban.access")
 
-VERIFY_CHUNK = 10_000  # rows read at a time while verifying
-
 
 APPEND_TIMEOUT_SECONDS = 2.0  # an append not durable by then is refused (AUDIT_UNAVAILABLE)
 # A read (oversight listings, a report's checks) may scan: bounded as PostgreSQL's statements are.
 READ_TIMEOUT_SECONDS = 10.0
 NOT_RELEASED = "AUDIT_UNAVAILABLE"  # the reason of the follow-up to a late allowed record
-MIN_RETENTION = timedelta(days=180)  # network logs are kept at least six months (CSL Art. 21)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,16 +89,6 @@ class Pruned:
     cut: int  # records below this index are gone
     at_cut: Checkpoint  # signed before the removal: vouches for what remains
     at_head: Checkpoint  # the head, including the record of the prune
-
-
-@dataclass(frozen=True, slots=True)
-class Verification:
-    intact: bool
-    records_checked: int
-    checkpoints_checked: int
-    first_bad_index: int  # -1 when intact
-    problem: str  # "" when intact
-    latest: Checkpoint | None
 
 
 class AuditObserver(Protocol):
@@ -404,18 +401,7 @@ class AuditLog:
         (4) record the prune itself in the log, and sign the head that includes that record
         (5) only then remove the records below the cut, leaving the marker
         """
-        if older_than < MIN_RETENTION:
-            raise ValueError(
-                f"audit records are kept at least {MIN_RETENTION.days} days (Cybersecurity Law, Art. 21)"
-            )
-        if not operator.strip() or not reason.strip():
-            raise ValueError("a prune names the operator who ordered it and the reason")
-        if not is_case_id(reason) or not FIELD_GRAMMARS["caller_operator"](operator):
-            # recorded raw, not as a digest: the prune's record must say who and why
-            raise ValueError(
-                "a prune's operator and reason are at most 128 printable characters each, "
-                "with no citizen id"
-            )
+        check_prune_request(older_than, operator, reason)
         if self._key is None:
             raise AuditUnavailable("pruning signs checkpoints: this log holds no signing key")
         when = now or self._clock()
@@ -424,47 +410,20 @@ class AuditLog:
         first = marker.before if marker else 0
         if cut <= first:
             return None
-        compact = CompactRange.from_bytes(first, marker.compact) if marker else CompactRange()
-        for start in range(first, cut, VERIFY_CHUNK):  # (2)
-            for row in await self.store.rows(start, min(cut, start + VERIFY_CHUNK)):
-                if row.index != compact.size or leaf_hash(row.canonical) != row.leaf_hash:
-                    raise AuditIntegrityError(
-                        f"record {compact.size} does not verify: the log is not pruned"
-                    )
-                compact.append(row.leaf_hash)
-                if compact.root() != row.root:
-                    raise AuditIntegrityError(
-                        f"record {row.index} does not verify: the log is not pruned"
-                    )
-        if compact.size != cut:
-            raise AuditIntegrityError(f"record {compact.size} is missing: the log is not pruned")
+        compact = await compact_at_cut(self.store, marker, cut)  # (2)
         at_cut = sign_checkpoint(  # (3)
             self.origin, cut, compact.root(), self._key, self.key_name, signed_at=when
         )
         await self.store.add_checkpoint(at_cut, when)
         await self.append(  # (4)
-            AuditRecord(
-                time=when,
+            prune_record(
+                when,
                 gateway=gateway,
                 region=region,
-                rpc="Audit.Prune",
-                request_id="",
-                caller_agency="",
-                caller_operator=operator,
-                caller_region=region,
-                provider_region=region,
-                dataset="",
-                purpose="",
-                case_id=reason,
-                subject="",
-                fields=(),
-                outcome=Outcome.ALLOWED,
-                reason="",
-                cache_hit=False,
-                latency_us=0,
-                sealed_digest="",
-                registry_version=0,
-                agreement_id=f"removed records {first} to {cut - 1}",
+                operator=operator,
+                reason=reason,
+                first=first,
+                cut=cut,
             )
         )
         at_head = await self.checkpoint()
@@ -520,21 +479,13 @@ class AuditLog:
         tree = await self._tree(size2)
         return tree.consistency_proof(size1, size2), size2, tree.root(size2)
 
-    async def verify(self, trusted: Checkpoint | None = None) -> Verification:
-        """Recompute the log from its stored records and compare with every checkpoint.
-
-        (1) every stored and trusted checkpoint is signed by this log's audit key
-        (2) records are contiguous from index 0 (or from a retention prune, whose marker a
-            checkpoint signed before the removal vouches for), each in canonical form, each leaf
-            hash and each stored root what the records before it give
-        (3) every checkpoint's size is covered and its root is the recomputed root at that size
-        (4) the columns the store queries by say what the records say
-        """
+    async def _checked_checkpoints(
+        self, trusted: Checkpoint | None
+    ) -> list[Checkpoint] | Verification:
+        """Every stored and trusted checkpoint, each signed by this log's audit key, by size;
+        or the failed verification naming the first that is not."""
         checkpoints: list[Checkpoint] = []
-        for stored in [
-            *await self.read(self.store.checkpoints),
-            *([trusted] if trusted else []),
-        ]:  # (1)
+        for stored in [*await self.read(self.store.checkpoints), *([trusted] if trusted else [])]:
             try:
                 checkpoints.append(self.verify_note(stored))
             except CheckpointError as exc:
@@ -547,68 +498,34 @@ class AuditLog:
                     None,
                 )
         checkpoints.sort(key=lambda c: c.size)
+        return checkpoints
+
+    async def verify(self, trusted: Checkpoint | None = None) -> Verification:
+        """Recompute the log from its stored records and compare with every checkpoint.
+
+        (1) every stored and trusted checkpoint is signed by this log's audit key
+        (2) records are contiguous from index 0 (or from a retention prune, whose marker a
+            checkpoint signed before the removal vouches for), each in canonical form, each leaf
+            hash and each stored root what the records before it give
+        (3) every checkpoint's size is covered and its root is the recomputed root at that size
+        (4) the columns the store queries by say what the records say
+        """
+        checkpoints = await self._checked_checkpoints(trusted)  # (1)
+        if isinstance(checkpoints, Verification):
+            return checkpoints
         marker = await self.read(self.store.pruned)
         first = marker.before if marker else 0
-        try:
-            compact = CompactRange.from_bytes(first, marker.compact) if marker else CompactRange()
-        except ProofError:
-            return Verification(
-                False,
-                0,
-                len(checkpoints),
-                first,
-                f"the prune marker at {first} is malformed",
-                checkpoints[-1] if checkpoints else None,
-            )
-        if marker is not None and not any(
-            c.size == first and c.root == compact.root() for c in checkpoints
-        ):
-            return Verification(
-                False,
-                0,
-                len(checkpoints),
-                first,
-                f"the log was pruned below {first} but no signed checkpoint vouches for what remained",
-                checkpoints[-1] if checkpoints else None,
-            )
+        compact = resume_point(marker, checkpoints)
+        if isinstance(compact, str):
+            latest = checkpoints[-1] if checkpoints else None
+            return Verification(False, 0, len(checkpoints), first, compact, latest)
         checkpoints = [
             c for c in checkpoints if c.size >= first
         ]  # older ones covered removed records
         wanted = {c.size for c in checkpoints}
-        roots: dict[int, bytes] = {}
         head = await self.read(self.store.head)
         span = max([head.size, *wanted])
-        if first in wanted:
-            roots[first] = compact.root()
-        index = first
-        problem = ""
-        for start in range(first, span, VERIFY_CHUNK):  # (2)
-            for row in await self._rows(start, min(span, start + VERIFY_CHUNK)):
-                if row.index != index:
-                    problem = f"record {index} is missing (the next stored record is {row.index})"
-                    break
-                try:
-                    AuditRecord.from_canonical(row.canonical)
-                except (ValueError, KeyError, TypeError):
-                    problem = f"record {index} is not a canonical audit record"
-                    break
-                leaf = leaf_hash(row.canonical)
-                if leaf != row.leaf_hash:
-                    problem = (
-                        f"record {index} was changed after it was written (its leaf hash differs)"
-                    )
-                    break
-                compact.append(leaf)
-                if compact.root() != row.root:
-                    problem = f"record {index} does not follow the records before it (the log root differs)"
-                    break
-                if compact.size in wanted:
-                    roots[compact.size] = compact.root()
-                index += 1
-            if problem or index < min(span, start + VERIFY_CHUNK):
-                break
-        if not problem and index < span:
-            problem = f"record {index} is missing: the log ends at {index} but {span} records were signed or counted"
+        index, problem, roots = await recompute(self._rows, compact, span, wanted)  # (2)
         latest = checkpoints[-1] if checkpoints else None
         if problem:
             return Verification(False, index - first, len(checkpoints), index, problem, latest)

@@ -28,6 +28,7 @@ DOMAIN_GATEWAY_MODULES = (
     "gateway.admission",
     "gateway.audit",
     "gateway.audit._checkpoint",
+    "gateway.audit._integrity",
     "gateway.audit._log",
     "gateway.audit._merkle",
     "gateway.audit._postgres",
