@@ -14,6 +14,7 @@ from typing import NoReturn, TypeAlias
 
 from rich.console import Console
 
+from gateway._errors import GatewayError
 from gateway.config import read_passphrase
 from registry import DEMO_SOURCE
 
@@ -56,7 +57,7 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
-class Failure(Exception):
+class Failure(GatewayError):
     """An expected failure of a command: printed as one message, exit code 1."""
 
 

@@ -13,6 +13,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from gateway._errors import GatewayError
 from gateway.cli._arguments import whole_number
 from gateway.cli._common import Failure, usage
 
@@ -146,7 +147,7 @@ def _audit_store(args: argparse.Namespace) -> AuditStore:
     return PostgresAuditStore(dsn, schema=schema)
 
 
-class WrongLog(Exception):
+class WrongLog(GatewayError):
     """The store holds another log than the command line names: a usage error, not a verdict."""
 
 
