@@ -180,7 +180,7 @@ class AuditLog:
             self.observer.audit_append(True)
         if access_log.isEnabledFor(logging.INFO):
             # One structured event per audited access (fields: docs/logging.md); the values are
-            # the record's own, escaped and redacted by the log handler (gateway/logs.py).
+            # the record's own, escaped and redacted by the log handler (gateway/logs/).
             access_log.info(
                 "access",
                 extra={
