@@ -18,11 +18,12 @@ from redis.asyncio import Redis
 from redis.utils import HIREDIS_AVAILABLE
 from support import Federation, RedisServer, free_port
 
+from gateway._wiring import REDIS_MAX_CONNECTIONS
 from gateway.audit import pseudonymize
 from gateway.breaker import CircuitBreaker
 from gateway.cache import AnswerCache, RedisBackend, cache_key
 from gateway.config import GatewayConfig
-from gateway.server import REDIS_MAX_CONNECTIONS, Gateway
+from gateway.server import Gateway
 
 pytestmark = pytest.mark.integration  # redis-server is on every machine (Debian's package)
 
