@@ -15,6 +15,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
+from gateway._errors import GatewayError
+
 __all__ = ["BREAKER_STATES", "BreakerOpen", "BreakerState", "CacheCounters", "CircuitBreaker"]
 
 _T = TypeVar("_T")
@@ -25,7 +27,7 @@ BREAKER_STATES: dict[BreakerState, int] = {"closed": 0, "open": 1, "half_open": 
 _log = logging.getLogger("gateway.cache")  # the name its log lines have always had
 
 
-class BreakerOpen(Exception):
+class BreakerOpen(GatewayError):
     """The dependency is not called: its breaker is open (or its half-open trial is taken)."""
 
 

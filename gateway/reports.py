@@ -65,7 +65,7 @@ from gateway.audit import (
     is_request_id,
 )
 from gateway.breaker import BreakerOpen
-from gateway.errors import error_info_of, peer_text
+from gateway.errors import GatewayError, Refusal, error_info_of, peer_text
 from gateway.peers import PeerPool, UnknownPeer
 from registry import KeyState, KeyUsage, Registry, RegistryError, RegistryStore, is_registry_id
 from signer import SignedJsonRefused, canonical_json, sign_json, verify_json
@@ -129,7 +129,7 @@ _BATCH_KEYS = frozenset(
 )
 
 
-class ReportFormatError(ValueError):
+class ReportFormatError(GatewayError, ValueError):
     """A report or batch that is not in the `tongban.access-report/v1` form."""
 
 
@@ -318,17 +318,12 @@ class SignedBatch:
     reports: tuple[AccessReport, ...]
 
 
-class BatchRefused(Exception):
-    """A batch (or one of its reports, `index`) the owner does not accept: the status code,
-    the ErrorInfo reason, and a sentence for a person."""
+class BatchRefused(Refusal):
+    """A batch (or one of its reports, `index`) the owner does not accept: the ErrorInfo
+    reason (its status code from the reason table), and a sentence for a person."""
 
-    def __init__(
-        self, code: grpc.StatusCode, reason: str, message: str, index: int | None = None
-    ) -> None:
-        super().__init__(message)
-        self.code = code
-        self.reason = reason
-        self.message = message
+    def __init__(self, reason: str, message: str, index: int | None = None) -> None:
+        super().__init__(reason, message)
         self.index = index
 
 
@@ -361,7 +356,7 @@ def sign_batch(payload: bytes, key: ed25519.Ed25519PrivateKey, kid: str) -> str:
 
 
 def _signature_invalid(message: str) -> BatchRefused:
-    return BatchRefused(grpc.StatusCode.UNAUTHENTICATED, "REPORT_SIGNATURE_INVALID", message)
+    return BatchRefused("REPORT_SIGNATURE_INVALID", message)
 
 
 def _report_key(registry: Registry, kid: object, reporting_region: str, now: datetime) -> Any:
@@ -404,7 +399,6 @@ def verify_batch(
     # (1)
     if len(jws) > MAX_BATCH_JWS_BYTES:
         raise BatchRefused(
-            grpc.StatusCode.INVALID_ARGUMENT,
             "REQUEST_TOO_LARGE",
             f"a batch is a compact JWS of at most {MAX_BATCH_JWS_BYTES} bytes",
         )
@@ -428,7 +422,6 @@ def verify_batch(
         document = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BatchRefused(
-            grpc.StatusCode.INVALID_ARGUMENT,
             "INVALID_ARGUMENT_FORMAT",
             "the batch payload is not JSON",
         ) from exc
@@ -439,13 +432,11 @@ def verify_batch(
         or not verified.is_canonical
     ):
         raise BatchRefused(
-            grpc.StatusCode.INVALID_ARGUMENT,
             "INVALID_ARGUMENT_FORMAT",
             "the batch payload is not canonical tongban.access-report/v1 JSON",
         )
     if document["reporting_region"] != reporting_region or document["owner_region"] != owner_region:
         raise BatchRefused(
-            grpc.StatusCode.INVALID_ARGUMENT,
             "REPORT_PAYLOAD_MISMATCH",
             f"the signed batch is from {document['reporting_region']!s:.8} to "
             f"{document['owner_region']!s:.8}, not from {reporting_region} to {owner_region}",
@@ -454,18 +445,13 @@ def verify_batch(
         batch_id = _text(document["batch_id"], "batch_id")
         issued_at = parse_time(document["issued_at"], "issued_at")
     except ReportFormatError as exc:
-        raise BatchRefused(
-            grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT_FORMAT", str(exc)
-        ) from exc
+        raise BatchRefused("INVALID_ARGUMENT_FORMAT", str(exc)) from exc
     # (5)
     reports = document["reports"]
     if not isinstance(reports, list) or not reports:
-        raise BatchRefused(
-            grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT_FORMAT", "a batch holds reports"
-        )
+        raise BatchRefused("INVALID_ARGUMENT_FORMAT", "a batch holds reports")
     if len(reports) > MAX_REPORTS_PER_BATCH:
         raise BatchRefused(
-            grpc.StatusCode.INVALID_ARGUMENT,
             "REQUEST_TOO_LARGE",
             f"a batch holds at most {MAX_REPORTS_PER_BATCH} reports",
         )
@@ -475,7 +461,6 @@ def verify_batch(
             parsed.append(AccessReport.from_document(item))
         except ReportFormatError as exc:
             raise BatchRefused(
-                grpc.StatusCode.INVALID_ARGUMENT,
                 "INVALID_ARGUMENT_FORMAT",
                 f"report {index}: {exc}",
                 index,

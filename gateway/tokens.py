@@ -30,6 +30,7 @@ import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
+from gateway._errors import GatewayError
 from registry import Inventory, KeyEntry, KeyRefused, KeyState, KeyUsage, Registry
 from signer import (
     PrivateKey,
@@ -225,7 +226,7 @@ class TokenClaims:
     kid: str  # the registry key that signed it
 
 
-class TokenError(Exception):
+class TokenError(GatewayError):
     """A token refused: `reason` is TOKEN_INVALID, TOKEN_EXPIRED or TOKEN_BINDING_MISMATCH.
 
     The message is one sentence for the caller; it never contains the token.

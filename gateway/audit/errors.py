@@ -7,10 +7,12 @@ AuditError
 
 from __future__ import annotations
 
+from gateway._errors import GatewayError
+
 __all__ = ["AuditError", "AuditIntegrityError", "AuditUnavailable"]
 
 
-class AuditError(Exception):
+class AuditError(GatewayError):
     """Root of the audit log's errors."""
 
 

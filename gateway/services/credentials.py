@@ -26,11 +26,11 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from gateway import rpcs
 from gateway.audit import AuditLog, AuditRecord, AuditUnavailable, Outcome
-from gateway.errors import abort
+from gateway.errors import Refusal
 from gateway.identity import Caller, CallerKind, current_caller
 from gateway.metrics import GatewayMetrics
 from gateway.sealing import RegionSealer, SealKeyUnavailable
-from gateway.services.exchange import QueryPath, Refusal
+from gateway.services.exchange import QueryPath
 from registry import Registry, RegistryError, RegistryStore
 from signer import (
     MAX_JWS_BYTES,
@@ -136,7 +136,7 @@ class CredentialsService(credentials_pb2_grpc.CredentialsServicer):
         try:
             return self._store.current()
         except RegistryError as exc:
-            await abort(context, grpc.StatusCode.UNAVAILABLE, "REGISTRY_STALE", str(exc))
+            raise Refusal("REGISTRY_STALE", str(exc)) from exc
 
     async def Fetch(
         self,
@@ -147,17 +147,13 @@ class CredentialsService(credentials_pb2_grpc.CredentialsServicer):
         region's dataset for that credential type, fetched through the query path (token,
         purpose, agreement, audit on both gateways), returned with its validation report."""
         if self.query_path is None:
-            await abort(
-                context,
-                grpc.StatusCode.UNIMPLEMENTED,
+            raise Refusal(
                 "NOT_IMPLEMENTED",
                 "this gateway does not serve the query path ([exchange] is not configured)",
             )
         kind = CREDENTIAL_TYPES.get(request.credential_type)
         if kind is None:
-            await abort(
-                context,
-                grpc.StatusCode.INVALID_ARGUMENT,
+            raise Refusal(
                 "UNKNOWN_DATASET",
                 f"credential_type is one of {', '.join(sorted(CREDENTIAL_TYPES))}",
             )
@@ -178,10 +174,7 @@ class CredentialsService(credentials_pb2_grpc.CredentialsServicer):
             ),
             "",
         )
-        try:
-            answer = await self.query_path.query(query, context, token=token, rpc=rpcs.FETCH)
-        except Refusal as refusal:
-            await abort(context, refusal.code, refusal.reason, refusal.message, refusal.metadata)
+        answer = await self.query_path.query(query, context, token=token, rpc=rpcs.FETCH)
         report = self._verifier.validate(
             answer.record.jws,
             expected_kind=SignatureKind.SEAL,
@@ -197,9 +190,7 @@ class CredentialsService(credentials_pb2_grpc.CredentialsServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> credentials_pb2.ValidationReport:
         if len(request.jws) > MAX_JWS_BYTES:
-            await abort(
-                context,
-                grpc.StatusCode.INVALID_ARGUMENT,
+            raise Refusal(
                 "REQUEST_TOO_LARGE",
                 f"jws is longer than {MAX_JWS_BYTES} characters",
             )
@@ -208,17 +199,13 @@ class CredentialsService(credentials_pb2_grpc.CredentialsServicer):
             try:
                 validation_time = request.validation_time.ToDatetime(tzinfo=UTC)
             except (ValueError, OverflowError):
-                await abort(
-                    context,
-                    grpc.StatusCode.INVALID_ARGUMENT,
+                raise Refusal(
                     "INVALID_ARGUMENT_FORMAT",
                     "validation_time is not a valid timestamp",
-                )
+                ) from None
         registry = await self._registry(context)
         if self._verifier.trust.version != registry.version:  # pragma: no cover - defensive
-            await abort(
-                context,
-                grpc.StatusCode.UNAVAILABLE,
+            raise Refusal(
                 "REGISTRY_STALE",
                 f"the verifier does not hold registry version {registry.version} yet; retry",
             )
@@ -240,31 +227,23 @@ class CredentialsService(credentials_pb2_grpc.CredentialsServicer):
         if not self._may_seal(caller):
             who = caller.name if caller is not None else "an unidentified caller"
             await self._record(caller, started, Outcome.DENIED, "NOT_AUTHORISED_ROLE")
-            await abort(
-                context,
-                grpc.StatusCode.PERMISSION_DENIED,
+            raise Refusal(
                 "NOT_AUTHORISED_ROLE",
                 f"only agencies of region {self._region} may seal with its seal key; {who} may not",
             )
         if not request.payload:
-            await abort(
-                context,
-                grpc.StatusCode.INVALID_ARGUMENT,
+            raise Refusal(
                 "INVALID_ARGUMENT_FORMAT",
                 "payload is empty: there is nothing to seal",
             )
         if len(request.payload) > MAX_SEAL_PAYLOAD_BYTES:
-            await abort(
-                context,
-                grpc.StatusCode.INVALID_ARGUMENT,
+            raise Refusal(
                 "REQUEST_TOO_LARGE",
                 f"payload is larger than {MAX_SEAL_PAYLOAD_BYTES} bytes",
             )
         content_type = request.content_type or DEFAULT_CONTENT_TYPE
         if len(content_type) > MAX_CONTENT_TYPE_CHARS or not _MEDIA_TYPE.fullmatch(content_type):
-            await abort(
-                context,
-                grpc.StatusCode.INVALID_ARGUMENT,
+            raise Refusal(
                 "INVALID_ARGUMENT_FORMAT",
                 "content_type is not a media type like application/pdf",
             )
@@ -278,7 +257,7 @@ class CredentialsService(credentials_pb2_grpc.CredentialsServicer):
                 detached=request.detached,
             )
         except SealKeyUnavailable as exc:
-            await abort(context, grpc.StatusCode.UNAVAILABLE, exc.reason, str(exc))
+            raise Refusal(exc.reason, str(exc)) from exc
         # Fail closed: the sealed record is released only once its audit record is durable.
         try:
             await self._record(
@@ -290,12 +269,10 @@ class CredentialsService(credentials_pb2_grpc.CredentialsServicer):
                 registry_version=registry.version,
             )
         except AuditUnavailable as exc:
-            await abort(
-                context,
-                grpc.StatusCode.UNAVAILABLE,
+            raise Refusal(
                 "AUDIT_UNAVAILABLE",
                 f"the seal was not released: {exc}",
-            )
+            ) from exc
         return credentials_pb2.SealResponse(
             record=credentials_pb2.SealedRecord(
                 jws=sealed.jws,
