@@ -44,7 +44,17 @@ DOMAIN_GATEWAY_MODULES = (
     "gateway.replay",
     "gateway.tokens",
 )
-NO_WIRE_IMPORT_MODULES = ("gateway.policy", "gateway.quota", "gateway.sealing")
+NO_WIRE_IMPORT_MODULES = (
+    "gateway.flows",
+    "gateway.flows._common",
+    "gateway.flows._model",
+    "gateway.flows.intake",
+    "gateway.flows.owner",
+    "gateway.flows.requester",
+    "gateway.policy",
+    "gateway.quota",
+    "gateway.sealing",
+)
 
 
 def _module_name(path: Path) -> str:
