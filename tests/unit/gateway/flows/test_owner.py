@@ -23,8 +23,6 @@ from flow_support import (
     Store,
     agency_caller,
     gateway_caller,
-    load_registry,
-    make_fed,
     owner_flow,
     si_request,
     verifier,
@@ -41,16 +39,6 @@ from gateway.provider import ProviderAnswer
 from gateway.quota import QuotaUnavailable
 from registry import Registry
 from signer import Indication, SignatureKind
-
-
-@pytest.fixture(scope="module")
-def fed(tmp_path_factory: pytest.TempPathFactory) -> Federation:
-    return make_fed(tmp_path_factory.mktemp("fed"))
-
-
-@pytest.fixture(scope="module")
-def registry(fed: Federation) -> Registry:
-    return load_registry(fed)
 
 
 class World:

@@ -25,8 +25,6 @@ from flow_support import (
     Store,
     agency_caller,
     gateway_caller,
-    load_registry,
-    make_fed,
     owner_flow,
     requester_flow,
     seal_key,
@@ -46,16 +44,6 @@ from gateway.replay import ReplayUnavailable
 from gateway.reports import AccessReporter
 from registry import Registry
 from signer import seal
-
-
-@pytest.fixture(scope="module")
-def fed(tmp_path_factory: pytest.TempPathFactory) -> Federation:
-    return make_fed(tmp_path_factory.mktemp("fed"))
-
-
-@pytest.fixture(scope="module")
-def registry(fed: Federation) -> Registry:
-    return load_registry(fed)
 
 
 class World:
