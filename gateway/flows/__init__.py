@@ -25,13 +25,12 @@ from gateway.flows._model import (
     SealedAnswer,
     TimeRemaining,
 )
-from gateway.flows.intake import REPORT_CLOCK_SKEW, ReportIntake
+from gateway.flows.intake import ReportIntake
 from gateway.flows.owner import DataSystem, OwnerFlow, SealedCodec
 from gateway.flows.requester import AnswerCodec, OwnerGateway, RequesterFlow
 
 __all__ = [
     "NO_REQUEST",
-    "REPORT_CLOCK_SKEW",
     "Answer",
     "AnswerCodec",
     "AuditContext",

@@ -81,13 +81,16 @@ class Gatekeeper:
     def grant(
         self,
         registry: Registry,
-        agency: Agency | None,
         agency_id: str,
         request: DataRequest,
         now: datetime,
+        *,
+        agency: Agency | None = None,
     ) -> Grant:
-        """The decision on `request` (whose shape `check_shape` passed) by `agency` (looked up
-        as `agency_id` by the caller), or the Refusal that says why not."""
+        """The decision on `request` (whose shape `check_shape` passed) by the agency
+        `agency_id` (`agency`, when the caller looked it up in `registry` already), or the
+        Refusal that says why not."""
+        agency = agency or registry.agency(agency_id)
         if agency is None:
             raise overridden(
                 "CERTIFICATE_NOT_TRUSTED", f"agency {agency_id} is not in the registry"

@@ -110,7 +110,7 @@ class OwnerFlow:
                 )
             # (2)
             now = self._clock()
-            grant = self._gate.grant(registry, agency, agency.id, data, now)
+            grant = self._gate.grant(registry, agency.id, data, now, agency=agency)
             audit = replace(audit, agreement_id=grant.agreement_id)
             await self._take_owner_quota(grant, now)
             # (3)

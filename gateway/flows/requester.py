@@ -145,9 +145,7 @@ class RequesterFlow:
             await self._first_use(caller, data)
             # (3)
             now = self._clock()
-            grant = self._gate.grant(
-                registry, registry.agency(caller.agency_id), caller.agency_id, data, now
-            )
+            grant = self._gate.grant(registry, caller.agency_id, data, now)
             audit = replace(audit, agreement_id=grant.agreement_id)
             # (4)
             await self._take_quota(grant, now)
