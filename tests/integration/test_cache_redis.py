@@ -216,7 +216,7 @@ async def test_a_burst_of_requests_opens_a_bounded_number_of_redis_connections(
     gateway = Gateway(config)
     try:
         assert gateway.query_path is not None
-        replay = gateway.query_path._replay
+        replay = gateway.query_path.requester._replay
         firsts = await asyncio.gather(
             *(replay.first_use("sc.hrss", f"burst-{n}") for n in range(300))
         )

@@ -48,7 +48,17 @@ DOMAIN_GATEWAY_MODULES = (
     "gateway.replay",
     "gateway.tokens",
 )
-NO_WIRE_IMPORT_MODULES = ("gateway.policy", "gateway.quota", "gateway.sealing")
+NO_WIRE_IMPORT_MODULES = (
+    "gateway.flows",
+    "gateway.flows._common",
+    "gateway.flows._model",
+    "gateway.flows.intake",
+    "gateway.flows.owner",
+    "gateway.flows.requester",
+    "gateway.policy",
+    "gateway.quota",
+    "gateway.sealing",
+)
 
 
 def _module_name(path: Path) -> str:
@@ -194,11 +204,9 @@ MAX_MODULE_LINES = 600
 MAX_FUNCTION_LINES = 80  # from its `def` line to its last, docstring and nested functions included
 # Files being split by work under way: each comes off this list when its split lands.
 BEING_SPLIT = (
-    "gateway/cli/",
     "gateway/config.py",
     "gateway/demo.py",
     "gateway/provider/_demo.py",
-    "gateway/services/exchange.py",
     "gateway/services/oversight.py",
     "registry/_pki.py",
 )
@@ -206,7 +214,7 @@ BEING_SPLIT = (
 # its size fails, and so does one that is back within the limit (take it off the list then).
 LONG_MODULES: dict[str, int] = {}
 LONG_FUNCTIONS = {
-    "gateway/policy.py::PurposePolicy.decide": 117,
+    "gateway/policy.py::PurposePolicy.decide_checked": 114,
     "gateway/tokens.py::TokenVerifier.verify": 184,
     "registry/_snapshot.py::registry_from_payload": 116,
     "registry/_snapshot.py::registry_to_payload": 97,
