@@ -21,6 +21,8 @@ import grpc
 from google.rpc import error_details_pb2, status_pb2
 
 from gateway.config import GatewayConfig
+from gateway.demo.config import config_for_dev_pki
+from gateway.demo.pki import init_dev_pki
 from gateway.server import Gateway, create_gateway
 from registry import (
     AUTHORITY_KEY,
@@ -32,7 +34,7 @@ from registry import (
     load_source,
     publish,
 )
-from registry._pki import AgencySpec, RegionSpec, init_dev_pki
+from registry._pki import AgencySpec, RegionSpec
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_SOURCE = REPO / "conf" / "registry"
@@ -154,9 +156,7 @@ def error_info(exc: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
 
 
 def dev_config(fed: Federation, region: str = "330000", **changes: Any) -> GatewayConfig:
-    config = GatewayConfig.for_dev_pki(
-        fed.pki, region, listen="127.0.0.1:0", snapshot_file=fed.current
-    )
+    config = config_for_dev_pki(fed.pki, region, listen="127.0.0.1:0", snapshot_file=fed.current)
     return dataclasses.replace(config, grace_seconds=0.5, **changes)
 
 

@@ -23,8 +23,8 @@ from registry import (
     Registry,
     SnapshotVerifier,
     load_authority_public_key,
+    rotate_key,
 )
-from registry._pki import issue_key
 
 T0 = datetime(2026, 11, 21, 8, 0, tzinfo=UTC)
 SEAL = KeyUsage.SEAL
@@ -32,12 +32,8 @@ SEAL = KeyUsage.SEAL
 
 def _rotate(fed: Federation, owner: str, usage: KeyUsage, now: datetime) -> str:
     """What `tongban keys rotate` does: a pending successor issued by the owner's region CA."""
-    inventory = fed.inventory()
-    (current,) = inventory.find(owner, usage, KeyState.ACTIVE)
-    key = issue_key(fed.pki, region=current.region, owner=owner, usage=usage.value, now=now)
-    inventory.add(KeyRecord.from_issued(fed.pki, key, KeyState.PENDING, now))
-    inventory.save()
-    return key.kid
+    (_current,) = fed.inventory().find(owner, usage, KeyState.ACTIVE)  # exactly one
+    return rotate_key(fed.pki, owner, usage, now=now).successor.kid
 
 
 def _published(fed: Federation) -> Registry:
