@@ -1,5 +1,6 @@
-"""Architecture: the layering gateway -> registry -> signer, and gRPC and protobuf only at the
-gateway's service edge. Read from the source (the import statements), not by importing it.
+"""Architecture: the layering gateway -> registry -> signer, gRPC and protobuf only at the
+gateway's service edge, and demo code off the serving path. Read from the source (the import
+statements), not by importing it.
 
 Domain modules take and return domain objects and know nothing of the wire: every module of
 `registry` and `signer`, and the gateway modules in DOMAIN_GATEWAY_MODULES, which neither import
@@ -7,12 +8,17 @@ gRPC or protobuf nor reach a module that does. The modules in NO_WIRE_IMPORT_MOD
 neither themselves but still reach gRPC through `gateway.errors` (where the gateway's error
 classes live beside the gRPC status mapping); they are held to the direct rule until their
 errors move out.
+
+Demo and development code lives in `gateway.demo` (the dev PKI, the demo data system, the demo's
+federation and stories). No module outside it and the CLI reaches it, function bodies included;
+a CLI verb imports it only inside the verb, and `gateway serve` only in SERVE_DEV_ONLY, for
+`--pki` or a configuration file with `[gateway] dev_pki`.
 """
 
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import cache
 from pathlib import Path
 
@@ -45,6 +51,10 @@ DOMAIN_GATEWAY_MODULES = (
     "gateway.tokens",
 )
 NO_WIRE_IMPORT_MODULES = ("gateway.policy", "gateway.quota", "gateway.sealing")
+DEMO = "gateway.demo"
+CLI = "gateway.cli"
+SERVE_VERB = "gateway.cli.gateway"
+SERVE_DEV_ONLY = "_dev_config"  # the serve verb's function for a dev PKI's configuration
 
 
 def _module_name(path: Path) -> str:
@@ -64,24 +74,54 @@ def sources() -> dict[str, Path]:
     }
 
 
-def _runtime_nodes(tree: ast.AST) -> Iterator[ast.AST]:
-    """The nodes of `tree`, leaving out `if TYPE_CHECKING:` blocks (not imported at run time)."""
+def _runtime_nodes(
+    tree: ast.AST, leave_out: Callable[[ast.AST], bool] = lambda node: False
+) -> Iterator[ast.AST]:
+    """The nodes of `tree`, leaving out `if TYPE_CHECKING:` blocks (not imported at run time),
+    and the nodes for which `leave_out` is true with everything in them."""
     for node in ast.iter_child_nodes(tree):
         if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            yield from (n for child in node.orelse for n in [child, *_runtime_nodes(child)])
+            yield from (
+                n
+                for child in node.orelse
+                if not leave_out(child)
+                for n in [child, *_runtime_nodes(child, leave_out)]
+            )
+            continue
+        if leave_out(node):
             continue
         yield node
-        yield from _runtime_nodes(node)
+        yield from _runtime_nodes(node, leave_out)
 
 
 @cache
 def direct_imports(module: str) -> frozenset[str]:
     """The modules `module` imports at run time (anywhere in it, a function's body too);
     `from a.b import c` counts `a.b`, and `a.b.c` when that is a module of ours."""
+    return _imports_in(module, _runtime_nodes(_tree(module)))
+
+
+def imports_outside_functions(
+    module: str, functions: tuple[str, ...] | None = None
+) -> frozenset[str]:
+    """What `module` imports outside the bodies of `functions` (None: of every function)."""
+
+    def in_a_body_left_out(node: ast.AST) -> bool:
+        return isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and (
+            functions is None or node.name in functions
+        )
+
+    return _imports_in(module, _runtime_nodes(_tree(module), in_a_body_left_out))
+
+
+def _tree(module: str) -> ast.Module:
     path = sources()[module]
-    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    return ast.parse(path.read_text(encoding="utf-8"), str(path))
+
+
+def _imports_in(module: str, nodes: Iterator[ast.AST]) -> frozenset[str]:
     found: set[str] = set()
-    for node in _runtime_nodes(tree):
+    for node in nodes:
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -183,3 +223,81 @@ def test_the_import_graph_sees_what_a_module_pulls_in_through_others() -> None:
     assert path_to("gateway.policy", "grpc")[:2] == ["gateway.policy", "gateway.errors"]
     assert "gateway.server" in reached("gateway.workers")
     assert "signer._report" not in direct_imports("signer.errors")  # under TYPE_CHECKING
+
+
+def is_demo(module: str) -> bool:
+    return module == DEMO or module.startswith(DEMO + ".")
+
+
+def in_cli(module: str) -> bool:
+    return module.split(".")[:2] == CLI.split(".")
+
+
+@cache
+def loaded(module: str) -> frozenset[str]:
+    """Every module importing `module` runs before any of its functions is called: the imports
+    outside function bodies, through ours transitively."""
+    seen: set[str] = set()
+    todo = _with_parents(module)
+    while todo:
+        current = todo.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        if current in sources():
+            for imported in imports_outside_functions(current):
+                todo.extend(_with_parents(imported))
+    return frozenset(seen - {module})
+
+
+def _demo_run_by(imports: frozenset[str]) -> list[str]:
+    """The demo modules that running these imports runs: a CLI module's verbs are not called by
+    importing it (what loading it runs counts); any other module's functions may be (all that
+    it reaches counts)."""
+    found: set[str] = set()
+    for imported in imports:
+        for module in _with_parents(imported):
+            run = loaded(module) if in_cli(module) else reached(module)
+            found.update(m for m in (module, *run) if is_demo(m))
+    return sorted(found)
+
+
+def serving_modules() -> list[str]:
+    """Every module of the three packages but the demo package and the CLI: the server, its
+    services, configuration, audit, cache, peers, provider client, workers, registry, signer."""
+    return sorted(m for m in sources() if not is_demo(m) and not in_cli(m))
+
+
+@pytest.mark.parametrize("module", serving_modules())
+def test_the_serving_path_does_not_import_demo_code(module: str) -> None:
+    demo = sorted(m for m in reached(module) if is_demo(m))
+    assert not demo, (
+        f"{module} imports demo code ({demo[0]}): {' -> '.join(path_to(module, demo[0]))}"
+    )
+
+
+@pytest.mark.parametrize("module", sorted(m for m in sources() if in_cli(m)))
+def test_the_cli_imports_demo_code_only_inside_the_verbs_that_run_it(module: str) -> None:
+    """Loading `tongban` (every verb group's module) runs no demo code: a verb that needs it
+    imports it in its body."""
+    demo = sorted(m for m in loaded(module) if is_demo(m))
+    assert not demo, f"{module} imports {demo[0]} when it is loaded: import it inside the verb"
+
+
+def test_gateway_serve_imports_demo_code_only_for_a_dev_pki() -> None:
+    """`gateway serve` with a production configuration runs no demo code: only the function
+    for a dev PKI imports it."""
+    demo = _demo_run_by(imports_outside_functions(SERVE_VERB, (SERVE_DEV_ONLY,)))
+    assert not demo, f"{SERVE_VERB} imports {demo[0]} outside {SERVE_DEV_ONLY}"
+
+
+def test_the_demo_checks_see_demo_imports_where_they_are() -> None:
+    # The analysis itself: the serve verb's dev function and the demo verb do import demo code,
+    # loading them does not; the server and the workers are checked as serving modules.
+    assert "gateway.demo.config" in direct_imports(SERVE_VERB)
+    assert _demo_run_by(direct_imports(SERVE_VERB))
+    assert not _demo_run_by(imports_outside_functions(SERVE_VERB, (SERVE_DEV_ONLY,)))
+    assert _demo_run_by(direct_imports("gateway.cli.demo"))
+    assert "gateway.demo.run" not in loaded("gateway.cli.demo")
+    assert {"gateway.server", "gateway.workers"} <= set(serving_modules())
+    assert {"gateway.server", "gateway.workers"} <= reached(SERVE_VERB)
