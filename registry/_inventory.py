@@ -26,9 +26,10 @@ from typing import Any, Protocol
 
 from cryptography import x509
 
+from registry._crl import REVOCATION_REASONS
 from registry._files import write_atomically
 from registry._model import KeyEntry, KeyState, KeyUsage
-from registry._pki import REVOCATION_REASONS, IssuedKey
+from registry._pki import IssuedKey
 from registry.errors import KeyLifecycleError
 
 __all__ = ["INVENTORY_FILE", "Inventory", "KeyRecord"]

@@ -25,11 +25,8 @@ are not here: they are demo code (`gateway.demo.pki`, never for production keys)
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
-import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -41,6 +38,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
+from registry._files import write_atomically
 from registry._profiles import (
     authority_key_identifier,
     check_name,
@@ -64,7 +62,6 @@ __all__ = [
     "CLOCK_SKEW",
     "LEAF_VALIDITY_DAYS",
     "MANIFEST_NAME",
-    "REVOCATION_REASONS",
     "USAGES",
     "AgencySpec",
     "IssuedKey",
@@ -72,17 +69,15 @@ __all__ = [
     "Manifest",
     "PkiError",
     "RegionSpec",
-    "RevokedCertificate",
     "agency_keys_dir",
     "ca_dir",
     "certificate_kid",
-    "issue_crl",
     "issue_key",
     "issue_leaf",
+    "load_region_issuer",
     "pem",
     "read_certificate",
     "region_ca_certificates",
-    "region_crls",
     "region_keys_dir",
     "scan_keys",
     "utc_now",
@@ -203,7 +198,7 @@ def issue_key(
         validity_days = LEAF_VALIDITY_DAYS
     if validity_days <= 0:
         raise PkiError(f"validity_days must be positive, not {validity_days}")
-    issuer = _load_region_issuer(pki_root, region_spec, passphrase)
+    issuer = load_region_issuer(pki_root, region_spec, passphrase)
     return issue_leaf(
         pki_root,
         manifest,
@@ -217,77 +212,6 @@ def issue_key(
         validity=timedelta(days=validity_days),
         tls_names=tuple(tls_names),
     )
-
-
-REVOCATION_REASONS: Final = {
-    "unspecified": x509.ReasonFlags.unspecified,
-    "keyCompromise": x509.ReasonFlags.key_compromise,
-    "affiliationChanged": x509.ReasonFlags.affiliation_changed,
-    "superseded": x509.ReasonFlags.superseded,
-    "cessationOfOperation": x509.ReasonFlags.cessation_of_operation,
-    "privilegeWithdrawn": x509.ReasonFlags.privilege_withdrawn,
-}  # RFC 5280 reason codes a key revocation may give (by their ASN.1 names)
-
-
-@dataclass(frozen=True)
-class RevokedCertificate:
-    certificate: Path  # PEM chain, leaf first
-    revoked_at: datetime
-    reason: str  # a key of REVOCATION_REASONS
-
-
-def issue_crl(
-    pki_root: Path,
-    region: str,
-    revoked: Sequence[RevokedCertificate],
-    *,
-    now: datetime,
-    next_update: datetime,
-    passphrase: bytes | None = None,
-) -> x509.CertificateRevocationList:
-    """Reissue the region intermediate's CRL listing exactly `revoked`; the CRL number grows."""
-    manifest = Manifest.read(pki_root)
-    issuer = _load_region_issuer(pki_root, manifest.region(region), passphrase)
-    path = ca_dir(pki_root, region) / "intermediate.crl.pem"
-    number = 1
-    with contextlib.suppress(OSError, ValueError, x509.ExtensionNotFound):
-        previous = x509.load_pem_x509_crl(path.read_bytes())
-        number = previous.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number + 1
-    builder = (
-        x509.CertificateRevocationListBuilder()
-        .issuer_name(issuer.certificate.subject)
-        .last_update(now - CLOCK_SKEW)
-        .next_update(next_update)
-        .add_extension(x509.CRLNumber(number), critical=False)
-        .add_extension(authority_key_identifier(issuer.certificate), critical=False)
-    )
-    for item in revoked:
-        if item.reason not in REVOCATION_REASONS:
-            raise PkiError(f"{item.reason!r} is not an RFC 5280 revocation reason")
-        certificate = read_certificate(item.certificate)
-        if certificate.issuer != issuer.certificate.subject:
-            continue  # not issued by this CA (e.g. imported): the registry key state still counts
-        builder = builder.add_revoked_certificate(
-            x509.RevokedCertificateBuilder()
-            .serial_number(certificate.serial_number)
-            .revocation_date(item.revoked_at)
-            .add_extension(x509.CRLReason(REVOCATION_REASONS[item.reason]), critical=False)
-            .build()
-        )
-    crl = builder.sign(issuer.key, hashes.SHA256())
-    write_public(path, crl.public_bytes(serialization.Encoding.PEM))
-    return crl
-
-
-def region_crls(pki_root: Path, region: str) -> tuple[x509.CertificateRevocationList, ...]:
-    """The region CA's current CRLs (the intermediate's)."""
-    path = ca_dir(pki_root, region) / "intermediate.crl.pem"
-    try:
-        return (x509.load_pem_x509_crl(path.read_bytes()),)
-    except FileNotFoundError:
-        return ()
-    except (OSError, ValueError) as exc:
-        raise PkiError(f"{path}: not a readable CRL") from exc
 
 
 def region_ca_certificates(pki_root: Path, region: str) -> tuple[x509.Certificate, ...]:
@@ -423,7 +347,7 @@ class Issuer:
     key: ec.EllipticCurvePrivateKey
 
 
-def _load_region_issuer(pki_root: Path, region: RegionSpec, passphrase: bytes | None) -> Issuer:
+def load_region_issuer(pki_root: Path, region: RegionSpec, passphrase: bytes | None) -> Issuer:
     _, intermediate = region_ca_certificates(pki_root, region.code)
     key_path = ca_dir(pki_root, region.code) / "intermediate.key"
     try:
@@ -595,15 +519,7 @@ def write_private(path: Path, key: PrivateKey, passphrase: bytes | None) -> None
 
 
 def write_public(path: Path, data: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
     try:
-        with temporary.open("xb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
+        write_atomically(path, data)
     except OSError as exc:
-        with contextlib.suppress(FileNotFoundError):
-            temporary.unlink()
         raise PkiError(f"cannot write {path}: {exc.strerror or exc}") from exc

@@ -17,15 +17,11 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
+from registry._crl import RevokedCertificate, issue_crl, region_crls
 from registry._files import write_atomically
 from registry._inventory import Inventory
 from registry._model import Region, Registry
-from registry._pki import (
-    RevokedCertificate,
-    issue_crl,
-    region_ca_certificates,
-    region_crls,
-)
+from registry._pki import region_ca_certificates
 from registry._snapshot import (
     AuthorityPublicKey,
     SignedSnapshot,
