@@ -12,7 +12,7 @@ from support import Federation, make_federation
 
 from gateway.cli import main
 from gateway.config import ExchangeConfig, GatewayConfig, read_passphrase
-from gateway.demo.config import config_for_dev_pki
+from gateway.demo.config import config_for_dev_pki, load_config
 from gateway.errors import ConfigError
 from registry import AUTHORITY_PUBLIC_KEY, KeyState, KeyUsage
 
@@ -514,3 +514,16 @@ def test_the_data_system_is_a_loopback_host_port(provider: str, fragment: str) -
 @pytest.mark.parametrize("provider", ["127.0.0.1:9500", "[::1]:9500", "localhost:9500"])
 def test_a_loopback_data_system_is_accepted(provider: str) -> None:
     assert ExchangeConfig(cache_key=bytes(32), provider=provider).provider == provider
+
+
+def test_a_dev_pki_file_is_read_by_the_demo_loader_only(dev: Federation, tmp_path: Path) -> None:
+    path = tmp_path / "dev.toml"
+    path.write_text(
+        f'[gateway]\nregion = "330000"\nlisten = "127.0.0.1:0"\ndev_pki = "{dev.pki}"\n\n'
+        f'[registry]\nsnapshot_file = "{dev.published / "current.jws"}"\n',
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError, match=r"dev\.toml: \[gateway\] dev_pki: a development"):
+        GatewayConfig.from_file(path)
+    config = load_config(path)
+    assert (config.region, config.tls_certificate) == ("330000", dev.tls_files("330000")[0])
