@@ -145,6 +145,11 @@ def _with_parents(module: str) -> list[str]:
 @cache
 def reached(module: str) -> frozenset[str]:
     """Every module importing `module` runs, ours and foreign, through ours transitively."""
+    return _closure(module, direct_imports)
+
+
+def _closure(module: str, imports: Callable[[str], frozenset[str]]) -> frozenset[str]:
+    """The modules `module` leads to by `imports` (what one module imports), transitively."""
     seen: set[str] = set()
     todo = _with_parents(module)
     while todo:
@@ -153,7 +158,7 @@ def reached(module: str) -> frozenset[str]:
             continue
         seen.add(current)
         if current in sources():
-            for imported in direct_imports(current):
+            for imported in imports(current):
                 todo.extend(_with_parents(imported))
     return frozenset(seen - {module})
 
@@ -237,17 +242,7 @@ def in_cli(module: str) -> bool:
 def loaded(module: str) -> frozenset[str]:
     """Every module importing `module` runs before any of its functions is called: the imports
     outside function bodies, through ours transitively."""
-    seen: set[str] = set()
-    todo = _with_parents(module)
-    while todo:
-        current = todo.pop()
-        if current in seen:
-            continue
-        seen.add(current)
-        if current in sources():
-            for imported in imports_outside_functions(current):
-                todo.extend(_with_parents(imported))
-    return frozenset(seen - {module})
+    return _closure(module, imports_outside_functions)
 
 
 def _demo_run_by(imports: frozenset[str]) -> list[str]:
