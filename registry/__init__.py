@@ -3,9 +3,10 @@
 Regions, agencies, datasets, purposes, agreements and keys (`_model`), loaded from a TOML source
 (`_source`), combined with the PKI's key inventory (`_inventory`), signed and versioned as a
 snapshot (`_snapshot`, `_publish`: signed JSON from `signer`), and held live by each gateway
-(`_store`). A region's PKI folder, its CAs issuing leaf keys and CRLs, is `_pki` (certificate
-profiles in `_profiles`); the development PKI that creates one for tests and demos is demo code,
-`gateway.demo.pki`.
+(`_store`). A region's PKI folder, its CAs issuing leaf keys, is `_pki` (certificate profiles in
+`_profiles`, CRLs in `_crl`); the key lifecycle steps that issue a key, a first one and a
+rotation's successor, are `_keys`. The development PKI that creates a folder for tests and demos
+is demo code, `gateway.demo.pki`.
 
 `__all__` is exactly what is used from outside the package (tests/unit/test_surfaces.py).
 """

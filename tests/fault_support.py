@@ -34,7 +34,7 @@ from support import Federation, free_port
 from gateway.audit import AuditLog
 from gateway.config import GatewayConfig
 from gateway.demo.data import DemoData
-from gateway.demo.federation import Loopback, start_regions
+from gateway.demo.federation import Configure, Loopback, start_regions
 from gateway.server import Gateway, create_gateway
 from tongban.v1 import exchange_pb2, exchange_pb2_grpc
 
@@ -205,9 +205,6 @@ def held_subjects(region: str, dataset: str, count: int = 40) -> list[str]:
 
 
 # the cluster ---------------------------------------------------------------------------------
-Configure = Callable[[str, GatewayConfig], GatewayConfig]
-
-
 @contextlib.asynccontextmanager
 async def running_gateways(
     fed: Federation,
