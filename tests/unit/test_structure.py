@@ -18,6 +18,7 @@ a CLI verb imports it only inside the verb, and `gateway serve` only in SERVE_DE
 from __future__ import annotations
 
 import ast
+import tomllib
 from collections.abc import Callable, Iterator
 from functools import cache
 from pathlib import Path
@@ -354,3 +355,17 @@ def test_the_size_measure_itself() -> None:
     assert "gateway/server.py" in modules
     assert "gateway/demo.py" not in modules  # being split elsewhere
     assert functions["gateway/tokens.py::TokenVerifier.verify"] > MAX_FUNCTION_LINES
+
+
+def test_every_package_of_the_source_is_shipped() -> None:
+    """pyproject.toml lists the packages the wheel ships; a sub-package left off it works from
+    the source tree and is missing from every install (the wheel test finds it much later)."""
+    shipped = set(
+        tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    found = {
+        ".".join(init.parent.relative_to(REPO).parts)
+        for top in ("gateway", "signer", "registry")
+        for init in (REPO / top).rglob("__init__.py")
+    }
+    assert found <= shipped, sorted(found - shipped)
