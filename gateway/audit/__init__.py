@@ -7,6 +7,7 @@ from gateway.audit._checkpoint import (
     sign_checkpoint,
     verify_checkpoint,
 )
+from gateway.audit._ids import audit_id, parse_audit_id
 from gateway.audit._log import MIN_RETENTION, AuditLog, Pruned, Verification
 from gateway.audit._merkle import (
     EMPTY_ROOT,
@@ -83,12 +84,14 @@ __all__ = [
     "StoredRow",
     "TreeHead",
     "Verification",
+    "audit_id",
     "digest_form",
     "is_case_id",
     "is_digest_form",
     "is_request_id",
     "leaf_hash",
     "node_hash",
+    "parse_audit_id",
     "pseudonymize",
     "recordable",
     "sign_checkpoint",

@@ -12,13 +12,20 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Final
 
-from gateway.audit import AuditLog, AuditRecord, AuditUnavailable, Outbound, Outcome, pseudonymize
+from gateway.audit import (
+    AuditLog,
+    AuditRecord,
+    AuditUnavailable,
+    Outbound,
+    Outcome,
+    audit_id,
+    pseudonymize,
+)
 from gateway.errors import OVERRIDES, Refusal
 from gateway.flows._model import AuditContext, Grant, SealedAnswer
 from gateway.identity import Caller, CallerKind
 from gateway.metrics import GatewayMetrics
 from gateway.policy import DataRequest, PolicyInputError, PurposePolicy, check_request
-from gateway.services.oversight import audit_id as make_audit_id
 from registry import Agency, Registry, RegistryError, RegistryStore
 
 __all__ = [
@@ -174,7 +181,7 @@ class AuditTrail:
         )
         if outcome is not Outcome.FAILED:
             self.metrics.decision("allowed" if outcome is Outcome.ALLOWED else "denied", reason)
-        return make_audit_id(self.log.origin, appended.index)
+        return audit_id(self.log.origin, appended.index)
 
     async def release(
         self,

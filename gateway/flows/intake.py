@@ -30,13 +30,20 @@ from datetime import datetime, timedelta
 from typing import Final
 
 from gateway import rpcs
-from gateway.audit import AuditError, AuditQuery, AuditRecord, AuditUnavailable, Outcome
+from gateway.audit import (
+    AuditError,
+    AuditQuery,
+    AuditRecord,
+    AuditUnavailable,
+    Outcome,
+    audit_id,
+    parse_audit_id,
+)
 from gateway.errors import Refusal
 from gateway.flows._common import AuditTrail, Gatekeeper, gateway_of
 from gateway.flows._model import AuditContext, IntakeCall
 from gateway.policy import DataRequest, Decision, SubjectKind, subject_kind
 from gateway.reports import MAX_REPORTS_PER_BATCH, AccessReport, BatchRefused, verify_batch
-from gateway.services.oversight import audit_id as make_audit_id
 from registry import CacheScope, Dataset, Registry
 
 __all__ = ["REPORT_CLOCK_SKEW", "ReportIntake"]
@@ -303,7 +310,7 @@ class ReportIntake:
                 and record.request_id == report.request_id
                 and record.sealed_digest == report.sealed_digest
             ):
-                return make_audit_id(log_.origin, index)
+                return audit_id(log_.origin, index)
         return None
 
     async def _answered(
@@ -314,10 +321,11 @@ class ReportIntake:
         `reporting_region`, at most the dataset's TTL (and the clocks' skew) before the access?
         One read of the log, whatever the subject's history."""
         log_ = self._trail.log
-        origin, _, index = report.answer_audit_id.rpartition("#")
-        if origin != log_.origin or not index.isdigit() or len(index) > 18:
+        named = parse_audit_id(report.answer_audit_id)
+        if named is None or named[0] != log_.origin:
             return False
-        rows = await log_.read(lambda: log_.store.rows(int(index), int(index) + 1))
+        index = named[1]
+        rows = await log_.read(lambda: log_.store.rows(index, index + 1))
         if not rows:
             return False
         try:

@@ -16,8 +16,6 @@ listing ends even while matching records keep being appended (its own records am
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 import time
 from collections.abc import AsyncIterator, Callable
@@ -26,7 +24,6 @@ from datetime import UTC, datetime
 from typing import Any, Final, NoReturn
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from gateway import rpcs
 from gateway.audit import (
@@ -37,51 +34,41 @@ from gateway.audit import (
     Checkpoint,
     Outcome,
     ProofError,
+    audit_id,
     digest_form,
     leaf_hash,
     pseudonymize,
 )
 from gateway.errors import Refusal
 from gateway.identity import Caller, CallerKind, current_caller
+from gateway.services._oversight_messages import (
+    OUTCOME_FROM_PB,
+    OUTCOME_TO_PB,
+    Shown,
+    checkpoint_message,
+    record_message,
+    time_of,
+    timestamp,
+)
 from registry import AgencyRole, RegistryError, RegistryStore, contains_citizen_id
-from tongban.v1 import common_pb2, oversight_pb2, oversight_pb2_grpc
+from tongban.v1 import oversight_pb2, oversight_pb2_grpc
 
-__all__ = ["OversightService", "audit_id", "record_message"]
+__all__ = [
+    "OversightService",
+    "audit_id",
+    "record_message",
+]  # the last two: see _oversight_messages
 
 DEFAULT_PAGE_SIZE: Final = 100  # records per page when none is asked for
 MAX_PAGE_SIZE: Final = 1000  # records per page at most
 # A page ends once its messages hold this much, well under a client's default 4 MiB limit.
 MAX_PAGE_BYTES: Final = 1024 * 1024  # bytes
-MAX_SHOWN_CHARS: Final = 4096  # characters of one value sent as is; longer ones as a digest
-MAX_SHOWN_FIELDS_BYTES: Final = 64 * 1024  # bytes of a record's field names sent as is
 MAX_FILTER_CHARS: Final = 128  # characters of a filter value recorded as is (else its digest)
 NEXT_PAGE_METADATA: Final = "tongban-next-page-token"
 MAX_INDEX: Final = 2**63 - 1  # the largest leaf index a store can hold (SQLite INTEGER)
 CHECKPOINT_INTERVAL_SECONDS: Final = 60.0  # SignCheckpoint: one call per caller per interval
 # "<last index shown>.<log size at the first page>"; a bare index is a token of earlier versions.
 _PAGE_TOKEN: Final = re.compile(r"([0-9]{1,19})(?:\.([0-9]{1,19}))?")
-
-_OUTCOME_TO_PB: Final = {
-    Outcome.ALLOWED: common_pb2.OUTCOME_ALLOWED,
-    Outcome.DENIED: common_pb2.OUTCOME_DENIED,
-    Outcome.FAILED: common_pb2.OUTCOME_FAILED,
-}
-_OUTCOME_FROM_PB: Final = {v: k for k, v in _OUTCOME_TO_PB.items()}
-
-
-def audit_id(origin: str, index: int) -> str:
-    """The id a client is given for an audit record: the log's origin and the leaf index."""
-    return f"{origin}#{index}"
-
-
-def _timestamp(value: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
-
-
-def _digest(text: str) -> str:
-    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _recordable(value: str) -> str:
@@ -94,81 +81,6 @@ def _recordable(value: str) -> str:
     if len(value) <= MAX_FILTER_CHARS and value.isprintable() and not contains_citizen_id(value):
         return value
     return digest_form(value)
-
-
-@dataclass(slots=True)
-class _Shown:
-    """Values as they may be sent: a value too long to send is replaced by its digest."""
-
-    abridged: bool = False
-
-    def text(self, value: str) -> str:
-        if len(value) <= MAX_SHOWN_CHARS:
-            return value
-        self.abridged = True
-        return _digest(value)
-
-    def fields(self, fields: tuple[str, ...]) -> list[str]:
-        shown = [self.text(f) for f in fields]
-        if sum(len(f.encode("utf-8")) for f in shown) <= MAX_SHOWN_FIELDS_BYTES:
-            return shown
-        self.abridged = True
-        return [_digest(json.dumps(sorted(fields), ensure_ascii=False, separators=(",", ":")))]
-
-
-def record_message(
-    origin: str, index: int, record: AuditRecord, leaf: bytes = b""
-) -> oversight_pb2.AuditRecord:
-    """The record as QueryAudit sends it; a value too long to send is abridged (see `_Shown`)."""
-    shown = _Shown()
-    message = oversight_pb2.AuditRecord(
-        index=index,
-        audit_id=audit_id(origin, index),
-        time=_timestamp(record.time),
-        gateway=shown.text(record.gateway),
-        region=shown.text(record.region),
-        request_id=shown.text(record.request_id),
-        caller_agency=shown.text(record.caller_agency),
-        caller_operator=shown.text(record.caller_operator),
-        caller_region=shown.text(record.caller_region),
-        provider_region=shown.text(record.provider_region),
-        dataset=shown.text(record.dataset),
-        purpose=shown.text(record.purpose),
-        case_id=shown.text(record.case_id),
-        subject_pseudonym=record.subject,
-        fields=shown.fields(record.fields),
-        outcome=_OUTCOME_TO_PB[record.outcome],
-        reason=shown.text(record.reason),
-        cache_hit=record.cache_hit,
-        latency_micros=min(record.latency_us, 2**32 - 1),
-        sealed_digest=shown.text(record.sealed_digest),
-        registry_version=record.registry_version,
-        agreement_id=shown.text(record.agreement_id),
-        rpc=shown.text(record.rpc),
-        leaf_hash=leaf,
-    )
-    # The canonical encoding holds the latency unclamped: a clamped one cannot rebuild the leaf.
-    message.abridged = shown.abridged or record.latency_us > 2**32 - 1
-    return message
-
-
-def checkpoint_message(checkpoint: Checkpoint | None) -> oversight_pb2.Checkpoint | None:
-    if checkpoint is None:
-        return None
-    message = oversight_pb2.Checkpoint(
-        origin=checkpoint.origin,
-        size=checkpoint.size,
-        root_hash=checkpoint.root,
-        note=checkpoint.note,
-        key_name=checkpoint.key_name,
-    )
-    if checkpoint.signed_at is not None:
-        message.signed_at.CopyFrom(_timestamp(checkpoint.signed_at))
-    return message
-
-
-def _time(stamp: Timestamp, present: bool) -> datetime | None:
-    return stamp.ToDatetime(tzinfo=UTC) if present else None
 
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -323,8 +235,8 @@ class OversightService(oversight_pb2_grpc.OversightServicer):
         """(since, until) of a request; a timestamp outside what a Timestamp may hold (seconds
         before year 1 or after 9999, nanos outside 0..999,999,999) is INVALID_ARGUMENT."""
         try:
-            since = _time(request.since, request.HasField("since"))
-            until = _time(request.until, request.HasField("until"))
+            since = time_of(request.since, request.HasField("since"))
+            until = time_of(request.until, request.HasField("until"))
         except (ValueError, OverflowError):
             await self._invalid(
                 context, call, "INVALID_ARGUMENT_FORMAT", "since or until is not a valid timestamp"
@@ -396,7 +308,7 @@ class OversightService(oversight_pb2_grpc.OversightServicer):
         call.dataset, call.purpose = _recordable(request.dataset), _recordable(request.purpose)
         call.ask("caller_agency", request.caller_agency)
         call.ask("provider_region", request.provider_region)
-        outcome = _OUTCOME_FROM_PB.get(request.outcome)
+        outcome = OUTCOME_FROM_PB.get(request.outcome)
         call.ask("outcome", outcome and outcome.value)
         await self._authorise(context, call)
         size = self._page_size(request.page_size, call)
@@ -550,9 +462,9 @@ class OversightService(oversight_pb2_grpc.OversightServicer):
         def measure(record: AuditRecord) -> int:
             agency = registry.agency(record.caller_agency)
             purpose = registry.purpose(record.purpose)
-            shown = _Shown()
+            shown = Shown()
             entry = oversight_pb2.SubjectAccessEntry(
-                time=_timestamp(record.time),
+                time=timestamp(record.time),
                 requester_agency=shown.text(record.caller_agency),
                 requester_agency_name=agency.name if agency else "",
                 requester_region=shown.text(record.caller_region),
@@ -561,7 +473,7 @@ class OversightService(oversight_pb2_grpc.OversightServicer):
                 purpose_name=purpose.name if purpose else "",
                 case_id=shown.text(record.case_id),
                 fields=shown.fields(record.fields),
-                outcome=_OUTCOME_TO_PB[record.outcome],
+                outcome=OUTCOME_TO_PB[record.outcome],
                 rpc=shown.text(record.rpc),
                 abridged=shown.abridged,
             )
