@@ -147,6 +147,10 @@ class Served:
         try:
             return self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
+            # SIGABRT: faulthandler (PYTHONFAULTHANDLER) writes every thread's stack to stderr
+            self.process.send_signal(signal.SIGABRT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=5)
             self.kill()
             return -signal.SIGKILL
 
@@ -351,6 +355,7 @@ class Deployment:
     provider_port: int = 0
     gateways: dict[str, Served] = field(default_factory=dict)
     provider: Served | None = None
+    tally: Tally = field(default_factory=lambda: Tally("-"))  # the running scenario's calls
 
     @property
     def requester(self) -> Served:
@@ -373,6 +378,7 @@ class Deployment:
             port = next((a.port for a in self.audit.values() if a.port), self.pg.port)
             env["TONGBAN_FAULTS_DSN"] = self.pg.dsn(port)
         env["PYTHONUNBUFFERED"] = "1"
+        env["PYTHONFAULTHANDLER"] = "1"  # a stop that hangs is shown (Served.interrupt)
         return env
 
     def prepare(self) -> None:
@@ -745,6 +751,7 @@ async def run_scenario(dep: Deployment, fault: Fault) -> Outcome:
     stream was answered again (then SETTLE_SECONDS more); then the records of every answer are
     waited for on both sides, and the deployment is stopped gracefully."""
     tally = Tally(fault.name)
+    dep.tally = tally
     windows: list[tuple[float, float]] = []
     back_after: list[float] = []
     names = {s.name for s in STREAMS}
@@ -757,11 +764,13 @@ async def run_scenario(dep: Deployment, fault: Fault) -> Outcome:
             )
             await asyncio.sleep(0.5)  # some requester-side cache hits
             for number in range(ROUNDS):
-                await _maybe(fault.begin())
-                began = time.monotonic()
-                tally.enter(f"fault {number + 1}")
-                await asyncio.sleep(fault.seconds)
-                await _maybe(fault.end())
+                try:
+                    await _maybe(fault.begin())
+                    began = time.monotonic()
+                    tally.enter(f"fault {number + 1}")
+                    await asyncio.sleep(fault.seconds)
+                finally:  # repaired whatever happens: the next scenario may share a server
+                    await _maybe(fault.end())
                 ended = time.monotonic()
                 tally.enter(f"recovered {number + 1}")
                 windows.append((began, ended))
