@@ -847,7 +847,12 @@ def judge(outcome: Outcome, fault: Fault) -> None:
     # Nothing recorded as released that was not (a call cut by the requester's own death may
     # have been recorded before the process died with its answer).
     kept = [s for s in refused if s not in lost]
-    assert not outcome.ledger.released_unrecorded_as_failed(kept), line
+    unreleased = outcome.ledger.released_unrecorded_as_failed(kept)
+    assert not unreleased, (
+        f"refused, yet recorded by 四川 as answered: {unreleased[:5]}",
+        [r for r in outcome.ledger.requester if r[0] in unreleased[:5]],
+        line,
+    )
     # Every answer a client received has its durable record on both sides: 0 lost.
     assert not missing_mine, (f"{len(missing_mine)} answers unknown to 四川's log", line)
     assert not missing_theirs, (f"{len(missing_theirs)} answers unknown to 浙江's log", line)

@@ -145,6 +145,15 @@ async def test_postgres_frozen(fed: Federation, tmp_path: Path, pg: PrivatePostg
         judge(await run_scenario(dep, fault), fault)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="found by this scenario, not point 1: (a) a gateway's graceful stop (either, or "
+    "both) hangs in AuditLog.close() -> checkpoint() -> PostgresAuditStore.head() on its reader "
+    "connection, whose query never reaches the server (pg_stat_activity: that backend idle since "
+    "the gateway started); nothing bounds that read, so SIGINT never ends the process; (b) now "
+    "and then a query refused AUDIT_UNAVAILABLE is left with an 'allowed' record at 四川 and no "
+    "'failed' follow-up",
+)
 async def test_postgres_connection_drops_packets(
     fed: Federation, tmp_path: Path, pg: PrivatePostgres
 ) -> None:
