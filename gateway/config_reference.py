@@ -260,7 +260,7 @@ KEYS: tuple[Key, ...] = (
         "redis_timeout_seconds",
         "no",
         (_EX, "redis_timeout_seconds"),
-        doc="bound on one Redis call, in seconds (replay window, quota, report queue, cache); "
+        doc="bound on one Redis call, in seconds (replay window, quota, cache); "
         "one breaker guards Redis for all of them",
     ),
     Key(

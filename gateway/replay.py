@@ -9,7 +9,7 @@ id reaches Redis (keys show up in MONITOR and SLOWLOG).
 When Redis cannot answer, `RedisReplayGuard` raises `ReplayUnavailable` and the gateway fails
 closed (`UNAVAILABLE`), or falls back to `FallbackReplayGuard`'s memory: a replay check that
 cannot be made is not skipped. Each call is bounded (`timeout_seconds`) and goes through the
-breaker of the gateway's Redis (shared with quotas, the report queue and the answer cache): while
+breaker of the gateway's Redis (shared with quotas and the answer cache): while
 it is open Redis is not asked and `ReplayUnavailable` is raised at once.
 `MemoryReplayGuard` is the single-process equivalent, for tests and a gateway without Redis.
 """

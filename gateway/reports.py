@@ -24,15 +24,17 @@ with the answer (`ForwardResponse.subject_pseudonym`): regions need not share a 
 `answer_audit_id` is the owner's audit id of that answer (`ForwardResponse.audit_id`), by which
 the owner finds the answer a report rests on in one read of its log.
 
-The queue (`ReportQueue`) is the outbox: a hit is answered from the cache only once its report
-is queued (and its own audit record is durable); a report leaves the queue only once the owner
-acknowledged it. `RedisReportQueue` keeps it in the region's Redis (one stream per owner, read
-through a consumer group, so any replica delivers what a stopped or crashed one queued);
-`MemoryReportQueue` in the process, for a single replica without Redis (lost if the process
-dies; flushed on a graceful stop). Both are bounded: a full queue refuses, and the hit is then
-forwarded to the owner like a miss. Delivery is at least once; the owner recognises a report it
-already recorded (same request, caller, digest and access time) and answers with the same
-audit id, so a retry never records an access twice.
+The outbox is the requesting gateway's own audit log: a hit is answered from the cache only
+once its audit record is durable, and the record carries the hit's report for the owner
+(`AuditLog.append(record, Outbound)`, one transaction). The `AccessReporter` reads the reports
+the log holds for each owner past that owner's durable cursor, sends them, and moves the cursor
+only once the owner acknowledged them, i.e. made them durable in its own log. Neither Redis nor
+the requesting process is then part of what must survive: a gateway that dies (or a Redis that
+loses everything) loses no report, and the next start on the same log sends what was waiting.
+Delivery is at least once (a crash between the owner's acknowledgement and the cursor's move, or
+two replicas sharing one PostgreSQL log, sends a batch twice); the owner recognises a report it
+already recorded (same request, caller, digest and access time) and answers with the same audit
+id, so a retry never records an access twice.
 """
 
 from __future__ import annotations
@@ -43,11 +45,10 @@ import logging
 import re
 import secrets
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 import grpc
 import jwt
@@ -55,32 +56,32 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from google.protobuf.timestamp_pb2 import Timestamp
-from redis.asyncio import Redis
-from redis.exceptions import ResponseError
 
-from gateway.audit import FIELD_GRAMMARS, is_case_id, is_request_id
-from gateway.cache import AnswerCache, BreakerOpen, CircuitBreaker
+from gateway.audit import (
+    FIELD_GRAMMARS,
+    AuditLog,
+    AuditUnavailable,
+    Outbound,
+    is_case_id,
+    is_request_id,
+)
+from gateway.cache import BreakerOpen
 from gateway.errors import error_info_of, peer_text
 from gateway.peers import PeerPool, UnknownPeer
-from gateway.replay import redis_call
 from registry import KeyState, KeyUsage, Registry, RegistryError, RegistryStore, is_registry_id
 from tongban.v1 import common_pb2, exchange_pb2
 
 __all__ = [
     "BATCH_VERSION",
     "FLUSH_SECONDS",
+    "MAX_BACKLOG",
     "MAX_BATCH_JWS_BYTES",
     "MAX_REPORTS_PER_BATCH",
     "REPORT_TYPE",
     "AccessReport",
     "AccessReporter",
     "BatchRefused",
-    "MemoryReportQueue",
-    "Queued",
-    "RedisReportQueue",
     "ReportFormatError",
-    "ReportQueue",
-    "ReportQueueUnavailable",
     "ReporterCounters",
     "SignedBatch",
     "batch_payload",
@@ -94,15 +95,14 @@ REPORT_TYPE: Final = "tongban.access-report+jws"
 BATCH_VERSION: Final = 1
 MAX_REPORTS_PER_BATCH: Final = 100  # reports in one Peer.ReportAccess call
 MAX_BATCH_JWS_BYTES: Final = 512 * 1024  # 100 reports take about 100 KiB
-FLUSH_SECONDS: Final = 1.0  # a queued report waits at most this long before it is sent
+FLUSH_SECONDS: Final = 1.0  # a recorded report waits at most this long before it is sent
 SEND_TIMEOUT_SECONDS: Final = 5.0  # one Peer.ReportAccess call
 BACKOFF_MIN_SECONDS: Final = 0.5  # after a failed send to an owner, doubled up to the max
 BACKOFF_MAX_SECONDS: Final = 30.0
 CLOSE_SECONDS: Final = 5.0  # what a graceful stop spends flushing at most
-CLAIM_IDLE_SECONDS: Final = 30.0  # a report another replica took this long ago is taken over
-MEMORY_BACKLOG: Final = 10_000  # reports held per owner in memory at most
-REDIS_BACKLOG: Final = 100_000  # reports queued per owner in Redis at most
-QUEUE_TIMEOUT_SECONDS: Final = 0.25  # one Redis operation on the answer path
+# Reports waiting for one owner beyond which hits for it are no longer answered from the cache
+# (they are forwarded to the owner, like misses): the outbox does not grow without bound.
+MAX_BACKLOG: Final = 100_000
 MAX_TEXT_CHARS: Final = 256  # any text of a report (ids, operator, case id)
 MAX_FIELDS: Final = 64
 
@@ -131,11 +131,6 @@ _BATCH_KEYS = frozenset(
 
 class ReportFormatError(ValueError):
     """A report or batch that is not in the `tongban.access-report/v1` form."""
-
-
-class ReportQueueUnavailable(Exception):
-    """A report could not be queued (the queue is full, or its store did not answer): the hit
-    must not be answered from the requester's cache."""
 
 
 def canonical_json(value: Any) -> bytes:
@@ -500,342 +495,12 @@ def verify_batch(
     return SignedBatch(kid, reporting_region, owner_region, batch_id, issued_at, tuple(parsed))
 
 
-# -- the queue ----------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class Queued:
-    entry_id: str
-    report: AccessReport
-
-
-class ReportQueue(Protocol):
-    """Reports waiting for their owner's acknowledgement, per owner region."""
-
-    @property
-    def durable(self) -> bool:
-        """Whether what is queued outlives this process."""
-        ...
-
-    async def put(self, owner: str, report: AccessReport) -> str:
-        """Queue a report; its entry id. Raises ReportQueueUnavailable (full, or down)."""
-        ...
-
-    async def drop(self, owner: str, entry_id: str) -> None:
-        """Forget a report that must not be sent after all (its access was not released)."""
-        ...
-
-    async def owners(self) -> tuple[str, ...]:
-        """Owner regions that may have reports queued."""
-        ...
-
-    async def take(self, owner: str, limit: int) -> list[Queued]:
-        """Up to `limit` reports to send to `owner`, oldest first, those taken before and not
-        acknowledged first; they stay queued until `done`."""
-        ...
-
-    async def done(self, owner: str, entry_ids: Sequence[str]) -> None:
-        """The owner acknowledged (or definitively refused) these: remove them."""
-        ...
-
-    async def backlog(self, owner: str) -> int:
-        """Reports queued for `owner`."""
-        ...
-
-    async def tidy(self) -> None:
-        """Forget the owners nothing is queued for (at a graceful stop)."""
-        ...
-
-
-class MemoryReportQueue:
-    """The queue in this process: for one replica without Redis. Lost if the process dies."""
-
-    durable = False
-
-    def __init__(self, max_per_owner: int = MEMORY_BACKLOG) -> None:
-        self._max = max_per_owner
-        self._entries: dict[str, OrderedDict[str, AccessReport]] = {}
-        self._next = 0
-
-    async def put(self, owner: str, report: AccessReport) -> str:
-        entries = self._entries.setdefault(owner, OrderedDict())
-        if len(entries) >= self._max:
-            raise ReportQueueUnavailable(
-                f"{len(entries)} reports for region {owner} are waiting: the queue is full"
-            )
-        self._next += 1
-        entry_id = str(self._next)
-        entries[entry_id] = report
-        return entry_id
-
-    async def drop(self, owner: str, entry_id: str) -> None:
-        await self.done(owner, [entry_id])
-
-    async def owners(self) -> tuple[str, ...]:
-        return tuple(sorted(owner for owner, entries in self._entries.items() if entries))
-
-    async def take(self, owner: str, limit: int) -> list[Queued]:
-        entries = self._entries.get(owner, OrderedDict())
-        out: list[Queued] = []
-        for entry_id, report in entries.items():
-            if len(out) >= limit:
-                break
-            out.append(Queued(entry_id, report))
-        return out
-
-    async def done(self, owner: str, entry_ids: Sequence[str]) -> None:
-        entries = self._entries.get(owner, OrderedDict())
-        for entry_id in entry_ids:
-            entries.pop(entry_id, None)
-        if not entries:
-            self._entries.pop(owner, None)  # an empty backlog per owner is not kept
-
-    async def backlog(self, owner: str) -> int:
-        return len(self._entries.get(owner, ()))
-
-    async def tidy(self) -> None:
-        for owner in [o for o, entries in self._entries.items() if not entries]:
-            del self._entries[owner]
-
-
-def _text_of(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _stream_entries(response: object) -> list[tuple[str, dict[Any, Any] | None]]:
-    """(id, fields) of an XREADGROUP reply for one stream: RESP2 `[[stream, entries]]` or
-    RESP3 `{stream: [entries]}`; an entry deleted while pending has no fields."""
-    if not response:
-        return []
-    lists: list[Any]
-    if isinstance(response, dict):
-        lists = [entries for value in response.values() for entries in value]
-    elif isinstance(response, list):
-        lists = [item[1] for item in response]
-    else:
-        return []
-    out: list[tuple[str, dict[Any, Any] | None]] = []
-    for entries in lists:
-        for entry in entries or ():
-            if not entry or entry[0] is None:
-                continue
-            fields = entry[1] if len(entry) > 1 else None
-            out.append((_text_of(entry[0]), fields if isinstance(fields, dict) else None))
-    return out
-
-
-class RedisReportQueue:
-    """The queue in the region's Redis, shared by its replicas: one stream per owner region,
-    `tb:rep:<region>:<key id>:<owner>`, read through the consumer group "reporters"; the owners
-    with a stream in the set `tb:rep:<region>:<key id>:owners`. Each entry is the report's
-    canonical JSON, encrypted under the answer cache's key (it holds a case id and a
-    pseudonym), whose id is part of the names: drain the queue before rotating that key. A
-    report taken by a replica that then stopped is taken over by another after
-    `claim_idle_seconds`.
-
-    Durable as far as Redis is: run it with `appendonly yes` (`appendfsync everysec` risks the
-    last second of reports if Redis itself crashes; `always` none)."""
-
-    durable = True
-    GROUP: Final = "reporters"
-
-    def __init__(
-        self,
-        client: Redis,
-        *,
-        region: str,
-        crypto: AnswerCache,
-        consumer: str | None = None,
-        claim_idle_seconds: float = CLAIM_IDLE_SECONDS,
-        max_per_owner: int = REDIS_BACKLOG,
-        timeout: float = QUEUE_TIMEOUT_SECONDS,
-        breaker: CircuitBreaker | None = None,
-    ) -> None:
-        self._client = client
-        self._breaker = breaker  # the gateway's Redis breaker: `put` fails at once while open
-        self._prefix = f"tb:rep:{region}:{crypto.key_id}:"
-        self._owners = f"{self._prefix}owners"
-        self._crypto = crypto
-        self.consumer = consumer or f"gateway-{region}-{secrets.token_hex(6)}"
-        self.claim_idle_seconds = claim_idle_seconds
-        self._max = max_per_owner
-        self._timeout = timeout
-        self._grouped: set[str] = set()
-
-    def stream(self, owner: str) -> str:
-        return self._prefix + owner
-
-    async def put(self, owner: str, report: AccessReport) -> str:
-        stream = self.stream(owner)
-        value = self._crypto.encrypt_value(stream.encode(), canonical_json(report.document()))
-
-        async def send() -> list[Any]:
-            async with self._client.pipeline(transaction=False) as pipe:
-                pipe.xlen(stream)
-                pipe.xadd(stream, {"r": value})
-                pipe.sadd(self._owners, owner)
-                return await pipe.execute()
-
-        try:
-            length, entry_id, _ = await redis_call(self._breaker, send, self._timeout)
-        except BreakerOpen as exc:
-            raise ReportQueueUnavailable(f"the report queue (Redis) is not called: {exc}") from exc
-        except Exception as exc:  # redis, timeout, connection: the hit is not served locally
-            raise ReportQueueUnavailable(
-                f"the report queue (Redis) did not answer ({type(exc).__name__})"
-            ) from exc
-        entry = _text_of(entry_id)
-        if int(length) >= self._max:
-            await self.drop(owner, entry)
-            raise ReportQueueUnavailable(
-                f"{length} reports for region {owner} are waiting: the queue is full"
-            )
-        return entry
-
-    async def drop(self, owner: str, entry_id: str) -> None:
-        async with asyncio.timeout(self._timeout):
-            async with self._client.pipeline(transaction=False) as pipe:
-                pipe.xack(self.stream(owner), self.GROUP, entry_id)
-                pipe.xdel(self.stream(owner), entry_id)
-                await pipe.execute()
-
-    async def owners(self) -> tuple[str, ...]:
-        members = await self._client.smembers(self._owners)
-        return tuple(sorted(_text_of(m) for m in members))
-
-    async def _group(self, stream: str) -> None:
-        if stream in self._grouped:
-            return
-        try:
-            await self._client.xgroup_create(stream, self.GROUP, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-        self._grouped.add(stream)
-
-    async def take(self, owner: str, limit: int) -> list[Queued]:
-        stream = self.stream(owner)
-        await self._group(stream)
-        try:
-            return await self._take(stream, owner, limit)
-        except ResponseError as exc:
-            if "NOGROUP" not in str(exc):
-                raise
-            self._grouped.discard(stream)  # the stream was removed and made again: regroup
-            await self._group(stream)
-            return await self._take(stream, owner, limit)
-
-    async def _take(self, stream: str, owner: str, limit: int) -> list[Queued]:
-        found: list[tuple[str, dict[Any, Any] | None]] = []
-        # (1) taken by this consumer before and not acknowledged (a send that failed)
-        found += _stream_entries(
-            await self._client.xreadgroup(self.GROUP, self.consumer, {stream: "0"}, count=limit)
-        )
-        # (2) taken by a replica that has not acknowledged them for a while (stopped, crashed)
-        if len(found) < limit:
-            claimed = await self._client.xautoclaim(
-                stream,
-                self.GROUP,
-                self.consumer,
-                int(self.claim_idle_seconds * 1000),
-                start_id="0-0",
-                count=limit - len(found),
-            )
-            entries = claimed[1] if isinstance(claimed, list | tuple) and len(claimed) > 1 else []
-            found += [
-                (_text_of(e[0]), e[1] if isinstance(e[1], dict) else None)
-                for e in entries
-                if e and e[0] is not None
-            ]
-        # (3) new ones
-        if len(found) < limit:
-            found += _stream_entries(
-                await self._client.xreadgroup(
-                    self.GROUP, self.consumer, {stream: ">"}, count=limit - len(found)
-                )
-            )
-        out: list[Queued] = []
-        unreadable: list[str] = []
-        deleted: list[str] = []
-        seen: set[str] = set()
-        for entry_id, fields in found:
-            if entry_id in seen:
-                continue
-            seen.add(entry_id)
-            if fields is None:  # taken back (`drop`) after a reporter had read it
-                deleted.append(entry_id)
-                continue
-            raw = fields.get(b"r", fields.get("r"))
-            plain = (
-                self._crypto.decrypt_value(stream.encode(), raw) if isinstance(raw, bytes) else None
-            )
-            try:
-                report = AccessReport.from_document(json.loads(plain)) if plain else None
-            except (ValueError, TypeError):
-                report = None
-            if report is None:
-                unreadable.append(entry_id)
-                continue
-            out.append(Queued(entry_id, report))
-        if deleted:
-            await self._client.xack(stream, self.GROUP, *deleted)
-        if unreadable:
-            # Encrypted under a cache key this gateway does not hold (or damaged): kept aside
-            # (never silently dropped) for an operator, out of the way of the rest.
-            log.error(
-                "access reports: %d queued reports for region %s cannot be read (cache key "
-                "rotated?); moved to %s:unreadable",
-                len(unreadable),
-                owner,
-                stream,
-            )
-            async with self._client.pipeline(transaction=False) as pipe:
-                kept = dict(reversed(found))  # each entry once
-                for entry_id in unreadable:
-                    if kept.get(entry_id):
-                        pipe.xadd(f"{stream}:unreadable", kept[entry_id] or {})
-                pipe.xack(stream, self.GROUP, *unreadable)
-                pipe.xdel(stream, *unreadable)
-                await pipe.execute()
-        return out
-
-    async def done(self, owner: str, entry_ids: Sequence[str]) -> None:
-        if not entry_ids:
-            return
-        stream = self.stream(owner)
-        async with self._client.pipeline(transaction=False) as pipe:
-            pipe.xack(stream, self.GROUP, *entry_ids)
-            pipe.xdel(stream, *entry_ids)
-            await pipe.execute()
-
-    async def backlog(self, owner: str) -> int:
-        return int(await self._client.xlen(self.stream(owner)))
-
-    # Atomic: an XADD lands either before (the stream is kept) or after (it makes the stream
-    # again, and its SADD the owner; the reporter then makes the group again: NOGROUP).
-    _REMOVE_IF_EMPTY: Final = """
-        if redis.call('XLEN', KEYS[1]) == 0 then
-            redis.call('DEL', KEYS[1])
-            redis.call('SREM', KEYS[2], ARGV[1])
-            return 1
-        end
-        return 0
-    """
-
-    async def tidy(self) -> None:
-        """Remove the streams (and their consumer group) of owners nothing is queued for, so
-        that a stopped deployment leaves no empty keys behind."""
-        for owner in await self.owners():
-            stream = self.stream(owner)
-            removed = await self._client.eval(self._REMOVE_IF_EMPTY, 2, stream, self._owners, owner)
-            if removed:
-                self._grouped.discard(stream)
-
-
 # -- the reporter -------------------------------------------------------------------------------
 @dataclass
 class ReporterCounters:
     """Totals since start (for logs and tests; no metric carries them yet)."""
 
-    queued: int = 0  # reports queued by hits
+    queued: int = 0  # reports recorded by hits (their records durable)
     batches: int = 0  # batches the owners accepted
     accepted: int = 0  # reports the owners accepted
     refused: int = 0  # reports an owner refused for good (recorded there as denied)
@@ -869,10 +534,12 @@ _FINAL_CODES: Final = frozenset(
 
 
 class AccessReporter:
-    """Sends the queued reports of requester-side cache hits to their owners, in signed
-    batches: as soon as `batch_size` are waiting, else every `flush_seconds`; with retries and
-    a growing pause per owner (`backoff_min`..`backoff_max` seconds) while one cannot be
-    reached or refuses a whole batch; `close()` flushes what is left on a graceful stop.
+    """Sends the access reports of requester-side cache hits to their owners, from this
+    gateway's own audit log (the outbox): in signed batches, as soon as `batch_size` are waiting
+    for an owner, else every `flush_seconds`; with a growing pause per owner (`backoff_min`..
+    `backoff_max` seconds) while it cannot be reached or refuses a whole batch. An owner's
+    cursor moves only past what it acknowledged, i.e. made durable in its own log; `close()`
+    sends what it can on a graceful stop, and whatever is left is sent by the next start.
 
     The batches are signed with the gateway's audit key (`key`, Ed25519); its registry id is
     the audit key of this region the current registry publishes with the same public key.
@@ -884,7 +551,7 @@ class AccessReporter:
         region: str,
         registry: RegistryStore,
         peers: PeerPool,
-        queue: ReportQueue,
+        audit: AuditLog,
         key: ed25519.Ed25519PrivateKey,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         flush_seconds: float = FLUSH_SECONDS,
@@ -892,13 +559,14 @@ class AccessReporter:
         send_timeout: float = SEND_TIMEOUT_SECONDS,
         backoff_min: float = BACKOFF_MIN_SECONDS,
         backoff_max: float = BACKOFF_MAX_SECONDS,
+        max_backlog: int = MAX_BACKLOG,
     ) -> None:
         if not 1 <= batch_size <= MAX_REPORTS_PER_BATCH:
             raise ValueError(f"batch_size is 1 to {MAX_REPORTS_PER_BATCH}")
         self.region = region
         self._registry = registry
         self._peers = peers
-        self.queue = queue
+        self.audit = audit
         self._key = key
         self._public = key.public_key().public_bytes(
             serialization.Encoding.Raw, serialization.PublicFormat.Raw
@@ -909,8 +577,10 @@ class AccessReporter:
         self.send_timeout = send_timeout
         self.backoff_min = backoff_min
         self.backoff_max = backoff_max
+        self.max_backlog = max_backlog
         self.counters = ReporterCounters()
-        self._waiting: dict[str, int] = {}  # reports queued by this process since its last send
+        self.backlog: dict[str, int] = {}  # reports waiting per owner, as of the last look
+        self._waiting: dict[str, int] = {}  # reports recorded by this process since its last send
         self._retry_at: dict[str, tuple[float, float]] = {}  # owner -> (monotonic, pause)
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -918,29 +588,23 @@ class AccessReporter:
         self._closed = False
 
     # -- the answer path ---------------------------------------------------------------------
-    async def queue_report(self, owner: str, report: AccessReport) -> str:
-        """Queue one report; its entry id. Raises ReportQueueUnavailable (then the hit must be
-        forwarded to the owner instead)."""
-        if self._closed:
-            raise ReportQueueUnavailable("the gateway is stopping: reports are no longer queued")
-        entry_id = await self.queue.put(owner, report)
+    def accepting(self, owner: str) -> bool:
+        """Whether a hit for `owner` may be answered from the cache: not while this gateway is
+        stopping, nor while `max_backlog` reports already wait for that owner (it is then asked
+        instead, like on a miss, so that the outbox does not grow without bound)."""
+        return not self._closed and self.backlog.get(owner, 0) < self.max_backlog
+
+    def outbound(self, owner: str, report: AccessReport) -> Outbound:
+        """The report as its audit record carries it to the outbox."""
+        return Outbound(owner, canonical_json(report.document()))
+
+    def recorded(self, owner: str) -> None:
+        """A hit's record (and so its report) is durable: send soon, at once if a batch is full."""
         self.counters.queued += 1
+        self.backlog[owner] = self.backlog.get(owner, 0) + 1
         waiting = self._waiting[owner] = self._waiting.get(owner, 0) + 1
         if waiting >= self.batch_size:
             self._wake.set()
-        return entry_id
-
-    async def unqueue(self, owner: str, entry_id: str) -> None:
-        """Best effort: take back a report whose access was not released after all."""
-        try:
-            await self.queue.drop(owner, entry_id)
-        except Exception as exc:  # the owner will then record one access too many: the safe side
-            log.warning(
-                "access reports: a report for region %s whose answer was not released could not "
-                "be taken back (%s): the owner will record it",
-                owner,
-                type(exc).__name__,
-            )
 
     # -- sending -----------------------------------------------------------------------------
     async def run(self) -> None:
@@ -954,17 +618,18 @@ class AccessReporter:
             self._wake.clear()
             try:
                 await self.flush()
-            except Exception as exc:  # the queue's store is down: the reports wait in it
-                log.warning("access reports: flush failed (%s); retrying", type(exc).__name__)
+            except AuditUnavailable as exc:  # the reports wait in the log
+                log.warning("access reports: the audit log cannot be read (%s); retrying", exc)
 
     async def flush(self, *, final: bool = False, deadline: float | None = None) -> int:
-        """Send every queued report whose owner is not in its retry pause (`final`: whatever
-        the pause); returns how many the owners accepted."""
+        """Send every waiting report whose owner is not in its retry pause (`final`: whatever
+        the pause); returns how many the owners accepted. Raises AuditUnavailable."""
         async with self._lock:
             accepted = 0
-            owners = await self.queue.owners()
-            # Nothing is kept per owner that has nothing queued (its reports were delivered by
-            # another replica, or taken back): owners come and go with the registry's regions.
+            self.backlog = await self.audit.outbox_backlog()
+            owners = sorted(self.backlog)
+            # Nothing is kept per owner that has nothing waiting (delivered by another replica
+            # sharing the log, or withdrawn): owners come and go with the registry's regions.
             for gone in (self._retry_at.keys() | self._waiting.keys()) - set(owners):
                 self._retry_at.pop(gone, None)
                 self._waiting.pop(gone, None)
@@ -979,19 +644,42 @@ class AccessReporter:
 
     async def _drain(self, owner: str, deadline: float | None) -> int:
         accepted = 0
-        if not await self.queue.backlog(owner):  # one cheap call when there is nothing to send
-            self._waiting[owner] = 0
-            return 0
+        limit = self.batch_size
+        self._waiting[owner] = 0
         while deadline is None or time.monotonic() < deadline:
-            batch = await self.queue.take(owner, self.batch_size)
-            if not batch:
-                self._waiting[owner] = 0
+            pending = await self.audit.outbox(owner, limit)
+            if not pending:
                 break
-            sent, more = await self._send(owner, batch, deadline)
+            batch: list[tuple[int, AccessReport]] = []
+            for item in pending:
+                try:
+                    report = AccessReport.from_document(json.loads(item.payload))
+                except (ValueError, ReportFormatError) as exc:
+                    if not batch:  # the oldest: it can never be sent, and must not block the rest
+                        await self._set_aside(owner, item.index, exc)
+                    break  # the ones before it go first
+                batch.append((item.index, report))
+            if not batch:
+                continue
+            sent, more, limit = await self._send(owner, batch, deadline)
             accepted += sent
             if not more:
                 break
         return accepted
+
+    async def _set_aside(self, owner: str, index: int, exc: Exception) -> None:
+        """A stored report that does not read back (a row edited by hand, or a bug): said
+        loudly, and acknowledged unsent; its audit record still says what was accessed."""
+        log.error(
+            "access reports: the report of audit record %d for region %s cannot be read back "
+            "(%s); it is not sent: tell the owner from that record",
+            index,
+            owner,
+            type(exc).__name__,
+        )
+        await self.audit.acknowledge(owner, index)
+        self.counters.refused += 1
+        self.backlog[owner] = max(self.backlog.get(owner, 0) - 1, 0)
 
     def _signing_kid(self, registry: Registry) -> str | None:
         version, kid = self._kid
@@ -1022,14 +710,14 @@ class AccessReporter:
         )
 
     async def _send(
-        self, owner: str, batch: list[Queued], deadline: float | None
-    ) -> tuple[int, bool]:
-        """(reports accepted, whether to go on draining this owner)."""
+        self, owner: str, batch: list[tuple[int, AccessReport]], deadline: float | None
+    ) -> tuple[int, bool, int]:
+        """(reports accepted, whether to go on draining this owner, how many to take next)."""
         try:
             registry = self._registry.current()
         except RegistryError as exc:
             self._failed(owner, f"no registry in force: {exc}")
-            return 0, False
+            return 0, False, self.batch_size
         kid = self._signing_kid(registry)
         if kid is None:
             self._failed(
@@ -1037,8 +725,8 @@ class AccessReporter:
                 f"the registry publishes no audit key of region {self.region} matching this "
                 "gateway's audit key: batches cannot be signed",
             )
-            return 0, False
-        reports = [q.report for q in batch]
+            return 0, False, self.batch_size
+        reports = [report for _, report in batch]
         payload = batch_payload(
             reporting_region=self.region,
             owner_region=owner,
@@ -1062,41 +750,54 @@ class AccessReporter:
             )
         except (UnknownPeer, BreakerOpen, TimeoutError) as exc:
             self._failed(owner, str(exc) or type(exc).__name__)
-            return 0, False
+            return 0, False, self.batch_size
         except grpc.aio.AioRpcError as exc:
             reason, metadata = _status_details(exc)
             index = metadata.get("index", "")
             if exc.code() in _FINAL_CODES and index.isdigit() and int(index) < len(batch):
-                refused = batch[int(index)]
-                log.error(  # noqa: TRY400 - the owner's decision, not a traceback
-                    "access reports: region %s refused a report of %s's access to %s (%s); it "
-                    "recorded the refusal, and the report is not sent again",
-                    owner,
-                    refused.report.caller_agency,
-                    refused.report.dataset,
-                    reason or exc.code().name,
-                )
-                await self.queue.done(owner, [refused.entry_id])
-                self.counters.refused += 1
-                return 0, True  # the rest of the batch goes again at once
+                return await self._refused(owner, batch, int(index), reason or exc.code().name)
             self._failed(owner, _failure(exc))
-            return 0, False
+            return 0, False, self.batch_size
         if response.accepted != len(batch) or len(response.audit_ids) != len(batch):
             self._failed(
                 owner,
                 f"the owner acknowledged {response.accepted} of {len(batch)} reports",
             )
-            return 0, False
-        await self.queue.done(owner, [q.entry_id for q in batch])
+            return 0, False, self.batch_size
+        # The owner made them durable: only now does its cursor move past them.
+        await self.audit.acknowledge(owner, batch[-1][0])
         self._retry_at.pop(owner, None)
         self.counters.batches += 1
         self.counters.accepted += len(batch)
-        return len(batch), len(batch) >= self.batch_size
+        self.backlog[owner] = max(self.backlog.get(owner, 0) - len(batch), 0)
+        return len(batch), True, self.batch_size  # until the outbox reads empty
+
+    async def _refused(
+        self, owner: str, batch: list[tuple[int, AccessReport]], at: int, reason: str
+    ) -> tuple[int, bool, int]:
+        """The owner refused report `at` of the batch for good (and recorded the refusal). The
+        cursor passes it only once it is the oldest waiting: the ones before it go first, alone."""
+        if at > 0:
+            return 0, True, at
+        index, refused = batch[0]
+        log.error(
+            "access reports: region %s refused a report of %s's access to %s (%s); it recorded "
+            "the refusal, and the report (audit record %d) is not sent again",
+            owner,
+            refused.caller_agency,
+            refused.dataset,
+            reason,
+            index,
+        )
+        await self.audit.acknowledge(owner, index)
+        self.counters.refused += 1
+        self.backlog[owner] = max(self.backlog.get(owner, 0) - 1, 0)
+        return 0, True, self.batch_size
 
     async def close(self, timeout: float = CLOSE_SECONDS) -> None:
-        """A graceful stop: no more reports are queued; what is queued is sent (within
-        `timeout`). What is left stays in a durable queue for the next reporter; from a memory
-        queue it is lost, and said so in the log."""
+        """A graceful stop: no more hits are answered from the cache; what waits is sent
+        (within `timeout`). What is left waits in the audit log for the next start; from an
+        in-memory log it is lost with the log itself, and said so."""
         if self._closed:
             return
         self._closed = True
@@ -1104,25 +805,23 @@ class AccessReporter:
         try:
             async with asyncio.timeout(timeout + 1):
                 await self.flush(final=True, deadline=deadline)
-        except Exception:
-            log.warning("access reports: the final flush failed", exc_info=True)
-        try:
-            await self.queue.tidy()
-            left = {owner: await self.queue.backlog(owner) for owner in await self.queue.owners()}
-        except Exception:
+            left = await self.audit.outbox_backlog()
+        except (AuditUnavailable, TimeoutError) as exc:
+            log.warning("access reports: the final flush did not finish (%s)", exc)
             return
-        left = {owner: n for owner, n in left.items() if n}
         if not left:
             return
-        if self.queue.durable:
+        waiting = ", ".join(f"{n} for {owner}" for owner, n in sorted(left.items()))
+        if self.audit.durable:
             log.warning(
-                "access reports: %s still queued at stop; the next reporter of region %s sends them",
-                ", ".join(f"{n} for {owner}" for owner, n in sorted(left.items())),
+                "access reports: %s still waiting at stop; they are sent when region %s's "
+                "gateway starts again on this audit log",
+                waiting,
                 self.region,
             )
         else:
             log.error(
-                "access reports: %s could not be delivered before the stop and are lost "
-                "(the queue was in memory); this gateway's audit log still records each hit",
-                ", ".join(f"{n} for {owner}" for owner, n in sorted(left.items())),
+                "access reports: %s could not be delivered before the stop and are lost with "
+                "the in-memory audit log",
+                waiting,
             )

@@ -73,7 +73,7 @@ from gateway.replay import (
     RedisReplayGuard,
     ReplayGuard,
 )
-from gateway.reports import AccessReporter, MemoryReportQueue, RedisReportQueue, ReportQueue
+from gateway.reports import AccessReporter
 from gateway.services.credentials import CredentialsService
 from gateway.services.exchange import DataExchangeService, PeerService, QueryPath
 from gateway.services.oversight import OversightService
@@ -120,7 +120,7 @@ CREDENTIALS_SERVICE = credentials_pb2.DESCRIPTOR.services_by_name["Credentials"]
 OVERSIGHT_SERVICE = oversight_pb2.DESCRIPTOR.services_by_name["Oversight"].full_name
 EXCHANGE_SERVICE = exchange_pb2.DESCRIPTOR.services_by_name["DataExchange"].full_name
 PEER_SERVICE = exchange_pb2.DESCRIPTOR.services_by_name["Peer"].full_name
-# Connections of the client the replay window, quotas and report queue share: a burst of calls
+# Connections of the client the replay window and quotas share: a burst of calls
 # waits (within [exchange] redis_timeout_seconds) for one instead of opening one per call.
 REDIS_MAX_CONNECTIONS = 64
 SERVED_SERVICES = (REGISTRY_SERVICE, CREDENTIALS_SERVICE)  # always; Oversight with an audit log
@@ -365,7 +365,7 @@ class Gateway:
             metrics=self.metrics,
         )
         self._closers: list[Callable[[], Awaitable[None]]] = []
-        # One Redis, one breaker: the replay window, quotas, report queue and answer cache agree.
+        # One Redis, one breaker: the replay window, quotas and answer cache agree.
         self.redis_breaker = make_breaker(
             config,
             "Redis",
@@ -409,7 +409,6 @@ class Gateway:
         replay: ReplayGuard
         quota: QuotaCounter
         backend: CacheBackend
-        reports: ReportQueue
         cache_key_id = hashlib.sha256(exchange.cache_key).hexdigest()[:4]
         if exchange.redis_url:
             client = redis.asyncio.Redis.from_pool(
@@ -443,13 +442,6 @@ class Gateway:
             backend = RedisBackend(
                 exchange.redis_url, operation_timeout=exchange.redis_timeout_seconds
             )
-            reports = RedisReportQueue(
-                client,
-                region=config.region,
-                crypto=AnswerCache(backend, key=exchange.cache_key, key_id=cache_key_id),
-                breaker=self.redis_breaker,
-                timeout=exchange.redis_timeout_seconds,
-            )
         else:
             log.warning(
                 "gateway %s keeps its cache, replay window and quotas in memory: run one replica only",
@@ -458,7 +450,6 @@ class Gateway:
             replay = MemoryReplayGuard(REPLAY_WINDOW_SECONDS, clock)
             quota = MemoryQuotaCounter()
             backend = MemoryBackend()
-            reports = MemoryReportQueue()
         self._closers.append(backend.close)
         provider = (
             ProviderClient(
@@ -516,7 +507,7 @@ class Gateway:
                 region=config.region,
                 registry=self.store,
                 peers=peers,
-                queue=reports,
+                audit=self.audit,
                 key=audit_key,
                 clock=clock,
             ),
@@ -778,6 +769,8 @@ class Gateway:
         )
         if self.query_path is not None:
             self.metrics.observe_cache(self.query_path.cache)
+            if self.query_path.reporter is not None:
+                self.metrics.observe_reports(self.query_path.reporter.backlog)
         self.metrics.observe_breakers(self.breakers())
         self.metrics.observe_admission(self.admission)
         if self.audit is not None:

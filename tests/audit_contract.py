@@ -20,7 +20,7 @@ from gateway.audit._checkpoint import sign_checkpoint
 from gateway.audit._log import AuditLog
 from gateway.audit._merkle import MerkleTree, leaf_hash, verify_consistency, verify_inclusion
 from gateway.audit._record import AuditRecord, Outcome, pseudonymize
-from gateway.audit._store import AuditQuery, AuditStore
+from gateway.audit._store import AuditQuery, AuditStore, Outbound
 
 KEY = b"k" * 32
 T0 = datetime(2026, 11, 21, 8, 0, tzinfo=UTC)
@@ -118,4 +118,58 @@ async def check_store_contract(make_store: Callable[[], AuditStore]) -> None:
     assert root == latest.root
     consistency, size2, root2 = await audit.consistency_proof(50)
     verify_consistency(50, size2, consistency, head.root, root2)
+    await again.close()
+
+
+async def check_outbox_contract(make_store: Callable[[], AuditStore]) -> None:
+    """The outbox: a record's message is stored with it, read back per destination in index
+    order past the destination's cursor, forgotten once acknowledged (the cursor never moves
+    back), withdrawn on request, and still there after a reopen."""
+    store = make_store()
+    await store.open()
+    base = (await store.head()).size
+
+    def outbound(i: int) -> Outbound | None:
+        if i % 2 == 0:
+            return Outbound("330000", f'{{"n":{i}}}'.encode())
+        if i % 3 == 0:
+            return Outbound("500000", f'{{"n":{i}}}'.encode())
+        return None
+
+    appended = await asyncio.gather(
+        *(store.append(make_record(100 + i), outbound(i)) for i in range(12))
+    )
+    by_index = {a.index: i for a, i in zip(appended, range(12), strict=True)}
+    assert sorted(by_index) == list(range(base, base + 12))
+    owed = sorted(a.index for a, i in zip(appended, range(12), strict=True) if i % 2 == 0)
+    first = await store.outbox("330000", 100)
+    assert [p.index for p in first] == owed  # index order, this destination only
+    assert [p.payload for p in first] == [f'{{"n":{by_index[x]}}}'.encode() for x in owed]
+    assert [p.index for p in await store.outbox("330000", 2)] == owed[:2]
+    assert await store.outbox("110000", 10) == []
+    assert await store.outbox("330000", 0) == []
+    assert await store.outbox_backlog() == {"330000": 6, "500000": 2}
+    # Acknowledged: forgotten, and the cursor never moves back.
+    await store.acknowledge("330000", owed[2])
+    assert [p.index for p in await store.outbox("330000", 100)] == owed[3:]
+    await store.acknowledge("330000", owed[0])
+    assert [p.index for p in await store.outbox("330000", 100)] == owed[3:]
+    assert await store.outbox_backlog() == {"330000": 3, "500000": 2}
+    # Withdrawn: one message, once.
+    for_500000 = [p.index for p in await store.outbox("500000", 10)]
+    assert await store.withdraw(for_500000[0])
+    assert not await store.withdraw(for_500000[0])
+    assert not await store.withdraw(owed[0])  # acknowledged already
+    assert [p.index for p in await store.outbox("500000", 10)] == for_500000[1:]
+    await store.close()
+    # Durable: a reopened store still owes the rest, past the same cursor.
+    again = make_store()
+    await again.open()
+    assert [p.index for p in await again.outbox("330000", 100)] == owed[3:]
+    assert await again.outbox_backlog() == {"330000": 3, "500000": 1}
+    await again.acknowledge("330000", owed[-1])
+    await again.acknowledge("500000", for_500000[-1])
+    assert await again.outbox_backlog() == {}
+    # The records themselves are untouched by all of this.
+    assert len(await again.rows(base, base + 12)) == 12
     await again.close()

@@ -39,6 +39,8 @@ from gateway.audit._store import (
     AuditQuery,
     AuditStore,
     MemoryAuditStore,
+    Outbound,
+    Pending,
     StoredRow,
     TreeHead,
 )
@@ -64,7 +66,9 @@ __all__ = [
     "CompactRange",
     "MemoryAuditStore",
     "MerkleTree",
+    "Outbound",
     "Outcome",
+    "Pending",
     "PostgresAuditStore",
     "ProofError",
     "PruneMarker",

@@ -7,7 +7,8 @@ database) is refused at once while the breaker is open, instead of every call wa
 deadline. A record whose append timed out, or whose caller was cancelled while it waited, may
 still become durable later (it was already on its way to the database); if it claims an allowed
 access, the log then appends a follow-up record for the same request, failed with
-AUDIT_UNAVAILABLE and no fields: the answer was not released. Every `checkpoint_every_records` appends, every
+AUDIT_UNAVAILABLE and no fields: the answer was not released (and the access report the record
+carried for its owner, if it is still waiting in the outbox, is withdrawn). Every `checkpoint_every_records` appends, every
 `checkpoint_every_seconds`, on close and when oversight asks (`checkpoint_if_grown`), the log
 signs its tree head as a C2SP checkpoint with the gateway's Ed25519 audit key, under the key name
 of its origin, and stores it with the time it was signed. `verify()` recomputes every leaf from the stored
@@ -36,7 +37,15 @@ from gateway.audit._checkpoint import (
 )
 from gateway.audit._merkle import CompactRange, MerkleTree, ProofError, leaf_hash
 from gateway.audit._record import FIELD_GRAMMARS, AuditRecord, Outcome, is_case_id
-from gateway.audit._store import Appended, AuditStore, PruneMarker
+from gateway.audit._store import (
+    Appended,
+    AuditStore,
+    MemoryAuditStore,
+    Outbound,
+    Pending,
+    PruneMarker,
+    StoredRow,
+)
 from gateway.audit.errors import AuditIntegrityError, AuditUnavailable
 from gateway.cache import BreakerOpen, CircuitBreaker
 
@@ -161,9 +170,11 @@ class AuditLog:
                 log.warning("no final checkpoint: %s", exc)
         await self.store.close()
 
-    async def append(self, record: AuditRecord) -> Appended:
+    async def append(self, record: AuditRecord, outbound: Outbound | None = None) -> Appended:
+        """Make `record` durable (with `outbound`, the message its access owes another region,
+        in the same transaction); raise `AuditUnavailable` if it is not within the bound."""
         try:
-            appended = await self._append(record)
+            appended = await self._append(record, outbound)
         except AuditUnavailable:
             if self.observer is not None:
                 self.observer.audit_append(False)
@@ -214,17 +225,32 @@ class AuditLog:
                 f"the audit store did not answer within {self.read_timeout_seconds:g} s"
             ) from exc
 
-    async def _append(self, record: AuditRecord) -> Appended:
+    # -- the outbox (see AuditStore) ----------------------------------------------------------
+    async def outbox(self, destination: str, limit: int) -> list[Pending]:
+        return await self.read(lambda: self.store.outbox(destination, limit))
+
+    async def outbox_backlog(self) -> dict[str, int]:
+        return await self.read(self.store.outbox_backlog)
+
+    async def acknowledge(self, destination: str, through: int) -> None:
+        await self.read(lambda: self.store.acknowledge(destination, through))
+
+    @property
+    def durable(self) -> bool:
+        """Whether what the log holds outlives this process (not the in-memory store)."""
+        return not isinstance(self.store, MemoryAuditStore)
+
+    async def _append(self, record: AuditRecord, outbound: Outbound | None) -> Appended:
         """`store.append` within the bound, through the breaker (see the module docstring)."""
         if not self.breaker.allow():
             raise AuditUnavailable("the audit store is failing (its circuit breaker is open)")
-        pending = asyncio.ensure_future(self.store.append(record))
+        pending = asyncio.ensure_future(self.store.append(record, outbound))
         try:
             async with asyncio.timeout(self.append_timeout_seconds):
                 appended = await asyncio.shield(pending)
         except TimeoutError:
             self.breaker.failure(timeout=True)
-            self._follow_up(record, pending)
+            self._follow_up(record, pending, outbound)
             raise AuditUnavailable(
                 f"the audit record was not durable within {self.append_timeout_seconds:g} s"
             ) from None
@@ -236,12 +262,17 @@ class AuditLog:
             # append goes on, since a record on its way may be written all the same, and is
             # followed up like one that timed out.
             self.breaker.abandon()
-            self._follow_up(record, pending)
+            self._follow_up(record, pending, outbound)
             raise
         self.breaker.success()
         return appended
 
-    def _follow_up(self, record: AuditRecord, pending: asyncio.Future[Appended]) -> None:
+    def _follow_up(
+        self,
+        record: AuditRecord,
+        pending: asyncio.Future[Appended],
+        outbound: Outbound | None = None,
+    ) -> None:
         """The append of `record` timed out (the caller was refused) or its caller was
         cancelled; if the record still becomes durable and claims an allowed access, say that
         it was not released."""
@@ -255,13 +286,29 @@ class AuditLog:
             follow_up = dataclasses.replace(
                 record, time=self._clock(), outcome=Outcome.FAILED, reason=NOT_RELEASED, fields=()
             )
-            task = asyncio.ensure_future(self._append_follow_up(follow_up, future.result()))
+            task = asyncio.ensure_future(
+                self._append_follow_up(follow_up, future.result(), outbound is not None)
+            )
             self._late.add(task)
             task.add_done_callback(self._late.discard)
 
         pending.add_done_callback(done)
 
-    async def _append_follow_up(self, record: AuditRecord, late: Appended) -> None:
+    async def _append_follow_up(self, record: AuditRecord, late: Appended, owed: bool) -> None:
+        if owed:  # its owner must not be told of an access that was not released
+            try:
+                withdrawn = await self.store.withdraw(late.index)
+            except AuditUnavailable as exc:
+                withdrawn = False
+                log.warning(
+                    "the report of audit record %d could not be withdrawn: %s", late.index, exc
+                )
+            if not withdrawn:
+                log.warning(
+                    "audit record %d's report had left for its owner before it was withdrawn: "
+                    "the owner records an access that was not released",
+                    late.index,
+                )
         try:
             appended = await self.store.append(record)
         except AuditUnavailable as exc:
@@ -302,13 +349,13 @@ class AuditLog:
             raise AuditUnavailable(
                 "this audit log was opened to read and verify: it holds no signing key"
             )
-        head = await self.store.head()
+        head = await self.read(self.store.head)
         self._since_checkpoint = 0
         signed_at = self._clock()
         checkpoint = sign_checkpoint(
             self.origin, head.size, head.root, self._key, self.key_name, signed_at=signed_at
         )
-        await self.store.add_checkpoint(checkpoint, signed_at)
+        await self.read(lambda: self.store.add_checkpoint(checkpoint, signed_at))
         if self.observer is not None:
             self.observer.checkpoint(head.size, signed_at)
         return checkpoint
@@ -317,7 +364,7 @@ class AuditLog:
         """(the latest checkpoint, True) after signing one if the log grew since the latest
         signed one; (the latest, False) when it already covers the whole log."""
         latest = await self.latest_checkpoint()
-        head = await self.store.head()
+        head = await self.read(self.store.head)
         if latest is not None and latest.size == head.size and latest.root == head.root:
             return latest, False
         return await self.checkpoint(), True
@@ -433,18 +480,23 @@ class AuditLog:
         await self.store.prune(PruneMarker(cut, compact.to_bytes(), when, operator, reason))  # (5)
         return Pruned(first, cut, at_cut, at_head)
 
+    async def _rows(self, start: int, end: int) -> list[StoredRow]:
+        """One chunk of stored rows, within the read bound (a store frozen mid-way is not
+        waited for)."""
+        return await self.read(lambda: self.store.rows(start, end))
+
     async def latest_checkpoint(self) -> Checkpoint | None:
-        checkpoints = await self.store.checkpoints()
+        checkpoints = await self.read(self.store.checkpoints)
         return checkpoints[-1] if checkpoints else None
 
     async def _tree(self, size: int) -> MerkleTree:
-        marker = await self.store.pruned()
+        marker = await self.read(self.store.pruned)
         if marker is None:
             tree = MerkleTree()
         else:
             tree = MerkleTree.from_compact(CompactRange.from_bytes(marker.before, marker.compact))
         for start in range(tree.size, size, VERIFY_CHUNK):
-            for row in await self.store.rows(start, min(size, start + VERIFY_CHUNK)):
+            for row in await self._rows(start, min(size, start + VERIFY_CHUNK)):
                 tree.append(row.leaf_hash)
         if tree.size != size:
             raise AuditUnavailable(
@@ -456,7 +508,7 @@ class AuditLog:
         self, index: int, size: int | None = None
     ) -> tuple[list[bytes], int, bytes, bytes]:
         """(proof, tree size, root, leaf hash) for the record at `index` in a tree of `size`."""
-        size = (await self.store.head()).size if size is None else size
+        size = (await self.read(self.store.head)).size if size is None else size
         tree = await self._tree(size)
         return tree.inclusion_proof(index, size), size, tree.root(size), tree.node(0, index)
 
@@ -464,7 +516,7 @@ class AuditLog:
         self, size1: int, size2: int | None = None
     ) -> tuple[list[bytes], int, bytes]:
         """(proof, second size, second root) that the tree of `size1` is a prefix."""
-        size2 = (await self.store.head()).size if size2 is None else size2
+        size2 = (await self.read(self.store.head)).size if size2 is None else size2
         tree = await self._tree(size2)
         return tree.consistency_proof(size1, size2), size2, tree.root(size2)
 
@@ -479,7 +531,10 @@ class AuditLog:
         (4) the columns the store queries by say what the records say
         """
         checkpoints: list[Checkpoint] = []
-        for stored in [*await self.store.checkpoints(), *([trusted] if trusted else [])]:  # (1)
+        for stored in [
+            *await self.read(self.store.checkpoints),
+            *([trusted] if trusted else []),
+        ]:  # (1)
             try:
                 checkpoints.append(self.verify_note(stored))
             except CheckpointError as exc:
@@ -492,7 +547,7 @@ class AuditLog:
                     None,
                 )
         checkpoints.sort(key=lambda c: c.size)
-        marker = await self.store.pruned()
+        marker = await self.read(self.store.pruned)
         first = marker.before if marker else 0
         try:
             compact = CompactRange.from_bytes(first, marker.compact) if marker else CompactRange()
@@ -521,14 +576,14 @@ class AuditLog:
         ]  # older ones covered removed records
         wanted = {c.size for c in checkpoints}
         roots: dict[int, bytes] = {}
-        head = await self.store.head()
+        head = await self.read(self.store.head)
         span = max([head.size, *wanted])
         if first in wanted:
             roots[first] = compact.root()
         index = first
         problem = ""
         for start in range(first, span, VERIFY_CHUNK):  # (2)
-            for row in await self.store.rows(start, min(span, start + VERIFY_CHUNK)):
+            for row in await self._rows(start, min(span, start + VERIFY_CHUNK)):
                 if row.index != index:
                     problem = f"record {index} is missing (the next stored record is {row.index})"
                     break

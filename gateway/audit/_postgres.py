@@ -81,6 +81,8 @@ from gateway.audit._store import (
     MAX_PENDING_APPENDS,
     Appended,
     AuditQuery,
+    Outbound,
+    Pending,
     PruneMarker,
     StoredRow,
     TreeHead,
@@ -92,7 +94,7 @@ __all__ = ["SCHEMA_VERSION", "PostgresAuditStore"]
 log = logging.getLogger("tongban.audit.postgres")
 
 _Connection = psycopg.AsyncConnection[TupleRow]
-_Pending = tuple[AuditRecord, "asyncio.Future[Appended]"]
+_Pending = tuple[AuditRecord, Outbound | None, "asyncio.Future[Appended]"]
 
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _PARTITION_NAME = re.compile(r"records_y(\d{4})m(\d{2})")
@@ -366,20 +368,38 @@ _MIGRATIONS: tuple[str, ...] = (
     END $$;
     REVOKE ALL ON FUNCTION {s}.prune_below(bigint, bytea, timestamptz, text, text) FROM PUBLIC;
     """,
+    """
+    -- The access reports owed to other regions, written in the same transaction as their
+    -- records (the outbox), and the last index each destination acknowledged. Not evidence
+    -- (the records are): delivered ones are deleted, so these are not append-only.
+    CREATE TABLE {s}.outbox (
+        idx bigint PRIMARY KEY CHECK (idx >= 0),
+        destination text NOT NULL,
+        payload bytea NOT NULL
+    );
+    CREATE INDEX outbox_destination ON {s}.outbox (destination, idx);
+    CREATE TABLE {s}.outbox_cursor (
+        destination text PRIMARY KEY,
+        through bigint NOT NULL,
+        updated_at timestamptz NOT NULL DEFAULT now()
+    );
+    """,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
-# What the application role may do: read, insert, grow the head, prune through prune_below().
-# Nothing else.
+# What the application role may do: read, insert, grow the head, prune through prune_below(),
+# and keep the outbox (add, acknowledge, delete delivered messages). Nothing else.
 _GRANTS = """
-    REVOKE ALL ON {s}.records, {s}.head, {s}.checkpoints, {s}.schema_version, {s}.prunes
-        FROM PUBLIC;
-    REVOKE ALL ON {s}.records, {s}.head, {s}.checkpoints, {s}.schema_version, {s}.prunes
-        FROM {app};
+    REVOKE ALL ON {s}.records, {s}.head, {s}.checkpoints, {s}.schema_version, {s}.prunes,
+        {s}.outbox, {s}.outbox_cursor FROM PUBLIC;
+    REVOKE ALL ON {s}.records, {s}.head, {s}.checkpoints, {s}.schema_version, {s}.prunes,
+        {s}.outbox, {s}.outbox_cursor FROM {app};
     GRANT USAGE ON SCHEMA {s} TO {app};
     GRANT SELECT, INSERT ON {s}.records, {s}.checkpoints TO {app};
     GRANT SELECT, UPDATE (size, compact, updated_at) ON {s}.head TO {app};
     GRANT SELECT ON {s}.schema_version, {s}.prunes TO {app};
+    GRANT SELECT, INSERT, DELETE ON {s}.outbox TO {app};
+    GRANT SELECT, INSERT, UPDATE ON {s}.outbox_cursor TO {app};
     GRANT EXECUTE ON FUNCTION {s}.ensure_month(date) TO {app};
     GRANT EXECUTE ON FUNCTION {s}.prune_below(bigint, bytea, timestamptz, text, text) TO {app};
 """
@@ -578,7 +598,7 @@ class PostgresAuditStore:
 
     # -- appends -------------------------------------------------------------------------------
 
-    async def append(self, record: AuditRecord) -> Appended:
+    async def append(self, record: AuditRecord, outbound: Outbound | None = None) -> Appended:
         if self._task is None or self._closing:
             raise AuditUnavailable("the PostgreSQL audit store is not open")
         if self._queue.qsize() >= self._max_pending:
@@ -586,7 +606,7 @@ class PostgresAuditStore:
                 f"{self._queue.qsize()} audit records are waiting for PostgreSQL to take them"
             )
         future: asyncio.Future[Appended] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((record, future))
+        self._queue.put_nowait((record, outbound, future))
         return await future
 
     async def _write_loop(self) -> None:
@@ -603,20 +623,22 @@ class PostgresAuditStore:
                     break
                 batch.append(item)
             try:
-                appended = await self._write([record for record, _ in batch])
+                appended = await self._write([(record, out) for record, out, _ in batch])
             except Exception as exc:
                 if not isinstance(exc, AuditUnavailable):
                     log.exception("audit batch failed")
                     exc = AuditUnavailable(f"the audit batch failed: {exc}")
-                for _, future in batch:
+                for _, _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
             else:
-                for (_, future), result in zip(batch, appended, strict=True):
+                for (_, _, future), result in zip(batch, appended, strict=True):
                     if not future.done():
                         future.set_result(result)
 
-    async def _write(self, records: Sequence[AuditRecord]) -> list[Appended]:
+    async def _write(
+        self, records: Sequence[tuple[AuditRecord, Outbound | None]]
+    ) -> list[Appended]:
         """Commit one group; retry once on a fresh connection if the old one was found dead
         before anything was committed."""
         for attempt in (1, 2):
@@ -628,7 +650,7 @@ class PostgresAuditStore:
                     self._writer = await self._connect(self._dsn)
                 conn = self._writer
                 assert conn is not None
-                await self._ensure_months(conn, {_month(r.time) for r in records})
+                await self._ensure_months(conn, {_month(r.time) for r, _ in records})
                 async with conn.transaction():
                     appended = await self._insert(conn, records)
                     committing = True  # leaving the block commits: the outcome may be unknown
@@ -653,7 +675,9 @@ class PostgresAuditStore:
                 return appended
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _insert(self, conn: _Connection, records: Sequence[AuditRecord]) -> list[Appended]:
+    async def _insert(
+        self, conn: _Connection, records: Sequence[tuple[AuditRecord, Outbound | None]]
+    ) -> list[Appended]:
         cur = conn.cursor()
         await cur.execute(self._sql("SELECT size, compact FROM {s}.head WHERE id = 1 FOR UPDATE"))
         head = await cur.fetchone()
@@ -663,7 +687,10 @@ class PostgresAuditStore:
         compact = CompactRange.from_bytes(start, bytes(head[1]))
         rows: list[tuple[Any, ...]] = []
         appended: list[Appended] = []
-        for offset, record in enumerate(records):
+        outbound: list[tuple[Any, ...]] = []
+        for offset, (record, out) in enumerate(records):
+            if out is not None:
+                outbound.append((start + offset, out.destination, out.payload))
             leaf = leaf_hash(record.canonical)
             compact.append(leaf)
             appended.append(Appended(start + offset, leaf))
@@ -697,6 +724,11 @@ class PostgresAuditStore:
             copy.set_types([kind for _, kind in _COLUMNS])
             for row in rows:
                 await copy.write_row(row)
+        if outbound:
+            await cur.executemany(
+                self._sql("INSERT INTO {s}.outbox (idx, destination, payload) VALUES (%s, %s, %s)"),
+                outbound,
+            )
         await cur.execute(
             self._sql(
                 "UPDATE {s}.head SET size = %s, compact = %s, updated_at = now() WHERE id = 1"
@@ -828,6 +860,49 @@ class PostgresAuditStore:
         if not found or found[0][0] is None:
             raise AuditIntegrityError("the audit head row is missing")
         return int(found[0][0])
+
+    # -- the outbox ----------------------------------------------------------------------------
+
+    async def outbox(self, destination: str, limit: int) -> list[Pending]:
+        rows = await self._run(
+            self._sql(
+                "SELECT idx, payload FROM {s}.outbox WHERE destination = %s AND idx > coalesce("
+                "(SELECT through FROM {s}.outbox_cursor WHERE destination = %s), -1)"
+                " ORDER BY idx LIMIT %s"
+            ),
+            [destination, destination, max(limit, 0)],
+        )
+        return [Pending(int(idx), bytes(payload)) for idx, payload in rows]
+
+    async def outbox_backlog(self) -> dict[str, int]:
+        rows = await self._run(
+            self._sql(
+                "SELECT destination, count(*) FROM {s}.outbox GROUP BY destination"
+                " ORDER BY destination"
+            )
+        )
+        return {str(destination): int(count) for destination, count in rows}
+
+    async def acknowledge(self, destination: str, through: int) -> None:
+        """Move the cursor (never back: replicas may acknowledge out of order) and forget what
+        it passed, in one statement (one transaction)."""
+        await self._run(
+            self._sql(
+                "WITH moved AS (INSERT INTO {s}.outbox_cursor AS c (destination, through)"
+                " VALUES (%s, %s) ON CONFLICT (destination) DO UPDATE"
+                " SET through = greatest(c.through, excluded.through), updated_at = now()"
+                " RETURNING through)"
+                " DELETE FROM {s}.outbox WHERE destination = %s"
+                " AND idx <= (SELECT through FROM moved)"
+            ),
+            [destination, through, destination],
+        )
+
+    async def withdraw(self, index: int) -> bool:
+        rows = await self._run(
+            self._sql("DELETE FROM {s}.outbox WHERE idx = %s RETURNING idx"), [index]
+        )
+        return bool(rows)
 
     async def pruned(self) -> PruneMarker | None:
         found = await self._run(

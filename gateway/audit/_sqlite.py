@@ -16,6 +16,10 @@ row, most of the write path.) Triggers refuse UPDATE and DELETE of records, and 
 and INSERT-over-an-existing-row of checkpoints (append-only for the application; someone
 holding the file can drop them: the signed checkpoints detect what the file allows).
 
+Access reports owed to other regions (`Outbound`) go into `audit_outbox` in the same
+transaction as their records; `audit_outbox_cursor` keeps, per destination, the last index it
+acknowledged. The outbox is not evidence (the records are): delivered messages are deleted.
+
 Reads use a second connection (`query_only`) in a worker thread, so they never block the event
 loop and never wait for the writer (WAL readers see the last commit).
 """
@@ -41,6 +45,8 @@ from gateway.audit._store import (
     MAX_PENDING_APPENDS,
     Appended,
     AuditQuery,
+    Outbound,
+    Pending,
     PruneMarker,
     StoredRow,
     TreeHead,
@@ -51,7 +57,7 @@ __all__ = ["SCHEMA_VERSION", "SqliteAuditStore"]
 
 log = logging.getLogger("tongban.audit")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 T = TypeVar("T")
 
@@ -122,6 +128,21 @@ MIGRATIONS: dict[int, list[str]] = {
         )""",
         *_append_only("audit_prunes", "id"),
     ],
+    3: [
+        # The access reports owed to other regions, written with their records (the outbox),
+        # and what each destination acknowledged. Not append-only: delivered ones are deleted.
+        """CREATE TABLE audit_outbox (
+            idx INTEGER PRIMARY KEY,
+            destination TEXT NOT NULL,
+            payload BLOB NOT NULL
+        )""",
+        "CREATE INDEX audit_outbox_destination ON audit_outbox (destination, idx)",
+        """CREATE TABLE audit_outbox_cursor (
+            destination TEXT PRIMARY KEY,
+            through INTEGER NOT NULL,
+            updated_at TEXT NOT NULL
+        )""",
+    ],
 }
 # Put back by a prune after it lifted it, exactly as migration 1 created it.
 _RECORDS_NO_DELETE = _append_only("audit_records", "idx")[1]
@@ -133,6 +154,12 @@ _INSERT = (
 _ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _INSERT_ROWS = 90  # rows per INSERT statement: 990 parameters, under SQLite's oldest limit (999)
 _MOVE_HEAD = "UPDATE audit_head SET size = ?, compact = ? WHERE id = 1"
+_INSERT_OUTBOUND = "INSERT INTO audit_outbox (idx, destination, payload) VALUES (?, ?, ?)"
+_ACKNOWLEDGE = (
+    "INSERT INTO audit_outbox_cursor (destination, through, updated_at) VALUES (?, ?, ?)"
+    " ON CONFLICT (destination) DO UPDATE SET through = max(through, excluded.through),"
+    " updated_at = excluded.updated_at"
+)
 
 _QUERY_COLUMNS = (
     "time",
@@ -165,6 +192,7 @@ def _blob(value: object) -> bytes:
 class _Append:
     record: AuditRecord
     future: asyncio.Future[Appended]
+    outbound: Outbound | None = None
 
 
 @dataclass(slots=True)
@@ -268,7 +296,7 @@ class SqliteAuditStore:
         self._thread = None
 
     # writing ---------------------------------------------------------------------------------
-    async def append(self, record: AuditRecord) -> Appended:
+    async def append(self, record: AuditRecord, outbound: Outbound | None = None) -> Appended:
         thread, loop = self._thread, self._loop
         if thread is None or loop is None or self._closing:
             raise AuditUnavailable(f"the audit store {self.path} is not open")
@@ -279,7 +307,7 @@ class SqliteAuditStore:
                 f"{self._queue.qsize()} audit records are waiting for the writer of {self.path}"
             )
         future: asyncio.Future[Appended] = loop.create_future()
-        self._queue.put(_Append(record, future))
+        self._queue.put(_Append(record, future, outbound))
         return await future
 
     async def _submit(self, run: Callable[[sqlite3.Connection], None]) -> None:
@@ -346,6 +374,56 @@ class SqliteAuditStore:
             )
 
         await self._submit(remove)
+
+    # the outbox ------------------------------------------------------------------------------
+    async def outbox(self, destination: str, limit: int) -> list[Pending]:
+        def read(conn: sqlite3.Connection) -> list[Pending]:
+            return [
+                Pending(int(idx), _blob(payload))
+                for idx, payload in conn.execute(
+                    "SELECT idx, payload FROM audit_outbox WHERE destination = ? AND idx > "
+                    "coalesce((SELECT through FROM audit_outbox_cursor WHERE destination = ?), -1)"
+                    " ORDER BY idx LIMIT ?",
+                    (destination, destination, max(limit, 0)),
+                )
+            ]
+
+        return await self._read(read)
+
+    async def outbox_backlog(self) -> dict[str, int]:
+        def read(conn: sqlite3.Connection) -> dict[str, int]:
+            return {
+                str(destination): int(count)
+                for destination, count in conn.execute(
+                    "SELECT destination, count(*) FROM audit_outbox"
+                    " GROUP BY destination ORDER BY destination"
+                )
+            }
+
+        return await self._read(read)
+
+    async def acknowledge(self, destination: str, through: int) -> None:
+        at = datetime.now(UTC).isoformat()
+
+        def move(conn: sqlite3.Connection) -> None:
+            conn.execute(_ACKNOWLEDGE, (destination, through, at))
+            conn.execute(
+                "DELETE FROM audit_outbox WHERE destination = ? AND idx <= ?",
+                (destination, through),
+            )
+
+        await self._submit(move)
+
+    async def withdraw(self, index: int) -> bool:
+        removed: list[int] = []
+
+        def remove(conn: sqlite3.Connection) -> None:
+            removed.append(
+                conn.execute("DELETE FROM audit_outbox WHERE idx = ?", (index,)).rowcount
+            )
+
+        await self._submit(remove)
+        return bool(removed and removed[0])
 
     async def pruned(self) -> PruneMarker | None:
         def read(conn: sqlite3.Connection) -> PruneMarker | None:
@@ -491,6 +569,7 @@ class SqliteAuditStore:
         outcomes: list[_Outcome] = []
         try:
             rows: list[tuple[object, ...]] = []
+            outbound: list[tuple[object, ...]] = []
             for item in batch:
                 index = compact.size
                 record = item.record
@@ -512,7 +591,9 @@ class SqliteAuditStore:
                     )
                 )
                 outcomes.append((item.future, Appended(index, leaf)))
-            self._write(conn, rows, compact)
+                if item.outbound is not None:
+                    outbound.append((index, item.outbound.destination, item.outbound.payload))
+            self._write(conn, rows, compact, outbound)
         except Exception as exc:
             self._rollback(conn)
             self.failed_batches += 1
@@ -535,8 +616,9 @@ class SqliteAuditStore:
         conn: sqlite3.Connection,
         rows: list[tuple[object, ...]],
         compact: CompactRange,
+        outbound: Sequence[tuple[object, ...]] = (),
     ) -> None:
-        """One transaction: the rows and the head that covers them."""
+        """One transaction: the rows, their outbound messages and the head that covers them."""
         conn.execute("BEGIN IMMEDIATE")
         # Many rows per statement: one step (one release of the GIL) instead of one per row.
         for at in range(0, len(rows), _INSERT_ROWS):
@@ -545,6 +627,8 @@ class SqliteAuditStore:
                 _INSERT + ", ".join([_ROW] * len(chunk)),
                 [value for row in chunk for value in row],
             )
+        if outbound:
+            conn.executemany(_INSERT_OUTBOUND, outbound)
         if conn.execute(_MOVE_HEAD, (compact.size, compact.to_bytes())).rowcount != 1:
             raise AuditIntegrityError("the audit head row is missing")
         conn.execute("COMMIT")

@@ -5,6 +5,13 @@ log's root after it was appended (so that verification can name the first altere
 the log's compact range (so an append costs O(log n) whatever the log's size) and the signed
 checkpoints. `append` returns only once the record is durable, and assigns indices in commit
 order; concurrent appends may be committed together (group commit).
+
+The outbox: a record may carry an `Outbound` message for another region (the access report of
+a hit a requesting gateway answered from its own cache), stored in the same transaction as the
+record, so that the record and its message are durable together or not at all. The sender
+reads what is not yet acknowledged (`outbox`), in index order, and moves the destination's
+durable cursor past what the destination made durable (`acknowledge`), which also forgets it.
+The log is then the only thing that must survive for the message to be delivered.
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ __all__ = [
     "AuditQuery",
     "AuditStore",
     "MemoryAuditStore",
+    "Outbound",
+    "Pending",
     "PruneMarker",
     "StoredRow",
     "TreeHead",
@@ -41,6 +50,23 @@ __all__ = [
 class Appended:
     index: int
     leaf_hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    """A message for another region that a record's access owes it (an access report): stored
+    with the record, in the same transaction."""
+
+    destination: str  # the region told (GB/T 2260 code)
+    payload: bytes  # the message as it will be sent (an access report's canonical JSON)
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """An outbound message not yet acknowledged by its destination, and its record's index."""
+
+    index: int
+    payload: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,8 +136,27 @@ class AuditStore(Protocol):
         """Finish pending appends and release the store."""
         ...
 
-    async def append(self, record: AuditRecord) -> Appended:
-        """Store the record durably and return its index; raise `AuditUnavailable` otherwise."""
+    async def append(self, record: AuditRecord, outbound: Outbound | None = None) -> Appended:
+        """Store the record (and its outbound message, in the same transaction) durably and
+        return its index; raise `AuditUnavailable` otherwise."""
+        ...
+
+    async def outbox(self, destination: str, limit: int) -> list[Pending]:
+        """Up to `limit` messages for `destination` past its cursor, in index order."""
+        ...
+
+    async def outbox_backlog(self) -> dict[str, int]:
+        """Messages waiting, by destination (destinations with none are left out)."""
+        ...
+
+    async def acknowledge(self, destination: str, through: int) -> None:
+        """`destination` made every message up to index `through` durable: move its cursor
+        there (never back) and forget them."""
+        ...
+
+    async def withdraw(self, index: int) -> bool:
+        """Forget the message of record `index` if it is still waiting (its answer was not
+        released after all); whether it was."""
         ...
 
     async def head(self) -> TreeHead: ...
@@ -158,6 +203,8 @@ class MemoryAuditStore:
         self._checkpoints: list[Checkpoint] = []
         self._marker: PruneMarker | None = None
         self._lock = asyncio.Lock()
+        self._outbox: dict[str, dict[int, bytes]] = {}  # destination -> index -> payload
+        self._cursors: dict[str, int] = {}
         self.commits = 0
         self.available = True  # tests switch this off to simulate an outage
 
@@ -167,7 +214,7 @@ class MemoryAuditStore:
     async def close(self) -> None:
         return None
 
-    async def append(self, record: AuditRecord) -> Appended:
+    async def append(self, record: AuditRecord, outbound: Outbound | None = None) -> Appended:
         if not self.available:
             raise AuditUnavailable("the in-memory audit store is switched off")
         async with self._lock:
@@ -176,8 +223,42 @@ class MemoryAuditStore:
             self._range.append(leaf)
             self._rows.append(StoredRow(index, record.canonical, leaf, self._range.root()))
             self._records.append(record)
+            if outbound is not None:
+                self._outbox.setdefault(outbound.destination, {})[index] = outbound.payload
             self.commits += 1
             return Appended(index, leaf)
+
+    async def outbox(self, destination: str, limit: int) -> list[Pending]:
+        if not self.available:
+            raise AuditUnavailable("the in-memory audit store is switched off")
+        cursor = self._cursors.get(destination, -1)
+        waiting = self._outbox.get(destination, {})
+        return [Pending(i, waiting[i]) for i in sorted(waiting) if i > cursor][: max(limit, 0)]
+
+    async def outbox_backlog(self) -> dict[str, int]:
+        if not self.available:
+            raise AuditUnavailable("the in-memory audit store is switched off")
+        return {d: len(waiting) for d, waiting in sorted(self._outbox.items()) if waiting}
+
+    async def acknowledge(self, destination: str, through: int) -> None:
+        if not self.available:
+            raise AuditUnavailable("the in-memory audit store is switched off")
+        async with self._lock:
+            self._cursors[destination] = max(self._cursors.get(destination, -1), through)
+            waiting = self._outbox.get(destination, {})
+            for index in [i for i in waiting if i <= through]:
+                del waiting[index]
+            if not waiting:
+                self._outbox.pop(destination, None)
+
+    async def withdraw(self, index: int) -> bool:
+        async with self._lock:
+            for destination, waiting in list(self._outbox.items()):
+                if waiting.pop(index, None) is not None:
+                    if not waiting:
+                        del self._outbox[destination]
+                    return True
+            return False
 
     async def head(self) -> TreeHead:
         return TreeHead(self._range.size, self._range.root())

@@ -54,7 +54,7 @@ class CircuitBreaker:
     again for another `open_seconds`.
 
     One instance per dependency, shared by every use of it (the gateway's Redis: replay window,
-    quotas, report queue and answer cache), so that they agree on the dependency being down.
+    quotas and answer cache), so that they agree on the dependency being down.
     While open, callers do not call the dependency: they refuse at once, or fall back.
 
     | state | call | outcome | next state |

@@ -8,10 +8,6 @@ Stored value (tongban.cache/v1)::
 The associated data is the format tag, the 32-byte cache key and the key id, so a value moved
 under another key, or relabelled with another key id, does not decrypt. A value that does not
 decrypt, or is under a key id this cache does not hold, is a miss, never an error.
-
-`encrypt_value` / `decrypt_value` use the same keys and layout for data kept beside the cache
-(the queue of access reports): their associated data is another tag and a caller's context
-(e.g. the Redis key), so neither kind of value decrypts as the other.
 """
 
 from __future__ import annotations
@@ -37,7 +33,6 @@ _log = logging.getLogger("gateway.cache")
 _VERSION = 1
 _NONCE = 12
 _AAD_TAG = b"tongban.cache/v1\x00"
-_VALUE_TAG = b"tongban.cache.value/v1\x00"
 _KEY_ID = re.compile(r"[0-9A-Za-z_-]{1,16}")
 
 
@@ -106,17 +101,13 @@ class AnswerCache:
     def _aad(self, key: bytes, key_id: bytes) -> bytes:
         return _AAD_TAG + key + key_id
 
-    def _seal(
-        self, key: bytes, value: bytes, *, aad: Callable[[bytes], bytes] | None = None
-    ) -> bytes:
+    def _seal(self, key: bytes, value: bytes) -> bytes:
         nonce = os.urandom(_NONCE)
-        associated = aad(self._key_id) if aad else self._aad(key, self._key_id)
+        associated = self._aad(key, self._key_id)
         ciphertext = self._aead.encrypt(nonce, value, associated)
         return bytes((_VERSION, len(self._key_id))) + self._key_id + nonce + ciphertext
 
-    def _open(
-        self, key: bytes, stored: bytes, *, aad: Callable[[bytes], bytes] | None = None
-    ) -> bytes | None:
+    def _open(self, key: bytes, stored: bytes) -> bytes | None:
         if len(stored) < 2 or stored[0] != _VERSION:
             return None
         end = 2 + stored[1]
@@ -125,26 +116,11 @@ class AnswerCache:
         if aead is None or len(stored) < end + _NONCE + 16:
             return None
         nonce = stored[end : end + _NONCE]
-        associated = aad(key_id) if aad else self._aad(key, key_id)
+        associated = self._aad(key, key_id)
         try:
             return aead.decrypt(nonce, stored[end + _NONCE :], associated)
         except InvalidTag:
             return None
-
-    @staticmethod
-    def _value_aad(context: bytes) -> Callable[[bytes], bytes]:
-        return lambda key_id: _VALUE_TAG + len(context).to_bytes(4, "big") + context + key_id
-
-    def encrypt_value(self, context: bytes, value: bytes) -> bytes:
-        """`value` encrypted under the cache's current key, bound to `context` (what it is kept
-        under): for personal data kept beside the cache in the same backend, e.g. queued access
-        reports (invariant 3: nothing personal in Redis unencrypted)."""
-        return self._seal(b"", value, aad=self._value_aad(context))
-
-    def decrypt_value(self, context: bytes, stored: bytes) -> bytes | None:
-        """What `encrypt_value(context, ...)` encrypted, or None: tampered, moved to another
-        context, or under a key id this cache does not hold."""
-        return self._open(b"", stored, aad=self._value_aad(context))
 
     def ttl_with_jitter(self, ttl_seconds: float, *, at_most: bool = False) -> float:
         """The TTL actually given to the backend: uniform in ttl × [1 - jitter, 1 + jitter],

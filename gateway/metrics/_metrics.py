@@ -301,6 +301,15 @@ class GatewayMetrics:
             ["dependency"],
             registry=r,
         )
+        self.access_reports_waiting = Gauge(
+            "tongban_access_reports_waiting",
+            "Access reports of requester-side cache hits recorded in this gateway's audit log "
+            "and not yet acknowledged by their owner region (owner), as of the reporter's last "
+            "look (about every second).",
+            ["owner"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         self.cache_lookups = Counter(
             "tongban_cache_lookups_total",
             "Answer cache results. hit and miss split the lookups (a miss includes every lookup "
@@ -454,6 +463,7 @@ class GatewayMetrics:
 
         self._cache_totals = _Monotonic()
         self._breaker_totals = _Monotonic()
+        self._report_owners: set[str] = set()
         self._refusal_totals = _Monotonic()
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._audit_totals = _Monotonic()
@@ -549,6 +559,14 @@ class GatewayMetrics:
             delta = self._cache_totals.delta(result, total)
             if delta > 0:
                 self.cache_lookups.labels(result).inc(delta)
+
+    def observe_reports(self, backlog: Mapping[str, int]) -> None:
+        """Follow the access reports waiting per owner region (an owner seen once stays, at 0)."""
+        for owner in self._report_owners - backlog.keys():
+            self.access_reports_waiting.labels(owner).set(0)
+        for owner, waiting in backlog.items():
+            self.access_reports_waiting.labels(owner).set(waiting)
+        self._report_owners |= backlog.keys()
 
     def observe_breakers(self, breakers: Mapping[str, BreakerView]) -> None:
         """Follow each dependency's breaker: its state, and the times it opened."""

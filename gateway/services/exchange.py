@@ -10,8 +10,9 @@ Requesting gateway (`DataExchange.Query`), in order:
     (4) the agreement's quota this minute is not exhausted
     (4a) a dataset whose owner chose cache_scope "requester": this gateway's own cache holds
         the owner's sealed answer (key: provider region, dataset, subject pseudonym, fields,
-        purpose, this region) whose seal still verifies; its report to the owner is queued,
-        and the answer goes on at (7) with no call to the owner (a miss goes on at (5), and
+        purpose, this region) whose seal still verifies; its report to the owner is made, to
+        be recorded with the access at (7) (the audit log is the outbox), and the answer goes
+        on at (7) with no call to the owner (a miss goes on at (5), and
         the verified answer is kept for the dataset's TTL at most)
     (5) the provider region's gateway answers (Peer.Forward, deadline propagated)
     (6) its answer carries a valid e-seal of the provider region, over only allowed fields
@@ -56,6 +57,7 @@ from gateway.audit import (
     AuditQuery,
     AuditRecord,
     AuditUnavailable,
+    Outbound,
     Outcome,
     pseudonymize,
 )
@@ -89,7 +91,6 @@ from gateway.reports import (
     AccessReporter,
     BatchRefused,
     ReportFormatError,
-    ReportQueueUnavailable,
     verify_batch,
 )
 from gateway.services.oversight import audit_id as make_audit_id
@@ -342,7 +343,7 @@ class QueryPath:
             await self.reporter.run()
 
     async def close(self) -> None:
-        """Graceful stop: flush the reports of requester-side hits still queued."""
+        """Graceful stop: send the reports of requester-side hits still waiting."""
         if self.reporter is not None:
             await self.reporter.close()
 
@@ -371,11 +372,13 @@ class QueryPath:
         subject: str | None = None,
         sealed_digest: str | None = None,
         at: datetime | None = None,
+        outbound: Outbound | None = None,
     ) -> str:
         """Append one audit record; return its audit id. Raises AuditUnavailable.
 
         `subject` (a pseudonym already) and `sealed_digest` stand for what `request` and
-        `sealed` would give, `at` for the time now: a reported access is recorded as reported."""
+        `sealed` would give, `at` for the time now: a reported access is recorded as reported.
+        `outbound` (a hit's report to its owner) is made durable with the record."""
         if subject is None:
             subject = (
                 pseudonymize(request.subject_id, self._pseudonym_key) if request.subject_id else ""
@@ -405,7 +408,8 @@ class QueryPath:
                 sealed_digest=sealed_digest,
                 registry_version=registry_version,
                 agreement_id=agreement_id,
-            )
+            ),
+            outbound,
         )
         if outcome is not Outcome.FAILED:
             self.metrics.decision("allowed" if outcome is Outcome.ALLOWED else "denied", reason)
@@ -701,8 +705,8 @@ class QueryPath:
         audit: dict[str, Any],
     ) -> Answer | None:
         """The answer from this gateway's own cache, after the decision: the owner's sealed
-        answer, its seal checked again (memoised), its report to the owner queued, the access
-        audited here. None when there is nothing usable (the caller then asks the owner)."""
+        answer, its seal checked again (memoised), the access audited here with its report to
+        the owner (one transaction: the log is the outbox). None when there is nothing usable (the caller then asks the owner)."""
         assert self.reporter is not None
         raw = await self._cache.get(key)
         if raw is None:
@@ -726,6 +730,14 @@ class QueryPath:
                 refusal.reason,
             )
             return None
+        owner = data.provider_region
+        if not self.reporter.accepting(owner):
+            log.warning(
+                "a hit for region %s is not answered locally: %d reports already wait for it",
+                owner,
+                self.reporter.backlog.get(owner, 0),
+            )
+            return None
         accessed_at = self._clock()
         try:
             report = AccessReport(
@@ -744,15 +756,15 @@ class QueryPath:
                 sealed_digest=hashlib.sha256(entry.record.jws.encode()).hexdigest(),
                 answer_audit_id=entry.audit_id,
             )
-            entry_id = await self.reporter.queue_report(data.provider_region, report)
-        except (ReportFormatError, ReportQueueUnavailable) as exc:
+        except ReportFormatError as exc:
             log.warning(
-                "a hit for region %s is not answered locally, its report cannot be queued: %s",
-                data.provider_region,
+                "a hit for region %s is not answered locally, its report cannot be made: %s",
+                owner,
                 exc,
             )
             return None
         try:
+            # The record carries the report to the outbox: both durable, or neither.
             audit_id = await self._record(
                 **audit,
                 outcome=Outcome.ALLOWED,
@@ -760,15 +772,16 @@ class QueryPath:
                 cache_hit=True,
                 sealed=entry.record.jws,
                 at=accessed_at,
+                outbound=self.reporter.outbound(owner, report),
             )
         except AuditUnavailable as exc:
-            await self.reporter.unqueue(data.provider_region, entry_id)
             raise Refusal(
                 grpc.StatusCode.UNAVAILABLE,
                 "AUDIT_UNAVAILABLE",
                 f"the answer was not released: {exc}",
                 audited=True,
             ) from exc
+        self.reporter.recorded(owner)
         return Answer(entry.record, True, audit_id, fields, registry.version, decision.agreement_id)
 
     async def _forward(

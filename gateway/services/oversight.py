@@ -506,7 +506,7 @@ class OversightService(oversight_pb2_grpc.OversightServicer):
                 asked = latest.size
             # A tree larger than the log is refused here: rebuilding it would read the store
             # chunk after empty chunk, for as long as the asked size is (years for 2**63).
-            logged = (await self._audit.store.head()).size
+            logged = (await self._audit.read(self._audit.store.head)).size
             if asked > logged:
                 raise ProofError(f"tree size {asked} is larger than the log ({logged} records)")
             if kind == "inclusion":

@@ -10,8 +10,9 @@ its own for each region (the owner finds reported hits under its own pseudonym a
 - forged, unsigned, wrongly signed and misdirected batches, and reports the owner never allowed,
   are refused with their reasons (never UNKNOWN), recorded as denied; a valid batch sent twice
   is recorded once;
-- a graceful stop flushes the reports still queued; a requester that dies with reports taken
-  but not delivered loses none of them (another replica delivers them from Redis).
+- a graceful stop sends the reports still waiting; a requester that dies with reports not
+  delivered loses none of them: its audit log is the outbox, and the next start on that log
+  delivers them (Redis holds none of them).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Any
 import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from fault_support import records, running_gateways
+from fault_support import metric_value, records, running_gateways
 from query_support import CALL_TIMEOUT, Cluster, bearer, request
 from support import Federation, credentials_as, error_info, eventually
 
@@ -40,7 +41,6 @@ from gateway.reports import (
     REPORT_TYPE,
     AccessReport,
     AccessReporter,
-    RedisReportQueue,
     batch_payload,
     sign_batch,
 )
@@ -551,37 +551,38 @@ async def test_forged_misdirected_and_unfounded_reports_are_refused_with_their_r
 
 
 # -- delivery ------------------------------------------------------------------------------------
-async def test_a_graceful_stop_flushes_the_reports_still_queued(
+async def test_a_graceful_stop_flushes_the_reports_still_waiting(
     federation: Federation, tmp_path: Path
 ) -> None:
-    """In-memory queue (no Redis): the reporter is held back, the requester stopped gracefully."""
+    """The reporter is held back, the requester stopped gracefully: the stop sends them."""
     async with running_gateways(federation, tmp_path, configure=own_pseudonym_keys) as cluster:
         requester = cluster.gateways[REQUESTER]
         assert requester.query_path is not None
         reporter = requester.query_path.reporter
         assert reporter is not None
-        assert not reporter.queue.durable
+        assert reporter.audit.durable  # SQLite: the outbox outlives the process
         reporter.flush_seconds = 3600.0  # only the stop sends them
         await ask(cluster, "sc.amr", licence(cluster))
         hits = [await ask(cluster, "sc.amr", licence(cluster)) for _ in range(3)]
         assert all(h.cache_hit for h in hits)
         await asyncio.sleep(0.3)
         assert await audited(cluster, OWNER, "/tongban.v1.Peer/ReportAccess") == []
-        assert await reporter.queue.backlog(OWNER) == 3
+        assert await reporter.audit.outbox_backlog() == {OWNER: 3}
+        requester.observe()  # what monitoring sees meanwhile
+        assert metric_value(requester, "tongban_access_reports_waiting", owner=OWNER) == 3
         await requester.stop()
         del cluster.gateways[REQUESTER]
         reported = await audited(cluster, OWNER, "/tongban.v1.Peer/ReportAccess")
         assert len(reported) == 3
         assert reporter.counters.accepted == 3
-        assert await reporter.queue.backlog(OWNER) == 0
 
 
-async def test_reports_taken_by_a_requester_that_died_are_delivered_by_another_replica(
+async def test_reports_of_a_requester_that_died_are_delivered_by_its_next_start(
     federation: Federation, tmp_path: Path
 ) -> None:
-    """Redis queue: the owner is down when the hits are reported (the requester takes them,
-    fails, backs off), then that requester dies without a flush; the owner comes back, and a
-    second replica of the requesting region takes the reports over and delivers them."""
+    """The owner is down when the hits are answered (the requester tries, fails, backs off),
+    then that requester dies without a flush; the owner comes back, and the requesting region's
+    gateway, started again on the same audit log, delivers them. Redis holds none of them."""
     async with running_gateways(
         federation, tmp_path, redis_url=REDIS, configure=own_pseudonym_keys
     ) as cluster:
@@ -589,7 +590,6 @@ async def test_reports_taken_by_a_requester_that_died_are_delivered_by_another_r
         assert first.query_path is not None
         assert first.query_path.reporter is not None
         dying: AccessReporter = first.query_path.reporter
-        assert isinstance(dying.queue, RedisReportQueue)
         await ask(cluster, "sc.amr", licence(cluster))  # cached in 四川
         owner = cluster.gateways.pop(OWNER)
         await owner.stop(0)
@@ -600,16 +600,13 @@ async def test_reports_taken_by_a_requester_that_died_are_delivered_by_another_r
         dying._closed = True  # a crash: close() must not flush
         await first.stop(0)
         del cluster.gateways[REQUESTER]
-        # The owner comes back; a second replica of 四川 starts.
+        # The owner comes back; 四川's gateway starts again on the same audit log.
         owner, _ = await create_gateway(owner.config)
         cluster.gateways[OWNER] = owner
         second, _ = await create_gateway(dataclasses.replace(first.config, listen="127.0.0.1:0"))
         cluster.gateways[REQUESTER] = second
         assert second.query_path is not None
         assert second.query_path.reporter is not None
-        queue = second.query_path.reporter.queue
-        assert isinstance(queue, RedisReportQueue)
-        queue.claim_idle_seconds = 0.2
 
         async def delivered() -> bool:
             return len(await audited(cluster, OWNER, "/tongban.v1.Peer/ReportAccess")) >= 2
@@ -623,6 +620,7 @@ async def test_reports_taken_by_a_requester_that_died_are_delivered_by_another_r
         assert sorted(r.request_id for r in reported) == sorted(
             r.request_id for r in mine if r.cache_hit
         )
-        assert await queue.backlog(OWNER) == 0
+        assert second.audit is not None
+        assert await second.audit.outbox_backlog() == {}
         assert owner.audit is not None
         assert [r for r in await records(owner.audit) if r["outcome"] != "allowed"] == []

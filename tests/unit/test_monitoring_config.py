@@ -57,6 +57,7 @@ CONTRACT_METRICS = frozenset(
         "tongban_peer_calls_total",
         "tongban_certificate_expiry_timestamp_seconds",
         "tongban_certificate_not_before_timestamp_seconds",
+        "tongban_access_reports_waiting",  # extends the contract (issue 14: the outbox)
     }
 )
 PROMETHEUS_METRICS = frozenset({"up"})

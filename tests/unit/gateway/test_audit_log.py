@@ -8,14 +8,21 @@ import dataclasses
 from datetime import UTC, datetime
 
 import pytest
-from audit_contract import check_store_contract, make_record
+from audit_contract import check_outbox_contract, check_store_contract, make_record
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from gateway.audit._checkpoint import CheckpointError, sign_checkpoint, verify_checkpoint
 from gateway.audit._log import AuditLog
 from gateway.audit._merkle import leaf_hash
 from gateway.audit._record import AuditRecord, Outcome, pseudonymize
-from gateway.audit._store import Appended, AuditQuery, MemoryAuditStore, StoredRow, TreeHead
+from gateway.audit._store import (
+    Appended,
+    AuditQuery,
+    MemoryAuditStore,
+    Outbound,
+    StoredRow,
+    TreeHead,
+)
 from gateway.audit.errors import AuditUnavailable
 from gateway.cache import CircuitBreaker
 
@@ -25,6 +32,11 @@ ORIGIN = "audit.test/510000"
 async def test_memory_store_meets_the_contract() -> None:
     store = MemoryAuditStore()
     await check_store_contract(lambda: store)
+
+
+async def test_memory_store_keeps_the_outbox() -> None:
+    store = MemoryAuditStore()
+    await check_outbox_contract(lambda: store)
 
 
 async def _log(n: int, *, every: int = 1000) -> tuple[AuditLog, MemoryAuditStore]:
@@ -75,10 +87,10 @@ class FrozenStore(MemoryAuditStore):
         self.thawed.set()
         self.calls = 0
 
-    async def append(self, record: AuditRecord) -> Appended:
+    async def append(self, record: AuditRecord, outbound: Outbound | None = None) -> Appended:
         self.calls += 1
         await self.thawed.wait()
-        return await super().append(record)
+        return await super().append(record, outbound)
 
     async def head(self) -> TreeHead:
         self.calls += 1
@@ -173,6 +185,23 @@ async def test_an_allowed_record_durable_after_its_refusal_is_followed_by_not_re
     assert by_request[denied.request_id] == [
         (Outcome.DENIED, "FIELD_NOT_ALLOWED", ("name", "status"))
     ]
+
+
+async def test_the_report_of_an_answer_never_released_is_withdrawn_from_the_outbox() -> None:
+    """A hit's record (carrying its report to the owner) became durable after its caller was
+    refused: the follow-up says the answer was not released, and the owner is not told of it;
+    a report that went out in time stays."""
+    log, store = await _frozen_log()
+    kept = await log.append(make_record(0), Outbound("330000", b'{"kept":1}'))
+    store.thawed.clear()
+    with pytest.raises(AuditUnavailable):
+        await log.append(make_record(1), Outbound("330000", b'{"late":1}'))
+    store.thawed.set()
+    await asyncio.sleep(0.05)
+    await log.close()
+    assert [p.index for p in await store.outbox("330000", 10)] == [kept.index]
+    outcomes = [(r.request_id, r.outcome) for _, r in await store.query(AuditQuery(limit=10))]
+    assert outcomes[-1] == (make_record(1).request_id, Outcome.FAILED)
 
 
 def _edit(record: AuditRecord, **changes: object) -> bytes:
@@ -369,3 +398,25 @@ async def test_checkpoint_if_grown_signs_only_when_the_log_grew() -> None:
     await log.append(make_record(3))
     grown, signed = await log.checkpoint_if_grown()
     assert (grown.size, signed) == (4, True)
+
+
+async def test_oversight_reads_of_a_frozen_store_are_bounded_too() -> None:
+    """Signing a checkpoint, a proof and a verification read the store within the read bound
+    (what VerifyAudit, GetProof and SignCheckpoint call): a frozen store fails them, it does not
+    hold them."""
+    log, store = await _frozen_log()
+    await log.append(make_record(0))
+    store.thawed.clear()
+    async with asyncio.timeout(5):  # the bound (0.05 s) answers, not this
+        with pytest.raises(AuditUnavailable):
+            await log.checkpoint()
+        with pytest.raises(AuditUnavailable):
+            await log.checkpoint_if_grown()
+        with pytest.raises(AuditUnavailable):
+            await log.inclusion_proof(0)
+        with pytest.raises(AuditUnavailable):
+            await log.verify()
+    store.thawed.set()
+    await asyncio.sleep(0.25)  # the breaker's open_seconds
+    assert (await log.verify()).intact
+    await log.close()

@@ -14,15 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from audit_contract import KEY, check_store_contract, make_record
+from audit_contract import KEY, check_outbox_contract, check_store_contract, make_record
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from gateway.audit import _sqlite
 from gateway.audit._checkpoint import Checkpoint
 from gateway.audit._log import AuditLog, Verification
 from gateway.audit._merkle import CompactRange, leaf_hash
 from gateway.audit._record import AuditRecord, Outcome, pseudonymize
 from gateway.audit._sqlite import SCHEMA_VERSION, SqliteAuditStore
-from gateway.audit._store import AuditQuery
+from gateway.audit._store import AuditQuery, Outbound
 from gateway.audit.errors import AuditIntegrityError, AuditUnavailable
 
 ORIGIN = "audit.test/510000"
@@ -77,6 +78,10 @@ def _raw(path: Path, *, drop_triggers: bool = False) -> Iterator[sqlite3.Connect
 # the contract and group commit -----------------------------------------------------------------
 async def test_sqlite_store_meets_the_contract(db: Path) -> None:
     await check_store_contract(lambda: SqliteAuditStore(db))
+
+
+async def test_sqlite_store_keeps_the_outbox(db: Path) -> None:
+    await check_outbox_contract(lambda: SqliteAuditStore(db))
 
 
 async def test_concurrent_appends_are_committed_together(db: Path) -> None:
@@ -444,4 +449,23 @@ async def test_appends_waiting_for_a_stuck_writer_are_bounded(
         release.set()
     results = await asyncio.gather(taken, *waiting)
     assert [r.index for r in results] == [0, 1, 2, 3, 4]
+    await store.close()
+
+
+async def test_a_record_and_its_outbound_report_are_durable_together_or_not_at_all(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One transaction: when the report cannot be stored, neither is its record (the caller is
+    refused, nothing is released); the next append goes on from the same head."""
+    store = SqliteAuditStore(db)
+    await store.open()
+    await store.append(make_record(0), Outbound("330000", b"{}"))
+    monkeypatch.setattr(_sqlite, "_INSERT_OUTBOUND", "INSERT INTO no_such_table VALUES (?, ?, ?)")
+    with pytest.raises(AuditUnavailable):
+        await store.append(make_record(1), Outbound("330000", b"{}"))
+    assert (await store.head()).size == 1
+    assert [p.index for p in await store.outbox("330000", 10)] == [0]
+    monkeypatch.undo()
+    assert (await store.append(make_record(2), Outbound("330000", b"{}"))).index == 1
+    assert [p.index for p in await store.outbox("330000", 10)] == [0, 1]
     await store.close()

@@ -1,11 +1,10 @@
-"""One breaker for the gateway's Redis, shared by the replay window, the quotas, the report
-queue and the answer cache: a Redis that does not answer costs each use its bound until the
+"""One breaker for the gateway's Redis, shared by the replay window, the quotas and the answer
+cache: a Redis that does not answer costs each use its bound until the
 breaker opens, then no use calls it at all (each falls back or refuses at once)."""
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
@@ -13,7 +12,6 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from gateway.audit import pseudonymize
 from gateway.cache import AnswerCache, CircuitBreaker, MemoryBackend
 from gateway.quota import (
     FallbackQuotaCounter,
@@ -27,7 +25,6 @@ from gateway.replay import (
     RedisReplayGuard,
     ReplayUnavailable,
 )
-from gateway.reports import AccessReport, RedisReportQueue, ReportQueueUnavailable
 
 NOW = datetime(2026, 11, 21, 8, 0, tzinfo=UTC)
 BOUND = 0.02  # seconds: each call's bound in these tests
@@ -76,28 +73,10 @@ class FrozenRedis:
             return await self._redis._hang()
 
 
-def report() -> AccessReport:
-    return AccessReport(
-        request_id="req-1",
-        caller_agency="sc.amr",
-        caller_region="510000",
-        caller_operator="operator",
-        caller_thumbprint="thumb",
-        dataset="market.business_licence",
-        purpose="LICENCE-VERIFY",
-        case_id="",
-        subject_pseudonym=pseudonymize("91330000MA27XL0E2B", b"k" * 32),
-        fields=("company_name",),
-        accessed_at=NOW,
-        sealed_digest=hashlib.sha256(b"jws").hexdigest(),
-        answer_audit_id="audit.tongban/330000#41",
-    )
-
-
 async def test_every_use_of_a_frozen_redis_stops_calling_it_once_the_breaker_opens() -> None:
     redis = FrozenRedis()
     client: Redis = redis  # type: ignore[assignment]
-    breaker = CircuitBreaker(failure_threshold=3, open_seconds=60, name="Redis")
+    breaker = CircuitBreaker(failure_threshold=2, open_seconds=60, name="Redis")
     replay = FallbackReplayGuard(
         RedisReplayGuard(client, breaker=breaker, timeout_seconds=BOUND), MemoryReplayGuard()
     )
@@ -105,23 +84,19 @@ async def test_every_use_of_a_frozen_redis_stops_calling_it_once_the_breaker_ope
         RedisQuotaCounter(client, breaker=breaker, timeout_seconds=BOUND), MemoryQuotaCounter()
     )
     cache = AnswerCache(MemoryBackend(), key=b"k" * 32, key_id="k1", breaker=breaker)
-    queue = RedisReportQueue(client, region="510000", crypto=cache, breaker=breaker, timeout=BOUND)
-    # (1) each use waits its bound and counts a timeout; the third opens the breaker
+    # (1) each use waits its bound and counts a timeout; the second opens the breaker
     assert await replay.first_use("sc.amr", "req-1")  # answered from memory
     assert await quota.take("A-1", 10, now=NOW)
-    with pytest.raises(ReportQueueUnavailable):
-        await queue.put("330000", report())
     assert breaker.state == "open"
-    assert breaker.timeouts == 3
-    assert redis.sent == 3
+    assert breaker.timeouts == 2
+    assert redis.sent == 2
     # (2) open: no use calls Redis (none can wait for it); each falls back, or refuses
     errors = breaker.errors
     assert not await replay.first_use("sc.amr", "req-1"), "the replica remembers the id"
     assert await replay.first_use("sc.amr", "req-2")
     assert await quota.take("A-1", 10, now=NOW)
-    with pytest.raises(ReportQueueUnavailable, match="breaker"):
-        await queue.put("330000", report())
-    assert redis.sent == 3
+    assert await cache.get(b"k" * 32) is None  # the answer cache: a miss, Redis not asked
+    assert redis.sent == 2
     assert breaker.errors == errors
     assert breaker.bypassed == 4
 

@@ -1,32 +1,33 @@
 """Access reports without a network: the report and batch format, signing and verification
-against a dev registry, the two queues (the Redis one against the machine's Redis, under a
-namespace of its own), the requester-side cache key and TTL, and the seal memo."""
+against a dev registry, the reporter reading its outbox (the audit log) and moving each owner's
+cursor only past what the owner acknowledged, the requester-side cache key and TTL, and the
+seal memo."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
-import secrets
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from typing import Any
 
+import grpc
 import pytest
+from audit_contract import make_record
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from redis.asyncio import Redis
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
 from support import Federation, make_federation
 
-from gateway.audit import pseudonymize
+from gateway.audit import AuditLog, MemoryAuditStore, Outbound, pseudonymize
 from gateway.cache import AnswerCache, MemoryBackend, cache_key
 from gateway.reports import (
     MAX_REPORTS_PER_BATCH,
     AccessReport,
     AccessReporter,
     BatchRefused,
-    MemoryReportQueue,
-    RedisReportQueue,
     ReportFormatError,
-    ReportQueueUnavailable,
     batch_payload,
     canonical_json,
     sign_batch,
@@ -42,9 +43,8 @@ from registry import (
     load_authority_public_key,
 )
 from signer import load_private_key
-from tongban.v1 import credentials_pb2
+from tongban.v1 import credentials_pb2, exchange_pb2
 
-REDIS = "redis://127.0.0.1:6379/0"
 NOW = datetime(2026, 11, 21, 8, 0, 0, 123456, tzinfo=UTC)
 PSEUDONYM = pseudonymize("91330000MA27XL0E2B", b"k" * 32)
 
@@ -247,98 +247,170 @@ def test_batches_with_a_wrong_payload_are_refused(fed: Federation, registry: Reg
     )
 
 
-# -- queues -------------------------------------------------------------------------------------
-async def test_the_memory_queue_keeps_reports_until_done_and_is_bounded() -> None:
-    queue = MemoryReportQueue(max_per_owner=3)
-    ids = [await queue.put("330000", report(request_id=f"r{n}")) for n in range(3)]
-    with pytest.raises(ReportQueueUnavailable):
-        await queue.put("330000", report())
-    assert await queue.owners() == ("330000",)
-    taken = await queue.take("330000", 2)
-    assert [q.report.request_id for q in taken] == ["r0", "r1"]
-    assert [q.report.request_id for q in await queue.take("330000", 5)] == ["r0", "r1", "r2"]
-    await queue.done("330000", [q.entry_id for q in taken])
-    await queue.drop("330000", ids[2])
-    assert await queue.backlog("330000") == 0
-    assert await queue.owners() == ()
+# -- the reporter: the audit log is the outbox --------------------------------------------------
+class _Registry:
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    def current(self) -> Registry:
+        return self.registry
 
 
-@pytest.fixture
-async def redis() -> AsyncIterator[Redis]:
-    client = Redis.from_url(REDIS)
-    yield client
-    await client.aclose()
+class _Owner:
+    """The owner's gateway, as the reporter's peer pool reaches it: answers each batch with
+    `answers.pop(0)` (an exception to raise, or None to accept it), and keeps what it got."""
+
+    def __init__(self, *answers: Exception | None) -> None:
+        self.answers = list(answers)
+        self.batches: list[list[str]] = []
+
+    async def ReportAccess(
+        self, request: exchange_pb2.ReportAccessRequest, timeout: float
+    ) -> exchange_pb2.ReportAccessResponse:
+        self.batches.append([r.request_id for r in request.reports])
+        answer = self.answers.pop(0) if self.answers else None
+        if answer is not None:
+            raise answer
+        n = len(request.reports)
+        return exchange_pb2.ReportAccessResponse(
+            accepted=n, audit_ids=[f"audit.tongban/330000#{i}" for i in range(n)]
+        )
+
+    async def call(
+        self,
+        region: str,
+        make: Callable[[Any], Awaitable[exchange_pb2.ReportAccessResponse]],
+        *,
+        timeout_seconds: float,
+    ) -> exchange_pb2.ReportAccessResponse:
+        assert region == "330000"
+        return await make(self)
 
 
-def crypto(key: bytes = bytes(range(32))) -> AnswerCache:
-    return AnswerCache(MemoryBackend(), key=key, key_id=secrets.token_hex(4))
+def _rpc_error(code: grpc.StatusCode, reason: str = "", index: int | None = None) -> Exception:
+    trailing: tuple[tuple[str, bytes], ...] = ()
+    if reason:
+        detail = any_pb2.Any()
+        metadata = {"index": str(index)} if index is not None else {}
+        detail.Pack(error_details_pb2.ErrorInfo(reason=reason, domain="tongban", metadata=metadata))
+        status = status_pb2.Status(code=code.value[0], message="refused", details=[detail])
+        trailing = (("grpc-status-details-bin", status.SerializeToString()),)
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(*trailing), "refused")
 
 
-async def test_the_redis_queue_is_encrypted_redelivers_and_is_taken_over(redis: Redis) -> None:
-    region = "510000"
-    shared = crypto()
-    first = RedisReportQueue(redis, region=region, crypto=shared, consumer="first")
-    second = RedisReportQueue(redis, region=region, crypto=shared, consumer="second")
-    try:
-        ids = [await first.put("330000", report(request_id=f"r{n}")) for n in range(3)]
-        stored = await redis.xrange(first.stream("330000"))
-        assert len(stored) == 3
-        assert all(PSEUDONYM.encode() not in value[b"r"] for _, value in stored)
-        assert await first.owners() == ("330000",)
-        taken = await first.take("330000", 2)
-        assert [q.entry_id for q in taken] == ids[:2]
-        # Not acknowledged: the same consumer gets them again first, the other does not.
-        assert [q.entry_id for q in await first.take("330000", 2)] == ids[:2]
-        second.claim_idle_seconds = 3600
-        assert [q.entry_id for q in await second.take("330000", 5)] == ids[2:]
-        # A consumer that died: its reports are taken over once idle long enough.
-        second.claim_idle_seconds = 0
-        assert sorted(q.entry_id for q in await second.take("330000", 5)) == sorted(ids)
-        await second.done("330000", ids)
-        assert await second.backlog("330000") == 0
-        assert await first.take("330000", 5) == []
-        # Emptied: a graceful stop leaves no key behind; a later report makes them again.
-        await first.tidy()
-        assert not await redis.exists(first.stream("330000"))
-        assert await first.owners() == ()
-        again = await first.put("330000", report())
-        assert [q.entry_id for q in await first.take("330000", 5)] == [again]
-        await first.done("330000", [again])
-        await first.tidy()
-    finally:
-        await redis.delete(first.stream("330000"), f"tb:rep:{region}:{shared.key_id}:owners")
+async def _reporter(
+    fed: Federation, registry: Registry, owner: _Owner, **options: Any
+) -> tuple[AccessReporter, AuditLog, MemoryAuditStore]:
+    store = MemoryAuditStore()
+    audit = AuditLog(store, origin="audit.tongban/510000", key_name="audit.tongban/510000",
+                     key=ed25519.Ed25519PrivateKey.generate())  # fmt: skip
+    reporter = AccessReporter(
+        region="510000",
+        registry=_Registry(registry),  # type: ignore[arg-type]
+        peers=owner,  # type: ignore[arg-type]
+        audit=audit,
+        key=audit_key(fed, "510000")[0],
+        backoff_min=0,
+        backoff_max=0,
+        **options,
+    )
+    return reporter, audit, store
 
 
-async def test_the_redis_queue_refuses_when_full_and_sets_unreadable_entries_aside(
-    redis: Redis,
+async def _hit(reporter: AccessReporter, audit: AuditLog, n: int, owner: str = "330000") -> int:
+    """A hit recorded as the query path records it: the record and its report together."""
+    appended = await audit.append(
+        make_record(n), reporter.outbound(owner, report(request_id=f"r{n}"))
+    )
+    reporter.recorded(owner)
+    return appended.index
+
+
+async def test_reports_leave_the_log_in_order_and_the_cursor_moves_only_once_acknowledged(
+    fed: Federation, registry: Registry
 ) -> None:
-    region = "510000"
-    first = crypto()
-    queue = RedisReportQueue(redis, region=region, crypto=first, max_per_owner=2)
-    stream = queue.stream("330000")
-    try:
-        await queue.put("330000", report())
-        await queue.put("330000", report())
-        with pytest.raises(ReportQueueUnavailable):
-            await queue.put("330000", report())
-        assert await queue.backlog("330000") == 2
-        # The same names read with another cache key: nothing decrypts; set aside, not lost.
-        other = crypto(bytes(range(1, 33)))
-        other_queue = RedisReportQueue(redis, region=region, crypto=other)
-        other_queue._prefix = queue._prefix  # the same stream, read with another key
-        assert await other_queue.take("330000", 5) == []
-        assert await queue.backlog("330000") == 0
-        assert await redis.xlen(f"{stream}:unreadable") == 2
-    finally:
-        await redis.delete(stream, f"{stream}:unreadable", f"tb:rep:{region}:{first.key_id}:owners")
+    owner = _Owner(_rpc_error(grpc.StatusCode.UNAVAILABLE, "PEER_UNAVAILABLE"))
+    reporter, audit, store = await _reporter(fed, registry, owner, batch_size=2)
+    for n in range(5):
+        await _hit(reporter, audit, n)
+    assert await reporter.flush() == 0  # the owner could not take them: nothing moved
+    assert [p.index for p in await store.outbox("330000", 10)] == [0, 1, 2, 3, 4]
+    assert reporter.counters.failures == 1
+    assert await reporter.flush() == 5
+    assert owner.batches == [["r0", "r1"], ["r0", "r1"], ["r2", "r3"], ["r4"]]
+    assert await store.outbox_backlog() == {}
+    assert reporter.counters.accepted == 5
+    assert reporter.backlog == {"330000": 0}
 
 
-async def test_a_queue_whose_redis_is_down_refuses_at_once() -> None:
-    client = Redis.from_url("redis://127.0.0.1:1/0")
-    queue = RedisReportQueue(client, region="510000", crypto=crypto())
-    with pytest.raises(ReportQueueUnavailable):
-        await queue.put("330000", report())
-    await client.aclose()
+async def test_a_report_the_owner_refused_for_good_is_passed_after_the_ones_before_it(
+    fed: Federation, registry: Registry
+) -> None:
+    refused = _rpc_error(grpc.StatusCode.FAILED_PRECONDITION, "REPORT_ANSWER_UNKNOWN", index=2)
+    first = _rpc_error(grpc.StatusCode.FAILED_PRECONDITION, "REPORT_ANSWER_UNKNOWN", index=0)
+    owner = _Owner(refused, None, first, None)
+    reporter, audit, store = await _reporter(fed, registry, owner)
+    for n in range(5):
+        await _hit(reporter, audit, n)
+    assert await reporter.flush() == 4
+    assert owner.batches == [
+        ["r0", "r1", "r2", "r3", "r4"],  # refused at r2
+        ["r0", "r1"],  # the ones before it, alone
+        ["r2", "r3", "r4"],  # r2 is the oldest now, refused again: passed, never resent
+        ["r3", "r4"],
+    ]
+    assert reporter.counters.refused == 1
+    assert await store.outbox_backlog() == {}
+
+
+async def test_a_stored_report_that_does_not_read_back_is_set_aside_loudly(
+    fed: Federation, registry: Registry, caplog: pytest.LogCaptureFixture
+) -> None:
+    owner = _Owner()
+    reporter, audit, store = await _reporter(fed, registry, owner)
+    await audit.append(make_record(0), Outbound("330000", b'{"not": "a report"}'))
+    await _hit(reporter, audit, 1)
+    assert await reporter.flush() == 1
+    assert owner.batches == [["r1"]]
+    assert reporter.counters.refused == 1
+    assert "audit record 0" in caplog.text
+    assert "cannot be read back" in caplog.text
+    assert await store.outbox_backlog() == {}
+
+
+async def test_hits_are_not_answered_locally_beyond_the_backlog_bound_or_once_stopping(
+    fed: Federation, registry: Registry
+) -> None:
+    owner = _Owner(*[_rpc_error(grpc.StatusCode.UNAVAILABLE, "PEER_UNAVAILABLE")] * 3)
+    reporter, audit, _ = await _reporter(fed, registry, owner, max_backlog=2)
+    assert reporter.accepting("330000")
+    await _hit(reporter, audit, 0)
+    await _hit(reporter, audit, 1)
+    assert not reporter.accepting("330000")  # then asked of the owner, like a miss
+    assert reporter.accepting("500000")
+    await reporter.flush()  # what the log holds is what counts
+    assert reporter.backlog == {"330000": 2}
+    await reporter.close(timeout=0.5)
+    assert not reporter.accepting("500000")
+
+
+async def test_the_reporter_forgets_owners_nothing_is_waiting_for(
+    fed: Federation, registry: Registry
+) -> None:
+    # A reporter that could not deliver to many owners, whose reports then left the outbox
+    # (withdrawn, or delivered by another replica on the same log): nothing is kept for them.
+    reporter, audit, store = await _reporter(fed, registry, _Owner())
+    reporter._registry = _NoRegistry()  # type: ignore[assignment]  # every send fails at once
+    owners = [f"{n:06d}" for n in range(100_000, 100_300)]
+    indices = [await _hit(reporter, audit, n, owner) for n, owner in enumerate(owners)]
+    assert await reporter.flush() == 0
+    assert reporter.counters.failures == len(owners)
+    for owner, index in zip(owners, indices, strict=True):
+        await store.acknowledge(owner, index)
+    await reporter.flush()
+    assert reporter._retry_at == {}
+    assert reporter._waiting == {}
+    assert reporter.backlog == {}
 
 
 # -- the cache key, the TTL, the seal memo ------------------------------------------------------
@@ -399,27 +471,3 @@ def test_the_seal_memo_keeps_no_expired_check() -> None:
 class _NoRegistry:
     def current(self) -> Registry:
         raise RegistryUnavailable("no registry snapshot has been loaded yet")
-
-
-async def test_the_reporter_forgets_owners_nothing_is_queued_for() -> None:
-    # A reporter that could not deliver to many owners, whose reports then left the queue
-    # (taken back, or delivered by another replica): nothing per owner is kept for them.
-    queue = MemoryReportQueue()
-    reporter = AccessReporter(
-        region="510000",
-        registry=_NoRegistry(),  # type: ignore[arg-type]  # every send fails at once
-        peers=None,  # type: ignore[arg-type]  # never reached
-        queue=queue,
-        key=ed25519.Ed25519PrivateKey.generate(),
-    )
-    owners = [f"{n:06d}" for n in range(100_000, 100_500)]
-    entries = [(owner, await reporter.queue_report(owner, report())) for owner in owners]
-    assert await reporter.flush() == 0
-    assert reporter.counters.failures == len(owners)
-    for owner, entry_id in entries:
-        await reporter.unqueue(owner, entry_id)
-    assert await queue.owners() == ()
-    await reporter.flush()
-    assert reporter._retry_at == {}
-    assert reporter._waiting == {}
-    assert queue._entries == {}  # no empty backlog left per owner either
