@@ -720,11 +720,12 @@ async def wait_for_records(
 # the run of one scenario -----------------------------------------------------------------------
 @dataclass
 class Fault:
-    """How a scenario breaks the deployment and repairs it. `begin` and `end` are awaited in
-    turn; the fault lasts from the end of `begin` to the end of `end` (a process restart
-    counts until the new process serves). `lost_connection`: calls ended by the loss of the
-    requester's process itself (UNAVAILABLE with no status details) are expected while it is
-    down."""
+    """How a scenario breaks the deployment and repairs it. `begin` and `end` (functions or
+    coroutine functions) are called in turn, `seconds` apart; the fault's window lasts from the
+    call of `begin` to the return of `end` (a process restart counts until the new process
+    serves), and service must come back after it. `lost_connection`: calls ended by the loss
+    of the requester's process itself (UNAVAILABLE with no status details) are expected within
+    that window (and the client's reconnect backoff after it)."""
 
     name: str
     begin: Callable[[], Any]
@@ -775,9 +776,9 @@ async def run_scenario(dep: Deployment, fault: Fault) -> Outcome:
             )
             await asyncio.sleep(0.5)  # some requester-side cache hits
             for number in range(ROUNDS):
+                began = time.monotonic()  # a call may be cut while `begin` still runs
                 try:
                     await _maybe(fault.begin())
-                    began = time.monotonic()
                     tally.enter(f"fault {number + 1}")
                     await asyncio.sleep(fault.seconds)
                 finally:  # repaired whatever happens: the next scenario may share a server
@@ -888,15 +889,13 @@ def judge(outcome: Outcome, fault: Fault) -> None:
     assert all(code == 0 for code in outcome.exit_codes.values()), (outcome.exit_codes, line)
 
 
-def every_reason() -> frozenset[str]:
-    return frozenset({"AUDIT_UNAVAILABLE", "PEER_UNAVAILABLE", "PROVIDER_UNAVAILABLE"})
-
-
 __all__ = [
     "BOUNDS",
     "CLIENT_DEADLINE",
     "FAULT_SECONDS",
     "LONG",
+    "OWNER",
+    "REQUESTER",
     "ROUNDS",
     "Deployment",
     "Fault",
@@ -904,7 +903,6 @@ __all__ = [
     "Outcome",
     "PrivatePostgres",
     "deployment",
-    "every_reason",
     "judge",
     "private_postgres",
     "run_scenario",

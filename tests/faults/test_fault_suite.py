@@ -54,7 +54,7 @@ from faults.harness import (
     private_postgres,
     run_scenario,
 )
-from support import Federation, make_federation
+from support import Federation, RedisServer, make_federation
 
 from gateway.reports import FLUSH_SECONDS
 
@@ -74,7 +74,7 @@ def pg() -> Iterator[PrivatePostgres]:
         yield server
 
 
-def redis_of(dep: Deployment):  # type: ignore[no-untyped-def]
+def redis_of(dep: Deployment) -> RedisServer:
     assert dep.redis is not None
     return dep.redis
 
