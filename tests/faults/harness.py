@@ -733,6 +733,7 @@ class Fault:
     reasons: frozenset[str]  # the ErrorInfo reasons a refusal may give
     lost_connection: bool = False
     seconds: float = FAULT_SECONDS
+    own_cache_again: bool = False  # wait for 四川 to answer a repeat from its own cache again
 
 
 @dataclass
@@ -749,6 +750,7 @@ class Outcome:
     log_lines: dict[str, int]
     start_seconds: float  # the processes' start-up
     run_seconds: float  # traffic, faults, records and the stop
+    own_cache_after: list[float]  # per round: seconds until 四川 answered from its cache again
 
 
 async def _maybe(value: Any) -> Any:
@@ -766,15 +768,18 @@ async def run_scenario(dep: Deployment, fault: Fault) -> Outcome:
     began_scenario = time.monotonic()
     windows: list[tuple[float, float]] = []
     back_after: list[float] = []
+    own_cache_after: list[float] = []
     names = {s.name for s in STREAMS}
     async with asyncio.timeout(240 if not LONG else 1200):
         async with traffic(dep, tally):
             tally.enter("up")
             await until(
-                lambda: names <= {s.stream for s in tally.where(phase_sent="up") if s.ok},
-                "answers on every stream before the fault",
+                lambda: all(
+                    len([s for s in tally.where(stream=stream.name) if s.ok]) >= stream.subjects + 2
+                    for stream in STREAMS
+                ),
+                "answers on every stream before the fault, repeats from 四川's cache among them",
             )
-            await asyncio.sleep(0.5)  # some requester-side cache hits
             for number in range(ROUNDS):
                 began = time.monotonic()  # a call may be cut while `begin` still runs
                 try:
@@ -797,6 +802,8 @@ async def run_scenario(dep: Deployment, fault: Fault) -> Outcome:
                     for n in names
                 )
                 back_after.append(back - ended)
+                if fault.own_cache_again:
+                    own_cache_after.append(await own_cache_again(dep, ended))
                 await asyncio.sleep(SETTLE_SECONDS)
         bad = dep.bad_server_codes()
         answered = [s for s in tally.shots if s.ok]
@@ -817,7 +824,22 @@ async def run_scenario(dep: Deployment, fault: Fault) -> Outcome:
         lines,
         dep.start_seconds,
         time.monotonic() - began_scenario,
+        own_cache_after,
     )
+
+
+async def own_cache_again(dep: Deployment, since: float) -> float:
+    """Seconds from `since` until an answer sent after it came from 四川's own cache (浙江
+    holds its access report); fails after RECORD_WAIT."""
+    while True:
+        after = [s for s in dep.tally.shots if s.ok and s.sent >= since]
+        if (await Ledger.read(dep)).reported(after):
+            return time.monotonic() - since
+        assert time.monotonic() - since < RECORD_WAIT, (
+            f"四川 answered nothing from its own cache in the {RECORD_WAIT:g} s after the fault "
+            "ended (a cache that does not come back by itself)"
+        )
+        await asyncio.sleep(0.25)
 
 
 async def until(predicate: Callable[[], bool], what: str, timeout: float = START_SECONDS) -> None:
@@ -825,6 +847,13 @@ async def until(predicate: Callable[[], bool], what: str, timeout: float = START
     while not predicate():
         assert time.monotonic() - started < timeout, f"timed out waiting for {what}"
         await asyncio.sleep(0.05)
+
+
+def own_cache_text(outcome: Outcome) -> str:
+    if not outcome.own_cache_after:
+        return ""
+    times = ", ".join(f"{t:.1f}s" for t in outcome.own_cache_after)
+    return f", the first {times} after the fault ended"
 
 
 def judge(outcome: Outcome, fault: Fault) -> None:
@@ -835,6 +864,7 @@ def judge(outcome: Outcome, fault: Fault) -> None:
     answered = [s for s in tally.shots if s.ok]
     hits = sum(1 for s in answered if s.response is not None and s.response.cache_hit)
     slowest = max((s.elapsed for s in refused), default=0.0)
+    after = [s for s in answered if s.sent >= outcome.windows[-1][1]]
     missing_mine, missing_theirs = outcome.missing
     tally.audit_checked = 2 * len(answered) - len(missing_mine) - len(missing_theirs)
     line = (
@@ -842,7 +872,10 @@ def judge(outcome: Outcome, fault: Fault) -> None:
         f"refused {len(refused)} ({', '.join(f'{k} {v}' for k, v in sorted(by_reason.items())) or '-'}); "
         f"records checked: 四川 {len(answered) - len(missing_mine)}/{len(answered)}, "
         f"浙江 {len(answered) - len(missing_theirs)}/{len(answered)} "
-        f"({outcome.ledger.reported(answered)} by 四川's access reports) after {outcome.record_wait:.1f}s; "
+        f"({outcome.ledger.reported(answered)} by 四川's access reports: "
+        f"{outcome.ledger.reported([s for s in answered if s.phase_sent == 'up'])} before the "
+        f"fault, {outcome.ledger.reported(after)} after the last"
+        f"{own_cache_text(outcome)}) after {outcome.record_wait:.1f}s; "
         f"slowest refusal {slowest:.2f}s; first success on every stream "
         f"{', '.join(f'{b:.2f}s' for b in outcome.back_after)} after the fault ended; "
         f"tracebacks {outcome.tracebacks}, log lines {outcome.log_lines}; processes up in "

@@ -91,7 +91,7 @@ async def test_redis_killed_and_restarted(fed: Federation, tmp_path: Path) -> No
             await until_hit(dep, time.monotonic())  # its report is queued, maybe not yet sent
             redis.kill()
 
-        fault = Fault("redis kill -9", begin, redis.start, frozenset())
+        fault = Fault("redis kill -9", begin, redis.start, frozenset(), own_cache_again=True)
         judge(await run_scenario(dep, fault), fault)
 
 
@@ -112,7 +112,7 @@ async def test_redis_frozen(fed: Federation, tmp_path: Path) -> None:
     is refused and nothing is lost."""
     async with deployment(fed, tmp_path, redis=True) as dep:
         redis = redis_of(dep)
-        fault = Fault("redis frozen", redis.freeze, redis.thaw, frozenset())
+        fault = Fault("redis frozen", redis.freeze, redis.thaw, frozenset(), own_cache_again=True)
         judge(await run_scenario(dep, fault), fault)
 
 
