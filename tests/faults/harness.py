@@ -775,7 +775,8 @@ async def run_scenario(dep: Deployment, fault: Fault) -> Outcome:
             tally.enter("up")
             await until(
                 lambda: all(
-                    len([s for s in tally.where(stream=stream.name) if s.ok]) >= stream.subjects + 2
+                    len([s for s in tally.where(stream=stream.name) if s.ok])
+                    >= CLIENTS * stream.subjects + 2
                     for stream in STREAMS
                 ),
                 "answers on every stream before the fault, repeats from 四川's cache among them",
