@@ -57,19 +57,19 @@ from registry._pki import DEV_CACHE_KEY, DEV_PSEUDONYM_KEY
 from tongban.v1 import exchange_pb2_grpc
 
 LONG = os.environ.get("TONGBAN_FAULTS_LONG", "") == "1"
-FAULT_SECONDS = 10.0 if LONG else 3.0  # how long each fault lasts
+FAULT_SECONDS = 10.0 if LONG else 2.5  # how long each fault lasts
 ROUNDS = 3 if LONG else 1  # faults per scenario, each followed by a recovery
 CLIENTS = 2 if LONG else 1  # closed-loop clients per traffic stream
 CLIENT_DEADLINE = 10.0  # seconds: every client call's deadline, far above BOUNDS
 START_SECONDS = 60.0  # a hang guard for a process to start serving; never asserted
 RECORD_WAIT = 20.0  # seconds after recovery for every answer's records to be on both sides
-SETTLE_SECONDS = 1.0  # traffic goes on this long after service came back
+SETTLE_SECONDS = 0.5  # traffic goes on this long after service came back
 # Service must come back by itself: the first answer on every stream after a fault ended comes
 # within a breaker's open period and a trial call (about 1 s, printed); asserted only against
 # this generous bound, which a loaded 2-core machine keeps, so that a gateway stuck until some
 # long timeout (a reconnect backoff, a breaker that never closes) fails.
 RECOVERY_BOUND = 10.0
-STOP_SECONDS = 8.0  # a graceful stop (grace_seconds 1) that takes longer than this hangs
+STOP_SECONDS = 5.0  # a graceful stop (grace_seconds 1) that takes longer than this hangs
 REQUESTER, OWNER = "510000", "330000"  # 四川 asks 浙江
 LICENCE = ("market.business_licence", "LICENCE-VERIFY")  # cache_scope "requester"
 SI = ("si.participation", "SI-TRANSFER")  # cache_scope "provider"
@@ -751,6 +751,7 @@ class Outcome:
     start_seconds: float  # the processes' start-up
     run_seconds: float  # traffic, faults, records and the stop
     own_cache_after: list[float]  # per round: seconds until 四川 answered from its cache again
+    stop_seconds: float  # the graceful stop of every process
 
 
 async def _maybe(value: Any) -> Any:
@@ -809,7 +810,9 @@ async def run_scenario(dep: Deployment, fault: Fault) -> Outcome:
         bad = dep.bad_server_codes()
         answered = [s for s in tally.shots if s.ok]
         ledger, waited, missing = await wait_for_records(dep, answered)
+        stopping = time.monotonic()
         exits = dep.stop()
+        stop_seconds = time.monotonic() - stopping
     tracebacks = {name: p.stderr().count("Traceback") for name, p in dep.gateways.items()}
     lines = {name: len(p.stderr().splitlines()) for name, p in dep.gateways.items()}
     return Outcome(
@@ -826,6 +829,7 @@ async def run_scenario(dep: Deployment, fault: Fault) -> Outcome:
         dep.start_seconds,
         time.monotonic() - began_scenario,
         own_cache_after,
+        stop_seconds,
     )
 
 
@@ -880,7 +884,8 @@ def judge(outcome: Outcome, fault: Fault) -> None:
         f"slowest refusal {slowest:.2f}s; first success on every stream "
         f"{', '.join(f'{b:.2f}s' for b in outcome.back_after)} after the fault ended; "
         f"tracebacks {outcome.tracebacks}, log lines {outcome.log_lines}; processes up in "
-        f"{outcome.start_seconds:.1f}s, scenario {outcome.run_seconds:.1f}s"
+        f"{outcome.start_seconds:.1f}s, scenario {outcome.run_seconds:.1f}s (stop "
+        f"{outcome.stop_seconds:.1f}s)"
     )
     print(f"\n{line}")
     # Never UNKNOWN or INTERNAL, neither seen by a client nor counted by a gateway.

@@ -11,8 +11,9 @@ each forwarded to 浙江), breaks one part for FAULT_SECONDS, repairs it, and as
 - every refusal is UNAVAILABLE with the reason of the dependency that failed, and ended
   before the client's deadline (the gateways' bounds are far shorter); never UNKNOWN or
   INTERNAL (neither at a client nor in a gateway's grpc_server_handled_total);
-- service comes back by itself (the time to the first answer on every stream after the fault
-  ended is printed);
+- service comes back by itself: the time to the first answer on every stream after the fault
+  ended is printed (about 0.2-1.3 s here, with breakers open 1 s) and asserted only against
+  the generous RECOVERY_BOUND; after a Redis fault, 四川's own cache answers again;
 - nothing is recorded as answered that was refused; the gateways stop gracefully.
 
 | scenario | fault | refusals expected |
@@ -29,7 +30,8 @@ each forwarded to 浙江), breaks one part for FAULT_SECONDS, repairs it, and as
 | audit file immutable | `chattr +i` on 四川's SQLite log (and its WAL) | AUDIT_UNAVAILABLE |
 
 `make faults` (TONGBAN_FAULTS_LONG=1) runs the same scenarios with longer faults, more clients
-and several rounds each.
+and several rounds each. A defect a scenario found that is not the one it is about is pinned
+with `xfail(strict=True)` and its reason.
 """
 
 from __future__ import annotations
@@ -81,14 +83,15 @@ def redis_of(dep: Deployment) -> RedisServer:
 
 # Redis ----------------------------------------------------------------------------------------
 async def test_redis_killed_and_restarted(fed: Federation, tmp_path: Path) -> None:
-    """kill -9 of the Redis both gateways use (cache, replay window, quotas, report queue), a
-    new empty one on the port after the fault: nothing is refused, and every access 四川
-    answered from its cache reaches 浙江's log all the same."""
+    """kill -9 of the Redis both gateways use (cache, replay window, quotas) right after a hit
+    of 四川's own cache, a new empty one on the port after the fault: nothing is refused, every
+    access 四川 answered from its cache reaches 浙江's log all the same, and 四川's cache
+    answers again by itself."""
     async with deployment(fed, tmp_path, redis=True) as dep:
         redis = redis_of(dep)
 
         async def begin() -> None:
-            await until_hit(dep, time.monotonic())  # its report is queued, maybe not yet sent
+            await until_hit(dep, time.monotonic())  # its report maybe not yet acknowledged
             redis.kill()
 
         fault = Fault("redis kill -9", begin, redis.start, frozenset(), own_cache_again=True)
@@ -197,7 +200,7 @@ async def test_requester_killed(fed: Federation, tmp_path: Path, redis: bool) ->
     async with deployment(fed, tmp_path, redis=redis) as dep:
 
         async def begin() -> None:
-            await until_hit(dep, time.monotonic())  # its report is queued, maybe not yet sent
+            await until_hit(dep, time.monotonic())  # its report maybe not yet acknowledged
             dep.requester.kill()
 
         fault = Fault(
