@@ -472,7 +472,11 @@ class Deployment:
         }
         for process in running.values():
             process.interrupt()
-        return {name: process.wait_stopped() for name, process in running.items()}
+        deadline = time.monotonic() + STOP_SECONDS  # one bound for all: they stop together
+        return {
+            name: process.wait_stopped(max(0.1, deadline - time.monotonic()))
+            for name, process in running.items()
+        }
 
     def kill_all(self) -> None:
         for process in [*self.gateways.values(), self.provider]:
