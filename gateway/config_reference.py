@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway import config as _config
+from gateway._errors import GatewayError
 
 __all__ = [
     "BEGIN_MARKER",
@@ -518,7 +519,7 @@ def render(doc: str | None = None) -> str:
 # The generated block in a Markdown file ------------------------------------------------------
 
 
-class BlockError(Exception):
+class BlockError(GatewayError):
     """The file has no well-formed reference block."""
 
 

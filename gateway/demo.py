@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from rich.console import Console
 from rich.table import Table
 
+from gateway._errors import GatewayError
 from gateway._tables import whole
 from gateway.audit import CheckpointError, ProofError, verify_checkpoint, verify_inclusion
 from gateway.config import GatewayConfig
@@ -78,7 +79,7 @@ ROTATION_PAUSE = 0.05  # seconds between one worker's requests (keeps within the
 EXAMPLE_CLIENT = Path(__file__).resolve().parents[1] / "examples" / "client.py"
 
 
-class DemoError(Exception):
+class DemoError(GatewayError):
     """The demo cannot be set up (a folder, the registry source, a service); the message says why."""
 
 

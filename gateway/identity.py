@@ -35,8 +35,9 @@ from cryptography.x509.verification import (
 from google.protobuf.message import DecodeError
 
 from gateway.admission import CallAdmission, Pool
-from gateway.errors import PLAIN_MESSAGES, CallerRejected, abort
-from registry import KeyState, Registry, RegistryError, RegistryStore, certificate_thumbprint
+from gateway.errors import PLAIN_MESSAGES, CallerRejected, Refusal, refuse
+from registry import KeyState, Registry, RegistryError, RegistryStore
+from signer import x5t_s256_of_der
 
 __all__ = [
     "MALFORMED_REASON",
@@ -128,7 +129,7 @@ class CallerResolver:
                 "CERTIFICATE_NOT_TRUSTED", "client certificate names no Tongban party (no SAN URI)"
             ) from exc
         caller: Caller | None = None
-        thumbprint = certificate_thumbprint(certificate.public_bytes(_DER))
+        thumbprint = x5t_s256_of_der(certificate.public_bytes(_DER))
         subject = certificate.subject.rfc4514_string()
         for uri in uris:
             if uri.startswith(GATEWAY_URI_PREFIX):
@@ -250,12 +251,13 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
 
 async def _refuse_malformed(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
     if request is _MALFORMED:
-        await abort(
+        await refuse(
             context,
-            grpc.StatusCode.INVALID_ARGUMENT,
-            "INVALID_ARGUMENT_FORMAT",
-            "the request is not a well-formed message of this RPC (corrupt protobuf, or a "
-            "string field that is not UTF-8)",
+            Refusal(
+                "INVALID_ARGUMENT_FORMAT",
+                "the request is not a well-formed message of this RPC (corrupt protobuf, or a "
+                "string field that is not UTF-8)",
+            ),
         )
 
 
@@ -269,18 +271,17 @@ async def _receive_one(requests: AsyncIterator[Any], context: Context) -> Any:
         async with asyncio.timeout(REQUEST_RECEIVE_SECONDS):
             request = await anext(requests, _NO_MESSAGE)
     except TimeoutError:
-        await abort(
+        await refuse(
             context,
-            grpc.StatusCode.DEADLINE_EXCEEDED,
-            "REQUEST_INCOMPLETE",
-            f"the request message did not arrive in full within {REQUEST_RECEIVE_SECONDS:g} s",
+            Refusal(
+                "REQUEST_INCOMPLETE",
+                f"the request message did not arrive in full within {REQUEST_RECEIVE_SECONDS:g} s",
+            ),
         )
     if request is _NO_MESSAGE:
-        await abort(
+        await refuse(
             context,
-            grpc.StatusCode.INVALID_ARGUMENT,
-            "INVALID_ARGUMENT_FORMAT",
-            "the call ended without its request message",
+            Refusal("INVALID_ARGUMENT_FORMAT", "the call ended without its request message"),
         )
     return request
 
@@ -298,20 +299,21 @@ _unexpected_log = logging.getLogger("tongban.errors")
 
 
 @contextlib.asynccontextmanager
-async def _unexpected_is_internal(context: Context, method: str) -> AsyncIterator[None]:
-    """What escapes a handler unmapped (a bug, a driver's exception no code wrapped) ends the
-    call as INTERNAL / INTERNAL_ERROR with its fixed sentence, the traceback in this log: never
-    gRPC's own UNKNOWN "Unexpected <class>: <text>", which sends the exception's text (a host, a
-    port, a path) to the caller."""
+async def _errors_as_status(context: Context, method: str) -> AsyncIterator[None]:
+    """The service edge: a `Refusal` a handler raises ends the call with its status
+    (`gateway.errors.refuse`: the code from the reason table). What escapes a handler unmapped
+    (a bug, a driver's exception no code wrapped) ends it as INTERNAL / INTERNAL_ERROR with its
+    fixed sentence, the traceback in this log: never gRPC's own UNKNOWN "Unexpected <class>:
+    <text>", which sends the exception's text (a host, a port, a path) to the caller."""
     try:
         yield
     except grpc.aio.AbortError:
         raise  # a status already chosen
+    except Refusal as refusal:
+        await refuse(context, refusal)
     except Exception:
         _unexpected_log.exception("a call failed unexpectedly: %s", method)
-        await abort(
-            context, grpc.StatusCode.INTERNAL, "INTERNAL_ERROR", PLAIN_MESSAGES["INTERNAL_ERROR"]
-        )
+        await refuse(context, Refusal("INTERNAL_ERROR", PLAIN_MESSAGES["INTERNAL_ERROR"]))
 
 
 class CallerInterceptor(grpc.aio.ServerInterceptor):
@@ -360,21 +362,13 @@ class CallerInterceptor(grpc.aio.ServerInterceptor):
     async def _authenticate(self, context: Context) -> Caller:
         certificates = list(context.auth_context().get("x509_pem_cert") or [])
         if not certificates:
-            await abort(
-                context,
-                grpc.StatusCode.UNAUTHENTICATED,
-                "CERTIFICATE_NOT_TRUSTED",
-                "a client certificate is required",
+            await refuse(
+                context, Refusal("CERTIFICATE_NOT_TRUSTED", "a client certificate is required")
             )
         try:
             return self._resolver.resolve(certificates[0])
         except CallerRejected as exc:
-            code = (
-                grpc.StatusCode.UNAVAILABLE
-                if exc.reason == "REGISTRY_STALE"
-                else grpc.StatusCode.UNAUTHENTICATED
-            )
-            await abort(context, code, exc.reason, str(exc))
+            await refuse(context, exc)
 
     async def _admit(self, context: Context, open_service: bool) -> tuple[Caller | None, Pool, str]:
         """(the caller, None for an open service; the pool and certificate its slot is held
@@ -396,9 +390,7 @@ class CallerInterceptor(grpc.aio.ServerInterceptor):
             pool, certificate = _POOLS[caller.kind], caller.thumbprint
         refusal = self.admission.admit(pool, certificate)
         if refusal is not None:
-            await abort(
-                context, grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_CALLS", refusal.explain()
-            )
+            await refuse(context, Refusal("TOO_MANY_CALLS", refusal.explain()))
         return caller, pool, certificate
 
     async def _receive(
@@ -431,7 +423,7 @@ class CallerInterceptor(grpc.aio.ServerInterceptor):
                     request = await receive(requests, context, method, caller)
                     token = current_caller.set(caller)
                     try:
-                        async with _unexpected_is_internal(context, method):
+                        async with _errors_as_status(context, method):
                             return await inner_uu(request, context)
                     finally:
                         current_caller.reset(token)
@@ -449,7 +441,7 @@ class CallerInterceptor(grpc.aio.ServerInterceptor):
                     request = await receive(requests, context, method, caller)
                     token = current_caller.set(caller)
                     try:
-                        async with _unexpected_is_internal(context, method):
+                        async with _errors_as_status(context, method):
                             await inner_writer(request, context)
                     finally:
                         current_caller.reset(token)
@@ -473,7 +465,7 @@ class CallerInterceptor(grpc.aio.ServerInterceptor):
                     # `reset(token)` raises. grpc.aio runs each call in a task of its own, whose
                     # Context copy (and the caller set in it) ends with the call.
                     current_caller.set(caller)
-                    async with _unexpected_is_internal(context, method):
+                    async with _errors_as_status(context, method):
                         async for item in inner_us(request, context):
                             if recheck is not None:
                                 await recheck(context)

@@ -29,7 +29,8 @@ from typing import Any, Final, TypeVar
 
 import grpc
 
-from gateway.cache import CircuitBreaker
+from gateway._errors import GatewayError
+from gateway.breaker import CircuitBreaker
 from gateway.errors import error_info_of
 from registry import Registry, RegistryStore
 from tongban.v1 import exchange_pb2_grpc
@@ -71,7 +72,7 @@ def peer_failed(exc: BaseException) -> bool:
     return info is None or info.reason not in _PEER_UP_REASONS
 
 
-class UnknownPeer(Exception):
+class UnknownPeer(GatewayError):
     """The registry names no gateway endpoint for that region."""
 
 

@@ -9,7 +9,8 @@ Messages are written for a person and name ids of the registry (regions, dataset
 agreements, field names) but never a value of the request that may be personal data: not the
 subject id, not the case id, not the request id.
 
-Reason → gRPC status code (`GRPC_CODES`):
+Reason → gRPC status code (`GRPC_CODES`: the policy's reasons, read from the one table,
+`gateway.errors.REASONS`):
 
     INVALID_ARGUMENT_FORMAT, REQUEST_TOO_LARGE, SUBJECT_ID_INVALID,
     UNKNOWN_REGION, UNKNOWN_DATASET, UNKNOWN_PURPOSE               → INVALID_ARGUMENT
@@ -35,7 +36,7 @@ from datetime import datetime
 from types import MappingProxyType
 
 from gateway.audit import MAX_RECORD_TEXT_CHARS, is_case_id, is_request_id
-from gateway.errors import GatewayError
+from gateway.errors import REASONS, GatewayError
 from registry import (
     MAX_REGISTRY_ID_CHARS,
     Agency,
@@ -80,23 +81,25 @@ MAX_NAMED_FIELDS = 5  # refused field names a FIELD_NOT_ALLOWED message lists be
 
 _TOKEN_RE = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII, no spaces
 
+# The reasons the policy (check_request, decide) and the quota refuse with.
+_POLICY_REASONS = (
+    "INVALID_ARGUMENT_FORMAT",
+    "REQUEST_TOO_LARGE",
+    "SUBJECT_ID_INVALID",
+    "UNKNOWN_REGION",
+    "UNKNOWN_DATASET",
+    "UNKNOWN_PURPOSE",
+    "NOT_AUTHORISED_ROLE",
+    "DATASET_NOT_SHARED",
+    "PURPOSE_NOT_APPROVED",
+    "NO_AGREEMENT",
+    "AGREEMENT_EXPIRED",
+    "CASE_ID_REQUIRED",
+    "FIELD_NOT_ALLOWED",
+    "QUOTA_EXCEEDED",
+)
 GRPC_CODES: Mapping[str, str] = MappingProxyType(
-    {
-        "INVALID_ARGUMENT_FORMAT": "INVALID_ARGUMENT",
-        "REQUEST_TOO_LARGE": "INVALID_ARGUMENT",
-        "SUBJECT_ID_INVALID": "INVALID_ARGUMENT",
-        "UNKNOWN_REGION": "INVALID_ARGUMENT",
-        "UNKNOWN_DATASET": "INVALID_ARGUMENT",
-        "UNKNOWN_PURPOSE": "INVALID_ARGUMENT",
-        "NOT_AUTHORISED_ROLE": "PERMISSION_DENIED",
-        "DATASET_NOT_SHARED": "PERMISSION_DENIED",
-        "PURPOSE_NOT_APPROVED": "PERMISSION_DENIED",
-        "NO_AGREEMENT": "PERMISSION_DENIED",
-        "AGREEMENT_EXPIRED": "PERMISSION_DENIED",
-        "CASE_ID_REQUIRED": "PERMISSION_DENIED",
-        "FIELD_NOT_ALLOWED": "PERMISSION_DENIED",
-        "QUOTA_EXCEEDED": "RESOURCE_EXHAUSTED",
-    }
+    {reason: REASONS[reason].code.name for reason in _POLICY_REASONS}
 )
 
 
@@ -104,7 +107,7 @@ def grpc_code_for(reason: str) -> str:
     """The `grpc.StatusCode` name a refusal with this reason is sent with ("OK" for "")."""
     if not reason:
         return "OK"
-    return GRPC_CODES[reason]
+    return REASONS[reason].code.name
 
 
 class PolicyInputError(GatewayError):

@@ -26,7 +26,7 @@ from typing import Protocol
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from gateway.cache import BreakerOpen, CircuitBreaker
+from gateway.breaker import BreakerOpen, CircuitBreaker
 from gateway.errors import GatewayError
 from gateway.policy import Decision, grpc_code_for
 from gateway.replay import REDIS_CALL_SECONDS, redis_call

@@ -29,7 +29,8 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from gateway.cache import BreakerOpen, CircuitBreaker
+from gateway._errors import GatewayError
+from gateway.breaker import BreakerOpen, CircuitBreaker
 
 __all__ = [
     "KEY_PREFIX",
@@ -57,7 +58,7 @@ MAX_MEMORY_ENTRIES: Final = 1_000_000  # ~150 MB at most; beyond that the guard 
 _REQUEST_ID: Final = re.compile(rf"[\x21-\x7e]{{1,{MAX_REQUEST_ID_CHARS}}}")
 
 
-class ReplayUnavailable(Exception):
+class ReplayUnavailable(GatewayError):
     """The replay check cannot be made (Redis is unreachable, or the memory guard is full)."""
 
 

@@ -51,7 +51,6 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 import grpc
-import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -65,10 +64,11 @@ from gateway.audit import (
     is_case_id,
     is_request_id,
 )
-from gateway.cache import BreakerOpen
-from gateway.errors import error_info_of, peer_text
+from gateway.breaker import BreakerOpen
+from gateway.errors import GatewayError, Refusal, error_info_of, peer_text
 from gateway.peers import PeerPool, UnknownPeer
 from registry import KeyState, KeyUsage, Registry, RegistryError, RegistryStore, is_registry_id
+from signer import SignedJsonRefused, canonical_json, sign_json, verify_json
 from tongban.v1 import common_pb2, exchange_pb2
 
 __all__ = [
@@ -129,12 +129,8 @@ _BATCH_KEYS = frozenset(
 )
 
 
-class ReportFormatError(ValueError):
+class ReportFormatError(GatewayError, ValueError):
     """A report or batch that is not in the `tongban.access-report/v1` form."""
-
-
-def canonical_json(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def format_time(value: datetime) -> str:
@@ -322,17 +318,12 @@ class SignedBatch:
     reports: tuple[AccessReport, ...]
 
 
-class BatchRefused(Exception):
-    """A batch (or one of its reports, `index`) the owner does not accept: the status code,
-    the ErrorInfo reason, and a sentence for a person."""
+class BatchRefused(Refusal):
+    """A batch (or one of its reports, `index`) the owner does not accept: the ErrorInfo
+    reason (its status code from the reason table), and a sentence for a person."""
 
-    def __init__(
-        self, code: grpc.StatusCode, reason: str, message: str, index: int | None = None
-    ) -> None:
-        super().__init__(message)
-        self.code = code
-        self.reason = reason
-        self.message = message
+    def __init__(self, reason: str, message: str, index: int | None = None) -> None:
+        super().__init__(reason, message)
         self.index = index
 
 
@@ -359,13 +350,13 @@ def batch_payload(
 
 def sign_batch(payload: bytes, key: ed25519.Ed25519PrivateKey, kid: str) -> str:
     """A compact JWS of `payload` by the reporting gateway's audit key (`kid` its registry id)."""
-    return jwt.PyJWS().encode(
-        payload, key, algorithm="EdDSA", headers={"typ": REPORT_TYPE, "kid": kid, "x5t#S256": kid}
+    return sign_json(
+        payload, key, typ=REPORT_TYPE, kid=kid, algorithms=("EdDSA",), headers={"x5t#S256": kid}
     )
 
 
 def _signature_invalid(message: str) -> BatchRefused:
-    return BatchRefused(grpc.StatusCode.UNAUTHENTICATED, "REPORT_SIGNATURE_INVALID", message)
+    return BatchRefused("REPORT_SIGNATURE_INVALID", message)
 
 
 def _report_key(registry: Registry, kid: object, reporting_region: str, now: datetime) -> Any:
@@ -408,38 +399,29 @@ def verify_batch(
     # (1)
     if len(jws) > MAX_BATCH_JWS_BYTES:
         raise BatchRefused(
-            grpc.StatusCode.INVALID_ARGUMENT,
             "REQUEST_TOO_LARGE",
             f"a batch is a compact JWS of at most {MAX_BATCH_JWS_BYTES} bytes",
         )
-    parts = jws.split(".")
-    if len(parts) != 3 or not parts[2]:
-        raise _signature_invalid("the batch is not a signed compact JWS")
     try:
-        header = jwt.get_unverified_header(jws)
-    except jwt.PyJWTError as exc:
-        raise _signature_invalid(f"the batch header cannot be read: {exc}") from exc
-    if header.get("alg") != "EdDSA":
-        raise _signature_invalid("a batch is signed with EdDSA (the region's Ed25519 audit key)")
-    if header.get("typ") != REPORT_TYPE:
-        raise _signature_invalid(f"the batch's typ is not {REPORT_TYPE}")
-    # (2)
-    public = _report_key(registry, header.get("x5t#S256"), reporting_region, now)
-    # (3)
-    try:
-        payload = jwt.PyJWS().decode(jws, key=public, algorithms=["EdDSA"])
-    except jwt.InvalidSignatureError as exc:
-        raise _signature_invalid(
-            "the batch signature does not verify with the key it names"
-        ) from exc
-    except jwt.PyJWTError as exc:
-        raise _signature_invalid(f"the batch cannot be decoded: {exc}") from exc
+        verified = verify_json(
+            jws,
+            key_for=lambda header: _report_key(
+                registry, header.get("x5t#S256"), reporting_region, now
+            ),
+            algorithms=("EdDSA",),
+            typ=REPORT_TYPE,
+            typ_required=True,
+            max_bytes=MAX_BATCH_JWS_BYTES,
+            what="the batch",
+        )
+    except SignedJsonRefused as exc:
+        raise _signature_invalid(str(exc)) from exc
+    header, payload = verified.header, verified.payload
     # (4)
     try:
         document = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BatchRefused(
-            grpc.StatusCode.INVALID_ARGUMENT,
             "INVALID_ARGUMENT_FORMAT",
             "the batch payload is not JSON",
         ) from exc
@@ -447,16 +429,14 @@ def verify_batch(
         not isinstance(document, dict)
         or set(document) != _BATCH_KEYS
         or document.get("v") != BATCH_VERSION
-        or canonical_json(document) != payload
+        or not verified.is_canonical
     ):
         raise BatchRefused(
-            grpc.StatusCode.INVALID_ARGUMENT,
             "INVALID_ARGUMENT_FORMAT",
             "the batch payload is not canonical tongban.access-report/v1 JSON",
         )
     if document["reporting_region"] != reporting_region or document["owner_region"] != owner_region:
         raise BatchRefused(
-            grpc.StatusCode.INVALID_ARGUMENT,
             "REPORT_PAYLOAD_MISMATCH",
             f"the signed batch is from {document['reporting_region']!s:.8} to "
             f"{document['owner_region']!s:.8}, not from {reporting_region} to {owner_region}",
@@ -465,18 +445,13 @@ def verify_batch(
         batch_id = _text(document["batch_id"], "batch_id")
         issued_at = parse_time(document["issued_at"], "issued_at")
     except ReportFormatError as exc:
-        raise BatchRefused(
-            grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT_FORMAT", str(exc)
-        ) from exc
+        raise BatchRefused("INVALID_ARGUMENT_FORMAT", str(exc)) from exc
     # (5)
     reports = document["reports"]
     if not isinstance(reports, list) or not reports:
-        raise BatchRefused(
-            grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT_FORMAT", "a batch holds reports"
-        )
+        raise BatchRefused("INVALID_ARGUMENT_FORMAT", "a batch holds reports")
     if len(reports) > MAX_REPORTS_PER_BATCH:
         raise BatchRefused(
-            grpc.StatusCode.INVALID_ARGUMENT,
             "REQUEST_TOO_LARGE",
             f"a batch holds at most {MAX_REPORTS_PER_BATCH} reports",
         )
@@ -486,7 +461,6 @@ def verify_batch(
             parsed.append(AccessReport.from_document(item))
         except ReportFormatError as exc:
             raise BatchRefused(
-                grpc.StatusCode.INVALID_ARGUMENT,
                 "INVALID_ARGUMENT_FORMAT",
                 f"report {index}: {exc}",
                 index,

@@ -45,7 +45,8 @@ from gateway.audit import (
     SqliteAuditStore,
     digest_form,
 )
-from gateway.cache import AnswerCache, CacheBackend, CircuitBreaker, MemoryBackend, RedisBackend
+from gateway.breaker import CircuitBreaker
+from gateway.cache import AnswerCache, CacheBackend, MemoryBackend, RedisBackend
 from gateway.config import GatewayConfig
 from gateway.errors import ConfigError, GatewayError
 from gateway.identity import (
@@ -96,8 +97,8 @@ from signer import (
     SealVerifier,
     SignerError,
     TrustedKey,
-    certificate_thumbprint,
     load_private_key,
+    x5t_s256_of_certificate,
 )
 from tongban.v1 import (
     credentials_pb2,
@@ -550,7 +551,7 @@ class Gateway:
         )
         if self._peers is not None:
             self._peers.renew()
-        return certificate_thumbprint(leaf)
+        return x5t_s256_of_certificate(leaf)
 
     def _certificate_configuration(self) -> grpc.ServerCertificateConfiguration:
         snapshot = self.store.snapshot

@@ -8,7 +8,9 @@ certificate by ``cnf`` ``x5t#S256`` (RFC 8705), so it is useless from any other 
 may serve several requests until it expires; `TokenVerifier` remembers a verified token until
 then (ARCHITECTURE.md §3, "Caller identity").
 
-`issue_token` plays the identity service for tests, the demo and `tongban token issue`.
+`issue_token` plays the identity service for tests, the demo and `tongban token issue`. A token
+is signed JSON (`signer.sign_json`, `signer.verify_json`), like registry snapshots and
+access-report batches, with `typ` JWT.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import math
 import re
 import secrets
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,14 +30,24 @@ import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from registry import Inventory, KeyRefused, KeyState, KeyUsage, Registry
+from gateway._errors import GatewayError
+from registry import Inventory, KeyEntry, KeyRefused, KeyState, KeyUsage, Registry
 from signer import (
     PrivateKey,
     PublicKey,
+    SignedJsonAlgorithmRefused,
+    SignedJsonExtensionRefused,
+    SignedJsonMalformed,
+    SignedJsonSignatureInvalid,
+    SignedJsonTypeRefused,
+    SignedJsonUnsigned,
     UnsupportedAlgorithm,
     algorithm_for_key,
-    certificate_thumbprint,
+    canonical_json,
     load_private_key,
+    sign_json,
+    verify_json,
+    x5t_s256_of_certificate,
 )
 
 __all__ = [
@@ -146,7 +158,7 @@ def issue_token(
         "jti": token_id or secrets.token_urlsafe(16),
         "cnf": {"x5t#S256": thumbprint},
     }
-    return jwt.encode(claims, key, algorithm=algorithm, headers={"kid": kid, "typ": "JWT"})
+    return sign_json(canonical_json(claims), key, typ="JWT", kid=kid, algorithms=(algorithm,))
 
 
 def issue_agency_token(
@@ -190,7 +202,7 @@ def issue_agency_token(
             region=region,
             operator=operator,
             agency=agency,
-            thumbprint=certificate_thumbprint(certificate),
+            thumbprint=x5t_s256_of_certificate(certificate),
             lifetime_seconds=lifetime_seconds,
             now=now,
         )
@@ -214,7 +226,7 @@ class TokenClaims:
     kid: str  # the registry key that signed it
 
 
-class TokenError(Exception):
+class TokenError(GatewayError):
     """A token refused: `reason` is TOKEN_INVALID, TOKEN_EXPIRED or TOKEN_BINDING_MISMATCH.
 
     The message is one sentence for the caller; it never contains the token.
@@ -316,9 +328,10 @@ class TokenVerifier:
         4. the registry key must exist, have usage `token`, belong to the caller's region (an
            agency's tokens come from its own region's identity service), and its certificate's
            key type must be the one `alg` names.
-        5. `jwt.decode` with exactly that algorithm and key, `aud` this gateway (a single
-           string), `iss` the caller's region's identity service, and exp, iat, aud, iss, jti,
-           sub and agency required.
+        5. The signature verifies with exactly that algorithm and key (steps 3 to 5 are
+           `signer.verify_json`'s, with the registry lookup of 4 as its key lookup); then the
+           claims, read by PyJWT: `aud` this gateway (a single string), `iss` the caller's
+           region's identity service, and exp, iat, aud, iss, jti, sub and agency required.
         6. Times, against the clock with 30 s of leeway: `iat` not in the future, `nbf` (if
            any) reached, 0 < `exp - iat` <= 300 s, `exp` not passed (TOKEN_EXPIRED).
         7. The key may verify a token made at `iat` and still at the current time (not
@@ -356,51 +369,52 @@ class TokenVerifier:
             self._cache.move_to_end(cache_key)
             return cached
 
-        # 3. unverified header
-        try:
-            header = jwt.get_unverified_header(token)
-        except (jwt.PyJWTError, ValueError, TypeError, RecursionError) as exc:
-            raise _invalid("the token's header cannot be read") from exc
-        algorithm = header.get("alg")
-        if algorithm not in TOKEN_ALGORITHMS:
-            raise _invalid("the token's algorithm is not ES256 or EdDSA")
-        typ = header.get("typ", "JWT")
-        if not isinstance(typ, str) or typ.upper() != "JWT":
-            raise _invalid("the token's type is not JWT")
-        if "crit" in header or "b64" in header:
-            raise _invalid("the token's header carries extensions a token does not use")
-        kid = header.get("kid")
-        if not isinstance(kid, str) or not kid or len(kid) > MAX_KID_CHARS:
-            raise _invalid("the token's header names no key (kid)")
+        # 3. to 5.: the JWS, by the signed-JSON checks; the registry key is found in 4.
+        found: list[KeyEntry] = []  # the registry key `_token_key` returned
 
-        # 4. the registry key
-        entry = registry.key(kid)
-        if entry is None:
-            raise _invalid(f"the token is signed by a key unknown to registry {registry.version}")
-        if entry.usage is not KeyUsage.TOKEN:
-            raise _invalid(f"key {kid} is a {entry.usage.value} key, not a token key")
-        if entry.owner != caller_region or entry.region != caller_region:
-            raise _invalid(
-                f"the token is signed by the token key of {entry.owner}, not of the caller's "
-                f"region {caller_region}"
+        def registry_key(header: Mapping[str, Any]) -> PublicKey:
+            entry, public_key = self._token_key(header, registry, caller_region)
+            found.append(entry)
+            return public_key
+
+        try:
+            verify_json(
+                token,
+                key_for=registry_key,
+                algorithms=TOKEN_ALGORITHMS,
+                typ="JWT",
+                typ_required=False,
+                max_bytes=MAX_TOKEN_BYTES,
+                what="the token",
             )
-        public_key = self._public_key(entry.kid, entry.certificate)
-        try:
-            key_algorithm = algorithm_for_key(public_key)
-        except UnsupportedAlgorithm as exc:
-            raise _invalid(f"token key {kid} has a key type tokens do not use") from exc
-        if key_algorithm != algorithm or entry.algorithm != algorithm:
-            raise _invalid(f"token key {kid} does not sign with the token's algorithm")
+        except SignedJsonMalformed as exc:
+            raise _invalid("the token's header cannot be read") from exc
+        except (SignedJsonUnsigned, SignedJsonAlgorithmRefused) as exc:
+            raise _invalid("the token's algorithm is not ES256 or EdDSA") from exc
+        except SignedJsonTypeRefused as exc:
+            raise _invalid("the token's type is not JWT") from exc
+        except SignedJsonExtensionRefused as exc:
+            raise _invalid("the token's header carries extensions a token does not use") from exc
+        except SignedJsonSignatureInvalid as exc:
+            raise _invalid(
+                f"the token's signature does not verify with key {found[0].kid}"
+            ) from exc
+        entry = found[0]
+        kid = entry.kid
 
-        # 5. signature and claims
+        # 5. claims: the signature is verified above, with the registry key; PyJWT reads the
+        # claims with exactly the checks it made when it also verified the signature
         try:
             payload = jwt.decode(
                 token,
-                key=public_key,
-                algorithms=[algorithm],
                 audience=self.audience,
                 issuer=issuer_for(caller_region),
                 options={
+                    "verify_signature": False,  # done by verify_json above
+                    "verify_aud": True,
+                    "verify_iss": True,
+                    "verify_sub": True,
+                    "verify_jti": True,
                     "require": list(_REQUIRED_CLAIMS),
                     "strict_aud": True,
                     # Times are checked below against our clock, with the same leeway.
@@ -418,8 +432,6 @@ class TokenVerifier:
             raise _invalid(
                 f"the token was not issued by the identity service of region {caller_region}"
             ) from exc
-        except jwt.InvalidSignatureError as exc:
-            raise _invalid(f"the token's signature does not verify with key {kid}") from exc
         except (jwt.PyJWTError, ValueError, TypeError, RecursionError) as exc:
             raise _invalid("the token is malformed") from exc
         if not isinstance(payload, dict):  # pragma: no cover - PyJWT returns a dict
@@ -479,6 +491,36 @@ class TokenVerifier:
         )
         self._remember(cache_key, claims, now_ts)
         return claims
+
+    def _token_key(
+        self, header: Mapping[str, Any], registry: Registry, caller_region: str
+    ) -> tuple[KeyEntry, PublicKey]:
+        """Steps 3 (the kid) and 4 of `verify`; `verify_json` has checked alg, typ and
+        extensions before it calls this."""
+        # 3.
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid or len(kid) > MAX_KID_CHARS:
+            raise _invalid("the token's header names no key (kid)")
+        algorithm = header["alg"]
+        # 4. the registry key
+        entry = registry.key(kid)
+        if entry is None:
+            raise _invalid(f"the token is signed by a key unknown to registry {registry.version}")
+        if entry.usage is not KeyUsage.TOKEN:
+            raise _invalid(f"key {kid} is a {entry.usage.value} key, not a token key")
+        if entry.owner != caller_region or entry.region != caller_region:
+            raise _invalid(
+                f"the token is signed by the token key of {entry.owner}, not of the caller's "
+                f"region {caller_region}"
+            )
+        public_key = self._public_key(entry.kid, entry.certificate)
+        try:
+            key_algorithm = algorithm_for_key(public_key)
+        except UnsupportedAlgorithm as exc:
+            raise _invalid(f"token key {kid} has a key type tokens do not use") from exc
+        if key_algorithm != algorithm or entry.algorithm != algorithm:
+            raise _invalid(f"token key {kid} does not sign with the token's algorithm")
+        return entry, public_key
 
     def _public_key(self, kid: str, certificate: bytes) -> PublicKey:
         key = self._public_keys.get(kid)

@@ -2,8 +2,10 @@
 
 Regions, agencies, datasets, purposes, agreements and keys (`_model`), loaded from a TOML source
 (`_source`), combined with the PKI's key inventory (`_inventory`), signed and versioned as a
-snapshot (`_snapshot`, `_publish`), and held live by each gateway (`_store`). The development
-PKI lives in `_pki`.
+snapshot (`_snapshot`, `_publish`: signed JSON from `signer`), and held live by each gateway
+(`_store`). The development PKI lives in `_pki`.
+
+`__all__` is exactly what is used from outside the package (tests/unit/test_surfaces.py).
 """
 
 from registry._codes import (
@@ -23,8 +25,6 @@ from registry._model import (
     Agreement,
     CacheScope,
     Dataset,
-    DatasetField,
-    FieldClassification,
     KeyEntry,
     KeyState,
     KeyUsage,
@@ -33,7 +33,6 @@ from registry._model import (
     Region,
     Registry,
     ShareClass,
-    certificate_thumbprint,
 )
 from registry._publish import (
     AUTHORITY_KEY,
@@ -44,13 +43,11 @@ from registry._publish import (
     init_dev_federation,
     load_authority_public_key,
     publish,
-    read_published,
 )
 from registry._snapshot import (
     SignedSnapshot,
     SnapshotVerifier,
     authority_key_id,
-    canonical_json,
     registry_from_payload,
     registry_to_payload,
     sign_snapshot,
@@ -73,7 +70,6 @@ from registry.errors import (
     SnapshotSignatureMissing,
     SnapshotUntrustedSigner,
     SourceError,
-    SourceProblem,
 )
 
 __all__ = [
@@ -88,8 +84,6 @@ __all__ = [
     "Agreement",
     "CacheScope",
     "Dataset",
-    "DatasetField",
-    "FieldClassification",
     "FileSnapshotSource",
     "Inventory",
     "KeyEntry",
@@ -122,11 +116,8 @@ __all__ = [
     "SnapshotUntrustedSigner",
     "SnapshotVerifier",
     "SourceError",
-    "SourceProblem",
     "authority_key_id",
     "build_registry",
-    "canonical_json",
-    "certificate_thumbprint",
     "contains_citizen_id",
     "init_dev_federation",
     "is_region_code",
@@ -137,7 +128,6 @@ __all__ = [
     "load_source",
     "province_name",
     "publish",
-    "read_published",
     "registry_from_payload",
     "registry_to_payload",
     "sign_snapshot",

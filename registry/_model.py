@@ -15,7 +15,6 @@ from enum import StrEnum
 from functools import cached_property
 
 from registry.errors import KeyRefused
-from signer._keys import der_thumbprint as certificate_thumbprint
 
 __all__ = [
     "Agency",
@@ -33,7 +32,6 @@ __all__ = [
     "Region",
     "Registry",
     "ShareClass",
-    "certificate_thumbprint",
 ]
 
 

@@ -52,9 +52,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import NameOID
 
-from registry._model import certificate_thumbprint
 from registry.errors import PkiError
-from signer import _oids
+from signer import _oids, x5t_s256_of_certificate
 from signer._keyfile import (
     ALGORITHMS,
     PrivateKey,
@@ -933,7 +932,7 @@ def _algorithm_of(public_key: CertificatePublicKeyTypes, where: Path) -> str:
 
 def certificate_kid(cert: x509.Certificate) -> str:
     """Key id of a certificate: the JWS x5t#S256 of its DER."""
-    return certificate_thumbprint(cert.public_bytes(serialization.Encoding.DER))
+    return x5t_s256_of_certificate(cert)
 
 
 def _pem(cert: x509.Certificate) -> bytes:

@@ -12,12 +12,11 @@ import base64
 import binascii
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
@@ -46,6 +45,15 @@ from registry.errors import (
     SnapshotSignatureMissing,
     SnapshotUntrustedSigner,
 )
+from signer import (
+    SignedJsonAlgorithmRefused,
+    SignedJsonRefused,
+    SignedJsonSignatureInvalid,
+    SignedJsonUnsigned,
+    canonical_json,
+    sign_json,
+    verify_json,
+)
 
 __all__ = [
     "FORMAT",
@@ -55,7 +63,6 @@ __all__ = [
     "SignedSnapshot",
     "SnapshotVerifier",
     "authority_key_id",
-    "canonical_json",
     "format_time",
     "registry_from_payload",
     "registry_to_payload",
@@ -69,6 +76,7 @@ CLOCK_SKEW = timedelta(minutes=5)  # an issued_at this far in the future is stil
 
 AuthorityPrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
 AuthorityPublicKey = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey
+_AUTHORITY_ALGORITHMS = ("EdDSA", "ES256")
 
 
 def authority_key_id(public_key: AuthorityPublicKey) -> str:
@@ -89,10 +97,6 @@ def _algorithm_for(public_key: AuthorityPublicKey) -> str:
 
 def format_time(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def canonical_json(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def _b64(data: bytes) -> str:
@@ -404,11 +408,13 @@ def sign_snapshot(registry: Registry, authority_key: AuthorityPrivateKey) -> Sig
     """Sign a registry with the authority key; the result is a compact JWS."""
     public = authority_key.public_key()
     kid = authority_key_id(public)
-    token = jwt.PyJWS().encode(
+    _algorithm_for(public)  # an authority key of another type is refused in its own words
+    token = sign_json(
         canonical_json(registry_to_payload(registry)),
         authority_key,
-        algorithm=_algorithm_for(public),
-        headers={"typ": SNAPSHOT_MEDIA_TYPE, "kid": kid},
+        typ=SNAPSHOT_MEDIA_TYPE,
+        kid=kid,
+        algorithms=_AUTHORITY_ALGORITHMS,
     )
     return SignedSnapshot(jws=token, registry=registry, authority_key_id=kid)
 
@@ -421,16 +427,27 @@ class SnapshotVerifier:
         self._algorithm = _algorithm_for(authority_key)
         self.authority_key_id = authority_key_id(authority_key)
 
+    def _authority_key_for(self, header: Mapping[str, Any]) -> AuthorityPublicKey:
+        # (3)
+        kid = header.get("kid")
+        if kid != self.authority_key_id:
+            raise SnapshotUntrustedSigner(
+                f"snapshot is signed by key {kid!r}, not by the installed registry authority "
+                f"{self.authority_key_id!r}"
+            )
+        return self._key
+
     def verify(
         self, jws: str | bytes, *, held_version: int | None, now: datetime | None
     ) -> SignedSnapshot:
         """Return the verified snapshot, or raise the `SnapshotError` that says why it is refused.
 
         (0) size and shape: a compact JWS of at most MAX_SNAPSHOT_BYTES
-        (1) the protected header parses
+        (1) the protected header parses and asks for no JWS extension (`crit`, `b64`)
         (2) it is signed at all (no `alg: none`, no empty signature)
         (3) its `kid` names the installed authority key
         (4) the signature verifies with that key, with the algorithm bound to the key's type
+        (steps 0 to 4 are `signer.verify_json`'s)
         (5) the payload is a snapshot of this format
         (6) it has not expired (and was not issued in the future); `now=None` skips this, for
             reading back what was published, never for accepting a snapshot
@@ -439,40 +456,33 @@ class SnapshotVerifier:
         # (0)
         raw = jws.decode("ascii", "replace") if isinstance(jws, bytes) else jws
         raw = raw.strip()
-        if len(raw) > MAX_SNAPSHOT_BYTES:
-            raise SnapshotFormatError(f"snapshot is larger than {MAX_SNAPSHOT_BYTES} bytes")
-        parts = raw.split(".")
-        if len(parts) != 3:
-            raise SnapshotFormatError("snapshot is not a compact JWS (header.payload.signature)")
-        # (1)
+        # (1)-(4): the signed-JSON checks; the kid is only a hint, the installed key verifies
         try:
-            header = jwt.get_unverified_header(raw)
-        except jwt.PyJWTError as exc:
-            raise SnapshotFormatError(f"snapshot header cannot be read: {exc}") from exc
-        # (2)
-        alg = header.get("alg")
-        if not parts[2] or not isinstance(alg, str) or alg.lower() == "none":
-            raise SnapshotSignatureMissing("snapshot is not signed: refusing an unsigned registry")
-        # (3)
-        kid = header.get("kid")
-        if kid != self.authority_key_id:
-            raise SnapshotUntrustedSigner(
-                f"snapshot is signed by key {kid!r}, not by the installed registry authority "
-                f"{self.authority_key_id!r}"
+            verified = verify_json(
+                raw,
+                key_for=self._authority_key_for,
+                algorithms=_AUTHORITY_ALGORITHMS,
+                typ=None,  # never checked: the kid and the authority key decide
+                typ_required=False,
+                max_bytes=MAX_SNAPSHOT_BYTES,
+                what="snapshot",
             )
-        # (4)
-        if alg != self._algorithm:
+        except SignedJsonUnsigned as exc:
+            raise SnapshotSignatureMissing(
+                "snapshot is not signed: refusing an unsigned registry"
+            ) from exc
+        except SignedJsonAlgorithmRefused as exc:
             raise SnapshotSignatureInvalid(
-                f"snapshot uses algorithm {alg!r}; the authority key signs with {self._algorithm}"
-            )
-        try:
-            payload = jwt.PyJWS().decode(raw, key=self._key, algorithms=[self._algorithm])
-        except jwt.InvalidSignatureError as exc:
+                f"snapshot uses algorithm {exc.algorithm!r}; the authority key signs with "
+                f"{self._algorithm}"
+            ) from exc
+        except SignedJsonSignatureInvalid as exc:
             raise SnapshotSignatureInvalid(
                 "snapshot signature does not verify with the authority key"
             ) from exc
-        except jwt.PyJWTError as exc:
-            raise SnapshotFormatError(f"snapshot cannot be decoded: {exc}") from exc
+        except SignedJsonRefused as exc:  # malformed, a wrong typ, a JWS extension
+            raise SnapshotFormatError(str(exc)) from exc
+        payload = verified.payload
         # (5)
         try:
             document = json.loads(payload)

@@ -1,20 +1,16 @@
 """Tongban's e-seals and e-signatures.
 
 Key files and providers (`_keyfile`, `_keys`), the algorithm policy (`_algorithms`), JAdES
-sealing (`_jades`), and validation with ETSI-style reports (`_verify`, `_report`) against a
-`TrustSource` (`_trust`) that the registry implements. Depends on neither `registry` nor
-`gateway`.
+sealing (`_jades`), validation with ETSI-style reports (`_verify`, `_report`) against a
+`TrustSource` (`_trust`) that the registry implements, and signed JSON (`_signed_json`: the
+compact JWS of registry snapshots, access-report batches and request tokens). Depends on neither
+`registry` nor `gateway`.
+
+`__all__` is exactly what is used from outside the package (tests/unit/test_surfaces.py).
 """
 
-from signer._algorithms import (
-    ALLOWED_ALGORITHMS,
-    MIN_RSA_BITS,
-    check_key_fits,
-    sign_bytes,
-    verify_fitted,
-    verify_signature,
-)
-from signer._jades import MAX_JWS_BYTES, JwsFormatError, ParsedJws, parse_compact, seal
+from signer._algorithms import ALLOWED_ALGORITHMS, sign_bytes, verify_signature
+from signer._jades import MAX_JWS_BYTES, JwsFormatError, parse_compact, seal
 from signer._keyfile import (
     PrivateKey,
     PublicKey,
@@ -23,28 +19,45 @@ from signer._keyfile import (
     load_private_key,
     write_private_key,
 )
-from signer._keys import FileKeyProvider, KeyProvider, certificate_thumbprint, der_thumbprint
-from signer._report import Check, Indication, SignatureKind, SubIndication, ValidationReport
+from signer._keys import FileKeyProvider, KeyProvider, x5t_s256_of_certificate, x5t_s256_of_der
+from signer._report import Indication, SignatureKind, SubIndication, ValidationReport
+from signer._signed_json import canonical_json, sign_json, verify_json
 from signer._trust import TrustedKey, TrustSource
 from signer._verify import SealVerifier
-from signer.errors import KeyFileError, SealInvalid, SignerError, UnsupportedAlgorithm
+from signer.errors import (
+    KeyFileError,
+    SealInvalid,
+    SignedJsonAlgorithmRefused,
+    SignedJsonExtensionRefused,
+    SignedJsonMalformed,
+    SignedJsonRefused,
+    SignedJsonSignatureInvalid,
+    SignedJsonTypeRefused,
+    SignedJsonUnsigned,
+    SignerError,
+    UnsupportedAlgorithm,
+)
 
 __all__ = [
     "ALLOWED_ALGORITHMS",
     "MAX_JWS_BYTES",
-    "MIN_RSA_BITS",
-    "Check",
     "FileKeyProvider",
     "Indication",
     "JwsFormatError",
     "KeyFileError",
     "KeyProvider",
-    "ParsedJws",
     "PrivateKey",
     "PublicKey",
     "SealInvalid",
     "SealVerifier",
     "SignatureKind",
+    "SignedJsonAlgorithmRefused",
+    "SignedJsonExtensionRefused",
+    "SignedJsonMalformed",
+    "SignedJsonRefused",
+    "SignedJsonSignatureInvalid",
+    "SignedJsonTypeRefused",
+    "SignedJsonUnsigned",
     "SignerError",
     "SubIndication",
     "TrustSource",
@@ -52,15 +65,16 @@ __all__ = [
     "UnsupportedAlgorithm",
     "ValidationReport",
     "algorithm_for_key",
-    "certificate_thumbprint",
-    "check_key_fits",
-    "der_thumbprint",
+    "canonical_json",
     "generate_private_key",
     "load_private_key",
     "parse_compact",
     "seal",
     "sign_bytes",
-    "verify_fitted",
+    "sign_json",
+    "verify_json",
     "verify_signature",
     "write_private_key",
+    "x5t_s256_of_certificate",
+    "x5t_s256_of_der",
 ]

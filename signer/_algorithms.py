@@ -23,14 +23,8 @@ from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAPSSAlgorithm
 from signer._keyfile import PrivateKey, PublicKey
 from signer.errors import UnsupportedAlgorithm
 
-__all__ = [
-    "ALLOWED_ALGORITHMS",
-    "MIN_RSA_BITS",
-    "check_key_fits",
-    "sign_bytes",
-    "verify_fitted",
-    "verify_signature",
-]
+# What the package exports; `check_key_fits` and `verify_fitted` serve its other modules.
+__all__ = ["ALLOWED_ALGORITHMS", "sign_bytes", "verify_signature"]
 
 ALLOWED_ALGORITHMS: Final = ("ES256", "EdDSA", "PS256")
 MIN_RSA_BITS: Final = 2048  # bits; smaller RSA keys are refused for signing and verifying

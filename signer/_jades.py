@@ -35,7 +35,6 @@ __all__ = [
     "MAX_JWS_BYTES",
     "SIGD_HASH_MECHANISM",
     "JwsFormatError",
-    "ParsedJws",
     "parse_compact",
     "seal",
 ]

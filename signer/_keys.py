@@ -19,17 +19,18 @@ from signer._algorithms import check_key_fits, sign_bytes
 from signer._keyfile import algorithm_for_key, load_private_key
 from signer.errors import KeyFileError, SignerError
 
-__all__ = ["FileKeyProvider", "KeyProvider", "certificate_thumbprint", "der_thumbprint"]
+__all__ = ["FileKeyProvider", "KeyProvider", "x5t_s256_of_certificate", "x5t_s256_of_der"]
 
 
-def der_thumbprint(der: bytes) -> str:
-    """The JWS `x5t#S256` of a certificate's DER (base64url SHA-256): a key's id in Tongban."""
+def x5t_s256_of_der(der: bytes) -> str:
+    """The JWS `x5t#S256` (RFC 7515 §4.1.8: base64url SHA-256) of a certificate's DER encoding:
+    a key's id in Tongban, and what a request token is bound to (RFC 8705 `cnf`)."""
     return base64.urlsafe_b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode("ascii")
 
 
-def certificate_thumbprint(certificate: x509.Certificate) -> str:
-    """The JWS `x5t#S256` of a certificate."""
-    return der_thumbprint(certificate.public_bytes(serialization.Encoding.DER))
+def x5t_s256_of_certificate(certificate: x509.Certificate) -> str:
+    """The JWS `x5t#S256` of a parsed certificate: `x5t_s256_of_der` of its DER encoding."""
+    return x5t_s256_of_der(certificate.public_bytes(serialization.Encoding.DER))
 
 
 @runtime_checkable
@@ -72,7 +73,7 @@ class FileKeyProvider:
         self._algorithm = algorithm_for_key(public)
         check_key_fits(self._algorithm, self._key)
         self._chain = chain
-        self._kid = certificate_thumbprint(chain[0])
+        self._kid = x5t_s256_of_certificate(chain[0])
 
     @property
     def kid(self) -> str:

@@ -20,7 +20,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import NamedTuple
 
-__all__ = ["Check", "Indication", "SignatureKind", "SubIndication", "ValidationReport"]
+__all__ = ["Indication", "SignatureKind", "SubIndication", "ValidationReport"]
 
 
 class Indication(StrEnum):

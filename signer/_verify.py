@@ -38,7 +38,7 @@ from signer._jades import (
     parse_compact,
 )
 from signer._keyfile import PublicKey
-from signer._keys import der_thumbprint
+from signer._keys import x5t_s256_of_der
 from signer._report import Check, Indication, SignatureKind, SubIndication, ValidationReport
 from signer._trust import TrustedKey, TrustSource
 from signer.errors import SealInvalid, UnsupportedAlgorithm
@@ -462,7 +462,7 @@ class SealVerifier:
             thumbprint = self._x5c_thumbprints.get(x5c[0])
             if thumbprint is None:
                 try:
-                    thumbprint = der_thumbprint(base64.b64decode(x5c[0], validate=True))
+                    thumbprint = x5t_s256_of_der(base64.b64decode(x5c[0], validate=True))
                 except ValueError:
                     raise run.fail(
                         "signing key", SubIndication.FORMAT_FAILURE, "x5c[0] is not base64"

@@ -6,7 +6,15 @@ One root, with a subtree by who is at fault::
     ├── KeyFileError            a key file is missing, unreadable, malformed, encrypted with
     │                           another passphrase, or holds a key type Tongban does not use
     ├── UnsupportedAlgorithm    an algorithm name or key type outside ES256 / EdDSA / PS256
-    └── SealInvalid             a seal or signature did not reach TOTAL_PASSED; `.report` says why
+    ├── SealInvalid             a seal or signature did not reach TOTAL_PASSED; `.report` says why
+    └── SignedJsonRefused       a signed JSON document (compact JWS) refused by `verify_json`,
+        │                       one subclass per step of its plan; callers word the refusal
+        ├── SignedJsonMalformed         too large, not three parts, unreadable parts
+        ├── SignedJsonUnsigned          `alg: none`, no `alg`, or an empty signature
+        ├── SignedJsonAlgorithmRefused  `alg` outside the allow-list, or not its key's algorithm
+        ├── SignedJsonTypeRefused       `typ` is not the one expected
+        ├── SignedJsonExtensionRefused  a `crit` or `b64` header
+        └── SignedJsonSignatureInvalid  the signature does not verify with the key looked up
 
 Messages name the file and the reason; they never contain key material or a passphrase.
 Foreign exceptions are kept as ``__cause__`` (``raise KeyFileError(...) from exc``).
@@ -19,7 +27,19 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from signer._report import ValidationReport
 
-__all__ = ["KeyFileError", "SealInvalid", "SignerError", "UnsupportedAlgorithm"]
+__all__ = [
+    "KeyFileError",
+    "SealInvalid",
+    "SignedJsonAlgorithmRefused",
+    "SignedJsonExtensionRefused",
+    "SignedJsonMalformed",
+    "SignedJsonRefused",
+    "SignedJsonSignatureInvalid",
+    "SignedJsonTypeRefused",
+    "SignedJsonUnsigned",
+    "SignerError",
+    "UnsupportedAlgorithm",
+]
 
 
 class SignerError(Exception):
@@ -41,3 +61,35 @@ class SealInvalid(SignerError):
         sub = report.sub_indication.value if report.sub_indication else ""
         super().__init__(f"{report.indication.value}/{sub}: {report.message}")
         self.report = report
+
+
+class SignedJsonRefused(SignerError):
+    """A signed JSON document refused by `verify_json`; the subclass names the step."""
+
+
+class SignedJsonMalformed(SignedJsonRefused):
+    """Not a compact JWS of bounded size, or its header or payload cannot be read."""
+
+
+class SignedJsonUnsigned(SignedJsonRefused):
+    """Not signed at all: `alg` missing or `none`, or the signature part empty."""
+
+
+class SignedJsonAlgorithmRefused(SignedJsonRefused):
+    """`algorithm` is outside the allow-list, or not the algorithm of the key looked up."""
+
+    def __init__(self, message: str, *, algorithm: str) -> None:
+        super().__init__(message)
+        self.algorithm = algorithm
+
+
+class SignedJsonTypeRefused(SignedJsonRefused):
+    """The header's `typ` is missing where required, or not the one expected."""
+
+
+class SignedJsonExtensionRefused(SignedJsonRefused):
+    """The header asks for a JWS extension (`crit`, `b64`) that Tongban does not use."""
+
+
+class SignedJsonSignatureInvalid(SignedJsonRefused):
+    """The signature does not verify with the key the header names."""

@@ -21,7 +21,7 @@ from gateway.provider import DemoData, create_provider
 from gateway.server import Gateway, create_gateway
 from gateway.tokens import issue_token
 from registry import KeyState, KeyUsage
-from signer import certificate_thumbprint, load_private_key
+from signer import load_private_key, x5t_s256_of_certificate
 from tongban.v1 import exchange_pb2, exchange_pb2_grpc
 
 REGIONS = ("330000", "510000", "500000")
@@ -47,7 +47,7 @@ class Cluster:
 
     def thumbprint(self, agency: str) -> str:
         chain, _ = self.fed.tls_files(agency)
-        return certificate_thumbprint(x509.load_pem_x509_certificates(chain.read_bytes())[0])
+        return x5t_s256_of_certificate(x509.load_pem_x509_certificates(chain.read_bytes())[0])
 
     def token(
         self,

@@ -44,7 +44,12 @@ from gateway.audit._store import (
     StoredRow,
     TreeHead,
 )
-from gateway.audit.errors import AuditError, AuditIntegrityError, AuditUnavailable
+from gateway.audit.errors import (
+    AuditError,
+    AuditIntegrityError,
+    AuditOutcomeUnknown,
+    AuditUnavailable,
+)
 
 __all__ = [
     "EMPTY_ROOT",
@@ -57,6 +62,7 @@ __all__ = [
     "AuditError",
     "AuditIntegrityError",
     "AuditLog",
+    "AuditOutcomeUnknown",
     "AuditQuery",
     "AuditRecord",
     "AuditStore",

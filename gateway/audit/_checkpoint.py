@@ -22,12 +22,14 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from gateway._errors import GatewayError
+
 __all__ = ["Checkpoint", "CheckpointError", "key_hash", "sign_checkpoint", "verify_checkpoint"]
 
 _DASH = "\u2014"  # the em dash that starts a signature line
 
 
-class CheckpointError(ValueError):
+class CheckpointError(GatewayError, ValueError):
     """A checkpoint that is malformed or whose signature does not verify."""
 
 

@@ -25,7 +25,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
@@ -46,8 +46,8 @@ from gateway.audit._store import (
     PruneMarker,
     StoredRow,
 )
-from gateway.audit.errors import AuditIntegrityError, AuditUnavailable
-from gateway.cache import BreakerOpen, CircuitBreaker
+from gateway.audit.errors import AuditIntegrityError, AuditOutcomeUnknown, AuditUnavailable
+from gateway.breaker import BreakerOpen, CircuitBreaker
 
 __all__ = [
     "APPEND_TIMEOUT_SECONDS",
@@ -67,6 +67,7 @@ _T = TypeVar("_T")
 access_log = logging.getLogger("tongban.access")
 
 VERIFY_CHUNK = 10_000  # rows read at a time while verifying
+FOLLOW_UP_TRIES = 10  # a follow-up after a commit that got no answer: tries, a second apart
 
 
 APPEND_TIMEOUT_SECONDS = 2.0  # an append not durable by then is refused (AUDIT_UNAVAILABLE)
@@ -100,6 +101,12 @@ class AuditObserver(Protocol):
     def audit_append(self, ok: bool) -> None: ...
 
     def checkpoint(self, size: int, signed_at: datetime | float) -> None: ...
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """Read the outcome of a task nobody awaits any more (no 'never retrieved' warning)."""
+    if not future.cancelled():
+        future.exception()
 
 
 class AuditLog:
@@ -212,9 +219,18 @@ class AuditLog:
         """`await make()`, a read of the store (`store.query`, `store.rows`, ...), within
         `read_timeout_seconds` and through the appends' breaker: a frozen store is not waited
         for on the request path. Raises `AuditUnavailable`."""
+        # The read runs in a task of its own, so that giving up on it takes no longer than
+        # the bound: a driver may spend seconds more on its cancellation (psycopg asks the
+        # server to cancel the query), which a frozen server makes it wait out.
+        started: list[asyncio.Future[_T]] = []
+
+        def start() -> Awaitable[_T]:
+            started.append(asyncio.ensure_future(make()))
+            return asyncio.shield(started[0])
+
         try:
             return await self.breaker.call(
-                make,
+                start,
                 timeout_seconds=self.read_timeout_seconds,
                 failed=lambda exc: isinstance(exc, AuditUnavailable),
             )
@@ -224,6 +240,10 @@ class AuditLog:
             raise AuditUnavailable(
                 f"the audit store did not answer within {self.read_timeout_seconds:g} s"
             ) from exc
+        finally:
+            if started and not started[0].done():
+                started[0].cancel()  # ends in the background
+                started[0].add_done_callback(_retrieved)
 
     # -- the outbox (see AuditStore) ----------------------------------------------------------
     async def outbox(self, destination: str, limit: int) -> list[Pending]:
@@ -254,6 +274,10 @@ class AuditLog:
             raise AuditUnavailable(
                 f"the audit record was not durable within {self.append_timeout_seconds:g} s"
             ) from None
+        except AuditOutcomeUnknown:
+            self.breaker.failure()
+            self._follow_up(record, pending, outbound)  # it may be durable: say it was not released
+            raise
         except AuditUnavailable:
             self.breaker.failure()
             raise
@@ -278,23 +302,35 @@ class AuditLog:
         it was not released."""
 
         def done(future: asyncio.Future[Appended]) -> None:
-            if future.cancelled() or future.exception() is not None:
+            if future.cancelled():
+                return
+            failed = future.exception()
+            if failed is not None and not isinstance(failed, AuditOutcomeUnknown):
                 return  # not stored: nothing claims an answer
-            self.breaker.success()  # the store answered after all
+            if failed is None:
+                self.breaker.success()  # the store answered after all
             if record.outcome is not Outcome.ALLOWED:
                 return  # a refusal released nothing: the late record is true as it is
             follow_up = dataclasses.replace(
                 record, time=self._clock(), outcome=Outcome.FAILED, reason=NOT_RELEASED, fields=()
             )
+            # Stored late (its index known), or perhaps stored (a commit that got no answer):
+            # either way the request's last record must say that nothing was released.
+            late = future.result() if failed is None else None
             task = asyncio.ensure_future(
-                self._append_follow_up(follow_up, future.result(), outbound is not None)
+                self._append_follow_up(follow_up, late, outbound is not None)
             )
             self._late.add(task)
             task.add_done_callback(self._late.discard)
 
         pending.add_done_callback(done)
 
-    async def _append_follow_up(self, record: AuditRecord, late: Appended, owed: bool) -> None:
+    async def _append_follow_up(
+        self, record: AuditRecord, late: Appended | None, owed: bool
+    ) -> None:
+        if late is None:
+            await self._append_follow_up_unknown(record)
+            return
         if owed:  # its owner must not be told of an access that was not released
             try:
                 withdrawn = await self.store.withdraw(late.index)
@@ -325,6 +361,32 @@ class AuditLog:
             late.index,
             appended.index,
         )
+
+    async def _append_follow_up_unknown(self, record: AuditRecord) -> None:
+        """A commit got no answer: its record may be durable. The follow-up (true either way:
+        nothing was released for the request) is written once the store takes appends again,
+        tried FOLLOW_UP_TRIES times a second apart (the log's close waits for them a while)."""
+        for attempt in range(FOLLOW_UP_TRIES):
+            try:
+                appended = await self.store.append(record)
+            except AuditUnavailable as exc:
+                if attempt + 1 < FOLLOW_UP_TRIES:
+                    await asyncio.sleep(1.0)
+                    continue
+                log.error(  # noqa: TRY400 - the cause is the message; no traceback to show
+                    "the audit record of request %s may have become durable although its answer "
+                    "was not released, and the record saying so could not be stored: %s",
+                    record.request_id,
+                    exc,
+                )
+                return
+            log.warning(
+                "the audit commit of request %s got no answer: record %d says its answer was "
+                "not released",
+                record.request_id,
+                appended.index,
+            )
+            return
 
     async def _checkpoint_in_background(self) -> None:
         try:

@@ -13,6 +13,8 @@ import hashlib
 from collections.abc import Sequence
 from typing import Protocol
 
+from gateway._errors import GatewayError
+
 __all__ = [
     "EMPTY_ROOT",
     "CompactRange",
@@ -32,7 +34,7 @@ EMPTY_ROOT = hashlib.sha256(b"").digest()
 HASH_SIZE = 32
 
 
-class ProofError(ValueError):
+class ProofError(GatewayError, ValueError):
     """A proof that does not prove what it claims, or a request no proof can answer."""
 
 

@@ -87,7 +87,7 @@ from gateway.audit._store import (
     StoredRow,
     TreeHead,
 )
-from gateway.audit.errors import AuditIntegrityError, AuditUnavailable
+from gateway.audit.errors import AuditIntegrityError, AuditOutcomeUnknown, AuditUnavailable
 
 __all__ = ["SCHEMA_VERSION", "PostgresAuditStore"]
 
@@ -96,6 +96,7 @@ log = logging.getLogger("tongban.audit.postgres")
 _Connection = psycopg.AsyncConnection[TupleRow]
 _Pending = tuple[AuditRecord, Outbound | None, "asyncio.Future[Appended]"]
 
+DISCARD_SECONDS = 1.0  # closing a connection to a server that does not answer
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _PARTITION_NAME = re.compile(r"records_y(\d{4})m(\d{2})")
 
@@ -405,6 +406,17 @@ _GRANTS = """
 """
 
 
+async def _cancel(task: asyncio.Task[None]) -> None:
+    """Cancel a task waiting on the database. psycopg answers a cancellation by asking the
+    server to cancel the query (up to 5 s, and 5 s more for it to end), which a server that
+    does not answer never does: cancelled again after DISCARD_SECONDS, it closes the connection
+    at once."""
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=DISCARD_SECONDS)
+    if not done:
+        task.cancel()
+
+
 def _no_partition(exc: psycopg.Error) -> bool:
     """A row routed to a month whose partition is not there (dropped by a prune since)."""
     return isinstance(exc, psycopg.errors.CheckViolation) and "no partition" in str(exc)
@@ -450,6 +462,7 @@ class PostgresAuditStore:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._months: set[date] = set()  # months known to have a partition
+        self._committing = False  # the writer's current group is being committed
         self.commits = 0  # committed groups, for tests and metrics
         self.appended = 0  # records committed by this instance
 
@@ -477,9 +490,11 @@ class PostgresAuditStore:
 
     @staticmethod
     async def _discard(conn: _Connection | None) -> None:
+        """Close a connection; one whose server does not answer is given a second at most."""
         if conn is not None:
             with contextlib.suppress(Exception):
-                await conn.close()
+                async with asyncio.timeout(DISCARD_SECONDS):
+                    await conn.close()
 
     # -- open, migrate, close ----------------------------------------------------------------
 
@@ -586,15 +601,33 @@ class PostgresAuditStore:
         return sorted(out)
 
     async def close(self) -> None:
+        """Commit what is queued, within the store's timeout: a database that does not answer
+        (frozen, or a network that silently drops packets) does not hold the stop. What it did
+        not commit by then is refused (`AuditUnavailable`, so nothing is released for it)."""
         if self._task is not None:
             self._closing = True
             self._queue.put_nowait(None)
+            done, _ = await asyncio.wait({self._task}, timeout=self._timeout)
+            if not done:
+                log.error(
+                    "audit: PostgreSQL did not commit the appends still queued within %g s of "
+                    "the stop; they are refused",
+                    self._timeout,
+                )
+                await _cancel(self._task)
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+            self._refuse_queued(AuditUnavailable("the audit store was closed before it took them"))
         await self._discard(self._writer)
         await self._discard(self._reader)
         self._writer = self._reader = None
+
+    def _refuse_queued(self, error: AuditUnavailable) -> None:
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if item is not None and not item[2].done():
+                item[2].set_exception(error)
 
     # -- appends -------------------------------------------------------------------------------
 
@@ -624,6 +657,18 @@ class PostgresAuditStore:
                 batch.append(item)
             try:
                 appended = await self._write([(record, out) for record, out, _ in batch])
+            except asyncio.CancelledError:  # close() gave up on a database that does not answer
+                error = (
+                    AuditOutcomeUnknown(
+                        "the audit store was closed while its commit was on its way"
+                    )
+                    if self._committing
+                    else AuditUnavailable("the audit store was closed before it answered")
+                )
+                for _, _, future in batch:
+                    if not future.done():
+                        future.set_exception(error)
+                raise
             except Exception as exc:
                 if not isinstance(exc, AuditUnavailable):
                     log.exception("audit batch failed")
@@ -642,7 +687,7 @@ class PostgresAuditStore:
         """Commit one group; retry once on a fresh connection if the old one was found dead
         before anything was committed."""
         for attempt in (1, 2):
-            committing = False
+            committing = self._committing = False
             try:
                 if self._dead(self._writer):
                     await self._discard(self._writer)
@@ -653,7 +698,8 @@ class PostgresAuditStore:
                 await self._ensure_months(conn, {_month(r.time) for r, _ in records})
                 async with conn.transaction():
                     appended = await self._insert(conn, records)
-                    committing = True  # leaving the block commits: the outcome may be unknown
+                    committing = self._committing = True  # leaving the block commits: the
+                    # outcome may be unknown
             except psycopg.Error as exc:
                 self._months.clear()  # a partition may have gone (retention): ask again
                 dead = self._dead(self._writer)
@@ -666,10 +712,15 @@ class PostgresAuditStore:
                 if attempt == 1 and _no_partition(exc):  # rolled back: nothing was stored
                     log.info("audit partition gone (a retention prune), recreating: %s", exc)
                     continue
+                if committing:
+                    raise AuditOutcomeUnknown(
+                        f"the audit commit got no answer, it may have been stored: {exc}"
+                    ) from exc
                 raise AuditUnavailable(f"the audit records were not stored: {exc}") from exc
             except ProofError as exc:
                 raise AuditUnavailable(f"the stored audit head is malformed: {exc}") from exc
             else:
+                self._committing = False
                 self.commits += 1
                 self.appended += len(records)
                 return appended

@@ -51,7 +51,7 @@ from gateway.audit._store import (
     StoredRow,
     TreeHead,
 )
-from gateway.audit.errors import AuditIntegrityError, AuditUnavailable
+from gateway.audit.errors import AuditIntegrityError, AuditOutcomeUnknown, AuditUnavailable
 
 __all__ = ["SCHEMA_VERSION", "SqliteAuditStore"]
 
@@ -595,20 +595,28 @@ class SqliteAuditStore:
                     outbound.append((index, item.outbound.destination, item.outbound.payload))
             self._write(conn, rows, compact, outbound)
         except Exception as exc:
-            self._rollback(conn)
+            committed = self._rollback(conn)
+            if committed is not None and (committed.size, committed.root()) == (
+                compact.size,
+                compact.root(),
+            ):
+                # The COMMIT reported an error, and yet the file holds the batch: durable.
+                log.warning(
+                    "audit commit of %d records reported %s, yet it is durable", len(batch), exc
+                )
+                self._committed(compact, len(batch))
+                self._settle(outcomes)
+                return
             self.failed_batches += 1
             log.exception("audit commit of %d records failed", len(batch))
+            kind = AuditUnavailable if committed is not None else AuditOutcomeUnknown
             outcomes = []
             for item in batch:
-                error = AuditUnavailable(f"the audit record could not be made durable: {exc}")
+                error = kind(f"the audit record could not be made durable: {exc}")
                 error.__cause__ = exc
                 outcomes.append((item.future, error))
         else:
-            self._range = compact
-            self._head = TreeHead(compact.size, compact.root())
-            self.commits += 1
-            self.appended += len(batch)
-            self.largest_batch = max(self.largest_batch, len(batch))
+            self._committed(compact, len(batch))
         self._settle(outcomes)
 
     def _write(
@@ -633,20 +641,21 @@ class SqliteAuditStore:
             raise AuditIntegrityError("the audit head row is missing")
         conn.execute("COMMIT")
 
-    def _rollback(self, conn: sqlite3.Connection) -> None:
-        """Undo a failed transaction and go back to the head that is really committed."""
+    def _rollback(self, conn: sqlite3.Connection) -> CompactRange | None:
+        """Undo a failed transaction and go back to the head that is really committed (which
+        it returns; None when it cannot be read: what was committed is then unknown)."""
         try:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
         except sqlite3.Error:
             log.exception("audit rollback failed")
         if conn.in_transaction:
-            return  # keep the head from before the batch; the next BEGIN will fail loudly
+            return None  # keep the head from before the batch; the next BEGIN fails loudly
         try:  # a COMMIT that reported an error may still have committed: trust the file
             committed = self._load_head(conn)
         except Exception:
             log.exception("cannot re-read the audit head after a failed commit")
-            return
+            return None
         if committed.size != self._range.size:
             log.warning(
                 "audit head is %d after a failed commit (expected %d)",
@@ -655,6 +664,15 @@ class SqliteAuditStore:
             )
         self._range = committed
         self._head = TreeHead(committed.size, committed.root())
+        return committed
+
+    def _committed(self, compact: CompactRange, records: int) -> None:
+        """The writer's view after a batch of `records` became durable."""
+        self._range = compact
+        self._head = TreeHead(compact.size, compact.root())
+        self.commits += 1
+        self.appended += records
+        self.largest_batch = max(self.largest_batch, records)
 
     def _run_job(self, conn: sqlite3.Connection, job: _Job) -> None:
         outcome: object = None

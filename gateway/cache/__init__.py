@@ -1,51 +1,19 @@
 """The answer cache: sealed answers encrypted (AES-256-GCM) under a hashed key covering
 provider region, dataset, subject pseudonym, field set and purpose; kept in Redis or memory
-behind a circuit breaker, so that when Redis is down the gateway answers uncached and recovers
-by itself. Authorisation always comes first: the cache never decides who may see an answer."""
+behind a circuit breaker (`gateway.breaker`), so that when Redis is down the gateway answers
+uncached and recovers by itself. Authorisation always comes first: the cache never decides who
+may see an answer."""
 
-from gateway.cache._backend import (
-    BackendError,
-    BackendTimeout,
-    BackendUnavailable,
-    CacheBackend,
-    MemoryBackend,
-)
-from gateway.cache._breaker import (
-    BREAKER_STATES,
-    BreakerOpen,
-    BreakerState,
-    CacheCounters,
-    CircuitBreaker,
-)
+from gateway.cache._backend import BackendTimeout, BackendUnavailable, CacheBackend, MemoryBackend
 from gateway.cache._cache import AnswerCache
-from gateway.cache._key import KEY_PREFIX, KEY_SIZE, cache_key, redis_key
-from gateway.cache._redis import (
-    CONNECT_TIMEOUT,
-    MAX_CONNECTIONS,
-    OPERATION_TIMEOUT,
-    RETRIES,
-    SOCKET_TIMEOUT,
-    RedisBackend,
-)
+from gateway.cache._key import cache_key, redis_key
+from gateway.cache._redis import RedisBackend
 
 __all__ = [
-    "BREAKER_STATES",
-    "CONNECT_TIMEOUT",
-    "KEY_PREFIX",
-    "KEY_SIZE",
-    "MAX_CONNECTIONS",
-    "OPERATION_TIMEOUT",
-    "RETRIES",
-    "SOCKET_TIMEOUT",
     "AnswerCache",
-    "BackendError",
     "BackendTimeout",
     "BackendUnavailable",
-    "BreakerOpen",
-    "BreakerState",
     "CacheBackend",
-    "CacheCounters",
-    "CircuitBreaker",
     "MemoryBackend",
     "RedisBackend",
     "cache_key",

@@ -7,6 +7,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Protocol
 
+from gateway._errors import GatewayError
+
 __all__ = [
     "BackendError",
     "BackendTimeout",
@@ -16,7 +18,7 @@ __all__ = [
 ]
 
 
-class BackendError(Exception):
+class BackendError(GatewayError):
     """The backend failed to answer (a protocol or server error)."""
 
 

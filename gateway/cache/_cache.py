@@ -22,8 +22,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from gateway.breaker import BreakerState, CacheCounters, CircuitBreaker
 from gateway.cache._backend import BackendTimeout, BackendUnavailable, CacheBackend
-from gateway.cache._breaker import BreakerState, CacheCounters, CircuitBreaker
 from gateway.cache._key import redis_key
 
 __all__ = ["AnswerCache"]

@@ -24,8 +24,8 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from gateway.admission import Pool
-from registry import KeyState, Registry, RegistryStatus, certificate_thumbprint
-from signer import Indication, SubIndication
+from registry import KeyState, Registry, RegistryStatus
+from signer import Indication, SubIndication, x5t_s256_of_der
 
 __all__ = [
     "CACHE_RESULTS",
@@ -520,7 +520,7 @@ class GatewayMetrics:
                             "region %s has a CA certificate that does not parse", region.code
                         )
                         continue
-                    wanted[(certificate_thumbprint(der), CA_USAGE, region.code)] = (
+                    wanted[(x5t_s256_of_der(der), CA_USAGE, region.code)] = (
                         certificate.not_valid_before_utc.timestamp(),
                         certificate.not_valid_after_utc.timestamp(),
                     )

@@ -32,10 +32,10 @@ from types import TracebackType
 
 import grpc
 
-from gateway.cache import CircuitBreaker
-from gateway.errors import PLAIN_MESSAGES, GatewayError, error_info_of
+from gateway.breaker import CircuitBreaker
+from gateway.errors import KNOWN_REASONS, PLAIN_MESSAGES, REASONS, GatewayError, error_info_of
 from gateway.provider._net import is_loopback
-from tongban.v1 import common_pb2, exchange_pb2, exchange_pb2_grpc
+from tongban.v1 import exchange_pb2, exchange_pb2_grpc
 
 __all__ = [
     "BREAKER_FAILURES",
@@ -52,13 +52,13 @@ log = logging.getLogger("tongban.provider")
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 RETRY_PAUSE_SECONDS = 0.05
-_REASONS = frozenset(common_pb2.ErrorReason.keys()) - {"ERROR_REASON_UNSPECIFIED"}
 # What counts against the data system in the breaker: it did not answer (in time).
 _BREAKING = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
+# The reason a data system's refusal without one of its own stands for, by its status code
+# (the reason table's code of each).
 _FALLBACK = {
-    grpc.StatusCode.INVALID_ARGUMENT: "INVALID_ARGUMENT_FORMAT",
-    grpc.StatusCode.NOT_FOUND: "SUBJECT_NOT_FOUND",
+    REASONS[reason].code: reason for reason in ("INVALID_ARGUMENT_FORMAT", "SUBJECT_NOT_FOUND")
 }
 
 
@@ -91,7 +91,7 @@ class ProviderError(GatewayError):
 
 def _error_reason(exc: grpc.aio.AioRpcError) -> str | None:
     info, _ = error_info_of(exc)
-    return info.reason if info is not None and info.reason in _REASONS else None
+    return info.reason if info is not None and info.reason in KNOWN_REASONS else None
 
 
 class ProviderClient:

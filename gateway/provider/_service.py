@@ -29,7 +29,7 @@ import grpc
 from gateway.errors import abort
 from gateway.provider._demo import DEFAULT_SEED, DemoData
 from gateway.provider._net import is_loopback
-from registry import canonical_json
+from signer import canonical_json
 from tongban.v1 import exchange_pb2, exchange_pb2_grpc
 
 __all__ = ["CONTENT_TYPE", "DemoProviderService", "create_provider"]

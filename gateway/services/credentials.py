@@ -13,8 +13,6 @@ only converts between protobuf messages and the signer's domain objects.
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import hashlib
 import logging
 import re
@@ -28,18 +26,18 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from gateway import rpcs
 from gateway.audit import AuditLog, AuditRecord, AuditUnavailable, Outcome
-from gateway.errors import abort
+from gateway.errors import Refusal
 from gateway.identity import Caller, CallerKind, current_caller
 from gateway.metrics import GatewayMetrics
-from gateway.services.exchange import QueryPath, Refusal
-from registry import KeyRefused, KeyUsage, Registry, RegistryError, RegistryStore
+from gateway.sealing import RegionSealer, SealKeyUnavailable
+from gateway.services.exchange import QueryPath
+from registry import Registry, RegistryError, RegistryStore
 from signer import (
     MAX_JWS_BYTES,
     KeyProvider,
     SealVerifier,
     SignatureKind,
     ValidationReport,
-    seal,
 )
 from tongban.v1 import credentials_pb2, credentials_pb2_grpc, exchange_pb2
 
@@ -59,9 +57,8 @@ CREDENTIAL_TYPES: Final = {
 }
 
 MAX_SEAL_PAYLOAD_BYTES: Final = 4 * 1024 * 1024  # bytes a caller may have sealed in one call
-# Larger payloads are sealed in a worker thread (sealing 4 MiB takes tens of milliseconds).
-# Verification stays on the event loop: the verifier's caches are switched there on a swap.
-SEAL_IN_THREAD_BYTES: Final = 256 * 1024
+# Large payloads are sealed in a worker thread (`RegionSealer`). Verification stays on the event
+# loop: the verifier's caches are switched there on a swap.
 MAX_CONTENT_TYPE_CHARS: Final = 255  # RFC 6838: type and subtype names are at most 127 each
 DEFAULT_CONTENT_TYPE: Final = "application/octet-stream"  # when a Seal request names none
 # RFC 6838 type/subtype (restricted-name characters), then RFC 9110 parameters; ASCII only.
@@ -131,7 +128,7 @@ class CredentialsService(credentials_pb2_grpc.CredentialsServicer):
         self._store = store
         self._verifier = verifier  # switched to each applied registry by the gateway
         self._region = region
-        self._seal_keys = seal_keys  # by kid; the gateway's own map, refilled on a reload
+        self._sealer = RegionSealer(region, seal_keys)  # seal_keys: refilled on a reload
         self._clock = clock
         self._audit = audit  # every Seal, allowed or denied, is recorded when there is a log
 
@@ -139,7 +136,7 @@ class CredentialsService(credentials_pb2_grpc.CredentialsServicer):
         try:
             return self._store.current()
         except RegistryError as exc:
-            await abort(context, grpc.StatusCode.UNAVAILABLE, "REGISTRY_STALE", str(exc))
+            raise Refusal("REGISTRY_STALE", str(exc)) from exc
 
     async def Fetch(
         self,
@@ -150,17 +147,13 @@ class CredentialsService(credentials_pb2_grpc.CredentialsServicer):
         region's dataset for that credential type, fetched through the query path (token,
         purpose, agreement, audit on both gateways), returned with its validation report."""
         if self.query_path is None:
-            await abort(
-                context,
-                grpc.StatusCode.UNIMPLEMENTED,
+            raise Refusal(
                 "NOT_IMPLEMENTED",
                 "this gateway does not serve the query path ([exchange] is not configured)",
             )
         kind = CREDENTIAL_TYPES.get(request.credential_type)
         if kind is None:
-            await abort(
-                context,
-                grpc.StatusCode.INVALID_ARGUMENT,
+            raise Refusal(
                 "UNKNOWN_DATASET",
                 f"credential_type is one of {', '.join(sorted(CREDENTIAL_TYPES))}",
             )
@@ -181,10 +174,7 @@ class CredentialsService(credentials_pb2_grpc.CredentialsServicer):
             ),
             "",
         )
-        try:
-            answer = await self.query_path.query(query, context, token=token, rpc=rpcs.FETCH)
-        except Refusal as refusal:
-            await abort(context, refusal.code, refusal.reason, refusal.message, refusal.metadata)
+        answer = await self.query_path.query(query, context, token=token, rpc=rpcs.FETCH)
         report = self._verifier.validate(
             answer.record.jws,
             expected_kind=SignatureKind.SEAL,
@@ -200,9 +190,7 @@ class CredentialsService(credentials_pb2_grpc.CredentialsServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> credentials_pb2.ValidationReport:
         if len(request.jws) > MAX_JWS_BYTES:
-            await abort(
-                context,
-                grpc.StatusCode.INVALID_ARGUMENT,
+            raise Refusal(
                 "REQUEST_TOO_LARGE",
                 f"jws is longer than {MAX_JWS_BYTES} characters",
             )
@@ -211,17 +199,13 @@ class CredentialsService(credentials_pb2_grpc.CredentialsServicer):
             try:
                 validation_time = request.validation_time.ToDatetime(tzinfo=UTC)
             except (ValueError, OverflowError):
-                await abort(
-                    context,
-                    grpc.StatusCode.INVALID_ARGUMENT,
+                raise Refusal(
                     "INVALID_ARGUMENT_FORMAT",
                     "validation_time is not a valid timestamp",
-                )
+                ) from None
         registry = await self._registry(context)
         if self._verifier.trust.version != registry.version:  # pragma: no cover - defensive
-            await abort(
-                context,
-                grpc.StatusCode.UNAVAILABLE,
+            raise Refusal(
                 "REGISTRY_STALE",
                 f"the verifier does not hold registry version {registry.version} yet; retry",
             )
@@ -243,81 +227,60 @@ class CredentialsService(credentials_pb2_grpc.CredentialsServicer):
         if not self._may_seal(caller):
             who = caller.name if caller is not None else "an unidentified caller"
             await self._record(caller, started, Outcome.DENIED, "NOT_AUTHORISED_ROLE")
-            await abort(
-                context,
-                grpc.StatusCode.PERMISSION_DENIED,
+            raise Refusal(
                 "NOT_AUTHORISED_ROLE",
                 f"only agencies of region {self._region} may seal with its seal key; {who} may not",
             )
         if not request.payload:
-            await abort(
-                context,
-                grpc.StatusCode.INVALID_ARGUMENT,
+            raise Refusal(
                 "INVALID_ARGUMENT_FORMAT",
                 "payload is empty: there is nothing to seal",
             )
         if len(request.payload) > MAX_SEAL_PAYLOAD_BYTES:
-            await abort(
-                context,
-                grpc.StatusCode.INVALID_ARGUMENT,
+            raise Refusal(
                 "REQUEST_TOO_LARGE",
                 f"payload is larger than {MAX_SEAL_PAYLOAD_BYTES} bytes",
             )
         content_type = request.content_type or DEFAULT_CONTENT_TYPE
         if len(content_type) > MAX_CONTENT_TYPE_CHARS or not _MEDIA_TYPE.fullmatch(content_type):
-            await abort(
-                context,
-                grpc.StatusCode.INVALID_ARGUMENT,
+            raise Refusal(
                 "INVALID_ARGUMENT_FORMAT",
                 "content_type is not a media type like application/pdf",
             )
         registry = await self._registry(context)
-        # iat has whole seconds: sealed_at is the JWS iat exactly.
-        now = self._clock().replace(microsecond=0)
         try:
-            kid = registry.signing_key(self._region, KeyUsage.SEAL, now).kid
-        except KeyRefused as exc:
-            await abort(context, grpc.StatusCode.UNAVAILABLE, "SEAL_KEY_UNAVAILABLE", str(exc))
-        provider = self._seal_keys.get(kid)
-        if provider is None:
-            await abort(
-                context,
-                grpc.StatusCode.UNAVAILABLE,
-                "SEAL_KEY_UNAVAILABLE",
-                f"registry version {registry.version} names seal key {kid} as region "
-                f"{self._region}'s active key, and this gateway does not hold it",
+            sealed = await self._sealer.seal(
+                registry,
+                request.payload,
+                content_type=content_type,
+                now=self._clock(),
+                detached=request.detached,
             )
-        make = functools.partial(
-            seal,
-            request.payload,
-            provider,
-            content_type=content_type,
-            detached=request.detached,
-            signing_time=now,
-        )
-        jws = (
-            await asyncio.to_thread(make) if len(request.payload) > SEAL_IN_THREAD_BYTES else make()
-        )
+        except SealKeyUnavailable as exc:
+            raise Refusal(exc.reason, str(exc)) from exc
         # Fail closed: the sealed record is released only once its audit record is durable.
         try:
             await self._record(
-                caller, started, Outcome.ALLOWED, "", sealed=jws, registry_version=registry.version
+                caller,
+                started,
+                Outcome.ALLOWED,
+                "",
+                sealed=sealed.jws,
+                registry_version=registry.version,
             )
         except AuditUnavailable as exc:
-            await abort(
-                context,
-                grpc.StatusCode.UNAVAILABLE,
+            raise Refusal(
                 "AUDIT_UNAVAILABLE",
                 f"the seal was not released: {exc}",
-            )
+            ) from exc
         return credentials_pb2.SealResponse(
             record=credentials_pb2.SealedRecord(
-                jws=jws,
+                jws=sealed.jws,
                 payload=request.payload,
                 content_type=content_type,
-                sealer_kid=provider.kid,
-                sealer_region=self._region,
-                sealed_at=_timestamp(now),
+                sealer_kid=sealed.kid,
+                sealer_region=sealed.region,
+                sealed_at=_timestamp(sealed.sealed_at),
             )
         )
 

@@ -39,16 +39,15 @@ import logging
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import grpc
-from google.protobuf import any_pb2
 from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
-from google.rpc import error_details_pb2, status_pb2
+from google.rpc import status_pb2
 
 from gateway import rpcs
 from gateway.audit import (
@@ -61,14 +60,15 @@ from gateway.audit import (
     Outcome,
     pseudonymize,
 )
-from gateway.cache import AnswerCache, BreakerOpen, cache_key
+from gateway.breaker import BreakerOpen
+from gateway.cache import AnswerCache, cache_key
 from gateway.errors import (
-    DOMAIN,
-    abort,
-    client_message,
+    RELAYED_CODES,
+    Refusal,
     error_info_of,
     peer_text,
     relayed_message,
+    status_of,
 )
 from gateway.identity import Caller, CallerKind, current_caller
 from gateway.metrics import PEER_LOCAL, GatewayMetrics
@@ -93,18 +93,17 @@ from gateway.reports import (
     ReportFormatError,
     verify_batch,
 )
+from gateway.sealing import RegionSealer, SealKeyUnavailable
 from gateway.services.oversight import audit_id as make_audit_id
 from gateway.tokens import TokenError, TokenVerifier
 from registry import (
     CacheScope,
     Dataset,
-    KeyRefused,
-    KeyUsage,
     Registry,
     RegistryError,
     RegistryStore,
 )
-from signer import Indication, KeyProvider, SealVerifier, SignatureKind, seal
+from signer import Indication, KeyProvider, SealVerifier, SignatureKind
 from tongban.v1 import common_pb2, credentials_pb2, exchange_pb2, exchange_pb2_grpc
 
 __all__ = ["DataExchangeService", "PeerService", "QueryPath"]
@@ -123,36 +122,6 @@ _HEX64: Final = re.compile(r"[0-9a-f]{64}")
 _SAMPLE_CITIZEN_ID: Final = "11010519491231002X"
 
 Context = grpc.aio.ServicerContext[Any, Any]
-
-_CODES: Final = {
-    "INVALID_ARGUMENT": grpc.StatusCode.INVALID_ARGUMENT,
-    "PERMISSION_DENIED": grpc.StatusCode.PERMISSION_DENIED,
-    "NOT_FOUND": grpc.StatusCode.NOT_FOUND,
-    "FAILED_PRECONDITION": grpc.StatusCode.FAILED_PRECONDITION,
-    "RESOURCE_EXHAUSTED": grpc.StatusCode.RESOURCE_EXHAUSTED,
-    "UNAVAILABLE": grpc.StatusCode.UNAVAILABLE,
-    "UNAUTHENTICATED": grpc.StatusCode.UNAUTHENTICATED,
-}
-
-
-class Refusal(Exception):
-    """A query refused: the status code, the ErrorInfo reason, and a sentence for a person."""
-
-    def __init__(
-        self,
-        code: grpc.StatusCode,
-        reason: str,
-        message: str,
-        *,
-        audited: bool = False,
-        metadata: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.code = code
-        self.reason = reason
-        self.message = message
-        self.audited = audited
-        self.metadata = dict(metadata or {})  # ErrorInfo metadata (e.g. a report's "index")
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,23 +234,10 @@ def _check_shape(request: DataRequest) -> None:
         check_request(request)
     except PolicyInputError as exc:
         raise Refusal(
-            grpc.StatusCode.INVALID_ARGUMENT,
             exc.reason,
             str(exc),
             metadata={"field": exc.field} if exc.field else None,
         ) from exc
-
-
-def _status(refusal: Refusal) -> status_pb2.Status:
-    detail = any_pb2.Any()
-    detail.Pack(
-        error_details_pb2.ErrorInfo(reason=refusal.reason, domain=DOMAIN, metadata=refusal.metadata)
-    )
-    return status_pb2.Status(
-        code=refusal.code.value[0],
-        message=client_message(refusal.reason, refusal.message),
-        details=[detail],
-    )
 
 
 class QueryPath:
@@ -317,7 +273,7 @@ class QueryPath:
         self._quota = quota
         self._peers = peers
         self._verifier = verifier
-        self._seal_keys = seal_keys  # the gateway's own map, refilled on a reload
+        self._sealer = RegionSealer(region, seal_keys)  # seal_keys: refilled on a reload
         self._cache = cache
         self._provider = provider
         self._audit = audit
@@ -351,7 +307,7 @@ class QueryPath:
         try:
             return self._registry.current()
         except RegistryError as exc:
-            raise Refusal(grpc.StatusCode.UNAVAILABLE, "REGISTRY_STALE", str(exc)) from exc
+            raise Refusal("REGISTRY_STALE", str(exc)) from exc
 
     async def _record(
         self,
@@ -420,7 +376,6 @@ class QueryPath:
         not be released (its record cannot be made durable), so nobody is asked for it."""
         if self._audit.breaker.state == "open":
             raise Refusal(
-                grpc.StatusCode.UNAVAILABLE,
                 "AUDIT_UNAVAILABLE",
                 "the audit store is failing (its circuit breaker is open): no answer can be "
                 "released now; try again shortly",
@@ -430,7 +385,7 @@ class QueryPath:
         """Audit a refusal (best effort: a denial releases nothing) and return it to raise.
         The caller was denied, or the exchange failed (a peer, the data system, a bad seal)."""
         if not refusal.audited:
-            outcome = Outcome.FAILED if refusal.code in _FAILURES else Outcome.DENIED
+            outcome = Outcome.FAILED if refusal.failed else Outcome.DENIED
             if refusal.reason == "QUOTA_EXCEEDED":
                 self.metrics.quota_rejected(str(audit.get("agreement_id", "")))
             try:
@@ -468,13 +423,11 @@ class QueryPath:
             )
         except QuotaUnavailable as exc:
             raise Refusal(
-                grpc.StatusCode.UNAVAILABLE,
                 "SHARED_STATE_UNAVAILABLE",
                 f"the agreement's quota cannot be checked: {exc}",
             ) from exc
         if not taken:
             raise Refusal(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
                 "QUOTA_EXCEEDED",
                 f"agreement {agreement.id} allows {agreement.quota_per_minute} queries a minute "
                 f"to region {self.region}, from all requesters; try again next minute",
@@ -502,18 +455,14 @@ class QueryPath:
         agency = registry.agency(agency_id)
         if agency is None:
             raise Refusal(
-                grpc.StatusCode.PERMISSION_DENIED,
                 "CERTIFICATE_NOT_TRUSTED",
                 f"agency {agency_id} is not in the registry",
+                code=grpc.StatusCode.PERMISSION_DENIED,  # an override: gateway.errors.OVERRIDES
             )
         _check_shape(request)
         decision = self._policy.decide(registry, requester=agency, request=request, at=now)
         if not decision.allowed:
-            raise Refusal(
-                _CODES.get(decision.grpc_code, grpc.StatusCode.PERMISSION_DENIED),
-                decision.reason,
-                decision.message,
-            )
+            raise Refusal(decision.reason, decision.message)
         return decision
 
     # -- requesting side ---------------------------------------------------------------------
@@ -530,7 +479,6 @@ class QueryPath:
         data = _data_request(request)
         if caller is None or caller.kind is not CallerKind.AGENCY or caller.region != self.region:
             raise Refusal(
-                grpc.StatusCode.PERMISSION_DENIED,
                 "NOT_AUTHORISED_ROLE",
                 f"only agencies of region {self.region} query through this gateway",
             )
@@ -548,7 +496,6 @@ class QueryPath:
             # (1)
             if not token:
                 raise Refusal(
-                    grpc.StatusCode.UNAUTHENTICATED,
                     "TOKEN_INVALID",
                     "a request token is required (authorization: Bearer <token>)",
                 )
@@ -561,20 +508,18 @@ class QueryPath:
                     client_thumbprint=caller.thumbprint,
                 )
             except TokenError as exc:
-                raise Refusal(grpc.StatusCode.UNAUTHENTICATED, exc.reason, str(exc)) from exc
+                raise Refusal(exc.reason, str(exc)) from exc
             audit["caller_operator"] = claims.operator
             # (2)
             _check_shape(data)
             try:
                 if not await self._replay.first_use(caller.agency_id, data.request_id):
                     raise Refusal(
-                        grpc.StatusCode.ALREADY_EXISTS,
                         "REQUEST_REPLAYED",
                         "this request_id was already used by this agency: a replay is refused",
                     )
             except ReplayUnavailable as exc:
                 raise Refusal(
-                    grpc.StatusCode.UNAVAILABLE,
                     "SHARED_STATE_UNAVAILABLE",
                     f"the replay window cannot be checked: {exc}",
                 ) from exc
@@ -587,13 +532,11 @@ class QueryPath:
             try:
                 if not await self._quota.take(agreement.id, agreement.quota_per_minute, now=now):
                     raise Refusal(
-                        grpc.StatusCode.RESOURCE_EXHAUSTED,
                         "QUOTA_EXCEEDED",
                         f"agreement {agreement.id} allows {agreement.quota_per_minute} queries a minute; try again next minute",
                     )
             except QuotaUnavailable as exc:
                 raise Refusal(
-                    grpc.StatusCode.UNAVAILABLE,
                     "SHARED_STATE_UNAVAILABLE",
                     f"the agreement's quota cannot be checked: {exc}",
                 ) from exc
@@ -632,7 +575,6 @@ class QueryPath:
             )
         except AuditUnavailable as exc:
             raise Refusal(
-                grpc.StatusCode.UNAVAILABLE,
                 "AUDIT_UNAVAILABLE",
                 f"the answer was not released: {exc}",
                 audited=True,
@@ -776,7 +718,6 @@ class QueryPath:
             )
         except AuditUnavailable as exc:
             raise Refusal(
-                grpc.StatusCode.UNAVAILABLE,
                 "AUDIT_UNAVAILABLE",
                 f"the answer was not released: {exc}",
                 audited=True,
@@ -814,10 +755,9 @@ class QueryPath:
                 timeout_seconds=timeout,
             )
         except UnknownPeer as exc:
-            raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "UNKNOWN_REGION", str(exc)) from exc
+            raise Refusal("UNKNOWN_REGION", str(exc)) from exc
         except BreakerOpen as exc:
             raise Refusal(
-                grpc.StatusCode.UNAVAILABLE,
                 "PEER_UNAVAILABLE",
                 f"the gateway of region {request.provider_region} is failing: not called "
                 "(its circuit breaker is open); try again shortly",
@@ -829,9 +769,9 @@ class QueryPath:
                 time.perf_counter() - started,
             )
             raise Refusal(
-                grpc.StatusCode.UNAVAILABLE if ours else grpc.StatusCode.DEADLINE_EXCEEDED,
                 "PEER_UNAVAILABLE",
                 f"the gateway of region {request.provider_region} did not answer in time",
+                code=None if ours else grpc.StatusCode.DEADLINE_EXCEEDED,
             ) from exc
         except grpc.aio.AioRpcError as exc:
             reason, message = _error_info(exc)
@@ -847,12 +787,12 @@ class QueryPath:
                 "SEAL_KEY_UNAVAILABLE",
             ):
                 raise Refusal(
-                    grpc.StatusCode.UNAVAILABLE if ours else code,
                     "PEER_UNAVAILABLE",
                     f"the gateway of region {request.provider_region} did not answer: "
                     f"{peer_text(exc.details() or '')}",
+                    code=None if ours else code,
                 ) from exc
-            if code in _PASSED_THROUGH and reason:
+            if code in RELAYED_CODES and reason:
                 # The reason travels on; the owner's words stay in this log, never relayed.
                 log.info(
                     "region %s refused with %s: %s",
@@ -860,11 +800,10 @@ class QueryPath:
                     reason,
                     peer_text(message),
                 )
-                raise Refusal(
+                raise Refusal.passed_on(
                     code, reason, relayed_message(request.provider_region, reason)
                 ) from exc
             raise Refusal(
-                grpc.StatusCode.UNAVAILABLE,
                 "PEER_UNAVAILABLE",
                 f"the gateway of region {request.provider_region} failed: {code.name}",
             ) from exc
@@ -890,9 +829,9 @@ class QueryPath:
         extra = sorted(set(returned) - decision.fields)
         if extra:  # minimisation is checked again on the way back: never pass on more
             raise Refusal(
-                grpc.StatusCode.DATA_LOSS,
                 "FIELD_NOT_ALLOWED",
                 f"region {data.provider_region} returned fields outside the purpose: {', '.join(extra)}",
+                code=grpc.StatusCode.DATA_LOSS,  # an override: gateway.errors.OVERRIDES
             )
         return returned
 
@@ -910,16 +849,13 @@ class QueryPath:
                 report.message if not report.passed else "the sealed bytes are not the payload sent"
             )
             raise Refusal(
-                grpc.StatusCode.DATA_LOSS,
                 "SEAL_INVALID",
                 f"the answer of region {data.provider_region} carries no valid e-seal: {why}",
             )
         try:
             document = json.loads(record.payload)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise Refusal(
-                grpc.StatusCode.DATA_LOSS, "SEAL_INVALID", "the sealed answer is not a JSON record"
-            ) from exc
+            raise Refusal("SEAL_INVALID", "the sealed answer is not a JSON record") from exc
         return tuple(sorted(document)) if isinstance(document, dict) else ()
 
     # -- provider side ------------------------------------------------------------------------
@@ -948,14 +884,12 @@ class QueryPath:
             _check_shape(data)
             if data.provider_region != self.region:
                 raise Refusal(
-                    grpc.StatusCode.INVALID_ARGUMENT,
                     "UNKNOWN_REGION",
                     f"this is the gateway of region {self.region}, not {data.provider_region}",
                 )
             agency = registry.agency(request.caller.agency_id)
             if agency is None or agency.region != caller.region:
                 raise Refusal(
-                    grpc.StatusCode.PERMISSION_DENIED,
                     "NOT_AUTHORISED_ROLE",
                     f"gateway {caller.region} forwards for an agency that is not one of its own",
                 )
@@ -998,7 +932,6 @@ class QueryPath:
             )
         except AuditUnavailable as exc:
             raise Refusal(
-                grpc.StatusCode.UNAVAILABLE,
                 "AUDIT_UNAVAILABLE",
                 f"the answer was not released: {exc}",
                 audited=True,
@@ -1024,7 +957,6 @@ class QueryPath:
     ) -> credentials_pb2.SealedRecord:
         if self._provider is None:
             raise Refusal(
-                grpc.StatusCode.UNAVAILABLE,
                 "PROVIDER_UNAVAILABLE",
                 f"region {self.region}'s gateway has no data system configured",
             )
@@ -1047,39 +979,27 @@ class QueryPath:
         except ProviderError as exc:
             code = grpc.StatusCode.UNAVAILABLE if exc.reason == "PROVIDER_UNAVAILABLE" else exc.code
             self.metrics.peer_call(PEER_LOCAL, code, time.perf_counter() - started)
-            raise Refusal(code, exc.reason, str(exc)) from exc
+            raise Refusal.passed_on(code, exc.reason, str(exc)) from exc
         self.metrics.peer_call(PEER_LOCAL, grpc.StatusCode.OK, time.perf_counter() - started)
         if not answer.found:
             raise Refusal(
-                grpc.StatusCode.NOT_FOUND,
                 "SUBJECT_NOT_FOUND",
                 f"region {self.region} holds no {data.dataset} record for this subject",
             )
-        now = self._clock().replace(microsecond=0)
+        content_type = answer.content_type or "application/json"
         try:
-            kid = registry.signing_key(self.region, KeyUsage.SEAL, now).kid
-        except KeyRefused as exc:
-            raise Refusal(grpc.StatusCode.UNAVAILABLE, "SEAL_KEY_UNAVAILABLE", str(exc)) from exc
-        provider = self._seal_keys.get(kid)
-        if provider is None:
-            raise Refusal(
-                grpc.StatusCode.UNAVAILABLE,
-                "SEAL_KEY_UNAVAILABLE",
-                f"this gateway does not hold region {self.region}'s active seal key {kid}",
+            sealed = await self._sealer.seal(
+                registry, answer.payload, content_type=content_type, now=self._clock()
             )
-        jws = seal(
-            answer.payload,
-            provider,
-            content_type=answer.content_type or "application/json",
-            signing_time=now,
-        )
+        except SealKeyUnavailable as exc:
+            raise Refusal(exc.reason, str(exc)) from exc
         return credentials_pb2.SealedRecord(
-            jws=jws,
+            jws=sealed.jws,
             payload=answer.payload,
-            content_type=answer.content_type or "application/json",
-            sealer_kid=kid,
-            sealer_region=self.region,
-            sealed_at=_timestamp(now),
+            content_type=content_type,
+            sealer_kid=sealed.kid,
+            sealer_region=sealed.region,
+            sealed_at=_timestamp(sealed.sealed_at),
         )
 
     # -- owner side of requester-side caches ---------------------------------------------------
@@ -1134,7 +1054,6 @@ class QueryPath:
             )
             if len(request.reports) > MAX_REPORTS_PER_BATCH:
                 raise Refusal(
-                    grpc.StatusCode.INVALID_ARGUMENT,
                     "REQUEST_TOO_LARGE",
                     f"a batch holds at most {MAX_REPORTS_PER_BATCH} reports",
                 )
@@ -1152,7 +1071,6 @@ class QueryPath:
                 )
             except BatchRefused as exc:
                 raise Refusal(
-                    exc.code,
                     exc.reason,
                     exc.message,
                     metadata={"index": str(exc.index)} if exc.index is not None else None,
@@ -1173,7 +1091,6 @@ class QueryPath:
                     sent = []
                 if sent != [r.document() for r in batch.reports]:
                     raise Refusal(
-                        grpc.StatusCode.INVALID_ARGUMENT,
                         "REPORT_PAYLOAD_MISMATCH",
                         "the reports sent beside the JWS are not the ones it signs",
                     )
@@ -1235,7 +1152,6 @@ class QueryPath:
             )
         except AuditUnavailable as exc:
             raise Refusal(
-                grpc.StatusCode.UNAVAILABLE,
                 "AUDIT_UNAVAILABLE",
                 f"the reports were not recorded: {exc}",
                 audited=True,
@@ -1249,26 +1165,22 @@ class QueryPath:
         was already recorded; or the Refusal that says why it is not accepted."""
         if report.caller_region != reporting_region:
             raise Refusal(
-                grpc.StatusCode.PERMISSION_DENIED,
                 "NOT_AUTHORISED_ROLE",
                 f"gateway {reporting_region} reports an access by an agency of another region",
             )
         if report.accessed_at > now + REPORT_CLOCK_SKEW:
             raise Refusal(
-                grpc.StatusCode.INVALID_ARGUMENT,
                 "INVALID_ARGUMENT_FORMAT",
                 "the report's accessed_at is in the future",
             )
         dataset = registry.dataset(self.region, report.dataset)
         if dataset is None:
             raise Refusal(
-                grpc.StatusCode.INVALID_ARGUMENT,
                 "UNKNOWN_DATASET",
                 f"region {self.region} publishes no dataset {report.dataset}",
             )
         if dataset.cache_scope is not CacheScope.REQUESTER:
             raise Refusal(
-                grpc.StatusCode.PERMISSION_DENIED,
                 "CACHE_NOT_ALLOWED",
                 f"dataset {dataset.id} of region {self.region} is cached by its owner only "
                 "(cache_scope provider): no requesting gateway may answer it from its own cache",
@@ -1276,7 +1188,6 @@ class QueryPath:
         agency = registry.agency(report.caller_agency)
         if agency is None or agency.region != reporting_region:
             raise Refusal(
-                grpc.StatusCode.PERMISSION_DENIED,
                 "NOT_AUTHORISED_ROLE",
                 f"agency {report.caller_agency} is not an agency of region {reporting_region}",
             )
@@ -1295,16 +1206,11 @@ class QueryPath:
             at=report.accessed_at,
         )
         if not decision.allowed:
-            raise Refusal(
-                _CODES.get(decision.grpc_code, grpc.StatusCode.PERMISSION_DENIED),
-                decision.reason,
-                decision.message,
-            )
+            raise Refusal(decision.reason, decision.message)
         try:
             existing = await self._reported(reporting_region, report)
             if existing is None and not await self._answered(reporting_region, report, dataset):
                 raise Refusal(
-                    grpc.StatusCode.PERMISSION_DENIED,
                     "REPORT_ANSWER_UNKNOWN",
                     f"region {self.region} gave region {reporting_region} no answer with this "
                     f"digest for this subject, dataset {dataset.id}, purpose {report.purpose} and "
@@ -1312,7 +1218,6 @@ class QueryPath:
                 )
         except AuditError as exc:
             raise Refusal(
-                grpc.StatusCode.UNAVAILABLE,
                 "AUDIT_UNAVAILABLE",
                 f"the audit log cannot be read: {exc}",
             ) from exc
@@ -1376,27 +1281,10 @@ class QueryPath:
         )
 
 
-_FAILURES: Final = frozenset(
-    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DATA_LOSS, grpc.StatusCode.DEADLINE_EXCEEDED}
-)
-_PASSED_THROUGH: Final = frozenset(
-    {
-        grpc.StatusCode.INVALID_ARGUMENT,
-        grpc.StatusCode.PERMISSION_DENIED,
-        grpc.StatusCode.NOT_FOUND,
-        grpc.StatusCode.FAILED_PRECONDITION,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        grpc.StatusCode.UNAVAILABLE,
-    }
-)
-
-
 def _gateway_of(caller: Caller | None, region: str, what: str) -> Caller:
     """The caller, if its peer certificate is the gateway of `region`; else NOT_AUTHORISED_ROLE."""
     if caller is None or caller.kind is not CallerKind.GATEWAY or caller.region != region:
-        raise Refusal(
-            grpc.StatusCode.PERMISSION_DENIED, "NOT_AUTHORISED_ROLE", f"only the gateway of {what}"
-        )
+        raise Refusal("NOT_AUTHORISED_ROLE", f"only the gateway of {what}")
     return caller
 
 
@@ -1413,11 +1301,7 @@ def _token(context: Context) -> str:
     return ""
 
 
-async def _answer_or_abort(context: Context, work: Awaitable[Answer]) -> exchange_pb2.QueryResponse:
-    try:
-        answer = await work
-    except Refusal as refusal:
-        await abort(context, refusal.code, refusal.reason, refusal.message, refusal.metadata)
+def _response(answer: Answer) -> exchange_pb2.QueryResponse:
     return exchange_pb2.QueryResponse(
         record=answer.record,
         cache_hit=answer.cache_hit,
@@ -1435,9 +1319,9 @@ class DataExchangeService(exchange_pb2_grpc.DataExchangeServicer):
     async def Query(
         self, request: exchange_pb2.QueryRequest, context: Context
     ) -> exchange_pb2.QueryResponse:
-        return await _answer_or_abort(
-            context, self._path.query(request, context, token=_token(context))
-        )
+        # A Refusal raised here is sent by the service edge (gateway.errors.refuse), with its
+        # ErrorInfo metadata, as every service's is.
+        return _response(await self._path.query(request, context, token=_token(context)))
 
     async def BatchQuery(
         self, request: exchange_pb2.BatchQueryRequest, context: Context
@@ -1445,33 +1329,19 @@ class DataExchangeService(exchange_pb2_grpc.DataExchangeServicer):
         """Several queries at once (多地联办), possibly to several regions: answered item by
         item, each with its own status; one item failing does not fail the others."""
         if not request.items or len(request.items) > MAX_BATCH_ITEMS:
-            refusal = await self._path.refuse_call(
+            raise await self._path.refuse_call(
                 "DataExchange.BatchQuery",
-                Refusal(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    "REQUEST_TOO_LARGE",
-                    f"a batch holds 1 to {MAX_BATCH_ITEMS} queries",
-                ),
+                Refusal("REQUEST_TOO_LARGE", f"a batch holds 1 to {MAX_BATCH_ITEMS} queries"),
             )
-            await abort(context, refusal.code, refusal.reason, refusal.message)
         token = _token(context)
 
         async def one(index: int, item: exchange_pb2.QueryRequest) -> exchange_pb2.BatchItemResult:
             try:
                 answer = await self._path.query(item, context, token=token, rpc=rpcs.BATCH_QUERY)
             except Refusal as refusal:
-                return exchange_pb2.BatchItemResult(index=index, status=_status(refusal))
+                return exchange_pb2.BatchItemResult(index=index, status=status_of(refusal))
             return exchange_pb2.BatchItemResult(
-                index=index,
-                status=status_pb2.Status(code=0),
-                response=exchange_pb2.QueryResponse(
-                    record=answer.record,
-                    cache_hit=answer.cache_hit,
-                    audit_id=answer.audit_id,
-                    fields=answer.fields,
-                    registry_version=answer.registry_version,
-                    agreement_id=answer.agreement_id,
-                ),
+                index=index, status=status_pb2.Status(code=0), response=_response(answer)
             )
 
         results = await asyncio.gather(*(one(i, item) for i, item in enumerate(request.items)))
@@ -1485,16 +1355,10 @@ class PeerService(exchange_pb2_grpc.PeerServicer):
     async def Forward(
         self, request: exchange_pb2.ForwardRequest, context: Context
     ) -> exchange_pb2.ForwardResponse:
-        try:
-            return await self._path.forward(request, context)
-        except Refusal as refusal:
-            await abort(context, refusal.code, refusal.reason, refusal.message, refusal.metadata)
+        return await self._path.forward(request, context)
 
     async def ReportAccess(
         self, request: exchange_pb2.ReportAccessRequest, context: Context
     ) -> exchange_pb2.ReportAccessResponse:
-        try:
-            return await self._path.report_access(request, context)
-        except Refusal as refusal:
-            # with the ErrorInfo metadata: "index" names the report refused
-            await abort(context, refusal.code, refusal.reason, refusal.message, refusal.metadata)
+        # a Refusal carries its ErrorInfo metadata: "index" names the report refused
+        return await self._path.report_access(request, context)

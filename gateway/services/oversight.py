@@ -41,7 +41,7 @@ from gateway.audit import (
     leaf_hash,
     pseudonymize,
 )
-from gateway.errors import abort
+from gateway.errors import Refusal
 from gateway.identity import Caller, CallerKind, current_caller
 from registry import AgencyRole, RegistryError, RegistryStore, contains_citizen_id
 from tongban.v1 import common_pb2, oversight_pb2, oversight_pb2_grpc
@@ -261,31 +261,30 @@ class OversightService(oversight_pb2_grpc.OversightServicer):
         self,
         context: Context,
         call: _Call,
-        code: grpc.StatusCode,
         reason: str,
         message: str,
         *,
         retry_after_seconds: float | None = None,
     ) -> NoReturn:
-        """Record the refusal, then send it (AUDIT_UNAVAILABLE instead if it cannot be recorded)."""
-        outcome = Outcome.FAILED if code is grpc.StatusCode.UNAVAILABLE else Outcome.DENIED
+        """Record the refusal, then raise it for the service edge to send (AUDIT_UNAVAILABLE
+        instead if it cannot be recorded)."""
+        refusal = Refusal(reason, message, retry_after_seconds=retry_after_seconds)
+        outcome = Outcome.FAILED if refusal.failed else Outcome.DENIED
         try:
             await self._record(call, outcome, reason)
         except AuditUnavailable as exc:
-            await abort(context, grpc.StatusCode.UNAVAILABLE, "AUDIT_UNAVAILABLE", str(exc))
-        await abort(context, code, reason, message, retry_after_seconds=retry_after_seconds)
+            raise Refusal("AUDIT_UNAVAILABLE", str(exc)) from exc
+        raise refusal
 
     async def _release(self, context: Context, call: _Call, returned: int) -> None:
         """Record a granted call before its answer leaves; fail closed."""
         try:
             await self._record(call, Outcome.ALLOWED, returned=returned)
         except AuditUnavailable as exc:
-            await abort(context, grpc.StatusCode.UNAVAILABLE, "AUDIT_UNAVAILABLE", str(exc))
+            raise Refusal("AUDIT_UNAVAILABLE", str(exc)) from exc
 
     async def _unavailable(self, context: Context, call: _Call, exc: AuditUnavailable) -> NoReturn:
-        await self._refuse(
-            context, call, grpc.StatusCode.UNAVAILABLE, "AUDIT_UNAVAILABLE", str(exc)
-        )
+        await self._refuse(context, call, "AUDIT_UNAVAILABLE", str(exc))
 
     # checks ------------------------------------------------------------------------------------
 
@@ -294,9 +293,7 @@ class OversightService(oversight_pb2_grpc.OversightServicer):
         try:
             registry = self._registry.current()
         except RegistryError as exc:
-            await self._refuse(
-                context, call, grpc.StatusCode.UNAVAILABLE, "REGISTRY_STALE", str(exc)
-            )
+            await self._refuse(context, call, "REGISTRY_STALE", str(exc))
         agency = (
             registry.agency(caller.agency_id)
             if caller and caller.kind is CallerKind.AGENCY
@@ -310,13 +307,12 @@ class OversightService(oversight_pb2_grpc.OversightServicer):
             await self._refuse(
                 context,
                 call,
-                grpc.StatusCode.PERMISSION_DENIED,
                 "NOT_AUTHORISED_ROLE",
                 f"only agencies of region {self._region} with the oversight role may read this audit log",
             )
 
     async def _invalid(self, context: Context, call: _Call, reason: str, message: str) -> NoReturn:
-        await self._refuse(context, call, grpc.StatusCode.INVALID_ARGUMENT, reason, message)
+        await self._refuse(context, call, reason, message)
 
     async def _window(
         self,
@@ -599,7 +595,6 @@ class OversightService(oversight_pb2_grpc.OversightServicer):
             await self._refuse(
                 context,
                 call,
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
                 "CHECKPOINT_RATE_LIMITED",
                 f"{who} may ask for a checkpoint once every {self._interval:g} s: ask again in "
                 f"{wait:.0f} s",
@@ -616,7 +611,7 @@ class OversightService(oversight_pb2_grpc.OversightServicer):
                 self._last_checkpoint.pop(who, None)
             else:
                 self._last_checkpoint[who] = last
-            await abort(context, grpc.StatusCode.UNAVAILABLE, "AUDIT_UNAVAILABLE", str(exc))
+            raise Refusal("AUDIT_UNAVAILABLE", str(exc)) from exc
         return oversight_pb2.SignCheckpointResponse(
             checkpoint=checkpoint_message(checkpoint), signed_now=signed_now
         )

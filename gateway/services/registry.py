@@ -8,7 +8,7 @@ from typing import Any
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from gateway.errors import abort
+from gateway.errors import Refusal
 from registry import RegistryStore, SignedSnapshot
 from tongban.v1 import registry_pb2, registry_pb2_grpc
 
@@ -41,12 +41,7 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
     ) -> registry_pb2.GetSnapshotResponse:
         snapshot = self._store.snapshot
         if snapshot is None:
-            await abort(
-                context,
-                grpc.StatusCode.UNAVAILABLE,
-                "REGISTRY_STALE",
-                "this gateway holds no registry snapshot yet",
-            )
+            raise Refusal("REGISTRY_STALE", "this gateway holds no registry snapshot yet")
         if request.known_version >= snapshot.registry.version:
             return registry_pb2.GetSnapshotResponse(not_modified=True)
         return registry_pb2.GetSnapshotResponse(snapshot=snapshot_message(snapshot))

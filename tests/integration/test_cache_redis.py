@@ -19,7 +19,8 @@ from redis.utils import HIREDIS_AVAILABLE
 from support import Federation, RedisServer, free_port
 
 from gateway.audit import pseudonymize
-from gateway.cache import AnswerCache, CircuitBreaker, RedisBackend, cache_key
+from gateway.breaker import CircuitBreaker
+from gateway.cache import AnswerCache, RedisBackend, cache_key
 from gateway.config import GatewayConfig
 from gateway.server import REDIS_MAX_CONNECTIONS, Gateway
 

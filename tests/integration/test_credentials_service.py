@@ -28,8 +28,9 @@ from support import (
 )
 
 from gateway.errors import ConfigError
+from gateway.sealing import SEAL_IN_THREAD_BYTES
 from gateway.server import Gateway
-from gateway.services.credentials import MAX_SEAL_PAYLOAD_BYTES, SEAL_IN_THREAD_BYTES
+from gateway.services.credentials import MAX_SEAL_PAYLOAD_BYTES
 from registry import KeyRecord, KeyState, KeyUsage
 from registry._pki import issue_key
 from signer import MAX_JWS_BYTES, FileKeyProvider, seal

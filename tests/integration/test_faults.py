@@ -17,8 +17,7 @@ calls in a time (a loaded machine sends fewer, and must not fail for it). Each u
 records checked. No gateway may end a call with UNKNOWN or INTERNAL (its own
 `grpc_server_handled_total`), and no client may see either.
 
-Gaps these faults exposed are pinned by `xfail(strict=True)` tests, which start passing (and
-so fail as XPASS) once the gateway is fixed:
+Gaps these faults exposed, each fixed since and held by its own test:
 
 - a request id used before Redis restarted empty is accepted again, although the replica
   remembered it (`test_a_request_id_used_before_redis_lost_its_data_is_still_refused`);
@@ -613,7 +612,7 @@ async def test_a_data_system_that_hangs(federation: Federation, tmp_path: Path) 
     # PROVIDER_UNAVAILABLE was audited by 浙江 first too. PEER_UNAVAILABLE: 浙江's refusal came
     # back after 四川's deadline for the hop (50 ms margins per hop: a race under load). When the
     # client's own deadline passed first ("-"), the calls were cancelled and may have left no
-    # record (see the xfail test below).
+    # record (see test_a_query_cancelled_after_the_data_system_was_asked_is_audited).
     unaudited = 0
     for shot in hung:
         if shot.reason == "-":

@@ -61,7 +61,7 @@ from registry import (
     load_authority_public_key,
 )
 from registry._pki import issue_key
-from signer import Indication, SealVerifier, SignatureKind, certificate_thumbprint
+from signer import Indication, SealVerifier, SignatureKind, x5t_s256_of_certificate
 
 pytestmark = pytest.mark.integration
 
@@ -102,7 +102,7 @@ def served_certificate(fed: Federation, port: int) -> str:
     ):
         der = tls.getpeercert(binary_form=True)
     assert der is not None
-    return certificate_thumbprint(x509.load_der_x509_certificate(der))
+    return x5t_s256_of_certificate(x509.load_der_x509_certificate(der))
 
 
 def seal_failures(cluster: Cluster) -> dict[str, float]:

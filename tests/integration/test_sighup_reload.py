@@ -19,7 +19,7 @@ from cryptography import x509
 from support import REPO, Federation, credentials_as, free_port, make_federation
 
 from registry import KeyState, KeyUsage
-from signer import certificate_thumbprint
+from signer import x5t_s256_of_certificate
 from tongban.v1 import credentials_pb2, credentials_pb2_grpc
 
 pytestmark = pytest.mark.integration
@@ -39,7 +39,7 @@ def served_certificate(fed: Federation, port: int) -> str:
     ):
         der = tls.getpeercert(binary_form=True)
     assert der is not None
-    return certificate_thumbprint(x509.load_der_x509_certificate(der))
+    return x5t_s256_of_certificate(x509.load_der_x509_certificate(der))
 
 
 def cli(*argv: str | Path) -> None:

@@ -24,7 +24,7 @@ from support import Federation, error_info, make_federation
 from gateway.audit import Outcome
 from registry import KeyRecord, KeyState, KeyUsage
 from registry._pki import issue_key
-from signer import FileKeyProvider, certificate_thumbprint, seal
+from signer import FileKeyProvider, seal, x5t_s256_of_certificate
 from tongban.v1 import credentials_pb2, exchange_pb2, exchange_pb2_grpc
 
 pytestmark = pytest.mark.integration
@@ -349,7 +349,7 @@ def revoke_tls(fed: Federation, owner: str) -> tuple[bytes, bytes]:
 
 
 def _kid_of(chain: bytes) -> str:
-    return certificate_thumbprint(x509.load_pem_x509_certificates(chain)[0])
+    return x5t_s256_of_certificate(x509.load_pem_x509_certificates(chain)[0])
 
 
 async def test_a_revoked_agency_tls_certificate_is_refused(tmp_path: Path, kit: Any) -> None:

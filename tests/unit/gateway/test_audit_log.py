@@ -23,8 +23,8 @@ from gateway.audit._store import (
     StoredRow,
     TreeHead,
 )
-from gateway.audit.errors import AuditUnavailable
-from gateway.cache import CircuitBreaker
+from gateway.audit.errors import AuditOutcomeUnknown, AuditUnavailable
+from gateway.breaker import CircuitBreaker
 
 ORIGIN = "audit.test/510000"
 
@@ -420,3 +420,32 @@ async def test_oversight_reads_of_a_frozen_store_are_bounded_too() -> None:
     await asyncio.sleep(0.25)  # the breaker's open_seconds
     assert (await log.verify()).intact
     await log.close()
+
+
+class UnansweredCommitStore(MemoryAuditStore):
+    """A store whose first commit lands but whose answer is lost (the connection broke while
+    the COMMIT was on its way): the append raises AuditOutcomeUnknown, the record is durable."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lose_next_answer = True
+
+    async def append(self, record: AuditRecord, outbound: Outbound | None = None) -> Appended:
+        appended = await super().append(record, outbound)
+        if self.lose_next_answer:
+            self.lose_next_answer = False
+            raise AuditOutcomeUnknown("the commit got no answer")
+        return appended
+
+
+async def test_an_allowed_record_whose_commit_got_no_answer_is_followed_by_not_released() -> None:
+    store = UnansweredCommitStore()
+    log = AuditLog(store, origin=ORIGIN, key=ed25519.Ed25519PrivateKey.generate(),
+                   key_name="audit-510000")  # fmt: skip
+    await log.open()
+    with pytest.raises(AuditUnavailable):  # the caller is refused: nothing released
+        await log.append(make_record(1))
+    await asyncio.sleep(0.05)
+    await log.close()
+    stored = [(r.outcome, r.reason) for _, r in await store.query(AuditQuery(limit=100))]
+    assert stored == [(Outcome.ALLOWED, ""), (Outcome.FAILED, "AUDIT_UNAVAILABLE")]

@@ -17,6 +17,7 @@ import psycopg
 import pytest
 from audit_contract import check_outbox_contract, check_store_contract, make_record
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from fault_support import TcpProxy
 from pg_support import SUPERUSER_DSN, PgRoles, disable_all_triggers, pg_roles, superuser
 from psycopg import sql
 
@@ -887,3 +888,28 @@ async def test_appends_waiting_for_a_stuck_database_are_bounded(
     results = await asyncio.gather(taken, *waiting)
     assert [r.index for r in results] == [0, 1, 2, 3, 4]
     await store.close()
+
+
+async def test_a_stop_is_not_held_by_a_database_that_stopped_answering(
+    roles: PgRoles, schema: str
+) -> None:
+    """The network to PostgreSQL silently drops packets (a proxy that stops forwarding): an
+    append on its way waits, the stop gives up on it within the store's timeout, and the append
+    is refused (nothing is released for it), instead of the process never ending."""
+    proxy = TcpProxy("127.0.0.1", 5432)
+    port = await proxy.start()
+    dsn = psycopg.conninfo.make_conninfo(roles.app_dsn, host="127.0.0.1", port=port)
+    store = PostgresAuditStore(dsn, schema=schema, owner_dsn=roles.owner_dsn, timeout=1.0)
+    try:
+        await store.open()
+        await store.append(make_record(0))
+        proxy.freeze()
+        pending = asyncio.ensure_future(store.append(make_record(1)))
+        await asyncio.sleep(0.1)
+        async with asyncio.timeout(30):  # a guard: without a bound, the stop never ends
+            await store.close()
+        with pytest.raises(AuditUnavailable):
+            await pending
+    finally:
+        proxy.thaw()
+        await proxy.close()

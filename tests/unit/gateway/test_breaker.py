@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from gateway.cache import BREAKER_STATES, BreakerOpen, CircuitBreaker
+from gateway.breaker import BREAKER_STATES, BreakerOpen, CircuitBreaker
 
 
 class Clock:

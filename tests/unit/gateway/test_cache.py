@@ -11,11 +11,11 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from gateway.audit import pseudonymize
+from gateway.breaker import CircuitBreaker
 from gateway.cache import (
     AnswerCache,
     BackendTimeout,
     BackendUnavailable,
-    CircuitBreaker,
     MemoryBackend,
     cache_key,
     redis_key,

@@ -265,7 +265,7 @@ def test_stale_registry_verifies_with_a_warning(
     fed.publish(lifetime_seconds=60)
     jws = sealed(run, fed, document)
     later = datetime.now(UTC) + timedelta(minutes=5)
-    monkeypatch.setattr("gateway.cli._now", lambda: later)
+    monkeypatch.setattr("gateway.cli.credentials.utc_now", lambda: later)
     code, out, err = run("verify", jws, *trust(fed))
     assert code == 0
     assert out.startswith("TOTAL_PASSED")

@@ -27,10 +27,11 @@ from gateway.errors import (
     client_message,
     relayed_message,
     rich_status,
+    status_of,
 )
 from gateway.identity import Caller, CallerKind
 from gateway.provider import ProviderClient, ProviderError
-from gateway.services.exchange import QueryPath, Refusal, _status
+from gateway.services.exchange import QueryPath, Refusal
 from tongban.v1 import exchange_pb2, exchange_pb2_grpc
 
 # What foreign exceptions say, as their libraries word it (hosts and paths of a deployment).
@@ -97,8 +98,8 @@ def test_an_outage_is_sent_as_its_fixed_sentence_and_logged_in_full(
     assert status.details == PLAIN_MESSAGES[reason]
     assert message_of(status) == PLAIN_MESSAGES[reason]
     assert reason_of(status) == reason
-    # A batch item's status (exchange `_status`) is made the same way.
-    item = _status(Refusal(grpc.StatusCode.UNAVAILABLE, reason, made_with))
+    # A batch item's status (`status_of`: UNAVAILABLE, the table's code) is made the same way.
+    item = status_of(Refusal(reason, made_with))
     assert (item.message, item.code) == (
         PLAIN_MESSAGES[reason],
         grpc.StatusCode.UNAVAILABLE.value[0],
@@ -249,7 +250,7 @@ async def test_the_requester_passes_on_a_peers_reason_never_its_words(
         await path._forward(query, CALLER, "operator", _Context())  # type: ignore[arg-type]
     refusal = caught.value
     expected = reason or "PEER_UNAVAILABLE"
-    sent = _status(refusal)
+    sent = status_of(refusal)
     assert sent.details[0].Is(error_details_pb2.ErrorInfo.DESCRIPTOR)
     assert refusal.reason == expected
     assert not INTERNAL.search(sent.message), sent.message

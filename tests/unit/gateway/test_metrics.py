@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from support import eventually, make_federation
 
 from gateway.admission import DEFAULT_LIMITS, CallAdmission, Limits, Pool
-from gateway.cache import CircuitBreaker
+from gateway.breaker import CircuitBreaker
 from gateway.errors import abort
 from gateway.metrics import (
     GRPC_LATENCY_BUCKETS,
@@ -41,10 +41,9 @@ from registry import (
     RegistryStore,
     SnapshotError,
     SnapshotVerifier,
-    certificate_thumbprint,
     load_authority_public_key,
 )
-from signer import Indication, SubIndication
+from signer import Indication, SubIndication, x5t_s256_of_der
 
 HEALTH = "grpc.health.v1.Health"
 TEST = "test.v1.Probe"
@@ -547,7 +546,7 @@ def _expected_certificates(registry: Registry) -> dict[tuple[str, str, str], flo
     for region in registry.regions:
         for der in region.ca_certificates:
             not_after = x509.load_der_x509_certificate(der).not_valid_after_utc.timestamp()
-            expected[(certificate_thumbprint(der), "ca", region.code)] = not_after
+            expected[(x5t_s256_of_der(der), "ca", region.code)] = not_after
     return expected
 
 

@@ -14,7 +14,7 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 import gateway.peers
-from gateway.cache import BreakerOpen
+from gateway.breaker import BreakerOpen
 from gateway.peers import PeerPool, UnknownPeer, peer_failed
 from registry import Region, Registry
 from tongban.v1 import exchange_pb2, exchange_pb2_grpc

@@ -28,7 +28,8 @@ from gateway.provider import (
     ProviderError,
     create_provider,
 )
-from registry import canonical_json, is_valid_citizen_id, is_valid_uscc, load_source
+from registry import is_valid_citizen_id, is_valid_uscc, load_source
+from signer import canonical_json
 from tongban.v1 import exchange_pb2, exchange_pb2_grpc
 
 DEMO_SOURCE = Path(__file__).resolve().parents[3] / "conf" / "registry"

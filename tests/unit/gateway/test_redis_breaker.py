@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from gateway.cache import AnswerCache, CircuitBreaker, MemoryBackend
+from gateway.breaker import CircuitBreaker
+from gateway.cache import AnswerCache, MemoryBackend
 from gateway.quota import (
     FallbackQuotaCounter,
     MemoryQuotaCounter,

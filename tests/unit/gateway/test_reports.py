@@ -29,7 +29,6 @@ from gateway.reports import (
     BatchRefused,
     ReportFormatError,
     batch_payload,
-    canonical_json,
     sign_batch,
     verify_batch,
 )
@@ -42,7 +41,7 @@ from registry import (
     SnapshotVerifier,
     load_authority_public_key,
 )
-from signer import load_private_key
+from signer import canonical_json, load_private_key
 from tongban.v1 import credentials_pb2, exchange_pb2
 
 NOW = datetime(2026, 11, 21, 8, 0, 0, 123456, tzinfo=UTC)

@@ -52,10 +52,10 @@ from registry import (
 from registry._pki import issue_key
 from signer import (
     PrivateKey,
-    certificate_thumbprint,
     generate_private_key,
     load_private_key,
     sign_bytes,
+    x5t_s256_of_certificate,
 )
 
 T0 = datetime(2026, 11, 21, 8, 0, tzinfo=UTC)
@@ -95,7 +95,7 @@ def read_registry(fed: Federation) -> Registry:
 
 def tls_thumbprint(fed: Federation, owner: str) -> str:
     chain, _ = fed.tls_files(owner)
-    return certificate_thumbprint(x509.load_pem_x509_certificates(chain.read_bytes())[0])
+    return x5t_s256_of_certificate(x509.load_pem_x509_certificates(chain.read_bytes())[0])
 
 
 @dataclass(frozen=True)

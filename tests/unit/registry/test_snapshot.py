@@ -26,12 +26,12 @@ from registry import (
     SnapshotUntrustedSigner,
     SnapshotVerifier,
     authority_key_id,
-    canonical_json,
     load_source,
     registry_from_payload,
     registry_to_payload,
     sign_snapshot,
 )
+from signer import canonical_json
 from tongban.v1 import registry_pb2
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)

@@ -24,11 +24,11 @@ from signer import (
     KeyProvider,
     SignerError,
     _jades,
-    certificate_thumbprint,
-    der_thumbprint,
     parse_compact,
     seal,
     verify_signature,
+    x5t_s256_of_certificate,
+    x5t_s256_of_der,
 )
 from signer._jades import SIGD_HASH_MECHANISM
 
@@ -80,8 +80,8 @@ def test_attached_seal_header(keys: Keys) -> None:
     assert header["iat"] == int(SIGNED.timestamp())
     # x5t#S256 is the key's id: the thumbprint of the leaf, which is x5c[0].
     leaf, *rest = provider.certificate_chain
-    assert header["x5t#S256"] == provider.kid == certificate_thumbprint(leaf)
-    assert header["x5t#S256"] == der_thumbprint(base64.b64decode(header["x5c"][0]))
+    assert header["x5t#S256"] == provider.kid == x5t_s256_of_certificate(leaf)
+    assert header["x5t#S256"] == x5t_s256_of_der(base64.b64decode(header["x5c"][0]))
     # x5c: the chain, leaf first, standard base64 DER (RFC 7515 4.1.6), without the root.
     chain = [x509.load_der_x509_certificate(base64.b64decode(c)) for c in header["x5c"]]
     assert chain == [leaf, *rest]

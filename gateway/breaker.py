@@ -1,5 +1,9 @@
 """The circuit breaker in front of each dependency (Redis, the audit store, each peer region, the
-data system), and the cache's counters."""
+data system).
+
+A breaker also keeps the answer cache's lookup totals (`CacheCounters`: the cache counts them on
+the breaker it is given, and the metrics read a breaker and a cache alike).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
+from gateway._errors import GatewayError
+
 __all__ = ["BREAKER_STATES", "BreakerOpen", "BreakerState", "CacheCounters", "CircuitBreaker"]
 
 _T = TypeVar("_T")
@@ -18,10 +24,10 @@ _T = TypeVar("_T")
 BreakerState = Literal["closed", "open", "half_open"]
 BREAKER_STATES: dict[BreakerState, int] = {"closed": 0, "open": 1, "half_open": 2}  # gauge values
 
-_log = logging.getLogger("gateway.cache")
+_log = logging.getLogger("gateway.cache")  # the name its log lines have always had
 
 
-class BreakerOpen(Exception):
+class BreakerOpen(GatewayError):
     """The dependency is not called: its breaker is open (or its half-open trial is taken)."""
 
 
