@@ -150,12 +150,12 @@ async def test_postgres_frozen(fed: Federation, tmp_path: Path, pg: PrivatePostg
 
 @pytest.mark.xfail(
     strict=True,
-    reason="found by this scenario, not point 1: (a) a gateway's graceful stop (either, or "
-    "both) hangs in AuditLog.close() -> checkpoint() -> PostgresAuditStore.head() on its reader "
-    "connection, whose query never reaches the server (pg_stat_activity: that backend idle since "
-    "the gateway started); nothing bounds that read, so SIGINT never ends the process; (b) now "
-    "and then a query refused AUDIT_UNAVAILABLE is left with an 'allowed' record at 四川 and no "
-    "'failed' follow-up",
+    reason="found by this scenario, not point 1: after the proxy forwards again, a gateway's "
+    "PostgreSQL reader connection stays wedged (its query never reaches the server: "
+    "pg_stat_activity shows that backend idle since the gateway started), so its graceful stop "
+    "takes ~16 s instead of well under STOP_SECONDS: 'no final checkpoint: the audit store did "
+    "not answer within 10 s', then psycopg's cancellation timeout. Until main's c42bf63 the stop "
+    "hung for good in AuditLog.close() -> checkpoint() -> PostgresAuditStore.head()",
 )
 async def test_postgres_connection_drops_packets(
     fed: Federation, tmp_path: Path, pg: PrivatePostgres
