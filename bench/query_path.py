@@ -8,7 +8,7 @@ Run: .venv/bin/python bench/query_path.py [--seconds 8] [--warmup 3] [--concurre
 One closed-loop load generator in THIS process (the "client process"; it never shares a GIL
 with a server) drives, one after the other, the same targets through several topologies, all
 started by the harness on loopback from one development PKI and one signed registry (gateway/
-demo.py: `build_pki`), with real Redis for the cache, the replay window and the quotas:
+demo/federation.py: `build_pki`), with real Redis for the cache, the replay window and the quotas:
 
     echo         the ceiling: a bare `grpc.aio` server in its own process, over the same mutual
                  TLS as gateway 510000, answering every call with the bytes of a real sealed
@@ -85,20 +85,22 @@ import grpc
 import redis
 from google.protobuf import __version__ as protobuf_version
 
-from gateway.config import GatewayConfig
-from gateway.demo import (
+from gateway.demo.data import DemoData
+from gateway.demo.federation import (
     DemoError,
     DemoOptions,
     Federation,
+    Loopback,
     build_pki,
-    rpc_reason,
+    demo_settings,
     start_federation,
+    start_regions,
     stop_federation,
 )
-from gateway.provider import DemoData, create_provider
-from gateway.server import Gateway, create_gateway, freeze_startup_heap
+from gateway.demo.pki import DEV_CACHE_KEY, DEV_PSEUDONYM_KEY
+from gateway.demo.stories import rpc_reason
+from gateway.server import Gateway, freeze_startup_heap
 from registry import CURRENT_SNAPSHOT, Inventory, KeyState, KeyUsage
-from registry._pki import DEV_CACHE_KEY, DEV_PSEUDONYM_KEY
 from tongban.v1 import (
     credentials_pb2,
     credentials_pb2_grpc,
@@ -319,29 +321,28 @@ async def _serve_region(
     region, with a SQLite audit log of its own."""
     pauses = GcPauses()
     gc.callbacks.append(pauses)
-    provider, provider_port = create_provider(region, "127.0.0.1:0")
-    await provider.start()
-    gateway: Gateway | None = None
+    home = folder / f"region-{region}"
+    home.mkdir(exist_ok=True)
+    loopback = Loopback(dict(ports))
     try:
-        home = folder / f"region-{region}"
-        home.mkdir(exist_ok=True)
-        config = GatewayConfig.for_dev_pki(
+        await start_regions(
+            loopback,
             folder / "pki",
-            region,
-            listen=f"127.0.0.1:{ports[region]}",
-            snapshot_file=folder / "published" / CURRENT_SNAPSHOT,
-            audit_db=home / f"audit-{region}.db",
-            provider=f"127.0.0.1:{provider_port}",
+            regions=[region],
+            snapshot_file=lambda _: folder / "published" / CURRENT_SNAPSHOT,
+            audit_db=lambda _: home / f"audit-{region}.db",
             redis_url=redis_url,
-            peers={other: f"localhost:{port}" for other, port in ports.items() if other != region},
+            configure=demo_settings,  # as start_federation configures each demo gateway
         )
-        config = dataclasses.replace(
-            config, poll_seconds=0.2, grace_seconds=1.0, metrics_listen="127.0.0.1:0"
-        )  # as start_federation configures each demo gateway
-        gateway, port = await create_gateway(config)
         freeze_startup_heap()
-        _emit({"ready": True, "gateway_port": port, "provider_port": provider_port})
-        running = gateway
+        running = loopback.gateways[region]
+        _emit(
+            {
+                "ready": True,
+                "gateway_port": running.port,
+                "provider_port": loopback.providers[region][1],
+            }
+        )
         await _answer_commands(
             lambda: {
                 "gateways": {region: _gateway_stats(running)},
@@ -349,9 +350,7 @@ async def _serve_region(
             }
         )
     finally:
-        if gateway is not None:
-            await gateway.stop(0.5)
-        await provider.stop(0.5)
+        await loopback.stop(0.5)
 
 
 async def _serve_echo(pki: Path, answer_file: Path) -> None:
@@ -1229,7 +1228,7 @@ AREAS: Final = (  # (area, substring of "function (file)")
     ("metrics (gateway/metrics, prometheus_client)", "/prometheus_client/"),
     ("protobuf", "/google/protobuf/"),
     ("json", "/json/"),
-    ("demo data system", "/gateway/provider/"),
+    ("demo data system", "/gateway/demo/"),
     ("other gateway code", "/gateway/"),
     ("threading / queue", "/threading.py"),
     ("threading / queue", "/queue.py"),

@@ -3,7 +3,7 @@
     .venv/bin/python bench/soak.py                    # 3,000 versions, a few minutes
     .venv/bin/python bench/soak.py --versions 20000 --seconds 1800 --json out/soak.json
 
-It starts the demo's three gateways and data systems in this process (`gateway.demo`'s
+It starts the demo's three gateways and data systems in this process (`gateway.demo.federation`'s
 `start_federation`: real mutual TLS on loopback, SQLite audit logs; Redis only with
 `--redis URL`), then, at the same time:
 
@@ -52,15 +52,14 @@ import grpc
 # shadow a package of the project (bench/gateway.py did): take bench/ out.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-from gateway.demo import (  # noqa: E402 - after the sys.path fix above
+from gateway.demo.federation import (  # noqa: E402 - after the sys.path fix above
     DemoOptions,
     Federation,
     build_pki,
-    query,
-    rpc_reason,
     start_federation,
     stop_federation,
 )
+from gateway.demo.stories import query, rpc_reason  # noqa: E402
 from registry import AUTHORITY_KEY, build_registry, load_source, sign_snapshot  # noqa: E402
 from signer import load_private_key  # noqa: E402
 from tongban.v1 import credentials_pb2, credentials_pb2_grpc, exchange_pb2_grpc  # noqa: E402

@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
+from gateway.demo.pki import init_dev_pki
 from registry import (
     Inventory,
     KeyState,
@@ -45,7 +46,7 @@ from registry import (
     load_source,
     publish,
 )
-from registry._pki import AgencySpec, RegionSpec, init_dev_pki
+from registry._pki import AgencySpec, RegionSpec
 from signer import FileKeyProvider, SealVerifier, parse_compact, seal
 from signer._jades import MAX_CACHED_HEADERS
 

@@ -63,7 +63,6 @@ switches to it by itself when a publish activates it. A gateway without seal key
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import math
 import os
@@ -76,10 +75,16 @@ from typing import Any
 
 from gateway.errors import ConfigError
 from gateway.provider._net import is_loopback
-from registry import PROVINCES, Inventory, KeyLifecycleError, KeyState, KeyUsage
-from registry._pki import DEV_CACHE_KEY, DEV_PSEUDONYM_KEY, ROOTS_BUNDLE
+from registry import PROVINCES
 
-__all__ = ["AuditConfig", "ExchangeConfig", "GatewayConfig", "read_passphrase"]
+__all__ = [
+    "AuditConfig",
+    "ExchangeConfig",
+    "GatewayConfig",
+    "names_dev_pki",
+    "read_config_file",
+    "read_passphrase",
+]
 
 
 def read_passphrase(passphrase_file: Path | None, passphrase_env: str | None) -> bytes | None:
@@ -405,20 +410,19 @@ class GatewayConfig:
 
     @classmethod
     def from_file(cls, path: Path) -> GatewayConfig:
-        try:
-            document = tomllib.loads(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot be read ({exc.strerror})") from exc
-        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
-        unknown = sorted(
-            set(document) - {"gateway", "tls", "registry", "seal", "audit", "exchange", "peers"}
-        )
-        if unknown:
-            raise ConfigError(f"{path}: [{unknown[0]}]: unknown section")
+        return cls.from_document(path, read_config_file(path))
+
+    @classmethod
+    def from_document(cls, path: Path, document: dict[str, Any]) -> GatewayConfig:
+        """The configuration `read_config_file(path)` read. A development file (`[gateway]
+        dev_pki`) is the demo package's to read (`gateway.demo.config`), as `tongban gateway
+        serve` does: the serving path holds no development code."""
         gw = _Section(path, "gateway", document.get("gateway", {}))
-        if "dev_pki" in gw.data:
-            return cls._from_dev_pki_file(path, document, gw)
+        if names_dev_pki(document):
+            raise ConfigError(
+                f"{path}: [gateway] dev_pki: a development configuration, read by "
+                "`tongban gateway serve` (gateway.demo.config.load_config)"
+            )
         tls = _Section(path, "tls", document.get("tls", {}))
         reg = _Section(path, "registry", document.get("registry", {}))
         seal = _Section(path, "seal", document.get("seal", {}))
@@ -465,121 +469,27 @@ class GatewayConfig:
             )
         return config
 
-    @classmethod
-    def _from_dev_pki_file(
-        cls, path: Path, document: dict[str, Any], gw: _Section
-    ) -> GatewayConfig:
-        """A development configuration: keys, certificates and dev secrets come from a dev
-        PKI's inventory (`[gateway] dev_pki`), so the file names no key file; see conf/demo/."""
-        unknown = sorted(set(document) - {"gateway", "registry", "audit", "exchange", "peers"})
-        if unknown:
-            raise ConfigError(
-                f"{path}: [{unknown[0]}]: not with dev_pki (the dev PKI provides the keys)"
-            )
-        reg = _Section(path, "registry", document.get("registry", {}))
-        audit = _Section(path, "audit", document.get("audit", {}))
-        exchange = _Section(path, "exchange", document.get("exchange", {}))
-        try:
-            redis_env = exchange.text("redis_url_env", required=False)
-            redis_url = os.environ.get(redis_env, "") if redis_env else ""
-            base = cls.for_dev_pki(
-                gw.required_path("dev_pki"),
-                gw.text("region"),
-                listen=gw.text("listen"),
-                snapshot_file=reg.optional_path("snapshot_file"),
-                follow=reg.text("follow", required=False),
-                bootstrap_ca_file=reg.optional_path("bootstrap_ca_file"),
-                audit_db=audit.optional_path("path"),
-                provider=exchange.text("provider", required=False),
-                redis_url=redis_url,
-                peers=_peers(path, document.get("peers", {})),
-            )
-            config = dataclasses.replace(
-                base,
-                grace_seconds=gw.number("grace_seconds", 5.0),
-                poll_seconds=reg.number("poll_seconds", 2.0),
-                metrics_listen=gw.text("metrics_listen", required=False),
-            )
-        except ConfigError as exc:
-            message = str(exc)
-            raise ConfigError(
-                message if message.startswith(str(path)) else f"{path}: {message}"
-            ) from None
-        for section in (gw, reg, audit, exchange):
-            section.done()
-        return config
 
-    @classmethod
-    def for_dev_pki(
-        cls,
-        pki_root: Path,
-        region: str,
-        *,
-        listen: str,
-        snapshot_file: Path | None,
-        follow: str = "",
-        passphrase: bytes | None = None,
-        bootstrap_ca_file: Path | None = None,
-        audit_db: Path | None = None,
-        provider: str = "",
-        redis_url: str = "",
-        peers: Mapping[str, str] | None = None,
-    ) -> GatewayConfig:
-        """A configuration from a development PKI folder: the region's active TLS key, and every
-        seal key of the region that is not revoked (pending ones too, so that a rotation is
-        picked up when the registry activates the successor)."""
-        try:
-            inventory = Inventory.load(pki_root)
-        except KeyLifecycleError as exc:
-            raise ConfigError(str(exc)) from exc
-        active = inventory.find(region, KeyUsage.TLS, KeyState.ACTIVE)
-        if not active:
-            raise ConfigError(f"{pki_root}: region {region} has no active TLS key in the inventory")
-        record = active[-1]
-        seal_keys = tuple(
-            (pki_root / r.certificate, pki_root / r.private_key)
-            for r in inventory.find(region, KeyUsage.SEAL)
-            if r.state is not KeyState.REVOKED
-        )
-        return cls(
-            region=region,
-            listen=listen,
-            tls_certificate=pki_root / record.certificate,
-            tls_private_key=pki_root / record.private_key,
-            tls_passphrase=passphrase,
-            authority_public_key=pki_root / "authority" / "authority.pub.pem",
-            snapshot_file=snapshot_file,
-            follow=follow,
-            bootstrap_ca_file=bootstrap_ca_file or _existing(pki_root / ROOTS_BUNDLE),
-            seal_keys=seal_keys,
-            audit=_dev_audit(pki_root, inventory, region, audit_db),
-            exchange=ExchangeConfig(
-                cache_key=_hex_key(
-                    read_passphrase(pki_root / DEV_CACHE_KEY, None), str(pki_root / DEV_CACHE_KEY)
-                ),
-                provider=provider,
-                redis_url=redis_url,
-            )
-            if (pki_root / DEV_CACHE_KEY).exists()
-            else None,
-            peers=dict(peers or {}),
-        )
-
-
-def _dev_audit(
-    pki_root: Path, inventory: Inventory, region: str, audit_db: Path | None
-) -> AuditConfig | None:
-    """The dev PKI's audit key and pseudonym key; SQLite at `audit_db`, else in memory."""
-    keys = inventory.find(region, KeyUsage.AUDIT, KeyState.ACTIVE)
-    pseudonym = pki_root / DEV_PSEUDONYM_KEY
-    if not keys or not pseudonym.exists():
-        return None
-    return AuditConfig(
-        store="sqlite" if audit_db is not None else "memory",
-        path=audit_db,
-        key=pki_root / keys[-1].private_key,
-        pseudonym_key=read_passphrase(pseudonym, None) or b"",
+def read_config_file(path: Path) -> dict[str, Any]:
+    """A configuration file's TOML document, its sections checked against the known ones."""
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror})") from exc
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
+    unknown = sorted(
+        set(document) - {"gateway", "tls", "registry", "seal", "audit", "exchange", "peers"}
     )
+    if unknown:
+        raise ConfigError(f"{path}: [{unknown[0]}]: unknown section")
+    return document
+
+
+def names_dev_pki(document: Mapping[str, Any]) -> bool:
+    """Whether a configuration document is a development one (`[gateway] dev_pki`)."""
+    gateway = document.get("gateway", {})
+    return isinstance(gateway, Mapping) and "dev_pki" in gateway
 
 
 def _seal_keys(file: Path, seal: _Section) -> tuple[tuple[Path, Path], ...]:
@@ -595,7 +505,3 @@ def _seal_keys(file: Path, seal: _Section) -> tuple[tuple[Path, Path], ...]:
         pairs.append((entry.required_path("certificate"), entry.required_path("private_key")))
         entry.done()
     return tuple(pairs)
-
-
-def _existing(path: Path) -> Path | None:
-    return path if path.exists() else None

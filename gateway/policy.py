@@ -371,12 +371,20 @@ class PurposePolicy:
     ) -> Decision:
         if at.tzinfo is None or at.utcoffset() is None:
             raise ValueError("decide needs a timezone-aware time")
-        version = registry.version
         try:
             check_request(request)
         except PolicyInputError as exc:
-            return Decision.deny(version, exc.reason, exc.message)
+            return Decision.deny(registry.version, exc.reason, exc.message)
+        return self.decide_checked(registry, requester=requester, request=request, at=at)
 
+    def decide_checked(
+        self, registry: Registry, *, requester: Agency, request: DataRequest, at: datetime
+    ) -> Decision:
+        """`decide` for a request whose shape `check_request` has passed already (the query
+        path checks it once, before the replay window, and refuses it with the argument)."""
+        if at.tzinfo is None or at.utcoffset() is None:
+            raise ValueError("decide needs a timezone-aware time")
+        version = registry.version
         region_code = request.provider_region
         region = registry.region(region_code)
         if region is None:  # 1

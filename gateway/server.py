@@ -7,6 +7,10 @@ SIGTERM and then stops gracefully. Only the services built so far are served.
 The gateway owns one `SealVerifier` and switches it to every registry the store applies (a swap
 listener registered before any snapshot is offered), so `Credentials.Verify` always decides with
 the registry the rest of the gateway holds. Its seal keys are loaded once, at construction.
+
+What it is built from lives beside it: `gateway._wiring` (seal keys, breakers, the audit log,
+the query path and its backends), `gateway._tls` (certificates and the roots trusted) and
+`gateway._limits` (the transport's limits, each with why).
 """
 
 from __future__ import annotations
@@ -14,39 +18,42 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import gc
-import hashlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import cast
 
 import grpc
-import redis.asyncio
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
+from gateway._limits import (
+    HANDSHAKE_TIMEOUT_SECONDS,
+    KEEPALIVE_OPTIONS,
+    MAX_CONCURRENT_RPCS,
+    MAX_CONNECTION_IDLE_SECONDS,
+    MAX_MESSAGE_BYTES,
+    MAX_PENDING_CALLS,
+    MAX_STREAMS_PER_CONNECTION,
+)
 from gateway._ports import check_ports_free
+from gateway._tls import GatewayTls, NoTrust
+from gateway._wiring import (
+    QueryPathParts,
+    build_audit_log,
+    build_query_path,
+    load_seal_keys,
+    make_breaker,
+)
 from gateway.admission import CallAdmission
 from gateway.audit import (
     AuditError,
-    AuditLog,
     AuditRecord,
-    AuditStore,
-    MemoryAuditStore,
     Outcome,
-    PostgresAuditStore,
-    SqliteAuditStore,
     digest_form,
 )
 from gateway.breaker import CircuitBreaker
-from gateway.cache import AnswerCache, CacheBackend, MemoryBackend, RedisBackend
 from gateway.config import GatewayConfig
 from gateway.errors import ConfigError, GatewayError
 from gateway.identity import (
@@ -56,34 +63,20 @@ from gateway.identity import (
     CallerResolver,
 )
 from gateway.metrics import (
-    PEER_LOCAL,
     GatewayMetrics,
     MetricsInterceptor,
     MetricsServer,
-    client_interceptors,
     multiprocess_mode,
 )
 from gateway.peers import PeerPool
-from gateway.provider import ProviderClient
-from gateway.quota import FallbackQuotaCounter, MemoryQuotaCounter, QuotaCounter, RedisQuotaCounter
 from gateway.registry_sync import PeerSnapshotSource
-from gateway.replay import (
-    REPLAY_WINDOW_SECONDS,
-    FallbackReplayGuard,
-    MemoryReplayGuard,
-    RedisReplayGuard,
-    ReplayGuard,
-)
-from gateway.reports import AccessReporter
 from gateway.services.credentials import CredentialsService
 from gateway.services.exchange import DataExchangeService, PeerService, QueryPath
 from gateway.services.oversight import OversightService
 from gateway.services.registry import RegistryService
-from gateway.tokens import TokenVerifier
 from registry import (
     FileSnapshotSource,
     PkiError,
-    Registry,
     RegistryError,
     RegistryStore,
     RegistryTrust,
@@ -92,13 +85,8 @@ from registry import (
     load_authority_public_key,
 )
 from signer import (
-    FileKeyProvider,
     KeyProvider,
     SealVerifier,
-    SignerError,
-    TrustedKey,
-    load_private_key,
-    x5t_s256_of_certificate,
 )
 from tongban.v1 import (
     credentials_pb2,
@@ -121,9 +109,6 @@ CREDENTIALS_SERVICE = credentials_pb2.DESCRIPTOR.services_by_name["Credentials"]
 OVERSIGHT_SERVICE = oversight_pb2.DESCRIPTOR.services_by_name["Oversight"].full_name
 EXCHANGE_SERVICE = exchange_pb2.DESCRIPTOR.services_by_name["DataExchange"].full_name
 PEER_SERVICE = exchange_pb2.DESCRIPTOR.services_by_name["Peer"].full_name
-# Connections of the client the replay window and quotas share: a burst of calls
-# waits (within [exchange] redis_timeout_seconds) for one instead of opening one per call.
-REDIS_MAX_CONNECTIONS = 64
 SERVED_SERVICES = (REGISTRY_SERVICE, CREDENTIALS_SERVICE)  # always; Oversight with an audit log
 OPEN_SERVICES = frozenset({health.SERVICE_NAME, reflection.SERVICE_NAME})  # mTLS only, no identity
 # Services whose undecodable requests are audited (caller known, values unknown): see
@@ -131,174 +116,11 @@ OPEN_SERVICES = frozenset({health.SERVICE_NAME, reflection.SERVICE_NAME})  # mTL
 MALFORMED_AUDITED_SERVICES = frozenset(
     {EXCHANGE_SERVICE, PEER_SERVICE, CREDENTIALS_SERVICE, OVERSIGHT_SERVICE}
 )
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # bytes: a registry snapshot is the largest message
-# Calls one gateway process handles at once; more are refused by gRPC at once with
-# RESOURCE_EXHAUSTED ("Concurrent RPC limit exceeded"), before any Python work is done for them.
-# A backstop only: gRPC counts a call from its HEADERS, without knowing who makes it, so the
-# budgets per caller and per kind of caller (gateway/admission.py, 2,100 calls in all) refuse
-# first, and this cap stays above their sum for calls between their HEADERS and that refusal.
-MAX_CONCURRENT_RPCS = 4000
-# HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: streams one connection may hold open at once (a client
-# opening more gets them refused by the transport; gRPC clients queue them instead).
-MAX_STREAMS_PER_CONNECTION = 100
-# Calls gRPC has received but the event loop has not yet taken up (a burst of streams on many
-# connections arrives faster than the loop can refuse them). Past this many gRPC sheds new calls
-# at random, up to all of them at twice this: a legitimate call as likely as an attacker's, as
-# CANCELLED. Sized like MAX_CONCURRENT_RPCS so that a burst queues for the caller budgets to sort.
-MAX_PENDING_CALLS = MAX_CONCURRENT_RPCS
-# A connection that has not finished its TLS handshake in this long is closed (gRPC's default is
-# 120 s: an attacker's half-open handshakes would hold descriptors and memory that long).
-HANDSHAKE_TIMEOUT_SECONDS = 10
-# A connection with no call open for this long is closed with GOAWAY (clients reconnect when they
-# next call; a Registry.Watch stream keeps its connection busy). Connections cost memory too.
-MAX_CONNECTION_IDLE_SECONDS = 300
-# HTTP/2 keepalive: quiet connections (a Registry.Watch stream between publishes, a peer channel
-# at night) are pinged so that proxies and NATs do not cut them; clients may ping every 30 s.
-KEEPALIVE_OPTIONS = (
-    ("grpc.keepalive_time_ms", 60_000),
-    ("grpc.keepalive_timeout_ms", 20_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.min_ping_interval_without_data_ms", 30_000),
-)
 HEALTH_CHECK_SECONDS = 5.0  # how often registry expiry is re-checked for health
 
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-class _TlsMaterial:
-    """The gateway's own certificate chain and key, held unencrypted in memory only."""
-
-    def __init__(self, config: GatewayConfig) -> None:
-        try:
-            self.chain_pem = config.tls_certificate.read_bytes()
-            chain = x509.load_pem_x509_certificates(self.chain_pem)
-        except (OSError, ValueError) as exc:
-            raise ConfigError(
-                f"{config.tls_certificate}: not a readable PEM certificate chain"
-            ) from exc
-        try:
-            key = load_private_key(config.tls_private_key, config.tls_passphrase)
-        except SignerError as exc:
-            raise ConfigError(str(exc)) from exc
-        self.key_pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        # Trusted before any registry is held: a bootstrap bundle, or our own chain's issuer.
-        if config.bootstrap_ca_file is not None:
-            try:
-                self.bootstrap_pem = config.bootstrap_ca_file.read_bytes()
-            except OSError as exc:
-                raise ConfigError(
-                    f"{config.bootstrap_ca_file}: cannot be read ({exc.strerror})"
-                ) from exc
-        else:
-            self.bootstrap_pem = (
-                b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain[1:])
-                or self.chain_pem
-            )
-
-
-class _NoTrust:
-    """The verifier's trust source until a registry is held: it trusts nothing."""
-
-    version = -1
-
-    def key(self, kid: str) -> TrustedKey | None:
-        return None
-
-    def anchors(
-        self, region: str
-    ) -> tuple[tuple[x509.Certificate, ...], tuple[x509.Certificate, ...]]:
-        return (), ()
-
-    def crls(self, region: str) -> tuple[x509.CertificateRevocationList, ...]:
-        return ()
-
-
-def load_seal_keys(config: GatewayConfig) -> dict[str, KeyProvider]:
-    """The configured seal keys by kid, opened with the TLS passphrase."""
-    providers: dict[str, KeyProvider] = {}
-    for certificate, private_key in config.seal_keys:
-        try:
-            provider = FileKeyProvider(private_key, certificate, config.tls_passphrase)
-        except SignerError as exc:
-            raise ConfigError(f"seal key: {exc}") from exc
-        providers[provider.kid] = provider
-    return providers
-
-
-def trust_bundle(registry: Registry, region_code: str | None = None) -> bytes:
-    """PEM of every region's root CA: who may complete a TLS handshake with this gateway; with
-    `region_code`, that region's root only: who may answer as that region's gateway."""
-    out = []
-    for region in registry.regions:
-        if region_code is not None and region.code != region_code:
-            continue
-        if region.ca_certificates:
-            out.append(
-                x509.load_der_x509_certificate(region.ca_certificates[0]).public_bytes(
-                    serialization.Encoding.PEM
-                )
-            )
-    return b"".join(out)
-
-
-def make_breaker(config: GatewayConfig, name: str, open_note: str) -> CircuitBreaker:
-    """A dependency's circuit breaker, with the `[exchange] breaker_*` settings (the
-    breaker's defaults without [exchange])."""
-    exchange = config.exchange
-    if exchange is None:
-        return CircuitBreaker(name=name, open_note=open_note)
-    return CircuitBreaker(
-        failure_threshold=exchange.breaker_failures,
-        window_seconds=exchange.breaker_window_seconds,
-        open_seconds=exchange.breaker_open_seconds,
-        name=name,
-        open_note=open_note,
-    )
-
-
-def build_audit_log(config: GatewayConfig, *, clock: Callable[[], datetime]) -> AuditLog | None:
-    """The gateway's audit log from its `[audit]` configuration (None when there is none)."""
-    audit = config.audit
-    if audit is None:
-        log.warning("gateway %s has no [audit] configured: nothing is recorded", config.region)
-        return None
-    try:
-        key = load_private_key(audit.key, config.tls_passphrase)
-    except SignerError as exc:
-        raise ConfigError(f"audit.key: {exc}") from exc
-    if not isinstance(key, ed25519.Ed25519PrivateKey):
-        raise ConfigError(
-            f"audit.key: {audit.key} is not an Ed25519 key (C2SP checkpoints are signed with Ed25519)"
-        )
-    store: AuditStore
-    if audit.store == "sqlite":
-        assert audit.path is not None
-        store = SqliteAuditStore(audit.path)
-    elif audit.store == "postgres":
-        store = PostgresAuditStore(
-            audit.dsn, schema=audit.schema, owner_dsn=audit.owner_dsn or None
-        )
-    else:
-        store = MemoryAuditStore()
-    origin = audit.origin or f"audit.tongban/{config.region}"
-    return AuditLog(
-        store,
-        append_timeout_seconds=audit.append_timeout_seconds,
-        breaker=make_breaker(config, "audit store", "answers are refused with AUDIT_UNAVAILABLE"),
-        origin=origin,
-        key=key,
-        key_name=origin,  # C2SP tlog-checkpoint: the key is named after the log
-        former_key_names=(f"audit-{config.region}",),  # the name of checkpoints signed before
-        checkpoint_every_records=audit.checkpoint_every_records,
-        checkpoint_every_seconds=audit.checkpoint_every_seconds,
-        clock=clock,
-    )
 
 
 class WithholdUndecodableMetadata(logging.Filter):
@@ -347,9 +169,9 @@ class Gateway:
         self.metrics_port = 0
         self._clock = clock
         self.admission = CallAdmission()  # calls in flight per caller (docs/threats.md T15)
-        self._tls = _TlsMaterial(config)
+        self._tls = GatewayTls(config, self.store)
         self._peers: PeerPool | None = None
-        self.verifier = SealVerifier(_NoTrust(), clock=clock)
+        self.verifier = SealVerifier(NoTrust(), clock=clock)
         self.store.on_swap(self._follow_registry)  # before any snapshot can be offered
         self.audit = build_audit_log(config, clock=clock)
         if self.audit is not None:
@@ -383,7 +205,6 @@ class Gateway:
         self._swap_tasks: set[asyncio.Future[None]] = set()
         self._stop_following: Callable[[], None] = lambda: None
         self._health = health.aio.HealthServicer()
-        self._served_version = -1
         self.server: grpc.aio.Server | None = None
         self.port = 0
         self._file_source = (
@@ -401,119 +222,25 @@ class Gateway:
         self, seal_keys: dict[str, KeyProvider], clock: Callable[[], datetime]
     ) -> QueryPath | None:
         """The query path, when the configuration has [exchange] (it needs [audit] too)."""
-        config = self.config
-        exchange = config.exchange
-        if exchange is None:
-            return None
-        if self.audit is None or config.audit is None:
+        if self.config.exchange is not None and self.audit is None:
             raise ConfigError("exchange: the query path audits every access: configure [audit] too")
-        replay: ReplayGuard
-        quota: QuotaCounter
-        backend: CacheBackend
-        cache_key_id = hashlib.sha256(exchange.cache_key).hexdigest()[:4]
-        if exchange.redis_url:
-            client = redis.asyncio.Redis.from_pool(
-                redis.asyncio.BlockingConnectionPool.from_url(
-                    exchange.redis_url,
-                    max_connections=REDIS_MAX_CONNECTIONS,
-                    timeout=exchange.redis_timeout_seconds,
-                    socket_timeout=exchange.redis_timeout_seconds,
-                    socket_connect_timeout=exchange.redis_timeout_seconds,
-                    retry=Retry(NoBackoff(), 0),  # a Redis that is down must fail fast
-                )
-            )
-            self._closers.append(client.aclose)
-            replay = FallbackReplayGuard(
-                RedisReplayGuard(
-                    client,
-                    window_seconds=REPLAY_WINDOW_SECONDS,
-                    breaker=self.redis_breaker,
-                    timeout_seconds=exchange.redis_timeout_seconds,
-                ),
-                MemoryReplayGuard(REPLAY_WINDOW_SECONDS, clock),
-            )
-            quota = FallbackQuotaCounter(
-                RedisQuotaCounter(
-                    client,
-                    breaker=self.redis_breaker,
-                    timeout_seconds=exchange.redis_timeout_seconds,
-                ),
-                MemoryQuotaCounter(),
-            )
-            backend = RedisBackend(
-                exchange.redis_url, operation_timeout=exchange.redis_timeout_seconds
-            )
-        else:
-            log.warning(
-                "gateway %s keeps its cache, replay window and quotas in memory: run one replica only",
-                config.region,
-            )
-            replay = MemoryReplayGuard(REPLAY_WINDOW_SECONDS, clock)
-            quota = MemoryQuotaCounter()
-            backend = MemoryBackend()
-        self._closers.append(backend.close)
-        provider = (
-            ProviderClient(
-                exchange.provider,
-                interceptors=client_interceptors(self.metrics, PEER_LOCAL),
-                timeout_seconds=exchange.provider_timeout_seconds,
-                breaker=make_breaker(
-                    config,
-                    f"data system {exchange.provider}",
-                    "queries needing it fail fast with PROVIDER_UNAVAILABLE",
-                ),
-            )
-            if exchange.provider
-            else None
-        )
-        if provider is not None:
-            self._closers.append(provider.close)
-        self._peers = peers = PeerPool(
-            self.store,
-            self.client_credentials,
-            overrides=config.peers,
-            interceptors=lambda region: client_interceptors(self.metrics, region),
-            make_breaker=lambda region: make_breaker(
-                config,
-                f"peer gateway {region}",
-                "queries to it fail fast with PEER_UNAVAILABLE",
-            ),
-        )
-        self._closers.append(peers.close)
-        audit_key = load_private_key(config.audit.key, config.tls_passphrase)
-        assert isinstance(audit_key, ed25519.Ed25519PrivateKey)  # build_audit_log checked it
-        path = QueryPath(
-            region=config.region,
-            gateway_name=f"gateway-{config.region}",
-            registry=self.store,
-            tokens=TokenVerifier(region=config.region, clock=clock),
-            replay=replay,
-            quota=quota,
-            peers=peers,
+        if self.audit is None:
+            return None
+        parts = QueryPathParts(
+            config=self.config,
+            store=self.store,
+            audit=self.audit,
             verifier=self.verifier,
             seal_keys=seal_keys,
-            cache=AnswerCache(
-                backend,
-                key=exchange.cache_key,
-                key_id=cache_key_id,
-                breaker=self.redis_breaker,  # one Redis, one breaker
-            ),
-            provider=provider,
-            audit=self.audit,
-            pseudonym_key=config.audit.pseudonym_key,
             metrics=self.metrics,
+            redis_breaker=self.redis_breaker,
+            client_credentials=self.client_credentials,
             clock=clock,
-            peer_timeout_seconds=exchange.peer_timeout_seconds,
-            reporter=AccessReporter(
-                region=config.region,
-                registry=self.store,
-                peers=peers,
-                audit=self.audit,
-                key=audit_key,
-                clock=clock,
-            ),
         )
-        self._closers.insert(0, path.close)  # first: flushes reports over the peer channels
+        built = build_query_path(parts, self._closers)
+        if built is None:
+            return None
+        path, self._peers = built
         return path
 
     # TLS ---------------------------------------------------------------------------------------
@@ -533,17 +260,7 @@ class Gateway:
         rotation issued a new one), without a restart: new handshakes use it, connections open
         keep theirs. Both are read first: if one fails, a ConfigError says why and the old pair
         stays. Returns the kid (x5t#S256) of the certificate now used."""
-        material = _TlsMaterial(config)
-        leaf = x509.load_pem_x509_certificates(material.chain_pem)[0]
-        key = serialization.load_pem_private_key(material.key_pem, None)
-        if key.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        ) != leaf.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        ):
-            raise ConfigError(f"{config.tls_private_key}: not the key of {config.tls_certificate}")
-        self._tls = material
-        self._served_version = -2  # the next handshake fetches a new server configuration
+        kid = self._tls.reload(config)
         self.config = dataclasses.replace(
             self.config,
             tls_certificate=config.tls_certificate,
@@ -551,31 +268,11 @@ class Gateway:
         )
         if self._peers is not None:
             self._peers.renew()
-        return x5t_s256_of_certificate(leaf)
-
-    def _certificate_configuration(self) -> grpc.ServerCertificateConfiguration:
-        snapshot = self.store.snapshot
-        roots = trust_bundle(snapshot.registry) if snapshot else self._tls.bootstrap_pem
-        self._served_version = snapshot.registry.version if snapshot else -1
-        return grpc.ssl_server_certificate_configuration(
-            [(self._tls.key_pem, self._tls.chain_pem)], root_certificates=roots
-        )
-
-    def _fetch_certificate_configuration(self) -> grpc.ServerCertificateConfiguration | None:
-        # Called by gRPC before each new handshake: rebuild only when the registry changed.
-        snapshot = self.store.snapshot
-        version = snapshot.registry.version if snapshot else -1
-        if version == self._served_version:
-            return None
-        return self._certificate_configuration()
+        return kid
 
     def client_credentials(self, region: str | None = None) -> grpc.ChannelCredentials:
-        """Credentials for calling peers: our own certificate; as roots, the root CA of the
-        `region` called (a server certificate from any other region's CA fails the handshake,
-        before the query is sent), or every region's when the peer's region is not known."""
-        snapshot = self.store.snapshot
-        roots = trust_bundle(snapshot.registry, region) if snapshot else self._tls.bootstrap_pem
-        return grpc.ssl_channel_credentials(roots, self._tls.key_pem, self._tls.chain_pem)
+        """Credentials for calling peers (see `GatewayTls.client_credentials`)."""
+        return self._tls.client_credentials(region)
 
     async def audit_malformed(self, method: str, caller: Caller) -> None:
         """Record a request of `caller` that is not a well-formed message of `method` (one of
@@ -631,6 +328,23 @@ class Gateway:
                 raise ConfigError(f"audit: the audit store cannot be opened: {exc}") from exc
         if self._file_source is not None:
             self._file_source.poll()
+        server = self._grpc_server()
+        try:
+            self.port = server.add_secure_port(self.config.listen, self._tls.server_credentials())
+        except RuntimeError as exc:
+            raise ConfigError(f"gateway.listen: cannot bind {self.config.listen} ({exc})") from exc
+        await server.start()
+        self.server = server
+        if self.config.metrics_listen:
+            await self._start_metrics(self.config.metrics_listen)
+        await self._update_health()
+        self._stop_following = self.store.on_swap(self._on_swap)
+        self._start_background_tasks()
+        log.info("gateway %s listening on port %d", self.config.region, self.port)
+        return self.port
+
+    def _grpc_server(self) -> grpc.aio.Server:
+        """The server with its interceptors, transport limits and services (not bound yet)."""
         server = grpc.aio.server(
             interceptors=[
                 # first: a call the caller check refuses is counted too (as Unauthenticated)
@@ -679,41 +393,30 @@ class Gateway:
         reflection.enable_server_reflection(
             (*self.served_services, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
-        credentials = grpc.dynamic_ssl_server_credentials(
-            self._certificate_configuration(),
-            # The stubs say the fetcher never returns None; gRPC documents None as "no change".
-            cast(
-                Callable[[], grpc.ServerCertificateConfiguration],
-                self._fetch_certificate_configuration,
-            ),
-            require_client_authentication=True,
+        return server
+
+    async def _start_metrics(self, listen: str) -> None:
+        """Serve /metrics (and /readyz) on `listen`; a port that cannot be bound stops all."""
+        host, _, port = listen.rpartition(":")
+        metrics_server = MetricsServer(
+            self.metrics.registry,
+            ready=self._ready,
+            before_scrape=self.observe,
+            collectors=self.metrics.scrape_collectors,
         )
         try:
-            self.port = server.add_secure_port(self.config.listen, credentials)
-        except RuntimeError as exc:
-            raise ConfigError(f"gateway.listen: cannot bind {self.config.listen} ({exc})") from exc
-        await server.start()
-        self.server = server
-        if self.config.metrics_listen:
-            host, _, port = self.config.metrics_listen.rpartition(":")
-            metrics_server = MetricsServer(
-                self.metrics.registry,
-                ready=self._ready,
-                before_scrape=self.observe,
-                collectors=self.metrics.scrape_collectors,
+            self.metrics_port = await metrics_server.start(
+                host.strip("[]"), int(port), reuse_port=self.shared_port
             )
-            try:
-                self.metrics_port = await metrics_server.start(
-                    host.strip("[]"), int(port), reuse_port=self.shared_port
-                )
-            except OSError as exc:
-                await self.stop(0)  # the gRPC server, the audit log, the clients: all closed
-                raise ConfigError(
-                    f"gateway.metrics_listen: cannot bind {self.config.metrics_listen} ({exc.strerror})"
-                ) from exc
-            self.metrics_server = metrics_server
-        await self._update_health()
-        self._stop_following = self.store.on_swap(self._on_swap)
+        except OSError as exc:
+            await self.stop(0)  # the gRPC server, the audit log, the clients: all closed
+            raise ConfigError(
+                f"gateway.metrics_listen: cannot bind {self.config.metrics_listen} ({exc.strerror})"
+            ) from exc
+        self.metrics_server = metrics_server
+
+    def _start_background_tasks(self) -> None:
+        """Following the registry (file, peer), re-checking its expiry, sending access reports."""
         if self._file_source is not None:
             self._tasks.append(asyncio.create_task(self._file_source.run(), name="registry-file"))
         if self.config.follow:
@@ -726,8 +429,6 @@ class Gateway:
             self._tasks.append(
                 asyncio.create_task(self.query_path.report_loop(), name="access-reports")
             )
-        log.info("gateway %s listening on port %d", self.config.region, self.port)
-        return self.port
 
     def _follow_registry(self, snapshot: SignedSnapshot) -> None:
         # Synchronous, inside the swap: no call sees the new registry with the old verifier.

@@ -3,7 +3,10 @@
 Regions, agencies, datasets, purposes, agreements and keys (`_model`), loaded from a TOML source
 (`_source`), combined with the PKI's key inventory (`_inventory`), signed and versioned as a
 snapshot (`_snapshot`, `_publish`: signed JSON from `signer`), and held live by each gateway
-(`_store`). The development PKI lives in `_pki`.
+(`_store`). A region's PKI folder, its CAs issuing leaf keys, is `_pki` (certificate profiles in
+`_profiles`, CRLs in `_crl`); the key lifecycle steps that issue a key, a first one and a
+rotation's successor, are `_keys`. The development PKI that creates a folder for tests and demos
+is demo code, `gateway.demo.pki`.
 
 `__all__` is exactly what is used from outside the package (tests/unit/test_surfaces.py).
 """
@@ -19,6 +22,7 @@ from registry._codes import (
     province_name,
 )
 from registry._inventory import Inventory, KeyRecord
+from registry._keys import add_key, key_to_rotate, rotate_key
 from registry._model import (
     Agency,
     AgencyRole,
@@ -40,7 +44,6 @@ from registry._publish import (
     CURRENT_SNAPSHOT,
     PublishResult,
     build_registry,
-    init_dev_federation,
     load_authority_public_key,
     publish,
 )
@@ -116,19 +119,21 @@ __all__ = [
     "SnapshotUntrustedSigner",
     "SnapshotVerifier",
     "SourceError",
+    "add_key",
     "authority_key_id",
     "build_registry",
     "contains_citizen_id",
-    "init_dev_federation",
     "is_region_code",
     "is_registry_id",
     "is_valid_citizen_id",
     "is_valid_uscc",
+    "key_to_rotate",
     "load_authority_public_key",
     "load_source",
     "province_name",
     "publish",
     "registry_from_payload",
     "registry_to_payload",
+    "rotate_key",
     "sign_snapshot",
 ]

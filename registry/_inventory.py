@@ -18,23 +18,34 @@ so every gateway holds it before its owner signs with it: rotation never fails a
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography import x509
 
+from registry._crl import REVOCATION_REASONS
 from registry._files import write_atomically
 from registry._model import KeyEntry, KeyState, KeyUsage
-from registry._pki import REVOCATION_REASONS, DevPki, IssuedKey
+from registry._pki import IssuedKey
 from registry.errors import KeyLifecycleError
 
 __all__ = ["INVENTORY_FILE", "Inventory", "KeyRecord"]
 
 INVENTORY_FILE = "keys.json"
 _FORMAT = "tongban.keys/v1"
+
+
+class NewPki(Protocol):
+    """A PKI folder just created, with every key it issued (`gateway.demo.pki.DevPki`)."""
+
+    @property
+    def root(self) -> Path: ...
+
+    @property
+    def keys(self) -> Sequence[IssuedKey]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +134,7 @@ class Inventory:
         return self.root / INVENTORY_FILE
 
     @classmethod
-    def for_new_pki(cls, pki: DevPki, now: datetime) -> Inventory:
+    def for_new_pki(cls, pki: NewPki, now: datetime) -> Inventory:
         """The inventory of a PKI just created by `init_dev_pki`: every key active."""
         return cls(
             pki.root, (KeyRecord.from_issued(pki.root, k, KeyState.ACTIVE, now) for k in pki.keys)

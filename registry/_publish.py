@@ -10,7 +10,6 @@ exceed, applies the key lifecycle moves of a publish, signs with the authority k
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -18,20 +17,11 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from registry._codes import PROVINCES
+from registry._crl import RevokedCertificate, issue_crl, region_crls
 from registry._files import write_atomically
 from registry._inventory import Inventory
 from registry._model import Region, Registry
-from registry._pki import (
-    AgencySpec,
-    DevPki,
-    RegionSpec,
-    RevokedCertificate,
-    init_dev_pki,
-    issue_crl,
-    region_ca_certificates,
-    region_crls,
-)
+from registry._pki import region_ca_certificates
 from registry._snapshot import (
     AuthorityPublicKey,
     SignedSnapshot,
@@ -48,7 +38,6 @@ __all__ = [
     "CURRENT_SNAPSHOT",
     "PublishResult",
     "build_registry",
-    "init_dev_federation",
     "load_authority_public_key",
     "publish",
     "read_published",
@@ -59,26 +48,6 @@ AUTHORITY_PUBLIC_KEY = Path("authority/authority.pub.pem")
 CURRENT_SNAPSHOT = "current.jws"
 CRL_MARGIN = timedelta(days=1)  # a published CRL stays current this long after its snapshot expires
 _VERSIONED = re.compile(r"^registry-(\d+)\.jws$")
-
-
-def init_dev_federation(
-    out: Path,
-    source: RegistrySource,
-    regions: Sequence[str],
-    *,
-    now: datetime,
-    passphrase: bytes | None = None,
-) -> DevPki:
-    """A development PKI for `regions` (named as the source names them) and the source's
-    agencies of those regions, with its key inventory saved: what `tongban pki init` does."""
-    names = {r.code: r.name for r in source.regions}
-    specs = [RegionSpec(code, names.get(code) or PROVINCES[code]) for code in regions]
-    agencies = [
-        AgencySpec(a.id, a.name, a.region, a.uscc) for a in source.agencies if a.region in regions
-    ]
-    created = init_dev_pki(out, specs, agencies, passphrase=passphrase, now=now)
-    Inventory.for_new_pki(created, now).save()
-    return created
 
 
 def load_authority_public_key(path: Path) -> AuthorityPublicKey:

@@ -13,22 +13,16 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import Final
 
-from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from cryptography.x509.oid import CRLEntryExtensionOID, ExtendedKeyUsageOID
 from cryptography.x509.verification import (
-    Criticality,
     ExtensionPolicy,
     PolicyBuilder,
     Store,
     VerificationError,
 )
 
-from signer import _oids
 from signer._algorithms import ALLOWED_ALGORITHMS, check_key_fits, verify_fitted
 from signer._jades import (
     SIGD_HASH_MECHANISM,
@@ -39,8 +33,20 @@ from signer._jades import (
 )
 from signer._keyfile import PublicKey
 from signer._keys import x5t_s256_of_der
-from signer._report import Check, Indication, SignatureKind, SubIndication, ValidationReport
+from signer._report import Indication, SignatureKind, SubIndication, ValidationReport
 from signer._trust import TrustedKey, TrustSource
+from signer._verify_helpers import (
+    BENIGN_REASONS,
+    EE_POLICY,
+    Chain,
+    Facts,
+    Fail,
+    Request,
+    Run,
+    check_crit,
+    facts_of,
+    revocation_of,
+)
 from signer.errors import SealInvalid, UnsupportedAlgorithm
 
 __all__ = ["CLOCK_SKEW", "SealVerifier"]
@@ -51,150 +57,6 @@ MAX_CACHED_KEYS: Final = 4096  # x5c thumbprints remembered before the cache is 
 # Only a certificate of a plausible size is remembered (one is 1-3 KB in base64): 4096
 # certificates of the megabytes a JWS may carry would hold gigabytes.
 MAX_CACHED_CERTIFICATE_CHARS: Final = 16 * 1024
-_REGISTERED_HEADERS: Final = frozenset(
-    {"alg", "jku", "jwk", "kid", "x5u", "x5c", "x5t", "x5t#S256", "typ", "cty", "crit"}
-)
-_UNDERSTOOD_CRITICAL: Final = frozenset({"sigD"})
-# Revocation reasons that say nothing against signatures made before the revocation.
-_BENIGN_REASONS: Final = frozenset(
-    {
-        "superseded",
-        "cessationOfOperation",
-        "affiliationChanged",
-        "cessation_of_operation",
-        "affiliation_changed",
-    }
-)
-
-
-class _Fail(Exception):  # internal control flow: one check failed
-    def __init__(self, sub: SubIndication, message: str) -> None:
-        super().__init__(message)
-        self.sub = sub
-        self.message = message
-
-
-@dataclass(frozen=True, slots=True)
-class _Request:
-    jws: str | bytes
-    detached_payload: bytes | None
-    expected_kind: SignatureKind | None
-    expected_region: str | None
-    now: datetime
-    trust: TrustSource
-
-
-@dataclass(slots=True)
-class _Run:
-    """The checks of one validation, in order, and what was learnt on the way."""
-
-    record: bool = True  # whether passing checks are written down
-    checks: list[Check] = field(default_factory=list)
-    algorithm: str = ""
-    kid: str = ""
-    key: TrustedKey | None = None
-    kind: SignatureKind | None = None
-    signing_time: datetime | None = None
-    sig_d: bool = False  # the header carries sigD (its checks differ from a header without)
-    content_type: str = ""
-    payload_b64: str = ""
-    detached_payload: bytes | None = None
-    subject: str = ""
-    facts: _Facts | None = None
-
-    def ok(self, name: str, detail: str = "") -> None:
-        if self.record:
-            self.checks.append(Check(name, True, detail))
-
-    def fail(self, name: str, sub: SubIndication, message: str) -> _Fail:
-        self.checks.append(Check(name, False, message))
-        return _Fail(sub, message)
-
-
-@dataclass(frozen=True, slots=True)
-class _Chain:
-    certificates: tuple[x509.Certificate, ...]  # leaf first, root last
-    valid_from: datetime  # the window in which every certificate of the chain is valid
-    valid_until: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class _Revocation:
-    """What the CRLs say about one key's chain, computed once per key and registry version."""
-
-    problem: str  # non-empty: no usable CRL from the leaf's issuer
-    fresh_from: datetime  # the CRLs are current in this window
-    fresh_until: datetime
-    revoked: tuple[str, datetime, str] | None  # (what, when, reason) if a certificate is listed
-
-
-@dataclass(slots=True)
-class _Facts:
-    """Everything about a published key that does not depend on the signature being checked."""
-
-    public_key: PublicKey | None
-    kind: SignatureKind | None
-    subject: str
-    not_before: datetime
-    not_after: datetime
-    validity: str  # "from to", for the report
-    fitting: dict[str, str] = field(default_factory=dict)  # algorithms checked against the key
-    passing_checks: dict[tuple[str, bool, bool], tuple[Check, ...]] = field(default_factory=dict)
-    chain: _Chain | None = None
-    revocation: _Revocation | None = None
-
-
-def _facts_of(key: TrustedKey) -> _Facts:
-    public = key.certificate.public_key()
-    usable = isinstance(
-        public, ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | rsa.RSAPublicKey
-    )
-    return _Facts(
-        public_key=public if usable else None,  # type: ignore[arg-type]
-        kind=_kind_of(key.certificate),
-        subject=key.certificate.subject.rfc4514_string(),
-        not_before=key.certificate.not_valid_before_utc,
-        not_after=key.certificate.not_valid_after_utc,
-        validity=f"{key.certificate.not_valid_before_utc:%Y-%m-%d} to {key.certificate.not_valid_after_utc:%Y-%m-%d}",
-    )
-
-
-def _kind_of(certificate: x509.Certificate) -> SignatureKind | None:
-    try:
-        policies = {
-            p.policy_identifier
-            for p in certificate.extensions.get_extension_for_class(x509.CertificatePolicies).value
-        }
-    except x509.ExtensionNotFound:
-        return None
-    seal = bool(policies & {_oids.QCP_L, _oids.POLICY_SEAL})
-    person = bool(policies & {_oids.QCP_N, _oids.POLICY_SIGNATURE})
-    if seal == person:
-        return None  # neither, or claims to be both
-    return SignatureKind.SEAL if seal else SignatureKind.SIGNATURE
-
-
-def _signing_key_usage(
-    policy: object, certificate: x509.Certificate, extension: x509.KeyUsage | None
-) -> None:
-    if extension is None or not (extension.digital_signature or extension.content_commitment):
-        raise ValueError("the certificate's key usage does not allow signatures")
-
-
-def _document_signing(
-    policy: object, certificate: x509.Certificate, extension: x509.ExtendedKeyUsage | None
-) -> None:
-    if extension is None or _oids.EKU_DOCUMENT_SIGNING not in extension:
-        raise ValueError("the certificate is not for document signing (RFC 9336 EKU)")
-    if ExtendedKeyUsageOID.SERVER_AUTH in extension or ExtendedKeyUsageOID.CLIENT_AUTH in extension:
-        raise ValueError("a TLS certificate does not seal documents")
-
-
-_EE_POLICY: Final = (
-    ExtensionPolicy.permit_all()
-    .require_present(x509.KeyUsage, Criticality.AGNOSTIC, _signing_key_usage)
-    .require_present(x509.ExtendedKeyUsage, Criticality.AGNOSTIC, _document_signing)
-)
 
 
 class SealVerifier:
@@ -205,7 +67,7 @@ class SealVerifier:
     ) -> None:
         self._trust = trust
         self._clock = clock
-        self._facts: dict[str, _Facts] = {}  # by kid, for self._trust.version only
+        self._facts: dict[str, Facts] = {}  # by kid, for self._trust.version only
         self._x5c_thumbprints: dict[str, str] = {}  # x5c[0] text -> its thumbprint
 
     @property
@@ -269,18 +131,18 @@ class SealVerifier:
         # The checks are recorded only when they are needed: a passing validation reuses the
         # checks recorded the first time this key passed in this form; a failing one is run
         # again, recording, so that its report lists every check up to the failure.
-        run = _Run(record=False)
-        request = _Request(jws, detached_payload, expected_kind, expected_owner_region, now, trust)
+        run = Run(record=False)
+        request = Request(jws, detached_payload, expected_kind, expected_owner_region, now, trust)
         outcome = self._execute(run, request)
         if outcome is not None or run.facts is None:
-            recorded = _Run(record=True)
+            recorded = Run(record=True)
             failure = self._execute(recorded, request)
             assert failure is not None
             return self._report(recorded, trust, failure.sub, failure.message)
         form = (run.algorithm, detached_payload is not None, run.sig_d)
         checks = run.facts.passing_checks.get(form)
         if checks is None:
-            recorded = _Run(record=True)
+            recorded = Run(record=True)
             self._execute(recorded, request)
             checks = run.facts.passing_checks[form] = tuple(recorded.checks)
         run.checks = list(checks)
@@ -290,7 +152,7 @@ class SealVerifier:
         message = f"e-{run.kind or 'signature'} by {key.owner_name or key.owner} ({key.region}) made at {when} is valid"
         return self._report(run, trust, None, message)
 
-    def _execute(self, run: _Run, request: _Request) -> _Fail | None:
+    def _execute(self, run: Run, request: Request) -> Fail | None:
         """Run the checks of `validate`; the failure, or None when every check passed."""
         jws, detached_payload, now, trust = (
             request.jws,
@@ -305,7 +167,7 @@ class SealVerifier:
             key = self._identify_key(run, parsed, trust)  # (3)
             facts = self._facts.get(key.kid)
             if facts is None:
-                facts = self._facts[key.kid] = _facts_of(key)
+                facts = self._facts[key.kid] = facts_of(key)
             run.subject = facts.subject
             public_key = self._check_key_fits(run, facts)  # (4)
             self._check_signed_data(run, parsed, detached_payload)  # (5)
@@ -318,7 +180,7 @@ class SealVerifier:
             )  # (10)
             self._check_revocation(run, key, facts, chain, trust, now=now)  # (11)
             self._check_validity_now(run, facts, now)  # (12)
-        except _Fail as failure:
+        except Fail as failure:
             return failure
         run.facts = facts
         run.payload_b64 = parsed.payload_b64
@@ -327,7 +189,7 @@ class SealVerifier:
 
     # -- steps --------------------------------------------------------------------------------
     @staticmethod
-    def _parse(run: _Run, jws: str | bytes) -> ParsedJws:
+    def _parse(run: Run, jws: str | bytes) -> ParsedJws:
         try:
             parsed = parse_compact(jws)
         except JwsFormatError as exc:
@@ -338,42 +200,11 @@ class SealVerifier:
         return parsed
 
     @staticmethod
-    def _check_header(run: _Run, parsed: ParsedJws, now: datetime) -> None:
+    def _check_header(run: Run, parsed: ParsedJws, now: datetime) -> None:
         header = parsed.header
         crit = header.get("crit")
         if crit is not None:
-            if (
-                not isinstance(crit, list)
-                or not crit
-                or not all(isinstance(c, str) for c in crit)
-                or len(set(crit)) != len(crit)
-            ):
-                raise run.fail(
-                    "header",
-                    SubIndication.FORMAT_FAILURE,
-                    "crit must be a non-empty list of distinct names",
-                )
-            registered = sorted(set(crit) & _REGISTERED_HEADERS)
-            if registered:
-                raise run.fail(
-                    "header",
-                    SubIndication.FORMAT_FAILURE,
-                    f"crit lists RFC 7515 header {registered[0]!r}",
-                )
-            unknown = sorted(set(crit) - _UNDERSTOOD_CRITICAL)
-            if unknown:
-                raise run.fail(
-                    "header",
-                    SubIndication.FORMAT_FAILURE,
-                    f"crit lists {unknown[0]!r}, which this verifier does not understand",
-                )
-            missing = sorted(c for c in crit if c not in header)
-            if missing:
-                raise run.fail(
-                    "header",
-                    SubIndication.FORMAT_FAILURE,
-                    f"crit lists {missing[0]!r}, which the header lacks",
-                )
+            check_crit(run, header, crit)
         if "sigD" in header and "sigD" not in (crit or []):
             raise run.fail(
                 "header", SubIndication.FORMAT_FAILURE, "sigD is used but not listed in crit"
@@ -429,7 +260,7 @@ class SealVerifier:
         )
 
     @staticmethod
-    def _check_algorithm(run: _Run, parsed: ParsedJws) -> None:
+    def _check_algorithm(run: Run, parsed: ParsedJws) -> None:
         alg = parsed.header.get("alg")
         if not isinstance(alg, str) or alg not in ALLOWED_ALGORITHMS:
             raise run.fail(
@@ -440,7 +271,7 @@ class SealVerifier:
         run.algorithm = alg
         run.ok("algorithm", alg)
 
-    def _identify_key(self, run: _Run, parsed: ParsedJws, trust: TrustSource) -> TrustedKey:
+    def _identify_key(self, run: Run, parsed: ParsedJws, trust: TrustSource) -> TrustedKey:
         kid = parsed.header["x5t#S256"]
         run.kid = kid
         key = trust.key(kid)
@@ -484,7 +315,7 @@ class SealVerifier:
         return key
 
     @staticmethod
-    def _check_key_fits(run: _Run, facts: _Facts) -> PublicKey:
+    def _check_key_fits(run: Run, facts: Facts) -> PublicKey:
         public = facts.public_key
         if public is not None and run.algorithm in facts.fitting:
             run.ok("key and algorithm", facts.fitting[run.algorithm])
@@ -506,7 +337,7 @@ class SealVerifier:
         return public
 
     @staticmethod
-    def _check_signed_data(run: _Run, parsed: ParsedJws, detached_payload: bytes | None) -> None:
+    def _check_signed_data(run: Run, parsed: ParsedJws, detached_payload: bytes | None) -> None:
         if not parsed.detached:
             if detached_payload is not None:
                 raise run.fail(
@@ -526,7 +357,7 @@ class SealVerifier:
 
     @staticmethod
     def _check_signature(
-        run: _Run, parsed: ParsedJws, public: PublicKey, detached_payload: bytes | None
+        run: Run, parsed: ParsedJws, public: PublicKey, detached_payload: bytes | None
     ) -> None:
         if not verify_fitted(
             run.algorithm, public, parsed.signing_input(detached_payload), parsed.signature
@@ -539,7 +370,7 @@ class SealVerifier:
         run.ok("signature", "verifies with the registry's certificate")
 
     @staticmethod
-    def _check_digest(run: _Run, parsed: ParsedJws, payload: bytes | None) -> None:
+    def _check_digest(run: Run, parsed: ParsedJws, payload: bytes | None) -> None:
         sig_d = parsed.header.get("sigD")
         if sig_d is None or payload is None:
             return
@@ -571,7 +402,7 @@ class SealVerifier:
         run.ok("data digest", "SHA-256 of the payload matches sigD")
 
     @staticmethod
-    def _check_validity_at_signing(run: _Run, facts: _Facts) -> None:
+    def _check_validity_at_signing(run: Run, facts: Facts) -> None:
         assert run.signing_time is not None
         if run.signing_time < facts.not_before:
             raise run.fail(
@@ -588,7 +419,7 @@ class SealVerifier:
         run.ok("validity at signing time", facts.validity)
 
     @staticmethod
-    def _check_chain(run: _Run, key: TrustedKey, facts: _Facts, trust: TrustSource) -> _Chain:
+    def _check_chain(run: Run, key: TrustedKey, facts: Facts, trust: TrustSource) -> Chain:
         assert run.signing_time is not None
         chain = facts.chain
         if chain is None or not chain.valid_from <= run.signing_time <= chain.valid_until:
@@ -605,7 +436,7 @@ class SealVerifier:
                 .time(run.signing_time)
                 .max_chain_depth(MAX_CHAIN_DEPTH)
                 .extension_policies(
-                    ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=_EE_POLICY
+                    ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=EE_POLICY
                 )
                 .build_client_verifier()
             )
@@ -624,7 +455,7 @@ class SealVerifier:
                     f"the certificate does not chain to region {key.region}'s CA as a signing certificate: {text}",
                 ) from None
             certificates = tuple(verified.chain)
-            chain = _Chain(
+            chain = Chain(
                 certificates,
                 max(c.not_valid_before_utc for c in certificates),
                 min(c.not_valid_after_utc for c in certificates),
@@ -638,9 +469,9 @@ class SealVerifier:
 
     @staticmethod
     def _check_kind_and_region(
-        run: _Run,
+        run: Run,
         key: TrustedKey,
-        facts: _Facts,
+        facts: Facts,
         expected_kind: SignatureKind | None,
         expected_region: str | None,
     ) -> None:
@@ -673,7 +504,7 @@ class SealVerifier:
         run.ok("kind", f"e-{kind.value} of {key.owner} ({key.region})")
 
     @staticmethod
-    def _revocation_outcome(run: _Run, what: str, revoked_at: datetime, reason: str) -> None:
+    def _revocation_outcome(run: Run, what: str, revoked_at: datetime, reason: str) -> None:
         assert run.signing_time is not None
         when = f"{revoked_at:%Y-%m-%dT%H:%M:%SZ}"
         if run.signing_time >= revoked_at:
@@ -682,7 +513,7 @@ class SealVerifier:
                 SubIndication.REVOKED,
                 f"{what} was revoked at {when} ({reason or 'no reason given'}), before the signing time",
             )
-        if reason not in _BENIGN_REASONS:
+        if reason not in BENIGN_REASONS:
             raise run.fail(
                 "revocation",
                 SubIndication.REVOKED_NO_POE,
@@ -692,10 +523,10 @@ class SealVerifier:
 
     def _check_revocation(
         self,
-        run: _Run,
+        run: Run,
         key: TrustedKey,
-        facts: _Facts,
-        chain: _Chain,
+        facts: Facts,
+        chain: Chain,
         trust: TrustSource,
         *,
         now: datetime,
@@ -717,7 +548,7 @@ class SealVerifier:
             return
         revocation = facts.revocation
         if revocation is None:
-            revocation = facts.revocation = _revocation_of(chain, crls)
+            revocation = facts.revocation = revocation_of(chain, crls)
         if revocation.problem:
             raise run.fail("revocation", SubIndication.TRY_LATER, revocation.problem)
         if revocation.fresh_from - now > CLOCK_SKEW or now > revocation.fresh_until:
@@ -734,7 +565,7 @@ class SealVerifier:
         )
 
     @staticmethod
-    def _check_validity_now(run: _Run, facts: _Facts, now: datetime) -> None:
+    def _check_validity_now(run: Run, facts: Facts, now: datetime) -> None:
         if now > facts.not_after:
             raise run.fail(
                 "validity now",
@@ -745,7 +576,7 @@ class SealVerifier:
 
     @staticmethod
     def _report(
-        run: _Run, trust: TrustSource, sub: SubIndication | None, message: str
+        run: Run, trust: TrustSource, sub: SubIndication | None, message: str
     ) -> ValidationReport:
         key = run.key
         return ValidationReport(
@@ -765,59 +596,3 @@ class SealVerifier:
             signed_payload_b64=run.payload_b64 if sub is None else "",
             detached_payload=run.detached_payload if sub is None else None,
         )
-
-
-def _crl_for(
-    crls: tuple[x509.CertificateRevocationList, ...], issuer: x509.Certificate
-) -> x509.CertificateRevocationList | None:
-    for crl in crls:
-        if crl.issuer == issuer.subject and crl.is_signature_valid(issuer.public_key()):  # type: ignore[arg-type]
-            return crl
-    return None
-
-
-def _crl_reason(entry: x509.RevokedCertificate) -> str:
-    try:
-        flag = entry.extensions.get_extension_for_oid(CRLEntryExtensionOID.CRL_REASON).value
-    except x509.ExtensionNotFound:
-        return ""
-    reason: Any = getattr(flag, "reason", None)
-    return str(reason.name) if reason is not None else ""
-
-
-def _revocation_of(chain: _Chain, crls: tuple[x509.CertificateRevocationList, ...]) -> _Revocation:
-    """Check each certificate of the chain against its issuer's CRL (the leaf's is required)."""
-    fresh_from = datetime.min.replace(tzinfo=UTC)
-    fresh_until = datetime.max.replace(tzinfo=UTC)
-    pairs = list(zip(chain.certificates, chain.certificates[1:], strict=False))
-    for position, (certificate, issuer) in enumerate(pairs):
-        crl = _crl_for(crls, issuer)
-        if crl is None:
-            if position == 0:
-                return _Revocation(
-                    f"no valid CRL from {issuer.subject.rfc4514_string()}",
-                    fresh_from,
-                    fresh_until,
-                    None,
-                )
-            continue  # a root that publishes no CRL for its intermediates: nothing to check
-        if crl.next_update_utc is None:
-            return _Revocation(
-                f"the CRL of {issuer.subject.rfc4514_string()} has no next update",
-                fresh_from,
-                fresh_until,
-                None,
-            )
-        fresh_from = max(fresh_from, crl.last_update_utc)
-        fresh_until = min(fresh_until, crl.next_update_utc)
-        entry = crl.get_revoked_certificate_by_serial_number(certificate.serial_number)
-        if entry is not None:
-            what = (
-                "the signing certificate"
-                if position == 0
-                else f"CA certificate {certificate.subject.rfc4514_string()}"
-            )
-            return _Revocation(
-                "", fresh_from, fresh_until, (what, entry.revocation_date_utc, _crl_reason(entry))
-            )
-    return _Revocation("", fresh_from, fresh_until, None)

@@ -33,7 +33,8 @@ from support import Federation, free_port
 
 from gateway.audit import AuditLog
 from gateway.config import GatewayConfig
-from gateway.provider import DemoData, create_provider
+from gateway.demo.data import DemoData
+from gateway.demo.federation import Configure, Loopback, start_regions
 from gateway.server import Gateway, create_gateway
 from tongban.v1 import exchange_pb2, exchange_pb2_grpc
 
@@ -204,9 +205,6 @@ def held_subjects(region: str, dataset: str, count: int = 40) -> list[str]:
 
 
 # the cluster ---------------------------------------------------------------------------------
-Configure = Callable[[str, GatewayConfig], GatewayConfig]
-
-
 @contextlib.asynccontextmanager
 async def running_gateways(
     fed: Federation,
@@ -221,39 +219,25 @@ async def running_gateways(
     `tmp_path`), with `configure(region, config)` applied to each configuration and, for a
     region in `providers`, that (started) server as its data system instead of the demo one."""
     cluster = Cluster(fed, {r: free_port() for r in REGIONS})
-    own: list[grpc.aio.Server] = []
+    loopback = Loopback(cluster.ports, cluster.gateways, data=cluster.data)
+
+    def settings(region: str, config: GatewayConfig) -> GatewayConfig:
+        config = dataclasses.replace(config, grace_seconds=0.2, poll_seconds=0.1)
+        return config if configure is None else configure(region, config)
+
     try:
-        for region in REGIONS:
-            if providers and region in providers:
-                assert provider_ports is not None
-                port = provider_ports[region]
-            else:
-                server, port = create_provider(region)
-                await server.start()
-                own.append(server)
-            cluster.data[region] = DemoData(region)
-            peers = {o: f"localhost:{cluster.ports[o]}" for o in REGIONS if o != region}
-            config = GatewayConfig.for_dev_pki(
-                fed.pki,
-                region,
-                listen=f"127.0.0.1:{cluster.ports[region]}",
-                snapshot_file=fed.current,
-                audit_db=tmp_path / f"audit-{region}.db",
-                provider=f"127.0.0.1:{port}",
-                redis_url=redis_url,
-                peers=peers,
-            )
-            config = dataclasses.replace(config, grace_seconds=0.2, poll_seconds=0.1)
-            if configure is not None:
-                config = configure(region, config)
-            gateway, _ = await create_gateway(config)
-            cluster.gateways[region] = gateway
+        await start_regions(
+            loopback,
+            fed.pki,
+            snapshot_file=lambda region: fed.current,
+            audit_db=lambda region: tmp_path / f"audit-{region}.db",
+            redis_url=redis_url,
+            provider_ports={r: (provider_ports or {})[r] for r in providers or {}},
+            configure=settings,
+        )
         yield cluster
     finally:
-        for gateway in cluster.gateways.values():
-            await gateway.stop(0)
-        for server in own:
-            await server.stop(0)
+        await loopback.stop(0)
 
 
 async def restart(cluster: Cluster, region: str) -> Gateway:

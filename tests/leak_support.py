@@ -7,8 +7,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from gateway.demo import REGIONS
-from gateway.provider import DemoData
+from gateway.demo.data import DemoData
+from gateway.demo.federation import REGIONS
 
 JWT = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}")  # a JWS/JWT: header.payload
 PEM_PRIVATE = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----")

@@ -17,8 +17,9 @@ from cryptography import x509
 from support import Federation, credentials_as, free_port
 
 from gateway.config import GatewayConfig
-from gateway.provider import DemoData, create_provider
-from gateway.server import Gateway, create_gateway
+from gateway.demo.data import DemoData
+from gateway.demo.federation import Loopback, start_regions
+from gateway.server import Gateway
 from gateway.tokens import issue_token
 from registry import KeyState, KeyUsage
 from signer import load_private_key, x5t_s256_of_certificate
@@ -120,36 +121,26 @@ async def running_cluster(
 ) -> AsyncIterator[Cluster]:
     """Three demo data systems and three gateways, each gateway told the others' ports."""
     cluster = Cluster(fed, {r: free_port() for r in REGIONS})
-    providers = []
+    loopback = Loopback(cluster.ports, cluster.gateways, data=cluster.data)
+
+    def configure(region: str, config: GatewayConfig) -> GatewayConfig:
+        return dataclasses.replace(
+            config,
+            peers={**config.peers, **(peer_overrides or {}).get(region, {})},
+            grace_seconds=0.2,
+            poll_seconds=0.1,
+            metrics_listen="127.0.0.1:0" if metrics else "",
+        )
+
     try:
-        for region in REGIONS:
-            server, port = create_provider(region)
-            await server.start()
-            providers.append(server)
-            cluster.data[region] = DemoData(region)
-            peers = {o: f"localhost:{cluster.ports[o]}" for o in REGIONS if o != region}
-            peers.update((peer_overrides or {}).get(region, {}))
-            config = GatewayConfig.for_dev_pki(
-                fed.pki,
-                region,
-                listen=f"127.0.0.1:{cluster.ports[region]}",
-                snapshot_file=(snapshots or {}).get(region, fed.current),
-                audit_db=tmp_path / f"audit-{region}.db" if audit_on_disk else None,
-                provider=f"127.0.0.1:{port}",
-                redis_url=redis_url,
-                peers=peers,
-            )
-            config = dataclasses.replace(
-                config,
-                grace_seconds=0.2,
-                poll_seconds=0.1,
-                metrics_listen="127.0.0.1:0" if metrics else "",
-            )
-            gateway, _ = await create_gateway(config)
-            cluster.gateways[region] = gateway
+        await start_regions(
+            loopback,
+            fed.pki,
+            snapshot_file=lambda region: (snapshots or {}).get(region, fed.current),
+            audit_db=lambda region: tmp_path / f"audit-{region}.db" if audit_on_disk else None,
+            redis_url=redis_url,
+            configure=configure,
+        )
         yield cluster
     finally:
-        for gateway in cluster.gateways.values():
-            await gateway.stop(0)
-        for server in providers:
-            await server.stop(0)
+        await loopback.stop(0)

@@ -21,6 +21,8 @@ import grpc
 from google.rpc import error_details_pb2, status_pb2
 
 from gateway.config import GatewayConfig
+from gateway.demo.config import config_for_dev_pki
+from gateway.demo.pki import init_dev_federation
 from gateway.server import Gateway, create_gateway
 from registry import (
     AUTHORITY_KEY,
@@ -32,7 +34,6 @@ from registry import (
     load_source,
     publish,
 )
-from registry._pki import AgencySpec, RegionSpec, init_dev_pki
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_SOURCE = REPO / "conf" / "registry"
@@ -86,11 +87,8 @@ def make_federation(
     root: Path, source: Path = DEMO_SOURCE, now: datetime | None = None
 ) -> Federation:
     loaded = load_source(source)
-    regions = [RegionSpec(r.code, r.name) for r in loaded.regions]
-    agencies = [AgencySpec(a.id, a.name, a.region, a.uscc) for a in loaded.agencies]
-    when = now or datetime.now(UTC)
-    dev = init_dev_pki(root / "pki", regions, agencies, now=when)
-    Inventory.for_new_pki(dev, when).save()
+    regions = [r.code for r in loaded.regions]
+    init_dev_federation(root / "pki", loaded, regions, now=now or datetime.now(UTC))
     return Federation(root=root, source=source, pki=root / "pki", published=root / "published")
 
 
@@ -154,9 +152,7 @@ def error_info(exc: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
 
 
 def dev_config(fed: Federation, region: str = "330000", **changes: Any) -> GatewayConfig:
-    config = GatewayConfig.for_dev_pki(
-        fed.pki, region, listen="127.0.0.1:0", snapshot_file=fed.current
-    )
+    config = config_for_dev_pki(fed.pki, region, listen="127.0.0.1:0", snapshot_file=fed.current)
     return dataclasses.replace(config, grace_seconds=0.5, **changes)
 
 

@@ -35,8 +35,19 @@ from gateway.audit._checkpoint import (
     sign_checkpoint,
     verify_checkpoint,
 )
-from gateway.audit._merkle import CompactRange, MerkleTree, ProofError, leaf_hash
-from gateway.audit._record import FIELD_GRAMMARS, AuditRecord, Outcome, is_case_id
+from gateway.audit._follow_up import NOT_RELEASED, FollowUps
+from gateway.audit._integrity import (
+    MIN_RETENTION,
+    VERIFY_CHUNK,
+    Verification,
+    check_prune_request,
+    compact_at_cut,
+    prune_record,
+    recompute,
+    resume_point,
+)
+from gateway.audit._merkle import CompactRange, MerkleTree
+from gateway.audit._record import AuditRecord
 from gateway.audit._store import (
     Appended,
     AuditStore,
@@ -46,7 +57,7 @@ from gateway.audit._store import (
     PruneMarker,
     StoredRow,
 )
-from gateway.audit.errors import AuditIntegrityError, AuditOutcomeUnknown, AuditUnavailable
+from gateway.audit.errors import AuditOutcomeUnknown, AuditUnavailable
 from gateway.breaker import BreakerOpen, CircuitBreaker
 
 __all__ = [
@@ -66,15 +77,10 @@ _T = TypeVar("_T")
 # case id and the operator's name stay in the audit log, where access to them is itself audited).
 access_log = logging.getLogger("tongban.access")
 
-VERIFY_CHUNK = 10_000  # rows read at a time while verifying
-FOLLOW_UP_TRIES = 10  # a follow-up after a commit that got no answer: tries, a second apart
-
 
 APPEND_TIMEOUT_SECONDS = 2.0  # an append not durable by then is refused (AUDIT_UNAVAILABLE)
 # A read (oversight listings, a report's checks) may scan: bounded as PostgreSQL's statements are.
 READ_TIMEOUT_SECONDS = 10.0
-NOT_RELEASED = "AUDIT_UNAVAILABLE"  # the reason of the follow-up to a late allowed record
-MIN_RETENTION = timedelta(days=180)  # network logs are kept at least six months (CSL Art. 21)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,16 +89,6 @@ class Pruned:
     cut: int  # records below this index are gone
     at_cut: Checkpoint  # signed before the removal: vouches for what remains
     at_head: Checkpoint  # the head, including the record of the prune
-
-
-@dataclass(frozen=True, slots=True)
-class Verification:
-    intact: bool
-    records_checked: int
-    checkpoints_checked: int
-    first_bad_index: int  # -1 when intact
-    problem: str  # "" when intact
-    latest: Checkpoint | None
 
 
 class AuditObserver(Protocol):
@@ -134,7 +130,6 @@ class AuditLog:
         self.breaker = breaker or CircuitBreaker(
             name="audit store", open_note="answers are refused with AUDIT_UNAVAILABLE"
         )
-        self._late: set[asyncio.Task[None]] = set()  # follow-ups of appends that timed out
         self.origin = origin
         if key is None and public_key is None:
             raise ValueError("an audit log needs its signing key, or its public key to verify")
@@ -148,6 +143,7 @@ class AuditLog:
         self._every_records = checkpoint_every_records
         self._every_seconds = checkpoint_every_seconds
         self._clock = clock
+        self._follow_ups = FollowUps(store, clock, self.breaker.success)
         self._since_checkpoint = 0
         self._checkpointing: asyncio.Task[None] | None = None
         self._timer: asyncio.Task[None] | None = None
@@ -168,8 +164,8 @@ class AuditLog:
         if self._checkpointing is not None:
             with contextlib.suppress(Exception):
                 await self._checkpointing
-        if self._late:  # appends that timed out: their follow-ups are written before closing
-            await asyncio.wait(list(self._late), timeout=self.append_timeout_seconds)
+        # appends that timed out: their follow-ups are written before closing, for a while
+        await self._follow_ups.wait(self.append_timeout_seconds)
         if self._key is not None:
             try:
                 await self.checkpoint()
@@ -190,7 +186,7 @@ class AuditLog:
             self.observer.audit_append(True)
         if access_log.isEnabledFor(logging.INFO):
             # One structured event per audited access (fields: docs/logging.md); the values are
-            # the record's own, escaped and redacted by the log handler (gateway/logs.py).
+            # the record's own, escaped and redacted by the log handler (gateway/logs/).
             access_log.info(
                 "access",
                 extra={
@@ -297,96 +293,9 @@ class AuditLog:
         pending: asyncio.Future[Appended],
         outbound: Outbound | None = None,
     ) -> None:
-        """The append of `record` timed out (the caller was refused) or its caller was
-        cancelled; if the record still becomes durable and claims an allowed access, say that
-        it was not released."""
-
-        def done(future: asyncio.Future[Appended]) -> None:
-            if future.cancelled():
-                return
-            failed = future.exception()
-            if failed is not None and not isinstance(failed, AuditOutcomeUnknown):
-                return  # not stored: nothing claims an answer
-            if failed is None:
-                self.breaker.success()  # the store answered after all
-            if record.outcome is not Outcome.ALLOWED:
-                return  # a refusal released nothing: the late record is true as it is
-            follow_up = dataclasses.replace(
-                record, time=self._clock(), outcome=Outcome.FAILED, reason=NOT_RELEASED, fields=()
-            )
-            # Stored late (its index known), or perhaps stored (a commit that got no answer):
-            # either way the request's last record must say that nothing was released.
-            late = future.result() if failed is None else None
-            task = asyncio.ensure_future(
-                self._append_follow_up(follow_up, late, outbound is not None)
-            )
-            self._late.add(task)
-            task.add_done_callback(self._late.discard)
-
-        pending.add_done_callback(done)
-
-    async def _append_follow_up(
-        self, record: AuditRecord, late: Appended | None, owed: bool
-    ) -> None:
-        if late is None:
-            await self._append_follow_up_unknown(record)
-            return
-        if owed:  # its owner must not be told of an access that was not released
-            try:
-                withdrawn = await self.store.withdraw(late.index)
-            except AuditUnavailable as exc:
-                withdrawn = False
-                log.warning(
-                    "the report of audit record %d could not be withdrawn: %s", late.index, exc
-                )
-            if not withdrawn:
-                log.warning(
-                    "audit record %d's report had left for its owner before it was withdrawn: "
-                    "the owner records an access that was not released",
-                    late.index,
-                )
-        try:
-            appended = await self.store.append(record)
-        except AuditUnavailable as exc:
-            log.error(  # noqa: TRY400 - the cause is the message; no traceback to show
-                "audit record %d claims an answer that was not released, and its follow-up "
-                "could not be stored: %s",
-                late.index,
-                exc,
-            )
-            return
-        log.warning(
-            "audit record %d became durable after its answer was refused: record %d says it "
-            "was not released",
-            late.index,
-            appended.index,
-        )
-
-    async def _append_follow_up_unknown(self, record: AuditRecord) -> None:
-        """A commit got no answer: its record may be durable. The follow-up (true either way:
-        nothing was released for the request) is written once the store takes appends again,
-        tried FOLLOW_UP_TRIES times a second apart (the log's close waits for them a while)."""
-        for attempt in range(FOLLOW_UP_TRIES):
-            try:
-                appended = await self.store.append(record)
-            except AuditUnavailable as exc:
-                if attempt + 1 < FOLLOW_UP_TRIES:
-                    await asyncio.sleep(1.0)
-                    continue
-                log.error(  # noqa: TRY400 - the cause is the message; no traceback to show
-                    "the audit record of request %s may have become durable although its answer "
-                    "was not released, and the record saying so could not be stored: %s",
-                    record.request_id,
-                    exc,
-                )
-                return
-            log.warning(
-                "the audit commit of request %s got no answer: record %d says its answer was "
-                "not released",
-                record.request_id,
-                appended.index,
-            )
-            return
+        """The append of `record` timed out, got no answer, or its caller was cancelled: see
+        `FollowUps.watch`."""
+        self._follow_ups.watch(record, pending, outbound)
 
     async def _checkpoint_in_background(self) -> None:
         try:
@@ -466,18 +375,7 @@ class AuditLog:
         (4) record the prune itself in the log, and sign the head that includes that record
         (5) only then remove the records below the cut, leaving the marker
         """
-        if older_than < MIN_RETENTION:
-            raise ValueError(
-                f"audit records are kept at least {MIN_RETENTION.days} days (Cybersecurity Law, Art. 21)"
-            )
-        if not operator.strip() or not reason.strip():
-            raise ValueError("a prune names the operator who ordered it and the reason")
-        if not is_case_id(reason) or not FIELD_GRAMMARS["caller_operator"](operator):
-            # recorded raw, not as a digest: the prune's record must say who and why
-            raise ValueError(
-                "a prune's operator and reason are at most 128 printable characters each, "
-                "with no citizen id"
-            )
+        check_prune_request(older_than, operator, reason)
         if self._key is None:
             raise AuditUnavailable("pruning signs checkpoints: this log holds no signing key")
         when = now or self._clock()
@@ -486,47 +384,20 @@ class AuditLog:
         first = marker.before if marker else 0
         if cut <= first:
             return None
-        compact = CompactRange.from_bytes(first, marker.compact) if marker else CompactRange()
-        for start in range(first, cut, VERIFY_CHUNK):  # (2)
-            for row in await self.store.rows(start, min(cut, start + VERIFY_CHUNK)):
-                if row.index != compact.size or leaf_hash(row.canonical) != row.leaf_hash:
-                    raise AuditIntegrityError(
-                        f"record {compact.size} does not verify: the log is not pruned"
-                    )
-                compact.append(row.leaf_hash)
-                if compact.root() != row.root:
-                    raise AuditIntegrityError(
-                        f"record {row.index} does not verify: the log is not pruned"
-                    )
-        if compact.size != cut:
-            raise AuditIntegrityError(f"record {compact.size} is missing: the log is not pruned")
+        compact = await compact_at_cut(self.store, marker, cut)  # (2)
         at_cut = sign_checkpoint(  # (3)
             self.origin, cut, compact.root(), self._key, self.key_name, signed_at=when
         )
         await self.store.add_checkpoint(at_cut, when)
         await self.append(  # (4)
-            AuditRecord(
-                time=when,
+            prune_record(
+                when,
                 gateway=gateway,
                 region=region,
-                rpc="Audit.Prune",
-                request_id="",
-                caller_agency="",
-                caller_operator=operator,
-                caller_region=region,
-                provider_region=region,
-                dataset="",
-                purpose="",
-                case_id=reason,
-                subject="",
-                fields=(),
-                outcome=Outcome.ALLOWED,
-                reason="",
-                cache_hit=False,
-                latency_us=0,
-                sealed_digest="",
-                registry_version=0,
-                agreement_id=f"removed records {first} to {cut - 1}",
+                operator=operator,
+                reason=reason,
+                first=first,
+                cut=cut,
             )
         )
         at_head = await self.checkpoint()
@@ -582,21 +453,13 @@ class AuditLog:
         tree = await self._tree(size2)
         return tree.consistency_proof(size1, size2), size2, tree.root(size2)
 
-    async def verify(self, trusted: Checkpoint | None = None) -> Verification:
-        """Recompute the log from its stored records and compare with every checkpoint.
-
-        (1) every stored and trusted checkpoint is signed by this log's audit key
-        (2) records are contiguous from index 0 (or from a retention prune, whose marker a
-            checkpoint signed before the removal vouches for), each in canonical form, each leaf
-            hash and each stored root what the records before it give
-        (3) every checkpoint's size is covered and its root is the recomputed root at that size
-        (4) the columns the store queries by say what the records say
-        """
+    async def _checked_checkpoints(
+        self, trusted: Checkpoint | None
+    ) -> list[Checkpoint] | Verification:
+        """Every stored and trusted checkpoint, each signed by this log's audit key, by size;
+        or the failed verification naming the first that is not."""
         checkpoints: list[Checkpoint] = []
-        for stored in [
-            *await self.read(self.store.checkpoints),
-            *([trusted] if trusted else []),
-        ]:  # (1)
+        for stored in [*await self.read(self.store.checkpoints), *([trusted] if trusted else [])]:
             try:
                 checkpoints.append(self.verify_note(stored))
             except CheckpointError as exc:
@@ -609,68 +472,34 @@ class AuditLog:
                     None,
                 )
         checkpoints.sort(key=lambda c: c.size)
+        return checkpoints
+
+    async def verify(self, trusted: Checkpoint | None = None) -> Verification:
+        """Recompute the log from its stored records and compare with every checkpoint.
+
+        (1) every stored and trusted checkpoint is signed by this log's audit key
+        (2) records are contiguous from index 0 (or from a retention prune, whose marker a
+            checkpoint signed before the removal vouches for), each in canonical form, each leaf
+            hash and each stored root what the records before it give
+        (3) every checkpoint's size is covered and its root is the recomputed root at that size
+        (4) the columns the store queries by say what the records say
+        """
+        checkpoints = await self._checked_checkpoints(trusted)  # (1)
+        if isinstance(checkpoints, Verification):
+            return checkpoints
         marker = await self.read(self.store.pruned)
         first = marker.before if marker else 0
-        try:
-            compact = CompactRange.from_bytes(first, marker.compact) if marker else CompactRange()
-        except ProofError:
-            return Verification(
-                False,
-                0,
-                len(checkpoints),
-                first,
-                f"the prune marker at {first} is malformed",
-                checkpoints[-1] if checkpoints else None,
-            )
-        if marker is not None and not any(
-            c.size == first and c.root == compact.root() for c in checkpoints
-        ):
-            return Verification(
-                False,
-                0,
-                len(checkpoints),
-                first,
-                f"the log was pruned below {first} but no signed checkpoint vouches for what remained",
-                checkpoints[-1] if checkpoints else None,
-            )
+        compact = resume_point(marker, checkpoints)
+        if isinstance(compact, str):
+            latest = checkpoints[-1] if checkpoints else None
+            return Verification(False, 0, len(checkpoints), first, compact, latest)
         checkpoints = [
             c for c in checkpoints if c.size >= first
         ]  # older ones covered removed records
         wanted = {c.size for c in checkpoints}
-        roots: dict[int, bytes] = {}
         head = await self.read(self.store.head)
         span = max([head.size, *wanted])
-        if first in wanted:
-            roots[first] = compact.root()
-        index = first
-        problem = ""
-        for start in range(first, span, VERIFY_CHUNK):  # (2)
-            for row in await self._rows(start, min(span, start + VERIFY_CHUNK)):
-                if row.index != index:
-                    problem = f"record {index} is missing (the next stored record is {row.index})"
-                    break
-                try:
-                    AuditRecord.from_canonical(row.canonical)
-                except (ValueError, KeyError, TypeError):
-                    problem = f"record {index} is not a canonical audit record"
-                    break
-                leaf = leaf_hash(row.canonical)
-                if leaf != row.leaf_hash:
-                    problem = (
-                        f"record {index} was changed after it was written (its leaf hash differs)"
-                    )
-                    break
-                compact.append(leaf)
-                if compact.root() != row.root:
-                    problem = f"record {index} does not follow the records before it (the log root differs)"
-                    break
-                if compact.size in wanted:
-                    roots[compact.size] = compact.root()
-                index += 1
-            if problem or index < min(span, start + VERIFY_CHUNK):
-                break
-        if not problem and index < span:
-            problem = f"record {index} is missing: the log ends at {index} but {span} records were signed or counted"
+        index, problem, roots = await recompute(self._rows, compact, span, wanted)  # (2)
         latest = checkpoints[-1] if checkpoints else None
         if problem:
             return Verification(False, index - first, len(checkpoints), index, problem, latest)

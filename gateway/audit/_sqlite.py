@@ -21,7 +21,8 @@ transaction as their records; `audit_outbox_cursor` keeps, per destination, the 
 acknowledged. The outbox is not evidence (the records are): delivered messages are deleted.
 
 Reads use a second connection (`query_only`) in a worker thread, so they never block the event
-loop and never wait for the writer (WAL readers see the last commit).
+loop and never wait for the writer (WAL readers see the last commit): `_sqlite_reader`. The
+migrations: `_sqlite_schema`.
 """
 
 from __future__ import annotations
@@ -36,11 +37,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from gateway.audit._checkpoint import Checkpoint
 from gateway.audit._merkle import CompactRange, ProofError, leaf_hash
 from gateway.audit._record import AuditRecord
+from gateway.audit._sqlite_reader import SqliteReader
+from gateway.audit._sqlite_schema import MIGRATIONS, RECORDS_NO_DELETE, SCHEMA_VERSION, blob
 from gateway.audit._store import (
     MAX_PENDING_APPENDS,
     Appended,
@@ -57,96 +60,6 @@ __all__ = ["SCHEMA_VERSION", "SqliteAuditStore"]
 
 log = logging.getLogger("tongban.audit")
 
-SCHEMA_VERSION = 3
-
-T = TypeVar("T")
-
-
-def _generated(key: str) -> str:
-    # CAST: SQLite 3.45+ reads a BLOB argument of the JSON functions as JSONB, not JSON text.
-    return f"GENERATED ALWAYS AS (json_extract(CAST(canonical AS TEXT), '$.{key}')) STORED"
-
-
-def _append_only(table: str, key: str) -> list[str]:
-    """Refuse UPDATE, DELETE, and an INSERT over an existing row (INSERT OR REPLACE deletes
-    without firing delete triggers unless the connection turned recursive triggers on)."""
-    refuse = f"BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END"
-    return [
-        f"CREATE TRIGGER {table}_no_update BEFORE UPDATE ON {table} {refuse}",
-        f"CREATE TRIGGER {table}_no_delete BEFORE DELETE ON {table} {refuse}",
-        f"CREATE TRIGGER {table}_no_replace BEFORE INSERT ON {table} "  # noqa: S608 (constants)
-        f"WHEN EXISTS (SELECT 1 FROM {table} WHERE {key} = NEW.{key}) {refuse}",
-    ]
-
-
-# MIGRATIONS[v] takes a database at version v - 1 to version v (0: an empty file).
-MIGRATIONS: dict[int, list[str]] = {
-    1: [
-        "CREATE TABLE schema_version (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL)",
-        """CREATE TABLE audit_records (
-            idx INTEGER PRIMARY KEY CHECK (idx >= 0),
-            time TEXT NOT NULL,
-            caller_agency TEXT NOT NULL,
-            provider_region TEXT NOT NULL,
-            purpose TEXT NOT NULL,
-            dataset TEXT NOT NULL,
-            subject TEXT NOT NULL,
-            outcome TEXT NOT NULL,
-            canonical BLOB NOT NULL,
-            leaf_hash BLOB NOT NULL CHECK (length(leaf_hash) = 32),
-            root BLOB NOT NULL CHECK (length(root) = 32)
-        )""",
-        "CREATE INDEX audit_records_subject ON audit_records (subject)",
-        "CREATE INDEX audit_records_caller_time ON audit_records (caller_agency, time)",
-        "CREATE INDEX audit_records_provider_time ON audit_records (provider_region, time)",
-        "CREATE INDEX audit_records_purpose ON audit_records (purpose)",
-        "CREATE INDEX audit_records_time ON audit_records (time)",
-        "CREATE TABLE audit_head (id INTEGER PRIMARY KEY CHECK (id = 1), size INTEGER NOT NULL, compact BLOB NOT NULL)",
-        "INSERT INTO audit_head (id, size, compact) VALUES (1, 0, x'')",
-        """CREATE TABLE audit_checkpoints (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            size INTEGER NOT NULL,
-            root BLOB NOT NULL,
-            note TEXT NOT NULL,
-            key_name TEXT NOT NULL,
-            signed_at TEXT NOT NULL
-        )""",
-        "CREATE INDEX audit_checkpoints_size ON audit_checkpoints (size, id)",
-        *_append_only("audit_records", "idx")[
-            :2
-        ],  # idx is the rowid: a plain INSERT cannot overwrite
-        *_append_only("audit_checkpoints", "id"),
-    ],
-    2: [
-        """CREATE TABLE audit_prunes (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            before INTEGER NOT NULL CHECK (before > 0),
-            compact BLOB NOT NULL,
-            pruned_at TEXT NOT NULL,
-            operator TEXT NOT NULL,
-            reason TEXT NOT NULL
-        )""",
-        *_append_only("audit_prunes", "id"),
-    ],
-    3: [
-        # The access reports owed to other regions, written with their records (the outbox),
-        # and what each destination acknowledged. Not append-only: delivered ones are deleted.
-        """CREATE TABLE audit_outbox (
-            idx INTEGER PRIMARY KEY,
-            destination TEXT NOT NULL,
-            payload BLOB NOT NULL
-        )""",
-        "CREATE INDEX audit_outbox_destination ON audit_outbox (destination, idx)",
-        """CREATE TABLE audit_outbox_cursor (
-            destination TEXT PRIMARY KEY,
-            through INTEGER NOT NULL,
-            updated_at TEXT NOT NULL
-        )""",
-    ],
-}
-# Put back by a prune after it lifted it, exactly as migration 1 created it.
-_RECORDS_NO_DELETE = _append_only("audit_records", "idx")[1]
-
 _INSERT = (
     "INSERT INTO audit_records (idx, time, caller_agency, provider_region, purpose, dataset, "
     "subject, outcome, canonical, leaf_hash, root) VALUES "
@@ -160,32 +73,6 @@ _ACKNOWLEDGE = (
     " ON CONFLICT (destination) DO UPDATE SET through = max(through, excluded.through),"
     " updated_at = excluded.updated_at"
 )
-
-_QUERY_COLUMNS = (
-    "time",
-    "caller_agency",
-    "provider_region",
-    "purpose",
-    "dataset",
-    "subject",
-    "outcome",
-)
-# AuditQuery attribute -> column; a fixed list, never caller input, is all that reaches the SQL.
-_EQUALITY = ("subject", "caller_agency", "provider_region", "purpose", "dataset")
-
-
-def _time(value: datetime) -> str:
-    """The canonical encoding's time text (fixed width, so text order is time order)."""
-    if value.tzinfo is None:
-        raise ValueError("query times are timezone-aware")
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _blob(value: object) -> bytes:
-    """A stored value as bytes, whatever type someone editing the file gave it."""
-    if isinstance(value, bytes | bytearray | memoryview):
-        return bytes(value)
-    return b"" if value is None else str(value).encode()
 
 
 @dataclass(slots=True)
@@ -255,8 +142,7 @@ class SqliteAuditStore:
         self._closing = False
         self._range = CompactRange()  # the committed head's; the writer thread's own after open
         self._head = TreeHead(0, self._range.root())
-        self._reader: sqlite3.Connection | None = None
-        self._reader_lock = threading.Lock()
+        self._reads = SqliteReader(self.path, busy_timeout)
 
     # lifecycle -------------------------------------------------------------------------------
     async def open(self) -> None:
@@ -273,7 +159,7 @@ class SqliteAuditStore:
         thread.start()
         try:
             await ready
-            self._reader = await asyncio.to_thread(self._connect_reader)
+            await asyncio.to_thread(self._reads.connect)
         except BaseException:
             self._queue.put(_STOP)
             await asyncio.to_thread(thread.join)
@@ -289,10 +175,7 @@ class SqliteAuditStore:
         self._queue.put(_STOP)
         await asyncio.to_thread(thread.join)
         await asyncio.sleep(0)  # let the last batch's settlement run before we return
-        with self._reader_lock:
-            if self._reader is not None:
-                self._reader.close()
-                self._reader = None
+        self._reads.close()
         self._thread = None
 
     # writing ---------------------------------------------------------------------------------
@@ -338,13 +221,7 @@ class SqliteAuditStore:
         await self._submit(insert)
 
     async def first_index_at_or_after(self, time: datetime) -> int:
-        def read(conn: sqlite3.Connection) -> int | None:
-            row = conn.execute(
-                "SELECT min(idx) FROM audit_records WHERE time >= ?", (_time(time),)
-            ).fetchone()
-            return None if row is None or row[0] is None else int(row[0])
-
-        found = await self._read(read)
+        found = await self._reads.first_index_at_or_after(time)
         return self._head.size if found is None else found
 
     async def prune(self, marker: PruneMarker) -> None:
@@ -361,7 +238,7 @@ class SqliteAuditStore:
                 )
             conn.execute("DROP TRIGGER audit_records_no_delete")
             conn.execute("DELETE FROM audit_records WHERE idx < ?", (marker.before,))
-            conn.execute(_RECORDS_NO_DELETE)
+            conn.execute(RECORDS_NO_DELETE)
             conn.execute(
                 "INSERT INTO audit_prunes (before, compact, pruned_at, operator, reason) VALUES (?, ?, ?, ?, ?)",
                 (
@@ -377,30 +254,10 @@ class SqliteAuditStore:
 
     # the outbox ------------------------------------------------------------------------------
     async def outbox(self, destination: str, limit: int) -> list[Pending]:
-        def read(conn: sqlite3.Connection) -> list[Pending]:
-            return [
-                Pending(int(idx), _blob(payload))
-                for idx, payload in conn.execute(
-                    "SELECT idx, payload FROM audit_outbox WHERE destination = ? AND idx > "
-                    "coalesce((SELECT through FROM audit_outbox_cursor WHERE destination = ?), -1)"
-                    " ORDER BY idx LIMIT ?",
-                    (destination, destination, max(limit, 0)),
-                )
-            ]
-
-        return await self._read(read)
+        return await self._reads.outbox(destination, limit)
 
     async def outbox_backlog(self) -> dict[str, int]:
-        def read(conn: sqlite3.Connection) -> dict[str, int]:
-            return {
-                str(destination): int(count)
-                for destination, count in conn.execute(
-                    "SELECT destination, count(*) FROM audit_outbox"
-                    " GROUP BY destination ORDER BY destination"
-                )
-            }
-
-        return await self._read(read)
+        return await self._reads.outbox_backlog()
 
     async def acknowledge(self, destination: str, through: int) -> None:
         at = datetime.now(UTC).isoformat()
@@ -426,17 +283,7 @@ class SqliteAuditStore:
         return bool(removed and removed[0])
 
     async def pruned(self) -> PruneMarker | None:
-        def read(conn: sqlite3.Connection) -> PruneMarker | None:
-            row = conn.execute(
-                "SELECT before, compact, pruned_at, operator, reason FROM audit_prunes ORDER BY before DESC LIMIT 1"
-            ).fetchone()
-            if row is None:
-                return None
-            return PruneMarker(
-                int(row[0]), _blob(row[1]), datetime.fromisoformat(row[2]), str(row[3]), str(row[4])
-            )
-
-        return await self._read(read)
+        return await self._reads.pruned()
 
     # the writer thread -----------------------------------------------------------------------
     def _writer(self, ready: asyncio.Future[None]) -> None:
@@ -484,13 +331,6 @@ class SqliteAuditStore:
                 f"the audit database {self.path} cannot use write-ahead logging (journal mode {mode})"
             )
 
-    def _connect_reader(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(
-            self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
-        )
-        conn.execute("PRAGMA query_only = ON")
-        return conn
-
     def _migrate(self, conn: sqlite3.Connection) -> None:
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -535,7 +375,7 @@ class SqliteAuditStore:
         if row is None:
             raise AuditIntegrityError(f"the audit database {self.path} has no tree head")
         try:
-            return CompactRange.from_bytes(int(row[0]), _blob(row[1]))
+            return CompactRange.from_bytes(int(row[0]), blob(row[1]))
         except (ProofError, TypeError, ValueError) as exc:
             raise AuditIntegrityError(
                 f"the tree head stored in {self.path} is malformed: {exc}"
@@ -701,108 +541,19 @@ class SqliteAuditStore:
             )
 
     # reading ---------------------------------------------------------------------------------
-    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        def run() -> T:
-            with self._reader_lock:
-                if self._reader is None:
-                    raise AuditUnavailable(f"the audit store {self.path} is not open")
-                try:
-                    return fn(self._reader)
-                except sqlite3.Error as exc:
-                    raise AuditUnavailable(f"the audit database read failed: {exc}") from exc
-
-        return await asyncio.to_thread(run)
-
     async def head(self) -> TreeHead:
         if self._thread is None:
             raise AuditUnavailable(f"the audit store {self.path} is not open")
         return self._head
 
     async def rows(self, start: int, end: int) -> list[StoredRow]:
-        start, end = max(start, 0), max(end, 0)
-        if end <= start:
-            return []
-
-        def read(conn: sqlite3.Connection) -> list[StoredRow]:
-            return [
-                StoredRow(int(idx), _blob(canonical), _blob(leaf), _blob(root))
-                for idx, canonical, leaf, root in conn.execute(
-                    "SELECT idx, canonical, leaf_hash, root FROM audit_records"
-                    " WHERE idx >= ? AND idx < ? ORDER BY idx",
-                    (start, end),
-                )
-            ]
-
-        return await self._read(read)
+        return await self._reads.rows(start, end)
 
     async def query(self, query: AuditQuery) -> list[tuple[int, AuditRecord]]:
-        clauses = ["idx > ?"]
-        params: list[object] = [query.after_index]
-        for column in _EQUALITY:
-            value = getattr(query, column)
-            if value is not None:
-                clauses.append(f"{column} = ?")
-                params.append(value)
-        if query.outcome is not None:
-            clauses.append("outcome = ?")
-            params.append(query.outcome.value)
-        if query.since is not None:
-            clauses.append("time >= ?")
-            params.append(_time(query.since))
-        if query.until is not None:
-            clauses.append("time < ?")
-            params.append(_time(query.until))
-        params.append(max(query.limit, 0))
-        sql = (
-            "SELECT idx, canonical FROM audit_records WHERE "  # noqa: S608 (fixed column names)
-            + " AND ".join(clauses)
-            + " ORDER BY idx LIMIT ?"
-        )
-
-        def read(conn: sqlite3.Connection) -> list[tuple[int, bytes]]:
-            return [(int(idx), _blob(canonical)) for idx, canonical in conn.execute(sql, params)]
-
-        out: list[tuple[int, AuditRecord]] = []
-        for index, canonical in await self._read(read):
-            try:
-                record = AuditRecord.from_canonical(canonical)
-            except (ValueError, KeyError, TypeError) as exc:
-                raise AuditIntegrityError(
-                    f"record {index} is not a canonical audit record: verify the log"
-                ) from exc
-            if not query.matches(record):  # the filter columns say what the record does not
-                raise AuditIntegrityError(
-                    f"record {index}'s query columns disagree with the record: verify the log"
-                )
-            out.append((index, record))
-        return out
+        return await self._reads.query(query)
 
     async def column_mismatches(self) -> int | None:
-        def read(conn: sqlite3.Connection) -> int | None:
-            checks = " OR ".join(
-                f"{column} IS NOT json_extract(CAST(canonical AS TEXT), '$.{column}')"
-                for column in _QUERY_COLUMNS
-            )
-            row = conn.execute(f"SELECT min(idx) FROM audit_records WHERE {checks}").fetchone()  # noqa: S608 (fixed names)
-            return None if row is None or row[0] is None else int(row[0])
-
-        return await self._read(read)
+        return await self._reads.column_mismatches()
 
     async def checkpoints(self) -> list[Checkpoint]:
-        def read(conn: sqlite3.Connection) -> list[Checkpoint]:
-            return [
-                Checkpoint(
-                    str(note).split("\n", 1)[0],
-                    int(size),
-                    _blob(root),
-                    str(note),
-                    key,
-                    datetime.fromisoformat(str(signed_at)).astimezone(UTC),
-                )
-                for size, root, note, key, signed_at in conn.execute(
-                    "SELECT size, root, note, key_name, signed_at FROM audit_checkpoints"
-                    " ORDER BY size, id"
-                )
-            ]
-
-        return await self._read(read)
+        return await self._reads.checkpoints()

@@ -37,7 +37,7 @@ def parse_postgres_dsn(text: str) -> str:
 
 
 def cmd_demo(args: argparse.Namespace, out: Console) -> int:
-    from gateway.demo import DemoError, DemoOptions, run_demo
+    from gateway.demo.run import DemoError, DemoOptions, run_demo
 
     options = DemoOptions(
         source=args.source,

@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
@@ -18,7 +18,7 @@ from gateway.cli._arguments import (
     whole_number,
 )
 from gateway.cli._common import Failure, Parser, Subparsers, passphrase, passphrase_options, usage
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, names_dev_pki, read_config_file
 from registry import PROVINCES
 
 __all__ = ["register"]
@@ -48,23 +48,36 @@ def parse_peer(text: str) -> tuple[str, str]:
 def _serve_config(args: argparse.Namespace) -> GatewayConfig:
     """The gateway's configuration from the command line; read again on SIGHUP."""
     if args.config is not None:
-        return GatewayConfig.from_file(args.config)
+        document = read_config_file(args.config)
+        if names_dev_pki(document):
+            return _dev_config(args, document)
+        return GatewayConfig.from_document(args.config, document)
     if args.pki is not None and args.region is not None:
-        return GatewayConfig.for_dev_pki(
-            args.pki,
-            args.region,
-            listen=args.listen,
-            snapshot_file=args.snapshot,
-            follow=args.follow or "",
-            passphrase=passphrase(args),
-            bootstrap_ca_file=args.bootstrap_ca,
-            audit_db=args.audit_db,
-            provider=args.provider or "",
-            redis_url=_redis_url(args.redis_env),
-            peers=dict(args.peer or []),
-        )
+        return _dev_config(args, None)
     raise Failure(
         "give --config FILE, or --pki DIR with --region CODE (and --snapshot or --follow)"
+    )
+
+
+def _dev_config(args: argparse.Namespace, document: dict[str, Any] | None) -> GatewayConfig:
+    """Development only (`--pki`, or a file with `[gateway] dev_pki`): the one place where
+    `gateway serve` imports demo code (tests/unit/test_structure.py)."""
+    from gateway.demo.config import config_for_dev_pki, config_from_dev_file
+
+    if document is not None:
+        return config_from_dev_file(args.config, document)
+    return config_for_dev_pki(
+        args.pki,
+        args.region,
+        listen=args.listen,
+        snapshot_file=args.snapshot,
+        follow=args.follow or "",
+        passphrase=passphrase(args),
+        bootstrap_ca_file=args.bootstrap_ca,
+        audit_db=args.audit_db,
+        provider=args.provider or "",
+        redis_url=_redis_url(args.redis_env),
+        peers=dict(args.peer or []),
     )
 
 

@@ -24,8 +24,16 @@ from gateway.cli._common import (
     source_option,
     utc_now,
 )
-from registry import PROVINCES, Inventory, KeyEntry, KeyRecord, KeyState, KeyUsage, load_source
-from registry import _pki as pki
+from registry import (
+    PROVINCES,
+    Inventory,
+    KeyEntry,
+    KeyState,
+    KeyUsage,
+    add_key,
+    key_to_rotate,
+    load_source,
+)
 
 __all__ = ["keys_table", "register"]
 
@@ -70,24 +78,6 @@ def _owner_region(args: argparse.Namespace, inventory: Inventory) -> str:
     raise Failure(f"owner {args.owner!r} is neither a region code nor an agency of {args.source}")
 
 
-def _issue(args: argparse.Namespace, inventory: Inventory, state: KeyState) -> KeyRecord:
-    now = utc_now()
-    key = pki.issue_key(
-        args.pki,
-        region=_owner_region(args, inventory),
-        owner=args.owner,
-        usage=args.usage,
-        algorithm=args.algorithm,
-        passphrase=passphrase(args),
-        now=now,
-        validity_days=args.validity_days,
-    )
-    record = KeyRecord.from_issued(args.pki, key, state, now)
-    inventory.add(record)
-    inventory.save()
-    return record
-
-
 def cmd_keys_generate(args: argparse.Namespace, out: Console) -> int:
     inventory = Inventory.load(args.pki)
     active = inventory.find(args.owner, KeyUsage(args.usage), KeyState.ACTIVE)
@@ -96,7 +86,18 @@ def cmd_keys_generate(args: argparse.Namespace, out: Console) -> int:
             f"{args.owner} already has an active {args.usage} key ({active[-1].kid}): "
             "use `tongban keys rotate` so that the old key retires without breaking verification"
         )
-    record = _issue(args, inventory, KeyState.ACTIVE)
+    record = add_key(
+        args.pki,
+        inventory,
+        region=_owner_region(args, inventory),
+        owner=args.owner,
+        usage=KeyUsage(args.usage),
+        state=KeyState.ACTIVE,
+        now=utc_now(),
+        algorithm=args.algorithm,
+        passphrase=passphrase(args),
+        validity_days=args.validity_days,
+    )
     out.print(
         f"Generated {record.usage} key {record.kid} for {record.owner} ({record.algorithm}), active."
     )
@@ -110,23 +111,25 @@ def cmd_keys_generate(args: argparse.Namespace, out: Console) -> int:
 def cmd_keys_rotate(args: argparse.Namespace, out: Console) -> int:
     inventory = Inventory.load(args.pki)
     usage = KeyUsage(args.usage)
-    active = inventory.find(args.owner, usage, KeyState.ACTIVE)
-    if not active:
-        raise Failure(
-            f"{args.owner} has no active {args.usage} key to rotate: use `tongban keys generate`"
-        )
-    pending = inventory.find(args.owner, usage, KeyState.PENDING)
-    if pending:
-        raise Failure(
-            f"a rotation of {args.owner}'s {args.usage} key is already under way (pending {pending[0].kid})"
-        )
-    record = _issue(args, inventory, KeyState.PENDING)
+    current = key_to_rotate(inventory, args.owner, usage)
+    record = add_key(
+        args.pki,
+        inventory,
+        region=current.region,
+        owner=args.owner,
+        usage=usage,
+        state=KeyState.PENDING,
+        now=utc_now(),
+        algorithm=args.algorithm,
+        passphrase=passphrase(args),
+        validity_days=args.validity_days,
+    )
     out.print(
         f"New {record.usage} key {record.kid} for {record.owner} ({record.algorithm}), pending."
     )
     out.print(
         "Next: `tongban registry publish` publishes it as pending (every gateway learns it); the "
-        f"publish after that makes it active and retires {active[-1].kid}."
+        f"publish after that makes it active and retires {current.kid}."
     )
     return 0
 

@@ -16,12 +16,14 @@ from gateway.cli._common import (
     source_option,
     utc_now,
 )
-from registry import init_dev_federation, load_source
+from registry import load_source
 
 __all__ = ["register"]
 
 
 def cmd_pki_init(args: argparse.Namespace, out: Console) -> int:
+    from gateway.demo.pki import init_dev_federation
+
     source = load_source(args.source)
     created = init_dev_federation(
         args.out, source, args.regions, passphrase=passphrase(args), now=utc_now()

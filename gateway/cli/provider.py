@@ -17,7 +17,7 @@ __all__ = ["register"]
 def cmd_provider_serve(args: argparse.Namespace, out: Console) -> int:
     """A demo provincial data system (synthetic data) until Ctrl-C."""
     from gateway._ports import check_listen_address_free
-    from gateway.provider import create_provider
+    from gateway.demo.provider import create_provider
 
     # A held port: one line, not gRPC's log.
     check_listen_address_free("--listen", args.listen, who="another data system")

@@ -12,18 +12,23 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
 import grpc
 from cryptography import x509
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.metrics_core import Metric
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.registry import Collector
 
 from gateway.admission import Pool
+from gateway.metrics._definitions import (
+    CACHE_RESULTS,
+    GRPC_LATENCY_BUCKETS,
+    CertificateLabels,
+    HeldCertificates,
+    MetricDefinitions,
+)
 from registry import KeyState, Registry, RegistryStatus
 from signer import Indication, SubIndication, x5t_s256_of_der
 
@@ -41,13 +46,9 @@ __all__ = [
 
 log = logging.getLogger("tongban.metrics")
 
-# 1 ms to 10 s: a cache hit answers in about a millisecond, a cross-region query with its
-# provider call, seal and durable audit in tens to hundreds, a peer timing out in seconds.
-GRPC_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 PEER_LOCAL = "local"  # peer_region of calls to the region's own data system (DataProvider)
 CA_USAGE = "ca"  # usage label of a region CA certificate in the certificate gauges
 OTHER = "other"  # the label value of anything that does not fit its label
-CACHE_RESULTS = ("hit", "miss", "error", "bypassed")
 OUTCOMES = ("allowed", "denied")
 
 _REASON = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
@@ -69,8 +70,6 @@ def _camel(code: grpc.StatusCode) -> str:
 _CODE_NAMES = {c: _camel(c) for c in grpc.StatusCode}
 _CODES = {**{c.name: n for c, n in _CODE_NAMES.items()}, **{n: n for n in _CODE_NAMES.values()}}
 _CODES_BY_NUMBER = {c.value[0]: n for c, n in _CODE_NAMES.items()}
-
-CertificateLabels = tuple[str, str, str]  # kid, usage, owner
 
 
 class AdmissionView(Protocol):
@@ -181,38 +180,7 @@ class _Monotonic:
         return total - previous
 
 
-_EXPIRY = "tongban_certificate_expiry_timestamp_seconds"
-_EXPIRY_HELP = (
-    "Not-after of every key certificate and region CA certificate the gateway trusts, "
-    'Unix seconds (usage "ca" for a region CA, owner its region code).'
-)
-_NOT_BEFORE = "tongban_certificate_not_before_timestamp_seconds"
-_NOT_BEFORE_HELP = (
-    "Not-before of every key certificate and region CA certificate the gateway trusts, "
-    "Unix seconds."
-)
-_CERTIFICATE_LABELS = ("kid", "usage", "owner")
-
-
-class _HeldCertificates(Collector):
-    """The certificate gauges made at scrape time from the registry last observed: in
-    multi-process mode a series kept in prometheus_client's files cannot be removed, and a key
-    that left the registry must not keep its series for the life of the workers."""
-
-    def __init__(self) -> None:
-        self.values: dict[CertificateLabels, tuple[float, float]] = {}
-
-    def collect(self) -> Iterator[Metric]:
-        expiry = GaugeMetricFamily(_EXPIRY, _EXPIRY_HELP, labels=_CERTIFICATE_LABELS)
-        not_before = GaugeMetricFamily(_NOT_BEFORE, _NOT_BEFORE_HELP, labels=_CERTIFICATE_LABELS)
-        for labels, (start, end) in sorted(self.values.items()):
-            not_before.add_metric(labels, start)
-            expiry.add_metric(labels, end)
-        yield expiry
-        yield not_before
-
-
-class GatewayMetrics:
+class GatewayMetrics(MetricDefinitions):
     """The gateway's metrics on one `CollectorRegistry` (a fresh one unless given).
 
     gRPC server and client metrics follow the grpc-ecosystem names and labels (go-grpc-prometheus
@@ -222,245 +190,7 @@ class GatewayMetrics:
     """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
-        r = self.registry
-        server = ("grpc_type", "grpc_service", "grpc_method")
-        client = (*server, "peer_region")
-
-        # gRPC server -------------------------------------------------------------------------
-        self.grpc_server_started = Counter(
-            "grpc_server_started_total",
-            "RPCs started on the server, by type, service and method.",
-            server,
-            registry=r,
-        )
-        self.grpc_server_handled = Counter(
-            "grpc_server_handled_total",
-            "RPCs completed on the server, by the status code they ended with "
-            "(OK, or the code the call was aborted with; UNKNOWN for an unexpected exception).",
-            (*server, "grpc_code"),
-            registry=r,
-        )
-        self.grpc_server_handling_seconds = Histogram(
-            "grpc_server_handling_seconds",
-            "Time from the start of an RPC to its end on the server (for a stream, until the "
-            "last message), in seconds.",
-            server,
-            buckets=GRPC_LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.grpc_server_msg_received = Counter(
-            "grpc_server_msg_received_total",
-            "Request messages received by the server (one per unary request).",
-            server,
-            registry=r,
-        )
-        self.grpc_server_msg_sent = Counter(
-            "grpc_server_msg_sent_total",
-            "Response messages sent by the server (one per unary answer, one per streamed item).",
-            server,
-            registry=r,
-        )
-
-        # gRPC client: calls to peer gateways and to the region's own data system ----------------
-        self.grpc_client_started = Counter(
-            "grpc_client_started_total",
-            "RPCs started by this gateway to a peer gateway (peer_region = its region code) or to "
-            'the region\'s own data system (peer_region = "local").',
-            client,
-            registry=r,
-        )
-        self.grpc_client_handled = Counter(
-            "grpc_client_handled_total",
-            "RPCs this gateway made that have completed, by the status code the callee returned.",
-            (*client, "grpc_code"),
-            registry=r,
-        )
-        self.grpc_client_handling_seconds = Histogram(
-            "grpc_client_handling_seconds",
-            "Time from the start of an outgoing RPC until its answer (or last streamed message), "
-            "in seconds.",
-            client,
-            buckets=GRPC_LATENCY_BUCKETS,
-            registry=r,
-        )
-
-        # answer cache ----------------------------------------------------------------------------
-        self.breaker_state = Gauge(
-            "tongban_breaker_state",
-            "The circuit breaker of each dependency: 0 closed, 1 open (it is not called: "
-            "refusals or fallbacks at once), 2 half-open (one trial call decides). dependency "
-            "is redis, audit_store, data_system or peer:<region code>.",
-            ["dependency"],
-            registry=r,
-            multiprocess_mode="livemax",
-        )
-        self.breaker_opened = Counter(
-            "tongban_breaker_opened_total",
-            "Times the circuit breaker of a dependency opened (failures or timeouts).",
-            ["dependency"],
-            registry=r,
-        )
-        self.access_reports_waiting = Gauge(
-            "tongban_access_reports_waiting",
-            "Access reports of requester-side cache hits recorded in this gateway's audit log "
-            "and not yet acknowledged by their owner region (owner), as of the reporter's last "
-            "look (about every second).",
-            ["owner"],
-            registry=r,
-            multiprocess_mode="livemax",
-        )
-        self.cache_lookups = Counter(
-            "tongban_cache_lookups_total",
-            "Answer cache results. hit and miss split the lookups (a miss includes every lookup "
-            "that failed or was bypassed); error counts backend calls that failed and bypassed "
-            "backend calls skipped while the circuit was open (reads and writes).",
-            ("result",),
-            registry=r,
-        )
-        self.cache_circuit_open = Gauge(
-            "tongban_cache_circuit_open",
-            "1 while the cache backend's circuit breaker is open or half-open (answers are "
-            "served uncached), 0 while it is closed.",
-            registry=r,
-            multiprocess_mode="livemax",
-        )
-
-        # decisions and verifications -------------------------------------------------------------
-        self.authorisation_decisions = Counter(
-            "tongban_authorisation_decisions_total",
-            "Authorisation decisions, by outcome (allowed or denied) and ErrorInfo reason of a "
-            'denial (PURPOSE_NOT_APPROVED, FIELD_NOT_ALLOWED, ...; "" when allowed).',
-            ("outcome", "reason"),
-            registry=r,
-        )
-        self.seal_verifications = Counter(
-            "tongban_seal_verifications_total",
-            "E-seal and e-signature verifications, by ETSI EN 319 102-1 indication and "
-            'sub-indication ("" when TOTAL_PASSED).',
-            ("indication", "sub_indication"),
-            registry=r,
-        )
-
-        # audit -------------------------------------------------------------------------------------
-        self.audit_appends = Counter(
-            "tongban_audit_appends_total",
-            "Audit records made durable.",
-            registry=r,
-        )
-        self.audit_append_failures = Counter(
-            "tongban_audit_append_failures_total",
-            "Audit appends that failed: each one is a request refused with AUDIT_UNAVAILABLE.",
-            registry=r,
-        )
-        self.audit_commits = Counter(
-            "tongban_audit_commits",
-            "Transactions that made audit records durable (group commit): appends / commits is "
-            "the mean batch size.",
-            registry=r,
-        )
-        self.audit_checkpoint_size = Gauge(
-            "tongban_audit_checkpoint_size",
-            "Tree size (records) of the latest signed audit checkpoint.",
-            registry=r,
-            multiprocess_mode="livemax",
-        )
-        self.audit_checkpoint_timestamp = Gauge(
-            "tongban_audit_checkpoint_timestamp_seconds",
-            "When the latest audit checkpoint was signed, Unix seconds (age: time() - this).",
-            registry=r,
-            multiprocess_mode="livemax",
-        )
-
-        # registry --------------------------------------------------------------------------------
-        self.registry_version = Gauge(
-            "tongban_registry_version",
-            "Version of the registry snapshot this gateway holds (0: none held yet).",
-            registry=r,
-            multiprocess_mode="livemin",
-        )
-        self.registry_issued = Gauge(
-            "tongban_registry_issued_timestamp_seconds",
-            "When the held registry snapshot was issued, Unix seconds (0: none held).",
-            registry=r,
-            multiprocess_mode="livemin",
-        )
-        self.registry_expiry = Gauge(
-            "tongban_registry_expiry_timestamp_seconds",
-            "When the held registry snapshot expires, Unix seconds (0: none held); after it, "
-            "cross-region queries fail with REGISTRY_STALE.",
-            registry=r,
-            multiprocess_mode="livemin",
-        )
-        self.registry_refused = Counter(
-            "tongban_registry_refused_total",
-            "Registry snapshots refused, by reason (FORMAT, UNSIGNED, UNTRUSTED_SIGNER, "
-            "BAD_SIGNATURE, ROLLBACK, EXPIRED); the held snapshot stays in force.",
-            ("reason",),
-            registry=r,
-        )
-
-        # quotas and peers ------------------------------------------------------------------------
-        self.quota_rejections = Counter(
-            "tongban_quota_rejections_total",
-            "Requests refused with QUOTA_EXCEEDED, by agreement id (from the signed registry).",
-            ("agreement",),
-            registry=r,
-        )
-        self.peer_calls = Counter(
-            "tongban_peer_calls_total",
-            "Calls to peer gateways (peer_region = region code) and to the region's own data "
-            'system (peer_region = "local"), by gRPC status code of the outcome.',
-            ("peer_region", "code"),
-            registry=r,
-        )
-        self.peer_call_seconds = Histogram(
-            "tongban_peer_call_seconds",
-            "Duration of calls to peer gateways and the region's own data system, in seconds.",
-            ("peer_region",),
-            buckets=GRPC_LATENCY_BUCKETS,
-            registry=r,
-        )
-
-        # calls in flight per caller (gateway/admission.py) ---------------------------------------
-        self.calls_in_flight = Gauge(
-            "tongban_calls_in_flight",
-            "Calls in flight, by pool of callers (peers, agencies, others), as the budgets per "
-            "client certificate count them.",
-            ("pool",),
-            registry=r,
-            multiprocess_mode="livesum",
-        )
-        self.calls_refused = Counter(
-            "tongban_calls_refused_total",
-            "Calls refused with TOO_MANY_CALLS before their request was read, by pool and by the "
-            "limit reached (certificate: one certificate's budget; pool: the whole pool's).",
-            ("pool", "limit"),
-            registry=r,
-        )
-
-        # certificates ----------------------------------------------------------------------------
-        self.certificate_expiry = Gauge(
-            _EXPIRY,
-            _EXPIRY_HELP,
-            _CERTIFICATE_LABELS,
-            registry=r,
-            multiprocess_mode="livemin",
-        )
-        self.certificate_not_before = Gauge(
-            _NOT_BEFORE,
-            _NOT_BEFORE_HELP,
-            _CERTIFICATE_LABELS,
-            registry=r,
-            multiprocess_mode="livemax",
-        )
-
-        # Series that exist from the start, so that rate() and absent() behave before the first
-        # event rather than after it.
-        for result in CACHE_RESULTS:
-            self.cache_lookups.labels(result)
-        self.authorisation_decisions.labels("allowed", "")
-
+        super().__init__(registry)
         self._cache_totals = _Monotonic()
         self._breaker_totals = _Monotonic()
         self._report_owners: set[str] = set()
@@ -469,7 +199,7 @@ class GatewayMetrics:
         self._audit_totals = _Monotonic()
         self._admission_totals = _Monotonic()
         self._certificates: set[CertificateLabels] = set()
-        self._held_certificates = _HeldCertificates()
+        self._held_certificates = HeldCertificates()
         self._regions: frozenset[str] | None = None  # known once a registry was observed
         self._agreements: frozenset[str] | None = None
 

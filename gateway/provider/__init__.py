@@ -1,27 +1,11 @@
-"""The provincial data system side of Tongban.
+"""The provincial data system side of Tongban, as a gateway sees it.
 
-- `ProviderClient`: how a gateway calls its own province's data system
-  (`tongban.v1.DataProvider.Fetch`), with errors mapped to Tongban reasons (`ProviderError`).
-- `DemoData`, `DemoProviderService`, `create_provider`: a stand-in data system serving
-  deterministic synthetic citizens and businesses of the demo regions, for demos and tests.
+`ProviderClient`: how a gateway calls its own province's data system
+(`tongban.v1.DataProvider.Fetch`), with errors mapped to Tongban reasons (`ProviderError`). The
+demo data system that stands in for a province's is demo code: `gateway.demo.data` and
+`gateway.demo.provider`.
 """
 
 from gateway.provider._client import ProviderAnswer, ProviderClient, ProviderError
-from gateway.provider._demo import AS_OF, DATASET_FIELDS, DEFAULT_SEED, DEMO_REGIONS, DemoData
-from gateway.provider._net import is_loopback
-from gateway.provider._service import CONTENT_TYPE, DemoProviderService, create_provider
 
-__all__ = [
-    "AS_OF",
-    "CONTENT_TYPE",
-    "DATASET_FIELDS",
-    "DEFAULT_SEED",
-    "DEMO_REGIONS",
-    "DemoData",
-    "DemoProviderService",
-    "ProviderAnswer",
-    "ProviderClient",
-    "ProviderError",
-    "create_provider",
-    "is_loopback",
-]
+__all__ = ["ProviderAnswer", "ProviderClient", "ProviderError"]

@@ -30,7 +30,7 @@ from gateway.errors import Refusal
 from gateway.identity import Caller, CallerKind, current_caller
 from gateway.metrics import GatewayMetrics
 from gateway.sealing import RegionSealer, SealKeyUnavailable
-from gateway.services.exchange import QueryPath
+from gateway.services.exchange import QueryPath, sealed_record
 from registry import Registry, RegistryError, RegistryStore
 from signer import (
     MAX_JWS_BYTES,
@@ -181,7 +181,9 @@ class CredentialsService(credentials_pb2_grpc.CredentialsServicer):
             expected_owner_region=request.issuing_region,
         )
         return credentials_pb2.FetchCredentialResponse(
-            credential=answer.record, audit_id=answer.audit_id, report=report_message(report)
+            credential=sealed_record(answer.record),
+            audit_id=answer.audit_id,
+            report=report_message(report),
         )
 
     async def Verify(

@@ -595,7 +595,7 @@ async def test_reports_of_a_requester_that_died_are_delivered_by_its_next_start(
         await owner.stop(0)
         hits = [await ask(cluster, "sc.amr", licence(cluster)) for _ in range(2)]
         assert all(h.cache_hit for h in hits)  # answered while the owner is down
-        await eventually(lambda: dying.counters.failures >= 1, "a failed delivery", 5)
+        await eventually(lambda: dying.counters.failures >= 1, "a failed delivery", REPORT_WAIT)
         # The requester dies: its reporter stops, nothing is flushed.
         dying._closed = True  # a crash: close() must not flush
         await first.stop(0)

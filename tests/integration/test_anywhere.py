@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from support import REPO
 
-from gateway.demo import SCENARIOS
+from gateway.demo.stories import SCENARIOS
 from registry import DEMO_SOURCE
 
 pytestmark = pytest.mark.integration

@@ -18,11 +18,12 @@ from redis.asyncio import Redis
 from redis.utils import HIREDIS_AVAILABLE
 from support import Federation, RedisServer, free_port
 
+from gateway._wiring import REDIS_MAX_CONNECTIONS
 from gateway.audit import pseudonymize
 from gateway.breaker import CircuitBreaker
 from gateway.cache import AnswerCache, RedisBackend, cache_key
-from gateway.config import GatewayConfig
-from gateway.server import REDIS_MAX_CONNECTIONS, Gateway
+from gateway.demo.config import config_for_dev_pki
+from gateway.server import Gateway
 
 pytestmark = pytest.mark.integration  # redis-server is on every machine (Debian's package)
 
@@ -204,7 +205,7 @@ async def test_a_burst_of_requests_opens_a_bounded_number_of_redis_connections(
     # The replay window, quotas and report queue share one client: a burst of calls (up to the
     # gateway's 2,000 in flight) must wait for a pooled connection, not open one each and keep
     # them all open for the life of the process.
-    config = GatewayConfig.for_dev_pki(
+    config = config_for_dev_pki(
         federation.pki,
         "510000",
         listen="127.0.0.1:0",
@@ -215,7 +216,7 @@ async def test_a_burst_of_requests_opens_a_bounded_number_of_redis_connections(
     gateway = Gateway(config)
     try:
         assert gateway.query_path is not None
-        replay = gateway.query_path._replay
+        replay = gateway.query_path.requester._replay
         firsts = await asyncio.gather(
             *(replay.first_use("sc.hrss", f"burst-{n}") for n in range(300))
         )

@@ -31,8 +31,7 @@ from gateway.errors import ConfigError
 from gateway.sealing import SEAL_IN_THREAD_BYTES
 from gateway.server import Gateway
 from gateway.services.credentials import MAX_SEAL_PAYLOAD_BYTES
-from registry import KeyRecord, KeyState, KeyUsage
-from registry._pki import issue_key
+from registry import KeyState, KeyUsage, rotate_key
 from signer import MAX_JWS_BYTES, FileKeyProvider, seal
 from tongban.v1 import credentials_pb2, credentials_pb2_grpc
 
@@ -362,11 +361,7 @@ async def test_fetch_needs_the_query_path(federation: Federation) -> None:
 async def test_seal_key_rotation_while_serving(federation: Federation) -> None:
     old_kid = federation.active("330000", KeyUsage.SEAL)
     # What `tongban keys rotate` does: a pending successor from the region CA.
-    now = datetime.now(UTC)
-    inventory = federation.inventory()
-    key = issue_key(federation.pki, region="330000", owner="330000", usage="seal", now=now)
-    inventory.add(KeyRecord.from_issued(federation.pki, key, KeyState.PENDING, now))
-    inventory.save()
+    key = rotate_key(federation.pki, "330000", KeyUsage.SEAL, now=datetime.now(UTC)).successor
     config = dev_config(federation, poll_seconds=0.05)  # after the rotation: both keys held
     assert len(config.seal_keys) == 2
 
@@ -413,10 +408,7 @@ async def test_a_successor_issued_while_serving_is_taken_by_a_reload(
     async with running(dev_config(federation, poll_seconds=0.05)) as (gw, port):
         assert set(gw.seal_keys) == {old_kid}
         now = datetime.now(UTC)
-        inventory = federation.inventory()
-        key = issue_key(federation.pki, region="330000", owner="330000", usage="seal", now=now)
-        inventory.add(KeyRecord.from_issued(federation.pki, key, KeyState.PENDING, now))
-        inventory.save()
+        key = rotate_key(federation.pki, "330000", KeyUsage.SEAL, now=now).successor
         federation.publish()  # pending
         federation.publish()  # active: this gateway does not hold it yet
         await eventually(lambda: gw.store.status().version == 3, "registry version 3")

@@ -17,7 +17,7 @@ import pytest
 from pg_support import SUPERUSER_DSN, superuser
 from support import DEMO_SOURCE, REPO
 
-from gateway.demo import SCENARIOS
+from gateway.demo.stories import SCENARIOS
 
 pytestmark = pytest.mark.integration
 

@@ -22,8 +22,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from query_support import CALL_TIMEOUT, Cluster, bearer, request
 from support import REPO, credentials_as, free_port, make_federation, running
 
-from gateway.config import GatewayConfig
-from gateway.provider import DemoData
+from gateway.demo.config import config_for_dev_pki, load_config
+from gateway.demo.data import DemoData
 
 pytestmark = pytest.mark.integration
 
@@ -38,7 +38,7 @@ def test_the_committed_demo_configs_parse(tmp_path: Path) -> None:
         copy.write_text(
             (DEMO / f"gateway-{region}.toml").read_text(encoding="utf-8"), encoding="utf-8"
         )
-        config = GatewayConfig.from_file(copy)
+        config = load_config(copy)
         assert config.region == region
         assert config.audit is not None
         assert config.audit.store == "sqlite"
@@ -170,9 +170,7 @@ def _demo_port(region: str, kind: str) -> int:
 
 async def test_health_is_not_serving_until_a_registry_is_held(tmp_path: Path) -> None:
     fed = make_federation(tmp_path)  # nothing published yet
-    config = GatewayConfig.for_dev_pki(
-        fed.pki, "330000", listen="127.0.0.1:0", snapshot_file=fed.current
-    )
+    config = config_for_dev_pki(fed.pki, "330000", listen="127.0.0.1:0", snapshot_file=fed.current)
     config = dataclasses.replace(config, poll_seconds=0.1, grace_seconds=0.2)
     async with running(config) as (gateway, port):
         async with grpc.aio.secure_channel(

@@ -24,7 +24,7 @@ import pytest
 from docs_support import REPO, WALKTHROUGH
 from support import free_port
 
-from gateway.provider import DemoData
+from gateway.demo.data import DemoData
 from registry import Inventory, KeyState, KeyUsage
 
 pytestmark = pytest.mark.integration

@@ -39,8 +39,8 @@ from query_support import bearer
 from support import Federation, RedisServer, free_port
 
 from gateway.config import GatewayConfig
-from gateway.provider import DemoData
-from gateway.provider._service import DemoProviderService
+from gateway.demo.data import DemoData
+from gateway.demo.provider import DemoProviderService
 from tongban.v1 import exchange_pb2, exchange_pb2_grpc
 
 pytestmark = pytest.mark.integration

@@ -77,9 +77,10 @@ from support import (
 
 from gateway.audit import AuditLog, SqliteAuditStore
 from gateway.config import GatewayConfig
-from gateway.provider import DemoData
+from gateway.demo.config import config_for_dev_pki
+from gateway.demo.data import DemoData
+from gateway.demo.provider import DemoProviderService
 from gateway.provider._client import BREAKER_FAILURES, BREAKER_OPEN_SECONDS
-from gateway.provider._service import DemoProviderService
 from signer import load_private_key
 from tongban.v1 import exchange_pb2, exchange_pb2_grpc
 
@@ -1011,7 +1012,7 @@ async def test_a_gateway_sigkilled_under_load(tmp_path: Path) -> None:
         return process, stderr
 
     owner_config = dataclasses.replace(
-        GatewayConfig.for_dev_pki(
+        config_for_dev_pki(
             fed.pki,
             "330000",
             listen=f"127.0.0.1:{owner_port}",
@@ -1134,8 +1135,6 @@ async def test_a_gateway_sigkilled_under_load(tmp_path: Path) -> None:
 
 
 def audit_public_key(fed: Federation, region: str) -> Any:
-    config = GatewayConfig.for_dev_pki(
-        fed.pki, region, listen="127.0.0.1:0", snapshot_file=fed.current
-    )
+    config = config_for_dev_pki(fed.pki, region, listen="127.0.0.1:0", snapshot_file=fed.current)
     assert config.audit is not None
     return load_private_key(config.audit.key).public_key()

@@ -36,7 +36,7 @@ from support import (
 )
 
 import gateway.server
-from gateway.config import GatewayConfig
+from gateway.demo.config import config_for_dev_pki
 from gateway.server import EXCHANGE_SERVICE, OVERSIGHT_SERVICE, PEER_SERVICE, SERVED_SERVICES
 from registry import SnapshotVerifier, load_authority_public_key
 from tongban.v1 import registry_pb2, registry_pb2_grpc
@@ -96,7 +96,7 @@ async def test_cli_gateway_serves_registry_health_and_reflection_then_stops_on_s
         "--listen",
         f"127.0.0.1:{port}",
     ]
-    grace = GatewayConfig.for_dev_pki(
+    grace = config_for_dev_pki(
         federation.pki, "330000", listen="127.0.0.1:0", snapshot_file=federation.current
     ).grace_seconds
     with stdout.open("wb") as out, stderr.open("wb") as err:

@@ -254,7 +254,7 @@ def test_hostile_inputs_leave_every_log_line_one_json_object_without_credentials
         events.append(event)
     assert any(e["event"] == "access" for e in events), "no access event: the scan is hollow"
     # The undecodable authorization values reached gRPC, which logged them: by length and
-    # digest only (gateway/server.py WithholdUndecodableMetadata; else by length, gateway/logs.py).
+    # digest only (gateway/server.py WithholdUndecodableMetadata; else by length, gateway/logs/).
     assert any(
         re.fullmatch(
             r"a metadata value is not UTF-8 \(read as Latin-1; value withheld: "

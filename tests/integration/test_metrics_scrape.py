@@ -21,11 +21,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from query_support import CALL_TIMEOUT, Cluster, bearer, request, running_cluster
 from support import Federation, credentials_as
 
-from gateway.config import GatewayConfig
+from gateway.demo.config import config_for_dev_pki
 from gateway.errors import ConfigError
 from gateway.server import create_gateway
-from registry import KeyRecord, KeyState, KeyUsage
-from registry._pki import issue_key
+from registry import KeyUsage, rotate_key
 from tongban.v1 import credentials_pb2, credentials_pb2_grpc
 
 pytestmark = pytest.mark.integration
@@ -207,12 +206,7 @@ async def test_rotation_shows_in_the_expiry_gauges_without_a_restart(
 
         # what `tongban keys rotate` does, then a publish the gateways pick up from the file
         now = datetime.now(UTC)
-        inventory = federation.inventory()
-        key = issue_key(
-            federation.pki, region="330000", owner="330000", usage=KeyUsage.SEAL.value, now=now
-        )
-        inventory.add(KeyRecord.from_issued(federation.pki, key, KeyState.PENDING, now))
-        inventory.save()
+        key = rotate_key(federation.pki, "330000", KeyUsage.SEAL, now=now).successor
         federation.publish(now=now)
 
         async def rotated() -> Samples:
@@ -235,7 +229,7 @@ async def test_a_metrics_port_in_use_is_a_clear_configuration_error(
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        config = GatewayConfig.for_dev_pki(
+        config = config_for_dev_pki(
             federation.pki,
             "330000",
             listen="127.0.0.1:0",

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from support import REPO, Federation, dev_config, free_port, refusal_event, running
 
+from gateway.demo.provider import create_provider
 from gateway.errors import ConfigError
-from gateway.provider import create_provider
 from gateway.server import create_gateway
 
 pytestmark = pytest.mark.integration

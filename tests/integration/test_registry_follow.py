@@ -21,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from support import Federation, eventually, make_federation
 
 from gateway.config import GatewayConfig
+from gateway.demo.config import config_for_dev_pki
 from gateway.server import Gateway, create_gateway
 from tongban.v1 import registry_pb2, registry_pb2_grpc
 
@@ -39,7 +40,7 @@ def region_root(fed: Federation, region: str) -> Path:
 def config_for(
     fed: Federation, region: str, *, snapshot_file: Path | None, follow: str = "", **changes: Any
 ) -> GatewayConfig:
-    config = GatewayConfig.for_dev_pki(
+    config = config_for_dev_pki(
         fed.pki, region, listen="127.0.0.1:0", snapshot_file=snapshot_file, follow=follow
     )
     return dataclasses.replace(config, poll_seconds=0.1, grace_seconds=0.5, **changes)

@@ -62,7 +62,9 @@ from support import (
 
 from gateway.audit import AuditLog, AuditQuery, AuditRecord, Outcome, PostgresAuditStore
 from gateway.config import GatewayConfig
-from gateway.provider import DemoData, create_provider
+from gateway.demo.config import config_for_dev_pki
+from gateway.demo.data import DemoData
+from gateway.demo.provider import create_provider
 from gateway.quota import minute_of, quota_key
 from gateway.server import Gateway, create_gateway
 from signer import load_private_key
@@ -111,7 +113,7 @@ def replica_config(
     peers: dict[str, str] | None = None,
 ) -> GatewayConfig:
     """One replica of `region`: the region's Redis and its PostgreSQL audit schema."""
-    config = GatewayConfig.for_dev_pki(
+    config = config_for_dev_pki(
         fed.pki,
         region,
         listen="127.0.0.1:0",

@@ -52,15 +52,14 @@ from query_support import Cluster, bearer
 from support import Federation
 
 from gateway.config import GatewayConfig
+from gateway.demo.config import config_for_dev_pki
 from registry import (
-    KeyRecord,
-    KeyState,
     KeyUsage,
     RegistryTrust,
     SnapshotVerifier,
     load_authority_public_key,
+    rotate_key,
 )
-from registry._pki import issue_key
 from signer import Indication, SealVerifier, SignatureKind, x5t_s256_of_certificate
 
 pytestmark = pytest.mark.integration
@@ -161,7 +160,7 @@ async def test_seal_key_and_tls_certificate_rotation_under_load(
             )
 
         def reread() -> GatewayConfig:
-            return GatewayConfig.for_dev_pki(
+            return config_for_dev_pki(
                 federation.pki,
                 OWNER,
                 listen=owner.config.listen,
@@ -205,16 +204,10 @@ async def test_seal_key_and_tls_certificate_rotation_under_load(
 
                 # 1. The successors, issued by 重庆's CA, recorded pending.
                 now = datetime.now(UTC)
-                inventory = federation.inventory()
                 issued = {
-                    usage: issue_key(
-                        federation.pki, region=OWNER, owner=OWNER, usage=usage, now=now
-                    )
+                    usage: rotate_key(federation.pki, OWNER, KeyUsage(usage), now=now).successor
                     for usage in ("seal", "tls")
                 }
-                for key in issued.values():
-                    inventory.add(KeyRecord.from_issued(federation.pki, key, KeyState.PENDING, now))
-                inventory.save()
                 new_seal, new_tls = issued["seal"].kid, issued["tls"].kid
                 # 2. The gateway holds the successor seal key (SIGHUP).
                 assert set(owner.reload_seal_keys(reread().seal_keys)) == {old_seal, new_seal}

@@ -32,8 +32,8 @@ from support import (
     refusal_event,
 )
 
+from gateway.demo.pki import DEV_CACHE_KEY, DEV_PSEUDONYM_KEY
 from registry import KeyState, KeyUsage
-from registry._pki import DEV_CACHE_KEY, DEV_PSEUDONYM_KEY
 from tongban.v1 import registry_pb2, registry_pb2_grpc
 
 pytestmark = pytest.mark.integration

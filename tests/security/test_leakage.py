@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from support import Federation
 
 from gateway.audit import pseudonymize
-from gateway.provider import DemoData
+from gateway.demo.data import DemoData
 
 pytestmark = pytest.mark.integration
 

@@ -31,6 +31,7 @@ from prometheus_client import CollectorRegistry
 from support import make_federation
 
 from gateway.config import GatewayConfig
+from gateway.demo.config import load_config
 from gateway.metrics import MetricsServer
 from gateway.provider._net import is_loopback
 
@@ -101,7 +102,7 @@ def demo_configs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, GatewayC
     for source in sorted(DEMO.glob("gateway-*.toml")):
         copy = root / "conf" / "demo" / source.name
         copy.write_text(source.read_text("utf-8"), "utf-8")
-        config = GatewayConfig.from_file(copy)
+        config = load_config(copy)
         configs[config.region] = config
     assert configs, f"no gateway-*.toml in {DEMO}"
     return configs

@@ -1,5 +1,6 @@
-"""Architecture: the layering gateway -> registry -> signer, and gRPC and protobuf only at the
-gateway's service edge. Read from the source (the import statements), not by importing it.
+"""Architecture: the layering gateway -> registry -> signer, gRPC and protobuf only at the
+gateway's service edge, and demo code off the serving path. Read from the source (the import
+statements), not by importing it.
 
 Domain modules take and return domain objects and know nothing of the wire: every module of
 `registry` and `signer`, and the gateway modules in DOMAIN_GATEWAY_MODULES, which neither import
@@ -7,12 +8,18 @@ gRPC or protobuf nor reach a module that does. The modules in NO_WIRE_IMPORT_MOD
 neither themselves but still reach gRPC through `gateway.errors` (where the gateway's error
 classes live beside the gRPC status mapping); they are held to the direct rule until their
 errors move out.
+
+Demo and development code lives in `gateway.demo` (the dev PKI, the demo data system, the demo's
+federation and stories). No module outside it and the CLI reaches it, function bodies included;
+a CLI verb imports it only inside the verb, and `gateway serve` only in SERVE_DEV_ONLY, for
+`--pki` or a configuration file with `[gateway] dev_pki`.
 """
 
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterator
+import tomllib
+from collections.abc import Callable, Iterator
 from functools import cache
 from pathlib import Path
 
@@ -28,11 +35,15 @@ DOMAIN_GATEWAY_MODULES = (
     "gateway.admission",
     "gateway.audit",
     "gateway.audit._checkpoint",
+    "gateway.audit._integrity",
     "gateway.audit._log",
     "gateway.audit._merkle",
     "gateway.audit._postgres",
+    "gateway.audit._postgres_schema",
     "gateway.audit._record",
     "gateway.audit._sqlite",
+    "gateway.audit._sqlite_reader",
+    "gateway.audit._sqlite_schema",
     "gateway.audit._store",
     "gateway.audit.errors",
     "gateway.breaker",
@@ -44,7 +55,21 @@ DOMAIN_GATEWAY_MODULES = (
     "gateway.replay",
     "gateway.tokens",
 )
-NO_WIRE_IMPORT_MODULES = ("gateway.policy", "gateway.quota", "gateway.sealing")
+NO_WIRE_IMPORT_MODULES = (
+    "gateway.flows",
+    "gateway.flows._common",
+    "gateway.flows._model",
+    "gateway.flows.intake",
+    "gateway.flows.owner",
+    "gateway.flows.requester",
+    "gateway.policy",
+    "gateway.quota",
+    "gateway.sealing",
+)
+DEMO = "gateway.demo"
+CLI = "gateway.cli"
+SERVE_VERB = "gateway.cli.gateway"
+SERVE_DEV_ONLY = "_dev_config"  # the serve verb's function for a dev PKI's configuration
 
 
 def _module_name(path: Path) -> str:
@@ -64,24 +89,54 @@ def sources() -> dict[str, Path]:
     }
 
 
-def _runtime_nodes(tree: ast.AST) -> Iterator[ast.AST]:
-    """The nodes of `tree`, leaving out `if TYPE_CHECKING:` blocks (not imported at run time)."""
+def _runtime_nodes(
+    tree: ast.AST, leave_out: Callable[[ast.AST], bool] = lambda node: False
+) -> Iterator[ast.AST]:
+    """The nodes of `tree`, leaving out `if TYPE_CHECKING:` blocks (not imported at run time),
+    and the nodes for which `leave_out` is true with everything in them."""
     for node in ast.iter_child_nodes(tree):
         if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            yield from (n for child in node.orelse for n in [child, *_runtime_nodes(child)])
+            yield from (
+                n
+                for child in node.orelse
+                if not leave_out(child)
+                for n in [child, *_runtime_nodes(child, leave_out)]
+            )
+            continue
+        if leave_out(node):
             continue
         yield node
-        yield from _runtime_nodes(node)
+        yield from _runtime_nodes(node, leave_out)
 
 
 @cache
 def direct_imports(module: str) -> frozenset[str]:
     """The modules `module` imports at run time (anywhere in it, a function's body too);
     `from a.b import c` counts `a.b`, and `a.b.c` when that is a module of ours."""
+    return _imports_in(module, _runtime_nodes(_tree(module)))
+
+
+def imports_outside_functions(
+    module: str, functions: tuple[str, ...] | None = None
+) -> frozenset[str]:
+    """What `module` imports outside the bodies of `functions` (None: of every function)."""
+
+    def in_a_body_left_out(node: ast.AST) -> bool:
+        return isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and (
+            functions is None or node.name in functions
+        )
+
+    return _imports_in(module, _runtime_nodes(_tree(module), in_a_body_left_out))
+
+
+def _tree(module: str) -> ast.Module:
     path = sources()[module]
-    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    return ast.parse(path.read_text(encoding="utf-8"), str(path))
+
+
+def _imports_in(module: str, nodes: Iterator[ast.AST]) -> frozenset[str]:
     found: set[str] = set()
-    for node in _runtime_nodes(tree):
+    for node in nodes:
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -105,6 +160,11 @@ def _with_parents(module: str) -> list[str]:
 @cache
 def reached(module: str) -> frozenset[str]:
     """Every module importing `module` runs, ours and foreign, through ours transitively."""
+    return _closure(module, direct_imports)
+
+
+def _closure(module: str, imports: Callable[[str], frozenset[str]]) -> frozenset[str]:
+    """The modules `module` leads to by `imports` (what one module imports), transitively."""
     seen: set[str] = set()
     todo = _with_parents(module)
     while todo:
@@ -113,7 +173,7 @@ def reached(module: str) -> frozenset[str]:
             continue
         seen.add(current)
         if current in sources():
-            for imported in direct_imports(current):
+            for imported in imports(current):
                 todo.extend(_with_parents(imported))
     return frozenset(seen - {module})
 
@@ -183,3 +243,129 @@ def test_the_import_graph_sees_what_a_module_pulls_in_through_others() -> None:
     assert path_to("gateway.policy", "grpc")[:2] == ["gateway.policy", "gateway.errors"]
     assert "gateway.server" in reached("gateway.workers")
     assert "signer._report" not in direct_imports("signer.errors")  # under TYPE_CHECKING
+
+
+# -- size: no module over MAX_MODULE_LINES, no function over MAX_FUNCTION_LINES (issue 15) -------
+MAX_MODULE_LINES = 600
+MAX_FUNCTION_LINES = 80  # from its `def` line to its last, docstring and nested functions included
+# Files being split by work under way: each comes off this list when its split lands.
+BEING_SPLIT = ("gateway/services/oversight.py",)
+# The exceptions, each with its size today. The list only shrinks: an exception that grows past
+# its size fails, and so does one that is back within the limit (take it off the list then).
+LONG_MODULES: dict[str, int] = {}
+LONG_FUNCTIONS = {
+    "gateway/policy.py::PurposePolicy.decide_checked": 114,
+    "gateway/tokens.py::TokenVerifier.verify": 184,
+    "registry/_snapshot.py::registry_from_payload": 116,
+    "registry/_snapshot.py::registry_to_payload": 97,
+    "registry/_source.py::_check_references": 94,
+    "registry/_source.py::load_source": 95,
+}
+
+
+def _relative(path: Path) -> str:
+    return path.relative_to(REPO).as_posix()
+
+
+def measured_files() -> list[Path]:
+    """The modules of the three packages the size rules hold for (generated code, `tongban`,
+    is not among them)."""
+    return [
+        path
+        for path in sources().values()
+        if not _relative(path).startswith(BEING_SPLIT)
+        and "tongban" not in path.relative_to(REPO).parts
+    ]
+
+
+def function_sizes(tree: ast.AST, prefix: str = "") -> Iterator[tuple[str, int]]:
+    """(qualified name, lines from `def` to its end) of every function in `tree`, nested too."""
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            name = f"{prefix}{node.name}"
+            if not isinstance(node, ast.ClassDef):
+                assert node.end_lineno is not None
+                yield name, node.end_lineno - node.lineno + 1
+            yield from function_sizes(node, f"{name}.")
+        else:
+            yield from function_sizes(node, prefix)
+
+
+@cache
+def sizes() -> tuple[dict[str, int], dict[str, int]]:
+    """(lines per module, lines per function as `path::qualname`) of the measured files."""
+    modules: dict[str, int] = {}
+    functions: dict[str, int] = {}
+    for path in measured_files():
+        text = path.read_text(encoding="utf-8")
+        modules[_relative(path)] = len(text.splitlines())
+        for name, lines in function_sizes(ast.parse(text, str(path))):
+            functions[f"{_relative(path)}::{name}"] = lines
+    return modules, functions
+
+
+def test_no_module_is_over_600_lines() -> None:
+    modules, _ = sizes()
+    over = {m: n for m, n in modules.items() if n > MAX_MODULE_LINES and m not in LONG_MODULES}
+    assert not over, (
+        f"over {MAX_MODULE_LINES} lines: {over}; split each along its seams "
+        "(docs/architecture.md says where each kind of code goes)"
+    )
+
+
+def test_no_function_is_over_80_lines() -> None:
+    _, functions = sizes()
+    over = {
+        f: n for f, n in functions.items() if n > MAX_FUNCTION_LINES and f not in LONG_FUNCTIONS
+    }
+    assert not over, f"over {MAX_FUNCTION_LINES} lines: {over}; split each into named steps"
+
+
+@pytest.mark.parametrize(
+    ("name", "allowed", "limit"),
+    [
+        *((m, n, MAX_MODULE_LINES) for m, n in LONG_MODULES.items()),
+        *((f, n, MAX_FUNCTION_LINES) for f, n in LONG_FUNCTIONS.items()),
+    ],
+)
+def test_an_allowed_exception_only_shrinks(name: str, allowed: int, limit: int) -> None:
+    modules, functions = sizes()
+    found = modules.get(name, functions.get(name))
+    assert found is not None, f"{name} is listed as an exception but is not in the tree"
+    assert found <= allowed, f"{name} grew from {allowed} to {found} lines: split it instead"
+    assert found > limit, f"{name} is {found} lines, within the limit: take it off the list"
+
+
+def test_the_size_measure_itself() -> None:
+    # The measure: a method counted from its `def` to its last line, by its qualified name,
+    # with a nested function counted in its own right (and in its parent's lines).
+    tree = ast.parse(
+        "class A:\n"
+        "    def f(self):\n"
+        '        """Doc."""\n'
+        "        def g():\n"
+        "            return 1\n"
+        "        return g()\n"
+        "\n"
+        "async def h():\n"
+        "    pass\n"
+    )
+    assert dict(function_sizes(tree)) == {"A.f": 5, "A.f.g": 2, "h": 2}
+    modules, functions = sizes()
+    assert "gateway/server.py" in modules
+    assert "gateway/demo.py" not in modules  # being split elsewhere
+    assert functions["gateway/tokens.py::TokenVerifier.verify"] > MAX_FUNCTION_LINES
+
+
+def test_every_package_of_the_source_is_shipped() -> None:
+    """pyproject.toml lists the packages the wheel ships; a sub-package left off it works from
+    the source tree and is missing from every install (the wheel test finds it much later)."""
+    shipped = set(
+        tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    found = {
+        ".".join(init.parent.relative_to(REPO).parts)
+        for top in ("gateway", "signer", "registry")
+        for init in (REPO / top).rglob("__init__.py")
+    }
+    assert found <= shipped, sorted(found - shipped)

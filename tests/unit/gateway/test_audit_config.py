@@ -11,6 +11,7 @@ import pytest
 from support import Federation, make_federation
 
 from gateway.config import AuditConfig, GatewayConfig
+from gateway.demo.config import config_for_dev_pki
 from gateway.errors import ConfigError
 from gateway.server import build_audit_log
 from registry import KeyState, KeyUsage
@@ -137,13 +138,11 @@ def test_audit_mistakes_name_file_and_key(
 
 
 def test_dev_pki_audits_in_memory_or_in_sqlite(tmp_path: Path, fed: Federation) -> None:
-    memory = GatewayConfig.for_dev_pki(
-        fed.pki, "510000", listen="127.0.0.1:0", snapshot_file=fed.current
-    )
+    memory = config_for_dev_pki(fed.pki, "510000", listen="127.0.0.1:0", snapshot_file=fed.current)
     assert memory.audit is not None
     assert (memory.audit.store, memory.audit.path) == ("memory", None)
     assert len(memory.audit.pseudonym_key) >= 16
-    on_disk = GatewayConfig.for_dev_pki(
+    on_disk = config_for_dev_pki(
         fed.pki,
         "510000",
         listen="127.0.0.1:0",
@@ -160,9 +159,7 @@ def test_dev_pki_audits_in_memory_or_in_sqlite(tmp_path: Path, fed: Federation) 
 
 
 def test_an_audit_key_that_is_not_ed25519_is_refused(tmp_path: Path, fed: Federation) -> None:
-    config = GatewayConfig.for_dev_pki(
-        fed.pki, "330000", listen="127.0.0.1:0", snapshot_file=fed.current
-    )
+    config = config_for_dev_pki(fed.pki, "330000", listen="127.0.0.1:0", snapshot_file=fed.current)
     assert config.audit is not None
     p256 = tmp_path / "p256.key"
     write_private_key(p256, generate_private_key("ES256"))

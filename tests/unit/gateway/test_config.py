@@ -12,6 +12,7 @@ from support import Federation, make_federation
 
 from gateway.cli import main
 from gateway.config import ExchangeConfig, GatewayConfig, read_passphrase
+from gateway.demo.config import config_for_dev_pki, load_config
 from gateway.errors import ConfigError
 from registry import AUTHORITY_PUBLIC_KEY, KeyState, KeyUsage
 
@@ -409,7 +410,7 @@ def dev(tmp_path_factory: pytest.TempPathFactory) -> Federation:
 @pytest.mark.parametrize("region", ["330000", "510000", "500000"])
 def test_for_dev_pki_picks_the_regions_active_tls_key(dev: Federation, region: str) -> None:
     snapshot = dev.published / "current.jws"
-    config = GatewayConfig.for_dev_pki(
+    config = config_for_dev_pki(
         dev.pki, region, listen="127.0.0.1:0", snapshot_file=snapshot, passphrase=b"pw"
     )
     certificate, private_key = dev.tls_files(region)
@@ -435,7 +436,7 @@ def test_for_dev_pki_ignores_a_pending_tls_key(
     )
     capsys.readouterr()
     (pending,) = fed.inventory().find("330000", KeyUsage.TLS, KeyState.PENDING)
-    config = GatewayConfig.for_dev_pki(
+    config = config_for_dev_pki(
         fed.pki, "330000", listen="127.0.0.1:0", snapshot_file=None, follow="peer:1"
     )
     assert (config.tls_certificate, config.tls_private_key) == before
@@ -456,7 +457,7 @@ def test_for_dev_pki_refusals(
     dev: Federation, region: str, listen: str, snapshot: bool, fragments: list[str]
 ) -> None:
     with pytest.raises(ConfigError) as caught:
-        GatewayConfig.for_dev_pki(
+        config_for_dev_pki(
             dev.pki, region, listen=listen, snapshot_file=dev.current if snapshot else None
         )
     for fragment in fragments:
@@ -465,23 +466,19 @@ def test_for_dev_pki_refusals(
 
 def test_for_dev_pki_without_inventory(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no key inventory"):
-        GatewayConfig.for_dev_pki(tmp_path, "330000", listen="127.0.0.1:0", snapshot_file=None)
+        config_for_dev_pki(tmp_path, "330000", listen="127.0.0.1:0", snapshot_file=None)
 
 
 def test_for_dev_pki_holds_every_unrevoked_seal_key_of_the_region(tmp_path: Path) -> None:
     fed = make_federation(tmp_path)
     (old,) = fed.inventory().find("330000", KeyUsage.SEAL, KeyState.ACTIVE)
-    config = GatewayConfig.for_dev_pki(
-        fed.pki, "330000", listen="127.0.0.1:0", snapshot_file=fed.current
-    )
+    config = config_for_dev_pki(fed.pki, "330000", listen="127.0.0.1:0", snapshot_file=fed.current)
     assert config.seal_keys == ((fed.pki / old.certificate, fed.pki / old.private_key),)
 
     rotate = ["keys", "rotate", "--pki", str(fed.pki), "--owner", "330000", "--usage", "seal"]
     assert main(rotate) == 0
     (pending,) = fed.inventory().find("330000", KeyUsage.SEAL, KeyState.PENDING)
-    config = GatewayConfig.for_dev_pki(
-        fed.pki, "330000", listen="127.0.0.1:0", snapshot_file=fed.current
-    )
+    config = config_for_dev_pki(fed.pki, "330000", listen="127.0.0.1:0", snapshot_file=fed.current)
     assert {certificate for certificate, _ in config.seal_keys} == {
         fed.pki / old.certificate,
         fed.pki / pending.certificate,
@@ -490,9 +487,7 @@ def test_for_dev_pki_holds_every_unrevoked_seal_key_of_the_region(tmp_path: Path
     assert (
         main(["keys", "revoke", old.kid, "--pki", str(fed.pki), "--reason", "keyCompromise"]) == 0
     )
-    config = GatewayConfig.for_dev_pki(
-        fed.pki, "330000", listen="127.0.0.1:0", snapshot_file=fed.current
-    )
+    config = config_for_dev_pki(fed.pki, "330000", listen="127.0.0.1:0", snapshot_file=fed.current)
     assert config.seal_keys == ((fed.pki / pending.certificate, fed.pki / pending.private_key),)
     # Agencies' seal keys are theirs, not the gateway's.
     assert all("agencies" not in str(c) for c, _ in config.seal_keys)
@@ -519,3 +514,16 @@ def test_the_data_system_is_a_loopback_host_port(provider: str, fragment: str) -
 @pytest.mark.parametrize("provider", ["127.0.0.1:9500", "[::1]:9500", "localhost:9500"])
 def test_a_loopback_data_system_is_accepted(provider: str) -> None:
     assert ExchangeConfig(cache_key=bytes(32), provider=provider).provider == provider
+
+
+def test_a_dev_pki_file_is_read_by_the_demo_loader_only(dev: Federation, tmp_path: Path) -> None:
+    path = tmp_path / "dev.toml"
+    path.write_text(
+        f'[gateway]\nregion = "330000"\nlisten = "127.0.0.1:0"\ndev_pki = "{dev.pki}"\n\n'
+        f'[registry]\nsnapshot_file = "{dev.published / "current.jws"}"\n',
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError, match=r"dev\.toml: \[gateway\] dev_pki: a development"):
+        GatewayConfig.from_file(path)
+    config = load_config(path)
+    assert (config.region, config.tls_certificate) == ("330000", dev.tls_files("330000")[0])

@@ -19,6 +19,7 @@ from support import make_federation
 from gateway import config as config_module
 from gateway import config_reference as reference
 from gateway.config import GatewayConfig
+from gateway.demo.config import load_config
 
 ROOT = Path(__file__).resolve().parents[3]
 OPERATORS = ROOT / "docs" / "operators.md"
@@ -157,7 +158,7 @@ redis_url_env = "TEST_REDIS"
         "utf-8",
     )
     recorded = loader_keys(monkeypatch)
-    GatewayConfig.from_file(path)
+    load_config(path)
     assert recorded == reference_keys(dev_only=True)
 
 

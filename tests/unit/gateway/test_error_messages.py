@@ -23,6 +23,7 @@ from gateway.errors import (
     FIXED_MESSAGE_REASONS,
     KNOWN_REASONS,
     PLAIN_MESSAGES,
+    Refusal,
     abort,
     client_message,
     relayed_message,
@@ -31,7 +32,7 @@ from gateway.errors import (
 )
 from gateway.identity import Caller, CallerKind
 from gateway.provider import ProviderClient, ProviderError
-from gateway.services.exchange import QueryPath, Refusal
+from gateway.services.exchange import PeerOwners, data_request
 from tongban.v1 import exchange_pb2, exchange_pb2_grpc
 
 # What foreign exceptions say, as their libraries word it (hosts and paths of a deployment).
@@ -240,14 +241,15 @@ async def test_the_requester_passes_on_a_peers_reason_never_its_words(
 ) -> None:
     caplog.set_level(logging.INFO)
     words = f"the owner says: {FOREIGN[0]} / {FOREIGN[4]}"
-    path = object.__new__(QueryPath)
-    path._peers = _Peers(peer_refusal(code, reason, words))  # type: ignore[assignment]
-    path.metrics = _Metrics()  # type: ignore[assignment]
-    path.region = "510000"
-    path.peer_timeout_seconds = 5.0
-    query = exchange_pb2.QueryRequest(provider_region="330000")
+    path = PeerOwners(
+        region="510000",
+        peers=_Peers(peer_refusal(code, reason, words)),  # type: ignore[arg-type]
+        metrics=_Metrics(),  # type: ignore[arg-type]
+        peer_timeout_seconds=5.0,
+    )
+    query = data_request(exchange_pb2.QueryRequest(provider_region="330000"))
     with pytest.raises(Refusal) as caught:
-        await path._forward(query, CALLER, "operator", _Context())  # type: ignore[arg-type]
+        await path.forward(query, CALLER, "operator", _Context().time_remaining)
     refusal = caught.value
     expected = reason or "PEER_UNAVAILABLE"
     sent = status_of(refusal)

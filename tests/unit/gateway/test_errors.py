@@ -71,7 +71,7 @@ def test_a_peers_words_reach_a_log_line_bounded_and_on_one_line() -> None:
 
 
 def test_a_failed_report_send_is_logged_bounded_with_the_contracts_reason_only() -> None:
-    from gateway.reports import _failure
+    from gateway.reports._reporter import _failure
 
     failed = _failed_call("MADE_UP_BY_A_PEER_1", message="no\n" + "y" * 50_000)
     described = _failure(failed)

@@ -1,4 +1,4 @@
-"""gateway/logs.py: one event per line whatever a value holds (T17), no credential or raw subject
+"""gateway/logs/: one event per line whatever a value holds (T17), no credential or raw subject
 id in any part of a record (T18), gRPC core's own stderr lines relayed and redacted, GRPC_TRACE
 removed before gRPC loads."""
 

@@ -17,17 +17,10 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
+from gateway.demo.data import AS_OF, DEMO_REGIONS, DemoData
+from gateway.demo.provider import CONTENT_TYPE, DemoProviderService, create_provider
 from gateway.errors import abort
-from gateway.provider import (
-    AS_OF,
-    CONTENT_TYPE,
-    DEMO_REGIONS,
-    DemoData,
-    DemoProviderService,
-    ProviderClient,
-    ProviderError,
-    create_provider,
-)
+from gateway.provider import ProviderClient, ProviderError
 from registry import is_valid_citizen_id, is_valid_uscc, load_source
 from signer import canonical_json
 from tongban.v1 import exchange_pb2, exchange_pb2_grpc

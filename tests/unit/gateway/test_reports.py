@@ -22,6 +22,7 @@ from support import Federation, make_federation
 
 from gateway.audit import AuditLog, MemoryAuditStore, Outbound, pseudonymize
 from gateway.cache import AnswerCache, MemoryBackend, cache_key
+from gateway.flows import PassedSeals as _PassedSeals
 from gateway.reports import (
     MAX_REPORTS_PER_BATCH,
     AccessReport,
@@ -32,7 +33,6 @@ from gateway.reports import (
     sign_batch,
     verify_batch,
 )
-from gateway.services.exchange import _PassedSeals
 from registry import (
     KeyState,
     KeyUsage,

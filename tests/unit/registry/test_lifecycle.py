@@ -23,8 +23,8 @@ from registry import (
     Registry,
     SnapshotVerifier,
     load_authority_public_key,
+    rotate_key,
 )
-from registry._pki import issue_key
 
 T0 = datetime(2026, 11, 21, 8, 0, tzinfo=UTC)
 SEAL = KeyUsage.SEAL
@@ -32,12 +32,8 @@ SEAL = KeyUsage.SEAL
 
 def _rotate(fed: Federation, owner: str, usage: KeyUsage, now: datetime) -> str:
     """What `tongban keys rotate` does: a pending successor issued by the owner's region CA."""
-    inventory = fed.inventory()
-    (current,) = inventory.find(owner, usage, KeyState.ACTIVE)
-    key = issue_key(fed.pki, region=current.region, owner=owner, usage=usage.value, now=now)
-    inventory.add(KeyRecord.from_issued(fed.pki, key, KeyState.PENDING, now))
-    inventory.save()
-    return key.kid
+    (_current,) = fed.inventory().find(owner, usage, KeyState.ACTIVE)  # exactly one
+    return rotate_key(fed.pki, owner, usage, now=now).successor.kid
 
 
 def _published(fed: Federation) -> Registry:
@@ -243,3 +239,25 @@ def test_inventory_round_trips_and_holds_no_private_key_in_the_registry(tmp_path
     assert "PRIVATE KEY" not in text
     assert "private_key" not in text
     assert record.private_key not in text
+
+
+def test_rotate_key_refuses_an_owner_without_an_active_key_and_a_second_rotation(
+    tmp_path: Path,
+) -> None:
+    fed = make_federation(tmp_path, now=T0)
+    old = fed.active("330000", SEAL)
+    rotation = rotate_key(fed.pki, "330000", SEAL, now=T0 + timedelta(minutes=1))
+    assert (rotation.current.kid, rotation.current.region) == (old, "330000")
+    assert rotation.successor.state is KeyState.PENDING
+    assert fed.inventory().find("330000", SEAL, KeyState.PENDING) == [rotation.successor]
+    before = fed.inventory().records()
+    with pytest.raises(
+        KeyLifecycleError, match=rf"already under way \(pending {rotation.successor.kid}\)"
+    ):
+        rotate_key(fed.pki, "330000", SEAL, now=T0 + timedelta(minutes=2))
+    inventory = fed.inventory()
+    inventory.revoke(old, at=T0 + timedelta(minutes=3), reason="superseded")
+    inventory.save()
+    with pytest.raises(KeyLifecycleError, match="330000 has no active seal key to rotate"):
+        rotate_key(fed.pki, "330000", SEAL, now=T0 + timedelta(minutes=4))
+    assert len(fed.inventory().records()) == len(before)  # nothing issued by a refusal

@@ -24,17 +24,15 @@ from cryptography.x509.verification import (
     VerificationError,
 )
 
+from gateway.demo.pki import DevPki, init_dev_pki, load_dev_pki
 from registry import authority_key_id
 from registry._pki import (
     AgencySpec,
-    DevPki,
     IssuedKey,
     PkiError,
     RegionSpec,
     certificate_kid,
-    init_dev_pki,
     issue_key,
-    load_dev_pki,
     region_ca_certificates,
 )
 from signer import _oids, load_private_key

@@ -33,6 +33,7 @@ from registry import (
     RegistryTrust,
     SnapshotVerifier,
     load_authority_public_key,
+    rotate_key,
 )
 from registry._pki import IssuedKey, issue_key
 from signer import (
@@ -927,10 +928,7 @@ def test_rotation_never_fails_a_verification_and_revocation_takes_effect(tmp_pat
     seal_a = seal(PAYLOAD, provider_of(fed, kid_a), signing_time=minutes(20))
 
     # Rotate, as `tongban keys rotate` does: a pending successor from the region CA.
-    key_b = issue_key(fed.pki, region="330000", owner="330000", usage="seal", now=minutes(30))
-    inventory = fed.inventory()
-    inventory.add(KeyRecord.from_issued(fed.pki, key_b, KeyState.PENDING, minutes(30)))
-    inventory.save()
+    key_b = rotate_key(fed.pki, "330000", KeyUsage.SEAL, now=minutes(30)).successor
     fed.publish(now=minutes(40))  # B published as pending
     fed.publish(now=minutes(50))  # B active, A retiring
     registry = published_registry(fed)

@@ -26,8 +26,8 @@ from typing import Any
 
 import grpc
 
+from gateway.demo.data import DEFAULT_SEED, DemoData
 from gateway.errors import abort
-from gateway.provider._demo import DEFAULT_SEED, DemoData
 from gateway.provider._net import is_loopback
 from signer import canonical_json
 from tongban.v1 import exchange_pb2, exchange_pb2_grpc

@@ -1,62 +1,32 @@
-"""`tongban demo`: three provinces on loopback, scripted scenarios, a readable transcript.
+"""The demo's scenarios: what agency and oversight clients do across three provinces.
 
-The demo builds what a federation needs from the demo registry source shipped in the package
-(`registry.DEMO_SOURCE`, `conf/registry/` in a clone) — a dev PKI, a signed registry — then starts, in this process, the gateways of 浙江 (330000), 四川
-(510000) and 重庆 (500000) with their demo data systems on free loopback ports, and plays the
-scenarios below as agency and oversight clients would: over mutual TLS, with request tokens,
-through the public gRPC API only. Each scenario states what it expects and checks it; the exit
-code is 0 only when every one behaved as expected.
-
-Nothing here is specific to a demo but the choices: the gateways are the real `Gateway`, built
-from `GatewayConfig.for_dev_pki` like `tongban gateway serve --pki`; the seal-key rotation is
-what `tongban keys rotate` and two `tongban registry publish` do, with the gateway reloading its
-seal keys as SIGHUP makes `tongban gateway serve` do.
+Each scenario plays against the running federation (`gateway.demo.federation`) over mutual TLS,
+with request tokens, through the public gRPC API only; it states what it expects and checks it.
+The seal-key rotation is what `tongban keys rotate` (`registry.rotate_key`) and two `tongban
+registry publish` do, with the gateway reloading its seal keys as SIGHUP makes `tongban gateway
+serve` do.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import dataclasses
 import json
 import secrets
-import shlex
-import shutil
-import signal
-import sys
-import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 
 import grpc
-from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ed25519
 from rich.console import Console
 from rich.table import Table
 
-from gateway._errors import GatewayError
 from gateway._tables import whole
 from gateway.audit import CheckpointError, ProofError, verify_checkpoint, verify_inclusion
-from gateway.config import GatewayConfig
+from gateway.demo.config import config_for_dev_pki
+from gateway.demo.federation import DemoError, Federation
 from gateway.errors import error_info_of
-from gateway.provider import DemoData, create_provider
-from gateway.server import Gateway, create_gateway, freeze_startup_heap
-from gateway.tokens import issue_agency_token
-from registry import (
-    CURRENT_SNAPSHOT,
-    DEMO_SOURCE,
-    Inventory,
-    KeyRecord,
-    KeyState,
-    KeyUsage,
-    init_dev_federation,
-    load_source,
-    publish,
-)
-from registry import _pki as pki
+from registry import CURRENT_SNAPSHOT, KeyState, KeyUsage, rotate_key
 from tongban.v1 import (
     common_pb2,
     credentials_pb2,
@@ -67,29 +37,11 @@ from tongban.v1 import (
     oversight_pb2_grpc,
 )
 
-__all__ = ["REGIONS", "SCENARIOS", "DemoOptions", "run_demo"]
+__all__ = ["SCENARIOS", "Result", "Story", "play", "query", "rpc_reason"]
 
-REGIONS = {"330000": "浙江", "510000": "四川", "500000": "重庆"}
 CALL_TIMEOUT = 10.0  # seconds: one call, up to two gateway hops, on a loaded 2-core machine
-VERSION_TIMEOUT = 15.0  # seconds for every gateway to apply a newly published registry
-OPERATOR = "经办人 张三"
 ROTATION_WORKERS = 3  # concurrent agency clients while 330000 rotates its seal key
 ROTATION_PAUSE = 0.05  # seconds between one worker's requests (keeps within the agreement quota)
-# The example agency client lives in a clone of Tongban, beside the package, not in an install.
-EXAMPLE_CLIENT = Path(__file__).resolve().parents[1] / "examples" / "client.py"
-
-
-class DemoError(GatewayError):
-    """The demo cannot be set up (a folder, the registry source, a service); the message says why."""
-
-
-@dataclass(frozen=True)
-class DemoOptions:
-    source: Path = DEMO_SOURCE
-    folder: Path | None = None  # None: a temporary folder, removed at the end
-    redis_url: str = ""
-    postgres_dsn: str = ""
-    serve: bool = False
 
 
 @dataclass
@@ -99,176 +51,6 @@ class Result:
     ok: bool
     summary: str
     table: Table | None = None
-
-
-# the running federation ------------------------------------------------------------------------
-@dataclass
-class Federation:
-    """The demo's PKI, registry and running gateways, and clients of them as any agency."""
-
-    folder: Path
-    source: Path
-    gateways: dict[str, Gateway] = field(default_factory=dict)
-    providers: dict[str, tuple[grpc.aio.Server, int]] = field(default_factory=dict)
-    data: dict[str, DemoData] = field(default_factory=dict)
-    pg_schemas: list[str] = field(default_factory=list)
-
-    @property
-    def pki(self) -> Path:
-        return self.folder / "pki"
-
-    @property
-    def published(self) -> Path:
-        return self.folder / "published"
-
-    def inventory(self) -> Inventory:
-        return Inventory.load(self.pki)
-
-    def publish(self) -> int:
-        result = publish(self.source, self.pki, self.published, now=datetime.now(UTC))
-        return result.snapshot.registry.version
-
-    async def wait_version(self, version: int) -> None:
-        deadline = time.monotonic() + VERSION_TIMEOUT
-        while behind := [
-            r for r, g in self.gateways.items() if (g.store.status().version or 0) < version
-        ]:
-            if time.monotonic() > deadline:
-                raise DemoError(f"gateways {', '.join(behind)} did not apply registry v{version}")
-            await asyncio.sleep(0.05)
-
-    def _tls(self, owner: str) -> tuple[bytes, bytes]:
-        (record,) = self.inventory().find(owner, KeyUsage.TLS, KeyState.ACTIVE)
-        return (self.pki / record.certificate).read_bytes(), (
-            self.pki / record.private_key
-        ).read_bytes()
-
-    def region_of(self, agency: str) -> str:
-        return next(r.region for r in self.inventory().records() if r.owner == agency)
-
-    @contextlib.asynccontextmanager
-    async def channel(self, agency: str) -> AsyncIterator[grpc.aio.Channel]:
-        """A mutual-TLS channel as `agency` to its own region's gateway."""
-        region = self.region_of(agency)
-        chain, key = self._tls(agency)
-        root = (self.pki / "regions" / region / "ca" / "root.pem").read_bytes()
-        credentials = grpc.ssl_channel_credentials(root, key, chain)
-        target = f"localhost:{self.gateways[region].port}"
-        async with grpc.aio.secure_channel(target, credentials) as channel:
-            yield channel
-
-    def token(self, agency: str) -> tuple[tuple[str, str], ...]:
-        """Call metadata with a fresh request token for `agency` (its region's token key)."""
-        token = issue_agency_token(
-            self.pki, agency, OPERATOR, lifetime_seconds=300, now=datetime.now(UTC)
-        )
-        return (("authorization", f"Bearer {token}"),)
-
-    def citizens(self, region: str, dataset: str, n: int, skip: int = 0) -> list[str]:
-        """Subjects that `region`'s data system holds a `dataset` record for."""
-        data = self.data[region]
-        pool = (
-            data.businesses(skip + n * 3)
-            if dataset == "market.business_licence"
-            else data.population(skip + n * 3)
-        )
-        held = [s for s in pool if data.record(dataset, s) is not None]
-        return held[skip : skip + n]
-
-    def audit_public_key(self, region: str) -> ed25519.Ed25519PublicKey:
-        (record,) = self.inventory().find(region, KeyUsage.AUDIT, KeyState.ACTIVE)
-        chain = x509.load_pem_x509_certificates((self.pki / record.certificate).read_bytes())
-        key = chain[0].public_key()
-        if not isinstance(key, ed25519.Ed25519PublicKey):
-            raise DemoError(f"the audit key of {region} is not Ed25519")
-        return key
-
-
-def build_pki(folder: Path, source: Path) -> None:
-    """What `tongban pki init` and `tongban registry publish` do, for the three demo regions."""
-    loaded = load_source(source)
-    names = {r.code: r.name for r in loaded.regions}
-    missing = [code for code in REGIONS if code not in names]
-    if missing:
-        raise DemoError(f"{source}: the registry source has no region {', '.join(missing)}")
-    now = datetime.now(UTC)
-    init_dev_federation(folder / "pki", loaded, list(REGIONS), now=now)
-    publish(source, folder / "pki", folder / "published", now=now)
-
-
-async def start_federation(fed: Federation, options: DemoOptions, run_id: str) -> None:
-    """The demo data systems, then the gateways, each told its peers' loopback ports."""
-    ports: dict[str, int] = {}
-    for region in REGIONS:
-        server, port = create_provider(region, "127.0.0.1:0")
-        await server.start()
-        fed.providers[region] = (server, port)
-        fed.data[region] = DemoData(region)
-    # Gateway ports are chosen by binding; peers learn them through overrides, so each gateway
-    # is built once its peers' ports are known: reserve them first.
-    for region in REGIONS:
-        ports[region] = _free_port()
-    for region in REGIONS:
-        config = GatewayConfig.for_dev_pki(
-            fed.pki,
-            region,
-            listen=f"127.0.0.1:{ports[region]}",
-            snapshot_file=fed.published / CURRENT_SNAPSHOT,
-            audit_db=fed.folder / f"audit-{region}.db",
-            provider=f"127.0.0.1:{fed.providers[region][1]}",
-            redis_url=options.redis_url,
-            peers={o: f"localhost:{ports[o]}" for o in REGIONS if o != region},
-        )
-        if options.postgres_dsn and config.audit is not None:
-            schema = f"tongban_demo_{run_id}_{region}"
-            fed.pg_schemas.append(schema)
-            config = dataclasses.replace(
-                config,
-                audit=dataclasses.replace(
-                    config.audit,
-                    store="postgres",
-                    path=None,
-                    dsn=options.postgres_dsn,
-                    owner_dsn=options.postgres_dsn,
-                    schema=schema,
-                ),
-            )
-        config = dataclasses.replace(
-            config, poll_seconds=0.2, grace_seconds=1.0, metrics_listen="127.0.0.1:0"
-        )
-        gateway, _ = await create_gateway(config)
-        fed.gateways[region] = gateway
-    freeze_startup_heap()
-
-
-async def stop_federation(fed: Federation, options: DemoOptions) -> None:
-    for gateway in fed.gateways.values():
-        await gateway.stop(0.5)
-    for server, _ in fed.providers.values():
-        await server.stop(0.5)
-    if fed.pg_schemas:
-        await _drop_schemas(options.postgres_dsn, fed.pg_schemas)
-
-
-async def _drop_schemas(dsn: str, schemas: Sequence[str]) -> None:
-    """The demo's own audit schemas (named with this run's id) go with the demo."""
-    import psycopg
-    from psycopg import sql
-
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        for schema in schemas:
-            await conn.execute(
-                sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema))
-            )
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 # helpers for the scenarios ---------------------------------------------------------------------
@@ -514,13 +296,9 @@ async def rotation(fed: Federation, story: Story) -> Result:
     try:
         await asyncio.sleep(0.5)
         # `tongban keys rotate --owner 330000 --usage seal`: a pending successor.
-        now = datetime.now(UTC)
-        inventory = fed.inventory()
-        issued = pki.issue_key(fed.pki, region="330000", owner="330000", usage="seal", now=now)
-        inventory.add(KeyRecord.from_issued(fed.pki, issued, KeyState.PENDING, now))
-        inventory.save()
+        issued = rotate_key(fed.pki, "330000", KeyUsage.SEAL, now=datetime.now(UTC)).successor
         # The gateway holding the key takes it (what SIGHUP does to `tongban gateway serve`).
-        reread = GatewayConfig.for_dev_pki(
+        reread = config_for_dev_pki(
             fed.pki,
             "330000",
             listen=gateway.config.listen,
@@ -702,108 +480,3 @@ async def play(fed: Federation, out: Console) -> bool:
     colour = "green" if passed == total else "red"
     out.print(f"[bold {colour}]{passed} of {total} scenarios behaved as expected.[/]")
     return passed == total
-
-
-def describe(fed: Federation, out: Console, options: DemoOptions) -> None:
-    table = Table(title="three regions on loopback", title_justify="left")
-    for column in ("region", "gateway (mTLS)", "metrics", "data system", "audit log"):
-        table.add_column(column, no_wrap=True)
-    for region, name in REGIONS.items():
-        gateway = fed.gateways[region]
-        audit = gateway.config.audit
-        where = (
-            f"postgres schema {audit.schema}"
-            if audit is not None and audit.store == "postgres"
-            else f"sqlite {audit.path.name}"
-            if audit is not None and audit.path is not None
-            else "memory"
-        )
-        table.add_row(
-            f"{region} {name}",
-            f"localhost:{gateway.port}",
-            f"http://127.0.0.1:{gateway.metrics_port}/metrics",
-            f"127.0.0.1:{fed.providers[region][1]}",
-            where,
-        )
-    out.print(whole(table))
-    cache = f"Redis at {options.redis_url}" if options.redis_url else "in memory (one per gateway)"
-    out.print(f"Answer cache, replay window and quotas: {cache}.", soft_wrap=True)
-
-
-def client_command(fed: Federation) -> str:
-    """A ready-to-paste `examples/client.py` call as 四川人社 (sc.hrss) to its own gateway."""
-    citizen = fed.citizens("500000", "si.participation", 2)[1]
-    (tls,) = fed.inventory().find("sc.hrss", KeyUsage.TLS, KeyState.ACTIVE)
-    python = Path(sys.executable)
-    tongban = python.parent / "tongban"
-    token = f"$({shlex.quote(str(tongban))} token issue --pki {shlex.quote(str(fed.pki))} --agency sc.hrss --operator 张三)"
-    arguments = [
-        ("--gateway", f"localhost:{fed.gateways['510000'].port}"),
-        ("--cert", str(fed.pki / tls.certificate)),
-        ("--key", str(fed.pki / tls.private_key)),
-        ("--ca", str(fed.pki / "regions" / "510000" / "ca" / "root.pem")),
-        ("--provider-region", "500000"),
-        ("--dataset", "si.participation"),
-        ("--purpose", "SI-TRANSFER"),
-        ("--subject", citizen),
-        ("--case-id", f"CASE-{datetime.now(UTC):%Y%m%d}-0001"),
-    ]
-    # Named wholly, so that the command works from any folder; without a clone, the path in one.
-    client = str(EXAMPLE_CLIENT) if EXAMPLE_CLIENT.is_file() else "examples/client.py"
-    lines = [f"{shlex.quote(str(python))} {shlex.quote(client)}"]
-    lines += [f"{flag} {shlex.quote(value)}" for flag, value in arguments]
-    lines.append(f'--token "{token}"')
-    return " \\\n    ".join(lines)
-
-
-async def _serve_until_interrupted(fed: Federation, out: Console, options: DemoOptions) -> None:
-    out.print()
-    describe(fed, out, options)
-    out.print("[bold]The three gateways keep running.[/] Try an agency client (mutual TLS, token):")
-    out.print(client_command(fed), soft_wrap=True, markup=False, highlight=False)
-    out.print(f"Registry: {fed.published / CURRENT_SNAPSHOT}; PKI: {fed.pki}", soft_wrap=True)
-    out.print("Ctrl-C stops them.", soft_wrap=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    out.print("Stopping the gateways.")
-
-
-async def _run(options: DemoOptions, out: Console, folder: Path) -> int:
-    run_id = secrets.token_hex(3)
-    out.print(f"[bold]Tongban demo[/] in {folder}", soft_wrap=True)
-    out.print("Dev PKI for 330000 浙江, 510000 四川, 500000 重庆 and a signed registry …")
-    await asyncio.to_thread(build_pki, folder, options.source)
-    fed = Federation(folder=folder, source=options.source)
-    try:
-        await start_federation(fed, options, run_id)
-        describe(fed, out, options)
-        ok = await play(fed, out)
-        if options.serve:
-            await _serve_until_interrupted(fed, out, options)
-    finally:
-        await stop_federation(fed, options)
-    return 0 if ok else 1
-
-
-def run_demo(options: DemoOptions, out: Console) -> int:
-    """Play the demo; 0 when every scenario behaved as expected, 1 otherwise."""
-    if not (options.source / "regions.toml").is_file():
-        raise DemoError(
-            f"{options.source}: no registry source here (regions.toml); give the folder of "
-            "one with --source, or leave it out for the demo's own"
-        )
-    if options.folder is not None:
-        if options.folder.exists() and not options.folder.is_dir():
-            raise DemoError(f"{options.folder}: not a folder")
-        if options.folder.exists() and any(options.folder.iterdir()):
-            raise DemoError(f"{options.folder}: not empty; give a new or empty folder")
-        options.folder.mkdir(parents=True, exist_ok=True)
-        return asyncio.run(_run(options, out, options.folder))
-    folder = Path(tempfile.mkdtemp(prefix="tongban-demo-"))
-    try:
-        return asyncio.run(_run(options, out, folder))
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)

@@ -1,0 +1,281 @@
+"""Building a gateway's parts from its configuration: seal keys, breakers, the audit log, and the
+query path with its backends (Redis or memory), data-system client and peer pool."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+import grpc
+import redis.asyncio
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from gateway.audit import (
+    AuditLog,
+    AuditStore,
+    MemoryAuditStore,
+    PostgresAuditStore,
+    SqliteAuditStore,
+)
+from gateway.breaker import CircuitBreaker
+from gateway.cache import AnswerCache, CacheBackend, MemoryBackend, RedisBackend
+from gateway.config import ExchangeConfig, GatewayConfig
+from gateway.errors import ConfigError
+from gateway.metrics import PEER_LOCAL, GatewayMetrics, client_interceptors
+from gateway.peers import PeerPool
+from gateway.provider import ProviderClient
+from gateway.quota import FallbackQuotaCounter, MemoryQuotaCounter, QuotaCounter, RedisQuotaCounter
+from gateway.replay import (
+    REPLAY_WINDOW_SECONDS,
+    FallbackReplayGuard,
+    MemoryReplayGuard,
+    RedisReplayGuard,
+    ReplayGuard,
+)
+from gateway.reports import AccessReporter
+from gateway.services.exchange import QueryPath
+from gateway.tokens import TokenVerifier
+from registry import RegistryStore
+from signer import FileKeyProvider, KeyProvider, SealVerifier, SignerError, load_private_key
+
+__all__ = [
+    "REDIS_MAX_CONNECTIONS",
+    "QueryPathParts",
+    "build_audit_log",
+    "build_query_path",
+    "load_seal_keys",
+    "make_breaker",
+]
+
+log = logging.getLogger("tongban.gateway")
+
+# Connections of the client the replay window and quotas share: a burst of calls
+# waits (within [exchange] redis_timeout_seconds) for one instead of opening one per call.
+REDIS_MAX_CONNECTIONS = 64
+
+Closer = Callable[[], Awaitable[None]]
+
+
+def load_seal_keys(config: GatewayConfig) -> dict[str, KeyProvider]:
+    """The configured seal keys by kid, opened with the TLS passphrase."""
+    providers: dict[str, KeyProvider] = {}
+    for certificate, private_key in config.seal_keys:
+        try:
+            provider = FileKeyProvider(private_key, certificate, config.tls_passphrase)
+        except SignerError as exc:
+            raise ConfigError(f"seal key: {exc}") from exc
+        providers[provider.kid] = provider
+    return providers
+
+
+def make_breaker(config: GatewayConfig, name: str, open_note: str) -> CircuitBreaker:
+    """A dependency's circuit breaker, with the `[exchange] breaker_*` settings (the
+    breaker's defaults without [exchange])."""
+    exchange = config.exchange
+    if exchange is None:
+        return CircuitBreaker(name=name, open_note=open_note)
+    return CircuitBreaker(
+        failure_threshold=exchange.breaker_failures,
+        window_seconds=exchange.breaker_window_seconds,
+        open_seconds=exchange.breaker_open_seconds,
+        name=name,
+        open_note=open_note,
+    )
+
+
+def build_audit_log(config: GatewayConfig, *, clock: Callable[[], datetime]) -> AuditLog | None:
+    """The gateway's audit log from its `[audit]` configuration (None when there is none)."""
+    audit = config.audit
+    if audit is None:
+        log.warning("gateway %s has no [audit] configured: nothing is recorded", config.region)
+        return None
+    try:
+        key = load_private_key(audit.key, config.tls_passphrase)
+    except SignerError as exc:
+        raise ConfigError(f"audit.key: {exc}") from exc
+    if not isinstance(key, ed25519.Ed25519PrivateKey):
+        raise ConfigError(
+            f"audit.key: {audit.key} is not an Ed25519 key (C2SP checkpoints are signed with Ed25519)"
+        )
+    store: AuditStore
+    if audit.store == "sqlite":
+        assert audit.path is not None
+        store = SqliteAuditStore(audit.path)
+    elif audit.store == "postgres":
+        store = PostgresAuditStore(
+            audit.dsn, schema=audit.schema, owner_dsn=audit.owner_dsn or None
+        )
+    else:
+        store = MemoryAuditStore()
+    origin = audit.origin or f"audit.tongban/{config.region}"
+    return AuditLog(
+        store,
+        append_timeout_seconds=audit.append_timeout_seconds,
+        breaker=make_breaker(config, "audit store", "answers are refused with AUDIT_UNAVAILABLE"),
+        origin=origin,
+        key=key,
+        key_name=origin,  # C2SP tlog-checkpoint: the key is named after the log
+        former_key_names=(f"audit-{config.region}",),  # the name of checkpoints signed before
+        checkpoint_every_records=audit.checkpoint_every_records,
+        checkpoint_every_seconds=audit.checkpoint_every_seconds,
+        clock=clock,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class QueryPathParts:
+    """What the query path is built from that the gateway itself holds."""
+
+    config: GatewayConfig
+    store: RegistryStore
+    audit: AuditLog
+    verifier: SealVerifier
+    seal_keys: dict[str, KeyProvider]
+    metrics: GatewayMetrics
+    redis_breaker: CircuitBreaker
+    client_credentials: Callable[[str], grpc.ChannelCredentials]
+    clock: Callable[[], datetime]
+
+
+def _shared_backends(
+    exchange: ExchangeConfig,
+    redis_url: str,
+    redis_breaker: CircuitBreaker,
+    clock: Callable[[], datetime],
+    closers: list[Closer],
+) -> tuple[ReplayGuard, QuotaCounter, CacheBackend]:
+    """The replay window, quotas and answer cache in Redis (one client, one breaker), each
+    falling back to memory while Redis is out."""
+    client = redis.asyncio.Redis.from_pool(
+        redis.asyncio.BlockingConnectionPool.from_url(
+            redis_url,
+            max_connections=REDIS_MAX_CONNECTIONS,
+            timeout=exchange.redis_timeout_seconds,
+            socket_timeout=exchange.redis_timeout_seconds,
+            socket_connect_timeout=exchange.redis_timeout_seconds,
+            retry=Retry(NoBackoff(), 0),  # a Redis that is down must fail fast
+        )
+    )
+    closers.append(client.aclose)
+    replay = FallbackReplayGuard(
+        RedisReplayGuard(
+            client,
+            window_seconds=REPLAY_WINDOW_SECONDS,
+            breaker=redis_breaker,
+            timeout_seconds=exchange.redis_timeout_seconds,
+        ),
+        MemoryReplayGuard(REPLAY_WINDOW_SECONDS, clock),
+    )
+    quota = FallbackQuotaCounter(
+        RedisQuotaCounter(
+            client,
+            breaker=redis_breaker,
+            timeout_seconds=exchange.redis_timeout_seconds,
+        ),
+        MemoryQuotaCounter(),
+    )
+    backend = RedisBackend(redis_url, operation_timeout=exchange.redis_timeout_seconds)
+    return replay, quota, backend
+
+
+def _provider_client(
+    config: GatewayConfig, exchange: ExchangeConfig, metrics: GatewayMetrics
+) -> ProviderClient | None:
+    """The client of the region's data system, if there is one."""
+    if not exchange.provider:
+        return None
+    return ProviderClient(
+        exchange.provider,
+        interceptors=client_interceptors(metrics, PEER_LOCAL),
+        timeout_seconds=exchange.provider_timeout_seconds,
+        breaker=make_breaker(
+            config,
+            f"data system {exchange.provider}",
+            "queries needing it fail fast with PROVIDER_UNAVAILABLE",
+        ),
+    )
+
+
+def build_query_path(
+    parts: QueryPathParts, closers: list[Closer]
+) -> tuple[QueryPath, PeerPool] | None:
+    """The query path and its peer pool, when the configuration has [exchange] (it needs
+    [audit] too). What must be closed at the end is added to `closers`, in closing order."""
+    config, clock = parts.config, parts.clock
+    exchange = config.exchange
+    if exchange is None:
+        return None
+    if config.audit is None:
+        raise ConfigError("exchange: the query path audits every access: configure [audit] too")
+    cache_key_id = hashlib.sha256(exchange.cache_key).hexdigest()[:4]
+    replay: ReplayGuard
+    quota: QuotaCounter
+    backend: CacheBackend
+    if exchange.redis_url:
+        replay, quota, backend = _shared_backends(
+            exchange, exchange.redis_url, parts.redis_breaker, clock, closers
+        )
+    else:
+        log.warning(
+            "gateway %s keeps its cache, replay window and quotas in memory: run one replica only",
+            config.region,
+        )
+        replay = MemoryReplayGuard(REPLAY_WINDOW_SECONDS, clock)
+        quota = MemoryQuotaCounter()
+        backend = MemoryBackend()
+    closers.append(backend.close)
+    provider = _provider_client(config, exchange, parts.metrics)
+    if provider is not None:
+        closers.append(provider.close)
+    peers = PeerPool(
+        parts.store,
+        parts.client_credentials,
+        overrides=config.peers,
+        interceptors=lambda region: client_interceptors(parts.metrics, region),
+        make_breaker=lambda region: make_breaker(
+            config,
+            f"peer gateway {region}",
+            "queries to it fail fast with PEER_UNAVAILABLE",
+        ),
+    )
+    closers.append(peers.close)
+    audit_key = load_private_key(config.audit.key, config.tls_passphrase)
+    assert isinstance(audit_key, ed25519.Ed25519PrivateKey)  # build_audit_log checked it
+    path = QueryPath(
+        region=config.region,
+        gateway_name=f"gateway-{config.region}",
+        registry=parts.store,
+        tokens=TokenVerifier(region=config.region, clock=clock),
+        replay=replay,
+        quota=quota,
+        peers=peers,
+        verifier=parts.verifier,
+        seal_keys=parts.seal_keys,
+        cache=AnswerCache(
+            backend,
+            key=exchange.cache_key,
+            key_id=cache_key_id,
+            breaker=parts.redis_breaker,  # one Redis, one breaker
+        ),
+        provider=provider,
+        audit=parts.audit,
+        pseudonym_key=config.audit.pseudonym_key,
+        metrics=parts.metrics,
+        clock=clock,
+        peer_timeout_seconds=exchange.peer_timeout_seconds,
+        reporter=AccessReporter(
+            region=config.region,
+            registry=parts.store,
+            peers=peers,
+            audit=parts.audit,
+            key=audit_key,
+            clock=clock,
+        ),
+    )
+    closers.insert(0, path.close)  # first: flushes reports over the peer channels
+    return path, peers

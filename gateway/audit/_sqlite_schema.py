@@ -1,0 +1,129 @@
+"""The SQLite audit store's schema: its migrations and the helpers both of its connections use."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+__all__ = [
+    "EQUALITY",
+    "MIGRATIONS",
+    "QUERY_COLUMNS",
+    "RECORDS_NO_DELETE",
+    "SCHEMA_VERSION",
+    "blob",
+    "time_text",
+]
+
+SCHEMA_VERSION = 3
+
+
+def _generated(key: str) -> str:
+    # CAST: SQLite 3.45+ reads a BLOB argument of the JSON functions as JSONB, not JSON text.
+    return f"GENERATED ALWAYS AS (json_extract(CAST(canonical AS TEXT), '$.{key}')) STORED"
+
+
+def _append_only(table: str, key: str) -> list[str]:
+    """Refuse UPDATE, DELETE, and an INSERT over an existing row (INSERT OR REPLACE deletes
+    without firing delete triggers unless the connection turned recursive triggers on)."""
+    refuse = f"BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END"
+    return [
+        f"CREATE TRIGGER {table}_no_update BEFORE UPDATE ON {table} {refuse}",
+        f"CREATE TRIGGER {table}_no_delete BEFORE DELETE ON {table} {refuse}",
+        f"CREATE TRIGGER {table}_no_replace BEFORE INSERT ON {table} "  # noqa: S608 (constants)
+        f"WHEN EXISTS (SELECT 1 FROM {table} WHERE {key} = NEW.{key}) {refuse}",
+    ]
+
+
+# MIGRATIONS[v] takes a database at version v - 1 to version v (0: an empty file).
+MIGRATIONS: dict[int, list[str]] = {
+    1: [
+        "CREATE TABLE schema_version (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL)",
+        """CREATE TABLE audit_records (
+            idx INTEGER PRIMARY KEY CHECK (idx >= 0),
+            time TEXT NOT NULL,
+            caller_agency TEXT NOT NULL,
+            provider_region TEXT NOT NULL,
+            purpose TEXT NOT NULL,
+            dataset TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            outcome TEXT NOT NULL,
+            canonical BLOB NOT NULL,
+            leaf_hash BLOB NOT NULL CHECK (length(leaf_hash) = 32),
+            root BLOB NOT NULL CHECK (length(root) = 32)
+        )""",
+        "CREATE INDEX audit_records_subject ON audit_records (subject)",
+        "CREATE INDEX audit_records_caller_time ON audit_records (caller_agency, time)",
+        "CREATE INDEX audit_records_provider_time ON audit_records (provider_region, time)",
+        "CREATE INDEX audit_records_purpose ON audit_records (purpose)",
+        "CREATE INDEX audit_records_time ON audit_records (time)",
+        "CREATE TABLE audit_head (id INTEGER PRIMARY KEY CHECK (id = 1), size INTEGER NOT NULL, compact BLOB NOT NULL)",
+        "INSERT INTO audit_head (id, size, compact) VALUES (1, 0, x'')",
+        """CREATE TABLE audit_checkpoints (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            size INTEGER NOT NULL,
+            root BLOB NOT NULL,
+            note TEXT NOT NULL,
+            key_name TEXT NOT NULL,
+            signed_at TEXT NOT NULL
+        )""",
+        "CREATE INDEX audit_checkpoints_size ON audit_checkpoints (size, id)",
+        *_append_only("audit_records", "idx")[
+            :2
+        ],  # idx is the rowid: a plain INSERT cannot overwrite
+        *_append_only("audit_checkpoints", "id"),
+    ],
+    2: [
+        """CREATE TABLE audit_prunes (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            before INTEGER NOT NULL CHECK (before > 0),
+            compact BLOB NOT NULL,
+            pruned_at TEXT NOT NULL,
+            operator TEXT NOT NULL,
+            reason TEXT NOT NULL
+        )""",
+        *_append_only("audit_prunes", "id"),
+    ],
+    3: [
+        # The access reports owed to other regions, written with their records (the outbox),
+        # and what each destination acknowledged. Not append-only: delivered ones are deleted.
+        """CREATE TABLE audit_outbox (
+            idx INTEGER PRIMARY KEY,
+            destination TEXT NOT NULL,
+            payload BLOB NOT NULL
+        )""",
+        "CREATE INDEX audit_outbox_destination ON audit_outbox (destination, idx)",
+        """CREATE TABLE audit_outbox_cursor (
+            destination TEXT PRIMARY KEY,
+            through INTEGER NOT NULL,
+            updated_at TEXT NOT NULL
+        )""",
+    ],
+}
+# Put back by a prune after it lifted it, exactly as migration 1 created it.
+RECORDS_NO_DELETE = _append_only("audit_records", "idx")[1]
+
+QUERY_COLUMNS = (
+    "time",
+    "caller_agency",
+    "provider_region",
+    "purpose",
+    "dataset",
+    "subject",
+    "outcome",
+)
+# AuditQuery attribute -> column; a fixed list, never caller input, is all that reaches the SQL.
+EQUALITY = ("subject", "caller_agency", "provider_region", "purpose", "dataset")
+
+
+def time_text(value: datetime) -> str:
+    """The canonical encoding's time text (fixed width, so text order is time order)."""
+    if value.tzinfo is None:
+        raise ValueError("query times are timezone-aware")
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def blob(value: object) -> bytes:
+    """A stored value as bytes, whatever type someone editing the file gave it."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    return b"" if value is None else str(value).encode()

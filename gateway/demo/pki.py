@@ -1,0 +1,286 @@
+"""The development PKI: throwaway per-region CAs and every key a Tongban test federation needs.
+
+Built with `cryptography` only, for tests, demos and local clusters; never for production keys.
+A region's real CA is its own; what runs on any PKI folder, this one or a region's (issuing a
+leaf key, a CRL, reading the CA certificates), is `registry._pki`. `init_dev_pki` makes the folder
+that module describes, with in one go, for every region: a root CA (P-256, 10 years, pathlen 1),
+an issuing CA (P-256, 5 years, pathlen 0) with an empty CRL (next update in 7 days), and one key
+of each usage; for every agency a TLS and a seal key; the registry authority key; `roots.pem`;
+and two development secrets a deployment keeps apart from its PKI (the audit log's pseudonym
+key, the answer cache's key).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Final
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from registry import PROVINCES, Inventory, RegistrySource
+from registry._pki import (
+    CLOCK_SKEW,
+    LEAF_VALIDITY_DAYS,
+    MANIFEST_NAME,
+    AgencySpec,
+    IssuedKey,
+    Issuer,
+    Manifest,
+    RegionSpec,
+    agency_keys_dir,
+    ca_dir,
+    issue_leaf,
+    pem,
+    read_certificate,
+    region_keys_dir,
+    scan_keys,
+    utc_now,
+    write_private,
+    write_public,
+)
+from registry._profiles import CA_KEY_USAGE, authority_key_identifier, ca_name
+from registry.errors import PkiError
+from signer import generate_private_key
+
+__all__ = [
+    "DEV_CACHE_KEY",
+    "DEV_PSEUDONYM_KEY",
+    "ROOTS_BUNDLE",
+    "DevPki",
+    "init_dev_federation",
+    "init_dev_pki",
+    "load_dev_pki",
+]
+
+ROOT_VALIDITY: Final = timedelta(days=3653)  # 10 years
+INTERMEDIATE_VALIDITY: Final = timedelta(days=1827)  # 5 years
+CRL_VALIDITY: Final = timedelta(days=7)
+
+# What init_dev_pki issues for each usage; issue_key takes an explicit algorithm instead.
+DEFAULT_ALGORITHM_FOR_USAGE: Final = {
+    "tls": "ES256",  # gRPC (BoringSSL) deployments are tested with P-256 only
+    "seal": "ES256",
+    "signature": "ES256",
+    "token": "ES256",
+    "audit": "EdDSA",
+}
+REGION_USAGES: Final = ("tls", "seal", "signature", "token", "audit")
+AGENCY_USAGES: Final = ("tls", "seal")
+ROOTS_BUNDLE: Final = "roots.pem"  # every region's root CA, PEM
+DEV_PSEUDONYM_KEY: Final = "audit-pseudonym.secret"  # dev only: the audit log's subject-hashing key
+DEV_CACHE_KEY: Final = "cache.secret"  # dev only: the AES-256 key of the answer cache (hex)
+PKI_ENTRIES: Final = (MANIFEST_NAME, "authority", "regions", "agencies")
+
+
+@dataclass(frozen=True)
+class DevPki:
+    """The result of `init_dev_pki` (or `load_dev_pki`)."""
+
+    root: Path
+    authority_key_path: Path
+    authority_public_key_path: Path
+    keys: tuple[IssuedKey, ...]
+
+
+def init_dev_federation(
+    out: Path,
+    source: RegistrySource,
+    regions: Sequence[str],
+    *,
+    now: datetime,
+    passphrase: bytes | None = None,
+) -> DevPki:
+    """A development PKI for `regions` (named as the source names them) and the source's
+    agencies of those regions, with its key inventory saved: what `tongban pki init` does."""
+    names = {r.code: r.name for r in source.regions}
+    specs = [RegionSpec(code, names.get(code) or PROVINCES[code]) for code in regions]
+    agencies = [
+        AgencySpec(a.id, a.name, a.region, a.uscc) for a in source.agencies if a.region in regions
+    ]
+    created = init_dev_pki(out, specs, agencies, passphrase=passphrase, now=now)
+    Inventory.for_new_pki(created, now).save()
+    return created
+
+
+def init_dev_pki(
+    out: Path,
+    regions: Sequence[RegionSpec],
+    agencies: Sequence[AgencySpec],
+    *,
+    passphrase: bytes | None = None,
+    now: datetime | None = None,
+) -> DevPki:
+    """Create a complete dev PKI in `out` (the layout is `registry._pki`'s).
+
+    Every private key, the CA keys included, is encrypted with `passphrase` when one is given.
+    Refuses with `PkiError`, before writing anything, when `out` already holds a PKI, when a
+    region or agency is given twice, or when an agency's region is not among `regions`.
+    """
+    issued_at = utc_now(now)
+    manifest = Manifest(tuple(regions), tuple(agencies))
+    manifest.check()
+    _claim(out)
+    authority_key_path = out / "authority" / "authority.key"
+    authority_public_key_path = out / "authority" / "authority.pub.pem"
+    authority_key = generate_private_key("EdDSA")
+    write_private(authority_key_path, authority_key, passphrase)
+    write_public(
+        authority_public_key_path,
+        authority_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        ),
+    )
+    keys: list[IssuedKey] = []
+    for region in manifest.regions:
+        issuer = create_region_ca(out, region, passphrase, issued_at)
+        owners: list[tuple[str, tuple[str, ...]]] = [(region.code, REGION_USAGES)]
+        owners += [(a.id, AGENCY_USAGES) for a in manifest.agencies if a.region == region.code]
+        for owner, usages in owners:
+            for usage in usages:
+                algorithm = DEFAULT_ALGORITHM_FOR_USAGE[usage] if owner == region.code else "ES256"
+                keys.append(
+                    issue_leaf(
+                        out,
+                        manifest,
+                        issuer,
+                        owner=owner,
+                        usage=usage,
+                        algorithm=algorithm,
+                        subject_name=None,
+                        passphrase=passphrase,
+                        now=issued_at,
+                        validity=timedelta(days=LEAF_VALIDITY_DAYS),
+                        tls_names=(),
+                    )
+                )
+    _finish(out, manifest, issued_at)
+    return DevPki(
+        root=out,
+        authority_key_path=authority_key_path,
+        authority_public_key_path=authority_public_key_path,
+        keys=tuple(keys),
+    )
+
+
+def _claim(out: Path) -> None:
+    """Make `out` this run's, or refuse: it already holds (part of) a PKI, or is a file."""
+    if out.exists() and not out.is_dir():
+        raise PkiError(f"{out} exists and is not a directory")
+    existing = [name for name in PKI_ENTRIES if (out / name).exists()]
+    if existing:
+        raise PkiError(
+            f"{out} already contains a PKI ({', '.join(existing)}); refusing to overwrite it"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        # Creating the folder claims `out` even against a concurrent run.
+        (out / "authority").mkdir()
+    except FileExistsError as exc:
+        raise PkiError(f"{out} already contains a PKI; refusing to overwrite it") from exc
+
+
+def _finish(out: Path, manifest: Manifest, issued_at: datetime) -> None:
+    """The roots bundle, the development secrets, then the manifest."""
+    # Every region's root, for a gateway that must reach a peer before it holds a registry.
+    write_public(
+        out / ROOTS_BUNDLE,
+        b"".join(
+            read_certificate(ca_dir(out, r.code) / "root.pem").public_bytes(
+                serialization.Encoding.PEM
+            )
+            for r in manifest.regions
+        ),
+    )
+    # Development only: a deployment keeps this secret apart from its PKI.
+    for name in (DEV_PSEUDONYM_KEY, DEV_CACHE_KEY):
+        fd = os.open(out / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(32) + "\n")
+    # Written last: its presence tells `issue_key` and `load_dev_pki` the PKI is complete.
+    manifest.write(out / MANIFEST_NAME, issued_at)
+
+
+def load_dev_pki(pki_root: Path) -> DevPki:
+    """Describe an existing dev PKI: every leaf certificate found under `pki_root`."""
+    manifest = Manifest.read(pki_root)
+    keys: list[IssuedKey] = []
+    for region in manifest.regions:
+        keys.extend(scan_keys(region_keys_dir(pki_root, region.code), region.code, region.code))
+        for agency in manifest.agencies:
+            if agency.region == region.code:
+                keys.extend(scan_keys(agency_keys_dir(pki_root, agency.id), agency.id, region.code))
+    return DevPki(
+        root=pki_root,
+        authority_key_path=pki_root / "authority" / "authority.key",
+        authority_public_key_path=pki_root / "authority" / "authority.pub.pem",
+        keys=tuple(keys),
+    )
+
+
+def create_region_ca(
+    out: Path, region: RegionSpec, passphrase: bytes | None, now: datetime
+) -> Issuer:
+    """A throwaway root and issuing CA for `region`, with the issuing CA's empty CRL."""
+    folder = ca_dir(out, region.code)
+    folder.mkdir(parents=True)
+    root_key = _ca_key()
+    root_name = ca_name(region.name, f"Tongban Dev Root CA {region.code}")
+    root = (
+        x509.CertificateBuilder()
+        .subject_name(root_name)
+        .issuer_name(root_name)
+        .public_key(root_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - CLOCK_SKEW)
+        .not_valid_after(now + ROOT_VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
+        .add_extension(CA_KEY_USAGE, critical=True)
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(root_key.public_key()), critical=False
+        )
+        .sign(root_key, hashes.SHA256())
+    )
+    intermediate_key = _ca_key()
+    intermediate = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name(region.name, f"Tongban Dev Issuing CA {region.code}"))
+        .issuer_name(root_name)
+        .public_key(intermediate_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - CLOCK_SKEW)
+        .not_valid_after(now + INTERMEDIATE_VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(CA_KEY_USAGE, critical=True)
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(intermediate_key.public_key()),
+            critical=False,
+        )
+        .add_extension(authority_key_identifier(root), critical=False)
+        .sign(root_key, hashes.SHA256())
+    )
+    crl = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(intermediate.subject)
+        .last_update(now - CLOCK_SKEW)
+        .next_update(now + CRL_VALIDITY)
+        .add_extension(x509.CRLNumber(1), critical=False)
+        .add_extension(authority_key_identifier(intermediate), critical=False)
+        .sign(intermediate_key, hashes.SHA256())
+    )
+    write_private(folder / "root.key", root_key, passphrase)
+    write_public(folder / "root.pem", pem(root))
+    write_private(folder / "intermediate.key", intermediate_key, passphrase)
+    write_public(folder / "intermediate.pem", pem(intermediate))
+    write_public(folder / "intermediate.crl.pem", crl.public_bytes(serialization.Encoding.PEM))
+    return Issuer(region, intermediate, intermediate_key)
+
+
+def _ca_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())

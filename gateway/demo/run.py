@@ -1,0 +1,147 @@
+"""`tongban demo`: three provinces on loopback, scripted scenarios, a readable transcript.
+
+The demo builds what a federation needs from the demo registry source shipped in the package
+(`registry.DEMO_SOURCE`, `conf/registry/` in a clone) — a dev PKI, a signed registry — then
+starts, in this process, the gateways of 浙江 (330000), 四川 (510000) and 重庆 (500000) with their
+demo data systems on free loopback ports (`gateway.demo.federation`), and plays the scenarios of
+`gateway.demo.stories` as agency and oversight clients would. The exit code is 0 only when every
+scenario behaved as expected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import shlex
+import shutil
+import signal
+import sys
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from gateway._tables import whole
+from gateway.demo.federation import (
+    REGIONS,
+    DemoError,
+    DemoOptions,
+    Federation,
+    build_pki,
+    start_federation,
+    stop_federation,
+)
+from gateway.demo.stories import play
+from registry import CURRENT_SNAPSHOT, KeyState, KeyUsage
+
+__all__ = ["DemoError", "DemoOptions", "run_demo"]
+
+# The example agency client lives in a clone of Tongban, beside the package, not in an install.
+EXAMPLE_CLIENT = Path(__file__).resolve().parents[2] / "examples" / "client.py"
+
+
+def describe(fed: Federation, out: Console, options: DemoOptions) -> None:
+    table = Table(title="three regions on loopback", title_justify="left")
+    for column in ("region", "gateway (mTLS)", "metrics", "data system", "audit log"):
+        table.add_column(column, no_wrap=True)
+    for region, name in REGIONS.items():
+        gateway = fed.gateways[region]
+        audit = gateway.config.audit
+        where = (
+            f"postgres schema {audit.schema}"
+            if audit is not None and audit.store == "postgres"
+            else f"sqlite {audit.path.name}"
+            if audit is not None and audit.path is not None
+            else "memory"
+        )
+        table.add_row(
+            f"{region} {name}",
+            f"localhost:{gateway.port}",
+            f"http://127.0.0.1:{gateway.metrics_port}/metrics",
+            f"127.0.0.1:{fed.providers[region][1]}",
+            where,
+        )
+    out.print(whole(table))
+    cache = f"Redis at {options.redis_url}" if options.redis_url else "in memory (one per gateway)"
+    out.print(f"Answer cache, replay window and quotas: {cache}.", soft_wrap=True)
+
+
+def client_command(fed: Federation) -> str:
+    """A ready-to-paste `examples/client.py` call as 四川人社 (sc.hrss) to its own gateway."""
+    citizen = fed.citizens("500000", "si.participation", 2)[1]
+    (tls,) = fed.inventory().find("sc.hrss", KeyUsage.TLS, KeyState.ACTIVE)
+    python = Path(sys.executable)
+    tongban = python.parent / "tongban"
+    token = f"$({shlex.quote(str(tongban))} token issue --pki {shlex.quote(str(fed.pki))} --agency sc.hrss --operator 张三)"
+    arguments = [
+        ("--gateway", f"localhost:{fed.gateways['510000'].port}"),
+        ("--cert", str(fed.pki / tls.certificate)),
+        ("--key", str(fed.pki / tls.private_key)),
+        ("--ca", str(fed.pki / "regions" / "510000" / "ca" / "root.pem")),
+        ("--provider-region", "500000"),
+        ("--dataset", "si.participation"),
+        ("--purpose", "SI-TRANSFER"),
+        ("--subject", citizen),
+        ("--case-id", f"CASE-{datetime.now(UTC):%Y%m%d}-0001"),
+    ]
+    # Named wholly, so that the command works from any folder; without a clone, the path in one.
+    client = str(EXAMPLE_CLIENT) if EXAMPLE_CLIENT.is_file() else "examples/client.py"
+    lines = [f"{shlex.quote(str(python))} {shlex.quote(client)}"]
+    lines += [f"{flag} {shlex.quote(value)}" for flag, value in arguments]
+    lines.append(f'--token "{token}"')
+    return " \\\n    ".join(lines)
+
+
+async def _serve_until_interrupted(fed: Federation, out: Console, options: DemoOptions) -> None:
+    out.print()
+    describe(fed, out, options)
+    out.print("[bold]The three gateways keep running.[/] Try an agency client (mutual TLS, token):")
+    out.print(client_command(fed), soft_wrap=True, markup=False, highlight=False)
+    out.print(f"Registry: {fed.published / CURRENT_SNAPSHOT}; PKI: {fed.pki}", soft_wrap=True)
+    out.print("Ctrl-C stops them.", soft_wrap=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    out.print("Stopping the gateways.")
+
+
+async def _run(options: DemoOptions, out: Console, folder: Path) -> int:
+    run_id = secrets.token_hex(3)
+    out.print(f"[bold]Tongban demo[/] in {folder}", soft_wrap=True)
+    out.print("Dev PKI for 330000 浙江, 510000 四川, 500000 重庆 and a signed registry …")
+    await asyncio.to_thread(build_pki, folder, options.source)
+    fed = Federation(folder=folder, source=options.source)
+    try:
+        await start_federation(fed, options, run_id)
+        describe(fed, out, options)
+        ok = await play(fed, out)
+        if options.serve:
+            await _serve_until_interrupted(fed, out, options)
+    finally:
+        await stop_federation(fed, options)
+    return 0 if ok else 1
+
+
+def run_demo(options: DemoOptions, out: Console) -> int:
+    """Play the demo; 0 when every scenario behaved as expected, 1 otherwise."""
+    if not (options.source / "regions.toml").is_file():
+        raise DemoError(
+            f"{options.source}: no registry source here (regions.toml); give the folder of "
+            "one with --source, or leave it out for the demo's own"
+        )
+    if options.folder is not None:
+        if options.folder.exists() and not options.folder.is_dir():
+            raise DemoError(f"{options.folder}: not a folder")
+        if options.folder.exists() and any(options.folder.iterdir()):
+            raise DemoError(f"{options.folder}: not empty; give a new or empty folder")
+        options.folder.mkdir(parents=True, exist_ok=True)
+        return asyncio.run(_run(options, out, options.folder))
+    folder = Path(tempfile.mkdtemp(prefix="tongban-demo-"))
+    try:
+        return asyncio.run(_run(options, out, folder))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

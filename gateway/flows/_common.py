@@ -1,0 +1,296 @@
+"""What the three flows share: the audit trail of a call, the one decision of a gateway, the
+seal checks remembered, and the shape check of a request."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from datetime import datetime
+from typing import Final
+
+from gateway.audit import AuditLog, AuditRecord, AuditUnavailable, Outbound, Outcome, pseudonymize
+from gateway.errors import OVERRIDES, Refusal
+from gateway.flows._model import AuditContext, Grant, SealedAnswer
+from gateway.identity import Caller, CallerKind
+from gateway.metrics import GatewayMetrics
+from gateway.policy import DataRequest, PolicyInputError, PurposePolicy, check_request
+from gateway.services.oversight import audit_id as make_audit_id
+from registry import Agency, Registry, RegistryError, RegistryStore
+
+__all__ = [
+    "SEAL_MEMO_ENTRIES",
+    "SEAL_MEMO_SECONDS",
+    "AuditTrail",
+    "Gatekeeper",
+    "PassedSeals",
+    "check_shape",
+    "gateway_of",
+    "overridden",
+]
+
+log = logging.getLogger("tongban.exchange")
+
+SEAL_MEMO_SECONDS: Final = 5.0  # a passed seal check of the same bytes is trusted this long
+SEAL_MEMO_ENTRIES: Final = 4096  # passed seal checks remembered at most
+
+
+def overridden(reason: str, message: str) -> Refusal:
+    """A refusal with the other code `gateway.errors.OVERRIDES` names for `reason` (each such
+    reason has one), without naming a gRPC code here."""
+    code = next(code for (named, code) in OVERRIDES if named == reason)
+    return Refusal(reason, message, code=code)
+
+
+def check_shape(request: DataRequest) -> None:
+    """`check_request`, refused as INVALID_ARGUMENT naming the argument at fault (ErrorInfo
+    metadata "field"), never its value."""
+    try:
+        check_request(request)
+    except PolicyInputError as exc:
+        raise Refusal(
+            exc.reason,
+            str(exc),
+            metadata={"field": exc.field} if exc.field else None,
+        ) from exc
+
+
+def gateway_of(caller: Caller | None, region: str, what: str) -> Caller:
+    """The caller, if its peer certificate is the gateway of `region`; else NOT_AUTHORISED_ROLE."""
+    if caller is None or caller.kind is not CallerKind.GATEWAY or caller.region != region:
+        raise Refusal("NOT_AUTHORISED_ROLE", f"only the gateway of {what}")
+    return caller
+
+
+class Gatekeeper:
+    """The registry a call decides with, and the one decision per gateway per request."""
+
+    def __init__(self, registry: RegistryStore, policy: PurposePolicy | None = None) -> None:
+        self._registry = registry
+        self.policy = policy or PurposePolicy()
+
+    def current(self) -> Registry:
+        try:
+            return self._registry.current()
+        except RegistryError as exc:
+            raise Refusal("REGISTRY_STALE", str(exc)) from exc
+
+    def grant(
+        self,
+        registry: Registry,
+        agency_id: str,
+        request: DataRequest,
+        now: datetime,
+        *,
+        agency: Agency | None = None,
+    ) -> Grant:
+        """The decision on `request` (whose shape `check_shape` passed) by the agency
+        `agency_id` (`agency`, when the caller looked it up in `registry` already), or the
+        Refusal that says why not."""
+        agency = agency or registry.agency(agency_id)
+        if agency is None:
+            raise overridden(
+                "CERTIFICATE_NOT_TRUSTED", f"agency {agency_id} is not in the registry"
+            )
+        decision = self.policy.decide_checked(registry, requester=agency, request=request, at=now)
+        if not decision.allowed:
+            raise Refusal(decision.reason, decision.message)
+        dataset = registry.dataset(request.provider_region, request.dataset)
+        assert dataset is not None  # the decision checked it
+        return Grant(decision=decision, agency=agency, dataset=dataset)
+
+
+class AuditTrail:
+    """A gateway's audit records of the query path: one per access, allowed or refused."""
+
+    def __init__(
+        self,
+        *,
+        audit: AuditLog,
+        gateway_name: str,
+        region: str,
+        pseudonym_key: bytes,
+        metrics: GatewayMetrics,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.log = audit
+        self.gateway_name = gateway_name
+        self.region = region
+        self._pseudonym_key = pseudonym_key
+        self.metrics = metrics
+        self.clock = clock
+
+    def pseudonym(self, subject_id: str) -> str:
+        return pseudonymize(subject_id, self._pseudonym_key)
+
+    async def record(
+        self,
+        context: AuditContext,
+        outcome: Outcome,
+        *,
+        reason: str = "",
+        fields: tuple[str, ...] = (),
+        cache_hit: bool = False,
+        sealed: str = "",
+        outbound: Outbound | None = None,
+    ) -> str:
+        """Append one audit record; return its audit id. Raises AuditUnavailable.
+        `outbound` (a hit's report to its owner) is made durable with the record."""
+        request = context.request
+        subject = context.subject
+        if subject is None:
+            subject = self.pseudonym(request.subject_id) if request.subject_id else ""
+        sealed_digest = context.sealed_digest
+        if sealed_digest is None:
+            sealed_digest = hashlib.sha256(sealed.encode()).hexdigest() if sealed else ""
+        appended = await self.log.append(
+            AuditRecord(
+                time=context.at or self.clock(),
+                gateway=self.gateway_name,
+                region=self.region,
+                rpc=context.rpc,
+                request_id=request.request_id,
+                caller_agency=context.caller_agency,
+                caller_operator=context.caller_operator,
+                caller_region=context.caller_region,
+                provider_region=request.provider_region,
+                dataset=request.dataset,
+                purpose=request.purpose,
+                case_id=request.case_id,
+                subject=subject,
+                fields=tuple(sorted(fields)),
+                outcome=outcome,
+                reason=reason,
+                cache_hit=cache_hit,
+                latency_us=int((time.perf_counter() - context.started) * 1_000_000),
+                sealed_digest=sealed_digest,
+                registry_version=context.registry_version,
+                agreement_id=context.agreement_id,
+            ),
+            outbound,
+        )
+        if outcome is not Outcome.FAILED:
+            self.metrics.decision("allowed" if outcome is Outcome.ALLOWED else "denied", reason)
+        return make_audit_id(self.log.origin, appended.index)
+
+    async def release(
+        self,
+        context: AuditContext,
+        *,
+        fields: tuple[str, ...],
+        cache_hit: bool,
+        sealed: str = "",
+        outbound: Outbound | None = None,
+        what: str = "the answer was not released",
+    ) -> str:
+        """Record an allowed access (durably: fail closed) and return its audit id."""
+        try:
+            return await self.record(
+                context,
+                Outcome.ALLOWED,
+                fields=fields,
+                cache_hit=cache_hit,
+                sealed=sealed,
+                outbound=outbound,
+            )
+        except AuditUnavailable as exc:
+            raise Refusal("AUDIT_UNAVAILABLE", f"{what}: {exc}", audited=True) from exc
+
+    def ready(self) -> None:
+        """Refuse at once while the audit store's breaker is open: an answer fetched now could
+        not be released (its record cannot be made durable), so nobody is asked for it."""
+        if self.log.breaker.state == "open":
+            raise Refusal(
+                "AUDIT_UNAVAILABLE",
+                "the audit store is failing (its circuit breaker is open): no answer can be "
+                "released now; try again shortly",
+            )
+
+    async def refused(self, refusal: Refusal, context: AuditContext) -> Refusal:
+        """Audit a refusal (best effort: a denial releases nothing) and return it to raise.
+        The caller was denied, or the exchange failed (a peer, the data system, a bad seal)."""
+        if not refusal.audited:
+            outcome = Outcome.FAILED if refusal.failed else Outcome.DENIED
+            if refusal.reason == "QUOTA_EXCEEDED":
+                self.metrics.quota_rejected(context.agreement_id)
+            try:
+                await self.record(context, outcome, reason=refusal.reason)
+            except AuditUnavailable:
+                log.warning(
+                    "a refusal (%s) could not be audited: the audit store is unavailable",
+                    refusal.reason,
+                )
+            refusal.audited = True
+        return refusal
+
+    async def cancelled(self, context: AuditContext) -> None:
+        """The call was cancelled (by its caller, or its deadline) while a peer or the data
+        system was being asked: record the attempt (failed, REQUEST_CANCELLED) before the
+        cancellation goes on. The record is written in a task of its own, shielded, so that the
+        cancellation of this call does not cancel it too."""
+        record = asyncio.ensure_future(
+            self.record(context, Outcome.FAILED, reason="REQUEST_CANCELLED")
+        )
+        record.add_done_callback(lambda done: done.cancelled() or done.exception())  # retrieved
+        try:
+            await asyncio.shield(record)
+        except AuditUnavailable:
+            log.warning("a cancelled request could not be audited: the audit store is unavailable")
+        except asyncio.CancelledError:
+            pass  # cancelled again while waiting: the shielded record still completes
+
+
+class PassedSeals:
+    """Seal checks that passed, remembered for `seconds` (at most `entries` of them): a cached
+    answer is the same bytes every time, and checking its seal again is most of a hit's own
+    work. The key covers the JWS and the record's payload, the registry version the verifier
+    decided with, and the region the seal had to be of, so a new registry (a key revoked, a
+    CA removed) or another expectation is checked afresh."""
+
+    def __init__(
+        self,
+        seconds: float = SEAL_MEMO_SECONDS,
+        entries: int = SEAL_MEMO_ENTRIES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.seconds = seconds
+        self._max = entries
+        self._clock = clock
+        self._passed: OrderedDict[tuple[bytes, int, str], tuple[float, tuple[str, ...]]] = (
+            OrderedDict()
+        )
+        self.hits = 0
+
+    @staticmethod
+    def key(record: SealedAnswer, version: int, region: str) -> tuple[bytes, int, str]:
+        digest = hashlib.sha256(record.jws.encode())
+        digest.update(b"\x00")
+        digest.update(record.payload)
+        return digest.digest(), version, region
+
+    def get(self, key: tuple[bytes, int, str]) -> tuple[str, ...] | None:
+        found = self._passed.get(key)
+        if found is None:
+            return None
+        until, fields = found
+        if self._clock() >= until:
+            del self._passed[key]
+            return None
+        self.hits += 1
+        return fields
+
+    def put(self, key: tuple[bytes, int, str], fields: tuple[str, ...]) -> None:
+        if self.seconds <= 0:
+            return
+        now = self._clock()
+        # Oldest first, all with the same lifetime: the expired ones (and those of registry
+        # versions gone by) leave from the front, so that a quiet gateway holds none.
+        while self._passed and next(iter(self._passed.values()))[0] <= now:
+            self._passed.popitem(last=False)
+        self._passed[key] = (now + self.seconds, fields)
+        self._passed.move_to_end(key)
+        while len(self._passed) > self._max:
+            self._passed.popitem(last=False)

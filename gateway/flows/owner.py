@@ -1,0 +1,215 @@
+"""The owner gateway's flow (Peer.Forward): a query forwarded by another region's gateway for
+one of its agencies, for this region's data.
+
+    (1) the caller is the gateway of the region it claims, forwarding for one of its agencies,
+        a well-formed request (checked again: a peer is not trusted to have checked it)
+    (2) this gateway decides again, on its own registry (never trusting the requester's
+        decision), and counts the agreement's quota over every requesting gateway
+    (3) answers from its cache, or asks its data system and seals the exact answer bytes
+    (4) durably audits the access, then answers (with its pseudonym of the subject when the
+        dataset is cache_scope "requester", for the requester's reports)
+Every refusal after (1)'s caller check is audited, and raised as a Refusal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from datetime import datetime
+from typing import Protocol
+
+from gateway import rpcs
+from gateway.cache import AnswerCache, cache_key
+from gateway.errors import Refusal
+from gateway.flows._common import AuditTrail, Gatekeeper, check_shape, gateway_of
+from gateway.flows._model import AuditContext, ForwardCall, Forwarded, Grant, SealedAnswer
+from gateway.policy import DataRequest
+from gateway.provider import ProviderAnswer
+from gateway.quota import QuotaCounter, QuotaUnavailable
+from gateway.sealing import RegionSealer, SealKeyUnavailable
+from registry import CacheScope, Registry
+
+__all__ = ["DataSystem", "OwnerFlow", "SealedCodec"]
+
+
+class DataSystem(Protocol):
+    """This region's data system, as its gateway asks it for a subject's record."""
+
+    async def fetch(
+        self, request: DataRequest, fields: Sequence[str], call: ForwardCall
+    ) -> ProviderAnswer:
+        """The record with exactly `fields`; a Refusal when it refused or failed."""
+        ...
+
+
+class SealedCodec(Protocol):
+    """How a sealed answer is kept in this gateway's cache (bytes, encrypted by the cache)."""
+
+    def encode(self, record: SealedAnswer) -> bytes: ...
+
+    def decode(self, raw: bytes) -> SealedAnswer: ...
+
+
+class OwnerFlow:
+    """The owner gateway's side of the query path (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        region: str,
+        gatekeeper: Gatekeeper,
+        trail: AuditTrail,
+        quota: QuotaCounter,
+        cache: AnswerCache,
+        codec: SealedCodec,
+        sealer: RegionSealer,
+        data_system: DataSystem | None,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.region = region
+        self._gate = gatekeeper
+        self._trail = trail
+        self._quota = quota
+        self._cache = cache
+        self._codec = codec
+        self._sealer = sealer
+        self.data_system = data_system
+        self._clock = clock
+
+    async def forward(self, call: ForwardCall) -> Forwarded:
+        started = time.perf_counter()
+        data = call.request
+        # (1)
+        caller = gateway_of(
+            call.caller, call.requesting_region, "the requesting region forwards its queries"
+        )
+        registry = self._gate.current()
+        audit = AuditContext(
+            rpc=rpcs.FORWARD,
+            caller_agency=call.agency_id,
+            caller_operator=call.operator,
+            caller_region=caller.region,
+            request=data,
+            started=started,
+            registry_version=registry.version,
+        )
+        try:
+            check_shape(data)
+            if data.provider_region != self.region:
+                raise Refusal(
+                    "UNKNOWN_REGION",
+                    f"this is the gateway of region {self.region}, not {data.provider_region}",
+                )
+            agency = registry.agency(call.agency_id)
+            if agency is None or agency.region != caller.region:
+                raise Refusal(
+                    "NOT_AUTHORISED_ROLE",
+                    f"gateway {caller.region} forwards for an agency that is not one of its own",
+                )
+            # (2)
+            now = self._clock()
+            grant = self._gate.grant(registry, agency.id, data, now, agency=agency)
+            audit = replace(audit, agreement_id=grant.agreement_id)
+            await self._take_owner_quota(grant, now)
+            # (3)
+            self._trail.ready()
+            subject = self._trail.pseudonym(data.subject_id)
+            audit = replace(audit, subject=subject)
+            record, hit = await self._sealed_answer(subject, grant, call, registry)
+        except Refusal as refusal:
+            raise await self._trail.refused(refusal, audit) from None
+        except asyncio.CancelledError:
+            await self._trail.cancelled(audit)
+            raise
+        # (4)
+        audit_id = await self._trail.release(
+            audit, fields=grant.fields, cache_hit=hit, sealed=record.jws
+        )
+        return Forwarded(
+            record=record,
+            audit_id=audit_id,
+            fields=grant.fields,
+            registry_version=registry.version,
+            cache_hit=hit,
+            agreement_id=grant.agreement_id,
+            # for the requesting gateway's reports of its own hits (cache_scope "requester")
+            subject_pseudonym=subject if grant.dataset.cache_scope is CacheScope.REQUESTER else "",
+        )
+
+    async def _take_owner_quota(self, grant: Grant, now: datetime) -> None:
+        """The data owner counts the agreement's quota too, over every requesting gateway (it
+        never trusts a requesting gateway to have counted): its own counter, beside the one the
+        requesting gateway keeps, `owner:<agreement id>`."""
+        try:
+            taken = await self._quota.take(
+                f"owner:{grant.agreement_id}", grant.quota_per_minute, now=now
+            )
+        except QuotaUnavailable as exc:
+            raise Refusal(
+                "SHARED_STATE_UNAVAILABLE",
+                f"the agreement's quota cannot be checked: {exc}",
+            ) from exc
+        if not taken:
+            raise Refusal(
+                "QUOTA_EXCEEDED",
+                f"agreement {grant.agreement_id} allows {grant.quota_per_minute} queries a minute "
+                f"to region {self.region}, from all requesters; try again next minute",
+            )
+
+    async def _sealed_answer(
+        self, subject: str, grant: Grant, call: ForwardCall, registry: Registry
+    ) -> tuple[SealedAnswer, bool]:
+        """(sealed answer, cache hit): from the cache, or fetched and sealed, then kept for the
+        dataset's TTL. A miss uses the record it sealed as it is (the cache keeps its bytes)."""
+        data = call.request
+        key = cache_key(
+            provider_region=self.region,
+            dataset=data.dataset,
+            subject_pseudonym=subject,
+            fields=grant.fields,
+            purpose=data.purpose,
+        )
+        loaded: list[SealedAnswer] = []
+
+        async def load() -> bytes:
+            record = await self._fetch_and_seal(grant.fields, call, registry)
+            loaded.append(record)
+            return self._codec.encode(record)
+
+        raw, hit = await self._cache.get_or_load(key, grant.dataset.cache_ttl_seconds, load)
+        if not hit and loaded:  # this call's own load
+            return loaded[0], False
+        return self._codec.decode(raw), hit
+
+    async def _fetch_and_seal(
+        self, fields: tuple[str, ...], call: ForwardCall, registry: Registry
+    ) -> SealedAnswer:
+        data = call.request
+        if self.data_system is None:
+            raise Refusal(
+                "PROVIDER_UNAVAILABLE",
+                f"region {self.region}'s gateway has no data system configured",
+            )
+        answer = await self.data_system.fetch(data, fields, call)
+        if not answer.found:
+            raise Refusal(
+                "SUBJECT_NOT_FOUND",
+                f"region {self.region} holds no {data.dataset} record for this subject",
+            )
+        content_type = answer.content_type or "application/json"
+        try:
+            sealed = await self._sealer.seal(
+                registry, answer.payload, content_type=content_type, now=self._clock()
+            )
+        except SealKeyUnavailable as exc:
+            raise Refusal(exc.reason, str(exc)) from exc
+        return SealedAnswer(
+            jws=sealed.jws,
+            payload=answer.payload,
+            content_type=content_type,
+            sealer_kid=sealed.kid,
+            sealer_region=sealed.region,
+            sealed_at=SealedAnswer.wire_time(sealed.sealed_at),
+        )
