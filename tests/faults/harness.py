@@ -52,8 +52,8 @@ from psycopg import sql
 from query_support import Cluster, bearer
 from support import REPO, Federation, RedisServer, credentials_as, free_port
 
-from gateway.config import GatewayConfig
-from registry._pki import DEV_CACHE_KEY, DEV_PSEUDONYM_KEY
+from gateway.demo.config import config_for_dev_pki
+from gateway.demo.pki import DEV_CACHE_KEY, DEV_PSEUDONYM_KEY
 from tongban.v1 import exchange_pb2_grpc
 
 LONG = os.environ.get("TONGBAN_FAULTS_LONG", "") == "1"
@@ -292,7 +292,7 @@ def gateway_toml(
 ) -> str:
     """A full (not dev_pki) configuration file of `region`'s gateway: the dev PKI's keys named
     file by file, the bounds of `bounds`; the DSN and Redis URL in environment variables."""
-    dev = GatewayConfig.for_dev_pki(fed.pki, region, listen=listen, snapshot_file=fed.current)
+    dev = config_for_dev_pki(fed.pki, region, listen=listen, snapshot_file=fed.current)
     assert dev.audit is not None
     lines = [
         "[gateway]",
