@@ -18,7 +18,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCK) $(UV_LOCK) | sha2
 LOWEST_VENV ?= .venv-lowest
 DEMO ?= out/demo
 
-.PHONY: demo demo-serve fuzz soak test install lock check-lowest services promtool lint proto proto-check pytest clean
+.PHONY: demo demo-serve fuzz faults soak test install lock check-lowest services promtool lint proto proto-check pytest clean
 
 UV_STAMP := $(VENV)/.uv-$(shell sha256sum $(UV_LOCK) | cut -c1-12)
 
@@ -107,6 +107,12 @@ demo-serve: demo
 FUZZ_EXAMPLES ?= 10000
 fuzz: $(STAMP)
 	TONGBAN_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -p no:cacheprovider tests/fuzz -m fuzz -q
+
+# The fault suite of issue 14 (tests/faults/: gateways, data system, Redis and a private PostgreSQL
+# as processes, faults injected under load) with 10-second faults, twice the clients and three
+# rounds per scenario (about 9 min on 2 cores); `make pytest` runs the same scenarios short.
+faults: $(STAMP)
+	TONGBAN_FAULTS_LONG=1 $(PY) -m pytest -p no:cacheprovider --no-cov tests/faults -q -s
 
 # The soak run (not in CI): the three demo gateways in one process follow SOAK_VERSIONS registry
 # versions under a client load; exits 1 if memory, descriptors, tasks or channels grew.
