@@ -30,6 +30,7 @@ from psycopg.rows import TupleRow
 
 from gateway.audit._checkpoint import Checkpoint
 from gateway.audit._merkle import CompactRange, ProofError, leaf_hash
+from gateway.audit._postgres_conn import DISCARD_SECONDS, cancel_twice, run_bounded
 from gateway.audit._postgres_outbox import PostgresOutbox
 from gateway.audit._postgres_schema import (
     COLUMNS,
@@ -63,19 +64,7 @@ log = logging.getLogger("tongban.audit.postgres")
 _Connection = psycopg.AsyncConnection[TupleRow]
 _Pending = tuple[AuditRecord, Outbound | None, "asyncio.Future[Appended]"]
 
-DISCARD_SECONDS = 1.0  # closing a connection to a server that does not answer
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
-
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    """Cancel a task waiting on the database. psycopg answers a cancellation by asking the
-    server to cancel the query (up to 5 s, and 5 s more for it to end), which a server that
-    does not answer never does: cancelled again after DISCARD_SECONDS, it closes the connection
-    at once."""
-    task.cancel()
-    done, _ = await asyncio.wait({task}, timeout=DISCARD_SECONDS)
-    if not done:
-        task.cancel()
 
 
 class PostgresAuditStore(PostgresOutbox):
@@ -261,7 +250,7 @@ class PostgresAuditStore(PostgresOutbox):
                     "the stop; they are refused",
                     self._timeout,
                 )
-                await _cancel(self._task)
+                await cancel_twice(self._task)
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
@@ -428,8 +417,7 @@ class PostgresAuditStore(PostgresOutbox):
                         self._reader = await self._connect(self._dsn)
                     conn = self._reader
                     assert conn is not None
-                    cur = await conn.execute(query, params)
-                    return await cur.fetchall() if cur.description is not None else []
+                    return await run_bounded(conn, query, params, self._timeout)
                 except psycopg.Error as exc:
                     if self._dead(self._reader):
                         await self._discard(self._reader)

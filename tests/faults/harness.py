@@ -815,7 +815,9 @@ async def run_scenario(dep: Deployment, fault: Fault) -> Outcome:
         answered = [s for s in tally.shots if s.ok]
         ledger, waited, missing = await wait_for_records(dep, answered)
         stopping = time.monotonic()
-        exits = dep.stop()
+        # In a thread: the event loop keeps running what the test serves the gateways (a TCP
+        # proxy to PostgreSQL), which a blocking wait would freeze exactly when they stop.
+        exits = await asyncio.to_thread(dep.stop)
         stop_seconds = time.monotonic() - stopping
     tracebacks = {name: p.stderr().count("Traceback") for name, p in dep.gateways.items()}
     lines = {name: len(p.stderr().splitlines()) for name, p in dep.gateways.items()}

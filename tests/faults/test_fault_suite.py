@@ -30,8 +30,7 @@ each forwarded to 浙江), breaks one part for FAULT_SECONDS, repairs it, and as
 | audit file immutable | `chattr +i` on 四川's SQLite log (and its WAL) | AUDIT_UNAVAILABLE |
 
 `make faults` (TONGBAN_FAULTS_LONG=1) runs the same scenarios with longer faults, more clients
-and several rounds each. A defect a scenario found that is not the one it is about is pinned
-with `xfail(strict=True)` and its reason.
+and several rounds each.
 """
 
 from __future__ import annotations
@@ -148,15 +147,6 @@ async def test_postgres_frozen(fed: Federation, tmp_path: Path, pg: PrivatePostg
         judge(await run_scenario(dep, fault), fault)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="found by this scenario, not point 1: after the proxy forwards again, a gateway's "
-    "PostgreSQL reader connection stays wedged (its query never reaches the server: "
-    "pg_stat_activity shows that backend idle since the gateway started), so its graceful stop "
-    "takes ~16 s instead of well under STOP_SECONDS: 'no final checkpoint: the audit store did "
-    "not answer within 10 s', then psycopg's cancellation timeout. Until main's c42bf63 the stop "
-    "hung for good in AuditLog.close() -> checkpoint() -> PostgresAuditStore.head()",
-)
 async def test_postgres_connection_drops_packets(
     fed: Federation, tmp_path: Path, pg: PrivatePostgres
 ) -> None:
