@@ -43,6 +43,7 @@ from registry import (
     AgencyRole,
     Agreement,
     Dataset,
+    Purpose,
     Registry,
     ShareClass,
     is_region_code,
@@ -381,113 +382,170 @@ class PurposePolicy:
         self, registry: Registry, *, requester: Agency, request: DataRequest, at: datetime
     ) -> Decision:
         """`decide` for a request whose shape `check_request` has passed already (the query
-        path checks it once, before the replay window, and refuses it with the argument)."""
+        path checks it once, before the replay window, and refuses it with the argument).
+
+        The rules of the table, in order, in five steps, each refusing at its first failure:
+        what the request names (1-3), the requester as this registry has it (4), the subject
+        and the dataset for the purpose (5-7), the agreement (8a-8c), and what the request asks
+        of it (9-10)."""
         if at.tzinfo is None or at.utcoffset() is None:
             raise ValueError("decide needs a timezone-aware time")
-        version = registry.version
-        region_code = request.provider_region
-        region = registry.region(region_code)
-        if region is None:  # 1
-            return Decision.deny(
-                version, "UNKNOWN_REGION", f"Region {region_code} is not in the registry."
-            )
-        dataset = registry.dataset(region_code, request.dataset)
-        if dataset is None:  # 2
-            return Decision.deny(
-                version,
-                "UNKNOWN_DATASET",
-                f"Region {region_code} publishes no dataset {request.dataset}.",
-            )
-        purpose = registry.purpose(request.purpose)
-        if purpose is None:  # 3
-            return Decision.deny(
-                version, "UNKNOWN_PURPOSE", f"Purpose {request.purpose} is not in the registry."
-            )
-        # 4: roles as this registry has them, not as the caller's Agency object was made.
-        current = registry.agency(requester.id)
-        if current is None or not current.has_role(AgencyRole.REQUESTER):
-            return Decision.deny(
-                version,
-                "NOT_AUTHORISED_ROLE",
-                f"Agency {requester.id} does not hold the requester role in registry "
-                f"version {version}.",
-            )
-        requester = current
-        kind = subject_kind(dataset)
-        if not _subject_valid(kind, request.subject_id):  # 5
-            return Decision.deny(
-                version,
-                "SUBJECT_ID_INVALID",
-                f"The subject id is not a valid {kind} for dataset {dataset.id}.",
-            )
-        if dataset.share_class is ShareClass.NOT_SHARED:  # 6
-            return Decision.deny(
-                version,
-                "DATASET_NOT_SHARED",
-                f"Dataset {dataset.id} of region {region_code} is not shared (不予共享).",
-            )
-        allowed_fields = (purpose.allowed_fields(dataset.id) or frozenset()) & dataset.field_names
-        if not allowed_fields:  # 7
-            return Decision.deny(
-                version,
-                "PURPOSE_NOT_APPROVED",
-                f"Purpose {purpose.id} does not cover dataset {dataset.id}.",
-            )
-
-        if requester.region == region_code:  # 8a, same region
-            return Decision.deny(
-                version,
-                "NO_AGREEMENT",
-                f"A query from region {requester.region} to its own region does not cross "
-                "regions and is out of this gateway's scope.",
-            )
-        linked = [a for a in registry.agreements_for(region_code) if a.names_requester(requester)]
-        if not linked:  # 8a
-            return Decision.deny(
-                version,
-                "NO_AGREEMENT",
-                f"No agreement links agency {requester.id} or region {requester.region} "
-                f"with provider region {region_code}.",
-            )
-        for_purpose = [a for a in linked if purpose.id in a.purposes]
-        if not for_purpose:  # 8b
-            return Decision.deny(
-                version,
-                "PURPOSE_NOT_APPROVED",
-                f"No agreement with provider region {region_code} approves purpose "
-                f"{purpose.id} for agency {requester.id}.",
-            )
-        in_force = [a for a in for_purpose if a.in_force(at)]
-        if not in_force:  # 8c
-            ids = ", ".join(sorted(a.id for a in for_purpose))
-            return Decision.deny(
-                version,
-                "AGREEMENT_EXPIRED",
-                f"No agreement for purpose {purpose.id} with provider region {region_code} "
-                f"is in force at {at:%Y-%m-%dT%H:%M:%S%z} (outside its window: {ids}).",
-            )
-        agreement = _choose(in_force, requester)
-
-        if dataset.share_class is ShareClass.CONDITIONAL and not request.case_id:  # 9
-            return Decision.deny(
-                version,
-                "CASE_ID_REQUIRED",
-                f"Dataset {dataset.id} is shared on condition (有条件共享): a case id is required.",
-                agreement,
-            )
-        refused = [f for f in request.fields if f not in allowed_fields]
-        if refused:  # 10
-            return Decision.deny(
-                version,
-                "FIELD_NOT_ALLOWED",
-                f"Purpose {purpose.id} may not see field(s) {_list(refused)} "
-                f"of dataset {dataset.id}.",
-                agreement,
-            )
-        fields = frozenset(request.fields) if request.fields else allowed_fields
-        return Decision.allow(
-            registry,
-            agreement,
-            fields,
-            f"Allowed under agreement {agreement.id} for purpose {purpose.id}.",
+        named = _find_named(registry, request)  # 1-3
+        if isinstance(named, Decision):
+            return named
+        dataset, purpose = named
+        current = _registered_requester(registry, requester)  # 4
+        if isinstance(current, Decision):
+            return current
+        allowed_fields = _fields_for_purpose(registry, request, dataset, purpose)  # 5-7
+        if isinstance(allowed_fields, Decision):
+            return allowed_fields
+        agreement = _agreement_in_force(registry, current, request, purpose, at)  # 8a-8c
+        if isinstance(agreement, Decision):
+            return agreement
+        return _grant(  # 9-10
+            registry, request, dataset, purpose, allowed_fields=allowed_fields, agreement=agreement
         )
+
+
+def _find_named(registry: Registry, request: DataRequest) -> tuple[Dataset, Purpose] | Decision:
+    """Rules 1 to 3: the provider region, its dataset and the purpose are in the registry."""
+    version = registry.version
+    region_code = request.provider_region
+    if registry.region(region_code) is None:  # 1
+        return Decision.deny(
+            version, "UNKNOWN_REGION", f"Region {region_code} is not in the registry."
+        )
+    dataset = registry.dataset(region_code, request.dataset)
+    if dataset is None:  # 2
+        return Decision.deny(
+            version,
+            "UNKNOWN_DATASET",
+            f"Region {region_code} publishes no dataset {request.dataset}.",
+        )
+    purpose = registry.purpose(request.purpose)
+    if purpose is None:  # 3
+        return Decision.deny(
+            version, "UNKNOWN_PURPOSE", f"Purpose {request.purpose} is not in the registry."
+        )
+    return dataset, purpose
+
+
+def _registered_requester(registry: Registry, requester: Agency) -> Agency | Decision:
+    """Rule 4: the requester as this registry has it, with the requester role (roles as the
+    registry has them, not as the caller's Agency object was made)."""
+    current = registry.agency(requester.id)
+    if current is None or not current.has_role(AgencyRole.REQUESTER):
+        return Decision.deny(
+            registry.version,
+            "NOT_AUTHORISED_ROLE",
+            f"Agency {requester.id} does not hold the requester role in registry "
+            f"version {registry.version}.",
+        )
+    return current
+
+
+def _fields_for_purpose(
+    registry: Registry, request: DataRequest, dataset: Dataset, purpose: Purpose
+) -> frozenset[str] | Decision:
+    """Rules 5 to 7: the subject id fits the dataset, the dataset is shared, and the purpose
+    covers it; the fields the purpose allows of the dataset."""
+    version = registry.version
+    kind = subject_kind(dataset)
+    if not _subject_valid(kind, request.subject_id):  # 5
+        return Decision.deny(
+            version,
+            "SUBJECT_ID_INVALID",
+            f"The subject id is not a valid {kind} for dataset {dataset.id}.",
+        )
+    if dataset.share_class is ShareClass.NOT_SHARED:  # 6
+        return Decision.deny(
+            version,
+            "DATASET_NOT_SHARED",
+            f"Dataset {dataset.id} of region {request.provider_region} is not shared (不予共享).",
+        )
+    allowed_fields = (purpose.allowed_fields(dataset.id) or frozenset()) & dataset.field_names
+    if not allowed_fields:  # 7
+        return Decision.deny(
+            version,
+            "PURPOSE_NOT_APPROVED",
+            f"Purpose {purpose.id} does not cover dataset {dataset.id}.",
+        )
+    return allowed_fields
+
+
+def _agreement_in_force(
+    registry: Registry, requester: Agency, request: DataRequest, purpose: Purpose, at: datetime
+) -> Agreement | Decision:
+    """Rules 8a to 8c: the agreement the decision rests on (`_choose`)."""
+    version = registry.version
+    region_code = request.provider_region
+    if requester.region == region_code:  # 8a, same region
+        return Decision.deny(
+            version,
+            "NO_AGREEMENT",
+            f"A query from region {requester.region} to its own region does not cross "
+            "regions and is out of this gateway's scope.",
+        )
+    linked = [a for a in registry.agreements_for(region_code) if a.names_requester(requester)]
+    if not linked:  # 8a
+        return Decision.deny(
+            version,
+            "NO_AGREEMENT",
+            f"No agreement links agency {requester.id} or region {requester.region} "
+            f"with provider region {region_code}.",
+        )
+    for_purpose = [a for a in linked if purpose.id in a.purposes]
+    if not for_purpose:  # 8b
+        return Decision.deny(
+            version,
+            "PURPOSE_NOT_APPROVED",
+            f"No agreement with provider region {region_code} approves purpose "
+            f"{purpose.id} for agency {requester.id}.",
+        )
+    in_force = [a for a in for_purpose if a.in_force(at)]
+    if not in_force:  # 8c
+        ids = ", ".join(sorted(a.id for a in for_purpose))
+        return Decision.deny(
+            version,
+            "AGREEMENT_EXPIRED",
+            f"No agreement for purpose {purpose.id} with provider region {region_code} "
+            f"is in force at {at:%Y-%m-%dT%H:%M:%S%z} (outside its window: {ids}).",
+        )
+    return _choose(in_force, requester)
+
+
+def _grant(
+    registry: Registry,
+    request: DataRequest,
+    dataset: Dataset,
+    purpose: Purpose,
+    *,
+    allowed_fields: frozenset[str],
+    agreement: Agreement,
+) -> Decision:
+    """Rules 9 and 10, on the chosen agreement: a case id where the dataset needs one, and
+    only allowed fields; the allow decision when both hold."""
+    version = registry.version
+    if dataset.share_class is ShareClass.CONDITIONAL and not request.case_id:  # 9
+        return Decision.deny(
+            version,
+            "CASE_ID_REQUIRED",
+            f"Dataset {dataset.id} is shared on condition (有条件共享): a case id is required.",
+            agreement,
+        )
+    refused = [f for f in request.fields if f not in allowed_fields]
+    if refused:  # 10
+        return Decision.deny(
+            version,
+            "FIELD_NOT_ALLOWED",
+            f"Purpose {purpose.id} may not see field(s) {_list(refused)} of dataset {dataset.id}.",
+            agreement,
+        )
+    fields = frozenset(request.fields) if request.fields else allowed_fields
+    return Decision.allow(
+        registry,
+        agreement,
+        fields,
+        f"Allowed under agreement {agreement.id} for purpose {purpose.id}.",
+    )

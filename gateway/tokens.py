@@ -278,6 +278,53 @@ def _utc(timestamp: float) -> datetime:
     return datetime.fromtimestamp(timestamp, UTC)
 
 
+def _check_shape(token: str) -> None:
+    """Step 1 of `TokenVerifier.verify`: at most 8 KiB, a compact JWS."""
+    if not isinstance(token, str) or len(token) > MAX_TOKEN_BYTES:
+        raise _invalid(f"the token is larger than {MAX_TOKEN_BYTES} bytes")
+    if not _COMPACT_JWS.fullmatch(token):
+        raise _invalid("the token is not a compact JWS")
+
+
+def _check_times(payload: dict[str, Any], now_ts: float) -> tuple[float, float]:
+    """Step 6 of `TokenVerifier.verify`: (iat, exp), checked against `now_ts` with the
+    leeway."""
+    issued = _number(payload, "iat")
+    expires = _number(payload, "exp")
+    if issued > now_ts + LEEWAY_SECONDS:
+        raise _invalid("the token was issued in the future")
+    if "nbf" in payload and _number(payload, "nbf") > now_ts + LEEWAY_SECONDS:
+        raise _invalid("the token is not valid yet")
+    if expires <= issued:
+        raise _invalid("the token expires before it was issued")
+    if expires - issued > MAX_TOKEN_LIFETIME_SECONDS:
+        raise _invalid(
+            f"the token lives longer than the {MAX_TOKEN_LIFETIME_SECONDS} seconds allowed"
+        )
+    if expires <= now_ts - LEEWAY_SECONDS:
+        raise TokenError(TOKEN_EXPIRED, "the token has expired")
+    return issued, expires
+
+
+def _check_binding(
+    payload: dict[str, Any], agency: str, caller_agency: str, client_thumbprint: str
+) -> str:
+    """Step 8 of `TokenVerifier.verify`: the token names the caller's agency and is bound to
+    its TLS client certificate; the bound thumbprint."""
+    if agency != caller_agency:
+        raise TokenError(
+            TOKEN_BINDING_MISMATCH, "the token was issued to another agency than the caller"
+        )
+    confirmation = payload.get("cnf")
+    bound = confirmation.get("x5t#S256") if isinstance(confirmation, dict) else None
+    if not isinstance(bound, str) or bound != client_thumbprint:
+        raise TokenError(
+            TOKEN_BINDING_MISMATCH,
+            "the token is not bound to the caller's TLS client certificate",
+        )
+    return bound
+
+
 _CacheKey = tuple[bytes, int, str, str, str]
 
 
@@ -341,19 +388,9 @@ class TokenVerifier:
 
         Anything else wrong is TOKEN_INVALID. Messages never contain the token.
         """
-        # 1. size and shape
-        if not isinstance(token, str) or len(token) > MAX_TOKEN_BYTES:
-            raise _invalid(f"the token is larger than {MAX_TOKEN_BYTES} bytes")
-        if not _COMPACT_JWS.fullmatch(token):
-            raise _invalid("the token is not a compact JWS")
+        _check_shape(token)  # 1. size and shape
         now = self._clock()
         now_ts = now.timestamp()
-
-        # 2. cache
-        if registry.version != self._version:
-            self._cache.clear()
-            self._public_keys.clear()
-            self._version = registry.version
         cache_key: _CacheKey = (
             hashlib.sha256(token.encode("ascii")).digest(),
             registry.version,
@@ -361,15 +398,55 @@ class TokenVerifier:
             caller_region,
             client_thumbprint,
         )
+        cached = self._cached(cache_key, registry.version, now_ts)  # 2. cache
+        if cached is not None:
+            return cached
+        entry = self._verify_signature(token, registry, caller_region)  # 3. to 5.
+        payload = self._read_claims(token, caller_region)  # 5. claims
+        operator = _text(payload, "sub")
+        agency = _text(payload, "agency")
+        token_id = _text(payload, "jti")
+        issued, expires = _check_times(payload, now_ts)  # 6. times
+        try:  # 7. key state at signing and now
+            entry.check_may_verify(_utc(issued))
+            entry.check_may_verify(now)
+        except KeyRefused as exc:
+            raise _invalid(f"token key {entry.kid} may not verify this token: {exc}") from exc
+        bound = _check_binding(payload, agency, caller_agency, client_thumbprint)  # 8. binding
+        claims = TokenClaims(
+            issuer=issuer_for(caller_region),
+            region=caller_region,
+            operator=operator,
+            agency=agency,
+            audience=self.audience,
+            issued_at=_utc(issued),
+            expires_at=_utc(expires),
+            token_id=token_id,
+            thumbprint=bound,
+            kid=entry.kid,
+        )
+        self._remember(cache_key, claims, now_ts)
+        return claims
+
+    def _cached(self, cache_key: _CacheKey, version: int, now_ts: float) -> TokenClaims | None:
+        """Step 2 of `verify`: the claims of a token verified before for the same caller and
+        certificate under registry `version`, until its `exp` (TOKEN_EXPIRED after); the cache
+        is emptied when the registry version changes."""
+        if version != self._version:
+            self._cache.clear()
+            self._public_keys.clear()
+            self._version = version
         cached = self._cache.get(cache_key)
         if cached is not None:
             if cached.expires_at.timestamp() <= now_ts - LEEWAY_SECONDS:
                 del self._cache[cache_key]
                 raise TokenError(TOKEN_EXPIRED, "the token has expired")
             self._cache.move_to_end(cache_key)
-            return cached
+        return cached
 
-        # 3. to 5.: the JWS, by the signed-JSON checks; the registry key is found in 4.
+    def _verify_signature(self, token: str, registry: Registry, caller_region: str) -> KeyEntry:
+        """Steps 3 to 5 of `verify` (the JWS, by the signed-JSON checks): the registry key,
+        found in 4 by `_token_key`, the signature verifies with."""
         found: list[KeyEntry] = []  # the registry key `_token_key` returned
 
         def registry_key(header: Mapping[str, Any]) -> PublicKey:
@@ -399,25 +476,26 @@ class TokenVerifier:
             raise _invalid(
                 f"the token's signature does not verify with key {found[0].kid}"
             ) from exc
-        entry = found[0]
-        kid = entry.kid
+        return found[0]
 
-        # 5. claims: the signature is verified above, with the registry key; PyJWT reads the
-        # claims with exactly the checks it made when it also verified the signature
+    def _read_claims(self, token: str, caller_region: str) -> dict[str, Any]:
+        """Step 5 of `verify`, the claims: the signature is verified already, with the registry
+        key; PyJWT reads the claims with exactly the checks it made when it also verified the
+        signature (the times are `_check_times`'s, against our clock)."""
         try:
             payload = jwt.decode(
                 token,
                 audience=self.audience,
                 issuer=issuer_for(caller_region),
                 options={
-                    "verify_signature": False,  # done by verify_json above
+                    "verify_signature": False,  # done by verify_json in `_verify_signature`
                     "verify_aud": True,
                     "verify_iss": True,
                     "verify_sub": True,
                     "verify_jti": True,
                     "require": list(_REQUIRED_CLAIMS),
                     "strict_aud": True,
-                    # Times are checked below against our clock, with the same leeway.
+                    # Times are checked by `_check_times` against our clock, with the leeway.
                     "verify_exp": False,
                     "verify_iat": False,
                     "verify_nbf": False,
@@ -436,61 +514,7 @@ class TokenVerifier:
             raise _invalid("the token is malformed") from exc
         if not isinstance(payload, dict):  # pragma: no cover - PyJWT returns a dict
             raise _invalid("the token's claims are not a JSON object")
-
-        operator = _text(payload, "sub")
-        agency = _text(payload, "agency")
-        token_id = _text(payload, "jti")
-
-        # 6. times
-        issued = _number(payload, "iat")
-        expires = _number(payload, "exp")
-        if issued > now_ts + LEEWAY_SECONDS:
-            raise _invalid("the token was issued in the future")
-        if "nbf" in payload and _number(payload, "nbf") > now_ts + LEEWAY_SECONDS:
-            raise _invalid("the token is not valid yet")
-        if expires <= issued:
-            raise _invalid("the token expires before it was issued")
-        if expires - issued > MAX_TOKEN_LIFETIME_SECONDS:
-            raise _invalid(
-                f"the token lives longer than the {MAX_TOKEN_LIFETIME_SECONDS} seconds allowed"
-            )
-        if expires <= now_ts - LEEWAY_SECONDS:
-            raise TokenError(TOKEN_EXPIRED, "the token has expired")
-
-        # 7. key state at signing and now
-        try:
-            entry.check_may_verify(_utc(issued))
-            entry.check_may_verify(now)
-        except KeyRefused as exc:
-            raise _invalid(f"token key {kid} may not verify this token: {exc}") from exc
-
-        # 8. binding to the caller and its certificate
-        if agency != caller_agency:
-            raise TokenError(
-                TOKEN_BINDING_MISMATCH, "the token was issued to another agency than the caller"
-            )
-        confirmation = payload.get("cnf")
-        bound = confirmation.get("x5t#S256") if isinstance(confirmation, dict) else None
-        if not isinstance(bound, str) or bound != client_thumbprint:
-            raise TokenError(
-                TOKEN_BINDING_MISMATCH,
-                "the token is not bound to the caller's TLS client certificate",
-            )
-
-        claims = TokenClaims(
-            issuer=issuer_for(caller_region),
-            region=caller_region,
-            operator=operator,
-            agency=agency,
-            audience=self.audience,
-            issued_at=_utc(issued),
-            expires_at=_utc(expires),
-            token_id=token_id,
-            thumbprint=bound,
-            kid=kid,
-        )
-        self._remember(cache_key, claims, now_ts)
-        return claims
+        return payload
 
     def _token_key(
         self, header: Mapping[str, Any], registry: Registry, caller_region: str

@@ -252,8 +252,6 @@ MAX_FUNCTION_LINES = 80  # from its `def` line to its last, docstring and nested
 # its size fails, and so does one that is back within the limit (take it off the list then).
 LONG_MODULES: dict[str, int] = {}
 LONG_FUNCTIONS = {
-    "gateway/policy.py::PurposePolicy.decide_checked": 114,
-    "gateway/tokens.py::TokenVerifier.verify": 184,
     "registry/_snapshot.py::registry_from_payload": 116,
     "registry/_snapshot.py::registry_to_payload": 97,
     "registry/_source.py::_check_references": 94,
@@ -347,7 +345,8 @@ def test_the_size_measure_itself() -> None:
     modules, functions = sizes()
     assert "gateway/server.py" in modules
     assert "gateway/demo.py" not in modules  # being split elsewhere
-    assert functions["gateway/tokens.py::TokenVerifier.verify"] > MAX_FUNCTION_LINES
+    # A real method by its qualified name, its docstring's numbered plan counted in.
+    assert functions["gateway/tokens.py::TokenVerifier.verify"] > 50
 
 
 def test_every_package_of_the_source_is_shipped() -> None:
