@@ -108,7 +108,8 @@ def _opt_time(value: datetime | None) -> str:
 
 
 def registry_to_payload(registry: Registry) -> dict[str, Any]:
-    """The JSON form of a registry (the schema is `tongban.v1.RegistrySnapshot`)."""
+    """The JSON form of a registry (the schema is `tongban.v1.RegistrySnapshot`): each list in
+    id order, each entry as its own function writes it."""
     return {
         "format": FORMAT,
         "name": registry.name,
@@ -116,93 +117,106 @@ def registry_to_payload(registry: Registry) -> dict[str, Any]:
         "issued_at": format_time(registry.issued_at),
         "expires_at": format_time(registry.expires_at),
         "refresh_seconds": registry.refresh_seconds,
-        "regions": [
-            {
-                "code": r.code,
-                "name": r.name,
-                "endpoint": r.endpoint,
-                "ca_certificates": [_b64(c) for c in r.ca_certificates],
-                "crls": [_b64(c) for c in r.crls],
-            }
-            for r in sorted(registry.regions, key=lambda r: r.code)
-        ],
-        "agencies": [
-            {
-                "id": a.id,
-                "name": a.name,
-                "region": a.region,
-                "uscc": a.uscc,
-                "roles": sorted(r.value for r in a.roles),
-            }
-            for a in sorted(registry.agencies, key=lambda a: a.id)
-        ],
+        "regions": [_region_payload(r) for r in sorted(registry.regions, key=lambda r: r.code)],
+        "agencies": [_agency_payload(a) for a in sorted(registry.agencies, key=lambda a: a.id)],
         "datasets": [
-            {
-                "id": d.id,
-                "region": d.region,
-                "name": d.name,
-                "owner": d.owner,
-                "share_class": d.share_class.value,
-                "cache_ttl_seconds": d.cache_ttl_seconds,
-                "cache_scope": d.cache_scope.value,
-                "description": d.description,
-                "fields": [
-                    {
-                        "name": f.name,
-                        "classification": f.classification.value,
-                        "description": f.description,
-                    }
-                    for f in sorted(d.fields, key=lambda f: f.name)
-                ],
-            }
-            for d in sorted(registry.datasets, key=lambda d: (d.region, d.id))
+            _dataset_payload(d) for d in sorted(registry.datasets, key=lambda d: (d.region, d.id))
         ],
-        "purposes": [
-            {
-                "id": p.id,
-                "unified_code": p.unified_code,
-                "name": p.name,
-                "legal_basis": p.legal_basis,
-                "datasets": [
-                    {"dataset": e.dataset, "fields": sorted(e.fields)}
-                    for e in sorted(p.datasets, key=lambda e: e.dataset)
-                ],
-            }
-            for p in sorted(registry.purposes, key=lambda p: p.id)
-        ],
+        "purposes": [_purpose_payload(p) for p in sorted(registry.purposes, key=lambda p: p.id)],
         "agreements": [
-            {
-                "id": a.id,
-                "provider_region": a.provider_region,
-                "requester_agencies": sorted(a.requester_agencies),
-                "requester_regions": sorted(a.requester_regions),
-                "purposes": sorted(a.purposes),
-                "valid_from": format_time(a.valid_from),
-                "valid_until": format_time(a.valid_until),
-                "quota_per_minute": a.quota_per_minute,
-                "description": a.description,
-            }
-            for a in sorted(registry.agreements, key=lambda a: a.id)
+            _agreement_payload(a) for a in sorted(registry.agreements, key=lambda a: a.id)
         ],
         "keys": [
-            {
-                "kid": k.kid,
-                "usage": k.usage.value,
-                "owner": k.owner,
-                "region": k.region,
-                "algorithm": k.algorithm,
-                "state": k.state.value,
-                "certificate": _b64(k.certificate),
-                "not_before": format_time(k.not_before),
-                "not_after": format_time(k.not_after),
-                "published_at": format_time(k.published_at),
-                "activated_at": _opt_time(k.activated_at),
-                "retiring_at": _opt_time(k.retiring_at),
-                "revoked_at": _opt_time(k.revoked_at),
-                "revocation_reason": k.revocation_reason,
-            }
+            _key_payload(k)
             for k in sorted(registry.keys, key=lambda k: (k.owner, k.usage.value, k.kid))
         ],
+    }
+
+
+def _region_payload(r: Region) -> dict[str, Any]:
+    return {
+        "code": r.code,
+        "name": r.name,
+        "endpoint": r.endpoint,
+        "ca_certificates": [_b64(c) for c in r.ca_certificates],
+        "crls": [_b64(c) for c in r.crls],
+    }
+
+
+def _agency_payload(a: Agency) -> dict[str, Any]:
+    return {
+        "id": a.id,
+        "name": a.name,
+        "region": a.region,
+        "uscc": a.uscc,
+        "roles": sorted(r.value for r in a.roles),
+    }
+
+
+def _dataset_payload(d: Dataset) -> dict[str, Any]:
+    return {
+        "id": d.id,
+        "region": d.region,
+        "name": d.name,
+        "owner": d.owner,
+        "share_class": d.share_class.value,
+        "cache_ttl_seconds": d.cache_ttl_seconds,
+        "cache_scope": d.cache_scope.value,
+        "description": d.description,
+        "fields": [
+            {
+                "name": f.name,
+                "classification": f.classification.value,
+                "description": f.description,
+            }
+            for f in sorted(d.fields, key=lambda f: f.name)
+        ],
+    }
+
+
+def _purpose_payload(p: Purpose) -> dict[str, Any]:
+    return {
+        "id": p.id,
+        "unified_code": p.unified_code,
+        "name": p.name,
+        "legal_basis": p.legal_basis,
+        "datasets": [
+            {"dataset": e.dataset, "fields": sorted(e.fields)}
+            for e in sorted(p.datasets, key=lambda e: e.dataset)
+        ],
+    }
+
+
+def _agreement_payload(a: Agreement) -> dict[str, Any]:
+    return {
+        "id": a.id,
+        "provider_region": a.provider_region,
+        "requester_agencies": sorted(a.requester_agencies),
+        "requester_regions": sorted(a.requester_regions),
+        "purposes": sorted(a.purposes),
+        "valid_from": format_time(a.valid_from),
+        "valid_until": format_time(a.valid_until),
+        "quota_per_minute": a.quota_per_minute,
+        "description": a.description,
+    }
+
+
+def _key_payload(k: KeyEntry) -> dict[str, Any]:
+    return {
+        "kid": k.kid,
+        "usage": k.usage.value,
+        "owner": k.owner,
+        "region": k.region,
+        "algorithm": k.algorithm,
+        "state": k.state.value,
+        "certificate": _b64(k.certificate),
+        "not_before": format_time(k.not_before),
+        "not_after": format_time(k.not_after),
+        "published_at": format_time(k.published_at),
+        "activated_at": _opt_time(k.activated_at),
+        "retiring_at": _opt_time(k.retiring_at),
+        "revoked_at": _opt_time(k.revoked_at),
+        "revocation_reason": k.revocation_reason,
     }
 
 
@@ -278,98 +292,20 @@ class _Payload:
 
 
 def registry_from_payload(data: Any) -> Registry:
-    """Parse a snapshot payload; raise `SnapshotFormatError` on anything unexpected."""
+    """Parse a snapshot payload; raise `SnapshotFormatError` on anything unexpected.
+
+    Read in order, the first deviation reported: the format, each list (regions, agencies,
+    datasets, purposes, agreements, keys) an entry at a time, no id twice in a list, then the
+    registry's own name, version and times."""
     top = _Payload(data, "snapshot")
     if top.text("format") != FORMAT:
         raise SnapshotFormatError(f"snapshot payload: format is not {FORMAT!r}")
-    regions = tuple(
-        Region(
-            code=r.text("code"),
-            name=r.text("name"),
-            endpoint=r.text("endpoint"),
-            ca_certificates=tuple(r.der(c, "ca_certificates") for c in r.texts("ca_certificates")),
-            crls=tuple(r.der(c, "crls") for c in r.texts("crls")),
-        )
-        for r in top.objects("regions")
-    )
-    agencies = tuple(
-        Agency(
-            id=a.text("id"),
-            name=a.text("name"),
-            region=a.text("region"),
-            uscc=a.text("uscc"),
-            roles=frozenset(
-                _Payload({"role": x}, a.where).choice("role", AgencyRole) for x in a.texts("roles")
-            ),
-        )
-        for a in top.objects("agencies")
-    )
-    datasets = tuple(
-        Dataset(
-            id=d.text("id"),
-            region=d.text("region"),
-            name=d.text("name"),
-            owner=d.text("owner"),
-            share_class=d.choice("share_class", ShareClass),
-            cache_ttl_seconds=d.integer("cache_ttl_seconds"),
-            cache_scope=d.choice("cache_scope", CacheScope),
-            description=d.text("description"),
-            fields=tuple(
-                DatasetField(
-                    f.text("name"),
-                    f.choice("classification", FieldClassification),
-                    f.text("description"),
-                )
-                for f in d.objects("fields")
-            ),
-        )
-        for d in top.objects("datasets")
-    )
-    purposes = tuple(
-        Purpose(
-            id=p.text("id"),
-            unified_code=p.text("unified_code"),
-            name=p.text("name"),
-            legal_basis=p.text("legal_basis"),
-            datasets=tuple(
-                PurposeDataset(e.text("dataset"), e.texts("fields")) for e in p.objects("datasets")
-            ),
-        )
-        for p in top.objects("purposes")
-    )
-    agreements = tuple(
-        Agreement(
-            id=a.text("id"),
-            provider_region=a.text("provider_region"),
-            requester_agencies=frozenset(a.texts("requester_agencies")),
-            requester_regions=frozenset(a.texts("requester_regions")),
-            purposes=a.texts("purposes"),
-            valid_from=a.time("valid_from"),
-            valid_until=a.time("valid_until"),
-            quota_per_minute=a.integer("quota_per_minute"),
-            description=a.text("description"),
-        )
-        for a in top.objects("agreements")
-    )
-    keys = tuple(
-        KeyEntry(
-            kid=k.text("kid"),
-            usage=k.choice("usage", KeyUsage),
-            owner=k.text("owner"),
-            region=k.text("region"),
-            algorithm=k.text("algorithm"),
-            state=k.choice("state", KeyState),
-            certificate=k.der(k.text("certificate"), "certificate"),
-            not_before=k.time("not_before"),
-            not_after=k.time("not_after"),
-            published_at=k.time("published_at"),
-            activated_at=k.opt_time("activated_at"),
-            retiring_at=k.opt_time("retiring_at"),
-            revoked_at=k.opt_time("revoked_at"),
-            revocation_reason=k.text("revocation_reason"),
-        )
-        for k in top.objects("keys")
-    )
+    regions = tuple(_region_from(r) for r in top.objects("regions"))
+    agencies = tuple(_agency_from(a) for a in top.objects("agencies"))
+    datasets = tuple(_dataset_from(d) for d in top.objects("datasets"))
+    purposes = tuple(_purpose_from(p) for p in top.objects("purposes"))
+    agreements = tuple(_agreement_from(a) for a in top.objects("agreements"))
+    keys = tuple(_key_from(k) for k in top.objects("keys"))
     for label, ids in (
         ("region", [r.code for r in regions]),
         ("agency", [a.id for a in agencies]),
@@ -392,6 +328,94 @@ def registry_from_payload(data: Any) -> Registry:
         purposes=purposes,
         agreements=agreements,
         keys=keys,
+    )
+
+
+def _region_from(r: _Payload) -> Region:
+    return Region(
+        code=r.text("code"),
+        name=r.text("name"),
+        endpoint=r.text("endpoint"),
+        ca_certificates=tuple(r.der(c, "ca_certificates") for c in r.texts("ca_certificates")),
+        crls=tuple(r.der(c, "crls") for c in r.texts("crls")),
+    )
+
+
+def _agency_from(a: _Payload) -> Agency:
+    return Agency(
+        id=a.text("id"),
+        name=a.text("name"),
+        region=a.text("region"),
+        uscc=a.text("uscc"),
+        roles=frozenset(
+            _Payload({"role": x}, a.where).choice("role", AgencyRole) for x in a.texts("roles")
+        ),
+    )
+
+
+def _dataset_from(d: _Payload) -> Dataset:
+    return Dataset(
+        id=d.text("id"),
+        region=d.text("region"),
+        name=d.text("name"),
+        owner=d.text("owner"),
+        share_class=d.choice("share_class", ShareClass),
+        cache_ttl_seconds=d.integer("cache_ttl_seconds"),
+        cache_scope=d.choice("cache_scope", CacheScope),
+        description=d.text("description"),
+        fields=tuple(
+            DatasetField(
+                f.text("name"),
+                f.choice("classification", FieldClassification),
+                f.text("description"),
+            )
+            for f in d.objects("fields")
+        ),
+    )
+
+
+def _purpose_from(p: _Payload) -> Purpose:
+    return Purpose(
+        id=p.text("id"),
+        unified_code=p.text("unified_code"),
+        name=p.text("name"),
+        legal_basis=p.text("legal_basis"),
+        datasets=tuple(
+            PurposeDataset(e.text("dataset"), e.texts("fields")) for e in p.objects("datasets")
+        ),
+    )
+
+
+def _agreement_from(a: _Payload) -> Agreement:
+    return Agreement(
+        id=a.text("id"),
+        provider_region=a.text("provider_region"),
+        requester_agencies=frozenset(a.texts("requester_agencies")),
+        requester_regions=frozenset(a.texts("requester_regions")),
+        purposes=a.texts("purposes"),
+        valid_from=a.time("valid_from"),
+        valid_until=a.time("valid_until"),
+        quota_per_minute=a.integer("quota_per_minute"),
+        description=a.text("description"),
+    )
+
+
+def _key_from(k: _Payload) -> KeyEntry:
+    return KeyEntry(
+        kid=k.text("kid"),
+        usage=k.choice("usage", KeyUsage),
+        owner=k.text("owner"),
+        region=k.text("region"),
+        algorithm=k.text("algorithm"),
+        state=k.choice("state", KeyState),
+        certificate=k.der(k.text("certificate"), "certificate"),
+        not_before=k.time("not_before"),
+        not_after=k.time("not_after"),
+        published_at=k.time("published_at"),
+        activated_at=k.opt_time("activated_at"),
+        retiring_at=k.opt_time("retiring_at"),
+        revoked_at=k.opt_time("revoked_at"),
+        revocation_reason=k.text("revocation_reason"),
     )
 
 
