@@ -24,10 +24,8 @@ from __future__ import annotations
 import importlib.resources
 import re
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -45,7 +43,8 @@ from registry._model import (
     Region,
     ShareClass,
 )
-from registry.errors import SourceError, SourceProblem
+from registry._source_table import Problems, Table
+from registry.errors import SourceError
 
 __all__ = ["DEMO_SOURCE", "RegistrySource", "load_source"]
 
@@ -54,8 +53,6 @@ _ID_GRAMMAR = (
     f"an id is 1-{MAX_REGISTRY_ID_CHARS} letters, digits, '.', '_' or '-', starting with a letter"
 )
 _ENDPOINT_RE = re.compile(r"^(\[[0-9A-Fa-f:]+\]|[A-Za-z0-9.-]+):\d{1,5}$")
-
-E = TypeVar("E", bound=StrEnum)
 
 
 def _demo_source() -> Path:
@@ -84,203 +81,34 @@ class RegistrySource:
     files: tuple[Path, ...] = field(default=())
 
 
-class _Problems:
-    def __init__(self) -> None:
-        self.items: list[SourceProblem] = []
-
-    def add(self, file: str, key: str, reason: str) -> None:
-        self.items.append(SourceProblem(file, key, reason))
-
-
-class _Table:
-    """A TOML table being read: typed getters that record problems instead of raising."""
-
-    def __init__(self, problems: _Problems, file: str, key: str, data: Any) -> None:
-        self.problems = problems
-        self.file = file
-        self.key = key
-        self.ok = isinstance(data, dict)
-        self.data: dict[str, Any] = data if isinstance(data, dict) else {}
-        self.seen: set[str] = set()
-        if not self.ok:
-            self.fail(f"must be a table, not {_type_name(data)}")
-
-    def fail(self, reason: str, sub: str | None = None) -> None:
-        self.problems.add(self.file, f"{self.key}.{sub}" if sub else self.key, reason)
-
-    def _get(self, name: str, required: bool) -> Any:
-        self.seen.add(name)
-        if name not in self.data:
-            if required:
-                self.fail("missing required key", name)
-            return None
-        return self.data[name]
-
-    def text(self, name: str, *, required: bool = True, default: str = "") -> str:
-        value = self._get(name, required)
-        if value is None:
-            return default
-        if not isinstance(value, str) or (required and not value.strip()):
-            self.fail(f"must be a non-empty string, not {_type_name(value)}", name)
-            return default
-        return value
-
-    def integer(
-        self, name: str, *, required: bool = True, default: int = 0, minimum: int = 0
-    ) -> int:
-        value = self._get(name, required)
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, int):
-            self.fail(f"must be an integer, not {_type_name(value)}", name)
-            return default
-        if value < minimum:
-            self.fail(f"must be at least {minimum}, not {value}", name)
-            return default
-        return value
-
-    def texts(self, name: str, *, required: bool = True) -> tuple[str, ...]:
-        value = self._get(name, required)
-        if value is None:
-            return ()
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            self.fail("must be a list of strings", name)
-            return ()
-        duplicates = sorted({v for v in value if value.count(v) > 1})
-        if duplicates:
-            self.fail(f"lists {', '.join(map(repr, duplicates))} more than once", name)
-        return tuple(value)
-
-    def choice(self, name: str, enum: type[E], *, default: E | None = None) -> E | None:
-        value = self._get(name, default is None)
-        if value is None:
-            return default
-        try:
-            return enum(value)
-        except ValueError:
-            allowed = ", ".join(repr(m.value) for m in enum)
-            self.fail(f"{value!r} is not one of {allowed}", name)
-            return default
-
-    def instant(self, name: str) -> datetime | None:
-        value = self._get(name, True)
-        if value is None:
-            return None
-        if not isinstance(value, datetime) or value.tzinfo is None:
-            self.fail(
-                "must be a TOML date-time with a UTC offset, e.g. 2026-01-01T00:00:00+08:00", name
-            )
-            return None
-        return value.astimezone(UTC)
-
-    def table(self, name: str, *, required: bool = True) -> _Table:
-        value = self._get(name, required)
-        return _Table(
-            self.problems, self.file, f"{self.key}.{name}", {} if value is None else value
-        )
-
-    def entries(self) -> Iterator[tuple[str, Any]]:
-        """Every key of this table, for tables keyed by id."""
-        self.seen.update(self.data)
-        yield from self.data.items()
-
-    def finish(self) -> None:
-        for unknown in sorted(set(self.data) - self.seen):
-            self.fail("unknown key", unknown)
-
-
-def _type_name(value: object) -> str:
-    return {
-        dict: "a table",
-        list: "a list",
-        str: "a string",
-        bool: "a boolean",
-        int: "an integer",
-    }.get(type(value), type(value).__name__)
-
-
 _SECTIONS = ("registry", "regions", "agencies", "datasets", "purposes", "agreements")
 
 
+_Merged = dict[str, dict[str, tuple[str, Any]]]  # section -> entry id -> (file, body)
+
+
 def load_source(folder: Path) -> RegistrySource:
-    """Load and validate every `*.toml` file in `folder`; raise `SourceError` with all problems."""
-    problems = _Problems()
-    folder_name = str(folder)
-    files = sorted(folder.glob("*.toml")) if folder.is_dir() else []
+    """Load and validate every `*.toml` file in `folder`; raise `SourceError` with all problems.
+
+    (1) the folder's `*.toml` files; with none, that is the one problem reported
+    (2) the files merged section by section, each entry with the file that defines it
+    (3) the [registry] table
+    (4) each region, agency, dataset, purpose and agreement on its own
+    (5) the references between them (`_check_references`)
+
+    Every problem is collected, in that order, and reported at once."""
+    problems = Problems()
+    files = sorted(folder.glob("*.toml")) if folder.is_dir() else []  # (1)
     if not files:
-        problems.add(folder_name, "-", "no registry source here: expected a folder of *.toml files")
+        problems.add(str(folder), "-", "no registry source here: expected a folder of *.toml files")
         raise SourceError(problems.items)
-
-    # Merge the files section by section, remembering where each entry was defined.
-    merged: dict[str, dict[str, tuple[str, Any]]] = {s: {} for s in _SECTIONS}
-    for path in files:
-        name = str(path)
-        try:
-            if path.stat().st_size > MAX_SOURCE_FILE_BYTES:
-                problems.add(name, "-", f"larger than {MAX_SOURCE_FILE_BYTES} bytes")
-                continue
-            document = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError) as exc:
-            problems.add(name, "-", f"cannot be read: {exc.__class__.__name__}")
-            continue
-        except tomllib.TOMLDecodeError as exc:
-            problems.add(name, "-", f"is not valid TOML: {exc}")
-            continue
-        for section, body in document.items():
-            if section not in _SECTIONS:
-                problems.add(
-                    name, section, f"unknown section (expected one of {', '.join(_SECTIONS)})"
-                )
-                continue
-            if not isinstance(body, dict):
-                problems.add(name, section, "must be a table")
-                continue
-            if section == "registry":
-                if merged["registry"]:
-                    problems.add(name, section, "defined in more than one file")
-                merged["registry"] = {"": (name, body)}
-                continue
-            items: list[tuple[str, Any]] = list(body.items())
-            if section == "datasets":
-                # Datasets are keyed by region, then id: merge at the dataset level.
-                items = [
-                    (f"{region}.{dataset_id}", (region, dataset_id, entry))
-                    for region, by_id in items
-                    for dataset_id, entry in (
-                        by_id.items() if isinstance(by_id, dict) else [("", by_id)]
-                    )
-                ]
-            for entry_id, entry in items:
-                if entry_id in merged[section]:
-                    first = merged[section][entry_id][0]
-                    problems.add(
-                        name, f"{section}.{entry_id}", f"duplicate id (first defined in {first})"
-                    )
-                    continue
-                merged[section][entry_id] = (name, entry)
-
-    meta_file, meta_body = merged["registry"].get("", (str(files[0]), None))
-    if meta_body is None:
-        problems.add(meta_file, "registry", "missing required section")
-        meta_body = {}
-    meta = _Table(problems, meta_file, "registry", meta_body)
-    registry_name = meta.text("name")
-    refresh = meta.integer("refresh_seconds", required=False, default=300, minimum=1)
-    lifetime = meta.integer(
-        "snapshot_lifetime_seconds", required=False, default=7 * 86400, minimum=60
-    )
-    meta.finish()
-
-    regions = _read(merged["regions"], "regions", problems, _region)
+    merged = _merge(files, problems)  # (2)
+    registry_name, refresh, lifetime = _read_registry_table(merged, files, problems)  # (3)
+    regions = _read(merged["regions"], "regions", problems, _region)  # (4)
     agencies = _read(merged["agencies"], "agencies", problems, _agency)
-    datasets: list[Dataset] = []
-    for key, (file, (region_code, dataset_id, body)) in merged["datasets"].items():
-        item = _dataset(_Table(problems, file, f"datasets.{key}", body), region_code, dataset_id)
-        if item is not None:
-            datasets.append(item)
+    datasets = _read_datasets(merged["datasets"], problems)
     purposes = _read(merged["purposes"], "purposes", problems, _purpose)
     agreements = _read(merged["agreements"], "agreements", problems, _agreement)
-
     source = RegistrySource(
         name=registry_name,
         refresh_seconds=refresh,
@@ -293,10 +121,96 @@ def load_source(folder: Path) -> RegistrySource:
         files=tuple(files),
     )
     where = {s: {k: v[0] for k, v in merged[s].items()} for s in _SECTIONS}
-    _check_references(source, where, problems)
+    _check_references(source, where, problems)  # (5)
     if problems.items:
         raise SourceError(problems.items)
     return source
+
+
+def _merge(files: list[Path], problems: Problems) -> _Merged:
+    """Step (2) of `load_source`: the files merged section by section, remembering where each
+    entry was defined."""
+    merged: _Merged = {s: {} for s in _SECTIONS}
+    for path in files:
+        document = _read_file(path, problems)
+        if document is None:
+            continue
+        for section, body in document.items():
+            _merge_section(merged, str(path), section, body, problems)
+    return merged
+
+
+def _read_file(path: Path, problems: Problems) -> dict[str, Any] | None:
+    """The TOML document of one source file, or None with the problem recorded."""
+    name = str(path)
+    try:
+        if path.stat().st_size > MAX_SOURCE_FILE_BYTES:
+            problems.add(name, "-", f"larger than {MAX_SOURCE_FILE_BYTES} bytes")
+            return None
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.add(name, "-", f"cannot be read: {exc.__class__.__name__}")
+    except tomllib.TOMLDecodeError as exc:
+        problems.add(name, "-", f"is not valid TOML: {exc}")
+    return None
+
+
+def _merge_section(merged: _Merged, name: str, section: str, body: Any, problems: Problems) -> None:
+    """One section of file `name` merged into `merged`; an id defined before is a problem."""
+    if section not in _SECTIONS:
+        problems.add(name, section, f"unknown section (expected one of {', '.join(_SECTIONS)})")
+        return
+    if not isinstance(body, dict):
+        problems.add(name, section, "must be a table")
+        return
+    if section == "registry":
+        if merged["registry"]:
+            problems.add(name, section, "defined in more than one file")
+        merged["registry"] = {"": (name, body)}
+        return
+    items: list[tuple[str, Any]] = list(body.items())
+    if section == "datasets":
+        # Datasets are keyed by region, then id: merge at the dataset level.
+        items = [
+            (f"{region}.{dataset_id}", (region, dataset_id, entry))
+            for region, by_id in items
+            for dataset_id, entry in (by_id.items() if isinstance(by_id, dict) else [("", by_id)])
+        ]
+    for entry_id, entry in items:
+        if entry_id in merged[section]:
+            first = merged[section][entry_id][0]
+            problems.add(name, f"{section}.{entry_id}", f"duplicate id (first defined in {first})")
+            continue
+        merged[section][entry_id] = (name, entry)
+
+
+def _read_registry_table(
+    merged: _Merged, files: list[Path], problems: Problems
+) -> tuple[str, int, int]:
+    """Step (3) of `load_source`: the [registry] table's name, refresh_seconds and
+    snapshot_lifetime_seconds."""
+    meta_file, meta_body = merged["registry"].get("", (str(files[0]), None))
+    if meta_body is None:
+        problems.add(meta_file, "registry", "missing required section")
+        meta_body = {}
+    meta = Table(problems, meta_file, "registry", meta_body)
+    registry_name = meta.text("name")
+    refresh = meta.integer("refresh_seconds", required=False, default=300, minimum=1)
+    lifetime = meta.integer(
+        "snapshot_lifetime_seconds", required=False, default=7 * 86400, minimum=60
+    )
+    meta.finish()
+    return registry_name, refresh, lifetime
+
+
+def _read_datasets(entries: dict[str, tuple[str, Any]], problems: Problems) -> list[Dataset]:
+    """The datasets of step (4), keyed by region and id (`_dataset` checks the id)."""
+    datasets: list[Dataset] = []
+    for key, (file, (region_code, dataset_id, body)) in entries.items():
+        item = _dataset(Table(problems, file, f"datasets.{key}", body), region_code, dataset_id)
+        if item is not None:
+            datasets.append(item)
+    return datasets
 
 
 T = TypeVar("T")
@@ -305,12 +219,12 @@ T = TypeVar("T")
 def _read(
     entries: dict[str, tuple[str, Any]],
     section: str,
-    problems: _Problems,
-    make: Callable[[_Table, str], T | None],
+    problems: Problems,
+    make: Callable[[Table, str], T | None],
 ) -> list[T]:
     out: list[T] = []
     for entry_id, (file, body) in entries.items():
-        table = _Table(problems, file, f"{section}.{entry_id}", body)
+        table = Table(problems, file, f"{section}.{entry_id}", body)
         if not table.ok:
             continue
         if section != "regions" and not is_registry_id(entry_id):
@@ -322,7 +236,7 @@ def _read(
     return out
 
 
-def _region(t: _Table, code: str) -> Region | None:
+def _region(t: Table, code: str) -> Region | None:
     standard = PROVINCES.get(code)
     if standard is None:
         t.fail(f"{code!r} is not a GB/T 2260 province-level division code")
@@ -333,7 +247,7 @@ def _region(t: _Table, code: str) -> Region | None:
     return Region(code=code, name=name, endpoint=endpoint) if standard else None
 
 
-def _agency(t: _Table, agency_id: str) -> Agency | None:
+def _agency(t: Table, agency_id: str) -> Agency | None:
     name = t.text("name")
     region = t.text("region")
     uscc = t.text("uscc")
@@ -351,7 +265,7 @@ def _agency(t: _Table, agency_id: str) -> Agency | None:
     return Agency(id=agency_id, name=name, region=region, uscc=uscc, roles=frozenset(roles))
 
 
-def _dataset(t: _Table, region: str, dataset_id: str) -> Dataset | None:
+def _dataset(t: Table, region: str, dataset_id: str) -> Dataset | None:
     if not t.ok:
         return None
     if not is_registry_id(dataset_id):
@@ -365,7 +279,7 @@ def _dataset(t: _Table, region: str, dataset_id: str) -> Dataset | None:
     fields_table = t.table("fields")
     fields: list[DatasetField] = []
     for field_name, body in fields_table.entries():
-        ft = _Table(t.problems, t.file, f"{fields_table.key}.{field_name}", body)
+        ft = Table(t.problems, t.file, f"{fields_table.key}.{field_name}", body)
         if not ft.ok:
             continue
         if not is_registry_id(field_name):
@@ -393,7 +307,7 @@ def _dataset(t: _Table, region: str, dataset_id: str) -> Dataset | None:
     )
 
 
-def _purpose(t: _Table, purpose_id: str) -> Purpose | None:
+def _purpose(t: Table, purpose_id: str) -> Purpose | None:
     unified_code = t.text("unified_code")
     name = t.text("name")
     legal_basis = t.text("legal_basis")
@@ -415,7 +329,7 @@ def _purpose(t: _Table, purpose_id: str) -> Purpose | None:
     )
 
 
-def _agreement(t: _Table, agreement_id: str) -> Agreement | None:
+def _agreement(t: Table, agreement_id: str) -> Agreement | None:
     provider = t.text("provider_region")
     agencies = t.texts("requester_agencies", required=False)
     regions = t.texts("requester_regions", required=False)
@@ -446,96 +360,134 @@ def _agreement(t: _Table, agreement_id: str) -> Agreement | None:
 
 
 def _check_references(
-    source: RegistrySource, where: dict[str, dict[str, str]], problems: _Problems
+    source: RegistrySource, where: dict[str, dict[str, str]], problems: Problems
 ) -> None:
-    """Cross-entry rules: every id named must exist and fit."""
-    regions = {r.code for r in source.regions}
-    agencies = {a.id: a for a in source.agencies}
-    by_catalogue: dict[str, list[Dataset]] = {}
-    for d in source.datasets:
-        by_catalogue.setdefault(d.id, []).append(d)
-
-    def add(section: str, entry_id: str, sub: str, reason: str) -> None:
-        file = where[section][entry_id]
-        problems.add(file, f"{section}.{entry_id}.{sub}", reason)
-
+    """Cross-entry rules: every id named must exist and fit. Checked in this order: each
+    agency's region, each dataset's region and owner, each purpose's datasets and fields, each
+    agreement's regions, requesters and purposes."""
+    ids = _Ids(source, where, problems)
     for a in source.agencies:
-        if a.region and a.region not in regions:
-            add("agencies", a.id, "region", f"unknown region {a.region!r}")
+        if a.region and a.region not in ids.regions:
+            ids.add("agencies", a.id, "region", f"unknown region {a.region!r}")
     for d in source.datasets:
-        key = f"{d.region}.{d.id}"
-        if d.region not in regions:
-            add("datasets", key, "region", f"unknown region {d.region!r}")
-        owner = agencies.get(d.owner)
-        if owner is None:
-            add("datasets", key, "owner", f"unknown agency {d.owner!r}")
-        elif owner.region != d.region:
-            add(
-                "datasets",
-                key,
-                "owner",
-                f"agency {d.owner!r} belongs to {owner.region}, not {d.region}",
-            )
-        elif AgencyRole.PROVIDER not in owner.roles:
-            add("datasets", key, "owner", f"agency {d.owner!r} does not have the 'provider' role")
+        _check_dataset_references(ids, d)
     for p in source.purposes:
         for entry in p.datasets:
-            sub = f"datasets.{entry.dataset}"
-            candidates = by_catalogue.get(entry.dataset)
-            if not candidates:
-                add("purposes", p.id, sub, f"unknown dataset {entry.dataset!r}")
-                continue
-            lacking: dict[tuple[str, ...], list[str]] = {}
-            for d in candidates:
-                missing = tuple(sorted(set(entry.fields) - d.field_names))
-                if missing:
-                    lacking.setdefault(missing, []).append(d.region)
-            for missing, regions_lacking in lacking.items():
-                add(
-                    "purposes",
-                    p.id,
-                    sub,
-                    f"fields not in dataset {entry.dataset} of {', '.join(sorted(regions_lacking))}: "
-                    f"{', '.join(missing)}",
-                )
-    purposes = {p.id: p for p in source.purposes}
+            _check_purpose_dataset(ids, p, entry)
     for ag in source.agreements:
-        if ag.provider_region not in regions:
-            add("agreements", ag.id, "provider_region", f"unknown region {ag.provider_region!r}")
-        for r in sorted(ag.requester_regions):
-            if r not in regions:
-                add("agreements", ag.id, "requester_regions", f"unknown region {r!r}")
-            elif r == ag.provider_region:
-                add(
-                    "agreements",
-                    ag.id,
-                    "requester_regions",
-                    "a region does not need an agreement with itself",
-                )
-        for agency_id in sorted(ag.requester_agencies):
-            requester = agencies.get(agency_id)
-            if requester is None:
-                add("agreements", ag.id, "requester_agencies", f"unknown agency {agency_id!r}")
-            elif AgencyRole.REQUESTER not in requester.roles:
-                add(
-                    "agreements",
-                    ag.id,
-                    "requester_agencies",
-                    f"agency {agency_id!r} lacks the 'requester' role",
-                )
-        for purpose_id in ag.purposes:
-            purpose = purposes.get(purpose_id)
-            if purpose is None:
-                add("agreements", ag.id, "purposes", f"unknown purpose {purpose_id!r}")
-                continue
-            if not any(
-                d.region == ag.provider_region
-                for e in purpose.datasets
-                for d in by_catalogue.get(e.dataset, [])
-            ):
-                add(
-                    "agreements",
-                    ag.id,
-                    "purposes",
-                    f"purpose {purpose_id!r} uses no dataset that {ag.provider_region} provides",
-                )
+        _check_agreement_regions(ids, ag)
+        _check_agreement_requesters(ids, ag)
+        _check_agreement_purposes(ids, ag)
+
+
+class _Ids:
+    """What the cross-entry rules look ids up in, and where they record a problem."""
+
+    def __init__(
+        self, source: RegistrySource, where: dict[str, dict[str, str]], problems: Problems
+    ) -> None:
+        self.regions = {r.code for r in source.regions}
+        self.agencies = {a.id: a for a in source.agencies}
+        self.purposes = {p.id: p for p in source.purposes}
+        self.by_catalogue: dict[str, list[Dataset]] = {}
+        for d in source.datasets:
+            self.by_catalogue.setdefault(d.id, []).append(d)
+        self._where = where
+        self._problems = problems
+
+    def add(self, section: str, entry_id: str, sub: str, reason: str) -> None:
+        file = self._where[section][entry_id]
+        self._problems.add(file, f"{section}.{entry_id}.{sub}", reason)
+
+
+def _check_dataset_references(ids: _Ids, d: Dataset) -> None:
+    """A dataset's region exists, and its owner is a provider agency of that region."""
+    key = f"{d.region}.{d.id}"
+    if d.region not in ids.regions:
+        ids.add("datasets", key, "region", f"unknown region {d.region!r}")
+    owner = ids.agencies.get(d.owner)
+    if owner is None:
+        ids.add("datasets", key, "owner", f"unknown agency {d.owner!r}")
+    elif owner.region != d.region:
+        ids.add(
+            "datasets",
+            key,
+            "owner",
+            f"agency {d.owner!r} belongs to {owner.region}, not {d.region}",
+        )
+    elif AgencyRole.PROVIDER not in owner.roles:
+        ids.add("datasets", key, "owner", f"agency {d.owner!r} does not have the 'provider' role")
+
+
+def _check_purpose_dataset(ids: _Ids, p: Purpose, entry: PurposeDataset) -> None:
+    """A dataset a purpose names exists, and has the fields it allows in every region that
+    publishes it."""
+    sub = f"datasets.{entry.dataset}"
+    candidates = ids.by_catalogue.get(entry.dataset)
+    if not candidates:
+        ids.add("purposes", p.id, sub, f"unknown dataset {entry.dataset!r}")
+        return
+    lacking: dict[tuple[str, ...], list[str]] = {}
+    for d in candidates:
+        missing = tuple(sorted(set(entry.fields) - d.field_names))
+        if missing:
+            lacking.setdefault(missing, []).append(d.region)
+    for missing, regions_lacking in lacking.items():
+        ids.add(
+            "purposes",
+            p.id,
+            sub,
+            f"fields not in dataset {entry.dataset} of {', '.join(sorted(regions_lacking))}: "
+            f"{', '.join(missing)}",
+        )
+
+
+def _check_agreement_regions(ids: _Ids, ag: Agreement) -> None:
+    """An agreement's provider and requester regions exist, and differ."""
+    if ag.provider_region not in ids.regions:
+        ids.add("agreements", ag.id, "provider_region", f"unknown region {ag.provider_region!r}")
+    for r in sorted(ag.requester_regions):
+        if r not in ids.regions:
+            ids.add("agreements", ag.id, "requester_regions", f"unknown region {r!r}")
+        elif r == ag.provider_region:
+            ids.add(
+                "agreements",
+                ag.id,
+                "requester_regions",
+                "a region does not need an agreement with itself",
+            )
+
+
+def _check_agreement_requesters(ids: _Ids, ag: Agreement) -> None:
+    """An agreement's requester agencies exist and hold the requester role."""
+    for agency_id in sorted(ag.requester_agencies):
+        requester = ids.agencies.get(agency_id)
+        if requester is None:
+            ids.add("agreements", ag.id, "requester_agencies", f"unknown agency {agency_id!r}")
+        elif AgencyRole.REQUESTER not in requester.roles:
+            ids.add(
+                "agreements",
+                ag.id,
+                "requester_agencies",
+                f"agency {agency_id!r} lacks the 'requester' role",
+            )
+
+
+def _check_agreement_purposes(ids: _Ids, ag: Agreement) -> None:
+    """An agreement's purposes exist, and each uses a dataset its provider region provides."""
+    for purpose_id in ag.purposes:
+        purpose = ids.purposes.get(purpose_id)
+        if purpose is None:
+            ids.add("agreements", ag.id, "purposes", f"unknown purpose {purpose_id!r}")
+            continue
+        if not any(
+            d.region == ag.provider_region
+            for e in purpose.datasets
+            for d in ids.by_catalogue.get(e.dataset, [])
+        ):
+            ids.add(
+                "agreements",
+                ag.id,
+                "purposes",
+                f"purpose {purpose_id!r} uses no dataset that {ag.provider_region} provides",
+            )

@@ -251,10 +251,7 @@ MAX_FUNCTION_LINES = 80  # from its `def` line to its last, docstring and nested
 # The exceptions, each with its size today. The list only shrinks: an exception that grows past
 # its size fails, and so does one that is back within the limit (take it off the list then).
 LONG_MODULES: dict[str, int] = {}
-LONG_FUNCTIONS = {
-    "registry/_source.py::_check_references": 94,
-    "registry/_source.py::load_source": 95,
-}
+LONG_FUNCTIONS: dict[str, int] = {}
 
 
 def _relative(path: Path) -> str:
