@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -32,3 +33,17 @@ def federation(tmp_path: Path) -> Federation:
 @pytest.fixture
 def free_port() -> Callable[[], int]:
     return support.free_port
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_idle_event_loop() -> Iterator[None]:
+    """Before each async test pytest-asyncio asks for the thread's current event loop (to put it
+    back after); on Python 3.11 that call makes a new loop whenever none is set, which nobody
+    closes: a ResourceWarning (its self-pipe sockets) wherever the garbage collector later finds
+    it, failing an unrelated test. One idle loop, current for the whole session and closed at
+    its end, is what it finds instead."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    yield
+    asyncio.set_event_loop(None)
+    loop.close()

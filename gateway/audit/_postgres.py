@@ -250,7 +250,14 @@ class PostgresAuditStore(PostgresOutbox):
                     "the stop; they are refused",
                     self._timeout,
                 )
-                await cancel_twice(self._task)
+                # Its connection closed under it, the statement it waits on fails at once, and
+                # the writer, closing, neither retries nor reconnects. (Not a cancellation:
+                # psycopg would ask the silent server to cancel, blocking in older versions.)
+                if self._writer is not None:
+                    self._writer.pgconn.finish()
+                done, _ = await asyncio.wait({self._task}, timeout=DISCARD_SECONDS)
+                if not done:
+                    await cancel_twice(self._task)
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
@@ -325,6 +332,8 @@ class PostgresAuditStore(PostgresOutbox):
         for attempt in (1, 2):
             committing = self._committing = False
             try:
+                if self._closing and self._dead(self._writer):
+                    raise AuditUnavailable("the audit store is closing: its connection is gone")
                 if self._dead(self._writer):
                     await self._discard(self._writer)
                     self._writer = None
@@ -342,7 +351,7 @@ class PostgresAuditStore(PostgresOutbox):
                 if dead:
                     await self._discard(self._writer)
                     self._writer = None
-                if attempt == 1 and dead and not committing:
+                if attempt == 1 and dead and not committing and not self._closing:
                     log.warning("audit database connection lost, reconnecting: %s", exc)
                     continue
                 if attempt == 1 and no_partition(exc):  # rolled back: nothing was stored
