@@ -283,6 +283,10 @@ class Sm2PrivateKey:
         """
         if not isinstance(scalar, bytes) or len(scalar) != 32:
             raise Sm2KeyInvalid("SM2 private key scalar must be 32 bytes")
+        if not isinstance(public_key, Sm2PublicKey):
+            raise Sm2KeyInvalid(
+                f"SM2 private key needs an Sm2PublicKey, not {type(public_key).__name__}"
+            )
         if not 1 <= int.from_bytes(scalar, "big") <= _N - 2:
             raise Sm2KeyInvalid("SM2 private key scalar is outside [1, n-2]")
         self._scalar = scalar

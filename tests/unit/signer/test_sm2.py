@@ -498,6 +498,8 @@ def test_not_a_certificate_is_refused() -> None:
 def test_scalar_constructor_refuses_wrong_lengths() -> None:
     with pytest.raises(Sm2KeyInvalid, match="32 bytes"):
         Sm2PrivateKey(EXAMPLE_D[1:], Sm2PublicKey(EXAMPLE_POINT))
+    with pytest.raises(Sm2KeyInvalid, match="needs an Sm2PublicKey, not bytes"):
+        Sm2PrivateKey(EXAMPLE_D, EXAMPLE_POINT)  # type: ignore[arg-type]
 
 
 # --- files and what errors show ---------------------------------------------------------------
