@@ -2,7 +2,8 @@
 
 Key files and providers (`_keyfile`, `_keys`), the algorithm policy (`_algorithms`), JAdES
 sealing (`_jades`), validation with ETSI-style reports (`_verify`, `_report`) against a
-`TrustSource` (`_trust`) that the registry implements, and signed JSON (`_signed_json`: the
+`TrustSource` (`_trust`) that the registry implements, SM2 with SM3 keys and signatures
+(`_sm2`, GB/T 32918.2 with OpenSSL's key formats), and signed JSON (`_signed_json`: the
 compact JWS of registry snapshots, access-report batches and request tokens). Depends on neither
 `registry` nor `gateway`.
 
@@ -22,6 +23,13 @@ from signer._keyfile import (
 from signer._keys import FileKeyProvider, KeyProvider, x5t_s256_of_certificate, x5t_s256_of_der
 from signer._report import Indication, SignatureKind, SubIndication, ValidationReport
 from signer._signed_json import canonical_json, sign_json, verify_json
+from signer._sm2 import (
+    SM2_DEFAULT_ID,
+    Sm2PrivateKey,
+    Sm2PublicKey,
+    load_sm2_private_key,
+    write_sm2_private_key,
+)
 from signer._trust import TrustedKey, TrustSource
 from signer._verify import SealVerifier
 from signer.errors import (
@@ -35,12 +43,18 @@ from signer.errors import (
     SignedJsonTypeRefused,
     SignedJsonUnsigned,
     SignerError,
+    Sm2IdInvalid,
+    Sm2KeyInvalid,
+    Sm2Refused,
+    Sm2SignatureInvalid,
+    Sm2SignatureMalformed,
     UnsupportedAlgorithm,
 )
 
 __all__ = [
     "ALLOWED_ALGORITHMS",
     "MAX_JWS_BYTES",
+    "SM2_DEFAULT_ID",
     "FileKeyProvider",
     "Indication",
     "JwsFormatError",
@@ -59,6 +73,13 @@ __all__ = [
     "SignedJsonTypeRefused",
     "SignedJsonUnsigned",
     "SignerError",
+    "Sm2IdInvalid",
+    "Sm2KeyInvalid",
+    "Sm2PrivateKey",
+    "Sm2PublicKey",
+    "Sm2Refused",
+    "Sm2SignatureInvalid",
+    "Sm2SignatureMalformed",
     "SubIndication",
     "TrustSource",
     "TrustedKey",
@@ -68,6 +89,7 @@ __all__ = [
     "canonical_json",
     "generate_private_key",
     "load_private_key",
+    "load_sm2_private_key",
     "parse_compact",
     "seal",
     "sign_bytes",
@@ -75,6 +97,7 @@ __all__ = [
     "verify_json",
     "verify_signature",
     "write_private_key",
+    "write_sm2_private_key",
     "x5t_s256_of_certificate",
     "x5t_s256_of_der",
 ]

@@ -7,6 +7,14 @@ One root, with a subtree by who is at fault::
     │                           another passphrase, or holds a key type Tongban does not use
     ├── UnsupportedAlgorithm    an algorithm name or key type outside ES256 / EdDSA / PS256
     ├── SealInvalid             a seal or signature did not reach TOTAL_PASSED; `.report` says why
+    ├── Sm2Refused              SM2 input refused by the SM2 primitives (`signer._sm2`)
+    │   ├── Sm2KeyInvalid       not an SM2 key: unreadable DER/PEM, another key type or curve,
+    │   │                       a point off the curve, a scalar out of range, a public key that
+    │   │                       is not its private key's
+    │   ├── Sm2IdInvalid        a distinguishing id that is empty or longer than 8191 bytes
+    │   └── Sm2SignatureInvalid the signature does not verify with this key, data and id
+    │       └── Sm2SignatureMalformed   not a DER SEQUENCE of two INTEGERs, r or s outside
+    │                                   [1, n-1], or bytes after it
     └── SignedJsonRefused       a signed JSON document (compact JWS) refused by `verify_json`,
         │                       one subclass per step of its plan; callers word the refusal
         ├── SignedJsonMalformed         too large, not three parts, unreadable parts
@@ -38,6 +46,11 @@ __all__ = [
     "SignedJsonTypeRefused",
     "SignedJsonUnsigned",
     "SignerError",
+    "Sm2IdInvalid",
+    "Sm2KeyInvalid",
+    "Sm2Refused",
+    "Sm2SignatureInvalid",
+    "Sm2SignatureMalformed",
     "UnsupportedAlgorithm",
 ]
 
@@ -61,6 +74,26 @@ class SealInvalid(SignerError):
         sub = report.sub_indication.value if report.sub_indication else ""
         super().__init__(f"{report.indication.value}/{sub}: {report.message}")
         self.report = report
+
+
+class Sm2Refused(SignerError):
+    """SM2 input refused by the SM2 primitives; the subclass says which input."""
+
+
+class Sm2KeyInvalid(Sm2Refused):
+    """Bytes given as an SM2 key are not one (format, key type, curve, range, pairing)."""
+
+
+class Sm2IdInvalid(Sm2Refused):
+    """A distinguishing id that SM2 cannot use: empty, or longer than its 16-bit bit length."""
+
+
+class Sm2SignatureInvalid(Sm2Refused):
+    """An SM2 signature that does not verify with the key, data and distinguishing id given."""
+
+
+class Sm2SignatureMalformed(Sm2SignatureInvalid):
+    """Not a DER-encoded SM2 signature: SEQUENCE { r INTEGER, s INTEGER }, 1 <= r, s < n."""
 
 
 class SignedJsonRefused(SignerError):
