@@ -266,13 +266,15 @@ class AuditLog:
                 appended = await asyncio.shield(pending)
         except TimeoutError:
             self.breaker.failure(timeout=True)
-            self._follow_up(record, pending, outbound)
+            self._follow_ups.watch(record, pending, outbound)
             raise AuditUnavailable(
                 f"the audit record was not durable within {self.append_timeout_seconds:g} s"
             ) from None
         except AuditOutcomeUnknown:
             self.breaker.failure()
-            self._follow_up(record, pending, outbound)  # it may be durable: say it was not released
+            self._follow_ups.watch(
+                record, pending, outbound
+            )  # it may be durable: say it was not released
             raise
         except AuditUnavailable:
             self.breaker.failure()
@@ -282,20 +284,10 @@ class AuditLog:
             # append goes on, since a record on its way may be written all the same, and is
             # followed up like one that timed out.
             self.breaker.abandon()
-            self._follow_up(record, pending, outbound)
+            self._follow_ups.watch(record, pending, outbound)
             raise
         self.breaker.success()
         return appended
-
-    def _follow_up(
-        self,
-        record: AuditRecord,
-        pending: asyncio.Future[Appended],
-        outbound: Outbound | None = None,
-    ) -> None:
-        """The append of `record` timed out, got no answer, or its caller was cancelled: see
-        `FollowUps.watch`."""
-        self._follow_ups.watch(record, pending, outbound)
 
     async def _checkpoint_in_background(self) -> None:
         try:

@@ -330,7 +330,7 @@ class PostgresAuditStore(PostgresOutbox):
         """Commit one group; retry once on a fresh connection if the old one was found dead
         before anything was committed."""
         for attempt in (1, 2):
-            committing = self._committing = False
+            self._committing = False
             try:
                 if self._closing and self._dead(self._writer):
                     raise AuditUnavailable("the audit store is closing: its connection is gone")
@@ -343,21 +343,21 @@ class PostgresAuditStore(PostgresOutbox):
                 await self._ensure_months(conn, {month_of(r.time) for r, _ in records})
                 async with conn.transaction():
                     appended = await self._insert(conn, records)
-                    committing = self._committing = True  # leaving the block commits: the
-                    # outcome may be unknown
+                    self._committing = True  # leaving the block commits: the outcome may
+                    # be unknown
             except psycopg.Error as exc:
                 self._months.clear()  # a partition may have gone (retention): ask again
                 dead = self._dead(self._writer)
                 if dead:
                     await self._discard(self._writer)
                     self._writer = None
-                if attempt == 1 and dead and not committing and not self._closing:
+                if attempt == 1 and dead and not self._committing and not self._closing:
                     log.warning("audit database connection lost, reconnecting: %s", exc)
                     continue
                 if attempt == 1 and no_partition(exc):  # rolled back: nothing was stored
                     log.info("audit partition gone (a retention prune), recreating: %s", exc)
                     continue
-                if committing:
+                if self._committing:
                     raise AuditOutcomeUnknown(
                         f"the audit commit got no answer, it may have been stored: {exc}"
                     ) from exc

@@ -242,9 +242,13 @@ class AccessReporter:
             owner,
             type(exc).__name__,
         )
-        await self.audit.acknowledge(owner, index)
+        await self._pass(owner, index, 1)
         self.counters.refused += 1
-        self.backlog[owner] = max(self.backlog.get(owner, 0) - 1, 0)
+
+    async def _pass(self, owner: str, through: int, reports: int) -> None:
+        """Move `owner`'s cursor past index `through`: `reports` reports no longer wait."""
+        await self.audit.acknowledge(owner, through)
+        self.backlog[owner] = max(self.backlog.get(owner, 0) - reports, 0)
 
     def _signing_kid(self, registry: Registry) -> str | None:
         version, kid = self._kid
@@ -330,11 +334,10 @@ class AccessReporter:
             )
             return 0, False, self.batch_size
         # The owner made them durable: only now does its cursor move past them.
-        await self.audit.acknowledge(owner, batch[-1][0])
+        await self._pass(owner, batch[-1][0], len(batch))
         self._retry_at.pop(owner, None)
         self.counters.batches += 1
         self.counters.accepted += len(batch)
-        self.backlog[owner] = max(self.backlog.get(owner, 0) - len(batch), 0)
         return len(batch), True, self.batch_size  # until the outbox reads empty
 
     async def _refused(
@@ -354,9 +357,8 @@ class AccessReporter:
             reason,
             index,
         )
-        await self.audit.acknowledge(owner, index)
+        await self._pass(owner, index, 1)
         self.counters.refused += 1
-        self.backlog[owner] = max(self.backlog.get(owner, 0) - 1, 0)
         return 0, True, self.batch_size
 
     async def close(self, timeout: float = CLOSE_SECONDS) -> None:
