@@ -68,6 +68,9 @@ class NoTrust:
     def crls(self, region: str) -> tuple[x509.CertificateRevocationList, ...]:
         return ()
 
+    def regions(self) -> tuple[str, ...]:
+        return ()
+
 
 def trust_bundle(registry: Registry, region_code: str | None = None) -> bytes:
     """PEM of every region's root CA: who may complete a TLS handshake with this gateway; with

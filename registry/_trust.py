@@ -69,3 +69,6 @@ class RegistryTrust:
 
     def crls(self, region: str) -> tuple[x509.CertificateRevocationList, ...]:
         return self._crls.get(region, ())
+
+    def regions(self) -> tuple[str, ...]:
+        return tuple(r.code for r in self.registry.regions)

@@ -92,6 +92,12 @@ class ValidationReport:
     content_type: str = ""
     signed_payload_b64: str = ""  # the attached payload as signed, when the signature verified
     detached_payload: bytes | None = None  # the detached payload, when the signature verified
+    # What was validated: "JAdES" (a compact JWS), "GB/T 38540 SES_Signature v4",
+    # "GM/T 0031 SES_Signature v1", "GB/T 38540 SESeal v4", "GM/T 0031 SESeal v1", "OFD".
+    format: str = "JAdES"
+    # The reports of the signatures a container holds (an OFD file's, in document order); the
+    # container's own indication is the worst of them. Empty for a single signature.
+    signatures: tuple[ValidationReport, ...] = ()
 
     def __post_init__(self) -> None:
         if (self.indication is Indication.TOTAL_PASSED) != (self.sub_indication is None):

@@ -49,3 +49,8 @@ class TrustSource(Protocol):
     def crls(self, region: str) -> tuple[x509.CertificateRevocationList, ...]:
         """The region CA's current revocation lists."""
         ...
+
+    def regions(self) -> tuple[str, ...]:
+        """The codes of the regions whose anchors this source holds, in registry order: where a
+        certificate that no published key names (a GB/T 38540 seal's, say) is looked for."""
+        ...

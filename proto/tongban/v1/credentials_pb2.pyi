@@ -148,6 +148,34 @@ SIGNATURE_KIND_SIGNATURE: SignatureKind.ValueType  # 2
 """E-signature (电子签名): certificate of a natural person."""
 Global___SignatureKind: _TypeAlias = SignatureKind  # noqa: Y015
 
+class _SealFormat:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SealFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SealFormat.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SEAL_FORMAT_UNSPECIFIED: _SealFormat.ValueType  # 0
+    """Never sent by Tongban; read as SEAL_FORMAT_JADES."""
+    SEAL_FORMAT_JADES: _SealFormat.ValueType  # 1
+    """A JAdES compact JWS (ES256, EdDSA or PS256) in SealedRecord.jws."""
+    SEAL_FORMAT_GBT38540: _SealFormat.ValueType  # 2
+    """A GB/T 38540 SES_Signature on SM2/SM3 in SealedRecord.ses_signature, over payload."""
+    SEAL_FORMAT_OFD: _SealFormat.ValueType  # 3
+    """An OFD document (GB/T 33190) whose own signatures (GB/T 38540 seals) are inside payload."""
+
+class SealFormat(_SealFormat, metaclass=_SealFormatEnumTypeWrapper):
+    """The format of a seal. Names are contract."""
+
+SEAL_FORMAT_UNSPECIFIED: SealFormat.ValueType  # 0
+"""Never sent by Tongban; read as SEAL_FORMAT_JADES."""
+SEAL_FORMAT_JADES: SealFormat.ValueType  # 1
+"""A JAdES compact JWS (ES256, EdDSA or PS256) in SealedRecord.jws."""
+SEAL_FORMAT_GBT38540: SealFormat.ValueType  # 2
+"""A GB/T 38540 SES_Signature on SM2/SM3 in SealedRecord.ses_signature, over payload."""
+SEAL_FORMAT_OFD: SealFormat.ValueType  # 3
+"""An OFD document (GB/T 33190) whose own signatures (GB/T 38540 seals) are inside payload."""
+Global___SealFormat: _TypeAlias = SealFormat  # noqa: Y015
+
 @_typing.final
 class ValidationReport(_message.Message):
     """The result of verifying one e-seal or e-signature."""
@@ -166,6 +194,8 @@ class ValidationReport(_message.Message):
     CHECKS_FIELD_NUMBER: _builtins.int
     REGISTRY_VERSION_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    SIGNATURES_FIELD_NUMBER: _builtins.int
     indication: Global___Indication.ValueType
     """Main status: TOTAL_PASSED, TOTAL_FAILED or INDETERMINATE."""
     sub_indication: Global___SubIndication.ValueType
@@ -186,6 +216,10 @@ class ValidationReport(_message.Message):
     """Version of the registry snapshot the verification used."""
     message: _builtins.str
     """One sentence explaining the result for a person."""
+    format: _builtins.str
+    """What was validated: "JAdES" (compact JWS), "GB/T 38540 SES_Signature v4",
+    "GM/T 0031 SES_Signature v1", "GB/T 38540 SESeal v4", "GM/T 0031 SESeal v1" or "OFD".
+    """
     @_builtins.property
     def signing_time(self) -> _timestamp_pb2.Timestamp:
         """Claimed signing time from the protected header's iat."""
@@ -193,6 +227,12 @@ class ValidationReport(_message.Message):
     @_builtins.property
     def checks(self) -> _containers.RepeatedCompositeFieldContainer[Global___ValidationCheck]:
         """Every check run, in order, passed or not."""
+
+    @_builtins.property
+    def signatures(self) -> _containers.RepeatedCompositeFieldContainer[Global___ValidationReport]:
+        """For a container (an OFD file): the report of each signature it holds, in document order;
+        the container's indication is the worst of them. Empty for a single signature.
+        """
 
     def __init__(
         self,
@@ -209,10 +249,12 @@ class ValidationReport(_message.Message):
         checks: _abc.Iterable[Global___ValidationCheck] | None = ...,
         registry_version: _builtins.int = ...,
         message: _builtins.str = ...,
+        format: _builtins.str = ...,
+        signatures: _abc.Iterable[Global___ValidationReport] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["signing_time", b"signing_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "checks", b"checks", "indication", b"indication", "kind", b"kind", "message", b"message", "owner", b"owner", "owner_region", b"owner_region", "registry_version", b"registry_version", "signer_kid", b"signer_kid", "signer_subject", b"signer_subject", "signing_time", b"signing_time", "sub_indication", b"sub_indication"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "checks", b"checks", "format", b"format", "indication", b"indication", "kind", b"kind", "message", b"message", "owner", b"owner", "owner_region", b"owner_region", "registry_version", b"registry_version", "signatures", b"signatures", "signer_kid", b"signer_kid", "signer_subject", b"signer_subject", "signing_time", b"signing_time", "sub_indication", b"sub_indication"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -260,6 +302,8 @@ class SealedRecord(_message.Message):
     SEALER_KID_FIELD_NUMBER: _builtins.int
     SEALER_REGION_FIELD_NUMBER: _builtins.int
     SEALED_AT_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    SES_SIGNATURE_FIELD_NUMBER: _builtins.int
     jws: _builtins.str
     """Compact JWS over payload: detached ("header..signature") or attached."""
     payload: _builtins.bytes
@@ -270,6 +314,12 @@ class SealedRecord(_message.Message):
     """Registry kid of the seal key that signed jws."""
     sealer_region: _builtins.str
     """GB/T 2260 code of the region whose seal this is."""
+    format: Global___SealFormat.ValueType
+    """Which format the seal is in; unspecified is read as SEAL_FORMAT_JADES (older senders)."""
+    ses_signature: _builtins.bytes
+    """The DER GB/T 38540 SES_Signature over payload, when format is SEAL_FORMAT_GBT38540
+    (jws is then empty). For SEAL_FORMAT_OFD the seals are inside payload, an OFD file.
+    """
     @_builtins.property
     def sealed_at(self) -> _timestamp_pb2.Timestamp:
         """Time of sealing (equals the JWS iat)."""
@@ -283,10 +333,12 @@ class SealedRecord(_message.Message):
         sealer_kid: _builtins.str = ...,
         sealer_region: _builtins.str = ...,
         sealed_at: _timestamp_pb2.Timestamp | None = ...,
+        format: Global___SealFormat.ValueType = ...,
+        ses_signature: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["sealed_at", b"sealed_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_type", b"content_type", "jws", b"jws", "payload", b"payload", "sealed_at", b"sealed_at", "sealer_kid", b"sealer_kid", "sealer_region", b"sealer_region"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_type", b"content_type", "format", b"format", "jws", b"jws", "payload", b"payload", "sealed_at", b"sealed_at", "sealer_kid", b"sealer_kid", "sealer_region", b"sealer_region", "ses_signature", b"ses_signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -301,10 +353,15 @@ class VerifyRequest(_message.Message):
     JWS_FIELD_NUMBER: _builtins.int
     DETACHED_PAYLOAD_FIELD_NUMBER: _builtins.int
     VALIDATION_TIME_FIELD_NUMBER: _builtins.int
+    DOCUMENT_FIELD_NUMBER: _builtins.int
     jws: _builtins.str
     """Compact JWS, attached or detached."""
     detached_payload: _builtins.bytes
     """The payload bytes when jws is detached; empty for an attached JWS."""
+    document: _builtins.bytes
+    """Instead of jws: an OFD file, a DER GB/T 38540 / GM/T 0031 SES_Signature (its signed data in
+    detached_payload) or a DER SESeal, recognised by content.
+    """
     @_builtins.property
     def validation_time(self) -> _timestamp_pb2.Timestamp:
         """Time at which to validate; unset = now."""
@@ -315,10 +372,11 @@ class VerifyRequest(_message.Message):
         jws: _builtins.str = ...,
         detached_payload: _builtins.bytes = ...,
         validation_time: _timestamp_pb2.Timestamp | None = ...,
+        document: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["validation_time", b"validation_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["detached_payload", b"detached_payload", "jws", b"jws", "validation_time", b"validation_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detached_payload", b"detached_payload", "document", b"document", "jws", b"jws", "validation_time", b"validation_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

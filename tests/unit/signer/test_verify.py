@@ -131,6 +131,9 @@ class CrlOnly:
     def crls(self, region: str) -> tuple[x509.CertificateRevocationList, ...]:
         return self._trust.crls(region)
 
+    def regions(self) -> tuple[str, ...]:
+        return self._trust.regions()
+
 
 @dataclass
 class World:
