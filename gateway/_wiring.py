@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from gateway._tls import NoTrust
 from gateway.audit import (
     AuditLog,
     AuditStore,
@@ -41,13 +42,22 @@ from gateway.reports import AccessReporter
 from gateway.services.exchange import QueryPath
 from gateway.tokens import TokenVerifier
 from registry import RegistryStore
-from signer import FileKeyProvider, KeyProvider, SealVerifier, SignerError, load_private_key
+from signer import (
+    DocumentVerifier,
+    FileKeyProvider,
+    GmVerifier,
+    KeyProvider,
+    SealVerifier,
+    SignerError,
+    load_private_key,
+)
 
 __all__ = [
     "REDIS_MAX_CONNECTIONS",
     "QueryPathParts",
     "build_audit_log",
     "build_query_path",
+    "document_verifier",
     "load_seal_keys",
     "make_breaker",
 ]
@@ -124,6 +134,16 @@ def build_audit_log(config: GatewayConfig, *, clock: Callable[[], datetime]) -> 
         checkpoint_every_records=audit.checkpoint_every_records,
         checkpoint_every_seconds=audit.checkpoint_every_seconds,
         clock=clock,
+    )
+
+
+def document_verifier(clock: Callable[[], datetime]) -> DocumentVerifier:
+    """The gateway's one verifier of every signed format: its `SealVerifier` (JAdES, `.seals`)
+    and its `GmVerifier` (GB/T 38540 and OFD, `.gm`), trusting nothing until the gateway
+    switches them, together, to the first registry it applies (`DocumentVerifier.use`). The
+    answering side's Verify and the requester's seal checks use these same two objects."""
+    return DocumentVerifier(
+        SealVerifier(NoTrust(), clock=clock), GmVerifier(NoTrust(), clock=clock)
     )
 
 

@@ -4,7 +4,8 @@
 tests bind port 0 and talk to it over a real channel; `serve(config)` runs one until SIGINT or
 SIGTERM and then stops gracefully. Only the services built so far are served.
 
-The gateway owns one `SealVerifier` and switches it to every registry the store applies (a swap
+The gateway owns one `DocumentVerifier` (its `SealVerifier` and `GmVerifier`, made by
+`gateway._wiring.document_verifier`) and switches it to every registry the store applies (a swap
 listener registered before any snapshot is offered), so `Credentials.Verify` always decides with
 the registry the rest of the gateway holds. Its seal keys are loaded once, at construction.
 
@@ -38,11 +39,12 @@ from gateway._limits import (
     MAX_STREAMS_PER_CONNECTION,
 )
 from gateway._ports import check_ports_free
-from gateway._tls import GatewayTls, NoTrust
+from gateway._tls import GatewayTls
 from gateway._wiring import (
     QueryPathParts,
     build_audit_log,
     build_query_path,
+    document_verifier,
     load_seal_keys,
     make_breaker,
 )
@@ -84,10 +86,7 @@ from registry import (
     SnapshotVerifier,
     load_authority_public_key,
 )
-from signer import (
-    KeyProvider,
-    SealVerifier,
-)
+from signer import KeyProvider
 from tongban.v1 import (
     credentials_pb2,
     credentials_pb2_grpc,
@@ -171,7 +170,8 @@ class Gateway:
         self.admission = CallAdmission()  # calls in flight per caller (docs/threats.md T15)
         self._tls = GatewayTls(config, self.store)
         self._peers: PeerPool | None = None
-        self.verifier = SealVerifier(NoTrust(), clock=clock)
+        self.documents = document_verifier(clock)  # switched to each registry, with .verifier
+        self.verifier = self.documents.seals
         self.store.on_swap(self._follow_registry)  # before any snapshot can be offered
         self.audit = build_audit_log(config, clock=clock)
         if self.audit is not None:
@@ -181,6 +181,7 @@ class Gateway:
         self.credentials = CredentialsService(
             self.store,
             self.verifier,
+            documents=self.documents,
             region=config.region,
             seal_keys=seal_keys,
             clock=clock,
@@ -432,7 +433,7 @@ class Gateway:
 
     def _follow_registry(self, snapshot: SignedSnapshot) -> None:
         # Synchronous, inside the swap: no call sees the new registry with the old verifier.
-        self.verifier.use(RegistryTrust(snapshot.registry))
+        self.documents.use(RegistryTrust(snapshot.registry))
 
     def _on_swap(self, snapshot: SignedSnapshot) -> None:
         task = asyncio.ensure_future(self._update_health())

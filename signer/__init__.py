@@ -11,6 +11,7 @@ compact JWS of registry snapshots, access-report batches and request tokens). De
 """
 
 from signer._algorithms import ALLOWED_ALGORITHMS, sign_bytes, verify_signature
+from signer._documents import MAX_DOCUMENT_BYTES, DocumentVerifier, Format, GmVerifier, recognise
 from signer._jades import MAX_JWS_BYTES, JwsFormatError, parse_compact, seal
 from signer._keyfile import (
     PrivateKey,
@@ -53,9 +54,13 @@ from signer.errors import (
 
 __all__ = [
     "ALLOWED_ALGORITHMS",
+    "MAX_DOCUMENT_BYTES",
     "MAX_JWS_BYTES",
     "SM2_DEFAULT_ID",
+    "DocumentVerifier",
     "FileKeyProvider",
+    "Format",
+    "GmVerifier",
     "Indication",
     "JwsFormatError",
     "KeyFileError",
@@ -91,6 +96,7 @@ __all__ = [
     "load_private_key",
     "load_sm2_private_key",
     "parse_compact",
+    "recognise",
     "seal",
     "sign_bytes",
     "sign_json",

@@ -1,48 +1,54 @@
-"""`tongban seal` and `tongban verify`: e-seals and e-signatures (JAdES compact JWS) made with a
-key file and verified against a signed registry snapshot."""
+"""`tongban seal` and `tongban verify`: e-seals and e-signatures made with a key file (JAdES
+compact JWS), and every signed format Tongban reads (JWS, OFD, GB/T 38540 / GM/T 0031
+SES_Signature and SESeal) verified against a signed registry snapshot or outside anchors."""
 
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import mimetypes
 import re
 import sys
 from pathlib import Path
 
+from cryptography import x509
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
-from rich.text import Text
 
+from gateway._tls import NoTrust
 from gateway.cli._arguments import parse_region, parse_time
-from gateway.cli._common import Subparsers, passphrase, passphrase_options, read_input, utc_now
+from gateway.cli._common import (
+    Failure,
+    Subparsers,
+    passphrase,
+    passphrase_options,
+    read_input,
+    usage,
+    utc_now,
+)
+from gateway.cli._verify_report import Context, print_report, report_json
 from registry import (
     AUTHORITY_PUBLIC_KEY,
     Registry,
+    RegistryError,
     RegistryTrust,
     SnapshotVerifier,
     load_authority_public_key,
 )
 from signer import (
-    MAX_JWS_BYTES,
+    MAX_DOCUMENT_BYTES,
+    DocumentVerifier,
     FileKeyProvider,
-    Indication,
+    GmVerifier,
     SealVerifier,
     SignatureKind,
-    ValidationReport,
+    SignerError,
     seal,
 )
 
 __all__ = ["register"]
 
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
-_HEADLINE_COLOURS = {
-    Indication.TOTAL_PASSED: "green",
-    Indication.TOTAL_FAILED: "red",
-    Indication.INDETERMINATE: "yellow",
-}
 _MEDIA_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*")
 
 
@@ -72,114 +78,90 @@ def cmd_seal(args: argparse.Namespace, out: Console) -> int:
     return 0
 
 
-def _report_json(report: ValidationReport, registry: Registry, stale: bool) -> dict[str, object]:
-    payload = report.payload
-    return {
-        "indication": report.indication.value,
-        "sub_indication": report.sub_indication.value if report.sub_indication else None,
-        "message": report.message,
-        "signer_subject": report.signer_subject,
-        "signer_kid": report.signer_kid,
-        "owner": report.owner,
-        "owner_region": report.owner_region,
-        "kind": report.kind.value if report.kind else None,
-        "signing_time": (
-            f"{report.signing_time:%Y-%m-%dT%H:%M:%SZ}" if report.signing_time else None
-        ),
-        "algorithm": report.algorithm,
-        "content_type": report.content_type,
-        "registry_version": report.registry_version,
-        "registry_expires_at": f"{registry.expires_at:%Y-%m-%dT%H:%M:%SZ}",
-        "registry_stale": stale,
-        "checks": [{"name": c.name, "passed": c.passed, "detail": c.detail} for c in report.checks],
-        "payload": base64.b64encode(payload).decode("ascii") if payload is not None else None,
-    }
+def _read_document(path: Path, what: str) -> bytes:
+    """A file to verify: not a folder, not empty, not larger than a document may be."""
+    if path.is_dir():
+        raise Failure(f"{path}: {what} is a folder, not a file")
+    data = read_input(path, what, limit=MAX_DOCUMENT_BYTES)
+    if not data:
+        raise Failure(f"{path}: {what} is empty")
+    return data
 
 
-def _party(registry: Registry, owner: str) -> str:
-    """`浙江省人力资源和社会保障厅 (zj.hrss)` for an agency, `浙江省 (330000)` for a region."""
-    agency = registry.agency(owner)
-    region = registry.region(owner)
-    name = agency.name if agency else region.name if region else ""
-    return f"{name} ({owner})" if name else owner
+def _outside_anchors(paths: list[Path]) -> tuple[x509.Certificate, ...]:
+    """Every certificate of the --ca PEM files (roots and intermediates alike)."""
+    certificates: list[x509.Certificate] = []
+    for path in paths:
+        text = _read_document(path, "the --ca certificate file")
+        try:
+            certificates.extend(x509.load_pem_x509_certificates(text))
+        except ValueError:
+            raise Failure(
+                f"{path}: --ca takes PEM certificates (-----BEGIN CERTIFICATE-----), and this "
+                "file holds none that can be read"
+            ) from None
+    return tuple(certificates)
 
 
-def _print_report(out: Console, report: ValidationReport, registry: Registry) -> None:
-    indication = report.indication
-    headline = Text(indication.value, style=f"bold {_HEADLINE_COLOURS[indication]}")
-    if report.sub_indication is not None:
-        headline.append(f" / {report.sub_indication.value}", style=_HEADLINE_COLOURS[indication])
-    if report.passed:
-        # "e-seal by 浙江省 (330000) made at ... is valid" reads better without "is valid" here.
-        headline.append(f" — {report.message.removesuffix(' is valid')}")
-    else:
-        headline.append(f" — {report.message}")
-    out.print(headline, soft_wrap=True)
-    region = registry.region(report.owner_region)
-    facts = Table.grid(padding=(0, 2))
-    facts.add_column(style="bold")
-    facts.add_column(overflow="fold")
-    rows = (
-        ("signer", report.signer_subject),
-        ("kid", report.signer_kid),
-        ("owner", _party(registry, report.owner) if report.owner else ""),
-        (
-            "region",
-            f"{region.name} ({report.owner_region})" if region else report.owner_region,
-        ),
-        ("kind", f"e-{report.kind.value}" if report.kind else ""),
-        (
-            "signing time",
-            f"{report.signing_time:%Y-%m-%d %H:%M:%SZ} (claimed)" if report.signing_time else "",
-        ),
-        ("algorithm", report.algorithm),
-        ("content type", report.content_type),
-        ("registry version", str(report.registry_version)),
-    )
-    for name, value in rows:
-        facts.add_row(name, Text(value or "—"))
-    out.print(facts)
-    checks = Table(title="Checks", title_justify="left")
-    checks.add_column("")
-    checks.add_column("check", no_wrap=True)
-    checks.add_column("detail", overflow="fold")
-    for check in report.checks:
-        mark = Text("✓", style="green") if check.passed else Text("✗", style="red")
-        checks.add_row(mark, Text(check.name), Text(check.detail))
-    out.print(checks)  # prose details wrap; the check names keep their width
-
-
-def cmd_verify(args: argparse.Namespace, out: Console) -> int:
-    authority_path = args.authority or args.pki / AUTHORITY_PUBLIC_KEY
-    authority = load_authority_public_key(authority_path)
+def _registry(args: argparse.Namespace) -> Registry | None:
+    """The verified registry snapshot of --snapshot, if one is given (warns when stale)."""
+    if args.snapshot is None:
+        return None
+    authority = load_authority_public_key(args.authority or args.pki / AUTHORITY_PUBLIC_KEY)
     snapshot = read_input(args.snapshot, "the registry snapshot")
     # now=None: the signature and format are checked here, the expiry below, so that a stale
     # registry still verifies (with a warning) instead of refusing outright.
     registry = SnapshotVerifier(authority).verify(snapshot, held_version=None, now=None).registry
-    jws = read_input(args.file, "the JWS", limit=MAX_JWS_BYTES + 4096)
-    payload = read_input(args.payload, "the payload") if args.payload is not None else None
-    now = utc_now()
-    stale = now >= registry.expires_at
-    if stale:
+    if utc_now() >= registry.expires_at:
         Console(stderr=True, highlight=False).print(
             f"[yellow]warning:[/] registry version {registry.version} expired at "
             f"{registry.expires_at:%Y-%m-%d %H:%M:%SZ}: the registry is stale, so keys revoked "
             "since then are not known here",
             soft_wrap=True,
         )
-    report = SealVerifier(RegistryTrust(registry), clock=utc_now).validate(
-        jws,
-        detached_payload=payload,
+    return registry
+
+
+def _check_trust_options(args: argparse.Namespace) -> None:
+    if args.snapshot is None and not args.ca:
+        usage(
+            args,
+            "give the trust: --snapshot with --authority or --pki (a federation's registry), "
+            "--ca PEM (anchors for a document from outside it), or both",
+        )
+    if args.snapshot is not None and args.authority is None and args.pki is None:
+        usage(args, "--snapshot needs --authority or --pki, to check the snapshot's signature")
+    if args.snapshot is None and (args.authority is not None or args.pki is not None):
+        usage(args, "--authority and --pki check a registry snapshot: give --snapshot too")
+
+
+def cmd_verify(args: argparse.Namespace, out: Console) -> int:
+    _check_trust_options(args)
+    try:
+        registry = _registry(args)
+        anchors = _outside_anchors(args.ca or [])
+        document = _read_document(args.file, "the document")
+        payload = _read_document(args.payload, "the payload") if args.payload else None
+    except (Failure, RegistryError, SignerError) as exc:
+        # No report can be made: exit 2, apart from 1 (a report that did not pass).
+        usage(args, str(exc))
+    trust = RegistryTrust(registry) if registry is not None else NoTrust()
+    verifier = DocumentVerifier(
+        SealVerifier(trust, clock=utc_now), GmVerifier(trust, extra_anchors=anchors, clock=utc_now)
+    )
+    report = verifier.validate(
+        document,
+        payload=payload,
         expected_kind=SignatureKind(args.expect) if args.expect else None,
         expected_owner_region=args.region,
         validation_time=args.at,
     )
+    context = Context(registry, stale=registry is not None and utc_now() >= registry.expires_at)
     if args.json:
-        sys.stdout.write(
-            json.dumps(_report_json(report, registry, stale), ensure_ascii=False, indent=2) + "\n"
-        )
+        text = json.dumps(report_json(report, context), ensure_ascii=False, indent=2)
+        sys.stdout.write(text + "\n")
     else:
-        _print_report(out, report, registry)
+        print_report(out, report, context)
     return 0 if report.passed else 1
 
 
@@ -226,26 +208,38 @@ def _register_seal(commands: Subparsers) -> None:
 def _register_verify(commands: Subparsers) -> None:
     verify = commands.add_parser(
         "verify",
-        help="verify an e-seal or e-signature against a registry snapshot",
-        description="Verify a compact JWS e-seal or e-signature against a signed registry snapshot "
-        "(its keys, CAs and revocation lists) and print an ETSI EN 319 102-1 style report: "
-        "TOTAL_PASSED, TOTAL_FAILED or INDETERMINATE with the reason, the signer, and every "
-        "check. Exit code 0 only for TOTAL_PASSED, 1 otherwise.",
-        epilog="Example: tongban verify licence.pdf.jws --payload licence.pdf "
-        "--snapshot out/published/current.jws --pki out/pki",
+        help="verify a signed document (JWS, OFD, SES_Signature, SESeal) against a registry",
+        description="Verify an e-seal or e-signature, recognised by its content: a JAdES "
+        "compact JWS, an OFD file and its signatures, a DER GB/T 38540 or GM/T 0031 "
+        "SES_Signature (its signed data given with --payload) or a DER SESeal. The trust is "
+        "a signed registry snapshot (its keys, CAs and revocation lists), --ca anchors for a "
+        "document from outside the federation, or both. Prints an ETSI EN 319 102-1 style "
+        "report: TOTAL_PASSED, TOTAL_FAILED or INDETERMINATE with the reason, the signer, and "
+        "every check (and a report per signature of an OFD file). Exit code 0 only for "
+        "TOTAL_PASSED, 1 for a report that did not pass, 2 when no report can be made (a wrong "
+        "command line, a file that cannot be read or used).",
+        epilog="Examples: tongban verify licence.pdf.jws --payload licence.pdf "
+        "--snapshot out/published/current.jws --pki out/pki; "
+        "tongban verify licence.ofd --ca province-root.pem --json",
     )
-    verify.add_argument("file", type=Path, help="the compact JWS to verify")
     verify.add_argument(
-        "--payload", type=Path, metavar="FILE", help="the document, for a detached JWS"
+        "file",
+        type=Path,
+        help="the document to verify: a compact JWS, an OFD file, a DER SES_Signature or SESeal",
+    )
+    verify.add_argument(
+        "--payload",
+        type=Path,
+        metavar="FILE",
+        help="the signed data, for a detached JWS or an SES_Signature",
     )
     verify.add_argument(
         "--snapshot",
         type=Path,
-        required=True,
         metavar="JWS",
-        help="registry snapshot, e.g. out/published/current.jws",
+        help="registry snapshot, e.g. out/published/current.jws (with --authority or --pki)",
     )
-    verify_trust = verify.add_mutually_exclusive_group(required=True)
+    verify_trust = verify.add_mutually_exclusive_group()
     verify_trust.add_argument(
         "--authority",
         type=Path,
@@ -254,6 +248,15 @@ def _register_verify(commands: Subparsers) -> None:
     )
     verify_trust.add_argument(
         "--pki", type=Path, metavar="DIR", help="a PKI folder, to use its authority public key"
+    )
+    verify.add_argument(
+        "--ca",
+        type=Path,
+        action="append",
+        metavar="PEM",
+        help="trust anchors from outside the registry, for GB/T 38540 seals and OFD files from "
+        "outside the federation: PEM certificates, self-signed ones roots, others "
+        "intermediates (repeatable)",
     )
     verify.add_argument(
         "--expect",
@@ -273,7 +276,7 @@ def _register_verify(commands: Subparsers) -> None:
         help="validate as of this time, ISO 8601 with offset (default now)",
     )
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
-    verify.set_defaults(handler=cmd_verify)
+    verify.set_defaults(handler=cmd_verify, usage_error=verify.error)
 
 
 def register(commands: Subparsers) -> None:

@@ -33,7 +33,9 @@ from gateway.sealing import RegionSealer, SealKeyUnavailable
 from gateway.services.exchange import QueryPath, sealed_record
 from registry import Registry, RegistryError, RegistryStore
 from signer import (
+    MAX_DOCUMENT_BYTES,
     MAX_JWS_BYTES,
+    DocumentVerifier,
     KeyProvider,
     SealVerifier,
     SignatureKind,
@@ -103,10 +105,39 @@ def report_message(report: ValidationReport) -> credentials_pb2.ValidationReport
         ],
         registry_version=report.registry_version,
         message=report.message,
+        format=report.format,
+        signatures=[report_message(signature) for signature in report.signatures],
     )
     if report.signing_time is not None:
         message.signing_time.CopyFrom(_timestamp(report.signing_time))
     return message
+
+
+def _document_of(request: credentials_pb2.VerifyRequest) -> bytes:
+    """The `document` of a Verify call, empty when it gives a `jws`: exactly one of the two,
+    each within its limit. `jws` goes to the JWS verifier alone (whatever it holds, it is never
+    read as another format); `document` is recognised by its content."""
+    if request.jws and request.document:
+        raise Refusal(
+            "INVALID_ARGUMENT_FORMAT",
+            "give either jws (a compact JWS) or document (an OFD file, a DER SES_Signature or "
+            "SESeal), not both",
+        )
+    if not request.jws and not request.document:
+        raise Refusal(
+            "INVALID_ARGUMENT_FORMAT",
+            "nothing to verify: give jws (a compact JWS) or document (an OFD file, a DER "
+            "SES_Signature or SESeal)",
+        )
+    if len(request.jws) > MAX_JWS_BYTES:
+        raise Refusal("REQUEST_TOO_LARGE", f"jws is longer than {MAX_JWS_BYTES} characters")
+    if len(request.document) > MAX_DOCUMENT_BYTES:
+        raise Refusal("REQUEST_TOO_LARGE", f"document is larger than {MAX_DOCUMENT_BYTES} bytes")
+    if len(request.detached_payload) > MAX_DOCUMENT_BYTES:
+        raise Refusal(
+            "REQUEST_TOO_LARGE", f"detached_payload is larger than {MAX_DOCUMENT_BYTES} bytes"
+        )
+    return request.document
 
 
 class CredentialsService(credentials_pb2_grpc.CredentialsServicer):
@@ -117,6 +148,7 @@ class CredentialsService(credentials_pb2_grpc.CredentialsServicer):
         store: RegistryStore,
         verifier: SealVerifier,
         *,
+        documents: DocumentVerifier,
         region: str,
         seal_keys: Mapping[str, KeyProvider],
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -127,6 +159,7 @@ class CredentialsService(credentials_pb2_grpc.CredentialsServicer):
         self.metrics = metrics
         self._store = store
         self._verifier = verifier  # switched to each applied registry by the gateway
+        self._documents = documents  # every format; holds `verifier` and is switched with it
         self._region = region
         self._sealer = RegionSealer(region, seal_keys)  # seal_keys: refilled on a reload
         self._clock = clock
@@ -191,11 +224,7 @@ class CredentialsService(credentials_pb2_grpc.CredentialsServicer):
         request: credentials_pb2.VerifyRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> credentials_pb2.ValidationReport:
-        if len(request.jws) > MAX_JWS_BYTES:
-            raise Refusal(
-                "REQUEST_TOO_LARGE",
-                f"jws is longer than {MAX_JWS_BYTES} characters",
-            )
+        document = _document_of(request)
         validation_time: datetime | None = None
         if request.HasField("validation_time"):
             try:
@@ -206,15 +235,21 @@ class CredentialsService(credentials_pb2_grpc.CredentialsServicer):
                     "validation_time is not a valid timestamp",
                 ) from None
         registry = await self._registry(context)
-        if self._verifier.trust.version != registry.version:  # pragma: no cover - defensive
+        if self._documents.trust.version != registry.version:  # pragma: no cover - defensive
             raise Refusal(
                 "REGISTRY_STALE",
                 f"the verifier does not hold registry version {registry.version} yet; retry",
             )
-        report = self._verifier.validate(
-            request.jws,
-            detached_payload=request.detached_payload or None,
-            validation_time=validation_time or self._clock(),
+        # A document from outside the registry is a report (NO_CERTIFICATE_CHAIN_FOUND), not an
+        # RPC error: the gateway trusts the registry's anchors only.
+        payload = request.detached_payload or None
+        when = validation_time or self._clock()
+        report = (
+            self._documents.validate(document, payload=payload, validation_time=when)
+            if document
+            else self._verifier.validate(
+                request.jws, detached_payload=payload, validation_time=when
+            )
         )
         self.metrics.verification(report.indication, report.sub_indication or "")
         return report_message(report)

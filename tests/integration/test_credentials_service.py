@@ -32,7 +32,7 @@ from gateway.sealing import SEAL_IN_THREAD_BYTES
 from gateway.server import Gateway
 from gateway.services.credentials import MAX_SEAL_PAYLOAD_BYTES
 from registry import KeyState, KeyUsage, rotate_key
-from signer import MAX_JWS_BYTES, FileKeyProvider, seal
+from signer import MAX_DOCUMENT_BYTES, MAX_JWS_BYTES, FileKeyProvider, seal
 from tongban.v1 import credentials_pb2, credentials_pb2_grpc
 
 pytestmark = pytest.mark.integration
@@ -201,6 +201,57 @@ async def test_verify_refuses_an_oversized_jws(federation: Federation) -> None:
             error = await rpc_error(verify(stub, "a" * (MAX_JWS_BYTES + 1)))
             assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert error_info(error).reason == "REQUEST_TOO_LARGE"
+
+
+async def test_verify_takes_a_jws_as_a_document_too(federation: Federation) -> None:
+    good = seal(DOCUMENT, seal_provider(federation, "330000"))
+    async with running(dev_config(federation)) as (_, port):
+        ch, stub = stub_as(federation, "sc.hrss", port)
+        async with ch:
+            report = await stub.Verify(
+                credentials_pb2.VerifyRequest(document=good.encode() + b"\n"),
+                timeout=CALL_TIMEOUT,
+            )
+            assert report.indication == credentials_pb2.TOTAL_PASSED
+            assert report.format == "JAdES"
+            assert not report.signatures
+            unknown = await stub.Verify(
+                credentials_pb2.VerifyRequest(document=b"%PDF-1.7 not a seal"),
+                timeout=CALL_TIMEOUT,
+            )
+            assert unknown.indication == credentials_pb2.TOTAL_FAILED
+            assert unknown.sub_indication == credentials_pb2.FORMAT_FAILURE
+            assert "OFD" in unknown.message
+            assert "SES_Signature" in unknown.message
+
+
+@pytest.mark.parametrize(
+    ("request_", "reason", "fragment"),
+    [
+        (credentials_pb2.VerifyRequest(), "INVALID_ARGUMENT_FORMAT", "nothing to verify"),
+        (
+            credentials_pb2.VerifyRequest(jws="a.b.c", document=b"a.b.c"),
+            "INVALID_ARGUMENT_FORMAT",
+            "not both",
+        ),
+        (
+            credentials_pb2.VerifyRequest(document=b"0" * (MAX_DOCUMENT_BYTES + 1)),
+            "REQUEST_TOO_LARGE",
+            "document is larger",
+        ),
+    ],
+    ids=["neither", "both", "document-too-large"],
+)
+async def test_verify_refuses_a_request_without_exactly_one_document(
+    federation: Federation, request_: credentials_pb2.VerifyRequest, reason: str, fragment: str
+) -> None:
+    async with running(dev_config(federation)) as (_, port):
+        ch, stub = stub_as(federation, "sc.hrss", port)
+        async with ch:
+            error = await rpc_error(stub.Verify(request_, timeout=CALL_TIMEOUT))
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert error_info(error).reason == reason
+            assert fragment in (error.details() or "")
 
 
 async def test_verify_with_a_stale_registry_is_unavailable(tmp_path: Path) -> None:

@@ -34,8 +34,12 @@ EXPECTED: dict[str, frozenset[str]] = {
     "signer": frozenset(
         {
             "ALLOWED_ALGORITHMS",
+            "MAX_DOCUMENT_BYTES",
             "MAX_JWS_BYTES",
+            "DocumentVerifier",
             "FileKeyProvider",
+            "Format",
+            "GmVerifier",
             "Indication",
             "JwsFormatError",
             "KeyFileError",
@@ -72,6 +76,7 @@ EXPECTED: dict[str, frozenset[str]] = {
             "load_private_key",
             "load_sm2_private_key",
             "parse_compact",
+            "recognise",
             "seal",
             "sign_bytes",
             "sign_json",

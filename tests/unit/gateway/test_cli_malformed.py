@@ -226,21 +226,21 @@ ROWS: dict[str, tuple[tuple[str, ...], int]] = {
     # verify
     "verify-file-missing": (
         ("verify", "{missing}", "--snapshot", "{snapshot}", "--pki", "{pki}"),
-        FAILURE,
+        USAGE,
     ),
     "verify-file-is-a-dir": (
         ("verify", "{dir}", "--snapshot", "{snapshot}", "--pki", "{pki}"),
-        FAILURE,
+        USAGE,
     ),
     "verify-snapshot-is-a-dir": (
         ("verify", "{file}", "--snapshot", "{dir}", "--pki", "{pki}"),
-        FAILURE,
+        USAGE,
     ),
     "verify-authority-missing": (
         ("verify", "{file}", "--snapshot", "{snapshot}", "--authority", "{missing}"),
-        FAILURE,
+        USAGE,
     ),
-    "verify-payload-missing": ((*VERIFY, "--payload", "{missing}"), FAILURE),
+    "verify-payload-missing": ((*VERIFY, "--payload", "{missing}"), USAGE),
     "verify-region-bad": ((*VERIFY, "--region", "12345"), USAGE),
     "verify-region-empty": ((*VERIFY, "--region", ""), USAGE),
     "verify-at-bad": ((*VERIFY, "--at", "2026-13-01T00:00:00+00:00"), USAGE),
