@@ -3,7 +3,8 @@
 Key files and providers (`_keyfile`, `_keys`), the algorithm policy (`_algorithms`), JAdES
 sealing (`_jades`), validation with ETSI-style reports (`_verify`, `_report`) against a
 `TrustSource` (`_trust`) that the registry implements, SM2 with SM3 keys and signatures
-(`_sm2`, GB/T 32918.2 with OpenSSL's key formats), and signed JSON (`_signed_json`: the
+(`_sm2`, GB/T 32918.2 with OpenSSL's key formats), OFD documents (`_ofd_package`, `_ofd_verify`,
+`_ofd_make`: GB/T 33190 packages read defensively, their seals validated and made), and signed JSON (`_signed_json`: the
 compact JWS of registry snapshots, access-report batches and request tokens). Depends on neither
 `registry` nor `gateway`.
 
@@ -22,6 +23,7 @@ from signer._keyfile import (
     write_private_key,
 )
 from signer._keys import FileKeyProvider, KeyProvider, x5t_s256_of_certificate, x5t_s256_of_der
+from signer._ofd_verify import OfdVerifier, is_ofd
 from signer._report import Indication, SignatureKind, SubIndication, ValidationReport
 from signer._signed_json import canonical_json, sign_json, verify_json
 from signer._sm2 import (
@@ -65,6 +67,7 @@ __all__ = [
     "JwsFormatError",
     "KeyFileError",
     "KeyProvider",
+    "OfdVerifier",
     "PrivateKey",
     "PublicKey",
     "SealInvalid",
@@ -93,6 +96,7 @@ __all__ = [
     "algorithm_for_key",
     "canonical_json",
     "generate_private_key",
+    "is_ofd",
     "load_private_key",
     "load_sm2_private_key",
     "parse_compact",
