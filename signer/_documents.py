@@ -27,6 +27,7 @@ from typing import Final
 from cryptography import x509
 
 from signer._jades import MAX_JWS_BYTES
+from signer._ofd_verify import OfdVerifier, is_ofd
 from signer._report import Check, SignatureKind, SubIndication, ValidationReport
 from signer._trust import TrustSource
 from signer._verify import SealVerifier
@@ -178,7 +179,7 @@ def _refusal(message: str, registry_version: int) -> ValidationReport:
     )
 
 
-# Until the GB/T 38540 and OFD verifiers land (branches h-ses and h-ofd): stand-ins.
+# Until the GB/T 38540 verifier lands (branch h-ses): a stand-in.
 class GmVerifier:
     def __init__(
         self,
@@ -201,18 +202,6 @@ class GmVerifier:
         self, der: bytes, *, validation_time: datetime | None = None
     ) -> ValidationReport:
         raise NotImplementedError
-
-
-class OfdVerifier:
-    def __init__(self, gm: GmVerifier) -> None:
-        self.gm = gm
-
-    def validate(self, ofd: bytes, *, validation_time: datetime | None = None) -> ValidationReport:
-        raise NotImplementedError
-
-
-def is_ofd(data: bytes) -> bool:
-    return False
 
 
 def ses_version(der: bytes) -> str | None:
