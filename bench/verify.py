@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import cryptography
+from _verify_sm2 import Sm2Setup, build_sm2
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
@@ -55,7 +56,6 @@ from registry import (
     publish,
 )
 from registry._pki import AgencySpec, RegionSpec
-from _verify_sm2 import Sm2Setup, build_sm2
 from signer import FileKeyProvider, SealVerifier, parse_compact, seal
 from signer._jades import MAX_CACHED_HEADERS
 
@@ -216,9 +216,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _measure(
-    setup: Setup, sm2: Sm2Setup, seconds: float, rounds: int
-) -> list[dict[str, float]]:
+def _measure(setup: Setup, sm2: Sm2Setup, seconds: float, rounds: int) -> list[dict[str, float]]:
     """Verifications per second of (a) to (e), in `rounds` interleaved rounds."""
     position = 0
 
@@ -310,9 +308,13 @@ def _print(results: dict[str, Any]) -> None:
         print(f"{label:<36} {value:>16,.0f} {1e6 / value:>9.1f}")
     print()
     print("median of per-round ratios:")
-    print(f"a/b {results['ratio_a_b']:.3f}  (ES256 seal / raw: {_verdict(results['ratio_a_b'], results['target_a_b'])})")
+    print(
+        f"a/b {results['ratio_a_b']:.3f}  (ES256 seal / raw: {_verdict(results['ratio_a_b'], results['target_a_b'])})"
+    )
     print(f"c/b {results['ratio_c_b']:.3f}  (ES256 distinct seals / raw)")
-    print(f"d/e {results['ratio_d_e']:.3f}  (SM2 seal / raw: {_verdict(results['ratio_d_e'], results['target_d_e'])})")
+    print(
+        f"d/e {results['ratio_d_e']:.3f}  (SM2 seal / raw: {_verdict(results['ratio_d_e'], results['target_d_e'])})"
+    )
     print(f"e/b {results['ratio_e_b']:.3f}  (raw SM2 / raw ES256)")
     print(f"d/a {results['ratio_d_a']:.3f}  (SM2 seal / ES256 seal)")
 

@@ -19,16 +19,15 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import Final
-
-from cryptography import x509
 
 from signer._jades import MAX_JWS_BYTES
 from signer._ofd_verify import OfdVerifier, is_ofd
 from signer._report import Check, SignatureKind, SubIndication, ValidationReport
+from signer._ses_asn1 import ses_version
+from signer._ses_verify import GmVerifier
 from signer._trust import TrustSource
 from signer._verify import SealVerifier
 
@@ -177,32 +176,3 @@ def _refusal(message: str, registry_version: int) -> ValidationReport:
         registry_version=max(registry_version, 0),
         format="",
     )
-
-
-# Until the GB/T 38540 verifier lands (branch h-ses): a stand-in.
-class GmVerifier:
-    def __init__(
-        self,
-        trust: TrustSource | None,
-        *,
-        extra_anchors: Sequence[x509.Certificate] = (),
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-    ) -> None:
-        self.trust = trust
-
-    def use(self, trust: TrustSource) -> None:
-        self.trust = trust
-
-    def validate_signature(
-        self, der: bytes, data: bytes | None, *, validation_time: datetime | None = None
-    ) -> ValidationReport:
-        raise NotImplementedError
-
-    def validate_seal(
-        self, der: bytes, *, validation_time: datetime | None = None
-    ) -> ValidationReport:
-        raise NotImplementedError
-
-
-def ses_version(der: bytes) -> str | None:
-    return None
