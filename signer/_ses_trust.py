@@ -67,6 +67,7 @@ def anchor(
     *,
     trust: TrustSource | None,
     extra_anchors: Sequence[x509.Certificate],
+    extra_intermediates: Sequence[x509.Certificate] = (),
     at: datetime,
     default_owner: str,
 ) -> Anchoring:
@@ -85,7 +86,7 @@ def anchor(
             if failure is None or failure.sub is not SubIndication.NO_CERTIFICATE_CHAIN_FOUND:
                 return Anchoring(f"region {region}", default_owner, region, None, path, failure)
     if extra_anchors:  # (3)
-        path, failure = _path(certificate, tuple(extra_anchors), (), (), at)
+        path, failure = _path(certificate, tuple(extra_anchors), tuple(extra_intermediates), (), at)
         if failure is None or failure.sub is not SubIndication.NO_CERTIFICATE_CHAIN_FOUND:
             return Anchoring(EXTRA_ANCHORS, default_owner, "", None, path, failure)
     searched = "the registry's regions" if trust is not None else "no trust source"

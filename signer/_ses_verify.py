@@ -141,10 +141,12 @@ class GmVerifier:
         trust: TrustSource | None,
         *,
         extra_anchors: Sequence[x509.Certificate] = (),
+        extra_intermediates: Sequence[x509.Certificate] = (),
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._trust = trust
         self._extra_anchors = tuple(extra_anchors)
+        self._extra_intermediates = tuple(extra_intermediates)  # to build paths to them
         self._clock = clock
 
     def use(self, trust: TrustSource) -> None:
@@ -395,6 +397,7 @@ class GmVerifier:
             certificate,
             trust=self._trust,
             extra_anchors=self._extra_anchors,
+            extra_intermediates=self._extra_intermediates,
             at=when,
             default_owner=owner,
         )
@@ -441,6 +444,7 @@ class GmVerifier:
             finding.tsa_certificate,
             trust=self._trust,
             extra_anchors=self._extra_anchors,
+            extra_intermediates=self._extra_intermediates,
             at=when,
             default_owner="",
         )

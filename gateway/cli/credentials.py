@@ -88,8 +88,11 @@ def _read_document(path: Path, what: str) -> bytes:
     return data
 
 
-def _outside_anchors(paths: list[Path]) -> tuple[x509.Certificate, ...]:
-    """Every certificate of the --ca PEM files (roots and intermediates alike)."""
+def _outside_anchors(
+    paths: list[Path],
+) -> tuple[tuple[x509.Certificate, ...], tuple[x509.Certificate, ...]]:
+    """(roots, intermediates) of the --ca PEM files: the self-signed certificates are the
+    anchors, the others material to build paths to them."""
     certificates: list[x509.Certificate] = []
     for path in paths:
         text = _read_document(path, "the --ca certificate file")
@@ -100,7 +103,13 @@ def _outside_anchors(paths: list[Path]) -> tuple[x509.Certificate, ...]:
                 f"{path}: --ca takes PEM certificates (-----BEGIN CERTIFICATE-----), and this "
                 "file holds none that can be read"
             ) from None
-    return tuple(certificates)
+    roots = tuple(c for c in certificates if c.issuer == c.subject)
+    if certificates and not roots:
+        raise Failure(
+            "--ca: none of the certificates is a root (self-signed): give the root CA too, "
+            "the others are only intermediates"
+        )
+    return roots, tuple(c for c in certificates if c.issuer != c.subject)
 
 
 def _registry(args: argparse.Namespace) -> Registry | None:
@@ -139,16 +148,15 @@ def cmd_verify(args: argparse.Namespace, out: Console) -> int:
     _check_trust_options(args)
     try:
         registry = _registry(args)
-        anchors = _outside_anchors(args.ca or [])
+        roots, intermediates = _outside_anchors(args.ca or [])
         document = _read_document(args.file, "the document")
         payload = _read_document(args.payload, "the payload") if args.payload else None
     except (Failure, RegistryError, SignerError) as exc:
         # No report can be made: exit 2, apart from 1 (a report that did not pass).
         usage(args, str(exc))
     trust = RegistryTrust(registry) if registry is not None else NoTrust()
-    verifier = DocumentVerifier(
-        SealVerifier(trust, clock=utc_now), GmVerifier(trust, extra_anchors=anchors, clock=utc_now)
-    )
+    gm = GmVerifier(trust, extra_anchors=roots, extra_intermediates=intermediates, clock=utc_now)
+    verifier = DocumentVerifier(SealVerifier(trust, clock=utc_now), gm)
     report = verifier.validate(
         document,
         payload=payload,

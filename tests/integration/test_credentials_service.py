@@ -14,8 +14,10 @@ from pathlib import Path
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
+from sm2_support import SIGNING_USAGE, issue
 from support import (
     CALL_TIMEOUT,
+    SHARED,
     Federation,
     ManualClock,
     channel,
@@ -32,7 +34,15 @@ from gateway.sealing import SEAL_IN_THREAD_BYTES
 from gateway.server import Gateway
 from gateway.services.credentials import MAX_SEAL_PAYLOAD_BYTES
 from registry import KeyState, KeyUsage, rotate_key
-from signer import MAX_DOCUMENT_BYTES, MAX_JWS_BYTES, FileKeyProvider, seal
+from signer import (
+    MAX_DOCUMENT_BYTES,
+    MAX_JWS_BYTES,
+    FileKeyProvider,
+    Sm2FileSigner,
+    make_seal,
+    seal,
+    sign_with_seal,
+)
 from tongban.v1 import credentials_pb2, credentials_pb2_grpc
 
 pytestmark = pytest.mark.integration
@@ -223,6 +233,71 @@ async def test_verify_takes_a_jws_as_a_document_too(federation: Federation) -> N
             assert unknown.sub_indication == credentials_pb2.FORMAT_FAILURE
             assert "OFD" in unknown.message
             assert "SES_Signature" in unknown.message
+
+
+def outside_sm2_signature() -> bytes:
+    """A valid GB/T 38540 SES_Signature over DOCUMENT by an SM2 PKI no registry knows."""
+    now = datetime.now(UTC)
+    window = {"not_before": now - timedelta(days=30), "not_after": now + timedelta(days=365)}
+    root = issue("Outside root CA", **window)  # type: ignore[arg-type]
+    leaf = {"ca": False, "usage": SIGNING_USAGE, **window}
+    maker = issue("Outside seal maker", root, **leaf)  # type: ignore[arg-type]
+    signer = issue("Outside seal key", root, **leaf)  # type: ignore[arg-type]
+    seal_der = make_seal(
+        maker=Sm2FileSigner(maker.key, maker.certificate),
+        es_id="99000000000000000001",
+        name="外部测试章",
+        seal_type=1,
+        signer_certificates=[signer.certificate],
+        picture=b"\x89PNG\r\n\x1a\n" + bytes(16),
+        width_mm=40,
+        height_mm=40,
+        valid_from=now - timedelta(days=1),
+        valid_until=now + timedelta(days=30),
+        created=now - timedelta(days=1),
+    )
+    return sign_with_seal(
+        DOCUMENT,
+        seal=seal_der,
+        signer=Sm2FileSigner(signer.key, signer.certificate),
+        at=now - timedelta(minutes=1),
+        property_info="document",
+    )
+
+
+async def test_verify_documents_of_every_format(federation: Federation) -> None:
+    """GB/T 38540 and OFD documents through a real gateway: reports, not RPC errors; one from
+    outside the registry is INDETERMINATE / NO_CERTIFICATE_CHAIN_FOUND (the gateway has no
+    other anchors); an OFD file's report carries one report per signature."""
+    ses = outside_sm2_signature()
+    ofd = (SHARED / "vectors" / "gm" / "ses-v4-signed.ofd").read_bytes()
+    async with running(dev_config(federation)) as (_, port):
+        ch, stub = stub_as(federation, "sc.hrss", port)
+        async with ch:
+            report = await stub.Verify(
+                credentials_pb2.VerifyRequest(document=ses, detached_payload=DOCUMENT),
+                timeout=CALL_TIMEOUT,
+            )
+            assert report.indication == credentials_pb2.INDETERMINATE
+            assert report.sub_indication == credentials_pb2.NO_CERTIFICATE_CHAIN_FOUND
+            assert report.format == "GB/T 38540 SES_Signature v4"
+            assert report.registry_version == 1
+            assert report.kind == SEAL_KIND
+            checks = {c.name: c.passed for c in report.checks}
+            assert checks["signature"]
+            assert checks["data hash"]
+            assert not checks["signer chain"]
+
+            container = await stub.Verify(
+                credentials_pb2.VerifyRequest(document=ofd), timeout=CALL_TIMEOUT
+            )
+            assert container.format == "OFD"
+            assert container.indication == credentials_pb2.TOTAL_FAILED
+            (signature,) = container.signatures
+            assert signature.format == "GB/T 38540 SES_Signature v4"
+            assert signature.signer_subject.startswith("CN=Test Certificate")
+            assert signature.HasField("signing_time")
+            assert any(c.name == "data hash" and c.passed for c in signature.checks)
 
 
 @pytest.mark.parametrize(

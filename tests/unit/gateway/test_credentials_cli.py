@@ -193,6 +193,16 @@ def test_json_report_has_every_field(run: Run, fed: Federation, document: Path) 
     assert [c["name"] for c in report["checks"]][:3] == ["format", "header", "algorithm"]
     assert all(c["passed"] for c in report["checks"])
     assert report["message"]
+    # the keys every format shares
+    assert report["format"] == "JAdES"
+    assert report["signed_at"] == report["signing_time"]
+    assert report["signer"] == {
+        "subject": report["signer_subject"],
+        "kid": report["signer_kid"],
+        "owner": "330000",
+        "region": "330000",
+    }
+    assert report["signatures"] == []
 
 
 def test_json_report_of_a_failure(run: Run, fed: Federation, document: Path) -> None:

@@ -8,7 +8,7 @@ import io
 import zipfile
 
 import pytest
-from support import Federation, make_federation
+from support import SHARED, Federation, make_federation
 
 from registry import (
     AUTHORITY_PUBLIC_KEY,
@@ -138,3 +138,59 @@ def test_a_payload_for_an_attached_jws_is_a_format_failure(
 ) -> None:
     report = verifier.validate(jws.encode(), payload=DOCUMENT)
     assert report.sub_indication is SubIndication.FORMAT_FAILURE
+
+
+# The GB/T 38540 and OFD formats: ofdrw's artefacts ------------------------------------------
+GM = SHARED / "vectors" / "gm"
+
+
+@pytest.fixture(scope="module")
+def ofdrw() -> dict[str, bytes]:
+    with zipfile.ZipFile(GM / "ses-v4-signed.ofd") as archive:
+        sign = "Doc_0/Signs/Sign_0/"
+        return {
+            "ofd": (GM / "ses-v4-signed.ofd").read_bytes(),
+            "esl": (GM / "seal-v4.esl").read_bytes(),
+            "ses": archive.read(sign + "SignedValue.dat"),
+            "xml": archive.read(sign + "Signature.xml"),
+        }
+
+
+def test_the_gm_formats_are_recognised_by_content(ofdrw: dict[str, bytes]) -> None:
+    assert recognise(ofdrw["ofd"]) is Format.OFD
+    assert recognise(ofdrw["esl"]) is Format.SESEAL
+    assert recognise(ofdrw["ses"]) is Format.SES_SIGNATURE
+    assert recognise(ofdrw["xml"]) is Format.UNKNOWN
+    assert recognise(ofdrw["ses"][:-1]) is Format.UNKNOWN  # truncated DER
+
+
+def test_each_gm_format_goes_to_its_verifier(
+    verifier: DocumentVerifier, ofdrw: dict[str, bytes]
+) -> None:
+    assert verifier.validate(ofdrw["ofd"]).format == "OFD"
+    assert verifier.validate(ofdrw["esl"]).format == "GB/T 38540 SESeal v4"
+    report = verifier.validate(ofdrw["ses"], payload=ofdrw["xml"])
+    assert report.format == "GB/T 38540 SES_Signature v4"
+    checks = {c.name: c.passed for c in report.checks}
+    assert checks["data hash"]
+    assert not checks["signer chain"]  # the registry does not know ofdrw's CA
+
+
+@pytest.mark.parametrize("what", ["ofd", "esl"])
+def test_a_container_or_a_seal_refuses_a_payload(
+    verifier: DocumentVerifier, ofdrw: dict[str, bytes], what: str
+) -> None:
+    report = verifier.validate(ofdrw[what], payload=b"data")
+    assert report.sub_indication is SubIndication.FORMAT_FAILURE
+    assert "no separate payload" in report.message
+
+
+def test_expectations_are_checked_on_each_signature_of_an_ofd(
+    verifier: DocumentVerifier, ofdrw: dict[str, bytes]
+) -> None:
+    plain = verifier.validate(ofdrw["ofd"])
+    expected = verifier.validate(ofdrw["ofd"], expected_owner_region="330000")
+    assert expected.sub_indication is plain.sub_indication  # a failed report keeps its reason
+    (last,) = expected.checks[-1:]
+    assert (last.name, last.passed) == ("expected", False)
+    assert "region (none)" in last.detail
