@@ -10,25 +10,34 @@ its signing time and whether it is valid now.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final, TypeVar
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 
 from signer._keys import x5t_s256_of_der
 from signer._report import Check, Indication, SignatureKind, SubIndication, ValidationReport
 from signer._ses_asn1 import SealView, SesFormatError, SignatureView, parse_seal, parse_signature
 from signer._ses_trust import Anchoring, anchor, path_time, revocation_of, revocation_verdict
 from signer._ses_tsp import check_time_stamp
-from signer._sm2 import SM2_WITH_SM3_OID
+from signer._sm2 import SM2_WITH_SM3_OID, Sm2PublicKey
 from signer._sm2_x509 import is_sm2_key, sm2_public_key_of
 from signer._trust import TrustSource
 from signer.errors import Sm2Refused, Sm2SignatureInvalid
 
 __all__ = ["PRECEDENCE", "GmVerifier"]
+
+# What is remembered between validations, so that validating again costs about one SM2
+# signature check (the signature over TBS_Sign, never cached) and one SM3 of the data: the
+# parsed structure by its DER (as SealVerifier keeps parsed JWS headers), the seal's checks
+# (maker's signature and path) by the seal, and a certificate path by (certificate, time),
+# each for the current trust source's version only; SM2 public keys by certificate.
+MAX_CACHED: Final = 1024  # entries of each cache before it is emptied
+MAX_CACHED_DER_BYTES: Final = 64 * 1024  # a larger structure is parsed every time
 
 S = SubIndication
 PRECEDENCE: Final = (
@@ -47,6 +56,8 @@ PRECEDENCE: Final = (
     S.TRY_LATER,
 )
 _View = TypeVar("_View", SealView, SignatureView)
+_K = TypeVar("_K")
+_V = TypeVar("_V")
 _NOW_CHECKS: Final = frozenset(
     {"validity now", "seal validity now"}
 )  # the rest are about the signing time
@@ -104,13 +115,22 @@ class _Subject:
     es_id: str = ""
 
 
-def _certificate(run: _Run, der: bytes, whose: str) -> x509.Certificate:
+@functools.lru_cache(maxsize=MAX_CACHED)
+def _read_certificate(der: bytes) -> x509.Certificate | None:
+    """The certificate, read whole (pyca parses lazily: a bad field surfaces here), or None."""
     try:
         certificate = x509.load_der_x509_certificate(der)
         _ = certificate.subject.rfc4514_string(), certificate.not_valid_after_utc
-        _ = certificate.extensions  # pyca parses them lazily; a bad one surfaces here
+        _ = certificate.extensions
     except _CERTIFICATE_ERRORS:
-        raise run.malformed(f"{whose} certificate is not a DER X.509 certificate") from None
+        return None
+    return certificate
+
+
+def _certificate(run: _Run, der: bytes, whose: str) -> x509.Certificate:
+    certificate = _read_certificate(der)
+    if certificate is None:
+        raise run.malformed(f"{whose} certificate is not a DER X.509 certificate")
     return certificate
 
 
@@ -124,12 +144,34 @@ def _sm3(data: bytes) -> bytes:
     return digest.finalize()
 
 
-def _sm2_verifies(certificate: x509.Certificate, signature: bytes, data: bytes) -> bool:
+@functools.lru_cache(maxsize=MAX_CACHED)
+def _sm2_key(certificate: x509.Certificate) -> Sm2PublicKey | Sm2Refused | None:
+    """The certificate's SM2 public key; the refusal if its point is not on the curve; None if
+    it is not an SM2 key. Remembered per certificate (pyca hashes and compares by DER)."""
+    if not is_sm2_key(certificate):
+        return None
     try:
-        sm2_public_key_of(certificate).verify(signature, data)
+        return sm2_public_key_of(certificate)
+    except Sm2Refused as refusal:
+        return refusal
+
+
+def _sm2_verifies(certificate: x509.Certificate, signature: bytes, data: bytes) -> bool:
+    key = _sm2_key(certificate)
+    if not isinstance(key, Sm2PublicKey):
+        return False
+    try:
+        key.verify(signature, data)
     except Sm2SignatureInvalid:  # Sm2SignatureMalformed too
         return False
     return True
+
+
+def _remember(cache: dict[_K, _V], key: _K, value: _V) -> _V:
+    if len(cache) >= MAX_CACHED:
+        cache.clear()
+    cache[key] = value
+    return value
 
 
 class GmVerifier:
@@ -148,9 +190,16 @@ class GmVerifier:
         self._extra_anchors = tuple(extra_anchors)
         self._extra_intermediates = tuple(extra_intermediates)  # to build paths to them
         self._clock = clock
+        self._parsed: dict[bytes, SealView | SignatureView] = {}  # by DER
+        # For self._trust's version only: what a seal's checks recorded, and a path's check.
+        self._seals: dict[SealView, tuple[_Run, Anchoring]] = {}
+        self._paths: dict[tuple[str, bytes, datetime, str], tuple[_Run, Anchoring]] = {}
 
     def use(self, trust: TrustSource) -> None:
-        """Validate against `trust` from now on (a newer registry version)."""
+        """Validate against `trust` from now on (a newer registry version); what was
+        remembered about seals and paths is dropped when the version differs."""
+        if self._trust is None or trust.version != self._trust.version:
+            self._seals, self._paths = {}, {}
         self._trust = trust
 
     # -- public ---------------------------------------------------------------------------------
@@ -237,13 +286,18 @@ class GmVerifier:
         self._check_revocation(run, anchoring, at, proof)  # (11)
         self._check_now(run, signer, proof, now, "the signer's certificate")  # (13)
 
-    @staticmethod
-    def _parse(run: _Run, der: bytes, parse: Callable[[bytes], _View]) -> _View:
+    def _parse(self, run: _Run, der: bytes, parse: Callable[[bytes], _View]) -> _View:
+        known = self._parsed.get(der)
+        if isinstance(known, SealView if parse is parse_seal else SignatureView):
+            run.ok("format", known.format)
+            return known  # type: ignore[return-value]
         try:
             view = parse(der)
         except SesFormatError as exc:
             raise run.malformed(str(exc)) from None
         run.ok("format", view.format)
+        if len(der) <= MAX_CACHED_DER_BYTES:
+            _remember(self._parsed, bytes(der), view)
         return view
 
     @staticmethod
@@ -262,6 +316,19 @@ class GmVerifier:
         who.seal_name, who.es_id = seal.name, seal.es_id
 
     def _seal_checks(self, run: _Run, seal: SealView, maker: x509.Certificate) -> Anchoring:
+        """(1)-(3), recorded once per seal and trust version: they depend on nothing else."""
+        known = self._seals.get(seal)
+        if known is None:
+            recorded = _Run()
+            known = _remember(
+                self._seals, seal, (recorded, self._check_seal(recorded, seal, maker))
+            )
+        recorded, anchoring = known
+        run.checks.extend(recorded.checks)
+        run.failures.extend(recorded.failures)
+        return anchoring
+
+    def _check_seal(self, run: _Run, seal: SealView, maker: x509.Certificate) -> Anchoring:
         if self._check_algorithm(run, "seal algorithm", seal.algorithm, maker):  # (1)
             signed = next(
                 (w for w, tbs in seal.to_be_signed if _sm2_verifies(maker, seal.signed_value, tbs)),
@@ -292,16 +359,15 @@ class GmVerifier:
         if oid != SM2_WITH_SM3_OID:
             run.fail(name, S.CRYPTO_CONSTRAINTS_FAILURE, f"algorithm {oid} is not SM2-with-SM3")
             return False
-        if not is_sm2_key(certificate):
+        key = _sm2_key(certificate)
+        if key is None:
             run.fail(
                 name,
                 S.CRYPTO_CONSTRAINTS_FAILURE,
                 "SM2-with-SM3, but the certificate's key is not an SM2 key",
             )
             return False
-        try:
-            sm2_public_key_of(certificate)
-        except Sm2Refused:
+        if isinstance(key, Sm2Refused):
             run.fail(
                 name, S.FORMAT_FAILURE, "the certificate's SM2 key is not a point on the curve"
             )
@@ -390,6 +456,21 @@ class GmVerifier:
             )
 
     def _check_path(
+        self, run: _Run, name: str, certificate: x509.Certificate, at: datetime, owner: str
+    ) -> Anchoring:
+        """The path check, recorded once per (certificate, time, owner) and trust version."""
+        key = (name, certificate.public_bytes(serialization.Encoding.DER), at, owner)
+        known = self._paths.get(key)
+        if known is None:
+            recorded = _Run()
+            anchoring = self._check_path_afresh(recorded, name, certificate, at, owner)
+            known = _remember(self._paths, key, (recorded, anchoring))
+        recorded, anchoring = known
+        run.checks.extend(recorded.checks)
+        run.failures.extend(recorded.failures)
+        return anchoring
+
+    def _check_path_afresh(
         self, run: _Run, name: str, certificate: x509.Certificate, at: datetime, owner: str
     ) -> Anchoring:
         when, note = path_time(certificate, at)
