@@ -10,6 +10,7 @@ its signing time and whether it is valid now.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -17,6 +18,7 @@ from typing import Final, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
+from cryptography.utils import CryptographyDeprecationWarning
 
 from signer._keys import x5t_s256_of_der
 from signer._report import Check, Indication, SignatureKind, SubIndication, ValidationReport
@@ -106,11 +108,15 @@ class _Subject:
 
 def _certificate(run: _Run, der: bytes, whose: str) -> x509.Certificate:
     try:
-        certificate = x509.load_der_x509_certificate(der)
+        with warnings.catch_warnings():  # pyca warns of what RFC 5280 forbids: refuse it here
+            warnings.simplefilter("error", CryptographyDeprecationWarning)
+            certificate = x509.load_der_x509_certificate(der)
         _ = certificate.subject.rfc4514_string(), certificate.not_valid_after_utc
         _ = certificate.extensions  # pyca parses them lazily; a bad one surfaces here
     except _CERTIFICATE_ERRORS:
         raise run.malformed(f"{whose} certificate is not a DER X.509 certificate") from None
+    except CryptographyDeprecationWarning as warning:
+        raise run.malformed(f"{whose} certificate breaks RFC 5280: {warning}") from None
     return certificate
 
 
