@@ -164,7 +164,8 @@ class GmVerifier:
         """Validate a DER `SES_Signature` (v4 or v1) over `data`; never raises for bad input.
 
         (0) the structure parses as one version, the signer and maker certificates read
-        (1)-(3) the seal: its maker's algorithm, signature over the seal, certificate path
+        (1)-(3) the seal: its maker's algorithm, signature over the seal, certificate (valid at
+            the seal's creation, path, not revoked)
         (4) the signing time lies in the seal's validity window
         (5) the seal lists the signer's certificate (the certificate, or its digest)
         (6) the signature algorithm is SM2-with-SM3
@@ -188,9 +189,9 @@ class GmVerifier:
     ) -> ValidationReport:
         """Validate a DER `SESeal` (v4 or v1) by itself, as of now; never raises for bad input.
 
-        (0) it parses; (1)-(3) its maker's algorithm, signature and certificate path at the
-        seal's creation; (4) the maker's certificate not revoked by then; (5) now lies in the
-        seal's validity window; (6) the maker's certificate is valid now.
+        (0) it parses; (1)-(3) its maker's algorithm, signature and certificate (validity, path,
+        revocation) at the seal's creation; (4) now lies in the seal's validity window; (5) the
+        maker's certificate is valid now.
         """
         now = validation_time or self._clock()
         run, who = _Run(), _Subject()
@@ -234,7 +235,14 @@ class GmVerifier:
         self._check_data(run, view, data)  # (8)
         if at is None:
             return
-        self._check_validity(run, signer, at)  # (9)
+        self._check_validity(
+            run,
+            signer,
+            at,
+            name="validity at signing time",
+            whose="the signer's certificate",
+            when="the claimed signing time",
+        )  # (9)
         anchoring = self._check_path(run, "signer chain", signer, at, view.seal.es_id)  # (10)
         who.owner, who.owner_region = anchoring.owner, anchoring.owner_region
         proof = self._check_time_stamp(run, view)  # (12), before (11) uses it
@@ -279,9 +287,15 @@ class GmVerifier:
                     S.SIG_CRYPTO_FAILURE,
                     "the seal maker's signature on the seal does not verify",
                 )
-        anchoring = self._check_path(
-            run, "seal maker chain", maker, seal.created, seal.es_id
+        self._check_validity(
+            run,
+            maker,
+            seal.created,
+            name="seal maker validity",
+            whose="the seal maker's certificate",
+            when="the seal's creation",
         )  # (3)
+        anchoring = self._check_path(run, "seal maker chain", maker, seal.created, seal.es_id)
         revoked = revocation_of(anchoring)
         if revoked is not None:
             sub, message = revocation_verdict(*revoked, signed_at=seal.created, proof=None)
@@ -372,26 +386,17 @@ class GmVerifier:
             )
 
     @staticmethod
-    def _check_validity(run: _Run, certificate: x509.Certificate, at: datetime) -> None:
+    def _check_validity(
+        run: _Run, certificate: x509.Certificate, at: datetime, *, name: str, whose: str, when: str
+    ) -> None:
         start, end = certificate.not_valid_before_utc, certificate.not_valid_after_utc
-        window = f"valid {_stamp(start)} to {_stamp(end)}"
+        window = f"{whose} (valid {_stamp(start)} to {_stamp(end)})"
         if at > end:
-            run.fail(
-                "validity at signing time",
-                S.EXPIRED,
-                f"the signer's certificate ({window}) had expired at the claimed signing time {_stamp(at)}",
-            )
+            run.fail(name, S.EXPIRED, f"{window} had expired at {when} {_stamp(at)}")
         elif at < start:
-            run.fail(
-                "validity at signing time",
-                S.NOT_YET_VALID,
-                f"the signer's certificate ({window}) was not yet valid at the claimed signing time {_stamp(at)}",
-            )
+            run.fail(name, S.NOT_YET_VALID, f"{window} was not yet valid at {when} {_stamp(at)}")
         else:
-            run.ok(
-                "validity at signing time",
-                f"the signer's certificate ({window}) was valid at {_stamp(at)}",
-            )
+            run.ok(name, f"{window} was valid at {when} {_stamp(at)}")
 
     def _check_path(
         self, run: _Run, name: str, certificate: x509.Certificate, at: datetime, owner: str

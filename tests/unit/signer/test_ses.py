@@ -14,6 +14,8 @@ from asn1crypto import algos, cms, core, tsp
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sm2_support import NOW, SIGNING_USAGE, Issued, crl, issue, openssl
 from support import SHARED
 
@@ -649,3 +651,46 @@ def signed_by_digest(pki: Pki, seal: bytes) -> bytes:
             "signature": pki.signer.key.sign(tbs.dump()),
         }
     ).dump()
+
+
+def test_a_seal_made_before_its_makers_certificate_is_not_yet_valid(pki: Pki) -> None:
+    early = seal_for(pki, days=400)  # created a year and more ago; the maker's starts a year ago
+    report = verifier(pki).validate_seal(early)
+    assert report.sub_indication is SubIndication.NOT_YET_VALID
+    passed, detail = checks_of(report)["seal maker validity"]
+    assert not passed
+    assert "the seal maker's certificate" in detail
+    assert "the seal's creation" in detail
+    assert checks_of(report)["seal maker chain"][0]  # the path itself holds
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    cut=st.integers(min_value=0, max_value=4000),
+    splice=st.binary(max_size=24),
+    noise=st.binary(max_size=64),
+)
+def test_spliced_and_random_der_never_raise(
+    pki: Pki, cut: int, splice: bytes, noise: bytes
+) -> None:
+    signed = _SIGNED_FOR_FUZZ.setdefault("der", signed_by(pki, seal_for(pki)))
+    check = verifier(pki)
+    at = cut % len(signed)
+    spliced = signed[:at] + splice + signed[at + len(splice) :]
+    for der in (spliced, noise, b"\x30" + bytes([len(noise)]) + noise):
+        report = check.validate_signature(der, DATA)
+        assert isinstance(report, ValidationReport)
+        assert report.passed == (der == signed)
+        assert isinstance(check.validate_seal(der), ValidationReport)
+        assert ses_version(der) in (
+            None,
+            "SES_Signature v4",
+            "SESeal v4",
+            "SESeal v1",
+            "SES_Signature v1",
+        )
+
+
+_SIGNED_FOR_FUZZ: dict[str, bytes] = {}
