@@ -85,8 +85,15 @@ class _Run:
         self.fail("format", S.FORMAT_FAILURE, message)
         return _Malformed(message)
 
-    def worst(self, names: frozenset[str] | None = None) -> tuple[SubIndication, str] | None:
-        found = [(s, m) for n, s, m in self.failures if names is None or n not in names]
+    def worst(
+        self, *, excluding: frozenset[str] = frozenset(), only: frozenset[str] | None = None
+    ) -> tuple[SubIndication, str] | None:
+        """The first failure by `PRECEDENCE` among the checks named (all by default)."""
+        found = [
+            (s, m)
+            for n, s, m in self.failures
+            if n not in excluding and (only is None or n in only)
+        ]
         if not found:
             return None
         return min(found, key=lambda failure: PRECEDENCE.index(failure[0]))
@@ -104,6 +111,7 @@ class _Subject:
     signing_time: datetime | None = None
     seal_name: str = ""
     es_id: str = ""
+    seal_only: bool = False  # a seal validated by itself: its "signing time" is its creation
 
 
 def _certificate(run: _Run, der: bytes, whose: str) -> x509.Certificate:
@@ -194,7 +202,7 @@ class GmVerifier:
         maker's certificate is valid now.
         """
         now = validation_time or self._clock()
-        run, who = _Run(), _Subject()
+        run, who = _Run(), _Subject(seal_only=True)
         with contextlib.suppress(_Malformed):
             view = self._parse(run, der, parse_seal)
             maker = _certificate(run, view.maker_certificate, "the seal maker's")
@@ -296,13 +304,7 @@ class GmVerifier:
             when="the seal's creation",
         )  # (3)
         anchoring = self._check_path(run, "seal maker chain", maker, seal.created, seal.es_id)
-        revoked = revocation_of(anchoring)
-        if revoked is not None:
-            sub, message = revocation_verdict(*revoked, signed_at=seal.created, proof=None)
-            if sub is None:
-                run.ok("seal maker revocation", message)
-            else:
-                run.fail("seal maker revocation", sub, f"the seal maker's {message}")
+        self._check_revocation(run, anchoring, seal.created, None, name="seal maker revocation")
         return anchoring
 
     @staticmethod
@@ -420,21 +422,25 @@ class GmVerifier:
 
     @staticmethod
     def _check_revocation(
-        run: _Run, anchoring: Anchoring, at: datetime, proof: datetime | None
+        run: _Run,
+        anchoring: Anchoring,
+        at: datetime,
+        proof: datetime | None,
+        *,
+        name: str = "revocation",
     ) -> None:
+        """Revoked by `at` (the signing time; a seal's creation) per the registry and the CRLs."""
         revoked = revocation_of(anchoring)
         if revoked is None:
-            if anchoring.path is None:
-                run.ok("revocation", "not checked: the path did not hold, so no CRLs were read")
-            else:
+            if anchoring.path is not None:  # else no CRL was read: the path's failure says why
                 state = f"key is {anchoring.key.state} in the registry; " if anchoring.key else ""
-                run.ok("revocation", f"{state}{anchoring.path.revocation_checked}")
+                run.ok(name, f"{state}{anchoring.path.revocation_checked}")
             return
         sub, message = revocation_verdict(*revoked, signed_at=at, proof=proof)
         if sub is None:
-            run.ok("revocation", message)
+            run.ok(name, message)
         else:
-            run.fail("revocation", sub, message)
+            run.fail(name, sub, message)
 
     def _check_time_stamp(self, run: _Run, view: SignatureView) -> datetime | None:
         """The time-stamp's genTime when it proves existence (token checks out and its TSA
@@ -508,24 +514,33 @@ class GmVerifier:
 
 
 def _message(run: _Run, who: _Subject) -> str:
-    """One sentence: valid at signing time? valid now? (truthfully, with the first reason)."""
+    """One sentence: valid at signing time (for a seal alone: when made)? valid now? Truthfully,
+    with the first reason for each "no"."""
     if not who.kid:
         worst = run.worst()
         return (
             f"not a readable GB/T 38540 or GM/T 0031 structure: {worst[1] if worst else 'unknown'}"
         )
     when = _stamp(who.signing_time) if who.signing_time else "an unreadable time"
-    what = f"{who.format} with seal \u201c{who.seal_name}\u201d ({who.es_id}) made at {when}"
-    then = run.worst(_NOW_CHECKS)
-    if then is None:
-        at_signing = "valid at signing time"
-    elif then[0].indication is Indication.TOTAL_FAILED:
-        at_signing = f"not valid at signing time ({then[1]})"
+    if who.seal_only:
+        what = f"{who.format} \u201c{who.seal_name}\u201d ({who.es_id}) made at {when}"
+        moment = "when made"
     else:
-        at_signing = f"not shown valid at signing time ({then[1]})"
-    overall = run.worst()
-    if overall is None:
+        what = f"{who.format} with seal \u201c{who.seal_name}\u201d ({who.es_id}) made at {when}"
+        moment = "at signing time"
+    then = run.worst(excluding=_NOW_CHECKS)
+    if then is None:
+        at_signing = f"valid {moment}"
+    elif then[0].indication is Indication.TOTAL_FAILED:
+        at_signing = f"not valid {moment} ({then[1]})"
+    else:
+        at_signing = f"not shown valid {moment} ({then[1]})"
+    now = run.worst(only=_NOW_CHECKS)
+    if then is None and now is None:
         return f"{what}: {at_signing} and valid now"
-    if then is not None:
-        return f"{what}: {at_signing}, so not valid now"
-    return f"{what}: {at_signing}, but not shown valid now ({overall[1]})"
+    failed = any(f[0].indication is Indication.TOTAL_FAILED for f in (then, now) if f)
+    shown = "not" if failed else "not shown"
+    if now is None:
+        return f"{what}: {at_signing}, so {shown} valid now"
+    joint = "but" if then is None else "and"
+    return f"{what}: {at_signing}, {joint} {shown} valid now ({now[1]})"

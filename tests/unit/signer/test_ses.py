@@ -694,3 +694,25 @@ def test_spliced_and_random_der_never_raise(
 
 
 _SIGNED_FOR_FUZZ: dict[str, bytes] = {}
+
+
+def test_a_time_stamp_before_a_later_revocation_keeps_the_signature(pki: Pki, tsa: Issued) -> None:
+    signed = signed_by(pki, seal_for(pki))
+    value = parse_signature(signed).signature
+    stamped = with_time_stamp(signed, time_stamp_token(tsa, value, NOW + timedelta(minutes=1)))
+    listing = crl(pki.root, [(pki.signer.certificate, NOW + timedelta(hours=2))])
+    check = verifier(pki, region_crls=(listing,))
+    assert check.validate_signature(signed, DATA).sub_indication is SubIndication.REVOKED_NO_POE
+    report = check.validate_signature(stamped, DATA)
+    assert report.passed, report.checks
+    assert "a time-stamp proves the signature older" in checks_of(report)["revocation"][1]
+
+
+def test_a_seal_whose_maker_was_revoked_before_making_it(pki: Pki) -> None:
+    seal = seal_for(pki)
+    listing = crl(pki.root, [(pki.maker.certificate, NOW - timedelta(days=200))])
+    report = verifier(pki, region_crls=(listing,)).validate_seal(seal)
+    assert report.sub_indication is SubIndication.REVOKED
+    assert not checks_of(report)["seal maker revocation"][0]
+    signed = verifier(pki, region_crls=(listing,)).validate_signature(signed_by(pki, seal), DATA)
+    assert signed.sub_indication is SubIndication.REVOKED
