@@ -10,7 +10,6 @@ its signing time and whether it is valid now.
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,22 +21,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from signer._keys import x5t_s256_of_der
 from signer._report import Check, Indication, SignatureKind, SubIndication, ValidationReport
 from signer._ses_asn1 import SealView, SesFormatError, SignatureView, parse_seal, parse_signature
+from signer._ses_cache import MAX_CACHED_DER_BYTES, read_certificate, remember, sm2_key
 from signer._ses_trust import Anchoring, anchor, path_time, revocation_of, revocation_verdict
 from signer._ses_tsp import check_time_stamp
 from signer._sm2 import SM2_WITH_SM3_OID, Sm2PublicKey
-from signer._sm2_x509 import is_sm2_key, sm2_public_key_of
 from signer._trust import TrustSource
 from signer.errors import Sm2Refused, Sm2SignatureInvalid
 
 __all__ = ["PRECEDENCE", "GmVerifier"]
-
-# What is remembered between validations, so that validating again costs about one SM2
-# signature check (the signature over TBS_Sign, never cached) and one SM3 of the data: the
-# parsed structure by its DER (as SealVerifier keeps parsed JWS headers), the seal's checks
-# (maker's signature and path) by the seal, and a certificate path by (certificate, time),
-# each for the current trust source's version only; SM2 public keys by certificate.
-MAX_CACHED: Final = 1024  # entries of each cache before it is emptied
-MAX_CACHED_DER_BYTES: Final = 64 * 1024  # a larger structure is parsed every time
 
 S = SubIndication
 PRECEDENCE: Final = (
@@ -56,20 +47,10 @@ PRECEDENCE: Final = (
     S.TRY_LATER,
 )
 _View = TypeVar("_View", SealView, SignatureView)
-_K = TypeVar("_K")
-_V = TypeVar("_V")
+
 _NOW_CHECKS: Final = frozenset(
     {"validity now", "seal validity now"}
 )  # the rest are about the signing time
-
-
-# What pyca raises for a malformed certificate besides ValueError.
-_CERTIFICATE_ERRORS: Final = (
-    ValueError,
-    x509.InvalidVersion,
-    x509.DuplicateExtension,
-    x509.UnsupportedGeneralNameType,
-)
 
 
 class _Malformed(Exception):  # the structure cannot be read: the run ends
@@ -94,8 +75,15 @@ class _Run:
         self.fail("format", S.FORMAT_FAILURE, message)
         return _Malformed(message)
 
-    def worst(self, names: frozenset[str] | None = None) -> tuple[SubIndication, str] | None:
-        found = [(s, m) for n, s, m in self.failures if names is None or n not in names]
+    def worst(
+        self, *, excluding: frozenset[str] = frozenset(), only: frozenset[str] | None = None
+    ) -> tuple[SubIndication, str] | None:
+        """The first failure by `PRECEDENCE` among the checks named (all by default)."""
+        found = [
+            (s, m)
+            for n, s, m in self.failures
+            if n not in excluding and (only is None or n in only)
+        ]
         if not found:
             return None
         return min(found, key=lambda failure: PRECEDENCE.index(failure[0]))
@@ -113,24 +101,13 @@ class _Subject:
     signing_time: datetime | None = None
     seal_name: str = ""
     es_id: str = ""
-
-
-@functools.lru_cache(maxsize=MAX_CACHED)
-def _read_certificate(der: bytes) -> x509.Certificate | None:
-    """The certificate, read whole (pyca parses lazily: a bad field surfaces here), or None."""
-    try:
-        certificate = x509.load_der_x509_certificate(der)
-        _ = certificate.subject.rfc4514_string(), certificate.not_valid_after_utc
-        _ = certificate.extensions
-    except _CERTIFICATE_ERRORS:
-        return None
-    return certificate
+    seal_only: bool = False  # a seal validated by itself: its "signing time" is its creation
 
 
 def _certificate(run: _Run, der: bytes, whose: str) -> x509.Certificate:
-    certificate = _read_certificate(der)
-    if certificate is None:
-        raise run.malformed(f"{whose} certificate is not a DER X.509 certificate")
+    certificate = read_certificate(der)
+    if isinstance(certificate, str):
+        raise run.malformed(f"{whose} certificate {certificate}")
     return certificate
 
 
@@ -144,20 +121,8 @@ def _sm3(data: bytes) -> bytes:
     return digest.finalize()
 
 
-@functools.lru_cache(maxsize=MAX_CACHED)
-def _sm2_key(certificate: x509.Certificate) -> Sm2PublicKey | Sm2Refused | None:
-    """The certificate's SM2 public key; the refusal if its point is not on the curve; None if
-    it is not an SM2 key. Remembered per certificate (pyca hashes and compares by DER)."""
-    if not is_sm2_key(certificate):
-        return None
-    try:
-        return sm2_public_key_of(certificate)
-    except Sm2Refused as refusal:
-        return refusal
-
-
 def _sm2_verifies(certificate: x509.Certificate, signature: bytes, data: bytes) -> bool:
-    key = _sm2_key(certificate)
+    key = sm2_key(certificate)
     if not isinstance(key, Sm2PublicKey):
         return False
     try:
@@ -165,13 +130,6 @@ def _sm2_verifies(certificate: x509.Certificate, signature: bytes, data: bytes) 
     except Sm2SignatureInvalid:  # Sm2SignatureMalformed too
         return False
     return True
-
-
-def _remember(cache: dict[_K, _V], key: _K, value: _V) -> _V:
-    if len(cache) >= MAX_CACHED:
-        cache.clear()
-    cache[key] = value
-    return value
 
 
 class GmVerifier:
@@ -209,7 +167,8 @@ class GmVerifier:
         """Validate a DER `SES_Signature` (v4 or v1) over `data`; never raises for bad input.
 
         (0) the structure parses as one version, the signer and maker certificates read
-        (1)-(3) the seal: its maker's algorithm, signature over the seal, certificate path
+        (1)-(3) the seal: its maker's algorithm, signature over the seal, certificate (valid at
+            the seal's creation, path, not revoked)
         (4) the signing time lies in the seal's validity window
         (5) the seal lists the signer's certificate (the certificate, or its digest)
         (6) the signature algorithm is SM2-with-SM3
@@ -233,12 +192,12 @@ class GmVerifier:
     ) -> ValidationReport:
         """Validate a DER `SESeal` (v4 or v1) by itself, as of now; never raises for bad input.
 
-        (0) it parses; (1)-(3) its maker's algorithm, signature and certificate path at the
-        seal's creation; (4) the maker's certificate not revoked by then; (5) now lies in the
-        seal's validity window; (6) the maker's certificate is valid now.
+        (0) it parses; (1)-(3) its maker's algorithm, signature and certificate (validity, path,
+        revocation) at the seal's creation; (4) now lies in the seal's validity window; (5) the
+        maker's certificate is valid now.
         """
         now = validation_time or self._clock()
-        run, who = _Run(), _Subject()
+        run, who = _Run(), _Subject(seal_only=True)
         with contextlib.suppress(_Malformed):
             view = self._parse(run, der, parse_seal)
             maker = _certificate(run, view.maker_certificate, "the seal maker's")
@@ -279,7 +238,14 @@ class GmVerifier:
         self._check_data(run, view, data)  # (8)
         if at is None:
             return
-        self._check_validity(run, signer, at)  # (9)
+        self._check_validity(
+            run,
+            signer,
+            at,
+            name="validity at signing time",
+            whose="the signer's certificate",
+            when="the claimed signing time",
+        )  # (9)
         anchoring = self._check_path(run, "signer chain", signer, at, view.seal.es_id)  # (10)
         who.owner, who.owner_region = anchoring.owner, anchoring.owner_region
         proof = self._check_time_stamp(run, view)  # (12), before (11) uses it
@@ -297,7 +263,7 @@ class GmVerifier:
             raise run.malformed(str(exc)) from None
         run.ok("format", view.format)
         if len(der) <= MAX_CACHED_DER_BYTES:
-            _remember(self._parsed, bytes(der), view)
+            remember(self._parsed, bytes(der), view)
         return view
 
     @staticmethod
@@ -320,9 +286,7 @@ class GmVerifier:
         known = self._seals.get(seal)
         if known is None:
             recorded = _Run()
-            known = _remember(
-                self._seals, seal, (recorded, self._check_seal(recorded, seal, maker))
-            )
+            known = remember(self._seals, seal, (recorded, self._check_seal(recorded, seal, maker)))
         recorded, anchoring = known
         run.checks.extend(recorded.checks)
         run.failures.extend(recorded.failures)
@@ -342,16 +306,16 @@ class GmVerifier:
                     S.SIG_CRYPTO_FAILURE,
                     "the seal maker's signature on the seal does not verify",
                 )
-        anchoring = self._check_path(
-            run, "seal maker chain", maker, seal.created, seal.es_id
+        self._check_validity(
+            run,
+            maker,
+            seal.created,
+            name="seal maker validity",
+            whose="the seal maker's certificate",
+            when="the seal's creation",
         )  # (3)
-        revoked = revocation_of(anchoring)
-        if revoked is not None:
-            sub, message = revocation_verdict(*revoked, signed_at=seal.created, proof=None)
-            if sub is None:
-                run.ok("seal maker revocation", message)
-            else:
-                run.fail("seal maker revocation", sub, f"the seal maker's {message}")
+        anchoring = self._check_path(run, "seal maker chain", maker, seal.created, seal.es_id)
+        self._check_revocation(run, anchoring, seal.created, None, name="seal maker revocation")
         return anchoring
 
     @staticmethod
@@ -359,7 +323,7 @@ class GmVerifier:
         if oid != SM2_WITH_SM3_OID:
             run.fail(name, S.CRYPTO_CONSTRAINTS_FAILURE, f"algorithm {oid} is not SM2-with-SM3")
             return False
-        key = _sm2_key(certificate)
+        key = sm2_key(certificate)
         if key is None:
             run.fail(
                 name,
@@ -434,26 +398,17 @@ class GmVerifier:
             )
 
     @staticmethod
-    def _check_validity(run: _Run, certificate: x509.Certificate, at: datetime) -> None:
+    def _check_validity(
+        run: _Run, certificate: x509.Certificate, at: datetime, *, name: str, whose: str, when: str
+    ) -> None:
         start, end = certificate.not_valid_before_utc, certificate.not_valid_after_utc
-        window = f"valid {_stamp(start)} to {_stamp(end)}"
+        window = f"{whose} (valid {_stamp(start)} to {_stamp(end)})"
         if at > end:
-            run.fail(
-                "validity at signing time",
-                S.EXPIRED,
-                f"the signer's certificate ({window}) had expired at the claimed signing time {_stamp(at)}",
-            )
+            run.fail(name, S.EXPIRED, f"{window} had expired at {when} {_stamp(at)}")
         elif at < start:
-            run.fail(
-                "validity at signing time",
-                S.NOT_YET_VALID,
-                f"the signer's certificate ({window}) was not yet valid at the claimed signing time {_stamp(at)}",
-            )
+            run.fail(name, S.NOT_YET_VALID, f"{window} was not yet valid at {when} {_stamp(at)}")
         else:
-            run.ok(
-                "validity at signing time",
-                f"the signer's certificate ({window}) was valid at {_stamp(at)}",
-            )
+            run.ok(name, f"{window} was valid at {when} {_stamp(at)}")
 
     def _check_path(
         self, run: _Run, name: str, certificate: x509.Certificate, at: datetime, owner: str
@@ -464,7 +419,7 @@ class GmVerifier:
         if known is None:
             recorded = _Run()
             anchoring = self._check_path_afresh(recorded, name, certificate, at, owner)
-            known = _remember(self._paths, key, (recorded, anchoring))
+            known = remember(self._paths, key, (recorded, anchoring))
         recorded, anchoring = known
         run.checks.extend(recorded.checks)
         run.failures.extend(recorded.failures)
@@ -493,21 +448,25 @@ class GmVerifier:
 
     @staticmethod
     def _check_revocation(
-        run: _Run, anchoring: Anchoring, at: datetime, proof: datetime | None
+        run: _Run,
+        anchoring: Anchoring,
+        at: datetime,
+        proof: datetime | None,
+        *,
+        name: str = "revocation",
     ) -> None:
+        """Revoked by `at` (the signing time; a seal's creation) per the registry and the CRLs."""
         revoked = revocation_of(anchoring)
         if revoked is None:
-            if anchoring.path is None:
-                run.ok("revocation", "not checked: the path did not hold, so no CRLs were read")
-            else:
+            if anchoring.path is not None:  # else no CRL was read: the path's failure says why
                 state = f"key is {anchoring.key.state} in the registry; " if anchoring.key else ""
-                run.ok("revocation", f"{state}{anchoring.path.revocation_checked}")
+                run.ok(name, f"{state}{anchoring.path.revocation_checked}")
             return
         sub, message = revocation_verdict(*revoked, signed_at=at, proof=proof)
         if sub is None:
-            run.ok("revocation", message)
+            run.ok(name, message)
         else:
-            run.fail("revocation", sub, message)
+            run.fail(name, sub, message)
 
     def _check_time_stamp(self, run: _Run, view: SignatureView) -> datetime | None:
         """The time-stamp's genTime when it proves existence (token checks out and its TSA
@@ -582,24 +541,33 @@ class GmVerifier:
 
 
 def _message(run: _Run, who: _Subject) -> str:
-    """One sentence: valid at signing time? valid now? (truthfully, with the first reason)."""
+    """One sentence: valid at signing time (for a seal alone: when made)? valid now? Truthfully,
+    with the first reason for each "no"."""
     if not who.kid:
         worst = run.worst()
         return (
             f"not a readable GB/T 38540 or GM/T 0031 structure: {worst[1] if worst else 'unknown'}"
         )
     when = _stamp(who.signing_time) if who.signing_time else "an unreadable time"
-    what = f"{who.format} with seal \u201c{who.seal_name}\u201d ({who.es_id}) made at {when}"
-    then = run.worst(_NOW_CHECKS)
-    if then is None:
-        at_signing = "valid at signing time"
-    elif then[0].indication is Indication.TOTAL_FAILED:
-        at_signing = f"not valid at signing time ({then[1]})"
+    if who.seal_only:
+        what = f"{who.format} \u201c{who.seal_name}\u201d ({who.es_id}) made at {when}"
+        moment = "when made"
     else:
-        at_signing = f"not shown valid at signing time ({then[1]})"
-    overall = run.worst()
-    if overall is None:
+        what = f"{who.format} with seal \u201c{who.seal_name}\u201d ({who.es_id}) made at {when}"
+        moment = "at signing time"
+    then = run.worst(excluding=_NOW_CHECKS)
+    if then is None:
+        at_signing = f"valid {moment}"
+    elif then[0].indication is Indication.TOTAL_FAILED:
+        at_signing = f"not valid {moment} ({then[1]})"
+    else:
+        at_signing = f"not shown valid {moment} ({then[1]})"
+    now = run.worst(only=_NOW_CHECKS)
+    if then is None and now is None:
         return f"{what}: {at_signing} and valid now"
-    if then is not None:
-        return f"{what}: {at_signing}, so not valid now"
-    return f"{what}: {at_signing}, but not shown valid now ({overall[1]})"
+    failed = any(f[0].indication is Indication.TOTAL_FAILED for f in (then, now) if f)
+    shown = "not" if failed else "not shown"
+    if now is None:
+        return f"{what}: {at_signing}, so {shown} valid now"
+    joint = "but" if then is None else "and"
+    return f"{what}: {at_signing}, {joint} {shown} valid now ({now[1]})"
