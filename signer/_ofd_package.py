@@ -45,11 +45,7 @@ __all__ = [
     "MAX_TOTAL_BYTES",
     "MAX_XML_BYTES",
     "OFD_NS",
-    "OfdPackage",
     "OfdRefused",
-    "parse_xml",
-    "read_package",
-    "resolve_loc",
 ]
 
 OFD_NS: Final = "http://www.ofdspec.org/2016"

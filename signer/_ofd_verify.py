@@ -41,7 +41,7 @@ from cryptography.hazmat.primitives import hashes
 from signer._ofd_package import OFD_NS, OfdPackage, OfdRefused, read_package, resolve_loc
 from signer._report import Check, Indication, SubIndication, ValidationReport
 
-__all__ = ["PRECEDENCE", "OfdVerifier", "SesSignatureValidator", "is_ofd", "sm3"]
+__all__ = ["MAX_SIGNATURES", "PRECEDENCE", "OfdVerifier", "is_ofd"]
 
 MAX_SIGNATURES: Final = 64  # per document; each costs a chain validation
 SM3_NAMES: Final = frozenset({"sm3", "1.2.156.10197.1.401"})  # CheckMethod, case-folded
