@@ -16,6 +16,9 @@ Plan, for the package and then for each signature listed (`validate`):
         SES_Signature (else FORMAT_FAILURE: the document shows a seal it was not sealed with);
     (6) SignedValue.dat: the SES_Signature over the bytes of Signature.xml, by the GM verifier
         (its dataHash, its SM2 signature, the seal, the signer's chain); its checks follow ours;
+    (6') for a digital signature (Type Sign), SignedValue.dat is a GB/T 35275 SignedData over
+        SM3(Signature.xml), checked by `signer._ofd_sign` with the certificate it carries; its
+        certificate path is not validated, so at best INDETERMINATE / NO_CERTIFICATE_CHAIN_FOUND;
     (7) the container: the worst indication of its signatures; the files no signature protects
         are listed in a passing check (GB/T 33190 lets later signatures and annotations add
         files, and the list of signatures is never protected if more may follow).
@@ -39,6 +42,8 @@ from asn1crypto import core
 from cryptography.hazmat.primitives import hashes
 
 from signer._ofd_package import OFD_NS, OfdPackage, OfdRefused, read_package, resolve_loc
+from signer._ofd_sign import FORMAT as FORMAT_35275
+from signer._ofd_sign import check_signed_data
 from signer._report import Check, Indication, SubIndication, ValidationReport
 
 __all__ = ["MAX_SIGNATURES", "PRECEDENCE", "OfdVerifier", "is_ofd"]
@@ -333,13 +338,16 @@ class OfdVerifier:
         # (3), (4): the protected files.
         _check_references(package, parsed, run)
         if entry.type == "Sign":
+            # (6'): a GB/T 35275 SignedData; its signer's path is not validated (module doc).
+            certificate = check_signed_data(signed_value, package.read(entry.location), run)
             run.fail(
-                "SignedValue.dat",
-                SubIndication.FORMAT_FAILURE,
-                "a digital signature (Type Sign, GB/T 35275 SignedData) is not supported;"
-                " only seals (Type Seal, GB/T 38540) are validated",
+                "signer chain",
+                SubIndication.NO_CERTIFICATE_CHAIN_FOUND,
+                "not validated: the certificate paths of digital signatures (Type Sign) are"
+                " not checked yet, only those of seals",
             )
-            return _signature_report(entry, run, None)
+            subject = "" if certificate is None else certificate.subject.rfc4514_string()
+            return _signature_report(entry, run, None, FORMAT_35275, subject)
         # (5), (6): the seal shown, then the SES_Signature over Signature.xml.
         _check_seal(package, parsed, signed_value, run)
         gm = self._gm.validate_signature(
@@ -351,7 +359,13 @@ class OfdVerifier:
         return _signature_report(entry, run, gm)
 
 
-def _signature_report(entry: _Entry, run: _Run, gm: ValidationReport | None) -> ValidationReport:
+def _signature_report(
+    entry: _Entry,
+    run: _Run,
+    gm: ValidationReport | None,
+    format_: str = "OFD signature",
+    subject: str = "",
+) -> ValidationReport:
     worst = run.worst()
     where = f"signature {entry.sign_id} (/{entry.location})"
     if worst is None:
@@ -365,7 +379,8 @@ def _signature_report(entry: _Entry, run: _Run, gm: ValidationReport | None) -> 
             message=message,
             checks=tuple(run.checks),
             registry_version=0,
-            format="OFD signature",
+            signer_subject=subject,
+            format=format_,
         )
     return dataclasses.replace(
         gm, indication=indication, sub_indication=sub, message=message, checks=tuple(run.checks)

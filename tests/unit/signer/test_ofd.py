@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import io
+import random
 import re
 import shutil
 import subprocess
@@ -438,16 +439,6 @@ def test_relative_locations_are_followed(pki: Pki) -> None:
     assert report.passed, report.message
 
 
-def test_a_digital_signature_is_reported_not_validated(pki: Pki) -> None:
-    files = files_of(sealed(pki))
-    files["Doc_0/Signs/Signatures.xml"] = files["Doc_0/Signs/Signatures.xml"].replace(
-        b'Type="Seal"', b'Type="Sign"'
-    )
-    report = pki.verifier().validate(zip_of(files), validation_time=NOW)
-    assert not report.passed
-    assert "GB/T 35275" in report.message
-
-
 def test_a_document_closed_to_further_signatures_is_refused(pki: Pki) -> None:
     def protect_list(xml: bytes) -> bytes:
         value = base64.b64encode(sm3(files_of(ofd)["Doc_0/Signs/Signatures.xml"]))
@@ -476,3 +467,151 @@ def test_the_seal_must_list_the_signer(pki: Pki) -> None:
             signer=Sm2FileSigner(stranger.key, stranger.certificate),
             at=NOW,
         )
+
+
+def test_byte_flips_anywhere_never_raise_nor_pass_changed_content(pki: Pki) -> None:
+    """A byte changed anywhere in the zip: a report, never an exception; TOTAL_PASSED only
+    where the byte was outside every file's content (a header's date or attributes)."""
+    ofd = sealed(pki)
+    original = files_of(ofd)
+    verifier = pki.verifier()
+    for at in range(0, len(ofd), max(1, len(ofd) // 150)):
+        flipped = ofd[:at] + bytes([ofd[at] ^ 0x5A]) + ofd[at + 1 :]
+        report = verifier.validate(flipped, validation_time=NOW)
+        if report.passed:
+            assert files_of(flipped) == original, at
+
+
+def test_byte_flips_in_each_file_never_raise_nor_pass(pki: Pki) -> None:
+    original = files_of(sealed(pki, sealed(pki)))
+    verifier = pki.verifier()
+    rng = random.Random(33190)
+    for name, data in original.items():
+        if name == "Doc_0/Signs/Signatures.xml":
+            continue  # unprotected by design: a flip there may still list both signatures
+        for at in rng.sample(range(len(data)), min(12, len(data))):
+            files = dict(original)
+            files[name] = data[:at] + bytes([data[at] ^ rng.randrange(1, 256)]) + data[at + 1 :]
+            report = verifier.validate(zip_of(files), validation_time=NOW)
+            assert not report.passed, (name, at)
+
+
+# -- digital signatures (Type Sign): GB/T 35275 SignedData as ofdrw's GBT35275DSContainer ------
+def tlv(tag: int, body: bytes) -> bytes:
+    """DER tag, length, value (written out: the test does not lean on the parser's library)."""
+    if len(body) < 0x80:
+        return bytes([tag, len(body)]) + body
+    size = len(body).to_bytes((len(body).bit_length() + 7) // 8, "big")
+    return bytes([tag, 0x80 | len(size)]) + size + body
+
+
+def oid(dotted: str) -> bytes:
+    return bytes(core.ObjectIdentifier(dotted).dump())
+
+
+def signed_data(
+    data: bytes,
+    signer: Sm2FileSigner,
+    *,
+    attributes: bool = False,
+    cert: x509.Certificate | None = None,
+) -> bytes:
+    """A GB/T 35275 SignedData over SM3(`data`), laid out byte by byte as ofdrw's
+    SignedDataBuilder writes it (PKCS #7 fields, GM object identifiers), signed as ofdrw signs:
+    the digest itself, or with `attributes` the DER SET of PKCS #9 attributes holding it."""
+    from cryptography.hazmat.primitives import serialization
+
+    certificate = cert or signer.certificate
+    digest = sm3(data)
+    sm3_id = tlv(0x30, oid("1.2.156.10197.1.401"))
+    signer_info = tlv(0x02, b"\x01") + tlv(
+        0x30,
+        certificate.issuer.public_bytes() + bytes(core.Integer(certificate.serial_number).dump()),
+    )
+    signer_info += sm3_id
+    content = tlv(0x30, oid("1.2.156.10197.6.1.4.2.1") + tlv(0xA0, tlv(0x04, digest)))
+    to_sign = digest
+    if attributes:
+        attrs = tlv(0x30, oid("1.2.840.113549.1.9.4") + tlv(0x31, tlv(0x04, digest)))
+        signer_info += tlv(0xA0, attrs)
+        to_sign = tlv(0x31, attrs)
+        content = tlv(0x30, oid("1.2.156.10197.6.1.4.2.1"))
+    signer_info += tlv(0x30, oid("1.2.156.10197.1.301.1"))
+    signer_info += tlv(0x04, signer.sign_sm2(to_sign))
+    body = (
+        tlv(0x02, b"\x01")
+        + tlv(0x31, sm3_id)
+        + content
+        + tlv(0xA0, certificate.public_bytes(serialization.Encoding.DER))
+        + tlv(0x31, tlv(0x30, signer_info))
+    )
+    return tlv(0x30, oid("1.2.156.10197.6.1.4.2.2") + tlv(0xA0, tlv(0x30, body)))
+
+
+def digitally_signed(pki: Pki, **kwargs: object) -> dict[str, bytes]:
+    files = files_of(sealed(pki))
+    listed = "Doc_0/Signs/Signatures.xml"
+    files[listed] = files[listed].replace(b'Type="Seal"', b'Type="Sign"')
+    files[SIGN_0 + "SignedValue.dat"] = signed_data(
+        files[SIGN_0 + "Signature.xml"],
+        pki.signer,
+        **kwargs,  # type: ignore[arg-type]
+    )
+    return files
+
+
+@pytest.mark.parametrize("attributes", [False, True])
+def test_a_digital_signature_is_checked_but_its_chain_is_not(pki: Pki, attributes: bool) -> None:
+    files = digitally_signed(pki, attributes=attributes)
+    report = pki.verifier().validate(zip_of(files), validation_time=NOW)
+    (signature,) = report.signatures
+    checks = checks_of(signature)
+    assert signature.format == "GB/T 35275 SignedData"
+    assert checks["data hash"] == (True, "the signed digest is SM3 of Signature.xml")
+    assert checks["signature"][0]
+    assert checks["Reference /OFD.xml"][0]
+    assert (report.indication, report.sub_indication) == (
+        Indication.INDETERMINATE,
+        SubIndication.NO_CERTIFICATE_CHAIN_FOUND,
+    )
+    assert "not validated" in report.message
+    # A changed Signature.xml, a changed signature value, a certificate that is not the signer's.
+    changed = dict(files)
+    changed[SIGN_0 + "Signature.xml"] = changed_byte(".xml", files[SIGN_0 + "Signature.xml"])
+    report = pki.verifier().validate(zip_of(changed), validation_time=NOW)
+    assert report.sub_indication is SubIndication.HASH_FAILURE
+    changed = dict(files)
+    value = files[SIGN_0 + "SignedValue.dat"]
+    signature_value = files_signature_value(value)
+    at = value.index(signature_value) + len(signature_value) - 1
+    changed[SIGN_0 + "SignedValue.dat"] = value[:at] + bytes([value[at] ^ 1]) + value[at + 1 :]
+    report = pki.verifier().validate(zip_of(changed), validation_time=NOW)
+    assert report.sub_indication is SubIndication.SIG_CRYPTO_FAILURE
+
+
+def files_signature_value(der: bytes) -> bytes:
+    """The encryptedDigest of the one SignerInfo (the last OCTET STRING holding a DER SM2 value)."""
+    found = re.findall(rb"\x04[\x46-\x48](\x30[\x44-\x46]\x02.+)$", der, flags=re.S)
+    assert found, "no SM2 signature at the end"
+    return found[0]
+
+
+def test_a_digital_signature_with_a_foreign_certificate_or_garbage(pki: Pki) -> None:
+    stranger = issue("someone else", ca=False, usage=SIGNING_USAGE)
+    files = files_of(sealed(pki))
+    listed = "Doc_0/Signs/Signatures.xml"
+    files[listed] = files[listed].replace(b'Type="Seal"', b'Type="Sign"')
+    files[SIGN_0 + "SignedValue.dat"] = signed_data(
+        files[SIGN_0 + "Signature.xml"], pki.signer, cert=stranger.certificate
+    )
+    report = pki.verifier().validate(zip_of(files), validation_time=NOW)
+    assert report.sub_indication is SubIndication.SIG_CRYPTO_FAILURE
+    files[SIGN_0 + "SignedValue.dat"] = b"\x30\x03\x02\x01\x01"
+    report = pki.verifier().validate(zip_of(files), validation_time=NOW)
+    assert report.sub_indication is SubIndication.FORMAT_FAILURE
+    assert "SignedValue.dat" in report.message
+    # Any byte of it changed: a report, never an exception.
+    value = signed_data(files[SIGN_0 + "Signature.xml"], pki.signer, attributes=True)
+    for at in range(0, len(value), 7):
+        files[SIGN_0 + "SignedValue.dat"] = value[:at] + bytes([value[at] ^ 0xA5]) + value[at + 1 :]
+        assert not pki.verifier().validate(zip_of(files), validation_time=NOW).passed
