@@ -34,8 +34,7 @@ from xml.etree import ElementTree
 from xml.etree.ElementTree import Element
 from xml.sax.saxutils import escape, quoteattr
 
-from signer._ofd_package import OFD_NS, OfdPackage, OfdRefused, read_package, resolve_loc
-from signer._ofd_verify import sm3
+from signer._ofd_package import OFD_NS, OfdPackage, OfdRefused, read_package, resolve_loc, sm3
 from signer._ses import Sm2Signer, sign_with_seal
 from signer._sm2 import SM2_WITH_SM3_OID
 

@@ -39,9 +39,15 @@ from typing import Final, Protocol
 from xml.etree.ElementTree import Element
 
 from asn1crypto import core
-from cryptography.hazmat.primitives import hashes
 
-from signer._ofd_package import OFD_NS, OfdPackage, OfdRefused, read_package, resolve_loc
+from signer._ofd_package import (
+    MAX_ENTRIES,
+    OFD_NS,
+    OfdPackage,
+    OfdRefused,
+    read_package,
+    resolve_loc,
+)
 from signer._ofd_sign import FORMAT as FORMAT_35275
 from signer._ofd_sign import check_signed_data
 from signer._report import Check, Indication, SubIndication, ValidationReport
@@ -77,12 +83,6 @@ class SesSignatureValidator(Protocol):
     def validate_signature(
         self, der: bytes, data: bytes | None, *, validation_time: datetime | None = None
     ) -> ValidationReport: ...
-
-
-def sm3(data: bytes) -> bytes:
-    digest = hashes.Hash(hashes.SM3())
-    digest.update(data)
-    return digest.finalize()
 
 
 def _x(element: Element, name: str) -> Element | None:
@@ -211,6 +211,8 @@ def _parse_signature_xml(package: OfdPackage, name: str) -> _SignatureXml:
         references.append((target, _text(reference, "CheckValue") or ""))
     if not references:
         raise OfdRefused(f"/{name} protects no file (its References are empty)")
+    if len(references) > MAX_ENTRIES:
+        raise OfdRefused(f"/{name} has more references than a package may have files")
     method = references_element.get("CheckMethod")
     return _SignatureXml(signed_value, seal, method, tuple(references))
 
@@ -237,7 +239,7 @@ def _check_references(package: OfdPackage, parsed: _SignatureXml, run: _Run) -> 
         except binascii.Error:
             run.fail(check, SubIndication.FORMAT_FAILURE, f"/{name}: CheckValue is not base64")
             continue
-        if sm3(package.read(name)) != expected:
+        if package.sm3(name) != expected:
             run.fail(check, SubIndication.HASH_FAILURE, f"/{name} was changed after signing")
             run.changed.add(name)
         else:
