@@ -95,7 +95,10 @@ def _text(element: Element, name: str) -> str | None:
 
 
 def is_ofd(data: bytes) -> bool:
-    """Whether `data` is a zip whose OFD.xml has the root ``ofd:OFD``; never raises."""
+    """Whether `data` is a zip whose OFD.xml has the root ``ofd:OFD``; never raises.
+
+    The whole package is read under the limits, as `OfdVerifier` reads it: an archive it would
+    refuse (a bomb, a name outside the package) is not called an OFD."""
     try:
         return read_package(data).xml("OFD.xml").tag == _NS + "OFD"
     except OfdRefused:

@@ -615,3 +615,21 @@ def test_a_digital_signature_with_a_foreign_certificate_or_garbage(pki: Pki) -> 
     for at in range(0, len(value), 7):
         files[SIGN_0 + "SignedValue.dat"] = value[:at] + bytes([value[at] ^ 0xA5]) + value[at + 1 :]
         assert not pki.verifier().validate(zip_of(files), validation_time=NOW).passed
+
+
+def test_a_seal_added_to_ofdrws_sealed_document(pki: Pki) -> None:
+    """Interoperation: Tongban's seal after ofdrw's, on ofdrw's package and lists."""
+    twice = sealed(pki, SHARED_OFD.read_bytes())
+    files = files_of(twice)
+    listed = files["Doc_0/Signs/Signatures.xml"].decode()
+    assert "<ofd:MaxSignId>4</ofd:MaxSignId>" in listed
+    assert 'ID="3"' in listed
+    assert 'BaseLoc="/Doc_0/Signs/Sign_1/Signature.xml"' in listed
+    root = x509.load_pem_x509_certificate((GM / "ofdrw-root.pem").read_bytes())
+    verifier = OfdVerifier(GmVerifier(None, extra_anchors=[root, pki.root.certificate]))
+    report = verifier.validate(twice, validation_time=NOW)
+    ofdrws, ours = report.signatures
+    assert ours.passed, ours.message
+    assert not ofdrws.passed  # as before: its signer certificate had expired
+    assert checks_of(ofdrws)["signature"][0]
+    assert report.sub_indication is ofdrws.sub_indication
