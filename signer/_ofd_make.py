@@ -187,10 +187,11 @@ class _Plan:
         else:
             self.signatures = Element(_NS + "Signatures")
         folder = self.list_name.rpartition("/")[0]
+        prefix = f"{folder}/" if folder else ""
         number = 0
-        while any(n.startswith(f"{folder}/Sign_{number}/") for n in self.files):
+        while any(n.startswith(f"{prefix}Sign_{number}/") for n in self.files):
             number += 1
-        self.sign_folder = f"{folder}/Sign_{number}"
+        self.sign_folder = f"{prefix}Sign_{number}"
         self.max_id = _max_sign_id(self.signatures)
 
     def _page_id(self, package: OfdPackage, page: int) -> str:

@@ -633,3 +633,15 @@ def test_a_seal_added_to_ofdrws_sealed_document(pki: Pki) -> None:
     assert not ofdrws.passed  # as before: its signer certificate had expired
     assert checks_of(ofdrws)["signature"][0]
     assert report.sub_indication is ofdrws.sub_indication
+
+
+def test_a_list_of_signatures_at_the_package_root(pki: Pki) -> None:
+    files = files_of(licence())
+    files["OFD.xml"] = files["OFD.xml"].replace(
+        b"</ofd:DocRoot>", b"</ofd:DocRoot><ofd:Signatures>Signatures.xml</ofd:Signatures>"
+    )
+    ofd = sealed(pki, zip_of(files))
+    assert {"Signatures.xml", "Sign_0/Signature.xml", "Sign_0/SignedValue.dat"} <= set(
+        files_of(ofd)
+    )
+    assert pki.verifier().validate(ofd, validation_time=NOW).passed
