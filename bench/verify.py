@@ -15,10 +15,12 @@ interleaved rounds:
     (d) GmVerifier.validate_signature() of the SES_Signature and the answer, caches warm
     (e) Sm2PublicKey.verify() of the same SM2 signature over the same TBS_Sign (the same
         library, gmssl-pyx through signer/_sm2.py; the key loaded once, outside the loop)
+    (f) GmVerifier.validate_signature() of distinct SES_Signatures by the same signer, each
+        with its own signing time: a pool larger than what the verifier remembers
 
 It prints verifications per second (median over rounds), the medians of the per-round ratios
-a/b, c/b, d/e (seal validation over raw verification) and e/b, d/a (SM2 over ES256), and the
-machine. Nothing is asserted. See bench/README.md.
+a/b, c/b, d/e, f/e (seal validation over raw verification) and e/b, d/a (SM2 over ES256),
+and the machine. Nothing is asserted. See bench/README.md.
 """
 
 from __future__ import annotations
@@ -207,7 +209,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         "--pool",
         type=int,
         default=2 * MAX_CACHED_HEADERS,
-        help=f"distinct seals for (c); more than the {MAX_CACHED_HEADERS}-entry header cache",
+        help=f"distinct seals for (c) and (f); more than the {MAX_CACHED_HEADERS}-entry caches",
     )
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     args = parser.parse_args(argv)
@@ -231,12 +233,13 @@ def _measure(setup: Setup, sm2: Sm2Setup, seconds: float, rounds: int) -> list[d
         "c": distinct,
         "d": sm2.validate,
         "e": sm2.raw_verify,
+        "f": sm2.distinct,
     }
     slice_ = seconds / rounds
     measured: list[dict[str, float]] = []
     for number in range(rounds):
         # Neither a seal validation nor its raw check always goes first.
-        order = "abcde" if number % 2 == 0 else "baced"
+        order = "abcdef" if number % 2 == 0 else "bacedf"
         measured.append({name: rate(measurements[name], slice_) for name in order})
     return measured
 
@@ -245,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _arguments(argv)
     with tempfile.TemporaryDirectory(prefix="tongban-bench-") as folder:
         setup = build(Path(folder), args.pool)
-    sm2 = build_sm2(typical_answer(), setup.now)
+    sm2 = build_sm2(typical_answer(), setup.now, args.pool)
     rounds = _measure(setup, sm2, args.seconds, args.rounds)
 
     def ratio(top: str, bottom: str) -> float:
@@ -261,10 +264,11 @@ def main(argv: list[str] | None = None) -> int:
             "jws_bytes": len(setup.jws),
             "ses_signature_bytes": len(sm2.ses_signature),
         },
-        "per_second": {name: statistics.median([r[name] for r in rounds]) for name in "abcde"},
+        "per_second": {name: statistics.median([r[name] for r in rounds]) for name in "abcdef"},
         "ratio_a_b": ratio("a", "b"),
         "ratio_c_b": ratio("c", "b"),
         "ratio_d_e": ratio("d", "e"),
+        "ratio_f_e": ratio("f", "e"),
         "ratio_e_b": ratio("e", "b"),
         "ratio_d_a": ratio("d", "a"),
         "target_a_b": TARGET_RATIO,
@@ -302,6 +306,7 @@ def _print(results: dict[str, Any]) -> None:
         ("(c) validate(), distinct seals", per["c"]),
         ("(d) SM2 validate_signature(), warm", per["d"]),
         ("(e) SM2 verify (signer/_sm2.py)", per["e"]),
+        ("(f) SM2 validate, distinct signatures", per["f"]),
     ]
     print(f"{'measurement':<36} {'verifications/s':>16} {'µs each':>9}")
     for label, value in rows:
@@ -315,6 +320,7 @@ def _print(results: dict[str, Any]) -> None:
     print(
         f"d/e {results['ratio_d_e']:.3f}  (SM2 seal / raw: {_verdict(results['ratio_d_e'], results['target_d_e'])})"
     )
+    print(f"f/e {results['ratio_f_e']:.3f}  (SM2 distinct signatures / raw)")
     print(f"e/b {results['ratio_e_b']:.3f}  (raw SM2 / raw ES256)")
     print(f"d/a {results['ratio_d_a']:.3f}  (SM2 seal / ES256 seal)")
 

@@ -27,8 +27,9 @@ PICTURE = bytes.fromhex(
 
 @dataclass(frozen=True)
 class Sm2Setup:
-    validate: Callable[[], object]
-    raw_verify: Callable[[], None]
+    validate: Callable[[], object]  # (d): the same signature again
+    raw_verify: Callable[[], None]  # (e)
+    distinct: Callable[[], object]  # (f): the next of a pool of signatures, each made apart
     ses_signature: bytes
 
 
@@ -101,7 +102,10 @@ def _issue(
     return issue_sm2_certificate(builder, key.public_key(), issuer_key)
 
 
-def build_sm2(payload: bytes, now: datetime) -> Sm2Setup:
+def build_sm2(payload: bytes, now: datetime, pool_size: int) -> Sm2Setup:
+    """The SM2 setup; `pool_size` distinct signatures (each with its own signing time) for (f):
+    with more than the verifier remembers (MAX_CACHED), each is parsed and its path checked
+    afresh, as a stream of signatures that never repeat would be."""
     root_key, maker_key, signer_key = (Sm2PrivateKey.generate() for _ in range(3))
     root = _issue("Bench region 330000 root CA", root_key, None, now)
     by_root = (root.subject, root_key)
@@ -123,9 +127,17 @@ def build_sm2(payload: bytes, now: datetime) -> Sm2Setup:
     ses = sign_with_seal(
         payload, seal=seal, signer=signer, at=now - timedelta(minutes=1), property_info="bench"
     )
+    base = now - timedelta(minutes=2)
+    pool = [
+        sign_with_seal(
+            payload, seal=seal, signer=signer, at=base - timedelta(seconds=i), property_info="bench"
+        )
+        for i in range(pool_size)
+    ]
     verifier = GmVerifier(_RegionTrust(root), clock=lambda: now)
-    report = verifier.validate_signature(ses, payload)
-    assert report.passed, report.message
+    for candidate in (ses, pool[0], pool[-1]):
+        report = verifier.validate_signature(candidate, payload)
+        assert report.passed, report.message
 
     view = parse_signature(ses)
     public_key = sm2_public_key_of(signer.certificate)
@@ -135,4 +147,11 @@ def build_sm2(payload: bytes, now: datetime) -> Sm2Setup:
         public_key.verify(signature, tbs)
 
     raw_verify()
-    return Sm2Setup(lambda: verifier.validate_signature(ses, payload), raw_verify, ses)
+    position = 0
+
+    def distinct() -> object:
+        nonlocal position
+        position = (position + 1) % len(pool)
+        return verifier.validate_signature(pool[position], payload)
+
+    return Sm2Setup(lambda: verifier.validate_signature(ses, payload), raw_verify, distinct, ses)
