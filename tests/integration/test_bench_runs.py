@@ -55,6 +55,7 @@ def test_bench_verify_runs(tmp_path: Path) -> None:
         "verify.py", "--seconds", "0.05", "--rounds", "1", "--pool", "4", "--json", str(out)
     )
     assert "a/b" in done.stdout
+    assert "d/e" in done.stdout  # SM2 seal validation against the raw SM2 check
     assert out.is_file()
 
 
