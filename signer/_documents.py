@@ -116,10 +116,7 @@ class DocumentVerifier:
                 validation_time=validation_time,
             )
         if found is Format.UNKNOWN:
-            return _refusal(
-                f"the document is none of the formats recognised: {RECOGNISED}",
-                self.trust.version,
-            )
+            return self._unknown(data)
         if found is Format.SES_SIGNATURE:
             report = self.gm.validate_signature(data, payload, validation_time=validation_time)
         elif payload is not None:
@@ -132,6 +129,15 @@ class DocumentVerifier:
         else:
             report = self.gm.validate_seal(data, validation_time=validation_time)
         return expect(report, expected_kind, expected_owner_region)
+
+    def _unknown(self, data: bytes) -> ValidationReport:
+        """The refusal of a document of no recognised format; for a zip, the OFD reader's
+        reason why it is not an OFD package (a limit it breaks, OFD.xml missing, ...)."""
+        message = f"the document is none of the formats recognised: {RECOGNISED}"
+        if data.startswith(_ZIP):
+            why = self.ofd.validate(data).message
+            message = f"a zip archive, but not an OFD package ({why}); {message}"
+        return _refusal(message, self.trust.version)
 
 
 def expect(

@@ -100,6 +100,13 @@ def test_a_zip_that_is_not_an_ofd_is_unknown() -> None:
     assert recognise(a_zip("readme.txt", b"hello")) is Format.UNKNOWN
 
 
+def test_a_zip_that_is_not_an_ofd_says_why(verifier: DocumentVerifier) -> None:
+    report = verifier.validate(a_zip("readme.txt", b"hello"))
+    assert report.sub_indication is SubIndication.FORMAT_FAILURE
+    assert report.message.startswith("a zip archive, but not an OFD package (")
+    assert "OFD.xml" in report.message
+
+
 def test_a_jws_goes_to_the_seal_verifier(verifier: DocumentVerifier, jws: str) -> None:
     report = verifier.validate(jws.encode() + b"\n")
     assert report.indication is Indication.TOTAL_PASSED, report.message
