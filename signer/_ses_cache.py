@@ -21,7 +21,8 @@ from signer._sm2 import Sm2PublicKey
 from signer._sm2_x509 import is_sm2_key, sm2_public_key_of
 from signer.errors import Sm2Refused
 
-__all__ = ["MAX_CACHED", "MAX_CACHED_DER_BYTES", "read_certificate", "remember", "sm2_key"]
+# Internal to signer: its __all__ lists only what the package exports (test_public_api).
+__all__ = ["MAX_CACHED", "MAX_CACHED_DER_BYTES"]
 
 MAX_CACHED: Final = 1024  # entries of each cache before it is emptied
 MAX_CACHED_DER_BYTES: Final = 64 * 1024  # a larger structure is parsed every time
