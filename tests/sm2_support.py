@@ -10,11 +10,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from asn1crypto import algos as asn1_algos
+from asn1crypto import x509 as asn1_x509
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from signer._sm2 import Sm2PrivateKey
+from signer._sm2 import SM2_WITH_SM3_OID, Sm2PrivateKey
 from signer._sm2_x509 import (
     issue_sm2_certificate,
     issue_sm2_crl,
@@ -112,6 +115,26 @@ def issue(
         builder = builder.add_extension(extension, critical=critical)
     certificate = issue_sm2_certificate(builder, key.public_key(), signing_key or issuer_key)
     return Issued(key, certificate)
+
+
+def issue_for_key(builder: x509.CertificateBuilder, issuer_key: Sm2PrivateKey) -> x509.Certificate:
+    """A certificate for the builder's own (non-SM2) public key, signed by an SM2 CA key: what
+    an SM2 region CA issues for a JWS seal key (ES256), which JOSE can use and SM2 cannot."""
+    placeholder = ec.generate_private_key(ec.SECP256R1())
+    made = builder.sign(placeholder, hashes.SHA256())
+    loaded = asn1_x509.Certificate.load(made.public_bytes(serialization.Encoding.DER))
+    algorithm = asn1_algos.SignedDigestAlgorithm({"algorithm": SM2_WITH_SM3_OID})
+    tbs = loaded["tbs_certificate"]
+    tbs["signature"] = algorithm
+    tbs_der = bytes(tbs.dump(force=True))
+    certificate = asn1_x509.Certificate(
+        {
+            "tbs_certificate": asn1_x509.TbsCertificate.load(tbs_der),
+            "signature_algorithm": algorithm,
+            "signature_value": issuer_key.sign(tbs_der),
+        }
+    )
+    return x509.load_der_x509_certificate(bytes(certificate.dump()))
 
 
 def crl(
