@@ -64,7 +64,8 @@ from signer._sm2 import Sm2PublicKey
 from signer._sm2_x509 import is_sm2_key, is_sm2_signed, sm2_public_key_of, sm2_signature_verifies
 from signer.errors import Sm2KeyInvalid
 
-__all__ = ["Sm2Path", "Sm2PathFailure", "check_sm2_path"]
+# Signer internals (SealVerifier, the GB/T 38540 verifiers): the package exports none of them.
+__all__: list[str] = []
 
 _E = TypeVar("_E", bound=x509.ExtensionType)
 
