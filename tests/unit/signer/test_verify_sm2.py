@@ -60,6 +60,9 @@ class Trust:
     def crls(self, region: str) -> tuple[x509.CertificateRevocationList, ...]:
         return self.crl_list if region == REGION else ()
 
+    def regions(self) -> tuple[str, ...]:
+        return (REGION,)
+
 
 def seal_certificate(
     issuer: Issued, key: ec.EllipticCurvePrivateKey, *, eku: bool = True
