@@ -1,9 +1,9 @@
 """SM2 certificate paths: build and check a chain of SM2 certificates, with its CRLs.
 
 pyca/cryptography's path validation (`cryptography.x509.verification`, used for the JWS
-seals) cannot check an SM2 signature or load an SM2 key, so it refuses every SM2 chain; no
-maintained Python library validates SM2 paths (pyhanko-certvalidator and certvalidator stop at
-the key type too). This module is that check, kept to what Tongban's region CAs need: RFC 5280
+seals) cannot check an SM2 signature or load an SM2 key, so it refuses every SM2 chain, and
+the Python path validators found (pyhanko-certvalidator) check signatures through pyca too.
+This module is that check, kept to what Tongban's region CAs need: RFC 5280
 path building and basic checks, in the order OpenSSL applies them, with failures reported as
 the ETSI EN 319 102-1 sub-indications the JWS verifier uses. The SM2 arithmetic is
 `signer._sm2`'s (GmSSL), the certificate fields are pyca's.
