@@ -30,6 +30,7 @@ from signer._sm2 import (
     load_sm2_private_key,
     write_sm2_private_key,
 )
+from signer._sm2_x509 import is_sm2_key, issue_sm2_crl, sm2_public_key_of
 from signer._trust import TrustedKey, TrustSource
 from signer._verify import SealVerifier
 from signer.errors import (
@@ -88,12 +89,15 @@ __all__ = [
     "algorithm_for_key",
     "canonical_json",
     "generate_private_key",
+    "is_sm2_key",
+    "issue_sm2_crl",
     "load_private_key",
     "load_sm2_private_key",
     "parse_compact",
     "seal",
     "sign_bytes",
     "sign_json",
+    "sm2_public_key_of",
     "verify_json",
     "verify_signature",
     "write_private_key",
