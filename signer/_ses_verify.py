@@ -26,7 +26,7 @@ from signer._ses_asn1 import SealView, SesFormatError, SignatureView, parse_seal
 from signer._ses_trust import Anchoring, anchor, path_time, revocation_of, revocation_verdict
 from signer._ses_tsp import check_time_stamp
 from signer._sm2 import SM2_WITH_SM3_OID
-from signer._sm2_x509 import is_sm2_key, sm2_public_key_of
+from signer._sm2_x509 import CERTIFICATE_READ_ERRORS, is_sm2_key, sm2_public_key_of
 from signer._trust import TrustSource
 from signer.errors import Sm2Refused, Sm2SignatureInvalid
 
@@ -55,12 +55,7 @@ _NOW_CHECKS: Final = frozenset(
 
 
 # What pyca raises for a malformed certificate besides ValueError.
-_CERTIFICATE_ERRORS: Final = (
-    ValueError,
-    x509.InvalidVersion,
-    x509.DuplicateExtension,
-    x509.UnsupportedGeneralNameType,
-)
+_CERTIFICATE_ERRORS: Final = CERTIFICATE_READ_ERRORS
 
 
 class _Malformed(Exception):  # the structure cannot be read: the run ends

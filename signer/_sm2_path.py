@@ -61,7 +61,13 @@ from cryptography.x509.oid import CRLEntryExtensionOID, ExtensionOID
 
 from signer._report import SubIndication
 from signer._sm2 import Sm2PublicKey
-from signer._sm2_x509 import is_sm2_key, is_sm2_signed, sm2_public_key_of, sm2_signature_verifies
+from signer._sm2_x509 import (
+    CERTIFICATE_READ_ERRORS,
+    is_sm2_key,
+    is_sm2_signed,
+    sm2_public_key_of,
+    sm2_signature_verifies,
+)
 from signer.errors import Sm2KeyInvalid
 
 # Signer internals (SealVerifier, the GB/T 38540 verifiers): the package exports none of them.
@@ -123,7 +129,7 @@ class Sm2PathFailure(Exception):
 def _subject(certificate: x509.Certificate) -> str:
     try:
         return certificate.subject.rfc4514_string() or "(empty subject)"
-    except ValueError:
+    except CERTIFICATE_READ_ERRORS:
         return f"(unreadable subject, serial {certificate.serial_number:#x})"
 
 
@@ -172,7 +178,7 @@ def check_sm2_path(
         revoked, checked = _check_crls(context, path, tuple(crls), at, require_crl)  # (7)
     except Sm2PathFailure:
         raise
-    except (ValueError, TypeError) as exc:  # pyca reading a malformed field lazily
+    except CERTIFICATE_READ_ERRORS as exc:  # pyca reading a malformed field lazily
         raise Sm2PathFailure(
             SubIndication.FORMAT_FAILURE, f"a certificate of the path could not be read: {exc}"
         ) from None
@@ -216,7 +222,7 @@ def _extension(context: _Context, certificate: x509.Certificate, kind: type[_E])
         return certificate.extensions.get_extension_for_class(kind).value
     except x509.ExtensionNotFound:
         return None
-    except ValueError as exc:
+    except CERTIFICATE_READ_ERRORS as exc:
         raise Sm2PathFailure(
             SubIndication.FORMAT_FAILURE,
             f"{context.name(certificate)} has a malformed extension: {exc}",
@@ -350,7 +356,7 @@ def _check_extensions(context: _Context, path: tuple[x509.Certificate, ...]) -> 
     for certificate in path:
         try:
             extensions = list(certificate.extensions)
-        except ValueError as exc:
+        except CERTIFICATE_READ_ERRORS as exc:
             raise Sm2PathFailure(
                 SubIndication.FORMAT_FAILURE,
                 f"{context.name(certificate)} has a malformed extension: {exc}",
@@ -455,7 +461,7 @@ def _crl_unusable(
         return "has a signature that does not verify with the issuer's key"
     try:
         critical = [e.oid for e in crl.extensions if e.critical]
-    except ValueError:
+    except CERTIFICATE_READ_ERRORS:
         return "has a malformed extension"
     if any(oid not in _UNDERSTOOD_CRL_CRITICAL for oid in critical):
         return "has a critical extension this check does not understand (a delta or partial CRL)"
@@ -479,7 +485,7 @@ def _current_crl(
             continue
         try:
             why = _crl_unusable(context, crl, issuer)
-        except (ValueError, Sm2KeyInvalid):
+        except (*CERTIFICATE_READ_ERRORS, Sm2KeyInvalid):
             why = "could not be read"
         if why:
             notes.append(f"a CRL naming {name} was ignored: it {why}")
@@ -501,7 +507,7 @@ def _current_crl(
 def _reason(entry: x509.RevokedCertificate) -> str:
     try:
         flag = entry.extensions.get_extension_for_oid(CRLEntryExtensionOID.CRL_REASON).value
-    except (x509.ExtensionNotFound, ValueError):
+    except (x509.ExtensionNotFound, *CERTIFICATE_READ_ERRORS):
         return ""
     reason = getattr(flag, "reason", None)
     return str(reason.name) if reason is not None else ""

@@ -30,7 +30,13 @@ from signer import _oids
 from signer._keyfile import PublicKey
 from signer._report import Check, SignatureKind, SubIndication
 from signer._sm2_path import Sm2PathFailure, check_sm2_path
-from signer._sm2_x509 import is_sm2_key, is_sm2_signed, sm2_public_key_of, sm2_signature_verifies
+from signer._sm2_x509 import (
+    CERTIFICATE_READ_ERRORS,
+    is_sm2_key,
+    is_sm2_signed,
+    sm2_public_key_of,
+    sm2_signature_verifies,
+)
 from signer._trust import TrustedKey, TrustSource
 from signer.errors import Sm2KeyInvalid
 
@@ -154,7 +160,7 @@ def kind_of(certificate: x509.Certificate) -> SignatureKind | None:
             p.policy_identifier
             for p in certificate.extensions.get_extension_for_class(x509.CertificatePolicies).value
         }
-    except x509.ExtensionNotFound:
+    except (x509.ExtensionNotFound, *CERTIFICATE_READ_ERRORS):  # none, or unreadable: neither
         return None
     seal = bool(policies & {_oids.QCP_L, _oids.POLICY_SEAL})
     person = bool(policies & {_oids.QCP_N, _oids.POLICY_SIGNATURE})
@@ -256,12 +262,20 @@ def verified_chain(
                 leaf, roots=roots, intermediates=intermediates, at=at, max_depth=MAX_CHAIN_DEPTH
             )
             eku = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-            document_signing(None, leaf, eku)
         except Sm2PathFailure as exc:
             raise Fail(exc.sub, f"{failed}: {exc.message}") from None
-        except (x509.ExtensionNotFound, ValueError) as exc:
-            reason = str(exc) if isinstance(exc, ValueError) else "it has no extendedKeyUsage"
-            raise Fail(SubIndication.CHAIN_CONSTRAINTS_FAILURE, f"{failed}: {reason}") from None
+        except x509.ExtensionNotFound:
+            raise Fail(
+                SubIndication.CHAIN_CONSTRAINTS_FAILURE, f"{failed}: it has no extendedKeyUsage"
+            ) from None
+        except CERTIFICATE_READ_ERRORS as exc:
+            raise Fail(
+                SubIndication.FORMAT_FAILURE, f"{failed}: its extensions cannot be read: {exc}"
+            ) from None
+        try:
+            document_signing(None, leaf, eku)
+        except ValueError as exc:
+            raise Fail(SubIndication.CHAIN_CONSTRAINTS_FAILURE, f"{failed}: {exc}") from None
         return Chain(path.certificates, path.valid_from, path.valid_until)
     verifier = (
         PolicyBuilder()
@@ -292,7 +306,7 @@ def verified_chain(
 def crl_reason(entry: x509.RevokedCertificate) -> str:
     try:
         flag = entry.extensions.get_extension_for_oid(CRLEntryExtensionOID.CRL_REASON).value
-    except x509.ExtensionNotFound:
+    except (x509.ExtensionNotFound, *CERTIFICATE_READ_ERRORS):
         return ""
     reason: Any = getattr(flag, "reason", None)
     return str(reason.name) if reason is not None else ""
