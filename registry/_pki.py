@@ -46,7 +46,7 @@ from registry._profiles import (
     profile_extensions,
 )
 from registry.errors import PkiError
-from signer import x5t_s256_of_certificate
+from signer import is_sm2_key, x5t_s256_of_certificate
 from signer._keyfile import (
     ALGORITHMS,
     PrivateKey,
@@ -349,6 +349,11 @@ class Issuer:
 
 def load_region_issuer(pki_root: Path, region: RegionSpec, passphrase: bytes | None) -> Issuer:
     _, intermediate = region_ca_certificates(pki_root, region.code)
+    if is_sm2_key(intermediate):
+        raise PkiError(
+            f"region {region.code}'s issuing CA is an SM2 CA: Tongban issues ES256, EdDSA and "
+            "PS256 keys from P-256 CAs only (SM2 keys come from the SM2 CA's own tools)"
+        )
     key_path = ca_dir(pki_root, region.code) / "intermediate.key"
     try:
         key = load_private_key(key_path, passphrase)

@@ -31,15 +31,9 @@ from typing import Final, TypedDict, TypeVar
 from asn1crypto import core
 from asn1crypto import x509 as asn1_x509
 
-__all__ = [
-    "MAX_SES_BYTES",
-    "SealView",
-    "SesFormatError",
-    "SignatureView",
-    "parse_seal",
-    "parse_signature",
-    "ses_version",
-]
+# The package exports `ses_version`; the classes and views are for `signer`'s own modules (and
+# tests), which import them from here.
+__all__ = ["MAX_SES_BYTES", "ses_version"]
 
 MAX_SES_BYTES: Final = 8 * 1024 * 1024  # bytes; a seal with its picture, and a signature
 MAX_PICTURE_BYTES: Final = 4 * 1024 * 1024  # bytes

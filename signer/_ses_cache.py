@@ -18,7 +18,7 @@ from cryptography import x509
 from cryptography.utils import CryptographyDeprecationWarning
 
 from signer._sm2 import Sm2PublicKey
-from signer._sm2_x509 import is_sm2_key, sm2_public_key_of
+from signer._sm2_x509 import CERTIFICATE_READ_ERRORS, is_sm2_key, sm2_public_key_of
 from signer.errors import Sm2Refused
 
 # Internal to signer: its __all__ lists only what the package exports (test_public_api).
@@ -29,13 +29,8 @@ MAX_CACHED_DER_BYTES: Final = 64 * 1024  # a larger structure is parsed every ti
 _K = TypeVar("_K")
 _V = TypeVar("_V")
 
-# What pyca raises for a malformed certificate besides ValueError.
-_CERTIFICATE_ERRORS: Final = (
-    ValueError,
-    x509.InvalidVersion,
-    x509.DuplicateExtension,
-    x509.UnsupportedGeneralNameType,
-)
+# What pyca raises for a malformed certificate (it parses lazily).
+_CERTIFICATE_ERRORS: Final = CERTIFICATE_READ_ERRORS
 
 
 @functools.lru_cache(maxsize=MAX_CACHED)

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from signer._keys import x5t_s256_of_der
 from signer._report import SubIndication
 from signer._sm2_path import Sm2Path, Sm2PathFailure, check_sm2_path
+from signer._sm2_x509 import CERTIFICATE_READ_ERRORS
 from signer._trust import TrustedKey, TrustSource
 from signer._verify_helpers import BENIGN_REASONS
 
@@ -57,7 +58,7 @@ def _path(
         ), None
     except Sm2PathFailure as failure:
         return None, failure
-    except (ValueError, TypeError, x509.DuplicateExtension) as exc:  # an anchor pyca cannot read
+    except CERTIFICATE_READ_ERRORS as exc:  # an anchor pyca cannot read
         message = f"a certificate of the path could not be read: {str(exc)[:200]}"
         return None, Sm2PathFailure(SubIndication.FORMAT_FAILURE, message)
 

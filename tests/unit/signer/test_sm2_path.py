@@ -6,13 +6,14 @@ root gives the key usage failure OpenSSL gives."""
 from __future__ import annotations
 
 import zipfile
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 from asn1crypto import core as asn1_core
+from asn1crypto import x509 as asn1_x509
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from sm2_support import (
@@ -346,6 +347,39 @@ def test_malformed_extension_is_a_format_failure() -> None:
     assert refused.message.startswith("the signing certificate has a malformed extension")
 
 
+def _with_duplicated_extension(issued: Issued, issuer_key: Sm2PrivateKey) -> x509.Certificate:
+    """`issued`'s certificate with its first extension twice (RFC 5280 forbids it; pyca raises
+    DuplicateExtension, not a ValueError, when the extensions are first read), re-signed."""
+    loaded = asn1_x509.Certificate.load(issued.certificate.public_bytes(serialization.Encoding.DER))
+    tbs = loaded["tbs_certificate"]
+    extensions = list(tbs["extensions"])
+    tbs["extensions"] = asn1_x509.Extensions([*extensions, extensions[0]])
+    tbs_der = bytes(tbs.dump(force=True))
+    certificate = asn1_x509.Certificate(
+        {
+            "tbs_certificate": asn1_x509.TbsCertificate.load(tbs_der),
+            "signature_algorithm": loaded["signature_algorithm"],
+            "signature_value": issuer_key.sign(tbs_der),
+        }
+    )
+    return x509.load_der_x509_certificate(bytes(certificate.dump()))
+
+
+def test_a_duplicated_extension_is_a_format_failure_not_an_exception() -> None:
+    root = issue("Root")
+    leaf = issue("Seal", root, ca=False, usage=SIGNING_USAGE)
+    twice = _with_duplicated_extension(leaf, root.key)
+    with pytest.raises(x509.DuplicateExtension):
+        _ = twice.extensions  # what pyca does: the class this test guards against
+    refused = failure(twice, roots=[root.certificate])
+    assert refused.sub is SubIndication.FORMAT_FAILURE
+    assert "malformed extension" in refused.message
+    # an anchor with a duplicated extension: refused in words, never raised
+    bad_root = _with_duplicated_extension(root, root.key)
+    refused = failure(leaf.certificate, roots=[bad_root])
+    assert refused.sub in (SubIndication.FORMAT_FAILURE, SubIndication.NO_CERTIFICATE_CHAIN_FOUND)
+
+
 # -- (6) validity -------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("at", "sub", "words", "openssl_words"),
@@ -586,3 +620,18 @@ def test_many_issuers_of_one_name_are_tried_within_a_budget(pki: dict[str, Issue
         at=NOW,
     )
     assert path.certificates[1] == pki["intermediate"].certificate
+
+
+def test_ca_purpose_reports_its_own_dates_as_expired_or_not_yet_valid(
+    pki: dict[str, Issued],
+) -> None:
+    root, intermediate = pki["root"], pki["intermediate"]
+    later = intermediate.certificate.not_valid_after_utc + timedelta(days=1)
+    refused = failure(intermediate.certificate, roots=[root.certificate], purpose="ca", at=later)
+    assert refused.sub is SubIndication.EXPIRED
+    assert refused.message.startswith("the CA certificate was expired at")
+    # a validation time in another time zone is the same instant, reported in UTC
+    east = NOW.astimezone(timezone(timedelta(hours=8)))
+    assert check_sm2_path(
+        intermediate.certificate, roots=[root.certificate], purpose="ca", at=east
+    ).certificates == (intermediate.certificate, root.certificate)
