@@ -78,12 +78,13 @@ def cmd_seal(args: argparse.Namespace, out: Console) -> int:
     return 0
 
 
-def _read_document(path: Path, what: str) -> bytes:
-    """A file to verify: not a folder, not empty, not larger than a document may be."""
+def _read_document(path: Path, what: str, *, may_be_empty: bool = False) -> bytes:
+    """A file to verify: not a folder, not larger than a document may be, and not empty unless
+    it is signed data (an empty file may be sealed)."""
     if path.is_dir():
         raise Failure(f"{path}: {what} is a folder, not a file")
     data = read_input(path, what, limit=MAX_DOCUMENT_BYTES)
-    if not data:
+    if not data and not may_be_empty:
         raise Failure(f"{path}: {what} is empty")
     return data
 
@@ -150,7 +151,11 @@ def cmd_verify(args: argparse.Namespace, out: Console) -> int:
         registry = _registry(args)
         roots, intermediates = _outside_anchors(args.ca or [])
         document = _read_document(args.file, "the document")
-        payload = _read_document(args.payload, "the payload") if args.payload else None
+        payload = (
+            _read_document(args.payload, "the payload", may_be_empty=True)
+            if args.payload is not None
+            else None
+        )
     except (Failure, RegistryError, SignerError) as exc:
         # No report can be made: exit 2, apart from 1 (a report that did not pass).
         usage(args, str(exc))

@@ -434,3 +434,18 @@ def test_the_report_at_80_columns_carries_the_json_facts_whole(
     assert report["signing_time"].replace("T", " ") in out
     for check in report["checks"]:
         assert f" {check['name']} " in out, check["name"]
+
+
+def test_an_empty_document_sealed_detached_verifies(
+    run: Run, fed: Federation, tmp_path: Path
+) -> None:
+    """An empty --payload is signed data like any other (only the document to verify must not
+    be empty)."""
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    jws = sealed(run, fed, empty, "--detached")
+    code, out, err = run("verify", jws, "--payload", empty, *trust(fed))
+    assert (code, err) == (0, ""), out
+    code, _, err = run("verify", empty, *trust(fed))
+    assert code == 2
+    assert "the document is empty" in err
