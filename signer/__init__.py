@@ -2,7 +2,8 @@
 
 Key files and providers (`_keyfile`, `_keys`), the algorithm policy (`_algorithms`), JAdES
 sealing (`_jades`), validation with ETSI-style reports (`_verify`, `_report`) against a
-`TrustSource` (`_trust`) that the registry implements, SM2 with SM3 keys and signatures
+`TrustSource` (`_trust`) that the registry implements, keys in a cryptographic module over
+PKCS#11 (`_pkcs11`, `_pkcs11_keys`, URIs in `_pkcs11_uri`), SM2 with SM3 keys and signatures
 (`_sm2`, GB/T 32918.2 with OpenSSL's key formats), and signed JSON (`_signed_json`: the
 compact JWS of registry snapshots, access-report batches and request tokens). Depends on neither
 `registry` nor `gateway`.
@@ -21,6 +22,9 @@ from signer._keyfile import (
     write_private_key,
 )
 from signer._keys import FileKeyProvider, KeyProvider, x5t_s256_of_certificate, x5t_s256_of_der
+from signer._pkcs11 import Pkcs11KeyProvider, generate_pkcs11_key, open_pkcs11_key
+from signer._pkcs11_keys import KeyReference, key_reference, open_signing_key
+from signer._pkcs11_uri import Pkcs11Uri, parse_pkcs11_uri
 from signer._report import Indication, SignatureKind, SubIndication, ValidationReport
 from signer._signed_json import canonical_json, sign_json, verify_json
 from signer._sm2 import (
@@ -34,6 +38,8 @@ from signer._trust import TrustedKey, TrustSource
 from signer._verify import SealVerifier
 from signer.errors import (
     KeyFileError,
+    KeyModuleError,
+    Pkcs11UriInvalid,
     SealInvalid,
     SignedJsonAlgorithmRefused,
     SignedJsonExtensionRefused,
@@ -59,7 +65,12 @@ __all__ = [
     "Indication",
     "JwsFormatError",
     "KeyFileError",
+    "KeyModuleError",
     "KeyProvider",
+    "KeyReference",
+    "Pkcs11KeyProvider",
+    "Pkcs11Uri",
+    "Pkcs11UriInvalid",
     "PrivateKey",
     "PublicKey",
     "SealInvalid",
@@ -87,10 +98,15 @@ __all__ = [
     "ValidationReport",
     "algorithm_for_key",
     "canonical_json",
+    "generate_pkcs11_key",
     "generate_private_key",
+    "key_reference",
     "load_private_key",
     "load_sm2_private_key",
+    "open_pkcs11_key",
+    "open_signing_key",
     "parse_compact",
+    "parse_pkcs11_uri",
     "seal",
     "sign_bytes",
     "sign_json",
