@@ -19,7 +19,8 @@ The pieces, from the bottom:
 
 One PKCS#11 library is loaded once per process and each token gets one logged-in session,
 shared by every key on it under a lock (PKCS#11 sessions are not to be used by two threads at
-once, and a second login on the same token is refused by the module).
+once, and a second login on the same token is refused by the module). A forked child (the
+gateway's workers) initialises the library again and logs in afresh on first use.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import hashlib
 import os
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -41,10 +42,10 @@ from pkcs11.mechanisms import MGF
 from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
 
 from signer._algorithms import check_key_fits
-from signer._keyfile import PublicKey, algorithm_for_key
+from signer._keyfile import PublicKey
 from signer._keys import same_public_key, x5t_s256_of_certificate
 from signer._pkcs11_uri import Pkcs11Uri
-from signer.errors import KeyFileError, KeyModuleError, SignerError
+from signer.errors import KeyFileError, KeyModuleError
 
 __all__ = [
     "MECHANISMS",
@@ -60,26 +61,60 @@ RSA_KEY_BITS: Final = 3072  # as for key files (signer._keyfile)
 _ID_BYTES: Final = 16  # random CKA_ID of a generated key pair
 
 
+def _decode_ec(public: Any) -> PublicKey:
+    key = serialization.load_der_public_key(encode_ec_public_key(public))
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise KeyModuleError(f"not an EC public key: {type(key).__name__}")
+    return key
+
+
+def _decode_ed25519(public: Any) -> PublicKey:
+    point = bytes(public[Attribute.EC_POINT])
+    if len(point) == 34 and point[:2] == b"\x04\x20":  # a DER OCTET STRING around it
+        point = point[2:]
+    return ed25519.Ed25519PublicKey.from_public_bytes(point)
+
+
+def _decode_rsa(public: Any) -> PublicKey:
+    modulus = int.from_bytes(public[Attribute.MODULUS], "big")
+    exponent = int.from_bytes(public[Attribute.PUBLIC_EXPONENT], "big")
+    return rsa.RSAPublicNumbers(exponent, modulus).public_key()
+
+
+def _sha256(data: bytes, public_key: object) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
 @dataclass(frozen=True)
 class SignatureMechanism:
-    """How a module signs for one algorithm: the rows of a provider's mechanism table.
+    """How a module signs for one algorithm: a row of a provider's mechanism table.
 
-    `prehash` names a hashlib digest taken in Python before the module signs (for mechanisms
-    such as CKM_ECDSA that sign a digest); `encode` turns the module's output into the
-    signature format the algorithm's verifiers expect. `generation` is the key pair generation
-    mechanism and `public_template` what the public key template adds (curve, modulus size).
+    A key object is matched to the row of its CKA_KEY_TYPE and, for curves, of one of the
+    `curves` (CKA_EC_PARAMS encodings; the first is the one generation asks for). `decode` reads
+    the public key object; `digest(data, public_key)`, when given, is what the module signs
+    instead of the data (CKM_ECDSA signs a digest; an SM2 row would compute SM3(Z || M), whose Z
+    needs the public key); `encode` turns the module's output into the signature the
+    algorithm's verifiers expect. `generation` is the key pair generation mechanism and
+    `key_bits` the key length it takes, if any.
     """
 
     algorithm: str
     key_type: int
     mechanism: int
+    decode: Callable[[Any], PublicKey]
     parameter: Any = None
-    prehash: str | None = None
+    curves: tuple[bytes, ...] = ()
+    digest: Callable[[bytes, object], bytes] | None = None
     generation: int | None = None
-    public_template: Mapping[int, Any] = field(default_factory=dict)
-    key_bits: int | None = None  # the key length generation asks for, where it takes one
+    key_bits: int | None = None
     encode: Callable[[bytes], bytes] = bytes
     signature_bytes: int | None = None  # the module's output must be this long, when given
+
+    def fits(self, key_type: int, public: Any) -> bool:
+        """Whether a key pair of this key type (and curve, read from `public`) is this row's."""
+        if key_type != self.key_type:
+            return False
+        return not self.curves or bytes(public[Attribute.EC_PARAMS]) in self.curves
 
 
 MECHANISMS: Final[Mapping[str, SignatureMechanism]] = {
@@ -87,23 +122,27 @@ MECHANISMS: Final[Mapping[str, SignatureMechanism]] = {
         algorithm="ES256",
         key_type=KeyType.EC,
         mechanism=Mechanism.ECDSA,
-        prehash="sha256",
+        decode=_decode_ec,
+        curves=(encode_named_curve_parameters("secp256r1"),),
+        digest=_sha256,
         generation=Mechanism.EC_KEY_PAIR_GEN,
-        public_template={Attribute.EC_PARAMS: encode_named_curve_parameters("secp256r1")},
         signature_bytes=64,  # r||s, 32 bytes each: JWS form (RFC 7518 §3.4)
     ),
     "EdDSA": SignatureMechanism(
         algorithm="EdDSA",
         key_type=KeyType.EC_EDWARDS,
         mechanism=Mechanism.EDDSA,
+        decode=_decode_ed25519,
+        # The OID (RFC 8410), then the PrintableString "edwards25519" of PKCS#11 3.0's examples.
+        curves=(encode_named_curve_parameters("1.3.101.112"), b"\x13\x0cedwards25519"),
         generation=Mechanism.EC_EDWARDS_KEY_PAIR_GEN,
-        public_template={Attribute.EC_PARAMS: encode_named_curve_parameters("1.3.101.112")},
         signature_bytes=64,
     ),
     "PS256": SignatureMechanism(
         algorithm="PS256",
         key_type=KeyType.RSA,
         mechanism=Mechanism.SHA256_RSA_PKCS_PSS,
+        decode=_decode_rsa,
         parameter=(Mechanism.SHA256, MGF.SHA256, 32),
         generation=Mechanism.RSA_PKCS_KEY_PAIR_GEN,
         key_bits=RSA_KEY_BITS,  # python-pkcs11 adds CKA_MODULUS_BITS and e = 65537
@@ -123,6 +162,19 @@ class _Token:
 _LIBRARIES: dict[str, Any] = {}  # module path: its pkcs11.lib, loaded once
 _TOKENS: dict[tuple[str, str, str], _Token] = {}
 _OPENING = threading.Lock()
+_STALE: set[str] = set()  # libraries a fork left behind: initialised again before their next use
+
+
+def _forget_after_fork() -> None:
+    """In a forked child: sessions and logins are the parent's and do not survive a fork, so the
+    child initialises each library again (C_Finalize, C_Initialize) and logs in afresh."""
+    global _OPENING  # noqa: PLW0603 (a parent thread may have held it at the fork)
+    _OPENING = threading.Lock()
+    _TOKENS.clear()
+    _STALE.update(_LIBRARIES)
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def _module_error(what: str, exc: BaseException) -> KeyModuleError:
@@ -138,6 +190,14 @@ def _library(uri: Pkcs11Uri) -> Any:
         )
     path = str(uri.module_path)
     library = _LIBRARIES.get(path)
+    if library is not None and path in _STALE:
+        try:
+            library.reinitialize()
+        except pkcs11.PKCS11Error as exc:
+            raise _module_error(
+                f"PKCS#11 module {path} could not be initialised again", exc
+            ) from exc
+        _STALE.discard(path)
     if library is None:
         if not uri.module_path.is_file():
             raise KeyModuleError(f"PKCS#11 module {path} does not exist")
@@ -233,28 +293,6 @@ def _find(session: pkcs11.Session, uri: Pkcs11Uri, object_class: ObjectClass) ->
     return list(session.get_objects(template))
 
 
-def _public_key(public: Any, key_type: int) -> PublicKey:
-    """The cryptography public key of a module's public key object."""
-    if key_type == KeyType.EC:
-        loaded = serialization.load_der_public_key(encode_ec_public_key(public))
-    elif key_type == KeyType.EC_EDWARDS:
-        point = bytes(public[Attribute.EC_POINT])
-        if len(point) == 34 and point[:2] == b"\x04\x20":  # a DER OCTET STRING around it
-            point = point[2:]
-        loaded = ed25519.Ed25519PublicKey.from_public_bytes(point)
-    elif key_type == KeyType.RSA:
-        modulus = int.from_bytes(public[Attribute.MODULUS], "big")
-        exponent = int.from_bytes(public[Attribute.PUBLIC_EXPONENT], "big")
-        loaded = rsa.RSAPublicNumbers(exponent, modulus).public_key()
-    else:
-        raise KeyModuleError(f"key type {key_type:#x} has no decoder here")
-    if not isinstance(
-        loaded, ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | rsa.RSAPublicKey
-    ):
-        raise KeyModuleError(f"unsupported public key type {type(loaded).__name__}")
-    return loaded
-
-
 def _check_unexportable(private: Any, where: str) -> None:
     """Refuse a private key the module would let out: Tongban's keys never leave the token."""
     if not private[Attribute.SENSITIVE] or private[Attribute.EXTRACTABLE]:
@@ -288,18 +326,19 @@ class Pkcs11Key:
                         f"{len(publics)} public keys in token {token.label!r} match {uri}: "
                         "the key pair's public half is needed"
                     )
-                key_type = int(privates[0][Attribute.KEY_TYPE])
                 _check_unexportable(privates[0], str(uri))
-                public = _public_key(publics[0], key_type)
+                key_type = int(privates[0][Attribute.KEY_TYPE])
+                entry = next((m for m in mechanisms.values() if m.fits(key_type, publics[0])), None)
+                if entry is None:
+                    raise KeyModuleError(
+                        f"{uri}: a key of type {key_type:#x} (or on a curve) that no row of "
+                        "this provider's mechanism table signs with"
+                    )
+                public = entry.decode(publics[0])
             except pkcs11.PKCS11Error as exc:
                 raise _module_error(f"reading {uri}", exc) from exc
-        try:
-            algorithm = algorithm_for_key(public)
-        except SignerError as exc:
-            raise KeyModuleError(f"{uri}: {exc}") from exc
-        entry = mechanisms.get(algorithm)
-        if entry is None or entry.key_type != key_type:
-            raise KeyModuleError(f"{uri}: no mechanism for {algorithm} in this provider's table")
+            except ValueError as exc:  # a public key the decoder cannot read
+                raise KeyModuleError(f"{uri}: its public key cannot be read") from exc
         self.uri = uri
         self._token = token
         self._private = privates[0]
@@ -317,7 +356,7 @@ class Pkcs11Key:
     def sign(self, data: bytes) -> bytes:
         """The signature of `data` in the algorithm's JWS form (ES256: r||s, 64 bytes)."""
         entry = self._entry
-        message = hashlib.new(entry.prehash, data).digest() if entry.prehash else data
+        message = entry.digest(data, self._public) if entry.digest else data
         with self._token.lock:
             try:
                 raw = self._private.sign(
@@ -422,7 +461,7 @@ def generate_pkcs11_key(
                 store=True,
                 capabilities=MechanismFlag.SIGN | MechanismFlag.VERIFY,
                 mechanism=Mechanism(entry.generation),
-                public_template=dict(entry.public_template),
+                public_template={Attribute.EC_PARAMS: entry.curves[0]} if entry.curves else {},
                 private_template={
                     Attribute.SENSITIVE: True,
                     Attribute.EXTRACTABLE: False,

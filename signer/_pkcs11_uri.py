@@ -58,9 +58,9 @@ _OBJECT_TYPES: Final = ("public", "private", "cert", "secret-key", "data")
 _PATH_VALUE: Final = re.compile(r"(?:[A-Za-z0-9\-._~:\[\]@!$'()*+,=&]|%[0-9A-Fa-f]{2})*")
 _QUERY_VALUE: Final = re.compile(r"(?:[A-Za-z0-9\-._~:\[\]@!$'()*+,=/?|]|%[0-9A-Fa-f]{2})*")
 _ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
-# What the normal form leaves unencoded: the RFC's sets without "[" and "]", which are
+# What the normal form leaves unencoded: the RFC's sets without "[", "]" and (in the path) "&",
 # encoded so that a URI reads the same in TOML, a shell and console markup.
-_SAFE_PATH: Final = "-._~:@!$'()*+,=&"
+_SAFE_PATH: Final = "-._~:@!$'()*+,="
 _SAFE_QUERY: Final = "-._~:@!$'()*+,=/?|"
 
 

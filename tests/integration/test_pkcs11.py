@@ -61,6 +61,8 @@ from signer import (
     open_signing_key,
     parse_compact,
     parse_pkcs11_uri,
+    sign_json,
+    verify_signature,
     x5t_s256_of_certificate,
 )
 from signer._pkcs11 import _token
@@ -73,6 +75,7 @@ SPARE = "tongban-spare"  # a second token, to be refused a wrong PIN
 PIN = "4711-user-pin"
 SO_PIN = "0815-so-pin"
 REGION = "330000"
+EXPORTABLE = "exportable"  # the label of a key made extractable, to be refused
 
 
 @dataclass(frozen=True)
@@ -325,6 +328,21 @@ def test_the_registry_authority_key_in_the_token(token: Token, tmp_path: Path, r
         )
 
 
+@pytest.mark.parametrize("algorithm", ["ES256", "EdDSA", "PS256"])
+def test_each_algorithm_signs_in_the_module(token: Token, algorithm: str) -> None:
+    """Each row of the mechanism table: the module's signature is the JWS one (checked by the
+    algorithm policy, over cryptography), and the key object the JWS code takes signs too."""
+    named = generate_pkcs11_key(parse_pkcs11_uri(token.uri(f"every-{algorithm}")), algorithm)
+    key = open_pkcs11_key(named)
+    assert key.algorithm == algorithm
+    signature = key.sign(b"signing input")
+    assert verify_signature(algorithm, key.public_key, b"signing input", signature)
+    assert not verify_signature(algorithm, key.public_key, b"signing inpuT", signature)
+    private = open_signing_key(named)
+    document = sign_json(b'{"v":1}', private, typ="x", kid="k", algorithms=(algorithm,))
+    assert jwt.PyJWS().decode(document, private.public_key(), algorithms=[algorithm]) == b'{"v":1}'
+
+
 def test_no_private_key_can_be_read_out_of_the_token(token: Token) -> None:
     """Every private key Tongban made there is sensitive and never extractable, the module will
     not give its value, and the key objects Tongban hands out refuse to serialise it."""
@@ -332,15 +350,21 @@ def test_no_private_key_can_be_read_out_of_the_token(token: Token) -> None:
     named = generate_pkcs11_key(uri, "ES256")
     opened = _token(named)
     with opened.lock:
-        privates = list(opened.session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY}))
+        privates = [
+            private
+            for private in opened.session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY})
+            if private.label != EXPORTABLE  # the one test_refusals makes outside Tongban
+        ]
         assert privates
         for private in privates:
+            rsa_key = private[Attribute.KEY_TYPE] == KeyType.RSA
+            secret = Attribute.PRIVATE_EXPONENT if rsa_key else Attribute.VALUE
             assert private[Attribute.SENSITIVE]
             assert private[Attribute.ALWAYS_SENSITIVE]
             assert not private[Attribute.EXTRACTABLE]
             assert private[Attribute.NEVER_EXTRACTABLE]
             with pytest.raises(pkcs11.AttributeSensitive):
-                private[Attribute.VALUE]
+                private[secret]
     key = open_signing_key(named)
     with pytest.raises(KeyModuleError, match="never read out"):
         key.private_bytes(
@@ -350,13 +374,38 @@ def test_no_private_key_can_be_read_out_of_the_token(token: Token) -> None:
         )
 
 
+def test_a_forked_worker_signs_with_its_own_session(token: Token) -> None:
+    """The gateway's workers are forked: a child initialises the library again, logs in afresh
+    and signs; the parent's session still works afterwards."""
+    named = generate_pkcs11_key(parse_pkcs11_uri(token.uri("forked")), "ES256")
+    key = open_pkcs11_key(named)  # the parent has the library loaded and a session open
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only if its signature verifies
+        code = 1
+        try:
+            child = open_pkcs11_key(named)
+            der_check(child.public_key, child.sign(b"from the child"), b"from the child")
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    der_check(key.public_key, key.sign(b"from the parent"), b"from the parent")
+
+
+def der_check(public: object, raw: bytes, data: bytes) -> None:
+    assert isinstance(public, ec.EllipticCurvePublicKey)
+    der = encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"))
+    public.verify(der, data, ec.ECDSA(hashes.SHA256()))
+
+
 def test_refusals(token: Token, tmp_path: Path) -> None:
     # An extractable key made outside Tongban is refused.
     opened = _token(parse_pkcs11_uri(token.uri("x")))
     with opened.lock:
         opened.session.generate_keypair(
             KeyType.EC,
-            label="exportable",
+            label=EXPORTABLE,
             id=b"\x99",
             store=True,
             capabilities=MechanismFlag.SIGN | MechanismFlag.VERIFY,
@@ -365,10 +414,10 @@ def test_refusals(token: Token, tmp_path: Path) -> None:
             private_template={Attribute.SENSITIVE: False, Attribute.EXTRACTABLE: True},
         )
     with pytest.raises(KeyModuleError, match="extractable or not sensitive"):
-        open_pkcs11_key(parse_pkcs11_uri(token.uri("exportable")))
+        open_pkcs11_key(parse_pkcs11_uri(token.uri(EXPORTABLE)))
     # A label already used is never replaced.
     with pytest.raises(KeyModuleError, match="already holds a key labelled 'exportable'"):
-        generate_pkcs11_key(parse_pkcs11_uri(token.uri("exportable")), "ES256")
+        generate_pkcs11_key(parse_pkcs11_uri(token.uri(EXPORTABLE)), "ES256")
     # No such key; no such token; a wrong PIN (said without repeating it); no PIN variable.
     with pytest.raises(KeyModuleError, match="0 private keys in token 'tongban-test'"):
         open_pkcs11_key(parse_pkcs11_uri(token.uri("missing")))
