@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,6 +31,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from docs_support import REPO, section_commands
 from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
 from pkcs11.util.ec import encode_named_curve_parameters
 from support import Federation, make_federation
@@ -433,3 +435,44 @@ def test_refusals(token: Token, tmp_path: Path) -> None:
         open_pkcs11_key(parse_pkcs11_uri(unset))
     with pytest.raises(KeyModuleError, match="names no module"):
         open_pkcs11_key(parse_pkcs11_uri(f"pkcs11:token={LABEL};object=k?pin-source=/p"))
+
+
+def test_the_operators_guide_commands_run(tmp_path: Path) -> None:
+    """docs/operators.md, "Keys in a cryptographic module": its commands, each a process of its
+    own (so a token made by one is there for the next), on a fresh SoftHSM2 token folder."""
+    if shutil.which("softhsm2-util") is None or not MODULE.is_file():
+        pytest.fail("SoftHSM2 is not installed: run `make softhsm` (Debian package softhsm2)")
+    fed = make_federation(tmp_path)
+    fed.publish()
+    (tmp_path / "tokens").mkdir()
+    config = tmp_path / "softhsm2.conf"
+    config.write_text(f"directories.tokendir = {tmp_path / 'tokens'}\n", encoding="utf-8")
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "SOFTHSM2_CONF": str(config),
+        "TONGBAN_HSM_PIN": PIN,
+        "TONGBAN_HSM_SO_PIN": SO_PIN,
+        "COLUMNS": "250",
+    }
+    texts = section_commands(REPO / "docs" / "operators.md", "Keys in a cryptographic module")
+    assert len(texts) == 4
+    for text in texts:
+        done = subprocess.run(
+            ["bash", "-c", text],
+            check=False,
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, f"{text}\n{done.stdout}\n{done.stderr}"
+        assert PIN not in done.stdout + done.stderr
+    pending = the_record(fed, REGION, KeyUsage.SEAL, KeyState.PENDING)
+    assert pending.private_key.startswith("pkcs11:token=tongban-330000;object=seal-2027;id=")
+    verifier = SnapshotVerifier(load_authority_public_key(tmp_path / "authority-hsm.pub.pem"))
+    snapshot = verifier.verify(
+        (tmp_path / "published-hsm" / CURRENT_SNAPSHOT).read_bytes(), held_version=None, now=None
+    )
+    assert pending.kid in {k.kid for k in snapshot.registry.keys}
