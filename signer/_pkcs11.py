@@ -177,6 +177,24 @@ def _forget_after_fork() -> None:
 os.register_at_fork(after_in_child=_forget_after_fork)
 
 
+# The session or the login is gone (the module restarted, the token was pulled): the token is
+# forgotten, so that the next open of a key on it (a reload, the next command) logs in again.
+_SESSION_LOST: Final = (
+    pkcs11.SessionHandleInvalid,
+    pkcs11.SessionClosed,
+    pkcs11.DeviceRemoved,
+    pkcs11.TokenNotPresent,
+    pkcs11.UserNotLoggedIn,
+)
+
+
+def _forget(token: _Token) -> None:
+    with _OPENING:
+        for cache_key, opened in list(_TOKENS.items()):
+            if opened is token:
+                del _TOKENS[cache_key]
+
+
 def _module_error(what: str, exc: BaseException) -> KeyModuleError:
     """A module's refusal, named by its exception class (python-pkcs11 has one per CKR_*)."""
     return KeyModuleError(f"{what}: the module refused ({type(exc).__name__})")
@@ -357,13 +375,15 @@ class Pkcs11Key:
         """The signature of `data` in the algorithm's JWS form (ES256: r||s, 64 bytes)."""
         entry = self._entry
         message = entry.digest(data, self._public) if entry.digest else data
-        with self._token.lock:
-            try:
+        try:
+            with self._token.lock:
                 raw = self._private.sign(
                     message, mechanism=entry.mechanism, mechanism_param=entry.parameter
                 )
-            except pkcs11.PKCS11Error as exc:
-                raise _module_error(f"signing with {self.uri}", exc) from exc
+        except pkcs11.PKCS11Error as exc:
+            if isinstance(exc, _SESSION_LOST):
+                _forget(self._token)  # the lock is released here: _forget takes the opening lock
+            raise _module_error(f"signing with {self.uri}", exc) from exc
         signature = entry.encode(bytes(raw))
         if entry.signature_bytes is not None and len(signature) != entry.signature_bytes:
             raise KeyModuleError(

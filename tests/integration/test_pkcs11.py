@@ -401,6 +401,18 @@ def der_check(public: object, raw: bytes, data: bytes) -> None:
     public.verify(der, data, ec.ECDSA(hashes.SHA256()))
 
 
+def test_a_lost_session_is_logged_in_again_at_the_next_open(token: Token) -> None:
+    """A module restart loses the session: signing says so, and the next open of the key (what
+    a gateway's reload does) logs in afresh."""
+    named = generate_pkcs11_key(parse_pkcs11_uri(token.uri("session-lost")), "EdDSA")
+    key = open_pkcs11_key(named)
+    _token(named).session.close()  # what a restarted module leaves behind
+    with pytest.raises(KeyModuleError, match=r"the module refused \(Session"):
+        key.sign(b"x")
+    again = open_pkcs11_key(named)
+    assert verify_signature("EdDSA", again.public_key, b"x", again.sign(b"x"))
+
+
 def test_refusals(token: Token, tmp_path: Path) -> None:
     # An extractable key made outside Tongban is refused.
     opened = _token(parse_pkcs11_uri(token.uri("x")))
