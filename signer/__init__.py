@@ -22,7 +22,13 @@ from signer._keyfile import (
     write_private_key,
 )
 from signer._keys import FileKeyProvider, KeyProvider, x5t_s256_of_certificate, x5t_s256_of_der
-from signer._pkcs11 import Pkcs11KeyProvider, generate_pkcs11_key, open_pkcs11_key
+from signer._pkcs11 import (
+    PKCS11_MECHANISMS,
+    Pkcs11KeyProvider,
+    SignatureMechanism,
+    generate_pkcs11_key,
+    open_pkcs11_key,
+)
 from signer._pkcs11_keys import KeyReference, key_reference, open_signing_key
 from signer._pkcs11_uri import Pkcs11Uri, parse_pkcs11_uri
 from signer._report import Indication, SignatureKind, SubIndication, ValidationReport
@@ -60,6 +66,7 @@ from signer.errors import (
 __all__ = [
     "ALLOWED_ALGORITHMS",
     "MAX_JWS_BYTES",
+    "PKCS11_MECHANISMS",
     "SM2_DEFAULT_ID",
     "FileKeyProvider",
     "Indication",
@@ -76,6 +83,7 @@ __all__ = [
     "SealInvalid",
     "SealVerifier",
     "SignatureKind",
+    "SignatureMechanism",
     "SignedJsonAlgorithmRefused",
     "SignedJsonExtensionRefused",
     "SignedJsonMalformed",

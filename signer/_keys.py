@@ -19,13 +19,8 @@ from signer._algorithms import check_key_fits, sign_bytes
 from signer._keyfile import algorithm_for_key, load_private_key
 from signer.errors import KeyFileError, SignerError
 
-__all__ = [
-    "FileKeyProvider",
-    "KeyProvider",
-    "same_public_key",
-    "x5t_s256_of_certificate",
-    "x5t_s256_of_der",
-]
+# What the package exports; `same_public_key` serves its other modules.
+__all__ = ["FileKeyProvider", "KeyProvider", "x5t_s256_of_certificate", "x5t_s256_of_der"]
 
 
 def x5t_s256_of_der(der: bytes) -> str:

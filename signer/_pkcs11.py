@@ -5,7 +5,7 @@ The pieces, from the bottom:
 
 - `SignatureMechanism`: how one JWS algorithm is done by a module — the key type, the PKCS#11
   mechanism and its parameter, whether Tongban hashes first, how a key pair is generated, and
-  how the module's signature becomes the JWS one. `MECHANISMS` holds ES256 (CKM_ECDSA over a
+  how the module's signature becomes the JWS one. `PKCS11_MECHANISMS` holds ES256 (CKM_ECDSA over a
   SHA-256 digest: SoftHSM2 2.6 has no CKM_ECDSA_SHA256, and CKM_ECDSA's r||s output is the JWS
   form already), EdDSA (CKM_EDDSA) and PS256 (CKM_SHA256_RSA_PKCS_PSS, MGF1-SHA-256, 32-byte
   salt). A module with other mechanisms — a vendor's SM2 with SM3, say — is another table
@@ -47,9 +47,9 @@ from signer._keys import same_public_key, x5t_s256_of_certificate
 from signer._pkcs11_uri import Pkcs11Uri
 from signer.errors import KeyFileError, KeyModuleError
 
+# What the package exports; `Pkcs11Key` (what `open_pkcs11_key` returns) serves its other modules.
 __all__ = [
-    "MECHANISMS",
-    "Pkcs11Key",
+    "PKCS11_MECHANISMS",
     "Pkcs11KeyProvider",
     "SignatureMechanism",
     "generate_pkcs11_key",
@@ -117,7 +117,7 @@ class SignatureMechanism:
         return not self.curves or bytes(public[Attribute.EC_PARAMS]) in self.curves
 
 
-MECHANISMS: Final[Mapping[str, SignatureMechanism]] = {
+PKCS11_MECHANISMS: Final[Mapping[str, SignatureMechanism]] = {
     "ES256": SignatureMechanism(
         algorithm="ES256",
         key_type=KeyType.EC,
@@ -324,7 +324,7 @@ class Pkcs11Key:
     """A private key in a token, found by its URI; it signs there and is never read out."""
 
     def __init__(
-        self, uri: Pkcs11Uri, mechanisms: Mapping[str, SignatureMechanism] = MECHANISMS
+        self, uri: Pkcs11Uri, mechanisms: Mapping[str, SignatureMechanism] = PKCS11_MECHANISMS
     ) -> None:
         if uri.text("type") not in (None, "private"):
             raise KeyModuleError("a signing key's PKCS#11 URI has type=private or no type")
@@ -397,7 +397,7 @@ class Pkcs11Key:
 
 
 def open_pkcs11_key(
-    uri: Pkcs11Uri, mechanisms: Mapping[str, SignatureMechanism] = MECHANISMS
+    uri: Pkcs11Uri, mechanisms: Mapping[str, SignatureMechanism] = PKCS11_MECHANISMS
 ) -> Pkcs11Key:
     """The key `uri` names, through its module and token; `KeyModuleError` says what failed."""
     return Pkcs11Key(uri, mechanisms)
@@ -411,7 +411,7 @@ class Pkcs11KeyProvider:
         self,
         uri: Pkcs11Uri,
         certificate_path: Path,
-        mechanisms: Mapping[str, SignatureMechanism] = MECHANISMS,
+        mechanisms: Mapping[str, SignatureMechanism] = PKCS11_MECHANISMS,
     ) -> None:
         self._key = open_pkcs11_key(uri, mechanisms)
         try:
@@ -448,7 +448,7 @@ class Pkcs11KeyProvider:
 def generate_pkcs11_key(
     uri: Pkcs11Uri,
     algorithm: str,
-    mechanisms: Mapping[str, SignatureMechanism] = MECHANISMS,
+    mechanisms: Mapping[str, SignatureMechanism] = PKCS11_MECHANISMS,
 ) -> Pkcs11Uri:
     """Generate a key pair for `algorithm` inside the token `uri` names, labelled `object`;
     return the URI that names it from now on (with the random CKA_ID it was given).

@@ -13,6 +13,8 @@ the module.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -53,10 +55,12 @@ from registry import (
     load_authority_public_key,
 )
 from signer import (
+    PKCS11_MECHANISMS,
     Indication,
     KeyModuleError,
     Pkcs11KeyProvider,
     SealVerifier,
+    SignatureMechanism,
     generate_pkcs11_key,
     key_reference,
     open_pkcs11_key,
@@ -343,6 +347,27 @@ def test_each_algorithm_signs_in_the_module(token: Token, algorithm: str) -> Non
     private = open_signing_key(named)
     document = sign_json(b'{"v":1}', private, typ="x", kid="k", algorithms=(algorithm,))
     assert jwt.PyJWS().decode(document, private.public_key(), algorithms=[algorithm]) == b'{"v":1}'
+
+
+def test_the_mechanism_table_is_the_providers_parameter(token: Token, tmp_path: Path) -> None:
+    """What a module does for an algorithm is a row of the table the provider is given (how an
+    SM2 row would plug in): a key no row serves is refused, and a row's parts are what runs."""
+    named = generate_pkcs11_key(parse_pkcs11_uri(token.uri("table")), "ES256")
+    with pytest.raises(KeyModuleError, match="no row of this provider's mechanism table"):
+        open_pkcs11_key(named, {"EdDSA": PKCS11_MECHANISMS["EdDSA"]})
+    digested: list[bytes] = []
+
+    def digest(data: bytes, public_key: object) -> bytes:
+        assert isinstance(public_key, ec.EllipticCurvePublicKey)  # an SM2 row needs it for Z
+        digested.append(data)
+        return hashlib.sha256(data).digest()
+
+    row = dataclasses.replace(PKCS11_MECHANISMS["ES256"], digest=digest)
+    assert isinstance(row, SignatureMechanism)
+    key = open_pkcs11_key(named, {"ES256": row})
+    signature = key.sign(b"through the row")
+    assert digested == [b"through the row"]
+    assert verify_signature("ES256", key.public_key, b"through the row", signature)
 
 
 def test_no_private_key_can_be_read_out_of_the_token(token: Token) -> None:
