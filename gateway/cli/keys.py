@@ -165,6 +165,8 @@ def cmd_keys_rotate(args: argparse.Namespace, out: Console) -> int:
 
 
 def cmd_keys_authority(args: argparse.Namespace, out: Console) -> int:
+    if args.out.exists():
+        raise Failure(f"{args.out} already exists; refusing to overwrite a public key")
     named = generate_pkcs11_key(args.pkcs11, args.algorithm)
     public = open_pkcs11_key(named).public_key
     pem = public.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
