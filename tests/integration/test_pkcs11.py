@@ -13,6 +13,7 @@ the module.
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 import hashlib
 import json
@@ -31,7 +32,7 @@ import pytest
 from cli_support import Run
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from docs_support import REPO, section_commands
 from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
@@ -57,6 +58,7 @@ from registry import (
 from signer import (
     PKCS11_MECHANISMS,
     Indication,
+    KeyFileError,
     KeyModuleError,
     Pkcs11KeyProvider,
     SealVerifier,
@@ -513,3 +515,102 @@ def test_the_operators_guide_commands_run(tmp_path: Path) -> None:
         (tmp_path / "published-hsm" / CURRENT_SNAPSHOT).read_bytes(), held_version=None, now=None
     )
     assert pending.kid in {k.kid for k in snapshot.registry.keys}
+
+
+@pytest.mark.parametrize(
+    ("pin_file", "message"),
+    [
+        (b"", "the token PIN is empty"),
+        (b"\xff\xfe", "is not UTF-8 text"),
+        (b"1" * 2000, "is larger than 1024 bytes"),
+        (None, "could not be read"),
+    ],
+)
+def test_pin_files_that_are_refused(
+    token: Token, tmp_path: Path, pin_file: bytes | None, message: str
+) -> None:
+    path = tmp_path / "pin"
+    if pin_file is not None:
+        path.write_bytes(pin_file)
+    with pytest.raises(KeyModuleError, match=message) as caught:
+        open_pkcs11_key(parse_pkcs11_uri(token.uri("k", token=SPARE, pin=str(path))))
+    assert "1111" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        (f"pkcs11:token={SPARE};object=k?module-path={MODULE}", "says nowhere where the PIN"),
+        (f"pkcs11:object=k?module-path={MODULE}&x-pin-env=P", "names no token"),
+        (f"pkcs11:token={LABEL};object=k;type=public?module-path={MODULE}", "type=private"),
+        (f"pkcs11:token={LABEL}?module-path={MODULE}", "names no key"),
+    ],
+)
+def test_uris_that_name_no_usable_key(token: Token, uri: str, message: str) -> None:
+    with pytest.raises(KeyModuleError, match=message):
+        open_pkcs11_key(parse_pkcs11_uri(uri))
+
+
+def test_generation_refusals(token: Token) -> None:
+    with pytest.raises(KeyModuleError, match="no key generation for HS256"):
+        generate_pkcs11_key(parse_pkcs11_uri(token.uri("g")), "HS256")
+    with pytest.raises(KeyModuleError, match="names no key to generate"):
+        generate_pkcs11_key(parse_pkcs11_uri(f"pkcs11:token={LABEL}?module-path={MODULE}"), "ES256")
+    typed = f"pkcs11:token={LABEL};object=g;type=cert?module-path={MODULE}"
+    with pytest.raises(KeyModuleError, match="type=private"):
+        generate_pkcs11_key(parse_pkcs11_uri(typed), "ES256")
+
+
+def test_a_provider_refuses_a_certificate_of_another_key(token: Token, tmp_path: Path) -> None:
+    fed = make_federation(tmp_path / "fed")
+    record = the_record(fed, REGION, KeyUsage.SEAL, KeyState.ACTIVE)
+    named = generate_pkcs11_key(parse_pkcs11_uri(token.uri("not-that-cert")), "ES256")
+    with pytest.raises(KeyModuleError, match="is not the key of the certificate"):
+        Pkcs11KeyProvider(named, fed.pki / record.certificate)
+    empty = tmp_path / "empty.pem"
+    empty.write_bytes(b"")
+    with pytest.raises(KeyFileError, match=r"holds no certificate|not a readable"):
+        Pkcs11KeyProvider(named, empty)
+    assert "Pkcs11Key(" in repr(open_pkcs11_key(named))
+
+
+@pytest.mark.parametrize("algorithm", ["ES256", "EdDSA", "PS256"])
+def test_key_objects_refuse_every_way_out(token: Token, algorithm: str) -> None:
+    """What cryptography's key classes offer beyond signing, refused; other signature
+    schemes than the key's own, refused."""
+    private = open_signing_key(
+        generate_pkcs11_key(parse_pkcs11_uri(token.uri(f"out-{algorithm}")), algorithm)
+    )
+    assert copy.copy(private) is private
+    assert copy.deepcopy(private) is private
+    assert algorithm in repr(private)
+    with pytest.raises(KeyModuleError, match="never read out"):
+        private.private_bytes(
+            serialization.Encoding.DER,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    if isinstance(private, ec.EllipticCurvePrivateKey):
+        assert private.key_size == 256
+        assert isinstance(private.curve, ec.SECP256R1)
+        with pytest.raises(KeyModuleError, match="never read out"):
+            private.private_numbers()
+        with pytest.raises(KeyModuleError, match="never read out"):
+            private.exchange(ec.ECDH(), private.public_key())
+        with pytest.raises(KeyModuleError, match="ECDSA with SHA-256 only"):
+            private.sign(b"x", ec.ECDSA(hashes.SHA384()))
+    elif isinstance(private, ed25519.Ed25519PrivateKey):
+        with pytest.raises(KeyModuleError, match="never read out"):
+            private.private_bytes_raw()
+    else:
+        assert isinstance(private, rsa.RSAPrivateKey)
+        assert private.key_size == 3072
+        with pytest.raises(KeyModuleError, match="never read out"):
+            private.private_numbers()
+        with pytest.raises(KeyModuleError, match="never read out"):
+            private.decrypt(b"x", padding.PKCS1v15())
+        with pytest.raises(KeyModuleError, match="RSASSA-PSS SHA-256"):
+            private.sign(b"x", padding.PKCS1v15(), hashes.SHA256())
+        pss = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)
+        signature = private.sign(b"x", pss, hashes.SHA256())
+        private.public_key().verify(signature, b"x", pss, hashes.SHA256())
