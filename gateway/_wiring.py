@@ -8,6 +8,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 import grpc
 import redis.asyncio
@@ -47,9 +48,10 @@ from signer import (
     FileKeyProvider,
     GmVerifier,
     KeyProvider,
+    Pkcs11KeyProvider,
     SealVerifier,
     SignerError,
-    load_private_key,
+    open_signing_key,
 )
 
 __all__ = [
@@ -72,11 +74,16 @@ Closer = Callable[[], Awaitable[None]]
 
 
 def load_seal_keys(config: GatewayConfig) -> dict[str, KeyProvider]:
-    """The configured seal keys by kid, opened with the TLS passphrase."""
+    """The configured seal keys by kid: key files opened with the TLS passphrase, keys in a
+    cryptographic module through their PKCS#11 URI."""
     providers: dict[str, KeyProvider] = {}
     for certificate, private_key in config.seal_keys:
         try:
-            provider = FileKeyProvider(private_key, certificate, config.tls_passphrase)
+            provider: KeyProvider = (
+                FileKeyProvider(private_key, certificate, config.tls_passphrase)
+                if isinstance(private_key, Path)
+                else Pkcs11KeyProvider(private_key, certificate)
+            )
         except SignerError as exc:
             raise ConfigError(f"seal key: {exc}") from exc
         providers[provider.kid] = provider
@@ -105,7 +112,7 @@ def build_audit_log(config: GatewayConfig, *, clock: Callable[[], datetime]) -> 
         log.warning("gateway %s has no [audit] configured: nothing is recorded", config.region)
         return None
     try:
-        key = load_private_key(audit.key, config.tls_passphrase)
+        key = open_signing_key(audit.key, config.tls_passphrase)
     except SignerError as exc:
         raise ConfigError(f"audit.key: {exc}") from exc
     if not isinstance(key, ed25519.Ed25519PrivateKey):
@@ -264,7 +271,7 @@ def build_query_path(
         ),
     )
     closers.append(peers.close)
-    audit_key = load_private_key(config.audit.key, config.tls_passphrase)
+    audit_key = open_signing_key(config.audit.key, config.tls_passphrase)
     assert isinstance(audit_key, ed25519.Ed25519PrivateKey)  # build_audit_log checked it
     path = QueryPath(
         region=config.region,

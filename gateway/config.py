@@ -26,6 +26,9 @@ are errors, so a typo never silently falls back to a default.
     [[seal.keys]]                     # optional, repeatable: the region's e-seal keys held here
     certificate = "pki/regions/330000/keys/seal-ef56ab78.pem"  # leaf, then intermediate
     private_key = "pki/regions/330000/keys/seal-ef56ab78.key"  # same passphrase as [tls]
+    # or a key in a cryptographic module, by its PKCS#11 URI (RFC 7512; the PIN from a file or
+    # an environment variable, never written here):
+    # private_key = "pkcs11:token=tongban;object=seal-2026?module-path=/usr/lib/softhsm/libsofthsm2.so&x-pin-env=TONGBAN_HSM_PIN"
 
     [audit]                           # optional: without it nothing is recorded, Oversight is off
     store = "sqlite"                  # "sqlite" | "postgres" | "memory" (tests and demos only)
@@ -33,7 +36,7 @@ are errors, so a typo never silently falls back to a default.
     dsn_env = "TONGBAN_AUDIT_DSN"     # postgres: environment variable holding the DSN
     owner_dsn_env = ""                # postgres: the schema owner's DSN, to create/migrate it
     schema = "tongban_audit"          # postgres schema
-    key = "pki/regions/330000/keys/audit-0a1b2c3d.key"   # Ed25519 checkpoint key ([tls] passphrase)
+    key = "pki/regions/330000/keys/audit-0a1b2c3d.key"   # Ed25519 checkpoint key ([tls] passphrase), or a pkcs11: URI
     pseudonym_key_file = "secrets/audit-pseudonym.key"   # or pseudonym_key_env: >= 16 bytes
     origin = ""                       # the log's name in checkpoints, and its key's (default audit.tongban/<region>; no spaces or +)
     checkpoint_every_records = 1000
@@ -76,6 +79,7 @@ from typing import Any
 from gateway.errors import ConfigError
 from gateway.provider._net import is_loopback
 from registry import PROVINCES
+from signer import KeyReference, SignerError, key_reference
 
 __all__ = [
     "AuditConfig",
@@ -152,6 +156,14 @@ class _Section:
         p = Path(self.text(key))
         return p if p.is_absolute() else (self.file.parent / p)
 
+    def key(self, key: str) -> KeyReference:
+        """A private key: a file path (relative to the configuration file) or a PKCS#11 URI
+        of a key in a cryptographic module (docs/operators.md, "Keys in a cryptographic module")."""
+        try:
+            return key_reference(self.text(key), self.file.parent)
+        except SignerError as exc:
+            raise ConfigError(f"{self.file}: {self.name}.{key}: {exc}") from exc
+
     def done(self) -> None:
         unknown = sorted(set(self.data) - self.used)
         if unknown:
@@ -167,7 +179,7 @@ class AuditConfig:
     """Where the audit log lives and the keys it needs (see the module docstring)."""
 
     store: str
-    key: Path  # the gateway's Ed25519 audit key, which signs checkpoints
+    key: KeyReference  # the gateway's Ed25519 audit key (a file or a PKCS#11 URI)
     pseudonym_key: bytes = field(repr=False)
     path: Path | None = None
     dsn: str = field(default="", repr=False)  # may hold a password
@@ -220,7 +232,7 @@ def _audit(file: Path, section: _Section) -> AuditConfig | None:
         raise ConfigError(f"{file}: audit.origin: no white space and no '+' (it names the key)")
     return AuditConfig(
         store=section.text("store"),
-        key=section.required_path("key"),
+        key=section.key("key"),
         pseudonym_key=pseudonym_key,
         path=section.optional_path("path"),
         dsn=secret("dsn_env"),
@@ -380,7 +392,7 @@ class GatewayConfig:
     grace_seconds: float = 5.0
     tls_passphrase: bytes | None = field(default=None, repr=False)
     # (certificate chain, private key) of each seal key held; the TLS passphrase opens them.
-    seal_keys: tuple[tuple[Path, Path], ...] = ()
+    seal_keys: tuple[tuple[Path, KeyReference], ...] = ()
     audit: AuditConfig | None = None
     exchange: ExchangeConfig | None = None
     peers: Mapping[str, str] = field(default_factory=dict)
@@ -492,7 +504,7 @@ def names_dev_pki(document: Mapping[str, Any]) -> bool:
     return isinstance(gateway, Mapping) and "dev_pki" in gateway
 
 
-def _seal_keys(file: Path, seal: _Section) -> tuple[tuple[Path, Path], ...]:
+def _seal_keys(file: Path, seal: _Section) -> tuple[tuple[Path, KeyReference], ...]:
     """The `[[seal.keys]]` array: (certificate, private key) pairs, each key checked."""
     entries = seal._raw("keys", required=False)
     if entries is None:
@@ -502,6 +514,6 @@ def _seal_keys(file: Path, seal: _Section) -> tuple[tuple[Path, Path], ...]:
     pairs = []
     for number, data in enumerate(entries):
         entry = _Section(file, f"seal.keys[{number}]", data)
-        pairs.append((entry.required_path("certificate"), entry.required_path("private_key")))
+        pairs.append((entry.required_path("certificate"), entry.key("private_key")))
         entry.done()
     return tuple(pairs)

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from gateway import config as _config
 from gateway._errors import GatewayError
+from signer import Pkcs11Uri
 
 __all__ = [
     "BEGIN_MARKER",
@@ -182,8 +183,9 @@ KEYS: tuple[Key, ...] = (
         "seal.keys",
         "private_key",
         "yes, in each entry",
-        kind="path",
-        doc="its private key; the [tls] passphrase opens it",
+        kind="path or pkcs11: URI",
+        doc="its private key: a file the [tls] passphrase opens, or the PKCS#11 URI of a key in "
+        "a cryptographic module (see Keys in a cryptographic module)",
     ),
     Key("audit", "store", "yes, with [audit]", (_AU, "store")),
     Key("audit", "path", 'when store = "sqlite"', (_AU, "path"), dev=True),
@@ -390,6 +392,7 @@ _TOML_TYPES: dict[type, str] = {
     float: "number",
     int: "integer",
     bool: "boolean",
+    Pkcs11Uri: "pkcs11: URI",
 }
 
 

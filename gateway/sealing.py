@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,9 +20,11 @@ from typing import Final
 
 from gateway.errors import GatewayError
 from registry import KeyRefused, KeyUsage, Registry
-from signer import KeyProvider, seal
+from signer import KeyProvider, SignerError, seal
 
 __all__ = ["SEAL_IN_THREAD_BYTES", "RegionSealer", "SealKeyUnavailable", "SealedDocument"]
+
+log = logging.getLogger("tongban.gateway")
 
 # Larger payloads are sealed in a worker thread (sealing 4 MiB takes tens of milliseconds).
 SEAL_IN_THREAD_BYTES: Final = 256 * 1024
@@ -88,5 +91,12 @@ class RegionSealer:
             detached=detached,
             signing_time=sealed_at,
         )
-        jws = await asyncio.to_thread(make) if len(payload) > SEAL_IN_THREAD_BYTES else make()
+        try:
+            jws = await asyncio.to_thread(make) if len(payload) > SEAL_IN_THREAD_BYTES else make()
+        except SignerError as exc:  # a key in a cryptographic module that failed to sign
+            # The module's refusal (and where the module is) goes to the log, not to the caller.
+            log.warning("seal key %s could not sign: %s", provider.kid, exc)
+            raise SealKeyUnavailable(
+                f"seal key {provider.kid} could not sign (its cryptographic module refused)"
+            ) from exc
         return SealedDocument(jws=jws, kid=provider.kid, region=self.region, sealed_at=sealed_at)

@@ -86,7 +86,7 @@ from registry import (
     SnapshotVerifier,
     load_authority_public_key,
 )
-from signer import KeyProvider
+from signer import KeyProvider, KeyReference
 from tongban.v1 import (
     credentials_pb2,
     credentials_pb2_grpc,
@@ -245,7 +245,7 @@ class Gateway:
         return path
 
     # TLS ---------------------------------------------------------------------------------------
-    def reload_seal_keys(self, pairs: Sequence[tuple[Path, Path]]) -> tuple[str, ...]:
+    def reload_seal_keys(self, pairs: Sequence[tuple[Path, KeyReference]]) -> tuple[str, ...]:
         """Hold exactly these seal keys from now on (a rotation issued a successor, or a retired
         key was removed from the configuration), without a restart. All of them are opened first:
         if one fails, a ConfigError says which and the keys held before stay in use. Returns the

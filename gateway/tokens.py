@@ -44,7 +44,8 @@ from signer import (
     UnsupportedAlgorithm,
     algorithm_for_key,
     canonical_json,
-    load_private_key,
+    key_reference,
+    open_signing_key,
     sign_json,
     verify_json,
     x5t_s256_of_certificate,
@@ -194,7 +195,7 @@ def issue_agency_token(
         raise ValueError(
             f"{certificate_path}: the agency's TLS certificate cannot be read"
         ) from exc
-    key = load_private_key(pki_root / token_key.private_key, passphrase)
+    key = open_signing_key(key_reference(token_key.private_key, pki_root), passphrase)
     try:
         return issue_token(
             key,

@@ -38,6 +38,7 @@ from registry._model import (
     Registry,
     ShareClass,
 )
+from registry._pki import ModuleKey
 from registry._publish import (
     AUTHORITY_KEY,
     AUTHORITY_PUBLIC_KEY,
@@ -95,6 +96,7 @@ __all__ = [
     "KeyRefused",
     "KeyState",
     "KeyUsage",
+    "ModuleKey",
     "PkiError",
     "PublishResult",
     "Purpose",

@@ -57,7 +57,7 @@ class KeyRecord:
     algorithm: str
     state: KeyState
     certificate: str  # path relative to the PKI folder
-    private_key: str  # path relative to the PKI folder
+    private_key: str  # path relative to the PKI folder, or a PKCS#11 URI (key in a module)
     created_at: datetime
     published_in: int | None = None  # first snapshot version that carried this key
     published_at: datetime | None = None
@@ -88,7 +88,7 @@ class KeyRecord:
             algorithm=key.algorithm,
             state=state,
             certificate=str(key.certificate_path.relative_to(root)),
-            private_key=str(key.key_path.relative_to(root)),
+            private_key=key.key_uri or str(key.key_path.relative_to(root)),
             created_at=now,
             activated_at=now if state is KeyState.ACTIVE else None,
         )

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from registry._inventory import Inventory, KeyRecord
 from registry._model import KeyState, KeyUsage
-from registry._pki import issue_key
+from registry._pki import ModuleKey, issue_key
 from registry.errors import KeyLifecycleError
 
 __all__ = ["Rotation", "add_key", "key_to_rotate", "rotate_key"]
@@ -40,6 +40,7 @@ def add_key(
     algorithm: str = "ES256",
     passphrase: bytes | None = None,
     validity_days: int | None = None,
+    module_key: ModuleKey | None = None,
 ) -> KeyRecord:
     """Issue a key from `region`'s CA for `owner` and record it in `inventory` (saved) in
     `state`."""
@@ -52,6 +53,7 @@ def add_key(
         passphrase=passphrase,
         now=now,
         validity_days=validity_days,
+        module_key=module_key,
     )
     record = KeyRecord.from_issued(pki_root, key, state, now)
     inventory.add(record)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
@@ -50,6 +50,7 @@ from signer import is_sm2_key, x5t_s256_of_certificate
 from signer._keyfile import (
     ALGORITHMS,
     PrivateKey,
+    PublicKey,
     algorithm_for_key,
     generate_private_key,
     load_private_key,
@@ -67,6 +68,7 @@ __all__ = [
     "IssuedKey",
     "Issuer",
     "Manifest",
+    "ModuleKey",
     "PkiError",
     "RegionSpec",
     "agency_keys_dir",
@@ -160,6 +162,7 @@ class IssuedKey:
     key_path: Path
     not_before: datetime  # aware, UTC
     not_after: datetime  # aware, UTC
+    key_uri: str = ""  # a PKCS#11 URI when the key is in a cryptographic module (no key file)
 
     def __post_init__(self) -> None:
         if self.usage not in USAGES:
@@ -182,6 +185,7 @@ def issue_key(
     now: datetime | None = None,
     validity_days: int | None = None,
     tls_names: Sequence[str] = (),
+    module_key: ModuleKey | None = None,
 ) -> IssuedKey:
     """Issue one more leaf key from `region`'s intermediate CA, e.g. to rotate a key.
 
@@ -189,7 +193,8 @@ def issue_key(
     `subject_name` replaces the default common name (for "signature", the person's name).
     `tls_names` adds DNS names to a gateway TLS certificate. `passphrase` decrypts the CA
     key and encrypts the new one. TLS keys are always ES256 (P-256); asking for another
-    algorithm for "tls" is refused.
+    algorithm for "tls" is refused. With `module_key` the key pair already exists in a
+    cryptographic module: its public key is certified and no key file is written.
     """
     issued_at = utc_now(now)
     manifest = Manifest.read(pki_root)
@@ -211,6 +216,7 @@ def issue_key(
         now=issued_at,
         validity=timedelta(days=validity_days),
         tls_names=tuple(tls_names),
+        module_key=module_key,
     )
 
 
@@ -341,6 +347,15 @@ def _issued_key(
 
 
 @dataclass(frozen=True)
+class ModuleKey:
+    """A key pair generated in a cryptographic module: its public key, to certify, and the
+    PKCS#11 URI that names it (recorded in the inventory instead of a key file)."""
+
+    public_key: PublicKey
+    uri: str
+
+
+@dataclass(frozen=True)
 class Issuer:
     region: RegionSpec
     certificate: x509.Certificate
@@ -379,8 +394,10 @@ def issue_leaf(
     now: datetime,
     validity: timedelta,
     tls_names: tuple[str, ...],
+    module_key: ModuleKey | None = None,
 ) -> IssuedKey:
-    """Issue one leaf key from `issuer` and write it (key first) under `pki_root`."""
+    """Issue one leaf key from `issuer` and write it (key first) under `pki_root`; with
+    `module_key`, certify that key (which stays in its module) and write only the certificate."""
     region = issuer.region
     agency = _check_leaf(
         manifest, issuer, owner=owner, usage=usage, algorithm=algorithm, tls_names=tls_names
@@ -393,17 +410,24 @@ def issue_leaf(
             f"{issuer.certificate.not_valid_after_utc:%Y-%m-%d})"
         )
 
-    key = generate_private_key(algorithm)
+    key: PrivateKey | None = None
+    if module_key is None:
+        key = generate_private_key(algorithm)
+        public_key = key.public_key()
+    else:
+        public_key = module_key.public_key
+        if _algorithm_of(public_key, Path(module_key.uri)) != algorithm:
+            raise PkiError(f"the key in the module is not an {algorithm} key")
     builder = (
         x509.CertificateBuilder()
         .subject_name(leaf_subject(region, agency, usage, subject_name))
         .issuer_name(issuer.certificate.subject)
-        .public_key(key.public_key())
+        .public_key(public_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - CLOCK_SKEW)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .add_extension(authority_key_identifier(issuer.certificate), critical=False)
         .add_extension(_crl_distribution_point(region.code), critical=False)
     )
@@ -422,10 +446,12 @@ def issue_leaf(
     key_path = certificate_path.with_suffix(".key")
     if certificate_path.exists() or key_path.exists():
         raise PkiError(f"{certificate_path} already exists; refusing to overwrite it")
-    # Key first: a certificate on disk always has its key next to it.
-    write_private(key_path, key, passphrase)
+    # Key first: a certificate on disk always has its key next to it (or in its module).
+    if key is not None:
+        write_private(key_path, key, passphrase)
     write_public(certificate_path, pem(leaf) + pem(issuer.certificate))
-    return _issued_key(leaf, usage, owner, region.code, certificate_path)
+    issued = _issued_key(leaf, usage, owner, region.code, certificate_path)
+    return issued if module_key is None else replace(issued, key_uri=module_key.uri)
 
 
 def _check_leaf(

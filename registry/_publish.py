@@ -30,7 +30,7 @@ from registry._snapshot import (
 )
 from registry._source import RegistrySource, load_source
 from registry.errors import PkiError, SnapshotError
-from signer import load_private_key
+from signer import KeyReference, open_signing_key
 
 __all__ = [
     "AUTHORITY_KEY",
@@ -146,17 +146,18 @@ def publish(
     now: datetime,
     passphrase: bytes | None = None,
     lifetime_seconds: int | None = None,
+    authority_key: KeyReference | None = None,
 ) -> PublishResult:
-    """Sign and write the next registry version; see the module docstring."""
+    """Sign and write the next registry version; see the module docstring. The authority key
+    is `authority_key` (a key file or a PKCS#11 URI), else the PKI folder's key file."""
     source = load_source(source_dir)
     inventory = Inventory.load(pki_root)
-    authority_key = load_private_key(pki_root / AUTHORITY_KEY, passphrase)
-    if not isinstance(authority_key, ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey):
-        raise PkiError(
-            f"{pki_root / AUTHORITY_KEY}: the registry authority key must be Ed25519 or P-256"
-        )
+    reference = pki_root / AUTHORITY_KEY if authority_key is None else authority_key
+    signing_key = open_signing_key(reference, passphrase)
+    if not isinstance(signing_key, ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey):
+        raise PkiError(f"{reference}: the registry authority key must be Ed25519 or P-256")
     out_dir.mkdir(parents=True, exist_ok=True)
-    _, highest = read_published(out_dir, authority_key.public_key())
+    _, highest = read_published(out_dir, signing_key.public_key())
     version = highest + 1
     changes = inventory.advance_for_publish(version, now)
     lifetime = timedelta(seconds=lifetime_seconds or source.snapshot_lifetime_seconds)
@@ -178,7 +179,7 @@ def publish(
     registry = build_registry(source, pki_root, version=version, issued_at=now, inventory=inventory)
     if lifetime_seconds is not None:
         registry = _with_lifetime(registry, lifetime_seconds)
-    snapshot = sign_snapshot(registry, authority_key)
+    snapshot = sign_snapshot(registry, signing_key)
     path = out_dir / f"registry-{version}.jws"
     write_atomically(path, snapshot.jws.encode() + b"\n")
     write_atomically(out_dir / CURRENT_SNAPSHOT, snapshot.jws.encode() + b"\n")

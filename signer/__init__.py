@@ -10,6 +10,11 @@ sealing (`_jades`), validation with ETSI-style reports (`_verify`, `_report`) ag
 recognised by content, validated by its verifier), and signed JSON (`_signed_json`: the
 compact JWS of registry snapshots, access-report batches and request tokens). Depends on
 neither `registry` nor `gateway`.
+`TrustSource` (`_trust`) that the registry implements, keys in a cryptographic module over
+PKCS#11 (`_pkcs11`, `_pkcs11_keys`, URIs in `_pkcs11_uri`), SM2 with SM3 keys and signatures
+(`_sm2`, GB/T 32918.2 with OpenSSL's key formats), and signed JSON (`_signed_json`: the
+compact JWS of registry snapshots, access-report batches and request tokens). Depends on neither
+`registry` nor `gateway`.
 
 `__all__` is exactly what is used from outside the package (tests/unit/test_surfaces.py).
 """
@@ -29,6 +34,15 @@ from signer._keys import FileKeyProvider, KeyProvider, x5t_s256_of_certificate, 
 from signer._ofd_make import make_licence_ofd, seal_ofd
 from signer._ofd_package import OfdRefused
 from signer._ofd_verify import OfdVerifier, is_ofd
+from signer._pkcs11 import (
+    PKCS11_MECHANISMS,
+    Pkcs11KeyProvider,
+    SignatureMechanism,
+    generate_pkcs11_key,
+    open_pkcs11_key,
+)
+from signer._pkcs11_keys import KeyReference, key_reference, open_signing_key
+from signer._pkcs11_uri import Pkcs11Uri, parse_pkcs11_uri
 from signer._report import Indication, SignatureKind, SubIndication, ValidationReport
 from signer._ses import Sm2FileSigner, Sm2Signer, make_seal, sign_with_seal
 from signer._ses_asn1 import ses_version
@@ -46,6 +60,8 @@ from signer._trust import TrustedKey, TrustSource
 from signer._verify import SealVerifier
 from signer.errors import (
     KeyFileError,
+    KeyModuleError,
+    Pkcs11UriInvalid,
     SealInvalid,
     SignedJsonAlgorithmRefused,
     SignedJsonExtensionRefused,
@@ -67,6 +83,7 @@ __all__ = [
     "ALLOWED_ALGORITHMS",
     "MAX_DOCUMENT_BYTES",
     "MAX_JWS_BYTES",
+    "PKCS11_MECHANISMS",
     "SM2_DEFAULT_ID",
     "DocumentVerifier",
     "FileKeyProvider",
@@ -75,14 +92,20 @@ __all__ = [
     "Indication",
     "JwsFormatError",
     "KeyFileError",
+    "KeyModuleError",
     "KeyProvider",
+    "KeyReference",
     "OfdRefused",
     "OfdVerifier",
+    "Pkcs11KeyProvider",
+    "Pkcs11Uri",
+    "Pkcs11UriInvalid",
     "PrivateKey",
     "PublicKey",
     "SealInvalid",
     "SealVerifier",
     "SignatureKind",
+    "SignatureMechanism",
     "SignedJsonAlgorithmRefused",
     "SignedJsonExtensionRefused",
     "SignedJsonMalformed",
@@ -107,15 +130,20 @@ __all__ = [
     "ValidationReport",
     "algorithm_for_key",
     "canonical_json",
+    "generate_pkcs11_key",
     "generate_private_key",
     "is_ofd",
     "is_sm2_key",
     "issue_sm2_crl",
+    "key_reference",
     "load_private_key",
     "load_sm2_private_key",
     "make_licence_ofd",
     "make_seal",
+    "open_pkcs11_key",
+    "open_signing_key",
     "parse_compact",
+    "parse_pkcs11_uri",
     "recognise",
     "seal",
     "seal_ofd",

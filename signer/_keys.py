@@ -1,8 +1,8 @@
 """Key providers: where a signing key lives, behind one small protocol.
 
 Callers ask a provider to sign bytes; they never hold the private key. `FileKeyProvider` reads a
-PKCS#8 file (optionally passphrase-protected); an HSM or a remote signer implements the same
-protocol without touching its callers.
+PKCS#8 file (optionally passphrase-protected); `signer._pkcs11.Pkcs11KeyProvider` signs in a
+cryptographic module (PKCS#11) with the same protocol, and a remote signer would too.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from signer._algorithms import check_key_fits, sign_bytes
 from signer._keyfile import algorithm_for_key, load_private_key
 from signer.errors import KeyFileError, SignerError
 
+# What the package exports; `same_public_key` serves its other modules.
 __all__ = ["FileKeyProvider", "KeyProvider", "x5t_s256_of_certificate", "x5t_s256_of_der"]
 
 
@@ -66,7 +67,7 @@ class FileKeyProvider:
             raise KeyFileError(f"{certificate_path}: holds no certificate")
         public = self._key.public_key()
         leaf_key = chain[0].public_key()
-        if not _same_key(public, leaf_key):
+        if not same_public_key(public, leaf_key):
             raise KeyFileError(
                 f"{key_path}: does not belong to the certificate in {certificate_path}"
             )
@@ -94,7 +95,8 @@ class FileKeyProvider:
         return f"FileKeyProvider(kid={self._kid!r}, algorithm={self._algorithm!r})"
 
 
-def _same_key(a: object, b: object) -> bool:
+def same_public_key(a: object, b: object) -> bool:
+    """Whether two public keys are the same key (their SubjectPublicKeyInfo DER is equal)."""
     fmt = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     try:
         return bool(a.public_bytes(*fmt) == b.public_bytes(*fmt))  # type: ignore[attr-defined]

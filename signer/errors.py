@@ -6,6 +6,10 @@ One root, with a subtree by who is at fault::
     ├── KeyFileError            a key file is missing, unreadable, malformed, encrypted with
     │                           another passphrase, or holds a key type Tongban does not use
     ├── UnsupportedAlgorithm    an algorithm name or key type outside ES256 / EdDSA / PS256
+    ├── KeyModuleError          a key in a cryptographic module (PKCS#11) cannot be used: the
+    │   │                       module, token, PIN or key is missing or refuses, or the key
+    │   │                       would be exportable
+    │   └── Pkcs11UriInvalid    a PKCS#11 URI (RFC 7512) that is malformed or not accepted
     ├── SealInvalid             a seal or signature did not reach TOTAL_PASSED; `.report` says why
     ├── Sm2Refused              SM2 input refused by the SM2 primitives (`signer._sm2`)
     │   ├── Sm2KeyInvalid       not an SM2 key: unreadable DER/PEM, another key type or curve,
@@ -37,6 +41,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "KeyFileError",
+    "KeyModuleError",
+    "Pkcs11UriInvalid",
     "SealInvalid",
     "SignedJsonAlgorithmRefused",
     "SignedJsonExtensionRefused",
@@ -61,6 +67,15 @@ class SignerError(Exception):
 
 class KeyFileError(SignerError):
     """A private key file could not be read, decrypted, parsed or written."""
+
+
+class KeyModuleError(SignerError):
+    """A key in a cryptographic module cannot be used; the message names the module's refusal
+    (never a PIN)."""
+
+
+class Pkcs11UriInvalid(KeyModuleError):
+    """A PKCS#11 URI that is malformed, or asks for what Tongban refuses (`pin-value`)."""
 
 
 class UnsupportedAlgorithm(SignerError):

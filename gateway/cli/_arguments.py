@@ -6,19 +6,23 @@ from __future__ import annotations
 import argparse
 import re
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from gateway.config import split_endpoint
 from gateway.provider._net import is_loopback
 from registry import PROVINCES
+from signer import KeyReference, Pkcs11Uri, SignerError, key_reference, parse_pkcs11_uri
 
 __all__ = [
     "MAX_DURATION_DAYS",
     "parse_duration",
     "parse_endpoint",
+    "parse_key",
     "parse_listen",
     "parse_loopback_endpoint",
     "parse_loopback_listen",
     "parse_name",
+    "parse_pkcs11_key_uri",
     "parse_region",
     "parse_regions",
     "parse_time",
@@ -123,3 +127,19 @@ def parse_loopback_endpoint(text: str) -> str:
 
 def parse_loopback_listen(text: str) -> str:
     return _address(text, any_port=True, loopback=True)
+
+
+def parse_key(text: str) -> KeyReference:
+    """A private key: a file path, or the PKCS#11 URI of a key in a cryptographic module."""
+    try:
+        return key_reference(text, Path())
+    except SignerError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def parse_pkcs11_key_uri(text: str) -> Pkcs11Uri:
+    """A PKCS#11 URI (RFC 7512) naming a key in a cryptographic module."""
+    try:
+        return parse_pkcs11_uri(text)
+    except SignerError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc

@@ -9,11 +9,19 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from gateway._tables import whole
-from gateway.cli._arguments import parse_duration, parse_name, parse_time, whole_number
+from gateway.cli._arguments import (
+    parse_duration,
+    parse_name,
+    parse_pkcs11_key_uri,
+    parse_time,
+    whole_number,
+)
 from gateway.cli._common import (
     Failure,
     Handler,
@@ -30,10 +38,12 @@ from registry import (
     KeyEntry,
     KeyState,
     KeyUsage,
+    ModuleKey,
     add_key,
     key_to_rotate,
     load_source,
 )
+from signer import Pkcs11Uri, generate_pkcs11_key, open_pkcs11_key
 
 __all__ = ["keys_table", "register"]
 
@@ -78,6 +88,17 @@ def _owner_region(args: argparse.Namespace, inventory: Inventory) -> str:
     raise Failure(f"owner {args.owner!r} is neither a region code nor an agency of {args.source}")
 
 
+def _module_key(args: argparse.Namespace) -> ModuleKey | None:
+    """With --pkcs11: a key pair generated in the token the URI names (it never leaves it)."""
+    uri: Pkcs11Uri | None = args.pkcs11
+    if uri is None:
+        return None
+    if args.usage == KeyUsage.TLS.value:
+        raise Failure("TLS keys stay in files (gRPC's TLS reads its key from PEM): drop --pkcs11")
+    named = generate_pkcs11_key(uri, args.algorithm)
+    return ModuleKey(open_pkcs11_key(named).public_key, str(named))
+
+
 def cmd_keys_generate(args: argparse.Namespace, out: Console) -> int:
     inventory = Inventory.load(args.pki)
     active = inventory.find(args.owner, KeyUsage(args.usage), KeyState.ACTIVE)
@@ -86,10 +107,12 @@ def cmd_keys_generate(args: argparse.Namespace, out: Console) -> int:
             f"{args.owner} already has an active {args.usage} key ({active[-1].kid}): "
             "use `tongban keys rotate` so that the old key retires without breaking verification"
         )
+    region = _owner_region(args, inventory)
+    module_key = _module_key(args)
     record = add_key(
         args.pki,
         inventory,
-        region=_owner_region(args, inventory),
+        region=region,
         owner=args.owner,
         usage=KeyUsage(args.usage),
         state=KeyState.ACTIVE,
@@ -97,13 +120,16 @@ def cmd_keys_generate(args: argparse.Namespace, out: Console) -> int:
         algorithm=args.algorithm,
         passphrase=passphrase(args),
         validity_days=args.validity_days,
+        module_key=module_key,
     )
     out.print(
         f"Generated {record.usage} key {record.kid} for {record.owner} ({record.algorithm}), active."
     )
-    out.print(
-        f"  certificate {args.pki / record.certificate}\n  private key {args.pki / record.private_key} (0600)"
-    )
+    out.print(f"  certificate {args.pki / record.certificate}")
+    if module_key is None:
+        out.print(f"  private key {args.pki / record.private_key} (0600)")
+    else:
+        out.print(f"  private key in the module (never exported): {escape(record.private_key)}")
     out.print("Publish the registry so that every gateway learns it.")
     return 0
 
@@ -112,6 +138,7 @@ def cmd_keys_rotate(args: argparse.Namespace, out: Console) -> int:
     inventory = Inventory.load(args.pki)
     usage = KeyUsage(args.usage)
     current = key_to_rotate(inventory, args.owner, usage)
+    module_key = _module_key(args)
     record = add_key(
         args.pki,
         inventory,
@@ -123,15 +150,61 @@ def cmd_keys_rotate(args: argparse.Namespace, out: Console) -> int:
         algorithm=args.algorithm,
         passphrase=passphrase(args),
         validity_days=args.validity_days,
+        module_key=module_key,
     )
     out.print(
         f"New {record.usage} key {record.kid} for {record.owner} ({record.algorithm}), pending."
     )
+    if module_key is not None:
+        out.print(f"  private key in the module (never exported): {escape(record.private_key)}")
     out.print(
         "Next: `tongban registry publish` publishes it as pending (every gateway learns it); the "
         f"publish after that makes it active and retires {current.kid}."
     )
     return 0
+
+
+def cmd_keys_authority(args: argparse.Namespace, out: Console) -> int:
+    if args.out.exists():
+        raise Failure(f"{args.out} already exists; refusing to overwrite a public key")
+    named = generate_pkcs11_key(args.pkcs11, args.algorithm)
+    public = open_pkcs11_key(named).public_key
+    pem = public.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    args.out.write_bytes(pem)
+    out.print(
+        f"Generated a registry authority key ({args.algorithm}) in the module: {escape(str(named))}"
+    )
+    out.print(
+        f"  public key {args.out}: install it in every gateway ([registry] authority_public_key)"
+    )
+    out.print("Publish with `tongban registry publish --authority-key URI`.")
+    return 0
+
+
+def _register_authority(key_verbs: Subparsers) -> None:
+    text = "generate a registry authority key in a cryptographic module"
+    p = key_verbs.add_parser(
+        "authority",
+        help=text,
+        description="Generate the registry authority key pair inside a cryptographic module "
+        "(PKCS#11) and write its public key; the private key never leaves the module.",
+    )
+    p.add_argument(
+        "--pkcs11",
+        type=parse_pkcs11_key_uri,
+        required=True,
+        metavar="URI",
+        help="PKCS#11 URI (RFC 7512): token, object (a new label), module-path, and "
+        "pin-source=file:... or x-pin-env=VARIABLE",
+    )
+    p.add_argument(
+        "--algorithm",
+        default="EdDSA",
+        choices=("EdDSA", "ES256"),
+        help="EdDSA (Ed25519, the default) or ES256 (P-256)",
+    )
+    p.add_argument("--out", type=Path, required=True, help="where to write the public key (PEM)")
+    p.set_defaults(handler=cmd_keys_authority)
 
 
 def cmd_keys_revoke(args: argparse.Namespace, out: Console) -> int:
@@ -209,6 +282,14 @@ def _register_issue(key_verbs: Subparsers, verb: str, handler: Handler, text: st
         type=parse_validity_days,
         help=f"certificate lifetime in days, 1 to {MAX_VALIDITY_DAYS} (default 365)",
     )
+    p.add_argument(
+        "--pkcs11",
+        type=parse_pkcs11_key_uri,
+        metavar="URI",
+        help="generate the key pair in a cryptographic module instead of a file: a PKCS#11 URI "
+        "(RFC 7512) with token, object (a new label), module-path and pin-source=file:... or "
+        "x-pin-env=VARIABLE; the private key never leaves the module",
+    )
     source_option(p, "registry source, to find an agency's region")
     passphrase_options(p)
     p.set_defaults(handler=handler)
@@ -279,5 +360,6 @@ def register(commands: Subparsers) -> None:
         cmd_keys_rotate,
         "issue a successor key (pending; active one publish later)",
     )
+    _register_authority(key_verbs)
     _register_revoke(key_verbs)
     _register_expiring(key_verbs)

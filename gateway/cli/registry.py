@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gateway._tables import whole
-from gateway.cli._arguments import parse_duration
+from gateway.cli._arguments import parse_duration, parse_key
 from gateway.cli._common import (
     Failure,
     Parser,
@@ -65,6 +65,7 @@ def cmd_registry_publish(args: argparse.Namespace, out: Console) -> int:
         now=utc_now(),
         passphrase=passphrase(args),
         lifetime_seconds=lifetime,
+        authority_key=args.authority_key,
     )
     registry = result.snapshot.registry
     out.print(
@@ -172,6 +173,13 @@ def _register_publish(reg_verbs: Subparsers) -> None:
         "--lifetime",
         type=parse_duration,
         help="how long the snapshot stays valid (default: the source's snapshot_lifetime_seconds)",
+    )
+    pub.add_argument(
+        "--authority-key",
+        type=parse_key,
+        metavar="KEY",
+        help="the registry authority key: a key file or a pkcs11: URI of a key in a cryptographic "
+        "module (default: the PKI folder's authority/authority.key)",
     )
     passphrase_options(pub)
     pub.set_defaults(handler=cmd_registry_publish)

@@ -93,6 +93,10 @@ COMMANDS: dict[str, str] = {
     ".venv/bin/python bench/verify.py --seconds 5 --json out/bench-verify.json": "tests/integration/test_bench_runs.py::test_bench_verify_runs",
     ".venv/bin/python bench/query_path.py --json out/bench-gateway.json --profile out/bench-profile": "tests/integration/test_bench_runs.py::test_bench_query_path_runs",
     ".venv/bin/python bench/query_path.py --concurrency 1 --channels 1 --seconds 4 --warmup 1": "tests/integration/test_bench_runs.py::test_bench_query_path_runs",
+    'softhsm2-util --init-token --free --label tongban-330000 --pin "$TONGBAN_HSM_PIN" --so-pin "$TONGBAN_HSM_SO_PIN"': "tests/integration/test_pkcs11.py::test_the_operators_guide_commands_run",
+    "tongban keys rotate --pki pki --owner 330000 --usage seal --pkcs11 'pkcs11:token=tongban-330000;object=seal-2027?module-path=/usr/lib/softhsm/libsofthsm2.so&x-pin-env=TONGBAN_HSM_PIN'": "tests/integration/test_pkcs11.py::test_the_operators_guide_commands_run",
+    "tongban keys authority --pkcs11 'pkcs11:token=tongban-330000;object=registry-authority?module-path=/usr/lib/softhsm/libsofthsm2.so&x-pin-env=TONGBAN_HSM_PIN' --out authority-hsm.pub.pem": "tests/integration/test_pkcs11.py::test_the_operators_guide_commands_run",
+    "tongban registry publish --pki pki --out published-hsm --authority-key 'pkcs11:token=tongban-330000;object=registry-authority?module-path=/usr/lib/softhsm/libsofthsm2.so&x-pin-env=TONGBAN_HSM_PIN'": "tests/integration/test_pkcs11.py::test_the_operators_guide_commands_run",
 }
 
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from gateway.cli._arguments import parse_duration
+from gateway.cli._arguments import parse_duration, parse_key
 from gateway.cli._common import (
     Failure,
     Subparsers,
@@ -20,7 +20,7 @@ from gateway.cli._common import (
 )
 from gateway.cli.audit._keys import active_audit_key, audit_names, log_name_options, parse_line
 from gateway.cli.audit._store import check_log_named, check_store_options, on_store, store_options
-from signer import load_private_key
+from signer import KeyReference, key_reference, open_signing_key
 
 if TYPE_CHECKING:
     from gateway.audit import AuditStore
@@ -49,12 +49,12 @@ def cmd_audit_prune(args: argparse.Namespace, out: Console) -> int:
             "(the prune's audit record holds them)",
         )
     origin, key_names = audit_names(args)
-    key_path: Path = (
+    key_path: KeyReference = (
         args.audit_key
         if args.audit_key is not None
-        else args.pki / active_audit_key(args).private_key
+        else key_reference(active_audit_key(args).private_key, args.pki)
     )
-    key = load_private_key(key_path, passphrase(args))
+    key = open_signing_key(key_path, passphrase(args))
     if not isinstance(key, ed25519.Ed25519PrivateKey):
         raise Failure(f"{key_path}: not an Ed25519 key (audit checkpoints are signed with Ed25519)")
     now = utc_now()
@@ -98,9 +98,9 @@ def _signer_options(audit_prune: argparse.ArgumentParser) -> None:
     signer_key = audit_prune.add_mutually_exclusive_group(required=True)
     signer_key.add_argument(
         "--audit-key",
-        type=Path,
+        type=parse_key,
         metavar="KEY",
-        help="the region's audit private key (Ed25519, PKCS#8)",
+        help="the region's audit private key (Ed25519): a PKCS#8 file or a pkcs11: URI",
     )
     signer_key.add_argument(
         "--pki", type=Path, metavar="DIR", help="a dev PKI folder: use --region's active audit key"

@@ -20,7 +20,7 @@ from registry import (
     SnapshotVerifier,
     load_authority_public_key,
 )
-from signer import FileKeyProvider, Indication, KeyProvider, SealVerifier
+from signer import FileKeyProvider, Indication, KeyModuleError, KeyProvider, SealVerifier
 
 NOW = datetime(2026, 11, 21, 9, 30, 15, 123456, tzinfo=UTC)
 REGION = "330000"
@@ -99,3 +99,31 @@ def test_a_reload_is_seen_at_the_next_seal(fed: Federation, registry: Registry) 
     key = seal_key(fed)
     keys[key.kid] = key  # what the gateway's reload does to its own map
     assert sealer.active_key(registry, NOW) is key
+
+
+class _FailingModuleKey:
+    """A key in a cryptographic module whose module has gone away."""
+
+    def __init__(self, key: KeyProvider) -> None:
+        self.kid, self.algorithm, self.certificate_chain = (
+            key.kid,
+            key.algorithm,
+            key.certificate_chain,
+        )
+
+    def sign(self, signing_input: bytes) -> bytes:
+        raise KeyModuleError(
+            "signing with pkcs11:token=t;object=k: the module refused (DeviceRemoved)"
+        )
+
+
+async def test_a_key_that_cannot_sign_is_unavailable(
+    fed: Federation, registry: Registry, caplog: pytest.LogCaptureFixture
+) -> None:
+    failing = _FailingModuleKey(seal_key(fed))
+    sealer = RegionSealer(REGION, {failing.kid: failing})
+    with pytest.raises(SealKeyUnavailable, match="its cryptographic module refused") as caught:
+        await sealer.seal(registry, b"x", content_type="application/json", now=NOW)
+    assert caught.value.reason == "SEAL_KEY_UNAVAILABLE"
+    assert "pkcs11:" not in str(caught.value)  # where the module is stays in the log
+    assert "(DeviceRemoved)" in caplog.text
