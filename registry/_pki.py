@@ -47,14 +47,16 @@ from registry._profiles import (
 )
 from registry.errors import PkiError
 from signer import x5t_s256_of_certificate
+from signer._keyfile import ALGORITHMS as _JWS_ALGORITHMS
 from signer._keyfile import (
-    ALGORITHMS,
     PrivateKey,
     algorithm_for_key,
     generate_private_key,
     load_private_key,
     write_private_key,
 )
+from signer._sm2 import Sm2PrivateKey, write_sm2_private_key
+from signer._sm2_x509 import is_sm2_key, issue_sm2_certificate, sm2_subject_key_identifier
 from signer.errors import SignerError
 
 __all__ = [
@@ -62,6 +64,7 @@ __all__ = [
     "CLOCK_SKEW",
     "LEAF_VALIDITY_DAYS",
     "MANIFEST_NAME",
+    "SM2_USAGES",
     "USAGES",
     "AgencySpec",
     "IssuedKey",
@@ -82,10 +85,19 @@ __all__ = [
     "scan_keys",
     "utc_now",
     "write_private",
+    "write_private_sm2",
     "write_public",
 ]
 
 USAGES: Final = ("seal", "signature", "token", "tls", "audit")
+
+
+# SM2 (GB/T 32918, with SM3) is for seals only: its certificate sits under the region's P-256 CA
+# (a mixed chain), and a region's seal key in SM2 seals as GB/T 38540 rather than JAdES.
+ALGORITHMS: Final = (*_JWS_ALGORITHMS, "SM2")
+
+
+SM2_USAGES: Final = ("seal",)
 
 
 LEAF_VALIDITY_DAYS: Final = 365
@@ -155,7 +167,7 @@ class IssuedKey:
     usage: str  # "seal" | "signature" | "token" | "tls" | "audit"
     owner: str  # region code or agency id
     region: str
-    algorithm: str  # "ES256" | "EdDSA" | "PS256"
+    algorithm: str  # "ES256" | "EdDSA" | "PS256" | "SM2"
     certificate_path: Path  # PEM: leaf then intermediate (chain without root)
     key_path: Path
     not_before: datetime  # aware, UTC
@@ -332,7 +344,7 @@ def _issued_key(
         usage=usage,
         owner=owner,
         region=region,
-        algorithm=_algorithm_of(leaf.public_key(), certificate_path),
+        algorithm=_algorithm_of(leaf, certificate_path),
         certificate_path=certificate_path,
         key_path=certificate_path.with_suffix(".key"),
         not_before=leaf.not_valid_before_utc,
@@ -378,7 +390,13 @@ def issue_leaf(
     """Issue one leaf key from `issuer` and write it (key first) under `pki_root`."""
     region = issuer.region
     agency = _check_leaf(
-        manifest, issuer, owner=owner, usage=usage, algorithm=algorithm, tls_names=tls_names
+        manifest,
+        issuer,
+        owner=owner,
+        usage=usage,
+        algorithm=algorithm,
+        tls_names=tls_names,
+        passphrase=passphrase,
     )
     not_after = now + validity
     if not_after > issuer.certificate.not_valid_after_utc:
@@ -388,23 +406,20 @@ def issue_leaf(
             f"{issuer.certificate.not_valid_after_utc:%Y-%m-%d})"
         )
 
-    key = generate_private_key(algorithm)
     builder = (
         x509.CertificateBuilder()
         .subject_name(leaf_subject(region, agency, usage, subject_name))
         .issuer_name(issuer.certificate.subject)
-        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - CLOCK_SKEW)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(authority_key_identifier(issuer.certificate), critical=False)
         .add_extension(_crl_distribution_point(region.code), critical=False)
     )
     for extension, critical in profile_extensions(region.code, agency, usage, tls_names):
         builder = builder.add_extension(extension, critical=critical)
-    leaf = builder.sign(issuer.key, hashes.SHA256())
+    key, leaf = _sign_leaf(builder, algorithm, issuer)
 
     kid = certificate_kid(leaf)
     keys_dir = (
@@ -418,9 +433,30 @@ def issue_leaf(
     if certificate_path.exists() or key_path.exists():
         raise PkiError(f"{certificate_path} already exists; refusing to overwrite it")
     # Key first: a certificate on disk always has its key next to it.
-    write_private(key_path, key, passphrase)
+    if isinstance(key, Sm2PrivateKey):
+        write_private_sm2(key_path, key)
+    else:
+        write_private(key_path, key, passphrase)
     write_public(certificate_path, pem(leaf) + pem(issuer.certificate))
     return _issued_key(leaf, usage, owner, region.code, certificate_path)
+
+
+def _sign_leaf(
+    builder: x509.CertificateBuilder, algorithm: str, issuer: Issuer
+) -> tuple[PrivateKey | Sm2PrivateKey, x509.Certificate]:
+    """A fresh key of `algorithm` and its certificate from `builder`, signed by `issuer`."""
+    if algorithm == "SM2":
+        sm2_key = Sm2PrivateKey.generate()
+        builder = builder.add_extension(
+            x509.SubjectKeyIdentifier(sm2_subject_key_identifier(sm2_key.public_key())),
+            critical=False,
+        )
+        return sm2_key, issue_sm2_certificate(builder, sm2_key.public_key(), issuer.key)
+    key = generate_private_key(algorithm)
+    builder = builder.public_key(key.public_key()).add_extension(
+        x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
+    )
+    return key, builder.sign(issuer.key, hashes.SHA256())
 
 
 def _check_leaf(
@@ -431,6 +467,7 @@ def _check_leaf(
     usage: str,
     algorithm: str,
     tls_names: tuple[str, ...],
+    passphrase: bytes | None,
 ) -> AgencySpec | None:
     """Refuse what `issue_leaf` cannot issue; the owning agency (None for the region)."""
     region = issuer.region
@@ -440,6 +477,13 @@ def _check_leaf(
         raise PkiError(f"unknown algorithm {algorithm!r}; expected one of {', '.join(ALGORITHMS)}")
     if usage == "tls" and algorithm != "ES256":
         raise PkiError(f"TLS keys are always ES256 (P-256); {algorithm} was asked for")
+    if algorithm == "SM2" and usage not in SM2_USAGES:
+        raise PkiError(f"SM2 keys are for seals only; a {usage} key cannot be SM2")
+    if algorithm == "SM2" and passphrase:
+        raise PkiError(
+            "SM2 key files are written unencrypted (PKCS#8 as OpenSSL writes them): "
+            "protect them with file permissions or an HSM, not a passphrase"
+        )
     agency = None
     if owner != region.code:
         agency = manifest.agency(owner)
@@ -482,7 +526,13 @@ def utc_now(now: datetime | None) -> datetime:
     return now.astimezone(UTC).replace(microsecond=0)
 
 
-def _algorithm_of(public_key: CertificatePublicKeyTypes, where: Path) -> str:
+def _algorithm_of(leaf: x509.Certificate, where: Path) -> str:
+    if is_sm2_key(leaf):
+        return "SM2"
+    return _jws_algorithm_of(leaf.public_key(), where)
+
+
+def _jws_algorithm_of(public_key: CertificatePublicKeyTypes, where: Path) -> str:
     if not isinstance(
         public_key, (ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey, rsa.RSAPublicKey)
     ):
@@ -514,6 +564,13 @@ def read_certificate(path: Path) -> x509.Certificate:
 def write_private(path: Path, key: PrivateKey, passphrase: bytes | None) -> None:
     try:
         write_private_key(path, key, passphrase)
+    except SignerError as exc:
+        raise PkiError(str(exc)) from exc
+
+
+def write_private_sm2(path: Path, key: Sm2PrivateKey) -> None:
+    try:
+        write_sm2_private_key(path, key)
     except SignerError as exc:
         raise PkiError(str(exc)) from exc
 

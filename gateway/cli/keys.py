@@ -37,7 +37,15 @@ from registry import (
 
 __all__ = ["keys_table", "register"]
 
-ALGORITHMS = ("ES256", "EdDSA", "PS256")
+ALGORITHMS = ("ES256", "EdDSA", "PS256", "SM2")
+
+
+def parse_algorithm(text: str) -> str:
+    """An algorithm name as `--algorithm` takes it; SM2 in either case (``sm2`` is how GM/T
+    documents and OpenSSL spell it)."""
+    return "SM2" if text.upper() == "SM2" else text
+
+
 MAX_VALIDITY_DAYS = 3650  # days: no leaf certificate outlives its intermediate (5 years) anyway
 
 
@@ -200,9 +208,12 @@ def _register_issue(key_verbs: Subparsers, verb: str, handler: Handler, text: st
     )
     p.add_argument(
         "--algorithm",
+        "--alg",
         default="ES256",
+        type=parse_algorithm,
         choices=ALGORITHMS,
-        help="signature algorithm (default ES256; TLS keys are always ES256)",
+        help="signature algorithm (default ES256; TLS keys are always ES256; SM2 is for seals "
+        "only and comes with the region's SESeal)",
     )
     p.add_argument(
         "--validity-days",
