@@ -3,9 +3,10 @@
 Key files and providers (`_keyfile`, `_keys`), the algorithm policy (`_algorithms`), JAdES
 sealing (`_jades`), validation with ETSI-style reports (`_verify`, `_report`) against a
 `TrustSource` (`_trust`) that the registry implements, SM2 with SM3 keys and signatures
-(`_sm2`, GB/T 32918.2 with OpenSSL's key formats), and signed JSON (`_signed_json`: the
-compact JWS of registry snapshots, access-report batches and request tokens). Depends on neither
-`registry` nor `gateway`.
+(`_sm2`, GB/T 32918.2 with OpenSSL's key formats), GB/T 38540 / GM/T 0031 electronic seals
+(`_ses` makes them, `_ses_verify` validates them, `_ses_asn1` defines their DER), and signed
+JSON (`_signed_json`: the compact JWS of registry snapshots, access-report batches and request
+tokens). Depends on neither `registry` nor `gateway`.
 
 `__all__` is exactly what is used from outside the package (tests/unit/test_surfaces.py).
 """
@@ -22,6 +23,9 @@ from signer._keyfile import (
 )
 from signer._keys import FileKeyProvider, KeyProvider, x5t_s256_of_certificate, x5t_s256_of_der
 from signer._report import Indication, SignatureKind, SubIndication, ValidationReport
+from signer._ses import Sm2FileSigner, Sm2Signer, make_seal, sign_with_seal
+from signer._ses_asn1 import ses_version
+from signer._ses_verify import GmVerifier
 from signer._signed_json import canonical_json, sign_json, verify_json
 from signer._sm2 import (
     SM2_DEFAULT_ID,
@@ -56,6 +60,7 @@ __all__ = [
     "MAX_JWS_BYTES",
     "SM2_DEFAULT_ID",
     "FileKeyProvider",
+    "GmVerifier",
     "Indication",
     "JwsFormatError",
     "KeyFileError",
@@ -73,6 +78,7 @@ __all__ = [
     "SignedJsonTypeRefused",
     "SignedJsonUnsigned",
     "SignerError",
+    "Sm2FileSigner",
     "Sm2IdInvalid",
     "Sm2KeyInvalid",
     "Sm2PrivateKey",
@@ -80,6 +86,7 @@ __all__ = [
     "Sm2Refused",
     "Sm2SignatureInvalid",
     "Sm2SignatureMalformed",
+    "Sm2Signer",
     "SubIndication",
     "TrustSource",
     "TrustedKey",
@@ -90,10 +97,13 @@ __all__ = [
     "generate_private_key",
     "load_private_key",
     "load_sm2_private_key",
+    "make_seal",
     "parse_compact",
     "seal",
+    "ses_version",
     "sign_bytes",
     "sign_json",
+    "sign_with_seal",
     "verify_json",
     "verify_signature",
     "write_private_key",
