@@ -4,9 +4,11 @@ Key files and providers (`_keyfile`, `_keys`), the algorithm policy (`_algorithm
 sealing (`_jades`), validation with ETSI-style reports (`_verify`, `_report`) against a
 `TrustSource` (`_trust`) that the registry implements, SM2 with SM3 keys and signatures
 (`_sm2`, GB/T 32918.2 with OpenSSL's key formats), GB/T 38540 / GM/T 0031 electronic seals
-(`_ses` makes them, `_ses_verify` validates them, `_ses_asn1` defines their DER), and signed
-JSON (`_signed_json`: the compact JWS of registry snapshots, access-report batches and request
-tokens). Depends on neither `registry` nor `gateway`.
+(`_ses` makes them, `_ses_verify` validates them, `_ses_asn1` defines their DER), OFD documents
+(GB/T 33190: `_ofd_package` reads a package defensively, `_ofd_verify` validates its signatures,
+`_ofd_make` makes e-licences and seals them), and signed JSON (`_signed_json`: the compact JWS
+of registry snapshots, access-report batches and request tokens). Depends on neither `registry`
+nor `gateway`.
 
 `__all__` is exactly what is used from outside the package (tests/unit/test_surfaces.py).
 """
@@ -22,6 +24,7 @@ from signer._keyfile import (
     write_private_key,
 )
 from signer._keys import FileKeyProvider, KeyProvider, x5t_s256_of_certificate, x5t_s256_of_der
+from signer._ofd_verify import OfdVerifier, is_ofd
 from signer._report import Indication, SignatureKind, SubIndication, ValidationReport
 from signer._ses import Sm2FileSigner, Sm2Signer, make_seal, sign_with_seal
 from signer._ses_asn1 import ses_version
@@ -65,6 +68,7 @@ __all__ = [
     "JwsFormatError",
     "KeyFileError",
     "KeyProvider",
+    "OfdVerifier",
     "PrivateKey",
     "PublicKey",
     "SealInvalid",
@@ -95,6 +99,7 @@ __all__ = [
     "algorithm_for_key",
     "canonical_json",
     "generate_private_key",
+    "is_ofd",
     "load_private_key",
     "load_sm2_private_key",
     "make_seal",
