@@ -183,7 +183,16 @@ KEYS: tuple[Key, ...] = (
         "private_key",
         "yes, in each entry",
         kind="path",
-        doc="its private key; the [tls] passphrase opens it",
+        doc="its private key; the [tls] passphrase opens it (an SM2 key, recognised by its "
+        "certificate's curve, is an unencrypted PKCS#8 file)",
+    ),
+    Key(
+        "seal.keys",
+        "eseal",
+        "no",
+        kind="path",
+        doc="for an SM2 key: the region's GB/T 38540 SESeal (DER) that lists it; default "
+        "<certificate>.esl, where `tongban keys` writes it",
     ),
     Key("audit", "store", "yes, with [audit]", (_AU, "store")),
     Key("audit", "path", 'when store = "sqlite"', (_AU, "path"), dev=True),

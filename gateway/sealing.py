@@ -6,22 +6,57 @@ current registry names as the region's active seal key, and both need this gatew
 key's private key (`[[seal.keys]]`, refilled in place on a reload). `RegionSealer` chooses the
 key and seals; a gateway that cannot says so with `SealKeyUnavailable` (reason
 SEAL_KEY_UNAVAILABLE: a rotation's activating publish reached it before the new key did).
+
+A region whose active seal key is SM2 (`Sm2SealKey`: the key, its certificate chain and the
+region's `SESeal` that lists it) seals as GB/T 38540: a DER `SES_Signature` over the payload
+(dataHash = SM3 of the payload), which the wire carries beside the payload with its `SealFormat`;
+any other key seals as JAdES, as before.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
+import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
 from typing import Final
+
+from cryptography import x509
 
 from gateway.errors import GatewayError
 from registry import KeyRefused, KeyUsage, Registry
-from signer import KeyProvider, seal
+from signer import (
+    GmVerifier,
+    KeyFileError,
+    KeyProvider,
+    OfdVerifier,
+    SealVerifier,
+    SignatureKind,
+    Sm2FileSigner,
+    SubIndication,
+    UnsupportedAlgorithm,
+    ValidationReport,
+    load_sm2_private_key,
+    seal,
+    sign_with_seal,
+    x5t_s256_of_certificate,
+)
 
-__all__ = ["SEAL_IN_THREAD_BYTES", "RegionSealer", "SealKeyUnavailable", "SealedDocument"]
+__all__ = [
+    "SEAL_IN_THREAD_BYTES",
+    "RegionSealer",
+    "SealFormat",
+    "SealKeyUnavailable",
+    "SealedDocument",
+    "Sm2SealKey",
+    "check_region_seal",
+    "seal_text",
+]
 
 # Larger payloads are sealed in a worker thread (sealing 4 MiB takes tens of milliseconds).
 SEAL_IN_THREAD_BYTES: Final = 256 * 1024
@@ -33,14 +68,101 @@ class SealKeyUnavailable(GatewayError):
     reason: Final = "SEAL_KEY_UNAVAILABLE"
 
 
+class SealFormat(StrEnum):
+    """How a record is sealed (the wire's `SealFormat`)."""
+
+    JADES = "JAdES"  # a compact JWS
+    GBT38540 = "GB/T 38540"  # a DER SES_Signature over the payload
+    OFD = "OFD"  # an OFD file whose signatures are inside it
+
+
 @dataclass(frozen=True, slots=True)
 class SealedDocument:
-    """A sealed payload: the compact JAdES JWS, and who sealed it when."""
+    """A sealed payload: its seal (a compact JAdES JWS, or a GB/T 38540 SES_Signature), and who
+    sealed it when."""
 
-    jws: str
+    jws: str  # "" unless format is JADES
     kid: str  # the seal key's x5t#S256, its id in the registry
     region: str
-    sealed_at: datetime  # whole seconds: the JWS `iat` exactly
+    sealed_at: datetime  # whole seconds: the JWS `iat` / the SES_Signature's timeInfo exactly
+    format: SealFormat = SealFormat.JADES
+    ses_signature: bytes = b""  # DER, when format is GBT38540
+
+    @property
+    def seal(self) -> str:
+        """The seal as text (what an audit record's digest stands for): the JWS, or the
+        SES_Signature in base64 after the format's name."""
+        return seal_text(self.format, self.jws, self.ses_signature, b"")
+
+
+def seal_text(format: SealFormat, jws: str, ses_signature: bytes, payload: bytes) -> str:
+    """A seal as text, whatever its format: the JWS; the SES_Signature in base64; for an OFD
+    file, whose signatures are inside it, the file's SHA-256. Formats never share a text."""
+    if format is SealFormat.GBT38540:
+        return "GB/T 38540 " + base64.b64encode(ses_signature).decode("ascii")
+    if format is SealFormat.OFD:
+        return "OFD " + hashlib.sha256(payload).hexdigest()
+    return jws
+
+
+class Sm2SealKey:
+    """An SM2 seal key held by the gateway: a `KeyProvider` for choosing it by kid (it makes no
+    JWS), an `Sm2Signer` for GB/T 38540, with the `SESeal` (DER) that lists its certificate."""
+
+    algorithm: Final = "SM2"
+
+    def __init__(
+        self, signer: Sm2FileSigner, chain: tuple[x509.Certificate, ...], eseal: bytes
+    ) -> None:
+        self._signer = signer
+        self._chain = chain
+        self._kid = x5t_s256_of_certificate(chain[0])
+        self.eseal = eseal
+
+    @classmethod
+    def from_files(cls, key_path: Path, certificate_path: Path, eseal_path: Path) -> Sm2SealKey:
+        """The key, its chain (PEM, leaf first) and its seal; `KeyFileError` names what is wrong.
+        A signature is made on the spot, so a seal that does not list this key is refused now
+        rather than at the first answer."""
+        key = load_sm2_private_key(key_path)
+        try:
+            chain = tuple(x509.load_pem_x509_certificates(certificate_path.read_bytes()))
+            signer = Sm2FileSigner(key, chain[0])
+            eseal = eseal_path.read_bytes()
+        except (OSError, ValueError, IndexError) as exc:
+            raise KeyFileError(
+                f"{key_path}: no usable SM2 seal key with {certificate_path} and {eseal_path}: "
+                f"{exc.strerror if isinstance(exc, OSError) else exc}"
+            ) from exc
+        made = cls(signer, chain, eseal)
+        try:
+            sign_with_seal(
+                b"", seal=eseal, signer=signer, at=chain[0].not_valid_before_utc, property_info=""
+            )
+        except ValueError as exc:
+            raise KeyFileError(f"{eseal_path}: not a seal of {certificate_path}: {exc}") from exc
+        return made
+
+    @property
+    def kid(self) -> str:
+        return self._kid
+
+    @property
+    def certificate_chain(self) -> tuple[x509.Certificate, ...]:
+        return self._chain
+
+    @property
+    def certificate(self) -> x509.Certificate:
+        return self._chain[0]
+
+    def sign_sm2(self, data: bytes) -> bytes:
+        return self._signer.sign_sm2(data)
+
+    def sign(self, signing_input: bytes) -> bytes:
+        raise UnsupportedAlgorithm(f"seal key {self._kid} is SM2: it seals as GB/T 38540, not JWS")
+
+    def __repr__(self) -> str:
+        return f"Sm2SealKey(kid={self._kid!r})"
 
 
 class RegionSealer:
@@ -77,9 +199,29 @@ class RegionSealer:
         detached: bool = False,
     ) -> SealedDocument:
         """`payload` sealed at `now` (to the second) with the key `active_key` chooses; in a
-        worker thread when it is larger than SEAL_IN_THREAD_BYTES."""
+        worker thread when it is larger than SEAL_IN_THREAD_BYTES. An SM2 key seals as a
+        GB/T 38540 SES_Signature over the payload (always detached: `detached` is for JWS)."""
         sealed_at = now.replace(microsecond=0)  # the JWS iat has whole seconds
         provider = self.active_key(registry, sealed_at)
+        if isinstance(provider, Sm2SealKey):
+            make_ses = functools.partial(
+                sign_with_seal,
+                payload,
+                seal=provider.eseal,
+                signer=provider,
+                at=sealed_at,
+                property_info=content_type if content_type.isascii() else "",
+            )
+            big = len(payload) > SEAL_IN_THREAD_BYTES
+            ses = await asyncio.to_thread(make_ses) if big else make_ses()
+            return SealedDocument(
+                jws="",
+                kid=provider.kid,
+                region=self.region,
+                sealed_at=sealed_at,
+                format=SealFormat.GBT38540,
+                ses_signature=ses,
+            )
         make = functools.partial(
             seal,
             payload,
@@ -90,3 +232,59 @@ class RegionSealer:
         )
         jws = await asyncio.to_thread(make) if len(payload) > SEAL_IN_THREAD_BYTES else make()
         return SealedDocument(jws=jws, kid=provider.kid, region=self.region, sealed_at=sealed_at)
+
+
+def check_region_seal(
+    *,
+    format: SealFormat,
+    jws: str,
+    ses_signature: bytes,
+    payload: bytes,
+    region: str,
+    jades: SealVerifier,
+    gm: GmVerifier,
+    at: datetime | None = None,
+) -> ValidationReport:
+    """The report on a record sealed by `region`, whatever its format: it passes only when the
+    seal is valid, is a seal (not a person's signature), is `region`'s own, and covers exactly
+    `payload`. Both verifiers must hold the same registry (the gateway switches them together).
+    """
+    if format is SealFormat.JADES:
+        report = jades.validate(
+            jws,
+            expected_kind=SignatureKind.SEAL,
+            expected_owner_region=region,
+            validation_time=at,
+        )
+        if report.passed and report.payload != payload:
+            return _refused(
+                report, SubIndication.HASH_FAILURE, "the sealed bytes are not the payload sent"
+            )
+        return report
+    if format is SealFormat.GBT38540:
+        report = gm.validate_signature(ses_signature, payload, validation_time=at)
+        signers: tuple[ValidationReport, ...] = (report,)
+    else:
+        report = OfdVerifier(gm).validate(payload, validation_time=at)
+        signers = report.signatures or (report,)
+    if not report.passed:
+        return report
+    for signer in signers:
+        if signer.kind is not SignatureKind.SEAL:
+            return _refused(report, SubIndication.CHAIN_CONSTRAINTS_FAILURE, "it is not an e-seal")
+        if signer.owner_region != region:
+            return _refused(
+                report,
+                SubIndication.CHAIN_CONSTRAINTS_FAILURE,
+                f"it is region {signer.owner_region or 'unknown'}'s seal, not region {region}'s",
+            )
+    return report
+
+
+def _refused(report: ValidationReport, why: SubIndication, message: str) -> ValidationReport:
+    return replace(
+        report,
+        indication=why.indication,
+        sub_indication=why,
+        message=message,
+    )

@@ -84,10 +84,7 @@ from registry import (
     SnapshotVerifier,
     load_authority_public_key,
 )
-from signer import (
-    KeyProvider,
-    SealVerifier,
-)
+from signer import GmVerifier, KeyProvider, SealVerifier
 from tongban.v1 import (
     credentials_pb2,
     credentials_pb2_grpc,
@@ -172,6 +169,7 @@ class Gateway:
         self._tls = GatewayTls(config, self.store)
         self._peers: PeerPool | None = None
         self.verifier = SealVerifier(NoTrust(), clock=clock)
+        self.gm_verifier = GmVerifier(NoTrust(), clock=clock)  # GB/T 38540 seals of SM2 regions
         self.store.on_swap(self._follow_registry)  # before any snapshot can be offered
         self.audit = build_audit_log(config, clock=clock)
         if self.audit is not None:
@@ -181,6 +179,7 @@ class Gateway:
         self.credentials = CredentialsService(
             self.store,
             self.verifier,
+            gm_verifier=self.gm_verifier,
             region=config.region,
             seal_keys=seal_keys,
             clock=clock,
@@ -231,6 +230,7 @@ class Gateway:
             store=self.store,
             audit=self.audit,
             verifier=self.verifier,
+            gm_verifier=self.gm_verifier,
             seal_keys=seal_keys,
             metrics=self.metrics,
             redis_breaker=self.redis_breaker,
@@ -244,16 +244,18 @@ class Gateway:
         return path
 
     # TLS ---------------------------------------------------------------------------------------
-    def reload_seal_keys(self, pairs: Sequence[tuple[Path, Path]]) -> tuple[str, ...]:
-        """Hold exactly these seal keys from now on (a rotation issued a successor, or a retired
-        key was removed from the configuration), without a restart. All of them are opened first:
-        if one fails, a ConfigError says which and the keys held before stay in use. Returns the
-        kids now held."""
-        opened = load_seal_keys(dataclasses.replace(self.config, seal_keys=tuple(pairs)))
+    def reload_seal_keys(
+        self, pairs: Sequence[tuple[Path, Path]], eseals: Sequence[tuple[Path, Path]] = ()
+    ) -> tuple[str, ...]:
+        """Hold exactly these seal keys (and SM2 keys' named SESeals) from now on, without a
+        restart: a rotation issued a successor, or a retired key left the configuration. All are
+        opened first: if one fails, a ConfigError says which and those held stay in use."""
+        config = dataclasses.replace(self.config, seal_keys=tuple(pairs), seal_eseals=tuple(eseals))
+        opened = load_seal_keys(config)
         self.seal_keys.clear()
         self.seal_keys.update(opened)
-        self.config = dataclasses.replace(self.config, seal_keys=tuple(pairs))
-        return tuple(sorted(opened))
+        self.config = config
+        return tuple(sorted(opened))  # the kids now held
 
     def reload_tls(self, config: GatewayConfig) -> str:
         """Serve and call peers with the TLS certificate and key `config` names from now on (a
@@ -431,8 +433,10 @@ class Gateway:
             )
 
     def _follow_registry(self, snapshot: SignedSnapshot) -> None:
-        # Synchronous, inside the swap: no call sees the new registry with the old verifier.
-        self.verifier.use(RegistryTrust(snapshot.registry))
+        # Synchronous, inside the swap: no call sees the new registry with the old verifiers.
+        trust = RegistryTrust(snapshot.registry)  # parsed once, for both
+        for verifier in (self.verifier, self.gm_verifier):
+            verifier.use(trust)
 
     def _on_swap(self, snapshot: SignedSnapshot) -> None:
         task = asyncio.ensure_future(self._update_health())
@@ -531,7 +535,7 @@ def _reload(gateway: Gateway, reload: Callable[[], GatewayConfig]) -> None:
     problem what is held stays in use, and the log says why."""
     try:
         config = reload()
-        kids = gateway.reload_seal_keys(config.seal_keys)
+        kids = gateway.reload_seal_keys(config.seal_keys, config.seal_eseals)
         tls = gateway.reload_tls(config)
     except (GatewayError, OSError) as exc:
         problem = str(exc)

@@ -75,6 +75,7 @@ __all__ = [
     "agency_keys_dir",
     "ca_dir",
     "certificate_kid",
+    "crl_distribution_point",
     "issue_key",
     "issue_leaf",
     "load_region_issuer",
@@ -415,7 +416,7 @@ def issue_leaf(
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(authority_key_identifier(issuer.certificate), critical=False)
-        .add_extension(_crl_distribution_point(region.code), critical=False)
+        .add_extension(crl_distribution_point(region.code), critical=False)
     )
     for extension, critical in profile_extensions(region.code, agency, usage, tls_names):
         builder = builder.add_extension(extension, critical=critical)
@@ -491,12 +492,16 @@ def _check_leaf(
             raise PkiError(
                 f"owner {owner!r} is neither region {region.code} nor one of its agencies"
             )
+    if algorithm == "SM2" and agency is not None:
+        raise PkiError(
+            "SM2 seal keys are a region's (its gateway seals with them), not an agency's"
+        )
     if tls_names and not (usage == "tls" and agency is None):
         raise PkiError("tls_names applies to gateway TLS certificates (usage 'tls', region owner)")
     return agency
 
 
-def _crl_distribution_point(region: str) -> x509.CRLDistributionPoints:
+def crl_distribution_point(region: str) -> x509.CRLDistributionPoints:
     return x509.CRLDistributionPoints(
         [
             x509.DistributionPoint(

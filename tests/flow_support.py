@@ -48,6 +48,7 @@ from registry import (
 )
 from signer import (
     FileKeyProvider,
+    GmVerifier,
     KeyProvider,
     SealVerifier,
     load_private_key,
@@ -349,6 +350,7 @@ def requester_flow(
         quota=backends.quota,
         owners=owners,
         verifier=verifier(registry),
+        gm_verifier=GmVerifier(RegistryTrust(registry), clock=lambda: NOW),
         cache=backends.cache,
         codec=ForwardedCodec(),
         reporter=reporter,

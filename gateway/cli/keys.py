@@ -102,7 +102,7 @@ def cmd_keys_generate(args: argparse.Namespace, out: Console) -> int:
         usage=KeyUsage(args.usage),
         state=KeyState.ACTIVE,
         now=utc_now(),
-        algorithm=args.algorithm,
+        algorithm=args.algorithm or "ES256",
         passphrase=passphrase(args),
         validity_days=args.validity_days,
     )
@@ -128,7 +128,7 @@ def cmd_keys_rotate(args: argparse.Namespace, out: Console) -> int:
         usage=usage,
         state=KeyState.PENDING,
         now=utc_now(),
-        algorithm=args.algorithm,
+        algorithm=args.algorithm or current.algorithm,
         passphrase=passphrase(args),
         validity_days=args.validity_days,
     )
@@ -209,11 +209,11 @@ def _register_issue(key_verbs: Subparsers, verb: str, handler: Handler, text: st
     p.add_argument(
         "--algorithm",
         "--alg",
-        default="ES256",
         type=parse_algorithm,
         choices=ALGORITHMS,
-        help="signature algorithm (default ES256; TLS keys are always ES256; SM2 is for seals "
-        "only and comes with the region's SESeal)",
+        help="signature algorithm (default: ES256 for a first key, the current key's for a "
+        "rotation; TLS keys are always ES256; SM2 is for a region's seal keys and comes with "
+        "the region's SESeal)",
     )
     p.add_argument(
         "--validity-days",

@@ -125,7 +125,7 @@ class OwnerFlow:
             raise
         # (4)
         audit_id = await self._trail.release(
-            audit, fields=grant.fields, cache_hit=hit, sealed=record.jws
+            audit, fields=grant.fields, cache_hit=hit, sealed=record.seal
         )
         return Forwarded(
             record=record,
@@ -212,4 +212,6 @@ class OwnerFlow:
             sealer_kid=sealed.kid,
             sealer_region=sealed.region,
             sealed_at=SealedAnswer.wire_time(sealed.sealed_at),
+            format=sealed.format,
+            ses_signature=sealed.ses_signature,
         )

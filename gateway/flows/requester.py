@@ -51,9 +51,10 @@ from gateway.policy import DataRequest
 from gateway.quota import QuotaCounter, QuotaUnavailable
 from gateway.replay import ReplayGuard, ReplayUnavailable
 from gateway.reports import AccessReport, AccessReporter, ReportFormatError
+from gateway.sealing import check_region_seal
 from gateway.tokens import TokenError, TokenVerifier
 from registry import CacheScope, Registry
-from signer import Indication, SealVerifier, SignatureKind
+from signer import GmVerifier, Indication, SealVerifier
 
 __all__ = ["AnswerCodec", "OwnerGateway", "RequesterFlow"]
 
@@ -96,6 +97,7 @@ class RequesterFlow:
         quota: QuotaCounter,
         owners: OwnerGateway,
         verifier: SealVerifier,
+        gm_verifier: GmVerifier,
         cache: AnswerCache,
         codec: AnswerCodec,
         reporter: AccessReporter | None = None,
@@ -110,6 +112,7 @@ class RequesterFlow:
         self._quota = quota
         self._owners = owners
         self._verifier = verifier
+        self._gm_verifier = gm_verifier  # GB/T 38540 seals (SM2 regions); same registry
         self._cache = cache
         self._codec = codec
         # Requester-side caching (cache_scope "requester") needs somewhere to report its hits.
@@ -170,7 +173,7 @@ class RequesterFlow:
             raise
         # (7)
         audit_id = await self._trail.release(
-            audit, fields=fields, cache_hit=forwarded.cache_hit, sealed=forwarded.record.jws
+            audit, fields=fields, cache_hit=forwarded.cache_hit, sealed=forwarded.record.seal
         )
         if keep is not None and _HEX64.fullmatch(forwarded.subject_pseudonym):
             await self._keep(keep[0], keep[1], forwarded)
@@ -306,7 +309,7 @@ class RequesterFlow:
             audit,
             fields=fields,
             cache_hit=True,
-            sealed=entry.record.jws,
+            sealed=entry.record.seal,
             outbound=outbound,
         )
         self.reporter.recorded(owner)
@@ -365,7 +368,7 @@ class RequesterFlow:
                 # what the owner recorded it gave (its decision's fields), so that it finds it
                 fields=tuple(sorted(set(entry.fields))) or fields,
                 accessed_at=audit.at,
-                sealed_digest=hashlib.sha256(entry.record.jws.encode()).hexdigest(),
+                sealed_digest=hashlib.sha256(entry.record.seal.encode()).hexdigest(),
                 answer_audit_id=entry.audit_id,
             )
         except ReportFormatError as exc:
@@ -398,19 +401,21 @@ class RequesterFlow:
         return returned
 
     def _validate_seal(self, record: SealedAnswer, data: DataRequest) -> tuple[str, ...]:
-        report = self._verifier.validate(
-            record.jws,
-            expected_kind=SignatureKind.SEAL,
-            expected_owner_region=data.provider_region,
+        report = check_region_seal(
+            format=record.format,
+            jws=record.jws,
+            ses_signature=record.ses_signature,
+            payload=record.payload,
+            region=data.provider_region,
+            jades=self._verifier,
+            gm=self._gm_verifier,
         )
         self._trail.metrics.verification(report.indication, report.sub_indication or "")
-        if not report.passed or report.payload != record.payload:
-            why = (
-                report.message if not report.passed else "the sealed bytes are not the payload sent"
-            )
+        if not report.passed:
             raise Refusal(
                 "SEAL_INVALID",
-                f"the answer of region {data.provider_region} carries no valid e-seal: {why}",
+                f"the answer of region {data.provider_region} carries no valid e-seal: "
+                f"{report.message}",
             )
         try:
             document = json.loads(record.payload)

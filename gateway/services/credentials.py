@@ -29,11 +29,12 @@ from gateway.audit import AuditLog, AuditRecord, AuditUnavailable, Outcome
 from gateway.errors import Refusal
 from gateway.identity import Caller, CallerKind, current_caller
 from gateway.metrics import GatewayMetrics
-from gateway.sealing import RegionSealer, SealKeyUnavailable
-from gateway.services.exchange import QueryPath, sealed_record
+from gateway.sealing import RegionSealer, SealKeyUnavailable, check_region_seal
+from gateway.services.exchange import QueryPath, sealed_record, wire_seal_format
 from registry import Registry, RegistryError, RegistryStore
 from signer import (
     MAX_JWS_BYTES,
+    GmVerifier,
     KeyProvider,
     SealVerifier,
     SignatureKind,
@@ -117,6 +118,7 @@ class CredentialsService(credentials_pb2_grpc.CredentialsServicer):
         store: RegistryStore,
         verifier: SealVerifier,
         *,
+        gm_verifier: GmVerifier,
         region: str,
         seal_keys: Mapping[str, KeyProvider],
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -127,6 +129,7 @@ class CredentialsService(credentials_pb2_grpc.CredentialsServicer):
         self.metrics = metrics
         self._store = store
         self._verifier = verifier  # switched to each applied registry by the gateway
+        self._gm_verifier = gm_verifier  # GB/T 38540 seals; switched together with `verifier`
         self._region = region
         self._sealer = RegionSealer(region, seal_keys)  # seal_keys: refilled on a reload
         self._clock = clock
@@ -175,10 +178,14 @@ class CredentialsService(credentials_pb2_grpc.CredentialsServicer):
             "",
         )
         answer = await self.query_path.query(query, context, token=token, rpc=rpcs.FETCH)
-        report = self._verifier.validate(
-            answer.record.jws,
-            expected_kind=SignatureKind.SEAL,
-            expected_owner_region=request.issuing_region,
+        report = check_region_seal(
+            format=answer.record.format,
+            jws=answer.record.jws,
+            ses_signature=answer.record.ses_signature,
+            payload=answer.record.payload,
+            region=request.issuing_region,
+            jades=self._verifier,
+            gm=self._gm_verifier,
         )
         return credentials_pb2.FetchCredentialResponse(
             credential=sealed_record(answer.record),
@@ -267,7 +274,7 @@ class CredentialsService(credentials_pb2_grpc.CredentialsServicer):
                 started,
                 Outcome.ALLOWED,
                 "",
-                sealed=sealed.jws,
+                sealed=sealed.seal,
                 registry_version=registry.version,
             )
         except AuditUnavailable as exc:
@@ -278,6 +285,8 @@ class CredentialsService(credentials_pb2_grpc.CredentialsServicer):
         return credentials_pb2.SealResponse(
             record=credentials_pb2.SealedRecord(
                 jws=sealed.jws,
+                format=wire_seal_format(sealed.format),
+                ses_signature=sealed.ses_signature,
                 payload=request.payload,
                 content_type=content_type,
                 sealer_kid=sealed.kid,
