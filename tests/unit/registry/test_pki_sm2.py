@@ -9,9 +9,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from cli_support import Run
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from support import make_federation
 
 from gateway.demo.pki import DevPki, init_dev_pki, load_dev_pki
+from registry import KeyState, KeyUsage
 from registry._pki import (
     AgencySpec,
     IssuedKey,
@@ -21,7 +25,9 @@ from registry._pki import (
     pem,
     region_ca_certificates,
 )
+from registry._pki_sm2 import SEAL_MAKER, eseal_path
 from signer import load_sm2_private_key
+from signer._ses_asn1 import parse_seal
 from signer._sm2_x509 import is_sm2_key, sm2_public_key_of
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -121,3 +127,39 @@ def test_sm2_key_in_a_passphrase_protected_pki_is_refused(tmp_path: Path) -> Non
             algorithm="SM2",
             passphrase=b"pass",
         )
+
+
+def test_keys_rotate_alg_sm2_moves_a_region_to_sm2_seals(run: Run, tmp_path: Path) -> None:
+    """`tongban keys rotate --alg sm2`: the successor is SM2, with the region's seal beside it
+    (made by the region's seal maker, issued on first use); the next rotation keeps SM2."""
+    fed = make_federation(tmp_path)
+    args = ("--pki", fed.pki, "--owner", "330000", "--usage", "seal")
+    code, out, err = run("keys", "rotate", *args, "--alg", "sm2")
+    assert (code, err) == (0, ""), err
+    assert "(SM2), pending" in out
+    (pending,) = fed.inventory().find("330000", KeyUsage.SEAL, KeyState.PENDING)
+    assert pending.algorithm == "SM2"
+    certificate = fed.pki / pending.certificate
+    seal = parse_seal(eseal_path(certificate).read_bytes())
+    leaf = x509.load_pem_x509_certificates(certificate.read_bytes())[0]
+    assert seal.certificates == (leaf.public_bytes(serialization.Encoding.DER),)
+    assert (
+        fed.pki / "regions" / "330000" / "keys" / f"{SEAL_MAKER}.key"
+    ).stat().st_mode & 0o777 == 0o600
+    # the registry publishes the SM2 key like any other
+    fed.publish()
+    fed.publish()
+    (active,) = fed.inventory().find("330000", KeyUsage.SEAL, KeyState.ACTIVE)
+    assert active.kid == pending.kid
+    # a later rotation keeps SM2 without being told, and the maker stays the same
+    maker = (fed.pki / "regions" / "330000" / "keys" / f"{SEAL_MAKER}.pem").read_bytes()
+    code, out, err = run("keys", "rotate", *args)
+    assert (code, err) == (0, ""), err
+    assert "(SM2), pending" in out
+    assert (fed.pki / "regions" / "330000" / "keys" / f"{SEAL_MAKER}.pem").read_bytes() == maker
+    # an agency's seal key cannot be SM2
+    code, out, err = run(
+        "keys", "rotate", "--pki", fed.pki, "--owner", "zj.amr", "--usage", "seal", "--alg", "SM2"
+    )
+    assert code != 0
+    assert "SM2 seal keys are a region's" in err
