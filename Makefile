@@ -18,7 +18,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCK) $(UV_LOCK) | sha2
 LOWEST_VENV ?= .venv-lowest
 DEMO ?= out/demo
 
-.PHONY: demo demo-serve fuzz faults soak test install lock check-lowest services promtool lint proto proto-check pytest clean
+.PHONY: demo demo-serve fuzz faults soak test install lock check-lowest services promtool tools lint proto proto-check pytest clean
 
 UV_STAMP := $(VENV)/.uv-$(shell sha256sum $(UV_LOCK) | cut -c1-12)
 
@@ -50,7 +50,7 @@ lock: $(UV_STAMP)
 
 # The lowest versions pyproject.toml allows, from their own hashed lock, in $(LOWEST_VENV): the lint
 # gate and the unit tests must pass there too, or a lower bound is false.
-check-lowest: $(STAMP) services promtool
+check-lowest: $(STAMP) services promtool tools
 	@test -x $(LOWEST_VENV)/bin/python || $(PYTHON) -m venv $(LOWEST_VENV)
 	$(UV) pip sync --quiet --python $(LOWEST_VENV)/bin/python --require-hashes $(LOWEST_LOCK) $(UV_LOCK)
 	$(UV) pip install --quiet --python $(LOWEST_VENV)/bin/python --no-deps --no-build-isolation -e .
@@ -75,6 +75,11 @@ services:
 promtool:
 	@command -v promtool >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus)
 
+# Independent implementations the tests cross-check against: OpenSSL's SM2/SM3 (`openssl`) and
+# Info-ZIP's zip reader (`unzip -t` on the OFD packages Tongban makes).
+tools:
+	@command -v openssl >/dev/null && command -v unzip >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openssl unzip)
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
@@ -86,11 +91,11 @@ proto: $(STAMP)
 proto-check: $(STAMP)
 	$(PY) proto/build.py --check
 
-pytest: $(STAMP) services promtool
+pytest: $(STAMP) services promtool tools
 	$(PY) -m pytest --cov --cov-branch --cov-report=term
 
 # check-lowest last: the lowest versions pyproject.toml allows pass the same gate (about 2 min here).
-test: $(STAMP) services promtool lint proto-check pytest check-lowest
+test: $(STAMP) services promtool tools lint proto-check pytest check-lowest
 
 # The demo: three regions on loopback playing scripted scenarios (exit 0 only if all behave).
 # It leaves its PKI, registry and audit logs in $(DEMO), which conf/demo/*.toml point at.

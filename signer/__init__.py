@@ -24,6 +24,8 @@ from signer._keyfile import (
     write_private_key,
 )
 from signer._keys import FileKeyProvider, KeyProvider, x5t_s256_of_certificate, x5t_s256_of_der
+from signer._ofd_make import make_licence_ofd, seal_ofd
+from signer._ofd_package import OfdRefused
 from signer._ofd_verify import OfdVerifier, is_ofd
 from signer._report import Indication, SignatureKind, SubIndication, ValidationReport
 from signer._ses import Sm2FileSigner, Sm2Signer, make_seal, sign_with_seal
@@ -68,6 +70,7 @@ __all__ = [
     "JwsFormatError",
     "KeyFileError",
     "KeyProvider",
+    "OfdRefused",
     "OfdVerifier",
     "PrivateKey",
     "PublicKey",
@@ -102,9 +105,11 @@ __all__ = [
     "is_ofd",
     "load_private_key",
     "load_sm2_private_key",
+    "make_licence_ofd",
     "make_seal",
     "parse_compact",
     "seal",
+    "seal_ofd",
     "ses_version",
     "sign_bytes",
     "sign_json",

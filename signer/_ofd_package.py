@@ -25,19 +25,21 @@ import struct
 import zipfile
 import zlib
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from io import BytesIO
 from types import MappingProxyType
 from typing import Final
 from xml.etree.ElementTree import Element, ParseError
 
+from cryptography.hazmat.primitives import hashes
 from defusedxml import DefusedXmlException
-from defusedxml.ElementTree import fromstring as _defused_fromstring
+from defusedxml.ElementTree import iterparse as _defused_iterparse
 
 from signer.errors import SignerError
 
 __all__ = [
     "MAX_DEPTH",
+    "MAX_ELEMENTS",
     "MAX_ENTRIES",
     "MAX_ENTRY_BYTES",
     "MAX_PACKAGE_BYTES",
@@ -45,11 +47,7 @@ __all__ = [
     "MAX_TOTAL_BYTES",
     "MAX_XML_BYTES",
     "OFD_NS",
-    "OfdPackage",
     "OfdRefused",
-    "parse_xml",
-    "read_package",
-    "resolve_loc",
 ]
 
 OFD_NS: Final = "http://www.ofdspec.org/2016"
@@ -66,6 +64,9 @@ MAX_RATIO: Final = 100  # decompressed bytes per compressed byte, once past RATI
 RATIO_FLOOR: Final = 1024 * 1024  # bytes, decompressed
 MAX_XML_BYTES: Final = 8 * 1024 * 1024  # bytes; one XML file (a page's content)
 MAX_DEPTH: Final = 100  # nested XML elements; OFD nests page blocks, not much else
+# A dense page holds thousands of text objects; an element costs a few hundred bytes of memory,
+# so 8 MiB of ``<a/>`` (two million elements) would cost hundreds of megabytes.
+MAX_ELEMENTS: Final = 100_000  # elements in one XML file (10 000 references take 30 000)
 _CHUNK: Final = 64 * 1024  # bytes decompressed per read
 _ZIP_MAGIC: Final = b"PK\x03\x04"
 _METHODS: Final = frozenset({zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED})
@@ -92,6 +93,8 @@ class OfdPackage:
     """The files of an OFD package, by name from the package root (no leading ``/``)."""
 
     files: Mapping[str, bytes]
+    # SM3 of each file, computed once: references may name one large file many times.
+    _digests: dict[str, bytes] = field(default_factory=dict, repr=False, compare=False)
 
     def __contains__(self, name: object) -> bool:
         return name in self.files
@@ -105,8 +108,19 @@ class OfdPackage:
         except KeyError:
             raise OfdRefused(f"/{name} is referred to but is not in the package") from None
 
+    def sm3(self, name: str) -> bytes:
+        if name not in self._digests:
+            self._digests[name] = sm3(self.read(name))
+        return self._digests[name]
+
     def xml(self, name: str) -> Element:
         return parse_xml(self.read(name), f"/{name}")
+
+
+def sm3(data: bytes) -> bytes:
+    digest = hashes.Hash(hashes.SM3())
+    digest.update(data)
+    return digest.finalize()
 
 
 def read_package(data: bytes) -> OfdPackage:
@@ -202,29 +216,38 @@ def parse_xml(data: bytes, what: str) -> Element:
 
     DTDs are refused whatever they declare: OFD never needs one, and refusing them refuses
     entity expansion (billion laughs, quadratic blowup) and external entities (XXE) with them.
+    Depth and element count are checked while parsing, so a deep or wide document is refused
+    before its tree is built.
     """
     if len(data) > MAX_XML_BYTES:
         raise OfdRefused(f"{what} is larger than {MAX_XML_BYTES} bytes of XML")
+    depth = elements = 0
+    root: Element | None = None
     try:
-        root: Element = _defused_fromstring(
-            data, forbid_dtd=True, forbid_entities=True, forbid_external=True
-        )
+        for event, element in _defused_iterparse(
+            BytesIO(data),
+            events=("start", "end"),
+            forbid_dtd=True,
+            forbid_entities=True,
+            forbid_external=True,
+        ):
+            if event == "end":
+                depth -= 1
+                root = element
+                continue
+            depth += 1
+            elements += 1
+            if depth > MAX_DEPTH:
+                raise OfdRefused(f"{what} nests elements deeper than {MAX_DEPTH}")
+            if elements > MAX_ELEMENTS:
+                raise OfdRefused(f"{what} has more than {MAX_ELEMENTS} elements")
     except DefusedXmlException as exc:
         raise OfdRefused(f"{what} declares a DTD or entities, which are refused") from exc
     except (ParseError, ValueError) as exc:
         raise OfdRefused(f"{what} is not well-formed XML ({_plain(exc)})") from exc
-    _check_depth(root, what)
+    if root is None:
+        raise OfdRefused(f"{what} is not well-formed XML (no element)")
     return root
-
-
-def _check_depth(root: Element, what: str) -> None:
-    level: list[Element] = [root]
-    depth = 1
-    while level:
-        if depth > MAX_DEPTH:
-            raise OfdRefused(f"{what} nests elements deeper than {MAX_DEPTH}")
-        level = [child for element in level for child in element]
-        depth += 1
 
 
 def resolve_loc(referrer: str, loc: str | None, what: str) -> str:

@@ -16,6 +16,9 @@ Plan, for the package and then for each signature listed (`validate`):
         SES_Signature (else FORMAT_FAILURE: the document shows a seal it was not sealed with);
     (6) SignedValue.dat: the SES_Signature over the bytes of Signature.xml, by the GM verifier
         (its dataHash, its SM2 signature, the seal, the signer's chain); its checks follow ours;
+    (6') for a digital signature (Type Sign), SignedValue.dat is a GB/T 35275 SignedData over
+        SM3(Signature.xml), checked by `signer._ofd_sign` with the certificate it carries; its
+        certificate path is not validated, so at best INDETERMINATE / NO_CERTIFICATE_CHAIN_FOUND;
     (7) the container: the worst indication of its signatures; the files no signature protects
         are listed in a passing check (GB/T 33190 lets later signatures and annotations add
         files, and the list of signatures is never protected if more may follow).
@@ -36,12 +39,20 @@ from typing import Final, Protocol
 from xml.etree.ElementTree import Element
 
 from asn1crypto import core
-from cryptography.hazmat.primitives import hashes
 
-from signer._ofd_package import OFD_NS, OfdPackage, OfdRefused, read_package, resolve_loc
+from signer._ofd_package import (
+    MAX_ENTRIES,
+    OFD_NS,
+    OfdPackage,
+    OfdRefused,
+    read_package,
+    resolve_loc,
+)
+from signer._ofd_sign import FORMAT as FORMAT_35275
+from signer._ofd_sign import check_signed_data
 from signer._report import Check, Indication, SubIndication, ValidationReport
 
-__all__ = ["PRECEDENCE", "OfdVerifier", "SesSignatureValidator", "is_ofd", "sm3"]
+__all__ = ["MAX_SIGNATURES", "PRECEDENCE", "OfdVerifier", "is_ofd"]
 
 MAX_SIGNATURES: Final = 64  # per document; each costs a chain validation
 SM3_NAMES: Final = frozenset({"sm3", "1.2.156.10197.1.401"})  # CheckMethod, case-folded
@@ -74,12 +85,6 @@ class SesSignatureValidator(Protocol):
     ) -> ValidationReport: ...
 
 
-def sm3(data: bytes) -> bytes:
-    digest = hashes.Hash(hashes.SM3())
-    digest.update(data)
-    return digest.finalize()
-
-
 def _x(element: Element, name: str) -> Element | None:
     return element.find(_NS + name)
 
@@ -90,7 +95,10 @@ def _text(element: Element, name: str) -> str | None:
 
 
 def is_ofd(data: bytes) -> bool:
-    """Whether `data` is a zip whose OFD.xml has the root ``ofd:OFD``; never raises."""
+    """Whether `data` is a zip whose OFD.xml has the root ``ofd:OFD``; never raises.
+
+    The whole package is read under the limits, as `OfdVerifier` reads it: an archive it would
+    refuse (a bomb, a name outside the package) is not called an OFD."""
     try:
         return read_package(data).xml("OFD.xml").tag == _NS + "OFD"
     except OfdRefused:
@@ -206,6 +214,8 @@ def _parse_signature_xml(package: OfdPackage, name: str) -> _SignatureXml:
         references.append((target, _text(reference, "CheckValue") or ""))
     if not references:
         raise OfdRefused(f"/{name} protects no file (its References are empty)")
+    if len(references) > MAX_ENTRIES:
+        raise OfdRefused(f"/{name} has more references than a package may have files")
     method = references_element.get("CheckMethod")
     return _SignatureXml(signed_value, seal, method, tuple(references))
 
@@ -232,7 +242,7 @@ def _check_references(package: OfdPackage, parsed: _SignatureXml, run: _Run) -> 
         except binascii.Error:
             run.fail(check, SubIndication.FORMAT_FAILURE, f"/{name}: CheckValue is not base64")
             continue
-        if sm3(package.read(name)) != expected:
+        if package.sm3(name) != expected:
             run.fail(check, SubIndication.HASH_FAILURE, f"/{name} was changed after signing")
             run.changed.add(name)
         else:
@@ -333,13 +343,16 @@ class OfdVerifier:
         # (3), (4): the protected files.
         _check_references(package, parsed, run)
         if entry.type == "Sign":
+            # (6'): a GB/T 35275 SignedData; its signer's path is not validated (module doc).
+            certificate = check_signed_data(signed_value, package.read(entry.location), run)
             run.fail(
-                "SignedValue.dat",
-                SubIndication.FORMAT_FAILURE,
-                "a digital signature (Type Sign, GB/T 35275 SignedData) is not supported;"
-                " only seals (Type Seal, GB/T 38540) are validated",
+                "signer chain",
+                SubIndication.NO_CERTIFICATE_CHAIN_FOUND,
+                "not validated: the certificate paths of digital signatures (Type Sign) are"
+                " not checked yet, only those of seals",
             )
-            return _signature_report(entry, run, None)
+            subject = "" if certificate is None else certificate.subject.rfc4514_string()
+            return _signature_report(entry, run, None, FORMAT_35275, subject)
         # (5), (6): the seal shown, then the SES_Signature over Signature.xml.
         _check_seal(package, parsed, signed_value, run)
         gm = self._gm.validate_signature(
@@ -351,7 +364,13 @@ class OfdVerifier:
         return _signature_report(entry, run, gm)
 
 
-def _signature_report(entry: _Entry, run: _Run, gm: ValidationReport | None) -> ValidationReport:
+def _signature_report(
+    entry: _Entry,
+    run: _Run,
+    gm: ValidationReport | None,
+    format_: str = "OFD signature",
+    subject: str = "",
+) -> ValidationReport:
     worst = run.worst()
     where = f"signature {entry.sign_id} (/{entry.location})"
     if worst is None:
@@ -365,7 +384,8 @@ def _signature_report(entry: _Entry, run: _Run, gm: ValidationReport | None) -> 
             message=message,
             checks=tuple(run.checks),
             registry_version=0,
-            format="OFD signature",
+            signer_subject=subject,
+            format=format_,
         )
     return dataclasses.replace(
         gm, indication=indication, sub_indication=sub, message=message, checks=tuple(run.checks)

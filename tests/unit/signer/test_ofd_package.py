@@ -17,6 +17,8 @@ import pytest
 from signer import Indication, OfdVerifier, SubIndication, ValidationReport, is_ofd
 from signer._ofd_package import (
     MAX_DEPTH,
+    MAX_ELEMENTS,
+    MAX_ENTRIES,
     MAX_XML_BYTES,
     OfdRefused,
     read_package,
@@ -214,6 +216,15 @@ def test_huge_xml_is_refused() -> None:
 def test_deep_xml_is_refused() -> None:
     deep = b"<a>" * (MAX_DEPTH + 1) + b"</a>" * (MAX_DEPTH + 1)
     assert "deeper than" in xml_refusal(deep)
+    very_deep = b"<a>" * 1_000_000  # refused at depth 101, before the rest is parsed
+    assert "deeper than" in xml_refusal(very_deep)
+
+
+def test_wide_xml_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("signer._ofd_package.MAX_ELEMENTS", 1000)
+    wide = b"<a>" + b"<b/>" * 1000 + b"</a>"
+    assert "more than 1000 elements" in xml_refusal(wide)
+    assert MAX_ELEMENTS >= 3 * MAX_ENTRIES  # a Reference per file fits in a Signature.xml
 
 
 def test_wrong_root_and_missing_parts() -> None:
