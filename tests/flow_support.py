@@ -317,7 +317,13 @@ class OwnerPeer:
         self.started = asyncio.Event()
 
     async def forward(
-        self, request: DataRequest, caller: Caller, operator: str, time_remaining: Any
+        self,
+        request: DataRequest,
+        caller: Caller,
+        operator: str,
+        time_remaining: Any,
+        *,
+        credential_type: str = "",
     ) -> Forwarded:
         self.asked.append(request)
         self.started.set()

@@ -26,8 +26,11 @@ from gateway.audit import CheckpointError, ProofError, verify_checkpoint, verify
 from gateway.demo.config import config_for_dev_pki
 from gateway.demo.federation import DemoError, Federation
 from gateway.errors import error_info_of
+from gateway.licences import RECORD_FILE
 from gateway.services.credentials import report_message
 from registry import CURRENT_SNAPSHOT, KeyState, KeyUsage, rotate_key
+from signer import OfdVerifier
+from signer._ofd_package import read_package
 from tongban.v1 import (
     common_pb2,
     credentials_pb2,
@@ -72,11 +75,13 @@ async def verify_sealed(
 ) -> credentials_pb2.ValidationReport:
     """`region`'s gateway's report on a sealed record: Credentials.Verify for a JAdES seal; for a
     GB/T 38540 seal, the same gateway's GB/T 38540 verifier (the one its query path checks
-    answers with), called in this process until Credentials.Verify takes SES_Signature
-    documents."""
+    answers with) and for an OFD e-licence its OFD verifier, called in this process until
+    Credentials.Verify takes documents."""
+    gm = fed.gateways[region].gm_verifier
     if record.format == credentials_pb2.SEAL_FORMAT_GBT38540:
-        verifier = fed.gateways[region].gm_verifier
-        return report_message(verifier.validate_signature(record.ses_signature, record.payload))
+        return report_message(gm.validate_signature(record.ses_signature, record.payload))
+    if record.format == credentials_pb2.SEAL_FORMAT_OFD:
+        return report_message(OfdVerifier(gm).validate(record.payload))
     return await credentials.Verify(
         credentials_pb2.VerifyRequest(jws=record.jws), timeout=CALL_TIMEOUT
     )
@@ -213,10 +218,16 @@ async def licence(fed: Federation, story: Story) -> Result:
         and answer.report.indication == credentials_pb2.TOTAL_PASSED
         and again.indication == credentials_pb2.TOTAL_PASSED
     )
-    company = json.loads(answer.credential.payload).get("company_name", "?")
+    payload = answer.credential.payload
+    if answer.credential.format == credentials_pb2.SEAL_FORMAT_OFD:  # an SM2 region's e-licence
+        payload = read_package(payload).files[RECORD_FILE]
+    company = json.loads(payload).get("company_name", "?")
+    form = (
+        "an OFD e-licence " if answer.credential.format == credentials_pb2.SEAL_FORMAT_OFD else ""
+    )
     return Result(
         ok,
-        f"{company}: sealed by 330000, verified by 510000's gateway on fetch "
+        f"{company}: {form}sealed by 330000, verified by 510000's gateway on fetch "
         f"({name(answer.report.indication)}) and again on request ({name(again.indication)})",
         table,
     )

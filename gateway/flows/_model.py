@@ -156,6 +156,7 @@ class QueryCall:
     token: str
     rpc: str
     time_remaining: TimeRemaining
+    credential_type: str = ""  # Credentials.Fetch: the credential asked for; "" for a query
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +169,7 @@ class ForwardCall:
     operator: str
     request: DataRequest
     time_remaining: TimeRemaining
+    credential_type: str = ""  # a credential fetch: answered as an e-licence (SM2 regions)
 
 
 @dataclass(frozen=True, slots=True)

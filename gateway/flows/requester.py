@@ -47,11 +47,12 @@ from gateway.flows._model import (
     TimeRemaining,
 )
 from gateway.identity import Caller, CallerKind
+from gateway.licences import LicenceRefused, licence_record
 from gateway.policy import DataRequest
 from gateway.quota import QuotaCounter, QuotaUnavailable
 from gateway.replay import ReplayGuard, ReplayUnavailable
 from gateway.reports import AccessReport, AccessReporter, ReportFormatError
-from gateway.sealing import check_region_seal
+from gateway.sealing import SealFormat, check_region_seal
 from gateway.tokens import TokenError, TokenVerifier
 from registry import CacheScope, Registry
 from signer import GmVerifier, Indication, SealVerifier
@@ -67,9 +68,16 @@ class OwnerGateway(Protocol):
     """The provider region's gateway, as the requesting gateway asks it (Peer.Forward)."""
 
     async def forward(
-        self, request: DataRequest, caller: Caller, operator: str, time_remaining: TimeRemaining
+        self,
+        request: DataRequest,
+        caller: Caller,
+        operator: str,
+        time_remaining: TimeRemaining,
+        *,
+        credential_type: str = "",
     ) -> Forwarded:
-        """The owner's answer; a Refusal when it refused, failed or could not be reached."""
+        """The owner's answer (to a credential fetch when `credential_type` is given); a Refusal
+        when it refused, failed or could not be reached."""
         ...
 
 
@@ -153,7 +161,8 @@ class RequesterFlow:
             # (4)
             await self._take_quota(grant, now)
             # (4a)
-            keep = self._requester_key(grant, data)
+            # (a credential fetch is never kept nor answered here: its answer may be an e-licence)
+            keep = None if call.credential_type else self._requester_key(grant, data)
             if keep is not None:
                 audit = replace(audit, subject=keep[2])  # computed once: the record needs it
                 cached = await self._answer_from_cache(
@@ -163,9 +172,11 @@ class RequesterFlow:
                     return cached
             # (5)
             self._trail.ready()
-            forwarded = await self._owners.forward(data, caller, operator, call.time_remaining)
+            forwarded = await self._owners.forward(
+                data, caller, operator, call.time_remaining, credential_type=call.credential_type
+            )
             # (6)
-            fields = await self._check_answer(forwarded, data, grant)
+            fields = await self._check_answer(forwarded, data, grant, bool(call.credential_type))
         except Refusal as refusal:
             raise await self._trail.refused(refusal, audit) from None
         except asyncio.CancelledError:
@@ -381,10 +392,15 @@ class RequesterFlow:
         return self.reporter.outbound(owner, report)
 
     async def _check_answer(
-        self, forwarded: Forwarded, data: DataRequest, grant: Grant
+        self, forwarded: Forwarded, data: DataRequest, grant: Grant, fetch: bool = False
     ) -> tuple[str, ...]:
         """(6) The fields the answer returns, once its seal is checked (or was, moments ago,
         for the same bytes under the same registry: `seal_memo`) and they are all allowed."""
+        if forwarded.record.format is SealFormat.OFD and not fetch:
+            raise Refusal(
+                "SEAL_INVALID",
+                f"region {data.provider_region} answered a query with an e-licence (OFD)",
+            )
         memo = PassedSeals.key(forwarded.record, self._verifier.trust.version, data.provider_region)
         returned = self.seal_memo.get(memo)
         if returned is None:
@@ -417,8 +433,16 @@ class RequesterFlow:
                 f"the answer of region {data.provider_region} carries no valid e-seal: "
                 f"{report.message}",
             )
+        payload = record.payload
+        if record.format is SealFormat.OFD:  # the record inside the e-licence, as sealed
+            try:
+                payload = licence_record(record.payload, report)
+            except LicenceRefused as exc:
+                raise Refusal(
+                    exc.reason, f"region {data.provider_region}'s e-licence: {exc}"
+                ) from exc
         try:
-            document = json.loads(record.payload)
+            document = json.loads(payload)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise Refusal("SEAL_INVALID", "the sealed answer is not a JSON record") from exc
         return tuple(sorted(document)) if isinstance(document, dict) else ()

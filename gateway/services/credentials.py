@@ -177,7 +177,9 @@ class CredentialsService(credentials_pb2_grpc.CredentialsServicer):
             ),
             "",
         )
-        answer = await self.query_path.query(query, context, token=token, rpc=rpcs.FETCH)
+        answer = await self.query_path.query(
+            query, context, token=token, rpc=rpcs.FETCH, credential_type=request.credential_type
+        )
         report = check_region_seal(
             format=answer.record.format,
             jws=answer.record.jws,

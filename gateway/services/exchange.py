@@ -256,7 +256,13 @@ class PeerOwners:
         self.peer_timeout_seconds = peer_timeout_seconds  # a forward's bound (and the deadline's)
 
     async def forward(
-        self, request: DataRequest, caller: Caller, operator: str, time_remaining: TimeRemaining
+        self,
+        request: DataRequest,
+        caller: Caller,
+        operator: str,
+        time_remaining: TimeRemaining,
+        *,
+        credential_type: str = "",
     ) -> Forwarded:
         remaining = time_remaining()
         caller_deadline = remaining if remaining is not None else DEFAULT_DEADLINE_SECONDS
@@ -271,6 +277,7 @@ class PeerOwners:
                 certificate_thumbprint=caller.thumbprint,
             ),
             requesting_region=self.region,
+            credential_type=credential_type,
         )
         region = request.provider_region
         started = time.perf_counter()
@@ -469,6 +476,7 @@ class QueryPath:
         *,
         token: str,
         rpc: str = rpcs.QUERY,
+        credential_type: str = "",
     ) -> Answer:
         """The requester's flow for one query message (Query, BatchQuery's items, Fetch)."""
         return await self.requester.query(
@@ -478,6 +486,7 @@ class QueryPath:
                 token=token,
                 rpc=rpc,
                 time_remaining=context.time_remaining,
+                credential_type=credential_type,
             )
         )
 
@@ -549,6 +558,7 @@ class PeerService(exchange_pb2_grpc.PeerServicer):
                 operator=request.caller.operator,
                 request=data_request(request.query),
                 time_remaining=context.time_remaining,
+                credential_type=request.credential_type,
             )
         )
         return forward_response(answer)

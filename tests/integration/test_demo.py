@@ -74,6 +74,7 @@ def test_the_sm2_demo_plays_every_scenario_with_gbt38540_seals(tmp_path: Path) -
         for phrase in phrases:
             assert phrase in text, f"{name}: {phrase!r} not in {text!r}"
     assert "by the new (SM2)" in lines["rotation"][1]
+    assert "an OFD e-licence sealed by 330000" in lines["licence"][1]
     assert "Traceback" not in done.stdout + done.stderr
     # Each region's seal keys, the first and the rotated one, each with its SESeal beside it.
     keys = tmp_path / "demo" / "pki" / "regions" / "330000" / "keys"

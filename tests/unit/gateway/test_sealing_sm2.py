@@ -4,8 +4,11 @@ the gateway's own check refuses another region's seal or other bytes. No network
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import io
 import struct
+import zipfile
 import zlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,6 +22,7 @@ from support import Federation, make_federation
 from gateway._wiring import load_seal_keys
 from gateway.demo.config import config_for_dev_pki
 from gateway.errors import ConfigError
+from gateway.licences import RECORD_FILE, LicenceRefused, _with_file, licence_record
 from gateway.sealing import (
     RegionSealer,
     SealedDocument,
@@ -39,12 +43,16 @@ from registry._pki_sm2 import eseal_path, seal_picture_png
 from signer import (
     GmVerifier,
     Indication,
+    OfdVerifier,
     SealVerifier,
     SignatureKind,
     SubIndication,
     UnsupportedAlgorithm,
     ValidationReport,
+    make_licence_ofd,
+    seal_ofd,
 )
+from signer._ofd_package import read_package
 from signer._ses_asn1 import SESealV4, SESSignatureV4
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -229,3 +237,88 @@ def test_an_sm2_key_makes_no_jws(held: dict[str, object]) -> None:
     with pytest.raises(UnsupportedAlgorithm, match="GB/T 38540"):
         key.sign(b"header.payload")
     assert key.eseal  # the SESeal it signs with
+
+
+async def test_a_credential_leaves_an_sm2_region_as_a_sealed_ofd_licence(
+    registry: Registry, held: dict[str, object], tmp_path: Path
+) -> None:
+    sealer = RegionSealer(REGION, held)  # type: ignore[arg-type]
+    made = await sealer.seal_licence(registry, PAYLOAD, credential_type="business_licence", now=NOW)
+    assert made is not None
+    sealed, ofd = made
+    assert sealed.format is SealFormat.OFD
+    trust = RegistryTrust(registry)
+    report = check_region_seal(
+        format=SealFormat.OFD,
+        jws="",
+        ses_signature=b"",
+        payload=ofd,
+        region=REGION,
+        jades=SealVerifier(trust),
+        gm=GmVerifier(trust),
+        at=NOW,
+    )
+    assert report.indication is Indication.TOTAL_PASSED, report.message
+    assert [s.owner_region for s in report.signatures] == [REGION]
+    assert licence_record(ofd, report) == PAYLOAD  # the record, as sealed, inside the licence
+
+    # OpenSSL's SM3 and SM2 agree: the record's check value, dataHash over Signature.xml, and
+    # the signature over TBS_Sign
+    files = read_package(ofd).files
+    signature_xml = files["Doc_0/Signs/Sign_0/Signature.xml"]
+    (tmp_path / "record.json").write_bytes(files[RECORD_FILE])
+    sm3 = openssl("dgst", "-sm3", "-binary", "-out", tmp_path / "sm3", tmp_path / "record.json")
+    assert sm3.returncode == 0, sm3.stderr
+    check_value = base64.b64encode((tmp_path / "sm3").read_bytes()).decode()
+    assert f'FileRef="/{RECORD_FILE}"><ofd:CheckValue>{check_value}<'.encode() in signature_xml
+    ses = SESSignatureV4.load(files["Doc_0/Signs/Sign_0/SignedValue.dat"])
+    (tmp_path / "sig.xml").write_bytes(signature_xml)
+    sm3 = openssl("dgst", "-sm3", "-binary", "-out", tmp_path / "sm3x", tmp_path / "sig.xml")
+    assert sm3.returncode == 0, sm3.stderr
+    assert bytes(ses["to_sign"]["data_hash"].native) == (tmp_path / "sm3x").read_bytes()
+    signer_key = _pem_public_key(bytes(ses["cert"].native), tmp_path / "signer.pem")
+    value = bytes(ses["signature"].native)
+    assert _openssl_sm2_verifies(signer_key, ses["to_sign"].dump(), value, tmp_path)
+
+
+async def test_a_licence_whose_record_no_seal_protects_is_refused(
+    registry: Registry, held: dict[str, object]
+) -> None:
+    sealer = RegionSealer(REGION, held)  # type: ignore[arg-type]
+    made = await sealer.seal_licence(registry, PAYLOAD, credential_type="business_licence", now=NOW)
+    assert made is not None
+    _, ofd = made
+    # the record replaced after sealing: its check value no longer matches
+    with zipfile.ZipFile(io.BytesIO(ofd)) as source:
+        out = io.BytesIO()
+        with zipfile.ZipFile(out, "w") as target:
+            for info in source.infolist():
+                data = source.read(info)
+                target.writestr(
+                    info, b'{"company_name":"forged"}' if info.filename == RECORD_FILE else data
+                )
+    trust = RegistryTrust(registry)
+    forged = OfdVerifier(GmVerifier(trust)).validate(out.getvalue(), validation_time=NOW)
+    assert not forged.passed
+    with pytest.raises(LicenceRefused, match="not valid"):
+        licence_record(out.getvalue(), forged)
+    # a licence whose signature covers no record (made before the record was added)
+    unsealed = make_licence_ofd(title="t", lines=[("a", "b")], issued=NOW, doc_id="x1")
+    key = held[next(iter(held))]
+    assert isinstance(key, Sm2SealKey)
+    bare = seal_ofd(unsealed, seal=key.eseal, signer=key, at=NOW)
+    with_record = _with_file(bare, RECORD_FILE, PAYLOAD)
+    report = OfdVerifier(GmVerifier(trust)).validate(with_record, validation_time=NOW)
+    assert report.passed, report.message  # the seal is intact: it just does not cover the record
+    with pytest.raises(LicenceRefused, match="no seal of the e-licence protects"):
+        licence_record(with_record, report)
+
+
+async def test_an_es256_region_sends_no_licence(fed: Federation, tmp_path: Path) -> None:
+    plain = make_federation(tmp_path / "es256", now=NOW - timedelta(hours=1))
+    published = plain.publish(now=NOW - timedelta(minutes=30)).snapshot.registry
+    config = config_for_dev_pki(
+        plain.pki, REGION, listen="127.0.0.1:0", snapshot_file=plain.current
+    )
+    sealer = RegionSealer(REGION, load_seal_keys(config))
+    assert await sealer.seal_licence(published, PAYLOAD, credential_type="x", now=NOW) is None
