@@ -59,6 +59,7 @@ __all__ = [
     "Sm2SealKey",
     "check_region_seal",
     "seal_text",
+    "seals_with_sm2",
 ]
 
 # Larger payloads are sealed in a worker thread (sealing 4 MiB takes tens of milliseconds).
@@ -243,9 +244,13 @@ class RegionSealer:
         region's SESeal, and its seal's description, when the active seal key is SM2
         (`gateway.licences`); None when the region seals with JWS (the record leaves as is)."""
         sealed_at = now.replace(microsecond=0)
+        if not seals_with_sm2(registry, self.region, sealed_at):
+            return None  # (without an active key at all, the record was sealed before)
         provider = self.active_key(registry, sealed_at)
         if not isinstance(provider, Sm2SealKey):
-            return None
+            raise SealKeyUnavailable(
+                f"seal key {provider.kid} is SM2 in the registry, and not an SM2 key here"
+            )
         doc_id = f"{self.region}-{secrets.token_hex(8)}"
 
         def make() -> bytes:
@@ -259,6 +264,14 @@ class RegionSealer:
             jws="", kid=provider.kid, region=self.region, sealed_at=sealed_at, format=SealFormat.OFD
         )
         return sealed, ofd
+
+
+def seals_with_sm2(registry: Registry, region: str, at: datetime) -> bool:
+    """Whether `region`'s active seal key at `at` in `registry` is SM2 (False without one)."""
+    try:
+        return registry.signing_key(region, KeyUsage.SEAL, at).algorithm == "SM2"
+    except KeyRefused:
+        return False
 
 
 def check_region_seal(

@@ -52,7 +52,7 @@ from gateway.policy import DataRequest
 from gateway.quota import QuotaCounter, QuotaUnavailable
 from gateway.replay import ReplayGuard, ReplayUnavailable
 from gateway.reports import AccessReport, AccessReporter, ReportFormatError
-from gateway.sealing import SealFormat, check_region_seal
+from gateway.sealing import SealFormat, check_region_seal, seals_with_sm2
 from gateway.tokens import TokenError, TokenVerifier
 from registry import CacheScope, Registry
 from signer import GmVerifier, Indication, SealVerifier
@@ -161,8 +161,9 @@ class RequesterFlow:
             # (4)
             await self._take_quota(grant, now)
             # (4a)
-            # (a credential fetch is never kept nor answered here: its answer may be an e-licence)
-            keep = None if call.credential_type else self._requester_key(grant, data)
+            keep = self._requester_key(grant, data)
+            if call.credential_type and seals_with_sm2(registry, data.provider_region, now):
+                keep = None  # the answer is an e-licence: neither kept nor answered from here
             if keep is not None:
                 audit = replace(audit, subject=keep[2])  # computed once: the record needs it
                 cached = await self._answer_from_cache(
@@ -186,7 +187,11 @@ class RequesterFlow:
         audit_id = await self._trail.release(
             audit, fields=fields, cache_hit=forwarded.cache_hit, sealed=forwarded.record.seal
         )
-        if keep is not None and _HEX64.fullmatch(forwarded.subject_pseudonym):
+        if (
+            keep is not None
+            and forwarded.record.format is not SealFormat.OFD  # the cache keeps JSON records
+            and _HEX64.fullmatch(forwarded.subject_pseudonym)
+        ):
             await self._keep(keep[0], keep[1], forwarded)
         return Answer(
             forwarded.record,
