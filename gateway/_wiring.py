@@ -50,9 +50,9 @@ from signer import (
     KeyProvider,
     SealVerifier,
     SignerError,
+    is_sm2_key,
     load_private_key,
 )
-from signer._sm2_x509 import is_sm2_key
 
 __all__ = [
     "REDIS_MAX_CONNECTIONS",

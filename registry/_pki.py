@@ -46,7 +46,7 @@ from registry._profiles import (
     profile_extensions,
 )
 from registry.errors import PkiError
-from signer import x5t_s256_of_certificate
+from signer import is_sm2_key, x5t_s256_of_certificate
 from signer._keyfile import ALGORITHMS as _JWS_ALGORITHMS
 from signer._keyfile import (
     PrivateKey,
@@ -56,7 +56,7 @@ from signer._keyfile import (
     write_private_key,
 )
 from signer._sm2 import Sm2PrivateKey, write_sm2_private_key
-from signer._sm2_x509 import is_sm2_key, issue_sm2_certificate, sm2_subject_key_identifier
+from signer._sm2_x509 import issue_sm2_certificate, sm2_subject_key_identifier
 from signer.errors import SignerError
 
 __all__ = [
@@ -362,6 +362,11 @@ class Issuer:
 
 def load_region_issuer(pki_root: Path, region: RegionSpec, passphrase: bytes | None) -> Issuer:
     _, intermediate = region_ca_certificates(pki_root, region.code)
+    if is_sm2_key(intermediate):
+        raise PkiError(
+            f"region {region.code}'s issuing CA is an SM2 CA: Tongban issues ES256, EdDSA and "
+            "PS256 keys from P-256 CAs only (SM2 keys come from the SM2 CA's own tools)"
+        )
     key_path = ca_dir(pki_root, region.code) / "intermediate.key"
     try:
         key = load_private_key(key_path, passphrase)

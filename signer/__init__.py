@@ -39,6 +39,7 @@ from signer._sm2 import (
     load_sm2_private_key,
     write_sm2_private_key,
 )
+from signer._sm2_x509 import is_sm2_key, issue_sm2_crl, sm2_public_key_of
 from signer._trust import TrustedKey, TrustSource
 from signer._verify import SealVerifier
 from signer.errors import (
@@ -103,6 +104,8 @@ __all__ = [
     "canonical_json",
     "generate_private_key",
     "is_ofd",
+    "is_sm2_key",
+    "issue_sm2_crl",
     "load_private_key",
     "load_sm2_private_key",
     "make_licence_ofd",
@@ -114,6 +117,7 @@ __all__ = [
     "sign_bytes",
     "sign_json",
     "sign_with_seal",
+    "sm2_public_key_of",
     "verify_json",
     "verify_signature",
     "write_private_key",

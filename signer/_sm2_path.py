@@ -1,9 +1,9 @@
 """SM2 certificate paths: build and check a chain of SM2 certificates, with its CRLs.
 
 pyca/cryptography's path validation (`cryptography.x509.verification`, used for the JWS
-seals) cannot check an SM2 signature or load an SM2 key, so it refuses every SM2 chain; no
-maintained Python library validates SM2 paths (pyhanko-certvalidator and certvalidator stop at
-the key type too). This module is that check, kept to what Tongban's region CAs need: RFC 5280
+seals) cannot check an SM2 signature or load an SM2 key, so it refuses every SM2 chain, and
+the Python path validators found (pyhanko-certvalidator) check signatures through pyca too.
+This module is that check, kept to what Tongban's region CAs need: RFC 5280
 path building and basic checks, in the order OpenSSL applies them, with failures reported as
 the ETSI EN 319 102-1 sub-indications the JWS verifier uses. The SM2 arithmetic is
 `signer._sm2`'s (GmSSL), the certificate fields are pyca's.
@@ -23,8 +23,8 @@ What is checked, in this order (the first failure is reported):
                  pathLenConstraint honoured                    CHAIN_CONSTRAINTS_FAILURE
     (5) leaf     "signing": keyUsage digitalSignature or nonRepudiation, not a CA;
                  "ca": as (4)                                  CHAIN_CONSTRAINTS_FAILURE
-    (6) validity the leaf at `at`                              NOT_YET_VALID / EXPIRED
-                 every CA at `at`                              CHAIN_CONSTRAINTS_FAILURE
+    (6) validity the leaf (for either purpose) at `at`         NOT_YET_VALID / EXPIRED
+                 every CA above it at `at`                     CHAIN_CONSTRAINTS_FAILURE
     (7) CRLs     for each certificate below the anchor, the CRLs of its issuer (issuer name,
                  SM2 signature by the issuer's key, the issuer's keyUsage cRLSign, no
                  unknown critical extension); the newest one not past its nextUpdate at
@@ -54,7 +54,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Final, Literal, TypeVar
 
 from cryptography import x509
@@ -67,7 +67,8 @@ from signer._sm2 import Sm2PublicKey
 from signer._sm2_x509 import is_sm2_key, is_sm2_signed, sm2_public_key_of, sm2_signature_verifies
 from signer.errors import Sm2KeyInvalid
 
-__all__ = ["Sm2Path", "Sm2PathFailure", "check_sm2_path"]
+# Signer internals (SealVerifier, the GB/T 38540 verifiers): the package exports none of them.
+__all__: list[str] = []
 
 _E = TypeVar("_E", bound=x509.ExtensionType)
 
@@ -168,9 +169,11 @@ def check_sm2_path(
     """Check `leaf`'s SM2 path to one of `roots` at `at`; `Sm2PathFailure` says why not.
 
     The plan is in the module docstring, (1)-(7). `roots` are trusted because they are given;
-    `intermediates` and `crls` are only material to build and check with.
+    `intermediates` and `crls` are only material to build and check with. The first path whose
+    signatures verify is the one checked by (2)-(7): a region's hierarchy offers one.
     """
     _check_arguments(leaf, (*roots, *intermediates), crls, at, purpose)
+    at = at.astimezone(UTC)
     context = _Context(leaf, tuple(roots), (*roots, *intermediates), purpose, max_depth, [], [0])
     try:
         path = _build(context)  # (1)
@@ -466,7 +469,7 @@ def _check_validity(context: _Context, path: tuple[x509.Certificate, ...], at: d
         if start <= at <= end:
             continue
         window = f"valid {start:%Y-%m-%dT%H:%M:%SZ} to {end:%Y-%m-%dT%H:%M:%SZ}"
-        if certificate is path[0] and context.purpose == "signing":
+        if certificate is path[0]:
             sub = SubIndication.NOT_YET_VALID if at < start else SubIndication.EXPIRED
             state = "not yet valid" if at < start else "expired"
             raise Sm2PathFailure(sub, f"{name} was {state} at {when} ({window})")

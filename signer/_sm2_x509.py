@@ -29,15 +29,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from signer._sm2 import SM2_CURVE_OID, SM2_WITH_SM3_OID, Sm2PrivateKey, Sm2PublicKey
 from signer.errors import Sm2KeyInvalid, Sm2SignatureInvalid
 
-__all__ = [
-    "is_sm2_key",
-    "is_sm2_signed",
-    "issue_sm2_certificate",
-    "issue_sm2_crl",
-    "sm2_public_key_of",
-    "sm2_signature_verifies",
-    "sm2_subject_key_identifier",
-]
+# What the package exports (the registry's SM2 CRLs); the other functions are signer internals.
+__all__ = ["is_sm2_key", "issue_sm2_crl", "sm2_public_key_of"]
 
 _SM2_WITH_SM3: Final = x509.ObjectIdentifier(SM2_WITH_SM3_OID)
 _EC_PUBLIC_KEY: Final = "1.2.840.10045.2.1"

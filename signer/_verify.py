@@ -16,13 +16,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
-from cryptography.x509.verification import (
-    ExtensionPolicy,
-    PolicyBuilder,
-    Store,
-    VerificationError,
-)
-
 from signer._algorithms import ALLOWED_ALGORITHMS, check_key_fits, verify_fitted
 from signer._jades import (
     SIGD_HASH_MECHANISM,
@@ -37,7 +30,6 @@ from signer._report import Indication, SignatureKind, SubIndication, ValidationR
 from signer._trust import TrustedKey, TrustSource
 from signer._verify_helpers import (
     BENIGN_REASONS,
-    EE_POLICY,
     Chain,
     Facts,
     Fail,
@@ -46,13 +38,13 @@ from signer._verify_helpers import (
     check_crit,
     facts_of,
     revocation_of,
+    verified_chain,
 )
 from signer.errors import SealInvalid, UnsupportedAlgorithm
 
 __all__ = ["CLOCK_SKEW", "SealVerifier"]
 
 CLOCK_SKEW: Final = timedelta(minutes=5)  # a signing time this far ahead is still accepted
-MAX_CHAIN_DEPTH: Final = 4
 MAX_CACHED_KEYS: Final = 4096  # x5c thumbprints remembered before the cache is cleared
 # Only a certificate of a plausible size is remembered (one is 1-3 KB in base64): 4096
 # certificates of the megabytes a JWS may carry would hold gigabytes.
@@ -430,36 +422,12 @@ class SealVerifier:
                     SubIndication.NO_CERTIFICATE_CHAIN_FOUND,
                     f"region {key.region} has no trust anchor in registry version {trust.version}",
                 )
-            verifier = (
-                PolicyBuilder()
-                .store(Store(list(roots)))
-                .time(run.signing_time)
-                .max_chain_depth(MAX_CHAIN_DEPTH)
-                .extension_policies(
-                    ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=EE_POLICY
-                )
-                .build_client_verifier()
-            )
             try:
-                verified = verifier.verify(key.certificate, list(intermediates))
-            except VerificationError as exc:
-                text = str(exc)
-                sub = (
-                    SubIndication.CHAIN_CONSTRAINTS_FAILURE
-                    if "key usage" in text or "document signing" in text or "TLS" in text
-                    else SubIndication.NO_CERTIFICATE_CHAIN_FOUND
+                chain = verified_chain(
+                    key.certificate, roots, intermediates, run.signing_time, key.region
                 )
-                raise run.fail(
-                    "certificate chain",
-                    sub,
-                    f"the certificate does not chain to region {key.region}'s CA as a signing certificate: {text}",
-                ) from None
-            certificates = tuple(verified.chain)
-            chain = Chain(
-                certificates,
-                max(c.not_valid_before_utc for c in certificates),
-                min(c.not_valid_after_utc for c in certificates),
-            )
+            except Fail as failure:
+                raise run.fail("certificate chain", failure.sub, failure.message) from None
             facts.chain = chain
         run.ok(
             "certificate chain",

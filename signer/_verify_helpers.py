@@ -1,6 +1,12 @@
 """The helpers of `SealVerifier` (whose numbered plan is in `_verify`): the record of one run
 of the checks, what is known of a published key once (its facts, verified chain and CRL
-status), the end-entity policy of a signing certificate, and the ``crit`` part of check (1)."""
+status), the end-entity policy of a signing certificate, the chain of check (9), and the
+``crit`` part of check (1).
+
+A certificate issued by an SM2 region CA (signed with SM2-with-SM3) has its chain checked by
+`signer._sm2_path` instead of pyca, which cannot check SM2 signatures; its CRLs likewise. The
+JWS itself is never SM2 (JOSE registers no SM2 algorithm): a published SM2 *key* is refused at
+check (4) as a key type the JWS profile does not use."""
 
 from __future__ import annotations
 
@@ -9,14 +15,24 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import CRLEntryExtensionOID, ExtendedKeyUsageOID
-from cryptography.x509.verification import Criticality, ExtensionPolicy
+from cryptography.x509.verification import (
+    Criticality,
+    ExtensionPolicy,
+    PolicyBuilder,
+    Store,
+    VerificationError,
+)
 
 from signer import _oids
 from signer._keyfile import PublicKey
 from signer._report import Check, SignatureKind, SubIndication
+from signer._sm2_path import Sm2PathFailure, check_sm2_path
+from signer._sm2_x509 import is_sm2_key, is_sm2_signed, sm2_public_key_of, sm2_signature_verifies
 from signer._trust import TrustedKey, TrustSource
+from signer.errors import Sm2KeyInvalid
 
 __all__: list[str] = []  # internals of `_verify`: the package exports none of them
 
@@ -24,6 +40,7 @@ _REGISTERED_HEADERS: Final = frozenset(
     {"alg", "jku", "jwk", "kid", "x5u", "x5c", "x5t", "x5t#S256", "typ", "cty", "crit"}
 )
 _UNDERSTOOD_CRITICAL: Final = frozenset({"sigD"})
+MAX_CHAIN_DEPTH: Final = 4
 # Revocation reasons that say nothing against signatures made before the revocation.
 BENIGN_REASONS: Final = frozenset(
     {
@@ -114,7 +131,10 @@ class Facts:
 
 
 def facts_of(key: TrustedKey) -> Facts:
-    public = key.certificate.public_key()
+    try:
+        public = key.certificate.public_key()
+    except (UnsupportedAlgorithm, ValueError):  # an SM2 key, which pyca cannot load
+        public = None
     usable = isinstance(
         public, ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | rsa.RSAPublicKey
     )
@@ -203,13 +223,70 @@ def check_crit(run: Run, header: dict[str, Any], crit: object) -> None:
         )
 
 
+def _signed_by(crl: x509.CertificateRevocationList, issuer: x509.Certificate) -> bool:
+    try:
+        if is_sm2_key(issuer):
+            return sm2_signature_verifies(crl, sm2_public_key_of(issuer))
+        return crl.is_signature_valid(issuer.public_key())  # type: ignore[arg-type]
+    except (UnsupportedAlgorithm, ValueError, TypeError, Sm2KeyInvalid):
+        return False  # a key pyca cannot use, or a signature of another algorithm
+
+
 def crl_for(
     crls: tuple[x509.CertificateRevocationList, ...], issuer: x509.Certificate
 ) -> x509.CertificateRevocationList | None:
     for crl in crls:
-        if crl.issuer == issuer.subject and crl.is_signature_valid(issuer.public_key()):  # type: ignore[arg-type]
+        if crl.issuer == issuer.subject and _signed_by(crl, issuer):
             return crl
     return None
+
+
+def verified_chain(
+    leaf: x509.Certificate,
+    roots: tuple[x509.Certificate, ...],
+    intermediates: tuple[x509.Certificate, ...],
+    at: datetime,
+    region: str,
+) -> Chain:
+    """(9) of `SealVerifier.validate`: the chain to the region's anchors at `at`, or `Fail`."""
+    failed = f"the certificate does not chain to region {region}'s CA as a signing certificate"
+    if is_sm2_signed(leaf):
+        try:
+            path = check_sm2_path(
+                leaf, roots=roots, intermediates=intermediates, at=at, max_depth=MAX_CHAIN_DEPTH
+            )
+            eku = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+            document_signing(None, leaf, eku)
+        except Sm2PathFailure as exc:
+            raise Fail(exc.sub, f"{failed}: {exc.message}") from None
+        except (x509.ExtensionNotFound, ValueError) as exc:
+            reason = str(exc) if isinstance(exc, ValueError) else "it has no extendedKeyUsage"
+            raise Fail(SubIndication.CHAIN_CONSTRAINTS_FAILURE, f"{failed}: {reason}") from None
+        return Chain(path.certificates, path.valid_from, path.valid_until)
+    verifier = (
+        PolicyBuilder()
+        .store(Store(list(roots)))
+        .time(at)
+        .max_chain_depth(MAX_CHAIN_DEPTH)
+        .extension_policies(ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=EE_POLICY)
+        .build_client_verifier()
+    )
+    try:
+        verified = verifier.verify(leaf, list(intermediates))
+    except VerificationError as exc:
+        text = str(exc)
+        sub = (
+            SubIndication.CHAIN_CONSTRAINTS_FAILURE
+            if "key usage" in text or "document signing" in text or "TLS" in text
+            else SubIndication.NO_CERTIFICATE_CHAIN_FOUND
+        )
+        raise Fail(sub, f"{failed}: {text}") from None
+    certificates = tuple(verified.chain)
+    return Chain(
+        certificates,
+        max(c.not_valid_before_utc for c in certificates),
+        min(c.not_valid_after_utc for c in certificates),
+    )
 
 
 def crl_reason(entry: x509.RevokedCertificate) -> str:

@@ -10,11 +10,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from asn1crypto import algos as asn1_algos
+from asn1crypto import x509 as asn1_x509
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from signer._sm2 import Sm2PrivateKey
+from signer._sm2 import SM2_WITH_SM3_OID, Sm2PrivateKey
 from signer._sm2_x509 import (
     issue_sm2_certificate,
     issue_sm2_crl,
@@ -114,6 +117,26 @@ def issue(
     return Issued(key, certificate)
 
 
+def issue_for_key(builder: x509.CertificateBuilder, issuer_key: Sm2PrivateKey) -> x509.Certificate:
+    """A certificate for the builder's own (non-SM2) public key, signed by an SM2 CA key: what
+    an SM2 region CA issues for a JWS seal key (ES256), which JOSE can use and SM2 cannot."""
+    placeholder = ec.generate_private_key(ec.SECP256R1())
+    made = builder.sign(placeholder, hashes.SHA256())
+    loaded = asn1_x509.Certificate.load(made.public_bytes(serialization.Encoding.DER))
+    algorithm = asn1_algos.SignedDigestAlgorithm({"algorithm": SM2_WITH_SM3_OID})
+    tbs = loaded["tbs_certificate"]
+    tbs["signature"] = algorithm
+    tbs_der = bytes(tbs.dump(force=True))
+    certificate = asn1_x509.Certificate(
+        {
+            "tbs_certificate": asn1_x509.TbsCertificate.load(tbs_der),
+            "signature_algorithm": algorithm,
+            "signature_value": issuer_key.sign(tbs_der),
+        }
+    )
+    return x509.load_der_x509_certificate(bytes(certificate.dump()))
+
+
 def crl(
     issuer: Issued,
     revoked: Iterable[tuple[x509.Certificate, datetime]] = (),
@@ -199,3 +222,46 @@ def openssl_verify_links(
         if result.returncode != 0:
             return result
     return result
+
+
+def make_region_sm2(pki: Path, region: str, now: datetime) -> tuple[Issued, Issued]:
+    """Replace a dev PKI region's CAs (`regions/<code>/ca`) with SM2 ones: root, issuing CA."""
+    from signer import write_sm2_private_key
+
+    folder = pki / "regions" / region / "ca"
+    root = issue(f"Region {region} SM2 Root CA", path_length=1, not_before=now - timedelta(days=1),
+                 not_after=now + timedelta(days=3650))  # fmt: skip
+    issuing = issue(f"Region {region} SM2 Issuing CA", root, path_length=0,
+                    not_before=now - timedelta(days=1), not_after=now + timedelta(days=1825))  # fmt: skip
+    for stem, issued in (("root", root), ("intermediate", issuing)):
+        (folder / f"{stem}.pem").write_bytes(issued.pem)
+        (folder / f"{stem}.key").unlink(missing_ok=True)
+        write_sm2_private_key(folder / f"{stem}.key", issued.key)
+    (folder / "intermediate.crl.pem").unlink(missing_ok=True)
+    return root, issuing
+
+
+def add_sm2_key(pki: Path, issuing: Issued, *, region: str, usage: str, now: datetime) -> Issued:
+    """An SM2 key of `region` issued by its SM2 CA, written as the PKI writes keys and recorded
+    in the inventory as active (no `tongban keys` verb issues SM2 keys)."""
+    from registry import Inventory, KeyRecord, KeyState, KeyUsage
+    from signer import write_sm2_private_key, x5t_s256_of_certificate
+
+    leaf = issue(f"Region {region} SM2 {usage}", issuing, ca=False, usage=SIGNING_USAGE,
+                 not_before=now - timedelta(minutes=5), not_after=now + timedelta(days=365))  # fmt: skip
+    kid = x5t_s256_of_certificate(leaf.certificate)
+    folder = pki / "regions" / region / "keys"
+    folder.mkdir(parents=True, exist_ok=True)
+    certificate, key = folder / f"{usage}-{kid[:8]}.pem", folder / f"{usage}-{kid[:8]}.key"
+    write_sm2_private_key(key, leaf.key)
+    certificate.write_bytes(leaf.pem + issuing.pem)
+    inventory = Inventory.load(pki)
+    inventory.add(
+        KeyRecord(
+            kid=kid, usage=KeyUsage(usage), owner=region, region=region, algorithm="SM2",
+            state=KeyState.ACTIVE, certificate=str(certificate.relative_to(pki)),
+            private_key=str(key.relative_to(pki)), created_at=now, activated_at=now,
+        )
+    )  # fmt: skip
+    inventory.save()
+    return leaf

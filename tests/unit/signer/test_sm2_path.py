@@ -6,7 +6,7 @@ root gives the key usage failure OpenSSL gives."""
 from __future__ import annotations
 
 import zipfile
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -626,3 +626,18 @@ def test_many_issuers_of_one_name_are_tried_within_a_budget(pki: dict[str, Issue
         at=NOW,
     )
     assert path.certificates[1] == pki["intermediate"].certificate
+
+
+def test_ca_purpose_reports_its_own_dates_as_expired_or_not_yet_valid(
+    pki: dict[str, Issued],
+) -> None:
+    root, intermediate = pki["root"], pki["intermediate"]
+    later = intermediate.certificate.not_valid_after_utc + timedelta(days=1)
+    refused = failure(intermediate.certificate, roots=[root.certificate], purpose="ca", at=later)
+    assert refused.sub is SubIndication.EXPIRED
+    assert refused.message.startswith("the CA certificate was expired at")
+    # a validation time in another time zone is the same instant, reported in UTC
+    east = NOW.astimezone(timezone(timedelta(hours=8)))
+    assert check_sm2_path(
+        intermediate.certificate, roots=[root.certificate], purpose="ca", at=east
+    ).certificates == (intermediate.certificate, root.certificate)
