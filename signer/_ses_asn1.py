@@ -31,15 +31,9 @@ from typing import Final, TypedDict, TypeVar
 from asn1crypto import core
 from asn1crypto import x509 as asn1_x509
 
-__all__ = [
-    "MAX_SES_BYTES",
-    "SealView",
-    "SesFormatError",
-    "SignatureView",
-    "parse_seal",
-    "parse_signature",
-    "ses_version",
-]
+# The package exports `ses_version`; the classes and views are for `signer`'s own modules (and
+# tests), which import them from here.
+__all__ = ["MAX_SES_BYTES", "ses_version"]
 
 MAX_SES_BYTES: Final = 8 * 1024 * 1024  # bytes; a seal with its picture, and a signature
 MAX_PICTURE_BYTES: Final = 4 * 1024 * 1024  # bytes
@@ -295,6 +289,14 @@ def _brief(exc: Exception) -> str:
     return text[:200]
 
 
+def _octets(value: core.OctetBitString) -> bytes:
+    """The bytes of a BIT STRING that holds whole bytes; a signature or hash with unused bits
+    is malformed (asn1crypto would drop them silently)."""
+    if not value.contents or value.contents[0] != 0:
+        raise SesFormatError("a BIT STRING that holds bytes has unused bits")
+    return bytes(value.contents[1:])
+
+
 def _seal_view_v4(seal: SESealV4) -> SealView:
     info = seal["e_seal_info"]
     prop = info["property"]
@@ -326,7 +328,7 @@ def _seal_view_v4(seal: SESealV4) -> SealView:
         valid_end=prop["valid_end"].native,
         maker_certificate=bytes(seal["cert"].native),
         algorithm=seal["sign_alg_id"].dotted,
-        signed_value=bytes(seal["signed_value"].native),
+        signed_value=_octets(seal["signed_value"]),
         to_be_signed=(
             ("the DER of eSealInfo", bytes(info.dump())),
             ("the DER of SEQUENCE {eSealInfo, cert, signAlgID}", bytes(to_sign_triple.dump())),
@@ -383,7 +385,7 @@ def _seal_view_v1(seal: SESealV1) -> SealView:
         valid_end=prop["valid_end"].native,
         maker_certificate=bytes(sign_info["cert"].native),
         algorithm=sign_info["signature_algorithm"].dotted,
-        signed_value=bytes(sign_info["sign_data"].native),
+        signed_value=_octets(sign_info["sign_data"]),
         to_be_signed=(
             ("the DER of SEQUENCE {eSealInfo, cert, signatureAlgorithm}", bytes(to_sign.dump())),
         ),
@@ -436,30 +438,30 @@ def _signature_view_v4(signature: SESSignatureV4) -> SignatureView:
         seal=_seal_view_v4(tbs["e_seal"]),
         time_text=str(tbs["time_info"].contents.decode("ascii", "replace")),
         signing_time=tbs["time_info"].native,
-        data_hash=bytes(tbs["data_hash"].native),
+        data_hash=_octets(tbs["data_hash"]),
         property_info=str(tbs["property_info"].native),
         signer_certificate=bytes(signature["cert"].native),
         algorithm=signature["signature_alg_id"].dotted,
-        signature=bytes(signature["signature"].native),
+        signature=_octets(signature["signature"]),
         tbs=bytes(tbs.dump()),
-        time_stamp=None if isinstance(stamp, core.Void) else bytes(stamp.native),
+        time_stamp=None if isinstance(stamp, core.Void) else _octets(stamp),
     )
 
 
 def _signature_view_v1(signature: SESSignatureV1) -> SignatureView:
     tbs = signature["to_sign"]
-    text = bytes(tbs["time_info"].native).decode("ascii", "replace")
+    text = _octets(tbs["time_info"]).decode("ascii", "replace")
     return SignatureView(
         version=1,
         tbs_version=int(tbs["version"].native),
         seal=_seal_view_v1(tbs["e_seal"]),
         time_text=text,
         signing_time=time_of_text(text),
-        data_hash=bytes(tbs["data_hash"].native),
+        data_hash=_octets(tbs["data_hash"]),
         property_info=str(tbs["property_info"].native),
         signer_certificate=bytes(tbs["cert"].native),
         algorithm=tbs["signature_algorithm"].dotted,
-        signature=bytes(signature["signature"].native),
+        signature=_octets(signature["signature"]),
         tbs=bytes(tbs.dump()),
         time_stamp=None,
     )

@@ -10,6 +10,7 @@ its signing time and whether it is valid now.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -17,6 +18,7 @@ from typing import Final, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
+from cryptography.utils import CryptographyDeprecationWarning
 
 from signer._keys import x5t_s256_of_der
 from signer._report import Check, Indication, SignatureKind, SubIndication, ValidationReport
@@ -83,8 +85,15 @@ class _Run:
         self.fail("format", S.FORMAT_FAILURE, message)
         return _Malformed(message)
 
-    def worst(self, names: frozenset[str] | None = None) -> tuple[SubIndication, str] | None:
-        found = [(s, m) for n, s, m in self.failures if names is None or n not in names]
+    def worst(
+        self, *, excluding: frozenset[str] = frozenset(), only: frozenset[str] | None = None
+    ) -> tuple[SubIndication, str] | None:
+        """The first failure by `PRECEDENCE` among the checks named (all by default)."""
+        found = [
+            (s, m)
+            for n, s, m in self.failures
+            if n not in excluding and (only is None or n in only)
+        ]
         if not found:
             return None
         return min(found, key=lambda failure: PRECEDENCE.index(failure[0]))
@@ -102,15 +111,20 @@ class _Subject:
     signing_time: datetime | None = None
     seal_name: str = ""
     es_id: str = ""
+    seal_only: bool = False  # a seal validated by itself: its "signing time" is its creation
 
 
 def _certificate(run: _Run, der: bytes, whose: str) -> x509.Certificate:
     try:
-        certificate = x509.load_der_x509_certificate(der)
+        with warnings.catch_warnings():  # pyca warns of what RFC 5280 forbids: refuse it here
+            warnings.simplefilter("error", CryptographyDeprecationWarning)
+            certificate = x509.load_der_x509_certificate(der)
         _ = certificate.subject.rfc4514_string(), certificate.not_valid_after_utc
         _ = certificate.extensions  # pyca parses them lazily; a bad one surfaces here
     except _CERTIFICATE_ERRORS:
         raise run.malformed(f"{whose} certificate is not a DER X.509 certificate") from None
+    except CryptographyDeprecationWarning as warning:
+        raise run.malformed(f"{whose} certificate breaks RFC 5280: {warning}") from None
     return certificate
 
 
@@ -158,7 +172,8 @@ class GmVerifier:
         """Validate a DER `SES_Signature` (v4 or v1) over `data`; never raises for bad input.
 
         (0) the structure parses as one version, the signer and maker certificates read
-        (1)-(3) the seal: its maker's algorithm, signature over the seal, certificate path
+        (1)-(3) the seal: its maker's algorithm, signature over the seal, certificate (valid at
+            the seal's creation, path, not revoked)
         (4) the signing time lies in the seal's validity window
         (5) the seal lists the signer's certificate (the certificate, or its digest)
         (6) the signature algorithm is SM2-with-SM3
@@ -182,12 +197,12 @@ class GmVerifier:
     ) -> ValidationReport:
         """Validate a DER `SESeal` (v4 or v1) by itself, as of now; never raises for bad input.
 
-        (0) it parses; (1)-(3) its maker's algorithm, signature and certificate path at the
-        seal's creation; (4) the maker's certificate not revoked by then; (5) now lies in the
-        seal's validity window; (6) the maker's certificate is valid now.
+        (0) it parses; (1)-(3) its maker's algorithm, signature and certificate (validity, path,
+        revocation) at the seal's creation; (4) now lies in the seal's validity window; (5) the
+        maker's certificate is valid now.
         """
         now = validation_time or self._clock()
-        run, who = _Run(), _Subject()
+        run, who = _Run(), _Subject(seal_only=True)
         with contextlib.suppress(_Malformed):
             view = self._parse(run, der, parse_seal)
             maker = _certificate(run, view.maker_certificate, "the seal maker's")
@@ -228,7 +243,14 @@ class GmVerifier:
         self._check_data(run, view, data)  # (8)
         if at is None:
             return
-        self._check_validity(run, signer, at)  # (9)
+        self._check_validity(
+            run,
+            signer,
+            at,
+            name="validity at signing time",
+            whose="the signer's certificate",
+            when="the claimed signing time",
+        )  # (9)
         anchoring = self._check_path(run, "signer chain", signer, at, view.seal.es_id)  # (10)
         who.owner, who.owner_region = anchoring.owner, anchoring.owner_region
         proof = self._check_time_stamp(run, view)  # (12), before (11) uses it
@@ -273,16 +295,16 @@ class GmVerifier:
                     S.SIG_CRYPTO_FAILURE,
                     "the seal maker's signature on the seal does not verify",
                 )
-        anchoring = self._check_path(
-            run, "seal maker chain", maker, seal.created, seal.es_id
+        self._check_validity(
+            run,
+            maker,
+            seal.created,
+            name="seal maker validity",
+            whose="the seal maker's certificate",
+            when="the seal's creation",
         )  # (3)
-        revoked = revocation_of(anchoring)
-        if revoked is not None:
-            sub, message = revocation_verdict(*revoked, signed_at=seal.created, proof=None)
-            if sub is None:
-                run.ok("seal maker revocation", message)
-            else:
-                run.fail("seal maker revocation", sub, f"the seal maker's {message}")
+        anchoring = self._check_path(run, "seal maker chain", maker, seal.created, seal.es_id)
+        self._check_revocation(run, anchoring, seal.created, None, name="seal maker revocation")
         return anchoring
 
     @staticmethod
@@ -366,26 +388,17 @@ class GmVerifier:
             )
 
     @staticmethod
-    def _check_validity(run: _Run, certificate: x509.Certificate, at: datetime) -> None:
+    def _check_validity(
+        run: _Run, certificate: x509.Certificate, at: datetime, *, name: str, whose: str, when: str
+    ) -> None:
         start, end = certificate.not_valid_before_utc, certificate.not_valid_after_utc
-        window = f"valid {_stamp(start)} to {_stamp(end)}"
+        window = f"{whose} (valid {_stamp(start)} to {_stamp(end)})"
         if at > end:
-            run.fail(
-                "validity at signing time",
-                S.EXPIRED,
-                f"the signer's certificate ({window}) had expired at the claimed signing time {_stamp(at)}",
-            )
+            run.fail(name, S.EXPIRED, f"{window} had expired at {when} {_stamp(at)}")
         elif at < start:
-            run.fail(
-                "validity at signing time",
-                S.NOT_YET_VALID,
-                f"the signer's certificate ({window}) was not yet valid at the claimed signing time {_stamp(at)}",
-            )
+            run.fail(name, S.NOT_YET_VALID, f"{window} was not yet valid at {when} {_stamp(at)}")
         else:
-            run.ok(
-                "validity at signing time",
-                f"the signer's certificate ({window}) was valid at {_stamp(at)}",
-            )
+            run.ok(name, f"{window} was valid at {when} {_stamp(at)}")
 
     def _check_path(
         self, run: _Run, name: str, certificate: x509.Certificate, at: datetime, owner: str
@@ -409,21 +422,25 @@ class GmVerifier:
 
     @staticmethod
     def _check_revocation(
-        run: _Run, anchoring: Anchoring, at: datetime, proof: datetime | None
+        run: _Run,
+        anchoring: Anchoring,
+        at: datetime,
+        proof: datetime | None,
+        *,
+        name: str = "revocation",
     ) -> None:
+        """Revoked by `at` (the signing time; a seal's creation) per the registry and the CRLs."""
         revoked = revocation_of(anchoring)
         if revoked is None:
-            if anchoring.path is None:
-                run.ok("revocation", "not checked: the path did not hold, so no CRLs were read")
-            else:
+            if anchoring.path is not None:  # else no CRL was read: the path's failure says why
                 state = f"key is {anchoring.key.state} in the registry; " if anchoring.key else ""
-                run.ok("revocation", f"{state}{anchoring.path.revocation_checked}")
+                run.ok(name, f"{state}{anchoring.path.revocation_checked}")
             return
         sub, message = revocation_verdict(*revoked, signed_at=at, proof=proof)
         if sub is None:
-            run.ok("revocation", message)
+            run.ok(name, message)
         else:
-            run.fail("revocation", sub, message)
+            run.fail(name, sub, message)
 
     def _check_time_stamp(self, run: _Run, view: SignatureView) -> datetime | None:
         """The time-stamp's genTime when it proves existence (token checks out and its TSA
@@ -497,24 +514,33 @@ class GmVerifier:
 
 
 def _message(run: _Run, who: _Subject) -> str:
-    """One sentence: valid at signing time? valid now? (truthfully, with the first reason)."""
+    """One sentence: valid at signing time (for a seal alone: when made)? valid now? Truthfully,
+    with the first reason for each "no"."""
     if not who.kid:
         worst = run.worst()
         return (
             f"not a readable GB/T 38540 or GM/T 0031 structure: {worst[1] if worst else 'unknown'}"
         )
     when = _stamp(who.signing_time) if who.signing_time else "an unreadable time"
-    what = f"{who.format} with seal \u201c{who.seal_name}\u201d ({who.es_id}) made at {when}"
-    then = run.worst(_NOW_CHECKS)
-    if then is None:
-        at_signing = "valid at signing time"
-    elif then[0].indication is Indication.TOTAL_FAILED:
-        at_signing = f"not valid at signing time ({then[1]})"
+    if who.seal_only:
+        what = f"{who.format} \u201c{who.seal_name}\u201d ({who.es_id}) made at {when}"
+        moment = "when made"
     else:
-        at_signing = f"not shown valid at signing time ({then[1]})"
-    overall = run.worst()
-    if overall is None:
+        what = f"{who.format} with seal \u201c{who.seal_name}\u201d ({who.es_id}) made at {when}"
+        moment = "at signing time"
+    then = run.worst(excluding=_NOW_CHECKS)
+    if then is None:
+        at_signing = f"valid {moment}"
+    elif then[0].indication is Indication.TOTAL_FAILED:
+        at_signing = f"not valid {moment} ({then[1]})"
+    else:
+        at_signing = f"not shown valid {moment} ({then[1]})"
+    now = run.worst(only=_NOW_CHECKS)
+    if then is None and now is None:
         return f"{what}: {at_signing} and valid now"
-    if then is not None:
-        return f"{what}: {at_signing}, so not valid now"
-    return f"{what}: {at_signing}, but not shown valid now ({overall[1]})"
+    failed = any(f[0].indication is Indication.TOTAL_FAILED for f in (then, now) if f)
+    shown = "not" if failed else "not shown"
+    if now is None:
+        return f"{what}: {at_signing}, so {shown} valid now"
+    joint = "but" if then is None else "and"
+    return f"{what}: {at_signing}, {joint} {shown} valid now ({now[1]})"

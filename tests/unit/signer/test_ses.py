@@ -10,9 +10,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from asn1crypto import core
+from asn1crypto import algos, cms, core, tsp
+from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sm2_support import NOW, SIGNING_USAGE, Issued, crl, issue, openssl
 from support import SHARED
 
@@ -31,10 +34,12 @@ from signer import (
     x5t_s256_of_certificate,
 )
 from signer._ses_asn1 import (
+    CertDigestList,
     CertInfoList,
     PictureInfo,
     PropertyInfoV1,
     SealInfoV1,
+    SealInfoV4,
     SESealV1,
     SESealV4,
     SesHeader,
@@ -42,6 +47,7 @@ from signer._ses_asn1 import (
     SESSignatureV4,
     SignInfoV1,
     TBSSignV1,
+    TBSSignV4,
     _SealToSignV1,
     parse_signature,
 )
@@ -476,7 +482,7 @@ def _length(n: int) -> bytes:
 def test_byte_flips_never_raise(pki: Pki) -> None:
     signed = signed_by(pki, seal_for(pki))
     check = verifier(pki)
-    step = max(1, len(signed) // 300)
+    step = max(1, len(signed) // 120)
     outcomes = set()
     for at in range(0, len(signed), step):
         for mask in (0x01, 0x80):
@@ -488,3 +494,225 @@ def test_byte_flips_never_raise(pki: Pki) -> None:
         assert truncated.sub_indication is SubIndication.FORMAT_FAILURE
     assert SubIndication.FORMAT_FAILURE in outcomes
     assert SubIndication.SIG_CRYPTO_FAILURE in outcomes
+
+
+# -- RFC 3161 time-stamps ---------------------------------------------------------------------
+SM3_OID = "1.2.156.10197.1.401"
+
+
+def time_stamp_token(tsa: Issued, stamped: bytes, gen_time: datetime) -> bytes:
+    """An RFC 3161 token over SM3(`stamped`), signed with SM2 by `tsa` (asn1crypto's cms/tsp)."""
+    sm3_algorithm = algos.DigestAlgorithm({"algorithm": SM3_OID})
+    tst = tsp.TSTInfo(
+        {
+            "version": "v1",
+            "policy": "1.2.3.4",
+            "message_imprint": {"hash_algorithm": sm3_algorithm, "hashed_message": sm3(stamped)},
+            "serial_number": 1,
+            "gen_time": gen_time,
+        }
+    )
+    attributes = cms.CMSAttributes(
+        [
+            cms.CMSAttribute({"type": "content_type", "values": ["tst_info"]}),
+            cms.CMSAttribute({"type": "message_digest", "values": [sm3(tst.dump())]}),
+        ]
+    )
+    tsa_der = tsa.certificate.public_bytes(serialization.Encoding.DER)
+    tsa_cert = asn1_x509.Certificate.load(tsa_der)
+    signer_info = cms.SignerInfo(
+        {
+            "version": "v1",
+            "sid": cms.SignerIdentifier(
+                {
+                    "issuer_and_serial_number": {
+                        "issuer": tsa_cert.issuer,
+                        "serial_number": tsa_cert.serial_number,
+                    }
+                }
+            ),
+            "digest_algorithm": sm3_algorithm,
+            "signed_attrs": attributes,
+            "signature_algorithm": {"algorithm": SM2_WITH_SM3_OID},
+            "signature": tsa.key.sign(attributes.dump()),
+        }
+    )
+    signed_data = cms.SignedData(
+        {
+            "version": "v3",
+            "digest_algorithms": [sm3_algorithm],
+            "encap_content_info": {"content_type": "tst_info", "content": tst},
+            "certificates": [tsa_cert],
+            "signer_infos": [signer_info],
+        }
+    )
+    return bytes(cms.ContentInfo({"content_type": "signed_data", "content": signed_data}).dump())
+
+
+def with_time_stamp(signed: bytes, token: bytes) -> bytes:
+    loaded = SESSignatureV4.load(signed)
+    fields = {name: loaded[name] for name in ("to_sign", "cert", "signature_alg_id", "signature")}
+    return bytes(SESSignatureV4({**fields, "time_stamp": token}).dump())
+
+
+@pytest.fixture(scope="module")
+def tsa(pki: Pki) -> Issued:
+    return issue(
+        "Time-stamping authority",
+        pki.root,
+        ca=False,
+        usage=SIGNING_USAGE,
+        extensions=[(x509.ExtendedKeyUsage([x509.ExtendedKeyUsageOID.TIME_STAMPING]), True)],
+    )
+
+
+def test_an_anchored_time_stamp_proves_existence_after_expiry(pki: Pki, tsa: Issued) -> None:
+    signed = signed_by(pki, seal_for(pki))
+    value = parse_signature(signed).signature
+    stamped = with_time_stamp(signed, time_stamp_token(tsa, value, NOW + timedelta(minutes=1)))
+    assert verifier(pki).validate_signature(stamped, DATA).passed
+    later = NOW + timedelta(days=400)  # the signer's certificate has expired
+    report = verifier(pki).validate_signature(stamped, DATA, validation_time=later)
+    assert report.passed, report.checks
+    checks = checks_of(report)
+    assert "proof of existence at" in checks["time-stamp"][1]
+    assert "a time-stamp proves existence" in checks["validity now"][1]
+
+
+def test_an_unanchored_time_stamp_is_reported_not_relied_on(pki: Pki) -> None:
+    stranger = issue("Unknown TSA", None, ca=False, usage=SIGNING_USAGE)
+    signed = signed_by(pki, seal_for(pki))
+    value = parse_signature(signed).signature
+    stamped = with_time_stamp(signed, time_stamp_token(stranger, value, NOW))
+    later = NOW + timedelta(days=400)
+    report = verifier(pki).validate_signature(stamped, DATA, validation_time=later)
+    assert report.sub_indication is SubIndication.OUT_OF_BOUNDS_NO_POE
+    passed, detail = checks_of(report)["time-stamp"]
+    assert passed
+    assert "not taken as proof of existence" in detail
+
+
+def test_a_time_stamp_over_other_bytes_or_badly_signed_fails(pki: Pki, tsa: Issued) -> None:
+    signed = signed_by(pki, seal_for(pki))
+    value = parse_signature(signed).signature
+    elsewhere = with_time_stamp(signed, time_stamp_token(tsa, value + b"!", NOW))
+    report = verifier(pki).validate_signature(elsewhere, DATA)
+    assert report.sub_indication is SubIndication.HASH_FAILURE
+    assert "not over this signature value" in checks_of(report)["time-stamp"][1]
+    token = bytearray(time_stamp_token(tsa, value, NOW))
+    token[-10] ^= 0x01  # inside the TSA's SM2 signature
+    report = verifier(pki).validate_signature(with_time_stamp(signed, bytes(token)), DATA)
+    assert report.sub_indication is SubIndication.SIG_CRYPTO_FAILURE
+    assert not checks_of(report)["time-stamp"][0]
+    junk = verifier(pki).validate_signature(with_time_stamp(signed, b"\x30\x00"), DATA)
+    assert junk.sub_indication is SubIndication.FORMAT_FAILURE
+    assert checks_of(junk)["signature"][0]
+
+
+# -- certificate digests in the seal (certListType 2) -----------------------------------------
+def test_a_seal_listing_certificate_digests(pki: Pki) -> None:
+    seal = SESealV4.load(seal_for(pki))
+    info = seal["e_seal_info"]
+    der = pki.signer.certificate.public_bytes(serialization.Encoding.DER)
+    info["property"]["cert_list_type"] = 2
+    info["property"]["cert_list"] = core.Any.load(
+        CertDigestList([{"type": "SM3", "value": sm3(der)}]).dump()
+    )
+    info_der = info.dump(force=True)
+    digest_seal = SESealV4(
+        {
+            "e_seal_info": SealInfoV4.load(info_der),
+            "cert": seal["cert"],
+            "sign_alg_id": SM2_WITH_SM3_OID,
+            "signed_value": pki.maker.key.sign(info_der),
+        }
+    ).dump()
+    report = verifier(pki).validate_signature(signed_by_digest(pki, digest_seal), DATA)
+    assert report.passed, report.checks
+    assert "SM3 digest" in checks_of(report)["signer listed in seal"][1]
+
+
+def signed_by_digest(pki: Pki, seal: bytes) -> bytes:
+    """sign_with_seal wants a listed certificate; a digest-listing seal is signed by hand."""
+    tbs = TBSSignV4(
+        {
+            "version": 4,
+            "e_seal": SESealV4.load(seal),
+            "time_info": NOW,
+            "data_hash": sm3(DATA),
+            "property_info": "digest",
+        }
+    )
+    return SESSignatureV4(
+        {
+            "to_sign": tbs,
+            "cert": pki.signer.certificate.public_bytes(serialization.Encoding.DER),
+            "signature_alg_id": SM2_WITH_SM3_OID,
+            "signature": pki.signer.key.sign(tbs.dump()),
+        }
+    ).dump()
+
+
+def test_a_seal_made_before_its_makers_certificate_is_not_yet_valid(pki: Pki) -> None:
+    early = seal_for(pki, days=400)  # created a year and more ago; the maker's starts a year ago
+    report = verifier(pki).validate_seal(early)
+    assert report.sub_indication is SubIndication.NOT_YET_VALID
+    passed, detail = checks_of(report)["seal maker validity"]
+    assert not passed
+    assert "the seal maker's certificate" in detail
+    assert "the seal's creation" in detail
+    assert checks_of(report)["seal maker chain"][0]  # the path itself holds
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    cut=st.integers(min_value=0, max_value=4000),
+    splice=st.binary(max_size=24),
+    noise=st.binary(max_size=64),
+)
+def test_spliced_and_random_der_never_raise(
+    pki: Pki, cut: int, splice: bytes, noise: bytes
+) -> None:
+    signed = _SIGNED_FOR_FUZZ.setdefault("der", signed_by(pki, seal_for(pki)))
+    check = verifier(pki)
+    at = cut % len(signed)
+    spliced = signed[:at] + splice + signed[at + len(splice) :]
+    for der in (spliced, noise, b"\x30" + bytes([len(noise)]) + noise):
+        report = check.validate_signature(der, DATA)
+        assert isinstance(report, ValidationReport)
+        assert report.passed == (der == signed)
+        assert isinstance(check.validate_seal(der), ValidationReport)
+        assert ses_version(der) in (
+            None,
+            "SES_Signature v4",
+            "SESeal v4",
+            "SESeal v1",
+            "SES_Signature v1",
+        )
+
+
+_SIGNED_FOR_FUZZ: dict[str, bytes] = {}
+
+
+def test_a_time_stamp_before_a_later_revocation_keeps_the_signature(pki: Pki, tsa: Issued) -> None:
+    signed = signed_by(pki, seal_for(pki))
+    value = parse_signature(signed).signature
+    stamped = with_time_stamp(signed, time_stamp_token(tsa, value, NOW + timedelta(minutes=1)))
+    listing = crl(pki.root, [(pki.signer.certificate, NOW + timedelta(hours=2))])
+    check = verifier(pki, region_crls=(listing,))
+    assert check.validate_signature(signed, DATA).sub_indication is SubIndication.REVOKED_NO_POE
+    report = check.validate_signature(stamped, DATA)
+    assert report.passed, report.checks
+    assert "a time-stamp proves the signature older" in checks_of(report)["revocation"][1]
+
+
+def test_a_seal_whose_maker_was_revoked_before_making_it(pki: Pki) -> None:
+    seal = seal_for(pki)
+    listing = crl(pki.root, [(pki.maker.certificate, NOW - timedelta(days=200))])
+    report = verifier(pki, region_crls=(listing,)).validate_seal(seal)
+    assert report.sub_indication is SubIndication.REVOKED
+    assert not checks_of(report)["seal maker revocation"][0]
+    signed = verifier(pki, region_crls=(listing,)).validate_signature(signed_by(pki, seal), DATA)
+    assert signed.sub_indication is SubIndication.REVOKED
