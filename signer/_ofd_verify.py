@@ -172,7 +172,7 @@ def _signature_lists(package: OfdPackage) -> list[str]:
         loc = _text(body, "Signatures")
         if loc is not None:
             lists.append(resolve_loc("OFD.xml", loc, "OFD.xml's Signatures"))
-    return lists
+    return list(dict.fromkeys(lists))  # two documents naming one list: its signatures once
 
 
 def _entries(package: OfdPackage, listed_in: str) -> list[_Entry]:

@@ -645,3 +645,13 @@ def test_a_list_of_signatures_at_the_package_root(pki: Pki) -> None:
         files_of(ofd)
     )
     assert pki.verifier().validate(ofd, validation_time=NOW).passed
+
+
+def test_two_documents_naming_one_list_report_its_signatures_once(pki: Pki) -> None:
+    files = files_of(sealed(pki))
+    body = re.search(rb"<ofd:DocBody>.*</ofd:DocBody>", files["OFD.xml"], flags=re.S)
+    assert body is not None
+    files["OFD.xml"] = files["OFD.xml"].replace(body.group(), body.group() * 2)
+    report = pki.verifier().validate(zip_of(files), validation_time=NOW)
+    assert len(report.signatures) == 1
+    assert report.sub_indication is SubIndication.HASH_FAILURE  # OFD.xml is protected
