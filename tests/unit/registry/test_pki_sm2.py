@@ -163,3 +163,18 @@ def test_keys_rotate_alg_sm2_moves_a_region_to_sm2_seals(run: Run, tmp_path: Pat
     )
     assert code != 0
     assert "SM2 seal keys are a region's" in err
+
+
+def test_pki_init_seal_alg_sm2(run: Run, tmp_path: Path) -> None:
+    code, out, err = run(
+        "pki", "init", "--out", tmp_path / "pki", "--regions", "330000,510000", "--seal-alg", "sm2"
+    )
+    assert (code, err) == (0, ""), err
+    assert "Dev PKI created" in out
+    pki = load_dev_pki(tmp_path / "pki")
+    seals = {k.owner: k.algorithm for k in pki.keys if k.usage == "seal"}
+    assert seals["330000"] == seals["510000"] == "SM2"
+    assert {a for o, a in seals.items() if o not in ("330000", "510000")} == {"ES256"}
+    for key in pki.keys:
+        if key.algorithm == "SM2":
+            assert eseal_path(key.certificate_path).is_file()
