@@ -133,6 +133,10 @@ def init_dev_pki(
     issued_at = utc_now(now)
     manifest = Manifest(tuple(regions), tuple(agencies))
     manifest.check()
+    if seal_algorithm == "SM2" and passphrase:
+        raise PkiError(
+            "SM2 seal keys are written unencrypted: a PKI with a passphrase cannot have them"
+        )
     _claim(out)
     authority_key_path = out / "authority" / "authority.key"
     authority_public_key_path = out / "authority" / "authority.pub.pem"

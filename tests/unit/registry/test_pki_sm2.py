@@ -178,3 +178,9 @@ def test_pki_init_seal_alg_sm2(run: Run, tmp_path: Path) -> None:
     for key in pki.keys:
         if key.algorithm == "SM2":
             assert eseal_path(key.certificate_path).is_file()
+
+
+def test_pki_init_refuses_sm2_seals_with_a_passphrase_before_writing(tmp_path: Path) -> None:
+    with pytest.raises(PkiError, match="unencrypted"):
+        init_dev_pki(tmp_path / "pki", [REGION], [], passphrase=b"p", seal_algorithm="SM2")
+    assert not (tmp_path / "pki").exists()
