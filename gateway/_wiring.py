@@ -12,6 +12,7 @@ from pathlib import Path
 
 import grpc
 import redis.asyncio
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -40,6 +41,7 @@ from gateway.replay import (
     ReplayGuard,
 )
 from gateway.reports import AccessReporter
+from gateway.sealing import Sm2SealKey
 from gateway.services.exchange import QueryPath
 from gateway.tokens import TokenVerifier
 from registry import RegistryStore
@@ -51,6 +53,7 @@ from signer import (
     Pkcs11KeyProvider,
     SealVerifier,
     SignerError,
+    is_sm2_key,
     open_signing_key,
 )
 
@@ -74,20 +77,35 @@ Closer = Callable[[], Awaitable[None]]
 
 
 def load_seal_keys(config: GatewayConfig) -> dict[str, KeyProvider]:
-    """The configured seal keys by kid: key files opened with the TLS passphrase, keys in a
-    cryptographic module through their PKCS#11 URI."""
+    """The configured seal keys by kid: key files opened with the TLS passphrase (an SM2 key,
+    its certificate's curve says so, with its SESeal: `eseal` or the file beside its
+    certificate), keys in a cryptographic module through their PKCS#11 URI."""
     providers: dict[str, KeyProvider] = {}
+    eseals = dict(config.seal_eseals)
     for certificate, private_key in config.seal_keys:
+        provider: KeyProvider
         try:
-            provider: KeyProvider = (
-                FileKeyProvider(private_key, certificate, config.tls_passphrase)
-                if isinstance(private_key, Path)
-                else Pkcs11KeyProvider(private_key, certificate)
-            )
+            if not isinstance(private_key, Path):
+                provider = Pkcs11KeyProvider(private_key, certificate)
+            elif _is_sm2_certificate(certificate):
+                eseal = eseals.get(certificate) or certificate.with_suffix(".esl")
+                provider = Sm2SealKey.from_files(private_key, certificate, eseal)
+            else:
+                provider = FileKeyProvider(private_key, certificate, config.tls_passphrase)
         except SignerError as exc:
             raise ConfigError(f"seal key: {exc}") from exc
         providers[provider.kid] = provider
     return providers
+
+
+def _is_sm2_certificate(path: Path) -> bool:
+    """Whether the first certificate of a PEM file has an SM2 key (False if unreadable: the key
+    provider then says what is wrong with the file)."""
+    try:
+        leaf = x509.load_pem_x509_certificates(path.read_bytes())[0]
+    except (OSError, ValueError, IndexError):
+        return False
+    return is_sm2_key(leaf)
 
 
 def make_breaker(config: GatewayConfig, name: str, open_note: str) -> CircuitBreaker:
@@ -162,6 +180,7 @@ class QueryPathParts:
     store: RegistryStore
     audit: AuditLog
     verifier: SealVerifier
+    gm_verifier: GmVerifier
     seal_keys: dict[str, KeyProvider]
     metrics: GatewayMetrics
     redis_breaker: CircuitBreaker
@@ -282,6 +301,7 @@ def build_query_path(
         quota=quota,
         peers=peers,
         verifier=parts.verifier,
+        gm_verifier=parts.gm_verifier,
         seal_keys=parts.seal_keys,
         cache=AnswerCache(
             backend,

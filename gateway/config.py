@@ -29,6 +29,7 @@ are errors, so a typo never silently falls back to a default.
     # or a key in a cryptographic module, by its PKCS#11 URI (RFC 7512; the PIN from a file or
     # an environment variable, never written here):
     # private_key = "pkcs11:token=tongban;object=seal-2026?module-path=/usr/lib/softhsm/libsofthsm2.so&x-pin-env=TONGBAN_HSM_PIN"
+    eseal = ""                        # optional, SM2 keys: the SESeal (default: <certificate>.esl)
 
     [audit]                           # optional: without it nothing is recorded, Oversight is off
     store = "sqlite"                  # "sqlite" | "postgres" | "memory" (tests and demos only)
@@ -393,6 +394,9 @@ class GatewayConfig:
     tls_passphrase: bytes | None = field(default=None, repr=False)
     # (certificate chain, private key) of each seal key held; the TLS passphrase opens them.
     seal_keys: tuple[tuple[Path, KeyReference], ...] = ()
+    # (certificate chain, SESeal) of the SM2 seal keys whose seal is named (`eseal`); an SM2 key
+    # not listed here uses the seal beside its certificate, <certificate>.esl.
+    seal_eseals: tuple[tuple[Path, Path], ...] = ()
     audit: AuditConfig | None = None
     exchange: ExchangeConfig | None = None
     peers: Mapping[str, str] = field(default_factory=dict)
@@ -462,6 +466,7 @@ class GatewayConfig:
                 bootstrap_ca_file=reg.optional_path("bootstrap_ca_file"),
                 poll_seconds=reg.number("poll_seconds", 2.0),
                 seal_keys=_seal_keys(path, seal),
+                seal_eseals=_seal_eseals(path, seal),
                 audit=_audit(path, audit),
                 exchange=_exchange(path, exchange),
                 peers=_peers(path, document.get("peers", {})),
@@ -515,5 +520,17 @@ def _seal_keys(file: Path, seal: _Section) -> tuple[tuple[Path, KeyReference], .
     for number, data in enumerate(entries):
         entry = _Section(file, f"seal.keys[{number}]", data)
         pairs.append((entry.required_path("certificate"), entry.key("private_key")))
+        entry.optional_path("eseal")
         entry.done()
     return tuple(pairs)
+
+
+def _seal_eseals(file: Path, seal: _Section) -> tuple[tuple[Path, Path], ...]:
+    """The `eseal` of each `[[seal.keys]]` entry that names one (checked by `_seal_keys`)."""
+    named = []
+    for number, data in enumerate(seal._raw("keys", required=False) or ()):
+        entry = _Section(file, f"seal.keys[{number}]", data)
+        eseal = entry.optional_path("eseal")
+        if eseal is not None:
+            named.append((entry.required_path("certificate"), eseal))
+    return tuple(named)

@@ -184,8 +184,17 @@ KEYS: tuple[Key, ...] = (
         "private_key",
         "yes, in each entry",
         kind="path or pkcs11: URI",
-        doc="its private key: a file the [tls] passphrase opens, or the PKCS#11 URI of a key in "
-        "a cryptographic module (see Keys in a cryptographic module)",
+        doc="its private key: a file the [tls] passphrase opens (an SM2 key, recognised by its "
+        "certificate's curve, is an unencrypted PKCS#8 file), or the PKCS#11 URI of a key in a "
+        "cryptographic module (see Keys in a cryptographic module)",
+    ),
+    Key(
+        "seal.keys",
+        "eseal",
+        "no",
+        kind="path",
+        doc="for an SM2 key: the region's GB/T 38540 SESeal (DER) that lists it; default "
+        "<certificate>.esl, where `tongban keys` writes it",
     ),
     Key("audit", "store", "yes, with [audit]", (_AU, "store")),
     Key("audit", "path", 'when store = "sqlite"', (_AU, "path"), dev=True),

@@ -4,10 +4,9 @@
 tests bind port 0 and talk to it over a real channel; `serve(config)` runs one until SIGINT or
 SIGTERM and then stops gracefully. Only the services built so far are served.
 
-The gateway owns one `DocumentVerifier` (its `SealVerifier` and `GmVerifier`, made by
-`gateway._wiring.document_verifier`) and switches it to every registry the store applies (a swap
-listener registered before any snapshot is offered), so `Credentials.Verify` always decides with
-the registry the rest of the gateway holds. Its seal keys are loaded once, at construction.
+The gateway owns one `DocumentVerifier` (`gateway._wiring.document_verifier`: JAdES, GB/T 38540,
+OFD) and switches it to every registry the store applies (a swap listener registered before any
+snapshot is offered), so every verification decides with the registry the gateway holds.
 
 What it is built from lives beside it: `gateway._wiring` (seal keys, breakers, the audit log,
 the query path and its backends), `gateway._tls` (certificates and the roots trusted) and
@@ -232,6 +231,7 @@ class Gateway:
             store=self.store,
             audit=self.audit,
             verifier=self.verifier,
+            gm_verifier=self.documents.gm,
             seal_keys=seal_keys,
             metrics=self.metrics,
             redis_breaker=self.redis_breaker,
@@ -245,16 +245,18 @@ class Gateway:
         return path
 
     # TLS ---------------------------------------------------------------------------------------
-    def reload_seal_keys(self, pairs: Sequence[tuple[Path, KeyReference]]) -> tuple[str, ...]:
-        """Hold exactly these seal keys from now on (a rotation issued a successor, or a retired
-        key was removed from the configuration), without a restart. All of them are opened first:
-        if one fails, a ConfigError says which and the keys held before stay in use. Returns the
-        kids now held."""
-        opened = load_seal_keys(dataclasses.replace(self.config, seal_keys=tuple(pairs)))
+    def reload_seal_keys(
+        self, pairs: Sequence[tuple[Path, KeyReference]], eseals: Sequence[tuple[Path, Path]] = ()
+    ) -> tuple[str, ...]:
+        """Hold exactly these seal keys (and SM2 keys' named SESeals) from now on, without a
+        restart: a rotation issued a successor, or a retired key left the configuration. All are
+        opened first: if one fails, a ConfigError says which and those held stay in use."""
+        config = dataclasses.replace(self.config, seal_keys=tuple(pairs), seal_eseals=tuple(eseals))
+        opened = load_seal_keys(config)
         self.seal_keys.clear()
         self.seal_keys.update(opened)
-        self.config = dataclasses.replace(self.config, seal_keys=tuple(pairs))
-        return tuple(sorted(opened))
+        self.config = config
+        return tuple(sorted(opened))  # the kids now held
 
     def reload_tls(self, config: GatewayConfig) -> str:
         """Serve and call peers with the TLS certificate and key `config` names from now on (a
@@ -432,7 +434,8 @@ class Gateway:
             )
 
     def _follow_registry(self, snapshot: SignedSnapshot) -> None:
-        # Synchronous, inside the swap: no call sees the new registry with the old verifier.
+        # Synchronous, inside the swap: no call sees the new registry with the old verifiers
+        # (the JAdES and GB/T 38540 ones are the DocumentVerifier's own).
         self.documents.use(RegistryTrust(snapshot.registry))
 
     def _on_swap(self, snapshot: SignedSnapshot) -> None:
@@ -532,7 +535,7 @@ def _reload(gateway: Gateway, reload: Callable[[], GatewayConfig]) -> None:
     problem what is held stays in use, and the log says why."""
     try:
         config = reload()
-        kids = gateway.reload_seal_keys(config.seal_keys)
+        kids = gateway.reload_seal_keys(config.seal_keys, config.seal_eseals)
         tls = gateway.reload_tls(config)
     except (GatewayError, OSError) as exc:
         problem = str(exc)

@@ -15,6 +15,7 @@ from pathlib import Path
 from registry._inventory import Inventory, KeyRecord
 from registry._model import KeyState, KeyUsage
 from registry._pki import ModuleKey, issue_key
+from registry._pki_sm2 import add_region_eseal
 from registry.errors import KeyLifecycleError
 
 __all__ = ["Rotation", "add_key", "key_to_rotate", "rotate_key"]
@@ -43,7 +44,7 @@ def add_key(
     module_key: ModuleKey | None = None,
 ) -> KeyRecord:
     """Issue a key from `region`'s CA for `owner` and record it in `inventory` (saved) in
-    `state`."""
+    `state`; an SM2 seal key with its `SESeal` (`registry._pki_sm2`)."""
     key = issue_key(
         pki_root,
         region=region,
@@ -55,6 +56,8 @@ def add_key(
         validity_days=validity_days,
         module_key=module_key,
     )
+    if key.algorithm == "SM2":
+        add_region_eseal(pki_root, key, passphrase=passphrase, now=now)  # its SESeal beside it
     record = KeyRecord.from_issued(pki_root, key, state, now)
     inventory.add(record)
     inventory.save()
@@ -67,12 +70,13 @@ def rotate_key(
     usage: KeyUsage,
     *,
     now: datetime,
-    algorithm: str = "ES256",
+    algorithm: str | None = None,
     passphrase: bytes | None = None,
     validity_days: int | None = None,
 ) -> Rotation:
     """What `tongban keys rotate` does: a pending successor of `owner`'s active `usage` key,
-    issued by the same region's CA (see `key_to_rotate` for when it is refused)."""
+    issued by the same region's CA (see `key_to_rotate` for when it is refused), with the
+    current key's algorithm unless another is given."""
     inventory = Inventory.load(pki_root)
     current = key_to_rotate(inventory, owner, usage)
     successor = add_key(
@@ -83,7 +87,7 @@ def rotate_key(
         usage=usage,
         state=KeyState.PENDING,
         now=now,
-        algorithm=algorithm,
+        algorithm=algorithm or current.algorithm,
         passphrase=passphrase,
         validity_days=validity_days,
     )

@@ -34,11 +34,18 @@ from pathlib import Path
 from typing import Any, Final
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
-from registry._files import write_atomically
+from registry._pki_files import (
+    certificate_kid,
+    pem,
+    read_certificate,
+    write_private,
+    write_private_sm2,
+    write_public,
+)
 from registry._profiles import (
     authority_key_identifier,
     check_name,
@@ -46,16 +53,17 @@ from registry._profiles import (
     profile_extensions,
 )
 from registry.errors import PkiError
-from signer import is_sm2_key, x5t_s256_of_certificate
+from signer import is_sm2_key
+from signer._keyfile import ALGORITHMS as _JWS_ALGORITHMS
 from signer._keyfile import (
-    ALGORITHMS,
     PrivateKey,
     PublicKey,
     algorithm_for_key,
     generate_private_key,
     load_private_key,
-    write_private_key,
 )
+from signer._sm2 import Sm2PrivateKey
+from signer._sm2_x509 import issue_sm2_certificate, sm2_subject_key_identifier
 from signer.errors import SignerError
 
 __all__ = [
@@ -63,6 +71,7 @@ __all__ = [
     "CLOCK_SKEW",
     "LEAF_VALIDITY_DAYS",
     "MANIFEST_NAME",
+    "SM2_USAGES",
     "USAGES",
     "AgencySpec",
     "IssuedKey",
@@ -74,6 +83,7 @@ __all__ = [
     "agency_keys_dir",
     "ca_dir",
     "certificate_kid",
+    "crl_distribution_point",
     "issue_key",
     "issue_leaf",
     "load_region_issuer",
@@ -84,10 +94,19 @@ __all__ = [
     "scan_keys",
     "utc_now",
     "write_private",
+    "write_private_sm2",
     "write_public",
 ]
 
 USAGES: Final = ("seal", "signature", "token", "tls", "audit")
+
+
+# SM2 (GB/T 32918, with SM3) is for seals only: its certificate sits under the region's P-256 CA
+# (a mixed chain), and a region's seal key in SM2 seals as GB/T 38540 rather than JAdES.
+ALGORITHMS: Final = (*_JWS_ALGORITHMS, "SM2")
+
+
+SM2_USAGES: Final = ("seal",)
 
 
 LEAF_VALIDITY_DAYS: Final = 365
@@ -157,7 +176,7 @@ class IssuedKey:
     usage: str  # "seal" | "signature" | "token" | "tls" | "audit"
     owner: str  # region code or agency id
     region: str
-    algorithm: str  # "ES256" | "EdDSA" | "PS256"
+    algorithm: str  # "ES256" | "EdDSA" | "PS256" | "SM2"
     certificate_path: Path  # PEM: leaf then intermediate (chain without root)
     key_path: Path
     not_before: datetime  # aware, UTC
@@ -338,7 +357,7 @@ def _issued_key(
         usage=usage,
         owner=owner,
         region=region,
-        algorithm=_algorithm_of(leaf.public_key(), certificate_path),
+        algorithm=_algorithm_of(leaf, certificate_path),
         certificate_path=certificate_path,
         key_path=certificate_path.with_suffix(".key"),
         not_before=leaf.not_valid_before_utc,
@@ -400,7 +419,13 @@ def issue_leaf(
     `module_key`, certify that key (which stays in its module) and write only the certificate."""
     region = issuer.region
     agency = _check_leaf(
-        manifest, issuer, owner=owner, usage=usage, algorithm=algorithm, tls_names=tls_names
+        manifest,
+        issuer,
+        owner=owner,
+        usage=usage,
+        algorithm=algorithm,
+        tls_names=tls_names,
+        passphrase=passphrase,
     )
     not_after = now + validity
     if not_after > issuer.certificate.not_valid_after_utc:
@@ -410,30 +435,24 @@ def issue_leaf(
             f"{issuer.certificate.not_valid_after_utc:%Y-%m-%d})"
         )
 
-    key: PrivateKey | None = None
-    if module_key is None:
-        key = generate_private_key(algorithm)
-        public_key = key.public_key()
-    else:
-        public_key = module_key.public_key
-        if _algorithm_of(public_key, Path(module_key.uri)) != algorithm:
-            raise PkiError(f"the key in the module is not an {algorithm} key")
+    if module_key is not None and _jws_algorithm_of(
+        module_key.public_key, Path(module_key.uri)
+    ) != (algorithm):
+        raise PkiError(f"the key in the module is not an {algorithm} key")
     builder = (
         x509.CertificateBuilder()
         .subject_name(leaf_subject(region, agency, usage, subject_name))
         .issuer_name(issuer.certificate.subject)
-        .public_key(public_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - CLOCK_SKEW)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .add_extension(authority_key_identifier(issuer.certificate), critical=False)
-        .add_extension(_crl_distribution_point(region.code), critical=False)
+        .add_extension(crl_distribution_point(region.code), critical=False)
     )
     for extension, critical in profile_extensions(region.code, agency, usage, tls_names):
         builder = builder.add_extension(extension, critical=critical)
-    leaf = builder.sign(issuer.key, hashes.SHA256())
+    key, leaf = _sign_leaf(builder, algorithm, issuer, module_key)
 
     kid = certificate_kid(leaf)
     keys_dir = (
@@ -447,11 +466,41 @@ def issue_leaf(
     if certificate_path.exists() or key_path.exists():
         raise PkiError(f"{certificate_path} already exists; refusing to overwrite it")
     # Key first: a certificate on disk always has its key next to it (or in its module).
-    if key is not None:
+    if isinstance(key, Sm2PrivateKey):
+        write_private_sm2(key_path, key)
+    elif key is not None:
         write_private(key_path, key, passphrase)
     write_public(certificate_path, pem(leaf) + pem(issuer.certificate))
     issued = _issued_key(leaf, usage, owner, region.code, certificate_path)
     return issued if module_key is None else replace(issued, key_uri=module_key.uri)
+
+
+def _sign_leaf(
+    builder: x509.CertificateBuilder,
+    algorithm: str,
+    issuer: Issuer,
+    module_key: ModuleKey | None = None,
+) -> tuple[PrivateKey | Sm2PrivateKey | None, x509.Certificate]:
+    """A fresh key of `algorithm` and its certificate from `builder`, signed by `issuer`; or,
+    with `module_key`, the certificate of that key (None for the key: it stays in its module)."""
+    if module_key is not None:
+        public = module_key.public_key
+        builder = builder.public_key(public).add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(public), critical=False
+        )
+        return None, builder.sign(issuer.key, hashes.SHA256())
+    if algorithm == "SM2":
+        sm2_key = Sm2PrivateKey.generate()
+        builder = builder.add_extension(
+            x509.SubjectKeyIdentifier(sm2_subject_key_identifier(sm2_key.public_key())),
+            critical=False,
+        )
+        return sm2_key, issue_sm2_certificate(builder, sm2_key.public_key(), issuer.key)
+    key = generate_private_key(algorithm)
+    builder = builder.public_key(key.public_key()).add_extension(
+        x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
+    )
+    return key, builder.sign(issuer.key, hashes.SHA256())
 
 
 def _check_leaf(
@@ -462,6 +511,7 @@ def _check_leaf(
     usage: str,
     algorithm: str,
     tls_names: tuple[str, ...],
+    passphrase: bytes | None,
 ) -> AgencySpec | None:
     """Refuse what `issue_leaf` cannot issue; the owning agency (None for the region)."""
     region = issuer.region
@@ -471,6 +521,13 @@ def _check_leaf(
         raise PkiError(f"unknown algorithm {algorithm!r}; expected one of {', '.join(ALGORITHMS)}")
     if usage == "tls" and algorithm != "ES256":
         raise PkiError(f"TLS keys are always ES256 (P-256); {algorithm} was asked for")
+    if algorithm == "SM2" and usage not in SM2_USAGES:
+        raise PkiError(f"SM2 keys are for seals only; a {usage} key cannot be SM2")
+    if algorithm == "SM2" and passphrase:
+        raise PkiError(
+            "SM2 key files are written unencrypted (PKCS#8 as OpenSSL writes them): "
+            "protect them with file permissions or an HSM, not a passphrase"
+        )
     agency = None
     if owner != region.code:
         agency = manifest.agency(owner)
@@ -478,12 +535,16 @@ def _check_leaf(
             raise PkiError(
                 f"owner {owner!r} is neither region {region.code} nor one of its agencies"
             )
+    if algorithm == "SM2" and agency is not None:
+        raise PkiError(
+            "SM2 seal keys are a region's (its gateway seals with them), not an agency's"
+        )
     if tls_names and not (usage == "tls" and agency is None):
         raise PkiError("tls_names applies to gateway TLS certificates (usage 'tls', region owner)")
     return agency
 
 
-def _crl_distribution_point(region: str) -> x509.CRLDistributionPoints:
+def crl_distribution_point(region: str) -> x509.CRLDistributionPoints:
     return x509.CRLDistributionPoints(
         [
             x509.DistributionPoint(
@@ -513,7 +574,13 @@ def utc_now(now: datetime | None) -> datetime:
     return now.astimezone(UTC).replace(microsecond=0)
 
 
-def _algorithm_of(public_key: CertificatePublicKeyTypes, where: Path) -> str:
+def _algorithm_of(leaf: x509.Certificate, where: Path) -> str:
+    if is_sm2_key(leaf):
+        return "SM2"
+    return _jws_algorithm_of(leaf.public_key(), where)
+
+
+def _jws_algorithm_of(public_key: CertificatePublicKeyTypes, where: Path) -> str:
     if not isinstance(
         public_key, (ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey, rsa.RSAPublicKey)
     ):
@@ -522,35 +589,3 @@ def _algorithm_of(public_key: CertificatePublicKeyTypes, where: Path) -> str:
         return algorithm_for_key(public_key)
     except SignerError as exc:
         raise PkiError(f"{where}: {exc}") from exc
-
-
-def certificate_kid(cert: x509.Certificate) -> str:
-    """Key id of a certificate: the JWS x5t#S256 of its DER."""
-    return x5t_s256_of_certificate(cert)
-
-
-def pem(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.PEM)
-
-
-def read_certificate(path: Path) -> x509.Certificate:
-    try:
-        return x509.load_pem_x509_certificate(path.read_bytes())
-    except FileNotFoundError as exc:
-        raise PkiError(f"certificate file {path} does not exist") from exc
-    except (OSError, ValueError) as exc:
-        raise PkiError(f"certificate file {path} could not be read: {exc}") from exc
-
-
-def write_private(path: Path, key: PrivateKey, passphrase: bytes | None) -> None:
-    try:
-        write_private_key(path, key, passphrase)
-    except SignerError as exc:
-        raise PkiError(str(exc)) from exc
-
-
-def write_public(path: Path, data: bytes) -> None:
-    try:
-        write_atomically(path, data)
-    except OSError as exc:
-        raise PkiError(f"cannot write {path}: {exc.strerror or exc}") from exc

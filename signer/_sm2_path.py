@@ -12,7 +12,8 @@ What is checked, in this order (the first failure is reported):
 
     (1) path     leaf -> ... -> a certificate in `roots`, by issuer name = subject and
                  authorityKeyIdentifier = subjectKeyIdentifier where both are present; each
-                 link an SM2-with-SM3 signature that verifies with the issuer's SM2 key; a
+                 link an SM2-with-SM3 signature that verifies with the issuer's SM2 key
+                 (or, in a mixed chain, an ECDSA signature by a P-256 CA, checked by pyca); a
                  self-issued root's own signature verifies; no loop, at most `max_depth`
                  certificates above the leaf                   NO_CERTIFICATE_CHAIN_FOUND
     (2) readable extensions that pyca can parse                FORMAT_FAILURE
@@ -57,6 +58,8 @@ from datetime import UTC, datetime
 from typing import Final, Literal, TypeVar
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import CRLEntryExtensionOID, ExtensionOID
 
 from signer._report import SubIndication
@@ -79,6 +82,15 @@ DEFAULT_MAX_DEPTH: Final = 4  # certificates above the leaf, the anchor included
 # Signatures checked while building one path: candidates of one name are tried in turn, and
 # certificates that name each other could otherwise make the search exponential.
 MAX_LINK_CHECKS: Final = 64
+
+# The signatures of a mixed chain's ECDSA links (a P-256 region CA over SM2 seal certificates).
+_PYCA_LINKS: Final = frozenset(
+    {
+        x509.SignatureAlgorithmOID.ECDSA_WITH_SHA256,
+        x509.SignatureAlgorithmOID.ECDSA_WITH_SHA384,
+        x509.SignatureAlgorithmOID.ECDSA_WITH_SHA512,
+    }
+)
 
 # Critical extensions whose constraints this check applies, or which constrain nothing on the
 # path (identifiers, names, where to fetch things, statements the caller reads).
@@ -240,6 +252,28 @@ def _key_identifier_mismatch(
     return aki.key_identifier != ski.digest
 
 
+def _pyca_link(certificate: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """Whether `issuer`'s (non-SM2) key signed `certificate`, as pyca checks it."""
+    if is_sm2_key(issuer):
+        return False
+    try:
+        certificate.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+        return False
+    return True
+
+
+def _pyca_crl(crl: x509.CertificateRevocationList, issuer: x509.Certificate) -> bool:
+    """Whether `issuer`'s (non-SM2) key signed `crl` with an ECDSA algorithm pyca checks."""
+    if is_sm2_key(issuer) or crl.signature_algorithm_oid not in _PYCA_LINKS:
+        return False
+    try:
+        key = issuer.public_key()
+        return isinstance(key, ec.EllipticCurvePublicKey) and crl.is_signature_valid(key)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        return False
+
+
 def _sm2_key(context: _Context, certificate: x509.Certificate) -> Sm2PublicKey:
     """The issuer's SM2 key, or why it cannot sign an SM2 path."""
     if not is_sm2_key(certificate):
@@ -264,10 +298,14 @@ def _link(context: _Context, certificate: x509.Certificate, issuer: x509.Certifi
             "issuers of the same name",
         )
     if not is_sm2_signed(certificate):
+        # A mixed chain: a region's P-256 CA issues its SM2 seal certificates (gRPC's TLS
+        # cannot use SM2, so the CA stays ECDSA); pyca checks the ECDSA links.
+        if certificate.signature_algorithm_oid in _PYCA_LINKS and _pyca_link(certificate, issuer):
+            return
         raise _Refused(
             f"{context.name(certificate)} is signed with "
-            f"{certificate.signature_algorithm_oid.dotted_string}, not SM2-with-SM3 "
-            "(chains of other algorithms are checked by pyca/cryptography)"
+            f"{certificate.signature_algorithm_oid.dotted_string}, and neither SM2-with-SM3 "
+            f"nor an ECDSA signature by the key of {context.name(issuer)}"
         )
     key = _sm2_key(context, issuer)
     if not sm2_signature_verifies(certificate, key):
@@ -452,12 +490,15 @@ def _crl_unusable(
     context: _Context, crl: x509.CertificateRevocationList, issuer: x509.Certificate
 ) -> str:
     """Why a CRL bearing the issuer's name cannot speak for it ('' when it can)."""
-    if not is_sm2_signed(crl):
-        return "is not signed with SM2"
+    if not is_sm2_signed(crl) and crl.signature_algorithm_oid not in _PYCA_LINKS:
+        return "is signed neither with SM2 nor with ECDSA"
     usage = _extension(context, issuer, x509.KeyUsage)
     if usage is not None and not usage.crl_sign:
         return "comes from an issuer whose keyUsage lacks cRLSign"
-    if not is_sm2_key(issuer) or not sm2_signature_verifies(crl, sm2_public_key_of(issuer)):
+    if is_sm2_signed(crl):
+        if not is_sm2_key(issuer) or not sm2_signature_verifies(crl, sm2_public_key_of(issuer)):
+            return "has a signature that does not verify with the issuer's key"
+    elif not _pyca_crl(crl, issuer):
         return "has a signature that does not verify with the issuer's key"
     try:
         critical = [e.oid for e in crl.extensions if e.critical]

@@ -107,25 +107,43 @@ def _sm2_algorithm() -> asn1_algos.SignedDigestAlgorithm:
     return asn1_algos.SignedDigestAlgorithm({"algorithm": SM2_WITH_SM3_OID})
 
 
+def _ecdsa_sha256_algorithm() -> asn1_algos.SignedDigestAlgorithm:
+    # RFC 5758 §3.2: ecdsa-with-SHA256 has no parameters either.
+    return asn1_algos.SignedDigestAlgorithm({"algorithm": "sha256_ecdsa"})
+
+
 def issue_sm2_certificate(
-    builder: x509.CertificateBuilder, subject_key: Sm2PublicKey, issuer_key: Sm2PrivateKey
+    builder: x509.CertificateBuilder,
+    subject_key: Sm2PublicKey,
+    issuer_key: Sm2PrivateKey | ec.EllipticCurvePrivateKey,
 ) -> x509.Certificate:
-    """Issue `builder`'s certificate for an SM2 subject key, signed with the issuer's SM2 key.
+    """Issue `builder`'s certificate for an SM2 subject key, signed with the issuer's key.
 
     The builder carries the names, serial, validity and extensions (a SubjectKeyIdentifier, if
-    wanted, from `sm2_subject_key_identifier`); it must not set a public key: this does.
+    wanted, from `sm2_subject_key_identifier`); it must not set a public key: this does. An SM2
+    issuer signs with SM2-with-SM3; an ECDSA issuer (a region's P-256 CA: gRPC's TLS cannot use
+    SM2, so a region's CA stays ECDSA and its SM2 seal certificates sit in a mixed chain) signs
+    with ecdsa-with-SHA256, over the tbsCertificate that carries the SM2 key.
     """
     placeholder = builder.public_key(_PLACEHOLDER.public_key()).sign(_PLACEHOLDER, hashes.SHA256())
     loaded = asn1_x509.Certificate.load(placeholder.public_bytes(serialization.Encoding.DER))
     tbs = loaded["tbs_certificate"]
-    tbs["signature"] = _sm2_algorithm()
+    algorithm = (
+        _sm2_algorithm() if isinstance(issuer_key, Sm2PrivateKey) else _ecdsa_sha256_algorithm()
+    )
+    tbs["signature"] = algorithm
     tbs["subject_public_key_info"] = asn1_keys.PublicKeyInfo.load(subject_key.spki())
     tbs_der = bytes(tbs.dump(force=True))
+    signature = (
+        issuer_key.sign(tbs_der)
+        if isinstance(issuer_key, Sm2PrivateKey)
+        else issuer_key.sign(tbs_der, ec.ECDSA(hashes.SHA256()))
+    )
     certificate = asn1_x509.Certificate(
         {
             "tbs_certificate": asn1_x509.TbsCertificate.load(tbs_der),
-            "signature_algorithm": _sm2_algorithm(),
-            "signature_value": issuer_key.sign(tbs_der),
+            "signature_algorithm": algorithm,
+            "signature_value": signature,
         }
     )
     return x509.load_der_x509_certificate(bytes(certificate.dump()))

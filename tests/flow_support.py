@@ -48,6 +48,7 @@ from registry import (
 )
 from signer import (
     FileKeyProvider,
+    GmVerifier,
     KeyProvider,
     SealVerifier,
     load_private_key,
@@ -316,7 +317,13 @@ class OwnerPeer:
         self.started = asyncio.Event()
 
     async def forward(
-        self, request: DataRequest, caller: Caller, operator: str, time_remaining: Any
+        self,
+        request: DataRequest,
+        caller: Caller,
+        operator: str,
+        time_remaining: Any,
+        *,
+        credential_type: str = "",
     ) -> Forwarded:
         self.asked.append(request)
         self.started.set()
@@ -349,6 +356,7 @@ def requester_flow(
         quota=backends.quota,
         owners=owners,
         verifier=verifier(registry),
+        gm_verifier=GmVerifier(RegistryTrust(registry), clock=lambda: NOW),
         cache=backends.cache,
         codec=ForwardedCodec(),
         reporter=reporter,

@@ -84,11 +84,22 @@ class Federation:
 
 
 def make_federation(
-    root: Path, source: Path = DEMO_SOURCE, now: datetime | None = None
+    root: Path,
+    source: Path = DEMO_SOURCE,
+    now: datetime | None = None,
+    seal_algorithm: str = "ES256",
 ) -> Federation:
+    """A dev PKI for the source's regions; `seal_algorithm` is their seal keys' (SM2: GB/T 38540
+    seals, each with the region's SESeal)."""
     loaded = load_source(source)
     regions = [r.code for r in loaded.regions]
-    init_dev_federation(root / "pki", loaded, regions, now=now or datetime.now(UTC))
+    init_dev_federation(
+        root / "pki",
+        loaded,
+        regions,
+        now=now or datetime.now(UTC),
+        seal_algorithm=seal_algorithm,
+    )
     return Federation(root=root, source=source, pki=root / "pki", published=root / "published")
 
 

@@ -45,6 +45,7 @@ def cmd_demo(args: argparse.Namespace, out: Console) -> int:
         redis_url=args.redis,
         postgres_dsn=args.postgres,
         serve=args.serve,
+        seal_algorithm=args.seal_alg,
     )
     if args.log_level == "WARNING":  # the transcript says it: one replica, cache in memory
         logging.getLogger("tongban").setLevel(logging.ERROR)
@@ -94,5 +95,13 @@ def register(commands: Subparsers) -> None:
         "--serve",
         action="store_true",
         help="after the scenarios, keep the gateways running until Ctrl-C",
+    )
+    demo.add_argument(
+        "--seal-alg",
+        type=lambda text: text.upper() if text.upper() == "SM2" else text,
+        choices=("ES256", "SM2"),
+        default="ES256",
+        help="the regions' seal keys: ES256 (JAdES seals, the default) or SM2 (GB/T 38540 "
+        "seals with each region's SESeal)",
     )
     demo.set_defaults(handler=cmd_demo, serves=True)

@@ -47,7 +47,15 @@ from signer import Pkcs11Uri, generate_pkcs11_key, open_pkcs11_key
 
 __all__ = ["keys_table", "register"]
 
-ALGORITHMS = ("ES256", "EdDSA", "PS256")
+ALGORITHMS = ("ES256", "EdDSA", "PS256", "SM2")
+
+
+def parse_algorithm(text: str) -> str:
+    """An algorithm name as `--algorithm` takes it; SM2 in either case (``sm2`` is how GM/T
+    documents and OpenSSL spell it)."""
+    return "SM2" if text.upper() == "SM2" else text
+
+
 MAX_VALIDITY_DAYS = 3650  # days: no leaf certificate outlives its intermediate (5 years) anyway
 
 
@@ -88,14 +96,21 @@ def _owner_region(args: argparse.Namespace, inventory: Inventory) -> str:
     raise Failure(f"owner {args.owner!r} is neither a region code nor an agency of {args.source}")
 
 
-def _module_key(args: argparse.Namespace) -> ModuleKey | None:
-    """With --pkcs11: a key pair generated in the token the URI names (it never leaves it)."""
+def _module_key(args: argparse.Namespace, algorithm: str) -> ModuleKey | None:
+    """With --pkcs11: a key pair of `algorithm` generated in the token the URI names (it never
+    leaves it)."""
     uri: Pkcs11Uri | None = args.pkcs11
     if uri is None:
         return None
     if args.usage == KeyUsage.TLS.value:
         raise Failure("TLS keys stay in files (gRPC's TLS reads its key from PEM): drop --pkcs11")
-    named = generate_pkcs11_key(uri, args.algorithm)
+    if algorithm == "SM2":
+        raise Failure(
+            "no SM2 mechanism is configured for PKCS#11 modules (SoftHSM2 has none): an SM2 key "
+            "in a module needs a vendor mechanism or a GM/T 0018 provider (docs/security.md); "
+            "drop --pkcs11 to keep the SM2 key in a file"
+        )
+    named = generate_pkcs11_key(uri, algorithm)
     return ModuleKey(open_pkcs11_key(named).public_key, str(named))
 
 
@@ -108,7 +123,8 @@ def cmd_keys_generate(args: argparse.Namespace, out: Console) -> int:
             "use `tongban keys rotate` so that the old key retires without breaking verification"
         )
     region = _owner_region(args, inventory)
-    module_key = _module_key(args)
+    algorithm = args.algorithm or "ES256"
+    module_key = _module_key(args, algorithm)
     record = add_key(
         args.pki,
         inventory,
@@ -117,7 +133,7 @@ def cmd_keys_generate(args: argparse.Namespace, out: Console) -> int:
         usage=KeyUsage(args.usage),
         state=KeyState.ACTIVE,
         now=utc_now(),
-        algorithm=args.algorithm,
+        algorithm=algorithm,
         passphrase=passphrase(args),
         validity_days=args.validity_days,
         module_key=module_key,
@@ -138,7 +154,8 @@ def cmd_keys_rotate(args: argparse.Namespace, out: Console) -> int:
     inventory = Inventory.load(args.pki)
     usage = KeyUsage(args.usage)
     current = key_to_rotate(inventory, args.owner, usage)
-    module_key = _module_key(args)
+    algorithm = args.algorithm or current.algorithm
+    module_key = _module_key(args, algorithm)
     record = add_key(
         args.pki,
         inventory,
@@ -147,7 +164,7 @@ def cmd_keys_rotate(args: argparse.Namespace, out: Console) -> int:
         usage=usage,
         state=KeyState.PENDING,
         now=utc_now(),
-        algorithm=args.algorithm,
+        algorithm=algorithm,
         passphrase=passphrase(args),
         validity_days=args.validity_days,
         module_key=module_key,
@@ -273,9 +290,12 @@ def _register_issue(key_verbs: Subparsers, verb: str, handler: Handler, text: st
     )
     p.add_argument(
         "--algorithm",
-        default="ES256",
+        "--alg",
+        type=parse_algorithm,
         choices=ALGORITHMS,
-        help="signature algorithm (default ES256; TLS keys are always ES256)",
+        help="signature algorithm (default: ES256 for a first key, the current key's for a "
+        "rotation; TLS keys are always ES256; SM2 is for a region's seal keys and comes with "
+        "the region's SESeal)",
     )
     p.add_argument(
         "--validity-days",

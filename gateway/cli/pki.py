@@ -26,7 +26,12 @@ def cmd_pki_init(args: argparse.Namespace, out: Console) -> int:
 
     source = load_source(args.source)
     created = init_dev_federation(
-        args.out, source, args.regions, passphrase=passphrase(args), now=utc_now()
+        args.out,
+        source,
+        args.regions,
+        passphrase=passphrase(args),
+        now=utc_now(),
+        seal_algorithm=args.seal_alg,
     )
     agencies = [a for a in source.agencies if a.region in args.regions]
     out.print(
@@ -69,6 +74,14 @@ def register(commands: Subparsers) -> None:
         type=parse_regions,
         required=True,
         help="comma-separated GB/T 2260 codes, e.g. 330000,510000,500000",
+    )
+    init.add_argument(
+        "--seal-alg",
+        type=lambda text: text.upper() if text.upper() == "SM2" else text,
+        choices=("ES256", "SM2"),
+        default="ES256",
+        help="the regions' seal keys: ES256 (the default) or SM2 (GB/T 38540 seals, each region "
+        "with its seal maker and SESeal; no passphrase then: SM2 key files are not encrypted)",
     )
     source_option(init, "registry source naming the agencies")
     passphrase_options(init)

@@ -70,6 +70,7 @@ class DemoOptions:
     redis_url: str = ""
     postgres_dsn: str = ""
     serve: bool = False
+    seal_algorithm: str = "ES256"  # the regions' seal keys: "ES256", or "SM2" (GB/T 38540 seals)
 
 
 # the running federation ------------------------------------------------------------------------
@@ -79,6 +80,7 @@ class Federation:
 
     folder: Path
     source: Path
+    seal_algorithm: str = "ES256"  # the regions' seal keys' (DemoOptions.seal_algorithm)
     gateways: dict[str, Gateway] = field(default_factory=dict)
     providers: dict[str, tuple[grpc.aio.Server, int]] = field(default_factory=dict)
     data: dict[str, DemoData] = field(default_factory=dict)
@@ -162,15 +164,18 @@ class Federation:
         return key
 
 
-def build_pki(folder: Path, source: Path) -> None:
-    """What `tongban pki init` and `tongban registry publish` do, for the three demo regions."""
+def build_pki(folder: Path, source: Path, seal_algorithm: str = "ES256") -> None:
+    """What `tongban pki init` and `tongban registry publish` do, for the three demo regions,
+    whose seal keys are `seal_algorithm`'s."""
     loaded = load_source(source)
     names = {r.code: r.name for r in loaded.regions}
     missing = [code for code in REGIONS if code not in names]
     if missing:
         raise DemoError(f"{source}: the registry source has no region {', '.join(missing)}")
     now = datetime.now(UTC)
-    init_dev_federation(folder / "pki", loaded, list(REGIONS), now=now)
+    init_dev_federation(
+        folder / "pki", loaded, list(REGIONS), now=now, seal_algorithm=seal_algorithm
+    )
     publish(source, folder / "pki", folder / "published", now=now)
 
 

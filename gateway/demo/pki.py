@@ -45,6 +45,7 @@ from registry._pki import (
     write_private,
     write_public,
 )
+from registry._pki_sm2 import write_region_eseal
 from registry._profiles import CA_KEY_USAGE, authority_key_identifier, ca_name
 from registry.errors import PkiError
 from signer import generate_private_key
@@ -96,6 +97,7 @@ def init_dev_federation(
     *,
     now: datetime,
     passphrase: bytes | None = None,
+    seal_algorithm: str = "ES256",
 ) -> DevPki:
     """A development PKI for `regions` (named as the source names them) and the source's
     agencies of those regions, with its key inventory saved: what `tongban pki init` does."""
@@ -104,7 +106,9 @@ def init_dev_federation(
     agencies = [
         AgencySpec(a.id, a.name, a.region, a.uscc) for a in source.agencies if a.region in regions
     ]
-    created = init_dev_pki(out, specs, agencies, passphrase=passphrase, now=now)
+    created = init_dev_pki(
+        out, specs, agencies, passphrase=passphrase, now=now, seal_algorithm=seal_algorithm
+    )
     Inventory.for_new_pki(created, now).save()
     return created
 
@@ -116,16 +120,23 @@ def init_dev_pki(
     *,
     passphrase: bytes | None = None,
     now: datetime | None = None,
+    seal_algorithm: str = "ES256",
 ) -> DevPki:
     """Create a complete dev PKI in `out` (the layout is `registry._pki`'s).
 
     Every private key, the CA keys included, is encrypted with `passphrase` when one is given.
+    `seal_algorithm` is the regions' seal keys' ("SM2": each with the region's SESeal, made by
+    the region's seal maker, `registry._pki_sm2`); agencies' seal keys are ES256.
     Refuses with `PkiError`, before writing anything, when `out` already holds a PKI, when a
     region or agency is given twice, or when an agency's region is not among `regions`.
     """
     issued_at = utc_now(now)
     manifest = Manifest(tuple(regions), tuple(agencies))
     manifest.check()
+    if seal_algorithm == "SM2" and passphrase:
+        raise PkiError(
+            "SM2 seal keys are written unencrypted: a PKI with a passphrase cannot have them"
+        )
     _claim(out)
     authority_key_path = out / "authority" / "authority.key"
     authority_public_key_path = out / "authority" / "authority.pub.pem"
@@ -145,6 +156,8 @@ def init_dev_pki(
         for owner, usages in owners:
             for usage in usages:
                 algorithm = DEFAULT_ALGORITHM_FOR_USAGE[usage] if owner == region.code else "ES256"
+                if usage == "seal" and owner == region.code:
+                    algorithm = seal_algorithm
                 keys.append(
                     issue_leaf(
                         out,
@@ -160,6 +173,8 @@ def init_dev_pki(
                         tls_names=(),
                     )
                 )
+                if algorithm == "SM2":
+                    write_region_eseal(out, issuer, keys[-1], now=issued_at)
     _finish(out, manifest, issued_at)
     return DevPki(
         root=out,

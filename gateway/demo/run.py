@@ -113,8 +113,12 @@ async def _run(options: DemoOptions, out: Console, folder: Path) -> int:
     run_id = secrets.token_hex(3)
     out.print(f"[bold]Tongban demo[/] in {folder}", soft_wrap=True)
     out.print("Dev PKI for 330000 浙江, 510000 四川, 500000 重庆 and a signed registry …")
-    await asyncio.to_thread(build_pki, folder, options.source)
-    fed = Federation(folder=folder, source=options.source)
+    if options.seal_algorithm == "SM2":
+        out.print(
+            "The regions seal with SM2: GB/T 38540 seals, each region's SESeal beside its key."
+        )
+    await asyncio.to_thread(build_pki, folder, options.source, options.seal_algorithm)
+    fed = Federation(folder=folder, source=options.source, seal_algorithm=options.seal_algorithm)
     try:
         await start_federation(fed, options, run_id)
         describe(fed, out, options)

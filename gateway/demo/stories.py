@@ -26,7 +26,9 @@ from gateway.audit import CheckpointError, ProofError, verify_checkpoint, verify
 from gateway.demo.config import config_for_dev_pki
 from gateway.demo.federation import DemoError, Federation
 from gateway.errors import error_info_of
+from gateway.licences import RECORD_FILE
 from registry import CURRENT_SNAPSHOT, KeyState, KeyUsage, rotate_key
+from signer._ofd_package import read_package
 from tongban.v1 import (
     common_pb2,
     credentials_pb2,
@@ -54,6 +56,33 @@ class Result:
 
 
 # helpers for the scenarios ---------------------------------------------------------------------
+# grpc.StatusCode's values are (number, text) pairs: an item's status number is looked up here.
+_STATUS_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
+
+
+def seal_of(record: credentials_pb2.SealedRecord) -> str:
+    """A sealed record's seal, whatever its format (for comparing two answers)."""
+    return record.jws or record.ses_signature.hex()
+
+
+async def verify_sealed(
+    credentials: credentials_pb2_grpc.CredentialsAsyncStub,
+    record: credentials_pb2.SealedRecord,
+) -> credentials_pb2.ValidationReport:
+    """The report of the gateway behind `credentials` on a sealed record (Credentials.Verify): the JWS of
+    a JAdES seal, the SES_Signature of a GB/T 38540 seal with the payload it signs, the OFD file
+    of an e-licence (its seals are inside)."""
+    if record.format == credentials_pb2.SEAL_FORMAT_GBT38540:
+        request = credentials_pb2.VerifyRequest(
+            document=record.ses_signature, detached_payload=record.payload
+        )
+    elif record.format == credentials_pb2.SEAL_FORMAT_OFD:
+        request = credentials_pb2.VerifyRequest(document=record.payload)
+    else:
+        request = credentials_pb2.VerifyRequest(jws=record.jws)
+    return await credentials.Verify(request, timeout=CALL_TIMEOUT)
+
+
 def mask(subject_id: str) -> str:
     """A citizen id as a transcript shows it: region and check character only."""
     return subject_id[:6] + "*" * (len(subject_id) - 7) + subject_id[-1:]
@@ -102,7 +131,7 @@ class Story:
     """What earlier scenarios leave for later ones."""
 
     citizen: str = ""  # the 重庆 citizen whose social insurance 四川 asks for
-    first_jws: str = ""
+    first_seal: str = ""
     audit_ids: list[str] = field(default_factory=list)
 
 
@@ -121,10 +150,8 @@ async def si_transfer(fed: Federation, story: Story) -> Result:
             timeout=CALL_TIMEOUT,
         )
         credentials = credentials_pb2_grpc.CredentialsStub(channel)
-        report = await credentials.Verify(
-            credentials_pb2.VerifyRequest(jws=answer.record.jws), timeout=CALL_TIMEOUT
-        )
-    story.first_jws = answer.record.jws
+        report = await verify_sealed(credentials, answer.record)
+    story.first_seal = seal_of(answer.record)
     story.audit_ids.append(answer.audit_id)
     passed = report.indication == credentials_pb2.TOTAL_PASSED
     ok = answer.record.sealer_region == "500000" and passed and not answer.cache_hit
@@ -149,7 +176,7 @@ async def cached(fed: Federation, story: Story) -> Result:
         )
         elapsed = (time.perf_counter() - started) * 1000
     story.audit_ids.append(answer.audit_id)
-    same = answer.record.jws == story.first_jws
+    same = seal_of(answer.record) == story.first_seal
     return Result(
         answer.cache_hit and same,
         f"cache hit: {answer.cache_hit}, the same sealed bytes: {same}, {elapsed:.1f} ms, "
@@ -174,9 +201,7 @@ async def licence(fed: Federation, story: Story) -> Result:
             metadata=fed.token("sc.amr"),
             timeout=CALL_TIMEOUT,
         )
-        again = await credentials.Verify(
-            credentials_pb2.VerifyRequest(jws=answer.credential.jws), timeout=CALL_TIMEOUT
-        )
+        again = await verify_sealed(credentials, answer.credential)
     table = Table(title="validation report (ETSI EN 319 102-1)", title_justify="left")
     table.add_column("check")
     table.add_column("result")
@@ -189,10 +214,16 @@ async def licence(fed: Federation, story: Story) -> Result:
         and answer.report.indication == credentials_pb2.TOTAL_PASSED
         and again.indication == credentials_pb2.TOTAL_PASSED
     )
-    company = json.loads(answer.credential.payload).get("company_name", "?")
+    payload = answer.credential.payload
+    if answer.credential.format == credentials_pb2.SEAL_FORMAT_OFD:  # an SM2 region's e-licence
+        payload = read_package(payload).files[RECORD_FILE]
+    company = json.loads(payload).get("company_name", "?")
+    form = (
+        "an OFD e-licence " if answer.credential.format == credentials_pb2.SEAL_FORMAT_OFD else ""
+    )
     return Result(
         ok,
-        f"{company}: sealed by 330000, verified by 510000's gateway on fetch "
+        f"{company}: {form}sealed by 330000, verified by 510000's gateway on fetch "
         f"({name(answer.report.indication)}) and again on request ({name(again.indication)})",
         table,
     )
@@ -239,7 +270,11 @@ async def batch(fed: Federation, story: Story) -> Result:
         table.add_column(column)
     for result in answer.items:
         item = items[result.index]
-        status = "OK" if result.status.code == 0 else grpc.StatusCode(result.status.code).name
+        status = (
+            "OK"
+            if result.status.code == 0
+            else _STATUS_NAMES.get(result.status.code, str(result.status.code))
+        )
         table.add_row(
             str(result.index),
             item.provider_region,
@@ -323,13 +358,19 @@ async def rotation(fed: Federation, story: Story) -> Result:
     states = {r.kid: r.state.value for r in fed.inventory().find("330000", KeyUsage.SEAL)}
     for kid, count in seen.items():
         table.add_row(kid[:16] + "…", states.get(kid, "?"), str(count))
-    ok = not failures and seen.get(old.kid, 0) > 0 and seen.get(issued.kid, 0) > 0
+    ok = (
+        not failures
+        and seen.get(old.kid, 0) > 0
+        and seen.get(issued.kid, 0) > 0
+        and issued.algorithm == old.algorithm  # a rotation keeps the key's algorithm
+    )
     detail = f"; failures: {', '.join(sorted(set(failures)))}" if failures else ""
     return Result(
         ok,
         f"{served} answers during the rotation, {len(failures)} failed; registry v"
         f"{pending_version} published the successor (pending), v{active_version} activated it; "
-        f"{seen.get(old.kid, 0)} sealed by the old key, {seen.get(issued.kid, 0)} by the new{detail}",
+        f"{seen.get(old.kid, 0)} sealed by the old key, {seen.get(issued.kid, 0)} by the new "
+        f"({issued.algorithm}){detail}",
         table,
     )
 

@@ -273,7 +273,7 @@ class PassedSeals:
 
     @staticmethod
     def key(record: SealedAnswer, version: int, region: str) -> tuple[bytes, int, str]:
-        digest = hashlib.sha256(record.jws.encode())
+        digest = hashlib.sha256(record.seal.encode())
         digest.update(b"\x00")
         digest.update(record.payload)
         return digest.digest(), version, region

@@ -13,6 +13,7 @@ from typing import Any
 
 from gateway.identity import Caller
 from gateway.policy import DataRequest, Decision
+from gateway.sealing import SealFormat, seal_text
 from registry import Agency, Dataset
 
 __all__ = [
@@ -49,6 +50,14 @@ class SealedAnswer:
     sealer_kid: str
     sealer_region: str
     sealed_at: tuple[int, int] | None  # None: not given
+    format: SealFormat = SealFormat.JADES
+    ses_signature: bytes = b""  # DER GB/T 38540 SES_Signature over payload, when GBT38540
+
+    @property
+    def seal(self) -> str:
+        """The seal as text, whatever its format (`seal_text`): what the audit record's digest
+        and the memo of passed seals stand for."""
+        return seal_text(self.format, self.jws, self.ses_signature, self.payload)
 
     @staticmethod
     def wire_time(at: datetime) -> tuple[int, int]:
@@ -147,6 +156,7 @@ class QueryCall:
     token: str
     rpc: str
     time_remaining: TimeRemaining
+    credential_type: str = ""  # Credentials.Fetch: the credential asked for; "" for a query
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +169,7 @@ class ForwardCall:
     operator: str
     request: DataRequest
     time_remaining: TimeRemaining
+    credential_type: str = ""  # a credential fetch: answered as an e-licence (SM2 regions)
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,11 +25,13 @@ from gateway.cache import AnswerCache, cache_key
 from gateway.errors import Refusal
 from gateway.flows._common import AuditTrail, Gatekeeper, check_shape, gateway_of
 from gateway.flows._model import AuditContext, ForwardCall, Forwarded, Grant, SealedAnswer
+from gateway.licences import LICENCE_CONTENT_TYPE
 from gateway.policy import DataRequest
 from gateway.provider import ProviderAnswer
 from gateway.quota import QuotaCounter, QuotaUnavailable
 from gateway.sealing import RegionSealer, SealKeyUnavailable
 from registry import CacheScope, Registry
+from signer import SignerError
 
 __all__ = ["DataSystem", "OwnerFlow", "SealedCodec"]
 
@@ -118,6 +120,8 @@ class OwnerFlow:
             subject = self._trail.pseudonym(data.subject_id)
             audit = replace(audit, subject=subject)
             record, hit = await self._sealed_answer(subject, grant, call, registry)
+            if call.credential_type:
+                record = await self._licence(record, call, registry)
         except Refusal as refusal:
             raise await self._trail.refused(refusal, audit) from None
         except asyncio.CancelledError:
@@ -125,7 +129,7 @@ class OwnerFlow:
             raise
         # (4)
         audit_id = await self._trail.release(
-            audit, fields=grant.fields, cache_hit=hit, sealed=record.jws
+            audit, fields=grant.fields, cache_hit=hit, sealed=record.seal
         )
         return Forwarded(
             record=record,
@@ -136,6 +140,32 @@ class OwnerFlow:
             agreement_id=grant.agreement_id,
             # for the requesting gateway's reports of its own hits (cache_scope "requester")
             subject_pseudonym=subject if grant.dataset.cache_scope is CacheScope.REQUESTER else "",
+        )
+
+    async def _licence(
+        self, record: SealedAnswer, call: ForwardCall, registry: Registry
+    ) -> SealedAnswer:
+        """A credential fetch leaves a region that seals with SM2 as a sealed OFD e-licence of
+        the record (`gateway.licences`); from any other region, as the record itself."""
+        try:
+            made = await self._sealer.seal_licence(
+                registry, record.payload, credential_type=call.credential_type, now=self._clock()
+            )
+        except SealKeyUnavailable as exc:
+            raise Refusal(exc.reason, str(exc)) from exc
+        except (ValueError, SignerError) as exc:  # a record that is no flat JSON object, say
+            raise Refusal("INTERNAL_ERROR", f"the e-licence could not be made: {exc}") from exc
+        if made is None:
+            return record
+        sealed, ofd = made
+        return SealedAnswer(
+            jws="",
+            payload=ofd,
+            content_type=LICENCE_CONTENT_TYPE,
+            sealer_kid=sealed.kid,
+            sealer_region=sealed.region,
+            sealed_at=SealedAnswer.wire_time(sealed.sealed_at),
+            format=sealed.format,
         )
 
     async def _take_owner_quota(self, grant: Grant, now: datetime) -> None:
@@ -212,4 +242,6 @@ class OwnerFlow:
             sealer_kid=sealed.kid,
             sealer_region=sealed.region,
             sealed_at=SealedAnswer.wire_time(sealed.sealed_at),
+            format=sealed.format,
+            ses_signature=sealed.ses_signature,
         )

@@ -47,13 +47,15 @@ from gateway.flows._model import (
     TimeRemaining,
 )
 from gateway.identity import Caller, CallerKind
+from gateway.licences import LicenceRefused, licence_record
 from gateway.policy import DataRequest
 from gateway.quota import QuotaCounter, QuotaUnavailable
 from gateway.replay import ReplayGuard, ReplayUnavailable
 from gateway.reports import AccessReport, AccessReporter, ReportFormatError
+from gateway.sealing import SealFormat, check_region_seal, seals_with_sm2
 from gateway.tokens import TokenError, TokenVerifier
 from registry import CacheScope, Registry
-from signer import Indication, SealVerifier, SignatureKind
+from signer import GmVerifier, Indication, SealVerifier
 
 __all__ = ["AnswerCodec", "OwnerGateway", "RequesterFlow"]
 
@@ -66,9 +68,16 @@ class OwnerGateway(Protocol):
     """The provider region's gateway, as the requesting gateway asks it (Peer.Forward)."""
 
     async def forward(
-        self, request: DataRequest, caller: Caller, operator: str, time_remaining: TimeRemaining
+        self,
+        request: DataRequest,
+        caller: Caller,
+        operator: str,
+        time_remaining: TimeRemaining,
+        *,
+        credential_type: str = "",
     ) -> Forwarded:
-        """The owner's answer; a Refusal when it refused, failed or could not be reached."""
+        """The owner's answer (to a credential fetch when `credential_type` is given); a Refusal
+        when it refused, failed or could not be reached."""
         ...
 
 
@@ -96,6 +105,7 @@ class RequesterFlow:
         quota: QuotaCounter,
         owners: OwnerGateway,
         verifier: SealVerifier,
+        gm_verifier: GmVerifier,
         cache: AnswerCache,
         codec: AnswerCodec,
         reporter: AccessReporter | None = None,
@@ -110,6 +120,7 @@ class RequesterFlow:
         self._quota = quota
         self._owners = owners
         self._verifier = verifier
+        self._gm_verifier = gm_verifier  # GB/T 38540 seals (SM2 regions); same registry
         self._cache = cache
         self._codec = codec
         # Requester-side caching (cache_scope "requester") needs somewhere to report its hits.
@@ -151,6 +162,8 @@ class RequesterFlow:
             await self._take_quota(grant, now)
             # (4a)
             keep = self._requester_key(grant, data)
+            if call.credential_type and seals_with_sm2(registry, data.provider_region, now):
+                keep = None  # the answer is an e-licence: neither kept nor answered from here
             if keep is not None:
                 audit = replace(audit, subject=keep[2])  # computed once: the record needs it
                 cached = await self._answer_from_cache(
@@ -160,9 +173,11 @@ class RequesterFlow:
                     return cached
             # (5)
             self._trail.ready()
-            forwarded = await self._owners.forward(data, caller, operator, call.time_remaining)
+            forwarded = await self._owners.forward(
+                data, caller, operator, call.time_remaining, credential_type=call.credential_type
+            )
             # (6)
-            fields = await self._check_answer(forwarded, data, grant)
+            fields = await self._check_answer(forwarded, data, grant, bool(call.credential_type))
         except Refusal as refusal:
             raise await self._trail.refused(refusal, audit) from None
         except asyncio.CancelledError:
@@ -170,9 +185,13 @@ class RequesterFlow:
             raise
         # (7)
         audit_id = await self._trail.release(
-            audit, fields=fields, cache_hit=forwarded.cache_hit, sealed=forwarded.record.jws
+            audit, fields=fields, cache_hit=forwarded.cache_hit, sealed=forwarded.record.seal
         )
-        if keep is not None and _HEX64.fullmatch(forwarded.subject_pseudonym):
+        if (
+            keep is not None
+            and forwarded.record.format is not SealFormat.OFD  # the cache keeps JSON records
+            and _HEX64.fullmatch(forwarded.subject_pseudonym)
+        ):
             await self._keep(keep[0], keep[1], forwarded)
         return Answer(
             forwarded.record,
@@ -306,7 +325,7 @@ class RequesterFlow:
             audit,
             fields=fields,
             cache_hit=True,
-            sealed=entry.record.jws,
+            sealed=entry.record.seal,
             outbound=outbound,
         )
         self.reporter.recorded(owner)
@@ -365,7 +384,7 @@ class RequesterFlow:
                 # what the owner recorded it gave (its decision's fields), so that it finds it
                 fields=tuple(sorted(set(entry.fields))) or fields,
                 accessed_at=audit.at,
-                sealed_digest=hashlib.sha256(entry.record.jws.encode()).hexdigest(),
+                sealed_digest=hashlib.sha256(entry.record.seal.encode()).hexdigest(),
                 answer_audit_id=entry.audit_id,
             )
         except ReportFormatError as exc:
@@ -378,10 +397,15 @@ class RequesterFlow:
         return self.reporter.outbound(owner, report)
 
     async def _check_answer(
-        self, forwarded: Forwarded, data: DataRequest, grant: Grant
+        self, forwarded: Forwarded, data: DataRequest, grant: Grant, fetch: bool = False
     ) -> tuple[str, ...]:
         """(6) The fields the answer returns, once its seal is checked (or was, moments ago,
         for the same bytes under the same registry: `seal_memo`) and they are all allowed."""
+        if forwarded.record.format is SealFormat.OFD and not fetch:
+            raise Refusal(
+                "SEAL_INVALID",
+                f"region {data.provider_region} answered a query with an e-licence (OFD)",
+            )
         memo = PassedSeals.key(forwarded.record, self._verifier.trust.version, data.provider_region)
         returned = self.seal_memo.get(memo)
         if returned is None:
@@ -398,22 +422,32 @@ class RequesterFlow:
         return returned
 
     def _validate_seal(self, record: SealedAnswer, data: DataRequest) -> tuple[str, ...]:
-        report = self._verifier.validate(
-            record.jws,
-            expected_kind=SignatureKind.SEAL,
-            expected_owner_region=data.provider_region,
+        report = check_region_seal(
+            format=record.format,
+            jws=record.jws,
+            ses_signature=record.ses_signature,
+            payload=record.payload,
+            region=data.provider_region,
+            jades=self._verifier,
+            gm=self._gm_verifier,
         )
         self._trail.metrics.verification(report.indication, report.sub_indication or "")
-        if not report.passed or report.payload != record.payload:
-            why = (
-                report.message if not report.passed else "the sealed bytes are not the payload sent"
-            )
+        if not report.passed:
             raise Refusal(
                 "SEAL_INVALID",
-                f"the answer of region {data.provider_region} carries no valid e-seal: {why}",
+                f"the answer of region {data.provider_region} carries no valid e-seal: "
+                f"{report.message}",
             )
+        payload = record.payload
+        if record.format is SealFormat.OFD:  # the record inside the e-licence, as sealed
+            try:
+                payload = licence_record(record.payload, report)
+            except LicenceRefused as exc:
+                raise Refusal(
+                    exc.reason, f"region {data.provider_region}'s e-licence: {exc}"
+                ) from exc
         try:
-            document = json.loads(record.payload)
+            document = json.loads(payload)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise Refusal("SEAL_INVALID", "the sealed answer is not a JSON record") from exc
         return tuple(sorted(document)) if isinstance(document, dict) else ()

@@ -29,8 +29,8 @@ from gateway.audit import AuditLog, AuditRecord, AuditUnavailable, Outcome
 from gateway.errors import Refusal
 from gateway.identity import Caller, CallerKind, current_caller
 from gateway.metrics import GatewayMetrics
-from gateway.sealing import RegionSealer, SealKeyUnavailable
-from gateway.services.exchange import QueryPath, sealed_record
+from gateway.sealing import RegionSealer, SealKeyUnavailable, check_region_seal
+from gateway.services.exchange import QueryPath, sealed_record, wire_seal_format
 from registry import Registry, RegistryError, RegistryStore
 from signer import (
     MAX_DOCUMENT_BYTES,
@@ -207,11 +207,17 @@ class CredentialsService(credentials_pb2_grpc.CredentialsServicer):
             ),
             "",
         )
-        answer = await self.query_path.query(query, context, token=token, rpc=rpcs.FETCH)
-        report = self._verifier.validate(
-            answer.record.jws,
-            expected_kind=SignatureKind.SEAL,
-            expected_owner_region=request.issuing_region,
+        answer = await self.query_path.query(
+            query, context, token=token, rpc=rpcs.FETCH, credential_type=request.credential_type
+        )
+        report = check_region_seal(
+            format=answer.record.format,
+            jws=answer.record.jws,
+            ses_signature=answer.record.ses_signature,
+            payload=answer.record.payload,
+            region=request.issuing_region,
+            jades=self._verifier,
+            gm=self._documents.gm,
         )
         return credentials_pb2.FetchCredentialResponse(
             credential=sealed_record(answer.record),
@@ -302,7 +308,7 @@ class CredentialsService(credentials_pb2_grpc.CredentialsServicer):
                 started,
                 Outcome.ALLOWED,
                 "",
-                sealed=sealed.jws,
+                sealed=sealed.seal,
                 registry_version=registry.version,
             )
         except AuditUnavailable as exc:
@@ -313,6 +319,8 @@ class CredentialsService(credentials_pb2_grpc.CredentialsServicer):
         return credentials_pb2.SealResponse(
             record=credentials_pb2.SealedRecord(
                 jws=sealed.jws,
+                format=wire_seal_format(sealed.format),
+                ses_signature=sealed.ses_signature,
                 payload=request.payload,
                 content_type=content_type,
                 sealer_kid=sealed.kid,

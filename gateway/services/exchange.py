@@ -68,10 +68,10 @@ from gateway.reports import (
     AccessReporter,
     ReportFormatError,
 )
-from gateway.sealing import RegionSealer
+from gateway.sealing import RegionSealer, SealFormat
 from gateway.tokens import TokenVerifier
 from registry import RegistryStore
-from signer import KeyProvider, SealVerifier
+from signer import GmVerifier, KeyProvider, SealVerifier
 from tongban.v1 import common_pb2, credentials_pb2, exchange_pb2, exchange_pb2_grpc
 
 __all__ = [
@@ -80,7 +80,9 @@ __all__ = [
     "PeerOwners",
     "PeerService",
     "QueryPath",
+    "seal_format",
     "sealed_record",
+    "wire_seal_format",
 ]
 
 log = logging.getLogger("tongban.exchange")
@@ -118,8 +120,28 @@ def query_request(data: DataRequest) -> exchange_pb2.QueryRequest:
     )
 
 
+_WIRE_FORMATS: Final = {
+    SealFormat.JADES: credentials_pb2.SEAL_FORMAT_JADES,
+    SealFormat.GBT38540: credentials_pb2.SEAL_FORMAT_GBT38540,
+    SealFormat.OFD: credentials_pb2.SEAL_FORMAT_OFD,
+}
+_FORMATS_OF_WIRE: Final = {wire: format for format, wire in _WIRE_FORMATS.items()}
+
+
+def seal_format(wire: int) -> SealFormat:
+    """The format a SealedRecord says; unspecified (an older sender) is JAdES. A value this
+    gateway does not know is read as JAdES too: its empty or foreign jws then fails to verify."""
+    return _FORMATS_OF_WIRE.get(credentials_pb2.SealFormat.ValueType(wire), SealFormat.JADES)
+
+
+def wire_seal_format(format: SealFormat) -> credentials_pb2.SealFormat.ValueType:
+    return _WIRE_FORMATS[format]
+
+
 def sealed_answer(record: credentials_pb2.SealedRecord) -> SealedAnswer:
     return SealedAnswer(
+        format=seal_format(record.format),
+        ses_signature=record.ses_signature,
         jws=record.jws,
         payload=record.payload,
         content_type=record.content_type,
@@ -135,6 +157,8 @@ def sealed_record(answer: SealedAnswer) -> credentials_pb2.SealedRecord:
     """The wire's SealedRecord of a sealed answer."""
     record = credentials_pb2.SealedRecord(
         jws=answer.jws,
+        format=wire_seal_format(answer.format),
+        ses_signature=answer.ses_signature,
         payload=answer.payload,
         content_type=answer.content_type,
         sealer_kid=answer.sealer_kid,
@@ -232,7 +256,13 @@ class PeerOwners:
         self.peer_timeout_seconds = peer_timeout_seconds  # a forward's bound (and the deadline's)
 
     async def forward(
-        self, request: DataRequest, caller: Caller, operator: str, time_remaining: TimeRemaining
+        self,
+        request: DataRequest,
+        caller: Caller,
+        operator: str,
+        time_remaining: TimeRemaining,
+        *,
+        credential_type: str = "",
     ) -> Forwarded:
         remaining = time_remaining()
         caller_deadline = remaining if remaining is not None else DEFAULT_DEADLINE_SECONDS
@@ -247,6 +277,7 @@ class PeerOwners:
                 certificate_thumbprint=caller.thumbprint,
             ),
             requesting_region=self.region,
+            credential_type=credential_type,
         )
         region = request.provider_region
         started = time.perf_counter()
@@ -355,6 +386,7 @@ class QueryPath:
         quota: QuotaCounter,
         peers: PeerPool,
         verifier: SealVerifier,
+        gm_verifier: GmVerifier,
         seal_keys: Mapping[str, KeyProvider],
         cache: AnswerCache,
         provider: ProviderClient | None,
@@ -392,6 +424,7 @@ class QueryPath:
                 peer_timeout_seconds=peer_timeout_seconds,
             ),
             verifier=verifier,
+            gm_verifier=gm_verifier,
             cache=cache,
             codec=ForwardedCodec(),
             reporter=reporter,
@@ -443,6 +476,7 @@ class QueryPath:
         *,
         token: str,
         rpc: str = rpcs.QUERY,
+        credential_type: str = "",
     ) -> Answer:
         """The requester's flow for one query message (Query, BatchQuery's items, Fetch)."""
         return await self.requester.query(
@@ -452,6 +486,7 @@ class QueryPath:
                 token=token,
                 rpc=rpc,
                 time_remaining=context.time_remaining,
+                credential_type=credential_type,
             )
         )
 
@@ -523,6 +558,7 @@ class PeerService(exchange_pb2_grpc.PeerServicer):
                 operator=request.caller.operator,
                 request=data_request(request.query),
                 time_remaining=context.time_remaining,
+                credential_type=request.credential_type,
             )
         )
         return forward_response(answer)

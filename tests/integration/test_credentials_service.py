@@ -380,6 +380,29 @@ async def test_seal_by_an_agency_of_the_region(federation: Federation) -> None:
             assert gw.verifier.validate(detached.record.jws, detached_payload=DOCUMENT).passed
 
 
+async def test_seal_by_an_agency_of_an_sm2_region_is_gbt38540(tmp_path: Path) -> None:
+    """A region that seals with SM2: Credentials.Seal answers with a GB/T 38540 SES_Signature
+    over the payload (format says so, no JWS), which the gateway's own verifier passes."""
+    fed = make_federation(tmp_path, seal_algorithm="SM2")
+    fed.publish()
+    async with running(dev_config(fed)) as (gw, port):
+        ch, stub = stub_as(fed, "zj.hrss", port)
+        async with ch:
+            response = await stub.Seal(
+                credentials_pb2.SealRequest(payload=DOCUMENT, content_type="application/json"),
+                timeout=CALL_TIMEOUT,
+            )
+    record = response.record
+    assert record.format == credentials_pb2.SEAL_FORMAT_GBT38540
+    assert (record.jws, record.payload) == ("", DOCUMENT)
+    assert record.sealer_kid == fed.active("330000", KeyUsage.SEAL)
+    report = gw.documents.gm.validate_signature(record.ses_signature, DOCUMENT)
+    assert report.passed, report.message
+    assert (report.signer_kid, report.owner_region) == (record.sealer_kid, "330000")
+    assert report.signing_time == record.sealed_at.ToDatetime(tzinfo=UTC)
+    assert not gw.documents.gm.validate_signature(record.ses_signature, DOCUMENT + b" ").passed
+
+
 async def test_seal_a_large_document(federation: Federation) -> None:
     document = bytes(range(256)) * (4 * SEAL_IN_THREAD_BYTES // 256)  # sealed in a thread
     async with running(dev_config(federation)) as (gw, port):

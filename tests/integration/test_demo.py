@@ -59,6 +59,31 @@ def scenario_lines(transcript: str) -> dict[str, tuple[str, str]]:
     return found
 
 
+def test_the_sm2_demo_plays_every_scenario_with_gbt38540_seals(tmp_path: Path) -> None:
+    """`tongban demo --seal-alg sm2`: the regions' seal keys are SM2, every answer and credential
+    is a GB/T 38540 SES_Signature checked by the requesting gateway, and every scenario passes;
+    the rotation issues an SM2 successor with its own seal."""
+    done = demo("--dir", tmp_path / "demo", "--seal-alg", "sm2")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "The regions seal with SM2" in done.stdout
+    lines = scenario_lines(done.stdout)
+    assert list(lines) == list(EXPECTED)
+    for name, phrases in EXPECTED.items():
+        verdict, text = lines[name]
+        assert verdict == "OK", f"{name}: {text}"
+        for phrase in phrases:
+            assert phrase in text, f"{name}: {phrase!r} not in {text!r}"
+    assert "by the new (SM2)" in lines["rotation"][1]
+    assert "an OFD e-licence sealed by 330000" in lines["licence"][1]
+    assert "Traceback" not in done.stdout + done.stderr
+    # Each region's seal keys, the first and the rotated one, each with its SESeal beside it.
+    keys = tmp_path / "demo" / "pki" / "regions" / "330000" / "keys"
+    seals = sorted(keys.glob("seal-*.esl"))
+    assert len(seals) == 2
+    assert all(seal.with_suffix(".pem").is_file() for seal in seals)
+    assert (keys / "seal-maker.pem").is_file()
+
+
 def test_the_demo_plays_every_scenario_as_expected(tmp_path: Path) -> None:
     done = demo("--dir", tmp_path / "demo")
     assert done.returncode == 0, done.stdout + done.stderr

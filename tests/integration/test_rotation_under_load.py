@@ -49,18 +49,21 @@ from fault_support import (
     wait_until,
 )
 from query_support import Cluster, bearer
-from support import Federation
+from support import Federation, make_federation
 
 from gateway.config import GatewayConfig
 from gateway.demo.config import config_for_dev_pki
+from gateway.sealing import SealFormat, check_region_seal
+from gateway.services.exchange import seal_format
 from registry import (
+    Inventory,
     KeyUsage,
     RegistryTrust,
     SnapshotVerifier,
     load_authority_public_key,
     rotate_key,
 )
-from signer import Indication, SealVerifier, SignatureKind, x5t_s256_of_certificate
+from signer import GmVerifier, Indication, SealVerifier, SignatureKind, x5t_s256_of_certificate
 
 pytestmark = pytest.mark.integration
 
@@ -133,10 +136,15 @@ def seal_passes(cluster: Cluster) -> float:
     )
 
 
+@pytest.mark.parametrize("seal_algorithm", ["ES256", "SM2"])
 async def test_seal_key_and_tls_certificate_rotation_under_load(
-    federation: Federation, tmp_path: Path
+    seal_algorithm: str, tmp_path: Path
 ) -> None:
-    tally = Tally(f"rotation of {OWNER}'s seal key and TLS certificate under load")
+    """Also with SM2 seal keys (issue 16): the answers are GB/T 38540 SES_Signatures, the
+    successor is an SM2 key with its own SESeal, and no request is lost either."""
+    federation = make_federation(tmp_path / "federation", seal_algorithm=seal_algorithm)
+    federation.publish()
+    tally = Tally(f"rotation of {OWNER}'s {seal_algorithm} seal key and TLS certificate under load")
     old_seal = federation.active(OWNER, KeyUsage.SEAL)
     old_tls = federation.active(OWNER, KeyUsage.TLS)
     probes: list[str] = []  # the certificate each probe handshake was served
@@ -253,7 +261,9 @@ async def test_seal_key_and_tls_certificate_rotation_under_load(
         snapshot = SnapshotVerifier(
             load_authority_public_key(federation.pki / "authority" / "authority.pub.pem")
         ).verify(federation.current.read_bytes(), held_version=None, now=None)
-        verifier = SealVerifier(RegistryTrust(snapshot.registry))
+        trust = RegistryTrust(snapshot.registry)
+        verifier, gm = SealVerifier(trust), GmVerifier(trust)
+        formats: Counter[SealFormat] = Counter()
         verified = 0
         sealers: Counter[str] = Counter()
         late_old = []  # answers sealed after the activation, but by the old key
@@ -263,13 +273,20 @@ async def test_seal_key_and_tls_certificate_rotation_under_load(
                 continue
             record = shot.response.record
             provider = shot.stream.split("->")[1][:6]
-            report = verifier.validate(
-                record.jws, expected_kind=SignatureKind.SEAL, expected_owner_region=provider
+            report = check_region_seal(
+                format=seal_format(record.format),
+                jws=record.jws,
+                ses_signature=record.ses_signature,
+                payload=record.payload,
+                region=provider,
+                jades=verifier,
+                gm=gm,
             )
             assert report.indication is Indication.TOTAL_PASSED, (shot.stream, report.message)
-            assert report.payload == record.payload
+            assert report.kind is SignatureKind.SEAL
             verified += 1
             if provider == OWNER:
+                formats[seal_format(record.format)] += 1
                 sealers[record.sealer_kid] += 1
                 if shot.phase_sent in ("seal rotated", "tls rotated", "after") and not (
                     shot.response.cache_hit
@@ -305,6 +322,10 @@ async def test_seal_key_and_tls_certificate_rotation_under_load(
     assert not [s for s in tally.shots if s.code in BAD_CODES]
     assert tally.refused() == Counter(), line  # zero failed requests, handshakes included
     assert gateway_failures == dict.fromkeys(gateway_failures, 0.0), gateway_failures
+    expected_format = SealFormat.GBT38540 if seal_algorithm == "SM2" else SealFormat.JADES
+    assert set(formats) == {expected_format}, formats
+    successor = Inventory.load(federation.pki).get(new_seal)
+    assert successor.algorithm == seal_algorithm  # a rotation keeps the key's algorithm
     assert sealers[old_seal] > 0, sealers
     assert sealers[new_seal] > 0, sealers
     assert not late_old, f"{len(late_old)} new answers after the rotation under the old key"

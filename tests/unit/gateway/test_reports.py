@@ -33,6 +33,7 @@ from gateway.reports import (
     sign_batch,
     verify_batch,
 )
+from gateway.services.exchange import sealed_answer
 from registry import (
     KeyState,
     KeyUsage,
@@ -438,13 +439,21 @@ async def test_a_requester_never_keeps_an_answer_past_the_owners_ttl() -> None:
 def test_the_seal_memo_forgets_after_its_time_and_is_bounded() -> None:
     now = [0.0]
     memo = _PassedSeals(seconds=5, entries=2, clock=lambda: now[0])
-    record = credentials_pb2.SealedRecord(jws="a.b.c", payload=b"{}")
+    record = sealed_answer(credentials_pb2.SealedRecord(jws="a.b.c", payload=b"{}"))
     key = _PassedSeals.key(record, 7, "330000")
     assert key != _PassedSeals.key(record, 8, "330000")
     assert key != _PassedSeals.key(record, 7, "500000")
     assert key != _PassedSeals.key(
-        credentials_pb2.SealedRecord(jws="a.b.c", payload=b"[]"), 7, "330000"
+        sealed_answer(credentials_pb2.SealedRecord(jws="a.b.c", payload=b"[]")), 7, "330000"
     )
+    # a GB/T 38540 seal is part of the key too: another SES_Signature over the same payload is
+    # another key, and never the key of a JWS
+    gbt = credentials_pb2.SEAL_FORMAT_GBT38540
+    ses = sealed_answer(credentials_pb2.SealedRecord(format=gbt, ses_signature=b"1", payload=b"{}"))
+    other = sealed_answer(
+        credentials_pb2.SealedRecord(format=gbt, ses_signature=b"2", payload=b"{}")
+    )
+    assert len({key, _PassedSeals.key(ses, 7, "330000"), _PassedSeals.key(other, 7, "330000")}) == 3
     memo.put(key, ("uscc",))
     assert memo.get(key) == ("uscc",)
     now[0] = 5.0
@@ -459,7 +468,7 @@ def test_the_seal_memo_keeps_no_expired_check() -> None:
     # gone at the next check, not kept until 4096 others push them out.
     now = [0.0]
     memo = _PassedSeals(seconds=5, clock=lambda: now[0])
-    record = credentials_pb2.SealedRecord(jws="a.b.c", payload=b"{}")
+    record = sealed_answer(credentials_pb2.SealedRecord(jws="a.b.c", payload=b"{}"))
     for version in range(1000):
         memo.put(_PassedSeals.key(record, version, "330000"), ())
     now[0] = 5.0

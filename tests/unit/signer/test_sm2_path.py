@@ -22,6 +22,7 @@ from sm2_support import (
     Issued,
     crl,
     issue,
+    key_usage,
     name,
     openssl_verify,
     openssl_verify_links,
@@ -31,6 +32,7 @@ from support import SHARED
 from signer import SubIndication
 from signer._sm2 import Sm2PrivateKey
 from signer._sm2_path import Sm2Path, Sm2PathFailure, check_sm2_path
+from signer._sm2_x509 import issue_sm2_certificate
 
 GM = SHARED / "vectors" / "gm"
 
@@ -222,31 +224,69 @@ def test_over_deep_chain_is_refused(tmp_path: Path) -> None:
     assert openssl_verify_links(tmp_path, list(path.certificates)).returncode == 0
 
 
-def test_non_sm2_issuer_or_signature_is_pycas_job(pki: dict[str, Issued]) -> None:
-    p256 = ec.generate_private_key(ec.SECP256R1())
-    ecdsa_root = (
+def _ecdsa_root(p256: ec.EllipticCurvePrivateKey, common_name: str) -> x509.Certificate:
+    return (
         x509.CertificateBuilder()
-        .subject_name(name("ECDSA root"))
-        .issuer_name(name("ECDSA root"))
+        .subject_name(name(common_name))
+        .issuer_name(name(common_name))
         .public_key(p256.public_key())
         .serial_number(1)
         .not_valid_before(NOW - timedelta(days=1))
         .not_valid_after(NOW + timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .sign(p256, hashes.SHA256())
     )
-    # an SM2-signed leaf naming an ECDSA issuer
+
+
+def _sm2_leaf_under(
+    root: x509.Certificate, signing_key: ec.EllipticCurvePrivateKey
+) -> x509.Certificate:
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name("Seal"))
+        .issuer_name(root.subject)
+        .serial_number(2)
+        .not_valid_before(NOW - timedelta(days=1))
+        .not_valid_after(NOW + timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(key_usage(SIGNING_USAGE), critical=True)
+    )
+    return issue_sm2_certificate(builder, Sm2PrivateKey.generate().public_key(), signing_key)
+
+
+def test_mixed_chain_an_sm2_leaf_under_an_ecdsa_ca(pki: dict[str, Issued]) -> None:
+    # A region's P-256 CA over its SM2 seal certificates: the ECDSA links are pyca's to check.
+    p256 = ec.generate_private_key(ec.SECP256R1())
+    ecdsa_root = _ecdsa_root(p256, "ECDSA root")
+    leaf = _sm2_leaf_under(ecdsa_root, p256)
+    path = check_sm2_path(leaf, roots=[ecdsa_root], at=NOW)
+    assert path.certificates == (leaf, ecdsa_root)
+    # an ECDSA signature by another P-256 key does not link
+    forged = _sm2_leaf_under(ecdsa_root, ec.generate_private_key(ec.SECP256R1()))
+    refused = failure(forged, roots=[ecdsa_root])
+    assert refused.sub is SubIndication.NO_CERTIFICATE_CHAIN_FOUND
+    assert "neither SM2-with-SM3 nor an ECDSA signature" in refused.message
+    # an SM2-signed leaf naming an ECDSA issuer: an SM2 signature needs an SM2 issuer key
     leaf = issue(
         "Seal", Issued(pki["root"].key, ecdsa_root), ca=False, usage=SIGNING_USAGE, key_ids=False
     )
     refused = failure(leaf.certificate, roots=[ecdsa_root])
     assert refused.sub is SubIndication.NO_CERTIFICATE_CHAIN_FOUND
     assert "has a key that is not SM2" in refused.message
-    # an ECDSA-signed certificate
-    refused = failure(ecdsa_root, roots=[ecdsa_root])
-    assert refused.sub is SubIndication.NO_CERTIFICATE_CHAIN_FOUND
-    assert "not SM2-with-SM3" in refused.message
-    assert "pyca" in refused.message
 
 
 def test_root_with_a_bad_self_signature_is_no_anchor(pki: dict[str, Issued]) -> None:

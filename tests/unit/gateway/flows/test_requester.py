@@ -42,6 +42,7 @@ from gateway.policy import DataRequest
 from gateway.quota import QuotaUnavailable
 from gateway.replay import ReplayUnavailable
 from gateway.reports import AccessReporter
+from gateway.sealing import SealFormat
 from registry import Registry
 from signer import seal
 
@@ -190,6 +191,21 @@ def _answer_changed(change: Callable[[Forwarded], Forwarded]) -> Setup:
 def _tampered(answer: Forwarded) -> Forwarded:
     record = dataclasses.replace(answer.record, payload=answer.record.payload + b" ")
     return dataclasses.replace(answer, record=record)
+
+
+def _as_gbt38540(answer: Forwarded) -> Forwarded:
+    # the JWS swapped for a "GB/T 38540" seal: the format decides which verifier looks, and a
+    # seal that is not one fails whatever the payload
+    record = dataclasses.replace(
+        answer.record, jws="", format=SealFormat.GBT38540, ses_signature=b"0\x03\x02\x01\x04"
+    )
+    return dataclasses.replace(answer, record=record)
+
+
+def _as_ofd(answer: Forwarded) -> Forwarded:
+    return dataclasses.replace(
+        answer, record=dataclasses.replace(answer.record, format=SealFormat.OFD)
+    )
 
 
 def _sealed_by_owner(fed: Federation, payload: bytes) -> SealedAnswer:
@@ -368,6 +384,18 @@ REFUSALS: dict[str, tuple[Setup, str, grpc.StatusCode, Outcome | None]] = {
     ),
     "answer's seal does not cover its payload": (
         _answer_changed(_tampered),
+        "SEAL_INVALID",
+        grpc.StatusCode.DATA_LOSS,
+        Outcome.FAILED,
+    ),
+    "answer claims a GB/T 38540 seal it does not carry": (
+        _answer_changed(_as_gbt38540),
+        "SEAL_INVALID",
+        grpc.StatusCode.DATA_LOSS,
+        Outcome.FAILED,
+    ),
+    "answer to a query is an e-licence (OFD)": (
+        _answer_changed(_as_ofd),
         "SEAL_INVALID",
         grpc.StatusCode.DATA_LOSS,
         Outcome.FAILED,
