@@ -18,9 +18,8 @@ What is checked (`check_signed_data`), each a check of the signature's report:
     data hash      content and/or messageDigest = SM3(Signature.xml)   HASH_FAILURE
     signer certificate   found by issuer and serial, an SM2 key        NO_CERTIFICATE_CHAIN_FOUND
     signature      SM2 (default id) over what was signed               SIG_CRYPTO_FAILURE
-The signer's certificate path is not validated here (`GmVerifier` validates the paths of
-GB/T 38540 signatures only): a digital signature whose checks hold is INDETERMINATE /
-NO_CERTIFICATE_CHAIN_FOUND, and one that fails them is reported as failing.
+The signer's certificate (and the signingTime it signed, if any) goes back to the OFD verifier,
+which has `GmVerifier.check_signer` check it as a seal's signer's: validity, path, revocation.
 """
 
 # asn1crypto reads `_fields` / `_child_spec` as plain class lists: its API, not shared state.
@@ -30,6 +29,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Final, Protocol
 
 from asn1crypto import core
@@ -45,9 +45,11 @@ from signer.errors import Sm2KeyInvalid, Sm2SignatureInvalid
 __all__: list[str] = []  # internals of `_ofd_verify`
 
 SIGNED_DATA_OIDS: Final = frozenset({"1.2.156.10197.6.1.4.2.2", "1.2.840.113549.1.7.2"})
+DATA_OIDS: Final = frozenset({"1.2.156.10197.6.1.4.2.1", "1.2.840.113549.1.7.1"})  # GM, PKCS #7
 SM3_OID: Final = "1.2.156.10197.1.401"
 SM2_SIGNATURE_OIDS: Final = frozenset({"1.2.156.10197.1.301.1", "1.2.156.10197.1.501"})
 MESSAGE_DIGEST_OID: Final = "1.2.840.113549.1.9.4"
+SIGNING_TIME_OID: Final = "1.2.840.113549.1.9.5"
 FORMAT: Final = "GB/T 35275 SignedData"
 _PARSE_ERRORS: Final = (ValueError, TypeError, KeyError, IndexError, OverflowError, RecursionError)
 
@@ -142,6 +144,15 @@ class _Parsed:
     signature_algorithm: str
     signature: bytes
     certificate: x509.Certificate | None
+    signing_time: datetime | None  # the PKCS #9 signingTime attribute, when signed
+
+
+@dataclass(frozen=True, slots=True)
+class SignedData:
+    """What the checks of a SignedData found out: its signer's certificate and signing time."""
+
+    certificate: x509.Certificate | None
+    signing_time: datetime | None
 
 
 def _parse(der: bytes) -> _Parsed:
@@ -155,6 +166,13 @@ def _parse(der: bytes) -> _Parsed:
         if len(signed["signer_infos"]) != 1:
             raise ValueError("a digital signature has exactly one SignerInfo")
         signer = signed["signer_infos"][0]
+        if signed["version"].native != 1:  # GB/T 35275 §8.2, as PKCS #7 v1.5
+            raise ValueError(f"SignedData version {signed['version'].native} is not 1")
+        listed = {a["algorithm"].dotted for a in signed["digest_algorithms"]}
+        if signer["digest_algorithm"]["algorithm"].dotted not in listed:
+            raise ValueError("the signer's digest algorithm is not among digestAlgorithms")
+        if signed["content_info"]["content_type"].dotted not in DATA_OIDS:
+            raise ValueError("the signed content is not of type data")
         content = signed["content_info"]["content"].native
         attributes = signer["authenticated_attributes"]
         return _Parsed(
@@ -165,6 +183,7 @@ def _parse(der: bytes) -> _Parsed:
             signature_algorithm=signer["digest_encryption_algorithm"]["algorithm"].dotted,
             signature=signer["encrypted_digest"].native,
             certificate=_signer_certificate(signed, signer["issuer_and_serial_number"]),
+            signing_time=_signing_time(attributes) if attributes else None,
         )
     except _PARSE_ERRORS as exc:
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
@@ -189,6 +208,21 @@ def _message_digest(attributes: _Attributes) -> bytes:
     return digest
 
 
+def _signing_time(attributes: _Attributes) -> datetime | None:
+    found = [a for a in attributes if a["type"].dotted == SIGNING_TIME_OID]
+    if not found:
+        return None
+    if len(found) != 1 or len(found[0]["values"]) != 1:
+        raise ValueError("the authenticated attributes hold more than one signingTime")
+    value = core.load(found[0]["values"][0].dump())
+    if not isinstance(value, core.UTCTime | core.GeneralizedTime):
+        raise TypeError("signingTime is neither a UTCTime nor a GeneralizedTime")
+    moment = value.native
+    if not isinstance(moment, datetime) or moment.tzinfo is None:
+        raise ValueError("signingTime is not a time with a zone")
+    return moment
+
+
 def _signer_certificate(
     signed: _SignedData, wanted: _IssuerAndSerialNumber
 ) -> x509.Certificate | None:
@@ -208,14 +242,14 @@ def _sm3(data: bytes) -> bytes:
     return digest.finalize()
 
 
-def check_signed_data(der: bytes, data: bytes, run: Recorder) -> x509.Certificate | None:
+def check_signed_data(der: bytes, data: bytes, run: Recorder) -> SignedData:
     """Record the checks of the SignedData `der` over `data` (Signature.xml); the signer's
-    certificate when it was found."""
+    certificate when it was found, and the signing time it signed."""
     try:
         parsed = _parse(der)
     except ValueError as exc:
         run.fail(FORMAT, SubIndication.FORMAT_FAILURE, f"SignedValue.dat: {exc}")
-        return None
+        return SignedData(None, None)
     run.ok(FORMAT, "one SignerInfo")
     if parsed.digest_algorithm != SM3_OID or parsed.signature_algorithm not in SM2_SIGNATURE_OIDS:
         run.fail(
@@ -224,11 +258,11 @@ def check_signed_data(der: bytes, data: bytes, run: Recorder) -> x509.Certificat
             f"digest {parsed.digest_algorithm} and signature {parsed.signature_algorithm};"
             " only SM3 and SM2 are accepted",
         )
-        return parsed.certificate
+        return SignedData(parsed.certificate, parsed.signing_time)
     run.ok("algorithms", "SM3 digest, SM2 signature")
     _check_hash(parsed, _sm3(data), run)
     _check_signature(parsed, run)
-    return parsed.certificate
+    return SignedData(parsed.certificate, parsed.signing_time)
 
 
 def _check_hash(parsed: _Parsed, expected: bytes, run: Recorder) -> None:

@@ -17,8 +17,9 @@ Plan, for the package and then for each signature listed (`validate`):
     (6) SignedValue.dat: the SES_Signature over the bytes of Signature.xml, by the GM verifier
         (its dataHash, its SM2 signature, the seal, the signer's chain); its checks follow ours;
     (6') for a digital signature (Type Sign), SignedValue.dat is a GB/T 35275 SignedData over
-        SM3(Signature.xml), checked by `signer._ofd_sign` with the certificate it carries; its
-        certificate path is not validated, so at best INDETERMINATE / NO_CERTIFICATE_CHAIN_FOUND;
+        SM3(Signature.xml), checked by `signer._ofd_sign` with the certificate it carries, and
+        that certificate as a seal's signer's (`GmVerifier.check_signer`) at the signing time
+        (signingTime, else SignatureDateTime read as China Standard Time);
     (7) the container: the worst indication of its signatures; the files no signature protects
         are listed in a passing check (GB/T 33190 lets later signatures and annotations add
         files, and the list of signatures is never protected if more may follow).
@@ -39,7 +40,9 @@ from typing import Final, Protocol
 from xml.etree.ElementTree import Element
 
 from asn1crypto import core
+from cryptography import x509
 
+from signer._ofd_make import CHINA_STANDARD_TIME
 from signer._ofd_package import (
     MAX_ENTRIES,
     OFD_NS,
@@ -51,6 +54,8 @@ from signer._ofd_package import (
 from signer._ofd_sign import FORMAT as FORMAT_35275
 from signer._ofd_sign import check_signed_data
 from signer._report import Check, Indication, SubIndication, ValidationReport
+from signer._ses_trust import CertificateVerdict
+from signer._sm2_x509 import CERTIFICATE_READ_ERRORS
 
 __all__ = ["MAX_SIGNATURES", "PRECEDENCE", "OfdVerifier", "is_ofd"]
 
@@ -78,11 +83,20 @@ PRECEDENCE: Final = (
 
 
 class SesSignatureValidator(Protocol):
-    """What the OFD verifier needs of the GM verifier (`GmVerifier`): an SES_Signature's report."""
+    """What the OFD verifier needs of the GM verifier (`GmVerifier`): an SES_Signature's report,
+    and the checks of a digital signature's signer certificate."""
 
     def validate_signature(
         self, der: bytes, data: bytes | None, *, validation_time: datetime | None = None
     ) -> ValidationReport: ...
+
+    def check_signer(
+        self,
+        certificate: x509.Certificate,
+        signed_at: datetime | None,
+        *,
+        validation_time: datetime | None = None,
+    ) -> CertificateVerdict: ...
 
 
 def _x(element: Element, name: str) -> Element | None:
@@ -123,6 +137,9 @@ class _SignatureXml:
     seal: str | None
     check_method: str | None
     references: tuple[tuple[str, str], ...]  # (package name, CheckValue text)
+    # SignatureDateTime, "YYYY-MM-DD HH:MM:SS" without a zone: read as China Standard Time (as
+    # ofdrw and Tongban write it); None when absent or not such a time.
+    signature_time: datetime | None = None
 
 
 @dataclass(slots=True)
@@ -217,7 +234,19 @@ def _parse_signature_xml(package: OfdPackage, name: str) -> _SignatureXml:
     if len(references) > MAX_ENTRIES:
         raise OfdRefused(f"/{name} has more references than a package may have files")
     method = references_element.get("CheckMethod")
-    return _SignatureXml(signed_value, seal, method, tuple(references))
+    stated = _signature_time(_text(info, "SignatureDateTime"))
+    return _SignatureXml(signed_value, seal, method, tuple(references), stated)
+
+
+def _signature_time(text: str | None) -> datetime | None:
+    """SignatureDateTime as a time: with a zone as given, without one in China Standard Time."""
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=CHINA_STANDARD_TIME)
 
 
 def _check_references(package: OfdPackage, parsed: _SignatureXml, run: _Run) -> None:
@@ -343,16 +372,18 @@ class OfdVerifier:
         # (3), (4): the protected files.
         _check_references(package, parsed, run)
         if entry.type == "Sign":
-            # (6'): a GB/T 35275 SignedData; its signer's path is not validated (module doc).
-            certificate = check_signed_data(signed_value, package.read(entry.location), run)
-            run.fail(
-                "signer chain",
-                SubIndication.NO_CERTIFICATE_CHAIN_FOUND,
-                "not validated: the certificate paths of digital signatures (Type Sign) are"
-                " not checked yet, only those of seals",
+            # (6'): a GB/T 35275 SignedData, and its signer's certificate as a seal's signer's.
+            signed = check_signed_data(signed_value, package.read(entry.location), run)
+            if signed.certificate is None:
+                return _signature_report(entry, run, None, FORMAT_35275)
+            signed_at = signed.signing_time or parsed.signature_time
+            verdict = self._gm.check_signer(
+                signed.certificate, signed_at, validation_time=validation_time
             )
-            subject = "" if certificate is None else certificate.subject.rfc4514_string()
-            return _signature_report(entry, run, None, FORMAT_35275, subject)
+            run.checks.extend(verdict.checks)
+            run.failures.extend(verdict.failures)
+            who = (_subject_of(signed.certificate), verdict.owner, verdict.owner_region, signed_at)
+            return _signature_report(entry, run, None, FORMAT_35275, who)
         # (5), (6): the seal shown, then the SES_Signature over Signature.xml.
         _check_seal(package, parsed, signed_value, run)
         gm = self._gm.validate_signature(
@@ -364,13 +395,22 @@ class OfdVerifier:
         return _signature_report(entry, run, gm)
 
 
+def _subject_of(certificate: x509.Certificate) -> str:
+    try:
+        return certificate.subject.rfc4514_string()
+    except CERTIFICATE_READ_ERRORS:
+        return ""
+
+
 def _signature_report(
     entry: _Entry,
     run: _Run,
     gm: ValidationReport | None,
     format_: str = "OFD signature",
-    subject: str = "",
+    who: tuple[str, str, str, datetime | None] = ("", "", "", None),
 ) -> ValidationReport:
+    """The report of one signature; `who`: (subject, owner, owner region, signing time) of a
+    digital signature's signer (a seal's come from `gm`, the SES_Signature's report)."""
     worst = run.worst()
     where = f"signature {entry.sign_id} (/{entry.location})"
     if worst is None:
@@ -384,7 +424,11 @@ def _signature_report(
             message=message,
             checks=tuple(run.checks),
             registry_version=0,
-            signer_subject=subject,
+            algorithm="SM2" if who[0] else "",
+            signer_subject=who[0],
+            owner=who[1],
+            owner_region=who[2],
+            signing_time=who[3],
             format=format_,
         )
     return dataclasses.replace(

@@ -20,7 +20,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from signer._keys import x5t_s256_of_der
-from signer._report import SubIndication
+from signer._report import Check, SubIndication
 from signer._sm2_path import Sm2Path, Sm2PathFailure, check_sm2_path
 from signer._sm2_x509 import CERTIFICATE_READ_ERRORS
 from signer._trust import TrustedKey, TrustSource
@@ -61,6 +61,17 @@ def _path(
     except CERTIFICATE_READ_ERRORS as exc:  # an anchor pyca cannot read
         message = f"a certificate of the path could not be read: {str(exc)[:200]}"
         return None, Sm2PathFailure(SubIndication.FORMAT_FAILURE, message)
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateVerdict:
+    """What `GmVerifier.check_signer` found: every check, the failures among them (in order),
+    and who the certificate belongs to by its anchoring."""
+
+    checks: tuple[Check, ...]
+    failures: tuple[tuple[SubIndication, str], ...]
+    owner: str
+    owner_region: str
 
 
 def anchor(

@@ -22,7 +22,14 @@ from signer._keys import x5t_s256_of_der
 from signer._report import Check, Indication, SignatureKind, SubIndication, ValidationReport
 from signer._ses_asn1 import SealView, SesFormatError, SignatureView, parse_seal, parse_signature
 from signer._ses_cache import MAX_CACHED_DER_BYTES, read_certificate, remember, sm2_key
-from signer._ses_trust import Anchoring, anchor, path_time, revocation_of, revocation_verdict
+from signer._ses_trust import (
+    Anchoring,
+    CertificateVerdict,
+    anchor,
+    path_time,
+    revocation_of,
+    revocation_verdict,
+)
 from signer._ses_tsp import check_time_stamp
 from signer._sm2 import SM2_WITH_SM3_OID, Sm2PublicKey
 from signer._trust import TrustSource
@@ -132,6 +139,10 @@ def _sm2_verifies(certificate: x509.Certificate, signature: bytes, data: bytes) 
     return True
 
 
+_Time = datetime | None
+_THEN: Final = "validity at signing time"
+
+
 class GmVerifier:
     """Validates GB/T 38540 / GM/T 0031 seals and sealed signatures against a `TrustSource`
     (the registry's regions), and `extra_anchors` for documents from outside the federation."""
@@ -161,6 +172,21 @@ class GmVerifier:
         self._trust = trust
 
     # -- public ---------------------------------------------------------------------------------
+    def check_signer(
+        self, certificate: x509.Certificate, signed_at: _Time, *, validation_time: _Time = None
+    ) -> CertificateVerdict:
+        """A bare SM2 signer certificate's checks (9)-(13), as a seal's signer's (an OFD digital
+        signature's, GB/T 35275); without `signed_at`, at the validation time, saying so."""
+        run, now, whose = _Run(), validation_time or self._clock(), "the signer's certificate"
+        at, when = (signed_at, "the claimed signing time") if signed_at else (now, "validation")
+        self._check_validity(run, certificate, at, name=_THEN, whose=whose, when=when)
+        anchoring = self._check_path(run, "signer chain", certificate, at, "")
+        self._check_revocation(run, anchoring, at, None)
+        self._check_now(run, certificate, None, now, whose)
+        failures = tuple((sub, message) for _, sub, message in run.failures)
+        owner = (anchoring.owner, anchoring.owner_region)
+        return CertificateVerdict(tuple(run.checks), failures, *owner)
+
     def validate_signature(
         self, der: bytes, data: bytes | None, *, validation_time: datetime | None = None
     ) -> ValidationReport:

@@ -561,7 +561,7 @@ def digitally_signed(pki: Pki, **kwargs: object) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("attributes", [False, True])
-def test_a_digital_signature_is_checked_but_its_chain_is_not(pki: Pki, attributes: bool) -> None:
+def test_a_digital_signature_and_its_signers_chain_are_checked(pki: Pki, attributes: bool) -> None:
     files = digitally_signed(pki, attributes=attributes)
     report = pki.verifier().validate(zip_of(files), validation_time=NOW)
     (signature,) = report.signatures
@@ -570,11 +570,22 @@ def test_a_digital_signature_is_checked_but_its_chain_is_not(pki: Pki, attribute
     assert checks["data hash"] == (True, "the signed digest is SM3 of Signature.xml")
     assert checks["signature"][0]
     assert checks["Reference /OFD.xml"][0]
-    assert (report.indication, report.sub_indication) == (
+    assert checks["signer chain"][0], checks["signer chain"]
+    assert checks["validity at signing time"][0]
+    assert checks["validity now"][0]
+    assert report.passed, report.message
+    # SignatureDateTime (China Standard Time, as seal_ofd writes it) is the signing time here.
+    assert signature.signing_time == NOW.replace(microsecond=0)
+    # Without the signer's CA among the anchors: the chain, and only it, fails.
+    alone = OfdVerifier(GmVerifier(None)).validate(zip_of(files), validation_time=NOW)
+    assert (alone.indication, alone.sub_indication) == (
         Indication.INDETERMINATE,
         SubIndication.NO_CERTIFICATE_CHAIN_FOUND,
     )
-    assert "not validated" in report.message
+    assert not checks_of(alone.signatures[0])["signer chain"][0]
+    # Years later, the signer's certificate has expired and nothing proves the signing time.
+    later = pki.verifier().validate(zip_of(files), validation_time=NOW + timedelta(days=3650))
+    assert later.sub_indication is SubIndication.OUT_OF_BOUNDS_NO_POE
     # A changed Signature.xml, a changed signature value, a certificate that is not the signer's.
     changed = dict(files)
     changed[SIGN_0 + "Signature.xml"] = changed_byte(".xml", files[SIGN_0 + "Signature.xml"])
@@ -614,7 +625,8 @@ def test_a_digital_signature_with_a_foreign_certificate_or_garbage(pki: Pki) -> 
     value = signed_data(files[SIGN_0 + "Signature.xml"], pki.signer, attributes=True)
     for at in range(0, len(value), 7):
         files[SIGN_0 + "SignedValue.dat"] = value[:at] + bytes([value[at] ^ 0xA5]) + value[at + 1 :]
-        assert not pki.verifier().validate(zip_of(files), validation_time=NOW).passed
+        report = pki.verifier().validate(zip_of(files), validation_time=NOW)
+        assert not report.passed, (at, value[max(0, at - 8) : at + 8].hex())
 
 
 def test_a_seal_added_to_ofdrws_sealed_document(pki: Pki) -> None:
