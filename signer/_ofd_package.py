@@ -243,6 +243,8 @@ def parse_xml(data: bytes, what: str) -> Element:
                 raise OfdRefused(f"{what} has more than {MAX_ELEMENTS} elements")
     except DefusedXmlException as exc:
         raise OfdRefused(f"{what} declares a DTD or entities, which are refused") from exc
+    except LookupError as exc:  # expat asks the codecs for the declared encoding
+        raise OfdRefused(f"{what} declares an unknown encoding ({_plain(exc)})") from exc
     except (ParseError, ValueError) as exc:
         raise OfdRefused(f"{what} is not well-formed XML ({_plain(exc)})") from exc
     if root is None:

@@ -208,6 +208,15 @@ def test_malformed_xml_is_refused(xml: bytes) -> None:
     assert "not well-formed XML" in xml_refusal(xml)
 
 
+@pytest.mark.parametrize("encoding", [b"UTF-0", b"no-such-codec", b"x" * 40])
+def test_an_unknown_declared_encoding_is_refused(encoding: bytes) -> None:
+    """expat looks the declared encoding up in Python's codecs: a LookupError, not a
+    ParseError (found by mutating the shared OFD's XML)."""
+    declared = OFD_XML.replace(b'encoding="UTF-8"', b'encoding="' + encoding + b'"')
+    assert declared != OFD_XML
+    assert "unknown encoding" in xml_refusal(declared)
+
+
 def test_huge_xml_is_refused() -> None:
     huge = OFD_XML.replace(b"</ofd:OFD>", b"<!--" + b"x" * MAX_XML_BYTES + b"--></ofd:OFD>")
     assert "larger than" in xml_refusal(huge)
