@@ -37,7 +37,7 @@ from registry._pki import (
     write_private_sm2,
     write_public,
 )
-from registry._profiles import authority_key_identifier, leaf_subject
+from registry._profiles import authority_key_identifier, leaf_subject, signing_key_usage
 from registry.errors import PkiError
 from signer import Sm2FileSigner, Sm2PrivateKey, _oids, load_sm2_private_key, make_seal
 from signer._sm2_x509 import issue_sm2_certificate, sm2_subject_key_identifier
@@ -148,20 +148,7 @@ def _maker_certificate(issuer: Issuer, key: Sm2PrivateKey, now: datetime) -> x50
         .add_extension(
             x509.SubjectKeyIdentifier(sm2_subject_key_identifier(key.public_key())), critical=False
         )
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=True,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(signing_key_usage(content_commitment=True), critical=True)
         .add_extension(x509.ExtendedKeyUsage([_oids.EKU_DOCUMENT_SIGNING]), critical=False)
     )
     return issue_sm2_certificate(builder, key.public_key(), issuer.key)

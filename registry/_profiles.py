@@ -38,6 +38,7 @@ __all__ = [
     "check_name",
     "leaf_subject",
     "profile_extensions",
+    "signing_key_usage",
 ]
 
 MAX_NAME_CHARS: Final = 64  # X.520 ub-organization-name and ub-common-name
@@ -101,7 +102,7 @@ def profile_extensions(
     if usage in ("seal", "signature"):
         is_seal = usage == "seal"
         return [
-            (_key_usage(content_commitment=True), True),
+            (signing_key_usage(content_commitment=True), True),
             (x509.ExtendedKeyUsage([_oids.EKU_DOCUMENT_SIGNING]), False),
             (
                 _policies(
@@ -130,20 +131,20 @@ def profile_extensions(
             purposes = [_oids.EKU_CLIENT_AUTH]
             policy = _oids.POLICY_FOR_USAGE["tls-agency"]
         return [
-            (_key_usage(content_commitment=False), True),
+            (signing_key_usage(content_commitment=False), True),
             (x509.ExtendedKeyUsage(purposes), False),
             (x509.SubjectAlternativeName(names), False),
             (_policies(policy), False),
         ]
     purpose = _oids.EKU_TOKEN_SIGNING if usage == "token" else _oids.EKU_AUDIT_SIGNING
     return [
-        (_key_usage(content_commitment=False), True),
+        (signing_key_usage(content_commitment=False), True),
         (x509.ExtendedKeyUsage([purpose]), False),
         (_policies(_oids.POLICY_FOR_USAGE[usage]), False),
     ]
 
 
-def _key_usage(*, content_commitment: bool) -> x509.KeyUsage:
+def signing_key_usage(*, content_commitment: bool) -> x509.KeyUsage:
     return x509.KeyUsage(
         digital_signature=True,
         content_commitment=content_commitment,
