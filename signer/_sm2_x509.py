@@ -34,9 +34,12 @@ __all__ = ["is_sm2_key", "issue_sm2_crl", "sm2_public_key_of"]
 
 # What pyca/cryptography raises when it parses a field of a certificate or CRL lazily, on first
 # access (extensions, names, version): a certificate from a document is read under these.
+# KeyError: cryptography 46.0 (the lowest allowed) maps a name attribute's string tag through a
+# table and raises KeyError for a tag it does not know.
 CERTIFICATE_READ_ERRORS: Final = (
     ValueError,
     TypeError,
+    KeyError,
     x509.InvalidVersion,
     x509.DuplicateExtension,
     x509.UnsupportedGeneralNameType,
