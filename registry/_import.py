@@ -15,6 +15,7 @@ The issuing CA is the last certificate of the chain (the root when there is no i
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
@@ -149,8 +150,18 @@ def import_ca(
         )
     write_public(folder / IMPORTED_ROOT, root.public_bytes(pem))  # last: it marks the import done
     regions = tuple(replace(r, ca="imported") if r == spec else r for r in manifest.regions)
-    replace(manifest, regions=regions).write(pki_root / MANIFEST_NAME, at)
+    replace(manifest, regions=regions).write(pki_root / MANIFEST_NAME, _created(pki_root, at))
     return tuple(chain)
+
+
+def _created(pki_root: Path, default: datetime) -> datetime:
+    """When pki.json says the PKI was made (kept when the manifest is rewritten)."""
+    try:
+        return datetime.fromisoformat(
+            json.loads((pki_root / MANIFEST_NAME).read_bytes())["created"]
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return default
 
 
 def _single(path: Path) -> tuple[x509.Certificate]:

@@ -18,6 +18,8 @@ DER)::
       regions/<code>/keys/<usage>-<kid8>.pem   leaf then intermediate (no root)
       regions/<code>/keys/<usage>-<kid8>.key   leaf private key, PKCS#8, mode 0600
       agencies/<id>/keys/<usage>-<kid8>.pem|.key
+      regions/<code>/ca/imported-*.pem, imported.crl.pem
+                                            a CA made elsewhere, no key (`registry._import`)
 
 The development federation's throwaway CAs, which create such a folder for tests and demos,
 are not here: they are demo code (`gateway.demo.pki`, never for production keys).
