@@ -91,8 +91,10 @@ def import_cert(
     if key.key_file is not None:
         _check_key_file(key.key_file, key.passphrase, leaf)
     inventory = Inventory.load(pki_root)
-    state = _state(inventory, owner, usage)
     kid = certificate_kid(leaf)
+    if any(r.kid == kid for r in inventory.records()):
+        raise KeyLifecycleError(f"key {kid} is already in the inventory")
+    state = _state(inventory, owner, usage)
     folder = (
         region_keys_dir(pki_root, region)
         if agency_id is None

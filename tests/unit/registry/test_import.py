@@ -166,6 +166,8 @@ def test_cert_refusals(setup: Setup, tmp_path: Path) -> None:
             fed.pki, cert, owner="nobody", usage=KeyUsage.SEAL, key=ImportedKey(key_file=key)
         )
     import_cert(fed.pki, cert, owner=REGION, usage=KeyUsage.SEAL, key=ImportedKey(key_file=key))
+    with pytest.raises(KeyLifecycleError, match="already in the inventory"):
+        import_cert(fed.pki, cert, owner=REGION, usage=KeyUsage.SEAL, key=ImportedKey(key_file=key))
     again, again_key = ca.issue("seal-again", "seal")
     with pytest.raises(KeyLifecycleError, match="already under way"):
         import_cert(
