@@ -32,6 +32,7 @@ from registry import (
     import_crl,
     load_authority_public_key,
     publish,
+    rotate_key,
 )
 from registry._pki import Manifest, ca_dir
 from signer import FileKeyProvider, Indication, SealVerifier, SubIndication, seal
@@ -259,3 +260,11 @@ def test_import_ca_keeps_when_the_pki_was_made(setup: Setup) -> None:
     assert document["created"] == created
     (region,) = (r for r in document["regions"] if r["code"] == REGION)
     assert region["ca"] == "imported"
+
+
+def test_keys_are_not_issued_from_an_imported_ca(setup: Setup) -> None:
+    import_ca(setup.fed.pki, REGION, setup.ca.root, [setup.ca.intermediate], now=setup.now)
+    with pytest.raises(PkiError, match="CA is imported: its own CA issues its keys"):
+        rotate_key(setup.fed.pki, REGION, KeyUsage.SEAL, now=setup.now)
+    with pytest.raises(PkiError, match="pkcs11: URI"):
+        ImportedKey(key_uri="/dev/hsm0")
