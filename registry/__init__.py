@@ -21,6 +21,8 @@ from registry._codes import (
     is_valid_uscc,
     province_name,
 )
+from registry._import import import_ca, import_crl
+from registry._import_cert import ImportedKey, import_cert
 from registry._inventory import Inventory, KeyRecord
 from registry._keys import add_key, key_to_rotate, rotate_key
 from registry._model import (
@@ -89,6 +91,7 @@ __all__ = [
     "CacheScope",
     "Dataset",
     "FileSnapshotSource",
+    "ImportedKey",
     "Inventory",
     "KeyEntry",
     "KeyLifecycleError",
@@ -125,6 +128,9 @@ __all__ = [
     "authority_key_id",
     "build_registry",
     "contains_citizen_id",
+    "import_ca",
+    "import_cert",
+    "import_crl",
     "is_region_code",
     "is_registry_id",
     "is_valid_citizen_id",

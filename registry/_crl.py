@@ -16,6 +16,7 @@ from typing import Final
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
+from registry._import import has_imported_ca, imported_crl
 from registry._pki import (
     CLOCK_SKEW,
     Manifest,
@@ -125,7 +126,10 @@ def _sm2_signer(pki_root: Path, region: RegionSpec, intermediate: x509.Certifica
 
 
 def region_crls(pki_root: Path, region: str) -> tuple[x509.CertificateRevocationList, ...]:
-    """The region CA's current CRLs (the intermediate's)."""
+    """The region CA's current CRLs (the intermediate's; an imported CA's, as imported)."""
+    if has_imported_ca(pki_root, region):
+        crl = imported_crl(pki_root, region)
+        return () if crl is None else (crl,)
     path = ca_dir(pki_root, region) / "intermediate.crl.pem"
     try:
         return (x509.load_pem_x509_crl(path.read_bytes()),)

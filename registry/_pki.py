@@ -18,6 +18,8 @@ DER)::
       regions/<code>/keys/<usage>-<kid8>.pem   leaf then intermediate (no root)
       regions/<code>/keys/<usage>-<kid8>.key   leaf private key, PKCS#8, mode 0600
       agencies/<id>/keys/<usage>-<kid8>.pem|.key
+      regions/<code>/ca/imported-*.pem, imported.crl.pem
+                                            a CA made elsewhere, no key (`registry._import`)
 
 The development federation's throwaway CAs, which create such a folder for tests and demos,
 are not here: they are demo code (`gateway.demo.pki`, never for production keys).
@@ -40,6 +42,7 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKey
 
 from registry._pki_files import (
     certificate_kid,
+    imported_chain,
     pem,
     read_certificate,
     write_private,
@@ -49,6 +52,7 @@ from registry._pki_files import (
 from registry._profiles import (
     authority_key_identifier,
     check_name,
+    crl_distribution_point,
     leaf_subject,
     profile_extensions,
 )
@@ -132,15 +136,19 @@ _USCC: Final = re.compile(r"[0-9A-HJ-NPQRTUWXY]{18}")  # GB 32100-2015 alphabet,
 
 @dataclass(frozen=True)
 class RegionSpec:
-    """A region taking part in data sharing: GB/T 2260 code and name, e.g. 330000 浙江省."""
+    """A region taking part in data sharing: GB/T 2260 code and name, e.g. 330000 浙江省;
+    `ca` "imported" when its CA was made elsewhere (`registry._import`: no CA key here)."""
 
     code: str
     name: str
+    ca: str = "dev"
 
     def __post_init__(self) -> None:
         if not _REGION_CODE.fullmatch(self.code):
             raise PkiError(f"region code {self.code!r} is not a 6-digit GB/T 2260 code")
         check_name(self.name, f"region {self.code} name")
+        if self.ca not in ("dev", "imported"):
+            raise PkiError(f"region {self.code}: ca {self.ca!r} is neither 'dev' nor 'imported'")
 
 
 @dataclass(frozen=True)
@@ -244,6 +252,9 @@ def region_ca_certificates(pki_root: Path, region: str) -> tuple[x509.Certificat
     if not _REGION_CODE.fullmatch(region):
         raise PkiError(f"region code {region!r} is not a 6-digit GB/T 2260 code")
     folder = ca_dir(pki_root, region)
+    imported = imported_chain(folder)  # a CA made elsewhere: root, then its intermediates
+    if imported is not None:
+        return imported
     return (read_certificate(folder / "root.pem"), read_certificate(folder / "intermediate.pem"))
 
 
@@ -283,7 +294,10 @@ class Manifest:
         document = {
             "format": MANIFEST_FORMAT,
             "created": created.isoformat(),
-            "regions": [{"code": r.code, "name": r.name} for r in self.regions],
+            "regions": [
+                {"code": r.code, "name": r.name} | ({} if r.ca == "dev" else {"ca": r.ca})
+                for r in self.regions
+            ],
             "agencies": [
                 {"id": a.id, "name": a.name, "region": a.region, "uscc": a.uscc}
                 for a in self.agencies
@@ -324,10 +338,6 @@ def region_keys_dir(pki_root: Path, region: str) -> Path:
 
 def agency_keys_dir(pki_root: Path, agency_id: str) -> Path:
     return pki_root / "agencies" / agency_id / "keys"
-
-
-def _crl_url(region: str) -> str:
-    return f"http://pki.{region}.tongban.test/intermediate.crl"
 
 
 def scan_keys(keys_dir: Path, owner: str, region: str) -> list[IssuedKey]:
@@ -382,6 +392,11 @@ class Issuer:
 
 
 def load_region_issuer(pki_root: Path, region: RegionSpec, passphrase: bytes | None) -> Issuer:
+    if imported_chain(ca_dir(pki_root, region.code)) is not None:
+        raise PkiError(
+            f"region {region.code}'s CA is imported: its own CA issues its keys, which "
+            "`tongban registry import-cert` adds"
+        )
     _, intermediate = region_ca_certificates(pki_root, region.code)
     if is_sm2_key(intermediate):
         raise PkiError(
@@ -542,19 +557,6 @@ def _check_leaf(
     if tls_names and not (usage == "tls" and agency is None):
         raise PkiError("tls_names applies to gateway TLS certificates (usage 'tls', region owner)")
     return agency
-
-
-def crl_distribution_point(region: str) -> x509.CRLDistributionPoints:
-    return x509.CRLDistributionPoints(
-        [
-            x509.DistributionPoint(
-                full_name=[x509.UniformResourceIdentifier(_crl_url(region))],
-                relative_name=None,
-                reasons=None,
-                crl_issuer=None,
-            )
-        ]
-    )
 
 
 def _refuse_duplicates(values: Iterable[str], what: str) -> None:

@@ -15,9 +15,13 @@ from signer._keyfile import PrivateKey, write_private_key
 from signer._sm2 import Sm2PrivateKey, write_sm2_private_key
 
 __all__ = [
+    "IMPORTED_INTERMEDIATES",
+    "IMPORTED_ROOT",
     "certificate_kid",
+    "imported_chain",
     "pem",
     "read_certificate",
+    "read_pem_certificates",
     "write_private",
     "write_private_sm2",
     "write_public",
@@ -40,6 +44,31 @@ def read_certificate(path: Path) -> x509.Certificate:
         raise PkiError(f"certificate file {path} does not exist") from exc
     except (OSError, ValueError) as exc:
         raise PkiError(f"certificate file {path} could not be read: {exc}") from exc
+
+
+IMPORTED_ROOT = "imported-root.pem"  # a region CA made elsewhere (`registry._import`)
+IMPORTED_INTERMEDIATES = "imported-intermediates.pem"
+
+
+def read_pem_certificates(path: Path) -> tuple[x509.Certificate, ...]:
+    """Every certificate of a PEM file, in order."""
+    try:
+        return tuple(x509.load_pem_x509_certificates(path.read_bytes()))
+    except FileNotFoundError as exc:
+        raise PkiError(f"certificate file {path} does not exist") from exc
+    except (OSError, ValueError) as exc:
+        raise PkiError(f"{path}: not a PEM certificate file ({exc})") from exc
+
+
+def imported_chain(ca_folder: Path) -> tuple[x509.Certificate, ...] | None:
+    """An imported region CA's certificates, root first; None when the region's CA is not
+    imported."""
+    if not (ca_folder / IMPORTED_ROOT).is_file():
+        return None
+    chain = read_pem_certificates(ca_folder / IMPORTED_ROOT)
+    if (ca_folder / IMPORTED_INTERMEDIATES).is_file():
+        chain += read_pem_certificates(ca_folder / IMPORTED_INTERMEDIATES)
+    return chain
 
 
 def write_private(path: Path, key: PrivateKey, passphrase: bytes | None) -> None:

@@ -36,6 +36,7 @@ __all__ = [
     "authority_key_identifier",
     "ca_name",
     "check_name",
+    "crl_distribution_point",
     "leaf_subject",
     "profile_extensions",
     "signing_key_usage",
@@ -208,3 +209,20 @@ def check_name(value: str, what: str) -> None:
         raise PkiError(f"{what} is longer than {MAX_NAME_CHARS} characters")
     if any(ord(char) < 0x20 or ord(char) == 0x7F for char in value):
         raise PkiError(f"{what} contains control characters")
+
+
+def crl_distribution_point(region: str) -> x509.CRLDistributionPoints:
+    return x509.CRLDistributionPoints(
+        [
+            x509.DistributionPoint(
+                full_name=[x509.UniformResourceIdentifier(_crl_url(region))],
+                relative_name=None,
+                reasons=None,
+                crl_issuer=None,
+            )
+        ]
+    )
+
+
+def _crl_url(region: str) -> str:
+    return f"http://pki.{region}.tongban.test/intermediate.crl"

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from registry._crl import RevokedCertificate, issue_crl, region_crls
 from registry._files import write_atomically
+from registry._import import has_imported_ca, imported_crl
 from registry._inventory import Inventory
 from registry._model import Region, Registry
 from registry._pki import region_ca_certificates
@@ -162,6 +163,9 @@ def publish(
     changes = inventory.advance_for_publish(version, now)
     lifetime = timedelta(seconds=lifetime_seconds or source.snapshot_lifetime_seconds)
     for region in source.regions:
+        if has_imported_ca(pki_root, region.code):
+            _check_imported_crl(pki_root, region.code, now)  # the region's own, as imported
+            continue
         # Each CRL is reissued from the inventory and outlives the snapshot that carries it.
         revoked = [
             RevokedCertificate(pki_root / r.certificate, r.revoked_at, r.revocation_reason)
@@ -185,6 +189,23 @@ def publish(
     write_atomically(out_dir / CURRENT_SNAPSHOT, snapshot.jws.encode() + b"\n")
     inventory.save()  # after the snapshot is safely written
     return PublishResult(snapshot=snapshot, path=path, changes=tuple(changes))
+
+
+def _check_imported_crl(pki_root: Path, region: str, now: datetime) -> None:
+    """A region with an imported CA publishes the CRL its CA signed; without a current one the
+    publish is refused (a snapshot whose region has no CRL would leave its keys unrevocable)."""
+    crl = imported_crl(pki_root, region)
+    if crl is None:
+        raise PkiError(
+            f"region {region} uses an imported CA and has no CRL: import one signed by its "
+            "issuing CA with `tongban registry import-crl` before publishing"
+        )
+    if crl.next_update_utc is None or crl.next_update_utc <= now:
+        raise PkiError(
+            f"region {region}'s imported CRL is out of date (nextUpdate "
+            f"{crl.next_update_utc or 'absent'}): import a newer one with "
+            "`tongban registry import-crl`"
+        )
 
 
 def _with_lifetime(registry: Registry, lifetime_seconds: int) -> Registry:

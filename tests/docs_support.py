@@ -142,8 +142,11 @@ class Selection:
 WALKTHROUGH = {
     "test_docs_registry_md_commands": Selection(("docs/registry.md",)),
     # The PKCS#11 commands need a SoftHSM2 token: tests/integration/test_pkcs11.py runs them.
+    # The region-CA import commands need OpenSSL-made files: a unit test runs them as written
+    # (tests/unit/gateway/test_registry_import_cli.py).
     "test_docs_operators_md_key_commands": Selection(
-        ("docs/operators.md",), skip=("--postgres-env", "pkcs11", "softhsm2-util")
+        ("docs/operators.md",),
+        skip=("--postgres-env", "pkcs11", "softhsm2-util", "registry import-"),
     ),
     "test_docs_security_md_commands": Selection(
         ("docs/security.md",), skip=(r"gateway serve", r"^kill -HUP")

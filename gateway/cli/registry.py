@@ -22,6 +22,7 @@ from gateway.cli._common import (
     usage,
     utc_now,
 )
+from gateway.cli._registry_import import register_import
 from gateway.cli.keys import keys_table
 from registry import (
     AUTHORITY_PUBLIC_KEY,
@@ -215,3 +216,4 @@ def register(commands: Subparsers) -> None:
     _register_build(reg_verbs)
     _register_publish(reg_verbs)
     _register_show(reg_verbs)
+    register_import(reg_verbs)

@@ -17,6 +17,9 @@ from docs_support import REPO, WALKTHROUGH, all_commands
 COLLECT_TIMEOUT_SECONDS = 300
 
 COMMANDS: dict[str, str] = {
+    "tongban registry import-ca --pki pki --region 500000 root.pem --intermediate intermediate.pem": "tests/unit/gateway/test_registry_import_cli.py::test_import_then_publish",
+    "tongban registry import-cert --pki pki --owner 500000 --usage seal seal.pem --key seal.key": "tests/unit/gateway/test_registry_import_cli.py::test_import_then_publish",
+    "tongban registry import-crl --pki pki --region 500000 crl.pem": "tests/unit/gateway/test_registry_import_cli.py::test_import_then_publish",
     "make demo": "tests/unit/test_docs_commands.py::test_make_targets_run_what_the_docs_say[demo]",
     "make test": "tests/unit/test_docs_commands.py::test_make_targets_run_what_the_docs_say[test]",
     ".venv/bin/tongban pki init --out out/demo/pki --regions 330000,510000,500000": "tests/integration/test_docs_walkthrough.py::test_readme_three_regions_by_hand",

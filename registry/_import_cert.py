@@ -1,0 +1,229 @@
+"""`tongban registry import-cert`: a leaf certificate issued by the owner's region CA elsewhere
+(for a key the region holds in a file or a cryptographic module), added to the key inventory as
+`tongban keys generate` adds the keys it issues: kid = x5t#S256 of the certificate.
+
+Checked on import: the certificate chains to the owner's region CA (imported or dev) now, and
+carries the profile of its usage (`registry._profiles`): seal and signature keys keyUsage
+digitalSignature or nonRepudiation and the document-signing EKU (RFC 9336) without TLS EKUs, as
+the seal verifier's `EE_POLICY` asks; TLS keys serverAuth and clientAuth (a gateway's) or
+clientAuth (an agency's); token and audit keys Tongban's own EKUs. SM2 leaves are not imported
+yet: their chain check (`signer._sm2_path`) is not wired here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.x509.verification import (
+    Criticality,
+    ExtensionPolicy,
+    PolicyBuilder,
+    Store,
+    VerificationError,
+)
+
+from registry._import import read_pem_certificates
+from registry._inventory import Inventory, KeyRecord
+from registry._model import KeyState, KeyUsage
+from registry._pki import (
+    Manifest,
+    agency_keys_dir,
+    certificate_kid,
+    region_ca_certificates,
+    region_keys_dir,
+    utc_now,
+    write_public,
+)
+from registry._pki_files import pem
+from registry.errors import KeyLifecycleError, PkiError
+from signer import _oids, is_sm2_key
+from signer._keyfile import algorithm_for_key, load_private_key
+from signer._keys import same_public_key
+from signer._report import SignatureKind
+from signer._verify_helpers import EE_POLICY, kind_of
+from signer.errors import SignerError
+
+__all__ = ["ImportedKey", "import_cert"]
+
+_MAX_CHAIN_DEPTH = 4
+
+
+@dataclass(frozen=True)
+class ImportedKey:
+    """Where the key is: a key file (its path) or a PKCS#11 URI; exactly one."""
+
+    key_file: Path | None = None
+    key_uri: str = ""
+    passphrase: bytes | None = None
+
+    def __post_init__(self) -> None:
+        if (self.key_file is None) == (not self.key_uri):
+            raise PkiError("give the key as either a key file or a pkcs11: URI (exactly one)")
+        if self.key_uri and not self.key_uri.startswith("pkcs11:"):
+            raise PkiError("a key in a cryptographic module is named by a pkcs11: URI")
+
+
+def import_cert(
+    pki_root: Path,
+    certificate_path: Path,
+    *,
+    owner: str,
+    usage: KeyUsage,
+    key: ImportedKey,
+    now: datetime | None = None,
+) -> KeyRecord:
+    """Check and record the certificate (the inventory saved): active if `owner` has no active
+    `usage` key, else pending (a rotation: the next publishes carry it, then make it active)."""
+    at = utc_now(now)
+    manifest = Manifest.read(pki_root)
+    region, agency_id = _owner(manifest, owner)
+    leaf, *extra = read_pem_certificates(certificate_path)
+    if is_sm2_key(leaf):
+        raise PkiError(f"{certificate_path}: importing SM2 certificates is not supported yet")
+    chain = _verified_chain(
+        pki_root, region, leaf, extra=tuple(extra), usage=usage, gateway=agency_id is None, at=at
+    )
+    _check_kind(leaf, usage, certificate_path)
+    algorithm = _algorithm(leaf, certificate_path)
+    if key.key_file is not None:
+        _check_key_file(key.key_file, key.passphrase, leaf)
+    inventory = Inventory.load(pki_root)
+    kid = certificate_kid(leaf)
+    if any(r.kid == kid for r in inventory.records()):
+        raise KeyLifecycleError(f"key {kid} is already in the inventory")
+    state = _state(inventory, owner, usage)
+    folder = (
+        region_keys_dir(pki_root, region)
+        if agency_id is None
+        else agency_keys_dir(pki_root, agency_id)
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{usage.value}-{kid[:8]}.pem"
+    if path.exists():
+        raise PkiError(f"{path} already exists: this certificate was imported before")
+    write_public(path, b"".join(pem(c) for c in chain[:-1]))  # leaf and intermediates, no root
+    private_key = key.key_uri or str(key.key_file.resolve() if key.key_file else "")
+    record = KeyRecord(
+        kid=kid,
+        usage=usage,
+        owner=owner,
+        region=region,
+        algorithm=algorithm,
+        state=state,
+        certificate=str(path.relative_to(pki_root)),
+        private_key=private_key,
+        created_at=at,
+        activated_at=at if state is KeyState.ACTIVE else None,
+    )
+    inventory.add(record)
+    inventory.save()
+    return record
+
+
+def _owner(manifest: Manifest, owner: str) -> tuple[str, str | None]:
+    """The owner's region code and agency id (None for a region's own key)."""
+    if any(r.code == owner for r in manifest.regions):
+        return owner, None
+    agency = manifest.agency(owner)
+    if agency is None:
+        raise PkiError(f"owner {owner!r} is neither a region nor an agency of this PKI")
+    return agency.region, agency.id
+
+
+def _state(inventory: Inventory, owner: str, usage: KeyUsage) -> KeyState:
+    pending = inventory.find(owner, usage, KeyState.PENDING)
+    if pending:
+        raise KeyLifecycleError(
+            f"a rotation of {owner}'s {usage.value} key is already under way "
+            f"(pending {pending[0].kid})"
+        )
+    return KeyState.PENDING if inventory.find(owner, usage, KeyState.ACTIVE) else KeyState.ACTIVE
+
+
+def _verified_chain(
+    pki_root: Path,
+    region: str,
+    leaf: x509.Certificate,
+    *,
+    extra: tuple[x509.Certificate, ...],
+    usage: KeyUsage,
+    gateway: bool,
+    at: datetime,
+) -> tuple[x509.Certificate, ...]:
+    """The leaf's chain (leaf first, root last) to the region's root at `at`, under the usage's
+    profile; refused with pyca's reason otherwise."""
+    cas = region_ca_certificates(pki_root, region)
+    verifier = (
+        PolicyBuilder()
+        .store(Store([cas[0]]))
+        .time(at)
+        .max_chain_depth(_MAX_CHAIN_DEPTH)
+        .extension_policies(
+            ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=_ee_policy(usage, gateway)
+        )
+        .build_client_verifier()
+    )
+    try:
+        verified = verifier.verify(leaf, [*cas[1:], *extra])
+    except VerificationError as exc:
+        raise PkiError(
+            f"the certificate is not a valid {usage.value} certificate of region {region}'s CA "
+            f"now: {exc}"
+        ) from None
+    return tuple(verified.chain)
+
+
+def _ee_policy(usage: KeyUsage, gateway: bool) -> ExtensionPolicy:
+    if usage in (KeyUsage.SEAL, KeyUsage.SIGNATURE):
+        return EE_POLICY
+    if usage is KeyUsage.TLS:
+        wanted = (
+            [_oids.EKU_SERVER_AUTH, _oids.EKU_CLIENT_AUTH] if gateway else [_oids.EKU_CLIENT_AUTH]
+        )
+    else:
+        wanted = [_oids.EKU_TOKEN_SIGNING if usage is KeyUsage.TOKEN else _oids.EKU_AUDIT_SIGNING]
+
+    def key_usage(policy: object, cert: x509.Certificate, ext: x509.KeyUsage | None) -> None:
+        if ext is None or not ext.digital_signature:
+            raise ValueError(f"a {usage.value} key's keyUsage must allow digitalSignature")
+
+    def extended(policy: object, cert: x509.Certificate, ext: x509.ExtendedKeyUsage | None) -> None:
+        missing = [oid.dotted_string for oid in wanted if ext is None or oid not in ext]
+        if missing:
+            raise ValueError(f"a {usage.value} key's extendedKeyUsage lacks {', '.join(missing)}")
+
+    return (
+        ExtensionPolicy.permit_all()
+        .require_present(x509.KeyUsage, Criticality.AGNOSTIC, key_usage)
+        .require_present(x509.ExtendedKeyUsage, Criticality.AGNOSTIC, extended)
+    )
+
+
+def _check_kind(leaf: x509.Certificate, usage: KeyUsage, where: Path) -> None:
+    """A seal certificate names a legal person's policy, a signature one a natural person's
+    (QCP-l / QCP-n or Tongban's own), as the seal verifier tells them apart."""
+    wanted = {KeyUsage.SEAL: SignatureKind.SEAL, KeyUsage.SIGNATURE: SignatureKind.SIGNATURE}
+    if usage in wanted and kind_of(leaf) is not wanted[usage]:
+        policies = "QCP-l 0.4.0.194112.1.1" if usage is KeyUsage.SEAL else "QCP-n 0.4.0.194112.1.0"
+        raise PkiError(
+            f"{where}: a {usage.value} certificate's certificatePolicies must name {policies}"
+        )
+
+
+def _algorithm(leaf: x509.Certificate, where: Path) -> str:
+    try:
+        return algorithm_for_key(leaf.public_key())  # type: ignore[arg-type]
+    except (SignerError, ValueError, TypeError) as exc:
+        raise PkiError(f"{where}: a key Tongban does not sign with ({exc})") from exc
+
+
+def _check_key_file(path: Path, passphrase: bytes | None, leaf: x509.Certificate) -> None:
+    try:
+        private = load_private_key(path, passphrase)
+    except SignerError as exc:
+        raise PkiError(f"{path}: {exc}") from exc
+    if not same_public_key(private.public_key(), leaf.public_key()):
+        raise PkiError(f"{path} is not the key of the certificate")
