@@ -96,8 +96,16 @@ proto: $(STAMP)
 proto-check: $(STAMP)
 	$(PY) proto/build.py --check
 
+# The fault suite (tests/faults/) runs beside the rest: it starts its own redis-server, PostgreSQL
+# and gateway processes on free ports and judges by phases, not clock times, so it shares nothing
+# with the other tests and mostly waits; its output follows theirs. Either failing fails the run.
 pytest: $(STAMP) services promtool tools softhsm
-	$(PY) -m pytest --cov --cov-branch --cov-report=term
+	@log=$$(mktemp); \
+	$(PY) -m pytest -p no:cacheprovider --no-cov -q tests/faults >"$$log" 2>&1 & faults=$$!; \
+	$(PY) -m pytest --cov --cov-branch --cov-report=term --ignore=tests/faults; rest=$$?; \
+	wait $$faults; faulted=$$?; \
+	echo "== tests/faults (run beside the rest)"; cat "$$log"; rm -f "$$log"; \
+	test $$rest -eq 0 && test $$faulted -eq 0
 
 # check-lowest last: the lowest versions pyproject.toml allows pass the same gate (about 2 min here).
 test: $(STAMP) services promtool tools softhsm lint proto-check pytest check-lowest
