@@ -29,9 +29,6 @@ MAX_CACHED_DER_BYTES: Final = 64 * 1024  # a larger structure is parsed every ti
 _K = TypeVar("_K")
 _V = TypeVar("_V")
 
-# What pyca raises for a malformed certificate (it parses lazily).
-_CERTIFICATE_ERRORS: Final = CERTIFICATE_READ_ERRORS
-
 
 @functools.lru_cache(maxsize=MAX_CACHED)
 def read_certificate(der: bytes) -> x509.Certificate | str:
@@ -43,7 +40,7 @@ def read_certificate(der: bytes) -> x509.Certificate | str:
             certificate = x509.load_der_x509_certificate(der)
         _ = certificate.subject.rfc4514_string(), certificate.not_valid_after_utc
         _ = certificate.extensions
-    except _CERTIFICATE_ERRORS:
+    except CERTIFICATE_READ_ERRORS:  # pyca parses lazily: a bad field surfaces on access
         return "is not a DER X.509 certificate"
     except CryptographyDeprecationWarning as warning:
         return f"breaks RFC 5280: {warning}"
