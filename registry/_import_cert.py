@@ -53,17 +53,33 @@ _MAX_CHAIN_DEPTH = 4
 
 @dataclass(frozen=True)
 class ImportedKey:
-    """Where the key is: a key file (its path) or a PKCS#11 URI; exactly one."""
+    """Where the key is: a key file (its path), a PKCS#11 URI, or with its owner only
+    (`held_by_owner`: the publisher records no location); exactly one.
+
+    A key held by its owner is not proved here: the owner's CA certified it (for a CSR it
+    checked), and the chain to that CA is what every verifier trusts; a certificate whose key
+    nobody holds only lists a key that never signs."""
 
     key_file: Path | None = None
     key_uri: str = ""
     passphrase: bytes | None = None
+    held_by_owner: bool = False
 
     def __post_init__(self) -> None:
-        if (self.key_file is None) == (not self.key_uri):
-            raise PkiError("give the key as either a key file or a pkcs11: URI (exactly one)")
+        if [self.key_file is not None, bool(self.key_uri), self.held_by_owner].count(True) != 1:
+            raise PkiError(
+                "give the key as a key file, a pkcs11: URI, or say that its owner holds it "
+                "(exactly one)"
+            )
         if self.key_uri and not self.key_uri.startswith("pkcs11:"):
             raise PkiError("a key in a cryptographic module is named by a pkcs11: URI")
+
+    @property
+    def recorded(self) -> str:
+        """What the inventory records as the key's location ("" when the owner holds it)."""
+        if self.key_file is not None:
+            return str(self.key_file.resolve())
+        return self.key_uri
 
 
 def import_cert(
@@ -105,7 +121,6 @@ def import_cert(
     if path.exists():
         raise PkiError(f"{path} already exists: this certificate was imported before")
     write_public(path, b"".join(pem(c) for c in chain[:-1]))  # leaf and intermediates, no root
-    private_key = key.key_uri or str(key.key_file.resolve() if key.key_file else "")
     record = KeyRecord(
         kid=kid,
         usage=usage,
@@ -114,7 +129,7 @@ def import_cert(
         algorithm=algorithm,
         state=state,
         certificate=str(path.relative_to(pki_root)),
-        private_key=private_key,
+        private_key=key.recorded,
         created_at=at,
         activated_at=at if state is KeyState.ACTIVE else None,
     )
