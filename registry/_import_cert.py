@@ -6,8 +6,11 @@ Checked on import: the certificate chains to the owner's region CA (imported or 
 carries the profile of its usage (`registry._profiles`): seal and signature keys keyUsage
 digitalSignature or nonRepudiation and the document-signing EKU (RFC 9336) without TLS EKUs, as
 the seal verifier's `EE_POLICY` asks; TLS keys serverAuth and clientAuth (a gateway's) or
-clientAuth (an agency's); token and audit keys Tongban's own EKUs. SM2 leaves are not imported
-yet: their chain check (`signer._sm2_path`) is not wired here.
+clientAuth (an agency's); token and audit keys Tongban's own EKUs. An SM2 leaf (a GB/T 38540
+seal or signature key) is checked by `signer._sm2_path.check_sm2_path` instead of pyca, which
+cannot check SM2 signatures; SM2 is for seals and signatures only (TLS, tokens and audit
+checkpoints use their standards' algorithms). The region's SESeal for an SM2 seal key stays with
+its gateway (`[[seal.keys]] eseal`): the registry does not carry it.
 """
 
 from __future__ import annotations
@@ -39,11 +42,13 @@ from registry._pki import (
 )
 from registry._pki_files import pem
 from registry.errors import KeyLifecycleError, PkiError
-from signer import _oids, is_sm2_key
+from signer import _oids, is_sm2_key, load_sm2_private_key
 from signer._keyfile import algorithm_for_key, load_private_key
 from signer._keys import same_public_key
 from signer._report import SignatureKind
-from signer._verify_helpers import EE_POLICY, kind_of
+from signer._sm2_path import Sm2PathFailure, check_sm2_path
+from signer._sm2_x509 import sm2_public_key_of
+from signer._verify_helpers import EE_POLICY, document_signing, kind_of
 from signer.errors import SignerError
 
 __all__ = ["ImportedKey", "import_cert"]
@@ -98,12 +103,20 @@ def import_cert(
     region, agency_id = _owner(manifest, owner)
     leaf, *extra = read_pem_certificates(certificate_path)
     if is_sm2_key(leaf):
-        raise PkiError(f"{certificate_path}: importing SM2 certificates is not supported yet")
-    chain = _verified_chain(
-        pki_root, region, leaf, extra=tuple(extra), usage=usage, gateway=agency_id is None, at=at
-    )
+        chain = _verified_sm2_chain(pki_root, region, leaf, extra=tuple(extra), usage=usage, at=at)
+        algorithm = "SM2"
+    else:
+        chain = _verified_chain(
+            pki_root,
+            region,
+            leaf,
+            extra=tuple(extra),
+            usage=usage,
+            gateway=agency_id is None,
+            at=at,
+        )
+        algorithm = _algorithm(leaf, certificate_path)
     _check_kind(leaf, usage, certificate_path)
-    algorithm = _algorithm(leaf, certificate_path)
     if key.key_file is not None:
         _check_key_file(key.key_file, key.passphrase, leaf)
     inventory = Inventory.load(pki_root)
@@ -191,6 +204,40 @@ def _verified_chain(
     return tuple(verified.chain)
 
 
+def _verified_sm2_chain(
+    pki_root: Path,
+    region: str,
+    leaf: x509.Certificate,
+    *,
+    extra: tuple[x509.Certificate, ...],
+    usage: KeyUsage,
+    at: datetime,
+) -> tuple[x509.Certificate, ...]:
+    """An SM2 leaf's chain (leaf first, root last) to the region's root at `at`, with the
+    seal verifier's checks: keyUsage for signing, documentSigning and no TLS EKU."""
+    if usage not in (KeyUsage.SEAL, KeyUsage.SIGNATURE):
+        raise PkiError(f"an SM2 key seals and signs only: it cannot be a {usage.value} key")
+    cas = region_ca_certificates(pki_root, region)
+    refused = (
+        f"the certificate is not a valid {usage.value} certificate of region {region}'s CA now"
+    )
+    try:
+        path = check_sm2_path(leaf, roots=[cas[0]], intermediates=[*cas[1:], *extra], at=at)
+    except Sm2PathFailure as exc:
+        raise PkiError(f"{refused}: {exc.message}") from None
+    try:
+        extended = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        extended = None
+    except ValueError as exc:
+        raise PkiError(f"{refused}: its extendedKeyUsage cannot be read ({exc})") from None
+    try:
+        document_signing(None, leaf, extended)
+    except ValueError as exc:
+        raise PkiError(f"{refused}: {exc}") from None
+    return path.certificates
+
+
 def _ee_policy(usage: KeyUsage, gateway: bool) -> ExtensionPolicy:
     if usage in (KeyUsage.SEAL, KeyUsage.SIGNATURE):
         return EE_POLICY
@@ -236,9 +283,15 @@ def _algorithm(leaf: x509.Certificate, where: Path) -> str:
 
 
 def _check_key_file(path: Path, passphrase: bytes | None, leaf: x509.Certificate) -> None:
+    """The key file holds the certificate's key (an SM2 one: an unencrypted PKCS#8 file, as the
+    gateway reads it)."""
     try:
-        private = load_private_key(path, passphrase)
+        if is_sm2_key(leaf):
+            same = load_sm2_private_key(path).public_key().point == sm2_public_key_of(leaf).point
+        else:
+            private = load_private_key(path, passphrase)
+            same = same_public_key(private.public_key(), leaf.public_key())
     except SignerError as exc:
         raise PkiError(f"{path}: {exc}") from exc
-    if not same_public_key(private.public_key(), leaf.public_key()):
+    if not same:
         raise PkiError(f"{path} is not the key of the certificate")
