@@ -26,8 +26,8 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
+from registry._checks import check_ca_certificate
 from registry._pki import (
-    CLOCK_SKEW,
     MANIFEST_NAME,
     Manifest,
     RegionSpec,
@@ -125,7 +125,7 @@ def import_ca(
                 "replace a region's CA"
             )
     (root,) = _single(root_path)
-    _check_ca(root, f"{root_path}", at)
+    check_ca_certificate(root, f"{root_path}", at)
     if not issued_by(root, root):
         raise PkiError(
             f"{root_path}: not a self-signed root (its issuer or signature is not its own)"
@@ -133,7 +133,7 @@ def import_ca(
     chain = [root]
     for path in intermediate_paths:
         for certificate in read_pem_certificates(path):
-            _check_ca(certificate, f"{path}", at)
+            check_ca_certificate(certificate, f"{path}", at)
             if not issued_by(certificate, chain[-1]):
                 raise PkiError(
                     f"{path}: {certificate.subject.rfc4514_string()} is not issued by "
@@ -167,21 +167,3 @@ def _single(path: Path) -> tuple[x509.Certificate]:
     if len(certificates) != 1:
         raise PkiError(f"{path}: holds {len(certificates)} certificates; give the root alone")
     return (certificates[0],)
-
-
-def _check_ca(certificate: x509.Certificate, where: str, at: datetime) -> None:
-    try:
-        constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints).value
-        usage = certificate.extensions.get_extension_for_class(x509.KeyUsage).value
-    except x509.ExtensionNotFound as exc:
-        raise PkiError(f"{where}: not a CA certificate (no {exc.oid._name})") from exc
-    except ValueError as exc:
-        raise PkiError(f"{where}: its extensions cannot be read ({exc})") from exc
-    if not constraints.ca:
-        raise PkiError(f"{where}: not a CA certificate (basicConstraints cA is false)")
-    if not usage.key_cert_sign:
-        raise PkiError(f"{where}: not a CA certificate (keyUsage lacks keyCertSign)")
-    if not certificate.not_valid_before_utc <= at + CLOCK_SKEW:
-        raise PkiError(f"{where}: not valid before {certificate.not_valid_before_utc:%Y-%m-%d}")
-    if at >= certificate.not_valid_after_utc:
-        raise PkiError(f"{where}: expired on {certificate.not_valid_after_utc:%Y-%m-%d}")

@@ -2,13 +2,9 @@
 (for a key the region holds in a file or a cryptographic module), added to the key inventory as
 `tongban keys generate` adds the keys it issues: kid = x5t#S256 of the certificate.
 
-Checked on import: the certificate chains to the owner's region CA (imported or dev) now, and
-carries the profile of its usage (`registry._profiles`): seal and signature keys keyUsage
-digitalSignature or nonRepudiation and the document-signing EKU (RFC 9336) without TLS EKUs, as
-the seal verifier's `EE_POLICY` asks; TLS keys serverAuth and clientAuth (a gateway's) or
-clientAuth (an agency's); token and audit keys Tongban's own EKUs. An SM2 leaf (a GB/T 38540
-seal or signature key) is checked by `signer._sm2_path.check_sm2_path` instead of pyca, which
-cannot check SM2 signatures; SM2 is for seals and signatures only (TLS, tokens and audit
+Checked on import, by `registry._checks` (the checks every certificate the PKI folder issues
+passes too): the certificate chains to the owner's region CA (imported or dev) now, and carries
+the profile of its usage; an SM2 leaf is a seal or signature key only (TLS, tokens and audit
 checkpoints use their standards' algorithms). The region's SESeal for an SM2 seal key stays with
 its gateway (`[[seal.keys]] eseal`): the registry does not carry it.
 """
@@ -20,14 +16,8 @@ from datetime import datetime
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.x509.verification import (
-    Criticality,
-    ExtensionPolicy,
-    PolicyBuilder,
-    Store,
-    VerificationError,
-)
 
+from registry._checks import check_leaf_certificate
 from registry._import import read_pem_certificates
 from registry._inventory import Inventory, KeyRecord
 from registry._model import KeyState, KeyUsage
@@ -42,13 +32,10 @@ from registry._pki import (
 )
 from registry._pki_files import pem
 from registry.errors import KeyLifecycleError, PkiError
-from signer import _oids, is_sm2_key, load_sm2_private_key
+from signer import is_sm2_key, load_sm2_private_key
 from signer._keyfile import algorithm_for_key, load_private_key
 from signer._keys import same_public_key
-from signer._report import SignatureKind
-from signer._sm2_path import Sm2PathFailure, check_sm2_path
 from signer._sm2_x509 import sm2_public_key_of
-from signer._verify_helpers import EE_POLICY, document_signing, kind_of
 from signer.errors import SignerError
 
 __all__ = ["ImportedKey", "import_cert"]
@@ -102,21 +89,17 @@ def import_cert(
     manifest = Manifest.read(pki_root)
     region, agency_id = _owner(manifest, owner)
     leaf, *extra = read_pem_certificates(certificate_path)
-    if is_sm2_key(leaf):
-        chain = _verified_sm2_chain(pki_root, region, leaf, extra=tuple(extra), usage=usage, at=at)
-        algorithm = "SM2"
-    else:
-        chain = _verified_chain(
-            pki_root,
-            region,
-            leaf,
-            extra=tuple(extra),
-            usage=usage,
-            gateway=agency_id is None,
-            at=at,
-        )
-        algorithm = _algorithm(leaf, certificate_path)
-    _check_kind(leaf, usage, certificate_path)
+    chain = check_leaf_certificate(
+        leaf,
+        cas=region_ca_certificates(pki_root, region),
+        extra=tuple(extra),
+        region=region,
+        usage=usage,
+        gateway=agency_id is None,
+        at=at,
+        where=str(certificate_path),
+    )
+    algorithm = "SM2" if is_sm2_key(leaf) else _algorithm(leaf, certificate_path)
     if key.key_file is not None:
         _check_key_file(key.key_file, key.passphrase, leaf)
     inventory = Inventory.load(pki_root)
@@ -169,110 +152,6 @@ def _state(inventory: Inventory, owner: str, usage: KeyUsage) -> KeyState:
             f"(pending {pending[0].kid})"
         )
     return KeyState.PENDING if inventory.find(owner, usage, KeyState.ACTIVE) else KeyState.ACTIVE
-
-
-def _verified_chain(
-    pki_root: Path,
-    region: str,
-    leaf: x509.Certificate,
-    *,
-    extra: tuple[x509.Certificate, ...],
-    usage: KeyUsage,
-    gateway: bool,
-    at: datetime,
-) -> tuple[x509.Certificate, ...]:
-    """The leaf's chain (leaf first, root last) to the region's root at `at`, under the usage's
-    profile; refused with pyca's reason otherwise."""
-    cas = region_ca_certificates(pki_root, region)
-    verifier = (
-        PolicyBuilder()
-        .store(Store([cas[0]]))
-        .time(at)
-        .max_chain_depth(_MAX_CHAIN_DEPTH)
-        .extension_policies(
-            ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=_ee_policy(usage, gateway)
-        )
-        .build_client_verifier()
-    )
-    try:
-        verified = verifier.verify(leaf, [*cas[1:], *extra])
-    except VerificationError as exc:
-        raise PkiError(
-            f"the certificate is not a valid {usage.value} certificate of region {region}'s CA "
-            f"now: {exc}"
-        ) from None
-    return tuple(verified.chain)
-
-
-def _verified_sm2_chain(
-    pki_root: Path,
-    region: str,
-    leaf: x509.Certificate,
-    *,
-    extra: tuple[x509.Certificate, ...],
-    usage: KeyUsage,
-    at: datetime,
-) -> tuple[x509.Certificate, ...]:
-    """An SM2 leaf's chain (leaf first, root last) to the region's root at `at`, with the
-    seal verifier's checks: keyUsage for signing, documentSigning and no TLS EKU."""
-    if usage not in (KeyUsage.SEAL, KeyUsage.SIGNATURE):
-        raise PkiError(f"an SM2 key seals and signs only: it cannot be a {usage.value} key")
-    cas = region_ca_certificates(pki_root, region)
-    refused = (
-        f"the certificate is not a valid {usage.value} certificate of region {region}'s CA now"
-    )
-    try:
-        path = check_sm2_path(leaf, roots=[cas[0]], intermediates=[*cas[1:], *extra], at=at)
-    except Sm2PathFailure as exc:
-        raise PkiError(f"{refused}: {exc.message}") from None
-    try:
-        extended = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    except x509.ExtensionNotFound:
-        extended = None
-    except ValueError as exc:
-        raise PkiError(f"{refused}: its extendedKeyUsage cannot be read ({exc})") from None
-    try:
-        document_signing(None, leaf, extended)
-    except ValueError as exc:
-        raise PkiError(f"{refused}: {exc}") from None
-    return path.certificates
-
-
-def _ee_policy(usage: KeyUsage, gateway: bool) -> ExtensionPolicy:
-    if usage in (KeyUsage.SEAL, KeyUsage.SIGNATURE):
-        return EE_POLICY
-    if usage is KeyUsage.TLS:
-        wanted = (
-            [_oids.EKU_SERVER_AUTH, _oids.EKU_CLIENT_AUTH] if gateway else [_oids.EKU_CLIENT_AUTH]
-        )
-    else:
-        wanted = [_oids.EKU_TOKEN_SIGNING if usage is KeyUsage.TOKEN else _oids.EKU_AUDIT_SIGNING]
-
-    def key_usage(policy: object, cert: x509.Certificate, ext: x509.KeyUsage | None) -> None:
-        if ext is None or not ext.digital_signature:
-            raise ValueError(f"a {usage.value} key's keyUsage must allow digitalSignature")
-
-    def extended(policy: object, cert: x509.Certificate, ext: x509.ExtendedKeyUsage | None) -> None:
-        missing = [oid.dotted_string for oid in wanted if ext is None or oid not in ext]
-        if missing:
-            raise ValueError(f"a {usage.value} key's extendedKeyUsage lacks {', '.join(missing)}")
-
-    return (
-        ExtensionPolicy.permit_all()
-        .require_present(x509.KeyUsage, Criticality.AGNOSTIC, key_usage)
-        .require_present(x509.ExtendedKeyUsage, Criticality.AGNOSTIC, extended)
-    )
-
-
-def _check_kind(leaf: x509.Certificate, usage: KeyUsage, where: Path) -> None:
-    """A seal certificate names a legal person's policy, a signature one a natural person's
-    (QCP-l / QCP-n or Tongban's own), as the seal verifier tells them apart."""
-    wanted = {KeyUsage.SEAL: SignatureKind.SEAL, KeyUsage.SIGNATURE: SignatureKind.SIGNATURE}
-    if usage in wanted and kind_of(leaf) is not wanted[usage]:
-        policies = "QCP-l 0.4.0.194112.1.1" if usage is KeyUsage.SEAL else "QCP-n 0.4.0.194112.1.0"
-        raise PkiError(
-            f"{where}: a {usage.value} certificate's certificatePolicies must name {policies}"
-        )
 
 
 def _algorithm(leaf: x509.Certificate, where: Path) -> str:
