@@ -26,11 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 from docs_support import REPO, section_commands
 from support import free_port
 
 from gateway.demo.data import DemoData
-from registry import Inventory, KeyState, KeyUsage
+from registry import Inventory, KeyState, KeyUsage, SnapshotVerifier, load_authority_public_key
+from signer import x5t_s256_of_certificate
 
 pytestmark = pytest.mark.integration
 
@@ -185,6 +188,19 @@ def test_a_region_made_with_openssl_joins_the_federation_from_its_own_config(
         if p.is_file() and b"PRIVATE" in p.read_bytes()
     ]
     assert not (cwd / "cq" / "pki").exists()
+    authority = load_authority_public_key(pki / "authority" / "authority.pub.pem")
+    snapshot = (cwd / "published" / "current.jws").read_bytes()
+    registry = SnapshotVerifier(authority).verify(snapshot, held_version=None, now=None).registry
+    region = registry.region("500000")
+    assert region is not None
+    openssl_made = [
+        x509.load_pem_x509_certificate((cwd / "cq" / "ca" / f"{name}.pem").read_bytes())
+        for name in ("root", "intermediate")
+    ]
+    assert region.ca_certificates == tuple(c.public_bytes(Encoding.DER) for c in openssl_made)
+    for usage, record in imported.items():
+        leaf = x509.load_pem_x509_certificate((cwd / "cq" / f"{usage.value}.pem").read_bytes())
+        assert record.kid == x5t_s256_of_certificate(leaf)  # the registry key is OpenSSL's leaf
 
     # (2) 510000's agency gets a 重庆 record, sealed by the OpenSSL key, verified in 510000.
     client = next(d for d in before if "examples/client.py" in d.text)
