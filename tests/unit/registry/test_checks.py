@@ -6,11 +6,10 @@ serverAuth) is refused at issuing, before anything is written, with the import's
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 from cryptography import x509
-from support import make_federation
+from support import Federation, make_federation
 
 from registry import Inventory, KeyState, KeyUsage, PkiError, _pki
 from registry._checks import check_issued
@@ -20,8 +19,13 @@ from signer import _oids
 REGION = "330000"
 
 
-def test_every_key_of_a_dev_pki_passes_the_import_checks(tmp_path: Path) -> None:
-    fed = make_federation(tmp_path / "fed")
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory: pytest.TempPathFactory) -> Federation:
+    """One dev PKI: the refused issuings write nothing to it (which the test checks)."""
+    return make_federation(tmp_path_factory.mktemp("checks") / "fed")
+
+
+def test_every_key_of_a_dev_pki_passes_the_import_checks(fed: Federation) -> None:
     inventory = Inventory.load(fed.pki)
     now = datetime.now(UTC)
     checked = 0
@@ -48,13 +52,12 @@ def test_every_key_of_a_dev_pki_passes_the_import_checks(tmp_path: Path) -> None
     ],
 )
 def test_a_drifted_profile_is_refused_at_issuing(
-    tmp_path: Path,
+    fed: Federation,
     monkeypatch: pytest.MonkeyPatch,
     usage: str,
     dropped: x509.ObjectIdentifier,
     message: str,
 ) -> None:
-    fed = make_federation(tmp_path / "fed")
     original = _pki.profile_extensions
 
     def drifted(*args: object) -> list[tuple[x509.ExtensionType, bool]]:
