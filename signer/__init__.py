@@ -51,7 +51,7 @@ from signer._revocation import (
     check_ocsp_response,
     ocsp_cert_id,
 )
-from signer._revocation_fetch import RevocationFetcher, revocation_sources
+from signer._revocation_fetch import RevocationFetcher
 from signer._ses import Sm2FileSigner, Sm2Signer, make_seal, sign_with_seal
 from signer._ses_asn1 import ses_version
 from signer._ses_verify import GmVerifier
@@ -163,7 +163,6 @@ __all__ = [
     "parse_compact",
     "parse_pkcs11_uri",
     "recognise",
-    "revocation_sources",
     "seal",
     "seal_ofd",
     "ses_version",

@@ -52,8 +52,6 @@ __all__ = [
     "DEFAULT_MAX_RESPONSE_BYTES",
     "DEFAULT_TIMEOUT_SECONDS",
     "RevocationFetcher",
-    "RevocationSources",
-    "revocation_sources",
 ]
 
 DEFAULT_TIMEOUT_SECONDS: Final = 5.0  # per request: connect and read
