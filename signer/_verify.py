@@ -27,6 +27,8 @@ from signer._jades import (
 from signer._keyfile import PublicKey
 from signer._keys import x5t_s256_of_der
 from signer._report import Indication, SignatureKind, SubIndication, ValidationReport
+from signer._revocation import CertStatus
+from signer._revocation_fetch import RevocationFetcher
 from signer._trust import TrustedKey, TrustSource
 from signer._verify_helpers import (
     BENIGN_REASONS,
@@ -36,7 +38,9 @@ from signer._verify_helpers import (
     Request,
     Run,
     check_crit,
+    check_online,
     facts_of,
+    online_detail,
     revocation_of,
     verified_chain,
 )
@@ -55,10 +59,17 @@ class SealVerifier:
     """Validates JAdES seals and signatures against one trust source (a registry version)."""
 
     def __init__(
-        self, trust: TrustSource, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+        self,
+        trust: TrustSource,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        revocation: RevocationFetcher | None = None,
     ) -> None:
         self._trust = trust
         self._clock = clock
+        # Asks the OCSP responders and CRL URLs a signing certificate names (blocking, bounded
+        # by its timeout, cached to nextUpdate); None: the registry's states and CRLs only.
+        self._online = revocation
         self._facts: dict[str, Facts] = {}  # by kid, for self._trust.version only
         self._x5c_thumbprints: dict[str, str] = {}  # x5c[0] text -> its thumbprint
 
@@ -507,11 +518,18 @@ class SealVerifier:
                 key.revocation_reason,
             )
             return
+        online = check_online(run, self._online, chain)
+        if online is not None and online.status is CertStatus.REVOKED:
+            assert online.revoked_at is not None
+            what = f"the signing certificate (by its {online.source.upper()})"
+            self._revocation_outcome(run, what, online.revoked_at, online.reason)
+            return
+        said = f"{online_detail(online)}; " if online is not None else ""
         crls = trust.crls(key.region)
         if not crls:
             run.ok(
                 "revocation",
-                f"key is {key.state} in the registry; region {key.region} publishes no CRL",
+                f"{said}key is {key.state} in the registry; region {key.region} publishes no CRL",
             )
             return
         revocation = facts.revocation
@@ -529,7 +547,8 @@ class SealVerifier:
             self._revocation_outcome(run, *revocation.revoked)
             return
         run.ok(
-            "revocation", f"key is {key.state} in the registry; not on region {key.region}'s CRLs"
+            "revocation",
+            f"{said}key is {key.state} in the registry; not on region {key.region}'s CRLs",
         )
 
     @staticmethod
