@@ -187,8 +187,8 @@ class CallerResolver:
                 f"client certificate of {caller.name} does not chain to its region's CA",
             ) from exc
         self._check_not_revoked(certificate, thumbprint, caller, registry)
-        if self._revocation is not None:
-            self._revocation.remember(hashlib.sha256(pem).digest(), list(chain.chain))
+        if self._revocation is not None:  # `region` is not None: checked above
+            self._revocation.remember(hashlib.sha256(pem).digest(), list(chain.chain), region.crls)
         return caller
 
     async def check_online(self, pem: bytes, caller: Caller) -> None:

@@ -5,20 +5,25 @@
 certificate and its issuer when the certificate names an OCSP responder or a CRL URL; on every
 call `CallerRevocation.check` then asks the shared `RevocationFetcher` (its cache answers until
 nextUpdate without blocking; a fetch runs in a worker thread). A revoked certificate is refused
-with CERTIFICATE_REVOKED from its revocation time; a status that cannot be learnt is refused with
-REVOCATION_UNAVAILABLE under "hard-fail", admitted with a warning under "soft-fail". Seals do not
-come here: `SealVerifier` uses the same fetcher and is always hard-fail.
+with CERTIFICATE_REVOKED from its revocation time. When no online source answers, the registry's
+CRL of the certificate's issuer is the third source (the resolver has checked it already): while
+it is current the caller is admitted as before; without one, the status cannot be learnt and
+the caller is refused with REVOCATION_UNAVAILABLE under "hard-fail", admitted with a warning
+under "soft-fail". Seals do not come here: `SealVerifier` uses the same fetcher, in the same
+order, and is always hard-fail.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Final
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 
 from gateway.config import RevocationConfig
 from gateway.errors import CallerRejected
@@ -61,27 +66,40 @@ class CallerRevocation:
         self._fetcher = fetcher
         self._hard_fail = unreachable == "hard-fail"
         self._clock = clock
-        self._pairs: dict[bytes, tuple[x509.Certificate, x509.Certificate]] = {}
+        # client certificate -> (leaf, issuer, until when the registry holds a current CRL of
+        # the issuer, or None)
+        self._pairs: dict[bytes, tuple[x509.Certificate, x509.Certificate, datetime | None]] = {}
 
-    def remember(self, key: bytes, chain: list[x509.Certificate]) -> None:
-        """Note a verified client chain (leaf first) whose leaf names revocation sources."""
+    def remember(
+        self, key: bytes, chain: list[x509.Certificate], registry_crls: Sequence[bytes] = ()
+    ) -> None:
+        """Note a verified client chain (leaf first) whose leaf names revocation sources, with
+        the registry's CRLs of its region (DER), which the resolver checks it against."""
         if len(chain) < 2 or not self._fetcher.names_sources(chain[0]):
             return
         if len(self._pairs) >= MAX_REMEMBERED_CERTIFICATES:
             self._pairs.clear()
-        self._pairs[key] = (chain[0], chain[1])
+        self._pairs[key] = (chain[0], chain[1], _registry_crl_until(chain[1], registry_crls))
 
     async def check(self, key: bytes, who: str) -> None:
         """Raise `CallerRejected` when the certificate under `key` is revoked, or its status
         cannot be learnt under hard-fail; a certificate that names no source passes."""
-        pair = self._pairs.get(key)
-        if pair is None:
+        found = self._pairs.get(key)
+        if found is None:
             return
-        status = self._fetcher.cached(*pair)
+        leaf, issuer, registry_crl_until = found
+        # the registry's current CRL of the issuer, which the resolver checked, is what the CRL
+        # URLs serve: only OCSP responders are then asked
+        current = registry_crl_until is not None and self._clock() <= registry_crl_until
+        status = self._fetcher.cached(leaf, issuer)
         try:
             if status is None:
-                status = await asyncio.to_thread(self._fetcher.check, *pair)
+                status = await asyncio.to_thread(
+                    functools.partial(self._fetcher.check, have_current_crl=current), leaf, issuer
+                )
         except RevocationUnavailable as exc:
+            if current:
+                return  # the registry's current CRL of the issuer answered (gateway.identity)
             self._unknown(who, str(exc))
             return
         if status is None:
@@ -110,3 +128,22 @@ class CallerRevocation:
         log.warning(
             "admitted %s without a revocation status (soft-fail): %s", who, why
         )  # the metric counted it as unreachable
+
+
+def _registry_crl_until(issuer: x509.Certificate, crls: Sequence[bytes]) -> datetime | None:
+    """The latest nextUpdate of the registry's CRLs signed by `issuer` (None: none)."""
+    until: datetime | None = None
+    for der in crls:
+        try:
+            crl = x509.load_der_x509_crl(der)
+        except ValueError:
+            continue
+        if crl.issuer != issuer.subject or crl.next_update_utc is None:
+            continue
+        try:
+            signed = crl.is_signature_valid(issuer.public_key())  # type: ignore[arg-type]
+        except (TypeError, ValueError, UnsupportedAlgorithm):
+            signed = False
+        if signed and (until is None or crl.next_update_utc > until):
+            until = crl.next_update_utc
+    return until

@@ -15,6 +15,9 @@ refused), without proxies from the environment or redirects, with a bounded time
 bounded response size. It blocks: an asynchronous caller runs `check` in a thread
 (`asyncio.to_thread`). A third-party HTTP client would add a dependency for two requests.
 
+A caller that already holds a current CRL of the issuer (the registry's) says so, and the CRL
+URLs are then not fetched: that CRL is what they serve until its nextUpdate.
+
 Cache: a status per (issuer key hash, serial) until its nextUpdate; a CRL per URL until its
 nextUpdate, shared by every certificate it covers. Callers asking about the same certificate at
 once share one fetch. Evidence without a nextUpdate is used once and not kept. When no source
@@ -154,6 +157,10 @@ class RevocationFetcher:
         self._inflight: dict[tuple[bytes, int], Future[RevocationStatus | None]] = {}
         self._failed: dict[tuple[bytes, int], tuple[datetime, str]] = {}
 
+    def now(self) -> datetime:
+        """The fetcher's clock (what freshness is judged at)."""
+        return self._clock()
+
     @staticmethod
     def names_sources(certificate: x509.Certificate) -> bool:
         """Whether the certificate names an OCSP responder or a CRL URL (else `check` is None)."""
@@ -172,11 +179,20 @@ class RevocationFetcher:
         return cached
 
     def check(
-        self, certificate: x509.Certificate, issuer: x509.Certificate
+        self,
+        certificate: x509.Certificate,
+        issuer: x509.Certificate,
+        *,
+        have_current_crl: bool = False,
     ) -> RevocationStatus | None:
         """The status of `certificate` from the sources it names (None: it names none); raises
-        `RevocationUnavailable` when none of them answered usably."""
+        `RevocationUnavailable` when none of them answered usably. `have_current_crl`: the
+        caller holds a current CRL of the issuer (the registry's), a copy of what the CRL URLs
+        serve until its nextUpdate, so they are not fetched (RFC 5280 6.3.3 (a)): only OCSP
+        responders are asked, and None is returned when the certificate names none."""
         sources = revocation_sources(certificate)
+        if have_current_crl:
+            sources = RevocationSources(sources.ocsp_urls, ())
         if not sources:
             return None
         key = (ocsp_cert_id(certificate, issuer)[1], certificate.serial_number)

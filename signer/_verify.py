@@ -40,7 +40,6 @@ from signer._verify_helpers import (
     check_crit,
     check_online,
     facts_of,
-    online_detail,
     revocation_of,
     verified_chain,
 )
@@ -523,14 +522,13 @@ class SealVerifier:
                 key.revocation_reason,
             )
             return
-        online = check_online(run, self._online, chain)
+        crls = trust.crls(key.region)
+        online, said = check_online(run, self._online, chain, crls)
         if online is not None and online.status is CertStatus.REVOKED:
             assert online.revoked_at is not None
             what = f"the signing certificate (by its {online.source.upper()})"
             self._revocation_outcome(run, what, online.revoked_at, online.reason)
             return
-        said = f"{online_detail(online)}; " if online is not None else ""
-        crls = trust.crls(key.region)
         if not crls:
             run.ok(
                 "revocation",

@@ -353,25 +353,43 @@ def revocation_of(chain: Chain, crls: tuple[x509.CertificateRevocationList, ...]
 
 
 def check_online(
-    run: Run, fetcher: RevocationFetcher | None, chain: Chain
-) -> RevocationStatus | None:
+    run: Run,
+    fetcher: RevocationFetcher | None,
+    chain: Chain,
+    crls: tuple[x509.CertificateRevocationList, ...],
+) -> tuple[RevocationStatus | None, str]:
     """Part of (11): the signing certificate's status from the OCSP responders and CRL URLs it
-    names (None: no fetcher, or it names none). Seals are hard-fail: a status that cannot be
-    learnt, or that the responder does not know, is TRY_LATER."""
+    names, and a note for the report. (None, "") without a fetcher or when it names none. While
+    the registry holds a current CRL of the issuer, the CRL URLs are not fetched (it is what
+    they serve) and only OCSP responders are asked. When none of them answers, the registry's CRL of the issuer is the third source: with one, the
+    rest of (11) decides on it (None and a note); without, seals being hard-fail, it is
+    TRY_LATER, as is an OCSP "unknown"."""
     if fetcher is None or len(chain.certificates) < 2:
-        return None
+        return None, ""
+    registry_crl = crl_for(crls, chain.certificates[1])
+    current = (
+        registry_crl is not None
+        and registry_crl.next_update_utc is not None
+        and fetcher.now() <= registry_crl.next_update_utc
+    )
     try:
-        status = fetcher.check(chain.certificates[0], chain.certificates[1])
+        status = fetcher.check(
+            chain.certificates[0], chain.certificates[1], have_current_crl=current
+        )
     except RevocationUnavailable as exc:
+        if registry_crl is not None:
+            return None, "no OCSP responder or CRL URL of the certificate answered; "
         raise run.fail("revocation", SubIndication.TRY_LATER, str(exc)) from None
-    if status is not None and status.status is CertStatus.UNKNOWN:
+    if status is None:
+        return None, ""
+    if status.status is CertStatus.UNKNOWN:
         raise run.fail(
             "revocation",
             SubIndication.TRY_LATER,
             "the OCSP responder does not know the signing certificate, and no CRL it names "
             "answered",
         )
-    return status
+    return status, f"{online_detail(status)}; "
 
 
 def online_detail(status: RevocationStatus) -> str:

@@ -62,9 +62,11 @@ def _count(metrics: GatewayMetrics, source: str, result: str) -> float:
     return value or 0.0
 
 
-async def _check(checker: CallerRevocation, pki: Pki, name: str) -> None:
+async def _check(
+    checker: CallerRevocation, pki: Pki, name: str, registry_crls: tuple[bytes, ...] = ()
+) -> None:
     key = hashlib.sha256(name.encode()).digest()
-    checker.remember(key, pki.chains[name])
+    checker.remember(key, pki.chains[name], registry_crls)
     await checker.check(key, f"agency:{name}")
 
 
@@ -100,6 +102,18 @@ async def test_unreachable_hard_fail_refuses(pki: Pki) -> None:
     with pytest.raises(CallerRejected):
         await _check(checker, pki, "dead")
     assert _count(metrics, "ocsp", "unreachable") == 1
+
+
+async def test_unreachable_falls_back_on_the_registrys_current_crl(pki: Pki) -> None:
+    """The registry's CRL of the issuer is the third source (the resolver checks the caller
+    against it): while it is current, an unreachable responder refuses no one."""
+    checker, metrics = _checker("hard-fail")
+    crl = pki.ca.crl("registry.crl", der=True).read_bytes()
+    await _check(checker, pki, "dead", (crl,))
+    assert _count(metrics, "ocsp", "unreachable") == 1
+    other = make_openssl_ca(pki.ca.dir.parent / "other", "Other").crl("o.crl", der=True)
+    with pytest.raises(CallerRejected, match="cannot be learnt"):  # not the issuer's CRL
+        await _check(checker, pki, "dead", (other.read_bytes(),))
 
 
 async def test_unreachable_soft_fail_admits_with_a_log_line(

@@ -190,13 +190,17 @@ def test_options_are_checked() -> None:
 
 
 class _Trust:
-    """The region's anchors and published seal keys, as the registry would give them (no CRL:
-    what the certificates name is all there is)."""
+    """The region's anchors, published seal keys and CRLs, as the registry would give them."""
 
     version = 1
 
-    def __init__(self, ca: OpenSslCa, keys: dict[str, TrustedKey]) -> None:
-        self._ca, self._keys = ca, keys
+    def __init__(
+        self,
+        ca: OpenSslCa,
+        keys: dict[str, TrustedKey],
+        crls: tuple[x509.CertificateRevocationList, ...] = (),
+    ) -> None:
+        self._ca, self._keys, self._crls = ca, keys, crls
 
     def key(self, kid: str) -> TrustedKey | None:
         return self._keys.get(kid)
@@ -207,7 +211,7 @@ class _Trust:
         return (cert(self._ca.root),), (cert(self._ca.intermediate),)
 
     def crls(self, region: str) -> tuple[x509.CertificateRevocationList, ...]:
-        return ()
+        return self._crls
 
     def regions(self) -> tuple[str, ...]:
         return ("500000",)
@@ -219,13 +223,19 @@ class _Trust:
         ("seal-good", Indication.TOTAL_PASSED, None, "OCSP (delegate CN=responder"),
         ("seal-revoked", Indication.TOTAL_FAILED, SubIndication.REVOKED, "by its OCSP"),
         ("seal-dead", Indication.INDETERMINATE, SubIndication.TRY_LATER, "not reachable"),
+        ("seal-dead+registry-crl", Indication.TOTAL_PASSED, None, "no OCSP responder or CRL"),
     ],
 )
 def test_seal_verifier_honours_the_signers_responder(
     world: World, name: str, indication: Indication, sub: SubIndication | None, fragment: str
 ) -> None:
     """A seal made now by a key whose certificate names the responder: good passes (the report
-    says which source answered), revoked fails REVOKED, unreachable is hard-fail (TRY_LATER)."""
+    says which source answered), revoked fails REVOKED, unreachable is hard-fail (TRY_LATER)
+    unless the registry holds the issuer's CRL, the third source, which then decides."""
+    name, _, registry_crl = name.partition("+")
+    crls = (
+        (x509.load_der_x509_crl((world.ca.dir / "crl.der").read_bytes()),) if registry_crl else ()
+    )
     key_pkcs8 = world.ca.dir / f"{name}.p8"
     subprocess.run(
         ["openssl", "pkcs8", "-topk8", "-nocrypt", "-in", world.ca.dir / f"{name}.key", "-out",
@@ -240,7 +250,7 @@ def test_seal_verifier_honours_the_signers_responder(
         provider.kid, world.certs[name], "seal", "500000", "Chongqing", "500000", "active"
     )
     fetcher, _ = _fetcher()
-    verifier = SealVerifier(_Trust(world.ca, {provider.kid: trusted}), revocation=fetcher)
+    verifier = SealVerifier(_Trust(world.ca, {provider.kid: trusted}, crls), revocation=fetcher)
     report = verifier.validate(seal(b'{"a": 1}', provider))
     assert (report.indication, report.sub_indication) == (indication, sub), report.message
     assert fragment in (report.message if sub else report.checks[-2].detail)
@@ -257,3 +267,13 @@ def test_a_failure_is_remembered_for_a_while(world: World) -> None:
     with pytest.raises(RevocationUnavailable):
         fetcher.check(world.certs["dead"], world.issuer)
     assert seen == [("ocsp", "unreachable")] * 2
+
+
+def test_a_caller_holding_a_current_crl_skips_the_crl_urls(world: World) -> None:
+    fetcher, seen = _fetcher()
+    before = world.served.counts["/crl.der"]
+    assert fetcher.check(world.certs["crl-only"], world.issuer, have_current_crl=True) is None
+    with pytest.raises(RevocationUnavailable):  # its OCSP responder is down; the CRL not asked
+        fetcher.check(world.certs["dead-ocsp"], world.issuer, have_current_crl=True)
+    assert world.served.counts["/crl.der"] == before
+    assert seen == [("ocsp", "unreachable")]
