@@ -199,16 +199,18 @@ class RevocationFetcher:
         now = self._clock()
         with self._lock:
             cached = self._statuses.get(key)
-            if cached is not None and cached.current_at(now):
-                self._report(cached.source, cached.status.value, 0.0)
-                return cached
             failed = self._failed.get(key)
-            if failed is not None and now < failed[0]:
-                raise RevocationUnavailable(failed[1])
             running = self._inflight.get(key)
-            if running is None:
+            fresh = cached is not None and cached.current_at(now)
+            if not fresh and running is None and (failed is None or now >= failed[0]):
                 mine: Future[RevocationStatus | None] = Future()
                 self._inflight[key] = mine
+        if fresh:
+            assert cached is not None
+            self._report(cached.source, cached.status.value, 0.0)
+            return cached
+        if failed is not None and now < failed[0]:
+            raise RevocationUnavailable(failed[1])
         if running is not None:
             return running.result()  # another caller's fetch, shared (or its exception)
         try:
@@ -255,9 +257,10 @@ class RevocationFetcher:
                 return self._keep(certificate, issuer, status)
         if unknown is not None:
             return unknown  # not cached: the next check asks again
+        # named by serial and issuer: a person's certificate may carry an id number in its subject
         raise RevocationUnavailable(
-            f"the revocation status of {certificate.subject.rfc4514_string()} cannot be "
-            f"learnt: {'; '.join(problems)}"
+            f"the revocation status of certificate {certificate.serial_number:x} of "
+            f"{issuer.subject.rfc4514_string()} cannot be learnt: {'; '.join(problems)}"
         )
 
     def _ask(
