@@ -381,6 +381,8 @@ def _default(value: object) -> str:
         return "unset"
     if isinstance(value, str):
         return f'`"{value}"`'
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"  # as TOML writes it
     return f"`{value}`"
 
 
