@@ -12,24 +12,20 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
+from cryptography import x509
+
 from signer._algorithms import ALLOWED_ALGORITHMS, check_key_fits, verify_fitted
-from signer._jades import (
-    SIGD_HASH_MECHANISM,
-    JwsFormatError,
-    ParsedJws,
-    b64url_decode,
-    parse_compact,
-)
+from signer._jades import SIGD_HASH_MECHANISM, JwsFormatError, ParsedJws, b64url_decode
+from signer._jades_json import is_json_serialisation, parse_jws
 from signer._keyfile import PublicKey
-from signer._keys import x5t_s256_of_der
+from signer._keys import x5t_s256_of_certificate, x5t_s256_of_der
 from signer._report import Indication, SignatureKind, SubIndication, ValidationReport
 from signer._trust import TrustedKey, TrustSource
 from signer._verify_helpers import (
-    BENIGN_REASONS,
     Chain,
     Facts,
     Fail,
@@ -37,9 +33,10 @@ from signer._verify_helpers import (
     Run,
     check_crit,
     facts_of,
-    revocation_of,
+    kind_of,
     verified_chain,
 )
+from signer._verify_revocation import check_revocation
 from signer.errors import SealInvalid, UnsupportedAlgorithm
 
 __all__ = ["CLOCK_SKEW", "SealVerifier"]
@@ -55,12 +52,22 @@ class SealVerifier:
     """Validates JAdES seals and signatures against one trust source (a registry version)."""
 
     def __init__(
-        self, trust: TrustSource, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+        self,
+        trust: TrustSource,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        extra_anchors: Sequence[x509.Certificate] = (),
+        extra_intermediates: Sequence[x509.Certificate] = (),
     ) -> None:
         self._trust = trust
         self._clock = clock
+        # Anchors from outside the registry (the command line's --ca): a key the registry does
+        # not publish is then taken from x5c[0], and proved only by a path to one of them.
+        self._extra_anchors = tuple(extra_anchors)
+        self._extra_intermediates = tuple(extra_intermediates)
         self._facts: dict[str, Facts] = {}  # by kid, for self._trust.version only
         self._x5c_thumbprints: dict[str, str] = {}  # x5c[0] text -> its thumbprint
+        self._outside_intermediates: dict[str, tuple[x509.Certificate, ...]] = {}  # by kid
 
     @property
     def trust(self) -> TrustSource:
@@ -132,8 +139,12 @@ class SealVerifier:
             assert failure is not None
             return self._report(recorded, trust, failure.sub, failure.message)
         form = (run.algorithm, detached_payload is not None, run.sig_d)
-        checks = run.facts.passing_checks.get(form)
-        if checks is None:
+        checks = None if run.embedded else run.facts.passing_checks.get(form)
+        if run.embedded:  # the revocation check's detail is this seal's own evidence
+            recorded = Run(record=True)
+            self._execute(recorded, request)
+            checks = tuple(recorded.checks)
+        elif checks is None:
             recorded = Run(record=True)
             self._execute(recorded, request)
             checks = run.facts.passing_checks[form] = tuple(recorded.checks)
@@ -141,7 +152,8 @@ class SealVerifier:
         key = run.key
         assert key is not None
         when = f"{run.signing_time:%Y-%m-%d %H:%M:%SZ}" if run.signing_time else "an unknown time"
-        message = f"e-{run.kind or 'signature'} by {key.owner_name or key.owner} ({key.region}) made at {when} is valid"
+        where = key.region or "outside the registry"
+        message = f"e-{run.kind or 'signature'} by {key.owner_name or key.owner} ({where}) made at {when} is valid"
         return self._report(run, trust, None, message)
 
     def _execute(self, run: Run, request: Request) -> Fail | None:
@@ -183,12 +195,20 @@ class SealVerifier:
     @staticmethod
     def _parse(run: Run, jws: str | bytes) -> ParsedJws:
         try:
-            parsed = parse_compact(jws)
+            parsed, run.validation = parse_jws(jws)
         except JwsFormatError as exc:
             raise run.fail(
-                "format", SubIndication.FORMAT_FAILURE, f"not a valid compact JWS: {exc}"
+                "format", SubIndication.FORMAT_FAILURE, f"not a valid JWS: {exc}"
             ) from None
-        run.ok("format", "compact JWS, protected header is a JSON object")
+        data = run.validation
+        form = "JWS JSON serialisation" if is_json_serialisation(jws) else "compact JWS"
+        embedded = (
+            f", embedding {len(data.ocsp_responses)} OCSP response(s), {len(data.crls)} CRL(s), "
+            f"{len(data.certificates)} certificate(s) (etsiU)"
+            if data
+            else ""
+        )
+        run.ok("format", f"{form}, protected header is a JSON object{embedded}")
         return parsed
 
     @staticmethod
@@ -267,6 +287,8 @@ class SealVerifier:
         kid = parsed.header["x5t#S256"]
         run.kid = kid
         key = trust.key(kid)
+        if key is None and self._extra_anchors:
+            key = self._outside_key(run, parsed, kid)
         if key is None:
             raise run.fail(
                 "signing key",
@@ -300,11 +322,38 @@ class SealVerifier:
                     SubIndication.FORMAT_FAILURE,
                     "x5t#S256 does not match the certificate in x5c",
                 )
-        run.ok(
-            "signing key",
-            f"{kid} of {key.owner} ({key.usage}, {key.state}) from registry version {trust.version}",
+        source = (
+            f"from registry version {trust.version}"
+            if key.region
+            else "from x5c, not in the registry: to be anchored by the --ca certificates"
         )
+        run.ok("signing key", f"{kid} of {key.owner} ({key.usage}, {key.state}) {source}")
         return key
+
+    def _outside_key(self, run: Run, parsed: ParsedJws, kid: str) -> TrustedKey | None:
+        """A key the registry does not publish, from `x5c`, for the extra anchors to prove
+        (step 9); None without a readable x5c whose first certificate is the kid's."""
+        x5c = parsed.header.get("x5c")
+        if not isinstance(x5c, list) or not x5c or not all(isinstance(c, str) for c in x5c):
+            return None
+        try:
+            chain = [
+                x509.load_der_x509_certificate(base64.b64decode(c, validate=True)) for c in x5c
+            ]
+        except ValueError:
+            raise run.fail(
+                "signing key", SubIndication.FORMAT_FAILURE, "x5c holds an unreadable certificate"
+            ) from None
+        if x5t_s256_of_certificate(chain[0]) != kid:
+            return None  # step (3) says so below
+        if len(self._outside_intermediates) >= MAX_CACHED_KEYS:
+            self._outside_intermediates.clear()
+        self._outside_intermediates[kid] = tuple(chain[1:])
+        kind = kind_of(chain[0])
+        subject = chain[0].subject.rfc4514_string()
+        return TrustedKey(
+            kid, chain[0], kind.value if kind else "", subject, subject, "", "unregistered"
+        )
 
     @staticmethod
     def _check_key_fits(run: Run, facts: Facts) -> PublicKey:
@@ -410,12 +459,14 @@ class SealVerifier:
             )
         run.ok("validity at signing time", facts.validity)
 
-    @staticmethod
-    def _check_chain(run: Run, key: TrustedKey, facts: Facts, trust: TrustSource) -> Chain:
+    def _check_chain(self, run: Run, key: TrustedKey, facts: Facts, trust: TrustSource) -> Chain:
         assert run.signing_time is not None
         chain = facts.chain
         if chain is None or not chain.valid_from <= run.signing_time <= chain.valid_until:
             roots, intermediates = trust.anchors(key.region)
+            if not key.region:  # a key from x5c: the extra anchors, through x5c's others
+                roots = self._extra_anchors
+                intermediates = self._extra_intermediates + self._outside_intermediates[key.kid]
             if not roots:
                 raise run.fail(
                     "certificate chain",
@@ -424,14 +475,15 @@ class SealVerifier:
                 )
             try:
                 chain = verified_chain(
-                    key.certificate, roots, intermediates, run.signing_time, key.region
+                    key.certificate, roots, intermediates, run.signing_time, key.region or "--ca"
                 )
             except Fail as failure:
                 raise run.fail("certificate chain", failure.sub, failure.message) from None
             facts.chain = chain
+        root = f"region {key.region}'s root" if key.region else "a --ca root"
         run.ok(
             "certificate chain",
-            f"{len(chain.certificates)} certificates to region {key.region}'s root, at the signing time",
+            f"{len(chain.certificates)} certificates to {root}, at the signing time",
         )
         return chain
 
@@ -472,25 +524,7 @@ class SealVerifier:
         run.ok("kind", f"e-{kind.value} of {key.owner} ({key.region})")
 
     @staticmethod
-    def _revocation_outcome(run: Run, what: str, revoked_at: datetime, reason: str) -> None:
-        assert run.signing_time is not None
-        when = f"{revoked_at:%Y-%m-%dT%H:%M:%SZ}"
-        if run.signing_time >= revoked_at:
-            raise run.fail(
-                "revocation",
-                SubIndication.REVOKED,
-                f"{what} was revoked at {when} ({reason or 'no reason given'}), before the signing time",
-            )
-        if reason not in BENIGN_REASONS:
-            raise run.fail(
-                "revocation",
-                SubIndication.REVOKED_NO_POE,
-                f"{what} was revoked at {when} ({reason or 'no reason given'}); the claimed earlier signing time cannot be proved",
-            )
-        run.ok("revocation", f"{what} was revoked at {when} for {reason}, after the signing time")
-
     def _check_revocation(
-        self,
         run: Run,
         key: TrustedKey,
         facts: Facts,
@@ -499,38 +533,7 @@ class SealVerifier:
         *,
         now: datetime,
     ) -> None:
-        if key.state == "revoked":
-            self._revocation_outcome(
-                run,
-                f"key {key.kid}",
-                key.revoked_at or datetime.min.replace(tzinfo=UTC),
-                key.revocation_reason,
-            )
-            return
-        crls = trust.crls(key.region)
-        if not crls:
-            run.ok(
-                "revocation",
-                f"key is {key.state} in the registry; region {key.region} publishes no CRL",
-            )
-            return
-        revocation = facts.revocation
-        if revocation is None:
-            revocation = facts.revocation = revocation_of(chain, crls)
-        if revocation.problem:
-            raise run.fail("revocation", SubIndication.TRY_LATER, revocation.problem)
-        if revocation.fresh_from - now > CLOCK_SKEW or now > revocation.fresh_until:
-            raise run.fail(
-                "revocation",
-                SubIndication.TRY_LATER,
-                f"the region {key.region} CRLs are not current (next update {revocation.fresh_until:%Y-%m-%dT%H:%M:%SZ}): a newer registry is needed",
-            )
-        if revocation.revoked is not None:
-            self._revocation_outcome(run, *revocation.revoked)
-            return
-        run.ok(
-            "revocation", f"key is {key.state} in the registry; not on region {key.region}'s CRLs"
-        )
+        check_revocation(run, key, facts, chain, trust, now=now, skew=CLOCK_SKEW)
 
     @staticmethod
     def _check_validity_now(run: Run, facts: Facts, now: datetime) -> None:
