@@ -22,6 +22,7 @@ compact JWS of registry snapshots, access-report batches and request tokens). De
 from signer._algorithms import ALLOWED_ALGORITHMS, sign_bytes, verify_signature
 from signer._documents import MAX_DOCUMENT_BYTES, DocumentVerifier, Format, recognise
 from signer._jades import MAX_JWS_BYTES, JwsFormatError, parse_compact, seal
+from signer._jades_json import add_validation_data, parse_jws, to_compact, to_json
 from signer._keyfile import (
     PrivateKey,
     PublicKey,
@@ -139,6 +140,7 @@ __all__ = [
     "TrustedKey",
     "UnsupportedAlgorithm",
     "ValidationReport",
+    "add_validation_data",
     "algorithm_for_key",
     "canonical_json",
     "check_crl",
@@ -157,6 +159,7 @@ __all__ = [
     "open_pkcs11_key",
     "open_signing_key",
     "parse_compact",
+    "parse_jws",
     "parse_pkcs11_uri",
     "recognise",
     "seal",
@@ -166,6 +169,8 @@ __all__ = [
     "sign_json",
     "sign_with_seal",
     "sm2_public_key_of",
+    "to_compact",
+    "to_json",
     "verify_json",
     "verify_signature",
     "write_private_key",

@@ -44,15 +44,9 @@ from signer._jades import (
     parse_compact,
 )
 
-__all__ = [
-    "MAX_VALIDATION_ITEMS",
-    "ValidationData",
-    "add_validation_data",
-    "is_json_serialisation",
-    "parse_jws",
-    "to_compact",
-    "to_json",
-]
+# The package's surface; `ValidationData`, `is_json_serialisation`, `looks_like_json_jws` and
+# the limits are for its own modules (the verifier, `recognise`).
+__all__ = ["add_validation_data", "parse_jws", "to_compact", "to_json"]
 
 MAX_VALIDATION_ITEMS: Final = 64  # certificates, CRLs and OCSP responses embedded in one seal
 _KNOWN_MEMBERS: Final = frozenset({"payload", "protected", "header", "signature"})
@@ -76,6 +70,23 @@ def is_json_serialisation(text: str | bytes) -> bool:
     """Whether `text` looks like the JSON serialisation (an object), not the compact form."""
     start = text.lstrip()[:1]
     return start in ("{", b"{")
+
+
+def looks_like_json_jws(data: bytes) -> bool:
+    """Whether `data` is a JSON object with string members `protected` and `signature`: the JWS
+    JSON serialisation, for recognising a document by content (its details are checked when it
+    is validated). Never raises."""
+    if not is_json_serialisation(data) or len(data) > MAX_JWS_BYTES:
+        return False
+    try:
+        document = json.loads(data)
+    except (ValueError, RecursionError):
+        return False
+    return (
+        isinstance(document, dict)
+        and isinstance(document.get("protected"), str)
+        and isinstance(document.get("signature"), str)
+    )
 
 
 def parse_jws(jws: str | bytes) -> tuple[ParsedJws, ValidationData]:

@@ -161,7 +161,10 @@ def cmd_verify(args: argparse.Namespace, out: Console) -> int:
         usage(args, str(exc))
     trust = RegistryTrust(registry) if registry is not None else NoTrust()
     gm = GmVerifier(trust, extra_anchors=roots, extra_intermediates=intermediates, clock=utc_now)
-    verifier = DocumentVerifier(SealVerifier(trust, clock=utc_now), gm)
+    seals = SealVerifier(
+        trust, clock=utc_now, extra_anchors=roots, extra_intermediates=intermediates
+    )
+    verifier = DocumentVerifier(seals, gm)
     report = verifier.validate(
         document,
         payload=payload,
