@@ -52,6 +52,7 @@ from signer._revocation import (
     check_ocsp_response,
     ocsp_cert_id,
 )
+from signer._revocation_fetch import RevocationFetcher
 from signer._ses import Sm2FileSigner, Sm2Signer, make_seal, sign_with_seal
 from signer._ses_asn1 import ses_version
 from signer._ses_verify import GmVerifier
@@ -71,6 +72,7 @@ from signer.errors import (
     KeyModuleError,
     Pkcs11UriInvalid,
     RevocationDataInvalid,
+    RevocationUnavailable,
     SealInvalid,
     SignedJsonAlgorithmRefused,
     SignedJsonExtensionRefused,
@@ -113,7 +115,9 @@ __all__ = [
     "PrivateKey",
     "PublicKey",
     "RevocationDataInvalid",
+    "RevocationFetcher",
     "RevocationStatus",
+    "RevocationUnavailable",
     "SealInvalid",
     "SealVerifier",
     "SignatureKind",

@@ -13,6 +13,8 @@ One root, with a subtree by who is at fault::
     ├── SealInvalid             a seal or signature did not reach TOTAL_PASSED; `.report` says why
     ├── RevocationDataInvalid   an OCSP response or CRL that cannot be relied on: unreadable, not
     │                           for this certificate, badly signed, by the wrong responder, stale
+    ├── RevocationUnavailable   a certificate names OCSP responders or CRL URLs and none of them
+    │                           answered usably (unreachable, refused, too large, invalid)
     ├── Sm2Refused              SM2 input refused by the SM2 primitives (`signer._sm2`)
     │   ├── Sm2KeyInvalid       not an SM2 key: unreadable DER/PEM, another key type or curve,
     │   │                       a point off the curve, a scalar out of range, a public key that
@@ -46,6 +48,7 @@ __all__ = [
     "KeyModuleError",
     "Pkcs11UriInvalid",
     "RevocationDataInvalid",
+    "RevocationUnavailable",
     "SealInvalid",
     "SignedJsonAlgorithmRefused",
     "SignedJsonExtensionRefused",
@@ -97,6 +100,11 @@ class SealInvalid(SignerError):
 class RevocationDataInvalid(SignerError):
     """An OCSP response or CRL that says nothing reliable about the certificate asked about; the
     message says why in one sentence (no status is learnt from it)."""
+
+
+class RevocationUnavailable(SignerError):
+    """No source a certificate names answered usably; the message lists what each said (URLs
+    of public responders, never a key)."""
 
 
 class Sm2Refused(SignerError):

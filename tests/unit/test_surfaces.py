@@ -35,7 +35,9 @@ EXPECTED: dict[str, frozenset[str]] = {
         {
             "CertStatus",
             "RevocationDataInvalid",
+            "RevocationFetcher",
             "RevocationStatus",
+            "RevocationUnavailable",
             "check_crl",
             "check_ocsp_response",
             "ocsp_cert_id",

@@ -1,0 +1,253 @@
+"""`signer._revocation_fetch`: a real `openssl ocsp` responder serving an `openssl ca` index on a
+loopback port, and CRLs served by an `http.server` thread, asked where the certificates say."""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from openssl_ca import OpenSslCa, make_openssl_ca
+
+from signer import CertStatus, RevocationFetcher, RevocationUnavailable
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _cert(path: Path) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(path.read_bytes())
+
+
+@dataclass
+class Served:
+    """Files of a folder over HTTP on loopback, counting requests per path (`/slow/...` answers
+    after a pause, for the shared-fetch test)."""
+
+    folder: Path
+    counts: Counter[str] = field(default_factory=Counter)
+    server: ThreadingHTTPServer | None = None
+
+    def start(self) -> int:
+        served = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                served.counts[self.path] += 1
+                if self.path.startswith("/slow/"):
+                    time.sleep(0.3)
+                target = served.folder / self.path.rsplit("/", 1)[-1]
+                if not target.is_file():
+                    self.send_error(404)
+                    return
+                body = target.read_bytes()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return int(self.server.server_address[1])
+
+
+@dataclass
+class Responder:
+    """`openssl ocsp` answering from the CA's index on a fixed loopback port."""
+
+    ca: OpenSslCa
+    port: int
+    process: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["openssl", "ocsp", "-index", str(self.ca.dir / "index.txt"), "-port", str(self.port),
+             "-rsigner", str(self.ca.dir / "responder.pem"), "-rkey",
+             str(self.ca.dir / "responder.key"), "-CA", str(self.ca.intermediate), "-nmin", "5"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )  # fmt: skip
+        assert self.process.stdout is not None
+        assert re.search(rf":{self.port} ", self.process.stdout.readline())
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            assert self.process.stdout is not None
+            self.process.stdout.close()
+            self.process = None
+
+
+@dataclass
+class World:
+    ca: OpenSslCa
+    responder: Responder
+    served: Served
+    certs: dict[str, x509.Certificate]
+
+    @property
+    def issuer(self) -> x509.Certificate:
+        return _cert(self.ca.intermediate)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    ca = make_openssl_ca(tmp_path_factory.mktemp("fetch") / "ca", "Chongqing")
+    served = Served(ca.dir)
+    http_port, ocsp_port, closed_port = served.start(), _free_port(), _free_port()
+    ocsp_url, crl_url = f"http://127.0.0.1:{ocsp_port}/", f"http://127.0.0.1:{http_port}/crl.der"
+    dead = f"http://127.0.0.1:{closed_port}/"
+    ca.issue("responder", "ocsp")
+    profiles = {
+        "good": {"ocsp_url": ocsp_url, "crl_url": crl_url},
+        "revoked": {"ocsp_url": ocsp_url, "crl_url": crl_url},
+        "crl-only": {"crl_url": crl_url},
+        "crl-only-2": {"crl_url": crl_url},
+        "crl-revoked": {"crl_url": crl_url},
+        "dead-ocsp": {"ocsp_url": dead, "crl_url": crl_url},
+        "dead": {"ocsp_url": dead},
+        "slow": {"crl_url": f"http://127.0.0.1:{http_port}/slow/crl.der"},
+        "ldap": {"crl_url": "ldap://ldap.example.test/cn=CA?certificateRevocationList"},
+        "none": {},
+    }
+    certs = {name: _cert(ca.issue(name, "tls", **urls)[0]) for name, urls in profiles.items()}
+    for name in ("revoked", "crl-revoked"):
+        ca.revoke_for(ca.dir / f"{name}.pem", "keyCompromise")
+    ca.crl("crl.der", der=True)
+    responder = Responder(ca, ocsp_port)
+    responder.start()
+    yield World(ca, responder, served, certs)
+    responder.stop()
+    assert served.server is not None
+    served.server.shutdown()
+    served.server.server_close()
+
+
+def _fetcher(
+    clock: list[datetime] | None = None, **options: object
+) -> tuple[RevocationFetcher, list[tuple[str, str]]]:
+    seen: list[tuple[str, str]] = []
+    moment = clock or [datetime.now(UTC)]
+    fetcher = RevocationFetcher(
+        clock=lambda: moment[0],
+        observe=lambda source, result, _seconds: seen.append((source, result)),
+        timeout_seconds=2.0,
+        **options,  # type: ignore[arg-type]
+    )
+    return fetcher, seen
+
+
+def test_ocsp_answers_first_then_the_cache_until_next_update(world: World) -> None:
+    clock = [datetime.now(UTC)]
+    fetcher, seen = _fetcher(clock)
+    good = fetcher.check(world.certs["good"], world.issuer)
+    revoked = fetcher.check(world.certs["revoked"], world.issuer)
+    assert good is not None
+    assert revoked is not None
+    assert (good.status, good.source) == (CertStatus.GOOD, "ocsp")
+    assert (revoked.status, revoked.source, revoked.reason) == (
+        CertStatus.REVOKED,
+        "ocsp",
+        "key_compromise",
+    )
+    assert seen == [("ocsp", "good"), ("ocsp", "revoked")]
+    world.responder.stop()  # from now on only the cache can answer
+    try:
+        assert fetcher.check(world.certs["good"], world.issuer) is good
+        assert seen[-1] == ("ocsp", "good")
+        clock[0] = good.next_update + timedelta(seconds=1)  # type: ignore[operator]
+        # stale: asked again; the responder is down, the CRL (30 days) answers
+        again = fetcher.check(world.certs["good"], world.issuer)
+        assert again is not None
+        assert again.source == "crl"
+        assert seen[-2:] == [("ocsp", "unreachable"), ("crl", "good")]
+    finally:
+        world.responder.start()
+
+
+def test_crls_are_fetched_once_per_url_and_cached(world: World) -> None:
+    fetcher, seen = _fetcher()
+    before = world.served.counts["/crl.der"]
+    first = fetcher.check(world.certs["crl-only"], world.issuer)
+    second = fetcher.check(world.certs["crl-only-2"], world.issuer)
+    revoked = fetcher.check(world.certs["crl-revoked"], world.issuer)
+    assert first is not None
+    assert second is not None
+    assert revoked is not None
+    assert (first.status, second.status, revoked.status) == (
+        CertStatus.GOOD,
+        CertStatus.GOOD,
+        CertStatus.REVOKED,
+    )
+    assert revoked.reason == "key_compromise"
+    assert world.served.counts["/crl.der"] == before + 1
+    assert seen == [("crl", "good"), ("crl", "good"), ("crl", "revoked")]
+
+
+def test_an_unreachable_responder_falls_back_to_the_crl(world: World) -> None:
+    fetcher, seen = _fetcher()
+    status = fetcher.check(world.certs["dead-ocsp"], world.issuer)
+    assert status is not None
+    assert (status.status, status.source) == (CertStatus.GOOD, "crl")
+    assert seen == [("ocsp", "unreachable"), ("crl", "good")]
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("dead", r"cannot be learnt: ocsp http://127\.0\.0\.1:\d+/: not reachable"),
+        ("ldap", "only http:// URLs are fetched, not ldap URL"),
+    ],
+)
+def test_no_usable_source_is_unavailable(world: World, name: str, message: str) -> None:
+    fetcher, seen = _fetcher()
+    with pytest.raises(RevocationUnavailable, match=message):
+        fetcher.check(world.certs[name], world.issuer)
+    assert seen[-1][1] == "unreachable"
+
+
+def test_a_certificate_without_sources_is_left_to_the_registry(world: World) -> None:
+    fetcher, seen = _fetcher()
+    assert fetcher.check(world.certs["none"], world.issuer) is None
+    assert seen == []
+
+
+def test_responses_over_the_size_cap_are_refused(world: World) -> None:
+    fetcher, _ = _fetcher(max_response_bytes=64)
+    with pytest.raises(RevocationUnavailable, match="exceeds 64 bytes"):
+        fetcher.check(world.certs["crl-only"], world.issuer)
+
+
+def test_concurrent_callers_share_one_fetch(world: World) -> None:
+    fetcher, seen = _fetcher()
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        answers = list(
+            pool.map(lambda _: fetcher.check(world.certs["slow"], world.issuer), range(6))
+        )
+    assert {a.status for a in answers if a is not None} == {CertStatus.GOOD}
+    assert world.served.counts["/slow/crl.der"] == 1
+    assert seen == [("crl", "good")]
+
+
+def test_options_are_checked() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        RevocationFetcher(timeout_seconds=0)
+    with pytest.raises(ValueError, match="cert_id_hash"):
+        RevocationFetcher(cert_id_hash="md5")
