@@ -1,7 +1,9 @@
 """Verifying e-seals and e-signatures: a non-raising `validate()` and a raising `verify()`.
 
 The key that proves a signature is the one the trust source (the registry) publishes for the
-header's `x5t#S256`, never a key or chain carried only in the header. The chain is built with
+header's `x5t#S256`, never a key or chain carried only in the header, unless the verifier was
+given anchors of its own (`extra_anchors`, the command line's `--ca`): then a key the registry
+does not publish is taken from `x5c` and proved by a path to one of those anchors alone. The chain is built with
 `cryptography.x509.verification` against the anchors of the key's own region, at the claimed
 signing time; revocation comes from the registry's key states and the region's CRLs, checked
 after path validation (pyca has no revocation step). Verified chains are cached per key and
@@ -111,10 +113,12 @@ class SealVerifier:
     ) -> ValidationReport:
         """Validate and report; never raises for a bad signature.
 
-        (0) the JWS parses: compact form, base64url, one JSON object without duplicate names
+        (0) the JWS parses: compact or flattened JSON serialisation, base64url, one JSON object
+            without duplicate names, and the validation data of etsiU if any
         (1) the header follows the profile: crit, x5t#S256, iat, sigD
         (2) the algorithm is allowed
-        (3) the signing key is one the registry publishes; x5c, if present, agrees with it
+        (3) the signing key is one the registry publishes (or, with extra anchors, the x5c[0]
+            the kid names); x5c, if present, agrees with it
         (4) the algorithm fits the key
         (5) the signed data is there (attached, or supplied for a detached signature)
         (6) the signature verifies with the registry's key
@@ -122,7 +126,8 @@ class SealVerifier:
         (8) the certificate was valid at the signing time
         (9) the chain builds to the key's region anchors, with seal/signature constraints
         (10) kind and region are what the registry and the caller expect
-        (11) not revoked (registry key state, region CRLs) as of the signing time
+        (11) not revoked (registry key state, embedded OCSP responses and CRLs, region CRLs)
+             as of the signing time (`signer._verify_revocation`)
         (12) the certificate is still within its validity now (no proof of existence otherwise)
         """
         trust = self._trust
