@@ -40,9 +40,11 @@ from signer import (
     DocumentVerifier,
     FileKeyProvider,
     GmVerifier,
+    JwsFormatError,
     SealVerifier,
     SignatureKind,
     SignerError,
+    add_validation_data,
     seal,
 )
 
@@ -65,6 +67,15 @@ def cmd_seal(args: argparse.Namespace, out: Console) -> int:
         args.content_type or mimetypes.guess_type(args.file.name)[0] or DEFAULT_CONTENT_TYPE
     )
     jws = seal(payload, provider, content_type=content_type, detached=args.detached)
+    if args.ocsp or args.crl:
+        try:
+            jws = add_validation_data(
+                jws,
+                ocsp_responses=[read_input(p, "the --ocsp response") for p in args.ocsp or []],
+                crls=[read_input(p, "the --crl file") for p in args.crl or []],
+            )
+        except JwsFormatError as exc:
+            raise Failure(f"the validation data cannot be embedded: {exc}") from None
     if args.out is None:
         sys.stdout.write(jws + "\n")
         return 0
@@ -214,6 +225,15 @@ def _register_seal(commands: Subparsers) -> None:
         metavar="TYPE",
         help=f"media type of the document (default: guessed from its name, else {DEFAULT_CONTENT_TYPE})",
     )
+    for option, what in (("--ocsp", "an OCSP response (DER)"), ("--crl", "a CRL (DER)")):
+        seal_parser.add_argument(
+            option,
+            type=Path,
+            action="append",
+            metavar="FILE",
+            help=f"embed {what} for offline verification (JAdES baseline-LT): the seal is then "
+            "written in the JWS JSON serialisation (repeatable)",
+        )
     seal_parser.add_argument(
         "--out", type=Path, metavar="FILE", help="write the JWS here instead of standard output"
     )

@@ -397,6 +397,31 @@ def test_tongban_verify_offline_with_ca(pki: Pki, run: Run, tmp_path: Path) -> N
     assert code == 2
 
 
+def test_tongban_seal_embeds_at_sealing_time(pki: Pki, run: Run, tmp_path: Path) -> None:
+    provider = pki.provider(pki.good)  # writes the chain file beside the leaf
+    (tmp_path / "doc.json").write_bytes(PAYLOAD)
+    (tmp_path / "good.resp").write_bytes(pki.respond(pki.good))
+    (tmp_path / "ca.crl").write_bytes(pki.crl_der())
+    chain = pki.good.with_suffix(".chain.pem")
+    key = pki.good.with_suffix(".key")
+    out = tmp_path / "doc.json.jws"
+    code, _, err = run("seal", tmp_path / "doc.json", "--key", key, "--cert", chain,
+                       "--ocsp", tmp_path / "good.resp", "--crl", tmp_path / "ca.crl",
+                       "--out", out)  # fmt: skip
+    assert (code, err) == (0, "")
+    _, data = parse_jws(out.read_text())
+    assert (len(data.ocsp_responses), len(data.crls)) == (1, 1)
+    code, out_text, _ = run("verify", out, "--ca", pki.ca.root)
+    assert code == 0, out_text
+    assert provider.kid in out_text
+    code, _, err = run("seal", tmp_path / "doc.json", "--key", key, "--cert", chain,
+                       "--ocsp", tmp_path / "ca.crl")  # fmt: skip
+    assert code == 1
+    assert err.startswith("tongban: the validation data cannot be embedded: ")
+    assert "is not an OCSPResponse" in err
+    assert "Traceback" not in err
+
+
 def test_signing_time_after_expiry_of_response_window(pki: Pki) -> None:
     """A response is checked at the later of the signing time and its own issue: one that was
     no longer current when the seal was made proves nothing about it."""
