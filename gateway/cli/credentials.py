@@ -246,7 +246,7 @@ def _register_verify(commands: Subparsers) -> None:
         "verify",
         help="verify a signed document (JWS, OFD, SES_Signature, SESeal) against a registry",
         description="Verify an e-seal or e-signature, recognised by its content: a JAdES "
-        "compact JWS, an OFD file and its signatures, a DER GB/T 38540 or GM/T 0031 "
+        "JWS (compact, or JSON-serialised with embedded OCSP responses and CRLs), an OFD file and its signatures, a DER GB/T 38540 or GM/T 0031 "
         "SES_Signature (its signed data given with --payload) or a DER SESeal. The trust is "
         "a signed registry snapshot (its keys, CAs and revocation lists), --ca anchors for a "
         "document from outside the federation, or both. Prints an ETSI EN 319 102-1 style "
@@ -261,7 +261,8 @@ def _register_verify(commands: Subparsers) -> None:
     verify.add_argument(
         "file",
         type=Path,
-        help="the document to verify: a compact JWS, an OFD file, a DER SES_Signature or SESeal",
+        help="the document to verify: a JWS (compact or JSON), an OFD file, a DER SES_Signature "
+        "or SESeal",
     )
     verify.add_argument(
         "--payload",
@@ -290,8 +291,8 @@ def _register_verify(commands: Subparsers) -> None:
         type=Path,
         action="append",
         metavar="PEM",
-        help="trust anchors from outside the registry, for GB/T 38540 seals and OFD files from "
-        "outside the federation: PEM certificates, self-signed ones roots, others "
+        help="trust anchors from outside the registry, for seals and OFD files from outside "
+        "the federation (a JWS key the registry does not publish is then taken from x5c): PEM certificates, self-signed ones roots, others "
         "intermediates (repeatable)",
     )
     verify.add_argument(
