@@ -206,7 +206,10 @@ class SealVerifier:
                 "format", SubIndication.FORMAT_FAILURE, f"not a valid JWS: {exc}"
             ) from None
         data = run.validation
-        form = "JWS JSON serialisation" if is_json_serialisation(jws) else "compact JWS"
+        form = "compact JWS"
+        if is_json_serialisation(jws):
+            form = "JWS JSON serialisation"
+            run.embedded = True  # its checks are its own, not a compact seal's cached ones
         embedded = (
             f", embedding {len(data.ocsp_responses)} OCSP response(s), {len(data.crls)} CRL(s), "
             f"{len(data.certificates)} certificate(s) (etsiU)"

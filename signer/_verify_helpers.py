@@ -95,7 +95,7 @@ class Run:
     subject: str = ""
     facts: Facts | None = None
     validation: ValidationData = field(default_factory=ValidationData)  # embedded (etsiU)
-    embedded: bool = False  # the revocation check read embedded data: its detail is per seal
+    embedded: bool = False  # JSON-serialised: its checks (format, revocation) are its own
 
     def ok(self, name: str, detail: str = "") -> None:
         if self.record:

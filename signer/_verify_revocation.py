@@ -51,14 +51,18 @@ class Embedded:
     ignored: int  # items about no certificate of the chain
 
 
-def _ocsp_names(der: bytes, certificate: x509.Certificate, issuer: x509.Certificate) -> bool:
+def _ocsp_issued(
+    der: bytes, certificate: x509.Certificate, issuer: x509.Certificate
+) -> datetime | None:
+    """thisUpdate of the single response whose CertID names `certificate` of `issuer`, or None
+    when the response names it nowhere (or is not a successful response)."""
     try:
         response = ocsp.load_der_ocsp_response(der)
         if response.response_status is not ocsp.OCSPResponseStatus.SUCCESSFUL:
-            return False
+            return None
         singles = list(response.responses)
     except ValueError:
-        return False
+        return None
     for single in singles:
         if single.serial_number != certificate.serial_number:
             continue
@@ -70,15 +74,8 @@ def _ocsp_names(der: bytes, certificate: x509.Certificate, issuer: x509.Certific
             single.issuer_name_hash,
             single.issuer_key_hash,
         ):
-            return True
-    return False
-
-
-def _issued_at(der: bytes, kind: str) -> datetime:
-    """thisUpdate of an OCSP response's first single response, or of a CRL (parsed already)."""
-    if kind == "ocsp":
-        return next(iter(ocsp.load_der_ocsp_response(der).responses)).this_update_utc
-    return x509.load_der_x509_crl(der).last_update_utc
+            return single.this_update_utc
+    return None
 
 
 def _describe(status: RevocationStatus) -> str:
@@ -94,22 +91,21 @@ def embedded_statuses(run: Run, data: ValidationData, chain: Chain, signed: date
     pairs = list(zip(chain.certificates, chain.certificates[1:], strict=False))
     for position, (certificate, issuer) in enumerate(pairs):
         what = "signing certificate" if position == 0 else "CA certificate"
-        candidates = [
-            ("ocsp", index, der)
-            for index, der in enumerate(data.ocsp_responses)
-            if _ocsp_names(der, certificate, issuer)
-        ] + [
-            ("crl", index, der)
-            for index, der in enumerate(data.crls)
-            if x509.load_der_x509_crl(der).issuer == issuer.subject
-        ]
-        for kind, index, der in candidates:
+        candidates: list[tuple[str, int, bytes, datetime]] = []
+        for index, der in enumerate(data.ocsp_responses):
+            issued = _ocsp_issued(der, certificate, issuer)
+            if issued is not None:
+                candidates.append(("ocsp", index, der, issued))
+        for index, der in enumerate(data.crls):
+            crl = x509.load_der_x509_crl(der)
+            if crl.issuer == issuer.subject:
+                candidates.append(("crl", index, der, crl.last_update_utc))
+        for kind, index, der, issued in candidates:
             used.add((kind, index))
             check = check_ocsp_response if kind == "ocsp" else check_crl
             try:
-                at = max(signed, _issued_at(der, kind))
-                status = check(der, certificate, issuer, now=at)
-            except (RevocationDataInvalid, StopIteration) as exc:
+                status = check(der, certificate, issuer, now=max(signed, issued))
+            except RevocationDataInvalid as exc:
                 name = "OCSP response" if kind == "ocsp" else "CRL"
                 raise run.fail(
                     "revocation",
@@ -185,7 +181,6 @@ def check_revocation(
     ]
     if embedded.ignored:
         notes.append(f"{embedded.ignored} embedded item(s) about no certificate of the chain")
-    run.embedded = bool(run.validation)
     state = f"key is {key.state} in the registry" if key.region else "key outside the registry"
     crls = trust.crls(key.region) if key.region else ()
     if 0 in embedded.statuses:

@@ -434,3 +434,18 @@ def test_signing_time_after_expiry_of_response_window(pki: Pki) -> None:
     )
     assert report.sub_indication is SubIndication.TRY_LATER
     assert "stale" in report.message
+
+
+def test_one_verifier_reports_each_seals_own_evidence(pki: Pki) -> None:
+    """The verifier caches a passing key's checks per form; a JSON seal's are its own."""
+    verifier = pki.verifier()
+    compact = seal(PAYLOAD, pki.provider(pki.good))
+    for _ in range(2):  # the second pass is served from the cache
+        assert _check(verifier.validate(compact), "format").startswith("compact JWS")
+    as_json = verifier.validate(to_json(compact))
+    assert _check(as_json, "format").startswith("JWS JSON serialisation")
+    lt = add_validation_data(compact, ocsp_responses=[pki.respond(pki.good)])
+    for _ in range(2):
+        report = verifier.validate(lt)
+        assert "embedded OCSP response of" in _check(report, "revocation")
+    assert "no revocation data" in _check(verifier.validate(compact), "revocation")
