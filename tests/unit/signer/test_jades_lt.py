@@ -449,3 +449,19 @@ def test_one_verifier_reports_each_seals_own_evidence(pki: Pki) -> None:
         report = verifier.validate(lt)
         assert "embedded OCSP response of" in _check(report, "revocation")
     assert "no revocation data" in _check(verifier.validate(compact), "revocation")
+
+
+def test_byte_flips_in_the_json_form_never_raise(pki: Pki) -> None:
+    """Every single-byte change of a baseline-LT seal gives a report, never an exception; and
+    only changes outside what is signed or checked may still pass."""
+    lt = add_validation_data(
+        seal(PAYLOAD, pki.provider(pki.good)), ocsp_responses=[pki.respond(pki.good)]
+    ).encode()
+    verifier = pki.verifier()
+    step = max(1, len(lt) // 400)
+    for at in range(0, len(lt), step):
+        flipped = lt[:at] + bytes([lt[at] ^ 0x04]) + lt[at + 1 :]
+        report = verifier.validate(flipped)
+        assert isinstance(report, ValidationReport)
+        if report.passed:  # JSON whitespace or letter case in names nothing checks
+            assert parse_jws(flipped)[0].signature == parse_jws(lt)[0].signature
