@@ -55,7 +55,12 @@ BEGIN_MARKER = "<!-- config-reference:begin -->"
 END_MARKER = "<!-- config-reference:end -->"
 _COMMAND = "python -m gateway.config_reference --write docs/operators.md"
 
-_Config = type[_config.GatewayConfig] | type[_config.AuditConfig] | type[_config.ExchangeConfig]
+_Config = (
+    type[_config.GatewayConfig]
+    | type[_config.AuditConfig]
+    | type[_config.ExchangeConfig]
+    | type[_config.RevocationConfig]
+)
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,7 @@ class Key:
 _GW = _config.GatewayConfig
 _AU = _config.AuditConfig
 _EX = _config.ExchangeConfig
+_RV = _config.RevocationConfig
 _ENV = "string (variable name)"
 
 SECTIONS: tuple[Section, ...] = (
@@ -94,6 +100,7 @@ SECTIONS: tuple[Section, ...] = (
     Section("audit", "[audit]", "no"),
     Section("exchange", "[exchange]", "no"),
     Section("peers", "[peers]", "no"),
+    Section("revocation", "[revocation]", "no"),
 )
 
 KEYS: tuple[Key, ...] = (
@@ -324,6 +331,24 @@ KEYS: tuple[Key, ...] = (
         doc="the gateway of that region (a GB/T 2260 code), instead of the endpoint the "
         "registry names; any number of them",
         dev=True,
+    ),
+    Key(
+        "revocation",
+        "online",
+        "no",
+        (_RV, "online"),
+        doc="ask the OCSP responders (AIA) and CRL URLs (CRL DP) that certificates name, before "
+        "the registry's CRLs; false: the registry's key states and CRLs only",
+    ),
+    Key("revocation", "timeout_seconds", "no", (_RV, "timeout_seconds")),
+    Key(
+        "revocation",
+        "unreachable",
+        "no",
+        (_RV, "unreachable"),
+        doc='for TLS callers and peer gateways whose status cannot be learnt: "hard-fail" '
+        'refuses them (REVOCATION_UNAVAILABLE), "soft-fail" admits them with a log line and '
+        '`tongban_revocation_checks_total{result="unreachable"}`; seals are always hard-fail',
     ),
 )
 

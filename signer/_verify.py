@@ -26,6 +26,7 @@ from signer._jades_json import is_json_serialisation, parse_jws
 from signer._keyfile import PublicKey
 from signer._keys import x5t_s256_of_certificate, x5t_s256_of_der
 from signer._report import Indication, SignatureKind, SubIndication, ValidationReport
+from signer._revocation_fetch import RevocationFetcher
 from signer._trust import TrustedKey, TrustSource
 from signer._verify_helpers import (
     Chain,
@@ -58,11 +59,15 @@ class SealVerifier:
         trust: TrustSource,
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        revocation: RevocationFetcher | None = None,
         extra_anchors: Sequence[x509.Certificate] = (),
         extra_intermediates: Sequence[x509.Certificate] = (),
     ) -> None:
         self._trust = trust
         self._clock = clock
+        # Asks the OCSP responders and CRL URLs a signing certificate names (blocking, bounded
+        # by its timeout, cached to nextUpdate); None: the registry's states and CRLs only.
+        self._online = revocation
         # Anchors from outside the registry (the command line's --ca): a key the registry does
         # not publish is then taken from x5c[0], and proved only by a path to one of them.
         self._extra_anchors = tuple(extra_anchors)
@@ -531,8 +536,8 @@ class SealVerifier:
             )
         run.ok("kind", f"e-{kind.value} of {key.owner} ({key.region})")
 
-    @staticmethod
     def _check_revocation(
+        self,
         run: Run,
         key: TrustedKey,
         facts: Facts,
@@ -541,7 +546,9 @@ class SealVerifier:
         *,
         now: datetime,
     ) -> None:
-        check_revocation(run, key, facts, chain, trust, now=now, skew=CLOCK_SKEW)
+        check_revocation(
+            run, key, facts, chain, trust, now=now, skew=CLOCK_SKEW, online=self._online
+        )
 
     @staticmethod
     def _check_validity_now(run: Run, facts: Facts, now: datetime) -> None:

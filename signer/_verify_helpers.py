@@ -30,6 +30,8 @@ from signer import _oids
 from signer._jades_json import ValidationData
 from signer._keyfile import PublicKey
 from signer._report import Check, SignatureKind, SubIndication
+from signer._revocation import CertStatus, RevocationStatus
+from signer._revocation_fetch import RevocationFetcher
 from signer._sm2_path import Sm2PathFailure, check_sm2_path
 from signer._sm2_x509 import (
     CERTIFICATE_READ_ERRORS,
@@ -39,7 +41,7 @@ from signer._sm2_x509 import (
     sm2_signature_verifies,
 )
 from signer._trust import TrustedKey, TrustSource
-from signer.errors import Sm2KeyInvalid
+from signer.errors import RevocationUnavailable, Sm2KeyInvalid
 
 __all__: list[str] = []  # internals of `_verify`: the package exports none of them
 
@@ -351,3 +353,33 @@ def revocation_of(chain: Chain, crls: tuple[x509.CertificateRevocationList, ...]
                 "", fresh_from, fresh_until, (what, entry.revocation_date_utc, crl_reason(entry))
             )
     return Revocation("", fresh_from, fresh_until, None)
+
+
+def check_online(
+    run: Run, fetcher: RevocationFetcher | None, chain: Chain
+) -> RevocationStatus | None:
+    """Part of (11): the signing certificate's status from the OCSP responders and CRL URLs it
+    names (None: no fetcher, or it names none). Seals are hard-fail: a status that cannot be
+    learnt, or that the responder does not know, is TRY_LATER."""
+    if fetcher is None or len(chain.certificates) < 2:
+        return None
+    try:
+        status = fetcher.check(chain.certificates[0], chain.certificates[1])
+    except RevocationUnavailable as exc:
+        raise run.fail("revocation", SubIndication.TRY_LATER, str(exc)) from None
+    if status is not None and status.status is CertStatus.UNKNOWN:
+        raise run.fail(
+            "revocation",
+            SubIndication.TRY_LATER,
+            "the OCSP responder does not know the signing certificate, and no CRL it names "
+            "answered",
+        )
+    return status
+
+
+def online_detail(status: RevocationStatus) -> str:
+    """What the online source said, for the report: which source, who signed it, and when."""
+    return (
+        f"{status.source.upper()} ({status.responder}, this update "
+        f"{status.this_update:%Y-%m-%dT%H:%M:%SZ}) says {status.status.value}"
+    )

@@ -9,7 +9,9 @@ The sources, in order:
    certificate of the chain (the root excepted), an OCSP response or a CRL that names it, checked
    by `signer._revocation` (signed by the issuer or its delegated responder, about this very
    certificate, current at the later of the signing time and its own issue);
-3. the region's CRLs from the registry, for the certificates the embedded data does not cover
+3. when the embedded data does not cover the signing certificate and the verifier was given a
+   `RevocationFetcher`, the OCSP responders and CRL URLs the certificate names (hard-fail);
+4. the region's CRLs from the registry, for the certificates the embedded data does not cover
    (the leaf's issuer must have one, as before, unless the embedded data covers the leaf).
 
 An embedded item that names a certificate of the chain but cannot be relied on (a bad signature,
@@ -29,6 +31,7 @@ from cryptography.x509 import ocsp
 from signer._jades_json import ValidationData
 from signer._report import SubIndication
 from signer._revocation import CertStatus, RevocationStatus, check_crl, check_ocsp_response
+from signer._revocation_fetch import RevocationFetcher
 from signer._trust import TrustedKey, TrustSource
 from signer._verify_helpers import (
     BENIGN_REASONS,
@@ -36,6 +39,8 @@ from signer._verify_helpers import (
     Facts,
     Revocation,
     Run,
+    check_online,
+    online_detail,
     revocation_of,
 )
 from signer.errors import RevocationDataInvalid
@@ -151,6 +156,7 @@ def check_revocation(
     *,
     now: datetime,
     skew: timedelta,
+    online: RevocationFetcher | None = None,
 ) -> None:
     """(11) of `SealVerifier.validate`, by the sources of the module docstring."""
     if key.state == "revoked":
@@ -181,6 +187,15 @@ def check_revocation(
     ]
     if embedded.ignored:
         notes.append(f"{embedded.ignored} embedded item(s) about no certificate of the chain")
+    if 0 not in embedded.statuses:  # (3) the network, only for what the seal does not carry
+        fetched = check_online(run, online, chain)
+        if fetched is not None and fetched.status is CertStatus.REVOKED:
+            assert fetched.revoked_at is not None
+            what = f"the signing certificate (by its {fetched.source.upper()})"
+            revocation_outcome(run, what, fetched.revoked_at, fetched.reason)
+            return
+        if fetched is not None:
+            notes.insert(0, online_detail(fetched))
     state = f"key is {key.state} in the registry" if key.region else "key outside the registry"
     crls = trust.crls(key.region) if key.region else ()
     if 0 in embedded.statuses:

@@ -193,6 +193,7 @@ def test_shown_defaults_are_what_the_loader_gives(
         config_module.GatewayConfig: config,
         config_module.AuditConfig: config.audit,
         config_module.ExchangeConfig: config.exchange,
+        config_module.RevocationConfig: config.revocation,
     }
     rows = {(row.section, row.key): row for row in reference.entries()}
     checked = 0
@@ -227,7 +228,8 @@ def test_each_key_sets_the_field_the_reference_names(tmp_path: Path) -> None:
         '[exchange]\nprovider = "127.0.0.1:9331"\ncache_key_file = "cache.key"\n'
         "redis_timeout_seconds = 0.3\nprovider_timeout_seconds = 1.25\n"
         "peer_timeout_seconds = 4.5\nbreaker_failures = 4\nbreaker_window_seconds = 8\n"
-        "breaker_open_seconds = 1.75\n",
+        "breaker_open_seconds = 1.75\n"
+        '[revocation]\nonline = false\ntimeout_seconds = 2.5\nunreachable = "soft-fail"\n',
         "utf-8",
     )
     config = GatewayConfig.from_file(path)
@@ -236,6 +238,7 @@ def test_each_key_sets_the_field_the_reference_names(tmp_path: Path) -> None:
         config_module.GatewayConfig: config,
         config_module.AuditConfig: config.audit,
         config_module.ExchangeConfig: config.exchange,
+        config_module.RevocationConfig: config.revocation,
     }
     mapped = [key for key in reference.KEYS if key.field is not None]
     for key in mapped:

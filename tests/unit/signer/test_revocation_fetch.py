@@ -20,7 +20,17 @@ import pytest
 from cryptography import x509
 from openssl_ca import OpenSslCa, make_openssl_ca
 
-from signer import CertStatus, RevocationFetcher, RevocationUnavailable
+from signer import (
+    CertStatus,
+    FileKeyProvider,
+    Indication,
+    RevocationFetcher,
+    RevocationUnavailable,
+    SealVerifier,
+    SubIndication,
+    TrustedKey,
+    seal,
+)
 
 
 def _free_port() -> int:
@@ -126,9 +136,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         "slow": {"crl_url": f"http://127.0.0.1:{http_port}/slow/crl.der"},
         "ldap": {"crl_url": "ldap://ldap.example.test/cn=CA?certificateRevocationList"},
         "none": {},
+        "seal-good": {"ocsp_url": ocsp_url},
+        "seal-revoked": {"ocsp_url": ocsp_url},
+        "seal-dead": {"ocsp_url": dead},
     }
-    certs = {name: _cert(ca.issue(name, "tls", **urls)[0]) for name, urls in profiles.items()}
-    for name in ("revoked", "crl-revoked"):
+    certs = {
+        name: _cert(ca.issue(name, "seal" if name.startswith("seal") else "tls", **urls)[0])
+        for name, urls in profiles.items()
+    }
+    for name in ("revoked", "crl-revoked", "seal-revoked"):
         ca.revoke_for(ca.dir / f"{name}.pem", "keyCompromise")
     ca.crl("crl.der", der=True)
     responder = Responder(ca, ocsp_port)
@@ -251,3 +267,60 @@ def test_options_are_checked() -> None:
         RevocationFetcher(timeout_seconds=0)
     with pytest.raises(ValueError, match="cert_id_hash"):
         RevocationFetcher(cert_id_hash="md5")
+
+
+class _Trust:
+    """The region's anchors and published seal keys, as the registry would give them (no CRL:
+    what the certificates name is all there is)."""
+
+    version = 1
+
+    def __init__(self, ca: OpenSslCa, keys: dict[str, TrustedKey]) -> None:
+        self._ca, self._keys = ca, keys
+
+    def key(self, kid: str) -> TrustedKey | None:
+        return self._keys.get(kid)
+
+    def anchors(
+        self, region: str
+    ) -> tuple[tuple[x509.Certificate, ...], tuple[x509.Certificate, ...]]:
+        return (_cert(self._ca.root),), (_cert(self._ca.intermediate),)
+
+    def crls(self, region: str) -> tuple[x509.CertificateRevocationList, ...]:
+        return ()
+
+    def regions(self) -> tuple[str, ...]:
+        return ("500000",)
+
+
+@pytest.mark.parametrize(
+    ("name", "indication", "sub", "fragment"),
+    [
+        ("seal-good", Indication.TOTAL_PASSED, None, "OCSP (delegate CN=responder"),
+        ("seal-revoked", Indication.TOTAL_FAILED, SubIndication.REVOKED, "by its OCSP"),
+        ("seal-dead", Indication.INDETERMINATE, SubIndication.TRY_LATER, "not reachable"),
+    ],
+)
+def test_seal_verifier_honours_the_signers_responder(
+    world: World, name: str, indication: Indication, sub: SubIndication | None, fragment: str
+) -> None:
+    """A seal made now by a key whose certificate names the responder: good passes (the report
+    says which source answered), revoked fails REVOKED, unreachable is hard-fail (TRY_LATER)."""
+    key_pkcs8 = world.ca.dir / f"{name}.p8"
+    subprocess.run(
+        ["openssl", "pkcs8", "-topk8", "-nocrypt", "-in", world.ca.dir / f"{name}.key", "-out",
+         key_pkcs8], check=True, capture_output=True,
+    )  # fmt: skip
+    chain = world.ca.dir / f"{name}.chain.pem"
+    chain.write_bytes(
+        (world.ca.dir / f"{name}.pem").read_bytes() + world.ca.intermediate.read_bytes()
+    )
+    provider = FileKeyProvider(key_pkcs8, chain)
+    trusted = TrustedKey(
+        provider.kid, world.certs[name], "seal", "500000", "Chongqing", "500000", "active"
+    )
+    fetcher, _ = _fetcher()
+    verifier = SealVerifier(_Trust(world.ca, {provider.kid: trusted}), revocation=fetcher)
+    report = verifier.validate(seal(b'{"a": 1}', provider))
+    assert (report.indication, report.sub_indication) == (indication, sub), report.message
+    assert fragment in (report.message if sub else report.checks[-2].detail)
