@@ -60,9 +60,12 @@ are errors, so a typo never silently falls back to a default.
     "510000" = "127.0.0.1:7510"
 
     [revocation]                      # optional: certificates' own OCSP responders and CRLs
-    online = true                     # ask the OCSP responders (AIA) and CRL URLs a certificate names
+    online = true                     # ask the OCSP responders (AIA) and CRL URLs (CRL DP) that
+                                      # certificates name, besides the registry's CRLs
     timeout_seconds = 5.0             # bound on one request to a responder or CRL URL
-    unreachable = "hard-fail"         # TLS callers and peers whose status cannot be learnt: "hard-fail" refuses, "soft-fail" admits (logged, counted)
+    unreachable = "hard-fail"         # a TLS caller whose status cannot be learnt: "hard-fail"
+                                      # refuses it (REVOCATION_UNAVAILABLE), "soft-fail" admits it
+                                      # (logged, counted); seals are always hard-fail
 
 `Credentials.Seal` signs with whichever of these keys the current registry names as the region's
 active seal key, so list the successor as soon as a rotation issues it (pending): the gateway

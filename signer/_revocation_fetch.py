@@ -17,7 +17,9 @@ bounded response size. It blocks: an asynchronous caller runs `check` in a threa
 
 Cache: a status per (issuer key hash, serial) until its nextUpdate; a CRL per URL until its
 nextUpdate, shared by every certificate it covers. Callers asking about the same certificate at
-once share one fetch. Evidence without a nextUpdate is used once and not kept.
+once share one fetch. Evidence without a nextUpdate is used once and not kept. When no source
+answered, the certificate is not asked about again for `RETRY_AFTER_FAILURE` (10 s): callers in
+between are answered `RevocationUnavailable` at once.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import urllib.request
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Final
 from urllib.parse import urlsplit
 
@@ -59,6 +61,9 @@ DEFAULT_MAX_RESPONSE_BYTES: Final = 4 * 1024 * 1024  # an OCSP response is ~1 KB
 MAX_CACHED_STATUSES: Final = 65536  # certificates remembered before the cache is cleared
 MAX_CACHED_CRLS: Final = 256  # CRL URLs remembered before that cache is cleared
 MAX_URLS_PER_KIND: Final = 4  # OCSP responders (and CRL URLs) asked per certificate, at most
+# After no source answered, the same certificate is not asked about again for this long: callers
+# in between get the same RevocationUnavailable at once instead of waiting for the timeout.
+RETRY_AFTER_FAILURE: Final = timedelta(seconds=10)
 
 _CERT_ID_HASHES: Final[
     dict[str, type[hashes.SHA1 | hashes.SHA256 | hashes.SHA384 | hashes.SHA512]]
@@ -147,6 +152,24 @@ class RevocationFetcher:
         self._statuses: dict[tuple[bytes, int], RevocationStatus] = {}
         self._crls: dict[str, _CachedCrl] = {}
         self._inflight: dict[tuple[bytes, int], Future[RevocationStatus | None]] = {}
+        self._failed: dict[tuple[bytes, int], tuple[datetime, str]] = {}
+
+    @staticmethod
+    def names_sources(certificate: x509.Certificate) -> bool:
+        """Whether the certificate names an OCSP responder or a CRL URL (else `check` is None)."""
+        return bool(revocation_sources(certificate))
+
+    def cached(
+        self, certificate: x509.Certificate, issuer: x509.Certificate
+    ) -> RevocationStatus | None:
+        """The cached status if it is still current, without any I/O (None otherwise)."""
+        key = (ocsp_cert_id(certificate, issuer)[1], certificate.serial_number)
+        with self._lock:
+            cached = self._statuses.get(key)
+        if cached is None or not cached.current_at(self._clock()):
+            return None
+        self._report(cached.source, cached.status.value, 0.0)
+        return cached
 
     def check(
         self, certificate: x509.Certificate, issuer: x509.Certificate
@@ -163,6 +186,9 @@ class RevocationFetcher:
             if cached is not None and cached.current_at(now):
                 self._report(cached.source, cached.status.value, 0.0)
                 return cached
+            failed = self._failed.get(key)
+            if failed is not None and now < failed[0]:
+                raise RevocationUnavailable(failed[1])
             running = self._inflight.get(key)
             if running is None:
                 mine: Future[RevocationStatus | None] = Future()
@@ -172,6 +198,11 @@ class RevocationFetcher:
         try:
             status = self._fetch(certificate, issuer, sources)
         except BaseException as exc:
+            if isinstance(exc, RevocationUnavailable):
+                with self._lock:
+                    if len(self._failed) >= MAX_CACHED_STATUSES:
+                        self._failed.clear()
+                    self._failed[key] = (self._clock() + RETRY_AFTER_FAILURE, str(exc))
             mine.set_exception(exc)
             raise
         finally:
@@ -185,6 +216,7 @@ class RevocationFetcher:
         with self._lock:
             self._statuses.clear()
             self._crls.clear()
+            self._failed.clear()
 
     def _report(self, source: str, result: str, seconds: float) -> None:
         if self._observe is not None:

@@ -80,6 +80,11 @@ class SealVerifier:
     def trust(self) -> TrustSource:
         return self._trust
 
+    @property
+    def revocation(self) -> RevocationFetcher | None:
+        """The fetcher of online revocation status, if any (shared with the TLS caller check)."""
+        return self._online
+
     def use(self, trust: TrustSource) -> None:
         """Switch to a newer trust source (a registry swap); cached chains are dropped."""
         if trust.version != self._trust.version:

@@ -3,22 +3,16 @@ loopback port, and CRLs served by an `http.server` thread, asked where the certi
 
 from __future__ import annotations
 
-import re
-import socket
 import subprocess
-import threading
-import time
-from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 from cryptography import x509
 from openssl_ca import OpenSslCa, make_openssl_ca
+from revocation_support import Responder, Served, cert, free_port
 
 from signer import (
     CertStatus,
@@ -33,78 +27,6 @@ from signer import (
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _cert(path: Path) -> x509.Certificate:
-    return x509.load_pem_x509_certificate(path.read_bytes())
-
-
-@dataclass
-class Served:
-    """Files of a folder over HTTP on loopback, counting requests per path (`/slow/...` answers
-    after a pause, for the shared-fetch test)."""
-
-    folder: Path
-    counts: Counter[str] = field(default_factory=Counter)
-    server: ThreadingHTTPServer | None = None
-
-    def start(self) -> int:
-        served = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                served.counts[self.path] += 1
-                if self.path.startswith("/slow/"):
-                    time.sleep(0.3)
-                target = served.folder / self.path.rsplit("/", 1)[-1]
-                if not target.is_file():
-                    self.send_error(404)
-                    return
-                body = target.read_bytes()
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return int(self.server.server_address[1])
-
-
-@dataclass
-class Responder:
-    """`openssl ocsp` answering from the CA's index on a fixed loopback port."""
-
-    ca: OpenSslCa
-    port: int
-    process: subprocess.Popen[str] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            ["openssl", "ocsp", "-index", str(self.ca.dir / "index.txt"), "-port", str(self.port),
-             "-rsigner", str(self.ca.dir / "responder.pem"), "-rkey",
-             str(self.ca.dir / "responder.key"), "-CA", str(self.ca.intermediate), "-nmin", "5"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        )  # fmt: skip
-        assert self.process.stdout is not None
-        assert re.search(rf":{self.port} ", self.process.stdout.readline())
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-            assert self.process.stdout is not None
-            self.process.stdout.close()
-            self.process = None
-
-
 @dataclass
 class World:
     ca: OpenSslCa
@@ -114,14 +36,14 @@ class World:
 
     @property
     def issuer(self) -> x509.Certificate:
-        return _cert(self.ca.intermediate)
+        return cert(self.ca.intermediate)
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     ca = make_openssl_ca(tmp_path_factory.mktemp("fetch") / "ca", "Chongqing")
     served = Served(ca.dir)
-    http_port, ocsp_port, closed_port = served.start(), _free_port(), _free_port()
+    http_port, ocsp_port, closed_port = served.start(), free_port(), free_port()
     ocsp_url, crl_url = f"http://127.0.0.1:{ocsp_port}/", f"http://127.0.0.1:{http_port}/crl.der"
     dead = f"http://127.0.0.1:{closed_port}/"
     ca.issue("responder", "ocsp")
@@ -141,7 +63,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         "seal-dead": {"ocsp_url": dead},
     }
     certs = {
-        name: _cert(ca.issue(name, "seal" if name.startswith("seal") else "tls", **urls)[0])
+        name: cert(ca.issue(name, "seal" if name.startswith("seal") else "tls", **urls)[0])
         for name, urls in profiles.items()
     }
     for name in ("revoked", "crl-revoked", "seal-revoked"):
@@ -151,9 +73,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     responder.start()
     yield World(ca, responder, served, certs)
     responder.stop()
-    assert served.server is not None
-    served.server.shutdown()
-    served.server.server_close()
+    served.stop()
 
 
 def _fetcher(
@@ -284,7 +204,7 @@ class _Trust:
     def anchors(
         self, region: str
     ) -> tuple[tuple[x509.Certificate, ...], tuple[x509.Certificate, ...]]:
-        return (_cert(self._ca.root),), (_cert(self._ca.intermediate),)
+        return (cert(self._ca.root),), (cert(self._ca.intermediate),)
 
     def crls(self, region: str) -> tuple[x509.CertificateRevocationList, ...]:
         return ()
