@@ -74,6 +74,7 @@ __all__ = [
     "ocsp_staple",
     "seal_text",
     "seals_with_sm2",
+    "staple_of",
 ]
 
 log = logging.getLogger("tongban.gateway")
@@ -207,6 +208,12 @@ def ocsp_staple(fetcher: RevocationFetcher) -> Staple:
         return status.der
 
     return staple
+
+
+def staple_of(verifier: SealVerifier) -> Staple | None:
+    """The gateway's staple: over the seal verifier's `RevocationFetcher` when online revocation
+    is on (`[revocation] online`), else None (seals stay compact)."""
+    return ocsp_staple(verifier.revocation) if verifier.revocation is not None else None
 
 
 class RegionSealer:

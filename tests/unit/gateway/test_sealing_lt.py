@@ -17,7 +17,7 @@ from openssl_ca import make_openssl_ca
 from support import Federation, make_federation
 
 from gateway._tls import NoTrust
-from gateway.sealing import RegionSealer, ocsp_staple
+from gateway.sealing import RegionSealer, ocsp_staple, staple_of
 from registry import (
     AUTHORITY_PUBLIC_KEY,
     KeyState,
@@ -177,3 +177,10 @@ def test_ocsp_staple_asks_the_responder_the_certificate_names(
     lt = add_validation_data(seal(b"x", key), ocsp_responses=[response])
     report = SealVerifier(NoTrust(), extra_anchors=[root]).validate(lt)
     assert report.passed, report.message
+
+
+def test_the_gateway_staples_only_with_online_revocation() -> None:
+    """`staple_of` is what the services give their `RegionSealer`: a staple over the seal
+    verifier's fetcher when `[revocation] online` gave it one, else none (compact seals)."""
+    assert staple_of(SealVerifier(NoTrust())) is None
+    assert staple_of(SealVerifier(NoTrust(), revocation=RevocationFetcher())) is not None
