@@ -120,13 +120,13 @@ def _document_of(request: credentials_pb2.VerifyRequest) -> bytes:
     if request.jws and request.document:
         raise Refusal(
             "INVALID_ARGUMENT_FORMAT",
-            "give either jws (a compact JWS) or document (an OFD file, a DER SES_Signature or "
+            "give either jws (a JAdES JWS, compact or JSON) or document (an OFD file, a DER SES_Signature or "
             "SESeal), not both",
         )
     if not request.jws and not request.document:
         raise Refusal(
             "INVALID_ARGUMENT_FORMAT",
-            "nothing to verify: give jws (a compact JWS) or document (an OFD file, a DER "
+            "nothing to verify: give jws (a JAdES JWS, compact or JSON) or document (an OFD file, a DER "
             "SES_Signature or SESeal)",
         )
     if len(request.jws) > MAX_JWS_BYTES:
