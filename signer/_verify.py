@@ -145,21 +145,18 @@ class SealVerifier:
         # The checks are recorded only when they are needed: a passing validation reuses the
         # checks recorded the first time this key passed in this form; a failing one is run
         # again, recording, so that its report lists every check up to the failure.
-        run = Run(record=False)
+        # A JSON-serialised seal's checks are its own (its evidence): recorded in the one run.
+        run = Run(record=is_json_serialisation(jws))
         request = Request(jws, detached_payload, expected_kind, expected_owner_region, now, trust)
         outcome = self._execute(run, request)
         if outcome is not None or run.facts is None:
-            recorded = Run(record=True)
-            failure = self._execute(recorded, request)
+            recorded = run if run.record else Run(record=True)
+            failure = outcome if run.record else self._execute(recorded, request)
             assert failure is not None
             return self._report(recorded, trust, failure.sub, failure.message)
         form = (run.algorithm, detached_payload is not None, run.sig_d)
-        checks = None if run.embedded else run.facts.passing_checks.get(form)
-        if run.embedded:  # the revocation check's detail is this seal's own evidence
-            recorded = Run(record=True)
-            self._execute(recorded, request)
-            checks = tuple(recorded.checks)
-        elif checks is None:
+        checks = tuple(run.checks) if run.embedded else run.facts.passing_checks.get(form)
+        if checks is None:
             recorded = Run(record=True)
             self._execute(recorded, request)
             checks = run.facts.passing_checks[form] = tuple(recorded.checks)
