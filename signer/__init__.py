@@ -1,7 +1,8 @@
 """Tongban's e-seals and e-signatures.
 
 Key files and providers (`_keyfile`, `_keys`), the algorithm policy (`_algorithms`), JAdES
-sealing (`_jades`), validation with ETSI-style reports (`_verify`, `_report`) against a
+sealing (`_jades`; `_jades_json` for the JWS JSON serialisation with embedded validation
+data), validation with ETSI-style reports (`_verify`, `_report`) against a
 `TrustSource` (`_trust`) that the registry implements, SM2 with SM3 keys and signatures
 (`_sm2`, GB/T 32918.2 with OpenSSL's key formats), GB/T 38540 / GM/T 0031 electronic seals
 (`_ses` makes them, `_ses_verify` validates them, `_ses_asn1` defines their DER), OFD documents

@@ -195,11 +195,13 @@ def cmd_verify(args: argparse.Namespace, out: Console) -> int:
 def _register_seal(commands: Subparsers) -> None:
     seal_parser = commands.add_parser(
         "seal",
-        help="seal or sign a document with a key file (JAdES compact JWS)",
+        help="seal or sign a document with a key file (JAdES JWS)",
         description="Seal (or sign) a file with a key and its certificate chain: a JAdES "
         "baseline-B compact JWS whose header names the certificate (x5t#S256, x5c) and the "
         "signing time. An e-seal with a seal certificate, an e-signature with a signature "
-        "certificate. Writes the JWS to standard output unless --out is given.",
+        "certificate. With --ocsp or --crl the seal embeds that validation data and is written "
+        "in the JWS JSON serialisation (JAdES baseline-LT). Writes the JWS to standard output "
+        "unless --out is given.",
         epilog="Example: tongban seal licence.pdf --key out/pki/regions/330000/keys/seal-ab12cd34.key "
         "--cert out/pki/regions/330000/keys/seal-ab12cd34.pem --detached --out licence.pdf.jws",
     )
