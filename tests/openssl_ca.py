@@ -99,14 +99,18 @@ class OpenSslCa:
         days: int = 30,
         ocsp_url: str | None = None,
         crl_url: str | None = None,
+        san: str | None = None,
     ) -> tuple[Path, Path]:
         """A P-256 leaf under the intermediate with an `_EXTENSIONS` section, recorded in the
-        index by `openssl ca`, with an AIA OCSP URL and a CRL distribution point if given:
-        (cert, key)."""
+        index by `openssl ca`, with an AIA OCSP URL, a CRL distribution point and another
+        subjectAltName (`URI:urn:tongban:agency:...`) if given: (cert, key)."""
         key, csr, cert = (self.dir / f"{name}.{ext}" for ext in ("key", "csr", "pem"))
         _openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", key)
         _openssl("req", "-new", "-key", key, "-subj", f"/O=Region/CN={name}", "-out", csr)
         section = _section(profile)
+        if san:
+            section = re.sub(r"(?m)^subjectAltName = .*\n", "", section)
+            section += f"subjectAltName = {san}\n"
         if ocsp_url:
             section += f"authorityInfoAccess = OCSP;URI:{ocsp_url}\n"
         if crl_url:

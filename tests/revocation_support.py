@@ -77,12 +77,14 @@ class Responder:
     ca: OpenSslCa
     port: int
     process: subprocess.Popen[str] | None = None
+    minutes: int | None = 5  # nextUpdate after thisUpdate; None: none (answers are not cached)
 
     def start(self) -> None:
         self.process = subprocess.Popen(
             ["openssl", "ocsp", "-index", str(self.ca.dir / "index.txt"), "-port", str(self.port),
              "-rsigner", str(self.ca.dir / "responder.pem"), "-rkey",
-             str(self.ca.dir / "responder.key"), "-CA", str(self.ca.intermediate), "-nmin", "5"],
+             str(self.ca.dir / "responder.key"), "-CA", str(self.ca.intermediate),
+             *(["-nmin", str(self.minutes)] if self.minutes else [])],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         )  # fmt: skip
         assert self.process.stdout is not None

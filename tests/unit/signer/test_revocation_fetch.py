@@ -244,3 +244,16 @@ def test_seal_verifier_honours_the_signers_responder(
     report = verifier.validate(seal(b'{"a": 1}', provider))
     assert (report.indication, report.sub_indication) == (indication, sub), report.message
     assert fragment in (report.message if sub else report.checks[-2].detail)
+
+
+def test_a_failure_is_remembered_for_a_while(world: World) -> None:
+    clock = [datetime.now(UTC)]
+    fetcher, seen = _fetcher(clock)
+    for _ in range(2):
+        with pytest.raises(RevocationUnavailable, match="not reachable"):
+            fetcher.check(world.certs["dead"], world.issuer)
+    assert seen == [("ocsp", "unreachable")]  # the second was answered from the failure
+    clock[0] += timedelta(seconds=11)
+    with pytest.raises(RevocationUnavailable):
+        fetcher.check(world.certs["dead"], world.issuer)
+    assert seen == [("ocsp", "unreachable")] * 2
