@@ -1,9 +1,7 @@
 """Verifying e-seals and e-signatures: a non-raising `validate()` and a raising `verify()`.
 
 The key that proves a signature is the one the trust source (the registry) publishes for the
-header's `x5t#S256`, never a key or chain carried only in the header, unless the verifier was
-given anchors of its own (`extra_anchors`, the command line's `--ca`): then a key the registry
-does not publish is taken from `x5c` and proved by a path to one of those anchors alone. The chain is built with
+header's `x5t#S256`, never a key or chain carried only in the header. The chain is built with
 `cryptography.x509.verification` against the anchors of the key's own region, at the claimed
 signing time; revocation comes from the registry's key states and the region's CRLs, checked
 after path validation (pyca has no revocation step). Verified chains are cached per key and
@@ -14,17 +12,15 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Final
-
-from cryptography import x509
 
 from signer._algorithms import ALLOWED_ALGORITHMS, check_key_fits, verify_fitted
 from signer._jades import SIGD_HASH_MECHANISM, JwsFormatError, ParsedJws, b64url_decode
 from signer._jades_json import is_json_serialisation, parse_jws
 from signer._keyfile import PublicKey
-from signer._keys import x5t_s256_of_certificate, x5t_s256_of_der
+from signer._keys import x5t_s256_of_der
 from signer._report import Indication, SignatureKind, SubIndication, ValidationReport
 from signer._revocation_fetch import RevocationFetcher
 from signer._trust import TrustedKey, TrustSource
@@ -36,7 +32,6 @@ from signer._verify_helpers import (
     Run,
     check_crit,
     facts_of,
-    kind_of,
     verified_chain,
 )
 from signer._verify_revocation import check_revocation
@@ -60,21 +55,14 @@ class SealVerifier:
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         revocation: RevocationFetcher | None = None,
-        extra_anchors: Sequence[x509.Certificate] = (),
-        extra_intermediates: Sequence[x509.Certificate] = (),
     ) -> None:
         self._trust = trust
         self._clock = clock
         # Asks the OCSP responders and CRL URLs a signing certificate names (blocking, bounded
         # by its timeout, cached to nextUpdate); None: the registry's states and CRLs only.
         self._online = revocation
-        # Anchors from outside the registry (the command line's --ca): a key the registry does
-        # not publish is then taken from x5c[0], and proved only by a path to one of them.
-        self._extra_anchors = tuple(extra_anchors)
-        self._extra_intermediates = tuple(extra_intermediates)
         self._facts: dict[str, Facts] = {}  # by kid, for self._trust.version only
         self._x5c_thumbprints: dict[str, str] = {}  # x5c[0] text -> its thumbprint
-        self._outside_intermediates: dict[str, tuple[x509.Certificate, ...]] = {}  # by kid
 
     @property
     def trust(self) -> TrustSource:
@@ -127,8 +115,7 @@ class SealVerifier:
             without duplicate names, and the validation data of etsiU if any
         (1) the header follows the profile: crit, x5t#S256, iat, sigD
         (2) the algorithm is allowed
-        (3) the signing key is one the registry publishes (or, with extra anchors, the x5c[0]
-            the kid names); x5c, if present, agrees with it
+        (3) the signing key is one the registry publishes; x5c, if present, agrees with it
         (4) the algorithm fits the key
         (5) the signed data is there (attached, or supplied for a detached signature)
         (6) the signature verifies with the registry's key
@@ -164,8 +151,7 @@ class SealVerifier:
         key = run.key
         assert key is not None
         when = f"{run.signing_time:%Y-%m-%d %H:%M:%SZ}" if run.signing_time else "an unknown time"
-        where = key.region or "outside the registry"
-        message = f"e-{run.kind or 'signature'} by {key.owner_name or key.owner} ({where}) made at {when} is valid"
+        message = f"e-{run.kind or 'signature'} by {key.owner_name or key.owner} ({key.region}) made at {when} is valid"
         return self._report(run, trust, None, message)
 
     def _execute(self, run: Run, request: Request) -> Fail | None:
@@ -302,8 +288,6 @@ class SealVerifier:
         kid = parsed.header["x5t#S256"]
         run.kid = kid
         key = trust.key(kid)
-        if key is None and self._extra_anchors:
-            key = self._outside_key(run, parsed, kid)
         if key is None:
             raise run.fail(
                 "signing key",
@@ -337,38 +321,11 @@ class SealVerifier:
                     SubIndication.FORMAT_FAILURE,
                     "x5t#S256 does not match the certificate in x5c",
                 )
-        source = (
-            f"from registry version {trust.version}"
-            if key.region
-            else "from x5c, not in the registry: to be anchored by the --ca certificates"
+        run.ok(
+            "signing key",
+            f"{kid} of {key.owner} ({key.usage}, {key.state}) from registry version {trust.version}",
         )
-        run.ok("signing key", f"{kid} of {key.owner} ({key.usage}, {key.state}) {source}")
         return key
-
-    def _outside_key(self, run: Run, parsed: ParsedJws, kid: str) -> TrustedKey | None:
-        """A key the registry does not publish, from `x5c`, for the extra anchors to prove
-        (step 9); None without a readable x5c whose first certificate is the kid's."""
-        x5c = parsed.header.get("x5c")
-        if not isinstance(x5c, list) or not x5c or not all(isinstance(c, str) for c in x5c):
-            return None
-        try:
-            chain = [
-                x509.load_der_x509_certificate(base64.b64decode(c, validate=True)) for c in x5c
-            ]
-        except ValueError:
-            raise run.fail(
-                "signing key", SubIndication.FORMAT_FAILURE, "x5c holds an unreadable certificate"
-            ) from None
-        if x5t_s256_of_certificate(chain[0]) != kid:
-            return None  # step (3) says so below
-        if len(self._outside_intermediates) >= MAX_CACHED_KEYS:
-            self._outside_intermediates.clear()
-        self._outside_intermediates[kid] = tuple(chain[1:])
-        kind = kind_of(chain[0])
-        subject = chain[0].subject.rfc4514_string()
-        return TrustedKey(
-            kid, chain[0], kind.value if kind else "", subject, subject, "", "unregistered"
-        )
 
     @staticmethod
     def _check_key_fits(run: Run, facts: Facts) -> PublicKey:
@@ -474,14 +431,12 @@ class SealVerifier:
             )
         run.ok("validity at signing time", facts.validity)
 
-    def _check_chain(self, run: Run, key: TrustedKey, facts: Facts, trust: TrustSource) -> Chain:
+    @staticmethod
+    def _check_chain(run: Run, key: TrustedKey, facts: Facts, trust: TrustSource) -> Chain:
         assert run.signing_time is not None
         chain = facts.chain
         if chain is None or not chain.valid_from <= run.signing_time <= chain.valid_until:
             roots, intermediates = trust.anchors(key.region)
-            if not key.region:  # a key from x5c: the extra anchors, through x5c's others
-                roots = self._extra_anchors
-                intermediates = self._extra_intermediates + self._outside_intermediates[key.kid]
             if not roots:
                 raise run.fail(
                     "certificate chain",
@@ -490,15 +445,14 @@ class SealVerifier:
                 )
             try:
                 chain = verified_chain(
-                    key.certificate, roots, intermediates, run.signing_time, key.region or "--ca"
+                    key.certificate, roots, intermediates, run.signing_time, key.region
                 )
             except Fail as failure:
                 raise run.fail("certificate chain", failure.sub, failure.message) from None
             facts.chain = chain
-        root = f"region {key.region}'s root" if key.region else "a --ca root"
         run.ok(
             "certificate chain",
-            f"{len(chain.certificates)} certificates to {root}, at the signing time",
+            f"{len(chain.certificates)} certificates to region {key.region}'s root, at the signing time",
         )
         return chain
 

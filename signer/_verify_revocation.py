@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.x509 import ocsp
 
 from signer._jades_json import ValidationData
@@ -65,21 +66,20 @@ def _ocsp_issued(
         response = ocsp.load_der_ocsp_response(der)
         if response.response_status is not ocsp.OCSPResponseStatus.SUCCESSFUL:
             return None
-        singles = list(response.responses)
-    except ValueError:
+        for single in response.responses:
+            if single.serial_number != certificate.serial_number:
+                continue
+            request = ocsp.OCSPRequestBuilder().add_certificate(
+                certificate, issuer, single.hash_algorithm
+            )
+            built = request.build()
+            if (built.issuer_name_hash, built.issuer_key_hash) == (
+                single.issuer_name_hash,
+                single.issuer_key_hash,
+            ):
+                return single.this_update_utc
+    except (ValueError, TypeError, UnsupportedAlgorithm):  # parsed lazily: unreadable, unnamed
         return None
-    for single in singles:
-        if single.serial_number != certificate.serial_number:
-            continue
-        request = ocsp.OCSPRequestBuilder().add_certificate(
-            certificate, issuer, single.hash_algorithm
-        )
-        built = request.build()
-        if (built.issuer_name_hash, built.issuer_key_hash) == (
-            single.issuer_name_hash,
-            single.issuer_key_hash,
-        ):
-            return single.this_update_utc
     return None
 
 
@@ -102,8 +102,12 @@ def embedded_statuses(run: Run, data: ValidationData, chain: Chain, signed: date
             if issued is not None:
                 candidates.append(("ocsp", index, der, issued))
         for index, der in enumerate(data.crls):
-            crl = x509.load_der_x509_crl(der)
-            if crl.issuer == issuer.subject:
+            try:
+                crl = x509.load_der_x509_crl(der)
+                named = crl.issuer == issuer.subject
+            except ValueError:  # a name cryptography reads only now: a CRL of nobody here
+                continue
+            if named:
                 candidates.append(("crl", index, der, crl.last_update_utc))
         for kind, index, der, issued in candidates:
             used.add((kind, index))
@@ -196,19 +200,14 @@ def check_revocation(
             return
         if fetched is not None:
             notes.insert(0, online_detail(fetched))
-    state = f"key is {key.state} in the registry" if key.region else "key outside the registry"
-    crls = trust.crls(key.region) if key.region else ()
+    state = f"key is {key.state} in the registry"
+    crls = trust.crls(key.region)
     if 0 in embedded.statuses:
         _region_crls_beside(run, facts, chain, crls, now=now, skew=skew)
         run.ok("revocation", f"{state}; " + "; ".join(notes))
         return
     if not crls:
-        source = (
-            f"region {key.region} publishes no CRL"
-            if key.region
-            else ("no revocation data: none embedded for it, and the --ca anchors carry no CRL")
-        )
-        run.ok("revocation", "; ".join([f"{state}; {source}", *notes]))
+        run.ok("revocation", "; ".join([f"{state}; region {key.region} publishes no CRL", *notes]))
         return
     revocation = facts.revocation
     if revocation is None:

@@ -172,10 +172,7 @@ def cmd_verify(args: argparse.Namespace, out: Console) -> int:
         usage(args, str(exc))
     trust = RegistryTrust(registry) if registry is not None else NoTrust()
     gm = GmVerifier(trust, extra_anchors=roots, extra_intermediates=intermediates, clock=utc_now)
-    seals = SealVerifier(
-        trust, clock=utc_now, extra_anchors=roots, extra_intermediates=intermediates
-    )
-    verifier = DocumentVerifier(seals, gm)
+    verifier = DocumentVerifier(SealVerifier(trust, clock=utc_now), gm)
     report = verifier.validate(
         document,
         payload=payload,
@@ -251,7 +248,8 @@ def _register_verify(commands: Subparsers) -> None:
         "JWS (compact, or JSON-serialised with embedded OCSP responses and CRLs), an OFD file and its signatures, a DER GB/T 38540 or GM/T 0031 "
         "SES_Signature (its signed data given with --payload) or a DER SESeal. The trust is "
         "a signed registry snapshot (its keys, CAs and revocation lists), --ca anchors for a "
-        "document from outside the federation, or both. Prints an ETSI EN 319 102-1 style "
+        "GB/T 38540 seal or OFD file from outside the federation, or both; a JWS is proved "
+        "only with a key the registry publishes. Prints an ETSI EN 319 102-1 style "
         "report: TOTAL_PASSED, TOTAL_FAILED or INDETERMINATE with the reason, the signer, and "
         "every check (and a report per signature of an OFD file). Exit code 0 only for "
         "TOTAL_PASSED, 1 for a report that did not pass, 2 when no report can be made (a wrong "
@@ -293,8 +291,8 @@ def _register_verify(commands: Subparsers) -> None:
         type=Path,
         action="append",
         metavar="PEM",
-        help="trust anchors from outside the registry, for seals and OFD files from outside "
-        "the federation (a JWS key the registry does not publish is then taken from x5c): PEM certificates, self-signed ones roots, others "
+        help="trust anchors from outside the registry, for GB/T 38540 seals and OFD files from "
+        "outside the federation: PEM certificates, self-signed ones roots, others "
         "intermediates (repeatable)",
     )
     verify.add_argument(

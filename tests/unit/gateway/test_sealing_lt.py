@@ -11,7 +11,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from openssl_ca import make_openssl_ca
 from support import Federation, make_federation
@@ -28,12 +27,15 @@ from registry import (
     load_authority_public_key,
 )
 from signer import (
+    CertStatus,
     FileKeyProvider,
     KeyProvider,
     RevocationFetcher,
     SealVerifier,
     SubIndication,
     add_validation_data,
+    check_ocsp_response,
+    parse_jws,
     seal,
 )
 
@@ -138,8 +140,9 @@ def test_ocsp_staple_asks_the_responder_the_certificate_names(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """`ocsp_staple` over a real `RevocationFetcher` and an `openssl ocsp` responder: the good
-    response is stapled (and verifies offline); no responder named, or none answering, gives
-    None (a compact seal) and a warning, never an error."""
+    response is stapled (the responder's, about this certificate, and what
+    `add_validation_data` embeds); no responder named, or none answering, gives None (a compact
+    seal) and a warning, never an error."""
     ca = make_openssl_ca(tmp_path / "ca", "Chongqing")
     port, dead = _free_port(), _free_port()
     ca.issue("responder", "ocsp")
@@ -173,10 +176,12 @@ def test_ocsp_staple_asks_the_responder_the_certificate_names(
         responder.wait()
         assert responder.stdout is not None
         responder.stdout.close()
-    root = x509.load_pem_x509_certificate(ca.root.read_bytes())
+    leaf, issuer = key.certificate_chain[0], key.certificate_chain[1]
+    status = check_ocsp_response(response, leaf, issuer, now=datetime.now(UTC))
+    assert status.status is CertStatus.GOOD
+    assert status.responder.startswith("delegate CN=responder,O=Region")
     lt = add_validation_data(seal(b"x", key), ocsp_responses=[response])
-    report = SealVerifier(NoTrust(), extra_anchors=[root]).validate(lt)
-    assert report.passed, report.message
+    assert parse_jws(lt)[1].ocsp_responses == (response,)
 
 
 def test_the_gateway_staples_only_with_online_revocation() -> None:

@@ -1,12 +1,16 @@
 """JAdES in JWS JSON serialisation with embedded validation data (`signer._jades_json`), and
 `SealVerifier` reading it: OCSP responses made by `openssl ocsp` (a delegated responder over
-the index of an `openssl ca`), CRLs by `openssl ca -gencrl`, a seal certificate issued by the
-same OpenSSL CA and anchored with `--ca` (`extra_anchors`), no registry and no network."""
+the index of an `openssl ca`), CRLs by `openssl ca -gencrl`, seal certificates issued by the
+same OpenSSL CA, region 500000's CA imported into a dev federation whose published registry
+holds the seal keys (`import_ca`, `import_cert`, `import_crl`, `publish`): a JWS is proved with a
+key the registry holds, never with one it does not (not even with `--ca`); no network."""
 
 from __future__ import annotations
 
 import base64
 import json
+import shutil
+import socket
 import subprocess
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -21,7 +25,22 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509 import ocsp
 from openssl_ca import OpenSslCa, make_openssl_ca
+from support import Federation, make_federation
 
+from registry import (
+    AUTHORITY_PUBLIC_KEY,
+    ImportedKey,
+    KeyUsage,
+    Registry,
+    RegistryTrust,
+    SnapshotVerifier,
+    import_ca,
+    import_cert,
+    import_crl,
+    load_authority_public_key,
+    publish,
+)
+from registry._pki import ca_dir
 from signer import (
     MAX_JWS_BYTES,
     DocumentVerifier,
@@ -32,7 +51,6 @@ from signer import (
     JwsFormatError,
     SealVerifier,
     SubIndication,
-    TrustedKey,
     ValidationReport,
     add_validation_data,
     parse_jws,
@@ -45,22 +63,7 @@ from signer import (
 WYCHEPROOF = Path(__file__).parents[3] / ".." / "shared" / "vectors" / "wycheproof"
 
 
-class NoRegistry:
-    """A trust source that publishes nothing: the seals here are anchored by `extra_anchors`."""
-
-    version = 0
-
-    def key(self, kid: str) -> TrustedKey | None:
-        return None
-
-    def anchors(self, region: str) -> tuple[tuple[x509.Certificate, ...], tuple[()]]:
-        return (), ()
-
-    def crls(self, region: str) -> tuple[x509.CertificateRevocationList, ...]:
-        return ()
-
-    def regions(self) -> tuple[str, ...]:
-        return ()
+REGION = "500000"  # a demo region whose dev CA is taken away: it brings its OpenSSL one
 
 
 def _openssl(*args: str | Path) -> None:
@@ -74,10 +77,13 @@ def _cert(path: Path) -> x509.Certificate:
 @dataclass(frozen=True)
 class Pki:
     ca: OpenSslCa
-    good: Path  # seal certificates
+    good: Path  # seal certificates the registry publishes (region 500000's, cq.hrss's)
     revoked: Path
+    stranger: Path  # a seal certificate of the same CA that the registry does not publish
     responder: Path  # delegated OCSP responder of the CA
     foreign_responder: Path  # an OCSP responder of another CA
+    fed: Federation
+    registry: Registry
 
     def provider(self, leaf: Path) -> FileKeyProvider:
         chain = leaf.with_suffix(".chain.pem")
@@ -100,20 +106,41 @@ class Pki:
         return self.ca.crl("embedded.crl", der=True).read_bytes()
 
     def verifier(self) -> SealVerifier:
-        return SealVerifier(NoRegistry(), extra_anchors=[_cert(self.ca.root)])
+        return SealVerifier(RegistryTrust(self.registry))
+
+    def trust_options(self) -> tuple[str | Path, ...]:
+        """`tongban verify`'s options for the published registry snapshot."""
+        authority = self.fed.pki / AUTHORITY_PUBLIC_KEY
+        return ("--snapshot", self.fed.current, "--authority", authority)
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """The registry publishes `good` and `revoked` with the CA's CRL of before the revocation:
+    only the embedded evidence knows that `revoked` is revoked."""
     folder = tmp_path_factory.mktemp("lt")
+    now = datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=2)  # after OpenSSL's dates
+    fed = make_federation(folder / "fed", now=now - timedelta(hours=1))
+    shutil.rmtree(ca_dir(fed.pki, REGION))
     ca = make_openssl_ca(folder / "ca", "Chongqing")
-    good, _ = ca.issue("good-seal", "seal")
-    revoked, _ = ca.issue("revoked-seal", "seal")
+    good, good_key = ca.issue("good-seal", "seal")
+    revoked, revoked_key = ca.issue("revoked-seal", "seal")
+    stranger, _ = ca.issue("stranger-seal", "seal")
     responder, _ = ca.issue("responder", "ocsp")
     foreign = make_openssl_ca(folder / "foreign", "Foreign")
     foreign_responder, _ = foreign.issue("foreign-responder", "ocsp")
+    import_ca(fed.pki, REGION, ca.root, [ca.intermediate], now=now)
+    # one pending key per owner and usage: the region's and one of its agencies'
+    for owner, leaf, key in ((REGION, good, good_key), ("cq.hrss", revoked, revoked_key)):
+        import_cert(fed.pki, leaf, owner=owner, usage=KeyUsage.SEAL,
+                    key=ImportedKey(key_file=key), now=now)  # fmt: skip
+    import_crl(fed.pki, REGION, ca.crl("published.crl"), now=now)
+    publish(fed.source, fed.pki, fed.published, now=now)
+    authority = load_authority_public_key(fed.pki / AUTHORITY_PUBLIC_KEY)
+    snapshot = fed.current.read_bytes()
+    registry = SnapshotVerifier(authority).verify(snapshot, held_version=None, now=None).registry
     ca.revoke_for(revoked, "keyCompromise")
-    return Pki(ca, good, revoked, responder, foreign_responder)
+    return Pki(ca, good, revoked, stranger, responder, foreign_responder, fed, registry)
 
 
 PAYLOAD = b'{"licence": "91500000MA5U7XXX1K", "status": "valid"}'
@@ -264,18 +291,18 @@ def test_embedded_good_ocsp_response_passes_offline(pki: Pki) -> None:
     )
     assert "delegate CN=responder" in _check(report, "revocation")
     assert "1 OCSP response(s)" in _check(report, "format")
-    assert "a --ca root" in _check(report, "certificate chain")
+    assert f"region {REGION}'s root" in _check(report, "certificate chain")
+    assert f"from registry version {pki.registry.version}" in _check(report, "signing key")
     assert report.payload == PAYLOAD
-    # the same seal without its validation data says that nothing was known
+    # the same seal without its validation data is checked on the registry's CRL alone
     bare = pki.verifier().validate(to_compact(lt))
     assert bare.passed
-    assert "no revocation data" in _check(bare, "revocation")
+    assert _check(bare, "revocation").endswith(f"not on region {REGION}'s CRLs")
 
 
 def test_embedded_revoked_ocsp_response_is_revoked(pki: Pki) -> None:
-    lt = add_validation_data(
-        seal(PAYLOAD, pki.provider(pki.revoked)), ocsp_responses=[pki.respond(pki.revoked)]
-    )
+    compact = seal(PAYLOAD, pki.provider(pki.revoked))
+    lt = add_validation_data(compact, ocsp_responses=[pki.respond(pki.revoked)])
     report = pki.verifier().validate(lt)
     assert (report.indication, report.sub_indication) == (
         Indication.TOTAL_FAILED,
@@ -283,6 +310,8 @@ def test_embedded_revoked_ocsp_response_is_revoked(pki: Pki) -> None:
     )
     assert "embedded OCSP response" in report.message
     assert "key_compromise" in report.message
+    # the registry's CRL predates the revocation: without the evidence the seal passes
+    assert pki.verifier().validate(compact).passed
 
 
 def _tampered(der: bytes) -> bytes:
@@ -342,7 +371,7 @@ def test_recognised_and_validated_as_a_document(pki: Pki) -> None:
     )
     assert recognise(lt.encode() + b"\n") is Format.JWS
     assert recognise(b'{"protected": 1}') is Format.UNKNOWN
-    documents = DocumentVerifier(pki.verifier(), GmVerifier(NoRegistry()))
+    documents = DocumentVerifier(pki.verifier(), GmVerifier(RegistryTrust(pki.registry)))
     assert documents.validate(lt.encode()).passed
 
 
@@ -371,30 +400,92 @@ def test_signature_cross_checked_by_openssl_and_pyjwt(pki: Pki, tmp_path: Path) 
     assert decoded["payload"] == PAYLOAD
 
 
-def test_tongban_verify_offline_with_ca(pki: Pki, run: Run, tmp_path: Path) -> None:
+def _no_network(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Every connection attempt is refused and recorded: the command must not make one."""
+    attempts: list[object] = []
+
+    def connect(self: socket.socket, address: object) -> None:
+        attempts.append(address)
+        raise OSError("no network in this test")
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", connect)
+    return attempts
+
+
+def test_tongban_verify_offline_with_a_snapshot(
+    pki: Pki, run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Baseline-LT offline: the registry snapshot file proves the key, the embedded OCSP
+    response decides revocation, and nothing is fetched."""
+    attempts = _no_network(monkeypatch)
     good = tmp_path / "good.jws.json"
     good.write_text(
         add_validation_data(
             seal(PAYLOAD, pki.provider(pki.good)), ocsp_responses=[pki.respond(pki.good)]
         )
     )
-    code, out, err = run("verify", good, "--ca", pki.ca.root, "--json")
+    code, out, err = run("verify", good, *pki.trust_options(), "--json")
     assert (code, err) == (0, "")
     report = json.loads(out)
     assert report["indication"] == "TOTAL_PASSED"
-    assert any("embedded OCSP response" in c["detail"] for c in report["checks"])
+    checks = {c["name"]: c["detail"] for c in report["checks"]}
+    assert "good by the embedded OCSP response of" in checks["revocation"]
+    assert f"from registry version {pki.registry.version}" in checks["signing key"]
     revoked = tmp_path / "revoked.jws.json"
     revoked.write_text(
         add_validation_data(
             seal(PAYLOAD, pki.provider(pki.revoked)), ocsp_responses=[pki.respond(pki.revoked)]
         )
     )
-    code, out, _ = run("verify", revoked, "--ca", pki.ca.root)
+    code, out, err = run("verify", revoked, *pki.trust_options(), "--json")
+    assert (code, err) == (1, "")
+    report = json.loads(out)
+    assert (report["indication"], report["sub_indication"]) == ("TOTAL_FAILED", "REVOKED")
+    assert "embedded OCSP response" in report["message"]
+    code, out, _ = run("verify", revoked, *pki.trust_options())
     assert code == 1
     assert "REVOKED" in out
-    # without --ca the key is nobody's: the registry would have to publish it
-    code, _, err = run("verify", good)
-    assert code == 2
+    assert attempts == []
+
+
+def test_a_key_the_registry_does_not_hold_is_not_accepted_with_ca(
+    pki: Pki, run: Run, tmp_path: Path
+) -> None:
+    """`--ca` anchors GB/T 38540 seals and OFD files, never a JWS key: a seal whose key the
+    registry does not publish fails as it always did, though its chain leads to the --ca root
+    and it carries a good OCSP response; and --ca does not stand in for the registry."""
+    stranger = pki.provider(pki.stranger)
+    lt = add_validation_data(seal(PAYLOAD, stranger), ocsp_responses=[pki.respond(pki.stranger)])
+    report = pki.verifier().validate(lt)
+    assert (report.indication, report.sub_indication) == (
+        Indication.INDETERMINATE,
+        SubIndication.NO_CERTIFICATE_CHAIN_FOUND,
+    )
+    not_published = f"key {stranger.kid} is not published in registry version"
+    assert report.message == f"{not_published} {pki.registry.version}"
+    document = tmp_path / "stranger.jws.json"
+    document.write_text(lt)
+    for trust in (("--ca", pki.ca.root, *pki.trust_options()), ("--ca", pki.ca.root)):
+        code, out, err = run("verify", document, *trust, "--json")
+        assert (code, err) == (1, "")
+        report_json = json.loads(out)
+        assert (report_json["indication"], report_json["sub_indication"]) == (
+            "INDETERMINATE",
+            "NO_CERTIFICATE_CHAIN_FOUND",
+        )
+        assert report_json["message"].startswith(not_published)
+        assert not any(c["name"] == "signature" for c in report_json["checks"])
+    # a key the registry does publish is not proved by --ca without the registry either
+    good = tmp_path / "good.jws.json"
+    good.write_text(
+        add_validation_data(
+            seal(PAYLOAD, pki.provider(pki.good)), ocsp_responses=[pki.respond(pki.good)]
+        )
+    )
+    code, out, _ = run("verify", good, "--ca", pki.ca.root, "--json")
+    assert code == 1
+    assert json.loads(out)["sub_indication"] == "NO_CERTIFICATE_CHAIN_FOUND"
 
 
 def test_tongban_seal_embeds_at_sealing_time(pki: Pki, run: Run, tmp_path: Path) -> None:
@@ -411,7 +502,7 @@ def test_tongban_seal_embeds_at_sealing_time(pki: Pki, run: Run, tmp_path: Path)
     assert (code, err) == (0, "")
     _, data = parse_jws(out.read_text())
     assert (len(data.ocsp_responses), len(data.crls)) == (1, 1)
-    code, out_text, _ = run("verify", out, "--ca", pki.ca.root)
+    code, out_text, _ = run("verify", out, *pki.trust_options())
     assert code == 0, out_text
     assert provider.kid in out_text
     code, _, err = run("seal", tmp_path / "doc.json", "--key", key, "--cert", chain,
@@ -448,7 +539,8 @@ def test_one_verifier_reports_each_seals_own_evidence(pki: Pki) -> None:
     for _ in range(2):
         report = verifier.validate(lt)
         assert "embedded OCSP response of" in _check(report, "revocation")
-    assert "no revocation data" in _check(verifier.validate(compact), "revocation")
+    compact_again = _check(verifier.validate(compact), "revocation")
+    assert compact_again == f"key is pending in the registry; not on region {REGION}'s CRLs"
 
 
 def test_byte_flips_in_the_json_form_never_raise(pki: Pki) -> None:
@@ -465,3 +557,23 @@ def test_byte_flips_in_the_json_form_never_raise(pki: Pki) -> None:
         assert isinstance(report, ValidationReport)
         if report.passed:  # JSON whitespace or letter case in names nothing checks
             assert parse_jws(flipped)[0].signature == parse_jws(lt)[0].signature
+
+
+def test_every_byte_of_an_embedded_ocsp_response_changed_gives_a_report(pki: Pki) -> None:
+    """cryptography reads an OCSP response's inner parts only when they are asked for: a change
+    anywhere in an embedded response is a report (never an exception), and never a pass unless
+    the response still says the same thing of the same certificate, signed the same."""
+    response = pki.respond(pki.good)
+    document = json.loads(
+        add_validation_data(seal(PAYLOAD, pki.provider(pki.good)), ocsp_responses=[response])
+    )
+    verifier = pki.verifier()
+    passed = 0
+    for at in range(len(response)):
+        flipped = response[:at] + bytes([response[at] ^ 0x01]) + response[at + 1 :]
+        value = {"rVals": {"ocspVals": [{"val": base64.b64encode(flipped).decode()}]}}
+        document["header"]["etsiU"] = [_element(value)]
+        report = verifier.validate(json.dumps(document))
+        assert isinstance(report, ValidationReport)
+        passed += report.passed
+    assert passed < len(response) // 10  # almost every change is refused
