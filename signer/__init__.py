@@ -1,7 +1,8 @@
 """Tongban's e-seals and e-signatures.
 
 Key files and providers (`_keyfile`, `_keys`), the algorithm policy (`_algorithms`), JAdES
-sealing (`_jades`), validation with ETSI-style reports (`_verify`, `_report`) against a
+sealing (`_jades`; `_jades_json` for the JWS JSON serialisation with embedded validation
+data), validation with ETSI-style reports (`_verify`, `_report`) against a
 `TrustSource` (`_trust`) that the registry implements, SM2 with SM3 keys and signatures
 (`_sm2`, GB/T 32918.2 with OpenSSL's key formats), GB/T 38540 / GM/T 0031 electronic seals
 (`_ses` makes them, `_ses_verify` validates them, `_ses_asn1` defines their DER), OFD documents
@@ -22,6 +23,7 @@ compact JWS of registry snapshots, access-report batches and request tokens). De
 from signer._algorithms import ALLOWED_ALGORITHMS, sign_bytes, verify_signature
 from signer._documents import MAX_DOCUMENT_BYTES, DocumentVerifier, Format, recognise
 from signer._jades import MAX_JWS_BYTES, JwsFormatError, parse_compact, seal
+from signer._jades_json import add_validation_data, parse_jws, to_compact, to_json
 from signer._keyfile import (
     PrivateKey,
     PublicKey,
@@ -143,6 +145,7 @@ __all__ = [
     "TrustedKey",
     "UnsupportedAlgorithm",
     "ValidationReport",
+    "add_validation_data",
     "algorithm_for_key",
     "canonical_json",
     "check_crl",
@@ -161,6 +164,7 @@ __all__ = [
     "open_pkcs11_key",
     "open_signing_key",
     "parse_compact",
+    "parse_jws",
     "parse_pkcs11_uri",
     "recognise",
     "seal",
@@ -170,6 +174,8 @@ __all__ = [
     "sign_json",
     "sign_with_seal",
     "sm2_public_key_of",
+    "to_compact",
+    "to_json",
     "verify_json",
     "verify_signature",
     "write_private_key",

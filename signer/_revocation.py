@@ -237,6 +237,16 @@ def check_ocsp_response(
         raise RevocationDataInvalid(
             "OCSP responses of an SM2 CA are not supported; its CRL is used instead"
         )
+    try:
+        return _read_ocsp_response(der, certificate, issuer, now)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        # cryptography parses the basic response only when a field of it is read
+        raise RevocationDataInvalid(f"the OCSP response cannot be read: {exc}") from None
+
+
+def _read_ocsp_response(
+    der: bytes, certificate: x509.Certificate, issuer: x509.Certificate, now: datetime
+) -> RevocationStatus:
     response = _load_ocsp(der)
     single = _single_response(response, certificate, issuer)
     _check_times("OCSP response", single.this_update_utc, single.next_update_utc, now)

@@ -27,6 +27,7 @@ from cryptography.x509.verification import (
 )
 
 from signer import _oids
+from signer._jades_json import ValidationData
 from signer._keyfile import PublicKey
 from signer._report import Check, SignatureKind, SubIndication
 from signer._revocation import CertStatus, RevocationStatus
@@ -95,6 +96,8 @@ class Run:
     detached_payload: bytes | None = None
     subject: str = ""
     facts: Facts | None = None
+    validation: ValidationData = field(default_factory=ValidationData)  # embedded (etsiU)
+    embedded: bool = False  # JSON-serialised: its checks (format, revocation) are its own
 
     def ok(self, name: str, detail: str = "") -> None:
         if self.record:
