@@ -53,7 +53,7 @@ from registry import (
     RegistryTrust,
     SnapshotError,
     SnapshotVerifier,
-    load_authority_public_key,
+    load_trusted_root,
 )
 from signer import (
     PKCS11_MECHANISMS,
@@ -324,14 +324,14 @@ def test_the_registry_authority_key_in_the_token(token: Token, tmp_path: Path, r
         "--authority-key", uri,
     )  # fmt: skip
     assert code == 0, err
-    verifier = SnapshotVerifier(load_authority_public_key(public))
+    verifier = SnapshotVerifier(load_trusted_root(public))
     snapshot = verifier.verify(
         (published / CURRENT_SNAPSHOT).read_bytes(), held_version=None, now=datetime.now(UTC)
     )
     assert snapshot.registry.version == 1
     # The dev PKI's own authority key did not sign it.
     with pytest.raises(SnapshotError):
-        SnapshotVerifier(load_authority_public_key(fed.pki / "authority/authority.pub.pem")).verify(
+        SnapshotVerifier(load_trusted_root(fed.pki / "authority/root.json")).verify(
             (published / CURRENT_SNAPSHOT).read_bytes(), held_version=None, now=None
         )
 
@@ -510,7 +510,7 @@ def test_the_operators_guide_commands_run(tmp_path: Path) -> None:
         assert PIN not in done.stdout + done.stderr
     pending = the_record(fed, REGION, KeyUsage.SEAL, KeyState.PENDING)
     assert pending.private_key.startswith("pkcs11:token=tongban-330000;object=seal-2027;id=")
-    verifier = SnapshotVerifier(load_authority_public_key(tmp_path / "authority-hsm.pub.pem"))
+    verifier = SnapshotVerifier(load_trusted_root(tmp_path / "authority-hsm.pub.pem"))
     snapshot = verifier.verify(
         (tmp_path / "published-hsm" / CURRENT_SNAPSHOT).read_bytes(), held_version=None, now=None
     )

@@ -60,7 +60,7 @@ from registry import (
     KeyUsage,
     RegistryTrust,
     SnapshotVerifier,
-    load_authority_public_key,
+    load_trusted_root,
     rotate_key,
 )
 from signer import GmVerifier, Indication, SealVerifier, SignatureKind, x5t_s256_of_certificate
@@ -259,7 +259,7 @@ async def test_seal_key_and_tls_certificate_rotation_under_load(
 
         # Every sealed answer verifies on its own against the final registry.
         snapshot = SnapshotVerifier(
-            load_authority_public_key(federation.pki / "authority" / "authority.pub.pem")
+            load_trusted_root(federation.pki / "authority" / "root.json")
         ).verify(federation.current.read_bytes(), held_version=None, now=None)
         trust = RegistryTrust(snapshot.registry)
         verifier, gm = SealVerifier(trust), GmVerifier(trust)
