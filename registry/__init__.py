@@ -12,12 +12,11 @@ is demo code, `gateway.demo.pki`.
 """
 
 from registry._authority import (
-    AUTHORITY_KEY,
-    AUTHORITY_PUBLIC_KEY,
     TRUSTED_ROOT,
     load_authority_public_key,
     load_trusted_root,
     next_root,
+    pki_trusted_root_path,
     read_root,
 )
 from registry._codes import (
@@ -96,8 +95,6 @@ from registry.errors import (
 )
 
 __all__ = [
-    "AUTHORITY_KEY",
-    "AUTHORITY_PUBLIC_KEY",
     "CURRENT_SNAPSHOT",
     "DEMO_SOURCE",
     "MAX_REGISTRY_ID_CHARS",
@@ -168,6 +165,7 @@ __all__ = [
     "load_source",
     "load_trusted_root",
     "next_root",
+    "pki_trusted_root_path",
     "province_name",
     "publish",
     "read_root",

@@ -5,7 +5,8 @@
                                 threshold of root N-1's keys and of its own
     authority/*.key             authority private keys kept in the folder (development: all of
                                 them; a deployment keeps each with its holder, or in a token)
-    authority/authority.pub.pem (folders made before roots) the one authority key: a 1-of-1 root
+    authority/authority.key     (folders made before roots) the one authority key, and
+    authority/authority.pub.pem its public key: a 1-of-1 root
 
 A gateway is installed with `root.json` (or, as before, one public key PEM): `load_trusted_root`.
 """
@@ -33,20 +34,18 @@ from registry.errors import PkiError, RootChainBroken, SnapshotError
 
 __all__ = [
     "AUTHORITY_DIR",
-    "AUTHORITY_KEY",
     "AUTHORITY_PUBLIC_KEY",
     "TRUSTED_ROOT",
     "load_authority_public_key",
     "load_trusted_root",
     "next_root",
     "pki_authority_keys",
-    "pki_root_chain",
-    "pki_trusted_root",
+    "pki_trusted_root_path",
     "read_root",
+    "root_chain",
 ]
 
 AUTHORITY_DIR = Path("authority")
-AUTHORITY_KEY = Path("authority/authority.key")  # folders made before roots
 AUTHORITY_PUBLIC_KEY = Path("authority/authority.pub.pem")  # folders made before roots
 TRUSTED_ROOT = Path("authority/root.json")
 _LATER_ROOT = re.compile(r"^root-(\d+)\.json$")
@@ -92,23 +91,26 @@ def load_trusted_root(path: Path) -> Root:
     return signed.root
 
 
-def pki_trusted_root(pki_root: Path) -> Root:
-    """The PKI folder's root version 1 (or its one authority key, for an older folder)."""
-    if (pki_root / TRUSTED_ROOT).exists():
-        return load_trusted_root(pki_root / TRUSTED_ROOT)
-    return load_trusted_root(pki_root / AUTHORITY_PUBLIC_KEY)
-
-
-def pki_root_chain(pki_root: Path) -> tuple[SignedRoot, ...]:
-    """The later roots in the folder, oldest first, checked to chain from root version 1."""
+def root_chain(trusted_path: Path) -> tuple[Root, tuple[SignedRoot, ...]]:
+    """The root in `trusted_path` and the later roots beside it (`root-<N>.json`), oldest
+    first, checked to chain from it (a key's PEM has none)."""
+    trusted = load_trusted_root(trusted_path)
+    if trusted.expires is None:
+        return trusted, ()
     found = {
         int(m.group(1)): path
-        for path in (pki_root / AUTHORITY_DIR).glob("root-*.json")
+        for path in trusted_path.parent.glob("root-*.json")
         if (m := _LATER_ROOT.match(path.name))
     }
     chain = tuple(read_root(found[v]) for v in sorted(found))
-    walk_roots(pki_trusted_root(pki_root), chain, None)
-    return chain
+    walk_roots(trusted, chain, None)
+    return trusted, chain
+
+
+def pki_trusted_root_path(pki_root: Path) -> Path:
+    """The folder's root.json, or the one key's PEM of a folder made before roots."""
+    path = pki_root / TRUSTED_ROOT
+    return path if path.exists() else pki_root / AUTHORITY_PUBLIC_KEY
 
 
 def pki_authority_keys(pki_root: Path) -> tuple[Path, ...]:

@@ -20,7 +20,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from registry._authority import pki_authority_keys, pki_root_chain, pki_trusted_root
+from registry._authority import pki_authority_keys, pki_trusted_root_path, root_chain
 from registry._crl import RevokedCertificate, issue_crl, region_crls
 from registry._envelope import (
     SignedSnapshot,
@@ -145,13 +145,16 @@ def publish(
     passphrase: bytes | None = None,
     lifetime_seconds: int | None = None,
     authority_keys: Sequence[KeyReference] | None = None,
+    trusted_root: Path | None = None,
 ) -> PublishResult:
     """Sign and write the next registry version; see the module docstring. The authority keys
     are `authority_keys` (key files or PKCS#11 URIs; none: an unsigned snapshot for a signing
-    ceremony), else every key file in the PKI folder's `authority/`."""
+    ceremony), else every key file in the PKI folder's `authority/`. The root the snapshot is
+    checked against, with the later roots beside it, is `trusted_root` (a root.json or one key's
+    PEM), else the folder's `authority/root.json`."""
     source = load_source(source_dir)
     inventory = Inventory.load(pki_root)
-    trusted, chain = pki_trusted_root(pki_root), pki_root_chain(pki_root)
+    trusted, chain = root_chain(trusted_root or pki_trusted_root_path(pki_root))
     newest = chain[-1].root if chain else trusted
     references = pki_authority_keys(pki_root) if authority_keys is None else authority_keys
     signing_keys = [_authority_signing_key(r, passphrase) for r in references]
@@ -204,7 +207,8 @@ def _authority_signing_key(
 
 def install_if_complete(path: Path, trusted: Root) -> SignatureTally:
     """Count the signatures of the snapshot at `path` (`registry-<n>.jws`); once they meet the
-    newest root's threshold, make it the folder's `current.jws` unless a newer one is there."""
+    newest root's threshold, make it the folder's `current.jws` unless a newer one is there
+    (the same version with one more signature replaces it)."""
     text = path.read_text()
     verifier = SnapshotVerifier(trusted)
     _, tally = verifier.tally(text)
@@ -212,7 +216,7 @@ def install_if_complete(path: Path, trusted: Root) -> SignatureTally:
         return tally
     snapshot = verifier.verify(text, held_version=None, now=None)
     current, _ = read_published(path.parent, trusted)
-    if current is None or current.registry.version < snapshot.registry.version:
+    if current is None or current.registry.version <= snapshot.registry.version:
         write_atomically(path.parent / CURRENT_SNAPSHOT, text.strip().encode() + b"\n")
     return tally
 

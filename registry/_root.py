@@ -24,7 +24,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -457,13 +457,3 @@ def walk_roots(trusted: Root, chain: Sequence[SignedRoot], now: datetime | None)
             "a snapshot needs a newer root (`tongban registry rotate-root`)"
         )
     return current
-
-
-def holders(root: Root, keyids: Iterable[str]) -> str:
-    """`keyid (holder)` for a log line: ids and holders, never key material."""
-    names = {k.keyid: k.holder for k in root.keys}
-    return ", ".join(f"{k} ({names.get(k, '?')})" for k in keyids)
-
-
-def roots_by_version(documents: Mapping[int, SignedRoot]) -> tuple[SignedRoot, ...]:
-    return tuple(documents[v] for v in sorted(documents))

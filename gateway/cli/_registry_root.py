@@ -26,7 +26,6 @@ from gateway.cli._common import (
     utc_now,
 )
 from registry import (
-    TRUSTED_ROOT,
     Root,
     SnapshotVerifier,
     add_signature,
@@ -34,6 +33,7 @@ from registry import (
     load_authority_public_key,
     load_trusted_root,
     next_root,
+    pki_trusted_root_path,
     read_root,
     sign_root,
 )
@@ -49,12 +49,7 @@ def trusted_root_of(args: argparse.Namespace) -> Root:
     """The root named by `--root FILE` (root.json or one key's PEM) or `--pki DIR`."""
     if args.root is None and args.pki is None:
         usage(args, "give --root root.json (or --pki DIR) to know which keys may sign")
-    if args.root is not None:
-        return load_trusted_root(args.root)
-    anchor = args.pki / TRUSTED_ROOT
-    return load_trusted_root(
-        anchor if anchor.exists() else args.pki / "authority/authority.pub.pem"
-    )
+    return load_trusted_root(args.root or pki_trusted_root_path(args.pki))
 
 
 def _authority_key(

@@ -66,6 +66,7 @@ def cmd_registry_publish(args: argparse.Namespace, out: Console) -> int:
         passphrase=passphrase(args),
         lifetime_seconds=lifetime,
         authority_keys=[] if args.unsigned else (args.authority_key or None),
+        trusted_root=args.root,
     )
     registry, tally = result.registry, result.tally
     if result.installed:
@@ -188,6 +189,14 @@ def _register_publish(reg_verbs: Subparsers) -> None:
         "--lifetime",
         type=parse_duration,
         help="how long the snapshot stays valid (default: the source's snapshot_lifetime_seconds)",
+    )
+    pub.add_argument(
+        "--root",
+        type=Path,
+        metavar="FILE",
+        help="the trusted root the snapshot must satisfy, with the later roots beside it "
+        "(root-<N>.json), or one authority key's PEM (default: the PKI folder's "
+        "authority/root.json)",
     )
     keys = pub.add_mutually_exclusive_group()
     keys.add_argument(

@@ -28,12 +28,11 @@ from gateway.config import (
 from gateway.demo.pki import DEV_CACHE_KEY, DEV_PSEUDONYM_KEY, ROOTS_BUNDLE
 from gateway.errors import ConfigError
 from registry import (
-    AUTHORITY_PUBLIC_KEY,
-    TRUSTED_ROOT,
     Inventory,
     KeyLifecycleError,
     KeyState,
     KeyUsage,
+    pki_trusted_root_path,
 )
 
 __all__ = ["config_for_dev_pki", "config_from_dev_file", "load_config"]
@@ -126,7 +125,7 @@ def config_for_dev_pki(
         tls_certificate=pki_root / record.certificate,
         tls_private_key=pki_root / record.private_key,
         tls_passphrase=passphrase,
-        trusted_root=_trust_anchor(pki_root),
+        trusted_root=pki_trusted_root_path(pki_root),
         snapshot_file=snapshot_file,
         follow=follow,
         bootstrap_ca_file=bootstrap_ca_file or _existing(pki_root / ROOTS_BUNDLE),
@@ -163,9 +162,3 @@ def _dev_audit(
 
 def _existing(path: Path) -> Path | None:
     return path if path.exists() else None
-
-
-def _trust_anchor(pki_root: Path) -> Path:
-    """The dev folder's root.json; a folder made before roots has its one key's PEM."""
-    root = pki_root / TRUSTED_ROOT
-    return root if root.exists() else pki_root / AUTHORITY_PUBLIC_KEY

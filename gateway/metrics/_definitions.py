@@ -260,7 +260,8 @@ class MetricDefinitions:
         self.registry_refused = Counter(
             "tongban_registry_refused_total",
             "Registry snapshots refused, by reason (FORMAT, UNSIGNED, UNTRUSTED_SIGNER, "
-            "BAD_SIGNATURE, ROLLBACK, EXPIRED); the held snapshot stays in force.",
+            "DUPLICATE_SIGNER, BAD_SIGNATURE, BELOW_THRESHOLD, ROOT_CHAIN, ROOT_EXPIRED, "
+            "ROOT_ROLLBACK, ROLLBACK, EXPIRED); the held snapshot stays in force.",
             ("reason",),
             registry=r,
         )

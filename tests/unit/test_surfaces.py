@@ -115,8 +115,6 @@ EXPECTED: dict[str, frozenset[str]] = {
     ),
     "registry": frozenset(
         {
-            "AUTHORITY_KEY",
-            "AUTHORITY_PUBLIC_KEY",
             "CURRENT_SNAPSHOT",
             "DEMO_SOURCE",
             "MAX_REGISTRY_ID_CHARS",
@@ -187,6 +185,7 @@ EXPECTED: dict[str, frozenset[str]] = {
             "load_source",
             "load_trusted_root",
             "next_root",
+            "pki_trusted_root_path",
             "province_name",
             "publish",
             "read_root",
