@@ -321,7 +321,7 @@ def test_the_registry_authority_key_in_the_token(token: Token, tmp_path: Path, r
     published = tmp_path / "published-hsm"
     code, _, err = run(
         "registry", "publish", "--source", fed.source, "--pki", fed.pki, "--out", published,
-        "--authority-key", uri,
+        "--root", public, "--authority-key", uri,
     )  # fmt: skip
     assert code == 0, err
     verifier = SnapshotVerifier(load_trusted_root(public))
@@ -329,11 +329,35 @@ def test_the_registry_authority_key_in_the_token(token: Token, tmp_path: Path, r
         (published / CURRENT_SNAPSHOT).read_bytes(), held_version=None, now=datetime.now(UTC)
     )
     assert snapshot.registry.version == 1
-    # The dev PKI's own authority key did not sign it.
+    # The dev PKI's own root does not name the token's key.
+    installed = fed.pki / "authority/root.json"
     with pytest.raises(SnapshotError):
-        SnapshotVerifier(load_trusted_root(fed.pki / "authority/root.json")).verify(
+        SnapshotVerifier(load_trusted_root(installed)).verify(
             (published / CURRENT_SNAPSHOT).read_bytes(), held_version=None, now=None
         )
+    # The token's key joins the federation's root (2 of 4), signing root 2 itself, and then
+    # signs a snapshot with one file key: a gateway installed with root 1 follows and accepts.
+    code, _, err = run(
+        "registry", "rotate-root", "--root", installed, "--add-key", f"{public}=national HSM"
+    )  # fmt: skip
+    assert code == 0, err
+    root_2 = fed.pki / "authority/root-2.json"
+    for key in (uri, fed.pki / "authority/national.key", fed.pki / "authority/province-1.key"):
+        code, _, err = run("registry", "sign-root", root_2, "--previous", installed, "--key", key)
+        assert code == 0, err
+    code, out, err = run(
+        "registry", "publish", "--source", fed.source, "--pki", fed.pki, "--out", fed.published,
+        "--authority-key", uri, "--authority-key", fed.pki / "authority/province-2.key",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "signed by 2 of 4 authority keys (2 needed)" in out
+    hsm_kid = load_trusted_root(public).keys[0].keyid
+    followed = SnapshotVerifier(load_trusted_root(installed)).verify(
+        fed.current.read_bytes(), held_version=None, now=datetime.now(UTC)
+    )
+    assert hsm_kid in followed.signers
+    assert followed.root is not None
+    assert followed.root.version == 2
 
 
 @pytest.mark.parametrize("algorithm", ["ES256", "EdDSA", "PS256"])
