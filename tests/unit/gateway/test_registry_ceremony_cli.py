@@ -138,3 +138,34 @@ def test_three_parties_sign_in_turn_then_a_lost_key_is_rotated_out(
     assert store.status().refusals == {"UNTRUSTED_SIGNER": 1}
     document = json.loads((walk / "published/current.jws").read_text())
     assert len(document["roots"]) == 1
+
+
+def test_a_folder_made_before_roots_publishes_with_its_one_key(tmp_path: Path, run: Run) -> None:
+    """authority/authority.key and authority.pub.pem, no root.json: publish signs with that key
+    (1 of 1) and a gateway installed with the PEM, as before, applies it."""
+    fed = make_federation(tmp_path / "fed")
+    authority = fed.pki / "authority"
+    for path in authority.iterdir():
+        path.unlink()
+    key = ed25519.Ed25519PrivateKey.generate()
+    (authority / "authority.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    (authority / "authority.pub.pem").write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    code, out, err = run(
+        "registry", "publish", "--source", fed.source, "--pki", fed.pki, "--out", fed.published
+    )  # fmt: skip
+    assert code == 0, err
+    assert "signed by 1 of 1 authority keys (1 needed)" in out
+    store = RegistryStore(SnapshotVerifier(load_trusted_root(authority / "authority.pub.pem")))
+    assert store.offer(fed.current.read_bytes())
+    assert store.snapshot is not None
+    assert store.snapshot.signers == (authority_key_id(key.public_key()),)

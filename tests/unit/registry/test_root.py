@@ -36,6 +36,7 @@ from registry import (
     add_signature,
     authority_key_id,
     load_source,
+    load_trusted_root,
     next_root,
     sign_root,
     sign_snapshot,
@@ -346,3 +347,26 @@ def test_next_root_adds_removes_and_refuses_unknown_keys() -> None:
         next_root(ROOT1, remove=[kid("E")], now=NOW)
     with pytest.raises(RootChainBroken, match="threshold 4 of 3"):
         next_root(ROOT1, threshold=4, now=NOW)
+
+
+def test_a_gateway_installed_with_one_key_moves_to_a_k_of_n_root() -> None:
+    """The 1-of-1 root of `[registry] authority_public_key`: root 2 signed by that key and by
+    a threshold of its own keys moves the gateway on, with no reinstallation."""
+    root2 = root_of("BCD", 2, version=2)
+    chain = (signed_by(root2, "ABC"),)
+    verifier = SnapshotVerifier(KEYS["A"].public_key())
+    assert verifier.verify(snapshot("BC", chain), held_version=None, now=NOW).root == root2
+    with pytest.raises(RootChainBroken, match="counted against the keys of root 1"):
+        verifier.verify(snapshot("BC", (signed_by(root2, "BC"),)), held_version=None, now=NOW)
+
+
+def test_an_installed_root_must_carry_its_own_threshold(tmp_path: Path) -> None:
+    path = tmp_path / "root.json"
+    path.write_bytes(signed_by(ROOT1, "A").to_bytes())
+    with pytest.raises(RootChainBroken, match="2 of 3 needed, 1 valid"):
+        load_trusted_root(path)
+    path.write_bytes(signed_by(ROOT1, "AC").to_bytes())
+    assert load_trusted_root(path) == ROOT1
+    path.write_bytes(b"{}")
+    with pytest.raises(RootChainBroken, match="exactly 'signed' and 'signatures'"):
+        load_trusted_root(path)
