@@ -195,6 +195,13 @@ REASONS: Final[Mapping[str, Reason]] = MappingProxyType(
             _C.DEADLINE_EXCEEDED, "the request did not arrive in full in time"
         ),
         "INTERNAL_ERROR": Reason(_C.INTERNAL, "the gateway failed to handle the request"),
+        "CERTIFICATE_REVOKED": Reason(
+            _C.UNAUTHENTICATED, "the client certificate is revoked by its certificate authority"
+        ),
+        "REVOCATION_UNAVAILABLE": Reason(
+            _C.UNAVAILABLE,
+            "the revocation status of the client certificate cannot be learnt: try again later",
+        ),
     }
 )
 # The places that send a reason with another code than the table's, and why: the only codes a
@@ -255,6 +262,7 @@ FIXED_MESSAGE_REASONS: Final = frozenset(
         "PEER_UNAVAILABLE",
         "PROVIDER_UNAVAILABLE",
         "REGISTRY_STALE",
+        "REVOCATION_UNAVAILABLE",
         "SHARED_STATE_UNAVAILABLE",
     }
 )

@@ -43,26 +43,17 @@ from gateway._wiring import (
     QueryPathParts,
     build_audit_log,
     build_query_path,
+    caller_revocation,
     document_verifier,
     load_seal_keys,
     make_breaker,
 )
 from gateway.admission import CallAdmission
-from gateway.audit import (
-    AuditError,
-    AuditRecord,
-    Outcome,
-    digest_form,
-)
+from gateway.audit import AuditError, AuditRecord, Outcome, digest_form
 from gateway.breaker import CircuitBreaker
 from gateway.config import GatewayConfig
 from gateway.errors import ConfigError, GatewayError
-from gateway.identity import (
-    MALFORMED_REASON,
-    Caller,
-    CallerInterceptor,
-    CallerResolver,
-)
+from gateway.identity import MALFORMED_REASON, Caller, CallerInterceptor, CallerResolver
 from gateway.metrics import (
     GatewayMetrics,
     MetricsInterceptor,
@@ -168,7 +159,7 @@ class Gateway:
         self.admission = CallAdmission()  # calls in flight per caller (docs/threats.md T15)
         self._tls = GatewayTls(config, self.store)
         self._peers: PeerPool | None = None
-        self.documents = document_verifier(clock)  # switched to each registry, with .verifier
+        self.documents = document_verifier(clock, config, self.metrics)  # switched to each registry
         self.verifier = self.documents.seals
         self.store.on_swap(self._follow_registry)  # before any snapshot can be offered
         self.audit = build_audit_log(config, clock=clock)
@@ -352,7 +343,11 @@ class Gateway:
                 # first: a call the caller check refuses is counted too (as Unauthenticated)
                 MetricsInterceptor(self.metrics),
                 CallerInterceptor(
-                    CallerResolver(self.store, self._clock),
+                    CallerResolver(
+                        self.store,
+                        self._clock,
+                        revocation=caller_revocation(self.config, self.verifier),
+                    ),
                     OPEN_SERVICES,
                     self.admission,
                     on_malformed=self.audit_malformed,

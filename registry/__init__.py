@@ -36,8 +36,9 @@ from registry._envelope import (
     sign_snapshot,
     unsigned_snapshot,
 )
-from registry._import import import_ca, import_crl
+from registry._import import import_ca
 from registry._import_cert import ImportedKey, import_cert
+from registry._import_crl import import_crl
 from registry._inventory import Inventory, KeyRecord
 from registry._keys import add_key, key_to_rotate, rotate_key
 from registry._model import (

@@ -41,6 +41,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
+from registry._checks import CLOCK_SKEW, check_issued
 from registry._pki_files import (
     certificate_kid,
     imported_chain,
@@ -115,9 +116,6 @@ SM2_USAGES: Final = ("seal",)
 
 
 LEAF_VALIDITY_DAYS: Final = 365
-
-
-CLOCK_SKEW: Final = timedelta(minutes=5)  # not_before is backdated by this much
 
 
 MANIFEST_NAME: Final = "pki.json"
@@ -469,7 +467,8 @@ def issue_leaf(
     for extension, critical in profile_extensions(region.code, agency, usage, tls_names):
         builder = builder.add_extension(extension, critical=critical)
     key, leaf = _sign_leaf(builder, algorithm, issuer, module_key)
-
+    cas = region_ca_certificates(pki_root, region.code)
+    check_issued(leaf, cas=cas, region=region.code, usage=usage, gateway=agency is None, at=now)
     kid = certificate_kid(leaf)
     keys_dir = (
         region_keys_dir(pki_root, region.code)

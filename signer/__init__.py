@@ -44,6 +44,14 @@ from signer._pkcs11 import (
 from signer._pkcs11_keys import KeyReference, key_reference, open_signing_key
 from signer._pkcs11_uri import Pkcs11Uri, parse_pkcs11_uri
 from signer._report import Indication, SignatureKind, SubIndication, ValidationReport
+from signer._revocation import (
+    CertStatus,
+    RevocationStatus,
+    check_crl,
+    check_ocsp_response,
+    ocsp_cert_id,
+)
+from signer._revocation_fetch import RevocationFetcher
 from signer._ses import Sm2FileSigner, Sm2Signer, make_seal, sign_with_seal
 from signer._ses_asn1 import ses_version
 from signer._ses_verify import GmVerifier
@@ -62,6 +70,8 @@ from signer.errors import (
     KeyFileError,
     KeyModuleError,
     Pkcs11UriInvalid,
+    RevocationDataInvalid,
+    RevocationUnavailable,
     SealInvalid,
     SignedJsonAlgorithmRefused,
     SignedJsonExtensionRefused,
@@ -85,6 +95,7 @@ __all__ = [
     "MAX_JWS_BYTES",
     "PKCS11_MECHANISMS",
     "SM2_DEFAULT_ID",
+    "CertStatus",
     "DocumentVerifier",
     "FileKeyProvider",
     "Format",
@@ -102,6 +113,10 @@ __all__ = [
     "Pkcs11UriInvalid",
     "PrivateKey",
     "PublicKey",
+    "RevocationDataInvalid",
+    "RevocationFetcher",
+    "RevocationStatus",
+    "RevocationUnavailable",
     "SealInvalid",
     "SealVerifier",
     "SignatureKind",
@@ -130,6 +145,8 @@ __all__ = [
     "ValidationReport",
     "algorithm_for_key",
     "canonical_json",
+    "check_crl",
+    "check_ocsp_response",
     "generate_pkcs11_key",
     "generate_private_key",
     "is_ofd",
@@ -140,6 +157,7 @@ __all__ = [
     "load_sm2_private_key",
     "make_licence_ofd",
     "make_seal",
+    "ocsp_cert_id",
     "open_pkcs11_key",
     "open_signing_key",
     "parse_compact",

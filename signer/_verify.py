@@ -27,6 +27,8 @@ from signer._jades import (
 from signer._keyfile import PublicKey
 from signer._keys import x5t_s256_of_der
 from signer._report import Indication, SignatureKind, SubIndication, ValidationReport
+from signer._revocation import CertStatus
+from signer._revocation_fetch import RevocationFetcher
 from signer._trust import TrustedKey, TrustSource
 from signer._verify_helpers import (
     BENIGN_REASONS,
@@ -36,6 +38,7 @@ from signer._verify_helpers import (
     Request,
     Run,
     check_crit,
+    check_online,
     facts_of,
     revocation_of,
     verified_chain,
@@ -55,16 +58,28 @@ class SealVerifier:
     """Validates JAdES seals and signatures against one trust source (a registry version)."""
 
     def __init__(
-        self, trust: TrustSource, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+        self,
+        trust: TrustSource,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        revocation: RevocationFetcher | None = None,
     ) -> None:
         self._trust = trust
         self._clock = clock
+        # Asks the OCSP responders and CRL URLs a signing certificate names (blocking, bounded
+        # by its timeout, cached to nextUpdate); None: the registry's states and CRLs only.
+        self._online = revocation
         self._facts: dict[str, Facts] = {}  # by kid, for self._trust.version only
         self._x5c_thumbprints: dict[str, str] = {}  # x5c[0] text -> its thumbprint
 
     @property
     def trust(self) -> TrustSource:
         return self._trust
+
+    @property
+    def revocation(self) -> RevocationFetcher | None:
+        """The fetcher of online revocation status, if any (shared with the TLS caller check)."""
+        return self._online
 
     def use(self, trust: TrustSource) -> None:
         """Switch to a newer trust source (a registry swap); cached chains are dropped."""
@@ -508,10 +523,16 @@ class SealVerifier:
             )
             return
         crls = trust.crls(key.region)
+        online, said = check_online(run, self._online, chain, crls)
+        if online is not None and online.status is CertStatus.REVOKED:
+            assert online.revoked_at is not None
+            what = f"the signing certificate (by its {online.source.upper()})"
+            self._revocation_outcome(run, what, online.revoked_at, online.reason)
+            return
         if not crls:
             run.ok(
                 "revocation",
-                f"key is {key.state} in the registry; region {key.region} publishes no CRL",
+                f"{said}key is {key.state} in the registry; region {key.region} publishes no CRL",
             )
             return
         revocation = facts.revocation
@@ -529,7 +550,8 @@ class SealVerifier:
             self._revocation_outcome(run, *revocation.revoked)
             return
         run.ok(
-            "revocation", f"key is {key.state} in the registry; not on region {key.region}'s CRLs"
+            "revocation",
+            f"{said}key is {key.state} in the registry; not on region {key.region}'s CRLs",
         )
 
     @staticmethod

@@ -16,6 +16,8 @@ from docs_support import REPO, WALKTHROUGH, all_commands
 
 COLLECT_TIMEOUT_SECONDS = 300
 
+OPENSSL_REGION = "tests/integration/test_openssl_region.py::test_a_region_made_with_openssl_joins_the_federation_from_its_own_config"
+
 COMMANDS: dict[str, str] = {
     "tongban registry import-ca --pki pki --region 500000 root.pem --intermediate intermediate.pem": "tests/unit/gateway/test_registry_import_cli.py::test_import_then_publish",
     "tongban registry import-cert --pki pki --owner 500000 --usage seal seal.pem --key seal.key": "tests/unit/gateway/test_registry_import_cli.py::test_import_then_publish",
@@ -106,6 +108,49 @@ COMMANDS: dict[str, str] = {
     "tongban keys rotate --pki pki --owner 330000 --usage seal --pkcs11 'pkcs11:token=tongban-330000;object=seal-2027?module-path=/usr/lib/softhsm/libsofthsm2.so&x-pin-env=TONGBAN_HSM_PIN'": "tests/integration/test_pkcs11.py::test_the_operators_guide_commands_run",
     "tongban keys authority --pkcs11 'pkcs11:token=tongban-330000;object=registry-authority?module-path=/usr/lib/softhsm/libsofthsm2.so&x-pin-env=TONGBAN_HSM_PIN' --out authority-hsm.pub.pem": "tests/integration/test_pkcs11.py::test_the_operators_guide_commands_run",
     "tongban registry publish --pki pki --out published-hsm --root authority-hsm.pub.pem --authority-key 'pkcs11:token=tongban-330000;object=registry-authority?module-path=/usr/lib/softhsm/libsofthsm2.so&x-pin-env=TONGBAN_HSM_PIN'": "tests/integration/test_pkcs11.py::test_the_operators_guide_commands_run",
+    "mkdir -p cq/ca/issued cq/secrets handover": OPENSSL_REGION,
+    "cat > cq/openssl.cnf <<'EOF'\nARC = 2.25.258057498534154897492412682915841839440\n[ca]\ndefault_ca = issuing\n[issuing]\ndir = cq/ca\ndatabase = $dir/index.txt\nserial = $dir/serial\ncrlnumber = $dir/crlnumber\nnew_certs_dir = $dir/issued\ncertificate = $dir/intermediate.pem\nprivate_key = $dir/intermediate.key\ndefault_md = sha256\ndefault_days = 365\ndefault_crl_days = 7\npolicy = any_name\nunique_subject = no\nutf8 = yes\nstring_mask = utf8only\n[any_name]\ncountryName = optional\norganizationName = supplied\ncommonName = supplied\n[req]\ndistinguished_name = dn\nutf8 = yes\nstring_mask = utf8only\n[dn]\n[root]\nbasicConstraints = critical,CA:TRUE,pathlen:1\nkeyUsage = critical,keyCertSign,cRLSign\nsubjectKeyIdentifier = hash\n[issuing_ca]\nbasicConstraints = critical,CA:TRUE,pathlen:0\nkeyUsage = critical,keyCertSign,cRLSign\nsubjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid:always\n[gateway_tls]\nbasicConstraints = critical,CA:FALSE\nkeyUsage = critical,digitalSignature\nextendedKeyUsage = serverAuth,clientAuth\ncertificatePolicies = $ARC.1.3\nsubjectAltName = DNS:localhost,URI:urn:tongban:gateway:500000\nsubjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid\ncrlDistributionPoints = URI:http://pki.cq.example/issuing.crl\n[seal]\nbasicConstraints = critical,CA:FALSE\nkeyUsage = critical,digitalSignature,nonRepudiation\nextendedKeyUsage = 1.3.6.1.5.5.7.3.36\ncertificatePolicies = 0.4.0.194112.1.1,$ARC.1.1\n1.3.6.1.5.5.7.1.3 = ASN1:SEQUENCE:qc_statements\nsubjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid\ncrlDistributionPoints = URI:http://pki.cq.example/issuing.crl\n[qc_statements]\nqc_type = SEQUENCE:qc_type\n[qc_type]\nid = OID:0.4.0.1862.1.6\ntypes = SEQUENCE:qc_types\n[qc_types]\neseal = OID:0.4.0.1862.1.6.2\n[audit]\nbasicConstraints = critical,CA:FALSE\nkeyUsage = critical,digitalSignature\nextendedKeyUsage = $ARC.3.2\ncertificatePolicies = $ARC.1.6\nsubjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid\ncrlDistributionPoints = URI:http://pki.cq.example/issuing.crl\nEOF": OPENSSL_REGION,
+    "touch cq/ca/index.txt && echo 1000 > cq/ca/serial && echo 01 > cq/ca/crlnumber": OPENSSL_REGION,
+    "openssl rand -hex 32 > cq/secrets/ca-passphrase": OPENSSL_REGION,
+    'openssl req -x509 -config cq/openssl.cnf -extensions root -newkey ec -pkeyopt ec_paramgen_curve:P-256 -passout file:cq/secrets/ca-passphrase -keyout cq/ca/root.key -subj "/C=CN/O=重庆市/CN=重庆市 Root CA" -days 3650 -out cq/ca/root.pem': OPENSSL_REGION,
+    'openssl req -new -config cq/openssl.cnf -newkey ec -pkeyopt ec_paramgen_curve:P-256 -passout file:cq/secrets/ca-passphrase -keyout cq/ca/intermediate.key -subj "/C=CN/O=重庆市/CN=重庆市 Issuing CA" -out cq/ca/intermediate.csr': OPENSSL_REGION,
+    "openssl x509 -req -in cq/ca/intermediate.csr -CA cq/ca/root.pem -CAkey cq/ca/root.key -passin file:cq/secrets/ca-passphrase -CAcreateserial -days 1825 -sha256 -extfile cq/openssl.cnf -extensions issuing_ca -out cq/ca/intermediate.pem": OPENSSL_REGION,
+    "openssl rand -hex 32 > cq/secrets/key-passphrase": OPENSSL_REGION,
+    "openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -aes-256-cbc -pass file:cq/secrets/key-passphrase -out cq/tls.key": OPENSSL_REGION,
+    "openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -aes-256-cbc -pass file:cq/secrets/key-passphrase -out cq/seal.key": OPENSSL_REGION,
+    "openssl genpkey -algorithm ed25519 -aes-256-cbc -pass file:cq/secrets/key-passphrase -out cq/audit.key": OPENSSL_REGION,
+    'openssl req -new -config cq/openssl.cnf -key cq/tls.key -passin file:cq/secrets/key-passphrase -subj "/C=CN/O=重庆市/CN=gateway 500000" -out cq/tls.csr': OPENSSL_REGION,
+    'openssl req -new -config cq/openssl.cnf -key cq/seal.key -passin file:cq/secrets/key-passphrase -subj "/C=CN/O=重庆市/CN=重庆市电子印章" -out cq/seal.csr': OPENSSL_REGION,
+    'openssl req -new -config cq/openssl.cnf -key cq/audit.key -passin file:cq/secrets/key-passphrase -subj "/C=CN/O=重庆市/CN=audit 500000" -out cq/audit.csr': OPENSSL_REGION,
+    "openssl ca -batch -notext -config cq/openssl.cnf -passin file:cq/secrets/ca-passphrase -extensions gateway_tls -in cq/tls.csr -out cq/tls.pem": OPENSSL_REGION,
+    "openssl ca -batch -notext -config cq/openssl.cnf -passin file:cq/secrets/ca-passphrase -extensions seal -in cq/seal.csr -out cq/seal.pem": OPENSSL_REGION,
+    "openssl ca -batch -notext -config cq/openssl.cnf -passin file:cq/secrets/ca-passphrase -extensions audit -in cq/audit.csr -out cq/audit.pem": OPENSSL_REGION,
+    "for usage in tls seal audit; do cat cq/$usage.pem cq/ca/intermediate.pem > cq/$usage-chain.pem; done": OPENSSL_REGION,
+    "openssl ca -config cq/openssl.cnf -passin file:cq/secrets/ca-passphrase -gencrl -out cq/ca/crl.pem": OPENSSL_REGION,
+    "openssl rand -hex 32 > cq/secrets/pseudonym.key": OPENSSL_REGION,
+    "openssl rand -hex 32 > cq/secrets/cache.key": OPENSSL_REGION,
+    "cp cq/ca/root.pem cq/ca/intermediate.pem cq/ca/crl.pem cq/tls-chain.pem cq/seal-chain.pem cq/audit-chain.pem handover/": OPENSSL_REGION,
+    "tongban pki init --out pki --regions 330000,510000": OPENSSL_REGION,
+    "tongban registry import-ca --pki pki --region 500000 --name 重庆市 handover/root.pem --intermediate handover/intermediate.pem": OPENSSL_REGION,
+    "tongban registry import-cert --pki pki --owner 500000 --usage tls handover/tls-chain.pem --key-held-by-owner": OPENSSL_REGION,
+    "tongban registry import-cert --pki pki --owner 500000 --usage seal handover/seal-chain.pem --key-held-by-owner": OPENSSL_REGION,
+    "tongban registry import-cert --pki pki --owner 500000 --usage audit handover/audit-chain.pem --key-held-by-owner": OPENSSL_REGION,
+    "tongban registry import-crl --pki pki --region 500000 handover/crl.pem": OPENSSL_REGION,
+    "mkdir -p cq/registry && cp pki/authority/root.json published/current.jws cq/registry/": OPENSSL_REGION,
+    'cat > cq/gateway.toml <<\'EOF\'\n[gateway]\nregion = "500000"\nlisten = "127.0.0.1:7500"\nmetrics_listen = "127.0.0.1:8500"\n\n[tls]\ncertificate = "tls-chain.pem"\nprivate_key = "tls.key"\npassphrase_file = "secrets/key-passphrase"\n\n[registry]\ntrusted_root = "registry/root.json"\nsnapshot_file = "registry/current.jws"\n\n[[seal.keys]]\ncertificate = "seal-chain.pem"\nprivate_key = "seal.key"\n\n[audit]\nstore = "sqlite"\npath = "audit-500000.db"\nkey = "audit.key"\npseudonym_key_file = "secrets/pseudonym.key"\n\n[exchange]\nprovider = "127.0.0.1:9500"\ncache_key_file = "secrets/cache.key"\nEOF': OPENSSL_REGION,
+    "tongban provider serve --region 500000 --listen 127.0.0.1:9500 &": OPENSSL_REGION,
+    "tongban gateway serve --config cq/gateway.toml &": OPENSSL_REGION,
+    "tongban gateway serve --pki pki --region 510000 --snapshot published/current.jws --listen 127.0.0.1:7510 --peer 500000=localhost:7500 &": OPENSSL_REGION,
+    "tongban token issue --pki pki --agency sc.hrss --operator 张三 > token.txt": OPENSSL_REGION,
+    'python examples/client.py --gateway localhost:7510 --cert pki/agencies/sc.hrss/keys/tls-*.pem --key pki/agencies/sc.hrss/keys/tls-*.key --ca pki/regions/510000/ca/root.pem --token "$(cat token.txt)" --provider-region 500000 --dataset si.participation --purpose SI-TRANSFER --subject 500109196407144697 --case-id CASE-2026-0001': OPENSSL_REGION,
+    'echo \'{"licence": "渝-2026-0042"}\' > notice.json': OPENSSL_REGION,
+    "tongban seal notice.json --key cq/seal.key --cert cq/seal-chain.pem --passphrase-file cq/secrets/key-passphrase --out notice.jws": OPENSSL_REGION,
+    "tongban verify notice.jws --snapshot published/current.jws --authority pki/authority/root.json --expect seal --region 500000": OPENSSL_REGION,
+    "openssl ca -config cq/openssl.cnf -passin file:cq/secrets/ca-passphrase -revoke cq/seal.pem -crl_reason keyCompromise": OPENSSL_REGION,
+    "cp cq/ca/crl.pem handover/": OPENSSL_REGION,
+    "cp published/current.jws cq/registry/": OPENSSL_REGION,
+    "tongban seal notice.json --key cq/seal.key --cert cq/seal-chain.pem --passphrase-file cq/secrets/key-passphrase --out late.jws": OPENSSL_REGION,
+    "tongban verify late.jws --snapshot published/current.jws --authority pki/authority/root.json --expect seal --region 500000": OPENSSL_REGION,
 }
 
 

@@ -58,6 +58,8 @@ CONTRACT_METRICS = frozenset(
         "tongban_certificate_expiry_timestamp_seconds",
         "tongban_certificate_not_before_timestamp_seconds",
         "tongban_access_reports_waiting",  # extends the contract (issue 14: the outbox)
+        "tongban_revocation_checks_total",  # extends the contract (issue 17: OCSP and CRL DP)
+        "tongban_revocation_fetch_seconds_bucket",
     }
 )
 PROMETHEUS_METRICS = frozenset({"up"})
@@ -73,6 +75,7 @@ CONTRACT_LABELS = frozenset(
         "peer_region",
         "le",
         "result",
+        "source",
         "outcome",
         "reason",
         "indication",

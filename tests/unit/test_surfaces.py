@@ -33,6 +33,14 @@ EXPECTED: dict[str, frozenset[str]] = {
     ),
     "signer": frozenset(
         {
+            "CertStatus",
+            "RevocationDataInvalid",
+            "RevocationFetcher",
+            "RevocationStatus",
+            "RevocationUnavailable",
+            "check_crl",
+            "check_ocsp_response",
+            "ocsp_cert_id",
             "ALLOWED_ALGORITHMS",
             "MAX_DOCUMENT_BYTES",
             "MAX_JWS_BYTES",

@@ -344,6 +344,22 @@ ERRORS: dict[str, tuple[Document | str, list[str]]] = {
         with_seal_keys('certificate = 1\nprivate_key = "a.key"'),
         ["seal.keys[0].certificate", "string"],
     ),
+    "revocation-policy-unknown": (
+        to_toml(VALID) + '[revocation]\nunreachable = "ignore"\n',
+        ["revocation.unreachable", "'ignore' is not one of hard-fail, soft-fail"],
+    ),
+    "revocation-online-not-a-boolean": (
+        to_toml(VALID) + '[revocation]\nonline = "yes"\n',
+        ["revocation.online", "true or false"],
+    ),
+    "revocation-timeout-not-positive": (
+        to_toml(VALID) + "[revocation]\ntimeout_seconds = 0\n",
+        ["revocation.timeout_seconds", "positive number"],
+    ),
+    "revocation-unknown-key": (
+        to_toml(VALID) + "[revocation]\ncrl_only = true\n",
+        ["revocation.crl_only", "unknown key"],
+    ),
     # the file itself
     "not-toml": ("[gateway\nregion = ", ["not valid TOML"]),
 }

@@ -197,6 +197,7 @@ def test_shown_defaults_are_what_the_loader_gives(
         config_module.GatewayConfig: config,
         config_module.AuditConfig: config.audit,
         config_module.ExchangeConfig: config.exchange,
+        config_module.RevocationConfig: config.revocation,
     }
     rows = {(row.section, row.key): row for row in reference.entries()}
     checked = 0
@@ -209,7 +210,8 @@ def test_shown_defaults_are_what_the_loader_gives(
         if row.default == "unset":
             assert value in (None, ""), key.name
         else:
-            assert row.default.strip("`").strip('"') == str(value), key.name
+            shown = str(value).lower() if isinstance(value, bool) else str(value)
+            assert row.default.strip("`").strip('"') == shown, key.name
         checked += 1
     assert checked >= 8
 
@@ -232,7 +234,8 @@ def test_each_key_sets_the_field_the_reference_names(tmp_path: Path) -> None:
         '[exchange]\nprovider = "127.0.0.1:9331"\ncache_key_file = "cache.key"\n'
         "redis_timeout_seconds = 0.3\nprovider_timeout_seconds = 1.25\n"
         "peer_timeout_seconds = 4.5\nbreaker_failures = 4\nbreaker_window_seconds = 8\n"
-        "breaker_open_seconds = 1.75\n",
+        "breaker_open_seconds = 1.75\n"
+        '[revocation]\nonline = false\ntimeout_seconds = 2.5\nunreachable = "soft-fail"\n',
         "utf-8",
     )
     config = GatewayConfig.from_file(path)
@@ -241,6 +244,7 @@ def test_each_key_sets_the_field_the_reference_names(tmp_path: Path) -> None:
         config_module.GatewayConfig: config,
         config_module.AuditConfig: config.audit,
         config_module.ExchangeConfig: config.exchange,
+        config_module.RevocationConfig: config.revocation,
     }
     mapped = [key for key in reference.KEYS if key.field is not None]
     for key in mapped:
