@@ -131,9 +131,10 @@ class PublishResult:
 
     @property
     def snapshot(self) -> SignedSnapshot:
-        """The published snapshot, verified (only once `installed`)."""
+        """The snapshot as written (verified against the root once `installed`)."""
         text = self.path.read_text().strip()
-        return SignedSnapshot(text, self.registry, self.tally.valid[0], self.tally.valid)
+        first = self.tally.valid[0] if self.tally.valid else ""
+        return SignedSnapshot(text, self.registry, first, self.tally.valid)
 
 
 def publish(
@@ -212,7 +213,7 @@ def install_if_complete(path: Path, trusted: Root) -> SignatureTally:
     text = path.read_text()
     verifier = SnapshotVerifier(trusted)
     _, tally = verifier.tally(text)
-    if not tally.met:
+    if not tally.met or not _VERSIONED.match(path.name):  # only a publish folder's own files
         return tally
     snapshot = verifier.verify(text, held_version=None, now=None)
     current, _ = read_published(path.parent, trusted)
