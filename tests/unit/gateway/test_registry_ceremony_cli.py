@@ -15,8 +15,10 @@ import pytest
 from cli_support import Run
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from prometheus_client import CollectorRegistry
 from support import make_federation
 
+from gateway.metrics import GatewayMetrics
 from registry import (
     TRUSTED_ROOT,
     RegistryStore,
@@ -125,6 +127,9 @@ def test_three_parties_sign_in_turn_then_a_lost_key_is_rotated_out(
     assert "signed by 2 of 3 authority keys (2 needed)" in out
     assert store.offer((walk / "published/current.jws").read_bytes())
     assert store.status().root_version == 2
+    metrics = GatewayMetrics(CollectorRegistry())
+    metrics.observe_registry(store.current(), store.status())
+    assert metrics.registry.get_sample_value("tongban_registry_root_version") == 2
     # (5) the lost key, with the national one, no longer makes a snapshot this gateway takes
     registry = store.current()
     forged = sign_snapshot(

@@ -113,7 +113,8 @@ def test_a_refused_snapshot_keeps_the_held_one_logs_one_line_and_counts_its_reas
     assert "PRIVATE" not in line
     assert "BEGIN" not in line
     metrics = GatewayMetrics(CollectorRegistry())
-    metrics.observe_refusals(store.status().refusals)
+    metrics.observe_registry(store.current(), store.status())
+    assert metrics.registry.get_sample_value("tongban_registry_root_version") == 1
     assert (
         metrics.registry.get_sample_value("tongban_registry_refused_total", {"reason": reason}) == 1
     )
