@@ -43,7 +43,7 @@ COMMANDS: dict[str, str] = {
     "tongban verify seal-v4.esl --ca ofdrw-root.pem": "tests/unit/gateway/test_verify_documents_cli.py::test_the_ofdrw_seal_by_itself",
     "tongban verify SignedValue.dat --payload Signature.xml --ca ofdrw-root.pem": "tests/unit/gateway/test_verify_documents_cli.py::test_the_ses_signature_with_its_payload",
     "tongban seal licence.json --key seal.key --cert seal-chain.pem --ocsp seal.ocsp.der --out licence.json.jws": "tests/unit/signer/test_jades_lt.py::test_tongban_seal_embeds_at_sealing_time",
-    "tongban verify licence.json.jws --snapshot published/current.jws --authority authority.pub.pem": "tests/unit/signer/test_jades_lt.py::test_tongban_verify_offline_with_a_snapshot",
+    "tongban verify licence.json.jws --snapshot published/current.jws --authority root.json": "tests/unit/signer/test_jades_lt.py::test_tongban_verify_offline_with_a_snapshot",
     ".venv/bin/python bench/verify.py --json out/bench-verify.json": "tests/integration/test_bench_runs.py::test_bench_verify_runs",
     ".venv/bin/python bench/audit.py": "tests/integration/test_bench_runs.py::test_bench_audit_runs",
     "tongban audit checkpoint --gateway localhost:7330 --pki out/pki --agency zj.data --out kept.checkpoint": "tests/integration/test_oversight_service.py::test_the_cli_asks_for_a_checkpoint_and_is_told_when_to_ask_again",
