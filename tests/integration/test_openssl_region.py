@@ -211,6 +211,9 @@ def test_a_region_made_with_openssl_joins_the_federation_from_its_own_config(
     assert verified.stdout.startswith("TOTAL_PASSED — e-seal by 重庆市 (500000)")
 
     # (3) Revoked by the region's CA: the CRL imported and published.
+    # OpenSSL dates a revocation, and a seal its signing time, to the second: a revocation in
+    # the second notice.jws was sealed would make that seal REVOKED (signed at or after it).
+    time.sleep(1.1)
     after = _walk(cwd, concrete[revoke_at:], ports, background)
     for done in after:
         if not done.text.startswith("tongban verify"):
