@@ -58,6 +58,7 @@ CONTRACT_METRICS = frozenset(
         "tongban_certificate_expiry_timestamp_seconds",
         "tongban_certificate_not_before_timestamp_seconds",
         "tongban_access_reports_waiting",  # extends the contract (issue 14: the outbox)
+        "tongban_witness_forks_total",  # extends the contract (issue 18: witnessed logs)
     }
 )
 PROMETHEUS_METRICS = frozenset({"up"})
@@ -82,6 +83,7 @@ CONTRACT_LABELS = frozenset(
         "kid",
         "usage",
         "owner",
+        "log",
     }
 )
 # gRPC code names as the Go exporter writes them (codes.Code.String()): the grpc_code contract.

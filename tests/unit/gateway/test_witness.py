@@ -149,7 +149,9 @@ async def test_first_checkpoint_then_growth_with_a_proof_are_cosigned() -> None:
     tree = _tree(20)
     first = await witness.add_checkpoint(0, [], _note(tree, 8))
     body8 = _note(tree, 8).partition("\n\n")[0] + "\n"
-    assert verify_cosignature(first.line.split(" ")[2].strip(), body8, WITNESS_KEY.public_key(), WITNESS)
+    assert verify_cosignature(
+        first.line.split(" ")[2].strip(), body8, WITNESS_KEY.public_key(), WITNESS
+    )
     assert first.timestamp == int(NOW.timestamp())
     await witness.add_checkpoint(8, tree.consistency_proof(8, 20), _note(tree, 20))
     held = await store.witness_state(ORIGIN)
