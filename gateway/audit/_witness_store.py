@@ -16,6 +16,7 @@ PostgreSQL).
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -246,10 +247,17 @@ class PostgresWitnessing:
         return [str(line) for (line,) in found]
 
 
+_IN_MEMORY: weakref.WeakKeyDictionary[Any, MemoryWitnessing] = weakref.WeakKeyDictionary()
+
+
 def witness_store_for(store: AuditStore) -> WitnessingStore:
-    """The witnessing tables of `store`'s kind, in the same file or schema."""
+    """The witnessing tables of `store`'s kind, in the same file or schema (for a store in
+    memory, one `MemoryWitnessing` per store, however often asked)."""
     if isinstance(store, SqliteAuditStore):
         return SqliteWitnessing(store)
     if isinstance(store, PostgresAuditStore):
         return PostgresWitnessing(store)
-    return MemoryWitnessing()
+    found = _IN_MEMORY.get(store)
+    if found is None:
+        found = _IN_MEMORY[store] = MemoryWitnessing()
+    return found

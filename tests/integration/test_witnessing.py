@@ -17,10 +17,11 @@ from audit_contract import make_record
 from cli_support import Run
 from fault_support import metric_value, restart, running_gateways
 from query_support import Cluster
-from support import Federation, eventually
+from support import Federation, channel, credentials_as, eventually
 
 from gateway.audit import SqliteAuditStore
 from gateway.server import Gateway
+from tongban.v1 import oversight_pb2, oversight_pb2_grpc
 
 pytestmark = pytest.mark.integration
 
@@ -39,6 +40,16 @@ async def cluster(federation: Federation, tmp_path: Path) -> AsyncIterator[Clust
 async def _cosigners(gateway: Gateway, size: int, root: bytes) -> list[str]:
     assert gateway.witnessing is not None
     return await gateway.witnessing.submitter.cosignatures.cosignatures(size, root)
+
+
+async def _verify_audit(
+    cluster: Cluster, federation: Federation
+) -> oversight_pb2.VerifyAuditResponse:
+    """Oversight.VerifyAudit on the log's gateway, as its region's oversight agency."""
+    credentials = credentials_as(federation, "sc.data", LOG_REGION)
+    async with channel(cluster.ports[LOG_REGION], credentials) as ch:
+        stub = oversight_pb2_grpc.OversightStub(ch)
+        return await stub.VerifyAudit(oversight_pb2.VerifyAuditRequest(), timeout=5.0)
 
 
 async def _wait_for(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 15.0) -> None:
@@ -75,6 +86,11 @@ async def test_a_rewritten_log_is_refused_by_every_witness_and_oversight(
     assert code == 0, err
     assert "WITNESSED" in out
     assert "witness.tongban/330000, witness.tongban/500000" in out
+    answer = await _verify_audit(cluster, federation)
+    assert (answer.intact, answer.witnessed, answer.witness_threshold) == (True, True, 1)
+    assert list(answer.latest_cosigners) == ["witness.tongban/330000", "witness.tongban/500000"]
+    assert answer.witnessed_checkpoint.note.startswith(honest.note)
+    assert answer.witnessed_checkpoint.note.count("\u2014 witness.tongban/") == 2
 
     # Behind the gateway: the store replaced by another history of the same size.
     await gateway.stop(0)
@@ -115,3 +131,7 @@ async def test_a_rewritten_log_is_refused_by_every_witness_and_oversight(
     assert code == 1
     assert "INTACT" in out  # the forged history agrees with itself ...
     assert "NOT WITNESSED" in out  # ... but no witness vouches for it
+    answer = await _verify_audit(cluster, federation)
+    assert (answer.intact, answer.witnessed) == (True, False)
+    assert not answer.latest_cosigners
+    assert not answer.HasField("witnessed_checkpoint")
