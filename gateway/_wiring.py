@@ -43,6 +43,7 @@ from gateway.replay import (
     ReplayGuard,
 )
 from gateway.reports import AccessReporter
+from gateway.revocation import CallerRevocation, make_fetcher
 from gateway.sealing import Sm2SealKey
 from gateway.services.exchange import QueryPath
 from gateway.services.witness import WitnessService
@@ -168,14 +169,30 @@ def build_audit_log(config: GatewayConfig, *, clock: Callable[[], datetime]) -> 
     )
 
 
-def document_verifier(clock: Callable[[], datetime]) -> DocumentVerifier:
+def document_verifier(
+    clock: Callable[[], datetime],
+    config: GatewayConfig | None = None,
+    metrics: GatewayMetrics | None = None,
+) -> DocumentVerifier:
     """The gateway's one verifier of every signed format: its `SealVerifier` (JAdES, `.seals`)
     and its `GmVerifier` (GB/T 38540 and OFD, `.gm`), trusting nothing until the gateway
     switches them, together, to the first registry it applies (`DocumentVerifier.use`). The
-    answering side's Verify and the requester's seal checks use these same two objects."""
+    answering side's Verify and the requester's seal checks use these same two objects. The
+    `SealVerifier` holds the gateway's one `RevocationFetcher` (`[revocation] online`), which
+    the TLS caller check shares (`caller_revocation`)."""
+    fetcher = make_fetcher(config.revocation, metrics, clock) if config is not None else None
     return DocumentVerifier(
-        SealVerifier(NoTrust(), clock=clock), GmVerifier(NoTrust(), clock=clock)
+        SealVerifier(NoTrust(), clock=clock, revocation=fetcher),
+        GmVerifier(NoTrust(), clock=clock),
     )
+
+
+def caller_revocation(config: GatewayConfig, verifier: SealVerifier) -> CallerRevocation | None:
+    """The online revocation check of TLS callers, sharing the seal verifier's fetcher (None
+    when online checking is off)."""
+    if verifier.revocation is None:
+        return None
+    return CallerRevocation(verifier.revocation, unreachable=config.revocation.unreachable)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,8 @@ are errors, so a typo never silently falls back to a default.
     passphrase_env = ""               # optional: environment variable holding it
 
     [registry]
-    authority_public_key = "pki/authority/authority.pub.pem"
+    trusted_root = "pki/authority/root.json"  # the authority keys and threshold (or, as before,
+                                      # authority_public_key = "authority.pub.pem": 1 of 1)
     snapshot_file = "published/current.jws"   # optional: file that publishes write to
     follow = ""                       # optional: host:port of a peer gateway to follow (Watch)
     bootstrap_ca_file = ""            # optional: CA bundle trusted until a registry is held
@@ -59,6 +60,14 @@ are errors, so a typo never silently falls back to a default.
     [peers]                           # optional: endpoints overriding the registry's (dev)
     "510000" = "127.0.0.1:7510"
 
+    [revocation]                      # optional: certificates' own OCSP responders and CRLs
+    online = true                     # ask the OCSP responders (AIA) and CRL URLs (CRL DP) that
+                                      # certificates name, besides the registry's CRLs
+    timeout_seconds = 5.0             # bound on one request to a responder or CRL URL
+    unreachable = "hard-fail"         # a TLS caller whose status cannot be learnt: "hard-fail"
+                                      # refuses it (REVOCATION_UNAVAILABLE), "soft-fail" admits it
+                                      # (logged, counted); seals are always hard-fail
+
 `Credentials.Seal` signs with whichever of these keys the current registry names as the region's
 active seal key, so list the successor as soon as a rotation issues it (pending): the gateway
 switches to it by itself when a publish activates it. A gateway without seal keys still serves
@@ -86,6 +95,7 @@ __all__ = [
     "AuditConfig",
     "ExchangeConfig",
     "GatewayConfig",
+    "RevocationConfig",
     "names_dev_pki",
     "read_config_file",
     "read_passphrase",
@@ -277,6 +287,37 @@ class ExchangeConfig:
                 )
 
 
+REVOCATION_POLICIES = ("hard-fail", "soft-fail")
+
+
+@dataclass(frozen=True)
+class RevocationConfig:
+    """Online revocation checking (docs/security.md, "Revocation"). Seals are always hard-fail:
+    a seal whose signer's status cannot be learnt is INDETERMINATE / TRY_LATER."""
+
+    online: bool = True
+    timeout_seconds: float = 5.0
+    unreachable: str = "hard-fail"
+
+    def __post_init__(self) -> None:
+        if self.unreachable not in REVOCATION_POLICIES:
+            raise ConfigError(
+                f"revocation.unreachable: {self.unreachable!r} is not one of "
+                f"{', '.join(REVOCATION_POLICIES)}"
+            )
+
+
+def _revocation(section: _Section) -> RevocationConfig:
+    online = section._raw("online", False)
+    if online is not None and not isinstance(online, bool):
+        raise ConfigError(f"{section.file}: revocation.online: must be true or false")
+    return RevocationConfig(
+        online=True if online is None else online,
+        timeout_seconds=section.number("timeout_seconds", 5.0),
+        unreachable=section.text("unreachable", required=False) or "hard-fail",
+    )
+
+
 _HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")  # RFC 1123
 MAX_HOST_NAME_CHARS = 253
 
@@ -385,7 +426,8 @@ class GatewayConfig:
     listen: str
     tls_certificate: Path
     tls_private_key: Path
-    authority_public_key: Path
+    authority_public_key: Path | None = None  # the 1-of-1 root of one key (before roots)
+    trusted_root: Path | None = None  # root.json: authority keys and threshold
     snapshot_file: Path | None = None
     follow: str = ""
     bootstrap_ca_file: Path | None = None
@@ -402,6 +444,7 @@ class GatewayConfig:
     peers: Mapping[str, str] = field(default_factory=dict)
     # host:port of the plain-HTTP /metrics, /healthz and /readyz endpoint ("" = none)
     metrics_listen: str = ""
+    revocation: RevocationConfig = field(default_factory=RevocationConfig)
 
     def __post_init__(self) -> None:
         if self.region not in PROVINCES:
@@ -419,10 +462,22 @@ class GatewayConfig:
             raise ConfigError(
                 f"registry.snapshot_file: {self.snapshot_file} is a folder, not a snapshot file"
             )
+        if (self.trusted_root is None) == (self.authority_public_key is None):
+            raise ConfigError(
+                "registry.trusted_root: give it (or, for one authority key, "
+                "registry.authority_public_key), exactly one of them"
+            )
         if self.snapshot_file is None and not self.follow:
             raise ConfigError(
                 "registry: give snapshot_file, follow, or both: the gateway needs a registry"
             )
+
+    @property
+    def trust_anchor(self) -> Path:
+        """The file the gateway's trust in snapshots starts from: root.json or one key PEM."""
+        anchor = self.trusted_root or self.authority_public_key
+        assert anchor is not None  # __post_init__ saw to it
+        return anchor
 
     @classmethod
     def from_file(cls, path: Path) -> GatewayConfig:
@@ -444,6 +499,7 @@ class GatewayConfig:
         seal = _Section(path, "seal", document.get("seal", {}))
         audit = _Section(path, "audit", document.get("audit", {}))
         exchange = _Section(path, "exchange", document.get("exchange", {}))
+        revocation = _Section(path, "revocation", document.get("revocation", {}))
         try:
             passphrase_file = tls.optional_path("passphrase_file")
             passphrase_env = tls.text("passphrase_env", required=False)
@@ -460,7 +516,8 @@ class GatewayConfig:
                 tls_certificate=tls.required_path("certificate"),
                 tls_private_key=tls.required_path("private_key"),
                 tls_passphrase=passphrase,
-                authority_public_key=reg.required_path("authority_public_key"),
+                authority_public_key=reg.optional_path("authority_public_key"),
+                trusted_root=reg.optional_path("trusted_root"),
                 snapshot_file=reg.optional_path("snapshot_file"),
                 follow=reg.text("follow", required=False),
                 bootstrap_ca_file=reg.optional_path("bootstrap_ca_file"),
@@ -470,13 +527,14 @@ class GatewayConfig:
                 audit=_audit(path, audit),
                 exchange=_exchange(path, exchange),
                 peers=_peers(path, document.get("peers", {})),
+                revocation=_revocation(revocation),
             )
         except ConfigError as exc:
             message = str(exc)
             raise ConfigError(
                 message if message.startswith(str(path)) else f"{path}: {message}"
             ) from None
-        for section in (gw, tls, reg, seal, audit, exchange):
+        for section in (gw, tls, reg, seal, audit, exchange, revocation):
             section.done()
         if config.snapshot_file is None and config.bootstrap_ca_file is None:
             # Until it holds a registry, a follow-only gateway has no CA to trust its peer with.
@@ -496,7 +554,8 @@ def read_config_file(path: Path) -> dict[str, Any]:
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
     unknown = sorted(
-        set(document) - {"gateway", "tls", "registry", "seal", "audit", "exchange", "peers"}
+        set(document)
+        - {"gateway", "tls", "registry", "seal", "audit", "exchange", "peers", "revocation"}
     )
     if unknown:
         raise ConfigError(f"{path}: [{unknown[0]}]: unknown section")

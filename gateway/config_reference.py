@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway import config as _config
+from gateway._config_docstring import docstring_comments
 from gateway._errors import GatewayError
 from signer import Pkcs11Uri
 
@@ -55,7 +56,9 @@ BEGIN_MARKER = "<!-- config-reference:begin -->"
 END_MARKER = "<!-- config-reference:end -->"
 _COMMAND = "python -m gateway.config_reference --write docs/operators.md"
 
-_Config = type[_config.GatewayConfig] | type[_config.AuditConfig] | type[_config.ExchangeConfig]
+_Config = type[
+    _config.GatewayConfig | _config.AuditConfig | _config.ExchangeConfig | _config.RevocationConfig
+]
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,11 @@ class Key:
 _GW = _config.GatewayConfig
 _AU = _config.AuditConfig
 _EX = _config.ExchangeConfig
+_RV = _config.RevocationConfig
 _ENV = "string (variable name)"
+_TRUST = "one of trusted_root, authority_public_key (not with dev_pki)"
+_ROOT_DOC = "the trusted root (root.json): the authority keys, and how many must sign a snapshot"
+_KEY_DOC = "one registry authority public key (PEM): the 1-of-1 root of older installations"
 
 SECTIONS: tuple[Section, ...] = (
     Section("gateway", "[gateway]", "yes", "The region this gateway serves and how it listens."),
@@ -94,6 +101,7 @@ SECTIONS: tuple[Section, ...] = (
     Section("audit", "[audit]", "no"),
     Section("exchange", "[exchange]", "no"),
     Section("peers", "[peers]", "no"),
+    Section("revocation", "[revocation]", "no"),
 )
 
 KEYS: tuple[Key, ...] = (
@@ -140,13 +148,8 @@ KEYS: tuple[Key, ...] = (
         kind=_ENV,
         doc="environment variable holding the key passphrase, instead of passphrase_file",
     ),
-    Key(
-        "registry",
-        "authority_public_key",
-        "yes (not with dev_pki)",
-        (_GW, "authority_public_key"),
-        doc="the registry authority's public key (PEM): only snapshots it signed are applied",
-    ),
+    Key("registry", "trusted_root", _TRUST, (_GW, "trusted_root"), doc=_ROOT_DOC),
+    Key("registry", "authority_public_key", _TRUST, (_GW, "authority_public_key"), doc=_KEY_DOC),
     Key(
         "registry",
         "snapshot_file",
@@ -325,6 +328,9 @@ KEYS: tuple[Key, ...] = (
         "registry names; any number of them",
         dev=True,
     ),
+    Key("revocation", "online", "no", (_RV, "online")),
+    Key("revocation", "timeout_seconds", "no", (_RV, "timeout_seconds")),
+    Key("revocation", "unreachable", "no", (_RV, "unreachable")),
 )
 
 
@@ -339,57 +345,6 @@ class Entry:
     required: str
     description: str
     dev: bool
-
-
-# The docstring of gateway.config ------------------------------------------------------------
-
-
-def _split_comment(line: str) -> tuple[str, str]:
-    """`code  # comment` -> (code, comment); a `#` inside a "string" is not a comment."""
-    quoted = False
-    for index, char in enumerate(line):
-        if char == '"':
-            quoted = not quoted
-        elif char == "#" and not quoted:
-            return line[:index].strip(), line[index + 1 :].strip()
-    return line.strip(), ""
-
-
-def docstring_comments(doc: str) -> dict[tuple[str, str], str]:
-    """The comments of the commented TOML example in a docstring, by (section, key).
-
-    A section's own comment (on its header line) is under (section, ""). A line holding only a
-    comment continues the comment above it. Only lines indented by four spaces are read, and
-    a line of prose ends the section.
-    """
-    comments: dict[tuple[str, str], str] = {}
-    section = ""
-    last: tuple[str, str] | None = None
-    for raw in doc.splitlines():
-        if not raw.startswith("    "):
-            if raw.strip():  # prose: the example, if any, has ended
-                section = ""
-            last = None
-            continue
-        code, comment = _split_comment(raw)
-        if not code:
-            if last is not None and comment:
-                comments[last] = f"{comments.get(last, '')} {comment}".strip()
-            continue
-        if code.startswith("["):
-            section = code.strip("[]").strip()
-            last = (section, "")
-        elif "=" in code:
-            name = code.split("=", 1)[0].strip()
-            last = (section, '"<region code>"' if section == "peers" else name)
-        else:
-            last = None
-            continue
-        if comment:
-            comments[last] = comment
-        elif last not in comments:
-            comments[last] = ""
-    return comments
 
 
 # Types and defaults from the dataclasses ----------------------------------------------------
@@ -424,6 +379,8 @@ def _default(value: object) -> str:
         return "unset"
     if isinstance(value, str):
         return f'`"{value}"`'
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"  # as TOML writes it
     return f"`{value}`"
 
 

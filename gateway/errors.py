@@ -195,6 +195,13 @@ REASONS: Final[Mapping[str, Reason]] = MappingProxyType(
             _C.DEADLINE_EXCEEDED, "the request did not arrive in full in time"
         ),
         "INTERNAL_ERROR": Reason(_C.INTERNAL, "the gateway failed to handle the request"),
+        "CERTIFICATE_REVOKED": Reason(
+            _C.UNAUTHENTICATED, "the client certificate is revoked by its certificate authority"
+        ),
+        "REVOCATION_UNAVAILABLE": Reason(
+            _C.UNAVAILABLE,
+            "the revocation status of the client certificate cannot be learnt: try again later",
+        ),
         "WITNESS_SIZE_MISMATCH": Reason(
             _C.FAILED_PRECONDITION, "the witness last cosigned another size of this log"
         ),
@@ -264,6 +271,7 @@ FIXED_MESSAGE_REASONS: Final = frozenset(
         "PEER_UNAVAILABLE",
         "PROVIDER_UNAVAILABLE",
         "REGISTRY_STALE",
+        "REVOCATION_UNAVAILABLE",
         "SHARED_STATE_UNAVAILABLE",
     }
 )

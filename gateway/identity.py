@@ -36,6 +36,7 @@ from google.protobuf.message import DecodeError
 
 from gateway.admission import CallAdmission, Pool
 from gateway.errors import PLAIN_MESSAGES, CallerRejected, Refusal, refuse
+from gateway.revocation import CallerRevocation
 from registry import KeyState, Registry, RegistryError, RegistryStore
 from signer import x5t_s256_of_der
 
@@ -93,10 +94,15 @@ class CallerResolver:
     """Maps a client certificate to a `Caller`, or raises `CallerRejected`."""
 
     def __init__(
-        self, store: RegistryStore, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+        self,
+        store: RegistryStore,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        *,
+        revocation: CallerRevocation | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
+        self._revocation = revocation  # online: the certificates' own OCSP responders and CRLs
         self._cache: dict[bytes, Caller] = {}
         self._cache_version = -1
 
@@ -174,14 +180,22 @@ class CallerResolver:
             .build_client_verifier()
         )
         try:
-            verifier.verify(certificate, intermediates)
+            chain = verifier.verify(certificate, intermediates)
         except VerificationError as exc:
             raise CallerRejected(
                 "CERTIFICATE_NOT_TRUSTED",
                 f"client certificate of {caller.name} does not chain to its region's CA",
             ) from exc
         self._check_not_revoked(certificate, thumbprint, caller, registry)
+        if self._revocation is not None:  # `region` is not None: checked above
+            self._revocation.remember(hashlib.sha256(pem).digest(), list(chain.chain), region.crls)
         return caller
+
+    async def check_online(self, pem: bytes, caller: Caller) -> None:
+        """Every call: the certificate's own OCSP responders and CRLs (`gateway.revocation`),
+        answered from their cache until nextUpdate; raises `CallerRejected`."""
+        if self._revocation is not None:
+            await self._revocation.check(hashlib.sha256(pem).digest(), caller.name)
 
     def _check_not_revoked(
         self, certificate: x509.Certificate, thumbprint: str, caller: Caller, registry: Registry
@@ -366,9 +380,11 @@ class CallerInterceptor(grpc.aio.ServerInterceptor):
                 context, Refusal("CERTIFICATE_NOT_TRUSTED", "a client certificate is required")
             )
         try:
-            return self._resolver.resolve(certificates[0])
+            caller = self._resolver.resolve(certificates[0])
+            await self._resolver.check_online(certificates[0], caller)
         except CallerRejected as exc:
             await refuse(context, exc)
+        return caller
 
     async def _admit(self, context: Context, open_service: bool) -> tuple[Caller | None, Pool, str]:
         """(the caller, None for an open service; the pool and certificate its slot is held

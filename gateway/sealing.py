@@ -11,6 +11,12 @@ A region whose active seal key is SM2 (`Sm2SealKey`: the key, its certificate ch
 region's `SESeal` that lists it) seals as GB/T 38540: a DER `SES_Signature` over the payload
 (dataHash = SM3 of the payload), which the wire carries beside the payload with its `SealFormat`;
 any other key seals as JAdES, as before.
+
+Stapling (JAdES baseline-LT): a `RegionSealer` given a `staple` function (`ocsp_staple` over
+the gateway's `RevocationFetcher`) embeds the seal certificate's current OCSP response in each
+JAdES seal, which then travels in the JWS JSON serialisation (`signer.add_validation_data`); the
+fetcher keeps the response until its nextUpdate and fetches a new one after. Without a staple, or
+when the certificate names no responder or none answers "good", the seal stays compact.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import functools
 import hashlib
 import logging
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
@@ -34,10 +40,14 @@ from gateway.errors import GatewayError
 from gateway.licences import licence_ofd
 from registry import KeyRefused, KeyUsage, Registry
 from signer import (
+    CertStatus,
     GmVerifier,
     KeyFileError,
     KeyProvider,
     OfdVerifier,
+    RevocationDataInvalid,
+    RevocationFetcher,
+    RevocationUnavailable,
     SealVerifier,
     SignatureKind,
     SignerError,
@@ -45,6 +55,7 @@ from signer import (
     SubIndication,
     UnsupportedAlgorithm,
     ValidationReport,
+    add_validation_data,
     load_sm2_private_key,
     seal,
     seal_ofd,
@@ -60,8 +71,10 @@ __all__ = [
     "SealedDocument",
     "Sm2SealKey",
     "check_region_seal",
+    "ocsp_staple",
     "seal_text",
     "seals_with_sm2",
+    "staple_of",
 ]
 
 log = logging.getLogger("tongban.gateway")
@@ -79,7 +92,7 @@ class SealKeyUnavailable(GatewayError):
 class SealFormat(StrEnum):
     """How a record is sealed (the wire's `SealFormat`)."""
 
-    JADES = "JAdES"  # a compact JWS
+    JADES = "JAdES"  # a JWS: compact, or JSON-serialised with a stapled OCSP response
     GBT38540 = "GB/T 38540"  # a DER SES_Signature over the payload
     OFD = "OFD"  # an OFD file whose signatures are inside it
 
@@ -173,14 +186,48 @@ class Sm2SealKey:
         return f"Sm2SealKey(kid={self._kid!r})"
 
 
+Staple = Callable[[KeyProvider], bytes | None]  # the OCSP response (DER) to embed, if any
+
+
+def ocsp_staple(fetcher: RevocationFetcher) -> Staple:
+    """A `Staple` that asks `fetcher` (its cache first) for the seal certificate's status and
+    gives the OCSP response when it says "good"; None otherwise, logged (the seal stays compact:
+    a responder's outage must not stop sealing). It blocks on a fetch: call it in a thread."""
+
+    def staple(provider: KeyProvider) -> bytes | None:
+        chain = provider.certificate_chain
+        if len(chain) < 2:
+            return None  # no issuer at hand: nothing to ask about
+        try:
+            status = fetcher.check(chain[0], chain[1])
+        except (RevocationUnavailable, RevocationDataInvalid) as exc:
+            log.warning("no OCSP response stapled to seals of key %s: %s", provider.kid, exc)
+            return None
+        if status is None or status.source != "ocsp" or status.status is not CertStatus.GOOD:
+            return None
+        return status.der
+
+    return staple
+
+
+def staple_of(verifier: SealVerifier) -> Staple | None:
+    """The gateway's staple: over the seal verifier's `RevocationFetcher` when online revocation
+    is on (`[revocation] online`), else None (seals stay compact)."""
+    return ocsp_staple(verifier.revocation) if verifier.revocation is not None else None
+
+
 class RegionSealer:
     """Seals for `region` with its active seal key, among the private keys `keys` (by kid; the
-    gateway's own map, which a reload refills in place: it is read at each seal, never copied).
+    gateway's own map, which a reload refills in place: it is read at each seal, never copied);
+    with `staple`, JAdES seals embed the key's OCSP response (module docstring).
     """
 
-    def __init__(self, region: str, keys: Mapping[str, KeyProvider]) -> None:
+    def __init__(
+        self, region: str, keys: Mapping[str, KeyProvider], *, staple: Staple | None = None
+    ) -> None:
         self.region = region
         self._keys = keys
+        self._staple = staple
 
     def active_key(self, registry: Registry, at: datetime) -> KeyProvider:
         """The region's active seal key at `at` in `registry`; `SealKeyUnavailable` if there is
@@ -246,6 +293,10 @@ class RegionSealer:
             raise SealKeyUnavailable(
                 f"seal key {provider.kid} could not sign (its cryptographic module refused)"
             ) from exc
+        if self._staple is not None:
+            response = await asyncio.to_thread(self._staple, provider)
+            if response is not None:
+                jws = add_validation_data(jws, ocsp_responses=[response])
         return SealedDocument(jws=jws, kid=provider.kid, region=self.region, sealed_at=sealed_at)
 
     async def seal_licence(

@@ -44,6 +44,7 @@ from gateway._wiring import (
     build_audit_log,
     build_query_path,
     build_witnessing,
+    caller_revocation,
     document_verifier,
     load_seal_keys,
     make_breaker,
@@ -68,13 +69,12 @@ from gateway.services.oversight import OversightService
 from gateway.services.registry import RegistryService
 from registry import (
     FileSnapshotSource,
-    PkiError,
     RegistryError,
     RegistryStore,
     RegistryTrust,
     SignedSnapshot,
     SnapshotVerifier,
-    load_authority_public_key,
+    load_trusted_root,
 )
 from signer import KeyProvider, KeyReference
 from tongban.v1 import (
@@ -150,8 +150,8 @@ class Gateway:
         # True only in a `--workers` worker: its siblings bind the same ports (SO_REUSEPORT).
         self.shared_port = shared_port
         try:
-            authority = load_authority_public_key(config.authority_public_key)
-        except PkiError as exc:
+            authority = load_trusted_root(config.trust_anchor)
+        except RegistryError as exc:  # unreadable, or a root that does not verify
             raise ConfigError(str(exc)) from exc
         self.store = RegistryStore(SnapshotVerifier(authority), clock=clock)
         self.metrics = GatewayMetrics()
@@ -161,7 +161,7 @@ class Gateway:
         self.admission = CallAdmission()  # calls in flight per caller (docs/threats.md T15)
         self._tls = GatewayTls(config, self.store)
         self._peers: PeerPool | None = None
-        self.documents = document_verifier(clock)  # switched to each registry, with .verifier
+        self.documents = document_verifier(clock, config, self.metrics)  # switched to each registry
         self.verifier = self.documents.seals
         self.store.on_swap(self._follow_registry)  # before any snapshot can be offered
         self.audit = build_audit_log(config, clock=clock)
@@ -345,7 +345,11 @@ class Gateway:
                 # first: a call the caller check refuses is counted too (as Unauthenticated)
                 MetricsInterceptor(self.metrics),
                 CallerInterceptor(
-                    CallerResolver(self.store, self._clock),
+                    CallerResolver(
+                        self.store,
+                        self._clock,
+                        revocation=caller_revocation(self.config, self.verifier),
+                    ),
                     OPEN_SERVICES,
                     self.admission,
                     on_malformed=self.audit_malformed,

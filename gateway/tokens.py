@@ -195,7 +195,7 @@ def issue_agency_token(
         raise ValueError(
             f"{certificate_path}: the agency's TLS certificate cannot be read"
         ) from exc
-    key = open_signing_key(key_reference(token_key.private_key, pki_root), passphrase)
+    key = open_signing_key(key_reference(token_key.located_private_key(), pki_root), passphrase)
     try:
         return issue_token(
             key,

@@ -1,8 +1,8 @@
 """A region CA made elsewhere (OpenSSL, a commercial CA, an HSM), imported into the PKI folder.
 
 `tongban registry import-ca` records the region's root (and intermediates) after checking that
-each is a CA and that they chain; `import-crl` records a CRL its issuing CA signed; both are
-checked on import so that `publish` can carry them as they are. Such a region's keys are issued by
+each is a CA and that they chain; `import-crl` (`registry._import_crl`) records a CRL its issuing
+CA signed; both are checked on import so that `publish` can carry them as they are. Such a region's keys are issued by
 its own CA and added with `import-cert` (`registry._import_cert`): the PKI folder never holds an
 imported CA's private key, and publishing needs none. Files, beside a dev CA's::
 
@@ -26,8 +26,8 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
+from registry._checks import check_ca_certificate
 from registry._pki import (
-    CLOCK_SKEW,
     MANIFEST_NAME,
     Manifest,
     RegionSpec,
@@ -43,7 +43,6 @@ from registry._pki_files import (
 )
 from registry.errors import PkiError
 from signer._sm2_x509 import is_sm2_key, sm2_public_key_of, sm2_signature_verifies
-from signer._verify_helpers import crl_for
 from signer.errors import Sm2KeyInvalid
 
 __all__ = [
@@ -52,7 +51,6 @@ __all__ = [
     "IMPORTED_ROOT",
     "has_imported_ca",
     "import_ca",
-    "import_crl",
     "imported_ca_certificates",
     "imported_crl",
     "issued_by",
@@ -127,7 +125,7 @@ def import_ca(
                 "replace a region's CA"
             )
     (root,) = _single(root_path)
-    _check_ca(root, f"{root_path}", at)
+    check_ca_certificate(root, f"{root_path}", at)
     if not issued_by(root, root):
         raise PkiError(
             f"{root_path}: not a self-signed root (its issuer or signature is not its own)"
@@ -135,7 +133,7 @@ def import_ca(
     chain = [root]
     for path in intermediate_paths:
         for certificate in read_pem_certificates(path):
-            _check_ca(certificate, f"{path}", at)
+            check_ca_certificate(certificate, f"{path}", at)
             if not issued_by(certificate, chain[-1]):
                 raise PkiError(
                     f"{path}: {certificate.subject.rfc4514_string()} is not issued by "
@@ -169,74 +167,3 @@ def _single(path: Path) -> tuple[x509.Certificate]:
     if len(certificates) != 1:
         raise PkiError(f"{path}: holds {len(certificates)} certificates; give the root alone")
     return (certificates[0],)
-
-
-def _check_ca(certificate: x509.Certificate, where: str, at: datetime) -> None:
-    try:
-        constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints).value
-        usage = certificate.extensions.get_extension_for_class(x509.KeyUsage).value
-    except x509.ExtensionNotFound as exc:
-        raise PkiError(f"{where}: not a CA certificate (no {exc.oid._name})") from exc
-    except ValueError as exc:
-        raise PkiError(f"{where}: its extensions cannot be read ({exc})") from exc
-    if not constraints.ca:
-        raise PkiError(f"{where}: not a CA certificate (basicConstraints cA is false)")
-    if not usage.key_cert_sign:
-        raise PkiError(f"{where}: not a CA certificate (keyUsage lacks keyCertSign)")
-    if not certificate.not_valid_before_utc <= at + CLOCK_SKEW:
-        raise PkiError(f"{where}: not valid before {certificate.not_valid_before_utc:%Y-%m-%d}")
-    if at >= certificate.not_valid_after_utc:
-        raise PkiError(f"{where}: expired on {certificate.not_valid_after_utc:%Y-%m-%d}")
-
-
-def import_crl(
-    pki_root: Path, region: str, crl_path: Path, *, now: datetime | None = None
-) -> x509.CertificateRevocationList:
-    """Check and record a CRL of `region`'s imported issuing CA: its issuer name and signature,
-    a nextUpdate still ahead, and that it is newer than the CRL held (greater CRL number, or a
-    later thisUpdate when either has none)."""
-    at = utc_now(now)
-    Manifest.read(pki_root).region(region)
-    if not has_imported_ca(pki_root, region):
-        raise PkiError(
-            f"region {region} has no imported CA: its dev CA's CRL is reissued by publish"
-        )
-    try:
-        crl = x509.load_pem_x509_crl(crl_path.read_bytes())
-    except OSError as exc:
-        raise PkiError(f"{crl_path}: cannot be read ({exc.strerror})") from exc
-    except ValueError as exc:
-        raise PkiError(f"{crl_path}: not a PEM CRL ({exc})") from exc
-    issuer = imported_ca_certificates(pki_root, region)[-1]
-    if crl.issuer != issuer.subject:
-        raise PkiError(
-            f"{crl_path}: issued by {crl.issuer.rfc4514_string()}, not by region {region}'s "
-            f"issuing CA {issuer.subject.rfc4514_string()}"
-        )
-    if crl_for((crl,), issuer) is None:
-        raise PkiError(f"{crl_path}: its signature is not region {region}'s issuing CA's")
-    if crl.next_update_utc is None or crl.next_update_utc <= at:
-        raise PkiError(f"{crl_path}: out of date (nextUpdate {crl.next_update_utc or 'absent'})")
-    if crl.last_update_utc > at + CLOCK_SKEW:
-        raise PkiError(f"{crl_path}: its thisUpdate {crl.last_update_utc} is in the future")
-    held = imported_crl(pki_root, region)
-    if held is not None and not _newer(crl, held):
-        raise PkiError(f"{crl_path}: not newer than the CRL held (CRL number or thisUpdate)")
-    write_public(
-        ca_dir(pki_root, region) / IMPORTED_CRL, crl.public_bytes(serialization.Encoding.PEM)
-    )
-    return crl
-
-
-def _newer(crl: x509.CertificateRevocationList, held: x509.CertificateRevocationList) -> bool:
-    numbers = [_crl_number(c) for c in (crl, held)]
-    if numbers[0] is not None and numbers[1] is not None:
-        return numbers[0] > numbers[1]
-    return crl.last_update_utc > held.last_update_utc
-
-
-def _crl_number(crl: x509.CertificateRevocationList) -> int | None:
-    try:
-        return crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
-    except (x509.ExtensionNotFound, ValueError):
-        return None

@@ -2,12 +2,11 @@
 (for a key the region holds in a file or a cryptographic module), added to the key inventory as
 `tongban keys generate` adds the keys it issues: kid = x5t#S256 of the certificate.
 
-Checked on import: the certificate chains to the owner's region CA (imported or dev) now, and
-carries the profile of its usage (`registry._profiles`): seal and signature keys keyUsage
-digitalSignature or nonRepudiation and the document-signing EKU (RFC 9336) without TLS EKUs, as
-the seal verifier's `EE_POLICY` asks; TLS keys serverAuth and clientAuth (a gateway's) or
-clientAuth (an agency's); token and audit keys Tongban's own EKUs. SM2 leaves are not imported
-yet: their chain check (`signer._sm2_path`) is not wired here.
+Checked on import, by `registry._checks` (the checks every certificate the PKI folder issues
+passes too): the certificate chains to the owner's region CA (imported or dev) now, and carries
+the profile of its usage; an SM2 leaf is a seal or signature key only (TLS, tokens and audit
+checkpoints use their standards' algorithms). The region's SESeal for an SM2 seal key stays with
+its gateway (`[[seal.keys]] eseal`): the registry does not carry it.
 """
 
 from __future__ import annotations
@@ -17,14 +16,8 @@ from datetime import datetime
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.x509.verification import (
-    Criticality,
-    ExtensionPolicy,
-    PolicyBuilder,
-    Store,
-    VerificationError,
-)
 
+from registry._checks import check_leaf_certificate
 from registry._import import read_pem_certificates
 from registry._inventory import Inventory, KeyRecord
 from registry._model import KeyState, KeyUsage
@@ -39,11 +32,10 @@ from registry._pki import (
 )
 from registry._pki_files import pem
 from registry.errors import KeyLifecycleError, PkiError
-from signer import _oids, is_sm2_key
+from signer import is_sm2_key, load_sm2_private_key
 from signer._keyfile import algorithm_for_key, load_private_key
 from signer._keys import same_public_key
-from signer._report import SignatureKind
-from signer._verify_helpers import EE_POLICY, kind_of
+from signer._sm2_x509 import sm2_public_key_of
 from signer.errors import SignerError
 
 __all__ = ["ImportedKey", "import_cert"]
@@ -53,17 +45,33 @@ _MAX_CHAIN_DEPTH = 4
 
 @dataclass(frozen=True)
 class ImportedKey:
-    """Where the key is: a key file (its path) or a PKCS#11 URI; exactly one."""
+    """Where the key is: a key file (its path), a PKCS#11 URI, or with its owner only
+    (`held_by_owner`: the publisher records no location); exactly one.
+
+    A key held by its owner is not proved here: the owner's CA certified it (for a CSR it
+    checked), and the chain to that CA is what every verifier trusts; a certificate whose key
+    nobody holds only lists a key that never signs."""
 
     key_file: Path | None = None
     key_uri: str = ""
     passphrase: bytes | None = None
+    held_by_owner: bool = False
 
     def __post_init__(self) -> None:
-        if (self.key_file is None) == (not self.key_uri):
-            raise PkiError("give the key as either a key file or a pkcs11: URI (exactly one)")
+        if [self.key_file is not None, bool(self.key_uri), self.held_by_owner].count(True) != 1:
+            raise PkiError(
+                "give the key as a key file, a pkcs11: URI, or say that its owner holds it "
+                "(exactly one)"
+            )
         if self.key_uri and not self.key_uri.startswith("pkcs11:"):
             raise PkiError("a key in a cryptographic module is named by a pkcs11: URI")
+
+    @property
+    def recorded(self) -> str:
+        """What the inventory records as the key's location ("" when the owner holds it)."""
+        if self.key_file is not None:
+            return str(self.key_file.resolve())
+        return self.key_uri
 
 
 def import_cert(
@@ -81,13 +89,17 @@ def import_cert(
     manifest = Manifest.read(pki_root)
     region, agency_id = _owner(manifest, owner)
     leaf, *extra = read_pem_certificates(certificate_path)
-    if is_sm2_key(leaf):
-        raise PkiError(f"{certificate_path}: importing SM2 certificates is not supported yet")
-    chain = _verified_chain(
-        pki_root, region, leaf, extra=tuple(extra), usage=usage, gateway=agency_id is None, at=at
+    chain = check_leaf_certificate(
+        leaf,
+        cas=region_ca_certificates(pki_root, region),
+        extra=tuple(extra),
+        region=region,
+        usage=usage,
+        gateway=agency_id is None,
+        at=at,
+        where=str(certificate_path),
     )
-    _check_kind(leaf, usage, certificate_path)
-    algorithm = _algorithm(leaf, certificate_path)
+    algorithm = "SM2" if is_sm2_key(leaf) else _algorithm(leaf, certificate_path)
     if key.key_file is not None:
         _check_key_file(key.key_file, key.passphrase, leaf)
     inventory = Inventory.load(pki_root)
@@ -105,7 +117,6 @@ def import_cert(
     if path.exists():
         raise PkiError(f"{path} already exists: this certificate was imported before")
     write_public(path, b"".join(pem(c) for c in chain[:-1]))  # leaf and intermediates, no root
-    private_key = key.key_uri or str(key.key_file.resolve() if key.key_file else "")
     record = KeyRecord(
         kid=kid,
         usage=usage,
@@ -114,7 +125,7 @@ def import_cert(
         algorithm=algorithm,
         state=state,
         certificate=str(path.relative_to(pki_root)),
-        private_key=private_key,
+        private_key=key.recorded,
         created_at=at,
         activated_at=at if state is KeyState.ACTIVE else None,
     )
@@ -143,76 +154,6 @@ def _state(inventory: Inventory, owner: str, usage: KeyUsage) -> KeyState:
     return KeyState.PENDING if inventory.find(owner, usage, KeyState.ACTIVE) else KeyState.ACTIVE
 
 
-def _verified_chain(
-    pki_root: Path,
-    region: str,
-    leaf: x509.Certificate,
-    *,
-    extra: tuple[x509.Certificate, ...],
-    usage: KeyUsage,
-    gateway: bool,
-    at: datetime,
-) -> tuple[x509.Certificate, ...]:
-    """The leaf's chain (leaf first, root last) to the region's root at `at`, under the usage's
-    profile; refused with pyca's reason otherwise."""
-    cas = region_ca_certificates(pki_root, region)
-    verifier = (
-        PolicyBuilder()
-        .store(Store([cas[0]]))
-        .time(at)
-        .max_chain_depth(_MAX_CHAIN_DEPTH)
-        .extension_policies(
-            ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=_ee_policy(usage, gateway)
-        )
-        .build_client_verifier()
-    )
-    try:
-        verified = verifier.verify(leaf, [*cas[1:], *extra])
-    except VerificationError as exc:
-        raise PkiError(
-            f"the certificate is not a valid {usage.value} certificate of region {region}'s CA "
-            f"now: {exc}"
-        ) from None
-    return tuple(verified.chain)
-
-
-def _ee_policy(usage: KeyUsage, gateway: bool) -> ExtensionPolicy:
-    if usage in (KeyUsage.SEAL, KeyUsage.SIGNATURE):
-        return EE_POLICY
-    if usage is KeyUsage.TLS:
-        wanted = (
-            [_oids.EKU_SERVER_AUTH, _oids.EKU_CLIENT_AUTH] if gateway else [_oids.EKU_CLIENT_AUTH]
-        )
-    else:
-        wanted = [_oids.EKU_TOKEN_SIGNING if usage is KeyUsage.TOKEN else _oids.EKU_AUDIT_SIGNING]
-
-    def key_usage(policy: object, cert: x509.Certificate, ext: x509.KeyUsage | None) -> None:
-        if ext is None or not ext.digital_signature:
-            raise ValueError(f"a {usage.value} key's keyUsage must allow digitalSignature")
-
-    def extended(policy: object, cert: x509.Certificate, ext: x509.ExtendedKeyUsage | None) -> None:
-        missing = [oid.dotted_string for oid in wanted if ext is None or oid not in ext]
-        if missing:
-            raise ValueError(f"a {usage.value} key's extendedKeyUsage lacks {', '.join(missing)}")
-
-    return (
-        ExtensionPolicy.permit_all()
-        .require_present(x509.KeyUsage, Criticality.AGNOSTIC, key_usage)
-        .require_present(x509.ExtendedKeyUsage, Criticality.AGNOSTIC, extended)
-    )
-
-
-def _check_kind(leaf: x509.Certificate, usage: KeyUsage, where: Path) -> None:
-    """A seal certificate names a legal person's policy, a signature one a natural person's
-    (QCP-l / QCP-n or Tongban's own), as the seal verifier tells them apart."""
-    wanted = {KeyUsage.SEAL: SignatureKind.SEAL, KeyUsage.SIGNATURE: SignatureKind.SIGNATURE}
-    if usage in wanted and kind_of(leaf) is not wanted[usage]:
-        policies = "QCP-l 0.4.0.194112.1.1" if usage is KeyUsage.SEAL else "QCP-n 0.4.0.194112.1.0"
-        raise PkiError(
-            f"{where}: a {usage.value} certificate's certificatePolicies must name {policies}"
-        )
-
-
 def _algorithm(leaf: x509.Certificate, where: Path) -> str:
     try:
         return algorithm_for_key(leaf.public_key())  # type: ignore[arg-type]
@@ -221,9 +162,15 @@ def _algorithm(leaf: x509.Certificate, where: Path) -> str:
 
 
 def _check_key_file(path: Path, passphrase: bytes | None, leaf: x509.Certificate) -> None:
+    """The key file holds the certificate's key (an SM2 one: an unencrypted PKCS#8 file, as the
+    gateway reads it)."""
     try:
-        private = load_private_key(path, passphrase)
+        if is_sm2_key(leaf):
+            same = load_sm2_private_key(path).public_key().point == sm2_public_key_of(leaf).point
+        else:
+            private = load_private_key(path, passphrase)
+            same = same_public_key(private.public_key(), leaf.public_key())
     except SignerError as exc:
         raise PkiError(f"{path}: {exc}") from exc
-    if not same_public_key(private.public_key(), leaf.public_key()):
+    if not same:
         raise PkiError(f"{path} is not the key of the certificate")

@@ -57,7 +57,9 @@ class KeyRecord:
     algorithm: str
     state: KeyState
     certificate: str  # path relative to the PKI folder
-    private_key: str  # path relative to the PKI folder, or a PKCS#11 URI (key in a module)
+    # path relative to the PKI folder (or absolute), a PKCS#11 URI (key in a module), or "" for
+    # a certificate imported without its key (`import-cert --key-held-by-owner`)
+    private_key: str
     created_at: datetime
     published_in: int | None = None  # first snapshot version that carried this key
     published_at: datetime | None = None
@@ -65,6 +67,15 @@ class KeyRecord:
     retiring_at: datetime | None = None
     revoked_at: datetime | None = None
     revocation_reason: str = ""
+
+    def located_private_key(self) -> str:
+        """`private_key`, refused when this PKI folder does not know where the key is."""
+        if not self.private_key:
+            raise KeyLifecycleError(
+                f"{self.owner}'s {self.usage.value} key {self.kid} is held by {self.owner}: its "
+                "certificate was imported without its key, so it is not used from this PKI folder"
+            )
+        return self.private_key
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

@@ -9,8 +9,9 @@ DER)::
     <out>/
       pki.json                              regions and agencies the PKI was made for
       roots.pem                             every region's root CA (a bootstrap trust bundle)
-      authority/authority.key               registry authority key (Ed25519), mode 0600
-      authority/authority.pub.pem           its SubjectPublicKeyInfo
+      authority/root.json                   the trusted root: authority keys, holders, threshold
+      authority/root-<N>.json               later roots (`tongban registry rotate-root`)
+      authority/*.key                       authority keys kept in the folder (dev: all), 0600
       regions/<code>/ca/root.pem, root.key  region root CA (P-256, 10 years, pathlen 1)
       regions/<code>/ca/intermediate.pem, intermediate.key
                                             issuing CA (P-256, 5 years, pathlen 0)
@@ -40,6 +41,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
+from registry._checks import CLOCK_SKEW, check_issued
 from registry._pki_files import (
     certificate_kid,
     imported_chain,
@@ -114,9 +116,6 @@ SM2_USAGES: Final = ("seal",)
 
 
 LEAF_VALIDITY_DAYS: Final = 365
-
-
-CLOCK_SKEW: Final = timedelta(minutes=5)  # not_before is backdated by this much
 
 
 MANIFEST_NAME: Final = "pki.json"
@@ -468,7 +467,8 @@ def issue_leaf(
     for extension, critical in profile_extensions(region.code, agency, usage, tls_names):
         builder = builder.add_extension(extension, critical=critical)
     key, leaf = _sign_leaf(builder, algorithm, issuer, module_key)
-
+    cas = region_ca_certificates(pki_root, region.code)
+    check_issued(leaf, cas=cas, region=region.code, usage=usage, gateway=agency is None, at=now)
     kid = certificate_kid(leaf)
     keys_dir = (
         region_keys_dir(pki_root, region.code)

@@ -1,7 +1,8 @@
 """Tongban's e-seals and e-signatures.
 
 Key files and providers (`_keyfile`, `_keys`), the algorithm policy (`_algorithms`), JAdES
-sealing (`_jades`), validation with ETSI-style reports (`_verify`, `_report`) against a
+sealing (`_jades`; `_jades_json` for the JWS JSON serialisation with embedded validation
+data), validation with ETSI-style reports (`_verify`, `_report`) against a
 `TrustSource` (`_trust`) that the registry implements, SM2 with SM3 keys and signatures
 (`_sm2`, GB/T 32918.2 with OpenSSL's key formats), GB/T 38540 / GM/T 0031 electronic seals
 (`_ses` makes them, `_ses_verify` validates them, `_ses_asn1` defines their DER), OFD documents
@@ -22,6 +23,7 @@ compact JWS of registry snapshots, access-report batches and request tokens). De
 from signer._algorithms import ALLOWED_ALGORITHMS, sign_bytes, verify_signature
 from signer._documents import MAX_DOCUMENT_BYTES, DocumentVerifier, Format, recognise
 from signer._jades import MAX_JWS_BYTES, JwsFormatError, parse_compact, seal
+from signer._jades_json import add_validation_data, parse_jws, to_compact, to_json
 from signer._keyfile import (
     PrivateKey,
     PublicKey,
@@ -44,6 +46,14 @@ from signer._pkcs11 import (
 from signer._pkcs11_keys import KeyReference, key_reference, open_signing_key
 from signer._pkcs11_uri import Pkcs11Uri, parse_pkcs11_uri
 from signer._report import Indication, SignatureKind, SubIndication, ValidationReport
+from signer._revocation import (
+    CertStatus,
+    RevocationStatus,
+    check_crl,
+    check_ocsp_response,
+    ocsp_cert_id,
+)
+from signer._revocation_fetch import RevocationFetcher
 from signer._ses import Sm2FileSigner, Sm2Signer, make_seal, sign_with_seal
 from signer._ses_asn1 import ses_version
 from signer._ses_verify import GmVerifier
@@ -62,6 +72,8 @@ from signer.errors import (
     KeyFileError,
     KeyModuleError,
     Pkcs11UriInvalid,
+    RevocationDataInvalid,
+    RevocationUnavailable,
     SealInvalid,
     SignedJsonAlgorithmRefused,
     SignedJsonExtensionRefused,
@@ -85,6 +97,7 @@ __all__ = [
     "MAX_JWS_BYTES",
     "PKCS11_MECHANISMS",
     "SM2_DEFAULT_ID",
+    "CertStatus",
     "DocumentVerifier",
     "FileKeyProvider",
     "Format",
@@ -102,6 +115,10 @@ __all__ = [
     "Pkcs11UriInvalid",
     "PrivateKey",
     "PublicKey",
+    "RevocationDataInvalid",
+    "RevocationFetcher",
+    "RevocationStatus",
+    "RevocationUnavailable",
     "SealInvalid",
     "SealVerifier",
     "SignatureKind",
@@ -128,8 +145,11 @@ __all__ = [
     "TrustedKey",
     "UnsupportedAlgorithm",
     "ValidationReport",
+    "add_validation_data",
     "algorithm_for_key",
     "canonical_json",
+    "check_crl",
+    "check_ocsp_response",
     "generate_pkcs11_key",
     "generate_private_key",
     "is_ofd",
@@ -140,9 +160,11 @@ __all__ = [
     "load_sm2_private_key",
     "make_licence_ofd",
     "make_seal",
+    "ocsp_cert_id",
     "open_pkcs11_key",
     "open_signing_key",
     "parse_compact",
+    "parse_jws",
     "parse_pkcs11_uri",
     "recognise",
     "seal",
@@ -152,6 +174,8 @@ __all__ = [
     "sign_json",
     "sign_with_seal",
     "sm2_public_key_of",
+    "to_compact",
+    "to_json",
     "verify_json",
     "verify_signature",
     "write_private_key",

@@ -1,7 +1,8 @@
 """One entry for every signed format Tongban reads: recognise the bytes, validate them with the
 verifier of their format, answer with the same `ValidationReport`.
 
-    JWS             a JAdES compact JWS (ASCII, three base64url parts)    SealVerifier
+    JWS             a JAdES JWS: compact (ASCII, three base64url parts)   SealVerifier
+                    or JSON-serialised (an object with protected, signature)
     SES_SIGNATURE   a DER GB/T 38540 (v4) or GM/T 0031 (v1) SES_Signature GmVerifier.validate_signature
     SESEAL          a DER GB/T 38540 (v4) or GM/T 0031 (v1) SESeal         GmVerifier.validate_seal
     OFD             a GB/T 33190 OFD package (a zip) and its signatures    OfdVerifier
@@ -24,6 +25,7 @@ from enum import StrEnum
 from typing import Final
 
 from signer._jades import MAX_JWS_BYTES
+from signer._jades_json import looks_like_json_jws
 from signer._ofd_verify import OfdVerifier, is_ofd
 from signer._report import Check, SignatureKind, SubIndication, ValidationReport
 from signer._ses_asn1 import ses_version
@@ -46,18 +48,17 @@ class Format(StrEnum):
     UNKNOWN = "UNKNOWN"
 
 
-RECOGNISED: Final = (
-    "a JAdES compact JWS, an OFD file, a DER GB/T 38540 or GM/T 0031 SES_Signature, or a DER SESeal"
-)
+RECOGNISED: Final = "a JAdES JWS (compact or JSON serialisation), an OFD file, a DER GB/T 38540 or GM/T 0031 SES_Signature, or a DER SESeal"
 
 
 def recognise(data: bytes) -> Format:
     """The format of `data`, by content; UNKNOWN for anything else. Never raises.
 
     A JWS is ASCII text of three base64url parts (the middle one empty when detached), maybe
-    with whitespace around it (a file ends in a newline); an OFD is a zip whose OFD.xml is an
+    with whitespace around it (a file ends in a newline), or a JSON object with string members
+    `protected` and `signature` (the JSON serialisation); an OFD is a zip whose OFD.xml is an
     OFD root (`is_ofd`); an SES structure is DER that parses as one (`ses_version`)."""
-    if _JWS.fullmatch(data.strip()):
+    if _JWS.fullmatch(data.strip()) or looks_like_json_jws(data):
         return Format.JWS
     if data.startswith(_ZIP):
         return Format.OFD if is_ofd(data) else Format.UNKNOWN

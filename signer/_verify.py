@@ -17,19 +17,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Final
 
 from signer._algorithms import ALLOWED_ALGORITHMS, check_key_fits, verify_fitted
-from signer._jades import (
-    SIGD_HASH_MECHANISM,
-    JwsFormatError,
-    ParsedJws,
-    b64url_decode,
-    parse_compact,
-)
+from signer._jades import SIGD_HASH_MECHANISM, JwsFormatError, ParsedJws, b64url_decode
+from signer._jades_json import is_json_serialisation, parse_jws
 from signer._keyfile import PublicKey
 from signer._keys import x5t_s256_of_der
 from signer._report import Indication, SignatureKind, SubIndication, ValidationReport
+from signer._revocation_fetch import RevocationFetcher
 from signer._trust import TrustedKey, TrustSource
 from signer._verify_helpers import (
-    BENIGN_REASONS,
     Chain,
     Facts,
     Fail,
@@ -37,9 +32,9 @@ from signer._verify_helpers import (
     Run,
     check_crit,
     facts_of,
-    revocation_of,
     verified_chain,
 )
+from signer._verify_revocation import check_revocation
 from signer.errors import SealInvalid, UnsupportedAlgorithm
 
 __all__ = ["CLOCK_SKEW", "SealVerifier"]
@@ -55,16 +50,28 @@ class SealVerifier:
     """Validates JAdES seals and signatures against one trust source (a registry version)."""
 
     def __init__(
-        self, trust: TrustSource, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+        self,
+        trust: TrustSource,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        revocation: RevocationFetcher | None = None,
     ) -> None:
         self._trust = trust
         self._clock = clock
+        # Asks the OCSP responders and CRL URLs a signing certificate names (blocking, bounded
+        # by its timeout, cached to nextUpdate); None: the registry's states and CRLs only.
+        self._online = revocation
         self._facts: dict[str, Facts] = {}  # by kid, for self._trust.version only
         self._x5c_thumbprints: dict[str, str] = {}  # x5c[0] text -> its thumbprint
 
     @property
     def trust(self) -> TrustSource:
         return self._trust
+
+    @property
+    def revocation(self) -> RevocationFetcher | None:
+        """The fetcher of online revocation status, if any (shared with the TLS caller check)."""
+        return self._online
 
     def use(self, trust: TrustSource) -> None:
         """Switch to a newer trust source (a registry swap); cached chains are dropped."""
@@ -104,7 +111,8 @@ class SealVerifier:
     ) -> ValidationReport:
         """Validate and report; never raises for a bad signature.
 
-        (0) the JWS parses: compact form, base64url, one JSON object without duplicate names
+        (0) the JWS parses: compact or flattened JSON serialisation, base64url, one JSON object
+            without duplicate names, and the validation data of etsiU if any
         (1) the header follows the profile: crit, x5t#S256, iat, sigD
         (2) the algorithm is allowed
         (3) the signing key is one the registry publishes; x5c, if present, agrees with it
@@ -115,7 +123,8 @@ class SealVerifier:
         (8) the certificate was valid at the signing time
         (9) the chain builds to the key's region anchors, with seal/signature constraints
         (10) kind and region are what the registry and the caller expect
-        (11) not revoked (registry key state, region CRLs) as of the signing time
+        (11) not revoked (registry key state, embedded OCSP responses and CRLs, region CRLs)
+             as of the signing time (`signer._verify_revocation`)
         (12) the certificate is still within its validity now (no proof of existence otherwise)
         """
         trust = self._trust
@@ -123,16 +132,17 @@ class SealVerifier:
         # The checks are recorded only when they are needed: a passing validation reuses the
         # checks recorded the first time this key passed in this form; a failing one is run
         # again, recording, so that its report lists every check up to the failure.
-        run = Run(record=False)
+        # A JSON-serialised seal's checks are its own (its evidence): recorded in the one run.
+        run = Run(record=is_json_serialisation(jws))
         request = Request(jws, detached_payload, expected_kind, expected_owner_region, now, trust)
         outcome = self._execute(run, request)
         if outcome is not None or run.facts is None:
-            recorded = Run(record=True)
-            failure = self._execute(recorded, request)
+            recorded = run if run.record else Run(record=True)
+            failure = outcome if run.record else self._execute(recorded, request)
             assert failure is not None
             return self._report(recorded, trust, failure.sub, failure.message)
         form = (run.algorithm, detached_payload is not None, run.sig_d)
-        checks = run.facts.passing_checks.get(form)
+        checks = tuple(run.checks) if run.embedded else run.facts.passing_checks.get(form)
         if checks is None:
             recorded = Run(record=True)
             self._execute(recorded, request)
@@ -183,12 +193,23 @@ class SealVerifier:
     @staticmethod
     def _parse(run: Run, jws: str | bytes) -> ParsedJws:
         try:
-            parsed = parse_compact(jws)
+            parsed, run.validation = parse_jws(jws)
         except JwsFormatError as exc:
             raise run.fail(
-                "format", SubIndication.FORMAT_FAILURE, f"not a valid compact JWS: {exc}"
+                "format", SubIndication.FORMAT_FAILURE, f"not a valid JWS: {exc}"
             ) from None
-        run.ok("format", "compact JWS, protected header is a JSON object")
+        data = run.validation
+        form = "compact JWS"
+        if is_json_serialisation(jws):
+            form = "JWS JSON serialisation"
+            run.embedded = True  # its checks are its own, not a compact seal's cached ones
+        embedded = (
+            f", embedding {len(data.ocsp_responses)} OCSP response(s), {len(data.crls)} CRL(s), "
+            f"{len(data.certificates)} certificate(s) (etsiU)"
+            if data
+            else ""
+        )
+        run.ok("format", f"{form}, protected header is a JSON object{embedded}")
         return parsed
 
     @staticmethod
@@ -471,24 +492,6 @@ class SealVerifier:
             )
         run.ok("kind", f"e-{kind.value} of {key.owner} ({key.region})")
 
-    @staticmethod
-    def _revocation_outcome(run: Run, what: str, revoked_at: datetime, reason: str) -> None:
-        assert run.signing_time is not None
-        when = f"{revoked_at:%Y-%m-%dT%H:%M:%SZ}"
-        if run.signing_time >= revoked_at:
-            raise run.fail(
-                "revocation",
-                SubIndication.REVOKED,
-                f"{what} was revoked at {when} ({reason or 'no reason given'}), before the signing time",
-            )
-        if reason not in BENIGN_REASONS:
-            raise run.fail(
-                "revocation",
-                SubIndication.REVOKED_NO_POE,
-                f"{what} was revoked at {when} ({reason or 'no reason given'}); the claimed earlier signing time cannot be proved",
-            )
-        run.ok("revocation", f"{what} was revoked at {when} for {reason}, after the signing time")
-
     def _check_revocation(
         self,
         run: Run,
@@ -499,37 +502,8 @@ class SealVerifier:
         *,
         now: datetime,
     ) -> None:
-        if key.state == "revoked":
-            self._revocation_outcome(
-                run,
-                f"key {key.kid}",
-                key.revoked_at or datetime.min.replace(tzinfo=UTC),
-                key.revocation_reason,
-            )
-            return
-        crls = trust.crls(key.region)
-        if not crls:
-            run.ok(
-                "revocation",
-                f"key is {key.state} in the registry; region {key.region} publishes no CRL",
-            )
-            return
-        revocation = facts.revocation
-        if revocation is None:
-            revocation = facts.revocation = revocation_of(chain, crls)
-        if revocation.problem:
-            raise run.fail("revocation", SubIndication.TRY_LATER, revocation.problem)
-        if revocation.fresh_from - now > CLOCK_SKEW or now > revocation.fresh_until:
-            raise run.fail(
-                "revocation",
-                SubIndication.TRY_LATER,
-                f"the region {key.region} CRLs are not current (next update {revocation.fresh_until:%Y-%m-%dT%H:%M:%SZ}): a newer registry is needed",
-            )
-        if revocation.revoked is not None:
-            self._revocation_outcome(run, *revocation.revoked)
-            return
-        run.ok(
-            "revocation", f"key is {key.state} in the registry; not on region {key.region}'s CRLs"
+        check_revocation(
+            run, key, facts, chain, trust, now=now, skew=CLOCK_SKEW, online=self._online
         )
 
     @staticmethod

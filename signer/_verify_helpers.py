@@ -27,8 +27,11 @@ from cryptography.x509.verification import (
 )
 
 from signer import _oids
+from signer._jades_json import ValidationData
 from signer._keyfile import PublicKey
 from signer._report import Check, SignatureKind, SubIndication
+from signer._revocation import CertStatus, RevocationStatus
+from signer._revocation_fetch import RevocationFetcher
 from signer._sm2_path import Sm2PathFailure, check_sm2_path
 from signer._sm2_x509 import (
     CERTIFICATE_READ_ERRORS,
@@ -38,7 +41,7 @@ from signer._sm2_x509 import (
     sm2_signature_verifies,
 )
 from signer._trust import TrustedKey, TrustSource
-from signer.errors import Sm2KeyInvalid
+from signer.errors import RevocationUnavailable, Sm2KeyInvalid
 
 __all__: list[str] = []  # internals of `_verify`: the package exports none of them
 
@@ -93,6 +96,8 @@ class Run:
     detached_payload: bytes | None = None
     subject: str = ""
     facts: Facts | None = None
+    validation: ValidationData = field(default_factory=ValidationData)  # embedded (etsiU)
+    embedded: bool = False  # JSON-serialised: its checks (format, revocation) are its own
 
     def ok(self, name: str, detail: str = "") -> None:
         if self.record:
@@ -348,3 +353,51 @@ def revocation_of(chain: Chain, crls: tuple[x509.CertificateRevocationList, ...]
                 "", fresh_from, fresh_until, (what, entry.revocation_date_utc, crl_reason(entry))
             )
     return Revocation("", fresh_from, fresh_until, None)
+
+
+def check_online(
+    run: Run,
+    fetcher: RevocationFetcher | None,
+    chain: Chain,
+    crls: tuple[x509.CertificateRevocationList, ...],
+) -> tuple[RevocationStatus | None, str]:
+    """Part of (11): the signing certificate's status from the OCSP responders and CRL URLs it
+    names, and a note for the report. (None, "") without a fetcher or when it names none. While
+    the registry holds a current CRL of the issuer, the CRL URLs are not fetched (it is what
+    they serve) and only OCSP responders are asked. When none of them answers, the registry's CRL of the issuer is the third source: with one, the
+    rest of (11) decides on it (None and a note); without, seals being hard-fail, it is
+    TRY_LATER, as is an OCSP "unknown"."""
+    if fetcher is None or len(chain.certificates) < 2:
+        return None, ""
+    registry_crl = crl_for(crls, chain.certificates[1])
+    current = (
+        registry_crl is not None
+        and registry_crl.next_update_utc is not None
+        and fetcher.now() <= registry_crl.next_update_utc
+    )
+    try:
+        status = fetcher.check(
+            chain.certificates[0], chain.certificates[1], have_current_crl=current
+        )
+    except RevocationUnavailable as exc:
+        if registry_crl is not None:
+            return None, "no OCSP responder or CRL URL of the certificate answered; "
+        raise run.fail("revocation", SubIndication.TRY_LATER, str(exc)) from None
+    if status is None:
+        return None, ""
+    if status.status is CertStatus.UNKNOWN:
+        raise run.fail(
+            "revocation",
+            SubIndication.TRY_LATER,
+            "the OCSP responder does not know the signing certificate, and no CRL it names "
+            "answered",
+        )
+    return status, f"{online_detail(status)}; "
+
+
+def online_detail(status: RevocationStatus) -> str:
+    """What the online source said, for the report: which source, who signed it, and when."""
+    return (
+        f"{status.source.upper()} ({status.responder}, this update "
+        f"{status.this_update:%Y-%m-%dT%H:%M:%SZ}) says {status.status.value}"
+    )

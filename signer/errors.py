@@ -11,6 +11,10 @@ One root, with a subtree by who is at fault::
     │   │                       would be exportable
     │   └── Pkcs11UriInvalid    a PKCS#11 URI (RFC 7512) that is malformed or not accepted
     ├── SealInvalid             a seal or signature did not reach TOTAL_PASSED; `.report` says why
+    ├── RevocationDataInvalid   an OCSP response or CRL that cannot be relied on: unreadable, not
+    │                           for this certificate, badly signed, by the wrong responder, stale
+    ├── RevocationUnavailable   a certificate names OCSP responders or CRL URLs and none of them
+    │                           answered usably (unreachable, refused, too large, invalid)
     ├── Sm2Refused              SM2 input refused by the SM2 primitives (`signer._sm2`)
     │   ├── Sm2KeyInvalid       not an SM2 key: unreadable DER/PEM, another key type or curve,
     │   │                       a point off the curve, a scalar out of range, a public key that
@@ -43,6 +47,8 @@ __all__ = [
     "KeyFileError",
     "KeyModuleError",
     "Pkcs11UriInvalid",
+    "RevocationDataInvalid",
+    "RevocationUnavailable",
     "SealInvalid",
     "SignedJsonAlgorithmRefused",
     "SignedJsonExtensionRefused",
@@ -89,6 +95,16 @@ class SealInvalid(SignerError):
         sub = report.sub_indication.value if report.sub_indication else ""
         super().__init__(f"{report.indication.value}/{sub}: {report.message}")
         self.report = report
+
+
+class RevocationDataInvalid(SignerError):
+    """An OCSP response or CRL that says nothing reliable about the certificate asked about; the
+    message says why in one sentence (no status is learnt from it)."""
+
+
+class RevocationUnavailable(SignerError):
+    """No source a certificate names answered usably; the message lists what each said (URLs
+    of public responders, never a key)."""
 
 
 class Sm2Refused(SignerError):

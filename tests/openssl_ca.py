@@ -1,10 +1,13 @@
 """A region CA made with the OpenSSL command line, as a region's own team would make one: a P-256
-root, an issuing intermediate, leaves signed with `openssl x509 -req`, revocations and CRLs with
-`openssl ca` over a minimal config and index. For the import tests (`tongban registry import-*`):
-the material comes from an implementation independent of Tongban's."""
+root, an issuing intermediate, leaves issued, revoked and listed in CRLs with `openssl ca` over a
+minimal config and its index.txt database, which `openssl ocsp` serves as a responder (with a
+delegated OCSP signing certificate). Leaves may carry a CRL distribution point and an AIA OCSP
+URL. For the import and revocation tests: the material comes from an implementation independent
+of Tongban's."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +42,14 @@ extendedKeyUsage = serverAuth,clientAuth
 subjectAltName = DNS:gateway.example.test
 subjectKeyIdentifier = hash
 authorityKeyIdentifier = keyid
+
+[ocsp]
+basicConstraints = critical,CA:FALSE
+keyUsage = critical,digitalSignature
+extendedKeyUsage = critical,OCSPSigning
+noCheck = ignored
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
 """
 
 _CA_CONFIG = """\
@@ -50,8 +61,17 @@ database = {dir}/index.txt
 crlnumber = {dir}/crlnumber
 certificate = {dir}/intermediate.pem
 private_key = {dir}/intermediate.key
+new_certs_dir = {dir}/issued
+serial = {dir}/serial
+rand_serial = yes
+unique_subject = no
+policy = any_name
 default_md = sha256
 default_crl_days = 30
+
+[any_name]
+organizationName = optional
+commonName = supplied
 """
 
 
@@ -71,25 +91,62 @@ class OpenSslCa:
     def intermediate(self) -> Path:
         return self.dir / "intermediate.pem"
 
-    def issue(self, name: str, profile: str, *, days: int = 30) -> tuple[Path, Path]:
-        """A P-256 leaf under the intermediate with an `_EXTENSIONS` section: (cert, key)."""
+    def issue(
+        self,
+        name: str,
+        profile: str,
+        *,
+        days: int = 30,
+        ocsp_url: str | None = None,
+        crl_url: str | None = None,
+        san: str | None = None,
+    ) -> tuple[Path, Path]:
+        """A P-256 leaf under the intermediate with an `_EXTENSIONS` section, recorded in the
+        index by `openssl ca`, with an AIA OCSP URL, a CRL distribution point and another
+        subjectAltName (`URI:urn:tongban:agency:...`) if given: (cert, key)."""
         key, csr, cert = (self.dir / f"{name}.{ext}" for ext in ("key", "csr", "pem"))
         _openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", key)
         _openssl("req", "-new", "-key", key, "-subj", f"/O=Region/CN={name}", "-out", csr)
+        section = _section(profile)
+        if san:
+            section = re.sub(r"(?m)^subjectAltName = .*\n", "", section)
+            section += f"subjectAltName = {san}\n"
+        if ocsp_url:
+            section += f"authorityInfoAccess = OCSP;URI:{ocsp_url}\n"
+        if crl_url:
+            section += f"crlDistributionPoints = URI:{crl_url}\n"
+        extfile = self.dir / f"{name}.ext.cnf"
+        extfile.write_text(f"[{profile}]\n{section}")
         _openssl(
-            "x509", "-req", "-in", csr, "-CA", self.intermediate, "-CAkey",
-            self.dir / "intermediate.key", "-CAcreateserial", "-days", str(days), "-sha256",
-            "-extfile", self.dir / "ext.cnf", "-extensions", profile, "-out", cert,
+            "ca", "-batch", "-notext", "-config", self.dir / "ca.cnf", "-in", csr,
+            "-days", str(days), "-extfile", extfile, "-extensions", profile, "-out", cert,
         )  # fmt: skip
         return cert, key
 
     def revoke(self, certificate: Path) -> None:
         _openssl("ca", "-config", self.dir / "ca.cnf", "-revoke", certificate)
 
-    def crl(self, name: str = "crl.pem") -> Path:
+    def revoke_for(self, certificate: Path, reason: str) -> None:
+        """Revoke with a CRL reason (keyCompromise, superseded, ...)."""
+        _openssl(
+            "ca", "-config", self.dir / "ca.cnf", "-revoke", certificate, "-crl_reason", reason
+        )
+
+    def crl(self, name: str = "crl.pem", *, der: bool = False, hours: int | None = None) -> Path:
         out = self.dir / name
-        _openssl("ca", "-config", self.dir / "ca.cnf", "-gencrl", "-out", out)
+        period = ["-crlhours", str(hours)] if hours is not None else []
+        _openssl("ca", "-config", self.dir / "ca.cnf", "-gencrl", *period, "-out", out)
+        if der:
+            _openssl("crl", "-in", out, "-outform", "DER", "-out", out)
         return out
+
+
+def _section(profile: str) -> str:
+    """The lines of one section of `_EXTENSIONS`."""
+    match = re.search(rf"^\[{re.escape(profile)}\]\n(.*?)(?:\n\[|\Z)", _EXTENSIONS, re.S | re.M)
+    if match is None:
+        raise KeyError(profile)
+    return match.group(1).rstrip("\n") + "\n"
 
 
 def make_openssl_ca(folder: Path, region_name: str = "Example") -> OpenSslCa:
@@ -99,6 +156,7 @@ def make_openssl_ca(folder: Path, region_name: str = "Example") -> OpenSslCa:
     (folder / "ca.cnf").write_text(_CA_CONFIG.format(dir=folder))
     (folder / "index.txt").write_text("")
     (folder / "crlnumber").write_text("01\n")
+    (folder / "issued").mkdir()
     _openssl(
         "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
         "-keyout", folder / "root.key", "-subj", f"/O={region_name}/CN={region_name} Root CA",

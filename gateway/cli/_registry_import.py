@@ -34,7 +34,12 @@ def cmd_import_ca(args: argparse.Namespace, out: Console) -> int:
 
 
 def cmd_import_cert(args: argparse.Namespace, out: Console) -> int:
-    key = ImportedKey(key_file=args.key, key_uri=args.key_uri or "", passphrase=passphrase(args))
+    key = ImportedKey(
+        key_file=args.key,
+        key_uri=args.key_uri or "",
+        passphrase=passphrase(args),
+        held_by_owner=args.key_held_by_owner,
+    )
     record = import_cert(
         args.pki,
         args.certificate,
@@ -49,17 +54,26 @@ def cmd_import_cert(args: argparse.Namespace, out: Console) -> int:
         f"{record.state.value}" + (" (it succeeds the active key: a rotation)." if pending else ".")
     )
     out.print(f"  certificate {args.pki / record.certificate}")
-    out.print(f"  private key {escape(record.private_key)} (the region's; not copied)")
+    if record.private_key:
+        out.print(f"  private key {escape(record.private_key)} (the region's; not copied)")
+    else:
+        out.print(f"  private key held by {record.owner} (not known to this PKI folder)")
     out.print("Publish the registry so that every gateway learns it.")
     return 0
 
 
 def cmd_import_crl(args: argparse.Namespace, out: Console) -> int:
-    crl = import_crl(args.pki, args.region, args.crl, now=utc_now())
+    imported = import_crl(args.pki, args.region, args.crl, now=utc_now())
+    crl = imported.crl
     out.print(
         f"Imported region {args.region}'s CRL ({len(crl)} revoked, next update "
         f"{crl.next_update_utc:%Y-%m-%d %H:%M:%SZ}); the next publish carries it."
     )
+    for record in imported.revoked:
+        out.print(
+            f"  key {record.kid} ({record.owner} {record.usage.value}) revoked at "
+            f"{record.revoked_at:%Y-%m-%d %H:%M:%SZ} ({record.revocation_reason})"
+        )
     return 0
 
 
@@ -85,7 +99,9 @@ def register_import(verbs: Subparsers) -> None:
         description="Check a certificate issued by the owner's region CA (chain valid now, the "
         "usage's profile) and add its key to the inventory: active, or pending if the owner has "
         "an active key of that usage. The private key stays the region's: --key names a file "
-        "(checked against the certificate), --key-uri a key in a cryptographic module.",
+        "(checked against the certificate), --key-uri a key in a cryptographic module, "
+        "--key-held-by-owner records no location (the owner's CA checked possession when it "
+        "certified the key; the publisher never sees it).",
     )
     cert.add_argument("certificate", type=Path, metavar="CERT.pem", help="leaf, then intermediates")
     cert.add_argument("--pki", type=Path, required=True, help="PKI folder")
@@ -94,6 +110,11 @@ def register_import(verbs: Subparsers) -> None:
     where = cert.add_mutually_exclusive_group(required=True)
     where.add_argument("--key", type=Path, metavar="FILE", help="the private key file (PKCS#8)")
     where.add_argument("--key-uri", metavar="URI", help="a pkcs11: URI of the key in its module")
+    where.add_argument(
+        "--key-held-by-owner",
+        action="store_true",
+        help="the key stays with its owner (a region's gateway, an agency): no location recorded",
+    )
     passphrase_options(cert)
     cert.set_defaults(handler=cmd_import_cert)
 

@@ -26,23 +26,24 @@ from gateway.cli._common import (
     usage,
     utc_now,
 )
+from gateway.cli._registry_root import trusted_root_of
 from gateway.cli._verify_report import Context, print_report, report_json
 from registry import (
-    AUTHORITY_PUBLIC_KEY,
     Registry,
     RegistryError,
     RegistryTrust,
     SnapshotVerifier,
-    load_authority_public_key,
 )
 from signer import (
     MAX_DOCUMENT_BYTES,
     DocumentVerifier,
     FileKeyProvider,
     GmVerifier,
+    JwsFormatError,
     SealVerifier,
     SignatureKind,
     SignerError,
+    add_validation_data,
     seal,
 )
 
@@ -65,6 +66,15 @@ def cmd_seal(args: argparse.Namespace, out: Console) -> int:
         args.content_type or mimetypes.guess_type(args.file.name)[0] or DEFAULT_CONTENT_TYPE
     )
     jws = seal(payload, provider, content_type=content_type, detached=args.detached)
+    if args.ocsp or args.crl:
+        try:
+            jws = add_validation_data(
+                jws,
+                ocsp_responses=[read_input(p, "the --ocsp response") for p in args.ocsp or []],
+                crls=[read_input(p, "the --crl file") for p in args.crl or []],
+            )
+        except JwsFormatError as exc:
+            raise Failure(f"the validation data cannot be embedded: {exc}") from None
     if args.out is None:
         sys.stdout.write(jws + "\n")
         return 0
@@ -117,7 +127,8 @@ def _registry(args: argparse.Namespace) -> Registry | None:
     """The verified registry snapshot of --snapshot, if one is given (warns when stale)."""
     if args.snapshot is None:
         return None
-    authority = load_authority_public_key(args.authority or args.pki / AUTHORITY_PUBLIC_KEY)
+    args.root = args.authority
+    authority = trusted_root_of(args)
     snapshot = read_input(args.snapshot, "the registry snapshot")
     # now=None: the signature and format are checked here, the expiry below, so that a stale
     # registry still verifies (with a warning) instead of refusing outright.
@@ -181,11 +192,13 @@ def cmd_verify(args: argparse.Namespace, out: Console) -> int:
 def _register_seal(commands: Subparsers) -> None:
     seal_parser = commands.add_parser(
         "seal",
-        help="seal or sign a document with a key file (JAdES compact JWS)",
+        help="seal or sign a document with a key file (JAdES JWS)",
         description="Seal (or sign) a file with a key and its certificate chain: a JAdES "
         "baseline-B compact JWS whose header names the certificate (x5t#S256, x5c) and the "
         "signing time. An e-seal with a seal certificate, an e-signature with a signature "
-        "certificate. Writes the JWS to standard output unless --out is given.",
+        "certificate. With --ocsp or --crl the seal embeds that validation data and is written "
+        "in the JWS JSON serialisation (JAdES baseline-LT). Writes the JWS to standard output "
+        "unless --out is given.",
         epilog="Example: tongban seal licence.pdf --key out/pki/regions/330000/keys/seal-ab12cd34.key "
         "--cert out/pki/regions/330000/keys/seal-ab12cd34.pem --detached --out licence.pdf.jws",
     )
@@ -211,6 +224,15 @@ def _register_seal(commands: Subparsers) -> None:
         metavar="TYPE",
         help=f"media type of the document (default: guessed from its name, else {DEFAULT_CONTENT_TYPE})",
     )
+    for option, what in (("--ocsp", "an OCSP response (DER)"), ("--crl", "a CRL (DER)")):
+        seal_parser.add_argument(
+            option,
+            type=Path,
+            action="append",
+            metavar="FILE",
+            help=f"embed {what} for offline verification (JAdES baseline-LT): the seal is then "
+            "written in the JWS JSON serialisation (repeatable)",
+        )
     seal_parser.add_argument(
         "--out", type=Path, metavar="FILE", help="write the JWS here instead of standard output"
     )
@@ -223,10 +245,11 @@ def _register_verify(commands: Subparsers) -> None:
         "verify",
         help="verify a signed document (JWS, OFD, SES_Signature, SESeal) against a registry",
         description="Verify an e-seal or e-signature, recognised by its content: a JAdES "
-        "compact JWS, an OFD file and its signatures, a DER GB/T 38540 or GM/T 0031 "
+        "JWS (compact, or JSON-serialised with embedded OCSP responses and CRLs), an OFD file and its signatures, a DER GB/T 38540 or GM/T 0031 "
         "SES_Signature (its signed data given with --payload) or a DER SESeal. The trust is "
         "a signed registry snapshot (its keys, CAs and revocation lists), --ca anchors for a "
-        "document from outside the federation, or both. Prints an ETSI EN 319 102-1 style "
+        "GB/T 38540 seal or OFD file from outside the federation, or both; a JWS is proved "
+        "only with a key the registry publishes. Prints an ETSI EN 319 102-1 style "
         "report: TOTAL_PASSED, TOTAL_FAILED or INDETERMINATE with the reason, the signer, and "
         "every check (and a report per signature of an OFD file). Exit code 0 only for "
         "TOTAL_PASSED, 1 for a report that did not pass, 2 when no report can be made (a wrong "
@@ -238,7 +261,8 @@ def _register_verify(commands: Subparsers) -> None:
     verify.add_argument(
         "file",
         type=Path,
-        help="the document to verify: a compact JWS, an OFD file, a DER SES_Signature or SESeal",
+        help="the document to verify: a JWS (compact or JSON), an OFD file, a DER SES_Signature "
+        "or SESeal",
     )
     verify.add_argument(
         "--payload",
@@ -256,11 +280,11 @@ def _register_verify(commands: Subparsers) -> None:
     verify_trust.add_argument(
         "--authority",
         type=Path,
-        metavar="PUB",
-        help="the registry authority public key (PEM), to check the snapshot's signature",
+        metavar="ROOT",
+        help="the trusted root (root.json) or one authority key's PEM, to check the snapshot",
     )
     verify_trust.add_argument(
-        "--pki", type=Path, metavar="DIR", help="a PKI folder, to use its authority public key"
+        "--pki", type=Path, metavar="DIR", help="a PKI folder, to use its authority/root.json"
     )
     verify.add_argument(
         "--ca",

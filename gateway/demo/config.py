@@ -27,7 +27,14 @@ from gateway.config import (
 )
 from gateway.demo.pki import DEV_CACHE_KEY, DEV_PSEUDONYM_KEY, ROOTS_BUNDLE
 from gateway.errors import ConfigError
-from registry import Inventory, KeyLifecycleError, KeyState, KeyUsage
+from registry import (
+    Inventory,
+    KeyLifecycleError,
+    KeyRecord,
+    KeyState,
+    KeyUsage,
+    pki_trusted_root_path,
+)
 
 __all__ = ["config_for_dev_pki", "config_from_dev_file", "load_config"]
 
@@ -109,7 +116,7 @@ def config_for_dev_pki(
         raise ConfigError(f"{pki_root}: region {region} has no active TLS key in the inventory")
     record = active[-1]
     seal_keys = tuple(
-        (pki_root / r.certificate, pki_root / r.private_key)
+        (pki_root / r.certificate, pki_root / _located(r))
         for r in inventory.find(region, KeyUsage.SEAL)
         if r.state is not KeyState.REVOKED
     )
@@ -117,9 +124,9 @@ def config_for_dev_pki(
         region=region,
         listen=listen,
         tls_certificate=pki_root / record.certificate,
-        tls_private_key=pki_root / record.private_key,
+        tls_private_key=pki_root / _located(record),
         tls_passphrase=passphrase,
-        authority_public_key=pki_root / "authority" / "authority.pub.pem",
+        trusted_root=pki_trusted_root_path(pki_root),
         snapshot_file=snapshot_file,
         follow=follow,
         bootstrap_ca_file=bootstrap_ca_file or _existing(pki_root / ROOTS_BUNDLE),
@@ -149,9 +156,18 @@ def _dev_audit(
     return AuditConfig(
         store="sqlite" if audit_db is not None else "memory",
         path=audit_db,
-        key=pki_root / keys[-1].private_key,
+        key=pki_root / _located(keys[-1]),
         pseudonym_key=read_passphrase(pseudonym, None) or b"",
     )
+
+
+def _located(record: KeyRecord) -> str:
+    """A key this dev PKI folder holds; one imported without its key belongs to a region that
+    runs its gateway from its own configuration."""
+    try:
+        return record.located_private_key()
+    except KeyLifecycleError as exc:
+        raise ConfigError(f"{exc}: run that region's gateway with --config") from exc
 
 
 def _existing(path: Path) -> Path | None:

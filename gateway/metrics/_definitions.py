@@ -79,6 +79,7 @@ class MetricDefinitions:
         self._define_quotas_and_peers(r)
         self._define_admission(r)
         self._define_certificates(r)
+        self._define_revocation(r)
 
         # Series that exist from the start, so that rate() and absent() behave before the first
         # event rather than after it.
@@ -275,6 +276,13 @@ class MetricDefinitions:
             registry=r,
             multiprocess_mode="livemin",
         )
+        self.registry_root_version = Gauge(
+            "tongban_registry_root_version",
+            "Version of the trusted root (authority keys and threshold) this gateway holds: the "
+            "installed one, or a newer one reached through a snapshot's root chain.",
+            registry=r,
+            multiprocess_mode="livemin",
+        )
         self.registry_issued = Gauge(
             "tongban_registry_issued_timestamp_seconds",
             "When the held registry snapshot was issued, Unix seconds (0: none held).",
@@ -291,7 +299,8 @@ class MetricDefinitions:
         self.registry_refused = Counter(
             "tongban_registry_refused_total",
             "Registry snapshots refused, by reason (FORMAT, UNSIGNED, UNTRUSTED_SIGNER, "
-            "BAD_SIGNATURE, ROLLBACK, EXPIRED); the held snapshot stays in force.",
+            "DUPLICATE_SIGNER, BAD_SIGNATURE, BELOW_THRESHOLD, ROOT_CHAIN, ROOT_EXPIRED, "
+            "ROOT_ROLLBACK, ROLLBACK, EXPIRED); the held snapshot stays in force.",
             ("reason",),
             registry=r,
         )
@@ -334,6 +343,25 @@ class MetricDefinitions:
             "Calls refused with TOO_MANY_CALLS before their request was read, by pool and by the "
             "limit reached (certificate: one certificate's budget; pool: the whole pool's).",
             ("pool", "limit"),
+            registry=r,
+        )
+
+    def _define_revocation(self, r: CollectorRegistry) -> None:
+        """Online revocation checks (signer/_revocation_fetch.py, docs/security.md)."""
+        self.revocation_checks = Counter(
+            "tongban_revocation_checks_total",
+            "Revocation checks of certificates that name OCSP responders or CRLs, by source "
+            "(ocsp, crl) and result (good, revoked, unknown, unreachable); answers from the "
+            "cache count too.",
+            ("source", "result"),
+            registry=r,
+        )
+        self.revocation_fetch_seconds = Histogram(
+            "tongban_revocation_fetch_seconds",
+            "Duration of one request to an OCSP responder or a CRL URL, in seconds, whatever "
+            "its result.",
+            ("source",),
+            buckets=GRPC_LATENCY_BUCKETS,
             registry=r,
         )
 

@@ -55,6 +55,8 @@ _REASON = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
 _IDENTIFIER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 _DIGIT_RUN = re.compile(r"\d{15,}")  # a citizen id (15 or 18 digits), a phone, a case number
 _INDICATIONS = frozenset(i.value for i in Indication)
+_REVOCATION_SOURCES = frozenset({"ocsp", "crl"})
+_REVOCATION_RESULTS = frozenset({"good", "revoked", "unknown", "unreachable"})
 _SUB_INDICATIONS = frozenset(s.value for s in SubIndication)
 
 
@@ -226,6 +228,7 @@ class GatewayMetrics(MetricDefinitions):
         refusal counts in `status` (as `observe_refusals`). Call on every swap and periodically.
         """
         self.registry_version.set(status.version or 0)
+        self.registry_root_version.set(status.root_version)
         self.registry_issued.set(_timestamp(status.issued_at))
         self.registry_expiry.set(_timestamp(status.expires_at))
         self.observe_refusals(status.refusals)
@@ -370,6 +373,15 @@ class GatewayMetrics(MetricDefinitions):
         peer = self.peer_region(region)
         self.child(self.peer_calls, peer, grpc_code_name(code)).inc()
         self.child(self.peer_call_seconds, peer).observe(max(seconds, 0.0))
+
+    def revocation_check(self, source: str, result: str, seconds: float) -> None:
+        """One revocation check (`RevocationFetcher`'s observer): `seconds` is 0.0 for an answer
+        from its cache, which is counted but not timed."""
+        source = source if source in _REVOCATION_SOURCES else "other"
+        result = result if result in _REVOCATION_RESULTS else "other"
+        self.child(self.revocation_checks, source, result).inc()
+        if seconds > 0.0:
+            self.child(self.revocation_fetch_seconds, source).observe(seconds)
 
     def peer_region(self, region: str) -> str:
         """The `peer_region` label for `region`: "local", a region the registry knows, or "other"."""

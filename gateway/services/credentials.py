@@ -29,7 +29,7 @@ from gateway.audit import AuditLog, AuditRecord, AuditUnavailable, Outcome
 from gateway.errors import Refusal
 from gateway.identity import Caller, CallerKind, current_caller
 from gateway.metrics import GatewayMetrics
-from gateway.sealing import RegionSealer, SealKeyUnavailable, check_region_seal
+from gateway.sealing import RegionSealer, SealKeyUnavailable, check_region_seal, staple_of
 from gateway.services.exchange import QueryPath, sealed_record, wire_seal_format
 from registry import Registry, RegistryError, RegistryStore
 from signer import (
@@ -120,13 +120,13 @@ def _document_of(request: credentials_pb2.VerifyRequest) -> bytes:
     if request.jws and request.document:
         raise Refusal(
             "INVALID_ARGUMENT_FORMAT",
-            "give either jws (a compact JWS) or document (an OFD file, a DER SES_Signature or "
+            "give either jws (a JAdES JWS, compact or JSON) or document (an OFD file, a DER SES_Signature or "
             "SESeal), not both",
         )
     if not request.jws and not request.document:
         raise Refusal(
             "INVALID_ARGUMENT_FORMAT",
-            "nothing to verify: give jws (a compact JWS) or document (an OFD file, a DER "
+            "nothing to verify: give jws (a JAdES JWS, compact or JSON) or document (an OFD file, a DER "
             "SES_Signature or SESeal)",
         )
     if len(request.jws) > MAX_JWS_BYTES:
@@ -161,7 +161,8 @@ class CredentialsService(credentials_pb2_grpc.CredentialsServicer):
         self._verifier = verifier  # switched to each applied registry by the gateway
         self._documents = documents  # every format; holds `verifier` and is switched with it
         self._region = region
-        self._sealer = RegionSealer(region, seal_keys)  # seal_keys: refilled on a reload
+        # seal_keys: refilled on a reload; JAdES seals staple an OCSP response when online
+        self._sealer = RegionSealer(region, seal_keys, staple=staple_of(verifier))
         self._clock = clock
         self._audit = audit  # every Seal, allowed or denied, is recorded when there is a log
 

@@ -68,7 +68,7 @@ from gateway.reports import (
     AccessReporter,
     ReportFormatError,
 )
-from gateway.sealing import RegionSealer, SealFormat
+from gateway.sealing import RegionSealer, SealFormat, staple_of
 from gateway.tokens import TokenVerifier
 from registry import RegistryStore
 from signer import GmVerifier, KeyProvider, SealVerifier
@@ -437,7 +437,8 @@ class QueryPath:
             quota=quota,
             cache=cache,
             codec=SealedRecordCodec(),
-            sealer=RegionSealer(region, seal_keys),  # seal_keys: refilled on a reload
+            # seal_keys: refilled on a reload; JAdES seals staple OCSP when online
+            sealer=RegionSealer(region, seal_keys, staple=staple_of(verifier)),
             data_system=DataSystemClient(provider, metrics) if provider is not None else None,
             clock=clock,
         )

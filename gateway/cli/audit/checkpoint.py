@@ -58,7 +58,7 @@ def _tls_credentials(args: argparse.Namespace) -> grpc.ChannelCredentials:
         if not tls:
             raise Failure(f"{args.pki}: {args.agency} has no active TLS key in the inventory")
         args.region = tls[-1].region  # the gateway and its audit key are this region's
-        cert, key = args.pki / tls[-1].certificate, args.pki / tls[-1].private_key
+        cert, key = args.pki / tls[-1].certificate, args.pki / tls[-1].located_private_key()
         ca = args.ca or args.pki / "regions" / args.region / "ca" / "root.pem"
     else:
         if args.ca is None or args.cert is None or args.key is None:

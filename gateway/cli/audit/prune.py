@@ -52,7 +52,7 @@ def cmd_audit_prune(args: argparse.Namespace, out: Console) -> int:
     key_path: KeyReference = (
         args.audit_key
         if args.audit_key is not None
-        else key_reference(active_audit_key(args).private_key, args.pki)
+        else key_reference(active_audit_key(args).located_private_key(), args.pki)
     )
     key = open_signing_key(key_path, passphrase(args))
     if not isinstance(key, ed25519.Ed25519PrivateKey):

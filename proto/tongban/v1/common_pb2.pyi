@@ -130,6 +130,15 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The gateway failed in a way its code does not map to a reason (a bug; sent with INTERNAL and
     a fixed message, the detail in the gateway's own log): never for a request's content.
     """
+    CERTIFICATE_REVOKED: _ErrorReason.ValueType  # 38
+    """The caller's (or a peer gateway's) TLS certificate is revoked, as its CA's OCSP responder or
+    the CRL its certificate names says (sent with UNAUTHENTICATED on every call; the registry's
+    own revocations keep CERTIFICATE_NOT_TRUSTED).
+    """
+    REVOCATION_UNAVAILABLE: _ErrorReason.ValueType  # 39
+    """The caller's TLS certificate names an OCSP responder or CRL and none answered usably, and
+    the gateway's [revocation] policy is hard-fail (sent with UNAVAILABLE; retry later).
+    """
     WITNESS_SIZE_MISMATCH: _ErrorReason.ValueType  # 40
     """Witness.AddCheckpoint: the old size is not the size of the checkpoint this witness last
     cosigned for the log (sent with FAILED_PRECONDITION; ErrorInfo metadata "size" is that size,
@@ -261,6 +270,15 @@ sends it cannot hold a call slot.
 INTERNAL_ERROR: ErrorReason.ValueType  # 37
 """The gateway failed in a way its code does not map to a reason (a bug; sent with INTERNAL and
 a fixed message, the detail in the gateway's own log): never for a request's content.
+"""
+CERTIFICATE_REVOKED: ErrorReason.ValueType  # 38
+"""The caller's (or a peer gateway's) TLS certificate is revoked, as its CA's OCSP responder or
+the CRL its certificate names says (sent with UNAUTHENTICATED on every call; the registry's
+own revocations keep CERTIFICATE_NOT_TRUSTED).
+"""
+REVOCATION_UNAVAILABLE: ErrorReason.ValueType  # 39
+"""The caller's TLS certificate names an OCSP responder or CRL and none answered usably, and
+the gateway's [revocation] policy is hard-fail (sent with UNAVAILABLE; retry later).
 """
 WITNESS_SIZE_MISMATCH: ErrorReason.ValueType  # 40
 """Witness.AddCheckpoint: the old size is not the size of the checkpoint this witness last

@@ -1,0 +1,149 @@
+"""Online revocation of TLS callers: their certificates' own OCSP responders and CRLs, with the
+`[revocation]` policy (docs/security.md, "Revocation").
+
+`CallerResolver` (gateway.identity) remembers, per client certificate it has verified, the
+certificate and its issuer when the certificate names an OCSP responder or a CRL URL; on every
+call `CallerRevocation.check` then asks the shared `RevocationFetcher` (its cache answers until
+nextUpdate without blocking; a fetch runs in a worker thread). A revoked certificate is refused
+with CERTIFICATE_REVOKED from its revocation time. When no online source answers, the registry's
+CRL of the certificate's issuer is the third source (the resolver has checked it already): while
+it is current the caller is admitted as before; without one, the status cannot be learnt and
+the caller is refused with REVOCATION_UNAVAILABLE under "hard-fail", admitted with a warning
+under "soft-fail". Seals do not come here: `SealVerifier` uses the same fetcher, in the same
+order, and is always hard-fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Final
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+
+from gateway.config import RevocationConfig
+from gateway.errors import CallerRejected
+from gateway.metrics import GatewayMetrics
+from signer import CertStatus, RevocationFetcher, RevocationStatus, RevocationUnavailable
+
+__all__ = ["CallerRevocation", "make_fetcher"]
+
+log = logging.getLogger("tongban.revocation")
+
+MAX_REMEMBERED_CERTIFICATES: Final = 4096  # client certificates whose sources are remembered
+
+
+def make_fetcher(
+    config: RevocationConfig,
+    metrics: GatewayMetrics | None,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> RevocationFetcher | None:
+    """The gateway's one fetcher (shared by TLS callers and seal verification), or None when
+    online checking is off."""
+    if not config.online:
+        return None
+    return RevocationFetcher(
+        timeout_seconds=config.timeout_seconds,
+        clock=clock,
+        observe=metrics.revocation_check if metrics is not None else None,
+    )
+
+
+class CallerRevocation:
+    """The online check of client certificates, under the configured policy."""
+
+    def __init__(
+        self,
+        fetcher: RevocationFetcher,
+        *,
+        unreachable: str = "hard-fail",
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._fetcher = fetcher
+        self._hard_fail = unreachable == "hard-fail"
+        self._clock = clock
+        # client certificate -> (leaf, issuer, until when the registry holds a current CRL of
+        # the issuer, or None)
+        self._pairs: dict[bytes, tuple[x509.Certificate, x509.Certificate, datetime | None]] = {}
+
+    def remember(
+        self, key: bytes, chain: list[x509.Certificate], registry_crls: Sequence[bytes] = ()
+    ) -> None:
+        """Note a verified client chain (leaf first) whose leaf names revocation sources, with
+        the registry's CRLs of its region (DER), which the resolver checks it against."""
+        if len(chain) < 2 or not self._fetcher.names_sources(chain[0]):
+            return
+        if len(self._pairs) >= MAX_REMEMBERED_CERTIFICATES:
+            self._pairs.clear()
+        self._pairs[key] = (chain[0], chain[1], _registry_crl_until(chain[1], registry_crls))
+
+    async def check(self, key: bytes, who: str) -> None:
+        """Raise `CallerRejected` when the certificate under `key` is revoked, or its status
+        cannot be learnt under hard-fail; a certificate that names no source passes."""
+        found = self._pairs.get(key)
+        if found is None:
+            return
+        leaf, issuer, registry_crl_until = found
+        # the registry's current CRL of the issuer, which the resolver checked, is what the CRL
+        # URLs serve: only OCSP responders are then asked
+        current = registry_crl_until is not None and self._clock() <= registry_crl_until
+        status = self._fetcher.cached(leaf, issuer)
+        try:
+            if status is None:
+                status = await asyncio.to_thread(
+                    functools.partial(self._fetcher.check, have_current_crl=current), leaf, issuer
+                )
+        except RevocationUnavailable as exc:
+            if current:
+                return  # the registry's current CRL of the issuer answered (gateway.identity)
+            self._unknown(who, str(exc))
+            return
+        if status is None:
+            return
+        if status.status is CertStatus.UNKNOWN:
+            self._unknown(who, "its CA's OCSP responder does not know the certificate")
+        elif status.status is CertStatus.REVOKED:
+            self._revoked(who, status)
+
+    def _revoked(self, who: str, status: RevocationStatus) -> None:
+        assert status.revoked_at is not None
+        if status.revoked_at > self._clock():
+            return  # revoked from a time still to come
+        raise CallerRejected(
+            "CERTIFICATE_REVOKED",
+            f"client certificate of {who} was revoked at {status.revoked_at:%Y-%m-%dT%H:%M:%SZ} "
+            f"({status.reason or 'no reason given'}), by its {status.source.upper()}",
+        )
+
+    def _unknown(self, who: str, why: str) -> None:
+        if self._hard_fail:
+            raise CallerRejected(
+                "REVOCATION_UNAVAILABLE",
+                f"the revocation status of {who}'s client certificate cannot be learnt: {why}",
+            )
+        log.warning(
+            "admitted %s without a revocation status (soft-fail): %s", who, why
+        )  # the metric counted it as unreachable
+
+
+def _registry_crl_until(issuer: x509.Certificate, crls: Sequence[bytes]) -> datetime | None:
+    """The latest nextUpdate of the registry's CRLs signed by `issuer` (None: none)."""
+    until: datetime | None = None
+    for der in crls:
+        try:
+            crl = x509.load_der_x509_crl(der)
+        except ValueError:
+            continue
+        if crl.issuer != issuer.subject or crl.next_update_utc is None:
+            continue
+        try:
+            signed = crl.is_signature_valid(issuer.public_key())  # type: ignore[arg-type]
+        except (TypeError, ValueError, UnsupportedAlgorithm):
+            signed = False
+        if signed and (until is None or crl.next_update_utc > until):
+            until = crl.next_update_utc
+    return until
