@@ -24,6 +24,8 @@ from gateway.audit import (
     MemoryAuditStore,
     PostgresAuditStore,
     SqliteAuditStore,
+    Witness,
+    witness_store_for,
 )
 from gateway.breaker import CircuitBreaker
 from gateway.cache import AnswerCache, CacheBackend, MemoryBackend, RedisBackend
@@ -44,7 +46,9 @@ from gateway.reports import AccessReporter
 from gateway.revocation import CallerRevocation, make_fetcher
 from gateway.sealing import Sm2SealKey
 from gateway.services.exchange import QueryPath
+from gateway.services.witness import WitnessService
 from gateway.tokens import TokenVerifier
+from gateway.witnessing import CheckpointSubmitter, log_keys, witness_name
 from registry import RegistryStore
 from signer import (
     DocumentVerifier,
@@ -61,8 +65,10 @@ from signer import (
 __all__ = [
     "REDIS_MAX_CONNECTIONS",
     "QueryPathParts",
+    "Witnessing",
     "build_audit_log",
     "build_query_path",
+    "build_witnessing",
     "document_verifier",
     "load_seal_keys",
     "make_breaker",
@@ -343,3 +349,42 @@ def build_query_path(
     )
     closers.insert(0, path.close)  # first: flushes reports over the peer channels
     return path, peers
+
+
+@dataclass(frozen=True, slots=True)
+class Witnessing:
+    """The gateway's witness of the other regions' logs (served as `tongban.v1.Witness`) and the
+    submitter of its own checkpoints to theirs (docs/audit.md "Witnessing")."""
+
+    witness: Witness
+    service: WitnessService
+    submitter: CheckpointSubmitter
+
+
+def build_witnessing(
+    config: GatewayConfig,
+    audit: AuditLog | None,
+    peers: PeerPool | None,
+    store: RegistryStore,
+    clock: Callable[[], datetime],
+) -> Witnessing | None:
+    """Witnessing kept in the audit log's own store, signed with its audit key; the gateway's
+    metrics observe it. None without an audit log or peers (no query path)."""
+    if audit is None or peers is None or not isinstance(audit.observer, GatewayMetrics):
+        return None
+    metrics = audit.observer
+    tables = witness_store_for(audit.store)
+    name = witness_name(config.region)
+    witness = Witness(
+        name,
+        lambda body, at: audit.cosign(body, name, at),
+        tables,
+        log_keys(store, clock),
+        clock=clock,
+        observer=metrics,
+    )
+    submitter = CheckpointSubmitter(
+        audit, tables, store, peers, region=config.region, observer=metrics, clock=clock
+    )
+    audit.checkpoint_listeners.append(submitter.offer)
+    return Witnessing(witness, WitnessService(witness), submitter)

@@ -43,6 +43,7 @@ from gateway._wiring import (
     QueryPathParts,
     build_audit_log,
     build_query_path,
+    build_witnessing,
     caller_revocation,
     document_verifier,
     load_seal_keys,
@@ -97,6 +98,7 @@ CREDENTIALS_SERVICE = credentials_pb2.DESCRIPTOR.services_by_name["Credentials"]
 OVERSIGHT_SERVICE = oversight_pb2.DESCRIPTOR.services_by_name["Oversight"].full_name
 EXCHANGE_SERVICE = exchange_pb2.DESCRIPTOR.services_by_name["DataExchange"].full_name
 PEER_SERVICE = exchange_pb2.DESCRIPTOR.services_by_name["Peer"].full_name
+WITNESS_SERVICE = exchange_pb2.DESCRIPTOR.services_by_name["Witness"].full_name
 SERVED_SERVICES = (REGISTRY_SERVICE, CREDENTIALS_SERVICE)  # always; Oversight with an audit log
 OPEN_SERVICES = frozenset({health.SERVICE_NAME, reflection.SERVICE_NAME})  # mTLS only, no identity
 # Services whose undecodable requests are audited (caller known, values unknown): see
@@ -186,10 +188,12 @@ class Gateway:
         )
         self.query_path = self._build_query_path(seal_keys, clock)
         self.credentials.query_path = self.query_path
+        # With the query path (the peers are its channels): witness others, submit to them.
+        self.witnessing = build_witnessing(config, self.audit, self._peers, self.store, clock)
         self.served_services = (
             *SERVED_SERVICES,
             *((OVERSIGHT_SERVICE,) if self.audit else ()),
-            *((EXCHANGE_SERVICE, PEER_SERVICE) if self.query_path else ()),
+            *((EXCHANGE_SERVICE, PEER_SERVICE, WITNESS_SERVICE) if self.witnessing else ()),
         )
         self._tasks: list[asyncio.Task[None]] = []
         self._swap_tasks: set[asyncio.Future[None]] = set()
@@ -310,9 +314,7 @@ class Gateway:
 
     # Lifecycle ---------------------------------------------------------------------------------
     async def start(self) -> int:
-        if (
-            not self.shared_port
-        ):  # before the audit store is opened: a second gateway touches nothing
+        if not self.shared_port:  # before the audit store is opened: a 2nd gateway touches nothing
             check_ports_free(self.config)
         if self.audit is not None:
             try:
@@ -374,6 +376,8 @@ class Gateway:
                 DataExchangeService(self.query_path), server
             )
             exchange_pb2_grpc.add_PeerServicer_to_server(PeerService(self.query_path), server)
+        if self.witnessing is not None:
+            exchange_pb2_grpc.add_WitnessServicer_to_server(self.witnessing.service, server)
         if self.audit is not None:
             assert self.config.audit is not None
             oversight_pb2_grpc.add_OversightServicer_to_server(
@@ -426,6 +430,8 @@ class Gateway:
             self._tasks.append(
                 asyncio.create_task(self.query_path.report_loop(), name="access-reports")
             )
+        if self.witnessing is not None:  # checkpoints to the other regions' witnesses
+            self._tasks.append(asyncio.create_task(self.witnessing.submitter.run()))
 
     def _follow_registry(self, snapshot: SignedSnapshot) -> None:
         # Synchronous, inside the swap: no call sees the new registry with the old verifiers

@@ -236,6 +236,37 @@ class MetricDefinitions:
             registry=r,
             multiprocess_mode="livemax",
         )
+        self._define_witnessing(r)
+
+    def _define_witnessing(self, r: CollectorRegistry) -> None:
+        """Witnessing (docs/audit.md "Witnessing"); `log` is a log's origin, never personal."""
+        self.witness_forks_counter = Counter(
+            "tongban_witness_forks_total",
+            "Checkpoints of another region's audit log this gateway's witness refused as a "
+            "fork (kept as evidence): any increase is an incident.",
+            ["log"],
+            registry=r,
+        )
+        self.witness_cosigned_counter = Counter(
+            "tongban_witness_cosigned_total",
+            "Checkpoints of other regions' audit logs this gateway's witness cosigned.",
+            ["log"],
+            registry=r,
+        )
+        self.checkpoint_cosignatures = Gauge(
+            "tongban_audit_checkpoint_cosignatures",
+            "Witness cosignatures held for this gateway's latest submitted audit checkpoint "
+            "(the registry's witness_threshold is the number it needs).",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.witness_submission_failures = Counter(
+            "tongban_witness_submission_failures_total",
+            "Submissions of this gateway's checkpoints to a witness that failed (unreachable "
+            "or refused); `witness` is the witness's region.",
+            ["witness"],
+            registry=r,
+        )
 
     def _define_registry(self, r: CollectorRegistry) -> None:
         """Registry."""

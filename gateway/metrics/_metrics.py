@@ -349,6 +349,21 @@ class GatewayMetrics(MetricDefinitions):
         self.audit_checkpoint_size.set(size)
         self.audit_checkpoint_timestamp.set(_timestamp(signed_at))
 
+    def witness_cosigned(self, origin: str) -> None:
+        """This gateway's witness cosigned a checkpoint of `origin` (a log it knows)."""
+        self.child(self.witness_cosigned_counter, origin).inc()
+
+    def witness_fork(self, origin: str) -> None:
+        """This gateway's witness refused a fork of `origin` and kept it."""
+        self.child(self.witness_forks_counter, origin).inc()
+
+    def cosignatures_held(self, count: int) -> None:
+        """The latest submitted checkpoint now holds `count` cosignatures."""
+        self.checkpoint_cosignatures.set(count)
+
+    def witness_submission_failed(self, region: str) -> None:
+        self.child(self.witness_submission_failures, self.peer_region(region)).inc()
+
     def quota_rejected(self, agreement: str) -> None:
         """A request refused because `agreement`'s quota is spent."""
         self.quota_rejections.labels(_identifier(agreement, self._agreements)).inc()

@@ -139,6 +139,20 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The caller's TLS certificate names an OCSP responder or CRL and none answered usably, and
     the gateway's [revocation] policy is hard-fail (sent with UNAVAILABLE; retry later).
     """
+    WITNESS_SIZE_MISMATCH: _ErrorReason.ValueType  # 40
+    """Witness.AddCheckpoint: the old size is not the size of the checkpoint this witness last
+    cosigned for the log (sent with FAILED_PRECONDITION; ErrorInfo metadata "size" is that size,
+    0 if none): submit again from it, with a consistency proof from it.
+    """
+    CHECKPOINT_INCONSISTENT: _ErrorReason.ValueType  # 41
+    """Witness.AddCheckpoint: the checkpoint contradicts one this witness cosigned (the same size
+    with another root, or a consistency proof that does not lead from it): a fork, refused and
+    kept as evidence (sent with FAILED_PRECONDITION; never retried with the same checkpoint).
+    """
+    CHECKPOINT_SIGNATURE_INVALID: _ErrorReason.ValueType  # 42
+    """Witness.AddCheckpoint: no audit key the registry publishes for the log's region signs the
+    checkpoint (sent with PERMISSION_DENIED).
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The reasons a Tongban RPC fails, carried in a google.rpc.ErrorInfo detail of the gRPC status.
@@ -265,6 +279,20 @@ own revocations keep CERTIFICATE_NOT_TRUSTED).
 REVOCATION_UNAVAILABLE: ErrorReason.ValueType  # 39
 """The caller's TLS certificate names an OCSP responder or CRL and none answered usably, and
 the gateway's [revocation] policy is hard-fail (sent with UNAVAILABLE; retry later).
+"""
+WITNESS_SIZE_MISMATCH: ErrorReason.ValueType  # 40
+"""Witness.AddCheckpoint: the old size is not the size of the checkpoint this witness last
+cosigned for the log (sent with FAILED_PRECONDITION; ErrorInfo metadata "size" is that size,
+0 if none): submit again from it, with a consistency proof from it.
+"""
+CHECKPOINT_INCONSISTENT: ErrorReason.ValueType  # 41
+"""Witness.AddCheckpoint: the checkpoint contradicts one this witness cosigned (the same size
+with another root, or a consistency proof that does not lead from it): a fork, refused and
+kept as evidence (sent with FAILED_PRECONDITION; never retried with the same checkpoint).
+"""
+CHECKPOINT_SIGNATURE_INVALID: ErrorReason.ValueType  # 42
+"""Witness.AddCheckpoint: no audit key the registry publishes for the log's region signs the
+checkpoint (sent with PERMISSION_DENIED).
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
