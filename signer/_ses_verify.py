@@ -32,6 +32,7 @@ from signer._ses_trust import (
 )
 from signer._ses_tsp import check_time_stamp
 from signer._sm2 import SM2_WITH_SM3_OID, Sm2PublicKey
+from signer._timestamps import time_stamping_problem
 from signer._trust import TrustSource
 from signer.errors import Sm2Refused, Sm2SignatureInvalid
 
@@ -109,6 +110,7 @@ class _Subject:
     seal_name: str = ""
     es_id: str = ""
     seal_only: bool = False  # a seal validated by itself: its "signing time" is its creation
+    proof: datetime | None = None  # a trusted timeStamp's genTime (proof of existence)
 
 
 def _certificate(run: _Run, der: bytes, whose: str) -> x509.Certificate:
@@ -264,17 +266,11 @@ class GmVerifier:
         self._check_data(run, view, data)  # (8)
         if at is None:
             return
-        self._check_validity(
-            run,
-            signer,
-            at,
-            name="validity at signing time",
-            whose="the signer's certificate",
-            when="the claimed signing time",
-        )  # (9)
+        self._check_validity(run, signer, at, name="validity at signing time",
+                             whose="the signer's certificate", when="the claimed signing time")  # fmt: skip  # (9)
         anchoring = self._check_path(run, "signer chain", signer, at, view.seal.es_id)  # (10)
         who.owner, who.owner_region = anchoring.owner, anchoring.owner_region
-        proof = self._check_time_stamp(run, view)  # (12), before (11) uses it
+        proof = who.proof = self._check_time_stamp(run, view)  # (12), before (11) uses it
         self._check_revocation(run, anchoring, at, proof)  # (11)
         self._check_now(run, signer, proof, now, "the signer's certificate")  # (13)
 
@@ -506,6 +502,9 @@ class GmVerifier:
         assert finding.tsa_certificate is not None
         assert finding.gen_time is not None
         when, _ = path_time(finding.tsa_certificate, finding.gen_time)
+        if not_tsa := time_stamping_problem(finding.tsa_certificate):
+            run.ok("time-stamp", f"{finding.detail}; not taken as proof of existence: {not_tsa}")
+            return None
         tsa = anchor(
             finding.tsa_certificate,
             trust=self._trust,
@@ -563,6 +562,7 @@ class GmVerifier:
             signing_time=who.signing_time,
             detached_payload=detached,
             format=who.format or "GB/T 38540",
+            proof_of_existence=who.proof,
         )
 
 
