@@ -49,16 +49,9 @@ from signer._jades import (
     parse_compact,
 )
 
-# The package's surface; `ValidationData`, `is_json_serialisation`, `looks_like_json_jws` and
+# The package's surface; `TimeStamper`, `timestamp_input`, `ValidationData`, `is_json_serialisation`, `looks_like_json_jws` and
 # the limits are for its own modules (the verifier, `recognise`).
-__all__ = [
-    "TimeStamper",
-    "add_timestamp",
-    "add_validation_data",
-    "parse_jws",
-    "to_compact",
-    "to_json",
-]
+__all__ = ["add_timestamp", "add_validation_data", "parse_jws", "to_compact", "to_json"]
 
 MAX_VALIDATION_ITEMS: Final = 64  # certificates, CRLs and OCSP responses embedded in one seal
 _KNOWN_MEMBERS: Final = frozenset({"payload", "protected", "header", "signature"})

@@ -32,7 +32,7 @@ from signer._ses_trust import (
 )
 from signer._ses_tsp import check_time_stamp
 from signer._sm2 import SM2_WITH_SM3_OID, Sm2PublicKey
-from signer._timestamps import time_stamping_problem
+from signer._timestamps import carried_certificates, time_stamping_problem
 from signer._trust import TrustSource
 from signer.errors import Sm2Refused, Sm2SignatureInvalid
 
@@ -509,7 +509,7 @@ class GmVerifier:
             finding.tsa_certificate,
             trust=self._trust,
             extra_anchors=self._extra_anchors,
-            extra_intermediates=self._extra_intermediates,
+            extra_intermediates=(*self._extra_intermediates, *carried_certificates(finding)),
             at=when,
             default_owner="",
         )

@@ -50,11 +50,11 @@ from cryptography.x509.verification import (
     VerificationError,
 )
 
-from signer._ses_tsp import check_time_stamp
+from signer._ses_tsp import TimeStampFinding, check_time_stamp
 from signer._sm2_x509 import CERTIFICATE_READ_ERRORS
 from signer.errors import TimeStampUnavailable
 
-__all__ = ["TimeStampClient", "TimeStampProof", "proof_of_existence"]
+__all__ = ["TimeStampClient", "proof_of_existence"]
 
 DEFAULT_TIMEOUT_SECONDS: Final = 5.0  # per request: connect and read
 DEFAULT_MAX_RESPONSE_BYTES: Final = 64 * 1024  # a reply with the TSA's chain is 2-6 KB
@@ -96,6 +96,17 @@ def time_stamping_problem(certificate: x509.Certificate) -> str:
     return "" if extension.critical else "the TSA certificate's extendedKeyUsage is not critical"
 
 
+def carried_certificates(finding: TimeStampFinding) -> tuple[x509.Certificate, ...]:
+    """The certificates a token carries that parse (the TSA's and its issuers', untrusted)."""
+    out = []
+    for der in finding.certificates:
+        try:
+            out.append(x509.load_der_x509_certificate(der))
+        except ValueError:
+            continue
+    return tuple(out)
+
+
 _TSA_POLICY: Final = ExtensionPolicy.permit_all().require_present(
     x509.ExtendedKeyUsage, Criticality.CRITICAL, _time_stamping_only
 )
@@ -119,12 +130,7 @@ def proof_of_existence(
     subject = tsa.subject.rfc4514_string()
     if not anchors:
         return TimeStampProof(None, subject, "no TSA trust anchor is configured")
-    intermediates = []
-    for der in finding.certificates:
-        try:
-            intermediates.append(x509.load_der_x509_certificate(der))
-        except ValueError:
-            continue
+    intermediates = list(carried_certificates(finding))
     verifier = (
         PolicyBuilder()
         .store(Store(list(anchors)))

@@ -70,7 +70,7 @@ class Tsa:
 
 def _handler(tsa: Tsa, config: Path, lock: threading.Lock) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 -- http.server's name
+        def do_POST(self) -> None:
             query = self.rfile.read(int(self.headers.get("Content-Length", "0")))
             tsa.requests.append(query)
             with lock, tempfile.TemporaryDirectory() as folder:
