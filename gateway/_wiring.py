@@ -44,6 +44,7 @@ from gateway.reports import AccessReporter
 from gateway.revocation import CallerRevocation, make_fetcher
 from gateway.sealing import Sm2SealKey
 from gateway.services.exchange import QueryPath
+from gateway.timestamps import make_time_stamper
 from gateway.tokens import TokenVerifier
 from registry import RegistryStore
 from signer import (
@@ -173,10 +174,18 @@ def document_verifier(
     switches them, together, to the first registry it applies (`DocumentVerifier.use`). The
     answering side's Verify and the requester's seal checks use these same two objects. The
     `SealVerifier` holds the gateway's one `RevocationFetcher` (`[revocation] online`), which
-    the TLS caller check shares (`caller_revocation`)."""
+    the TLS caller check shares (`caller_revocation`), and its TSA client and TSA anchors
+    (`[timestamp]`), which the sealers share."""
     fetcher = make_fetcher(config.revocation, metrics, clock) if config is not None else None
+    stamps = config.timestamp if config is not None else None  # the TSA client and anchors
     return DocumentVerifier(
-        SealVerifier(NoTrust(), clock=clock, revocation=fetcher),
+        SealVerifier(
+            NoTrust(),
+            clock=clock,
+            revocation=fetcher,
+            tsa_anchors=stamps.anchors() if stamps is not None else (),
+            stamper=make_time_stamper(stamps, metrics, clock),
+        ),
         GmVerifier(NoTrust(), clock=clock),
     )
 

@@ -67,6 +67,11 @@ are errors, so a typo never silently falls back to a default.
                                       # refuses it (REVOCATION_UNAVAILABLE), "soft-fail" admits it
                                       # (logged, counted); seals are always hard-fail
 
+    [timestamp]                       # optional: RFC 3161 time-stamps (docs/security.md)
+    url = "http://tsa.example.gov.cn/tsr"   # the TSA: seals and checkpoints are time-stamped
+    tsa_certificates = "pki/tsa-roots.pem"  # PEM: anchors a TSA's chain must end at (validation too)
+    timeout_seconds = 5.0             # bound on one request; a seal is then made without one
+
 `Credentials.Seal` signs with whichever of these keys the current registry names as the region's
 active seal key, so list the successor as soon as a rotation issues it (pending): the gateway
 switches to it by itself when a publish activates it. A gateway without seal keys still serves
@@ -87,6 +92,7 @@ from typing import Any
 
 from gateway.errors import ConfigError
 from gateway.provider._net import is_loopback
+from gateway.timestamps import TimestampConfig
 from registry import PROVINCES
 from signer import KeyReference, SignerError, key_reference
 
@@ -95,6 +101,7 @@ __all__ = [
     "ExchangeConfig",
     "GatewayConfig",
     "RevocationConfig",
+    "TimestampConfig",
     "names_dev_pki",
     "read_config_file",
     "read_passphrase",
@@ -317,6 +324,14 @@ def _revocation(section: _Section) -> RevocationConfig:
     )
 
 
+def _timestamp(section: _Section) -> TimestampConfig:
+    return TimestampConfig(
+        section.required_path("tsa_certificates"),
+        section.text("url", required=False),
+        section.number("timeout_seconds", 5.0),
+    )
+
+
 _HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")  # RFC 1123
 MAX_HOST_NAME_CHARS = 253
 
@@ -443,6 +458,7 @@ class GatewayConfig:
     # host:port of the plain-HTTP /metrics, /healthz and /readyz endpoint ("" = none)
     metrics_listen: str = ""
     revocation: RevocationConfig = field(default_factory=RevocationConfig)
+    timestamp: TimestampConfig | None = None
 
     def __post_init__(self) -> None:
         if self.region not in PROVINCES:
@@ -486,6 +502,7 @@ class GatewayConfig:
         audit = _Section(path, "audit", document.get("audit", {}))
         exchange = _Section(path, "exchange", document.get("exchange", {}))
         revocation = _Section(path, "revocation", document.get("revocation", {}))
+        timestamp = _Section(path, "timestamp", document.get("timestamp", {}))
         try:
             passphrase_file = tls.optional_path("passphrase_file")
             passphrase_env = tls.text("passphrase_env", required=False)
@@ -513,13 +530,14 @@ class GatewayConfig:
                 exchange=_exchange(path, exchange),
                 peers=_peers(path, document.get("peers", {})),
                 revocation=_revocation(revocation),
+                timestamp=_timestamp(timestamp) if timestamp.data else None,
             )
         except ConfigError as exc:
             message = str(exc)
             raise ConfigError(
                 message if message.startswith(str(path)) else f"{path}: {message}"
             ) from None
-        for section in (gw, tls, reg, seal, audit, exchange, revocation):
+        for section in (gw, tls, reg, seal, audit, exchange, revocation, timestamp):
             section.done()
         if config.snapshot_file is None and config.bootstrap_ca_file is None:
             # Until it holds a registry, a follow-only gateway has no CA to trust its peer with.
@@ -541,6 +559,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
     unknown = sorted(
         set(document)
         - {"gateway", "tls", "registry", "seal", "audit", "exchange", "peers", "revocation"}
+        - {"timestamp"}
     )
     if unknown:
         raise ConfigError(f"{path}: [{unknown[0]}]: unknown section")

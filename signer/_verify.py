@@ -20,11 +20,12 @@ from cryptography import x509
 
 from signer._algorithms import ALLOWED_ALGORITHMS, check_key_fits, verify_fitted
 from signer._jades import SIGD_HASH_MECHANISM, JwsFormatError, ParsedJws, b64url_decode
-from signer._jades_json import TimeStamper, is_json_serialisation, parse_jws
+from signer._jades_json import is_json_serialisation, parse_jws
 from signer._keyfile import PublicKey
 from signer._keys import x5t_s256_of_der
 from signer._report import Indication, SignatureKind, SubIndication, ValidationReport
 from signer._revocation_fetch import RevocationFetcher
+from signer._timestamps import TimeStampClient
 from signer._trust import TrustedKey, TrustSource
 from signer._verify_helpers import (
     Chain,
@@ -58,7 +59,7 @@ class SealVerifier:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         revocation: RevocationFetcher | None = None,
         tsa_anchors: Sequence[x509.Certificate] = (),
-        stamper: TimeStamper | None = None,
+        stamper: TimeStampClient | None = None,
     ) -> None:
         self._trust = trust
         # The anchors a time-stamp's TSA must chain to for its genTime to prove existence
@@ -82,7 +83,7 @@ class SealVerifier:
         return self._online
 
     @property
-    def stamper(self) -> TimeStamper | None:
+    def stamper(self) -> TimeStampClient | None:
         """The client of the configured time-stamping authority, if any (for sealers)."""
         return self._stamper
 

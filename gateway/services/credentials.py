@@ -162,7 +162,9 @@ class CredentialsService(credentials_pb2_grpc.CredentialsServicer):
         self._documents = documents  # every format; holds `verifier` and is switched with it
         self._region = region
         # seal_keys: refilled on a reload; JAdES seals staple an OCSP response when online
-        self._sealer = RegionSealer(region, seal_keys, staple=staple_of(verifier))
+        self._sealer = RegionSealer(
+            region, seal_keys, staple=staple_of(verifier), stamper=verifier.stamper
+        )
         self._clock = clock
         self._audit = audit  # every Seal, allowed or denied, is recorded when there is a log
 

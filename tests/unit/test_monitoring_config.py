@@ -60,6 +60,7 @@ CONTRACT_METRICS = frozenset(
         "tongban_access_reports_waiting",  # extends the contract (issue 14: the outbox)
         "tongban_revocation_checks_total",  # extends the contract (issue 17: OCSP and CRL DP)
         "tongban_revocation_fetch_seconds_bucket",
+        "tongban_timestamp_requests_total",  # extends the contract (issue 18: time-stamps)
     }
 )
 PROMETHEUS_METRICS = frozenset({"up"})
