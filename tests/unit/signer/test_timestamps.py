@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from cli_support import Run
 from cryptography import x509
 from openssl_ca import OpenSslCa, make_openssl_ca
 from support import make_federation
@@ -78,6 +79,7 @@ class Pki:
     late_stamped: str
     backdated: str  # `late`'s seal claiming a time before the revocation, stamped after it
     early_good: bytes  # an OCSP response saying `early` is good, from before its revocation
+    trust_options: tuple[str | Path, ...]  # `tongban verify`'s for the published snapshot
 
     def provider(self, leaf: Path) -> FileKeyProvider:
         chain = leaf.with_suffix(".chain.pem")
@@ -122,7 +124,9 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pki]:
         registry = (
             SnapshotVerifier(authority).verify(snapshot, held_version=None, now=None).registry
         )
-        unfinished = Pki(ca, tsa, client, early, late, responder, registry, "", "", "", "", b"")
+        options = ("--snapshot", fed.current, "--authority", fed.pki / AUTHORITY_PUBLIC_KEY)
+        unfinished = Pki(ca, tsa, client, early, late, responder, registry, "", "", "", "", b"",
+                         options)  # fmt: skip
         early_good = unfinished.respond(early)
         before = datetime.now(UTC).replace(microsecond=0)
         early_bare = seal(PAYLOAD, unfinished.provider(early))
@@ -134,7 +138,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pki]:
         late_stamped = add_timestamp(seal(PAYLOAD, unfinished.provider(late)), client)
         backdated = add_timestamp(backdated_bare, client)
         yield Pki(ca, tsa, client, early, late, responder, registry, early_stamped,
-                  early_bare, late_stamped, backdated, early_good)  # fmt: skip
+                  early_bare, late_stamped, backdated, early_good, options)  # fmt: skip
 
 
 def _check(report: ValidationReport, name: str) -> str:
@@ -273,3 +277,48 @@ def test_the_client_refuses_an_untrusted_tsa_and_says_when_none_answers(pki: Pki
     assert results == ["ok"]
     assert pki.tsa.verify(token, b"checkpoint") == "Verification: OK"
     assert len(pki.tsa.requests[-1]) < 100  # a query: imprint and nonce, no data
+
+
+def test_tongban_seal_with_tsa_and_verify_with_tsa_ca(pki: Pki, run: Run, tmp_path: Path) -> None:
+    pki.provider(pki.late)  # writes the chain file beside the leaf
+    (tmp_path / "doc.json").write_bytes(PAYLOAD)
+    (tmp_path / "tsa-root.pem").write_bytes(pki.tsa.ca.root.read_bytes())
+    key, chain = pki.late.with_suffix(".key"), pki.late.with_suffix(".chain.pem")
+    out = tmp_path / "doc.json.jws"
+    code, _, err = run("seal", tmp_path / "doc.json", "--key", key, "--cert", chain,
+                       "--tsa", pki.tsa.url, "--tsa-ca", tmp_path / "tsa-root.pem",
+                       "--out", out)  # fmt: skip
+    assert (code, err) == (0, "")
+    document = json.loads(out.read_text())
+    assert (
+        pki.tsa.verify(_token(out.read_text()), document["signature"].encode())
+        == "Verification: OK"
+    )
+    code, _, err = run("seal", tmp_path / "doc.json", "--key", key, "--cert", chain,
+                       "--tsa", pki.tsa.url)  # fmt: skip
+    assert (code, err.strip()) == (
+        1,
+        "tongban: --tsa needs --tsa-ca: the root the TSA's certificate chains to",
+    )
+    code, _, err = run("seal", tmp_path / "doc.json", "--key", key, "--cert", chain,
+                       "--tsa", "http://127.0.0.1:9/", "--tsa-ca", tmp_path / "tsa-root.pem")  # fmt: skip
+    assert code == 1
+    assert err.startswith(
+        "tongban: no time-stamp from http://127.0.0.1:9/: the TSA is not reachable"
+    )
+    # verify: the early seal, time-stamped before its revocation, with its OCSP response
+    stamped = tmp_path / "early.jws.json"
+    stamped.write_text(
+        add_validation_data(pki.early_stamped, ocsp_responses=[pki.respond(pki.early)])
+    )
+    trusted = ("--tsa-ca", tmp_path / "tsa-root.pem")
+    code, text, err = run("verify", stamped, *pki.trust_options, *trusted, "--json")
+    assert (code, err) == (0, "")
+    report = json.loads(text)
+    assert report["indication"] == "TOTAL_PASSED"
+    assert report["proof_of_existence"] is not None
+    code, text, _ = run("verify", stamped, *pki.trust_options, *trusted)
+    assert code == 0
+    assert "(time-stamp)" in text
+    code, text, _ = run("verify", stamped, *pki.trust_options, "--json")  # no TSA anchors
+    assert (code, json.loads(text)["sub_indication"]) == (1, "REVOKED_NO_POE")
