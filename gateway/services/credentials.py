@@ -107,9 +107,12 @@ def report_message(report: ValidationReport) -> credentials_pb2.ValidationReport
         message=report.message,
         format=report.format,
         signatures=[report_message(signature) for signature in report.signatures],
+        time_stamp_authority=report.time_stamp_authority,
     )
     if report.signing_time is not None:
         message.signing_time.CopyFrom(_timestamp(report.signing_time))
+    if report.proof_of_existence is not None:
+        message.proof_of_existence.CopyFrom(_timestamp(report.proof_of_existence))
     return message
 
 

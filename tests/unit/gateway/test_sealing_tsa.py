@@ -22,6 +22,7 @@ from gateway.demo.config import config_for_dev_pki
 from gateway.errors import ConfigError
 from gateway.metrics import GatewayMetrics
 from gateway.sealing import RegionSealer
+from gateway.services.credentials import report_message
 from gateway.timestamps import make_time_stamper
 from registry import (
     AUTHORITY_PUBLIC_KEY,
@@ -79,6 +80,9 @@ async def test_jades_seals_are_time_stamped_and_seal_anyway_when_the_tsa_is_down
     assert report.passed, report.message
     assert report.proof_of_existence is not None
     assert abs(report.proof_of_existence - NOW) < timedelta(minutes=2)
+    message = report_message(report)  # the wire's ValidationReport carries it too
+    assert message.proof_of_existence.ToDatetime(UTC) == report.proof_of_existence
+    assert message.time_stamp_authority == "CN=tsa,O=Region"
     ok = metrics.registry.get_sample_value("tongban_timestamp_requests_total", {"result": "ok"})
     assert ok == 1
     # the TSA does not answer: the seal is made, compact (baseline-B), logged and counted
