@@ -66,6 +66,7 @@ from gateway.services.credentials import CredentialsService
 from gateway.services.exchange import DataExchangeService, PeerService, QueryPath
 from gateway.services.oversight import OversightService
 from gateway.services.registry import RegistryService
+from gateway.timestamps import checkpoint_stamper
 from registry import (
     FileSnapshotSource,
     PkiError,
@@ -166,6 +167,7 @@ class Gateway:
         self.audit = build_audit_log(config, clock=clock)
         if self.audit is not None:
             self.audit.observer = self.metrics
+            self.audit.time_stamper = checkpoint_stamper(self.verifier.stamper)
         # One map shared by the services, so that `reload_seal_keys` reaches both.
         self.seal_keys = seal_keys = load_seal_keys(config)
         self.credentials = CredentialsService(

@@ -33,7 +33,7 @@ from signer import TimeStampClient, TimeStampUnavailable
 if TYPE_CHECKING:  # gateway.config imports this module; the metrics import the config
     from gateway.metrics import GatewayMetrics
 
-__all__ = ["TimestampConfig", "make_time_stamper", "stamp_or_none"]
+__all__ = ["TimestampConfig", "checkpoint_stamper", "make_time_stamper", "stamp_or_none"]
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,16 @@ def make_time_stamper(
         report=metrics.timestamp_request if metrics is not None else None,
         clock=clock,
     )
+
+
+def checkpoint_stamper(
+    stamper: TimeStampClient | None,
+) -> Callable[[bytes], bytes | None] | None:
+    """What `AuditLog.time_stamper` calls with a checkpoint's note: a token, or None under the
+    failure policy (the checkpoint is kept without one); None without a TSA."""
+    if stamper is None:
+        return None
+    return lambda note: stamp_or_none(stamper, note, "an audit checkpoint")
 
 
 def stamp_or_none(stamper: TimeStampClient, message: bytes, what: str) -> bytes | None:

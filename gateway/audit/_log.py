@@ -148,6 +148,8 @@ class AuditLog:
         self._checkpointing: asyncio.Task[None] | None = None
         self._timer: asyncio.Task[None] | None = None
         self.observer: AuditObserver | None = None
+        # A token over a checkpoint's note, or None ([timestamp]; blocking: run in a thread).
+        self.time_stamper: Callable[[bytes], bytes | None] | None = None
 
     async def open(self) -> None:
         await self.store.open()
@@ -318,6 +320,9 @@ class AuditLog:
         checkpoint = sign_checkpoint(
             self.origin, head.size, head.root, self._key, self.key_name, signed_at=signed_at
         )
+        if self.time_stamper is not None:
+            token = await asyncio.to_thread(self.time_stamper, checkpoint.note.encode())
+            checkpoint = dataclasses.replace(checkpoint, time_stamp=token)
         await self.read(lambda: self.store.add_checkpoint(checkpoint, signed_at))
         if self.observer is not None:
             self.observer.checkpoint(head.size, signed_at)

@@ -363,6 +363,10 @@ MIGRATIONS: tuple[str, ...] = (
         updated_at timestamptz NOT NULL DEFAULT now()
     );
     """,
+    """
+    -- An RFC 3161 time-stamp token over each checkpoint's note, when [timestamp] is configured.
+    ALTER TABLE {s}.checkpoints ADD COLUMN time_stamp bytea;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -1,4 +1,5 @@
-"""`tongban audit verify`: check every record against the signed checkpoints."""
+"""`tongban audit verify`: check every record against the signed checkpoints, and the RFC 3161
+time-stamps stored beside them (`[timestamp]`) against the TSA anchors of `--tsa-ca`."""
 
 from __future__ import annotations
 
@@ -13,6 +14,13 @@ from rich.text import Text
 
 from gateway.cli._common import Failure, Subparsers, print_error, read_input, save_text
 from gateway.cli.audit._keys import audit_names, audit_public_key, b64, key_options, verify_note
+from gateway.cli.audit._stamps import (
+    StampCheck,
+    check_stamps,
+    print_stamps,
+    stamps_json,
+    tsa_anchors,
+)
 from gateway.cli.audit._store import check_log_named, check_store_options, on_store, store_options
 
 if TYPE_CHECKING:
@@ -45,13 +53,14 @@ def cmd_audit_verify(args: argparse.Namespace, out: Console) -> int:
     check_store_options(args)
     origin, key_names = audit_names(args)
     public_key = audit_public_key(args)
+    anchors = tsa_anchors(args.tsa_ca or [])
     trusted = (
         _read_trusted_checkpoint(args.checkpoint, public_key, key_names, origin)
         if args.checkpoint is not None
         else None
     )
 
-    async def work(store: AuditStore) -> Verification:
+    async def work(store: AuditStore) -> tuple[Verification, StampCheck]:
         await check_log_named(store, origin, args.region)
         log = AuditLog(
             store,
@@ -60,13 +69,15 @@ def cmd_audit_verify(args: argparse.Namespace, out: Console) -> int:
             former_key_names=key_names[1:],
             public_key=public_key,
         )
-        return await log.verify(trusted)
+        verified = await log.verify(trusted)
+        return verified, check_stamps(await store.checkpoints(), anchors)
 
-    result = on_store(args, work)
+    result, stamps = on_store(args, work)
     if args.json:
-        _print_json(result)
+        _print_json(result, stamps)
     elif result.intact:
         _print_intact(out, result, args.checkpoint, trusted)
+        print_stamps(out, stamps)
     else:
         where = f" at record {result.first_bad_index}" if result.first_bad_index >= 0 else ""
         headline = Text(f"BROKEN{where}", style="bold red")
@@ -74,10 +85,10 @@ def cmd_audit_verify(args: argparse.Namespace, out: Console) -> int:
         out.print(headline, soft_wrap=True)
     if args.save_checkpoint is not None:
         _save_checkpoint(args, out, result)
-    return 0 if result.intact else 1
+    return 0 if result.intact and not stamps.problems else 1
 
 
-def _print_json(result: Verification) -> None:
+def _print_json(result: Verification, stamps: StampCheck) -> None:
     latest = result.latest
     document = {
         "intact": result.intact,
@@ -90,6 +101,7 @@ def _print_json(result: Verification) -> None:
             if latest is not None
             else None
         ),
+        "time_stamps": stamps_json(stamps),
     }
     sys.stdout.write(json.dumps(document, ensure_ascii=False, indent=2) + "\n")
 
@@ -171,6 +183,14 @@ def register(audit_verbs: Subparsers) -> None:
         type=Path,
         metavar="FILE",
         help="if the log is intact, write its latest checkpoint here (keep it for next time)",
+    )
+    audit_verify.add_argument(
+        "--tsa-ca",
+        type=Path,
+        action="append",
+        metavar="PEM",
+        help="TSA trust anchors (PEM roots): check the checkpoints' RFC 3161 time-stamps with "
+        "them (any that proves nothing: exit 1); without, their times are shown unchecked",
     )
     audit_verify.add_argument(
         "--json",
