@@ -43,7 +43,6 @@ from cryptography import x509
 
 from gateway.errors import GatewayError
 from gateway.licences import licence_ofd
-from gateway.timestamps import stamp_or_none
 from registry import KeyRefused, KeyUsage, Registry
 from signer import (
     CertStatus,
@@ -60,6 +59,7 @@ from signer import (
     Sm2FileSigner,
     SubIndication,
     TimeStampClient,
+    TimeStampUnavailable,
     UnsupportedAlgorithm,
     ValidationReport,
     add_timestamp,
@@ -283,9 +283,9 @@ class RegionSealer:
             )
             if self._stamper is not None:  # the TSA is asked in a thread: it blocks
                 try:
-                    lenient = _Lenient(self._stamper, "a GB/T 38540 seal")
-                    ses = await asyncio.to_thread(functools.partial(make_ses, tsa=lenient))
-                except _NoToken:
+                    ses = await asyncio.to_thread(functools.partial(make_ses, tsa=self._stamper))
+                except TimeStampUnavailable as exc:
+                    log.warning("a GB/T 38540 seal made without a time-stamp: %s", exc)
                     ses = make_ses()
             else:
                 big = len(payload) > SEAL_IN_THREAD_BYTES
@@ -351,29 +351,12 @@ class RegionSealer:
         return sealed, ofd
 
 
-class _NoToken(Exception):
-    """The TSA failed (logged and counted by `stamp_or_none`): seal without a time-stamp."""
-
-
-@dataclass(frozen=True)
-class _Lenient:
-    """The gateway's TSA client under the failure policy of `gateway.timestamps`."""
-
-    stamper: TimeStampClient
-    what: str
-
-    def stamp(self, message: bytes) -> bytes:
-        token = stamp_or_none(self.stamper, message, self.what)
-        if token is None:
-            raise _NoToken
-        return token
-
-
 def _time_stamped_jws(jws: str, stamper: TimeStampClient) -> str:
-    """`jws` with a sigTst, or as it was when the TSA fails."""
+    """`jws` with a sigTst, or as it was when the TSA fails (logged; counted by the client)."""
     try:
-        return add_timestamp(jws, _Lenient(stamper, "a JAdES seal"))
-    except _NoToken:
+        return add_timestamp(jws, stamper)
+    except TimeStampUnavailable as exc:
+        log.warning("a JAdES seal made without a time-stamp: %s", exc)
         return jws
 
 

@@ -88,7 +88,7 @@ async def test_jades_seals_are_time_stamped_and_seal_anyway_when_the_tsa_is_down
     # the TSA does not answer: the seal is made, compact (baseline-B), logged and counted
     down = make_time_stamper(_config(tsa, tmp_path, "http://127.0.0.1:9/tsr"), metrics)
     assert down is not None
-    with caplog.at_level(logging.WARNING, logger="gateway.timestamps"):
+    with caplog.at_level(logging.WARNING):
         plain = await RegionSealer(REGION, {provider.kid: provider}, stamper=down).seal(
             registry, b"x", content_type="application/json", now=NOW
         )
