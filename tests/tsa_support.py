@@ -108,7 +108,7 @@ def running_tsa(folder: Path) -> Iterator[Tsa]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
     tsa = Tsa(ca, f"http://127.0.0.1:{server.server_address[1]}/tsr")
     server.RequestHandlerClass = _handler(tsa, config, threading.Lock())
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield tsa
