@@ -178,15 +178,16 @@ def document_verifier(
     (`[timestamp]`), which the sealers share."""
     fetcher = make_fetcher(config.revocation, metrics, clock) if config is not None else None
     stamps = config.timestamp if config is not None else None  # the TSA client and anchors
+    tsa_anchors = stamps.anchors() if stamps is not None else ()
     return DocumentVerifier(
         SealVerifier(
             NoTrust(),
             clock=clock,
             revocation=fetcher,
-            tsa_anchors=stamps.anchors() if stamps is not None else (),
+            tsa_anchors=tsa_anchors,
             stamper=make_time_stamper(stamps, metrics, clock),
         ),
-        GmVerifier(NoTrust(), clock=clock),
+        GmVerifier(NoTrust(), clock=clock, tsa_anchors=tsa_anchors),
     )
 
 

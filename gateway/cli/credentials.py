@@ -183,7 +183,13 @@ def cmd_verify(args: argparse.Namespace, out: Console) -> int:
         # No report can be made: exit 2, apart from 1 (a report that did not pass).
         usage(args, str(exc))
     trust = RegistryTrust(registry) if registry is not None else NoTrust()
-    gm = GmVerifier(trust, extra_anchors=roots, extra_intermediates=intermediates, clock=utc_now)
+    gm = GmVerifier(
+        trust,
+        extra_anchors=roots,
+        extra_intermediates=intermediates,
+        clock=utc_now,
+        tsa_anchors=tsa_anchors,
+    )
     seals = SealVerifier(trust, clock=utc_now, tsa_anchors=tsa_anchors)
     verifier = DocumentVerifier(seals, gm)
     report = verifier.validate(

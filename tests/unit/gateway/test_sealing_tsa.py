@@ -111,10 +111,13 @@ async def test_an_sm2_seal_carries_a_time_stamp_openssl_verifies(tsa: Tsa, tmp_p
     view = parse_signature(sealed.ses_signature)
     assert view.time_stamp is not None
     assert tsa.verify(view.time_stamp, view.signature) == "Verification: OK"
-    gm = GmVerifier(RegistryTrust(registry), extra_anchors=[tsa.root])
+    gm = GmVerifier(RegistryTrust(registry), tsa_anchors=[tsa.root])  # as [timestamp] gives
     report = gm.validate_signature(sealed.ses_signature, b"payload")
     assert report.passed, report.message
     assert report.proof_of_existence is not None
+    assert "the TSA chains to a configured TSA anchor" in next(
+        c.detail for c in report.checks if c.name == "time-stamp"
+    )
 
 
 def test_timestamp_config_refuses_what_it_cannot_use(tmp_path: Path) -> None:
