@@ -17,7 +17,8 @@ are errors, so a typo never silently falls back to a default.
     passphrase_env = ""               # optional: environment variable holding it
 
     [registry]
-    authority_public_key = "pki/authority/authority.pub.pem"
+    trusted_root = "pki/authority/root.json"  # the authority keys and threshold (or, as before,
+                                      # authority_public_key = "authority.pub.pem": 1 of 1)
     snapshot_file = "published/current.jws"   # optional: file that publishes write to
     follow = ""                       # optional: host:port of a peer gateway to follow (Watch)
     bootstrap_ca_file = ""            # optional: CA bundle trusted until a registry is held
@@ -440,7 +441,8 @@ class GatewayConfig:
     listen: str
     tls_certificate: Path
     tls_private_key: Path
-    authority_public_key: Path
+    authority_public_key: Path | None = None  # the 1-of-1 root of one key (before roots)
+    trusted_root: Path | None = None  # root.json: authority keys and threshold
     snapshot_file: Path | None = None
     follow: str = ""
     bootstrap_ca_file: Path | None = None
@@ -476,10 +478,22 @@ class GatewayConfig:
             raise ConfigError(
                 f"registry.snapshot_file: {self.snapshot_file} is a folder, not a snapshot file"
             )
+        if (self.trusted_root is None) == (self.authority_public_key is None):
+            raise ConfigError(
+                "registry.trusted_root: give it (or, for one authority key, "
+                "registry.authority_public_key), exactly one of them"
+            )
         if self.snapshot_file is None and not self.follow:
             raise ConfigError(
                 "registry: give snapshot_file, follow, or both: the gateway needs a registry"
             )
+
+    @property
+    def trust_anchor(self) -> Path:
+        """The file the gateway's trust in snapshots starts from: root.json or one key PEM."""
+        anchor = self.trusted_root or self.authority_public_key
+        assert anchor is not None  # __post_init__ saw to it
+        return anchor
 
     @classmethod
     def from_file(cls, path: Path) -> GatewayConfig:
@@ -519,7 +533,8 @@ class GatewayConfig:
                 tls_certificate=tls.required_path("certificate"),
                 tls_private_key=tls.required_path("private_key"),
                 tls_passphrase=passphrase,
-                authority_public_key=reg.required_path("authority_public_key"),
+                authority_public_key=reg.optional_path("authority_public_key"),
+                trusted_root=reg.optional_path("trusted_root"),
                 snapshot_file=reg.optional_path("snapshot_file"),
                 follow=reg.text("follow", required=False),
                 bootstrap_ca_file=reg.optional_path("bootstrap_ca_file"),

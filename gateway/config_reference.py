@@ -94,6 +94,9 @@ _EX = _config.ExchangeConfig
 _RV = _config.RevocationConfig
 _TS = _config.TimestampConfig
 _ENV = "string (variable name)"
+_TRUST = "one of trusted_root, authority_public_key (not with dev_pki)"
+_ROOT_DOC = "the trusted root (root.json): the authority keys, and how many must sign a snapshot"
+_KEY_DOC = "one registry authority public key (PEM): the 1-of-1 root of older installations"
 
 SECTIONS: tuple[Section, ...] = (
     Section("gateway", "[gateway]", "yes", "The region this gateway serves and how it listens."),
@@ -151,13 +154,8 @@ KEYS: tuple[Key, ...] = (
         kind=_ENV,
         doc="environment variable holding the key passphrase, instead of passphrase_file",
     ),
-    Key(
-        "registry",
-        "authority_public_key",
-        "yes (not with dev_pki)",
-        (_GW, "authority_public_key"),
-        doc="the registry authority's public key (PEM): only snapshots it signed are applied",
-    ),
+    Key("registry", "trusted_root", _TRUST, (_GW, "trusted_root"), doc=_ROOT_DOC),
+    Key("registry", "authority_public_key", _TRUST, (_GW, "authority_public_key"), doc=_KEY_DOC),
     Key(
         "registry",
         "snapshot_file",

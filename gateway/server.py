@@ -69,13 +69,12 @@ from gateway.services.registry import RegistryService
 from gateway.timestamps import checkpoint_stamper
 from registry import (
     FileSnapshotSource,
-    PkiError,
     RegistryError,
     RegistryStore,
     RegistryTrust,
     SignedSnapshot,
     SnapshotVerifier,
-    load_authority_public_key,
+    load_trusted_root,
 )
 from signer import KeyProvider, KeyReference
 from tongban.v1 import (
@@ -150,8 +149,8 @@ class Gateway:
         # True only in a `--workers` worker: its siblings bind the same ports (SO_REUSEPORT).
         self.shared_port = shared_port
         try:
-            authority = load_authority_public_key(config.authority_public_key)
-        except PkiError as exc:
+            authority = load_trusted_root(config.trust_anchor)
+        except RegistryError as exc:  # unreadable, or a root that does not verify
             raise ConfigError(str(exc)) from exc
         self.store = RegistryStore(SnapshotVerifier(authority), clock=clock)
         self.metrics = GatewayMetrics()

@@ -26,14 +26,13 @@ from gateway.cli._common import (
     usage,
     utc_now,
 )
+from gateway.cli._registry_root import trusted_root_of
 from gateway.cli._verify_report import Context, print_report, report_json
 from registry import (
-    AUTHORITY_PUBLIC_KEY,
     Registry,
     RegistryError,
     RegistryTrust,
     SnapshotVerifier,
-    load_authority_public_key,
 )
 from signer import (
     MAX_DOCUMENT_BYTES,
@@ -139,7 +138,8 @@ def _registry(args: argparse.Namespace) -> Registry | None:
     """The verified registry snapshot of --snapshot, if one is given (warns when stale)."""
     if args.snapshot is None:
         return None
-    authority = load_authority_public_key(args.authority or args.pki / AUTHORITY_PUBLIC_KEY)
+    args.root = args.authority
+    authority = trusted_root_of(args)
     snapshot = read_input(args.snapshot, "the registry snapshot")
     # now=None: the signature and format are checked here, the expiry below, so that a stale
     # registry still verifies (with a warning) instead of refusing outright.
@@ -306,11 +306,11 @@ def _register_verify(commands: Subparsers) -> None:
     verify_trust.add_argument(
         "--authority",
         type=Path,
-        metavar="PUB",
-        help="the registry authority public key (PEM), to check the snapshot's signature",
+        metavar="ROOT",
+        help="the trusted root (root.json) or one authority key's PEM, to check the snapshot",
     )
     verify_trust.add_argument(
-        "--pki", type=Path, metavar="DIR", help="a PKI folder, to use its authority public key"
+        "--pki", type=Path, metavar="DIR", help="a PKI folder, to use its authority/root.json"
     )
     verify.add_argument(
         "--ca",

@@ -246,6 +246,13 @@ class MetricDefinitions:
             registry=r,
             multiprocess_mode="livemin",
         )
+        self.registry_root_version = Gauge(
+            "tongban_registry_root_version",
+            "Version of the trusted root (authority keys and threshold) this gateway holds: the "
+            "installed one, or a newer one reached through a snapshot's root chain.",
+            registry=r,
+            multiprocess_mode="livemin",
+        )
         self.registry_issued = Gauge(
             "tongban_registry_issued_timestamp_seconds",
             "When the held registry snapshot was issued, Unix seconds (0: none held).",
@@ -262,7 +269,8 @@ class MetricDefinitions:
         self.registry_refused = Counter(
             "tongban_registry_refused_total",
             "Registry snapshots refused, by reason (FORMAT, UNSIGNED, UNTRUSTED_SIGNER, "
-            "BAD_SIGNATURE, ROLLBACK, EXPIRED); the held snapshot stays in force.",
+            "DUPLICATE_SIGNER, BAD_SIGNATURE, BELOW_THRESHOLD, ROOT_CHAIN, ROOT_EXPIRED, "
+            "ROOT_ROLLBACK, ROLLBACK, EXPIRED); the held snapshot stays in force.",
             ("reason",),
             registry=r,
         )

@@ -229,6 +229,7 @@ class GatewayMetrics(MetricDefinitions):
         refusal counts in `status` (as `observe_refusals`). Call on every swap and periodically.
         """
         self.registry_version.set(status.version or 0)
+        self.registry_root_version.set(status.root_version)
         self.registry_issued.set(_timestamp(status.issued_at))
         self.registry_expiry.set(_timestamp(status.expires_at))
         self.observe_refusals(status.refusals)

@@ -32,7 +32,7 @@ from support import (
 )
 
 from gateway.audit import AuditQuery, Outcome
-from registry import KeyState, KeyUsage, RegistryTrust, SnapshotVerifier, load_authority_public_key
+from registry import KeyState, KeyUsage, RegistryTrust, SnapshotVerifier, load_trusted_root
 from signer import FileKeyProvider, Indication, SealVerifier, SignatureKind, seal
 from tongban.v1 import credentials_pb2, credentials_pb2_grpc, exchange_pb2, exchange_pb2_grpc
 
@@ -100,9 +100,7 @@ async def test_allowed_query_is_sealed_verified_minimised_and_then_cached(
         assert document["citizen_id"] == subject
         # The client keeps the proof: it verifies on its own against the registry.
         registry = (
-            SnapshotVerifier(
-                load_authority_public_key(federation.pki / "authority" / "authority.pub.pem")
-            )
+            SnapshotVerifier(load_trusted_root(federation.pki / "authority" / "root.json"))
             .verify(federation.current.read_bytes(), held_version=None, now=None)
             .registry
         )

@@ -50,6 +50,7 @@ CONTRACT_METRICS = frozenset(
         "tongban_audit_checkpoint_size",
         "tongban_audit_checkpoint_timestamp_seconds",
         "tongban_registry_version",
+        "tongban_registry_root_version",  # extends the contract (issue 17: k-of-n trusted root)
         "tongban_registry_issued_timestamp_seconds",
         "tongban_registry_expiry_timestamp_seconds",
         "tongban_registry_refused_total",

@@ -95,8 +95,10 @@ Global___WatchRequest: _TypeAlias = WatchRequest  # noqa: Y015
 class SignedSnapshot(_message.Message):
     """A registry snapshot as published by the registry authority.
 
-    Only jws is authoritative. It is a compact JWS (RFC 7515, alg EdDSA, signed by the registry
-    authority key) whose payload is the canonical JSON (RFC 8785) of a RegistrySnapshot. Fields
+    Only jws is authoritative. It is a JWS (RFC 7515) in the general JSON serialisation, signed by
+    a threshold of the authority keys of the trusted root and carrying the root chain
+    (docs/registry.md; a compact JWS of one signature is read too), whose payload is the
+    canonical JSON (RFC 8785) of a RegistrySnapshot. Fields
     2 to 5 are an unsigned convenience copy of values inside the payload (for logs and routing):
     receivers trust only the verified payload and reject a snapshot whose copy disagrees with it.
     """
@@ -109,11 +111,13 @@ class SignedSnapshot(_message.Message):
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     AUTHORITY_KEY_ID_FIELD_NUMBER: _builtins.int
     jws: _builtins.str
-    """Compact JWS; its payload is the canonical JSON of a RegistrySnapshot."""
+    """The JWS (general JSON serialisation); its payload is the canonical JSON of a RegistrySnapshot."""
     version: _builtins.int
     """Unsigned copy of the payload's version."""
     authority_key_id: _builtins.str
-    """Key id (base64url SHA-256 of the certificate DER) of the authority key that signed jws."""
+    """Key id (base64url SHA-256 of the SubjectPublicKeyInfo) of the first authority key that
+    signed jws (the others are in jws).
+    """
     @_builtins.property
     def issued_at(self) -> _timestamp_pb2.Timestamp:
         """Unsigned copy of the payload's issued_at."""

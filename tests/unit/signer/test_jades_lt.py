@@ -28,7 +28,7 @@ from openssl_ca import OpenSslCa, make_openssl_ca
 from support import Federation, make_federation
 
 from registry import (
-    AUTHORITY_PUBLIC_KEY,
+    TRUSTED_ROOT,
     ImportedKey,
     KeyUsage,
     Registry,
@@ -37,7 +37,7 @@ from registry import (
     import_ca,
     import_cert,
     import_crl,
-    load_authority_public_key,
+    load_trusted_root,
     publish,
 )
 from registry._pki import ca_dir
@@ -110,7 +110,7 @@ class Pki:
 
     def trust_options(self) -> tuple[str | Path, ...]:
         """`tongban verify`'s options for the published registry snapshot."""
-        authority = self.fed.pki / AUTHORITY_PUBLIC_KEY
+        authority = self.fed.pki / TRUSTED_ROOT
         return ("--snapshot", self.fed.current, "--authority", authority)
 
 
@@ -136,7 +136,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
                     key=ImportedKey(key_file=key), now=now)  # fmt: skip
     import_crl(fed.pki, REGION, ca.crl("published.crl"), now=now)
     publish(fed.source, fed.pki, fed.published, now=now)
-    authority = load_authority_public_key(fed.pki / AUTHORITY_PUBLIC_KEY)
+    authority = load_trusted_root(fed.pki / TRUSTED_ROOT)
     snapshot = fed.current.read_bytes()
     registry = SnapshotVerifier(authority).verify(snapshot, held_version=None, now=None).registry
     ca.revoke_for(revoked, "keyCompromise")
