@@ -25,13 +25,13 @@ from gateway.sealing import RegionSealer
 from gateway.services.credentials import report_message
 from gateway.timestamps import make_time_stamper
 from registry import (
-    AUTHORITY_PUBLIC_KEY,
+    TRUSTED_ROOT,
     KeyState,
     KeyUsage,
     Registry,
     RegistryTrust,
     SnapshotVerifier,
-    load_authority_public_key,
+    load_trusted_root,
 )
 from signer import FileKeyProvider, GmVerifier, SealVerifier, TimeStampClient, parse_jws
 from signer._ses_asn1 import parse_signature
@@ -47,7 +47,7 @@ def tsa(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tsa]:
 
 
 def _registry(fed: Federation) -> Registry:
-    verifier = SnapshotVerifier(load_authority_public_key(fed.pki / AUTHORITY_PUBLIC_KEY))
+    verifier = SnapshotVerifier(load_trusted_root(fed.pki / TRUSTED_ROOT))
     return verifier.verify(fed.current.read_bytes(), held_version=None, now=None).registry
 
 

@@ -26,7 +26,7 @@ from support import make_federation
 from tsa_support import Tsa, running_tsa
 
 from registry import (
-    AUTHORITY_PUBLIC_KEY,
+    TRUSTED_ROOT,
     ImportedKey,
     KeyUsage,
     Registry,
@@ -35,7 +35,7 @@ from registry import (
     import_ca,
     import_cert,
     import_crl,
-    load_authority_public_key,
+    load_trusted_root,
     publish,
 )
 from registry._pki import ca_dir
@@ -119,12 +119,12 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pki]:
                         key=ImportedKey(key_file=key), now=now)  # fmt: skip
         import_crl(fed.pki, REGION, ca.crl("published.crl"), now=now)
         publish(fed.source, fed.pki, fed.published, now=now)
-        authority = load_authority_public_key(fed.pki / AUTHORITY_PUBLIC_KEY)
+        authority = load_trusted_root(fed.pki / TRUSTED_ROOT)
         snapshot = fed.current.read_bytes()
         registry = (
             SnapshotVerifier(authority).verify(snapshot, held_version=None, now=None).registry
         )
-        options = ("--snapshot", fed.current, "--authority", fed.pki / AUTHORITY_PUBLIC_KEY)
+        options = ("--snapshot", fed.current, "--authority", fed.pki / TRUSTED_ROOT)
         unfinished = Pki(ca, tsa, client, early, late, responder, registry, "", "", "", "", b"",
                          options)  # fmt: skip
         early_good = unfinished.respond(early)
