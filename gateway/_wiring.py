@@ -47,9 +47,10 @@ from gateway.revocation import CallerRevocation, make_fetcher
 from gateway.sealing import Sm2SealKey
 from gateway.services.exchange import QueryPath
 from gateway.services.witness import WitnessService
+from gateway.timestamps import make_time_stamper
 from gateway.tokens import TokenVerifier
 from gateway.witnessing import CheckpointSubmitter, log_keys, witness_name
-from registry import RegistryStore
+from registry import RegistryError, RegistryStore, SnapshotVerifier, load_trusted_root
 from signer import (
     DocumentVerifier,
     FileKeyProvider,
@@ -72,6 +73,7 @@ __all__ = [
     "document_verifier",
     "load_seal_keys",
     "make_breaker",
+    "registry_store",
 ]
 
 log = logging.getLogger("tongban.gateway")
@@ -81,6 +83,16 @@ log = logging.getLogger("tongban.gateway")
 REDIS_MAX_CONNECTIONS = 64
 
 Closer = Callable[[], Awaitable[None]]
+
+
+def registry_store(config: GatewayConfig, clock: Callable[[], datetime]) -> RegistryStore:
+    """The store of registry snapshots, verifying them against the installed trusted root (or
+    the 1-of-1 root of `authority_public_key`); a root that cannot be read is a ConfigError."""
+    try:
+        authority = load_trusted_root(config.trust_anchor)
+    except RegistryError as exc:  # unreadable, or a root that does not verify
+        raise ConfigError(str(exc)) from exc
+    return RegistryStore(SnapshotVerifier(authority), clock=clock)
 
 
 def load_seal_keys(config: GatewayConfig) -> dict[str, KeyProvider]:
@@ -179,11 +191,20 @@ def document_verifier(
     switches them, together, to the first registry it applies (`DocumentVerifier.use`). The
     answering side's Verify and the requester's seal checks use these same two objects. The
     `SealVerifier` holds the gateway's one `RevocationFetcher` (`[revocation] online`), which
-    the TLS caller check shares (`caller_revocation`)."""
+    the TLS caller check shares (`caller_revocation`), and its TSA client and TSA anchors
+    (`[timestamp]`), which the sealers share."""
     fetcher = make_fetcher(config.revocation, metrics, clock) if config is not None else None
+    stamps = config.timestamp if config is not None else None  # the TSA client and anchors
+    tsa_anchors = stamps.anchors() if stamps is not None else ()
     return DocumentVerifier(
-        SealVerifier(NoTrust(), clock=clock, revocation=fetcher),
-        GmVerifier(NoTrust(), clock=clock),
+        SealVerifier(
+            NoTrust(),
+            clock=clock,
+            revocation=fetcher,
+            tsa_anchors=tsa_anchors,
+            stamper=make_time_stamper(stamps, metrics, clock),
+        ),
+        GmVerifier(NoTrust(), clock=clock, tsa_anchors=tsa_anchors),
     )
 
 

@@ -48,6 +48,7 @@ from gateway._wiring import (
     document_verifier,
     load_seal_keys,
     make_breaker,
+    registry_store,
 )
 from gateway.admission import CallAdmission
 from gateway.audit import AuditError, AuditRecord, Outcome, digest_form
@@ -67,14 +68,12 @@ from gateway.services.credentials import CredentialsService
 from gateway.services.exchange import DataExchangeService, PeerService, QueryPath
 from gateway.services.oversight import OversightService
 from gateway.services.registry import RegistryService
+from gateway.timestamps import checkpoint_stamper
 from registry import (
     FileSnapshotSource,
     RegistryError,
-    RegistryStore,
     RegistryTrust,
     SignedSnapshot,
-    SnapshotVerifier,
-    load_trusted_root,
 )
 from signer import KeyProvider, KeyReference
 from tongban.v1 import (
@@ -149,11 +148,7 @@ class Gateway:
             grpc_log.addFilter(_WITHHOLD)
         # True only in a `--workers` worker: its siblings bind the same ports (SO_REUSEPORT).
         self.shared_port = shared_port
-        try:
-            authority = load_trusted_root(config.trust_anchor)
-        except RegistryError as exc:  # unreadable, or a root that does not verify
-            raise ConfigError(str(exc)) from exc
-        self.store = RegistryStore(SnapshotVerifier(authority), clock=clock)
+        self.store = registry_store(config, clock)
         self.metrics = GatewayMetrics()
         self.metrics_server: MetricsServer | None = None
         self.metrics_port = 0
@@ -167,6 +162,7 @@ class Gateway:
         self.audit = build_audit_log(config, clock=clock)
         if self.audit is not None:
             self.audit.observer = self.metrics
+            self.audit.time_stamper = checkpoint_stamper(self.verifier.stamper)
         # One map shared by the services, so that `reload_seal_keys` reaches both.
         self.seal_keys = seal_keys = load_seal_keys(config)
         self.credentials = CredentialsService(

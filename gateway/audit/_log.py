@@ -151,6 +151,8 @@ class AuditLog:
         self.observer: AuditObserver | None = None
         # Told of every checkpoint signed (the witnessing submitter): must not block or raise.
         self.checkpoint_listeners: list[Callable[[Checkpoint], None]] = []
+        # A token over a checkpoint's note, or None ([timestamp]; blocking: run in a thread).
+        self.time_stamper: Callable[[bytes], bytes | None] | None = None
 
     async def open(self) -> None:
         await self.store.open()
@@ -321,6 +323,9 @@ class AuditLog:
         checkpoint = sign_checkpoint(
             self.origin, head.size, head.root, self._key, self.key_name, signed_at=signed_at
         )
+        if self.time_stamper is not None:
+            token = await asyncio.to_thread(self.time_stamper, checkpoint.note.encode())
+            checkpoint = dataclasses.replace(checkpoint, time_stamp=token)
         await self.read(lambda: self.store.add_checkpoint(checkpoint, signed_at))
         if self.observer is not None:
             self.observer.checkpoint(head.size, signed_at)

@@ -406,6 +406,10 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE {s}.cosignatures ENABLE ALWAYS TRIGGER cosignatures_append_only;
     ALTER TABLE {s}.cosignatures ENABLE ALWAYS TRIGGER cosignatures_no_truncate;
     """,
+    """
+    -- An RFC 3161 time-stamp token over each checkpoint's note, when [timestamp] is configured.
+    ALTER TABLE {s}.checkpoints ADD COLUMN time_stamp bytea;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

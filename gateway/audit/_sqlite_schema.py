@@ -14,7 +14,7 @@ __all__ = [
     "time_text",
 ]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 def _generated(key: str) -> str:
@@ -130,6 +130,8 @@ MIGRATIONS: dict[int, list[str]] = {
         *_append_only("witness_forks", "id"),
         *_append_only("audit_cosignatures", "id"),
     ],
+    # An RFC 3161 time-stamp token over each checkpoint's note, when [timestamp] is configured.
+    5: ["ALTER TABLE audit_checkpoints ADD COLUMN time_stamp BLOB"],
 }
 # Put back by a prune after it lifted it, exactly as migration 1 created it.
 RECORDS_NO_DELETE = _append_only("audit_records", "idx")[1]

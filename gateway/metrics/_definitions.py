@@ -80,6 +80,7 @@ class MetricDefinitions:
         self._define_admission(r)
         self._define_certificates(r)
         self._define_revocation(r)
+        self._define_timestamps(r)
 
         # Series that exist from the start, so that rate() and absent() behave before the first
         # event rather than after it.
@@ -362,6 +363,16 @@ class MetricDefinitions:
             "its result.",
             ("source",),
             buckets=GRPC_LATENCY_BUCKETS,
+            registry=r,
+        )
+
+    def _define_timestamps(self, r: CollectorRegistry) -> None:
+        """Requests to the time-stamping authority (gateway/timestamps.py, docs/security.md)."""
+        self.timestamp_requests = Counter(
+            "tongban_timestamp_requests_total",
+            "Requests for an RFC 3161 time-stamp (seals, audit checkpoints), by result (ok, "
+            "unreachable, refused, invalid); what is not ok leaves the object without one.",
+            ("result",),
             registry=r,
         )
 

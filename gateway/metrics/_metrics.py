@@ -57,6 +57,7 @@ _DIGIT_RUN = re.compile(r"\d{15,}")  # a citizen id (15 or 18 digits), a phone, 
 _INDICATIONS = frozenset(i.value for i in Indication)
 _REVOCATION_SOURCES = frozenset({"ocsp", "crl"})
 _REVOCATION_RESULTS = frozenset({"good", "revoked", "unknown", "unreachable"})
+_TIMESTAMP_RESULTS = frozenset({"ok", "unreachable", "refused", "invalid"})
 _SUB_INDICATIONS = frozenset(s.value for s in SubIndication)
 
 
@@ -382,6 +383,13 @@ class GatewayMetrics(MetricDefinitions):
         self.child(self.revocation_checks, source, result).inc()
         if seconds > 0.0:
             self.child(self.revocation_fetch_seconds, source).observe(seconds)
+
+    def timestamp_request(self, result: str, seconds: float) -> None:
+        """One request to the TSA (`TimeStampClient`'s report)."""
+        del seconds  # counted, not timed: one request per seal or checkpoint
+        self.child(
+            self.timestamp_requests, result if result in _TIMESTAMP_RESULTS else "other"
+        ).inc()
 
     def peer_region(self, region: str) -> str:
         """The `peer_region` label for `region`: "local", a region the registry knows, or "other"."""

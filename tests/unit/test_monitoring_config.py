@@ -62,6 +62,7 @@ CONTRACT_METRICS = frozenset(
         "tongban_revocation_checks_total",  # extends the contract (issue 17: OCSP and CRL DP)
         "tongban_revocation_fetch_seconds_bucket",
         "tongban_witness_forks_total",  # extends the contract (issue 18: witnessed logs)
+        "tongban_timestamp_requests_total",  # extends the contract (issue 18: time-stamps)
     }
 )
 PROMETHEUS_METRICS = frozenset({"up"})

@@ -1,5 +1,6 @@
-"""`tongban audit verify`: check every record against the signed checkpoints, and (with the
-registry, `--snapshot`) that a checkpoint holds the cosignatures the registry requires."""
+"""`tongban audit verify`: check every record against the signed checkpoints, the RFC 3161
+time-stamps stored beside them (`[timestamp]`) against the TSA anchors of `--tsa-ca`, and (with
+the registry, `--snapshot`) that a checkpoint holds the cosignatures the registry requires."""
 
 from __future__ import annotations
 
@@ -22,6 +23,13 @@ from gateway.cli._common import (
     utc_now,
 )
 from gateway.cli.audit._keys import audit_names, audit_public_key, b64, key_options, verify_note
+from gateway.cli.audit._stamps import (
+    StampCheck,
+    check_stamps,
+    print_stamps,
+    stamps_json,
+    tsa_anchors,
+)
 from gateway.cli.audit._store import check_log_named, check_store_options, on_store, store_options
 
 if TYPE_CHECKING:
@@ -77,13 +85,14 @@ def cmd_audit_verify(args: argparse.Namespace, out: Console) -> int:
     origin, key_names = audit_names(args)
     registry = _witness_registry(args)
     public_key = audit_public_key(args)
+    anchors = tsa_anchors(args.tsa_ca or [])
     trusted = (
         _read_trusted_checkpoint(args.checkpoint, public_key, key_names, origin)
         if args.checkpoint is not None
         else None
     )
 
-    async def work(store: AuditStore) -> tuple[Verification, Witnessed | None]:
+    async def work(store: AuditStore) -> tuple[Verification, Witnessed | None, StampCheck]:
         await check_log_named(store, origin, args.region)
         log = AuditLog(
             store,
@@ -93,19 +102,22 @@ def cmd_audit_verify(args: argparse.Namespace, out: Console) -> int:
             public_key=public_key,
         )
         result = await log.verify(trusted)
+        checkpoints = await store.checkpoints()
+        stamps = check_stamps(checkpoints, anchors)
         if registry is None:
-            return result, None
+            return result, None, stamps
         seen = await witnessed(
-            await store.checkpoints(), witness_store_for(store), registry, args.region, utc_now()
+            checkpoints, witness_store_for(store), registry, args.region, utc_now()
         )
-        return result, seen
+        return result, seen, stamps
 
-    result, seen = on_store(args, work)
+    result, seen, stamps = on_store(args, work)
     witnessed_ok = _report_witnessing(out, registry, seen, args.json) if result.intact else True
     if args.json:
-        _print_json(result, registry, seen)
+        _print_json(result, stamps, registry, seen)
     elif result.intact:
         _print_intact(out, result, args.checkpoint, trusted)
+        print_stamps(out, stamps)
     else:
         where = f" at record {result.first_bad_index}" if result.first_bad_index >= 0 else ""
         headline = Text(f"BROKEN{where}", style="bold red")
@@ -113,7 +125,7 @@ def cmd_audit_verify(args: argparse.Namespace, out: Console) -> int:
         out.print(headline, soft_wrap=True)
     if args.save_checkpoint is not None:
         _save_checkpoint(args, out, result)
-    return 0 if result.intact and witnessed_ok else 1
+    return 0 if result.intact and witnessed_ok and not stamps.problems else 1
 
 
 def _report_witnessing(
@@ -150,7 +162,10 @@ def _report_witnessing(
 
 
 def _print_json(
-    result: Verification, registry: Registry | None = None, seen: Witnessed | None = None
+    result: Verification,
+    stamps: StampCheck,
+    registry: Registry | None = None,
+    seen: Witnessed | None = None,
 ) -> None:
     latest = result.latest
     document = {
@@ -164,6 +179,7 @@ def _print_json(
             if latest is not None
             else None
         ),
+        "time_stamps": stamps_json(stamps),
     }
     if registry is not None and seen is not None:
         document["witnessing"] = {
@@ -269,6 +285,14 @@ def register(audit_verbs: Subparsers) -> None:
         type=Path,
         metavar="PUB",
         help="the registry authority public key (PEM), to check --snapshot's signature",
+    )
+    audit_verify.add_argument(
+        "--tsa-ca",
+        type=Path,
+        action="append",
+        metavar="PEM",
+        help="TSA trust anchors (PEM roots): check the checkpoints' RFC 3161 time-stamps with "
+        "them (any that proves nothing: exit 1); without, their times are shown unchecked",
     )
     audit_verify.add_argument(
         "--json",
