@@ -1,0 +1,189 @@
+"""The evidence bundle (`tongban audit evidence` / `check-evidence`): made from a log whose
+checkpoint is time-stamped by a real TSA (`openssl ts -reply`) and cosigned by another region's
+witness, it verifies offline with only the registry snapshot; a changed byte anywhere makes it
+fail naming the part that holds it ("format" when the JSON is no longer canonical)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+from audit_contract import make_record
+from cli_support import Run
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from support import Federation, make_federation
+from tsa_support import Tsa, running_tsa
+
+from gateway.audit import AuditLog, SqliteAuditStore, cosign, witness_store_for
+from gateway.evidence import PARTS, check_bundle
+from gateway.timestamps import checkpoint_stamper
+from registry import KeyState, KeyUsage, SnapshotVerifier, load_trusted_root
+from registry._authority import pki_trusted_root_path
+from signer import TimeStampClient
+
+REGION = "510000"
+ORIGIN = f"audit.tongban/{REGION}"
+
+
+@dataclass(frozen=True)
+class Made:
+    fed: Federation
+    tsa: Tsa
+    db: Path
+    tsa_pem: Path
+    bundle: Path
+
+
+def _audit_key(fed: Federation, region: str) -> ed25519.Ed25519PrivateKey:
+    (record,) = fed.inventory().find(region, KeyUsage.AUDIT, KeyState.ACTIVE)
+    key = serialization.load_pem_private_key((fed.pki / record.private_key).read_bytes(), None)
+    assert isinstance(key, ed25519.Ed25519PrivateKey)
+    return key
+
+
+async def _fill(fed: Federation, db: Path, tsa: Tsa) -> None:
+    """Seven records (req-0 … req-6; req-2 denied), a time-stamped checkpoint of size 7
+    cosigned by the witness of 330000, and two more records not yet covered."""
+    from gateway.audit import Outcome
+
+    store = SqliteAuditStore(db)
+    await store.open()
+    try:
+        log = AuditLog(store, origin=ORIGIN, key=_audit_key(fed, REGION), key_name=ORIGIN)
+        log.time_stamper = checkpoint_stamper(TimeStampClient(tsa.url, anchors=[tsa.root]))
+        for i in range(7):
+            record = make_record(i)
+            if i == 2:  # refused: no answer was sealed
+                record = replace(make_record(i, outcome=Outcome.DENIED), sealed_digest="")
+            await log.append(record)
+        checkpoint = await log.checkpoint()
+        made = cosign(checkpoint.body, _audit_key(fed, "330000"), "witness.tongban/330000", 1)
+        await witness_store_for(store).add_cosignature(checkpoint.size, checkpoint.root, made)
+        for i in range(7, 9):
+            await log.append(make_record(i))
+    finally:
+        await store.close()
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Made]:
+    folder = tmp_path_factory.mktemp("evidence")
+    fed = make_federation(folder)
+    fed.publish()
+    with running_tsa(folder / "tsa") as tsa:
+        db = folder / "audit-510000.db"
+        asyncio.run(_fill(fed, db, tsa))
+        tsa_pem = folder / "tsa.pem"
+        tsa_pem.write_bytes(tsa.ca.root.read_bytes())
+        yield Made(fed, tsa, db, tsa_pem, folder / "req-3.evidence.json")
+
+
+def _evidence(run: Run, m: Made, request_id: str, out: Path) -> tuple[int, str, str]:
+    return run(
+        "audit", "evidence", "--sqlite", m.db, "--region", REGION, "--snapshot", m.fed.current,
+        "--authority", pki_trusted_root_path(m.fed.pki), "--request-id", request_id, "--out", out,
+    )  # fmt: skip
+
+
+def _check(run: Run, m: Made, bundle: Path, *more: str | Path) -> tuple[int, str, str]:
+    return run(
+        "audit", "check-evidence", bundle, "--snapshot", m.fed.current,
+        "--authority", pki_trusted_root_path(m.fed.pki), *more,
+    )  # fmt: skip
+
+
+def test_a_bundle_verifies_offline_part_by_part(run: Run, made: Made) -> None:
+    code, out, err = _evidence(run, made, "req-3", made.bundle)
+    assert (code, err) == (0, ""), err
+    assert "checkpoint size 7, 1 cosignature(s), 1 time-stamp(s)" in out
+    document = json.loads(made.bundle.read_bytes())
+    assert document["format"] == "tongban.evidence/v1"
+    assert json.loads(document["record"])["request_id"] == "req-3"
+    assert document["inclusion_proof"]["leaf_index"] == 3
+    assert document["inclusion_proof"]["tree_size"] == 7
+    assert document["answer_digest"] == "ab" * 32
+    assert document["request_signature"] is None
+    assert document["absent"] == {"request_signature": "the record keeps no signed request"}
+    assert "110105194912310021" not in made.bundle.read_text()  # pseudonymised only
+    code, out, err = _check(run, made, made.bundle, "--tsa-ca", made.tsa_pem)
+    assert (code, err) == (0, ""), out
+    lines = out.splitlines()
+    assert [line.split()[:2] for line in lines] == [["PASS", part] for part in PARTS]
+    assert "cosigned by witness.tongban/330000 (1 required)" in out
+    assert "(time-stamp by CN=tsa,O=Region)" in out
+    # Without the TSA anchors the time-stamp is not taken on trust.
+    code, out, err = _check(run, made, made.bundle)
+    assert code == 1
+    assert "UNCHECKED time_stamps" in out
+    assert "give --tsa-ca" in out
+    assert err == "tongban: the evidence does not hold: time_stamps\n"
+
+
+def test_a_denied_record_has_no_answer_digest_and_says_why(
+    run: Run, made: Made, tmp_path: Path
+) -> None:
+    bundle = tmp_path / "req-2.json"
+    assert _evidence(run, made, "req-2", bundle)[0] == 0
+    document = json.loads(bundle.read_bytes())
+    assert document["answer_digest"] is None
+    assert document["absent"]["answer_digest"].startswith("the record names no sealed answer")
+    code, out, _ = _check(run, made, bundle, "--tsa-ca", made.tsa_pem)
+    assert code == 0, out
+
+
+@pytest.mark.parametrize(
+    ("request_id", "problem"),
+    [
+        ("req-404", "tongban: no record of request req-404 in this log\n"),
+        ("req-8", "tongban: no checkpoint signed by region 510000's audit key covers record 8"),
+    ],
+)
+def test_no_bundle_without_a_record_or_a_checkpoint(
+    run: Run, made: Made, tmp_path: Path, request_id: str, problem: str
+) -> None:
+    code, out, err = _evidence(run, made, request_id, tmp_path / "x.json")
+    assert (code, out) == (1, "")
+    assert err.startswith(problem)
+    assert not (tmp_path / "x.json").exists()
+
+
+def _spans(data: bytes) -> dict[str, tuple[int, int]]:
+    """Where each top-level member's value lies in the canonical bytes."""
+    document = json.loads(data)
+    spans = {}
+    for name, value in document.items():
+        encoded = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        key = f'"{name}":'.encode()
+        start = data.index(key) + len(key)
+        assert data[start : start + len(encoded.encode())] == encoded.encode()
+        spans[name] = (start, start + len(encoded.encode()))
+    return spans
+
+
+def test_any_changed_byte_fails_naming_its_part(made: Made, run: Run) -> None:
+    if not made.bundle.exists():
+        assert _evidence(run, made, "req-3", made.bundle)[0] == 0
+    data = made.bundle.read_bytes()
+    trust = load_trusted_root(pki_trusted_root_path(made.fed.pki))
+    snapshot_text = made.fed.current.read_text()
+    registry = SnapshotVerifier(trust).verify(snapshot_text, held_version=None, now=None).registry
+    anchors = [made.tsa.root]
+    assert all(r.ok for r in check_bundle(data, registry, snapshot_text, anchors))
+    spans = _spans(data)
+    tested: dict[str, int] = {}
+    for position in range(len(data)):
+        changed = data[:position] + bytes([data[position] ^ 0x01]) + data[position + 1 :]
+        failed = {r.part for r in check_bundle(changed, registry, snapshot_text, anchors)
+                  if not r.ok}  # fmt: skip
+        part = next((n for n, (a, b) in spans.items() if a <= position < b), "format")
+        assert failed, f"byte {position} ({part}) changed and nothing fails"
+        assert part in failed or "format" in failed, (position, part, failed)
+        if part not in failed:
+            continue  # the JSON broke around it (a quote, an escape): "format" alone
+        tested[part] = tested.get(part, 0) + 1
+    assert set(tested) == set(PARTS) - {"request_signature"}, tested
