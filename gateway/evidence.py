@@ -32,12 +32,15 @@ import binascii
 import hashlib
 import json
 import re
+import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from asn1crypto import cms
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 
 from gateway.audit import (
     AuditRecord,
@@ -81,6 +84,7 @@ PARTS = (
 _MEMBERS = frozenset(PARTS)
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _DASH = "\u2014"
+_TOKEN_SIGNATURES = frozenset({"ecdsa", "rsassa_pkcs1v15", "rsassa_pss", "ed25519", "ed448"})
 
 NO_ANSWER = "the record names no sealed answer (nothing was released)"
 NO_REQUEST_SIGNATURE = "the record keeps no signed request"
@@ -201,6 +205,13 @@ def make_bundle(parts: BundleParts, registry_member: Mapping[str, Any]) -> bytes
     return canonical_json(document) + b"\n"
 
 
+@dataclass(frozen=True)
+class _Proof:
+    gen_time: datetime | None
+    tsa: str
+    problem: str
+
+
 @dataclass
 class _Context:
     """What the checks learn from one another (each check still names only its own part)."""
@@ -213,6 +224,74 @@ class _Context:
     checkpoint: Checkpoint | None = None
     at: datetime | None = None  # when the checkpoint provably existed (a time-stamp's genTime)
     record: AuditRecord | None = None
+    proofs: dict[bytes, _Proof] = field(default_factory=dict)
+
+    def proof(self, token: bytes, note: str) -> _Proof:
+        """What `token` proves about `note` (once per token: the chain is built once)."""
+        if token not in self.proofs:
+            problem = _token_form(token)
+            if problem:
+                self.proofs[token] = _Proof(None, "", problem)
+            else:
+                self.proofs[token] = _prove(token, note.encode(), self.anchors)
+        return self.proofs[token]
+
+
+def _prove(token: bytes, message: bytes, anchors: Sequence[x509.Certificate]) -> _Proof:
+    """`proof_of_existence`, a certificate in the token that only parses with a warning (a
+    malformed name) or whose key cannot be read (a changed curve) proving nothing."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        try:
+            found = proof_of_existence(token, message, anchors)
+        except (Warning, UnsupportedAlgorithm, ValueError) as exc:
+            return _Proof(None, "", f"a malformed certificate in the token ({exc})")
+    return _Proof(found.gen_time, found.tsa, found.problem)
+
+
+def _token_form(token: bytes) -> str:
+    """Why `token` is not in the form a TSA issues (its unsigned fields are checked here, as
+    its signature does not cover them), or ""."""
+    try:
+        info = cms.ContentInfo.load(token, strict=True)
+        signed = info["content"]
+        (signer,) = signed["signer_infos"]
+        digest, signature = signer["digest_algorithm"], signer["signature_algorithm"]
+        digest_name = digest["algorithm"].native
+        if (
+            info["content_type"].native != "signed_data"
+            or signed["version"].native != "v3"
+            or signer["version"].native != "v1"
+            or [a.dump() for a in signed["digest_algorithms"]] != [digest.dump()]
+            or digest["parameters"].native is not None
+            or (signature["algorithm"].native != "rsassa_pss"
+                and signature["parameters"].native is not None)
+            or signed["encap_content_info"]["content_type"].native != "tst_info"
+            or signer["unsigned_attrs"].native is not None
+        ):  # fmt: skip
+            return "not in the form of an RFC 3161 token (its unsigned fields were changed)"
+        sid = signer["sid"]
+        if sid.name != "issuer_and_serial_number" or not any(
+            cert.chosen["tbs_certificate"]["issuer"].dump() == sid.chosen["issuer"].dump()
+            and cert.chosen.serial_number == sid.chosen["serial_number"].native
+            for cert in signed["certificates"]
+        ):
+            return "its signer identifier names no certificate it carries"
+        if signature.signature_algo not in _TOKEN_SIGNATURES or (
+            "_" in signature["algorithm"].native and signature.hash_algo != digest_name
+        ):  # the signature does not cover its own algorithm: it must agree with the digest's
+            return (
+                f"a signature algorithm that is not the digest's: {signature['algorithm'].dotted}"
+            )
+        unsigned = [signed[n] for n in ("version", "digest_algorithms", "encap_content_info")]
+        unsigned += [
+            signer[n] for n in ("version", "sid", "digest_algorithm", "signature_algorithm")
+        ]
+        if any(part.dump() != part.dump(force=True) for part in unsigned):
+            return "not DER: a tag or length of its unsigned fields was changed"
+    except (ValueError, TypeError, KeyError) as exc:
+        return f"not an RFC 3161 token ({exc.__class__.__name__})"
+    return ""
 
 
 def _parse(data: bytes) -> tuple[dict[str, Any] | None, str]:
@@ -287,6 +366,8 @@ def _check_checkpoint(context: _Context) -> tuple[bool, str]:
     if origin != log_origin(region) or context.registry.region(region) is None:
         return False, f"not the log of a region in the registry: {origin!r}"
     context.region = region
+    for line in note.partition("\n\n")[2].split("\n")[:-1]:
+        _unb64(line.rpartition(" ")[2], "a signature")
     at = _stamp_time(context, note)
     context.at = at or context.at
     assert context.at is not None
@@ -309,7 +390,7 @@ def _stamp_time(context: _Context, note: str) -> datetime | None:
     times = []
     for text in stamps:
         try:
-            proof = proof_of_existence(_unb64(text, "token"), note.encode(), context.anchors)
+            proof = context.proof(_unb64(text, "token"), note)
         except (ValueError, TypeError):
             continue
         if proof.gen_time is not None:
@@ -364,7 +445,7 @@ def _check_time_stamps(context: _Context) -> tuple[bool, str, bool]:
         return False, f"{len(tokens)} token(s) not checked: give --tsa-ca", False
     found = []
     for i, token in enumerate(tokens):
-        proof = proof_of_existence(token, note.encode(), context.anchors)
+        proof = context.proof(token, note)
         if proof.gen_time is None:
             return False, f"token {i} proves nothing: {proof.problem}", True
         found.append(f"existed at {proof.gen_time:%Y-%m-%d %H:%M:%SZ} (time-stamp by {proof.tsa})")
