@@ -1,12 +1,16 @@
 """The evidence bundle (`tongban audit evidence` / `check-evidence`): made from a log whose
 checkpoint is time-stamped by a real TSA (`openssl ts -reply`) and cosigned by another region's
 witness, it verifies offline with only the registry snapshot; a changed byte anywhere makes it
-fail naming the part that holds it ("format" when the JSON is no longer canonical)."""
+fail naming the part that holds it ("format" when the JSON is no longer canonical); and an
+outsider checks every part with hashlib and the OpenSSL command line alone."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,8 +26,13 @@ from tsa_support import Tsa, running_tsa
 from gateway.audit import AuditLog, SqliteAuditStore, cosign, witness_store_for
 from gateway.evidence import PARTS, check_bundle
 from gateway.timestamps import checkpoint_stamper
-from registry import KeyState, KeyUsage, SnapshotVerifier, load_trusted_root
-from registry._authority import pki_trusted_root_path
+from registry import (
+    KeyState,
+    KeyUsage,
+    SnapshotVerifier,
+    load_trusted_root,
+    pki_trusted_root_path,
+)
 from signer import TimeStampClient, canonical_json
 
 REGION = "510000"
@@ -194,3 +203,121 @@ def test_any_changed_byte_fails_naming_its_part(made: Made, run: Run) -> None:
         if part in failed:  # else the JSON broke around it (a quote, an escape): "format"
             named[part] = named.get(part, 0) + 1
     assert set(named) == set(PARTS) - {"request_signature"}, named  # null: only breaks JSON
+
+
+DASH = "\u2014"
+
+
+def _openssl(*argv: str | Path) -> str:
+    done = subprocess.run(["openssl", *map(str, argv)], capture_output=True, text=True, check=False)
+    return done.stdout + done.stderr
+
+
+def _payload(snapshot: Path) -> tuple[bytes, dict[str, object]]:
+    text = json.loads(snapshot.read_text())["payload"]
+    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    return data, json.loads(data)
+
+
+def _public_key(certificate_b64: str, folder: Path, name: str) -> Path:
+    """The certificate's public key as PEM, by `openssl x509 -pubkey`."""
+    der, pem = folder / f"{name}.der", folder / f"{name}.pub.pem"
+    der.write_bytes(base64.b64decode(certificate_b64))
+    pem.write_text(_openssl("x509", "-inform", "DER", "-in", der, "-noout", "-pubkey"))
+    return pem
+
+
+def _ed25519_verifies(public_pem: Path, message: bytes, signature: bytes, folder: Path) -> bool:
+    (folder / "msg").write_bytes(message)
+    (folder / "sig").write_bytes(signature)
+    out = _openssl(
+        "pkeyutl", "-verify", "-pubin", "-inkey", public_pem, "-rawin",
+        "-in", folder / "msg", "-sigfile", folder / "sig",
+    )  # fmt: skip
+    return "Signature Verified Successfully" in out
+
+
+def _root_from_proof(leaf: bytes, index: int, size: int, hashes: list[bytes]) -> bytes:
+    """RFC 9162 section 2.1.3.2, with hashlib only."""
+    fn, sn, node = index, size - 1, leaf
+    for sibling in hashes:
+        if sn == 0:
+            raise ValueError("proof too long")
+        if fn % 2 == 1 or fn == sn:
+            node = hashlib.sha256(b"\x01" + sibling + node).digest()
+            while fn % 2 == 0 and fn != 0:
+                fn, sn = fn >> 1, sn >> 1
+        else:
+            node = hashlib.sha256(b"\x01" + node + sibling).digest()
+        fn, sn = fn >> 1, sn >> 1
+    if sn != 0:
+        raise ValueError("proof too short")
+    return node
+
+
+def test_an_outsider_verifies_every_part_with_standard_tools(
+    made: Made, run: Run, tmp_path: Path
+) -> None:
+    """docs/audit.md "Checking a bundle without Tongban", step by step."""
+    bundle_file = tmp_path / "bundle.json"
+    assert _evidence(run, made, "req-5", bundle_file)[0] == 0
+    bundle = json.loads(bundle_file.read_bytes())
+    payload, registry = _payload(made.fed.current)
+
+    # registry: the snapshot it names (its payload's SHA-256)
+    assert bundle["registry"]["payload_sha256"] == hashlib.sha256(payload).hexdigest()
+    assert bundle["registry"]["version"] == registry["version"]
+
+    # record -> leaf hash -> inclusion proof -> the checkpoint's root
+    record = bundle["record"].encode()
+    proof = bundle["inclusion_proof"]
+    leaf = hashlib.sha256(b"\x00" + record).digest()
+    assert base64.b64encode(leaf).decode() == proof["leaf_hash"]
+    hashes = [base64.b64decode(h) for h in proof["hashes"]]
+    note = bundle["checkpoint"]
+    body, _, signature_lines = note.partition("\n\n")
+    origin, size, root = body.split("\n")
+    assert int(size) == proof["tree_size"]
+    root_found = _root_from_proof(leaf, proof["leaf_index"], proof["tree_size"], hashes)
+    assert root_found == base64.b64decode(root)
+
+    # checkpoint: Ed25519 by the region's audit key in the snapshot, under the origin's name
+    region = origin.removeprefix("audit.tongban/")
+    keys = registry["keys"]
+    assert isinstance(keys, list)
+    audit = [k for k in keys if k["owner"] == region and k["usage"] == "audit"]
+    audit_pem = _public_key(audit[0]["certificate"], tmp_path, "audit")
+    (line,) = signature_lines.rstrip("\n").split("\n")
+    dash, name, value = line.split(" ")
+    assert (dash, name) == (DASH, origin)
+    blob = base64.b64decode(value)
+    spki = base64.b64decode("".join(audit_pem.read_text().splitlines()[1:-1]))
+    key_hash = hashlib.sha256(f"{origin}\n".encode() + b"\x01" + spki[-32:]).digest()[:4]
+    assert blob[:4] == key_hash
+    assert _ed25519_verifies(audit_pem, (body + "\n").encode(), blob[4:], tmp_path)
+    assert not _ed25519_verifies(audit_pem, (body + "\nx").encode(), blob[4:], tmp_path)
+
+    # cosignature: cosignature/v1 over the body, by the witness (another region's audit key)
+    (cosignature,) = bundle["cosignatures"]
+    dash, witness, value = cosignature.split(" ")
+    blob = base64.b64decode(value)
+    timestamp = int.from_bytes(blob[4:12], "big")
+    witness_region = witness.removeprefix("witness.tongban/")
+    witness_key = next(k for k in keys if k["owner"] == witness_region and k["usage"] == "audit")
+    witness_pem = _public_key(witness_key["certificate"], tmp_path, "witness")
+    message = f"cosignature/v1\ntime {timestamp}\n{body}\n".encode()
+    assert _ed25519_verifies(witness_pem, message, blob[12:], tmp_path)
+    assert registry["witness_threshold"] == 1
+
+    # time-stamp: openssl ts -verify over the note's UTF-8, with the TSA's root
+    (token,) = bundle["time_stamps"]
+    (tmp_path / "token.der").write_bytes(base64.b64decode(token))
+    (tmp_path / "note").write_bytes(note.encode())
+    out = _openssl(
+        "ts", "-verify", "-token_in", "-in", tmp_path / "token.der", "-data", tmp_path / "note",
+        "-CAfile", made.tsa_pem, "-untrusted", made.tsa.ca.intermediate,
+    )  # fmt: skip
+    assert "Verification: OK" in out
+
+    # answer digest: the record's own sealed_digest
+    assert bundle["answer_digest"] == json.loads(record)["sealed_digest"]
