@@ -200,7 +200,12 @@ REASONS: Final[Mapping[str, Reason]] = MappingProxyType(
         ),
         "REVOCATION_UNAVAILABLE": Reason(
             _C.UNAVAILABLE,
-            "the revocation status of the client certificate cannot be learnt: try again later",
+            "the revocation status of a TLS certificate (the client's, or the provider region's "
+            "gateway's) cannot be learnt: try again later",
+        ),
+        "PEER_CERTIFICATE_REVOKED": Reason(
+            _C.UNAVAILABLE,
+            "the provider region's gateway presents a revoked TLS certificate: it is not called",
         ),
     }
 )

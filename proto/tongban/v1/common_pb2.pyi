@@ -136,8 +136,14 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     own revocations keep CERTIFICATE_NOT_TRUSTED).
     """
     REVOCATION_UNAVAILABLE: _ErrorReason.ValueType  # 39
-    """The caller's TLS certificate names an OCSP responder or CRL and none answered usably, and
-    the gateway's [revocation] policy is hard-fail (sent with UNAVAILABLE; retry later).
+    """The caller's TLS certificate (or the server certificate of the provider region's gateway)
+    names an OCSP responder or CRL and none answered usably, and the gateway's [revocation]
+    policy is hard-fail (sent with UNAVAILABLE; retry later).
+    """
+    PEER_CERTIFICATE_REVOKED: _ErrorReason.ValueType  # 40
+    """The provider region's gateway presents a TLS server certificate that is revoked (by the
+    registry, or by its CA's OCSP responder or CRL): this gateway does not call it (sent with
+    UNAVAILABLE; retry later, once the region has a new certificate).
     """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
@@ -263,8 +269,14 @@ the CRL its certificate names says (sent with UNAUTHENTICATED on every call; the
 own revocations keep CERTIFICATE_NOT_TRUSTED).
 """
 REVOCATION_UNAVAILABLE: ErrorReason.ValueType  # 39
-"""The caller's TLS certificate names an OCSP responder or CRL and none answered usably, and
-the gateway's [revocation] policy is hard-fail (sent with UNAVAILABLE; retry later).
+"""The caller's TLS certificate (or the server certificate of the provider region's gateway)
+names an OCSP responder or CRL and none answered usably, and the gateway's [revocation]
+policy is hard-fail (sent with UNAVAILABLE; retry later).
+"""
+PEER_CERTIFICATE_REVOKED: ErrorReason.ValueType  # 40
+"""The provider region's gateway presents a TLS server certificate that is revoked (by the
+registry, or by its CA's OCSP responder or CRL): this gateway does not call it (sent with
+UNAVAILABLE; retry later, once the region has a new certificate).
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
