@@ -14,8 +14,10 @@ While the certificate is revoked, every call to that peer is refused at once
 (`PeerCertificateRefused`: PEER_CERTIFICATE_REVOKED, or REVOCATION_UNAVAILABLE under hard-fail)
 and logged. The probe is made again when the registry version or the endpoint changes, when our
 own TLS certificate changes (`forget`), and when the cached revocation status's nextUpdate has
-passed. A probe that fails (no connection, a failed handshake) decides nothing: the gRPC call
-goes ahead and its own failure decides; it is tried again `PROBE_RETRY_SECONDS` later.
+passed. Only a call that finds no certificate of the endpoint held waits for the probe (within
+its own bound); a later probe runs in the background while the certificate held is checked. A
+probe that fails (no connection, a failed handshake) decides nothing: the gRPC call goes ahead
+and its own failure decides; it is tried again `PROBE_RETRY_SECONDS` later.
 
 The probe sees the certificate the endpoint presents to a probe: an endpoint behind a load
 balancer may present another one to another connection.
@@ -130,24 +132,46 @@ class PeerCertificates:
         self._clock = clock
         self._seen: dict[str, _Seen] = {}  # peer region -> its last probe
         self._locks: dict[str, asyncio.Lock] = {}  # one probe per region at a time
+        self._background: dict[str, asyncio.Task[_Seen]] = {}  # probes no call waits for
         self.probes = 0  # probe handshakes tried since start
 
     def forget(self) -> None:
         """Probe every peer again (our own TLS certificate changed)."""
         self._seen.clear()
 
-    async def check(self, region: str, target: str, registry: Registry | None) -> None:
+    async def close(self) -> None:
+        """Wait for the probes running in the background (each ends within the timeout)."""
+        await asyncio.gather(*self._background.values(), return_exceptions=True)
+
+    async def check(
+        self,
+        region: str,
+        target: str,
+        registry: Registry | None,
+        *,
+        budget_seconds: float | None = None,
+    ) -> None:
         """Raise `PeerCertificateRefused` when the server certificate of `region`'s gateway at
         `target` is revoked (by the registry, its OCSP responder or CRL), or its status cannot
-        be learnt under hard-fail; else return (and the call goes ahead)."""
+        be learnt under hard-fail; else return (and the call goes ahead). Only a call that finds
+        no certificate of `target` held waits for a probe (at most `budget_seconds`, the call's
+        own bound, when shorter than the timeout); a probe due later runs in the background while
+        the certificate held is checked."""
         version = registry.version if registry is not None else -1
         seen = self._seen.get(region)
-        if not self._fresh(seen, target, version):
+        if seen is not None and seen.leaf is not None and seen.target == target:
+            if not self._fresh(seen, target, version) and region not in self._background:
+                task = asyncio.get_running_loop().create_task(
+                    self._probe(region, target, registry, version)
+                )
+                self._background[region] = task
+                task.add_done_callback(lambda _: self._background.pop(region, None))
+        elif not self._fresh(seen, target, version):
             lock = self._locks.setdefault(region, asyncio.Lock())
             async with lock:  # calls at once share one probe
                 seen = self._seen.get(region)
                 if not self._fresh(seen, target, version):
-                    seen = await self._probe(region, target, registry, version)
+                    seen = await self._probe(region, target, registry, version, budget_seconds)
         assert seen is not None
         if seen.leaf is None:
             self._count(region, "probe_failed")
@@ -168,9 +192,15 @@ class PeerCertificates:
         if seen.issuer is None and self._fetcher.names_sources(seen.leaf):
             result = self._no_issuer(region, who)
         self._count(region, result)
-        status = self._fetcher.cached(seen.leaf, seen.issuer) if seen.issuer else None
+        self._until_next_update(seen)
+
+    def _until_next_update(self, seen: _Seen) -> None:
+        """Probe again once the cached status's nextUpdate has passed."""
+        if seen.leaf is None or seen.issuer is None:
+            return
+        status = self._fetcher.cached(seen.leaf, seen.issuer)
         if status is not None and status.next_update is not None:
-            seen.until = min(seen.until, status.next_update)  # probe again once it has passed
+            seen.until = min(seen.until, status.next_update)
 
     def _fresh(self, seen: _Seen | None, target: str, version: int) -> bool:
         return (
@@ -193,13 +223,19 @@ class PeerCertificates:
         return "unreachable"
 
     async def _probe(
-        self, region: str, target: str, registry: Registry | None, version: int
+        self,
+        region: str,
+        target: str,
+        registry: Registry | None,
+        version: int,
+        budget_seconds: float | None = None,
     ) -> _Seen:
         now = self._clock()
         self.probes += 1
+        timeout = min(self._timeout, budget_seconds or self._timeout)
         try:
             context = self._context(region)
-            der = await asyncio.to_thread(probe, target, context, self._timeout)
+            der = await asyncio.to_thread(probe, target, context, timeout)
             leaf = x509.load_der_x509_certificate(der)
         except (OSError, ValueError) as exc:
             log.warning(
@@ -210,8 +246,12 @@ class PeerCertificates:
                 exc,
                 PROBE_RETRY_SECONDS,
             )
-            seen = _Seen(target, version, now + timedelta(seconds=PROBE_RETRY_SECONDS))
-            self._seen[region] = seen
+            retry = now + timedelta(seconds=PROBE_RETRY_SECONDS)
+            held = self._seen.get(region)
+            if held is not None and held.leaf is not None and held.target == target:
+                held.version, held.until = version, retry  # the certificate held stays checked
+                return held
+            seen = self._seen[region] = _Seen(target, version, retry)
             return seen
         key = hashlib.sha256(der).digest()
         found = registry.region(region) if registry is not None else None
@@ -220,6 +260,7 @@ class PeerCertificates:
         if issuer is not None:
             self._revocation.remember(key, [leaf, issuer], found.crls if found else ())
         seen = _Seen(target, version, leaf.not_valid_after_utc, leaf, key, issuer)
+        self._until_next_update(seen)
         self._seen[region] = seen
         return seen
 

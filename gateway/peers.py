@@ -176,6 +176,7 @@ class PeerPool:
                 region,
                 self._live[region].shape.target,
                 snapshot.registry if snapshot is not None else None,
+                budget_seconds=timeout_seconds,
             )
         return await self.breaker(region).call(
             lambda: make(stub), timeout_seconds=timeout_seconds + 0.5, failed=peer_failed
@@ -290,6 +291,8 @@ class PeerPool:
         await asyncio.gather(*draining, *self._closing, return_exceptions=True)
         for channel in draining.values():
             await channel.close()  # a no-op when its own close finished first
+        if self._certificates is not None:
+            await self._certificates.close()
 
 
 def _forget(tasks: MutableMapping[asyncio.Task[None], Any], task: asyncio.Task[None]) -> None:

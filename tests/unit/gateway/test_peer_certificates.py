@@ -274,11 +274,25 @@ async def test_a_probe_that_cannot_connect_decides_nothing(
     pki: Pki, caplog: pytest.LogCaptureFixture
 ) -> None:
     checks, metrics = _checker(pki)
+    target = f"localhost:{free_port()}"
     with caplog.at_level(logging.WARNING):
-        await checks.check(REGION, f"localhost:{free_port()}", _registry(pki, ""))
+        await checks.check(REGION, target, _registry(pki, ""), budget_seconds=0.5)
+        await checks.check(REGION, target, _registry(pki, ""))
     assert "could not be read for its revocation check" in caplog.text
-    assert _count(metrics, "probe_failed") == 1
     assert "the call goes ahead" in caplog.text
+    assert _count(metrics, "probe_failed") == 2
+    assert checks.probes == 1  # tried again 30 s later, not on every call
+
+
+async def test_a_silent_endpoint_holds_the_first_call_no_longer_than_its_budget(pki: Pki) -> None:
+    checks, metrics = _checker(pki)
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts, never answers a hello
+        started = time.monotonic()
+        await checks.check(
+            REGION, f"localhost:{silent.getsockname()[1]}", _registry(pki, ""), budget_seconds=0.3
+        )
+        assert time.monotonic() - started < 1.5
+    assert _count(metrics, "probe_failed") == 1
 
 
 async def test_probed_again_for_a_new_registry_version_and_after_next_update(
@@ -296,11 +310,15 @@ async def test_probed_again_for_a_new_registry_version_and_after_next_update(
     await checks.check(REGION, target, registry)
     assert checks.probes == 1
     assert _count(metrics, "good") == 2
+    # a new registry version: probed again in the background, the certificate held is checked
     await checks.check(REGION, target, dataclasses.replace(registry, version=2))
+    await checks.close()
     assert checks.probes == 2
+    assert _count(metrics, "good") == 3
     offset = timedelta(minutes=6)  # past the cached status's nextUpdate: probed and asked again
     with caplog.at_level(logging.WARNING):
         await checks.check(REGION, target, dataclasses.replace(registry, version=2))
+        await checks.close()
     assert checks.probes == 3
     # the responder's new answer is not current by this clock: no status (soft-fail: called)
     assert _count(metrics, "unreachable") == 1
