@@ -25,6 +25,7 @@ import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 from openssl_ca import OpenSslCa, make_openssl_ca
 from revocation_support import Responder, cert, free_port
+from support import dev_config, make_federation, running
 
 from gateway.config import RevocationConfig
 from gateway.errors import status_code
@@ -322,3 +323,34 @@ async def test_probed_again_for_a_new_registry_version_and_after_next_update(
     assert checks.probes == 3
     # the responder's new answer is not current by this clock: no status (soft-fail: called)
     assert _count(metrics, "unreachable") == 1
+
+
+async def test_the_gateways_probe_context_puts_its_key_on_disk_encrypted_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`GatewayTls.probe_context` (what a running gateway probes its peers with): our own
+    certificate and key, handed to `ssl` through a temporary file that holds the key encrypted
+    and is gone afterwards; the probe of a real gateway of another region reads its leaf."""
+    fed = make_federation(tmp_path / "fed")
+    fed.publish()
+    written: dict[Path, bytes] = {}
+    real_write = Path.write_bytes
+
+    def spy(self: Path, data: bytes) -> int:
+        written[self] = data
+        return real_write(self, data)
+
+    async with (
+        running(dev_config(fed, "330000")) as (_, port),
+        running(dev_config(fed, "510000")) as (requester, _),
+    ):
+        monkeypatch.setattr(Path, "write_bytes", spy)
+        context = requester._tls.probe_context("330000")
+        monkeypatch.undo()
+        der = probe(f"localhost:{port}", context, 2.0)
+    key_files = [data for path, data in written.items() if path.name == "key.pem"]
+    assert len(key_files) == 1
+    assert b"BEGIN ENCRYPTED PRIVATE KEY" in key_files[0]
+    assert not any(path.exists() for path in written)
+    chain, _ = fed.tls_files("330000")
+    assert der == cert(chain).public_bytes(Encoding.DER)
