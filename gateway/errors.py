@@ -13,6 +13,7 @@ refusal becomes a gRPC status.
     ├── ReplayUnavailable   the replay window cannot be checked (gateway.replay)
     ├── UnknownPeer         the registry names no gateway for a region (gateway.peers)
     ├── BreakerOpen         a dependency is not called: its breaker is open (gateway.cache)
+    │   └── PeerCertificateRefused  a peer's server certificate is revoked (peer_certificates)
     ├── BackendError        the cache backend failed (gateway.cache)
     │   ├── BackendTimeout
     │   └── BackendUnavailable

@@ -9,7 +9,9 @@ with CERTIFICATE_REVOKED from its revocation time. When no online source answers
 CRL of the certificate's issuer is the third source (the resolver has checked it already): while
 it is current the caller is admitted as before; without one, the status cannot be learnt and
 the caller is refused with REVOCATION_UNAVAILABLE under "hard-fail", admitted with a warning
-under "soft-fail". Seals do not come here: `SealVerifier` uses the same fetcher, in the same
+under "soft-fail". The server certificates of the peer gateways this gateway calls are checked
+here too (gateway.peer_certificates), and against the registry by `registry_revocation`, which
+the resolver uses. Seals do not come here: `SealVerifier` uses the same fetcher, in the same
 order, and is always hard-fail.
 """
 
