@@ -208,6 +208,15 @@ REASONS: Final[Mapping[str, Reason]] = MappingProxyType(
             _C.UNAVAILABLE,
             "the provider region's gateway presents a revoked TLS certificate: it is not called",
         ),
+        "WITNESS_SIZE_MISMATCH": Reason(
+            _C.FAILED_PRECONDITION, "the witness last cosigned another size of this log"
+        ),
+        "CHECKPOINT_INCONSISTENT": Reason(
+            _C.FAILED_PRECONDITION, "the checkpoint contradicts one the witness cosigned"
+        ),
+        "CHECKPOINT_SIGNATURE_INVALID": Reason(
+            _C.PERMISSION_DENIED, "no audit key of the log's region signs the checkpoint"
+        ),
     }
 )
 # The places that send a reason with another code than the table's, and why: the only codes a

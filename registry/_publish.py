@@ -97,6 +97,7 @@ def build_registry(
         purposes=source.purposes,
         agreements=source.agreements,
         keys=keys,
+        witness_threshold=source.witness_threshold,
     )
 
 

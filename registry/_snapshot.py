@@ -98,6 +98,7 @@ def registry_to_payload(registry: Registry) -> dict[str, Any]:
         "issued_at": format_time(registry.issued_at),
         "expires_at": format_time(registry.expires_at),
         "refresh_seconds": registry.refresh_seconds,
+        "witness_threshold": registry.witness_threshold,
         "regions": [_region_payload(r) for r in sorted(registry.regions, key=lambda r: r.code)],
         "agencies": [_agency_payload(a) for a in sorted(registry.agencies, key=lambda a: a.id)],
         "datasets": [
@@ -309,6 +310,10 @@ def registry_from_payload(data: Any) -> Registry:
         purposes=purposes,
         agreements=agreements,
         keys=keys,
+        # absent from snapshots published before witnessing: no cosignature required
+        witness_threshold=top.integer("witness_threshold")
+        if "witness_threshold" in top.data
+        else 0,
     )
 
 

@@ -60,6 +60,7 @@ _REVOCATION_RESULTS = frozenset({"good", "revoked", "unknown", "unreachable"})
 _PEER_CERTIFICATE_RESULTS = frozenset(
     {"good", "revoked", "unavailable", "unreachable", "none", "probe_failed"}
 )
+_TIMESTAMP_RESULTS = frozenset({"ok", "unreachable", "refused", "invalid"})
 _SUB_INDICATIONS = frozenset(s.value for s in SubIndication)
 
 
@@ -352,6 +353,21 @@ class GatewayMetrics(MetricDefinitions):
         self.audit_checkpoint_size.set(size)
         self.audit_checkpoint_timestamp.set(_timestamp(signed_at))
 
+    def witness_cosigned(self, origin: str) -> None:
+        """This gateway's witness cosigned a checkpoint of `origin` (a log it knows)."""
+        self.child(self.witness_cosigned_counter, origin).inc()
+
+    def witness_fork(self, origin: str) -> None:
+        """This gateway's witness refused a fork of `origin` and kept it."""
+        self.child(self.witness_forks_counter, origin).inc()
+
+    def cosignatures_held(self, count: int) -> None:
+        """The latest submitted checkpoint now holds `count` cosignatures."""
+        self.checkpoint_cosignatures.set(count)
+
+    def witness_submission_failed(self, region: str) -> None:
+        self.child(self.witness_submission_failures, self.peer_region(region)).inc()
+
     def quota_rejected(self, agreement: str) -> None:
         """A request refused because `agreement`'s quota is spent."""
         self.quota_rejections.labels(_identifier(agreement, self._agreements)).inc()
@@ -376,6 +392,13 @@ class GatewayMetrics(MetricDefinitions):
         (gateway.peer_certificates)."""
         result = result if result in _PEER_CERTIFICATE_RESULTS else "other"
         self.child(self.peer_certificate_checks, self.peer_region(region), result).inc()
+
+    def timestamp_request(self, result: str, seconds: float) -> None:
+        """One request to the TSA (`TimeStampClient`'s report)."""
+        del seconds  # counted, not timed: one request per seal or checkpoint
+        self.child(
+            self.timestamp_requests, result if result in _TIMESTAMP_RESULTS else "other"
+        ).inc()
 
     def peer_region(self, region: str) -> str:
         """The `peer_region` label for `region`: "local", a region the registry knows, or "other"."""

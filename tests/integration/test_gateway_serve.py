@@ -37,7 +37,13 @@ from support import (
 
 import gateway.server
 from gateway.demo.config import config_for_dev_pki
-from gateway.server import EXCHANGE_SERVICE, OVERSIGHT_SERVICE, PEER_SERVICE, SERVED_SERVICES
+from gateway.server import (
+    EXCHANGE_SERVICE,
+    OVERSIGHT_SERVICE,
+    PEER_SERVICE,
+    SERVED_SERVICES,
+    WITNESS_SERVICE,
+)
 from registry import SnapshotVerifier, load_trusted_root
 from tongban.v1 import registry_pb2, registry_pb2_grpc
 
@@ -143,6 +149,7 @@ async def test_cli_gateway_serves_registry_health_and_reflection_then_stops_on_s
                 OVERSIGHT_SERVICE,
                 EXCHANGE_SERVICE,
                 PEER_SERVICE,
+                WITNESS_SERVICE,
                 health.SERVICE_NAME,
                 reflection.SERVICE_NAME,
             }
@@ -153,6 +160,7 @@ async def test_cli_gateway_serves_registry_health_and_reflection_then_stops_on_s
                 OVERSIGHT_SERVICE,
                 EXCHANGE_SERVICE,
                 PEER_SERVICE,
+                WITNESS_SERVICE,
             }
             files = [
                 descriptor_pb2.FileDescriptorProto.FromString(raw)

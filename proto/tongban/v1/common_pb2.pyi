@@ -140,7 +140,21 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     names an OCSP responder or CRL and none answered usably, and the gateway's [revocation]
     policy is hard-fail (sent with UNAVAILABLE; retry later).
     """
-    PEER_CERTIFICATE_REVOKED: _ErrorReason.ValueType  # 40
+    WITNESS_SIZE_MISMATCH: _ErrorReason.ValueType  # 40
+    """Witness.AddCheckpoint: the old size is not the size of the checkpoint this witness last
+    cosigned for the log (sent with FAILED_PRECONDITION; ErrorInfo metadata "size" is that size,
+    0 if none): submit again from it, with a consistency proof from it.
+    """
+    CHECKPOINT_INCONSISTENT: _ErrorReason.ValueType  # 41
+    """Witness.AddCheckpoint: the checkpoint contradicts one this witness cosigned (the same size
+    with another root, or a consistency proof that does not lead from it): a fork, refused and
+    kept as evidence (sent with FAILED_PRECONDITION; never retried with the same checkpoint).
+    """
+    CHECKPOINT_SIGNATURE_INVALID: _ErrorReason.ValueType  # 42
+    """Witness.AddCheckpoint: no audit key the registry publishes for the log's region signs the
+    checkpoint (sent with PERMISSION_DENIED).
+    """
+    PEER_CERTIFICATE_REVOKED: _ErrorReason.ValueType  # 43
     """The provider region's gateway presents a TLS server certificate that is revoked (by the
     registry, or by its CA's OCSP responder or CRL): this gateway does not call it (sent with
     UNAVAILABLE; retry later, once the region has a new certificate).
@@ -273,7 +287,21 @@ REVOCATION_UNAVAILABLE: ErrorReason.ValueType  # 39
 names an OCSP responder or CRL and none answered usably, and the gateway's [revocation]
 policy is hard-fail (sent with UNAVAILABLE; retry later).
 """
-PEER_CERTIFICATE_REVOKED: ErrorReason.ValueType  # 40
+WITNESS_SIZE_MISMATCH: ErrorReason.ValueType  # 40
+"""Witness.AddCheckpoint: the old size is not the size of the checkpoint this witness last
+cosigned for the log (sent with FAILED_PRECONDITION; ErrorInfo metadata "size" is that size,
+0 if none): submit again from it, with a consistency proof from it.
+"""
+CHECKPOINT_INCONSISTENT: ErrorReason.ValueType  # 41
+"""Witness.AddCheckpoint: the checkpoint contradicts one this witness cosigned (the same size
+with another root, or a consistency proof that does not lead from it): a fork, refused and
+kept as evidence (sent with FAILED_PRECONDITION; never retried with the same checkpoint).
+"""
+CHECKPOINT_SIGNATURE_INVALID: ErrorReason.ValueType  # 42
+"""Witness.AddCheckpoint: no audit key the registry publishes for the log's region signs the
+checkpoint (sent with PERMISSION_DENIED).
+"""
+PEER_CERTIFICATE_REVOKED: ErrorReason.ValueType  # 43
 """The provider region's gateway presents a TLS server certificate that is revoked (by the
 registry, or by its CA's OCSP responder or CRL): this gateway does not call it (sent with
 UNAVAILABLE; retry later, once the region has a new certificate).

@@ -169,6 +169,7 @@ class RegistrySnapshot(_message.Message):
     PURPOSES_FIELD_NUMBER: _builtins.int
     AGREEMENTS_FIELD_NUMBER: _builtins.int
     KEYS_FIELD_NUMBER: _builtins.int
+    WITNESS_THRESHOLD_FIELD_NUMBER: _builtins.int
     format: _builtins.str
     """Payload format identifier, "tongban.registry/v1"."""
     version: _builtins.int
@@ -181,6 +182,11 @@ class RegistrySnapshot(_message.Message):
     """Name of the federation this registry governs."""
     refresh_seconds: _builtins.int
     """How often gateways should poll for a new version, in seconds."""
+    witness_threshold: _builtins.int
+    """Cosignatures from other regions' witnesses that a region's audit checkpoint needs before
+    oversight counts it (C2SP tlog-witness; docs/audit.md "Witnessing"). Absent in snapshots
+    published before witnessing: 0, none required.
+    """
     @_builtins.property
     def regions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Region]:
         """Regions (provinces) taking part, with their gateways and certificate authorities."""
@@ -220,10 +226,11 @@ class RegistrySnapshot(_message.Message):
         purposes: _abc.Iterable[Global___Purpose] | None = ...,
         agreements: _abc.Iterable[Global___Agreement] | None = ...,
         keys: _abc.Iterable[Global___KeyEntry] | None = ...,
+        witness_threshold: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agencies", b"agencies", "agreements", b"agreements", "datasets", b"datasets", "expires_at", b"expires_at", "format", b"format", "issued_at", b"issued_at", "keys", b"keys", "name", b"name", "purposes", b"purposes", "refresh_seconds", b"refresh_seconds", "regions", b"regions", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agencies", b"agencies", "agreements", b"agreements", "datasets", b"datasets", "expires_at", b"expires_at", "format", b"format", "issued_at", b"issued_at", "keys", b"keys", "name", b"name", "purposes", b"purposes", "refresh_seconds", b"refresh_seconds", "regions", b"regions", "version", b"version", "witness_threshold", b"witness_threshold"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

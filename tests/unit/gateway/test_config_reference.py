@@ -82,6 +82,11 @@ cache_key_file = "cache.key"
 
 [peers]
 "510000" = "127.0.0.1:7510"
+
+[timestamp]
+url = "http://127.0.0.1:8318/tsr"
+tsa_certificates = "tsa-roots.pem"
+timeout_seconds = 5.0
 """,
         "utf-8",
     )
@@ -189,7 +194,8 @@ def test_shown_defaults_are_what_the_loader_gives(
         '[tls]\ncertificate = "tls.pem"\nprivate_key = "tls.key"\n'
         '[registry]\nauthority_public_key = "a.pem"\nsnapshot_file = "s.jws"\n'
         '[audit]\nstore = "memory"\nkey = "audit.key"\npseudonym_key_file = "pseudonym.key"\n'
-        '[exchange]\ncache_key_file = "cache.key"\n',
+        '[exchange]\ncache_key_file = "cache.key"\n'
+        '[timestamp]\ntsa_certificates = "t.pem"\n',
         "utf-8",
     )
     config = GatewayConfig.from_file(path)
@@ -198,6 +204,7 @@ def test_shown_defaults_are_what_the_loader_gives(
         config_module.AuditConfig: config.audit,
         config_module.ExchangeConfig: config.exchange,
         config_module.RevocationConfig: config.revocation,
+        config_module.TimestampConfig: config.timestamp,
     }
     rows = {(row.section, row.key): row for row in reference.entries()}
     checked = 0
@@ -235,7 +242,9 @@ def test_each_key_sets_the_field_the_reference_names(tmp_path: Path) -> None:
         "redis_timeout_seconds = 0.3\nprovider_timeout_seconds = 1.25\n"
         "peer_timeout_seconds = 4.5\nbreaker_failures = 4\nbreaker_window_seconds = 8\n"
         "breaker_open_seconds = 1.75\n"
-        '[revocation]\nonline = false\ntimeout_seconds = 2.5\nunreachable = "soft-fail"\n',
+        '[revocation]\nonline = false\ntimeout_seconds = 2.5\nunreachable = "soft-fail"\n'
+        '[timestamp]\nurl = "http://127.0.0.1:8318/tsr"\ntsa_certificates = "t.pem"\n'
+        "timeout_seconds = 3.5\n",
         "utf-8",
     )
     config = GatewayConfig.from_file(path)
@@ -245,6 +254,7 @@ def test_each_key_sets_the_field_the_reference_names(tmp_path: Path) -> None:
         config_module.AuditConfig: config.audit,
         config_module.ExchangeConfig: config.exchange,
         config_module.RevocationConfig: config.revocation,
+        config_module.TimestampConfig: config.timestamp,
     }
     mapped = [key for key in reference.KEYS if key.field is not None]
     for key in mapped:
