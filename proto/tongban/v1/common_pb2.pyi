@@ -136,8 +136,9 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     own revocations keep CERTIFICATE_NOT_TRUSTED).
     """
     REVOCATION_UNAVAILABLE: _ErrorReason.ValueType  # 39
-    """The caller's TLS certificate names an OCSP responder or CRL and none answered usably, and
-    the gateway's [revocation] policy is hard-fail (sent with UNAVAILABLE; retry later).
+    """The caller's TLS certificate (or the server certificate of the provider region's gateway)
+    names an OCSP responder or CRL and none answered usably, and the gateway's [revocation]
+    policy is hard-fail (sent with UNAVAILABLE; retry later).
     """
     WITNESS_SIZE_MISMATCH: _ErrorReason.ValueType  # 40
     """Witness.AddCheckpoint: the old size is not the size of the checkpoint this witness last
@@ -152,6 +153,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     CHECKPOINT_SIGNATURE_INVALID: _ErrorReason.ValueType  # 42
     """Witness.AddCheckpoint: no audit key the registry publishes for the log's region signs the
     checkpoint (sent with PERMISSION_DENIED).
+    """
+    PEER_CERTIFICATE_REVOKED: _ErrorReason.ValueType  # 43
+    """The provider region's gateway presents a TLS server certificate that is revoked (by the
+    registry, or by its CA's OCSP responder or CRL): this gateway does not call it (sent with
+    UNAVAILABLE; retry later, once the region has a new certificate).
     """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
@@ -277,8 +283,9 @@ the CRL its certificate names says (sent with UNAUTHENTICATED on every call; the
 own revocations keep CERTIFICATE_NOT_TRUSTED).
 """
 REVOCATION_UNAVAILABLE: ErrorReason.ValueType  # 39
-"""The caller's TLS certificate names an OCSP responder or CRL and none answered usably, and
-the gateway's [revocation] policy is hard-fail (sent with UNAVAILABLE; retry later).
+"""The caller's TLS certificate (or the server certificate of the provider region's gateway)
+names an OCSP responder or CRL and none answered usably, and the gateway's [revocation]
+policy is hard-fail (sent with UNAVAILABLE; retry later).
 """
 WITNESS_SIZE_MISMATCH: ErrorReason.ValueType  # 40
 """Witness.AddCheckpoint: the old size is not the size of the checkpoint this witness last
@@ -293,6 +300,11 @@ kept as evidence (sent with FAILED_PRECONDITION; never retried with the same che
 CHECKPOINT_SIGNATURE_INVALID: ErrorReason.ValueType  # 42
 """Witness.AddCheckpoint: no audit key the registry publishes for the log's region signs the
 checkpoint (sent with PERMISSION_DENIED).
+"""
+PEER_CERTIFICATE_REVOKED: ErrorReason.ValueType  # 43
+"""The provider region's gateway presents a TLS server certificate that is revoked (by the
+registry, or by its CA's OCSP responder or CRL): this gateway does not call it (sent with
+UNAVAILABLE; retry later, once the region has a new certificate).
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
