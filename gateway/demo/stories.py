@@ -472,14 +472,32 @@ async def audit_proof(fed: Federation, story: Story) -> Result:
             oversight_pb2.VerifyAuditRequest(trusted_checkpoint=checkpoint),
             timeout=CALL_TIMEOUT,
         )
-    ok = verified.intact and proof.leaf_hash == records[0].leaf_hash
+    cosigned, needed = await _cosignatures(fed, signed.size, signed.root)
+    ok = verified.intact and proof.leaf_hash == records[0].leaf_hash and cosigned >= needed
     return Result(
         ok,
         f"checkpoint {signed.origin} size {signed.size} signed by {signed.key_name}: signature "
         f"valid; record #{records[0].index} included (proof of {len(proof.hashes)} hashes); "
         f"whole log {'intact' if verified.intact else 'NOT intact: ' + verified.problem} "
-        f"({verified.records_checked} records, {verified.checkpoints_checked} checkpoints)",
+        f"({verified.records_checked} records, {verified.checkpoints_checked} checkpoints); "
+        f"cosigned by {cosigned} witness(es), {needed} required",
     )
+
+
+async def _cosignatures(fed: Federation, size: int, root: bytes) -> tuple[int, int]:
+    """How many witnesses have cosigned 重庆's checkpoint (waiting a little: it is offered to
+    them in the background), and how many the registry requires."""
+    gateway = fed.gateways["500000"]
+    needed = gateway.store.current().witness_threshold
+    if gateway.witnessing is None:
+        return 0, needed
+    kept = gateway.witnessing.submitter.cosignatures
+    deadline = time.monotonic() + CALL_TIMEOUT
+    while len(lines := await kept.cosignatures(size, root)) < needed:
+        if time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.05)
+    return len(lines), needed
 
 
 SCENARIOS: tuple[tuple[str, str, Scenario], ...] = (
