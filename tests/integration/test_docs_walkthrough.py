@@ -183,11 +183,16 @@ def test_docs_audit_and_oversight_commands(demo_folder: Path) -> None:
         ]
     )["size"]
     assert size >= 3, "the demo's log is too short for the proofs the page shows"
+    first = "tongban audit query --sqlite demo/audit-500000.db --json --limit 1"
+    # The evidence bundle of 重庆's first record: its checkpoint is witnessed (the demo's
+    # audit-proof story waits for the cosignatures), so check-evidence passes every part.
+    request_id = json.loads(run_all(cwd, [first], [])[first])["request_id"]
     # The pages' indices and sizes are their run's: the same shape within this log.
     shapes: list[Substitution] = [
         (r"--index 41\b", "--index 1"),
         (r"--size 14\b", f"--size {size - 1}"),
         (r"--consistency 14 --to 21\b", f"--consistency {size - 2} --to {size}"),
+        (r"\bREQUEST_ID\b", request_id),
     ]
     run_all(
         cwd,
@@ -196,6 +201,7 @@ def test_docs_audit_and_oversight_commands(demo_folder: Path) -> None:
     )
     assert (cwd / "audit-510000.pem").is_file()  # what the page's Python snippet writes
     assert (cwd / "kept-510000.checkpoint").is_file()
+    assert (cwd / "evidence.json").is_file()
 
 
 def test_docs_monitoring_md_audit_verify(demo_folder: Path) -> None:

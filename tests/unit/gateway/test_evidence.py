@@ -20,6 +20,7 @@ from audit_contract import make_record
 from cli_support import Run
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from docs_support import REPO, section_commands
 from support import Federation, make_federation
 from tsa_support import Tsa, running_tsa
 
@@ -208,33 +209,10 @@ def test_any_changed_byte_fails_naming_its_part(made: Made, run: Run) -> None:
 DASH = "\u2014"
 
 
-def _openssl(*argv: str | Path) -> str:
-    done = subprocess.run(["openssl", *map(str, argv)], capture_output=True, text=True, check=False)
-    return done.stdout + done.stderr
-
-
 def _payload(snapshot: Path) -> tuple[bytes, dict[str, object]]:
     text = json.loads(snapshot.read_text())["payload"]
     data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     return data, json.loads(data)
-
-
-def _public_key(certificate_b64: str, folder: Path, name: str) -> Path:
-    """The certificate's public key as PEM, by `openssl x509 -pubkey`."""
-    der, pem = folder / f"{name}.der", folder / f"{name}.pub.pem"
-    der.write_bytes(base64.b64decode(certificate_b64))
-    pem.write_text(_openssl("x509", "-inform", "DER", "-in", der, "-noout", "-pubkey"))
-    return pem
-
-
-def _ed25519_verifies(public_pem: Path, message: bytes, signature: bytes, folder: Path) -> bool:
-    (folder / "msg").write_bytes(message)
-    (folder / "sig").write_bytes(signature)
-    out = _openssl(
-        "pkeyutl", "-verify", "-pubin", "-inkey", public_pem, "-rawin",
-        "-in", folder / "msg", "-sigfile", folder / "sig",
-    )  # fmt: skip
-    return "Signature Verified Successfully" in out
 
 
 def _root_from_proof(leaf: bytes, index: int, size: int, hashes: list[bytes]) -> bytes:
@@ -281,43 +259,66 @@ def test_an_outsider_verifies_every_part_with_standard_tools(
     root_found = _root_from_proof(leaf, proof["leaf_index"], proof["tree_size"], hashes)
     assert root_found == base64.b64decode(root)
 
-    # checkpoint: Ed25519 by the region's audit key in the snapshot, under the origin's name
-    region = origin.removeprefix("audit.tongban/")
+    # checkpoint: Ed25519 by the region's audit key in the snapshot, under the origin's name;
+    # then the cosignature, by another region's (its witness's) key, with the same commands
     keys = registry["keys"]
     assert isinstance(keys, list)
-    audit = [k for k in keys if k["owner"] == region and k["usage"] == "audit"]
-    audit_pem = _public_key(audit[0]["certificate"], tmp_path, "audit")
     (line,) = signature_lines.rstrip("\n").split("\n")
     dash, name, value = line.split(" ")
     assert (dash, name) == (DASH, origin)
     blob = base64.b64decode(value)
-    spki = base64.b64decode("".join(audit_pem.read_text().splitlines()[1:-1]))
-    key_hash = hashlib.sha256(f"{origin}\n".encode() + b"\x01" + spki[-32:]).digest()[:4]
-    assert blob[:4] == key_hash
-    assert _ed25519_verifies(audit_pem, (body + "\n").encode(), blob[4:], tmp_path)
-    assert not _ed25519_verifies(audit_pem, (body + "\nx").encode(), blob[4:], tmp_path)
-
-    # cosignature: cosignature/v1 over the body, by the witness (another region's audit key)
+    region = origin.removeprefix("audit.tongban/")
+    _check_signature(tmp_path, _audit_certificate(keys, region), (body + "\n").encode(), blob[4:])
+    spki = base64.b64decode("".join((tmp_path / "audit.pub.pem").read_text().splitlines()[1:-1]))
+    assert blob[:4] == hashlib.sha256(f"{origin}\n".encode() + b"\x01" + spki[-32:]).digest()[:4]
+    with pytest.raises(AssertionError):  # the same check refuses another text
+        _check_signature(tmp_path, _audit_certificate(keys, region), b"x", blob[4:])
     (cosignature,) = bundle["cosignatures"]
     dash, witness, value = cosignature.split(" ")
     blob = base64.b64decode(value)
     timestamp = int.from_bytes(blob[4:12], "big")
-    witness_region = witness.removeprefix("witness.tongban/")
-    witness_key = next(k for k in keys if k["owner"] == witness_region and k["usage"] == "audit")
-    witness_pem = _public_key(witness_key["certificate"], tmp_path, "witness")
     message = f"cosignature/v1\ntime {timestamp}\n{body}\n".encode()
-    assert _ed25519_verifies(witness_pem, message, blob[12:], tmp_path)
+    witness_region = witness.removeprefix("witness.tongban/")
+    _check_signature(tmp_path, _audit_certificate(keys, witness_region), message, blob[12:])
+    assert witness_region != region
     assert registry["witness_threshold"] == 1
 
-    # time-stamp: openssl ts -verify over the note's UTF-8, with the TSA's root
+    # time-stamp: openssl ts -verify over the whole note, with the TSA's root
     (token,) = bundle["time_stamps"]
     (tmp_path / "token.der").write_bytes(base64.b64decode(token))
-    (tmp_path / "note").write_bytes(note.encode())
-    out = _openssl(
-        "ts", "-verify", "-token_in", "-in", tmp_path / "token.der", "-data", tmp_path / "note",
-        "-CAfile", made.tsa_pem, "-untrusted", made.tsa.ca.intermediate,
-    )  # fmt: skip
-    assert "Verification: OK" in out
+    (tmp_path / "checkpoint-note.txt").write_bytes(note.encode())
+    (tmp_path / "tsa-root.pem").write_bytes(made.tsa_pem.read_bytes())
+    (tmp_path / "tsa-chain.pem").write_bytes(made.tsa.ca.intermediate.read_bytes())
+    assert "Verification: OK" in _doc_command(tmp_path, "openssl ts -verify")
 
     # answer digest: the record's own sealed_digest
     assert bundle["answer_digest"] == json.loads(record)["sealed_digest"]
+
+
+def _audit_certificate(keys: list[dict[str, str]], region: str) -> bytes:
+    return base64.b64decode(
+        next(k for k in keys if k["owner"] == region and k["usage"] == "audit")["certificate"]
+    )
+
+
+def _check_signature(folder: Path, certificate: bytes, message: bytes, signature: bytes) -> None:
+    """docs/audit.md's two commands: the key out of the certificate, the Ed25519 check."""
+    (folder / "audit-certificate.der").write_bytes(certificate)
+    (folder / "checkpoint-text.txt").write_bytes(message)
+    (folder / "checkpoint.sig").write_bytes(signature)
+    _doc_command(folder, "openssl x509")
+    assert "Signature Verified Successfully" in _doc_command(folder, "openssl pkeyutl")
+
+
+def _doc_command(folder: Path, start: str) -> str:
+    """Run the command of docs/audit.md's "Checking a bundle without Tongban" that starts with
+    `start`, as written, in `folder`; its output (AssertionError if it fails)."""
+    (text,) = [
+        c for c in section_commands(REPO / "docs" / "audit.md", "Checking a bundle without Tongban")
+        if c.startswith(start)
+    ]  # fmt: skip
+    done = subprocess.run(
+        ["bash", "-c", text], cwd=folder, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, f"$ {text}\n{done.stdout}{done.stderr}"
+    return done.stdout + done.stderr
