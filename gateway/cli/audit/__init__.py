@@ -23,5 +23,12 @@ def register(commands: Subparsers) -> None:
     audit_verbs = audit.add_subparsers(
         dest="verb", metavar="VERB", required=True, parser_class=Parser
     )
-    for verb in (verify, query, proof, prune, checkpoint, evidence):  # the order of `tongban audit --help`
+    for verb in (
+        verify,
+        query,
+        proof,
+        prune,
+        checkpoint,
+        evidence,
+    ):  # the order of `tongban audit --help`
         verb.register(audit_verbs)

@@ -182,9 +182,13 @@ def _write(path: Path, data: bytes) -> None:
 def cmd_audit_check_evidence(args: argparse.Namespace, out: Console) -> int:
     from gateway.evidence import MAX_BUNDLE_BYTES, check_bundle
 
-    registry, snapshot_text = _snapshot(args)
-    anchors = tsa_anchors(args.tsa_ca or [])
-    data = read_input(args.file, "the evidence bundle", limit=MAX_BUNDLE_BYTES)
+    try:  # what cannot be used to check anything: exit code 2, not a verdict on the bundle
+        registry, snapshot_text = _snapshot(args)
+        anchors = tsa_anchors(args.tsa_ca or [])
+        data = read_input(args.file, "the evidence bundle", limit=MAX_BUNDLE_BYTES)
+    except Failure as exc:
+        print_error(str(exc))
+        return 2
     results = check_bundle(data, registry, snapshot_text, anchors, now=utc_now())
     for result in results:
         line = Text(f"{result.status:<9} {result.part:<17}", style=_STYLES[result.status])
@@ -252,7 +256,8 @@ def register(audit_verbs: Subparsers) -> None:
         "(and the TSA anchors): the record's leaf hash, its inclusion proof to the checkpoint's "
         "root, the checkpoint's signature by the region's audit key, the cosignatures against "
         "the registry's witnesses and witness_threshold, the time-stamps, the answer digest. "
-        "One line per part, PASS or FAIL with the reason. Exit code 0 all hold, 1 any fails.",
+        "One line per part, PASS or FAIL with the reason. Exit code 0 all hold, 1 any fails, "
+        "2 the snapshot, the anchors or the file cannot be used.",
         epilog="Example: tongban audit check-evidence r-42.evidence.json --snapshot current.jws "
         "--authority root.json --tsa-ca tsa-root.pem",
     )

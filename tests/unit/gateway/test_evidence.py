@@ -162,6 +162,40 @@ def test_no_bundle_without_a_record_or_a_checkpoint(
     assert not (tmp_path / "x.json").exists()
 
 
+def test_check_evidence_names_the_changed_part_and_refuses_unusable_input(
+    run: Run, made: Made, tmp_path: Path
+) -> None:
+    bundle = tmp_path / "req-4.json"
+    assert _evidence(run, made, "req-4", bundle)[0] == 0
+    document = json.loads(bundle.read_bytes())
+    changed = tmp_path / "changed.json"
+    changed.write_bytes(bundle.read_bytes().replace(b'\\"CASE-4\\"', b'\\"CASE-5\\"'))
+    assert changed.read_bytes() != bundle.read_bytes()
+    code, out, err = _check(run, made, changed, "--tsa-ca", made.tsa_pem)
+    assert code == 1
+    assert (
+        "FAIL      record            its RFC 6962 leaf hash is not in the checkpoint's tree" in out
+    )
+    assert err == "tongban: the evidence does not hold: record\n"
+    changed.write_bytes(bundle.read_bytes().rstrip(b"\n") + b" \n")
+    code, out, _ = _check(run, made, changed, "--tsa-ca", made.tsa_pem)
+    assert (code, out.split()[:2]) == (1, ["FAIL", "format"])
+    assert "not in canonical form" in out
+    document["registry"]["version"] = 99
+    changed.write_bytes(canonical_json(document) + b"\n")
+    code, out, _ = _check(run, made, changed, "--tsa-ca", made.tsa_pem)
+    assert code == 1
+    assert "FAIL      registry          the bundle was made with registry version 99" in out
+    code, out, err = _check(run, made, tmp_path / "missing.json")
+    assert (code, out) == (2, "")
+    assert err.startswith("tongban: ")
+    assert "cannot be read" in err
+    assert len(err.splitlines()) == 1
+    code, out, err = _check(run, made, bundle, "--tsa-ca", bundle)
+    assert (code, out) == (2, "")
+    assert "--tsa-ca takes PEM certificates" in err
+
+
 def _spans(data: bytes) -> dict[str, tuple[int, int]]:
     """Where each top-level member's value lies in the canonical bytes: `{"k":v,...}`, keys
     sorted, so each value follows the one before."""
