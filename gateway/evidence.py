@@ -32,16 +32,14 @@ import binascii
 import hashlib
 import json
 import re
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from asn1crypto import cms
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
 
+from gateway._evidence_token import TokenProof, prove_token
 from gateway.audit import (
     AuditRecord,
     Checkpoint,
@@ -53,12 +51,13 @@ from gateway.audit import (
 )
 from gateway.witnessing import audit_keys, cosignature_report, log_origin, witness_name
 from registry import KeyUsage, Registry
-from signer import canonical_json, proof_of_existence
+from signer import canonical_json
 
 __all__ = [
     "FORMAT",
     "MAX_BUNDLE_BYTES",
     "PARTS",
+    "REQUEST_SIGNATURE_SEALED",
     "BundleParts",
     "PartCheck",
     "absent_reasons",
@@ -84,10 +83,15 @@ PARTS = (
 _MEMBERS = frozenset(PARTS)
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _DASH = "\u2014"
-_TOKEN_SIGNATURES = frozenset({"ecdsa", "rsassa_pkcs1v15", "rsassa_pss", "ed25519", "ed448"})
 
 NO_ANSWER = "the record names no sealed answer (nothing was released)"
 NO_REQUEST_SIGNATURE = "the record keeps no signed request"
+# A Peer.Forward record keeps the signed request's SHA-256 and the request sealed: its payload
+# holds the subject's raw id, which no bundle may hold. The digest is in `record`.
+REQUEST_SIGNATURE_SEALED = (
+    "the record keeps the signed request's SHA-256 (request_digest) and the request itself "
+    "sealed, as it holds the subject's id: tongban audit show-request opens and verifies it"
+)
 NO_TIME_STAMP = "the checkpoint was not time-stamped (no [timestamp] in the gateway's config)"
 NO_COSIGNATURE = "no witness cosigned the checkpoint"
 _REASONS = {
@@ -173,9 +177,22 @@ def registry_part(registry: Registry, snapshot_text: str, log_region: str) -> di
 
 
 def absent_reasons(document: Mapping[str, Any]) -> dict[str, str]:
-    """Why each empty part is empty (null or []): a fixed text per part, so that the `absent`
-    member is checked byte for byte like the rest."""
-    return {part: reason for part, reason in _REASONS.items() if not document.get(part)}
+    """Why each empty part is empty (null or []): a fixed text per part (for the request
+    signature, one of two, by whether the record keeps one), so that the `absent` member is
+    checked byte for byte like the rest."""
+    reasons = {part: reason for part, reason in _REASONS.items() if not document.get(part)}
+    if "request_signature" in reasons and _keeps_request(document.get("record")):
+        reasons["request_signature"] = REQUEST_SIGNATURE_SEALED
+    return reasons
+
+
+def _keeps_request(record: object) -> bool:
+    """Whether the record's text holds a kept signed request's digest (`request_digest`)."""
+    try:
+        fields = json.loads(record) if isinstance(record, str) else None
+    except json.JSONDecodeError:
+        return False
+    return isinstance(fields, dict) and bool(fields.get("request_digest"))
 
 
 def make_bundle(parts: BundleParts, registry_member: Mapping[str, Any]) -> bytes:
@@ -205,13 +222,6 @@ def make_bundle(parts: BundleParts, registry_member: Mapping[str, Any]) -> bytes
     return canonical_json(document) + b"\n"
 
 
-@dataclass(frozen=True)
-class _Proof:
-    gen_time: datetime | None
-    tsa: str
-    problem: str
-
-
 @dataclass
 class _Context:
     """What the checks learn from one another (each check still names only its own part)."""
@@ -224,74 +234,13 @@ class _Context:
     checkpoint: Checkpoint | None = None
     at: datetime | None = None  # when the checkpoint provably existed (a time-stamp's genTime)
     record: AuditRecord | None = None
-    proofs: dict[bytes, _Proof] = field(default_factory=dict)
+    proofs: dict[bytes, TokenProof] = field(default_factory=dict)
 
-    def proof(self, token: bytes, note: str) -> _Proof:
+    def proof(self, token: bytes, note: str) -> TokenProof:
         """What `token` proves about `note` (once per token: the chain is built once)."""
         if token not in self.proofs:
-            problem = _token_form(token)
-            if problem:
-                self.proofs[token] = _Proof(None, "", problem)
-            else:
-                self.proofs[token] = _prove(token, note.encode(), self.anchors)
+            self.proofs[token] = prove_token(token, note.encode(), self.anchors)
         return self.proofs[token]
-
-
-def _prove(token: bytes, message: bytes, anchors: Sequence[x509.Certificate]) -> _Proof:
-    """`proof_of_existence`, a certificate in the token that only parses with a warning (a
-    malformed name) or whose key cannot be read (a changed curve) proving nothing."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        try:
-            found = proof_of_existence(token, message, anchors)
-        except (Warning, UnsupportedAlgorithm, ValueError) as exc:
-            return _Proof(None, "", f"a malformed certificate in the token ({exc})")
-    return _Proof(found.gen_time, found.tsa, found.problem)
-
-
-def _token_form(token: bytes) -> str:
-    """Why `token` is not in the form a TSA issues (its unsigned fields are checked here, as
-    its signature does not cover them), or ""."""
-    try:
-        info = cms.ContentInfo.load(token, strict=True)
-        signed = info["content"]
-        (signer,) = signed["signer_infos"]
-        digest, signature = signer["digest_algorithm"], signer["signature_algorithm"]
-        digest_name = digest["algorithm"].native
-        if (
-            info["content_type"].native != "signed_data"
-            or signed["version"].native != "v3"
-            or signer["version"].native != "v1"
-            or [a.dump() for a in signed["digest_algorithms"]] != [digest.dump()]
-            or digest["parameters"].native is not None
-            or (signature["algorithm"].native != "rsassa_pss"
-                and signature["parameters"].native is not None)
-            or signed["encap_content_info"]["content_type"].native != "tst_info"
-            or signer["unsigned_attrs"].native is not None
-        ):  # fmt: skip
-            return "not in the form of an RFC 3161 token (its unsigned fields were changed)"
-        sid = signer["sid"]
-        if sid.name != "issuer_and_serial_number" or not any(
-            cert.chosen["tbs_certificate"]["issuer"].dump() == sid.chosen["issuer"].dump()
-            and cert.chosen.serial_number == sid.chosen["serial_number"].native
-            for cert in signed["certificates"]
-        ):
-            return "its signer identifier names no certificate it carries"
-        if signature.signature_algo not in _TOKEN_SIGNATURES or (
-            "_" in signature["algorithm"].native and signature.hash_algo != digest_name
-        ):  # the signature does not cover its own algorithm: it must agree with the digest's
-            return (
-                f"a signature algorithm that is not the digest's: {signature['algorithm'].dotted}"
-            )
-        unsigned = [signed[n] for n in ("version", "digest_algorithms", "encap_content_info")]
-        unsigned += [
-            signer[n] for n in ("version", "sid", "digest_algorithm", "signature_algorithm")
-        ]
-        if any(part.dump() != part.dump(force=True) for part in unsigned):
-            return "not DER: a tag or length of its unsigned fields was changed"
-    except (ValueError, TypeError, KeyError) as exc:
-        return f"not an RFC 3161 token ({exc.__class__.__name__})"
-    return ""
 
 
 def _parse(data: bytes) -> tuple[dict[str, Any] | None, str]:
@@ -537,6 +486,8 @@ def _check_request(context: _Context) -> tuple[bool, str]:
         return False, "this tongban reads no signed request in a bundle"
     if context.record is None:
         return False, "no record to compare with (see record)"
+    if _keeps_request(context.document["record"]):
+        return True, f"not copied: {REQUEST_SIGNATURE_SEALED}"
     return True, f"none: {NO_REQUEST_SIGNATURE}"
 
 

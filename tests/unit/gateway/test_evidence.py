@@ -25,7 +25,7 @@ from support import Federation, make_federation
 from tsa_support import Tsa, running_tsa
 
 from gateway.audit import AuditLog, SqliteAuditStore, cosign, witness_store_for
-from gateway.evidence import PARTS, check_bundle
+from gateway.evidence import PARTS, REQUEST_SIGNATURE_SEALED, absent_reasons, check_bundle
 from gateway.timestamps import checkpoint_stamper
 from registry import (
     KeyState,
@@ -356,3 +356,13 @@ def _doc_command(folder: Path, start: str) -> str:
     )
     assert done.returncode == 0, f"$ {text}\n{done.stdout}{done.stderr}"
     return done.stdout + done.stderr
+
+
+def test_a_kept_signed_request_is_not_copied_and_the_reason_says_where_it_is() -> None:
+    """A record that keeps a signed request (its digest, the request sealed: its payload holds
+    the subject's raw id) gets the reason that points to `show-request`, not "none"."""
+    kept = {"record": json.dumps({"request_digest": "cd" * 32}), "request_signature": None}
+    plain = {"record": json.dumps({"sealed_digest": "ab" * 32}), "request_signature": None}
+    assert absent_reasons(kept)["request_signature"] == REQUEST_SIGNATURE_SEALED
+    assert absent_reasons(plain)["request_signature"] == "the record keeps no signed request"
+    assert "show-request" in REQUEST_SIGNATURE_SEALED
