@@ -42,7 +42,7 @@ def _prove(token: bytes, message: bytes, anchors: Sequence[x509.Certificate]) ->
         warnings.simplefilter("error")
         try:
             found = proof_of_existence(token, message, anchors)
-        except (Warning, UnsupportedAlgorithm, ValueError) as exc:
+        except (Warning, UnsupportedAlgorithm, x509.InvalidVersion, ValueError, TypeError) as exc:
             return TokenProof(None, "", f"a malformed certificate in the token ({exc})")
     return TokenProof(found.gen_time, found.tsa, found.problem)
 
