@@ -157,6 +157,12 @@ def cmd_audit_evidence(args: argparse.Namespace, out: Console) -> int:
         return BundleParts(canonical, index, size, hashes, checkpoint, lines, None)
 
     parts = on_store(args, work)
+    if len(parts.cosignature_lines) < registry.witness_threshold:
+        print_error(
+            f"warning: no checkpoint covering record {parts.index} holds the registry's "
+            f"witness_threshold of {registry.witness_threshold} valid cosignature(s) yet (the "
+            f"one used has {len(parts.cosignature_lines)}): check-evidence fails its cosignatures"
+        )
     data = make_bundle(parts, registry_part(registry, snapshot_text, args.region))
     _write(args.out, data)
     out.print(

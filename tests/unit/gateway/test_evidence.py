@@ -366,3 +366,34 @@ def test_a_kept_signed_request_is_not_copied_and_the_reason_says_where_it_is() -
     assert absent_reasons(kept)["request_signature"] == REQUEST_SIGNATURE_SEALED
     assert absent_reasons(plain)["request_signature"] == "the record keeps no signed request"
     assert "show-request" in REQUEST_SIGNATURE_SEALED
+
+
+def test_an_unwitnessed_checkpoint_makes_a_bundle_that_says_it_does_not_hold(
+    run: Run, made: Made, tmp_path: Path
+) -> None:
+    async def fill(db: Path) -> None:
+        store = SqliteAuditStore(db)
+        await store.open()
+        try:
+            log = AuditLog(store, origin=ORIGIN, key=_audit_key(made.fed, REGION), key_name=ORIGIN)
+            for i in range(2):
+                await log.append(make_record(i))
+            await log.checkpoint()
+        finally:
+            await store.close()
+
+    db, bundle = tmp_path / "unwitnessed.db", tmp_path / "req-1.json"
+    asyncio.run(fill(db))
+    witnessed = replace(made, db=db)
+    code, _, err = _evidence(run, witnessed, "req-1", bundle)
+    assert code == 0
+    assert err.startswith("tongban: warning: no checkpoint covering record 1 holds the registry's")
+    assert json.loads(bundle.read_bytes())["absent"]["cosignatures"] == (
+        "no witness cosigned the checkpoint"
+    )
+    code, out, err = _check(run, made, bundle)
+    assert code == 1
+    assert (
+        "FAIL      cosignatures      no witness cosigned the checkpoint: it does not count" in out
+    )
+    assert err == "tongban: the evidence does not hold: cosignatures\n"
