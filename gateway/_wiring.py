@@ -332,6 +332,7 @@ def build_query_path(
         metrics=parts.metrics,
         clock=clock,
         peer_timeout_seconds=exchange.peer_timeout_seconds,
+        audit_key=audit_key,  # signs forwarded requests and report batches
         reporter=AccessReporter(
             region=config.region,
             registry=parts.store,

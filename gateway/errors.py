@@ -179,6 +179,12 @@ REASONS: Final[Mapping[str, Reason]] = MappingProxyType(
         "REPORT_PAYLOAD_MISMATCH": Reason(
             _C.INVALID_ARGUMENT, "the reports are not the ones the batch signs"
         ),
+        "REQUEST_SIGNATURE_INVALID": Reason(
+            _C.UNAUTHENTICATED, "the forwarded request is not validly signed"
+        ),
+        "REQUEST_PAYLOAD_MISMATCH": Reason(
+            _C.INVALID_ARGUMENT, "the forwarded request is not the one it signs"
+        ),
         "CACHE_NOT_ALLOWED": Reason(
             _C.PERMISSION_DENIED, "the dataset may not be answered from a requester's cache"
         ),

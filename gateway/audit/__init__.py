@@ -8,6 +8,12 @@ from gateway.audit._checkpoint import (
     verify_checkpoint,
 )
 from gateway.audit._ids import audit_id, parse_audit_id
+from gateway.audit._kept import (
+    KeptRequestError,
+    open_kept_request,
+    request_digest,
+    seal_kept_request,
+)
 from gateway.audit._log import MIN_RETENTION, AuditLog, Pruned, Verification
 from gateway.audit._merkle import (
     EMPTY_ROOT,
@@ -71,6 +77,7 @@ __all__ = [
     "Checkpoint",
     "CheckpointError",
     "CompactRange",
+    "KeptRequestError",
     "MemoryAuditStore",
     "MerkleTree",
     "Outbound",
@@ -91,9 +98,12 @@ __all__ = [
     "is_request_id",
     "leaf_hash",
     "node_hash",
+    "open_kept_request",
     "parse_audit_id",
     "pseudonymize",
     "recordable",
+    "request_digest",
+    "seal_kept_request",
     "sign_checkpoint",
     "verify_checkpoint",
     "verify_consistency",

@@ -139,6 +139,15 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The caller's TLS certificate names an OCSP responder or CRL and none answered usably, and
     the gateway's [revocation] policy is hard-fail (sent with UNAVAILABLE; retry later).
     """
+    REQUEST_SIGNATURE_INVALID: _ErrorReason.ValueType  # 40
+    """Peer.Forward: the request is unsigned, or its signed_request is not a JWS by an audit key
+    the owner's registry publishes (not revoked) for the requesting region, or it was issued
+    outside the clock skew (sent with UNAUTHENTICATED; retry once the registries agree).
+    """
+    REQUEST_PAYLOAD_MISMATCH: _ErrorReason.ValueType  # 41
+    """Peer.Forward: the plain fields of the request are not the ones its signed_request signs,
+    or the signed request names other regions (sent with INVALID_ARGUMENT).
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The reasons a Tongban RPC fails, carried in a google.rpc.ErrorInfo detail of the gRPC status.
@@ -265,6 +274,15 @@ own revocations keep CERTIFICATE_NOT_TRUSTED).
 REVOCATION_UNAVAILABLE: ErrorReason.ValueType  # 39
 """The caller's TLS certificate names an OCSP responder or CRL and none answered usably, and
 the gateway's [revocation] policy is hard-fail (sent with UNAVAILABLE; retry later).
+"""
+REQUEST_SIGNATURE_INVALID: ErrorReason.ValueType  # 40
+"""Peer.Forward: the request is unsigned, or its signed_request is not a JWS by an audit key
+the owner's registry publishes (not revoked) for the requesting region, or it was issued
+outside the clock skew (sent with UNAUTHENTICATED; retry once the registries agree).
+"""
+REQUEST_PAYLOAD_MISMATCH: ErrorReason.ValueType  # 41
+"""Peer.Forward: the plain fields of the request are not the ones its signed_request signs,
+or the signed request names other regions (sent with INVALID_ARGUMENT).
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
