@@ -265,8 +265,8 @@ def verify_forward(
     (2) its `x5t#S256` names an audit key the registry publishes for `requesting_region`, not
         revoked and valid `now` (with `at_signing`: not revoked, and valid, when it was signed)
     (3) the signature verifies with that key (never with a key carried in the message)
-    (4) the payload is the canonical JSON of this format, from `requesting_region` to
-        `owner_region`
+    (4) the payload is the canonical JSON of this format, from `requesting_region`
+        (REQUEST_PAYLOAD_MISMATCH) to `owner_region` (UNKNOWN_REGION: signed for another owner)
     (5) issued within REQUEST_CLOCK_SKEW of `now` (not checked `at_signing`: oversight checks
         an old request)
     """
@@ -314,11 +314,16 @@ def verify_forward(
     document = ForwardDocument.from_document(parsed)
     if not verified.is_canonical:
         raise _malformed("the payload is not canonical JSON")
-    if document.requesting_region != requesting_region or document.owner_region != owner_region:
+    if document.requesting_region != requesting_region:
         raise Refusal(
             "REQUEST_PAYLOAD_MISMATCH",
-            f"the signed request is from {document.requesting_region:.8} to "
-            f"{document.owner_region:.8}, not from {requesting_region} to {owner_region}",
+            f"the signed request is from {document.requesting_region:.8}, not from "
+            f"{requesting_region}",
+        )
+    if document.owner_region != owner_region:  # a request signed for another owner
+        raise Refusal(
+            "UNKNOWN_REGION",
+            f"this is the gateway of region {owner_region}, not {document.owner_region:.8}",
         )
     # (5)
     if not at_signing and abs(document.issued_at - now) > REQUEST_CLOCK_SKEW:
