@@ -65,7 +65,6 @@ def _as_signed(call: ForwardCall, document: ForwardDocument) -> bool:
         and call.agency_id == document.caller_agency
         and call.operator == document.caller_operator
         and call.credential_type == document.credential_type
-        and call.requesting_region == document.caller_region
     )
 
 
