@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from gateway.cli._common import Parser, Subparsers
-from gateway.cli.audit import checkpoint, proof, prune, query, verify
+from gateway.cli.audit import checkpoint, proof, prune, query, show_request, verify
 from gateway.cli.audit.query import AUDIT_OUTCOMES
 
 __all__ = ["AUDIT_OUTCOMES", "register"]
@@ -23,5 +23,12 @@ def register(commands: Subparsers) -> None:
     audit_verbs = audit.add_subparsers(
         dest="verb", metavar="VERB", required=True, parser_class=Parser
     )
-    for verb in (verify, query, proof, prune, checkpoint):  # the order of `tongban audit --help`
+    for verb in (
+        verify,
+        query,
+        show_request,
+        proof,
+        prune,
+        checkpoint,
+    ):  # the order of `tongban audit --help`
         verb.register(audit_verbs)
