@@ -23,6 +23,7 @@ verifies it again, years later, at its signing time (`verify_forward(..., at_sig
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import re
@@ -234,10 +235,18 @@ def audit_public_key(
             raise KeyRefused(f"key {kid} is revoked")
         if not entry.not_before <= at <= entry.not_after:
             raise KeyRefused(f"key {kid} is outside its certificate's validity")
-    public = x509.load_der_x509_certificate(entry.certificate).public_key()
-    if not isinstance(public, ed25519.Ed25519PublicKey):
+    public = _public_key(entry.certificate)
+    if public is None:
         raise KeyRefused(f"key {kid} is not an Ed25519 key")
     return public
+
+
+@functools.lru_cache(maxsize=256)
+def _public_key(certificate: bytes) -> ed25519.Ed25519PublicKey | None:
+    """The Ed25519 key of a registry certificate (DER), parsed once: parsing, not the
+    signature, is most of a verification's cost."""
+    public = x509.load_der_x509_certificate(certificate).public_key()
+    return public if isinstance(public, ed25519.Ed25519PublicKey) else None
 
 
 def _issued_at(payload: bytes) -> datetime | None:

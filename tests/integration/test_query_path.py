@@ -134,7 +134,7 @@ async def test_allowed_query_is_sealed_verified_minimised_and_then_cached(
         assert all(
             subject not in r.canonical.decode() for r in requester + provider
         )  # pseudonyms only
-        # The owner keeps each request as the requesting gateway signed it (T28); oversight
+        # The owner keeps each request as the requesting gateway signed it (T23); oversight
         # opens it, verifies it against the registry and tells who asked for what, about whom.
         assert all(len(r.request_digest) == 64 and r.request_sealed for r in provider)
         assert not any(r.request_sealed for r in requester)
