@@ -18,7 +18,8 @@ refusal becomes a gRPC status.
     │   └── BackendUnavailable
     ├── AuditError          the audit log (gateway.audit.errors)
     │   ├── AuditUnavailable
-    │   └── AuditIntegrityError
+    │   ├── AuditIntegrityError
+    │   └── KeptRequestError  also a ValueError: a kept signed request that does not open
     ├── ProofError          also a ValueError: a proof that does not prove what it claims
     ├── CheckpointError     also a ValueError: a checkpoint note that is not one (gateway.audit)
     ├── ReportFormatError   also a ValueError: a report not in the access-report form

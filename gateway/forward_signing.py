@@ -315,14 +315,7 @@ def verify_forward(
         )
     except SignedJsonRefused as exc:
         raise _invalid(str(exc)) from exc
-    # (4)
-    try:
-        parsed = json.loads(verified.payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _malformed("the payload is not JSON") from exc
-    document = ForwardDocument.from_document(parsed)
-    if not verified.is_canonical:
-        raise _malformed("the payload is not canonical JSON")
+    document = _document(verified.payload, verified.is_canonical)  # (4)
     if document.requesting_region != requesting_region:
         raise Refusal(
             "REQUEST_PAYLOAD_MISMATCH",
@@ -341,6 +334,18 @@ def verify_forward(
             f"than {int(REQUEST_CLOCK_SKEW.total_seconds())}s from this gateway's clock"
         )
     return SignedForward(jws, kid_used[0], document)
+
+
+def _document(payload: bytes, is_canonical: bool) -> ForwardDocument:
+    """(4) of `verify_forward`: the signed payload, if it is this format's canonical JSON."""
+    try:
+        parsed = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _malformed("the payload is not JSON") from exc
+    document = ForwardDocument.from_document(parsed)
+    if not is_canonical:
+        raise _malformed("the payload is not canonical JSON")
+    return document
 
 
 def _payload_of(jws: str) -> bytes:

@@ -9,7 +9,6 @@ from gateway.audit._checkpoint import (
 )
 from gateway.audit._ids import audit_id, parse_audit_id
 from gateway.audit._kept import (
-    KeptRequestError,
     open_kept_request,
     request_digest,
     seal_kept_request,
@@ -56,6 +55,7 @@ from gateway.audit.errors import (
     AuditIntegrityError,
     AuditOutcomeUnknown,
     AuditUnavailable,
+    KeptRequestError,
 )
 
 __all__ = [

@@ -24,9 +24,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from gateway.audit.errors import KeptRequestError
+
 __all__ = [
     "KEPT_REQUEST_INFO",
-    "KeptRequestError",
     "open_kept_request",
     "request_digest",
     "seal_kept_request",
@@ -35,10 +36,6 @@ __all__ = [
 KEPT_REQUEST_INFO: Final = b"tongban audit kept-request v1"
 _PREFIX: Final = "aes256gcm:"
 _NONCE_BYTES: Final = 12
-
-
-class KeptRequestError(ValueError):
-    """A kept request that does not open with this key, or not to its digest."""
 
 
 def _aead(pseudonym_key: bytes) -> AESGCM:
