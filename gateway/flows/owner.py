@@ -1,11 +1,11 @@
 """The owner gateway's flow (Peer.Forward): a query forwarded by another region's gateway for
 one of its agencies, for this region's data.
 
-    (1) the caller is the gateway of the region it claims; the request is signed by that
-        region's audit key (`verify_forward`: REQUEST_SIGNATURE_INVALID), and its plain values
-        are the signed ones (REQUEST_PAYLOAD_MISMATCH), which are what is decided on and
-        recorded, with the signed request kept; it forwards for one of its agencies, a
-        well-formed request (checked again: a peer is not trusted to have checked it)
+    (1) the caller is the gateway of the region it claims, sending a well-formed request
+        (checked again: a peer is not trusted to have checked it), signed by that region's
+        audit key (`verify_forward`: REQUEST_SIGNATURE_INVALID), whose plain values are the
+        signed ones (REQUEST_PAYLOAD_MISMATCH), which are what is decided on and recorded,
+        with the signed request kept; it forwards for one of its agencies
     (2) this gateway decides again, on its own registry (never trusting the requester's
         decision), and counts the agreement's quota over every requesting gateway
     (3) answers from its cache, or asks its data system and seals the exact answer bytes
@@ -111,6 +111,7 @@ class OwnerFlow:
             registry_version=registry.version,
         )
         try:
+            check_shape(call.request)  # first: a malformed request is refused unread
             signed = self._verified(call, registry)
             document = signed.document
             audit = replace(  # what was signed is recorded, and the signature kept
@@ -126,8 +127,7 @@ class OwnerFlow:
                     "the forwarded request's plain values are not the ones its signed request "
                     "signs",
                 )
-            data = document.request
-            check_shape(data)
+            data = document.request  # the same values, whose shape was checked
             if data.provider_region != self.region:
                 raise Refusal(
                     "UNKNOWN_REGION",
