@@ -5,6 +5,7 @@ the owner flow's record of a signed request. No network."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import json
@@ -13,6 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from cli_support import Run
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from flow_support import (
@@ -36,6 +38,7 @@ from gateway.audit import (
     AuditRecord,
     KeptRequestError,
     Outcome,
+    SqliteAuditStore,
     open_kept_request,
     request_digest,
     seal_kept_request,
@@ -335,3 +338,71 @@ async def test_the_owner_refuses_unsigned_and_mismatched_requests_and_audits_the
         assert (record.purpose, record.caller_agency) == ("SI-TRANSFER", "sc.hrss")
         assert record.request_digest == request_digest(good.signed_request)
     assert not data.fetched  # nothing was asked of the data system
+
+
+# -- tongban audit show-request -----------------------------------------------------------------
+def _owner_log(fed: Federation, registry: Registry, path: Path) -> ForwardCall:
+    """An owner's SQLite log holding one allowed Peer.Forward that keeps its signed request."""
+
+    async def make() -> ForwardCall:
+        backends = Backends(OWNER, Store(registry), audit_store=SqliteAuditStore(path))
+        await backends.audit_store.open()
+        try:
+            call = signed_call(fed, plain_call())
+            await owner_flow(fed, backends, data_system=DataSystem()).forward(call)
+            return call
+        finally:
+            await backends.audit_store.close()
+
+    return asyncio.run(make())
+
+
+def test_show_request_verifies_and_tells_the_kept_request_and_refuses_what_does_not_hold(
+    fed: Federation, registry: Registry, tmp_path: Path, run: Run
+) -> None:
+    log = tmp_path / "audit-330000.db"
+    call = _owner_log(fed, registry, log)
+    (tmp_path / "key").write_bytes(PSEUDONYM_KEY)
+    common = (
+        "audit",
+        "show-request",
+        "--sqlite",
+        log,
+        "--pseudonym-key-file",
+        tmp_path / "key",
+        "--snapshot",
+        fed.current,
+        "--pki",
+        fed.pki,
+    )
+    code, out, err = run(*common, "--request-id", "req-0001", "--subject-id", CITIZEN)
+    assert code == 0, err
+    assert "region 510000, agency sc.hrss" in out
+    assert "purpose SI-TRANSFER, case CASE-2026-0001, request req-0001" in out
+    assert "the subject id given is this request's subject" in out
+    assert CITIZEN not in out + err
+    code, out, _ = run(*common, "--index", "0", "--json", "--jws-out", tmp_path / "r.jws")
+    assert code == 0
+    assert json.loads(out)["request_digest"] == request_digest(call.signed_request)
+    assert (tmp_path / "r.jws").read_text().strip() == call.signed_request
+    assert (tmp_path / "r.jws").stat().st_mode & 0o777 == 0o600
+    # another citizen: exit 1, said without printing either id
+    code, out, _ = run(*common, "--index", "0", "--subject-id", "110105194912310021")
+    assert (code, "NOT this request's subject" in out) == (1, True)
+    # what does not hold is one line, exit 1
+    (tmp_path / "other").write_bytes(b"q" * 32)
+    failures = {
+        "no such request": (("--request-id", "req-9999"), "no Peer.Forward record"),
+        "no such index": (("--index", "7"), "no record 7"),
+    }
+    for name, (more, words) in failures.items():
+        code, _, err = run(*common, *more)
+        assert (code, err.startswith("tongban: "), words in err) == (1, True, True), name
+    wrong_key = [str(a) for a in common]
+    wrong_key[wrong_key.index(str(tmp_path / "key"))] = str(tmp_path / "other")
+    code, _, err = run(*wrong_key, "--index", "0")
+    assert code == 1
+    assert "does not open with this pseudonym key" in err
+    code, _, err = run(*common)
+    assert code == 2  # usage: which record
+    assert "--request-id" in err
