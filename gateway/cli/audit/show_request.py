@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +35,7 @@ __all__ = ["register"]
 MAX_PSEUDONYM_KEY_BYTES = 4096
 _PAGE = 1000  # records read at a time while looking for a request id
 _FORWARD_RPCS = ("/tongban.v1.Peer/Forward", "Peer.Forward")
+RECORD_SLACK = timedelta(minutes=1)  # a forward's own time, from its receipt to its record
 
 
 def _registry(args: argparse.Namespace) -> Registry:
@@ -95,10 +97,10 @@ def _opened(index: int, record: AuditRecord, key: bytes) -> str:
 
 def _verified(index: int, record: AuditRecord, jws: str, registry: Registry) -> SignedForward:
     from gateway.errors import Refusal
-    from gateway.forward_signing import verify_forward
+    from gateway.forward_signing import REQUEST_CLOCK_SKEW, verify_forward
 
     try:
-        return verify_forward(
+        signed = verify_forward(
             jws,
             registry=registry,
             requesting_region=record.caller_region,
@@ -111,6 +113,16 @@ def _verified(index: int, record: AuditRecord, jws: str, registry: Registry) -> 
             f"the signed request kept by record {index} does not verify ({exc.reason}): "
             f"{exc.message}"
         ) from exc
+    # The signing time is the signer's claim; the record's time is the owner's, in its Merkle
+    # log. The owner accepted the request only within the clock skew, so a signing time far
+    # from the record's is a backdated signature (a key revoked later cannot hide behind it).
+    issued_at = signed.document.issued_at
+    if abs(record.time - issued_at) > REQUEST_CLOCK_SKEW + RECORD_SLACK:
+        raise Failure(
+            f"record {index} was written at {record.time_text}, but its signed request claims "
+            f"{issued_at:%Y-%m-%dT%H:%M:%SZ}: more than the owner would have accepted"
+        )
+    return signed
 
 
 def _disagreements(record: AuditRecord, signed: SignedForward, key: bytes) -> list[str]:

@@ -406,3 +406,45 @@ def test_show_request_verifies_and_tells_the_kept_request_and_refuses_what_does_
     code, _, err = run(*common)
     assert code == 2  # usage: which record
     assert "--request-id" in err
+
+
+def test_show_request_refuses_a_signing_time_the_owner_would_not_have_accepted(
+    fed: Federation, registry: Registry, tmp_path: Path, run: Run
+) -> None:
+    """A key revoked for compromise could sign a request dated before its revocation: the
+    record's own time, in the owner's log, gives it away."""
+    log = tmp_path / "audit-330000.db"
+    _owner_log(fed, registry, log)
+    backdated = signed_call(fed, plain_call(), issued_at=NOW - timedelta(hours=6)).signed_request
+    digest, sealed = seal_kept_request(backdated, PSEUDONYM_KEY)
+
+    async def append() -> None:
+        store = SqliteAuditStore(log)
+        await store.open()
+        try:
+            (row,) = await store.rows(0, 1)
+            record = AuditRecord.from_canonical(row.canonical)
+            await store.append(
+                dataclasses.replace(record, request_digest=digest, request_sealed=sealed)
+            )
+        finally:
+            await store.close()
+
+    asyncio.run(append())
+    (tmp_path / "key").write_bytes(PSEUDONYM_KEY)
+    code, _, err = run(
+        "audit",
+        "show-request",
+        "--sqlite",
+        log,
+        "--index",
+        "1",
+        "--pseudonym-key-file",
+        tmp_path / "key",
+        "--snapshot",
+        fed.current,
+        "--pki",
+        fed.pki,
+    )
+    assert code == 1
+    assert "more than the owner would have accepted" in err
