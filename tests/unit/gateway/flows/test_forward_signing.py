@@ -14,6 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import rfc8785
 from cli_support import Run
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -299,6 +300,17 @@ async def test_the_owners_record_keeps_the_verified_request_without_the_raw_subj
     assert record.request_digest == request_digest(call.signed_request)
     assert CITIZEN not in record.canonical.decode()
     assert AuditRecord.from_canonical(record.canonical) == record
+    # the two members sort in where RFC 8785 puts them (checked by an independent library)
+    document = json.loads(record.canonical)
+    assert record.canonical == rfc8785.dumps(document)
+    keys = list(document)
+    assert keys[keys.index("registry_version") :][:5] == [
+        "registry_version",
+        "request_digest",
+        "request_id",
+        "request_sealed",
+        "rpc",
+    ]
     kept = open_kept_request(record.request_sealed, record.request_digest, PSEUDONYM_KEY)
     assert kept == call.signed_request
     again = verify_forward(
