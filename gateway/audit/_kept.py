@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import os
 from typing import Final
@@ -38,7 +39,9 @@ _PREFIX: Final = "aes256gcm:"
 _NONCE_BYTES: Final = 12
 
 
+@functools.lru_cache(maxsize=8)
 def _aead(pseudonym_key: bytes) -> AESGCM:
+    """The cipher of a pseudonym key, derived once (every forward's record seals with it)."""
     if len(pseudonym_key) < 16:
         raise ValueError("the audit pseudonym key must be at least 16 bytes")
     key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=KEPT_REQUEST_INFO).derive(
