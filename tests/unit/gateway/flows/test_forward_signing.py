@@ -47,6 +47,7 @@ from gateway.audit import (
 from gateway.errors import Refusal
 from gateway.flows import ForwardCall
 from gateway.forward_signing import (
+    MAX_REQUEST_JWS_BYTES,
     REQUEST_CLOCK_SKEW,
     ForwardDocument,
     RequestSigner,
@@ -251,7 +252,7 @@ def test_a_request_issued_outside_the_clock_skew_is_refused(
 def test_a_payload_not_in_the_format_is_refused(fed: Federation, registry: Registry) -> None:
     key, kid = audit_key(fed, REQUESTER)
     document = forward_document(plain_call()).document()
-    from signer import sign_json
+    from signer import canonical_json, sign_json
 
     def sign(body: bytes) -> str:
         return sign_json(
@@ -265,6 +266,17 @@ def test_a_payload_not_in_the_format_is_refused(fed: Federation, registry: Regis
 
     extra = dict(document, more="x")
     assert refused(registry, sign(json.dumps(extra).encode())) == "INVALID_ARGUMENT_FORMAT"
+    for name, value in {
+        "v": 2,
+        "query": "a query",
+        "caller": {"agency_id": "sc.hrss"},
+        "credential_type": 7,
+        "issued_at": "yesterday",
+    }.items():
+        changed = canonical_json(dict(document, **{name: value}))
+        assert refused(registry, sign(changed)) == "INVALID_ARGUMENT_FORMAT", name
+    huge = "x" * MAX_REQUEST_JWS_BYTES
+    assert refused(registry, f"{huge}.{huge}.{huge}") == "REQUEST_TOO_LARGE"
     spaced = json.dumps(document, indent=1).encode()  # not canonical
     assert refused(registry, sign(spaced)) == "INVALID_ARGUMENT_FORMAT"
     assert refused(registry, sign(b"not json")) == "INVALID_ARGUMENT_FORMAT"
@@ -439,24 +451,32 @@ def test_show_request_refuses_a_signing_time_the_owner_would_not_have_accepted(
             await store.append(
                 dataclasses.replace(record, request_digest=digest, request_sealed=sealed)
             )
+            await store.append(dataclasses.replace(record, rpc="/tongban.v1.DataExchange/Query"))
+            unsigned = dataclasses.replace(record, request_digest="", request_sealed="")
+            await store.append(unsigned)  # as written before requests were signed
         finally:
             await store.close()
 
     asyncio.run(append())
     (tmp_path / "key").write_bytes(PSEUDONYM_KEY)
-    code, _, err = run(
+    common = (
         "audit",
         "show-request",
         "--sqlite",
         log,
-        "--index",
-        "1",
         "--pseudonym-key-file",
         tmp_path / "key",
         "--snapshot",
         fed.current,
         "--pki",
         fed.pki,
+        "--index",
     )
+    code, _, err = run(*common, "1")
     assert code == 1
     assert "more than the owner would have accepted" in err
+    # records that keep no signed request: said so, exit 1
+    code, _, err = run(*common, "2")
+    assert (code, "not a Peer.Forward one" in err) == (1, True)
+    code, _, err = run(*common, "3")
+    assert (code, "keeps no signed request" in err) == (1, True)
