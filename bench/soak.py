@@ -60,7 +60,7 @@ from gateway.demo.federation import (  # noqa: E402 - after the sys.path fix abo
     stop_federation,
 )
 from gateway.demo.stories import query, rpc_reason  # noqa: E402
-from registry import AUTHORITY_KEY, build_registry, load_source, sign_snapshot  # noqa: E402
+from registry import build_registry, load_source, sign_snapshot  # noqa: E402
 from signer import load_private_key  # noqa: E402
 from tongban.v1 import credentials_pb2, credentials_pb2_grpc, exchange_pb2_grpc  # noqa: E402
 
@@ -226,7 +226,10 @@ async def publisher(
 ) -> None:
     """Sign and offer versions 2.. (the demo published 1) to every gateway's store."""
     source = load_source(fed.source)
-    authority = load_private_key(fed.pki / AUTHORITY_KEY)
+    # Two of the dev root's three authority keys: its threshold.
+    authorities = [
+        load_private_key(fed.pki / "authority" / f"{n}.key") for n in ("national", "province-1")
+    ]
     now = datetime.now(UTC)
     base = build_registry(source, fed.pki, version=1, issued_at=now)
     lifetime = base.expires_at - base.issued_at
@@ -236,7 +239,7 @@ async def publisher(
         registry = dataclasses.replace(
             base, version=version, issued_at=issued, expires_at=issued + lifetime
         )
-        snapshot = sign_snapshot(registry, authority)  # type: ignore[arg-type]
+        snapshot = sign_snapshot(registry, *authorities)  # type: ignore[arg-type]
         for gateway in fed.gateways.values():
             gateway.store.offer(snapshot.jws)
         if args.reload_tls_every and version % args.reload_tls_every == 0:

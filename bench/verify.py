@@ -53,8 +53,8 @@ from registry import (
     KeyUsage,
     RegistryTrust,
     SnapshotVerifier,
-    load_authority_public_key,
     load_source,
+    load_trusted_root,
     publish,
 )
 from registry._pki import AgencySpec, RegionSpec
@@ -120,7 +120,7 @@ def build(root: Path, pool_size: int) -> Setup:
     )
     Inventory.for_new_pki(pki, created).save()
     publish(SOURCE, root / "pki", root / "published", now=created + timedelta(minutes=1))
-    authority = load_authority_public_key(root / "pki" / "authority" / "authority.pub.pem")
+    authority = load_trusted_root(root / "pki" / "authority" / "root.json")
     registry = (
         SnapshotVerifier(authority)
         .verify((root / "published" / "current.jws").read_bytes(), held_version=None, now=None)

@@ -24,6 +24,8 @@ from gateway.audit import (
     MemoryAuditStore,
     PostgresAuditStore,
     SqliteAuditStore,
+    Witness,
+    witness_store_for,
 )
 from gateway.breaker import CircuitBreaker
 from gateway.cache import AnswerCache, CacheBackend, MemoryBackend, RedisBackend
@@ -44,8 +46,11 @@ from gateway.reports import AccessReporter
 from gateway.revocation import CallerRevocation, make_fetcher
 from gateway.sealing import Sm2SealKey
 from gateway.services.exchange import QueryPath
+from gateway.services.witness import WitnessService
+from gateway.timestamps import make_time_stamper
 from gateway.tokens import TokenVerifier
-from registry import RegistryStore
+from gateway.witnessing import CheckpointSubmitter, log_keys, witness_name
+from registry import RegistryError, RegistryStore, SnapshotVerifier, load_trusted_root
 from signer import (
     DocumentVerifier,
     FileKeyProvider,
@@ -61,11 +66,14 @@ from signer import (
 __all__ = [
     "REDIS_MAX_CONNECTIONS",
     "QueryPathParts",
+    "Witnessing",
     "build_audit_log",
     "build_query_path",
+    "build_witnessing",
     "document_verifier",
     "load_seal_keys",
     "make_breaker",
+    "registry_store",
 ]
 
 log = logging.getLogger("tongban.gateway")
@@ -75,6 +83,16 @@ log = logging.getLogger("tongban.gateway")
 REDIS_MAX_CONNECTIONS = 64
 
 Closer = Callable[[], Awaitable[None]]
+
+
+def registry_store(config: GatewayConfig, clock: Callable[[], datetime]) -> RegistryStore:
+    """The store of registry snapshots, verifying them against the installed trusted root (or
+    the 1-of-1 root of `authority_public_key`); a root that cannot be read is a ConfigError."""
+    try:
+        authority = load_trusted_root(config.trust_anchor)
+    except RegistryError as exc:  # unreadable, or a root that does not verify
+        raise ConfigError(str(exc)) from exc
+    return RegistryStore(SnapshotVerifier(authority), clock=clock)
 
 
 def load_seal_keys(config: GatewayConfig) -> dict[str, KeyProvider]:
@@ -173,11 +191,20 @@ def document_verifier(
     switches them, together, to the first registry it applies (`DocumentVerifier.use`). The
     answering side's Verify and the requester's seal checks use these same two objects. The
     `SealVerifier` holds the gateway's one `RevocationFetcher` (`[revocation] online`), which
-    the TLS caller check shares (`caller_revocation`)."""
+    the TLS caller check shares (`caller_revocation`), and its TSA client and TSA anchors
+    (`[timestamp]`), which the sealers share."""
     fetcher = make_fetcher(config.revocation, metrics, clock) if config is not None else None
+    stamps = config.timestamp if config is not None else None  # the TSA client and anchors
+    tsa_anchors = stamps.anchors() if stamps is not None else ()
     return DocumentVerifier(
-        SealVerifier(NoTrust(), clock=clock, revocation=fetcher),
-        GmVerifier(NoTrust(), clock=clock),
+        SealVerifier(
+            NoTrust(),
+            clock=clock,
+            revocation=fetcher,
+            tsa_anchors=tsa_anchors,
+            stamper=make_time_stamper(stamps, metrics, clock),
+        ),
+        GmVerifier(NoTrust(), clock=clock, tsa_anchors=tsa_anchors),
     )
 
 
@@ -344,3 +371,42 @@ def build_query_path(
     )
     closers.insert(0, path.close)  # first: flushes reports over the peer channels
     return path, peers
+
+
+@dataclass(frozen=True, slots=True)
+class Witnessing:
+    """The gateway's witness of the other regions' logs (served as `tongban.v1.Witness`) and the
+    submitter of its own checkpoints to theirs (docs/audit.md "Witnessing")."""
+
+    witness: Witness
+    service: WitnessService
+    submitter: CheckpointSubmitter
+
+
+def build_witnessing(
+    config: GatewayConfig,
+    audit: AuditLog | None,
+    peers: PeerPool | None,
+    store: RegistryStore,
+    clock: Callable[[], datetime],
+) -> Witnessing | None:
+    """Witnessing kept in the audit log's own store, signed with its audit key; the gateway's
+    metrics observe it. None without an audit log or peers (no query path)."""
+    if audit is None or peers is None or not isinstance(audit.observer, GatewayMetrics):
+        return None
+    metrics = audit.observer
+    tables = witness_store_for(audit.store)
+    name = witness_name(config.region)
+    witness = Witness(
+        name,
+        lambda body, at: audit.cosign(body, name, at),
+        tables,
+        log_keys(store, clock),
+        clock=clock,
+        observer=metrics,
+    )
+    submitter = CheckpointSubmitter(
+        audit, tables, store, peers, region=config.region, observer=metrics, clock=clock
+    )
+    audit.checkpoint_listeners.append(submitter.offer)
+    return Witnessing(witness, WitnessService(witness), submitter)

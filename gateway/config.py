@@ -17,7 +17,8 @@ are errors, so a typo never silently falls back to a default.
     passphrase_env = ""               # optional: environment variable holding it
 
     [registry]
-    authority_public_key = "pki/authority/authority.pub.pem"
+    trusted_root = "pki/authority/root.json"  # the authority keys and threshold (or, as before,
+                                      # authority_public_key = "authority.pub.pem": 1 of 1)
     snapshot_file = "published/current.jws"   # optional: file that publishes write to
     follow = ""                       # optional: host:port of a peer gateway to follow (Watch)
     bootstrap_ca_file = ""            # optional: CA bundle trusted until a registry is held
@@ -67,6 +68,11 @@ are errors, so a typo never silently falls back to a default.
                                       # refuses it (REVOCATION_UNAVAILABLE), "soft-fail" admits it
                                       # (logged, counted); seals are always hard-fail
 
+    [timestamp]                       # optional: RFC 3161 time-stamps (docs/security.md)
+    url = "http://tsa.example.gov.cn/tsr"   # the TSA: seals and checkpoints are time-stamped
+    tsa_certificates = "pki/tsa-roots.pem"  # PEM: anchors a TSA's chain must end at (validation too)
+    timeout_seconds = 5.0             # bound on one request; a seal is then made without one
+
 `Credentials.Seal` signs with whichever of these keys the current registry names as the region's
 active seal key, so list the successor as soon as a rotation issues it (pending): the gateway
 switches to it by itself when a publish activates it. A gateway without seal keys still serves
@@ -75,18 +81,18 @@ switches to it by itself when a publish activates it. A gateway without seal key
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import os
-import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway._endpoints import _check_host_port, _is_endpoint
 from gateway.errors import ConfigError
 from gateway.provider._net import is_loopback
+from gateway.timestamps import TimestampConfig
 from registry import PROVINCES
 from signer import KeyReference, SignerError, key_reference
 
@@ -95,6 +101,7 @@ __all__ = [
     "ExchangeConfig",
     "GatewayConfig",
     "RevocationConfig",
+    "TimestampConfig",
     "names_dev_pki",
     "read_config_file",
     "read_passphrase",
@@ -317,49 +324,12 @@ def _revocation(section: _Section) -> RevocationConfig:
     )
 
 
-_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")  # RFC 1123
-MAX_HOST_NAME_CHARS = 253
-
-
-def split_endpoint(value: str, *, any_port: bool = False) -> tuple[str, int]:
-    """`host:port` (an IPv6 address in brackets: `[::1]:7330`) as (host, port), the host
-    without brackets; ValueError says what is wrong. `any_port`: port 0 (any free) allowed."""
-    if not value.isprintable() or any(c.isspace() for c in value):
-        raise ValueError("an address has no spaces or control characters")
-    host, sep, port_text = value.rpartition(":")
-    if not sep or not host:
-        raise ValueError("not HOST:PORT, e.g. 127.0.0.1:7330 or [::1]:7330")
-    if host.startswith("[") or host.endswith("]"):
-        host = host.removeprefix("[").removesuffix("]")
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ValueError(f"[{host}] is not an IPv6 address") from None
-    elif ":" in host:
-        raise ValueError("an IPv6 address goes in brackets, e.g. [::1]:7330")
-    else:
-        try:
-            ipaddress.IPv4Address(host)
-        except ValueError:
-            labels = host.removesuffix(".").split(".")
-            if (
-                len(host) > MAX_HOST_NAME_CHARS
-                or not all(_HOST_LABEL.fullmatch(label) for label in labels)
-                or labels[-1].isdigit()  # 10.1.2.300: a bad IPv4 address, not a name
-            ):
-                raise ValueError(f"{host!r} is neither an IP address nor a host name") from None
-    least = 0 if any_port else 1
-    if not (port_text.isascii() and port_text.isdigit()) or not least <= int(port_text) <= 65535:
-        raise ValueError(f"the port is a number from {least} to 65535")
-    return host, int(port_text)
-
-
-def _is_endpoint(value: str) -> bool:
-    try:
-        split_endpoint(value)
-    except ValueError:
-        return False
-    return True
+def _timestamp(section: _Section) -> TimestampConfig:
+    return TimestampConfig(
+        section.required_path("tsa_certificates"),
+        section.text("url", required=False),
+        section.number("timeout_seconds", 5.0),
+    )
 
 
 def _hex_key(raw: bytes | None, where: str) -> bytes:
@@ -412,20 +382,14 @@ def _peers(file: Path, data: Any) -> dict[str, str]:
     return dict(data)
 
 
-def _check_host_port(key: str, value: str, *, any_port: bool = True) -> None:
-    try:
-        split_endpoint(value, any_port=any_port)
-    except ValueError as exc:
-        raise ConfigError(f"{key}: {value!r} is not host:port ({exc})") from exc
-
-
 @dataclass(frozen=True)
 class GatewayConfig:
     region: str
     listen: str
     tls_certificate: Path
     tls_private_key: Path
-    authority_public_key: Path
+    authority_public_key: Path | None = None  # the 1-of-1 root of one key (before roots)
+    trusted_root: Path | None = None  # root.json: authority keys and threshold
     snapshot_file: Path | None = None
     follow: str = ""
     bootstrap_ca_file: Path | None = None
@@ -443,6 +407,7 @@ class GatewayConfig:
     # host:port of the plain-HTTP /metrics, /healthz and /readyz endpoint ("" = none)
     metrics_listen: str = ""
     revocation: RevocationConfig = field(default_factory=RevocationConfig)
+    timestamp: TimestampConfig | None = None
 
     def __post_init__(self) -> None:
         if self.region not in PROVINCES:
@@ -460,10 +425,22 @@ class GatewayConfig:
             raise ConfigError(
                 f"registry.snapshot_file: {self.snapshot_file} is a folder, not a snapshot file"
             )
+        if (self.trusted_root is None) == (self.authority_public_key is None):
+            raise ConfigError(
+                "registry.trusted_root: give it (or, for one authority key, "
+                "registry.authority_public_key), exactly one of them"
+            )
         if self.snapshot_file is None and not self.follow:
             raise ConfigError(
                 "registry: give snapshot_file, follow, or both: the gateway needs a registry"
             )
+
+    @property
+    def trust_anchor(self) -> Path:
+        """The file the gateway's trust in snapshots starts from: root.json or one key PEM."""
+        anchor = self.trusted_root or self.authority_public_key
+        assert anchor is not None  # __post_init__ saw to it
+        return anchor
 
     @classmethod
     def from_file(cls, path: Path) -> GatewayConfig:
@@ -486,6 +463,7 @@ class GatewayConfig:
         audit = _Section(path, "audit", document.get("audit", {}))
         exchange = _Section(path, "exchange", document.get("exchange", {}))
         revocation = _Section(path, "revocation", document.get("revocation", {}))
+        timestamp = _Section(path, "timestamp", document.get("timestamp", {}))
         try:
             passphrase_file = tls.optional_path("passphrase_file")
             passphrase_env = tls.text("passphrase_env", required=False)
@@ -502,7 +480,8 @@ class GatewayConfig:
                 tls_certificate=tls.required_path("certificate"),
                 tls_private_key=tls.required_path("private_key"),
                 tls_passphrase=passphrase,
-                authority_public_key=reg.required_path("authority_public_key"),
+                authority_public_key=reg.optional_path("authority_public_key"),
+                trusted_root=reg.optional_path("trusted_root"),
                 snapshot_file=reg.optional_path("snapshot_file"),
                 follow=reg.text("follow", required=False),
                 bootstrap_ca_file=reg.optional_path("bootstrap_ca_file"),
@@ -513,13 +492,14 @@ class GatewayConfig:
                 exchange=_exchange(path, exchange),
                 peers=_peers(path, document.get("peers", {})),
                 revocation=_revocation(revocation),
+                timestamp=_timestamp(timestamp) if timestamp.data else None,
             )
         except ConfigError as exc:
             message = str(exc)
             raise ConfigError(
                 message if message.startswith(str(path)) else f"{path}: {message}"
             ) from None
-        for section in (gw, tls, reg, seal, audit, exchange, revocation):
+        for section in (gw, tls, reg, seal, audit, exchange, revocation, timestamp):
             section.done()
         if config.snapshot_file is None and config.bootstrap_ca_file is None:
             # Until it holds a registry, a follow-only gateway has no CA to trust its peer with.
@@ -541,6 +521,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
     unknown = sorted(
         set(document)
         - {"gateway", "tls", "registry", "seal", "audit", "exchange", "peers", "revocation"}
+        - {"timestamp"}
     )
     if unknown:
         raise ConfigError(f"{path}: [{unknown[0]}]: unknown section")

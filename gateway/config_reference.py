@@ -57,7 +57,11 @@ END_MARKER = "<!-- config-reference:end -->"
 _COMMAND = "python -m gateway.config_reference --write docs/operators.md"
 
 _Config = type[
-    _config.GatewayConfig | _config.AuditConfig | _config.ExchangeConfig | _config.RevocationConfig
+    _config.GatewayConfig
+    | _config.AuditConfig
+    | _config.ExchangeConfig
+    | _config.RevocationConfig
+    | _config.TimestampConfig
 ]
 
 
@@ -88,7 +92,11 @@ _GW = _config.GatewayConfig
 _AU = _config.AuditConfig
 _EX = _config.ExchangeConfig
 _RV = _config.RevocationConfig
+_TS = _config.TimestampConfig
 _ENV = "string (variable name)"
+_TRUST = "one of trusted_root, authority_public_key (not with dev_pki)"
+_ROOT_DOC = "the trusted root (root.json): the authority keys, and how many must sign a snapshot"
+_KEY_DOC = "one registry authority public key (PEM): the 1-of-1 root of older installations"
 
 SECTIONS: tuple[Section, ...] = (
     Section("gateway", "[gateway]", "yes", "The region this gateway serves and how it listens."),
@@ -99,6 +107,7 @@ SECTIONS: tuple[Section, ...] = (
     Section("exchange", "[exchange]", "no"),
     Section("peers", "[peers]", "no"),
     Section("revocation", "[revocation]", "no"),
+    Section("timestamp", "[timestamp]", "no"),
 )
 
 KEYS: tuple[Key, ...] = (
@@ -145,13 +154,8 @@ KEYS: tuple[Key, ...] = (
         kind=_ENV,
         doc="environment variable holding the key passphrase, instead of passphrase_file",
     ),
-    Key(
-        "registry",
-        "authority_public_key",
-        "yes (not with dev_pki)",
-        (_GW, "authority_public_key"),
-        doc="the registry authority's public key (PEM): only snapshots it signed are applied",
-    ),
+    Key("registry", "trusted_root", _TRUST, (_GW, "trusted_root"), doc=_ROOT_DOC),
+    Key("registry", "authority_public_key", _TRUST, (_GW, "authority_public_key"), doc=_KEY_DOC),
     Key(
         "registry",
         "snapshot_file",
@@ -333,6 +337,9 @@ KEYS: tuple[Key, ...] = (
     Key("revocation", "online", "no", (_RV, "online")),
     Key("revocation", "timeout_seconds", "no", (_RV, "timeout_seconds")),
     Key("revocation", "unreachable", "no", (_RV, "unreachable")),
+    Key("timestamp", "url", "no", (_TS, "url")),
+    Key("timestamp", "tsa_certificates", "yes, with [timestamp]", (_TS, "tsa_certificates")),
+    Key("timestamp", "timeout_seconds", "no", (_TS, "timeout_seconds")),
 )
 
 

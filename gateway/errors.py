@@ -209,6 +209,15 @@ REASONS: Final[Mapping[str, Reason]] = MappingProxyType(
             _C.UNAVAILABLE,
             "the revocation status of the client certificate cannot be learnt: try again later",
         ),
+        "WITNESS_SIZE_MISMATCH": Reason(
+            _C.FAILED_PRECONDITION, "the witness last cosigned another size of this log"
+        ),
+        "CHECKPOINT_INCONSISTENT": Reason(
+            _C.FAILED_PRECONDITION, "the checkpoint contradicts one the witness cosigned"
+        ),
+        "CHECKPOINT_SIGNATURE_INVALID": Reason(
+            _C.PERMISSION_DENIED, "no audit key of the log's region signs the checkpoint"
+        ),
     }
 )
 # The places that send a reason with another code than the table's, and why: the only codes a

@@ -217,6 +217,11 @@ class PeerPool:
         self._live[region] = _Live(shape, channel, stub, version)
         return stub
 
+    def witness_stub(self, region: str) -> exchange_pb2_grpc.WitnessAsyncStub:
+        """A Witness stub on `region`'s pooled channel (the one `stub` keeps)."""
+        self.stub(region)
+        return exchange_pb2_grpc.WitnessStub(self._live[region].channel)
+
     def _sweep(self, registry: Registry | None, version: int) -> None:
         """Once per registry version: retire the channels of regions the registry no longer
         names a gateway for (a region that is never called again must not keep its channel)."""

@@ -1,7 +1,8 @@
 """Following a peer gateway's registry: `Registry.GetSnapshot`, then `Registry.Watch`.
 
 Whatever a peer sends is only offered to the store, which verifies it against the installed
-authority key: a peer can delay a snapshot, never forge or roll one back.
+trusted root (a threshold of authority keys): a peer can delay a snapshot, never forge or roll one
+back.
 """
 
 from __future__ import annotations

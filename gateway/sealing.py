@@ -17,6 +17,11 @@ the gateway's `RevocationFetcher`) embeds the seal certificate's current OCSP re
 JAdES seal, which then travels in the JWS JSON serialisation (`signer.add_validation_data`); the
 fetcher keeps the response until its nextUpdate and fetches a new one after. Without a staple, or
 when the certificate names no responder or none answers "good", the seal stays compact.
+
+Time-stamps (baseline-T): a `RegionSealer` given a `stamper` (the gateway's TSA client,
+`[timestamp] url`) adds an RFC 3161 token over each seal's signature value: a JAdES `sigTst`
+(the seal then travels in JSON serialisation) or the SES_Signature's `timeStamp`. A TSA that
+fails leaves the seal without one (`gateway.timestamps`: logged and counted, not refused).
 """
 
 from __future__ import annotations
@@ -53,8 +58,11 @@ from signer import (
     SignerError,
     Sm2FileSigner,
     SubIndication,
+    TimeStampClient,
+    TimeStampUnavailable,
     UnsupportedAlgorithm,
     ValidationReport,
+    add_timestamp,
     add_validation_data,
     load_sm2_private_key,
     seal,
@@ -223,11 +231,17 @@ class RegionSealer:
     """
 
     def __init__(
-        self, region: str, keys: Mapping[str, KeyProvider], *, staple: Staple | None = None
+        self,
+        region: str,
+        keys: Mapping[str, KeyProvider],
+        *,
+        staple: Staple | None = None,
+        stamper: TimeStampClient | None = None,
     ) -> None:
         self.region = region
         self._keys = keys
         self._staple = staple
+        self._stamper = stamper
 
     def active_key(self, registry: Registry, at: datetime) -> KeyProvider:
         """The region's active seal key at `at` in `registry`; `SealKeyUnavailable` if there is
@@ -267,8 +281,15 @@ class RegionSealer:
                 at=sealed_at,
                 property_info=content_type if content_type.isascii() else "",
             )
-            big = len(payload) > SEAL_IN_THREAD_BYTES
-            ses = await asyncio.to_thread(make_ses) if big else make_ses()
+            if self._stamper is not None:  # the TSA is asked in a thread: it blocks
+                try:
+                    ses = await asyncio.to_thread(functools.partial(make_ses, tsa=self._stamper))
+                except TimeStampUnavailable as exc:
+                    log.warning("a GB/T 38540 seal made without a time-stamp: %s", exc)
+                    ses = make_ses()
+            else:
+                big = len(payload) > SEAL_IN_THREAD_BYTES
+                ses = await asyncio.to_thread(make_ses) if big else make_ses()
             return SealedDocument(
                 jws="",
                 kid=provider.kid,
@@ -297,6 +318,8 @@ class RegionSealer:
             response = await asyncio.to_thread(self._staple, provider)
             if response is not None:
                 jws = add_validation_data(jws, ocsp_responses=[response])
+        if self._stamper is not None:
+            jws = await asyncio.to_thread(_time_stamped_jws, jws, self._stamper)
         return SealedDocument(jws=jws, kid=provider.kid, region=self.region, sealed_at=sealed_at)
 
     async def seal_licence(
@@ -326,6 +349,15 @@ class RegionSealer:
             jws="", kid=provider.kid, region=self.region, sealed_at=sealed_at, format=SealFormat.OFD
         )
         return sealed, ofd
+
+
+def _time_stamped_jws(jws: str, stamper: TimeStampClient) -> str:
+    """`jws` with a sigTst, or as it was when the TSA fails (logged; counted by the client)."""
+    try:
+        return add_timestamp(jws, stamper)
+    except TimeStampUnavailable as exc:
+        log.warning("a JAdES seal made without a time-stamp: %s", exc)
+        return jws
 
 
 def seals_with_sm2(registry: Registry, region: str, at: datetime) -> bool:

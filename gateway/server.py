@@ -43,10 +43,12 @@ from gateway._wiring import (
     QueryPathParts,
     build_audit_log,
     build_query_path,
+    build_witnessing,
     caller_revocation,
     document_verifier,
     load_seal_keys,
     make_breaker,
+    registry_store,
 )
 from gateway.admission import CallAdmission
 from gateway.audit import AuditError, AuditRecord, Outcome, digest_form
@@ -66,15 +68,12 @@ from gateway.services.credentials import CredentialsService
 from gateway.services.exchange import DataExchangeService, PeerService, QueryPath
 from gateway.services.oversight import OversightService
 from gateway.services.registry import RegistryService
+from gateway.timestamps import checkpoint_stamper
 from registry import (
     FileSnapshotSource,
-    PkiError,
     RegistryError,
-    RegistryStore,
     RegistryTrust,
     SignedSnapshot,
-    SnapshotVerifier,
-    load_authority_public_key,
 )
 from signer import KeyProvider, KeyReference
 from tongban.v1 import (
@@ -98,6 +97,7 @@ CREDENTIALS_SERVICE = credentials_pb2.DESCRIPTOR.services_by_name["Credentials"]
 OVERSIGHT_SERVICE = oversight_pb2.DESCRIPTOR.services_by_name["Oversight"].full_name
 EXCHANGE_SERVICE = exchange_pb2.DESCRIPTOR.services_by_name["DataExchange"].full_name
 PEER_SERVICE = exchange_pb2.DESCRIPTOR.services_by_name["Peer"].full_name
+WITNESS_SERVICE = exchange_pb2.DESCRIPTOR.services_by_name["Witness"].full_name
 SERVED_SERVICES = (REGISTRY_SERVICE, CREDENTIALS_SERVICE)  # always; Oversight with an audit log
 OPEN_SERVICES = frozenset({health.SERVICE_NAME, reflection.SERVICE_NAME})  # mTLS only, no identity
 # Services whose undecodable requests are audited (caller known, values unknown): see
@@ -148,11 +148,7 @@ class Gateway:
             grpc_log.addFilter(_WITHHOLD)
         # True only in a `--workers` worker: its siblings bind the same ports (SO_REUSEPORT).
         self.shared_port = shared_port
-        try:
-            authority = load_authority_public_key(config.authority_public_key)
-        except PkiError as exc:
-            raise ConfigError(str(exc)) from exc
-        self.store = RegistryStore(SnapshotVerifier(authority), clock=clock)
+        self.store = registry_store(config, clock)
         self.metrics = GatewayMetrics()
         self.metrics_server: MetricsServer | None = None
         self.metrics_port = 0
@@ -166,6 +162,7 @@ class Gateway:
         self.audit = build_audit_log(config, clock=clock)
         if self.audit is not None:
             self.audit.observer = self.metrics
+            self.audit.time_stamper = checkpoint_stamper(self.verifier.stamper)
         # One map shared by the services, so that `reload_seal_keys` reaches both.
         self.seal_keys = seal_keys = load_seal_keys(config)
         self.credentials = CredentialsService(
@@ -187,10 +184,12 @@ class Gateway:
         )
         self.query_path = self._build_query_path(seal_keys, clock)
         self.credentials.query_path = self.query_path
+        # With the query path (the peers are its channels): witness others, submit to them.
+        self.witnessing = build_witnessing(config, self.audit, self._peers, self.store, clock)
         self.served_services = (
             *SERVED_SERVICES,
             *((OVERSIGHT_SERVICE,) if self.audit else ()),
-            *((EXCHANGE_SERVICE, PEER_SERVICE) if self.query_path else ()),
+            *((EXCHANGE_SERVICE, PEER_SERVICE, WITNESS_SERVICE) if self.witnessing else ()),
         )
         self._tasks: list[asyncio.Task[None]] = []
         self._swap_tasks: set[asyncio.Future[None]] = set()
@@ -311,9 +310,7 @@ class Gateway:
 
     # Lifecycle ---------------------------------------------------------------------------------
     async def start(self) -> int:
-        if (
-            not self.shared_port
-        ):  # before the audit store is opened: a second gateway touches nothing
+        if not self.shared_port:  # before the audit store is opened: a 2nd gateway touches nothing
             check_ports_free(self.config)
         if self.audit is not None:
             try:
@@ -375,6 +372,8 @@ class Gateway:
                 DataExchangeService(self.query_path), server
             )
             exchange_pb2_grpc.add_PeerServicer_to_server(PeerService(self.query_path), server)
+        if self.witnessing is not None:
+            exchange_pb2_grpc.add_WitnessServicer_to_server(self.witnessing.service, server)
         if self.audit is not None:
             assert self.config.audit is not None
             oversight_pb2_grpc.add_OversightServicer_to_server(
@@ -427,6 +426,8 @@ class Gateway:
             self._tasks.append(
                 asyncio.create_task(self.query_path.report_loop(), name="access-reports")
             )
+        if self.witnessing is not None:  # checkpoints to the other regions' witnesses
+            self._tasks.append(asyncio.create_task(self.witnessing.submitter.run()))
 
     def _follow_registry(self, snapshot: SignedSnapshot) -> None:
         # Synchronous, inside the swap: no call sees the new registry with the old verifiers

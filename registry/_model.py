@@ -233,6 +233,9 @@ class Registry:
     purposes: tuple[Purpose, ...] = ()
     agreements: tuple[Agreement, ...] = ()
     keys: tuple[KeyEntry, ...] = field(default=())
+    # Cosignatures from other regions' witnesses a region's audit checkpoint needs to count
+    # (docs/audit.md "Witnessing"); 0: no witnessing required (registries from before it).
+    witness_threshold: int = 0
 
     # Lookups, built once per registry (a registry is immutable).
     @cached_property

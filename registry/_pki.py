@@ -9,8 +9,9 @@ DER)::
     <out>/
       pki.json                              regions and agencies the PKI was made for
       roots.pem                             every region's root CA (a bootstrap trust bundle)
-      authority/authority.key               registry authority key (Ed25519), mode 0600
-      authority/authority.pub.pem           its SubjectPublicKeyInfo
+      authority/root.json                   the trusted root: authority keys, holders, threshold
+      authority/root-<N>.json               later roots (`tongban registry rotate-root`)
+      authority/*.key                       authority keys kept in the folder (dev: all), 0600
       regions/<code>/ca/root.pem, root.key  region root CA (P-256, 10 years, pathlen 1)
       regions/<code>/ca/intermediate.pem, intermediate.key
                                             issuing CA (P-256, 5 years, pathlen 0)

@@ -2,14 +2,17 @@
 
 `build_registry` makes the unsigned registry a reviewer can read and diff. `publish` makes the
 next version: it reads the last published snapshot (verifying it) to learn the version to
-exceed, applies the key lifecycle moves of a publish, signs with the authority key, and writes
-`registry-<version>.jws` and `current.jws` in the publish folder. Versions only grow, even if
-`current.jws` is removed: every `registry-<n>.jws` in the folder counts.
+exceed, applies the key lifecycle moves of a publish, signs with the authority keys given (by
+default every key file in the folder's `authority/`), carries the folder's later roots, and
+writes `registry-<version>.jws`; and `current.jws` too once a threshold of the newest root's keys
+has signed (else the other holders add theirs with `tongban registry sign`, which installs it).
+Versions only grow, even if `current.jws` is removed: every `registry-<n>.jws` counts.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -17,49 +20,37 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
+from registry._authority import pki_authority_keys, pki_trusted_root_path, root_chain
 from registry._crl import RevokedCertificate, issue_crl, region_crls
+from registry._envelope import (
+    SignedSnapshot,
+    SnapshotVerifier,
+    add_signature,
+    unsigned_snapshot,
+)
 from registry._files import write_atomically
 from registry._import import has_imported_ca, imported_crl
 from registry._inventory import Inventory
 from registry._model import Region, Registry
 from registry._pki import region_ca_certificates
-from registry._snapshot import (
-    AuthorityPublicKey,
-    SignedSnapshot,
-    SnapshotVerifier,
-    sign_snapshot,
-)
+from registry._root import Root, SignatureTally
+from registry._snapshot import authority_key_id
 from registry._source import RegistrySource, load_source
 from registry.errors import PkiError, SnapshotError
 from signer import KeyReference, open_signing_key
 
 __all__ = [
-    "AUTHORITY_KEY",
-    "AUTHORITY_PUBLIC_KEY",
     "CURRENT_SNAPSHOT",
     "PublishResult",
     "build_registry",
-    "load_authority_public_key",
+    "install_if_complete",
     "publish",
     "read_published",
 ]
 
-AUTHORITY_KEY = Path("authority/authority.key")
-AUTHORITY_PUBLIC_KEY = Path("authority/authority.pub.pem")
 CURRENT_SNAPSHOT = "current.jws"
 CRL_MARGIN = timedelta(days=1)  # a published CRL stays current this long after its snapshot expires
 _VERSIONED = re.compile(r"^registry-(\d+)\.jws$")
-
-
-def load_authority_public_key(path: Path) -> AuthorityPublicKey:
-    """The authority public key a gateway is installed with (PEM SubjectPublicKeyInfo)."""
-    try:
-        key = serialization.load_pem_public_key(path.read_bytes())
-    except (OSError, ValueError) as exc:
-        raise PkiError(f"{path}: not a readable PEM public key ({exc.__class__.__name__})") from exc
-    if not isinstance(key, ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey):
-        raise PkiError(f"{path}: the registry authority key must be Ed25519 or ECDSA P-256")
-    return key
 
 
 def build_registry(
@@ -106,12 +97,11 @@ def build_registry(
         purposes=source.purposes,
         agreements=source.agreements,
         keys=keys,
+        witness_threshold=source.witness_threshold,
     )
 
 
-def read_published(
-    out_dir: Path, authority: AuthorityPublicKey
-) -> tuple[SignedSnapshot | None, int]:
+def read_published(out_dir: Path, trusted: Root) -> tuple[SignedSnapshot | None, int]:
     """The current published snapshot (verified, expired or not) and the highest version seen."""
     highest = max(
         (
@@ -124,7 +114,7 @@ def read_published(
     current = out_dir / CURRENT_SNAPSHOT
     if not current.exists():
         return None, highest
-    verifier = SnapshotVerifier(authority)
+    verifier = SnapshotVerifier(trusted)
     try:
         snapshot = verifier.verify(current.read_bytes(), held_version=None, now=None)
     except SnapshotError as exc:
@@ -134,9 +124,18 @@ def read_published(
 
 @dataclass(frozen=True, slots=True)
 class PublishResult:
-    snapshot: SignedSnapshot
+    registry: Registry
     path: Path
     changes: tuple[str, ...]  # lifecycle moves, for the operator
+    tally: SignatureTally  # the signatures made, counted against the newest root
+    installed: bool  # written to current.jws too: the threshold was met
+
+    @property
+    def snapshot(self) -> SignedSnapshot:
+        """The snapshot as written (verified against the root once `installed`)."""
+        text = self.path.read_text().strip()
+        first = self.tally.valid[0] if self.tally.valid else ""
+        return SignedSnapshot(text, self.registry, first, self.tally.valid)
 
 
 def publish(
@@ -147,18 +146,24 @@ def publish(
     now: datetime,
     passphrase: bytes | None = None,
     lifetime_seconds: int | None = None,
-    authority_key: KeyReference | None = None,
+    authority_keys: Sequence[KeyReference] | None = None,
+    trusted_root: Path | None = None,
 ) -> PublishResult:
-    """Sign and write the next registry version; see the module docstring. The authority key
-    is `authority_key` (a key file or a PKCS#11 URI), else the PKI folder's key file."""
+    """Sign and write the next registry version; see the module docstring. The authority keys
+    are `authority_keys` (key files or PKCS#11 URIs; none: an unsigned snapshot for a signing
+    ceremony), else every key file in the PKI folder's `authority/`. The root the snapshot is
+    checked against, with the later roots beside it, is `trusted_root` (a root.json or one key's
+    PEM), else the folder's `authority/root.json`."""
     source = load_source(source_dir)
     inventory = Inventory.load(pki_root)
-    reference = pki_root / AUTHORITY_KEY if authority_key is None else authority_key
-    signing_key = open_signing_key(reference, passphrase)
-    if not isinstance(signing_key, ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey):
-        raise PkiError(f"{reference}: the registry authority key must be Ed25519 or P-256")
+    trusted, chain = root_chain(trusted_root or pki_trusted_root_path(pki_root))
+    newest = chain[-1].root if chain else trusted
+    references = pki_authority_keys(pki_root) if authority_keys is None else authority_keys
+    signing_keys = [_authority_signing_key(r, passphrase) for r in references]
+    if authority_keys is None:  # the folder's keys that the newest root still names
+        signing_keys = [k for k in signing_keys if newest.key(authority_key_id(k.public_key()))]
     out_dir.mkdir(parents=True, exist_ok=True)
-    _, highest = read_published(out_dir, signing_key.public_key())
+    _, highest = read_published(out_dir, trusted)
     version = highest + 1
     changes = inventory.advance_for_publish(version, now)
     lifetime = timedelta(seconds=lifetime_seconds or source.snapshot_lifetime_seconds)
@@ -183,12 +188,39 @@ def publish(
     registry = build_registry(source, pki_root, version=version, issued_at=now, inventory=inventory)
     if lifetime_seconds is not None:
         registry = _with_lifetime(registry, lifetime_seconds)
-    snapshot = sign_snapshot(registry, signing_key)
+    text = unsigned_snapshot(registry, chain)
+    for key in signing_keys:
+        text = add_signature(text, key, newest)
     path = out_dir / f"registry-{version}.jws"
-    write_atomically(path, snapshot.jws.encode() + b"\n")
-    write_atomically(out_dir / CURRENT_SNAPSHOT, snapshot.jws.encode() + b"\n")
+    write_atomically(path, text.encode() + b"\n")
+    tally = install_if_complete(path, trusted)
     inventory.save()  # after the snapshot is safely written
-    return PublishResult(snapshot=snapshot, path=path, changes=tuple(changes))
+    return PublishResult(registry, path, tuple(changes), tally, tally.met)
+
+
+def _authority_signing_key(
+    reference: KeyReference, passphrase: bytes | None
+) -> ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey:
+    key = open_signing_key(reference, passphrase)
+    if not isinstance(key, ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey):
+        raise PkiError(f"{reference}: a registry authority key must be Ed25519 or P-256")
+    return key
+
+
+def install_if_complete(path: Path, trusted: Root) -> SignatureTally:
+    """Count the signatures of the snapshot at `path` (`registry-<n>.jws`); once they meet the
+    newest root's threshold, make it the folder's `current.jws` unless a newer one is there
+    (the same version with one more signature replaces it)."""
+    text = path.read_text()
+    verifier = SnapshotVerifier(trusted)
+    _, tally = verifier.tally(text)
+    if not tally.met or not _VERSIONED.match(path.name):  # only a publish folder's own files
+        return tally
+    snapshot = verifier.verify(text, held_version=None, now=None)
+    current, _ = read_published(path.parent, trusted)
+    if current is None or current.registry.version <= snapshot.registry.version:
+        write_atomically(path.parent / CURRENT_SNAPSHOT, text.strip().encode() + b"\n")
+    return tally
 
 
 def _check_imported_crl(pki_root: Path, region: str, now: datetime) -> None:

@@ -1,7 +1,7 @@
-"""The signed registry snapshot: canonical encoding, signing and verification.
+"""The registry snapshot's payload: its canonical encoding and its strict reader.
 
-A snapshot is a compact JWS (RFC 7515) made with PyJWT by the registry authority's key. Its
-payload is the canonical JSON of the registry: keys sorted, no insignificant white space, UTF-8,
+A snapshot is a JWS (RFC 7515) signed by a threshold of authority keys (`registry._envelope`,
+`registry._root`). Its payload is the canonical JSON of the registry: keys sorted, no insignificant white space, UTF-8,
 lists in id order, times as RFC 3339 UTC seconds. The same registry always encodes to the same
 bytes, so two builds can be compared byte for byte and the payload hash identifies a version.
 """
@@ -11,9 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -37,36 +35,19 @@ from registry._model import (
     Registry,
     ShareClass,
 )
-from registry.errors import (
-    SnapshotExpired,
-    SnapshotFormatError,
-    SnapshotRollback,
-    SnapshotSignatureInvalid,
-    SnapshotSignatureMissing,
-    SnapshotUntrustedSigner,
-)
-from signer import (
-    SignedJsonAlgorithmRefused,
-    SignedJsonRefused,
-    SignedJsonSignatureInvalid,
-    SignedJsonUnsigned,
-    canonical_json,
-    sign_json,
-    verify_json,
-)
+from registry.errors import SnapshotFormatError
 
 __all__ = [
     "FORMAT",
     "MAX_SNAPSHOT_BYTES",
     "SNAPSHOT_MEDIA_TYPE",
+    "AuthorityPrivateKey",
     "AuthorityPublicKey",
-    "SignedSnapshot",
-    "SnapshotVerifier",
+    "algorithm_for_authority_key",
     "authority_key_id",
     "format_time",
     "registry_from_payload",
     "registry_to_payload",
-    "sign_snapshot",
 ]
 
 FORMAT = "tongban.registry/v1"
@@ -87,7 +68,7 @@ def authority_key_id(public_key: AuthorityPublicKey) -> str:
     return base64.urlsafe_b64encode(hashlib.sha256(spki).digest()).rstrip(b"=").decode()
 
 
-def _algorithm_for(public_key: AuthorityPublicKey) -> str:
+def algorithm_for_authority_key(public_key: AuthorityPublicKey) -> str:
     if isinstance(public_key, ed25519.Ed25519PublicKey):
         return "EdDSA"
     if isinstance(public_key.curve, ec.SECP256R1):
@@ -117,6 +98,7 @@ def registry_to_payload(registry: Registry) -> dict[str, Any]:
         "issued_at": format_time(registry.issued_at),
         "expires_at": format_time(registry.expires_at),
         "refresh_seconds": registry.refresh_seconds,
+        "witness_threshold": registry.witness_threshold,
         "regions": [_region_payload(r) for r in sorted(registry.regions, key=lambda r: r.code)],
         "agencies": [_agency_payload(a) for a in sorted(registry.agencies, key=lambda a: a.id)],
         "datasets": [
@@ -328,6 +310,10 @@ def registry_from_payload(data: Any) -> Registry:
         purposes=purposes,
         agreements=agreements,
         keys=keys,
+        # absent from snapshots published before witnessing: no cosignature required
+        witness_threshold=top.integer("witness_threshold")
+        if "witness_threshold" in top.data
+        else 0,
     )
 
 
@@ -417,118 +403,3 @@ def _key_from(k: _Payload) -> KeyEntry:
         revoked_at=k.opt_time("revoked_at"),
         revocation_reason=k.text("revocation_reason"),
     )
-
-
-@dataclass(frozen=True, slots=True)
-class SignedSnapshot:
-    """A verified snapshot: the exact JWS received and the registry it carries."""
-
-    jws: str
-    registry: Registry
-    authority_key_id: str
-
-
-def sign_snapshot(registry: Registry, authority_key: AuthorityPrivateKey) -> SignedSnapshot:
-    """Sign a registry with the authority key; the result is a compact JWS."""
-    public = authority_key.public_key()
-    kid = authority_key_id(public)
-    _algorithm_for(public)  # an authority key of another type is refused in its own words
-    token = sign_json(
-        canonical_json(registry_to_payload(registry)),
-        authority_key,
-        typ=SNAPSHOT_MEDIA_TYPE,
-        kid=kid,
-        algorithms=_AUTHORITY_ALGORITHMS,
-    )
-    return SignedSnapshot(jws=token, registry=registry, authority_key_id=kid)
-
-
-class SnapshotVerifier:
-    """Verifies snapshots against the authority key a gateway was installed with."""
-
-    def __init__(self, authority_key: AuthorityPublicKey) -> None:
-        self._key = authority_key
-        self._algorithm = _algorithm_for(authority_key)
-        self.authority_key_id = authority_key_id(authority_key)
-
-    def _authority_key_for(self, header: Mapping[str, Any]) -> AuthorityPublicKey:
-        # (3)
-        kid = header.get("kid")
-        if kid != self.authority_key_id:
-            raise SnapshotUntrustedSigner(
-                f"snapshot is signed by key {kid!r}, not by the installed registry authority "
-                f"{self.authority_key_id!r}"
-            )
-        return self._key
-
-    def verify(
-        self, jws: str | bytes, *, held_version: int | None, now: datetime | None
-    ) -> SignedSnapshot:
-        """Return the verified snapshot, or raise the `SnapshotError` that says why it is refused.
-
-        (0) size and shape: a compact JWS of at most MAX_SNAPSHOT_BYTES
-        (1) the protected header parses and asks for no JWS extension (`crit`, `b64`)
-        (2) it is signed at all (no `alg: none`, no empty signature)
-        (3) its `kid` names the installed authority key
-        (4) the signature verifies with that key, with the algorithm bound to the key's type
-        (steps 0 to 4 are `signer.verify_json`'s)
-        (5) the payload is a snapshot of this format
-        (6) it has not expired (and was not issued in the future); `now=None` skips this, for
-            reading back what was published, never for accepting a snapshot
-        (7) its version is newer than the one held (no rollback, no replay)
-        """
-        # (0)
-        raw = jws.decode("ascii", "replace") if isinstance(jws, bytes) else jws
-        raw = raw.strip()
-        # (1)-(4): the signed-JSON checks; the kid is only a hint, the installed key verifies
-        try:
-            verified = verify_json(
-                raw,
-                key_for=self._authority_key_for,
-                algorithms=_AUTHORITY_ALGORITHMS,
-                typ=None,  # never checked: the kid and the authority key decide
-                typ_required=False,
-                max_bytes=MAX_SNAPSHOT_BYTES,
-                what="snapshot",
-            )
-        except SignedJsonUnsigned as exc:
-            raise SnapshotSignatureMissing(
-                "snapshot is not signed: refusing an unsigned registry"
-            ) from exc
-        except SignedJsonAlgorithmRefused as exc:
-            raise SnapshotSignatureInvalid(
-                f"snapshot uses algorithm {exc.algorithm!r}; the authority key signs with "
-                f"{self._algorithm}"
-            ) from exc
-        except SignedJsonSignatureInvalid as exc:
-            raise SnapshotSignatureInvalid(
-                "snapshot signature does not verify with the authority key"
-            ) from exc
-        except SignedJsonRefused as exc:  # malformed, a wrong typ, a JWS extension
-            raise SnapshotFormatError(str(exc)) from exc
-        payload = verified.payload
-        # (5)
-        try:
-            document = json.loads(payload)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise SnapshotFormatError("snapshot payload is not JSON") from exc
-        registry = registry_from_payload(document)
-        # (6)
-        if now is None:
-            pass
-        elif now >= registry.expires_at:
-            raise SnapshotExpired(
-                f"snapshot version {registry.version} expired at {format_time(registry.expires_at)}"
-            )
-        elif registry.issued_at - CLOCK_SKEW > now:
-            raise SnapshotFormatError(
-                f"snapshot version {registry.version} claims to be issued in the future "
-                f"({format_time(registry.issued_at)})"
-            )
-        # (7)
-        if held_version is not None and registry.version <= held_version:
-            raise SnapshotRollback(
-                f"snapshot version {registry.version} is not newer than the version held "
-                f"({held_version}): refusing a rollback"
-            )
-        return SignedSnapshot(jws=raw, registry=registry, authority_key_id=self.authority_key_id)

@@ -6,7 +6,8 @@ once, each with the file, the key and the reason, so a reviewer fixes a source i
 
 Layout (any table may be in any `*.toml` file of the folder; each id may be defined once)::
 
-    [registry]                         name, refresh_seconds, snapshot_lifetime_seconds
+    [registry]                         name, refresh_seconds, snapshot_lifetime_seconds,
+                                       witness_threshold
     [regions.<code>]                   name, endpoint
     [agencies.<id>]                    name, region, uscc, roles
     [datasets.<region>.<id>]           name, owner, share_class, cache_ttl_seconds, cache_scope,
@@ -79,6 +80,7 @@ class RegistrySource:
     purposes: tuple[Purpose, ...]
     agreements: tuple[Agreement, ...]
     files: tuple[Path, ...] = field(default=())
+    witness_threshold: int = 1
 
 
 _SECTIONS = ("registry", "regions", "agencies", "datasets", "purposes", "agreements")
@@ -103,7 +105,7 @@ def load_source(folder: Path) -> RegistrySource:
         problems.add(str(folder), "-", "no registry source here: expected a folder of *.toml files")
         raise SourceError(problems.items)
     merged = _merge(files, problems)  # (2)
-    registry_name, refresh, lifetime = _read_registry_table(merged, files, problems)  # (3)
+    registry_name, refresh, lifetime, threshold = _read_registry_table(merged, files, problems)
     regions = _read(merged["regions"], "regions", problems, _region)  # (4)
     agencies = _read(merged["agencies"], "agencies", problems, _agency)
     datasets = _read_datasets(merged["datasets"], problems)
@@ -119,7 +121,14 @@ def load_source(folder: Path) -> RegistrySource:
         purposes=tuple(sorted(purposes, key=lambda p: p.id)),
         agreements=tuple(sorted(agreements, key=lambda a: a.id)),
         files=tuple(files),
+        witness_threshold=threshold,
     )
+    if regions and threshold > len(regions) - 1:
+        problems.add(
+            str(files[0]),
+            "registry.witness_threshold",
+            f"{threshold} cosignatures cannot come from the {len(regions) - 1} other regions",
+        )
     where = {s: {k: v[0] for k, v in merged[s].items()} for s in _SECTIONS}
     _check_references(source, where, problems)  # (5)
     if problems.items:
@@ -186,9 +195,9 @@ def _merge_section(merged: _Merged, name: str, section: str, body: Any, problems
 
 def _read_registry_table(
     merged: _Merged, files: list[Path], problems: Problems
-) -> tuple[str, int, int]:
-    """Step (3) of `load_source`: the [registry] table's name, refresh_seconds and
-    snapshot_lifetime_seconds."""
+) -> tuple[str, int, int, int]:
+    """Step (3) of `load_source`: the [registry] table's name, refresh_seconds,
+    snapshot_lifetime_seconds and witness_threshold (default 1: one other region cosigns)."""
     meta_file, meta_body = merged["registry"].get("", (str(files[0]), None))
     if meta_body is None:
         problems.add(meta_file, "registry", "missing required section")
@@ -199,8 +208,9 @@ def _read_registry_table(
     lifetime = meta.integer(
         "snapshot_lifetime_seconds", required=False, default=7 * 86400, minimum=60
     )
+    threshold = meta.integer("witness_threshold", required=False, default=1, minimum=0)
     meta.finish()
-    return registry_name, refresh, lifetime
+    return registry_name, refresh, lifetime, threshold
 
 
 def _read_datasets(entries: dict[str, tuple[str, Any]], problems: Problems) -> list[Dataset]:

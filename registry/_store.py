@@ -1,8 +1,8 @@
 """The live registry: the last good snapshot, swapped atomically, never replaced by a bad one.
 
 A gateway holds one `RegistryStore`. Sources (a file that is published to, a peer gateway's
-`Registry.Watch`) offer it snapshots; it verifies each against the installed authority key and
-the version it holds, swaps the new one in with a single reference assignment, and wakes whoever
+`Registry.Watch`) offer it snapshots; it verifies each against the newest root it has accepted
+(at first the one installed: a restart walks the chain again from it) and the version it holds, swaps the new one in with a single reference assignment, and wakes whoever
 waits for a newer version. A refused snapshot changes nothing but the refusal counters.
 """
 
@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from registry._envelope import SignedSnapshot, SnapshotVerifier
 from registry._model import Registry
-from registry._snapshot import MAX_SNAPSHOT_BYTES, SignedSnapshot, SnapshotVerifier
+from registry._root import Root
+from registry._snapshot import MAX_SNAPSHOT_BYTES
 from registry.errors import RegistryStale, RegistryUnavailable, SnapshotError, SnapshotRollback
 
 __all__ = ["FileSnapshotSource", "RegistryStatus", "RegistryStore"]
@@ -42,6 +44,7 @@ class RegistryStatus:
     stale: bool  # true when nothing is held or what is held has expired
     refusals: dict[str, int]  # refused snapshots by reason
     last_refusal: str  # the message of the last refusal, for a person
+    root_version: int = 1  # the newest trusted root accepted
 
 
 SwapListener = Callable[[SignedSnapshot], None]
@@ -63,6 +66,12 @@ class RegistryStore:
     def authority_key_id(self) -> str:
         return self._verifier.authority_key_id
 
+    @property
+    def root(self) -> Root:
+        """The newest root accepted (it travels with the held snapshot: one swap for both)."""
+        snapshot = self._snapshot
+        return snapshot.root if snapshot is not None and snapshot.root else self._verifier.root
+
     def offer(self, jws: str | bytes) -> bool:
         """Verify and apply a snapshot. True if it was applied, False if it is the one held.
 
@@ -74,19 +83,32 @@ class RegistryStore:
             return False
         try:
             snapshot = self._verifier.verify(
-                text, held_version=held.registry.version if held else None, now=self._clock()
+                text,
+                held_version=held.registry.version if held else None,
+                now=self._clock(),
+                root=self.root,
             )
         except SnapshotError as exc:
             self._refusals[exc.reason] += 1
             self._last_refusal = str(exc)
             raise
-        self._snapshot = snapshot  # the swap: one reference assignment
+        previous_root = self.root.version
+        self._snapshot = snapshot  # the swap: one reference assignment, root included
         log.info(
-            "registry version %d applied (issued %s, expires %s)",
+            "registry version %d applied (issued %s, expires %s; signed by %s)",
             snapshot.registry.version,
             snapshot.registry.issued_at.isoformat(),
             snapshot.registry.expires_at.isoformat(),
+            ", ".join(snapshot.signers),
         )
+        if snapshot.root is not None and snapshot.root.version != previous_root:
+            log.warning(
+                "registry trusted root version %d accepted (was %d): %d keys, threshold %d",
+                snapshot.root.version,
+                previous_root,
+                len(snapshot.root.keys),
+                snapshot.root.threshold,
+            )
         for waiter in self._waiters:
             if not waiter.done():
                 waiter.set_result(None)
@@ -127,7 +149,9 @@ class RegistryStore:
         snapshot = self._snapshot
         refusals = dict(self._refusals)
         if snapshot is None:
-            return RegistryStatus(None, None, None, None, True, refusals, self._last_refusal)
+            return RegistryStatus(
+                None, None, None, None, True, refusals, self._last_refusal, self.root.version
+            )
         registry = snapshot.registry
         now = self._clock()
         return RegistryStatus(
@@ -138,6 +162,7 @@ class RegistryStore:
             stale=now >= registry.expires_at,
             refusals=refusals,
             last_refusal=self._last_refusal,
+            root_version=self.root.version,
         )
 
     async def wait_newer(self, version: int) -> SignedSnapshot:

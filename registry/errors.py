@@ -6,12 +6,19 @@ carries key material.
     RegistryError
     ├── SourceError                 the TOML source has problems (all of them listed)
     ├── SnapshotError               a signed snapshot was refused
-    │   ├── SnapshotFormatError         not a compact JWS, or a payload that is not a snapshot
-    │   ├── SnapshotSignatureMissing    unsigned (`alg: none`, empty signature)
-    │   ├── SnapshotUntrustedSigner     signed by a key other than the installed authority key
-    │   ├── SnapshotSignatureInvalid    the authority's signature does not verify
+    │   ├── SnapshotFormatError         not a JWS, or a payload that is not a snapshot
+    │   ├── SnapshotSignatureMissing    unsigned (`alg: none`, empty signature, no signature)
+    │   ├── SnapshotUntrustedSigner     a signature by a key the trusted root does not name
+    │   ├── SnapshotDuplicateSigner     two signatures by the same key
+    │   ├── SnapshotSignatureInvalid    a signature does not verify with the key it names
+    │   ├── SnapshotBelowThreshold      fewer valid signatures than the root's threshold
     │   ├── SnapshotRollback            version not newer than the one held
-    │   └── SnapshotExpired             `expires_at` has passed
+    │   ├── SnapshotExpired             `expires_at` has passed
+    │   └── RootError                   the root chain it carries was refused
+    │       ├── RootChainBroken             a root not signed by a threshold of the previous
+    │       │                               root's keys and of its own, not version N+1, malformed
+    │       ├── RootExpired                 the newest root reached has expired
+    │       └── RootRollback                signed under a root older than the one held
     ├── RegistryStale               the last good snapshot has expired (fail closed)
     ├── RegistryUnavailable         no snapshot has been loaded yet
     ├── KeyLifecycleError           key lifecycle: unknown kid, a transition that is not allowed
@@ -30,6 +37,12 @@ __all__ = [
     "RegistryError",
     "RegistryStale",
     "RegistryUnavailable",
+    "RootChainBroken",
+    "RootError",
+    "RootExpired",
+    "RootRollback",
+    "SnapshotBelowThreshold",
+    "SnapshotDuplicateSigner",
     "SnapshotError",
     "SnapshotExpired",
     "SnapshotFormatError",
@@ -93,12 +106,38 @@ class SnapshotSignatureInvalid(SnapshotError):
     reason = "BAD_SIGNATURE"
 
 
+class SnapshotDuplicateSigner(SnapshotError):
+    reason = "DUPLICATE_SIGNER"
+
+
+class SnapshotBelowThreshold(SnapshotError):
+    reason = "BELOW_THRESHOLD"
+
+
 class SnapshotRollback(SnapshotError):
     reason = "ROLLBACK"
 
 
 class SnapshotExpired(SnapshotError):
     reason = "EXPIRED"
+
+
+class RootError(SnapshotError):
+    """The trusted root could not be read, or a root chain does not lead from the one held."""
+
+    reason = "ROOT_CHAIN"
+
+
+class RootChainBroken(RootError):
+    reason = "ROOT_CHAIN"
+
+
+class RootExpired(RootError):
+    reason = "ROOT_EXPIRED"
+
+
+class RootRollback(RootError):
+    reason = "ROOT_ROLLBACK"
 
 
 class RegistryStale(RegistryError):

@@ -23,7 +23,7 @@ compact JWS of registry snapshots, access-report batches and request tokens). De
 from signer._algorithms import ALLOWED_ALGORITHMS, sign_bytes, verify_signature
 from signer._documents import MAX_DOCUMENT_BYTES, DocumentVerifier, Format, recognise
 from signer._jades import MAX_JWS_BYTES, JwsFormatError, parse_compact, seal
-from signer._jades_json import add_validation_data, parse_jws, to_compact, to_json
+from signer._jades_json import add_timestamp, add_validation_data, parse_jws, to_compact, to_json
 from signer._keyfile import (
     PrivateKey,
     PublicKey,
@@ -66,6 +66,7 @@ from signer._sm2 import (
     write_sm2_private_key,
 )
 from signer._sm2_x509 import is_sm2_key, issue_sm2_crl, sm2_public_key_of
+from signer._timestamps import TimeStampClient, proof_of_existence
 from signer._trust import TrustedKey, TrustSource
 from signer._verify import SealVerifier
 from signer.errors import (
@@ -88,6 +89,7 @@ from signer.errors import (
     Sm2Refused,
     Sm2SignatureInvalid,
     Sm2SignatureMalformed,
+    TimeStampUnavailable,
     UnsupportedAlgorithm,
 )
 
@@ -141,10 +143,13 @@ __all__ = [
     "Sm2SignatureMalformed",
     "Sm2Signer",
     "SubIndication",
+    "TimeStampClient",
+    "TimeStampUnavailable",
     "TrustSource",
     "TrustedKey",
     "UnsupportedAlgorithm",
     "ValidationReport",
+    "add_timestamp",
     "add_validation_data",
     "algorithm_for_key",
     "canonical_json",
@@ -166,6 +171,7 @@ __all__ = [
     "parse_compact",
     "parse_jws",
     "parse_pkcs11_uri",
+    "proof_of_existence",
     "recognise",
     "seal",
     "seal_ofd",

@@ -10,14 +10,18 @@ The protected header and the signature are those of the compact form, so a seal 
 (validation data added) without re-signing, and `to_compact` / `to_json` convert a seal without
 validation data back and forth without changing a byte of what was signed.
 
-Each `etsiU` element is one unsigned property: `{"xVals": [{"x509Cert": {"val": B64}}, ...]}`
-(certificates) or `{"rVals": {"crlVals": [{"val": B64}], "ocspVals": [{"val": B64}]}}` (CRLs,
-OCSPResponses), `val` the standard base64 of the DER. The standard lets the elements be either
+Each `etsiU` element is one unsigned property: `{"sigTst": {"tstTokens": [{"val": B64}]}}` (an
+RFC 3161 time-stamp token over the signature value: baseline-T), `{"xVals": [{"x509Cert":
+{"val": B64}}, ...]}` (certificates) or `{"rVals": {"crlVals": [{"val": B64}], "ocspVals":
+[{"val": B64}]}}` (CRLs, OCSPResponses), `val` the standard base64 of the DER. The message
+imprint of a `sigTst` token is computed over the base64url JWS Signature Value, as ASCII
+(ETSI TS 119 182-1 section 5.3.4.2; `timestamp_input`). The standard lets the elements be either
 base64url encodings of those JSON objects or the objects themselves ("clear incorporation"),
 all in the same form; EU DSS writes the base64url form by default and reads both. `add_validation_data`
-writes base64url (or the form the seal already uses); the parser reads both. Other unsigned
-properties (time-stamps, `sigPSt`, attribute certificates) are refused: Tongban does not check
-them, and a report must not look as if it had.
+and `add_timestamp` write base64url (or the form the seal already uses); the parser reads both.
+Other unsigned properties (archive time-stamps, `sigPSt`, attribute certificates, a `sigTst`
+with `canonAlg`) are refused: Tongban does not check them, and a report must not look as if it
+had.
 """
 
 from __future__ import annotations
@@ -27,8 +31,9 @@ import binascii
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
+from asn1crypto import cms
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import ocsp
@@ -44,26 +49,29 @@ from signer._jades import (
     parse_compact,
 )
 
-# The package's surface; `ValidationData`, `is_json_serialisation`, `looks_like_json_jws` and
+# The package's surface; `TimeStamper`, `timestamp_input`, `ValidationData`, `is_json_serialisation`, `looks_like_json_jws` and
 # the limits are for its own modules (the verifier, `recognise`).
-__all__ = ["add_validation_data", "parse_jws", "to_compact", "to_json"]
+__all__ = ["add_timestamp", "add_validation_data", "parse_jws", "to_compact", "to_json"]
 
 MAX_VALIDATION_ITEMS: Final = 64  # certificates, CRLs and OCSP responses embedded in one seal
 _KNOWN_MEMBERS: Final = frozenset({"payload", "protected", "header", "signature"})
-_PROPERTIES: Final = ("xVals", "rVals")
+_PROPERTIES: Final = ("sigTst", "xVals", "rVals")
+MAX_TIME_STAMPS: Final = 4  # sigTst tokens in one seal
 
 
 @dataclass(frozen=True, slots=True)
 class ValidationData:
-    """What a seal's `etsiU` carries: DER certificates, CRLs and OCSPResponses, in order."""
+    """What a seal's `etsiU` carries: DER certificates, CRLs and OCSPResponses, in order, and
+    the DER time-stamp tokens of its `sigTst` properties."""
 
     certificates: tuple[bytes, ...] = ()
     crls: tuple[bytes, ...] = ()
     ocsp_responses: tuple[bytes, ...] = ()
     clear: bool = False  # the etsiU elements were clear JSON (else base64url)
+    time_stamps: tuple[bytes, ...] = ()
 
     def __bool__(self) -> bool:
-        return bool(self.certificates or self.crls or self.ocsp_responses)
+        return bool(self.certificates or self.crls or self.ocsp_responses or self.time_stamps)
 
 
 def is_json_serialisation(text: str | bytes) -> bool:
@@ -165,6 +173,7 @@ def _etsi_u(elements: object) -> ValidationData:
     certificates: list[bytes] = []
     crls: list[bytes] = []
     responses: list[bytes] = []
+    stamps: list[bytes] = []
     for index, element in enumerate(elements):
         where = f"etsiU[{index}]"
         item = element if clear else _decoded_element(element, where)
@@ -177,13 +186,36 @@ def _etsi_u(elements: object) -> ValidationData:
             more_crls, more_responses = _r_vals(value, f"{where}.rVals")
             crls.extend(more_crls)
             responses.extend(more_responses)
+        elif name == "sigTst":
+            stamps.extend(_sig_tst(value, f"{where}.sigTst"))
         else:
-            raise JwsFormatError(
-                f"{where} is {name!r}: only xVals and rVals (validation data) are accepted"
-            )
+            raise JwsFormatError(f"{where} is {name!r}: only sigTst, xVals and rVals are accepted")
     if len(certificates) + len(crls) + len(responses) > MAX_VALIDATION_ITEMS:
         raise JwsFormatError(f"more than {MAX_VALIDATION_ITEMS} embedded validation items")
-    return ValidationData(tuple(certificates), tuple(crls), tuple(responses), clear)
+    if len(stamps) > MAX_TIME_STAMPS:
+        raise JwsFormatError(f"more than {MAX_TIME_STAMPS} signature time-stamps")
+    return ValidationData(tuple(certificates), tuple(crls), tuple(responses), clear, tuple(stamps))
+
+
+def _sig_tst(value: object, where: str) -> list[bytes]:
+    """A sigTst (TS 119 182-1 section 5.3.4.2) without canonAlg: its tokens' DER."""
+    if not isinstance(value, dict) or set(value) != {"tstTokens"}:
+        raise JwsFormatError(f"{where} must hold tstTokens and nothing else")
+    tokens = value["tstTokens"]
+    if not isinstance(tokens, list) or not tokens:
+        raise JwsFormatError(f"{where}.tstTokens must be a non-empty array")
+    out = []
+    for index, item in enumerate(tokens):
+        der = _pki_ob(item, f"{where}.tstTokens[{index}]")
+        try:
+            content = cms.ContentInfo.load(der, strict=True)
+            signed = content["content_type"].native == "signed_data"
+        except (ValueError, TypeError, KeyError, IndexError, OverflowError, RecursionError):
+            signed = False
+        if not signed:
+            raise JwsFormatError(f"{where}.tstTokens[{index}] is not a CMS time-stamp token")
+        out.append(der)
+    return out
 
 
 def _decoded_element(element: object, where: str) -> object:
@@ -269,6 +301,8 @@ def _etsi_u_elements(data: ValidationData) -> list[Any]:
         return {"val": base64.b64encode(der).decode("ascii")}
 
     properties: list[dict[str, Any]] = []
+    if data.time_stamps:
+        properties.append({"sigTst": {"tstTokens": [b64(t) for t in data.time_stamps]}})
     if data.certificates:
         properties.append({"xVals": [{"x509Cert": b64(c)} for c in data.certificates]})
     r_vals: dict[str, Any] = {}
@@ -330,7 +364,37 @@ def add_validation_data(
         held.crls + added.crls,
         held.ocsp_responses + added.ocsp_responses,
         held.clear,
+        held.time_stamps,
     )
     text = _object(parsed, merged)
     parse_jws(text)  # every item as the verifier will read it, and the limits
+    return text
+
+
+class TimeStamper(Protocol):
+    """What gives an RFC 3161 token over some bytes (`signer.TimeStampClient`)."""
+
+    def stamp(self, message: bytes) -> bytes: ...
+
+
+def timestamp_input(parsed: ParsedJws) -> bytes:
+    """What a `sigTst` token's message imprint is over: the base64url JWS Signature Value."""
+    return b64url_encode(parsed.signature).encode("ascii")
+
+
+def add_timestamp(jws: str | bytes, tsa: TimeStamper) -> str:
+    """The seal made baseline-T: a `sigTst` token from `tsa` over its signature value added to
+    its `etsiU`, in JSON serialisation; an augmentation, nothing is re-signed. Raises what
+    `tsa.stamp` raises (`TimeStampUnavailable`) and `JwsFormatError` for a malformed seal."""
+    parsed, held = parse_jws(jws)
+    token = tsa.stamp(timestamp_input(parsed))
+    merged = ValidationData(
+        held.certificates,
+        held.crls,
+        held.ocsp_responses,
+        held.clear,
+        (*held.time_stamps, token),
+    )
+    text = _object(parsed, merged)
+    parse_jws(text)
     return text

@@ -98,6 +98,11 @@ class ValidationReport:
     # The reports of the signatures a container holds (an OFD file's, in document order); the
     # container's own indication is the worst of them. Empty for a single signature.
     signatures: tuple[ValidationReport, ...] = ()
+    # The proof of existence of the signature: the genTime of a time-stamp over its signature
+    # value (JAdES sigTst, GB/T 38540 timeStamp) whose TSA chains to a trusted anchor; None
+    # without one. A revocation or expiry after it does not undo the signature.
+    proof_of_existence: datetime | None = None
+    time_stamp_authority: str = ""  # the subject of that TSA's certificate
 
     def __post_init__(self) -> None:
         if (self.indication is Indication.TOTAL_PASSED) != (self.sub_indication is None):

@@ -21,6 +21,7 @@ from asn1crypto import core
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
+from signer._jades_json import TimeStamper
 from signer._ses_asn1 import (
     CertInfoList,
     PictureInfo,
@@ -138,9 +139,17 @@ def make_seal(
 
 
 def sign_with_seal(
-    data: bytes, *, seal: bytes, signer: Sm2Signer, at: datetime, property_info: str
+    data: bytes,
+    *,
+    seal: bytes,
+    signer: Sm2Signer,
+    at: datetime,
+    property_info: str,
+    tsa: TimeStamper | None = None,
 ) -> bytes:
-    """A DER GB/T 38540 `SES_Signature` (v4) over `data` (dataHash = SM3(data)) with `seal`.
+    """A DER GB/T 38540 `SES_Signature` (v4) over `data` (dataHash = SM3(data)) with `seal`;
+    with `tsa`, its `timeStamp` holds an RFC 3161 token over the signature value (what `tsa`
+    raises, `TimeStampUnavailable`, is raised).
 
     The seal must be a v4 seal that lists the signer's certificate: a signature the verifier
     would refuse for that reason is not made.
@@ -167,12 +176,13 @@ def sign_with_seal(
         }
     )
     tbs_der = bytes(tbs.dump())
-    signature = SESSignatureV4(
-        {
-            "to_sign": TBSSignV4.load(tbs_der),
-            "cert": _der(signer.certificate),
-            "signature_alg_id": SM2_WITH_SM3_OID,
-            "signature": signer.sign_sm2(tbs_der),
-        }
-    )
-    return bytes(signature.dump())
+    value = signer.sign_sm2(tbs_der)
+    fields = {
+        "to_sign": TBSSignV4.load(tbs_der),
+        "cert": _der(signer.certificate),
+        "signature_alg_id": SM2_WITH_SM3_OID,
+        "signature": value,
+    }
+    if tsa is not None:
+        fields["time_stamp"] = tsa.stamp(value)
+    return bytes(SESSignatureV4(fields).dump())

@@ -44,6 +44,8 @@ class TimeStampFinding:
     problem: str  # "" when the token checks out as far as the token alone can show
     sub: SubIndication
     detail: str
+    certificates: tuple[bytes, ...] = ()  # DER, as the token carries them (the TSA's chain)
+    nonce: int | None = None  # the TSTInfo's, if any
 
 
 def _digest(oid: str, data: bytes) -> bytes | None:
@@ -73,6 +75,7 @@ def check_time_stamp(token: bytes, signature_value: bytes) -> TimeStampFinding:
         tst = tsp.TSTInfo.load(content, strict=True)
         imprint = tst["message_imprint"]
         gen_time: datetime = tst["gen_time"].native
+        nonce = tst["nonce"].native
         signer_infos = list(signed["signer_infos"])
         certificates = [
             c.chosen.dump() for c in signed["certificates"] or () if c.name == "certificate"
@@ -104,6 +107,8 @@ def check_time_stamp(token: bytes, signature_value: bytes) -> TimeStampFinding:
         "",
         SubIndication.TRY_LATER,
         f"time-stamp of {gen_time:%Y-%m-%dT%H:%M:%SZ} over the signature value, signed by {tsa.subject.rfc4514_string()}",
+        tuple(certificates),
+        nonce if isinstance(nonce, int) else None,
     )
 
 

@@ -22,6 +22,7 @@ from signer._keys import x5t_s256_of_der
 from signer._report import Check, Indication, SignatureKind, SubIndication, ValidationReport
 from signer._ses_asn1 import SealView, SesFormatError, SignatureView, parse_seal, parse_signature
 from signer._ses_cache import MAX_CACHED_DER_BYTES, read_certificate, remember, sm2_key
+from signer._ses_poe import ses_time_stamp
 from signer._ses_trust import (
     Anchoring,
     CertificateVerdict,
@@ -30,7 +31,6 @@ from signer._ses_trust import (
     revocation_of,
     revocation_verdict,
 )
-from signer._ses_tsp import check_time_stamp
 from signer._sm2 import SM2_WITH_SM3_OID, Sm2PublicKey
 from signer._trust import TrustSource
 from signer.errors import Sm2Refused, Sm2SignatureInvalid
@@ -109,6 +109,7 @@ class _Subject:
     seal_name: str = ""
     es_id: str = ""
     seal_only: bool = False  # a seal validated by itself: its "signing time" is its creation
+    proof: datetime | None = None  # a trusted timeStamp's genTime (proof of existence)
 
 
 def _certificate(run: _Run, der: bytes, whose: str) -> x509.Certificate:
@@ -154,8 +155,10 @@ class GmVerifier:
         extra_anchors: Sequence[x509.Certificate] = (),
         extra_intermediates: Sequence[x509.Certificate] = (),
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        tsa_anchors: Sequence[x509.Certificate] = (),  # as SealVerifier's
     ) -> None:
         self._trust = trust
+        self._tsa_anchors = tuple(tsa_anchors)
         self._extra_anchors = tuple(extra_anchors)
         self._extra_intermediates = tuple(extra_intermediates)  # to build paths to them
         self._clock = clock
@@ -264,17 +267,11 @@ class GmVerifier:
         self._check_data(run, view, data)  # (8)
         if at is None:
             return
-        self._check_validity(
-            run,
-            signer,
-            at,
-            name="validity at signing time",
-            whose="the signer's certificate",
-            when="the claimed signing time",
-        )  # (9)
+        self._check_validity(run, signer, at, name="validity at signing time",
+                             whose="the signer's certificate", when="the claimed signing time")  # fmt: skip  # (9)
         anchoring = self._check_path(run, "signer chain", signer, at, view.seal.es_id)  # (10)
         who.owner, who.owner_region = anchoring.owner, anchoring.owner_region
-        proof = self._check_time_stamp(run, view)  # (12), before (11) uses it
+        proof = who.proof = self._check_time_stamp(run, view)  # (12), before (11) uses it
         self._check_revocation(run, anchoring, at, proof)  # (11)
         self._check_now(run, signer, proof, now, "the signer's certificate")  # (13)
 
@@ -495,36 +492,18 @@ class GmVerifier:
             run.fail(name, sub, message)
 
     def _check_time_stamp(self, run: _Run, view: SignatureView) -> datetime | None:
-        """The time-stamp's genTime when it proves existence (token checks out and its TSA
-        certificate is anchored like any other), else None."""
+        """The time-stamp's genTime when it proves existence (`signer._ses_poe`), else None."""
         if view.time_stamp is None:
             return None
-        finding = check_time_stamp(view.time_stamp, view.signature)
-        if finding.problem:
-            run.fail("time-stamp", finding.sub, finding.problem)
-            return None
-        assert finding.tsa_certificate is not None
-        assert finding.gen_time is not None
-        when, _ = path_time(finding.tsa_certificate, finding.gen_time)
-        tsa = anchor(
-            finding.tsa_certificate,
-            trust=self._trust,
-            extra_anchors=self._extra_anchors,
-            extra_intermediates=self._extra_intermediates,
-            at=when,
-            default_owner="",
-        )
-        if tsa.failure is not None:
-            run.ok(
-                "time-stamp",
-                f"{finding.detail}; the TSA's certificate is not anchored ({tsa.failure.message}): its time is reported, not taken as proof of existence",
-            )
-            return None
-        run.ok(
-            "time-stamp",
-            f"{finding.detail}; the TSA is anchored in {tsa.where}: proof of existence at {_stamp(finding.gen_time)}",
-        )
-        return finding.gen_time
+        proof, sub, detail = ses_time_stamp(
+            view.time_stamp, view.signature, trust=self._trust, extra_anchors=self._extra_anchors,
+            extra_intermediates=self._extra_intermediates, tsa_anchors=self._tsa_anchors,
+        )  # fmt: skip
+        if sub is None:
+            run.ok("time-stamp", detail)
+        else:
+            run.fail("time-stamp", sub, detail)
+        return proof
 
     @staticmethod
     def _check_now(
@@ -563,6 +542,7 @@ class GmVerifier:
             signing_time=who.signing_time,
             detached_payload=detached,
             format=who.format or "GB/T 38540",
+            proof_of_existence=who.proof,
         )
 
 

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Final
+
+from cryptography import x509
 
 from signer._algorithms import ALLOWED_ALGORITHMS, check_key_fits, verify_fitted
 from signer._jades import SIGD_HASH_MECHANISM, JwsFormatError, ParsedJws, b64url_decode
@@ -23,6 +25,7 @@ from signer._keyfile import PublicKey
 from signer._keys import x5t_s256_of_der
 from signer._report import Indication, SignatureKind, SubIndication, ValidationReport
 from signer._revocation_fetch import RevocationFetcher
+from signer._timestamps import TimeStampClient
 from signer._trust import TrustedKey, TrustSource
 from signer._verify_helpers import (
     Chain,
@@ -34,7 +37,7 @@ from signer._verify_helpers import (
     facts_of,
     verified_chain,
 )
-from signer._verify_revocation import check_revocation
+from signer._verify_revocation import check_revocation, check_time_stamps
 from signer.errors import SealInvalid, UnsupportedAlgorithm
 
 __all__ = ["CLOCK_SKEW", "SealVerifier"]
@@ -55,8 +58,14 @@ class SealVerifier:
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         revocation: RevocationFetcher | None = None,
+        tsa_anchors: Sequence[x509.Certificate] = (),
+        stamper: TimeStampClient | None = None,
     ) -> None:
         self._trust = trust
+        # The anchors a time-stamp's TSA must chain to for its genTime to prove existence
+        # (`[timestamp] tsa_certificates`); and the TSA client sealers share (`stamper`).
+        self._tsa_anchors = tuple(tsa_anchors)
+        self._stamper = stamper
         self._clock = clock
         # Asks the OCSP responders and CRL URLs a signing certificate names (blocking, bounded
         # by its timeout, cached to nextUpdate); None: the registry's states and CRLs only.
@@ -72,6 +81,11 @@ class SealVerifier:
     def revocation(self) -> RevocationFetcher | None:
         """The fetcher of online revocation status, if any (shared with the TLS caller check)."""
         return self._online
+
+    @property
+    def stamper(self) -> TimeStampClient | None:
+        """The client of the configured time-stamping authority, if any (for sealers)."""
+        return self._stamper
 
     def use(self, trust: TrustSource) -> None:
         """Switch to a newer trust source (a registry swap); cached chains are dropped."""
@@ -124,8 +138,12 @@ class SealVerifier:
         (9) the chain builds to the key's region anchors, with seal/signature constraints
         (10) kind and region are what the registry and the caller expect
         (11) not revoked (registry key state, embedded OCSP responses and CRLs, region CRLs)
-             as of the signing time (`signer._verify_revocation`)
-        (12) the certificate is still within its validity now (no proof of existence otherwise)
+             as of the signing time (`signer._verify_revocation`), or revoked only after a
+             proof of existence (13)
+        (12) the certificate is still within its validity now, or was at the proof of existence
+        (13) the time-stamps (etsiU sigTst) over the signature value whose TSA chains to a
+             configured TSA anchor: the earliest genTime is the proof of existence; run before
+             (11) and (12), which use it
         """
         trust = self._trust
         now = validation_time or self._clock()
@@ -151,7 +169,10 @@ class SealVerifier:
         key = run.key
         assert key is not None
         when = f"{run.signing_time:%Y-%m-%d %H:%M:%SZ}" if run.signing_time else "an unknown time"
-        message = f"e-{run.kind or 'signature'} by {key.owner_name or key.owner} ({key.region}) made at {when} is valid"
+        proved = (
+            f", existing at {run.proof:%Y-%m-%d %H:%M:%SZ} by a time-stamp," if run.proof else ""
+        )
+        message = f"e-{run.kind or 'signature'} by {key.owner_name or key.owner} ({key.region}) made at {when}{proved} is valid"
         return self._report(run, trust, None, message)
 
     def _execute(self, run: Run, request: Request) -> Fail | None:
@@ -180,6 +201,8 @@ class SealVerifier:
             self._check_kind_and_region(
                 run, key, facts, request.expected_kind, request.expected_region
             )  # (10)
+            if run.validation.time_stamps:  # (13), before (11) and (12) use it
+                check_time_stamps(run, parsed, self._tsa_anchors, now=now, skew=CLOCK_SKEW)
             self._check_revocation(run, key, facts, chain, trust, now=now)  # (11)
             self._check_validity_now(run, facts, now)  # (12)
         except Fail as failure:
@@ -204,7 +227,8 @@ class SealVerifier:
             form = "JWS JSON serialisation"
             run.embedded = True  # its checks are its own, not a compact seal's cached ones
         embedded = (
-            f", embedding {len(data.ocsp_responses)} OCSP response(s), {len(data.crls)} CRL(s), "
+            f", embedding {len(data.time_stamps)} time-stamp(s), "
+            f"{len(data.ocsp_responses)} OCSP response(s), {len(data.crls)} CRL(s), "
             f"{len(data.certificates)} certificate(s) (etsiU)"
             if data
             else ""
@@ -508,6 +532,12 @@ class SealVerifier:
 
     @staticmethod
     def _check_validity_now(run: Run, facts: Facts, now: datetime) -> None:
+        if now > facts.not_after and run.proof is not None and run.proof <= facts.not_after:
+            run.ok(
+                "validity now",
+                f"the certificate expired at {facts.not_after:%Y-%m-%dT%H:%M:%SZ}, after the time-stamp of {run.proof:%Y-%m-%dT%H:%M:%SZ}",
+            )
+            return
         if now > facts.not_after:
             raise run.fail(
                 "validity now",
@@ -537,4 +567,6 @@ class SealVerifier:
             content_type=run.content_type,
             signed_payload_b64=run.payload_b64 if sub is None else "",
             detached_payload=run.detached_payload if sub is None else None,
+            proof_of_existence=run.proof,
+            time_stamp_authority=run.tsa,
         )

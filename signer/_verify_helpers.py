@@ -98,6 +98,8 @@ class Run:
     facts: Facts | None = None
     validation: ValidationData = field(default_factory=ValidationData)  # embedded (etsiU)
     embedded: bool = False  # JSON-serialised: its checks (format, revocation) are its own
+    proof: datetime | None = None  # proof of existence of the signature (a sigTst's genTime)
+    tsa: str = ""  # the subject of the TSA whose time-stamp gave `proof`
 
     def ok(self, name: str, detail: str = "") -> None:
         if self.record:

@@ -22,6 +22,7 @@ ignored, and the check says how many.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -29,10 +30,12 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.x509 import ocsp
 
-from signer._jades_json import ValidationData
+from signer._jades import ParsedJws
+from signer._jades_json import ValidationData, timestamp_input
 from signer._report import SubIndication
 from signer._revocation import CertStatus, RevocationStatus, check_crl, check_ocsp_response
 from signer._revocation_fetch import RevocationFetcher
+from signer._timestamps import proof_of_existence
 from signer._trust import TrustedKey, TrustSource
 from signer._verify_helpers import (
     BENIGN_REASONS,
@@ -125,8 +128,39 @@ def embedded_statuses(run: Run, data: ValidationData, chain: Chain, signed: date
     return Embedded(statuses, ignored)
 
 
+def check_time_stamps(
+    run: Run,
+    parsed: ParsedJws,
+    anchors: Sequence[x509.Certificate],
+    *,
+    now: datetime,
+    skew: timedelta,
+) -> None:
+    """(13) of `SealVerifier.validate`, run before (11) and (12), which use what it finds: the
+    earliest `sigTst` token that proves the signature value existed (`run.proof`). A token that
+    proves nothing is reported as such, and the signature is judged without it."""
+    assert run.signing_time is not None
+    notes = []
+    for token in run.validation.time_stamps:
+        proof = proof_of_existence(token, timestamp_input(parsed), anchors, now=now)
+        if not proof.proved or proof.gen_time is None:
+            notes.append(f"a time-stamp proves nothing: {proof.problem}")
+            continue
+        stamped = f"{proof.gen_time:%Y-%m-%dT%H:%M:%SZ}"
+        if run.signing_time - proof.gen_time > skew:
+            notes.append(f"a time-stamp of {stamped} precedes the claimed signing time: not used")
+            continue
+        notes.append(f"time-stamp of {stamped} by {proof.tsa} over the signature value")
+        if run.proof is None or proof.gen_time < run.proof:
+            run.proof, run.tsa = proof.gen_time, proof.tsa
+    if run.proof is not None:
+        notes.insert(0, f"proof of existence at {run.proof:%Y-%m-%dT%H:%M:%SZ}")
+    run.ok("time-stamp", "; ".join(notes))
+
+
 def revocation_outcome(run: Run, what: str, revoked_at: datetime, reason: str) -> None:
-    """REVOKED, REVOKED_NO_POE, or a passing check, for a revocation at `revoked_at`."""
+    """REVOKED, REVOKED_NO_POE, or a passing check, for a revocation at `revoked_at`; a proof of
+    existence (`run.proof`) before the revocation keeps a signature made before it valid."""
     assert run.signing_time is not None
     when = f"{revoked_at:%Y-%m-%dT%H:%M:%SZ}"
     if run.signing_time >= revoked_at:
@@ -135,6 +169,12 @@ def revocation_outcome(run: Run, what: str, revoked_at: datetime, reason: str) -
             SubIndication.REVOKED,
             f"{what} was revoked at {when} ({reason or 'no reason given'}), before the signing time",
         )
+    if run.proof is not None and run.proof < revoked_at:
+        run.ok(
+            "revocation",
+            f"{what} was revoked at {when} ({reason or 'no reason given'}), after the time-stamp of {run.proof:%Y-%m-%dT%H:%M:%SZ}",
+        )
+        return
     if reason not in BENIGN_REASONS:
         raise run.fail(
             "revocation",

@@ -15,6 +15,9 @@ One root, with a subtree by who is at fault::
     │                           for this certificate, badly signed, by the wrong responder, stale
     ├── RevocationUnavailable   a certificate names OCSP responders or CRL URLs and none of them
     │                           answered usably (unreachable, refused, too large, invalid)
+    ├── TimeStampUnavailable    the time-stamping authority did not answer with a token this
+    │                           client accepts (unreachable, refused, too large, wrong nonce or
+    │                           imprint, bad signature, a TSA not chaining to a trusted anchor)
     ├── Sm2Refused              SM2 input refused by the SM2 primitives (`signer._sm2`)
     │   ├── Sm2KeyInvalid       not an SM2 key: unreadable DER/PEM, another key type or curve,
     │   │                       a point off the curve, a scalar out of range, a public key that
@@ -63,6 +66,7 @@ __all__ = [
     "Sm2Refused",
     "Sm2SignatureInvalid",
     "Sm2SignatureMalformed",
+    "TimeStampUnavailable",
     "UnsupportedAlgorithm",
 ]
 
@@ -105,6 +109,10 @@ class RevocationDataInvalid(SignerError):
 class RevocationUnavailable(SignerError):
     """No source a certificate names answered usably; the message lists what each said (URLs
     of public responders, never a key)."""
+
+
+class TimeStampUnavailable(SignerError):
+    """No usable RFC 3161 time-stamp token from the configured time-stamping authority."""
 
 
 class Sm2Refused(SignerError):

@@ -109,7 +109,14 @@ async def check_store_contract(make_store: Callable[[], AuditStore]) -> None:
     assert (await again.head()).root == tree.root()
     # The log on top of the store verifies, proves inclusion and consistency.
     audit = AuditLog(again, origin="audit.test/510000", key=key, key_name="audit-510000")
+    audit.time_stamper = lambda note: b"token over " + note[:20]  # kept beside the note
     latest = await audit.checkpoint()
+    stored = (await again.checkpoints())[-1]
+    assert (stored.note, stored.time_stamp) == (
+        latest.note,
+        b"token over " + latest.note.encode()[:20],
+    )
+    assert (await again.checkpoints())[0].time_stamp is None
     result = await audit.verify()
     assert result.intact, result.problem
     assert result.records_checked == 51

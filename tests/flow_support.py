@@ -39,14 +39,14 @@ from gateway.replay import MemoryReplayGuard
 from gateway.sealing import RegionSealer
 from gateway.tokens import TokenVerifier, issue_token
 from registry import (
-    AUTHORITY_PUBLIC_KEY,
+    TRUSTED_ROOT,
     KeyState,
     KeyUsage,
     Registry,
     RegistryStale,
     RegistryTrust,
     SnapshotVerifier,
-    load_authority_public_key,
+    load_trusted_root,
 )
 from signer import (
     FileKeyProvider,
@@ -79,7 +79,7 @@ def make_fed(root: Any) -> Federation:
 
 
 def load_registry(fed: Federation) -> Registry:
-    verifier = SnapshotVerifier(load_authority_public_key(fed.pki / AUTHORITY_PUBLIC_KEY))
+    verifier = SnapshotVerifier(load_trusted_root(fed.pki / TRUSTED_ROOT))
     return verifier.verify(fed.current.read_bytes(), held_version=None, now=None).registry
 
 

@@ -43,6 +43,13 @@ subjectAltName = DNS:gateway.example.test
 subjectKeyIdentifier = hash
 authorityKeyIdentifier = keyid
 
+[tsa]
+basicConstraints = critical,CA:FALSE
+keyUsage = critical,digitalSignature
+extendedKeyUsage = critical,timeStamping
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+
 [ocsp]
 basicConstraints = critical,CA:FALSE
 keyUsage = critical,digitalSignature

@@ -25,7 +25,6 @@ from gateway.demo.config import config_for_dev_pki
 from gateway.demo.pki import init_dev_federation
 from gateway.server import Gateway, create_gateway
 from registry import (
-    AUTHORITY_KEY,
     CURRENT_SNAPSHOT,
     Inventory,
     KeyState,
@@ -53,10 +52,6 @@ class Federation:
     @property
     def current(self) -> Path:
         return self.published / CURRENT_SNAPSHOT
-
-    @property
-    def authority_key(self) -> Path:
-        return self.pki / AUTHORITY_KEY
 
     def publish(
         self, *, now: datetime | None = None, lifetime_seconds: int | None = None

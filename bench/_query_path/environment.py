@@ -210,7 +210,7 @@ certificate = {q(pki / tls.certificate)}
 private_key = {q(pki / tls.private_key)}
 
 [registry]
-authority_public_key = {q(pki / "authority" / "authority.pub.pem")}
+trusted_root = {q(pki / "authority" / "root.json")}
 snapshot_file = {q(folder / "published" / CURRENT_SNAPSHOT)}
 poll_seconds = 2
 """

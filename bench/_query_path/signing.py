@@ -15,13 +15,13 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from gateway.forward_signing import ForwardDocument, sign_forward, verify_forward
 from gateway.policy import DataRequest
 from registry import (
-    AUTHORITY_PUBLIC_KEY,
     CURRENT_SNAPSHOT,
     Inventory,
     KeyState,
     KeyUsage,
     SnapshotVerifier,
-    load_authority_public_key,
+    load_trusted_root,
+    pki_trusted_root_path,
 )
 from signer import load_private_key
 
@@ -42,7 +42,7 @@ def _timed(work: Any, seconds: float) -> float:
 def request_signing(folder: Path, seconds: float = 1.0) -> dict[str, float]:
     """{sign_us, verify_us, per_forward_us, jws_bytes} for a forward like target (b)'s."""
     pki = folder / "pki"
-    verifier = SnapshotVerifier(load_authority_public_key(pki / AUTHORITY_PUBLIC_KEY))
+    verifier = SnapshotVerifier(load_trusted_root(pki_trusted_root_path(pki)))
     snapshot = (folder / "published" / CURRENT_SNAPSHOT).read_bytes()
     registry = verifier.verify(snapshot, held_version=None, now=None).registry
     (record,) = Inventory.load(pki).find(REQUESTER, KeyUsage.AUDIT, KeyState.ACTIVE)

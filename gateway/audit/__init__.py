@@ -7,6 +7,13 @@ from gateway.audit._checkpoint import (
     sign_checkpoint,
     verify_checkpoint,
 )
+from gateway.audit._cosignature import (
+    Cosignature,
+    cosign,
+    cosignature_key_id,
+    signature_lines,
+    verify_cosignature,
+)
 from gateway.audit._ids import audit_id, parse_audit_id
 from gateway.audit._kept import (
     open_kept_request,
@@ -50,6 +57,17 @@ from gateway.audit._store import (
     StoredRow,
     TreeHead,
 )
+from gateway.audit._witness import (
+    CheckpointFork,
+    ForkEvidence,
+    UnknownLog,
+    Witness,
+    WitnessConflict,
+    WitnessError,
+    WitnessRequestInvalid,
+    WitnessState,
+)
+from gateway.audit._witness_store import CosignatureStore, WitnessingStore, witness_store_for
 from gateway.audit.errors import (
     AuditError,
     AuditIntegrityError,
@@ -76,7 +94,11 @@ __all__ = [
     "AuditUnavailable",
     "Checkpoint",
     "CheckpointError",
+    "CheckpointFork",
     "CompactRange",
+    "Cosignature",
+    "CosignatureStore",
+    "ForkEvidence",
     "KeptRequestError",
     "MemoryAuditStore",
     "MerkleTree",
@@ -90,8 +112,17 @@ __all__ = [
     "SqliteAuditStore",
     "StoredRow",
     "TreeHead",
+    "UnknownLog",
     "Verification",
+    "Witness",
+    "WitnessConflict",
+    "WitnessError",
+    "WitnessRequestInvalid",
+    "WitnessState",
+    "WitnessingStore",
     "audit_id",
+    "cosign",
+    "cosignature_key_id",
     "digest_form",
     "is_case_id",
     "is_digest_form",
@@ -105,7 +136,10 @@ __all__ = [
     "request_digest",
     "seal_kept_request",
     "sign_checkpoint",
+    "signature_lines",
     "verify_checkpoint",
     "verify_consistency",
+    "verify_cosignature",
     "verify_inclusion",
+    "witness_store_for",
 ]

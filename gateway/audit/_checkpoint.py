@@ -47,6 +47,8 @@ class Checkpoint:
     key_name: str
     # When the log signed it (not part of the signed note: the store keeps it beside the note).
     signed_at: datetime | None = field(default=None, compare=False)
+    # An RFC 3161 token over the UTF-8 of `note` (`[timestamp]`), kept beside it likewise.
+    time_stamp: bytes | None = field(default=None, compare=False, repr=False)
 
     @property
     def body(self) -> str:

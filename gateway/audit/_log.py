@@ -35,6 +35,7 @@ from gateway.audit._checkpoint import (
     sign_checkpoint,
     verify_checkpoint,
 )
+from gateway.audit._cosignature import Cosignature, cosign
 from gateway.audit._follow_up import NOT_RELEASED, FollowUps
 from gateway.audit._integrity import (
     MIN_RETENTION,
@@ -148,6 +149,10 @@ class AuditLog:
         self._checkpointing: asyncio.Task[None] | None = None
         self._timer: asyncio.Task[None] | None = None
         self.observer: AuditObserver | None = None
+        # Told of every checkpoint signed (the witnessing submitter): must not block or raise.
+        self.checkpoint_listeners: list[Callable[[Checkpoint], None]] = []
+        # A token over a checkpoint's note, or None ([timestamp]; blocking: run in a thread).
+        self.time_stamper: Callable[[bytes], bytes | None] | None = None
 
     async def open(self) -> None:
         await self.store.open()
@@ -318,10 +323,22 @@ class AuditLog:
         checkpoint = sign_checkpoint(
             self.origin, head.size, head.root, self._key, self.key_name, signed_at=signed_at
         )
+        if self.time_stamper is not None:
+            token = await asyncio.to_thread(self.time_stamper, checkpoint.note.encode())
+            checkpoint = dataclasses.replace(checkpoint, time_stamp=token)
         await self.read(lambda: self.store.add_checkpoint(checkpoint, signed_at))
         if self.observer is not None:
             self.observer.checkpoint(head.size, signed_at)
+        for listener in self.checkpoint_listeners:
+            listener(checkpoint)
         return checkpoint
+
+    def cosign(self, body: str, witness_name: str, timestamp: int) -> Cosignature:
+        """This gateway's cosignature, as witness `witness_name`, of another log's checkpoint
+        (its audit key signs both; type 0x04 and "cosignature/v1" keep the two apart)."""
+        if self._key is None:
+            raise AuditUnavailable("this audit log holds no signing key: it cannot cosign")
+        return cosign(body, self._key, witness_name, timestamp)
 
     async def checkpoint_if_grown(self) -> tuple[Checkpoint, bool]:
         """(the latest checkpoint, True) after signing one if the log grew since the latest

@@ -547,8 +547,8 @@ class PostgresAuditStore(PostgresOutbox):
     async def add_checkpoint(self, checkpoint: Checkpoint, signed_at: datetime) -> None:
         await self._run(
             self._sql(
-                "INSERT INTO {s}.checkpoints (origin, size, root, key_name, note, signed_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s)"
+                "INSERT INTO {s}.checkpoints (origin, size, root, key_name, note, signed_at,"
+                " time_stamp) VALUES (%s, %s, %s, %s, %s, %s, %s)"
             ),
             [
                 checkpoint.origin,
@@ -557,13 +557,15 @@ class PostgresAuditStore(PostgresOutbox):
                 checkpoint.key_name,
                 checkpoint.note,
                 signed_at,
+                checkpoint.time_stamp,
             ],
         )
 
     async def checkpoints(self) -> list[Checkpoint]:
         found = await self._run(
             self._sql(
-                "SELECT origin, size, root, note, key_name, signed_at FROM {s}.checkpoints"
+                "SELECT origin, size, root, note, key_name, signed_at, time_stamp"
+                " FROM {s}.checkpoints"
                 " ORDER BY size, seq"
             )
         )
@@ -575,6 +577,7 @@ class PostgresAuditStore(PostgresOutbox):
                 str(note),
                 str(key_name),
                 signed_at.astimezone(UTC),
+                bytes(stamp) if stamp is not None else None,
             )
-            for origin, size, root, note, key_name, signed_at in found
+            for origin, size, root, note, key_name, signed_at, stamp in found
         ]

@@ -363,6 +363,53 @@ MIGRATIONS: tuple[str, ...] = (
         updated_at timestamptz NOT NULL DEFAULT now()
     );
     """,
+    """
+    -- Witnessing (gateway.audit._witness_store): what this gateway last cosigned per log (moved
+    -- by compare-and-swap), the forks it refused and the cosignatures of its own log (both
+    -- append-only: they are evidence).
+    CREATE TABLE {s}.witness_state (
+        origin text PRIMARY KEY,
+        size bigint NOT NULL CHECK (size >= 0),
+        root bytea NOT NULL CHECK (octet_length(root) = 32),
+        note text NOT NULL,
+        updated_at timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE TABLE {s}.witness_forks (
+        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        origin text NOT NULL,
+        held_note text NOT NULL,
+        offered_note text NOT NULL,
+        old_size bigint NOT NULL,
+        proof bytea NOT NULL,
+        reason text NOT NULL,
+        detected_at timestamptz NOT NULL
+    );
+    CREATE TABLE {s}.cosignatures (
+        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        size bigint NOT NULL,
+        root bytea NOT NULL,
+        witness text NOT NULL,
+        line text NOT NULL,
+        received_at timestamptz NOT NULL DEFAULT now(),
+        UNIQUE (size, root, witness)
+    );
+    CREATE TRIGGER witness_forks_append_only BEFORE UPDATE OR DELETE ON {s}.witness_forks
+        FOR EACH ROW EXECUTE FUNCTION {s}.refuse_change();
+    CREATE TRIGGER witness_forks_no_truncate BEFORE TRUNCATE ON {s}.witness_forks
+        FOR EACH STATEMENT EXECUTE FUNCTION {s}.refuse_change();
+    CREATE TRIGGER cosignatures_append_only BEFORE UPDATE OR DELETE ON {s}.cosignatures
+        FOR EACH ROW EXECUTE FUNCTION {s}.refuse_change();
+    CREATE TRIGGER cosignatures_no_truncate BEFORE TRUNCATE ON {s}.cosignatures
+        FOR EACH STATEMENT EXECUTE FUNCTION {s}.refuse_change();
+    ALTER TABLE {s}.witness_forks ENABLE ALWAYS TRIGGER witness_forks_append_only;
+    ALTER TABLE {s}.witness_forks ENABLE ALWAYS TRIGGER witness_forks_no_truncate;
+    ALTER TABLE {s}.cosignatures ENABLE ALWAYS TRIGGER cosignatures_append_only;
+    ALTER TABLE {s}.cosignatures ENABLE ALWAYS TRIGGER cosignatures_no_truncate;
+    """,
+    """
+    -- An RFC 3161 time-stamp token over each checkpoint's note, when [timestamp] is configured.
+    ALTER TABLE {s}.checkpoints ADD COLUMN time_stamp bytea;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -370,15 +417,19 @@ SCHEMA_VERSION = len(MIGRATIONS)
 # and keep the outbox (add, acknowledge, delete delivered messages). Nothing else.
 GRANTS = """
     REVOKE ALL ON {s}.records, {s}.head, {s}.checkpoints, {s}.schema_version, {s}.prunes,
-        {s}.outbox, {s}.outbox_cursor FROM PUBLIC;
+        {s}.outbox, {s}.outbox_cursor, {s}.witness_state, {s}.witness_forks, {s}.cosignatures
+        FROM PUBLIC;
     REVOKE ALL ON {s}.records, {s}.head, {s}.checkpoints, {s}.schema_version, {s}.prunes,
-        {s}.outbox, {s}.outbox_cursor FROM {app};
+        {s}.outbox, {s}.outbox_cursor, {s}.witness_state, {s}.witness_forks, {s}.cosignatures
+        FROM {app};
     GRANT USAGE ON SCHEMA {s} TO {app};
     GRANT SELECT, INSERT ON {s}.records, {s}.checkpoints TO {app};
     GRANT SELECT, UPDATE (size, compact, updated_at) ON {s}.head TO {app};
     GRANT SELECT ON {s}.schema_version, {s}.prunes TO {app};
     GRANT SELECT, INSERT, DELETE ON {s}.outbox TO {app};
     GRANT SELECT, INSERT, UPDATE ON {s}.outbox_cursor TO {app};
+    GRANT SELECT, INSERT, UPDATE (size, root, note, updated_at) ON {s}.witness_state TO {app};
+    GRANT SELECT, INSERT ON {s}.witness_forks, {s}.cosignatures TO {app};
     GRANT EXECUTE ON FUNCTION {s}.ensure_month(date) TO {app};
     GRANT EXECUTE ON FUNCTION {s}.prune_below(bigint, bytea, timestamptz, text, text) TO {app};
 """

@@ -209,12 +209,13 @@ class SqliteAuditStore:
             checkpoint.note,
             checkpoint.key_name,
             signed_at.astimezone(UTC).isoformat(),
+            checkpoint.time_stamp,
         )
 
         def insert(conn: sqlite3.Connection) -> None:
             conn.execute(
-                "INSERT INTO audit_checkpoints (size, root, note, key_name, signed_at)"
-                " VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO audit_checkpoints (size, root, note, key_name, signed_at, time_stamp)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
                 row,
             )
 

@@ -188,9 +188,10 @@ class SqliteReader:
                     str(note),
                     key,
                     datetime.fromisoformat(str(signed_at)).astimezone(UTC),
+                    blob(stamp) if stamp is not None else None,
                 )
-                for size, root, note, key, signed_at in conn.execute(
-                    "SELECT size, root, note, key_name, signed_at FROM audit_checkpoints"
+                for size, root, note, key, signed_at, stamp in conn.execute(
+                    "SELECT size, root, note, key_name, signed_at, time_stamp FROM audit_checkpoints"
                     " ORDER BY size, id"
                 )
             ]

@@ -14,7 +14,7 @@ __all__ = [
     "time_text",
 ]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 5
 
 
 def _generated(key: str) -> str:
@@ -98,6 +98,40 @@ MIGRATIONS: dict[int, list[str]] = {
             updated_at TEXT NOT NULL
         )""",
     ],
+    4: [
+        # Witnessing (gateway.audit._witness_store): what this gateway last cosigned per log
+        # (moved by compare-and-swap), the forks it refused, the cosignatures of its own log.
+        """CREATE TABLE witness_state (
+            origin TEXT PRIMARY KEY,
+            size INTEGER NOT NULL CHECK (size >= 0),
+            root BLOB NOT NULL CHECK (length(root) = 32),
+            note TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        )""",
+        """CREATE TABLE witness_forks (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            origin TEXT NOT NULL,
+            held_note TEXT NOT NULL,
+            offered_note TEXT NOT NULL,
+            old_size INTEGER NOT NULL,
+            proof BLOB NOT NULL,
+            reason TEXT NOT NULL,
+            detected_at TEXT NOT NULL
+        )""",
+        """CREATE TABLE audit_cosignatures (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            size INTEGER NOT NULL,
+            root BLOB NOT NULL,
+            witness TEXT NOT NULL,
+            line TEXT NOT NULL,
+            received_at TEXT NOT NULL,
+            UNIQUE (size, root, witness)
+        )""",
+        *_append_only("witness_forks", "id"),
+        *_append_only("audit_cosignatures", "id"),
+    ],
+    # An RFC 3161 time-stamp token over each checkpoint's note, when [timestamp] is configured.
+    5: ["ALTER TABLE audit_checkpoints ADD COLUMN time_stamp BLOB"],
 }
 # Put back by a prune after it lifted it, exactly as migration 1 created it.
 RECORDS_NO_DELETE = _append_only("audit_records", "idx")[1]

@@ -8,7 +8,7 @@ import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from gateway.config import split_endpoint
+from gateway._endpoints import split_endpoint
 from gateway.provider._net import is_loopback
 from registry import PROVINCES
 from signer import KeyReference, Pkcs11Uri, SignerError, key_reference, parse_pkcs11_uri

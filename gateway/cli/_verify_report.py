@@ -44,6 +44,9 @@ def _signature_json(report: ValidationReport) -> dict[str, object]:
         "sub_indication": report.sub_indication.value if report.sub_indication else None,
         "message": report.message,
         "signed_at": _time(report),
+        "proof_of_existence": (
+            f"{report.proof_of_existence:%Y-%m-%dT%H:%M:%SZ}" if report.proof_of_existence else None
+        ),
         "signer": {
             "subject": report.signer_subject,
             "kid": report.signer_kid,
@@ -116,6 +119,12 @@ def _facts(report: ValidationReport, context: Context) -> Table:
         (
             "signing time",
             f"{report.signing_time:%Y-%m-%d %H:%M:%SZ} (claimed)" if report.signing_time else "",
+        ),
+        (
+            "existed at",
+            f"{report.proof_of_existence:%Y-%m-%d %H:%M:%SZ} (time-stamp)"
+            if report.proof_of_existence
+            else "",
         ),
         ("algorithm", report.algorithm),
         ("content type", report.content_type),

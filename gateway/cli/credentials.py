@@ -26,14 +26,13 @@ from gateway.cli._common import (
     usage,
     utc_now,
 )
+from gateway.cli._registry_root import trusted_root_of
 from gateway.cli._verify_report import Context, print_report, report_json
 from registry import (
-    AUTHORITY_PUBLIC_KEY,
     Registry,
     RegistryError,
     RegistryTrust,
     SnapshotVerifier,
-    load_authority_public_key,
 )
 from signer import (
     MAX_DOCUMENT_BYTES,
@@ -44,6 +43,9 @@ from signer import (
     SealVerifier,
     SignatureKind,
     SignerError,
+    TimeStampClient,
+    TimeStampUnavailable,
+    add_timestamp,
     add_validation_data,
     seal,
 )
@@ -76,6 +78,14 @@ def cmd_seal(args: argparse.Namespace, out: Console) -> int:
             )
         except JwsFormatError as exc:
             raise Failure(f"the validation data cannot be embedded: {exc}") from None
+    if args.tsa:
+        try:
+            anchors, _ = _outside_anchors(args.tsa_ca or [], "--tsa-ca")
+            if not anchors:
+                raise Failure("--tsa needs --tsa-ca: the root the TSA's certificate chains to")
+            jws = add_timestamp(jws, TimeStampClient(args.tsa, anchors=anchors))
+        except (TimeStampUnavailable, ValueError) as exc:
+            raise Failure(f"no time-stamp from {args.tsa}: {exc}") from None
     if args.out is None:
         sys.stdout.write(jws + "\n")
         return 0
@@ -101,25 +111,25 @@ def _read_document(path: Path, what: str, *, may_be_empty: bool = False) -> byte
 
 
 def _outside_anchors(
-    paths: list[Path],
+    paths: list[Path], option: str = "--ca"
 ) -> tuple[tuple[x509.Certificate, ...], tuple[x509.Certificate, ...]]:
-    """(roots, intermediates) of the --ca PEM files: the self-signed certificates are the
-    anchors, the others material to build paths to them."""
+    """(roots, intermediates) of the --ca (--tsa-ca) PEM files: the self-signed certificates
+    are the anchors, the others material to build paths to them."""
     certificates: list[x509.Certificate] = []
     for path in paths:
-        text = _read_document(path, "the --ca certificate file")
+        text = _read_document(path, f"the {option} certificate file")
         try:
             certificates.extend(x509.load_pem_x509_certificates(text))
         except ValueError:
             raise Failure(
-                f"{path}: --ca takes PEM certificates (-----BEGIN CERTIFICATE-----), and this "
-                "file holds none that can be read"
+                f"{path}: {option} takes PEM certificates (-----BEGIN CERTIFICATE-----), and "
+                "this file holds none that can be read"
             ) from None
     roots = tuple(c for c in certificates if c.issuer == c.subject)
     if certificates and not roots:
         raise Failure(
-            "--ca: none of the certificates is a root (self-signed): give the root CA too, "
-            "the others are only intermediates"
+            f"{option}: none of the certificates is a root (self-signed): give the root CA "
+            "too, the others are only intermediates"
         )
     return roots, tuple(c for c in certificates if c.issuer != c.subject)
 
@@ -128,7 +138,8 @@ def _registry(args: argparse.Namespace) -> Registry | None:
     """The verified registry snapshot of --snapshot, if one is given (warns when stale)."""
     if args.snapshot is None:
         return None
-    authority = load_authority_public_key(args.authority or args.pki / AUTHORITY_PUBLIC_KEY)
+    args.root = args.authority
+    authority = trusted_root_of(args)
     snapshot = read_input(args.snapshot, "the registry snapshot")
     # now=None: the signature and format are checked here, the expiry below, so that a stale
     # registry still verifies (with a warning) instead of refusing outright.
@@ -161,6 +172,7 @@ def cmd_verify(args: argparse.Namespace, out: Console) -> int:
     try:
         registry = _registry(args)
         roots, intermediates = _outside_anchors(args.ca or [])
+        tsa_anchors, _ = _outside_anchors(args.tsa_ca or [], "--tsa-ca")
         document = _read_document(args.file, "the document")
         payload = (
             _read_document(args.payload, "the payload", may_be_empty=True)
@@ -171,8 +183,15 @@ def cmd_verify(args: argparse.Namespace, out: Console) -> int:
         # No report can be made: exit 2, apart from 1 (a report that did not pass).
         usage(args, str(exc))
     trust = RegistryTrust(registry) if registry is not None else NoTrust()
-    gm = GmVerifier(trust, extra_anchors=roots, extra_intermediates=intermediates, clock=utc_now)
-    verifier = DocumentVerifier(SealVerifier(trust, clock=utc_now), gm)
+    gm = GmVerifier(
+        trust,
+        extra_anchors=roots,
+        extra_intermediates=intermediates,
+        clock=utc_now,
+        tsa_anchors=tsa_anchors,
+    )
+    seals = SealVerifier(trust, clock=utc_now, tsa_anchors=tsa_anchors)
+    verifier = DocumentVerifier(seals, gm)
     report = verifier.validate(
         document,
         payload=payload,
@@ -234,6 +253,13 @@ def _register_seal(commands: Subparsers) -> None:
             "written in the JWS JSON serialisation (repeatable)",
         )
     seal_parser.add_argument(
+        "--tsa",
+        metavar="URL",
+        help="time-stamp the seal's signature value at this RFC 3161 TSA (JAdES baseline-T, "
+        "a sigTst; JSON serialisation); a TSA that does not answer is an error here",
+    )
+    _tsa_ca_option(seal_parser, "the TSA's certificate must chain to (required with --tsa)")
+    seal_parser.add_argument(
         "--out", type=Path, metavar="FILE", help="write the JWS here instead of standard output"
     )
     passphrase_options(seal_parser)
@@ -280,11 +306,11 @@ def _register_verify(commands: Subparsers) -> None:
     verify_trust.add_argument(
         "--authority",
         type=Path,
-        metavar="PUB",
-        help="the registry authority public key (PEM), to check the snapshot's signature",
+        metavar="ROOT",
+        help="the trusted root (root.json) or one authority key's PEM, to check the snapshot",
     )
     verify_trust.add_argument(
-        "--pki", type=Path, metavar="DIR", help="a PKI folder, to use its authority public key"
+        "--pki", type=Path, metavar="DIR", help="a PKI folder, to use its authority/root.json"
     )
     verify.add_argument(
         "--ca",
@@ -295,6 +321,7 @@ def _register_verify(commands: Subparsers) -> None:
         "outside the federation: PEM certificates, self-signed ones roots, others "
         "intermediates (repeatable)",
     )
+    _tsa_ca_option(verify, "a time-stamp's TSA must chain to, for its time to prove existence")
     verify.add_argument(
         "--expect",
         choices=[k.value for k in SignatureKind],
@@ -314,6 +341,16 @@ def _register_verify(commands: Subparsers) -> None:
     )
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
     verify.set_defaults(handler=cmd_verify, usage_error=verify.error)
+
+
+def _tsa_ca_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--tsa-ca",
+        type=Path,
+        action="append",
+        metavar="PEM",
+        help=f"TSA trust anchors: PEM root certificates {what} (repeatable)",
+    )
 
 
 def register(commands: Subparsers) -> None:

@@ -192,9 +192,12 @@ def cmd_keys_authority(args: argparse.Namespace, out: Console) -> int:
         f"Generated a registry authority key ({args.algorithm}) in the module: {escape(str(named))}"
     )
     out.print(
-        f"  public key {args.out}: install it in every gateway ([registry] authority_public_key)"
+        f"  public key {args.out}: add it to the trusted root "
+        f"(`tongban registry rotate-root --add-key {args.out}=HOLDER`)"
     )
-    out.print("Publish with `tongban registry publish --authority-key URI`.")
+    out.print(
+        "Sign with `--key URI` (registry sign, sign-root) or `registry publish --authority-key URI`."
+    )
     return 0
 
 

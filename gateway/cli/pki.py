@@ -35,11 +35,12 @@ def cmd_pki_init(args: argparse.Namespace, out: Console) -> int:
     )
     agencies = [a for a in source.agencies if a.region in args.regions]
     out.print(
-        f"[bold]Dev PKI created in {args.out}[/]: registry authority, {len(args.regions)} regions "
+        f"[bold]Dev PKI created in {args.out}[/]: registry authority keys, {len(args.regions)} regions "
         f"({', '.join(args.regions)}), {len(agencies)} agencies, {len(created.keys)} keys."
     )
     out.print(
-        f"Install this authority public key in every gateway: {created.authority_public_key_path}"
+        f"Install this trusted root in every gateway ([registry] trusted_root): "
+        f"{created.trusted_root_path} (3 authority keys, any 2 sign a snapshot)"
     )
     out.print(
         "Private keys are PKCS#8, mode 0600"

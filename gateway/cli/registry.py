@@ -23,14 +23,13 @@ from gateway.cli._common import (
     utc_now,
 )
 from gateway.cli._registry_import import register_import
+from gateway.cli._registry_root import register_ceremony, trusted_root_of
 from gateway.cli.keys import keys_table
 from registry import (
-    AUTHORITY_PUBLIC_KEY,
     CURRENT_SNAPSHOT,
     Registry,
     SnapshotVerifier,
     build_registry,
-    load_authority_public_key,
     load_source,
     publish,
     registry_to_payload,
@@ -66,32 +65,48 @@ def cmd_registry_publish(args: argparse.Namespace, out: Console) -> int:
         now=utc_now(),
         passphrase=passphrase(args),
         lifetime_seconds=lifetime,
-        authority_key=args.authority_key,
+        authority_keys=[] if args.unsigned else (args.authority_key or None),
+        trusted_root=args.root,
     )
-    registry = result.snapshot.registry
-    out.print(
-        f"[bold]Published registry version {registry.version}[/] to {result.path} "
-        f"(and {args.out / CURRENT_SNAPSHOT}); expires {registry.expires_at:%Y-%m-%d %H:%M:%SZ}."
-    )
+    registry, tally = result.registry, result.tally
+    if result.installed:
+        out.print(
+            f"[bold]Published registry version {registry.version}[/] to {result.path} "
+            f"(and {args.out / CURRENT_SNAPSHOT}); expires {registry.expires_at:%Y-%m-%d %H:%M:%SZ}; "
+            f"signed by {len(tally.valid)} of {tally.keys} authority keys ({tally.threshold} needed)."
+        )
+    else:
+        out.print(
+            f"[bold]Prepared registry version {registry.version}[/] in {result.path}: "
+            f"{len(tally.valid)} of {tally.threshold} needed signatures. Each other holder adds "
+            f"theirs with `tongban registry sign {result.path} --key KEY --pki DIR`; the "
+            "snapshot becomes current.jws when the threshold is met."
+        )
     for change in result.changes:
         out.print(f"  key {change}")
     return 0
 
 
-def _read_snapshot(args: argparse.Namespace) -> Registry:
+def _read_snapshot(args: argparse.Namespace) -> tuple[Registry, str]:
     if args.authority is None and args.pki is None:
-        usage(args, "give --authority PUB.pem (or --pki DIR) to check the snapshot's signature")
-    authority_path = args.authority or args.pki / AUTHORITY_PUBLIC_KEY
-    verifier = SnapshotVerifier(load_authority_public_key(authority_path))
+        usage(args, "give --authority root.json (or --pki DIR) to check the snapshot's signatures")
+    args.root = args.authority
+    verifier = SnapshotVerifier(trusted_root_of(args))
     try:
         data = args.snapshot.read_bytes()
     except OSError as exc:
         raise Failure(f"{args.snapshot}: cannot be read ({exc.strerror})") from exc
-    return verifier.verify(data, held_version=None, now=None).registry
+    snapshot = verifier.verify(data, held_version=None, now=None)
+    root, tally = verifier.tally(data)
+    signed = (
+        f"signature verified;\nsigned by {len(tally.valid)} of {len(root.keys)} authority keys "
+        f"({root.threshold} needed, root version {root.version});"
+    )
+    return snapshot.registry, signed
 
 
 def cmd_registry_show(args: argparse.Namespace, out: Console) -> int:
-    registry = _read_snapshot(args)
+    registry, signed = _read_snapshot(args)
     now = utc_now()
     if args.json:
         sys.stdout.write(
@@ -100,7 +115,7 @@ def cmd_registry_show(args: argparse.Namespace, out: Console) -> int:
         return 0
     expired = now >= registry.expires_at
     out.print(
-        f"[bold]Registry {registry.name} version {registry.version}[/] — signature verified;\n"
+        f"[bold]Registry {registry.name} version {registry.version}[/] — {signed}\n"
         f"issued {registry.issued_at:%Y-%m-%d %H:%M:%SZ}, "
         + (
             f"[red]EXPIRED {registry.expires_at:%Y-%m-%d %H:%M:%SZ}[/]"
@@ -176,11 +191,26 @@ def _register_publish(reg_verbs: Subparsers) -> None:
         help="how long the snapshot stays valid (default: the source's snapshot_lifetime_seconds)",
     )
     pub.add_argument(
+        "--root",
+        type=Path,
+        metavar="FILE",
+        help="the trusted root the snapshot must satisfy, with the later roots beside it "
+        "(root-<N>.json), or one authority key's PEM (default: the PKI folder's "
+        "authority/root.json)",
+    )
+    keys = pub.add_mutually_exclusive_group()
+    keys.add_argument(
         "--authority-key",
         type=parse_key,
+        action="append",
         metavar="KEY",
-        help="the registry authority key: a key file or a pkcs11: URI of a key in a cryptographic "
-        "module (default: the PKI folder's authority/authority.key)",
+        help="an authority key to sign with, repeatable: a key file or a pkcs11: URI of a key in "
+        "a cryptographic module (default: every key file in the PKI folder's authority/)",
+    )
+    keys.add_argument(
+        "--unsigned",
+        action="store_true",
+        help="sign with no key: prepare the snapshot for a signing ceremony (`registry sign`)",
     )
     passphrase_options(pub)
     pub.set_defaults(handler=cmd_registry_publish)
@@ -194,8 +224,10 @@ def _register_show(reg_verbs: Subparsers) -> None:
     )
     show.add_argument("snapshot", type=Path, help="a .jws snapshot, e.g. out/published/current.jws")
     trust = show.add_mutually_exclusive_group()
-    trust.add_argument("--authority", type=Path, help="the registry authority public key (PEM)")
-    trust.add_argument("--pki", type=Path, help="a PKI folder, to use its authority public key")
+    trust.add_argument(
+        "--authority", type=Path, help="the trusted root (root.json), or one authority key's PEM"
+    )
+    trust.add_argument("--pki", type=Path, help="a PKI folder, to use its authority/root.json")
     show.add_argument(
         "--json",
         action="store_true",
@@ -217,3 +249,4 @@ def register(commands: Subparsers) -> None:
     _register_publish(reg_verbs)
     _register_show(reg_verbs)
     register_import(reg_verbs)
+    register_ceremony(reg_verbs)

@@ -27,7 +27,14 @@ from gateway.config import (
 )
 from gateway.demo.pki import DEV_CACHE_KEY, DEV_PSEUDONYM_KEY, ROOTS_BUNDLE
 from gateway.errors import ConfigError
-from registry import Inventory, KeyLifecycleError, KeyRecord, KeyState, KeyUsage
+from registry import (
+    Inventory,
+    KeyLifecycleError,
+    KeyRecord,
+    KeyState,
+    KeyUsage,
+    pki_trusted_root_path,
+)
 
 __all__ = ["config_for_dev_pki", "config_from_dev_file", "load_config"]
 
@@ -119,7 +126,7 @@ def config_for_dev_pki(
         tls_certificate=pki_root / record.certificate,
         tls_private_key=pki_root / _located(record),
         tls_passphrase=passphrase,
-        authority_public_key=pki_root / "authority" / "authority.pub.pem",
+        trusted_root=pki_trusted_root_path(pki_root),
         snapshot_file=snapshot_file,
         follow=follow,
         bootstrap_ca_file=bootstrap_ca_file or _existing(pki_root / ROOTS_BUNDLE),

@@ -5,7 +5,8 @@ A region's real CA is its own; what runs on any PKI folder, this one or a region
 leaf key, a CRL, reading the CA certificates), is `registry._pki`. `init_dev_pki` makes the folder
 that module describes, with in one go, for every region: a root CA (P-256, 10 years, pathlen 1),
 an issuing CA (P-256, 5 years, pathlen 0) with an empty CRL (next update in 7 days), and one key
-of each usage; for every agency a TLS and a seal key; the registry authority key; `roots.pem`;
+of each usage; for every agency a TLS and a seal key; three registry authority keys and the
+root naming them (2 of 3, `authority/root.json`); `roots.pem`;
 and two development secrets a deployment keeps apart from its PKI (the audit log's pseudonym
 key, the answer cache's key).
 """
@@ -22,9 +23,10 @@ from typing import Final
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from registry import PROVINCES, Inventory, RegistrySource
+from registry._authority import AUTHORITY_DIR, TRUSTED_ROOT
 from registry._pki import (
     CLOCK_SKEW,
     LEAF_VALIDITY_DAYS,
@@ -47,6 +49,7 @@ from registry._pki import (
 )
 from registry._pki_sm2 import write_region_eseal
 from registry._profiles import CA_KEY_USAGE, authority_key_identifier, ca_name
+from registry._root import AuthorityKey, Root, SignedRoot, sign_root
 from registry.errors import PkiError
 from signer import generate_private_key
 
@@ -77,6 +80,7 @@ AGENCY_USAGES: Final = ("tls", "seal")
 ROOTS_BUNDLE: Final = "roots.pem"  # every region's root CA, PEM
 DEV_PSEUDONYM_KEY: Final = "audit-pseudonym.secret"  # dev only: the audit log's subject-hashing key
 DEV_CACHE_KEY: Final = "cache.secret"  # dev only: the AES-256 key of the answer cache (hex)
+ROOT_VALIDITY_DAYS: Final = 365  # the dev root's; rotate-root makes the next
 PKI_ENTRIES: Final = (MANIFEST_NAME, "authority", "regions", "agencies")
 
 
@@ -85,9 +89,14 @@ class DevPki:
     """The result of `init_dev_pki` (or `load_dev_pki`)."""
 
     root: Path
-    authority_key_path: Path
-    authority_public_key_path: Path
+    authority_key_paths: tuple[Path, ...]  # national platform first, then the two provinces'
+    trusted_root_path: Path
     keys: tuple[IssuedKey, ...]
+
+    @property
+    def authority_key_path(self) -> Path:
+        """The national platform's authority key."""
+        return self.authority_key_paths[0]
 
 
 def init_dev_federation(
@@ -138,16 +147,7 @@ def init_dev_pki(
             "SM2 seal keys are written unencrypted: a PKI with a passphrase cannot have them"
         )
     _claim(out)
-    authority_key_path = out / "authority" / "authority.key"
-    authority_public_key_path = out / "authority" / "authority.pub.pem"
-    authority_key = generate_private_key("EdDSA")
-    write_private(authority_key_path, authority_key, passphrase)
-    write_public(
-        authority_public_key_path,
-        authority_key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        ),
-    )
+    authority_key_paths = _authority_root(out, manifest, passphrase, issued_at)
     keys: list[IssuedKey] = []
     for region in manifest.regions:
         issuer = create_region_ca(out, region, passphrase, issued_at)
@@ -178,10 +178,40 @@ def init_dev_pki(
     _finish(out, manifest, issued_at)
     return DevPki(
         root=out,
-        authority_key_path=authority_key_path,
-        authority_public_key_path=authority_public_key_path,
+        authority_key_paths=authority_key_paths,
+        trusted_root_path=out / TRUSTED_ROOT,
         keys=tuple(keys),
     )
+
+
+def _authority_root(
+    out: Path, manifest: Manifest, passphrase: bytes | None, now: datetime
+) -> tuple[Path, ...]:
+    """Three authority keys, as a federation would split them: the national platform's and
+    two provinces' security teams' (standing for the first two regions); root version 1 names
+    them with threshold 2, signed by all three."""
+    codes = [r.code for r in manifest.regions][:2]
+    holders = [("national", "national platform")] + [
+        (f"province-{i}", f"{codes[i - 1]} security team" if len(codes) >= i else f"province {i}")
+        for i in (1, 2)
+    ]
+    keys = []
+    for name, holder in holders:
+        key = generate_private_key("EdDSA")
+        assert isinstance(key, ed25519.Ed25519PrivateKey)  # what EdDSA generates
+        write_private(out / AUTHORITY_DIR / f"{name}.key", key, passphrase)
+        keys.append((key, holder))
+    root = Root(
+        1,
+        now + timedelta(days=ROOT_VALIDITY_DAYS),
+        tuple(AuthorityKey.of(k.public_key(), holder) for k, holder in keys),
+        2,
+    )
+    signed = SignedRoot(root)
+    for key, _ in keys:
+        signed = sign_root(signed, key)
+    write_public(out / TRUSTED_ROOT, signed.to_bytes())
+    return tuple(out / AUTHORITY_DIR / f"{name}.key" for name, _ in holders)
 
 
 def _claim(out: Path) -> None:
@@ -233,8 +263,10 @@ def load_dev_pki(pki_root: Path) -> DevPki:
                 keys.extend(scan_keys(agency_keys_dir(pki_root, agency.id), agency.id, region.code))
     return DevPki(
         root=pki_root,
-        authority_key_path=pki_root / "authority" / "authority.key",
-        authority_public_key_path=pki_root / "authority" / "authority.pub.pem",
+        authority_key_paths=tuple(
+            pki_root / AUTHORITY_DIR / f"{n}.key" for n in ("national", "province-1", "province-2")
+        ),
+        trusted_root_path=pki_root / TRUSTED_ROOT,
         keys=tuple(keys),
     )
 

@@ -80,6 +80,7 @@ class MetricDefinitions:
         self._define_admission(r)
         self._define_certificates(r)
         self._define_revocation(r)
+        self._define_timestamps(r)
 
         # Series that exist from the start, so that rate() and absent() behave before the first
         # event rather than after it.
@@ -236,12 +237,50 @@ class MetricDefinitions:
             registry=r,
             multiprocess_mode="livemax",
         )
+        self._define_witnessing(r)
+
+    def _define_witnessing(self, r: CollectorRegistry) -> None:
+        """Witnessing (docs/audit.md "Witnessing"); `log` is a log's origin, never personal."""
+        self.witness_forks_counter = Counter(
+            "tongban_witness_forks_total",
+            "Checkpoints of another region's audit log this gateway's witness refused as a "
+            "fork (kept as evidence): any increase is an incident.",
+            ["log"],
+            registry=r,
+        )
+        self.witness_cosigned_counter = Counter(
+            "tongban_witness_cosigned_total",
+            "Checkpoints of other regions' audit logs this gateway's witness cosigned.",
+            ["log"],
+            registry=r,
+        )
+        self.checkpoint_cosignatures = Gauge(
+            "tongban_audit_checkpoint_cosignatures",
+            "Witness cosignatures held for this gateway's latest submitted audit checkpoint "
+            "(the registry's witness_threshold is the number it needs).",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.witness_submission_failures = Counter(
+            "tongban_witness_submission_failures_total",
+            "Submissions of this gateway's checkpoints to a witness that failed (unreachable "
+            "or refused); `witness` is the witness's region.",
+            ["witness"],
+            registry=r,
+        )
 
     def _define_registry(self, r: CollectorRegistry) -> None:
         """Registry."""
         self.registry_version = Gauge(
             "tongban_registry_version",
             "Version of the registry snapshot this gateway holds (0: none held yet).",
+            registry=r,
+            multiprocess_mode="livemin",
+        )
+        self.registry_root_version = Gauge(
+            "tongban_registry_root_version",
+            "Version of the trusted root (authority keys and threshold) this gateway holds: the "
+            "installed one, or a newer one reached through a snapshot's root chain.",
             registry=r,
             multiprocess_mode="livemin",
         )
@@ -261,7 +300,8 @@ class MetricDefinitions:
         self.registry_refused = Counter(
             "tongban_registry_refused_total",
             "Registry snapshots refused, by reason (FORMAT, UNSIGNED, UNTRUSTED_SIGNER, "
-            "BAD_SIGNATURE, ROLLBACK, EXPIRED); the held snapshot stays in force.",
+            "DUPLICATE_SIGNER, BAD_SIGNATURE, BELOW_THRESHOLD, ROOT_CHAIN, ROOT_EXPIRED, "
+            "ROOT_ROLLBACK, ROLLBACK, EXPIRED); the held snapshot stays in force.",
             ("reason",),
             registry=r,
         )
@@ -323,6 +363,16 @@ class MetricDefinitions:
             "its result.",
             ("source",),
             buckets=GRPC_LATENCY_BUCKETS,
+            registry=r,
+        )
+
+    def _define_timestamps(self, r: CollectorRegistry) -> None:
+        """Requests to the time-stamping authority (gateway/timestamps.py, docs/security.md)."""
+        self.timestamp_requests = Counter(
+            "tongban_timestamp_requests_total",
+            "Requests for an RFC 3161 time-stamp (seals, audit checkpoints), by result (ok, "
+            "unreachable, refused, invalid); what is not ok leaves the object without one.",
+            ("result",),
             registry=r,
         )
 

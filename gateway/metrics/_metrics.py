@@ -57,6 +57,7 @@ _DIGIT_RUN = re.compile(r"\d{15,}")  # a citizen id (15 or 18 digits), a phone, 
 _INDICATIONS = frozenset(i.value for i in Indication)
 _REVOCATION_SOURCES = frozenset({"ocsp", "crl"})
 _REVOCATION_RESULTS = frozenset({"good", "revoked", "unknown", "unreachable"})
+_TIMESTAMP_RESULTS = frozenset({"ok", "unreachable", "refused", "invalid"})
 _SUB_INDICATIONS = frozenset(s.value for s in SubIndication)
 
 
@@ -228,6 +229,7 @@ class GatewayMetrics(MetricDefinitions):
         refusal counts in `status` (as `observe_refusals`). Call on every swap and periodically.
         """
         self.registry_version.set(status.version or 0)
+        self.registry_root_version.set(status.root_version)
         self.registry_issued.set(_timestamp(status.issued_at))
         self.registry_expiry.set(_timestamp(status.expires_at))
         self.observe_refusals(status.refusals)
@@ -348,6 +350,21 @@ class GatewayMetrics(MetricDefinitions):
         self.audit_checkpoint_size.set(size)
         self.audit_checkpoint_timestamp.set(_timestamp(signed_at))
 
+    def witness_cosigned(self, origin: str) -> None:
+        """This gateway's witness cosigned a checkpoint of `origin` (a log it knows)."""
+        self.child(self.witness_cosigned_counter, origin).inc()
+
+    def witness_fork(self, origin: str) -> None:
+        """This gateway's witness refused a fork of `origin` and kept it."""
+        self.child(self.witness_forks_counter, origin).inc()
+
+    def cosignatures_held(self, count: int) -> None:
+        """The latest submitted checkpoint now holds `count` cosignatures."""
+        self.checkpoint_cosignatures.set(count)
+
+    def witness_submission_failed(self, region: str) -> None:
+        self.child(self.witness_submission_failures, self.peer_region(region)).inc()
+
     def quota_rejected(self, agreement: str) -> None:
         """A request refused because `agreement`'s quota is spent."""
         self.quota_rejections.labels(_identifier(agreement, self._agreements)).inc()
@@ -366,6 +383,13 @@ class GatewayMetrics(MetricDefinitions):
         self.child(self.revocation_checks, source, result).inc()
         if seconds > 0.0:
             self.child(self.revocation_fetch_seconds, source).observe(seconds)
+
+    def timestamp_request(self, result: str, seconds: float) -> None:
+        """One request to the TSA (`TimeStampClient`'s report)."""
+        del seconds  # counted, not timed: one request per seal or checkpoint
+        self.child(
+            self.timestamp_requests, result if result in _TIMESTAMP_RESULTS else "other"
+        ).inc()
 
     def peer_region(self, region: str) -> str:
         """The `peer_region` label for `region`: "local", a region the registry knows, or "other"."""

@@ -107,9 +107,12 @@ def report_message(report: ValidationReport) -> credentials_pb2.ValidationReport
         message=report.message,
         format=report.format,
         signatures=[report_message(signature) for signature in report.signatures],
+        time_stamp_authority=report.time_stamp_authority,
     )
     if report.signing_time is not None:
         message.signing_time.CopyFrom(_timestamp(report.signing_time))
+    if report.proof_of_existence is not None:
+        message.proof_of_existence.CopyFrom(_timestamp(report.proof_of_existence))
     return message
 
 
@@ -162,7 +165,9 @@ class CredentialsService(credentials_pb2_grpc.CredentialsServicer):
         self._documents = documents  # every format; holds `verifier` and is switched with it
         self._region = region
         # seal_keys: refilled on a reload; JAdES seals staple an OCSP response when online
-        self._sealer = RegionSealer(region, seal_keys, staple=staple_of(verifier))
+        self._sealer = RegionSealer(
+            region, seal_keys, staple=staple_of(verifier), stamper=verifier.stamper
+        )
         self._clock = clock
         self._audit = audit  # every Seal, allowed or denied, is recorded when there is a log
 

@@ -351,7 +351,9 @@ class QueryPath:
             cache=cache,
             codec=SealedRecordCodec(),
             # seal_keys: refilled on a reload; JAdES seals staple OCSP when online
-            sealer=RegionSealer(region, seal_keys, staple=staple_of(verifier)),
+            sealer=RegionSealer(
+                region, seal_keys, staple=staple_of(verifier), stamper=verifier.stamper
+            ),
             data_system=DataSystemClient(provider, metrics) if provider is not None else None,
             clock=clock,
         )

@@ -16,6 +16,7 @@ listing ends even while matching records keep being appended (its own records am
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from collections.abc import AsyncIterator, Callable
@@ -38,6 +39,7 @@ from gateway.audit import (
     digest_form,
     leaf_hash,
     pseudonymize,
+    witness_store_for,
 )
 from gateway.errors import Refusal
 from gateway.identity import Caller, CallerKind, current_caller
@@ -50,6 +52,7 @@ from gateway.services._oversight_messages import (
     time_of,
     timestamp,
 )
+from gateway.witnessing import witnessed
 from registry import AgencyRole, RegistryError, RegistryStore, contains_citizen_id
 from tongban.v1 import oversight_pb2, oversight_pb2_grpc
 
@@ -369,15 +372,35 @@ class OversightService(oversight_pb2_grpc.OversightServicer):
             result = await self._audit.verify(trusted)
         except AuditUnavailable as exc:
             await self._unavailable(context, call, exc)
+        registry = self._registry.current()  # the caller was authorised with it
+        try:
+            seen = await witnessed(
+                await self._audit.read(self._audit.store.checkpoints),
+                witness_store_for(self._audit.store),
+                registry,
+                self._region,
+                self._clock(),
+            )
+        except AuditUnavailable as exc:
+            await self._unavailable(context, call, exc)
         await self._release(context, call, result.records_checked)
-        return oversight_pb2.VerifyAuditResponse(
+        response = oversight_pb2.VerifyAuditResponse(
             intact=result.intact,
             latest_checkpoint=checkpoint_message(result.latest),
             records_checked=result.records_checked,
             checkpoints_checked=result.checkpoints_checked,
             first_bad_index=result.first_bad_index,
             problem=result.problem,
+            witness_threshold=registry.witness_threshold,
+            latest_cosigners=seen.latest.witnesses if seen.latest else (),
+            witnessed=seen.checkpoint is not None or not registry.witness_threshold,
         )
+        if seen.checkpoint is not None and seen.cosigned_note is not None:
+            cosigned = dataclasses.replace(seen.checkpoint, note=seen.cosigned_note)
+            message = checkpoint_message(cosigned)
+            assert message is not None
+            response.witnessed_checkpoint.CopyFrom(message)
+        return response
 
     async def GetProof(
         self, request: oversight_pb2.GetProofRequest, context: Context

@@ -299,7 +299,7 @@ def gateway_toml(
         f"certificate = {_toml(dev.tls_certificate)}",
         f"private_key = {_toml(dev.tls_private_key)}",
         "[registry]",
-        f"authority_public_key = {_toml(dev.authority_public_key)}",
+        f"trusted_root = {_toml(dev.trust_anchor)}",
         f"snapshot_file = {_toml(fed.current)}",
         "[audit]",
         f"key = {_toml(dev.audit.key)}",

@@ -49,6 +49,13 @@ def test_bench_audit_runs(tmp_path: Path) -> None:
     }
 
 
+def test_bench_witnessing_runs(tmp_path: Path) -> None:
+    out = tmp_path / "witnessing.json"
+    done = run_bench("witnessing.py", "--seconds", "0.05", "--json", str(out))
+    assert "with witnessing" in done.stdout
+    assert set(json.loads(out.read_text())["records_per_second"]) == {"100", "1000"}
+
+
 def test_bench_verify_runs(tmp_path: Path) -> None:
     out = tmp_path / "verify.json"
     done = run_bench(

@@ -166,7 +166,7 @@ AUDIT_SUBSTITUTIONS: list[Substitution] = [
     (r"(?<![\w/-])audit\.db\b", "demo/audit-510000.db"),
     (r"\bREGION\b", "510000"),
     (r"(?<![\w/-])current\.jws", "demo/published/current.jws"),
-    (r"(?<![\w/-])authority\.pub\.pem", "demo/pki/authority/authority.pub.pem"),
+    (r"(?<![\w/-])root\.json", "demo/pki/authority/root.json"),
 ]
 
 

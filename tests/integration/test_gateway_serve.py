@@ -37,8 +37,14 @@ from support import (
 
 import gateway.server
 from gateway.demo.config import config_for_dev_pki
-from gateway.server import EXCHANGE_SERVICE, OVERSIGHT_SERVICE, PEER_SERVICE, SERVED_SERVICES
-from registry import SnapshotVerifier, load_authority_public_key
+from gateway.server import (
+    EXCHANGE_SERVICE,
+    OVERSIGHT_SERVICE,
+    PEER_SERVICE,
+    SERVED_SERVICES,
+    WITNESS_SERVICE,
+)
+from registry import SnapshotVerifier, load_trusted_root
 from tongban.v1 import registry_pb2, registry_pb2_grpc
 
 pytestmark = pytest.mark.integration
@@ -143,6 +149,7 @@ async def test_cli_gateway_serves_registry_health_and_reflection_then_stops_on_s
                 OVERSIGHT_SERVICE,
                 EXCHANGE_SERVICE,
                 PEER_SERVICE,
+                WITNESS_SERVICE,
                 health.SERVICE_NAME,
                 reflection.SERVICE_NAME,
             }
@@ -153,6 +160,7 @@ async def test_cli_gateway_serves_registry_health_and_reflection_then_stops_on_s
                 OVERSIGHT_SERVICE,
                 EXCHANGE_SERVICE,
                 PEER_SERVICE,
+                WITNESS_SERVICE,
             }
             files = [
                 descriptor_pb2.FileDescriptorProto.FromString(raw)
@@ -173,9 +181,7 @@ async def test_cli_gateway_serves_registry_health_and_reflection_then_stops_on_s
             assert response.HasField("snapshot")
             assert not response.not_modified
             assert response.snapshot.version == 1
-            authority = load_authority_public_key(
-                federation.pki / "authority" / "authority.pub.pem"
-            )
+            authority = load_trusted_root(federation.pki / "authority" / "root.json")
             verified = SnapshotVerifier(authority).verify(
                 response.snapshot.jws, held_version=None, now=datetime.now(UTC)
             )

@@ -53,7 +53,7 @@ from registry import (
     RegistryTrust,
     SnapshotError,
     SnapshotVerifier,
-    load_authority_public_key,
+    load_trusted_root,
 )
 from signer import (
     PKCS11_MECHANISMS,
@@ -321,19 +321,43 @@ def test_the_registry_authority_key_in_the_token(token: Token, tmp_path: Path, r
     published = tmp_path / "published-hsm"
     code, _, err = run(
         "registry", "publish", "--source", fed.source, "--pki", fed.pki, "--out", published,
-        "--authority-key", uri,
+        "--root", public, "--authority-key", uri,
     )  # fmt: skip
     assert code == 0, err
-    verifier = SnapshotVerifier(load_authority_public_key(public))
+    verifier = SnapshotVerifier(load_trusted_root(public))
     snapshot = verifier.verify(
         (published / CURRENT_SNAPSHOT).read_bytes(), held_version=None, now=datetime.now(UTC)
     )
     assert snapshot.registry.version == 1
-    # The dev PKI's own authority key did not sign it.
+    # The dev PKI's own root does not name the token's key.
+    installed = fed.pki / "authority/root.json"
     with pytest.raises(SnapshotError):
-        SnapshotVerifier(load_authority_public_key(fed.pki / "authority/authority.pub.pem")).verify(
+        SnapshotVerifier(load_trusted_root(installed)).verify(
             (published / CURRENT_SNAPSHOT).read_bytes(), held_version=None, now=None
         )
+    # The token's key joins the federation's root (2 of 4), signing root 2 itself, and then
+    # signs a snapshot with one file key: a gateway installed with root 1 follows and accepts.
+    code, _, err = run(
+        "registry", "rotate-root", "--root", installed, "--add-key", f"{public}=national HSM"
+    )  # fmt: skip
+    assert code == 0, err
+    root_2 = fed.pki / "authority/root-2.json"
+    for key in (uri, fed.pki / "authority/national.key", fed.pki / "authority/province-1.key"):
+        code, _, err = run("registry", "sign-root", root_2, "--previous", installed, "--key", key)
+        assert code == 0, err
+    code, out, err = run(
+        "registry", "publish", "--source", fed.source, "--pki", fed.pki, "--out", fed.published,
+        "--authority-key", uri, "--authority-key", fed.pki / "authority/province-2.key",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "signed by 2 of 4 authority keys (2 needed)" in out
+    hsm_kid = load_trusted_root(public).keys[0].keyid
+    followed = SnapshotVerifier(load_trusted_root(installed)).verify(
+        fed.current.read_bytes(), held_version=None, now=datetime.now(UTC)
+    )
+    assert hsm_kid in followed.signers
+    assert followed.root is not None
+    assert followed.root.version == 2
 
 
 @pytest.mark.parametrize("algorithm", ["ES256", "EdDSA", "PS256"])
@@ -510,7 +534,7 @@ def test_the_operators_guide_commands_run(tmp_path: Path) -> None:
         assert PIN not in done.stdout + done.stderr
     pending = the_record(fed, REGION, KeyUsage.SEAL, KeyState.PENDING)
     assert pending.private_key.startswith("pkcs11:token=tongban-330000;object=seal-2027;id=")
-    verifier = SnapshotVerifier(load_authority_public_key(tmp_path / "authority-hsm.pub.pem"))
+    verifier = SnapshotVerifier(load_trusted_root(tmp_path / "authority-hsm.pub.pem"))
     snapshot = verifier.verify(
         (tmp_path / "published-hsm" / CURRENT_SNAPSHOT).read_bytes(), held_version=None, now=None
     )

@@ -35,7 +35,7 @@ from support import (
 
 from gateway.audit import AuditQuery, Outcome
 from gateway.demo.pki import DEV_PSEUDONYM_KEY
-from registry import KeyState, KeyUsage, RegistryTrust, SnapshotVerifier, load_authority_public_key
+from registry import KeyState, KeyUsage, RegistryTrust, SnapshotVerifier, load_trusted_root
 from signer import FileKeyProvider, Indication, SealVerifier, SignatureKind, seal
 from tongban.v1 import credentials_pb2, credentials_pb2_grpc, exchange_pb2, exchange_pb2_grpc
 
@@ -103,9 +103,7 @@ async def test_allowed_query_is_sealed_verified_minimised_and_then_cached(
         assert document["citizen_id"] == subject
         # The client keeps the proof: it verifies on its own against the registry.
         registry = (
-            SnapshotVerifier(
-                load_authority_public_key(federation.pki / "authority" / "authority.pub.pem")
-            )
+            SnapshotVerifier(load_trusted_root(federation.pki / "authority" / "root.json"))
             .verify(federation.current.read_bytes(), held_version=None, now=None)
             .registry
         )
@@ -134,7 +132,7 @@ async def test_allowed_query_is_sealed_verified_minimised_and_then_cached(
         assert all(
             subject not in r.canonical.decode() for r in requester + provider
         )  # pseudonyms only
-        # The owner keeps each request as the requesting gateway signed it (T23); oversight
+        # The owner keeps each request as the requesting gateway signed it (T26); oversight
         # opens it, verifies it against the registry and tells who asked for what, about whom.
         assert all(len(r.request_digest) == 64 and r.request_sealed for r in provider)
         assert not any(r.request_sealed for r in requester)

@@ -14,7 +14,9 @@ way `docs/security.md` describes:
 5. the gateway takes the now-active TLS key (`reload_tls`): new handshakes are served the new
    certificate, and its calls to peers present it;
 6. one more publish makes the peers build new channels to 重庆: they handshake with the new
-   certificate too.
+   certificate too. It also carries a new trusted root (issue 17): province 2's authority key
+   leaves, a newcomer's joins, root 2 is signed by 2 of root 1's keys and 2 of its own, and every
+   gateway follows from root 1 to root 2 while the queries flow.
 
 Nothing may fail: zero refused requests, zero failed handshakes, and every sealed answer the
 clients received verifies against the final registry (old key retiring, new key active); the
@@ -37,6 +39,7 @@ from typing import Any
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from fault_support import (
     BAD_CODES,
     Tally,
@@ -60,10 +63,22 @@ from registry import (
     KeyUsage,
     RegistryTrust,
     SnapshotVerifier,
-    load_authority_public_key,
+    authority_key_id,
+    load_trusted_root,
+    next_root,
+    read_root,
     rotate_key,
+    sign_root,
 )
-from signer import GmVerifier, Indication, SealVerifier, SignatureKind, x5t_s256_of_certificate
+from signer import (
+    GmVerifier,
+    Indication,
+    SealVerifier,
+    SignatureKind,
+    load_private_key,
+    write_private_key,
+    x5t_s256_of_certificate,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -83,6 +98,30 @@ STREAMS = [
     ("cq.amr", "330000", LICENCE, 0),  # 重庆 asks 浙江: 重庆's client certificate
 ]
 FRESH = ("cq.hrss", "510000", SI, 0)  # 重庆 asks 四川, a new channel (handshake) per call
+
+
+def rotate_root(federation: Federation) -> None:
+    """Root 2: without province 2's key, with a newcomer's (kept in the folder, so the next
+    publish signs with it), signed by national + province 1 (old) and province 1 + newcomer."""
+    authority = federation.pki / "authority"
+    keys = {}
+    for name in ("national", "province-1", "province-2"):
+        key = load_private_key(authority / f"{name}.key")
+        assert isinstance(key, ed25519.Ed25519PrivateKey)
+        keys[name] = key
+    newcomer = ed25519.Ed25519PrivateKey.generate()
+    (authority / "province-2.key").unlink()  # lost
+    write_private_key(authority / "province-3.key", newcomer)
+    installed = read_root(authority / "root.json").root
+    made = next_root(
+        installed,
+        add=[(newcomer.public_key(), "440000 security team")],
+        remove=[authority_key_id(keys["province-2"].public_key())],
+        now=datetime.now(UTC),
+    )
+    for signer_key in (keys["national"], keys["province-1"], newcomer):
+        made = sign_root(made, signer_key, previous=installed)
+    (authority / "root-2.json").write_bytes(made.to_bytes())
 
 
 def answered_on_every_stream(tally: Tally, phase: str) -> bool:
@@ -243,9 +282,12 @@ async def test_seal_key_and_tls_certificate_rotation_under_load(
                 assert owner.reload_tls(reread()) == new_tls
                 tally.enter("tls rotated")
                 assert await probe() == new_tls
-                # 6. One more publish: the peers' channels to 重庆 are built anew.
+                # 6. One more publish: the peers' channels to 重庆 are built anew; with root 2.
+                rotate_root(federation)
                 federation.publish()
                 await everyone_holds(4)
+                roots = {g.store.status().root_version for g in cluster.gateways.values()}
+                assert roots == {2}
                 tally.enter("after")
                 await wait_until(
                     lambda: answered_on_every_stream(tally, "after"),
@@ -259,7 +301,7 @@ async def test_seal_key_and_tls_certificate_rotation_under_load(
 
         # Every sealed answer verifies on its own against the final registry.
         snapshot = SnapshotVerifier(
-            load_authority_public_key(federation.pki / "authority" / "authority.pub.pem")
+            load_trusted_root(federation.pki / "authority" / "root.json")
         ).verify(federation.current.read_bytes(), held_version=None, now=None)
         trust = RegistryTrust(snapshot.registry)
         verifier, gm = SealVerifier(trust), GmVerifier(trust)

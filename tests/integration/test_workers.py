@@ -60,7 +60,7 @@ certificate = "{pki / tls.certificate}"
 private_key = "{pki / tls.private_key}"
 
 [registry]
-authority_public_key = "{pki / "authority" / "authority.pub.pem"}"
+trusted_root = "{pki / "authority" / "root.json"}"
 snapshot_file = "{fed.current}"
 poll_seconds = 0.5
 """

@@ -50,6 +50,7 @@ CONTRACT_METRICS = frozenset(
         "tongban_audit_checkpoint_size",
         "tongban_audit_checkpoint_timestamp_seconds",
         "tongban_registry_version",
+        "tongban_registry_root_version",  # extends the contract (issue 17: k-of-n trusted root)
         "tongban_registry_issued_timestamp_seconds",
         "tongban_registry_expiry_timestamp_seconds",
         "tongban_registry_refused_total",
@@ -60,6 +61,8 @@ CONTRACT_METRICS = frozenset(
         "tongban_access_reports_waiting",  # extends the contract (issue 14: the outbox)
         "tongban_revocation_checks_total",  # extends the contract (issue 17: OCSP and CRL DP)
         "tongban_revocation_fetch_seconds_bucket",
+        "tongban_witness_forks_total",  # extends the contract (issue 18: witnessed logs)
+        "tongban_timestamp_requests_total",  # extends the contract (issue 18: time-stamps)
     }
 )
 PROMETHEUS_METRICS = frozenset({"up"})
@@ -85,6 +88,7 @@ CONTRACT_LABELS = frozenset(
         "kid",
         "usage",
         "owner",
+        "log",
     }
 )
 # gRPC code names as the Go exporter writes them (codes.Code.String()): the grpc_code contract.

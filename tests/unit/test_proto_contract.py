@@ -208,6 +208,7 @@ MINIMAL_SNAPSHOT: dict[str, Any] = {
     "expires_at": "2026-11-28T23:00:00Z",
     "name": "长三角通办联盟",
     "refresh_seconds": 300,
+    "witness_threshold": 1,
     "regions": [
         {
             "code": "310000",

@@ -39,9 +39,9 @@ RECORD_SLACK = timedelta(minutes=1)  # a forward's own time, from its receipt to
 
 
 def _registry(args: argparse.Namespace) -> Registry:
-    from registry import AUTHORITY_PUBLIC_KEY, SnapshotVerifier, load_authority_public_key
+    from registry import SnapshotVerifier, load_trusted_root, pki_trusted_root_path
 
-    authority = load_authority_public_key(args.authority or args.pki / AUTHORITY_PUBLIC_KEY)
+    authority = load_trusted_root(args.authority or pki_trusted_root_path(args.pki))
     snapshot = read_input(args.snapshot, "the registry snapshot")
     # now=None: an old request is proved with the keys the registry publishes, expired or not
     return SnapshotVerifier(authority).verify(snapshot, held_version=None, now=None).registry
@@ -281,10 +281,13 @@ def register(audit_verbs: Subparsers) -> None:
     )
     trust = show.add_mutually_exclusive_group()
     trust.add_argument(
-        "--authority", type=Path, metavar="PUB", help="the registry authority public key (PEM)"
+        "--authority",
+        type=Path,
+        metavar="ROOT",
+        help="the trusted root (root.json) or one authority key's PEM, to check the snapshot",
     )
     trust.add_argument(
-        "--pki", type=Path, metavar="DIR", help="a PKI folder, to use its authority public key"
+        "--pki", type=Path, metavar="DIR", help="a PKI folder, to use its trusted root"
     )
     show.add_argument(
         "--subject-id",

@@ -139,12 +139,26 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The caller's TLS certificate names an OCSP responder or CRL and none answered usably, and
     the gateway's [revocation] policy is hard-fail (sent with UNAVAILABLE; retry later).
     """
-    REQUEST_SIGNATURE_INVALID: _ErrorReason.ValueType  # 40
+    WITNESS_SIZE_MISMATCH: _ErrorReason.ValueType  # 40
+    """Witness.AddCheckpoint: the old size is not the size of the checkpoint this witness last
+    cosigned for the log (sent with FAILED_PRECONDITION; ErrorInfo metadata "size" is that size,
+    0 if none): submit again from it, with a consistency proof from it.
+    """
+    CHECKPOINT_INCONSISTENT: _ErrorReason.ValueType  # 41
+    """Witness.AddCheckpoint: the checkpoint contradicts one this witness cosigned (the same size
+    with another root, or a consistency proof that does not lead from it): a fork, refused and
+    kept as evidence (sent with FAILED_PRECONDITION; never retried with the same checkpoint).
+    """
+    CHECKPOINT_SIGNATURE_INVALID: _ErrorReason.ValueType  # 42
+    """Witness.AddCheckpoint: no audit key the registry publishes for the log's region signs the
+    checkpoint (sent with PERMISSION_DENIED).
+    """
+    REQUEST_SIGNATURE_INVALID: _ErrorReason.ValueType  # 43
     """Peer.Forward: the request is unsigned, or its signed_request is not a JWS by an audit key
     the owner's registry publishes (not revoked) for the requesting region, or it was issued
     outside the clock skew (sent with UNAUTHENTICATED; retry once the registries agree).
     """
-    REQUEST_PAYLOAD_MISMATCH: _ErrorReason.ValueType  # 41
+    REQUEST_PAYLOAD_MISMATCH: _ErrorReason.ValueType  # 44
     """Peer.Forward: the plain fields of the request are not the ones its signed_request signs,
     or the signed request names other regions (sent with INVALID_ARGUMENT).
     """
@@ -275,12 +289,26 @@ REVOCATION_UNAVAILABLE: ErrorReason.ValueType  # 39
 """The caller's TLS certificate names an OCSP responder or CRL and none answered usably, and
 the gateway's [revocation] policy is hard-fail (sent with UNAVAILABLE; retry later).
 """
-REQUEST_SIGNATURE_INVALID: ErrorReason.ValueType  # 40
+WITNESS_SIZE_MISMATCH: ErrorReason.ValueType  # 40
+"""Witness.AddCheckpoint: the old size is not the size of the checkpoint this witness last
+cosigned for the log (sent with FAILED_PRECONDITION; ErrorInfo metadata "size" is that size,
+0 if none): submit again from it, with a consistency proof from it.
+"""
+CHECKPOINT_INCONSISTENT: ErrorReason.ValueType  # 41
+"""Witness.AddCheckpoint: the checkpoint contradicts one this witness cosigned (the same size
+with another root, or a consistency proof that does not lead from it): a fork, refused and
+kept as evidence (sent with FAILED_PRECONDITION; never retried with the same checkpoint).
+"""
+CHECKPOINT_SIGNATURE_INVALID: ErrorReason.ValueType  # 42
+"""Witness.AddCheckpoint: no audit key the registry publishes for the log's region signs the
+checkpoint (sent with PERMISSION_DENIED).
+"""
+REQUEST_SIGNATURE_INVALID: ErrorReason.ValueType  # 43
 """Peer.Forward: the request is unsigned, or its signed_request is not a JWS by an audit key
 the owner's registry publishes (not revoked) for the requesting region, or it was issued
 outside the clock skew (sent with UNAUTHENTICATED; retry once the registries agree).
 """
-REQUEST_PAYLOAD_MISMATCH: ErrorReason.ValueType  # 41
+REQUEST_PAYLOAD_MISMATCH: ErrorReason.ValueType  # 44
 """Peer.Forward: the plain fields of the request are not the ones its signed_request signs,
 or the signed request names other regions (sent with INVALID_ARGUMENT).
 """

@@ -25,37 +25,37 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctongban/v1/credentials.proto\x12\ntongban.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xca\x03\n\x10ValidationReport\x12*\n\nindication\x18\x01 \x01(\x0e\x32\x16.tongban.v1.Indication\x12\x31\n\x0esub_indication\x18\x02 \x01(\x0e\x32\x19.tongban.v1.SubIndication\x12\x16\n\x0esigner_subject\x18\x03 \x01(\t\x12\x12\n\nsigner_kid\x18\x04 \x01(\t\x12\r\n\x05owner\x18\x05 \x01(\t\x12\x14\n\x0cowner_region\x18\x06 \x01(\t\x12\'\n\x04kind\x18\x07 \x01(\x0e\x32\x19.tongban.v1.SignatureKind\x12\x30\n\x0csigning_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\talgorithm\x18\t \x01(\t\x12+\n\x06\x63hecks\x18\n \x03(\x0b\x32\x1b.tongban.v1.ValidationCheck\x12\x18\n\x10registry_version\x18\x0b \x01(\x04\x12\x0f\n\x07message\x18\x0c \x01(\t\x12\x0e\n\x06\x66ormat\x18\r \x01(\t\x12\x30\n\nsignatures\x18\x0e \x03(\x0b\x32\x1c.tongban.v1.ValidationReport\"?\n\x0fValidationCheck\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06passed\x18\x02 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"\xdb\x01\n\x0cSealedRecord\x12\x0b\n\x03jws\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x03 \x01(\t\x12\x12\n\nsealer_kid\x18\x04 \x01(\t\x12\x15\n\rsealer_region\x18\x05 \x01(\t\x12-\n\tsealed_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x06\x66ormat\x18\x07 \x01(\x0e\x32\x16.tongban.v1.SealFormat\x12\x15\n\rses_signature\x18\x08 \x01(\x0c\"}\n\rVerifyRequest\x12\x0b\n\x03jws\x18\x01 \x01(\t\x12\x18\n\x10\x64\x65tached_payload\x18\x02 \x01(\x0c\x12\x33\n\x0fvalidation_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x64ocument\x18\x04 \x01(\x0c\"F\n\x0bSealRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x10\n\x08\x64\x65tached\x18\x03 \x01(\x08\"8\n\x0cSealResponse\x12(\n\x06record\x18\x01 \x01(\x0b\x32\x18.tongban.v1.SealedRecord\"\x93\x01\n\x16\x46\x65tchCredentialRequest\x12\x16\n\x0eissuing_region\x18\x01 \x01(\t\x12\x17\n\x0f\x63redential_type\x18\x02 \x01(\t\x12\x12\n\nsubject_id\x18\x03 \x01(\t\x12\x0f\n\x07purpose\x18\x04 \x01(\t\x12\x0f\n\x07\x63\x61se_id\x18\x05 \x01(\t\x12\x12\n\nrequest_id\x18\x06 \x01(\t\"\x87\x01\n\x17\x46\x65tchCredentialResponse\x12,\n\ncredential\x18\x01 \x01(\x0b\x32\x18.tongban.v1.SealedRecord\x12\x10\n\x08\x61udit_id\x18\x02 \x01(\t\x12,\n\x06report\x18\x03 \x01(\x0b\x32\x1c.tongban.v1.ValidationReport*_\n\nIndication\x12\x1a\n\x16INDICATION_UNSPECIFIED\x10\x00\x12\x10\n\x0cTOTAL_PASSED\x10\x01\x12\x10\n\x0cTOTAL_FAILED\x10\x02\x12\x11\n\rINDETERMINATE\x10\x03*\xee\x02\n\rSubIndication\x12\x1e\n\x1aSUB_INDICATION_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x46ORMAT_FAILURE\x10\x01\x12\x10\n\x0cHASH_FAILURE\x10\x02\x12\x16\n\x12SIG_CRYPTO_FAILURE\x10\x03\x12\x1e\n\x1aNO_CERTIFICATE_CHAIN_FOUND\x10\x04\x12\x1d\n\x19\x43HAIN_CONSTRAINTS_FAILURE\x10\x05\x12\x1e\n\x1a\x43RYPTO_CONSTRAINTS_FAILURE\x10\x06\x12\x0b\n\x07REVOKED\x10\x07\x12\x12\n\x0eREVOKED_NO_POE\x10\x08\x12\x0b\n\x07\x45XPIRED\x10\t\x12\x11\n\rNOT_YET_VALID\x10\n\x12\x19\n\x15SIGNED_DATA_NOT_FOUND\x10\x0b\x12\x18\n\x14OUT_OF_BOUNDS_NO_POE\x10\x0c\x12\r\n\tTRY_LATER\x10\r\x12\x1b\n\x17POLICY_PROCESSING_ERROR\x10\x0e*f\n\rSignatureKind\x12\x1e\n\x1aSIGNATURE_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13SIGNATURE_KIND_SEAL\x10\x01\x12\x1c\n\x18SIGNATURE_KIND_SIGNATURE\x10\x02*o\n\nSealFormat\x12\x1b\n\x17SEAL_FORMAT_UNSPECIFIED\x10\x00\x12\x15\n\x11SEAL_FORMAT_JADES\x10\x01\x12\x18\n\x14SEAL_FORMAT_GBT38540\x10\x02\x12\x13\n\x0fSEAL_FORMAT_OFD\x10\x03\x32\xdd\x01\n\x0b\x43redentials\x12P\n\x05\x46\x65tch\x12\".tongban.v1.FetchCredentialRequest\x1a#.tongban.v1.FetchCredentialResponse\x12\x41\n\x06Verify\x12\x19.tongban.v1.VerifyRequest\x1a\x1c.tongban.v1.ValidationReport\x12\x39\n\x04Seal\x12\x17.tongban.v1.SealRequest\x1a\x18.tongban.v1.SealResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctongban/v1/credentials.proto\x12\ntongban.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa0\x04\n\x10ValidationReport\x12*\n\nindication\x18\x01 \x01(\x0e\x32\x16.tongban.v1.Indication\x12\x31\n\x0esub_indication\x18\x02 \x01(\x0e\x32\x19.tongban.v1.SubIndication\x12\x16\n\x0esigner_subject\x18\x03 \x01(\t\x12\x12\n\nsigner_kid\x18\x04 \x01(\t\x12\r\n\x05owner\x18\x05 \x01(\t\x12\x14\n\x0cowner_region\x18\x06 \x01(\t\x12\'\n\x04kind\x18\x07 \x01(\x0e\x32\x19.tongban.v1.SignatureKind\x12\x30\n\x0csigning_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\talgorithm\x18\t \x01(\t\x12+\n\x06\x63hecks\x18\n \x03(\x0b\x32\x1b.tongban.v1.ValidationCheck\x12\x18\n\x10registry_version\x18\x0b \x01(\x04\x12\x0f\n\x07message\x18\x0c \x01(\t\x12\x0e\n\x06\x66ormat\x18\r \x01(\t\x12\x30\n\nsignatures\x18\x0e \x03(\x0b\x32\x1c.tongban.v1.ValidationReport\x12\x36\n\x12proof_of_existence\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1c\n\x14time_stamp_authority\x18\x10 \x01(\t\"?\n\x0fValidationCheck\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06passed\x18\x02 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"\xdb\x01\n\x0cSealedRecord\x12\x0b\n\x03jws\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x03 \x01(\t\x12\x12\n\nsealer_kid\x18\x04 \x01(\t\x12\x15\n\rsealer_region\x18\x05 \x01(\t\x12-\n\tsealed_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x06\x66ormat\x18\x07 \x01(\x0e\x32\x16.tongban.v1.SealFormat\x12\x15\n\rses_signature\x18\x08 \x01(\x0c\"}\n\rVerifyRequest\x12\x0b\n\x03jws\x18\x01 \x01(\t\x12\x18\n\x10\x64\x65tached_payload\x18\x02 \x01(\x0c\x12\x33\n\x0fvalidation_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x64ocument\x18\x04 \x01(\x0c\"F\n\x0bSealRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x10\n\x08\x64\x65tached\x18\x03 \x01(\x08\"8\n\x0cSealResponse\x12(\n\x06record\x18\x01 \x01(\x0b\x32\x18.tongban.v1.SealedRecord\"\x93\x01\n\x16\x46\x65tchCredentialRequest\x12\x16\n\x0eissuing_region\x18\x01 \x01(\t\x12\x17\n\x0f\x63redential_type\x18\x02 \x01(\t\x12\x12\n\nsubject_id\x18\x03 \x01(\t\x12\x0f\n\x07purpose\x18\x04 \x01(\t\x12\x0f\n\x07\x63\x61se_id\x18\x05 \x01(\t\x12\x12\n\nrequest_id\x18\x06 \x01(\t\"\x87\x01\n\x17\x46\x65tchCredentialResponse\x12,\n\ncredential\x18\x01 \x01(\x0b\x32\x18.tongban.v1.SealedRecord\x12\x10\n\x08\x61udit_id\x18\x02 \x01(\t\x12,\n\x06report\x18\x03 \x01(\x0b\x32\x1c.tongban.v1.ValidationReport*_\n\nIndication\x12\x1a\n\x16INDICATION_UNSPECIFIED\x10\x00\x12\x10\n\x0cTOTAL_PASSED\x10\x01\x12\x10\n\x0cTOTAL_FAILED\x10\x02\x12\x11\n\rINDETERMINATE\x10\x03*\xee\x02\n\rSubIndication\x12\x1e\n\x1aSUB_INDICATION_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x46ORMAT_FAILURE\x10\x01\x12\x10\n\x0cHASH_FAILURE\x10\x02\x12\x16\n\x12SIG_CRYPTO_FAILURE\x10\x03\x12\x1e\n\x1aNO_CERTIFICATE_CHAIN_FOUND\x10\x04\x12\x1d\n\x19\x43HAIN_CONSTRAINTS_FAILURE\x10\x05\x12\x1e\n\x1a\x43RYPTO_CONSTRAINTS_FAILURE\x10\x06\x12\x0b\n\x07REVOKED\x10\x07\x12\x12\n\x0eREVOKED_NO_POE\x10\x08\x12\x0b\n\x07\x45XPIRED\x10\t\x12\x11\n\rNOT_YET_VALID\x10\n\x12\x19\n\x15SIGNED_DATA_NOT_FOUND\x10\x0b\x12\x18\n\x14OUT_OF_BOUNDS_NO_POE\x10\x0c\x12\r\n\tTRY_LATER\x10\r\x12\x1b\n\x17POLICY_PROCESSING_ERROR\x10\x0e*f\n\rSignatureKind\x12\x1e\n\x1aSIGNATURE_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13SIGNATURE_KIND_SEAL\x10\x01\x12\x1c\n\x18SIGNATURE_KIND_SIGNATURE\x10\x02*o\n\nSealFormat\x12\x1b\n\x17SEAL_FORMAT_UNSPECIFIED\x10\x00\x12\x15\n\x11SEAL_FORMAT_JADES\x10\x01\x12\x18\n\x14SEAL_FORMAT_GBT38540\x10\x02\x12\x13\n\x0fSEAL_FORMAT_OFD\x10\x03\x32\xdd\x01\n\x0b\x43redentials\x12P\n\x05\x46\x65tch\x12\".tongban.v1.FetchCredentialRequest\x1a#.tongban.v1.FetchCredentialResponse\x12\x41\n\x06Verify\x12\x19.tongban.v1.VerifyRequest\x1a\x1c.tongban.v1.ValidationReport\x12\x39\n\x04Seal\x12\x17.tongban.v1.SealRequest\x1a\x18.tongban.v1.SealResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tongban.v1.credentials_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_INDICATION']._serialized_start=1370
-  _globals['_INDICATION']._serialized_end=1465
-  _globals['_SUBINDICATION']._serialized_start=1468
-  _globals['_SUBINDICATION']._serialized_end=1834
-  _globals['_SIGNATUREKIND']._serialized_start=1836
-  _globals['_SIGNATUREKIND']._serialized_end=1938
-  _globals['_SEALFORMAT']._serialized_start=1940
-  _globals['_SEALFORMAT']._serialized_end=2051
+  _globals['_INDICATION']._serialized_start=1456
+  _globals['_INDICATION']._serialized_end=1551
+  _globals['_SUBINDICATION']._serialized_start=1554
+  _globals['_SUBINDICATION']._serialized_end=1920
+  _globals['_SIGNATUREKIND']._serialized_start=1922
+  _globals['_SIGNATUREKIND']._serialized_end=2024
+  _globals['_SEALFORMAT']._serialized_start=2026
+  _globals['_SEALFORMAT']._serialized_end=2137
   _globals['_VALIDATIONREPORT']._serialized_start=78
-  _globals['_VALIDATIONREPORT']._serialized_end=536
-  _globals['_VALIDATIONCHECK']._serialized_start=538
-  _globals['_VALIDATIONCHECK']._serialized_end=601
-  _globals['_SEALEDRECORD']._serialized_start=604
-  _globals['_SEALEDRECORD']._serialized_end=823
-  _globals['_VERIFYREQUEST']._serialized_start=825
-  _globals['_VERIFYREQUEST']._serialized_end=950
-  _globals['_SEALREQUEST']._serialized_start=952
-  _globals['_SEALREQUEST']._serialized_end=1022
-  _globals['_SEALRESPONSE']._serialized_start=1024
-  _globals['_SEALRESPONSE']._serialized_end=1080
-  _globals['_FETCHCREDENTIALREQUEST']._serialized_start=1083
-  _globals['_FETCHCREDENTIALREQUEST']._serialized_end=1230
-  _globals['_FETCHCREDENTIALRESPONSE']._serialized_start=1233
-  _globals['_FETCHCREDENTIALRESPONSE']._serialized_end=1368
-  _globals['_CREDENTIALS']._serialized_start=2054
-  _globals['_CREDENTIALS']._serialized_end=2275
+  _globals['_VALIDATIONREPORT']._serialized_end=622
+  _globals['_VALIDATIONCHECK']._serialized_start=624
+  _globals['_VALIDATIONCHECK']._serialized_end=687
+  _globals['_SEALEDRECORD']._serialized_start=690
+  _globals['_SEALEDRECORD']._serialized_end=909
+  _globals['_VERIFYREQUEST']._serialized_start=911
+  _globals['_VERIFYREQUEST']._serialized_end=1036
+  _globals['_SEALREQUEST']._serialized_start=1038
+  _globals['_SEALREQUEST']._serialized_end=1108
+  _globals['_SEALRESPONSE']._serialized_start=1110
+  _globals['_SEALRESPONSE']._serialized_end=1166
+  _globals['_FETCHCREDENTIALREQUEST']._serialized_start=1169
+  _globals['_FETCHCREDENTIALREQUEST']._serialized_end=1316
+  _globals['_FETCHCREDENTIALRESPONSE']._serialized_start=1319
+  _globals['_FETCHCREDENTIALRESPONSE']._serialized_end=1454
+  _globals['_CREDENTIALS']._serialized_start=2140
+  _globals['_CREDENTIALS']._serialized_end=2361
 # @@protoc_insertion_point(module_scope)

@@ -196,6 +196,8 @@ class ValidationReport(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     FORMAT_FIELD_NUMBER: _builtins.int
     SIGNATURES_FIELD_NUMBER: _builtins.int
+    PROOF_OF_EXISTENCE_FIELD_NUMBER: _builtins.int
+    TIME_STAMP_AUTHORITY_FIELD_NUMBER: _builtins.int
     indication: Global___Indication.ValueType
     """Main status: TOTAL_PASSED, TOTAL_FAILED or INDETERMINATE."""
     sub_indication: Global___SubIndication.ValueType
@@ -220,6 +222,8 @@ class ValidationReport(_message.Message):
     """What was validated: "JAdES" (compact JWS), "GB/T 38540 SES_Signature v4",
     "GM/T 0031 SES_Signature v1", "GB/T 38540 SESeal v4", "GM/T 0031 SESeal v1" or "OFD".
     """
+    time_stamp_authority: _builtins.str
+    """Subject distinguished name of that TSA's certificate (RFC 4514 string)."""
     @_builtins.property
     def signing_time(self) -> _timestamp_pb2.Timestamp:
         """Claimed signing time from the protected header's iat."""
@@ -232,6 +236,13 @@ class ValidationReport(_message.Message):
     def signatures(self) -> _containers.RepeatedCompositeFieldContainer[Global___ValidationReport]:
         """For a container (an OFD file): the report of each signature it holds, in document order;
         the container's indication is the worst of them. Empty for a single signature.
+        """
+
+    @_builtins.property
+    def proof_of_existence(self) -> _timestamp_pb2.Timestamp:
+        """Proof of existence of the signature: the genTime of an RFC 3161 time-stamp over its
+        signature value (JAdES sigTst, GB/T 38540 timeStamp) whose TSA chains to a trusted anchor.
+        Unset without one. A revocation or expiry after it does not undo the signature.
         """
 
     def __init__(
@@ -251,10 +262,12 @@ class ValidationReport(_message.Message):
         message: _builtins.str = ...,
         format: _builtins.str = ...,
         signatures: _abc.Iterable[Global___ValidationReport] | None = ...,
+        proof_of_existence: _timestamp_pb2.Timestamp | None = ...,
+        time_stamp_authority: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["signing_time", b"signing_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["proof_of_existence", b"proof_of_existence", "signing_time", b"signing_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "checks", b"checks", "format", b"format", "indication", b"indication", "kind", b"kind", "message", b"message", "owner", b"owner", "owner_region", b"owner_region", "registry_version", b"registry_version", "signatures", b"signatures", "signer_kid", b"signer_kid", "signer_subject", b"signer_subject", "signing_time", b"signing_time", "sub_indication", b"sub_indication"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "checks", b"checks", "format", b"format", "indication", b"indication", "kind", b"kind", "message", b"message", "owner", b"owner", "owner_region", b"owner_region", "proof_of_existence", b"proof_of_existence", "registry_version", b"registry_version", "signatures", b"signatures", "signer_kid", b"signer_kid", "signer_subject", b"signer_subject", "signing_time", b"signing_time", "sub_indication", b"sub_indication", "time_stamp_authority", b"time_stamp_authority"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

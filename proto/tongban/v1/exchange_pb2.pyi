@@ -529,3 +529,59 @@ class ProviderFetchResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ProviderFetchResponse: _TypeAlias = ProviderFetchResponse  # noqa: Y015
+
+@_typing.final
+class AddCheckpointRequest(_message.Message):
+    """A checkpoint offered to a witness (tlog-witness add-checkpoint)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OLD_SIZE_FIELD_NUMBER: _builtins.int
+    CONSISTENCY_PROOF_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
+    old_size: _builtins.int
+    """Size of the checkpoint this witness last cosigned for the log (0: none yet)."""
+    checkpoint: _builtins.str
+    """The checkpoint: a C2SP signed note signed by the log's audit key."""
+    @_builtins.property
+    def consistency_proof(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """RFC 9162 consistency proof from old_size to the checkpoint's size (empty from size 0)."""
+
+    def __init__(
+        self,
+        *,
+        old_size: _builtins.int = ...,
+        consistency_proof: _abc.Iterable[_builtins.bytes] | None = ...,
+        checkpoint: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "consistency_proof", b"consistency_proof", "old_size", b"old_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddCheckpointRequest: _TypeAlias = AddCheckpointRequest  # noqa: Y015
+
+@_typing.final
+class AddCheckpointResponse(_message.Message):
+    """The witness's answer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COSIGNATURES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def cosignatures(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Signed-note signature lines ("— <witness name> <base64>\\n"), C2SP tlog-cosignature v1."""
+
+    def __init__(
+        self,
+        *,
+        cosignatures: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cosignatures", b"cosignatures"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddCheckpointResponse: _TypeAlias = AddCheckpointResponse  # noqa: Y015

@@ -280,6 +280,92 @@ class Peer:
             _registered_method=True)
 
 
+class WitnessStub:
+    """Witnessing between regions' gateways (C2SP tlog-witness, over the peer channel): each
+    region's gateway cosigns the other regions' audit checkpoints, each only if it is consistent
+    with the last one it cosigned for that log (docs/audit.md "Witnessing").
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.AddCheckpoint = channel.unary_unary(
+                '/tongban.v1.Witness/AddCheckpoint',
+                request_serializer=tongban_dot_v1_dot_exchange__pb2.AddCheckpointRequest.SerializeToString,
+                response_deserializer=tongban_dot_v1_dot_exchange__pb2.AddCheckpointResponse.FromString,
+                _registered_method=True)
+
+
+class WitnessServicer:
+    """Witnessing between regions' gateways (C2SP tlog-witness, over the peer channel): each
+    region's gateway cosigns the other regions' audit checkpoints, each only if it is consistent
+    with the last one it cosigned for that log (docs/audit.md "Witnessing").
+    """
+
+    def AddCheckpoint(self, request, context):
+        """Called by a region's gateway with a new checkpoint of its own audit log: the witness checks
+        the log's signature (the registry's audit key of the calling region), that old_size is the
+        size it last cosigned (else FAILED_PRECONDITION / WITNESS_SIZE_MISMATCH, metadata "size"),
+        and the consistency proof from there (a fork: FAILED_PRECONDITION /
+        CHECKPOINT_INCONSISTENT, kept as evidence); it persists the new state, then cosigns.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_WitnessServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'AddCheckpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddCheckpoint,
+                    request_deserializer=tongban_dot_v1_dot_exchange__pb2.AddCheckpointRequest.FromString,
+                    response_serializer=tongban_dot_v1_dot_exchange__pb2.AddCheckpointResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'tongban.v1.Witness', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('tongban.v1.Witness', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Witness:
+    """Witnessing between regions' gateways (C2SP tlog-witness, over the peer channel): each
+    region's gateway cosigns the other regions' audit checkpoints, each only if it is consistent
+    with the last one it cosigned for that log (docs/audit.md "Witnessing").
+    """
+
+    @staticmethod
+    def AddCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tongban.v1.Witness/AddCheckpoint',
+            tongban_dot_v1_dot_exchange__pb2.AddCheckpointRequest.SerializeToString,
+            tongban_dot_v1_dot_exchange__pb2.AddCheckpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
 class DataProviderStub:
     """The provider-side adapter. Implemented by each province's data system; called only by its
     own region's gateway after authorisation, never by other regions.

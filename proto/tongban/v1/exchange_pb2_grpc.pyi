@@ -165,6 +165,61 @@ class PeerServicer(metaclass=_abc_1.ABCMeta):
 
 def add_PeerServicer_to_server(servicer: PeerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
+class WitnessStub:
+    """Witnessing between regions' gateways (C2SP tlog-witness, over the peer channel): each
+    region's gateway cosigns the other regions' audit checkpoints, each only if it is consistent
+    with the last one it cosigned for that log (docs/audit.md "Witnessing").
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> WitnessAsyncStub: ...
+    AddCheckpoint: _grpc.UnaryUnaryMultiCallable[_exchange_pb2.AddCheckpointRequest, _exchange_pb2.AddCheckpointResponse]
+    """Called by a region's gateway with a new checkpoint of its own audit log: the witness checks
+    the log's signature (the registry's audit key of the calling region), that old_size is the
+    size it last cosigned (else FAILED_PRECONDITION / WITNESS_SIZE_MISMATCH, metadata "size"),
+    and the consistency proof from there (a fork: FAILED_PRECONDITION /
+    CHECKPOINT_INCONSISTENT, kept as evidence); it persists the new state, then cosigns.
+    """
+
+@_typing.type_check_only
+class WitnessAsyncStub(WitnessStub):
+    """Witnessing between regions' gateways (C2SP tlog-witness, over the peer channel): each
+    region's gateway cosigns the other regions' audit checkpoints, each only if it is consistent
+    with the last one it cosigned for that log (docs/audit.md "Witnessing").
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    AddCheckpoint: _aio.UnaryUnaryMultiCallable[_exchange_pb2.AddCheckpointRequest, _exchange_pb2.AddCheckpointResponse]  # type: ignore[assignment]
+    """Called by a region's gateway with a new checkpoint of its own audit log: the witness checks
+    the log's signature (the registry's audit key of the calling region), that old_size is the
+    size it last cosigned (else FAILED_PRECONDITION / WITNESS_SIZE_MISMATCH, metadata "size"),
+    and the consistency proof from there (a fork: FAILED_PRECONDITION /
+    CHECKPOINT_INCONSISTENT, kept as evidence); it persists the new state, then cosigns.
+    """
+
+class WitnessServicer(metaclass=_abc_1.ABCMeta):
+    """Witnessing between regions' gateways (C2SP tlog-witness, over the peer channel): each
+    region's gateway cosigns the other regions' audit checkpoints, each only if it is consistent
+    with the last one it cosigned for that log (docs/audit.md "Witnessing").
+    """
+
+    @_abc_1.abstractmethod
+    def AddCheckpoint(
+        self,
+        request: _exchange_pb2.AddCheckpointRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_exchange_pb2.AddCheckpointResponse, _abc.Awaitable[_exchange_pb2.AddCheckpointResponse]]:
+        """Called by a region's gateway with a new checkpoint of its own audit log: the witness checks
+        the log's signature (the registry's audit key of the calling region), that old_size is the
+        size it last cosigned (else FAILED_PRECONDITION / WITNESS_SIZE_MISMATCH, metadata "size"),
+        and the consistency proof from there (a fork: FAILED_PRECONDITION /
+        CHECKPOINT_INCONSISTENT, kept as evidence); it persists the new state, then cosigns.
+        """
+
+def add_WitnessServicer_to_server(servicer: WitnessServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
 class DataProviderStub:
     """The provider-side adapter. Implemented by each province's data system; called only by its
     own region's gateway after authorisation, never by other regions.

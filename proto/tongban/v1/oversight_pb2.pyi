@@ -306,6 +306,10 @@ class VerifyAuditResponse(_message.Message):
     CHECKPOINTS_CHECKED_FIELD_NUMBER: _builtins.int
     FIRST_BAD_INDEX_FIELD_NUMBER: _builtins.int
     PROBLEM_FIELD_NUMBER: _builtins.int
+    WITNESS_THRESHOLD_FIELD_NUMBER: _builtins.int
+    LATEST_COSIGNERS_FIELD_NUMBER: _builtins.int
+    WITNESSED_CHECKPOINT_FIELD_NUMBER: _builtins.int
+    WITNESSED_FIELD_NUMBER: _builtins.int
     intact: _builtins.bool
     """True when every record and checkpoint is consistent."""
     records_checked: _builtins.int
@@ -316,9 +320,27 @@ class VerifyAuditResponse(_message.Message):
     """Index of the first record found altered or missing; -1 when intact."""
     problem: _builtins.str
     """What is wrong, for a person; empty when intact."""
+    witness_threshold: _builtins.int
+    """The registry's witness_threshold: valid cosignatures by other regions' witnesses a
+    checkpoint needs to count (docs/audit.md "Witnessing"; 0: none required).
+    """
+    witnessed: _builtins.bool
+    """True when a checkpoint holds enough cosignatures (always when witness_threshold is 0)."""
     @_builtins.property
     def latest_checkpoint(self) -> Global___Checkpoint:
         """The latest signed checkpoint."""
+
+    @_builtins.property
+    def latest_cosigners(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Names of the witnesses (witness.tongban/<region>) whose valid cosignatures the latest
+        checkpoint holds.
+        """
+
+    @_builtins.property
+    def witnessed_checkpoint(self) -> Global___Checkpoint:
+        """The newest checkpoint holding at least witness_threshold valid cosignatures, its note with
+        those cosignature lines appended; absent when none does (then witnessed is false).
+        """
 
     def __init__(
         self,
@@ -329,10 +351,14 @@ class VerifyAuditResponse(_message.Message):
         checkpoints_checked: _builtins.int = ...,
         first_bad_index: _builtins.int = ...,
         problem: _builtins.str = ...,
+        witness_threshold: _builtins.int = ...,
+        latest_cosigners: _abc.Iterable[_builtins.str] | None = ...,
+        witnessed_checkpoint: Global___Checkpoint | None = ...,
+        witnessed: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["latest_checkpoint", b"latest_checkpoint"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["latest_checkpoint", b"latest_checkpoint", "witnessed_checkpoint", b"witnessed_checkpoint"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoints_checked", b"checkpoints_checked", "first_bad_index", b"first_bad_index", "intact", b"intact", "latest_checkpoint", b"latest_checkpoint", "problem", b"problem", "records_checked", b"records_checked"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoints_checked", b"checkpoints_checked", "first_bad_index", b"first_bad_index", "intact", b"intact", "latest_checkpoint", b"latest_checkpoint", "latest_cosigners", b"latest_cosigners", "problem", b"problem", "records_checked", b"records_checked", "witness_threshold", b"witness_threshold", "witnessed", b"witnessed", "witnessed_checkpoint", b"witnessed_checkpoint"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

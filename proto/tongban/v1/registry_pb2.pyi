@@ -95,8 +95,10 @@ Global___WatchRequest: _TypeAlias = WatchRequest  # noqa: Y015
 class SignedSnapshot(_message.Message):
     """A registry snapshot as published by the registry authority.
 
-    Only jws is authoritative. It is a compact JWS (RFC 7515, alg EdDSA, signed by the registry
-    authority key) whose payload is the canonical JSON (RFC 8785) of a RegistrySnapshot. Fields
+    Only jws is authoritative. It is a JWS (RFC 7515) in the general JSON serialisation, signed by
+    a threshold of the authority keys of the trusted root and carrying the root chain
+    (docs/registry.md; a compact JWS of one signature is read too), whose payload is the
+    canonical JSON (RFC 8785) of a RegistrySnapshot. Fields
     2 to 5 are an unsigned convenience copy of values inside the payload (for logs and routing):
     receivers trust only the verified payload and reject a snapshot whose copy disagrees with it.
     """
@@ -109,11 +111,13 @@ class SignedSnapshot(_message.Message):
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     AUTHORITY_KEY_ID_FIELD_NUMBER: _builtins.int
     jws: _builtins.str
-    """Compact JWS; its payload is the canonical JSON of a RegistrySnapshot."""
+    """The JWS (general JSON serialisation); its payload is the canonical JSON of a RegistrySnapshot."""
     version: _builtins.int
     """Unsigned copy of the payload's version."""
     authority_key_id: _builtins.str
-    """Key id (base64url SHA-256 of the certificate DER) of the authority key that signed jws."""
+    """Key id (base64url SHA-256 of the SubjectPublicKeyInfo) of the first authority key that
+    signed jws (the others are in jws).
+    """
     @_builtins.property
     def issued_at(self) -> _timestamp_pb2.Timestamp:
         """Unsigned copy of the payload's issued_at."""
@@ -165,6 +169,7 @@ class RegistrySnapshot(_message.Message):
     PURPOSES_FIELD_NUMBER: _builtins.int
     AGREEMENTS_FIELD_NUMBER: _builtins.int
     KEYS_FIELD_NUMBER: _builtins.int
+    WITNESS_THRESHOLD_FIELD_NUMBER: _builtins.int
     format: _builtins.str
     """Payload format identifier, "tongban.registry/v1"."""
     version: _builtins.int
@@ -177,6 +182,11 @@ class RegistrySnapshot(_message.Message):
     """Name of the federation this registry governs."""
     refresh_seconds: _builtins.int
     """How often gateways should poll for a new version, in seconds."""
+    witness_threshold: _builtins.int
+    """Cosignatures from other regions' witnesses that a region's audit checkpoint needs before
+    oversight counts it (C2SP tlog-witness; docs/audit.md "Witnessing"). Absent in snapshots
+    published before witnessing: 0, none required.
+    """
     @_builtins.property
     def regions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Region]:
         """Regions (provinces) taking part, with their gateways and certificate authorities."""
@@ -216,10 +226,11 @@ class RegistrySnapshot(_message.Message):
         purposes: _abc.Iterable[Global___Purpose] | None = ...,
         agreements: _abc.Iterable[Global___Agreement] | None = ...,
         keys: _abc.Iterable[Global___KeyEntry] | None = ...,
+        witness_threshold: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agencies", b"agencies", "agreements", b"agreements", "datasets", b"datasets", "expires_at", b"expires_at", "format", b"format", "issued_at", b"issued_at", "keys", b"keys", "name", b"name", "purposes", b"purposes", "refresh_seconds", b"refresh_seconds", "regions", b"regions", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agencies", b"agencies", "agreements", b"agreements", "datasets", b"datasets", "expires_at", b"expires_at", "format", b"format", "issued_at", b"issued_at", "keys", b"keys", "name", b"name", "purposes", b"purposes", "refresh_seconds", b"refresh_seconds", "regions", b"regions", "version", b"version", "witness_threshold", b"witness_threshold"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

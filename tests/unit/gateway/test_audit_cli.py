@@ -235,7 +235,9 @@ def test_verify_as_json(run: Run, db: list[str | Path], pki_args: list[str | Pat
         "first_bad_index",
         "problem",
         "latest_checkpoint",
+        "time_stamps",  # added with checkpoint time-stamps (issue 18)
     }
+    assert result["time_stamps"] == {"stamped": 0, "checked": False, "problems": [], "latest": None}
     assert result["intact"] is True
     assert (result["records_checked"], result["checkpoints_checked"]) == (N, 1)
     assert (result["first_bad_index"], result["problem"]) == (-1, "")

@@ -37,7 +37,7 @@ listen = "127.0.0.1:0"
 certificate = "{tls_chain}"
 private_key = "{tls_key}"
 [registry]
-authority_public_key = "{fed.pki / "authority" / "authority.pub.pem"}"
+trusted_root = "{fed.pki / "authority" / "root.json"}"
 snapshot_file = "{fed.current}"
 [audit]
 key = "{fed.pki / audit_record.private_key}"

@@ -16,17 +16,16 @@ from cli_support import Run
 from support import DEMO_REGIONS, DEMO_SOURCE, Federation, make_federation
 
 from registry import (
-    AUTHORITY_PUBLIC_KEY,
     CURRENT_SNAPSHOT,
+    TRUSTED_ROOT,
     Inventory,
     KeyEntry,
     KeyState,
     KeyUsage,
     Registry,
     SnapshotVerifier,
-    authority_key_id,
-    load_authority_public_key,
     load_source,
+    load_trusted_root,
 )
 
 
@@ -45,7 +44,7 @@ def other(tmp_path_factory: pytest.TempPathFactory) -> Federation:
 
 
 def read_snapshot(fed: Federation) -> Registry:
-    verifier = SnapshotVerifier(load_authority_public_key(fed.pki / AUTHORITY_PUBLIC_KEY))
+    verifier = SnapshotVerifier(load_trusted_root(fed.pki / TRUSTED_ROOT))
     return verifier.verify(fed.current.read_bytes(), held_version=None, now=None).registry
 
 
@@ -295,11 +294,12 @@ class Ctx:
         return source
 
     def tampered(self) -> Path:
-        header, payload, signature = self.shared.current.read_text().strip().split(".")
+        envelope = json.loads(self.shared.current.read_text())
+        payload = envelope["payload"]
         i = len(payload) // 2
-        flipped = payload[:i] + ("A" if payload[i] != "A" else "B") + payload[i + 1 :]
+        envelope["payload"] = payload[:i] + ("A" if payload[i] != "A" else "B") + payload[i + 1 :]
         path = self.tmp / "tampered.jws"
-        path.write_text(f"{header}.{flipped}.{signature}\n")
+        path.write_text(json.dumps(envelope) + "\n")
         return path
 
     def seal_kid(self) -> str:
@@ -386,12 +386,10 @@ REFUSALS = {
             "show",
             c.shared.current,
             "--authority",
-            c.other.pki / AUTHORITY_PUBLIC_KEY,
+            c.other.pki / TRUSTED_ROOT,
         ],
         lambda c: [
-            "not by the installed registry authority",
-            authority_key_id(load_authority_public_key(c.shared.pki / AUTHORITY_PUBLIC_KEY)),
-            authority_key_id(load_authority_public_key(c.other.pki / AUTHORITY_PUBLIC_KEY)),
+            "which the trusted root does not name",
         ],
     ),
     "show-missing-file": Refusal(
@@ -547,7 +545,7 @@ def test_pki_init(
     )
     assert (code, err) == (0, "")
     assert "Dev PKI created" in out
-    for name in ("pki.json", "keys.json", "authority/authority.key", "authority/authority.pub.pem"):
+    for name in ("pki.json", "keys.json", "authority/national.key", "authority/root.json"):
         assert (pki / name).is_file(), name
     for region in DEMO_REGIONS:
         assert (pki / "regions" / region / "ca" / "root.pem").is_file()
@@ -659,7 +657,7 @@ def test_registry_show(run: Run, shared: Federation) -> None:
 
 @pytest.mark.parametrize("trust", ["--pki", "--authority"])
 def test_registry_show_json(run: Run, shared: Federation, trust: str) -> None:
-    anchor = shared.pki if trust == "--pki" else shared.pki / AUTHORITY_PUBLIC_KEY
+    anchor = shared.pki if trust == "--pki" else shared.pki / TRUSTED_ROOT
     code, out, err = run("registry", "show", shared.current, trust, anchor, "--json")
     assert (code, err) == (0, "")
     document = json.loads(out)

@@ -14,7 +14,7 @@ from gateway.cli import main
 from gateway.config import ExchangeConfig, GatewayConfig, read_passphrase
 from gateway.demo.config import config_for_dev_pki, load_config
 from gateway.errors import ConfigError
-from registry import AUTHORITY_PUBLIC_KEY, KeyState, KeyUsage
+from registry import TRUSTED_ROOT, KeyState, KeyUsage
 
 Document = dict[str, Any]
 
@@ -180,9 +180,12 @@ ERRORS: dict[str, tuple[Document | str, list[str]]] = {
             ("gateway", "listen"),
             ("tls", "certificate"),
             ("tls", "private_key"),
-            ("registry", "authority_public_key"),
         ]
     },
+    "missing-registry-trust": (
+        changed("registry", "authority_public_key", None),
+        ["registry.trusted_root", "registry.authority_public_key", "exactly one"],
+    ),
     "missing-section-tls": (
         {k: v for k, v in VALID.items() if k != "tls"},
         ["tls.certificate", "missing"],
@@ -435,8 +438,8 @@ def test_for_dev_pki_picks_the_regions_active_tls_key(dev: Federation, region: s
     assert config.tls_private_key == private_key
     assert certificate.is_file()
     assert private_key.is_file()
-    assert config.authority_public_key == dev.pki / AUTHORITY_PUBLIC_KEY
-    assert config.authority_public_key.is_file()
+    assert config.trusted_root == dev.pki / TRUSTED_ROOT
+    assert config.trust_anchor.is_file()
     assert config.snapshot_file == snapshot
     assert config.tls_passphrase == b"pw"
     assert config.follow == ""

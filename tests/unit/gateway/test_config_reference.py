@@ -20,6 +20,7 @@ from gateway import config as config_module
 from gateway import config_reference as reference
 from gateway.config import GatewayConfig
 from gateway.demo.config import load_config
+from gateway.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[3]
 OPERATORS = ROOT / "docs" / "operators.md"
@@ -60,7 +61,7 @@ private_key = "tls.key"
 passphrase_file = "passphrase"
 
 [registry]
-authority_public_key = "authority.pub.pem"
+trusted_root = "root.json"
 snapshot_file = "current.jws"
 
 [[seal.keys]]
@@ -81,6 +82,11 @@ cache_key_file = "cache.key"
 
 [peers]
 "510000" = "127.0.0.1:7510"
+
+[timestamp]
+url = "http://127.0.0.1:8318/tsr"
+tsa_certificates = "tsa-roots.pem"
+timeout_seconds = 5.0
 """,
         "utf-8",
     )
@@ -173,6 +179,9 @@ def test_every_key_has_a_row_in_its_sections_table() -> None:
                 assert f"\n| `{key.name}` | " in table, (section.header, key.name)
 
 
+_NO_DEFAULT = ("snapshot_file", "authority_public_key", "trusted_root")
+
+
 def test_shown_defaults_are_what_the_loader_gives(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -185,7 +194,8 @@ def test_shown_defaults_are_what_the_loader_gives(
         '[tls]\ncertificate = "tls.pem"\nprivate_key = "tls.key"\n'
         '[registry]\nauthority_public_key = "a.pem"\nsnapshot_file = "s.jws"\n'
         '[audit]\nstore = "memory"\nkey = "audit.key"\npseudonym_key_file = "pseudonym.key"\n'
-        '[exchange]\ncache_key_file = "cache.key"\n',
+        '[exchange]\ncache_key_file = "cache.key"\n'
+        '[timestamp]\ntsa_certificates = "t.pem"\n',
         "utf-8",
     )
     config = GatewayConfig.from_file(path)
@@ -194,12 +204,14 @@ def test_shown_defaults_are_what_the_loader_gives(
         config_module.AuditConfig: config.audit,
         config_module.ExchangeConfig: config.exchange,
         config_module.RevocationConfig: config.revocation,
+        config_module.TimestampConfig: config.timestamp,
     }
     rows = {(row.section, row.key): row for row in reference.entries()}
     checked = 0
     for key in reference.KEYS:
         row = rows[(key.section, key.name)]
-        if key.field is None or row.default == "—" or key.name == "snapshot_file":
+        # snapshot_file, and the two trust keys of which exactly one is given, have no default.
+        if key.field is None or row.default == "—" or key.name in _NO_DEFAULT:
             continue
         value = getattr(objects[key.field[0]], key.field[1])
         if row.default == "unset":
@@ -230,7 +242,9 @@ def test_each_key_sets_the_field_the_reference_names(tmp_path: Path) -> None:
         "redis_timeout_seconds = 0.3\nprovider_timeout_seconds = 1.25\n"
         "peer_timeout_seconds = 4.5\nbreaker_failures = 4\nbreaker_window_seconds = 8\n"
         "breaker_open_seconds = 1.75\n"
-        '[revocation]\nonline = false\ntimeout_seconds = 2.5\nunreachable = "soft-fail"\n',
+        '[revocation]\nonline = false\ntimeout_seconds = 2.5\nunreachable = "soft-fail"\n'
+        '[timestamp]\nurl = "http://127.0.0.1:8318/tsr"\ntsa_certificates = "t.pem"\n'
+        "timeout_seconds = 3.5\n",
         "utf-8",
     )
     config = GatewayConfig.from_file(path)
@@ -240,14 +254,25 @@ def test_each_key_sets_the_field_the_reference_names(tmp_path: Path) -> None:
         config_module.AuditConfig: config.audit,
         config_module.ExchangeConfig: config.exchange,
         config_module.RevocationConfig: config.revocation,
+        config_module.TimestampConfig: config.timestamp,
     }
     mapped = [key for key in reference.KEYS if key.field is not None]
     for key in mapped:
+        if key.name == "trusted_root":  # the other of the two trust keys: checked on its own
+            continue
         written = document[key.section][key.name]
         value = getattr(objects[key.field[0]], key.field[1])
         expected = tmp_path / written if isinstance(value, Path) else written
         assert value == expected, f"{key.section}.{key.name} -> {key.field[1]}"
     assert len(mapped) >= 15
+    path.write_text(path.read_text("utf-8").replace("authority_public_key", "trusted_root"))
+    assert GatewayConfig.from_file(path).trusted_root == tmp_path / "a.pem"
+    both = path.read_text("utf-8").replace(
+        'trusted_root = "a.pem"\n', 'trusted_root = "a"\nauthority_public_key = "b"\n'
+    )
+    path.write_text(both)
+    with pytest.raises(ConfigError, match="exactly one of them"):
+        GatewayConfig.from_file(path)
 
 
 # The docstring parser ---------------------------------------------------------------------------

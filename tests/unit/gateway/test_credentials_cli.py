@@ -14,7 +14,7 @@ import pytest
 from cli_support import Run
 from support import Federation, make_federation
 
-from registry import AUTHORITY_PUBLIC_KEY, KeyState, KeyUsage
+from registry import TRUSTED_ROOT, KeyState, KeyUsage
 
 DOCUMENT = '{"licence":"91330000MA27XL0T4K","holder":"浙江通办科技有限公司"}\n'.encode()
 
@@ -245,7 +245,7 @@ def test_authority_key_may_be_given_instead_of_the_pki(
     run: Run, fed: Federation, document: Path
 ) -> None:
     jws = sealed(run, fed, document)
-    authority = fed.pki / AUTHORITY_PUBLIC_KEY
+    authority = fed.pki / TRUSTED_ROOT
     code, out, _ = run("verify", jws, "--snapshot", fed.current, "--authority", authority)
     assert code == 0
     assert out.startswith("TOTAL_PASSED")
@@ -406,7 +406,7 @@ def test_a_snapshot_of_another_authority_is_refused(
     code, out, err = run("verify", jws, "--snapshot", other.current, "--pki", fed.pki)
     assert code == 2
     assert out == ""
-    assert "not by the installed registry authority" in err
+    assert "which the trusted root does not name" in err
 
 
 def test_a_seal_of_another_federation_has_no_chain(

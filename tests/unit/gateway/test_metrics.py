@@ -41,7 +41,7 @@ from registry import (
     RegistryStore,
     SnapshotError,
     SnapshotVerifier,
-    load_authority_public_key,
+    load_trusted_root,
 )
 from signer import Indication, SubIndication, x5t_s256_of_der
 
@@ -524,7 +524,7 @@ def test_cache_follows_the_breaker() -> None:
 def federation_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[RegistryStore, Path]:
     fed = make_federation(tmp_path_factory.mktemp("federation"))
     fed.publish()
-    authority = load_authority_public_key(fed.pki / "authority" / "authority.pub.pem")
+    authority = load_trusted_root(fed.pki / "authority" / "root.json")
     store = RegistryStore(SnapshotVerifier(authority))
     assert store.offer(fed.current.read_bytes())
     return store, fed.current
@@ -837,8 +837,8 @@ import dataclasses, sys
 from datetime import UTC, datetime
 from pathlib import Path
 from gateway.metrics import GatewayMetrics, MetricsServer
-from registry import RegistryStore, SnapshotVerifier, load_authority_public_key
-store = RegistryStore(SnapshotVerifier(load_authority_public_key(Path(sys.argv[2]))))
+from registry import RegistryStore, SnapshotVerifier, load_trusted_root
+store = RegistryStore(SnapshotVerifier(load_trusted_root(Path(sys.argv[2]))))
 store.offer(Path(sys.argv[1]).read_bytes())
 registry = store.snapshot.registry
 metrics = GatewayMetrics()
@@ -858,7 +858,7 @@ def test_with_workers_a_key_that_left_the_registry_loses_its_series(
     # In multi-process mode prometheus_client keeps each value in a file and cannot remove a
     # series: the certificate series are made at scrape time from the registry held instead.
     _, snapshot_file = federation_store
-    authority = snapshot_file.parents[1] / "pki" / "authority" / "authority.pub.pem"
+    authority = snapshot_file.parents[1] / "pki" / "authority" / "root.json"
     multiproc_dir = tmp_path / "prometheus"
     multiproc_dir.mkdir()
     out = subprocess.run(

@@ -40,7 +40,7 @@ from registry import (
     Registry,
     RegistryUnavailable,
     SnapshotVerifier,
-    load_authority_public_key,
+    load_trusted_root,
 )
 from signer import canonical_json, load_private_key
 from tongban.v1 import credentials_pb2, exchange_pb2
@@ -127,7 +127,7 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Federation:
 
 @pytest.fixture(scope="module")
 def registry(fed: Federation) -> Registry:
-    verifier = SnapshotVerifier(load_authority_public_key(fed.pki / "authority/authority.pub.pem"))
+    verifier = SnapshotVerifier(load_trusted_root(fed.pki / "authority/root.json"))
     return verifier.verify(fed.current.read_bytes(), held_version=None, now=None).registry
 
 

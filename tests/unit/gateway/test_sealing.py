@@ -12,13 +12,13 @@ from support import Federation, make_federation
 from gateway.errors import GatewayError
 from gateway.sealing import SEAL_IN_THREAD_BYTES, RegionSealer, SealKeyUnavailable
 from registry import (
-    AUTHORITY_PUBLIC_KEY,
+    TRUSTED_ROOT,
     KeyState,
     KeyUsage,
     Registry,
     RegistryTrust,
     SnapshotVerifier,
-    load_authority_public_key,
+    load_trusted_root,
 )
 from signer import FileKeyProvider, Indication, KeyModuleError, KeyProvider, SealVerifier
 
@@ -35,7 +35,7 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Federation:
 
 @pytest.fixture(scope="module")
 def registry(fed: Federation) -> Registry:
-    verifier = SnapshotVerifier(load_authority_public_key(fed.pki / AUTHORITY_PUBLIC_KEY))
+    verifier = SnapshotVerifier(load_trusted_root(fed.pki / TRUSTED_ROOT))
     return verifier.verify(fed.current.read_bytes(), held_version=None, now=None).registry
 
 

@@ -18,13 +18,13 @@ from support import Federation, make_federation
 from gateway._tls import NoTrust
 from gateway.sealing import RegionSealer, ocsp_staple, staple_of
 from registry import (
-    AUTHORITY_PUBLIC_KEY,
+    TRUSTED_ROOT,
     KeyState,
     KeyUsage,
     Registry,
     RegistryTrust,
     SnapshotVerifier,
-    load_authority_public_key,
+    load_trusted_root,
 )
 from signer import (
     CertStatus,
@@ -52,7 +52,7 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Federation:
 
 @pytest.fixture(scope="module")
 def registry(fed: Federation) -> Registry:
-    verifier = SnapshotVerifier(load_authority_public_key(fed.pki / AUTHORITY_PUBLIC_KEY))
+    verifier = SnapshotVerifier(load_trusted_root(fed.pki / TRUSTED_ROOT))
     return verifier.verify(fed.current.read_bytes(), held_version=None, now=None).registry
 
 

@@ -31,13 +31,13 @@ from gateway.sealing import (
     check_region_seal,
 )
 from registry import (
-    AUTHORITY_PUBLIC_KEY,
+    TRUSTED_ROOT,
     KeyState,
     KeyUsage,
     Registry,
     RegistryTrust,
     SnapshotVerifier,
-    load_authority_public_key,
+    load_trusted_root,
 )
 from registry._pki_sm2 import eseal_path, seal_picture_png
 from signer import (
@@ -71,7 +71,7 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Federation:
 
 @pytest.fixture(scope="module")
 def registry(fed: Federation) -> Registry:
-    verifier = SnapshotVerifier(load_authority_public_key(fed.pki / AUTHORITY_PUBLIC_KEY))
+    verifier = SnapshotVerifier(load_trusted_root(fed.pki / TRUSTED_ROOT))
     return verifier.verify(fed.current.read_bytes(), held_version=None, now=None).registry
 
 

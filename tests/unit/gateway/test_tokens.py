@@ -41,13 +41,13 @@ from gateway.tokens import (
     issuer_for,
 )
 from registry import (
-    AUTHORITY_PUBLIC_KEY,
+    TRUSTED_ROOT,
     KeyRecord,
     KeyState,
     KeyUsage,
     Registry,
     SnapshotVerifier,
-    load_authority_public_key,
+    load_trusted_root,
 )
 from registry._pki import issue_key
 from signer import (
@@ -89,7 +89,7 @@ def b64url(data: bytes) -> str:
 
 def read_registry(fed: Federation) -> Registry:
     """The current published registry, read back and verified as a gateway would."""
-    verifier = SnapshotVerifier(load_authority_public_key(fed.pki / AUTHORITY_PUBLIC_KEY))
+    verifier = SnapshotVerifier(load_trusted_root(fed.pki / TRUSTED_ROOT))
     return verifier.verify(fed.current.read_bytes(), held_version=None, now=None).registry
 
 

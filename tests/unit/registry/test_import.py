@@ -30,7 +30,7 @@ from registry import (
     import_ca,
     import_cert,
     import_crl,
-    load_authority_public_key,
+    load_trusted_root,
     publish,
     rotate_key,
 )
@@ -68,7 +68,7 @@ def setup(base: Setup, tmp_path: Path) -> Setup:
 
 
 def published(fed: Federation) -> Registry:
-    authority = load_authority_public_key(fed.pki / "authority" / "authority.pub.pem")
+    authority = load_trusted_root(fed.pki / "authority" / "root.json")
     return (
         SnapshotVerifier(authority)
         .verify(fed.current.read_bytes(), held_version=None, now=None)

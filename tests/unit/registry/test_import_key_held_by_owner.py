@@ -28,7 +28,7 @@ from registry import (
     import_ca,
     import_cert,
     import_crl,
-    load_authority_public_key,
+    load_trusted_root,
     publish,
 )
 from registry._pki import ca_dir
@@ -87,7 +87,7 @@ def test_a_certificate_held_by_its_owner_is_published_and_revoked_by_the_crl(
     assert revoked.revocation_reason == "unspecified"  # `openssl ca -revoke` without a reason
     assert Inventory.load(fed.pki).get(record.kid).state is KeyState.REVOKED
     publish(fed.source, fed.pki, fed.published, now=now + timedelta(seconds=1))
-    authority = load_authority_public_key(fed.pki / "authority" / "authority.pub.pem")
+    authority = load_trusted_root(fed.pki / "authority" / "root.json")
     registry = (
         SnapshotVerifier(authority).verify(fed.current.read_bytes(), held_version=None, now=None)
     ).registry

@@ -23,7 +23,7 @@ from registry import (
     import_ca,
     import_cert,
     import_crl,
-    load_authority_public_key,
+    load_trusted_root,
     publish,
 )
 from registry._pki import ca_dir
@@ -138,7 +138,7 @@ def test_an_openssl_sm2_seal_certificate_is_imported_and_published(
     assert chain.count("BEGIN CERTIFICATE") == 2  # leaf and issuing CA, no root
     import_crl(fed.pki, REGION, folder / "crl.pem", now=now)
     publish(fed.source, fed.pki, fed.published, now=now)
-    authority = load_authority_public_key(fed.pki / "authority" / "authority.pub.pem")
+    authority = load_trusted_root(fed.pki / "authority" / "root.json")
     registry = (
         SnapshotVerifier(authority).verify(fed.current.read_bytes(), held_version=None, now=None)
     ).registry

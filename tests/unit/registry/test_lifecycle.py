@@ -5,6 +5,7 @@ dated after the revocation."""
 from __future__ import annotations
 
 import base64
+import json
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,7 +23,7 @@ from registry import (
     KeyUsage,
     Registry,
     SnapshotVerifier,
-    load_authority_public_key,
+    load_trusted_root,
     rotate_key,
 )
 
@@ -37,9 +38,7 @@ def _rotate(fed: Federation, owner: str, usage: KeyUsage, now: datetime) -> str:
 
 
 def _published(fed: Federation) -> Registry:
-    verifier = SnapshotVerifier(
-        load_authority_public_key(fed.pki / "authority" / "authority.pub.pem")
-    )
+    verifier = SnapshotVerifier(load_trusted_root(fed.pki / "authority" / "root.json"))
     return verifier.verify(fed.current.read_bytes(), held_version=None, now=None).registry
 
 
@@ -233,7 +232,7 @@ def test_inventory_round_trips_and_holds_no_private_key_in_the_registry(tmp_path
     changed = replace(record, revocation_reason="x")
     assert KeyRecord.from_json(changed.to_json(), "t") == changed
     fed.publish(now=T0)
-    payload = fed.current.read_text().split(".")[1]
+    payload = json.loads(fed.current.read_text())["payload"]
     text = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)).decode()
     assert record.kid in text  # the decoded payload is what we think it is
     assert "PRIVATE KEY" not in text

@@ -25,7 +25,7 @@ from cryptography.x509.verification import (
 )
 
 from gateway.demo.pki import DevPki, init_dev_pki, load_dev_pki
-from registry import authority_key_id
+from registry import authority_key_id, load_trusted_root, read_root
 from registry._pki import (
     AgencySpec,
     IssuedKey,
@@ -131,8 +131,10 @@ def test_init_issues_the_expected_keys(pki: DevPki) -> None:
 
 def test_layout(pki: DevPki) -> None:
     root = pki.root
-    assert pki.authority_key_path == root / "authority" / "authority.key"
-    assert pki.authority_public_key_path == root / "authority" / "authority.pub.pem"
+    assert pki.authority_key_paths == tuple(
+        root / "authority" / f"{n}.key" for n in ("national", "province-1", "province-2")
+    )
+    assert pki.trusted_root_path == root / "authority" / "root.json"
     for region in REGIONS:
         ca = root / "regions" / region.code / "ca"
         names = {p.name for p in ca.iterdir()}
@@ -165,7 +167,7 @@ def test_layout(pki: DevPki) -> None:
 
 def test_private_keys_are_0600_and_certificates_public(pki: DevPki) -> None:
     private = sorted(pki.root.rglob("*.key"))
-    assert len(private) == 1 + 2 * len(REGIONS) + len(pki.keys)
+    assert len(private) == 3 + 2 * len(REGIONS) + len(pki.keys)  # 3 authority keys
     for path in private:
         assert _mode(path) == 0o600, path
         assert path.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")  # PKCS#8
@@ -175,7 +177,7 @@ def test_private_keys_are_0600_and_certificates_public(pki: DevPki) -> None:
 
 def test_passphrase_encrypts_every_private_key(locked_pki: DevPki) -> None:
     private = sorted(locked_pki.root.rglob("*.key"))
-    assert len(private) == 1 + 2 + len(locked_pki.keys)
+    assert len(private) == 3 + 2 + len(locked_pki.keys)
     for path in private:
         assert _mode(path) == 0o600
         assert path.read_bytes().startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
@@ -188,15 +190,26 @@ def test_leaf_key_matches_its_certificate(pki: DevPki) -> None:
         assert private.public_key() == _leaf(key).public_key(), key
 
 
-def test_authority_key(pki: DevPki) -> None:
-    private = load_private_key(pki.authority_key_path)
-    assert isinstance(private, ed25519.Ed25519PrivateKey)
-    public = serialization.load_pem_public_key(pki.authority_public_key_path.read_bytes())
-    assert public == private.public_key()
-    spki = public.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    assert authority_key_id(private.public_key()) == _b64url_sha256(spki)
+def test_authority_keys_and_root(pki: DevPki) -> None:
+    """Three Ed25519 authority keys, the national platform's first; root version 1 names them
+    with threshold 2 and carries every key's signature."""
+    root = load_trusted_root(pki.trusted_root_path)
+    assert (root.version, root.threshold, len(root.keys)) == (1, 2, 3)
+    signed = read_root(pki.trusted_root_path)
+    assert {s.keyid for s in signed.signatures} == {k.keyid for k in root.keys}
+    holders = []
+    for path in pki.authority_key_paths:
+        private = load_private_key(path)
+        assert isinstance(private, ed25519.Ed25519PrivateKey)
+        spki = private.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        assert authority_key_id(private.public_key()) == _b64url_sha256(spki)
+        entry = root.key(_b64url_sha256(spki))
+        assert entry is not None
+        holders.append(entry.holder)
+    assert holders[0] == "national platform"
+    assert all("security team" in h for h in holders[1:])
 
 
 def test_kid_is_base64url_sha256_of_the_certificate_der(pki: DevPki) -> None:

@@ -22,7 +22,7 @@ from registry import (
     RegistryTrust,
     SnapshotVerifier,
     add_key,
-    load_authority_public_key,
+    load_trusted_root,
     publish,
 )
 from signer import FileKeyProvider, SealVerifier, SubIndication, seal, sm2_public_key_of
@@ -34,9 +34,7 @@ SM2_REGION = "510000"
 
 
 def published(fed: Federation) -> Registry:
-    verifier = SnapshotVerifier(
-        load_authority_public_key(fed.pki / "authority" / "authority.pub.pem")
-    )
+    verifier = SnapshotVerifier(load_trusted_root(fed.pki / "authority" / "root.json"))
     return verifier.verify(fed.current.read_bytes(), held_version=None, now=None).registry
 
 

@@ -61,6 +61,10 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
 def _compact(header: dict[str, object], payload: bytes, signature: bytes = b"") -> str:
     return f"{_b64(json.dumps(header).encode())}.{_b64(payload)}.{_b64(signature)}"
 
@@ -73,11 +77,20 @@ def _good(version: int = 5, **kw: object) -> str:
     return sign_snapshot(_registry(version, **kw), AUTHORITY).jws  # type: ignore[arg-type]
 
 
+def _good_compact(version: int = 5, **kw: object) -> str:
+    """The same snapshot in the compact form made before multi-signing (one signature)."""
+    envelope = json.loads(_good(version, **kw))
+    (one,) = envelope["signatures"]
+    return f"{one['protected']}.{envelope['payload']}.{one['signature']}"
+
+
 def _tamper_payload(jws: str) -> str:
-    header, payload, signature = jws.split(".")
+    envelope = json.loads(jws)
+    payload = envelope["payload"]
     document = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     document["agreements"][0]["quota_per_minute"] = 1_000_000
-    return ".".join((header, _b64(canonical_json(document)), signature))
+    envelope["payload"] = _b64(canonical_json(document))
+    return json.dumps(envelope)
 
 
 def _ec_signed() -> str:
@@ -125,19 +138,22 @@ CASES = {
         "not signed",
     ),
     "empty signature": Case(
-        lambda: _good().rsplit(".", 1)[0] + ".",
+        lambda: _good_compact().rsplit(".", 1)[0] + ".",
         SnapshotSignatureMissing,
         "not signed",
     ),
     "signed by another authority": Case(
         lambda: sign_snapshot(_registry(), OTHER_AUTHORITY).jws,
         SnapshotUntrustedSigner,
-        "not by the installed registry authority",
+        "which the trusted root does not name",
     ),
     "no kid": Case(
         lambda: jwt.PyJWS().encode(_payload(_registry()), AUTHORITY, algorithm="EdDSA"),
-        SnapshotUntrustedSigner,
-        "signed by key None",
+        SnapshotFormatError,
+        "names no key (kid)",
+    ),
+    "a compact snapshot changed after signing": Case(
+        lambda: _good_compact().replace(".", ".e30", 1), SnapshotSignatureInvalid, "does not verify"
     ),
     "another key claiming the authority's kid": Case(
         lambda: jwt.PyJWS().encode(
@@ -152,11 +168,9 @@ CASES = {
     "payload changed after signing": Case(
         lambda: _tamper_payload(_good()), SnapshotSignatureInvalid, "does not verify"
     ),
-    "algorithm confusion (ES256)": Case(
-        _ec_signed, SnapshotSignatureInvalid, "uses algorithm 'ES256'"
-    ),
+    "algorithm confusion (ES256)": Case(_ec_signed, SnapshotSignatureInvalid, "does not verify"),
     "HS256 keyed with the public key": Case(
-        _hmac_with_public_key, SnapshotSignatureInvalid, "uses algorithm 'HS256'"
+        _hmac_with_public_key, SnapshotFormatError, "uses algorithm 'HS256'"
     ),
     "rollback to an older version": Case(
         lambda: _good(3), SnapshotRollback, "not newer than the version held (4)"
@@ -171,13 +185,20 @@ CASES = {
     "issued in the future": Case(
         lambda: _good(issued=NOW + timedelta(hours=1)), SnapshotFormatError, "issued in the future"
     ),
-    "not a compact JWS": Case(lambda: "hello", SnapshotFormatError, "not a compact JWS"),
-    "JSON serialization": Case(
+    "not a JWS": Case(lambda: "hello", SnapshotFormatError, "not a JWS"),
+    "JSON serialization with no signature": Case(
         lambda: json.dumps({"payload": "x", "signatures": []}),
-        SnapshotFormatError,
-        "not a compact JWS",
+        SnapshotSignatureMissing,
+        "not signed",
     ),
-    "garbage header": Case(lambda: "!!!.e30.AAAA", SnapshotFormatError, "header cannot be read"),
+    "JSON serialization with an unknown member": Case(
+        lambda: json.dumps({"payload": "x", "signatures": [], "header": {}}),
+        SnapshotFormatError,
+        "members other than",
+    ),
+    "garbage header": Case(
+        lambda: "!!!.e30.AAAA", SnapshotFormatError, "protected header does not parse"
+    ),
     "payload is not JSON": Case(
         lambda: jwt.PyJWS().encode(
             b"\xff\xfe not json",
@@ -232,7 +253,7 @@ def test_a_good_snapshot_verifies_and_round_trips() -> None:
     assert verified.registry == registry
     assert verified.jws == signed.jws
     assert verified.authority_key_id == authority_key_id(AUTHORITY.public_key())
-    header = jwt.get_unverified_header(signed.jws)
+    header = json.loads(_unb64(json.loads(signed.jws)["signatures"][0]["protected"]))
     assert header == {
         "alg": "EdDSA",
         "kid": verified.authority_key_id,
@@ -256,7 +277,8 @@ def test_reading_back_without_a_clock_skips_only_expiry() -> None:
 def test_p256_authority_is_supported() -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     signed = sign_snapshot(_registry(), key)
-    assert jwt.get_unverified_header(signed.jws)["alg"] == "ES256"
+    protected = json.loads(signed.jws)["signatures"][0]["protected"]
+    assert json.loads(_unb64(protected))["alg"] == "ES256"
     assert (
         SnapshotVerifier(key.public_key())
         .verify(signed.jws, held_version=None, now=NOW)

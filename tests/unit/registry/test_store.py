@@ -4,6 +4,7 @@ staleness reported, waiters woken; the file source."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -81,8 +82,9 @@ def test_newer_snapshots_are_swapped_in_bad_ones_never() -> None:
         ),  # same version, other bytes
         (_signed(4, key=ed25519.Ed25519PrivateKey.generate()).jws, SnapshotUntrustedSigner),
     ]
-    header, payload, signature = _signed(5).jws.split(".")
-    refusals.append((f"{header}.{payload}.{signature[:-4]}AAAA", SnapshotSignatureInvalid))
+    envelope = json.loads(_signed(5).jws)
+    envelope["signatures"][0]["signature"] = envelope["signatures"][0]["signature"][:-4] + "AAAA"
+    refusals.append((json.dumps(envelope), SnapshotSignatureInvalid))
     for jws, error in refusals:
         with pytest.raises(error):
             store.offer(jws)

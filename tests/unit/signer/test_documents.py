@@ -11,12 +11,12 @@ import pytest
 from support import SHARED, Federation, make_federation
 
 from registry import (
-    AUTHORITY_PUBLIC_KEY,
+    TRUSTED_ROOT,
     KeyState,
     KeyUsage,
     RegistryTrust,
     SnapshotVerifier,
-    load_authority_public_key,
+    load_trusted_root,
 )
 from signer import (
     MAX_DOCUMENT_BYTES,
@@ -51,7 +51,7 @@ def jws(fed: Federation) -> str:
 
 @pytest.fixture
 def verifier(fed: Federation) -> DocumentVerifier:
-    authority = load_authority_public_key(fed.pki / AUTHORITY_PUBLIC_KEY)
+    authority = load_trusted_root(fed.pki / TRUSTED_ROOT)
     snapshot = SnapshotVerifier(authority).verify(
         fed.current.read_bytes(), held_version=None, now=None
     )

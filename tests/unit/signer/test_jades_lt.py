@@ -28,7 +28,7 @@ from openssl_ca import OpenSslCa, make_openssl_ca
 from support import Federation, make_federation
 
 from registry import (
-    AUTHORITY_PUBLIC_KEY,
+    TRUSTED_ROOT,
     ImportedKey,
     KeyUsage,
     Registry,
@@ -37,7 +37,7 @@ from registry import (
     import_ca,
     import_cert,
     import_crl,
-    load_authority_public_key,
+    load_trusted_root,
     publish,
 )
 from registry._pki import ca_dir
@@ -110,7 +110,7 @@ class Pki:
 
     def trust_options(self) -> tuple[str | Path, ...]:
         """`tongban verify`'s options for the published registry snapshot."""
-        authority = self.fed.pki / AUTHORITY_PUBLIC_KEY
+        authority = self.fed.pki / TRUSTED_ROOT
         return ("--snapshot", self.fed.current, "--authority", authority)
 
 
@@ -136,7 +136,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
                     key=ImportedKey(key_file=key), now=now)  # fmt: skip
     import_crl(fed.pki, REGION, ca.crl("published.crl"), now=now)
     publish(fed.source, fed.pki, fed.published, now=now)
-    authority = load_authority_public_key(fed.pki / AUTHORITY_PUBLIC_KEY)
+    authority = load_trusted_root(fed.pki / TRUSTED_ROOT)
     snapshot = fed.current.read_bytes()
     registry = SnapshotVerifier(authority).verify(snapshot, held_version=None, now=None).registry
     ca.revoke_for(revoked, "keyCompromise")
@@ -224,7 +224,8 @@ MALFORMED: list[tuple[str, Any, str]] = [
     ("empty etsiU", lambda d: {**d, "header": {"etsiU": []}}, "etsiU must be a non-empty array"),
     ("mixed etsiU", lambda d: {**d, "header": {"etsiU": [*d["header"]["etsiU"], {"xVals": []}]}}, "not a mixture"),
     ("two properties", lambda d: {**d, "header": {"etsiU": [_element({"xVals": [], "rVals": {}})]}}, "exactly one property"),
-    ("time-stamp", lambda d: {**d, "header": {"etsiU": [_element({"sigTst": {"tstTokens": []}})]}}, "'sigTst': only xVals and rVals"),
+    ("empty time-stamp", lambda d: {**d, "header": {"etsiU": [_element({"sigTst": {"tstTokens": []}})]}}, "tstTokens must be a non-empty array"),
+    ("archive time-stamp", lambda d: {**d, "header": {"etsiU": [_element({"arcTst": {"tstTokens": []}})]}}, "'arcTst': only sigTst, xVals and rVals"),
     ("not base64url", lambda d: {**d, "header": {"etsiU": ["e30+"]}}, "etsiU[0]: not unpadded base64url"),
     ("element not JSON", lambda d: {**d, "header": {"etsiU": [_element(1)[:-2]]}}, "etsiU[0]"),
     ("empty xVals", lambda d: {**d, "header": {"etsiU": [_element({"xVals": []})]}}, "xVals must be a non-empty array"),

@@ -4,7 +4,7 @@ its own SM2 PKI (cross-checked with OpenSSL), v1 structures, and hostile DER."""
 from __future__ import annotations
 
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sm2_support import NOW, SIGNING_USAGE, Issued, crl, issue, openssl
 from support import SHARED
+from tsa_support import Tsa, running_tsa
 
 from signer import (
     GmVerifier,
@@ -26,6 +27,7 @@ from signer import (
     Sm2FileSigner,
     Sm2Signer,
     SubIndication,
+    TimeStampClient,
     TrustedKey,
     ValidationReport,
     make_seal,
@@ -716,3 +718,32 @@ def test_a_seal_whose_maker_was_revoked_before_making_it(pki: Pki) -> None:
     assert not checks_of(report)["seal maker revocation"][0]
     signed = verifier(pki, region_crls=(listing,)).validate_signature(signed_by(pki, seal), DATA)
     assert signed.sub_indication is SubIndication.REVOKED
+
+
+@pytest.fixture(scope="module")
+def openssl_tsa(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tsa]:
+    with running_tsa(tmp_path_factory.mktemp("tsa")) as tsa:
+        yield tsa
+
+
+def test_sign_with_seal_time_stamps_the_signature_value(pki: Pki, openssl_tsa: Tsa) -> None:
+    client = TimeStampClient(openssl_tsa.url, anchors=[openssl_tsa.root])
+    signer = Sm2FileSigner(pki.signer.key, pki.signer.certificate)
+    signed = sign_with_seal(
+        DATA, seal=seal_for(pki), signer=signer, at=NOW, property_info="x", tsa=client
+    )
+    view = parse_signature(signed)
+    assert view.time_stamp is not None
+    assert openssl_tsa.verify(view.time_stamp, view.signature) == "Verification: OK"
+    later = NOW + timedelta(days=400)  # the signer's certificate has expired
+    trusting = GmVerifier(
+        FakeTrust((pki.root.certificate,)), extra_anchors=[openssl_tsa.root], clock=lambda: NOW
+    )
+    report = trusting.validate_signature(signed, DATA, validation_time=later)
+    assert report.passed, "\n".join(c.name + ": " + c.detail[:300] for c in report.checks)
+    assert report.proof_of_existence is not None
+    assert report.proof_of_existence > NOW
+    assert "proof of existence at" in checks_of(report)["time-stamp"][1]
+    unanchored = verifier(pki).validate_signature(signed, DATA, validation_time=later)
+    assert unanchored.sub_indication is SubIndication.OUT_OF_BOUNDS_NO_POE
+    assert unanchored.proof_of_existence is None

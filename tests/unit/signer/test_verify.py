@@ -32,7 +32,7 @@ from registry import (
     Registry,
     RegistryTrust,
     SnapshotVerifier,
-    load_authority_public_key,
+    load_trusted_root,
     rotate_key,
 )
 from registry._pki import IssuedKey, issue_key
@@ -90,9 +90,7 @@ def b64url(data: bytes) -> str:
 
 def published_registry(fed: Federation) -> Registry:
     """The current published registry, read back and verified as a gateway would."""
-    verifier = SnapshotVerifier(
-        load_authority_public_key(fed.pki / "authority" / "authority.pub.pem")
-    )
+    verifier = SnapshotVerifier(load_trusted_root(fed.pki / "authority" / "root.json"))
     return verifier.verify(fed.current.read_bytes(), held_version=None, now=None).registry
 
 
