@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import secrets
+import ssl
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import cast
 
 import grpc
@@ -151,3 +155,30 @@ class GatewayTls:
             trust_bundle(snapshot.registry, region) if snapshot else self._material.bootstrap_pem
         )
         return grpc.ssl_channel_credentials(roots, self._material.key_pem, self._material.chain_pem)
+
+    def probe_context(self, region: str) -> ssl.SSLContext:
+        """An `ssl` client context like `client_credentials(region)`'s: the called region's
+        root CA, the host name checked, our own certificate and key (the key passes through a
+        temporary file encrypted under a random one-time password: never unencrypted on disk),
+        for the probe handshake of gateway.peer_certificates."""
+        snapshot = self._store.snapshot
+        roots = (
+            trust_bundle(snapshot.registry, region) if snapshot else self._material.bootstrap_pem
+        )
+        if not roots:  # (an empty cadata would make `ssl` trust the system's roots)
+            raise ValueError(f"no root CA of region {region} is held")
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # the certificate and name checked
+        context.load_verify_locations(cadata=roots.decode("ascii"))
+        password = secrets.token_urlsafe(32).encode()
+        key = serialization.load_pem_private_key(self._material.key_pem, None)
+        encrypted = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(password),
+        )
+        with tempfile.TemporaryDirectory(prefix="tongban-probe-") as folder:
+            chain, key_file = Path(folder) / "chain.pem", Path(folder) / "key.pem"
+            chain.write_bytes(self._material.chain_pem)
+            key_file.write_bytes(encrypted)  # the folder is the user's own (mode 0700)
+            context.load_cert_chain(chain, key_file, password=password)
+        return context

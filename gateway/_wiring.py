@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -32,6 +33,7 @@ from gateway.cache import AnswerCache, CacheBackend, MemoryBackend, RedisBackend
 from gateway.config import ExchangeConfig, GatewayConfig
 from gateway.errors import ConfigError
 from gateway.metrics import PEER_LOCAL, GatewayMetrics, client_interceptors
+from gateway.peer_certificates import PeerCertificates
 from gateway.peers import PeerPool
 from gateway.provider import ProviderClient
 from gateway.quota import FallbackQuotaCounter, MemoryQuotaCounter, QuotaCounter, RedisQuotaCounter
@@ -230,6 +232,25 @@ class QueryPathParts:
     redis_breaker: CircuitBreaker
     client_credentials: Callable[[str], grpc.ChannelCredentials]
     clock: Callable[[], datetime]
+    # the probe handshake's TLS context per peer region (GatewayTls.probe_context): None, the
+    # peers' server certificates are not checked for revocation
+    probe_context: Callable[[str], ssl.SSLContext] | None = None
+
+
+def peer_certificates(parts: QueryPathParts) -> PeerCertificates | None:
+    """The revocation check of the peers' server certificates, sharing the seal verifier's
+    fetcher and the `[revocation]` policy (None when online checking is off)."""
+    fetcher = parts.verifier.revocation
+    if fetcher is None or parts.probe_context is None:
+        return None
+    return PeerCertificates(
+        parts.probe_context,
+        CallerRevocation(fetcher, unreachable=parts.config.revocation.unreachable),
+        fetcher,
+        timeout_seconds=parts.config.revocation.timeout_seconds,
+        metrics=parts.metrics,
+        clock=parts.clock,
+    )
 
 
 def _shared_backends(
@@ -332,6 +353,7 @@ def build_query_path(
             f"peer gateway {region}",
             "queries to it fail fast with PEER_UNAVAILABLE",
         ),
+        certificates=peer_certificates(parts),
     )
     closers.append(peers.close)
     audit_key = open_signing_key(config.audit.key, config.tls_passphrase)

@@ -63,10 +63,12 @@ are errors, so a typo never silently falls back to a default.
     [revocation]                      # optional: certificates' own OCSP responders and CRLs
     online = true                     # ask the OCSP responders (AIA) and CRL URLs (CRL DP) that
                                       # certificates name, besides the registry's CRLs
-    timeout_seconds = 5.0             # bound on one request to a responder or CRL URL
-    unreachable = "hard-fail"         # a TLS caller whose status cannot be learnt: "hard-fail"
-                                      # refuses it (REVOCATION_UNAVAILABLE), "soft-fail" admits it
-                                      # (logged, counted); seals are always hard-fail
+    timeout_seconds = 5.0             # bound on one request to a responder or CRL URL (and on
+                                      # each step of a peer's probe handshake)
+    unreachable = "hard-fail"         # a TLS caller, or a called peer's server certificate, whose
+                                      # status cannot be learnt: "hard-fail" refuses it
+                                      # (REVOCATION_UNAVAILABLE), "soft-fail" admits it (logged,
+                                      # counted); seals are always hard-fail
 
     [timestamp]                       # optional: RFC 3161 time-stamps (docs/security.md)
     url = "http://tsa.example.gov.cn/tsr"   # the TSA: seals and checkpoints are time-stamped

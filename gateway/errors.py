@@ -13,6 +13,7 @@ refusal becomes a gRPC status.
     ├── ReplayUnavailable   the replay window cannot be checked (gateway.replay)
     ├── UnknownPeer         the registry names no gateway for a region (gateway.peers)
     ├── BreakerOpen         a dependency is not called: its breaker is open (gateway.cache)
+    │   └── PeerCertificateRefused  a peer's server certificate is revoked (peer_certificates)
     ├── BackendError        the cache backend failed (gateway.cache)
     │   ├── BackendTimeout
     │   └── BackendUnavailable
@@ -207,7 +208,12 @@ REASONS: Final[Mapping[str, Reason]] = MappingProxyType(
         ),
         "REVOCATION_UNAVAILABLE": Reason(
             _C.UNAVAILABLE,
-            "the revocation status of the client certificate cannot be learnt: try again later",
+            "the revocation status of a TLS certificate (the client's, or the provider region's "
+            "gateway's) cannot be learnt: try again later",
+        ),
+        "PEER_CERTIFICATE_REVOKED": Reason(
+            _C.UNAVAILABLE,
+            "the provider region's gateway presents a revoked TLS certificate: it is not called",
         ),
         "WITNESS_SIZE_MISMATCH": Reason(
             _C.FAILED_PRECONDITION, "the witness last cosigned another size of this log"

@@ -36,8 +36,8 @@ from google.protobuf.message import DecodeError
 
 from gateway.admission import CallAdmission, Pool
 from gateway.errors import PLAIN_MESSAGES, CallerRejected, Refusal, refuse
-from gateway.revocation import CallerRevocation
-from registry import KeyState, Registry, RegistryError, RegistryStore
+from gateway.revocation import CallerRevocation, registry_revocation
+from registry import Registry, RegistryError, RegistryStore
 from signer import x5t_s256_of_der
 
 __all__ = [
@@ -186,7 +186,7 @@ class CallerResolver:
                 "CERTIFICATE_NOT_TRUSTED",
                 f"client certificate of {caller.name} does not chain to its region's CA",
             ) from exc
-        self._check_not_revoked(certificate, thumbprint, caller, registry)
+        self._check_not_revoked(certificate, caller, registry)
         if self._revocation is not None:  # `region` is not None: checked above
             self._revocation.remember(hashlib.sha256(pem).digest(), list(chain.chain), region.crls)
         return caller
@@ -198,34 +198,15 @@ class CallerResolver:
             await self._revocation.check(hashlib.sha256(pem).digest(), caller.name)
 
     def _check_not_revoked(
-        self, certificate: x509.Certificate, thumbprint: str, caller: Caller, registry: Registry
+        self, certificate: x509.Certificate, caller: Caller, registry: Registry
     ) -> None:
         """A TLS key the registry lists as revoked (from its `revoked_at`), or a certificate on
         its region CA's revocation list, authenticates no one: its holder may be anybody."""
-        entry = registry.key(thumbprint)
-        if entry is not None and entry.state is KeyState.REVOKED:
-            now = self._clock()
-            if entry.revoked_at is None or now >= entry.revoked_at:
-                raise CallerRejected(
-                    "CERTIFICATE_NOT_TRUSTED",
-                    f"client certificate of {caller.name} is revoked "
-                    f"({entry.revocation_reason or 'no reason given'})",
-                )
-        region = registry.region(caller.region)
-        for der in region.crls if region is not None else ():
-            try:
-                crl = x509.load_der_x509_crl(der)
-            except ValueError:
-                continue  # the registry's publisher checked it; a bad one revokes nothing
-            if crl.issuer != certificate.issuer:
-                continue
-            revoked = crl.get_revoked_certificate_by_serial_number(certificate.serial_number)
-            if revoked is not None and revoked.revocation_date_utc <= self._clock():
-                raise CallerRejected(
-                    "CERTIFICATE_NOT_TRUSTED",
-                    f"client certificate of {caller.name} is on region {caller.region}'s "
-                    "revocation list",
-                )
+        why = registry_revocation(certificate, registry, caller.region, self._clock())
+        if why is not None:
+            raise CallerRejected(
+                "CERTIFICATE_NOT_TRUSTED", f"client certificate of {caller.name} {why}"
+            )
 
 
 from cryptography.hazmat.primitives.serialization import Encoding  # noqa: E402

@@ -16,7 +16,8 @@ Each peer region has one circuit breaker (`breaker(region)`), shared by every ca
 query's forward, a batch of access reports): calls that time out or find the peer unavailable
 open it, and while it is open that region is not called (PEER_UNAVAILABLE at once) while other
 regions are unaffected; after `open_seconds` one trial call decides. `call` makes a call through
-it, bounded by `timeout_seconds`.
+it, bounded by `timeout_seconds`. With `certificates` (gateway.peer_certificates), the server
+certificate each peer presents is checked for revocation before it is called.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import grpc
 from gateway._errors import GatewayError
 from gateway.breaker import CircuitBreaker
 from gateway.errors import error_info_of
+from gateway.peer_certificates import PeerCertificates
 from registry import Registry, RegistryStore
 from tongban.v1 import exchange_pb2_grpc
 
@@ -103,6 +105,7 @@ class PeerPool:
         drain_seconds: float = DRAIN_SECONDS,
         max_draining: int = MAX_DRAINING,
         make_breaker: Callable[[str], CircuitBreaker] | None = None,
+        certificates: PeerCertificates | None = None,
     ) -> None:
         if drain_seconds < 0:
             raise ValueError("drain_seconds is not negative")
@@ -111,6 +114,7 @@ class PeerPool:
         self._store = store
         self._credentials = credentials
         self._overrides = dict(overrides or {})
+        self._certificates = certificates  # the peers' server certificates' revocation check
         self._interceptors = interceptors  # per peer region: the gateway's grpc_client_* metrics
         self._drain_seconds = drain_seconds
         self._max_draining = max_draining
@@ -163,8 +167,17 @@ class PeerPool:
     ) -> _T:
         """`await make(stub)` through `region`'s breaker; `make` passes `timeout_seconds` to the
         call as its gRPC deadline (this bound is a backstop just after it). Raises
-        `UnknownPeer`, `BreakerOpen` (the peer is not called), or the call's error."""
+        `UnknownPeer`, `BreakerOpen` (the peer is not called; `PeerCertificateRefused`: its
+        server certificate is revoked), or the call's error."""
         stub = self.stub(region)
+        if self._certificates is not None:
+            snapshot = self._store.snapshot
+            await self._certificates.check(
+                region,
+                self._live[region].shape.target,
+                snapshot.registry if snapshot is not None else None,
+                budget_seconds=timeout_seconds,
+            )
         return await self.breaker(region).call(
             lambda: make(stub), timeout_seconds=timeout_seconds + 0.5, failed=peer_failed
         )
@@ -267,6 +280,8 @@ class PeerPool:
         for live in self._live.values():
             self._retire(live.channel)
         self._live.clear()
+        if self._certificates is not None:
+            self._certificates.forget()
 
     async def close(self) -> None:
         """Close every channel now (the gateway's server has stopped: nothing is in flight)."""
@@ -281,6 +296,8 @@ class PeerPool:
         await asyncio.gather(*draining, *self._closing, return_exceptions=True)
         for channel in draining.values():
             await channel.close()  # a no-op when its own close finished first
+        if self._certificates is not None:
+            await self._certificates.close()
 
 
 def _forget(tasks: MutableMapping[asyncio.Task[None], Any], task: asyncio.Task[None]) -> None:

@@ -9,7 +9,9 @@ with CERTIFICATE_REVOKED from its revocation time. When no online source answers
 CRL of the certificate's issuer is the third source (the resolver has checked it already): while
 it is current the caller is admitted as before; without one, the status cannot be learnt and
 the caller is refused with REVOCATION_UNAVAILABLE under "hard-fail", admitted with a warning
-under "soft-fail". Seals do not come here: `SealVerifier` uses the same fetcher, in the same
+under "soft-fail". The server certificates of the peer gateways this gateway calls are checked
+here too (gateway.peer_certificates), and against the registry by `registry_revocation`, which
+the resolver uses. Seals do not come here: `SealVerifier` uses the same fetcher, in the same
 order, and is always hard-fail.
 """
 
@@ -24,13 +26,21 @@ from typing import Final
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from gateway.config import RevocationConfig
 from gateway.errors import CallerRejected
 from gateway.metrics import GatewayMetrics
-from signer import CertStatus, RevocationFetcher, RevocationStatus, RevocationUnavailable
+from registry import KeyState, Registry
+from signer import (
+    CertStatus,
+    RevocationFetcher,
+    RevocationStatus,
+    RevocationUnavailable,
+    x5t_s256_of_der,
+)
 
-__all__ = ["CallerRevocation", "make_fetcher"]
+__all__ = ["CallerRevocation", "make_fetcher", "registry_revocation"]
 
 log = logging.getLogger("tongban.revocation")
 
@@ -70,6 +80,11 @@ class CallerRevocation:
         # the issuer, or None)
         self._pairs: dict[bytes, tuple[x509.Certificate, x509.Certificate, datetime | None]] = {}
 
+    @property
+    def hard_fail(self) -> bool:
+        """Is a certificate whose status cannot be learnt refused (else admitted, logged)?"""
+        return self._hard_fail
+
     def remember(
         self, key: bytes, chain: list[x509.Certificate], registry_crls: Sequence[bytes] = ()
     ) -> None:
@@ -81,12 +96,14 @@ class CallerRevocation:
             self._pairs.clear()
         self._pairs[key] = (chain[0], chain[1], _registry_crl_until(chain[1], registry_crls))
 
-    async def check(self, key: bytes, who: str) -> None:
-        """Raise `CallerRejected` when the certificate under `key` is revoked, or its status
-        cannot be learnt under hard-fail; a certificate that names no source passes."""
+    async def check(self, key: bytes, who: str, what: str = "client certificate") -> str:
+        """Raise `CallerRejected` when the certificate under `key` (`what` of `who`: the words
+        of the messages) is revoked, or its status cannot be learnt under hard-fail. Else
+        returns what was learnt: "good" (a source, or the registry's current CRL, answered),
+        "unreachable" (admitted under soft-fail), "none" (the certificate names no source)."""
         found = self._pairs.get(key)
         if found is None:
-            return
+            return "none"
         leaf, issuer, registry_crl_until = found
         # the registry's current CRL of the issuer, which the resolver checked, is what the CRL
         # URLs serve: only OCSP responders are then asked
@@ -99,35 +116,63 @@ class CallerRevocation:
                 )
         except RevocationUnavailable as exc:
             if current:
-                return  # the registry's current CRL of the issuer answered (gateway.identity)
-            self._unknown(who, str(exc))
-            return
+                return "good"  # the registry's current CRL of the issuer answered
+            return self._unknown(who, what, str(exc))
         if status is None:
-            return
+            return "good"
         if status.status is CertStatus.UNKNOWN:
-            self._unknown(who, "its CA's OCSP responder does not know the certificate")
-        elif status.status is CertStatus.REVOKED:
-            self._revoked(who, status)
+            return self._unknown(who, what, "its CA's OCSP responder does not know the certificate")
+        if status.status is CertStatus.REVOKED:
+            self._revoked(who, what, status)
+        return "good"
 
-    def _revoked(self, who: str, status: RevocationStatus) -> None:
+    def _revoked(self, who: str, what: str, status: RevocationStatus) -> None:
         assert status.revoked_at is not None
         if status.revoked_at > self._clock():
             return  # revoked from a time still to come
         raise CallerRejected(
             "CERTIFICATE_REVOKED",
-            f"client certificate of {who} was revoked at {status.revoked_at:%Y-%m-%dT%H:%M:%SZ} "
+            f"{what} of {who} was revoked at {status.revoked_at:%Y-%m-%dT%H:%M:%SZ} "
             f"({status.reason or 'no reason given'}), by its {status.source.upper()}",
         )
 
-    def _unknown(self, who: str, why: str) -> None:
+    def _unknown(self, who: str, what: str, why: str) -> str:
         if self._hard_fail:
             raise CallerRejected(
                 "REVOCATION_UNAVAILABLE",
-                f"the revocation status of {who}'s client certificate cannot be learnt: {why}",
+                f"the revocation status of {who}'s {what} cannot be learnt: {why}",
             )
-        log.warning(
-            "admitted %s without a revocation status (soft-fail): %s", who, why
-        )  # the metric counted it as unreachable
+        log.warning(  # the metric counted it as unreachable
+            "accepted %s without a revocation status of its %s (soft-fail): %s", who, what, why
+        )
+        return "unreachable"
+
+
+def registry_revocation(
+    certificate: x509.Certificate, registry: Registry, region_code: str, now: datetime
+) -> str | None:
+    """Why the registry says `certificate` is revoked ("is revoked (reason)": its key's state,
+    from `revoked_at`; "is on region X's revocation list": a CRL of that region's CA), or None.
+    A revoked TLS key authenticates no one: its holder may be anybody."""
+    entry = registry.key(x5t_s256_of_der(certificate.public_bytes(Encoding.DER)))
+    if (
+        entry is not None
+        and entry.state is KeyState.REVOKED
+        and (entry.revoked_at is None or now >= entry.revoked_at)
+    ):
+        return f"is revoked ({entry.revocation_reason or 'no reason given'})"
+    region = registry.region(region_code)
+    for der in region.crls if region is not None else ():
+        try:
+            crl = x509.load_der_x509_crl(der)
+        except ValueError:
+            continue  # the registry's publisher checked it; a bad one revokes nothing
+        if crl.issuer != certificate.issuer:
+            continue
+        revoked = crl.get_revoked_certificate_by_serial_number(certificate.serial_number)
+        if revoked is not None and revoked.revocation_date_utc <= now:
+            return f"is on region {region_code}'s revocation list"
+    return None
 
 
 def _registry_crl_until(issuer: x509.Certificate, crls: Sequence[bytes]) -> datetime | None:

@@ -227,6 +227,7 @@ class Gateway:
             redis_breaker=self.redis_breaker,
             client_credentials=self.client_credentials,
             clock=clock,
+            probe_context=self._tls.probe_context,
         )
         built = build_query_path(parts, self._closers)
         if built is None:

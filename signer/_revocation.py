@@ -239,8 +239,9 @@ def check_ocsp_response(
         )
     try:
         return _read_ocsp_response(der, certificate, issuer, now)
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        # cryptography parses the basic response only when a field of it is read
+    except (*CERTIFICATE_READ_ERRORS, UnsupportedAlgorithm) as exc:
+        # cryptography parses the basic response only when a field of it is read (46 raises
+        # KeyError for an algorithm id it does not know)
         raise RevocationDataInvalid(f"the OCSP response cannot be read: {exc}") from None
 
 

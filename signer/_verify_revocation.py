@@ -35,6 +35,7 @@ from signer._jades_json import ValidationData, timestamp_input
 from signer._report import SubIndication
 from signer._revocation import CertStatus, RevocationStatus, check_crl, check_ocsp_response
 from signer._revocation_fetch import RevocationFetcher
+from signer._sm2_x509 import CERTIFICATE_READ_ERRORS
 from signer._timestamps import proof_of_existence
 from signer._trust import TrustedKey, TrustSource
 from signer._verify_helpers import (
@@ -80,7 +81,7 @@ def _ocsp_issued(
                 single.issuer_key_hash,
             ):
                 return single.this_update_utc
-    except (ValueError, TypeError, UnsupportedAlgorithm):  # parsed lazily: unreadable, unnamed
+    except (*CERTIFICATE_READ_ERRORS, UnsupportedAlgorithm):  # parsed lazily: unreadable
         return None
     return None
 

@@ -166,7 +166,11 @@ def register_ceremony(reg_verbs: Subparsers) -> None:
         help="a public key to add and who holds it (repeatable)",
     )
     rotate.add_argument(
-        "--remove-key", action="append", default=[], metavar="KEYID", help="a keyid to remove"
+        "--remove-key",
+        action="append",
+        default=[],
+        metavar="KEYID",
+        help="a keyid to remove (write --remove-key=KEYID: a keyid may start with '-')",
     )
     rotate.add_argument("--threshold", type=int, help="signatures needed (default: unchanged)")
     rotate.add_argument("--lifetime", type=parse_duration, help="how long it is valid (365d)")

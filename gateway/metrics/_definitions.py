@@ -357,6 +357,14 @@ class MetricDefinitions:
             ("source", "result"),
             registry=r,
         )
+        self.peer_certificate_checks = Counter(
+            "tongban_peer_certificate_checks_total",
+            "Revocation checks of the server certificates of peer gateways before calling them, "
+            "by peer region and result (good, revoked, unavailable, unreachable, none, "
+            "probe_failed).",
+            ("peer_region", "result"),
+            registry=r,
+        )
         self.revocation_fetch_seconds = Histogram(
             "tongban_revocation_fetch_seconds",
             "Duration of one request to an OCSP responder or a CRL URL, in seconds, whatever "

@@ -57,6 +57,9 @@ _DIGIT_RUN = re.compile(r"\d{15,}")  # a citizen id (15 or 18 digits), a phone, 
 _INDICATIONS = frozenset(i.value for i in Indication)
 _REVOCATION_SOURCES = frozenset({"ocsp", "crl"})
 _REVOCATION_RESULTS = frozenset({"good", "revoked", "unknown", "unreachable"})
+_PEER_CERTIFICATE_RESULTS = frozenset(
+    {"good", "revoked", "unavailable", "unreachable", "none", "probe_failed"}
+)
 _TIMESTAMP_RESULTS = frozenset({"ok", "unreachable", "refused", "invalid"})
 _SUB_INDICATIONS = frozenset(s.value for s in SubIndication)
 
@@ -383,6 +386,12 @@ class GatewayMetrics(MetricDefinitions):
         self.child(self.revocation_checks, source, result).inc()
         if seconds > 0.0:
             self.child(self.revocation_fetch_seconds, source).observe(seconds)
+
+    def peer_certificate_check(self, region: str, result: str) -> None:
+        """One check of a peer gateway's server certificate before a call to it
+        (gateway.peer_certificates)."""
+        result = result if result in _PEER_CERTIFICATE_RESULTS else "other"
+        self.child(self.peer_certificate_checks, self.peer_region(region), result).inc()
 
     def timestamp_request(self, result: str, seconds: float) -> None:
         """One request to the TSA (`TimeStampClient`'s report)."""

@@ -56,6 +56,7 @@ from gateway.flows import (
 from gateway.forward_signing import ForwardDocument, RequestSigner
 from gateway.identity import Caller, current_caller
 from gateway.metrics import PEER_LOCAL, GatewayMetrics
+from gateway.peer_certificates import PeerCertificateRefused
 from gateway.peers import PEER_CALL_SECONDS, PeerPool, UnknownPeer
 from gateway.policy import DataRequest
 from gateway.provider import ProviderAnswer, ProviderClient, ProviderError
@@ -199,6 +200,8 @@ class PeerOwners:
             )
         except UnknownPeer as exc:
             raise Refusal("UNKNOWN_REGION", str(exc)) from exc
+        except PeerCertificateRefused as exc:  # revoked: the peer is not called
+            raise Refusal(exc.reason, str(exc)) from exc
         except BreakerOpen as exc:
             raise Refusal(
                 "PEER_UNAVAILABLE",

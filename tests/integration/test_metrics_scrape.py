@@ -120,6 +120,10 @@ async def test_queries_show_in_the_contract_series(federation: Federation, tmp_p
             value(requester, "tongban_peer_calls_total", peer_region="330000", code="NotFound") == 1
         )
         assert value(requester, "tongban_peer_calls_total", peer_region="330000") == 3
+        # each call was preceded by the check of the peer's server certificate (one probe
+        # handshake, then the registry's current CRL answers: the dev certificates name no OCSP)
+        checks = "tongban_peer_certificate_checks_total"
+        assert value(requester, checks, peer_region="330000", result="good") == 3
         assert value(requester, "tongban_audit_appends_total") == 5  # every call is recorded
         assert value(requester, "tongban_audit_append_failures_total") == 0
         assert 1 <= value(requester, "tongban_audit_commits_total") <= 5  # batches of appends

@@ -19,7 +19,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from query_support import CALL_TIMEOUT, Cluster, bearer, request, running_cluster
-from support import Federation, error_info, make_federation
+from support import Federation, error_info, eventually, make_federation
 
 from gateway.audit import Outcome
 from registry import KeyRecord, KeyState, KeyUsage
@@ -408,3 +408,26 @@ async def test_a_revoked_gateway_tls_certificate_cannot_forward(tmp_path: Path, 
                 credentials=kit.credentials(fed, material, "330000"),
             )
         assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_a_peer_serving_a_revoked_tls_certificate_is_not_called(
+    tmp_path: Path, kit: Any
+) -> None:
+    """330000's gateway keeps serving its TLS certificate after the registry revokes it: 510000's
+    gateway, which checked it before its first call to 330000, refuses its agency's next query to
+    330000 at once with UNAVAILABLE / PEER_CERTIFICATE_REVOKED, without calling it."""
+    fed = make_federation(tmp_path / "fed")
+    fed.publish()
+    async with running_cluster(fed, tmp_path) as cluster:
+        query = si_query(cluster)
+        async with cluster.exchange("sc.hrss") as stub:
+            token = bearer(cluster.token("sc.hrss"))
+            await stub.Query(query, metadata=token, timeout=CALL_TIMEOUT)  # answered
+            revoke_tls(fed, "330000")  # published: a successor is active, but not yet served
+            requester = cluster.gateways["510000"]
+            await eventually(lambda: requester.store.current().version == 2, "the revocation")
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.Query(si_query(cluster), metadata=token, timeout=CALL_TIMEOUT)
+        assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert error_info(caught.value).reason == "PEER_CERTIFICATE_REVOKED"
+        assert "region 330000 is revoked (keyCompromise)" in (caught.value.details() or "")

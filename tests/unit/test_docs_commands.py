@@ -25,7 +25,7 @@ COMMANDS: dict[str, str] = {
     "tongban registry publish --pki pki --out published --unsigned": "tests/unit/gateway/test_registry_ceremony_cli.py::test_three_parties_sign_in_turn_then_a_lost_key_is_rotated_out",
     "tongban registry sign published/registry-1.jws --pki pki --key pki/authority/national.key": "tests/unit/gateway/test_registry_ceremony_cli.py::test_three_parties_sign_in_turn_then_a_lost_key_is_rotated_out",
     "tongban registry sign published/registry-1.jws --pki pki --key pki/authority/province-1.key": "tests/unit/gateway/test_registry_ceremony_cli.py::test_three_parties_sign_in_turn_then_a_lost_key_is_rotated_out",
-    "tongban registry rotate-root --root pki/authority/root.json --remove-key KEYID --add-key province-3.pub.pem=440000-security-team": "tests/unit/gateway/test_registry_ceremony_cli.py::test_three_parties_sign_in_turn_then_a_lost_key_is_rotated_out",
+    "tongban registry rotate-root --root pki/authority/root.json --remove-key=KEYID --add-key province-3.pub.pem=440000-security-team": "tests/unit/gateway/test_registry_ceremony_cli.py::test_three_parties_sign_in_turn_then_a_lost_key_is_rotated_out",
     "tongban registry sign-root pki/authority/root-2.json --previous pki/authority/root.json --key pki/authority/national.key": "tests/unit/gateway/test_registry_ceremony_cli.py::test_three_parties_sign_in_turn_then_a_lost_key_is_rotated_out",
     "tongban registry sign-root pki/authority/root-2.json --previous pki/authority/root.json --key pki/authority/province-1.key": "tests/unit/gateway/test_registry_ceremony_cli.py::test_three_parties_sign_in_turn_then_a_lost_key_is_rotated_out",
     "make demo": "tests/unit/test_docs_commands.py::test_make_targets_run_what_the_docs_say[demo]",

@@ -136,8 +136,9 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     own revocations keep CERTIFICATE_NOT_TRUSTED).
     """
     REVOCATION_UNAVAILABLE: _ErrorReason.ValueType  # 39
-    """The caller's TLS certificate names an OCSP responder or CRL and none answered usably, and
-    the gateway's [revocation] policy is hard-fail (sent with UNAVAILABLE; retry later).
+    """The caller's TLS certificate (or the server certificate of the provider region's gateway)
+    names an OCSP responder or CRL and none answered usably, and the gateway's [revocation]
+    policy is hard-fail (sent with UNAVAILABLE; retry later).
     """
     WITNESS_SIZE_MISMATCH: _ErrorReason.ValueType  # 40
     """Witness.AddCheckpoint: the old size is not the size of the checkpoint this witness last
@@ -153,12 +154,17 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """Witness.AddCheckpoint: no audit key the registry publishes for the log's region signs the
     checkpoint (sent with PERMISSION_DENIED).
     """
-    REQUEST_SIGNATURE_INVALID: _ErrorReason.ValueType  # 43
+    PEER_CERTIFICATE_REVOKED: _ErrorReason.ValueType  # 43
+    """The provider region's gateway presents a TLS server certificate that is revoked (by the
+    registry, or by its CA's OCSP responder or CRL): this gateway does not call it (sent with
+    UNAVAILABLE; retry later, once the region has a new certificate).
+    """
+    REQUEST_SIGNATURE_INVALID: _ErrorReason.ValueType  # 44
     """Peer.Forward: the request is unsigned, or its signed_request is not a JWS by an audit key
     the owner's registry publishes (not revoked) for the requesting region, or it was issued
     outside the clock skew (sent with UNAUTHENTICATED; retry once the registries agree).
     """
-    REQUEST_PAYLOAD_MISMATCH: _ErrorReason.ValueType  # 44
+    REQUEST_PAYLOAD_MISMATCH: _ErrorReason.ValueType  # 45
     """Peer.Forward: the plain fields of the request are not the ones its signed_request signs,
     or the signed request names other regions (sent with INVALID_ARGUMENT).
     """
@@ -286,8 +292,9 @@ the CRL its certificate names says (sent with UNAUTHENTICATED on every call; the
 own revocations keep CERTIFICATE_NOT_TRUSTED).
 """
 REVOCATION_UNAVAILABLE: ErrorReason.ValueType  # 39
-"""The caller's TLS certificate names an OCSP responder or CRL and none answered usably, and
-the gateway's [revocation] policy is hard-fail (sent with UNAVAILABLE; retry later).
+"""The caller's TLS certificate (or the server certificate of the provider region's gateway)
+names an OCSP responder or CRL and none answered usably, and the gateway's [revocation]
+policy is hard-fail (sent with UNAVAILABLE; retry later).
 """
 WITNESS_SIZE_MISMATCH: ErrorReason.ValueType  # 40
 """Witness.AddCheckpoint: the old size is not the size of the checkpoint this witness last
@@ -303,12 +310,17 @@ CHECKPOINT_SIGNATURE_INVALID: ErrorReason.ValueType  # 42
 """Witness.AddCheckpoint: no audit key the registry publishes for the log's region signs the
 checkpoint (sent with PERMISSION_DENIED).
 """
-REQUEST_SIGNATURE_INVALID: ErrorReason.ValueType  # 43
+PEER_CERTIFICATE_REVOKED: ErrorReason.ValueType  # 43
+"""The provider region's gateway presents a TLS server certificate that is revoked (by the
+registry, or by its CA's OCSP responder or CRL): this gateway does not call it (sent with
+UNAVAILABLE; retry later, once the region has a new certificate).
+"""
+REQUEST_SIGNATURE_INVALID: ErrorReason.ValueType  # 44
 """Peer.Forward: the request is unsigned, or its signed_request is not a JWS by an audit key
 the owner's registry publishes (not revoked) for the requesting region, or it was issued
 outside the clock skew (sent with UNAUTHENTICATED; retry once the registries agree).
 """
-REQUEST_PAYLOAD_MISMATCH: ErrorReason.ValueType  # 44
+REQUEST_PAYLOAD_MISMATCH: ErrorReason.ValueType  # 45
 """Peer.Forward: the plain fields of the request are not the ones its signed_request signs,
 or the signed request names other regions (sent with INVALID_ARGUMENT).
 """

@@ -36,7 +36,7 @@ DOCS = [  # docs/registry.md, "Signing ceremony" and "Rotating the root"
     "tongban registry sign published/registry-1.jws --pki pki --key pki/authority/national.key",
     "tongban registry sign published/registry-1.jws --pki pki --key pki/authority/province-1.key",
     "tongban registry show published/current.jws --pki pki",
-    "tongban registry rotate-root --root pki/authority/root.json --remove-key KEYID --add-key province-3.pub.pem=440000-security-team",
+    "tongban registry rotate-root --root pki/authority/root.json --remove-key=KEYID --add-key province-3.pub.pem=440000-security-team",
     "tongban registry sign-root pki/authority/root-2.json --previous pki/authority/root.json --key pki/authority/national.key",
     "tongban registry sign-root pki/authority/root-2.json --previous pki/authority/root.json --key pki/authority/province-1.key",
     "tongban registry publish --pki pki --out published",

@@ -122,7 +122,10 @@ async def test_unreachable_soft_fail_admits_with_a_log_line(
     checker, metrics = _checker("soft-fail")
     with caplog.at_level(logging.WARNING, logger="tongban.revocation"):
         await _check(checker, pki, "dead")
-    assert "admitted agency:dead without a revocation status (soft-fail)" in caplog.text
+    assert (
+        "accepted agency:dead without a revocation status of its client certificate (soft-fail)"
+        in caplog.text
+    )
     assert _count(metrics, "ocsp", "unreachable") == 1
 
 

@@ -46,7 +46,8 @@ def test_every_key_of_a_dev_pki_passes_the_import_checks(fed: Federation) -> Non
         (
             "seal",
             _oids.EKU_DOCUMENT_SIGNING,
-            "extendedKeyUsage .2.5.29.37.: Certificate is missing required extension",
+            # pyca 51 (locked) says "extendedKeyUsage (2.5.29.37): ...", 46 (lowest) "2.5.29.37: ..."
+            r"2\.5\.29\.37.?: Certificate is missing required extension",
         ),
         ("tls", _oids.EKU_SERVER_AUTH, "extendedKeyUsage lacks 1.3.6.1.5.5.7.3.1"),
     ],
