@@ -18,7 +18,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCK) $(UV_LOCK) | sha2
 LOWEST_VENV ?= .venv-lowest
 DEMO ?= out/demo
 
-.PHONY: demo demo-serve fuzz faults soak test install lock check-lowest services promtool tools softhsm lint proto proto-check pytest clean
+.PHONY: demo demo-serve fuzz faults soak test install lock check-lowest lowest-gate services promtool tools softhsm lint proto proto-check pytest clean
 
 UV_STAMP := $(VENV)/.uv-$(shell sha256sum $(UV_LOCK) | cut -c1-12)
 
@@ -50,14 +50,17 @@ lock: $(UV_STAMP)
 
 # The lowest versions pyproject.toml allows, from their own hashed lock, in $(LOWEST_VENV): the lint
 # gate and the unit tests must pass there too, or a lower bound is false.
-check-lowest: $(STAMP) services promtool tools softhsm
+check-lowest: lowest-gate
+	TONGBAN_LOCK=$(LOWEST_LOCK) $(LOWEST_VENV)/bin/python -m pytest -p no:cacheprovider --no-cov -q tests/unit
+
+# The lowest versions installed from their lock, and the lint gate on them.
+lowest-gate: $(STAMP) services promtool tools softhsm
 	@test -x $(LOWEST_VENV)/bin/python || $(PYTHON) -m venv $(LOWEST_VENV)
 	$(UV) pip sync --quiet --python $(LOWEST_VENV)/bin/python --require-hashes $(LOWEST_LOCK) $(UV_LOCK)
 	$(UV) pip install --quiet --python $(LOWEST_VENV)/bin/python --no-deps --no-build-isolation -e .
 	$(LOWEST_VENV)/bin/ruff format --check .
 	$(LOWEST_VENV)/bin/ruff check .
 	$(LOWEST_VENV)/bin/mypy --strict gateway signer registry
-	TONGBAN_LOCK=$(LOWEST_LOCK) $(LOWEST_VENV)/bin/python -m pytest -p no:cacheprovider --no-cov -q tests/unit
 
 # Redis and PostgreSQL run on every machine of this kind; start them if they are not running.
 services:
@@ -98,17 +101,27 @@ proto-check: $(STAMP)
 
 # The fault suite (tests/faults/) runs beside the rest: it starts its own redis-server, PostgreSQL
 # and gateway processes on free ports and judges by phases, not clock times, so it shares nothing
-# with the other tests and mostly waits; its output follows theirs. Either failing fails the run.
+# with the other tests and mostly waits; its output follows theirs. With BESIDE_LOWEST=1 (make
+# test) the unit tests on the lowest versions run beside them too (fresh schemas, random Redis
+# keys: nothing shared). Any of them failing fails the run.
+BESIDE_LOWEST ?= 0
 pytest: $(STAMP) services promtool tools softhsm
-	@log=$$(mktemp); \
+	@log=$$(mktemp); low=$$(mktemp); lowest=0; \
 	$(PY) -m pytest -p no:cacheprovider --no-cov -q tests/faults >"$$log" 2>&1 & faults=$$!; \
+	if [ "$(BESIDE_LOWEST)" = 1 ]; then \
+	  TONGBAN_LOCK=$(LOWEST_LOCK) $(LOWEST_VENV)/bin/python -m pytest -p no:cacheprovider --no-cov -q tests/unit >"$$low" 2>&1 & lowest=$$!; \
+	fi; \
 	$(PY) -m pytest --cov --cov-branch --cov-report=term --ignore=tests/faults; rest=$$?; \
-	wait $$faults; faulted=$$?; \
-	echo "== tests/faults (run beside the rest)"; cat "$$log"; rm -f "$$log"; \
-	test $$rest -eq 0 && test $$faulted -eq 0
+	wait $$faults; faulted=$$?; low_rc=0; \
+	if [ "$$lowest" != 0 ]; then wait $$lowest; low_rc=$$?; \
+	  echo "== tests/unit on the lowest versions (run beside the rest)"; tail -n 30 "$$low"; fi; \
+	echo "== tests/faults (run beside the rest)"; cat "$$log"; rm -f "$$log" "$$low"; \
+	test $$rest -eq 0 && test $$faulted -eq 0 && test $$low_rc -eq 0
 
-# check-lowest last: the lowest versions pyproject.toml allows pass the same gate (about 2 min here).
-test: $(STAMP) services promtool tools softhsm lint proto-check pytest check-lowest
+# The lowest versions pyproject.toml allows pass the same gate: their lint first, their unit tests
+# beside the rest of pytest (`make check-lowest` runs them alone).
+test: $(STAMP) services promtool tools softhsm lint proto-check lowest-gate
+	@$(MAKE) --no-print-directory pytest BESIDE_LOWEST=1
 
 # The demo: three regions on loopback playing scripted scenarios (exit 0 only if all behave).
 # It leaves its PKI, registry and audit logs in $(DEMO), which conf/demo/*.toml point at.

@@ -312,6 +312,25 @@ def _provider_client(
     )
 
 
+def _backends(
+    parts: QueryPathParts, exchange: ExchangeConfig, closers: list[Closer]
+) -> tuple[ReplayGuard, QuotaCounter, CacheBackend]:
+    """The replay window, quota counter and cache backend: in Redis, or in this process."""
+    if exchange.redis_url:
+        return _shared_backends(
+            exchange, exchange.redis_url, parts.redis_breaker, parts.clock, closers
+        )
+    log.warning(
+        "gateway %s keeps its cache, replay window and quotas in memory: run one replica only",
+        parts.config.region,
+    )
+    return (
+        MemoryReplayGuard(REPLAY_WINDOW_SECONDS, parts.clock),
+        MemoryQuotaCounter(),
+        MemoryBackend(),
+    )
+
+
 def build_query_path(
     parts: QueryPathParts, closers: list[Closer]
 ) -> tuple[QueryPath, PeerPool] | None:
@@ -324,21 +343,7 @@ def build_query_path(
     if config.audit is None:
         raise ConfigError("exchange: the query path audits every access: configure [audit] too")
     cache_key_id = hashlib.sha256(exchange.cache_key).hexdigest()[:4]
-    replay: ReplayGuard
-    quota: QuotaCounter
-    backend: CacheBackend
-    if exchange.redis_url:
-        replay, quota, backend = _shared_backends(
-            exchange, exchange.redis_url, parts.redis_breaker, clock, closers
-        )
-    else:
-        log.warning(
-            "gateway %s keeps its cache, replay window and quotas in memory: run one replica only",
-            config.region,
-        )
-        replay = MemoryReplayGuard(REPLAY_WINDOW_SECONDS, clock)
-        quota = MemoryQuotaCounter()
-        backend = MemoryBackend()
+    replay, quota, backend = _backends(parts, exchange, closers)
     closers.append(backend.close)
     provider = _provider_client(config, exchange, parts.metrics)
     if provider is not None:
@@ -381,6 +386,7 @@ def build_query_path(
         metrics=parts.metrics,
         clock=clock,
         peer_timeout_seconds=exchange.peer_timeout_seconds,
+        audit_key=audit_key,  # signs forwarded requests and report batches
         reporter=AccessReporter(
             region=config.region,
             registry=parts.store,

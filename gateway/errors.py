@@ -19,7 +19,8 @@ refusal becomes a gRPC status.
     │   └── BackendUnavailable
     ├── AuditError          the audit log (gateway.audit.errors)
     │   ├── AuditUnavailable
-    │   └── AuditIntegrityError
+    │   ├── AuditIntegrityError
+    │   └── KeptRequestError  also a ValueError: a kept signed request that does not open
     ├── ProofError          also a ValueError: a proof that does not prove what it claims
     ├── CheckpointError     also a ValueError: a checkpoint note that is not one (gateway.audit)
     ├── ReportFormatError   also a ValueError: a report not in the access-report form
@@ -179,6 +180,12 @@ REASONS: Final[Mapping[str, Reason]] = MappingProxyType(
         ),
         "REPORT_PAYLOAD_MISMATCH": Reason(
             _C.INVALID_ARGUMENT, "the reports are not the ones the batch signs"
+        ),
+        "REQUEST_SIGNATURE_INVALID": Reason(
+            _C.UNAUTHENTICATED, "the forwarded request is not validly signed"
+        ),
+        "REQUEST_PAYLOAD_MISMATCH": Reason(
+            _C.INVALID_ARGUMENT, "the forwarded request is not the one it signs"
         ),
         "CACHE_NOT_ALLOWED": Reason(
             _C.PERMISSION_DENIED, "the dataset may not be answered from a requester's cache"

@@ -7,6 +7,7 @@ Importable as `flow_support` (tests/ is on the path)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from gateway.flows import (
     RequesterFlow,
     SealedAnswer,
 )
+from gateway.forward_signing import ForwardDocument, sign_forward
 from gateway.identity import Caller, CallerKind
 from gateway.policy import DataRequest
 from gateway.provider import ProviderAnswer
@@ -115,6 +117,39 @@ def agency_caller(fed: Federation, agency: str = "sc.hrss", region: str = REQUES
 
 def gateway_caller(region: str = REQUESTER) -> Caller:
     return Caller(CallerKind.GATEWAY, region, "", "g" * 43, f"CN=gateway {region}")
+
+
+def audit_key(fed: Federation, region: str = REQUESTER) -> tuple[ed25519.Ed25519PrivateKey, str]:
+    """(private key, registry kid) of `region`'s active audit key."""
+    (record,) = fed.inventory().find(region, KeyUsage.AUDIT, KeyState.ACTIVE)
+    key = load_private_key(fed.pki / record.private_key)
+    assert isinstance(key, ed25519.Ed25519PrivateKey)
+    return key, record.kid
+
+
+def forward_document(call: ForwardCall, **changes: Any) -> ForwardDocument:
+    """What the requesting gateway signs for `call` (with `changes`), issued at NOW."""
+    made: dict[str, Any] = {
+        "requesting_region": call.requesting_region,
+        "owner_region": call.request.provider_region,
+        "request": call.request,
+        "caller_agency": call.agency_id,
+        "caller_region": call.requesting_region,
+        "caller_operator": call.operator,
+        "caller_thumbprint": "t" * 43,
+        "credential_type": call.credential_type,
+        "requesting_gateway_audit_id": "",
+        "issued_at": NOW,
+    }
+    made.update(changes)
+    return ForwardDocument(**made)
+
+
+def signed_call(fed: Federation, call: ForwardCall, **changes: Any) -> ForwardCall:
+    """`call` with the signed request its requesting gateway's audit key makes of it."""
+    key, kid = audit_key(fed, call.requesting_region)
+    jws = sign_forward(forward_document(call, **changes), key, kid)
+    return dataclasses.replace(call, signed_request=jws)
 
 
 def si_request(**changes: Any) -> DataRequest:

@@ -285,3 +285,54 @@ def refusal_event(stderr: str) -> str:
     assert (event["logger"], event["level"]) == ("tongban.cli", "error"), event
     text: str = event["event"]
     return text
+
+
+def sign_forward_message(
+    fed: Federation,
+    message: Any,
+    *,
+    signer: str | None = None,
+    now: datetime | None = None,
+    owner: str | None = None,
+) -> Any:
+    """The `exchange_pb2.ForwardRequest` `message` with the signed request its requesting
+    gateway makes of it (`gateway.forward_signing`), by the audit key of `signer` (default:
+    the requesting region; a region without one signs as 510000, which the owner refuses)."""
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from gateway.forward_signing import ForwardDocument, sign_forward
+    from gateway.policy import DataRequest
+    from signer import load_private_key
+
+    region = signer or message.requesting_region
+    found = fed.inventory().find(region, KeyUsage.AUDIT, KeyState.ACTIVE) or (
+        fed.inventory().find("510000", KeyUsage.AUDIT, KeyState.ACTIVE)
+    )
+    record = found[0]
+    key = load_private_key(fed.pki / record.private_key)
+    assert isinstance(key, ed25519.Ed25519PrivateKey)
+    query = message.query
+    document = ForwardDocument(
+        requesting_region=message.requesting_region,
+        owner_region=owner or query.provider_region,
+        request=DataRequest(
+            provider_region=query.provider_region,
+            dataset=query.dataset,
+            purpose=query.purpose,
+            subject_id=query.subject_id,
+            fields=tuple(query.fields),
+            case_id=query.case_id,
+            request_id=query.request_id,
+        ),
+        caller_agency=message.caller.agency_id,
+        caller_region=message.caller.region,
+        caller_operator=message.caller.operator,
+        caller_thumbprint=message.caller.certificate_thumbprint,
+        credential_type=message.credential_type,
+        requesting_gateway_audit_id=message.requesting_gateway_audit_id,
+        issued_at=now or datetime.now(UTC),
+    )
+    signed = type(message)()
+    signed.CopyFrom(message)
+    signed.signed_request = sign_forward(document, key, record.kid)
+    return signed

@@ -21,6 +21,7 @@ from .processes import Harness
 from .report import print_report
 from .results import results
 from .runner import Bench
+from .signing import request_signing
 
 
 def parse_workers(text: str) -> list[int]:
@@ -142,6 +143,8 @@ def run(args: argparse.Namespace) -> int:
         finally:
             harness.close()
         report = results(args, bench, time.perf_counter() - started)
+        say("measuring request signing …")
+        report["request_signing"] = request_signing(folder)
     print()
     print_report(report)
     print(f"\nwhole run: {report['wall_seconds']:.0f} s")

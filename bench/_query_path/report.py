@@ -13,6 +13,7 @@ from .common import (
     topology_title,
 )
 from .environment import CODE_FOLDERS
+from .signing import signing_line
 
 
 def _verdict(value: float, target: float, *, at_most: bool = False) -> str:
@@ -35,6 +36,10 @@ def print_report(r: dict[str, Any]) -> None:
     _print_open_loop(r)
     _print_requester_cache(r)
     _print_cores(r)
+    line = signing_line(r)
+    if line:
+        print()
+        print(line)
     _print_notes(r)
 
 

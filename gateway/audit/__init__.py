@@ -15,6 +15,11 @@ from gateway.audit._cosignature import (
     verify_cosignature,
 )
 from gateway.audit._ids import audit_id, parse_audit_id
+from gateway.audit._kept import (
+    open_kept_request,
+    request_digest,
+    seal_kept_request,
+)
 from gateway.audit._log import MIN_RETENTION, AuditLog, Pruned, Verification
 from gateway.audit._merkle import (
     EMPTY_ROOT,
@@ -68,6 +73,7 @@ from gateway.audit.errors import (
     AuditIntegrityError,
     AuditOutcomeUnknown,
     AuditUnavailable,
+    KeptRequestError,
 )
 
 __all__ = [
@@ -93,6 +99,7 @@ __all__ = [
     "Cosignature",
     "CosignatureStore",
     "ForkEvidence",
+    "KeptRequestError",
     "MemoryAuditStore",
     "MerkleTree",
     "Outbound",
@@ -122,9 +129,12 @@ __all__ = [
     "is_request_id",
     "leaf_hash",
     "node_hash",
+    "open_kept_request",
     "parse_audit_id",
     "pseudonymize",
     "recordable",
+    "request_digest",
+    "seal_kept_request",
     "sign_checkpoint",
     "signature_lines",
     "verify_checkpoint",

@@ -22,6 +22,14 @@ UTF-8 (no escapes for non-ASCII), with exactly these keys::
     registry_version  integer
     agreement_id      the agreement the decision rested on, or ""
 
+and, only in a record that keeps a signed request (present when not empty, so that every
+record written before them keeps its bytes):
+
+    request_digest    hex SHA-256 of the signed request as sent (a Peer.Forward's
+                      signed_request, a Peer.ReportAccess batch's jws)
+    request_sealed    a Peer.Forward's signed request itself, encrypted (`seal_kept_request`:
+                      its payload holds the raw subject id, which no record may hold)
+
 A record decodes back from its canonical bytes (`AuditRecord.from_canonical`), so a verifier
 needs nothing but the stored bytes to recompute every leaf.
 
@@ -80,6 +88,8 @@ _RPC: Final = re.compile(
     r"|[A-Z][A-Za-z0-9]{0,31}\.[A-Z][A-Za-z0-9]{0,31}"
 )
 _HEX64: Final = re.compile(r"[0-9a-f]{64}")
+# A kept request, encrypted (gateway.audit._kept): bounded like the JWS it holds.
+_SEALED: Final = re.compile(r"aes256gcm:[A-Za-z0-9_-]{40,65536}")
 # An Audit.Prune record holds the range it removed where others hold their agreement.
 _PRUNED_RANGE: Final = re.compile(r"removed records [0-9]{1,19} to [0-9]{1,19}")
 
@@ -134,6 +144,8 @@ FIELD_GRAMMARS: Final[Mapping[str, Callable[[str], bool]]] = MappingProxyType(
         "reason": lambda v: _REASON.fullmatch(v) is not None,
         "sealed_digest": lambda v: _HEX64.fullmatch(v) is not None,
         "agreement_id": lambda v: is_registry_id(v) or _PRUNED_RANGE.fullmatch(v) is not None,
+        "request_digest": lambda v: _HEX64.fullmatch(v) is not None,
+        "request_sealed": lambda v: _SEALED.fullmatch(v) is not None,
     }
 )
 
@@ -212,6 +224,8 @@ class AuditRecord:
     sealed_digest: str
     registry_version: int
     agreement_id: str
+    request_digest: str = ""  # hex SHA-256 of the signed request kept with the record
+    request_sealed: str = ""  # the signed request (a Peer.Forward's), encrypted
     canonical: bytes = field(init=False, repr=False, compare=False)
     time_text: str = field(init=False, repr=False, compare=False)  # `time` as encoded
 
@@ -256,6 +270,10 @@ class AuditRecord:
             "registry_version": self.registry_version,
             "agreement_id": self.agreement_id,
         }
+        if self.request_digest:
+            document["request_digest"] = self.request_digest
+        if self.request_sealed:
+            document["request_sealed"] = self.request_sealed
         return json.dumps(
             document, sort_keys=True, separators=(",", ":"), ensure_ascii=False
         ).encode()
@@ -292,6 +310,8 @@ class AuditRecord:
                 sealed_digest=document["sealed_digest"],
                 registry_version=int(document["registry_version"]),
                 agreement_id=document["agreement_id"],
+                request_digest=document.get("request_digest", ""),
+                request_sealed=document.get("request_sealed", ""),
             )
         finally:
             _DECODING.reset(decoding)

@@ -3,14 +3,22 @@
 AuditError
 ├── AuditUnavailable     the record could not be made durable: release nothing (fail closed)
 │   └── AuditOutcomeUnknown  ... and it may have been all the same (a commit without an answer)
-└── AuditIntegrityError  the store contradicts itself or a signed checkpoint
+├── AuditIntegrityError  the store contradicts itself or a signed checkpoint
+└── KeptRequestError     a record's kept signed request does not open with this key, or not
+                         to its digest (also a ValueError)
 """
 
 from __future__ import annotations
 
 from gateway._errors import GatewayError
 
-__all__ = ["AuditError", "AuditIntegrityError", "AuditOutcomeUnknown", "AuditUnavailable"]
+__all__ = [
+    "AuditError",
+    "AuditIntegrityError",
+    "AuditOutcomeUnknown",
+    "AuditUnavailable",
+    "KeptRequestError",
+]
 
 
 class AuditError(GatewayError):
@@ -29,3 +37,8 @@ class AuditOutcomeUnknown(AuditUnavailable):
 
 class AuditIntegrityError(AuditError):
     """The stored log is not what its checkpoints or its own structure say it is."""
+
+
+class KeptRequestError(AuditError, ValueError):
+    """A kept signed request that does not open with this pseudonym key, or not to the digest
+    its record holds (another deployment's key, or an altered record)."""

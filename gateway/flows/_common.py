@@ -20,6 +20,7 @@ from gateway.audit import (
     Outcome,
     audit_id,
     pseudonymize,
+    seal_kept_request,
 )
 from gateway.errors import OVERRIDES, Refusal
 from gateway.flows._model import AuditContext, Grant, SealedAnswer
@@ -153,6 +154,9 @@ class AuditTrail:
         sealed_digest = context.sealed_digest
         if sealed_digest is None:
             sealed_digest = hashlib.sha256(sealed.encode()).hexdigest() if sealed else ""
+        kept_digest, kept_sealed = context.request_digest, ""
+        if context.kept_request:
+            kept_digest, kept_sealed = seal_kept_request(context.kept_request, self._pseudonym_key)
         appended = await self.log.append(
             AuditRecord(
                 time=context.at or self.clock(),
@@ -176,6 +180,8 @@ class AuditTrail:
                 sealed_digest=sealed_digest,
                 registry_version=context.registry_version,
                 agreement_id=context.agreement_id,
+                request_digest=kept_digest,
+                request_sealed=kept_sealed,
             ),
             outbound,
         )

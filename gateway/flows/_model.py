@@ -144,6 +144,10 @@ class AuditContext:
     subject: str | None = None
     sealed_digest: str | None = None
     at: datetime | None = None
+    # The signed request the record keeps: a Peer.Forward's JWS (kept encrypted, with its
+    # digest), or only the digest of a Peer.ReportAccess batch's JWS (`request_digest`).
+    kept_request: str = ""
+    request_digest: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +174,9 @@ class ForwardCall:
     request: DataRequest
     time_remaining: TimeRemaining
     credential_type: str = ""  # a credential fetch: answered as an e-licence (SM2 regions)
+    # The requesting gateway's signed request (`gateway.forward_signing`), authoritative over
+    # the plain values above; "" from a gateway that does not sign (refused).
+    signed_request: str = ""
 
 
 @dataclass(frozen=True, slots=True)

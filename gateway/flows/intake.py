@@ -13,8 +13,9 @@ gateway answered from its own cache (cache_scope "requester").
         at most the dataset's TTL before the access; or this report was recorded already
         (a retry: its record is named again)
     (4) one audit record per new report (rpc Peer.ReportAccess, allowed, cache hit, at the
-        time of the access, under this gateway's own pseudonym of the subject), durable
-        before the answer, which names the records in report order
+        time of the access, under this gateway's own pseudonym of the subject, with the digest
+        of the signed batch), durable before the answer, which names the records in report
+        order
 A refused report refuses the whole batch, names itself in the ErrorInfo metadata ("index")
 and is recorded as denied; the reporting gateway drops it and sends the others again, which is
 why nothing is recorded before every report passed (3).
@@ -38,6 +39,7 @@ from gateway.audit import (
     Outcome,
     audit_id,
     parse_audit_id,
+    request_digest,
 )
 from gateway.errors import Refusal
 from gateway.flows._common import AuditTrail, Gatekeeper, gateway_of
@@ -117,7 +119,11 @@ class ReportIntake:
             now = self._trail.clock()
             # (2)
             reports, batch_id = self._verified(call, registry, caller.region, now)
-            audit = replace(audit, request=_batch_request(self.region, batch_id))
+            audit = replace(  # each report's record names the signed batch it came in
+                audit,
+                request=_batch_request(self.region, batch_id),
+                request_digest=request_digest(call.jws),
+            )
             if call.sent_count and list(call.sent) != [r.document() for r in reports]:
                 raise Refusal(
                     "REPORT_PAYLOAD_MISMATCH",

@@ -1,8 +1,11 @@
 """The owner gateway's flow (Peer.Forward): a query forwarded by another region's gateway for
 one of its agencies, for this region's data.
 
-    (1) the caller is the gateway of the region it claims, forwarding for one of its agencies,
-        a well-formed request (checked again: a peer is not trusted to have checked it)
+    (1) the caller is the gateway of the region it claims, sending a well-formed request
+        (checked again: a peer is not trusted to have checked it), signed by that region's
+        audit key (`verify_forward`: REQUEST_SIGNATURE_INVALID), whose plain values are the
+        signed ones (REQUEST_PAYLOAD_MISMATCH), which are what is decided on and recorded,
+        with the signed request kept; it forwards for one of its agencies
     (2) this gateway decides again, on its own registry (never trusting the requester's
         decision), and counts the agreement's quota over every requesting gateway
     (3) answers from its cache, or asks its data system and seals the exact answer bytes
@@ -25,6 +28,7 @@ from gateway.cache import AnswerCache, cache_key
 from gateway.errors import Refusal
 from gateway.flows._common import AuditTrail, Gatekeeper, check_shape, gateway_of
 from gateway.flows._model import AuditContext, ForwardCall, Forwarded, Grant, SealedAnswer
+from gateway.forward_signing import ForwardDocument, SignedForward, verify_forward
 from gateway.licences import LICENCE_CONTENT_TYPE
 from gateway.policy import DataRequest
 from gateway.provider import ProviderAnswer
@@ -52,6 +56,16 @@ class SealedCodec(Protocol):
     def encode(self, record: SealedAnswer) -> bytes: ...
 
     def decode(self, raw: bytes) -> SealedAnswer: ...
+
+
+def _as_signed(call: ForwardCall, document: ForwardDocument) -> bool:
+    """Does the call say what its signed request signs (the plain fields are a copy)?"""
+    return (
+        call.request == document.request
+        and call.agency_id == document.caller_agency
+        and call.operator == document.caller_operator
+        and call.credential_type == document.credential_type
+    )
 
 
 class OwnerFlow:
@@ -82,7 +96,6 @@ class OwnerFlow:
 
     async def forward(self, call: ForwardCall) -> Forwarded:
         started = time.perf_counter()
-        data = call.request
         # (1)
         caller = gateway_of(
             call.caller, call.requesting_region, "the requesting region forwards its queries"
@@ -93,12 +106,28 @@ class OwnerFlow:
             caller_agency=call.agency_id,
             caller_operator=call.operator,
             caller_region=caller.region,
-            request=data,
+            request=call.request,
             started=started,
             registry_version=registry.version,
         )
         try:
-            check_shape(data)
+            check_shape(call.request)  # first: a malformed request is refused unread
+            signed = self._verified(call, registry)
+            document = signed.document
+            audit = replace(  # what was signed is recorded, and the signature kept
+                audit,
+                caller_agency=document.caller_agency,
+                caller_operator=document.caller_operator,
+                request=document.request,
+                kept_request=signed.jws,
+            )
+            if not _as_signed(call, document):
+                raise Refusal(
+                    "REQUEST_PAYLOAD_MISMATCH",
+                    "the forwarded request's plain values are not the ones its signed request "
+                    "signs",
+                )
+            data = document.request  # the same values, whose shape was checked
             if data.provider_region != self.region:
                 raise Refusal(
                     "UNKNOWN_REGION",
@@ -140,6 +169,17 @@ class OwnerFlow:
             agreement_id=grant.agreement_id,
             # for the requesting gateway's reports of its own hits (cache_scope "requester")
             subject_pseudonym=subject if grant.dataset.cache_scope is CacheScope.REQUESTER else "",
+        )
+
+    def _verified(self, call: ForwardCall, registry: Registry) -> SignedForward:
+        """(1): the call's signed request, once verified; a Refusal when it is not signed by
+        the requesting region's audit key."""
+        return verify_forward(
+            call.signed_request,
+            registry=registry,
+            requesting_region=call.requesting_region,
+            owner_region=self.region,
+            now=self._clock(),
         )
 
     async def _licence(

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -20,7 +19,8 @@ from gateway.audit import (
     is_request_id,
 )
 from gateway.errors import GatewayError, Refusal
-from registry import KeyState, KeyUsage, Registry, is_registry_id
+from gateway.forward_signing import audit_public_key
+from registry import KeyRefused, Registry, is_registry_id
 from signer import SignedJsonRefused, canonical_json, sign_json, verify_json
 from tongban.v1 import common_pb2, exchange_pb2
 
@@ -304,25 +304,10 @@ def _signature_invalid(message: str) -> BatchRefused:
 
 def _report_key(registry: Registry, kid: object, reporting_region: str, now: datetime) -> Any:
     """The Ed25519 public key of the registry's audit key `kid` of the reporting region."""
-    if not isinstance(kid, str) or not kid:
-        raise _signature_invalid("the batch header names no key (x5t#S256)")
-    entry = registry.key(kid)
-    if entry is None:
-        raise _signature_invalid(f"key {kid} is not in registry version {registry.version}")
-    if entry.usage is not KeyUsage.AUDIT:
-        raise _signature_invalid(f"key {kid} is a {entry.usage.value} key, not an audit key")
-    if entry.owner != reporting_region:
-        raise _signature_invalid(
-            f"key {kid} is {entry.owner}'s, not the reporting region {reporting_region}'s"
-        )
-    if entry.state is KeyState.REVOKED:
-        raise _signature_invalid(f"key {kid} is revoked")
-    if not entry.not_before <= now <= entry.not_after:
-        raise _signature_invalid(f"key {kid} is outside its certificate's validity")
-    public = x509.load_der_x509_certificate(entry.certificate).public_key()
-    if not isinstance(public, ed25519.Ed25519PublicKey):
-        raise _signature_invalid(f"key {kid} is not an Ed25519 key")
-    return public
+    try:
+        return audit_public_key(registry, kid, reporting_region, now)
+    except KeyRefused as exc:
+        raise _signature_invalid(f"the batch's {exc}") from exc
 
 
 def _verified_jws(jws: str, registry: Registry, reporting_region: str, now: datetime) -> Any:

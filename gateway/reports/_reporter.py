@@ -14,7 +14,6 @@ from datetime import UTC, datetime
 from typing import Final
 
 import grpc
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
@@ -25,6 +24,7 @@ from gateway.audit import (
 )
 from gateway.breaker import BreakerOpen
 from gateway.errors import error_info_of, peer_text
+from gateway.forward_signing import signing_kid
 from gateway.peers import PeerPool, UnknownPeer
 from gateway.reports._format import (
     MAX_REPORTS_PER_BATCH,
@@ -33,7 +33,7 @@ from gateway.reports._format import (
     batch_payload,
     sign_batch,
 )
-from registry import KeyState, KeyUsage, Registry, RegistryError, RegistryStore
+from registry import Registry, RegistryError, RegistryStore
 from signer import canonical_json
 from tongban.v1 import exchange_pb2
 
@@ -254,17 +254,7 @@ class AccessReporter:
         version, kid = self._kid
         if version == registry.version:
             return kid
-        kid = None
-        for entry in registry.keys_of(self.region, KeyUsage.AUDIT):
-            if entry.state is KeyState.REVOKED:
-                continue
-            public = x509.load_der_x509_certificate(entry.certificate).public_key()
-            if isinstance(public, ed25519.Ed25519PublicKey) and (
-                public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-                == self._public
-            ):
-                kid = entry.kid
-                break
+        kid = signing_kid(registry, self.region, self._public)
         self._kid = (registry.version, kid)
         return kid
 

@@ -96,6 +96,8 @@ def record_message(
         agreement_id=shown.text(record.agreement_id),
         rpc=shown.text(record.rpc),
         leaf_hash=leaf,
+        request_digest=record.request_digest,
+        request_sealed=shown.text(record.request_sealed),
     )
     # The canonical encoding holds the latency unclamped: a clamped one cannot rebuild the leaf.
     message.abridged = shown.abridged or record.latency_us > 2**32 - 1

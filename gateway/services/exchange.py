@@ -21,8 +21,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 import grpc
-from google.protobuf.message import DecodeError
-from google.protobuf.timestamp_pb2 import Timestamp
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from google.rpc import status_pb2
 
 from gateway import rpcs
@@ -52,9 +51,9 @@ from gateway.flows import (
     QueryCall,
     ReportIntake,
     RequesterFlow,
-    SealedAnswer,
     TimeRemaining,
 )
+from gateway.forward_signing import ForwardDocument, RequestSigner
 from gateway.identity import Caller, current_caller
 from gateway.metrics import PEER_LOCAL, GatewayMetrics
 from gateway.peer_certificates import PeerCertificateRefused
@@ -69,11 +68,24 @@ from gateway.reports import (
     AccessReporter,
     ReportFormatError,
 )
-from gateway.sealing import RegionSealer, SealFormat, staple_of
+from gateway.sealing import RegionSealer, staple_of
+from gateway.services._exchange_messages import (
+    ForwardedCodec,
+    SealedRecordCodec,
+    data_request,
+    forward_response,
+    forwarded,
+    query_request,
+    query_response,
+    seal_format,
+    sealed_answer,
+    sealed_record,
+    wire_seal_format,
+)
 from gateway.tokens import TokenVerifier
-from registry import RegistryStore
+from registry import RegistryError, RegistryStore
 from signer import GmVerifier, KeyProvider, SealVerifier
-from tongban.v1 import common_pb2, credentials_pb2, exchange_pb2, exchange_pb2_grpc
+from tongban.v1 import common_pb2, exchange_pb2, exchange_pb2_grpc
 
 __all__ = [
     "DataExchangeService",
@@ -82,6 +94,7 @@ __all__ = [
     "PeerService",
     "QueryPath",
     "seal_format",
+    "sealed_answer",
     "sealed_record",
     "wire_seal_format",
 ]
@@ -93,140 +106,6 @@ FORWARD_MARGIN_SECONDS: Final = 0.05  # kept back for our own work after the pee
 MAX_BATCH_ITEMS: Final = 20  # queries in one BatchQuery
 
 Context = grpc.aio.ServicerContext[Any, Any]
-
-
-# -- messages <-> domain values ----------------------------------------------------------------
-def data_request(query: exchange_pb2.QueryRequest) -> DataRequest:
-    """What the policy decides on, from the wire message (the same on both gateways)."""
-    return DataRequest(
-        provider_region=query.provider_region,
-        dataset=query.dataset,
-        purpose=query.purpose,
-        subject_id=query.subject_id,
-        fields=tuple(query.fields),
-        case_id=query.case_id,
-        request_id=query.request_id,
-    )
-
-
-def query_request(data: DataRequest) -> exchange_pb2.QueryRequest:
-    return exchange_pb2.QueryRequest(
-        provider_region=data.provider_region,
-        dataset=data.dataset,
-        purpose=data.purpose,
-        subject_id=data.subject_id,
-        fields=data.fields,
-        case_id=data.case_id,
-        request_id=data.request_id,
-    )
-
-
-_WIRE_FORMATS: Final = {
-    SealFormat.JADES: credentials_pb2.SEAL_FORMAT_JADES,
-    SealFormat.GBT38540: credentials_pb2.SEAL_FORMAT_GBT38540,
-    SealFormat.OFD: credentials_pb2.SEAL_FORMAT_OFD,
-}
-_FORMATS_OF_WIRE: Final = {wire: format for format, wire in _WIRE_FORMATS.items()}
-
-
-def seal_format(wire: int) -> SealFormat:
-    """The format a SealedRecord says; unspecified (an older sender) is JAdES. A value this
-    gateway does not know is read as JAdES too: its empty or foreign jws then fails to verify."""
-    return _FORMATS_OF_WIRE.get(credentials_pb2.SealFormat.ValueType(wire), SealFormat.JADES)
-
-
-def wire_seal_format(format: SealFormat) -> credentials_pb2.SealFormat.ValueType:
-    return _WIRE_FORMATS[format]
-
-
-def sealed_answer(record: credentials_pb2.SealedRecord) -> SealedAnswer:
-    return SealedAnswer(
-        format=seal_format(record.format),
-        ses_signature=record.ses_signature,
-        jws=record.jws,
-        payload=record.payload,
-        content_type=record.content_type,
-        sealer_kid=record.sealer_kid,
-        sealer_region=record.sealer_region,
-        sealed_at=(record.sealed_at.seconds, record.sealed_at.nanos)
-        if record.HasField("sealed_at")
-        else None,
-    )
-
-
-def sealed_record(answer: SealedAnswer) -> credentials_pb2.SealedRecord:
-    """The wire's SealedRecord of a sealed answer."""
-    record = credentials_pb2.SealedRecord(
-        jws=answer.jws,
-        format=wire_seal_format(answer.format),
-        ses_signature=answer.ses_signature,
-        payload=answer.payload,
-        content_type=answer.content_type,
-        sealer_kid=answer.sealer_kid,
-        sealer_region=answer.sealer_region,
-    )
-    if answer.sealed_at is not None:
-        seconds, nanos = answer.sealed_at
-        record.sealed_at.CopyFrom(Timestamp(seconds=seconds, nanos=nanos))
-    return record
-
-
-def forwarded(response: exchange_pb2.ForwardResponse) -> Forwarded:
-    return Forwarded(
-        record=sealed_answer(response.record),
-        audit_id=response.audit_id,
-        fields=tuple(response.fields),
-        registry_version=response.registry_version,
-        cache_hit=response.cache_hit,
-        agreement_id=response.agreement_id,
-        subject_pseudonym=response.subject_pseudonym,
-    )
-
-
-def forward_response(answer: Forwarded) -> exchange_pb2.ForwardResponse:
-    return exchange_pb2.ForwardResponse(
-        record=sealed_record(answer.record),
-        audit_id=answer.audit_id,
-        fields=answer.fields,
-        registry_version=answer.registry_version,
-        cache_hit=answer.cache_hit,
-        agreement_id=answer.agreement_id,
-        subject_pseudonym=answer.subject_pseudonym,
-    )
-
-
-def query_response(answer: Answer) -> exchange_pb2.QueryResponse:
-    return exchange_pb2.QueryResponse(
-        record=sealed_record(answer.record),
-        cache_hit=answer.cache_hit,
-        audit_id=answer.audit_id,
-        fields=answer.fields,
-        registry_version=answer.registry_version,
-        agreement_id=answer.agreement_id,
-    )
-
-
-class ForwardedCodec:
-    """A requesting gateway keeps an owner's answer as its ForwardResponse message."""
-
-    def encode(self, answer: Forwarded) -> bytes:
-        return forward_response(answer).SerializeToString()
-
-    def decode(self, raw: bytes) -> Forwarded | None:
-        try:
-            return forwarded(exchange_pb2.ForwardResponse.FromString(raw))
-        except DecodeError:
-            return None
-
-
-class SealedRecordCodec:
-    """An owner gateway keeps its sealed answer as its SealedRecord message."""
-
-    def encode(self, record: SealedAnswer) -> bytes:
-        return sealed_record(record).SerializeToString()
-
-    def decode(self, raw: bytes) -> SealedAnswer:
-        return sealed_answer(credentials_pb2.SealedRecord.FromString(raw))
 
 
 def _token(context: Context) -> str:
@@ -249,12 +128,41 @@ class PeerOwners:
         region: str,
         peers: PeerPool,
         metrics: GatewayMetrics,
+        registry: RegistryStore,
+        signer: RequestSigner,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         peer_timeout_seconds: float = PEER_CALL_SECONDS,
     ) -> None:
         self.region = region
         self._peers = peers
         self.metrics = metrics
+        self._registry = registry
+        self.signer = signer  # signs each Peer.Forward with this gateway's audit key
+        self._clock = clock
         self.peer_timeout_seconds = peer_timeout_seconds  # a forward's bound (and the deadline's)
+
+    def signed_request(
+        self, request: DataRequest, caller: Caller, operator: str, credential_type: str
+    ) -> str:
+        """The forwarded request's signed form (`gateway.forward_signing`), which the owner
+        decides on and keeps as proof that this region asked."""
+        try:
+            registry = self._registry.current()
+        except RegistryError as exc:
+            raise Refusal("REGISTRY_STALE", str(exc)) from exc
+        document = ForwardDocument(
+            requesting_region=self.region,
+            owner_region=request.provider_region,
+            request=request,
+            caller_agency=caller.agency_id,
+            caller_region=caller.region,
+            caller_operator=operator,
+            caller_thumbprint=caller.thumbprint,
+            credential_type=credential_type,
+            requesting_gateway_audit_id="",  # our record is written once the owner answered
+            issued_at=self._clock(),
+        )
+        return self.signer.sign(registry, document)
 
     async def forward(
         self,
@@ -279,6 +187,7 @@ class PeerOwners:
             ),
             requesting_region=self.region,
             credential_type=credential_type,
+            signed_request=self.signed_request(request, caller, operator, credential_type),
         )
         region = request.provider_region
         started = time.perf_counter()
@@ -397,6 +306,7 @@ class QueryPath:
         pseudonym_key: bytes,
         metrics: GatewayMetrics,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        audit_key: ed25519.Ed25519PrivateKey,
         reporter: AccessReporter | None = None,
         peer_timeout_seconds: float = PEER_CALL_SECONDS,
     ) -> None:
@@ -424,6 +334,9 @@ class QueryPath:
                 region=region,
                 peers=peers,
                 metrics=metrics,
+                registry=registry,
+                signer=RequestSigner(region, audit_key),  # the key the reports are signed with
+                clock=clock,
                 peer_timeout_seconds=peer_timeout_seconds,
             ),
             verifier=verifier,
@@ -565,6 +478,7 @@ class PeerService(exchange_pb2_grpc.PeerServicer):
                 request=data_request(request.query),
                 time_remaining=context.time_remaining,
                 credential_type=request.credential_type,
+                signed_request=request.signed_request,
             )
         )
         return forward_response(answer)

@@ -64,6 +64,7 @@ from fuzz.strategies import (
 )
 from hypothesis import given
 from hypothesis import strategies as st
+from support import sign_forward_message
 
 from registry import KeyState, KeyUsage
 from tongban.v1 import (
@@ -200,6 +201,7 @@ def test_peer_forward(harness: Harness) -> None:
         caller=common_pb2.CallerIdentity(agency_id="sc.hrss", region="510000"),
         requesting_region="510000",
     )
+    example = sign_forward_message(h.fed, example)  # raw mutations of a signed request
     thumbprints = st.one_of(
         st.sampled_from([h.cluster.thumbprint("sc.hrss"), h.cluster.thumbprint("cq.hrss")]),
         texts(huge=False),
@@ -258,6 +260,9 @@ def test_peer_forward(harness: Harness) -> None:
                 requesting_gateway_audit_id=parts["linked"],
                 credential_type=parts["credential"],
             )
+            # signed by the requesting region's audit key, as its gateway does: the owner's
+            # checks past the signature are what is fuzzed
+            message = sign_forward_message(h.fed, message)
         result = h.unary(*caller, FORWARD, exchange_pb2.ForwardResponse, message)
         check_contract(result, f"Forward {parts!r} as {caller}")
         if result.ok:

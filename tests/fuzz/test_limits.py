@@ -27,6 +27,7 @@ from fuzz.strategies import Deep, Raw, b64url, json_header
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from query_support import request
+from support import sign_forward_message
 
 from gateway.errors import MAX_STATUS_MESSAGE_BYTES, bounded_message
 from gateway.server import MAX_MESSAGE_BYTES
@@ -376,6 +377,7 @@ def test_a_huge_value_quoted_in_an_error_keeps_the_error_info(harness: Harness) 
         caller=common_pb2.CallerIdentity(agency_id="sc.hrss", region="510000"),
         requesting_region="510000",
     )
+    forward = sign_forward_message(h.fed, forward)
     result = h.unary(
         "510000", "330000", "/tongban.v1.Peer/Forward", exchange_pb2.ForwardResponse, forward
     )

@@ -86,6 +86,10 @@ def test_bench_query_path_runs(tmp_path: Path) -> None:
     )
     assert "whole run" in done.stdout
     assert out.is_file()
+    # the cost of signing each forward, beside the path that pays it (issue 18)
+    assert "request signing (Peer.Forward)" in done.stdout
+    signing = json.loads(out.read_text(encoding="utf-8"))["request_signing"]
+    assert signing["per_forward_us"] == signing["sign_us"] + signing["verify_us"] > 0
 
 
 def test_bench_soak_runs(tmp_path: Path) -> None:

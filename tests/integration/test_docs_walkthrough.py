@@ -8,10 +8,12 @@ tests/unit/test_docs_commands.py maps every command of the docs to the test that
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -168,6 +170,21 @@ AUDIT_SUBSTITUTIONS: list[Substitution] = [
 ]
 
 
+def signed_forward_id(log: Path) -> Callable[[], str]:
+    """The request id of a Peer.Forward record of `log` that keeps its signed request."""
+
+    def find() -> str:
+        with contextlib.closing(sqlite3.connect(log)) as db:
+            rows = db.execute("SELECT canonical FROM audit_records ORDER BY idx").fetchall()
+        for (canonical,) in rows:
+            record = json.loads(canonical)
+            if record["rpc"] == "/tongban.v1.Peer/Forward" and record.get("request_sealed"):
+                return str(record["request_id"])
+        raise AssertionError(f"{log} holds no Peer.Forward record with a signed request")
+
+    return find
+
+
 def test_docs_audit_and_oversight_commands(demo_folder: Path) -> None:
     cwd = demo_folder
     size = json.loads(
@@ -187,12 +204,15 @@ def test_docs_audit_and_oversight_commands(demo_folder: Path) -> None:
     # The evidence bundle of 重庆's first record: its checkpoint is witnessed (the demo's
     # audit-proof story waits for the cosignatures), so check-evidence passes every part.
     request_id = json.loads(run_all(cwd, [first], [])[first])["request_id"]
+    forwarded = signed_forward_id(cwd / "demo" / "audit-330000.db")
     # The pages' indices and sizes are their run's: the same shape within this log.
     shapes: list[Substitution] = [
         (r"--index 41\b", "--index 1"),
         (r"--size 14\b", f"--size {size - 1}"),
         (r"--consistency 14 --to 21\b", f"--consistency {size - 2} --to {size}"),
         (r"\bREQUEST_ID\b", request_id),
+        (r"--request-id req-0001\b", lambda: f"--request-id {forwarded()}"),
+        (r"\bout/published/current\.jws\b", "demo/published/current.jws"),
     ]
     run_all(
         cwd,

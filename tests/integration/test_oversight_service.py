@@ -685,6 +685,10 @@ def leaf_from_message(message: oversight_pb2.AuditRecord) -> bytes:
         "time": f"{time:%Y-%m-%dT%H:%M:%S}.{message.time.nanos // 1000:06d}Z",
         "v": 1,
     }
+    if message.request_digest:  # only a record that keeps a signed request has these
+        document["request_digest"] = message.request_digest
+    if message.request_sealed:
+        document["request_sealed"] = message.request_sealed
     canonical = json.dumps(
         document, sort_keys=True, separators=(",", ":"), ensure_ascii=False
     ).encode("utf-8")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import hashlib
 import json
 import secrets
 import shutil
@@ -19,6 +20,7 @@ from typing import Any
 
 import grpc
 import pytest
+from cli_support import Run
 from query_support import CALL_TIMEOUT, Cluster, bearer, request, running_cluster
 from redis.asyncio import Redis
 from support import (
@@ -32,6 +34,7 @@ from support import (
 )
 
 from gateway.audit import AuditQuery, Outcome
+from gateway.demo.pki import DEV_PSEUDONYM_KEY
 from registry import KeyState, KeyUsage, RegistryTrust, SnapshotVerifier, load_trusted_root
 from signer import FileKeyProvider, Indication, SealVerifier, SignatureKind, seal
 from tongban.v1 import credentials_pb2, credentials_pb2_grpc, exchange_pb2, exchange_pb2_grpc
@@ -74,7 +77,7 @@ async def audited(cluster: Cluster, region: str) -> list[Any]:
 
 
 async def test_allowed_query_is_sealed_verified_minimised_and_then_cached(
-    federation: Federation, tmp_path: Path
+    federation: Federation, tmp_path: Path, run: Run
 ) -> None:
     async with running_cluster(federation, tmp_path, redis_url=REDIS) as cluster:
         subject = cluster.subject("330000", "si.participation")
@@ -129,6 +132,41 @@ async def test_allowed_query_is_sealed_verified_minimised_and_then_cached(
         assert all(
             subject not in r.canonical.decode() for r in requester + provider
         )  # pseudonyms only
+        # The owner keeps each request as the requesting gateway signed it (T26); oversight
+        # opens it, verifies it against the registry and tells who asked for what, about whom.
+        assert all(len(r.request_digest) == 64 and r.request_sealed for r in provider)
+        assert not any(r.request_sealed for r in requester)
+        code, out, err = await asyncio.to_thread(
+            run,
+            "audit",
+            "show-request",
+            "--sqlite",
+            tmp_path / "audit-330000.db",
+            "--request-id",
+            provider[0].request_id,
+            "--pseudonym-key-file",
+            federation.pki / DEV_PSEUDONYM_KEY,
+            "--snapshot",
+            federation.current,
+            "--pki",
+            federation.pki,
+            "--subject-id",
+            subject,
+            "--json",
+            "--jws-out",
+            tmp_path / "request.jws",
+        )
+        assert code == 0, err
+        facts = json.loads(out)
+        assert (facts["requesting_region"], facts["caller_agency"], facts["purpose"]) == (
+            "510000",
+            "sc.hrss",
+            "SI-TRANSFER",
+        )
+        assert (facts["subject"], facts["subject_matches"]) == (provider[0].subject, True)
+        assert subject not in out + err
+        disclosed = (tmp_path / "request.jws").read_text().strip()
+        assert hashlib.sha256(disclosed.encode()).hexdigest() == provider[0].request_digest
 
 
 Make = Callable[[Cluster], tuple[str, exchange_pb2.QueryRequest, str]]

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from query_support import CALL_TIMEOUT, Cluster
-from support import DEMO_SOURCE, Federation, credentials_as, region_root
+from support import DEMO_SOURCE, Federation, credentials_as, region_root, sign_forward_message
 
 from gateway.audit import AuditQuery
 from gateway.tokens import audience_for, issuer_for
@@ -124,9 +124,12 @@ class Kit:
         agency: str,
         agency_region: str,
         requesting_region: str,
+        fed: Federation | None = None,
+        signer: str | None = None,
     ) -> exchange_pb2.ForwardRequest:
-        """What a gateway sends a peer: the query and the identity it vouches for."""
-        return exchange_pb2.ForwardRequest(
+        """What a gateway sends a peer: the query and the identity it vouches for, signed by
+        `signer`'s audit key (default: the requesting region's) when `fed` is given."""
+        message = exchange_pb2.ForwardRequest(
             query=query,
             caller=common_pb2.CallerIdentity(
                 agency_id=agency,
@@ -136,6 +139,10 @@ class Kit:
             ),
             requesting_region=requesting_region,
         )
+        if fed is None:
+            return message
+        signed: exchange_pb2.ForwardRequest = sign_forward_message(fed, message, signer=signer)
+        return signed
 
     @staticmethod
     async def forward(

@@ -91,7 +91,11 @@ async def test_the_provider_decides_again_when_a_gateway_forwards_an_escalated_q
                     cluster,
                     "330000",
                     kit.forward_request(
-                        query, agency=agency, agency_region="510000", requesting_region="510000"
+                        query,
+                        fed=cluster.fed,
+                        agency=agency,
+                        agency_region="510000",
+                        requesting_region="510000",
                     ),
                     as_owner="510000",
                 )
@@ -206,6 +210,7 @@ async def test_a_cached_answer_is_served_only_to_the_same_question_after_a_fresh
                     "330000",
                     kit.forward_request(
                         request("330000", "si.participation", purpose, subject),
+                        fed=cluster.fed,
                         agency=agency,
                         agency_region="510000",
                         requesting_region="510000",
@@ -312,7 +317,11 @@ async def test_the_provider_holds_a_forwarding_gateway_to_the_agreements_quota(
                 cluster.subject("500000", "si.participation", n=n),
             )
             forward = kit.forward_request(
-                query, agency="sc.hrss", agency_region="510000", requesting_region="510000"
+                query,
+                fed=cluster.fed,
+                agency="sc.hrss",
+                agency_region="510000",
+                requesting_region="510000",
             )
             try:
                 await kit.forward(cluster, "500000", forward, as_owner="510000")

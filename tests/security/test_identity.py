@@ -164,6 +164,7 @@ async def test_a_certificate_not_anchored_in_the_named_partys_region_is_refused(
     async with running_cluster(federation, tmp_path) as cluster:
         forward = kit.forward_request(
             si_query(cluster),
+            fed=cluster.fed,
             agency="sc.hrss",
             agency_region="510000",
             requesting_region="510000",
@@ -197,6 +198,7 @@ async def test_a_certificate_of_a_rogue_ca_fails_the_handshake(
                 "330000",
                 kit.forward_request(
                     si_query(cluster),
+                    fed=cluster.fed,
                     agency="sc.hrss",
                     agency_region="510000",
                     requesting_region="510000",
@@ -222,19 +224,31 @@ async def test_only_the_gateway_of_the_requesting_region_may_forward_for_its_own
             "an agency certificate": (
                 "sc.hrss",
                 kit.forward_request(
-                    query, agency="sc.hrss", agency_region="510000", requesting_region="510000"
+                    query,
+                    fed=cluster.fed,
+                    agency="sc.hrss",
+                    agency_region="510000",
+                    requesting_region="510000",
                 ),
             ),
             "500000's gateway claiming to be 510000's": (
                 "500000",
                 kit.forward_request(
-                    query, agency="sc.hrss", agency_region="510000", requesting_region="510000"
+                    query,
+                    fed=cluster.fed,
+                    agency="sc.hrss",
+                    agency_region="510000",
+                    requesting_region="510000",
                 ),
             ),
             "500000's gateway forwarding for an agency of 510000": (
                 "500000",
                 kit.forward_request(
-                    query, agency="sc.hrss", agency_region="510000", requesting_region="500000"
+                    query,
+                    fed=cluster.fed,
+                    agency="sc.hrss",
+                    agency_region="510000",
+                    requesting_region="500000",
                 ),
             ),
         }
@@ -254,7 +268,11 @@ async def test_only_the_gateway_of_the_requesting_region_may_forward_for_its_own
             cluster,
             "330000",
             kit.forward_request(
-                query, agency="sc.hrss", agency_region="510000", requesting_region="510000"
+                query,
+                fed=cluster.fed,
+                agency="sc.hrss",
+                agency_region="510000",
+                requesting_region="510000",
             ),
             as_owner="510000",
         )
@@ -382,6 +400,7 @@ async def test_a_revoked_gateway_tls_certificate_cannot_forward(tmp_path: Path, 
                 "330000",
                 kit.forward_request(
                     si_query(cluster),
+                    fed=cluster.fed,
                     agency="sc.hrss",
                     agency_region="510000",
                     requesting_region="510000",

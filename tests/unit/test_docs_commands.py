@@ -61,6 +61,7 @@ COMMANDS: dict[str, str] = {
     "tongban audit verify --sqlite audit-330000.db --pki out/pki --region 330000 --checkpoint kept.checkpoint --save-checkpoint kept.checkpoint": "tests/integration/test_docs_walkthrough.py::test_docs_audit_and_oversight_commands",
     "tongban audit query --sqlite audit-330000.db --subject-id 110105194912310021 --pseudonym-key-file /run/secrets/audit-pseudonym": "tests/integration/test_docs_walkthrough.py::test_docs_audit_and_oversight_commands",
     "tongban audit proof --sqlite audit-330000.db --pki out/pki --region 330000 --index 41": "tests/integration/test_docs_walkthrough.py::test_docs_audit_and_oversight_commands",
+    "tongban audit show-request --sqlite audit-330000.db --request-id req-0001 --pseudonym-key-file /run/secrets/audit-pseudonym --snapshot out/published/current.jws --pki out/pki": "tests/integration/test_docs_walkthrough.py::test_docs_audit_and_oversight_commands",
     'tongban audit prune --sqlite audit-330000.db --pki out/pki --region 330000 --older-than 365d --operator "数据局 运维" --reason "retention ticket 42"': "tests/integration/test_docs_walkthrough.py::test_docs_audit_and_oversight_commands",
     "tongban audit prune ... --yes": "tests/integration/test_docs_walkthrough.py::test_docs_audit_and_oversight_commands",
     "tongban token issue --pki /tmp/g/pki --agency sc.hrss --operator 张三 --lifetime 120s": "tests/integration/test_docs_walkthrough.py::test_docs_integrating_md_commands",

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from gateway.cli._common import Parser, Subparsers
-from gateway.cli.audit import checkpoint, evidence, proof, prune, query, verify
+from gateway.cli.audit import checkpoint, evidence, proof, prune, query, show_request, verify
 from gateway.cli.audit.query import AUDIT_OUTCOMES
 
 __all__ = ["AUDIT_OUTCOMES", "register"]
@@ -26,6 +26,7 @@ def register(commands: Subparsers) -> None:
     for verb in (
         verify,
         query,
+        show_request,
         proof,
         prune,
         checkpoint,

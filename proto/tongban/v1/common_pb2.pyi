@@ -159,6 +159,15 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     registry, or by its CA's OCSP responder or CRL): this gateway does not call it (sent with
     UNAVAILABLE; retry later, once the region has a new certificate).
     """
+    REQUEST_SIGNATURE_INVALID: _ErrorReason.ValueType  # 44
+    """Peer.Forward: the request is unsigned, or its signed_request is not a JWS by an audit key
+    the owner's registry publishes (not revoked) for the requesting region, or it was issued
+    outside the clock skew (sent with UNAUTHENTICATED; retry once the registries agree).
+    """
+    REQUEST_PAYLOAD_MISMATCH: _ErrorReason.ValueType  # 45
+    """Peer.Forward: the plain fields of the request are not the ones its signed_request signs,
+    or the signed request names other regions (sent with INVALID_ARGUMENT).
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The reasons a Tongban RPC fails, carried in a google.rpc.ErrorInfo detail of the gRPC status.
@@ -305,6 +314,15 @@ PEER_CERTIFICATE_REVOKED: ErrorReason.ValueType  # 43
 """The provider region's gateway presents a TLS server certificate that is revoked (by the
 registry, or by its CA's OCSP responder or CRL): this gateway does not call it (sent with
 UNAVAILABLE; retry later, once the region has a new certificate).
+"""
+REQUEST_SIGNATURE_INVALID: ErrorReason.ValueType  # 44
+"""Peer.Forward: the request is unsigned, or its signed_request is not a JWS by an audit key
+the owner's registry publishes (not revoked) for the requesting region, or it was issued
+outside the clock skew (sent with UNAUTHENTICATED; retry once the registries agree).
+"""
+REQUEST_PAYLOAD_MISMATCH: ErrorReason.ValueType  # 45
+"""Peer.Forward: the plain fields of the request are not the ones its signed_request signs,
+or the signed request names other regions (sent with INVALID_ARGUMENT).
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 

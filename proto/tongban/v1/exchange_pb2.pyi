@@ -215,12 +215,21 @@ class ForwardRequest(_message.Message):
     REQUESTING_REGION_FIELD_NUMBER: _builtins.int
     REQUESTING_GATEWAY_AUDIT_ID_FIELD_NUMBER: _builtins.int
     CREDENTIAL_TYPE_FIELD_NUMBER: _builtins.int
+    SIGNED_REQUEST_FIELD_NUMBER: _builtins.int
     requesting_region: _builtins.str
     """GB/T 2260 code of the requesting region (must match the peer certificate)."""
     requesting_gateway_audit_id: _builtins.str
     """Id of the requesting gateway's audit record, to link the two records."""
     credential_type: _builtins.str
     """Credential type when this hop serves Credentials.Fetch; empty for DataExchange queries."""
+    signed_request: _builtins.str
+    """Compact JWS (`tongban.forward-request/v1`, docs/integrating.md) by the requesting
+    gateway's audit key over the canonical JSON of this request (query, caller, regions,
+    credential type, audit id, issue time). Required: it is authoritative over the plain
+    fields above, which must say the same (REQUEST_PAYLOAD_MISMATCH otherwise); an unsigned
+    or badly signed request is refused (REQUEST_SIGNATURE_INVALID). The owner keeps it with
+    its audit record as proof of who asked.
+    """
     @_builtins.property
     def query(self) -> Global___QueryRequest:
         """The query as the requesting agency sent it (for a credential fetch: provider_region is the
@@ -239,10 +248,11 @@ class ForwardRequest(_message.Message):
         requesting_region: _builtins.str = ...,
         requesting_gateway_audit_id: _builtins.str = ...,
         credential_type: _builtins.str = ...,
+        signed_request: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["caller", b"caller", "query", b"query"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller", b"caller", "credential_type", b"credential_type", "query", b"query", "requesting_gateway_audit_id", b"requesting_gateway_audit_id", "requesting_region", b"requesting_region"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller", b"caller", "credential_type", b"credential_type", "query", b"query", "requesting_gateway_audit_id", b"requesting_gateway_audit_id", "requesting_region", b"requesting_region", "signed_request", b"signed_request"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -207,6 +207,20 @@ class _Context:
         return 5.0
 
 
+class _Registry:
+    """The registry store as PeerOwners reads it (the signer below needs no key of it)."""
+
+    def current(self) -> object:
+        return object()
+
+
+class _Signer:
+    """Signs nothing: what is tested here is the peer's refusal, after the request left."""
+
+    def sign(self, registry: object, document: object) -> str:
+        return "signed.request.here"
+
+
 def peer_refusal(code: grpc.StatusCode, reason: str, message: str) -> grpc.aio.AioRpcError:
     """A peer's refusal as an older or careless gateway would send it: its own words in the
     message, in the rich status too."""
@@ -245,6 +259,8 @@ async def test_the_requester_passes_on_a_peers_reason_never_its_words(
         region="510000",
         peers=_Peers(peer_refusal(code, reason, words)),  # type: ignore[arg-type]
         metrics=_Metrics(),  # type: ignore[arg-type]
+        registry=_Registry(),  # type: ignore[arg-type]
+        signer=_Signer(),  # type: ignore[arg-type]
         peer_timeout_seconds=5.0,
     )
     query = data_request(exchange_pb2.QueryRequest(provider_region="330000"))

@@ -24,6 +24,7 @@ from flow_support import (
     gateway_caller,
     owner_flow,
     si_request,
+    signed_call,
 )
 from support import Federation
 
@@ -57,13 +58,16 @@ class World:
             case_id="",
         )
         return await self.owner.forward(
-            ForwardCall(
-                caller=gateway_caller(REQUESTER),
-                requesting_region=REQUESTER,
-                agency_id="sc.amr",
-                operator="经办人 张三",
-                request=request,
-                time_remaining=lambda: None,
+            signed_call(
+                self.fed,
+                ForwardCall(
+                    caller=gateway_caller(REQUESTER),
+                    requesting_region=REQUESTER,
+                    agency_id="sc.amr",
+                    operator="经办人 张三",
+                    request=request,
+                    time_remaining=lambda: None,
+                ),
             )
         )
 

@@ -25,6 +25,7 @@ from flow_support import (
     gateway_caller,
     owner_flow,
     si_request,
+    signed_call,
     verifier,
 )
 from support import Federation
@@ -70,7 +71,7 @@ class World:
         caller: Caller | None = None,
         requesting_region: str = REQUESTER,
     ) -> ForwardCall:
-        return ForwardCall(
+        made = ForwardCall(
             caller=caller or gateway_caller(requesting_region),
             requesting_region=requesting_region,
             agency_id=agency,
@@ -78,6 +79,7 @@ class World:
             request=request or si_request(),
             time_remaining=lambda: None,
         )
+        return signed_call(self.fed, made)
 
 
 @pytest.fixture

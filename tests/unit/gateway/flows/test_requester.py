@@ -29,6 +29,7 @@ from flow_support import (
     requester_flow,
     seal_key,
     si_request,
+    signed_call,
     token,
 )
 from support import Federation
@@ -61,13 +62,16 @@ class World:
 
     async def _ask_owner(self, request: DataRequest, caller: Caller, operator: str) -> Forwarded:
         return await self.owner_flow.forward(
-            ForwardCall(
-                caller=gateway_caller(REQUESTER),
-                requesting_region=REQUESTER,
-                agency_id=caller.agency_id,
-                operator=operator,
-                request=request,
-                time_remaining=lambda: None,
+            signed_call(
+                self.fed,
+                ForwardCall(
+                    caller=gateway_caller(REQUESTER),
+                    requesting_region=REQUESTER,
+                    agency_id=caller.agency_id,
+                    operator=operator,
+                    request=request,
+                    time_remaining=lambda: None,
+                ),
             )
         )
 
