@@ -27,6 +27,7 @@ from docs_support import REPO, WALKTHROUGH
 from support import free_port
 
 from gateway.demo.data import DemoData
+from gateway.evidence import REQUEST_SIGNATURE_SEALED
 from registry import Inventory, KeyState, KeyUsage
 
 pytestmark = pytest.mark.integration
@@ -221,7 +222,11 @@ def test_docs_audit_and_oversight_commands(demo_folder: Path) -> None:
     )
     assert (cwd / "audit-510000.pem").is_file()  # what the page's Python snippet writes
     assert (cwd / "kept-510000.checkpoint").is_file()
-    assert (cwd / "evidence.json").is_file()
+    # 重庆's first record is a Peer.Forward that keeps 四川's signed request: the bundle proves
+    # its digest (in the record) and says where the request is, without copying it.
+    bundle = json.loads((cwd / "evidence.json").read_bytes())
+    assert json.loads(bundle["record"])["request_digest"]
+    assert bundle["absent"]["request_signature"] == REQUEST_SIGNATURE_SEALED
 
 
 def test_docs_monitoring_md_audit_verify(demo_folder: Path) -> None:
