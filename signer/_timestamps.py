@@ -41,6 +41,7 @@ from urllib.parse import urlsplit
 
 from asn1crypto import tsp
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import (
     Criticality,
@@ -120,7 +121,17 @@ def proof_of_existence(
     now: datetime | None = None,
 ) -> TimeStampProof:
     """Whether `token` proves that `message` existed at its genTime (module docstring, (1)-(4));
-    never raises for a malformed token."""
+    never raises for a malformed token: pyca reads a carried certificate's fields lazily, so an
+    unreadable one (a changed curve, version or name) proves nothing."""
+    try:
+        return _proof_of_existence(token, message, anchors, now)
+    except (UnsupportedAlgorithm, *CERTIFICATE_READ_ERRORS) as exc:
+        return TimeStampProof(None, "", f"a certificate in the token cannot be read ({exc})")
+
+
+def _proof_of_existence(
+    token: bytes, message: bytes, anchors: Sequence[x509.Certificate], now: datetime | None
+) -> TimeStampProof:
     finding = check_time_stamp(token, message)  # (1)
     if finding.problem:
         return TimeStampProof(None, "", finding.problem)
