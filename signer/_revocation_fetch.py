@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -43,6 +41,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID
 
+from signer._http import HttpUnavailable, fetch
 from signer._revocation import (
     CertStatus,
     RevocationStatus,
@@ -114,14 +113,6 @@ def revocation_sources(certificate: x509.Certificate) -> RevocationSources:
             if isinstance(name, x509.UniformResourceIdentifier):
                 crl_urls.append(name.value)
     return RevocationSources(tuple(ocsp_urls), tuple(crl_urls))
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: object, **kwargs: object) -> None:
-        return None  # a redirect is answered as the error it then is
-
-
-_OPENER: Final = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,17 +318,13 @@ class RevocationFetcher:
             raise RevocationUnavailable(
                 f"only http:// URLs are fetched, not {parts.scheme or 'a relative'} URL"
             )
-        request = urllib.request.Request(url, data=body, method="POST" if body else "GET")  # noqa: S310 -- http only, checked above
-        if body is not None:
-            request.add_header("Content-Type", content_type)
         try:
-            with _OPENER.open(request, timeout=self.timeout_seconds) as answer:
-                data: bytes = answer.read(self.max_response_bytes + 1)
-        except urllib.error.HTTPError as exc:
-            raise RevocationUnavailable(f"HTTP {exc.code}") from None
-        except (OSError, ValueError) as exc:  # URLError, timeouts, resets are OSErrors
-            reason = getattr(exc, "reason", None) or exc
-            raise RevocationUnavailable(f"not reachable ({reason})") from None
-        if len(data) > self.max_response_bytes:
-            raise RevocationUnavailable(f"the answer exceeds {self.max_response_bytes} bytes")
-        return data
+            return fetch(
+                url,
+                body,
+                content_type,
+                timeout=self.timeout_seconds,
+                max_bytes=self.max_response_bytes,
+            ).body
+        except HttpUnavailable as exc:
+            raise RevocationUnavailable(str(exc)) from None

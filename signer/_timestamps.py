@@ -31,8 +31,6 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -51,6 +49,7 @@ from cryptography.x509.verification import (
     VerificationError,
 )
 
+from signer._http import HttpUnavailable, fetch
 from signer._ses_tsp import TimeStampFinding, check_time_stamp
 from signer._sm2_x509 import CERTIFICATE_READ_ERRORS
 from signer.errors import TimeStampUnavailable
@@ -163,14 +162,6 @@ def _proof_of_existence(
     return TimeStampProof(gen_time, subject, "")
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: object, **kwargs: object) -> None:
-        return None  # a redirect is answered as the error it then is
-
-
-_OPENER: Final = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
-
-
 class TimeStampClient:
     """Asks one TSA for RFC 3161 tokens (module docstring); blocking: an asynchronous caller
     runs `stamp` in a thread. `report(result, seconds)`, if given, hears of each request:
@@ -233,19 +224,21 @@ class TimeStampClient:
                 self._report(result, time.monotonic() - started)
 
     def _post(self, query: bytes) -> bytes:
-        request = urllib.request.Request(self.url, data=query, method="POST")  # noqa: S310 -- http(s) only, checked in __init__
-        request.add_header("Content-Type", "application/timestamp-query")
         try:
-            with _OPENER.open(request, timeout=self.timeout_seconds) as answer:
-                kind = answer.headers.get_content_type()
-                data: bytes = answer.read(self.max_response_bytes + 1)
-        except urllib.error.HTTPError as exc:
-            raise TimeStampUnavailable(f"the TSA answered HTTP {exc.code}") from None
-        except (OSError, ValueError) as exc:  # URLError, timeouts, resets are OSErrors
-            reason = getattr(exc, "reason", None) or exc
-            raise TimeStampUnavailable(f"the TSA is not reachable ({reason})") from None
-        if len(data) > self.max_response_bytes:
-            raise TimeStampUnavailable(f"the TSA's reply exceeds {self.max_response_bytes} bytes")
+            answer = fetch(
+                self.url,
+                query,
+                "application/timestamp-query",
+                timeout=self.timeout_seconds,
+                max_bytes=self.max_response_bytes,
+            )
+        except HttpUnavailable as exc:
+            said = {
+                "status": f"the TSA answered HTTP {exc.detail}",
+                "unreachable": f"the TSA is not reachable ({exc.detail})",
+            }.get(exc.kind, f"the TSA's reply exceeds {exc.detail} bytes")
+            raise TimeStampUnavailable(said) from None
+        kind, data = answer.content_type, answer.body
         if kind != REPLY_TYPE:
             raise TimeStampUnavailable(f"the TSA answered {kind}, not {REPLY_TYPE}")
         return data
