@@ -11,7 +11,8 @@ anyone can check it offline with only the registry snapshot.
     checkpoint        the C2SP signed note of size tree_size, signed by the region's audit key
     cosignatures      the C2SP cosignature/v1 lines of the other regions' witnesses on it
     time_stamps       base64 DER RFC 3161 tokens over the UTF-8 of `checkpoint`
-    request_signature the signed request the record keeps, or null
+    request_signature the signed request the record keeps, or null (it holds the raw subject
+                      id: the record keeps it sealed, checked with the pseudonym key)
     answer_digest     the record's sealed_digest (hex SHA-256 of the sealed answer), or null
     registry          {"version", "payload_sha256", "audit_certificates",
                        "witness_certificates"}: the snapshot it is checked with, and copies of
@@ -44,11 +45,13 @@ from gateway.audit import (
     AuditRecord,
     Checkpoint,
     CheckpointError,
+    KeptRequestError,
     ProofError,
     leaf_hash,
     verify_checkpoint,
     verify_inclusion,
 )
+from gateway.kept_request import prove_kept_request
 from gateway.witnessing import audit_keys, cosignature_report, log_origin, witness_name
 from registry import KeyUsage, Registry
 from signer import canonical_json
@@ -234,6 +237,8 @@ class _Context:
     checkpoint: Checkpoint | None = None
     at: datetime | None = None  # when the checkpoint provably existed (a time-stamp's genTime)
     record: AuditRecord | None = None
+    pseudonym_key: bytes | None = None  # opens the signed request a record keeps
+    now: datetime | None = None
     proofs: dict[bytes, TokenProof] = field(default_factory=dict)
 
     def proof(self, token: bytes, note: str) -> TokenProof:
@@ -265,14 +270,16 @@ def check_bundle(
     anchors: Sequence[x509.Certificate],
     *,
     now: datetime | None = None,
+    pseudonym_key: bytes | None = None,
 ) -> list[PartCheck]:
     """Check every part of the bundle in `data` against the (verified) registry snapshot and
-    the TSA trust anchors; the first entry is the format's."""
+    the TSA trust anchors; the first entry is the format's. With the deployment's pseudonym
+    key, the signed request a Peer.Forward record keeps sealed is opened and verified too."""
     document, detail = _parse(data)
     if document is None:
         return [PartCheck("format", False, detail)]
-    context = _Context(document, registry, snapshot_text, anchors)
-    context.at = now or datetime.now(UTC)
+    context = _Context(document, registry, snapshot_text, anchors, pseudonym_key=pseudonym_key)
+    context.at = context.now = now or datetime.now(UTC)
     results = [PartCheck("format", True, detail)]
     for part, check in _CHECKS:
         try:
@@ -480,15 +487,42 @@ def _check_answer(context: _Context) -> tuple[bool, str]:
     return True, f"sha256 {digest} (as the record holds it)"
 
 
-def _check_request(context: _Context) -> tuple[bool, str]:
+def _check_request(context: _Context) -> tuple[bool, str, bool]:
     signature = context.document["request_signature"]
     if signature is not None:
-        return False, "this tongban reads no signed request in a bundle"
-    if context.record is None:
-        return False, "no record to compare with (see record)"
-    if _keeps_request(context.document["record"]):
-        return True, f"not copied: {REQUEST_SIGNATURE_SEALED}"
-    return True, f"none: {NO_REQUEST_SIGNATURE}"
+        return False, "this tongban reads no signed request in a bundle", True
+    record = context.record
+    if record is None:
+        return False, "no record to compare with (see record)", True
+    if not _keeps_request(context.document["record"]):
+        return True, f"none: {NO_REQUEST_SIGNATURE}", True
+    if context.pseudonym_key is None:
+        return (
+            False,
+            (
+                "not checked: the record keeps the signed request sealed (its SHA-256 is "
+                "request_digest): give the pseudonym key (--pseudonym-key-file or "
+                "--pseudonym-key-env) to open and verify it"
+            ),
+            False,
+        )
+    assert context.now is not None
+    try:
+        _, signed = prove_kept_request(
+            record, context.pseudonym_key, context.registry, now=context.now
+        )
+    except KeptRequestError as exc:
+        return False, f"the record's signed request: {exc}", True
+    document = signed.document
+    return (
+        True,
+        (
+            f"signed by region {document.requesting_region}'s audit key {signed.kid} at "
+            f"{document.issued_at:%Y-%m-%dT%H:%M:%SZ} for agency {document.caller_agency}; it opens "
+            "to the record's request_digest and says what the record says"
+        ),
+        True,
+    )
 
 
 def _check_absent(context: _Context) -> tuple[bool, str]:

@@ -22,6 +22,7 @@ from gateway.cli.audit._store import (
     parse_index,
     store_options,
 )
+from gateway.cli.audit.show_request import pseudonym_key_options
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -186,16 +187,18 @@ def _write(path: Path, data: bytes) -> None:
 
 
 def cmd_audit_check_evidence(args: argparse.Namespace, out: Console) -> int:
+    from gateway.cli.audit.show_request import read_pseudonym_key
     from gateway.evidence import MAX_BUNDLE_BYTES, check_bundle
 
     try:  # what cannot be used to check anything: exit code 2, not a verdict on the bundle
         registry, snapshot_text = _snapshot(args)
         anchors = tsa_anchors(args.tsa_ca or [])
+        key = read_pseudonym_key(args)
         data = read_input(args.file, "the evidence bundle", limit=MAX_BUNDLE_BYTES)
     except Failure as exc:
         print_error(str(exc))
         return 2
-    results = check_bundle(data, registry, snapshot_text, anchors, now=utc_now())
+    results = check_bundle(data, registry, snapshot_text, anchors, now=utc_now(), pseudonym_key=key)
     for result in results:
         line = Text(f"{result.status:<9} {result.part:<17}", style=_STYLES[result.status])
         line.append(f" {result.detail}")
@@ -261,11 +264,13 @@ def register(audit_verbs: Subparsers) -> None:
         description="Check every part of an evidence bundle with only the registry snapshot "
         "(and the TSA anchors): the record's leaf hash, its inclusion proof to the checkpoint's "
         "root, the checkpoint's signature by the region's audit key, the cosignatures against "
-        "the registry's witnesses and witness_threshold, the time-stamps, the answer digest. "
-        "One line per part, PASS or FAIL with the reason. Exit code 0 all hold, 1 any fails, "
-        "2 the snapshot, the anchors or the file cannot be used.",
+        "the registry's witnesses and witness_threshold, the time-stamps, the answer digest, "
+        "and, with the pseudonym key, the signed request a Peer.Forward record keeps sealed. "
+        "One line per part, PASS, FAIL with the reason, or UNCHECKED (time-stamps without "
+        "--tsa-ca, a kept request without the pseudonym key). Exit code 0 all pass, 1 any fails "
+        "or is unchecked, 2 the snapshot, the anchors, the key or the file cannot be used.",
         epilog="Example: tongban audit check-evidence r-42.evidence.json --snapshot current.jws "
-        "--authority root.json --tsa-ca tsa-root.pem",
+        "--authority root.json --tsa-ca tsa-root.pem --pseudonym-key-file audit-pseudonym.key",
     )
     check.add_argument("file", type=Path, metavar="FILE", help="the evidence bundle")
     _trust_options(check)
@@ -273,4 +278,7 @@ def register(audit_verbs: Subparsers) -> None:
         "--tsa-ca", type=Path, action="append", metavar="PEM",
         help="TSA trust anchors (PEM roots) for the checkpoint's time-stamps",
     )  # fmt: skip
+    pseudonym_key_options(
+        check, required=False, why="to open and verify the signed request a record keeps sealed"
+    )
     check.set_defaults(handler=cmd_audit_check_evidence, usage_error=check.error)

@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import sys
-from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,12 +29,10 @@ if TYPE_CHECKING:
     from gateway.forward_signing import SignedForward
     from registry import Registry
 
-__all__ = ["register"]
+__all__ = ["pseudonym_key_options", "read_pseudonym_key", "register"]
 
 MAX_PSEUDONYM_KEY_BYTES = 4096
 _PAGE = 1000  # records read at a time while looking for a request id
-_FORWARD_RPCS = ("/tongban.v1.Peer/Forward", "Peer.Forward")
-RECORD_SLACK = timedelta(minutes=1)  # a forward's own time, from its receipt to its record
 
 
 def _registry(args: argparse.Namespace) -> Registry:
@@ -52,6 +49,7 @@ def _found(args: argparse.Namespace) -> tuple[int, AuditRecord]:
 
     async def work(store: AuditStore) -> tuple[int, AuditRecord] | None:
         from gateway.audit import AuditQuery, AuditRecord
+        from gateway.kept_request import FORWARD_RPCS
 
         if args.index is not None:
             rows = await store.rows(args.index, args.index + 1)
@@ -62,7 +60,7 @@ def _found(args: argparse.Namespace) -> tuple[int, AuditRecord]:
         while True:
             page = await store.query(AuditQuery(after_index=after, limit=_PAGE))
             for index, record in page:
-                if record.rpc in _FORWARD_RPCS and record.request_id == args.request_id:
+                if record.rpc in FORWARD_RPCS and record.request_id == args.request_id:
                     return index, record
             if len(page) < _PAGE:
                 return None
@@ -79,76 +77,16 @@ def _found(args: argparse.Namespace) -> tuple[int, AuditRecord]:
     return found
 
 
-def _opened(index: int, record: AuditRecord, key: bytes) -> str:
-    from gateway.audit import KeptRequestError, open_kept_request
+def _proved(
+    index: int, record: AuditRecord, key: bytes, registry: Registry
+) -> tuple[str, SignedForward]:
+    from gateway.audit import KeptRequestError
+    from gateway.kept_request import prove_kept_request
 
-    if record.rpc not in _FORWARD_RPCS:
-        raise Failure(f"record {index} is a {record.rpc} record, not a Peer.Forward one")
-    if not record.request_sealed:
-        raise Failure(
-            f"record {index} keeps no signed request (written before requests were signed, or "
-            "refused before its signature was verified)"
-        )
     try:
-        return open_kept_request(record.request_sealed, record.request_digest, key)
+        return prove_kept_request(record, key, registry, now=utc_now())
     except KeptRequestError as exc:
         raise Failure(f"record {index}: {exc}") from exc
-
-
-def _verified(index: int, record: AuditRecord, jws: str, registry: Registry) -> SignedForward:
-    from gateway.errors import Refusal
-    from gateway.forward_signing import REQUEST_CLOCK_SKEW, verify_forward
-
-    try:
-        signed = verify_forward(
-            jws,
-            registry=registry,
-            requesting_region=record.caller_region,
-            owner_region=record.region,
-            now=utc_now(),
-            at_signing=True,
-        )
-    except Refusal as exc:
-        raise Failure(
-            f"the signed request kept by record {index} does not verify ({exc.reason}): "
-            f"{exc.message}"
-        ) from exc
-    # The signing time is the signer's claim; the record's time is the owner's, in its Merkle
-    # log. The owner accepted the request only within the clock skew, so a signing time far
-    # from the record's is a backdated signature (a key revoked later cannot hide behind it).
-    issued_at = signed.document.issued_at
-    if abs(record.time - issued_at) > REQUEST_CLOCK_SKEW + RECORD_SLACK:
-        raise Failure(
-            f"record {index} was written at {record.time_text}, but its signed request claims "
-            f"{issued_at:%Y-%m-%dT%H:%M:%SZ}: more than the owner would have accepted"
-        )
-    return signed
-
-
-def _disagreements(record: AuditRecord, signed: SignedForward, key: bytes) -> list[str]:
-    """What the record says that its signed request does not (nothing, in a sound log)."""
-    from gateway.audit import FIELD_GRAMMARS, pseudonymize, recordable
-
-    document = signed.document
-    request = document.request
-    pairs = {
-        "request_id": request.request_id,
-        "caller_agency": document.caller_agency,
-        "caller_operator": document.caller_operator,
-        "provider_region": request.provider_region,
-        "dataset": request.dataset,
-        "purpose": request.purpose,
-        "case_id": request.case_id,
-    }
-    # the record holds each value as bounded (`recordable`): the same, or its digest form
-    wrong = [
-        name
-        for name, value in pairs.items()
-        if getattr(record, name) != recordable(value, FIELD_GRAMMARS[name])
-    ]
-    if record.subject != pseudonymize(request.subject_id, key):
-        wrong.append("subject")
-    return wrong
 
 
 def _facts(index: int, record: AuditRecord, signed: SignedForward) -> dict[str, Any]:
@@ -177,6 +115,42 @@ def _facts(index: int, record: AuditRecord, signed: SignedForward) -> dict[str, 
     }
 
 
+def read_pseudonym_key(args: argparse.Namespace) -> bytes | None:
+    """The pseudonym key of --pseudonym-key-file or --pseudonym-key-env (None when neither is
+    given), or a one-line `Failure`; the key itself is never in a message."""
+    if args.pseudonym_key_file is not None:
+        where = str(args.pseudonym_key_file)
+        data = read_input(args.pseudonym_key_file, "the pseudonym key", MAX_PSEUDONYM_KEY_BYTES)
+    elif args.pseudonym_key_env is not None:
+        where = f"environment variable {args.pseudonym_key_env}"
+        value = os.environ.get(args.pseudonym_key_env)
+        if value is None:
+            raise Failure(f"{where} (the pseudonym key) is not set")
+        data = value.encode()
+    else:
+        return None
+    key = data.rstrip(b"\r\n")
+    if len(key) < 16:
+        raise Failure(f"{where}: the pseudonym key is at least 16 bytes")
+    return key
+
+
+def pseudonym_key_options(parser: argparse.ArgumentParser, *, required: bool, why: str) -> None:
+    """--pseudonym-key-file FILE | --pseudonym-key-env VAR: the deployment's pseudonym key."""
+    key = parser.add_mutually_exclusive_group(required=required)
+    key.add_argument(
+        "--pseudonym-key-file",
+        type=Path,
+        metavar="FILE",
+        help=f"file holding the deployment's pseudonym key, {why}",
+    )
+    key.add_argument(
+        "--pseudonym-key-env",
+        metavar="VAR",
+        help="environment variable holding the pseudonym key, instead of --pseudonym-key-file",
+    )
+
+
 def cmd_audit_show_request(args: argparse.Namespace, out: Console) -> int:
     from gateway.audit import pseudonymize
 
@@ -185,21 +159,11 @@ def cmd_audit_show_request(args: argparse.Namespace, out: Console) -> int:
         usage(args, "give exactly one of --request-id and --index")
     if args.authority is None and args.pki is None:
         usage(args, "--snapshot needs --authority or --pki, to check the snapshot's signature")
-    key = read_input(
-        args.pseudonym_key_file, "the pseudonym key", limit=MAX_PSEUDONYM_KEY_BYTES
-    ).rstrip(b"\r\n")
-    if len(key) < 16:
-        raise Failure(f"{args.pseudonym_key_file}: the pseudonym key is at least 16 bytes")
+    key = read_pseudonym_key(args)
+    assert key is not None
     registry = _registry(args)
     index, record = _found(args)
-    jws = _opened(index, record, key)
-    signed = _verified(index, record, jws, registry)
-    wrong = _disagreements(record, signed, key)
-    if wrong:
-        raise Failure(
-            f"record {index} does not say what its signed request says ({', '.join(wrong)}): "
-            "the record or the request was altered"
-        )
+    jws, signed = _proved(index, record, key, registry)
     facts = _facts(index, record, signed)
     if args.subject_id is not None:
         facts["subject_matches"] = pseudonymize(args.subject_id, key) == record.subject
@@ -265,13 +229,7 @@ def register(audit_verbs: Subparsers) -> None:
     which = show.add_mutually_exclusive_group()
     which.add_argument("--request-id", metavar="ID", help="the request id of the record")
     which.add_argument("--index", type=parse_index, metavar="INDEX", help="the record's index")
-    show.add_argument(
-        "--pseudonym-key-file",
-        type=Path,
-        required=True,
-        metavar="FILE",
-        help="file holding the deployment's pseudonym key, which the kept request is sealed with",
-    )
+    pseudonym_key_options(show, required=True, why="which the kept request is sealed with")
     show.add_argument(
         "--snapshot",
         type=Path,

@@ -13,10 +13,11 @@ import json
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from audit_contract import make_record
+from audit_contract import KEY, make_record
 from cli_support import Run
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -24,7 +25,14 @@ from docs_support import REPO, section_commands
 from support import Federation, make_federation
 from tsa_support import Tsa, running_tsa
 
-from gateway.audit import AuditLog, SqliteAuditStore, cosign, witness_store_for
+from gateway.audit import (
+    AuditLog,
+    AuditRecord,
+    SqliteAuditStore,
+    cosign,
+    seal_kept_request,
+    witness_store_for,
+)
 from gateway.evidence import PARTS, REQUEST_SIGNATURE_SEALED, absent_reasons, check_bundle
 from gateway.timestamps import checkpoint_stamper
 from registry import (
@@ -397,3 +405,119 @@ def test_an_unwitnessed_checkpoint_makes_a_bundle_that_says_it_does_not_hold(
         "FAIL      cosignatures      no witness cosigned the checkpoint: it does not count" in out
     )
     assert err == "tongban: the evidence does not hold: cosignatures\n"
+
+
+# -- a Peer.Forward record keeping a signed request ------------------------------------------
+CITIZEN = "330106198001010013"
+
+
+def _forward_record(fed: Federation) -> AuditRecord:
+    """The owner 510000's record of a forward signed by 330000's audit key, keeping the signed
+    request sealed under the pseudonym key (as gateway/flows/_common.py writes it)."""
+    from gateway.forward_signing import ForwardDocument, sign_forward
+    from gateway.policy import DataRequest
+
+    now = datetime.now(UTC)
+    (entry,) = fed.inventory().find("330000", KeyUsage.AUDIT, KeyState.ACTIVE)
+    document = ForwardDocument(
+        requesting_region="330000",
+        owner_region=REGION,
+        request=DataRequest(
+            provider_region=REGION, dataset="si.participation", purpose="SI-TRANSFER",
+            subject_id=CITIZEN, fields=("name",), case_id="CASE-F", request_id="fwd-1",
+        ),
+        caller_agency="zj.hrss", caller_region="330000", caller_operator="operator-9",
+        caller_thumbprint="t" * 43, credential_type="", requesting_gateway_audit_id="",
+        issued_at=now,
+    )  # fmt: skip
+    jws = sign_forward(document, _audit_key(fed, "330000"), entry.kid)
+    digest, sealed = seal_kept_request(jws, KEY)
+    return replace(
+        make_record(0, subject=CITIZEN), time=now, rpc="/tongban.v1.Peer/Forward",
+        request_id="fwd-1", caller_agency="zj.hrss", caller_operator="operator-9",
+        caller_region="330000", provider_region=REGION, case_id="CASE-F", fields=("name",),
+        request_digest=digest, request_sealed=sealed,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def forwarded(made: Made, tmp_path_factory: pytest.TempPathFactory) -> Made:
+    """A log whose one record is a forward's, in a witnessed checkpoint."""
+    folder = tmp_path_factory.mktemp("forwarded")
+
+    async def fill(db: Path) -> None:
+        store = SqliteAuditStore(db)
+        await store.open()
+        try:
+            key = _audit_key(made.fed, REGION)
+            log = AuditLog(store, origin=ORIGIN, key=key, key_name=ORIGIN)
+            await log.append(_forward_record(made.fed))
+            checkpoint = await log.checkpoint()
+            witness = _audit_key(made.fed, "330000")
+            line = cosign(checkpoint.body, witness, "witness.tongban/330000", 1)
+            await witness_store_for(store).add_cosignature(checkpoint.size, checkpoint.root, line)
+        finally:
+            await store.close()
+
+    asyncio.run(fill(folder / "audit-510000.db"))
+    (folder / "pseudonym.key").write_bytes(KEY + b"\n")
+    (folder / "wrong.key").write_bytes(b"q" * 32)
+    return replace(made, db=folder / "audit-510000.db", bundle=folder / "fwd-1.json")
+
+
+def test_the_kept_signed_request_is_verified_with_the_pseudonym_key(
+    run: Run, forwarded: Made, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    m = forwarded
+    code, _, err = _evidence(run, m, "fwd-1", m.bundle)
+    assert (code, err) == (0, ""), err
+    assert CITIZEN not in m.bundle.read_text()
+    key = m.bundle.with_name("pseudonym.key")
+    code, out, err = _check(run, m, m.bundle, "--pseudonym-key-file", key)
+    assert (code, err) == (0, ""), out
+    assert [line.split()[:2] for line in out.splitlines()] == [["PASS", part] for part in PARTS]
+    (line,) = [line for line in out.splitlines() if "request_signature" in line]
+    assert "signed by region 330000's audit key" in line
+    assert "for agency zj.hrss" in line
+    assert CITIZEN not in out
+    monkeypatch.setenv("EVIDENCE_PSEUDONYM_KEY", KEY.decode())
+    code, out, _ = _check(run, m, m.bundle, "--pseudonym-key-env", "EVIDENCE_PSEUDONYM_KEY")
+    assert code == 0, out
+    # Without the key: UNCHECKED, saying how to check it, and exit 1 (as time-stamps without
+    # --tsa-ca).
+    code, out, err = _check(run, m, m.bundle)
+    assert code == 1
+    assert "UNCHECKED request_signature not checked" in out
+    assert "--pseudonym-key-file" in out
+    assert err == "tongban: the evidence does not hold: request_signature\n"
+    # Another deployment's key: FAIL, saying why.
+    code, out, err = _check(run, m, m.bundle, "--pseudonym-key-file", key.with_name("wrong.key"))
+    assert code == 1
+    assert "FAIL      request_signature the record's signed request: the kept request does " in out
+    assert "does not open with this pseudonym key" in out
+    assert err == "tongban: the evidence does not hold: request_signature\n"
+    # An unset variable cannot be used to check anything: exit 2.
+    code, _, err = _check(run, m, m.bundle, "--pseudonym-key-env", "NOT_SET_ANYWHERE_EV")
+    assert (code, err) == (2, "tongban: environment variable NOT_SET_ANYWHERE_EV (the pseudonym "
+                                 "key) is not set\n")  # fmt: skip
+
+
+def test_a_changed_byte_of_the_kept_request_fails_the_request_signature(
+    run: Run, forwarded: Made
+) -> None:
+    m = forwarded
+    if not m.bundle.exists():
+        assert _evidence(run, m, "fwd-1", m.bundle)[0] == 0
+    document = json.loads(m.bundle.read_bytes())
+    record = document["record"]
+    sealed = json.loads(record)["request_sealed"]
+    at = record.index(sealed) + len(sealed) // 2
+    record = record[:at] + ("A" if record[at] != "A" else "B") + record[at + 1 :]
+    document["record"] = record
+    changed = m.bundle.with_name("changed.json")
+    changed.write_bytes(canonical_json(document) + b"\n")
+    key = m.bundle.with_name("pseudonym.key")
+    code, out, err = _check(run, m, changed, "--pseudonym-key-file", key)
+    assert code == 1
+    assert "FAIL      request_signature the record's signed request: the kept request " in out
+    assert err == "tongban: the evidence does not hold: record, request_signature\n"
