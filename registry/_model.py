@@ -27,6 +27,12 @@ __all__ = [
     "KeyEntry",
     "KeyState",
     "KeyUsage",
+    "MaterialKind",
+    "Matter",
+    "MatterMaterial",
+    "MatterPart",
+    "MatterQuery",
+    "PartRole",
     "Purpose",
     "PurposeDataset",
     "Region",
@@ -166,6 +172,64 @@ class Agreement:
         return self.valid_from <= at < self.valid_until
 
 
+class PartRole(StrEnum):
+    """What a region does for a matter (跨省通办): 收件 at a window, 办理, or 协办 a step."""
+
+    RECEIVE = "receive"  # 收件地: takes the application and materials, delivers the result
+    HANDLE = "handle"  # 办理地: decides the matter (may query data for it)
+    ASSIST = "assist"  # 协办地: does one step of a 多地联办 matter (may query data for it)
+
+
+class MaterialKind(StrEnum):
+    CREDENTIAL = "credential"  # an electronic credential (电子证照) of a credential type
+    DOCUMENT = "document"  # a document the applicant supplies
+
+
+@dataclass(frozen=True, slots=True)
+class MatterPart:
+    """One region's part of a matter; parts complete in the order the matter lists them."""
+
+    region: str
+    role: PartRole
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class MatterMaterial:
+    id: str
+    kind: MaterialKind
+    credential_type: str = ""  # for a credential
+    description: str = ""
+    required: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class MatterQuery:
+    """A data query a handling agency may make for the matter."""
+
+    dataset: str  # catalogue id
+    purpose: str  # purpose id
+    fields: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Matter:
+    """A 政务服务事项 of the 跨省通办 list: who does which part, what it needs, how long it takes."""
+
+    code: str  # national matter code
+    name: str
+    parts: tuple[MatterPart, ...]  # in completion order
+    materials: tuple[MatterMaterial, ...]
+    queries: tuple[MatterQuery, ...]
+    time_limit_days: int  # 承诺时限
+    category: str = ""
+
+    @property
+    def handling_regions(self) -> frozenset[str]:
+        """The regions that handle or assist: those whose agencies may query data for it."""
+        return frozenset(p.region for p in self.parts if p.role is not PartRole.RECEIVE)
+
+
 @dataclass(frozen=True, slots=True)
 class KeyEntry:
     """A published key: its certificate, who owns it, what it is for, and where it is in its life.
@@ -233,6 +297,7 @@ class Registry:
     purposes: tuple[Purpose, ...] = ()
     agreements: tuple[Agreement, ...] = ()
     keys: tuple[KeyEntry, ...] = field(default=())
+    matters: tuple[Matter, ...] = ()  # the matter catalogue (absent before it: none)
     # Cosignatures from other regions' witnesses a region's audit checkpoint needs to count
     # (docs/audit.md "Witnessing"); 0: no witnessing required (registries from before it).
     witness_threshold: int = 0
@@ -255,6 +320,10 @@ class Registry:
         return {p.id: p for p in self.purposes}
 
     @cached_property
+    def _matters(self) -> Mapping[str, Matter]:
+        return {m.code: m for m in self.matters}
+
+    @cached_property
     def _keys(self) -> Mapping[str, KeyEntry]:
         return {k.kid: k for k in self.keys}
 
@@ -269,6 +338,9 @@ class Registry:
 
     def purpose(self, purpose_id: str) -> Purpose | None:
         return self._purposes.get(purpose_id)
+
+    def matter(self, code: str) -> Matter | None:
+        return self._matters.get(code)
 
     def key(self, kid: str) -> KeyEntry | None:
         return self._keys.get(kid)

@@ -18,10 +18,13 @@ Layout (any table may be in any `*.toml` file of the folder; each id may be defi
     [agreements.<id>]                  provider_region, requester_agencies, requester_regions,
                                        purposes, valid_from, valid_until, quota_per_minute,
                                        description
+    [matters."<code>"]                 name, category, time_limit_days, parts, materials,
+                                       queries (see `_source_matters`)
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.resources
 import re
 import tomllib
@@ -39,11 +42,13 @@ from registry._model import (
     Dataset,
     DatasetField,
     FieldClassification,
+    Matter,
     Purpose,
     PurposeDataset,
     Region,
     ShareClass,
 )
+from registry._source_matters import check_matter, read_matter
 from registry._source_table import Problems, Table
 from registry.errors import SourceError
 
@@ -81,9 +86,10 @@ class RegistrySource:
     agreements: tuple[Agreement, ...]
     files: tuple[Path, ...] = field(default=())
     witness_threshold: int = 1
+    matters: tuple[Matter, ...] = ()
 
 
-_SECTIONS = ("registry", "regions", "agencies", "datasets", "purposes", "agreements")
+_SECTIONS = ("registry", "regions", "agencies", "datasets", "purposes", "agreements", "matters")
 
 
 _Merged = dict[str, dict[str, tuple[str, Any]]]  # section -> entry id -> (file, body)
@@ -111,6 +117,7 @@ def load_source(folder: Path) -> RegistrySource:
     datasets = _read_datasets(merged["datasets"], problems)
     purposes = _read(merged["purposes"], "purposes", problems, _purpose)
     agreements = _read(merged["agreements"], "agreements", problems, _agreement)
+    matters = _read(merged["matters"], "matters", problems, read_matter)
     source = RegistrySource(
         name=registry_name,
         refresh_seconds=refresh,
@@ -122,6 +129,7 @@ def load_source(folder: Path) -> RegistrySource:
         agreements=tuple(sorted(agreements, key=lambda a: a.id)),
         files=tuple(files),
         witness_threshold=threshold,
+        matters=tuple(sorted(matters, key=lambda m: m.code)),
     )
     if regions and threshold > len(regions) - 1:
         problems.add(
@@ -237,7 +245,7 @@ def _read(
         table = Table(problems, file, f"{section}.{entry_id}", body)
         if not table.ok:
             continue
-        if section != "regions" and not is_registry_id(entry_id):
+        if section not in ("regions", "matters") and not is_registry_id(entry_id):
             table.fail(_ID_GRAMMAR)
         item = make(table, entry_id)
         table.finish()
@@ -374,7 +382,7 @@ def _check_references(
 ) -> None:
     """Cross-entry rules: every id named must exist and fit. Checked in this order: each
     agency's region, each dataset's region and owner, each purpose's datasets and fields, each
-    agreement's regions, requesters and purposes."""
+    agreement's regions, requesters and purposes, each matter's regions, queries and datasets."""
     ids = _Ids(source, where, problems)
     for a in source.agencies:
         if a.region and a.region not in ids.regions:
@@ -388,6 +396,9 @@ def _check_references(
         _check_agreement_regions(ids, ag)
         _check_agreement_requesters(ids, ag)
         _check_agreement_purposes(ids, ag)
+    for m in source.matters:
+        add = functools.partial(ids.add, "matters", m.code)
+        check_matter(m, frozenset(ids.regions), ids.purposes, ids.by_catalogue, add)
 
 
 class _Ids:
