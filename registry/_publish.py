@@ -98,6 +98,7 @@ def build_registry(
         agreements=source.agreements,
         keys=keys,
         witness_threshold=source.witness_threshold,
+        matters=source.matters,
     )
 
 

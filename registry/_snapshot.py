@@ -29,6 +29,12 @@ from registry._model import (
     KeyEntry,
     KeyState,
     KeyUsage,
+    MaterialKind,
+    Matter,
+    MatterMaterial,
+    MatterPart,
+    MatterQuery,
+    PartRole,
     Purpose,
     PurposeDataset,
     Region,
@@ -112,6 +118,7 @@ def registry_to_payload(registry: Registry) -> dict[str, Any]:
             _key_payload(k)
             for k in sorted(registry.keys, key=lambda k: (k.owner, k.usage.value, k.kid))
         ],
+        "matters": [_matter_payload(m) for m in sorted(registry.matters, key=lambda m: m.code)],
     }
 
 
@@ -183,6 +190,34 @@ def _agreement_payload(a: Agreement) -> dict[str, Any]:
     }
 
 
+def _matter_payload(m: Matter) -> dict[str, Any]:
+    """A matter; its parts keep their order (the order they complete in), the rest is sorted."""
+    return {
+        "code": m.code,
+        "name": m.name,
+        "category": m.category,
+        "time_limit_days": m.time_limit_days,
+        "parts": [
+            {"region": p.region, "role": p.role.value, "description": p.description}
+            for p in m.parts
+        ],
+        "materials": [
+            {
+                "id": x.id,
+                "kind": x.kind.value,
+                "credential_type": x.credential_type,
+                "description": x.description,
+                "required": x.required,
+            }
+            for x in sorted(m.materials, key=lambda x: x.id)
+        ],
+        "queries": [
+            {"dataset": q.dataset, "purpose": q.purpose, "fields": sorted(q.fields)}
+            for q in sorted(m.queries, key=lambda q: (q.dataset, q.purpose))
+        ],
+    }
+
+
 def _key_payload(k: KeyEntry) -> dict[str, Any]:
     return {
         "kid": k.kid,
@@ -202,7 +237,17 @@ def _key_payload(k: KeyEntry) -> dict[str, Any]:
     }
 
 
-E = TypeVar("E", KeyUsage, KeyState, ShareClass, CacheScope, FieldClassification, AgencyRole)
+E = TypeVar(
+    "E",
+    KeyUsage,
+    KeyState,
+    ShareClass,
+    CacheScope,
+    FieldClassification,
+    AgencyRole,
+    PartRole,
+    MaterialKind,
+)
 
 
 class _Payload:
@@ -229,6 +274,12 @@ class _Payload:
         value = int(self._get(key, int))
         if value < 0:
             raise SnapshotFormatError(f"snapshot payload: {self.where}.{key} is negative")
+        return value
+
+    def flag(self, key: str) -> bool:
+        value = self.data.get(key)
+        if not isinstance(value, bool):
+            raise SnapshotFormatError(f"snapshot payload: {self.where}.{key} has the wrong type")
         return value
 
     def texts(self, key: str) -> tuple[str, ...]:
@@ -277,7 +328,7 @@ def registry_from_payload(data: Any) -> Registry:
     """Parse a snapshot payload; raise `SnapshotFormatError` on anything unexpected.
 
     Read in order, the first deviation reported: the format, each list (regions, agencies,
-    datasets, purposes, agreements, keys) an entry at a time, no id twice in a list, then the
+    datasets, purposes, agreements, keys, matters) an entry at a time, no id twice in a list, then the
     registry's own name, version and times."""
     top = _Payload(data, "snapshot")
     if top.text("format") != FORMAT:
@@ -288,6 +339,10 @@ def registry_from_payload(data: Any) -> Registry:
     purposes = tuple(_purpose_from(p) for p in top.objects("purposes"))
     agreements = tuple(_agreement_from(a) for a in top.objects("agreements"))
     keys = tuple(_key_from(k) for k in top.objects("keys"))
+    # absent from snapshots published before the matter catalogue: no matters
+    matters = (
+        tuple(_matter_from(m) for m in top.objects("matters")) if "matters" in top.data else ()
+    )
     for label, ids in (
         ("region", [r.code for r in regions]),
         ("agency", [a.id for a in agencies]),
@@ -295,6 +350,7 @@ def registry_from_payload(data: Any) -> Registry:
         ("purpose", [p.id for p in purposes]),
         ("agreement", [a.id for a in agreements]),
         ("key", [k.kid for k in keys]),
+        ("matter", [m.code for m in matters]),
     ):
         if len(ids) != len(set(ids)):
             raise SnapshotFormatError(f"snapshot payload: a {label} id appears twice")
@@ -310,6 +366,7 @@ def registry_from_payload(data: Any) -> Registry:
         purposes=purposes,
         agreements=agreements,
         keys=keys,
+        matters=matters,
         # absent from snapshots published before witnessing: no cosignature required
         witness_threshold=top.integer("witness_threshold")
         if "witness_threshold" in top.data
@@ -402,4 +459,31 @@ def _key_from(k: _Payload) -> KeyEntry:
         retiring_at=k.opt_time("retiring_at"),
         revoked_at=k.opt_time("revoked_at"),
         revocation_reason=k.text("revocation_reason"),
+    )
+
+
+def _matter_from(m: _Payload) -> Matter:
+    return Matter(
+        code=m.text("code"),
+        name=m.text("name"),
+        category=m.text("category"),
+        time_limit_days=m.integer("time_limit_days"),
+        parts=tuple(
+            MatterPart(p.text("region"), p.choice("role", PartRole), p.text("description"))
+            for p in m.objects("parts")
+        ),
+        materials=tuple(
+            MatterMaterial(
+                x.text("id"),
+                x.choice("kind", MaterialKind),
+                x.text("credential_type"),
+                x.text("description"),
+                x.flag("required"),
+            )
+            for x in m.objects("materials")
+        ),
+        queries=tuple(
+            MatterQuery(q.text("dataset"), q.text("purpose"), q.texts("fields"))
+            for q in m.objects("queries")
+        ),
     )

@@ -281,6 +281,28 @@ MINIMAL_SNAPSHOT: dict[str, Any] = {
             "revocation_reason": "",
         }
     ],
+    "matters": [
+        {
+            "code": "000112003100",
+            "name": "养老保险关系转移接续",
+            "category": "",
+            "time_limit_days": 45,
+            "parts": [
+                {"region": "320000", "role": "receive", "description": ""},
+                {"region": "310000", "role": "handle", "description": "转入地接续"},
+            ],
+            "materials": [
+                {
+                    "id": "id-card",
+                    "kind": "credential",
+                    "credential_type": "id_card",
+                    "description": "",
+                    "required": True,
+                }
+            ],
+            "queries": [{"dataset": "si.x", "purpose": "SI", "fields": ["months", "name"]}],
+        }
+    ],
 }
 
 
@@ -293,6 +315,8 @@ def test_registry_snapshot_schema_parses_a_payload() -> None:
     assert snapshot.purposes[0].datasets[0].fields == ["name", "months"]
     assert snapshot.agreements[0].requester_regions == ["320000"]
     assert snapshot.keys[0].certificate == b"\x30\x82leaf"
+    assert [p.role for p in snapshot.matters[0].parts] == ["receive", "handle"]
+    assert snapshot.matters[0].materials[0].required is True
     round_trip = json_format.MessageToDict(
         snapshot, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )

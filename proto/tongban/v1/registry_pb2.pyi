@@ -170,6 +170,7 @@ class RegistrySnapshot(_message.Message):
     AGREEMENTS_FIELD_NUMBER: _builtins.int
     KEYS_FIELD_NUMBER: _builtins.int
     WITNESS_THRESHOLD_FIELD_NUMBER: _builtins.int
+    MATTERS_FIELD_NUMBER: _builtins.int
     format: _builtins.str
     """Payload format identifier, "tongban.registry/v1"."""
     version: _builtins.int
@@ -211,6 +212,12 @@ class RegistrySnapshot(_message.Message):
     def keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___KeyEntry]:
         """Public keys and certificates with their usage and lifecycle state."""
 
+    @_builtins.property
+    def matters(self) -> _containers.RepeatedCompositeFieldContainer[Global___Matter]:
+        """The matter catalogue (政务服务事项 of the 跨省通办 list), in code order. Absent in
+        snapshots published before it: no matters.
+        """
+
     def __init__(
         self,
         *,
@@ -227,10 +234,11 @@ class RegistrySnapshot(_message.Message):
         agreements: _abc.Iterable[Global___Agreement] | None = ...,
         keys: _abc.Iterable[Global___KeyEntry] | None = ...,
         witness_threshold: _builtins.int = ...,
+        matters: _abc.Iterable[Global___Matter] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agencies", b"agencies", "agreements", b"agreements", "datasets", b"datasets", "expires_at", b"expires_at", "format", b"format", "issued_at", b"issued_at", "keys", b"keys", "name", b"name", "purposes", b"purposes", "refresh_seconds", b"refresh_seconds", "regions", b"regions", "version", b"version", "witness_threshold", b"witness_threshold"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agencies", b"agencies", "agreements", b"agreements", "datasets", b"datasets", "expires_at", b"expires_at", "format", b"format", "issued_at", b"issued_at", "keys", b"keys", "matters", b"matters", "name", b"name", "purposes", b"purposes", "refresh_seconds", b"refresh_seconds", "regions", b"regions", "version", b"version", "witness_threshold", b"witness_threshold"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -607,3 +615,155 @@ class KeyEntry(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___KeyEntry: _TypeAlias = KeyEntry  # noqa: Y015
+
+@_typing.final
+class Matter(_message.Message):
+    """A matter (政务服务事项): the regions taking part, what it needs, how long it may take."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    TIME_LIMIT_DAYS_FIELD_NUMBER: _builtins.int
+    PARTS_FIELD_NUMBER: _builtins.int
+    MATERIALS_FIELD_NUMBER: _builtins.int
+    QUERIES_FIELD_NUMBER: _builtins.int
+    code: _builtins.str
+    """National matter code: 1-64 ASCII letters, digits, '.' or '-', starting with a letter or digit."""
+    name: _builtins.str
+    """Human-readable name, e.g. "养老保险关系转移接续"."""
+    category: _builtins.str
+    """Optional category for people (empty = none)."""
+    time_limit_days: _builtins.int
+    """承诺时限: the promised time to handle it, in days (at least 1)."""
+    @_builtins.property
+    def parts(self) -> _containers.RepeatedCompositeFieldContainer[Global___MatterPart]:
+        """Each region's part, in the order the parts complete (多地联办)."""
+
+    @_builtins.property
+    def materials(self) -> _containers.RepeatedCompositeFieldContainer[Global___MatterMaterial]:
+        """Materials the applicant supplies, in id order."""
+
+    @_builtins.property
+    def queries(self) -> _containers.RepeatedCompositeFieldContainer[Global___MatterQuery]:
+        """Data queries a handling agency may make for it, in (dataset, purpose) order."""
+
+    def __init__(
+        self,
+        *,
+        code: _builtins.str = ...,
+        name: _builtins.str = ...,
+        category: _builtins.str = ...,
+        time_limit_days: _builtins.int = ...,
+        parts: _abc.Iterable[Global___MatterPart] | None = ...,
+        materials: _abc.Iterable[Global___MatterMaterial] | None = ...,
+        queries: _abc.Iterable[Global___MatterQuery] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "code", b"code", "materials", b"materials", "name", b"name", "parts", b"parts", "queries", b"queries", "time_limit_days", b"time_limit_days"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Matter: _TypeAlias = Matter  # noqa: Y015
+
+@_typing.final
+class MatterPart(_message.Message):
+    """One region's part of a matter."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGION_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    region: _builtins.str
+    """GB/T 2260 code of the region."""
+    role: _builtins.str
+    """What it does: "receive" (收件) | "handle" (办理) | "assist" (协办)."""
+    description: _builtins.str
+    """Free-text description for people."""
+    def __init__(
+        self,
+        *,
+        region: _builtins.str = ...,
+        role: _builtins.str = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "region", b"region", "role", b"role"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MatterPart: _TypeAlias = MatterPart  # noqa: Y015
+
+@_typing.final
+class MatterMaterial(_message.Message):
+    """A material a matter requires."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    CREDENTIAL_TYPE_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    REQUIRED_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Id of the material, unique within the matter."""
+    kind: _builtins.str
+    """"credential" (an electronic credential) | "document"."""
+    credential_type: _builtins.str
+    """The credential type of a "credential" material; empty for a document."""
+    description: _builtins.str
+    """Free-text description for people (required for a document)."""
+    required: _builtins.bool
+    """Whether the application needs it."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        credential_type: _builtins.str = ...,
+        description: _builtins.str = ...,
+        required: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["credential_type", b"credential_type", "description", b"description", "id", b"id", "kind", b"kind", "required", b"required"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MatterMaterial: _TypeAlias = MatterMaterial  # noqa: Y015
+
+@_typing.final
+class MatterQuery(_message.Message):
+    """A data query a handling agency may make for a matter."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATASET_FIELD_NUMBER: _builtins.int
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    FIELDS_FIELD_NUMBER: _builtins.int
+    dataset: _builtins.str
+    """Registry id of the dataset (catalogue id)."""
+    purpose: _builtins.str
+    """Registry id of the purpose the query is made under."""
+    @_builtins.property
+    def fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Names of the fields it may request."""
+
+    def __init__(
+        self,
+        *,
+        dataset: _builtins.str = ...,
+        purpose: _builtins.str = ...,
+        fields: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "fields", b"fields", "purpose", b"purpose"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MatterQuery: _TypeAlias = MatterQuery  # noqa: Y015

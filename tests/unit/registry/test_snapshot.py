@@ -54,6 +54,7 @@ def _registry(
         datasets=source.datasets,
         purposes=source.purposes,
         agreements=source.agreements,
+        matters=source.matters,
     )
 
 
