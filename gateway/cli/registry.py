@@ -50,7 +50,8 @@ def cmd_registry_build(args: argparse.Namespace, out: Console) -> int:
     out.print(
         f"Draft registry written to {args.out} ({len(data)} bytes): {len(registry.regions)} regions, "
         f"{len(registry.agencies)} agencies, {len(registry.datasets)} datasets, {len(registry.purposes)} "
-        f"purposes, {len(registry.agreements)} agreements, {len(registry.keys)} keys. Not signed: "
+        f"purposes, {len(registry.agreements)} agreements, {len(registry.matters)} matters, "
+        f"{len(registry.keys)} keys. Not signed: "
         "`tongban registry publish` signs it."
     )
     return 0
@@ -151,8 +152,20 @@ def cmd_registry_show(args: argparse.Namespace, out: Console) -> int:
             str(a.quota_per_minute),
         )
     out.print(whole(agreements))
+    out.print(whole(_matters_table(registry)))
     out.print(whole(keys_table("Keys", registry.keys, now)))
     return 0
+
+
+def _matters_table(registry: Registry) -> Table:
+    """The matter catalogue: each matter's parts in the order they complete, its time limit."""
+    matters = Table(title=f"Matters ({len(registry.matters)})", title_justify="left")
+    for column in ("code", "name", "parts", "days"):
+        matters.add_column(column, overflow="fold")
+    for m in registry.matters:
+        parts = " → ".join(f"{p.region} {p.role.value}" for p in m.parts)
+        matters.add_row(m.code, m.name, parts, str(m.time_limit_days))
+    return matters
 
 
 def _register_build(reg_verbs: Subparsers) -> None:

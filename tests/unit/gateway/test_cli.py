@@ -651,6 +651,10 @@ def test_registry_show(run: Run, shared: Federation) -> None:
         assert region.name in out
     for agreement in source.agreements:
         assert agreement.id in out
+    assert f"Matters ({len(source.matters)})" in out
+    for matter in source.matters:
+        assert matter.code in out
+    assert "510000 receive → 330000 assist → 500000 handle" in out  # 多地联办, in order
     assert "active" in out
     assert shared.active("330000", KeyUsage.SEAL) in out  # whole kids, to paste into `keys revoke`
 
