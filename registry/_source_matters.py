@@ -66,6 +66,9 @@ def read_matter(t: Table, code: str) -> Matter | None:
     for twice in sorted({i for i in ids if ids.count(i) > 1}):
         t.fail(f"material id {twice!r} listed more than once", "materials")
     queries = _items(t, "queries", _query, required=False)
+    pairs = [(q.dataset, q.purpose) for q in queries]
+    for dataset, purpose in sorted({p for p in pairs if pairs.count(p) > 1}):
+        t.fail(f"dataset {dataset!r} under purpose {purpose!r} listed more than once", "queries")
     return Matter(
         code=code,
         name=name,

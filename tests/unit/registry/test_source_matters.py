@@ -64,6 +64,7 @@ queries = [
   { dataset = "civil.marriage", purpose = "SI-TRANSFER", fields = ["name"] },
   { dataset = "si.participation", purpose = "SI-TRANSFER", fields = ["name", "bank_account"] },
   { dataset = "no.such", purpose = "MED-REG", fields = ["name"] },
+  { dataset = "si.participation", purpose = "SI-TRANSFER", fields = ["status"] },
 ]
 deadline = 3
 
@@ -82,6 +83,7 @@ _EXPECTED = {
     ("matters.X.1.materials[3].kind", "'letter' is not one of 'credential', 'document'"),
     ("matters.X.1.materials", "material id 'a' listed more than once"),
     ("matters.X.1.deadline", "unknown key"),
+    ("matters.X.1.queries", "'si.participation' under purpose 'SI-TRANSFER' listed more than once"),
     ("matters.-bad", "a matter code is 1-64 letters, digits, '.' or '-'"),
     ("matters.-bad.time_limit_days", "must be at most 366, not 400"),
     ("matters.-bad.parts", "a matter needs a part with role 'handle'"),
