@@ -1,7 +1,7 @@
 """Tongban's trust and governance registry.
 
-Regions, agencies, datasets, purposes, agreements and keys (`_model`), loaded from a TOML source
-(`_source`), combined with the PKI's key inventory (`_inventory`), signed and versioned as a
+Regions, agencies, datasets, purposes, agreements, matters and keys (`_model`), loaded from a
+TOML source (`_source`), combined with the PKI's key inventory (`_inventory`), signed and versioned as a
 snapshot (`_snapshot` its payload, `_envelope` its multi-signed JWS, `_publish`), trusted by a
 root of k-of-n authority keys (`_root`, `_authority`), and held live by each gateway (`_store`). A region's PKI folder, its CAs issuing leaf keys, is `_pki` (certificate profiles in
 `_profiles`, CRLs in `_crl`); the key lifecycle steps that issue a key, a first one and a

@@ -1,8 +1,9 @@
 """Loading the registry source: TOML files under one folder, validated as a whole.
 
-The source is what people edit: regions, agencies, datasets, purposes and agreements. Keys and
-certificates come from the PKI inventory (see `_inventory`). Loading reports every problem at
-once, each with the file, the key and the reason, so a reviewer fixes a source in one pass.
+The source is what people edit: regions, agencies, datasets, purposes, agreements and matters.
+Keys and certificates come from the PKI inventory (see `_inventory`). Loading reports every
+problem at once, each with the file, the key and the reason, so a reviewer fixes a source in one
+pass.
 
 Layout (any table may be in any `*.toml` file of the folder; each id may be defined once)::
 
@@ -101,7 +102,7 @@ def load_source(folder: Path) -> RegistrySource:
     (1) the folder's `*.toml` files; with none, that is the one problem reported
     (2) the files merged section by section, each entry with the file that defines it
     (3) the [registry] table
-    (4) each region, agency, dataset, purpose and agreement on its own
+    (4) each region, agency, dataset, purpose, agreement and matter on its own
     (5) the references between them (`_check_references`)
 
     Every problem is collected, in that order, and reported at once."""
