@@ -206,8 +206,8 @@ def ocsp_staple(fetcher: RevocationFetcher) -> Staple:
         chain = provider.certificate_chain
         if len(chain) < 2:
             return None  # no issuer at hand: nothing to ask about
-        try:
-            status = fetcher.check(chain[0], chain[1])
+        try:  # only an OCSP response is stapled: CRL URLs are not fetched for it
+            status = fetcher.check(chain[0], chain[1], have_current_crl=True)
         except (RevocationUnavailable, RevocationDataInvalid) as exc:
             log.warning("no OCSP response stapled to seals of key %s: %s", provider.kid, exc)
             return None

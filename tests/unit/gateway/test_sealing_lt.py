@@ -189,3 +189,15 @@ def test_the_gateway_staples_only_with_online_revocation() -> None:
     verifier's fetcher when `[revocation] online` gave it one, else none (compact seals)."""
     assert staple_of(SealVerifier(NoTrust())) is None
     assert staple_of(SealVerifier(NoTrust(), revocation=RevocationFetcher())) is not None
+
+
+def test_no_crl_is_fetched_for_a_staple(fed: Federation, caplog: pytest.LogCaptureFixture) -> None:
+    # the dev PKI's seal certificate names a CRL URL (on a host that does not resolve) and no
+    # OCSP responder: nothing can be stapled, so nothing is fetched and nothing is logged
+    provider, _ = _seal_key(fed)
+    asked: list[str] = []
+    fetcher = RevocationFetcher(observe=lambda source, result, seconds: asked.append(source))
+    with caplog.at_level("WARNING"):
+        assert ocsp_staple(fetcher)(provider) is None
+    assert asked == []
+    assert "stapled" not in caplog.text
