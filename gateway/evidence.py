@@ -53,7 +53,7 @@ from gateway.audit import (
 )
 from gateway.kept_request import prove_kept_request
 from gateway.witnessing import audit_keys, cosignature_report, log_origin, witness_name
-from registry import KeyUsage, Registry
+from registry import KeyUsage, Registry, snapshot_payload
 from signer import canonical_json
 
 __all__ = [
@@ -151,13 +151,7 @@ class PartCheck:
 
 def payload_sha256(snapshot_text: str) -> str:
     """Hex SHA-256 of the snapshot's payload (the canonical registry JSON, base64url-decoded)."""
-    payload = (
-        json.loads(snapshot_text)["payload"]
-        if snapshot_text.lstrip().startswith("{")
-        else (snapshot_text.strip().split(".")[1])
-    )
-    data = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
-    return hashlib.sha256(data).hexdigest()
+    return hashlib.sha256(snapshot_payload(snapshot_text)).hexdigest()
 
 
 def _certificates(registry: Registry, region: str) -> list[str]:

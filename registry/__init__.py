@@ -34,6 +34,7 @@ from registry._envelope import (
     SnapshotVerifier,
     add_signature,
     sign_snapshot,
+    snapshot_payload,
     unsigned_snapshot,
 )
 from registry._import import import_ca
@@ -175,5 +176,6 @@ __all__ = [
     "rotate_key",
     "sign_root",
     "sign_snapshot",
+    "snapshot_payload",
     "unsigned_snapshot",
 ]

@@ -199,6 +199,12 @@ class SignedSnapshot:
     root: Root | None = None
 
 
+def snapshot_payload(data: str | bytes) -> bytes:
+    """The canonical registry JSON a snapshot (either form) carries, unverified: what its
+    payload hash is taken over. `SnapshotFormatError` when it is not a snapshot."""
+    return Envelope.parse(data).payload_bytes()
+
+
 def unsigned_snapshot(registry: Registry, roots: Sequence[SignedRoot] = ()) -> str:
     """The envelope of `registry` with no signature yet: the start of a signing ceremony."""
     payload = b64url(canonical_json(registry_to_payload(registry)))

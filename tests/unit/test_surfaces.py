@@ -210,6 +210,7 @@ EXPECTED: dict[str, frozenset[str]] = {
             "rotate_key",
             "sign_root",
             "sign_snapshot",
+            "snapshot_payload",
             "unsigned_snapshot",
         }
     ),
