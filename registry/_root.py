@@ -50,7 +50,8 @@ from registry.errors import (
     SnapshotSignatureInvalid,
     SnapshotUntrustedSigner,
 )
-from signer import canonical_json
+from signer import b64url_decode as _b64url_decode
+from signer import b64url_encode, canonical_json
 
 __all__ = [
     "MAX_ROOT_BYTES",
@@ -75,18 +76,15 @@ MAX_ROOT_BYTES = 512_000  # bytes of one root document
 MAX_ROOT_KEYS = 64  # authority keys one root may name
 
 
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+b64url = b64url_encode  # the name the root and the envelope write with
 
 
-def b64url_decode(text: str) -> bytes:
-    """Strict base64url without padding; `ValueError` otherwise."""
-    if not isinstance(text, str) or "=" in text:
-        raise ValueError("not unpadded base64url")
-    try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (binascii.Error, ValueError) as exc:
-        raise ValueError("not base64url") from exc
+def b64url_decode(text: object) -> bytes:
+    """Strict base64url without padding (signer's RFC 7515 reading); `ValueError` otherwise,
+    also for a JSON value that is not a string."""
+    if not isinstance(text, str):
+        raise ValueError("not unpadded base64url")  # noqa: TRY004 -- callers read any malformed value as ValueError
+    return _b64url_decode(text)
 
 
 def sign_bytes(key: AuthorityPrivateKey, message: bytes) -> bytes:

@@ -22,7 +22,14 @@ compact JWS of registry snapshots, access-report batches and request tokens). De
 
 from signer._algorithms import ALLOWED_ALGORITHMS, sign_bytes, verify_signature
 from signer._documents import MAX_DOCUMENT_BYTES, DocumentVerifier, Format, recognise
-from signer._jades import MAX_JWS_BYTES, JwsFormatError, parse_compact, seal
+from signer._jades import (
+    MAX_JWS_BYTES,
+    JwsFormatError,
+    b64url_decode,
+    b64url_encode,
+    parse_compact,
+    seal,
+)
 from signer._jades_json import add_timestamp, add_validation_data, parse_jws, to_compact, to_json
 from signer._keyfile import (
     PrivateKey,
@@ -152,6 +159,8 @@ __all__ = [
     "add_timestamp",
     "add_validation_data",
     "algorithm_for_key",
+    "b64url_decode",
+    "b64url_encode",
     "canonical_json",
     "check_crl",
     "check_ocsp_response",

@@ -43,6 +43,8 @@ EXPECTED: dict[str, frozenset[str]] = {
             "ocsp_cert_id",
             "add_validation_data",
             "add_timestamp",
+            "b64url_decode",
+            "b64url_encode",
             "TimeStampClient",
             "TimeStampUnavailable",
             "proof_of_existence",
