@@ -22,7 +22,6 @@ verifies it again, years later, at its signing time (`verify_forward(..., at_sig
 
 from __future__ import annotations
 
-import base64
 import functools
 import hashlib
 import json
@@ -38,7 +37,14 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from gateway.errors import Refusal
 from gateway.policy import DataRequest
 from registry import KeyRefused, KeyState, KeyUsage, Registry
-from signer import SignedJsonRefused, canonical_json, sign_json, verify_json
+from signer import (
+    JwsFormatError,
+    SignedJsonRefused,
+    canonical_json,
+    parse_compact,
+    sign_json,
+    verify_json,
+)
 
 __all__ = [
     "MAX_REQUEST_JWS_BYTES",
@@ -350,12 +356,9 @@ def _document(payload: bytes, is_canonical: bool) -> ForwardDocument:
 
 def _payload_of(jws: str) -> bytes:
     """The payload part of a compact JWS, decoded, before any check (b"" when it is not one)."""
-    parts = jws.split(".")
-    if len(parts) != 3:
-        return b""
     try:
-        return base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4))
-    except ValueError:
+        return parse_compact(jws).payload
+    except JwsFormatError:
         return b""
 
 

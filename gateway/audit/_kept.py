@@ -13,8 +13,6 @@ signature (the payload is not there to try them on).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import functools
 import hashlib
 import os
@@ -26,6 +24,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from gateway.audit.errors import KeptRequestError
+from signer import b64url_decode, b64url_encode
 
 __all__ = [
     "KEPT_REQUEST_INFO",
@@ -59,7 +58,7 @@ def seal_kept_request(jws: str, pseudonym_key: bytes) -> tuple[str, str]:
     digest = request_digest(jws)
     nonce = os.urandom(_NONCE_BYTES)
     sealed = _aead(pseudonym_key).encrypt(nonce, jws.encode("ascii"), digest.encode("ascii"))
-    text = base64.urlsafe_b64encode(nonce + sealed).rstrip(b"=").decode("ascii")
+    text = b64url_encode(nonce + sealed)
     return digest, _PREFIX + text
 
 
@@ -69,12 +68,12 @@ def open_kept_request(sealed: str, digest: str, pseudonym_key: bytes) -> str:
         raise KeptRequestError("the kept request is not in the aes256gcm form")
     body = sealed.removeprefix(_PREFIX)
     try:
-        raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+        raw = b64url_decode(body)
         plain = _aead(pseudonym_key).decrypt(
             raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], digest.encode("ascii")
         )
         jws = plain.decode("ascii")
-    except (binascii.Error, InvalidTag, UnicodeDecodeError, ValueError) as exc:
+    except (InvalidTag, UnicodeDecodeError, ValueError) as exc:
         raise KeptRequestError(
             "the kept request does not open with this pseudonym key (another deployment's "
             "key, or the record was altered)"
