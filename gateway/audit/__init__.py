@@ -48,6 +48,7 @@ from gateway.audit._record import (
 )
 from gateway.audit._sqlite import SqliteAuditStore
 from gateway.audit._store import (
+    AlsoWrite,
     Appended,
     AuditQuery,
     AuditStore,
@@ -83,6 +84,7 @@ __all__ = [
     "MAX_RECORD_FIELDS",
     "MAX_RECORD_TEXT_CHARS",
     "MIN_RETENTION",
+    "AlsoWrite",
     "Appended",
     "AuditError",
     "AuditIntegrityError",

@@ -50,6 +50,7 @@ from gateway.audit._integrity import (
 from gateway.audit._merkle import CompactRange, MerkleTree
 from gateway.audit._record import AuditRecord
 from gateway.audit._store import (
+    AlsoWrite,
     Appended,
     AuditStore,
     MemoryAuditStore,
@@ -178,11 +179,14 @@ class AuditLog:
                 log.warning("no final checkpoint: %s", exc)
         await self.store.close()
 
-    async def append(self, record: AuditRecord, outbound: Outbound | None = None) -> Appended:
+    async def append(
+        self, record: AuditRecord, outbound: Outbound | None = None, also: AlsoWrite | None = None
+    ) -> Appended:
         """Make `record` durable (with `outbound`, the message its access owes another region,
-        in the same transaction); raise `AuditUnavailable` if it is not within the bound."""
+        and `also`'s rows, in the same transaction); raise `AuditUnavailable` if it is not
+        within the bound."""
         try:
-            appended = await self._append(record, outbound)
+            appended = await self._append(record, outbound, also)
         except AuditUnavailable:
             if self.observer is not None:
                 self.observer.audit_append(False)
@@ -261,11 +265,13 @@ class AuditLog:
         """Whether what the log holds outlives this process (not the in-memory store)."""
         return not isinstance(self.store, MemoryAuditStore)
 
-    async def _append(self, record: AuditRecord, outbound: Outbound | None) -> Appended:
+    async def _append(
+        self, record: AuditRecord, outbound: Outbound | None, also: AlsoWrite | None = None
+    ) -> Appended:
         """`store.append` within the bound, through the breaker (see the module docstring)."""
         if not self.breaker.allow():
             raise AuditUnavailable("the audit store is failing (its circuit breaker is open)")
-        pending = asyncio.ensure_future(self.store.append(record, outbound))
+        pending = asyncio.ensure_future(self.store.append(record, outbound, also))
         try:
             async with asyncio.timeout(self.append_timeout_seconds):
                 appended = await asyncio.shield(pending)

@@ -48,6 +48,7 @@ from gateway.audit._postgres_schema import (
 from gateway.audit._record import AuditRecord
 from gateway.audit._store import (
     MAX_PENDING_APPENDS,
+    AlsoWrite,
     Appended,
     AuditQuery,
     Outbound,
@@ -62,7 +63,7 @@ __all__ = ["SCHEMA_VERSION", "PostgresAuditStore"]
 log = logging.getLogger("tongban.audit.postgres")
 
 _Connection = psycopg.AsyncConnection[TupleRow]
-_Pending = tuple[AuditRecord, Outbound | None, "asyncio.Future[Appended]"]
+_Pending = tuple[AuditRecord, Outbound | None, AlsoWrite | None, "asyncio.Future[Appended]"]
 
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
@@ -269,12 +270,14 @@ class PostgresAuditStore(PostgresOutbox):
     def _refuse_queued(self, error: AuditUnavailable) -> None:
         while not self._queue.empty():
             item = self._queue.get_nowait()
-            if item is not None and not item[2].done():
-                item[2].set_exception(error)
+            if item is not None and not item[3].done():
+                item[3].set_exception(error)
 
     # -- appends -------------------------------------------------------------------------------
 
-    async def append(self, record: AuditRecord, outbound: Outbound | None = None) -> Appended:
+    async def append(
+        self, record: AuditRecord, outbound: Outbound | None = None, also: AlsoWrite | None = None
+    ) -> Appended:
         if self._task is None or self._closing:
             raise AuditUnavailable("the PostgreSQL audit store is not open")
         if self._queue.qsize() >= self._max_pending:
@@ -282,7 +285,7 @@ class PostgresAuditStore(PostgresOutbox):
                 f"{self._queue.qsize()} audit records are waiting for PostgreSQL to take them"
             )
         future: asyncio.Future[Appended] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((record, outbound, future))
+        self._queue.put_nowait((record, outbound, also, future))
         return await future
 
     async def _write_loop(self) -> None:
@@ -299,7 +302,9 @@ class PostgresAuditStore(PostgresOutbox):
                     break
                 batch.append(item)
             try:
-                appended = await self._write([(record, out) for record, out, _ in batch])
+                appended = await self._write(
+                    [(record, out, also) for record, out, also, _ in batch]
+                )
             except asyncio.CancelledError:  # close() gave up on a database that does not answer
                 error = (
                     AuditOutcomeUnknown(
@@ -308,7 +313,7 @@ class PostgresAuditStore(PostgresOutbox):
                     if self._committing
                     else AuditUnavailable("the audit store was closed before it answered")
                 )
-                for _, _, future in batch:
+                for _, _, _, future in batch:
                     if not future.done():
                         future.set_exception(error)
                 raise
@@ -316,16 +321,16 @@ class PostgresAuditStore(PostgresOutbox):
                 if not isinstance(exc, AuditUnavailable):
                     log.exception("audit batch failed")
                     exc = AuditUnavailable(f"the audit batch failed: {exc}")
-                for _, _, future in batch:
+                for _, _, _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
             else:
-                for (_, _, future), result in zip(batch, appended, strict=True):
+                for (_, _, _, future), result in zip(batch, appended, strict=True):
                     if not future.done():
                         future.set_result(result)
 
     async def _write(
-        self, records: Sequence[tuple[AuditRecord, Outbound | None]]
+        self, records: Sequence[tuple[AuditRecord, Outbound | None, AlsoWrite | None]]
     ) -> list[Appended]:
         """Commit one group; retry once on a fresh connection if the old one was found dead
         before anything was committed."""
@@ -340,7 +345,7 @@ class PostgresAuditStore(PostgresOutbox):
                     self._writer = await self._connect(self._dsn)
                 conn = self._writer
                 assert conn is not None
-                await self._ensure_months(conn, {month_of(r.time) for r, _ in records})
+                await self._ensure_months(conn, {month_of(r.time) for r, _, _ in records})
                 async with conn.transaction():
                     appended = await self._insert(conn, records)
                     self._committing = True  # leaving the block commits: the outcome may
@@ -372,7 +377,9 @@ class PostgresAuditStore(PostgresOutbox):
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _insert(
-        self, conn: _Connection, records: Sequence[tuple[AuditRecord, Outbound | None]]
+        self,
+        conn: _Connection,
+        records: Sequence[tuple[AuditRecord, Outbound | None, AlsoWrite | None]],
     ) -> list[Appended]:
         cur = conn.cursor()
         await cur.execute(self._sql("SELECT size, compact FROM {s}.head WHERE id = 1 FOR UPDATE"))
@@ -384,7 +391,10 @@ class PostgresAuditStore(PostgresOutbox):
         rows: list[tuple[Any, ...]] = []
         appended: list[Appended] = []
         outbound: list[tuple[Any, ...]] = []
-        for offset, (record, out) in enumerate(records):
+        also: list[tuple[AlsoWrite, int]] = []
+        for offset, (record, out, extra) in enumerate(records):
+            if extra is not None:
+                also.append((extra, start + offset))
             if out is not None:
                 outbound.append((start + offset, out.destination, out.payload))
             leaf = leaf_hash(record.canonical)
@@ -404,6 +414,8 @@ class PostgresAuditStore(PostgresOutbox):
                 self._sql("INSERT INTO {s}.outbox (idx, destination, payload) VALUES (%s, %s, %s)"),
                 outbound,
             )
+        for write, index in also:
+            await write.in_postgres(cur, index)
         await cur.execute(
             self._sql(
                 "UPDATE {s}.head SET size = %s, compact = %s, updated_at = now() WHERE id = 1"

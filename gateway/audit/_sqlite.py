@@ -46,6 +46,7 @@ from gateway.audit._sqlite_reader import SqliteReader
 from gateway.audit._sqlite_schema import MIGRATIONS, RECORDS_NO_DELETE, SCHEMA_VERSION, blob
 from gateway.audit._store import (
     MAX_PENDING_APPENDS,
+    AlsoWrite,
     Appended,
     AuditQuery,
     Outbound,
@@ -80,6 +81,7 @@ class _Append:
     record: AuditRecord
     future: asyncio.Future[Appended]
     outbound: Outbound | None = None
+    also: AlsoWrite | None = None
 
 
 @dataclass(slots=True)
@@ -179,7 +181,9 @@ class SqliteAuditStore:
         self._thread = None
 
     # writing ---------------------------------------------------------------------------------
-    async def append(self, record: AuditRecord, outbound: Outbound | None = None) -> Appended:
+    async def append(
+        self, record: AuditRecord, outbound: Outbound | None = None, also: AlsoWrite | None = None
+    ) -> Appended:
         thread, loop = self._thread, self._loop
         if thread is None or loop is None or self._closing:
             raise AuditUnavailable(f"the audit store {self.path} is not open")
@@ -190,7 +194,7 @@ class SqliteAuditStore:
                 f"{self._queue.qsize()} audit records are waiting for the writer of {self.path}"
             )
         future: asyncio.Future[Appended] = loop.create_future()
-        self._queue.put(_Append(record, future, outbound))
+        self._queue.put(_Append(record, future, outbound, also))
         return await future
 
     async def _submit(self, run: Callable[[sqlite3.Connection], None]) -> None:
@@ -411,6 +415,7 @@ class SqliteAuditStore:
         try:
             rows: list[tuple[object, ...]] = []
             outbound: list[tuple[object, ...]] = []
+            also: list[tuple[AlsoWrite, int]] = []
             for item in batch:
                 index = compact.size
                 record = item.record
@@ -434,7 +439,9 @@ class SqliteAuditStore:
                 outcomes.append((item.future, Appended(index, leaf)))
                 if item.outbound is not None:
                     outbound.append((index, item.outbound.destination, item.outbound.payload))
-            self._write(conn, rows, compact, outbound)
+                if item.also is not None:
+                    also.append((item.also, index))
+            self._write(conn, rows, compact, outbound, also)
         except Exception as exc:
             committed = self._rollback(conn)
             if committed is not None and (committed.size, committed.root()) == (
@@ -466,8 +473,10 @@ class SqliteAuditStore:
         rows: list[tuple[object, ...]],
         compact: CompactRange,
         outbound: Sequence[tuple[object, ...]] = (),
+        also: Sequence[tuple[AlsoWrite, int]] = (),
     ) -> None:
-        """One transaction: the rows, their outbound messages and the head that covers them."""
+        """One transaction: the rows, their outbound messages, the rows kept with them (`also`)
+        and the head that covers them."""
         conn.execute("BEGIN IMMEDIATE")
         # Many rows per statement: one step (one release of the GIL) instead of one per row.
         for at in range(0, len(rows), _INSERT_ROWS):
@@ -478,6 +487,8 @@ class SqliteAuditStore:
             )
         if outbound:
             conn.executemany(_INSERT_OUTBOUND, outbound)
+        for write, index in also:
+            write.in_sqlite(conn, index)
         if conn.execute(_MOVE_HEAD, (compact.size, compact.to_bytes())).rowcount != 1:
             raise AuditIntegrityError("the audit head row is missing")
         conn.execute("COMMIT")

@@ -21,7 +21,7 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from gateway.audit._checkpoint import Checkpoint
 from gateway.audit._merkle import CompactRange, leaf_hash
@@ -34,6 +34,7 @@ from gateway.audit.errors import AuditUnavailable
 MAX_PENDING_APPENDS: Final = 10_000
 
 __all__ = [
+    "AlsoWrite",
     "Appended",
     "AuditQuery",
     "AuditStore",
@@ -59,6 +60,19 @@ class Outbound:
 
     destination: str  # the region told (GB/T 2260 code)
     payload: bytes  # the message as it will be sent (an access report's canonical JSON)
+
+
+class AlsoWrite(Protocol):
+    """Rows another part of the gateway keeps with a record, in the record's own transaction
+    (a case's change: `gateway.cases`), so that both are durable or neither is. Each store calls
+    its own method with the record's index; the method must not fail on what it was given
+    (check before appending), since it fails the transaction of every record with it."""
+
+    def in_memory(self, index: int) -> None: ...
+
+    def in_sqlite(self, conn: Any, index: int) -> None: ...
+
+    async def in_postgres(self, cursor: Any, index: int) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,9 +150,11 @@ class AuditStore(Protocol):
         """Finish pending appends and release the store."""
         ...
 
-    async def append(self, record: AuditRecord, outbound: Outbound | None = None) -> Appended:
-        """Store the record (and its outbound message, in the same transaction) durably and
-        return its index; raise `AuditUnavailable` otherwise."""
+    async def append(
+        self, record: AuditRecord, outbound: Outbound | None = None, also: AlsoWrite | None = None
+    ) -> Appended:
+        """Store the record (and its outbound message, and `also`'s rows, in the same
+        transaction) durably and return its index; raise `AuditUnavailable` otherwise."""
         ...
 
     async def outbox(self, destination: str, limit: int) -> list[Pending]:
@@ -214,7 +230,9 @@ class MemoryAuditStore:
     async def close(self) -> None:
         return None
 
-    async def append(self, record: AuditRecord, outbound: Outbound | None = None) -> Appended:
+    async def append(
+        self, record: AuditRecord, outbound: Outbound | None = None, also: AlsoWrite | None = None
+    ) -> Appended:
         if not self.available:
             raise AuditUnavailable("the in-memory audit store is switched off")
         async with self._lock:
@@ -225,6 +243,8 @@ class MemoryAuditStore:
             self._records.append(record)
             if outbound is not None:
                 self._outbox.setdefault(outbound.destination, {})[index] = outbound.payload
+            if also is not None:
+                also.in_memory(index)
             self.commits += 1
             return Appended(index, leaf)
 

@@ -168,6 +168,52 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """Peer.Forward: the plain fields of the request are not the ones its signed_request signs,
     or the signed request names other regions (sent with INVALID_ARGUMENT).
     """
+    MATTER_UNKNOWN: _ErrorReason.ValueType  # 46
+    """Cases.Submit: the matter code is not in the registry's matter catalogue, or the caller's
+    region has no part of it that receives (sent with INVALID_ARGUMENT).
+    """
+    MATERIAL_MISSING: _ErrorReason.ValueType  # 47
+    """Cases.Submit / Act: a material the matter requires (or the handling agency asked for) is
+    missing, or one is given that the matter does not name (sent with INVALID_ARGUMENT;
+    ErrorInfo metadata "material" is its id).
+    """
+    MATERIAL_INVALID: _ErrorReason.ValueType  # 48
+    """Cases.Submit / Act: a material's (or a result's) seal does not verify TOTAL_PASSED, or its
+    format is not recognised (sent with INVALID_ARGUMENT; metadata "material").
+    """
+    MATERIAL_TOO_LARGE: _ErrorReason.ValueType  # 49
+    """Cases.Submit / Act: a material is larger than the gateway's limit for one material, or
+    the materials together larger than for one call (sent with INVALID_ARGUMENT; metadata
+    "material").
+    """
+    CASE_NOT_FOUND: _ErrorReason.ValueType  # 50
+    """Cases: no case with this id is held by this gateway for this caller (sent with NOT_FOUND;
+    an agency that neither submitted nor may handle the case, and an applicant not its own,
+    are told the same).
+    """
+    CASE_ACTION_NOT_ALLOWED: _ErrorReason.ValueType  # 51
+    """Cases.Act: the action does not fit the part's state (out of order: an earlier part not
+    done, a part not accepted, no material asked for, the case closed) (sent with
+    FAILED_PRECONDITION).
+    """
+    CASE_PART_NOT_YOURS: _ErrorReason.ValueType  # 52
+    """Cases.Act: the part belongs to another region, or another agency accepted it, or only the
+    window agency may supplement (sent with PERMISSION_DENIED).
+    """
+    CASE_NOT_OPEN: _ErrorReason.ValueType  # 53
+    """A query for a conditional dataset names no open case (held by the gateway) whose part is
+    being handled by the asking agency with the subject as its applicant (sent with
+    PERMISSION_DENIED); the owner decides it again on its own copy of the case.
+    """
+    CASE_QUERY_NOT_ALLOWED: _ErrorReason.ValueType  # 54
+    """A query names an open case whose matter does not allow this dataset, purpose or fields,
+    or whose regions do not include the provider region (sent with PERMISSION_DENIED).
+    """
+    CASE_EVENT_INVALID: _ErrorReason.ValueType  # 55
+    """Peer.DeliverCaseEvents: an event is not a JWS by an audit key of its region, names another
+    region than the calling gateway's, is not one that region may make, or its attachments do
+    not match (sent with PERMISSION_DENIED or INVALID_ARGUMENT; metadata "index").
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The reasons a Tongban RPC fails, carried in a google.rpc.ErrorInfo detail of the gRPC status.
@@ -323,6 +369,52 @@ outside the clock skew (sent with UNAUTHENTICATED; retry once the registries agr
 REQUEST_PAYLOAD_MISMATCH: ErrorReason.ValueType  # 45
 """Peer.Forward: the plain fields of the request are not the ones its signed_request signs,
 or the signed request names other regions (sent with INVALID_ARGUMENT).
+"""
+MATTER_UNKNOWN: ErrorReason.ValueType  # 46
+"""Cases.Submit: the matter code is not in the registry's matter catalogue, or the caller's
+region has no part of it that receives (sent with INVALID_ARGUMENT).
+"""
+MATERIAL_MISSING: ErrorReason.ValueType  # 47
+"""Cases.Submit / Act: a material the matter requires (or the handling agency asked for) is
+missing, or one is given that the matter does not name (sent with INVALID_ARGUMENT;
+ErrorInfo metadata "material" is its id).
+"""
+MATERIAL_INVALID: ErrorReason.ValueType  # 48
+"""Cases.Submit / Act: a material's (or a result's) seal does not verify TOTAL_PASSED, or its
+format is not recognised (sent with INVALID_ARGUMENT; metadata "material").
+"""
+MATERIAL_TOO_LARGE: ErrorReason.ValueType  # 49
+"""Cases.Submit / Act: a material is larger than the gateway's limit for one material, or
+the materials together larger than for one call (sent with INVALID_ARGUMENT; metadata
+"material").
+"""
+CASE_NOT_FOUND: ErrorReason.ValueType  # 50
+"""Cases: no case with this id is held by this gateway for this caller (sent with NOT_FOUND;
+an agency that neither submitted nor may handle the case, and an applicant not its own,
+are told the same).
+"""
+CASE_ACTION_NOT_ALLOWED: ErrorReason.ValueType  # 51
+"""Cases.Act: the action does not fit the part's state (out of order: an earlier part not
+done, a part not accepted, no material asked for, the case closed) (sent with
+FAILED_PRECONDITION).
+"""
+CASE_PART_NOT_YOURS: ErrorReason.ValueType  # 52
+"""Cases.Act: the part belongs to another region, or another agency accepted it, or only the
+window agency may supplement (sent with PERMISSION_DENIED).
+"""
+CASE_NOT_OPEN: ErrorReason.ValueType  # 53
+"""A query for a conditional dataset names no open case (held by the gateway) whose part is
+being handled by the asking agency with the subject as its applicant (sent with
+PERMISSION_DENIED); the owner decides it again on its own copy of the case.
+"""
+CASE_QUERY_NOT_ALLOWED: ErrorReason.ValueType  # 54
+"""A query names an open case whose matter does not allow this dataset, purpose or fields,
+or whose regions do not include the provider region (sent with PERMISSION_DENIED).
+"""
+CASE_EVENT_INVALID: ErrorReason.ValueType  # 55
+"""Peer.DeliverCaseEvents: an event is not a JWS by an audit key of its region, names another
+region than the calling gateway's, is not one that region may make, or its attachments do
+not match (sent with PERMISSION_DENIED or INVALID_ARGUMENT; metadata "index").
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 

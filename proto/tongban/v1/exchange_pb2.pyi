@@ -11,6 +11,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.rpc import status_pb2 as _status_pb2
+from tongban.v1 import cases_pb2 as _cases_pb2
 from tongban.v1 import common_pb2 as _common_pb2
 from tongban.v1 import credentials_pb2 as _credentials_pb2
 import builtins as _builtins
@@ -585,3 +586,79 @@ class AddCheckpointResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AddCheckpointResponse: _TypeAlias = AddCheckpointResponse  # noqa: Y015
+
+@_typing.final
+class DeliverCaseEventsRequest(_message.Message):
+    """Changes of cases one region made, for another region with a part in them."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___SignedCaseEvent]:
+        """In the order the sending region made them (at most 64 per call)."""
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___SignedCaseEvent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeliverCaseEventsRequest: _TypeAlias = DeliverCaseEventsRequest  # noqa: Y015
+
+@_typing.final
+class SignedCaseEvent(_message.Message):
+    """One change of a case, as the region that made it signed it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JWS_FIELD_NUMBER: _builtins.int
+    ATTACHMENTS_FIELD_NUMBER: _builtins.int
+    jws: _builtins.str
+    """Compact JWS (`tongban.case-event/v1`, docs/cases.md) by the making region's audit key."""
+    @_builtins.property
+    def attachments(self) -> _containers.RepeatedCompositeFieldContainer[_cases_pb2.Material]:
+        """The materials and results the event names, each once (matched by SHA-256)."""
+
+    def __init__(
+        self,
+        *,
+        jws: _builtins.str = ...,
+        attachments: _abc.Iterable[_cases_pb2.Material] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attachments", b"attachments", "jws", b"jws"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignedCaseEvent: _TypeAlias = SignedCaseEvent  # noqa: Y015
+
+@_typing.final
+class DeliverCaseEventsResponse(_message.Message):
+    """What the receiving gateway holds durably."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def event_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The event ids held (newly or already), in the request's order."""
+
+    def __init__(
+        self,
+        *,
+        event_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_ids", b"event_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeliverCaseEventsResponse: _TypeAlias = DeliverCaseEventsResponse  # noqa: Y015

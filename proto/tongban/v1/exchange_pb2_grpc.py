@@ -172,6 +172,11 @@ class PeerStub:
                 request_serializer=tongban_dot_v1_dot_exchange__pb2.ReportAccessRequest.SerializeToString,
                 response_deserializer=tongban_dot_v1_dot_exchange__pb2.ReportAccessResponse.FromString,
                 _registered_method=True)
+        self.DeliverCaseEvents = channel.unary_unary(
+                '/tongban.v1.Peer/DeliverCaseEvents',
+                request_serializer=tongban_dot_v1_dot_exchange__pb2.DeliverCaseEventsRequest.SerializeToString,
+                response_deserializer=tongban_dot_v1_dot_exchange__pb2.DeliverCaseEventsResponse.FromString,
+                _registered_method=True)
 
 
 class PeerServicer:
@@ -199,6 +204,16 @@ class PeerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeliverCaseEvents(self, request, context):
+        """Called by a region's gateway with changes of cases its region made (docs/cases.md): each
+        a JWS by the region's audit key, in the order the region made them, with the materials
+        they name. The receiver verifies each, keeps it with an audit record in one transaction,
+        and answers the ids it holds durably (an event sent again is answered, not kept twice).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -211,6 +226,11 @@ def add_PeerServicer_to_server(servicer, server):
                     servicer.ReportAccess,
                     request_deserializer=tongban_dot_v1_dot_exchange__pb2.ReportAccessRequest.FromString,
                     response_serializer=tongban_dot_v1_dot_exchange__pb2.ReportAccessResponse.SerializeToString,
+            ),
+            'DeliverCaseEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeliverCaseEvents,
+                    request_deserializer=tongban_dot_v1_dot_exchange__pb2.DeliverCaseEventsRequest.FromString,
+                    response_serializer=tongban_dot_v1_dot_exchange__pb2.DeliverCaseEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -269,6 +289,33 @@ class Peer:
             '/tongban.v1.Peer/ReportAccess',
             tongban_dot_v1_dot_exchange__pb2.ReportAccessRequest.SerializeToString,
             tongban_dot_v1_dot_exchange__pb2.ReportAccessResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeliverCaseEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tongban.v1.Peer/DeliverCaseEvents',
+            tongban_dot_v1_dot_exchange__pb2.DeliverCaseEventsRequest.SerializeToString,
+            tongban_dot_v1_dot_exchange__pb2.DeliverCaseEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -113,6 +113,12 @@ class PeerStub:
     with the same audit ids); a refused report refuses the whole batch, is recorded as
     denied, and is named by the ErrorInfo metadata "index" (zero-based) of the status.
     """
+    DeliverCaseEvents: _grpc.UnaryUnaryMultiCallable[_exchange_pb2.DeliverCaseEventsRequest, _exchange_pb2.DeliverCaseEventsResponse]
+    """Called by a region's gateway with changes of cases its region made (docs/cases.md): each
+    a JWS by the region's audit key, in the order the region made them, with the materials
+    they name. The receiver verifies each, keeps it with an audit record in one transaction,
+    and answers the ids it holds durably (an event sent again is answered, not kept twice).
+    """
 
 @_typing.type_check_only
 class PeerAsyncStub(PeerStub):
@@ -132,6 +138,12 @@ class PeerAsyncStub(PeerStub):
     The owner decides each report again and records it once (a batch sent again is answered
     with the same audit ids); a refused report refuses the whole batch, is recorded as
     denied, and is named by the ErrorInfo metadata "index" (zero-based) of the status.
+    """
+    DeliverCaseEvents: _aio.UnaryUnaryMultiCallable[_exchange_pb2.DeliverCaseEventsRequest, _exchange_pb2.DeliverCaseEventsResponse]  # type: ignore[assignment]
+    """Called by a region's gateway with changes of cases its region made (docs/cases.md): each
+    a JWS by the region's audit key, in the order the region made them, with the materials
+    they name. The receiver verifies each, keeps it with an audit record in one transaction,
+    and answers the ids it holds durably (an event sent again is answered, not kept twice).
     """
 
 class PeerServicer(metaclass=_abc_1.ABCMeta):
@@ -161,6 +173,18 @@ class PeerServicer(metaclass=_abc_1.ABCMeta):
         The owner decides each report again and records it once (a batch sent again is answered
         with the same audit ids); a refused report refuses the whole batch, is recorded as
         denied, and is named by the ErrorInfo metadata "index" (zero-based) of the status.
+        """
+
+    @_abc_1.abstractmethod
+    def DeliverCaseEvents(
+        self,
+        request: _exchange_pb2.DeliverCaseEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_exchange_pb2.DeliverCaseEventsResponse, _abc.Awaitable[_exchange_pb2.DeliverCaseEventsResponse]]:
+        """Called by a region's gateway with changes of cases its region made (docs/cases.md): each
+        a JWS by the region's audit key, in the order the region made them, with the materials
+        they name. The receiver verifies each, keeps it with an audit record in one transaction,
+        and answers the ids it holds durably (an event sent again is answered, not kept twice).
         """
 
 def add_PeerServicer_to_server(servicer: PeerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -16,6 +16,7 @@ from gateway.audit._log import AuditLog
 from gateway.audit._merkle import leaf_hash
 from gateway.audit._record import AuditRecord, Outcome, pseudonymize
 from gateway.audit._store import (
+    AlsoWrite,
     Appended,
     AuditQuery,
     MemoryAuditStore,
@@ -87,10 +88,12 @@ class FrozenStore(MemoryAuditStore):
         self.thawed.set()
         self.calls = 0
 
-    async def append(self, record: AuditRecord, outbound: Outbound | None = None) -> Appended:
+    async def append(
+        self, record: AuditRecord, outbound: Outbound | None = None, also: AlsoWrite | None = None
+    ) -> Appended:
         self.calls += 1
         await self.thawed.wait()
-        return await super().append(record, outbound)
+        return await super().append(record, outbound, also)
 
     async def head(self) -> TreeHead:
         self.calls += 1
@@ -430,8 +433,10 @@ class UnansweredCommitStore(MemoryAuditStore):
         super().__init__()
         self.lose_next_answer = True
 
-    async def append(self, record: AuditRecord, outbound: Outbound | None = None) -> Appended:
-        appended = await super().append(record, outbound)
+    async def append(
+        self, record: AuditRecord, outbound: Outbound | None = None, also: AlsoWrite | None = None
+    ) -> Appended:
+        appended = await super().append(record, outbound, also)
         if self.lose_next_answer:
             self.lose_next_answer = False
             raise AuditOutcomeUnknown("the commit got no answer")
