@@ -1,5 +1,5 @@
 """A gateway SIGKILLed between the steps of a case loses no case and makes no step twice
-(issue 19, "durable and exactly once"): the three regions' gateways of `case_support`, each its
+(issue 19, "durable and exactly once"): the three regions' gateways of `case_processes`, each its
 own process, run 多地联办 (matter 000112003100: 四川 receives, 浙江 assists, 重庆 handles, with a
 request for material and its supplement) once per kill point:
 
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from case_support import (
+from case_processes import (
     CHONGQING,
     SICHUAN,
     ZHEJIANG,

@@ -1,5 +1,5 @@
 """Cross-region cases (issue 19) end to end: three regions' gateways, each its own process
-(`case_support`), agencies calling them over mutual TLS with request tokens.
+(`case_processes`), agencies calling them over mutual TLS with request tokens.
 
 - 川渝异地代收 (matter 000125002100): a 四川 window submits a 重庆 matter; 重庆 accepts, queries
   the applicant's medical insurance in 四川 under the case, approves with a sealed result; the
@@ -27,7 +27,7 @@ from typing import Any
 
 import grpc
 import pytest
-from case_support import (
+from case_processes import (
     CASES,
     CHONGQING,
     SICHUAN,

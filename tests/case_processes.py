@@ -1,5 +1,5 @@
 """Three regions' gateways, each `tongban gateway serve` in its own process, for the case tests
-(issue 19; importable as `case_support`).
+(issue 19; importable as `case_processes`).
 
 四川 510000 (the window of both demo matters), 重庆 500000 (handles them) and 浙江 330000 (assists
 in 多地联办): each gateway a `python -m gateway.cli gateway serve --config FILE` process, its
