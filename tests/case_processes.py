@@ -22,6 +22,7 @@ import socket
 import sqlite3
 import sys
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,7 @@ __all__ = [
     "Regions",
     "act",
     "applicants",
+    "assert_recorded_once",
     "id_card",
     "ids",
     "kinds",
@@ -74,6 +76,7 @@ CALL_TIMEOUT = 10.0  # one call (a Query makes two hops; a Submit verifies every
 START_SECONDS = 60.0  # a hang guard for a gateway to serve on a loaded 2-core machine
 WAIT_SECONDS = 30.0  # a hang guard for what a test waits for (a delivery); never asserted
 CASES = "/tongban.v1.Cases/"
+DELIVER = "/tongban.v1.Peer/DeliverCaseEvents"
 
 
 @dataclass
@@ -385,6 +388,19 @@ class Regions:
         """The region's records of the call with this request id."""
         return [r for r in self.audit(region) if r["request_id"] == request_id]
 
+    def event_records(self, region: str, case_id: str) -> Counter[str]:
+        """How many times the region's audit log records each event of the case (by the
+        SHA-256 of its JWS): made there (an allowed Submit or Act that made it) or received
+        (an allowed Peer.DeliverCaseEvents)."""
+        return Counter(
+            r["sealed_digest"]
+            for r in self.audit(region)
+            if r["case_id"] == case_id
+            and r["outcome"] == "allowed"
+            and r["sealed_digest"]
+            and r["rpc"] in (CASES + "Submit", CASES + "Act", DELIVER)
+        )
+
 
 def act(case_id: str, part: int, action: int, **fields: Any) -> cases_pb2.ActRequest:
     """An `ActRequest` (its request id set when it is sent, unless given)."""
@@ -412,6 +428,19 @@ def _listens(port: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def assert_recorded_once(
+    regions: Regions, case_id: str, holders: tuple[str, ...], events: int
+) -> None:
+    """Each of the case's `events` is in the audit log of every region holding the case, once
+    (made or received there), the same events everywhere."""
+    found = {region: regions.event_records(region, case_id) for region in holders}
+    first = found[holders[0]]
+    for region, counts in found.items():
+        assert len(counts) == events, (region, counts)
+        assert set(counts.values()) == {1}, f"an event is recorded twice at {region}: {counts}"
+        assert set(counts) == set(first), region
 
 
 def new_request_id() -> str:

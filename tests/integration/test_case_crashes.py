@@ -28,6 +28,7 @@ from case_processes import (
     ZHEJIANG,
     Regions,
     act,
+    assert_recorded_once,
     id_card,
     ids,
     kinds,
@@ -162,6 +163,7 @@ async def test_a_gateway_killed_between_two_steps_loses_nothing_and_repeats_noth
         assert ids(copy) == ids(window), agency
         assert all(e.applied for e in copy.history), agency
         assert copy.state == cases_pb2.CASE_STATE_COMPLETED, agency
+    assert_recorded_once(regions, case_id, (SICHUAN, ZHEJIANG, CHONGQING), len(STEPS))
     assert [c.case_id for c in await regions.listed("sc.hrss", matter_code=TRANSFER)].count(
         case_id
     ) == 1

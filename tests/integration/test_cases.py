@@ -35,6 +35,7 @@ from case_processes import (
     Regions,
     act,
     applicants,
+    assert_recorded_once,
     id_card,
     ids,
     kinds,
@@ -134,6 +135,7 @@ async def test_chuanyu_a_chongqing_matter_received_at_a_sichuan_window(regions: 
         case_id,
         "sc.hsa",
     )
+    assert record["purpose"] == f"matter.{FILING}"
     assert record["subject"]
     assert applicant not in json.dumps(regions.audit(SICHUAN))
     assert case.audit_id.endswith(f"#{regions.audit(SICHUAN).index(record)}")
@@ -193,6 +195,7 @@ async def test_chuanyu_a_chongqing_matter_received_at_a_sichuan_window(regions: 
         await regions.until(
             "sc.hsa", case_id, lambda _: len(updates) >= 3, "the watch to stream the changes"
         )
+    assert_recorded_once(regions, case_id, (SICHUAN, CHONGQING), 3)
     assert not updates[0].HasField("event")
     assert ids(updates[0].case) == ids(case)
     assert [u.event.kind for u in updates[1:]] == ["accepted", "approved"]
@@ -216,11 +219,12 @@ async def test_duoditongban_three_regions_in_the_matters_order(regions: Regions)
         (CHONGQING, "handle", WAITING),
     ]
     await regions.until("zj.hrss", case_id, lambda c: len(c.history) == 1, "浙江 to hold it")
-    # 重庆's part waits for 浙江's: it cannot be taken out of order.
+    # 重庆's part waits for 浙江's: not ready, it is in no 重庆 agency's inbox yet, and cannot
+    # be taken out of order.
     await refused(
         regions.act("cq.hrss", act(case_id, 2, cases_pb2.CASE_ACTION_ACCEPT)),
-        grpc.StatusCode.FAILED_PRECONDITION,
-        "CASE_ACTION_NOT_ALLOWED",
+        grpc.StatusCode.NOT_FOUND,
+        "CASE_NOT_FOUND",
     )
     await regions.act("zj.hrss", act(case_id, 1, cases_pb2.CASE_ACTION_ACCEPT))
     proof = await regions.material("zj.hrss", "result", {"contribution_months": 86})
@@ -282,6 +286,7 @@ async def test_duoditongban_three_regions_in_the_matters_order(regions: Regions)
         assert case.parts[1].result.sha256 == sha256(proof)
         assert case.parts[2].result.sha256 == sha256(result)
     assert [p.agency for p in window.parts] == ["sc.hrss", "zj.hrss", "cq.hrss"]
+    assert_recorded_once(regions, case_id, (SICHUAN, ZHEJIANG, CHONGQING), len(expected))
 
 
 # 3. cases bind queries -------------------------------------------------------------------------
@@ -452,7 +457,7 @@ async def test_a_bad_action_is_refused_audited_and_changes_nothing(
         result = await regions.material("cq.hsa", "result", {"filing": "已备案"})
         agency, call = "cq.hsa", act(case_id, 1, cases_pb2.CASE_ACTION_APPROVE, result=result)
     elif bad == "accept the received part":
-        agency, call = "cq.hsa", act(case_id, 0, cases_pb2.CASE_ACTION_ACCEPT)
+        agency, call = "sc.hsa", act(case_id, 0, cases_pb2.CASE_ACTION_ACCEPT)
     elif bad == "supplement nothing asked":
         extra = await regions.material("sc.hsa", "filing-form", {"form": "补充"})
         agency = "sc.hsa"
