@@ -74,11 +74,14 @@ _OUTBOX = (
     " FROM case_outbox o JOIN case_events e ON e.event_id = o.event_id"
     " WHERE o.destination = ? ORDER BY o.position LIMIT ?"
 )
-_DIALECT = Dialect(
-    mark="?",
-    contains=lambda column: f"EXISTS (SELECT 1 FROM json_each({column}) WHERE value = ?)",  # noqa: S608 (a fixed column)
-    when=time_text,
-)
+
+
+def _holds(column: str) -> str:
+    """The JSON list in `column` (a fixed name) holds the parameter."""
+    return f"EXISTS (SELECT 1 FROM json_each({column}) WHERE value = ?)"  # noqa: S608
+
+
+_DIALECT = Dialect(mark="?", contains=_holds, when=time_text)
 
 
 class _Write:
