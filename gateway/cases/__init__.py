@@ -1,6 +1,6 @@
 """Cross-region cases (跨省通办 办件): a case's events and their signed form (`_model`), the
 state machine and the order every region applies them in (`_fold`), and where a gateway keeps
-them (`_store`). docs/cases.md is the guide."""
+them (`_store`; durable beside the audit log: `case_store_for`). docs/cases.md is the guide."""
 
 from gateway.cases._fold import CaseRefused, CaseView, Part, causal_order, fold, transition
 from gateway.cases._model import (
@@ -28,6 +28,7 @@ from gateway.cases._store import (
     StoredEvent,
     StoredRequest,
 )
+from gateway.cases._stores import case_store_for
 
 __all__ = [
     "CASE_EVENT_VERSION",
@@ -52,6 +53,7 @@ __all__ = [
     "StoredEvent",
     "StoredRequest",
     "Submission",
+    "case_store_for",
     "causal_order",
     "fold",
     "format_time",
