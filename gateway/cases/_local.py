@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from gateway import rpcs
+from gateway.applicant_ids import is_applicant_id
 from gateway.cases._book import CaseBookBase
 from gateway.cases._calls import (
     ACTIONS,
@@ -30,7 +31,7 @@ from gateway.cases._model import (
 )
 from gateway.cases._trail import Note
 from gateway.errors import Refusal
-from registry import Registry, is_valid_citizen_id, is_valid_uscc
+from registry import Registry
 
 __all__ = ["LocalChanges"]
 
@@ -134,7 +135,7 @@ class LocalChanges(CaseBookBase):
             return again
         matter = self._matter(registry, call.matter_code)
         _check_note(call.note)
-        if not (is_valid_citizen_id(call.applicant_id) or is_valid_uscc(call.applicant_id)):
+        if not is_applicant_id(call.applicant_id):
             raise Refusal(
                 "SUBJECT_ID_INVALID",
                 "applicant_id is an 18-character citizen id (GB 11643) or unified social "
