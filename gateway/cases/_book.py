@@ -233,6 +233,15 @@ class CaseBookBase:
             subject=caller.applicant,
         )
 
+    async def refused(
+        self, rpc: str, caller: CaseCaller | None, refusal: Refusal, *, case_id: str = ""
+    ) -> Refusal:
+        """Audit a call refused before the book was asked (at the service edge: no token, not
+        an agency of this region) and return the refusal to raise."""
+        note = self.note(rpc, caller)
+        note.case_id = case_id
+        return await self._trail.refused(note, refusal)
+
     async def visible(self, caller: CaseCaller, case_id: str, note: Note) -> CaseView:
         """The case, if `caller` may see it; CASE_NOT_FOUND otherwise (as for an unknown id)."""
         summary = await self.store.summary(case_id) if case_id else None

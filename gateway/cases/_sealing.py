@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from gateway._errors import GatewayError
 from signer import b64url_decode, b64url_encode
 
 __all__ = [
@@ -41,7 +42,7 @@ _NONCE_BYTES: Final = 12
 _LENGTH: Final = struct.Struct(">Q")
 
 
-class SealedCaseDataError(ValueError):
+class SealedCaseDataError(GatewayError, ValueError):
     """Sealed case data does not open with this key under this id (another deployment's key,
     or the row was altered or moved)."""
 
