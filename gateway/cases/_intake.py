@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from gateway import rpcs
+from gateway.audit import is_case_id
 from gateway.cases._events import verify_event
 from gateway.cases._fold import CaseView, fold
 from gateway.cases._local import LocalChanges
@@ -76,6 +77,8 @@ class CaseBook(LocalChanges):
         note: Note,
     ) -> str:
         event = verify_event(jws, registry, sender_region)  # (1)
+        if not is_case_id(event.case_id):
+            raise _invalid("the event's case id is not a case number (printable, no citizen id)")
         note.case_id, note.jws = event.case_id, jws
         note.fields = tuple(r.material_id for r in _refs(event)) + event.requested
         async with self._lock:

@@ -3,15 +3,19 @@ credential sealed by a region of the type the matter names, and each refusal."""
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import pytest
 from case_support import CQ, SC, Clock, documents, sealed
-from flow_support import NOW
-from support import Federation
+from flow_support import NOW, load_registry
+from support import Federation, make_federation
 
+from gateway._wiring import load_seal_keys
 from gateway.cases import MaterialInput, MaterialVerifier, material_digest
+from gateway.demo.config import config_for_dev_pki
 from gateway.errors import Refusal
+from gateway.sealing import RegionSealer
 from registry import Registry
 
 
@@ -93,3 +97,46 @@ async def test_a_material_is_refused_unrecognised_too_large_or_out_of_its_time(
     ] == ("MATERIAL_INVALID")
     with pytest.raises(ValueError, match="max_material_bytes"):
         MaterialVerifier(verifier.documents, SC, max_material_bytes=10, max_call_bytes=5)
+
+
+# -- GB/T 38540 and OFD: a region that seals with SM2 -------------------------------------------
+SM2_REGION = "330000"
+RECORD = json.dumps({"credential_type": "business_licence", "uscc": "91330000MA00000000"}).encode()
+
+
+@pytest.fixture(scope="module")
+def sm2(tmp_path_factory: pytest.TempPathFactory) -> tuple[Registry, RegionSealer]:
+    fed = make_federation(
+        tmp_path_factory.mktemp("sm2"), now=NOW - timedelta(hours=1), seal_algorithm="SM2"
+    )
+    fed.publish(now=NOW - timedelta(minutes=30))
+    registry = load_registry(fed)
+    config = config_for_dev_pki(
+        fed.pki, SM2_REGION, listen="127.0.0.1:0", snapshot_file=fed.current
+    )
+    return registry, RegionSealer(SM2_REGION, dict(load_seal_keys(config)))
+
+
+async def test_a_gbt38540_signature_and_an_ofd_e_licence_verify(
+    sm2: tuple[Registry, RegionSealer],
+) -> None:
+    registry, sealer = sm2
+    verifier = MaterialVerifier(documents(registry, Clock(NOW)), SC)
+    made = await sealer.seal(registry, RECORD, content_type="application/json", now=NOW)
+    ses = MaterialInput("form", made.ses_signature, RECORD)
+    ref = verifier.verify(ses, now=NOW)
+    assert (ref.format, ref.signer_region) == ("gbt38540", SM2_REGION)
+    tampered = MaterialInput("form", made.ses_signature, RECORD + b" ")
+    assert reason(lambda: verifier.verify(tampered, now=NOW))[0] == "MATERIAL_INVALID"
+    licence = await sealer.seal_licence(
+        registry, RECORD, credential_type="business_licence", now=NOW
+    )
+    assert licence is not None
+    ofd = MaterialInput("current-licence", licence[1])
+    ref = verifier.verify(ofd, now=NOW, credential_type="business_licence")
+    assert (ref.format, ref.signer_region) == ("ofd", SM2_REGION)
+    # the record the e-licence carries names another credential than the matter asks for
+    assert reason(lambda: verifier.verify(ofd, now=NOW, credential_type="id_card")) == (
+        "MATERIAL_INVALID",
+        {"material": "current-licence"},
+    )
