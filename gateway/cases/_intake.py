@@ -8,7 +8,9 @@ held already, matched by SHA-256 and size, and each sent is verified again here 
 its region verified it: a seal that expired since does not undo the case); (4) the case is
 folded with it (an event that does not fit when its turn comes is kept, marked not applied);
 (5) kept with this gateway's audit record of the receipt, in one transaction. A bad event is
-refused (CASE_EVENT_INVALID, metadata "index"); the events before it stay held.
+refused (CASE_EVENT_INVALID, metadata "index"); the events before it stay held. An event of a
+case whose submission has not arrived here yet (the window's gateway is behind) is refused
+CASE_NOT_FOUND: the sender retries it later, as after any refusal.
 """
 
 from __future__ import annotations
@@ -100,7 +102,11 @@ class CaseBook(LocalChanges):
         if view is None:
             if event.kind is EventKind.SUBMITTED:
                 raise _invalid("the submission does not begin a case its region may submit")
-            raise _invalid("the case's submission has not arrived here yet: deliver it first")
+            raise Refusal(  # transient: the window's gateway has not delivered it here yet
+                "CASE_NOT_FOUND",
+                "the case's submission has not arrived here yet: retry once the window's "
+                "gateway has delivered it",
+            )
         if self.region not in view.submission.regions:
             raise _invalid(f"region {self.region} has no part in the case")
         if event.origin not in view.submission.regions:

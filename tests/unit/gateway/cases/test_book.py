@@ -284,6 +284,30 @@ async def test_a_bad_event_in_a_delivery_is_refused_with_its_index_the_ones_befo
     assert "was not sent" in caught.value.message
 
 
+async def test_an_event_of_a_case_whose_submission_is_not_here_yet_is_refused_until_it_is(
+    fed: Federation, registry: Registry, regions: dict[str, Region]
+) -> None:
+    sc, cq, zj = regions[SC], regions[CQ], regions[ZJ]
+    materials = (
+        await id_card(fed, registry),
+        await document(fed, registry, "transfer-application"),
+    )
+    made = await sc.book.submit(SC_WINDOW, SubmitCall("late", PENSION, APPLICANT, materials))
+    await deliver(sc, zj)  # 浙江 has it; 重庆 does not yet
+    await zj.book.act(ZJ_ASSIST, act(made.view.case_id, 1, EventKind.ACCEPTED, "z"))
+    out = await zj.book.outgoing(CQ, 10)
+    with pytest.raises(Refusal) as caught:
+        await cq.book.receive(ZJ, [(o.jws, o.attachments) for o in out])
+    assert caught.value.reason == "CASE_NOT_FOUND"
+    assert caught.value.metadata == {"index": "0"}
+    assert cq.store._events == {}
+    await deliver(sc, cq)
+    await deliver(zj, cq)
+    view = await cq.book.view(made.view.case_id)
+    assert view is not None
+    assert view.parts[1].state is PartState.IN_PROGRESS
+
+
 # -- bad input: refused with its reason, audited, nothing stored -------------------------------
 async def test_an_unknown_matter_is_refused(
     fed: Federation, registry: Registry, regions: dict[str, Region]
