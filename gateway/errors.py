@@ -187,6 +187,30 @@ REASONS: Final[Mapping[str, Reason]] = MappingProxyType(
         "REQUEST_PAYLOAD_MISMATCH": Reason(
             _C.INVALID_ARGUMENT, "the forwarded request is not the one it signs"
         ),
+        "MATTER_UNKNOWN": Reason(
+            _C.INVALID_ARGUMENT, "the matter is not in the registry's catalogue for this region"
+        ),
+        "MATERIAL_MISSING": Reason(
+            _C.INVALID_ARGUMENT, "a material the matter requires is missing, or one is unknown"
+        ),
+        "MATERIAL_INVALID": Reason(_C.INVALID_ARGUMENT, "a material's seal does not verify"),
+        "MATERIAL_TOO_LARGE": Reason(_C.INVALID_ARGUMENT, "a material exceeds the size limit"),
+        "CASE_NOT_FOUND": Reason(_C.NOT_FOUND, "no such case is held for this caller"),
+        "CASE_ACTION_NOT_ALLOWED": Reason(
+            _C.FAILED_PRECONDITION, "the action does not fit the case's state"
+        ),
+        "CASE_PART_NOT_YOURS": Reason(
+            _C.PERMISSION_DENIED, "the part belongs to another region or agency"
+        ),
+        "CASE_NOT_OPEN": Reason(
+            _C.PERMISSION_DENIED, "no open case handled by the caller binds this query"
+        ),
+        "CASE_QUERY_NOT_ALLOWED": Reason(
+            _C.PERMISSION_DENIED, "the case's matter does not allow this query"
+        ),
+        "CASE_EVENT_INVALID": Reason(
+            _C.PERMISSION_DENIED, "a case event is not validly signed or does not fit"
+        ),
         "CACHE_NOT_ALLOWED": Reason(
             _C.PERMISSION_DENIED, "the dataset may not be answered from a requester's cache"
         ),

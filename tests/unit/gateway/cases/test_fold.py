@@ -129,7 +129,7 @@ def test_an_event_whose_past_has_not_arrived_waits() -> None:
         ),
         (
             ev(ZJ, 1, EventKind.APPROVED, 1, agency="zj", part=1, seen={SC: 1}),
-            "CASE_PART_NOT_YOURS",
+            "CASE_ACTION_NOT_ALLOWED",
         ),
         (
             ev(ZJ, 1, EventKind.SUPPLEMENTED, 1, agency="zj", part=1, seen={SC: 1}),
@@ -201,3 +201,12 @@ def test_the_signed_document_round_trips_and_refuses_what_does_not_fit() -> None
     ):
         with pytest.raises(MalformedEvent):
             CaseEvent.from_document(broken)
+
+
+def test_an_approval_before_the_part_is_accepted_is_out_of_order() -> None:
+    view = fold([SUBMITTED])
+    assert view is not None
+    early = ev(ZJ, 1, EventKind.APPROVED, 1, agency="zj-si", part=1, seen={SC: 1})
+    with pytest.raises(CaseRefused) as refused:
+        transition(view, early)
+    assert refused.value.reason == "CASE_ACTION_NOT_ALLOWED"
