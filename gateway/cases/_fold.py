@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
 
+from gateway._errors import GatewayError
 from gateway.cases._model import (
     CaseEvent,
     CaseState,
@@ -53,7 +54,7 @@ NOT_YOURS: Final = "CASE_PART_NOT_YOURS"
 NOT_ALLOWED: Final = "CASE_ACTION_NOT_ALLOWED"
 
 
-class CaseRefused(Exception):
+class CaseRefused(GatewayError):
     """An event does not fit the case: `reason` is the contract reason, the text says why."""
 
     def __init__(self, reason: str, message: str) -> None:
