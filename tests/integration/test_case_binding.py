@@ -10,10 +10,12 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
 from query_support import CALL_TIMEOUT, Cluster, bearer, request, running_cluster
 from support import Federation, error_info
 
 from gateway.audit import AuditQuery, Outcome
+from tongban.v1 import exchange_pb2
 
 pytestmark = pytest.mark.integration
 
@@ -48,6 +50,21 @@ async def test_the_requesting_gateway_refuses_a_query_naming_no_open_case(
             (Outcome.DENIED.value, "CASE_NOT_OPEN", "CASE-2026-0001")
         ]
         assert await _records(cluster, "330000") == []  # refused before the owner was asked
+        # Each item of a batch is bound alike, and answered with its own status.
+        item_query = request(
+            "330000", "si.participation", "SI-TRANSFER", subject, fields=PENSION_FIELDS
+        )
+        async with cluster.exchange("sc.hrss") as stub:
+            batch = await stub.BatchQuery(
+                exchange_pb2.BatchQueryRequest(items=[item_query], request_id="batch-cases-1"),
+                metadata=bearer(cluster.token("sc.hrss")),
+                timeout=CALL_TIMEOUT,
+            )
+        (item,) = batch.items
+        assert item.status.code == grpc.StatusCode.PERMISSION_DENIED.value[0]
+        info = error_details_pb2.ErrorInfo()
+        assert item.status.details[0].Unpack(info)
+        assert info.reason == "CASE_NOT_OPEN"
         # Unconditional data names no case: answered as before.
         licence = cluster.subject("330000", "market.business_licence")
         async with cluster.exchange("sc.amr") as stub:
