@@ -2,7 +2,7 @@
 state machine and the order every region applies them in (`_fold`), and where a gateway keeps
 them (`_store`). docs/cases.md is the guide."""
 
-from gateway.cases._binding import HANDLING_STATES, CaseBinding
+from gateway.cases._binding import CaseBinding
 from gateway.cases._config import DEFAULT_MATERIAL_BYTES, MAX_MATERIAL_BYTES, CasesConfig
 from gateway.cases._fold import CaseRefused, CaseView, Part, causal_order, fold, transition
 from gateway.cases._model import (
@@ -34,7 +34,6 @@ from gateway.cases._store import (
 __all__ = [
     "CASE_EVENT_VERSION",
     "DEFAULT_MATERIAL_BYTES",
-    "HANDLING_STATES",
     "MAX_EVENTS_PER_CASE",
     "MAX_MATERIAL_BYTES",
     "MAX_NOTE_CHARS",

@@ -23,15 +23,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from gateway.audit import AuditUnavailable, pseudonymize
-from gateway.cases._model import CaseState, PartState
+from gateway.cases._model import CaseState
 from gateway.cases._store import CaseStore, CaseSummary
 from gateway.errors import Refusal
 from registry import Registry
 
-__all__ = ["HANDLING_STATES", "CaseBinding"]
-
-# The part states in which an agency handles a part (CaseSummary.handling lists those parts).
-HANDLING_STATES = frozenset({PartState.IN_PROGRESS, PartState.AWAITING_MATERIAL})
+__all__ = ["CaseBinding"]
 
 
 class CaseBinding:
