@@ -25,6 +25,8 @@ refusal becomes a gRPC status.
     ├── CheckpointError     also a ValueError: a checkpoint note that is not one (gateway.audit)
     ├── ReportFormatError   also a ValueError: a report not in the access-report form
     ├── BlockError          a generated reference block is missing (gateway.config_reference)
+    ├── CaseRefused         an event that does not fit its case: a contract reason (gateway.cases)
+    ├── MalformedEvent      also a ValueError: a document that is not a case event (gateway.cases)
     └── DemoError           the demo cannot be set up (gateway.demo)
 
 Every refusal sent to a client is a standard gRPC status with a `google.rpc.ErrorInfo` detail
@@ -187,30 +189,6 @@ REASONS: Final[Mapping[str, Reason]] = MappingProxyType(
         "REQUEST_PAYLOAD_MISMATCH": Reason(
             _C.INVALID_ARGUMENT, "the forwarded request is not the one it signs"
         ),
-        "MATTER_UNKNOWN": Reason(
-            _C.INVALID_ARGUMENT, "the matter is not in the registry's catalogue for this region"
-        ),
-        "MATERIAL_MISSING": Reason(
-            _C.INVALID_ARGUMENT, "a material the matter requires is missing, or one is unknown"
-        ),
-        "MATERIAL_INVALID": Reason(_C.INVALID_ARGUMENT, "a material's seal does not verify"),
-        "MATERIAL_TOO_LARGE": Reason(_C.INVALID_ARGUMENT, "a material exceeds the size limit"),
-        "CASE_NOT_FOUND": Reason(_C.NOT_FOUND, "no such case is held for this caller"),
-        "CASE_ACTION_NOT_ALLOWED": Reason(
-            _C.FAILED_PRECONDITION, "the action does not fit the case's state"
-        ),
-        "CASE_PART_NOT_YOURS": Reason(
-            _C.PERMISSION_DENIED, "the part belongs to another region or agency"
-        ),
-        "CASE_NOT_OPEN": Reason(
-            _C.PERMISSION_DENIED, "no open case handled by the caller binds this query"
-        ),
-        "CASE_QUERY_NOT_ALLOWED": Reason(
-            _C.PERMISSION_DENIED, "the case's matter does not allow this query"
-        ),
-        "CASE_EVENT_INVALID": Reason(
-            _C.PERMISSION_DENIED, "a case event is not validly signed or does not fit"
-        ),
         "CACHE_NOT_ALLOWED": Reason(
             _C.PERMISSION_DENIED, "the dataset may not be answered from a requester's cache"
         ),
@@ -248,6 +226,35 @@ REASONS: Final[Mapping[str, Reason]] = MappingProxyType(
         "CHECKPOINT_SIGNATURE_INVALID": Reason(
             _C.PERMISSION_DENIED, "no audit key of the log's region signs the checkpoint"
         ),
+        "MATTER_UNKNOWN": Reason(
+            _C.INVALID_ARGUMENT, "the matter is not one this region may receive applications for"
+        ),
+        "MATERIAL_MISSING": Reason(
+            _C.INVALID_ARGUMENT, "a material the matter requires is missing, or one is not its own"
+        ),
+        "MATERIAL_INVALID": Reason(
+            _C.INVALID_ARGUMENT, "a material's seal did not verify, or its format is unknown"
+        ),
+        "MATERIAL_TOO_LARGE": Reason(
+            _C.INVALID_ARGUMENT, "a material, or the materials together, exceed the size limit"
+        ),
+        "CASE_NOT_FOUND": Reason(_C.NOT_FOUND, "no such case is held here for this caller"),
+        "CASE_ACTION_NOT_ALLOWED": Reason(
+            _C.FAILED_PRECONDITION, "the action does not fit the case's state"
+        ),
+        "CASE_PART_NOT_YOURS": Reason(
+            _C.PERMISSION_DENIED, "the part of the case is not the caller's to act on"
+        ),
+        "CASE_NOT_OPEN": Reason(
+            _C.PERMISSION_DENIED,
+            "the query names no open case the asking agency handles for this subject",
+        ),
+        "CASE_QUERY_NOT_ALLOWED": Reason(
+            _C.PERMISSION_DENIED, "the case's matter does not allow this query"
+        ),
+        "CASE_EVENT_INVALID": Reason(
+            _C.PERMISSION_DENIED, "a case event is not one the sending region may deliver"
+        ),
     }
 )
 # The places that send a reason with another code than the table's, and why: the only codes a
@@ -265,6 +272,11 @@ OVERRIDES: Final[Mapping[tuple[str, grpc.StatusCode], str]] = MappingProxyType(
         ("PEER_UNAVAILABLE", _C.DEADLINE_EXCEEDED): (
             "the provider region's gateway did not answer within the caller's own deadline "
             "(within a shorter bound of this gateway's it is UNAVAILABLE)"
+        ),
+        ("CASE_EVENT_INVALID", _C.INVALID_ARGUMENT): (
+            "Peer.DeliverCaseEvents: the event is signed by the sending region but is not a case "
+            "event of the model, or its attachments do not match what it names (a malformed "
+            "delivery rather than one the region may not make)"
         ),
         ("FIELD_NOT_ALLOWED", _C.DATA_LOSS): (
             "the owner's sealed answer carries fields beyond the decision: withheld, a failure "

@@ -4,6 +4,7 @@ them (`_store`; durable beside the audit log: `case_store_for`); what a gateway 
 (`_book`, `_local`, `_intake`: the `CaseBook`), their signed form (`_events`), their materials
 (`_materials`) and their sealing at rest (`_sealing`). docs/cases.md is the guide."""
 
+from gateway.cases._binding import CaseBinding
 from gateway.cases._book import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, RegistrySource
 from gateway.cases._calls import (
     ACTIONS,
@@ -14,6 +15,7 @@ from gateway.cases._calls import (
     Outgoing,
     SubmitCall,
 )
+from gateway.cases._config import DEFAULT_MATERIAL_BYTES, CasesConfig
 from gateway.cases._events import (
     EVENT_TYPE,
     MAX_EVENT_JWS_BYTES,
@@ -60,6 +62,7 @@ from gateway.cases._stores import case_store_for
 __all__ = [
     "ACTIONS",
     "CASE_EVENT_VERSION",
+    "DEFAULT_MATERIAL_BYTES",
     "DEFAULT_PAGE_SIZE",
     "EVENT_TYPE",
     "MAX_CALL_MATERIAL_BYTES",
@@ -71,6 +74,7 @@ __all__ = [
     "MAX_PAGE_SIZE",
     "ActCall",
     "CaseAnswer",
+    "CaseBinding",
     "CaseBook",
     "CaseCaller",
     "CaseChange",
@@ -82,6 +86,7 @@ __all__ = [
     "CaseStore",
     "CaseSummary",
     "CaseView",
+    "CasesConfig",
     "EventKind",
     "EventSigner",
     "MalformedEvent",

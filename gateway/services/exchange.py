@@ -28,6 +28,7 @@ from gateway import rpcs
 from gateway.audit import AuditLog
 from gateway.breaker import BreakerOpen
 from gateway.cache import AnswerCache
+from gateway.cases import CaseBinding
 from gateway.errors import (
     RELAYED_CODES,
     Refusal,
@@ -285,7 +286,8 @@ class DataSystemClient:
 # -- one gateway's query path -----------------------------------------------------------------
 class QueryPath:
     """The three flows of one gateway, assembled from its collaborators: `requester`,
-    `owner` and `intake` share one audit trail and one decision maker."""
+    `owner` and `intake` share one audit trail and one decision maker; `requester` and
+    `owner` bind queries for conditional datasets to cases with `cases` (None: not bound)."""
 
     def __init__(
         self,
@@ -309,6 +311,7 @@ class QueryPath:
         audit_key: ed25519.Ed25519PrivateKey,
         reporter: AccessReporter | None = None,
         peer_timeout_seconds: float = PEER_CALL_SECONDS,
+        cases: CaseBinding | None = None,
     ) -> None:
         self.region = region
         self.metrics = metrics
@@ -344,6 +347,7 @@ class QueryPath:
             cache=cache,
             codec=ForwardedCodec(),
             reporter=reporter,
+            cases=cases,
             clock=clock,
         )
         self.owner = OwnerFlow(
@@ -358,6 +362,7 @@ class QueryPath:
                 region, seal_keys, staple=staple_of(verifier), stamper=verifier.stamper
             ),
             data_system=DataSystemClient(provider, metrics) if provider is not None else None,
+            cases=cases,
             clock=clock,
         )
         self.intake = ReportIntake(region=region, gatekeeper=gatekeeper, trail=self.trail)
