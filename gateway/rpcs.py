@@ -11,6 +11,7 @@ from tongban.v1 import credentials_pb2, exchange_pb2, oversight_pb2
 
 __all__ = [
     "BATCH_QUERY",
+    "DELIVER_CASE_EVENTS",
     "FETCH",
     "FORWARD",
     "GET_PROOF",
@@ -36,6 +37,7 @@ QUERY: Final = full_method(exchange_pb2.DESCRIPTOR, "DataExchange", "Query")
 BATCH_QUERY: Final = full_method(exchange_pb2.DESCRIPTOR, "DataExchange", "BatchQuery")
 FORWARD: Final = full_method(exchange_pb2.DESCRIPTOR, "Peer", "Forward")
 REPORT_ACCESS: Final = full_method(exchange_pb2.DESCRIPTOR, "Peer", "ReportAccess")
+DELIVER_CASE_EVENTS: Final = full_method(exchange_pb2.DESCRIPTOR, "Peer", "DeliverCaseEvents")
 FETCH: Final = full_method(credentials_pb2.DESCRIPTOR, "Credentials", "Fetch")
 SEAL: Final = full_method(credentials_pb2.DESCRIPTOR, "Credentials", "Seal")
 QUERY_AUDIT: Final = full_method(oversight_pb2.DESCRIPTOR, "Oversight", "QueryAudit")
