@@ -24,6 +24,7 @@ refusal becomes a gRPC status.
     ├── ProofError          also a ValueError: a proof that does not prove what it claims
     ├── CheckpointError     also a ValueError: a checkpoint note that is not one (gateway.audit)
     ├── ReportFormatError   also a ValueError: a report not in the access-report form
+    ├── DeliveryFailed      case events not delivered to a peer: retried (gateway.cases)
     ├── BlockError          a generated reference block is missing (gateway.config_reference)
     ├── CaseRefused         an event that does not fit its case: a contract reason (gateway.cases)
     ├── MalformedEvent      also a ValueError: a document that is not a case event (gateway.cases)

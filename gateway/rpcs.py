@@ -42,6 +42,7 @@ QUERY: Final = full_method(exchange_pb2.DESCRIPTOR, "DataExchange", "Query")
 BATCH_QUERY: Final = full_method(exchange_pb2.DESCRIPTOR, "DataExchange", "BatchQuery")
 FORWARD: Final = full_method(exchange_pb2.DESCRIPTOR, "Peer", "Forward")
 REPORT_ACCESS: Final = full_method(exchange_pb2.DESCRIPTOR, "Peer", "ReportAccess")
+DELIVER_CASE_EVENTS: Final = full_method(exchange_pb2.DESCRIPTOR, "Peer", "DeliverCaseEvents")
 FETCH: Final = full_method(credentials_pb2.DESCRIPTOR, "Credentials", "Fetch")
 SEAL: Final = full_method(credentials_pb2.DESCRIPTOR, "Credentials", "Seal")
 QUERY_AUDIT: Final = full_method(oversight_pb2.DESCRIPTOR, "Oversight", "QueryAudit")
@@ -56,7 +57,6 @@ CASES_GET: Final = full_method(cases_pb2.DESCRIPTOR, "Cases", "Get")
 CASES_LIST: Final = full_method(cases_pb2.DESCRIPTOR, "Cases", "List")
 CASES_ACT: Final = full_method(cases_pb2.DESCRIPTOR, "Cases", "Act")
 CASES_WATCH: Final = full_method(cases_pb2.DESCRIPTOR, "Cases", "Watch")
-DELIVER_CASE_EVENTS: Final = full_method(exchange_pb2.DESCRIPTOR, "Peer", "DeliverCaseEvents")
 
 # What records written before the full names were used say instead ("DataExchange.Query").
 _FORMER: Final = {

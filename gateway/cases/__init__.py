@@ -16,6 +16,7 @@ from gateway.cases._calls import (
     SubmitCall,
 )
 from gateway.cases._config import DEFAULT_MATERIAL_BYTES, CasesConfig
+from gateway.cases._delivery import MAX_EVENTS_PER_DELIVERY
 from gateway.cases._events import (
     EVENT_TYPE,
     MAX_EVENT_JWS_BYTES,
@@ -24,7 +25,7 @@ from gateway.cases._events import (
     verify_event,
 )
 from gateway.cases._fold import CaseRefused, CaseView, Part, causal_order, fold, transition
-from gateway.cases._intake import MAX_EVENTS_PER_DELIVERY, CaseBook
+from gateway.cases._intake import CaseBook
 from gateway.cases._materials import (
     MAX_CALL_MATERIAL_BYTES,
     MAX_MATERIAL_BYTES,

@@ -21,7 +21,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Final, Protocol
+from typing import Final, Literal, Protocol
 
 from gateway import rpcs
 from gateway.audit import AuditLog, AuditUnavailable, Outcome, is_request_id, pseudonymize
@@ -96,6 +96,8 @@ class CaseBookBase:
         self.store = store
         self.materials = materials
         self.listeners: list[Callable[[], None]] = []  # called after each write here
+        # told each event kept (its kind; made "here" or "received"): the gateway's metrics
+        self.on_event: Callable[[str, Literal["here", "received"]], None] | None = None
         self.clock = clock
         self._registry = registry
         self._signer = signer
@@ -207,6 +209,10 @@ class CaseBookBase:
                 "AUDIT_UNAVAILABLE", f"the case change was not kept: {exc}", audited=True
             ) from exc
         self._opened[event.event_id] = event
+        while len(self._opened) > _OPENED_EVENTS:
+            self._opened.popitem(last=False)
+        if self.on_event is not None:
+            self.on_event(event.kind.value, "here" if local else "received")
         self._wake()
         return self._trail.audit_id(appended.index)
 

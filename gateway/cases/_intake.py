@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 from gateway import rpcs
 from gateway.audit import is_case_id
+from gateway.cases._delivery import MAX_EVENTS_PER_DELIVERY
 from gateway.cases._events import verify_event
 from gateway.cases._fold import CaseView, fold
 from gateway.cases._local import LocalChanges
@@ -29,9 +30,7 @@ from gateway.cases._trail import Note
 from gateway.errors import Refusal
 from registry import Registry
 
-__all__ = ["MAX_EVENTS_PER_DELIVERY", "CaseBook"]
-
-MAX_EVENTS_PER_DELIVERY = 64
+__all__ = ["CaseBook"]
 
 
 def _invalid(message: str) -> Refusal:

@@ -29,6 +29,7 @@ from gateway.audit import AuditLog
 from gateway.breaker import BreakerOpen
 from gateway.cache import AnswerCache
 from gateway.cases import CaseBinding
+from gateway.cases._peer import CaseIntake, deliver_case_events
 from gateway.errors import (
     RELAYED_CODES,
     Refusal,
@@ -468,8 +469,9 @@ class DataExchangeService(exchange_pb2_grpc.DataExchangeServicer):
 
 
 class PeerService(exchange_pb2_grpc.PeerServicer):
-    def __init__(self, path: QueryPath) -> None:
+    def __init__(self, path: QueryPath, cases: CaseIntake | None = None) -> None:
         self._path = path
+        self.cases = cases  # the case book, when this gateway keeps cases
 
     async def Forward(
         self, request: exchange_pb2.ForwardRequest, context: Context
@@ -508,3 +510,8 @@ class PeerService(exchange_pb2_grpc.PeerServicer):
             )
         )
         return exchange_pb2.ReportAccessResponse(accepted=len(audit_ids), audit_ids=audit_ids)
+
+    async def DeliverCaseEvents(
+        self, request: exchange_pb2.DeliverCaseEventsRequest, context: Context
+    ) -> exchange_pb2.DeliverCaseEventsResponse:
+        return await deliver_case_events(self.cases, current_caller.get(), request)
