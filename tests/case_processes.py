@@ -4,7 +4,8 @@
 四川 510000 (the window of both demo matters), 重庆 500000 (handles them) and 浙江 330000 (assists
 in 多地联办): each gateway a `python -m gateway.cli gateway serve --config FILE` process, its
 configuration written by the fault suite's `faults.harness.gateway_toml` from the dev PKI's keys
-(SQLite audit log in the work folder, the other two regions as peers, no Redis), and 四川's demo
+(SQLite audit log in the work folder, the other two regions as peers, no Redis; queries bound to
+cases, at most 4 MiB per material), and 四川's demo
 data system (`tongban provider serve`) as a fourth process, for the queries a handling agency
 makes under a case. `Regions` starts them, SIGKILLs and restarts one, and calls the `Cases`
 service (and `Credentials.Seal`, `DataExchange.Query`, `Peer.Forward`) as an agency would: mutual
@@ -75,6 +76,7 @@ HEALTH_AGENCY = {SICHUAN: "sc.data", CHONGQING: "cq.data", ZHEJIANG: "zj.data"}
 CALL_TIMEOUT = 10.0  # one call (a Query makes two hops; a Submit verifies every material)
 START_SECONDS = 60.0  # a hang guard for a gateway to serve on a loaded 2-core machine
 WAIT_SECONDS = 30.0  # a hang guard for what a test waits for (a delivery); never asserted
+MAX_MATERIAL_BYTES = 4 * 1024 * 1024  # [cases] max_material_bytes of every gateway
 CASES = "/tongban.v1.Cases/"
 DELIVER = "/tongban.v1.Peer/DeliverCaseEvents"
 
@@ -90,7 +92,6 @@ class Regions:
     gateways: dict[str, Served] = field(default_factory=dict)
     provider: Served | None = None
     provider_port: int = 0
-    config_extra: dict[str, str] = field(default_factory=dict)  # region -> TOML appended
     restarts: list[float] = field(default_factory=list)  # seconds each restart took to serve
 
     # processes ---------------------------------------------------------------------------------
@@ -119,9 +120,11 @@ class Regions:
                 provider=f"127.0.0.1:{self.provider_port}" if region == SICHUAN else "",
                 peers={r: f"localhost:{self.ports[r]}" for r in REGIONS if r != region},
                 redis=False,
+                bind_queries=True,
+                max_material_bytes=MAX_MATERIAL_BYTES,
             )
             config = self.workdir / f"gateway-{region}.toml"
-            config.write_text(text + self.config_extra.get(region, ""), encoding="utf-8")
+            config.write_text(text, encoding="utf-8")
             self.gateways[region] = Served(
                 f"gateway-{region}",
                 [*python, "gateway", "serve", "--config", str(config)],
@@ -454,15 +457,13 @@ def applicants(region: str, dataset: str, count: int = 40) -> list[str]:
 
 
 @contextlib.contextmanager
-def three_regions(
-    workdir: Path, *, config_extra: dict[str, str] | None = None
-) -> Iterator[Regions]:
+def three_regions(workdir: Path) -> Iterator[Regions]:
     """A fresh dev PKI and registry, the three gateways and 四川's data system, running; every
     process stopped (gracefully, then killed) at the end, and none may have ended a call with
     UNKNOWN or INTERNAL."""
     fed = make_federation(workdir / "fed")
     fed.publish()
-    regions = Regions(fed, workdir, config_extra=dict(config_extra or {}))
+    regions = Regions(fed, workdir)
     try:
         regions.prepare()
         regions.start()
