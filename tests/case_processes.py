@@ -174,6 +174,13 @@ class Regions:
         assert gateway.process is not None
         assert gateway.process.returncode == -9
 
+    def freeze(self, region: str) -> None:
+        """SIGSTOP `region`'s gateway: its connections stay open, nothing is answered."""
+        self.gateways[region].freeze()
+
+    def thaw(self, region: str) -> None:
+        self.gateways[region].thaw()
+
     async def restart(self, region: str) -> None:
         """A new process for a killed gateway (same configuration, port and audit log), once
         it serves."""
@@ -181,9 +188,12 @@ class Regions:
         self.restarts.append(await asyncio.to_thread(self.wait_serving, region))
 
     async def revive(self) -> None:
-        """Restart any gateway a failed test left killed (the next test needs all three)."""
+        """Thaw, or restart, any gateway a failed test left stopped or killed (the next test
+        needs all three)."""
         for region in REGIONS:
-            if not self.gateways[region].alive():
+            if self.gateways[region].alive():
+                self.thaw(region)
+            else:
                 await self.restart(region)
 
     def bad_codes(self) -> dict[str, int]:

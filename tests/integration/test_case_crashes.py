@@ -8,6 +8,10 @@ request for material and its supplement) once per kill point:
   request id), as a client that lost its connection would: it is answered with the case as it
   is, the step not made twice; the event reaches the other regions from the restarted
   gateway's outbox;
+- "unacknowledged": the same, but the other two gateways are frozen (SIGSTOP) while the step
+  is made and until the actor is killed: its delivery is sent, or about to be, and certainly
+  not acknowledged; thawed, a receiver may still take the dead sender's call, and then gets the
+  event again from the restarted one (the acknowledgement lost), which it holds once;
 - "receiver": a gateway that should receive the step is killed before it is made: the step
   succeeds where it is made, and reaches the returning gateway once it is back.
 
@@ -17,6 +21,7 @@ completed. The deployment is shared by every kill point (one per module), a new 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +29,7 @@ from typing import Any
 import pytest
 from case_processes import (
     CHONGQING,
+    REGIONS,
     SICHUAN,
     ZHEJIANG,
     Regions,
@@ -61,7 +67,9 @@ STEPS = (
     Step(SICHUAN, "sc.hrss", "supplemented", CHONGQING),
     Step(CHONGQING, "cq.hrss", "approved", SICHUAN),  # the window learns it is done
 )
-KILLS = [(i, victim) for i in range(len(STEPS)) for victim in ("actor", "receiver")]
+VICTIMS = ("actor", "unacknowledged", "receiver")
+KILLS = [(i, victim) for i in range(len(STEPS)) for victim in VICTIMS]
+IN_FLIGHT_SECONDS = 0.3  # for the frozen receivers' delivery to be sent before the kill
 
 
 @pytest.fixture(scope="module")
@@ -129,22 +137,30 @@ async def test_a_gateway_killed_between_two_steps_loses_nothing_and_repeats_noth
                 step.agency, case_id, lambda c, n=i: len(c.history) == n, f"step {i - 1}"
             )
         call = await make_call(regions, i, case_id, applicant)
+        others = [r for r in REGIONS if r != step.region]
         if i == after and victim == "receiver":
             regions.kill(step.receiver)
+        elif i == after and victim == "unacknowledged":
+            for region in others:
+                regions.freeze(region)
         case = await send(regions, i, call)
         case_id = case.case_id
         # Made and kept where it was made, whether or not the receiver is up.
         assert [e.kind for e in case.history] == [s.kind for s in STEPS[: i + 1]]
         if i != after:
             continue
-        if victim == "actor":
+        if victim == "receiver":
+            assert not regions.gateways[step.receiver].alive()
+            await regions.restart(step.receiver)
+        else:
+            if victim == "unacknowledged":
+                await asyncio.sleep(IN_FLIGHT_SECONDS)
             regions.kill(step.region)
+            for region in others if victim == "unacknowledged" else ():
+                regions.thaw(region)
             await regions.restart(step.region)
             again = await send(regions, i, call)  # the client did not see the answer: again
             assert ids(again) == ids(case), "the step was made twice"
-        else:
-            assert not regions.gateways[step.receiver].alive()
-            await regions.restart(step.receiver)
 
     held = {
         agency: await regions.until(
