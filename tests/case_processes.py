@@ -219,8 +219,9 @@ class Regions:
     def region_of(self, agency: str) -> str:
         return next(r.region for r in self.fed.inventory().records() if r.owner == agency)
 
-    def token(self, agency: str) -> tuple[tuple[str, str], ...]:
-        return bearer(Cluster(self.fed, self.ports).token(agency))
+    def token(self, agency: str, applicant: str = "") -> tuple[tuple[str, str], ...]:
+        """`agency`'s request token (`applicant`: as its region's citizen portal for them)."""
+        return bearer(Cluster(self.fed, self.ports).token(agency, applicant=applicant))
 
     @contextlib.asynccontextmanager
     async def channel(
@@ -236,12 +237,13 @@ class Regions:
         ) as channel:
             yield channel
 
-    async def cases(self, agency: str, method: str, request: Any) -> Any:
-        """`Cases.<method>` on the agency's region's gateway, as the agency."""
+    async def cases(self, agency: str, method: str, request: Any, applicant: str = "") -> Any:
+        """`Cases.<method>` on the agency's region's gateway, as the agency (for `applicant`:
+        as a citizen portal)."""
         async with self.channel(agency) as channel:
             stub = cases_pb2_grpc.CasesStub(channel)
             return await getattr(stub, method)(
-                request, metadata=self.token(agency), timeout=CALL_TIMEOUT
+                request, metadata=self.token(agency, applicant), timeout=CALL_TIMEOUT
             )
 
     async def submit(
@@ -272,12 +274,13 @@ class Regions:
         return await self.cases(agency, "Act", request)
 
     async def get(
-        self, agency: str, case_id: str, *, include_contents: bool = False
+        self, agency: str, case_id: str, *, include_contents: bool = False, applicant: str = ""
     ) -> cases_pb2.Case:
         return await self.cases(
             agency,
             "Get",
             cases_pb2.GetCaseRequest(case_id=case_id, include_contents=include_contents),
+            applicant,
         )
 
     async def listed(self, agency: str, **filters: Any) -> list[cases_pb2.Case]:
@@ -300,14 +303,15 @@ class Regions:
         check: Callable[[cases_pb2.Case], bool],
         what: str,
         timeout: float = WAIT_SECONDS,
+        applicant: str = "",
     ) -> cases_pb2.Case:
-        """Poll `Get` as `agency` until `check(case)`; a case the agency may not see yet
-        (CASE_NOT_FOUND) or a gateway not back yet (UNAVAILABLE) is "not yet"."""
+        """Poll `Get` as `agency` (for `applicant`) until `check(case)`; a case the caller may
+        not see yet (CASE_NOT_FOUND) or a gateway not back yet (UNAVAILABLE) is "not yet"."""
         started = time.monotonic()
         last: object = None
         while True:
             try:
-                case = await self.get(agency, case_id)
+                case = await self.get(agency, case_id, applicant=applicant)
             except grpc.aio.AioRpcError as exc:
                 if exc.code() not in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE):
                     raise

@@ -219,8 +219,13 @@ async def test_duoditongban_three_regions_in_the_matters_order(regions: Regions)
         (CHONGQING, "handle", WAITING),
     ]
     await regions.until("zj.hrss", case_id, lambda c: len(c.history) == 1, "浙江 to hold it")
-    # 重庆's part waits for 浙江's: not ready, it is in no 重庆 agency's inbox yet, and cannot
-    # be taken out of order.
+    # 重庆 holds it too (its citizen portal shows the applicant their case), but its part waits
+    # for 浙江's: in no 重庆 agency's inbox yet, it cannot be taken out of order.
+    portal = await regions.until(
+        "cq.data", case_id, lambda c: len(c.history) == 1, "重庆 to hold it", applicant=applicant
+    )
+    assert [p.state for p in portal.parts] == [DONE, READY, WAITING]
+    assert portal.applicant_id == applicant
     await refused(
         regions.act("cq.hrss", act(case_id, 2, cases_pb2.CASE_ACTION_ACCEPT)),
         grpc.StatusCode.NOT_FOUND,
@@ -287,6 +292,26 @@ async def test_duoditongban_three_regions_in_the_matters_order(regions: Regions)
         assert case.parts[2].result.sha256 == sha256(result)
     assert [p.agency for p in window.parts] == ["sc.hrss", "zj.hrss", "cq.hrss"]
     assert_recorded_once(regions, case_id, (SICHUAN, ZHEJIANG, CHONGQING), len(expected))
+    # The applicant sees it done through their home region's portal; another applicant does
+    # not see it, and a portal does not act.
+    mine = await regions.get("sc.data", case_id, applicant=applicant)
+    assert (mine.state, ids(mine)) == (COMPLETED, ids(window))
+    stranger = DemoData(SICHUAN).population(40)[8]
+    await refused(
+        regions.get("sc.data", case_id, applicant=stranger),
+        grpc.StatusCode.NOT_FOUND,
+        "CASE_NOT_FOUND",
+    )
+    await refused(
+        regions.cases(
+            "sc.data",
+            "Act",
+            act(case_id, 2, cases_pb2.CASE_ACTION_REJECT, note="x", request_id=new_request_id()),
+            applicant,
+        ),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "NOT_AUTHORISED_ROLE",
+    )
 
 
 # 3. cases bind queries -------------------------------------------------------------------------
