@@ -445,7 +445,7 @@ def _register_show_and_list(verbs: Subparsers) -> None:
         help="show one case: parts, materials, history (Cases.Get)",
         description="Show a case as this agency's gateway holds it: its parts and their "
         "states, the materials as verified on arrival, and every change in the order applied.",
-        epilog="Example: tongban case show 510000-20261207-3F9A2C --gateway localhost:7500 "
+        epilog="Example: tongban case show 510000-20261207-3F9A2C51D0 --gateway localhost:7500 "
         "--pki out/pki --agency cq.hsa",
     )
     show.add_argument("case_id", type=parse_case_id, metavar="CASE_ID", help="the case (办件编号)")
@@ -489,7 +489,7 @@ def _register_act(verbs: Subparsers) -> None:
         "alone acts on it from then on), asks for material, approves it (with the result, a "
         "sealed document or credential, required for the handling part) or rejects it; the "
         "window agency supplements the material asked for.",
-        epilog="Example: tongban case act 510000-20261207-3F9A2C --part 1 --approve --result "
+        epilog="Example: tongban case act 510000-20261207-3F9A2C51D0 --part 1 --approve --result "
         "filing.jws --gateway localhost:7500 --pki out/pki --agency cq.hsa",
     )
     act.add_argument("case_id", type=parse_case_id, metavar="CASE_ID", help="the case (办件编号)")

@@ -25,7 +25,7 @@ from tongban.v1 import cases_pb2, cases_pb2_grpc, credentials_pb2
 
 USAGE, FAILURE = 2, 1
 APPLICANT = "500101199001011237"
-CASE_ID = "510000-20261207-3F9A2C"
+CASE_ID = "510000-20261207-3F9A2C51D0"
 UNSET = "TONGBAN_TEST_SURELY_UNSET"
 SUBMIT = ("case", "submit", "--matter", "000125002100", "--applicant", APPLICANT)
 
