@@ -40,13 +40,23 @@ from tongban.v1 import (
     exchange_pb2_grpc,
 )
 
-__all__ = ["case_cy", "case_done", "case_multi"]
+__all__ = ["SI_FIELDS", "case_cy", "case_done", "case_multi"]
 
 DELIVERY_TIMEOUT: Final = 20.0  # seconds for another region's change to reach a gateway
 POLL_SECONDS: Final = 0.1
 CY_MATTER: Final = "000125002100"  # 异地就医登记备案
 PENSION_MATTER: Final = "000112003100"  # 养老保险关系转移接续
 MED_FIELDS: Final = ("name", "citizen_id", "insured_region", "status", "filing_status")
+# What the pension matter lets its handling agency ask 四川 for (conf/registry/matters.toml): a
+# query for a case names its fields (the purpose alone would give employer_name too).
+SI_FIELDS: Final = (
+    "name",
+    "citizen_id",
+    "insured_since",
+    "insurance_types",
+    "contribution_months",
+    "status",
+)
 OPEN, COMPLETED = cases_pb2.CASE_STATE_OPEN, cases_pb2.CASE_STATE_COMPLETED
 READY, IN_PROGRESS = cases_pb2.PART_STATE_READY, cases_pb2.PART_STATE_IN_PROGRESS
 AWAITING, DONE = cases_pb2.PART_STATE_AWAITING_MATERIAL, cases_pb2.PART_STATE_DONE
@@ -337,7 +347,9 @@ async def case_multi(fed: Federation, story: Story) -> Result:
     )
     case_id = story.case_id = case.case_id
     steps.add("510000", "sc.hrss", "Submit with id-card, transfer-application", _parts(case))
-    early = query("510000", "si.participation", "SI-TRANSFER", citizen, case_id=case_id)
+    early = query(
+        "510000", "si.participation", "SI-TRANSFER", citizen, fields=SI_FIELDS, case_id=case_id
+    )
     code, reason = await refused_query(fed, "cq.hrss", early)
     story.denials_expected += 1
     steps.add(
@@ -437,7 +449,14 @@ async def case_done(fed: Federation, story: Story) -> Result:
     )
     await act(fed, story.handler, story.case_id, 2, cases_pb2.CASE_ACTION_APPROVE, result=result)
     closed, kinds = await watching
-    late = query("510000", "si.participation", "SI-TRANSFER", story.citizen, case_id=story.case_id)
+    late = query(
+        "510000",
+        "si.participation",
+        "SI-TRANSFER",
+        story.citizen,
+        fields=SI_FIELDS,
+        case_id=story.case_id,
+    )
     await wait_for(fed, story.handler, story.case_id, lambda c: c.state == COMPLETED, "done")
     _, reason = await refused_query(fed, story.handler, late)
     story.denials_expected += 1

@@ -26,7 +26,7 @@ from gateway import rpcs
 from gateway._tables import whole
 from gateway.audit import CheckpointError, ProofError, verify_checkpoint, verify_inclusion
 from gateway.demo._story import CALL_TIMEOUT, Result, Scenario, Story, mask, query, rpc_reason
-from gateway.demo.case_stories import case_cy, case_done, case_multi
+from gateway.demo.case_stories import SI_FIELDS, case_cy, case_done, case_multi
 from gateway.demo.config import config_for_dev_pki
 from gateway.demo.federation import DemoError, Federation
 from gateway.licences import RECORD_FILE
@@ -89,7 +89,7 @@ def record_table(title: str, payload: bytes) -> Table:
 
 
 # the scenarios ---------------------------------------------------------------------------------
-def _in_case(story: Story, *, fields: Sequence[str] = ()) -> exchange_pb2.QueryRequest:
+def _in_case(story: Story, *, fields: Sequence[str] = SI_FIELDS) -> exchange_pb2.QueryRequest:
     """重庆人社's question to 四川 about the 多地联办 case's applicant, made for the case."""
     return query(
         "510000",
