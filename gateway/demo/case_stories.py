@@ -358,6 +358,35 @@ async def case_multi(fed: Federation, story: Story) -> Result:
         "Query 510000 si.participation naming the case, before handling a part of it",
         f"refused: {code} {reason}",
     )
+    await _zhejiang_assists(fed, steps, case_id, citizen, person)
+    await wait_for(fed, "cq.hrss", case_id, part_is(2, READY), "浙江's approval")
+    taken = await act(fed, "cq.hrss", case_id, 2, cases_pb2.CASE_ACTION_ACCEPT)
+    steps.add("500000", "cq.hrss", "Accept part 2 (转入地)", _parts(taken))
+    # 四川 decides 重庆's queries about the applicant on its own copy of the case: wait for it.
+    held = await wait_for(fed, "sc.hrss", case_id, part_is(2, IN_PROGRESS), "重庆's acceptance")
+    kinds = [e.kind for e in held.history]
+    ok = (
+        reason == "CASE_NOT_OPEN"
+        and held.state == OPEN
+        and held.parts[1].state == DONE
+        and held.parts[1].result.signer_region == "330000"
+        and "material_requested" in kinds
+        and "supplemented" in kinds
+    )
+    return Result(
+        ok,
+        f"case {case_id}: a query naming it before 重庆 handled a part refused {reason}; 浙江 "
+        f"asked for material, 四川 supplemented it, 浙江 approved with its contribution proof; "
+        f"重庆人社 handles part 2 and the case stays open ({len(kinds)} changes held by 四川)",
+        steps.table,
+    )
+
+
+async def _zhejiang_assists(
+    fed: Federation, steps: Steps, case_id: str, citizen: str, person: dict[str, Any]
+) -> None:
+    """浙江 (转出地) takes its part, asks for a corrected application, which 四川's window
+    supplements, and approves with its contribution proof."""
     await wait_for(fed, "zj.hrss", case_id, part_is(1, READY), "the submitted case")
     await act(fed, "zj.hrss", case_id, 1, cases_pb2.CASE_ACTION_ACCEPT)
     asked = await act(
@@ -386,27 +415,6 @@ async def case_multi(fed: Federation, story: Story) -> Result:
     proof = await seal(fed, "zj.hrss", "result", _contribution_proof(case_id, citizen))
     done = await act(fed, "zj.hrss", case_id, 1, cases_pb2.CASE_ACTION_APPROVE, result=proof)
     steps.add("330000", "zj.hrss", "Approve part 1 with its contribution proof", _parts(done))
-    await wait_for(fed, "cq.hrss", case_id, part_is(2, READY), "浙江's approval")
-    taken = await act(fed, "cq.hrss", case_id, 2, cases_pb2.CASE_ACTION_ACCEPT)
-    steps.add("500000", "cq.hrss", "Accept part 2 (转入地)", _parts(taken))
-    # 四川 decides 重庆's queries about the applicant on its own copy of the case: wait for it.
-    held = await wait_for(fed, "sc.hrss", case_id, part_is(2, IN_PROGRESS), "重庆's acceptance")
-    kinds = [e.kind for e in held.history]
-    ok = (
-        reason == "CASE_NOT_OPEN"
-        and held.state == OPEN
-        and held.parts[1].state == DONE
-        and held.parts[1].result.signer_region == "330000"
-        and "material_requested" in kinds
-        and "supplemented" in kinds
-    )
-    return Result(
-        ok,
-        f"case {case_id}: a query naming it before 重庆 handled a part refused {reason}; 浙江 "
-        f"asked for material, 四川 supplemented it, 浙江 approved with its contribution proof; "
-        f"重庆人社 handles part 2 and the case stays open ({len(kinds)} changes held by 四川)",
-        steps.table,
-    )
 
 
 def _application(citizen: str, person: dict[str, Any], *, complete: bool) -> dict[str, Any]:
