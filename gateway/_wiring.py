@@ -30,6 +30,7 @@ from gateway.audit import (
 )
 from gateway.breaker import CircuitBreaker
 from gateway.cache import AnswerCache, CacheBackend, MemoryBackend, RedisBackend
+from gateway.cases import CaseBinding, case_store_for
 from gateway.config import ExchangeConfig, GatewayConfig
 from gateway.errors import ConfigError
 from gateway.metrics import PEER_LOCAL, GatewayMetrics, client_interceptors
@@ -72,6 +73,7 @@ __all__ = [
     "build_audit_log",
     "build_query_path",
     "build_witnessing",
+    "case_binding",
     "document_verifier",
     "load_seal_keys",
     "make_breaker",
@@ -331,6 +333,12 @@ def _backends(
     )
 
 
+def case_binding(config: GatewayConfig, audit: AuditLog) -> CaseBinding:
+    """The binding of queries for conditional datasets to the cases kept beside `audit`."""
+    assert config.audit is not None  # the query path needs [audit]
+    return CaseBinding(case_store_for(audit), config.audit.pseudonym_key)
+
+
 def build_query_path(
     parts: QueryPathParts, closers: list[Closer]
 ) -> tuple[QueryPath, PeerPool] | None:
@@ -395,6 +403,7 @@ def build_query_path(
             key=audit_key,
             clock=clock,
         ),
+        cases=case_binding(config, parts.audit) if config.cases.bind_queries else None,
     )
     closers.insert(0, path.close)  # first: flushes reports over the peer channels
     return path, peers

@@ -70,6 +70,11 @@ are errors, so a typo never silently falls back to a default.
                                       # (REVOCATION_UNAVAILABLE), "soft-fail" admits it (logged,
                                       # counted); seals are always hard-fail
 
+    [cases]                           # optional: cross-region cases (docs/cases.md)
+    bind_queries = true               # a query for a conditional (有条件共享) dataset must name an
+                                      # open case the asking agency handles for that applicant
+    max_material_bytes = 4194304      # bound on one material of a case (at most 12 MiB)
+
     [timestamp]                       # optional: RFC 3161 time-stamps (docs/security.md)
     url = "http://tsa.example.gov.cn/tsr"   # the TSA: seals and checkpoints are time-stamped
     tsa_certificates = "pki/tsa-roots.pem"  # PEM: anchors a TSA's chain must end at (validation too)
@@ -92,6 +97,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway._endpoints import _check_host_port, _is_endpoint
+from gateway.cases._config import CasesConfig
 from gateway.errors import ConfigError
 from gateway.provider._net import is_loopback
 from gateway.timestamps import TimestampConfig
@@ -100,6 +106,7 @@ from signer import KeyReference, SignerError, key_reference
 
 __all__ = [
     "AuditConfig",
+    "CasesConfig",
     "ExchangeConfig",
     "GatewayConfig",
     "RevocationConfig",
@@ -326,6 +333,20 @@ def _revocation(section: _Section) -> RevocationConfig:
     )
 
 
+def _cases(section: _Section) -> CasesConfig:
+    bind = section._raw("bind_queries", False)
+    if bind is not None and not isinstance(bind, bool):
+        raise ConfigError(f"{section.file}: cases.bind_queries: must be true or false")
+    limit = section._raw("max_material_bytes", False)
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
+        raise ConfigError(f"{section.file}: cases.max_material_bytes: a whole number of bytes")
+    defaults = CasesConfig()
+    return CasesConfig(
+        bind_queries=defaults.bind_queries if bind is None else bind,
+        max_material_bytes=defaults.max_material_bytes if limit is None else limit,
+    )
+
+
 def _timestamp(section: _Section) -> TimestampConfig:
     return TimestampConfig(
         section.required_path("tsa_certificates"),
@@ -410,6 +431,7 @@ class GatewayConfig:
     metrics_listen: str = ""
     revocation: RevocationConfig = field(default_factory=RevocationConfig)
     timestamp: TimestampConfig | None = None
+    cases: CasesConfig = field(default_factory=CasesConfig)
 
     def __post_init__(self) -> None:
         if self.region not in PROVINCES:
@@ -466,6 +488,7 @@ class GatewayConfig:
         exchange = _Section(path, "exchange", document.get("exchange", {}))
         revocation = _Section(path, "revocation", document.get("revocation", {}))
         timestamp = _Section(path, "timestamp", document.get("timestamp", {}))
+        cases = _Section(path, "cases", document.get("cases", {}))
         try:
             passphrase_file = tls.optional_path("passphrase_file")
             passphrase_env = tls.text("passphrase_env", required=False)
@@ -495,13 +518,14 @@ class GatewayConfig:
                 peers=_peers(path, document.get("peers", {})),
                 revocation=_revocation(revocation),
                 timestamp=_timestamp(timestamp) if timestamp.data else None,
+                cases=_cases(cases),
             )
         except ConfigError as exc:
             message = str(exc)
             raise ConfigError(
                 message if message.startswith(str(path)) else f"{path}: {message}"
             ) from None
-        for section in (gw, tls, reg, seal, audit, exchange, revocation, timestamp):
+        for section in (gw, tls, reg, seal, audit, exchange, revocation, timestamp, cases):
             section.done()
         if config.snapshot_file is None and config.bootstrap_ca_file is None:
             # Until it holds a registry, a follow-only gateway has no CA to trust its peer with.
@@ -523,7 +547,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
     unknown = sorted(
         set(document)
         - {"gateway", "tls", "registry", "seal", "audit", "exchange", "peers", "revocation"}
-        - {"timestamp"}
+        - {"timestamp", "cases"}
     )
     if unknown:
         raise ConfigError(f"{path}: [{unknown[0]}]: unknown section")

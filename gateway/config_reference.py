@@ -62,6 +62,7 @@ _Config = type[
     | _config.ExchangeConfig
     | _config.RevocationConfig
     | _config.TimestampConfig
+    | _config.CasesConfig
 ]
 
 
@@ -93,6 +94,7 @@ _AU = _config.AuditConfig
 _EX = _config.ExchangeConfig
 _RV = _config.RevocationConfig
 _TS = _config.TimestampConfig
+_CS = _config.CasesConfig
 _ENV = "string (variable name)"
 _TRUST = "one of trusted_root, authority_public_key (not with dev_pki)"
 _ROOT_DOC = "the trusted root (root.json): the authority keys, and how many must sign a snapshot"
@@ -108,6 +110,7 @@ SECTIONS: tuple[Section, ...] = (
     Section("peers", "[peers]", "no"),
     Section("revocation", "[revocation]", "no"),
     Section("timestamp", "[timestamp]", "no"),
+    Section("cases", "[cases]", "no"),
 )
 
 KEYS: tuple[Key, ...] = (
@@ -340,6 +343,27 @@ KEYS: tuple[Key, ...] = (
     Key("timestamp", "url", "no", (_TS, "url")),
     Key("timestamp", "tsa_certificates", "yes, with [timestamp]", (_TS, "tsa_certificates")),
     Key("timestamp", "timeout_seconds", "no", (_TS, "timeout_seconds")),
+    Key(
+        "cases",
+        "bind_queries",
+        "no",
+        (_CS, "bind_queries"),
+        doc="a query for a conditional (有条件共享) dataset must name an open case held here, "
+        "with a part the asking agency handles and the subject as its applicant, whose matter "
+        "allows the dataset, purpose and fields (CASE_NOT_OPEN, CASE_QUERY_NOT_ALLOWED); the "
+        "data owner's gateway decides it again on its own copy of the case. false: any case id "
+        "will do, as before cases (test federations only)",
+        dev=True,
+    ),
+    Key(
+        "cases",
+        "max_material_bytes",
+        "no",
+        (_CS, "max_material_bytes"),
+        doc="bound on one material (or result) of a case, in bytes: a larger one is refused "
+        "(MATERIAL_TOO_LARGE); at most 12582912 (12 MiB)",
+        dev=True,
+    ),
 )
 
 

@@ -24,7 +24,10 @@ refusal becomes a gRPC status.
     ├── ProofError          also a ValueError: a proof that does not prove what it claims
     ├── CheckpointError     also a ValueError: a checkpoint note that is not one (gateway.audit)
     ├── ReportFormatError   also a ValueError: a report not in the access-report form
+    ├── DeliveryFailed      case events not delivered to a peer: retried (gateway.cases)
     ├── BlockError          a generated reference block is missing (gateway.config_reference)
+    ├── CaseRefused         an event that does not fit its case: a contract reason (gateway.cases)
+    ├── MalformedEvent      also a ValueError: a document that is not a case event (gateway.cases)
     └── DemoError           the demo cannot be set up (gateway.demo)
 
 Every refusal sent to a client is a standard gRPC status with a `google.rpc.ErrorInfo` detail
@@ -224,6 +227,35 @@ REASONS: Final[Mapping[str, Reason]] = MappingProxyType(
         "CHECKPOINT_SIGNATURE_INVALID": Reason(
             _C.PERMISSION_DENIED, "no audit key of the log's region signs the checkpoint"
         ),
+        "MATTER_UNKNOWN": Reason(
+            _C.INVALID_ARGUMENT, "the matter is not one this region may receive applications for"
+        ),
+        "MATERIAL_MISSING": Reason(
+            _C.INVALID_ARGUMENT, "a material the matter requires is missing, or one is not its own"
+        ),
+        "MATERIAL_INVALID": Reason(
+            _C.INVALID_ARGUMENT, "a material's seal did not verify, or its format is unknown"
+        ),
+        "MATERIAL_TOO_LARGE": Reason(
+            _C.INVALID_ARGUMENT, "a material, or the materials together, exceed the size limit"
+        ),
+        "CASE_NOT_FOUND": Reason(_C.NOT_FOUND, "no such case is held here for this caller"),
+        "CASE_ACTION_NOT_ALLOWED": Reason(
+            _C.FAILED_PRECONDITION, "the action does not fit the case's state"
+        ),
+        "CASE_PART_NOT_YOURS": Reason(
+            _C.PERMISSION_DENIED, "the part of the case is not the caller's to act on"
+        ),
+        "CASE_NOT_OPEN": Reason(
+            _C.PERMISSION_DENIED,
+            "the query names no open case the asking agency handles for this subject",
+        ),
+        "CASE_QUERY_NOT_ALLOWED": Reason(
+            _C.PERMISSION_DENIED, "the case's matter does not allow this query"
+        ),
+        "CASE_EVENT_INVALID": Reason(
+            _C.PERMISSION_DENIED, "a case event is not one the sending region may deliver"
+        ),
     }
 )
 # The places that send a reason with another code than the table's, and why: the only codes a
@@ -241,6 +273,11 @@ OVERRIDES: Final[Mapping[tuple[str, grpc.StatusCode], str]] = MappingProxyType(
         ("PEER_UNAVAILABLE", _C.DEADLINE_EXCEEDED): (
             "the provider region's gateway did not answer within the caller's own deadline "
             "(within a shorter bound of this gateway's it is UNAVAILABLE)"
+        ),
+        ("CASE_EVENT_INVALID", _C.INVALID_ARGUMENT): (
+            "Peer.DeliverCaseEvents: the event is signed by the sending region but is not a case "
+            "event of the model, or its attachments do not match what it names (a malformed "
+            "delivery rather than one the region may not make)"
         ),
         ("FIELD_NOT_ALLOWED", _C.DATA_LOSS): (
             "the owner's sealed answer carries fields beyond the decision: withheld, a failure "

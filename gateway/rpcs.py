@@ -7,10 +7,16 @@ from typing import Final
 
 from google.protobuf.descriptor import FileDescriptor
 
-from tongban.v1 import credentials_pb2, exchange_pb2, oversight_pb2
+from tongban.v1 import cases_pb2, credentials_pb2, exchange_pb2, oversight_pb2
 
 __all__ = [
     "BATCH_QUERY",
+    "CASES_ACT",
+    "CASES_GET",
+    "CASES_LIST",
+    "CASES_SUBMIT",
+    "CASES_WATCH",
+    "DELIVER_CASE_EVENTS",
     "FETCH",
     "FORWARD",
     "GET_PROOF",
@@ -36,6 +42,7 @@ QUERY: Final = full_method(exchange_pb2.DESCRIPTOR, "DataExchange", "Query")
 BATCH_QUERY: Final = full_method(exchange_pb2.DESCRIPTOR, "DataExchange", "BatchQuery")
 FORWARD: Final = full_method(exchange_pb2.DESCRIPTOR, "Peer", "Forward")
 REPORT_ACCESS: Final = full_method(exchange_pb2.DESCRIPTOR, "Peer", "ReportAccess")
+DELIVER_CASE_EVENTS: Final = full_method(exchange_pb2.DESCRIPTOR, "Peer", "DeliverCaseEvents")
 FETCH: Final = full_method(credentials_pb2.DESCRIPTOR, "Credentials", "Fetch")
 SEAL: Final = full_method(credentials_pb2.DESCRIPTOR, "Credentials", "Seal")
 QUERY_AUDIT: Final = full_method(oversight_pb2.DESCRIPTOR, "Oversight", "QueryAudit")
@@ -43,6 +50,13 @@ VERIFY_AUDIT: Final = full_method(oversight_pb2.DESCRIPTOR, "Oversight", "Verify
 GET_PROOF: Final = full_method(oversight_pb2.DESCRIPTOR, "Oversight", "GetProof")
 SUBJECT_ACCESS: Final = full_method(oversight_pb2.DESCRIPTOR, "Oversight", "SubjectAccess")
 SIGN_CHECKPOINT: Final = full_method(oversight_pb2.DESCRIPTOR, "Oversight", "SignCheckpoint")
+# Cases: called by agencies of the gateway's region (and, for Get/List/Watch, for an applicant
+# of the region through its portal's token); DeliverCaseEvents by other regions' gateways.
+CASES_SUBMIT: Final = full_method(cases_pb2.DESCRIPTOR, "Cases", "Submit")
+CASES_GET: Final = full_method(cases_pb2.DESCRIPTOR, "Cases", "Get")
+CASES_LIST: Final = full_method(cases_pb2.DESCRIPTOR, "Cases", "List")
+CASES_ACT: Final = full_method(cases_pb2.DESCRIPTOR, "Cases", "Act")
+CASES_WATCH: Final = full_method(cases_pb2.DESCRIPTOR, "Cases", "Watch")
 
 # What records written before the full names were used say instead ("DataExchange.Query").
 _FORMER: Final = {

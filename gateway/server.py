@@ -28,6 +28,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from gateway._grpc_logs import withhold_undecodable_metadata
 from gateway._limits import (
     HANDSHAKE_TIMEOUT_SECONDS,
     KEEPALIVE_OPTIONS,
@@ -50,8 +51,9 @@ from gateway._wiring import (
     make_breaker,
     registry_store,
 )
+from gateway._wiring_cases import CASES_SERVICE, build_cases
 from gateway.admission import CallAdmission
-from gateway.audit import AuditError, AuditRecord, Outcome, digest_form
+from gateway.audit import AuditError, AuditRecord, Outcome
 from gateway.breaker import CircuitBreaker
 from gateway.config import GatewayConfig
 from gateway.errors import ConfigError, GatewayError
@@ -112,26 +114,6 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-class WithholdUndecodableMetadata(logging.Filter):
-    """grpc logs a metadata value that is not UTF-8 whole, at ERROR with a traceback ("Invalid
-    encoding on %s"), before it reads it as Latin-1; the value may be a token or a citizen id.
-    The record stays (a WARNING saying what happened) with the value withheld: its length and
-    digest only. Installed on grpc's Cython logger by every `Gateway`."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.msg == "Invalid encoding on %s" and isinstance(record.args, tuple):
-            value = record.args[0] if record.args else b""
-            record.msg = "a metadata value is not UTF-8 (read as Latin-1; value withheld: %s)"
-            record.args = (digest_form(value if isinstance(value, bytes) else str(value)),)
-            record.exc_info = record.exc_text = record.stack_info = None
-            record.levelno, record.levelname = logging.WARNING, "WARNING"
-        return True
-
-
-GRPC_CYTHON_LOGGER = "grpc._cython.cygrpc"
-_WITHHOLD = WithholdUndecodableMetadata()
-
-
 class Gateway:
     """One region's gateway. Build with `create_gateway`."""
 
@@ -143,9 +125,7 @@ class Gateway:
         shared_port: bool = False,
     ) -> None:
         self.config = config
-        grpc_log = logging.getLogger(GRPC_CYTHON_LOGGER)
-        if _WITHHOLD not in grpc_log.filters:
-            grpc_log.addFilter(_WITHHOLD)
+        withhold_undecodable_metadata()
         # True only in a `--workers` worker: its siblings bind the same ports (SO_REUSEPORT).
         self.shared_port = shared_port
         self.store = registry_store(config, clock)
@@ -186,10 +166,20 @@ class Gateway:
         self.credentials.query_path = self.query_path
         # With the query path (the peers are its channels): witness others, submit to them.
         self.witnessing = build_witnessing(config, self.audit, self._peers, self.store, clock)
+        self.cases = build_cases(
+            config,
+            self.audit,
+            self._peers,
+            self.store,
+            clock,
+            documents=self.documents,
+            metrics=self.metrics,
+        )
         self.served_services = (
             *SERVED_SERVICES,
             *((OVERSIGHT_SERVICE,) if self.audit else ()),
             *((EXCHANGE_SERVICE, PEER_SERVICE, WITNESS_SERVICE) if self.witnessing else ()),
+            *((CASES_SERVICE,) if self.cases else ()),
         )
         self._tasks: list[asyncio.Task[None]] = []
         self._swap_tasks: set[asyncio.Future[None]] = set()
@@ -372,9 +362,12 @@ class Gateway:
             exchange_pb2_grpc.add_DataExchangeServicer_to_server(
                 DataExchangeService(self.query_path), server
             )
-            exchange_pb2_grpc.add_PeerServicer_to_server(PeerService(self.query_path), server)
+            book = self.cases.book if self.cases is not None else None
+            exchange_pb2_grpc.add_PeerServicer_to_server(PeerService(self.query_path, book), server)
         if self.witnessing is not None:
             exchange_pb2_grpc.add_WitnessServicer_to_server(self.witnessing.service, server)
+        if self.cases is not None:
+            self.cases.serve(server)
         if self.audit is not None:
             assert self.config.audit is not None
             oversight_pb2_grpc.add_OversightServicer_to_server(
@@ -429,6 +422,8 @@ class Gateway:
             )
         if self.witnessing is not None:  # checkpoints to the other regions' witnesses
             self._tasks.append(asyncio.create_task(self.witnessing.submitter.run()))
+        if self.cases is not None:  # case events to the other regions, the overdue gauge
+            self._tasks.append(asyncio.create_task(self.cases.run(), name="cases"))
 
     def _follow_registry(self, snapshot: SignedSnapshot) -> None:
         # Synchronous, inside the swap: no call sees the new registry with the old verifiers

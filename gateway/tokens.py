@@ -31,6 +31,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from gateway._errors import GatewayError
+from gateway.applicant_ids import is_applicant_id
 from registry import Inventory, KeyEntry, KeyRefused, KeyState, KeyUsage, Registry
 from signer import (
     PrivateKey,
@@ -120,10 +121,12 @@ def issue_token(
     lifetime_seconds: int = MAX_TOKEN_LIFETIME_SECONDS,
     now: datetime,
     token_id: str | None = None,
+    applicant: str = "",
 ) -> str:
     """A request token for `operator` of `agency` (of `region`), bound to the TLS certificate
     whose `x5t#S256` is `thumbprint`, signed with the region's token key `key` (`kid`: the
-    x5t#S256 of that key's certificate).
+    x5t#S256 of that key's certificate); `applicant` (claim): for a citizen portal, the
+    citizen id (or USCC) the call is for (Cases shows them their own cases only).
 
     Raises `ValueError` for a key that is not P-256 or Ed25519, a lifetime outside 1..300
     seconds, a naive `now`, or an empty name.
@@ -148,6 +151,8 @@ def issue_token(
             raise ValueError(f"the token's {name} is empty")
     if token_id is not None and not token_id:
         raise ValueError("the token id is empty")
+    if applicant and not is_applicant_id(applicant):
+        raise ValueError("the applicant is not a citizen id (GB 11643) or USCC (GB 32100)")
     issued_at = int(now.timestamp())
     claims: dict[str, Any] = {
         "iss": issuer_for(region),
@@ -159,6 +164,8 @@ def issue_token(
         "jti": token_id or secrets.token_urlsafe(16),
         "cnf": {"x5t#S256": thumbprint},
     }
+    if applicant:
+        claims["applicant"] = applicant
     return sign_json(canonical_json(claims), key, typ="JWT", kid=kid, algorithms=(algorithm,))
 
 
@@ -170,6 +177,7 @@ def issue_agency_token(
     lifetime_seconds: int,
     now: datetime,
     passphrase: bytes | None = None,
+    applicant: str = "",
 ) -> str:
     """What a region's identity service does, from a PKI folder's key inventory: a request token
     for `operator` of `agency`, signed with its region's active token key and bound to the
@@ -206,6 +214,7 @@ def issue_agency_token(
             thumbprint=x5t_s256_of_certificate(certificate),
             lifetime_seconds=lifetime_seconds,
             now=now,
+            applicant=applicant,
         )
     except ValueError as exc:
         raise ValueError(f"token key {token_key.kid}: {exc}") from exc
@@ -225,6 +234,7 @@ class TokenClaims:
     token_id: str  # jti
     thumbprint: str  # cnf x5t#S256: the TLS client certificate the token is bound to
     kid: str  # the registry key that signed it
+    applicant: str = ""  # the applicant a citizen portal calls for (never logged)
 
 
 class TokenError(GatewayError):
@@ -272,6 +282,16 @@ def _text(payload: dict[str, Any], claim: str) -> str:
         or not value.isprintable()  # no control characters, no lone surrogates
     ):
         raise _invalid(f"the token's {claim!r} claim is not a non-empty printable string")
+    return value
+
+
+def _applicant(payload: dict[str, Any]) -> str:
+    """The optional `applicant` claim: a citizen id or USCC with its check character."""
+    if "applicant" not in payload:
+        return ""
+    value = payload["applicant"]
+    if not isinstance(value, str) or not is_applicant_id(value):
+        raise _invalid("the token's 'applicant' claim is not a citizen id or USCC")
     return value
 
 
@@ -425,6 +445,7 @@ class TokenVerifier:
             token_id=token_id,
             thumbprint=bound,
             kid=entry.kid,
+            applicant=_applicant(payload),
         )
         self._remember(cache_key, claims, now_ts)
         return claims

@@ -20,6 +20,7 @@ from support import Federation, make_federation
 
 from gateway.audit import AuditLog, AuditRecord, MemoryAuditStore
 from gateway.cache import AnswerCache, MemoryBackend
+from gateway.cases import CaseBinding, MemoryCaseStore
 from gateway.errors import Refusal
 from gateway.flows import (
     AuditTrail,
@@ -167,6 +168,23 @@ def si_request(**changes: Any) -> DataRequest:
     return DataRequest(**made)
 
 
+PSEUDONYM_KEY = b"p" * 32  # every Backends' pseudonym key
+
+
+def case_binding(region: str) -> tuple[CaseBinding, MemoryCaseStore]:
+    """A binding of queries to the cases of an in-memory case store of `region`'s gateway (its
+    own audit log, apart from the query path's, so that the flows' records stand alone)."""
+    audit = AuditLog(
+        MemoryAuditStore(),
+        origin=f"cases.tongban/{region}",
+        key=ed25519.Ed25519PrivateKey.generate(),
+        key_name=f"cases.tongban/{region}",
+        clock=lambda: NOW,
+    )
+    store = MemoryCaseStore(audit)
+    return CaseBinding(store, PSEUDONYM_KEY), store
+
+
 class Store:
     """The registry store as the flows read it; `stale` makes it refuse."""
 
@@ -241,7 +259,7 @@ class Backends:
             audit=self.audit,
             gateway_name=f"gateway-{self.region}",
             region=self.region,
-            pseudonym_key=b"p" * 32,
+            pseudonym_key=PSEUDONYM_KEY,
             metrics=self.metrics,  # type: ignore[arg-type]
             clock=self.clock,
         )
@@ -317,6 +335,7 @@ def owner_flow(
     data_system: DataSystem | None = None,
     seal_keys: dict[str, KeyProvider] | None = None,
     codec: Codec | None = None,
+    cases: Any = None,
 ) -> OwnerFlow:
     if seal_keys is None:
         key = seal_key(fed, backends.region)
@@ -330,6 +349,7 @@ def owner_flow(
         codec=codec or Codec(),
         sealer=RegionSealer(backends.region, seal_keys),
         data_system=data_system,
+        cases=cases,
         clock=backends.clock,
     )
 
@@ -381,6 +401,7 @@ def requester_flow(
     registry: Registry,
     *,
     reporter: Any = None,
+    cases: Any = None,
 ) -> RequesterFlow:
     return RequesterFlow(
         region=backends.region,
@@ -395,5 +416,6 @@ def requester_flow(
         cache=backends.cache,
         codec=ForwardedCodec(),
         reporter=reporter,
+        cases=cases,
         clock=backends.clock,
     )

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import secrets
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -118,8 +118,11 @@ async def running_cluster(
     peer_overrides: Mapping[str, Mapping[str, str]] | None = None,
     audit_on_disk: bool = True,
     metrics: bool = False,
+    binding: Collection[str] = (),
 ) -> AsyncIterator[Cluster]:
-    """Three demo data systems and three gateways, each gateway told the others' ports."""
+    """Three demo data systems and three gateways, each gateway told the others' ports. Only
+    the gateways of `binding` bind queries for conditional datasets to cases (`[cases]
+    bind_queries`): the suites query them with made-up case ids."""
     cluster = Cluster(fed, {r: free_port() for r in REGIONS})
     loopback = Loopback(cluster.ports, cluster.gateways, data=cluster.data)
 
@@ -130,6 +133,7 @@ async def running_cluster(
             grace_seconds=0.2,
             poll_seconds=0.1,
             metrics_listen="127.0.0.1:0" if metrics else "",
+            cases=dataclasses.replace(config.cases, bind_queries=region in binding),
         )
 
     try:
@@ -140,6 +144,7 @@ async def running_cluster(
             audit_db=lambda region: tmp_path / f"audit-{region}.db" if audit_on_disk else None,
             redis_url=redis_url,
             configure=configure,
+            bind_queries=False,  # and `configure` binds those of `binding`
         )
         yield cluster
     finally:

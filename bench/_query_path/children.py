@@ -127,7 +127,8 @@ async def _answer_commands(stats: Callable[[], dict[str, Any]]) -> None:
 async def _serve_one_process(folder: Path, source: Path, redis_url: str, label: str) -> None:
     """--role one-process: the three demo gateways and data systems in this one process."""
     fed = Federation(folder=folder, source=source)
-    options = DemoOptions(source=source, folder=folder, redis_url=redis_url)
+    # the bench queries conditional data with made-up case ids: cases do not bind them
+    options = DemoOptions(source=source, folder=folder, redis_url=redis_url, bind_queries=False)
     pauses = GcPauses()
     gc.callbacks.append(pauses)
     try:
@@ -164,6 +165,7 @@ async def _serve_region(
             audit_db=lambda _: home / f"audit-{region}.db",
             redis_url=redis_url,
             configure=demo_settings,  # as start_federation configures each demo gateway
+            bind_queries=False,  # as the bench's federation (made-up case ids)
         )
         freeze_startup_heap()
         running = loopback.gateways[region]

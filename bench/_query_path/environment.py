@@ -189,7 +189,8 @@ def cli_config(
 ) -> Path:
     """A full (non-dev) configuration of 510000 for `tongban gateway serve --config`, from the
     dev PKI: PostgreSQL audit (DSN in TONGBAN_BENCH_PG), Redis (URL in TONGBAN_BENCH_REDIS), the
-    data system and peers of the per-region topology."""
+    data system and peers of the per-region topology; queries not bound to cases, as in the
+    bench's other gateways."""
     pki = folder / "pki"
     inventory = Inventory.load(pki)
     (tls,) = inventory.find(REQUESTER, KeyUsage.TLS, KeyState.ACTIVE)
@@ -233,6 +234,9 @@ pseudonym_key_file = {q(pki / DEV_PSEUDONYM_KEY)}
 provider = {q(provider)}
 redis_url_env = "TONGBAN_BENCH_REDIS"
 cache_key_file = {q(pki / DEV_CACHE_KEY)}
+
+[cases]
+bind_queries = false  # the bench queries conditional data with made-up case ids
 
 [peers]
 """

@@ -154,6 +154,9 @@ class AuditLog:
         self.checkpoint_listeners: list[Callable[[Checkpoint], None]] = []
         # A token over a checkpoint's note, or None ([timestamp]; blocking: run in a thread).
         self.time_stamper: Callable[[bytes], bytes | None] | None = None
+        # Stores kept beside the log in its own store, by kind, each made once per log and
+        # shared by every part of the gateway that asks (`gateway.cases.case_store_for`).
+        self.companions: dict[str, object] = {}
 
     async def open(self) -> None:
         await self.store.open()

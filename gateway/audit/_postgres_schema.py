@@ -27,7 +27,11 @@ Tables (in ``schema``, created and migrated by `PostgresAuditStore`, version in 
     ALWAYS) in the same transaction, drops the partitions that fall wholly below the cut, and
     inserts the marker. Indices never restart: after a prune the records start at ``before``.
 
-Append-only: on every table a BEFORE UPDATE OR DELETE row trigger that raises (the head allows
+Beside them, the outbox of access reports, witnessing (`gateway.audit._witness_store`) and cases
+(``case_events``, ``case_attachments``, ``cases``, ``case_outbox``, ``case_requests``:
+`gateway.cases._postgres`), migrated with the log.
+
+Append-only: on every table of the log a BEFORE UPDATE OR DELETE row trigger that raises (the head allows
 an UPDATE that grows the log) and a BEFORE TRUNCATE statement trigger that raises, also on every
 partition (TRUNCATE of a partition does not fire the parent's statement triggers), all ``ENABLE
 ALWAYS`` so ``session_replication_role = replica`` does not silence them. The application role
@@ -410,17 +414,78 @@ MIGRATIONS: tuple[str, ...] = (
     -- An RFC 3161 time-stamp token over each checkpoint's note, when [timestamp] is configured.
     ALTER TABLE {s}.checkpoints ADD COLUMN time_stamp bytea;
     """,
+    """
+    -- Cases (gateway.cases._postgres), each change written in its audit record's transaction,
+    -- which holds the head's lock: `position` (the arrival order here) is the largest so far
+    -- plus one, so positions are gapless and commit in their order across replicas. The
+    -- events held (`audit_idx`: the record each came with), the sealed materials, one summary
+    -- row per case, the events owed to other regions (deleted once delivered), and the local
+    -- calls already answered (by agency and request id).
+    CREATE TABLE {s}.case_events (
+        event_id text PRIMARY KEY,
+        case_id text NOT NULL,
+        origin text NOT NULL,
+        seq bigint NOT NULL,
+        sealed_jws text NOT NULL,
+        attachments jsonb NOT NULL,
+        received_at timestamptz NOT NULL,
+        position bigint NOT NULL UNIQUE,
+        audit_idx bigint NOT NULL
+    );
+    CREATE INDEX case_events_case ON {s}.case_events (case_id, position);
+    CREATE TABLE {s}.case_attachments (
+        sha256 text PRIMARY KEY,
+        sealed bytea NOT NULL
+    );
+    CREATE TABLE {s}.cases (
+        case_id text PRIMARY KEY,
+        matter_code text NOT NULL,
+        window_region text NOT NULL,
+        window_agency text NOT NULL,
+        applicant text NOT NULL,
+        state text NOT NULL,
+        submitted_at timestamptz NOT NULL,
+        due_at timestamptz NOT NULL,
+        updated_at timestamptz NOT NULL,
+        agencies jsonb NOT NULL,
+        ready_regions jsonb NOT NULL,
+        handling jsonb NOT NULL
+    );
+    CREATE INDEX cases_updated ON {s}.cases (updated_at, case_id);
+    CREATE INDEX cases_applicant ON {s}.cases (applicant, updated_at, case_id);
+    CREATE INDEX cases_state_due ON {s}.cases (state, due_at);
+    CREATE INDEX cases_matter ON {s}.cases (matter_code, updated_at, case_id);
+    CREATE TABLE {s}.case_outbox (
+        event_id text NOT NULL,
+        destination text NOT NULL,
+        position bigint NOT NULL,
+        PRIMARY KEY (event_id, destination)
+    );
+    CREATE INDEX case_outbox_destination ON {s}.case_outbox (destination, position);
+    CREATE TABLE {s}.case_requests (
+        agency text NOT NULL,
+        request_id text NOT NULL,
+        event_id text NOT NULL,
+        case_id text NOT NULL,
+        digest text NOT NULL,
+        PRIMARY KEY (agency, request_id)
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # What the application role may do: read, insert, grow the head, prune through prune_below(),
-# and keep the outbox (add, acknowledge, delete delivered messages). Nothing else.
+# keep the outbox (add, acknowledge, delete delivered messages), keep witnessing, and keep cases
+# (events, materials and requests only added; summaries replaced; delivered outbox rows deleted).
+# Nothing else.
 GRANTS = """
     REVOKE ALL ON {s}.records, {s}.head, {s}.checkpoints, {s}.schema_version, {s}.prunes,
-        {s}.outbox, {s}.outbox_cursor, {s}.witness_state, {s}.witness_forks, {s}.cosignatures
+        {s}.outbox, {s}.outbox_cursor, {s}.witness_state, {s}.witness_forks, {s}.cosignatures,
+        {s}.case_events, {s}.case_attachments, {s}.cases, {s}.case_outbox, {s}.case_requests
         FROM PUBLIC;
     REVOKE ALL ON {s}.records, {s}.head, {s}.checkpoints, {s}.schema_version, {s}.prunes,
-        {s}.outbox, {s}.outbox_cursor, {s}.witness_state, {s}.witness_forks, {s}.cosignatures
+        {s}.outbox, {s}.outbox_cursor, {s}.witness_state, {s}.witness_forks, {s}.cosignatures,
+        {s}.case_events, {s}.case_attachments, {s}.cases, {s}.case_outbox, {s}.case_requests
         FROM {app};
     GRANT USAGE ON SCHEMA {s} TO {app};
     GRANT SELECT, INSERT ON {s}.records, {s}.checkpoints TO {app};
@@ -430,6 +495,9 @@ GRANTS = """
     GRANT SELECT, INSERT, UPDATE ON {s}.outbox_cursor TO {app};
     GRANT SELECT, INSERT, UPDATE (size, root, note, updated_at) ON {s}.witness_state TO {app};
     GRANT SELECT, INSERT ON {s}.witness_forks, {s}.cosignatures TO {app};
+    GRANT SELECT, INSERT ON {s}.case_events, {s}.case_attachments, {s}.case_requests TO {app};
+    GRANT SELECT, INSERT, UPDATE ON {s}.cases TO {app};
+    GRANT SELECT, INSERT, DELETE ON {s}.case_outbox TO {app};
     GRANT EXECUTE ON FUNCTION {s}.ensure_month(date) TO {app};
     GRANT EXECUTE ON FUNCTION {s}.prune_below(bigint, bytea, timestamptz, text, text) TO {app};
 """

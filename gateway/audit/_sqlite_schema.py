@@ -14,7 +14,7 @@ __all__ = [
     "time_text",
 ]
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 def _generated(key: str) -> str:
@@ -132,6 +132,58 @@ MIGRATIONS: dict[int, list[str]] = {
     ],
     # An RFC 3161 time-stamp token over each checkpoint's note, when [timestamp] is configured.
     5: ["ALTER TABLE audit_checkpoints ADD COLUMN time_stamp BLOB"],
+    # Cases (gateway.cases._sqlite), each change written in its audit record's transaction:
+    # the events held (`position`: the arrival order here; `audit_idx`: the record it came
+    # with), the sealed materials, one summary row per case, the events owed to other regions
+    # (deleted once delivered) and the local calls already answered (by agency and request id).
+    6: [
+        """CREATE TABLE case_events (
+            event_id TEXT PRIMARY KEY,
+            case_id TEXT NOT NULL,
+            origin TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            sealed_jws TEXT NOT NULL,
+            attachments TEXT NOT NULL,
+            received_at TEXT NOT NULL,
+            position INTEGER NOT NULL UNIQUE,
+            audit_idx INTEGER NOT NULL
+        )""",
+        "CREATE INDEX case_events_case ON case_events (case_id, position)",
+        "CREATE TABLE case_attachments (sha256 TEXT PRIMARY KEY, sealed BLOB NOT NULL)",
+        """CREATE TABLE cases (
+            case_id TEXT PRIMARY KEY,
+            matter_code TEXT NOT NULL,
+            window_region TEXT NOT NULL,
+            window_agency TEXT NOT NULL,
+            applicant TEXT NOT NULL,
+            state TEXT NOT NULL,
+            submitted_at TEXT NOT NULL,
+            due_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            agencies TEXT NOT NULL,
+            ready_regions TEXT NOT NULL,
+            handling TEXT NOT NULL
+        )""",
+        "CREATE INDEX cases_updated ON cases (updated_at, case_id)",
+        "CREATE INDEX cases_applicant ON cases (applicant, updated_at, case_id)",
+        "CREATE INDEX cases_state_due ON cases (state, due_at)",
+        "CREATE INDEX cases_matter ON cases (matter_code, updated_at, case_id)",
+        """CREATE TABLE case_outbox (
+            event_id TEXT NOT NULL,
+            destination TEXT NOT NULL,
+            position INTEGER NOT NULL,
+            PRIMARY KEY (event_id, destination)
+        )""",
+        "CREATE INDEX case_outbox_destination ON case_outbox (destination, position)",
+        """CREATE TABLE case_requests (
+            agency TEXT NOT NULL,
+            request_id TEXT NOT NULL,
+            event_id TEXT NOT NULL,
+            case_id TEXT NOT NULL,
+            digest TEXT NOT NULL,
+            PRIMARY KEY (agency, request_id)
+        )""",
+    ],
 }
 # Put back by a prune after it lifted it, exactly as migration 1 created it.
 RECORDS_NO_DELETE = _append_only("audit_records", "idx")[1]

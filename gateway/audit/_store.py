@@ -237,14 +237,14 @@ class MemoryAuditStore:
             raise AuditUnavailable("the in-memory audit store is switched off")
         async with self._lock:
             index = self._range.size
+            if also is not None:  # first: if it fails, the record is not appended either
+                also.in_memory(index)
             leaf = leaf_hash(record.canonical)
             self._range.append(leaf)
             self._rows.append(StoredRow(index, record.canonical, leaf, self._range.root()))
             self._records.append(record)
             if outbound is not None:
                 self._outbox.setdefault(outbound.destination, {})[index] = outbound.payload
-            if also is not None:
-                also.in_memory(index)
             self.commits += 1
             return Appended(index, leaf)
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
 
+from gateway._errors import GatewayError
 from gateway.cases._model import (
     CaseEvent,
     CaseState,
@@ -53,7 +54,7 @@ NOT_YOURS: Final = "CASE_PART_NOT_YOURS"
 NOT_ALLOWED: Final = "CASE_ACTION_NOT_ALLOWED"
 
 
-class CaseRefused(Exception):
+class CaseRefused(GatewayError):
     """An event does not fit the case: `reason` is the contract reason, the text says why."""
 
     def __init__(self, reason: str, message: str) -> None:
@@ -168,9 +169,9 @@ def transition(view: CaseView, event: CaseEvent) -> CaseView:
             raise CaseRefused(NOT_YOURS, "only the window agency supplements material")
     elif event.origin != part.region:
         raise CaseRefused(NOT_YOURS, f"part {part.index} is region {part.region}'s")
-    elif event.kind is not EventKind.ACCEPTED and event.agency != part.agency:
+    changed = _change(part, event)  # the part's state first: out of order is out of order
+    if event.kind not in _ANY_AGENCY and event.agency != part.agency:
         raise CaseRefused(NOT_YOURS, f"part {part.index} is handled by another agency")
-    changed = _change(part, event)
     parts = list(view.parts)
     parts[part.index] = changed
     state: CaseState = view.state
@@ -190,6 +191,7 @@ def transition(view: CaseView, event: CaseEvent) -> CaseView:
     )
 
 
+_ANY_AGENCY: Final = frozenset({EventKind.ACCEPTED, EventKind.SUPPLEMENTED})
 _FROM: Final[dict[EventKind, tuple[PartState, ...]]] = {
     EventKind.ACCEPTED: (PartState.READY,),
     EventKind.MATERIAL_REQUESTED: (PartState.IN_PROGRESS,),

@@ -26,6 +26,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Final
 
+from gateway._errors import GatewayError
+
 __all__ = [
     "CASE_EVENT_VERSION",
     "MAX_EVENTS_PER_CASE",
@@ -50,7 +52,7 @@ _REGION: Final = re.compile(r"[0-9]{6}")
 _SHA256: Final = re.compile(r"[0-9a-f]{64}")
 
 
-class MalformedEvent(ValueError):
+class MalformedEvent(GatewayError, ValueError):
     """A document is not a case event of this version (what is wrong, without its values)."""
 
 

@@ -40,6 +40,7 @@ __all__ = [
     "StoredAttachment",
     "StoredEvent",
     "StoredRequest",
+    "check_change",
 ]
 
 
@@ -115,7 +116,8 @@ class CaseQuery:
 class CaseStore(Protocol):
     async def write(self, record: AuditRecord, change: CaseChange) -> Appended:
         """The record and the change, durable together (`AuditUnavailable` otherwise). An
-        event already held is not kept twice (the record is still appended)."""
+        event already held is not kept twice (the record is still appended). A change no store
+        can keep (`check_change`) raises `ValueError` before anything is appended."""
         ...
 
     async def events(self, case_id: str) -> list[StoredEvent]:
@@ -147,6 +149,45 @@ class CaseStore(Protocol):
     async def overdue(self, now: datetime) -> dict[str, int]:
         """Open cases due before `now`, per matter code."""
         ...
+
+
+_MAX_INTEGER = 2**63 - 1  # what SQLite's INTEGER and PostgreSQL's bigint hold
+
+
+def check_change(change: CaseChange) -> None:
+    """Refuse (`ValueError`) a change that no store can keep as given, before its record is
+    appended: a change failing inside the transaction would fail every record written with it."""
+    event, summary = change.event, change.summary
+    if not event.event_id or not event.case_id:
+        raise ValueError("a case event is kept under its event id and case id")
+    if summary.case_id != event.case_id:
+        raise ValueError("a change's summary is of another case than its event")
+    if not 0 < event.seq <= _MAX_INTEGER:
+        raise ValueError("a case event's seq is a positive 64-bit count")
+    for moment in (event.received_at, summary.submitted_at, summary.due_at, summary.updated_at):
+        if moment.utcoffset() is None:
+            raise ValueError("the times of a case change are timezone-aware")
+    texts = [
+        event.event_id,
+        event.case_id,
+        event.origin,
+        event.sealed_jws,
+        *event.attachments,
+        *(a.sha256 for a in change.attachments),
+        summary.matter_code,
+        summary.window_region,
+        summary.window_agency,
+        summary.applicant,
+        summary.state,
+        *summary.agencies,
+        *summary.ready_regions,
+        *(name for pair in summary.handling for name in pair),
+        *change.destinations,
+        *(change.request or ()),
+        change.request_digest,
+    ]
+    if any("\x00" in text for text in texts):
+        raise ValueError("a case change holds a NUL character (no store keeps it in text)")
 
 
 def matches(summary: CaseSummary, query: CaseQuery) -> bool:
@@ -196,6 +237,7 @@ class MemoryCaseStore:
         self._lock = asyncio.Lock()
 
     async def write(self, record: AuditRecord, change: CaseChange) -> Appended:
+        check_change(change)
         async with self._lock:
             return await self.audit.append(record, also=_MemoryWrite(self, change))
 

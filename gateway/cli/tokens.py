@@ -52,6 +52,7 @@ def cmd_token_issue(args: argparse.Namespace, out: Console) -> int:
             lifetime_seconds=int(args.lifetime.total_seconds()),
             now=utc_now(),
             passphrase=passphrase(args),
+            applicant=args.applicant,
         )
     except ValueError as exc:
         raise Failure(str(exc)) from exc
@@ -100,6 +101,13 @@ def register(commands: Subparsers) -> None:
         default=timedelta(seconds=300),
         metavar="DURATION",
         help="how long the token lives, at most 300s (default 300s)",
+    )
+    token_issue.add_argument(
+        "--applicant",
+        default="",
+        metavar="ID",
+        help="for a citizen portal: the applicant's citizen id (or USCC) the token is for; the "
+        "Cases service then shows that applicant their own cases only",
     )
     passphrase_options(token_issue)
     token_issue.set_defaults(handler=cmd_token_issue)

@@ -16,8 +16,10 @@ from typing import Any
 
 from gateway.config import (
     AuditConfig,
+    CasesConfig,
     ExchangeConfig,
     GatewayConfig,
+    _cases,
     _hex_key,
     _peers,
     _Section,
@@ -51,7 +53,7 @@ def config_from_dev_file(path: Path, document: dict[str, Any]) -> GatewayConfig:
     """A development configuration: keys, certificates and dev secrets come from a dev
     PKI's inventory (`[gateway] dev_pki`), so the file names no key file; see conf/demo/."""
     gw = _Section(path, "gateway", document.get("gateway", {}))
-    unknown = sorted(set(document) - {"gateway", "registry", "audit", "exchange", "peers"})
+    unknown = sorted(set(document) - {"gateway", "registry", "audit", "exchange", "peers", "cases"})
     if unknown:
         raise ConfigError(
             f"{path}: [{unknown[0]}]: not with dev_pki (the dev PKI provides the keys)"
@@ -59,6 +61,7 @@ def config_from_dev_file(path: Path, document: dict[str, Any]) -> GatewayConfig:
     reg = _Section(path, "registry", document.get("registry", {}))
     audit = _Section(path, "audit", document.get("audit", {}))
     exchange = _Section(path, "exchange", document.get("exchange", {}))
+    cases = _Section(path, "cases", document.get("cases", {}))
     try:
         redis_env = exchange.text("redis_url_env", required=False)
         redis_url = os.environ.get(redis_env, "") if redis_env else ""
@@ -79,13 +82,14 @@ def config_from_dev_file(path: Path, document: dict[str, Any]) -> GatewayConfig:
             grace_seconds=gw.number("grace_seconds", 5.0),
             poll_seconds=reg.number("poll_seconds", 2.0),
             metrics_listen=gw.text("metrics_listen", required=False),
+            cases=_cases(cases),
         )
     except ConfigError as exc:
         message = str(exc)
         raise ConfigError(
             message if message.startswith(str(path)) else f"{path}: {message}"
         ) from None
-    for section in (gw, reg, audit, exchange):
+    for section in (gw, reg, audit, exchange, cases):
         section.done()
     return config
 
@@ -103,10 +107,13 @@ def config_for_dev_pki(
     provider: str = "",
     redis_url: str = "",
     peers: Mapping[str, str] | None = None,
+    bind_queries: bool = True,
 ) -> GatewayConfig:
     """A configuration from a development PKI folder: the region's active TLS key, and every
     seal key of the region that is not revoked (pending ones too, so that a rotation is
-    picked up when the registry activates the successor)."""
+    picked up when the registry activates the successor). `bind_queries=False` lets queries
+    for conditional datasets name any case id (`[cases] bind_queries`): for the test suites
+    that exercise other parts of the query path with made-up case ids, never the demo."""
     try:
         inventory = Inventory.load(pki_root)
     except KeyLifecycleError as exc:
@@ -142,6 +149,7 @@ def config_for_dev_pki(
         if (pki_root / DEV_CACHE_KEY).exists()
         else None,
         peers=dict(peers or {}),
+        cases=CasesConfig(bind_queries=bind_queries),
     )
 
 

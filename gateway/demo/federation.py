@@ -71,6 +71,9 @@ class DemoOptions:
     postgres_dsn: str = ""
     serve: bool = False
     seal_algorithm: str = "ES256"  # the regions' seal keys: "ES256", or "SM2" (GB/T 38540 seals)
+    # [cases] bind_queries of every gateway: the demo binds queries for conditional datasets
+    # to open cases; False only for suites that test other things with made-up case ids
+    bind_queries: bool = True
 
 
 # the running federation ------------------------------------------------------------------------
@@ -207,6 +210,7 @@ async def start_federation(fed: Federation, options: DemoOptions, run_id: str) -
         audit_db=lambda region: fed.folder / f"audit-{region}.db",
         redis_url=options.redis_url,
         configure=configure,
+        bind_queries=options.bind_queries,
     )
     freeze_startup_heap()
 
@@ -257,12 +261,15 @@ async def start_regions(
     regions: Sequence[str] | None = None,
     provider_ports: Mapping[str, int] | None = None,
     configure: Configure | None = None,
+    bind_queries: bool = True,
 ) -> None:
     """Start `regions` (default: every region of `loopback.ports`), one after the other: the
     region's demo data system, unless `provider_ports` gives the port of one already running;
     then its gateway, configured from the dev PKI like `tongban gateway serve --pki`, told the
     port of every other region's gateway, and changed by `configure(region, config)`. Whatever
-    starts is in `loopback` at once, so that `loopback.stop` stops it after a failure too."""
+    starts is in `loopback` at once, so that `loopback.stop` stops it after a failure too.
+    `bind_queries=False` (`[cases] bind_queries`): queries for conditional datasets may name
+    any case id, for suites that test other parts of the query path."""
     for region in loopback.ports if regions is None else regions:
         if provider_ports is not None and region in provider_ports:
             provider_port = provider_ports[region]
@@ -284,6 +291,7 @@ async def start_regions(
                 for other, port in loopback.ports.items()
                 if other != region
             },
+            bind_queries=bind_queries,
         )
         if configure is not None:
             config = configure(region, config)

@@ -22,6 +22,7 @@ from gateway.audit import (
     pseudonymize,
     seal_kept_request,
 )
+from gateway.cases import CaseBinding
 from gateway.errors import OVERRIDES, Refusal
 from gateway.flows._model import AuditContext, Grant, SealedAnswer
 from gateway.identity import Caller, CallerKind
@@ -35,6 +36,7 @@ __all__ = [
     "AuditTrail",
     "Gatekeeper",
     "PassedSeals",
+    "bind_to_case",
     "check_shape",
     "gateway_of",
     "overridden",
@@ -109,6 +111,29 @@ class Gatekeeper:
         dataset = registry.dataset(request.provider_region, request.dataset)
         assert dataset is not None  # the decision checked it
         return Grant(decision=decision, agency=agency, dataset=dataset)
+
+
+async def bind_to_case(
+    cases: CaseBinding | None, registry: Registry, grant: Grant, request: DataRequest
+) -> None:
+    """A query for a conditional dataset names an open case this gateway holds, handled by the
+    granted agency for the subject, whose matter allows the query (`CaseBinding.check`: the
+    Refusal says which not). The matter is read from `registry`, the one the grant was decided
+    with. Nothing is checked for other datasets, or when cases do not bind queries (`cases`
+    None: `[cases] bind_queries = false`)."""
+    if cases is None or not grant.needs_case:
+        return
+    await cases.check(
+        registry,
+        case_id=request.case_id,
+        agency=grant.agency.id,
+        agency_region=grant.agency.region,
+        subject_id=request.subject_id,
+        provider_region=request.provider_region,
+        dataset=request.dataset,
+        purpose=request.purpose,
+        fields=grant.fields,
+    )
 
 
 class AuditTrail:

@@ -14,7 +14,7 @@ from typing import Any
 from gateway.identity import Caller
 from gateway.policy import DataRequest, Decision
 from gateway.sealing import SealFormat, seal_text
-from registry import Agency, Dataset
+from registry import Agency, Dataset, ShareClass
 
 __all__ = [
     "NO_REQUEST",
@@ -124,6 +124,12 @@ class Grant:
     @property
     def fields(self) -> tuple[str, ...]:
         return tuple(sorted(self.decision.fields))
+
+    @property
+    def needs_case(self) -> bool:
+        """A conditional (有条件共享) dataset: the query is bound to the open case it names
+        (`gateway.cases.CaseBinding`, where cases bind queries)."""
+        return self.dataset.share_class is ShareClass.CONDITIONAL
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,10 @@ one of its agencies, for this region's data.
         signed ones (REQUEST_PAYLOAD_MISMATCH), which are what is decided on and recorded,
         with the signed request kept; it forwards for one of its agencies
     (2) this gateway decides again, on its own registry (never trusting the requester's
-        decision), and counts the agreement's quota over every requesting gateway
+        decision); for a conditional (有条件共享) dataset, on its own copy of the case the query
+        names too (`CaseBinding`, with the signed request's agency of the requesting region:
+        CASE_NOT_OPEN, CASE_QUERY_NOT_ALLOWED; unless its cases do not bind queries); then it
+        counts the agreement's quota over every requesting gateway
     (3) answers from its cache, or asks its data system and seals the exact answer bytes
     (4) durably audits the access, then answers (with its pseudonym of the subject when the
         dataset is cache_scope "requester", for the requester's reports)
@@ -25,8 +28,9 @@ from typing import Protocol
 
 from gateway import rpcs
 from gateway.cache import AnswerCache, cache_key
+from gateway.cases import CaseBinding
 from gateway.errors import Refusal
-from gateway.flows._common import AuditTrail, Gatekeeper, check_shape, gateway_of
+from gateway.flows._common import AuditTrail, Gatekeeper, bind_to_case, check_shape, gateway_of
 from gateway.flows._model import AuditContext, ForwardCall, Forwarded, Grant, SealedAnswer
 from gateway.forward_signing import ForwardDocument, SignedForward, verify_forward
 from gateway.licences import LICENCE_CONTENT_TYPE
@@ -82,6 +86,7 @@ class OwnerFlow:
         codec: SealedCodec,
         sealer: RegionSealer,
         data_system: DataSystem | None,
+        cases: CaseBinding | None = None,
         clock: Callable[[], datetime],
     ) -> None:
         self.region = region
@@ -92,6 +97,7 @@ class OwnerFlow:
         self._codec = codec
         self._sealer = sealer
         self.data_system = data_system
+        self.cases = cases  # None: queries are not bound to cases ([cases] bind_queries off)
         self._clock = clock
 
     async def forward(self, call: ForwardCall) -> Forwarded:
@@ -143,6 +149,7 @@ class OwnerFlow:
             now = self._clock()
             grant = self._gate.grant(registry, agency.id, data, now, agency=agency)
             audit = replace(audit, agreement_id=grant.agreement_id)
+            await bind_to_case(self.cases, registry, grant, data)
             await self._take_owner_quota(grant, now)
             # (3)
             self._trail.ready()

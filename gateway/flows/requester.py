@@ -7,6 +7,11 @@
     (3) the registry allows it (purpose, agreement, window, share class, case id, fields):
         authorisation precedes everything below; the one decision (`Grant`) carries the
         agreement, its quota and the fields to the steps below
+    (3a) a conditional (有条件共享) dataset: the query names an open case this gateway holds, a
+        part of which the asking agency handles, with the subject as its applicant, and whose
+        matter lists this dataset, purpose and fields (`CaseBinding`: CASE_NOT_OPEN,
+        CASE_QUERY_NOT_ALLOWED); authorisation still, so before the quota and the cache. Not
+        checked when the gateway's cases do not bind queries (`[cases] bind_queries = false`)
     (4) the agreement's quota this minute is not exhausted
     (4a) a dataset whose owner chose cache_scope "requester": this gateway's own cache holds
         the owner's sealed answer (key: provider region, dataset, subject pseudonym, fields,
@@ -35,8 +40,16 @@ from typing import Final, Protocol
 
 from gateway.audit import Outbound
 from gateway.cache import AnswerCache, cache_key
+from gateway.cases import CaseBinding
 from gateway.errors import Refusal
-from gateway.flows._common import AuditTrail, Gatekeeper, PassedSeals, check_shape, overridden
+from gateway.flows._common import (
+    AuditTrail,
+    Gatekeeper,
+    PassedSeals,
+    bind_to_case,
+    check_shape,
+    overridden,
+)
 from gateway.flows._model import (
     Answer,
     AuditContext,
@@ -110,6 +123,7 @@ class RequesterFlow:
         codec: AnswerCodec,
         reporter: AccessReporter | None = None,
         seal_memo: PassedSeals | None = None,
+        cases: CaseBinding | None = None,
         clock: Callable[[], datetime],
     ) -> None:
         self.region = region
@@ -126,6 +140,7 @@ class RequesterFlow:
         # Requester-side caching (cache_scope "requester") needs somewhere to report its hits.
         self.reporter = reporter
         self.seal_memo = seal_memo or PassedSeals()
+        self.cases = cases  # None: queries are not bound to cases ([cases] bind_queries off)
         self._clock = clock
 
     async def query(self, call: QueryCall) -> Answer:
@@ -158,6 +173,8 @@ class RequesterFlow:
             now = self._clock()
             grant = self._gate.grant(registry, caller.agency_id, data, now)
             audit = replace(audit, agreement_id=grant.agreement_id)
+            # (3a)
+            await bind_to_case(self.cases, registry, grant, data)
             # (4)
             await self._take_quota(grant, now)
             # (4a)

@@ -81,6 +81,7 @@ class MetricDefinitions:
         self._define_certificates(r)
         self._define_revocation(r)
         self._define_timestamps(r)
+        self._define_cases(r)
 
         # Series that exist from the start, so that rate() and absent() behave before the first
         # event rather than after it.
@@ -267,6 +268,41 @@ class MetricDefinitions:
             "or refused); `witness` is the witness's region.",
             ["witness"],
             registry=r,
+        )
+
+    def _define_cases(self, r: CollectorRegistry) -> None:
+        """Cases (docs/cases.md): labels are event kinds, regions and matter codes of the
+        registry, never a case id, applicant or request id."""
+        self.case_events = Counter(
+            "tongban_case_events_total",
+            "Case events this gateway kept, by kind (submitted, accepted, material_requested, "
+            'supplemented, approved, rejected) and where made ("here", or "received" from '
+            "another region's gateway).",
+            ["kind", "made"],
+            registry=r,
+        )
+        self.case_delivery_backlog = Gauge(
+            "tongban_case_delivery_backlog",
+            "Case events made here and not yet held by the region that must receive them "
+            "(peer_region), as of the deliverer's last look.",
+            ["peer_region"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.case_deliveries = Counter(
+            "tongban_case_deliveries_total",
+            "Peer.DeliverCaseEvents calls to a region's gateway, by outcome: delivered (it "
+            "answered), failed (unreachable, timed out or not now: retried), refused (it "
+            "refused the oldest waiting event for good: retried, and needs an operator).",
+            ["peer_region", "outcome"],
+            registry=r,
+        )
+        self.cases_overdue = Gauge(
+            "tongban_cases_overdue",
+            "Open cases past their time limit (承诺时限) held by this gateway, per matter code.",
+            ["matter"],
+            registry=r,
+            multiprocess_mode="livemax",
         )
 
     def _define_registry(self, r: CollectorRegistry) -> None:

@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.registry import Collector
 
 from gateway.admission import Pool
+from gateway.cases._model import EventKind
 from gateway.metrics._definitions import (
     CACHE_RESULTS,
     GRPC_LATENCY_BUCKETS,
@@ -62,6 +63,8 @@ _PEER_CERTIFICATE_RESULTS = frozenset(
 )
 _TIMESTAMP_RESULTS = frozenset({"ok", "unreachable", "refused", "invalid"})
 _SUB_INDICATIONS = frozenset(s.value for s in SubIndication)
+_CASE_EVENT_KINDS = frozenset(k.value for k in EventKind)
+_CASE_DELIVERY_OUTCOMES = frozenset({"delivered", "failed", "refused"})
 
 
 def _camel(code: grpc.StatusCode) -> str:
@@ -208,6 +211,9 @@ class GatewayMetrics(MetricDefinitions):
         self._held_certificates = HeldCertificates()
         self._regions: frozenset[str] | None = None  # known once a registry was observed
         self._agreements: frozenset[str] | None = None
+        self._matters: frozenset[str] | None = None
+        self._case_regions: set[str] = set()  # destinations seen: they stay, at 0
+        self._overdue_matters: set[str] = set()
 
     @property
     def scrape_collectors(self) -> tuple[Collector, ...]:
@@ -241,6 +247,7 @@ class GatewayMetrics(MetricDefinitions):
         if registry is not None:
             self._regions = frozenset(region.code for region in registry.regions)
             self._agreements = frozenset(agreement.id for agreement in registry.agreements)
+            self._matters = frozenset(matter.code for matter in registry.matters)
             for key in registry.keys:
                 if key.state is KeyState.REVOKED:
                     continue
@@ -405,3 +412,42 @@ class GatewayMetrics(MetricDefinitions):
         if region == PEER_LOCAL:
             return PEER_LOCAL
         return _identifier(region, self._regions)
+
+    # cases ----------------------------------------------------------------------------------------
+    def case_event(self, kind: str, made: Literal["here", "received"]) -> None:
+        """One case event kept: made by this region ("here") or received from another."""
+        kind = kind if kind in _CASE_EVENT_KINDS else OTHER
+        if made not in ("here", "received"):
+            raise ValueError(f"made is here or received, not {made!r}")
+        self.child(self.case_events, kind, made).inc()
+
+    def case_delivery(self, region: str, outcome: str) -> None:
+        """One Peer.DeliverCaseEvents call to `region` (the deliverer's observer)."""
+        outcome = outcome if outcome in _CASE_DELIVERY_OUTCOMES else OTHER
+        self.child(self.case_deliveries, self.peer_region(region), outcome).inc()
+
+    def case_backlog(self, backlog: Mapping[str, int]) -> None:
+        """Case events waiting per destination (a destination seen once stays, at 0). A region
+        first seen also gets its delivered counter at 0, so that an alert on "no delivery
+        lately" (increase() of it) sees a region that was never delivered to."""
+        waiting = {self.peer_region(region): n for region, n in backlog.items()}
+        for region in self._case_regions - waiting.keys():
+            self.case_delivery_backlog.labels(region).set(0)
+        for region, n in waiting.items():
+            if region not in self._case_regions:
+                self.child(self.case_deliveries, region, "delivered")
+            self.case_delivery_backlog.labels(region).set(n)
+        self._case_regions |= waiting.keys()
+
+    def observe_cases_overdue(self, overdue: Mapping[str, int]) -> None:
+        """Open cases past their time limit per matter code (a matter seen once stays, at 0);
+        a code the registry does not list is counted as "other"."""
+        counts: dict[str, int] = {}
+        for matter, n in overdue.items():
+            label = _identifier(matter, self._matters)
+            counts[label] = counts.get(label, 0) + n
+        for matter in self._overdue_matters - counts.keys():
+            self.cases_overdue.labels(matter).set(0)
+        for matter, n in counts.items():
+            self.cases_overdue.labels(matter).set(n)
+        self._overdue_matters |= counts.keys()

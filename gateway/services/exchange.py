@@ -28,6 +28,8 @@ from gateway import rpcs
 from gateway.audit import AuditLog
 from gateway.breaker import BreakerOpen
 from gateway.cache import AnswerCache
+from gateway.cases import CaseBinding
+from gateway.cases._peer import CaseIntake, deliver_case_events
 from gateway.errors import (
     RELAYED_CODES,
     Refusal,
@@ -285,7 +287,8 @@ class DataSystemClient:
 # -- one gateway's query path -----------------------------------------------------------------
 class QueryPath:
     """The three flows of one gateway, assembled from its collaborators: `requester`,
-    `owner` and `intake` share one audit trail and one decision maker."""
+    `owner` and `intake` share one audit trail and one decision maker; `requester` and
+    `owner` bind queries for conditional datasets to cases with `cases` (None: not bound)."""
 
     def __init__(
         self,
@@ -309,6 +312,7 @@ class QueryPath:
         audit_key: ed25519.Ed25519PrivateKey,
         reporter: AccessReporter | None = None,
         peer_timeout_seconds: float = PEER_CALL_SECONDS,
+        cases: CaseBinding | None = None,
     ) -> None:
         self.region = region
         self.metrics = metrics
@@ -344,6 +348,7 @@ class QueryPath:
             cache=cache,
             codec=ForwardedCodec(),
             reporter=reporter,
+            cases=cases,
             clock=clock,
         )
         self.owner = OwnerFlow(
@@ -358,6 +363,7 @@ class QueryPath:
                 region, seal_keys, staple=staple_of(verifier), stamper=verifier.stamper
             ),
             data_system=DataSystemClient(provider, metrics) if provider is not None else None,
+            cases=cases,
             clock=clock,
         )
         self.intake = ReportIntake(region=region, gatekeeper=gatekeeper, trail=self.trail)
@@ -463,8 +469,9 @@ class DataExchangeService(exchange_pb2_grpc.DataExchangeServicer):
 
 
 class PeerService(exchange_pb2_grpc.PeerServicer):
-    def __init__(self, path: QueryPath) -> None:
+    def __init__(self, path: QueryPath, cases: CaseIntake | None = None) -> None:
         self._path = path
+        self.cases = cases  # the case book, when this gateway keeps cases
 
     async def Forward(
         self, request: exchange_pb2.ForwardRequest, context: Context
@@ -503,3 +510,8 @@ class PeerService(exchange_pb2_grpc.PeerServicer):
             )
         )
         return exchange_pb2.ReportAccessResponse(accepted=len(audit_ids), audit_ids=audit_ids)
+
+    async def DeliverCaseEvents(
+        self, request: exchange_pb2.DeliverCaseEventsRequest, context: Context
+    ) -> exchange_pb2.DeliverCaseEventsResponse:
+        return await deliver_case_events(self.cases, current_caller.get(), request)

@@ -331,6 +331,7 @@ def gateway_toml(
             f"certificate = {_toml(seal_certificate)}",
             f"private_key = {_toml(seal_key)}",
         ]
+    lines += ["[cases]", "bind_queries = false"]  # conditional data with made-up case ids
     lines.append("[peers]")
     lines += [f"{_toml(code)} = {_toml(endpoint)}" for code, endpoint in peers.items()]
     return "\n".join(lines) + "\n"

@@ -1019,6 +1019,7 @@ async def test_a_gateway_sigkilled_under_load(tmp_path: Path) -> None:
             snapshot_file=fed.current,
             audit_db=tmp_path / "audit-330000.db",
             peers={"510000": f"localhost:{port}"},
+            bind_queries=False,  # queried with made-up case ids
         ),
         grace_seconds=0.2,
     )

@@ -121,6 +121,7 @@ def replica_config(
         provider=provider,
         redis_url=redis_url,
         peers=peers,
+        bind_queries=False,  # the replicas are queried with made-up case ids
     )
     assert config.audit is not None
     audit = dataclasses.replace(

@@ -212,6 +212,7 @@ async def test_seal_key_and_tls_certificate_rotation_under_load(
                 OWNER,
                 listen=owner.config.listen,
                 snapshot_file=federation.current,
+                bind_queries=False,  # as its first start (made-up case ids)
             )
 
         stop = asyncio.Event()

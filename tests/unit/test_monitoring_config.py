@@ -63,6 +63,10 @@ CONTRACT_METRICS = frozenset(
         "tongban_revocation_fetch_seconds_bucket",
         "tongban_witness_forks_total",  # extends the contract (issue 18: witnessed logs)
         "tongban_timestamp_requests_total",  # extends the contract (issue 18: time-stamps)
+        "tongban_cases_overdue",  # extends the contract (issue 19: cases)
+        "tongban_case_delivery_backlog",
+        "tongban_case_deliveries_total",
+        "tongban_case_events_total",
     }
 )
 PROMETHEUS_METRICS = frozenset({"up"})
@@ -89,6 +93,9 @@ CONTRACT_LABELS = frozenset(
         "usage",
         "owner",
         "log",
+        "matter",  # the case metrics (issue 19)
+        "kind",
+        "made",
     }
 )
 # gRPC code names as the Go exporter writes them (codes.Code.String()): the grpc_code contract.

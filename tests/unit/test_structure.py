@@ -56,6 +56,7 @@ DOMAIN_GATEWAY_MODULES = (
     "gateway.tokens",
 )
 NO_WIRE_IMPORT_MODULES = (
+    "gateway.cases._binding",
     "gateway.flows",
     "gateway.flows._common",
     "gateway.flows._model",

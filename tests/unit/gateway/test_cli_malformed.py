@@ -250,6 +250,7 @@ ROWS: dict[str, tuple[tuple[str, ...], int]] = {
         ("token", "issue", "--pki", "{missing}", "--agency", "zj.hrss", "--operator", "op"),
         FAILURE,
     ),
+    "token-applicant-bad": ((*TOKEN, "--applicant", "110105194912310021"), FAILURE),
     "token-agency-unknown": (
         ("token", "issue", "--pki", "{pki}", "--agency", "nobody", "--operator", "op"),
         FAILURE,

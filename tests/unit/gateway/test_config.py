@@ -162,6 +162,16 @@ def test_from_file_accepts(tmp_path: Path, section: str, key: str, value: Any) -
     assert config.region == "330000"
 
 
+def test_cases_default_to_bound_queries_and_4_mib(tmp_path: Path) -> None:
+    config = GatewayConfig.from_file(write(tmp_path, VALID))
+    assert config.cases.bind_queries is True
+    assert config.cases.max_material_bytes == 4 * 1024 * 1024
+    limit = to_toml(VALID) + "[cases]\nbind_queries = false\nmax_material_bytes = 12582912\n"
+    config = GatewayConfig.from_file(write(tmp_path / "conf2", limit))
+    assert config.cases.bind_queries is False
+    assert config.cases.max_material_bytes == 12 * 1024 * 1024
+
+
 # from_file: every error names the file and the key ----------------------------------------------
 def follow_only(bootstrap: bool) -> Document:
     document = changed("registry", "snapshot_file", None)
@@ -359,6 +369,30 @@ ERRORS: dict[str, tuple[Document | str, list[str]]] = {
     "revocation-unknown-key": (
         to_toml(VALID) + "[revocation]\ncrl_only = true\n",
         ["revocation.crl_only", "unknown key"],
+    ),
+    "cases-bind-queries-not-a-boolean": (
+        to_toml(VALID) + '[cases]\nbind_queries = "no"\n',
+        ["cases.bind_queries", "true or false"],
+    ),
+    "cases-material-limit-not-a-count": (
+        to_toml(VALID) + "[cases]\nmax_material_bytes = 1.5\n",
+        ["cases.max_material_bytes", "whole number of bytes"],
+    ),
+    "cases-material-limit-a-boolean": (
+        to_toml(VALID) + "[cases]\nmax_material_bytes = true\n",
+        ["cases.max_material_bytes", "whole number of bytes"],
+    ),
+    "cases-material-limit-over-12-mib": (
+        to_toml(VALID) + "[cases]\nmax_material_bytes = 12582913\n",
+        ["cases.max_material_bytes", "12582913 is not from 1 to 12582912 bytes"],
+    ),
+    "cases-material-limit-zero": (
+        to_toml(VALID) + "[cases]\nmax_material_bytes = 0\n",
+        ["cases.max_material_bytes", "not from 1"],
+    ),
+    "cases-unknown-key": (
+        to_toml(VALID) + "[cases]\nbind = false\n",
+        ["cases.bind", "unknown key"],
     ),
     # the file itself
     "not-toml": ("[gateway\nregion = ", ["not valid TOML"]),

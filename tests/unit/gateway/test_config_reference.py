@@ -87,6 +87,9 @@ cache_key_file = "cache.key"
 url = "http://127.0.0.1:8318/tsr"
 tsa_certificates = "tsa-roots.pem"
 timeout_seconds = 5.0
+
+[cases]
+bind_queries = true
 """,
         "utf-8",
     )
@@ -160,11 +163,14 @@ redis_url_env = "TEST_REDIS"
 
 [peers]
 "510000" = "127.0.0.1:7510"
+
+[cases]
+bind_queries = false
 """,
         "utf-8",
     )
     recorded = loader_keys(monkeypatch)
-    load_config(path)
+    assert not load_config(path).cases.bind_queries
     assert recorded == reference_keys(dev_only=True)
 
 
@@ -205,6 +211,7 @@ def test_shown_defaults_are_what_the_loader_gives(
         config_module.ExchangeConfig: config.exchange,
         config_module.RevocationConfig: config.revocation,
         config_module.TimestampConfig: config.timestamp,
+        config_module.CasesConfig: config.cases,
     }
     rows = {(row.section, row.key): row for row in reference.entries()}
     checked = 0
@@ -244,7 +251,8 @@ def test_each_key_sets_the_field_the_reference_names(tmp_path: Path) -> None:
         "breaker_open_seconds = 1.75\n"
         '[revocation]\nonline = false\ntimeout_seconds = 2.5\nunreachable = "soft-fail"\n'
         '[timestamp]\nurl = "http://127.0.0.1:8318/tsr"\ntsa_certificates = "t.pem"\n'
-        "timeout_seconds = 3.5\n",
+        "timeout_seconds = 3.5\n"
+        "[cases]\nbind_queries = false\nmax_material_bytes = 1048576\n",
         "utf-8",
     )
     config = GatewayConfig.from_file(path)
@@ -255,6 +263,7 @@ def test_each_key_sets_the_field_the_reference_names(tmp_path: Path) -> None:
         config_module.ExchangeConfig: config.exchange,
         config_module.RevocationConfig: config.revocation,
         config_module.TimestampConfig: config.timestamp,
+        config_module.CasesConfig: config.cases,
     }
     mapped = [key for key in reference.KEYS if key.field is not None]
     for key in mapped:

@@ -6,18 +6,25 @@ import re
 from pathlib import Path
 
 from gateway import rpcs
-from tongban.v1 import credentials_pb2_grpc, exchange_pb2_grpc, oversight_pb2_grpc
+from tongban.v1 import (
+    cases_pb2_grpc,
+    credentials_pb2_grpc,
+    exchange_pb2_grpc,
+    oversight_pb2_grpc,
+)
 
 
 def test_names_are_the_paths_the_generated_stubs_call() -> None:
     assert rpcs.QUERY == "/tongban.v1.DataExchange/Query"
     assert rpcs.SIGN_CHECKPOINT == "/tongban.v1.Oversight/SignCheckpoint"
+    assert rpcs.CASES_SUBMIT == "/tongban.v1.Cases/Submit"
+    assert rpcs.DELIVER_CASE_EVENTS == "/tongban.v1.Peer/DeliverCaseEvents"
     called: set[str] = set()
-    for module in (credentials_pb2_grpc, exchange_pb2_grpc, oversight_pb2_grpc):
+    for module in (cases_pb2_grpc, credentials_pb2_grpc, exchange_pb2_grpc, oversight_pb2_grpc):
         assert module.__file__ is not None
         called |= set(re.findall(r"'(/tongban\.v1\.\w+/\w+)'", Path(module.__file__).read_text()))
     named = {getattr(rpcs, n) for n in rpcs.__all__ if isinstance(getattr(rpcs, n), str)}
-    assert len(named) == 11
+    assert len(named) == 17
     assert named <= called
 
 

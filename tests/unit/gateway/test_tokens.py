@@ -252,6 +252,42 @@ def test_a_good_token_verifies_with_its_claims(world: World, signer: str) -> Non
     )
 
 
+def test_a_portal_token_names_its_applicant_and_a_malformed_one_is_refused(
+    world: World,
+) -> None:
+    who = world.signers["token"]
+    applicant = "11010519491231002X"
+    token = issue_token(
+        who.key,
+        who.kid,
+        region=REGION,
+        operator=OPERATOR,
+        agency=AGENCY,
+        thumbprint=world.thumbprints[AGENCY],
+        now=ISSUED,
+        applicant=applicant,
+    )
+    assert world.verify(token).applicant == applicant
+    assert jwt.decode(token, options={"verify_signature": False})["applicant"] == applicant
+    plain = issue_token(
+        who.key,
+        who.kid,
+        region=REGION,
+        operator=OPERATOR,
+        agency=AGENCY,
+        thumbprint=world.thumbprints[AGENCY],
+        now=ISSUED,
+    )
+    assert world.verify(plain).applicant == ""
+    assert "applicant" not in jwt.decode(plain, options={"verify_signature": False})
+    for bad in ("110105194912310021", 42, ""):
+        with pytest.raises(TokenError) as caught:
+            world.verify(world.token({"applicant": bad}))
+        assert caught.value.reason == "TOKEN_INVALID"
+        assert "applicant" in str(caught.value)
+        assert "1101051949" not in str(caught.value)
+
+
 def test_issue_token_picks_a_random_jti_and_the_full_lifetime(world: World) -> None:
     who = world.signers["token"]
     tokens = [
@@ -282,6 +318,7 @@ def test_issue_token_picks_a_random_jti_and_the_full_lifetime(world: World) -> N
         pytest.param({"operator": ""}, ValueError, id="no-operator"),
         pytest.param({"thumbprint": ""}, ValueError, id="no-thumbprint"),
         pytest.param({"key": generate_private_key("PS256")}, ValueError, id="rsa-key"),
+        pytest.param({"applicant": "110105194912310021"}, ValueError, id="bad-applicant"),
     ],
 )
 def test_issue_token_refuses(world: World, change: dict[str, Any], error: type[Exception]) -> None:

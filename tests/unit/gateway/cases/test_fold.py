@@ -87,7 +87,8 @@ def test_a_multi_region_case_completes_when_every_part_is_done_in_order() -> Non
     assert view is not None
     assert view.state is CaseState.COMPLETED
     assert [p.state for p in view.parts] == [PartState.DONE] * 3
-    assert view.parts[2].result == REF and view.parts[2].agency == "cq-si"
+    assert view.parts[2].result == REF
+    assert view.parts[2].agency == "cq-si"
     assert all(applied for _, applied in view.history)
     assert view.processed == {SC: 2, ZJ: 2, CQ: 3}
 
@@ -128,7 +129,7 @@ def test_an_event_whose_past_has_not_arrived_waits() -> None:
         ),
         (
             ev(ZJ, 1, EventKind.APPROVED, 1, agency="zj", part=1, seen={SC: 1}),
-            "CASE_PART_NOT_YOURS",
+            "CASE_ACTION_NOT_ALLOWED",
         ),
         (
             ev(ZJ, 1, EventKind.SUPPLEMENTED, 1, agency="zj", part=1, seen={SC: 1}),
@@ -172,11 +173,13 @@ def test_changes_that_raced_make_the_same_case_everywhere() -> None:
     cases = {repr(fold(order)) for order in itertools.permutations([*HAPPY[:6], reject])}
     assert len(cases) == 1
     view = fold([*HAPPY[:6], reject])
-    assert view is not None and view.state is CaseState.REJECTED
+    assert view is not None
+    assert view.state is CaseState.REJECTED
     # an approval made after the rejection was applied there does not fit: kept, not applied
     late = ev(CQ, 4, EventKind.APPROVED, 9, agency="cq-si", part=2, seen={SC: 2, ZJ: 2})
     view = fold([*HAPPY[:6], reject, late])
-    assert view is not None and view.history[-1] == (late, False)
+    assert view is not None
+    assert view.history[-1] == (late, False)
     assert view.state is CaseState.REJECTED
 
 
@@ -198,3 +201,12 @@ def test_the_signed_document_round_trips_and_refuses_what_does_not_fit() -> None
     ):
         with pytest.raises(MalformedEvent):
             CaseEvent.from_document(broken)
+
+
+def test_an_approval_before_the_part_is_accepted_is_out_of_order() -> None:
+    view = fold([SUBMITTED])
+    assert view is not None
+    early = ev(ZJ, 1, EventKind.APPROVED, 1, agency="zj-si", part=1, seen={SC: 1})
+    with pytest.raises(CaseRefused) as refused:
+        transition(view, early)
+    assert refused.value.reason == "CASE_ACTION_NOT_ALLOWED"

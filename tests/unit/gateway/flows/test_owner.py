@@ -5,16 +5,19 @@ gives. No network, no server."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 import pytest
+from case_support import case_summary, keep_case
 from flow_support import (
     CITIZEN,
     NOW,
     OWNER,
+    PSEUDONYM_KEY,
     REQUESTER,
     SI_FIELDS,
     Backends,
@@ -22,6 +25,7 @@ from flow_support import (
     DataSystem,
     Store,
     agency_caller,
+    case_binding,
     gateway_caller,
     owner_flow,
     si_request,
@@ -32,6 +36,7 @@ from support import Federation
 
 from gateway import rpcs
 from gateway.audit import Outcome
+from gateway.cases import CaseBinding, CaseState, MemoryCaseStore
 from gateway.errors import Refusal
 from gateway.flows import ForwardCall, OwnerFlow
 from gateway.identity import Caller
@@ -53,6 +58,8 @@ class World:
         self.seal_keys: dict[str, Any] | None = None
         self.no_data_system = False
         self.codec = Codec()
+        self.cases: CaseBinding | None = None  # queries not bound to cases unless a test binds
+        self.case_store: MemoryCaseStore | None = None
 
     def flow(self) -> OwnerFlow:
         return owner_flow(
@@ -61,6 +68,16 @@ class World:
             data_system=None if self.no_data_system else self.data,
             seal_keys=self.seal_keys,
             codec=self.codec,
+            cases=self.cases,
+        )
+
+    async def open_case(self, **changes: Any) -> None:
+        """Bind queries to cases, with this gateway's copy of the pension transfer open and its
+        part handled by Sichuan's social insurance bureau, for the citizen of si_request."""
+        self.cases, self.case_store = case_binding(OWNER)
+        handled = {"handling": ((REQUESTER, "sc.hrss"),), "agencies": ("sc.hrss",)}
+        await keep_case(
+            self.case_store, case_summary(CITIZEN, PSEUDONYM_KEY, **(handled | changes))
         )
 
     def call(
@@ -198,8 +215,61 @@ def _request(**changes: Any) -> Setup:
     return lambda w: w.call(si_request(**changes))
 
 
+PENSION_FIELDS = ("citizen_id", "contribution_months", "insurance_types", "name", "status")
+
+
+def _bound(
+    request: DataRequest | None = None, **case: Any
+) -> Callable[[World], Awaitable[ForwardCall]]:
+    """Cases bind queries, with this gateway's copy of the pension transfer as `case` says."""
+
+    async def setup(w: World) -> ForwardCall:
+        await w.open_case(**case)
+        return w.call(request or si_request(fields=PENSION_FIELDS))
+
+    return setup
+
+
 # (setup, reason, status code, audited outcome: None when nothing is audited)
-REFUSALS: dict[str, tuple[Setup, str, grpc.StatusCode, Outcome | None]] = {
+REFUSALS: dict[
+    str,
+    tuple[
+        Callable[[World], ForwardCall | Awaitable[ForwardCall]],
+        str,
+        grpc.StatusCode,
+        Outcome | None,
+    ],
+] = {
+    "no copy of the case here": (
+        _bound(si_request(fields=PENSION_FIELDS, case_id="CASE-2026-0404")),
+        "CASE_NOT_OPEN",
+        grpc.StatusCode.PERMISSION_DENIED,
+        Outcome.DENIED,
+    ),
+    "the case's part is handled by another agency": (
+        _bound(handling=((REQUESTER, "sc.hsa"),)),
+        "CASE_NOT_OPEN",
+        grpc.StatusCode.PERMISSION_DENIED,
+        Outcome.DENIED,
+    ),
+    "the case is rejected": (
+        _bound(state=CaseState.REJECTED.value),
+        "CASE_NOT_OPEN",
+        grpc.StatusCode.PERMISSION_DENIED,
+        Outcome.DENIED,
+    ),
+    "the case's applicant is another subject": (
+        _bound(applicant="0" * 64),
+        "CASE_NOT_OPEN",
+        grpc.StatusCode.PERMISSION_DENIED,
+        Outcome.DENIED,
+    ),
+    "the case's matter does not allow a field": (
+        _bound(si_request()),
+        "CASE_QUERY_NOT_ALLOWED",
+        grpc.StatusCode.PERMISSION_DENIED,
+        Outcome.DENIED,
+    ),
     "caller is an agency, not a gateway": (
         lambda w: w.call(caller=agency_caller(w.fed)),
         "NOT_AUTHORISED_ROLE",
@@ -327,7 +397,8 @@ REFUSALS: dict[str, tuple[Setup, str, grpc.StatusCode, Outcome | None]] = {
 @pytest.mark.parametrize("case", sorted(REFUSALS))
 async def test_each_refusal_is_raised_with_its_reason_and_audited(world: World, case: str) -> None:
     setup, reason, code, audited = REFUSALS[case]
-    call = setup(world)
+    made = setup(world)
+    call = await made if inspect.isawaitable(made) else made
     with pytest.raises(Refusal) as caught:
         await world.flow().forward(call)
     refusal = caught.value
@@ -386,3 +457,49 @@ async def test_a_forward_cancelled_while_the_data_system_answers_is_recorded(
         await task
     (record,) = world.backends.records()
     assert (record.outcome, record.reason) == (Outcome.FAILED, "REQUEST_CANCELLED")
+
+
+# -- cases bind queries for conditional datasets: the owner decides again on its own copy ------
+async def test_the_owner_answers_for_a_case_its_copy_says_the_agency_handles(world: World) -> None:
+    await world.open_case()
+    answer = await world.flow().forward(world.call(si_request(fields=PENSION_FIELDS)))
+    assert answer.fields == tuple(sorted(PENSION_FIELDS))
+    (record,) = world.backends.records()
+    assert (record.outcome, record.case_id) == (Outcome.ALLOWED, "CASE-2026-0001")
+
+
+async def test_the_owner_checks_the_signed_agency_and_region(world: World) -> None:
+    # The case is handled by Chongqing's bureau: Sichuan's gateway forwarding for its own
+    # social insurance bureau is refused, whatever that agency claims.
+    await world.open_case(handling=(("500000", "cq.hrss"),))
+    with pytest.raises(Refusal) as caught:
+        await world.flow().forward(world.call(si_request(fields=PENSION_FIELDS)))
+    assert caught.value.reason == "CASE_NOT_OPEN"
+    assert not world.data.fetched
+
+
+async def test_a_closed_case_is_refused_before_the_owners_cache(world: World) -> None:
+    await world.open_case()
+    flow = world.flow()
+    request = si_request(fields=PENSION_FIELDS)
+    await flow.forward(world.call(request))
+    hit = await flow.forward(world.call(si_request(fields=PENSION_FIELDS, request_id="req-0002")))
+    assert hit.cache_hit
+    assert world.case_store is not None
+    done = case_summary(
+        CITIZEN, PSEUDONYM_KEY, state=CaseState.COMPLETED.value, updated_at=NOW, handling=()
+    )
+    await keep_case(world.case_store, done, seq=2)
+    decoded = world.codec.decoded
+    with pytest.raises(Refusal) as caught:
+        await flow.forward(world.call(si_request(fields=PENSION_FIELDS, request_id="req-0003")))
+    assert caught.value.reason == "CASE_NOT_OPEN"
+    assert world.codec.decoded == decoded  # the kept answer was not read
+    assert len(world.data.fetched) == 1
+    assert [r.reason for r in world.backends.records()] == ["", "", "CASE_NOT_OPEN"]
+
+
+async def test_without_bound_queries_the_owner_does_not_check_a_case_id(world: World) -> None:
+    assert world.cases is None
+    answer = await world.flow().forward(world.call(si_request(case_id="made-up-17")))
+    assert answer.fields == SI_FIELDS

@@ -6,17 +6,21 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
 import grpc
 import pytest
+from case_support import case_summary, keep_case
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from flow_support import (
+    CITIZEN,
     NOW,
     OWNER,
+    PSEUDONYM_KEY,
     REQUESTER,
     SI_FIELDS,
     Backends,
@@ -24,6 +28,7 @@ from flow_support import (
     OwnerPeer,
     Store,
     agency_caller,
+    case_binding,
     gateway_caller,
     owner_flow,
     requester_flow,
@@ -36,6 +41,7 @@ from support import Federation
 
 from gateway import rpcs
 from gateway.audit import Outcome
+from gateway.cases import CaseBinding, CaseState, MemoryCaseStore
 from gateway.errors import Refusal
 from gateway.flows import ForwardCall, Forwarded, QueryCall, SealedAnswer
 from gateway.identity import Caller
@@ -44,7 +50,7 @@ from gateway.quota import QuotaUnavailable
 from gateway.replay import ReplayUnavailable
 from gateway.reports import AccessReporter
 from gateway.sealing import SealFormat
-from registry import Registry
+from registry import CacheScope, Registry
 from signer import seal
 
 
@@ -59,6 +65,7 @@ class World:
         self.owner = Backends(OWNER, Store(registry))
         self.owner_flow = owner_flow(fed, self.owner, data_system=DataSystem())
         self.peer = OwnerPeer(self._ask_owner)
+        self.cases: CaseBinding | None = None  # queries not bound to cases unless a test binds
 
     async def _ask_owner(self, request: DataRequest, caller: Caller, operator: str) -> Forwarded:
         return await self.owner_flow.forward(
@@ -76,7 +83,14 @@ class World:
         )
 
     def flow(self, peer: OwnerPeer | None = None) -> Any:
-        return requester_flow(self.requester, peer or self.peer, self.registry)
+        return requester_flow(self.requester, peer or self.peer, self.registry, cases=self.cases)
+
+    async def open_case(self, **changes: Any) -> None:
+        """Bind queries to cases, with the pension transfer open here and its part handled by
+        Sichuan's social insurance bureau (the asking agency), for the citizen of si_request."""
+        self.cases, store = case_binding(REQUESTER)
+        handled = {"handling": ((REQUESTER, "sc.hrss"),), "agencies": ("sc.hrss",)}
+        await keep_case(store, case_summary(CITIZEN, PSEUDONYM_KEY, **(handled | changes)))
 
     def call(
         self,
@@ -252,8 +266,28 @@ def _as(agency: str, **changes: Any) -> Setup:
     return lambda w: w.call(si_request(**changes), agency=agency)
 
 
+PENSION_FIELDS = ("citizen_id", "contribution_months", "insurance_types", "name", "status")
+
+
+def _bound(
+    request: DataRequest | None = None, **case: Any
+) -> Callable[[World], Awaitable[QueryCall]]:
+    """Cases bind queries, with the pension transfer held as `case` says; `request` asked."""
+
+    async def setup(w: World) -> QueryCall:
+        await w.open_case(**case)
+        return w.call(request or si_request(fields=PENSION_FIELDS))
+
+    return setup
+
+
 # (setup, reason, status code, audited outcome: None when nothing is audited)
-REFUSALS: dict[str, tuple[Setup, str, grpc.StatusCode, Outcome | None]] = {
+REFUSALS: dict[
+    str,
+    tuple[
+        Callable[[World], QueryCall | Awaitable[QueryCall]], str, grpc.StatusCode, Outcome | None
+    ],
+] = {
     "caller is no agency of this region": (
         _gateway_calls,
         "NOT_AUTHORISED_ROLE",
@@ -356,6 +390,30 @@ REFUSALS: dict[str, tuple[Setup, str, grpc.StatusCode, Outcome | None]] = {
         grpc.StatusCode.PERMISSION_DENIED,
         Outcome.DENIED,
     ),
+    "no open case of this agency for the subject": (
+        _bound(handling=((REQUESTER, "sc.hsa"),)),
+        "CASE_NOT_OPEN",
+        grpc.StatusCode.PERMISSION_DENIED,
+        Outcome.DENIED,
+    ),
+    "the case named is closed": (
+        _bound(state=CaseState.COMPLETED.value),
+        "CASE_NOT_OPEN",
+        grpc.StatusCode.PERMISSION_DENIED,
+        Outcome.DENIED,
+    ),
+    "the case named is not held here": (
+        _bound(si_request(fields=PENSION_FIELDS, case_id="CASE-2026-0404")),
+        "CASE_NOT_OPEN",
+        grpc.StatusCode.PERMISSION_DENIED,
+        Outcome.DENIED,
+    ),
+    "the case's matter does not allow a field": (
+        _bound(si_request()),  # every field the purpose allows: employer_name is not the matter's
+        "CASE_QUERY_NOT_ALLOWED",
+        grpc.StatusCode.PERMISSION_DENIED,
+        Outcome.DENIED,
+    ),
     "quota spent": (
         _quota_spent,
         "QUOTA_EXCEEDED",
@@ -422,7 +480,8 @@ REFUSALS: dict[str, tuple[Setup, str, grpc.StatusCode, Outcome | None]] = {
 @pytest.mark.parametrize("case", sorted(REFUSALS))
 async def test_each_refusal_is_raised_with_its_reason_and_audited(world: World, case: str) -> None:
     setup, reason, code, audited = REFUSALS[case]
-    call = setup(world)
+    made = setup(world)
+    call = await made if inspect.isawaitable(made) else made
     with pytest.raises(Refusal) as caught:
         await world.flow().query(call)
     refusal = caught.value
@@ -541,3 +600,85 @@ async def test_a_kept_answer_is_released_with_its_report_in_the_same_record(worl
     assert report["request_id"] == "licence-2"
     assert report["answer_audit_id"] == f"audit.tongban/{OWNER}#0"
     assert flow.seal_memo.hits == 1  # the hit did not verify the seal again
+
+
+# -- cases bind queries for conditional datasets (3a) ------------------------------------------
+async def test_a_query_for_an_open_case_the_agency_handles_is_answered(world: World) -> None:
+    await world.open_case()
+    answer = await world.flow().query(world.call(si_request(fields=PENSION_FIELDS)))
+    assert answer.fields == tuple(sorted(PENSION_FIELDS))
+    (record,) = world.requester.records()
+    assert (record.outcome, record.case_id) == (Outcome.ALLOWED, "CASE-2026-0001")
+
+
+async def test_a_case_refusal_comes_before_the_quota_and_the_owner(world: World) -> None:
+    await world.open_case(handling=())
+    quota = world.requester.quota
+    with pytest.raises(Refusal) as caught:
+        await world.flow().query(world.call(si_request(fields=PENSION_FIELDS)))
+    assert caught.value.reason == "CASE_NOT_OPEN"
+    assert not world.peer.asked
+    assert not world.owner.records()
+    assert quota._counts == {}  # nothing taken of the agreement's quota
+    assert world.requester.metrics.decisions == [("denied", "CASE_NOT_OPEN")]
+
+
+async def test_without_bound_queries_a_case_id_is_not_checked(world: World) -> None:
+    assert world.cases is None
+    answer = await world.flow().query(world.call(si_request(case_id="made-up-17")))
+    assert answer.fields == SI_FIELDS
+
+
+async def test_an_unconditional_dataset_names_no_case(world: World) -> None:
+    await world.open_case(handling=())  # bound, and no case handled by anyone
+    world.owner_flow = owner_flow(
+        world.fed, world.owner, data_system=DataSystem(subjects=(ZJ_AMR_USCC,))
+    )
+    answer = await world.flow().query(world.call(_licence(1), agency="sc.amr"))
+    assert answer.record.sealer_region == OWNER
+
+
+async def test_a_kept_answer_is_not_released_once_its_case_is_closed(
+    fed: Federation, registry: Registry
+) -> None:
+    # The owner lets requesters keep si.participation: the first query is kept here; once the
+    # case is completed, the same query is refused before this gateway's cache is read.
+    datasets = tuple(
+        dataclasses.replace(d, cache_scope=CacheScope.REQUESTER)
+        if (d.region, d.id) == (OWNER, "si.participation")
+        else d
+        for d in registry.datasets
+    )
+    world = World(fed, dataclasses.replace(registry, datasets=datasets))
+    await world.open_case()
+    flow = requester_flow(
+        world.requester, world.peer, world.registry, reporter=_reporter(world), cases=world.cases
+    )
+    request = si_request(fields=PENSION_FIELDS)
+    first = await flow.query(world.call(request))
+    hit = await flow.query(world.call(dataclasses.replace(request, request_id="req-0002")))
+    assert (first.cache_hit, hit.cache_hit) == (False, True)
+    assert world.cases is not None
+    closed = case_summary(
+        CITIZEN, PSEUDONYM_KEY, state=CaseState.COMPLETED.value, updated_at=NOW, handling=()
+    )
+    store = world.cases.store
+    assert isinstance(store, MemoryCaseStore)
+    cache = world.requester.cache
+    read = cache.get
+    reads: list[bytes] = []
+
+    async def counted(key: bytes) -> bytes | None:
+        reads.append(key)
+        return await read(key)
+
+    cache.get = counted  # type: ignore[method-assign]
+    await flow.query(world.call(dataclasses.replace(request, request_id="req-0003")))
+    assert len(reads) == 1  # still open: a hit, read from the cache
+    await keep_case(store, closed, seq=2)
+    with pytest.raises(Refusal) as caught:
+        await flow.query(world.call(dataclasses.replace(request, request_id="req-0004")))
+    assert caught.value.reason == "CASE_NOT_OPEN"
+    assert len(reads) == 1  # refused before the cache was read
+    assert len(world.peer.asked) == 1
+    assert world.requester.records()[-1].reason == "CASE_NOT_OPEN"

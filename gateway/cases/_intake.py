@@ -1,0 +1,145 @@
+"""Events other regions' gateways deliver (`Peer.DeliverCaseEvents`), and the `CaseBook`.
+
+Per event, in the order sent: (1) `verify_event` (a JWS by an audit key of the sending region,
+of that region's own making); (2) an event already held is answered with its id and not kept
+again (a different event under a held id is refused: a region does not sign two events under
+one number); (3) every material and result the event names is among the attachments sent, or
+held already, matched by SHA-256 and size, and each sent is verified again here (at the time
+its region verified it: a seal that expired since does not undo the case); (4) the case is
+folded with it (an event that does not fit when its turn comes is kept, marked not applied);
+(5) kept with this gateway's audit record of the receipt, in one transaction. A bad event is
+refused (CASE_EVENT_INVALID, metadata "index"); the events before it stay held. An event of a
+case whose submission has not arrived here yet (the window's gateway is behind) is refused
+CASE_NOT_FOUND: the sender retries it later, as after any refusal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from gateway import rpcs
+from gateway.audit import is_case_id
+from gateway.cases._delivery import MAX_EVENTS_PER_DELIVERY
+from gateway.cases._events import verify_event
+from gateway.cases._fold import CaseView, fold
+from gateway.cases._local import LocalChanges
+from gateway.cases._materials import MaterialInput, material_digest
+from gateway.cases._model import CaseEvent, EventKind, MaterialRef
+from gateway.cases._store import StoredAttachment
+from gateway.cases._trail import Note
+from gateway.errors import Refusal
+from registry import Registry
+
+__all__ = ["CaseBook"]
+
+
+def _invalid(message: str) -> Refusal:
+    return Refusal("CASE_EVENT_INVALID", message)
+
+
+class CaseBook(LocalChanges):
+    """A gateway's cases: `submit`, `act`, `get`, `list`, `watch_start` / `updates` for its
+    own callers; `receive` for other regions' gateways; `outgoing` / `delivered` /
+    `listeners` for its deliverer."""
+
+    async def receive(
+        self, sender_region: str, items: Sequence[tuple[str, Sequence[tuple[bytes, bytes]]]]
+    ) -> list[str]:
+        """The ids of the events held after the delivery (newly or already), in order; a
+        Refusal (metadata "index": the position of the first bad item) otherwise."""
+        if len(items) > MAX_EVENTS_PER_DELIVERY:
+            raise Refusal(
+                "REQUEST_TOO_LARGE",
+                f"a delivery holds at most {MAX_EVENTS_PER_DELIVERY} case events",
+            )
+        registry = self.registry()
+        held: list[str] = []
+        for index, (jws, attachments) in enumerate(items):
+            note = Note(rpc=rpcs.DELIVER_CASE_EVENTS, caller_region=sender_region)
+            note.registry_version = registry.version
+            try:
+                held.append(await self._receive(registry, sender_region, jws, attachments, note))
+            except Refusal as refusal:
+                indexed = Refusal(
+                    refusal.reason,
+                    f"case event {index}: {refusal.message}",
+                    metadata={**refusal.metadata, "index": str(index)},
+                    audited=refusal.audited,
+                )
+                raise await self._trail.refused(note, indexed) from None
+        return held
+
+    async def _receive(
+        self,
+        registry: Registry,
+        sender_region: str,
+        jws: str,
+        attachments: Sequence[tuple[bytes, bytes]],
+        note: Note,
+    ) -> str:
+        event = verify_event(jws, registry, sender_region)  # (1)
+        if not is_case_id(event.case_id):
+            raise _invalid("the event's case id is not a case number (printable, no citizen id)")
+        note.case_id, note.jws = event.case_id, jws
+        note.fields = tuple(r.material_id for r in _refs(event)) + event.requested
+        async with self._lock:
+            events = await self.events(event.case_id)
+            for other in events:  # (2)
+                if other.event_id == event.event_id:
+                    if other != event:
+                        raise _invalid("a different event under the id of one held")
+                    return event.event_id
+            kept = await self._attachments(event, attachments)  # (3)
+            view = self._folded(event, events)  # (4)
+            note.subject = self.pseudonym(view.submission.applicant_id)
+            note.matter_code = view.submission.matter_code
+            await self.write(note, event, jws, view, kept, local=False)  # (5)
+        return event.event_id
+
+    def _folded(self, event: CaseEvent, events: list[CaseEvent]) -> CaseView:
+        view = fold([*events, event])
+        if view is None:
+            if event.kind is EventKind.SUBMITTED:
+                raise _invalid("the submission does not begin a case its region may submit")
+            raise Refusal(  # transient: the window's gateway has not delivered it here yet
+                "CASE_NOT_FOUND",
+                "the case's submission has not arrived here yet: retry once the window's "
+                "gateway has delivered it",
+            )
+        if self.region not in view.submission.regions:
+            raise _invalid(f"region {self.region} has no part in the case")
+        if event.origin not in view.submission.regions:
+            raise _invalid(f"region {event.origin} has no part in the case")
+        return view
+
+    async def _attachments(
+        self, event: CaseEvent, attachments: Sequence[tuple[bytes, bytes]]
+    ) -> tuple[StoredAttachment, ...]:
+        """(3) of the module docstring: the attachments to keep, each verified again."""
+        refs = {r.sha256: r for r in _refs(event)}
+        given: dict[str, MaterialInput] = {}
+        for content, signed_data in attachments:
+            sha = material_digest(content, signed_data)
+            ref = refs.get(sha)
+            if ref is None:
+                raise _invalid("an attachment is not one the event names")
+            if ref.size != len(content) + len(signed_data):
+                raise _invalid("an attachment's size is not the one the event names")
+            given[sha] = MaterialInput(ref.material_id, content, signed_data)
+        for sha, ref in refs.items():
+            if sha not in given and await self.store.attachment(sha) is None:
+                raise _invalid(f"the event's material {ref.material_id} was not sent")
+        for sha, material in given.items():
+            try:
+                self.materials.verify(
+                    material, now=self.clock(), validation_time=refs[sha].verified_at
+                )
+            except Refusal as refusal:
+                raise _invalid(
+                    f"material {material.material_id} does not verify here: {refusal.message}"
+                ) from None
+        return self.sealed_attachments(list(given.values()))
+
+
+def _refs(event: CaseEvent) -> list[MaterialRef]:
+    return [*event.materials, *([event.result] if event.result is not None else [])]
