@@ -274,14 +274,14 @@ async def case_cy(fed: Federation, story: Story) -> Result:
         and answer.record.sealer_region == "510000"
         and closed.state == COMPLETED
         and back.signer_region == "500000"
-        and back.verified_by_region == "510000"
+        and back.verified_by_region == "500000"  # when 重庆 took it; 四川 again on arrival
     )
     return Result(
         ok,
         f"case {case_id}: submitted at 四川's window, accepted by cq.hsa, its query to 510000 "
         f"allowed under {answer.agreement_id}, approved by 重庆 with a sealed result; the "
-        f"window saw it {state_name(closed)}, the result sealed by {back.signer_region} and "
-        f"verified by {back.verified_by_region}",
+        f"window saw it {state_name(closed)}, the result sealed by {back.signer_region} "
+        f"(verified by {back.verified_by_region} when it took it, again by 510000 on arrival)",
         steps.table,
     )
 

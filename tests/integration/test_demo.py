@@ -30,7 +30,7 @@ EXPECTED = {
         "submitted at 四川's window",
         "allowed under YC-SI-2026",
         "saw it completed",
-        "the result sealed by 500000 and verified by 510000",
+        "the result sealed by 500000",
     ),
     "case-multi": ("refused CASE_NOT_OPEN", "四川 supplemented it", "重庆人社 handles part 2"),
     "si-transfer": ("allowed under YC-SI-2026", "sealed by 510000", "seal TOTAL_PASSED"),
