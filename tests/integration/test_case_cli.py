@@ -2,7 +2,8 @@
 the 川渝 case from the window's submission to its completion, each step a command as an agency's
 operator types it, materials sealed with `tongban seal` by the regions' seal keys; a submission
 sent again makes no second case; an agency acting on another region's part is refused in one
-line with its reason; the applicant's id never appears whole."""
+line with its reason; the applicant, through the portal's token, sees the case and may not act
+on it; the applicant's id never appears whole."""
 
 from __future__ import annotations
 
@@ -94,7 +95,7 @@ def _until(run: Run, argv: list[Any], holds: Any) -> dict[str, Any]:
 
 
 def test_a_case_from_the_window_to_its_result_with_the_command_line(
-    fed: Federation, run: Run, tmp_path: Path
+    fed: Federation, run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with cluster_in_a_thread(fed, tmp_path) as cluster:
         sc = ["--gateway", f"localhost:{cluster.ports['510000']}", "--pki", fed.pki]
@@ -167,3 +168,16 @@ def test_a_case_from_the_window_to_its_result_with_the_command_line(
         code, out, err = run("case", "list", *sc, "--agency", "sc.hsa", "--state", "completed")
         assert code == 0, err
         assert case_id in out
+        # The applicant's own view, through the region's portal (a token with the applicant claim).
+        code, token, err = run("token", "issue", "--pki", fed.pki, "--agency", "sc.hsa",
+                               "--operator", "portal", "--applicant", citizen)  # fmt: skip
+        assert code == 0, err
+        monkeypatch.setenv("TONGBAN_TEST_APPLICANT_TOKEN", token.strip())
+        portal = [*sc, "--agency", "sc.hsa", "--token-env", "TONGBAN_TEST_APPLICANT_TOKEN"]
+        code, out, err = run("case", "list", *portal, "--json")
+        assert code == 0, err
+        assert [c["case_id"] for c in json.loads(out)] == [case_id]
+        code, out, err = run(*act, "--accept", *portal)
+        assert (code, out) == (1, "")
+        assert "NOT_AUTHORISED_ROLE" in err
+        assert citizen not in err
