@@ -101,6 +101,17 @@ async def _serve_until_interrupted(fed: Federation, out: Console, options: DemoO
     out.print("[bold]The three gateways keep running.[/] Try an agency client (mutual TLS, token):")
     out.print(client_command(fed), soft_wrap=True, markup=False, highlight=False)
     out.print(f"Registry: {fed.published / CURRENT_SNAPSHOT}; PKI: {fed.pki}", soft_wrap=True)
+    tongban = shlex.quote(str(Path(sys.executable).parent / "tongban"))
+    out.print(
+        "The cases the scenarios made, as 四川医保 sees them (docs/cases.md):", soft_wrap=True
+    )
+    out.print(
+        f"{tongban} case list --gateway localhost:{fed.gateways['510000'].port} "
+        f"--pki {shlex.quote(str(fed.pki))} --agency sc.hsa",
+        soft_wrap=True,
+        markup=False,
+        highlight=False,
+    )
     out.print("Ctrl-C stops them.", soft_wrap=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

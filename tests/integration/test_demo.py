@@ -4,6 +4,7 @@ over-broad query through fails; `--serve` answers `examples/client.py`."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -238,6 +239,12 @@ def _serve_and_ask(process: subprocess.Popen[str], cwd: Path) -> None:
     refused = _client(command.group(0) + " --field gender", cwd)
     assert refused.returncode == 1
     assert "refused: PERMISSION_DENIED FIELD_NOT_ALLOWED" in refused.stderr
+    # The cases the scenarios made, listed by the command it prints (tongban case list).
+    listing = re.search(r"^\S*tongban case list .*$", text, re.M)
+    assert listing is not None, text
+    cases = _client(listing.group(0) + " --json", cwd)
+    assert cases.returncode == 0, cases.stdout + cases.stderr
+    assert {c["matter_code"] for c in json.loads(cases.stdout)} == {"000125002100"}
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=30) == 0
     assert "Traceback" not in process.stderr.read()
