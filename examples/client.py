@@ -16,8 +16,12 @@ Against `tongban demo --serve`, which prints this command with the paths filled 
         --cert PKI/agencies/sc.hrss/keys/tls-….pem --key PKI/agencies/sc.hrss/keys/tls-….key \\
         --ca PKI/regions/510000/ca/root.pem \\
         --token "$(tongban token issue --pki PKI --agency sc.hrss --operator 张三)" \\
-        --provider-region 500000 --dataset si.participation --purpose SI-TRANSFER \\
-        --subject CITIZEN_ID --case-id CASE-2026-0001
+        --provider-region 500000 --dataset market.business_licence --purpose LICENCE-VERIFY \\
+        --subject USCC --case-id CASE-2026-0001
+
+A conditional (有条件共享) dataset, such as a citizen's si.participation, is answered only for an
+open case the agency handles for that citizen (docs/cases.md#cases-bind-queries): name it in
+--case-id.
 
 Exit codes: 0 answered, 1 the gateway refused or failed (its reason is printed), 2 bad usage.
 Only grpcio, grpcio-status and the generated `tongban.v1` modules are needed.

@@ -157,6 +157,8 @@ class AuditLog:
         # Stores kept beside the log in its own store, by kind, each made once per log and
         # shared by every part of the gateway that asks (`gateway.cases.case_store_for`).
         self.companions: dict[str, object] = {}
+        # Closed before the store (a companion's own connections: the case store's lock).
+        self.closers: list[Callable[[], Awaitable[None]]] = []
 
     async def open(self) -> None:
         await self.store.open()
@@ -180,6 +182,9 @@ class AuditLog:
                 await self.checkpoint()
             except AuditUnavailable as exc:
                 log.warning("no final checkpoint: %s", exc)
+        for close in self.closers:
+            with contextlib.suppress(Exception):
+                await close()
         await self.store.close()
 
     async def append(

@@ -282,8 +282,8 @@ class CaseBookBase:
                 refs = [*view.materials, *(p.result for p in view.parts if p.result)]
                 contents = await self.contents(refs)
             audit = await self._trail.allowed(note)
-        except Refusal as refusal:
-            raise await self._trail.refused(note, refusal) from None
+        except (Refusal, AuditUnavailable) as refused:
+            raise await self._trail.refused(note, refused) from None
         return CaseAnswer(view, audit, self.overdue(view), contents)
 
     async def list(
@@ -318,8 +318,8 @@ class CaseBookBase:
             views = [v for s in found[:size] if (v := await self.view(s.case_id)) is not None]
             token = write_page_token(found[size - 1]) if len(found) > size else ""
             audit = await self._trail.allowed(note)
-        except Refusal as refusal:
-            raise await self._trail.refused(note, refusal) from None
+        except (Refusal, AuditUnavailable) as refused:
+            raise await self._trail.refused(note, refused) from None
         return CasePage(tuple(views), token, audit, now)
 
     async def outgoing(self, destination: str, limit: int) -> builtins.list[Outgoing]:
@@ -368,8 +368,8 @@ class CaseBookBase:
                 )
                 views = [v for s in page if (v := await self.view(s.case_id)) is not None]
             audit = await self._trail.allowed(note)
-        except Refusal as refusal:
-            raise await self._trail.refused(note, refusal) from None
+        except (Refusal, AuditUnavailable) as refused:
+            raise await self._trail.refused(note, refused) from None
         return [CaseAnswer(v, audit, self.overdue(v)) for v in views], position
 
     async def updates(

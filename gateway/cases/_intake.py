@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from gateway import rpcs
-from gateway.audit import is_case_id
+from gateway.audit import AuditUnavailable, is_case_id
 from gateway.cases._delivery import MAX_EVENTS_PER_DELIVERY
 from gateway.cases._events import verify_event
 from gateway.cases._fold import CaseView, fold
@@ -59,7 +59,12 @@ class CaseBook(LocalChanges):
             note.registry_version = registry.version
             try:
                 held.append(await self._receive(registry, sender_region, jws, attachments, note))
-            except Refusal as refusal:
+            except (Refusal, AuditUnavailable) as refused:
+                refusal = (
+                    refused
+                    if isinstance(refused, Refusal)
+                    else Refusal("AUDIT_UNAVAILABLE", f"the case store did not answer: {refused}")
+                )
                 indexed = Refusal(
                     refusal.reason,
                     f"case event {index}: {refusal.message}",
@@ -82,7 +87,7 @@ class CaseBook(LocalChanges):
             raise _invalid("the event's case id is not a case number (printable, no citizen id)")
         note.case_id, note.jws = event.case_id, jws
         note.fields = tuple(r.material_id for r in _refs(event)) + event.requested
-        async with self._lock:
+        async with self._lock, self.store.exclusive(event.case_id):
             events = await self.events(event.case_id)
             for other in events:  # (2)
                 if other.event_id == event.event_id:

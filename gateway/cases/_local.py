@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 
 from gateway import rpcs
 from gateway.applicant_ids import is_applicant_id
+from gateway.audit import AuditUnavailable
 from gateway.cases._book import CaseBookBase
 from gateway.cases._calls import (
     ACTIONS,
@@ -109,8 +110,8 @@ class LocalChanges(CaseBookBase):
             note.subject = self.pseudonym(call.applicant_id)
         try:
             return await self._submit(caller, call, note)
-        except Refusal as refusal:
-            raise await self._trail.refused(note, refusal) from None
+        except (Refusal, AuditUnavailable) as refused:
+            raise await self._trail.refused(note, refused) from None
 
     def _agency_only(self, caller: CaseCaller, what: str) -> None:
         if caller.applicant or not caller.agency or caller.region != self.region:
@@ -146,7 +147,7 @@ class LocalChanges(CaseBookBase):
         _check_set([m.material_id for m in call.materials], matter.materials, matter.required)
         now = self.clock()
         refs = self._verify(matter, call.materials, now)
-        async with self._lock:
+        async with self._lock, self.store.exclusive(f"request {caller.agency} {call.request_id}"):
             again = await self._again(caller, call.request_id, digest, note)
             if again is not None:
                 return again
@@ -235,8 +236,8 @@ class LocalChanges(CaseBookBase):
         )
         try:
             return await self._act(caller, call, note)
-        except Refusal as refusal:
-            raise await self._trail.refused(note, refusal) from None
+        except (Refusal, AuditUnavailable) as refused:
+            raise await self._trail.refused(note, refused) from None
 
     async def _act(self, caller: CaseCaller, call: ActCall, note: Note) -> CaseAnswer:
         self._agency_only(caller, "acts on a case")
@@ -272,7 +273,7 @@ class LocalChanges(CaseBookBase):
         given = [*call.materials, *([call.result] if call.result is not None else [])]
         self.materials.check_sizes(given)
         refs = tuple(self.materials.verify(m, now=now) for m in given)
-        async with self._lock:
+        async with self._lock, self.store.exclusive(call.case_id):
             again = await self._again(caller, call.request_id, digest, note)
             if again is not None:
                 return again

@@ -12,13 +12,23 @@ breaker is open).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import contextlib
+import hashlib
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from typing import Any
 
+import psycopg
 from psycopg.rows import TupleRow
 
-from gateway.audit import Appended, AuditLog, AuditRecord, PostgresAuditStore
+from gateway.audit import (
+    Appended,
+    AuditLog,
+    AuditRecord,
+    AuditUnavailable,
+    PostgresAuditStore,
+)
 from gateway.cases._model import CaseState
 from gateway.cases._rows import (
     EVENT_COLUMNS,
@@ -120,6 +130,46 @@ class PostgresCaseStore:
             raise TypeError("a PostgreSQL case store is kept beside a PostgreSQL audit store only")
         self.audit = audit
         self._store: PostgresAuditStore = audit.store
+        self._locker: Any = None  # the connection that holds this process's case locks
+        self._locking = asyncio.Lock()
+        audit.closers.append(self._drop_locker)
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self, key: str) -> AsyncIterator[None]:
+        """A session advisory lock on `key` (its SHA-256's first 8 bytes), on a connection of
+        its own, waited for at most the store's statement timeout; the lock goes with the
+        connection if this process dies. One key at a time per process (the book's lock)."""
+        number = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True)
+        async with self._locking:
+            conn = await self._lock_connection()
+            try:
+                await conn.execute("SELECT pg_advisory_lock(%s)", [number])
+            except (psycopg.Error, OSError) as exc:
+                await self._drop_locker()
+                raise AuditUnavailable(f"the case lock was not taken: {exc}") from exc
+            try:
+                yield
+            finally:
+                try:
+                    await conn.execute("SELECT pg_advisory_unlock(%s)", [number])
+                except (psycopg.Error, OSError):
+                    await self._drop_locker()  # closing the session releases its locks
+
+    async def _lock_connection(self) -> Any:
+        if self._locker is None or self._locker.closed or self._locker.broken:
+            await self._drop_locker()
+            try:
+                self._locker = await self._store._connect(self._store._dsn)
+            except (psycopg.Error, OSError) as exc:
+                raise AuditUnavailable(f"no connection for the case lock: {exc}") from exc
+        return self._locker
+
+    async def _drop_locker(self) -> None:
+        conn, self._locker = self._locker, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(2):
+                    await conn.close()
 
     async def write(self, record: AuditRecord, change: CaseChange) -> Appended:
         prepared = prepare(change, utc)  # ValueError here, before anything is appended

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -37,6 +38,7 @@ from gateway.cases._store import (
     StoredAttachment,
     StoredEvent,
     StoredRequest,
+    one_process,
 )
 
 __all__ = ["SqliteCaseStore"]
@@ -119,6 +121,9 @@ class SqliteCaseStore:
             raise TypeError("a SQLite case store is kept beside a SQLite audit store only")
         self.audit = audit
         self._store: SqliteAuditStore = audit.store
+
+    def exclusive(self, key: str) -> AbstractAsyncContextManager[None]:
+        return one_process(key)  # one SQLite file has one writing process
 
     async def write(self, record: AuditRecord, change: CaseChange) -> Appended:
         prepared = prepare(change, time_text)  # ValueError here, before anything is appended

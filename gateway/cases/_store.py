@@ -24,7 +24,10 @@ reaches the store; the store keeps opaque text and bytes):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -41,6 +44,7 @@ __all__ = [
     "StoredEvent",
     "StoredRequest",
     "check_change",
+    "one_process",
 ]
 
 
@@ -113,7 +117,22 @@ class CaseQuery:
     limit: int = 50
 
 
+@contextlib.asynccontextmanager
+async def one_process(key: str) -> AsyncIterator[None]:
+    """`CaseStore.exclusive` of a store only one process writes (memory, SQLite): the case
+    book's own lock already serialises its changes."""
+    yield
+
+
 class CaseStore(Protocol):
+    def exclusive(self, key: str) -> AbstractAsyncContextManager[None]:
+        """Hold `key` (a case id; or an agency's request id, for a submission) against the
+        other processes that share this store (a region's replicas and workers, on
+        PostgreSQL) while a change is read, made and written: two replicas never make two
+        events under one number, or two cases of one request. `AuditUnavailable` if it cannot
+        be held within the store's bound."""
+        ...
+
     async def write(self, record: AuditRecord, change: CaseChange) -> Appended:
         """The record and the change, durable together (`AuditUnavailable` otherwise). An
         event already held is not kept twice (the record is still appended). A change no store
@@ -235,6 +254,9 @@ class MemoryCaseStore:
         self._requests: dict[tuple[str, str], StoredRequest] = {}
         self._position = 0
         self._lock = asyncio.Lock()
+
+    def exclusive(self, key: str) -> AbstractAsyncContextManager[None]:
+        return one_process(key)
 
     async def write(self, record: AuditRecord, change: CaseChange) -> Appended:
         check_change(change)

@@ -105,8 +105,14 @@ class CaseTrail:
             ) from exc
         return self.audit_id(appended.index)
 
-    async def refused(self, note: Note, refusal: Refusal) -> Refusal:
-        """Audit a refusal with a plain record (best effort: it releases nothing)."""
+    async def refused(self, note: Note, refused: Refusal | AuditUnavailable) -> Refusal:
+        """Audit a refusal with a plain record (best effort: it releases nothing). The store
+        failing on the way (a read, the case lock) is the refusal AUDIT_UNAVAILABLE."""
+        refusal = (
+            refused
+            if isinstance(refused, Refusal)
+            else Refusal("AUDIT_UNAVAILABLE", f"the case store did not answer: {refused}")
+        )
         if not refusal.audited:
             outcome = Outcome.FAILED if refusal.failed else Outcome.DENIED
             try:

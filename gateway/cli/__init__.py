@@ -5,7 +5,7 @@ command line itself is wrong. Nothing here prints a traceback for an expected fa
 
 One module per verb group, each with a `register(commands)` that adds its parsers and names
 their handlers: `demo`, `pki`, `registry`, `keys`, `credentials` (`seal`, `verify`), `tokens`
-(`token`), `gateway`, `provider` and the `audit` package (a module per verb). What they share
+(`token`), `gateway`, `provider`, the `audit` package (a module per verb) and `case`. What they share
 is in `_common` (exit codes, failures, error lines, options) and `_arguments` (argument types).
 """
 
@@ -20,7 +20,18 @@ from collections.abc import Sequence
 
 from rich.console import Console
 
-from gateway.cli import audit, credentials, demo, gateway, keys, pki, provider, registry, tokens
+from gateway.cli import (
+    audit,
+    case,
+    credentials,
+    demo,
+    gateway,
+    keys,
+    pki,
+    provider,
+    registry,
+    tokens,
+)
 from gateway.cli._common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -39,7 +50,7 @@ from signer import SignerError
 __all__ = ["main"]
 
 # The order of `tongban --help`.
-VERB_GROUPS = (demo, pki, registry, keys, credentials, tokens, gateway, provider, audit)
+VERB_GROUPS = (demo, pki, registry, keys, credentials, tokens, gateway, provider, audit, case)
 
 
 def _package_version() -> str:

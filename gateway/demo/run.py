@@ -69,8 +69,9 @@ def describe(fed: Federation, out: Console, options: DemoOptions) -> None:
 
 
 def client_command(fed: Federation) -> str:
-    """A ready-to-paste `examples/client.py` call as 四川人社 (sc.hrss) to its own gateway."""
-    citizen = fed.citizens("500000", "si.participation", 2)[1]
+    """A ready-to-paste `examples/client.py` call as 四川人社 (sc.hrss) to its own gateway: a
+    重庆 business licence (无条件共享: no open case needed, unlike a citizen's records)."""
+    business = fed.citizens("500000", "market.business_licence", 2)[1]
     (tls,) = fed.inventory().find("sc.hrss", KeyUsage.TLS, KeyState.ACTIVE)
     python = Path(sys.executable)
     tongban = python.parent / "tongban"
@@ -81,9 +82,9 @@ def client_command(fed: Federation) -> str:
         ("--key", str(fed.pki / tls.private_key)),
         ("--ca", str(fed.pki / "regions" / "510000" / "ca" / "root.pem")),
         ("--provider-region", "500000"),
-        ("--dataset", "si.participation"),
-        ("--purpose", "SI-TRANSFER"),
-        ("--subject", citizen),
+        ("--dataset", "market.business_licence"),
+        ("--purpose", "LICENCE-VERIFY"),
+        ("--subject", business),
         ("--case-id", f"CASE-{datetime.now(UTC):%Y%m%d}-0001"),
     ]
     # Named wholly, so that the command works from any folder; without a clone, the path in one.
@@ -100,6 +101,17 @@ async def _serve_until_interrupted(fed: Federation, out: Console, options: DemoO
     out.print("[bold]The three gateways keep running.[/] Try an agency client (mutual TLS, token):")
     out.print(client_command(fed), soft_wrap=True, markup=False, highlight=False)
     out.print(f"Registry: {fed.published / CURRENT_SNAPSHOT}; PKI: {fed.pki}", soft_wrap=True)
+    tongban = shlex.quote(str(Path(sys.executable).parent / "tongban"))
+    out.print(
+        "The cases the scenarios made, as 四川医保 sees them (docs/cases.md):", soft_wrap=True
+    )
+    out.print(
+        f"{tongban} case list --gateway localhost:{fed.gateways['510000'].port} "
+        f"--pki {shlex.quote(str(fed.pki))} --agency sc.hsa",
+        soft_wrap=True,
+        markup=False,
+        highlight=False,
+    )
     out.print("Ctrl-C stops them.", soft_wrap=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

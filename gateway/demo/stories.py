@@ -13,19 +13,22 @@ import asyncio
 import json
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import grpc
+from google.rpc import error_details_pb2
 from rich.console import Console
 from rich.table import Table
 
+from gateway import rpcs
 from gateway._tables import whole
 from gateway.audit import CheckpointError, ProofError, verify_checkpoint, verify_inclusion
+from gateway.demo._story import CALL_TIMEOUT, Result, Scenario, Story, mask, query, rpc_reason
+from gateway.demo.case_stories import SI_FIELDS, case_cy, case_done, case_multi
 from gateway.demo.config import config_for_dev_pki
 from gateway.demo.federation import DemoError, Federation
-from gateway.errors import error_info_of
 from gateway.licences import RECORD_FILE
 from registry import CURRENT_SNAPSHOT, KeyState, KeyUsage, rotate_key
 from signer._ofd_package import read_package
@@ -41,18 +44,8 @@ from tongban.v1 import (
 
 __all__ = ["SCENARIOS", "Result", "Story", "play", "query", "rpc_reason"]
 
-CALL_TIMEOUT = 10.0  # seconds: one call, up to two gateway hops, on a loaded 2-core machine
 ROTATION_WORKERS = 3  # concurrent agency clients while 330000 rotates its seal key
 ROTATION_PAUSE = 0.05  # seconds between one worker's requests (keeps within the agreement quota)
-
-
-@dataclass
-class Result:
-    """What a scenario observed; `ok` when it is what the scenario expects."""
-
-    ok: bool
-    summary: str
-    table: Table | None = None
 
 
 # helpers for the scenarios ---------------------------------------------------------------------
@@ -83,37 +76,6 @@ async def verify_sealed(
     return await credentials.Verify(request, timeout=CALL_TIMEOUT)
 
 
-def mask(subject_id: str) -> str:
-    """A citizen id as a transcript shows it: region and check character only."""
-    return subject_id[:6] + "*" * (len(subject_id) - 7) + subject_id[-1:]
-
-
-def rpc_reason(exc: grpc.aio.AioRpcError) -> str:
-    """The `google.rpc.ErrorInfo` reason of a failed call ("" when it carries none)."""
-    info, _ = error_info_of(exc)
-    return info.reason if info is not None else ""
-
-
-def query(
-    provider_region: str,
-    dataset: str,
-    purpose: str,
-    subject_id: str,
-    *,
-    fields: Sequence[str] = (),
-    case_id: str = "",
-) -> exchange_pb2.QueryRequest:
-    return exchange_pb2.QueryRequest(
-        provider_region=provider_region,
-        dataset=dataset,
-        purpose=purpose,
-        subject_id=subject_id,
-        fields=list(fields),
-        case_id=case_id or f"CASE-{datetime.now(UTC):%Y%m%d}-{secrets.token_hex(3).upper()}",
-        request_id=f"demo-{secrets.token_hex(8)}",
-    )
-
-
 def record_table(title: str, payload: bytes) -> Table:
     """The fields of a sealed record, ids masked."""
     table = Table(title=title, title_justify="left", show_header=True)
@@ -126,53 +88,51 @@ def record_table(title: str, payload: bytes) -> Table:
     return table
 
 
-@dataclass
-class Story:
-    """What earlier scenarios leave for later ones."""
-
-    citizen: str = ""  # the 重庆 citizen whose social insurance 四川 asks for
-    first_seal: str = ""
-    audit_ids: list[str] = field(default_factory=list)
-
-
-Scenario = Callable[[Federation, Story], Awaitable[Result]]
-
-
 # the scenarios ---------------------------------------------------------------------------------
+def _in_case(story: Story, *, fields: Sequence[str] = SI_FIELDS) -> exchange_pb2.QueryRequest:
+    """重庆人社's question to 四川 about the 多地联办 case's applicant, made for the case."""
+    return query(
+        "510000",
+        "si.participation",
+        "SI-TRANSFER",
+        story.citizen,
+        fields=fields,
+        case_id=story.case_id,
+    )
+
+
 async def si_transfer(fed: Federation, story: Story) -> Result:
-    """川渝通办: 四川人社 (510000) asks 重庆 (500000) for a citizen's social-insurance record."""
-    story.citizen = fed.citizens("500000", "si.participation", 1)[0]
-    async with fed.channel("sc.hrss") as channel:
+    """川渝通办: 重庆人社 (500000), handling the open case, asks 四川 (510000) for the
+    applicant's social-insurance record."""
+    if not story.case_id:
+        return Result(False, "no open case to ask for: the case-multi scenario did not open one")
+    async with fed.channel(story.handler) as channel:
         exchange = exchange_pb2_grpc.DataExchangeStub(channel)
         answer = await exchange.Query(
-            query("500000", "si.participation", "SI-TRANSFER", story.citizen),
-            metadata=fed.token("sc.hrss"),
-            timeout=CALL_TIMEOUT,
+            _in_case(story), metadata=fed.token(story.handler), timeout=CALL_TIMEOUT
         )
         credentials = credentials_pb2_grpc.CredentialsStub(channel)
         report = await verify_sealed(credentials, answer.record)
     story.first_seal = seal_of(answer.record)
     story.audit_ids.append(answer.audit_id)
     passed = report.indication == credentials_pb2.TOTAL_PASSED
-    ok = answer.record.sealer_region == "500000" and passed and not answer.cache_hit
+    ok = answer.record.sealer_region == "510000" and passed and not answer.cache_hit
     return Result(
         ok,
-        f"allowed under {answer.agreement_id}: {len(answer.fields)} fields, sealed by "
-        f"{answer.record.sealer_region} (key {answer.record.sealer_kid[:12]}…), seal "
-        f"{credentials_pb2.Indication.Name(report.indication)}, audit id {answer.audit_id}",
-        record_table(f"si.participation of {mask(story.citizen)} from 重庆", answer.record.payload),
+        f"allowed under {answer.agreement_id} for case {story.case_id}: {len(answer.fields)} "
+        f"fields, sealed by {answer.record.sealer_region} (key {answer.record.sealer_kid[:12]}…), "
+        f"seal {credentials_pb2.Indication.Name(report.indication)}, audit id {answer.audit_id}",
+        record_table(f"si.participation of {mask(story.citizen)} from 四川", answer.record.payload),
     )
 
 
 async def cached(fed: Federation, story: Story) -> Result:
-    """The same question again, for a new case: answered from 重庆's cache, still audited."""
-    async with fed.channel("sc.hrss") as channel:
+    """The same question again for the case: answered from 四川's cache, still audited."""
+    async with fed.channel(story.handler) as channel:
         exchange = exchange_pb2_grpc.DataExchangeStub(channel)
         started = time.perf_counter()
         answer = await exchange.Query(
-            query("500000", "si.participation", "SI-TRANSFER", story.citizen),
-            metadata=fed.token("sc.hrss"),
-            timeout=CALL_TIMEOUT,
+            _in_case(story), metadata=fed.token(story.handler), timeout=CALL_TIMEOUT
         )
         elapsed = (time.perf_counter() - started) * 1000
     story.audit_ids.append(answer.audit_id)
@@ -230,68 +190,84 @@ async def licence(fed: Federation, story: Story) -> Result:
 
 
 async def over_broad(fed: Federation, story: Story) -> Result:
-    """A query asking for a field the purpose does not allow is refused before it leaves 四川."""
-    request = query(
-        "500000",
-        "si.participation",
-        "SI-TRANSFER",
-        story.citizen,
-        fields=("name", "citizen_id", "gender"),
-    )
-    async with fed.channel("sc.hrss") as channel:
+    """A query asking for a field the purpose does not allow is refused before it leaves 重庆."""
+    request = _in_case(story, fields=("name", "citizen_id", "gender"))
+    story.denials_expected += 1
+    async with fed.channel(story.handler) as channel:
         exchange = exchange_pb2_grpc.DataExchangeStub(channel)
         try:
-            await exchange.Query(request, metadata=fed.token("sc.hrss"), timeout=CALL_TIMEOUT)
+            await exchange.Query(request, metadata=fed.token(story.handler), timeout=CALL_TIMEOUT)
         except grpc.aio.AioRpcError as exc:
             reason = rpc_reason(exc)
             ok = exc.code() == grpc.StatusCode.PERMISSION_DENIED and reason == "FIELD_NOT_ALLOWED"
-            return Result(ok, f"denied: {exc.code().name} {reason}: {exc.details()}")
+            expected = "" if ok else "; expected PERMISSION_DENIED FIELD_NOT_ALLOWED"
+            return Result(ok, f"denied: {exc.code().name} {reason}: {exc.details()}{expected}")
     return Result(False, "the query was answered: expected PERMISSION_DENIED FIELD_NOT_ALLOWED")
 
 
 async def batch(fed: Federation, story: Story) -> Result:
-    """One BatchQuery from 四川 to 重庆 and 浙江 at once; each item stands on its own."""
-    zj = fed.citizens("330000", "si.participation", 1)[0]
-    cq_med = fed.citizens("500000", "medical.insurance", 1)[0]
+    """One BatchQuery from 重庆 to 四川 and 浙江 at once, for the case; each item stands on its
+    own: a dataset the case's matter does not allow is refused, the others answered."""
+    business = fed.citizens("330000", "market.business_licence", 1)[0]
     items = [
-        query("500000", "si.participation", "SI-TRANSFER", story.citizen),
-        query("330000", "si.participation", "SI-TRANSFER", zj),
-        query("500000", "medical.insurance", "MED-REG", cq_med),
+        _in_case(story),
+        query(
+            "330000", "market.business_licence", "LICENCE-VERIFY", business, case_id=story.case_id
+        ),
+        query(
+            "510000",
+            "medical.insurance",
+            "MED-REG",
+            story.citizen,
+            case_id=story.case_id,
+            fields=("name", "citizen_id", "status"),
+        ),
     ]
-    async with fed.channel("sc.hrss") as channel:
+    story.denials_expected += 1  # the medical-insurance item: not a query of the case's matter
+    async with fed.channel(story.handler) as channel:
         exchange = exchange_pb2_grpc.DataExchangeStub(channel)
         answer = await exchange.BatchQuery(
             exchange_pb2.BatchQueryRequest(items=items, request_id=f"demo-{secrets.token_hex(8)}"),
-            metadata=fed.token("sc.hrss"),
+            metadata=fed.token(story.handler),
             timeout=CALL_TIMEOUT,
         )
     table = Table(title="BatchQuery items", title_justify="left")
     for column in ("#", "provider", "dataset", "subject", "status", "sealed by", "cache"):
         table.add_column(column)
+    refused: list[str] = []
     for result in answer.items:
         item = items[result.index]
-        status = (
-            "OK"
-            if result.status.code == 0
-            else _STATUS_NAMES.get(result.status.code, str(result.status.code))
-        )
+        status = "OK"
+        if result.status.code != 0:
+            status = f"{_STATUS_NAMES.get(result.status.code, result.status.code)} {_item_reason(result.status)}"
+            refused.append(_item_reason(result.status))
         table.add_row(
             str(result.index),
             item.provider_region,
             item.dataset,
-            mask(item.subject_id),
+            mask(item.subject_id) if item.dataset != "market.business_licence" else item.subject_id,
             status,
             result.response.record.sealer_region,
             "hit" if result.response.cache_hit else "",
         )
     sealers = {r.response.record.sealer_region for r in answer.items if r.status.code == 0}
-    ok = len(answer.items) == len(items) and all(r.status.code == 0 for r in answer.items)
+    answered = sum(r.status.code == 0 for r in answer.items)
+    ok = len(answer.items) == len(items) and answered == 2 and refused == ["CASE_QUERY_NOT_ALLOWED"]
     return Result(
-        ok and sealers == {"330000", "500000"},
-        f"{sum(r.status.code == 0 for r in answer.items)}/{len(items)} items answered, sealed by "
-        f"{', '.join(sorted(sealers))}",
+        ok and sealers == {"330000", "510000"},
+        f"{answered}/{len(items)} items answered, sealed by {', '.join(sorted(sealers))}; "
+        f"refused: {', '.join(refused) or 'none'}",
         table,
     )
+
+
+def _item_reason(status: Any) -> str:
+    """The contract reason of a BatchQuery item's status ("" when it carries none)."""
+    for detail in status.details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return info.reason
+    return ""
 
 
 async def rotation(fed: Federation, story: Story) -> Result:
@@ -376,9 +352,10 @@ async def rotation(fed: Federation, story: Story) -> Result:
 
 
 async def subject_access(fed: Federation, story: Story) -> Result:
-    """Oversight: who saw this 重庆 citizen's data, when and why — on both gateways."""
+    """Oversight: who saw this 重庆 citizen's data, when and why — on both gateways; the
+    case's own records (its submission, each change) are in the citizen's trail too."""
     rows: list[tuple[str, oversight_pb2.SubjectAccessEntry]] = []
-    for region, agency in (("500000", "cq.data"), ("510000", "sc.data")):
+    for region, agency in (("510000", "sc.data"), ("500000", "cq.data")):
         async with fed.channel(agency) as channel:
             oversight = oversight_pb2_grpc.OversightStub(channel)
             token = ""
@@ -391,41 +368,38 @@ async def subject_access(fed: Federation, story: Story) -> Result:
                 token = answer.next_page_token
                 if not token:
                     break
-    table = Table(title=f"accesses to the data of {mask(story.citizen)}", title_justify="left")
-    for column in (
-        "time (UTC)",
-        "recorded by",
-        "requester",
-        "purpose",
-        "case",
-        "fields",
-        "outcome",
-    ):
+    table = Table(title=f"the trail of {mask(story.citizen)}", title_justify="left")
+    for column in ("time (UTC)", "recorded by", "call", "requester", "purpose", "case", "outcome"):
         table.add_column(column)
     for region, entry in rows:
         table.add_row(
             entry.time.ToDatetime().strftime("%H:%M:%S.%f")[:-3],
             region,
+            entry.rpc.removeprefix("/tongban.v1."),
             f"{entry.requester_agency} {entry.requester_agency_name}",
             f"{entry.purpose} {entry.purpose_name}",
             entry.case_id,
-            str(len(entry.fields)),
             common_pb2.Outcome.Name(entry.outcome).removeprefix("OUTCOME_").lower(),
         )
-    provider = [e for r, e in rows if r == "500000"]
-    requester = [e for r, e in rows if r == "510000"]
+    data_calls = {rpcs.QUERY, rpcs.BATCH_QUERY, rpcs.FORWARD, rpcs.FETCH}
+    provider = [e for r, e in rows if r == "510000" and e.rpc in data_calls]
+    requester = [e for r, e in rows if r == "500000" and e.rpc in data_calls]
+    case_records = sum(e.rpc.startswith("/tongban.v1.Cases/") for _, e in rows)
     allowed = common_pb2.OUTCOME_ALLOWED
     denied = common_pb2.OUTCOME_DENIED
+    refused = sum(e.outcome == denied for e in requester)
     ok = (
         sum(e.outcome == allowed for e in provider) >= 3  # query, cached query, batch item
         and sum(e.outcome == allowed for e in requester) >= 3
-        and sum(e.outcome == denied for e in requester) == 1  # the over-broad query
-        and not any(e.outcome == denied for e in provider)  # it never left 四川
+        and refused == story.denials_expected  # each refusal the scenarios expected, no other
+        and not any(e.outcome == denied for e in provider)  # none of them left 重庆
+        and all(e.case_id == story.case_id for e in provider)  # each made for the case
     )
     return Result(
         ok,
-        f"{len(provider)} accesses recorded by 重庆 (the data owner), {len(requester)} by 四川 "
-        f"(the requester), {sum(e.outcome == denied for e in requester)} of them denied",
+        f"{len(provider)} accesses recorded by 四川 (the data owner), {len(requester)} by 重庆 "
+        f"(the requester), {refused} of them denied (expected {story.denials_expected}); "
+        f"{case_records} records of the case's calls",
         table,
     )
 
@@ -501,11 +475,18 @@ async def _cosignatures(fed: Federation, size: int, root: bytes) -> tuple[int, i
 
 
 SCENARIOS: tuple[tuple[str, str, Scenario], ...] = (
-    ("si-transfer", "川渝通办 social-insurance transfer: 四川 asks 重庆", si_transfer),
-    ("cache", "the same query again, for a new case: served from 重庆's cache", cached),
+    ("case-cy", "川渝异地代收: a 重庆 matter received at a 四川 window, handled in 重庆", case_cy),
+    ("case-multi", "多地联办 across 四川, 浙江 and 重庆: the pension transfer case", case_multi),
+    (
+        "si-transfer",
+        "川渝通办 social-insurance transfer: 重庆 asks 四川, for the case",
+        si_transfer,
+    ),
+    ("cache", "the same query again for the case: served from 四川's cache", cached),
     ("licence", "business licence e-credential from 浙江, verified in 四川", licence),
     ("over-broad", "over-broad query (a field outside the purpose)", over_broad),
-    ("batch", "multi-region BatchQuery: 四川 asks 重庆 and 浙江 at once", batch),
+    ("batch", "multi-region BatchQuery: 重庆 asks 四川 and 浙江 at once", batch),
+    ("case-done", "重庆 completes the pension transfer; the case's queries end", case_done),
     ("rotation", "浙江 rotates its seal key in the middle of traffic", rotation),
     ("subject-access", "SubjectAccess: the audit trail of one citizen", subject_access),
     ("audit-proof", "audit verified against 重庆's signed checkpoint", audit_proof),

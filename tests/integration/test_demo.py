@@ -4,6 +4,7 @@ over-broad query through fails; `--serve` answers `examples/client.py`."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -26,13 +27,25 @@ CITIZEN_ID = re.compile(r"(?<![0-9A-Za-z])\d{17}[0-9X](?![0-9A-Za-z])")
 
 # What each scenario's line must say, besides OK: the outcome it exists to show.
 EXPECTED = {
-    "si-transfer": ("allowed under CY-SI-2026", "sealed by 500000", "seal TOTAL_PASSED"),
+    "case-cy": (
+        "submitted at 四川's window",
+        "allowed under YC-SI-2026",
+        "saw it completed",
+        "the result sealed by 500000",
+    ),
+    "case-multi": ("refused CASE_NOT_OPEN", "四川 supplemented it", "重庆人社 handles part 2"),
+    "si-transfer": ("allowed under YC-SI-2026", "sealed by 510000", "seal TOTAL_PASSED"),
     "cache": ("cache hit: True", "the same sealed bytes: True"),
     "licence": ("sealed by 330000", "on fetch (TOTAL_PASSED)", "again on request (TOTAL_PASSED)"),
     "over-broad": ("denied: PERMISSION_DENIED FIELD_NOT_ALLOWED", "gender"),
-    "batch": ("3/3 items answered", "sealed by 330000, 500000"),
+    "batch": ("2/3 items answered", "sealed by 330000, 510000", "refused: CASE_QUERY_NOT_ALLOWED"),
+    "case-done": (
+        "completed at 四川's window",
+        "sealed by 330000, 500000",
+        "refused CASE_NOT_OPEN",
+    ),
     "rotation": (" 0 failed;", "v2 published the successor (pending)", "v3 activated it"),
-    "subject-access": ("recorded by 重庆 (the data owner)", "1 of them denied"),
+    "subject-access": ("recorded by 四川 (the data owner)", "4 of them denied (expected 4)"),
     "audit-proof": ("signature valid", "included (proof of", "whole log intact"),
 }
 
@@ -122,22 +135,27 @@ def test_the_demo_on_redis_and_postgresql_leaves_no_schema_behind() -> None:
 
 
 def test_a_registry_that_lets_an_over_broad_query_through_fails_the_demo(tmp_path: Path) -> None:
+    """The purpose and the pension matter both widened to gender: the over-broad query is
+    answered, and the requester's trail is one denial short."""
     source = tmp_path / "registry"
     shutil.copytree(DEMO_SOURCE, source)
-    purposes = source / "purposes.toml"
-    text = purposes.read_text(encoding="utf-8")
-    widened = text.replace(
-        '"si.participation" = ["name", ', '"si.participation" = ["gender", "name", '
-    )
-    assert widened != text
-    purposes.write_text(widened, encoding="utf-8")
+    for name, old, new in (
+        ("purposes.toml", '"si.participation" = ["name", ', '"si.participation" = ["gender", "name", '),
+        ("matters.toml", 'fields = ["citizen_id", "contribution_months"', 'fields = ["citizen_id", "contribution_months", "gender"'),
+    ):  # fmt: skip
+        file = source / name
+        text = file.read_text(encoding="utf-8")
+        widened = text.replace(old, new)
+        assert widened != text
+        file.write_text(widened, encoding="utf-8")
     done = demo("--source", source)
     assert done.returncode == 1, done.stdout + done.stderr
     lines = scenario_lines(done.stdout)
     assert lines["over-broad"][0] == "UNEXPECTED"
     assert "expected PERMISSION_DENIED FIELD_NOT_ALLOWED" in lines["over-broad"][1]
-    # The requester's trail no longer holds a denial either: that scenario notices too.
+    # The requester's trail no longer holds that denial either: that scenario notices too.
     assert lines["subject-access"][0] == "UNEXPECTED"
+    assert "3 of them denied (expected 4)" in lines["subject-access"][1]
     assert all(
         v == "OK" for n, (v, _) in lines.items() if n not in {"over-broad", "subject-access"}
     )
@@ -214,13 +232,19 @@ def _serve_and_ask(process: subprocess.Popen[str], cwd: Path) -> None:
     assert command is not None, text
     client = _client(command.group(0), cwd)
     assert client.returncode == 0, client.stdout + client.stderr
-    assert "answer from 500000 (fresh)" in client.stdout
+    assert "answer from 500000 (fresh)" in client.stdout  # a 重庆 business licence
     assert "seal verification: TOTAL_PASSED" in client.stdout
     assert re.search(r"^audit id: audit\.tongban/510000#\d+$", client.stdout, re.M)
     # The same client asking for a field outside the purpose: refused, with the reason.
     refused = _client(command.group(0) + " --field gender", cwd)
     assert refused.returncode == 1
     assert "refused: PERMISSION_DENIED FIELD_NOT_ALLOWED" in refused.stderr
+    # The cases the scenarios made, listed by the command it prints (tongban case list).
+    listing = re.search(r"^\S*tongban case list .*$", text, re.M)
+    assert listing is not None, text
+    cases = _client(listing.group(0) + " --json", cwd)
+    assert cases.returncode == 0, cases.stdout + cases.stderr
+    assert {c["matter_code"] for c in json.loads(cases.stdout)} == {"000125002100"}
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=30) == 0
     assert "Traceback" not in process.stderr.read()

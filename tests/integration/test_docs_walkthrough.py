@@ -324,11 +324,13 @@ def test_readme_three_regions_by_hand(
     for port in (ports["8510"], ports["8500"]):
         _ready(int(port), background)
 
-    # An agency of 四川 asks its gateway for a 重庆 record, with examples/client.py.
+    # An agency of 四川 asks its gateway for a 重庆 record, with examples/client.py: a business
+    # licence, as its docstring shows (a citizen's records need an open case, docs/cases.md).
     pki = cwd / "out" / "demo" / "pki"
     (tls,) = Inventory.load(pki).find("sc.hrss", KeyUsage.TLS, KeyState.ACTIVE)
     token = run_all(cwd, [f"tongban token issue --pki {pki} --agency sc.hrss --operator 张三"], [])
-    subject = DemoData("500000").population(1)[0]
+    data = DemoData("500000")
+    subject = next(b for b in data.businesses(20) if data.record("market.business_licence", b))
     client = [
         sys.executable,
         str(REPO / "examples" / "client.py"),
@@ -345,9 +347,9 @@ def test_readme_three_regions_by_hand(
         "--provider-region",
         "500000",
         "--dataset",
-        "si.participation",
+        "market.business_licence",
         "--purpose",
-        "SI-TRANSFER",
+        "LICENCE-VERIFY",
         "--subject",
         subject,
         "--case-id",

@@ -151,7 +151,7 @@ COMMANDS: dict[str, str] = {
     "tongban gateway serve --config cq/gateway.toml &": OPENSSL_REGION,
     "tongban gateway serve --pki pki --region 510000 --snapshot published/current.jws --listen 127.0.0.1:7510 --peer 500000=localhost:7500 &": OPENSSL_REGION,
     "tongban token issue --pki pki --agency sc.hrss --operator 张三 > token.txt": OPENSSL_REGION,
-    'python examples/client.py --gateway localhost:7510 --cert pki/agencies/sc.hrss/keys/tls-*.pem --key pki/agencies/sc.hrss/keys/tls-*.key --ca pki/regions/510000/ca/root.pem --token "$(cat token.txt)" --provider-region 500000 --dataset si.participation --purpose SI-TRANSFER --subject 500109196407144697 --case-id CASE-2026-0001': OPENSSL_REGION,
+    'python examples/client.py --gateway localhost:7510 --cert pki/agencies/sc.hrss/keys/tls-*.pem --key pki/agencies/sc.hrss/keys/tls-*.key --ca pki/regions/510000/ca/root.pem --token "$(cat token.txt)" --provider-region 500000 --dataset market.business_licence --purpose LICENCE-VERIFY --subject 91500107635950050U --case-id CASE-2026-0001': OPENSSL_REGION,
     'echo \'{"licence": "渝-2026-0042"}\' > notice.json': OPENSSL_REGION,
     "tongban seal notice.json --key cq/seal.key --cert cq/seal-chain.pem --passphrase-file cq/secrets/key-passphrase --out notice.jws": OPENSSL_REGION,
     "tongban verify notice.jws --snapshot published/current.jws --authority pki/authority/root.json --expect seal --region 500000": OPENSSL_REGION,

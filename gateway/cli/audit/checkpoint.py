@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from gateway.cli._common import Failure, Subparsers, read_input, save_text, usage
-from gateway.cli.audit._keys import MAX_CERTIFICATE_BYTES, audit_public_key, b64
-from registry import Inventory, KeyState, KeyUsage
+from gateway.cli._client import agency_credentials, rpc_failure
+from gateway.cli._common import Failure, Subparsers, save_text
+from gateway.cli.audit._keys import audit_public_key, b64
 
 if TYPE_CHECKING:
     import grpc
@@ -23,52 +23,6 @@ if TYPE_CHECKING:
     from tongban.v1 import oversight_pb2
 
 __all__ = ["register"]
-
-
-def _rpc_failure(exc: Exception) -> Failure:
-    """A failed call as one line: its ErrorInfo reason, message and any RetryInfo delay."""
-    import grpc
-    from google.rpc import error_details_pb2, status_pb2
-
-    from gateway.errors import error_info_of
-
-    assert isinstance(exc, grpc.aio.AioRpcError)
-    info, message = error_info_of(exc)
-    reason = f" {info.reason}" if info is not None else ""
-    retry = ""
-    for key, value in exc.trailing_metadata() or ():
-        if key == "grpc-status-details-bin" and isinstance(value, bytes):
-            for detail in status_pb2.Status.FromString(value).details:
-                delay = error_details_pb2.RetryInfo()
-                if detail.Unpack(delay):
-                    seconds = delay.retry_delay.ToTimedelta().total_seconds()
-                    retry = f" (retry in {seconds:.0f} s)"
-    return Failure(f"the gateway refused: {exc.code().name}{reason}: {message}{retry}")
-
-
-def _tls_credentials(args: argparse.Namespace) -> grpc.ChannelCredentials:
-    """The oversight agency's mutual TLS: from --pki and --agency (which also name the region,
-    whose audit key then checks the checkpoint), or from --ca, --cert and --key."""
-    import grpc
-
-    if args.pki is not None:
-        if args.agency is None:
-            usage(args, "--pki needs --agency ID (the oversight agency whose TLS key to use)")
-        tls = Inventory.load(args.pki).find(args.agency, KeyUsage.TLS, KeyState.ACTIVE)
-        if not tls:
-            raise Failure(f"{args.pki}: {args.agency} has no active TLS key in the inventory")
-        args.region = tls[-1].region  # the gateway and its audit key are this region's
-        cert, key = args.pki / tls[-1].certificate, args.pki / tls[-1].located_private_key()
-        ca = args.ca or args.pki / "regions" / args.region / "ca" / "root.pem"
-    else:
-        if args.ca is None or args.cert is None or args.key is None:
-            usage(args, "give --pki DIR --agency ID, or --ca, --cert and --key")
-        cert, key, ca = args.cert, args.key, args.ca
-    return grpc.ssl_channel_credentials(
-        read_input(ca, "the CA certificate", limit=MAX_CERTIFICATE_BYTES),
-        read_input(key, "the TLS key", limit=MAX_CERTIFICATE_BYTES),
-        read_input(cert, "the TLS certificate chain", limit=MAX_CERTIFICATE_BYTES),
-    )
 
 
 def _ask(
@@ -86,7 +40,7 @@ def _ask(
                     oversight_pb2.SignCheckpointRequest(), timeout=args.timeout
                 )
             except grpc.aio.AioRpcError as exc:
-                raise _rpc_failure(exc) from exc
+                raise rpc_failure(exc) from exc
             return answer
 
     return asyncio.run(ask())
@@ -96,7 +50,7 @@ def cmd_audit_checkpoint(args: argparse.Namespace, out: Console) -> int:
     """Ask a gateway (Oversight.SignCheckpoint) to sign a checkpoint of its audit log now."""
     from gateway.audit import CheckpointError, verify_checkpoint
 
-    answer = _ask(args, _tls_credentials(args))
+    answer = _ask(args, agency_credentials(args, role="oversight agency"))
     checkpoint = answer.checkpoint
     verified = False
     if args.audit_cert is not None or args.pki is not None:

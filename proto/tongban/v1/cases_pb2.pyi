@@ -32,6 +32,7 @@ class _CaseState:
 class _CaseStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CaseState.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     CASE_STATE_UNSPECIFIED: _CaseState.ValueType  # 0
+    """Never sent."""
     CASE_STATE_OPEN: _CaseState.ValueType  # 1
     """Some part is not done yet."""
     CASE_STATE_COMPLETED: _CaseState.ValueType  # 2
@@ -43,6 +44,7 @@ class CaseState(_CaseState, metaclass=_CaseStateEnumTypeWrapper):
     """The state of a whole case. Names are contract."""
 
 CASE_STATE_UNSPECIFIED: CaseState.ValueType  # 0
+"""Never sent."""
 CASE_STATE_OPEN: CaseState.ValueType  # 1
 """Some part is not done yet."""
 CASE_STATE_COMPLETED: CaseState.ValueType  # 2
@@ -58,6 +60,7 @@ class _PartState:
 class _PartStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PartState.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     PART_STATE_UNSPECIFIED: _PartState.ValueType  # 0
+    """Never sent."""
     PART_STATE_WAITING: _PartState.ValueType  # 1
     """An earlier part is not done yet."""
     PART_STATE_READY: _PartState.ValueType  # 2
@@ -75,6 +78,7 @@ class PartState(_PartState, metaclass=_PartStateEnumTypeWrapper):
     """The state of one region's part. Names are contract."""
 
 PART_STATE_UNSPECIFIED: PartState.ValueType  # 0
+"""Never sent."""
 PART_STATE_WAITING: PartState.ValueType  # 1
 """An earlier part is not done yet."""
 PART_STATE_READY: PartState.ValueType  # 2
@@ -96,6 +100,7 @@ class _CaseAction:
 class _CaseActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CaseAction.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     CASE_ACTION_UNSPECIFIED: _CaseAction.ValueType  # 0
+    """Never valid in a request (INVALID_ARGUMENT_FORMAT)."""
     CASE_ACTION_ACCEPT: _CaseAction.ValueType  # 1
     """An agency of the part's region takes the part (it alone acts on it from then on)."""
     CASE_ACTION_REQUEST_MATERIAL: _CaseAction.ValueType  # 2
@@ -113,6 +118,7 @@ class CaseAction(_CaseAction, metaclass=_CaseActionEnumTypeWrapper):
     """An action on a case. Names are contract."""
 
 CASE_ACTION_UNSPECIFIED: CaseAction.ValueType  # 0
+"""Never valid in a request (INVALID_ARGUMENT_FORMAT)."""
 CASE_ACTION_ACCEPT: CaseAction.ValueType  # 1
 """An agency of the part's region takes the part (it alone acts on it from then on)."""
 CASE_ACTION_REQUEST_MATERIAL: CaseAction.ValueType  # 2
@@ -184,15 +190,19 @@ class MaterialSummary(_message.Message):
     format: _credentials_pb2.SealFormat.ValueType
     """The format recognised."""
     signer_region: _builtins.str
-    """The sealer's region and name (certificate subject), as verified."""
+    """GB/T 2260 code of the sealer's region, as verified."""
     signer: _builtins.str
+    """The sealer's name (its certificate's subject), as verified."""
     verified_by_region: _builtins.str
-    """The region that verified it, and when."""
+    """The region whose gateway verified it on arrival."""
     content: _builtins.bytes
     """The material itself; set only by Get with include_contents."""
     signed_data: _builtins.bytes
+    """The signed data of a detached JWS or SES_Signature; set only with include_contents."""
     @_builtins.property
-    def verified_at(self) -> _timestamp_pb2.Timestamp: ...
+    def verified_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was verified there."""
+
     def __init__(
         self,
         *,
@@ -279,6 +289,7 @@ class CasePart(_message.Message):
     role: _builtins.str
     """"receive", "handle" or "assist"."""
     state: Global___PartState.ValueType
+    """Where the part is."""
     agency: _builtins.str
     """The agency that accepted the part (or, for a receiving part, the window agency)."""
     note: _builtins.str
@@ -333,15 +344,19 @@ class CaseEvent(_message.Message):
     kind: _builtins.str
     """"submitted", "accepted", "material_requested", "supplemented", "approved", "rejected"."""
     region: _builtins.str
-    """The region and agency that made it."""
+    """The region that made it."""
     agency: _builtins.str
+    """The agency that made it."""
     part: _builtins.int
     """The part it acts on (-1 for the submission)."""
     note: _builtins.str
+    """Its note (a request for material, a rejection's reason), if any."""
     applied: _builtins.bool
     """False when the case had moved on and the change came too late to apply (kept as evidence)."""
     @_builtins.property
-    def at(self) -> _timestamp_pb2.Timestamp: ...
+    def at(self) -> _timestamp_pb2.Timestamp:
+        """When it was made (its region's clock, signed)."""
+
     def __init__(
         self,
         *,
@@ -387,11 +402,15 @@ class Case(_message.Message):
     case_id: _builtins.str
     """办件编号, made by the window's gateway."""
     matter_code: _builtins.str
+    """National code of the matter (registry matter catalogue)."""
     matter_name: _builtins.str
+    """The matter's name, as the catalogue said at submission."""
     window_region: _builtins.str
-    """The region and agency that received it."""
+    """The region whose window received it."""
     window_agency: _builtins.str
+    """The agency that received it."""
     state: Global___CaseState.ValueType
+    """Where the whole case is."""
     overdue: _builtins.bool
     """Open past due_at."""
     applicant_id: _builtins.str
@@ -399,18 +418,27 @@ class Case(_message.Message):
     audit_id: _builtins.str
     """Id of this gateway's audit record of the call."""
     note: _builtins.str
+    """The window agency's note at submission."""
     @_builtins.property
-    def parts(self) -> _containers.RepeatedCompositeFieldContainer[Global___CasePart]: ...
+    def parts(self) -> _containers.RepeatedCompositeFieldContainer[Global___CasePart]:
+        """Its parts, in the matter's order."""
+
     @_builtins.property
-    def materials(self) -> _containers.RepeatedCompositeFieldContainer[Global___MaterialSummary]: ...
+    def materials(self) -> _containers.RepeatedCompositeFieldContainer[Global___MaterialSummary]:
+        """The materials, as verified on arrival (submitted, then supplemented, in order)."""
+
     @_builtins.property
-    def submitted_at(self) -> _timestamp_pb2.Timestamp: ...
+    def submitted_at(self) -> _timestamp_pb2.Timestamp:
+        """When the window submitted it."""
+
     @_builtins.property
     def due_at(self) -> _timestamp_pb2.Timestamp:
         """承诺时限: submitted_at plus the matter's time limit."""
 
     @_builtins.property
-    def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    def updated_at(self) -> _timestamp_pb2.Timestamp:
+        """When it last changed."""
+
     @_builtins.property
     def history(self) -> _containers.RepeatedCompositeFieldContainer[Global___CaseEvent]:
         """Every change, in the order applied."""
@@ -452,6 +480,7 @@ class GetCaseRequest(_message.Message):
     CASE_ID_FIELD_NUMBER: _builtins.int
     INCLUDE_CONTENTS_FIELD_NUMBER: _builtins.int
     case_id: _builtins.str
+    """The case number."""
     include_contents: _builtins.bool
     """Also return the materials' and results' bytes."""
     def __init__(
@@ -517,7 +546,9 @@ class ListCasesResponse(_message.Message):
     next_page_token: _builtins.str
     """Empty on the last page."""
     @_builtins.property
-    def cases(self) -> _containers.RepeatedCompositeFieldContainer[Global___Case]: ...
+    def cases(self) -> _containers.RepeatedCompositeFieldContainer[Global___Case]:
+        """The cases of the page."""
+
     def __init__(
         self,
         *,
@@ -551,9 +582,11 @@ class ActRequest(_message.Message):
     then is, without acting twice.
     """
     case_id: _builtins.str
+    """The case acted on."""
     part: _builtins.int
     """The part acted on (CasePart.index)."""
     action: Global___CaseAction.ValueType
+    """What to do."""
     note: _builtins.str
     """Why (required for REQUEST_MATERIAL and REJECT; at most 1,000 characters)."""
     @_builtins.property
@@ -596,6 +629,7 @@ class WatchCasesRequest(_message.Message):
 
     CASE_ID_FIELD_NUMBER: _builtins.int
     case_id: _builtins.str
+    """The case to watch; empty: every case the caller may see."""
     def __init__(
         self,
         *,
@@ -618,7 +652,9 @@ class CaseUpdate(_message.Message):
     CASE_FIELD_NUMBER: _builtins.int
     EVENT_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def case(self) -> Global___Case: ...
+    def case(self) -> Global___Case:
+        """The case after the change."""
+
     @_builtins.property
     def event(self) -> Global___CaseEvent:
         """The change; unset in the first message."""

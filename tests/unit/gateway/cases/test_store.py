@@ -8,6 +8,7 @@ surviving a reopen; reads of a database that stopped answering refused within th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import sqlite3
 import time
@@ -159,6 +160,7 @@ def _backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend
 _DURABLE = ["sqlite", pytest.param("postgres", marks=pytest.mark.integration)]
 backend = pytest.fixture(params=["memory", *_DURABLE])(_backend)
 durable_backend = pytest.fixture(params=_DURABLE)(_backend)
+one_process_backend = pytest.fixture(params=["memory", "sqlite"])(_backend)
 
 
 @pytest.fixture
@@ -631,3 +633,66 @@ async def test_a_frozen_postgres_is_not_waited_for_and_an_outage_keeps_nothing(
             await log.close()
         await proxy.close()
         roles.drop_schema(schema)
+
+
+# -- replicas ---------------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+async def test_replicas_sharing_postgres_hold_a_case_one_at_a_time(roles: PgRoles) -> None:
+    """Two replicas' stores on one schema: while one holds a case (or a request), the other
+    waits for it; another key does not wait; a lock held by a replica whose connection dies
+    goes with it."""
+    schema = roles.fresh_schema()
+    make = lambda: PostgresAuditStore(roles.app_dsn, schema=schema, owner_dsn=roles.owner_dsn)  # noqa: E731
+    first = AuditLog(make(), origin=ORIGIN, key=KEY, key_name=KEY_NAME)
+    second = AuditLog(make(), origin=ORIGIN, key=KEY, key_name=KEY_NAME)
+    try:
+        await first.open()
+        await second.open()
+        one, other = case_store_for(first), case_store_for(second)
+        order: list[str] = []
+
+        async def later() -> None:
+            async with other.exclusive("C1"):
+                order.append("second")
+
+        async with one.exclusive("C1"):
+            waiting = asyncio.create_task(later())
+            async with asyncio.timeout(5), other.exclusive("C2"):
+                order.append("another key")
+            await asyncio.sleep(0.3)
+            assert not waiting.done()  # held by the first replica
+            order.append("first")
+        async with asyncio.timeout(5):
+            await waiting
+        assert order == ["another key", "first", "second"]
+
+        holder = asyncio.create_task(_hold_forever(one, "C3"))
+        await asyncio.sleep(0.3)
+        locker = one._locker  # type: ignore[attr-defined]
+        await locker.close()  # the replica's session ends: its lock with it
+        async with asyncio.timeout(5), other.exclusive("C3"):
+            pass
+        holder.cancel()
+        with contextlib.suppress(asyncio.CancelledError, AuditUnavailable):
+            await holder
+    finally:
+        await first.close()
+        await second.close()
+        roles.drop_schema(schema)
+
+
+async def _hold_forever(store: CaseStore, key: str) -> None:
+    async with store.exclusive(key):
+        await asyncio.Event().wait()
+
+
+async def test_one_process_stores_need_no_lock(one_process_backend: Backend) -> None:
+    log = await one_process_backend.open()
+    try:
+        cases = case_store_for(log)
+        async with asyncio.timeout(1), cases.exclusive("C1"), cases.exclusive("C1"):
+            pass  # the book's own lock serialises a process's changes
+    finally:
+        await log.close()
