@@ -57,7 +57,9 @@ class Cluster:
         now: datetime | None = None,
         lifetime: int = 300,
         thumbprint: str | None = None,
+        applicant: str = "",
     ) -> str:
+        """`agency`'s request token (`applicant`: a citizen portal's, for that applicant)."""
         inventory = self.fed.inventory()
         region = next(r.region for r in inventory.records() if r.owner == agency)
         (record,) = inventory.find(region, KeyUsage.TOKEN, KeyState.ACTIVE)
@@ -71,6 +73,7 @@ class Cluster:
             thumbprint=thumbprint or self.thumbprint(agency),
             lifetime_seconds=lifetime,
             now=now or datetime.now(UTC),
+            applicant=applicant,
         )
 
     @contextlib.asynccontextmanager

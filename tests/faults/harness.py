@@ -284,9 +284,13 @@ def gateway_toml(
     peers: dict[str, str],
     redis: bool,
     bounds: Bounds = BOUNDS,
+    bind_queries: bool = False,
+    max_material_bytes: int = 0,
 ) -> str:
     """A full (not dev_pki) configuration file of `region`'s gateway: the dev PKI's keys named
-    file by file, the bounds of `bounds`; the DSN and Redis URL in environment variables."""
+    file by file, the bounds of `bounds`; the DSN and Redis URL in environment variables.
+    Queries are bound to cases only with `bind_queries` (the fault suite's traffic names made-up
+    case ids); `max_material_bytes` is the `[cases]` limit when given (else the default)."""
     dev = config_for_dev_pki(fed.pki, region, listen=listen, snapshot_file=fed.current)
     assert dev.audit is not None
     lines = [
@@ -331,7 +335,9 @@ def gateway_toml(
             f"certificate = {_toml(seal_certificate)}",
             f"private_key = {_toml(seal_key)}",
         ]
-    lines += ["[cases]", "bind_queries = false"]  # conditional data with made-up case ids
+    lines += ["[cases]", f"bind_queries = {str(bind_queries).lower()}"]
+    if max_material_bytes:
+        lines.append(f"max_material_bytes = {max_material_bytes}")
     lines.append("[peers]")
     lines += [f"{_toml(code)} = {_toml(endpoint)}" for code, endpoint in peers.items()]
     return "\n".join(lines) + "\n"
