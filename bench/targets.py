@@ -145,32 +145,37 @@ def harness_runs(args: argparse.Namespace, keep: Path) -> list[Harness]:
 
 def run_harness(harness: Harness, keep: Path) -> None:
     """Run one harness as documented (the script by its path, from the repository root); its
-    output goes to `keep/NAME.out` and its progress to this process's stderr."""
+    output goes to `keep/NAME.out`, its progress (stderr) to this process's stderr as it comes."""
     out = keep / f"{harness.name}.out"
     json_path = Path(harness.argv[harness.argv.index("--json") + 1])
     json_path.unlink(missing_ok=True)
     print(f"targets: running bench/{' '.join(harness.argv)}", file=sys.stderr, flush=True)
+    said: list[str] = []
     with out.open("w", encoding="utf-8") as stdout:
         try:
-            done = subprocess.run(  # noqa: S603 - this repository's own benchmark scripts
+            process = subprocess.Popen(  # noqa: S603 - this repository's own benchmark scripts
                 [sys.executable, f"bench/{harness.argv[0]}", *harness.argv[1:]],
                 cwd=REPO,
                 stdout=stdout,
                 stderr=subprocess.PIPE,
                 text=True,
-                check=False,
             )
         except OSError as exc:
             harness.failure, harness.exit_code = f"could not start: {exc}", 1
             return
-    sys.stderr.write(done.stderr)
-    harness.exit_code = done.returncode
+        assert process.stderr is not None
+        for line in process.stderr:
+            sys.stderr.write(line)
+            sys.stderr.flush()
+            if line.strip():
+                said.append(line.strip())
+        harness.exit_code = process.wait()
     if json_path.is_file():
         harness.figures = json.loads(json_path.read_text(encoding="utf-8"))
-    said = [line for line in done.stderr.splitlines() if line.startswith("bench:")]
-    if done.returncode != 0:
-        last = said[-1] if said else (done.stderr.strip().splitlines() or ["no output"])[-1]
-        harness.failure = f"exit code {done.returncode}: {last.strip()[:300]}"
+    if harness.exit_code != 0:
+        verdicts = [line for line in said if line.startswith("bench:")]
+        last = (verdicts or said or ["no output"])[-1]
+        harness.failure = f"exit code {harness.exit_code}: {last[:300]}"
 
 
 def collect(harnesses: list[Harness]) -> dict[str, Any]:
