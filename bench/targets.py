@@ -124,7 +124,9 @@ class Harness:
 def harness_runs(args: argparse.Namespace, keep: Path) -> list[Harness]:
     """The three harnesses with this run's options, each writing its --json into `keep`."""
     quick = args.quick
-    seconds = args.seconds if args.seconds is not None else (0.3 if quick else 8.0)
+    # --quick: 1 s windows, so that a loaded machine still answers a call of each in its window
+    # --quick: 1 s windows, so that a loaded machine still answers calls of each phase in them
+    seconds = args.seconds if args.seconds is not None else (1.0 if quick else 8.0)
     warmup = args.warmup if args.warmup is not None else (0.0 if quick else 3.0)
     workers = args.workers if args.workers is not None else ("" if quick else "1,2")
     load = ["--concurrency", "2", "--channels", "1"] if quick else []
