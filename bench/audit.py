@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/audit.py [--seconds 3] [--json out/bench-audit.json]
                                     [--postgres "host=127.0.0.1 user=postgres dbname=test"]
+                                    [--stores sqlite,postgres]
 
 Every append is awaited until its record is durable (SQLite WAL with synchronous=FULL; a
 committed PostgreSQL transaction), exactly as the gateway awaits it before answering. Records
@@ -44,7 +45,7 @@ async def measure(store: AuditStore, writers: int, seconds: float) -> tuple[floa
     """Appends per second over `seconds` with `writers` concurrent closed-loop appenders."""
     await store.open()
     counter = 0
-    stop = time.perf_counter() + seconds
+    stop = 0.0  # set once the warm-up is over: every case measures `seconds`
 
     async def writer(w: int) -> None:
         nonlocal counter
@@ -57,6 +58,7 @@ async def measure(store: AuditStore, writers: int, seconds: float) -> tuple[floa
     for w in range(writers):  # warm-up: one append each
         await store.append(RECORDS[w])
     started = time.perf_counter()
+    stop = started + seconds
     await asyncio.gather(*(writer(w) for w in range(writers)))
     elapsed = time.perf_counter() - started
     await store.close()
@@ -75,6 +77,34 @@ def run(
         )
 
 
+def _stores(text: str) -> tuple[str, ...]:
+    stores = tuple(dict.fromkeys(v.strip() for v in text.split(",") if v.strip()))
+    if not stores or set(stores) - {"sqlite", "postgres"}:
+        raise argparse.ArgumentTypeError(f"{text!r}: sqlite, postgres or both (sqlite,postgres)")
+    return stores
+
+
+def run_postgres(dsn: str, seconds: float, results: dict[str, float]) -> None:
+    """The PostgreSQL cases in a throw-away schema per case, dropped at the end."""
+    schema = f"tongban_bench_{secrets.token_hex(4)}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    try:
+        counter = iter(range(100))
+        run(
+            "postgres",
+            lambda: PostgresAuditStore(dsn, schema=f"{schema}_{next(counter)}"),
+            seconds,
+            results,
+        )
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            for row in conn.execute(
+                "SELECT nspname FROM pg_namespace WHERE nspname LIKE %s", (f"{schema}%",)
+            ).fetchall():
+                conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(row[0])))
+
+
 def main() -> int:
     logging.getLogger("tongban.audit").setLevel(
         logging.ERROR
@@ -87,38 +117,31 @@ def main() -> int:
         "--postgres", default=os.environ.get("TONGBAN_TEST_PG", DEFAULT_PG), help="superuser DSN"
     )
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--stores",
+        type=_stores,
+        default=("sqlite", "postgres"),
+        help="which stores to measure, comma-separated (default sqlite,postgres)",
+    )
     args = parser.parse_args()
     print(
         f"machine: {os.cpu_count()} cpus, Python {platform.python_version()}, SQLite {__import__('sqlite3').sqlite_version}"
     )
     results: dict[str, float] = {}
-    with tempfile.TemporaryDirectory() as folder:
-        run(
-            "sqlite",
-            lambda: SqliteAuditStore(Path(folder) / f"audit-{secrets.token_hex(4)}.db"),
-            args.seconds,
-            results,
-        )
-    schema = f"tongban_bench_{secrets.token_hex(4)}"
-    with psycopg.connect(args.postgres, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-    try:
-        counter = iter(range(100))
-        run(
-            "postgres",
-            lambda: PostgresAuditStore(args.postgres, schema=f"{schema}_{next(counter)}"),
-            args.seconds,
-            results,
-        )
-    finally:
-        with psycopg.connect(args.postgres, autocommit=True) as conn:
-            for row in conn.execute(
-                "SELECT nspname FROM pg_namespace WHERE nspname LIKE %s", (f"{schema}%",)
-            ).fetchall():
-                conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(row[0])))
+    if "sqlite" in args.stores:
+        with tempfile.TemporaryDirectory() as folder:
+            run(
+                "sqlite",
+                lambda: SqliteAuditStore(Path(folder) / f"audit-{secrets.token_hex(4)}.db"),
+                args.seconds,
+                results,
+            )
+    if "postgres" in args.stores:
+        run_postgres(args.postgres, args.seconds, results)
     verdict = {
-        "sqlite_64 >= 20000": results["sqlite_64"] >= 20_000,
-        "postgres_64 >= 5000": results["postgres_64"] >= 5_000,
+        f"{store}_64 >= {target}": results[f"{store}_64"] >= target
+        for store, target in (("sqlite", 20_000), ("postgres", 5_000))
+        if store in args.stores
     }
     for target, met in verdict.items():
         print(f"  target {target}: {'met' if met else 'NOT met'}")

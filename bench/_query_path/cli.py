@@ -152,8 +152,13 @@ def run(args: argparse.Namespace) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", "utf-8")
         print(f"results written to {args.json}")
+    if report["failed_topologies"]:
+        print(
+            f"bench: {', '.join(report['failed_topologies'])} could not be measured (see above)",
+            file=sys.stderr,
+        )
     failed = {k: sum(p["errors"].values()) for k, p in report["phases"].items() if p["errors"]}
     if failed:
         print(f"bench: calls failed ({failed}): the figures are not valid", file=sys.stderr)
         return 1
-    return 0
+    return 1 if report["failed_topologies"] else 0

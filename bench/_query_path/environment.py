@@ -90,16 +90,22 @@ def machine(redis_url: str) -> dict[str, Any]:
 
 
 def git_commit() -> str:
-    """The checked-out commit, read from .git without running git ("" when unknown)."""
-    git = REPO / ".git"
+    """The checked-out commit, read from .git without running git ("" when unknown). In a
+    worktree .git is a file naming the worktree's folder, whose `commondir` holds the refs."""
+    git = common = REPO / ".git"
     with contextlib.suppress(OSError):
+        if git.is_file():
+            git = REPO / git.read_text().strip().removeprefix("gitdir: ")
+            shared = git / "commondir"
+            common = git / shared.read_text().strip() if shared.exists() else git
         head = (git / "HEAD").read_text().strip()
         if not head.startswith("ref: "):
             return head
         ref = head.removeprefix("ref: ")
-        if (git / ref).exists():
-            return (git / ref).read_text().strip()
-        for line in (git / "packed-refs").read_text().splitlines():
+        for folder in (git, common):
+            if (folder / ref).exists():
+                return (folder / ref).read_text().strip()
+        for line in (common / "packed-refs").read_text().splitlines():
             if line.endswith(" " + ref):
                 return line.split(" ", 1)[0]
     return ""

@@ -55,6 +55,9 @@ class Phase:
     # took to arrive after it (None: not all within REPORT_DRAIN_TIMEOUT)
     reports_pending: int = 0
     reports_drained_s: float | None = 0.0
+    # (e), per region: 500000's CPU µs per access it recorded, from the phase's start until the
+    # reports were drained (None: the owner shares its process, or recorded nothing)
+    owner_us_per_report: float | None = None
     server: dict[str, Any] = field(default_factory=dict)
 
 

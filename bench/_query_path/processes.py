@@ -21,6 +21,49 @@ from typing import Any
 from .common import REPO, REQUESTER, SCRIPT, SETUP_TIMEOUT, BenchError, one_line
 
 
+class LineReader:
+    """The lines a child writes to its stdout pipe, each awaited until a deadline.
+
+    It reads the pipe's descriptor itself (select, then os.read) and keeps what follows a line
+    for the next call. A buffered file's readline() after select() loses lines: it reads ahead
+    whatever the pipe holds, so when two lines arrive together (two workers announcing
+    themselves at the same moment, likelier on a loaded machine) the second waits in the file's
+    buffer, where select() cannot see it, until the deadline (issue 20: "the second worker never
+    reported listening within 120 s")."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._buffer = b""
+        self._ended = False
+
+    def readline(self, deadline: float) -> str:
+        """The next line (with its newline), or "" when the pipe ended or the deadline (a
+        time.monotonic() value) passed first."""
+        while b"\n" not in self._buffer:
+            left = deadline - time.monotonic()
+            if self._ended or left <= 0:
+                return ""
+            ready, _, _ = select.select([self._fd], [], [], left)
+            if not ready:
+                return ""
+            chunk = os.read(self._fd, 65536)
+            if not chunk:
+                self._ended = True
+                continue
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line.decode("utf-8", errors="replace") + "\n"
+
+
+def _exit_state(proc: subprocess.Popen[str], timeout: float, waiting: str) -> str:
+    """How a child that said nothing more stands: its exit code, or that it is still waiting."""
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=1)  # a pipe that ended: the process is ending, give it a moment
+    if proc.returncode is not None:
+        return f"exited with {proc.returncode}"
+    return f"{waiting} in {timeout:.0f} s"
+
+
 class Child:
     """A child process running bench/query_path.py with --role: started at once, `wait_ready()`
     reads its first message (so several can start side by side); then stats and stop over
@@ -39,6 +82,8 @@ class Child:
             cwd=REPO,
         )
         self.pid = self._proc.pid
+        assert self._proc.stdout is not None
+        self._lines = LineReader(self._proc.stdout.fileno())
         self.info: dict[str, Any] = {}
 
     def wait_ready(self, timeout: float = SETUP_TIMEOUT) -> dict[str, Any]:
@@ -51,16 +96,9 @@ class Child:
         return [(self.label, self.pid)]
 
     def _read(self, timeout: float) -> dict[str, Any]:
-        assert self._proc.stdout is not None
-        ready, _, _ = select.select([self._proc.stdout], [], [], timeout)
-        line = self._proc.stdout.readline() if ready else ""
+        line = self._lines.readline(time.monotonic() + timeout)
         if not line:
-            self._proc.poll()
-            state = (
-                f"exited with {self._proc.returncode}"
-                if self._proc.returncode is not None
-                else f"did not answer in {timeout:.0f} s"
-            )
+            state = _exit_state(self._proc, timeout, "did not answer")
             raise BenchError(f"the {self.label} process {state}; {last_line(self.log_path)}")
         message: dict[str, Any] = json.loads(line)
         return message
@@ -103,14 +141,22 @@ class CliGateway:
     gateway in the CLI process itself; N>1 forks N workers sharing the port (SO_REUSEPORT).
     Counters come from its `/metrics` (all workers added up)."""
 
-    def __init__(self, config: Path, workers: int, env: dict[str, str], log_path: Path) -> None:
+    def __init__(
+        self,
+        config: Path,
+        workers: int,
+        env: dict[str, str],
+        log_path: Path,
+        command: list[str] | None = None,
+    ) -> None:
         self.workers = workers
         self.log_path = log_path
         self.metrics_port = 0
         self._log = log_path.open("w", encoding="utf-8")
         self._proc = subprocess.Popen(  # noqa: S603 - the project's own CLI, by this interpreter
-            [sys.executable, "-m", "gateway.cli", "gateway", "serve", "--config", str(config),
-             "--workers", str(workers)],
+            command
+            or [sys.executable, "-m", "gateway.cli", "gateway", "serve", "--config", str(config),
+                "--workers", str(workers)],
             stdout=subprocess.PIPE,
             stderr=self._log,
             text=True,
@@ -118,23 +164,21 @@ class CliGateway:
             env={**os.environ, **env, "PYTHONUNBUFFERED": "1", "COLUMNS": "240"},
         )  # fmt: skip
         self.pid = self._proc.pid
+        assert self._proc.stdout is not None
+        self._lines = LineReader(self._proc.stdout.fileno())
         self.worker_pids: dict[int, int] = {}  # worker number -> pid
 
     def wait_ready(self, timeout: float = SETUP_TIMEOUT) -> None:
         """Until every worker says it listens (N=1: the gateway itself)."""
-        assert self._proc.stdout is not None
         deadline = time.monotonic() + timeout
         seen: list[str] = []
         while len(self.worker_pids) < self.workers:
-            left = deadline - time.monotonic()
-            ready, _, _ = select.select([self._proc.stdout], [], [], max(0.0, left))
-            line = self._proc.stdout.readline() if ready else ""
+            line = self._lines.readline(deadline)
             if not line:
-                self._proc.poll()
-                state = (
-                    f"exited with {self._proc.returncode}"
-                    if self._proc.returncode is not None
-                    else f"did not start in {timeout:.0f} s"
+                state = _exit_state(self._proc, timeout, "did not start")
+                waiting = sorted(set(range(1, self.workers + 1)) - set(self.worker_pids))
+                state += (
+                    f" (workers {waiting} had not said they listen)" if self.workers > 1 else ""
                 )
                 said = f"; it printed: {seen[-1].strip()[:200]}" if seen else ""
                 raise BenchError(

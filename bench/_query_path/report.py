@@ -33,6 +33,7 @@ def print_report(r: dict[str, Any]) -> None:
     _print_phases(r)
     _print_ratios(r)
     _print_workers(r)
+    _print_failed(r)
     _print_open_loop(r)
     _print_requester_cache(r)
     _print_cores(r)
@@ -179,7 +180,7 @@ def _print_workers(r: dict[str, Any]) -> None:
             "per region; cores = 510000's processes):"
         )
         for n, values in sorted(r["workers"].items()):
-            spread = phases[f"w{n}/hit"]["connections"]
+            spread = phases.get(f"w{n}/hit", {}).get("connections", {})
             where = ", ".join(f"{k}: {c}" for k, c in spread.items())
             print(f"  N={n} (client connections by worker: {where or '?'})")
             for t, v in values.items():
@@ -202,6 +203,15 @@ def _print_workers(r: dict[str, Any]) -> None:
                 + f" (at {n} workers the gateways, the client, Redis and PostgreSQL used up to "
                 f"{busy:.2f} of the {m['nproc']} cores)"
             )
+
+
+def _print_failed(r: dict[str, Any]) -> None:
+    """The topologies that could not be measured, and why: the others' figures stand."""
+    failed = r.get("failed_topologies", {})
+    if failed:
+        print()
+    for key, reason in failed.items():
+        print(f"{topology_title(key)}: FAILED, not measured: {reason}")
 
 
 def _print_open_loop(r: dict[str, Any]) -> None:
@@ -239,6 +249,11 @@ def _print_requester_cache(r: dict[str, Any]) -> None:
             f"hits {seen['requester_cache_hits']:,}; 500000 audited {seen['owner_audit_appended']:,} "
             f"accesses meanwhile: {where}"
         )
+        if seen.get("owner_us_per_report"):
+            print(
+                f"    500000 spent {seen['owner_us_per_report']:,.0f} µs of CPU per access it "
+                "recorded (its process, from the phase's start until the reports had arrived)"
+            )
         if seen["reports_pending_at_end"]:
             drained = seen["reports_drained_s"]
             print(

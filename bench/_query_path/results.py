@@ -66,6 +66,7 @@ def results(args: argparse.Namespace, bench: Bench, wall: float) -> dict[str, An
         "profiles": bench.profiles,
         "miss_pool_topped_up": bench.misses.top_ups,
         "notes": bench.notes,
+        "failed_topologies": bench.failed,
         "commits": bench.commits,
         "code_changed": {
             when: changed
@@ -173,5 +174,6 @@ def requester_cache(phases: dict[str, Phase]) -> dict[str, Any]:
             "requester_side": share < 0.5,
             "reports_pending_at_end": p.reports_pending,
             "reports_drained_s": p.reports_drained_s,
+            "owner_us_per_report": p.owner_us_per_report,
         }
     return out

@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from .common import (
     BenchError,
     say,
 )
+from .cpu import pid_times
 from .environment import cli_config, code_state, free_port, git_commit
 from .load import DemoSubjects, Load, MissPool
 from .measure import Call, Phase, Window, closed_loop, open_loop
@@ -87,6 +88,7 @@ class Bench:
         self.phases: dict[str, Phase] = {}
         self.profiles: dict[str, Any] = {}
         self.notes: list[str] = []
+        self.failed: dict[str, str] = {}  # topology key -> why it could not be measured
         self.info: dict[str, Any] = {"schemas": []}
         cq = DemoSubjects(PROVIDER)
         zj = DemoSubjects(OTHER_PROVIDER)
@@ -228,10 +230,16 @@ class Bench:
                 f"{exc.code().name} {rpc_reason(exc)}: {exc.details()}"
             ) from exc
         owner_before = _owner_appended(topology.stats())
+        owner = self.regions[PROVIDER].pid if topology.key == "region" else None
+        cpu_before = pid_times(owner) if owner is not None else None
         phase = await self.run(
             key, topology, "licence", lambda: self.load.licence_calls(self.business)
         )
         await self.drain_reports(topology, phase, owner_before)
+        cpu_after = pid_times(owner) if owner is not None else None
+        recorded = _owner_appended(topology.stats()) - owner_before
+        if cpu_before is not None and cpu_after is not None and recorded > 0:
+            phase.owner_us_per_report = (cpu_after.total - cpu_before.total) / recorded * 1e6
 
     async def drain_reports(self, topology: Topology, phase: Phase, owner_before: int) -> None:
         """When 510000 answers (e) itself, it reports each answer to 500000 in batches, after
@@ -260,9 +268,9 @@ class Bench:
              "--redis", self.args.one_process_redis],
         )  # fmt: skip
         self.code["single"] = code_state()
-        info = child.wait_ready()
-        topology = Topology("single", [child], info["gateway_ports"][REQUESTER])
         try:
+            info = child.wait_ready()
+            topology = Topology("single", [child], info["gateway_ports"][REQUESTER])
             await self.load.open_gateway(topology.port)
             await self.run("single/hit", topology, "hit", self._hits)
             await self.run("single/miss", topology, "miss", self._misses)
@@ -296,11 +304,11 @@ class Bench:
         cli.metrics_port = metrics
         key = f"w{workers}"
         self.code[key] = code_state()
-        cli.wait_ready()
         # The work of a query at 510000 is in the CLI's processes; 500000's (and 330000's) in
         # their per-region processes: all are measured.
         topology = Topology(key, [cli, regions[PROVIDER], regions[OTHER_PROVIDER]], port)
         try:
+            cli.wait_ready()
             spread = await self.load.open_gateway(port, list(cli.worker_pids.values()))
             by_worker = {
                 f"worker {n}": spread.get(pid, 0) for n, pid in sorted(cli.worker_pids.items())
@@ -372,22 +380,41 @@ class Bench:
             await self.echo("echo_mid", echo)
             if self.args.one_process:
                 say("starting the three gateways in one process …")
-                await self.one_process_phases(source)
+                await self.apart("single", lambda: self.one_process_phases(source))
             for workers in self.args.worker_counts:
                 say(f"starting `tongban gateway serve --workers {workers}` for 510000 …")
-                await self.worker_phases(workers)
+                await self.apart(f"w{workers}", lambda n=workers: self.worker_phases(n))
             await self.echo("echo_last", echo)
             self.code["end"] = code_state()
             self.commits["end"] = git_commit()
         except grpc.aio.AioRpcError as exc:
-            raise BenchError(
-                f"a call outside the measured windows failed: {exc.code().name} "
-                f"{rpc_reason(exc)}: {exc.details()}"
-            ) from exc
+            raise BenchError(_call_failed(exc)) from exc
         except TimeoutError as exc:
             raise BenchError("a channel to a gateway did not connect in time") from exc
         finally:
             await self.load.close()
+
+    async def apart(self, key: str, phases: Callable[[], Awaitable[None]]) -> None:
+        """A topology measured after the per-region one: when it cannot start or a call outside
+        its windows fails, the run goes on without it and the report shows it failed, with why
+        (the echo and per-region figures do not depend on it)."""
+        try:
+            await phases()
+        except BenchError as exc:
+            self.failed[key] = str(exc)
+        except grpc.aio.AioRpcError as exc:
+            self.failed[key] = _call_failed(exc)
+        except TimeoutError:
+            self.failed[key] = "a channel to its gateway did not connect in time"
+        if key in self.failed:
+            say(f"  {key} FAILED: {self.failed[key]}")
+
+
+def _call_failed(exc: grpc.aio.AioRpcError) -> str:
+    return (
+        f"a call outside the measured windows failed: {exc.code().name} "
+        f"{rpc_reason(exc)}: {exc.details()}"
+    )
 
 
 def _owner_appended(stats: dict[str, Any]) -> int:

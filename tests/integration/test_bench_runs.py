@@ -120,3 +120,19 @@ def test_bench_soak_runs(tmp_path: Path) -> None:
     )
     assert "open file descriptors" in done.stdout, done.stdout
     assert json.loads(out.read_text()), "the soak wrote no figures"
+
+
+def test_bench_targets_runs(tmp_path: Path) -> None:
+    """Issue 20's table: every figure beside its target, from the harnesses it runs."""
+    out = tmp_path / "targets.json"
+    done = run_bench("targets.py", "--quick", "--postgres", SUPERUSER_DSN, "--json", str(out))
+    assert "echo ceiling (this run)" in done.stdout
+    figures = json.loads(out.read_text(encoding="utf-8"))
+    assert len(figures["figures"]) == 13
+    missing = [row["figure"] for row in figures["figures"] if row["value"] is None]
+    assert not missing, missing
+    assert {h: v["exit_code"] for h, v in figures["harnesses"].items()} == {
+        "query_path": 0,
+        "audit": 0,
+        "verify": 0,
+    }

@@ -46,6 +46,8 @@ COMMANDS: dict[str, str] = {
     "tongban verify licence.json.jws --snapshot published/current.jws --authority root.json": "tests/unit/signer/test_jades_lt.py::test_tongban_verify_offline_with_a_snapshot",
     ".venv/bin/python bench/verify.py --json out/bench-verify.json": "tests/integration/test_bench_runs.py::test_bench_verify_runs",
     ".venv/bin/python bench/audit.py": "tests/integration/test_bench_runs.py::test_bench_audit_runs",
+    ".venv/bin/python bench/targets.py": "tests/integration/test_bench_runs.py::test_bench_targets_runs",
+    ".venv/bin/python bench/targets.py --quick": "tests/integration/test_bench_runs.py::test_bench_targets_runs",
     ".venv/bin/python bench/witnessing.py": "tests/integration/test_bench_runs.py::test_bench_witnessing_runs",
     "tongban audit checkpoint --gateway localhost:7330 --pki out/pki --agency zj.data --out kept.checkpoint": "tests/integration/test_oversight_service.py::test_the_cli_asks_for_a_checkpoint_and_is_told_when_to_ask_again",
     "make lint": "tests/unit/test_docs_commands.py::test_make_targets_run_what_the_docs_say[lint]",
