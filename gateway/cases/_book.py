@@ -24,12 +24,20 @@ from datetime import UTC, datetime
 from typing import Final, Literal, Protocol
 
 from gateway import rpcs
-from gateway.audit import AuditLog, AuditUnavailable, Outcome, is_request_id, pseudonymize
+from gateway.audit import (
+    AuditLog,
+    AuditUnavailable,
+    Outcome,
+    is_case_id,
+    is_request_id,
+    pseudonymize,
+)
 from gateway.cases._calls import (
     CaseAnswer,
     CaseCaller,
     CasePage,
     Outgoing,
+    check_matter_filter,
     may_see,
     read_page_token,
     summary_of,
@@ -250,7 +258,9 @@ class CaseBookBase:
 
     async def visible(self, caller: CaseCaller, case_id: str, note: Note) -> CaseView:
         """The case, if `caller` may see it; CASE_NOT_FOUND otherwise (as for an unknown id)."""
-        summary = await self.store.summary(case_id) if case_id else None
+        # a case id outside the grammar (NUL, a citizen id, 10 MB) is no case: not asked of
+        # the store (PostgreSQL refuses a NUL in text), and answered as an unknown id
+        summary = await self.store.summary(case_id) if is_case_id(case_id) else None
         view = await self.view(case_id) if summary is not None else None
         if summary is None or view is None or not may_see(summary, caller):
             raise Refusal("CASE_NOT_FOUND", "no case with this id is held here for this caller")
@@ -300,6 +310,7 @@ class CaseBookBase:
         note = self.note(rpcs.CASES_LIST, caller)
         note.matter_code = matter_code
         try:
+            check_matter_filter(matter_code)
             size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
             now = self.clock()
             query = CaseQuery(

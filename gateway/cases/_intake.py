@@ -3,10 +3,13 @@
 Per event, in the order sent: (1) `verify_event` (a JWS by an audit key of the sending region,
 of that region's own making); (2) an event already held is answered with its id and not kept
 again (a different event under a held id is refused: a region does not sign two events under
-one number); (3) every material and result the event names is among the attachments sent, or
-held already, matched by SHA-256 and size, and each sent is verified again here (at the time
-its region verified it: a seal that expired since does not undo the case); (4) the case is
-folded with it (an event that does not fit when its turn comes is kept, marked not applied);
+one number); (4) the case is folded with it (an event that does not fit when its turn comes is kept, marked
+not applied), after `gateway.cases._scrutiny`'s checks (in order of its region, within the
+case's bound, by an agency of its region, on a part its region may act on; a submission: once,
+of a matter of this gateway's own registry with exactly its parts); (3) every material and
+result the event names is among the attachments sent, or held already, matched by SHA-256 and
+size, and each sent is verified again here (at the time its region verified it: a seal that
+expired since does not undo the case);
 (5) kept with this gateway's audit record of the receipt, in one transaction. A bad event is
 refused (CASE_EVENT_INVALID, metadata "index"); the events before it stay held. An event of a
 case whose submission has not arrived here yet (the window's gateway is behind) is refused
@@ -25,6 +28,7 @@ from gateway.cases._fold import CaseView, fold
 from gateway.cases._local import LocalChanges
 from gateway.cases._materials import MaterialInput, material_digest
 from gateway.cases._model import CaseEvent, EventKind, MaterialRef
+from gateway.cases._scrutiny import check_arrival, check_reach
 from gateway.cases._store import StoredAttachment
 from gateway.cases._trail import Note
 from gateway.errors import Refusal
@@ -89,8 +93,10 @@ class CaseBook(LocalChanges):
                     if other != event:
                         raise _invalid("a different event under the id of one held")
                     return event.event_id
-            kept = await self._attachments(event, attachments)  # (3)
             view = self._folded(event, events)  # (4)
+            check_arrival(registry, event, events)
+            check_reach(view, event)
+            kept = await self._attachments(event, attachments)  # (3)
             note.subject = self.pseudonym(view.submission.applicant_id)
             note.matter_code = view.submission.matter_code
             await self.write(note, event, jws, view, kept, local=False)  # (5)

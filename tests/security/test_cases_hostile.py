@@ -1,0 +1,377 @@
+"""The Cases API and `Peer.DeliverCaseEvents` under hostile input, over real mTLS to three real
+gateways on loopback (`query_support.running_cluster`, audit logs and case stores in SQLite):
+every bad field of every request is a contract reason (never INTERNAL or UNKNOWN, never a
+trace), refused calls store nothing, a case is invisible to whoever may not see it (the same
+answer as an unknown id), a peer's forged, out-of-order or impossible events are refused, and
+the applicant's id is in no log line, error message or audit record (docs/threats.md T28)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from case_support import APPLICANT, MEDICAL
+from flow_support import audit_key, load_registry, seal_key
+from query_support import Cluster, running_cluster
+from support import Federation, channel, credentials_as, error_info
+
+from gateway.audit import AuditQuery
+from gateway.cases import PartSpec, sign_event
+from gateway.sealing import RegionSealer
+from gateway.tokens import issue_token
+from registry import KeyState, KeyUsage, Registry
+from signer import load_private_key
+from tongban.v1 import cases_pb2, cases_pb2_grpc, common_pb2, exchange_pb2, exchange_pb2_grpc
+
+pytestmark = pytest.mark.integration
+
+SC, CQ, ZJ = "510000", "500000", "330000"
+OTHER_CITIZEN = "110105194912310011"  # another citizen, a valid check digit
+BAD_CHECK_DIGIT = "110105194912310021"
+TIMEOUT = 15.0
+NEVER = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.UNIMPLEMENTED}
+REASONS = set(common_pb2.ErrorReason.keys())
+EXPECTED = {
+    "Get": {"CASE_NOT_FOUND"},
+    "List": {"INVALID_ARGUMENT_FORMAT"},
+    "Act": {
+        "CASE_NOT_FOUND",
+        "INVALID_ARGUMENT_FORMAT",
+        "CASE_ACTION_NOT_ALLOWED",
+        "CASE_PART_NOT_YOURS",
+    },
+}
+
+
+@pytest.fixture
+async def cluster(federation: Federation, tmp_path: Path) -> AsyncIterator[Cluster]:
+    async with running_cluster(federation, tmp_path) as made:
+        yield made
+
+
+def portal_token(cluster: Cluster, agency: str, region: str, applicant: str) -> str:
+    (record,) = cluster.fed.inventory().find(region, KeyUsage.TOKEN, KeyState.ACTIVE)
+    return issue_token(
+        load_private_key(cluster.fed.pki / record.private_key),
+        record.kid,
+        region=region,
+        operator="portal",
+        agency=agency,
+        thumbprint=cluster.thumbprint(agency),
+        lifetime_seconds=300,
+        now=datetime.now(UTC),
+        applicant=applicant,
+    )
+
+
+class Caller:
+    """A Cases stub as `agency` of `region` with its token (or an applicant's portal token)."""
+
+    def __init__(self, cluster: Cluster, agency: str, region: str, applicant: str = "") -> None:
+        self.channel = channel(cluster.ports[region], credentials_as(cluster.fed, agency, region))
+        self.stub = cases_pb2_grpc.CasesStub(self.channel)
+        bearer = (
+            portal_token(cluster, agency, region, applicant) if applicant else cluster.token(agency)
+        )
+        self.metadata = (("authorization", f"Bearer {bearer}"),)
+
+    async def call(self, method: str, request: Any) -> Any:
+        return await getattr(self.stub, method)(request, metadata=self.metadata, timeout=TIMEOUT)
+
+    async def refused(self, method: str, request: Any) -> tuple[grpc.StatusCode, str, str]:
+        """(code, reason, message) of a call that must be refused with a contract reason."""
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await self.call(method, request)
+        exc = caught.value
+        assert exc.code() not in NEVER, (method, exc.code(), exc.details())
+        reason = error_info(exc).reason
+        assert reason in REASONS, (method, reason)
+        details = exc.details() or ""
+        assert "Traceback" not in details
+        assert APPLICANT not in details
+        return exc.code(), reason, details
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+
+def material(m: Any, material_id: str | None = None) -> cases_pb2.Material:
+    return cases_pb2.Material(
+        material_id=m.material_id if material_id is None else material_id,
+        content=m.content,
+        signed_data=m.signed_data,
+    )
+
+
+async def sealed(
+    fed: Federation, registry: Registry, region: str, data: bytes, *, detached: bool = False
+) -> tuple[bytes, bytes]:
+    """(content, signed_data) of `data` sealed now with `region`'s seal key."""
+    key = seal_key(fed, region)
+    made = await RegionSealer(region, {key.kid: key}).seal(
+        registry,
+        data,
+        content_type="application/json",
+        now=datetime.now(UTC) - timedelta(minutes=1),
+        detached=detached,
+    )
+    return made.jws.encode(), data if detached else b""
+
+
+async def materials(fed: Federation, registry: Registry) -> list[cases_pb2.Material]:
+    card, _ = await sealed(fed, registry, CQ, b'{"credential_type": "id_card"}')
+    form, signed = await sealed(fed, registry, SC, b"form", detached=True)
+    return [
+        cases_pb2.Material(material_id="id-card", content=card),
+        cases_pb2.Material(material_id="filing-form", content=form, signed_data=signed),
+    ]
+
+
+def submit(request_id: str, mats: list[cases_pb2.Material], **more: Any) -> Any:
+    fields: dict[str, Any] = {
+        "request_id": request_id,
+        "matter_code": MEDICAL,
+        "applicant_id": APPLICANT,
+        "materials": mats,
+        **more,
+    }
+    return cases_pb2.SubmitCaseRequest(**fields)
+
+
+def zip_bomb() -> bytes:
+    """An OFD-looking zip whose one member inflates to 128 MiB."""
+    import io
+    import zipfile
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("OFD.xml", b"<ofd:OFD xmlns:ofd='http://www.ofdspec.org/2016'/>")
+        with z.open("Doc_0/Document.xml", "w", force_zip64=True) as member:
+            chunk = b"\0" * (1 << 20)
+            for _ in range(128):
+                member.write(chunk)
+    return out.getvalue()
+
+
+def jws_json_many_signatures(n: int) -> bytes:
+    sig = {"protected": "eyJhbGciOiJFUzI1NiJ9", "signature": "AAAA"}
+    return json.dumps({"payload": "e30", "signatures": [sig] * n}).encode()
+
+
+async def stored_cases(cluster: Cluster, region: str) -> int:
+    cases = cluster.gateways[region].cases
+    assert cases is not None
+    return len(await cases.book.store.changes(0, 10_000))
+
+
+async def test_every_bad_field_is_a_contract_reason_and_stores_nothing(
+    cluster: Cluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    fed = cluster.fed
+    registry = load_registry(fed)
+    good = await materials(fed, registry)
+    window = Caller(cluster, "sc.hsa", SC)
+    try:
+        case = await window.call("Submit", submit("good-1", good))
+        before = await stored_cases(cluster, SC)
+        huge = "x" * (10 * 1024 * 1024)
+        bad_submits = {
+            "empty request_id": submit("", good),
+            "long request_id": submit("r" * 200, good),
+            "NUL request_id": submit("a\x00b", good),
+            "citizen id as request_id": submit(APPLICANT, good),
+            "empty matter": submit("m-1", good, matter_code=""),
+            "NUL matter": submit("m-2", good, matter_code="000125\x002100"),
+            "long matter": submit("m-3", good, matter_code="9" * 5000),
+            "empty applicant": submit("a-1", good, applicant_id=""),
+            "bad check digit": submit("a-2", good, applicant_id=BAD_CHECK_DIGIT),
+            "RTL applicant": submit("a-3", good, applicant_id="\u202e" + APPLICANT),
+            "control note": submit("n-1", good, note="a\x07b"),
+            "RTL note": submit("n-2", good, note="\u202egnp.exe"),
+            "10 MB note": submit("n-3", good, note=huge[: 3 * 1024 * 1024]),
+            "no materials": submit("x-1", []),
+            "duplicate material": submit("x-2", [*good, good[1]]),
+            "100 materials": submit(
+                "x-3", [good[0]] + [material(good[1], f"m{i}") for i in range(99)]
+            ),
+            "NUL material id": submit("x-4", [good[0], material(good[1], "filing\x00form")]),
+            "signed_data without content": submit(
+                "x-5", [good[0], cases_pb2.Material(material_id="filing-form", signed_data=b"x")]
+            ),
+            "10,000 signatures": submit(
+                "x-6",
+                [
+                    good[0],
+                    cases_pb2.Material(
+                        material_id="filing-form", content=jws_json_many_signatures(10_000)
+                    ),
+                ],
+            ),
+            "zip bomb": submit(
+                "x-7", [good[0], cases_pb2.Material(material_id="filing-form", content=zip_bomb())]
+            ),
+        }
+        seen: dict[str, tuple[grpc.StatusCode, str, str]] = {}
+        for name, request in bad_submits.items():
+            seen[name] = await window.refused("Submit", request)
+        assert await stored_cases(cluster, SC) == before
+        case_id = case.case_id
+        bad_reads = {
+            "Get": [
+                cases_pb2.GetCaseRequest(case_id=""),
+                cases_pb2.GetCaseRequest(case_id=case_id + "\x00"),
+                cases_pb2.GetCaseRequest(case_id="\x00"),
+                cases_pb2.GetCaseRequest(case_id=APPLICANT),
+                cases_pb2.GetCaseRequest(case_id="\u202e" + case_id),
+                cases_pb2.GetCaseRequest(case_id=huge[: 1024 * 1024]),
+            ],
+            "List": [
+                cases_pb2.ListCasesRequest(page_token="!!!"),
+                cases_pb2.ListCasesRequest(page_token="W10"),
+                cases_pb2.ListCasesRequest(page_token=huge[:4096]),
+                cases_pb2.ListCasesRequest(state=99),
+                cases_pb2.ListCasesRequest(matter_code="\x00"),
+                cases_pb2.ListCasesRequest(matter_code=huge[: 1024 * 1024]),
+            ],
+            "Act": [
+                cases_pb2.ActRequest(request_id="act-1", case_id=case_id, part=1, action=99),
+                cases_pb2.ActRequest(
+                    request_id="act-2",
+                    case_id=case_id,
+                    part=2**32 - 1,
+                    action=cases_pb2.CASE_ACTION_ACCEPT,
+                ),
+                cases_pb2.ActRequest(
+                    request_id="act-3",
+                    case_id=APPLICANT,
+                    part=1,
+                    action=cases_pb2.CASE_ACTION_ACCEPT,
+                ),
+                cases_pb2.ActRequest(
+                    request_id="act-4", case_id="\x00", part=1, action=cases_pb2.CASE_ACTION_ACCEPT
+                ),
+                cases_pb2.ActRequest(
+                    request_id="", case_id=case_id, part=1, action=cases_pb2.CASE_ACTION_ACCEPT
+                ),
+                cases_pb2.ActRequest(
+                    request_id="act-5", case_id=case_id, part=1, action=cases_pb2.CASE_ACTION_ACCEPT
+                ),  # not 510000's part
+            ],
+        }
+        for method, requests in bad_reads.items():
+            for request in requests:
+                _, reason, _ = await window.refused(method, request)
+                assert reason in EXPECTED[method], (method, request, reason)
+        for request in (
+            cases_pb2.WatchCasesRequest(case_id="\x00"),
+            cases_pb2.WatchCasesRequest(case_id=APPLICANT),
+        ):
+            stream = window.stub.Watch(request, metadata=window.metadata, timeout=TIMEOUT)
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stream.read()
+            assert error_info(caught.value).reason == "CASE_NOT_FOUND"
+        page = await window.call("List", cases_pb2.ListCasesRequest(page_size=10**6))
+        assert [c.case_id for c in page.cases] == [case_id]
+        assert await stored_cases(cluster, SC) == before
+    finally:
+        await window.close()
+    assert APPLICANT not in caplog.text
+    audit = cluster.gateways[SC].audit
+    assert audit is not None
+    records = [r for _, r in await audit.store.query(AuditQuery(limit=1000))]
+    refused = [r for r in records if r.reason]
+    assert len(refused) == len(bad_submits) + sum(map(len, bad_reads.values())) + 2
+    assert all(APPLICANT not in r.canonical.decode() for r in records)
+    assert all(
+        r.case_id == "" or r.case_id == case_id or r.case_id.startswith("sha256:") for r in records
+    )
+
+
+async def test_a_case_is_invisible_to_whoever_may_not_see_it(cluster: Cluster) -> None:
+    """Another region's agency, an uninvolved agency of the window's region, an applicant's
+    portal token for another citizen: Get, Act and Watch answer exactly as for an unknown id,
+    List shows nothing; the case's own applicant sees it."""
+    registry = load_registry(cluster.fed)
+    window = Caller(cluster, "sc.hsa", SC)
+    case = await window.call("Submit", submit("vis-1", await materials(cluster.fed, registry)))
+    await window.close()
+    outsiders = [
+        Caller(cluster, "zj.hrss", ZJ),
+        Caller(cluster, "sc.psb", SC),
+        Caller(cluster, "sc.hsa", SC, applicant=OTHER_CITIZEN),
+    ]
+    own = Caller(cluster, "sc.hsa", SC, applicant=APPLICANT)
+    try:
+        unknown = f"{SC}-20261207-0000000000"
+        for who in outsiders:
+            answers = set()
+            for case_id in (case.case_id, unknown):
+                answers.add(await who.refused("Get", cases_pb2.GetCaseRequest(case_id=case_id)))
+                act = cases_pb2.ActRequest(
+                    request_id=f"v-{case_id[-4:]}", case_id=case_id, part=1,
+                    action=cases_pb2.CASE_ACTION_ACCEPT,
+                )  # fmt: skip
+                refusal = await who.refused("Act", act)
+                if who is not outsiders[2]:  # an applicant may not act at all
+                    answers.add(refusal)
+                stream = who.stub.Watch(
+                    cases_pb2.WatchCasesRequest(case_id=case_id),
+                    metadata=who.metadata,
+                    timeout=TIMEOUT,
+                )
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await stream.read()
+                answers.add((caught.value.code(), error_info(caught.value).reason,
+                             caught.value.details() or ""))  # fmt: skip
+            assert {reason for _, reason, _ in answers} == {"CASE_NOT_FOUND"}
+            assert len({details for _, _, details in answers}) == 1  # no telling them apart
+            listed = await who.call("List", cases_pb2.ListCasesRequest())
+            assert list(listed.cases) == []
+        seen = await own.call("Get", cases_pb2.GetCaseRequest(case_id=case.case_id))
+        assert seen.case_id == case.case_id
+    finally:
+        for who in [*outsiders, own]:
+            await who.close()
+
+
+async def test_a_forged_submission_is_refused_by_the_receiving_gateway(
+    cluster: Cluster,
+) -> None:
+    """四川's real gateway key and audit key make a submission whose parts the registry's
+    matter does not have (浙江 made a part of a 川渝 case): 浙江's gateway refuses it
+    CASE_EVENT_INVALID, audited, nothing kept; the true events are delivered as before."""
+    registry = load_registry(cluster.fed)
+    window = Caller(cluster, "sc.hsa", SC)
+    case = await window.call("Submit", submit("forge-1", await materials(cluster.fed, registry)))
+    await window.close()
+    sc_cases = cluster.gateways[SC].cases
+    assert sc_cases is not None
+    (held,) = await sc_cases.book.events(case.case_id)
+    sub = held.submission
+    assert sub is not None
+    forged = dataclasses.replace(
+        held,
+        case_id=case.case_id[:-1] + ("0" if case.case_id[-1] != "0" else "1"),
+        submission=dataclasses.replace(sub, parts=(*sub.parts, PartSpec(ZJ, "assist"))),
+    )
+    key, kid = audit_key(cluster.fed, SC)
+    request = exchange_pb2.DeliverCaseEventsRequest(
+        events=[exchange_pb2.SignedCaseEvent(jws=sign_event(forged, key, kid))]
+    )
+    zj_cases = cluster.gateways[ZJ].cases
+    assert zj_cases is not None
+    async with channel(cluster.ports[ZJ], credentials_as(cluster.fed, SC, ZJ)) as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await exchange_pb2_grpc.PeerStub(ch).DeliverCaseEvents(request, timeout=TIMEOUT)
+    assert caught.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    assert error_info(caught.value).reason == "CASE_EVENT_INVALID"
+    assert "parts are not its matter's" in (caught.value.details() or "")
+    assert await zj_cases.book.store.changes(0, 100) == []
