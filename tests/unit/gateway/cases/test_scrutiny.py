@@ -1,0 +1,157 @@
+"""What a receiving gateway checks of a delivered case event beyond its signature
+(`gateway.cases._scrutiny`): events signed with a region's real audit key that may not exist (a
+second submission of a held case, a forged matter, a region acting on another's part, another
+region's agency, a gap in a region's numbering, a case past its bound) are refused
+CASE_EVENT_INVALID, audited, and nothing of them is kept."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from case_support import (
+    APPLICANT,
+    CQ,
+    PENSION,
+    SC,
+    ZJ,
+    Clock,
+    Region,
+    agency,
+    deliver,
+    make_region,
+    sealed,
+)
+from flow_support import NOW, audit_key
+from support import Federation
+
+import gateway.cases._scrutiny
+from gateway.audit import Outcome
+from gateway.cases import CaseEvent, EventKind, PartSpec, SubmitCall, sign_event
+from gateway.cases._events import read_event
+from gateway.errors import Refusal
+from registry import Registry
+
+
+@pytest.fixture
+async def regions(fed: Federation, registry: Registry) -> dict[str, Region]:
+    clock = Clock(NOW)
+    return {r: await make_region(fed, registry, r, clock) for r in (SC, CQ, ZJ)}
+
+
+async def pension(fed: Federation, registry: Registry, sc: Region) -> str:
+    card = await sealed(fed, registry, CQ, {"credential_type": "id_card"}, material_id="id-card")
+    form = await sealed(
+        fed, registry, SC, b"form", detached=True, material_id="transfer-application"
+    )
+    answer = await sc.book.submit(
+        agency(SC, "sc.hsa"), SubmitCall("p-1", PENSION, APPLICANT, (card, form))
+    )
+    return answer.view.case_id
+
+
+def signed(fed: Federation, event: CaseEvent) -> str:
+    key, kid = audit_key(fed, event.origin)
+    return sign_event(event, key, kid)
+
+
+async def refused(region: Region, sender: str, jws: str, attachments: Any = ()) -> Refusal:
+    events, records = len(region.store._events), len(region.records)
+    with pytest.raises(Refusal) as caught:
+        await region.book.receive(sender, [(jws, list(attachments))])
+    assert len(region.store._events) == events
+    assert len(region.records) == records + 1
+    assert region.records[-1].outcome in (Outcome.DENIED, Outcome.FAILED)
+    assert region.records[-1].reason == caught.value.reason
+    return caught.value
+
+
+async def submission_of(region: Region, destination: str) -> tuple[CaseEvent, list[Any]]:
+    (out,) = await region.book.outgoing(destination, 10)
+    return read_event(out.jws), out.attachments
+
+
+async def test_a_submission_whose_matter_is_not_the_registrys_is_refused(
+    fed: Federation, registry: Registry, regions: dict[str, Region]
+) -> None:
+    sc, zj = regions[SC], regions[ZJ]
+    await pension(fed, registry, sc)
+    event, attachments = await submission_of(sc, ZJ)
+    sub = event.submission
+    assert sub is not None
+    forgeries = {
+        "parts are not its matter's": dataclasses.replace(
+            sub, parts=(*sub.parts, PartSpec(ZJ, "handle"))
+        ),
+        "name or time limit": dataclasses.replace(sub, due_at=sub.due_at + timedelta(days=300)),
+        "not in registry": dataclasses.replace(sub, matter_code="999999999999"),
+        "applicant id": dataclasses.replace(sub, applicant_id="11010519491231002Y"),
+    }
+    for why, forged in forgeries.items():
+        jws = signed(fed, dataclasses.replace(event, submission=forged))
+        refusal = await refused(zj, SC, jws, attachments)
+        assert refusal.reason == "CASE_EVENT_INVALID"
+        assert why in refusal.message
+    missing = dataclasses.replace(event, materials=event.materials[:1])
+    refusal = await refused(zj, SC, signed(fed, missing), attachments[:1])
+    assert "materials are not the ones its matter asks for" in refusal.message
+    newer = dataclasses.replace(sub, registry_version=registry.version + 1)
+    refusal = await refused(zj, SC, signed(fed, dataclasses.replace(event, submission=newer)))
+    assert refusal.reason == "REGISTRY_STALE"
+    assert await deliver(sc, zj)  # the true submission is kept
+
+
+async def test_events_that_may_not_exist_are_refused(
+    fed: Federation, registry: Registry, regions: dict[str, Region]
+) -> None:
+    sc, cq, zj = regions[SC], regions[CQ], regions[ZJ]
+    case_id = await pension(fed, registry, sc)
+    await deliver(sc, zj)
+    await deliver(sc, cq)
+    held = await zj.book.events(case_id)
+    accepted = CaseEvent(
+        case_id=case_id, origin=CQ, seq=1, seen=((SC, 1),), kind=EventKind.ACCEPTED,
+        agency="cq.hrss", operator="x", at=NOW + timedelta(minutes=1), part=2,
+    )  # fmt: skip
+    # 重庆 submits the case again as its own: a case is submitted once
+    assert held[0].submission is not None
+    hijack = dataclasses.replace(
+        held[0],
+        origin=CQ,
+        agency="cq.hrss",
+        at=NOW - timedelta(days=1),
+        submission=dataclasses.replace(held[0].submission, window_agency="cq.hrss"),
+    )
+    assert "submitted once" in (await refused(zj, CQ, signed(fed, hijack))).message
+    # 重庆 acts on 浙江's part (1) and on 四川's receiving part (0)
+    for part in (0, 1):
+        wrong = dataclasses.replace(accepted, part=part)
+        assert "its own parts" in (await refused(zj, CQ, signed(fed, wrong))).message
+    # as an agency of another region
+    foreign = dataclasses.replace(accepted, agency="zj.hrss")
+    assert "not an agency of region" in (await refused(zj, CQ, signed(fed, foreign))).message
+    # its second event before its first
+    second = dataclasses.replace(accepted, seq=2)
+    assert "in order" in (await refused(zj, CQ, signed(fed, second))).message
+    # a supplement from a region that is not the window's
+    supplement = dataclasses.replace(accepted, kind=EventKind.SUPPLEMENTED, part=2)
+    message = (await refused(zj, CQ, signed(fed, supplement))).message
+    assert "only the window's region supplements" in message
+    assert [e.event_id for e in await zj.book.events(case_id)] == [held[0].event_id]
+
+
+async def test_a_case_takes_no_event_past_its_bound(
+    fed: Federation, registry: Registry, regions: dict[str, Region], monkeypatch: Any
+) -> None:
+    sc, zj = regions[SC], regions[ZJ]
+    case_id = await pension(fed, registry, sc)
+    await deliver(sc, zj)
+    monkeypatch.setattr(gateway.cases._scrutiny, "MAX_EVENTS_PER_CASE", 1)
+    accepted = CaseEvent(
+        case_id=case_id, origin=CQ, seq=1, seen=((SC, 1),), kind=EventKind.ACCEPTED,
+        agency="cq.hrss", operator="x", at=NOW + timedelta(minutes=1), part=2,
+    )  # fmt: skip
+    refusal = await refused(zj, CQ, signed(fed, accepted))
+    assert "at most 1 events" in refusal.message
