@@ -22,6 +22,7 @@ from gateway.cases._calls import (
 from gateway.cases._fold import CaseRefused, CaseView, fold, transition
 from gateway.cases._materials import MaterialInput
 from gateway.cases._model import (
+    MAX_EVENTS_PER_CASE,
     MAX_NOTE_CHARS,
     CaseEvent,
     EventKind,
@@ -250,6 +251,10 @@ class LocalChanges(CaseBookBase):
         registry = self.registry()
         note.registry_version = registry.version
         view = await self.visible(caller, call.case_id, note)
+        if len(view.history) >= MAX_EVENTS_PER_CASE:  # no region would take one more
+            raise Refusal(
+                "CASE_ACTION_NOT_ALLOWED", f"a case takes at most {MAX_EVENTS_PER_CASE} changes"
+            )
         digest = call_digest(
             "act",
             {

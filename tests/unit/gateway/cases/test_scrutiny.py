@@ -27,9 +27,10 @@ from case_support import (
 from flow_support import NOW, audit_key
 from support import Federation
 
+import gateway.cases._local
 import gateway.cases._scrutiny
 from gateway.audit import Outcome
-from gateway.cases import CaseEvent, EventKind, PartSpec, SubmitCall, sign_event
+from gateway.cases import ActCall, CaseEvent, EventKind, PartSpec, SubmitCall, sign_event
 from gateway.cases._events import read_event
 from gateway.errors import Refusal
 from registry import Registry
@@ -155,3 +156,18 @@ async def test_a_case_takes_no_event_past_its_bound(
     )  # fmt: skip
     refusal = await refused(zj, CQ, signed(fed, accepted))
     assert "at most 1 events" in refusal.message
+
+
+async def test_an_agency_may_not_act_on_a_case_past_its_bound(
+    fed: Federation, registry: Registry, regions: dict[str, Region], monkeypatch: Any
+) -> None:
+    sc, zj = regions[SC], regions[ZJ]
+    case_id = await pension(fed, registry, sc)
+    await deliver(sc, zj)
+    monkeypatch.setattr(gateway.cases._local, "MAX_EVENTS_PER_CASE", 1)
+    events = len(zj.store._events)
+    with pytest.raises(Refusal) as caught:
+        await zj.book.act(agency(ZJ, "zj.hrss"), ActCall("b-1", case_id, 1, EventKind.ACCEPTED))
+    assert caught.value.reason == "CASE_ACTION_NOT_ALLOWED"
+    assert len(zj.store._events) == events
+    assert zj.records[-1].reason == "CASE_ACTION_NOT_ALLOWED"
