@@ -179,8 +179,8 @@ def read_page_token(token: str) -> tuple[datetime, str] | None:
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         at, case_id = json.loads(raw)
-        if not isinstance(case_id, str):
-            raise bad
+        if not isinstance(case_id, str) or not is_case_id(case_id):
+            raise bad  # a case id no case has (a NUL, a citizen id): never handed to the store
         return parse_time(at, "page_token"), case_id
     except (binascii.Error, ValueError, TypeError, UnicodeDecodeError, RecursionError):
         raise bad from None

@@ -7,6 +7,7 @@ the applicant's id is in no log line, error message or audit record (docs/threat
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import logging
@@ -145,6 +146,12 @@ def submit(request_id: str, mats: list[cases_pb2.Material], **more: Any) -> Any:
     return cases_pb2.SubmitCaseRequest(**fields)
 
 
+def page_token(case_id: str) -> str:
+    """A page token as the service writes one, for a case id of the caller's choosing."""
+    raw = json.dumps(["2026-12-07T08:00:00.000000Z", case_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
 def zip_bomb() -> bytes:
     """An OFD-looking zip whose one member inflates to 128 MiB."""
     import io
@@ -196,7 +203,7 @@ async def test_every_bad_field_is_a_contract_reason_and_stores_nothing(
             "RTL applicant": submit("a-3", good, applicant_id="\u202e" + APPLICANT),
             "control note": submit("n-1", good, note="a\x07b"),
             "RTL note": submit("n-2", good, note="\u202egnp.exe"),
-            "10 MB note": submit("n-3", good, note=huge[: 3 * 1024 * 1024]),
+            "10 MB note": submit("n-3", good, note=huge),
             "no materials": submit("x-1", []),
             "duplicate material": submit("x-2", [*good, good[1]]),
             "100 materials": submit(
@@ -236,6 +243,8 @@ async def test_every_bad_field_is_a_contract_reason_and_stores_nothing(
             "List": [
                 cases_pb2.ListCasesRequest(page_token="!!!"),
                 cases_pb2.ListCasesRequest(page_token="W10"),
+                cases_pb2.ListCasesRequest(page_token=page_token(case_id + "\x00")),
+                cases_pb2.ListCasesRequest(page_token=page_token(APPLICANT)),
                 cases_pb2.ListCasesRequest(page_token=huge[:4096]),
                 cases_pb2.ListCasesRequest(state=99),
                 cases_pb2.ListCasesRequest(matter_code="\x00"),
@@ -284,6 +293,15 @@ async def test_every_bad_field_is_a_contract_reason_and_stores_nothing(
     finally:
         await window.close()
     assert APPLICANT not in caplog.text
+    metrics = cluster.gateways[SC].metrics.registry
+    labels = [
+        value
+        for family in metrics.collect()
+        for sample in family.samples
+        for value in sample.labels.values()
+    ]
+    assert labels
+    assert all(APPLICANT not in value for value in labels)
     audit = cluster.gateways[SC].audit
     assert audit is not None
     records = [r for _, r in await audit.store.query(AuditQuery(limit=1000))]
@@ -301,7 +319,12 @@ async def test_a_case_is_invisible_to_whoever_may_not_see_it(cluster: Cluster) -
     List shows nothing; the case's own applicant sees it."""
     registry = load_registry(cluster.fed)
     window = Caller(cluster, "sc.hsa", SC)
-    case = await window.call("Submit", submit("vis-1", await materials(cluster.fed, registry)))
+    made = await materials(cluster.fed, registry)
+    case = await window.call("Submit", submit("vis-1", made))
+    await window.call("Submit", submit("vis-2", made))
+    page = await window.call("List", cases_pb2.ListCasesRequest(page_size=1))
+    token = page.next_page_token
+    assert token
     await window.close()
     outsiders = [
         Caller(cluster, "zj.hrss", ZJ),
@@ -334,6 +357,9 @@ async def test_a_case_is_invisible_to_whoever_may_not_see_it(cluster: Cluster) -
             assert {reason for _, reason, _ in answers} == {"CASE_NOT_FOUND"}
             assert len({details for _, _, details in answers}) == 1  # no telling them apart
             listed = await who.call("List", cases_pb2.ListCasesRequest())
+            assert list(listed.cases) == []
+            # the window's own page token, tampered with or not, lists only what `who` sees
+            listed = await who.call("List", cases_pb2.ListCasesRequest(page_token=token))
             assert list(listed.cases) == []
         seen = await own.call("Get", cases_pb2.GetCaseRequest(case_id=case.case_id))
         assert seen.case_id == case.case_id
