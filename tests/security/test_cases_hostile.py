@@ -7,6 +7,7 @@ the applicant's id is in no log line, error message or audit record (docs/threat
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import json
@@ -24,7 +25,7 @@ from query_support import Cluster, running_cluster
 from support import Federation, channel, credentials_as, error_info
 
 from gateway.audit import AuditQuery
-from gateway.cases import PartSpec, sign_event
+from gateway.cases import CaseEvent, EventKind, PartSpec, sign_event
 from gateway.sealing import RegionSealer
 from gateway.tokens import issue_token
 from registry import KeyState, KeyUsage, Registry
@@ -401,3 +402,98 @@ async def test_a_forged_submission_is_refused_by_the_receiving_gateway(
     assert error_info(caught.value).reason == "CASE_EVENT_INVALID"
     assert "parts are not its matter's" in (caught.value.details() or "")
     assert await zj_cases.book.store.changes(0, 100) == []
+
+
+async def test_peer_deliveries_that_may_not_happen_are_refused(cluster: Cluster) -> None:
+    """`Peer.DeliverCaseEvents` to 重庆's gateway, which holds a 川渝 case (四川 window, 重庆
+    handles): from an agency, empty, too many, too large, from 浙江 (no part in the case) with
+    四川's event or its own, 四川's event again with another body, 四川's third event before its
+    second, 四川 acting on 重庆's part, an attachment the event does not name. Each is a
+    contract reason, audited by 重庆 where it reached the book, and nothing is kept."""
+    registry = load_registry(cluster.fed)
+    window = Caller(cluster, "sc.hsa", SC)
+    case = await window.call("Submit", submit("peer-1", await materials(cluster.fed, registry)))
+    await window.close()
+    cq_cases = cluster.gateways[CQ].cases
+    sc_cases = cluster.gateways[SC].cases
+    assert cq_cases is not None
+    assert sc_cases is not None
+    for _ in range(200):  # the window's deliverer brings the submission to 重庆
+        held = await cq_cases.book.events(case.case_id)
+        if held:
+            break
+        await asyncio.sleep(0.1)
+    assert len(held) == 1
+    (first,) = held
+    sc_key, sc_kid = audit_key(cluster.fed, SC)
+    zj_key, zj_kid = audit_key(cluster.fed, ZJ)
+    accepted = CaseEvent(
+        case_id=case.case_id, origin=SC, seq=2, seen=(), kind=EventKind.ACCEPTED,
+        agency="sc.hsa", operator="x", at=first.at + timedelta(minutes=1), part=1,
+    )  # fmt: skip
+
+    def one(jws: str, attachments: Any = ()) -> Any:
+        return exchange_pb2.DeliverCaseEventsRequest(
+            events=[exchange_pb2.SignedCaseEvent(jws=jws, attachments=list(attachments))]
+        )
+
+    as_sc = [
+        (one("x" * (64 * 1024 + 1)), "REQUEST_TOO_LARGE", ""),
+        (exchange_pb2.DeliverCaseEventsRequest(), "REQUEST_TOO_LARGE", ""),
+        (
+            exchange_pb2.DeliverCaseEventsRequest(
+                events=[exchange_pb2.SignedCaseEvent(jws="a.b.c")] * 65
+            ),
+            "REQUEST_TOO_LARGE",
+            "",
+        ),
+        (one("not a jws"), "CASE_EVENT_INVALID", "compact JWS"),
+        (
+            one(sign_event(dataclasses.replace(first, note="另一个"), sc_key, sc_kid)),
+            "CASE_EVENT_INVALID",
+            "different event",
+        ),
+        (
+            one(sign_event(dataclasses.replace(accepted, seq=3), sc_key, sc_kid)),
+            "CASE_EVENT_INVALID",
+            "in order",
+        ),
+        (one(sign_event(accepted, sc_key, sc_kid)), "CASE_EVENT_INVALID", "its own parts"),
+        (
+            one(
+                sign_event(dataclasses.replace(accepted, part=0), sc_key, sc_kid),
+                [cases_pb2.Material(content=b"not named")],
+            ),
+            "CASE_EVENT_INVALID",
+            "not one the event names",
+        ),
+    ]
+    zj_event = dataclasses.replace(accepted, origin=ZJ, seq=1, agency="zj.hrss")
+    as_zj = [
+        (one(sign_event(first, sc_key, sc_kid)), "CASE_EVENT_INVALID", "its own region's"),
+        (one(sign_event(zj_event, zj_key, zj_kid)), "CASE_EVENT_INVALID", "has no part"),
+    ]
+    before = len(await cq_cases.book.store.changes(0, 100))
+    for owner, attempts in (
+        (SC, as_sc),
+        (ZJ, as_zj),
+        ("sc.hsa", [(one("a.b.c"), "NOT_AUTHORISED_ROLE", "")]),
+    ):
+        async with channel(cluster.ports[CQ], credentials_as(cluster.fed, owner, CQ)) as ch:
+            stub = exchange_pb2_grpc.PeerStub(ch)
+            for request, reason, words in attempts:
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await stub.DeliverCaseEvents(request, timeout=TIMEOUT)
+                assert caught.value.code() not in NEVER
+                assert error_info(caught.value).reason == reason, caught.value.details()
+                assert words in (caught.value.details() or "")
+                assert APPLICANT not in (caught.value.details() or "")
+    assert len(await cq_cases.book.store.changes(0, 100)) == before
+    audit = cluster.gateways[CQ].audit
+    assert audit is not None
+    receipts = [
+        r
+        for _, r in await audit.store.query(AuditQuery(limit=1000))
+        if r.rpc == "/tongban.v1.Peer/DeliverCaseEvents" and r.reason
+    ]
+    assert len(receipts) == 7  # every one that reached the book: not the edge's bounds
