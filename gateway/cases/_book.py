@@ -21,7 +21,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Final, Literal, Protocol
+from typing import Any, Final, Literal, Protocol, cast
 
 from gateway import rpcs
 from gateway.audit import (
@@ -82,6 +82,34 @@ class RegistrySource(Protocol):
     def current(self) -> Registry: ...
 
 
+_READS: Final = frozenset(
+    {"events", "summary", "cases", "request", "attachment", "outbox", "changes", "overdue"}
+)
+
+
+class _Reads:
+    """The case store as the book reads it: a read the audit database cannot answer
+    (`AuditUnavailable`) is the refusal AUDIT_UNAVAILABLE, which each call audits (best effort)
+    and answers like any other, never an unmapped error (INTERNAL). `write` is the book's own
+    business (`CaseBookBase.write`)."""
+
+    def __init__(self, store: CaseStore) -> None:
+        self._store = store
+
+    def __getattr__(self, name: str) -> Any:
+        found = getattr(self._store, name)
+        if name not in _READS:
+            return found
+
+        async def read(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await found(*args, **kwargs)
+            except AuditUnavailable as exc:
+                raise Refusal("AUDIT_UNAVAILABLE", f"the case store did not answer: {exc}") from exc
+
+        return read
+
+
 class CaseBookBase:
     """What every call of the book shares: the store, the keys, reading and writing events."""
 
@@ -101,7 +129,7 @@ class CaseBookBase:
         if len(pseudonym_key) < 16:
             raise ValueError("the pseudonym key must be at least 16 bytes")
         self.region = region
-        self.store = store
+        self.store: CaseStore = cast(CaseStore, _Reads(store))
         self.materials = materials
         self.listeners: list[Callable[[], None]] = []  # called after each write here
         # told each event kept (its kind; made "here" or "received"): the gateway's metrics

@@ -27,9 +27,10 @@ from case_support import (
 from flow_support import NOW, audit_key
 from support import Federation
 
+import gateway.cases._book
 import gateway.cases._local
 import gateway.cases._scrutiny
-from gateway.audit import Outcome
+from gateway.audit import AuditUnavailable, Outcome
 from gateway.cases import ActCall, CaseEvent, EventKind, PartSpec, SubmitCall, sign_event
 from gateway.cases._events import read_event
 from gateway.errors import Refusal
@@ -171,3 +172,40 @@ async def test_an_agency_may_not_act_on_a_case_past_its_bound(
     assert caught.value.reason == "CASE_ACTION_NOT_ALLOWED"
     assert len(zj.store._events) == events
     assert zj.records[-1].reason == "CASE_ACTION_NOT_ALLOWED"
+
+
+class Down:
+    """A case store whose reads find the audit database down."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "write":
+            return self.store.write
+
+        async def read(*args: Any) -> Any:
+            raise AuditUnavailable("the audit database is not available: connection refused")
+
+        return read
+
+
+async def test_a_store_that_does_not_answer_is_audit_unavailable_not_an_internal_error(
+    fed: Federation, registry: Registry, regions: dict[str, Region]
+) -> None:
+    sc = regions[SC]
+    case_id = await pension(fed, registry, sc)
+    sc.book.store = gateway.cases._book._Reads(Down(sc.store))  # type: ignore[assignment]
+    window = agency(SC, "sc.hsa")
+    calls = [
+        sc.book.get(window, case_id),
+        sc.book.list(window),
+        sc.book.watch_start(window, case_id),
+        sc.book.act(window, ActCall("d-1", case_id, 1, EventKind.ACCEPTED)),
+    ]
+    for call in calls:
+        with pytest.raises(Refusal) as caught:
+            await call
+        assert caught.value.reason == "AUDIT_UNAVAILABLE"
+        assert sc.records[-1].reason == "AUDIT_UNAVAILABLE"
+        assert sc.records[-1].outcome is Outcome.FAILED
