@@ -20,7 +20,7 @@ from gateway.cases._calls import (
     new_case_id,
 )
 from gateway.cases._fold import CaseRefused, CaseView, fold, transition
-from gateway.cases._materials import MaterialInput
+from gateway.cases._materials import MaterialInput, material_label
 from gateway.cases._model import (
     MAX_EVENTS_PER_CASE,
     MAX_NOTE_CHARS,
@@ -38,7 +38,7 @@ __all__ = ["LocalChanges"]
 
 
 def _missing(material_id: str, message: str) -> Refusal:
-    return Refusal("MATERIAL_MISSING", message, metadata={"material": material_id})
+    return Refusal("MATERIAL_MISSING", message, metadata={"material": material_label(material_id)})
 
 
 @dataclass(frozen=True, slots=True)

@@ -93,8 +93,12 @@ class Caller:
             await self.call(method, request)
         exc = caught.value
         assert exc.code() not in NEVER, (method, exc.code(), exc.details())
-        reason = error_info(exc).reason
+        info = error_info(exc)
+        reason = info.reason
         assert reason in REASONS, (method, reason)
+        for value in info.metadata.values():  # what the caller sent is not echoed raw
+            assert len(value) <= 128
+            assert APPLICANT not in value
         details = exc.details() or ""
         assert "Traceback" not in details
         assert APPLICANT not in details
@@ -134,6 +138,10 @@ async def materials(fed: Federation, registry: Registry) -> list[cases_pb2.Mater
         cases_pb2.Material(material_id="id-card", content=card),
         cases_pb2.Material(material_id="filing-form", content=form, signed_data=signed),
     ]
+
+
+def material_id(m: cases_pb2.Material, name: str) -> cases_pb2.Material:
+    return cases_pb2.Material(material_id=name, content=m.content, signed_data=m.signed_data)
 
 
 def submit(request_id: str, mats: list[cases_pb2.Material], **more: Any) -> Any:
@@ -210,6 +218,8 @@ async def test_every_bad_field_is_a_contract_reason_and_stores_nothing(
             "100 materials": submit(
                 "x-3", [good[0]] + [material(good[1], f"m{i}") for i in range(99)]
             ),
+            "long material id": submit("x-8", [good[0], material_id(good[1], "m" * 100_000)]),
+            "citizen id as material id": submit("x-9", [good[0], material_id(good[1], APPLICANT)]),
             "NUL material id": submit("x-4", [good[0], material(good[1], "filing\x00form")]),
             "signed_data without content": submit(
                 "x-5", [good[0], cases_pb2.Material(material_id="filing-form", signed_data=b"x")]
