@@ -12,7 +12,7 @@ import base64
 import dataclasses
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,15 @@ import pytest
 from case_support import APPLICANT, MEDICAL
 from flow_support import audit_key, load_registry, seal_key
 from query_support import Cluster, running_cluster
-from support import Federation, channel, credentials_as, error_info
+from redis.asyncio import Redis
+from support import (
+    Federation,
+    RedisServer,
+    channel,
+    credentials_as,
+    error_info,
+    free_port,
+)
 
 from gateway.audit import AuditQuery
 from gateway.cases import CaseEvent, EventKind, PartSpec, sign_event
@@ -53,9 +61,35 @@ EXPECTED = {
 
 
 @pytest.fixture
-async def cluster(federation: Federation, tmp_path: Path) -> AsyncIterator[Cluster]:
-    async with running_cluster(federation, tmp_path) as made:
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(free_port(), tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture
+async def cluster(
+    federation: Federation, tmp_path: Path, redis_server: RedisServer
+) -> AsyncIterator[Cluster]:
+    async with running_cluster(federation, tmp_path, redis_url=redis_server.url) as made:
         yield made
+
+
+async def redis_holds(server: RedisServer, text: str) -> list[bytes]:
+    """The keys of `server` whose name or (string) value holds `text`."""
+    found = []
+    raw = Redis.from_url(server.url)
+    try:
+        async for name in raw.scan_iter(match="*", count=100):
+            value = await raw.get(name) if await raw.type(name) == b"string" else b""
+            if text.encode() in name or text.encode() in (value or b""):
+                found.append(name)
+    finally:
+        await raw.aclose()
+    return found
 
 
 def portal_token(cluster: Cluster, agency: str, region: str, applicant: str) -> str:
@@ -188,7 +222,7 @@ async def stored_cases(cluster: Cluster, region: str) -> int:
 
 
 async def test_every_bad_field_is_a_contract_reason_and_stores_nothing(
-    cluster: Cluster, caplog: pytest.LogCaptureFixture
+    cluster: Cluster, caplog: pytest.LogCaptureFixture, redis_server: RedisServer
 ) -> None:
     caplog.set_level(logging.DEBUG)
     fed = cluster.fed
@@ -304,6 +338,9 @@ async def test_every_bad_field_is_a_contract_reason_and_stores_nothing(
     finally:
         await window.close()
     assert APPLICANT not in caplog.text
+    # the gateways run with Redis (their cache, replay window, quotas); a case keeps nothing
+    # there today, and never the applicant's id
+    assert await redis_holds(redis_server, APPLICANT) == []
     metrics = cluster.gateways[SC].metrics.registry
     labels = [
         value
