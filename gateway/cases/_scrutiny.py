@@ -14,8 +14,9 @@ failure is CASE_EVENT_INVALID with a plain sentence (never a value of the event)
   of a registry version newer than this gateway's is REGISTRY_STALE (retried once the registry
   reaches here).
 - **Every other event**: by an agency of its region, on a part of the case that its region may
-  ever act on (its own part; a supplement: the window's region). An event that only races
-  another region's change is still kept, unapplied (`gateway.cases._fold`).
+  ever act on (its own part; a supplement: the window's region), carrying what its kind
+  carries (`_check_shape`). An event that only races another region's change is still kept,
+  unapplied (`gateway.cases._fold`).
 """
 
 from __future__ import annotations
@@ -109,3 +110,24 @@ def check_reach(view: CaseView, event: CaseEvent) -> None:
             raise _invalid("only the window's region supplements material")
     elif view.submission.parts[event.part].region != event.origin:
         raise _invalid(f"region {event.origin} acts only on its own parts of the case")
+    _check_shape(event, view.submission.parts[event.part].role)
+
+
+def _check_shape(event: CaseEvent, role: str) -> None:
+    """What each kind carries, as `CaseBook.act` makes it: materials only in a supplement (at
+    least one), a result only in an approval (always, of a handling part), material ids only
+    in a request for material (at least one, each once), a note with a request or rejection."""
+    kind = event.kind
+    if (kind is EventKind.SUPPLEMENTED) != bool(event.materials):
+        raise _invalid("only a supplement gives materials, and it gives at least one")
+    if event.result is not None and kind is not EventKind.APPROVED:
+        raise _invalid("only an approval gives a result")
+    if kind is EventKind.APPROVED and role == "handle" and event.result is None:
+        raise _invalid("approving a handling part gives its result")
+    requested = event.requested
+    if (kind is EventKind.MATERIAL_REQUESTED) != bool(requested) or len(set(requested)) != len(
+        requested
+    ):
+        raise _invalid("only a request for material names materials, each once")
+    if kind in (EventKind.MATERIAL_REQUESTED, EventKind.REJECTED) and not event.note:
+        raise _invalid("a request for material or a rejection says why (note)")

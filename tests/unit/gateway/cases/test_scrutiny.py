@@ -209,3 +209,28 @@ async def test_a_store_that_does_not_answer_is_audit_unavailable_not_an_internal
         assert caught.value.reason == "AUDIT_UNAVAILABLE"
         assert sc.records[-1].reason == "AUDIT_UNAVAILABLE"
         assert sc.records[-1].outcome is Outcome.FAILED
+
+
+async def test_an_event_that_does_not_carry_what_its_kind_carries_is_refused(
+    fed: Federation, registry: Registry, regions: dict[str, Region]
+) -> None:
+    sc, zj = regions[SC], regions[ZJ]
+    case_id = await pension(fed, registry, sc)
+    await deliver(sc, zj)
+    (first,) = await zj.book.events(case_id)
+    base = CaseEvent(
+        case_id=case_id, origin=CQ, seq=1, seen=((SC, 1),), kind=EventKind.ACCEPTED,
+        agency="cq.hrss", operator="x", at=NOW + timedelta(minutes=1), part=2,
+    )  # fmt: skip
+    shapes = {
+        "only a supplement gives materials": dataclasses.replace(base, materials=first.materials),
+        "only an approval gives a result": dataclasses.replace(base, result=first.materials[0]),
+        "approving a handling part": dataclasses.replace(base, kind=EventKind.APPROVED),
+        "only a request for material names": dataclasses.replace(base, requested=("id-card",)),
+        "names materials, each once": dataclasses.replace(
+            base, kind=EventKind.MATERIAL_REQUESTED, note="why", requested=("a", "a")
+        ),
+        "says why": dataclasses.replace(base, kind=EventKind.REJECTED),
+    }
+    for why, event in shapes.items():
+        assert why in (await refused(zj, CQ, signed(fed, event))).message
