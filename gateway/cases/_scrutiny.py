@@ -26,7 +26,13 @@ from datetime import timedelta
 
 from gateway.applicant_ids import is_applicant_id
 from gateway.cases._fold import CaseView
-from gateway.cases._model import MAX_EVENTS_PER_CASE, CaseEvent, EventKind, Submission
+from gateway.cases._model import (
+    MAX_EVENTS_PER_CASE,
+    MAX_NOTE_CHARS,
+    CaseEvent,
+    EventKind,
+    Submission,
+)
 from gateway.errors import Refusal
 from registry import Registry
 
@@ -47,6 +53,7 @@ def check_arrival(registry: Registry, event: CaseEvent, held: Sequence[CaseEvent
         raise _invalid(
             f"region {event.origin}'s case events arrive in order: this one is not the next"
         )
+    _check_texts(event)
     agency = registry.agency(event.agency)
     if agency is None or agency.region != event.origin:
         raise _invalid(f"the event's agency is not an agency of region {event.origin}")
@@ -56,6 +63,24 @@ def check_arrival(registry: Registry, event: CaseEvent, held: Sequence[CaseEvent
         check_submission(registry, event)
     elif event.submission is not None:
         raise _invalid("only a submission carries the case's matter")
+
+
+def _plain(text: str, limit: int) -> bool:
+    return len(text) <= limit and all(c.isprintable() or c == "\n" for c in text)
+
+
+def _check_texts(event: CaseEvent) -> None:
+    """The texts an agency reads in the case (note, operator, material ids) are printable, as `CaseBook` takes them from its own callers: no control character, no
+    bidirectional override, no NUL."""
+    refs = [*event.materials, *([event.result] if event.result is not None else [])]
+    texts = [
+        (event.note, MAX_NOTE_CHARS),
+        (event.operator, 256),  # a token's claim: at most 256 printable characters
+        *((r, 256) for r in event.requested),
+        *((r.material_id, 256) for r in refs),
+    ]
+    if not all(_plain(text, limit) for text, limit in texts):
+        raise _invalid("the event's note, operator or material ids are not plain text")
 
 
 def check_submission(registry: Registry, event: CaseEvent) -> None:

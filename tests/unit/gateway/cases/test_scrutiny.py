@@ -234,3 +234,24 @@ async def test_an_event_that_does_not_carry_what_its_kind_carries_is_refused(
     }
     for why, event in shapes.items():
         assert why in (await refused(zj, CQ, signed(fed, event))).message
+
+
+async def test_an_event_whose_texts_are_not_plain_is_refused(
+    fed: Federation, registry: Registry, regions: dict[str, Region]
+) -> None:
+    sc, zj = regions[SC], regions[ZJ]
+    case_id = await pension(fed, registry, sc)
+    await deliver(sc, zj)
+    base = CaseEvent(
+        case_id=case_id, origin=CQ, seq=1, seen=((SC, 1),), kind=EventKind.ACCEPTED,
+        agency="cq.hrss", operator="x", at=NOW + timedelta(minutes=1), part=2,
+    )  # fmt: skip
+    for hostile in (
+        dataclasses.replace(base, note="\u202egnp.exe"),
+        dataclasses.replace(base, note="a\x00b"),
+        dataclasses.replace(base, operator="op\x1b[31m"),
+        dataclasses.replace(
+            base, kind=EventKind.MATERIAL_REQUESTED, note="why", requested=("id\x07card",)
+        ),
+    ):
+        assert "not plain text" in (await refused(zj, CQ, signed(fed, hostile))).message
