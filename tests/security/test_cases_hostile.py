@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import json
 import logging
@@ -337,7 +338,8 @@ async def test_every_bad_field_is_a_contract_reason_and_stores_nothing(
         assert await stored_cases(cluster, SC) == before
     finally:
         await window.close()
-    assert APPLICANT not in caplog.text
+    for citizen in (APPLICANT, BAD_CHECK_DIGIT):  # whole, valid or not
+        assert citizen not in caplog.text
     # the gateways run with Redis (their cache, replay window, quotas); a case keeps nothing
     # there today, and never the applicant's id
     assert await redis_holds(redis_server, APPLICANT) == []
@@ -356,6 +358,7 @@ async def test_every_bad_field_is_a_contract_reason_and_stores_nothing(
     refused = [r for r in records if r.reason]
     assert len(refused) == len(bad_submits) + sum(map(len, bad_reads.values())) + 2
     assert all(APPLICANT not in r.canonical.decode() for r in records)
+    assert all(BAD_CHECK_DIGIT not in r.canonical.decode() for r in records)
     assert all(
         r.case_id == "" or r.case_id == case_id or r.case_id.startswith("sha256:") for r in records
     )
@@ -544,3 +547,65 @@ async def test_peer_deliveries_that_may_not_happen_are_refused(cluster: Cluster)
         if r.rpc == "/tongban.v1.Peer/DeliverCaseEvents" and r.reason
     ]
     assert len(receipts) == 7  # every one that reached the book: not the edge's bounds
+
+
+async def test_every_bad_act_is_a_contract_reason_and_changes_nothing(cluster: Cluster) -> None:
+    """重庆's handler on a 川渝 case: a request for material naming nothing, an unknown, the
+    same one twice or 10,000 ids; a supplement or a result where none goes; an approval of a
+    handling part without its result, with a 10 MB one or a zip bomb; the applicant's portal
+    token acting; each a contract reason, and the case as it was."""
+    registry = load_registry(cluster.fed)
+    window = Caller(cluster, "sc.hsa", SC)
+    made = await materials(cluster.fed, registry)
+    case = await window.call("Submit", submit("act-bad", made))
+    handler = Caller(cluster, "cq.hsa", CQ)
+    applicant = Caller(cluster, "cq.hsa", CQ, applicant=APPLICANT)
+    try:
+        get = cases_pb2.GetCaseRequest(case_id=case.case_id)
+        for _ in range(200):  # the window's deliverer brings the case to 重庆
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await handler.call("Get", get)
+                break
+            await asyncio.sleep(0.1)
+        accept = cases_pb2.ActRequest(
+            request_id="acc", case_id=case.case_id, part=1, action=cases_pb2.CASE_ACTION_ACCEPT
+        )
+        await handler.call("Act", accept)
+        before = await handler.call("Get", get)
+
+        def act(n: int, action: int, **more: Any) -> cases_pb2.ActRequest:
+            fields: dict[str, Any] = {"note": "理由", **more}
+            return cases_pb2.ActRequest(
+                request_id=f"bad-{n}", case_id=case.case_id, part=1, action=action, **fields
+            )
+
+        ask, approve = cases_pb2.CASE_ACTION_REQUEST_MATERIAL, cases_pb2.CASE_ACTION_APPROVE
+        huge = cases_pb2.Material(content=b"x" * (10 * 1024 * 1024))
+        bomb = cases_pb2.Material(content=zip_bomb())
+        attempts = [
+            (act(1, ask), "MATERIAL_MISSING"),
+            (act(2, ask, material_ids=["no-such"]), "MATERIAL_MISSING"),
+            (act(3, ask, material_ids=["id-card", "id-card"]), "MATERIAL_MISSING"),
+            (act(4, ask, material_ids=[f"m{i}" for i in range(10_000)]), "MATERIAL_MISSING"),
+            (act(5, ask, material_ids=["id-card"], note=""), "INVALID_ARGUMENT_FORMAT"),
+            (act(6, ask, material_ids=["id-card"], materials=[made[0]]), "MATERIAL_MISSING"),
+            (act(7, approve), "MATERIAL_MISSING"),
+            (act(8, approve, result=huge), "MATERIAL_TOO_LARGE"),
+            (act(9, approve, result=bomb), "MATERIAL_INVALID"),
+            (act(10, cases_pb2.CASE_ACTION_REJECT, note=""), "INVALID_ARGUMENT_FORMAT"),
+            (act(11, cases_pb2.CASE_ACTION_SUPPLEMENT, materials=made), "CASE_PART_NOT_YOURS"),
+            (act(12, cases_pb2.CASE_ACTION_ACCEPT), "CASE_ACTION_NOT_ALLOWED"),
+        ]
+        for request, reason in attempts:
+            _, got, _ = await handler.refused("Act", request)
+            assert got == reason, (request.request_id, got)
+        _, got, _ = await applicant.refused("Act", act(13, cases_pb2.CASE_ACTION_APPROVE))
+        assert got == "NOT_AUTHORISED_ROLE"
+        _, got, _ = await applicant.refused("Submit", submit("portal-1", made))
+        assert got == "NOT_AUTHORISED_ROLE"
+        after = await handler.call("Get", get)
+        assert after.history == before.history
+        assert after.parts == before.parts
+    finally:
+        for who in (window, handler, applicant):
+            await who.close()
