@@ -58,7 +58,7 @@ def check_arrival(registry: Registry, event: CaseEvent, held: Sequence[CaseEvent
     if agency is None or agency.region != event.origin:
         raise _invalid(f"the event's agency is not an agency of region {event.origin}")
     if event.kind is EventKind.SUBMITTED:
-        if held:
+        if any(e.kind is EventKind.SUBMITTED for e in held):
             raise _invalid("a case is submitted once: this case is held already")
         check_submission(registry, event)
     elif event.submission is not None:
