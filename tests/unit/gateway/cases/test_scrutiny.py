@@ -31,7 +31,15 @@ import gateway.cases._book
 import gateway.cases._local
 import gateway.cases._scrutiny
 from gateway.audit import AuditUnavailable, Outcome
-from gateway.cases import ActCall, CaseEvent, EventKind, PartSpec, SubmitCall, sign_event
+from gateway.cases import (
+    ActCall,
+    CaseEvent,
+    EventKind,
+    MaterialInput,
+    PartSpec,
+    SubmitCall,
+    sign_event,
+)
 from gateway.cases._events import read_event
 from gateway.errors import Refusal
 from registry import Registry
@@ -255,3 +263,24 @@ async def test_an_event_whose_texts_are_not_plain_is_refused(
         ),
     ):
         assert "not plain text" in (await refused(zj, CQ, signed(fed, hostile))).message
+
+
+async def test_a_credential_of_another_type_is_refused_on_arrival(
+    fed: Federation, registry: Registry, regions: dict[str, Region]
+) -> None:
+    """The window verified the id card as the credential its matter names; a receiver does too,
+    so a window that slips a credential of another type into a case is refused."""
+    sc, zj = regions[SC], regions[ZJ]
+    await pension(fed, registry, sc)
+    event, attachments = await submission_of(sc, ZJ)
+    other = await sealed(
+        fed, registry, CQ, {"credential_type": "business_licence"}, material_id="id-card"
+    )
+    (card,) = [r for r in event.materials if r.material_id == "id-card"]
+    swapped = dataclasses.replace(card, sha256=other.sha256, size=other.size)
+    forged = dataclasses.replace(
+        event, materials=tuple(swapped if r is card else r for r in event.materials)
+    )
+    kept = [a for a in attachments if MaterialInput("", *a).sha256 != card.sha256]
+    refusal = await refused(zj, SC, signed(fed, forged), [*kept, (other.content, b"")])
+    assert "not a id_card credential" in refusal.message
