@@ -21,15 +21,23 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Final, Literal, Protocol
+from typing import Any, Final, Literal, Protocol, cast
 
 from gateway import rpcs
-from gateway.audit import AuditLog, AuditUnavailable, Outcome, is_request_id, pseudonymize
+from gateway.audit import (
+    AuditLog,
+    AuditUnavailable,
+    Outcome,
+    is_case_id,
+    is_request_id,
+    pseudonymize,
+)
 from gateway.cases._calls import (
     CaseAnswer,
     CaseCaller,
     CasePage,
     Outgoing,
+    check_matter_filter,
     may_see,
     read_page_token,
     summary_of,
@@ -74,6 +82,34 @@ class RegistrySource(Protocol):
     def current(self) -> Registry: ...
 
 
+_READS: Final = frozenset(
+    {"events", "summary", "cases", "request", "attachment", "outbox", "changes", "overdue"}
+)
+
+
+class _Reads:
+    """The case store as the book reads it: a read the audit database cannot answer
+    (`AuditUnavailable`) is the refusal AUDIT_UNAVAILABLE, which each call audits (best effort)
+    and answers like any other, never an unmapped error (INTERNAL). `write` is the book's own
+    business (`CaseBookBase.write`)."""
+
+    def __init__(self, store: CaseStore) -> None:
+        self._store = store
+
+    def __getattr__(self, name: str) -> Any:
+        found = getattr(self._store, name)
+        if name not in _READS:
+            return found
+
+        async def read(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await found(*args, **kwargs)
+            except AuditUnavailable as exc:
+                raise Refusal("AUDIT_UNAVAILABLE", f"the case store did not answer: {exc}") from exc
+
+        return read
+
+
 class CaseBookBase:
     """What every call of the book shares: the store, the keys, reading and writing events."""
 
@@ -93,7 +129,7 @@ class CaseBookBase:
         if len(pseudonym_key) < 16:
             raise ValueError("the pseudonym key must be at least 16 bytes")
         self.region = region
-        self.store = store
+        self.store: CaseStore = cast(CaseStore, _Reads(store))
         self.materials = materials
         self.listeners: list[Callable[[], None]] = []  # called after each write here
         # told each event kept (its kind; made "here" or "received"): the gateway's metrics
@@ -250,7 +286,9 @@ class CaseBookBase:
 
     async def visible(self, caller: CaseCaller, case_id: str, note: Note) -> CaseView:
         """The case, if `caller` may see it; CASE_NOT_FOUND otherwise (as for an unknown id)."""
-        summary = await self.store.summary(case_id) if case_id else None
+        # a case id outside the grammar (NUL, a citizen id, 10 MB) is no case: not asked of
+        # the store (PostgreSQL refuses a NUL in text), and answered as an unknown id
+        summary = await self.store.summary(case_id) if is_case_id(case_id) else None
         view = await self.view(case_id) if summary is not None else None
         if summary is None or view is None or not may_see(summary, caller):
             raise Refusal("CASE_NOT_FOUND", "no case with this id is held here for this caller")
@@ -300,6 +338,7 @@ class CaseBookBase:
         note = self.note(rpcs.CASES_LIST, caller)
         note.matter_code = matter_code
         try:
+            check_matter_filter(matter_code)
             size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
             now = self.clock()
             query = CaseQuery(

@@ -8,6 +8,7 @@ import base64
 import binascii
 import hashlib
 import json
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ __all__ = [
     "Outgoing",
     "SubmitCall",
     "call_digest",
+    "check_matter_filter",
     "event_fields",
     "may_see",
     "new_case_id",
@@ -50,6 +52,8 @@ ACTIONS: Final = frozenset(
     }
 )
 MAX_PAGE_TOKEN_CHARS: Final = 512
+# The registry's matter-code grammar (registry._source_matters.is_matter_code): ASCII only.
+_MATTER_CODE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,63}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,11 +179,22 @@ def read_page_token(token: str) -> tuple[datetime, str] | None:
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         at, case_id = json.loads(raw)
-        if not isinstance(case_id, str):
-            raise bad
+        if not isinstance(case_id, str) or not is_case_id(case_id):
+            raise bad  # a case id no case has (a NUL, a citizen id): never handed to the store
         return parse_time(at, "page_token"), case_id
     except (binascii.Error, ValueError, TypeError, UnicodeDecodeError, RecursionError):
         raise bad from None
+
+
+def check_matter_filter(matter_code: str) -> None:
+    """INVALID_ARGUMENT_FORMAT for a listing's matter filter that no matter code can be (a NUL,
+    control characters, 1 MB): never handed to the store."""
+    if matter_code and not _MATTER_CODE.fullmatch(matter_code):
+        raise Refusal(
+            "INVALID_ARGUMENT_FORMAT",
+            "matter_code is a matter's national code (1 to 64 letters, digits, '.' or '-')",
+            metadata={"field": "matter_code"},
+        )
 
 
 def event_fields(event: CaseEvent) -> tuple[str, ...]:

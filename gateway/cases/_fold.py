@@ -213,6 +213,8 @@ def _change(part: Part, event: CaseEvent) -> Part:
             part, state=PartState.AWAITING_MATERIAL, note=event.note, requested=event.requested
         )
     if event.kind is EventKind.SUPPLEMENTED:
+        if not {m.material_id for m in event.materials} <= set(part.requested):
+            raise CaseRefused(NOT_ALLOWED, f"part {part.index} did not ask for that material")
         return dataclasses.replace(part, state=PartState.IN_PROGRESS, requested=())
     if event.kind is EventKind.APPROVED:
         return dataclasses.replace(part, state=PartState.DONE, result=event.result)

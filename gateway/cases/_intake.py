@@ -3,10 +3,13 @@
 Per event, in the order sent: (1) `verify_event` (a JWS by an audit key of the sending region,
 of that region's own making); (2) an event already held is answered with its id and not kept
 again (a different event under a held id is refused: a region does not sign two events under
-one number); (3) every material and result the event names is among the attachments sent, or
-held already, matched by SHA-256 and size, and each sent is verified again here (at the time
-its region verified it: a seal that expired since does not undo the case); (4) the case is
-folded with it (an event that does not fit when its turn comes is kept, marked not applied);
+one number); (4) the case is folded with it (an event that does not fit when its turn comes is kept, marked
+not applied), after `gateway.cases._scrutiny`'s checks (in order of its region, within the
+case's bound, by an agency of its region, on a part its region may act on; a submission: once,
+of a matter of this gateway's own registry with exactly its parts); (3) every material and
+result the event names is among the attachments sent, or held already, matched by SHA-256 and
+size, and each sent is verified again here (at the time its region verified it: a seal that
+expired since does not undo the case; a credential of the matter as a credential of its type);
 (5) kept with this gateway's audit record of the receipt, in one transaction. A bad event is
 refused (CASE_EVENT_INVALID, metadata "index"); the events before it stay held. An event of a
 case whose submission has not arrived here yet (the window's gateway is behind) is refused
@@ -15,7 +18,7 @@ CASE_NOT_FOUND: the sender retries it later, as after any refusal.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from gateway import rpcs
 from gateway.audit import AuditUnavailable, is_case_id
@@ -25,6 +28,7 @@ from gateway.cases._fold import CaseView, fold
 from gateway.cases._local import LocalChanges
 from gateway.cases._materials import MaterialInput, material_digest
 from gateway.cases._model import CaseEvent, EventKind, MaterialRef
+from gateway.cases._scrutiny import check_arrival, check_reach
 from gateway.cases._store import StoredAttachment
 from gateway.cases._trail import Note
 from gateway.errors import Refusal
@@ -94,8 +98,10 @@ class CaseBook(LocalChanges):
                     if other != event:
                         raise _invalid("a different event under the id of one held")
                     return event.event_id
-            kept = await self._attachments(event, attachments)  # (3)
             view = self._folded(event, events)  # (4)
+            check_arrival(registry, event, events)
+            check_reach(view, event)
+            kept = await self._attachments(event, attachments, _credentials(registry, view))  # (3)
             note.subject = self.pseudonym(view.submission.applicant_id)
             note.matter_code = view.submission.matter_code
             await self.write(note, event, jws, view, kept, local=False)  # (5)
@@ -118,9 +124,14 @@ class CaseBook(LocalChanges):
         return view
 
     async def _attachments(
-        self, event: CaseEvent, attachments: Sequence[tuple[bytes, bytes]]
+        self,
+        event: CaseEvent,
+        attachments: Sequence[tuple[bytes, bytes]],
+        credentials: Mapping[str, str],
     ) -> tuple[StoredAttachment, ...]:
-        """(3) of the module docstring: the attachments to keep, each verified again."""
+        """(3) of the module docstring: the attachments to keep, each verified again (a
+        material the matter names a credential (`credentials`: id -> type) as a credential of
+        that type, as the window verified it)."""
         refs = {r.sha256: r for r in _refs(event)}
         given: dict[str, MaterialInput] = {}
         for content, signed_data in attachments:
@@ -137,13 +148,26 @@ class CaseBook(LocalChanges):
         for sha, material in given.items():
             try:
                 self.materials.verify(
-                    material, now=self.clock(), validation_time=refs[sha].verified_at
+                    material,
+                    now=self.clock(),
+                    validation_time=refs[sha].verified_at,
+                    credential_type=None
+                    if refs[sha] is event.result
+                    else credentials.get(material.material_id),
                 )
             except Refusal as refusal:
                 raise _invalid(
                     f"material {material.material_id} does not verify here: {refusal.message}"
                 ) from None
         return self.sealed_attachments(list(given.values()))
+
+
+def _credentials(registry: Registry, view: CaseView) -> dict[str, str]:
+    """The case's credential materials in the registry's matter: material id -> type."""
+    matter = registry.matter(view.submission.matter_code)
+    if matter is None:
+        return {}
+    return {m.id: m.credential_type for m in matter.materials if m.kind.value == "credential"}
 
 
 def _refs(event: CaseEvent) -> list[MaterialRef]:

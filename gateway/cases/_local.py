@@ -21,8 +21,9 @@ from gateway.cases._calls import (
     new_case_id,
 )
 from gateway.cases._fold import CaseRefused, CaseView, fold, transition
-from gateway.cases._materials import MaterialInput
+from gateway.cases._materials import MaterialInput, material_label
 from gateway.cases._model import (
+    MAX_EVENTS_PER_CASE,
     MAX_NOTE_CHARS,
     CaseEvent,
     EventKind,
@@ -38,7 +39,7 @@ __all__ = ["LocalChanges"]
 
 
 def _missing(material_id: str, message: str) -> Refusal:
-    return Refusal("MATERIAL_MISSING", message, metadata={"material": material_id})
+    return Refusal("MATERIAL_MISSING", message, metadata={"material": material_label(material_id)})
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,6 +252,10 @@ class LocalChanges(CaseBookBase):
         registry = self.registry()
         note.registry_version = registry.version
         view = await self.visible(caller, call.case_id, note)
+        if len(view.history) >= MAX_EVENTS_PER_CASE:  # no region would take one more
+            raise Refusal(
+                "CASE_ACTION_NOT_ALLOWED", f"a case takes at most {MAX_EVENTS_PER_CASE} changes"
+            )
         digest = call_digest(
             "act",
             {

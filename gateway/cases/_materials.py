@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
 
+from gateway.audit import is_case_id, recordable
 from gateway.cases._model import MaterialRef
 from gateway.errors import Refusal
 from gateway.licences import LicenceRefused, licence_record
@@ -40,6 +41,7 @@ __all__ = [
     "MaterialInput",
     "MaterialVerifier",
     "material_digest",
+    "material_label",
 ]
 
 MAX_MATERIAL_BYTES: Final = 4 * 1024 * 1024  # content plus signed data of one material
@@ -75,8 +77,15 @@ def material_digest(content: bytes, signed_data: bytes) -> str:
     return digest.hexdigest()
 
 
+def material_label(material_id: str) -> str:
+    """A caller's material id as a refusal's ErrorInfo metadata "material" shows it: as given
+    when it is bounded printable text without a citizen id (the audit grammar of a case id),
+    else its digest form (a 100 kB id would make the status too large to reach the caller)."""
+    return recordable(material_id, is_case_id)
+
+
 def _invalid(material_id: str, message: str) -> Refusal:
-    return Refusal("MATERIAL_INVALID", message, metadata={"material": material_id})
+    return Refusal("MATERIAL_INVALID", message, metadata={"material": material_label(material_id)})
 
 
 class MaterialVerifier:
@@ -108,13 +117,13 @@ class MaterialVerifier:
                     "MATERIAL_TOO_LARGE",
                     f"a material is at most {self.max_material_bytes} bytes (content and "
                     "signed data)",
-                    metadata={"material": material.material_id},
+                    metadata={"material": material_label(material.material_id)},
                 )
             if total > self.max_call_bytes:
                 raise Refusal(
                     "MATERIAL_TOO_LARGE",
                     f"the materials of one call are at most {self.max_call_bytes} bytes together",
-                    metadata={"material": material.material_id},
+                    metadata={"material": material_label(material.material_id)},
                 )
 
     def verify(

@@ -245,6 +245,13 @@ class CasesService(cases_pb2_grpc.CasesServicer):
         self, request: cases_pb2.ListCasesRequest, context: Context
     ) -> cases_pb2.ListCasesResponse:
         caller = await self._caller(context, rpcs.CASES_LIST)
+        if request.state and request.state not in _STATES:  # proto3 keeps unknown numbers
+            refusal = Refusal(
+                "INVALID_ARGUMENT_FORMAT",
+                "state is OPEN, COMPLETED or REJECTED, or unset for every state",
+                metadata={"field": "state"},
+            )
+            raise await self.book.refused(rpcs.CASES_LIST, caller, refusal)
         page = await self.book.list(
             caller,
             state=_STATES.get(request.state, ""),

@@ -256,7 +256,7 @@ async def test_an_event_delivered_twice_is_held_once(
 
 
 async def test_a_bad_event_in_a_delivery_is_refused_with_its_index_the_ones_before_kept(
-    fed: Federation, registry: Registry, regions: dict[str, Region]
+    fed: Federation, registry: Registry, regions: dict[str, Region], clock: Clock
 ) -> None:
     sc, cq = regions[SC], regions[CQ]
     await submit_medical(fed, registry, sc)
@@ -274,14 +274,18 @@ async def test_a_bad_event_in_a_delivery_is_refused_with_its_index_the_ones_befo
     with pytest.raises(Refusal) as caught:
         await regions[ZJ].book.receive(CQ, [good])
     assert caught.value.reason == "CASE_EVENT_INVALID"
-    # an attachment that is not the one the event names
+    # an attachment that is not the one the event names (at a region of the case that does
+    # not hold it yet)
+    fresh = await make_region(fed, registry, CQ, clock)
     with pytest.raises(Refusal) as caught:
-        await regions[ZJ].book.receive(SC, [(out[0].jws, [(b"other", b"")])])
+        await fresh.book.receive(SC, [(out[0].jws, [(b"other", b"")])])
     assert caught.value.reason == "CASE_EVENT_INVALID"
+    assert "not one the event names" in caught.value.message
     # the attachments left out
     with pytest.raises(Refusal) as caught:
-        await regions[ZJ].book.receive(SC, [(out[0].jws, [])])
+        await fresh.book.receive(SC, [(out[0].jws, [])])
     assert "was not sent" in caught.value.message
+    assert fresh.store._events == {}
 
 
 async def test_an_event_of_a_case_whose_submission_is_not_here_yet_is_refused_until_it_is(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 from datetime import UTC, datetime, timedelta
@@ -26,6 +27,7 @@ from gateway.cases import (
 T0 = datetime(2026, 12, 7, 8, 0, tzinfo=UTC)
 SC, CQ, ZJ = "510000", "500000", "330000"
 REF = MaterialRef("id-card", "a" * 64, 10, "jades", CQ, "CN=seal", SC, T0)
+PROOF = MaterialRef("contribution-proof", "b" * 64, 10, "jades", SC, "CN=seal", SC, T0)
 SUB = Submission(
     "000112003100",
     "养老保险关系转移接续",
@@ -74,7 +76,7 @@ SC_SUPPLY = ev(
     agency="sc-window",
     part=2,
     seen={ZJ: 2, CQ: 2},
-    materials=(REF,),
+    materials=(PROOF,),
 )
 CQ_APPROVE = ev(
     CQ, 3, EventKind.APPROVED, 6, agency="cq-si", part=2, seen={SC: 2, ZJ: 2}, result=REF
@@ -210,3 +212,12 @@ def test_an_approval_before_the_part_is_accepted_is_out_of_order() -> None:
     with pytest.raises(CaseRefused) as refused:
         transition(view, early)
     assert refused.value.reason == "CASE_ACTION_NOT_ALLOWED"
+
+
+def test_a_supplement_of_material_the_part_did_not_ask_for_is_not_applied() -> None:
+    smuggled = dataclasses.replace(SC_SUPPLY, materials=(PROOF, REF))
+    view = fold([*HAPPY[:5], smuggled])
+    assert view is not None
+    assert view.parts[2].state is PartState.AWAITING_MATERIAL
+    assert view.history[-1] == (smuggled, False)
+    assert view.materials == (REF,)

@@ -140,3 +140,15 @@ async def test_a_gbt38540_signature_and_an_ofd_e_licence_verify(
         "MATERIAL_INVALID",
         {"material": "current-licence"},
     )
+
+
+def test_a_refusal_shows_a_material_id_only_when_it_is_plain_text() -> None:
+    from gateway.audit import is_digest_form
+    from gateway.cases._materials import material_label
+
+    assert material_label("filing-form") == "filing-form"
+    assert material_label("") == ""
+    for hostile in ("m" * 100_000, "11010519491231002X", "a\x00b", "\u202eexe"):
+        shown = material_label(hostile)
+        assert is_digest_form(shown)
+        assert len(shown) < 128

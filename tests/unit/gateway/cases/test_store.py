@@ -696,3 +696,21 @@ async def test_one_process_stores_need_no_lock(one_process_backend: Backend) -> 
             pass  # the book's own lock serialises a process's changes
     finally:
         await log.close()
+
+
+async def test_a_key_with_a_nul_finds_nothing_and_leaves_the_store_working(
+    cases: CaseStore,
+) -> None:
+    """No store keeps a NUL in text (`prepare` refuses one), so a read keyed by one finds
+    nothing: PostgreSQL is not asked (its error would open the audit store's breaker and fail
+    every audited call after a caller's bad case id)."""
+    await cases.write(record(), submitted("C1"))
+    assert await cases.summary("C1\x00") is None
+    assert await cases.events("C1\x00") == []
+    assert await cases.request("sc-window", "req-C1\x00") is None
+    assert await cases.attachment("\x00") is None
+    assert await cases.cases(CaseQuery(matter_code="\x00")) == []
+    await cases.delivered(CQ, ["C1/510000/1\x00"])
+    assert [s.case_id for s in await cases.cases(CaseQuery())] == ["C1"]
+    assert await cases.summary("C1") is not None
+    assert len(await cases.outbox(CQ, 10)) == 1
