@@ -97,11 +97,16 @@ async def parts(redis_server: RedisServer) -> AsyncIterator[Parts]:
         await made.client.aclose()
 
 
+def _degraded(parts: Parts) -> tuple[bool, bool]:
+    return parts.replay.degraded, parts.quota.degraded  # read afresh (mypy would narrow)
+
+
 async def _keep(parts: Parts) -> None:
     """An answer in Redis under KEY, encrypted as the cache writes it."""
-    plain = AnswerCache(MemoryBackend(), key=bytes(32), key_id="k1", jitter=0)
-    await plain.set(KEY, ANSWER, 60)
-    stored = await plain._backend.get(redis_key(KEY))  # type: ignore[attr-defined]
+    backend = MemoryBackend()
+    await AnswerCache(backend, key=bytes(32), key_id="k1", jitter=0).set(KEY, ANSWER, 60)
+    stored = await backend.get(redis_key(KEY))
+    assert stored is not None
     await parts.client.set(redis_key(KEY), stored)
 
 
@@ -159,7 +164,7 @@ async def test_redis_down_falls_back_to_memory_and_back(
     redis_server.kill()
     down = await parts.check("r-1", limit=2)
     assert down == Checked(first_use=True, within_quota=True, cached=None)  # answered uncached
-    assert parts.replay.degraded and parts.quota.degraded
+    assert _degraded(parts) == (True, True)
     assert parts.cache.counters.misses == 1
     assert await parts.check("r-1") == Checked(first_use=False)  # memory catches the repeat
     assert await parts.check("r-2", limit=2) == Checked(cached=None)
@@ -170,7 +175,7 @@ async def test_redis_down_falls_back_to_memory_and_back(
     await _keep(parts)
     back = await parts.check("r-4")
     assert back == Checked(cached=ANSWER)
-    assert not parts.replay.degraded and not parts.quota.degraded
+    assert _degraded(parts) == (False, False)
     assert await parts.check("r-1") == Checked(first_use=False)  # seen while Redis was down
 
 
