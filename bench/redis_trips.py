@@ -84,6 +84,7 @@ async def main(url: str, requests: int, rounds: int, concurrency: int) -> int:
     }
     figures: dict[str, list[tuple[float, float]]] = {name: [] for name in ways}
     serial = 0
+    fell_back: list[int] = []
     for _ in range(rounds):
         for name, checks in ways.items():
             base = serial
@@ -94,7 +95,7 @@ async def main(url: str, requests: int, rounds: int, concurrency: int) -> int:
                 )
                 checked = await checks.check(wanted, cache, now=NOW)
                 if not (checked.first_use and checked.within_quota and checked.cached == ANSWER):
-                    raise AssertionError(f"unexpected {checked}")
+                    fell_back.append(1)  # Redis did not answer in time: a fallback was timed
 
             figures[name].append(await _timed(one, requests, concurrency))
             serial += requests
@@ -108,6 +109,8 @@ async def main(url: str, requests: int, rounds: int, concurrency: int) -> int:
         )
     ratios = [b[0] / a[0] for a, b in zip(figures["separate"], figures["one trip"], strict=True)]
     print(f"one trip / separate, CPU, median of per-round ratios: {statistics.median(ratios):.2f}")
+    if fell_back:
+        print(f"NOT VALID: {len(fell_back)} requests were answered by a fallback (Redis too slow)")
     await client.aclose()
     await backend.close()
     sweeper = redis.asyncio.Redis.from_url(url)  # no short timeouts: SCAN of a large keyspace

@@ -47,6 +47,8 @@ COMMANDS: dict[str, str] = {
     ".venv/bin/python bench/verify.py --json out/bench-verify.json": "tests/integration/test_bench_runs.py::test_bench_verify_runs",
     ".venv/bin/python bench/audit.py": "tests/integration/test_bench_runs.py::test_bench_audit_runs",
     ".venv/bin/python bench/witnessing.py": "tests/integration/test_bench_runs.py::test_bench_witnessing_runs",
+    ".venv/bin/python bench/redis_trips.py": "tests/integration/test_bench_runs.py::test_bench_redis_trips_runs",
+    ".venv/bin/python bench/redis_trips.py --requests 1000 --rounds 3": "tests/integration/test_bench_runs.py::test_bench_redis_trips_runs",
     "tongban audit checkpoint --gateway localhost:7330 --pki out/pki --agency zj.data --out kept.checkpoint": "tests/integration/test_oversight_service.py::test_the_cli_asks_for_a_checkpoint_and_is_told_when_to_ask_again",
     "make lint": "tests/unit/test_docs_commands.py::test_make_targets_run_what_the_docs_say[lint]",
     "make proto": "tests/unit/test_docs_commands.py::test_make_targets_run_what_the_docs_say[proto]",
