@@ -55,6 +55,23 @@ async def _timed(
     return (time.process_time() - cpu) / n * 1e6, (time.perf_counter() - wall) / n * 1e6
 
 
+def _report(figures: dict[str, list[tuple[float, float]]]) -> None:
+    """The table: CPU and wall time per request of each way, and the CPU ratio."""
+    if not figures["separate"]:
+        print("NOT VALID: no round without fallbacks (Redis too slow)")
+    else:
+        print(f"{'':10} {'CPU µs/request':>16} {'wall µs/request':>16}   (median; min-max)")
+        for name, rows in figures.items():
+            cpu, wall = [r[0] for r in rows], [r[1] for r in rows]
+            print(
+                f"{name:10} {statistics.median(cpu):16,.0f} {statistics.median(wall):16,.0f}"
+                f"   ({min(cpu):,.0f}-{max(cpu):,.0f}; {min(wall):,.0f}-{max(wall):,.0f})"
+            )
+        pairs = zip(figures["separate"], figures["one trip"], strict=True)
+        ratio = statistics.median(b[0] / a[0] for a, b in pairs)
+        print(f"one trip / separate, CPU, median of per-round ratios: {ratio:.2f}")
+
+
 async def main(url: str, requests: int, rounds: int, concurrency: int, parts: set[str]) -> int:
     prefix = f"tb:bench-trips:{os.getpid()}:"
     client = redis.asyncio.Redis.from_pool(
@@ -116,19 +133,7 @@ async def main(url: str, requests: int, rounds: int, concurrency: int, parts: se
     )
     if dropped:
         print(f"{dropped} round(s) left out: Redis did not answer some requests in time")
-    if not figures["separate"]:
-        print("NOT VALID: no round without fallbacks (Redis too slow)")
-    else:
-        print(f"{'':10} {'CPU µs/request':>16} {'wall µs/request':>16}   (median; min-max)")
-        for name, rows in figures.items():
-            cpu, wall = [r[0] for r in rows], [r[1] for r in rows]
-            print(
-                f"{name:10} {statistics.median(cpu):16,.0f} {statistics.median(wall):16,.0f}"
-                f"   ({min(cpu):,.0f}-{max(cpu):,.0f}; {min(wall):,.0f}-{max(wall):,.0f})"
-            )
-        pairs = zip(figures["separate"], figures["one trip"], strict=True)
-        ratio = statistics.median(b[0] / a[0] for a, b in pairs)
-        print(f"one trip / separate, CPU, median of per-round ratios: {ratio:.2f}")
+    _report(figures)
     await client.aclose()
     await backend.close()
     sweeper = redis.asyncio.Redis.from_url(url)  # no short timeouts: SCAN of a large keyspace
