@@ -50,6 +50,7 @@ from gateway.revocation import CallerRevocation, make_fetcher
 from gateway.sealing import Sm2SealKey
 from gateway.services.exchange import QueryPath
 from gateway.services.witness import WitnessService
+from gateway.shared_checks import OneTrip, SharedChecks
 from gateway.timestamps import make_time_stamper
 from gateway.tokens import TokenVerifier
 from gateway.witnessing import CheckpointSubmitter, log_keys, witness_name
@@ -261,9 +262,10 @@ def _shared_backends(
     redis_breaker: CircuitBreaker,
     clock: Callable[[], datetime],
     closers: list[Closer],
-) -> tuple[ReplayGuard, QuotaCounter, CacheBackend]:
-    """The replay window, quotas and answer cache in Redis (one client, one breaker), each
-    falling back to memory while Redis is out."""
+) -> tuple[ReplayGuard, QuotaCounter, CacheBackend, SharedChecks]:
+    """The replay window, quotas and answer cache in Redis (one breaker), each falling back to
+    memory while Redis is out, and their checks in one round trip (`OneTrip`, on the replay
+    window's and the quotas' client; the cache writes on a pool of their own)."""
     client = redis.asyncio.Redis.from_pool(
         redis.asyncio.BlockingConnectionPool.from_url(
             redis_url,
@@ -293,7 +295,14 @@ def _shared_backends(
         MemoryQuotaCounter(),
     )
     backend = RedisBackend(redis_url, operation_timeout=exchange.redis_timeout_seconds)
-    return replay, quota, backend
+    checks = OneTrip(
+        client,
+        replay=replay,
+        quota=quota,
+        breaker=redis_breaker,
+        timeout_seconds=exchange.redis_timeout_seconds,
+    )
+    return replay, quota, backend, checks
 
 
 def _provider_client(
@@ -316,8 +325,9 @@ def _provider_client(
 
 def _backends(
     parts: QueryPathParts, exchange: ExchangeConfig, closers: list[Closer]
-) -> tuple[ReplayGuard, QuotaCounter, CacheBackend]:
-    """The replay window, quota counter and cache backend: in Redis, or in this process."""
+) -> tuple[ReplayGuard, QuotaCounter, CacheBackend, SharedChecks | None]:
+    """The replay window, quota counter and cache backend: in Redis, or in this process; and
+    their checks in one round trip (None: one after the other, in this process)."""
     if exchange.redis_url:
         return _shared_backends(
             exchange, exchange.redis_url, parts.redis_breaker, parts.clock, closers
@@ -330,6 +340,7 @@ def _backends(
         MemoryReplayGuard(REPLAY_WINDOW_SECONDS, parts.clock),
         MemoryQuotaCounter(),
         MemoryBackend(),
+        None,
     )
 
 
@@ -351,7 +362,7 @@ def build_query_path(
     if config.audit is None:
         raise ConfigError("exchange: the query path audits every access: configure [audit] too")
     cache_key_id = hashlib.sha256(exchange.cache_key).hexdigest()[:4]
-    replay, quota, backend = _backends(parts, exchange, closers)
+    replay, quota, backend, checks = _backends(parts, exchange, closers)
     closers.append(backend.close)
     provider = _provider_client(config, exchange, parts.metrics)
     if provider is not None:
@@ -378,6 +389,7 @@ def build_query_path(
         tokens=TokenVerifier(region=config.region, clock=clock),
         replay=replay,
         quota=quota,
+        checks=checks,
         peers=peers,
         verifier=parts.verifier,
         gm_verifier=parts.gm_verifier,

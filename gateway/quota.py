@@ -166,15 +166,31 @@ class FallbackQuotaCounter:
         self._fallback = fallback
         self.degraded = False
 
+    @property
+    def primary(self) -> QuotaCounter:
+        return self._primary
+
+    @property
+    def fallback(self) -> QuotaCounter:
+        return self._fallback
+
+    def unavailable(self, why: object) -> None:
+        """The primary could not count (`why`): the fallback counts until it does again."""
+        if not self.degraded:
+            _log.warning("quotas fall back to this replica's count: %s", why)
+            self.degraded = True
+
+    def answered(self) -> None:
+        """The primary counted (again)."""
+        if self.degraded:
+            _log.warning("quotas are shared in Redis again")
+            self.degraded = False
+
     async def take(self, agreement_id: str, limit_per_minute: int, *, now: datetime) -> bool:
         try:
             allowed = await self._primary.take(agreement_id, limit_per_minute, now=now)
         except QuotaUnavailable as exc:
-            if not self.degraded:
-                _log.warning("quotas fall back to this replica's count: %s", exc)
-                self.degraded = True
+            self.unavailable(exc)
             return await self._fallback.take(agreement_id, limit_per_minute, now=now)
-        if self.degraded:
-            _log.warning("quotas are shared in Redis again")
-            self.degraded = False
+        self.answered()
         return allowed

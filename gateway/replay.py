@@ -193,6 +193,11 @@ class MemoryReplayGuard:
         self._seen[digest] = now + self.window_seconds
         return True
 
+    def seen(self, agency: str, request_id: str) -> bool:
+        """Does this memory hold (`agency`, `request_id`) within the window? Remembers nothing."""
+        expires = self._seen.get(_digest(agency, request_id))
+        return expires is not None and expires > self._clock().timestamp()
+
     def _sweep(self, now: float) -> None:
         while self._seen:
             digest, expires = next(iter(self._seen.items()))
@@ -212,17 +217,33 @@ class FallbackReplayGuard:
         self._fallback = fallback
         self.degraded = False
 
+    @property
+    def primary(self) -> ReplayGuard:
+        return self._primary
+
+    @property
+    def fallback(self) -> ReplayGuard:
+        return self._fallback
+
+    def unavailable(self, why: object) -> None:
+        """The primary could not answer (`why`): the fallback answers until it does again."""
+        if not self.degraded:
+            _log.warning("replay window falls back to this replica's memory: %s", why)
+            self.degraded = True
+
+    def answered(self) -> None:
+        """The primary answered (again)."""
+        if self.degraded:
+            _log.warning("replay window is shared in Redis again")
+            self.degraded = False
+
     async def first_use(self, agency: str, request_id: str) -> bool:
         try:
             first = await self._primary.first_use(agency, request_id)
         except ReplayUnavailable as exc:
-            if not self.degraded:
-                _log.warning("replay window falls back to this replica's memory: %s", exc)
-                self.degraded = True
+            self.unavailable(exc)
             return await self._fallback.first_use(agency, request_id)
-        if self.degraded:
-            _log.warning("replay window is shared in Redis again")
-            self.degraded = False
+        self.answered()
         # Remember locally too, so a repeat is still caught if Redis fails right after; and ask
         # the local memory as well: a Redis that came back empty (restarted, nothing on disk)
         # has forgotten ids this replica saw before, inside the window.

@@ -336,6 +336,7 @@ def owner_flow(
     seal_keys: dict[str, KeyProvider] | None = None,
     codec: Codec | None = None,
     cases: Any = None,
+    checks: Any = None,
 ) -> OwnerFlow:
     if seal_keys is None:
         key = seal_key(fed, backends.region)
@@ -350,6 +351,7 @@ def owner_flow(
         sealer=RegionSealer(backends.region, seal_keys),
         data_system=data_system,
         cases=cases,
+        checks=checks,
         clock=backends.clock,
     )
 
@@ -402,6 +404,7 @@ def requester_flow(
     *,
     reporter: Any = None,
     cases: Any = None,
+    checks: Any = None,
 ) -> RequesterFlow:
     return RequesterFlow(
         region=backends.region,
@@ -417,5 +420,6 @@ def requester_flow(
         codec=ForwardedCodec(),
         reporter=reporter,
         cases=cases,
+        checks=checks,
         clock=backends.clock,
     )

@@ -174,7 +174,12 @@ class AnswerCache:
         """The cached answer under `key` (from `cache_key`), or None: absent, expired, not
         decryptable, or the backend failed or is bypassed."""
         name = redis_key(key)
-        stored = await self._backend_get(name)
+        return self.opened(key, await self._backend_get(name))
+
+    def opened(self, key: bytes, stored: bytes | None) -> bytes | None:
+        """The answer in `stored`, the bytes kept under `key` that a caller read from the
+        backend itself (`gateway.shared_checks`: one round trip for several checks), or None
+        (absent, not decryptable, unavailable); counted as a hit or a miss like `get`."""
         value = None if stored is None else self._open(key, stored)
         if stored is not None and value is None:
             self._breaker.rejected += 1
@@ -200,7 +205,12 @@ class AnswerCache:
         )
 
     async def get_or_load(
-        self, key: bytes, ttl_seconds: float, load: Callable[[], Awaitable[bytes]]
+        self,
+        key: bytes,
+        ttl_seconds: float,
+        load: Callable[[], Awaitable[bytes]],
+        *,
+        missed: bool = False,
     ) -> tuple[bytes, bool]:
         """(value, hit): the cached answer, or `load()`'s, which is then cached.
 
@@ -208,7 +218,8 @@ class AnswerCache:
         caller's load for the same key: concurrent misses make one `load` call). An exception
         from `load` reaches every caller waiting on it and nothing is cached. A caller that is
         cancelled does not cancel the load the others wait for. With `ttl_seconds` 0 nothing
-        is cached or shared: `load` is simply called.
+        is cached or shared: `load` is simply called. With `missed`, the caller's own lookup
+        has just missed: a new flight loads without asking the backend again.
         """
         if ttl_seconds < 0:
             raise ValueError("ttl_seconds is not negative")
@@ -220,16 +231,24 @@ class AnswerCache:
             value, _ = await asyncio.shield(flight)
             self._breaker.coalesced += 1
             return value, True
-        flight = asyncio.get_running_loop().create_task(self._fill(key, ttl_seconds, load))
+        flight = asyncio.get_running_loop().create_task(self._fill(key, ttl_seconds, load, missed))
         flight.add_done_callback(_retrieve)
         self._flights[key] = flight
         return await asyncio.shield(flight)
 
+    def in_flight(self, key: bytes) -> bool:
+        """Is a load for `key` under way (its callers wait for it, not for the backend)?"""
+        return key in self._flights
+
     async def _fill(
-        self, key: bytes, ttl_seconds: float, load: Callable[[], Awaitable[bytes]]
+        self,
+        key: bytes,
+        ttl_seconds: float,
+        load: Callable[[], Awaitable[bytes]],
+        missed: bool = False,
     ) -> tuple[bytes, bool]:
         try:
-            cached = await self.get(key)
+            cached = None if missed else await self.get(key)
             if cached is not None:
                 return cached, True
             value = await load()

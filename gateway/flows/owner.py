@@ -11,7 +11,9 @@ one of its agencies, for this region's data.
         names too (`CaseBinding`, with the signed request's agency of the requesting region:
         CASE_NOT_OPEN, CASE_QUERY_NOT_ALLOWED; unless its cases do not bind queries); then it
         counts the agreement's quota over every requesting gateway
-    (3) answers from its cache, or asks its data system and seals the exact answer bytes
+    (3) answers from its cache, or asks its data system and seals the exact answer bytes. (2)'s
+        count and this cache read are one round trip to the shared state (`SharedChecks`: one
+        Redis script), the read only for a request within its quota
     (4) durably audits the access, then answers (with its pseudonym of the subject when the
         dataset is cache_scope "requester", for the requester's reports)
 Every refusal after (1)'s caller check is audited, and raised as a Refusal.
@@ -38,6 +40,7 @@ from gateway.policy import DataRequest
 from gateway.provider import ProviderAnswer
 from gateway.quota import QuotaCounter, QuotaUnavailable
 from gateway.sealing import RegionSealer, SealKeyUnavailable
+from gateway.shared_checks import SequentialChecks, SharedChecks, Wanted
 from registry import CacheScope, Registry
 from signer import SignerError
 
@@ -87,12 +90,15 @@ class OwnerFlow:
         sealer: RegionSealer,
         data_system: DataSystem | None,
         cases: CaseBinding | None = None,
+        checks: SharedChecks | None = None,
         clock: Callable[[], datetime],
     ) -> None:
         self.region = region
         self._gate = gatekeeper
         self._trail = trail
         self._quota = quota
+        # (2)'s count and (3)'s cache read in one round trip; one after the other without one
+        self._checks = checks or SequentialChecks(None, quota)
         self._cache = cache
         self._codec = codec
         self._sealer = sealer
@@ -150,12 +156,13 @@ class OwnerFlow:
             grant = self._gate.grant(registry, agency.id, data, now, agency=agency)
             audit = replace(audit, agreement_id=grant.agreement_id)
             await bind_to_case(self.cases, registry, grant, data)
-            await self._take_owner_quota(grant, now)
-            # (3)
-            self._trail.ready()
             subject = self._trail.pseudonym(data.subject_id)
             audit = replace(audit, subject=subject)
-            record, hit = await self._sealed_answer(subject, grant, call, registry)
+            key = self._cache_key(subject, grant, data)
+            read, cached = await self._take_owner_quota(grant, now, key)
+            # (3)
+            self._trail.ready()
+            record, hit = await self._sealed_answer(key, (read, cached), grant, call, registry)
             if call.credential_type:
                 record = await self._licence(record, call, registry)
         except Refusal as refusal:
@@ -215,39 +222,58 @@ class OwnerFlow:
             format=sealed.format,
         )
 
-    async def _take_owner_quota(self, grant: Grant, now: datetime) -> None:
-        """The data owner counts the agreement's quota too, over every requesting gateway (it
-        never trusts a requesting gateway to have counted): its own counter, beside the one the
-        requesting gateway keeps, `owner:<agreement id>`."""
-        try:
-            taken = await self._quota.take(
-                f"owner:{grant.agreement_id}", grant.quota_per_minute, now=now
-            )
-        except QuotaUnavailable as exc:
-            raise Refusal(
-                "SHARED_STATE_UNAVAILABLE",
-                f"the agreement's quota cannot be checked: {exc}",
-            ) from exc
-        if not taken:
-            raise Refusal(
-                "QUOTA_EXCEEDED",
-                f"agreement {grant.agreement_id} allows {grant.quota_per_minute} queries a minute "
-                f"to region {self.region}, from all requesters; try again next minute",
-            )
-
-    async def _sealed_answer(
-        self, subject: str, grant: Grant, call: ForwardCall, registry: Registry
-    ) -> tuple[SealedAnswer, bool]:
-        """(sealed answer, cache hit): from the cache, or fetched and sealed, then kept for the
-        dataset's TTL. A miss uses the record it sealed as it is (the cache keeps its bytes)."""
-        data = call.request
-        key = cache_key(
+    def _cache_key(self, subject: str, grant: Grant, data: DataRequest) -> bytes:
+        return cache_key(
             provider_region=self.region,
             dataset=data.dataset,
             subject_pseudonym=subject,
             fields=grant.fields,
             purpose=data.purpose,
         )
+
+    async def _take_owner_quota(
+        self, grant: Grant, now: datetime, key: bytes
+    ) -> tuple[bool, bytes | None]:
+        """The data owner counts the agreement's quota too, over every requesting gateway (it
+        never trusts a requesting gateway to have counted): its own counter, beside the one the
+        requesting gateway keeps, `owner:<agreement id>`. In the same round trip, (3)'s read of
+        the answer cached under `key` when the dataset is cached and no load of it is under way
+        here (the caller then waits for that load): (read, the answer or None)."""
+        read = grant.dataset.cache_ttl_seconds > 0 and not self._cache.in_flight(key)
+        wanted = Wanted(
+            quota=(f"owner:{grant.agreement_id}", grant.quota_per_minute),
+            cache=key if read else None,
+        )
+        try:
+            checked = await self._checks.check(wanted, self._cache, now=now)
+        except QuotaUnavailable as exc:
+            raise Refusal(
+                "SHARED_STATE_UNAVAILABLE",
+                f"the agreement's quota cannot be checked: {exc}",
+            ) from exc
+        if not checked.within_quota:
+            raise Refusal(
+                "QUOTA_EXCEEDED",
+                f"agreement {grant.agreement_id} allows {grant.quota_per_minute} queries a minute "
+                f"to region {self.region}, from all requesters; try again next minute",
+            )
+        return read, checked.cached
+
+    async def _sealed_answer(
+        self,
+        key: bytes,
+        lookup: tuple[bool, bytes | None],
+        grant: Grant,
+        call: ForwardCall,
+        registry: Registry,
+    ) -> tuple[SealedAnswer, bool]:
+        """(sealed answer, cache hit): the answer `lookup` found (read with the quota), or
+        fetched and sealed, then kept for the dataset's TTL under `key` (one load for
+        concurrent misses, or the load under way). A miss uses the record it sealed as it is
+        (the cache keeps its bytes)."""
+        read, cached = lookup
+        if cached is not None:
+            return self._codec.decode(cached), True
         loaded: list[SealedAnswer] = []
 
         async def load() -> bytes:
@@ -255,7 +281,9 @@ class OwnerFlow:
             loaded.append(record)
             return self._codec.encode(record)
 
-        raw, hit = await self._cache.get_or_load(key, grant.dataset.cache_ttl_seconds, load)
+        raw, hit = await self._cache.get_or_load(
+            key, grant.dataset.cache_ttl_seconds, load, missed=read
+        )
         if not hit and loaded:  # this call's own load
             return loaded[0], False
         return self._codec.decode(raw), hit

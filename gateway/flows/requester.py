@@ -4,6 +4,8 @@
         to its certificate
     (2) the request is well formed (`check_shape`: every id in its grammar, within its bound,
         no citizen id outside subject_id) and its id not seen before in the replay window
+        (checked in (4)'s round trip; before any refusal of (3) or (3a), on its own: a repeat
+        is refused as one whatever else is wrong with it)
     (3) the registry allows it (purpose, agreement, window, share class, case id, fields):
         authorisation precedes everything below; the one decision (`Grant`) carries the
         agreement, its quota and the fields to the steps below
@@ -12,7 +14,9 @@
         matter lists this dataset, purpose and fields (`CaseBinding`: CASE_NOT_OPEN,
         CASE_QUERY_NOT_ALLOWED); authorisation still, so before the quota and the cache. Not
         checked when the gateway's cases do not bind queries (`[cases] bind_queries = false`)
-    (4) the agreement's quota this minute is not exhausted
+    (4) the agreement's quota this minute is not exhausted. (2)'s replay check, this count
+        and (4a)'s cache read are one round trip to the shared state (`SharedChecks`: one
+        Redis script), in that order: a repeat counts nothing, a request over quota reads nothing
     (4a) a dataset whose owner chose cache_scope "requester": this gateway's own cache holds
         the owner's sealed answer (key: provider region, dataset, subject pseudonym, fields,
         purpose, this region) whose seal still verifies; its report to the owner is made, to
@@ -66,6 +70,7 @@ from gateway.quota import QuotaCounter, QuotaUnavailable
 from gateway.replay import ReplayGuard, ReplayUnavailable
 from gateway.reports import AccessReport, AccessReporter, ReportFormatError
 from gateway.sealing import SealFormat, check_region_seal, seals_with_sm2
+from gateway.shared_checks import SequentialChecks, SharedChecks, Wanted
 from gateway.tokens import TokenError, TokenVerifier
 from registry import CacheScope, Registry
 from signer import GmVerifier, Indication, SealVerifier
@@ -124,6 +129,7 @@ class RequesterFlow:
         reporter: AccessReporter | None = None,
         seal_memo: PassedSeals | None = None,
         cases: CaseBinding | None = None,
+        checks: SharedChecks | None = None,
         clock: Callable[[], datetime],
     ) -> None:
         self.region = region
@@ -132,6 +138,8 @@ class RequesterFlow:
         self._tokens = tokens
         self._replay = replay
         self._quota = quota
+        # (2), (4) and (4a)'s read in one round trip; one after the other without one
+        self._checks = checks or SequentialChecks(replay, quota)
         self._owners = owners
         self._verifier = verifier
         self._gm_verifier = gm_verifier  # GB/T 38540 seals (SM2 regions); same registry
@@ -166,25 +174,29 @@ class RequesterFlow:
             # (1)
             operator = self._operator(call, caller, registry)
             audit = replace(audit, caller_operator=operator)
-            # (2)
+            # (2): the shape here, the replay window in (4)'s round trip
             check_shape(data)
-            await self._first_use(caller, data)
-            # (3)
             now = self._clock()
-            grant = self._gate.grant(registry, caller.agency_id, data, now)
-            audit = replace(audit, agreement_id=grant.agreement_id)
-            # (3a)
-            await bind_to_case(self.cases, registry, grant, data)
-            # (4)
-            await self._take_quota(grant, now)
-            # (4a)
+            try:
+                # (3)
+                grant = self._gate.grant(registry, caller.agency_id, data, now)
+                audit = replace(audit, agreement_id=grant.agreement_id)
+                # (3a)
+                await bind_to_case(self.cases, registry, grant, data)
+            except Refusal:
+                await self._first_use(caller, data)  # (2) first: a repeat is refused as one
+                raise
+            # (4a)'s key
             keep = self._requester_key(grant, data)
             if call.credential_type and seals_with_sm2(registry, data.provider_region, now):
                 keep = None  # the answer is an e-licence: neither kept nor answered from here
             if keep is not None:
                 audit = replace(audit, subject=keep[2])  # computed once: the record needs it
+            # (2), (4), (4a): one round trip
+            raw = await self._check_shared(caller, data, grant, now, keep)
+            if raw is not None:
                 cached = await self._answer_from_cache(
-                    keep[0], grant, registry, caller=caller, audit=audit
+                    raw, grant, registry, caller=caller, audit=audit
                 )
                 if cached is not None:
                     return cached
@@ -239,7 +251,8 @@ class RequesterFlow:
         return claims.operator
 
     async def _first_use(self, caller: Caller, data: DataRequest) -> None:
-        """(2): the request id is new for this agency within the replay window."""
+        """(2) on its own, before a refusal of (3) or (3a): the request id is new for this
+        agency within the replay window."""
         try:
             if not await self._replay.first_use(caller.agency_id, data.request_id):
                 raise Refusal(
@@ -252,20 +265,46 @@ class RequesterFlow:
                 f"the replay window cannot be checked: {exc}",
             ) from exc
 
-    async def _take_quota(self, grant: Grant, now: datetime) -> None:
-        """(4): one query of the agreement's quota this minute."""
+    async def _check_shared(
+        self,
+        caller: Caller,
+        data: DataRequest,
+        grant: Grant,
+        now: datetime,
+        keep: tuple[bytes, int, str] | None,
+    ) -> bytes | None:
+        """(2) the request id is new for this agency within the replay window, (4) one query of
+        the agreement's quota this minute, and (4a) this gateway's kept answer (None: none, or
+        no key): one round trip to the shared state."""
+        wanted = Wanted(
+            replay=(caller.agency_id, data.request_id),
+            quota=(grant.agreement_id, grant.quota_per_minute),
+            cache=None if keep is None else keep[0],
+        )
         try:
-            if not await self._quota.take(grant.agreement_id, grant.quota_per_minute, now=now):
-                raise Refusal(
-                    "QUOTA_EXCEEDED",
-                    f"agreement {grant.agreement_id} allows {grant.quota_per_minute} queries a "
-                    "minute; try again next minute",
-                )
+            checked = await self._checks.check(wanted, self._cache, now=now)
+        except ReplayUnavailable as exc:
+            raise Refusal(
+                "SHARED_STATE_UNAVAILABLE",
+                f"the replay window cannot be checked: {exc}",
+            ) from exc
         except QuotaUnavailable as exc:
             raise Refusal(
                 "SHARED_STATE_UNAVAILABLE",
                 f"the agreement's quota cannot be checked: {exc}",
             ) from exc
+        if not checked.first_use:
+            raise Refusal(
+                "REQUEST_REPLAYED",
+                "this request_id was already used by this agency: a replay is refused",
+            )
+        if not checked.within_quota:
+            raise Refusal(
+                "QUOTA_EXCEEDED",
+                f"agreement {grant.agreement_id} allows {grant.quota_per_minute} queries a "
+                "minute; try again next minute",
+            )
+        return checked.cached
 
     def _requester_key(self, grant: Grant, data: DataRequest) -> tuple[bytes, int, str] | None:
         """(cache key, TTL, subject pseudonym) of this gateway's own copy of the owner's answer,
@@ -308,20 +347,20 @@ class RequesterFlow:
 
     async def _answer_from_cache(
         self,
-        key: bytes,
+        raw: bytes,
         grant: Grant,
         registry: Registry,
         *,
         caller: Caller,
         audit: AuditContext,
     ) -> Answer | None:
-        """(4a) The answer from this gateway's own cache, after the decision: the owner's
-        sealed answer, its seal checked again (memoised), the access audited here with its
-        report to the owner (one transaction: the log is the outbox). None when there is
+        """(4a) The answer from this gateway's own cache (`raw`, read after the decision): the
+        owner's sealed answer, its seal checked again (memoised), the access audited here with
+        its report to the owner (one transaction: the log is the outbox). None when there is
         nothing usable (the caller then asks the owner)."""
         assert self.reporter is not None
         data = audit.request
-        found = await self._cached(key, data, grant)
+        found = await self._cached(raw, data, grant)
         if found is None:
             return None
         entry, fields = found
@@ -349,12 +388,9 @@ class RequesterFlow:
         return Answer(entry.record, True, audit_id, fields, registry.version, grant.agreement_id)
 
     async def _cached(
-        self, key: bytes, data: DataRequest, grant: Grant
+        self, raw: bytes, data: DataRequest, grant: Grant
     ) -> tuple[Forwarded, tuple[str, ...]] | None:
-        """The kept answer for `key` and the fields it returns, if it still passes its checks."""
-        raw = await self._cache.get(key)
-        if raw is None:
-            return None
+        """The kept answer `raw` and the fields it returns, if it still passes its checks."""
         entry = self._codec.decode(raw)
         if entry is None:
             log.warning("a cached answer of region %s does not decode", data.provider_region)

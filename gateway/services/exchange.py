@@ -84,6 +84,7 @@ from gateway.services._exchange_messages import (
     sealed_record,
     wire_seal_format,
 )
+from gateway.shared_checks import SharedChecks
 from gateway.tokens import TokenVerifier
 from registry import RegistryError, RegistryStore
 from signer import GmVerifier, KeyProvider, SealVerifier
@@ -300,6 +301,7 @@ class QueryPath:
         replay: ReplayGuard,
         quota: QuotaCounter,
         peers: PeerPool,
+        checks: SharedChecks | None = None,
         verifier: SealVerifier,
         gm_verifier: GmVerifier,
         seal_keys: Mapping[str, KeyProvider],
@@ -349,6 +351,7 @@ class QueryPath:
             codec=ForwardedCodec(),
             reporter=reporter,
             cases=cases,
+            checks=checks,
             clock=clock,
         )
         self.owner = OwnerFlow(
@@ -364,6 +367,7 @@ class QueryPath:
             ),
             data_system=DataSystemClient(provider, metrics) if provider is not None else None,
             cases=cases,
+            checks=checks,
             clock=clock,
         )
         self.intake = ReportIntake(region=region, gatekeeper=gatekeeper, trail=self.trail)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from pg_support import SUPERUSER_DSN
+from support import RedisServer, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -54,6 +55,23 @@ def test_bench_witnessing_runs(tmp_path: Path) -> None:
     done = run_bench("witnessing.py", "--seconds", "0.05", "--json", str(out))
     assert "with witnessing" in done.stdout
     assert set(json.loads(out.read_text())["records_per_second"]) == {"100", "1000"}
+
+
+def test_bench_redis_trips_runs(tmp_path: Path) -> None:
+    server = RedisServer(free_port(), tmp_path)  # a Redis of its own, not the machine's
+    server.start()
+    try:
+        runs = [
+            run_bench(
+                "redis_trips.py", "--redis", server.url, "--requests", "50", "--rounds", "1",
+                *checks,
+            )
+            for checks in ((), ("--checks", "replay,quota"), ("--checks", "quota,cache"))
+        ]  # fmt: skip
+    finally:
+        server.kill()
+    for done in runs:
+        assert "one trip / separate" in done.stdout or "NOT VALID" in done.stdout
 
 
 def test_bench_verify_runs(tmp_path: Path) -> None:

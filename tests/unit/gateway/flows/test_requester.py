@@ -50,6 +50,7 @@ from gateway.quota import QuotaUnavailable
 from gateway.replay import ReplayUnavailable
 from gateway.reports import AccessReporter
 from gateway.sealing import SealFormat
+from gateway.shared_checks import Checked, SequentialChecks, Wanted
 from registry import CacheScope, Registry
 from signer import seal
 
@@ -682,3 +683,55 @@ async def test_a_kept_answer_is_not_released_once_its_case_is_closed(
     assert len(reads) == 1  # refused before the cache was read
     assert len(world.peer.asked) == 1
     assert world.requester.records()[-1].reason == "CASE_NOT_OPEN"
+
+
+# -- the shared state in one round trip (issue 20) ---------------------------------------------
+class CountedChecks:
+    """The flow's checks one after the other (`SequentialChecks`), each call to it recorded: a
+    gateway with Redis makes each such call one round trip (`OneTrip`)."""
+
+    def __init__(self, backends: Any) -> None:
+        self.checks = SequentialChecks(backends.replay, backends.quota)
+        self.asked: list[Wanted] = []
+
+    async def check(self, wanted: Wanted, cache: Any, *, now: Any) -> Checked:
+        self.asked.append(wanted)
+        return await self.checks.check(wanted, cache, now=now)
+
+
+async def test_the_shared_state_is_asked_once_per_query_on_each_gateway(world: World) -> None:
+    asks, owner_asks = CountedChecks(world.requester), CountedChecks(world.owner)
+    world.owner_flow = owner_flow(
+        world.fed,
+        world.owner,
+        data_system=DataSystem(subjects=(ZJ_AMR_USCC,)),
+        checks=owner_asks,
+    )
+    flow = requester_flow(
+        world.requester, world.peer, world.registry, reporter=_reporter(world), checks=asks
+    )
+    first = await flow.query(world.call(_licence(1), agency="sc.amr"))
+    second = await flow.query(world.call(_licence(2), agency="sc.amr"))
+    assert (first.cache_hit, second.cache_hit) == (False, True)
+    assert len(asks.asked) == 2  # one per query: replay, quota and the kept answer together
+    assert all(w.replay and w.quota and w.cache for w in asks.asked)
+    assert asks.asked[0].replay == ("sc.amr", "licence-1")
+    (owner_ask,) = owner_asks.asked  # the owner: its quota and its cache, together
+    assert (owner_ask.replay, owner_ask.quota) == (None, ("owner:LICENCE-ZJ-2026", 1200))
+    assert owner_ask.cache is not None
+
+
+async def test_a_refused_request_uses_up_its_id_and_a_repeat_is_refused_as_one(
+    world: World,
+) -> None:
+    flow = world.flow()
+    refused = si_request(fields=("bank_account",), request_id="once-only")
+    with pytest.raises(Refusal) as caught:
+        await flow.query(world.call(refused))
+    assert caught.value.reason == "FIELD_NOT_ALLOWED"
+    for repeat in (refused, si_request(request_id="once-only")):  # refused, then allowed
+        with pytest.raises(Refusal) as caught:
+            await flow.query(world.call(repeat))
+        assert caught.value.reason == "REQUEST_REPLAYED"  # the replay wins, as (2) comes first
+    assert world.requester.quota._counts == {}  # a refused request counts nothing
+    assert not world.peer.asked
