@@ -404,12 +404,16 @@ async def subject_access(fed: Federation, story: Story) -> Result:
     )
 
 
+PROOF_REGION = "510000"  # 四川: the data owner of the query stories
+
+
 async def audit_proof(fed: Federation, story: Story) -> Result:
-    """Oversight checks 重庆's log against a signed checkpoint, as an outsider would."""
-    gateway = fed.gateways["500000"]
+    """Oversight checks 四川's log (the data owner's) against a signed checkpoint, as an
+    outsider would."""
+    gateway = fed.gateways[PROOF_REGION]
     if gateway.audit is None:
-        return Result(False, "the 500000 gateway has no audit log")
-    async with fed.channel("cq.data") as channel:
+        return Result(False, f"the {PROOF_REGION} gateway has no audit log")
+    async with fed.channel("sc.data") as channel:
         oversight = oversight_pb2_grpc.OversightStub(channel)
         # The log signs its head every N records or seconds; oversight may ask for one now.
         await oversight.SignCheckpoint(oversight_pb2.SignCheckpointRequest(), timeout=CALL_TIMEOUT)
@@ -421,7 +425,7 @@ async def audit_proof(fed: Federation, story: Story) -> Result:
             )
         ]
         if not records:
-            return Result(False, "no audit record of the citizen on 500000")
+            return Result(False, f"no audit record of the citizen on {PROOF_REGION}")
         proof = await oversight.GetProof(
             oversight_pb2.GetProofRequest(
                 inclusion=oversight_pb2.InclusionProofRequest(index=records[0].index)
@@ -433,7 +437,7 @@ async def audit_proof(fed: Federation, story: Story) -> Result:
             # The checkpoint's signature, checked with the audit key the registry certifies.
             signed = verify_checkpoint(
                 checkpoint.note,
-                fed.audit_public_key("500000"),
+                fed.audit_public_key(PROOF_REGION),
                 checkpoint.key_name,
                 origin=checkpoint.origin,
             )
@@ -459,9 +463,9 @@ async def audit_proof(fed: Federation, story: Story) -> Result:
 
 
 async def _cosignatures(fed: Federation, size: int, root: bytes) -> tuple[int, int]:
-    """How many witnesses have cosigned 重庆's checkpoint (waiting a little: it is offered to
+    """How many witnesses have cosigned 四川's checkpoint (waiting a little: it is offered to
     them in the background), and how many the registry requires."""
-    gateway = fed.gateways["500000"]
+    gateway = fed.gateways[PROOF_REGION]
     needed = gateway.store.current().witness_threshold
     if gateway.witnessing is None:
         return 0, needed
@@ -489,7 +493,7 @@ SCENARIOS: tuple[tuple[str, str, Scenario], ...] = (
     ("case-done", "重庆 completes the pension transfer; the case's queries end", case_done),
     ("rotation", "浙江 rotates its seal key in the middle of traffic", rotation),
     ("subject-access", "SubjectAccess: the audit trail of one citizen", subject_access),
-    ("audit-proof", "audit verified against 重庆's signed checkpoint", audit_proof),
+    ("audit-proof", "audit verified against 四川's signed checkpoint", audit_proof),
 )
 
 

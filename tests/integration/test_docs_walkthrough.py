@@ -201,10 +201,10 @@ def test_docs_audit_and_oversight_commands(demo_folder: Path) -> None:
         ]
     )["size"]
     assert size >= 3, "the demo's log is too short for the proofs the page shows"
-    first = "tongban audit query --sqlite demo/audit-500000.db --json --limit 1"
-    # The evidence bundle of 重庆's first record: its checkpoint is witnessed (the demo's
-    # audit-proof story waits for the cosignatures), so check-evidence passes every part.
-    request_id = json.loads(run_all(cwd, [first], [])[first])["request_id"]
+    # The evidence bundle of 四川's first answer to another region (a Peer.Forward that keeps
+    # the asking region's signed request): its checkpoint is witnessed (the demo's audit-proof
+    # story waits for the cosignatures), so check-evidence passes every part.
+    request_id = signed_forward_id(cwd / "demo" / "audit-510000.db")()
     forwarded = signed_forward_id(cwd / "demo" / "audit-330000.db")
     # The pages' indices and sizes are their run's: the same shape within this log.
     shapes: list[Substitution] = [
