@@ -20,12 +20,17 @@ algorithm must be in the caller's allow-list. `verify_json` checks, in this orde
     (7) that key's type signs with `alg` (no algorithm confusion)        SignedJsonAlgorithmRefused
     (8) the signature verifies with that key                             SignedJsonSignatureInvalid
 
-PyJWT does the JWS encoding and the signature arithmetic.
+PyJWT does the JWS encoding and the signature arithmetic; its check that each segment is
+base64url (a Python test per character: most of the time spent on an 80 KB batch of access
+reports) is done here by one regular expression, with the same rules and the same errors.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
+import re
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -48,6 +53,36 @@ __all__ = ["EXTENSION_HEADERS", "canonical_json", "sign_json", "verify_json"]
 EXTENSION_HEADERS: Final = frozenset({"crit", "b64"})  # refused: no JWS extension is used
 
 KeyLookup = Callable[[Mapping[str, Any]], PublicKey]
+
+_BASE64URL: Final = re.compile(rb"[A-Za-z0-9_-]*")
+
+
+class _Jws(jwt.PyJWS):
+    """PyJWT's JWS, with the segments' base64url check of `PyJWS._decode_base64url_segment`
+    (padding of at most two `=` on a multiple of four, only the URL-safe alphabet, no
+    impossible length, the canonical encoding of what it decodes to) made by C code."""
+
+    @staticmethod
+    def _decode_base64url_segment(segment: bytes, name: str) -> bytes:
+        stripped = segment.rstrip(b"=")
+        padding = len(segment) - len(stripped)
+        if (
+            padding > 2
+            or (padding and len(segment) % 4)
+            or len(stripped) % 4 == 1
+            or _BASE64URL.fullmatch(stripped) is None
+        ):
+            raise jwt.DecodeError(f"Invalid {name} padding")
+        try:
+            decoded = base64.urlsafe_b64decode(stripped + b"=" * (-len(stripped) % 4))
+        except (TypeError, binascii.Error) as err:  # pragma: no cover (the checks above)
+            raise jwt.DecodeError(f"Invalid {name} padding") from err
+        if base64.urlsafe_b64encode(decoded).rstrip(b"=") != stripped:
+            raise jwt.DecodeError(f"Invalid {name} padding")
+        return decoded
+
+
+_JWS: Final = _Jws()
 
 
 def canonical_json(value: Any) -> bytes:
@@ -125,7 +160,7 @@ def verify_json(
         raise SignedJsonMalformed(f"{what} is not a compact JWS (header.payload.signature)")
     # (1)
     try:
-        header = jwt.get_unverified_header(jws)
+        header = _JWS.get_unverified_header(jws)
     except (jwt.PyJWTError, ValueError, TypeError, RecursionError) as exc:
         raise SignedJsonMalformed(f"{what} header cannot be read: {exc}") from exc
     # (2)
@@ -167,7 +202,7 @@ def verify_json(
         )
     # (8)
     try:
-        payload = jwt.PyJWS().decode(jws, key=public_key, algorithms=[algorithm])
+        payload = _JWS.decode(jws, key=public_key, algorithms=[algorithm])
     except jwt.InvalidSignatureError as exc:
         raise SignedJsonSignatureInvalid(f"{what} signature does not verify") from exc
     except (jwt.PyJWTError, ValueError, TypeError, RecursionError) as exc:  # pragma: no cover

@@ -159,7 +159,7 @@ def recordable(value: str, grammar: Callable[[str], bool]) -> str:
     """`value` if it is empty, within `grammar` or a digest form already; else its digest form."""
     if not isinstance(value, str):
         raise TypeError("an audit record holds text")
-    if not value or is_digest_form(value) or grammar(value):
+    if not value or grammar(value) or is_digest_form(value):
         return value
     return digest_form(value)
 
@@ -236,9 +236,7 @@ class AuditRecord:
             object.__setattr__(self, "fields", _recordable_fields(tuple(self.fields)))
         if self.time.tzinfo is None:
             raise ValueError("an audit time is timezone-aware")
-        if self.subject and (
-            len(self.subject) != 64 or any(c not in "0123456789abcdef" for c in self.subject)
-        ):
+        if self.subject and _HEX64.fullmatch(self.subject) is None:
             raise ValueError("the audit subject is a hex HMAC-SHA256 pseudonym, never a raw id")
         if self.latency_us < 0 or self.registry_version < 0:
             raise ValueError("latency and registry version are not negative")

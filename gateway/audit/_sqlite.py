@@ -1,9 +1,12 @@
 """The audit store in one SQLite file: WAL, `synchronous=FULL`, one writer thread, group commit.
 
-`append()` queues the record and awaits its future. The writer thread takes everything waiting
-(at most `max_batch`), gives the records consecutive indices from the compact range, inserts
-each row with its leaf hash and the root after it, moves the head, and commits ONE
-transaction; then it settles the batch's futures with one `call_soon_threadsafe`. An append
+`append()` adds the record to the loop's list of appends and awaits its future; the first
+append of a loop iteration schedules one hand-off (`call_soon`) that gives the writer the whole
+list at once (one queue put and one wake-up of the writer per iteration, not per record). The
+writer thread takes everything waiting (at most `max_batch`), gives the records consecutive
+indices from the compact range, inserts each row with its leaf hash and the root after it (one
+pass over the batch: `CompactRange.append_all`), moves the head, and commits ONE transaction;
+then it settles the batch's futures with one `call_soon_threadsafe`. An append
 therefore returns only after its commit (and `synchronous=FULL` makes a WAL commit durable).
 If anything fails, every append of the batch raises `AuditUnavailable`, the compact range goes
 back to the committed head (so indices stay gapless), and later appends try again.
@@ -33,6 +36,7 @@ import logging
 import queue
 import sqlite3
 import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -40,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.audit._checkpoint import Checkpoint
-from gateway.audit._merkle import CompactRange, ProofError, leaf_hash
+from gateway.audit._merkle import CompactRange, ProofError, leaf_hashes
 from gateway.audit._record import AuditRecord
 from gateway.audit._sqlite_reader import SqliteReader
 from gateway.audit._sqlite_schema import MIGRATIONS, RECORDS_NO_DELETE, SCHEMA_VERSION, blob
@@ -139,7 +143,11 @@ class SqliteAuditStore:
         self.largest_batch = 0
         self.failed_batches = 0
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._queue: queue.SimpleQueue[_Append | _Job | _Stop] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[_Append] | _Job | _Stop] = queue.SimpleQueue()
+        # Appends of this loop iteration, handed to the writer together by `_hand_over`.
+        self._appends: list[_Append] = []
+        self._given = 0  # records handed over or about to be (the loop's count)
+        self._taken = 0  # records the writer took into a batch (the writer's count)
         self._thread: threading.Thread | None = None
         self._closing = False
         self._range = CompactRange()  # the committed head's; the writer thread's own after open
@@ -155,6 +163,8 @@ class SqliteAuditStore:
         self._loop = loop
         self._closing = False
         self._queue = queue.SimpleQueue()
+        self._appends = []
+        self._given = self._taken = 0
         thread = threading.Thread(
             target=self._writer, args=(ready,), name=f"audit-writer:{self.path.name}", daemon=True
         )
@@ -174,6 +184,7 @@ class SqliteAuditStore:
         if thread is None:
             return
         self._closing = True  # appends from now on are refused; those queued are committed
+        self._hand_over()
         self._queue.put(_STOP)
         await asyncio.to_thread(thread.join)
         await asyncio.sleep(0)  # let the last batch's settlement run before we return
@@ -189,13 +200,25 @@ class SqliteAuditStore:
             raise AuditUnavailable(f"the audit store {self.path} is not open")
         if not thread.is_alive():
             raise AuditUnavailable(f"the audit writer of {self.path} has stopped")
-        if self._queue.qsize() >= self.max_pending:
+        waiting = self._given - self._taken
+        if waiting >= self.max_pending:
             raise AuditUnavailable(
-                f"{self._queue.qsize()} audit records are waiting for the writer of {self.path}"
+                f"{waiting} audit records are waiting for the writer of {self.path}"
             )
         future: asyncio.Future[Appended] = loop.create_future()
-        self._queue.put(_Append(record, future, outbound, also))
+        appends = self._appends
+        appends.append(_Append(record, future, outbound, also))
+        self._given += 1
+        if len(appends) == 1:
+            loop.call_soon(self._hand_over)
         return await future
+
+    def _hand_over(self) -> None:
+        """On the loop: give the writer every append of this iteration in one queue item."""
+        appends = self._appends
+        if appends:
+            self._appends = []
+            self._queue.put(appends)
 
     async def _submit(self, run: Callable[[sqlite3.Connection], None]) -> None:
         """Run a write on the writer thread in its own transaction and wait for it."""
@@ -203,6 +226,7 @@ class SqliteAuditStore:
         if thread is None or loop is None or self._closing or not thread.is_alive():
             raise AuditUnavailable(f"the audit store {self.path} is not open")
         future: asyncio.Future[None] = loop.create_future()
+        self._hand_over()  # the appends made before this write are committed before it
         self._queue.put(_Job(run, future))
         await future
 
@@ -387,60 +411,64 @@ class SqliteAuditStore:
             ) from exc
 
     def _serve(self, conn: sqlite3.Connection) -> None:
-        held: _Append | _Job | _Stop | None = None  # an item taken while gathering, run next
+        held: _Job | _Stop | None = None  # an item taken while gathering, run next
+        appends: deque[_Append] = deque()  # taken, not yet committed (beyond max_batch)
         while True:
-            item = held if held is not None else self._queue.get()
-            held = None
-            if isinstance(item, _Stop):
-                return  # close(): everything queued before it has been committed
-            if isinstance(item, _Job):
-                self._run_job(conn, item)
-                continue
-            batch = [item]
-            while len(batch) < self.max_batch:
+            if not appends:
+                item = held if held is not None else self._queue.get()
+                held = None
+                if isinstance(item, _Stop):
+                    return  # close(): everything queued before it has been committed
+                if isinstance(item, _Job):
+                    self._run_job(conn, item)
+                    continue
+                appends.extend(item)
+            while len(appends) < self.max_batch and held is None:
                 try:
                     following = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if isinstance(following, _Append):
-                    batch.append(following)
+                if isinstance(following, list):
+                    appends.extend(following)
                 else:
                     held = following
-                    break
+            count = min(len(appends), self.max_batch)
+            batch = [appends.popleft() for _ in range(count)]
+            self._taken += count
             self._commit(conn, batch)
 
     def _commit(self, conn: sqlite3.Connection, batch: Sequence[_Append]) -> None:
         compact = CompactRange(self._range.size, self._range.hashes)  # a copy
         outcomes: list[_Outcome] = []
         try:
-            rows: list[tuple[object, ...]] = []
+            records = [item.record for item in batch]
+            first = compact.size
+            leaves = leaf_hashes([record.canonical for record in records])
+            roots = compact.append_all(leaves)
+            rows: list[tuple[object, ...]] = [
+                (
+                    first + n,
+                    record.time_text,
+                    record.caller_agency,
+                    record.provider_region,
+                    record.purpose,
+                    record.dataset,
+                    record.subject,
+                    record.outcome.value,
+                    record.canonical,
+                    leaves[n],
+                    roots[n],
+                )
+                for n, record in enumerate(records)
+            ]
             outbound: list[tuple[object, ...]] = []
             also: list[tuple[AlsoWrite, int]] = []
-            for item in batch:
-                index = compact.size
-                record = item.record
-                leaf = leaf_hash(record.canonical)
-                compact.append(leaf)
-                rows.append(
-                    (
-                        index,
-                        record.time_text,
-                        record.caller_agency,
-                        record.provider_region,
-                        record.purpose,
-                        record.dataset,
-                        record.subject,
-                        record.outcome.value,
-                        record.canonical,
-                        leaf,
-                        compact.root(),
-                    )
-                )
-                outcomes.append((item.future, Appended(index, leaf)))
+            for n, item in enumerate(batch):
+                outcomes.append((item.future, Appended(first + n, leaves[n])))
                 if item.outbound is not None:
-                    outbound.append((index, item.outbound.destination, item.outbound.payload))
+                    outbound.append((first + n, item.outbound.destination, item.outbound.payload))
                 if item.also is not None:
-                    also.append((item.also, index))
+                    also.append((item.also, first + n))
             self._write(conn, rows, compact, outbound, also)
         except Exception as exc:
             committed = self._rollback(conn)

@@ -24,6 +24,7 @@ why nothing is recorded before every report passed (3).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from dataclasses import replace
@@ -44,7 +45,14 @@ from gateway.audit import (
 from gateway.errors import Refusal
 from gateway.flows._common import AuditTrail, Gatekeeper, gateway_of
 from gateway.flows._model import AuditContext, IntakeCall
-from gateway.policy import DataRequest, Decision, SubjectKind, subject_kind
+from gateway.policy import (
+    DataRequest,
+    Decision,
+    PolicyInputError,
+    SubjectKind,
+    check_request,
+    subject_kind,
+)
 from gateway.reports import MAX_REPORTS_PER_BATCH, AccessReport, BatchRefused, verify_batch
 from registry import CacheScope, Dataset, Registry
 
@@ -52,7 +60,8 @@ __all__ = ["REPORT_CLOCK_SKEW", "ReportIntake"]
 
 log = logging.getLogger("tongban.exchange")
 
-REPORT_CLOCK_SKEW: Final = timedelta(minutes=5)  # between a reporting gateway's clock and ours
+REPORT_CLOCK_SKEW: Final = timedelta(minutes=5)
+_READ_PAGE: Final = 500  # records per read of the log when looking for a batch's records  # between a reporting gateway's clock and ours
 # A valid GB 11643 number (the standard's own example): stands in for the subject when a
 # reported access is decided again, since a report carries only the subject's pseudonym.
 _SAMPLE_CITIZEN_ID: Final = "11010519491231002X"
@@ -183,22 +192,45 @@ class ReportIntake:
         now: datetime,
         base: AuditContext,
     ) -> list[tuple[AccessReport, str | None, AuditContext]]:
-        """(3): each report checked concurrently (each reads the log); the first refused, in
+        """(3): the form and policy of each report, then the log read once for the batch (the
+        records already made of these reports, the answers they name); the first refused, in
         report order, refuses the batch."""
-        outcomes = await asyncio.gather(
-            *(self._check_report(registry, region, r, now) for r in reports),
-            return_exceptions=True,
+        decisions: dict[tuple[object, ...], Decision] = {}
+        outcomes: list[Decision | Refusal] = []
+        for report in reports:
+            try:
+                outcomes.append(self._check_form(registry, region, report, now, decisions))
+            except Refusal as refusal:
+                outcomes.append(refusal)
+                break  # the reports after it cannot change what is refused
+        passed = tuple(
+            r for r, o in zip(reports, outcomes, strict=False) if isinstance(o, Decision)
         )
+        existing: dict[int, str] = {}
+        answered: dict[int, bool] = {}
+        try:  # the reports before the first refused one: they were all checked
+            existing, answered = await self._read_log(registry, region, passed)
+        except AuditError as exc:
+            unreadable = Refusal("AUDIT_UNAVAILABLE", f"the audit log cannot be read: {exc}")
+            outcomes = [o if isinstance(o, Refusal) else unreadable for o in outcomes]
         checked: list[tuple[AccessReport, str | None, AuditContext]] = []
-        for index, (report, outcome) in enumerate(zip(reports, outcomes, strict=True)):
+        for index, (report, checked_form) in enumerate(zip(reports, outcomes, strict=False)):
             audit = self._report_audit(base, report)
+            outcome = checked_form
+            dataset = registry.dataset(self.region, report.dataset)
+            if isinstance(outcome, Decision) and dataset is not None and not answered[index]:
+                outcome = Refusal(
+                    "REPORT_ANSWER_UNKNOWN",
+                    f"region {self.region} gave region {region} no answer with this "
+                    f"digest for this subject, dataset {dataset.id}, purpose {report.purpose} and "
+                    f"these fields within {dataset.cache_ttl_seconds}s before the access",
+                )
             if isinstance(outcome, Refusal):
                 outcome.metadata["index"] = str(index)
                 raise await self._trail.refused(outcome, audit) from None
-            if isinstance(outcome, BaseException):
-                raise outcome
-            decision, existing = outcome
-            checked.append((report, existing, replace(audit, agreement_id=decision.agreement_id)))
+            checked.append(
+                (report, existing.get(index), replace(audit, agreement_id=outcome.agreement_id))
+            )
         return checked
 
     async def _record_all(
@@ -223,11 +255,16 @@ class ReportIntake:
             ) from exc
         return tuple(audit_ids)
 
-    async def _check_report(
-        self, registry: Registry, reporting_region: str, report: AccessReport, now: datetime
-    ) -> tuple[Decision, str | None]:
-        """The decision that allows a reported access, and the audit id of its record if it
-        was already recorded; or the Refusal that says why it is not accepted."""
+    def _check_form(
+        self,
+        registry: Registry,
+        reporting_region: str,
+        report: AccessReport,
+        now: datetime,
+        decisions: dict[tuple[object, ...], Decision],
+    ) -> Decision:
+        """The decision that allows a reported access, before the log is read; or the Refusal
+        that says why it is not accepted. `decisions`: the batch's, by what they depend on."""
         if report.caller_region != reporting_region:
             raise Refusal(
                 "NOT_AUTHORISED_ROLE",
@@ -250,95 +287,147 @@ class ReportIntake:
                 f"dataset {dataset.id} of region {self.region} is cached by its owner only "
                 "(cache_scope provider): no requesting gateway may answer it from its own cache",
             )
-        decision = self._decide_again(registry, reporting_region, report, dataset)
-        try:
-            existing = await self._reported(reporting_region, report)
-            if existing is None and not await self._answered(reporting_region, report, dataset):
-                raise Refusal(
-                    "REPORT_ANSWER_UNKNOWN",
-                    f"region {self.region} gave region {reporting_region} no answer with this "
-                    f"digest for this subject, dataset {dataset.id}, purpose {report.purpose} and "
-                    f"these fields within {dataset.cache_ttl_seconds}s before the access",
-                )
-        except AuditError as exc:
-            raise Refusal(
-                "AUDIT_UNAVAILABLE",
-                f"the audit log cannot be read: {exc}",
-            ) from exc
-        return decision, existing
+        return self._decide_again(registry, reporting_region, report, dataset, decisions)
+
+    async def _read_log(
+        self, registry: Registry, reporting_region: str, reports: tuple[AccessReport, ...]
+    ) -> tuple[dict[int, str], dict[int, bool]]:
+        """One pass over the log for the batch: the audit id of each report's record if it was
+        recorded already (by report position), and whether each report names this gateway's
+        answer (`_answered`). Reports about one subject, agency and dataset share a read, and
+        reports naming one answer share its row."""
+        existing = await self._reported(reporting_region, reports)
+        rows: dict[str, AuditRecord | None] = {}
+        answered: dict[int, bool] = {}
+        for index, report in enumerate(reports):
+            if index in existing:
+                answered[index] = True  # a retry: recorded once its answer was checked
+                continue
+            if report.answer_audit_id not in rows:
+                rows[report.answer_audit_id] = await self._answer_record(report.answer_audit_id)
+            dataset = registry.dataset(self.region, report.dataset)
+            record = rows[report.answer_audit_id]
+            answered[index] = (
+                dataset is not None
+                and record is not None
+                and self._answers(record, reporting_region, report, dataset)
+            )
+        return existing, answered
 
     def _decide_again(
-        self, registry: Registry, reporting_region: str, report: AccessReport, dataset: Dataset
+        self,
+        registry: Registry,
+        reporting_region: str,
+        report: AccessReport,
+        dataset: Dataset,
+        decisions: dict[tuple[object, ...], Decision],
     ) -> Decision:
-        """The policy's decision on the reported access, at the time it was made."""
+        """The policy's decision on the reported access, at the time it was made. The time
+        matters only through which agreements are in force then: an allowing decision is
+        reused for the batch's reports that differ from it only in their time (with the same
+        agreements in force), request id and case id (both checked for each report)."""
         agency = registry.agency(report.caller_agency)
         if agency is None or agency.region != reporting_region:
             raise Refusal(
                 "NOT_AUTHORISED_ROLE",
                 f"agency {report.caller_agency} is not an agency of region {reporting_region}",
             )
+        request = DataRequest(
+            provider_region=self.region,
+            dataset=report.dataset,
+            purpose=report.purpose,
+            subject_id=_placeholder_subject(registry, dataset),
+            fields=report.fields,
+            case_id=report.case_id,
+            request_id=report.request_id,
+        )
+        in_force = tuple(
+            a.id for a in registry.agreements_for(self.region) if a.in_force(report.accessed_at)
+        )
+        key = (agency.id, report.dataset, report.purpose, report.fields, not report.case_id)
+        decision = decisions.get((*key, in_force))
+        if decision is not None:
+            try:
+                check_request(request)
+            except PolicyInputError as exc:
+                raise Refusal(exc.reason, exc.message) from None
+            return decision
         decision = self._gate.policy.decide(
-            registry,
-            requester=agency,
-            request=DataRequest(
-                provider_region=self.region,
-                dataset=report.dataset,
-                purpose=report.purpose,
-                subject_id=_placeholder_subject(registry, dataset),
-                fields=report.fields,
-                case_id=report.case_id,
-                request_id=report.request_id,
-            ),
-            at=report.accessed_at,
+            registry, requester=agency, request=request, at=report.accessed_at
         )
         if not decision.allowed:
             raise Refusal(decision.reason, decision.message)
+        decisions[(*key, in_force)] = decision
         return decision
 
-    async def _reported(self, reporting_region: str, report: AccessReport) -> str | None:
-        """The audit id of this gateway's record of `report`, if it recorded it already."""
-        query = AuditQuery(
-            subject=report.subject_pseudonym,
-            caller_agency=report.caller_agency,
-            dataset=report.dataset,
-            outcome=Outcome.ALLOWED,
-            since=report.accessed_at,
-            until=report.accessed_at + timedelta(microseconds=1),
-            limit=100,
-        )
+    async def _reported(
+        self, reporting_region: str, reports: tuple[AccessReport, ...]
+    ) -> dict[int, str]:
+        """The audit id of this gateway's record of each report it recorded already, by the
+        report's position: one read (paged) per subject, agency and dataset of the batch, over
+        the times of its reports."""
+        groups: dict[tuple[str, str, str], list[int]] = {}
+        for index, report in enumerate(reports):
+            key = (report.subject_pseudonym, report.caller_agency, report.dataset)
+            groups.setdefault(key, []).append(index)
         log_ = self._trail.log
-        found = await log_.read(lambda: log_.store.query(query))
-        for index, record in found:
-            if (
-                rpcs.made_by(record.rpc, rpcs.REPORT_ACCESS)
-                and record.caller_region == reporting_region
-                and record.provider_region == self.region
-                and record.request_id == report.request_id
-                and record.sealed_digest == report.sealed_digest
-            ):
-                return audit_id(log_.origin, index)
-        return None
+        existing: dict[int, str] = {}
+        for (subject, agency, dataset), indices in groups.items():
+            wanted: dict[tuple[datetime, str, str], list[int]] = {}
+            for index in indices:
+                r = reports[index]
+                wanted.setdefault((r.accessed_at, r.request_id, r.sealed_digest), []).append(index)
+            times = [reports[index].accessed_at for index in indices]
+            query = AuditQuery(
+                subject=subject,
+                caller_agency=agency,
+                dataset=dataset,
+                outcome=Outcome.ALLOWED,
+                since=min(times),
+                until=max(times) + timedelta(microseconds=1),
+                limit=_READ_PAGE,
+            )
+            while True:
+                found = await log_.read(functools.partial(log_.store.query, query))
+                for at, record in found:
+                    match = wanted.get((record.time, record.request_id, record.sealed_digest))
+                    if (
+                        match
+                        and rpcs.made_by(record.rpc, rpcs.REPORT_ACCESS)
+                        and record.caller_region == reporting_region
+                        and record.provider_region == self.region
+                    ):
+                        for index in match:
+                            existing.setdefault(index, audit_id(log_.origin, at))
+                if len(found) < _READ_PAGE:
+                    break
+                query = replace(query, after_index=found[-1][0])
+        return existing
 
-    async def _answered(
-        self, reporting_region: str, report: AccessReport, dataset: Dataset
-    ) -> bool:
-        """Is the record `report.answer_audit_id` names this gateway's allowed Peer.Forward of
-        the reported answer (same subject, dataset, purpose, fields and sealed digest) to
-        `reporting_region`, at most the dataset's TTL (and the clocks' skew) before the access?
-        One read of the log, whatever the subject's history."""
+    async def _answer_record(self, answer_audit_id: str) -> AuditRecord | None:
+        """The record `answer_audit_id` names in this gateway's log, if there is one. One read of
+        the log, whatever the subject's history."""
         log_ = self._trail.log
-        named = parse_audit_id(report.answer_audit_id)
+        named = parse_audit_id(answer_audit_id)
         if named is None or named[0] != log_.origin:
-            return False
+            return None
         index = named[1]
         rows = await log_.read(lambda: log_.store.rows(index, index + 1))
         if not rows:
-            return False
+            return None
         try:
-            record = AuditRecord.from_canonical(rows[0].canonical)
+            return AuditRecord.from_canonical(rows[0].canonical)
         except (ValueError, KeyError, TypeError):
-            log.warning("audit record %s is not canonical: verify the log", report.answer_audit_id)
-            return False
+            log.warning("audit record %s is not canonical: verify the log", answer_audit_id)
+            return None
+
+    def _answers(
+        self, record: AuditRecord, reporting_region: str, report: AccessReport, dataset: Dataset
+    ) -> bool:
+        """Is `record` (the one `report.answer_audit_id` names) this gateway's allowed
+        Peer.Forward of the reported answer (same subject, dataset, purpose, fields and sealed
+        digest) to `reporting_region`, at most the dataset's TTL (and the clocks' skew) before
+        the access?"""
         earliest = (
             report.accessed_at - timedelta(seconds=dataset.cache_ttl_seconds) - REPORT_CLOCK_SKEW
         )

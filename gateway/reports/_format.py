@@ -52,6 +52,9 @@ MAX_FIELDS: Final = 64
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _REGION = re.compile(r"[0-9]{6}")
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+_EXACT_TIME = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})\.([0-9]{6})Z"
+)
 _REPORT_KEYS = frozenset(
     {
         "request_id",
@@ -84,6 +87,10 @@ def parse_time(text: object, what: str) -> datetime:
     if not isinstance(text, str):
         raise ReportFormatError(f"{what} is an RFC 3339 UTC time with microseconds")
     try:
+        exact = _EXACT_TIME.fullmatch(text)  # the form `format_time` writes: without strptime
+        if exact is not None:
+            year, month, day, hour, minute, second, micro = map(int, exact.groups())
+            return datetime(year, month, day, hour, minute, second, micro, tzinfo=UTC)
         return datetime.strptime(text, _TIME_FORMAT).replace(tzinfo=UTC)
     except ValueError as exc:
         raise ReportFormatError(f"{what} is an RFC 3339 UTC time with microseconds") from exc

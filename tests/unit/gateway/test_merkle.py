@@ -13,9 +13,11 @@ from support import SHARED
 
 from gateway.audit._merkle import (
     EMPTY_ROOT,
+    CompactRange,
     MerkleTree,
     ProofError,
     leaf_hash,
+    leaf_hashes,
     node_hash,
     verify_consistency,
     verify_inclusion,
@@ -162,3 +164,23 @@ def test_a_tree_started_from_a_compact_range_proves_what_follows(cut: int) -> No
         pruned.inclusion_proof(cut - 1)
     with pytest.raises(ProofError, match="before the retention cut"):
         pruned.consistency_proof(cut - 1) if cut > 1 else pruned.consistency_proof(0)
+
+
+@pytest.mark.parametrize("start", [0, 1, 5, 64, 1000])
+def test_append_all_gives_what_append_then_root_give(start: int) -> None:
+    one, batched = CompactRange(), CompactRange()
+    for i in range(start):
+        one.append(leaf_hash(b"old %d" % i))
+        batched.append(leaf_hash(b"old %d" % i))
+    data = [b"record %d" % i for i in range(300)]
+    expected = []
+    for item in data:
+        one.append(leaf_hash(item))
+        expected.append(one.root())
+    roots = batched.append_all(leaf_hashes(data[:1]))
+    roots += batched.append_all([])
+    roots += batched.append_all(leaf_hashes(data[1:77]))
+    roots += batched.append_all(leaf_hashes(data[77:]))
+    assert roots == expected
+    assert (batched.size, batched.hashes) == (one.size, one.hashes)
+    assert leaf_hashes(data) == [leaf_hash(item) for item in data]

@@ -479,3 +479,34 @@ def test_the_seal_memo_keeps_no_expired_check() -> None:
 class _NoRegistry:
     def current(self) -> Registry:
         raise RegistryUnavailable("no registry snapshot has been loaded yet")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2026-11-21T09:30:45.123456Z",
+        "2024-02-29T23:59:59.999999Z",
+        "2026-02-29T00:00:00.000000Z",  # no such day
+        "2026-13-01T00:00:00.000000Z",
+        "2026-11-21T24:00:00.000000Z",
+        "2026-11-21T23:59:60.000000Z",
+        "0000-01-01T00:00:00.000000Z",
+        "2026-11-21T9:30:45.123456Z",  # strptime's own leniency: one digit
+        "2026-11-21T09:30:45.12Z",
+        "2026-11-21T09:30:45.123456",
+        "２０２６-11-21T09:30:45.123456Z",
+    ],
+)
+def test_times_parse_as_strptime_parses_them(text: str) -> None:
+    """The exact form is parsed without strptime: same times, same refusals."""
+    from gateway.reports._format import ReportFormatError, parse_time
+
+    try:
+        expected: object = datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    except ValueError:
+        expected = ReportFormatError
+    try:
+        got: object = parse_time(text, "accessed_at")
+    except ReportFormatError:
+        got = ReportFormatError
+    assert got == expected

@@ -256,3 +256,31 @@ def test_a_crit_header_is_refused_before_any_key_is_looked_up(crit: list[str]) -
     jws = _compact({"alg": "EdDSA", "kid": "stranger", "typ": TYP, "crit": crit}, signature=b"s")
     with pytest.raises((SignedJsonMalformed, SignedJsonExtensionRefused)):
         verify(jws)
+
+
+def test_segments_are_checked_as_pyjwt_checks_them() -> None:
+    """The base64url check made by one regular expression (`_Jws`) accepts and refuses exactly
+    what PyJWT's own per-character check does, with the same error."""
+    import random
+
+    from jwt.api_jws import PyJWS
+    from jwt.utils import base64url_encode
+
+    from signer._signed_json import _Jws
+
+    rng = random.Random(20)
+    cases = [b"", b"=", b"==", b"===", b"A", b"AA==", b"AA=", b"AAA=", b"AQ", b"AR", b"AB=A"]
+    cases += [base64url_encode(rng.randbytes(n)) for n in range(40)]
+    alphabet = b"ABCxyz019-_=+/!. \n\xff"
+    cases += [bytes(rng.choices(alphabet, k=rng.randint(0, 9))) for _ in range(5000)]
+
+    def outcome(decode: Any, segment: bytes) -> tuple[str, object]:
+        try:
+            return ("decoded", decode(segment, "payload"))
+        except jwt.DecodeError as exc:
+            return ("refused", str(exc))
+
+    for segment in cases:
+        assert outcome(_Jws._decode_base64url_segment, segment) == outcome(
+            PyJWS._decode_base64url_segment, segment
+        ), segment

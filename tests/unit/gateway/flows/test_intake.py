@@ -265,3 +265,52 @@ async def test_each_refusal_refuses_the_batch_with_its_reason(world: World, case
     (record,) = refused
     assert (record.rpc, record.reason) == (rpcs.REPORT_ACCESS, reason)
     assert record.outcome in (Outcome.DENIED, Outcome.FAILED)
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "reason"),
+    [
+        ({"sealed_digest": "0" * 64}, {"dataset": "market.nothing"}, "REPORT_ANSWER_UNKNOWN"),
+        ({"dataset": "market.nothing"}, {"sealed_digest": "0" * 64}, "UNKNOWN_DATASET"),
+        ({}, {"purpose": "SI-TRANSFER"}, "PURPOSE_NOT_APPROVED"),
+        ({}, {"sealed_digest": "0" * 64}, "REPORT_ANSWER_UNKNOWN"),
+    ],
+)
+async def test_the_first_refused_report_in_order_refuses_the_batch(
+    world: World, first: dict[str, Any], second: dict[str, Any], reason: str
+) -> None:
+    """The form of every report is checked before the log is read once for the batch; still
+    the refusal is the first refused report's, whichever check refused it."""
+    answer = await world.answer()
+    reports = [
+        world.report(answer, request_id="hit-1", **first),
+        world.report(answer, request_id="hit-2", **second),
+    ]
+    with pytest.raises(Refusal) as caught:
+        await world.intake().report_access(world.call(reports))
+    index = "0" if first else "1"
+    assert (caught.value.reason, caught.value.metadata["index"]) == (reason, index)
+    assert [r.reason for r in world.backends.records()[1:]] == [reason]
+
+
+async def test_a_batch_of_one_answer_is_recorded_and_retried_in_part(world: World) -> None:
+    """Many reports of one answer (one decision, one read of the answer, one read for the
+    records already made): each recorded once; a batch mixing a retried report with new ones
+    names the old record and records the new ones only."""
+    answer = await world.answer()
+    reports = [
+        world.report(
+            answer, request_id=f"hit-{i}", accessed_at=NOW + timedelta(seconds=30, microseconds=i)
+        )
+        for i in range(60)
+    ]
+    reports.append(world.report(answer, request_id="hit-0"))  # report 0 again, in the same batch
+    ids = await world.intake().report_access(world.call(reports[:40]))
+    assert len(set(ids)) == 40
+    again = await world.intake().report_access(world.call(reports[30:]))
+    assert again[:10] == ids[30:]
+    assert len(set(again[10:-1]) | set(ids)) == 40 + 20
+    assert again[-1] == ids[0]  # the same report: its record is named
+    recorded = world.backends.records()[1:]
+    assert [r.request_id for r in recorded] == [r.request_id for r in reports[:-1]]
+    assert [r.time for r in recorded] == [r.accessed_at for r in reports[:-1]]
