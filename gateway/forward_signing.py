@@ -51,6 +51,7 @@ __all__ = [
     "REQUEST_CLOCK_SKEW",
     "REQUEST_TYPE",
     "REQUEST_VERSION",
+    "AuditKeySigner",
     "ForwardDocument",
     "RequestSigner",
     "SignedForward",
@@ -376,9 +377,12 @@ def signing_kid(registry: Registry, region: str, public: bytes) -> str | None:
     return None
 
 
-class RequestSigner:
-    """Signs this gateway's forwarded requests with its audit key, under the kid the current
-    registry publishes for it (looked up once per registry version)."""
+class AuditKeySigner:
+    """This gateway's audit key, under the kid the current registry publishes for it (looked up
+    once per registry version): what `RequestSigner` and the case book's `EventSigner` sign
+    with."""
+
+    what = "documents"  # what it signs, for the refusal when it cannot
 
     def __init__(self, region: str, key: ed25519.Ed25519PrivateKey) -> None:
         self.region = region
@@ -395,14 +399,23 @@ class RequestSigner:
             self._kid = (registry.version, kid)
         return kid
 
-    def sign(self, registry: Registry, document: ForwardDocument) -> str:
-        """The signed request; a Refusal (INTERNAL_ERROR) when the registry publishes no audit
-        key of this region matching this gateway's (it cannot sign what peers would accept)."""
+    def required_kid(self, registry: Registry) -> str:
+        """The kid; a Refusal (INTERNAL_ERROR) when the registry publishes no audit key of this
+        region matching this gateway's (it cannot sign what peers would accept)."""
         kid = self.kid(registry)
         if kid is None:
             raise Refusal(
                 "INTERNAL_ERROR",
                 f"the registry publishes no audit key of region {self.region} matching this "
-                "gateway's audit key: forwarded requests cannot be signed",
+                f"gateway's audit key: {self.what} cannot be signed",
             )
-        return sign_forward(document, self._key, kid)
+        return kid
+
+
+class RequestSigner(AuditKeySigner):
+    """Signs this gateway's forwarded requests with its audit key."""
+
+    what = "forwarded requests"
+
+    def sign(self, registry: Registry, document: ForwardDocument) -> str:
+        return sign_forward(document, self._key, self.required_kid(registry))

@@ -31,6 +31,17 @@ def federation(tmp_path: Path) -> Federation:
 
 
 @pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[support.RedisServer]:
+    """A Redis server of the test's own, on a free port: for tests that stop, kill or fill it."""
+    server = support.RedisServer(support.free_port(), tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture
 def free_port() -> Callable[[], int]:
     return support.free_port
 

@@ -16,6 +16,7 @@ from gateway.audit._cosignature import (
 )
 from gateway.audit._ids import audit_id, parse_audit_id
 from gateway.audit._kept import (
+    derived_aead,
     open_kept_request,
     request_digest,
     seal_kept_request,
@@ -125,6 +126,7 @@ __all__ = [
     "audit_id",
     "cosign",
     "cosignature_key_id",
+    "derived_aead",
     "digest_form",
     "is_case_id",
     "is_digest_form",

@@ -28,6 +28,7 @@ from signer import b64url_decode, b64url_encode
 
 __all__ = [
     "KEPT_REQUEST_INFO",
+    "derived_aead",
     "open_kept_request",
     "request_digest",
     "seal_kept_request",
@@ -38,15 +39,19 @@ _PREFIX: Final = "aes256gcm:"
 _NONCE_BYTES: Final = 12
 
 
-@functools.lru_cache(maxsize=8)
-def _aead(pseudonym_key: bytes) -> AESGCM:
-    """The cipher of a pseudonym key, derived once (every forward's record seals with it)."""
+@functools.lru_cache(maxsize=16)
+def derived_aead(pseudonym_key: bytes, info: bytes) -> AESGCM:
+    """AES-256-GCM under the key HKDF-SHA256 derives from the deployment's pseudonym key for
+    `info` (one purpose, one key), derived once: the kept requests' (KEPT_REQUEST_INFO) and the
+    cases' data at rest (`gateway.cases._sealing`)."""
     if len(pseudonym_key) < 16:
         raise ValueError("the audit pseudonym key must be at least 16 bytes")
-    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=KEPT_REQUEST_INFO).derive(
-        pseudonym_key
-    )
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(pseudonym_key)
     return AESGCM(key)
+
+
+def _aead(pseudonym_key: bytes) -> AESGCM:
+    return derived_aead(pseudonym_key, KEPT_REQUEST_INFO)
 
 
 def request_digest(jws: str) -> str:

@@ -17,12 +17,11 @@ import json
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from gateway.cases._model import CaseEvent, MalformedEvent
 from gateway.errors import Refusal
-from gateway.forward_signing import audit_public_key, signing_kid
+from gateway.forward_signing import AuditKeySigner, audit_public_key
 from registry import KeyRefused, Registry
 from signer import (
     JwsFormatError,
@@ -63,36 +62,13 @@ def sign_event(event: CaseEvent, key: ed25519.Ed25519PrivateKey, kid: str) -> st
     )
 
 
-class EventSigner:
-    """Signs this gateway's case events with its audit key, under the kid the current registry
-    publishes for it (looked up once per registry version), like `RequestSigner`."""
+class EventSigner(AuditKeySigner):
+    """Signs this gateway's case events with its audit key, like `RequestSigner`."""
 
-    def __init__(self, region: str, key: ed25519.Ed25519PrivateKey) -> None:
-        self.region = region
-        self._key = key
-        self._public = key.public_key().public_bytes(
-            serialization.Encoding.Raw, serialization.PublicFormat.Raw
-        )
-        self._kid: tuple[int, str | None] = (-1, None)
-
-    def kid(self, registry: Registry) -> str | None:
-        version, kid = self._kid
-        if version != registry.version:
-            kid = signing_kid(registry, self.region, self._public)
-            self._kid = (registry.version, kid)
-        return kid
+    what = "case events"
 
     def sign(self, registry: Registry, event: CaseEvent) -> str:
-        """The signed event; Refusal INTERNAL_ERROR when the registry publishes no audit key of
-        this region matching this gateway's (no other region would accept the event)."""
-        kid = self.kid(registry)
-        if kid is None:
-            raise Refusal(
-                "INTERNAL_ERROR",
-                f"the registry publishes no audit key of region {self.region} matching this "
-                "gateway's audit key: case events cannot be signed",
-            )
-        return sign_event(event, self._key, kid)
+        return sign_event(event, self._key, self.required_kid(registry))
 
 
 def _unverified(jws: str) -> dict[str, Any]:

@@ -12,17 +12,15 @@ pseudonyms, and so could already tell whose case it is.
 
 from __future__ import annotations
 
-import functools
 import os
 import struct
 from typing import Final
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from gateway._errors import GatewayError
+from gateway.audit import derived_aead
 from signer import b64url_decode, b64url_encode
 
 __all__ = [
@@ -47,14 +45,8 @@ class SealedCaseDataError(GatewayError, ValueError):
     or the row was altered or moved)."""
 
 
-@functools.lru_cache(maxsize=8)
 def _aead(pseudonym_key: bytes) -> AESGCM:
-    if len(pseudonym_key) < 16:
-        raise ValueError("the pseudonym key must be at least 16 bytes")
-    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=AT_REST_INFO).derive(
-        pseudonym_key
-    )
-    return AESGCM(key)
+    return derived_aead(pseudonym_key, AT_REST_INFO)
 
 
 def seal_bytes(data: bytes, associated: str, pseudonym_key: bytes) -> bytes:

@@ -10,13 +10,12 @@ import re
 import signal
 import statistics
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
 from redis.utils import HIREDIS_AVAILABLE
-from support import Federation, RedisServer, free_port
+from support import Federation, RedisServer
 
 from gateway._wiring import REDIS_MAX_CONNECTIONS
 from gateway.audit import pseudonymize
@@ -37,16 +36,6 @@ SEALED = (
 )
 OPEN_SECONDS = 0.5
 RECOVERY_SECONDS = 60.0  # a hang guard for the cache to be used again, not a bound
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(free_port(), tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
 
 
 def _key(subject_id: str = CITIZEN_ID, purpose: str = "social-insurance-transfer") -> bytes:

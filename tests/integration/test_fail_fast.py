@@ -36,7 +36,7 @@ from fault_support import (
 from pg_support import PgRoles, pg_roles
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from query_support import bearer
-from support import Federation, RedisServer, free_port
+from support import Federation, RedisServer
 
 from gateway.config import GatewayConfig
 from gateway.demo.data import DemoData
@@ -190,16 +190,6 @@ async def test_a_frozen_postgres_audit_store_fails_fast_and_claims_no_unreleased
             assert result.intact, result.problem
     finally:
         await proxy.close()
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(free_port(), tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
 
 
 async def test_a_frozen_redis_is_not_waited_for_once_its_breaker_is_open(

@@ -213,16 +213,6 @@ def hits(shots: list[Shot]) -> int:
 
 
 # 1. Redis killed and restarted ----------------------------------------------------------------
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(free_port(), tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
-
-
 async def test_redis_killed_and_restarted_under_load(
     federation: Federation, tmp_path: Path, redis_server: RedisServer
 ) -> None:

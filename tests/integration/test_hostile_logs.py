@@ -31,6 +31,7 @@ import pytest
 from leak_support import BEARER, demo_subjects, leaks, pki_secrets
 from support import REPO
 
+from gateway.demo.stories import SCENARIOS
 from gateway.tokens import issue_agency_token
 from registry import KeyState, KeyUsage
 from registry._inventory import Inventory
@@ -71,8 +72,8 @@ class Demo:
 def _request(subject: str, **changes: object) -> exchange_pb2.QueryRequest:
     fields: dict[str, object] = {
         "provider_region": "500000",
-        "dataset": "si.participation",
-        "purpose": "SI-TRANSFER",
+        "dataset": "market.business_licence",  # the demo's client command: needs no case
+        "purpose": "LICENCE-VERIFY",
         "subject_id": subject,
         "case_id": "CASE-HOSTILE-1",
         "request_id": secrets.token_hex(8),
@@ -219,7 +220,7 @@ def test_hostile_inputs_leave_every_log_line_one_json_object_without_credentials
     log_file = tmp_path / "stderr.log"  # a file, not a tty: JSON lines
     process, transcript = _start(folder, log_file)
     try:
-        assert "8 of 8 scenarios behaved as expected." in transcript
+        assert f"{len(SCENARIOS)} of {len(SCENARIOS)} scenarios behaved as expected." in transcript
         port = re.search(r"510000 \S+\s+│\s+localhost:(\d+)", transcript)
         assert port is not None, transcript
         demo = Demo(folder, int(port.group(1)))
@@ -274,8 +275,9 @@ def test_hostile_inputs_leave_every_log_line_one_json_object_without_credentials
 
 
 def demo_citizens(transcript: str) -> tuple[str, str]:
-    """The citizen of the client command the demo prints, and another valid citizen id."""
-    found = re.search(r"--subject (\d{17}[0-9X])", transcript)
+    """The subject of the client command the demo prints (a business's USCC), and a valid
+    citizen id."""
+    found = re.search(r"--subject ([0-9A-Z]{18})\b", transcript)
     assert found is not None, transcript
     others = [s for s in sorted(demo_subjects()) if s[:2] == "51" and s != found.group(1)]
     return found.group(1), others[0]

@@ -56,7 +56,6 @@ from support import (
     RedisServer,
     credentials_as,
     error_info,
-    free_port,
     make_federation,
 )
 
@@ -89,16 +88,6 @@ TEST_SECONDS = 90.0  # a whole test, setup and teardown included
 def roles() -> Iterator[PgRoles]:
     with pg_roles() as made:
         yield made
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(free_port(), tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
 
 
 def replica_config(

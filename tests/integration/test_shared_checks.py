@@ -5,15 +5,14 @@ is down (memory replay window and quota, cache misses) and after it is back."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from support import RedisServer, free_port
+from support import RedisServer
 
 from gateway.audit import pseudonymize
 from gateway.breaker import CircuitBreaker
@@ -76,16 +75,6 @@ class Parts:
     async def count(self) -> int:
         value = await self.client.get(quota_key(AGREEMENT, minute_of(NOW)))
         return 0 if value is None else int(value)
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(free_port(), tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
 
 
 @pytest.fixture

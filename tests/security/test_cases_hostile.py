@@ -13,7 +13,7 @@ import contextlib
 import dataclasses
 import json
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,6 @@ from support import (
     channel,
     credentials_as,
     error_info,
-    free_port,
 )
 
 from gateway.audit import AuditQuery
@@ -59,16 +58,6 @@ EXPECTED = {
         "CASE_PART_NOT_YOURS",
     },
 }
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(free_port(), tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
 
 
 @pytest.fixture
