@@ -96,7 +96,7 @@ COMMANDS: dict[str, str] = {
     "tongban audit verify --sqlite audit-510000.db --audit-cert audit-510000.pem --region 510000": "tests/integration/test_docs_walkthrough.py::test_docs_audit_and_oversight_commands",
     "tongban audit proof --sqlite audit-510000.db --pki /tmp/g/pki --region 510000 --index 0 --size 14": "tests/integration/test_docs_walkthrough.py::test_docs_audit_and_oversight_commands",
     "tongban audit proof --sqlite audit-510000.db --pki /tmp/g/pki --region 510000 --consistency 14 --to 21": "tests/integration/test_docs_walkthrough.py::test_docs_audit_and_oversight_commands",
-    "tongban audit evidence --sqlite audit-500000.db --region 500000 --snapshot current.jws --authority root.json --request-id REQUEST_ID --out evidence.json": "tests/integration/test_docs_walkthrough.py::test_docs_audit_and_oversight_commands",
+    "tongban audit evidence --sqlite audit-510000.db --region 510000 --snapshot current.jws --authority root.json --request-id REQUEST_ID --out evidence.json": "tests/integration/test_docs_walkthrough.py::test_docs_audit_and_oversight_commands",
     "tongban audit check-evidence evidence.json --snapshot current.jws --authority root.json --pseudonym-key-file /run/secrets/audit-pseudonym": "tests/integration/test_docs_walkthrough.py::test_docs_audit_and_oversight_commands",
     "openssl x509 -inform DER -in audit-certificate.der -noout -pubkey > audit.pub.pem": "tests/unit/gateway/test_evidence.py::test_an_outsider_verifies_every_part_with_standard_tools",
     "openssl pkeyutl -verify -pubin -inkey audit.pub.pem -rawin -in checkpoint-text.txt -sigfile checkpoint.sig": "tests/unit/gateway/test_evidence.py::test_an_outsider_verifies_every_part_with_standard_tools",
