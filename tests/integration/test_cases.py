@@ -12,7 +12,8 @@
   audited.
 - Bad input, each refused with its reason and audited, nothing stored half-way.
 
-Crash safety (a gateway SIGKILLed between the steps) is tests/integration/test_case_crashes.py.
+Crash safety (a gateway SIGKILLed between the steps) is tests/faults/test_case_crashes.py (run
+beside the rest, with the fault suite).
 """
 
 from __future__ import annotations

@@ -230,7 +230,9 @@ async def test_a_frozen_redis_is_not_waited_for_once_its_breaker_is_open(
             assert await ask(stub, make(n + 1), token) == ("OK", "")
             assert breaker.state == "open"
             assert breaker.errors == errors, "no Redis call was made (none could wait)"
-            assert breaker.bypassed - bypassed >= 2, "replay window and quota both bypassed"
+            # replay window, quota and cache read are one Redis call per request (issue 20):
+            # that one call is bypassed, the replay window and the quota kept in memory
+            assert breaker.bypassed - bypassed >= 1, "the request's Redis call was bypassed"
             requester.observe()
             assert (
                 requester.metrics.registry.get_sample_value(

@@ -280,7 +280,37 @@ def test_segments_are_checked_as_pyjwt_checks_them() -> None:
         except jwt.DecodeError as exc:
             return ("refused", str(exc))
 
+    # PyJWT's own check where it has one (2.10.1 on); on older versions, the same check
+    # written out character by character here, as PyJWT writes it.
+    reference = getattr(PyJWS, "_decode_base64url_segment", None) or _per_character
     for segment in cases:
+        assert outcome(_Jws._decode_base64url_segment, segment) == outcome(reference, segment), (
+            segment
+        )
         assert outcome(_Jws._decode_base64url_segment, segment) == outcome(
-            PyJWS._decode_base64url_segment, segment
+            _per_character, segment
         ), segment
+
+
+def _per_character(segment: bytes, name: str) -> bytes:
+    """PyJWT's base64url check of a JWS segment (jwt/api_jws.py, 2.10.1), one character at a
+    time."""
+    from jwt.utils import base64url_decode, base64url_encode
+
+    alphabet = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+    padding, stripped = 0, segment
+    while stripped.endswith(b"="):
+        stripped, padding = stripped[:-1], padding + 1
+        if padding > 2:
+            raise jwt.DecodeError(f"Invalid {name} padding")
+    if padding and len(segment) % 4 != 0:
+        raise jwt.DecodeError(f"Invalid {name} padding")
+    if len(stripped) % 4 == 1 or any(c not in alphabet for c in stripped):
+        raise jwt.DecodeError(f"Invalid {name} padding")
+    try:
+        decoded = base64url_decode(stripped)
+    except (TypeError, ValueError) as err:
+        raise jwt.DecodeError(f"Invalid {name} padding") from err
+    if base64url_encode(decoded) != stripped:
+        raise jwt.DecodeError(f"Invalid {name} padding")
+    return decoded
