@@ -178,6 +178,9 @@ class PeerPool:
                 snapshot.registry if snapshot is not None else None,
                 budget_seconds=timeout_seconds,
             )
+            # The check may have waited (a probe): a registry swap meanwhile replaces the
+            # channel and may close the old one, so the call takes the channel live now.
+            stub = self.stub(region)
         return await self.breaker(region).call(
             lambda: make(stub), timeout_seconds=timeout_seconds + 0.5, failed=peer_failed
         )
