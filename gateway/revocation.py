@@ -7,7 +7,8 @@ call `CallerRevocation.check` then asks the shared `RevocationFetcher` (its cach
 nextUpdate without blocking; a fetch runs in a worker thread). A revoked certificate is refused
 with CERTIFICATE_REVOKED from its revocation time. When no online source answers, the registry's
 CRL of the certificate's issuer is the third source (the resolver has checked it already): while
-it is current the caller is admitted as before; without one, the status cannot be learnt and
+it is current the caller is admitted as before (and a certificate that names no OCSP responder,
+only CRL URLs serving what the registry holds, is not looked up at all); without one, the status cannot be learnt and
 the caller is refused with REVOCATION_UNAVAILABLE under "hard-fail", admitted with a warning
 under "soft-fail". The server certificates of the peer gateways this gateway calls are checked
 here too (gateway.peer_certificates), and against the registry by `registry_revocation`, which
@@ -22,7 +23,7 @@ import functools
 import logging
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Final
+from typing import Final, NamedTuple
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -76,9 +77,8 @@ class CallerRevocation:
         self._fetcher = fetcher
         self._hard_fail = unreachable == "hard-fail"
         self._clock = clock
-        # client certificate -> (leaf, issuer, until when the registry holds a current CRL of
-        # the issuer, or None)
-        self._pairs: dict[bytes, tuple[x509.Certificate, x509.Certificate, datetime | None]] = {}
+        # client certificate -> what `check` needs of it
+        self._pairs: dict[bytes, _Remembered] = {}
 
     @property
     def hard_fail(self) -> bool:
@@ -94,7 +94,12 @@ class CallerRevocation:
             return
         if len(self._pairs) >= MAX_REMEMBERED_CERTIFICATES:
             self._pairs.clear()
-        self._pairs[key] = (chain[0], chain[1], _registry_crl_until(chain[1], registry_crls))
+        self._pairs[key] = _Remembered(
+            chain[0],
+            chain[1],
+            _registry_crl_until(chain[1], registry_crls),
+            self._fetcher.names_ocsp(chain[0]),
+        )
 
     async def check(self, key: bytes, who: str, what: str = "client certificate") -> str:
         """Raise `CallerRejected` when the certificate under `key` (`what` of `who`: the words
@@ -104,11 +109,15 @@ class CallerRevocation:
         found = self._pairs.get(key)
         if found is None:
             return "none"
-        leaf, issuer, registry_crl_until = found
+        leaf, issuer, registry_crl_until, names_ocsp = found
         # the registry's current CRL of the issuer, which the resolver checked, is what the CRL
         # URLs serve: only OCSP responders are then asked
         current = registry_crl_until is not None and self._clock() <= registry_crl_until
         status = self._fetcher.cached(leaf, issuer)
+        if status is None and current and not names_ocsp:
+            # Nothing to ask: the fetcher would answer None (no source left) from a worker
+            # thread; every call of a CRL-only PKI took that thread hop before.
+            return "good"
         try:
             if status is None:
                 status = await asyncio.to_thread(
@@ -148,13 +157,34 @@ class CallerRevocation:
         return "unreachable"
 
 
+class _Remembered(NamedTuple):
+    leaf: x509.Certificate
+    issuer: x509.Certificate
+    registry_crl_until: datetime | None  # the registry holds a current CRL of the issuer until
+    names_ocsp: bool  # the leaf names an OCSP responder
+
+
+@functools.lru_cache(maxsize=1024)
+def _thumbprint(certificate: x509.Certificate) -> str:
+    return x5t_s256_of_der(certificate.public_bytes(Encoding.DER))
+
+
+@functools.lru_cache(maxsize=256)
+def _crl(der: bytes) -> x509.CertificateRevocationList | None:
+    """A registry CRL, parsed once (the registry's publisher checked it; a bad one: None)."""
+    try:
+        return x509.load_der_x509_crl(der)
+    except ValueError:
+        return None
+
+
 def registry_revocation(
     certificate: x509.Certificate, registry: Registry, region_code: str, now: datetime
 ) -> str | None:
     """Why the registry says `certificate` is revoked ("is revoked (reason)": its key's state,
     from `revoked_at`; "is on region X's revocation list": a CRL of that region's CA), or None.
     A revoked TLS key authenticates no one: its holder may be anybody."""
-    entry = registry.key(x5t_s256_of_der(certificate.public_bytes(Encoding.DER)))
+    entry = registry.key(_thumbprint(certificate))
     if (
         entry is not None
         and entry.state is KeyState.REVOKED
@@ -163,11 +193,8 @@ def registry_revocation(
         return f"is revoked ({entry.revocation_reason or 'no reason given'})"
     region = registry.region(region_code)
     for der in region.crls if region is not None else ():
-        try:
-            crl = x509.load_der_x509_crl(der)
-        except ValueError:
-            continue  # the registry's publisher checked it; a bad one revokes nothing
-        if crl.issuer != certificate.issuer:
+        crl = _crl(der)
+        if crl is None or crl.issuer != certificate.issuer:
             continue
         revoked = crl.get_revoked_certificate_by_serial_number(certificate.serial_number)
         if revoked is not None and revoked.revocation_date_utc <= now:

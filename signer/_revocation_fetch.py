@@ -157,6 +157,12 @@ class RevocationFetcher:
         """Whether the certificate names an OCSP responder or a CRL URL (else `check` is None)."""
         return bool(revocation_sources(certificate))
 
+    @staticmethod
+    def names_ocsp(certificate: x509.Certificate) -> bool:
+        """Whether the certificate names an OCSP responder: without one, a caller holding a
+        current CRL of the issuer has nothing to ask (`check(have_current_crl=True)` is None)."""
+        return bool(revocation_sources(certificate).ocsp_urls)
+
     def cached(
         self, certificate: x509.Certificate, issuer: x509.Certificate
     ) -> RevocationStatus | None:

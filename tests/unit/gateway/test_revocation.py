@@ -41,6 +41,8 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pki]:
     chains = {
         name: [cert(ca.issue(name, "tls", ocsp_url=url)[0]), issuer] for name, url in urls.items()
     }
+    dead_crl = f"http://127.0.0.1:{free_port()}/ca.crl"
+    chains["crl-only"] = [cert(ca.issue("crl-only", "tls", crl_url=dead_crl)[0]), issuer]
     ca.revoke_for(ca.dir / "revoked.pem", "keyCompromise")
     responder = Responder(ca, port)
     responder.start()
@@ -133,6 +135,28 @@ async def test_a_certificate_naming_no_source_is_left_to_the_registry(pki: Pki) 
     checker, metrics = _checker("hard-fail")
     await _check(checker, pki, "none")
     assert _count(metrics, "ocsp", "good") == _count(metrics, "crl", "good") == 0
+
+
+async def test_a_crl_only_certificate_under_a_current_registry_crl_asks_no_one(
+    pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The registry's current CRL of the issuer is what the certificate's CRL URL serves: with
+    no OCSP responder named, there is nothing to ask, and no worker thread is taken per call."""
+    checker, metrics = _checker("hard-fail")
+    crl = pki.ca.crl("registry-crl-only.crl", der=True).read_bytes()
+
+    async def no_thread(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a worker thread was taken")
+
+    monkeypatch.setattr("gateway.revocation.asyncio.to_thread", no_thread)
+    for _ in range(3):
+        await _check(checker, pki, "crl-only", (crl,))
+    assert _count(metrics, "crl", "unreachable") == _count(metrics, "crl", "good") == 0
+    # without the registry's CRL the URL is asked (dead here): hard-fail refuses
+    monkeypatch.undo()
+    with pytest.raises(CallerRejected, match="cannot be learnt") as e:
+        await _check(checker, pki, "crl-only")
+    assert e.value.reason == "REVOCATION_UNAVAILABLE"
 
 
 def test_online_checking_can_be_turned_off() -> None:
