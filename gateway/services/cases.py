@@ -40,6 +40,7 @@ from gateway.cases import (
 )
 from gateway.errors import Refusal
 from gateway.identity import CallerKind, current_caller
+from gateway.services._metadata import request_token
 from gateway.tokens import TokenError, TokenVerifier
 from tongban.v1 import cases_pb2, cases_pb2_grpc, credentials_pb2
 
@@ -74,13 +75,6 @@ def _timestamp(value: datetime) -> Timestamp:
     stamp = Timestamp()
     stamp.FromDatetime(value)
     return stamp
-
-
-def _token(context: Context) -> str:
-    for key, value in context.invocation_metadata() or ():
-        if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
-            return value.removeprefix("Bearer ").strip()
-    return ""
 
 
 def material_summary(
@@ -201,7 +195,7 @@ class CasesService(cases_pb2_grpc.CasesServicer):
                     "NOT_AUTHORISED_ROLE",
                     f"cases are served to the agencies of region {self.book.region}",
                 )
-            token = _token(context)
+            token = request_token(context)
             if not token:
                 raise Refusal(
                     "TOKEN_INVALID", "a request token is required (authorization: Bearer <token>)"
