@@ -79,6 +79,7 @@ log = logging.getLogger("tongban.cases")
 DEFAULT_PAGE_SIZE: Final = 50
 MAX_PAGE_SIZE: Final = 500
 _OPENED_EVENTS: Final = 4096  # events kept read (they never change)
+_KEPT_VIEWS: Final = 1024  # cases kept folded, with the event ids they were folded from
 CHANGES_PAGE: Final = 500  # changes read at once (Watch)
 
 
@@ -149,6 +150,7 @@ class CaseBookBase:
         )
         self._lock = asyncio.Lock()  # one local change at a time: seq numbers, request ids
         self._opened: OrderedDict[str, CaseEvent] = OrderedDict()
+        self._views: OrderedDict[str, tuple[tuple[str, ...], CaseView | None]] = OrderedDict()
 
     # -- reading ---------------------------------------------------------------------------
     def registry(self) -> Registry:
@@ -180,8 +182,23 @@ class CaseBookBase:
         return [self.opened(s) for s in await self.store.events(case_id)]
 
     async def view(self, case_id: str) -> CaseView | None:
-        """The case its held events make (None when none is held, or not its submission)."""
-        return fold(await self.events(case_id))
+        """The case its held events make (None when none is held, or not its submission).
+
+        The case's summary cannot answer a listing (no parts, materials, applicant id or matter
+        name), so every listed case needs its view; but a view is the same while the events
+        held are: it is kept by the ids of the events read, and folded again only when one
+        arrived (the store is still read, so a replica's event is never missed)."""
+        stored = await self.store.events(case_id)
+        held = tuple(s.event_id for s in stored)
+        kept = self._views.get(case_id)
+        if kept is not None and kept[0] == held:
+            self._views.move_to_end(case_id)
+            return kept[1]
+        view = fold([self.opened(s) for s in stored])
+        self._views[case_id] = (held, view)
+        while len(self._views) > _KEPT_VIEWS:
+            self._views.popitem(last=False)
+        return view
 
     async def contents(self, refs: Sequence[MaterialRef]) -> dict[str, tuple[bytes, bytes]]:
         """(content, signed_data) of each material held, by sha256."""
