@@ -252,6 +252,18 @@ async def start_on_free_ports(start: Callable[[], Awaitable[_T]], *, attempts: i
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def start_processes_on_free_ports(start: Callable[[], _T], *, attempts: int = 5) -> _T:
+    """`start_on_free_ports` for servers started as processes, from synchronous code: `start`
+    fails with the server's own words (its stderr) when one exits at start-up."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return start()
+        except Exception as exc:
+            if attempt == attempts or not port_taken(exc):
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 class RedisServer:
     """A throw-away redis-server on a loopback port: start, SIGKILL, start again."""
 

@@ -8,7 +8,7 @@ import socket
 
 import grpc
 import pytest
-from support import free_port, port_taken, start_on_free_ports
+from support import free_port, port_taken, start_on_free_ports, start_processes_on_free_ports
 
 from gateway._ports import check_listen_address_free
 from gateway.errors import ConfigError
@@ -66,3 +66,25 @@ async def test_another_failure_is_not_retried_and_retries_are_bounded() -> None:
     with pytest.raises(OSError, match="already in use"):
         await start_on_free_ports(always_taken, attempts=3)
     assert calls == 3
+
+
+def test_processes_are_started_again_when_one_exited_saying_its_port_is_in_use() -> None:
+    said = [
+        "gateway-510000 exited: gateway.listen: 127.0.0.1:20001 is already in use (another "
+        "gateway?)"
+    ]
+    tried: list[int] = []
+
+    def start() -> int:
+        tried.append(len(tried))
+        if said:
+            raise AssertionError(said.pop())
+        return len(tried)
+
+    assert start_processes_on_free_ports(start) == 2
+
+    def never_serving() -> None:
+        raise AssertionError("gateway-510000 not serving")
+
+    with pytest.raises(AssertionError, match="not serving"):
+        start_processes_on_free_ports(never_serving)  # not a port: not tried again
