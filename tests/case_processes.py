@@ -39,7 +39,13 @@ from faults.harness import (
 )
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from query_support import Cluster, bearer
-from support import Federation, credentials_as, free_port, make_federation
+from support import (
+    Federation,
+    credentials_as,
+    free_port,
+    make_federation,
+    start_processes_on_free_ports,
+)
 
 from gateway.demo.data import DemoData
 from tongban.v1 import (
@@ -480,9 +486,19 @@ def three_regions(workdir: Path) -> Iterator[Regions]:
     fed = make_federation(workdir / "fed")
     fed.publish()
     regions = Regions(fed, workdir)
-    try:
+
+    def launch() -> None:
         regions.prepare()
-        regions.start()
+        try:
+            regions.start()
+        except BaseException:  # a port taken meanwhile: all again, on new ports
+            regions.kill_all()
+            for kept in workdir.glob("audit-*.db*"):
+                kept.unlink()
+            raise
+
+    try:
+        start_processes_on_free_ports(launch)
         yield regions
         assert regions.bad_codes() == dict.fromkeys(REGIONS, 0), "UNKNOWN/INTERNAL answered"
         codes = regions.stop()

@@ -29,7 +29,7 @@ from typing import Any
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 from query_support import REGIONS, Cluster
-from support import Federation, free_port
+from support import Federation, free_port, start_on_free_ports
 
 from gateway.audit import AuditLog
 from gateway.config import GatewayConfig
@@ -218,24 +218,33 @@ async def running_gateways(
     """Three gateways as `query_support.running_cluster` builds them (SQLite audit logs in
     `tmp_path`), with `configure(region, config)` applied to each configuration and, for a
     region in `providers`, that (started) server as its data system instead of the demo one."""
-    cluster = Cluster(fed, {r: free_port() for r in REGIONS})
-    loopback = Loopback(cluster.ports, cluster.gateways, data=cluster.data)
 
     def settings(region: str, config: GatewayConfig) -> GatewayConfig:
         config = dataclasses.replace(config, grace_seconds=0.2, poll_seconds=0.1)
         return config if configure is None else configure(region, config)
 
+    async def start() -> tuple[Cluster, Loopback]:
+        # the gateways are told each other's ports: picked again if one was taken meanwhile
+        cluster = Cluster(fed, {r: free_port() for r in REGIONS})
+        loopback = Loopback(cluster.ports, cluster.gateways, data=cluster.data)
+        try:
+            await start_regions(
+                loopback,
+                fed.pki,
+                snapshot_file=lambda region: fed.current,
+                audit_db=lambda region: tmp_path / f"audit-{region}.db",
+                redis_url=redis_url,
+                provider_ports={r: (provider_ports or {})[r] for r in providers or {}},
+                configure=settings,
+                bind_queries=False,  # these suites query conditional data with made-up case ids
+            )
+        except BaseException:
+            await loopback.stop(0)
+            raise
+        return cluster, loopback
+
+    cluster, loopback = await start_on_free_ports(start)
     try:
-        await start_regions(
-            loopback,
-            fed.pki,
-            snapshot_file=lambda region: fed.current,
-            audit_db=lambda region: tmp_path / f"audit-{region}.db",
-            redis_url=redis_url,
-            provider_ports={r: (provider_ports or {})[r] for r in providers or {}},
-            configure=settings,
-            bind_queries=False,  # these suites query conditional data with made-up case ids
-        )
         yield cluster
     finally:
         await loopback.stop(0)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import grpc
 from cryptography import x509
-from support import Federation, credentials_as, free_port
+from support import Federation, credentials_as, free_port, start_on_free_ports
 
 from gateway.config import GatewayConfig
 from gateway.demo.data import DemoData
@@ -126,8 +126,6 @@ async def running_cluster(
     """Three demo data systems and three gateways, each gateway told the others' ports. Only
     the gateways of `binding` bind queries for conditional datasets to cases (`[cases]
     bind_queries`): the suites query them with made-up case ids."""
-    cluster = Cluster(fed, {r: free_port() for r in REGIONS})
-    loopback = Loopback(cluster.ports, cluster.gateways, data=cluster.data)
 
     def configure(region: str, config: GatewayConfig) -> GatewayConfig:
         return dataclasses.replace(
@@ -139,16 +137,28 @@ async def running_cluster(
             cases=dataclasses.replace(config.cases, bind_queries=region in binding),
         )
 
+    async def start() -> tuple[Cluster, Loopback]:
+        # each gateway is told the others' ports before it starts: picked, and picked again
+        # if one was taken before its gateway bound it
+        cluster = Cluster(fed, {r: free_port() for r in REGIONS})
+        loopback = Loopback(cluster.ports, cluster.gateways, data=cluster.data)
+        try:
+            await start_regions(
+                loopback,
+                fed.pki,
+                snapshot_file=lambda region: (snapshots or {}).get(region, fed.current),
+                audit_db=lambda region: tmp_path / f"audit-{region}.db" if audit_on_disk else None,
+                redis_url=redis_url,
+                configure=configure,
+                bind_queries=False,  # and `configure` binds those of `binding`
+            )
+        except BaseException:
+            await loopback.stop(0)
+            raise
+        return cluster, loopback
+
+    cluster, loopback = await start_on_free_ports(start)
     try:
-        await start_regions(
-            loopback,
-            fed.pki,
-            snapshot_file=lambda region: (snapshots or {}).get(region, fed.current),
-            audit_db=lambda region: tmp_path / f"audit-{region}.db" if audit_on_disk else None,
-            redis_url=redis_url,
-            configure=configure,
-            bind_queries=False,  # and `configure` binds those of `binding`
-        )
         yield cluster
     finally:
         await loopback.stop(0)

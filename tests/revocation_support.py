@@ -4,7 +4,6 @@ CA's index (tests/openssl_ca.py), and an `http.server` thread serving CRLs, coun
 from __future__ import annotations
 
 import re
-import socket
 import subprocess
 import threading
 import time
@@ -15,14 +14,9 @@ from pathlib import Path
 
 from cryptography import x509
 from openssl_ca import OpenSslCa
+from support import free_port  # re-exported: one port picker for every test
 
 __all__ = ["Responder", "Served", "cert", "free_port"]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def cert(path: Path) -> x509.Certificate:

@@ -5,17 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import random
 import re
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
@@ -194,6 +195,7 @@ class ManualClock:
 # picked by bind(0) is an ephemeral one, and an outgoing connection (to Redis, to a peer) may take
 # it as its local port before the server binds it; a gateway then refuses it as "in use".
 _PORTS_FROM = 20000
+_T = TypeVar("_T")
 _PORT_RANDOM = random.Random()
 
 
@@ -220,6 +222,46 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         found: int = s.getsockname()[1]
         return found
+
+
+def port_taken(error: BaseException) -> bool:
+    """Did a server fail to start because its port, free when `free_port` picked it, was
+    bound by someone else before the server bound it (EADDRINUSE, whatever wraps it)?"""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno == errno.EADDRINUSE:
+            return True
+        if "already in use" in str(seen) or "Failed to bind" in str(seen):
+            return True  # the gateway's check (gateway._ports), gRPC's bind
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+async def start_on_free_ports(start: Callable[[], Awaitable[_T]], *, attempts: int = 5) -> _T:
+    """`start()`, which picks its ports with `free_port` each time it runs, run again with new
+    ones when a port was taken meanwhile (`port_taken`): a picked port is only free when it is
+    picked. For servers that must know their ports before they start (gateways told each
+    other's); a lone server binds port 0 and reports its port instead. `start` undoes what it
+    started when it fails."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return await start()
+        except Exception as exc:
+            if attempt == attempts or not port_taken(exc):
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def start_processes_on_free_ports(start: Callable[[], _T], *, attempts: int = 5) -> _T:
+    """`start_on_free_ports` for servers started as processes, from synchronous code: `start`
+    fails with the server's own words (its stderr) when one exits at start-up."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return start()
+        except Exception as exc:
+            if attempt == attempts or not port_taken(exc):
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 class RedisServer:

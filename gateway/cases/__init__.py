@@ -2,7 +2,8 @@
 state machine and the order every region applies them in (`_fold`), and where a gateway keeps
 them (`_store`; durable beside the audit log: `case_store_for`); what a gateway does with them
 (`_book`, `_local`, `_intake`: the `CaseBook`), their signed form (`_events`), their materials
-(`_materials`) and their sealing at rest (`_sealing`). docs/cases.md is the guide."""
+(`_materials`), their sealing at rest (`_sealing`) and the one follower of a gateway's Watch
+streams (`_watch`). docs/cases.md is the guide."""
 
 from gateway.cases._binding import CaseBinding
 from gateway.cases._book import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, RegistrySource

@@ -66,14 +66,21 @@ from gateway.cases._trail import CaseTrail, Note
 from gateway.errors import Refusal
 from registry import Registry, RegistryError
 
-__all__ = ["DEFAULT_PAGE_SIZE", "MAX_PAGE_SIZE", "CaseBookBase", "RegistrySource"]
+__all__ = [
+    "CHANGES_PAGE",
+    "DEFAULT_PAGE_SIZE",
+    "MAX_PAGE_SIZE",
+    "CaseBookBase",
+    "RegistrySource",
+]
 
 log = logging.getLogger("tongban.cases")
 
 DEFAULT_PAGE_SIZE: Final = 50
 MAX_PAGE_SIZE: Final = 500
 _OPENED_EVENTS: Final = 4096  # events kept read (they never change)
-_CHANGES_PAGE: Final = 500
+_KEPT_VIEWS: Final = 1024  # cases kept folded, with the event ids they were folded from
+CHANGES_PAGE: Final = 500  # changes read at once (Watch)
 
 
 class RegistrySource(Protocol):
@@ -143,6 +150,7 @@ class CaseBookBase:
         )
         self._lock = asyncio.Lock()  # one local change at a time: seq numbers, request ids
         self._opened: OrderedDict[str, CaseEvent] = OrderedDict()
+        self._views: OrderedDict[str, tuple[tuple[str, ...], CaseView | None]] = OrderedDict()
 
     # -- reading ---------------------------------------------------------------------------
     def registry(self) -> Registry:
@@ -154,7 +162,8 @@ class CaseBookBase:
     def pseudonym(self, applicant_id: str) -> str:
         return pseudonymize(applicant_id, self._key)
 
-    def _read(self, stored: StoredEvent) -> CaseEvent:
+    def opened(self, stored: StoredEvent) -> CaseEvent:
+        """The event of a stored one, opened (kept opened: an event never changes)."""
         event = self._opened.get(stored.event_id)
         if event is None:
             event = read_event(self.open_jws(stored))
@@ -170,11 +179,26 @@ class CaseBookBase:
 
     async def events(self, case_id: str) -> list[CaseEvent]:
         """Every event held for the case, opened, in arrival order."""
-        return [self._read(s) for s in await self.store.events(case_id)]
+        return [self.opened(s) for s in await self.store.events(case_id)]
 
     async def view(self, case_id: str) -> CaseView | None:
-        """The case its held events make (None when none is held, or not its submission)."""
-        return fold(await self.events(case_id))
+        """The case its held events make (None when none is held, or not its submission).
+
+        The case's summary cannot answer a listing (no parts, materials, applicant id or matter
+        name), so every listed case needs its view; but a view is the same while the events
+        held are: it is kept by the ids of the events read, and folded again only when one
+        arrived (the store is still read, so a replica's event is never missed)."""
+        stored = await self.store.events(case_id)
+        held = tuple(s.event_id for s in stored)
+        kept = self._views.get(case_id)
+        if kept is not None and kept[0] == held:
+            self._views.move_to_end(case_id)
+            return kept[1]
+        view = fold([self.opened(s) for s in stored])
+        self._views[case_id] = (held, view)
+        while len(self._views) > _KEPT_VIEWS:
+            self._views.popitem(last=False)
+        return view
 
     async def contents(self, refs: Sequence[MaterialRef]) -> dict[str, tuple[bytes, bytes]]:
         """(content, signed_data) of each material held, by sha256."""
@@ -381,7 +405,7 @@ class CaseBookBase:
     async def last_position(self) -> int:
         """The arrival position of the last event held (where a watch starts following)."""
         after = 0
-        while changes := await self.store.changes(after, _CHANGES_PAGE):
+        while changes := await self.store.changes(after, CHANGES_PAGE):
             after = changes[-1].position
         return after
 
@@ -410,21 +434,3 @@ class CaseBookBase:
         except (Refusal, AuditUnavailable) as refused:
             raise await self._trail.refused(note, refused) from None
         return [CaseAnswer(v, audit, self.overdue(v)) for v in views], position
-
-    async def updates(
-        self, caller: CaseCaller, after: int, case_id: str = ""
-    ) -> tuple[builtins.list[tuple[CaseView, CaseEvent]], int]:
-        """The changes after position `after` the caller sees (of `case_id` only, if given):
-        (the case as it now is, the event), and the position reached."""
-        found: builtins.list[tuple[CaseView, CaseEvent]] = []
-        for stored in await self.store.changes(after, _CHANGES_PAGE):
-            after = stored.position
-            if case_id and stored.case_id != case_id:
-                continue
-            summary = await self.store.summary(stored.case_id)
-            if summary is None or not may_see(summary, caller):
-                continue
-            view = await self.view(stored.case_id)
-            if view is not None:
-                found.append((view, self._read(stored)))
-        return found, after

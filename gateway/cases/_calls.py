@@ -4,8 +4,6 @@ summary, the page token of a listing, a case id, the digest of a call."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 import re
@@ -21,7 +19,7 @@ from gateway.cases._materials import MaterialInput
 from gateway.cases._model import CaseEvent, EventKind, PartState, format_time, parse_time
 from gateway.cases._store import CaseSummary
 from gateway.errors import Refusal
-from signer import canonical_json
+from signer import b64url_decode, b64url_encode, canonical_json
 
 __all__ = [
     "ACTIONS",
@@ -164,25 +162,32 @@ def call_digest(kind: str, document: dict[str, Any]) -> str:
 
 
 def write_page_token(summary: CaseSummary) -> str:
+    """The opaque token of the page after `summary`: unpadded base64url (RFC 4648 section 5)
+    of the JSON [updated_at, case_id]."""
     raw = json.dumps([format_time(summary.updated_at), summary.case_id], ensure_ascii=False)
-    return base64.urlsafe_b64encode(raw.encode("utf-8")).decode("ascii").rstrip("=")
+    return b64url_encode(raw.encode("utf-8"))
 
 
 def read_page_token(token: str) -> tuple[datetime, str] | None:
-    """(updated_at, case_id) of a token `write_page_token` made; None for ""; a refusal for
-    anything else."""
+    """(updated_at, case_id) of a token `write_page_token` made; None for ""; for anything else
+    INVALID_ARGUMENT_FORMAT naming the field. The base64url is read strictly (signer's
+    `b64url_decode`): a token with padding, '+', '/' or stray characters was not issued here,
+    where a lenient decoder would skip them and read another token's position."""
     if not token:
         return None
-    bad = Refusal("INVALID_ARGUMENT_FORMAT", "page_token is not one this service issued")
+    bad = Refusal(
+        "INVALID_ARGUMENT_FORMAT",
+        "page_token is not one this service issued: pass next_page_token unchanged",
+        metadata={"field": "page_token"},
+    )
     if len(token) > MAX_PAGE_TOKEN_CHARS:
         raise bad
     try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        at, case_id = json.loads(raw)
+        at, case_id = json.loads(b64url_decode(token))
         if not isinstance(case_id, str) or not is_case_id(case_id):
             raise bad  # a case id no case has (a NUL, a citizen id): never handed to the store
         return parse_time(at, "page_token"), case_id
-    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError, RecursionError):
+    except (ValueError, TypeError, RecursionError):  # JwsFormatError, UnicodeDecodeError too
         raise bad from None
 
 

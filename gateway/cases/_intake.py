@@ -9,7 +9,9 @@ case's bound, by an agency of its region, on a part its region may act on; a sub
 of a matter of this gateway's own registry with exactly its parts); (3) every material and
 result the event names is among the attachments sent, or held already, matched by SHA-256 and
 size, and each sent is verified again here (at the time its region verified it: a seal that
-expired since does not undo the case; a credential of the matter as a credential of its type);
+expired since does not undo the case; a credential of the matter as a credential of its type),
+in a worker thread and before the book's lock is taken: (2), (4) and what (3) reads of the
+store are checked again under the lock, against what another change may have made meanwhile;
 (5) kept with this gateway's audit record of the receipt, in one transaction. A bad event is
 refused (CASE_EVENT_INVALID, metadata "index"); the events before it stay held. An event of a
 case whose submission has not arrived here yet (the window's gateway is behind) is refused
@@ -18,6 +20,7 @@ CASE_NOT_FOUND: the sender retries it later, as after any refusal.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 
 from gateway import rpcs
@@ -29,7 +32,6 @@ from gateway.cases._local import LocalChanges
 from gateway.cases._materials import MaterialInput, material_digest
 from gateway.cases._model import CaseEvent, EventKind, MaterialRef
 from gateway.cases._scrutiny import check_arrival, check_reach
-from gateway.cases._store import StoredAttachment
 from gateway.cases._trail import Note
 from gateway.errors import Refusal
 from registry import Registry
@@ -42,7 +44,7 @@ def _invalid(message: str) -> Refusal:
 
 
 class CaseBook(LocalChanges):
-    """A gateway's cases: `submit`, `act`, `get`, `list`, `watch_start` / `updates` for its
+    """A gateway's cases: `submit`, `act`, `get`, `list`, `watch_start` for its
     own callers; `receive` for other regions' gateways; `outgoing` / `delivered` /
     `listeners` for its deliverer."""
 
@@ -91,21 +93,42 @@ class CaseBook(LocalChanges):
             raise _invalid("the event's case id is not a case number (printable, no citizen id)")
         note.case_id, note.jws = event.case_id, jws
         note.fields = tuple(r.material_id for r in _refs(event)) + event.requested
+        # Every check before the materials' (the slow part, in a worker thread), then the
+        # materials, without the book's lock: another case's delivery or call goes on
+        # meanwhile. Under the lock, what another change of the case may have changed since
+        # (held events, order, fold, attachments held) is checked again; the materials' bytes
+        # and the matter of the case (its submission, once) cannot change.
+        found = await self._checked(registry, event, await self.events(event.case_id))
+        if found is None:
+            return event.event_id
+        given = self._given(event, attachments)
+        await self._check_sent(event, given)
+        await self._verify_sent(event, given, _credentials(registry, found))  # (3)
         async with self._lock, self.store.exclusive(event.case_id):
-            events = await self.events(event.case_id)
-            for other in events:  # (2)
-                if other.event_id == event.event_id:
-                    if other != event:
-                        raise _invalid("a different event under the id of one held")
-                    return event.event_id
-            view = self._folded(event, events)  # (4)
-            check_arrival(registry, event, events)
-            check_reach(view, event)
-            kept = await self._attachments(event, attachments, _credentials(registry, view))  # (3)
+            view = await self._checked(registry, event, await self.events(event.case_id))
+            if view is None:
+                return event.event_id
+            await self._check_sent(event, given)
             note.subject = self.pseudonym(view.submission.applicant_id)
             note.matter_code = view.submission.matter_code
+            kept = self.sealed_attachments(list(given.values()))
             await self.write(note, event, jws, view, kept, local=False)  # (5)
         return event.event_id
+
+    async def _checked(
+        self, registry: Registry, event: CaseEvent, events: list[CaseEvent]
+    ) -> CaseView | None:
+        """The case with the event folded in, after the checks (2) and (4) against the events
+        held; None when the event is held already."""
+        for other in events:  # (2)
+            if other.event_id == event.event_id:
+                if other != event:
+                    raise _invalid("a different event under the id of one held")
+                return None
+        view = self._folded(event, events)  # (4)
+        check_arrival(registry, event, events)
+        check_reach(view, event)
+        return view
 
     def _folded(self, event: CaseEvent, events: list[CaseEvent]) -> CaseView:
         view = fold([*events, event])
@@ -123,15 +146,12 @@ class CaseBook(LocalChanges):
             raise _invalid(f"region {event.origin} has no part in the case")
         return view
 
-    async def _attachments(
-        self,
-        event: CaseEvent,
-        attachments: Sequence[tuple[bytes, bytes]],
-        credentials: Mapping[str, str],
-    ) -> tuple[StoredAttachment, ...]:
-        """(3) of the module docstring: the attachments to keep, each verified again (a
-        material the matter names a credential (`credentials`: id -> type) as a credential of
-        that type, as the window verified it)."""
+    @staticmethod
+    def _given(
+        event: CaseEvent, attachments: Sequence[tuple[bytes, bytes]]
+    ) -> dict[str, MaterialInput]:
+        """(3) of the module docstring: the attachments sent, by SHA-256, each one the event
+        names with the size it names."""
         refs = {r.sha256: r for r in _refs(event)}
         given: dict[str, MaterialInput] = {}
         for content, signed_data in attachments:
@@ -142,24 +162,42 @@ class CaseBook(LocalChanges):
             if ref.size != len(content) + len(signed_data):
                 raise _invalid("an attachment's size is not the one the event names")
             given[sha] = MaterialInput(ref.material_id, content, signed_data)
-        for sha, ref in refs.items():
-            if sha not in given and await self.store.attachment(sha) is None:
+        return given
+
+    async def _check_sent(self, event: CaseEvent, given: Mapping[str, MaterialInput]) -> None:
+        """(3): each material the event names and the delivery does not carry is held here."""
+        for ref in _refs(event):
+            if ref.sha256 not in given and await self.store.attachment(ref.sha256) is None:
                 raise _invalid(f"the event's material {ref.material_id} was not sent")
-        for sha, material in given.items():
-            try:
-                self.materials.verify(
-                    material,
-                    now=self.clock(),
-                    validation_time=refs[sha].verified_at,
-                    credential_type=None
-                    if refs[sha] is event.result
-                    else credentials.get(material.material_id),
-                )
-            except Refusal as refusal:
-                raise _invalid(
-                    f"material {material.material_id} does not verify here: {refusal.message}"
-                ) from None
-        return self.sealed_attachments(list(given.values()))
+
+    async def _verify_sent(
+        self, event: CaseEvent, given: Mapping[str, MaterialInput], credentials: Mapping[str, str]
+    ) -> None:
+        """(3): each attachment sent verified again, in a worker thread (seals of megabytes
+        take a while), as the window verified it: at the time its region verified it, a
+        material the matter names a credential (`credentials`: id -> type) as a credential of
+        that type."""
+        refs = {r.sha256: r for r in _refs(event)}
+        now = self.clock()
+
+        def verify_all() -> None:
+            for sha, material in given.items():
+                try:
+                    self.materials.verify(
+                        material,
+                        now=now,
+                        validation_time=refs[sha].verified_at,
+                        credential_type=None
+                        if refs[sha] is event.result
+                        else credentials.get(material.material_id),
+                    )
+                except Refusal as refusal:
+                    raise _invalid(
+                        f"material {material.material_id} does not verify here: {refusal.message}"
+                    ) from None
+
+        if given:
+            await asyncio.to_thread(verify_all)
 
 
 def _credentials(registry: Registry, view: CaseView) -> dict[str, str]:

@@ -8,15 +8,15 @@ Submit or Act). The applicant's id is turned into this gateway's pseudonym at on
 logged. This module only converts between protobuf messages and the case book's values
 (`gateway.cases.CaseBook`), which decides, audits and keeps everything.
 
-`Watch` sends the case (or the cases the caller sees) as it is, then each change: it follows
-the store's arrival order (`CaseBook.updates`) every WATCH_POLL_SECONDS, and at once when the
-book writes (its `listeners`); at most `max_watches_per_agency` watches per agency at a time
-(TOO_MANY_CALLS beyond). It ends when the client cancels the call.
+`Watch` sends the case (or the cases the caller sees) as it is, then each change: one follower
+per gateway (`gateway.cases._watch.CaseWatchers`) reads the store's arrival order every
+WATCH_POLL_SECONDS, and at once when the book writes (its `listeners`), for every stream at
+once, and only while a stream is open; at most `max_watches_per_agency` watches per agency at
+a time (TOO_MANY_CALLS beyond). It ends when the client cancels the call.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
@@ -38,8 +38,10 @@ from gateway.cases import (
     MaterialRef,
     SubmitCall,
 )
+from gateway.cases._watch import CaseWatchers
 from gateway.errors import Refusal
 from gateway.identity import CallerKind, current_caller
+from gateway.services._metadata import request_token
 from gateway.tokens import TokenError, TokenVerifier
 from tongban.v1 import cases_pb2, cases_pb2_grpc, credentials_pb2
 
@@ -74,13 +76,6 @@ def _timestamp(value: datetime) -> Timestamp:
     stamp = Timestamp()
     stamp.FromDatetime(value)
     return stamp
-
-
-def _token(context: Context) -> str:
-    for key, value in context.invocation_metadata() or ():
-        if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
-            return value.removeprefix("Bearer ").strip()
-    return ""
 
 
 def material_summary(
@@ -184,8 +179,8 @@ class CasesService(cases_pb2_grpc.CasesServicer):
         self.book = book
         self._tokens = tokens
         self._max_watches = max_watches_per_agency
-        self._poll = poll_seconds
         self._watching: dict[str, int] = {}
+        self._watchers = CaseWatchers(book, poll_seconds)
 
     async def _caller(self, context: Context, rpc: str, case_id: str = "") -> CaseCaller:
         """The agency of this region calling, its operator and (a portal) its applicant."""
@@ -201,7 +196,7 @@ class CasesService(cases_pb2_grpc.CasesServicer):
                     "NOT_AUTHORISED_ROLE",
                     f"cases are served to the agencies of region {self.book.region}",
                 )
-            token = _token(context)
+            token = request_token(context)
             if not token:
                 raise Refusal(
                     "TOKEN_INVALID", "a request token is required (authorization: Bearer <token>)"
@@ -316,21 +311,14 @@ class CasesService(cases_pb2_grpc.CasesServicer):
             answers, position = await self.book.watch_start(caller, request.case_id)
             for answer in answers:
                 yield cases_pb2.CaseUpdate(case=_answer(answer))
-            woken = asyncio.Event()
-            self.book.listeners.append(woken.set)
+            watcher = self._watchers.follow(caller, request.case_id, position)
             try:
                 while True:
-                    woken.clear()
-                    before = position
-                    found, position = await self.book.updates(caller, position, request.case_id)
-                    for view, event in found:
-                        applied = next((a for e, a in view.history if e == event), False)
-                        yield cases_pb2.CaseUpdate(
-                            case=case_message(view, overdue=self.book.overdue(view)),
-                            event=event_message(event, applied),
-                        )
-                    if position == before:  # nothing new: wait for a write here, or the poll
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(woken.wait(), self._poll)
+                    view, event = await watcher.next()
+                    applied = next((a for e, a in view.history if e == event), False)
+                    yield cases_pb2.CaseUpdate(
+                        case=case_message(view, overdue=self.book.overdue(view)),
+                        event=event_message(event, applied),
+                    )
             finally:
-                self.book.listeners.remove(woken.set)
+                self._watchers.leave(watcher)

@@ -84,6 +84,7 @@ from gateway.services._exchange_messages import (
     sealed_record,
     wire_seal_format,
 )
+from gateway.services._metadata import request_token as _token
 from gateway.shared_checks import SharedChecks
 from gateway.tokens import TokenVerifier
 from registry import RegistryError, RegistryStore
@@ -109,13 +110,6 @@ FORWARD_MARGIN_SECONDS: Final = 0.05  # kept back for our own work after the pee
 MAX_BATCH_ITEMS: Final = 20  # queries in one BatchQuery
 
 Context = grpc.aio.ServicerContext[Any, Any]
-
-
-def _token(context: Context) -> str:
-    for key, value in context.invocation_metadata() or ():
-        if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
-            return value.removeprefix("Bearer ").strip()
-    return ""
 
 
 # -- the other gateway and the data system, as the flows ask them ------------------------------

@@ -50,7 +50,14 @@ from fault_support import Shot, Tally, held_subjects, pump, query_maker
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from psycopg import sql
 from query_support import Cluster, bearer
-from support import REPO, Federation, RedisServer, credentials_as, free_port
+from support import (
+    REPO,
+    Federation,
+    RedisServer,
+    credentials_as,
+    free_port,
+    start_on_free_ports,
+)
 
 from gateway.demo.config import config_for_dev_pki
 from gateway.demo.pki import DEV_CACHE_KEY, DEV_PSEUDONYM_KEY
@@ -543,8 +550,23 @@ async def deployment(
     try:
         if server is not None:
             server.start()
-        made.prepare()
-        made.start_seconds = await made.start()
+
+        async def launch() -> float:
+            made.prepare()
+            try:
+                return await made.start()
+            except BaseException:  # a port taken meanwhile: all again, on new ports
+                made.kill_all()
+                for place in audit.values():
+                    if place.sqlite is not None:
+                        for kept in place.sqlite.parent.glob(f"{place.sqlite.name}*"):
+                            kept.unlink()
+                    elif pg is not None:
+                        with contextlib.suppress(psycopg.Error):
+                            pg.drop_schema(place.schema)
+                raise
+
+        made.start_seconds = await start_on_free_ports(launch)
         yield made
     finally:
         made.kill_all()

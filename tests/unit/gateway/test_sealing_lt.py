@@ -5,7 +5,6 @@ which a registry-backed `SealVerifier` then uses before the region's CRLs."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 from openssl_ca import make_openssl_ca
-from support import Federation, make_federation
+from support import Federation, free_port, make_federation
 
 from gateway._tls import NoTrust
 from gateway.sealing import RegionSealer, ocsp_staple, staple_of
@@ -130,12 +129,6 @@ async def test_an_embedded_revocation_counts_though_the_registry_knows_none(
     assert "embedded OCSP response" in report.message
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def test_ocsp_staple_asks_the_responder_the_certificate_names(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -144,7 +137,7 @@ def test_ocsp_staple_asks_the_responder_the_certificate_names(
     `add_validation_data` embeds); no responder named, or none answering, gives None (a compact
     seal) and a warning, never an error."""
     ca = make_openssl_ca(tmp_path / "ca", "Chongqing")
-    port, dead = _free_port(), _free_port()
+    port, dead = free_port(), free_port()
     ca.issue("responder", "ocsp")
     named, _ = ca.issue("named", "seal", ocsp_url=f"http://127.0.0.1:{port}/")
     unnamed, _ = ca.issue("unnamed", "seal")

@@ -199,3 +199,56 @@ async def test_watch_sends_the_case_then_each_change_and_is_bounded_per_agency(
         again = window.Watch(cases_pb2.WatchCasesRequest(), sc_token)  # type: ignore[arg-type]
         assert (await anext(again)).case.case_id == case.case_id  # its slot was freed
         await again.aclose()
+
+
+async def test_the_watches_of_a_gateway_share_one_read_of_each_change(
+    fed: Federation,
+    registry: Registry,
+    sc: Region,
+    cq: Region,
+    clock: Clock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    window = service(sc, clock, poll_seconds=60.0)  # only a write here wakes the follower
+    reads: list[int] = []
+    changes = sc.store.changes
+
+    async def counted(after: int, limit: int) -> Any:
+        reads.append(after)
+        return await changes(after, limit)
+
+    monkeypatch.setattr(sc.store, "changes", counted)
+    sc_token = Context(token(fed, "sc.hsa", SC))
+    with calling(fed, "sc.hsa", SC):
+        case = await window.Submit(await submit_request(fed, registry), sc_token)  # type: ignore[arg-type]
+        streams = [
+            window.Watch(  # type: ignore[arg-type]
+                cases_pb2.WatchCasesRequest(case_id=case.case_id if i % 2 else ""), sc_token
+            )
+            for i in range(4)
+        ]
+        for stream in streams:
+            assert (await anext(stream)).case.case_id == case.case_id
+        waiting = [asyncio.ensure_future(anext(stream)) for stream in streams]
+        await asyncio.sleep(0.05)
+    before = len(reads)
+    await deliver(sc, cq)
+    with calling(fed, "cq.hrss", CQ):
+        await service(cq, clock).Act(  # type: ignore[arg-type]
+            cases_pb2.ActRequest(
+                request_id="w-2", case_id=case.case_id, part=1, action=cases_pb2.CASE_ACTION_ACCEPT
+            ),
+            Context(token(fed, "cq.hrss", CQ)),
+        )
+    await deliver(cq, sc)
+    updates = await asyncio.wait_for(asyncio.gather(*waiting), 2)
+    assert [u.event.kind for u in updates] == ["accepted"] * 4
+    assert len(reads) - before == 1  # four streams, one read of the change
+    for stream in streams:
+        await stream.aclose()
+    assert len(sc.book.listeners) == 1  # the follower stopped with the last stream
+    before = len(reads)
+    for listener in list(sc.book.listeners):
+        listener()
+    await asyncio.sleep(0.05)
+    assert len(reads) == before  # nobody watches: nothing is read
