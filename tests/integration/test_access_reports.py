@@ -562,6 +562,11 @@ async def test_a_graceful_stop_flushes_the_reports_still_waiting(
         assert reporter is not None
         assert reporter.audit.durable  # SQLite: the outbox outlives the process
         reporter.flush_seconds = 3600.0  # only the stop sends them
+        # its loop may be in a wait begun with the default: end that one now (nothing to send
+        # yet), so that the next wait is the long one (under load the default ran out during
+        # the queries below, and the reports went before the stop)
+        reporter._wake.set()
+        await asyncio.sleep(0.1)
         await ask(cluster, "sc.amr", licence(cluster))
         hits = [await ask(cluster, "sc.amr", licence(cluster)) for _ in range(3)]
         assert all(h.cache_hit for h in hits)
