@@ -203,3 +203,36 @@ async def test_a_batch_querys_items_to_one_region_travel_as_one_forward_batch(
         assert {item.response.record.sealer_region for item in answer.items} == {OWNER}
         owner = cluster.gateways[OWNER]
         assert (handled(owner, "ForwardBatch"), handled(owner, "Forward")) == (1.0, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("caller", "claimed"),
+    [
+        ("sc.hrss", REQUESTER),  # an agency, not a gateway
+        (REQUESTER, "500000"),  # a gateway forwarding as another region (signed by it)
+    ],
+)
+async def test_a_batch_is_no_way_around_the_caller_check(
+    federation: Federation, tmp_path: Path, caller: str, claimed: str
+) -> None:
+    async with running_cluster(federation, tmp_path) as cluster:
+
+        def forged() -> exchange_pb2.ForwardRequest:
+            message = forward(federation, queries(cluster)[0])
+            message.requesting_region = claimed
+            message.caller.region = claimed
+            signed: exchange_pb2.ForwardRequest = sign_forward_message(federation, message)
+            return signed
+
+        async with grpc.aio.secure_channel(
+            f"localhost:{cluster.ports[OWNER]}", credentials_as(federation, caller, OWNER)
+        ) as channel:
+            peer = exchange_pb2_grpc.PeerStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as single:
+                await peer.Forward(forged(), timeout=CALL_TIMEOUT)
+            answer = await peer.ForwardBatch(
+                exchange_pb2.ForwardBatchRequest(items=[forged(), forged()]),
+                timeout=CALL_TIMEOUT,
+            )
+        assert outcome(single.value)[2] == "NOT_AUTHORISED_ROLE"
+        assert [item_outcome(item) for item in answer.results] == [outcome(single.value)] * 2
