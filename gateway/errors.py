@@ -92,6 +92,7 @@ __all__ = [
     "relayed_message",
     "rich_status",
     "status_code",
+    "status_error_info",
     "status_of",
 ]
 
@@ -518,8 +519,22 @@ def error_info_of(exc: grpc.aio.AioRpcError) -> tuple[error_details_pb2.ErrorInf
             status = status_pb2.Status.FromString(value)
         except Exception:  # a malformed detail from a peer is no detail, never a crash
             break
-        for detail in status.details:
-            info = error_details_pb2.ErrorInfo()
-            if detail.Unpack(info) and info.domain == DOMAIN and info.reason in KNOWN_REASONS:
-                return info, status.message
+        info = status_error_info(status)
+        if info is not None:
+            return info, status.message
     return None, exc.details() or ""
+
+
+def status_error_info(status: status_pb2.Status) -> error_details_pb2.ErrorInfo | None:
+    """The Tongban `ErrorInfo` of a `google.rpc.Status` (a call's rich status, or a batch
+    item's), or None: as `error_info_of`, a detail that does not unpack or names a reason
+    outside the contract is no detail."""
+    for detail in status.details:
+        info = error_details_pb2.ErrorInfo()
+        try:
+            unpacked = detail.Unpack(info)
+        except Exception:  # a malformed detail from a peer is no detail, never a crash
+            unpacked = False
+        if unpacked and info.domain == DOMAIN and info.reason in KNOWN_REASONS:
+            return info
+    return None

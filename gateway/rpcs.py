@@ -19,6 +19,7 @@ __all__ = [
     "DELIVER_CASE_EVENTS",
     "FETCH",
     "FORWARD",
+    "FORWARD_BATCH",
     "GET_PROOF",
     "QUERY",
     "QUERY_AUDIT",
@@ -41,6 +42,9 @@ def full_method(file: FileDescriptor, service: str, method: str) -> str:
 QUERY: Final = full_method(exchange_pb2.DESCRIPTOR, "DataExchange", "Query")
 BATCH_QUERY: Final = full_method(exchange_pb2.DESCRIPTOR, "DataExchange", "BatchQuery")
 FORWARD: Final = full_method(exchange_pb2.DESCRIPTOR, "Peer", "Forward")
+# A ForwardBatch's items are each recorded as a Forward is (rpc FORWARD); only a batch refused
+# whole (of the wrong size) is recorded under this name.
+FORWARD_BATCH: Final = full_method(exchange_pb2.DESCRIPTOR, "Peer", "ForwardBatch")
 REPORT_ACCESS: Final = full_method(exchange_pb2.DESCRIPTOR, "Peer", "ReportAccess")
 DELIVER_CASE_EVENTS: Final = full_method(exchange_pb2.DESCRIPTOR, "Peer", "DeliverCaseEvents")
 FETCH: Final = full_method(credentials_pb2.DESCRIPTOR, "Credentials", "Fetch")

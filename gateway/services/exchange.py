@@ -26,19 +26,10 @@ from google.rpc import status_pb2
 
 from gateway import rpcs
 from gateway.audit import AuditLog
-from gateway.breaker import BreakerOpen
 from gateway.cache import AnswerCache
 from gateway.cases import CaseBinding
 from gateway.cases._peer import CaseIntake, deliver_case_events
-from gateway.errors import (
-    RELAYED_CODES,
-    Refusal,
-    error_info_of,
-    peer_text,
-    relayed_message,
-    status_code,
-    status_of,
-)
+from gateway.errors import PLAIN_MESSAGES, Refusal, status_code, status_of
 from gateway.flows import (
     NO_REQUEST,
     Answer,
@@ -58,8 +49,7 @@ from gateway.flows import (
 from gateway.forward_signing import ForwardDocument, RequestSigner
 from gateway.identity import Caller, current_caller
 from gateway.metrics import PEER_LOCAL, GatewayMetrics
-from gateway.peer_certificates import PeerCertificateRefused
-from gateway.peers import PEER_CALL_SECONDS, PeerPool, UnknownPeer
+from gateway.peers import PEER_CALL_SECONDS, PeerPool
 from gateway.policy import DataRequest
 from gateway.provider import ProviderAnswer, ProviderClient, ProviderError
 from gateway.quota import QuotaCounter
@@ -85,6 +75,11 @@ from gateway.services._exchange_messages import (
     wire_seal_format,
 )
 from gateway.services._metadata import request_token as _token
+from gateway.services._peer_calls import (
+    MAX_FORWARD_BATCH_ITEMS,
+    ForwardCoalescer,
+    ForwardGathering,
+)
 from gateway.shared_checks import SharedChecks
 from gateway.tokens import TokenVerifier
 from registry import RegistryError, RegistryStore
@@ -114,10 +109,12 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 # -- the other gateway and the data system, as the flows ask them ------------------------------
 class PeerOwners:
-    """The provider region's gateway, asked over its pooled channel (`Peer.Forward`), with the
-    caller's deadline (a call without one gets DEFAULT_DEADLINE_SECONDS) or ours when shorter.
-    A peer that hangs past ours is UNAVAILABLE (the caller still has time: it is told at once,
-    with the reason); past the caller's own, the call's deadline is what was exceeded."""
+    """The provider region's gateway, asked over its pooled channel (`Peer.Forward`, or with
+    the other forwards to that region of the same event-loop iteration in one
+    `Peer.ForwardBatch`: `ForwardCoalescer`), with the caller's deadline (a call without one
+    gets DEFAULT_DEADLINE_SECONDS) or ours when shorter. A peer that hangs past ours is
+    UNAVAILABLE (the caller still has time: it is told at once, with the reason); past the
+    caller's own, the call's deadline is what was exceeded."""
 
     def __init__(
         self,
@@ -137,6 +134,8 @@ class PeerOwners:
         self.signer = signer  # signs each Peer.Forward with this gateway's audit key
         self._clock = clock
         self.peer_timeout_seconds = peer_timeout_seconds  # a forward's bound (and the deadline's)
+        # one Peer.ForwardBatch per region and event-loop iteration (a lone one: Peer.Forward)
+        self._calls = ForwardCoalescer(peers, metrics)
 
     def signed_request(
         self, request: DataRequest, caller: Caller, operator: str, credential_type: str
@@ -186,62 +185,13 @@ class PeerOwners:
             credential_type=credential_type,
             signed_request=self.signed_request(request, caller, operator, credential_type),
         )
-        region = request.provider_region
-        started = time.perf_counter()
-        timeout = max(deadline - FORWARD_MARGIN_SECONDS, 0.01)
-        try:
-            answer = await self._peers.call(
-                region,
-                lambda stub: stub.Forward(forward, timeout=timeout),
-                timeout_seconds=timeout,
-            )
-        except UnknownPeer as exc:
-            raise Refusal("UNKNOWN_REGION", str(exc)) from exc
-        except PeerCertificateRefused as exc:  # revoked: the peer is not called
-            raise Refusal(exc.reason, str(exc)) from exc
-        except BreakerOpen as exc:
-            raise Refusal(
-                "PEER_UNAVAILABLE",
-                f"the gateway of region {region} is failing: not called "
-                "(its circuit breaker is open); try again shortly",
-            ) from exc
-        except TimeoutError as exc:  # the backstop: the call's own deadline did not end it
-            self.metrics.peer_call(
-                region, grpc.StatusCode.DEADLINE_EXCEEDED, time.perf_counter() - started
-            )
-            raise Refusal(
-                "PEER_UNAVAILABLE",
-                f"the gateway of region {region} did not answer in time",
-                code=None if ours else grpc.StatusCode.DEADLINE_EXCEEDED,
-            ) from exc
-        except grpc.aio.AioRpcError as exc:
-            self.metrics.peer_call(region, exc.code(), time.perf_counter() - started)
-            raise _peer_refusal(region, exc, ours) from exc
-        self.metrics.peer_call(region, grpc.StatusCode.OK, time.perf_counter() - started)
-        return forwarded(answer)
-
-
-def _peer_refusal(region: str, exc: grpc.aio.AioRpcError, ours: bool) -> Refusal:
-    """What the requesting gateway raises for a peer's error status."""
-    info, message = error_info_of(exc)
-    reason = info.reason if info is not None else ""
-    code = exc.code()
-    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) and reason not in (
-        "AUDIT_UNAVAILABLE",
-        "PROVIDER_UNAVAILABLE",
-        "REGISTRY_STALE",
-        "SEAL_KEY_UNAVAILABLE",
-    ):
-        return Refusal(
-            "PEER_UNAVAILABLE",
-            f"the gateway of region {region} did not answer: {peer_text(exc.details() or '')}",
-            code=None if ours else code,
+        answer = await self._calls.forward(
+            request.provider_region,
+            forward,
+            timeout_seconds=max(deadline - FORWARD_MARGIN_SECONDS, 0.01),
+            ours=ours,
         )
-    if code in RELAYED_CODES and reason:
-        # The reason travels on; the owner's words stay in this log, never relayed.
-        log.info("region %s refused with %s: %s", region, reason, peer_text(message))
-        return Refusal.passed_on(code, reason, relayed_message(region, reason))
-    return Refusal("PEER_UNAVAILABLE", f"the gateway of region {region} failed: {code.name}")
+        return forwarded(answer)
 
 
 class DataSystemClient:
@@ -452,10 +402,14 @@ class DataExchangeService(exchange_pb2_grpc.DataExchangeServicer):
                 Refusal("REQUEST_TOO_LARGE", f"a batch holds 1 to {MAX_BATCH_ITEMS} queries"),
             )
         token = _token(context)
+        gathering = ForwardGathering(len(request.items))  # one Peer.ForwardBatch per region
 
         async def one(index: int, item: exchange_pb2.QueryRequest) -> exchange_pb2.BatchItemResult:
             try:
-                answer = await self._path.query(item, context, token=token, rpc=rpcs.BATCH_QUERY)
+                with gathering.item():
+                    answer = await self._path.query(
+                        item, context, token=token, rpc=rpcs.BATCH_QUERY
+                    )
             except Refusal as refusal:
                 return exchange_pb2.BatchItemResult(index=index, status=status_of(refusal))
             return exchange_pb2.BatchItemResult(
@@ -466,6 +420,20 @@ class DataExchangeService(exchange_pb2_grpc.DataExchangeServicer):
         return exchange_pb2.BatchQueryResponse(items=results)
 
 
+def _forward_call(request: exchange_pb2.ForwardRequest, context: Context) -> ForwardCall:
+    """The owner flow's view of one forwarded request (a Forward's, or a ForwardBatch item's)."""
+    return ForwardCall(
+        caller=current_caller.get(),
+        requesting_region=request.requesting_region,
+        agency_id=request.caller.agency_id,
+        operator=request.caller.operator,
+        request=data_request(request.query),
+        time_remaining=context.time_remaining,
+        credential_type=request.credential_type,
+        signed_request=request.signed_request,
+    )
+
+
 class PeerService(exchange_pb2_grpc.PeerServicer):
     def __init__(self, path: QueryPath, cases: CaseIntake | None = None) -> None:
         self._path = path
@@ -474,19 +442,37 @@ class PeerService(exchange_pb2_grpc.PeerServicer):
     async def Forward(
         self, request: exchange_pb2.ForwardRequest, context: Context
     ) -> exchange_pb2.ForwardResponse:
-        answer = await self._path.owner.forward(
-            ForwardCall(
-                caller=current_caller.get(),
-                requesting_region=request.requesting_region,
-                agency_id=request.caller.agency_id,
-                operator=request.caller.operator,
-                request=data_request(request.query),
-                time_remaining=context.time_remaining,
-                credential_type=request.credential_type,
-                signed_request=request.signed_request,
-            )
-        )
+        answer = await self._path.owner.forward(_forward_call(request, context))
         return forward_response(answer)
+
+    async def ForwardBatch(
+        self, request: exchange_pb2.ForwardBatchRequest, context: Context
+    ) -> exchange_pb2.ForwardBatchResponse:
+        """Several forwards from one requesting gateway (its queries to this region of one
+        event-loop iteration): each handled exactly as `Forward` handles it, all at once, and
+        answered with its own response or the status `Forward` would have ended with."""
+        if not request.items or len(request.items) > MAX_FORWARD_BATCH_ITEMS:
+            raise await self._path.refuse_call(
+                rpcs.FORWARD_BATCH,
+                Refusal(
+                    "REQUEST_TOO_LARGE",
+                    f"a forward batch holds 1 to {MAX_FORWARD_BATCH_ITEMS} requests",
+                ),
+            )
+
+        async def one(item: exchange_pb2.ForwardRequest) -> exchange_pb2.ForwardBatchItem:
+            try:
+                answer = await self._path.owner.forward(_forward_call(item, context))
+            except Refusal as refusal:
+                return exchange_pb2.ForwardBatchItem(status=status_of(refusal))
+            except Exception:  # as the service edge ends a single call that failed so
+                log.exception("a forward batch's item failed unexpectedly")
+                internal = Refusal("INTERNAL_ERROR", PLAIN_MESSAGES["INTERNAL_ERROR"])
+                return exchange_pb2.ForwardBatchItem(status=status_of(internal))
+            return exchange_pb2.ForwardBatchItem(response=forward_response(answer))
+
+        results = await asyncio.gather(*(one(item) for item in request.items))
+        return exchange_pb2.ForwardBatchResponse(results=results)
 
     async def ReportAccess(
         self, request: exchange_pb2.ReportAccessRequest, context: Context

@@ -29,7 +29,7 @@ from tongban.v1 import common_pb2 as tongban_dot_v1_dot_common__pb2
 from tongban.v1 import credentials_pb2 as tongban_dot_v1_dot_credentials__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19tongban/v1/exchange.proto\x12\ntongban.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\x1a\x16tongban/v1/cases.proto\x1a\x17tongban/v1/common.proto\x1a\x1ctongban/v1/credentials.proto\"\x92\x01\n\x0cQueryRequest\x12\x17\n\x0fprovider_region\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12\x12\n\nsubject_id\x18\x04 \x01(\t\x12\x0e\n\x06\x66ields\x18\x05 \x03(\t\x12\x0f\n\x07\x63\x61se_id\x18\x06 \x01(\t\x12\x12\n\nrequest_id\x18\x07 \x01(\t\"\x9e\x01\n\rQueryResponse\x12(\n\x06record\x18\x01 \x01(\x0b\x32\x18.tongban.v1.SealedRecord\x12\x11\n\tcache_hit\x18\x02 \x01(\x08\x12\x10\n\x08\x61udit_id\x18\x03 \x01(\t\x12\x0e\n\x06\x66ields\x18\x04 \x03(\t\x12\x18\n\x10registry_version\x18\x05 \x01(\x04\x12\x14\n\x0c\x61greement_id\x18\x06 \x01(\t\"P\n\x11\x42\x61tchQueryRequest\x12\'\n\x05items\x18\x01 \x03(\x0b\x32\x18.tongban.v1.QueryRequest\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"@\n\x12\x42\x61tchQueryResponse\x12*\n\x05items\x18\x01 \x03(\x0b\x32\x1b.tongban.v1.BatchItemResult\"q\n\x0f\x42\x61tchItemResult\x12\r\n\x05index\x18\x01 \x01(\r\x12\"\n\x06status\x18\x02 \x01(\x0b\x32\x12.google.rpc.Status\x12+\n\x08response\x18\x03 \x01(\x0b\x32\x19.tongban.v1.QueryResponse\"\xd6\x01\n\x0e\x46orwardRequest\x12\'\n\x05query\x18\x01 \x01(\x0b\x32\x18.tongban.v1.QueryRequest\x12*\n\x06\x63\x61ller\x18\x02 \x01(\x0b\x32\x1a.tongban.v1.CallerIdentity\x12\x19\n\x11requesting_region\x18\x03 \x01(\t\x12#\n\x1brequesting_gateway_audit_id\x18\x04 \x01(\t\x12\x17\n\x0f\x63redential_type\x18\x05 \x01(\t\x12\x16\n\x0esigned_request\x18\x06 \x01(\t\"\xbb\x01\n\x0f\x46orwardResponse\x12(\n\x06record\x18\x01 \x01(\x0b\x32\x18.tongban.v1.SealedRecord\x12\x10\n\x08\x61udit_id\x18\x02 \x01(\t\x12\x0e\n\x06\x66ields\x18\x03 \x03(\t\x12\x18\n\x10registry_version\x18\x04 \x01(\x04\x12\x11\n\tcache_hit\x18\x05 \x01(\x08\x12\x14\n\x0c\x61greement_id\x18\x06 \x01(\t\x12\x19\n\x11subject_pseudonym\x18\x07 \x01(\t\"g\n\x13ReportAccessRequest\x12\x0b\n\x03jws\x18\x01 \x01(\t\x12)\n\x07reports\x18\x02 \x03(\x0b\x32\x18.tongban.v1.AccessReport\x12\x18\n\x10reporting_region\x18\x03 \x01(\t\"\x8d\x02\n\x0c\x41\x63\x63\x65ssReport\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12*\n\x06\x63\x61ller\x18\x02 \x01(\x0b\x32\x1a.tongban.v1.CallerIdentity\x12\x0f\n\x07\x64\x61taset\x18\x03 \x01(\t\x12\x0f\n\x07purpose\x18\x04 \x01(\t\x12\x0f\n\x07\x63\x61se_id\x18\x05 \x01(\t\x12\x19\n\x11subject_pseudonym\x18\x06 \x01(\t\x12\x0e\n\x06\x66ields\x18\x07 \x03(\t\x12/\n\x0b\x61\x63\x63\x65ssed_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rsealed_digest\x18\t \x01(\t\x12\x17\n\x0f\x61nswer_audit_id\x18\n \x01(\t\";\n\x14ReportAccessResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r\x12\x11\n\taudit_ids\x18\x02 \x03(\t\"\xb7\x01\n\x14ProviderFetchRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x12\n\nsubject_id\x18\x02 \x01(\t\x12\x0e\n\x06\x66ields\x18\x03 \x03(\t\x12\x0f\n\x07purpose\x18\x04 \x01(\t\x12\x0f\n\x07\x63\x61se_id\x18\x05 \x01(\t\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x19\n\x11requesting_region\x18\x07 \x01(\t\x12\x19\n\x11requesting_agency\x18\x08 \x01(\t\"M\n\x15ProviderFetchResponse\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\r\n\x05\x66ound\x18\x03 \x01(\x08\"W\n\x14\x41\x64\x64\x43heckpointRequest\x12\x10\n\x08old_size\x18\x01 \x01(\x04\x12\x19\n\x11\x63onsistency_proof\x18\x02 \x03(\x0c\x12\x12\n\ncheckpoint\x18\x03 \x01(\t\"-\n\x15\x41\x64\x64\x43heckpointResponse\x12\x14\n\x0c\x63osignatures\x18\x01 \x03(\t\"G\n\x18\x44\x65liverCaseEventsRequest\x12+\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1b.tongban.v1.SignedCaseEvent\"I\n\x0fSignedCaseEvent\x12\x0b\n\x03jws\x18\x01 \x01(\t\x12)\n\x0b\x61ttachments\x18\x02 \x03(\x0b\x32\x14.tongban.v1.Material\".\n\x19\x44\x65liverCaseEventsResponse\x12\x11\n\tevent_ids\x18\x01 \x03(\t2\x99\x01\n\x0c\x44\x61taExchange\x12<\n\x05Query\x12\x18.tongban.v1.QueryRequest\x1a\x19.tongban.v1.QueryResponse\x12K\n\nBatchQuery\x12\x1d.tongban.v1.BatchQueryRequest\x1a\x1e.tongban.v1.BatchQueryResponse2\xff\x01\n\x04Peer\x12\x42\n\x07\x46orward\x12\x1a.tongban.v1.ForwardRequest\x1a\x1b.tongban.v1.ForwardResponse\x12Q\n\x0cReportAccess\x12\x1f.tongban.v1.ReportAccessRequest\x1a .tongban.v1.ReportAccessResponse\x12`\n\x11\x44\x65liverCaseEvents\x12$.tongban.v1.DeliverCaseEventsRequest\x1a%.tongban.v1.DeliverCaseEventsResponse2_\n\x07Witness\x12T\n\rAddCheckpoint\x12 .tongban.v1.AddCheckpointRequest\x1a!.tongban.v1.AddCheckpointResponse2\\\n\x0c\x44\x61taProvider\x12L\n\x05\x46\x65tch\x12 .tongban.v1.ProviderFetchRequest\x1a!.tongban.v1.ProviderFetchResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19tongban/v1/exchange.proto\x12\ntongban.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\x1a\x16tongban/v1/cases.proto\x1a\x17tongban/v1/common.proto\x1a\x1ctongban/v1/credentials.proto\"\x92\x01\n\x0cQueryRequest\x12\x17\n\x0fprovider_region\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12\x12\n\nsubject_id\x18\x04 \x01(\t\x12\x0e\n\x06\x66ields\x18\x05 \x03(\t\x12\x0f\n\x07\x63\x61se_id\x18\x06 \x01(\t\x12\x12\n\nrequest_id\x18\x07 \x01(\t\"\x9e\x01\n\rQueryResponse\x12(\n\x06record\x18\x01 \x01(\x0b\x32\x18.tongban.v1.SealedRecord\x12\x11\n\tcache_hit\x18\x02 \x01(\x08\x12\x10\n\x08\x61udit_id\x18\x03 \x01(\t\x12\x0e\n\x06\x66ields\x18\x04 \x03(\t\x12\x18\n\x10registry_version\x18\x05 \x01(\x04\x12\x14\n\x0c\x61greement_id\x18\x06 \x01(\t\"P\n\x11\x42\x61tchQueryRequest\x12\'\n\x05items\x18\x01 \x03(\x0b\x32\x18.tongban.v1.QueryRequest\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"@\n\x12\x42\x61tchQueryResponse\x12*\n\x05items\x18\x01 \x03(\x0b\x32\x1b.tongban.v1.BatchItemResult\"q\n\x0f\x42\x61tchItemResult\x12\r\n\x05index\x18\x01 \x01(\r\x12\"\n\x06status\x18\x02 \x01(\x0b\x32\x12.google.rpc.Status\x12+\n\x08response\x18\x03 \x01(\x0b\x32\x19.tongban.v1.QueryResponse\"\xd6\x01\n\x0e\x46orwardRequest\x12\'\n\x05query\x18\x01 \x01(\x0b\x32\x18.tongban.v1.QueryRequest\x12*\n\x06\x63\x61ller\x18\x02 \x01(\x0b\x32\x1a.tongban.v1.CallerIdentity\x12\x19\n\x11requesting_region\x18\x03 \x01(\t\x12#\n\x1brequesting_gateway_audit_id\x18\x04 \x01(\t\x12\x17\n\x0f\x63redential_type\x18\x05 \x01(\t\x12\x16\n\x0esigned_request\x18\x06 \x01(\t\"\xbb\x01\n\x0f\x46orwardResponse\x12(\n\x06record\x18\x01 \x01(\x0b\x32\x18.tongban.v1.SealedRecord\x12\x10\n\x08\x61udit_id\x18\x02 \x01(\t\x12\x0e\n\x06\x66ields\x18\x03 \x03(\t\x12\x18\n\x10registry_version\x18\x04 \x01(\x04\x12\x11\n\tcache_hit\x18\x05 \x01(\x08\x12\x14\n\x0c\x61greement_id\x18\x06 \x01(\t\x12\x19\n\x11subject_pseudonym\x18\x07 \x01(\t\"@\n\x13\x46orwardBatchRequest\x12)\n\x05items\x18\x01 \x03(\x0b\x32\x1a.tongban.v1.ForwardRequest\"E\n\x14\x46orwardBatchResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.tongban.v1.ForwardBatchItem\"t\n\x10\x46orwardBatchItem\x12/\n\x08response\x18\x01 \x01(\x0b\x32\x1b.tongban.v1.ForwardResponseH\x00\x12$\n\x06status\x18\x02 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\t\n\x07outcome\"g\n\x13ReportAccessRequest\x12\x0b\n\x03jws\x18\x01 \x01(\t\x12)\n\x07reports\x18\x02 \x03(\x0b\x32\x18.tongban.v1.AccessReport\x12\x18\n\x10reporting_region\x18\x03 \x01(\t\"\x8d\x02\n\x0c\x41\x63\x63\x65ssReport\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12*\n\x06\x63\x61ller\x18\x02 \x01(\x0b\x32\x1a.tongban.v1.CallerIdentity\x12\x0f\n\x07\x64\x61taset\x18\x03 \x01(\t\x12\x0f\n\x07purpose\x18\x04 \x01(\t\x12\x0f\n\x07\x63\x61se_id\x18\x05 \x01(\t\x12\x19\n\x11subject_pseudonym\x18\x06 \x01(\t\x12\x0e\n\x06\x66ields\x18\x07 \x03(\t\x12/\n\x0b\x61\x63\x63\x65ssed_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rsealed_digest\x18\t \x01(\t\x12\x17\n\x0f\x61nswer_audit_id\x18\n \x01(\t\";\n\x14ReportAccessResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r\x12\x11\n\taudit_ids\x18\x02 \x03(\t\"\xb7\x01\n\x14ProviderFetchRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x12\n\nsubject_id\x18\x02 \x01(\t\x12\x0e\n\x06\x66ields\x18\x03 \x03(\t\x12\x0f\n\x07purpose\x18\x04 \x01(\t\x12\x0f\n\x07\x63\x61se_id\x18\x05 \x01(\t\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x19\n\x11requesting_region\x18\x07 \x01(\t\x12\x19\n\x11requesting_agency\x18\x08 \x01(\t\"M\n\x15ProviderFetchResponse\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\r\n\x05\x66ound\x18\x03 \x01(\x08\"W\n\x14\x41\x64\x64\x43heckpointRequest\x12\x10\n\x08old_size\x18\x01 \x01(\x04\x12\x19\n\x11\x63onsistency_proof\x18\x02 \x03(\x0c\x12\x12\n\ncheckpoint\x18\x03 \x01(\t\"-\n\x15\x41\x64\x64\x43heckpointResponse\x12\x14\n\x0c\x63osignatures\x18\x01 \x03(\t\"G\n\x18\x44\x65liverCaseEventsRequest\x12+\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1b.tongban.v1.SignedCaseEvent\"I\n\x0fSignedCaseEvent\x12\x0b\n\x03jws\x18\x01 \x01(\t\x12)\n\x0b\x61ttachments\x18\x02 \x03(\x0b\x32\x14.tongban.v1.Material\".\n\x19\x44\x65liverCaseEventsResponse\x12\x11\n\tevent_ids\x18\x01 \x03(\t2\x99\x01\n\x0c\x44\x61taExchange\x12<\n\x05Query\x12\x18.tongban.v1.QueryRequest\x1a\x19.tongban.v1.QueryResponse\x12K\n\nBatchQuery\x12\x1d.tongban.v1.BatchQueryRequest\x1a\x1e.tongban.v1.BatchQueryResponse2\xd2\x02\n\x04Peer\x12\x42\n\x07\x46orward\x12\x1a.tongban.v1.ForwardRequest\x1a\x1b.tongban.v1.ForwardResponse\x12Q\n\x0c\x46orwardBatch\x12\x1f.tongban.v1.ForwardBatchRequest\x1a .tongban.v1.ForwardBatchResponse\x12Q\n\x0cReportAccess\x12\x1f.tongban.v1.ReportAccessRequest\x1a .tongban.v1.ReportAccessResponse\x12`\n\x11\x44\x65liverCaseEvents\x12$.tongban.v1.DeliverCaseEventsRequest\x1a%.tongban.v1.DeliverCaseEventsResponse2_\n\x07Witness\x12T\n\rAddCheckpoint\x12 .tongban.v1.AddCheckpointRequest\x1a!.tongban.v1.AddCheckpointResponse2\\\n\x0c\x44\x61taProvider\x12L\n\x05\x46\x65tch\x12 .tongban.v1.ProviderFetchRequest\x1a!.tongban.v1.ProviderFetchResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -50,32 +50,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FORWARDREQUEST']._serialized_end=966
   _globals['_FORWARDRESPONSE']._serialized_start=969
   _globals['_FORWARDRESPONSE']._serialized_end=1156
-  _globals['_REPORTACCESSREQUEST']._serialized_start=1158
-  _globals['_REPORTACCESSREQUEST']._serialized_end=1261
-  _globals['_ACCESSREPORT']._serialized_start=1264
-  _globals['_ACCESSREPORT']._serialized_end=1533
-  _globals['_REPORTACCESSRESPONSE']._serialized_start=1535
-  _globals['_REPORTACCESSRESPONSE']._serialized_end=1594
-  _globals['_PROVIDERFETCHREQUEST']._serialized_start=1597
-  _globals['_PROVIDERFETCHREQUEST']._serialized_end=1780
-  _globals['_PROVIDERFETCHRESPONSE']._serialized_start=1782
-  _globals['_PROVIDERFETCHRESPONSE']._serialized_end=1859
-  _globals['_ADDCHECKPOINTREQUEST']._serialized_start=1861
-  _globals['_ADDCHECKPOINTREQUEST']._serialized_end=1948
-  _globals['_ADDCHECKPOINTRESPONSE']._serialized_start=1950
-  _globals['_ADDCHECKPOINTRESPONSE']._serialized_end=1995
-  _globals['_DELIVERCASEEVENTSREQUEST']._serialized_start=1997
-  _globals['_DELIVERCASEEVENTSREQUEST']._serialized_end=2068
-  _globals['_SIGNEDCASEEVENT']._serialized_start=2070
-  _globals['_SIGNEDCASEEVENT']._serialized_end=2143
-  _globals['_DELIVERCASEEVENTSRESPONSE']._serialized_start=2145
-  _globals['_DELIVERCASEEVENTSRESPONSE']._serialized_end=2191
-  _globals['_DATAEXCHANGE']._serialized_start=2194
-  _globals['_DATAEXCHANGE']._serialized_end=2347
-  _globals['_PEER']._serialized_start=2350
-  _globals['_PEER']._serialized_end=2605
-  _globals['_WITNESS']._serialized_start=2607
-  _globals['_WITNESS']._serialized_end=2702
-  _globals['_DATAPROVIDER']._serialized_start=2704
-  _globals['_DATAPROVIDER']._serialized_end=2796
+  _globals['_FORWARDBATCHREQUEST']._serialized_start=1158
+  _globals['_FORWARDBATCHREQUEST']._serialized_end=1222
+  _globals['_FORWARDBATCHRESPONSE']._serialized_start=1224
+  _globals['_FORWARDBATCHRESPONSE']._serialized_end=1293
+  _globals['_FORWARDBATCHITEM']._serialized_start=1295
+  _globals['_FORWARDBATCHITEM']._serialized_end=1411
+  _globals['_REPORTACCESSREQUEST']._serialized_start=1413
+  _globals['_REPORTACCESSREQUEST']._serialized_end=1516
+  _globals['_ACCESSREPORT']._serialized_start=1519
+  _globals['_ACCESSREPORT']._serialized_end=1788
+  _globals['_REPORTACCESSRESPONSE']._serialized_start=1790
+  _globals['_REPORTACCESSRESPONSE']._serialized_end=1849
+  _globals['_PROVIDERFETCHREQUEST']._serialized_start=1852
+  _globals['_PROVIDERFETCHREQUEST']._serialized_end=2035
+  _globals['_PROVIDERFETCHRESPONSE']._serialized_start=2037
+  _globals['_PROVIDERFETCHRESPONSE']._serialized_end=2114
+  _globals['_ADDCHECKPOINTREQUEST']._serialized_start=2116
+  _globals['_ADDCHECKPOINTREQUEST']._serialized_end=2203
+  _globals['_ADDCHECKPOINTRESPONSE']._serialized_start=2205
+  _globals['_ADDCHECKPOINTRESPONSE']._serialized_end=2250
+  _globals['_DELIVERCASEEVENTSREQUEST']._serialized_start=2252
+  _globals['_DELIVERCASEEVENTSREQUEST']._serialized_end=2323
+  _globals['_SIGNEDCASEEVENT']._serialized_start=2325
+  _globals['_SIGNEDCASEEVENT']._serialized_end=2398
+  _globals['_DELIVERCASEEVENTSRESPONSE']._serialized_start=2400
+  _globals['_DELIVERCASEEVENTSRESPONSE']._serialized_end=2446
+  _globals['_DATAEXCHANGE']._serialized_start=2449
+  _globals['_DATAEXCHANGE']._serialized_end=2602
+  _globals['_PEER']._serialized_start=2605
+  _globals['_PEER']._serialized_end=2943
+  _globals['_WITNESS']._serialized_start=2945
+  _globals['_WITNESS']._serialized_end=3040
+  _globals['_DATAPROVIDER']._serialized_start=3042
+  _globals['_DATAPROVIDER']._serialized_end=3134
 # @@protoc_insertion_point(module_scope)

@@ -317,6 +317,90 @@ class ForwardResponse(_message.Message):
 Global___ForwardResponse: _TypeAlias = ForwardResponse  # noqa: Y015
 
 @_typing.final
+class ForwardBatchRequest(_message.Message):
+    """Several forwarded requests to one region, sent in one Peer.ForwardBatch call."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___ForwardRequest]:
+        """The forwarded requests, each complete and signed as it would be for Peer.Forward."""
+
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[Global___ForwardRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForwardBatchRequest: _TypeAlias = ForwardBatchRequest  # noqa: Y015
+
+@_typing.final
+class ForwardBatchResponse(_message.Message):
+    """The provider region's answers to a ForwardBatchRequest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___ForwardBatchItem]:
+        """One result per request item, in the order of ForwardBatchRequest.items."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___ForwardBatchItem] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForwardBatchResponse: _TypeAlias = ForwardBatchResponse  # noqa: Y015
+
+@_typing.final
+class ForwardBatchItem(_message.Message):
+    """The provider region's answer to one item of a ForwardBatchRequest: what Peer.Forward would
+    have answered for it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def response(self) -> Global___ForwardResponse:
+        """The item's answer, as Peer.Forward returns it."""
+
+    @_builtins.property
+    def status(self) -> _status_pb2.Status:
+        """The item's refusal: the code, message and google.rpc.ErrorInfo detail (domain
+        "tongban") that Peer.Forward would have sent; never code 0.
+        """
+
+    def __init__(
+        self,
+        *,
+        response: Global___ForwardResponse | None = ...,
+        status: _status_pb2.Status | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["outcome", b"outcome", "response", b"response", "status", b"status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["outcome", b"outcome", "response", b"response", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["response", "status"]  # noqa: Y015
+    _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_outcome) -> _WhichOneofReturnType_outcome | None: ...
+
+Global___ForwardBatchItem: _TypeAlias = ForwardBatchItem  # noqa: Y015
+
+@_typing.final
 class ReportAccessRequest(_message.Message):
     """A signed batch of accesses served from a requester-side cache."""
 

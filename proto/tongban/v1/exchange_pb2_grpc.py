@@ -167,6 +167,11 @@ class PeerStub:
                 request_serializer=tongban_dot_v1_dot_exchange__pb2.ForwardRequest.SerializeToString,
                 response_deserializer=tongban_dot_v1_dot_exchange__pb2.ForwardResponse.FromString,
                 _registered_method=True)
+        self.ForwardBatch = channel.unary_unary(
+                '/tongban.v1.Peer/ForwardBatch',
+                request_serializer=tongban_dot_v1_dot_exchange__pb2.ForwardBatchRequest.SerializeToString,
+                response_deserializer=tongban_dot_v1_dot_exchange__pb2.ForwardBatchResponse.FromString,
+                _registered_method=True)
         self.ReportAccess = channel.unary_unary(
                 '/tongban.v1.Peer/ReportAccess',
                 request_serializer=tongban_dot_v1_dot_exchange__pb2.ReportAccessRequest.SerializeToString,
@@ -188,6 +193,18 @@ class PeerServicer:
         """Called by a requesting region's gateway: forwards a query or credential fetch to the
         provider region's gateway, which authorises, calls DataProvider.Fetch (or its cache),
         seals the answer with its e-seal and audits it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ForwardBatch(self, request, context):
+        """Called by a requesting region's gateway: several forwards to this region in one call (the
+        queries of a BatchQuery to one region, or concurrent queries coalesced). Each item is
+        handled exactly as a Forward of it would be (its own signed request, decision, quota,
+        audit record) and answered in its own ForwardBatchItem; one refused item does not fail
+        the others. 1 to 20 items; more (or none) refuse the whole call with INVALID_ARGUMENT /
+        REQUEST_TOO_LARGE. A gateway that answers UNIMPLEMENTED is sent single Forwards instead.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -221,6 +238,11 @@ def add_PeerServicer_to_server(servicer, server):
                     servicer.Forward,
                     request_deserializer=tongban_dot_v1_dot_exchange__pb2.ForwardRequest.FromString,
                     response_serializer=tongban_dot_v1_dot_exchange__pb2.ForwardResponse.SerializeToString,
+            ),
+            'ForwardBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForwardBatch,
+                    request_deserializer=tongban_dot_v1_dot_exchange__pb2.ForwardBatchRequest.FromString,
+                    response_serializer=tongban_dot_v1_dot_exchange__pb2.ForwardBatchResponse.SerializeToString,
             ),
             'ReportAccess': grpc.unary_unary_rpc_method_handler(
                     servicer.ReportAccess,
@@ -262,6 +284,33 @@ class Peer:
             '/tongban.v1.Peer/Forward',
             tongban_dot_v1_dot_exchange__pb2.ForwardRequest.SerializeToString,
             tongban_dot_v1_dot_exchange__pb2.ForwardResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForwardBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tongban.v1.Peer/ForwardBatch',
+            tongban_dot_v1_dot_exchange__pb2.ForwardBatchRequest.SerializeToString,
+            tongban_dot_v1_dot_exchange__pb2.ForwardBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

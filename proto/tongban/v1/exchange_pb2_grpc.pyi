@@ -106,6 +106,14 @@ class PeerStub:
     provider region's gateway, which authorises, calls DataProvider.Fetch (or its cache),
     seals the answer with its e-seal and audits it.
     """
+    ForwardBatch: _grpc.UnaryUnaryMultiCallable[_exchange_pb2.ForwardBatchRequest, _exchange_pb2.ForwardBatchResponse]
+    """Called by a requesting region's gateway: several forwards to this region in one call (the
+    queries of a BatchQuery to one region, or concurrent queries coalesced). Each item is
+    handled exactly as a Forward of it would be (its own signed request, decision, quota,
+    audit record) and answered in its own ForwardBatchItem; one refused item does not fail
+    the others. 1 to 20 items; more (or none) refuse the whole call with INVALID_ARGUMENT /
+    REQUEST_TOO_LARGE. A gateway that answers UNIMPLEMENTED is sent single Forwards instead.
+    """
     ReportAccess: _grpc.UnaryUnaryMultiCallable[_exchange_pb2.ReportAccessRequest, _exchange_pb2.ReportAccessResponse]
     """Called by a requesting region's gateway: reports, in a signed batch, accesses it served
     from its own cache (cache_scope "requester") so the owner's audit log stays complete.
@@ -131,6 +139,14 @@ class PeerAsyncStub(PeerStub):
     """Called by a requesting region's gateway: forwards a query or credential fetch to the
     provider region's gateway, which authorises, calls DataProvider.Fetch (or its cache),
     seals the answer with its e-seal and audits it.
+    """
+    ForwardBatch: _aio.UnaryUnaryMultiCallable[_exchange_pb2.ForwardBatchRequest, _exchange_pb2.ForwardBatchResponse]  # type: ignore[assignment]
+    """Called by a requesting region's gateway: several forwards to this region in one call (the
+    queries of a BatchQuery to one region, or concurrent queries coalesced). Each item is
+    handled exactly as a Forward of it would be (its own signed request, decision, quota,
+    audit record) and answered in its own ForwardBatchItem; one refused item does not fail
+    the others. 1 to 20 items; more (or none) refuse the whole call with INVALID_ARGUMENT /
+    REQUEST_TOO_LARGE. A gateway that answers UNIMPLEMENTED is sent single Forwards instead.
     """
     ReportAccess: _aio.UnaryUnaryMultiCallable[_exchange_pb2.ReportAccessRequest, _exchange_pb2.ReportAccessResponse]  # type: ignore[assignment]
     """Called by a requesting region's gateway: reports, in a signed batch, accesses it served
@@ -160,6 +176,20 @@ class PeerServicer(metaclass=_abc_1.ABCMeta):
         """Called by a requesting region's gateway: forwards a query or credential fetch to the
         provider region's gateway, which authorises, calls DataProvider.Fetch (or its cache),
         seals the answer with its e-seal and audits it.
+        """
+
+    @_abc_1.abstractmethod
+    def ForwardBatch(
+        self,
+        request: _exchange_pb2.ForwardBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_exchange_pb2.ForwardBatchResponse, _abc.Awaitable[_exchange_pb2.ForwardBatchResponse]]:
+        """Called by a requesting region's gateway: several forwards to this region in one call (the
+        queries of a BatchQuery to one region, or concurrent queries coalesced). Each item is
+        handled exactly as a Forward of it would be (its own signed request, decision, quota,
+        audit record) and answered in its own ForwardBatchItem; one refused item does not fail
+        the others. 1 to 20 items; more (or none) refuse the whole call with INVALID_ARGUMENT /
+        REQUEST_TOO_LARGE. A gateway that answers UNIMPLEMENTED is sent single Forwards instead.
         """
 
     @_abc_1.abstractmethod
