@@ -53,7 +53,13 @@ from gateway.policy import (
     check_request,
     subject_kind,
 )
-from gateway.reports import MAX_REPORTS_PER_BATCH, AccessReport, BatchRefused, verify_batch
+from gateway.reports import (
+    MAX_REPORTS_PER_BATCH,
+    AccessReport,
+    BatchRefused,
+    SignedBatch,
+    verify_batch,
+)
 from registry import CacheScope, Dataset, Registry
 
 __all__ = ["REPORT_CLOCK_SKEW", "ReportIntake"]
@@ -127,13 +133,20 @@ class ReportIntake:
             audit = replace(audit, registry_version=registry.version)
             now = self._trail.clock()
             # (2)
-            reports, batch_id = self._verified(call, registry, caller.region, now)
+            batch = self._verified(call, registry, caller.region, now)
+            reports = batch.reports
             audit = replace(  # each report's record names the signed batch it came in
                 audit,
-                request=_batch_request(self.region, batch_id),
+                request=_batch_request(self.region, batch.batch_id),
                 request_digest=request_digest(call.jws),
             )
-            if call.sent_count and list(call.sent) != [r.document() for r in reports]:
+            # The signed objects themselves first (equal: the same reports); else as parsed,
+            # since a time may be signed in another form than the one `document()` writes.
+            if (
+                call.sent_count
+                and list(call.sent) != list(batch.documents)
+                and list(call.sent) != [r.document() for r in reports]
+            ):
                 raise Refusal(
                     "REPORT_PAYLOAD_MISMATCH",
                     "the reports sent beside the JWS are not the ones it signs",
@@ -147,15 +160,18 @@ class ReportIntake:
 
     def _verified(
         self, call: IntakeCall, registry: Registry, region: str, now: datetime
-    ) -> tuple[tuple[AccessReport, ...], str]:
-        """(2): the batch's reports and its id, once its signature and form are checked."""
+    ) -> SignedBatch:
+        """(2): the batch, once its signature and form are checked. The reports sent beside it
+        were parsed and checked already (`IntakeCall.sent`): a signed report equal to its sent
+        one is not checked a second time."""
         try:
-            batch = verify_batch(
+            return verify_batch(
                 call.jws,
                 registry=registry,
                 reporting_region=region,
                 owner_region=self.region,
                 now=now,
+                known=call.sent,
             )
         except BatchRefused as exc:
             raise Refusal(
@@ -163,7 +179,6 @@ class ReportIntake:
                 exc.message,
                 metadata={"index": str(exc.index)} if exc.index is not None else None,
             ) from exc
-        return tuple(batch.reports), batch.batch_id
 
     def _report_audit(self, base: AuditContext, report: AccessReport) -> AuditContext:
         return replace(

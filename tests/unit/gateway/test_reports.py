@@ -247,6 +247,50 @@ def test_batches_with_a_wrong_payload_are_refused(fed: Federation, registry: Reg
     )
 
 
+def test_signed_reports_equal_to_known_documents_are_the_same_reports(
+    fed: Federation, registry: Registry
+) -> None:
+    """`known` (the reports sent beside the batch, as parsed) spares a second check of each
+    signed report equal to its known document: what the batch holds is the same either way,
+    and a signed report that differs from its known one is still checked (and refused)."""
+    made = [report(), report(request_id="req-2", case_id="case 7", fields=("uscc",))]
+    jws = signed(fed, made)
+    plain = verify(registry, jws)
+    for known in ([r.document() for r in made], [made[0].document()], []):
+        batch = verify_batch(
+            jws,
+            registry=registry,
+            reporting_region="510000",
+            owner_region="330000",
+            now=datetime.now(UTC),
+            known=known,
+        )
+        assert batch == plain
+        assert list(batch.documents) == [r.document() for r in made]
+        assert [type(r.accessed_at.tzinfo) for r in batch.reports] == [type(UTC)] * 2
+    key, kid = audit_key(fed, "510000")
+    document = json.loads(
+        batch_payload(
+            reporting_region="510000",
+            owner_region="330000",
+            batch_id="b",
+            issued_at=NOW,
+            reports=made,
+        )
+    )
+    document["reports"][1]["subject_pseudonym"] = "110101199003074512"
+    with pytest.raises(BatchRefused) as caught:
+        verify_batch(
+            sign_batch(canonical_json(document), key, kid),
+            registry=registry,
+            reporting_region="510000",
+            owner_region="330000",
+            now=datetime.now(UTC),
+            known=[r.document() for r in made],
+        )
+    assert (caught.value.reason, caught.value.index) == ("INVALID_ARGUMENT_FORMAT", 1)
+
+
 # -- the reporter: the audit log is the outbox --------------------------------------------------
 class _Registry:
     def __init__(self, registry: Registry) -> None:
