@@ -48,6 +48,7 @@ from gateway.audit._integrity import (
     resume_point,
 )
 from gateway.audit._merkle import CompactRange, MerkleTree
+from gateway.audit._ranges import KnownRanges
 from gateway.audit._record import AuditRecord
 from gateway.audit._store import (
     AlsoWrite,
@@ -146,6 +147,7 @@ class AuditLog:
         self._every_seconds = checkpoint_every_seconds
         self._clock = clock
         self._follow_ups = FollowUps(store, clock, self.breaker.success)
+        self._ranges = KnownRanges()  # where the next proof's tree starts (`_tree`)
         self._since_checkpoint = 0
         self._checkpointing: asyncio.Task[None] | None = None
         self._timer: asyncio.Task[None] | None = None
@@ -445,9 +447,16 @@ class AuditLog:
         checkpoints = await self.read(self.store.checkpoints)
         return checkpoints[-1] if checkpoints else None
 
-    async def _tree(self, size: int) -> MerkleTree:
+    async def _tree(self, size: int, needed: int) -> MerkleTree:
+        """The log's tree of `size` leaves, from the kept compact range of the largest size up
+        to `needed` (the first size or leaf a proof is about: `_ranges`), else from the prune's
+        marker or the first record; its compact range is kept for the next proof."""
         marker = await self.read(self.store.pruned)
-        if marker is None:
+        first = marker.before if marker is not None else 0
+        known = self._ranges.at_or_below(min(needed, size), first)
+        if known is not None:
+            tree = MerkleTree.from_compact(known)
+        elif marker is None:
             tree = MerkleTree()
         else:
             tree = MerkleTree.from_compact(CompactRange.from_bytes(marker.before, marker.compact))
@@ -456,8 +465,9 @@ class AuditLog:
                 tree.append(row.leaf_hash)
         if tree.size != size:
             raise AuditUnavailable(
-                f"the store returned {tree.size - tree.first} of {size - tree.first} records"
+                f"the store returned {tree.size - first} of {size - first} records"
             )
+        self._ranges.keep(tree.compact())
         return tree
 
     async def inclusion_proof(
@@ -465,7 +475,7 @@ class AuditLog:
     ) -> tuple[list[bytes], int, bytes, bytes]:
         """(proof, tree size, root, leaf hash) for the record at `index` in a tree of `size`."""
         size = (await self.read(self.store.head)).size if size is None else size
-        tree = await self._tree(size)
+        tree = await self._tree(size, index)
         return tree.inclusion_proof(index, size), size, tree.root(size), tree.node(0, index)
 
     async def consistency_proof(
@@ -473,7 +483,7 @@ class AuditLog:
     ) -> tuple[list[bytes], int, bytes]:
         """(proof, second size, second root) that the tree of `size1` is a prefix."""
         size2 = (await self.read(self.store.head)).size if size2 is None else size2
-        tree = await self._tree(size2)
+        tree = await self._tree(size2, size1)
         return tree.consistency_proof(size1, size2), size2, tree.root(size2)
 
     async def _checked_checkpoints(
