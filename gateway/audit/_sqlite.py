@@ -47,7 +47,7 @@ from gateway.audit._checkpoint import Checkpoint
 from gateway.audit._merkle import CompactRange, ProofError, leaf_hashes
 from gateway.audit._record import AuditRecord
 from gateway.audit._sqlite_reader import SqliteReader
-from gateway.audit._sqlite_schema import MIGRATIONS, RECORDS_NO_DELETE, SCHEMA_VERSION, blob
+from gateway.audit._sqlite_schema import RECORDS_NO_DELETE, SCHEMA_VERSION, blob, migrate
 from gateway.audit._store import (
     MAX_PENDING_APPENDS,
     AlsoWrite,
@@ -323,7 +323,7 @@ class SqliteAuditStore:
             return
         try:
             try:
-                self._migrate(conn)
+                migrate(conn, self.path)
                 self._range = self._load_head(conn)
                 self._head = TreeHead(self._range.size, self._range.root())
             except Exception as exc:
@@ -359,45 +359,6 @@ class SqliteAuditStore:
             raise AuditUnavailable(
                 f"the audit database {self.path} cannot use write-ahead logging (journal mode {mode})"
             )
-
-    def _migrate(self, conn: sqlite3.Connection) -> None:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            current = self._schema_version(conn)
-            for version in range(current + 1, SCHEMA_VERSION + 1):
-                for statement in MIGRATIONS[version]:
-                    conn.execute(statement)
-                conn.execute(
-                    "INSERT INTO schema_version (id, version) VALUES (1, ?)"
-                    " ON CONFLICT (id) DO UPDATE SET version = excluded.version",
-                    (version,),
-                )
-                log.info("audit database %s migrated to schema version %d", self.path, version)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-
-    def _schema_version(self, conn: sqlite3.Connection) -> int:
-        """The file's schema version (0: nothing yet); refuse a newer one or a foreign file."""
-        tables = {
-            name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-        }
-        if "schema_version" not in tables:
-            if any(name.startswith("audit_") for name in tables):
-                raise AuditUnavailable(
-                    f"{self.path} holds audit tables but no schema_version: not a Tongban audit store"
-                )
-            return 0
-        row = conn.execute("SELECT version FROM schema_version WHERE id = 1").fetchone()
-        current = int(row[0]) if row else 0
-        if current > SCHEMA_VERSION:
-            raise AuditUnavailable(
-                f"the audit database {self.path} has schema version {current}, newer than "
-                f"this gateway's {SCHEMA_VERSION}: run a gateway that knows it"
-            )
-        return current
 
     def _load_head(self, conn: sqlite3.Connection) -> CompactRange:
         row = conn.execute("SELECT size, compact FROM audit_head WHERE id = 1").fetchone()
