@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
@@ -200,6 +200,42 @@ class AuditLog:
             if self.observer is not None:
                 self.observer.audit_append(False)
             raise
+        self._appended(record, appended)
+        return appended
+
+    async def append_all(self, records: Sequence[AuditRecord]) -> list[Appended]:
+        """Make every record durable, as `append` would each (no outbound message, no `also`),
+        within one bound and through the breaker once: one timeout and one shield for the
+        batch, and one hand-off to a store that takes a batch (`append_many`), instead of one
+        each. Raise `AuditUnavailable` if any is not durable within the bound (the others may
+        be: an allowed one that became durable late is followed up as `append`'s are)."""
+        try:
+            outcomes = await self._append_all(records)
+        except AuditUnavailable:
+            if self.observer is not None:
+                for _ in records:
+                    self.observer.audit_append(False)
+            raise
+        failed: AuditUnavailable | None = None
+        for record, outcome in zip(records, outcomes, strict=True):
+            if isinstance(outcome, Appended):
+                self._appended(record, outcome)
+                continue
+            if self.observer is not None:
+                self.observer.audit_append(False)
+            if failed is None:
+                failed = (
+                    outcome
+                    if isinstance(outcome, AuditUnavailable)
+                    else AuditUnavailable(f"the audit record was not made durable: {outcome}")
+                )
+        if failed is not None:
+            raise failed
+        return [o for o in outcomes if isinstance(o, Appended)]
+
+    def _appended(self, record: AuditRecord, appended: Appended) -> None:
+        """After `record` became durable: the observer, the access log line, the next
+        checkpoint's count."""
         if self.observer is not None:
             self.observer.audit_append(True)
         if access_log.isEnabledFor(logging.INFO):
@@ -227,7 +263,6 @@ class AuditLog:
         self._since_checkpoint += 1
         if self._since_checkpoint >= self._every_records and self._checkpointing is None:
             self._checkpointing = asyncio.create_task(self._checkpoint_in_background())
-        return appended
 
     async def read(self, make: Callable[[], Awaitable[_T]]) -> _T:
         """`await make()`, a read of the store (`store.query`, `store.rows`, ...), within
@@ -308,6 +343,50 @@ class AuditLog:
             raise
         self.breaker.success()
         return appended
+
+    async def _append_all(self, records: Sequence[AuditRecord]) -> list[Appended | BaseException]:
+        """The store's appends of `records`, within one bound, through the breaker once: each
+        one's `Appended` or exception (each handled as `_append` handles its one)."""
+        if not self.breaker.allow():
+            raise AuditUnavailable("the audit store is failing (its circuit breaker is open)")
+        many = getattr(self.store, "append_many", None)
+        pending: list[asyncio.Future[Appended]] = (
+            many(records)
+            if many is not None
+            else [asyncio.ensure_future(self.store.append(record)) for record in records]
+        )
+        try:
+            async with asyncio.timeout(self.append_timeout_seconds):
+                outcomes: list[Appended | BaseException] = await asyncio.shield(
+                    asyncio.gather(*pending, return_exceptions=True)
+                )
+        except TimeoutError:
+            self.breaker.failure(timeout=True)
+            self._watch_all(records, pending)
+            raise AuditUnavailable(
+                f"the audit records were not durable within {self.append_timeout_seconds:g} s"
+            ) from None
+        except asyncio.CancelledError:
+            self.breaker.abandon()  # the caller is gone: followed up as if timed out
+            self._watch_all(records, pending)
+            raise
+        if any(isinstance(o, BaseException) for o in outcomes):
+            self.breaker.failure()
+            self._watch_all(records, pending)  # those whose outcome is unknown
+        else:
+            self.breaker.success()
+        return outcomes
+
+    def _watch_all(
+        self, records: Sequence[AuditRecord], pending: Sequence[asyncio.Future[Appended]]
+    ) -> None:
+        """Follow up (`FollowUps.watch`) each append not ended yet, or ended without an
+        answer (AuditOutcomeUnknown): it may become, or be, durable."""
+        for record, future in zip(records, pending, strict=True):
+            if not future.done() or (
+                not future.cancelled() and isinstance(future.exception(), AuditOutcomeUnknown)
+            ):
+                self._follow_ups.watch(record, future, None)
 
     async def _checkpoint_in_background(self) -> None:
         try:

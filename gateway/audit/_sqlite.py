@@ -195,16 +195,7 @@ class SqliteAuditStore:
     async def append(
         self, record: AuditRecord, outbound: Outbound | None = None, also: AlsoWrite | None = None
     ) -> Appended:
-        thread, loop = self._thread, self._loop
-        if thread is None or loop is None or self._closing:
-            raise AuditUnavailable(f"the audit store {self.path} is not open")
-        if not thread.is_alive():
-            raise AuditUnavailable(f"the audit writer of {self.path} has stopped")
-        waiting = self._given - self._taken
-        if waiting >= self.max_pending:
-            raise AuditUnavailable(
-                f"{waiting} audit records are waiting for the writer of {self.path}"
-            )
+        loop = self._admit(1)
         future: asyncio.Future[Appended] = loop.create_future()
         appends = self._appends
         appends.append(_Append(record, future, outbound, also))
@@ -212,6 +203,36 @@ class SqliteAuditStore:
         if len(appends) == 1:
             loop.call_soon(self._hand_over)
         return await future
+
+    def append_many(self, records: Sequence[AuditRecord]) -> list[asyncio.Future[Appended]]:
+        """`append` of each record (no outbound message, no rows kept with it), without a
+        coroutine each: the futures of their appends, in order (`AuditLog.append_all`). All or
+        none are taken (`AuditUnavailable`); each is committed as an `append`'s would be."""
+        loop = self._admit(len(records))
+        futures: list[asyncio.Future[Appended]] = [loop.create_future() for _ in records]
+        appends = self._appends
+        if futures and not appends:
+            loop.call_soon(self._hand_over)
+        appends.extend(
+            _Append(record, future) for record, future in zip(records, futures, strict=True)
+        )
+        self._given += len(futures)
+        return futures
+
+    def _admit(self, count: int) -> asyncio.AbstractEventLoop:
+        """The loop to settle `count` more appends on; or `AuditUnavailable` when the store is
+        not open, its writer stopped, or `max_pending` appends would be waiting for it."""
+        thread, loop = self._thread, self._loop
+        if thread is None or loop is None or self._closing:
+            raise AuditUnavailable(f"the audit store {self.path} is not open")
+        if not thread.is_alive():
+            raise AuditUnavailable(f"the audit writer of {self.path} has stopped")
+        waiting = self._given - self._taken
+        if waiting + count > self.max_pending:
+            raise AuditUnavailable(
+                f"{waiting} audit records are waiting for the writer of {self.path}"
+            )
+        return loop
 
     def _hand_over(self) -> None:
         """On the loop: give the writer every append of this iteration in one queue item."""

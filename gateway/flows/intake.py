@@ -23,7 +23,6 @@ why nothing is recorded before every report passed (3).
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import time
@@ -251,24 +250,18 @@ class ReportIntake:
     async def _record_all(
         self, checked: list[tuple[AccessReport, str | None, AuditContext]]
     ) -> tuple[str, ...]:
-        """(4): a record per new report, durable before the answer; a retried one named again."""
-
-        async def record(report: AccessReport, existing: str | None, audit: AuditContext) -> str:
-            if existing is not None:
-                return existing
-            return await self._trail.record(
-                audit, Outcome.ALLOWED, fields=report.fields, cache_hit=True
-            )
-
+        """(4): a record per new report, durable before the answer (one batch of appends); a
+        retried one named again."""
+        new = [(audit, report.fields) for report, existing, audit in checked if existing is None]
         try:
-            audit_ids = await asyncio.gather(*(record(*entry) for entry in checked))
+            made = iter(await self._trail.record_all(new, cache_hit=True))
         except AuditUnavailable as exc:
             raise Refusal(
                 "AUDIT_UNAVAILABLE",
                 f"the reports were not recorded: {exc}",
                 audited=True,
             ) from exc
-        return tuple(audit_ids)
+        return tuple(existing if existing is not None else next(made) for _, existing, _ in checked)
 
     def _check_form(
         self,
