@@ -106,6 +106,13 @@ def _text(value: object, what: str, *, required: bool = True) -> str:
     return value
 
 
+# The last report found well formed, but for its request id and time (`AccessReport._form`):
+# a batch's reports repeat the rest (one answer served many times), and the checks are pure
+# functions of the values, so a report equal to it there has only its request id checked. Its
+# first failing check, if any, is the same either way: every other value passed them all.
+_LAST_FORM: list[tuple[object, ...]] = [()]
+
+
 @dataclass(frozen=True, slots=True)
 class AccessReport:
     """One access a requesting gateway answered from its own cache."""
@@ -128,6 +135,14 @@ class AccessReport:
         if self.accessed_at.tzinfo is None or self.accessed_at.utcoffset() is None:
             raise ReportFormatError("accessed_at is timezone-aware")
         object.__setattr__(self, "accessed_at", self.accessed_at.astimezone(UTC))
+        form = self._form()
+        if form == _LAST_FORM[0]:  # only the request id can fail, with its own message
+            _text(self.request_id, "request_id")
+            if not is_request_id(self.request_id):
+                raise ReportFormatError(
+                    "request_id is 1 to 128 printable ASCII characters, no spaces, no citizen id"
+                )
+            return
         for name in ("request_id", "caller_agency", "dataset", "purpose", "answer_audit_id"):
             _text(getattr(self, name), name)
         for name in ("caller_operator", "caller_thumbprint", "case_id"):
@@ -160,6 +175,23 @@ class AccessReport:
                 raise ReportFormatError("a field name is a registry id")
         if list(self.fields) != sorted(set(self.fields)):
             raise ReportFormatError("fields are sorted and not repeated")
+        _LAST_FORM[0] = form
+
+    def _form(self) -> tuple[object, ...]:
+        """What `__post_init__` checks but the request id and the time (`_LAST_FORM`)."""
+        return (
+            self.caller_agency,
+            self.caller_region,
+            self.caller_operator,
+            self.caller_thumbprint,
+            self.dataset,
+            self.purpose,
+            self.case_id,
+            self.subject_pseudonym,
+            self.fields,
+            self.sealed_digest,
+            self.answer_audit_id,
+        )
 
     def document(self) -> dict[str, Any]:
         """The report as it is signed (part of the batch payload)."""

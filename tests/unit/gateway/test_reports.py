@@ -29,6 +29,7 @@ from gateway.reports import (
     AccessReporter,
     BatchRefused,
     ReportFormatError,
+    _format,
     batch_payload,
     sign_batch,
     verify_batch,
@@ -105,6 +106,43 @@ def test_a_report_round_trips_through_its_document_and_its_message() -> None:
 def test_a_malformed_report_is_refused(changes: dict[str, object]) -> None:
     with pytest.raises(ReportFormatError):
         report(**changes)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"request_id": ""},
+        {"request_id": "r 1"},
+        {"request_id": "11010519491231002X"},
+        {"request_id": 7},
+        {"case_id": "x" * 300, "request_id": "r 1"},
+        {"fields": ("uscc", "uscc"), "request_id": ""},
+        {"request_id": "req-2"},
+    ],
+)
+def test_a_report_like_the_last_well_formed_one_is_checked_as_any_other(
+    changes: dict[str, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A report equal to the last well-formed one but for its request id (and time) has only
+    its request id checked: the outcome, and the message of a refusal, are the same as when no
+    report was checked before."""
+
+    def outcome() -> str:
+        try:
+            report(**changes)
+        except (ReportFormatError, TypeError) as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return "well formed"
+
+    class Forgetful(list[tuple[object, ...]]):
+        def __setitem__(self, index: Any, value: Any) -> None:
+            pass  # nothing kept: every report is checked in full
+
+    report()  # the last well-formed report
+    after_one = outcome()
+    monkeypatch.setattr(_format, "_LAST_FORM", Forgetful([()]))
+    assert outcome() == after_one
+    assert after_one == "well formed" or changes.get("request_id") != "req-2"
 
 
 def test_a_document_with_other_keys_is_refused() -> None:
