@@ -203,6 +203,8 @@ def pseudonymize(subject_id: str, key: bytes) -> str:
 # the last one is recorded as that one was without being tested again. (Shared by every
 # thread: each entry is replaced whole, and any entry read is a true pair.)
 _LAST_RECORDED: dict[str, tuple[str, str]] = {}
+# The encoder `json.dumps` would make for these options at each call, made once.
+_CANONICAL: Final = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 _LAST_FIELDS: list[tuple[tuple[str, ...], tuple[str, ...]]] = [((), ())]
 
 
@@ -294,9 +296,7 @@ class AuditRecord:
             document["request_digest"] = self.request_digest
         if self.request_sealed:
             document["request_sealed"] = self.request_sealed
-        return json.dumps(
-            document, sort_keys=True, separators=(",", ":"), ensure_ascii=False
-        ).encode()
+        return _CANONICAL.encode(document).encode()
 
     @classmethod
     def from_canonical(cls, data: bytes) -> AuditRecord:

@@ -179,9 +179,12 @@ class ReportIntake:
                 metadata={"index": str(exc.index)} if exc.index is not None else None,
             ) from exc
 
-    def _report_audit(self, base: AuditContext, report: AccessReport) -> AuditContext:
+    def _report_audit(
+        self, base: AuditContext, report: AccessReport, agreement_id: str
+    ) -> AuditContext:
         return replace(
             base,
+            agreement_id=agreement_id,
             caller_agency=report.caller_agency,
             caller_operator=report.caller_operator,
             request=DataRequest(
@@ -229,7 +232,6 @@ class ReportIntake:
             outcomes = [o if isinstance(o, Refusal) else unreadable for o in outcomes]
         checked: list[tuple[AccessReport, str | None, AuditContext]] = []
         for index, (report, checked_form) in enumerate(zip(reports, outcomes, strict=False)):
-            audit = self._report_audit(base, report)
             outcome = checked_form
             dataset = registry.dataset(self.region, report.dataset)
             if isinstance(outcome, Decision) and dataset is not None and not answered[index]:
@@ -241,10 +243,10 @@ class ReportIntake:
                 )
             if isinstance(outcome, Refusal):
                 outcome.metadata["index"] = str(index)
+                audit = self._report_audit(base, report, base.agreement_id)
                 raise await self._trail.refused(outcome, audit) from None
-            checked.append(
-                (report, existing.get(index), replace(audit, agreement_id=outcome.agreement_id))
-            )
+            audit = self._report_audit(base, report, outcome.agreement_id)
+            checked.append((report, existing.get(index), audit))
         return checked
 
     async def _record_all(
