@@ -209,7 +209,14 @@ _LAST_FIELDS: list[tuple[tuple[str, ...], tuple[str, ...]]] = [((), ())]
 
 
 def _time(value: datetime) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    utc = value.astimezone(UTC)
+    if not 1000 <= utc.year <= 9999:  # strftime writes such a year unpadded: as it always did
+        return utc.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # What strftime writes for every other time, without its call (a third of its cost).
+    return (
+        f"{utc.year}-{utc.month:02d}-{utc.day:02d}T{utc.hour:02d}:{utc.minute:02d}:"
+        f"{utc.second:02d}.{utc.microsecond:06d}Z"
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -400,9 +400,10 @@ def _verified_jws(jws: str, registry: Registry, reporting_region: str, now: date
 
 
 def _batch_document(
-    payload: bytes, is_canonical: bool, reporting_region: str, owner_region: str
+    payload: bytes, reporting_region: str, owner_region: str
 ) -> tuple[dict[str, Any], str, datetime]:
-    """(4) of `verify_batch`: the batch document, its id and when it was issued."""
+    """(4) of `verify_batch`: the batch document, its id and when it was issued. The payload
+    is parsed once (`VerifiedJson.is_canonical` would parse it again to compare)."""
     try:
         document = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -410,6 +411,10 @@ def _batch_document(
             "INVALID_ARGUMENT_FORMAT",
             "the batch payload is not JSON",
         ) from exc
+    try:  # `VerifiedJson.is_canonical`, of the document parsed above
+        is_canonical = canonical_json(document) == payload
+    except RecursionError:
+        is_canonical = False
     if (
         not isinstance(document, dict)
         or set(document) != _BATCH_KEYS
@@ -489,7 +494,7 @@ def verify_batch(
     """
     verified = _verified_jws(jws, registry, reporting_region, now)  # (1), (2), (3)
     document, batch_id, issued_at = _batch_document(  # (4)
-        verified.payload, verified.is_canonical, reporting_region, owner_region
+        verified.payload, reporting_region, owner_region
     )
     reports = _batch_reports(document["reports"], known)  # (5)
     kid = verified.header["x5t#S256"]

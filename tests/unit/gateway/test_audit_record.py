@@ -208,3 +208,28 @@ def test_a_record_like_the_last_is_bounded_as_any_other(monkeypatch: pytest.Monk
     assert made() == remembered
     assert b"sha256:" in remembered[1]
     assert b"sha256:" in remembered[3]
+
+
+def test_a_records_time_is_written_as_strftime_writes_it() -> None:
+    """The time text without strftime's call: the same text for any time and offset (a year
+    below 1000, which strftime writes unpadded, is still written by it)."""
+    import random
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from gateway.audit._record import _time
+
+    rng = random.Random(7)
+    times = [
+        datetime(1, 1, 1, tzinfo=UTC),
+        datetime(999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        datetime(1000, 1, 1, tzinfo=UTC),
+        datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        datetime(2026, 11, 21, 9, 30, 0, 5, tzinfo=timezone(timedelta(hours=8))),
+    ]
+    times += [
+        datetime(2, 1, 1, tzinfo=UTC)
+        + timedelta(microseconds=rng.randrange(315_000_000_000_000_000))
+        for _ in range(2000)
+    ]
+    for value in times:
+        assert _time(value) == value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
