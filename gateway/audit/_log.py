@@ -209,6 +209,8 @@ class AuditLog:
         batch, and one hand-off to a store that takes a batch (`append_many`), instead of one
         each. Raise `AuditUnavailable` if any is not durable within the bound (the others may
         be: an allowed one that became durable late is followed up as `append`'s are)."""
+        if not records:
+            return []  # nothing asked of the store (nor of its breaker)
         try:
             outcomes = await self._append_all(records)
         except AuditUnavailable:

@@ -499,3 +499,17 @@ async def test_a_batch_the_store_cannot_take_is_refused_and_late_allowed_records
     with pytest.raises(AuditUnavailable, match="switched off"):
         await log.append_all([make_record(3)])
     await log.close()
+
+
+async def test_an_empty_batch_asks_nothing_of_the_store_or_its_breaker() -> None:
+    """A batch of retried reports only (nothing new to record) is answered while the store's
+    breaker is open, as before the batch append."""
+    log, store = await _frozen_log()
+    store.thawed.clear()
+    for i in range(2):
+        with pytest.raises(AuditUnavailable):
+            await log.append(make_record(i))
+    assert log.breaker.state == "open"
+    assert await log.append_all([]) == []
+    store.thawed.set()
+    await log.close()
