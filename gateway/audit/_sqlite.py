@@ -344,7 +344,7 @@ class SqliteAuditStore:
             return
         try:
             try:
-                migrate(conn, self.path)
+                migrate(conn, self.path, SCHEMA_VERSION)
                 self._range = self._load_head(conn)
                 self._head = TreeHead(self._range.size, self._range.root())
             except Exception as exc:

@@ -223,12 +223,13 @@ def blob(value: object) -> bytes:
     return b"" if value is None else str(value).encode()
 
 
-def migrate(conn: sqlite3.Connection, path: Path) -> None:
-    """Bring the file's schema to SCHEMA_VERSION, in one transaction (the writer's, at open)."""
+def migrate(conn: sqlite3.Connection, path: Path, target: int = SCHEMA_VERSION) -> None:
+    """Bring the file's schema to `target` (the store's SCHEMA_VERSION), in one transaction
+    (the writer's, at open)."""
     conn.execute("BEGIN IMMEDIATE")
     try:
-        current = _schema_version(conn, path)
-        for version in range(current + 1, SCHEMA_VERSION + 1):
+        current = _schema_version(conn, path, target)
+        for version in range(current + 1, target + 1):
             for statement in MIGRATIONS[version]:
                 conn.execute(statement)
             conn.execute(
@@ -244,7 +245,7 @@ def migrate(conn: sqlite3.Connection, path: Path) -> None:
         raise
 
 
-def _schema_version(conn: sqlite3.Connection, path: Path) -> int:
+def _schema_version(conn: sqlite3.Connection, path: Path, target: int) -> int:
     """The file's schema version (0: nothing yet); refuse a newer one or a foreign file."""
     tables = {
         name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
@@ -257,9 +258,9 @@ def _schema_version(conn: sqlite3.Connection, path: Path) -> int:
         return 0
     row = conn.execute("SELECT version FROM schema_version WHERE id = 1").fetchone()
     current = int(row[0]) if row else 0
-    if current > SCHEMA_VERSION:
+    if current > target:
         raise AuditUnavailable(
             f"the audit database {path} has schema version {current}, newer than "
-            f"this gateway's {SCHEMA_VERSION}: run a gateway that knows it"
+            f"this gateway's {target}: run a gateway that knows it"
         )
     return current
