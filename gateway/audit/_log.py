@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
@@ -44,10 +44,9 @@ from gateway.audit._integrity import (
     check_prune_request,
     compact_at_cut,
     prune_record,
-    recompute,
-    resume_point,
 )
 from gateway.audit._merkle import CompactRange, MerkleTree
+from gateway.audit._ranges import KnownRanges
 from gateway.audit._record import AuditRecord
 from gateway.audit._store import (
     AlsoWrite,
@@ -59,6 +58,7 @@ from gateway.audit._store import (
     PruneMarker,
     StoredRow,
 )
+from gateway.audit._verify import verify_log
 from gateway.audit.errors import AuditOutcomeUnknown, AuditUnavailable
 from gateway.breaker import BreakerOpen, CircuitBreaker
 
@@ -146,6 +146,7 @@ class AuditLog:
         self._every_seconds = checkpoint_every_seconds
         self._clock = clock
         self._follow_ups = FollowUps(store, clock, self.breaker.success)
+        self._ranges = KnownRanges()  # where the next proof's tree starts (`_tree`)
         self._since_checkpoint = 0
         self._checkpointing: asyncio.Task[None] | None = None
         self._timer: asyncio.Task[None] | None = None
@@ -199,6 +200,44 @@ class AuditLog:
             if self.observer is not None:
                 self.observer.audit_append(False)
             raise
+        self._appended(record, appended)
+        return appended
+
+    async def append_all(self, records: Sequence[AuditRecord]) -> list[Appended]:
+        """Make every record durable, as `append` would each (no outbound message, no `also`),
+        within one bound and through the breaker once: one timeout and one shield for the
+        batch, and one hand-off to a store that takes a batch (`append_many`), instead of one
+        each. Raise `AuditUnavailable` if any is not durable within the bound (the others may
+        be: an allowed one that became durable late is followed up as `append`'s are)."""
+        if not records:
+            return []  # nothing asked of the store (nor of its breaker)
+        try:
+            outcomes = await self._append_all(records)
+        except AuditUnavailable:
+            if self.observer is not None:
+                for _ in records:
+                    self.observer.audit_append(False)
+            raise
+        failed: AuditUnavailable | None = None
+        for record, outcome in zip(records, outcomes, strict=True):
+            if isinstance(outcome, Appended):
+                self._appended(record, outcome)
+                continue
+            if self.observer is not None:
+                self.observer.audit_append(False)
+            if failed is None:
+                failed = (
+                    outcome
+                    if isinstance(outcome, AuditUnavailable)
+                    else AuditUnavailable(f"the audit record was not made durable: {outcome}")
+                )
+        if failed is not None:
+            raise failed
+        return [o for o in outcomes if isinstance(o, Appended)]
+
+    def _appended(self, record: AuditRecord, appended: Appended) -> None:
+        """After `record` became durable: the observer, the access log line, the next
+        checkpoint's count."""
         if self.observer is not None:
             self.observer.audit_append(True)
         if access_log.isEnabledFor(logging.INFO):
@@ -226,7 +265,6 @@ class AuditLog:
         self._since_checkpoint += 1
         if self._since_checkpoint >= self._every_records and self._checkpointing is None:
             self._checkpointing = asyncio.create_task(self._checkpoint_in_background())
-        return appended
 
     async def read(self, make: Callable[[], Awaitable[_T]]) -> _T:
         """`await make()`, a read of the store (`store.query`, `store.rows`, ...), within
@@ -307,6 +345,50 @@ class AuditLog:
             raise
         self.breaker.success()
         return appended
+
+    async def _append_all(self, records: Sequence[AuditRecord]) -> list[Appended | BaseException]:
+        """The store's appends of `records`, within one bound, through the breaker once: each
+        one's `Appended` or exception (each handled as `_append` handles its one)."""
+        if not self.breaker.allow():
+            raise AuditUnavailable("the audit store is failing (its circuit breaker is open)")
+        many = getattr(self.store, "append_many", None)
+        pending: list[asyncio.Future[Appended]] = (
+            many(records)
+            if many is not None
+            else [asyncio.ensure_future(self.store.append(record)) for record in records]
+        )
+        try:
+            async with asyncio.timeout(self.append_timeout_seconds):
+                outcomes: list[Appended | BaseException] = await asyncio.shield(
+                    asyncio.gather(*pending, return_exceptions=True)
+                )
+        except TimeoutError:
+            self.breaker.failure(timeout=True)
+            self._watch_all(records, pending)
+            raise AuditUnavailable(
+                f"the audit records were not durable within {self.append_timeout_seconds:g} s"
+            ) from None
+        except asyncio.CancelledError:
+            self.breaker.abandon()  # the caller is gone: followed up as if timed out
+            self._watch_all(records, pending)
+            raise
+        if any(isinstance(o, BaseException) for o in outcomes):
+            self.breaker.failure()
+            self._watch_all(records, pending)  # those whose outcome is unknown
+        else:
+            self.breaker.success()
+        return outcomes
+
+    def _watch_all(
+        self, records: Sequence[AuditRecord], pending: Sequence[asyncio.Future[Appended]]
+    ) -> None:
+        """Follow up (`FollowUps.watch`) each append not ended yet, or ended without an
+        answer (AuditOutcomeUnknown): it may become, or be, durable."""
+        for record, future in zip(records, pending, strict=True):
+            if not future.done() or (
+                not future.cancelled() and isinstance(future.exception(), AuditOutcomeUnknown)
+            ):
+                self._follow_ups.watch(record, future, None)
 
     async def _checkpoint_in_background(self) -> None:
         try:
@@ -445,9 +527,16 @@ class AuditLog:
         checkpoints = await self.read(self.store.checkpoints)
         return checkpoints[-1] if checkpoints else None
 
-    async def _tree(self, size: int) -> MerkleTree:
+    async def _tree(self, size: int, needed: int) -> MerkleTree:
+        """The log's tree of `size` leaves, from the kept compact range of the largest size up
+        to `needed` (the first size or leaf a proof is about: `_ranges`), else from the prune's
+        marker or the first record; its compact range is kept for the next proof."""
         marker = await self.read(self.store.pruned)
-        if marker is None:
+        first = marker.before if marker is not None else 0
+        known = self._ranges.at_or_below(min(needed, size), first)
+        if known is not None:
+            tree = MerkleTree.from_compact(known)
+        elif marker is None:
             tree = MerkleTree()
         else:
             tree = MerkleTree.from_compact(CompactRange.from_bytes(marker.before, marker.compact))
@@ -456,8 +545,9 @@ class AuditLog:
                 tree.append(row.leaf_hash)
         if tree.size != size:
             raise AuditUnavailable(
-                f"the store returned {tree.size - tree.first} of {size - tree.first} records"
+                f"the store returned {tree.size - first} of {size - first} records"
             )
+        self._ranges.keep(tree.compact())
         return tree
 
     async def inclusion_proof(
@@ -465,7 +555,7 @@ class AuditLog:
     ) -> tuple[list[bytes], int, bytes, bytes]:
         """(proof, tree size, root, leaf hash) for the record at `index` in a tree of `size`."""
         size = (await self.read(self.store.head)).size if size is None else size
-        tree = await self._tree(size)
+        tree = await self._tree(size, index)
         return tree.inclusion_proof(index, size), size, tree.root(size), tree.node(0, index)
 
     async def consistency_proof(
@@ -473,88 +563,10 @@ class AuditLog:
     ) -> tuple[list[bytes], int, bytes]:
         """(proof, second size, second root) that the tree of `size1` is a prefix."""
         size2 = (await self.read(self.store.head)).size if size2 is None else size2
-        tree = await self._tree(size2)
+        tree = await self._tree(size2, size1)
         return tree.consistency_proof(size1, size2), size2, tree.root(size2)
 
-    async def _checked_checkpoints(
-        self, trusted: Checkpoint | None
-    ) -> list[Checkpoint] | Verification:
-        """Every stored and trusted checkpoint, each signed by this log's audit key, by size;
-        or the failed verification naming the first that is not."""
-        checkpoints: list[Checkpoint] = []
-        for stored in [*await self.read(self.store.checkpoints), *([trusted] if trusted else [])]:
-            try:
-                checkpoints.append(self.verify_note(stored))
-            except CheckpointError as exc:
-                return Verification(
-                    False,
-                    0,
-                    len(checkpoints),
-                    0 if stored.size else -1,
-                    f"checkpoint of size {stored.size}: {exc}",
-                    None,
-                )
-        checkpoints.sort(key=lambda c: c.size)
-        return checkpoints
-
     async def verify(self, trusted: Checkpoint | None = None) -> Verification:
-        """Recompute the log from its stored records and compare with every checkpoint.
-
-        (1) every stored and trusted checkpoint is signed by this log's audit key
-        (2) records are contiguous from index 0 (or from a retention prune, whose marker a
-            checkpoint signed before the removal vouches for), each in canonical form, each leaf
-            hash and each stored root what the records before it give
-        (3) every checkpoint's size is covered and its root is the recomputed root at that size
-        (4) the columns the store queries by say what the records say
-        """
-        checkpoints = await self._checked_checkpoints(trusted)  # (1)
-        if isinstance(checkpoints, Verification):
-            return checkpoints
-        marker = await self.read(self.store.pruned)
-        first = marker.before if marker else 0
-        compact = resume_point(marker, checkpoints)
-        if isinstance(compact, str):
-            latest = checkpoints[-1] if checkpoints else None
-            return Verification(False, 0, len(checkpoints), first, compact, latest)
-        checkpoints = [
-            c for c in checkpoints if c.size >= first
-        ]  # older ones covered removed records
-        wanted = {c.size for c in checkpoints}
-        head = await self.read(self.store.head)
-        span = max([head.size, *wanted])
-        index, problem, roots = await recompute(self._rows, compact, span, wanted)  # (2)
-        latest = checkpoints[-1] if checkpoints else None
-        if problem:
-            return Verification(False, index - first, len(checkpoints), index, problem, latest)
-        covered = first  # records up to here agree with a signed checkpoint
-        for checkpoint in checkpoints:  # (3)
-            if roots.get(checkpoint.size) != checkpoint.root:
-                return Verification(
-                    False,
-                    index,
-                    len(checkpoints),
-                    covered,
-                    f"the records from {covered} on do not give the root signed for size {checkpoint.size}",
-                    latest,
-                )
-            covered = checkpoint.size
-        mismatch = await self.store.column_mismatches()  # (4)
-        if mismatch is not None:
-            return Verification(
-                False,
-                index,
-                len(checkpoints),
-                mismatch,
-                f"record {mismatch}'s query columns were edited: oversight queries would not find it by what it records",
-                latest,
-            )
-        if compact.root() != head.root or compact.size != head.size:
-            return Verification(
-                False,
-                index,
-                len(checkpoints),
-                compact.size,
-                "the stored tree head does not match the records",
-                latest,
-            )
-        return Verification(True, index - first, len(checkpoints), -1, "", latest)
+        """Recompute the log from its stored records and compare with every checkpoint
+        (`verify_log`: what is checked, in order)."""
+        return await verify_log(self, self._rows, trusted)

@@ -258,6 +258,18 @@ class MerkleTree:
             out.append((level, position, self._levels[level][position]))
         return out
 
+    def compact(self) -> CompactRange:
+        """The compact range at this tree's size: its complete subtrees of the size's binary
+        form, each stored (a tree from a compact range keeps every subtree that ends at or
+        after its first leaf, and the range's own)."""
+        hashes: list[bytes] = []
+        start = 0
+        for level in range(self._size.bit_length() - 1, -1, -1):
+            if self._size >> level & 1:
+                hashes.append(self.node(level, start >> level))
+                start += 1 << level
+        return CompactRange(self._size, hashes)
+
     def node(self, level: int, index: int) -> bytes:
         try:
             return self._levels[level][index]

@@ -47,7 +47,7 @@ from gateway.audit._checkpoint import Checkpoint
 from gateway.audit._merkle import CompactRange, ProofError, leaf_hashes
 from gateway.audit._record import AuditRecord
 from gateway.audit._sqlite_reader import SqliteReader
-from gateway.audit._sqlite_schema import MIGRATIONS, RECORDS_NO_DELETE, SCHEMA_VERSION, blob
+from gateway.audit._sqlite_schema import RECORDS_NO_DELETE, SCHEMA_VERSION, blob, migrate
 from gateway.audit._store import (
     MAX_PENDING_APPENDS,
     AlsoWrite,
@@ -195,16 +195,7 @@ class SqliteAuditStore:
     async def append(
         self, record: AuditRecord, outbound: Outbound | None = None, also: AlsoWrite | None = None
     ) -> Appended:
-        thread, loop = self._thread, self._loop
-        if thread is None or loop is None or self._closing:
-            raise AuditUnavailable(f"the audit store {self.path} is not open")
-        if not thread.is_alive():
-            raise AuditUnavailable(f"the audit writer of {self.path} has stopped")
-        waiting = self._given - self._taken
-        if waiting >= self.max_pending:
-            raise AuditUnavailable(
-                f"{waiting} audit records are waiting for the writer of {self.path}"
-            )
+        loop = self._admit(1)
         future: asyncio.Future[Appended] = loop.create_future()
         appends = self._appends
         appends.append(_Append(record, future, outbound, also))
@@ -212,6 +203,36 @@ class SqliteAuditStore:
         if len(appends) == 1:
             loop.call_soon(self._hand_over)
         return await future
+
+    def append_many(self, records: Sequence[AuditRecord]) -> list[asyncio.Future[Appended]]:
+        """`append` of each record (no outbound message, no rows kept with it), without a
+        coroutine each: the futures of their appends, in order (`AuditLog.append_all`). All or
+        none are taken (`AuditUnavailable`); each is committed as an `append`'s would be."""
+        loop = self._admit(len(records))
+        futures: list[asyncio.Future[Appended]] = [loop.create_future() for _ in records]
+        appends = self._appends
+        if futures and not appends:
+            loop.call_soon(self._hand_over)
+        appends.extend(
+            _Append(record, future) for record, future in zip(records, futures, strict=True)
+        )
+        self._given += len(futures)
+        return futures
+
+    def _admit(self, count: int) -> asyncio.AbstractEventLoop:
+        """The loop to settle `count` more appends on; or `AuditUnavailable` when the store is
+        not open, its writer stopped, or `max_pending` appends would be waiting for it."""
+        thread, loop = self._thread, self._loop
+        if thread is None or loop is None or self._closing:
+            raise AuditUnavailable(f"the audit store {self.path} is not open")
+        if not thread.is_alive():
+            raise AuditUnavailable(f"the audit writer of {self.path} has stopped")
+        waiting = self._given - self._taken
+        if waiting + count > self.max_pending:
+            raise AuditUnavailable(
+                f"{waiting} audit records are waiting for the writer of {self.path}"
+            )
+        return loop
 
     def _hand_over(self) -> None:
         """On the loop: give the writer every append of this iteration in one queue item."""
@@ -323,7 +344,7 @@ class SqliteAuditStore:
             return
         try:
             try:
-                self._migrate(conn)
+                migrate(conn, self.path, SCHEMA_VERSION)
                 self._range = self._load_head(conn)
                 self._head = TreeHead(self._range.size, self._range.root())
             except Exception as exc:
@@ -359,45 +380,6 @@ class SqliteAuditStore:
             raise AuditUnavailable(
                 f"the audit database {self.path} cannot use write-ahead logging (journal mode {mode})"
             )
-
-    def _migrate(self, conn: sqlite3.Connection) -> None:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            current = self._schema_version(conn)
-            for version in range(current + 1, SCHEMA_VERSION + 1):
-                for statement in MIGRATIONS[version]:
-                    conn.execute(statement)
-                conn.execute(
-                    "INSERT INTO schema_version (id, version) VALUES (1, ?)"
-                    " ON CONFLICT (id) DO UPDATE SET version = excluded.version",
-                    (version,),
-                )
-                log.info("audit database %s migrated to schema version %d", self.path, version)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-
-    def _schema_version(self, conn: sqlite3.Connection) -> int:
-        """The file's schema version (0: nothing yet); refuse a newer one or a foreign file."""
-        tables = {
-            name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-        }
-        if "schema_version" not in tables:
-            if any(name.startswith("audit_") for name in tables):
-                raise AuditUnavailable(
-                    f"{self.path} holds audit tables but no schema_version: not a Tongban audit store"
-                )
-            return 0
-        row = conn.execute("SELECT version FROM schema_version WHERE id = 1").fetchone()
-        current = int(row[0]) if row else 0
-        if current > SCHEMA_VERSION:
-            raise AuditUnavailable(
-                f"the audit database {self.path} has schema version {current}, newer than "
-                f"this gateway's {SCHEMA_VERSION}: run a gateway that knows it"
-            )
-        return current
 
     def _load_head(self, conn: sqlite3.Connection) -> CompactRange:
         row = conn.execute("SELECT size, compact FROM audit_head WHERE id = 1").fetchone()

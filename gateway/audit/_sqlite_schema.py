@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 from datetime import UTC, datetime
+from pathlib import Path
+
+from gateway.audit.errors import AuditUnavailable
 
 __all__ = [
     "EQUALITY",
@@ -11,8 +16,11 @@ __all__ = [
     "RECORDS_NO_DELETE",
     "SCHEMA_VERSION",
     "blob",
+    "migrate",
     "time_text",
 ]
+
+log = logging.getLogger("tongban.audit")
 
 SCHEMA_VERSION = 6
 
@@ -213,3 +221,46 @@ def blob(value: object) -> bytes:
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value)
     return b"" if value is None else str(value).encode()
+
+
+def migrate(conn: sqlite3.Connection, path: Path, target: int = SCHEMA_VERSION) -> None:
+    """Bring the file's schema to `target` (the store's SCHEMA_VERSION), in one transaction
+    (the writer's, at open)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        current = _schema_version(conn, path, target)
+        for version in range(current + 1, target + 1):
+            for statement in MIGRATIONS[version]:
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO schema_version (id, version) VALUES (1, ?)"
+                " ON CONFLICT (id) DO UPDATE SET version = excluded.version",
+                (version,),
+            )
+            log.info("audit database %s migrated to schema version %d", path, version)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _schema_version(conn: sqlite3.Connection, path: Path, target: int) -> int:
+    """The file's schema version (0: nothing yet); refuse a newer one or a foreign file."""
+    tables = {
+        name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+    }
+    if "schema_version" not in tables:
+        if any(name.startswith("audit_") for name in tables):
+            raise AuditUnavailable(
+                f"{path} holds audit tables but no schema_version: not a Tongban audit store"
+            )
+        return 0
+    row = conn.execute("SELECT version FROM schema_version WHERE id = 1").fetchone()
+    current = int(row[0]) if row else 0
+    if current > target:
+        raise AuditUnavailable(
+            f"the audit database {path} has schema version {current}, newer than "
+            f"this gateway's {target}: run a gateway that knows it"
+        )
+    return current

@@ -8,7 +8,7 @@ import hashlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Final
 
@@ -172,6 +172,43 @@ class AuditTrail:
     ) -> str:
         """Append one audit record; return its audit id. Raises AuditUnavailable.
         `outbound` (a hit's report to its owner) is made durable with the record."""
+        appended = await self.log.append(
+            self._record_of(
+                context, outcome, reason=reason, fields=fields, cache_hit=cache_hit, sealed=sealed
+            ),
+            outbound,
+        )
+        if outcome is not Outcome.FAILED:
+            self.metrics.decision("allowed" if outcome is Outcome.ALLOWED else "denied", reason)
+        return audit_id(self.log.origin, appended.index)
+
+    async def record_all(
+        self, entries: Sequence[tuple[AuditContext, tuple[str, ...]]], *, cache_hit: bool
+    ) -> list[str]:
+        """Append an allowed access's record per (context, fields), as `record` would each, in
+        one batch (`AuditLog.append_all`); their audit ids, in order. Raises AuditUnavailable."""
+        records = [
+            self._record_of(
+                context, Outcome.ALLOWED, reason="", fields=fields, cache_hit=cache_hit, sealed=""
+            )
+            for context, fields in entries
+        ]
+        appended = await self.log.append_all(records)
+        for _ in appended:
+            self.metrics.decision("allowed", "")
+        return [audit_id(self.log.origin, a.index) for a in appended]
+
+    def _record_of(
+        self,
+        context: AuditContext,
+        outcome: Outcome,
+        *,
+        reason: str,
+        fields: tuple[str, ...],
+        cache_hit: bool,
+        sealed: str,
+    ) -> AuditRecord:
+        """The audit record of `context`'s access (see `record`)."""
         request = context.request
         subject = context.subject
         if subject is None:
@@ -182,37 +219,31 @@ class AuditTrail:
         kept_digest, kept_sealed = context.request_digest, ""
         if context.kept_request:
             kept_digest, kept_sealed = seal_kept_request(context.kept_request, self._pseudonym_key)
-        appended = await self.log.append(
-            AuditRecord(
-                time=context.at or self.clock(),
-                gateway=self.gateway_name,
-                region=self.region,
-                rpc=context.rpc,
-                request_id=request.request_id,
-                caller_agency=context.caller_agency,
-                caller_operator=context.caller_operator,
-                caller_region=context.caller_region,
-                provider_region=request.provider_region,
-                dataset=request.dataset,
-                purpose=request.purpose,
-                case_id=request.case_id,
-                subject=subject,
-                fields=tuple(sorted(fields)),
-                outcome=outcome,
-                reason=reason,
-                cache_hit=cache_hit,
-                latency_us=int((time.perf_counter() - context.started) * 1_000_000),
-                sealed_digest=sealed_digest,
-                registry_version=context.registry_version,
-                agreement_id=context.agreement_id,
-                request_digest=kept_digest,
-                request_sealed=kept_sealed,
-            ),
-            outbound,
+        return AuditRecord(
+            time=context.at or self.clock(),
+            gateway=self.gateway_name,
+            region=self.region,
+            rpc=context.rpc,
+            request_id=request.request_id,
+            caller_agency=context.caller_agency,
+            caller_operator=context.caller_operator,
+            caller_region=context.caller_region,
+            provider_region=request.provider_region,
+            dataset=request.dataset,
+            purpose=request.purpose,
+            case_id=request.case_id,
+            subject=subject,
+            fields=tuple(sorted(fields)),
+            outcome=outcome,
+            reason=reason,
+            cache_hit=cache_hit,
+            latency_us=int((time.perf_counter() - context.started) * 1_000_000),
+            sealed_digest=sealed_digest,
+            registry_version=context.registry_version,
+            agreement_id=context.agreement_id,
+            request_digest=kept_digest,
+            request_sealed=kept_sealed,
         )
-        if outcome is not Outcome.FAILED:
-            self.metrics.decision("allowed" if outcome is Outcome.ALLOWED else "denied", reason)
-        return audit_id(self.log.origin, appended.index)
 
     async def release(
         self,

@@ -188,7 +188,9 @@ class ForwardCall:
 @dataclass(frozen=True, slots=True)
 class IntakeCall:
     """A batch of access reports (Peer.ReportAccess): the signed batch, and the reports sent
-    beside it (`sent`: their documents; empty when they do not parse) and how many."""
+    beside it (`sent`: `AccessReport.document()` of each as parsed, so each checked; empty when
+    they do not parse) and how many. A signed report equal to its sent document is not checked
+    a second time."""
 
     caller: Caller | None
     reporting_region: str

@@ -23,7 +23,6 @@ why nothing is recorded before every report passed (3).
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import time
@@ -53,7 +52,13 @@ from gateway.policy import (
     check_request,
     subject_kind,
 )
-from gateway.reports import MAX_REPORTS_PER_BATCH, AccessReport, BatchRefused, verify_batch
+from gateway.reports import (
+    MAX_REPORTS_PER_BATCH,
+    AccessReport,
+    BatchRefused,
+    SignedBatch,
+    verify_batch,
+)
 from registry import CacheScope, Dataset, Registry
 
 __all__ = ["REPORT_CLOCK_SKEW", "ReportIntake"]
@@ -127,13 +132,20 @@ class ReportIntake:
             audit = replace(audit, registry_version=registry.version)
             now = self._trail.clock()
             # (2)
-            reports, batch_id = self._verified(call, registry, caller.region, now)
+            batch = self._verified(call, registry, caller.region, now)
+            reports = batch.reports
             audit = replace(  # each report's record names the signed batch it came in
                 audit,
-                request=_batch_request(self.region, batch_id),
+                request=_batch_request(self.region, batch.batch_id),
                 request_digest=request_digest(call.jws),
             )
-            if call.sent_count and list(call.sent) != [r.document() for r in reports]:
+            # The signed objects themselves first (equal: the same reports); else as parsed,
+            # since a time may be signed in another form than the one `document()` writes.
+            if (
+                call.sent_count
+                and list(call.sent) != list(batch.documents)
+                and list(call.sent) != [r.document() for r in reports]
+            ):
                 raise Refusal(
                     "REPORT_PAYLOAD_MISMATCH",
                     "the reports sent beside the JWS are not the ones it signs",
@@ -147,15 +159,18 @@ class ReportIntake:
 
     def _verified(
         self, call: IntakeCall, registry: Registry, region: str, now: datetime
-    ) -> tuple[tuple[AccessReport, ...], str]:
-        """(2): the batch's reports and its id, once its signature and form are checked."""
+    ) -> SignedBatch:
+        """(2): the batch, once its signature and form are checked. The reports sent beside it
+        were parsed and checked already (`IntakeCall.sent`): a signed report equal to its sent
+        one is not checked a second time."""
         try:
-            batch = verify_batch(
+            return verify_batch(
                 call.jws,
                 registry=registry,
                 reporting_region=region,
                 owner_region=self.region,
                 now=now,
+                known=call.sent,
             )
         except BatchRefused as exc:
             raise Refusal(
@@ -163,11 +178,13 @@ class ReportIntake:
                 exc.message,
                 metadata={"index": str(exc.index)} if exc.index is not None else None,
             ) from exc
-        return tuple(batch.reports), batch.batch_id
 
-    def _report_audit(self, base: AuditContext, report: AccessReport) -> AuditContext:
+    def _report_audit(
+        self, base: AuditContext, report: AccessReport, agreement_id: str
+    ) -> AuditContext:
         return replace(
             base,
+            agreement_id=agreement_id,
             caller_agency=report.caller_agency,
             caller_operator=report.caller_operator,
             request=DataRequest(
@@ -215,7 +232,6 @@ class ReportIntake:
             outcomes = [o if isinstance(o, Refusal) else unreadable for o in outcomes]
         checked: list[tuple[AccessReport, str | None, AuditContext]] = []
         for index, (report, checked_form) in enumerate(zip(reports, outcomes, strict=False)):
-            audit = self._report_audit(base, report)
             outcome = checked_form
             dataset = registry.dataset(self.region, report.dataset)
             if isinstance(outcome, Decision) and dataset is not None and not answered[index]:
@@ -227,33 +243,27 @@ class ReportIntake:
                 )
             if isinstance(outcome, Refusal):
                 outcome.metadata["index"] = str(index)
+                audit = self._report_audit(base, report, base.agreement_id)
                 raise await self._trail.refused(outcome, audit) from None
-            checked.append(
-                (report, existing.get(index), replace(audit, agreement_id=outcome.agreement_id))
-            )
+            audit = self._report_audit(base, report, outcome.agreement_id)
+            checked.append((report, existing.get(index), audit))
         return checked
 
     async def _record_all(
         self, checked: list[tuple[AccessReport, str | None, AuditContext]]
     ) -> tuple[str, ...]:
-        """(4): a record per new report, durable before the answer; a retried one named again."""
-
-        async def record(report: AccessReport, existing: str | None, audit: AuditContext) -> str:
-            if existing is not None:
-                return existing
-            return await self._trail.record(
-                audit, Outcome.ALLOWED, fields=report.fields, cache_hit=True
-            )
-
+        """(4): a record per new report, durable before the answer (one batch of appends); a
+        retried one named again."""
+        new = [(audit, report.fields) for report, existing, audit in checked if existing is None]
         try:
-            audit_ids = await asyncio.gather(*(record(*entry) for entry in checked))
+            made = iter(await self._trail.record_all(new, cache_hit=True))
         except AuditUnavailable as exc:
             raise Refusal(
                 "AUDIT_UNAVAILABLE",
                 f"the reports were not recorded: {exc}",
                 audited=True,
             ) from exc
-        return tuple(audit_ids)
+        return tuple(existing if existing is not None else next(made) for _, existing, _ in checked)
 
     def _check_form(
         self,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -106,6 +106,13 @@ def _text(value: object, what: str, *, required: bool = True) -> str:
     return value
 
 
+# The last report found well formed, but for its request id and time (`AccessReport._form`):
+# a batch's reports repeat the rest (one answer served many times), and the checks are pure
+# functions of the values, so a report equal to it there has only its request id checked. Its
+# first failing check, if any, is the same either way: every other value passed them all.
+_LAST_FORM: list[tuple[object, ...]] = [()]
+
+
 @dataclass(frozen=True, slots=True)
 class AccessReport:
     """One access a requesting gateway answered from its own cache."""
@@ -128,6 +135,14 @@ class AccessReport:
         if self.accessed_at.tzinfo is None or self.accessed_at.utcoffset() is None:
             raise ReportFormatError("accessed_at is timezone-aware")
         object.__setattr__(self, "accessed_at", self.accessed_at.astimezone(UTC))
+        form = self._form()
+        if form == _LAST_FORM[0]:  # only the request id can fail, with its own message
+            _text(self.request_id, "request_id")
+            if not is_request_id(self.request_id):
+                raise ReportFormatError(
+                    "request_id is 1 to 128 printable ASCII characters, no spaces, no citizen id"
+                )
+            return
         for name in ("request_id", "caller_agency", "dataset", "purpose", "answer_audit_id"):
             _text(getattr(self, name), name)
         for name in ("caller_operator", "caller_thumbprint", "case_id"):
@@ -160,6 +175,23 @@ class AccessReport:
                 raise ReportFormatError("a field name is a registry id")
         if list(self.fields) != sorted(set(self.fields)):
             raise ReportFormatError("fields are sorted and not repeated")
+        _LAST_FORM[0] = form
+
+    def _form(self) -> tuple[object, ...]:
+        """What `__post_init__` checks but the request id and the time (`_LAST_FORM`)."""
+        return (
+            self.caller_agency,
+            self.caller_region,
+            self.caller_operator,
+            self.caller_thumbprint,
+            self.dataset,
+            self.purpose,
+            self.case_id,
+            self.subject_pseudonym,
+            self.fields,
+            self.sealed_digest,
+            self.answer_audit_id,
+        )
 
     def document(self) -> dict[str, Any]:
         """The report as it is signed (part of the batch payload)."""
@@ -233,6 +265,30 @@ class AccessReport:
         )
 
     @classmethod
+    def _of_checked_document(cls, document: Mapping[str, Any]) -> AccessReport:
+        """The report whose `document()` `document` is, without checking its form again: only
+        for a document equal to one `document()` made (of a report checked when it was made)."""
+        report = object.__new__(cls)
+        caller = document["caller"]
+        for name, value in (
+            ("request_id", document["request_id"]),
+            ("caller_agency", caller["agency_id"]),
+            ("caller_region", caller["region"]),
+            ("caller_operator", caller["operator"]),
+            ("caller_thumbprint", caller["certificate_thumbprint"]),
+            ("dataset", document["dataset"]),
+            ("purpose", document["purpose"]),
+            ("case_id", document["case_id"]),
+            ("subject_pseudonym", document["subject_pseudonym"]),
+            ("fields", tuple(document["fields"])),
+            ("accessed_at", parse_time(document["accessed_at"], "accessed_at")),
+            ("sealed_digest", document["sealed_digest"]),
+            ("answer_audit_id", document["answer_audit_id"]),
+        ):
+            object.__setattr__(report, name, value)
+        return report
+
+    @classmethod
     def from_message(cls, message: exchange_pb2.AccessReport) -> AccessReport:
         try:
             accessed_at = message.accessed_at.ToDatetime(tzinfo=UTC)
@@ -266,6 +322,9 @@ class SignedBatch:
     batch_id: str
     issued_at: datetime
     reports: tuple[AccessReport, ...]
+    # The reports as signed, their JSON objects in order (`document()` of each report, unless
+    # a time is written in another form than `format_time`'s, which `parse_time` accepts too).
+    documents: tuple[Mapping[str, Any], ...] = ()
 
 
 class BatchRefused(Refusal):
@@ -341,9 +400,10 @@ def _verified_jws(jws: str, registry: Registry, reporting_region: str, now: date
 
 
 def _batch_document(
-    payload: bytes, is_canonical: bool, reporting_region: str, owner_region: str
+    payload: bytes, reporting_region: str, owner_region: str
 ) -> tuple[dict[str, Any], str, datetime]:
-    """(4) of `verify_batch`: the batch document, its id and when it was issued."""
+    """(4) of `verify_batch`: the batch document, its id and when it was issued. The payload
+    is parsed once (`VerifiedJson.is_canonical` would parse it again to compare)."""
     try:
         document = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -351,6 +411,10 @@ def _batch_document(
             "INVALID_ARGUMENT_FORMAT",
             "the batch payload is not JSON",
         ) from exc
+    try:  # `VerifiedJson.is_canonical`, of the document parsed above
+        is_canonical = canonical_json(document) == payload
+    except RecursionError:
+        is_canonical = False
     if (
         not isinstance(document, dict)
         or set(document) != _BATCH_KEYS
@@ -375,8 +439,11 @@ def _batch_document(
     return document, batch_id, issued_at
 
 
-def _batch_reports(reports: object) -> tuple[AccessReport, ...]:
-    """(5) of `verify_batch`: the reports, each well formed (`index` names the first that is not)."""
+def _batch_reports(
+    reports: object, known: Sequence[Mapping[str, Any]] = ()
+) -> tuple[AccessReport, ...]:
+    """(5) of `verify_batch`: the reports, each well formed (`index` names the first that is not).
+    A report equal to `known`'s at its index is that document's report, not checked again."""
     if not isinstance(reports, list) or not reports:
         raise BatchRefused("INVALID_ARGUMENT_FORMAT", "a batch holds reports")
     if len(reports) > MAX_REPORTS_PER_BATCH:
@@ -386,6 +453,9 @@ def _batch_reports(reports: object) -> tuple[AccessReport, ...]:
         )
     parsed = []
     for index, item in enumerate(reports):
+        if index < len(known) and item == known[index]:
+            parsed.append(AccessReport._of_checked_document(item))
+            continue
         try:
             parsed.append(AccessReport.from_document(item))
         except ReportFormatError as exc:
@@ -398,7 +468,13 @@ def _batch_reports(reports: object) -> tuple[AccessReport, ...]:
 
 
 def verify_batch(
-    jws: str, *, registry: Registry, reporting_region: str, owner_region: str, now: datetime
+    jws: str,
+    *,
+    registry: Registry,
+    reporting_region: str,
+    owner_region: str,
+    now: datetime,
+    known: Sequence[Mapping[str, Any]] = (),
 ) -> SignedBatch:
     """The batch `jws` says, or the `BatchRefused` that says why it is not accepted.
 
@@ -410,11 +486,24 @@ def verify_batch(
     (3) the signature verifies with that key (never with a key carried in the message)
     (4) the payload is canonical JSON of this format, for `reporting_region` and `owner_region`
     (5) 1 to MAX_REPORTS_PER_BATCH reports, each well formed (`index` names the first that is not)
+
+    `known`: documents made by `AccessReport.document()` of reports checked when they were made
+    (the owner's parse of the reports sent beside the batch). A signed report equal to the one
+    at its index is taken as that report: its form is not checked a second time (the same
+    values, checked by the same rules), which is most of what verifying a batch costs.
     """
     verified = _verified_jws(jws, registry, reporting_region, now)  # (1), (2), (3)
     document, batch_id, issued_at = _batch_document(  # (4)
-        verified.payload, verified.is_canonical, reporting_region, owner_region
+        verified.payload, reporting_region, owner_region
     )
-    reports = _batch_reports(document["reports"])  # (5)
+    reports = _batch_reports(document["reports"], known)  # (5)
     kid = verified.header["x5t#S256"]
-    return SignedBatch(kid, reporting_region, owner_region, batch_id, issued_at, reports)
+    return SignedBatch(
+        kid,
+        reporting_region,
+        owner_region,
+        batch_id,
+        issued_at,
+        reports,
+        tuple(document["reports"]),
+    )

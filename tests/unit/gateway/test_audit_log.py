@@ -454,3 +454,62 @@ async def test_an_allowed_record_whose_commit_got_no_answer_is_followed_by_not_r
     await log.close()
     stored = [(r.outcome, r.reason) for _, r in await store.query(AuditQuery(limit=100))]
     assert stored == [(Outcome.ALLOWED, ""), (Outcome.FAILED, "AUDIT_UNAVAILABLE")]
+
+
+async def test_a_batch_is_appended_as_its_records_one_by_one() -> None:
+    """`append_all` stores what `append` of each stores, in order, and counts each record
+    towards the next checkpoint; an empty batch appends nothing."""
+    records = [make_record(i) for i in range(7)]
+    one_by_one, store1 = await _log(0, every=5)
+    for record in records:
+        await one_by_one.append(record)
+    batched, store2 = await _log(0, every=5)
+    assert await batched.append_all([]) == []
+    appended = await batched.append_all(records)
+    assert [a.index for a in appended] == list(range(7))
+    assert await store2.rows(0, 7) == await store1.rows(0, 7)
+    await asyncio.sleep(0.01)
+    # the 5th record started a checkpoint (signed when it runs: of the head then)
+    assert len(await store2.checkpoints()) == len(await store1.checkpoints()) == 1
+    await one_by_one.close()
+    await batched.close()
+
+
+async def test_a_batch_the_store_cannot_take_is_refused_and_late_allowed_records_followed_up() -> (
+    None
+):
+    log, store = await _frozen_log()
+    store.thawed.clear()
+    allowed, denied = make_record(1), make_record(2, outcome=Outcome.DENIED)
+    async with asyncio.timeout(5):  # the bound (0.05 s) answers, not this
+        with pytest.raises(AuditUnavailable, match="not durable within"):
+            await log.append_all([allowed, denied])
+    assert log.breaker.timeouts == 1  # one bound for the batch
+    store.thawed.set()  # the database comes back: both late records are stored
+    await asyncio.sleep(0.05)
+    stored = [(r.request_id, r.outcome, r.reason) for _, r in await store.query(AuditQuery())]
+    assert sorted(stored) == sorted(
+        [
+            (allowed.request_id, Outcome.ALLOWED, ""),
+            (denied.request_id, Outcome.DENIED, "FIELD_NOT_ALLOWED"),
+            (allowed.request_id, Outcome.FAILED, "AUDIT_UNAVAILABLE"),  # not released
+        ]
+    )
+    store.available = False
+    with pytest.raises(AuditUnavailable, match="switched off"):
+        await log.append_all([make_record(3)])
+    await log.close()
+
+
+async def test_an_empty_batch_asks_nothing_of_the_store_or_its_breaker() -> None:
+    """A batch of retried reports only (nothing new to record) is answered while the store's
+    breaker is open, as before the batch append."""
+    log, store = await _frozen_log()
+    store.thawed.clear()
+    for i in range(2):
+        with pytest.raises(AuditUnavailable):
+            await log.append(make_record(i))
+    assert log.breaker.state == "open"
+    assert await log.append_all([]) == []
+    store.thawed.set()
+    await log.close()

@@ -171,3 +171,65 @@ def test_stored_bytes_decode_to_themselves_even_from_before_the_bounds() -> None
     assert decoded.case_id == "c" * 500
     # a record made now from the same values is bounded
     assert dataclasses.replace(decoded, case_id=decoded.case_id).case_id == digest_form("c" * 500)
+
+
+def test_a_record_like_the_last_is_bounded_as_any_other(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each field's last value is recorded as it was without being tested again: records made
+    one after another, values repeated, out of bounds or not, have the bytes of records made
+    with nothing remembered."""
+    from gateway.audit import _record
+
+    variants: list[dict[str, object]] = [
+        {},
+        {"request_id": "r 1", "purpose": "11010519491231002X"},
+        {},
+        {"fields": ("name", "x" * 300), "caller_operator": "op\n"},
+        {"fields": ("name", "x" * 300)},
+        {"case_id": "case 9", "fields": ()},
+        {"purpose": "11010519491231002X"},
+        {},
+    ]
+
+    def made() -> list[bytes]:
+        return [dataclasses.replace(make_record(i), **v).canonical for i, v in enumerate(variants)]
+
+    remembered = made()
+
+    class Forgetful(dict[str, tuple[str, str]]):
+        def __setitem__(self, key: str, value: tuple[str, str]) -> None:
+            pass  # nothing kept
+
+    class ForgetfulList(list[tuple[tuple[str, ...], tuple[str, ...]]]):
+        def __setitem__(self, index: object, value: object) -> None:
+            pass
+
+    monkeypatch.setattr(_record, "_LAST_RECORDED", Forgetful())
+    monkeypatch.setattr(_record, "_LAST_FIELDS", ForgetfulList([((), ())]))
+    assert made() == remembered
+    assert b"sha256:" in remembered[1]
+    assert b"sha256:" in remembered[3]
+
+
+def test_a_records_time_is_written_as_strftime_writes_it() -> None:
+    """The time text without strftime's call: the same text for any time and offset (a year
+    below 1000, which strftime writes unpadded, is still written by it)."""
+    import random
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from gateway.audit._record import _time
+
+    rng = random.Random(7)
+    times = [
+        datetime(1, 1, 1, tzinfo=UTC),
+        datetime(999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        datetime(1000, 1, 1, tzinfo=UTC),
+        datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        datetime(2026, 11, 21, 9, 30, 0, 5, tzinfo=timezone(timedelta(hours=8))),
+    ]
+    times += [
+        datetime(2, 1, 1, tzinfo=UTC)
+        + timedelta(microseconds=rng.randrange(315_000_000_000_000_000))
+        for _ in range(2000)
+    ]
+    for value in times:
+        assert _time(value) == value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

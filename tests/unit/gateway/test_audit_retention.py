@@ -222,6 +222,26 @@ async def test_proofs_after_the_cut_still_verify(make_store: Callable[[], AuditS
     await log.close()
 
 
+async def test_proofs_made_before_a_prune_do_not_lead_below_the_cut(
+    make_store: Callable[[], AuditStore],
+) -> None:
+    """Compact ranges kept by proofs before the prune (below its cut and above it): after
+    the prune, proofs start from the marker or a range above the cut, and are the same."""
+    from gateway.audit import MerkleTree
+
+    log = await _filled(make_store)
+    full = MerkleTree([r.leaf_hash for r in await log.store.rows(0, 400)])
+    for old, new in ((50, 100), (100, 230), (230, 300)):
+        assert (await log.consistency_proof(old, new))[0] == full.consistency_proof(old, new)
+    await _prune(log)
+    cut = (await log.store.pruned()).before  # type: ignore[union-attr]
+    assert 100 < cut < 230
+    for old, new in ((cut, 300), (240, 400), (300, 400)):
+        assert (await log.consistency_proof(old, new))[0] == full.consistency_proof(old, new)
+    assert (await log.inclusion_proof(cut, 300))[0] == full.inclusion_proof(cut, 300)
+    await log.close()
+
+
 def _root_at(checkpoints: list[object], size: int) -> bytes:
     (checkpoint,) = [c for c in checkpoints if c.size == size]  # type: ignore[attr-defined]
     return checkpoint.root  # type: ignore[attr-defined,no-any-return]

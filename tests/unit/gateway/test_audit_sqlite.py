@@ -472,3 +472,24 @@ async def test_a_record_and_its_outbound_report_are_durable_together_or_not_at_a
     assert (await store.append(make_record(2), Outbound("330000", b"{}"))).index == 1
     assert [p.index for p in await store.outbox("330000", 10)] == [0, 1]
     await store.close()
+
+
+async def test_a_batch_is_committed_as_its_records_one_by_one(tmp_path: Path) -> None:
+    """`append_many` (a batch without a coroutine each) stores what `append` stores, in order;
+    beyond `max_pending` waiting records the whole batch is refused, none taken."""
+    records = [make_record(i) for i in range(5)]
+    stores = [SqliteAuditStore(tmp_path / "one.db"), SqliteAuditStore(tmp_path / "batch.db")]
+    for store in stores:
+        await store.open()
+    for record in records:
+        await stores[0].append(record)
+    appended = await asyncio.gather(*stores[1].append_many(records))
+    assert [a.index for a in appended] == list(range(5))
+    assert await stores[1].rows(0, 5) == await stores[0].rows(0, 5)
+    assert await stores[1].head() == await stores[0].head()
+    stores[1].max_pending = 3
+    with pytest.raises(AuditUnavailable, match="waiting for the writer"):
+        stores[1].append_many(records[:4])
+    assert stores[1].append_many([]) == []
+    for store in stores:
+        await store.close()

@@ -29,6 +29,7 @@ from gateway.reports import (
     AccessReporter,
     BatchRefused,
     ReportFormatError,
+    _format,
     batch_payload,
     sign_batch,
     verify_batch,
@@ -105,6 +106,43 @@ def test_a_report_round_trips_through_its_document_and_its_message() -> None:
 def test_a_malformed_report_is_refused(changes: dict[str, object]) -> None:
     with pytest.raises(ReportFormatError):
         report(**changes)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"request_id": ""},
+        {"request_id": "r 1"},
+        {"request_id": "11010519491231002X"},
+        {"request_id": 7},
+        {"case_id": "x" * 300, "request_id": "r 1"},
+        {"fields": ("uscc", "uscc"), "request_id": ""},
+        {"request_id": "req-2"},
+    ],
+)
+def test_a_report_like_the_last_well_formed_one_is_checked_as_any_other(
+    changes: dict[str, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A report equal to the last well-formed one but for its request id (and time) has only
+    its request id checked: the outcome, and the message of a refusal, are the same as when no
+    report was checked before."""
+
+    def outcome() -> str:
+        try:
+            report(**changes)
+        except (ReportFormatError, TypeError) as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return "well formed"
+
+    class Forgetful(list[tuple[object, ...]]):
+        def __setitem__(self, index: Any, value: Any) -> None:
+            pass  # nothing kept: every report is checked in full
+
+    report()  # the last well-formed report
+    after_one = outcome()
+    monkeypatch.setattr(_format, "_LAST_FORM", Forgetful([()]))
+    assert outcome() == after_one
+    assert after_one == "well formed" or changes.get("request_id") != "req-2"
 
 
 def test_a_document_with_other_keys_is_refused() -> None:
@@ -245,6 +283,50 @@ def test_batches_with_a_wrong_payload_are_refused(fed: Federation, registry: Reg
         "REQUEST_TOO_LARGE",
         None,
     )
+
+
+def test_signed_reports_equal_to_known_documents_are_the_same_reports(
+    fed: Federation, registry: Registry
+) -> None:
+    """`known` (the reports sent beside the batch, as parsed) spares a second check of each
+    signed report equal to its known document: what the batch holds is the same either way,
+    and a signed report that differs from its known one is still checked (and refused)."""
+    made = [report(), report(request_id="req-2", case_id="case 7", fields=("uscc",))]
+    jws = signed(fed, made)
+    plain = verify(registry, jws)
+    for known in ([r.document() for r in made], [made[0].document()], []):
+        batch = verify_batch(
+            jws,
+            registry=registry,
+            reporting_region="510000",
+            owner_region="330000",
+            now=datetime.now(UTC),
+            known=known,
+        )
+        assert batch == plain
+        assert list(batch.documents) == [r.document() for r in made]
+        assert [type(r.accessed_at.tzinfo) for r in batch.reports] == [type(UTC)] * 2
+    key, kid = audit_key(fed, "510000")
+    document = json.loads(
+        batch_payload(
+            reporting_region="510000",
+            owner_region="330000",
+            batch_id="b",
+            issued_at=NOW,
+            reports=made,
+        )
+    )
+    document["reports"][1]["subject_pseudonym"] = "110101199003074512"
+    with pytest.raises(BatchRefused) as caught:
+        verify_batch(
+            sign_batch(canonical_json(document), key, kid),
+            registry=registry,
+            reporting_region="510000",
+            owner_region="330000",
+            now=datetime.now(UTC),
+            known=[r.document() for r in made],
+        )
+    assert (caught.value.reason, caught.value.index) == ("INVALID_ARGUMENT_FORMAT", 1)
 
 
 # -- the reporter: the audit log is the outbox --------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -21,6 +22,7 @@ from flow_support import (
     DataSystem,
     Store,
     agency_caller,
+    audit_key,
     gateway_caller,
     owner_flow,
     si_request,
@@ -34,7 +36,7 @@ from gateway.errors import Refusal
 from gateway.flows import ForwardCall, Forwarded, IntakeCall, ReportIntake
 from gateway.reports import MAX_REPORTS_PER_BATCH, AccessReport, batch_payload, sign_batch
 from registry import KeyState, KeyUsage, Registry
-from signer import load_private_key
+from signer import canonical_json, load_private_key
 
 USCC = "11330000171521337R"
 
@@ -314,3 +316,29 @@ async def test_a_batch_of_one_answer_is_recorded_and_retried_in_part(world: Worl
     recorded = world.backends.records()[1:]
     assert [r.request_id for r in recorded] == [r.request_id for r in reports[:-1]]
     assert [r.time for r in recorded] == [r.accessed_at for r in reports[:-1]]
+
+
+async def test_a_time_signed_in_another_form_still_matches_the_report_sent(world: World) -> None:
+    """The sent reports are compared with the signed objects first; a time signed in another
+    form than the one a report's document writes (fewer digits of the second) still matches
+    the same report sent beside it, as parsed."""
+    answer = await world.answer()
+    made = world.report(answer, accessed_at=NOW + timedelta(seconds=30, microseconds=500000))
+    call = world.call([made])
+    key, kid = audit_key(world.fed)
+    document = json.loads(
+        batch_payload(
+            reporting_region=REQUESTER,
+            owner_region=OWNER,
+            batch_id="batch-1",
+            issued_at=NOW,
+            reports=[made],
+        )
+    )
+    signed_time = document["reports"][0]["accessed_at"]
+    document["reports"][0]["accessed_at"] = signed_time.replace(".500000Z", ".5Z")
+    assert document["reports"][0]["accessed_at"] != signed_time
+    call = dataclasses.replace(call, jws=sign_batch(canonical_json(document), key, kid))
+    (recorded,) = await world.intake().report_access(call)
+    assert world.backends.records()[-1].time == made.accessed_at
+    assert (recorded,) == await world.intake().report_access(call)  # a retry: named again
