@@ -5,7 +5,8 @@ header's `x5t#S256`, never a key or chain carried only in the header. The chain 
 `cryptography.x509.verification` against the anchors of the key's own region, at the claimed
 signing time; revocation comes from the registry's key states and the region's CRLs, checked
 after path validation (pyca has no revocation step). Verified chains are cached per key and
-registry version, so a repeated verification costs one signature check.
+registry version, so a repeated verification costs one signature check; a compact seal whose
+header passed before is repeated without parsing (`signer._verify_fast`).
 """
 
 from __future__ import annotations
