@@ -51,9 +51,10 @@ _SIGNED_PAYLOAD_B64: Final = _FIELDS.index("signed_payload_b64")
 _DETACHED_PAYLOAD: Final = _FIELDS.index("detached_payload")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Verdict:
-    """A validation that passed, and what a repeat of it must check again."""
+    """A validation that passed, and what a repeat of it must check again. Only `report` and
+    `fields` change (the last report given, and its fields once another payload needs them)."""
 
     trust: TrustSource  # the very trust source (registry version) it passed against
     expected_kind: SignatureKind | None
@@ -64,7 +65,8 @@ class Verdict:
     public_key: PublicKey
     now_from: datetime  # the validation times for which the time-dependent checks pass
     now_until: datetime
-    fields: tuple[Any, ...]  # the report of the pass, field by field (`_FIELDS`)
+    report: ValidationReport  # the last report given: the same seal gets the same (frozen) one
+    fields: tuple[Any, ...] = ()  # `report` field by field (`_FIELDS`), made when first needed
 
 
 class Verdicts:
@@ -72,10 +74,14 @@ class Verdicts:
 
     def __init__(self) -> None:
         self._by_header: dict[str, Verdict] = {}
+        # Hashes of the headers that passed once: a verdict is kept from the second pass on,
+        # so a stream of seals each seen once (distinct signing times) costs a set entry each.
+        self._seen: set[int] = set()
 
     def clear(self) -> None:
         """Forget every verdict (a new trust source: keys, states and CRLs may differ)."""
         self._by_header = {}
+        self._seen = set()
 
     def remember(self, run: Run, request: Request, report: ValidationReport) -> None:
         """Remember the validation `run` that passed, reported as `report`, if it may be
@@ -84,6 +90,12 @@ class Verdicts:
         if not isinstance(jws, str) or not run.header_b64:
             return
         if len(run.header_b64) > MAX_CACHED_HEADER_BYTES or run.facts is None:
+            return
+        seen = hash(run.header_b64)
+        if seen not in self._seen:
+            if len(self._seen) >= MAX_VERDICTS:
+                self._seen = set()
+            self._seen.add(seen)
             return
         public_key = run.facts.public_key
         detached = request.detached_payload is not None
@@ -100,7 +112,7 @@ class Verdicts:
             public_key=public_key,
             now_from=run.now_from,
             now_until=run.now_until,
-            fields=tuple(getattr(report, name) for name in _FIELDS),
+            report=report,
         )
         if len(self._by_header) >= MAX_VERDICTS:
             self._by_header = {}
@@ -155,9 +167,21 @@ class Verdicts:
             return None
         if not verify_fitted(verdict.algorithm, verdict.public_key, signed, signature):
             return None
-        values: list[Any] = list(verdict.fields)  # the report of the pass, with this call's payload
-        if verdict.detached:
-            values[_DETACHED_PAYLOAD] = detached_payload
-        else:
-            values[_SIGNED_PAYLOAD_B64] = jws[first + 1 : last]
-        return ValidationReport(*values)
+        return _report(verdict, jws[first + 1 : last], detached_payload)
+
+
+def _report(verdict: Verdict, payload_b64: str, detached_payload: bytes | None) -> ValidationReport:
+    """The passing report for this payload: the last one given if it names the same payload
+    (a report is a frozen value), else the last one with this payload in its place."""
+    last = verdict.report
+    if last.signed_payload_b64 == payload_b64 and last.detached_payload == detached_payload:
+        return last
+    if not verdict.fields:
+        verdict.fields = tuple(getattr(last, name) for name in _FIELDS)
+    values = list(verdict.fields)
+    if verdict.detached:
+        values[_DETACHED_PAYLOAD] = detached_payload
+    else:
+        values[_SIGNED_PAYLOAD_B64] = payload_b64
+    verdict.report = report = ValidationReport(*values)
+    return report

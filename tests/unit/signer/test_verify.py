@@ -1026,7 +1026,10 @@ def test_a_repeat_rechecks_each_part_that_may_differ(world: World) -> None:
     detached = world.seal("region seal", detached=True)
     first = verifier.validate(jws)
     assert first.passed
-    assert verifier.validate(detached, detached_payload=PAYLOAD).passed
+    for _ in range(2):  # a verdict is kept from a header's second pass on
+        assert verifier.validate(jws) == first
+        assert verifier.validate(detached, detached_payload=PAYLOAD).passed
+    assert len(verifier._verdicts._by_header) == 2
     header, payload, signature = jws.split(".")
     other = world.seal("region seal", payload=OTHER_PAYLOAD).split(".")[1]
     impostor = world.forge(world.header("region seal"), signer="510000 seal").split(".")[2]
@@ -1051,8 +1054,13 @@ def test_a_repeat_rechecks_each_part_that_may_differ(world: World) -> None:
         assert report.sub_indication is sub, text
         fresh = SealVerifier(world.trust, clock=lambda: NOW)
         assert report == fresh.validate(text, detached_payload=supplied)
+    # Another payload under the same header, signed by the key: its own payload is reported.
+    other_seal = _signed(world, f"{header}.{b64url(OTHER_PAYLOAD)}")
+    for _ in range(2):
+        assert verifier.validate(other_seal).payload == OTHER_PAYLOAD
     # The original still passes, with the report of its first validation.
     assert verifier.validate(jws) == first
+    assert verifier.validate(jws).payload == PAYLOAD
     assert verifier.validate(f" {jws}\n") == first
     repeated = verifier.validate(detached, detached_payload=PAYLOAD)
     assert repeated.passed
@@ -1064,6 +1072,7 @@ def test_a_repeat_rechecks_the_validation_time(world: World) -> None:
     verifier = SealVerifier(world.trust, clock=lambda: NOW)
     jws = world.seal("one-day seal")  # valid until T0 + 1 day
     assert verifier.validate(jws).passed
+    assert verifier.validate(jws).passed  # remembered from its second pass
     not_after = world.keys["one-day seal"].certificate_chain[0].not_valid_after_utc
     tick = timedelta(microseconds=1)
     skew = timedelta(minutes=5)
@@ -1079,6 +1088,7 @@ def test_a_repeat_rechecks_the_validation_time(world: World) -> None:
             jws, validation_time=at
         )
     long_lived = world.seal("region seal")
+    assert verifier.validate(long_lived).passed
     assert verifier.validate(long_lived).passed
     for at, sub in (
         (CRL_NEXT_UPDATE, None),
@@ -1096,12 +1106,13 @@ def test_a_key_revoked_in_a_new_registry_version_is_refused_after_repeats(
     kid = fed.active("330000", KeyUsage.SEAL)
     jws = seal(PAYLOAD, provider_of(fed, kid), signing_time=SIGNED)
     verifier = SealVerifier(v1, clock=lambda: NOW)
-    assert verifier.validate(jws).passed
-    assert verifier.validate(jws).passed  # repeated
+    for _ in range(3):  # remembered at the second, repeated at the third
+        assert verifier.validate(jws).passed
     assert verifier._verdicts._by_header
     verifier.use(RegistryTrust(published_registry(fed)))  # the same version, another source
     assert not verifier._verdicts._by_header
-    assert verifier.validate(jws).passed
+    for _ in range(3):
+        assert verifier.validate(jws).passed
 
     inventory = fed.inventory()
     inventory.revoke(kid, at=SIGNED - timedelta(minutes=5), reason="keyCompromise")
@@ -1128,6 +1139,15 @@ class _CountingFetcher:
 
     def check(self, *args: object, **kwargs: object) -> None:
         self.asked += 1
+
+
+def test_a_seal_seen_once_is_not_remembered(world: World) -> None:
+    verifier = SealVerifier(world.trust, clock=lambda: NOW)
+    for second in range(5):
+        assert verifier.validate(
+            world.seal("region seal", at=SIGNED + timedelta(seconds=second))
+        ).passed
+    assert not verifier._verdicts._by_header
 
 
 def test_a_validation_that_asked_online_is_not_repeated(world: World) -> None:
