@@ -130,7 +130,7 @@ class Verdicts:
     ) -> ValidationReport | None:
         """The report of a remembered validation that this one repeats and passes, re-checking
         what the module docstring lists; None (validate in full) on any difference."""
-        if not isinstance(jws, str):
+        if not self._by_header or not isinstance(jws, str):
             return None
         jws = jws.strip()  # as `parse_compact`
         first = jws.find(".")
