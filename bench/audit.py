@@ -8,6 +8,11 @@ Every append is awaited until its record is durable (SQLite WAL with synchronous
 committed PostgreSQL transaction), exactly as the gateway awaits it before answering. Records
 are the size of a typical query's audit record. PostgreSQL uses a throw-away schema that is
 dropped at the end. Targets (issue 4): >= 20k/s SQLite and >= 5k/s PostgreSQL with 64 writers.
+
+The writers cycle through 4096 records made in advance, one second apart, each writer from its
+own offset: the times arrive out of order, so each index keyed by time takes its entries at
+scattered places. `--ordered` appends records made in advance in time order instead (a
+gateway stamps each record as it appends it), `ORDERED_PER_SECOND` of them per measured second.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from psycopg import sql
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from audit_contract import make_record
 
-from gateway.audit import AuditStore
+from gateway.audit import AuditRecord, AuditStore
 from gateway.audit._postgres import PostgresAuditStore
 from gateway.audit._sqlite import SqliteAuditStore
 
@@ -39,6 +44,8 @@ DEFAULT_PG = "host=127.0.0.1 port=5432 user=postgres dbname=test connect_timeout
 
 
 RECORDS = [make_record(i) for i in range(4096)]  # built before timing: the store is measured
+ORDERED: list[AuditRecord] = []  # --ordered: records in time order, appended in that order
+ORDERED_PER_SECOND = 40_000  # records made for --ordered per measured second
 
 
 async def measure(store: AuditStore, writers: int, seconds: float) -> tuple[float, int]:
@@ -51,12 +58,16 @@ async def measure(store: AuditStore, writers: int, seconds: float) -> tuple[floa
         nonlocal counter
         i = 0
         while time.perf_counter() < stop:
-            await store.append(RECORDS[(w * 64 + i) % len(RECORDS)])
+            if ORDERED:  # the next record in time order, whichever writer is free
+                record = ORDERED[(writers + counter) % len(ORDERED)]
+            else:
+                record = RECORDS[(w * 64 + i) % len(RECORDS)]
             counter += 1
+            await store.append(record)
             i += 1
 
     for w in range(writers):  # warm-up: one append each
-        await store.append(RECORDS[w])
+        await store.append((ORDERED or RECORDS)[w])
     started = time.perf_counter()
     stop = started + seconds
     await asyncio.gather(*(writer(w) for w in range(writers)))
@@ -118,12 +129,19 @@ def main() -> int:
     )
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument(
+        "--ordered",
+        action="store_true",
+        help="append records in time order, as a gateway does (see the module docstring)",
+    )
+    parser.add_argument(
         "--stores",
         type=_stores,
         default=("sqlite", "postgres"),
         help="which stores to measure, comma-separated (default sqlite,postgres)",
     )
     args = parser.parse_args()
+    if args.ordered:
+        ORDERED.extend(make_record(i) for i in range(int(ORDERED_PER_SECOND * args.seconds) + 64))
     print(
         f"machine: {os.cpu_count()} cpus, Python {platform.python_version()}, SQLite {__import__('sqlite3').sqlite_version}"
     )

@@ -5,7 +5,8 @@ header's `x5t#S256`, never a key or chain carried only in the header. The chain 
 `cryptography.x509.verification` against the anchors of the key's own region, at the claimed
 signing time; revocation comes from the registry's key states and the region's CRLs, checked
 after path validation (pyca has no revocation step). Verified chains are cached per key and
-registry version, so a repeated verification costs one signature check.
+registry version, so a repeated verification costs one signature check; a compact seal whose
+header passed before is repeated without parsing (`signer._verify_fast`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,10 @@ from signer._report import Indication, SignatureKind, SubIndication, ValidationR
 from signer._revocation_fetch import RevocationFetcher
 from signer._timestamps import TimeStampClient
 from signer._trust import TrustedKey, TrustSource
+from signer._verify_fast import Verdicts
 from signer._verify_helpers import (
+    EARLIEST,
+    LATEST,
     Chain,
     Facts,
     Fail,
@@ -72,6 +76,7 @@ class SealVerifier:
         self._online = revocation
         self._facts: dict[str, Facts] = {}  # by kid, for self._trust.version only
         self._x5c_thumbprints: dict[str, str] = {}  # x5c[0] text -> its thumbprint
+        self._verdicts = Verdicts()  # passing validations of compact seals, by header
 
     @property
     def trust(self) -> TrustSource:
@@ -91,6 +96,8 @@ class SealVerifier:
         """Switch to a newer trust source (a registry swap); cached chains are dropped."""
         if trust.version != self._trust.version:
             self._facts = {}
+        if trust is not self._trust:
+            self._verdicts.clear()
         self._trust = trust
 
     def verify(
@@ -147,6 +154,16 @@ class SealVerifier:
         """
         trust = self._trust
         now = validation_time or self._clock()
+        repeated = self._verdicts.repeat(
+            jws,
+            detached_payload,
+            now,
+            trust,
+            expected_kind=expected_kind,
+            expected_region=expected_owner_region,
+        )
+        if repeated is not None:
+            return repeated
         # The checks are recorded only when they are needed: a passing validation reuses the
         # checks recorded the first time this key passed in this form; a failing one is run
         # again, recording, so that its report lists every check up to the failure.
@@ -173,7 +190,10 @@ class SealVerifier:
             f", existing at {run.proof:%Y-%m-%d %H:%M:%SZ} by a time-stamp," if run.proof else ""
         )
         message = f"e-{run.kind or 'signature'} by {key.owner_name or key.owner} ({key.region}) made at {when}{proved} is valid"
-        return self._report(run, trust, None, message)
+        report = self._report(run, trust, None, message)
+        if run.repeatable and not run.embedded:
+            self._verdicts.remember(run, request, report)
+        return report
 
     def _execute(self, run: Run, request: Request) -> Fail | None:
         """Run the checks of `validate`; the failure, or None when every check passed."""
@@ -185,6 +205,9 @@ class SealVerifier:
         )
         try:
             parsed = self._parse(run, jws)  # (0)
+            run.header_b64 = parsed.header_b64
+            if run.validation:  # what the seal embeds is judged afresh each time
+                run.repeatable = False
             self._check_header(run, parsed, now)  # (1)
             self._check_algorithm(run, parsed)  # (2)
             key = self._identify_key(run, parsed, trust)  # (3)
@@ -288,6 +311,10 @@ class SealVerifier:
                 SubIndication.FORMAT_FAILURE,
                 f"the signing time {run.signing_time:%Y-%m-%dT%H:%M:%SZ} is in the future",
             )
+        try:
+            run.during(run.signing_time - CLOCK_SKEW, LATEST)
+        except OverflowError:  # a signing time in year 1: not worth remembering
+            run.repeatable = False
         run.sig_d = "sigD" in header
         cty = header.get("cty", "")
         run.content_type = cty if isinstance(cty, str) else ""
@@ -544,6 +571,7 @@ class SealVerifier:
                 SubIndication.OUT_OF_BOUNDS_NO_POE,
                 f"the certificate expired at {facts.not_after:%Y-%m-%dT%H:%M:%SZ}; without a time-stamp the signing time cannot be proved",
             )
+        run.during(EARLIEST, facts.not_after)
         run.ok("validity now", "certificate still valid")
 
     @staticmethod

@@ -50,6 +50,8 @@ _REGISTERED_HEADERS: Final = frozenset(
 )
 _UNDERSTOOD_CRITICAL: Final = frozenset({"sigD"})
 MAX_CHAIN_DEPTH: Final = 4
+EARLIEST: Final = datetime.min.replace(tzinfo=UTC)
+LATEST: Final = datetime.max.replace(tzinfo=UTC)
 # Revocation reasons that say nothing against signatures made before the revocation.
 BENIGN_REASONS: Final = frozenset(
     {
@@ -100,6 +102,20 @@ class Run:
     embedded: bool = False  # JSON-serialised: its checks (format, revocation) are its own
     proof: datetime | None = None  # proof of existence of the signature (a sigTst's genTime)
     tsa: str = ""  # the subject of the TSA whose time-stamp gave `proof`
+    header_b64: str = ""  # the protected header as it came (the key of `signer._verify_fast`)
+    # The validation times for which every time-dependent check passes as it did in this run
+    # (signing time not ahead of the clock, CRLs current, certificate still valid), and whether
+    # the outcome depends on nothing else but the JWS, the trust source and the caller's
+    # expectations (no online responder, embedded data or time-stamp): what lets
+    # `signer._verify_fast` repeat a passing validation without running every step again.
+    now_from: datetime = EARLIEST
+    now_until: datetime = LATEST
+    repeatable: bool = True
+
+    def during(self, start: datetime, end: datetime) -> None:
+        """The checks just run pass only for validation times in [start, end]."""
+        self.now_from = max(self.now_from, start)
+        self.now_until = min(self.now_until, end)
 
     def ok(self, name: str, detail: str = "") -> None:
         if self.record:

@@ -233,6 +233,8 @@ def check_revocation(
         notes.append(f"{embedded.ignored} embedded item(s) about no certificate of the chain")
     crls = trust.crls(key.region)
     if 0 not in embedded.statuses:  # (3) the network, only for what the seal does not carry
+        if online is not None:  # its answer may change from one validation to the next
+            run.repeatable = False
         fetched, said = check_online(run, online, chain, crls)
         if fetched is not None and fetched.status is CertStatus.REVOKED:
             assert fetched.revoked_at is not None
@@ -260,6 +262,10 @@ def check_revocation(
             SubIndication.TRY_LATER,
             f"the region {key.region} CRLs are not current (next update {revocation.fresh_until:%Y-%m-%dT%H:%M:%SZ}): a newer registry is needed",
         )
+    try:  # the bounds of `_current`
+        run.during(revocation.fresh_from - skew, revocation.fresh_until)
+    except OverflowError:  # a CRL of year 1: not worth remembering
+        run.repeatable = False
     if revocation.revoked is not None:
         revocation_outcome(run, *revocation.revoked)
         return

@@ -47,7 +47,13 @@ from gateway.audit._checkpoint import Checkpoint
 from gateway.audit._merkle import CompactRange, ProofError, leaf_hashes
 from gateway.audit._record import AuditRecord
 from gateway.audit._sqlite_reader import SqliteReader
-from gateway.audit._sqlite_schema import RECORDS_NO_DELETE, SCHEMA_VERSION, blob, migrate
+from gateway.audit._sqlite_schema import (
+    RECORDS_NO_DELETE,
+    SCHEMA_VERSION,
+    WRITER,
+    blob,
+    migrate,
+)
 from gateway.audit._store import (
     MAX_PENDING_APPENDS,
     AlsoWrite,
@@ -366,8 +372,8 @@ class SqliteAuditStore:
         conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
         try:
             self._require_wal(conn)
-            conn.execute("PRAGMA synchronous = FULL")
-            conn.execute("PRAGMA foreign_keys = ON")
+            for pragma in WRITER:  # synchronous = FULL among them
+                conn.execute(f"PRAGMA {pragma}")
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
         except BaseException:
             conn.close()

@@ -15,6 +15,7 @@ __all__ = [
     "QUERY_COLUMNS",
     "RECORDS_NO_DELETE",
     "SCHEMA_VERSION",
+    "WRITER",
     "blob",
     "migrate",
     "time_text",
@@ -23,6 +24,14 @@ __all__ = [
 log = logging.getLogger("tongban.audit")
 
 SCHEMA_VERSION = 6
+
+# The PRAGMAs of the writing connection. `synchronous = FULL`: a WAL commit is durable when it
+# returns. `wal_autocheckpoint`: the commit that takes the WAL past this many pages (16 MB at
+# 4 KB) copies it into the database file; SQLite's default, 1000, checkpointed every few
+# batches when each batch dirties a page per index entry (records appended out of time order),
+# copying the same hot pages (each index's newest) again each time. 4000 cut the commit's CPU
+# per record by ~15 % in `bench/audit.py` (bench/RESULTS.md, issue 20); durability is the WAL's.
+WRITER = ("synchronous = FULL", "foreign_keys = ON", "wal_autocheckpoint = 4000")
 
 
 def _generated(key: str) -> str:

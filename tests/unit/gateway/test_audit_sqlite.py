@@ -150,6 +150,25 @@ async def test_the_schema_is_created_with_its_indexes_and_triggers(db: Path) -> 
         assert "INDEX audit_records_subject" in plan
 
 
+async def test_the_writer_commits_durably_and_checkpoints_the_wal(db: Path) -> None:
+    """`synchronous = FULL` (a WAL commit is durable when it returns), and the WAL copied into
+    the file once past its bound: nothing is lost across a reopen without a checkpoint."""
+    store = SqliteAuditStore(db)
+    await store.open()
+    conn = store._connect_writer()  # configured as the writer thread's connection is
+    try:
+        assert conn.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL
+        assert conn.execute("PRAGMA wal_autocheckpoint").fetchone() == (4000,)
+        assert conn.execute("PRAGMA foreign_keys").fetchone() == (1,)
+    finally:
+        conn.close()
+    for i in range(5):
+        await store.append(make_record(i))
+    await store.close()
+    with _raw(db) as raw:
+        assert raw.execute("SELECT count(*) FROM audit_records").fetchone() == (5,)
+
+
 async def test_a_newer_schema_version_is_refused(db: Path) -> None:
     await _fill(db, 3, checkpoint=False)
     with _raw(db) as conn:

@@ -978,3 +978,184 @@ def test_large_x5c_certificates_are_not_remembered(world: World) -> None:
     assert sum(len(text) for text in verifier._x5c_thumbprints) == 0
     assert verifier.validate(world.seal("region seal")).passed
     assert len(verifier._x5c_thumbprints) == 1  # a real certificate is still remembered
+
+
+# -- the repeat of a passing validation (signer._verify_fast) ----------------------------------
+
+
+def _prime(verifier: SealVerifier, world: World, attempt: Attempt) -> None:
+    """Let `verifier` see a seal of every key pass, attached and detached, with and without the
+    attempt's expectations: each that passes is remembered by its header (signed at SIGNED, as
+    the seals of the table are, so their headers are the same)."""
+    for key in world.keys:
+        for detached in (False, True):
+            jws = world.seal(key, detached=detached)
+            payload = PAYLOAD if detached else None
+            verifier.validate(jws, detached_payload=payload)
+            verifier.validate(
+                jws,
+                detached_payload=payload,
+                expected_kind=attempt.kind,
+                expected_owner_region=attempt.region,
+            )
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_failure_after_a_pass_of_the_same_header(world: World, name: str) -> None:
+    """A verifier that remembers passes of the very header an attempt carries (tampered payload
+    or signature, another validation time, other expectations, a malformed part) still reports
+    each failure exactly as a fresh verifier does."""
+    attempt = CASES[name].make(world)
+    verifier = _verifier(world, attempt)
+    _prime(verifier, world, attempt)
+    assert verifier._verdicts._by_header  # the memory under test
+    report = _validate(verifier, attempt)
+    assert not report.passed
+    assert report == _validate(_verifier(world, attempt), attempt)
+
+
+def _signed(world: World, signing_input: str) -> str:
+    """`signing_input` and the region seal key's signature over it, as a signer would add it."""
+    signature = world.keys["region seal"].sign(signing_input.encode())
+    return f"{signing_input}.{b64url(signature)}"
+
+
+def test_a_repeat_rechecks_each_part_that_may_differ(world: World) -> None:
+    verifier = SealVerifier(world.trust, clock=lambda: NOW)
+    jws = world.seal("region seal")
+    detached = world.seal("region seal", detached=True)
+    first = verifier.validate(jws)
+    assert first.passed
+    for _ in range(2):  # a verdict is kept from a header's second pass on
+        assert verifier.validate(jws) == first
+        assert verifier.validate(detached, detached_payload=PAYLOAD).passed
+    assert len(verifier._verdicts._by_header) == 2
+    header, payload, signature = jws.split(".")
+    other = world.seal("region seal", payload=OTHER_PAYLOAD).split(".")[1]
+    impostor = world.forge(world.header("region seal"), signer="510000 seal").split(".")[2]
+    attempts: list[tuple[str, bytes | None, SubIndication]] = [
+        (f"{header}.{other}.{signature}", None, SubIndication.SIG_CRYPTO_FAILURE),
+        (f"{header}.{payload}.{impostor}", None, SubIndication.SIG_CRYPTO_FAILURE),
+        (f"{header}.{payload}+.{signature}", None, SubIndication.FORMAT_FAILURE),
+        (f"{header}.{payload}.{signature}.", None, SubIndication.FORMAT_FAILURE),
+        (f"{header}.{payload}.{signature}=", None, SubIndication.FORMAT_FAILURE),
+        (f"{header}.{payload}A.{signature}", None, SubIndication.FORMAT_FAILURE),
+        (f"{header}.{payload}é.{signature}", None, SubIndication.FORMAT_FAILURE),
+        (jws, PAYLOAD, SubIndication.FORMAT_FAILURE),  # a payload for an attached seal
+        # signed by the key itself, yet malformed: a payload part outside base64url, four parts
+        (_signed(world, f"{header}.{payload[:-4]}+/+/"), None, SubIndication.FORMAT_FAILURE),
+        (_signed(world, f"{header}.{payload}.{payload}"), None, SubIndication.FORMAT_FAILURE),
+        (_signed(world, f"{header}.{payload}A"), None, SubIndication.FORMAT_FAILURE),
+        (detached, None, SubIndication.SIGNED_DATA_NOT_FOUND),
+        (detached, OTHER_PAYLOAD, SubIndication.HASH_FAILURE),
+    ]
+    for text, supplied, sub in attempts:
+        report = verifier.validate(text, detached_payload=supplied)
+        assert report.sub_indication is sub, text
+        fresh = SealVerifier(world.trust, clock=lambda: NOW)
+        assert report == fresh.validate(text, detached_payload=supplied)
+    # Another payload under the same header, signed by the key: its own payload is reported.
+    other_seal = _signed(world, f"{header}.{b64url(OTHER_PAYLOAD)}")
+    for _ in range(2):
+        assert verifier.validate(other_seal).payload == OTHER_PAYLOAD
+    # The original still passes, with the report of its first validation.
+    assert verifier.validate(jws) == first
+    assert verifier.validate(jws).payload == PAYLOAD
+    assert verifier.validate(f" {jws}\n") == first
+    repeated = verifier.validate(detached, detached_payload=PAYLOAD)
+    assert repeated.passed
+    assert repeated.payload == PAYLOAD
+
+
+def test_a_repeat_rechecks_the_validation_time(world: World) -> None:
+    """The bounds of each time-dependent check, just inside and just outside, after a pass."""
+    verifier = SealVerifier(world.trust, clock=lambda: NOW)
+    jws = world.seal("one-day seal")  # valid until T0 + 1 day
+    assert verifier.validate(jws).passed
+    assert verifier.validate(jws).passed  # remembered from its second pass
+    not_after = world.keys["one-day seal"].certificate_chain[0].not_valid_after_utc
+    tick = timedelta(microseconds=1)
+    skew = timedelta(minutes=5)
+    for at, sub in (
+        (SIGNED - skew, None),
+        (SIGNED - skew - tick, SubIndication.FORMAT_FAILURE),  # signed in the future
+        (not_after, None),
+        (not_after + tick, SubIndication.OUT_OF_BOUNDS_NO_POE),
+    ):
+        report = verifier.validate(jws, validation_time=at)
+        assert report.sub_indication is sub, at
+        assert report == SealVerifier(world.trust, clock=lambda: NOW).validate(
+            jws, validation_time=at
+        )
+    long_lived = world.seal("region seal")
+    assert verifier.validate(long_lived).passed
+    assert verifier.validate(long_lived).passed
+    for at, sub in (
+        (CRL_NEXT_UPDATE, None),
+        (CRL_NEXT_UPDATE + tick, SubIndication.TRY_LATER),  # the CRLs are no longer current
+    ):
+        assert verifier.validate(long_lived, validation_time=at).sub_indication is sub
+
+
+def test_a_key_revoked_in_a_new_registry_version_is_refused_after_repeats(
+    tmp_path: Path,
+) -> None:
+    fed = make_federation(tmp_path, now=T0)
+    fed.publish(now=PUBLISHED)
+    v1 = RegistryTrust(published_registry(fed))
+    kid = fed.active("330000", KeyUsage.SEAL)
+    jws = seal(PAYLOAD, provider_of(fed, kid), signing_time=SIGNED)
+    verifier = SealVerifier(v1, clock=lambda: NOW)
+    for _ in range(3):  # remembered at the second, repeated at the third
+        assert verifier.validate(jws).passed
+    assert verifier._verdicts._by_header
+    verifier.use(RegistryTrust(published_registry(fed)))  # the same version, another source
+    assert not verifier._verdicts._by_header
+    for _ in range(3):
+        assert verifier.validate(jws).passed
+
+    inventory = fed.inventory()
+    inventory.revoke(kid, at=SIGNED - timedelta(minutes=5), reason="keyCompromise")
+    inventory.save()
+    fed.publish(now=SIGNED - timedelta(minutes=4))
+    v2 = RegistryTrust(published_registry(fed))
+    assert v2.version == 2
+    verifier.use(v2)
+    for _ in range(2):
+        report = verifier.validate(jws)
+        assert report.sub_indication is SubIndication.REVOKED
+        assert report.registry_version == 2
+
+
+class _CountingFetcher:
+    """An online revocation source that finds the certificate good (nothing to say), counting
+    how often it is asked."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    def now(self) -> datetime:
+        return NOW
+
+    def check(self, *args: object, **kwargs: object) -> None:
+        self.asked += 1
+
+
+def test_a_seal_seen_once_is_not_remembered(world: World) -> None:
+    verifier = SealVerifier(world.trust, clock=lambda: NOW)
+    for second in range(5):
+        assert verifier.validate(
+            world.seal("region seal", at=SIGNED + timedelta(seconds=second))
+        ).passed
+    assert not verifier._verdicts._by_header
+
+
+def test_a_validation_that_asked_online_is_not_repeated(world: World) -> None:
+    fetcher = _CountingFetcher()
+    verifier = SealVerifier(world.trust, clock=lambda: NOW, revocation=fetcher)  # type: ignore[arg-type]
+    jws = world.seal("region seal")
+    for _ in range(3):
+        before = fetcher.asked
+        assert verifier.validate(jws).passed
+        assert fetcher.asked > before  # its answer may change: asked on every validation
+    assert not verifier._verdicts._by_header
