@@ -30,6 +30,7 @@ from gateway.errors import Refusal
 from gateway.identity import Caller, CallerKind, current_caller
 from gateway.metrics import GatewayMetrics
 from gateway.sealing import RegionSealer, SealKeyUnavailable, check_region_seal, staple_of
+from gateway.services._metadata import request_token
 from gateway.services.exchange import QueryPath, sealed_record, wire_seal_format
 from registry import Registry, RegistryError, RegistryStore
 from signer import (
@@ -205,16 +206,12 @@ class CredentialsService(credentials_pb2_grpc.CredentialsServicer):
             case_id=request.case_id,
             request_id=request.request_id,
         )
-        token = next(
-            (
-                v.removeprefix("Bearer ").strip()
-                for k, v in context.invocation_metadata() or ()
-                if k == "authorization" and isinstance(v, str)
-            ),
-            "",
-        )
         answer = await self.query_path.query(
-            query, context, token=token, rpc=rpcs.FETCH, credential_type=request.credential_type
+            query,
+            context,
+            token=request_token(context),
+            rpc=rpcs.FETCH,
+            credential_type=request.credential_type,
         )
         report = check_region_seal(
             format=answer.record.format,

@@ -736,3 +736,20 @@ async def test_an_e_credential_is_fetched_from_the_issuing_region_and_verified(
             "market.business_licence",
             "LICENCE-VERIFY",
         )
+        # the token is read as every servicer reads it: a bare token (no Bearer scheme) is none
+        async with grpc.aio.secure_channel(
+            f"localhost:{cluster.ports[region]}", credentials_as(federation, "sc.amr", region)
+        ) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as bare:
+                await credentials_pb2_grpc.CredentialsStub(channel).Fetch(
+                    credentials_pb2.FetchCredentialRequest(
+                        issuing_region="330000",
+                        credential_type="business_licence",
+                        subject_id=business,
+                        request_id=f"cred-{secrets.token_hex(6)}",
+                    ),
+                    metadata=(("authorization", cluster.token("sc.amr")),),
+                    timeout=CALL_TIMEOUT,
+                )
+        assert error_info(bare.value).reason == "TOKEN_INVALID"
+        assert "authorization: Bearer <token>" in (bare.value.details() or "")

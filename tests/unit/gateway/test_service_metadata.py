@@ -22,7 +22,10 @@ class _Context:
     [
         ((("authorization", "Bearer abc.def"),), "abc.def"),
         ((("x-other", "1"), ("authorization", "Bearer  tok  ")), "tok"),
+        ((("authorization", "bearer abc.def"),), "abc.def"),  # the scheme's case is free
         ((("authorization", "Basic abc"),), ""),
+        ((("authorization", "abc.def"),), ""),  # no scheme: not a bearer token
+        ((("authorization", "Bearer a b"),), ""),
         ((("authorization", b"Bearer abc"),), ""),  # a binary value is not a token
         ((), ""),
         (None, ""),
