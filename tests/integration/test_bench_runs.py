@@ -84,32 +84,6 @@ def test_bench_verify_runs(tmp_path: Path) -> None:
     assert out.is_file()
 
 
-def test_bench_query_path_runs(tmp_path: Path) -> None:
-    out = tmp_path / "query_path.json"
-    done = run_bench(
-        "query_path.py",
-        "--seconds",
-        "0.3",
-        "--warmup",
-        "0",
-        "--concurrency",
-        "2",
-        "--channels",
-        "1",
-        "--workers",
-        "",
-        "--no-one-process",
-        "--json",
-        str(out),
-    )
-    assert "whole run" in done.stdout
-    assert out.is_file()
-    # the cost of signing each forward, beside the path that pays it (issue 18)
-    assert "request signing (Peer.Forward)" in done.stdout
-    signing = json.loads(out.read_text(encoding="utf-8"))["request_signing"]
-    assert signing["per_forward_us"] == signing["sign_us"] + signing["verify_us"] > 0
-
-
 def test_bench_soak_runs(tmp_path: Path) -> None:
     out = tmp_path / "soak.json"
     done = run_bench(
@@ -143,8 +117,25 @@ def test_bench_soak_runs(tmp_path: Path) -> None:
 def test_bench_targets_runs(tmp_path: Path) -> None:
     """Issue 20's table: every figure beside its target, from the harnesses it runs."""
     out = tmp_path / "targets.json"
-    done = run_bench("targets.py", "--quick", "--postgres", SUPERUSER_DSN, "--json", str(out))
+    kept = tmp_path / "kept"
+    done = run_bench(
+        "targets.py",
+        "--quick",
+        "--postgres",
+        SUPERUSER_DSN,
+        "--json",
+        str(out),
+        "--keep",
+        str(kept),
+    )
     assert "echo ceiling (this run)" in done.stdout
+    # query_path.py ran whole (this is its smoke run too): with the cost of signing each
+    # forward beside the path that pays it (issue 18)
+    path_output = (kept / "query_path.out").read_text(encoding="utf-8")
+    assert "whole run" in path_output
+    assert "request signing (Peer.Forward)" in path_output
+    signing = json.loads((kept / "query_path.json").read_text(encoding="utf-8"))["request_signing"]
+    assert signing["per_forward_us"] == signing["sign_us"] + signing["verify_us"] > 0
     figures = json.loads(out.read_text(encoding="utf-8"))
     assert len(figures["figures"]) == 13
     missing = [row["figure"] for row in figures["figures"] if row["value"] is None]
