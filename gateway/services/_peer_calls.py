@@ -14,9 +14,13 @@ MAX_GATHER_SECONDS), so that they, too, go as one call per region.
 Each waiting forward gets what a single Forward would have given it: its own answer, or the
 same Refusal (`peer_refusal` maps an item's status exactly as a call's). A failure of the
 whole call (breaker open, no answer in time, UNAVAILABLE) fails each item as that single call
-would have failed. The batch call's deadline is the smallest of its items'; an item whose own
-deadline was later, and whose caller still has time, is told PEER_UNAVAILABLE (not
-DEADLINE_EXCEEDED) as a single call cut short by this gateway's bound is. A peer that answers
+would have failed. Each item keeps its own deadline: the batch call has the latest of its
+items', and an item whose deadline passes first is answered then, as its single call's deadline
+would have ended it, while the others wait on (were the call bound by the earliest, one item
+about to expire would fail the whole batch: under load, queued items near their deadlines would
+fail every item coalesced with them). An item whose caller gave up may still be answered by the
+owner, which then records it as answered, as it would a single call's answer that arrived just
+after its deadline. A peer that answers
 ForwardBatch UNIMPLEMENTED (an older gateway) is sent single Forwards for
 SINGLE_FORWARDS_SECONDS, the batch's items re-sent singly at once. `peer_call` metrics count
 calls, one per batch.
@@ -69,8 +73,6 @@ SINGLE_FORWARDS_SECONDS: Final = 300.0  # a peer without ForwardBatch gets singl
 _PEER_UP_REASONS: Final = frozenset(
     {"AUDIT_UNAVAILABLE", "PROVIDER_UNAVAILABLE", "REGISTRY_STALE", "SEAL_KEY_UNAVAILABLE"}
 )
-# An item whose own deadline ends this close after its batch's was cut short by its own.
-SAME_DEADLINE_SECONDS: Final = 0.01
 _CODES: Final = {code.value[0]: code for code in grpc.StatusCode}
 _CALL_ERRORS: Final = (UnknownPeer, BreakerOpen, TimeoutError, grpc.aio.AioRpcError)
 
@@ -274,7 +276,13 @@ class ForwardCoalescer:
                 waiting = self._queued[region] = []
                 loop.call_soon(self._flush, region)
             waiting.append(queued)
-        outcome = await queued.outcome
+        try:
+            async with asyncio.timeout_at(loop.time() + queued.ends - self._monotonic()):
+                outcome = await queued.outcome  # cancelled by the timeout: not waited for
+        except TimeoutError:  # its own deadline, the batch still out: as its single call ends
+            raise peer_refusal(
+                region, grpc.StatusCode.DEADLINE_EXCEEDED, None, "Deadline Exceeded", queued.ours
+            ) from None
         if isinstance(outcome, _Alone):
             return await self._single(region, queued)
         if isinstance(outcome, Refusal):
@@ -324,8 +332,9 @@ class ForwardCoalescer:
         return answer
 
     async def _batch(self, region: str, chunk: list[_Queued]) -> None:
-        """`Peer.ForwardBatch` of `chunk`, with the smallest of its deadlines; settles each."""
-        ends = min(q.ends for q in chunk)
+        """`Peer.ForwardBatch` of `chunk`, with the latest of its deadlines; settles each (an
+        item whose own deadline passed first was answered by its caller's wait)."""
+        ends = max(q.ends for q in chunk)
         timeout = max(ends - self._monotonic(), 0.01)
         request = exchange_pb2.ForwardBatchRequest(items=[q.forward for q in chunk])
         started = time.perf_counter()
@@ -347,12 +356,8 @@ class ForwardCoalescer:
                 for queued in chunk:
                     queued.settle(_ALONE)
                 return
-            for queued in chunk:  # cut short by another item's deadline: this gateway's bound
-                queued.settle(
-                    _call_refusal(
-                        region, exc, queued.ours or ends + SAME_DEADLINE_SECONDS < queued.ends
-                    )
-                )
+            for queued in chunk:
+                queued.settle(_call_refusal(region, exc, queued.ours))
             return
         except asyncio.CancelledError:
             for queued in chunk:  # no caller is left waiting (or the loop stops)
@@ -375,11 +380,7 @@ class ForwardCoalescer:
                 )
             return
         for queued, item in zip(chunk, answer.results, strict=True):
-            queued.settle(
-                _item_outcome(
-                    region, item, queued.ours or ends + SAME_DEADLINE_SECONDS < queued.ends
-                )
-            )
+            queued.settle(_item_outcome(region, item, queued.ours))
 
     def _count_failure(self, region: str, exc: Exception, started: float) -> None:
         """One failed call in the peer_call metrics (a call that was made: not one refused

@@ -5,6 +5,7 @@ Peer.Forward; each waiting forward gets what a single Forward would have given i
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -73,7 +74,8 @@ class Peers:
                 ids = tuple(i.query.request_id for i in request.items)
                 peers.calls.append((region, "ForwardBatch", ids, timeout))
                 await asyncio.sleep(0)
-                return _answer(peers.batch_with(request))
+                answer = peers.batch_with(request)
+                return _answer(await answer if inspect.isawaitable(answer) else answer)
 
         return Stub()
 
@@ -190,7 +192,7 @@ async def test_a_batch_holds_at_most_max_forward_batch_items() -> None:
     ]
 
 
-async def test_the_batch_call_has_the_smallest_deadline_of_its_items() -> None:
+async def test_the_batch_call_has_the_latest_deadline_of_its_items() -> None:
     peers = Peers()
     calls = coalescer(peers)
     await asyncio.gather(
@@ -199,7 +201,7 @@ async def test_the_batch_call_has_the_smallest_deadline_of_its_items() -> None:
     )
     ((_, method, _, timeout),) = peers.calls
     assert method == "ForwardBatch"
-    assert 1.4 < timeout <= 1.5
+    assert 3.9 < timeout <= 4.0
 
 
 @pytest.mark.parametrize(
@@ -274,21 +276,41 @@ async def test_an_open_breaker_fails_each_item_without_a_call() -> None:
     assert (peers.calls, metrics.calls) == ([], [])
 
 
-async def test_an_item_cut_short_by_another_items_deadline_is_told_the_peer_is_unavailable() -> (
-    None
-):
-    peers = Peers()
-    peers.batch_with = lambda request: rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED)
-    calls = coalescer(peers)
-    short, long = await asyncio.gather(
-        calls.forward("500000", forward("a"), timeout_seconds=1.0, ours=False),
-        calls.forward("500000", forward("b"), timeout_seconds=3.0, ours=False),
-        return_exceptions=True,
+@pytest.mark.parametrize("ours", [True, False])
+async def test_an_item_ends_at_its_own_deadline_and_the_others_wait_on(ours: bool) -> None:
+    """One item about to expire does not fail the batch: it is answered at its own deadline as
+    its single call's deadline ends it, and the others get their answers when the call ends."""
+    single_peers = Peers()
+    single_peers.forward_with = lambda request: rpc_error(
+        grpc.StatusCode.DEADLINE_EXCEEDED, message="Deadline Exceeded"
     )
-    assert isinstance(short, Refusal)
-    assert isinstance(long, Refusal)
-    assert (short.reason, short.code) == ("PEER_UNAVAILABLE", grpc.StatusCode.DEADLINE_EXCEEDED)
-    assert (long.reason, long.code) == ("PEER_UNAVAILABLE", grpc.StatusCode.UNAVAILABLE)
+    (expected,) = await send(coalescer(single_peers), ("500000", "a"), ours=ours)
+    assert isinstance(expected, Refusal)
+
+    peers = Peers()
+    answered = peers.batch_with
+    released = asyncio.Event()
+
+    async def slow(request: Any) -> Any:
+        await released.wait()
+        return answered(request)
+
+    peers.batch_with = slow
+    calls = coalescer(peers)
+    short = asyncio.ensure_future(
+        calls.forward("500000", forward("a"), timeout_seconds=0.05, ours=ours)
+    )
+    long = asyncio.ensure_future(
+        calls.forward("500000", forward("b"), timeout_seconds=5.0, ours=ours)
+    )
+    with pytest.raises(Refusal) as cut:
+        await short
+    assert described(cut.value) == described(expected)
+    assert not long.done()  # still waiting on the batch call
+    released.set()
+    assert described(await long) == "audit-b"
+    ((_, method, _, timeout),) = peers.calls
+    assert (method, 4.9 < timeout <= 5.0) == ("ForwardBatch", True)
 
 
 async def test_a_peer_without_forward_batch_gets_single_forwards() -> None:
