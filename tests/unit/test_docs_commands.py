@@ -48,6 +48,7 @@ COMMANDS: dict[str, str] = {
     ".venv/bin/python bench/audit.py": "tests/integration/test_bench_runs.py::test_bench_audit_runs",
     ".venv/bin/python bench/targets.py": "tests/integration/test_bench_runs.py::test_bench_targets_runs",
     ".venv/bin/python bench/targets.py --quick": "tests/integration/test_bench_runs.py::test_bench_targets_runs",
+    ".venv/bin/python bench/targets.py --keep DIR --json DIR/targets.json": "tests/integration/test_bench_runs.py::test_bench_targets_runs",
     ".venv/bin/python bench/witnessing.py": "tests/integration/test_bench_runs.py::test_bench_witnessing_runs",
     ".venv/bin/python bench/redis_trips.py": "tests/integration/test_bench_runs.py::test_bench_redis_trips_runs",
     ".venv/bin/python bench/redis_trips.py --requests 1000 --rounds 3": "tests/integration/test_bench_runs.py::test_bench_redis_trips_runs",
