@@ -28,13 +28,13 @@ from typing import Any
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
-from query_support import REGIONS, Cluster
-from support import Federation, free_port, start_on_free_ports
+from query_support import Cluster, cluster_on_free_ports
+from support import Federation
 
 from gateway.audit import AuditLog
 from gateway.config import GatewayConfig
 from gateway.demo.data import DemoData
-from gateway.demo.federation import Configure, Loopback, start_regions
+from gateway.demo.federation import Configure
 from gateway.server import Gateway, create_gateway
 from tongban.v1 import exchange_pb2, exchange_pb2_grpc
 
@@ -223,31 +223,16 @@ async def running_gateways(
         config = dataclasses.replace(config, grace_seconds=0.2, poll_seconds=0.1)
         return config if configure is None else configure(region, config)
 
-    async def start() -> tuple[Cluster, Loopback]:
-        # the gateways are told each other's ports: picked again if one was taken meanwhile
-        cluster = Cluster(fed, {r: free_port() for r in REGIONS})
-        loopback = Loopback(cluster.ports, cluster.gateways, data=cluster.data)
-        try:
-            await start_regions(
-                loopback,
-                fed.pki,
-                snapshot_file=lambda region: fed.current,
-                audit_db=lambda region: tmp_path / f"audit-{region}.db",
-                redis_url=redis_url,
-                provider_ports={r: (provider_ports or {})[r] for r in providers or {}},
-                configure=settings,
-                bind_queries=False,  # these suites query conditional data with made-up case ids
-            )
-        except BaseException:
-            await loopback.stop(0)
-            raise
-        return cluster, loopback
-
-    cluster, loopback = await start_on_free_ports(start)
-    try:
+    async with cluster_on_free_ports(
+        fed,
+        snapshot_file=lambda region: fed.current,
+        audit_db=lambda region: tmp_path / f"audit-{region}.db",
+        redis_url=redis_url,
+        provider_ports={r: (provider_ports or {})[r] for r in providers or {}},
+        configure=settings,
+        bind_queries=False,  # these suites query conditional data with made-up case ids
+    ) as cluster:
         yield cluster
-    finally:
-        await loopback.stop(0)
 
 
 async def restart(cluster: Cluster, region: str) -> Gateway:

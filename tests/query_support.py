@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import grpc
 from cryptography import x509
@@ -137,21 +138,28 @@ async def running_cluster(
             cases=dataclasses.replace(config.cases, bind_queries=region in binding),
         )
 
+    async with cluster_on_free_ports(
+        fed,
+        snapshot_file=lambda region: (snapshots or {}).get(region, fed.current),
+        audit_db=lambda region: tmp_path / f"audit-{region}.db" if audit_on_disk else None,
+        redis_url=redis_url,
+        configure=configure,
+        bind_queries=False,  # and `configure` binds those of `binding`
+    ) as cluster:
+        yield cluster
+
+
+@contextlib.asynccontextmanager
+async def cluster_on_free_ports(fed: Federation, **options: Any) -> AsyncIterator[Cluster]:
+    """The three regions' gateways and data systems, started by `start_regions(loopback,
+    fed.pki, **options)`, each gateway told the others' ports before it starts: picked, and
+    picked again if one was taken before its gateway bound it. Stopped on leaving."""
+
     async def start() -> tuple[Cluster, Loopback]:
-        # each gateway is told the others' ports before it starts: picked, and picked again
-        # if one was taken before its gateway bound it
         cluster = Cluster(fed, {r: free_port() for r in REGIONS})
         loopback = Loopback(cluster.ports, cluster.gateways, data=cluster.data)
         try:
-            await start_regions(
-                loopback,
-                fed.pki,
-                snapshot_file=lambda region: (snapshots or {}).get(region, fed.current),
-                audit_db=lambda region: tmp_path / f"audit-{region}.db" if audit_on_disk else None,
-                redis_url=redis_url,
-                configure=configure,
-                bind_queries=False,  # and `configure` binds those of `binding`
-            )
+            await start_regions(loopback, fed.pki, **options)
         except BaseException:
             await loopback.stop(0)
             raise
