@@ -30,7 +30,7 @@ from psycopg.rows import TupleRow
 
 from gateway.audit._checkpoint import Checkpoint
 from gateway.audit._merkle import CompactRange, ProofError, leaf_hash
-from gateway.audit._postgres_conn import DISCARD_SECONDS, cancel_twice, run_bounded
+from gateway.audit._postgres_conn import DISCARD_SECONDS, cancel_twice, run_bounded, shut_down
 from gateway.audit._postgres_outbox import PostgresOutbox
 from gateway.audit._postgres_schema import (
     COLUMNS,
@@ -251,11 +251,11 @@ class PostgresAuditStore(PostgresOutbox):
                     "the stop; they are refused",
                     self._timeout,
                 )
-                # Its connection closed under it, the statement it waits on fails at once, and
-                # the writer, closing, neither retries nor reconnects. (Not a cancellation:
+                # Its connection shut down under it, the statement it waits on fails at once,
+                # and the writer, closing, neither retries nor reconnects. (Not a cancellation:
                 # psycopg would ask the silent server to cancel, blocking in older versions.)
                 if self._writer is not None:
-                    self._writer.pgconn.finish()
+                    shut_down(self._writer)
                 done, _ = await asyncio.wait({self._task}, timeout=DISCARD_SECONDS)
                 if not done:
                     await cancel_twice(self._task)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import re
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -912,4 +913,38 @@ async def test_a_stop_is_not_held_by_a_database_that_stopped_answering(
             await pending
     finally:
         proxy.thaw()
+        await proxy.close()
+
+
+async def test_a_read_given_up_on_leaves_no_closed_socket_in_the_event_loop(
+    roles: PgRoles, schema: str
+) -> None:
+    """A read the store gives up on (the database stopped answering) ends its connection, and
+    the statement waiting on it leaves the event loop's selector at once. A descriptor closed
+    while still registered stays in asyncio's map after epoll has dropped it, and the
+    reconnection, given the same number, cannot be registered ("FileNotFoundError" from
+    epoll_ctl: seen with psycopg 3.2.1 in CI)."""
+    proxy = TcpProxy("127.0.0.1", 5432)
+    port = await proxy.start()
+    dsn = psycopg.conninfo.make_conninfo(roles.app_dsn, host="127.0.0.1", port=port)
+    store = PostgresAuditStore(dsn, schema=schema, owner_dsn=roles.owner_dsn, timeout=0.5)
+    try:
+        await store.open()
+        await store.append(make_record(0))
+        assert (await store.head()).size == 1
+        for _ in range(3):  # each round gives up on a read, then reads through a new connection
+            proxy.freeze()
+            with pytest.raises(AuditUnavailable, match="did not answer"):
+                await store.head()
+            for _ in range(3):
+                await asyncio.sleep(0)  # the abandoned statement's task runs
+            selector = asyncio.get_running_loop()._selector  # type: ignore[attr-defined]
+            for key in list(selector.get_map().values()):
+                os.fstat(key.fd)  # OSError for a descriptor closed under the selector
+            proxy.thaw()
+            assert (await store.head()).size == 1
+    finally:
+        proxy.thaw()
+        async with asyncio.timeout(30):
+            await store.close()
         await proxy.close()
