@@ -8,20 +8,55 @@ each with its own audit log (or both writing one SQLite file). A gateway therefo
 binds. The question is asked with a plain `bind()` (no `listen()`): without `SO_REUSEPORT` it
 fails with `EADDRINUSE` while any socket listens on that address, whoever holds it. What binds
 between the question and the gateway's own bind is not caught (a moment's window).
+
+`free_loopback_port` picks a port for servers that must know their ports before they start
+(the demo's gateways, told each other's): at random below the kernel's ephemeral range, where
+no outgoing connection takes its source port, so a port picked and released is not soon
+someone else's, as one picked by binding port 0 is.
 """
 
 from __future__ import annotations
 
 import errno
+import random
 import socket
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
 
 from gateway.errors import ConfigError
 
 if TYPE_CHECKING:
     from gateway.config import GatewayConfig
 
-__all__ = ["check_listen_address_free", "check_ports_free"]
+__all__ = ["check_listen_address_free", "check_ports_free", "free_loopback_port"]
+
+PICKED_PORTS_FROM: Final = 20000  # below: ports servers are commonly configured on
+_random = random.SystemRandom()
+
+
+def free_loopback_port() -> int:
+    """A loopback port no socket holds now, picked at random below the ephemeral range where
+    that range leaves room, else the one the kernel gives for port 0."""
+    high = _ephemeral_low() - 1
+    for _ in range(200) if high > PICKED_PORTS_FROM else ():
+        port = _random.randint(PICKED_PORTS_FROM, high)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        given: int = probe.getsockname()[1]
+        return given
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
 
 
 def check_ports_free(config: GatewayConfig) -> None:

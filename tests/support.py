@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import dataclasses
 import errno
-import random
 import re
 import signal
 import socket
@@ -21,6 +20,7 @@ from typing import Any, TypeVar
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 
+from gateway._ports import free_loopback_port
 from gateway.config import GatewayConfig
 from gateway.demo.config import config_for_dev_pki
 from gateway.demo.pki import init_dev_federation
@@ -194,34 +194,13 @@ class ManualClock:
 # Ports handed to servers the tests start are taken below the kernel's ephemeral range: a port
 # picked by bind(0) is an ephemeral one, and an outgoing connection (to Redis, to a peer) may take
 # it as its local port before the server binds it; a gateway then refuses it as "in use".
-_PORTS_FROM = 20000
 _T = TypeVar("_T")
-_PORT_RANDOM = random.Random()
-
-
-def _ephemeral_low() -> int:
-    try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
-    return low
 
 
 def free_port() -> int:
-    """A loopback port no socket holds now, outside the ephemeral range where possible."""
-    high = _ephemeral_low() - 1
-    for _ in range(200) if high > _PORTS_FROM else ():
-        port = _PORT_RANDOM.randint(_PORTS_FROM, high)
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        found: int = s.getsockname()[1]
-        return found
+    """A loopback port no socket holds now, outside the ephemeral range where possible (the
+    gateway's own picker, `gateway._ports.free_loopback_port`, which the demo uses too)."""
+    return free_loopback_port()
 
 
 def port_taken(error: BaseException) -> bool:

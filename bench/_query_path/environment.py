@@ -9,7 +9,6 @@ import os
 import platform
 import re
 import shutil
-import socket
 import sqlite3
 from pathlib import Path
 from typing import Any, Final
@@ -19,6 +18,7 @@ import grpc
 import redis
 from google.protobuf import __version__ as protobuf_version
 
+from gateway._ports import free_loopback_port
 from gateway.demo.pki import DEV_CACHE_KEY, DEV_PSEUDONYM_KEY
 from registry import CURRENT_SNAPSHOT, Inventory, KeyState, KeyUsage
 
@@ -178,10 +178,9 @@ def check_postgres(dsn: str) -> str:
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A port for a server that must know it before it starts: the gateway's own picker (below
+    the ephemeral range, where outgoing connections take theirs)."""
+    return free_loopback_port()
 
 
 def cli_config(

@@ -23,6 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from gateway._errors import GatewayError
+from gateway._ports import free_loopback_port
 from gateway.config import GatewayConfig
 from gateway.demo.config import config_for_dev_pki
 from gateway.demo.data import DemoData
@@ -204,7 +205,7 @@ async def start_federation(fed: Federation, options: DemoOptions, run_id: str) -
         return demo_settings(region, config)
 
     await start_regions(
-        fed.loopback({region: _free_port() for region in REGIONS}),
+        fed.loopback({region: free_loopback_port() for region in REGIONS}),
         fed.pki,
         snapshot_file=lambda region: fed.published / CURRENT_SNAPSHOT,
         audit_db=lambda region: fed.folder / f"audit-{region}.db",
@@ -309,12 +310,3 @@ async def _drop_schemas(dsn: str, schemas: Sequence[str]) -> None:
             await conn.execute(
                 sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema))
             )
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port

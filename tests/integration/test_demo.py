@@ -220,7 +220,9 @@ def _serve_and_ask(process: subprocess.Popen[str], cwd: Path) -> None:
     deadline = time.monotonic() + DEMO_TIMEOUT
     while not transcript or "Ctrl-C stops them." not in transcript[-1]:
         line = process.stdout.readline()
-        assert line, "the demo ended before serving:\n" + "".join(transcript)
+        if not line:
+            ended = "".join(transcript) + "\n-- stderr:\n" + process.stderr.read()
+            raise AssertionError("the demo ended before serving:\n" + ended)
         transcript.append(line)
         assert time.monotonic() < deadline
     text = "".join(transcript)
