@@ -249,8 +249,8 @@ MAKE_TARGETS = {
     "proto-check": [".venv/bin/python proto/build.py --check"],
     "pytest": [
         ".venv/bin/python -m pytest --cov --cov-branch",
-        "tests/unit",
-        "--ignore=tests/unit",
+        "tests/integration",
+        "--ignore=tests/integration",
         "-m coverage report",
     ],
     "promtool": ["apt-get install -y -qq --no-install-recommends prometheus"],
