@@ -6,6 +6,7 @@ tampered or replayed sealed answer, and a region that is down, are marked and no
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import json
@@ -17,6 +18,7 @@ from typing import Any
 import grpc
 import pytest
 import pytest_asyncio
+from cli_support import Run
 from google.protobuf.timestamp_pb2 import Timestamp
 from query_support import CALL_TIMEOUT, Cluster, bearer, request, running_cluster
 from support import credentials_as, error_info, make_federation
@@ -292,6 +294,33 @@ async def test_a_tampered_or_replayed_answer_is_marked_and_not_shown(
     answer = await trail(world, PORTAL, token)  # a true seal, for another call
     assert shown(answer) == marked
     assert {e.region for e in answer.entries} == {"330000", "510000"}
+
+
+async def test_the_cli_shows_a_trail_and_a_refusal(world: World, run: Run) -> None:
+    """`tongban tracker trail`, as docs/oversight.md shows it: an overseer's, a portal's."""
+    gateway = f"localhost:{world.cluster.ports[HOME]}"
+    pki = world.cluster.fed.pki
+    code, out, err = await asyncio.to_thread(
+        run, "tracker", "trail", "--gateway", gateway, "--pki", pki, "--agency", "zj.data",
+        "--subject-id", world.other, "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    document = json.loads(out)
+    assert [r["answered"] for r in document["regions"]] == [True, True, True]
+    assert {e["region"] for e in document["entries"]} >= {"330000", "510000"}
+    code, out, err = await asyncio.to_thread(
+        run, "tracker", "trail", "--gateway", gateway, "--pki", pki, "--agency", PORTAL,
+        "--applicant", world.citizen, "--subject-id", world.other,
+    )  # fmt: skip
+    assert code == 1
+    assert "PERMISSION_DENIED SUBJECT_NOT_CALLER" in err
+    code, out, err = await asyncio.to_thread(
+        run, "tracker", "trail", "--gateway", gateway, "--pki", pki, "--agency", PORTAL,
+        "--applicant", world.citizen,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "region 500000: answered" in out
+    assert world.citizen not in out + err
 
 
 async def test_a_region_that_is_down_is_marked_and_the_rest_shown(world: World) -> None:
