@@ -224,7 +224,10 @@ async def read_trail(
 ) -> tuple[list[TrailEntry], bool]:
     """(the oldest `limit` records of this log about the pseudonym `subject` in the window, as
     entries; whether there were more). Bounded through the audit store's breaker, as
-    Oversight's reads are; raises AuditUnavailable."""
+    Oversight's reads are; raises AuditUnavailable. ValueError for an empty pseudonym: the
+    records about no subject are no one's trail."""
+    if not subject:
+        raise ValueError("a trail is read for one subject's pseudonym")
     query = AuditQuery(subject=subject, since=since, until=until, limit=limit + 1)
     found = await audit.read(lambda: audit.store.query(query))
     entries = [

@@ -417,6 +417,11 @@ class Tracker:
         except TokenError as exc:
             raise Refusal(exc.reason, str(exc)) from exc
         call.operator = claims.operator
+        if not _subject_valid(request.subject_id):  # the calling gateway names it, always
+            raise Refusal(
+                "SUBJECT_ID_INVALID",
+                f"subject_id is required, at most {MAX_SUBJECT_CHARS} characters",
+            )
         allowed_subject(claims, registry, caller.region, request.subject_id)
         return registry
 

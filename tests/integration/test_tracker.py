@@ -225,6 +225,9 @@ async def test_a_citizen_may_not_read_another_citizens_trail(world: World) -> No
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await ask_peer(world, region, token, world.other)
         assert refused(caught) == ("PERMISSION_DENIED", "SUBJECT_NOT_CALLER")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:  # a peer is told whose trail, always
+        await ask_peer(world, "510000", token, "")
+    assert refused(caught) == ("INVALID_ARGUMENT", "SUBJECT_ID_INVALID")
     # the same token about its own citizen is answered by the peer
     await ask_peer(world, "510000", token, world.citizen)
     home = world.cluster.gateways[HOME]
@@ -321,6 +324,30 @@ async def test_the_cli_shows_a_trail_and_a_refusal(world: World, run: Run) -> No
     assert code == 0, err
     assert "region 500000: answered" in out
     assert world.citizen not in out + err
+
+
+async def test_a_region_that_does_not_answer_in_time_is_marked_and_the_rest_shown(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = world.cluster.gateways[HOME].tracker
+    peer = world.cluster.gateways["500000"].tracker
+    assert isinstance(home, Tracker)
+    assert isinstance(peer, Tracker)
+    honest = peer.subject_trail
+
+    async def hanging(request: Any, caller: Any) -> exchange_pb2.SubjectTrailResponse:
+        await asyncio.sleep(CALL_TIMEOUT)
+        return await honest(request, caller)
+
+    monkeypatch.setattr(peer, "subject_trail", hanging)
+    monkeypatch.setattr(home, "_timeout", 0.5)  # [exchange] tracker_peer_timeout_seconds
+    answer = await trail(world, PORTAL, portal_token(world, world.citizen))
+    assert shown(answer) == {
+        "330000": (True, ""),
+        "510000": (True, ""),
+        "500000": (False, "timeout"),
+    }
+    assert {e.region for e in answer.entries} == {"330000", "510000"}
 
 
 async def test_a_region_that_is_down_is_marked_and_the_rest_shown(world: World) -> None:

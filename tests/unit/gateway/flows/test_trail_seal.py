@@ -187,4 +187,6 @@ async def test_a_log_is_read_by_pseudonym_oldest_first_and_bounded() -> None:
     assert not more
     assert entries[-1].case_id.startswith("sha256:")  # a long value: named by its digest
     assert entries[0].audit_id == "audit.tongban/510000#2"
+    with pytest.raises(ValueError, match="one subject"):  # no pseudonym: no one's trail
+        await read_trail(log, region=ANSWERING, subject="", since=None, until=None)
     await log.close()
