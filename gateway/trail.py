@@ -137,6 +137,8 @@ class TrailEntry:
             outcome=record.outcome,
             reason=_shown(record.reason),
             rpc=_shown(record.rpc),
+            # the consent an access was made under: AuditRecord.consent_id once the consent
+            # part of issue 21 records it; empty until then
             consent_id=_shown(str(getattr(record, "consent_id", "") or "")),
         )
 
