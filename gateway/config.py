@@ -53,6 +53,7 @@ are errors, so a typo never silently falls back to a default.
     redis_timeout_seconds = 0.25      # bound on one Redis call (replay window, quota, report, cache)
     provider_timeout_seconds = 2.0    # bound on one call to the data system (retry included)
     peer_timeout_seconds = 5.0        # bound on one call to a peer gateway (also the caller's deadline)
+    tracker_peer_timeout_seconds = 3.0  # bound on one region's part of a Tracker.Trail (Peer.SubjectTrail)
     breaker_failures = 3              # failures or timeouts of a dependency that open its breaker
     breaker_window_seconds = 10.0     # ... when they fall within this many seconds, no success between
     breaker_open_seconds = 2.0        # an open breaker refuses (or falls back) this long, then one trial
@@ -283,6 +284,7 @@ class ExchangeConfig:
     redis_timeout_seconds: float = 0.25
     provider_timeout_seconds: float = 2.0
     peer_timeout_seconds: float = 5.0
+    tracker_peer_timeout_seconds: float = 3.0
     breaker_failures: int = 3
     breaker_window_seconds: float = 10.0
     breaker_open_seconds: float = 2.0
@@ -390,6 +392,7 @@ def _exchange(file: Path, section: _Section) -> ExchangeConfig | None:
         redis_timeout_seconds=section.number("redis_timeout_seconds", 0.25),
         provider_timeout_seconds=section.number("provider_timeout_seconds", 2.0),
         peer_timeout_seconds=section.number("peer_timeout_seconds", 5.0),
+        tracker_peer_timeout_seconds=section.number("tracker_peer_timeout_seconds", 3.0),
         breaker_failures=failures if isinstance(failures, int) else 3,
         breaker_window_seconds=section.number("breaker_window_seconds", 10.0),
         breaker_open_seconds=section.number("breaker_open_seconds", 2.0),

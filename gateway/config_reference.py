@@ -305,6 +305,14 @@ KEYS: tuple[Key, ...] = (
     ),
     Key(
         "exchange",
+        "tracker_peer_timeout_seconds",
+        "no",
+        (_EX, "tracker_peer_timeout_seconds"),
+        doc="bound on one region's part of a Tracker.Trail (Peer.SubjectTrail), in seconds: "
+        "a region that has not answered by then is shown as not answered (timeout)",
+    ),
+    Key(
+        "exchange",
         "breaker_failures",
         "no",
         (_EX, "breaker_failures"),

@@ -257,6 +257,12 @@ REASONS: Final[Mapping[str, Reason]] = MappingProxyType(
         "CASE_EVENT_INVALID": Reason(
             _C.PERMISSION_DENIED, "a case event is not one the sending region may deliver"
         ),
+        "SUBJECT_NOT_CALLER": Reason(
+            _C.PERMISSION_DENIED, "a citizen may ask for their own trail only"
+        ),
+        "TRAIL_NOT_ALLOWED": Reason(
+            _C.PERMISSION_DENIED, "only a citizen portal or an oversight agency may ask for a trail"
+        ),
     }
 )
 # The places that send a reason with another code than the table's, and why: the only codes a

@@ -7,7 +7,7 @@ from typing import Final
 
 from google.protobuf.descriptor import FileDescriptor
 
-from tongban.v1 import cases_pb2, credentials_pb2, exchange_pb2, oversight_pb2
+from tongban.v1 import cases_pb2, credentials_pb2, exchange_pb2, oversight_pb2, tracker_pb2
 
 __all__ = [
     "BATCH_QUERY",
@@ -27,6 +27,8 @@ __all__ = [
     "SEAL",
     "SIGN_CHECKPOINT",
     "SUBJECT_ACCESS",
+    "SUBJECT_TRAIL",
+    "TRAIL",
     "VERIFY_AUDIT",
     "full_method",
     "made_by",
@@ -61,6 +63,10 @@ CASES_GET: Final = full_method(cases_pb2.DESCRIPTOR, "Cases", "Get")
 CASES_LIST: Final = full_method(cases_pb2.DESCRIPTOR, "Cases", "List")
 CASES_ACT: Final = full_method(cases_pb2.DESCRIPTOR, "Cases", "Act")
 CASES_WATCH: Final = full_method(cases_pb2.DESCRIPTOR, "Cases", "Watch")
+# The citizen's data tracker: Trail called by a citizen portal or an oversight agency of the
+# gateway's region, SubjectTrail by the gateway serving it, of every other region.
+TRAIL: Final = full_method(tracker_pb2.DESCRIPTOR, "Tracker", "Trail")
+SUBJECT_TRAIL: Final = full_method(exchange_pb2.DESCRIPTOR, "Peer", "SubjectTrail")
 
 # What records written before the full names were used say instead ("DataExchange.Query").
 _FORMER: Final = {

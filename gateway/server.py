@@ -52,6 +52,7 @@ from gateway._wiring import (
     registry_store,
 )
 from gateway._wiring_cases import CASES_SERVICE, build_cases
+from gateway._wiring_tracker import TRACKER_SERVICE, build_tracker, serve_tracker
 from gateway.admission import CallAdmission
 from gateway.audit import AuditError, AuditRecord, Outcome
 from gateway.breaker import CircuitBreaker
@@ -175,10 +176,12 @@ class Gateway:
             documents=self.documents,
             metrics=self.metrics,
         )
+        self.tracker = build_tracker(config, self.audit, self._peers, self.store, clock)
         self.served_services = (
             *SERVED_SERVICES,
             *((OVERSIGHT_SERVICE,) if self.audit else ()),
             *((EXCHANGE_SERVICE, PEER_SERVICE, WITNESS_SERVICE) if self.witnessing else ()),
+            *((TRACKER_SERVICE,) if self.tracker else ()),
             *((CASES_SERVICE,) if self.cases else ()),
         )
         self._tasks: list[asyncio.Task[None]] = []
@@ -363,7 +366,9 @@ class Gateway:
                 DataExchangeService(self.query_path), server
             )
             book = self.cases.book if self.cases is not None else None
-            exchange_pb2_grpc.add_PeerServicer_to_server(PeerService(self.query_path, book), server)
+            peer = PeerService(self.query_path, book, self.tracker)
+            exchange_pb2_grpc.add_PeerServicer_to_server(peer, server)
+            serve_tracker(self.tracker, server)
         if self.witnessing is not None:
             exchange_pb2_grpc.add_WitnessServicer_to_server(self.witnessing.service, server)
         if self.cases is not None:

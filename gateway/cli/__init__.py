@@ -5,7 +5,7 @@ command line itself is wrong. Nothing here prints a traceback for an expected fa
 
 One module per verb group, each with a `register(commands)` that adds its parsers and names
 their handlers: `demo`, `pki`, `registry`, `keys`, `credentials` (`seal`, `verify`), `tokens`
-(`token`), `gateway`, `provider`, the `audit` package (a module per verb) and `case`. What they share
+(`token`), `gateway`, `provider`, the `audit` package (a module per verb), `case` and `tracker`. What they share
 is in `_common` (exit codes, failures, error lines, options) and `_arguments` (argument types).
 """
 
@@ -31,6 +31,7 @@ from gateway.cli import (
     provider,
     registry,
     tokens,
+    tracker,
 )
 from gateway.cli._common import (
     EXIT_FAILED,
@@ -50,7 +51,19 @@ from signer import SignerError
 __all__ = ["main"]
 
 # The order of `tongban --help`.
-VERB_GROUPS = (demo, pki, registry, keys, credentials, tokens, gateway, provider, audit, case)
+VERB_GROUPS = (
+    demo,
+    pki,
+    registry,
+    keys,
+    credentials,
+    tokens,
+    gateway,
+    provider,
+    audit,
+    case,
+    tracker,
+)
 
 
 def _package_version() -> str:

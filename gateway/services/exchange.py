@@ -80,6 +80,7 @@ from gateway.services._peer_calls import (
     ForwardCoalescer,
     ForwardGathering,
 )
+from gateway.services.tracker import Tracker
 from gateway.shared_checks import SharedChecks
 from gateway.tokens import TokenVerifier
 from registry import RegistryError, RegistryStore
@@ -435,9 +436,12 @@ def _forward_call(request: exchange_pb2.ForwardRequest, context: Context) -> For
 
 
 class PeerService(exchange_pb2_grpc.PeerServicer):
-    def __init__(self, path: QueryPath, cases: CaseIntake | None = None) -> None:
+    def __init__(
+        self, path: QueryPath, cases: CaseIntake | None = None, tracker: Tracker | None = None
+    ) -> None:
         self._path = path
         self.cases = cases  # the case book, when this gateway keeps cases
+        self.tracker = tracker  # the citizen's data tracker (Peer.SubjectTrail)
 
     async def Forward(
         self, request: exchange_pb2.ForwardRequest, context: Context
@@ -499,3 +503,10 @@ class PeerService(exchange_pb2_grpc.PeerServicer):
         self, request: exchange_pb2.DeliverCaseEventsRequest, context: Context
     ) -> exchange_pb2.DeliverCaseEventsResponse:
         return await deliver_case_events(self.cases, current_caller.get(), request)
+
+    async def SubjectTrail(
+        self, request: exchange_pb2.SubjectTrailRequest, context: Context
+    ) -> exchange_pb2.SubjectTrailResponse:
+        if self.tracker is None:
+            raise Refusal("NOT_IMPLEMENTED", "this gateway keeps no data tracker")
+        return await self.tracker.subject_trail(request, current_caller.get())

@@ -37,6 +37,7 @@ from support import (
 
 import gateway.server
 from gateway._wiring_cases import CASES_SERVICE
+from gateway._wiring_tracker import TRACKER_SERVICE
 from gateway.demo.config import config_for_dev_pki
 from gateway.server import (
     EXCHANGE_SERVICE,
@@ -144,7 +145,7 @@ async def test_cli_gateway_serves_registry_health_and_reflection_then_stops_on_s
             assert len(responses) == 2
             listed = {s.name for s in responses[0].list_services_response.service}
             # A dev-PKI gateway keeps an audit log and a cache key: Oversight, the query
-            # path (DataExchange, Peer) and the cases are served too.
+            # path (DataExchange, Peer), the cases and the tracker are served too.
             assert listed == {
                 *SERVED_SERVICES,
                 OVERSIGHT_SERVICE,
@@ -152,6 +153,7 @@ async def test_cli_gateway_serves_registry_health_and_reflection_then_stops_on_s
                 PEER_SERVICE,
                 WITNESS_SERVICE,
                 CASES_SERVICE,
+                TRACKER_SERVICE,
                 health.SERVICE_NAME,
                 reflection.SERVICE_NAME,
             }
@@ -164,6 +166,7 @@ async def test_cli_gateway_serves_registry_health_and_reflection_then_stops_on_s
                 PEER_SERVICE,
                 WITNESS_SERVICE,
                 CASES_SERVICE,
+                TRACKER_SERVICE,
             }
             files = [
                 descriptor_pb2.FileDescriptorProto.FromString(raw)

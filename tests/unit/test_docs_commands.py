@@ -56,6 +56,7 @@ COMMANDS: dict[str, str] = {
     ".venv/bin/python bench/redis_trips.py --checks quota,cache": "tests/integration/test_bench_runs.py::test_bench_redis_trips_runs",
     '.venv/bin/python bench/query_path.py --seconds 4 --warmup 1.5 --workers "" --no-one-process --json out/bench-gateway.json': "tests/integration/test_bench_runs.py::test_bench_targets_runs",
     "tongban audit checkpoint --gateway localhost:7330 --pki out/pki --agency zj.data --out kept.checkpoint": "tests/integration/test_oversight_service.py::test_the_cli_asks_for_a_checkpoint_and_is_told_when_to_ask_again",
+    "tongban tracker trail --gateway localhost:7330 --pki out/pki --agency zj.data --subject-id 330106195705031281": "tests/integration/test_tracker.py::test_the_cli_shows_a_trail_and_a_refusal",
     "make lint": "tests/unit/test_docs_commands.py::test_make_targets_run_what_the_docs_say[lint]",
     "make proto": "tests/unit/test_docs_commands.py::test_make_targets_run_what_the_docs_say[proto]",
     "make proto-check": "tests/unit/test_docs_commands.py::test_make_targets_run_what_the_docs_say[proto-check]",

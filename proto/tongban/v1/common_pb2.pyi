@@ -214,6 +214,15 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     region than the calling gateway's, is not one that region may make, or its attachments do
     not match (sent with PERMISSION_DENIED or INVALID_ARGUMENT; metadata "index").
     """
+    SUBJECT_NOT_CALLER: _ErrorReason.ValueType  # 62
+    """Tracker.Trail / Peer.SubjectTrail: a citizen portal's token asks for the trail of another
+    subject than its applicant claim names (sent with PERMISSION_DENIED).
+    """
+    TRAIL_NOT_ALLOWED: _ErrorReason.ValueType  # 63
+    """Tracker.Trail / Peer.SubjectTrail: the token is neither a citizen portal's (applicant
+    claim) nor an oversight agency's of the calling region, or the calling gateway is not that
+    region's (sent with PERMISSION_DENIED).
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The reasons a Tongban RPC fails, carried in a google.rpc.ErrorInfo detail of the gRPC status.
@@ -415,6 +424,15 @@ CASE_EVENT_INVALID: ErrorReason.ValueType  # 55
 """Peer.DeliverCaseEvents: an event is not a JWS by an audit key of its region, names another
 region than the calling gateway's, is not one that region may make, or its attachments do
 not match (sent with PERMISSION_DENIED or INVALID_ARGUMENT; metadata "index").
+"""
+SUBJECT_NOT_CALLER: ErrorReason.ValueType  # 62
+"""Tracker.Trail / Peer.SubjectTrail: a citizen portal's token asks for the trail of another
+subject than its applicant claim names (sent with PERMISSION_DENIED).
+"""
+TRAIL_NOT_ALLOWED: ErrorReason.ValueType  # 63
+"""Tracker.Trail / Peer.SubjectTrail: the token is neither a citizen portal's (applicant
+claim) nor an oversight agency's of the calling region, or the calling gateway is not that
+region's (sent with PERMISSION_DENIED).
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 

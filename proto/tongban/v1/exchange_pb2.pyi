@@ -746,3 +746,80 @@ class DeliverCaseEventsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeliverCaseEventsResponse: _TypeAlias = DeliverCaseEventsResponse  # noqa: Y015
+
+@_typing.final
+class SubjectTrailRequest(_message.Message):
+    """One subject's trail asked of another region's gateway."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_FIELD_NUMBER: _builtins.int
+    CALLER_FIELD_NUMBER: _builtins.int
+    SUBJECT_ID_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    UNTIL_FIELD_NUMBER: _builtins.int
+    NONCE_FIELD_NUMBER: _builtins.int
+    token: _builtins.str
+    """The request token (compact JWS) the caller presented to the calling gateway, as received."""
+    subject_id: _builtins.str
+    """The subject's identifier (hashed at once by the answering gateway into its pseudonym)."""
+    nonce: _builtins.str
+    """Random value chosen by the calling gateway for this call, bound into the sealed answer
+    (through its request digest) so that an answer cannot be replayed for another call.
+    """
+    @_builtins.property
+    def caller(self) -> _common_pb2.CallerIdentity:
+        """The caller as the calling gateway authenticated it (its TLS client certificate and the
+        token's operator); must agree with the token.
+        """
+
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """Earliest access time, inclusive; unset = no lower bound."""
+
+    @_builtins.property
+    def until(self) -> _timestamp_pb2.Timestamp:
+        """Latest access time, exclusive; unset = no upper bound."""
+
+    def __init__(
+        self,
+        *,
+        token: _builtins.str = ...,
+        caller: _common_pb2.CallerIdentity | None = ...,
+        subject_id: _builtins.str = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        until: _timestamp_pb2.Timestamp | None = ...,
+        nonce: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["caller", b"caller", "since", b"since", "until", b"until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller", b"caller", "nonce", b"nonce", "since", b"since", "subject_id", b"subject_id", "token", b"token", "until", b"until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubjectTrailRequest: _TypeAlias = SubjectTrailRequest  # noqa: Y015
+
+@_typing.final
+class SubjectTrailResponse(_message.Message):
+    """The answering gateway's sealed trail."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEALED_FIELD_NUMBER: _builtins.int
+    sealed: _builtins.str
+    """Compact JWS (`tongban.subject-trail+jws`, EdDSA, docs/oversight.md) by the answering
+    region's audit key over the canonical JSON of the entries, the request digest and the
+    answering time; the only part of the answer the calling gateway uses.
+    """
+    def __init__(
+        self,
+        *,
+        sealed: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sealed", b"sealed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubjectTrailResponse: _TypeAlias = SubjectTrailResponse  # noqa: Y015

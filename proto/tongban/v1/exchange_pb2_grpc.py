@@ -182,6 +182,11 @@ class PeerStub:
                 request_serializer=tongban_dot_v1_dot_exchange__pb2.DeliverCaseEventsRequest.SerializeToString,
                 response_deserializer=tongban_dot_v1_dot_exchange__pb2.DeliverCaseEventsResponse.FromString,
                 _registered_method=True)
+        self.SubjectTrail = channel.unary_unary(
+                '/tongban.v1.Peer/SubjectTrail',
+                request_serializer=tongban_dot_v1_dot_exchange__pb2.SubjectTrailRequest.SerializeToString,
+                response_deserializer=tongban_dot_v1_dot_exchange__pb2.SubjectTrailResponse.FromString,
+                _registered_method=True)
 
 
 class PeerServicer:
@@ -231,6 +236,18 @@ class PeerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubjectTrail(self, request, context):
+        """Called by a region's gateway serving Tracker.Trail (docs/oversight.md "The citizen's data
+        tracker"): this region's audit records about one subject, read from its own log only, in a
+        JWS by this gateway's audit key. The request carries the caller's request token as the
+        calling gateway received it: a citizen portal's for that citizen only (else
+        SUBJECT_NOT_CALLER), or an oversight agency's of the calling region (else
+        TRAIL_NOT_ALLOWED).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -253,6 +270,11 @@ def add_PeerServicer_to_server(servicer, server):
                     servicer.DeliverCaseEvents,
                     request_deserializer=tongban_dot_v1_dot_exchange__pb2.DeliverCaseEventsRequest.FromString,
                     response_serializer=tongban_dot_v1_dot_exchange__pb2.DeliverCaseEventsResponse.SerializeToString,
+            ),
+            'SubjectTrail': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubjectTrail,
+                    request_deserializer=tongban_dot_v1_dot_exchange__pb2.SubjectTrailRequest.FromString,
+                    response_serializer=tongban_dot_v1_dot_exchange__pb2.SubjectTrailResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -365,6 +387,33 @@ class Peer:
             '/tongban.v1.Peer/DeliverCaseEvents',
             tongban_dot_v1_dot_exchange__pb2.DeliverCaseEventsRequest.SerializeToString,
             tongban_dot_v1_dot_exchange__pb2.DeliverCaseEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubjectTrail(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tongban.v1.Peer/SubjectTrail',
+            tongban_dot_v1_dot_exchange__pb2.SubjectTrailRequest.SerializeToString,
+            tongban_dot_v1_dot_exchange__pb2.SubjectTrailResponse.FromString,
             options,
             channel_credentials,
             insecure,

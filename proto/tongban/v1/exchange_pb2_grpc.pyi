@@ -127,6 +127,14 @@ class PeerStub:
     they name. The receiver verifies each, keeps it with an audit record in one transaction,
     and answers the ids it holds durably (an event sent again is answered, not kept twice).
     """
+    SubjectTrail: _grpc.UnaryUnaryMultiCallable[_exchange_pb2.SubjectTrailRequest, _exchange_pb2.SubjectTrailResponse]
+    """Called by a region's gateway serving Tracker.Trail (docs/oversight.md "The citizen's data
+    tracker"): this region's audit records about one subject, read from its own log only, in a
+    JWS by this gateway's audit key. The request carries the caller's request token as the
+    calling gateway received it: a citizen portal's for that citizen only (else
+    SUBJECT_NOT_CALLER), or an oversight agency's of the calling region (else
+    TRAIL_NOT_ALLOWED).
+    """
 
 @_typing.type_check_only
 class PeerAsyncStub(PeerStub):
@@ -160,6 +168,14 @@ class PeerAsyncStub(PeerStub):
     a JWS by the region's audit key, in the order the region made them, with the materials
     they name. The receiver verifies each, keeps it with an audit record in one transaction,
     and answers the ids it holds durably (an event sent again is answered, not kept twice).
+    """
+    SubjectTrail: _aio.UnaryUnaryMultiCallable[_exchange_pb2.SubjectTrailRequest, _exchange_pb2.SubjectTrailResponse]  # type: ignore[assignment]
+    """Called by a region's gateway serving Tracker.Trail (docs/oversight.md "The citizen's data
+    tracker"): this region's audit records about one subject, read from its own log only, in a
+    JWS by this gateway's audit key. The request carries the caller's request token as the
+    calling gateway received it: a citizen portal's for that citizen only (else
+    SUBJECT_NOT_CALLER), or an oversight agency's of the calling region (else
+    TRAIL_NOT_ALLOWED).
     """
 
 class PeerServicer(metaclass=_abc_1.ABCMeta):
@@ -215,6 +231,20 @@ class PeerServicer(metaclass=_abc_1.ABCMeta):
         a JWS by the region's audit key, in the order the region made them, with the materials
         they name. The receiver verifies each, keeps it with an audit record in one transaction,
         and answers the ids it holds durably (an event sent again is answered, not kept twice).
+        """
+
+    @_abc_1.abstractmethod
+    def SubjectTrail(
+        self,
+        request: _exchange_pb2.SubjectTrailRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_exchange_pb2.SubjectTrailResponse, _abc.Awaitable[_exchange_pb2.SubjectTrailResponse]]:
+        """Called by a region's gateway serving Tracker.Trail (docs/oversight.md "The citizen's data
+        tracker"): this region's audit records about one subject, read from its own log only, in a
+        JWS by this gateway's audit key. The request carries the caller's request token as the
+        calling gateway received it: a citizen portal's for that citizen only (else
+        SUBJECT_NOT_CALLER), or an oversight agency's of the calling region (else
+        TRAIL_NOT_ALLOWED).
         """
 
 def add_PeerServicer_to_server(servicer: PeerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

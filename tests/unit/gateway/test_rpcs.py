@@ -11,6 +11,7 @@ from tongban.v1 import (
     credentials_pb2_grpc,
     exchange_pb2_grpc,
     oversight_pb2_grpc,
+    tracker_pb2_grpc,
 )
 
 
@@ -19,12 +20,20 @@ def test_names_are_the_paths_the_generated_stubs_call() -> None:
     assert rpcs.SIGN_CHECKPOINT == "/tongban.v1.Oversight/SignCheckpoint"
     assert rpcs.CASES_SUBMIT == "/tongban.v1.Cases/Submit"
     assert rpcs.DELIVER_CASE_EVENTS == "/tongban.v1.Peer/DeliverCaseEvents"
+    assert rpcs.TRAIL == "/tongban.v1.Tracker/Trail"
+    assert rpcs.SUBJECT_TRAIL == "/tongban.v1.Peer/SubjectTrail"
     called: set[str] = set()
-    for module in (cases_pb2_grpc, credentials_pb2_grpc, exchange_pb2_grpc, oversight_pb2_grpc):
+    for module in (
+        cases_pb2_grpc,
+        credentials_pb2_grpc,
+        exchange_pb2_grpc,
+        oversight_pb2_grpc,
+        tracker_pb2_grpc,
+    ):
         assert module.__file__ is not None
         called |= set(re.findall(r"'(/tongban\.v1\.\w+/\w+)'", Path(module.__file__).read_text()))
     named = {getattr(rpcs, n) for n in rpcs.__all__ if isinstance(getattr(rpcs, n), str)}
-    assert len(named) == 18
+    assert len(named) == 20
     assert named <= called
 
 
