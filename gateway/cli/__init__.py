@@ -23,6 +23,7 @@ from rich.console import Console
 from gateway.cli import (
     audit,
     case,
+    console,
     credentials,
     demo,
     gateway,
@@ -50,7 +51,19 @@ from signer import SignerError
 __all__ = ["main"]
 
 # The order of `tongban --help`.
-VERB_GROUPS = (demo, pki, registry, keys, credentials, tokens, gateway, provider, audit, case)
+VERB_GROUPS = (
+    demo,
+    pki,
+    registry,
+    keys,
+    credentials,
+    tokens,
+    gateway,
+    provider,
+    audit,
+    case,
+    console,
+)
 
 
 def _package_version() -> str:
