@@ -114,7 +114,7 @@ proto-check: $(STAMP)
 # failing fails the run.
 BESIDE_LOWEST ?= 0
 COVERAGE_DIR := out/coverage
-SHARD := $(PY) -m pytest -p no:cacheprovider --cov --cov-branch --cov-report= --cov-fail-under=0
+SHARD := $(PY) -m pytest --cov --cov-branch --cov-report= --cov-fail-under=0 -p no:cacheprovider
 pytest: $(STAMP) services promtool tools softhsm browser
 	@rm -rf $(COVERAGE_DIR) && mkdir -p $(COVERAGE_DIR)/unit $(COVERAGE_DIR)/rest; \
 	faults_log=$$(mktemp); unit_log=$$(mktemp); low_log=$$(mktemp); lowest=0; \

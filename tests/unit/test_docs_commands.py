@@ -238,6 +238,7 @@ MAKE_TARGETS = {
         "mypy --strict gateway signer registry",
         "proto/build.py --check",
         "-m pytest --cov",
+        "-m coverage report",
     ],
     "lint": [
         ".venv/bin/ruff format --check .",
@@ -246,7 +247,12 @@ MAKE_TARGETS = {
     ],
     "proto": [".venv/bin/python proto/build.py"],
     "proto-check": [".venv/bin/python proto/build.py --check"],
-    "pytest": [".venv/bin/python -m pytest --cov --cov-branch"],
+    "pytest": [
+        ".venv/bin/python -m pytest --cov --cov-branch",
+        "tests/unit",
+        "--ignore=tests/unit",
+        "-m coverage report",
+    ],
     "promtool": ["apt-get install -y -qq --no-install-recommends prometheus"],
     "lock": [
         "pip compile",
