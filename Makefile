@@ -89,9 +89,11 @@ softhsm:
 	@command -v softhsm2-util >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends softhsm2)
 
 # Debian's Chromium and its chromedriver, which the console's browser tests drive headless
-# (tests/browser/: Selenium is given /usr/bin/chromedriver, it downloads nothing).
+# (tests/browser/: Selenium is given /usr/bin/chromedriver, it downloads nothing), and the
+# smallest Debian font with Chinese glyphs (WenQuanYi Micro Hei, 5 MB) for their screenshots.
+CJK_FONT := /usr/share/fonts/truetype/wqy/wqy-microhei.ttc
 browser:
-	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver)
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null && test -e $(CJK_FONT) || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver fonts-wqy-microhei)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
