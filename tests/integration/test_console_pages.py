@@ -10,6 +10,8 @@ with that citizen's own entries, so that what a page shows follows from the sess
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import re
 import secrets
 from collections.abc import AsyncIterator
@@ -26,9 +28,10 @@ from query_support import CALL_TIMEOUT, Cluster, bearer, request, running_cluste
 from support import make_federation, region_root
 
 from gateway.audit import AuditQuery
-from gateway.console import create_app
+from gateway.console import EmbeddedServer, create_app
 from gateway.console._app import SecurityHeaders
-from gateway.console._config import ConsoleConfig
+from gateway.console._config import ConsoleConfig, ConsoleConfigError
+from gateway.console._proof import check_inclusion
 from registry import pki_trusted_root_path
 from tongban.v1 import (
     cases_pb2,
@@ -98,7 +101,8 @@ class Double(
         return claims.applicant
 
     async def Trail(self, request: Any, context: Any) -> tracker_pb2.TrailResponse:
-        name = self.names[self.applicant(context)]
+        # a citizen's own trail; staff (no applicant) name the subject
+        name = self.names[self.applicant(context) or request.subject_id]
         entry = tracker_pb2.TrailEntry(
             region="510000", audit_index=7, requester_agency="sc.hrss", requester_region="510000"
         )
@@ -388,3 +392,188 @@ async def test_a_citizen_never_sees_another_citizens_data(world: World) -> None:
             assert names[a] not in theirs.text, page
             assert b not in mine.text, page  # nor the other's id
             assert a not in theirs.text, page
+
+
+# staff pages ----------------------------------------------------------------------------------
+async def test_an_overseer_checks_a_records_inclusion_proof_step_by_step(world: World) -> None:
+    index = world.hostile_index
+    async with world.client() as client:
+        await log_in(client, world.token(OVERSIGHT))
+        page = await client.get(f"/staff/records/{index}/proof?lang=en")
+        assert page.status_code == 200
+        if 'id="sign"' in page.text:  # no checkpoint covers it yet: ask for one
+            refused = await client.post("/staff/checkpoint", data={"index": str(index)})
+            assert refused.status_code == 403
+            signed = await client.post(
+                "/staff/checkpoint", data={"index": str(index), "csrf": csrf_of(page)}
+            )
+            assert signed.headers["location"] == f"/staff/records/{index}/proof"
+            page = await client.get(signed.headers["location"])
+        assert 'id="verdict" class="ok"' in page.text
+        assert "failed" not in page.text
+        assert page.text.count("<li") >= 5
+        bad = await client.post("/staff/checkpoint", data={"index": "x1", "csrf": csrf_of(page)})
+        assert bad.status_code == 400
+
+
+async def test_a_proof_that_does_not_hold_is_shown_failing_at_its_step(world: World) -> None:
+    console = world.real.console
+    token = world.token(OVERSIGHT)
+    role, claims = console.logins.verify(token)
+    session = console.sessions.open(token, role, claims)
+    index = world.hostile_index
+    record = await console.client.record(session, index)
+    assert record is not None
+    answer = await console.client.inclusion_proof(session, index)
+
+    def check(changed: Any, leaf: bytes = record.leaf_hash) -> Any:
+        return check_inclusion(
+            leaf,
+            index=index,
+            answer=changed,
+            registry=console.registry.current(),
+            region=REGION,
+            now=datetime.now(UTC),
+        )
+
+    good = check(answer)
+    assert good.verified
+    assert good.reached == good.root == good.checkpoint_root
+    other_leaf = check(answer, leaf=bytes(32))
+    assert not other_leaf.leaf_matches
+    assert not other_leaf.verified
+    tampered = type(answer)()
+    tampered.CopyFrom(answer)
+    tampered.hashes[0] = bytes(32)
+    broken = check(tampered)
+    assert not broken.proof_holds
+    assert broken.proof_problem
+    assert broken.reached != broken.root
+    unsigned = type(answer)()
+    unsigned.CopyFrom(answer)
+    unsigned.ClearField("checkpoint")
+    alone = check(unsigned)
+    assert not alone.checkpoint_signed
+    assert alone.checkpoint_problem == "no signed checkpoint came with the proof"
+    assert not alone.verified
+    forged = type(answer)()
+    forged.CopyFrom(answer)
+    forged.checkpoint.note = answer.checkpoint.note.replace("\n\n", "\n\nx", 1)
+    assert not check(forged).checkpoint_signed
+
+
+async def test_the_staff_pages_ask_the_gateway_and_refuse_bad_arguments(world: World) -> None:
+    async with world.client() as client:
+        await log_in(client, world.token(OVERSIGHT))
+        found = await client.get(
+            "/staff/records?outcome=allowed&dataset=market.business_licence"
+            "&purpose=LICENCE-VERIFY&agency=cq.psb"
+        )
+        assert found.status_code == 200
+        assert f'href="/staff/records/{world.hostile_index}"' in found.text
+        none = await client.get("/staff/records?agency=nobody")
+        assert 'tr class="record"' not in none.text
+        assert (await client.get("/staff/records?dataset=" + "x" * 200)).status_code == 400
+        assert (await client.get("/staff/records/99999999")).status_code == 404
+        assert (await client.get("/staff/records/99999999/proof")).status_code == 404
+        alerts = await client.get("/staff/alerts?lang=en")
+        assert alerts.status_code == 200
+        assert "forks" in alerts.text.lower()
+        form = await client.get("/staff/trail")
+        assert form.status_code == 200
+        empty = await client.post("/staff/trail", data={"csrf": csrf_of(form), "subject": " "})
+        assert empty.status_code == 400
+        # the gateway of this branch does not serve Tracker yet: its refusal, as a page
+        trail = await client.post(
+            "/staff/trail", data={"csrf": csrf_of(form), "subject": world.citizens[0]}
+        )
+        assert trail.status_code == 501
+        assert "UNIMPLEMENTED" in trail.text
+        assert "Traceback" not in trail.text
+    async with world.client(world.double_app) as client:
+        await log_in(client, world.token(OVERSIGHT))
+        form = await client.get("/staff/trail")
+        trail = await client.post(
+            "/staff/trail", data={"csrf": csrf_of(form), "subject": world.citizens[1]}
+        )
+        assert trail.status_code == 200
+        assert world.double.names[world.citizens[1]] in trail.text
+        assert 'class="ok"' in trail.text
+
+
+async def test_a_citizen_page_the_gateway_refuses_is_a_page_not_a_trace(world: World) -> None:
+    async with world.client() as client:
+        await log_in(client, world.citizen_token())
+        trail = await client.get("/me/trail?lang=en")
+        assert trail.status_code == 501  # Tracker is not served by this branch's gateway
+        assert "UNIMPLEMENTED" in trail.text
+    async with world.client(world.double_app) as client:
+        page = await log_in(client, world.citizen_token(1))
+        consents = await client.get(page.headers["location"].replace("trail", "consents"))
+        nothing = await client.post(
+            "/me/consents/revoke", data={"csrf": csrf_of(consents), "consent_id": ""}
+        )
+        assert nothing.status_code == 400
+
+
+# configuration -------------------------------------------------------------------------------
+async def test_a_configuration_that_cannot_be_used_is_refused_naming_the_key(
+    world: World, tmp_path: Path
+) -> None:
+    good = console_config(world.cluster, tmp_path, 7500)
+    assert (good.region, good.portal.agency, good.oversight.agency) == (REGION, PORTAL, OVERSIGHT)
+    assert not good.over_tls
+    text = tmp_path / "console.toml"
+    base = {
+        "console": {"listen": "127.0.0.1:8600", "region": REGION},
+        "gateway": {"address": "localhost:1", "ca_file": str(tmp_path / "ca.pem")},
+        "portal": {"certificate": str(world.cluster.fed.tls_files(PORTAL)[0]),
+                   "private_key": str(world.cluster.fed.tls_files(PORTAL)[1])},
+        "oversight": {"certificate": str(world.cluster.fed.tls_files(OVERSIGHT)[0]),
+                      "private_key": str(world.cluster.fed.tls_files(OVERSIGHT)[1])},
+        "registry": {"snapshot_file": str(world.cluster.fed.current),
+                     "trusted_root": str(pki_trusted_root_path(world.cluster.fed.pki))},
+    }  # fmt: skip
+    wrong = {
+        "unknown section [web]": {"web": {}},
+        "unknown key console.port": {"console": {**base["console"], "port": 1}},
+        "console.listen must be host:port": {"console": {"listen": "8600", "region": REGION}},
+        "console.region must be a GB/T 2260 code": {
+            "console": {"listen": "127.0.0.1:1", "region": "50"}
+        },
+        "go together": {"console": {**base["console"], "tls_certificate": "x.pem"}},
+        "gateway.address must be a non-empty string": {"gateway": {"ca_file": "ca.pem"}},
+        "is not a file": {"gateway": {"address": "localhost:1", "ca_file": "nothing.pem"}},
+        "names no agency": {"portal": {"certificate": str(world.cluster.fed.tls_files(REGION)[0]),
+                                       "private_key": base["portal"]["private_key"]}},
+        "not a readable agency certificate": {"oversight": {
+            "certificate": base["portal"]["private_key"],
+            "private_key": base["portal"]["private_key"]}},
+    }  # fmt: skip
+    for words, change in wrong.items():
+        with pytest.raises(ConsoleConfigError, match=re.escape(words)):
+            ConsoleConfig.from_table({**base, **change}, text)
+    text.write_text("[console\n", encoding="utf-8")
+    with pytest.raises(ConsoleConfigError, match="cannot be read as TOML"):
+        ConsoleConfig.from_file(text)
+
+
+async def test_the_console_serves_its_pages_with_uvicorn(world: World, tmp_path: Path) -> None:
+    config = console_config(world.cluster, tmp_path, world.cluster.ports[REGION])
+    server = EmbeddedServer(dataclasses.replace(config, listen_port=0))  # a lone server: port 0
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started and not task.done():
+            await asyncio.sleep(0.02)
+        assert server.started
+        port = server.servers[0].sockets[0].getsockname()[1]
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            page = await client.get("/login?lang=en")
+            css = await client.get("/static/console.css")
+        assert page.status_code == css.status_code == 200
+        assert '<html lang="en">' in page.text
+        assert page.headers["x-frame-options"] == css.headers["x-frame-options"] == "DENY"
+        assert "server" not in page.headers
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
