@@ -18,7 +18,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCK) $(UV_LOCK) | sha2
 LOWEST_VENV ?= .venv-lowest
 DEMO ?= out/demo
 
-.PHONY: demo demo-serve fuzz faults soak test install lock check-lowest lowest-gate services promtool tools softhsm lint proto proto-check pytest clean
+.PHONY: demo demo-serve fuzz faults soak test install lock check-lowest lowest-gate services promtool tools softhsm browser lint proto proto-check pytest clean
 
 UV_STAMP := $(VENV)/.uv-$(shell sha256sum $(UV_LOCK) | cut -c1-12)
 
@@ -88,6 +88,13 @@ tools:
 softhsm:
 	@command -v softhsm2-util >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends softhsm2)
 
+# Debian's Chromium and its chromedriver, which the console's browser tests drive headless
+# (tests/browser/: Selenium is given /usr/bin/chromedriver, it downloads nothing), and the
+# smallest Debian font with Chinese glyphs (WenQuanYi Micro Hei, 5 MB) for their screenshots.
+CJK_FONT := /usr/share/fonts/truetype/wqy/wqy-microhei.ttc
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null && test -e $(CJK_FONT) || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver fonts-wqy-microhei)
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
@@ -110,7 +117,7 @@ proto-check: $(STAMP)
 BESIDE_LOWEST ?= 0
 COVERAGE_DIR := out/coverage
 SHARD := $(PY) -m pytest --cov --cov-branch --cov-report= --cov-fail-under=0 -p no:cacheprovider
-pytest: $(STAMP) services promtool tools softhsm
+pytest: $(STAMP) services promtool tools softhsm browser
 	@rm -rf $(COVERAGE_DIR) && mkdir -p $(COVERAGE_DIR)/integration $(COVERAGE_DIR)/rest; \
 	faults_log=$$(mktemp); rest_log=$$(mktemp); low_log=$$(mktemp); lowest=0; \
 	$(PY) -m pytest -p no:cacheprovider --no-cov -q tests/faults >"$$faults_log" 2>&1 & faults=$$!; \
@@ -131,7 +138,7 @@ pytest: $(STAMP) services promtool tools softhsm
 
 # The lowest versions pyproject.toml allows pass the same gate: their lint first, their unit tests
 # beside the rest of pytest (`make check-lowest` runs them alone).
-test: $(STAMP) services promtool tools softhsm lint proto-check lowest-gate
+test: $(STAMP) services promtool tools softhsm browser lint proto-check lowest-gate
 	@$(MAKE) --no-print-directory pytest BESIDE_LOWEST=1
 
 # The demo: three regions on loopback playing scripted scenarios (exit 0 only if all behave).

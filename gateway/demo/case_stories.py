@@ -40,7 +40,7 @@ from tongban.v1 import (
     exchange_pb2_grpc,
 )
 
-__all__ = ["SI_FIELDS", "case_cy", "case_done", "case_multi"]
+__all__ = ["SI_FIELDS", "case_cy", "case_done", "case_multi", "multi_applicant"]
 
 DELIVERY_TIMEOUT: Final = 20.0  # seconds for another region's change to reach a gateway
 POLL_SECONDS: Final = 0.1
@@ -83,6 +83,11 @@ def applicant(fed: Federation, held: Sequence[tuple[str, str]], skip: int = 0) -
                 return subject
             skip -= 1
     raise DemoError("no synthetic 重庆 citizen has the records the scenario needs")
+
+
+def multi_applicant(fed: Federation) -> str:
+    """The applicant of the 多地联办 case: a 重庆 citizen whom 四川 and 浙江 hold records of."""
+    return applicant(fed, [("510000", "si.participation"), ("330000", "si.participation")])
 
 
 async def seal(fed: Federation, agency: str, material_id: str, doc: dict[str, Any]) -> Any:
@@ -328,7 +333,7 @@ def _filing_result(case_id: str, citizen: str) -> dict[str, Any]:
 # 多地联办 -----------------------------------------------------------------------------------------
 async def case_multi(fed: Federation, story: Story) -> Result:
     """养老保险关系转移接续 across 四川 (window), 浙江 (转出地) and 重庆 (转入地), to 重庆's part."""
-    citizen = applicant(fed, [("510000", "si.participation"), ("330000", "si.participation")])
+    citizen = multi_applicant(fed)
     story.citizen, story.window, story.handler = citizen, "sc.hrss", "cq.hrss"
     steps = Steps(f"多地联办: {PENSION_MATTER} 养老保险关系转移接续 for {mask(citizen)}")
     person = fed.data["510000"].record("si.participation", citizen) or {}

@@ -19,6 +19,7 @@ import sys
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
@@ -35,6 +36,9 @@ from gateway.demo.federation import (
 )
 from gateway.demo.stories import play
 from registry import CURRENT_SNAPSHOT, KeyState, KeyUsage
+
+if TYPE_CHECKING:
+    from gateway.demo.console import DemoConsole
 
 __all__ = ["DemoError", "DemoOptions", "run_demo"]
 
@@ -95,6 +99,22 @@ def client_command(fed: Federation) -> str:
     return " \\\n    ".join(lines)
 
 
+async def _serve_console(fed: Federation, out: Console) -> DemoConsole:
+    from gateway.demo.console import CONSOLE_REGION, login_commands, start_console
+
+    console = await start_console(fed)
+    out.print(
+        f"[bold]The web console[/] of {CONSOLE_REGION} {REGIONS[CONSOLE_REGION]}: {console.url} "
+        "(docs/console.md). Log in by pasting a token (it lives 5 minutes) that one of these "
+        "prints:",
+        soft_wrap=True,
+    )
+    for who, command in login_commands(fed):
+        out.print(f"  {who}:", soft_wrap=True)
+        out.print(f"  {command}", soft_wrap=True, markup=False, highlight=False)
+    return console
+
+
 async def _serve_until_interrupted(fed: Federation, out: Console, options: DemoOptions) -> None:
     out.print()
     describe(fed, out, options)
@@ -112,13 +132,15 @@ async def _serve_until_interrupted(fed: Federation, out: Console, options: DemoO
         markup=False,
         highlight=False,
     )
+    console = await _serve_console(fed, out)
     out.print("Ctrl-C stops them.", soft_wrap=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    out.print("Stopping the gateways.")
+    out.print("Stopping the console and the gateways.")
+    await console.stop()
 
 
 async def _run(options: DemoOptions, out: Console, folder: Path) -> int:
