@@ -329,6 +329,14 @@ KEYS: tuple[Key, ...] = (
         "decide",
     ),
     Key(
+        "exchange",
+        "consent_status_seconds",
+        "no",
+        (_EX, "consent_status_seconds"),
+        doc="how long another region's answer on whether a consent is revoked is kept: the "
+        "bound on how late a revocation is seen here (home unreachable: CONSENT_STATUS_UNAVAILABLE)",
+    ),
+    Key(
         "peers",
         '"<region code>"',
         "no",

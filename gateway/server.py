@@ -66,6 +66,7 @@ from gateway.metrics import (
 )
 from gateway.peers import PeerPool
 from gateway.registry_sync import PeerSnapshotSource
+from gateway.services.consents import CONSENTS, serve_consents
 from gateway.services.credentials import CredentialsService
 from gateway.services.exchange import DataExchangeService, PeerService, QueryPath
 from gateway.services.oversight import OversightService
@@ -178,7 +179,11 @@ class Gateway:
         self.served_services = (
             *SERVED_SERVICES,
             *((OVERSIGHT_SERVICE,) if self.audit else ()),
-            *((EXCHANGE_SERVICE, PEER_SERVICE, WITNESS_SERVICE) if self.witnessing else ()),
+            *(
+                (EXCHANGE_SERVICE, PEER_SERVICE, WITNESS_SERVICE, CONSENTS)
+                if self.witnessing
+                else ()
+            ),
             *((CASES_SERVICE,) if self.cases else ()),
         )
         self._tasks: list[asyncio.Task[None]] = []
@@ -364,6 +369,7 @@ class Gateway:
             )
             book = self.cases.book if self.cases is not None else None
             exchange_pb2_grpc.add_PeerServicer_to_server(PeerService(self.query_path, book), server)
+            serve_consents(self.query_path, server)
         if self.witnessing is not None:
             exchange_pb2_grpc.add_WitnessServicer_to_server(self.witnessing.service, server)
         if self.cases is not None:

@@ -29,6 +29,13 @@ from gateway.audit import AuditLog
 from gateway.cache import AnswerCache
 from gateway.cases import CaseBinding
 from gateway.cases._peer import CaseIntake, deliver_case_events
+from gateway.consent import (
+    DEFAULT_STATUS_SECONDS,
+    ConsentGate,
+    ConsentRegister,
+    ConsentUses,
+    MemoryConsentRegister,
+)
 from gateway.errors import PLAIN_MESSAGES, Refusal, status_code, status_of
 from gateway.flows import (
     NO_REQUEST,
@@ -80,6 +87,7 @@ from gateway.services._peer_calls import (
     ForwardCoalescer,
     ForwardGathering,
 )
+from gateway.services.consents import consent_status
 from gateway.shared_checks import SharedChecks
 from gateway.tokens import TokenVerifier
 from registry import RegistryError, RegistryStore
@@ -259,12 +267,15 @@ class QueryPath:
         reporter: AccessReporter | None = None,
         peer_timeout_seconds: float = PEER_CALL_SECONDS,
         cases: CaseBinding | None = None,
+        consent_register: ConsentRegister | None = None,
+        consent_uses: ConsentUses | None = None,
+        consent_status_seconds: float = DEFAULT_STATUS_SECONDS,
     ) -> None:
         self.region = region
         self.metrics = metrics
         self._cache = cache
         self._provider = provider
-        gatekeeper = Gatekeeper(registry)
+        self.gatekeeper = gatekeeper = Gatekeeper(registry)
         self.trail = AuditTrail(
             audit=audit,
             gateway_name=gateway_name,
@@ -272,6 +283,25 @@ class QueryPath:
             pseudonym_key=pseudonym_key,
             metrics=metrics,
             clock=clock,
+        )
+
+        async def ask_status(home: str, consent_id: str) -> bool:  # Peer.ConsentStatus
+            asked = exchange_pb2.ConsentStatusRequest(consent_id=consent_id)
+            answer = await peers.call(
+                home,
+                lambda stub: stub.ConsentStatus(asked, timeout=peer_timeout_seconds),
+                timeout_seconds=peer_timeout_seconds,
+            )
+            return bool(answer.revoked)
+
+        self.consents = ConsentGate(
+            region=region,
+            register=consent_register or MemoryConsentRegister(),
+            uses=consent_uses or ConsentUses(),
+            ask_status=ask_status,
+            pseudonym=self.trail.pseudonym,
+            clock=clock,
+            status_seconds=consent_status_seconds,
         )
         self.requester = RequesterFlow(
             region=region,
@@ -296,6 +326,7 @@ class QueryPath:
             reporter=reporter,
             cases=cases,
             checks=checks,
+            consents=self.consents,
             clock=clock,
         )
         self.owner = OwnerFlow(
@@ -312,6 +343,7 @@ class QueryPath:
             data_system=DataSystemClient(provider, metrics) if provider is not None else None,
             cases=cases,
             checks=checks,
+            consents=self.consents,
             clock=clock,
         )
         self.intake = ReportIntake(region=region, gatekeeper=gatekeeper, trail=self.trail)
@@ -499,3 +531,8 @@ class PeerService(exchange_pb2_grpc.PeerServicer):
         self, request: exchange_pb2.DeliverCaseEventsRequest, context: Context
     ) -> exchange_pb2.DeliverCaseEventsResponse:
         return await deliver_case_events(self.cases, current_caller.get(), request)
+
+    async def ConsentStatus(
+        self, request: exchange_pb2.ConsentStatusRequest, context: Context
+    ) -> exchange_pb2.ConsentStatusResponse:
+        return await consent_status(self._path.consents, current_caller.get(), request)

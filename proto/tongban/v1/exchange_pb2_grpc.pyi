@@ -127,6 +127,8 @@ class PeerStub:
     they name. The receiver verifies each, keeps it with an audit record in one transaction,
     and answers the ids it holds durably (an event sent again is answered, not kept twice).
     """
+    ConsentStatus: _grpc.UnaryUnaryMultiCallable[_exchange_pb2.ConsentStatusRequest, _exchange_pb2.ConsentStatusResponse]
+    """Called by a gateway checking a consent of this (its home) region: is it revoked?"""
 
 @_typing.type_check_only
 class PeerAsyncStub(PeerStub):
@@ -161,6 +163,8 @@ class PeerAsyncStub(PeerStub):
     they name. The receiver verifies each, keeps it with an audit record in one transaction,
     and answers the ids it holds durably (an event sent again is answered, not kept twice).
     """
+    ConsentStatus: _aio.UnaryUnaryMultiCallable[_exchange_pb2.ConsentStatusRequest, _exchange_pb2.ConsentStatusResponse]  # type: ignore[assignment]
+    """Called by a gateway checking a consent of this (its home) region: is it revoked?"""
 
 class PeerServicer(metaclass=_abc_1.ABCMeta):
     """The gateway-to-gateway hop. Called only by other regions' gateways over mutual TLS with a
@@ -216,6 +220,14 @@ class PeerServicer(metaclass=_abc_1.ABCMeta):
         they name. The receiver verifies each, keeps it with an audit record in one transaction,
         and answers the ids it holds durably (an event sent again is answered, not kept twice).
         """
+
+    @_abc_1.abstractmethod
+    def ConsentStatus(
+        self,
+        request: _exchange_pb2.ConsentStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_exchange_pb2.ConsentStatusResponse, _abc.Awaitable[_exchange_pb2.ConsentStatusResponse]]:
+        """Called by a gateway checking a consent of this (its home) region: is it revoked?"""
 
 def add_PeerServicer_to_server(servicer: PeerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
