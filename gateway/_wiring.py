@@ -3,6 +3,7 @@ query path with its backends (Redis or memory), data-system client and peer pool
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import ssl
@@ -26,6 +27,7 @@ from gateway.audit import (
     PostgresAuditStore,
     SqliteAuditStore,
     Witness,
+    pseudonymize,
     witness_store_for,
 )
 from gateway.breaker import CircuitBreaker
@@ -33,6 +35,7 @@ from gateway.cache import AnswerCache, CacheBackend, MemoryBackend, RedisBackend
 from gateway.cases import CaseBinding, case_store_for
 from gateway.config import ExchangeConfig, GatewayConfig
 from gateway.consent import (
+    ConsentGate,
     ConsentRegister,
     ConsentUses,
     MemoryConsentRegister,
@@ -54,7 +57,7 @@ from gateway.replay import (
 from gateway.reports import AccessReporter
 from gateway.revocation import CallerRevocation, make_fetcher
 from gateway.sealing import Sm2SealKey
-from gateway.services.exchange import QueryPath
+from gateway.services.exchange import QueryPath, status_asker
 from gateway.services.witness import WitnessService
 from gateway.shared_checks import OneTrip, SharedChecks
 from gateway.timestamps import make_time_stamper
@@ -452,9 +455,15 @@ def build_query_path(
             clock=clock,
         ),
         cases=case_binding(config, parts.audit) if config.cases.bind_queries else None,
-        consent_register=consent_register(config, closers),
-        consent_uses=consent_uses(exchange, closers),
-        consent_status_seconds=exchange.consent_status_seconds,
+        consents=ConsentGate(
+            region=config.region,
+            register=consent_register(config, closers),
+            uses=consent_uses(exchange, closers),
+            ask_status=status_asker(peers, exchange.peer_timeout_seconds),
+            pseudonym=functools.partial(pseudonymize, key=config.audit.pseudonym_key),
+            clock=clock,
+            status_seconds=exchange.consent_status_seconds,
+        ),
     )
     closers.insert(0, path.close)  # first: flushes reports over the peer channels
     return path, peers

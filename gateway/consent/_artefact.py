@@ -310,11 +310,27 @@ def read_consent(artefact: str, registry: Registry, now: datetime) -> ConsentCla
     except ConsentError:
         raise
     entry = found[0]
+    consent = _claims_of(verified.payload, entry)  # (4)
+    try:  # (5)
+        entry.check_may_verify(consent.issued_at)
+        entry.check_may_verify(now)
+    except KeyRefused as exc:
+        raise _invalid(f"token key {entry.kid} may not verify this consent: {exc}") from exc
+    # (6)
+    stamp = now.timestamp()
+    if max(consent.issued_at, consent.not_before).timestamp() > stamp + LEEWAY_SECONDS:
+        raise ConsentError("CONSENT_INVALID", "the consent is not valid yet", consent.consent_id)
+    if consent.expires_at.timestamp() <= stamp - LEEWAY_SECONDS:
+        raise ConsentError("CONSENT_INVALID", "the consent has expired", consent.consent_id)
+    return consent
+
+
+def _claims_of(payload: bytes, entry: KeyEntry) -> ConsentClaims:
+    """(4) of `read_consent`: the verified payload's claims, each in its grammar."""
     try:
-        claims = json.loads(verified.payload)
+        claims = json.loads(payload)
     except (ValueError, RecursionError) as exc:
         raise _invalid("the consent's payload is not JSON") from exc
-    # (4)
     if not isinstance(claims, dict) or set(claims) != _CLAIMS:
         raise _invalid(f"a consent has exactly the claims {sorted(_CLAIMS)}")
     consent_id, subject, purpose = claims["jti"], claims["sub"], claims["purpose"]
@@ -335,19 +351,6 @@ def read_consent(artefact: str, registry: Registry, now: datetime) -> ConsentCla
     regions = _texts(claims, "regions", is_region_code)
     if not agencies and not regions:
         raise _invalid("the consent names no agency or region that may ask")
-    issued, not_before, expires = _time(claims, "iat"), _time(claims, "nbf"), _time(claims, "exp")
-    try:  # (5)
-        entry.check_may_verify(issued)
-        entry.check_may_verify(now)
-    except KeyRefused as exc:
-        raise _invalid(f"token key {entry.kid} may not verify this consent: {exc}") from exc
-    # (6)
-    leeway = LEEWAY_SECONDS
-    stamp = now.timestamp()
-    if issued.timestamp() > stamp + leeway or not_before.timestamp() > stamp + leeway:
-        raise ConsentError("CONSENT_INVALID", "the consent is not valid yet", consent_id)
-    if expires.timestamp() <= stamp - leeway:
-        raise ConsentError("CONSENT_INVALID", "the consent has expired", consent_id)
     return ConsentClaims(
         consent_id=consent_id,
         region=entry.region,
@@ -356,9 +359,9 @@ def read_consent(artefact: str, registry: Registry, now: datetime) -> ConsentCla
         regions=regions,
         purpose=purpose,
         datasets=_scopes(claims),
-        not_before=not_before,
-        expires_at=expires,
-        issued_at=issued,
+        not_before=_time(claims, "nbf"),
+        expires_at=_time(claims, "exp"),
+        issued_at=_time(claims, "iat"),
         max_uses=max_uses,
         kid=entry.kid,
     )

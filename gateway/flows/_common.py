@@ -145,7 +145,7 @@ async def check_consent(
     registry: Registry,
     grant: Grant,
     *,
-    count_use: bool,
+    count_use: bool = False,
 ) -> tuple[AuditContext, str]:
     """The consent check of a query (`ConsentGate.check`; for datasets marked
     requires_consent): the audit context naming the consent, and its id ("" when none is

@@ -190,10 +190,7 @@ class RequesterFlow:
                 audit = replace(audit, agreement_id=grant.agreement_id)
                 # (3a)
                 await bind_to_case(self.cases, registry, grant, data)
-                # (3b)
-                audit, consent_id = await check_consent(
-                    self.consents, audit, registry, grant, count_use=False
-                )
+                audit, consent_id = await check_consent(self.consents, audit, registry, grant)
             except Refusal:
                 await self._first_use(caller, data)  # (2) first: a repeat is refused as one
                 raise

@@ -43,6 +43,8 @@ CONSENTS: Final = consents_pb2.DESCRIPTOR.services_by_name["Consents"].full_name
 
 def serve_consents(path: QueryPath, server: grpc.aio.Server) -> None:
     """Add the Consents service of `path`'s gateway (its consent register) to `server`."""
+    if path.consents is None:
+        return
     service = ConsentsService(
         path.consents,
         gatekeeper=path.gatekeeper,

@@ -29,13 +29,7 @@ from gateway.audit import AuditLog
 from gateway.cache import AnswerCache
 from gateway.cases import CaseBinding
 from gateway.cases._peer import CaseIntake, deliver_case_events
-from gateway.consent import (
-    DEFAULT_STATUS_SECONDS,
-    ConsentGate,
-    ConsentRegister,
-    ConsentUses,
-    MemoryConsentRegister,
-)
+from gateway.consent import ConsentGate, StatusAsker
 from gateway.errors import PLAIN_MESSAGES, Refusal, status_code, status_of
 from gateway.flows import (
     NO_REQUEST,
@@ -103,6 +97,7 @@ __all__ = [
     "seal_format",
     "sealed_answer",
     "sealed_record",
+    "status_asker",
     "wire_seal_format",
 ]
 
@@ -238,6 +233,22 @@ class DataSystemClient:
 
 
 # -- one gateway's query path -----------------------------------------------------------------
+def status_asker(peers: PeerPool, timeout_seconds: float) -> StatusAsker:
+    """Asks a consent's home gateway whether it is revoked (Peer.ConsentStatus, over the
+    authenticated peer channel, through that region's breaker)."""
+
+    async def ask(home: str, consent_id: str) -> bool:
+        asked = exchange_pb2.ConsentStatusRequest(consent_id=consent_id)
+        answer = await peers.call(
+            home,
+            lambda stub: stub.ConsentStatus(asked, timeout=timeout_seconds),
+            timeout_seconds=timeout_seconds,
+        )
+        return bool(answer.revoked)
+
+    return ask
+
+
 class QueryPath:
     """The three flows of one gateway, assembled from its collaborators: `requester`,
     `owner` and `intake` share one audit trail and one decision maker; `requester` and
@@ -267,9 +278,7 @@ class QueryPath:
         reporter: AccessReporter | None = None,
         peer_timeout_seconds: float = PEER_CALL_SECONDS,
         cases: CaseBinding | None = None,
-        consent_register: ConsentRegister | None = None,
-        consent_uses: ConsentUses | None = None,
-        consent_status_seconds: float = DEFAULT_STATUS_SECONDS,
+        consents: ConsentGate | None = None,  # None: datasets needing consent are refused
     ) -> None:
         self.region = region
         self.metrics = metrics
@@ -284,25 +293,6 @@ class QueryPath:
             metrics=metrics,
             clock=clock,
         )
-
-        async def ask_status(home: str, consent_id: str) -> bool:  # Peer.ConsentStatus
-            asked = exchange_pb2.ConsentStatusRequest(consent_id=consent_id)
-            answer = await peers.call(
-                home,
-                lambda stub: stub.ConsentStatus(asked, timeout=peer_timeout_seconds),
-                timeout_seconds=peer_timeout_seconds,
-            )
-            return bool(answer.revoked)
-
-        self.consents = ConsentGate(
-            region=region,
-            register=consent_register or MemoryConsentRegister(),
-            uses=consent_uses or ConsentUses(),
-            ask_status=ask_status,
-            pseudonym=self.trail.pseudonym,
-            clock=clock,
-            status_seconds=consent_status_seconds,
-        )
         self.requester = RequesterFlow(
             region=region,
             gatekeeper=gatekeeper,
@@ -310,15 +300,7 @@ class QueryPath:
             tokens=tokens,
             replay=replay,
             quota=quota,
-            owners=PeerOwners(
-                region=region,
-                peers=peers,
-                metrics=metrics,
-                registry=registry,
-                signer=RequestSigner(region, audit_key),  # the key the reports are signed with
-                clock=clock,
-                peer_timeout_seconds=peer_timeout_seconds,
-            ),
+            owners=self._peer_owners(peers, registry, audit_key, clock, peer_timeout_seconds),
             verifier=verifier,
             gm_verifier=gm_verifier,
             cache=cache,
@@ -326,7 +308,6 @@ class QueryPath:
             reporter=reporter,
             cases=cases,
             checks=checks,
-            consents=self.consents,
             clock=clock,
         )
         self.owner = OwnerFlow(
@@ -343,10 +324,30 @@ class QueryPath:
             data_system=DataSystemClient(provider, metrics) if provider is not None else None,
             cases=cases,
             checks=checks,
-            consents=self.consents,
             clock=clock,
         )
         self.intake = ReportIntake(region=region, gatekeeper=gatekeeper, trail=self.trail)
+        self.consents = self.requester.consents = self.owner.consents = consents
+
+    def _peer_owners(
+        self,
+        peers: PeerPool,
+        registry: RegistryStore,
+        audit_key: ed25519.Ed25519PrivateKey,
+        clock: Callable[[], datetime],
+        peer_timeout_seconds: float,
+    ) -> PeerOwners:
+        """The requester flow's way to the owners, signing with this gateway's audit key (the
+        key the reports are signed with)."""
+        return PeerOwners(
+            region=self.region,
+            peers=peers,
+            metrics=self.metrics,
+            registry=registry,
+            signer=RequestSigner(self.region, audit_key),
+            clock=clock,
+            peer_timeout_seconds=peer_timeout_seconds,
+        )
 
     @property
     def cache(self) -> AnswerCache:
@@ -535,4 +536,6 @@ class PeerService(exchange_pb2_grpc.PeerServicer):
     async def ConsentStatus(
         self, request: exchange_pb2.ConsentStatusRequest, context: Context
     ) -> exchange_pb2.ConsentStatusResponse:
+        if self._path.consents is None:
+            raise Refusal("NOT_IMPLEMENTED", "this gateway keeps no consent register")
         return await consent_status(self._path.consents, current_caller.get(), request)
