@@ -3,6 +3,7 @@ query path with its backends (Redis or memory), data-system client and peer pool
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import ssl
@@ -26,12 +27,20 @@ from gateway.audit import (
     PostgresAuditStore,
     SqliteAuditStore,
     Witness,
+    pseudonymize,
     witness_store_for,
 )
 from gateway.breaker import CircuitBreaker
 from gateway.cache import AnswerCache, CacheBackend, MemoryBackend, RedisBackend
 from gateway.cases import CaseBinding, case_store_for
 from gateway.config import ExchangeConfig, GatewayConfig
+from gateway.consent import (
+    ConsentGate,
+    ConsentRegister,
+    ConsentUses,
+    MemoryConsentRegister,
+    SqliteConsentRegister,
+)
 from gateway.errors import ConfigError
 from gateway.metrics import PEER_LOCAL, GatewayMetrics, client_interceptors
 from gateway.peer_certificates import PeerCertificates
@@ -48,7 +57,7 @@ from gateway.replay import (
 from gateway.reports import AccessReporter
 from gateway.revocation import CallerRevocation, make_fetcher
 from gateway.sealing import Sm2SealKey
-from gateway.services.exchange import QueryPath
+from gateway.services.exchange import QueryPath, status_asker
 from gateway.services.witness import WitnessService
 from gateway.shared_checks import OneTrip, SharedChecks
 from gateway.timestamps import make_time_stamper
@@ -350,6 +359,36 @@ def case_binding(config: GatewayConfig, audit: AuditLog) -> CaseBinding:
     return CaseBinding(case_store_for(audit), config.audit.pseudonym_key)
 
 
+def consent_register(config: GatewayConfig, closers: list[Closer]) -> ConsentRegister:
+    """The register of the region's consents: a SQLite file beside a SQLite audit store
+    (`<audit file>-consents.sqlite`); with a PostgreSQL audit store, in this process only (a
+    limit, docs/architecture.md decision 38)."""
+    audit = config.audit
+    if audit is not None and audit.store == "sqlite" and audit.path is not None:
+        register = SqliteConsentRegister(audit.path.with_name(audit.path.name + "-consents.sqlite"))
+
+        async def close() -> None:
+            register.close()
+
+        closers.append(close)
+        return register
+    log.warning("gateway %s keeps its consent register in memory", config.region)
+    return MemoryConsentRegister()
+
+
+def consent_uses(exchange: ExchangeConfig, closers: list[Closer]) -> ConsentUses:
+    """The count of consents' uses: in Redis when there is one (shared by the replicas)."""
+    if not exchange.redis_url:
+        return ConsentUses()
+    client = redis.asyncio.Redis.from_url(
+        exchange.redis_url,
+        socket_timeout=exchange.redis_timeout_seconds,
+        socket_connect_timeout=exchange.redis_timeout_seconds,
+    )
+    closers.append(client.aclose)
+    return ConsentUses(client)
+
+
 def build_query_path(
     parts: QueryPathParts, closers: list[Closer]
 ) -> tuple[QueryPath, PeerPool] | None:
@@ -416,6 +455,15 @@ def build_query_path(
             clock=clock,
         ),
         cases=case_binding(config, parts.audit) if config.cases.bind_queries else None,
+        consents=ConsentGate(
+            region=config.region,
+            register=consent_register(config, closers),
+            uses=consent_uses(exchange, closers),
+            ask_status=status_asker(peers, exchange.peer_timeout_seconds),
+            pseudonym=functools.partial(pseudonymize, key=config.audit.pseudonym_key),
+            clock=clock,
+            status_seconds=exchange.consent_status_seconds,
+        ),
     )
     closers.insert(0, path.close)  # first: flushes reports over the peer channels
     return path, peers

@@ -57,6 +57,7 @@ are errors, so a typo never silently falls back to a default.
     breaker_failures = 3              # failures or timeouts of a dependency that open its breaker
     breaker_window_seconds = 10.0     # ... when they fall within this many seconds, no success between
     breaker_open_seconds = 2.0        # an open breaker refuses (or falls back) this long, then one trial
+    consent_status_seconds = 30       # another region's answer on a consent's revocation is kept this long
 
     [peers]                           # optional: endpoints overriding the registry's (dev)
     "510000" = "127.0.0.1:7510"
@@ -288,6 +289,7 @@ class ExchangeConfig:
     breaker_failures: int = 3
     breaker_window_seconds: float = 10.0
     breaker_open_seconds: float = 2.0
+    consent_status_seconds: float = 30.0
 
     def __post_init__(self) -> None:
         if self.breaker_failures < 1:
@@ -396,6 +398,7 @@ def _exchange(file: Path, section: _Section) -> ExchangeConfig | None:
         breaker_failures=failures if isinstance(failures, int) else 3,
         breaker_window_seconds=section.number("breaker_window_seconds", 10.0),
         breaker_open_seconds=section.number("breaker_open_seconds", 2.0),
+        consent_status_seconds=section.number("consent_status_seconds", 30.0),
     )
 
 

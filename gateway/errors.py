@@ -263,6 +263,16 @@ REASONS: Final[Mapping[str, Reason]] = MappingProxyType(
         "TRAIL_NOT_ALLOWED": Reason(
             _C.PERMISSION_DENIED, "only a citizen portal or an oversight agency may ask for a trail"
         ),
+        "CONSENT_REQUIRED": Reason(
+            _C.PERMISSION_DENIED, "the dataset needs the citizen's consent: none was sent"
+        ),
+        "CONSENT_INVALID": Reason(_C.PERMISSION_DENIED, "the consent artefact is not valid"),
+        "CONSENT_MISMATCH": Reason(_C.PERMISSION_DENIED, "the consent does not cover this query"),
+        "CONSENT_REVOKED": Reason(_C.PERMISSION_DENIED, "the citizen revoked the consent"),
+        "CONSENT_EXHAUSTED": Reason(_C.PERMISSION_DENIED, "the consent's uses are used up"),
+        "CONSENT_STATUS_UNAVAILABLE": Reason(
+            _C.UNAVAILABLE, "whether the consent is revoked cannot be learned now"
+        ),
     }
 )
 # The places that send a reason with another code than the table's, and why: the only codes a

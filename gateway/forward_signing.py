@@ -8,7 +8,8 @@ key's registry id) whose payload is the canonical JSON (keys sorted, no white sp
 
     {"v": 1, "requesting_region": "510000", "owner_region": "330000",
      "query": {"provider_region", "dataset", "purpose", "subject_id", "fields" (as sent),
-               "case_id", "request_id"},
+               "case_id", "request_id", and "consent" (the consent artefact) only when the
+               query carries one, so that a request signed before it verifies as it was},
      "caller": {"agency_id", "region", "operator", "certificate_thumbprint"},
      "credential_type": "", "requesting_gateway_audit_id": "",
      "issued_at": "2026-11-21T08:00:00.123456Z"}
@@ -63,7 +64,7 @@ __all__ = [
 
 REQUEST_TYPE: Final = "tongban.forward-request+jws"
 REQUEST_VERSION: Final = 1
-MAX_REQUEST_JWS_BYTES: Final = 32 * 1024  # 64 field names and every text at its bound fit
+MAX_REQUEST_JWS_BYTES: Final = 44 * 1024  # every text at its bound, and a consent of 8 KiB, fit
 REQUEST_CLOCK_SKEW: Final = timedelta(minutes=5)  # |issued_at - the owner's now|, at most
 
 _TIME_FORMAT: Final = "%Y-%m-%dT%H:%M:%S.%fZ"
@@ -123,6 +124,7 @@ class ForwardDocument:
                 "fields": list(data.fields),
                 "case_id": data.case_id,
                 "request_id": data.request_id,
+                **({"consent": data.consent} if data.consent else {}),
             },
             "caller": {
                 "agency_id": self.caller_agency,
@@ -148,7 +150,7 @@ class ForwardDocument:
         if document["v"] != REQUEST_VERSION:
             raise _malformed(f"version {document['v']!r:.8} is not {REQUEST_VERSION}")
         query, caller = document["query"], document["caller"]
-        if not isinstance(query, dict) or set(query) != _QUERY_KEYS:
+        if not isinstance(query, dict) or set(query) - {"consent"} != _QUERY_KEYS:
             raise _malformed(f"its query has exactly the keys {sorted(_QUERY_KEYS)}")
         if not isinstance(caller, dict) or set(caller) != _CALLER_KEYS:
             raise _malformed(f"its caller has exactly the keys {sorted(_CALLER_KEYS)}")
@@ -181,6 +183,7 @@ class ForwardDocument:
                 fields=tuple(fields),
                 case_id=query["case_id"],
                 request_id=query["request_id"],
+                consent=query.get("consent", ""),
             ),
             caller_agency=caller["agency_id"],
             caller_region=caller["region"],

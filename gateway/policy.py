@@ -136,6 +136,11 @@ class DataRequest:
     fields: tuple[str, ...]
     case_id: str
     request_id: str
+    # The citizen's consent artefact (gateway.consent), for datasets that need one; "" if none.
+    consent: str = ""
+
+
+MAX_CONSENT_CHARS = 8 * 1024  # a consent artefact (gateway.consent.MAX_CONSENT_BYTES)
 
 
 def _require(value: str, name: str, limit: int, argument: str = "") -> None:
@@ -195,6 +200,12 @@ def check_request(req: DataRequest) -> None:
             "INVALID_ARGUMENT_FORMAT",
             "case_id must not contain control characters or a citizen id.",
             "case_id",
+        )
+    if len(req.consent) > MAX_CONSENT_CHARS:
+        raise PolicyInputError(
+            "REQUEST_TOO_LARGE",
+            f"consent is longer than {MAX_CONSENT_CHARS} characters.",
+            "consent",
         )
     if len(req.fields) > MAX_FIELDS:
         raise PolicyInputError(

@@ -7,7 +7,14 @@ from typing import Final
 
 from google.protobuf.descriptor import FileDescriptor
 
-from tongban.v1 import cases_pb2, credentials_pb2, exchange_pb2, oversight_pb2, tracker_pb2
+from tongban.v1 import (
+    cases_pb2,
+    consents_pb2,
+    credentials_pb2,
+    exchange_pb2,
+    oversight_pb2,
+    tracker_pb2,
+)
 
 __all__ = [
     "BATCH_QUERY",
@@ -16,6 +23,10 @@ __all__ = [
     "CASES_LIST",
     "CASES_SUBMIT",
     "CASES_WATCH",
+    "CONSENTS_LIST",
+    "CONSENTS_REGISTER",
+    "CONSENTS_REVOKE",
+    "CONSENT_STATUS",
     "DELIVER_CASE_EVENTS",
     "FETCH",
     "FORWARD",
@@ -67,6 +78,12 @@ CASES_WATCH: Final = full_method(cases_pb2.DESCRIPTOR, "Cases", "Watch")
 # gateway's region, SubjectTrail by the gateway serving it, of every other region.
 TRAIL: Final = full_method(tracker_pb2.DESCRIPTOR, "Tracker", "Trail")
 SUBJECT_TRAIL: Final = full_method(exchange_pb2.DESCRIPTOR, "Peer", "SubjectTrail")
+# Consents: called by the citizen portal of the gateway's region for the token's applicant;
+# ConsentStatus by other regions' gateways.
+CONSENTS_REGISTER: Final = full_method(consents_pb2.DESCRIPTOR, "Consents", "Register")
+CONSENTS_LIST: Final = full_method(consents_pb2.DESCRIPTOR, "Consents", "List")
+CONSENTS_REVOKE: Final = full_method(consents_pb2.DESCRIPTOR, "Consents", "Revoke")
+CONSENT_STATUS: Final = full_method(exchange_pb2.DESCRIPTOR, "Peer", "ConsentStatus")
 
 # What records written before the full names were used say instead ("DataExchange.Query").
 _FORMER: Final = {

@@ -67,6 +67,7 @@ from gateway.metrics import (
 )
 from gateway.peers import PeerPool
 from gateway.registry_sync import PeerSnapshotSource
+from gateway.services.consents import CONSENTS, serve_consents
 from gateway.services.credentials import CredentialsService
 from gateway.services.exchange import DataExchangeService, PeerService, QueryPath
 from gateway.services.oversight import OversightService
@@ -101,6 +102,7 @@ OVERSIGHT_SERVICE = oversight_pb2.DESCRIPTOR.services_by_name["Oversight"].full_
 EXCHANGE_SERVICE = exchange_pb2.DESCRIPTOR.services_by_name["DataExchange"].full_name
 PEER_SERVICE = exchange_pb2.DESCRIPTOR.services_by_name["Peer"].full_name
 WITNESS_SERVICE = exchange_pb2.DESCRIPTOR.services_by_name["Witness"].full_name
+_EXCHANGE_SERVICES = (EXCHANGE_SERVICE, PEER_SERVICE, WITNESS_SERVICE, CONSENTS)  # with witnessing
 SERVED_SERVICES = (REGISTRY_SERVICE, CREDENTIALS_SERVICE)  # always; Oversight with an audit log
 OPEN_SERVICES = frozenset({health.SERVICE_NAME, reflection.SERVICE_NAME})  # mTLS only, no identity
 # Services whose undecodable requests are audited (caller known, values unknown): see
@@ -180,7 +182,7 @@ class Gateway:
         self.served_services = (
             *SERVED_SERVICES,
             *((OVERSIGHT_SERVICE,) if self.audit else ()),
-            *((EXCHANGE_SERVICE, PEER_SERVICE, WITNESS_SERVICE) if self.witnessing else ()),
+            *(_EXCHANGE_SERVICES if self.witnessing else ()),
             *((TRACKER_SERVICE,) if self.tracker else ()),
             *((CASES_SERVICE,) if self.cases else ()),
         )
@@ -369,6 +371,7 @@ class Gateway:
             peer = PeerService(self.query_path, book, self.tracker)
             exchange_pb2_grpc.add_PeerServicer_to_server(peer, server)
             serve_tracker(self.tracker, server)
+            serve_consents(self.query_path, server)
         if self.witnessing is not None:
             exchange_pb2_grpc.add_WitnessServicer_to_server(self.witnessing.service, server)
         if self.cases is not None:

@@ -124,6 +124,8 @@ class Dataset:
     cache_scope: CacheScope
     fields: tuple[DatasetField, ...]
     description: str = ""
+    # A query needs the citizen's consent artefact (gateway.consent); absent in older snapshots.
+    requires_consent: bool = False
 
     @property
     def field_names(self) -> frozenset[str]:

@@ -152,6 +152,7 @@ def _dataset_payload(d: Dataset) -> dict[str, Any]:
         "cache_ttl_seconds": d.cache_ttl_seconds,
         "cache_scope": d.cache_scope.value,
         "description": d.description,
+        **({"requires_consent": True} if d.requires_consent else {}),
         "fields": [
             {
                 "name": f.name,
@@ -406,6 +407,7 @@ def _dataset_from(d: _Payload) -> Dataset:
         cache_ttl_seconds=d.integer("cache_ttl_seconds"),
         cache_scope=d.choice("cache_scope", CacheScope),
         description=d.text("description"),
+        requires_consent="requires_consent" in d.data and d.flag("requires_consent"),
         fields=tuple(
             DatasetField(
                 f.text("name"),

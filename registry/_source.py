@@ -12,7 +12,8 @@ Layout (any table may be in any `*.toml` file of the folder; each id may be defi
     [regions.<code>]                   name, endpoint
     [agencies.<id>]                    name, region, uscc, roles
     [datasets.<region>.<id>]           name, owner, share_class, cache_ttl_seconds, cache_scope,
-                                       description, and [datasets.<region>.<id>.fields]
+                                       description, requires_consent (default false), and
+                                       [datasets.<region>.<id>.fields]
                                        <field> = { classification = ..., description = ... }
     [purposes.<id>]                    unified_code, name, legal_basis, and
                                        [purposes.<id>.datasets] <dataset> = [fields...]
@@ -295,6 +296,7 @@ def _dataset(t: Table, region: str, dataset_id: str) -> Dataset | None:
     ttl = t.integer("cache_ttl_seconds", required=False, default=0)
     scope = t.choice("cache_scope", CacheScope, default=CacheScope.PROVIDER)
     description = t.text("description", required=False)
+    requires_consent = t.flag("requires_consent")
     fields_table = t.table("fields")
     fields: list[DatasetField] = []
     for field_name, body in fields_table.entries():
@@ -323,6 +325,7 @@ def _dataset(t: Table, region: str, dataset_id: str) -> Dataset | None:
         cache_scope=scope,
         fields=tuple(sorted(fields, key=lambda f: f.name)),
         description=description,
+        requires_consent=requires_consent,
     )
 
 

@@ -72,6 +72,16 @@ class Table:
             return default
         return value
 
+    def flag(self, name: str) -> bool:
+        """An optional boolean, false when absent."""
+        value = self._get(name, False)
+        if value is None:
+            return False
+        if not isinstance(value, bool):
+            self.fail(f"must be a boolean, not {_type_name(value)}", name)
+            return False
+        return value
+
     def texts(self, name: str, *, required: bool = True) -> tuple[str, ...]:
         value = self._get(name, required)
         if value is None:

@@ -348,6 +348,7 @@ def sign_forward_message(
             fields=tuple(query.fields),
             case_id=query.case_id,
             request_id=query.request_id,
+            consent=query.consent,
         ),
         caller_agency=message.caller.agency_id,
         caller_region=message.caller.region,

@@ -30,6 +30,10 @@ record written before them keeps its bytes):
     request_sealed    a Peer.Forward's signed request itself, encrypted (`seal_kept_request`:
                       its payload holds the raw subject id, which no record may hold)
 
+and, only in a record of a query under a consent (present when not empty):
+
+    consent_id        the consent's id (its `jti`, gateway.consent), never its subject
+
 A record decodes back from its canonical bytes (`AuditRecord.from_canonical`), so a verifier
 needs nothing but the stored bytes to recompute every leaf.
 
@@ -92,6 +96,7 @@ _HEX64: Final = re.compile(r"[0-9a-f]{64}")
 _SEALED: Final = re.compile(r"aes256gcm:[A-Za-z0-9_-]{40,65536}")
 # An Audit.Prune record holds the range it removed where others hold their agreement.
 _PRUNED_RANGE: Final = re.compile(r"removed records [0-9]{1,19} to [0-9]{1,19}")
+_CONSENT_ID: Final = re.compile(r"[A-Za-z0-9_-]{8,64}")  # gateway.consent.is_consent_id
 
 
 def digest_form(value: str | bytes) -> str:
@@ -146,6 +151,7 @@ FIELD_GRAMMARS: Final[Mapping[str, Callable[[str], bool]]] = MappingProxyType(
         "agreement_id": lambda v: is_registry_id(v) or _PRUNED_RANGE.fullmatch(v) is not None,
         "request_digest": lambda v: _HEX64.fullmatch(v) is not None,
         "request_sealed": lambda v: _SEALED.fullmatch(v) is not None,
+        "consent_id": lambda v: _CONSENT_ID.fullmatch(v) is not None,
     }
 )
 
@@ -244,6 +250,7 @@ class AuditRecord:
     agreement_id: str
     request_digest: str = ""  # hex SHA-256 of the signed request kept with the record
     request_sealed: str = ""  # the signed request (a Peer.Forward's), encrypted
+    consent_id: str = ""  # the consent the query rested on (its jti)
     canonical: bytes = field(init=False, repr=False, compare=False)
     time_text: str = field(init=False, repr=False, compare=False)  # `time` as encoded
 
@@ -303,6 +310,8 @@ class AuditRecord:
             document["request_digest"] = self.request_digest
         if self.request_sealed:
             document["request_sealed"] = self.request_sealed
+        if self.consent_id:
+            document["consent_id"] = self.consent_id
         return _CANONICAL.encode(document).encode()
 
     @classmethod
@@ -339,6 +348,7 @@ class AuditRecord:
                 agreement_id=document["agreement_id"],
                 request_digest=document.get("request_digest", ""),
                 request_sealed=document.get("request_sealed", ""),
+                consent_id=document.get("consent_id", ""),
             )
         finally:
             _DECODING.reset(decoding)

@@ -5,7 +5,7 @@ command line itself is wrong. Nothing here prints a traceback for an expected fa
 
 One module per verb group, each with a `register(commands)` that adds its parsers and names
 their handlers: `demo`, `pki`, `registry`, `keys`, `credentials` (`seal`, `verify`), `tokens`
-(`token`), `gateway`, `provider`, the `audit` package (a module per verb), `case`, `tracker` and `console`. What they share
+(`token`), `consent`, `gateway`, `provider`, the `audit` package (a module per verb), `case`, `tracker` and `console`. What they share
 is in `_common` (exit codes, failures, error lines, options) and `_arguments` (argument types).
 """
 
@@ -23,6 +23,7 @@ from rich.console import Console
 from gateway.cli import (
     audit,
     case,
+    consent,
     console,
     credentials,
     demo,
@@ -59,6 +60,7 @@ VERB_GROUPS = (
     keys,
     credentials,
     tokens,
+    consent,
     gateway,
     provider,
     audit,

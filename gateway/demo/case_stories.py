@@ -241,23 +241,12 @@ async def case_cy(fed: Federation, story: Story) -> Result:
     accepted = await act(fed, "cq.hsa", case_id, 1, cases_pb2.CASE_ACTION_ACCEPT)
     steps.add("500000", "cq.hsa", "sees it ready; Accept part 1", _parts(accepted))
     await wait_for(fed, "sc.hsa", case_id, part_is(1, IN_PROGRESS), "重庆's acceptance")
-    async with fed.channel("cq.hsa") as channel:
-        answer = await exchange_pb2_grpc.DataExchangeStub(channel).Query(
-            query(
-                "510000",
-                "medical.insurance",
-                "MED-REG",
-                citizen,
-                fields=MED_FIELDS,
-                case_id=case_id,
-            ),
-            metadata=fed.token("cq.hsa"),
-            timeout=CALL_TIMEOUT,
-        )
+    without, answer = await _medical_query(fed, citizen, case_id)
+    steps.add("500000", "cq.hsa", "Query without the citizen's consent", " ".join(without))
     steps.add(
         "500000",
         "cq.hsa",
-        f"Query 510000 medical.insurance for {case_id}",
+        f"Query 510000 medical.insurance for {case_id}, with a consent issued by 重庆",
         f"allowed under {answer.agreement_id}, sealed by {answer.record.sealer_region}",
     )
     watching = asyncio.create_task(watch_until_closed(fed, "sc.hsa", case_id))
@@ -275,6 +264,7 @@ async def case_cy(fed: Federation, story: Story) -> Result:
     )
     ok = (
         again.case_id == case_id
+        and without == ("PERMISSION_DENIED", "CONSENT_REQUIRED")
         and len(case.materials) == 2
         and answer.record.sealer_region == "510000"
         and closed.state == COMPLETED
@@ -289,6 +279,27 @@ async def case_cy(fed: Federation, story: Story) -> Result:
         f"(verified by {back.verified_by_region} when it took it, again by 510000 on arrival)",
         steps.table,
     )
+
+
+async def _medical_query(
+    fed: Federation, citizen: str, case_id: str
+) -> tuple[tuple[str, str], Any]:
+    """四川's medical insurance needs the citizen's consent (requires_consent): the query without
+    one (refused: its code and reason), then with one 重庆's identity service issued (the
+    answer)."""
+    medical = query(
+        "510000", "medical.insurance", "MED-REG", citizen, fields=MED_FIELDS, case_id=case_id
+    )
+    without = await refused_query(fed, "cq.hsa", medical)
+    medical.request_id = f"demo-{secrets.token_hex(8)}"
+    medical.consent = fed.consent(
+        "500000", citizen, "MED-REG", [("510000", "medical.insurance", list(MED_FIELDS))]
+    )
+    async with fed.channel("cq.hsa") as channel:
+        answer = await exchange_pb2_grpc.DataExchangeStub(channel).Query(
+            medical, metadata=fed.token("cq.hsa"), timeout=CALL_TIMEOUT
+        )
+    return without, answer
 
 
 def _parts(case: Any) -> str:

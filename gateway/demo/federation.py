@@ -15,8 +15,9 @@ import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 from cryptography import x509
@@ -25,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from gateway._errors import GatewayError
 from gateway._ports import free_loopback_port
 from gateway.config import GatewayConfig
+from gateway.consent import issue_region_consent
 from gateway.demo.config import config_for_dev_pki
 from gateway.demo.data import DemoData
 from gateway.demo.pki import init_dev_federation
@@ -147,6 +149,29 @@ class Federation:
             self.pki, agency, OPERATOR, lifetime_seconds=300, now=datetime.now(UTC)
         )
         return (("authorization", f"Bearer {token}"),)
+
+    def consent(
+        self,
+        home: str,
+        subject: str,
+        purpose: str,
+        datasets: list[tuple[str, str, list[str]]],
+        **claims: Any,
+    ) -> str:
+        """A consent artefact of `subject` issued by `home`'s identity service (its token key):
+        for agencies of the regions `claims` names ("regions"; default 500000 and 510000), an
+        hour, 5 uses, unless `claims` says otherwise."""
+        now = datetime.now(UTC)
+        values: dict[str, Any] = {
+            "regions": ("500000", "510000"),
+            "not_before": now,
+            "expires_at": now + timedelta(hours=1),
+            "max_uses": 5,
+            **claims,
+        }
+        return issue_region_consent(
+            self.pki, home, subject=subject, purpose=purpose, datasets=datasets, now=now, **values
+        )
 
     def citizens(self, region: str, dataset: str, n: int, skip: int = 0) -> list[str]:
         """Subjects that `region`'s data system holds a `dataset` record for."""

@@ -9,6 +9,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Final
 
@@ -23,6 +24,7 @@ from gateway.audit import (
     seal_kept_request,
 )
 from gateway.cases import CaseBinding
+from gateway.consent import ConsentError, ConsentGate
 from gateway.errors import OVERRIDES, Refusal
 from gateway.flows._model import AuditContext, Grant, SealedAnswer
 from gateway.identity import Caller, CallerKind
@@ -37,6 +39,7 @@ __all__ = [
     "Gatekeeper",
     "PassedSeals",
     "bind_to_case",
+    "check_consent",
     "check_shape",
     "gateway_of",
     "overridden",
@@ -134,6 +137,46 @@ async def bind_to_case(
         purpose=request.purpose,
         fields=grant.fields,
     )
+
+
+async def check_consent(
+    consents: ConsentGate | None,
+    audit: AuditContext,
+    registry: Registry,
+    grant: Grant,
+    *,
+    count_use: bool = False,
+) -> tuple[AuditContext, str]:
+    """The consent check of a query (`ConsentGate.check`; for datasets marked
+    requires_consent): the audit context naming the consent, and its id ("" when none is
+    needed). A refusal's record names the consent too, once its signature verified."""
+    data = audit.request
+    if not grant.dataset.requires_consent:
+        return audit, ""
+    if consents is None:
+        raise Refusal("CONSENT_STATUS_UNAVAILABLE", "this gateway is not set up to check consents")
+    try:
+        consent_id = await consents.check(
+            data,
+            registry=registry,
+            agency=grant.agency,
+            dataset=grant.dataset,
+            fields=grant.allowed_fields,
+            count_use=count_use,
+        )
+    except ConsentError as exc:
+        raise _ConsentRefusal(
+            exc.reason, str(exc), replace(audit, consent_id=exc.consent_id)
+        ) from exc
+    return replace(audit, consent_id=consent_id), consent_id
+
+
+class _ConsentRefusal(Refusal):
+    """A consent refusal with the audit context that names the consent."""
+
+    def __init__(self, reason: str, message: str, audit: AuditContext) -> None:
+        super().__init__(reason, message)
+        self.audit = audit
 
 
 class AuditTrail:
@@ -243,6 +286,7 @@ class AuditTrail:
             agreement_id=context.agreement_id,
             request_digest=kept_digest,
             request_sealed=kept_sealed,
+            consent_id=context.consent_id,
         )
 
     async def release(
@@ -281,6 +325,8 @@ class AuditTrail:
     async def refused(self, refusal: Refusal, context: AuditContext) -> Refusal:
         """Audit a refusal (best effort: a denial releases nothing) and return it to raise.
         The caller was denied, or the exchange failed (a peer, the data system, a bad seal)."""
+        if isinstance(refusal, _ConsentRefusal):
+            context = refusal.audit
         if not refusal.audited:
             outcome = Outcome.FAILED if refusal.failed else Outcome.DENIED
             if refusal.reason == "QUOTA_EXCEEDED":

@@ -154,6 +154,7 @@ class AuditContext:
     # digest), or only the digest of a Peer.ReportAccess batch's JWS (`request_digest`).
     kept_request: str = ""
     request_digest: str = ""
+    consent_id: str = ""  # the consent the query rests on (gateway.consent), once read
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,9 @@ one of its agencies, for this region's data.
         decision); for a conditional (有条件共享) dataset, on its own copy of the case the query
         names too (`CaseBinding`, with the signed request's agency of the requesting region:
         CASE_NOT_OPEN, CASE_QUERY_NOT_ALLOWED; unless its cases do not bind queries); then it
-        counts the agreement's quota over every requesting gateway
+        counts the agreement's quota over every requesting gateway; for a dataset marked
+        requires_consent, checks the consent again (`ConsentGate`, its revocation asked of the
+        home region) and counts one of its uses (CONSENT_EXHAUSTED past max_uses)
     (3) answers from its cache, or asks its data system and seals the exact answer bytes. (2)'s
         count and this cache read are one round trip to the shared state (`SharedChecks`: one
         Redis script), the read only for a request within its quota
@@ -31,8 +33,16 @@ from typing import Protocol
 from gateway import rpcs
 from gateway.cache import AnswerCache, cache_key
 from gateway.cases import CaseBinding
+from gateway.consent import ConsentGate
 from gateway.errors import Refusal
-from gateway.flows._common import AuditTrail, Gatekeeper, bind_to_case, check_shape, gateway_of
+from gateway.flows._common import (
+    AuditTrail,
+    Gatekeeper,
+    bind_to_case,
+    check_consent,
+    check_shape,
+    gateway_of,
+)
 from gateway.flows._model import AuditContext, ForwardCall, Forwarded, Grant, SealedAnswer
 from gateway.forward_signing import ForwardDocument, SignedForward, verify_forward
 from gateway.licences import LICENCE_CONTENT_TYPE
@@ -91,9 +101,11 @@ class OwnerFlow:
         data_system: DataSystem | None,
         cases: CaseBinding | None = None,
         checks: SharedChecks | None = None,
+        consents: ConsentGate | None = None,
         clock: Callable[[], datetime],
     ) -> None:
         self.region = region
+        self.consents = consents  # None: a dataset that needs consent is refused
         self._gate = gatekeeper
         self._trail = trail
         self._quota = quota
@@ -156,6 +168,7 @@ class OwnerFlow:
             grant = self._gate.grant(registry, agency.id, data, now, agency=agency)
             audit = replace(audit, agreement_id=grant.agreement_id)
             await bind_to_case(self.cases, registry, grant, data)
+            audit, _ = await check_consent(self.consents, audit, registry, grant, count_use=True)
             subject = self._trail.pseudonym(data.subject_id)
             audit = replace(audit, subject=subject)
             key = self._cache_key(subject, grant, data)

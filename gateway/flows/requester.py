@@ -14,6 +14,9 @@
         matter lists this dataset, purpose and fields (`CaseBinding`: CASE_NOT_OPEN,
         CASE_QUERY_NOT_ALLOWED); authorisation still, so before the quota and the cache. Not
         checked when the gateway's cases do not bind queries (`[cases] bind_queries = false`)
+    (3b) a dataset marked requires_consent: the query carries a consent of its subject that
+        covers it and is not revoked (`ConsentGate`, without counting a use: the owner counts);
+        such a query is never answered from this gateway's cache
     (4) the agreement's quota this minute is not exhausted. (2)'s replay check, this count
         and (4a)'s cache read are one round trip to the shared state (`SharedChecks`: one
         Redis script), in that order: a repeat counts nothing, a request over quota reads nothing
@@ -45,12 +48,14 @@ from typing import Final, Protocol
 from gateway.audit import Outbound
 from gateway.cache import AnswerCache, cache_key
 from gateway.cases import CaseBinding
+from gateway.consent import ConsentGate
 from gateway.errors import Refusal
 from gateway.flows._common import (
     AuditTrail,
     Gatekeeper,
     PassedSeals,
     bind_to_case,
+    check_consent,
     check_shape,
     overridden,
 )
@@ -130,11 +135,13 @@ class RequesterFlow:
         seal_memo: PassedSeals | None = None,
         cases: CaseBinding | None = None,
         checks: SharedChecks | None = None,
+        consents: ConsentGate | None = None,
         clock: Callable[[], datetime],
     ) -> None:
         self.region = region
         self._gate = gatekeeper
         self._trail = trail
+        self.consents = consents  # None: a dataset that needs consent is refused
         self._tokens = tokens
         self._replay = replay
         self._quota = quota
@@ -183,11 +190,12 @@ class RequesterFlow:
                 audit = replace(audit, agreement_id=grant.agreement_id)
                 # (3a)
                 await bind_to_case(self.cases, registry, grant, data)
+                audit, consent_id = await check_consent(self.consents, audit, registry, grant)
             except Refusal:
                 await self._first_use(caller, data)  # (2) first: a repeat is refused as one
                 raise
-            # (4a)'s key
-            keep = self._requester_key(grant, data)
+            # (4a)'s key: never for a query under consent (the owner counts its uses)
+            keep = None if consent_id else self._requester_key(grant, data)
             if call.credential_type and seals_with_sm2(registry, data.provider_region, now):
                 keep = None  # the answer is an e-licence: neither kept nor answered from here
             if keep is not None:

@@ -38,6 +38,7 @@ def data_request(query: exchange_pb2.QueryRequest) -> DataRequest:
         fields=tuple(query.fields),
         case_id=query.case_id,
         request_id=query.request_id,
+        consent=query.consent,
     )
 
 
@@ -50,6 +51,7 @@ def query_request(data: DataRequest) -> exchange_pb2.QueryRequest:
         fields=data.fields,
         case_id=data.case_id,
         request_id=data.request_id,
+        consent=data.consent,
     )
 
 

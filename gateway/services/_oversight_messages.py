@@ -98,6 +98,7 @@ def record_message(
         leaf_hash=leaf,
         request_digest=record.request_digest,
         request_sealed=shown.text(record.request_sealed),
+        consent_id=record.consent_id,
     )
     # The canonical encoding holds the latency unclamped: a clamped one cannot rebuild the leaf.
     message.abridged = shown.abridged or record.latency_us > 2**32 - 1

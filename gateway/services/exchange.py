@@ -29,6 +29,7 @@ from gateway.audit import AuditLog
 from gateway.cache import AnswerCache
 from gateway.cases import CaseBinding
 from gateway.cases._peer import CaseIntake, deliver_case_events
+from gateway.consent import ConsentGate, StatusAsker
 from gateway.errors import PLAIN_MESSAGES, Refusal, status_code, status_of
 from gateway.flows import (
     NO_REQUEST,
@@ -80,6 +81,7 @@ from gateway.services._peer_calls import (
     ForwardCoalescer,
     ForwardGathering,
 )
+from gateway.services.consents import consent_status
 from gateway.services.tracker import Tracker
 from gateway.shared_checks import SharedChecks
 from gateway.tokens import TokenVerifier
@@ -96,6 +98,7 @@ __all__ = [
     "seal_format",
     "sealed_answer",
     "sealed_record",
+    "status_asker",
     "wire_seal_format",
 ]
 
@@ -231,6 +234,22 @@ class DataSystemClient:
 
 
 # -- one gateway's query path -----------------------------------------------------------------
+def status_asker(peers: PeerPool, timeout_seconds: float) -> StatusAsker:
+    """Asks a consent's home gateway whether it is revoked (Peer.ConsentStatus, over the
+    authenticated peer channel, through that region's breaker)."""
+
+    async def ask(home: str, consent_id: str) -> bool:
+        asked = exchange_pb2.ConsentStatusRequest(consent_id=consent_id)
+        answer = await peers.call(
+            home,
+            lambda stub: stub.ConsentStatus(asked, timeout=timeout_seconds),
+            timeout_seconds=timeout_seconds,
+        )
+        return bool(answer.revoked)
+
+    return ask
+
+
 class QueryPath:
     """The three flows of one gateway, assembled from its collaborators: `requester`,
     `owner` and `intake` share one audit trail and one decision maker; `requester` and
@@ -260,12 +279,13 @@ class QueryPath:
         reporter: AccessReporter | None = None,
         peer_timeout_seconds: float = PEER_CALL_SECONDS,
         cases: CaseBinding | None = None,
+        consents: ConsentGate | None = None,  # None: datasets needing consent are refused
     ) -> None:
         self.region = region
         self.metrics = metrics
         self._cache = cache
         self._provider = provider
-        gatekeeper = Gatekeeper(registry)
+        self.gatekeeper = gatekeeper = Gatekeeper(registry)
         self.trail = AuditTrail(
             audit=audit,
             gateway_name=gateway_name,
@@ -281,15 +301,7 @@ class QueryPath:
             tokens=tokens,
             replay=replay,
             quota=quota,
-            owners=PeerOwners(
-                region=region,
-                peers=peers,
-                metrics=metrics,
-                registry=registry,
-                signer=RequestSigner(region, audit_key),  # the key the reports are signed with
-                clock=clock,
-                peer_timeout_seconds=peer_timeout_seconds,
-            ),
+            owners=self._peer_owners(peers, registry, audit_key, clock, peer_timeout_seconds),
             verifier=verifier,
             gm_verifier=gm_verifier,
             cache=cache,
@@ -316,6 +328,27 @@ class QueryPath:
             clock=clock,
         )
         self.intake = ReportIntake(region=region, gatekeeper=gatekeeper, trail=self.trail)
+        self.consents = self.requester.consents = self.owner.consents = consents
+
+    def _peer_owners(
+        self,
+        peers: PeerPool,
+        registry: RegistryStore,
+        audit_key: ed25519.Ed25519PrivateKey,
+        clock: Callable[[], datetime],
+        peer_timeout_seconds: float,
+    ) -> PeerOwners:
+        """The requester flow's way to the owners, signing with this gateway's audit key (the
+        key the reports are signed with)."""
+        return PeerOwners(
+            region=self.region,
+            peers=peers,
+            metrics=self.metrics,
+            registry=registry,
+            signer=RequestSigner(self.region, audit_key),
+            clock=clock,
+            peer_timeout_seconds=peer_timeout_seconds,
+        )
 
     @property
     def cache(self) -> AnswerCache:
@@ -510,3 +543,10 @@ class PeerService(exchange_pb2_grpc.PeerServicer):
         if self.tracker is None:
             raise Refusal("NOT_IMPLEMENTED", "this gateway keeps no data tracker")
         return await self.tracker.subject_trail(request, current_caller.get())
+
+    async def ConsentStatus(
+        self, request: exchange_pb2.ConsentStatusRequest, context: Context
+    ) -> exchange_pb2.ConsentStatusResponse:
+        if self._path.consents is None:
+            raise Refusal("NOT_IMPLEMENTED", "this gateway keeps no consent register")
+        return await consent_status(self._path.consents, current_caller.get(), request)

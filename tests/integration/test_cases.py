@@ -23,7 +23,7 @@ import hashlib
 import json
 import secrets
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
@@ -46,6 +46,7 @@ from case_processes import (
 from query_support import request
 from support import error_info, sign_forward_message
 
+from gateway.consent import issue_region_consent
 from gateway.demo.data import DemoData
 from tongban.v1 import cases_pb2, common_pb2, credentials_pb2, exchange_pb2
 
@@ -66,6 +67,26 @@ AWAITING = cases_pb2.PART_STATE_AWAITING_MATERIAL
 def regions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Regions]:
     with three_regions(tmp_path_factory.mktemp("cases")) as made:
         yield made
+
+
+def med(regions: Regions, applicant: str, case_id: str) -> exchange_pb2.QueryRequest:
+    """The filing matter's query of 四川's medical insurance (requires_consent), with the
+    applicant's consent issued by 重庆, their home region."""
+    query = request(SICHUAN, *MED, applicant, fields=MED_FIELDS, case_id=case_id)
+    now = datetime.now(UTC)
+    query.consent = issue_region_consent(
+        regions.fed.pki,
+        CHONGQING,
+        subject=applicant,
+        purpose=MED[1],
+        datasets=[(SICHUAN, MED[0], MED_FIELDS)],
+        regions=(CHONGQING,),
+        not_before=now,
+        expires_at=now + timedelta(hours=1),
+        max_uses=5,
+        now=now,
+    )
+    return query
 
 
 def sha256(material: cases_pb2.Material) -> str:
@@ -158,7 +179,7 @@ async def test_chuanyu_a_chongqing_matter_received_at_a_sichuan_window(regions: 
         # The owner of the data decides the query again on its own copy: it must have it.
         await regions.until("sc.hsa", case_id, lambda c: len(c.history) == 2, "the acceptance")
 
-        query = request(SICHUAN, *MED, applicant, fields=MED_FIELDS, case_id=case_id)
+        query = med(regions, applicant, case_id)
         answer = await regions.query("cq.hsa", query)
         record = json.loads(answer.record.payload)
         assert record["citizen_id"] == applicant
@@ -354,7 +375,7 @@ async def test_a_query_without_an_open_case_is_refused_by_the_requesting_gateway
     assert regions.audited(SICHUAN, query.request_id) == []  # never forwarded
     # The case covers the query its handling agency makes for its applicant.
     if without != "a case":
-        allowed = request(SICHUAN, *MED, applicant, fields=MED_FIELDS, case_id=case_id)
+        allowed = med(regions, applicant, case_id)
         assert json.loads((await regions.query("cq.hsa", allowed)).record.payload)
 
 
@@ -398,7 +419,7 @@ async def test_a_query_without_an_open_case_is_refused_by_the_owner_deciding_aga
         CHONGQING,
     )
     # The forward the case covers is answered: the refusal was the case's, not the message's.
-    covered = request(SICHUAN, *MED, applicant, fields=MED_FIELDS, case_id=case_id)
+    covered = med(regions, applicant, case_id)
     answer = await regions.forward(CHONGQING, SICHUAN, forward(regions, "cq.hsa", covered))
     assert json.loads(answer.record.payload)["citizen_id"] == applicant
 

@@ -38,6 +38,7 @@ from support import (
 import gateway.server
 from gateway._wiring_cases import CASES_SERVICE
 from gateway._wiring_tracker import TRACKER_SERVICE
+from gateway.services.consents import CONSENTS
 from gateway.demo.config import config_for_dev_pki
 from gateway.server import (
     EXCHANGE_SERVICE,
@@ -145,7 +146,7 @@ async def test_cli_gateway_serves_registry_health_and_reflection_then_stops_on_s
             assert len(responses) == 2
             listed = {s.name for s in responses[0].list_services_response.service}
             # A dev-PKI gateway keeps an audit log and a cache key: Oversight, the query
-            # path (DataExchange, Peer), the cases and the tracker are served too.
+            # path (DataExchange, Peer), the cases, the tracker and the consents are served too.
             assert listed == {
                 *SERVED_SERVICES,
                 OVERSIGHT_SERVICE,
@@ -154,6 +155,7 @@ async def test_cli_gateway_serves_registry_health_and_reflection_then_stops_on_s
                 WITNESS_SERVICE,
                 CASES_SERVICE,
                 TRACKER_SERVICE,
+                CONSENTS,
                 health.SERVICE_NAME,
                 reflection.SERVICE_NAME,
             }
@@ -167,6 +169,7 @@ async def test_cli_gateway_serves_registry_health_and_reflection_then_stops_on_s
                 WITNESS_SERVICE,
                 CASES_SERVICE,
                 TRACKER_SERVICE,
+                CONSENTS,
             }
             files = [
                 descriptor_pb2.FileDescriptorProto.FromString(raw)

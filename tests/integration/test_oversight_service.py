@@ -689,6 +689,8 @@ def leaf_from_message(message: oversight_pb2.AuditRecord) -> bytes:
         document["request_digest"] = message.request_digest
     if message.request_sealed:
         document["request_sealed"] = message.request_sealed
+    if message.consent_id:
+        document["consent_id"] = message.consent_id
     canonical = json.dumps(
         document, sort_keys=True, separators=(",", ":"), ensure_ascii=False
     ).encode("utf-8")

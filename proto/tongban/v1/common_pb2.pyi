@@ -214,6 +214,26 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     region than the calling gateway's, is not one that region may make, or its attachments do
     not match (sent with PERMISSION_DENIED or INVALID_ARGUMENT; metadata "index").
     """
+    CONSENT_REQUIRED: _ErrorReason.ValueType  # 56
+    """A query for a dataset the registry marks requires_consent carries no consent artefact
+    (QueryRequest.consent) (sent with PERMISSION_DENIED).
+    """
+    CONSENT_INVALID: _ErrorReason.ValueType  # 57
+    """The consent artefact is not one: malformed, not signed by its home region's token key,
+    expired or not yet valid (sent with PERMISSION_DENIED).
+    """
+    CONSENT_MISMATCH: _ErrorReason.ValueType  # 58
+    """The consent does not cover the query: another subject, agency or region, purpose,
+    dataset, or fields it does not list (sent with PERMISSION_DENIED).
+    """
+    CONSENT_REVOKED: _ErrorReason.ValueType  # 59
+    """The citizen revoked the consent (sent with PERMISSION_DENIED)."""
+    CONSENT_EXHAUSTED: _ErrorReason.ValueType  # 60
+    """The consent's max_uses are used up at the owner's gateway (sent with PERMISSION_DENIED)."""
+    CONSENT_STATUS_UNAVAILABLE: _ErrorReason.ValueType  # 61
+    """Whether the consent is revoked cannot be learned: its home region's gateway cannot be
+    asked and no fresh answer is kept (fail closed; sent with UNAVAILABLE).
+    """
     SUBJECT_NOT_CALLER: _ErrorReason.ValueType  # 62
     """Tracker.Trail / Peer.SubjectTrail: a citizen portal's token asks for the trail of another
     subject than its applicant claim names (sent with PERMISSION_DENIED).
@@ -424,6 +444,26 @@ CASE_EVENT_INVALID: ErrorReason.ValueType  # 55
 """Peer.DeliverCaseEvents: an event is not a JWS by an audit key of its region, names another
 region than the calling gateway's, is not one that region may make, or its attachments do
 not match (sent with PERMISSION_DENIED or INVALID_ARGUMENT; metadata "index").
+"""
+CONSENT_REQUIRED: ErrorReason.ValueType  # 56
+"""A query for a dataset the registry marks requires_consent carries no consent artefact
+(QueryRequest.consent) (sent with PERMISSION_DENIED).
+"""
+CONSENT_INVALID: ErrorReason.ValueType  # 57
+"""The consent artefact is not one: malformed, not signed by its home region's token key,
+expired or not yet valid (sent with PERMISSION_DENIED).
+"""
+CONSENT_MISMATCH: ErrorReason.ValueType  # 58
+"""The consent does not cover the query: another subject, agency or region, purpose,
+dataset, or fields it does not list (sent with PERMISSION_DENIED).
+"""
+CONSENT_REVOKED: ErrorReason.ValueType  # 59
+"""The citizen revoked the consent (sent with PERMISSION_DENIED)."""
+CONSENT_EXHAUSTED: ErrorReason.ValueType  # 60
+"""The consent's max_uses are used up at the owner's gateway (sent with PERMISSION_DENIED)."""
+CONSENT_STATUS_UNAVAILABLE: ErrorReason.ValueType  # 61
+"""Whether the consent is revoked cannot be learned: its home region's gateway cannot be
+asked and no fresh answer is kept (fail closed; sent with UNAVAILABLE).
 """
 SUBJECT_NOT_CALLER: ErrorReason.ValueType  # 62
 """Tracker.Trail / Peer.SubjectTrail: a citizen portal's token asks for the trail of another

@@ -26,6 +26,50 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class ConsentStatusRequest(_message.Message):
+    """Asks a consent's home gateway about one consent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONSENT_ID_FIELD_NUMBER: _builtins.int
+    consent_id: _builtins.str
+    """The consent's id (its `jti`)."""
+    def __init__(
+        self,
+        *,
+        consent_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consent_id", b"consent_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConsentStatusRequest: _TypeAlias = ConsentStatusRequest  # noqa: Y015
+
+@_typing.final
+class ConsentStatusResponse(_message.Message):
+    """A consent's status, as its home gateway's register holds it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVOKED_FIELD_NUMBER: _builtins.int
+    revoked: _builtins.bool
+    """True when the citizen revoked it."""
+    def __init__(
+        self,
+        *,
+        revoked: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["revoked", b"revoked"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConsentStatusResponse: _TypeAlias = ConsentStatusResponse  # noqa: Y015
+
+@_typing.final
 class QueryRequest(_message.Message):
     """One query for a subject's record in another region."""
 
@@ -38,6 +82,7 @@ class QueryRequest(_message.Message):
     FIELDS_FIELD_NUMBER: _builtins.int
     CASE_ID_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CONSENT_FIELD_NUMBER: _builtins.int
     provider_region: _builtins.str
     """GB/T 2260 code of the region that holds the data."""
     dataset: _builtins.str
@@ -50,6 +95,10 @@ class QueryRequest(_message.Message):
     """Case number of the matter being handled (办件编号)."""
     request_id: _builtins.str
     """Caller-chosen id, unique per agency within the replay window."""
+    consent: _builtins.str
+    """The citizen's consent artefact (compact JWS, typ "tongban-consent+jwt", issued by the
+    subject's home region; docs/integrating.md), required for datasets marked requires_consent.
+    """
     @_builtins.property
     def fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Names of the fields wanted; each must be allowed for the purpose."""
@@ -64,10 +113,11 @@ class QueryRequest(_message.Message):
         fields: _abc.Iterable[_builtins.str] | None = ...,
         case_id: _builtins.str = ...,
         request_id: _builtins.str = ...,
+        consent: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_id", b"case_id", "dataset", b"dataset", "fields", b"fields", "provider_region", b"provider_region", "purpose", b"purpose", "request_id", b"request_id", "subject_id", b"subject_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_id", b"case_id", "consent", b"consent", "dataset", b"dataset", "fields", b"fields", "provider_region", b"provider_region", "purpose", b"purpose", "request_id", b"request_id", "subject_id", b"subject_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -187,6 +187,11 @@ class PeerStub:
                 request_serializer=tongban_dot_v1_dot_exchange__pb2.SubjectTrailRequest.SerializeToString,
                 response_deserializer=tongban_dot_v1_dot_exchange__pb2.SubjectTrailResponse.FromString,
                 _registered_method=True)
+        self.ConsentStatus = channel.unary_unary(
+                '/tongban.v1.Peer/ConsentStatus',
+                request_serializer=tongban_dot_v1_dot_exchange__pb2.ConsentStatusRequest.SerializeToString,
+                response_deserializer=tongban_dot_v1_dot_exchange__pb2.ConsentStatusResponse.FromString,
+                _registered_method=True)
 
 
 class PeerServicer:
@@ -248,6 +253,13 @@ class PeerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ConsentStatus(self, request, context):
+        """Called by a gateway checking a consent of this (its home) region: is it revoked?
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -275,6 +287,11 @@ def add_PeerServicer_to_server(servicer, server):
                     servicer.SubjectTrail,
                     request_deserializer=tongban_dot_v1_dot_exchange__pb2.SubjectTrailRequest.FromString,
                     response_serializer=tongban_dot_v1_dot_exchange__pb2.SubjectTrailResponse.SerializeToString,
+            ),
+            'ConsentStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConsentStatus,
+                    request_deserializer=tongban_dot_v1_dot_exchange__pb2.ConsentStatusRequest.FromString,
+                    response_serializer=tongban_dot_v1_dot_exchange__pb2.ConsentStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -414,6 +431,33 @@ class Peer:
             '/tongban.v1.Peer/SubjectTrail',
             tongban_dot_v1_dot_exchange__pb2.SubjectTrailRequest.SerializeToString,
             tongban_dot_v1_dot_exchange__pb2.SubjectTrailResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConsentStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tongban.v1.Peer/ConsentStatus',
+            tongban_dot_v1_dot_exchange__pb2.ConsentStatusRequest.SerializeToString,
+            tongban_dot_v1_dot_exchange__pb2.ConsentStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

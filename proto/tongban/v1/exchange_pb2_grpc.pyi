@@ -135,6 +135,8 @@ class PeerStub:
     SUBJECT_NOT_CALLER), or an oversight agency's of the calling region (else
     TRAIL_NOT_ALLOWED).
     """
+    ConsentStatus: _grpc.UnaryUnaryMultiCallable[_exchange_pb2.ConsentStatusRequest, _exchange_pb2.ConsentStatusResponse]
+    """Called by a gateway checking a consent of this (its home) region: is it revoked?"""
 
 @_typing.type_check_only
 class PeerAsyncStub(PeerStub):
@@ -177,6 +179,8 @@ class PeerAsyncStub(PeerStub):
     SUBJECT_NOT_CALLER), or an oversight agency's of the calling region (else
     TRAIL_NOT_ALLOWED).
     """
+    ConsentStatus: _aio.UnaryUnaryMultiCallable[_exchange_pb2.ConsentStatusRequest, _exchange_pb2.ConsentStatusResponse]  # type: ignore[assignment]
+    """Called by a gateway checking a consent of this (its home) region: is it revoked?"""
 
 class PeerServicer(metaclass=_abc_1.ABCMeta):
     """The gateway-to-gateway hop. Called only by other regions' gateways over mutual TLS with a
@@ -246,6 +250,14 @@ class PeerServicer(metaclass=_abc_1.ABCMeta):
         SUBJECT_NOT_CALLER), or an oversight agency's of the calling region (else
         TRAIL_NOT_ALLOWED).
         """
+
+    @_abc_1.abstractmethod
+    def ConsentStatus(
+        self,
+        request: _exchange_pb2.ConsentStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_exchange_pb2.ConsentStatusResponse, _abc.Awaitable[_exchange_pb2.ConsentStatusResponse]]:
+        """Called by a gateway checking a consent of this (its home) region: is it revoked?"""
 
 def add_PeerServicer_to_server(servicer: PeerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from tongban.v1 import common_pb2 as tongban_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1atongban/v1/oversight.proto\x12\ntongban.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17tongban/v1/common.proto\"\xd5\x04\n\x0b\x41uditRecord\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x10\n\x08\x61udit_id\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07gateway\x18\x04 \x01(\t\x12\x0e\n\x06region\x18\x05 \x01(\t\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x15\n\rcaller_agency\x18\x07 \x01(\t\x12\x17\n\x0f\x63\x61ller_operator\x18\x08 \x01(\t\x12\x15\n\rcaller_region\x18\t \x01(\t\x12\x17\n\x0fprovider_region\x18\n \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x0b \x01(\t\x12\x0f\n\x07purpose\x18\x0c \x01(\t\x12\x0f\n\x07\x63\x61se_id\x18\r \x01(\t\x12\x19\n\x11subject_pseudonym\x18\x0e \x01(\t\x12\x0e\n\x06\x66ields\x18\x0f \x03(\t\x12$\n\x07outcome\x18\x10 \x01(\x0e\x32\x13.tongban.v1.Outcome\x12\x0e\n\x06reason\x18\x11 \x01(\t\x12\x11\n\tcache_hit\x18\x12 \x01(\x08\x12\x16\n\x0elatency_micros\x18\x13 \x01(\r\x12\x15\n\rsealed_digest\x18\x14 \x01(\t\x12\x18\n\x10registry_version\x18\x15 \x01(\x04\x12\x14\n\x0c\x61greement_id\x18\x16 \x01(\t\x12\x0b\n\x03rpc\x18\x17 \x01(\t\x12\x11\n\tleaf_hash\x18\x18 \x01(\x0c\x12\x10\n\x08\x61\x62ridged\x18\x19 \x01(\x08\x12\x16\n\x0erequest_digest\x18\x1a \x01(\t\x12\x16\n\x0erequest_sealed\x18\x1b \x01(\t\"\x8c\x01\n\nCheckpoint\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x11\n\troot_hash\x18\x03 \x01(\x0c\x12\x0c\n\x04note\x18\x04 \x01(\t\x12-\n\tsigned_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08key_name\x18\x06 \x01(\t\"\x9c\x02\n\x11QueryAuditRequest\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\x15\n\rcaller_agency\x18\x02 \x01(\t\x12\x17\n\x0fprovider_region\x18\x03 \x01(\t\x12\x0f\n\x07purpose\x18\x04 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x05 \x01(\t\x12$\n\x07outcome\x18\x06 \x01(\x0e\x32\x13.tongban.v1.Outcome\x12)\n\x05since\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\t \x01(\r\x12\x12\n\npage_token\x18\n \x01(\t\"H\n\x12VerifyAuditRequest\x12\x32\n\x12trusted_checkpoint\x18\x01 \x01(\x0b\x32\x16.tongban.v1.Checkpoint\"\xb6\x02\n\x13VerifyAuditResponse\x12\x0e\n\x06intact\x18\x01 \x01(\x08\x12\x31\n\x11latest_checkpoint\x18\x02 \x01(\x0b\x32\x16.tongban.v1.Checkpoint\x12\x17\n\x0frecords_checked\x18\x03 \x01(\x04\x12\x1b\n\x13\x63heckpoints_checked\x18\x04 \x01(\x04\x12\x17\n\x0f\x66irst_bad_index\x18\x05 \x01(\x03\x12\x0f\n\x07problem\x18\x06 \x01(\t\x12\x19\n\x11witness_threshold\x18\x07 \x01(\r\x12\x18\n\x10latest_cosigners\x18\x08 \x03(\t\x12\x34\n\x14witnessed_checkpoint\x18\t \x01(\x0b\x32\x16.tongban.v1.Checkpoint\x12\x11\n\twitnessed\x18\n \x01(\x08\"\x8e\x01\n\x0fGetProofRequest\x12\x36\n\tinclusion\x18\x01 \x01(\x0b\x32!.tongban.v1.InclusionProofRequestH\x00\x12:\n\x0b\x63onsistency\x18\x02 \x01(\x0b\x32#.tongban.v1.ConsistencyProofRequestH\x00\x42\x07\n\x05proof\"9\n\x15InclusionProofRequest\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x11\n\ttree_size\x18\x02 \x01(\x04\"B\n\x17\x43onsistencyProofRequest\x12\x12\n\nfirst_size\x18\x01 \x01(\x04\x12\x13\n\x0bsecond_size\x18\x02 \x01(\x04\"\x87\x01\n\x10GetProofResponse\x12\x0e\n\x06hashes\x18\x01 \x03(\x0c\x12\x11\n\ttree_size\x18\x02 \x01(\x04\x12\x11\n\troot_hash\x18\x03 \x01(\x0c\x12\x11\n\tleaf_hash\x18\x04 \x01(\x0c\x12*\n\ncheckpoint\x18\x05 \x01(\x0b\x32\x16.tongban.v1.Checkpoint\"\xa7\x01\n\x14SubjectAccessRequest\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12)\n\x05since\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x12\n\npage_token\x18\x05 \x01(\t\"a\n\x15SubjectAccessResponse\x12/\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1e.tongban.v1.SubjectAccessEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xaf\x02\n\x12SubjectAccessEntry\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10requester_agency\x18\x02 \x01(\t\x12\x1d\n\x15requester_agency_name\x18\x03 \x01(\t\x12\x18\n\x10requester_region\x18\x04 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x05 \x01(\t\x12\x0f\n\x07purpose\x18\x06 \x01(\t\x12\x14\n\x0cpurpose_name\x18\x07 \x01(\t\x12\x0f\n\x07\x63\x61se_id\x18\x08 \x01(\t\x12\x0e\n\x06\x66ields\x18\t \x03(\t\x12$\n\x07outcome\x18\n \x01(\x0e\x32\x13.tongban.v1.Outcome\x12\x10\n\x08\x61\x62ridged\x18\x0b \x01(\x08\x12\x0b\n\x03rpc\x18\x0c \x01(\t\"\x17\n\x15SignCheckpointRequest\"X\n\x16SignCheckpointResponse\x12*\n\ncheckpoint\x18\x01 \x01(\x0b\x32\x16.tongban.v1.Checkpoint\x12\x12\n\nsigned_now\x18\x02 \x01(\x08\x32\x99\x03\n\tOversight\x12\x46\n\nQueryAudit\x12\x1d.tongban.v1.QueryAuditRequest\x1a\x17.tongban.v1.AuditRecord0\x01\x12N\n\x0bVerifyAudit\x12\x1e.tongban.v1.VerifyAuditRequest\x1a\x1f.tongban.v1.VerifyAuditResponse\x12\x45\n\x08GetProof\x12\x1b.tongban.v1.GetProofRequest\x1a\x1c.tongban.v1.GetProofResponse\x12T\n\rSubjectAccess\x12 .tongban.v1.SubjectAccessRequest\x1a!.tongban.v1.SubjectAccessResponse\x12W\n\x0eSignCheckpoint\x12!.tongban.v1.SignCheckpointRequest\x1a\".tongban.v1.SignCheckpointResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1atongban/v1/oversight.proto\x12\ntongban.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17tongban/v1/common.proto\"\xe9\x04\n\x0b\x41uditRecord\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x10\n\x08\x61udit_id\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07gateway\x18\x04 \x01(\t\x12\x0e\n\x06region\x18\x05 \x01(\t\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x15\n\rcaller_agency\x18\x07 \x01(\t\x12\x17\n\x0f\x63\x61ller_operator\x18\x08 \x01(\t\x12\x15\n\rcaller_region\x18\t \x01(\t\x12\x17\n\x0fprovider_region\x18\n \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x0b \x01(\t\x12\x0f\n\x07purpose\x18\x0c \x01(\t\x12\x0f\n\x07\x63\x61se_id\x18\r \x01(\t\x12\x19\n\x11subject_pseudonym\x18\x0e \x01(\t\x12\x0e\n\x06\x66ields\x18\x0f \x03(\t\x12$\n\x07outcome\x18\x10 \x01(\x0e\x32\x13.tongban.v1.Outcome\x12\x0e\n\x06reason\x18\x11 \x01(\t\x12\x11\n\tcache_hit\x18\x12 \x01(\x08\x12\x16\n\x0elatency_micros\x18\x13 \x01(\r\x12\x15\n\rsealed_digest\x18\x14 \x01(\t\x12\x18\n\x10registry_version\x18\x15 \x01(\x04\x12\x14\n\x0c\x61greement_id\x18\x16 \x01(\t\x12\x0b\n\x03rpc\x18\x17 \x01(\t\x12\x11\n\tleaf_hash\x18\x18 \x01(\x0c\x12\x10\n\x08\x61\x62ridged\x18\x19 \x01(\x08\x12\x16\n\x0erequest_digest\x18\x1a \x01(\t\x12\x16\n\x0erequest_sealed\x18\x1b \x01(\t\x12\x12\n\nconsent_id\x18\x1c \x01(\t\"\x8c\x01\n\nCheckpoint\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x11\n\troot_hash\x18\x03 \x01(\x0c\x12\x0c\n\x04note\x18\x04 \x01(\t\x12-\n\tsigned_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08key_name\x18\x06 \x01(\t\"\x9c\x02\n\x11QueryAuditRequest\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\x15\n\rcaller_agency\x18\x02 \x01(\t\x12\x17\n\x0fprovider_region\x18\x03 \x01(\t\x12\x0f\n\x07purpose\x18\x04 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x05 \x01(\t\x12$\n\x07outcome\x18\x06 \x01(\x0e\x32\x13.tongban.v1.Outcome\x12)\n\x05since\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\t \x01(\r\x12\x12\n\npage_token\x18\n \x01(\t\"H\n\x12VerifyAuditRequest\x12\x32\n\x12trusted_checkpoint\x18\x01 \x01(\x0b\x32\x16.tongban.v1.Checkpoint\"\xb6\x02\n\x13VerifyAuditResponse\x12\x0e\n\x06intact\x18\x01 \x01(\x08\x12\x31\n\x11latest_checkpoint\x18\x02 \x01(\x0b\x32\x16.tongban.v1.Checkpoint\x12\x17\n\x0frecords_checked\x18\x03 \x01(\x04\x12\x1b\n\x13\x63heckpoints_checked\x18\x04 \x01(\x04\x12\x17\n\x0f\x66irst_bad_index\x18\x05 \x01(\x03\x12\x0f\n\x07problem\x18\x06 \x01(\t\x12\x19\n\x11witness_threshold\x18\x07 \x01(\r\x12\x18\n\x10latest_cosigners\x18\x08 \x03(\t\x12\x34\n\x14witnessed_checkpoint\x18\t \x01(\x0b\x32\x16.tongban.v1.Checkpoint\x12\x11\n\twitnessed\x18\n \x01(\x08\"\x8e\x01\n\x0fGetProofRequest\x12\x36\n\tinclusion\x18\x01 \x01(\x0b\x32!.tongban.v1.InclusionProofRequestH\x00\x12:\n\x0b\x63onsistency\x18\x02 \x01(\x0b\x32#.tongban.v1.ConsistencyProofRequestH\x00\x42\x07\n\x05proof\"9\n\x15InclusionProofRequest\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x11\n\ttree_size\x18\x02 \x01(\x04\"B\n\x17\x43onsistencyProofRequest\x12\x12\n\nfirst_size\x18\x01 \x01(\x04\x12\x13\n\x0bsecond_size\x18\x02 \x01(\x04\"\x87\x01\n\x10GetProofResponse\x12\x0e\n\x06hashes\x18\x01 \x03(\x0c\x12\x11\n\ttree_size\x18\x02 \x01(\x04\x12\x11\n\troot_hash\x18\x03 \x01(\x0c\x12\x11\n\tleaf_hash\x18\x04 \x01(\x0c\x12*\n\ncheckpoint\x18\x05 \x01(\x0b\x32\x16.tongban.v1.Checkpoint\"\xa7\x01\n\x14SubjectAccessRequest\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12)\n\x05since\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x12\n\npage_token\x18\x05 \x01(\t\"a\n\x15SubjectAccessResponse\x12/\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1e.tongban.v1.SubjectAccessEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xaf\x02\n\x12SubjectAccessEntry\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10requester_agency\x18\x02 \x01(\t\x12\x1d\n\x15requester_agency_name\x18\x03 \x01(\t\x12\x18\n\x10requester_region\x18\x04 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x05 \x01(\t\x12\x0f\n\x07purpose\x18\x06 \x01(\t\x12\x14\n\x0cpurpose_name\x18\x07 \x01(\t\x12\x0f\n\x07\x63\x61se_id\x18\x08 \x01(\t\x12\x0e\n\x06\x66ields\x18\t \x03(\t\x12$\n\x07outcome\x18\n \x01(\x0e\x32\x13.tongban.v1.Outcome\x12\x10\n\x08\x61\x62ridged\x18\x0b \x01(\x08\x12\x0b\n\x03rpc\x18\x0c \x01(\t\"\x17\n\x15SignCheckpointRequest\"X\n\x16SignCheckpointResponse\x12*\n\ncheckpoint\x18\x01 \x01(\x0b\x32\x16.tongban.v1.Checkpoint\x12\x12\n\nsigned_now\x18\x02 \x01(\x08\x32\x99\x03\n\tOversight\x12\x46\n\nQueryAudit\x12\x1d.tongban.v1.QueryAuditRequest\x1a\x17.tongban.v1.AuditRecord0\x01\x12N\n\x0bVerifyAudit\x12\x1e.tongban.v1.VerifyAuditRequest\x1a\x1f.tongban.v1.VerifyAuditResponse\x12\x45\n\x08GetProof\x12\x1b.tongban.v1.GetProofRequest\x1a\x1c.tongban.v1.GetProofResponse\x12T\n\rSubjectAccess\x12 .tongban.v1.SubjectAccessRequest\x1a!.tongban.v1.SubjectAccessResponse\x12W\n\x0eSignCheckpoint\x12!.tongban.v1.SignCheckpointRequest\x1a\".tongban.v1.SignCheckpointResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,33 +34,33 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tongban.v1.oversight_pb2', 
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_AUDITRECORD']._serialized_start=101
-  _globals['_AUDITRECORD']._serialized_end=698
-  _globals['_CHECKPOINT']._serialized_start=701
-  _globals['_CHECKPOINT']._serialized_end=841
-  _globals['_QUERYAUDITREQUEST']._serialized_start=844
-  _globals['_QUERYAUDITREQUEST']._serialized_end=1128
-  _globals['_VERIFYAUDITREQUEST']._serialized_start=1130
-  _globals['_VERIFYAUDITREQUEST']._serialized_end=1202
-  _globals['_VERIFYAUDITRESPONSE']._serialized_start=1205
-  _globals['_VERIFYAUDITRESPONSE']._serialized_end=1515
-  _globals['_GETPROOFREQUEST']._serialized_start=1518
-  _globals['_GETPROOFREQUEST']._serialized_end=1660
-  _globals['_INCLUSIONPROOFREQUEST']._serialized_start=1662
-  _globals['_INCLUSIONPROOFREQUEST']._serialized_end=1719
-  _globals['_CONSISTENCYPROOFREQUEST']._serialized_start=1721
-  _globals['_CONSISTENCYPROOFREQUEST']._serialized_end=1787
-  _globals['_GETPROOFRESPONSE']._serialized_start=1790
-  _globals['_GETPROOFRESPONSE']._serialized_end=1925
-  _globals['_SUBJECTACCESSREQUEST']._serialized_start=1928
-  _globals['_SUBJECTACCESSREQUEST']._serialized_end=2095
-  _globals['_SUBJECTACCESSRESPONSE']._serialized_start=2097
-  _globals['_SUBJECTACCESSRESPONSE']._serialized_end=2194
-  _globals['_SUBJECTACCESSENTRY']._serialized_start=2197
-  _globals['_SUBJECTACCESSENTRY']._serialized_end=2500
-  _globals['_SIGNCHECKPOINTREQUEST']._serialized_start=2502
-  _globals['_SIGNCHECKPOINTREQUEST']._serialized_end=2525
-  _globals['_SIGNCHECKPOINTRESPONSE']._serialized_start=2527
-  _globals['_SIGNCHECKPOINTRESPONSE']._serialized_end=2615
-  _globals['_OVERSIGHT']._serialized_start=2618
-  _globals['_OVERSIGHT']._serialized_end=3027
+  _globals['_AUDITRECORD']._serialized_end=718
+  _globals['_CHECKPOINT']._serialized_start=721
+  _globals['_CHECKPOINT']._serialized_end=861
+  _globals['_QUERYAUDITREQUEST']._serialized_start=864
+  _globals['_QUERYAUDITREQUEST']._serialized_end=1148
+  _globals['_VERIFYAUDITREQUEST']._serialized_start=1150
+  _globals['_VERIFYAUDITREQUEST']._serialized_end=1222
+  _globals['_VERIFYAUDITRESPONSE']._serialized_start=1225
+  _globals['_VERIFYAUDITRESPONSE']._serialized_end=1535
+  _globals['_GETPROOFREQUEST']._serialized_start=1538
+  _globals['_GETPROOFREQUEST']._serialized_end=1680
+  _globals['_INCLUSIONPROOFREQUEST']._serialized_start=1682
+  _globals['_INCLUSIONPROOFREQUEST']._serialized_end=1739
+  _globals['_CONSISTENCYPROOFREQUEST']._serialized_start=1741
+  _globals['_CONSISTENCYPROOFREQUEST']._serialized_end=1807
+  _globals['_GETPROOFRESPONSE']._serialized_start=1810
+  _globals['_GETPROOFRESPONSE']._serialized_end=1945
+  _globals['_SUBJECTACCESSREQUEST']._serialized_start=1948
+  _globals['_SUBJECTACCESSREQUEST']._serialized_end=2115
+  _globals['_SUBJECTACCESSRESPONSE']._serialized_start=2117
+  _globals['_SUBJECTACCESSRESPONSE']._serialized_end=2214
+  _globals['_SUBJECTACCESSENTRY']._serialized_start=2217
+  _globals['_SUBJECTACCESSENTRY']._serialized_end=2520
+  _globals['_SIGNCHECKPOINTREQUEST']._serialized_start=2522
+  _globals['_SIGNCHECKPOINTREQUEST']._serialized_end=2545
+  _globals['_SIGNCHECKPOINTRESPONSE']._serialized_start=2547
+  _globals['_SIGNCHECKPOINTRESPONSE']._serialized_end=2635
+  _globals['_OVERSIGHT']._serialized_start=2638
+  _globals['_OVERSIGHT']._serialized_end=3047
 # @@protoc_insertion_point(module_scope)

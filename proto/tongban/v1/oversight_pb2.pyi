@@ -55,6 +55,7 @@ class AuditRecord(_message.Message):
     ABRIDGED_FIELD_NUMBER: _builtins.int
     REQUEST_DIGEST_FIELD_NUMBER: _builtins.int
     REQUEST_SEALED_FIELD_NUMBER: _builtins.int
+    CONSENT_ID_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     """Zero-based position of the record (leaf index) in the log."""
     audit_id: _builtins.str
@@ -115,6 +116,8 @@ class AuditRecord(_message.Message):
     key derived from the deployment's pseudonym key, since its payload holds the subject id;
     empty when none. `tongban audit show-request` opens and verifies it.
     """
+    consent_id: _builtins.str
+    """The id (jti) of the consent a query under consent rested on; empty when none."""
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """When the request was decided."""
@@ -153,10 +156,11 @@ class AuditRecord(_message.Message):
         abridged: _builtins.bool = ...,
         request_digest: _builtins.str = ...,
         request_sealed: _builtins.str = ...,
+        consent_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["abridged", b"abridged", "agreement_id", b"agreement_id", "audit_id", b"audit_id", "cache_hit", b"cache_hit", "caller_agency", b"caller_agency", "caller_operator", b"caller_operator", "caller_region", b"caller_region", "case_id", b"case_id", "dataset", b"dataset", "fields", b"fields", "gateway", b"gateway", "index", b"index", "latency_micros", b"latency_micros", "leaf_hash", b"leaf_hash", "outcome", b"outcome", "provider_region", b"provider_region", "purpose", b"purpose", "reason", b"reason", "region", b"region", "registry_version", b"registry_version", "request_digest", b"request_digest", "request_id", b"request_id", "request_sealed", b"request_sealed", "rpc", b"rpc", "sealed_digest", b"sealed_digest", "subject_pseudonym", b"subject_pseudonym", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abridged", b"abridged", "agreement_id", b"agreement_id", "audit_id", b"audit_id", "cache_hit", b"cache_hit", "caller_agency", b"caller_agency", "caller_operator", b"caller_operator", "caller_region", b"caller_region", "case_id", b"case_id", "consent_id", b"consent_id", "dataset", b"dataset", "fields", b"fields", "gateway", b"gateway", "index", b"index", "latency_micros", b"latency_micros", "leaf_hash", b"leaf_hash", "outcome", b"outcome", "provider_region", b"provider_region", "purpose", b"purpose", "reason", b"reason", "region", b"region", "registry_version", b"registry_version", "request_digest", b"request_digest", "request_id", b"request_id", "request_sealed", b"request_sealed", "rpc", b"rpc", "sealed_digest", b"sealed_digest", "subject_pseudonym", b"subject_pseudonym", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -341,6 +341,7 @@ class Dataset(_message.Message):
     FIELDS_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     REGION_FIELD_NUMBER: _builtins.int
+    REQUIRES_CONSENT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Catalogue id of the dataset (e.g. "si.participation"), unique within its region; the same
     catalogue id in several regions names each region's own dataset of that kind.
@@ -359,6 +360,10 @@ class Dataset(_message.Message):
     """Free-text description for people."""
     region: _builtins.str
     """GB/T 2260 code of the region that holds the dataset (the owner's region)."""
+    requires_consent: _builtins.bool
+    """True when a query must carry the citizen's consent artefact (absent in older snapshots:
+    false). docs/integrating.md ("Consent").
+    """
     @_builtins.property
     def fields(self) -> _containers.RepeatedCompositeFieldContainer[Global___DatasetField]:
         """The fields of a record, with their classification."""
@@ -375,10 +380,11 @@ class Dataset(_message.Message):
         fields: _abc.Iterable[Global___DatasetField] | None = ...,
         description: _builtins.str = ...,
         region: _builtins.str = ...,
+        requires_consent: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_scope", b"cache_scope", "cache_ttl_seconds", b"cache_ttl_seconds", "description", b"description", "fields", b"fields", "id", b"id", "name", b"name", "owner", b"owner", "region", b"region", "share_class", b"share_class"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_scope", b"cache_scope", "cache_ttl_seconds", b"cache_ttl_seconds", "description", b"description", "fields", b"fields", "id", b"id", "name", b"name", "owner", b"owner", "region", b"region", "requires_consent", b"requires_consent", "share_class", b"share_class"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -249,7 +249,7 @@ def test_each_key_sets_the_field_the_reference_names(tmp_path: Path) -> None:
         "redis_timeout_seconds = 0.3\nprovider_timeout_seconds = 1.25\n"
         "peer_timeout_seconds = 4.5\ntracker_peer_timeout_seconds = 2.5\n"
         "breaker_failures = 4\nbreaker_window_seconds = 8\n"
-        "breaker_open_seconds = 1.75\n"
+        "breaker_open_seconds = 1.75\nconsent_status_seconds = 12\n"
         '[revocation]\nonline = false\ntimeout_seconds = 2.5\nunreachable = "soft-fail"\n'
         '[timestamp]\nurl = "http://127.0.0.1:8318/tsr"\ntsa_certificates = "t.pem"\n'
         "timeout_seconds = 3.5\n"

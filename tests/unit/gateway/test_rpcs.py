@@ -8,6 +8,7 @@ from pathlib import Path
 from gateway import rpcs
 from tongban.v1 import (
     cases_pb2_grpc,
+    consents_pb2_grpc,
     credentials_pb2_grpc,
     exchange_pb2_grpc,
     oversight_pb2_grpc,
@@ -25,6 +26,7 @@ def test_names_are_the_paths_the_generated_stubs_call() -> None:
     called: set[str] = set()
     for module in (
         cases_pb2_grpc,
+        consents_pb2_grpc,
         credentials_pb2_grpc,
         exchange_pb2_grpc,
         oversight_pb2_grpc,
@@ -33,7 +35,7 @@ def test_names_are_the_paths_the_generated_stubs_call() -> None:
         assert module.__file__ is not None
         called |= set(re.findall(r"'(/tongban\.v1\.\w+/\w+)'", Path(module.__file__).read_text()))
     named = {getattr(rpcs, n) for n in rpcs.__all__ if isinstance(getattr(rpcs, n), str)}
-    assert len(named) == 20
+    assert len(named) == 24
     assert named <= called
 
 

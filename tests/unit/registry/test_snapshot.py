@@ -328,3 +328,20 @@ def test_payload_parsing_is_strict() -> None:
     payload["regions"].append(payload["regions"][0])
     with pytest.raises(SnapshotFormatError, match="a region id appears twice"):
         registry_from_payload(payload)
+
+
+def test_requires_consent_travels_in_the_snapshot_and_is_absent_when_false() -> None:
+    """The demo marks one dataset (四川's medical insurance); the payload carries the key only
+    where it is true, so a snapshot made before it (no key anywhere) reads as false."""
+    registry = _registry()
+    payload = registry_to_payload(registry)
+    marked = [(d["region"], d["id"]) for d in payload["datasets"] if "requires_consent" in d]
+    assert marked == [("510000", "medical.insurance")]
+    assert registry_from_payload(payload) == registry
+    older = json.loads(canonical_json(payload))
+    for dataset in older["datasets"]:
+        dataset.pop("requires_consent", None)
+    assert not any(d.requires_consent for d in registry_from_payload(older).datasets)
+    older["datasets"][0]["requires_consent"] = "yes"
+    with pytest.raises(SnapshotFormatError, match="requires_consent has the wrong type"):
+        registry_from_payload(older)
