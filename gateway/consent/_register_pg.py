@@ -43,8 +43,8 @@ _INSERT: Final = (
 )
 _SELECT: Final = f"SELECT {_COLUMNS} FROM {{s}}.consents"  # noqa: S608 (fixed column names)
 _REVOKE: Final = (
-    "UPDATE {s}.consents SET revoked_at = %s WHERE consent_id = %s AND revoked_at IS NULL"  # noqa: S608
-    f" RETURNING {_COLUMNS}"
+    "UPDATE {s}.consents SET revoked_at = %s"  # noqa: S608 (fixed column names)
+    f" WHERE consent_id = %s AND revoked_at IS NULL RETURNING {_COLUMNS}"
 )
 
 
@@ -54,8 +54,8 @@ def _utc(value: Any) -> datetime:
 
 
 def _consent(row: TupleRow) -> RegisteredConsent:
-    (consent_id, subject, agencies, regions, purpose, datasets, valid_from, valid_until) = row[:8]
-    max_uses, issued_at, revoked_at = row[8:]
+    consent_id, subject, agencies, regions, purpose, datasets = row[:6]
+    valid_from, valid_until, max_uses, issued_at, revoked_at = row[6:]
     return RegisteredConsent(
         consent_id=str(consent_id),
         subject=str(subject),
