@@ -70,6 +70,7 @@ __all__ = [
     "issue_agency_token",
     "issue_token",
     "issuer_for",
+    "jwt_algorithm",
 ]
 
 AUDIENCE_PREFIX: Final = "urn:tongban:gateway:"
@@ -102,12 +103,14 @@ def issuer_for(region: str) -> str:
     return ISSUER_PREFIX + region
 
 
-def _algorithm_of_private_key(key: PrivateKey) -> str:
+def jwt_algorithm(key: PrivateKey, what: str = "a token") -> str:
+    """The JWS algorithm of an identity service's key (request tokens, consents): ES256 or
+    EdDSA, what PyJWT and other JWT libraries verify; ValueError for any other key."""
     if isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1):
         return "ES256"
     if isinstance(key, ed25519.Ed25519PrivateKey):
         return "EdDSA"
-    raise ValueError("a token is signed with a P-256 (ES256) or Ed25519 (EdDSA) key only")
+    raise ValueError(f"{what} is signed with a P-256 (ES256) or Ed25519 (EdDSA) key only")
 
 
 def issue_token(
@@ -131,7 +134,7 @@ def issue_token(
     Raises `ValueError` for a key that is not P-256 or Ed25519, a lifetime outside 1..300
     seconds, a naive `now`, or an empty name.
     """
-    algorithm = _algorithm_of_private_key(key)
+    algorithm = jwt_algorithm(key)
     if isinstance(lifetime_seconds, bool) or not isinstance(lifetime_seconds, int):
         raise TypeError("the token lifetime is a whole number of seconds")
     if not 1 <= lifetime_seconds <= MAX_TOKEN_LIFETIME_SECONDS:

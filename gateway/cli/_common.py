@@ -10,7 +10,7 @@ import re
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import NoReturn, TypeAlias
+from typing import Final, NoReturn, TypeAlias
 
 from rich.console import Console
 
@@ -24,6 +24,7 @@ __all__ = [
     "EXIT_FAILED",
     "EXIT_INTERRUPTED",
     "EXIT_USAGE",
+    "REQUEST_TOKEN_SECONDS",
     "Failure",
     "Handler",
     "Parser",
@@ -33,6 +34,7 @@ __all__ = [
     "passphrase_options",
     "print_error",
     "read_input",
+    "request_token",
     "save_text",
     "source_option",
     "usage",
@@ -138,3 +140,32 @@ def operands_last(argv: Sequence[str]) -> list[str]:
     if not kids:
         return list(argv)
     return [*(a for a in argv if not _DASHED_KID.fullmatch(a)), "--", *kids]
+
+
+REQUEST_TOKEN_SECONDS: Final = 300  # a token issued for one command's calls
+
+
+def request_token(args: argparse.Namespace, *, applicant: str = "") -> str:
+    """The request token of a command that calls a gateway: from --token-env, else issued from
+    --pki as --agency's --operator (`applicant`: a citizen portal's token, for that citizen)."""
+    if args.token_env is not None:
+        token = os.environ.get(args.token_env, "").strip()
+        if not token:
+            raise Failure(f"the environment variable {args.token_env} holds no request token")
+        return token
+    if args.pki is None:
+        usage(args, "give --pki DIR --agency ID (a token is issued from it), or --token-env VAR")
+    from gateway.tokens import issue_agency_token
+
+    try:
+        return issue_agency_token(
+            args.pki,
+            args.agency,
+            args.operator,
+            lifetime_seconds=REQUEST_TOKEN_SECONDS,
+            now=utc_now(),
+            passphrase=passphrase(args),
+            applicant=applicant,
+        )
+    except ValueError as exc:
+        raise Failure(str(exc)) from exc

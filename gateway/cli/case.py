@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import re
 import secrets
 import sys
@@ -37,11 +36,10 @@ from gateway.cli._common import (
     Failure,
     Parser,
     Subparsers,
-    passphrase,
     passphrase_options,
     read_input,
+    request_token,
     usage,
-    utc_now,
 )
 
 if TYPE_CHECKING:
@@ -55,7 +53,6 @@ MAX_NOTE_CHARS: Final = 1000  # gateway.cases.MAX_NOTE_CHARS: the gateway refuse
 MAX_FILE_BYTES: Final = 12 * 1024 * 1024  # what one call may carry (the gateway's own bound)
 MAX_LIST_LIMIT: Final = 5000
 PAGE_SIZE: Final = 500  # the largest page ListCasesRequest allows
-TOKEN_LIFETIME_SECONDS: Final = 300
 DEFAULT_OPERATOR: Final = "tongban case"
 CASE_STATES: Final = ("open", "completed", "rejected")
 _MATERIAL_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -106,30 +103,6 @@ def parse_note(text: str) -> str:
 
 
 # the call ---------------------------------------------------------------------------------------
-def _token(args: argparse.Namespace) -> str:
-    """The request token: from --token-env, else issued from --pki as --agency's operator."""
-    if args.token_env is not None:
-        token = os.environ.get(args.token_env, "").strip()
-        if not token:
-            raise Failure(f"the environment variable {args.token_env} holds no request token")
-        return token
-    if args.pki is None:
-        usage(args, "give --pki DIR --agency ID (a token is issued from it), or --token-env VAR")
-    from gateway.tokens import issue_agency_token
-
-    try:
-        return issue_agency_token(
-            args.pki,
-            args.agency,
-            args.operator,
-            lifetime_seconds=TOKEN_LIFETIME_SECONDS,
-            now=utc_now(),
-            passphrase=passphrase(args),
-        )
-    except ValueError as exc:
-        raise Failure(str(exc)) from exc
-
-
 def _call(
     args: argparse.Namespace, ask: Callable[[cases_pb2_grpc.CasesAsyncStub, Any], Awaitable[_T]]
 ) -> _T:
@@ -139,7 +112,7 @@ def _call(
     from tongban.v1 import cases_pb2_grpc
 
     credentials: grpc.ChannelCredentials = agency_credentials(args)
-    metadata = (("authorization", f"Bearer {_token(args)}"),)
+    metadata = (("authorization", f"Bearer {request_token(args)}"),)
 
     async def run() -> _T:
         async with grpc.aio.secure_channel(args.gateway, credentials) as channel:

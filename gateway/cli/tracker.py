@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 from typing import TYPE_CHECKING, Any, Final
 
@@ -23,13 +22,11 @@ from rich.console import Console
 from gateway.cli._arguments import parse_name, parse_region, parse_time
 from gateway.cli._client import agency_credentials, connection_options, rpc_failure
 from gateway.cli._common import (
-    Failure,
     Parser,
     Subparsers,
-    passphrase,
     passphrase_options,
+    request_token,
     usage,
-    utc_now,
 )
 
 if TYPE_CHECKING:
@@ -37,34 +34,8 @@ if TYPE_CHECKING:
 
 __all__ = ["register"]
 
-TOKEN_LIFETIME_SECONDS: Final = 300
 DEFAULT_OPERATOR: Final = "tongban tracker"
 OUTCOMES: Final = {0: "", 1: "allowed", 2: "denied", 3: "failed"}
-
-
-def _token(args: argparse.Namespace) -> str:
-    """The request token: from --token-env, else issued from --pki (--applicant: a portal's)."""
-    if args.token_env is not None:
-        token = os.environ.get(args.token_env, "").strip()
-        if not token:
-            raise Failure(f"the environment variable {args.token_env} holds no request token")
-        return token
-    if args.pki is None:
-        usage(args, "give --pki DIR --agency ID (a token is issued from it), or --token-env VAR")
-    from gateway.tokens import issue_agency_token
-
-    try:
-        return issue_agency_token(
-            args.pki,
-            args.agency,
-            args.operator,
-            lifetime_seconds=TOKEN_LIFETIME_SECONDS,
-            now=utc_now(),
-            passphrase=passphrase(args),
-            applicant=args.applicant or "",
-        )
-    except ValueError as exc:
-        raise Failure(str(exc)) from exc
 
 
 def _request(args: argparse.Namespace) -> tracker_pb2.TrailRequest:
@@ -152,7 +123,7 @@ def cmd_tracker_trail(args: argparse.Namespace, out: Console) -> int:
         usage(args, "give --subject-id ID (oversight) or --applicant ID (a citizen portal)")
     request = _request(args)
     credentials = agency_credentials(args)
-    metadata = (("authorization", f"Bearer {_token(args)}"),)
+    metadata = (("authorization", f"Bearer {request_token(args, applicant=args.applicant or '')}"),)
 
     async def run() -> tracker_pb2.TrailResponse:
         async with grpc.aio.secure_channel(args.gateway, credentials) as channel:

@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from gateway._errors import GatewayError
 from gateway.applicant_ids import is_applicant_id
-from gateway.tokens import ISSUER_PREFIX, LEEWAY_SECONDS, issuer_for
+from gateway.tokens import ISSUER_PREFIX, LEEWAY_SECONDS, issuer_for, jwt_algorithm
 from registry import (
     Inventory,
     KeyEntry,
@@ -134,14 +134,6 @@ class ConsentClaims:
         return next((d for d in self.datasets if (d.region, d.dataset) == (region, dataset)), None)
 
 
-def _signing_algorithm(key: PrivateKey) -> str:
-    if isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1):
-        return "ES256"
-    if isinstance(key, ed25519.Ed25519PrivateKey):
-        return "EdDSA"
-    raise ValueError("a consent is signed with a P-256 (ES256) or Ed25519 (EdDSA) key only")
-
-
 def issue_consent(
     key: PrivateKey,
     kid: str,
@@ -163,7 +155,7 @@ def issue_consent(
     `agencies` or agencies of `regions`, valid from `not_before` until `expires_at`, for
     `max_uses` queries; signed with `region`'s token key `key` (`kid`). ValueError when a
     value is outside its grammar."""
-    algorithm = _signing_algorithm(key)
+    algorithm = jwt_algorithm(key, "a consent")
     consent_id = consent_id or secrets.token_urlsafe(16)
     if not is_consent_id(consent_id):
         raise ValueError("a consent id is 8 to 64 letters, digits, '-' or '_'")
