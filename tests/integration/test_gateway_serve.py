@@ -38,7 +38,6 @@ from support import (
 import gateway.server
 from gateway._wiring_cases import CASES_SERVICE
 from gateway._wiring_tracker import TRACKER_SERVICE
-from gateway.services.consents import CONSENTS
 from gateway.demo.config import config_for_dev_pki
 from gateway.server import (
     EXCHANGE_SERVICE,
@@ -47,6 +46,7 @@ from gateway.server import (
     SERVED_SERVICES,
     WITNESS_SERVICE,
 )
+from gateway.services.consents import CONSENTS
 from registry import SnapshotVerifier, load_trusted_root
 from tongban.v1 import registry_pb2, registry_pb2_grpc
 
