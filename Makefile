@@ -132,7 +132,7 @@ pytest: $(STAMP) services promtool tools softhsm browser
 	  echo "== tests/unit on the lowest versions (run beside the rest)"; tail -n 30 "$$low_log"; fi; \
 	echo "== tests/faults (run beside the rest)"; cat "$$faults_log"; rm -f "$$faults_log" "$$rest_log" "$$low_log"; \
 	echo "== coverage of both, combined"; \
-	$(PY) -m coverage combine --quiet --data-file=$(COVERAGE_DIR)/.coverage $(COVERAGE_DIR)/integration $(COVERAGE_DIR)/rest \
+	$(PY) -m coverage combine --quiet --data-file=$(COVERAGE_DIR)/.coverage $(COVERAGE_DIR)/integration/.coverage $(COVERAGE_DIR)/rest/.coverage \
 	  && $(PY) -m coverage report --data-file=$(COVERAGE_DIR)/.coverage; covered=$$?; \
 	test $$integrated -eq 0 && test $$rest_rc -eq 0 && test $$faulted -eq 0 && test $$low_rc -eq 0 && test $$covered -eq 0
 

@@ -39,6 +39,7 @@ from gateway.consent import (
     ConsentRegister,
     ConsentUses,
     MemoryConsentRegister,
+    PostgresConsentRegister,
     SqliteConsentRegister,
 )
 from gateway.errors import ConfigError
@@ -359,20 +360,31 @@ def case_binding(config: GatewayConfig, audit: AuditLog) -> CaseBinding:
     return CaseBinding(case_store_for(audit), config.audit.pseudonym_key)
 
 
-def consent_register(config: GatewayConfig, closers: list[Closer]) -> ConsentRegister:
-    """The register of the region's consents: a SQLite file beside a SQLite audit store
-    (`<audit file>-consents.sqlite`); with a PostgreSQL audit store, in this process only (a
-    limit, docs/architecture.md decision 38)."""
-    audit = config.audit
-    if audit is not None and audit.store == "sqlite" and audit.path is not None:
-        register = SqliteConsentRegister(audit.path.with_name(audit.path.name + "-consents.sqlite"))
+def consent_register(
+    config: GatewayConfig, audit: AuditLog, closers: list[Closer]
+) -> ConsentRegister:
+    """The register of the region's consents, durable beside the audit log: a SQLite file
+    beside a SQLite audit store (`<audit file>-consents.sqlite`), the table `consents` of a
+    PostgreSQL audit store's schema (shared by the replicas). In this process only for an audit
+    log that keeps nothing on disk (`store = "memory"`, tests and demos): a revocation is then
+    lost on a restart."""
+    if isinstance(audit.store, PostgresAuditStore):
+        return PostgresConsentRegister(audit)
+    settings = config.audit
+    if settings is not None and settings.store == "sqlite" and settings.path is not None:
+        path = settings.path
+        register = SqliteConsentRegister(path.with_name(path.name + "-consents.sqlite"))
 
         async def close() -> None:
             register.close()
 
         closers.append(close)
         return register
-    log.warning("gateway %s keeps its consent register in memory", config.region)
+    log.warning(
+        "gateway %s keeps its consent register in memory (its audit log keeps nothing on "
+        "disk): a revocation is lost on a restart and not seen by other replicas",
+        config.region,
+    )
     return MemoryConsentRegister()
 
 
@@ -457,7 +469,7 @@ def build_query_path(
         cases=case_binding(config, parts.audit) if config.cases.bind_queries else None,
         consents=ConsentGate(
             region=config.region,
-            register=consent_register(config, closers),
+            register=consent_register(config, parts.audit, closers),
             uses=consent_uses(exchange, closers),
             ask_status=status_asker(peers, exchange.peer_timeout_seconds),
             pseudonym=functools.partial(pseudonymize, key=config.audit.pseudonym_key),

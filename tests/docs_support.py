@@ -167,12 +167,17 @@ WALKTHROUGH = {
     "test_docs_monitoring_md_audit_verify": Selection(
         ("docs/monitoring.md",), only=("audit verify",)
     ),
-    # `audit checkpoint --gateway` asks a running gateway: test_oversight_service runs it. The
+    # `audit checkpoint --gateway` asks a running gateway: test_oversight_service runs it, and
+    # `tracker trail --gateway` test_tracker's CLI test. The
     # outsider's OpenSSL checks of an evidence bundle need its parts cut out first:
     # tests/unit/gateway/test_evidence.py does both.
     "test_docs_audit_and_oversight_commands": Selection(
         ("docs/audit.md", "docs/oversight.md"),
-        skip=("audit checkpoint --gateway", r"^openssl (x509|pkeyutl|ts) "),
+        skip=(
+            "audit checkpoint --gateway",
+            "tracker trail --gateway",
+            r"^openssl (x509|pkeyutl|ts) ",
+        ),
     ),
     "test_docs_integrating_md_commands": Selection(("docs/integrating.md",)),
     "test_readme_three_regions_by_hand": Selection(("README.md",), heading="Three regions by hand"),

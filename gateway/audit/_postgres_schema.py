@@ -27,9 +27,10 @@ Tables (in ``schema``, created and migrated by `PostgresAuditStore`, version in 
     ALWAYS) in the same transaction, drops the partitions that fall wholly below the cut, and
     inserts the marker. Indices never restart: after a prune the records start at ``before``.
 
-Beside them, the outbox of access reports, witnessing (`gateway.audit._witness_store`) and cases
+Beside them, the outbox of access reports, witnessing (`gateway.audit._witness_store`), cases
 (``case_events``, ``case_attachments``, ``cases``, ``case_outbox``, ``case_requests``:
-`gateway.cases._postgres`), migrated with the log.
+`gateway.cases._postgres`) and the consent register (``consents``: `_postgres_consents`),
+migrated with the log.
 
 Append-only: on every table of the log a BEFORE UPDATE OR DELETE row trigger that raises (the head allows
 an UPDATE that grows the log) and a BEFORE TRUNCATE statement trigger that raises, also on every
@@ -63,6 +64,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from gateway.audit._postgres_consents import CONSENTS_GRANTS, CONSENTS_MIGRATION
 from gateway.audit._record import AuditRecord
 from gateway.audit._store import AuditQuery
 
@@ -471,14 +473,16 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (agency, request_id)
     );
     """,
+    CONSENTS_MIGRATION,  # 7: the consent register
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # What the application role may do: read, insert, grow the head, prune through prune_below(),
 # keep the outbox (add, acknowledge, delete delivered messages), keep witnessing, and keep cases
-# (events, materials and requests only added; summaries replaced; delivered outbox rows deleted).
-# Nothing else.
-GRANTS = """
+# (events, materials and requests only added; summaries replaced; delivered outbox rows deleted),
+# and keep the consent register (consents added, revoked once). Nothing else.
+GRANTS = (
+    """
     REVOKE ALL ON {s}.records, {s}.head, {s}.checkpoints, {s}.schema_version, {s}.prunes,
         {s}.outbox, {s}.outbox_cursor, {s}.witness_state, {s}.witness_forks, {s}.cosignatures,
         {s}.case_events, {s}.case_attachments, {s}.cases, {s}.case_outbox, {s}.case_requests
@@ -501,6 +505,8 @@ GRANTS = """
     GRANT EXECUTE ON FUNCTION {s}.ensure_month(date) TO {app};
     GRANT EXECUTE ON FUNCTION {s}.prune_below(bigint, bytea, timestamptz, text, text) TO {app};
 """
+    + CONSENTS_GRANTS
+)
 
 
 def no_partition(exc: psycopg.Error) -> bool:

@@ -21,6 +21,7 @@ from gateway.consent._register import (
     SqliteConsentRegister,
     registered,
 )
+from gateway.consent._register_pg import PostgresConsentRegister
 
 __all__ = [
     "CONSENT_TYPE",
@@ -32,6 +33,7 @@ __all__ = [
     "ConsentScope",
     "ConsentUses",
     "MemoryConsentRegister",
+    "PostgresConsentRegister",
     "RegisteredConsent",
     "SqliteConsentRegister",
     "StatusAsker",

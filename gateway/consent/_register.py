@@ -1,10 +1,14 @@
 """The home gateway's register of its citizens' consents: which it knows (registered through
 `Consents.Register`, or on first check at this gateway), and which the citizen revoked.
 
-Durable: a SQLite file of its own beside the gateway's audit store (`SqliteConsentRegister`,
-WAL, each change committed before it is answered), so that a revocation survives a restart;
-Redis keeps nothing on disk and is not used for it. Each Revoke is also an audit record. The
-subject is kept as the gateway's pseudonym (HMAC), never as the raw id.
+Durable beside the gateway's audit store, so that a revocation survives a restart: a SQLite
+file of its own beside a SQLite audit file (`SqliteConsentRegister`, WAL), or the table
+`consents` in a PostgreSQL audit schema, shared by the region's replicas
+(`gateway.consent._register_pg.PostgresConsentRegister`); each change committed before it is
+answered. Redis keeps nothing on disk and is not used for it. In memory
+(`MemoryConsentRegister`) only for tests and for an audit log kept in memory itself. Each
+Revoke is also an audit record. The subject is kept as the gateway's pseudonym (HMAC), never
+as the raw id.
 """
 
 from __future__ import annotations
@@ -78,7 +82,8 @@ class ConsentRegister(Protocol):
 
 
 class MemoryConsentRegister:
-    """The register in this process (tests; a gateway without an audit file)."""
+    """The register in this process: tests, and a gateway whose audit log is in memory too
+    (`[audit] store = "memory"`); a revocation is lost on a restart."""
 
     def __init__(self) -> None:
         self._kept: dict[str, RegisteredConsent] = {}

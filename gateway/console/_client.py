@@ -144,11 +144,8 @@ class GatewayClient:
         return found
 
     async def record(self, session: Session, index: int) -> oversight_pb2.AuditRecord | None:
-        """The record at `index`: QueryAudit from the page after index - 1, one record (the
-        gateway's page token is the index the page starts after)."""
-        request = oversight_pb2.QueryAuditRequest(
-            page_size=1, page_token=str(index - 1) if index else ""
-        )
+        """The record at `index`: QueryAudit from `start_index`, one record."""
+        request = oversight_pb2.QueryAuditRequest(page_size=1, start_index=index)
         found = await self.records(session, request)
         return found[0] if found and found[0].index == index else None
 

@@ -168,6 +168,8 @@ async def check_consent(
         raise _ConsentRefusal(
             exc.reason, str(exc), replace(audit, consent_id=exc.consent_id)
         ) from exc
+    except AuditUnavailable as exc:  # the home region's register is kept in the audit store
+        raise Refusal("AUDIT_UNAVAILABLE", f"the consent register did not answer: {exc}") from exc
     return replace(audit, consent_id=consent_id), consent_id
 
 

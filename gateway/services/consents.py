@@ -3,12 +3,15 @@ the agencies of its region, in practice its citizen portal, whose request token 
 citizen in its `applicant` claim: the citizen registers, lists and revokes only their own
 consents. Register and Revoke are audited (the record names the consent and the citizen's
 pseudonym, never the raw id); so is every refusal. And `consent_status`, the answer to
-Peer.ConsentStatus: is a consent of this region revoked?
+Peer.ConsentStatus: is a consent of this region revoked? A register that cannot answer (its
+database frozen or down) refuses the call with AUDIT_UNAVAILABLE, as the audit log does.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
@@ -17,6 +20,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from gateway import rpcs
+from gateway.audit import AuditUnavailable
 from gateway.consent import (
     ConsentError,
     ConsentGate,
@@ -52,6 +56,16 @@ def serve_consents(path: QueryPath, server: grpc.aio.Server) -> None:
         tokens=TokenVerifier(region=path.region, clock=path.trail.clock),
     )
     consents_pb2_grpc.add_ConsentsServicer_to_server(service, server)
+
+
+@contextlib.contextmanager
+def _register_answers() -> Iterator[None]:
+    """The consent register's outage (`AuditUnavailable`: it is kept in the audit store) is
+    the call's AUDIT_UNAVAILABLE."""
+    try:
+        yield
+    except AuditUnavailable as exc:
+        raise Refusal("AUDIT_UNAVAILABLE", f"the consent register did not answer: {exc}") from exc
 
 
 def _timestamp(value: datetime) -> Timestamp:
@@ -92,7 +106,8 @@ async def consent_status(
             "consent_id is 8 to 64 letters, digits, '-' or '_'",
             metadata={"field": "consent_id"},
         )
-    kept = await gate.register.get(request.consent_id)
+    with _register_answers():
+        kept = await gate.register.get(request.consent_id)
     return exchange_pb2.ConsentStatusResponse(
         revoked=kept is not None and kept.revoked_at is not None
     )
@@ -178,7 +193,8 @@ class ConsentsService(consents_pb2_grpc.ConsentsServicer):
                     "CONSENT_MISMATCH",
                     f"the consent is not one region {self.gate.region} issued for this citizen",
                 )
-            kept = await self.gate.register.register(registered(claims, subject))
+            with _register_answers():
+                kept = await self.gate.register.register(registered(claims, subject))
         except Refusal as refusal:
             raise await self._refused(refusal, audit) from None
         await self._trail.release(audit, fields=(), cache_hit=False, what="not registered")
@@ -190,9 +206,11 @@ class ConsentsService(consents_pb2_grpc.ConsentsServicer):
         audit = self._context(rpcs.CONSENTS_LIST)
         try:
             _, subject = await self._applicant(context, audit)
+            audit = replace(audit, subject=subject)
+            with _register_answers():
+                kept = await self.gate.register.of_subject(subject)
         except Refusal as refusal:
             raise await self._refused(refusal, audit) from None
-        kept = await self.gate.register.of_subject(subject)
         return consents_pb2.ListConsentsResponse(consents=[summary_message(c) for c in kept])
 
     async def Revoke(
@@ -204,14 +222,16 @@ class ConsentsService(consents_pb2_grpc.ConsentsServicer):
             audit = replace(audit, subject=subject)
             kept = None
             if is_consent_id(request.consent_id):
-                kept = await self.gate.register.get(request.consent_id)
+                with _register_answers():
+                    kept = await self.gate.register.get(request.consent_id)
             if kept is None or kept.subject != subject:  # another's: told the same
                 raise Refusal(
                     "CONSENT_MISMATCH",
                     "no consent with this id is registered here for this citizen",
                 )
             audit = replace(audit, consent_id=kept.consent_id)
-            revoked = await self.gate.register.revoke(kept.consent_id, self._trail.clock())
+            with _register_answers():
+                revoked = await self.gate.register.revoke(kept.consent_id, self._trail.clock())
             assert revoked is not None
         except Refusal as refusal:
             raise await self._refused(refusal, audit) from None

@@ -248,11 +248,17 @@ class OversightService(oversight_pb2_grpc.OversightServicer):
         call.ask("until", until and until.isoformat())
         return since, until
 
-    async def _page(self, token: str, context: Context, call: _Call) -> _Page:
-        """The page a token names; the first page (no token) covers the log as it is now."""
+    async def _page(self, token: str, context: Context, call: _Call, start: int = 0) -> _Page:
+        """The page a token names; the first page (no token: from index `start`) covers the
+        log as it is now."""
         call.ask("page_token", token)
         if not token:
-            return _Page(-1, (await self._audit.read(self._audit.store.head)).size)
+            if start > MAX_INDEX:
+                await self._invalid(
+                    context, call, "INVALID_ARGUMENT_FORMAT", "start_index is past any record"
+                )
+            call.ask("start_index", start)
+            return _Page(start - 1, (await self._audit.read(self._audit.store.head)).size)
         # A token this service issued is ASCII digits below 2**63 (SQLite's INTEGER).
         # str.isdigit() would pass "²" and int() would then raise.
         found = _PAGE_TOKEN.fullmatch(token)
@@ -317,7 +323,7 @@ class OversightService(oversight_pb2_grpc.OversightServicer):
         size = self._page_size(request.page_size, call)
         since, until = await self._window(request, context, call)
         try:
-            page = await self._page(request.page_token, context, call)
+            page = await self._page(request.page_token, context, call, request.start_index)
             query = AuditQuery(
                 subject=subject,
                 caller_agency=request.caller_agency or None,

@@ -133,13 +133,34 @@ async def test_queries_subject_access_and_paging(federation: Federation, tmp_pat
                 )
             ]
             assert denied == []
+            # one record by its index; with filters, the first match from that index on
+            for index in (0, 4, 8):
+                (one,) = [
+                    r
+                    async for r in stub.QueryAudit(
+                        oversight_pb2.QueryAuditRequest(start_index=index, page_size=1),
+                        timeout=CALL_TIMEOUT,
+                    )
+                ]
+                assert one.index == index
+            from_four = stub.QueryAudit(
+                oversight_pb2.QueryAuditRequest(subject_id=CITIZEN, start_index=4, page_size=9),
+                timeout=CALL_TIMEOUT,
+            )
+            assert [r.index async for r in from_four][:2] == [5, 7]
+            past = stub.QueryAudit(
+                oversight_pb2.QueryAuditRequest(start_index=2**63), timeout=CALL_TIMEOUT
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                _ = [r async for r in past]
+            assert error_info(caught.value).reason == "INVALID_ARGUMENT_FORMAT"
             tracker = await stub.SubjectAccess(
                 oversight_pb2.SubjectAccessRequest(subject_id=CITIZEN), timeout=CALL_TIMEOUT
             )
-            # the four queries, then the two QueryAudit calls that read this citizen's trail
+            # the four queries, then the three QueryAudit calls that read this citizen's trail
             assert [e.rpc for e in tracker.entries] == [
                 *["/tongban.v1.DataExchange/Query"] * 4,
-                *["/tongban.v1.Oversight/QueryAudit"] * 2,
+                *["/tongban.v1.Oversight/QueryAudit"] * 3,
             ]
             assert tracker.entries[4].requester_agency == "zj.data"
             assert tracker.next_page_token == ""

@@ -150,8 +150,14 @@ async def test_a_peer_that_hangs_holds_a_query_no_longer_than_its_deadline(
             failed = [
                 r for r in await kit.audited(cluster, "510000") if r.outcome is Outcome.FAILED
             ]
-            assert failed
-            assert {r.reason for r in failed} == {"PEER_UNAVAILABLE"}
+            # The query without a deadline failed on the gateway's own bound. The one with the
+            # client's 0.8 s ends when the client's deadline and the forwarded one (the same
+            # instant) pass: recorded as the peer's failure, or as the client's cancellation
+            # when the gateway sees that first (a loaded machine); never as anything else.
+            reasons = [r.reason for r in failed]
+            assert len(reasons) == 2, reasons
+            assert "PEER_UNAVAILABLE" in reasons
+            assert set(reasons) <= {"PEER_UNAVAILABLE", "REQUEST_CANCELLED"}, reasons
     finally:
         await fake.stop(0)
 

@@ -228,6 +228,7 @@ class QueryAuditRequest(_message.Message):
     UNTIL_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    START_INDEX_FIELD_NUMBER: _builtins.int
     subject_id: _builtins.str
     """Subject id to look for; hashed server-side into its pseudonym, never stored or logged."""
     caller_agency: _builtins.str
@@ -244,6 +245,10 @@ class QueryAuditRequest(_message.Message):
     """Maximum number of records to stream; 0 = server default."""
     page_token: _builtins.str
     """Opaque resume token from a previous stream's "tongban-next-page-token" trailer; empty = start."""
+    start_index: _builtins.int
+    """Zero-based index of the first record to consider when page_token is empty (a record is
+    looked up by its index with start_index = index and page_size = 1); 0 = the log's start.
+    """
     @_builtins.property
     def since(self) -> _timestamp_pb2.Timestamp:
         """Earliest record time, inclusive; unset = no lower bound."""
@@ -265,10 +270,11 @@ class QueryAuditRequest(_message.Message):
         until: _timestamp_pb2.Timestamp | None = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        start_index: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller_agency", b"caller_agency", "dataset", b"dataset", "outcome", b"outcome", "page_size", b"page_size", "page_token", b"page_token", "provider_region", b"provider_region", "purpose", b"purpose", "since", b"since", "subject_id", b"subject_id", "until", b"until"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller_agency", b"caller_agency", "dataset", b"dataset", "outcome", b"outcome", "page_size", b"page_size", "page_token", b"page_token", "provider_region", b"provider_region", "purpose", b"purpose", "since", b"since", "start_index", b"start_index", "subject_id", b"subject_id", "until", b"until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
