@@ -21,7 +21,10 @@ Against `tongban demo --serve`, which prints this command with the paths filled 
 
 A conditional (有条件共享) dataset, such as a citizen's si.participation, is answered only for an
 open case the agency handles for that citizen (docs/cases.md#cases-bind-queries): name it in
---case-id.
+--case-id. A dataset marked `requires_consent`, such as 四川's medical.insurance, is answered only
+under a consent artefact of the citizen issued by their home region (docs/integrating.md#consent):
+give its file in --consent; `tongban demo --serve` writes one for its citizen and prints a call
+with it.
 
 Exit codes: 0 answered, 1 the gateway refused or failed (its reason is printed), 2 bad usage.
 Only grpcio, grpcio-status and the generated `tongban.v1` modules are needed.
@@ -61,6 +64,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[],
         help="a field wanted (repeatable; default: every field the purpose allows)",
     )
+    parser.add_argument(
+        "--consent",
+        type=Path,
+        metavar="FILE",
+        help="file holding the citizen's consent artefact (a compact JWS from their home "
+        "region's identity service), sent in QueryRequest.consent; needed for a dataset "
+        "marked requires_consent",
+    )
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
     return parser.parse_args(argv)
 
@@ -98,8 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         credentials = channel_credentials(args)
+        consent = args.consent.read_text(encoding="utf-8").strip() if args.consent else ""
     except OSError as exc:
         print(f"client: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 2
+    except UnicodeDecodeError:
+        print(f"client: {args.consent}: not a consent artefact (not UTF-8 text)", file=sys.stderr)
         return 2
     request = exchange_pb2.QueryRequest(
         provider_region=args.provider_region,
@@ -108,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         subject_id=args.subject,
         fields=args.field,
         case_id=args.case_id,
+        consent=consent,
         # Unique per agency within the gateway's replay window: a retry of the *same* request
         # reuses it; a new question gets a new one.
         request_id=f"client-{secrets.token_hex(8)}",

@@ -40,7 +40,15 @@ from tongban.v1 import (
     exchange_pb2_grpc,
 )
 
-__all__ = ["SI_FIELDS", "case_cy", "case_done", "case_multi", "multi_applicant"]
+__all__ = [
+    "MED_FIELDS",
+    "SI_FIELDS",
+    "case_cy",
+    "case_done",
+    "case_multi",
+    "multi_applicant",
+    "open_cy_case",
+]
 
 DELIVERY_TIMEOUT: Final = 20.0  # seconds for another region's change to reach a gateway
 POLL_SECONDS: Final = 0.1
@@ -214,18 +222,9 @@ async def case_cy(fed: Federation, story: Story) -> Result:
     """四川 receives a 重庆 matter for a 重庆 citizen; 重庆 handles it; the result comes back."""
     citizen = applicant(fed, [("510000", "medical.insurance")], skip=1)
     steps = Steps(f"川渝异地代收: {CY_MATTER} 异地就医登记备案 for {mask(citizen)}")
-    person = fed.data["510000"].record("medical.insurance", citizen) or {}
-    id_card = await seal(fed, "cq.psb", "id-card", _id_card(citizen, person))
-    form = await seal(fed, "sc.hsa", "filing-form", _filing_form(citizen, person))
+    request = await cy_request(fed, citizen)
     steps.add("500000", "cq.psb", "e-id card sealed by 重庆 (the applicant's wallet)", "sealed")
     steps.add("510000", "sc.hsa", "filing form sealed by 四川's seal (Credentials.Seal)", "sealed")
-    request = cases_pb2.SubmitCaseRequest(
-        request_id=f"demo-{secrets.token_hex(8)}",
-        matter_code=CY_MATTER,
-        applicant_id=citizen,
-        materials=[id_card, form],
-        note="申请人在成都长期居住，申请异地就医备案",
-    )
     case = await submit(fed, "sc.hsa", request)
     again = await submit(fed, "sc.hsa", request)  # the same request id: the same case
     case_id = case.case_id
@@ -279,6 +278,32 @@ async def case_cy(fed: Federation, story: Story) -> Result:
         f"(verified by {back.verified_by_region} when it took it, again by 510000 on arrival)",
         steps.table,
     )
+
+
+async def cy_request(fed: Federation, citizen: str) -> cases_pb2.SubmitCaseRequest:
+    """四川's window's submission of a 异地就医登记备案 case for `citizen`, with its materials: an
+    e-id card sealed by 重庆 (the applicant's wallet), a filing form sealed by 四川's seal."""
+    person = fed.data["510000"].record("medical.insurance", citizen) or {}
+    id_card = await seal(fed, "cq.psb", "id-card", _id_card(citizen, person))
+    form = await seal(fed, "sc.hsa", "filing-form", _filing_form(citizen, person))
+    return cases_pb2.SubmitCaseRequest(
+        request_id=f"demo-{secrets.token_hex(8)}",
+        matter_code=CY_MATTER,
+        applicant_id=citizen,
+        materials=[id_card, form],
+        note="申请人在成都长期居住，申请异地就医备案",
+    )
+
+
+async def open_cy_case(fed: Federation, citizen: str) -> str:
+    """A 异地就医登记备案 case of `citizen` submitted at 四川's window and accepted by 重庆医保
+    (cq.hsa), left open: cq.hsa may ask 四川 for the citizen's medical insurance record for it
+    once 四川's gateway has the acceptance too (each gateway checks the case it names)."""
+    case = await submit(fed, "sc.hsa", await cy_request(fed, citizen))
+    await wait_for(fed, "cq.hsa", case.case_id, part_is(1, READY), "the submitted case")
+    await act(fed, "cq.hsa", case.case_id, 1, cases_pb2.CASE_ACTION_ACCEPT)
+    await wait_for(fed, "sc.hsa", case.case_id, part_is(1, IN_PROGRESS), "重庆's acceptance")
+    return str(case.case_id)
 
 
 async def _medical_query(

@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gateway._tables import whole
+from gateway.demo.case_stories import MED_FIELDS
 from gateway.demo.federation import (
     REGIONS,
     DemoError,
@@ -38,7 +39,7 @@ from gateway.demo.stories import play
 from registry import CURRENT_SNAPSHOT, KeyState, KeyUsage
 
 if TYPE_CHECKING:
-    from gateway.demo.console import DemoConsole
+    from gateway.demo.console import CitizenConsent, DemoConsole
 
 __all__ = ["DemoError", "DemoOptions", "run_demo"]
 
@@ -76,25 +77,52 @@ def client_command(fed: Federation) -> str:
     """A ready-to-paste `examples/client.py` call as 四川人社 (sc.hrss) to its own gateway: a
     重庆 business licence (无条件共享: no open case needed, unlike a citizen's records)."""
     business = fed.citizens("500000", "market.business_licence", 2)[1]
-    (tls,) = fed.inventory().find("sc.hrss", KeyUsage.TLS, KeyState.ACTIVE)
+    return _client_call(
+        fed,
+        "sc.hrss",
+        [
+            ("--provider-region", "500000"),
+            ("--dataset", "market.business_licence"),
+            ("--purpose", "LICENCE-VERIFY"),
+            ("--subject", business),
+            ("--case-id", f"CASE-{datetime.now(UTC):%Y%m%d}-0001"),
+        ],
+    )
+
+
+def consent_command(fed: Federation, consent: CitizenConsent) -> str:
+    """A ready-to-paste `examples/client.py` call as 重庆医保 (cq.hsa) to its own gateway: the
+    citizen's 四川 medical insurance record (requires_consent) for their open case, under the
+    consent the served demo left (`--consent`)."""
+    arguments = [
+        ("--provider-region", "510000"),
+        ("--dataset", "medical.insurance"),
+        ("--purpose", "MED-REG"),
+        ("--subject", consent.citizen),
+        ("--case-id", consent.case_id),
+        ("--consent", str(consent.path)),
+    ]
+    return _client_call(fed, "cq.hsa", arguments + [("--field", f) for f in MED_FIELDS])
+
+
+def _client_call(fed: Federation, agency: str, arguments: list[tuple[str, str]]) -> str:
+    """`examples/client.py` as `agency` to its region's gateway, with its TLS key and a request
+    token printed by `tongban token issue`, then `arguments`."""
+    region = fed.region_of(agency)
+    (tls,) = fed.inventory().find(agency, KeyUsage.TLS, KeyState.ACTIVE)
     python = Path(sys.executable)
     tongban = python.parent / "tongban"
-    token = f"$({shlex.quote(str(tongban))} token issue --pki {shlex.quote(str(fed.pki))} --agency sc.hrss --operator 张三)"
-    arguments = [
-        ("--gateway", f"localhost:{fed.gateways['510000'].port}"),
+    token = f"$({shlex.quote(str(tongban))} token issue --pki {shlex.quote(str(fed.pki))} --agency {agency} --operator 张三)"
+    connection = [
+        ("--gateway", f"localhost:{fed.gateways[region].port}"),
         ("--cert", str(fed.pki / tls.certificate)),
         ("--key", str(fed.pki / tls.private_key)),
-        ("--ca", str(fed.pki / "regions" / "510000" / "ca" / "root.pem")),
-        ("--provider-region", "500000"),
-        ("--dataset", "market.business_licence"),
-        ("--purpose", "LICENCE-VERIFY"),
-        ("--subject", business),
-        ("--case-id", f"CASE-{datetime.now(UTC):%Y%m%d}-0001"),
+        ("--ca", str(fed.pki / "regions" / region / "ca" / "root.pem")),
     ]
     # Named wholly, so that the command works from any folder; without a clone, the path in one.
     client = str(EXAMPLE_CLIENT) if EXAMPLE_CLIENT.is_file() else "examples/client.py"
     lines = [f"{shlex.quote(str(python))} {shlex.quote(client)}"]
-    lines += [f"{flag} {shlex.quote(value)}" for flag, value in arguments]
+    lines += [f"{flag} {shlex.quote(value)}" for flag, value in connection + arguments]
     lines.append(f'--token "{token}"')
     return " \\\n    ".join(lines)
 
@@ -115,6 +143,22 @@ async def _serve_console(fed: Federation, out: Console) -> DemoConsole:
     return console
 
 
+async def _leave_consent(fed: Federation, out: Console) -> None:
+    from gateway.demo.console import CONSOLE_REGION, leave_citizen_consent
+
+    consent = await leave_citizen_consent(fed)
+    out.print(
+        f"[bold]The citizen's consent[/] {consent.consent_id}: issued by the identity service of "
+        f"{CONSOLE_REGION} {REGIONS[CONSOLE_REGION]}, registered at its gateway by the citizen "
+        f"portal (the console lists it under 我的授权 / My consents), written to {consent.path}. "
+        f"重庆医保 asks 四川 for the citizen's medical insurance under it, for their open case "
+        f"{consent.case_id}; once the citizen revokes the consent in the console, the same query "
+        "is refused CONSENT_REVOKED:",
+        soft_wrap=True,
+    )
+    out.print(consent_command(fed, consent), soft_wrap=True, markup=False, highlight=False)
+
+
 async def _serve_until_interrupted(fed: Federation, out: Console, options: DemoOptions) -> None:
     out.print()
     describe(fed, out, options)
@@ -133,6 +177,7 @@ async def _serve_until_interrupted(fed: Federation, out: Console, options: DemoO
         highlight=False,
     )
     console = await _serve_console(fed, out)
+    await _leave_consent(fed, out)
     out.print("Ctrl-C stops them.", soft_wrap=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -1,12 +1,11 @@
 """The web console in Debian's Chromium, headless, against the demo federation (`tongban demo
 --serve`, its console of 500000): an overseer finds the demo's denied query and verifies its
-inclusion proof; a citizen sees their trail. Each page is saved as a screenshot
+inclusion proof; a citizen sees their trail (entries from all three regions) and cases, then
+revokes the consent the demo registered for them, after which the query under it that was
+answered before (the command the demo prints, examples/client.py --consent) is refused
+CONSENT_REVOKED and the trail shows the refusal. Each page is saved as a screenshot
 (TONGBAN_SCREENSHOTS, else the test's tmp_path; TONGBAN_README_SCREENSHOT=1 also writes
 docs/img/console-proof.png).
-
-Waiting for the merge of tongban.v1.Tracker and tongban.v1.Consents into the gateway (marked
-MERGE below): the citizen's trail shows entries from all three regions, a consent is revoked,
-and the next query under it is refused.
 """
 
 from __future__ import annotations
@@ -20,21 +19,38 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from browser_support import REPO, chromium, screenshot_folder
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.wait import WebDriverWait
 
 from gateway.tokens import issue_agency_token
 
 pytestmark = pytest.mark.integration
 
 START_TIMEOUT = 120.0  # seconds for the demo to play its scenarios and serve
+CLIENT_TIMEOUT = 60.0  # seconds for examples/client.py (and its `tongban token issue`)
+PAGE_TIMEOUT = 10.0  # seconds for a page to follow a form's post
+# An examples/client.py command the demo prints (the first after the text it is searched in).
+CLIENT_COMMAND = re.compile(
+    r"^\S*python\S* \S*examples/client\.py.*?--token \"[^\n]*\"$", re.S | re.M
+)
 
 
 class Demo:
-    def __init__(self, process: subprocess.Popen[str], folder: Path, url: str, citizen: str):
+    def __init__(
+        self, process: subprocess.Popen[str], folder: Path, url: str, citizen: str, transcript: str
+    ):
         self.process, self.folder, self.url, self.citizen = process, folder, url, citizen
+        consent = re.search(r"The citizen's consent ([\w-]+): ", transcript)
+        query = CLIENT_COMMAND.search(transcript, consent.end()) if consent else None
+        assert consent, f"the demo left no consent for its citizen:\n{transcript[-3000:]}"
+        assert query, f"the demo printed no query under the consent:\n{transcript[-3000:]}"
+        self.consent_id, self.consent_query = consent.group(1), query.group(0)
 
     def token(self, agency: str, operator: str, applicant: str = "") -> str:
         from datetime import UTC, datetime
@@ -63,7 +79,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
         transcript, url, citizen = "", "", ""
         deadline = time.monotonic() + START_TIMEOUT
         assert process.stdout is not None
-        while not citizen and time.monotonic() < deadline:
+        while "Ctrl-C stops them." not in transcript and time.monotonic() < deadline:
             line = process.stdout.readline()
             if not line:
                 break
@@ -76,7 +92,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
             citizen = applicant.group(1) if applicant else citizen
         assert url, f"the demo did not serve its console:\n{transcript[-3000:]}"
         assert citizen, f"the demo printed no citizen log-in:\n{transcript[-3000:]}"
-        yield Demo(process, folder, url, citizen)
+        yield Demo(process, folder, url, citizen, transcript)
     finally:
         process.send_signal(signal.SIGINT)
         try:
@@ -103,6 +119,15 @@ def log_in(driver: object, demo: Demo, token: str, shots: Path, name: str) -> No
     driver.save_screenshot(str(shots / f"{name}-login.png"))  # type: ignore[attr-defined]
     driver.find_element(By.ID, "token").send_keys(token)  # type: ignore[attr-defined]
     driver.find_element(By.ID, "login").click()  # type: ignore[attr-defined]
+    # Logged in once the log-in page has gone: a page asked for sooner may be replaced by it.
+    WebDriverWait(driver, PAGE_TIMEOUT).until(lambda d: "/login" not in d.current_url)
+
+
+def shown(driver: object, by: str, what: str) -> Any:
+    """The element once the page that has it is shown (a click's navigation may still be on
+    its way when the click returns)."""
+    wait = WebDriverWait(driver, PAGE_TIMEOUT)  # type: ignore[arg-type]
+    return wait.until(expected_conditions.presence_of_element_located((by, what)))
 
 
 def test_an_overseer_finds_the_denied_query_and_verifies_its_proof(
@@ -117,14 +142,16 @@ def test_an_overseer_finds_the_denied_query_and_verifies_its_proof(
     over_broad = [r for r in rows if "FIELD_NOT_ALLOWED" in r.text]
     assert over_broad, "the demo's over-broad query is not among the denied records"
     over_broad[0].find_element(By.TAG_NAME, "a").click()
+    shown(driver, By.ID, "prove")
     driver.save_screenshot(str(shots / "staff-record.png"))  # type: ignore[attr-defined]
     assert "FIELD_NOT_ALLOWED" in driver.find_element(By.TAG_NAME, "main").text  # type: ignore[attr-defined]
     driver.find_element(By.ID, "prove").click()  # type: ignore[attr-defined]
+    shown(driver, By.CSS_SELECTOR, "#sign, #verdict")
     signs = driver.find_elements(By.ID, "sign")  # type: ignore[attr-defined]
     if signs:  # no checkpoint covers the record yet: ask for one, as staff would
         driver.save_screenshot(str(shots / "staff-proof-wait.png"))  # type: ignore[attr-defined]
         signs[0].click()
-    verdict = driver.find_element(By.ID, "verdict")  # type: ignore[attr-defined]
+    verdict = shown(driver, By.ID, "verdict")
     driver.save_screenshot(str(shots / "staff-proof.png"))  # type: ignore[attr-defined]
     assert "ok" in (verdict.get_attribute("class") or "").split()
     steps = driver.find_elements(By.CSS_SELECTOR, "ol.steps li")  # type: ignore[attr-defined]
@@ -155,5 +182,59 @@ def test_a_citizen_sees_their_trail_and_cases(demo: Demo, browser: object, tmp_p
     rows = driver.find_elements(By.CSS_SELECTOR, "tr.entry")  # type: ignore[attr-defined]
     regions = {row.find_elements(By.TAG_NAME, "td")[1].text.split(" ")[0] for row in rows}
     assert regions == {"330000", "510000", "500000"}, page
-    # MERGE: consents — open /me/consents, press the revoke button of the demo's consent,
-    # check it shows "Revoked", then a query under it is refused (CONSENT_REVOKED).
+
+
+def ask_under_consent(demo: Demo) -> subprocess.CompletedProcess[str]:
+    """The query the demo printed: 重庆医保 asks 四川 for the citizen's medical insurance, with
+    its agency's TLS key, a token from `tongban token issue` and the consent's file."""
+    return subprocess.run(
+        ["bash", "-c", demo.consent_query],
+        capture_output=True,
+        text=True,
+        timeout=CLIENT_TIMEOUT,
+        check=False,
+    )
+
+
+def test_a_citizen_revokes_a_consent_and_the_query_under_it_is_refused(
+    demo: Demo, browser: object, tmp_path: Path
+) -> None:
+    driver: object = browser
+    shots = screenshot_folder(tmp_path)
+    answered = ask_under_consent(demo)
+    assert answered.returncode == 0, answered.stdout + answered.stderr
+    assert "answer from 510000 (fresh)" in answered.stdout
+    driver.delete_all_cookies()  # type: ignore[attr-defined]
+    token = demo.token("cq.hrss", "portal", applicant=demo.citizen)
+    log_in(driver, demo, token, shots, "consent")
+    driver.get(demo.url + "me/consents?lang=zh")  # type: ignore[attr-defined]
+    driver.save_screenshot(str(shots / "citizen-consents.png"))  # type: ignore[attr-defined]
+    cards = driver.find_elements(By.CSS_SELECTOR, "li.consent")  # type: ignore[attr-defined]
+    (card,) = [c for c in cards if demo.consent_id in c.text]
+    assert "有效" in card.find_element(By.TAG_NAME, "h2").text
+    revoke = card.find_element(By.CSS_SELECTOR, "button[type=submit]")
+    revoke.send_keys(Keys.ENTER)  # the keyboard, as someone without a mouse presses it
+    # The post is answered by a redirect to the list (a refusal would be a page of its own).
+    WebDriverWait(driver, PAGE_TIMEOUT).until(lambda d: d.current_url == demo.url + "me/consents")
+    driver.save_screenshot(str(shots / "citizen-consent-revoked.png"))  # type: ignore[attr-defined]
+    for lang, revoked in (("zh", "已撤回"), ("en", "Revoked")):
+        driver.get(demo.url + f"me/consents?lang={lang}")  # type: ignore[attr-defined]
+        cards = driver.find_elements(By.CSS_SELECTOR, "li.consent")  # type: ignore[attr-defined]
+        (card,) = [c for c in cards if demo.consent_id in c.text]
+        assert revoked in card.find_element(By.TAG_NAME, "h2").text
+        assert not card.find_elements(By.TAG_NAME, "button")  # nothing left to revoke
+    refused = ask_under_consent(demo)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    # The client prints the ErrorInfo reason it unpacked from the status details.
+    assert re.search(r"^refused: PERMISSION_DENIED CONSENT_REVOKED: ", refused.stderr, re.M)
+    # The home gateway audited the refusal before it answered: the trail shows it at once.
+    driver.get(demo.url + "me/trail?lang=en")  # type: ignore[attr-defined]
+    rows = driver.find_elements(By.CSS_SELECTOR, "tr.entry")  # type: ignore[attr-defined]
+    refusals = [r for r in rows if "CONSENT_REVOKED" in r.text]
+    assert refusals, driver.find_element(By.TAG_NAME, "main").text  # type: ignore[attr-defined]
+    driver.execute_script("arguments[0].scrollIntoView()", refusals[-1])  # type: ignore[attr-defined]
+    driver.save_screenshot(str(shots / "citizen-trail-revoked.png"))  # type: ignore[attr-defined]
+    cells = [td.text for td in refusals[-1].find_elements(By.TAG_NAME, "td")]
+    assert cells[1].startswith("500000"), cells  # refused by the home gateway, before 四川
+    assert cells[3] == "medical.insurance", cells
+    assert cells[7].startswith("denied"), cells
