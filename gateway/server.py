@@ -106,10 +106,9 @@ _EXCHANGE_SERVICES = (EXCHANGE_SERVICE, PEER_SERVICE, WITNESS_SERVICE, CONSENTS)
 SERVED_SERVICES = (REGISTRY_SERVICE, CREDENTIALS_SERVICE)  # always; Oversight with an audit log
 OPEN_SERVICES = frozenset({health.SERVICE_NAME, reflection.SERVICE_NAME})  # mTLS only, no identity
 # Services whose undecodable requests are audited (caller known, values unknown): see
-# `Gateway.audit_malformed`. Oversight may join once its own calls are audited.
-MALFORMED_AUDITED_SERVICES = frozenset(
-    {EXCHANGE_SERVICE, PEER_SERVICE, CREDENTIALS_SERVICE, OVERSIGHT_SERVICE}
-)
+# `Gateway.audit_malformed`.
+_AUDITED = (EXCHANGE_SERVICE, PEER_SERVICE, CREDENTIALS_SERVICE, OVERSIGHT_SERVICE, CONSENTS)
+MALFORMED_AUDITED_SERVICES = frozenset({*_AUDITED, TRACKER_SERVICE})
 HEALTH_CHECK_SECONDS = 5.0  # how often registry expiry is re-checked for health
 
 

@@ -116,7 +116,7 @@ def section_commands(path: Path, heading: str) -> list[str]:
 
 @dataclass(frozen=True)
 class Selection:
-    """The commands one test of tests/integration/test_docs_walkthrough.py runs: those of
+    """The commands one test of tests/docs/test_docs_walkthrough.py runs: those of
     `pages` (under `heading` only, when given; never under `skip_headings`) that match `only`
     (if any) and no `skip`."""
 

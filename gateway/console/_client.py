@@ -14,6 +14,7 @@ from typing import Any, Final
 import grpc
 from grpc_status import rpc_status
 
+from gateway._errors import GatewayError
 from gateway.console._config import AgencyIdentity, ConsoleConfig
 from gateway.console._login import Role, Session
 from tongban.v1 import (
@@ -33,7 +34,7 @@ CALL_TIMEOUT_SECONDS: Final = 15.0  # a trail asks every region; the slowest set
 MAX_RECORDS: Final = 200  # audit records shown on one page
 
 
-class GatewayRefused(Exception):
+class GatewayRefused(GatewayError):
     """The gateway answered a call with an error status."""
 
     def __init__(self, code: grpc.StatusCode, reason: str, details: str) -> None:

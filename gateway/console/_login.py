@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+from gateway._errors import GatewayError
 from gateway.console._config import ConsoleConfig
 from gateway.tokens import TOKEN_EXPIRED, TokenClaims, TokenError, TokenVerifier
 from registry import Registry, RegistryError, SnapshotVerifier, load_trusted_root
@@ -28,7 +29,7 @@ class Role(enum.Enum):
     STAFF = "staff"
 
 
-class LoginRefused(Exception):
+class LoginRefused(GatewayError):
     """A token that does not log anyone in: `status` 401 (no or bad token) or 403 (a good
     token that is not a console log-in); `message_key` names the page's text."""
 

@@ -2,7 +2,8 @@
 the agencies of its region, in practice its citizen portal, whose request token carries the
 citizen in its `applicant` claim: the citizen registers, lists and revokes only their own
 consents. Register and Revoke are audited (the record names the consent and the citizen's
-pseudonym, never the raw id); so is every refusal. And `consent_status`, the answer to
+pseudonym, never the raw id), and so is List, which shows a citizen's data (nothing is answered
+that could not be recorded); so is every refusal. And `consent_status`, the answer to
 Peer.ConsentStatus: is a consent of this region revoked? A register that cannot answer (its
 database frozen or down) refuses the call with AUDIT_UNAVAILABLE, as the audit log does.
 """
@@ -211,6 +212,7 @@ class ConsentsService(consents_pb2_grpc.ConsentsServicer):
                 kept = await self.gate.register.of_subject(subject)
         except Refusal as refusal:
             raise await self._refused(refusal, audit) from None
+        await self._trail.release(audit, fields=(), cache_hit=False, what="not listed")
         return consents_pb2.ListConsentsResponse(consents=[summary_message(c) for c in kept])
 
     async def Revoke(

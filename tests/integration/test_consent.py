@@ -33,8 +33,9 @@ from cryptography import x509
 from query_support import CALL_TIMEOUT, Cluster, bearer, request, running_cluster
 from support import Federation, credentials_as, error_info, sign_forward_message
 
-from gateway.audit import AuditQuery
+from gateway.audit import AuditQuery, Outcome
 from gateway.consent import CONSENT_TYPE, issue_consent, issue_region_consent
+from gateway.rpcs import CONSENTS_LIST
 from registry import KeyState, KeyUsage
 from signer import load_private_key
 from tongban.v1 import common_pb2, consents_pb2, consents_pb2_grpc, exchange_pb2, exchange_pb2_grpc
@@ -259,6 +260,13 @@ async def test_a_revoked_consent_is_refused_everywhere_and_uses_are_counted(
     listed = await portal.call(citizen, "List", consents_pb2.ListConsentsRequest())
     assert [c.consent_id for c in listed.consents] == [consent_id]
     assert (await portal.call(other, "List", consents_pb2.ListConsentsRequest())).consents == []
+    # each List shows a citizen's data: each is audited, under that citizen's pseudonym
+    home = cluster.gateways[HOME].audit
+    assert home is not None
+    lists = [r for _, r in await home.store.query(AuditQuery(limit=5000)) if r.rpc == CONSENTS_LIST]
+    assert [r.outcome for r in lists] == [Outcome.ALLOWED, Outcome.ALLOWED]
+    assert lists[0].subject != lists[1].subject
+    assert all(len(r.subject) == 64 and citizen not in r.canonical.decode() for r in lists)
     # answered while in force; the owner learns it is not revoked (kept STATUS_SECONDS)
     await answer(cluster, med_query(citizen, artefact))
     # another applicant's portal token cannot revoke it (told as for an unknown id)

@@ -394,6 +394,32 @@ async def test_a_citizen_never_sees_another_citizens_data(world: World) -> None:
             assert a not in theirs.text, page
 
 
+async def test_through_the_real_gateway_a_citizen_sees_their_own_trail_only(world: World) -> None:
+    """The same, with 重庆's own gateway answering (Tracker.Trail across the three regions):
+    each citizen's data asked by 四川 under a case id naming that citizen (recorded by 四川's
+    gateway and by 重庆's); each citizen's trail page holds their own case id, never the
+    other's, and every region answered."""
+    a, b = world.citizens
+    marks = {a: f"CASE-A-{secrets.token_hex(3)}", b: f"CASE-B-{secrets.token_hex(3)}"}
+    async with world.cluster.exchange("sc.hrss") as stub:
+        for citizen, case in marks.items():
+            query = request(REGION, "si.participation", "SI-TRANSFER", citizen, case_id=case)
+            token = world.cluster.token("sc.hrss")
+            await stub.Query(query, metadata=bearer(token), timeout=CALL_TIMEOUT)
+    async with world.client() as first, world.client() as second:
+        await log_in(first, world.citizen_token(0))
+        await log_in(second, world.citizen_token(1))
+        mine, theirs = await first.get("/me/trail"), await second.get("/me/trail")
+        assert mine.status_code == theirs.status_code == 200
+        assert mine.text.count('class="ok"') == theirs.text.count('class="ok"') == 3
+        assert marks[a] in mine.text
+        assert marks[b] not in mine.text
+        assert marks[b] in theirs.text
+        assert marks[a] not in theirs.text
+        assert b not in mine.text  # nor the other's id
+        assert a not in theirs.text
+
+
 # staff pages ----------------------------------------------------------------------------------
 async def test_an_overseer_checks_a_records_inclusion_proof_step_by_step(world: World) -> None:
     index = world.hostile_index

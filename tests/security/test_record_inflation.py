@@ -194,6 +194,11 @@ MALFORMED_CALLS = [
     # reading the audit log is an access too (T19): a request that does not parse is recorded
     ("sc.data", REQUESTER, "/tongban.v1.Oversight/SubjectAccess"),
     ("sc.data", REQUESTER, "/tongban.v1.Oversight/QueryAudit"),
+    # so is a citizen's trail, and their consents
+    ("sc.data", REQUESTER, "/tongban.v1.Tracker/Trail"),
+    (REQUESTER, OWNER, "/tongban.v1.Peer/SubjectTrail"),
+    ("sc.hrss", REQUESTER, "/tongban.v1.Consents/Revoke"),
+    (REQUESTER, OWNER, "/tongban.v1.Peer/ConsentStatus"),
 ]
 
 
