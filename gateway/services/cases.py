@@ -41,8 +41,8 @@ from gateway.cases import (
 from gateway.cases._watch import CaseWatchers
 from gateway.errors import Refusal
 from gateway.identity import CallerKind, current_caller
-from gateway.services._metadata import request_token
-from gateway.tokens import TokenError, TokenVerifier
+from gateway.services._metadata import verified_token
+from gateway.tokens import TokenVerifier
 from tongban.v1 import cases_pb2, cases_pb2_grpc, credentials_pb2
 
 __all__ = ["DEFAULT_MAX_WATCHES_PER_AGENCY", "WATCH_POLL_SECONDS", "CasesService"]
@@ -196,21 +196,7 @@ class CasesService(cases_pb2_grpc.CasesServicer):
                     "NOT_AUTHORISED_ROLE",
                     f"cases are served to the agencies of region {self.book.region}",
                 )
-            token = request_token(context)
-            if not token:
-                raise Refusal(
-                    "TOKEN_INVALID", "a request token is required (authorization: Bearer <token>)"
-                )
-            try:
-                claims = self._tokens.verify(
-                    token,
-                    registry=self.book.registry(),
-                    caller_agency=caller.agency_id,
-                    caller_region=caller.region,
-                    client_thumbprint=caller.thumbprint,
-                )
-            except TokenError as exc:
-                raise Refusal(exc.reason, str(exc)) from exc
+            claims = verified_token(context, self._tokens, self.book.registry(), caller)
         except Refusal as refusal:
             raise await self.book.refused(rpc, known, refusal, case_id=case_id) from None
         applicant = self.book.pseudonym(claims.applicant) if claims.applicant else ""

@@ -33,8 +33,8 @@ from gateway.consent import (
 from gateway.errors import Refusal
 from gateway.flows import NO_REQUEST, AuditContext, AuditTrail, Gatekeeper
 from gateway.identity import Caller, CallerKind, current_caller
-from gateway.services._metadata import request_token
-from gateway.tokens import TokenError, TokenVerifier
+from gateway.services._metadata import verified_token
+from gateway.tokens import TokenVerifier
 from tongban.v1 import consents_pb2, consents_pb2_grpc, exchange_pb2
 
 if TYPE_CHECKING:
@@ -139,21 +139,7 @@ class ConsentsService(consents_pb2_grpc.ConsentsServicer):
             raise Refusal(
                 "NOT_AUTHORISED_ROLE", f"consents are served to the agencies of region {region}"
             )
-        token = request_token(context)
-        if not token:
-            raise Refusal(
-                "TOKEN_INVALID", "a request token is required (authorization: Bearer <token>)"
-            )
-        try:
-            claims = self._tokens.verify(
-                token,
-                registry=self._gatekeeper.current(),
-                caller_agency=caller.agency_id,
-                caller_region=caller.region,
-                client_thumbprint=caller.thumbprint,
-            )
-        except TokenError as exc:
-            raise Refusal(exc.reason, str(exc)) from exc
+        claims = verified_token(context, self._tokens, self._gatekeeper.current(), caller)
         if not claims.applicant:
             raise Refusal(
                 "NOT_AUTHORISED_ROLE",

@@ -40,7 +40,7 @@ from gateway.errors import Refusal, error_info_of
 from gateway.forward_signing import AuditKeySigner
 from gateway.identity import Caller, CallerKind, current_caller
 from gateway.peers import PeerPool, UnknownPeer
-from gateway.services._metadata import request_token
+from gateway.services._metadata import request_token, verified_token
 from gateway.services._oversight_messages import OUTCOME_TO_PB, time_of, timestamp
 from gateway.tokens import TokenClaims, TokenError, TokenVerifier
 from gateway.trail import (
@@ -253,21 +253,7 @@ class Tracker:
             )
         call.agency, call.region = caller.agency_id, caller.region
         registry = self._registry.current()
-        token = request_token(context)
-        if not token:
-            raise Refusal(
-                "TOKEN_INVALID", "a request token is required (authorization: Bearer <token>)"
-            )
-        try:
-            claims = self._verifier(self.region).verify(
-                token,
-                registry=registry,
-                caller_agency=caller.agency_id,
-                caller_region=caller.region,
-                client_thumbprint=caller.thumbprint,
-            )
-        except TokenError as exc:
-            raise Refusal(exc.reason, str(exc)) from exc
+        claims = verified_token(context, self._verifier(self.region), registry, caller)
         call.operator = claims.operator
         subject = allowed_subject(claims, registry, self.region, request.subject_id)
         call.subject = self._pseudonym(subject)
