@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,16 +29,25 @@ from signer import canonical_json, key_reference, open_signing_key, sign_json
 
 HOME = "500000"
 CITIZEN = "11010519491231002X"
-NOW = datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=1)  # after the PKI is made
+
+
+@dataclass(frozen=True)
+class World:
+    fed: Federation
+    registry: Registry
+    now: datetime
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Federation, Registry]:
+def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    """A federation, its registry, and the time the consents are made and read at: a minute
+    after its PKI was made (the token key's certificate starts then)."""
     fed = make_federation(tmp_path_factory.mktemp("consent-artefact"))
     fed.publish()
+    now = datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=1)
     verifier = SnapshotVerifier(load_trusted_root(fed.pki / TRUSTED_ROOT))
     registry = verifier.verify(fed.current.read_bytes(), held_version=None, now=None).registry
-    return fed, registry
+    return World(fed, registry, now)
 
 
 def signer(fed: Federation, owner: str, usage: KeyUsage) -> tuple[Any, str]:
@@ -46,7 +56,7 @@ def signer(fed: Federation, owner: str, usage: KeyUsage) -> tuple[Any, str]:
     return key, entry.kid
 
 
-def claims(**changed: Any) -> dict[str, Any]:
+def claims(now: datetime, **changed: Any) -> dict[str, Any]:
     base: dict[str, Any] = {
         "jti": "consent-test-0001",
         "iss": f"urn:tongban:idp:{HOME}",
@@ -55,9 +65,9 @@ def claims(**changed: Any) -> dict[str, Any]:
         "regions": [],
         "purpose": "MED-REG",
         "datasets": [{"region": "510000", "dataset": "medical.insurance", "fields": ["name"]}],
-        "nbf": int((NOW - timedelta(hours=1)).timestamp()),
-        "exp": int((NOW + timedelta(hours=1)).timestamp()),
-        "iat": int(NOW.timestamp()),
+        "nbf": int((now - timedelta(hours=1)).timestamp()),
+        "exp": int((now + timedelta(hours=1)).timestamp()),
+        "iat": int(now.timestamp()),
         "max_uses": 3,
     }
     base.update(changed)
@@ -73,16 +83,16 @@ def signed(fed: Federation, payload: Any, *, typ: str = CONSENT_TYPE) -> str:
     return sign_json(body, key, typ=typ, kid=kid, algorithms=("ES256", "EdDSA"))
 
 
-def refused(registry: Registry, artefact: str, now: datetime = NOW) -> str:
+def refused(world: World, artefact: str, now: datetime | None = None) -> str:
     with pytest.raises(ConsentError) as caught:
-        read_consent(artefact, registry, now)
+        read_consent(artefact, world.registry, now or world.now)
     assert caught.value.reason == "CONSENT_INVALID"
     return str(caught.value)
 
 
-def test_a_well_formed_consent_is_read(world: tuple[Federation, Registry]) -> None:
-    fed, registry = world
-    consent = read_consent(signed(fed, claims()), registry, NOW)
+def test_a_well_formed_consent_is_read(world: World) -> None:
+    fed, now = world.fed, world.now
+    consent = read_consent(signed(fed, claims(now)), world.registry, now)
     assert (consent.consent_id, consent.region, consent.subject) == (
         "consent-test-0001",
         HOME,
@@ -122,21 +132,21 @@ BAD_CLAIMS: list[tuple[str, dict[str, Any], str]] = [
 
 @pytest.mark.parametrize(("case", "changed", "named"), BAD_CLAIMS, ids=[c[0] for c in BAD_CLAIMS])
 def test_a_claim_out_of_its_grammar_is_refused_naming_it(
-    world: tuple[Federation, Registry], case: str, changed: dict[str, Any], named: str
+    world: World, case: str, changed: dict[str, Any], named: str
 ) -> None:
-    fed, registry = world
-    message = refused(registry, signed(fed, claims(**changed)))
+    fed, now = world.fed, world.now
+    message = refused(world, signed(fed, claims(now, **changed)))
     assert named in message, (case, message)
     assert CITIZEN not in message  # the subject is never in an error
 
 
-def test_times_outside_the_window_are_refused(world: tuple[Federation, Registry]) -> None:
-    fed, registry = world
-    later = claims(nbf=int((NOW + timedelta(hours=2)).timestamp()))
-    assert "not valid yet" in refused(registry, signed(fed, later))
-    future = claims(iat=int((NOW + timedelta(hours=2)).timestamp()))
-    assert refused(registry, signed(fed, future))  # made after now: not yet, or not by that key
-    assert "expired" in refused(registry, signed(fed, claims()), NOW + timedelta(hours=2))
+def test_times_outside_the_window_are_refused(world: World) -> None:
+    fed, now = world.fed, world.now
+    later = claims(now, nbf=int((now + timedelta(hours=2)).timestamp()))
+    assert "not valid yet" in refused(world, signed(fed, later))
+    future = claims(now, iat=int((now + timedelta(hours=2)).timestamp()))
+    assert refused(world, signed(fed, future))  # made after now: not yet, or not by that key
+    assert "expired" in refused(world, signed(fed, claims(now)), now + timedelta(hours=2))
 
 
 Tamper = Callable[[list[str]], list[str]]
@@ -146,8 +156,14 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
+def _more_uses(payload: str) -> str:
+    """The payload part with `max_uses` raised: what a holder would like it to say."""
+    decoded = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    return _b64(canonical_json({**decoded, "max_uses": 999}))
+
+
 TAMPERS: list[tuple[str, Tamper]] = [
-    ("payload changed", lambda p: [p[0], _b64(canonical_json(claims(max_uses=999))), p[2]]),
+    ("payload changed", lambda p: [p[0], _more_uses(p[1]), p[2]]),
     (
         "signature changed",
         lambda p: [p[0], p[1], p[2][:-4] + ("AAAA" if p[2][-4:] != "AAAA" else "BBBB")],
@@ -167,41 +183,43 @@ TAMPERS: list[tuple[str, Tamper]] = [
 
 
 @pytest.mark.parametrize(("case", "tamper"), TAMPERS, ids=[t[0] for t in TAMPERS])
-def test_a_changed_jws_is_refused(
-    world: tuple[Federation, Registry], case: str, tamper: Tamper
-) -> None:
-    fed, registry = world
-    parts = signed(fed, claims()).split(".")
-    assert refused(registry, ".".join(tamper(parts)))
+def test_a_changed_jws_is_refused(world: World, case: str, tamper: Tamper) -> None:
+    fed, now = world.fed, world.now
+    parts = signed(fed, claims(now)).split(".")
+    assert refused(world, ".".join(tamper(parts)))
 
 
-def test_the_wrong_type_key_or_size_is_refused(world: tuple[Federation, Registry]) -> None:
-    fed, registry = world
-    assert "typ" in refused(registry, signed(fed, claims(), typ="JWT")).lower()
+def test_the_wrong_type_key_or_size_is_refused(world: World) -> None:
+    fed, now = world.fed, world.now
+    assert "typ" in refused(world, signed(fed, claims(now), typ="JWT")).lower()
     audit_key, audit_kid = signer(
         fed, HOME, KeyUsage.AUDIT
     )  # a key the registry has, not a token key
     forged = sign_json(
-        canonical_json(claims()), audit_key, typ=CONSENT_TYPE, kid=audit_kid, algorithms=("EdDSA",)
+        canonical_json(claims(now)),
+        audit_key,
+        typ=CONSENT_TYPE,
+        kid=audit_kid,
+        algorithms=("EdDSA",),
     )
-    assert "token key" in refused(registry, forged)
-    assert "at most" in refused(registry, "a" * 9000)
-    assert "JSON" in refused(registry, signed(fed, b"[not json"))
-    assert "exactly the claims" in refused(registry, signed(fed, b"[1, 2]"))
+    assert "token key" in refused(world, forged)
+    assert "at most" in refused(world, "a" * 9000)
+    assert "JSON" in refused(world, signed(fed, b"[not json"))
+    assert "exactly the claims" in refused(world, signed(fed, b"[1, 2]"))
 
 
-def test_the_issuer_refuses_what_the_reader_would(world: tuple[Federation, Registry]) -> None:
-    fed, _ = world
+def test_the_issuer_refuses_what_the_reader_would(world: World) -> None:
+    fed, now = world.fed, world.now
     key, kid = signer(fed, HOME, KeyUsage.TOKEN)
     good: dict[str, Any] = {
         "region": HOME,
         "subject": CITIZEN,
         "purpose": "MED-REG",
         "datasets": [("510000", "medical.insurance", ["name"])],
-        "not_before": NOW,
-        "expires_at": NOW + timedelta(days=1),
+        "not_before": now,
+        "expires_at": now + timedelta(days=1),
         "max_uses": 1,
-        "now": NOW,
+        "now": now,
         "agencies": ["cq.hsa"],
     }
     issue_consent(key, kid, **good)
@@ -213,8 +231,8 @@ def test_the_issuer_refuses_what_the_reader_would(world: tuple[Federation, Regis
         ({"purpose": "MED REG"}, "registry ids"),
         ({"datasets": [("510000", "medical.insurance", [])]}, "datasets"),
         ({"max_uses": 0}, "max_uses"),
-        ({"now": NOW.replace(tzinfo=None)}, "time zone"),
-        ({"expires_at": NOW - timedelta(days=1)}, "expires after"),
+        ({"now": now.replace(tzinfo=None)}, "time zone"),
+        ({"expires_at": now - timedelta(days=1)}, "expires after"),
     ):
         with pytest.raises(ValueError, match=words):
             issue_consent(key, kid, **{**good, **changed})
