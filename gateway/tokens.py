@@ -28,9 +28,9 @@ from typing import Any, Final
 
 import jwt
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from gateway._errors import GatewayError
+from gateway._identity_keys import jwt_algorithm, registry_token_key
 from gateway.applicant_ids import is_applicant_id
 from registry import Inventory, KeyEntry, KeyRefused, KeyState, KeyUsage, Registry
 from signer import (
@@ -42,8 +42,6 @@ from signer import (
     SignedJsonSignatureInvalid,
     SignedJsonTypeRefused,
     SignedJsonUnsigned,
-    UnsupportedAlgorithm,
-    algorithm_for_key,
     canonical_json,
     key_reference,
     open_signing_key,
@@ -70,7 +68,6 @@ __all__ = [
     "issue_agency_token",
     "issue_token",
     "issuer_for",
-    "jwt_algorithm",
 ]
 
 AUDIENCE_PREFIX: Final = "urn:tongban:gateway:"
@@ -79,7 +76,6 @@ MAX_TOKEN_LIFETIME_SECONDS: Final = 300  # exp - iat, at most
 MAX_TOKEN_BYTES: Final = 8 * 1024  # a token is ~600 bytes; anything this large is not one
 LEEWAY_SECONDS: Final = 30  # clock skew allowed between the identity service and the gateway
 TOKEN_ALGORITHMS: Final = ("ES256", "EdDSA")
-MAX_KID_CHARS: Final = 128  # a kid is 43 base64url characters
 MAX_CLAIM_CHARS: Final = 256  # sub, agency, jti
 
 # Reasons (ARCHITECTURE.md error reasons; contract).
@@ -101,16 +97,6 @@ def audience_for(region: str) -> str:
 def issuer_for(region: str) -> str:
     """The `iss` of a token: the region's identity service."""
     return ISSUER_PREFIX + region
-
-
-def jwt_algorithm(key: PrivateKey, what: str = "a token") -> str:
-    """The JWS algorithm of an identity service's key (request tokens, consents): ES256 or
-    EdDSA, what PyJWT and other JWT libraries verify; ValueError for any other key."""
-    if isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1):
-        return "ES256"
-    if isinstance(key, ed25519.Ed25519PrivateKey):
-        return "EdDSA"
-    raise ValueError(f"{what} is signed with a P-256 (ES256) or Ed25519 (EdDSA) key only")
 
 
 def issue_token(
@@ -369,7 +355,6 @@ class TokenVerifier:
         self._clock = clock
         self._max_cached = max_cached
         self._cache: OrderedDict[_CacheKey, TokenClaims] = OrderedDict()
-        self._public_keys: dict[str, PublicKey] = {}
         self._version: int | None = None
         self._last_sweep = float("-inf")
 
@@ -459,7 +444,6 @@ class TokenVerifier:
         is emptied when the registry version changes."""
         if version != self._version:
             self._cache.clear()
-            self._public_keys.clear()
             self._version = version
         cached = self._cache.get(cache_key)
         if cached is not None:
@@ -475,7 +459,9 @@ class TokenVerifier:
         found: list[KeyEntry] = []  # the registry key `_token_key` returned
 
         def registry_key(header: Mapping[str, Any]) -> PublicKey:
-            entry, public_key = self._token_key(header, registry, caller_region)
+            entry, public_key = registry_token_key(
+                header, registry, region=caller_region, what="the token", refuse=_invalid
+            )
             found.append(entry)
             return public_key
 
@@ -540,49 +526,6 @@ class TokenVerifier:
         if not isinstance(payload, dict):  # pragma: no cover - PyJWT returns a dict
             raise _invalid("the token's claims are not a JSON object")
         return payload
-
-    def _token_key(
-        self, header: Mapping[str, Any], registry: Registry, caller_region: str
-    ) -> tuple[KeyEntry, PublicKey]:
-        """Steps 3 (the kid) and 4 of `verify`; `verify_json` has checked alg, typ and
-        extensions before it calls this."""
-        # 3.
-        kid = header.get("kid")
-        if not isinstance(kid, str) or not kid or len(kid) > MAX_KID_CHARS:
-            raise _invalid("the token's header names no key (kid)")
-        algorithm = header["alg"]
-        # 4. the registry key
-        entry = registry.key(kid)
-        if entry is None:
-            raise _invalid(f"the token is signed by a key unknown to registry {registry.version}")
-        if entry.usage is not KeyUsage.TOKEN:
-            raise _invalid(f"key {kid} is a {entry.usage.value} key, not a token key")
-        if entry.owner != caller_region or entry.region != caller_region:
-            raise _invalid(
-                f"the token is signed by the token key of {entry.owner}, not of the caller's "
-                f"region {caller_region}"
-            )
-        public_key = self._public_key(entry.kid, entry.certificate)
-        try:
-            key_algorithm = algorithm_for_key(public_key)
-        except UnsupportedAlgorithm as exc:
-            raise _invalid(f"token key {kid} has a key type tokens do not use") from exc
-        if key_algorithm != algorithm or entry.algorithm != algorithm:
-            raise _invalid(f"token key {kid} does not sign with the token's algorithm")
-        return entry, public_key
-
-    def _public_key(self, kid: str, certificate: bytes) -> PublicKey:
-        key = self._public_keys.get(kid)
-        if key is None:
-            try:
-                loaded = x509.load_der_x509_certificate(certificate).public_key()
-            except ValueError as exc:
-                raise _invalid(f"the certificate of token key {kid} cannot be read") from exc
-            if not isinstance(loaded, ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey):
-                raise _invalid(f"token key {kid} has a key type tokens do not use")
-            key = loaded
-            self._public_keys[kid] = key
-        return key
 
     def _remember(self, key: _CacheKey, claims: TokenClaims, now_ts: float) -> None:
         if len(self._cache) >= self._max_cached:

@@ -27,12 +27,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
-from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-
 from gateway._errors import GatewayError
+from gateway._identity_keys import jwt_algorithm, registry_token_key
 from gateway.applicant_ids import is_applicant_id
-from gateway.tokens import ISSUER_PREFIX, LEEWAY_SECONDS, issuer_for, jwt_algorithm
+from gateway.tokens import ISSUER_PREFIX, LEEWAY_SECONDS, issuer_for
 from registry import (
     Inventory,
     KeyEntry,
@@ -47,8 +45,6 @@ from signer import (
     PrivateKey,
     PublicKey,
     SignedJsonRefused,
-    UnsupportedAlgorithm,
-    algorithm_for_key,
     canonical_json,
     key_reference,
     open_signing_key,
@@ -210,26 +206,6 @@ def issue_region_consent(
     return issue_consent(key, entry.kid, region=region, **claims)
 
 
-def _home_key(header: Mapping[str, Any], registry: Registry) -> tuple[KeyEntry, PublicKey]:
-    """The registry token key the header's kid names (a hint: the key is the registry's)."""
-    kid = header.get("kid")
-    if not isinstance(kid, str) or not kid or len(kid) > 128:
-        raise _invalid("the consent's header names no key (kid)")
-    entry = registry.key(kid)
-    if entry is None or entry.usage is not KeyUsage.TOKEN or entry.owner != entry.region:
-        raise _invalid("the consent is not signed by a region's token key in the registry")
-    try:
-        public = x509.load_der_x509_certificate(entry.certificate).public_key()
-        algorithm = algorithm_for_key(public)  # type: ignore[arg-type]
-    except (ValueError, UnsupportedAlgorithm) as exc:
-        raise _invalid(f"token key {kid} cannot verify a consent") from exc
-    if algorithm != header.get("alg") or not isinstance(
-        public, ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
-    ):
-        raise _invalid(f"token key {kid} does not sign with the consent's algorithm")
-    return entry, public
-
-
 def _texts(claims: Mapping[str, Any], name: str, grammar: Any) -> frozenset[str]:
     value = claims.get(name)
     if (
@@ -283,7 +259,9 @@ def read_consent(artefact: str, registry: Registry, now: datetime) -> ConsentCla
     found: list[KeyEntry] = []
 
     def key_for(header: Mapping[str, Any]) -> PublicKey:  # (2)
-        entry, public = _home_key(header, registry)
+        entry, public = registry_token_key(
+            header, registry, region=None, what="the consent", refuse=_invalid
+        )
         found.append(entry)
         return public
 
