@@ -1,6 +1,6 @@
 """Helpers for the fault-injection and rotation-under-load tests (importable as `fault_support`).
 
-- `Tally` / `pump`: client traffic that keeps querying until told to stop (or a request cap),
+- `Tally` / `pump`: client traffic that keeps querying, paced by the clock, until told to stop,
   recording every call — when it was sent and ended, in which phase of the test, its status
   code and ErrorInfo reason, the answer — and printing the one-line report the tests assert.
 - `running_gateways`: the three-region loopback cluster of `query_support.running_cluster`,
@@ -151,15 +151,28 @@ async def pump(
     metadata: tuple[tuple[str, str], ...],
     *,
     stop: asyncio.Event,
-    limit: int,
     timeout: float,
-    pause: float = 0.0,
+    rate: float | None = None,
+    limit: int | None = None,
 ) -> None:
-    """Query until `stop` is set or `limit` calls were made. `stub` is a stub, or a function
-    giving an async context manager that yields one per call (a fresh channel: a new TLS
-    handshake per call)."""
+    """Query until `stop` is set (or `limit` calls were made). With `rate`, a call starts at most
+    `rate` times a second, paced by the clock: a stream runs for as long as the test's phase
+    needs, however slowly a loaded machine answers, and a minute of it never sends more than
+    60 x `rate` calls (an agreement's quota is counted per minute). A stream that fell behind (a
+    slow answer) goes on from now and does not catch up in a burst. `stub` is a stub, or a
+    function giving an async context manager that yields one per call (a fresh channel: a new
+    TLS handshake per call)."""
     n = 0
-    while not stop.is_set() and n < limit:
+    due = time.monotonic()
+    while not stop.is_set() and (limit is None or n < limit):
+        if rate is not None:
+            wait = due - time.monotonic()
+            if wait > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), wait)
+                if stop.is_set():
+                    return
+            due = max(due, time.monotonic()) + 1 / rate
         query = make(n)
         shot = Shot(stream, query.request_id, tally.phase, time.monotonic())
         tally.shots.append(shot)
@@ -175,8 +188,6 @@ async def pump(
         else:
             shot.code, shot.response = "OK", answer
         shot.done, shot.phase_done = time.monotonic(), tally.phase
-        if pause:
-            await asyncio.sleep(pause)
 
 
 def query_maker(

@@ -600,18 +600,19 @@ class Stream:
     agency: str
     dataset: tuple[str, str]
     subjects: int  # cycle through this many (repeats: cache hits), or 0: a new one each call
-    pause: float  # seconds between one client's calls
+    rate: float  # calls a second at most, the stream's clients together
 
     @property
     def name(self) -> str:
         return f"{self.agency}->{OWNER} {self.dataset[0]}"
 
 
-# Below LICENCE-ZJ-2026's quota (1200 a minute) and ZJ-SC-SI-2026's (300 a minute).
+# Below LICENCE-ZJ-2026's quota (1200 a minute: 2 x 6 a second, 720) and ZJ-SC-SI-2026's (300 a
+# minute: 3 a second, 180), however long a test runs.
 STREAMS = (
-    Stream("sc.amr", LICENCE, 5, 0.15),
-    Stream("sc.hsa", LICENCE, 5, 0.15),
-    Stream("sc.hrss", SI, 0, 0.3),
+    Stream("sc.amr", LICENCE, 5, 6.0),
+    Stream("sc.hsa", LICENCE, 5, 6.0),
+    Stream("sc.hrss", SI, 0, 3.0),
 )
 
 
@@ -642,9 +643,8 @@ async def traffic(
                             query_maker(OWNER, *stream.dataset, pool, offset=offset),
                             bearer(cluster.token(stream.agency, lifetime=300)),
                             stop=stop,
-                            limit=100_000,
                             timeout=CLIENT_DEADLINE,
-                            pause=stream.pause * CLIENTS,  # the same rate: quotas
+                            rate=stream.rate / CLIENTS,  # the same rate whatever CLIENTS: quotas
                         )
                     )
                 )

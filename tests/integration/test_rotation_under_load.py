@@ -86,8 +86,9 @@ OWNER = "500000"  # 重庆: the region whose keys rotate
 TEST_SECONDS = 180.0  # a hang guard for the whole test, set-up and tear-down included
 WAIT_SECONDS = 60.0  # for an expected answer or registry version; a hang guard, not a bound
 CALL_TIMEOUT = 5.0
-LIMIT = 200  # calls per stream at most (two 四川 streams stay under CY-SI-2026's 600/min)
-PAUSE = 0.02
+# two 四川 streams at 4 calls a second at most: 480 a minute, under CY-SI-2026's 600
+RATE = 4.0
+FLOOR = 5  # answers a stream in each phase of the rotation, at least
 SI = ("si.participation", "SI-TRANSFER")
 LICENCE = ("market.business_licence", "LICENCE-VERIFY")
 # (agency, provider region, (dataset, purpose), first subject)
@@ -125,10 +126,12 @@ def rotate_root(federation: Federation) -> None:
 
 
 def answered_on_every_stream(tally: Tally, phase: str) -> bool:
-    """Every stream of the test has had an answer to a query it sent in `phase`."""
+    """Every stream of the test has had FLOOR answers to queries it sent in `phase`: each step
+    of the rotation is taken under traffic on every stream, however slow the machine."""
     streams = {f"{agency}->{provider}" for agency, provider, *_ in STREAMS}
     streams.add(f"{FRESH[0]}->{FRESH[1]} (new channel each)")
-    return streams <= {s.stream for s in tally.where(phase_sent=phase) if s.ok}
+    answered = Counter(s.stream for s in tally.where(phase_sent=phase) if s.ok)
+    return all(answered[name] >= FLOOR for name in streams)
 
 
 def served_certificate(fed: Federation, port: int) -> str:
@@ -235,9 +238,8 @@ async def test_seal_key_and_tls_certificate_rotation_under_load(
                             query_maker(provider, dataset, purpose, subjects, offset=first),
                             bearer(cluster.token(agency)),
                             stop=stop,
-                            limit=LIMIT,
                             timeout=CALL_TIMEOUT,
-                            pause=PAUSE,
+                            rate=RATE,
                         )
                     )
                 )
