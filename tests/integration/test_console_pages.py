@@ -3,9 +3,11 @@ process: log-in refusals, the pages each role may see, security headers, CSRF, e
 real audit record holding markup, and that a citizen's pages hold nothing of another's.
 
 One federation and two consoles for the module: `real` talks to 重庆's gateway; `double` to a
-test double of the gateway for what it does not serve yet in this branch (tongban.v1.Tracker and
-Consents) and for Cases.List, answering each citizen (from the token the console sends, verified)
-with that citizen's own entries, so that what a page shows follows from the session's token.
+test double of the gateway's Tracker, Consents and Cases services, answering each citizen (from
+the token the console sends, verified) with entries of that citizen's own, made up and named per
+citizen, so that what a page shows is seen to follow from the session's token; and refusals the
+real gateway gives only in states hard to reach here. Odd requests of every kind get a page,
+never a server error.
 """
 
 from __future__ import annotations
@@ -607,3 +609,75 @@ async def test_the_console_serves_its_pages_with_uvicorn(world: World, tmp_path:
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 10)
+
+
+# odd requests --------------------------------------------------------------------------------
+ODD_GETS = (
+    "/staff/records/-1",
+    "/staff/records/abc",
+    "/staff/records/99999999999999999999999",
+    "/staff/records/1e3",
+    "/staff/records/%00",
+    "/staff/records/0/proof?x=%ff",
+    "/staff/records?start=abc",
+    "/staff/records?outcome=nope",
+    "/staff/records?since=notadate&until=2026-13-45",
+    "/staff/records?dataset=%00&agency=%ff%fe",
+    "/staff/records?lang=" + "x" * 5000,
+    "/staff/records?" + "a=1&" * 2000,
+    "/staff/verify?lang=%00",
+    "/staff/alerts?x=" + "y" * 60000,
+    "/static/../_app.py",
+    "/static/%2e%2e/_app.py",
+    "/nope",
+    "/login?next=http://elsewhere.test/",
+)
+ODD_BODIES = (
+    (b"\xff\xfe", "application/x-www-form-urlencoded"),
+    (b"{}", "application/json"),
+    (b"--x\r\n", "multipart/form-data; boundary=x"),
+    (b"a=" + b"b" * 3_000_000, "application/x-www-form-urlencoded"),
+)
+
+
+def not_a_server_error(response: httpx.Response) -> bool:
+    return response.status_code < 500 and "Traceback" not in response.text
+
+
+async def test_odd_requests_get_a_page_never_a_server_error(world: World) -> None:
+    """Paths, parameters, form fields, bodies and cookies no page expects: each is answered with
+    a page (a refusal, a redirect or nothing found), never a server error or a trace."""
+    failed: list[tuple[str, int]] = []
+
+    def check(what: str, response: httpx.Response) -> None:
+        if not not_a_server_error(response):
+            failed.append((what[:60], response.status_code))
+
+    async with world.client() as client:
+        await log_in(client, world.token(OVERSIGHT))
+        for path in ODD_GETS:
+            check(path, await client.get(path))
+        csrf = csrf_of(await client.get("/staff/trail"))
+        for fields in ({"subject": "x" * 10000}, {"subject": "\x00"}, {}, {"since": "zz"}):
+            check(
+                f"trail {fields}", await client.post("/staff/trail", data={"csrf": csrf, **fields})
+            )
+        for body, kind in ODD_BODIES:
+            for path in ("/staff/trail", "/staff/checkpoint", "/login", "/logout"):
+                headers = {"content-type": kind}
+                check(f"{path} {kind}", await client.post(path, content=body, headers=headers))
+    async with world.client() as client:
+        await log_in(client, world.citizen_token())
+        csrf = csrf_of(await client.get("/me/consents"))
+        for consent_id in ("x" * 200, "\x00", "../../", "<b>", "c-" + "0" * 40):
+            data = {"csrf": csrf, "consent_id": consent_id}
+            check(f"revoke {consent_id}", await client.post("/me/consents/revoke", data=data))
+    async with world.client() as client:
+        for token in ("a" * 100_000, "\x00", "a.b.c", "e30.e30.e30"):
+            csrf = csrf_of(await client.get("/login"))
+            check(
+                f"token {token}", await client.post("/login", data={"csrf": csrf, "token": token})
+            )
+        cookie = {"cookie": "session=" + "x" * 5000}
+        check("cookie", await client.get("/staff/records", headers=cookie))
+    assert not failed, failed
