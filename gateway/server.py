@@ -274,28 +274,16 @@ class Gateway:
             version = self.store.current().version
         except RegistryError:
             version = 0
-        record = AuditRecord(
+        record = AuditRecord.of_call(
             time=self._clock(),
-            gateway=f"gateway-{self.config.region}",
             region=self.config.region,
             rpc=method,
-            request_id="",
-            caller_agency=caller.agency_id,
-            caller_operator="",
-            caller_region=caller.region,
-            provider_region="",
-            dataset="",
-            purpose="",
-            case_id="",
-            subject="",
-            fields=(),
             outcome=Outcome.DENIED,
             reason=MALFORMED_REASON,
-            cache_hit=False,
-            latency_us=0,
-            sealed_digest="",
+            caller_agency=caller.agency_id,
+            caller_region=caller.region,
+            provider_region="",
             registry_version=version,
-            agreement_id="",
         )
         self.metrics.decision("denied", MALFORMED_REASON)
         try:

@@ -58,6 +58,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
+from time import perf_counter
 from types import MappingProxyType
 from typing import Any, Final
 
@@ -313,6 +314,62 @@ class AuditRecord:
         if self.consent_id:
             document["consent_id"] = self.consent_id
         return _CANONICAL.encode(document).encode()
+
+    @classmethod
+    def of_call(
+        cls,
+        *,
+        time: datetime,
+        region: str,
+        rpc: str,
+        outcome: Outcome,
+        reason: str = "",
+        started: float | None = None,
+        gateway: str = "",
+        caller_agency: str = "",
+        caller_operator: str = "",
+        caller_region: str = "",
+        provider_region: str | None = None,
+        request_id: str = "",
+        dataset: str = "",
+        purpose: str = "",
+        case_id: str = "",
+        subject: str = "",
+        fields: tuple[str, ...] = (),
+        sealed_digest: str = "",
+        registry_version: int = 0,
+        request_digest: str = "",
+    ) -> AuditRecord:
+        """The record of a call that is not a data query (oversight, the tracker, cases, a
+        credential seal, a request that could not be read): never from a cache, resting on no
+        agreement. The gateway is `gateway-<region>` unless named, the provider region this
+        gateway's own unless given, and the latency counted from `started` (a
+        `time.perf_counter()` reading; 0 without one)."""
+        latency = 0 if started is None else int((perf_counter() - started) * 1_000_000)
+        return cls(
+            time=time,
+            gateway=gateway or f"gateway-{region}",
+            region=region,
+            rpc=rpc,
+            request_id=request_id,
+            caller_agency=caller_agency,
+            caller_operator=caller_operator,
+            caller_region=caller_region,
+            provider_region=region if provider_region is None else provider_region,
+            dataset=dataset,
+            purpose=purpose,
+            case_id=case_id,
+            subject=subject,
+            fields=fields,
+            outcome=outcome,
+            reason=reason,
+            cache_hit=False,
+            latency_us=latency,
+            sealed_digest=sealed_digest,
+            registry_version=registry_version,
+            agreement_id="",
+            request_digest=request_digest,
+        )
 
     @classmethod
     def from_canonical(cls, data: bytes) -> AuditRecord:

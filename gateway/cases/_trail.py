@@ -68,28 +68,24 @@ class CaseTrail:
         self.clock = clock
 
     def record(self, note: Note, outcome: Outcome, reason: str = "") -> AuditRecord:
-        return AuditRecord(
+        return AuditRecord.of_call(
             time=self.clock(),
             gateway=self.gateway_name,
             region=self.region,
             rpc=note.rpc,
+            outcome=outcome,
+            reason=reason,
+            started=note.started,
             request_id=note.request_id,
             caller_agency=note.caller_agency,
             caller_operator=note.caller_operator,
             caller_region=note.caller_region,
-            provider_region=self.region,
-            dataset="",
             purpose=matter_purpose(note.matter_code),
             case_id=note.case_id,
             subject=note.subject,
             fields=tuple(sorted(set(note.fields))),
-            outcome=outcome,
-            reason=reason,
-            cache_hit=False,
-            latency_us=int((time.perf_counter() - note.started) * 1_000_000),
             sealed_digest=hashlib.sha256(note.jws.encode("ascii")).hexdigest() if note.jws else "",
             registry_version=note.registry_version,
-            agreement_id="",
         )
 
     def audit_id(self, index: int) -> str:

@@ -345,28 +345,17 @@ class CredentialsService(credentials_pb2_grpc.CredentialsServicer):
         """Append the audit record of one Seal call (no subject: a seal concerns a document)."""
         if self._audit is None:
             return
-        record = AuditRecord(
+        record = AuditRecord.of_call(
             time=self._clock(),
-            gateway=f"gateway-{self._region}",
             region=self._region,
             rpc=rpcs.SEAL,
-            request_id="",
-            caller_agency=caller.agency_id if caller else "",
-            caller_operator="",
-            caller_region=caller.region if caller else "",
-            provider_region=self._region,
-            dataset="",
-            purpose="",
-            case_id="",
-            subject="",
-            fields=(),
             outcome=outcome,
             reason=reason,
-            cache_hit=False,
-            latency_us=int((time.perf_counter() - started) * 1_000_000),
+            started=started,
+            caller_agency=caller.agency_id if caller else "",
+            caller_region=caller.region if caller else "",
             sealed_digest=hashlib.sha256(sealed.encode()).hexdigest() if sealed else "",
             registry_version=registry_version,
-            agreement_id="",
         )
         try:
             await self._audit.append(record)

@@ -147,28 +147,20 @@ class OversightService(oversight_pb2_grpc.OversightServicer):
             version = 0
         filters = [f"{name}={value}" for name, value in call.filters.items()]
         await self._audit.append(
-            AuditRecord(
+            AuditRecord.of_call(
                 time=self._clock(),
-                gateway=f"gateway-{self._region}",
                 region=self._region,
                 rpc=call.rpc,
-                request_id="",
-                caller_agency=caller.agency_id if caller else "",
-                caller_operator="",
-                caller_region=caller.region if caller else "",
-                provider_region=self._region,
-                dataset=call.dataset,
-                purpose=call.purpose,
-                case_id="",
-                subject=call.subject,
-                fields=(*filters, f"returned={returned}"),
                 outcome=outcome,
                 reason=reason,
-                cache_hit=False,
-                latency_us=int((time.perf_counter() - call.started) * 1e6),
-                sealed_digest="",
+                started=call.started,
+                caller_agency=caller.agency_id if caller else "",
+                caller_region=caller.region if caller else "",
+                dataset=call.dataset,
+                purpose=call.purpose,
+                subject=call.subject,
+                fields=(*filters, f"returned={returned}"),
                 registry_version=version,
-                agreement_id="",
             )
         )
 

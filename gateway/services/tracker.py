@@ -177,28 +177,20 @@ class Tracker:
             version = 0
         notes = [f"{name}={value}" for name, value in call.notes.items()]
         await self._audit.append(
-            AuditRecord(
+            AuditRecord.of_call(
                 time=self._clock(),
-                gateway=f"gateway-{self.region}",
                 region=self.region,
                 rpc=call.rpc,
-                request_id="",
+                outcome=outcome,
+                reason=reason,
+                started=call.started,
                 caller_agency=call.agency,
                 caller_operator=call.operator,
                 caller_region=call.region,
-                provider_region=self.region,
-                dataset="",
-                purpose="",
-                case_id="",
                 subject=call.subject,
                 fields=(*notes, f"returned={returned}"),
-                outcome=outcome,
-                reason=reason,
-                cache_hit=False,
-                latency_us=int((time.perf_counter() - call.started) * 1e6),
                 sealed_digest=sealed_digest,
                 registry_version=version,
-                agreement_id="",
                 request_digest=request_digest_hex,
             )
         )

@@ -233,3 +233,66 @@ def test_a_records_time_is_written_as_strftime_writes_it() -> None:
     ]
     for value in times:
         assert _time(value) == value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def test_the_record_of_a_call_that_is_not_a_query_fills_what_such_a_call_lacks() -> None:
+    """`AuditRecord.of_call` (oversight, the tracker, cases, seals, malformed requests): the
+    gateway after its region, the provider region its own unless given, never a cache hit nor
+    an agreement, the latency counted from `started`; its bytes are those of the same record
+    made field by field, and it is bounded as any record is."""
+    import time
+    from datetime import UTC, datetime
+
+    from gateway.audit import Outcome
+
+    at = datetime(2026, 12, 7, 8, 0, tzinfo=UTC)
+    started = time.perf_counter() - 0.25
+    made = AuditRecord.of_call(
+        time=at,
+        region="500000",
+        rpc="/tongban.v1.Tracker/Trail",
+        outcome=Outcome.DENIED,
+        reason="SUBJECT_NOT_CALLER",
+        started=started,
+        caller_agency="cq.hrss",
+        caller_region="500000",
+        fields=("returned=0",),
+        registry_version=3,
+    )
+    assert 250_000 <= made.latency_us < 60_000_000
+    by_hand = AuditRecord(
+        time=at,
+        gateway="gateway-500000",
+        region="500000",
+        rpc="/tongban.v1.Tracker/Trail",
+        request_id="",
+        caller_agency="cq.hrss",
+        caller_operator="",
+        caller_region="500000",
+        provider_region="500000",
+        dataset="",
+        purpose="",
+        case_id="",
+        subject="",
+        fields=("returned=0",),
+        outcome=Outcome.DENIED,
+        reason="SUBJECT_NOT_CALLER",
+        cache_hit=False,
+        latency_us=made.latency_us,
+        sealed_digest="",
+        registry_version=3,
+        agreement_id="",
+    )
+    assert made.canonical == by_hand.canonical
+    unread = AuditRecord.of_call(
+        time=at, region="510000", rpc="/x.Y/Z", outcome=Outcome.DENIED, provider_region=""
+    )
+    assert (unread.gateway, unread.provider_region, unread.latency_us) == ("gateway-510000", "", 0)
+    named = AuditRecord.of_call(
+        time=at, region="510000", rpc="/x.Y/Z", outcome=Outcome.ALLOWED, gateway="gw-a"
+    )
+    assert named.gateway == "gw-a"
+    bounded = AuditRecord.of_call(
+        time=at, region="510000", rpc="/x.Y/Z", outcome=Outcome.DENIED, purpose=CITIZEN_ID
+    )
+    assert CITIZEN_ID not in bounded.canonical.decode()
