@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
-import statistics
 import time
 from pathlib import Path
 
@@ -87,13 +86,6 @@ async def test_round_trip_and_what_redis_holds(redis_server: RedisServer) -> Non
             assert "张三".encode() not in stored
             ttl = await raw.pttl(name)
             assert 60_000 * 0.9 - 1000 <= ttl <= 60_000 * 1.1
-
-        latencies = []
-        for _ in range(200):
-            started = time.perf_counter()
-            assert await cache.get(key) == SEALED
-            latencies.append(time.perf_counter() - started)
-        assert statistics.median(latencies) < 0.01
     finally:
         await raw.aclose()
         await cache.close()
