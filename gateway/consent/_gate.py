@@ -12,7 +12,11 @@ registry marks `requires_consent`, on both gateways of a query:
         Peer.ConsentStatus, kept at most `status_seconds`; none to be had: fail closed
         (CONSENT_STATUS_UNAVAILABLE)
     (5) at the owner's gateway only: one more use within `max_uses` (CONSENT_EXHAUSTED),
-        counted in Redis under a hash of the consent id, until the consent expires
+        counted in Redis under a hash of the consent id, until the consent expires. The use is
+        taken when the query is decided (two queries at once cannot both take the last one)
+        and given back when the query ends without releasing an answer (the quota, the data
+        system, the audit store or the caller's cancellation stopped it; or it found the
+        consent used up): a consent is used by the answers it let out, not by attempts
 """
 
 from __future__ import annotations
@@ -39,6 +43,11 @@ _TAKE_USE: Final = """
 local n = redis.call('INCR', KEYS[1])
 if n == 1 then redis.call('EXPIREAT', KEYS[1], ARGV[1]) end
 return n
+"""
+_GIVE_BACK: Final = """
+local n = tonumber(redis.call('GET', KEYS[1]) or '0')
+if n > 0 then return redis.call('DECR', KEYS[1]) end
+return 0
 """
 
 # Asks `region`'s gateway whether consent `consent_id` is revoked (Peer.ConsentStatus).
@@ -70,6 +79,22 @@ class ConsentUses:
             raise ConsentError(
                 "SHARED_STATE_UNAVAILABLE", "the consent's uses cannot be counted now"
             ) from exc
+
+    async def give_back(self, consent_id: str) -> None:
+        """Return a use taken for a query that released no answer. Best effort: a use that
+        cannot be returned (Redis failing) stays counted, which errs on the citizen's side
+        (the consent allows fewer queries, never more), and is logged."""
+        key = self.key(consent_id)
+        if self._client is None:
+            self._counts[key] = max(0, self._counts.get(key, 0) - 1)
+            return
+        try:
+            await self._client.eval(_GIVE_BACK, 1, key)
+        except Exception as exc:  # any Redis failure: the use stays taken
+            log.warning(
+                "a consent's use could not be given back (it stays counted): %s",
+                type(exc).__name__,
+            )
 
 
 class ConsentGate:
@@ -126,6 +151,7 @@ class ConsentGate:
         if count_use:  # (5)
             used = await self.uses.take(claims.consent_id, claims.expires_at)
             if used > claims.max_uses:
+                await self.uses.give_back(claims.consent_id)  # this one was not a use
                 raise ConsentError(
                     "CONSENT_EXHAUSTED",
                     f"the consent allows {claims.max_uses} queries, all used",

@@ -134,6 +134,7 @@ class OwnerFlow:
             started=started,
             registry_version=registry.version,
         )
+        taken = ""  # the consent a use of which this query holds until its answer is released
         try:
             check_shape(call.request)  # first: a malformed request is refused unread
             signed = self._verified(call, registry)
@@ -168,7 +169,9 @@ class OwnerFlow:
             grant = self._gate.grant(registry, agency.id, data, now, agency=agency)
             audit = replace(audit, agreement_id=grant.agreement_id)
             await bind_to_case(self.cases, registry, grant, data)
-            audit, _ = await check_consent(self.consents, audit, registry, grant, count_use=True)
+            audit, taken = await check_consent(
+                self.consents, audit, registry, grant, count_use=True
+            )
             subject = self._trail.pseudonym(data.subject_id)
             audit = replace(audit, subject=subject)
             key = self._cache_key(subject, grant, data)
@@ -179,14 +182,20 @@ class OwnerFlow:
             if call.credential_type:
                 record = await self._licence(record, call, registry)
         except Refusal as refusal:
+            await self._give_back(taken)
             raise await self._trail.refused(refusal, audit) from None
         except asyncio.CancelledError:
+            await self._give_back(taken)
             await self._trail.cancelled(audit)
             raise
         # (4)
-        audit_id = await self._trail.release(
-            audit, fields=grant.fields, cache_hit=hit, sealed=record.seal
-        )
+        try:
+            audit_id = await self._trail.release(
+                audit, fields=grant.fields, cache_hit=hit, sealed=record.seal
+            )
+        except (Refusal, asyncio.CancelledError):  # not released: the use was not made
+            await self._give_back(taken)
+            raise
         return Forwarded(
             record=record,
             audit_id=audit_id,
@@ -197,6 +206,12 @@ class OwnerFlow:
             # for the requesting gateway's reports of its own hits (cache_scope "requester")
             subject_pseudonym=subject if grant.dataset.cache_scope is CacheScope.REQUESTER else "",
         )
+
+    async def _give_back(self, consent_id: str) -> None:
+        """A consent's use taken for a query that released nothing is returned (see
+        gateway.consent's (5))."""
+        if consent_id and self.consents is not None:
+            await self.consents.uses.give_back(consent_id)
 
     def _verified(self, call: ForwardCall, registry: Registry) -> SignedForward:
         """(1): the call's signed request, once verified; a Refusal when it is not signed by

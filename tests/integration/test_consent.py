@@ -10,7 +10,8 @@ register of revocations.
 - Consents.Register/List/Revoke as the citizen portal for the applicant: another applicant's
   portal token cannot revoke it; once revoked the home gateway refuses at once, the owner within
   its consent_status_seconds
-- max_uses counted by the owner: one more is CONSENT_EXHAUSTED
+- max_uses counted by the owner: one more is CONSENT_EXHAUSTED; a query that released no
+  answer (the data system failed) uses nothing, nor does a refusal for an exhausted consent
 - the artefact verifies with PyJWT's own JWS code and the registry's public key
 """
 
@@ -28,13 +29,15 @@ from typing import Any
 import grpc
 import jwt
 import pytest
+import redis.asyncio as redis
 from cli_support import Run
 from cryptography import x509
 from query_support import CALL_TIMEOUT, Cluster, bearer, request, running_cluster
 from support import Federation, credentials_as, error_info, sign_forward_message
 
 from gateway.audit import AuditQuery, Outcome
-from gateway.consent import CONSENT_TYPE, issue_consent, issue_region_consent
+from gateway.consent import CONSENT_TYPE, ConsentUses, issue_consent, issue_region_consent
+from gateway.errors import Refusal
 from gateway.rpcs import CONSENTS_LIST
 from registry import KeyState, KeyUsage
 from signer import load_private_key
@@ -301,6 +304,47 @@ async def test_a_revoked_consent_is_refused_everywhere_and_uses_are_counted(
     assert await refusal(cluster, query) == ("PERMISSION_DENIED", "CONSENT_EXHAUSTED")
     [record] = await records(cluster, OWNER, query.request_id)
     assert record.reason == "CONSENT_EXHAUSTED"
+
+
+class FailingDataSystem:
+    """A data system that fails every fetch, as one that is down does."""
+
+    async def fetch(self, *_: Any) -> Any:
+        raise Refusal("PROVIDER_UNAVAILABLE", "the data system is down (a test)")
+
+
+async def test_a_query_that_released_no_answer_uses_nothing_of_the_consent(
+    cluster: Cluster,
+) -> None:
+    """A consent is used by the answers it let out: a query the data system failed gives its
+    use back, and so does a query refused because the consent was used up. With max_uses 1,
+    two failed queries leave the use for the third, which is answered; the fourth is
+    CONSENT_EXHAUSTED, and the owner's count in Redis stays at the one use made."""
+    citizen = cluster.subject(OWNER, MED[0], n=4)
+    once = consent(cluster, citizen, max_uses=1)
+    owner = cluster.gateways[OWNER].query_path.owner  # type: ignore[union-attr]
+    working, owner.data_system = owner.data_system, FailingDataSystem()
+    try:
+        for _ in range(2):
+            failed = med_query(citizen, once)
+            assert await refusal(cluster, failed) == ("UNAVAILABLE", "PROVIDER_UNAVAILABLE")
+    finally:
+        owner.data_system = working
+    [record] = await records(cluster, OWNER, failed.request_id)
+    assert (record.outcome, record.reason) == (Outcome.FAILED, "PROVIDER_UNAVAILABLE")
+    consent_id = record.consent_id
+    assert consent_id
+    await answer(cluster, med_query(citizen, once))
+    for _ in range(2):
+        assert await refusal(cluster, med_query(citizen, once)) == (
+            "PERMISSION_DENIED",
+            "CONSENT_EXHAUSTED",
+        )
+    client = redis.Redis.from_url(REDIS)
+    try:
+        assert int(await client.get(ConsentUses.key(consent_id))) == 1
+    finally:
+        await client.aclose()
 
 
 def test_the_artefact_verifies_with_pyjwt_and_the_registry_key(

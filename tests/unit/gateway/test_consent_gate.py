@@ -107,3 +107,32 @@ async def test_the_home_gateway_reads_its_register_and_never_asks() -> None:
     await at_home.register.revoke("consent-0001", NOW)
     assert await at_home.revoked(CLAIMS)  # at once
     assert home.asked == 0
+
+
+class FailingRedis:
+    """A Redis client whose every script fails, as an unreachable server does."""
+
+    async def eval(self, *_: object) -> int:
+        raise ConnectionError("redis down")
+
+
+async def test_a_use_given_back_is_taken_again_and_never_below_none(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`ConsentUses.give_back` returns a use taken for a query that released nothing (in this
+    process's count; Redis's is the integration test's); never below none; with Redis failing
+    it is logged and the use stays counted (the consent allows fewer queries, never more)."""
+    uses = ConsentUses()
+    assert await uses.take("consent-0001", NOW) == 1
+    await uses.give_back("consent-0001")
+    assert await uses.take("consent-0001", NOW) == 1
+    await uses.give_back("consent-0001")
+    await uses.give_back("consent-0001")  # nothing taken: stays at none
+    assert await uses.take("consent-0001", NOW) == 1
+    down = ConsentUses(FailingRedis())
+    with pytest.raises(ConsentError) as refused:
+        await down.take("consent-0001", NOW)
+    assert refused.value.reason == "SHARED_STATE_UNAVAILABLE"
+    await down.give_back("consent-0001")  # does not raise
+    assert "could not be given back" in caplog.text
+    assert "consent-0001" not in caplog.text
