@@ -51,7 +51,7 @@ from gateway.provider import ProviderAnswer
 from gateway.quota import QuotaCounter, QuotaUnavailable
 from gateway.sealing import RegionSealer, SealKeyUnavailable
 from gateway.shared_checks import SequentialChecks, SharedChecks, Wanted
-from registry import CacheScope, Registry
+from registry import Agency, CacheScope, Registry
 from signer import SignerError
 
 __all__ = ["DataSystem", "OwnerFlow", "SealedCodec"]
@@ -146,24 +146,7 @@ class OwnerFlow:
                 request=document.request,
                 kept_request=signed.jws,
             )
-            if not _as_signed(call, document):
-                raise Refusal(
-                    "REQUEST_PAYLOAD_MISMATCH",
-                    "the forwarded request's plain values are not the ones its signed request "
-                    "signs",
-                )
-            data = document.request  # the same values, whose shape was checked
-            if data.provider_region != self.region:
-                raise Refusal(
-                    "UNKNOWN_REGION",
-                    f"this is the gateway of region {self.region}, not {data.provider_region}",
-                )
-            agency = registry.agency(call.agency_id)
-            if agency is None or agency.region != caller.region:
-                raise Refusal(
-                    "NOT_AUTHORISED_ROLE",
-                    f"gateway {caller.region} forwards for an agency that is not one of its own",
-                )
+            data, agency = self._as_signed_for_here(call, document, caller.region, registry)
             # (2)
             now = self._clock()
             grant = self._gate.grant(registry, agency.id, data, now, agency=agency)
@@ -206,6 +189,30 @@ class OwnerFlow:
             # for the requesting gateway's reports of its own hits (cache_scope "requester")
             subject_pseudonym=subject if grant.dataset.cache_scope is CacheScope.REQUESTER else "",
         )
+
+    def _as_signed_for_here(
+        self, call: ForwardCall, document: ForwardDocument, caller_region: str, registry: Registry
+    ) -> tuple[DataRequest, Agency]:
+        """(1)'s rest: the call's plain values are the signed ones, the query is for this
+        region, and its agency is one of the calling gateway's region; the request and agency."""
+        if not _as_signed(call, document):
+            raise Refusal(
+                "REQUEST_PAYLOAD_MISMATCH",
+                "the forwarded request's plain values are not the ones its signed request signs",
+            )
+        data = document.request  # the same values, whose shape was checked
+        if data.provider_region != self.region:
+            raise Refusal(
+                "UNKNOWN_REGION",
+                f"this is the gateway of region {self.region}, not {data.provider_region}",
+            )
+        agency = registry.agency(call.agency_id)
+        if agency is None or agency.region != caller_region:
+            raise Refusal(
+                "NOT_AUTHORISED_ROLE",
+                f"gateway {caller_region} forwards for an agency that is not one of its own",
+            )
+        return data, agency
 
     async def _give_back(self, consent_id: str) -> None:
         """A consent's use taken for a query that released nothing is returned (see
