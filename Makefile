@@ -90,10 +90,18 @@ softhsm:
 
 # Debian's Chromium and its chromedriver, which the console's browser tests drive headless
 # (tests/browser/: Selenium is given /usr/bin/chromedriver, it downloads nothing), and the
-# smallest Debian font with Chinese glyphs (WenQuanYi Micro Hei, 5 MB) for their screenshots.
+# smallest Debian font with Chinese glyphs (WenQuanYi Micro Hei, 5 MB) for their screenshots;
+# and axe-core, the accessibility engine they run inside each page, from the npm registry at the
+# version and hash of tests/browser/package-lock.json (`npm ci`: exactly the lock, no scripts).
 CJK_FONT := /usr/share/fonts/truetype/wqy/wqy-microhei.ttc
-browser:
+AXE := tests/browser/node_modules/axe-core/axe.min.js
+browser: $(AXE)
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null && test -e $(CJK_FONT) || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver fonts-wqy-microhei)
+
+$(AXE): tests/browser/package.json tests/browser/package-lock.json
+	@command -v npm >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm)
+	npm ci --prefix tests/browser --no-audit --no-fund --ignore-scripts --loglevel=error
+	@touch $@
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .

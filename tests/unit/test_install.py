@@ -150,6 +150,7 @@ def test_every_apt_get_install_skips_recommended_packages() -> None:
         if (
             any(part.startswith(".") and part != ".ci" for part in relative.parts[:-1])
             or relative.parts[0] == "out"
+            or "node_modules" in relative.parts  # what npm installed from the registry
             or not path.is_file()
             or path.suffix in {".pyc", ".txt", ".lock"}
             or path.stat().st_size > 1_000_000
@@ -269,3 +270,34 @@ def test_lower_bounds_are_the_lowest_tested_versions() -> None:
             f"pyproject.toml allows {requirement}, the lowest installable is {lowest[name]}: "
             "raise the bound to what `make check-lowest` tests"
         )
+
+
+def test_the_browser_tests_npm_packages_are_locked_exactly_with_hashes() -> None:
+    """What the browser tests take from the npm registry (axe-core) is pinned to one version in
+    tests/browser/package.json, and the lock holds that version with its sha512, which `npm ci`
+    (the Makefile's only npm install) checks."""
+    import json
+
+    folder = ROOT / "tests" / "browser"
+    declared = json.loads((folder / "package.json").read_text(encoding="utf-8"))
+    locked = json.loads((folder / "package-lock.json").read_text(encoding="utf-8"))
+    wanted = {**declared.get("dependencies", {}), **declared.get("devDependencies", {})}
+    assert wanted, "tests/browser/package.json declares nothing"
+    for name, version in wanted.items():
+        assert re.fullmatch(r"\d+\.\d+\.\d+", version), f"{name} {version} is not one version"
+        entry = locked["packages"][f"node_modules/{name}"]
+        assert entry["version"] == version, name
+        assert entry["integrity"].startswith("sha512-"), name
+    assert all(
+        entry.get("integrity", "").startswith("sha512-")
+        for path, entry in locked["packages"].items()
+        if path  # the root entry is the project itself
+    )
+    npm_lines = [
+        line
+        for line in MAKEFILE.read_text().splitlines()
+        if re.search(r"\bnpm\s", line) and not line.startswith("#")
+    ]
+    installs = [line for line in npm_lines if re.search(r"\bnpm\s+(install|i|ci)\b", line)]
+    assert installs
+    assert all("npm ci " in line for line in installs), installs
