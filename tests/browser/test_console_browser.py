@@ -305,7 +305,8 @@ def test_every_page_passes_axe_and_fits_a_phone(
     links = driver.find_elements(By.CSS_SELECTOR, "tr.record a")
     assert links, "no audit records to show"
     record = (links[0].get_attribute("href") or "").removeprefix(demo.url)
-    for path in ("staff/records", record, f"{record}/proof", "staff/verify", "staff/alerts"):
+    pages = ("staff/records", record, f"{record}/proof", "staff/verify", "staff/alerts")
+    for path in (*pages, "staff/records/99999999"):  # the last: the page of a refusal (404)
         check(path)
     check("staff/trail")
     for lang in ("zh", "en"):  # the trail found (a form's answer: not a page to get)
