@@ -319,7 +319,8 @@ async def test_a_query_that_released_no_answer_uses_nothing_of_the_consent(
     """A consent is used by the answers it let out: a query the data system failed gives its
     use back, and so does a query refused because the consent was used up. With max_uses 1,
     two failed queries leave the use for the third, which is answered; the fourth is
-    CONSENT_EXHAUSTED, and the owner's count in Redis stays at the one use made."""
+    CONSENT_EXHAUSTED, and the owner's count in Redis stays at the one use made. Three queries
+    at once under a consent of one use: one is answered."""
     citizen = cluster.subject(OWNER, MED[0], n=4)
     once = consent(cluster, citizen, max_uses=1)
     owner = cluster.gateways[OWNER].query_path.owner  # type: ignore[union-attr]
@@ -340,9 +341,21 @@ async def test_a_query_that_released_no_answer_uses_nothing_of_the_consent(
             "PERMISSION_DENIED",
             "CONSENT_EXHAUSTED",
         )
+    # Three at once under a fresh consent of one use: one answered, the two others exhausted.
+    other = cluster.subject(OWNER, MED[0], n=5)
+    single = consent(cluster, other, max_uses=1)
+    queries = [med_query(other, single) for _ in range(3)]
+    outcomes = await asyncio.gather(*(refusal(cluster, query) for query in queries))
+    assert sorted(outcomes) == [
+        ("OK", ""),
+        ("PERMISSION_DENIED", "CONSENT_EXHAUSTED"),
+        ("PERMISSION_DENIED", "CONSENT_EXHAUSTED"),
+    ]
+    [record] = await records(cluster, OWNER, queries[0].request_id)
     client = redis.Redis.from_url(REDIS)
     try:
-        assert int(await client.get(ConsentUses.key(consent_id))) == 1
+        for used in (consent_id, record.consent_id):
+            assert int(await client.get(ConsentUses.key(used))) == 1
     finally:
         await client.aclose()
 
