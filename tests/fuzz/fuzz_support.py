@@ -130,6 +130,13 @@ def check_contract(result: Result, what: str = "") -> None:
     assert result.status_code_matches, f"status detail code differs from {result.code.name}"
 
 
+def check(result: Result, pairs: tuple[tuple[str, str | bytes], ...], what: str) -> None:
+    """`check_contract`, unless gRPC itself refused metadata `pairs` over its soft limit."""
+    if over_transport_limit(result, pairs):
+        return
+    check_contract(result, what)
+
+
 def check_item_status(status: status_pb2.Status, what: str = "") -> None:
     """The same properties for one BatchQuery item's google.rpc.Status."""
     codes = {c.value[0]: c for c in grpc.StatusCode}

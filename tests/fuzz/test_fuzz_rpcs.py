@@ -32,11 +32,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from fuzz.fuzz_support import (
     Harness,
-    Result,
+    check,
     check_contract,
     check_item_status,
     fuzz_settings,
-    over_transport_limit,
 )
 from fuzz.strategies import (
     AGENCIES,
@@ -105,12 +104,6 @@ def subjects(h: Harness) -> dict[tuple[str, str], str]:
 
 def sent(h: Harness, md: Metadata) -> tuple[tuple[str, str | bytes], ...]:
     return h.render(md)
-
-
-def check(result: Result, pairs: tuple[tuple[str, str | bytes], ...], what: str) -> None:
-    if over_transport_limit(result, pairs):
-        return
-    check_contract(result, what)
 
 
 # -- DataExchange.Query ----------------------------------------------------------------------------
