@@ -65,7 +65,7 @@ def _host_port(target: str) -> tuple[str, int]:
     """The host and port of a gRPC target ("host:port", "[v6]:port", "dns:///host:port")."""
     rest = target.removeprefix("dns:///").removeprefix("dns:")
     host, sep, port = rest.rpartition(":")
-    if not sep or not port.isdigit():
+    if not sep or not (port.isascii() and port.isdigit()):
         raise ValueError(f"{target!r} is not host:port")
     return host.removeprefix("[").removesuffix("]"), int(port)
 

@@ -80,7 +80,7 @@ MAX_CASE_ID_CHARS = MAX_RECORD_TEXT_CHARS  # characters of a case number (办件
 MAX_REQUEST_ID_CHARS = MAX_RECORD_TEXT_CHARS  # characters of a request id: 128
 MAX_NAMED_FIELDS = 5  # refused field names a FIELD_NOT_ALLOWED message lists before "and N more"
 
-_TOKEN_RE = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII, no spaces
+_TOKEN_RE = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no spaces (fullmatch)
 
 # The reasons the policy (check_request, decide) and the quota refuse with.
 _POLICY_REASONS = (
@@ -316,7 +316,7 @@ def _subject_valid(kind: str, subject_id: str) -> bool:
         return is_valid_uscc(subject_id)
     if kind == SubjectKind.CITIZEN_ID:
         return is_valid_citizen_id(subject_id)
-    return bool(_TOKEN_RE.match(subject_id))
+    return _TOKEN_RE.fullmatch(subject_id) is not None
 
 
 def _choose(candidates: Iterable[Agreement], requester: Agency) -> Agreement:

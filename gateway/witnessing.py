@@ -289,7 +289,12 @@ class CheckpointSubmitter:
             except grpc.aio.AioRpcError as exc:
                 info, _ = error_info_of(exc)
                 size = info.metadata.get("size", "") if info is not None else ""
-                if info is not None and info.reason == "WITNESS_SIZE_MISMATCH" and size.isdigit():
+                if (
+                    info is not None
+                    and info.reason == "WITNESS_SIZE_MISMATCH"
+                    and size.isascii()
+                    and size.isdigit()
+                ):
                     self.sizes[region] = int(size)
                     continue
                 return self._failed(region, f"{exc.code().name}: {exc.details()}")

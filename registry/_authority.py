@@ -48,7 +48,7 @@ __all__ = [
 AUTHORITY_DIR = Path("authority")
 AUTHORITY_PUBLIC_KEY = Path("authority/authority.pub.pem")  # folders made before roots
 TRUSTED_ROOT = Path("authority/root.json")
-_LATER_ROOT = re.compile(r"^root-(\d+)\.json$")
+_LATER_ROOT = re.compile(r"root-([0-9]+)\.json")
 
 
 def load_authority_public_key(path: Path) -> AuthorityPublicKey:
@@ -100,7 +100,7 @@ def root_chain(trusted_path: Path) -> tuple[Root, tuple[SignedRoot, ...]]:
     found = {
         int(m.group(1)): path
         for path in trusted_path.parent.glob("root-*.json")
-        if (m := _LATER_ROOT.match(path.name))
+        if (m := _LATER_ROOT.fullmatch(path.name))
     }
     chain = tuple(read_root(found[v]) for v in sorted(found))
     walk_roots(trusted, chain, None)

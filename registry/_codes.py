@@ -91,12 +91,12 @@ def province_name(code: str) -> str | None:
 
 _CITIZEN_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _CITIZEN_CHECK = "10X98765432"
-_CITIZEN_RE = re.compile(r"^\d{17}[\dX]$")
+_CITIZEN_RE = re.compile(r"[0-9]{17}[0-9X]")  # ASCII only: fullmatch, never `$`
 
 
 def citizen_id_check_char(first17: str) -> str:
     """The GB 11643 check character for the first 17 digits of a citizen id."""
-    if len(first17) != 17 or not first17.isdigit():
+    if len(first17) != 17 or not (first17.isascii() and first17.isdigit()):
         raise ValueError("a citizen id body is 17 digits")
     total = sum(int(d) * w for d, w in zip(first17, _CITIZEN_WEIGHTS, strict=True))
     return _CITIZEN_CHECK[total % 11]
@@ -104,7 +104,7 @@ def citizen_id_check_char(first17: str) -> str:
 
 def is_valid_citizen_id(value: str) -> bool:
     """True for an 18-character GB 11643 id whose check character is right."""
-    if not _CITIZEN_RE.match(value):
+    if _CITIZEN_RE.fullmatch(value) is None:
         return False
     return citizen_id_check_char(value[:17]) == value[17]
 

@@ -50,7 +50,7 @@ __all__ = [
 
 CURRENT_SNAPSHOT = "current.jws"
 CRL_MARGIN = timedelta(days=1)  # a published CRL stays current this long after its snapshot expires
-_VERSIONED = re.compile(r"^registry-(\d+)\.jws$")
+_VERSIONED = re.compile(r"registry-([0-9]+)\.jws")
 
 
 def build_registry(
@@ -108,7 +108,7 @@ def read_published(out_dir: Path, trusted: Root) -> tuple[SignedSnapshot | None,
         (
             int(m.group(1))
             for p in out_dir.glob("registry-*.jws")
-            if (m := _VERSIONED.match(p.name))
+            if (m := _VERSIONED.fullmatch(p.name))
         ),
         default=0,
     )
@@ -215,7 +215,7 @@ def install_if_complete(path: Path, trusted: Root) -> SignatureTally:
     text = path.read_text()
     verifier = SnapshotVerifier(trusted)
     _, tally = verifier.tally(text)
-    if not tally.met or not _VERSIONED.match(path.name):  # only a publish folder's own files
+    if not tally.met or not _VERSIONED.fullmatch(path.name):  # only a publish folder's own files
         return tally
     snapshot = verifier.verify(text, held_version=None, now=None)
     current, _ = read_published(path.parent, trusted)

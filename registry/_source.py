@@ -60,7 +60,7 @@ MAX_SOURCE_FILE_BYTES = 4 * 1024 * 1024  # bytes; a registry source is hand-writ
 _ID_GRAMMAR = (
     f"an id is 1-{MAX_REGISTRY_ID_CHARS} letters, digits, '.', '_' or '-', starting with a letter"
 )
-_ENDPOINT_RE = re.compile(r"^(\[[0-9A-Fa-f:]+\]|[A-Za-z0-9.-]+):\d{1,5}$")
+_ENDPOINT_RE = re.compile(r"(\[[0-9A-Fa-f:]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}")
 
 
 def _demo_source() -> Path:
@@ -262,7 +262,7 @@ def _region(t: Table, code: str) -> Region | None:
         t.fail(f"{code!r} is not a GB/T 2260 province-level division code")
     name = t.text("name", required=False, default=standard or code)
     endpoint = t.text("endpoint")
-    if endpoint and not _ENDPOINT_RE.match(endpoint):
+    if endpoint and not _ENDPOINT_RE.fullmatch(endpoint):
         t.fail(f"{endpoint!r} is not host:port", "endpoint")
     return Region(code=code, name=name, endpoint=endpoint) if standard else None
 

@@ -38,7 +38,7 @@ MATTER_CODE_GRAMMAR = (
     f"a matter code is 1-{MAX_MATTER_CODE_CHARS} letters, digits, '.' or '-', "
     "starting with a letter or a digit"
 )
-_MATTER_CODE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,63}$")
+_MATTER_CODE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,63}")
 MAX_TIME_LIMIT_DAYS = 366  # a 承诺时限 beyond a year is a typo, not a promise
 
 

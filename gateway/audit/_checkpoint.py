@@ -93,7 +93,9 @@ def verify_checkpoint(
     note_origin, size_text, root_text = lines[0], lines[1], lines[2]
     if origin is not None and note_origin != origin:
         raise CheckpointError(f"checkpoint of log {note_origin!r}, not {origin!r}")
-    if not size_text.isdigit() or (size_text != "0" and size_text.startswith("0")):
+    if not (size_text.isascii() and size_text.isdigit()) or (
+        size_text != "0" and size_text.startswith("0")
+    ):
         raise CheckpointError("the tree size is not a decimal number")
     try:
         root = base64.b64decode(root_text, validate=True)

@@ -124,7 +124,7 @@ def _failure(exc: grpc.aio.AioRpcError, sent: int) -> DeliveryFailed:
     metadata: Mapping[str, str] = dict(info.metadata) if info is not None else {}
     index = metadata.get("index", "")
     why = f"{exc.code().name} {reason or '-'}: {peer_text(exc.details() or '')}"
-    if exc.code() in _FINAL_CODES and index.isdigit() and int(index) < sent:
+    if exc.code() in _FINAL_CODES and index.isascii() and index.isdigit() and int(index) < sent:
         return DeliveryFailed(why, reason=reason, index=int(index))
     return DeliveryFailed(why, reason=reason)
 

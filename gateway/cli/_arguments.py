@@ -31,7 +31,7 @@ __all__ = [
 
 MAX_DURATION_DAYS = 36500  # days: any period longer than a century is a typo
 MAX_DURATION_SECONDS = MAX_DURATION_DAYS * 86400
-_DURATION = re.compile(r"^(\d+)([smhd])$")
+_DURATION = re.compile(r"([0-9]+)([smhd])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -50,7 +50,7 @@ def whole_number(text: str, what: str, least: int, most: int | None = None) -> i
 
 def parse_duration(text: str) -> timedelta:
     """`30d`, `12h`, `90m`, `45s`."""
-    match = _DURATION.match(text.strip())
+    match = _DURATION.fullmatch(text.strip())
     if not match:
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 30d, 12h, 90m or 45s")
     seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]

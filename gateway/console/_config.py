@@ -136,10 +136,10 @@ class ConsoleConfig:
             return found
 
         host, _, port = text("console", "listen").rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        if not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
             raise ConsoleConfigError(f"{path}: console.listen must be host:port")
         region = text("console", "region")
-        if not (len(region) == 6 and region.isdigit()):
+        if not (len(region) == 6 and region.isascii() and region.isdigit()):
             raise ConsoleConfigError(f"{path}: console.region must be a GB/T 2260 code")
         tls = (text("console", "tls_certificate", False), text("console", "tls_private_key", False))
         if bool(tls[0]) != bool(tls[1]):

@@ -12,7 +12,7 @@ from typing import Any, Final
 
 from structlog.typing import EventDict, WrappedLogger
 
-from registry import is_valid_citizen_id, is_valid_uscc
+from registry import contains_citizen_id, is_valid_uscc
 
 __all__ = [
     "MAX_EXCEPTION_CHARS",
@@ -45,9 +45,10 @@ _DSN_PASSWORD = re.compile(r"""(?i)\b(password\s*=\s*)(?:'(?:[^'\\]|\\.)*'|[^\s'
 _BEARER = re.compile(r"(?i)\bbearer(?:\s|\\[trnx]|%20|\+)+[^\s'\",;)\]}]*")
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{6,}(?:\.[A-Za-z0-9_-]*){0,2}")
 _THREE_SEGMENTS = re.compile(r"[A-Za-z0-9_-]{16,}\.[A-Za-z0-9_-]{16,}\.[A-Za-z0-9_-]{16,}")
-# A citizen id between non-digits (it may sit inside a case id), a credit code between
-# non-alphanumerics; redacted only when the check characters are right.
-_CITIZEN_ID = re.compile(r"(?<!\d)\d{17}[\dXx](?!\d)")
+# A citizen id between non-digits (it may sit inside a case id), in digits of any script and
+# with a full-width X too (compared in NFKC form), a credit code between non-alphanumerics;
+# redacted only when the check characters are right.
+_CITIZEN_ID = re.compile(r"(?<!\d)\d{17}[\dXxＸｘ](?!\d)")
 _USCC = re.compile(r"(?<![0-9A-Za-z])[0-9A-Z]{18}(?![0-9A-Za-z])")
 
 # Characters JSON leaves as they are but a line reader may take for the end of a line
@@ -80,9 +81,8 @@ def redact_text(text: str) -> str:
     text = _DSN_PASSWORD.sub(lambda m: m.group(1) + REDACTED_CREDENTIAL, text)
     text = _JWT.sub(REDACTED_TOKEN, text)
     text = _THREE_SEGMENTS.sub(REDACTED_TOKEN, text)
-    text = _CITIZEN_ID.sub(
-        lambda m: REDACTED_SUBJECT if is_valid_citizen_id(m.group(0).upper()) else m.group(0),
-        text,
+    text = _CITIZEN_ID.sub(  # any digits: full-width ones are compared in NFKC form
+        lambda m: REDACTED_SUBJECT if contains_citizen_id(m.group(0)) else m.group(0), text
     )
     return _USCC.sub(lambda m: REDACTED_SUBJECT if is_valid_uscc(m.group(0)) else m.group(0), text)
 

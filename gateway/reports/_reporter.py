@@ -313,7 +313,12 @@ class AccessReporter:
         except grpc.aio.AioRpcError as exc:
             reason, metadata = _status_details(exc)
             index = metadata.get("index", "")
-            if exc.code() in _FINAL_CODES and index.isdigit() and int(index) < len(batch):
+            if (
+                exc.code() in _FINAL_CODES
+                and index.isascii()
+                and index.isdigit()
+                and int(index) < len(batch)
+            ):
                 return await self._refused(owner, batch, int(index), reason or exc.code().name)
             self._failed(owner, _failure(exc))
             return 0, False, self.batch_size

@@ -315,6 +315,19 @@ async def test_a_checkpoint_not_signed_by_the_audit_key_is_refused() -> None:
         verify_checkpoint(forged.note, log.public_key, "audit-510000")
 
 
+@pytest.mark.parametrize("size", ["²", "٣", "１2", "1\n2", "-1", "01", ""])
+async def test_a_checkpoint_whose_size_is_not_ascii_decimal_is_refused(size: str) -> None:
+    """A size of digits `int()` cannot read (or reads differently) is refused as a checkpoint
+    error, never a ValueError: checkpoints come from other gateways and witnesses."""
+    log, _store = await _log(3)
+    good = await log.checkpoint()
+    origin, _, rest = good.note.partition("\n")
+    _, _, after = rest.partition("\n")
+    note = f"{origin}\n{size}\n{after}"
+    with pytest.raises(CheckpointError):
+        verify_checkpoint(note, log.public_key, "audit-510000")
+
+
 async def test_a_trusted_checkpoint_larger_than_the_log_shows_truncation() -> None:
     log, store = await _log(12)
     kept = await log.checkpoint()

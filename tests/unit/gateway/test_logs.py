@@ -240,6 +240,24 @@ def test_redact_text_leaves_ordinary_text_alone() -> None:
     assert redact_text(text) == text
 
 
+def test_a_citizen_id_in_full_width_digits_is_redacted() -> None:
+    """Full-width digits (and X) are the same citizen id in NFKC form: redacted as the ASCII
+    one is; a wrong check character stays."""
+    for citizen in (
+        "11010519491231002X",
+        "１１０１０５１９４９１２３１００２Ｘ",
+        "１１０１０５１９４９１２３１００２x",
+    ):
+        redacted = redact_text(f"asked for {citizen} today")
+        assert citizen not in redacted
+        assert redacted.startswith("asked for ")
+        assert redacted.endswith(" today")
+    assert (
+        redact_text("１１０１０５１９４９１２３１００２２")
+        == "１１０１０５１９４９１２３１００２２"
+    )
+
+
 def test_the_format_follows_the_option_then_the_environment_then_the_terminal(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

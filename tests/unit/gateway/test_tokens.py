@@ -280,7 +280,15 @@ def test_a_portal_token_names_its_applicant_and_a_malformed_one_is_refused(
     )
     assert world.verify(plain).applicant == ""
     assert "applicant" not in jwt.decode(plain, options={"verify_signature": False})
-    for bad in ("110105194912310021", 42, ""):
+    # the last two: a trailing newline (what `$` lets through) and full-width digits, which
+    # no other part of the gateway reads as the same citizen
+    for bad in (
+        "110105194912310021",
+        42,
+        "",
+        f"{applicant}\n",
+        "１１０１０５１９４９１２３１００２X",
+    ):
         with pytest.raises(TokenError) as caught:
             world.verify(world.token({"applicant": bad}))
         assert caught.value.reason == "TOKEN_INVALID"

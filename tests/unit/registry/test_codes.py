@@ -23,10 +23,22 @@ from registry._codes import citizen_id_check_char, org_code_check_char, uscc_che
         ("11010519491231002x", False),  # lower-case x is not the check character
         ("1101051949123100", False),  # too short
         ("A1010519491231002X", False),
+        # ASCII digits only, and nothing after: `$` would pass a trailing newline, and `\d`
+        # (and str.isdigit) digits of any script, some of which int() cannot read
+        ("11010519491231002X\n", False),
+        ("１１０１０５１９４９１２３１００２X", False),  # full-width
+        ("١١٠١٠٥١٩٤٩١٢٣١٠٠٢X", False),  # Arabic-Indic
+        ("²1010519491231002X", False),  # a superscript: isdigit() but not int()
     ],
 )
 def test_citizen_id(value: str, valid: bool) -> None:
     assert is_valid_citizen_id(value) is valid
+
+
+@pytest.mark.parametrize("body", ["1101051949123100²", "١١٠١٠٥١٩٤٩١٢٣١٠٠", "11010519491231002\n"])
+def test_a_check_character_is_asked_of_ascii_digits_only(body: str) -> None:
+    with pytest.raises(ValueError, match="17 digits"):
+        citizen_id_check_char(body)
 
 
 @pytest.mark.parametrize(
