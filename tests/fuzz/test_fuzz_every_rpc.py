@@ -21,7 +21,7 @@ from typing import Any
 
 import grpc
 import pytest
-from fuzz.fuzz_support import Harness, check, fuzz_settings
+from fuzz.fuzz_support import DEFAULT_EXAMPLES, EXAMPLES, Harness, check, fuzz_settings
 from fuzz.strategies import (
     AGENCIES,
     INT32,
@@ -56,6 +56,10 @@ pytestmark = [
 
 SERVED_BY_DATA_SYSTEMS = {"tongban.v1.DataProvider"}
 STREAM_SECONDS = 0.25  # how long a stream that stays open (a Watch) is read
+# A tenth of the examples the RPC-by-RPC tests make (breadth here, depth there), a hundredth for
+# a stream (each example may stay open STREAM_SECONDS): `make fuzz` stays within its time.
+BREADTH = max(DEFAULT_EXAMPLES, EXAMPLES // 10)
+STREAMED = max(DEFAULT_EXAMPLES // 2, EXAMPLES // 100)
 DEPTH = 3  # nested messages built at most this deep
 MODULES = (
     cases_pb2,
@@ -173,7 +177,7 @@ def test_every_rpc_holds_the_contract(
     streaming = method.server_streaming
     requests = mostly(messages(method.input_type), raw_messages(_example(method.input_type)))
 
-    @fuzz_settings()
+    @fuzz_settings(STREAMED if streaming else BREADTH)
     @given(message=requests, caller=CALLERS, data=st.data())
     def one(message: Any, caller: tuple[str, str], data: st.DataObject) -> None:
         pairs = h.render(data.draw(_metadata_for(caller[0])))

@@ -64,6 +64,7 @@ COMMANDS: dict[str, str] = {
     "make lock": "tests/unit/test_docs_commands.py::test_make_targets_run_what_the_docs_say[lock]",
     "make soak": "tests/unit/test_docs_commands.py::test_make_targets_run_what_the_docs_say[soak]",
     "make faults": "tests/unit/test_docs_commands.py::test_make_targets_run_what_the_docs_say[faults]",
+    "make fuzz": "tests/unit/test_docs_commands.py::test_make_targets_run_what_the_docs_say[fuzz]",
     ".venv/bin/python bench/soak.py --versions 20000 --seconds 3600 --json out/soak.json": "tests/integration/test_bench_runs.py::test_bench_soak_runs",
     "make check-lowest": "tests/unit/test_docs_commands.py::test_make_targets_run_what_the_docs_say[check-lowest]",
     "tongban audit verify --sqlite audit-330000.db --pki out/pki --region 330000 --save-checkpoint kept.checkpoint": "tests/docs/test_docs_walkthrough.py::test_docs_audit_and_oversight_commands",
@@ -263,6 +264,7 @@ MAKE_TARGETS = {
     ],
     "soak": ["bench/soak.py --versions"],
     "faults": ["TONGBAN_FAULTS_LONG=1", "-m pytest", "tests/faults"],
+    "fuzz": ["TONGBAN_FUZZ_EXAMPLES=10000", "-m pytest", "tests/fuzz -m fuzz"],
     "check-lowest": ["--require-hashes requirements/lowest.txt", "-m pytest"],
 }
 
