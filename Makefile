@@ -115,36 +115,39 @@ proto-check: $(STAMP)
 	$(PY) proto/build.py --check
 
 # The tests, in processes that run at once (most of their time is spent waiting on the
-# gateways, databases and sockets they start): tests/integration then tests/security, and the
-# rest of tests/ (unit, fuzz, browser, docs), each with branch coverage in its own data file,
-# combined and reported at the end against fail_under (the security suite's floods and stalls
-# run last, when the other processes are done or nearly: they measure how a gateway holds up,
-# and a machine loaded by three other suites at once is not what they test); the fault suite (tests/faults/: its own redis-server,
-# PostgreSQL and gateway processes on free ports, judged by phases, not clock times); and with
-# BESIDE_LOWEST=1 (make test) the unit tests on the lowest versions. None shares anything with
-# another (fresh schemas, random Redis keys, free ports). Each one's output follows the
-# integration tests'; any of them failing fails the run.
+# gateways, databases and sockets they start): tests/integration, and the rest of tests/ (unit,
+# fuzz, browser, docs), each with branch coverage in its own data file; the fault suite
+# (tests/faults/: its own redis-server, PostgreSQL and gateway processes on free ports, judged by
+# phases, not clock times); and with BESIDE_LOWEST=1 (make test) the unit tests on the lowest
+# versions. None shares anything with another (fresh schemas, random Redis keys, free ports).
+# Then, alone once all of them are done, tests/security: its floods and stalls measure how a
+# gateway holds up, and a machine loaded by four other suites at once is not what they test.
+# The coverage files are combined and reported against fail_under; each suite's output follows
+# the integration tests'; any of them failing fails the run.
 BESIDE_LOWEST ?= 0
 COVERAGE_DIR := out/coverage
 SHARD := $(PY) -m pytest --cov --cov-branch --cov-report= --cov-fail-under=0 -p no:cacheprovider
 pytest: $(STAMP) services promtool tools softhsm browser
-	@rm -rf $(COVERAGE_DIR) && mkdir -p $(COVERAGE_DIR)/integration $(COVERAGE_DIR)/rest; \
-	faults_log=$$(mktemp); rest_log=$$(mktemp); low_log=$$(mktemp); lowest=0; \
+	@rm -rf $(COVERAGE_DIR) && mkdir -p $(COVERAGE_DIR)/integration $(COVERAGE_DIR)/rest $(COVERAGE_DIR)/security; \
+	faults_log=$$(mktemp); rest_log=$$(mktemp); low_log=$$(mktemp); lowest=0; low_rc=0; \
 	$(PY) -m pytest -p no:cacheprovider --no-cov -q tests/faults >"$$faults_log" 2>&1 & faults=$$!; \
 	COVERAGE_FILE=$(COVERAGE_DIR)/rest/.coverage $(SHARD) -q --ignore=tests/faults --ignore=tests/integration --ignore=tests/security >"$$rest_log" 2>&1 & rest=$$!; \
 	if [ "$(BESIDE_LOWEST)" = 1 ]; then \
 	  TONGBAN_LOCK=$(LOWEST_LOCK) $(LOWEST_VENV)/bin/python -m pytest -p no:cacheprovider --no-cov -q tests/unit >"$$low_log" 2>&1 & lowest=$$!; \
 	fi; \
-	COVERAGE_FILE=$(COVERAGE_DIR)/integration/.coverage $(SHARD) tests/integration tests/security; integrated=$$?; \
-	wait $$rest; rest_rc=$$?; wait $$faults; faulted=$$?; low_rc=0; \
+	COVERAGE_FILE=$(COVERAGE_DIR)/integration/.coverage $(SHARD) tests/integration; integrated=$$?; \
+	wait $$rest; rest_rc=$$?; wait $$faults; faulted=$$?; \
+	if [ "$$lowest" != 0 ]; then wait $$lowest; low_rc=$$?; fi; \
+	echo "== tests/security (alone, once the other suites are done)"; \
+	COVERAGE_FILE=$(COVERAGE_DIR)/security/.coverage $(SHARD) tests/security; secured=$$?; \
 	echo "== tests/unit, fuzz, browser, docs (run beside the integration tests)"; cat "$$rest_log"; \
-	if [ "$$lowest" != 0 ]; then wait $$lowest; low_rc=$$?; \
+	if [ "$$lowest" != 0 ]; then \
 	  echo "== tests/unit on the lowest versions (run beside the rest)"; tail -n 30 "$$low_log"; fi; \
 	echo "== tests/faults (run beside the rest)"; cat "$$faults_log"; rm -f "$$faults_log" "$$rest_log" "$$low_log"; \
-	echo "== coverage of both, combined"; \
-	$(PY) -m coverage combine --quiet --data-file=$(COVERAGE_DIR)/.coverage $(COVERAGE_DIR)/integration/.coverage $(COVERAGE_DIR)/rest/.coverage \
+	echo "== coverage of all, combined"; \
+	$(PY) -m coverage combine --quiet --data-file=$(COVERAGE_DIR)/.coverage $(COVERAGE_DIR)/integration/.coverage $(COVERAGE_DIR)/rest/.coverage $(COVERAGE_DIR)/security/.coverage \
 	  && $(PY) -m coverage report --data-file=$(COVERAGE_DIR)/.coverage; covered=$$?; \
-	test $$integrated -eq 0 && test $$rest_rc -eq 0 && test $$faulted -eq 0 && test $$low_rc -eq 0 && test $$covered -eq 0
+	test $$integrated -eq 0 && test $$secured -eq 0 && test $$rest_rc -eq 0 && test $$faulted -eq 0 && test $$low_rc -eq 0 && test $$covered -eq 0
 
 # The lowest versions pyproject.toml allows pass the same gate: their lint first, their unit tests
 # beside the rest of pytest (`make check-lowest` runs them alone).

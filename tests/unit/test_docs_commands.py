@@ -251,7 +251,9 @@ MAKE_TARGETS = {
     "proto-check": [".venv/bin/python proto/build.py --check"],
     "pytest": [
         ".venv/bin/python -m pytest --cov --cov-branch",
-        "tests/integration tests/security",
+        "tests/integration;",
+        "COVERAGE_FILE=out/coverage/security/.coverage",
+        "tests/security;",
         "--ignore=tests/integration --ignore=tests/security",
         "-m coverage report",
     ],
