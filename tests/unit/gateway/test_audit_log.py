@@ -315,16 +315,17 @@ async def test_a_checkpoint_not_signed_by_the_audit_key_is_refused() -> None:
         verify_checkpoint(forged.note, log.public_key, "audit-510000")
 
 
-@pytest.mark.parametrize("size", ["²", "٣", "１2", "1\n2", "-1", "01", ""])
+@pytest.mark.parametrize("size", ["²", "٣", "１2", "-1", "01"])
 async def test_a_checkpoint_whose_size_is_not_ascii_decimal_is_refused(size: str) -> None:
-    """A size of digits `int()` cannot read (or reads differently) is refused as a checkpoint
-    error, never a ValueError: checkpoints come from other gateways and witnesses."""
+    """A size of digits `int()` cannot read (or reads as another spelling of a number) is
+    refused for what it is, before the signature is looked at: checkpoints come from other
+    gateways and witnesses."""
     log, _store = await _log(3)
     good = await log.checkpoint()
     origin, _, rest = good.note.partition("\n")
     _, _, after = rest.partition("\n")
     note = f"{origin}\n{size}\n{after}"
-    with pytest.raises(CheckpointError):
+    with pytest.raises(CheckpointError, match="the tree size is not a decimal number"):
         verify_checkpoint(note, log.public_key, "audit-510000")
 
 

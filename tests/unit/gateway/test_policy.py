@@ -352,12 +352,13 @@ ROWS = [
         fragment="citizen identity number",
     ),
     Row(
-        "SUBJECT_ID_INVALID: full-width digits are not normalised",
+        "SUBJECT_ID_INVALID: full-width digits before an ASCII check character",
         "sc.hrss",
         "330000",
         "si.participation",
         "SI-TRANSFER",
-        subject=CITIZEN.translate({ord(d): 0xFF10 + int(d) for d in "0123456789"}),
+        subject=CITIZEN[:17].translate({ord(d): 0xFF10 + int(d) for d in "0123456789"})
+        + CITIZEN[17],
         reason="SUBJECT_ID_INVALID",
         fragment="citizen identity number",
     ),
