@@ -17,6 +17,8 @@ gateway.
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from typing import Any
 
 import grpc
@@ -38,15 +40,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tongban.v1 import (
-    cases_pb2,
-    consents_pb2,
-    credentials_pb2,
-    exchange_pb2,
-    oversight_pb2,
-    registry_pb2,
-    tracker_pb2,
-)
+import tongban.v1
 
 pytestmark = [
     pytest.mark.integration,
@@ -61,14 +55,11 @@ STREAM_SECONDS = 0.25  # how long a stream that stays open (a Watch) is read
 BREADTH = max(DEFAULT_EXAMPLES, EXAMPLES // 10)
 STREAMED = max(DEFAULT_EXAMPLES // 2, EXAMPLES // 100)
 DEPTH = 3  # nested messages built at most this deep
-MODULES = (
-    cases_pb2,
-    consents_pb2,
-    credentials_pb2,
-    exchange_pb2,
-    oversight_pb2,
-    registry_pb2,
-    tracker_pb2,
+# Every generated module of tongban.v1: a .proto file added later is fuzzed too.
+MODULES = tuple(
+    importlib.import_module(f"tongban.v1.{found.name}")
+    for found in pkgutil.iter_modules(tongban.v1.__path__)
+    if found.name.endswith("_pb2")
 )
 # (owner of the client certificate, region of the gateway called)
 CALLERS = st.sampled_from(
