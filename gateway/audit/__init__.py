@@ -33,6 +33,7 @@ from gateway.audit._merkle import (
     verify_inclusion,
 )
 from gateway.audit._postgres import PostgresAuditStore
+from gateway.audit._postgres_reads import holds_nul, run_in_schema
 from gateway.audit._record import (
     ENCODING_VERSION,
     FIELD_GRAMMARS,
@@ -128,6 +129,7 @@ __all__ = [
     "cosignature_key_id",
     "derived_aead",
     "digest_form",
+    "holds_nul",
     "is_case_id",
     "is_digest_form",
     "is_request_id",
@@ -138,6 +140,7 @@ __all__ = [
     "pseudonymize",
     "recordable",
     "request_digest",
+    "run_in_schema",
     "seal_kept_request",
     "sign_checkpoint",
     "signature_lines",

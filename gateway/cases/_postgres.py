@@ -28,6 +28,7 @@ from gateway.audit import (
     AuditRecord,
     AuditUnavailable,
     PostgresAuditStore,
+    run_in_schema,
 )
 from gateway.cases._model import CaseState
 from gateway.cases._rows import (
@@ -122,14 +123,6 @@ class _Write:
             await cursor.execute(q(_INSERT_REQUEST), rows.request)
 
 
-def _holds_nul(params: Sequence[Any]) -> bool:
-    for value in params:
-        texts = value if isinstance(value, list) else [value]
-        if any(isinstance(t, str) and "\x00" in t for t in texts):
-            return True
-    return False
-
-
 class PostgresCaseStore:
     """A `CaseStore` in the schema of `audit`'s `PostgresAuditStore`."""
 
@@ -184,11 +177,7 @@ class PostgresCaseStore:
         return await self.audit.append(record, also=_Write(self._store, prepared))
 
     async def _run(self, text: str, params: Sequence[Any] = ()) -> list[TupleRow]:
-        if _holds_nul(params):  # no row holds a NUL (`prepare` refuses one): none matches,
-            return []  # and PostgreSQL is not asked (its error would open the audit breaker)
-        store = self._store
-        statement = store._sql(text)
-        return await self.audit.read(lambda: store._run(statement, params))
+        return await run_in_schema(self.audit, text, params)  # `prepare` refuses a NUL
 
     async def events(self, case_id: str) -> list[StoredEvent]:
         found = await self._run(f"{_EVENTS} WHERE case_id = %s ORDER BY position", [case_id])

@@ -20,13 +20,12 @@ refused before the database is asked (and by a CHECK in it).
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
 from psycopg.rows import TupleRow
 
-from gateway.audit import AuditLog, PostgresAuditStore
+from gateway.audit import AuditLog, PostgresAuditStore, holds_nul, run_in_schema
 from gateway.consent._register import RegisteredConsent
 
 __all__ = ["PostgresConsentRegister"]
@@ -82,19 +81,14 @@ class PostgresConsentRegister:
         if not isinstance(audit.store, PostgresAuditStore):
             raise TypeError("a PostgreSQL consent register is kept beside a PostgreSQL audit store")
         self.audit = audit
-        self._store: PostgresAuditStore = audit.store
-
-    async def _run(self, text: str, params: Sequence[Any]) -> list[TupleRow]:
-        store = self._store
-        statement = store._sql(text)
-        return await self.audit.read(lambda: store._run(statement, params))
 
     async def register(self, consent: RegisteredConsent) -> RegisteredConsent:
         if not _PSEUDONYM.fullmatch(consent.subject):
             raise ValueError("a consent is registered under the gateway's pseudonym of its subject")
-        if any("\x00" in text for text in _texts(consent)):
+        if holds_nul(_texts(consent)):
             raise ValueError("a consent's ids and purpose hold no NUL character")
-        found = await self._run(
+        found = await run_in_schema(
+            self.audit,
             _INSERT,
             [
                 consent.consent_id,
@@ -118,23 +112,21 @@ class PostgresConsentRegister:
         return kept
 
     async def get(self, consent_id: str) -> RegisteredConsent | None:
-        if "\x00" in consent_id:  # no consent holds one: the database is not asked
-            return None
-        found = await self._run(f"{_SELECT} WHERE consent_id = %s", [consent_id])
+        found = await run_in_schema(self.audit, f"{_SELECT} WHERE consent_id = %s", [consent_id])
         return _consent(found[0]) if found else None
 
     async def of_subject(self, subject: str) -> list[RegisteredConsent]:
         if not _PSEUDONYM.fullmatch(subject):
             return []
-        found = await self._run(
-            f"{_SELECT} WHERE subject = %s ORDER BY issued_at DESC, consent_id DESC", [subject]
+        found = await run_in_schema(
+            self.audit,
+            f"{_SELECT} WHERE subject = %s ORDER BY issued_at DESC, consent_id DESC",
+            [subject],
         )
         return [_consent(row) for row in found]
 
     async def revoke(self, consent_id: str, at: datetime) -> RegisteredConsent | None:
-        if "\x00" in consent_id:
-            return None
-        found = await self._run(_REVOKE, [at, consent_id])
+        found = await run_in_schema(self.audit, _REVOKE, [at, consent_id])
         if found:
             return _consent(found[0])
         return await self.get(consent_id)  # revoked already (the first time stays), or unknown
