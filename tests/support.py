@@ -6,12 +6,14 @@ import asyncio
 import contextlib
 import dataclasses
 import errno
+import os
 import re
 import signal
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -36,6 +38,39 @@ from registry import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
+VENV = Path(sys.executable).parent.parent  # the virtualenv the tests run in
+
+
+def shell_env() -> dict[str, str]:
+    """The environment of a command run as the docs' reader runs it: the virtualenv's bin first
+    on PATH, wide columns, unbuffered output."""
+    env = {**os.environ, "PATH": f"{VENV / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env.update(COLUMNS="200", PYTHONUNBUFFERED="1")
+    return env
+
+
+@contextlib.contextmanager
+def interrupted_at_end(grace: float) -> Iterator[list[subprocess.Popen[str]]]:
+    """A list to put started processes in; at the end, each still running gets SIGINT, then
+    SIGKILL if it has not ended within `grace` seconds, and its pipes are closed."""
+    started: list[subprocess.Popen[str]] = []
+    try:
+        yield started
+    finally:
+        for process in started:
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)
+        for process in started:
+            try:
+                process.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            for stream in (process.stdout, process.stderr):
+                if stream is not None:
+                    stream.close()
+
+
 DEMO_SOURCE = REPO / "conf" / "registry"
 SHARED = REPO.parent / "shared"
 DEMO_REGIONS = ("330000", "510000", "500000")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import signal
 import sqlite3
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import pytest
 from docs_support import REPO, WALKTHROUGH
-from support import free_port
+from support import VENV, free_port, interrupted_at_end, shell_env
 
 from gateway.demo.data import DemoData
 from gateway.evidence import REQUEST_SIGNATURE_SEALED
@@ -32,15 +31,8 @@ from registry import Inventory, KeyState, KeyUsage
 
 pytestmark = pytest.mark.integration
 
-VENV = Path(sys.executable).parent.parent
 COMMAND_TIMEOUT = 300  # seconds: a hang guard on a loaded 2-core machine
 Substitution = tuple[str, str | Callable[[], str]]
-
-
-def shell_env() -> dict[str, str]:
-    env = {**os.environ, "PATH": f"{VENV / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
-    env.update(COLUMNS="200", PYTHONUNBUFFERED="1")
-    return env
 
 
 def sandbox(folder: Path) -> Path:
@@ -268,22 +260,8 @@ def _background(command: str, cwd: Path) -> subprocess.Popen[str]:
 
 @pytest.fixture
 def background() -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    try:
+    with interrupted_at_end(15) as started:
         yield started
-    finally:
-        for process in started:
-            if process.poll() is None:
-                process.send_signal(signal.SIGINT)
-        for process in started:
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-            for stream in (process.stdout, process.stderr):
-                if stream is not None:
-                    stream.close()
 
 
 def _ready(port: int, processes: Sequence[subprocess.Popen[str]]) -> None:

@@ -20,7 +20,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from query_support import CALL_TIMEOUT, Cluster, bearer, request
-from support import REPO, credentials_as, free_port, make_federation, running
+from support import REPO, credentials_as, free_port, interrupted_at_end, make_federation, running
 
 from gateway.demo.config import config_for_dev_pki, load_config
 from gateway.demo.data import DemoData
@@ -59,22 +59,8 @@ def _process(*argv: str) -> subprocess.Popen[str]:
 
 @pytest.fixture
 def processes() -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    try:
+    with interrupted_at_end(10) as started:
         yield started
-    finally:
-        for process in started:
-            if process.poll() is None:
-                process.send_signal(signal.SIGINT)
-        for process in started:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-            for stream in (process.stdout, process.stderr):
-                if stream is not None:
-                    stream.close()
 
 
 async def _wait_serving(fed_pki_owner: tuple[object, str], port: int, region: str) -> None:

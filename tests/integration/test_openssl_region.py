@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -29,7 +27,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from docs_support import REPO, section_commands
-from support import free_port
+from support import VENV, free_port, interrupted_at_end, shell_env
 
 from gateway.demo.data import DemoData
 from registry import Inventory, KeyState, KeyUsage, SnapshotVerifier, load_trusted_root
@@ -38,7 +36,6 @@ from signer import x5t_s256_of_certificate
 pytestmark = pytest.mark.integration
 
 HEADING = "A region from scratch with OpenSSL"
-VENV = Path(sys.executable).parent.parent
 COMMAND_TIMEOUT = 120  # seconds: a hang guard on a loaded 2-core machine
 READY_TIMEOUT = 60  # seconds
 FIXED_PORTS = ("7500", "8500", "9500", "7510")
@@ -53,30 +50,10 @@ class Done:
     stderr: str
 
 
-def shell_env() -> dict[str, str]:
-    env = {**os.environ, "PATH": f"{VENV / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
-    env.update(COLUMNS="200", PYTHONUNBUFFERED="1")
-    return env
-
-
 @pytest.fixture
 def background() -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    try:
+    with interrupted_at_end(15) as started:
         yield started
-    finally:
-        for process in started:
-            if process.poll() is None:
-                process.send_signal(signal.SIGINT)
-        for process in started:
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-            for stream in (process.stdout, process.stderr):
-                if stream is not None:
-                    stream.close()
 
 
 def _run(cwd: Path, text: str) -> Done:
